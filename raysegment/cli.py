@@ -1,0 +1,63 @@
+"""``raysegment`` command line: parse, call, and turn user errors into one line + exit 2."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Sequence
+
+from raysegment._version import __version__
+from raysegment.errors import RaySegmentError
+
+USAGE = """usage: raysegment infer [CONFIG.yaml ...] [key=value ...]
+       raysegment --version
+
+Segment images larger than memory with a PyTorch model on Ray. Keys and defaults:
+conf/infer.yaml; e.g.
+  raysegment infer input=slides/ pattern='.*\\.ome\\.tif' model=model_dir/ output=out/
+"""
+
+
+def _split(args: Sequence[str]) -> tuple[list[str], list[str]]:
+    files = [a for a in args if "=" not in a]
+    overrides = [a for a in args if "=" in a]
+    return files, overrides
+
+
+def _infer(args: Sequence[str]) -> int:
+    from raysegment.config import InferConfig, load_config
+    from raysegment.infer.pipeline import infer
+
+    files, overrides = _split(args)
+    cfg = load_config(InferConfig, files, overrides)
+    summary = infer(cfg)
+    print(summary)
+    for out in summary.outputs:
+        print(f"  {out}")
+    return 0
+
+
+COMMANDS = {"infer": _infer}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = list(sys.argv[1:] if argv is None else argv)
+    if not args or args[0] in ("-h", "--help", "help"):
+        print(USAGE)
+        return 0 if args else 2
+    if args[0] == "--version":
+        print(f"raysegment {__version__}")
+        return 0
+    command = COMMANDS.get(args[0])
+    if command is None:
+        print(f"raysegment: unknown command {args[0]!r}; choose from {sorted(COMMANDS)}",
+              file=sys.stderr)
+        return 2
+    try:
+        return command(args[1:])
+    except RaySegmentError as e:
+        print(f"raysegment: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,281 @@
+"""Structured configs: the single source of truth for every option.
+
+YAML files from ``conf/`` and ``key=value`` overrides are merged onto these dataclasses
+and checked once, here; the rest of the package only sees the validated dataclasses.
+"""
+
+from __future__ import annotations
+
+import enum
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, List, Optional, TypeVar
+
+from omegaconf import MISSING, DictConfig, OmegaConf
+from omegaconf.errors import (
+    ConfigAttributeError,
+    ConfigKeyError,
+    MissingMandatoryValue,
+    OmegaConfBaseException,
+    ValidationError,
+)
+
+from raysegment.errors import ConfigError
+
+__all__ = [
+    "Activation",
+    "Blend",
+    "FinalizeConfig",
+    "FinalizeMode",
+    "InferConfig",
+    "NormalizeConfig",
+    "NormalizeMode",
+    "Padding",
+    "TileConfig",
+    "config_to_dict",
+    "load_config",
+]
+
+
+class Blend(str, enum.Enum):
+    """How overlapping tile predictions are combined."""
+
+    gaussian = "gaussian"
+    constant = "constant"
+    crop = "crop"
+
+
+class Padding(str, enum.Enum):
+    """How a tile longer than the image is filled beyond the image edge."""
+
+    constant = "constant"
+    reflect = "reflect"
+    edge = "edge"
+
+
+class FinalizeMode(str, enum.Enum):
+    raw = "raw"
+    probabilities = "probabilities"
+    mask = "mask"
+    labels = "labels"
+
+
+class Activation(str, enum.Enum):
+    auto = "auto"
+    sigmoid = "sigmoid"
+    softmax = "softmax"
+
+
+class NormalizeMode(str, enum.Enum):
+    auto = "auto"
+    none = "none"
+    fixed = "fixed"
+    percentile = "percentile"
+
+
+@dataclass
+class TileConfig:
+    size: Optional[List[int]] = None
+    """Tile size fed to the model, one value or one per spatial axis; default: the size a
+    torch.export program was exported with, else the model directory's, else 512 (2D) /
+    128 (3D)."""
+    overlap: float = 0.25
+    """Fraction of a tile shared with its neighbour, in [0, 1)."""
+    blend: Blend = Blend.gaussian
+    """gaussian | constant | crop (keep each tile's centre)."""
+    padding: Padding = Padding.constant
+    """Fill where a tile extends beyond an image smaller than the tile."""
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.overlap < 1.0:
+            raise ConfigError(f"tile.overlap={self.overlap} must be in [0, 1), e.g. 0.25")
+        _check_sizes("tile.size", self.size)
+
+
+@dataclass
+class NormalizeConfig:
+    mode: NormalizeMode = NormalizeMode.auto
+    """auto (the model directory's normalization, else none) | none | fixed | percentile."""
+    mean: float = 0.0
+    """fixed: subtracted from every pixel."""
+    std: float = 1.0
+    """fixed: pixels are divided by it after subtracting mean."""
+    low: float = 1.0
+    """percentile: this percentile of the image maps to 0."""
+    high: float = 99.8
+    """percentile: this percentile of the image maps to 1."""
+
+    def __post_init__(self) -> None:
+        if self.std <= 0:
+            raise ConfigError(f"normalize.std={self.std} must be > 0")
+        if not 0 <= self.low < self.high <= 100:
+            raise ConfigError(
+                f"normalize.low={self.low}, normalize.high={self.high}: need 0 <= low < high <= 100"
+            )
+
+
+@dataclass
+class FinalizeConfig:
+    mode: FinalizeMode = FinalizeMode.probabilities
+    """raw (model output) | probabilities (sigmoid/softmax) | mask (thresholded) | labels
+    (argmax, or threshold for one channel)."""
+    threshold: float = 0.5
+    """mask / single-channel labels: probability above which a pixel is foreground."""
+    activation: Activation = Activation.auto
+    """auto (sigmoid for one output channel, else softmax) | sigmoid | softmax."""
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.threshold <= 1.0:
+            raise ConfigError(f"finalize.threshold={self.threshold} must be in [0, 1]")
+
+
+_DEVICE = re.compile(r"^(auto|cpu|gpu|all|\d+(,\d+)*)$")
+
+
+@dataclass
+class InferConfig:
+    input: str = MISSING
+    """An image file, a zarr / OME-Zarr path, or a directory of images."""
+    pattern: Optional[str] = None
+    """Regular expression selecting files in an input directory (full match on the name)."""
+    model: str = MISSING
+    """TorchScript file, torch.export program (.pt2), or a directory holding model.pth."""
+    output: str = MISSING
+    """Directory receiving one <input name>.ome.zarr per input image."""
+    device: str = "auto"
+    """auto (GPUs if any, else CPU) | cpu | gpu (one) | all (every GPU) | list like 1,3,6."""
+    batch_size: Optional[int] = None
+    """Tiles per forward pass; default: chosen from free memory."""
+    actors: Optional[int] = None
+    """Predictor actors; default: one per GPU, or on CPU one per two cores."""
+    threads: Optional[int] = None
+    """Torch threads per CPU predictor actor (and CPUs it reserves); default 1."""
+    channels: Optional[List[int]] = None
+    """Input channels given to the model, in order; default: all of them."""
+    axes: Optional[str] = None
+    """Axis names of a plain zarr array or TIFF (e.g. zyx, cyx); default: from metadata."""
+    chunks: Optional[List[int]] = None
+    """Output chunk size per spatial axis; default 1024 (2D) / 128 (3D)."""
+    block: Optional[List[int]] = None
+    """Block (unit of work) size per spatial axis, a multiple of chunks; default 4 chunks
+    (2D) / 2 chunks (3D) per axis."""
+    tile: TileConfig = field(default_factory=TileConfig)
+    normalize: NormalizeConfig = field(default_factory=NormalizeConfig)
+    finalize: FinalizeConfig = field(default_factory=FinalizeConfig)
+    overwrite: bool = False
+    """Replace an existing output instead of refusing (complete) or resuming (incomplete)."""
+    progress: bool = True
+    """Show a progress bar."""
+
+    def __post_init__(self) -> None:
+        if not _DEVICE.match(self.device.replace(" ", "")):
+            raise ConfigError(
+                f"device={self.device!r}: choose auto, cpu, gpu, all, or GPU indices like 1,3,6"
+            )
+        self.device = self.device.replace(" ", "")
+        for key in ("batch_size", "actors", "threads"):
+            value = getattr(self, key)
+            if value is not None and value < 1:
+                raise ConfigError(f"{key}={value} must be >= 1")
+        if self.channels is not None and (
+            not self.channels or min(self.channels) < 0 or len(set(self.channels)) != len(self.channels)
+        ):
+            raise ConfigError(f"channels={self.channels}: give distinct channel indices >= 0")
+        if self.pattern is not None:
+            try:
+                re.compile(self.pattern)
+            except re.error as e:
+                raise ConfigError(f"pattern={self.pattern!r} is not a regular expression: {e}") from e
+        _check_sizes("chunks", self.chunks)
+        _check_sizes("block", self.block)
+
+
+def _check_sizes(key: str, sizes: Sequence[int] | None) -> None:
+    if sizes is not None and (not 1 <= len(sizes) <= 3 or min(sizes) < 1):
+        raise ConfigError(f"{key}={list(sizes)}: give 1 to 3 positive sizes, e.g. {key}=256")
+
+
+# Keys that take one value or a list; a single value is stored as a one-element list.
+_SCALAR_OR_LIST = {
+    InferConfig: ("chunks", "block", "tile.size", "channels"),
+}
+
+C = TypeVar("C")
+
+
+def _coerce_lists(cfg: DictConfig, keys: Sequence[str]) -> None:
+    for key in keys:
+        value = OmegaConf.select(cfg, key, default=None)
+        if value is not None and not OmegaConf.is_list(value) and not isinstance(value, list):
+            OmegaConf.update(cfg, key, [value], merge=False)
+
+
+def _config_error(e: OmegaConfBaseException, schema: Any) -> ConfigError:
+    key = getattr(e, "full_key", None) or ""
+    if isinstance(e, MissingMandatoryValue):
+        return ConfigError(f"missing required key {key!r}; give it as {key}=...")
+    if isinstance(e, (ConfigKeyError, ConfigAttributeError)):
+        parent, _, _ = key.rpartition(".")
+        node = OmegaConf.select(schema, parent) if parent else schema
+        valid = sorted(node.keys()) if isinstance(node, DictConfig) else []
+        where = f" under {parent!r}" if parent else ""
+        return ConfigError(f"unknown config key {key!r}; valid keys{where}: {', '.join(valid)}")
+    if isinstance(e, ValidationError):
+        msg = str(e).splitlines()[0]
+        return ConfigError(f"bad value for {key!r}: {msg}")
+    return ConfigError(str(e).splitlines()[0])
+
+
+def load_config(
+    schema: type[C],
+    files: Sequence[str | Path] = (),
+    overrides: Sequence[str] = (),
+    values: Mapping[str, Any] | None = None,
+) -> C:
+    """Merge YAML ``files``, a mapping of ``values`` and ``key=value`` ``overrides``.
+
+    Later sources win. Returns the validated dataclass.
+
+    Raises:
+        ConfigError: unreadable YAML, unknown key, wrong type, bad value, missing key.
+    """
+    base = OmegaConf.structured(schema)
+    layers: list[DictConfig] = []
+    for f in files:
+        path = Path(f)
+        if not path.is_file():
+            raise ConfigError(f"{path}: config file not found")
+        try:
+            layer = OmegaConf.load(path)
+        except Exception as e:
+            raise ConfigError(f"{path}: not a YAML config ({e})") from e
+        if not isinstance(layer, DictConfig):
+            raise ConfigError(f"{path}: a config file must hold a mapping of keys")
+        layers.append(layer)
+    if values:
+        layers.append(OmegaConf.create(dict(values)))
+    bad = [o for o in overrides if "=" not in o]
+    if bad:
+        raise ConfigError(f"override {bad[0]!r} is not key=value (e.g. tile.size=256)")
+    try:
+        layers.append(OmegaConf.from_dotlist(list(overrides)))
+    except Exception as e:
+        raise ConfigError(f"cannot parse overrides {list(overrides)}: {e}") from e
+    keys = _SCALAR_OR_LIST.get(schema, ())
+    try:
+        for layer in layers:
+            _coerce_lists(layer, keys)
+        merged = OmegaConf.merge(base, *layers)
+        obj = OmegaConf.to_object(merged)
+    except OmegaConfBaseException as e:
+        raise _config_error(e, base) from None
+    return obj  # type: ignore[return-value]
+
+
+def config_to_dict(cfg: Any) -> dict[str, Any]:
+    """Plain-data form of a config (enums as their names), for provenance files."""
+    container = OmegaConf.to_container(OmegaConf.structured(cfg), enum_to_str=True)
+    assert isinstance(container, dict)
+    return {str(k): v for k, v in container.items()}

@@ -1,0 +1,398 @@
+"""Image sources: lazy, region-wise readers with a common 5D (t, c, z, y, x) view.
+
+Readers never load a whole image: ``read`` fetches one region. A source is cheap to
+pickle (only its path travels); each process opens the file once and keeps the handle.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from raysegment.errors import InputImageError
+from raysegment.registry import Registry
+
+__all__ = [
+    "AXES",
+    "SOURCES",
+    "ImageInfo",
+    "ImageSource",
+    "image_stem",
+    "is_zarr",
+    "open_source",
+]
+
+AXES = "tczyx"
+"""The canonical axis order every source presents."""
+
+IMAGE_SUFFIXES = (".ome.tiff", ".ome.tif", ".ome.zarr", ".tiff", ".tif", ".zarr")
+
+_UNITS = {
+    "µm": "micrometer", "um": "micrometer", "micron": "micrometer", "nm": "nanometer",
+    "mm": "millimeter", "cm": "centimeter", "m": "meter", "Å": "angstrom",
+    "pm": "picometer", "s": "second", "ms": "millisecond", "min": "minute", "h": "hour",
+}
+
+
+def _ngff_unit(unit: Any) -> str | None:
+    if unit is None:
+        return None
+    value = getattr(unit, "value", unit)
+    return _UNITS.get(str(value), str(value))
+
+
+def image_stem(path: str) -> str:
+    """File name without its image suffixes: ``a/slide.ome.tif`` -> ``slide``."""
+    name = Path(path.rstrip("/")).name
+    for suffix in IMAGE_SUFFIXES:
+        if name.lower().endswith(suffix):
+            return name[: -len(suffix)]
+    return name
+
+
+def is_zarr(path: Path) -> bool:
+    return path.is_dir() and any((path / f).exists() for f in ("zarr.json", ".zarray", ".zgroup"))
+
+
+@dataclass(frozen=True)
+class ImageInfo:
+    """What is known about an image before reading any pixel."""
+
+    shape: tuple[int, int, int, int, int]
+    """Size along (t, c, z, y, x); absent axes have size 1."""
+    dtype: np.dtype
+    scale: dict[str, float] = field(default_factory=dict)
+    """Physical size of one pixel per axis (t, z, y, x) where the file records it."""
+    units: dict[str, str] = field(default_factory=dict)
+    """NGFF unit name per axis where the file records it (e.g. ``micrometer``)."""
+    channel_names: tuple[str, ...] | None = None
+
+
+class ImageSource:
+    """Base class: subclasses implement ``_open`` and ``_read``."""
+
+    kind = "image"
+
+    def __init__(self, path: str, axes: str | None = None) -> None:
+        self.path = path
+        self.axes = axes
+        self._lock = threading.Lock()
+        self._handle: Any = None
+        self.info = self._inspect()
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        state["_handle"] = None
+        del state["_lock"]
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._lock = threading.Lock()
+
+    @property
+    def handle(self) -> Any:
+        with self._lock:
+            if self._handle is None:
+                self._handle = self._open()
+            return self._handle
+
+    def close(self) -> None:
+        handle, self._handle = self._handle, None
+        if handle is not None and hasattr(handle, "close"):
+            handle.close()
+
+    def read(
+        self, t: int, channels: tuple[int, ...], region: tuple[tuple[int, int], ...]
+    ) -> np.ndarray:
+        """Read timepoint ``t``, ``channels`` and the (z, y, x) ``region`` -> (C, Z, Y, X)."""
+        try:
+            out = self._read(t, channels, region)
+        except (OSError, ValueError, RuntimeError) as e:
+            raise InputImageError(
+                f"{self.path}: cannot read region {region} ({type(e).__name__}: {e}); "
+                f"the file may be truncated or corrupt"
+            ) from e
+        want = (len(channels), *(b - a for a, b in region))
+        if out.shape != want:
+            raise RuntimeError(f"{self.path}: read returned {out.shape}, expected {want}")
+        return out
+
+    def _inspect(self) -> ImageInfo:
+        raise NotImplementedError
+
+    def _open(self) -> Any:
+        raise NotImplementedError
+
+    def _read(
+        self, t: int, channels: tuple[int, ...], region: tuple[tuple[int, int], ...]
+    ) -> np.ndarray:
+        raise NotImplementedError
+
+
+def _axes_to_5d(axes: str, shape: tuple[int, ...], path: str) -> tuple[str, tuple[int, ...]]:
+    """Check that ``axes`` names each of the array's axes once, from t, c, z, y, x."""
+    axes = axes.lower()
+    if len(axes) != len(shape) or len(set(axes)) != len(axes) or set(axes) - set(AXES):
+        raise InputImageError(
+            f"{path}: axes {axes!r} do not fit an array of shape {shape}; "
+            f"set axes= to one letter per dimension from 'tczyx' (e.g. axes=zyx)"
+        )
+    if not {"y", "x"} <= set(axes):
+        raise InputImageError(f"{path}: axes {axes!r} lack y and x; set axes= (e.g. axes=cyx)")
+    full = tuple(shape[axes.index(a)] if a in axes else 1 for a in AXES)
+    return axes, full
+
+
+def _default_axes(ndim: int, path: str) -> str:
+    guess = {2: "yx", 3: "zyx", 4: "czyx", 5: "tczyx"}
+    if ndim not in guess:
+        raise InputImageError(
+            f"{path}: a {ndim}D array is not an image this package can segment; "
+            f"2D to 5D arrays with axes from 'tczyx' are supported"
+        )
+    return guess[ndim]
+
+
+class ArraySource(ImageSource):
+    """A source backed by an array-like with numpy slicing and known axes."""
+
+    def _array_axes(self) -> str:
+        raise NotImplementedError
+
+    def _read(
+        self, t: int, channels: tuple[int, ...], region: tuple[tuple[int, int], ...]
+    ) -> np.ndarray:
+        arr = self.handle
+        axes = self._array_axes()
+        c0, c1 = min(channels), max(channels) + 1
+        bounds = {"t": (t, t + 1), "c": (c0, c1)} | dict(zip("zyx", region))
+        index = tuple(slice(*bounds[a]) for a in axes)
+        data = np.asarray(arr[index])
+        # Bring to (t, c, z, y, x) order, absent axes added with size 1.
+        present = [a for a in AXES if a in axes]
+        data = np.transpose(data, [axes.index(a) for a in present])
+        data = data.reshape([data.shape[present.index(a)] if a in present else 1 for a in AXES])
+        return data[0, [c - c0 for c in channels]]
+
+
+class TiffSource(ArraySource):
+    """Plain (non-OME) TIFF, striped or tiled, single page or multi-page stack (tifffile)."""
+
+    kind = "tiff"
+    _TIFF_AXES = {"S": "c", "C": "c", "Z": "z", "Y": "y", "X": "x", "T": "t"}
+
+    def _series(self) -> Any:
+        import tifffile
+
+        try:
+            tif = tifffile.TiffFile(self.path)
+            return tif, tif.series[0]
+        except Exception as e:
+            raise InputImageError(
+                f"{self.path}: not a readable TIFF ({type(e).__name__}: {e}); "
+                f"check the file is complete and is a TIFF"
+            ) from e
+
+    def _inspect(self) -> ImageInfo:
+        tif, series = self._series()
+        try:
+            if self.axes:
+                axes = self.axes.lower()
+            else:
+                axes = ""
+                for letter in series.axes:
+                    mapped = self._TIFF_AXES.get(letter)
+                    if mapped is None and letter in "QIP" and "z" not in axes:
+                        mapped = "z"  # generic page axis of a multi-page stack
+                    if mapped is None or mapped in axes:
+                        raise InputImageError(
+                            f"{self.path}: TIFF axes {series.axes!r} cannot be mapped to "
+                            f"tczyx; set axes= with one letter per dimension"
+                        )
+                    axes += mapped
+            self.axes = axes
+            _, shape = _axes_to_5d(axes, tuple(series.shape), self.path)
+            return ImageInfo(shape, np.dtype(series.dtype))  # type: ignore[arg-type]
+        finally:
+            tif.close()
+
+    def _array_axes(self) -> str:
+        assert self.axes is not None
+        return self.axes
+
+    def _open(self) -> Any:
+        import zarr
+
+        tif, series = self._series()
+        self._tif = tif
+        return zarr.open(series.aszarr(), mode="r")
+
+    def close(self) -> None:
+        super().close()
+        if getattr(self, "_tif", None) is not None:
+            self._tif.close()
+            self._tif = None
+
+
+class OmeTiffSource(ImageSource):
+    """OME-TIFF, tiled or striped, through bfio's tensorstore backend (no Java)."""
+
+    kind = "ome-tiff"
+
+    def _open(self) -> Any:
+        from bfio import BioReader
+
+        try:
+            return BioReader(self.path, backend="tensorstore")
+        except Exception as e:
+            raise InputImageError(
+                f"{self.path}: not a readable OME-TIFF ({type(e).__name__}: {e}); "
+                f"check the file is complete"
+            ) from e
+
+    def _inspect(self) -> ImageInfo:
+        br = self.handle
+        scale, units = {}, {}
+        for axis, ps in (("x", br.ps_x), ("y", br.ps_y), ("z", br.ps_z)):
+            if ps is not None and ps[0] is not None:
+                scale[axis] = float(ps[0])
+                units[axis] = _ngff_unit(ps[1]) or "micrometer"
+        names = tuple(n for n in (br.channel_names or []) if n)
+        return ImageInfo(
+            (br.T, br.C, br.Z, br.Y, br.X),
+            np.dtype(br.dtype),
+            scale,
+            units,
+            names if len(names) == br.C else None,
+        )
+
+    def _read(
+        self, t: int, channels: tuple[int, ...], region: tuple[tuple[int, int], ...]
+    ) -> np.ndarray:
+        (z0, z1), (y0, y1), (x0, x1) = region
+        c0, c1 = min(channels), max(channels) + 1
+        # bfio's tensorstore reader takes contiguous C/T ranges (a list selects its span)
+        # and returns (Y, X, T, C, Z) with trailing size-1 axes squeezed; restore, reorder.
+        data = self.handle.read(X=(x0, x1), Y=(y0, y1), Z=(z0, z1), C=list(range(c0, c1)), T=[t])
+        data = np.asarray(data).reshape(y1 - y0, x1 - x0, 1, c1 - c0, z1 - z0)
+        data = data.transpose(2, 3, 4, 0, 1)[0]
+        return data[[c - c0 for c in channels]]
+
+
+class ZarrSource(ArraySource):
+    """A zarr array (v2 or v3), or the full-resolution level of an OME-Zarr image."""
+
+    kind = "zarr"
+
+    def _inspect(self) -> ImageInfo:
+        import zarr
+
+        try:
+            node = zarr.open(self.path, mode="r")
+        except Exception as e:
+            raise InputImageError(
+                f"{self.path}: not a readable zarr store ({type(e).__name__}: {e})"
+            ) from e
+        scale: dict[str, float] = {}
+        units: dict[str, str] = {}
+        names = None
+        self.array_path = ""
+        if isinstance(node, zarr.Group):
+            attrs = dict(node.attrs)
+            ome = attrs.get("ome", attrs)
+            multiscales = ome.get("multiscales")
+            if not multiscales:
+                raise InputImageError(
+                    f"{self.path}: zarr group without OME-Zarr 'multiscales' metadata; "
+                    f"give the path of an array or of an OME-Zarr image"
+                )
+            ms = multiscales[0]
+            axes_meta = ms["axes"]
+            axis_names = [a["name"] if isinstance(a, dict) else a for a in axes_meta]
+            self.array_path = ms["datasets"][0]["path"]
+            factors = np.ones(len(axis_names))
+            for transforms in (ms["datasets"][0].get("coordinateTransformations", []),
+                               ms.get("coordinateTransformations", [])):
+                for tr in transforms:
+                    if tr.get("type") == "scale" and "scale" in tr:
+                        factors = factors * np.asarray(tr["scale"], dtype=float)
+            for name, meta, f in zip(axis_names, axes_meta, factors):
+                if name in "tzyx":
+                    scale[name] = float(f)
+                    if isinstance(meta, dict) and meta.get("unit"):
+                        units[name] = meta["unit"]
+            channels = (ome.get("omero") or {}).get("channels")
+            if channels:
+                names = tuple(str(c.get("label", i)) for i, c in enumerate(channels))
+            if self.axes is None:
+                self.axes = "".join(axis_names).lower()
+            node = node[self.array_path]
+        if self.axes is None:
+            self.axes = _default_axes(node.ndim, self.path)
+        _, shape = _axes_to_5d(self.axes, tuple(node.shape), self.path)
+        if names is not None and len(names) != shape[1]:
+            names = None
+        return ImageInfo(shape, np.dtype(node.dtype), scale, units, names)  # type: ignore[arg-type]
+
+    def _array_axes(self) -> str:
+        assert self.axes is not None
+        return self.axes
+
+    def _open(self) -> Any:
+        import zarr
+
+        node = zarr.open(self.path, mode="r")
+        return node[self.array_path] if self.array_path else node
+
+
+SOURCES: Registry[type[ImageSource]] = Registry("image source")
+SOURCES.register("ome-tiff")(OmeTiffSource)
+SOURCES.register("tiff")(TiffSource)
+SOURCES.register("zarr")(ZarrSource)
+
+
+def _is_ome_tiff(path: Path) -> bool:
+    import tifffile
+
+    try:
+        with tifffile.TiffFile(path) as tif:
+            return bool(tif.is_ome)
+    except Exception as e:
+        raise InputImageError(
+            f"{path}: not a readable TIFF ({type(e).__name__}: {e}); "
+            f"check the file is complete and is a TIFF"
+        ) from e
+
+
+def open_source(path: str | os.PathLike[str], axes: str | None = None) -> ImageSource:
+    """Open ``path`` with the reader its format needs.
+
+    Raises:
+        InputImageError: missing path, unknown format, unreadable or corrupt file.
+    """
+    p = Path(path)
+    if not p.exists():
+        raise InputImageError(f"{p}: no such file or directory; check the input= path")
+    name = p.name.lower()
+    if is_zarr(p):
+        kind = "zarr"
+    elif p.is_file() and name.endswith((".tif", ".tiff")):
+        kind = "ome-tiff" if _is_ome_tiff(p) and axes is None else "tiff"
+    else:
+        raise InputImageError(
+            f"{p}: not a supported image; give an OME-TIFF, TIFF, zarr array or OME-Zarr"
+        )
+    source = SOURCES.get(kind)(str(p), axes)
+    t, c, z, y, x = source.info.shape
+    if math.prod(source.info.shape) == 0:
+        raise InputImageError(f"{p}: image has zero size {source.info.shape}")
+    if source.info.dtype.kind not in "uif" and source.info.dtype != np.bool_:
+        raise InputImageError(f"{p}: pixel type {source.info.dtype} is not numeric")
+    return source

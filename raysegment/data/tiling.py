@@ -1,0 +1,214 @@
+"""Tile and block geometry: plain numpy, no Ray, no torch.
+
+One global tile grid is laid over the whole image; every block (the unit of work, one
+chunk-aligned output region) takes the grid tiles whose blending weight reaches into its
+region. The blended value of a pixel therefore does not depend on the block size: blocks
+change how the work is split, never the result.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from raysegment.registry import Registry
+
+__all__ = [
+    "BLENDS",
+    "AxisTiling",
+    "Block",
+    "Tiling",
+    "blend_weights_1d",
+    "block_at",
+    "block_grid",
+    "iter_blocks",
+]
+
+GAUSSIAN_SIGMA = 0.125
+"""Gaussian sigma as a fraction of the tile size (as in nnU-Net and MONAI)."""
+GAUSSIAN_FLOOR = 1e-3
+"""Smallest 1D gaussian weight, so every covered pixel keeps a usable weight."""
+
+
+@dataclass(frozen=True, slots=True)
+class AxisTiling:
+    """Tiles along one spatial axis."""
+
+    length: int
+    """Image length along this axis, in pixels."""
+    tile: int
+    """Tile length fed to the model."""
+    overlap: int
+    """Pixels shared by two neighbouring tiles (the flush last tile may share more)."""
+    starts: tuple[int, ...]
+    """First pixel of each tile; the last tile ends flush with the image edge."""
+
+    @classmethod
+    def plan(cls, length: int, tile: int, overlap: int) -> AxisTiling:
+        if length < 1 or tile < 1:
+            raise ValueError(f"length {length} and tile {tile} must be positive")
+        if not 0 <= overlap < tile:
+            raise ValueError(f"overlap {overlap} must be in [0, tile {tile})")
+        step = tile - overlap
+        starts = list(range(0, max(length - tile, 0), step)) or [0]
+        if starts[-1] + tile < length:
+            starts.append(length - tile)
+        return cls(length, tile, overlap, tuple(starts))
+
+    def kept(self, i: int) -> tuple[int, int]:
+        """Part of tile ``i`` (relative to its start) that ``crop`` blending keeps.
+
+        Drops ``overlap // 2`` before and the rest of the overlap after, except where the
+        tile touches the image edge, so the kept parts cover the axis without gaps.
+        """
+        start = self.starts[i]
+        lo = 0 if start == 0 else self.overlap // 2
+        hi = self.tile if start + self.tile >= self.length else self.tile - (self.overlap - self.overlap // 2)
+        return lo, hi
+
+    def support(self, i: int, blend: str) -> tuple[int, int]:
+        """Absolute pixel range where tile ``i`` has non-zero weight, clipped to the image."""
+        lo, hi = self.kept(i) if blend == "crop" else (0, self.tile)
+        start = self.starts[i]
+        return start + lo, min(start + hi, self.length)
+
+
+BLENDS: Registry[Callable[[AxisTiling, int], np.ndarray]] = Registry("tile.blend")
+
+
+@BLENDS.register("gaussian")
+def _gaussian(axis: AxisTiling, i: int) -> np.ndarray:
+    x = np.arange(axis.tile, dtype=np.float64) - (axis.tile - 1) / 2
+    w = np.exp(-0.5 * (x / (GAUSSIAN_SIGMA * axis.tile)) ** 2)
+    return np.maximum(w, GAUSSIAN_FLOOR).astype(np.float32)
+
+
+@BLENDS.register("constant")
+def _constant(axis: AxisTiling, i: int) -> np.ndarray:
+    return np.ones(axis.tile, dtype=np.float32)
+
+
+@BLENDS.register("crop")
+def _crop(axis: AxisTiling, i: int) -> np.ndarray:
+    w = np.zeros(axis.tile, dtype=np.float32)
+    lo, hi = axis.kept(i)
+    w[lo:hi] = 1.0
+    return w
+
+
+def blend_weights_1d(axis: AxisTiling, i: int, blend: str) -> np.ndarray:
+    """Weight profile of tile ``i`` along one axis; a tile's weight is the outer product."""
+    return BLENDS.get(blend)(axis, i)
+
+
+@dataclass(frozen=True, slots=True)
+class Tiling:
+    """The global tile grid over an image's spatial axes."""
+
+    axes: tuple[AxisTiling, ...]
+    blend: str
+
+    @classmethod
+    def plan(cls, shape: Sequence[int], tile: Sequence[int], overlap: float, blend: str) -> Tiling:
+        """Lay tiles of ``tile`` pixels sharing ``overlap`` (a fraction) of their length."""
+        BLENDS.get(blend)
+        if len(shape) != len(tile):
+            raise ValueError(f"shape {tuple(shape)} and tile {tuple(tile)} differ in length")
+        axes = tuple(
+            AxisTiling.plan(n, t, min(int(round(overlap * t)), t - 1)) for n, t in zip(shape, tile)
+        )
+        return cls(axes, blend)
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return tuple(a.length for a in self.axes)
+
+    @property
+    def tile(self) -> tuple[int, ...]:
+        return tuple(a.tile for a in self.axes)
+
+    @property
+    def num_tiles(self) -> int:
+        return math.prod(len(a.starts) for a in self.axes)
+
+    def weights(self, index: Sequence[int]) -> np.ndarray:
+        """Blending weight of the tile with per-axis indices ``index`` (tile-shaped)."""
+        w = np.ones((), dtype=np.float32)
+        for axis, i in zip(self.axes, index):
+            w = np.multiply.outer(w, blend_weights_1d(axis, i, self.blend))
+        return w
+
+    def tiles_reaching(self, region: Sequence[tuple[int, int]]) -> tuple[tuple[int, ...], ...]:
+        """Per axis, the indices of tiles whose weight is non-zero inside ``region``."""
+        out = []
+        for axis, (a, b) in zip(self.axes, region):
+            idx = []
+            for i in range(len(axis.starts)):
+                lo, hi = axis.support(i, self.blend)
+                if lo < b and hi > a:
+                    idx.append(i)
+            out.append(tuple(idx))
+        return tuple(out)
+
+
+@dataclass(frozen=True, slots=True)
+class Block:
+    """One unit of work: an output region, the source region it needs, and its tiles."""
+
+    index: tuple[int, ...]
+    """Position of the block in the block grid."""
+    inner: tuple[tuple[int, int], ...]
+    """Output region this block owns (absolute, half-open); its edges are chunk edges."""
+    outer: tuple[tuple[int, int], ...]
+    """Source region read for it: the union of its tiles, clipped to the image."""
+    pad: tuple[tuple[int, int], ...]
+    """Padding after reading, where a tile is longer than the image."""
+    tiles: tuple[tuple[int, ...], ...]
+    """Per axis, indices into the global grid of the tiles this block runs."""
+
+    @property
+    def num_tiles(self) -> int:
+        return math.prod(len(t) for t in self.tiles)
+
+    def tile_origins(self, tiling: Tiling) -> Iterator[tuple[tuple[int, ...], tuple[int, ...]]]:
+        """Yield (grid index, start relative to ``outer``) for every tile of the block."""
+        for index in itertools.product(*self.tiles):
+            start = tuple(
+                ax.starts[i] - o for ax, i, (o, _) in zip(tiling.axes, index, self.outer)
+            )
+            yield index, start
+
+
+def block_grid(tiling: Tiling, block: Sequence[int]) -> tuple[int, ...]:
+    """Number of blocks of ``block`` pixels along each axis."""
+    return tuple(-(-n // b) for n, b in zip(tiling.shape, block))
+
+
+def block_at(tiling: Tiling, block: Sequence[int], index: Sequence[int]) -> Block:
+    """The block at grid position ``index`` when the image is split into ``block`` pixels.
+
+    The block lists the grid tiles reaching its region; the source region to read is
+    their union. Tiles whose weight straddles a seam run in both neighbouring blocks:
+    with ``crop`` one per seam, with ``gaussian``/``constant`` about tile/step per seam.
+    """
+    inner = tuple(
+        (i * b, min((i + 1) * b, n)) for i, b, n in zip(index, block, tiling.shape)
+    )
+    tiles = tiling.tiles_reaching(inner)
+    outer, pad = [], []
+    for axis, idx in zip(tiling.axes, tiles):
+        lo = axis.starts[idx[0]]
+        hi = axis.starts[idx[-1]] + axis.tile
+        outer.append((lo, min(hi, axis.length)))
+        pad.append((0, max(hi - axis.length, 0)))
+    return Block(tuple(index), inner, tuple(outer), tuple(pad), tiles)
+
+
+def iter_blocks(tiling: Tiling, block: Sequence[int]) -> Iterator[Block]:
+    """All blocks of ``block`` pixels (a multiple of the output chunks), in C order."""
+    for index in itertools.product(*(range(n) for n in block_grid(tiling, block))):
+        yield block_at(tiling, block, index)

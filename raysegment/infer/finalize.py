@@ -1,0 +1,57 @@
+"""Turn blended model output into what is written: raw, probabilities, mask or labels."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+
+from raysegment.registry import Registry
+
+__all__ = ["FINALIZERS", "activate", "output_channels", "output_dtype"]
+
+Finalizer = Callable[[torch.Tensor, str, float], torch.Tensor]
+FINALIZERS: Registry[Finalizer] = Registry("finalize.mode")
+
+
+def activate(x: torch.Tensor, activation: str) -> torch.Tensor:
+    """Sigmoid or softmax over channels; ``auto`` = sigmoid for one channel, else softmax."""
+    if activation == "auto":
+        activation = "sigmoid" if x.shape[0] == 1 else "softmax"
+    return torch.sigmoid(x) if activation == "sigmoid" else torch.softmax(x, dim=0)
+
+
+@FINALIZERS.register("raw")
+def _raw(x: torch.Tensor, activation: str, threshold: float) -> torch.Tensor:
+    return x
+
+
+@FINALIZERS.register("probabilities")
+def _probabilities(x: torch.Tensor, activation: str, threshold: float) -> torch.Tensor:
+    return activate(x, activation)
+
+
+@FINALIZERS.register("mask")
+def _mask(x: torch.Tensor, activation: str, threshold: float) -> torch.Tensor:
+    return (activate(x, activation) > threshold).to(torch.uint8)
+
+
+@FINALIZERS.register("labels")
+def _labels(x: torch.Tensor, activation: str, threshold: float) -> torch.Tensor:
+    if x.shape[0] == 1:
+        return (activate(x, activation) > threshold).to(torch.uint8)
+    dtype = torch.uint8 if x.shape[0] <= 256 else torch.int32
+    return torch.argmax(x, dim=0, keepdim=True).to(dtype)
+
+
+def output_channels(mode: str, model_channels: int) -> int:
+    return 1 if mode == "labels" else model_channels
+
+
+def output_dtype(mode: str, model_channels: int) -> str:
+    """float32 for raw/probabilities, uint8 for masks, uint8/uint16 for labels."""
+    if mode in ("raw", "probabilities"):
+        return "float32"
+    if mode == "labels" and model_channels > 256:
+        return "uint16"
+    return "uint8"

@@ -1,0 +1,215 @@
+"""Model files: locate, checksum, load (TorchScript or torch.export) and check the contract.
+
+The contract: input ``(N, C_in, [D,] H, W)`` float32, output ``(N, C_out, same spatial)``.
+Loading a TorchScript or torch.export file runs code from that file: only load models
+you trust.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from raysegment.errors import ModelContractError, ModelLoadError
+
+__all__ = [
+    "MODEL_META",
+    "ModelFile",
+    "ModelSpec",
+    "describe_model",
+    "load_model",
+    "probe_model",
+    "read_model_file",
+]
+
+MODEL_META = "raysegment.json"
+"""Optional metadata next to model.pth: in_channels, spatial_dims, classes, tile_size,
+normalize ({"mean": m, "std": s}), activation."""
+_DIR_CANDIDATES = ("model.pth", "model.pt", "model.pt2")
+
+
+@dataclass(frozen=True)
+class ModelFile:
+    """A model program as bytes, so it travels to every node through the object store."""
+
+    path: str
+    kind: str
+    """``torchscript`` or ``export``."""
+    data: bytes = field(repr=False)
+    meta: dict[str, Any]
+    sha256: str
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """What the model takes and returns, from its metadata, its weights, or a probe."""
+
+    in_channels: int
+    spatial_dims: int
+    out_channels: int = 0
+    static_batch: int | None = None
+    """Batch size a torch.export program was exported with, if it is not dynamic."""
+    static_tile: tuple[int, ...] | None = None
+    """Spatial size a torch.export program was exported with, if it is not dynamic."""
+    classes: tuple[str, ...] | None = None
+    normalize: dict[str, float] | None = None
+    activation: str | None = None
+
+
+def read_model_file(path: str) -> ModelFile:
+    """Find the model program at ``path`` (file or directory) and read it.
+
+    Raises:
+        ModelLoadError: nothing there, or a directory without model.pth / model.pt2.
+    """
+    p = Path(path)
+    meta: dict[str, Any] = {}
+    if p.is_dir():
+        found = [p / n for n in _DIR_CANDIDATES if (p / n).is_file()]
+        if not found:
+            raise ModelLoadError(
+                f"{p}: directory holds no model.pth or model.pt2; give model= a TorchScript "
+                f"file, a torch.export .pt2 program, or a directory holding model.pth"
+            )
+        if (p / MODEL_META).is_file():
+            try:
+                meta = json.loads((p / MODEL_META).read_text())
+            except (OSError, ValueError) as e:
+                raise ModelLoadError(f"{p / MODEL_META}: unreadable model metadata ({e})") from e
+        p = found[0]
+    elif not p.is_file():
+        raise ModelLoadError(f"{p}: model not found; check the model= path")
+    data = p.read_bytes()
+    kind = "export" if p.suffix == ".pt2" else "torchscript"
+    return ModelFile(str(p), kind, data, meta, hashlib.sha256(data).hexdigest())
+
+
+def load_model(model: ModelFile, device: torch.device | str = "cpu") -> torch.nn.Module:
+    """Load the program onto ``device`` in eval mode.
+
+    Raises:
+        ModelLoadError: the file is not a TorchScript archive / torch.export program.
+    """
+    try:
+        if model.kind == "export":
+            program = torch.export.load(io.BytesIO(model.data))
+            module = program.module().to(device)
+        else:
+            module = torch.jit.load(io.BytesIO(model.data), map_location=device)
+    except Exception as e:
+        want = "a torch.export program (torch.export.save)" if model.kind == "export" else (
+            "a TorchScript archive (torch.jit.save of torch.jit.trace/script)"
+        )
+        raise ModelLoadError(
+            f"{model.path}: cannot load the model ({type(e).__name__}: {str(e)[:200]}); "
+            f"the file must be {want}"
+        ) from e
+    if hasattr(module, "eval") and model.kind != "export":
+        module.eval()
+    return module
+
+
+def _export_input_shape(model: ModelFile) -> list[int | None] | None:
+    program = torch.export.load(io.BytesIO(model.data))
+    user = set(program.graph_signature.user_inputs)
+    for node in program.graph.nodes:
+        if node.op == "placeholder" and node.name in user and "val" in node.meta:
+            return [s if isinstance(s, int) else None for s in node.meta["val"].shape]
+    return None
+
+
+def describe_model(model: ModelFile, module: torch.nn.Module) -> ModelSpec:
+    """Input channels and dimensionality: metadata first, then the program itself.
+
+    Raises:
+        ModelContractError: nothing tells them (write raysegment.json next to model.pth).
+    """
+    meta = model.meta
+    static_batch = static_tile = None
+    in_channels = meta.get("in_channels")
+    dims = meta.get("spatial_dims")
+    if model.kind == "export":
+        shape = _export_input_shape(model)
+        if shape is not None and len(shape) in (4, 5):
+            static_batch = shape[0]
+            in_channels = in_channels or shape[1]
+            dims = dims or len(shape) - 2
+            if all(s is not None for s in shape[2:]):
+                static_tile = tuple(int(s) for s in shape[2:])  # type: ignore[arg-type]
+    if in_channels is None or dims is None:
+        # The first weight of a segmentation network is almost always its first conv:
+        # (C_out, C_in, k...), with 2 (2D) or 3 (3D) kernel dimensions.
+        for _, param in module.named_parameters():
+            if param.ndim in (4, 5):
+                in_channels = in_channels or int(param.shape[1])
+                dims = dims or param.ndim - 2
+            break
+    if in_channels is None or dims not in (2, 3):
+        raise ModelContractError(
+            f"{model.path}: cannot tell the model's input channels and 2D/3D; write "
+            f"{MODEL_META} next to model.pth with {{\"in_channels\": 1, \"spatial_dims\": 2}}"
+        )
+    classes = meta.get("classes")
+    tile = meta.get("tile_size")
+    return ModelSpec(
+        in_channels=int(in_channels),
+        spatial_dims=int(dims),
+        static_batch=static_batch,
+        static_tile=static_tile or (tuple(tile) if tile else None),
+        classes=tuple(classes) if classes else None,
+        normalize=meta.get("normalize"),
+        activation=meta.get("activation"),
+    )
+
+
+def probe_model(
+    model: ModelFile, module: torch.nn.Module, spec: ModelSpec, tile: tuple[int, ...]
+) -> ModelSpec:
+    """Run one zero tile through the model and check the contract; return ``spec`` with
+    ``out_channels`` filled in.
+
+    Raises:
+        ModelContractError: the forward fails, or the output is not (1, C_out, *tile) float.
+    """
+    batch = spec.static_batch or 1
+    shape = (batch, spec.in_channels, *tile)
+    if spec.static_tile is not None and tuple(spec.static_tile) != tuple(tile):
+        raise ModelContractError(
+            f"{model.path}: the model takes tiles of {list(spec.static_tile)} only; set "
+            f"tile.size={list(spec.static_tile)} or export with dynamic spatial dimensions"
+        )
+    try:
+        with torch.inference_mode():
+            out = module(torch.zeros(shape, dtype=torch.float32))
+    except Exception as e:
+        raise ModelContractError(
+            f"{model.path}: the model failed on a {list(shape)} float32 tile "
+            f"({type(e).__name__}: {str(e).splitlines()[0][:200]}); check the model takes "
+            f"{spec.in_channels} channel(s) in {spec.spatial_dims}D, and choose tile.size the "
+            f"model can take (e.g. divisible by 32 for most encoders)"
+        ) from e
+    if isinstance(out, (tuple, list)) and out and isinstance(out[0], torch.Tensor):
+        out = out[0]
+    if not isinstance(out, torch.Tensor):
+        raise ModelContractError(
+            f"{model.path}: the model returned {type(out).__name__}; it must return a tensor "
+            f"of shape (N, C_out, *spatial)"
+        )
+    if not out.is_floating_point():
+        raise ModelContractError(
+            f"{model.path}: the model returned dtype {out.dtype}; it must return floating-point "
+            f"scores (logits or probabilities), not {out.dtype}"
+        )
+    if out.ndim != len(shape) or out.shape[0] != batch or tuple(out.shape[2:]) != tuple(tile):
+        raise ModelContractError(
+            f"{model.path}: the model returned shape {list(out.shape)} for a {list(shape)} tile; "
+            f"the model must keep the batch and spatial size (pad inside forward, or choose "
+            f"tile.size divisible by the model's total stride, e.g. 32)"
+        )
+    return replace(spec, out_channels=int(out.shape[1]))

@@ -1,0 +1,252 @@
+"""``raysegment infer``: images -> Ray Data blocks -> predictor actors -> OME-Zarr."""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import sys
+import time
+from collections import Counter
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from raysegment._version import __version__
+from raysegment.config import InferConfig, config_to_dict, load_config
+from raysegment.data.inputs import resolve_inputs
+from raysegment.data.sources import image_stem, open_source
+from raysegment.errors import ConfigError, OutputError
+from raysegment.infer.model import describe_model, load_model, probe_model, read_model_file
+from raysegment.infer.plan import ImagePlan, plan_image, provenance, tile_size
+from raysegment.infer.stages import Predictor, read_stage, write_stage
+from raysegment.infer.writer import (
+    complete_output,
+    create_output,
+    done_blocks,
+    inspect_output,
+)
+
+__all__ = ["InferSummary", "infer"]
+
+log = logging.getLogger("raysegment")
+
+
+@dataclass
+class InferSummary:
+    """What a run did; also printed at the end of ``raysegment infer``."""
+
+    outputs: list[str] = field(default_factory=list)
+    images: int = 0
+    blocks: int = 0
+    resumed_blocks: int = 0
+    tiles: int = 0
+    seconds: float = 0.0
+    megapixels: float = 0.0
+    device: str = "cpu"
+    actors: int = 0
+
+    @property
+    def megapixels_per_second(self) -> float:
+        return self.megapixels / self.seconds if self.seconds > 0 else 0.0
+
+    def __str__(self) -> str:
+        resumed = f" ({self.resumed_blocks} already done)" if self.resumed_blocks else ""
+        return (
+            f"raysegment: {self.images} image(s), {self.blocks} block(s){resumed}, "
+            f"{self.tiles} tile(s) on {self.actors} {self.device} actor(s), "
+            f"{self.seconds:.1f} s, {self.megapixels_per_second:.2f} MP/s"
+        )
+
+
+def _as_config(config: InferConfig | Mapping[str, Any] | None, overrides: Mapping[str, Any]
+               ) -> InferConfig:
+    if isinstance(config, InferConfig) and not overrides:
+        return config
+    values = config_to_dict(config) if isinstance(config, InferConfig) else dict(config or {})
+    return load_config(InferConfig, values=values | dict(overrides))
+
+
+def _start_ray(device: str) -> bool:
+    """Connect to ``RAY_ADDRESS`` or start a local Ray; returns whether this call started it."""
+    import ray
+
+    if ray.is_initialized():
+        return False
+    if device[0].isdigit():
+        if os.environ.get("RAY_ADDRESS"):
+            raise ConfigError(
+                f"device={device}: GPU indices apply to a local run; on a cluster use "
+                f"device=all or device=gpu (Ray assigns the GPUs)"
+            )
+        # Ray hands out only the GPUs the local raylet sees.
+        os.environ["CUDA_VISIBLE_DEVICES"] = device
+    ray.init(logging_level=logging.ERROR, include_dashboard=False)
+    return True
+
+
+def _pool(cfg: InferConfig) -> tuple[bool, int, int]:
+    """(use_gpu, actors, cpus per actor) for ``cfg.device`` on the cluster Ray sees."""
+    import ray
+
+    resources = ray.cluster_resources()
+    gpus = int(resources.get("GPU", 0))
+    cpus = int(resources.get("CPU", 1))
+    device = cfg.device
+    threads = cfg.threads or 1
+    if device == "auto":
+        device = "all" if gpus else "cpu"
+    if device == "cpu":
+        default = max(1, (cpus - max(1, cpus // 4)) // threads)
+        return False, cfg.actors or default, threads
+    wanted = {"gpu": 1, "all": gpus}.get(device, len(device.split(",")))
+    if gpus < 1 or wanted > gpus:
+        raise ConfigError(
+            f"device={cfg.device}: Ray sees {gpus} GPU(s); use device=cpu, or a cluster "
+            f"with GPUs"
+        )
+    return True, cfg.actors or wanted, 1
+
+
+def _prepare_outputs(cfg: InferConfig, plans: list[ImagePlan], config: dict[str, Any],
+                     model_path: str, model_sha: str) -> dict[int, set[str]]:
+    """Create, resume or refuse each output; return the blocks already done per image."""
+    done: dict[int, set[str]] = {}
+    for plan in plans:
+        out = Path(plan.output)
+        state = inspect_output(out)
+        if state.exists and not cfg.overwrite:
+            if not state.ours:
+                raise OutputError(
+                    f"{out}: exists and is not a raysegment output; remove it, choose another "
+                    f"output=, or set overwrite=true"
+                )
+            if state.complete:
+                raise OutputError(
+                    f"{out}: a complete output already exists; set overwrite=true to replace it"
+                )
+            if state.fingerprint != plan.fingerprint:
+                raise OutputError(
+                    f"{out}: an incomplete output from a run with other settings exists; rerun "
+                    f"with the same settings to resume, or set overwrite=true to replace it"
+                )
+            done[plan.id] = done_blocks(out)
+            continue
+        if state.exists and not state.ours and not out.is_dir():
+            raise OutputError(f"{out}: exists and is not a directory; remove it")
+        create_output(out, plan.layout, provenance(plan, config, model_path, model_sha,
+                                                   __version__))
+        done[plan.id] = set()
+    return done
+
+
+def infer(config: InferConfig | Mapping[str, Any] | None = None, **overrides: Any
+          ) -> InferSummary:
+    """Segment every input image into ``<output>/<name>.ome.zarr``.
+
+    Args:
+        config: an ``InferConfig``, or a mapping of config keys (nested or dotted).
+        **overrides: config keys to set on top, e.g. ``tile={"blend": "crop"}``.
+
+    Raises:
+        RaySegmentError: bad input, model, config or output (nothing written that looks
+            complete).
+    """
+    import ray
+
+    cfg = _as_config(config, overrides)
+    start = time.perf_counter()
+    paths = resolve_inputs(cfg.input, cfg.pattern)
+    sources = [open_source(p, cfg.axes) for p in paths]
+    stems = Counter(image_stem(str(p)) for p in paths)
+    clash = [s for s, n in stems.items() if n > 1]
+    if clash:
+        raise ConfigError(
+            f"{cfg.input}: several inputs would write {clash[0]}.ome.zarr; narrow pattern="
+        )
+
+    model = read_model_file(cfg.model)
+    module = load_model(model)
+    spec = describe_model(model, module)
+    spec = probe_model(model, module, spec, tile_size(cfg, spec))
+    del module
+
+    output = Path(cfg.output)
+    plans = [
+        plan_image(i, src, str(output / f"{image_stem(src.path)}.ome.zarr"), cfg, spec,
+                   model.sha256)
+        for i, src in enumerate(sources)
+    ]
+    config = config_to_dict(cfg)
+    done = _prepare_outputs(cfg, plans, config, model.path, model.sha256)
+    pending = [w for p in plans for w in p.work() if w.key not in done[p.id]]
+    remaining = Counter(w.image for w in pending)
+    summary = InferSummary(images=len(plans), resumed_blocks=sum(len(d) for d in done.values()))
+    for plan in plans:
+        summary.megapixels += float(np.prod(plan.source.info.shape[2:])) * plan.source.info.shape[0] / 1e6
+
+    started = _start_ray(cfg.device)
+    try:
+        use_gpu, actors, cpus = _pool(cfg)
+        summary.device, summary.actors = ("gpu" if use_gpu else "cpu"), actors
+        for plan in plans:
+            if remaining[plan.id] == 0:
+                _complete(plan, done)
+        if pending:
+            _run(cfg, model, plans, pending, remaining, use_gpu, actors, cpus, summary, done)
+    finally:
+        if started:
+            ray.shutdown()
+    summary.blocks = sum(p.num_blocks for p in plans)
+    summary.outputs = [p.output for p in plans]
+    summary.seconds = time.perf_counter() - start
+    return summary
+
+
+def _complete(plan: ImagePlan, done: dict[int, set[str]]) -> None:
+    complete_output(Path(plan.output), {"blocks_done": plan.num_blocks})
+
+
+def _run(cfg: InferConfig, model: Any, plans: list[ImagePlan], pending: list[Any],
+         remaining: Counter[int], use_gpu: bool, actors: int, cpus: int,
+         summary: InferSummary, done: dict[int, set[str]]) -> None:
+    import ray
+    from tqdm import tqdm
+
+    logging.getLogger("ray.data").setLevel(logging.ERROR)
+    ctx = ray.data.DataContext.get_current()
+    ctx.enable_progress_bars = False
+    ctx.print_on_execution_start = False
+    items = [{"image": w.image, "t": w.t, "z": w.z, "index": np.asarray(w.index)}
+             for w in pending]
+    finalize = (cfg.finalize.mode.value, cfg.finalize.activation.value, cfg.finalize.threshold)
+    ds = ray.data.from_items(items, override_num_blocks=min(len(items), 1000))
+    # Reads and writes are mostly I/O: half a CPU each. The differing resources also keep
+    # Ray Data from fusing the read into the predictor actor, which would stall the model.
+    ds = ds.map_batches(read_stage, batch_size=1, batch_format="numpy",
+                        fn_kwargs={"plans": plans}, num_cpus=0.5)
+    ds = ds.map_batches(
+        Predictor, batch_size=1, batch_format="numpy",
+        compute=ray.data.ActorPoolStrategy(size=actors),
+        fn_constructor_kwargs={
+            "model": [ray.put(model)], "plans": plans, "use_gpu": use_gpu, "batch_size": cfg.batch_size,
+            "threads": cpus, "finalize": finalize,
+        },
+        num_gpus=1 if use_gpu else 0, num_cpus=cpus,
+    )
+    ds = ds.map_batches(write_stage, batch_size=1, batch_format="numpy",
+                        fn_kwargs={"plans": plans}, num_cpus=0.5)
+    bar = tqdm(total=len(pending), unit="block", disable=not cfg.progress, file=sys.stderr,
+               desc="raysegment infer", dynamic_ncols=True)
+    with bar:
+        for row in ds.iter_rows():
+            image = int(row["image"])
+            summary.tiles += int(row["tiles"])
+            remaining[image] -= 1
+            bar.update(1)
+            bar.set_postfix(tiles=summary.tiles, refresh=False)
+            if remaining[image] == 0:
+                _complete(plans[image], done)

@@ -1,0 +1,275 @@
+"""Per-image plans: which axes the model sees, the tile grid, blocks, output layout."""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from raysegment.config import InferConfig, NormalizeMode
+from raysegment.data.sources import ImageSource, image_stem
+from raysegment.data.tiling import Block, Tiling, block_at, block_grid
+from raysegment.errors import ConfigError, InputImageError
+from raysegment.infer.finalize import output_channels, output_dtype
+from raysegment.infer.model import ModelSpec
+from raysegment.infer.writer import OutputLayout
+
+__all__ = ["ImagePlan", "WorkItem", "plan_image", "tile_size"]
+
+DEFAULT_TILE = {2: 512, 3: 128}
+DEFAULT_CHUNK = {2: 1024, 3: 128}
+DEFAULT_BLOCK_CHUNKS = {2: 4, 3: 2}
+_PERCENTILE_SAMPLES = 16
+_PERCENTILE_REGION = 256
+
+
+@dataclass(frozen=True)
+class WorkItem:
+    """One Ray Data row: a block of one timepoint (and z plane, for a 2D model on a stack)."""
+
+    image: int
+    t: int
+    z: int
+    """z plane for a 2D model on a z-stack, else -1."""
+    index: tuple[int, ...]
+
+    @property
+    def key(self) -> str:
+        return f"t{self.t}z{self.z}b" + "_".join(map(str, self.index))
+
+
+@dataclass(frozen=True)
+class ImagePlan:
+    id: int
+    source: ImageSource
+    output: str
+    channels: tuple[int, ...]
+    spatial_dims: int
+    tiling: Tiling
+    block: tuple[int, ...]
+    layout: OutputLayout
+    padding: str
+    norm: tuple[tuple[float, ...], tuple[float, ...]] | None
+    """Per-channel (offset, scale): the model sees (pixel - offset) / scale."""
+    fingerprint: str
+
+    @property
+    def iterates_z(self) -> bool:
+        return self.spatial_dims == 2 and self.source.info.shape[2] > 1
+
+    def work(self) -> Iterator[WorkItem]:
+        t_count, _, z_count = self.source.info.shape[:3]
+        planes = range(z_count) if self.iterates_z else [-1]
+        grid = block_grid(self.tiling, self.block)
+        for t, z in itertools.product(range(t_count), planes):
+            for index in itertools.product(*(range(n) for n in grid)):
+                yield WorkItem(self.id, t, z, index)
+
+    def block_of(self, item: WorkItem) -> Block:
+        return block_at(self.tiling, self.block, item.index)
+
+    def source_region(self, item: WorkItem, block: Block) -> tuple[tuple[int, int], ...]:
+        """(z, y, x) region of the source to read for ``block``."""
+        if self.spatial_dims == 3:
+            return block.outer
+        z = max(item.z, 0)
+        return ((z, z + 1), *block.outer)
+
+    def output_index(self, item: WorkItem, block: Block) -> tuple[slice | int, ...]:
+        index: list[slice | int] = []
+        spatial = iter(block.inner)
+        for axis in self.layout.axes:
+            if axis == "t":
+                index.append(item.t)
+            elif axis == "c":
+                index.append(slice(None))
+            elif axis == "z" and self.spatial_dims == 2:
+                index.append(max(item.z, 0))
+            else:
+                a, b = next(spatial)
+                index.append(slice(a, b))
+        return tuple(index)
+
+    @property
+    def num_blocks(self) -> int:
+        t_count, _, z_count = self.source.info.shape[:3]
+        planes = z_count if self.iterates_z else 1
+        return t_count * planes * int(np.prod(block_grid(self.tiling, self.block)))
+
+    @property
+    def num_tiles(self) -> int:
+        t_count, _, z_count = self.source.info.shape[:3]
+        return t_count * (z_count if self.iterates_z else 1) * self.tiling.num_tiles
+
+
+def _per_axis(key: str, values: list[int] | None, dims: int, default: int) -> tuple[int, ...]:
+    if values is None:
+        return (default,) * dims
+    if len(values) == 1:
+        return tuple(values) * dims
+    if len(values) != dims:
+        raise ConfigError(f"{key}={values}: give one value or {dims} (one per spatial axis)")
+    return tuple(values)
+
+
+def tile_size(cfg: InferConfig, spec: ModelSpec) -> tuple[int, ...]:
+    dims = spec.spatial_dims
+    if cfg.tile.size is None and spec.static_tile is not None:
+        return tuple(spec.static_tile)
+    return _per_axis("tile.size", cfg.tile.size, dims, DEFAULT_TILE[dims])
+
+
+def _select_channels(cfg: InferConfig, source: ImageSource, spec: ModelSpec) -> tuple[int, ...]:
+    count = source.info.shape[1]
+    if cfg.channels is not None:
+        bad = [c for c in cfg.channels if c >= count]
+        if bad:
+            raise InputImageError(
+                f"{source.path}: has {count} channel(s), channels={cfg.channels} asks for {bad}"
+            )
+        chosen = tuple(cfg.channels)
+    else:
+        chosen = tuple(range(count))
+    if len(chosen) != spec.in_channels:
+        raise InputImageError(
+            f"{source.path}: the model takes {spec.in_channels} channel(s) but "
+            f"{len(chosen)} are selected from the image's {count}; set channels= to "
+            f"{spec.in_channels} index(es), e.g. channels={list(range(spec.in_channels))}"
+        )
+    return chosen
+
+
+def _spatial_shape(source: ImageSource, dims: int) -> tuple[int, ...]:
+    _, _, z, y, x = source.info.shape
+    if dims == 3:
+        if z == 1:
+            raise InputImageError(
+                f"{source.path}: a 3D model needs a z-stack but the image is 2D "
+                f"(shape {source.info.shape} as t,c,z,y,x); use a 2D model or a 3D image"
+            )
+        return (z, y, x)
+    return (y, x)
+
+
+def _normalization(
+    cfg: InferConfig, source: ImageSource, spec: ModelSpec, channels: tuple[int, ...], dims: int
+) -> tuple[tuple[float, ...], tuple[float, ...]] | None:
+    mode = cfg.normalize.mode
+    n = len(channels)
+    if mode == NormalizeMode.auto:
+        if not spec.normalize:
+            return None
+        mean = np.broadcast_to(np.asarray(spec.normalize.get("mean", 0.0), float), (n,))
+        std = np.broadcast_to(np.asarray(spec.normalize.get("std", 1.0), float), (n,))
+        return tuple(map(float, mean)), tuple(map(float, std))
+    if mode == NormalizeMode.none:
+        return None
+    if mode == NormalizeMode.fixed:
+        return (cfg.normalize.mean,) * n, (cfg.normalize.std,) * n
+    return _percentiles(source, channels, cfg.normalize.low, cfg.normalize.high)
+
+
+def _percentiles(
+    source: ImageSource, channels: tuple[int, ...], low: float, high: float
+) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Percentiles from a fixed sample of regions: the whole image is never read."""
+    _, _, z, y, x = source.info.shape
+    rng = np.random.default_rng(0)
+    size = [min(s, _PERCENTILE_REGION) for s in (y, x)]
+    samples = []
+    for _ in range(_PERCENTILE_SAMPLES):
+        zz = int(rng.integers(0, z))
+        y0 = int(rng.integers(0, y - size[0] + 1))
+        x0 = int(rng.integers(0, x - size[1] + 1))
+        region = ((zz, zz + 1), (y0, y0 + size[0]), (x0, x0 + size[1]))
+        samples.append(source.read(0, channels, region).reshape(len(channels), -1))
+    data = np.concatenate(samples, axis=1).astype(np.float64)
+    lo = np.percentile(data, low, axis=1)
+    hi = np.percentile(data, high, axis=1)
+    scale = np.where(hi > lo, hi - lo, 1.0)
+    return tuple(map(float, lo)), tuple(map(float, scale))
+
+
+def plan_image(
+    image_id: int,
+    source: ImageSource,
+    output: str,
+    cfg: InferConfig,
+    spec: ModelSpec,
+    model_sha256: str,
+) -> ImagePlan:
+    """Everything needed to segment ``source`` into ``output``, before any pixel is read
+    (except the sample a percentile normalization needs)."""
+    dims = spec.spatial_dims
+    shape = _spatial_shape(source, dims)
+    channels = _select_channels(cfg, source, spec)
+    tile = tile_size(cfg, spec)
+    tiling = Tiling.plan(shape, tile, cfg.tile.overlap, cfg.tile.blend.value)
+    chunks = _per_axis("chunks", cfg.chunks, dims, DEFAULT_CHUNK[dims])
+    if cfg.chunks is None:
+        chunks = tuple(min(c, n) for c, n in zip(chunks, shape))
+    if cfg.block is None:
+        block = tuple(
+            min(c * DEFAULT_BLOCK_CHUNKS[dims], -(-n // c) * c) for c, n in zip(chunks, shape)
+        )
+    else:
+        block = _per_axis("block", cfg.block, dims, 0)
+        if any(b % c for b, c in zip(block, chunks)):
+            raise ConfigError(
+                f"block={list(block)} must be a multiple of chunks={list(chunks)} on every "
+                f"axis (one writer per chunk); e.g. block={[c * 4 for c in chunks]}"
+            )
+    norm = _normalization(cfg, source, spec, channels, dims)
+
+    info = source.info
+    t_count, _, z_count, _, _ = info.shape
+    mode = cfg.finalize.mode.value
+    out_c = output_channels(mode, spec.out_channels)
+    axes = ("t" if t_count > 1 else "") + "c" + ("z" if z_count > 1 or dims == 3 else "") + "yx"
+    sizes = {"t": t_count, "c": out_c, "z": z_count, "y": info.shape[3], "x": info.shape[4]}
+    spatial_chunks = dict(zip("zyx"[3 - dims:], chunks))
+    out_chunks = tuple(spatial_chunks.get(a, 1) for a in axes)
+    names = spec.classes if spec.classes and len(spec.classes) == out_c else None
+    if mode == "labels":
+        names = ("labels",)
+    layout = OutputLayout(
+        axes=axes,
+        shape=tuple(sizes[a] for a in axes),
+        chunks=out_chunks,
+        dtype=output_dtype(mode, spec.out_channels),
+        scale=tuple(1.0 if a == "c" else float(info.scale.get(a, 1.0)) for a in axes),
+        units={a: u for a, u in info.units.items() if a in axes},
+        channel_names=names or tuple(f"class_{i}" for i in range(out_c)),
+        name=image_stem(source.path),
+    )
+    fingerprint = hashlib.sha256(json.dumps({
+        "input": source.path, "shape": info.shape, "dtype": str(info.dtype),
+        "model": model_sha256, "channels": channels, "tile": tile, "overlap": cfg.tile.overlap,
+        "blend": cfg.tile.blend.value, "padding": cfg.tile.padding.value, "block": block,
+        "chunks": chunks, "norm": norm, "finalize": [mode, cfg.finalize.threshold,
+                                                     cfg.finalize.activation.value],
+    }, sort_keys=True, default=str).encode()).hexdigest()
+    return ImagePlan(
+        id=image_id, source=source, output=output, channels=channels, spatial_dims=dims,
+        tiling=tiling, block=block, layout=layout, padding=cfg.tile.padding.value, norm=norm,
+        fingerprint=fingerprint,
+    )
+
+
+def provenance(plan: ImagePlan, config: dict[str, Any], model_path: str, model_sha: str,
+               version: str) -> dict[str, Any]:
+    return {
+        "version": version,
+        "fingerprint": plan.fingerprint,
+        "config": config,
+        "input": {"path": plan.source.path, "shape_tczyx": list(plan.source.info.shape),
+                  "dtype": str(plan.source.info.dtype), "channels": list(plan.channels)},
+        "model": {"path": model_path, "sha256": model_sha},
+        "blocks": plan.num_blocks,
+        "tiles": plan.num_tiles,
+    }

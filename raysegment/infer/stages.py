@@ -1,0 +1,197 @@
+"""The three Ray Data stages of inference: read (CPU task), predict (actor), write (CPU task).
+
+Each row is one block; rows carry their coordinates, so order never matters.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from raysegment.infer.finalize import FINALIZERS
+from raysegment.infer.model import ModelFile, load_model
+from raysegment.infer.plan import ImagePlan, WorkItem
+from raysegment.infer.writer import mark_done, write_block
+
+__all__ = ["Predictor", "read_stage", "write_stage", "predict_block", "auto_batch_size"]
+
+Batch = dict[str, np.ndarray]
+
+
+def _item(batch: Batch, i: int) -> WorkItem:
+    return WorkItem(int(batch["image"][i]), int(batch["t"][i]), int(batch["z"][i]),
+                    tuple(int(v) for v in batch["index"][i]))
+
+
+def _passthrough(batch: Batch, i: int) -> Batch:
+    return {k: batch[k][i : i + 1] for k in ("image", "t", "z", "index")}
+
+
+def read_stage(batch: Batch, plans: Sequence[ImagePlan]) -> Batch:
+    """Read a block's source region, normalize it to float32 and pad it to whole tiles."""
+    item = _item(batch, 0)
+    plan = plans[item.image]
+    block = plan.block_of(item)
+    data = plan.source.read(item.t, plan.channels, plan.source_region(item, block))
+    data = data.astype(np.float32, copy=False)
+    if plan.spatial_dims == 2:
+        data = data[:, 0]
+    if plan.norm is not None:
+        offset, scale = (np.asarray(v, np.float32).reshape(-1, *[1] * plan.spatial_dims)
+                         for v in plan.norm)
+        data = (data - offset) / scale
+    if any(p != (0, 0) for p in block.pad):
+        data = np.pad(data, ((0, 0), *block.pad), mode=plan.padding)  # type: ignore[call-overload]
+    return _passthrough(batch, 0) | {"data": data[None]}
+
+
+def auto_batch_size(
+    module: torch.nn.Module, tile_shape: tuple[int, ...], device: torch.device
+) -> int:
+    """Tiles per forward from free memory: measured on GPU, estimated on CPU."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        base = torch.cuda.memory_allocated(device)
+        with torch.inference_mode():
+            module(torch.zeros((1, *tile_shape), device=device))
+        per_tile = max(torch.cuda.max_memory_allocated(device) - base, 1)
+        free, _ = torch.cuda.mem_get_info(device)
+        return int(np.clip(0.5 * free // per_tile, 1, 64))
+    import psutil
+
+    # On CPU larger batches barely speed up; stay small, and within a quarter of free RAM
+    # assuming activations of ~64 float32 values per input value.
+    per_tile = 64 * 4 * int(np.prod(tile_shape))
+    return int(np.clip(psutil.virtual_memory().available // 4 // per_tile, 1, 4))
+
+
+def predict_block(
+    module: torch.nn.Module,
+    plan: ImagePlan,
+    item: WorkItem,
+    data: torch.Tensor,
+    batch_size: int,
+    weights: Sequence[torch.Tensor],
+) -> tuple[torch.Tensor, int]:
+    """Run every tile of the block and blend them over the block's own region.
+
+    ``data`` is the padded source region (C_in, *outer); ``weights[axis][i]`` the 1D
+    blending profile of grid tile ``i``. Returns the blended raw output (C_out, *inner)
+    and the number of tiles run.
+    """
+    block = plan.block_of(item)
+    tile = plan.tiling.tile
+    inner = [(a - o, b - o) for (a, b), (o, _) in zip(block.inner, block.outer)]
+    origins = list(block.tile_origins(plan.tiling))
+    num: torch.Tensor | None = None
+    den = torch.zeros([b - a for a, b in inner], device=data.device)
+    for first in range(0, len(origins), batch_size):
+        chunk = origins[first : first + batch_size]
+        x = torch.stack([
+            data[(slice(None), *(slice(s, s + t) for s, t in zip(start, tile)))]
+            for _, start in chunk
+        ])
+        with torch.inference_mode():
+            y = module(x)
+        if isinstance(y, (tuple, list)):
+            y = y[0]
+        y = y.float()
+        if num is None:
+            num = torch.zeros((y.shape[1], *den.shape), device=data.device)
+        for (grid, start), pred in zip(chunk, y):
+            src, dst = [], []
+            for s, t, (a, b) in zip(start, tile, inner):
+                lo, hi = max(s, a), min(s + t, b)
+                src.append(slice(lo - s, hi - s))
+                dst.append(slice(lo - a, hi - a))
+            if any(sl.start >= sl.stop for sl in src):
+                continue
+            w = weights[0][grid[0]][src[0]]
+            for axis in range(1, len(tile)):
+                w = w.unsqueeze(-1) * weights[axis][grid[axis]][src[axis]]
+            num[(slice(None), *dst)] += pred[(slice(None), *src)] * w
+            den[tuple(dst)] += w
+    assert num is not None
+    if bool((den == 0).any()):
+        raise RuntimeError(f"block {item} has pixels no tile covers: tiling bug")
+    return num / den, len(origins)
+
+
+class Predictor:
+    """Actor: holds the model on its device; turns read blocks into finalized blocks."""
+
+    def __init__(
+        self,
+        model: list[Any],
+        plans: Sequence[ImagePlan],
+        use_gpu: bool,
+        batch_size: int | None,
+        threads: int,
+        finalize: tuple[str, str, float],
+    ) -> None:
+        torch.set_num_threads(threads)
+        self.device = torch.device("cuda" if use_gpu and torch.cuda.is_available() else "cpu")
+        # The model arrives as [ObjectRef]: put once by the driver, fetched by each actor.
+        import ray
+
+        program: ModelFile = ray.get(model[0])
+        self.module = load_model(program, self.device)
+        self.plans = plans
+        self.finalize = finalize
+        first = plans[0]
+        tile_shape = (len(first.channels), *first.tiling.tile)
+        self.batch_size = batch_size or auto_batch_size(self.module, tile_shape, self.device)
+        self._weights: dict[int, list[torch.Tensor]] = {}
+
+    def weights(self, plan: ImagePlan) -> list[torch.Tensor]:
+        if plan.id not in self._weights:
+            from raysegment.data.tiling import blend_weights_1d
+
+            self._weights[plan.id] = [
+                torch.from_numpy(np.stack([
+                    blend_weights_1d(axis, i, plan.tiling.blend) for i in range(len(axis.starts))
+                ])).to(self.device)
+                for axis in plan.tiling.axes
+            ]
+        return self._weights[plan.id]
+
+    def __call__(self, batch: Batch) -> Batch:
+        item = _item(batch, 0)
+        plan = self.plans[item.image]
+        start = time.perf_counter()
+        data = torch.from_numpy(np.require(batch["data"][0], requirements=["C", "W"])).to(self.device)
+        blended, tiles = predict_block(
+            self.module, plan, item, data, self.batch_size, self.weights(plan)
+        )
+        mode, activation, threshold = self.finalize
+        out = FINALIZERS.get(mode)(blended, activation, threshold).cpu().numpy()
+        return _passthrough(batch, 0) | {
+            "data": out[None],
+            "tiles": np.array([tiles]),
+            "seconds": np.array([time.perf_counter() - start]),
+        }
+
+
+def write_stage(batch: Batch, plans: Sequence[ImagePlan]) -> Batch:
+    """Write a finalized block into its chunks, then mark it done."""
+    item = _item(batch, 0)
+    plan = plans[item.image]
+    block = plan.block_of(item)
+    data: Any = batch["data"][0]
+    index = plan.output_index(item, block)
+    # Integer indices (t, or z for a 2D model) drop axes the block does not have.
+    write_block(Path(plan.output), index, data.astype(plan.layout.dtype, copy=False))
+    mark_done(Path(plan.output), item.key)
+    pixels = int(np.prod([b - a for a, b in block.inner]))
+    return {
+        "image": batch["image"][:1],
+        "tiles": batch["tiles"][:1],
+        "seconds": batch["seconds"][:1],
+        "pixels": np.array([pixels]),
+    }

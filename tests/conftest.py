@@ -1,0 +1,72 @@
+"""Shared fixtures: one Ray session, synthetic images and fixed-kernel models."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tifffile
+import torch
+
+os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+
+
+@pytest.fixture(scope="session")
+def ray_session() -> Iterator[None]:
+    import ray
+
+    ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR")
+    yield
+    ray.shutdown()
+
+
+def conv_model(dims: int = 2, in_ch: int = 1, out_ch: int = 2, seed: int = 0) -> torch.nn.Module:
+    """Two 3x3(x3) convs: receptive-field radius 2, zero padding, fixed weights."""
+    torch.manual_seed(seed)
+    conv = torch.nn.Conv2d if dims == 2 else torch.nn.Conv3d
+    return torch.nn.Sequential(
+        conv(in_ch, 3, 3, padding=1), torch.nn.Tanh(), conv(3, out_ch, 3, padding=1)
+    ).eval()
+
+
+def save_torchscript(module: torch.nn.Module, path: Path, dims: int, in_ch: int) -> Path:
+    example = torch.zeros((1, in_ch, *([16] * dims)))
+    torch.jit.save(torch.jit.trace(module, example), str(path))
+    return path
+
+
+@pytest.fixture
+def make_model(tmp_path: Path) -> Callable[..., tuple[Path, torch.nn.Module]]:
+    def make(dims: int = 2, in_ch: int = 1, out_ch: int = 2, name: str = "model.pth"
+             ) -> tuple[Path, torch.nn.Module]:
+        module = conv_model(dims, in_ch, out_ch)
+        return save_torchscript(module, tmp_path / name, dims, in_ch), module
+
+    return make
+
+
+def random_image(shape: tuple[int, ...], dtype: str = "uint16", seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    return (rng.random(shape) * 1000).astype(dtype)
+
+
+@pytest.fixture
+def ome_tiff(tmp_path: Path) -> Callable[..., Path]:
+    def make(data: np.ndarray, axes: str = "YX", name: str = "img.ome.tif",
+             tile: tuple[int, int] | None = (64, 64), **meta: object) -> Path:
+        path = tmp_path / name
+        tifffile.imwrite(path, data, ome=True, tile=tile, metadata={"axes": axes, **meta})
+        return path
+
+    return make
+
+
+def whole_image_prediction(module: torch.nn.Module, image: np.ndarray) -> np.ndarray:
+    """The oracle: the model on the whole image at once, (C, *spatial) float32."""
+    with torch.inference_mode():
+        x = torch.from_numpy(image.astype(np.float32))[None, None]
+        return module(x)[0].numpy()

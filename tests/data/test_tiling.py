@@ -1,0 +1,110 @@
+"""Tile/block geometry, checked exhaustively over many shapes (no Ray, no torch)."""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pytest
+
+from raysegment.data.tiling import BLENDS, AxisTiling, Tiling, block_at, block_grid, iter_blocks
+from raysegment.config import Blend
+
+
+@pytest.mark.parametrize("length", [1, 7, 63, 64, 65, 100, 127, 128, 129, 500, 1001])
+@pytest.mark.parametrize("tile,overlap", [(64, 0), (64, 16), (64, 31), (32, 8), (16, 15)])
+def test_axis_tiles_cover_and_end_flush(length: int, tile: int, overlap: int) -> None:
+    axis = AxisTiling.plan(length, tile, overlap)
+    assert axis.starts[0] == 0
+    assert list(axis.starts) == sorted(set(axis.starts))
+    if length >= tile:
+        assert axis.starts[-1] + tile == length  # last tile flush with the edge
+        assert all(0 <= s and s + tile <= length for s in axis.starts)
+    else:
+        assert axis.starts == (0,)
+    steps = np.diff(axis.starts)
+    assert all(steps <= tile - overlap)
+    assert all(steps[:-1] == tile - overlap)
+    # crop: kept parts cover the axis with no gap; regular neighbours do not overlap.
+    covered = np.zeros(length, int)
+    for i in range(len(axis.starts)):
+        lo, hi = axis.support(i, "crop")
+        covered[lo:hi] += 1
+    assert covered.min() >= 1
+    if len(axis.starts) > 2:
+        lo1, hi1 = axis.support(1, "crop")
+        assert hi1 - lo1 == tile - overlap
+
+
+def test_crop_keeps_centre_drops_half_overlap() -> None:
+    axis = AxisTiling.plan(1000, 512, 128)
+    assert axis.starts == (0, 384, 488)
+    assert axis.kept(0) == (0, 448)
+    assert axis.kept(1) == (64, 448)
+    assert axis.kept(2) == (64, 512)
+
+
+def test_blend_registry_matches_config_choices() -> None:
+    assert set(BLENDS.names()) == {b.value for b in Blend}
+
+
+def test_gaussian_weights_peak_in_centre_and_are_symmetric() -> None:
+    t = Tiling.plan((100, 100), (32, 32), 0.25, "gaussian")
+    w = t.weights((0, 0))
+    assert w.shape == (32, 32)
+    assert np.allclose(w, w[::-1, ::-1]) and np.allclose(w, w.T)
+    assert w[15:17, 15:17].min() == w.max()
+    assert w.min() > 0
+
+
+@pytest.mark.parametrize("shape", [(301, 437), (64, 64), (1000, 33), (37, 45, 51)])
+@pytest.mark.parametrize("blend", ["gaussian", "constant", "crop"])
+def test_blocks_partition_image_and_carry_every_reaching_tile(
+    shape: tuple[int, ...], blend: str
+) -> None:
+    dims = len(shape)
+    tile = (32,) * dims
+    block = (64,) * dims
+    tiling = Tiling.plan(shape, tile, 0.25, blend)
+    owner = np.zeros(shape, int)
+    blocks = list(iter_blocks(tiling, block))
+    assert len(blocks) == int(np.prod(block_grid(tiling, block)))
+    for b in blocks:
+        owner[tuple(slice(a, c) for a, c in b.inner)] += 1
+        # inner edges are block (hence chunk) edges, or the image edge
+        for (a, c), size, n in zip(b.inner, block, shape):
+            assert a % size == 0 and (c % size == 0 or c == n)
+        # outer = union of the tiles, clipped; padding only where a tile exceeds the image
+        for axis, idx, (lo, hi), (p0, p1) in zip(tiling.axes, b.tiles, b.outer, b.pad):
+            assert lo == axis.starts[idx[0]] and p0 == 0
+            assert hi + p1 == axis.starts[idx[-1]] + axis.tile
+            assert hi - lo <= max(64 + 2 * 32, 32)  # memory bound: block + 2 tiles
+        # every grid tile with weight inside the block is in the block, no other
+        for axis, idx, (a, c) in zip(tiling.axes, b.tiles, b.inner):
+            reach = [i for i in range(len(axis.starts))
+                     if axis.support(i, blend)[0] < c and axis.support(i, blend)[1] > a]
+            assert list(idx) == reach
+        assert block_at(tiling, block, b.index) == b
+    assert (owner == 1).all()
+
+
+def test_blocks_repeat_only_the_tiles_straddling_their_seams() -> None:
+    tiling = Tiling.plan((96 * 20 + 32,), (128,), 0.25, "crop")  # step 96, 21 tiles
+    blocks = list(iter_blocks(tiling, (192,)))
+    seams = len(blocks) - 1
+    assert sum(b.num_tiles for b in blocks) <= tiling.num_tiles + seams
+
+
+def test_tile_weights_are_outer_products() -> None:
+    t = Tiling.plan((50, 60, 70), (16, 16, 16), 0.5, "crop")
+    for index in itertools.product(*(range(len(a.starts)) for a in t.axes)):
+        w = t.weights(index)
+        assert w.shape == (16, 16, 16)
+        assert set(np.unique(w)) <= {0.0, 1.0}
+
+
+@pytest.mark.parametrize("bad", [dict(length=0, tile=4, overlap=0),
+                                 dict(length=10, tile=4, overlap=4)])
+def test_axis_rejects_bad_geometry(bad: dict[str, int]) -> None:
+    with pytest.raises(ValueError):
+        AxisTiling.plan(**bad)
