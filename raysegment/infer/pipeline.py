@@ -172,6 +172,11 @@ def infer(config: InferConfig | Mapping[str, Any] | None = None, **overrides: An
     module = load_model(model)
     spec = describe_model(model, module)
     spec = probe_model(model, module, spec, tile_size(cfg, spec))
+    if spec.static_batch and cfg.batch_size not in (None, spec.static_batch):
+        raise ConfigError(
+            f"batch_size={cfg.batch_size}: {model.path} was exported for batches of "
+            f"{spec.static_batch}; drop batch_size or export with a dynamic batch dimension"
+        )
     del module
 
     output = Path(cfg.output)
@@ -196,7 +201,7 @@ def infer(config: InferConfig | Mapping[str, Any] | None = None, **overrides: An
             if remaining[plan.id] == 0:
                 _complete(plan, done)
         if pending:
-            _run(cfg, model, plans, pending, remaining, use_gpu, actors, cpus, summary, done)
+            _run(cfg, model, spec.static_batch, plans, pending, remaining, use_gpu, actors, cpus, summary, done)
     finally:
         if started:
             ray.shutdown()
@@ -210,7 +215,7 @@ def _complete(plan: ImagePlan, done: dict[int, set[str]]) -> None:
     complete_output(Path(plan.output), {"blocks_done": plan.num_blocks})
 
 
-def _run(cfg: InferConfig, model: Any, plans: list[ImagePlan], pending: list[Any],
+def _run(cfg: InferConfig, model: Any, static_batch: int | None, plans: list[ImagePlan], pending: list[Any],
          remaining: Counter[int], use_gpu: bool, actors: int, cpus: int,
          summary: InferSummary, done: dict[int, set[str]]) -> None:
     import ray
@@ -233,6 +238,7 @@ def _run(cfg: InferConfig, model: Any, plans: list[ImagePlan], pending: list[Any
         compute=ray.data.ActorPoolStrategy(size=actors),
         fn_constructor_kwargs={
             "model": [ray.put(model)], "plans": plans, "use_gpu": use_gpu, "batch_size": cfg.batch_size,
+            "static_batch": static_batch,
             "threads": cpus, "finalize": finalize,
         },
         num_gpus=1 if use_gpu else 0, num_cpus=cpus,

@@ -78,11 +78,14 @@ def predict_block(
     data: torch.Tensor,
     batch_size: int,
     weights: Sequence[torch.Tensor],
+    fixed_batch: bool = False,
 ) -> tuple[torch.Tensor, int]:
     """Run every tile of the block and blend them over the block's own region.
 
     ``data`` is the padded source region (C_in, *outer); ``weights[axis][i]`` the 1D
-    blending profile of grid tile ``i``. Returns the blended raw output (C_out, *inner)
+    blending profile of grid tile ``i``; ``fixed_batch``: the model takes exactly
+    ``batch_size`` tiles (a torch.export program with a static batch), so the last batch
+    is filled up with zero tiles. Returns the blended raw output (C_out, *inner)
     and the number of tiles run.
     """
     block = plan.block_of(item)
@@ -97,6 +100,8 @@ def predict_block(
             data[(slice(None), *(slice(s, s + t) for s, t in zip(start, tile)))]
             for _, start in chunk
         ])
+        if fixed_batch and len(chunk) < batch_size:
+            x = torch.cat([x, x.new_zeros((batch_size - len(chunk), *x.shape[1:]))])
         with torch.inference_mode():
             y = module(x)
         if isinstance(y, (tuple, list)):
@@ -132,6 +137,7 @@ class Predictor:
         plans: Sequence[ImagePlan],
         use_gpu: bool,
         batch_size: int | None,
+        static_batch: int | None,
         threads: int,
         finalize: tuple[str, str, float],
     ) -> None:
@@ -146,7 +152,9 @@ class Predictor:
         self.finalize = finalize
         first = plans[0]
         tile_shape = (len(first.channels), *first.tiling.tile)
-        self.batch_size = batch_size or auto_batch_size(self.module, tile_shape, self.device)
+        self.fixed_batch = static_batch is not None
+        self.batch_size = static_batch or batch_size or auto_batch_size(
+            self.module, tile_shape, self.device)
         self._weights: dict[int, list[torch.Tensor]] = {}
 
     def weights(self, plan: ImagePlan) -> list[torch.Tensor]:
@@ -167,7 +175,7 @@ class Predictor:
         start = time.perf_counter()
         data = torch.from_numpy(np.require(batch["data"][0], requirements=["C", "W"])).to(self.device)
         blended, tiles = predict_block(
-            self.module, plan, item, data, self.batch_size, self.weights(plan)
+            self.module, plan, item, data, self.batch_size, self.weights(plan), self.fixed_batch
         )
         mode, activation, threshold = self.finalize
         out = FINALIZERS.get(mode)(blended, activation, threshold).cpu().numpy()

@@ -1,0 +1,199 @@
+"""End-to-end inference runs through Ray: output format, metadata, axes, resume, overwrite."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tifffile
+import torch
+import zarr
+
+from raysegment.errors import InputImageError, OutputError
+from raysegment.infer import infer
+from tests.conftest import conv_model, random_image, whole_image_prediction
+
+pytestmark = pytest.mark.usefixtures("ray_session")
+
+
+def _attrs(path: Path) -> dict:
+    return dict(zarr.open_group(str(path), mode="r").attrs)
+
+
+@pytest.mark.parametrize("mode,dtype,channels", [
+    ("raw", "float32", 2), ("probabilities", "float32", 2), ("mask", "uint8", 2),
+    ("labels", "uint8", 1),
+])
+def test_output_is_valid_ome_zarr_with_input_metadata(tmp_path, make_model, ome_tiff, mode,
+                                                      dtype, channels) -> None:
+    from ome_zarr.io import parse_url
+    from ome_zarr.reader import Reader
+    from ome_zarr_models.v05.image import Image
+
+    image = random_image((130, 150))
+    path = ome_tiff(image, PhysicalSizeX=0.5, PhysicalSizeY=0.25, PhysicalSizeXUnit="µm",
+                    PhysicalSizeYUnit="µm")
+    model, module = make_model()
+    summary = infer(input=str(path), model=str(model), output=str(tmp_path / "out"),
+                    progress=False, tile={"size": [64]}, chunks=[64], finalize={"mode": mode})
+    out = tmp_path / "out" / "img.ome.zarr"
+    assert summary.outputs == [str(out)] and summary.images == 1 and summary.tiles > 0
+    group = zarr.open_group(str(out), mode="r")
+    Image.from_zarr(group)  # validates NGFF 0.5 metadata
+    nodes = list(Reader(parse_url(str(out)))())
+    assert nodes and nodes[0].data[0].shape == (channels, 130, 150)
+    attrs = _attrs(out)
+    ms = attrs["ome"]["multiscales"][0]
+    assert [a["name"] for a in ms["axes"]] == ["c", "y", "x"]
+    assert ms["axes"][1]["unit"] == ms["axes"][2]["unit"] == "micrometer"
+    assert ms["datasets"][0]["coordinateTransformations"][0]["scale"] == [1.0, 0.25, 0.5]
+    labels = [c["label"] for c in attrs["ome"]["omero"]["channels"]]
+    assert labels == (["labels"] if mode == "labels" else ["class_0", "class_1"])
+    arr = group["0"]
+    assert arr.dtype == np.dtype(dtype)
+    prov = attrs["raysegment"]
+    assert prov["status"] == "complete"
+    assert prov["model"]["sha256"] and prov["version"]
+    assert prov["config"]["finalize"]["mode"] == mode
+    assert not (out / ".raysegment").exists()
+    logits = torch.from_numpy(whole_image_prediction(module, image))
+    data = arr[:]
+    if mode == "probabilities":
+        assert np.allclose(data.sum(0), 1.0, atol=1e-5)  # softmax over 2 channels
+    if mode == "labels":
+        # away from tile seams gaussian blending equals whole-image inference closely
+        want = torch.argmax(logits, 0).numpy()
+        assert (data[0] == want).mean() > 0.99
+
+
+def test_channels_and_time_axes(tmp_path, make_model, ome_tiff) -> None:
+    data = random_image((2, 3, 70, 90))  # t, c, y, x
+    path = ome_tiff(data, axes="TCYX", tile=None)
+    model, module = make_model(in_ch=1, out_ch=1)
+    infer(input=str(path), model=str(model), output=str(tmp_path / "out"), progress=False,
+          channels=[2], tile={"size": [32], "blend": "crop"}, finalize={"mode": "raw"})
+    out = tmp_path / "out" / "img.ome.zarr"
+    axes = [a["name"] for a in _attrs(out)["ome"]["multiscales"][0]["axes"]]
+    assert axes == ["t", "c", "y", "x"]
+    got = zarr.open_array(str(out / "0"), mode="r")[:]
+    for t in range(2):
+        want = whole_image_prediction(module, data[t, 2])
+        np.testing.assert_allclose(got[t], want, rtol=1e-5, atol=1e-4)
+
+
+def test_2d_model_on_multipage_tiff_stack(tmp_path, make_model) -> None:
+    stack = random_image((5, 60, 70))
+    path = tmp_path / "stack.tif"
+    tifffile.imwrite(path, stack)  # plain multi-page TIFF, no OME metadata
+    model, module = make_model(out_ch=1)
+    infer(input=str(path), model=str(model), output=str(tmp_path / "out"), progress=False,
+          tile={"size": [32], "blend": "crop"}, finalize={"mode": "raw"})
+    out = tmp_path / "out" / "stack.ome.zarr"
+    axes = [a["name"] for a in _attrs(out)["ome"]["multiscales"][0]["axes"]]
+    assert axes == ["c", "z", "y", "x"]
+    got = zarr.open_array(str(out / "0"), mode="r")[:]
+    for z in range(5):
+        np.testing.assert_allclose(got[:, z], whole_image_prediction(module, stack[z]),
+                                   rtol=1e-5, atol=1e-4)
+
+
+def test_ome_zarr_05_volume_keeps_anisotropic_scale(tmp_path, make_model) -> None:
+    vol = random_image((20, 40, 40)).astype("uint8")
+    path = tmp_path / "vol.ome.zarr"
+    g = zarr.open_group(str(path), mode="w", zarr_format=3)
+    g.create_array("s0", data=vol, chunks=(10, 20, 20))
+    g.attrs["ome"] = {"version": "0.5", "multiscales": [{
+        "axes": [{"name": n, "type": "space", "unit": "nanometer"} for n in "zyx"],
+        "datasets": [{"path": "s0", "coordinateTransformations": [
+            {"type": "scale", "scale": [40.0, 8.0, 8.0]}]}]}]}
+    model, module = make_model(dims=3, out_ch=1)
+    infer(input=str(path), model=str(model), output=str(tmp_path / "out"), progress=False,
+          tile={"size": [16], "overlap": 0.5, "blend": "crop"}, finalize={"mode": "raw"})
+    out = tmp_path / "out" / "vol.ome.zarr"
+    ms = _attrs(out)["ome"]["multiscales"][0]
+    assert [a["name"] for a in ms["axes"]] == ["c", "z", "y", "x"]
+    assert ms["axes"][1]["unit"] == "nanometer"
+    assert ms["datasets"][0]["coordinateTransformations"][0]["scale"] == [1.0, 40.0, 8.0, 8.0]
+    got = zarr.open_array(str(out / "0"), mode="r")[:]
+    np.testing.assert_allclose(got, whole_image_prediction(module, vol), rtol=1e-5, atol=1e-4)
+
+
+def test_directory_with_pattern_and_export_program(tmp_path, ome_tiff) -> None:
+    for name in ("a.ome.tif", "b.ome.tif", "skip.png"):
+        if name.endswith(".tif"):
+            ome_tiff(random_image((40, 50)), name=name, tile=None)
+        else:
+            (tmp_path / name).write_bytes(b"x")
+    module = conv_model(out_ch=1)
+    program = torch.export.export(module, (torch.zeros(1, 1, 32, 32),))
+    model = tmp_path / "model.pt2"
+    torch.export.save(program, str(model))
+    summary = infer(input=str(tmp_path), pattern=r".*\.ome\.tif", model=str(model),
+                    output=str(tmp_path / "out"), progress=False, finalize={"mode": "raw"},
+                    tile={"blend": "crop"})
+    assert sorted(Path(p).name for p in summary.outputs) == ["a.ome.zarr", "b.ome.zarr"]
+    prov = _attrs(tmp_path / "out" / "a.ome.zarr")["raysegment"]
+    assert prov["config"]["tile"]["size"] is None  # came from the exported 32x32 program
+    with pytest.raises(InputImageError, match="no entry matches"):
+        infer(input=str(tmp_path), pattern=r".*\.czi", model=str(model),
+              output=str(tmp_path / "out2"), progress=False)
+
+
+def test_model_directory_metadata_names_channels_and_normalizes(tmp_path, ome_tiff) -> None:
+    image = random_image((40, 50))
+    path = ome_tiff(image, tile=None)
+    model_dir = tmp_path / "model"
+    model_dir.mkdir()
+    module = conv_model(out_ch=2)
+    torch.jit.save(torch.jit.trace(module, torch.zeros(1, 1, 16, 16)), str(model_dir / "model.pth"))
+    (model_dir / "raysegment.json").write_text(json.dumps(
+        {"classes": ["background", "cell"], "normalize": {"mean": 500.0, "std": 250.0}}))
+    infer(input=str(path), model=str(model_dir), output=str(tmp_path / "out"), progress=False,
+          tile={"size": [32], "blend": "crop"}, finalize={"mode": "raw"})
+    out = tmp_path / "out" / "img.ome.zarr"
+    labels = [c["label"] for c in _attrs(out)["ome"]["omero"]["channels"]]
+    assert labels == ["background", "cell"]
+    got = zarr.open_array(str(out / "0"), mode="r")[:]
+    want = whole_image_prediction(module, (image.astype(np.float32) - 500.0) / 250.0)
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-4)
+
+
+def test_existing_outputs_refused_resumed_or_overwritten(tmp_path, make_model, ome_tiff) -> None:
+    image = random_image((128, 128))
+    path = ome_tiff(image)
+    model, _ = make_model()
+    out = tmp_path / "out"
+    cfg = dict(input=str(path), model=str(model), output=str(out), progress=False,
+               tile={"size": [32], "blend": "crop"}, chunks=[32], block=[32],
+               finalize={"mode": "raw"})
+    first = infer(**cfg)
+    assert first.blocks == 16
+    target = out / "img.ome.zarr"
+    reference = zarr.open_array(str(target / "0"), mode="r")[:]
+    with pytest.raises(OutputError, match="overwrite=true"):
+        infer(**cfg)
+
+    # Make it look interrupted: 14 of 16 blocks done, their pixels replaced by a sentinel.
+    group = zarr.open_group(str(target), mode="r+")
+    meta = dict(group.attrs["raysegment"])
+    group.attrs["raysegment"] = meta | {"status": "incomplete"}
+    arr = zarr.open_array(str(target / "0"), mode="r+")
+    arr[:] = 7.0
+    done = target / ".raysegment" / "done"
+    done.mkdir(parents=True)
+    keys = [f"t0z-1b{i}_{j}" for i in range(4) for j in range(4)]
+    for key in keys[:14]:
+        (done / key).touch()
+    with pytest.raises(OutputError, match="other settings"):
+        infer(**(cfg | {"tile": {"size": [32], "blend": "gaussian"}}))
+    resumed = infer(**cfg)
+    assert resumed.resumed_blocks == 14
+    got = arr[:]
+    assert (got[:, :96] == 7.0).all()  # finished blocks were not computed again
+    np.testing.assert_array_equal(got[:, 96:, 64:], reference[:, 96:, 64:])
+    assert _attrs(target)["raysegment"]["status"] == "complete"
+
+    infer(**(cfg | {"overwrite": True}))
+    np.testing.assert_array_equal(zarr.open_array(str(target / "0"), mode="r")[:], reference)
