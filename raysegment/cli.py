@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import sys
 from collections.abc import Sequence
 
@@ -47,6 +48,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args[0] == "--version":
         print(f"raysegment {__version__}")
         return 0
+    # Readers log what they then raise; the error line below says it once.
+    for name in ("tifffile", "bfio"):
+        logging.getLogger(name).setLevel(logging.CRITICAL)
     command = COMMANDS.get(args[0])
     if command is None:
         print(f"raysegment: unknown command {args[0]!r}; choose from {sorted(COMMANDS)}",

@@ -1,0 +1,167 @@
+"""Image sources: every format read region-wise into the (t, c, z, y, x) view."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tifffile
+import zarr
+
+from raysegment.data.inputs import resolve_inputs
+from raysegment.data.sources import image_stem, open_source
+from raysegment.errors import InputImageError
+from tests.conftest import random_image
+
+
+def _labelled(t: int, c: int, z: int, y: int, x: int) -> np.ndarray:
+    """Every (t, c, z) plane holds a distinct value, so any axis mix-up shows."""
+    data = np.zeros((t, c, z, y, x), np.uint16)
+    for ti, ci, zi in np.ndindex(t, c, z):
+        data[ti, ci, zi] = 100 * ti + 10 * ci + zi
+    data[..., :, :] += np.arange(x, dtype=np.uint16) % 7
+    return data
+
+
+@pytest.mark.parametrize("tile", [(64, 64), None], ids=["tiled", "striped"])
+def test_ome_tiff_regions(tmp_path: Path, tile) -> None:
+    image = random_image((300, 250))
+    path = tmp_path / "a.ome.tif"
+    tifffile.imwrite(path, image, ome=True, tile=tile, metadata={
+        "axes": "YX", "PhysicalSizeX": 0.65, "PhysicalSizeY": 0.65, "PhysicalSizeXUnit": "µm"})
+    src = open_source(path)
+    assert src.kind == "ome-tiff"
+    assert src.info.shape == (1, 1, 1, 300, 250)
+    assert src.info.scale["x"] == pytest.approx(0.65)
+    assert src.info.units["x"] == "micrometer"
+    got = src.read(0, (0,), ((0, 1), (17, 230), (5, 201)))
+    np.testing.assert_array_equal(got[0, 0], image[17:230, 5:201])
+
+
+def test_ome_tiff_tczyx_axis_order(tmp_path: Path) -> None:
+    data = _labelled(2, 3, 4, 30, 40)
+    path = tmp_path / "five.ome.tif"
+    tifffile.imwrite(path, data, ome=True, metadata={"axes": "TCZYX", "PhysicalSizeZ": 2.0})
+    src = open_source(path)
+    assert src.info.shape == (2, 3, 4, 30, 40)
+    assert src.info.scale["z"] == 2.0
+    got = src.read(1, (2, 0), ((1, 3), (5, 20), (3, 33)))
+    np.testing.assert_array_equal(got, data[1][[2, 0], 1:3, 5:20, 3:33])
+
+
+def test_plain_tiff_single_page_stack_and_rgb(tmp_path: Path) -> None:
+    image = random_image((50, 60))
+    tifffile.imwrite(tmp_path / "p.tif", image)
+    src = open_source(tmp_path / "p.tif")
+    assert src.kind == "tiff" and src.info.shape == (1, 1, 1, 50, 60)
+    np.testing.assert_array_equal(src.read(0, (0,), ((0, 1), (3, 40), (0, 60)))[0, 0],
+                                  image[3:40])
+    stack = random_image((6, 20, 30))
+    tifffile.imwrite(tmp_path / "s.tif", stack)
+    src = open_source(tmp_path / "s.tif")
+    assert src.info.shape == (1, 1, 6, 20, 30)
+    np.testing.assert_array_equal(src.read(0, (0,), ((2, 5), (0, 20), (0, 30)))[0], stack[2:5])
+    rgb = random_image((20, 30, 3), dtype="uint8")
+    tifffile.imwrite(tmp_path / "rgb.tif", rgb, photometric="rgb")
+    src = open_source(tmp_path / "rgb.tif")
+    assert src.info.shape == (1, 3, 1, 20, 30)
+    np.testing.assert_array_equal(src.read(0, (2,), ((0, 1), (0, 20), (0, 30)))[0, 0],
+                                  rgb[..., 2])
+
+
+@pytest.mark.parametrize("fmt", [2, 3])
+def test_zarr_arrays_default_and_explicit_axes(tmp_path: Path, fmt: int) -> None:
+    vol = random_image((10, 20, 30))
+    path = tmp_path / "v.zarr"
+    zarr.create_array(str(path), data=vol, chunks=(5, 10, 10), zarr_format=fmt)
+    src = open_source(path)
+    assert src.info.shape == (1, 1, 10, 20, 30)
+    np.testing.assert_array_equal(src.read(0, (0,), ((1, 4), (2, 9), (0, 30)))[0],
+                                  vol[1:4, 2:9])
+    src = open_source(path, axes="cyx")
+    assert src.info.shape == (1, 10, 1, 20, 30)
+    with pytest.raises(InputImageError, match="axes"):
+        open_source(path, axes="yx")
+
+
+def test_ome_zarr_04(tmp_path: Path) -> None:
+    vol = _labelled(1, 2, 3, 16, 16)[0]  # c, z, y, x
+    path = tmp_path / "img.ome.zarr"
+    g = zarr.open_group(str(path), mode="w", zarr_format=2)
+    g.create_array("0", data=vol, chunks=(1, 1, 16, 16))
+    g.attrs["multiscales"] = [{"version": "0.4", "axes": [
+        {"name": "c", "type": "channel"},
+        {"name": "z", "type": "space", "unit": "micrometer"},
+        {"name": "y", "type": "space", "unit": "micrometer"},
+        {"name": "x", "type": "space", "unit": "micrometer"}],
+        "datasets": [{"path": "0", "coordinateTransformations": [
+            {"type": "scale", "scale": [1, 3.0, 0.5, 0.5]}]}]}]
+    g.attrs["omero"] = {"channels": [{"label": "dapi"}, {"label": "gfp"}]}
+    src = open_source(path)
+    assert src.info.shape == (1, 2, 3, 16, 16)
+    assert src.info.scale == {"z": 3.0, "y": 0.5, "x": 0.5}
+    assert src.info.units["z"] == "micrometer"
+    assert src.info.channel_names == ("dapi", "gfp")
+    np.testing.assert_array_equal(src.read(0, (1,), ((0, 3), (0, 16), (0, 16)))[0], vol[1])
+
+
+@pytest.mark.parametrize("content,match", [
+    (b"", "not a readable TIFF"),
+    (b"II*\x00garbage that is not a tiff directory", "not a readable TIFF"),
+    (b"hello", "not a readable TIFF"),
+])
+def test_corrupt_tiffs_raise_input_error(tmp_path: Path, content: bytes, match: str) -> None:
+    path = tmp_path / "bad.tif"
+    path.write_bytes(content)
+    with pytest.raises(InputImageError, match=match):
+        open_source(path)
+
+
+def test_truncated_tiff_fails_cleanly(tmp_path: Path) -> None:
+    path = tmp_path / "cut.ome.tif"
+    tifffile.imwrite(path, random_image((256, 256)), ome=True, tile=(64, 64),
+                     metadata={"axes": "YX"})
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    with pytest.raises(InputImageError):
+        src = open_source(path)
+        src.read(0, (0,), ((0, 1), (0, 256), (0, 256)))
+
+
+@pytest.mark.parametrize("name", ["notes.txt", "x.png"])
+def test_unsupported_files(tmp_path: Path, name: str) -> None:
+    (tmp_path / name).write_text("x")
+    with pytest.raises(InputImageError, match="not a supported image"):
+        open_source(tmp_path / name)
+
+
+def test_missing_and_one_dimensional(tmp_path: Path) -> None:
+    with pytest.raises(InputImageError, match="no such file"):
+        open_source(tmp_path / "nope.tif")
+    zarr.create_array(str(tmp_path / "line.zarr"), data=np.arange(10))
+    with pytest.raises(InputImageError, match="1D array"):
+        open_source(tmp_path / "line.zarr")
+
+
+def test_source_pickles_without_its_handle(tmp_path: Path) -> None:
+    import pickle
+
+    path = tmp_path / "a.ome.tif"
+    image = random_image((40, 40))
+    tifffile.imwrite(path, image, ome=True, metadata={"axes": "YX"})
+    src = open_source(path)
+    clone = pickle.loads(pickle.dumps(src))
+    assert clone._handle is None
+    np.testing.assert_array_equal(clone.read(0, (0,), ((0, 1), (0, 40), (0, 40)))[0, 0], image)
+
+
+def test_resolve_inputs_and_stems(tmp_path: Path) -> None:
+    for n in ("b.ome.tif", "a.tif", "c.txt"):
+        (tmp_path / n).write_bytes(b"")
+    assert [p.name for p in resolve_inputs(str(tmp_path))] == ["a.tif", "b.ome.tif"]
+    assert [p.name for p in resolve_inputs(str(tmp_path), r"b\..*")] == ["b.ome.tif"]
+    with pytest.raises(InputImageError, match="no entry matches"):
+        resolve_inputs(str(tmp_path), r".*\.czi")
+    assert image_stem("x/slide.ome.tiff") == "slide"
+    assert image_stem("x/vol.ome.zarr/") == "vol"

@@ -1,0 +1,121 @@
+"""Model files and the contract probe."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from raysegment.errors import ModelContractError, ModelLoadError
+from raysegment.infer.finalize import FINALIZERS, output_dtype
+from raysegment.infer.model import describe_model, load_model, probe_model, read_model_file
+from raysegment.config import FinalizeMode
+from tests.conftest import conv_model, save_torchscript
+
+
+class Downsample(torch.nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.nn.functional.avg_pool2d(x, 2)
+
+
+class TinyUNet(torch.nn.Module):
+    """Pool + upsample + skip: needs spatial sizes divisible by 2."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = torch.nn.Conv2d(1, 1, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        down = torch.nn.functional.max_pool2d(self.conv(x), 2)
+        return torch.nn.functional.interpolate(down, scale_factor=2.0) + x
+
+
+class IntOutput(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = torch.nn.Conv2d(1, 1, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (self.conv(x) > 0).long()
+
+
+def _spec(path: Path):
+    mf = read_model_file(str(path))
+    module = load_model(mf)
+    return mf, module, describe_model(mf, module)
+
+
+def test_torchscript_file_and_directory(tmp_path: Path) -> None:
+    path = save_torchscript(conv_model(3, in_ch=2, out_ch=4), tmp_path / "m.pt", 3, 2)
+    mf, module, spec = _spec(path)
+    assert (spec.in_channels, spec.spatial_dims) == (2, 3)
+    spec = probe_model(mf, module, spec, (16, 16, 16))
+    assert spec.out_channels == 4
+    d = tmp_path / "dir"
+    d.mkdir()
+    path.rename(d / "model.pth")
+    assert read_model_file(str(d)).sha256 == mf.sha256
+
+
+def test_export_program_static_shape(tmp_path: Path) -> None:
+    program = torch.export.export(conv_model(), (torch.zeros(2, 1, 48, 40),))
+    torch.export.save(program, str(tmp_path / "m.pt2"))
+    mf, module, spec = _spec(tmp_path / "m.pt2")
+    assert spec.static_tile == (48, 40) and spec.static_batch == 2 and spec.in_channels == 1
+    with pytest.raises(ModelContractError, match=r"tile.size=\[48, 40\]"):
+        probe_model(mf, module, spec, (64, 64))
+
+
+@pytest.mark.parametrize("module,tile,match", [
+    (Downsample(), (64, 64), "keep the batch and spatial size"),
+    (TinyUNet(), (63, 63), "failed on a|keep the batch and spatial size"),
+    (IntOutput(), (32, 32), "floating-point"),
+])
+def test_probe_rejects_contract_violations(tmp_path: Path, module, tile, match) -> None:
+    path = tmp_path / "m.pth"
+    torch.jit.save(torch.jit.trace(module, torch.zeros(1, 1, 32, 32)), str(path))
+    mf = read_model_file(str(path))
+    loaded = load_model(mf)
+    spec = describe_model(mf, torch.jit.load(str(path))) if list(loaded.parameters()) else None
+    if spec is None:
+        (tmp_path / "d").mkdir()
+        path.rename(tmp_path / "d" / "model.pth")
+        (tmp_path / "d" / "raysegment.json").write_text('{"in_channels": 1, "spatial_dims": 2}')
+        mf = read_model_file(str(tmp_path / "d"))
+        spec = describe_model(mf, loaded)
+    with pytest.raises(ModelContractError, match=match):
+        probe_model(mf, loaded, spec, tile)
+
+
+def test_parameterless_model_without_metadata_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "m.pth"
+    torch.jit.save(torch.jit.trace(Downsample(), torch.zeros(1, 1, 8, 8)), str(path))
+    mf = read_model_file(str(path))
+    with pytest.raises(ModelContractError, match="raysegment.json"):
+        describe_model(mf, load_model(mf))
+
+
+@pytest.mark.parametrize("setup,match", [
+    (lambda p: p / "missing.pth", "model not found"),
+    (lambda p: (p / "empty").mkdir() or p / "empty", "holds no model.pth"),
+    (lambda p: (p / "t.pth").write_text("not a model") and p / "t.pth", "TorchScript archive"),
+    (lambda p: torch.save({"w": torch.zeros(2)}, str(p / "sd.pth")) or p / "sd.pth",
+     "TorchScript archive"),
+    (lambda p: (p / "x.pt2").write_bytes(b"PK\x03\x04junk") and p / "x.pt2", "torch.export"),
+])
+def test_bad_model_files(tmp_path: Path, setup, match) -> None:
+    path = setup(tmp_path)
+    with pytest.raises(ModelLoadError, match=match):
+        load_model(read_model_file(str(path)))
+
+
+def test_finalizers_cover_every_mode_and_dtype() -> None:
+    assert set(FINALIZERS.names()) == {m.value for m in FinalizeMode}
+    logits = torch.tensor([[[2.0, -1.0]], [[0.0, 3.0]]])  # (C=2, 1, 2)
+    assert FINALIZERS.get("labels")(logits, "auto", 0.5).tolist() == [[[0, 1]]]
+    probs = FINALIZERS.get("probabilities")(logits, "auto", 0.5)
+    assert torch.allclose(probs.sum(0), torch.ones(1, 2))
+    mask = FINALIZERS.get("mask")(logits[:1], "sigmoid", 0.5)
+    assert mask.dtype == torch.uint8 and mask.tolist() == [[[1, 0]]]
+    assert output_dtype("labels", 300) == "uint16" and output_dtype("raw", 2) == "float32"
