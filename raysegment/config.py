@@ -6,6 +6,7 @@ and checked once, here; the rest of the package only sees the validated dataclas
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 import re
 from collections.abc import Mapping, Sequence
@@ -228,6 +229,36 @@ def _config_error(e: OmegaConfBaseException, schema: Any) -> ConfigError:
     return ConfigError(str(e).splitlines()[0])
 
 
+def _string_keys(schema: type, prefix: str = "") -> set[str]:
+    """Dotted keys of str fields: their values are taken verbatim, never parsed as YAML
+    (a regex like ``[ab].*\\.tif`` would otherwise become a list)."""
+    keys = set()
+    for f in dataclasses.fields(schema):
+        t = str(f.type)
+        if dataclasses.is_dataclass(f.default_factory) if callable(f.default_factory) else False:
+            keys |= _string_keys(f.default_factory, f"{prefix}{f.name}.")  # type: ignore[arg-type]
+        elif "str" in t and "List" not in t:
+            keys.add(prefix + f.name)
+    return keys
+
+
+def _parse_overrides(schema: type, overrides: Sequence[str]) -> DictConfig:
+    verbatim = _string_keys(schema)
+    layer = OmegaConf.create()
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"override {item!r} is not key=value (e.g. tile.size=256)")
+        if key in verbatim:
+            OmegaConf.update(layer, key, value, merge=True)
+            continue
+        try:
+            layer = OmegaConf.merge(layer, OmegaConf.from_dotlist([item]))
+        except Exception as e:
+            raise ConfigError(f"cannot parse {item!r}: {str(e).splitlines()[0]}") from e
+    return layer
+
+
 def load_config(
     schema: type[C],
     files: Sequence[str | Path] = (),
@@ -256,13 +287,7 @@ def load_config(
         layers.append(layer)
     if values:
         layers.append(OmegaConf.create(dict(values)))
-    bad = [o for o in overrides if "=" not in o]
-    if bad:
-        raise ConfigError(f"override {bad[0]!r} is not key=value (e.g. tile.size=256)")
-    try:
-        layers.append(OmegaConf.from_dotlist(list(overrides)))
-    except Exception as e:
-        raise ConfigError(f"cannot parse overrides {list(overrides)}: {e}") from e
+    layers.append(_parse_overrides(schema, overrides))
     keys = _SCALAR_OR_LIST.get(schema, ())
     try:
         for layer in layers:
