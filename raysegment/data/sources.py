@@ -249,6 +249,9 @@ class OmeTiffSource(ImageSource):
     def _open(self) -> Any:
         from bfio import BioReader
 
+        # bfio's C++ reader aborts the whole process on a missing file: check first.
+        if not Path(self.path).is_file():
+            raise InputImageError(f"{self.path}: no such file (removed, or not on this node)")
         try:
             return BioReader(self.path, backend="tensorstore")
         except Exception as e:

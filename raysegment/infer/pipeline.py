@@ -48,6 +48,8 @@ class InferSummary:
     megapixels: float = 0.0
     device: str = "cpu"
     actors: int = 0
+    cluster: str = ""
+    """Address of the Ray cluster that ran the work."""
 
     @property
     def megapixels_per_second(self) -> float:
@@ -57,8 +59,8 @@ class InferSummary:
         resumed = f" ({self.resumed_blocks} already done)" if self.resumed_blocks else ""
         return (
             f"raysegment: {self.images} image(s), {self.blocks} block(s){resumed}, "
-            f"{self.tiles} tile(s) on {self.actors} {self.device} actor(s), "
-            f"{self.seconds:.1f} s, {self.megapixels_per_second:.2f} MP/s"
+            f"{self.tiles} tile(s) on {self.actors} {self.device} actor(s) of Ray cluster "
+            f"{self.cluster}, {self.seconds:.1f} s, {self.megapixels_per_second:.2f} MP/s"
         )
 
 
@@ -159,7 +161,9 @@ def infer(config: InferConfig | Mapping[str, Any] | None = None, **overrides: An
 
     cfg = _as_config(config, overrides)
     start = time.perf_counter()
-    paths = resolve_inputs(cfg.input, cfg.pattern)
+    # Workers may run elsewhere (another cwd, another node with the same mounts): every
+    # path they see is absolute.
+    paths = [p.resolve() for p in resolve_inputs(cfg.input, cfg.pattern)]
     sources = [open_source(p, cfg.axes) for p in paths]
     stems = Counter(image_stem(str(p)) for p in paths)
     clash = [s for s, n in stems.items() if n > 1]
@@ -179,7 +183,7 @@ def infer(config: InferConfig | Mapping[str, Any] | None = None, **overrides: An
         )
     del module
 
-    output = Path(cfg.output)
+    output = Path(cfg.output).resolve()
     plans = [
         plan_image(i, src, str(output / f"{image_stem(src.path)}.ome.zarr"), cfg, spec,
                    model.sha256)
@@ -197,6 +201,7 @@ def infer(config: InferConfig | Mapping[str, Any] | None = None, **overrides: An
     try:
         use_gpu, actors, cpus = _pool(cfg)
         summary.device, summary.actors = ("gpu" if use_gpu else "cpu"), actors
+        summary.cluster = ray.get_runtime_context().gcs_address
         for plan in plans:
             if remaining[plan.id] == 0:
                 _complete(plan, done)
@@ -221,7 +226,9 @@ def _run(cfg: InferConfig, model: Any, static_batch: int | None, plans: list[Ima
     import ray
     from tqdm import tqdm
 
-    logging.getLogger("ray.data").setLevel(logging.ERROR)
+    # Our progress bar and summary replace Ray Data's own bars and messages.
+    for name in ("ray.data._internal.progress", "ray.data._internal.execution.streaming_executor"):
+        logging.getLogger(name).setLevel(logging.ERROR)
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = False
     ctx.print_on_execution_start = False
@@ -237,7 +244,7 @@ def _run(cfg: InferConfig, model: Any, static_batch: int | None, plans: list[Ima
         Predictor, batch_size=1, batch_format="numpy",
         compute=ray.data.ActorPoolStrategy(size=actors),
         fn_constructor_kwargs={
-            "model": [ray.put(model)], "plans": plans, "use_gpu": use_gpu, "batch_size": cfg.batch_size,
+            "model": [ray.put(model)], "plans": [ray.put(plans)], "use_gpu": use_gpu, "batch_size": cfg.batch_size,
             "static_batch": static_batch,
             "threads": cpus, "finalize": finalize,
         },

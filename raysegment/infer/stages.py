@@ -134,7 +134,7 @@ class Predictor:
     def __init__(
         self,
         model: list[Any],
-        plans: Sequence[ImagePlan],
+        plans: list[Any],
         use_gpu: bool,
         batch_size: int | None,
         static_batch: int | None,
@@ -143,14 +143,15 @@ class Predictor:
     ) -> None:
         torch.set_num_threads(threads)
         self.device = torch.device("cuda" if use_gpu and torch.cuda.is_available() else "cpu")
-        # The model arrives as [ObjectRef]: put once by the driver, fetched by each actor.
+        # Model and plans arrive as [ObjectRef]: put once by the driver, fetched by each
+        # actor (a bare ref would be resolved into a large constructor argument).
         import ray
 
         program: ModelFile = ray.get(model[0])
         self.module = load_model(program, self.device)
-        self.plans = plans
+        self.plans: Sequence[ImagePlan] = ray.get(plans[0])
         self.finalize = finalize
-        first = plans[0]
+        first = self.plans[0]
         tile_shape = (len(first.channels), *first.tiling.tile)
         self.fixed_batch = static_batch is not None
         self.batch_size = static_batch or batch_size or auto_batch_size(
