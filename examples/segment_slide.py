@@ -38,8 +38,9 @@ def make_slide(path: Path, truth_path: Path, size: int, seed: int = 0) -> None:
     centres = rng.integers(0, size, (count, 2))
     radii = rng.integers(6, 15, count)
     brightness = rng.integers(900, 2500, count)
-    truth = zarr.create_array(str(truth_path), shape=(size, size), chunks=(STRIP, STRIP),
-                              dtype="uint8", overwrite=True)
+    truth = zarr.create_array(
+        str(truth_path), shape=(size, size), chunks=(STRIP, STRIP), dtype="uint8", overwrite=True
+    )
 
     def strips():
         for y0 in range(0, size, STRIP):
@@ -47,25 +48,35 @@ def make_slide(path: Path, truth_path: Path, size: int, seed: int = 0) -> None:
             img = rng.normal(200, 30, (y1 - y0, size)).astype(np.float32)
             mask = np.zeros((y1 - y0, size), np.uint8)
             near = np.abs(centres[:, 0] - (y0 + y1) / 2) < (y1 - y0) / 2 + 15
-            for (cy, cx), r, b in zip(centres[near], radii[near], brightness[near]):
+            for (cy, cx), r, b in zip(centres[near], radii[near], brightness[near], strict=False):
                 ya, yb = max(cy - r, y0), min(cy + r + 1, y1)
                 xa, xb = max(cx - r, 0), min(cx + r + 1, size)
                 if ya >= yb or xa >= xb:
                     continue
                 yy, xx = np.ogrid[ya:yb, xa:xb]
                 disc = (yy - cy) ** 2 + (xx - cx) ** 2 <= r * r
-                img[ya - y0:yb - y0, xa:xb][disc] += b
-                mask[ya - y0:yb - y0, xa:xb] |= disc
+                img[ya - y0 : yb - y0, xa:xb][disc] += b
+                mask[ya - y0 : yb - y0, xa:xb] |= disc
             truth[y0:y1] = mask
             strip = np.clip(img, 0, 65535).astype(np.uint16)
             for x0 in range(0, size, STRIP):  # tifffile takes a tiled image tile by tile
-                yield strip[:, x0:x0 + STRIP]
+                yield strip[:, x0 : x0 + STRIP]
 
     tifffile.imwrite(
-        path, strips(), shape=(size, size), dtype=np.uint16, tile=(STRIP, STRIP),
-        compression="zlib", ome=True,
-        metadata={"axes": "YX", "PhysicalSizeX": PIXEL_UM, "PhysicalSizeY": PIXEL_UM,
-                  "PhysicalSizeXUnit": "µm", "PhysicalSizeYUnit": "µm"},
+        path,
+        strips(),
+        shape=(size, size),
+        dtype=np.uint16,
+        tile=(STRIP, STRIP),
+        compression="zlib",
+        ome=True,
+        metadata={
+            "axes": "YX",
+            "PhysicalSizeX": PIXEL_UM,
+            "PhysicalSizeY": PIXEL_UM,
+            "PhysicalSizeXUnit": "µm",
+            "PhysicalSizeYUnit": "µm",
+        },
     )
 
 
@@ -92,8 +103,9 @@ def make_model(directory: Path) -> None:
     directory.mkdir(parents=True, exist_ok=True)
     traced = torch.jit.trace(NucleiNet().eval(), torch.zeros(1, 1, 64, 64))
     torch.jit.save(traced, str(directory / "model.pth"))
-    (directory / "raysegment.json").write_text(json.dumps(
-        {"in_channels": 1, "spatial_dims": 2, "classes": ["nuclei"]}))
+    (directory / "raysegment.json").write_text(
+        json.dumps({"in_channels": 1, "spatial_dims": 2, "classes": ["nuclei"]})
+    )
 
 
 def iou(result: Path, truth: Path) -> float:
@@ -101,8 +113,8 @@ def iou(result: Path, truth: Path) -> float:
     gt = zarr.open_array(str(truth), mode="r")
     inter = union = 0
     for y0 in range(0, gt.shape[0], STRIP):
-        p = pred[0, y0:y0 + STRIP] > 0
-        g = gt[y0:y0 + STRIP] > 0
+        p = pred[0, y0 : y0 + STRIP] > 0
+        g = gt[y0 : y0 + STRIP] > 0
         inter += int(np.count_nonzero(p & g))
         union += int(np.count_nonzero(p | g))
     return inter / max(union, 1)
@@ -121,12 +133,25 @@ def main() -> int:
     start = time.perf_counter()
     make_slide(slide, truth, args.size)
     make_model(data / "nuclei_model")
-    print(f"made a {args.size} x {args.size} slide and a TorchScript model in "
-          f"{time.perf_counter() - start:.1f} s", flush=True)
+    print(
+        f"made a {args.size} x {args.size} slide and a TorchScript model in "
+        f"{time.perf_counter() - start:.1f} s",
+        flush=True,
+    )
 
-    command = [sys.executable, "-m", "raysegment.cli", "infer", f"input={slide}",
-               f"model={data / 'nuclei_model'}", f"output={out}", f"device={args.device}",
-               "finalize.mode=mask", "tile.size=512", "overwrite=true"]
+    command = [
+        sys.executable,
+        "-m",
+        "raysegment.cli",
+        "infer",
+        f"input={slide}",
+        f"model={data / 'nuclei_model'}",
+        f"output={out}",
+        f"device={args.device}",
+        "finalize.mode=mask",
+        "tile.size=512",
+        "overwrite=true",
+    ]
     print("$ raysegment " + " ".join(command[3:]), flush=True)
     result = subprocess.run(command)
     if result.returncode != 0:

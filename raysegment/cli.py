@@ -53,8 +53,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         logging.getLogger(name).setLevel(logging.CRITICAL)
     command = COMMANDS.get(args[0])
     if command is None:
-        print(f"raysegment: unknown command {args[0]!r}; choose from {sorted(COMMANDS)}",
-              file=sys.stderr)
+        print(
+            f"raysegment: unknown command {args[0]!r}; choose from {sorted(COMMANDS)}",
+            file=sys.stderr,
+        )
         return 2
     try:
         return command(args[1:])

@@ -12,7 +12,7 @@ import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, List, Optional, TypeVar
+from typing import Any, List, Optional, TypeVar, cast
 
 from omegaconf import MISSING, DictConfig, OmegaConf
 from omegaconf.errors import (
@@ -181,14 +181,18 @@ class InferConfig:
             if value is not None and value < 1:
                 raise ConfigError(f"{key}={value} must be >= 1")
         if self.channels is not None and (
-            not self.channels or min(self.channels) < 0 or len(set(self.channels)) != len(self.channels)
+            not self.channels
+            or min(self.channels) < 0
+            or len(set(self.channels)) != len(self.channels)
         ):
             raise ConfigError(f"channels={self.channels}: give distinct channel indices >= 0")
         if self.pattern is not None:
             try:
                 re.compile(self.pattern)
             except re.error as e:
-                raise ConfigError(f"pattern={self.pattern!r} is not a regular expression: {e}") from e
+                raise ConfigError(
+                    f"pattern={self.pattern!r} is not a regular expression: {e}"
+                ) from e
         _check_sizes("chunks", self.chunks)
         _check_sizes("block", self.block)
 
@@ -199,7 +203,7 @@ def _check_sizes(key: str, sizes: Sequence[int] | None) -> None:
 
 
 # Keys that take one value or a list; a single value is stored as a one-element list.
-_SCALAR_OR_LIST = {
+_SCALAR_OR_LIST: dict[type, tuple[str, ...]] = {
     InferConfig: ("chunks", "block", "tile.size", "channels"),
 }
 
@@ -220,7 +224,7 @@ def _config_error(e: OmegaConfBaseException, schema: Any) -> ConfigError:
     if isinstance(e, (ConfigKeyError, ConfigAttributeError)):
         parent, _, _ = key.rpartition(".")
         node = OmegaConf.select(schema, parent) if parent else schema
-        valid = sorted(node.keys()) if isinstance(node, DictConfig) else []
+        valid = sorted(str(k) for k in node.keys()) if isinstance(node, DictConfig) else []
         where = f" under {parent!r}" if parent else ""
         return ConfigError(f"unknown config key {key!r}; valid keys{where}: {', '.join(valid)}")
     if isinstance(e, ValidationError):
@@ -253,7 +257,7 @@ def _parse_overrides(schema: type, overrides: Sequence[str]) -> DictConfig:
             OmegaConf.update(layer, key, value, merge=True)
             continue
         try:
-            layer = OmegaConf.merge(layer, OmegaConf.from_dotlist([item]))
+            layer = cast(DictConfig, OmegaConf.merge(layer, OmegaConf.from_dotlist([item])))
         except Exception as e:
             raise ConfigError(f"cannot parse {item!r}: {str(e).splitlines()[0]}") from e
     return layer

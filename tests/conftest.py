@@ -19,7 +19,7 @@ os.environ.setdefault("RAY_DEDUP_LOGS", "0")
 def ray_session() -> Iterator[None]:
     import ray
 
-    ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR")
+    ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level="ERROR")
     yield
     ray.shutdown()
 
@@ -41,8 +41,9 @@ def save_torchscript(module: torch.nn.Module, path: Path, dims: int, in_ch: int)
 
 @pytest.fixture
 def make_model(tmp_path: Path) -> Callable[..., tuple[Path, torch.nn.Module]]:
-    def make(dims: int = 2, in_ch: int = 1, out_ch: int = 2, name: str = "model.pth"
-             ) -> tuple[Path, torch.nn.Module]:
+    def make(
+        dims: int = 2, in_ch: int = 1, out_ch: int = 2, name: str = "model.pth"
+    ) -> tuple[Path, torch.nn.Module]:
         module = conv_model(dims, in_ch, out_ch)
         return save_torchscript(module, tmp_path / name, dims, in_ch), module
 
@@ -56,8 +57,13 @@ def random_image(shape: tuple[int, ...], dtype: str = "uint16", seed: int = 0) -
 
 @pytest.fixture
 def ome_tiff(tmp_path: Path) -> Callable[..., Path]:
-    def make(data: np.ndarray, axes: str = "YX", name: str = "img.ome.tif",
-             tile: tuple[int, int] | None = (64, 64), **meta: object) -> Path:
+    def make(
+        data: np.ndarray,
+        axes: str = "YX",
+        name: str = "img.ome.tif",
+        tile: tuple[int, int] | None = (64, 64),
+        **meta: object,
+    ) -> Path:
         path = tmp_path / name
         tifffile.imwrite(path, data, ome=True, tile=tile, metadata={"axes": axes, **meta})
         return path

@@ -18,17 +18,26 @@ from tests.conftest import conv_model, random_image, save_torchscript
 
 def run_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
     env = os.environ | {"PYTHONWARNINGS": "ignore"}
-    return subprocess.run([sys.executable, "-m", "raysegment.cli", *args], cwd=cwd, env=env,
-                          capture_output=True, text=True, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "raysegment.cli", *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
 
 
 @pytest.fixture
 def files(tmp_path: Path) -> Path:
-    tifffile.imwrite(tmp_path / "img.ome.tif", random_image((64, 64)), ome=True,
-                     metadata={"axes": "YX"})
+    tifffile.imwrite(
+        tmp_path / "img.ome.tif", random_image((64, 64)), ome=True, metadata={"axes": "YX"}
+    )
     save_torchscript(conv_model(), tmp_path / "model.pth", 2, 1)
-    torch.jit.save(torch.jit.trace(torch.nn.AvgPool2d(2), torch.zeros(1, 1, 8, 8)),
-                   str(tmp_path / "shrinks.pth"))
+    torch.jit.save(
+        torch.jit.trace(torch.nn.AvgPool2d(2), torch.zeros(1, 1, 8, 8)),
+        str(tmp_path / "shrinks.pth"),
+    )
     (tmp_path / "shrinks").mkdir()
     (tmp_path / "shrinks.pth").rename(tmp_path / "shrinks" / "model.pth")
     (tmp_path / "shrinks" / "raysegment.json").write_text('{"in_channels":1,"spatial_dims":2}')
@@ -72,8 +81,7 @@ CASES: list[tuple[str, list[str], str]] = [
 
 
 @pytest.mark.parametrize("name,args,message", CASES, ids=[c[0] for c in CASES])
-def test_bad_input_one_line_exit_2(files: Path, name: str, args: list[str], message: str
-                                   ) -> None:
+def test_bad_input_one_line_exit_2(files: Path, name: str, args: list[str], message: str) -> None:
     if name == "3D model on 2D":
         save_torchscript(conv_model(3), files / "m3.pth", 3, 1)
     result = run_cli("infer", *args, cwd=files)
@@ -89,8 +97,12 @@ def test_bad_input_one_line_exit_2(files: Path, name: str, args: list[str], mess
 def test_complete_output_is_refused_without_overwrite(files: Path) -> None:
     from raysegment.infer import infer
 
-    infer(input=str(files / "img.ome.tif"), model=str(files / "model.pth"),
-          output=str(files / "out"), progress=False)
+    infer(
+        input=str(files / "img.ome.tif"),
+        model=str(files / "model.pth"),
+        output=str(files / "out"),
+        progress=False,
+    )
     result = run_cli("infer", *OK, cwd=files)
     assert result.returncode == 2
     assert result.stderr.strip().endswith("set overwrite=true to replace it")

@@ -17,8 +17,9 @@ def test_shipped_yaml_files_load() -> None:
     cfg = load_config(InferConfig, [ROOT / "conf" / "infer.yaml"], REQUIRED)
     assert cfg.tile.blend is Blend.gaussian and cfg.finalize.mode is FinalizeMode.probabilities
     assert config_to_dict(cfg) == config_to_dict(load_config(InferConfig, (), REQUIRED))
-    vol = load_config(InferConfig, [ROOT / "conf" / "infer.yaml", ROOT / "conf" / "volume.yaml"],
-                      REQUIRED)
+    vol = load_config(
+        InferConfig, [ROOT / "conf" / "infer.yaml", ROOT / "conf" / "volume.yaml"], REQUIRED
+    )
     assert vol.device == "all" and vol.block == [256] and vol.finalize.mode is FinalizeMode.labels
 
 
@@ -30,23 +31,26 @@ def test_overrides_win_and_scalars_become_lists(tmp_path: Path) -> None:
     assert cfg.device == "1,3,6"
 
 
-@pytest.mark.parametrize("override,match", [
-    ("tile.sise=3", "unknown config key 'tile.sise'; valid keys under 'tile'"),
-    ("nope=1", "unknown config key 'nope'"),
-    ("tile.blend=median", "tile.blend.*expected one of \\[gaussian, constant, crop\\]"),
-    ("finalize.mode=argmax", "finalize.mode"),
-    ("tile.overlap=-0.1", "tile.overlap"),
-    ("finalize.threshold=2", "finalize.threshold"),
-    ("batch_size=0", "batch_size=0 must be >= 1"),
-    ("batch_size=many", "batch_size"),
-    ("device=tpu", "device='tpu'"),
-    ("channels=[1,1]", "distinct channel"),
-    ("pattern=[", "not a regular expression"),
-    ("normalize.std=0", "normalize.std"),
-    ("normalize.low=99.9", "low < high"),
-    ("tile.size=[1,2,3,4]", "1 to 3 positive sizes"),
-    ("overwrite", "not key=value"),
-])
+@pytest.mark.parametrize(
+    "override,match",
+    [
+        ("tile.sise=3", "unknown config key 'tile.sise'; valid keys under 'tile'"),
+        ("nope=1", "unknown config key 'nope'"),
+        ("tile.blend=median", "tile.blend.*expected one of \\[gaussian, constant, crop\\]"),
+        ("finalize.mode=argmax", "finalize.mode"),
+        ("tile.overlap=-0.1", "tile.overlap"),
+        ("finalize.threshold=2", "finalize.threshold"),
+        ("batch_size=0", "batch_size=0 must be >= 1"),
+        ("batch_size=many", "batch_size"),
+        ("device=tpu", "device='tpu'"),
+        ("channels=[1,1]", "distinct channel"),
+        ("pattern=[", "not a regular expression"),
+        ("normalize.std=0", "normalize.std"),
+        ("normalize.low=99.9", "low < high"),
+        ("tile.size=[1,2,3,4]", "1 to 3 positive sizes"),
+        ("overwrite", "not key=value"),
+    ],
+)
 def test_bad_values_name_the_key(override: str, match: str) -> None:
     with pytest.raises(ConfigError, match=match):
         load_config(InferConfig, (), REQUIRED + [override])

@@ -34,9 +34,19 @@ AXES = "tczyx"
 IMAGE_SUFFIXES = (".ome.tiff", ".ome.tif", ".ome.zarr", ".tiff", ".tif", ".zarr")
 
 _UNITS = {
-    "µm": "micrometer", "um": "micrometer", "micron": "micrometer", "nm": "nanometer",
-    "mm": "millimeter", "cm": "centimeter", "m": "meter", "Å": "angstrom",
-    "pm": "picometer", "s": "second", "ms": "millisecond", "min": "minute", "h": "hour",
+    "µm": "micrometer",
+    "um": "micrometer",
+    "micron": "micrometer",
+    "nm": "nanometer",
+    "mm": "millimeter",
+    "cm": "centimeter",
+    "m": "meter",
+    "Å": "angstrom",
+    "pm": "picometer",
+    "s": "second",
+    "ms": "millisecond",
+    "min": "minute",
+    "h": "hour",
 }
 
 
@@ -172,7 +182,7 @@ class ArraySource(ImageSource):
         arr = self.handle
         axes = self._array_axes()
         c0, c1 = min(channels), max(channels) + 1
-        bounds = {"t": (t, t + 1), "c": (c0, c1)} | dict(zip("zyx", region))
+        bounds = {"t": (t, t + 1), "c": (c0, c1)} | dict(zip("zyx", region, strict=False))
         index = tuple(slice(*bounds[a]) for a in axes)
         data = np.asarray(arr[index])
         # Bring to (t, c, z, y, x) order, absent axes added with size 1.
@@ -298,7 +308,7 @@ class ZarrSource(ArraySource):
         import zarr
 
         try:
-            node = zarr.open(self.path, mode="r")
+            node: Any = zarr.open(self.path, mode="r")
         except Exception as e:
             raise InputImageError(
                 f"{self.path}: not a readable zarr store ({type(e).__name__}: {e})"
@@ -308,7 +318,7 @@ class ZarrSource(ArraySource):
         names = None
         self.array_path = ""
         if isinstance(node, zarr.Group):
-            attrs = dict(node.attrs)
+            attrs: dict[str, Any] = dict(node.attrs)
             ome = attrs.get("ome", attrs)
             multiscales = ome.get("multiscales")
             if not multiscales:
@@ -321,12 +331,14 @@ class ZarrSource(ArraySource):
             axis_names = [a["name"] if isinstance(a, dict) else a for a in axes_meta]
             self.array_path = ms["datasets"][0]["path"]
             factors = np.ones(len(axis_names))
-            for transforms in (ms["datasets"][0].get("coordinateTransformations", []),
-                               ms.get("coordinateTransformations", [])):
+            for transforms in (
+                ms["datasets"][0].get("coordinateTransformations", []),
+                ms.get("coordinateTransformations", []),
+            ):
                 for tr in transforms:
                     if tr.get("type") == "scale" and "scale" in tr:
                         factors = factors * np.asarray(tr["scale"], dtype=float)
-            for name, meta, f in zip(axis_names, axes_meta, factors):
+            for name, meta, f in zip(axis_names, axes_meta, factors, strict=False):
                 if name in "tzyx":
                     scale[name] = float(f)
                     if isinstance(meta, dict) and meta.get("unit"):
@@ -351,7 +363,7 @@ class ZarrSource(ArraySource):
     def _open(self) -> Any:
         import zarr
 
-        node = zarr.open(self.path, mode="r")
+        node: Any = zarr.open(self.path, mode="r")
         return node[self.array_path] if self.array_path else node
 
 

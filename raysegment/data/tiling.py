@@ -67,7 +67,11 @@ class AxisTiling:
         """
         start = self.starts[i]
         lo = 0 if start == 0 else self.overlap // 2
-        hi = self.tile if start + self.tile >= self.length else self.tile - (self.overlap - self.overlap // 2)
+        hi = (
+            self.tile
+            if start + self.tile >= self.length
+            else self.tile - (self.overlap - self.overlap // 2)
+        )
         return lo, hi
 
     def support(self, i: int, blend: str) -> tuple[int, int]:
@@ -119,7 +123,8 @@ class Tiling:
         if len(shape) != len(tile):
             raise ValueError(f"shape {tuple(shape)} and tile {tuple(tile)} differ in length")
         axes = tuple(
-            AxisTiling.plan(n, t, min(int(round(overlap * t)), t - 1)) for n, t in zip(shape, tile)
+            AxisTiling.plan(n, t, min(int(round(overlap * t)), t - 1))
+            for n, t in zip(shape, tile, strict=False)
         )
         return cls(axes, blend)
 
@@ -138,14 +143,14 @@ class Tiling:
     def weights(self, index: Sequence[int]) -> np.ndarray:
         """Blending weight of the tile with per-axis indices ``index`` (tile-shaped)."""
         w = np.ones((), dtype=np.float32)
-        for axis, i in zip(self.axes, index):
+        for axis, i in zip(self.axes, index, strict=False):
             w = np.multiply.outer(w, blend_weights_1d(axis, i, self.blend))
         return w
 
     def tiles_reaching(self, region: Sequence[tuple[int, int]]) -> tuple[tuple[int, ...], ...]:
         """Per axis, the indices of tiles whose weight is non-zero inside ``region``."""
         out = []
-        for axis, (a, b) in zip(self.axes, region):
+        for axis, (a, b) in zip(self.axes, region, strict=False):
             idx = []
             for i in range(len(axis.starts)):
                 lo, hi = axis.support(i, self.blend)
@@ -178,14 +183,15 @@ class Block:
         """Yield (grid index, start relative to ``outer``) for every tile of the block."""
         for index in itertools.product(*self.tiles):
             start = tuple(
-                ax.starts[i] - o for ax, i, (o, _) in zip(tiling.axes, index, self.outer)
+                ax.starts[i] - o
+                for ax, i, (o, _) in zip(tiling.axes, index, self.outer, strict=False)
             )
             yield index, start
 
 
 def block_grid(tiling: Tiling, block: Sequence[int]) -> tuple[int, ...]:
     """Number of blocks of ``block`` pixels along each axis."""
-    return tuple(-(-n // b) for n, b in zip(tiling.shape, block))
+    return tuple(-(-n // b) for n, b in zip(tiling.shape, block, strict=False))
 
 
 def block_at(tiling: Tiling, block: Sequence[int], index: Sequence[int]) -> Block:
@@ -196,11 +202,11 @@ def block_at(tiling: Tiling, block: Sequence[int], index: Sequence[int]) -> Bloc
     with ``crop`` one per seam, with ``gaussian``/``constant`` about tile/step per seam.
     """
     inner = tuple(
-        (i * b, min((i + 1) * b, n)) for i, b, n in zip(index, block, tiling.shape)
+        (i * b, min((i + 1) * b, n)) for i, b, n in zip(index, block, tiling.shape, strict=False)
     )
     tiles = tiling.tiles_reaching(inner)
     outer, pad = [], []
-    for axis, idx in zip(tiling.axes, tiles):
+    for axis, idx in zip(tiling.axes, tiles, strict=False):
         lo = axis.starts[idx[0]]
         hi = axis.starts[idx[-1]] + axis.tile
         outer.append((lo, min(hi, axis.length)))

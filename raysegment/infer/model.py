@@ -103,8 +103,10 @@ def load_model(model: ModelFile, device: torch.device | str = "cpu") -> torch.nn
         else:
             module = torch.jit.load(io.BytesIO(model.data), map_location=device)
     except Exception as e:
-        want = "a torch.export program (torch.export.save)" if model.kind == "export" else (
-            "a TorchScript archive (torch.jit.save of torch.jit.trace/script)"
+        want = (
+            "a torch.export program (torch.export.save)"
+            if model.kind == "export"
+            else ("a TorchScript archive (torch.jit.save of torch.jit.trace/script)")
         )
         raise ModelLoadError(
             f"{model.path}: cannot load the model ({type(e).__name__}: {str(e)[:200]}); "
@@ -153,7 +155,7 @@ def describe_model(model: ModelFile, module: torch.nn.Module) -> ModelSpec:
     if in_channels is None or dims not in (2, 3):
         raise ModelContractError(
             f"{model.path}: cannot tell the model's input channels and 2D/3D; write "
-            f"{MODEL_META} next to model.pth with {{\"in_channels\": 1, \"spatial_dims\": 2}}"
+            f'{MODEL_META} next to model.pth with {{"in_channels": 1, "spatial_dims": 2}}'
         )
     classes = meta.get("classes")
     tile = meta.get("tile_size")

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import os
-import shutil
 import sys
 import time
 from collections import Counter
@@ -64,8 +63,9 @@ class InferSummary:
         )
 
 
-def _as_config(config: InferConfig | Mapping[str, Any] | None, overrides: Mapping[str, Any]
-               ) -> InferConfig:
+def _as_config(
+    config: InferConfig | Mapping[str, Any] | None, overrides: Mapping[str, Any]
+) -> InferConfig:
     if isinstance(config, InferConfig) and not overrides:
         return config
     values = config_to_dict(config) if isinstance(config, InferConfig) else dict(config or {})
@@ -73,7 +73,7 @@ def _as_config(config: InferConfig | Mapping[str, Any] | None, overrides: Mappin
 
 
 def _start_ray(device: str) -> bool:
-    """Connect to ``RAY_ADDRESS`` or start a local Ray; returns whether this call started it."""
+    """Connect to ``RAY_ADDRESS`` or start a local Ray; returns whether this call did."""
     import ray
 
     if ray.is_initialized():
@@ -86,7 +86,10 @@ def _start_ray(device: str) -> bool:
             )
         # Ray hands out only the GPUs the local raylet sees.
         os.environ["CUDA_VISIBLE_DEVICES"] = device
-    ray.init(logging_level=logging.ERROR, include_dashboard=False)
+    # RAY_ADDRESS (host:port, or "auto" for a cluster started here with `ray start`)
+    # selects a cluster; otherwise start a private local one, never a stale leftover.
+    address = os.environ.get("RAY_ADDRESS") or "local"
+    ray.init(address=address, logging_level=logging.ERROR, include_dashboard=False)
     return True
 
 
@@ -107,14 +110,18 @@ def _pool(cfg: InferConfig) -> tuple[bool, int, int]:
     wanted = {"gpu": 1, "all": gpus}.get(device, len(device.split(",")))
     if gpus < 1 or wanted > gpus:
         raise ConfigError(
-            f"device={cfg.device}: Ray sees {gpus} GPU(s); use device=cpu, or a cluster "
-            f"with GPUs"
+            f"device={cfg.device}: Ray sees {gpus} GPU(s); use device=cpu, or a cluster with GPUs"
         )
     return True, cfg.actors or wanted, 1
 
 
-def _prepare_outputs(cfg: InferConfig, plans: list[ImagePlan], config: dict[str, Any],
-                     model_path: str, model_sha: str) -> dict[int, set[str]]:
+def _prepare_outputs(
+    cfg: InferConfig,
+    plans: list[ImagePlan],
+    config: dict[str, Any],
+    model_path: str,
+    model_sha: str,
+) -> dict[int, set[str]]:
     """Create, resume or refuse each output; return the blocks already done per image."""
     done: dict[int, set[str]] = {}
     for plan in plans:
@@ -139,14 +146,14 @@ def _prepare_outputs(cfg: InferConfig, plans: list[ImagePlan], config: dict[str,
             continue
         if state.exists and not state.ours and not out.is_dir():
             raise OutputError(f"{out}: exists and is not a directory; remove it")
-        create_output(out, plan.layout, provenance(plan, config, model_path, model_sha,
-                                                   __version__))
+        create_output(
+            out, plan.layout, provenance(plan, config, model_path, model_sha, __version__)
+        )
         done[plan.id] = set()
     return done
 
 
-def infer(config: InferConfig | Mapping[str, Any] | None = None, **overrides: Any
-          ) -> InferSummary:
+def infer(config: InferConfig | Mapping[str, Any] | None = None, **overrides: Any) -> InferSummary:
     """Segment every input image into ``<output>/<name>.ome.zarr``.
 
     Args:
@@ -185,8 +192,9 @@ def infer(config: InferConfig | Mapping[str, Any] | None = None, **overrides: An
 
     output = Path(cfg.output).resolve()
     plans = [
-        plan_image(i, src, str(output / f"{image_stem(src.path)}.ome.zarr"), cfg, spec,
-                   model.sha256)
+        plan_image(
+            i, src, str(output / f"{image_stem(src.path)}.ome.zarr"), cfg, spec, model.sha256
+        )
         for i, src in enumerate(sources)
     ]
     config = config_to_dict(cfg)
@@ -195,7 +203,9 @@ def infer(config: InferConfig | Mapping[str, Any] | None = None, **overrides: An
     remaining = Counter(w.image for w in pending)
     summary = InferSummary(images=len(plans), resumed_blocks=sum(len(d) for d in done.values()))
     for plan in plans:
-        summary.megapixels += float(np.prod(plan.source.info.shape[2:])) * plan.source.info.shape[0] / 1e6
+        summary.megapixels += (
+            float(np.prod(plan.source.info.shape[2:])) * plan.source.info.shape[0] / 1e6
+        )
 
     started = _start_ray(cfg.device)
     try:
@@ -206,7 +216,19 @@ def infer(config: InferConfig | Mapping[str, Any] | None = None, **overrides: An
             if remaining[plan.id] == 0:
                 _complete(plan, done)
         if pending:
-            _run(cfg, model, spec.static_batch, plans, pending, remaining, use_gpu, actors, cpus, summary, done)
+            _run(
+                cfg,
+                model,
+                spec.static_batch,
+                plans,
+                pending,
+                remaining,
+                use_gpu,
+                actors,
+                cpus,
+                summary,
+                done,
+            )
     finally:
         if started:
             ray.shutdown()
@@ -220,9 +242,19 @@ def _complete(plan: ImagePlan, done: dict[int, set[str]]) -> None:
     complete_output(Path(plan.output), {"blocks_done": plan.num_blocks})
 
 
-def _run(cfg: InferConfig, model: Any, static_batch: int | None, plans: list[ImagePlan], pending: list[Any],
-         remaining: Counter[int], use_gpu: bool, actors: int, cpus: int,
-         summary: InferSummary, done: dict[int, set[str]]) -> None:
+def _run(
+    cfg: InferConfig,
+    model: Any,
+    static_batch: int | None,
+    plans: list[ImagePlan],
+    pending: list[Any],
+    remaining: Counter[int],
+    use_gpu: bool,
+    actors: int,
+    cpus: int,
+    summary: InferSummary,
+    done: dict[int, set[str]],
+) -> None:
     import ray
     from tqdm import tqdm
 
@@ -232,28 +264,42 @@ def _run(cfg: InferConfig, model: Any, static_batch: int | None, plans: list[Ima
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = False
     ctx.print_on_execution_start = False
-    items = [{"image": w.image, "t": w.t, "z": w.z, "index": np.asarray(w.index)}
-             for w in pending]
+    items = [{"image": w.image, "t": w.t, "z": w.z, "index": np.asarray(w.index)} for w in pending]
     finalize = (cfg.finalize.mode.value, cfg.finalize.activation.value, cfg.finalize.threshold)
-    ds = ray.data.from_items(items, override_num_blocks=min(len(items), 1000))
+    ds: Any = ray.data.from_items(items, override_num_blocks=min(len(items), 1000))
     # Reads and writes are mostly I/O: half a CPU each. The differing resources also keep
     # Ray Data from fusing the read into the predictor actor, which would stall the model.
-    ds = ds.map_batches(read_stage, batch_size=1, batch_format="numpy",
-                        fn_kwargs={"plans": plans}, num_cpus=0.5)
     ds = ds.map_batches(
-        Predictor, batch_size=1, batch_format="numpy",
+        read_stage, batch_size=1, batch_format="numpy", fn_kwargs={"plans": plans}, num_cpus=0.5
+    )
+    ds = ds.map_batches(
+        Predictor,
+        batch_size=1,
+        batch_format="numpy",
         compute=ray.data.ActorPoolStrategy(size=actors),
         fn_constructor_kwargs={
-            "model": [ray.put(model)], "plans": [ray.put(plans)], "use_gpu": use_gpu, "batch_size": cfg.batch_size,
+            "model": [ray.put(model)],
+            "plans": [ray.put(plans)],
+            "use_gpu": use_gpu,
+            "batch_size": cfg.batch_size,
             "static_batch": static_batch,
-            "threads": cpus, "finalize": finalize,
+            "threads": cpus,
+            "finalize": finalize,
         },
-        num_gpus=1 if use_gpu else 0, num_cpus=cpus,
+        num_gpus=1 if use_gpu else 0,
+        num_cpus=cpus,
     )
-    ds = ds.map_batches(write_stage, batch_size=1, batch_format="numpy",
-                        fn_kwargs={"plans": plans}, num_cpus=0.5)
-    bar = tqdm(total=len(pending), unit="block", disable=not cfg.progress, file=sys.stderr,
-               desc="raysegment infer", dynamic_ncols=True)
+    ds = ds.map_batches(
+        write_stage, batch_size=1, batch_format="numpy", fn_kwargs={"plans": plans}, num_cpus=0.5
+    )
+    bar = tqdm(
+        total=len(pending),
+        unit="block",
+        disable=not cfg.progress,
+        file=sys.stderr,
+        desc="raysegment infer",
+        dynamic_ncols=True,
+    )
     with bar:
         for row in ds.iter_rows():
             image = int(row["image"])

@@ -212,14 +212,15 @@ def plan_image(
     tiling = Tiling.plan(shape, tile, cfg.tile.overlap, cfg.tile.blend.value)
     chunks = _per_axis("chunks", cfg.chunks, dims, DEFAULT_CHUNK[dims])
     if cfg.chunks is None:
-        chunks = tuple(min(c, n) for c, n in zip(chunks, shape))
+        chunks = tuple(min(c, n) for c, n in zip(chunks, shape, strict=False))
     if cfg.block is None:
         block = tuple(
-            min(c * DEFAULT_BLOCK_CHUNKS[dims], -(-n // c) * c) for c, n in zip(chunks, shape)
+            min(c * DEFAULT_BLOCK_CHUNKS[dims], -(-n // c) * c)
+            for c, n in zip(chunks, shape, strict=False)
         )
     else:
         block = _per_axis("block", cfg.block, dims, 0)
-        if any(b % c for b, c in zip(block, chunks)):
+        if any(b % c for b, c in zip(block, chunks, strict=False)):
             raise ConfigError(
                 f"block={list(block)} must be a multiple of chunks={list(chunks)} on every "
                 f"axis (one writer per chunk); e.g. block={[c * 4 for c in chunks]}"
@@ -232,7 +233,7 @@ def plan_image(
     out_c = output_channels(mode, spec.out_channels)
     axes = ("t" if t_count > 1 else "") + "c" + ("z" if z_count > 1 or dims == 3 else "") + "yx"
     sizes = {"t": t_count, "c": out_c, "z": z_count, "y": info.shape[3], "x": info.shape[4]}
-    spatial_chunks = dict(zip("zyx"[3 - dims:], chunks))
+    spatial_chunks = dict(zip("zyx"[3 - dims :], chunks, strict=False))
     out_chunks = tuple(spatial_chunks.get(a, 1) for a in axes)
     names = spec.classes if spec.classes and len(spec.classes) == out_c else None
     if mode == "labels":
@@ -247,28 +248,55 @@ def plan_image(
         channel_names=names or tuple(f"class_{i}" for i in range(out_c)),
         name=image_stem(source.path),
     )
-    fingerprint = hashlib.sha256(json.dumps({
-        "input": source.path, "shape": info.shape, "dtype": str(info.dtype),
-        "model": model_sha256, "channels": channels, "tile": tile, "overlap": cfg.tile.overlap,
-        "blend": cfg.tile.blend.value, "padding": cfg.tile.padding.value, "block": block,
-        "chunks": chunks, "norm": norm, "finalize": [mode, cfg.finalize.threshold,
-                                                     cfg.finalize.activation.value],
-    }, sort_keys=True, default=str).encode()).hexdigest()
+    fingerprint = hashlib.sha256(
+        json.dumps(
+            {
+                "input": source.path,
+                "shape": info.shape,
+                "dtype": str(info.dtype),
+                "model": model_sha256,
+                "channels": channels,
+                "tile": tile,
+                "overlap": cfg.tile.overlap,
+                "blend": cfg.tile.blend.value,
+                "padding": cfg.tile.padding.value,
+                "block": block,
+                "chunks": chunks,
+                "norm": norm,
+                "finalize": [mode, cfg.finalize.threshold, cfg.finalize.activation.value],
+            },
+            sort_keys=True,
+            default=str,
+        ).encode()
+    ).hexdigest()
     return ImagePlan(
-        id=image_id, source=source, output=output, channels=channels, spatial_dims=dims,
-        tiling=tiling, block=block, layout=layout, padding=cfg.tile.padding.value, norm=norm,
+        id=image_id,
+        source=source,
+        output=output,
+        channels=channels,
+        spatial_dims=dims,
+        tiling=tiling,
+        block=block,
+        layout=layout,
+        padding=cfg.tile.padding.value,
+        norm=norm,
         fingerprint=fingerprint,
     )
 
 
-def provenance(plan: ImagePlan, config: dict[str, Any], model_path: str, model_sha: str,
-               version: str) -> dict[str, Any]:
+def provenance(
+    plan: ImagePlan, config: dict[str, Any], model_path: str, model_sha: str, version: str
+) -> dict[str, Any]:
     return {
         "version": version,
         "fingerprint": plan.fingerprint,
         "config": config,
-        "input": {"path": plan.source.path, "shape_tczyx": list(plan.source.info.shape),
-                  "dtype": str(plan.source.info.dtype), "channels": list(plan.channels)},
+        "input": {
+            "path": plan.source.path,
+            "shape_tczyx": list(plan.source.info.shape),
+            "dtype": str(plan.source.info.dtype),
+            "channels": list(plan.channels),
+        },
         "model": {"path": model_path, "sha256": model_sha},
         "blocks": plan.num_blocks,
         "tiles": plan.num_tiles,

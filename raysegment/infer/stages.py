@@ -24,8 +24,12 @@ Batch = dict[str, np.ndarray]
 
 
 def _item(batch: Batch, i: int) -> WorkItem:
-    return WorkItem(int(batch["image"][i]), int(batch["t"][i]), int(batch["z"][i]),
-                    tuple(int(v) for v in batch["index"][i]))
+    return WorkItem(
+        int(batch["image"][i]),
+        int(batch["t"][i]),
+        int(batch["z"][i]),
+        tuple(int(v) for v in batch["index"][i]),
+    )
 
 
 def _passthrough(batch: Batch, i: int) -> Batch:
@@ -42,8 +46,9 @@ def read_stage(batch: Batch, plans: Sequence[ImagePlan]) -> Batch:
     if plan.spatial_dims == 2:
         data = data[:, 0]
     if plan.norm is not None:
-        offset, scale = (np.asarray(v, np.float32).reshape(-1, *[1] * plan.spatial_dims)
-                         for v in plan.norm)
+        offset, scale = (
+            np.asarray(v, np.float32).reshape(-1, *[1] * plan.spatial_dims) for v in plan.norm
+        )
         data = (data - offset) / scale
     if any(p != (0, 0) for p in block.pad):
         data = np.pad(data, ((0, 0), *block.pad), mode=plan.padding)  # type: ignore[call-overload]
@@ -90,16 +95,18 @@ def predict_block(
     """
     block = plan.block_of(item)
     tile = plan.tiling.tile
-    inner = [(a - o, b - o) for (a, b), (o, _) in zip(block.inner, block.outer)]
+    inner = [(a - o, b - o) for (a, b), (o, _) in zip(block.inner, block.outer, strict=False)]
     origins = list(block.tile_origins(plan.tiling))
     num: torch.Tensor | None = None
     den = torch.zeros([b - a for a, b in inner], device=data.device)
     for first in range(0, len(origins), batch_size):
         chunk = origins[first : first + batch_size]
-        x = torch.stack([
-            data[(slice(None), *(slice(s, s + t) for s, t in zip(start, tile)))]
-            for _, start in chunk
-        ])
+        x = torch.stack(
+            [
+                data[(slice(None), *(slice(s, s + t) for s, t in zip(start, tile, strict=False)))]
+                for _, start in chunk
+            ]
+        )
         if fixed_batch and len(chunk) < batch_size:
             x = torch.cat([x, x.new_zeros((batch_size - len(chunk), *x.shape[1:]))])
         with torch.inference_mode():
@@ -109,9 +116,9 @@ def predict_block(
         y = y.float()
         if num is None:
             num = torch.zeros((y.shape[1], *den.shape), device=data.device)
-        for (grid, start), pred in zip(chunk, y):
+        for (grid, start), pred in zip(chunk, y, strict=False):
             src, dst = [], []
-            for s, t, (a, b) in zip(start, tile, inner):
+            for s, t, (a, b) in zip(start, tile, inner, strict=False):
                 lo, hi = max(s, a), min(s + t, b)
                 src.append(slice(lo - s, hi - s))
                 dst.append(slice(lo - a, hi - a))
@@ -154,8 +161,9 @@ class Predictor:
         first = self.plans[0]
         tile_shape = (len(first.channels), *first.tiling.tile)
         self.fixed_batch = static_batch is not None
-        self.batch_size = static_batch or batch_size or auto_batch_size(
-            self.module, tile_shape, self.device)
+        self.batch_size = (
+            static_batch or batch_size or auto_batch_size(self.module, tile_shape, self.device)
+        )
         self._weights: dict[int, list[torch.Tensor]] = {}
 
     def weights(self, plan: ImagePlan) -> list[torch.Tensor]:
@@ -163,9 +171,14 @@ class Predictor:
             from raysegment.data.tiling import blend_weights_1d
 
             self._weights[plan.id] = [
-                torch.from_numpy(np.stack([
-                    blend_weights_1d(axis, i, plan.tiling.blend) for i in range(len(axis.starts))
-                ])).to(self.device)
+                torch.from_numpy(
+                    np.stack(
+                        [
+                            blend_weights_1d(axis, i, plan.tiling.blend)
+                            for i in range(len(axis.starts))
+                        ]
+                    )
+                ).to(self.device)
                 for axis in plan.tiling.axes
             ]
         return self._weights[plan.id]
@@ -174,7 +187,9 @@ class Predictor:
         item = _item(batch, 0)
         plan = self.plans[item.image]
         start = time.perf_counter()
-        data = torch.from_numpy(np.require(batch["data"][0], requirements=["C", "W"])).to(self.device)
+        data = torch.from_numpy(np.require(batch["data"][0], requirements=["C", "W"])).to(
+            self.device
+        )
         blended, tiles = predict_block(
             self.module, plan, item, data, self.batch_size, self.weights(plan), self.fixed_batch
         )

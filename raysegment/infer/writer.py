@@ -12,15 +12,23 @@ import shutil
 import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import zarr
 
 from raysegment.errors import OutputError
 
-__all__ = ["OutputLayout", "OutputState", "complete_output", "create_output", "done_blocks",
-           "inspect_output", "mark_done", "write_block"]
+__all__ = [
+    "OutputLayout",
+    "OutputState",
+    "complete_output",
+    "create_output",
+    "done_blocks",
+    "inspect_output",
+    "mark_done",
+    "write_block",
+]
 
 _DONE = ".raysegment/done"
 _ARRAY = "0"
@@ -71,9 +79,15 @@ def create_output(path: Path, layout: OutputLayout, provenance: dict[str, Any]) 
     try:
         group = zarr.open_group(str(path), mode="w", zarr_format=3)
     except OSError as e:
-        raise OutputError(f"{path}: cannot create the output ({e}); check output= is writable") from e
+        raise OutputError(
+            f"{path}: cannot create the output ({e}); check output= is writable"
+        ) from e
     group.create_array(
-        _ARRAY, shape=layout.shape, chunks=layout.chunks, dtype=layout.dtype, fill_value=0,
+        _ARRAY,
+        shape=layout.shape,
+        chunks=layout.chunks,
+        dtype=layout.dtype,
+        fill_value=0,
         dimension_names=list(layout.axes),
     )
     axes = []
@@ -84,30 +98,44 @@ def create_output(path: Path, layout: OutputLayout, provenance: dict[str, Any]) 
         axes.append(axis)
     ome = {
         "version": "0.5",
-        "multiscales": [{
-            "name": layout.name,
-            "axes": axes,
-            "datasets": [{
-                "path": _ARRAY,
-                "coordinateTransformations": [{"type": "scale", "scale": list(layout.scale)}],
-            }],
-        }],
+        "multiscales": [
+            {
+                "name": layout.name,
+                "axes": axes,
+                "datasets": [
+                    {
+                        "path": _ARRAY,
+                        "coordinateTransformations": [
+                            {"type": "scale", "scale": list(layout.scale)}
+                        ],
+                    }
+                ],
+            }
+        ],
         "omero": {
             "channels": [
-                {"label": n, "active": True, "color": "FFFFFF",
-                 "window": _window(layout.dtype, len(layout.channel_names))}
+                {
+                    "label": n,
+                    "active": True,
+                    "color": "FFFFFF",
+                    "window": _window(layout.dtype, len(layout.channel_names)),
+                }
                 for n in layout.channel_names
             ],
             "rdefs": {"model": "greyscale"},
         },
     }
-    group.attrs.update({
-        "ome": ome,
-        "raysegment": provenance | {
-            "status": "incomplete",
-            "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        },
-    })
+    attrs: Any = group.attrs
+    attrs.update(
+        {
+            "ome": ome,
+            "raysegment": provenance
+            | {
+                "status": "incomplete",
+                "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+            },
+        }
+    )
     (path / _DONE).mkdir(parents=True, exist_ok=True)
 
 
@@ -145,8 +173,11 @@ def write_block(path: Path, index: tuple[slice | int, ...], data: np.ndarray) ->
 def complete_output(path: Path, summary: dict[str, Any]) -> None:
     """Mark the output complete; called once every block is written."""
     group = zarr.open_group(str(path), mode="r+")
-    meta = dict(group.attrs["raysegment"])
-    meta.update(summary, status="complete",
-                completed=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"))
+    meta: dict[str, Any] = dict(cast(dict, group.attrs["raysegment"]))
+    meta.update(
+        summary,
+        status="complete",
+        completed=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+    )
     group.attrs["raysegment"] = meta
     shutil.rmtree(path / ".raysegment", ignore_errors=True)

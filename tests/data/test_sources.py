@@ -28,8 +28,18 @@ def _labelled(t: int, c: int, z: int, y: int, x: int) -> np.ndarray:
 def test_ome_tiff_regions(tmp_path: Path, tile) -> None:
     image = random_image((300, 250))
     path = tmp_path / "a.ome.tif"
-    tifffile.imwrite(path, image, ome=True, tile=tile, metadata={
-        "axes": "YX", "PhysicalSizeX": 0.65, "PhysicalSizeY": 0.65, "PhysicalSizeXUnit": "µm"})
+    tifffile.imwrite(
+        path,
+        image,
+        ome=True,
+        tile=tile,
+        metadata={
+            "axes": "YX",
+            "PhysicalSizeX": 0.65,
+            "PhysicalSizeY": 0.65,
+            "PhysicalSizeXUnit": "µm",
+        },
+    )
     src = open_source(path)
     assert src.kind == "ome-tiff"
     assert src.info.shape == (1, 1, 1, 300, 250)
@@ -55,8 +65,7 @@ def test_plain_tiff_single_page_stack_and_rgb(tmp_path: Path) -> None:
     tifffile.imwrite(tmp_path / "p.tif", image)
     src = open_source(tmp_path / "p.tif")
     assert src.kind == "tiff" and src.info.shape == (1, 1, 1, 50, 60)
-    np.testing.assert_array_equal(src.read(0, (0,), ((0, 1), (3, 40), (0, 60)))[0, 0],
-                                  image[3:40])
+    np.testing.assert_array_equal(src.read(0, (0,), ((0, 1), (3, 40), (0, 60)))[0, 0], image[3:40])
     stack = random_image((6, 20, 30))
     tifffile.imwrite(tmp_path / "s.tif", stack)
     src = open_source(tmp_path / "s.tif")
@@ -66,8 +75,7 @@ def test_plain_tiff_single_page_stack_and_rgb(tmp_path: Path) -> None:
     tifffile.imwrite(tmp_path / "rgb.tif", rgb, photometric="rgb")
     src = open_source(tmp_path / "rgb.tif")
     assert src.info.shape == (1, 3, 1, 20, 30)
-    np.testing.assert_array_equal(src.read(0, (2,), ((0, 1), (0, 20), (0, 30)))[0, 0],
-                                  rgb[..., 2])
+    np.testing.assert_array_equal(src.read(0, (2,), ((0, 1), (0, 20), (0, 30)))[0, 0], rgb[..., 2])
 
 
 @pytest.mark.parametrize("fmt", [2, 3])
@@ -77,8 +85,7 @@ def test_zarr_arrays_default_and_explicit_axes(tmp_path: Path, fmt: int) -> None
     zarr.create_array(str(path), data=vol, chunks=(5, 10, 10), zarr_format=fmt)
     src = open_source(path)
     assert src.info.shape == (1, 1, 10, 20, 30)
-    np.testing.assert_array_equal(src.read(0, (0,), ((1, 4), (2, 9), (0, 30)))[0],
-                                  vol[1:4, 2:9])
+    np.testing.assert_array_equal(src.read(0, (0,), ((1, 4), (2, 9), (0, 30)))[0], vol[1:4, 2:9])
     src = open_source(path, axes="cyx")
     assert src.info.shape == (1, 10, 1, 20, 30)
     with pytest.raises(InputImageError, match="axes"):
@@ -90,13 +97,23 @@ def test_ome_zarr_04(tmp_path: Path) -> None:
     path = tmp_path / "img.ome.zarr"
     g = zarr.open_group(str(path), mode="w", zarr_format=2)
     g.create_array("0", data=vol, chunks=(1, 1, 16, 16))
-    g.attrs["multiscales"] = [{"version": "0.4", "axes": [
-        {"name": "c", "type": "channel"},
-        {"name": "z", "type": "space", "unit": "micrometer"},
-        {"name": "y", "type": "space", "unit": "micrometer"},
-        {"name": "x", "type": "space", "unit": "micrometer"}],
-        "datasets": [{"path": "0", "coordinateTransformations": [
-            {"type": "scale", "scale": [1, 3.0, 0.5, 0.5]}]}]}]
+    g.attrs["multiscales"] = [
+        {
+            "version": "0.4",
+            "axes": [
+                {"name": "c", "type": "channel"},
+                {"name": "z", "type": "space", "unit": "micrometer"},
+                {"name": "y", "type": "space", "unit": "micrometer"},
+                {"name": "x", "type": "space", "unit": "micrometer"},
+            ],
+            "datasets": [
+                {
+                    "path": "0",
+                    "coordinateTransformations": [{"type": "scale", "scale": [1, 3.0, 0.5, 0.5]}],
+                }
+            ],
+        }
+    ]
     g.attrs["omero"] = {"channels": [{"label": "dapi"}, {"label": "gfp"}]}
     src = open_source(path)
     assert src.info.shape == (1, 2, 3, 16, 16)
@@ -106,11 +123,14 @@ def test_ome_zarr_04(tmp_path: Path) -> None:
     np.testing.assert_array_equal(src.read(0, (1,), ((0, 3), (0, 16), (0, 16)))[0], vol[1])
 
 
-@pytest.mark.parametrize("content,match", [
-    (b"", "not a readable TIFF"),
-    (b"II*\x00garbage that is not a tiff directory", "not a readable TIFF"),
-    (b"hello", "not a readable TIFF"),
-])
+@pytest.mark.parametrize(
+    "content,match",
+    [
+        (b"", "not a readable TIFF"),
+        (b"II*\x00garbage that is not a tiff directory", "not a readable TIFF"),
+        (b"hello", "not a readable TIFF"),
+    ],
+)
 def test_corrupt_tiffs_raise_input_error(tmp_path: Path, content: bytes, match: str) -> None:
     path = tmp_path / "bad.tif"
     path.write_bytes(content)
@@ -120,8 +140,9 @@ def test_corrupt_tiffs_raise_input_error(tmp_path: Path, content: bytes, match: 
 
 def test_truncated_tiff_fails_cleanly(tmp_path: Path) -> None:
     path = tmp_path / "cut.ome.tif"
-    tifffile.imwrite(path, random_image((256, 256)), ome=True, tile=(64, 64),
-                     metadata={"axes": "YX"})
+    tifffile.imwrite(
+        path, random_image((256, 256)), ome=True, tile=(64, 64), metadata={"axes": "YX"}
+    )
     data = path.read_bytes()
     path.write_bytes(data[: len(data) // 2])
     with pytest.raises(InputImageError):

@@ -7,8 +7,8 @@ import itertools
 import numpy as np
 import pytest
 
-from raysegment.data.tiling import BLENDS, AxisTiling, Tiling, block_at, block_grid, iter_blocks
 from raysegment.config import Blend
+from raysegment.data.tiling import BLENDS, AxisTiling, Tiling, block_at, block_grid, iter_blocks
 
 
 @pytest.mark.parametrize("length", [1, 7, 63, 64, 65, 100, 127, 128, 129, 500, 1001])
@@ -72,17 +72,22 @@ def test_blocks_partition_image_and_carry_every_reaching_tile(
     for b in blocks:
         owner[tuple(slice(a, c) for a, c in b.inner)] += 1
         # inner edges are block (hence chunk) edges, or the image edge
-        for (a, c), size, n in zip(b.inner, block, shape):
+        for (a, c), size, n in zip(b.inner, block, shape, strict=False):
             assert a % size == 0 and (c % size == 0 or c == n)
         # outer = union of the tiles, clipped; padding only where a tile exceeds the image
-        for axis, idx, (lo, hi), (p0, p1) in zip(tiling.axes, b.tiles, b.outer, b.pad):
+        for axis, idx, (lo, hi), (p0, p1) in zip(
+            tiling.axes, b.tiles, b.outer, b.pad, strict=False
+        ):
             assert lo == axis.starts[idx[0]] and p0 == 0
             assert hi + p1 == axis.starts[idx[-1]] + axis.tile
             assert hi - lo <= max(64 + 2 * 32, 32)  # memory bound: block + 2 tiles
         # every grid tile with weight inside the block is in the block, no other
-        for axis, idx, (a, c) in zip(tiling.axes, b.tiles, b.inner):
-            reach = [i for i in range(len(axis.starts))
-                     if axis.support(i, blend)[0] < c and axis.support(i, blend)[1] > a]
+        for axis, idx, (a, c) in zip(tiling.axes, b.tiles, b.inner, strict=False):
+            reach = [
+                i
+                for i in range(len(axis.starts))
+                if axis.support(i, blend)[0] < c and axis.support(i, blend)[1] > a
+            ]
             assert list(idx) == reach
         assert block_at(tiling, block, b.index) == b
     assert (owner == 1).all()
@@ -103,8 +108,9 @@ def test_tile_weights_are_outer_products() -> None:
         assert set(np.unique(w)) <= {0.0, 1.0}
 
 
-@pytest.mark.parametrize("bad", [dict(length=0, tile=4, overlap=0),
-                                 dict(length=10, tile=4, overlap=4)])
+@pytest.mark.parametrize(
+    "bad", [dict(length=0, tile=4, overlap=0), dict(length=10, tile=4, overlap=4)]
+)
 def test_axis_rejects_bad_geometry(bad: dict[str, int]) -> None:
     with pytest.raises(ValueError):
         AxisTiling.plan(**bad)

@@ -19,19 +19,28 @@ pytestmark = pytest.mark.usefixtures("ray_session")
 
 def _run(tmp_path: Path, image: Path, model: Path, **cfg: object) -> np.ndarray:
     out = tmp_path / "out"
-    infer(input=str(image), model=str(model), output=str(out), progress=False,
-          finalize={"mode": "raw"}, **cfg)
+    infer(
+        input=str(image),
+        model=str(model),
+        output=str(out),
+        progress=False,
+        finalize={"mode": "raw"},
+        **cfg,
+    )
     return zarr.open_array(str(out / f"{image.name.split('.')[0]}.ome.zarr" / "0"), mode="r")[:]
 
 
 def _numpy_blend(module: torch.nn.Module, image: np.ndarray, tiling: Tiling) -> np.ndarray:
     """Direct weighted average over every grid tile of the whole image."""
     img = image.astype(np.float32)
-    pad = [(0, max(t - n, 0)) for t, n in zip(tiling.tile, img.shape)]
+    pad = [(0, max(t - n, 0)) for t, n in zip(tiling.tile, img.shape, strict=False)]
     img = np.pad(img, pad)
     num = den = None
     for index in itertools.product(*(range(len(a.starts)) for a in tiling.axes)):
-        sl = tuple(slice(a.starts[i], a.starts[i] + a.tile) for a, i in zip(tiling.axes, index))
+        sl = tuple(
+            slice(a.starts[i], a.starts[i] + a.tile)
+            for a, i in zip(tiling.axes, index, strict=False)
+        )
         with torch.inference_mode():
             pred = module(torch.from_numpy(img[sl])[None, None])[0].numpy()
         w = tiling.weights(index)
@@ -48,8 +57,14 @@ def test_crop_blend_equals_whole_image_2d(tmp_path, make_model, ome_tiff) -> Non
     image = random_image((301, 437))
     path = ome_tiff(image)
     model_path, module = make_model(dims=2)
-    got = _run(tmp_path, path, model_path, tile={"size": [64], "overlap": 0.25, "blend": "crop"},
-               chunks=[32], block=[96])
+    got = _run(
+        tmp_path,
+        path,
+        model_path,
+        tile={"size": [64], "overlap": 0.25, "blend": "crop"},
+        chunks=[32],
+        block=[96],
+    )
     want = whole_image_prediction(module, image)
     assert got.shape == want.shape == (2, 301, 437)
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-4)
@@ -60,27 +75,46 @@ def test_crop_blend_equals_whole_image_3d(tmp_path, make_model) -> None:
     path = tmp_path / "vol.zarr"
     zarr.create_array(str(path), data=image, chunks=(16, 16, 16))
     model_path, module = make_model(dims=3, out_ch=1)
-    got = _run(tmp_path, path, model_path, tile={"size": [16], "overlap": 0.5, "blend": "crop"},
-               chunks=[16], block=[32])
+    got = _run(
+        tmp_path,
+        path,
+        model_path,
+        tile={"size": [16], "overlap": 0.5, "blend": "crop"},
+        chunks=[16],
+        block=[32],
+    )
     want = whole_image_prediction(module, image)
     assert got.shape == want.shape == (1, 37, 45, 51)
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-4)
 
 
 @pytest.mark.parametrize("blend", ["gaussian", "constant"])
-def test_weighted_blends_equal_numpy_weighted_average(tmp_path, make_model, ome_tiff, blend
-                                                      ) -> None:
+def test_weighted_blends_equal_numpy_weighted_average(
+    tmp_path, make_model, ome_tiff, blend
+) -> None:
     image = random_image((150, 203), seed=3)
     path = ome_tiff(image)
     model_path, module = make_model(dims=2)
-    got = _run(tmp_path, path, model_path, tile={"size": [48], "overlap": 0.4, "blend": blend},
-               chunks=[32], block=[64])
+    got = _run(
+        tmp_path,
+        path,
+        model_path,
+        tile={"size": [48], "overlap": 0.4, "blend": blend},
+        chunks=[32],
+        block=[64],
+    )
     tiling = Tiling.plan(image.shape, (48, 48), 0.4, blend)
     want = _numpy_blend(module, image, tiling)
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-4)
     # blocks split work, never change the result: a single block gives the same output
-    single = _run(tmp_path / "one", path, model_path,
-                  tile={"size": [48], "overlap": 0.4, "blend": blend}, chunks=[32], block=[224])
+    single = _run(
+        tmp_path / "one",
+        path,
+        model_path,
+        tile={"size": [48], "overlap": 0.4, "blend": blend},
+        chunks=[32],
+        block=[224],
+    )
     np.testing.assert_allclose(single, got, rtol=1e-5, atol=1e-5)
 
 

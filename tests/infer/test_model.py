@@ -7,10 +7,10 @@ from pathlib import Path
 import pytest
 import torch
 
+from raysegment.config import FinalizeMode
 from raysegment.errors import ModelContractError, ModelLoadError
 from raysegment.infer.finalize import FINALIZERS, output_dtype
 from raysegment.infer.model import describe_model, load_model, probe_model, read_model_file
-from raysegment.config import FinalizeMode
 from tests.conftest import conv_model, save_torchscript
 
 
@@ -67,11 +67,14 @@ def test_export_program_static_shape(tmp_path: Path) -> None:
         probe_model(mf, module, spec, (64, 64))
 
 
-@pytest.mark.parametrize("module,tile,match", [
-    (Downsample(), (64, 64), "keep the batch and spatial size"),
-    (TinyUNet(), (63, 63), "failed on a|keep the batch and spatial size"),
-    (IntOutput(), (32, 32), "floating-point"),
-])
+@pytest.mark.parametrize(
+    "module,tile,match",
+    [
+        (Downsample(), (64, 64), "keep the batch and spatial size"),
+        (TinyUNet(), (63, 63), "failed on a|keep the batch and spatial size"),
+        (IntOutput(), (32, 32), "floating-point"),
+    ],
+)
 def test_probe_rejects_contract_violations(tmp_path: Path, module, tile, match) -> None:
     path = tmp_path / "m.pth"
     torch.jit.save(torch.jit.trace(module, torch.zeros(1, 1, 32, 32)), str(path))
@@ -96,14 +99,19 @@ def test_parameterless_model_without_metadata_is_refused(tmp_path: Path) -> None
         describe_model(mf, load_model(mf))
 
 
-@pytest.mark.parametrize("setup,match", [
-    (lambda p: p / "missing.pth", "model not found"),
-    (lambda p: (p / "empty").mkdir() or p / "empty", "holds no model.pth"),
-    (lambda p: (p / "t.pth").write_text("not a model") and p / "t.pth", "TorchScript archive"),
-    (lambda p: torch.save({"w": torch.zeros(2)}, str(p / "sd.pth")) or p / "sd.pth",
-     "TorchScript archive"),
-    (lambda p: (p / "x.pt2").write_bytes(b"PK\x03\x04junk") and p / "x.pt2", "torch.export"),
-])
+@pytest.mark.parametrize(
+    "setup,match",
+    [
+        (lambda p: p / "missing.pth", "model not found"),
+        (lambda p: (p / "empty").mkdir() or p / "empty", "holds no model.pth"),
+        (lambda p: (p / "t.pth").write_text("not a model") and p / "t.pth", "TorchScript archive"),
+        (
+            lambda p: torch.save({"w": torch.zeros(2)}, str(p / "sd.pth")) or p / "sd.pth",
+            "TorchScript archive",
+        ),
+        (lambda p: (p / "x.pt2").write_bytes(b"PK\x03\x04junk") and p / "x.pt2", "torch.export"),
+    ],
+)
 def test_bad_model_files(tmp_path: Path, setup, match) -> None:
     path = setup(tmp_path)
     with pytest.raises(ModelLoadError, match=match):

@@ -22,22 +22,36 @@ def _attrs(path: Path) -> dict:
     return dict(zarr.open_group(str(path), mode="r").attrs)
 
 
-@pytest.mark.parametrize("mode,dtype,channels", [
-    ("raw", "float32", 2), ("probabilities", "float32", 2), ("mask", "uint8", 2),
-    ("labels", "uint8", 1),
-])
-def test_output_is_valid_ome_zarr_with_input_metadata(tmp_path, make_model, ome_tiff, mode,
-                                                      dtype, channels) -> None:
+@pytest.mark.parametrize(
+    "mode,dtype,channels",
+    [
+        ("raw", "float32", 2),
+        ("probabilities", "float32", 2),
+        ("mask", "uint8", 2),
+        ("labels", "uint8", 1),
+    ],
+)
+def test_output_is_valid_ome_zarr_with_input_metadata(
+    tmp_path, make_model, ome_tiff, mode, dtype, channels
+) -> None:
     from ome_zarr.io import parse_url
     from ome_zarr.reader import Reader
     from ome_zarr_models.v05.image import Image
 
     image = random_image((130, 150))
-    path = ome_tiff(image, PhysicalSizeX=0.5, PhysicalSizeY=0.25, PhysicalSizeXUnit="µm",
-                    PhysicalSizeYUnit="µm")
+    path = ome_tiff(
+        image, PhysicalSizeX=0.5, PhysicalSizeY=0.25, PhysicalSizeXUnit="µm", PhysicalSizeYUnit="µm"
+    )
     model, module = make_model()
-    summary = infer(input=str(path), model=str(model), output=str(tmp_path / "out"),
-                    progress=False, tile={"size": [64]}, chunks=[64], finalize={"mode": mode})
+    summary = infer(
+        input=str(path),
+        model=str(model),
+        output=str(tmp_path / "out"),
+        progress=False,
+        tile={"size": [64]},
+        chunks=[64],
+        finalize={"mode": mode},
+    )
     out = tmp_path / "out" / "img.ome.zarr"
     assert summary.outputs == [str(out)] and summary.images == 1 and summary.tiles > 0
     group = zarr.open_group(str(out), mode="r")
@@ -72,8 +86,15 @@ def test_channels_and_time_axes(tmp_path, make_model, ome_tiff) -> None:
     data = random_image((2, 3, 70, 90))  # t, c, y, x
     path = ome_tiff(data, axes="TCYX", tile=None)
     model, module = make_model(in_ch=1, out_ch=1)
-    infer(input=str(path), model=str(model), output=str(tmp_path / "out"), progress=False,
-          channels=[2], tile={"size": [32], "blend": "crop"}, finalize={"mode": "raw"})
+    infer(
+        input=str(path),
+        model=str(model),
+        output=str(tmp_path / "out"),
+        progress=False,
+        channels=[2],
+        tile={"size": [32], "blend": "crop"},
+        finalize={"mode": "raw"},
+    )
     out = tmp_path / "out" / "img.ome.zarr"
     axes = [a["name"] for a in _attrs(out)["ome"]["multiscales"][0]["axes"]]
     assert axes == ["t", "c", "y", "x"]
@@ -88,15 +109,22 @@ def test_2d_model_on_multipage_tiff_stack(tmp_path, make_model) -> None:
     path = tmp_path / "stack.tif"
     tifffile.imwrite(path, stack)  # plain multi-page TIFF, no OME metadata
     model, module = make_model(out_ch=1)
-    infer(input=str(path), model=str(model), output=str(tmp_path / "out"), progress=False,
-          tile={"size": [32], "blend": "crop"}, finalize={"mode": "raw"})
+    infer(
+        input=str(path),
+        model=str(model),
+        output=str(tmp_path / "out"),
+        progress=False,
+        tile={"size": [32], "blend": "crop"},
+        finalize={"mode": "raw"},
+    )
     out = tmp_path / "out" / "stack.ome.zarr"
     axes = [a["name"] for a in _attrs(out)["ome"]["multiscales"][0]["axes"]]
     assert axes == ["c", "z", "y", "x"]
     got = zarr.open_array(str(out / "0"), mode="r")[:]
     for z in range(5):
-        np.testing.assert_allclose(got[:, z], whole_image_prediction(module, stack[z]),
-                                   rtol=1e-5, atol=1e-4)
+        np.testing.assert_allclose(
+            got[:, z], whole_image_prediction(module, stack[z]), rtol=1e-5, atol=1e-4
+        )
 
 
 def test_ome_zarr_05_volume_keeps_anisotropic_scale(tmp_path, make_model) -> None:
@@ -104,13 +132,29 @@ def test_ome_zarr_05_volume_keeps_anisotropic_scale(tmp_path, make_model) -> Non
     path = tmp_path / "vol.ome.zarr"
     g = zarr.open_group(str(path), mode="w", zarr_format=3)
     g.create_array("s0", data=vol, chunks=(10, 20, 20))
-    g.attrs["ome"] = {"version": "0.5", "multiscales": [{
-        "axes": [{"name": n, "type": "space", "unit": "nanometer"} for n in "zyx"],
-        "datasets": [{"path": "s0", "coordinateTransformations": [
-            {"type": "scale", "scale": [40.0, 8.0, 8.0]}]}]}]}
+    g.attrs["ome"] = {
+        "version": "0.5",
+        "multiscales": [
+            {
+                "axes": [{"name": n, "type": "space", "unit": "nanometer"} for n in "zyx"],
+                "datasets": [
+                    {
+                        "path": "s0",
+                        "coordinateTransformations": [{"type": "scale", "scale": [40.0, 8.0, 8.0]}],
+                    }
+                ],
+            }
+        ],
+    }
     model, module = make_model(dims=3, out_ch=1)
-    infer(input=str(path), model=str(model), output=str(tmp_path / "out"), progress=False,
-          tile={"size": [16], "overlap": 0.5, "blend": "crop"}, finalize={"mode": "raw"})
+    infer(
+        input=str(path),
+        model=str(model),
+        output=str(tmp_path / "out"),
+        progress=False,
+        tile={"size": [16], "overlap": 0.5, "blend": "crop"},
+        finalize={"mode": "raw"},
+    )
     out = tmp_path / "out" / "vol.ome.zarr"
     ms = _attrs(out)["ome"]["multiscales"][0]
     assert [a["name"] for a in ms["axes"]] == ["c", "z", "y", "x"]
@@ -130,15 +174,26 @@ def test_directory_with_pattern_and_export_program(tmp_path, ome_tiff) -> None:
     program = torch.export.export(module, (torch.zeros(1, 1, 32, 32),))
     model = tmp_path / "model.pt2"
     torch.export.save(program, str(model))
-    summary = infer(input=str(tmp_path), pattern=r".*\.ome\.tif", model=str(model),
-                    output=str(tmp_path / "out"), progress=False, finalize={"mode": "raw"},
-                    tile={"blend": "crop"})
+    summary = infer(
+        input=str(tmp_path),
+        pattern=r".*\.ome\.tif",
+        model=str(model),
+        output=str(tmp_path / "out"),
+        progress=False,
+        finalize={"mode": "raw"},
+        tile={"blend": "crop"},
+    )
     assert sorted(Path(p).name for p in summary.outputs) == ["a.ome.zarr", "b.ome.zarr"]
     prov = _attrs(tmp_path / "out" / "a.ome.zarr")["raysegment"]
     assert prov["config"]["tile"]["size"] is None  # came from the exported 32x32 program
     with pytest.raises(InputImageError, match="no entry matches"):
-        infer(input=str(tmp_path), pattern=r".*\.czi", model=str(model),
-              output=str(tmp_path / "out2"), progress=False)
+        infer(
+            input=str(tmp_path),
+            pattern=r".*\.czi",
+            model=str(model),
+            output=str(tmp_path / "out2"),
+            progress=False,
+        )
 
 
 def test_model_directory_metadata_names_channels_and_normalizes(tmp_path, ome_tiff) -> None:
@@ -148,10 +203,17 @@ def test_model_directory_metadata_names_channels_and_normalizes(tmp_path, ome_ti
     model_dir.mkdir()
     module = conv_model(out_ch=2)
     torch.jit.save(torch.jit.trace(module, torch.zeros(1, 1, 16, 16)), str(model_dir / "model.pth"))
-    (model_dir / "raysegment.json").write_text(json.dumps(
-        {"classes": ["background", "cell"], "normalize": {"mean": 500.0, "std": 250.0}}))
-    infer(input=str(path), model=str(model_dir), output=str(tmp_path / "out"), progress=False,
-          tile={"size": [32], "blend": "crop"}, finalize={"mode": "raw"})
+    (model_dir / "raysegment.json").write_text(
+        json.dumps({"classes": ["background", "cell"], "normalize": {"mean": 500.0, "std": 250.0}})
+    )
+    infer(
+        input=str(path),
+        model=str(model_dir),
+        output=str(tmp_path / "out"),
+        progress=False,
+        tile={"size": [32], "blend": "crop"},
+        finalize={"mode": "raw"},
+    )
     out = tmp_path / "out" / "img.ome.zarr"
     labels = [c["label"] for c in _attrs(out)["ome"]["omero"]["channels"]]
     assert labels == ["background", "cell"]
@@ -165,9 +227,16 @@ def test_existing_outputs_refused_resumed_or_overwritten(tmp_path, make_model, o
     path = ome_tiff(image)
     model, _ = make_model()
     out = tmp_path / "out"
-    cfg = dict(input=str(path), model=str(model), output=str(out), progress=False,
-               tile={"size": [32], "blend": "crop"}, chunks=[32], block=[32],
-               finalize={"mode": "raw"})
+    cfg = dict(
+        input=str(path),
+        model=str(model),
+        output=str(out),
+        progress=False,
+        tile={"size": [32], "blend": "crop"},
+        chunks=[32],
+        block=[32],
+        finalize={"mode": "raw"},
+    )
     first = infer(**cfg)
     assert first.blocks == 16
     target = out / "img.ome.zarr"
