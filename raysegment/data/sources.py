@@ -205,10 +205,7 @@ class TiffSource(ArraySource):
             tif = tifffile.TiffFile(self.path)
             return tif, tif.series[0]
         except Exception as e:
-            raise InputImageError(
-                f"{self.path}: not a readable TIFF ({type(e).__name__}: {e}); "
-                f"check the file is complete and is a TIFF"
-            ) from e
+            raise _unreadable_tiff(self.path, e) from e
 
     def _inspect(self) -> ImageInfo:
         tif, series = self._series()
@@ -373,6 +370,13 @@ SOURCES.register("tiff")(TiffSource)
 SOURCES.register("zarr")(ZarrSource)
 
 
+def _unreadable_tiff(path: str | Path, e: Exception) -> InputImageError:
+    return InputImageError(
+        f"{path}: not a readable TIFF ({type(e).__name__}: {e}); "
+        f"check the file is complete and is a TIFF"
+    )
+
+
 def _is_ome_tiff(path: Path) -> bool:
     import tifffile
 
@@ -380,10 +384,7 @@ def _is_ome_tiff(path: Path) -> bool:
         with tifffile.TiffFile(path) as tif:
             return bool(tif.is_ome)
     except Exception as e:
-        raise InputImageError(
-            f"{path}: not a readable TIFF ({type(e).__name__}: {e}); "
-            f"check the file is complete and is a TIFF"
-        ) from e
+        raise _unreadable_tiff(path, e) from e
 
 
 def open_source(path: str | os.PathLike[str], axes: str | None = None) -> ImageSource:
