@@ -7,14 +7,16 @@ import sys
 from collections.abc import Sequence
 
 from raysegment._version import __version__
-from raysegment.errors import RaySegmentError
+from raysegment.errors import ConfigError, RaySegmentError
 
 USAGE = """usage: raysegment infer [CONFIG.yaml ...] [key=value ...]
+       raysegment train [CONFIG.yaml ...] [key=value ...]
        raysegment --version
 
-Segment images larger than memory with a PyTorch model on Ray. Keys and defaults:
-conf/infer.yaml; e.g.
+Segment images larger than memory with a PyTorch model on Ray, or train such a model.
+Keys and defaults: conf/infer.yaml, conf/train.yaml; e.g.
   raysegment infer input=slides/ pattern='.*\\.ome\\.tif' model=model_dir/ output=out/
+  raysegment train images.dir=img/ labels.dir=lbl/ model.arch=Unet output=model_dir/
 """
 
 
@@ -37,7 +39,23 @@ def _infer(args: Sequence[str]) -> int:
     return 0
 
 
-COMMANDS = {"infer": _infer}
+def _train(args: Sequence[str]) -> int:
+    from raysegment.config import TrainConfig, load_config
+
+    files, overrides = _split(args)
+    cfg = load_config(TrainConfig, files, overrides)
+    try:
+        from raysegment.train import train
+    except ImportError as e:
+        raise ConfigError(
+            f"training needs the train extra ({e.name} is missing): pip install 'raysegment[train]'"
+        ) from e
+    summary = train(cfg)
+    print(summary)
+    return 0
+
+
+COMMANDS = {"infer": _infer, "train": _train}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

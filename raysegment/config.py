@@ -35,6 +35,8 @@ __all__ = [
     "NormalizeMode",
     "Padding",
     "TileConfig",
+    "TrainConfig",
+    "TrainMode",
     "config_to_dict",
     "load_config",
 ]
@@ -197,6 +199,113 @@ class InferConfig:
         _check_sizes("block", self.block)
 
 
+class TrainMode(str, enum.Enum):
+    """What a label pixel means."""
+
+    binary = "binary"
+    multilabel = "multilabel"
+    multiclass = "multiclass"
+
+
+@dataclass
+class CollectionConfig:
+    dir: str = MISSING
+    """Directory holding the images (or labels)."""
+    pattern: Optional[str] = None
+    """Regex selecting files (full match); a capture group, if any, is the pairing key,
+    else the name without image suffixes (e.g. labels.pattern='(.*)_mask\\.tif')."""
+
+
+@dataclass
+class ModelConfig:
+    arch: str = "Unet"
+    """segmentation-models-pytorch architecture (Unet, FPN, DeepLabV3Plus, Segformer, ...)."""
+    encoder: str = "resnet18"
+    """Encoder name as segmentation-models-pytorch spells it."""
+    weights: str = "random"
+    """random, or a local state-dict file (whole model or encoder); nothing is downloaded."""
+
+
+@dataclass
+class TrainConfig:
+    images: CollectionConfig = field(default_factory=CollectionConfig)
+    labels: CollectionConfig = field(default_factory=CollectionConfig)
+    output: str = MISSING
+    """Directory receiving model.pth, weights, checkpoint, metrics.csv, config.yaml, curves."""
+    mode: TrainMode = TrainMode.binary
+    """binary (0 / one positive value) | multilabel (a binary channel per class) |
+    multiclass (integer class per pixel)."""
+    classes: Optional[int] = None
+    """multiclass: number of classes; default: largest label value + 1."""
+    class_names: Optional[List[str]] = None
+    """Names written with the model and used as output channel names by infer."""
+    channels: Optional[List[int]] = None
+    """Image channels fed to the model; default: all."""
+    train_fraction: float = 0.7
+    """Fraction of the image pairs used for training; the rest validates (seeded split)."""
+    seed: int = 0
+    model: ModelConfig = field(default_factory=ModelConfig)
+    optimizer: str = "Adam"
+    lr: float = 1e-3
+    loss: str = "DiceLoss"
+    metric: str = "iou"
+    """Primary metric: iou | fscore | accuracy | recall | precision (all are logged)."""
+    batch_size: Optional[int] = None
+    """Patches per step per worker; default: from free memory."""
+    patch_size: List[int] = field(default_factory=lambda: [256])
+    """Training patch, one value or (y, x); most encoders need multiples of 32."""
+    patches_per_epoch: int = 256
+    """Random training patches drawn per epoch (over all workers)."""
+    val_patches: int = 64
+    """Most validation patches (a fixed grid over the validation images)."""
+    augment: bool = True
+    """Random flips, 90-degree rotations and intensity changes on training patches."""
+    max_epochs: int = 100
+    patience: int = 10
+    """Stop after this many epochs without a validation-loss improvement of min_delta."""
+    min_delta: float = 1e-4
+    pretrained: Optional[str] = None
+    """A previous output directory: resume from its checkpoint (or fine-tune, below)."""
+    finetune: bool = False
+    """With pretrained: keep only the weights; new optimizer (lr), epochs count from 0."""
+    num_workers: int = 1
+    """Ray Train workers (data-parallel)."""
+    device: str = "auto"
+    """auto (GPU workers if Ray sees GPUs) | cpu | gpu."""
+    overwrite: bool = False
+    """Replace an existing output directory."""
+
+    def __post_init__(self) -> None:
+        if not 0.0 < self.train_fraction < 1.0:
+            raise ConfigError(f"train_fraction={self.train_fraction} must be in (0, 1)")
+        if self.device not in ("auto", "cpu", "gpu"):
+            raise ConfigError(f"device={self.device!r}: choose auto, cpu or gpu")
+        for key in ("max_epochs", "patience", "num_workers", "patches_per_epoch", "val_patches"):
+            if getattr(self, key) < 1:
+                raise ConfigError(f"{key}={getattr(self, key)} must be >= 1")
+        if self.batch_size is not None and self.batch_size < 1:
+            raise ConfigError(f"batch_size={self.batch_size} must be >= 1")
+        if self.lr <= 0:
+            raise ConfigError(f"lr={self.lr} must be > 0")
+        if self.min_delta < 0:
+            raise ConfigError(f"min_delta={self.min_delta} must be >= 0")
+        if self.classes is not None and self.classes < 2:
+            raise ConfigError(f"classes={self.classes} must be >= 2")
+        _check_sizes("patch_size", self.patch_size)
+        if len(self.patch_size) > 2:
+            raise ConfigError(f"patch_size={self.patch_size}: give one value or (y, x)")
+        if self.finetune and not self.pretrained:
+            raise ConfigError("finetune=true needs pretrained=<a previous output directory>")
+        for c in (self.images, self.labels):
+            if c.pattern is not None:
+                try:
+                    re.compile(c.pattern)
+                except re.error as e:
+                    raise ConfigError(
+                        f"pattern {c.pattern!r} is not a regular expression: {e}"
+                    ) from e
+
+
 def _check_sizes(key: str, sizes: Sequence[int] | None) -> None:
     if sizes is not None and (not 1 <= len(sizes) <= 3 or min(sizes) < 1):
         raise ConfigError(f"{key}={list(sizes)}: give 1 to 3 positive sizes, e.g. {key}=256")
@@ -205,6 +314,7 @@ def _check_sizes(key: str, sizes: Sequence[int] | None) -> None:
 # Keys that take one value or a list; a single value is stored as a one-element list.
 _SCALAR_OR_LIST: dict[type, tuple[str, ...]] = {
     InferConfig: ("chunks", "block", "tile.size", "channels"),
+    TrainConfig: ("patch_size", "channels", "class_names"),
 }
 
 C = TypeVar("C")

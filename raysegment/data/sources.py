@@ -234,6 +234,11 @@ class TiffSource(ArraySource):
         assert self.axes is not None
         return self.axes
 
+    def __getstate__(self) -> dict[str, Any]:
+        state = super().__getstate__()
+        state["_tif"] = None  # an open file does not travel; the receiver reopens it
+        return state
+
     def _open(self) -> Any:
         import zarr
 

@@ -19,7 +19,13 @@ from raysegment.config import InferConfig, config_to_dict, load_config
 from raysegment.data.inputs import resolve_inputs
 from raysegment.data.sources import image_stem, open_source
 from raysegment.errors import ConfigError, OutputError
-from raysegment.infer.model import describe_model, load_model, probe_model, read_model_file
+from raysegment.infer.model import (
+    ModelSpec,
+    describe_model,
+    load_model,
+    probe_model,
+    read_model_file,
+)
 from raysegment.infer.plan import ImagePlan, plan_image, provenance, tile_size
 from raysegment.infer.stages import Predictor, read_stage, write_stage
 from raysegment.infer.writer import (
@@ -214,21 +220,9 @@ def infer(config: InferConfig | Mapping[str, Any] | None = None, **overrides: An
         summary.cluster = ray.get_runtime_context().gcs_address
         for plan in plans:
             if remaining[plan.id] == 0:
-                _complete(plan, done)
+                _complete(plan)
         if pending:
-            _run(
-                cfg,
-                model,
-                spec.static_batch,
-                plans,
-                pending,
-                remaining,
-                use_gpu,
-                actors,
-                cpus,
-                summary,
-                done,
-            )
+            _run(cfg, model, spec, plans, pending, remaining, (use_gpu, actors, cpus), summary)
     finally:
         if started:
             ray.shutdown()
@@ -238,22 +232,19 @@ def infer(config: InferConfig | Mapping[str, Any] | None = None, **overrides: An
     return summary
 
 
-def _complete(plan: ImagePlan, done: dict[int, set[str]]) -> None:
+def _complete(plan: ImagePlan) -> None:
     complete_output(Path(plan.output), {"blocks_done": plan.num_blocks})
 
 
 def _run(
     cfg: InferConfig,
     model: Any,
-    static_batch: int | None,
+    spec: ModelSpec,
     plans: list[ImagePlan],
     pending: list[Any],
     remaining: Counter[int],
-    use_gpu: bool,
-    actors: int,
-    cpus: int,
+    pool: tuple[bool, int, int],
     summary: InferSummary,
-    done: dict[int, set[str]],
 ) -> None:
     import ray
     from tqdm import tqdm
@@ -265,7 +256,11 @@ def _run(
     ctx.enable_progress_bars = False
     ctx.print_on_execution_start = False
     items = [{"image": w.image, "t": w.t, "z": w.z, "index": np.asarray(w.index)} for w in pending]
-    finalize = (cfg.finalize.mode.value, cfg.finalize.activation.value, cfg.finalize.threshold)
+    use_gpu, actors, cpus = pool
+    activation = cfg.finalize.activation.value
+    if activation == "auto" and spec.activation:
+        activation = spec.activation  # what the model was trained with (raysegment.json)
+    finalize = (cfg.finalize.mode.value, activation, cfg.finalize.threshold)
     ds: Any = ray.data.from_items(items, override_num_blocks=min(len(items), 1000))
     # Reads and writes are mostly I/O: half a CPU each. The differing resources also keep
     # Ray Data from fusing the read into the predictor actor, which would stall the model.
@@ -282,7 +277,7 @@ def _run(
             "plans": [ray.put(plans)],
             "use_gpu": use_gpu,
             "batch_size": cfg.batch_size,
-            "static_batch": static_batch,
+            "static_batch": spec.static_batch,
             "threads": cpus,
             "finalize": finalize,
         },
@@ -308,4 +303,4 @@ def _run(
             bar.update(1)
             bar.set_postfix(tiles=summary.tiles, refresh=False)
             if remaining[image] == 0:
-                _complete(plans[image], done)
+                _complete(plans[image])

@@ -1,0 +1,56 @@
+"""Pair training images with their labels by name."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from raysegment.data.inputs import resolve_inputs
+from raysegment.data.sources import image_stem
+from raysegment.errors import InputImageError
+
+__all__ = ["pair_images"]
+
+
+def _keyed(directory: str, pattern: str | None, what: str) -> dict[str, Path]:
+    paths = resolve_inputs(directory, pattern)
+    regex = re.compile(pattern, re.IGNORECASE) if pattern else None
+    keyed: dict[str, Path] = {}
+    for path in paths:
+        match = regex.fullmatch(path.name) if regex else None
+        key = match.group(1) if match and match.re.groups else image_stem(str(path))
+        if key in keyed:
+            raise InputImageError(
+                f"{path}: {what} {keyed[key].name} has the same pairing key {key!r}; "
+                f"narrow {what}.pattern or rename one of them"
+            )
+        keyed[key] = path
+    return keyed
+
+
+def pair_images(
+    images_dir: str, images_pattern: str | None, labels_dir: str, labels_pattern: str | None
+) -> list[tuple[Path, Path]]:
+    """Match each image with the label of the same key, sorted by key.
+
+    The key is the pattern's first capture group when it has one (``(.*)_mask\\.tif``), else
+    the file name without image suffixes.
+
+    Raises:
+        InputImageError: a directory matches nothing, or an image or label has no partner.
+    """
+    images = _keyed(images_dir, images_pattern, "images")
+    labels = _keyed(labels_dir, labels_pattern, "labels")
+    for key, path in images.items():
+        if key not in labels:
+            raise InputImageError(
+                f"{path}: no label with key {key!r} in {labels_dir}; labels pair with images "
+                f"by name (set labels.pattern with a capture group, e.g. '(.*)_mask\\.tif')"
+            )
+    for key, path in labels.items():
+        if key not in images:
+            raise InputImageError(
+                f"{path}: no image with key {key!r} in {images_dir}; remove it or fix "
+                f"labels.pattern / images.pattern"
+            )
+    return [(images[k], labels[k]) for k in sorted(images)]

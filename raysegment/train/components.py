@@ -1,0 +1,235 @@
+"""Models, losses, metrics and optimizers by name, with the checks that make a bad
+combination fail at once (before any worker starts) with the reason."""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from raysegment.config import TrainConfig
+from raysegment.errors import ConfigError
+from raysegment.registry import Registry
+
+__all__ = [
+    "ARCHITECTURES",
+    "LOSSES",
+    "METRICS",
+    "OPTIMIZERS",
+    "build_model",
+    "check_combination",
+    "metric_values",
+]
+
+ARCHITECTURES = (
+    "Unet",
+    "UnetPlusPlus",
+    "FPN",
+    "PSPNet",
+    "DeepLabV3",
+    "DeepLabV3Plus",
+    "Linknet",
+    "MAnet",
+    "PAN",
+    "UPerNet",
+    "Segformer",
+    "DPT",
+)
+
+LossFactory = Callable[[str], nn.Module]
+LOSSES: Registry[tuple[LossFactory, tuple[str, ...]]] = Registry("loss")
+"""name -> (factory taking the mode, the modes it supports)."""
+ALL_MODES = ("binary", "multilabel", "multiclass")
+
+
+def _smp() -> Any:
+    import segmentation_models_pytorch as smp
+
+    return smp
+
+
+def _loss(name: str, modes: tuple[str, ...] = ALL_MODES) -> Callable[[LossFactory], LossFactory]:
+    def register(factory: LossFactory) -> LossFactory:
+        LOSSES.register(name)((factory, modes))
+        return factory
+
+    return register
+
+
+@_loss("JaccardLoss")
+def _jaccard(mode: str) -> nn.Module:
+    return _smp().losses.JaccardLoss(mode)
+
+
+@_loss("DiceLoss")
+def _dice(mode: str) -> nn.Module:
+    return _smp().losses.DiceLoss(mode)
+
+
+@_loss("TverskyLoss")
+def _tversky(mode: str) -> nn.Module:
+    return _smp().losses.TverskyLoss(mode)
+
+
+@_loss("FocalLoss")
+def _focal(mode: str) -> nn.Module:
+    return _smp().losses.FocalLoss(mode)
+
+
+@_loss("LovaszLoss")
+def _lovasz(mode: str) -> nn.Module:
+    return _smp().losses.LovaszLoss(mode)
+
+
+@_loss("SoftBCEWithLogitsLoss", ("binary", "multilabel"))
+def _soft_bce(mode: str) -> nn.Module:
+    return _smp().losses.SoftBCEWithLogitsLoss()
+
+
+@_loss("SoftCrossEntropyLoss", ("multiclass",))
+def _soft_ce(mode: str) -> nn.Module:
+    return _smp().losses.SoftCrossEntropyLoss(smooth_factor=0.0)
+
+
+@_loss("MCCLoss", ("binary",))
+def _mcc(mode: str) -> nn.Module:
+    return _smp().losses.MCCLoss()
+
+
+OptimizerFactory = Callable[[Iterable[nn.Parameter], float], torch.optim.Optimizer]
+OPTIMIZERS: Registry[OptimizerFactory] = Registry("optimizer")
+
+
+def _optimizer(cls: type[torch.optim.Optimizer]) -> OptimizerFactory:
+    return lambda params, lr: cls(params, lr=lr)  # type: ignore[call-arg]
+
+
+for _name in (
+    "Adadelta",
+    "Adagrad",
+    "Adam",
+    "AdamW",
+    "SparseAdam",
+    "Adamax",
+    "ASGD",
+    "LBFGS",
+    "RMSprop",
+    "Rprop",
+    "SGD",
+):
+    OPTIMIZERS.register(_name)(_optimizer(getattr(torch.optim, _name)))
+
+METRICS: Registry[str] = Registry("metric")
+"""name -> the segmentation_models_pytorch.metrics function computing it."""
+for _name, _fn in (
+    ("iou", "iou_score"),
+    ("fscore", "f1_score"),
+    ("accuracy", "accuracy"),
+    ("recall", "recall"),
+    ("precision", "precision"),
+):
+    METRICS.register(_name)(_fn)
+
+
+def metric_values(stats: torch.Tensor) -> dict[str, float]:
+    """Every metric from summed (tp, fp, fn, tn) per class, shape (4, C), micro-averaged."""
+    tp, fp, fn, tn = (s[None].long() for s in stats)
+    functions = _smp().metrics
+    return {
+        name: float(getattr(functions, METRICS.get(name))(tp, fp, fn, tn, reduction="micro"))
+        for name in METRICS.names()
+    }
+
+
+def _check_encoder(name: str) -> None:
+    if name.startswith("tu-"):
+        import timm
+
+        if not timm.list_models(name[3:]):
+            raise ConfigError(
+                f"model.encoder={name!r}: timm has no model {name[3:]!r}; see timm.list_models()"
+            )
+        return
+    names = _smp().encoders.get_encoder_names()
+    if name not in names:
+        close = difflib.get_close_matches(name, names, n=5)
+        hint = f"did you mean {close}? " if close else ""
+        raise ConfigError(
+            f"model.encoder={name!r} is not a segmentation-models-pytorch encoder; {hint}"
+            f"choose from {len(names)} names such as resnet18, resnet34, efficientnet-b0, "
+            f"mobilenet_v2, or tu-<timm model>"
+        )
+
+
+def check_combination(cfg: TrainConfig) -> None:
+    """Names exist and fit together; raises ConfigError with the reason otherwise."""
+    if cfg.model.arch not in ARCHITECTURES:
+        close = difflib.get_close_matches(cfg.model.arch, ARCHITECTURES, n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        raise ConfigError(
+            f"unknown model.arch {cfg.model.arch!r}{hint}; choose from {list(ARCHITECTURES)}"
+        )
+    _check_encoder(cfg.model.encoder)
+    OPTIMIZERS.get(cfg.optimizer)
+    METRICS.get(cfg.metric)
+    _, modes = LOSSES.get(cfg.loss)
+    mode = cfg.mode.value
+    if mode not in modes:
+        raise ConfigError(
+            f"loss={cfg.loss} does not support mode={mode} (it supports {list(modes)}); "
+            f"choose another loss, e.g. DiceLoss"
+        )
+    if cfg.optimizer == "SparseAdam":
+        raise ConfigError(
+            "optimizer=SparseAdam needs sparse gradients, and segmentation networks have "
+            "dense ones; choose Adam or AdamW"
+        )
+    if cfg.model.weights != "random" and not Path(cfg.model.weights).is_file():
+        raise ConfigError(
+            f"model.weights={cfg.model.weights!r}: no such file; give random or a local "
+            f"state-dict file (nothing is downloaded)"
+        )
+
+
+def build_model(
+    arch: str, encoder: str, in_channels: int, classes: int, weights: str = "random"
+) -> nn.Module:
+    """A segmentation-models-pytorch model, randomly initialised or from a local file.
+
+    Raises:
+        ConfigError: the architecture does not take this encoder, or the weights file does
+            not fit the model.
+    """
+    try:
+        model = _smp().create_model(
+            arch,
+            encoder_name=encoder,
+            encoder_weights=None,
+            in_channels=in_channels,
+            classes=classes,
+        )
+    except Exception as e:
+        raise ConfigError(
+            f"model.arch={arch} cannot be built with model.encoder={encoder} "
+            f"({type(e).__name__}: {str(e).splitlines()[0][:200]}); choose another encoder"
+        ) from e
+    if weights != "random":
+        state = torch.load(weights, map_location="cpu", weights_only=True)
+        if isinstance(state, dict) and "model" in state and isinstance(state["model"], dict):
+            state = state["model"]
+        target = model
+        if not set(state) <= set(model.state_dict()):
+            target = model.encoder  # an encoder-only state dict
+        own = set(target.state_dict())
+        unexpected, missing = set(state) - own, own - set(state)
+        if unexpected or missing == own:
+            raise ConfigError(
+                f"model.weights={weights}: the state dict does not fit {arch} with {encoder} "
+                f"({len(unexpected)} unexpected, {len(missing)} missing keys)"
+            )
+        target.load_state_dict(state, strict=False)
+    return model

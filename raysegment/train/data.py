@@ -1,0 +1,264 @@
+"""Training data: checked image/label pairs, normalization, lazily read random patches.
+
+Patches are read region by region from images of any size; nothing loads a whole image
+except the label scan, which reads each label region by region too.
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from raysegment.config import TrainConfig
+from raysegment.data.pairs import pair_images
+from raysegment.data.sources import ImageSource, open_source
+from raysegment.errors import ConfigError, InputImageError
+
+__all__ = ["Pair", "TrainingSet", "prepare", "read_patches"]
+
+_SCAN = 1024
+_STAT_SAMPLES = 16
+
+
+@dataclass(frozen=True)
+class Pair:
+    image: ImageSource
+    label: ImageSource
+
+    @property
+    def planes(self) -> int:
+        return self.image.info.shape[2]
+
+    @property
+    def size(self) -> tuple[int, int]:
+        return self.image.info.shape[3], self.image.info.shape[4]
+
+
+@dataclass(frozen=True)
+class TrainingSet:
+    pairs: tuple[Pair, ...]
+    train: tuple[int, ...]
+    val: tuple[int, ...]
+    channels: tuple[int, ...]
+    mode: str
+    classes: int
+    """Output channels of the model: 1 (binary), the label channels (multilabel) or the
+    number of classes (multiclass)."""
+    patch: tuple[int, int]
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+
+    def train_specs(self, count: int, seed: int) -> list[dict[str, int]]:
+        """``count`` random patches, images drawn in proportion to their area."""
+        rng = np.random.default_rng(seed)
+        area = np.array([self.pairs[i].planes * np.prod(self.pairs[i].size) for i in self.train])
+        picks = rng.choice(self.train, size=count, p=area / area.sum())
+        return [{"pair": int(i), "seed": int(rng.integers(2**31))} for i in picks]
+
+    def val_specs(self, count: int) -> list[dict[str, int]]:
+        """A fixed grid of patches over the validation images, evenly thinned to ``count``."""
+        specs = []
+        for i in self.val:
+            (h, w), (ph, pw) = self.pairs[i].size, self.patch
+            ys = sorted({*range(0, h - ph + 1, ph), h - ph})
+            xs = sorted({*range(0, w - pw + 1, pw), w - pw})
+            for z, y, x in itertools.product(range(self.pairs[i].planes), ys, xs):
+                specs.append({"pair": i, "z": z, "y": y, "x": x})
+        if len(specs) > count:
+            keep = np.linspace(0, len(specs) - 1, count).round().astype(int)
+            specs = [specs[k] for k in keep]
+        return specs
+
+
+def _check_pair(image: ImageSource, label: ImageSource, patch: tuple[int, int], mode: str) -> None:
+    ti, _, zi, yi, xi = image.info.shape
+    tl, cl, zl, yl, xl = label.info.shape
+    if (zi, yi, xi) != (zl, yl, xl) or tl != ti:
+        raise InputImageError(
+            f"{label.path}: label shape (t,z,y,x)={(tl, zl, yl, xl)} differs from its image "
+            f"{image.path} {(ti, zi, yi, xi)}; each label must cover its image pixel for pixel"
+        )
+    if ti > 1:
+        raise InputImageError(f"{image.path}: has {ti} time points; train on single time points")
+    if yi < patch[0] or xi < patch[1]:
+        raise InputImageError(
+            f"{image.path}: image of {yi} x {xi} is smaller than patch_size={list(patch)}; "
+            f"choose patch_size <= the smallest image (a multiple of 32 for most encoders)"
+        )
+    if mode != "multilabel" and cl != 1:
+        raise InputImageError(
+            f"{label.path}: label has {cl} channels; mode={mode} needs one label channel "
+            f"(use mode=multilabel for one binary channel per class)"
+        )
+
+
+def _label_values(label: ImageSource) -> set[int]:
+    """Distinct values of a label image, read region by region."""
+    _, c, z, y, x = label.info.shape
+    if label.info.dtype.kind == "f":
+        raise InputImageError(
+            f"{label.path}: label pixels are {label.info.dtype}; labels must be integers"
+        )
+    values: set[int] = set()
+    for zz, y0, x0 in itertools.product(range(z), range(0, y, _SCAN), range(0, x, _SCAN)):
+        region = ((zz, zz + 1), (y0, min(y0 + _SCAN, y)), (x0, min(x0 + _SCAN, x)))
+        values |= {int(v) for v in np.unique(label.read(0, tuple(range(c)), region))}
+        if len(values) > 4096:
+            break
+    return values
+
+
+def _classes(cfg: TrainConfig, pairs: list[Pair]) -> int:
+    mode = cfg.mode.value
+    if mode == "multilabel":
+        counts = {p.label.info.shape[1] for p in pairs}
+        if len(counts) != 1:
+            raise InputImageError(f"labels have differing channel counts {sorted(counts)}")
+        for p in pairs:
+            bad = sorted(_label_values(p.label) - {0, 1})
+            if bad:
+                raise InputImageError(
+                    f"{p.label.path}: has values {bad[:5]}; mode=multilabel needs 0/1 per channel"
+                )
+        return counts.pop()
+    seen: dict[int, str] = {}
+    for p in pairs:
+        values = _label_values(p.label)
+        if min(values) < 0:
+            raise InputImageError(f"{p.label.path}: has negative label values")
+        if mode == "binary" and len(values - {0}) > 1:
+            raise InputImageError(
+                f"{p.label.path}: has values {sorted(values)[:6]}; mode=binary needs 0 and one "
+                f"foreground value (use mode=multiclass for several classes)"
+            )
+        seen |= {v: p.label.path for v in values}
+    if mode == "binary":
+        return 1
+    top = max(seen)
+    classes = cfg.classes or top + 1
+    if top >= classes:
+        raise InputImageError(
+            f"{seen[top]}: holds class {top} but classes={classes}; raise classes= or fix the "
+            f"labels (classes are 0 .. classes-1)"
+        )
+    return max(classes, 2)
+
+
+def _stats(
+    pairs: list[Pair], ids: tuple[int, ...], channels: tuple[int, ...]
+) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Per-channel mean and std from a fixed sample of regions of the training images."""
+    rng = np.random.default_rng(0)
+    samples = []
+    for k in range(_STAT_SAMPLES):
+        pair = pairs[ids[k % len(ids)]]
+        (h, w), z = pair.size, pair.planes
+        sy, sx = min(h, 256), min(w, 256)
+        y0, x0 = int(rng.integers(0, h - sy + 1)), int(rng.integers(0, w - sx + 1))
+        zz = int(rng.integers(0, z))
+        data = pair.image.read(0, channels, ((zz, zz + 1), (y0, y0 + sy), (x0, x0 + sx)))
+        samples.append(data.reshape(len(channels), -1).astype(np.float64))
+    data = np.concatenate(samples, axis=1)
+    if not np.isfinite(data).all():
+        raise InputImageError("training images contain NaN or infinite pixels; clean them first")
+    std = data.std(axis=1)
+    return tuple(map(float, data.mean(axis=1))), tuple(float(s) if s > 0 else 1.0 for s in std)
+
+
+def prepare(cfg: TrainConfig) -> TrainingSet:
+    """Pair, open and check every image/label, split them, and measure normalization.
+
+    Raises:
+        InputImageError: unpaired files, shape mismatches, label values that do not fit
+            ``mode``, patches larger than an image, fewer than two pairs.
+    """
+    found = pair_images(cfg.images.dir, cfg.images.pattern, cfg.labels.dir, cfg.labels.pattern)
+    if len(found) < 2:
+        raise InputImageError(
+            f"{cfg.images.dir}: found {len(found)} image/label pair(s); training needs at least "
+            f"2 (one to train on, one to validate with)"
+        )
+    sizes = cfg.patch_size * 2 if len(cfg.patch_size) == 1 else cfg.patch_size
+    patch = (int(sizes[0]), int(sizes[1]))
+    pairs = []
+    for image_path, label_path in found:
+        pair = Pair(
+            open_source(Path(image_path).resolve()), open_source(Path(label_path).resolve())
+        )
+        _check_pair(pair.image, pair.label, patch, cfg.mode.value)  # type: ignore[arg-type]
+        pairs.append(pair)
+    counts = {p.image.info.shape[1] for p in pairs}
+    if cfg.channels is None and len(counts) != 1:
+        raise InputImageError(
+            f"images have differing channel counts {sorted(counts)}; set channels="
+        )
+    channels = tuple(cfg.channels) if cfg.channels is not None else tuple(range(counts.pop()))
+    if max(channels) >= min(p.image.info.shape[1] for p in pairs):
+        raise ConfigError(f"channels={list(channels)}: an image has fewer channels")
+    classes = _classes(cfg, pairs)
+    rng = np.random.default_rng(cfg.seed)
+    order = rng.permutation(len(pairs))
+    n_train = min(max(1, round(cfg.train_fraction * len(pairs))), len(pairs) - 1)
+    train = tuple(sorted(int(i) for i in order[:n_train]))
+    val = tuple(sorted(int(i) for i in order[n_train:]))
+    mean, std = _stats(pairs, train, channels)
+    return TrainingSet(
+        tuple(pairs), train, val, channels, cfg.mode.value, classes, patch, mean, std
+    )  # type: ignore[arg-type]
+
+
+def _augment(
+    x: np.ndarray, y: np.ndarray, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray]:
+    if rng.random() < 0.5:
+        x, y = x[..., ::-1], y[..., ::-1]
+    if rng.random() < 0.5:
+        x, y = x[..., ::-1, :], y[..., ::-1, :]
+    if x.shape[-1] == x.shape[-2]:
+        k = int(rng.integers(4))
+        x, y = np.rot90(x, k, axes=(-2, -1)), np.rot90(y, k, axes=(-2, -1))
+    x = x * rng.uniform(0.9, 1.1) + rng.normal(0.0, 0.05)
+    return x, y
+
+
+def read_patches(
+    batch: dict[str, np.ndarray], data: TrainingSet, augment: bool
+) -> dict[str, np.ndarray]:
+    """Read the patches a batch of specs names: x (N, C, h, w) float32 normalized, y as the
+    loss wants it: (N, 1, h, w) float32 binary, (N, C, h, w) float32 multilabel, (N, h, w)
+    int64 multiclass. Specs with a ``seed`` are random crops; others name their corner."""
+    xs, ys = [], []
+    mean = np.asarray(data.mean, np.float32)[:, None, None]
+    std = np.asarray(data.std, np.float32)[:, None, None]
+    ph, pw = data.patch
+    for k in range(len(batch["pair"])):
+        pair = data.pairs[int(batch["pair"][k])]
+        (h, w), planes = pair.size, pair.planes
+        if "seed" in batch:
+            rng = np.random.default_rng(int(batch["seed"][k]))
+            z, y0, x0 = (
+                int(rng.integers(planes)),
+                int(rng.integers(0, h - ph + 1)),
+                int(rng.integers(0, w - pw + 1)),
+            )
+        else:
+            rng = None
+            z, y0, x0 = (int(batch[a][k]) for a in ("z", "y", "x"))
+        region = ((z, z + 1), (y0, y0 + ph), (x0, x0 + pw))
+        x = pair.image.read(0, data.channels, region)[:, 0].astype(np.float32)
+        label_channels = tuple(range(pair.label.info.shape[1]))
+        y = pair.label.read(0, label_channels, region)[:, 0]
+        x = (x - mean) / std
+        if augment and rng is not None:
+            x, y = _augment(x, y, rng)
+        xs.append(np.ascontiguousarray(x, dtype=np.float32))
+        ys.append(np.ascontiguousarray(y))
+    y = np.stack(ys)
+    if data.mode == "multiclass":
+        target = y[:, 0].astype(np.int64)
+    else:
+        target = (y > 0).astype(np.float32)
+    return {"x": np.stack(xs), "y": target}

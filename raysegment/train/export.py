@@ -1,0 +1,144 @@
+"""Write the model directory: what ``raysegment infer model=<dir>`` and ``pretrained=`` read."""
+
+from __future__ import annotations
+
+import json
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from omegaconf import OmegaConf
+
+from raysegment.config import TrainConfig
+from raysegment.infer.model import MODEL_META
+from raysegment.train.components import build_model
+from raysegment.train.data import TrainingSet
+from raysegment.train.loop import history_csv
+
+__all__ = ["TrainSummary", "export_model", "plot_curves"]
+
+
+@dataclass
+class TrainSummary:
+    output: str = ""
+    epochs: int = 0
+    best_epoch: int = 0
+    best_val_loss: float = float("nan")
+    metric: str = "iou"
+    best_metric: float = float("nan")
+    stopped_early: bool = False
+    seconds: float = 0.0
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+    def __str__(self) -> str:
+        stop = "early stop" if self.stopped_early else "max_epochs"
+        return (
+            f"raysegment: trained {self.epochs} epoch(s) ({stop}); best epoch {self.best_epoch}: "
+            f"val_loss {self.best_val_loss:.4f}, {self.metric} {self.best_metric:.4f}; "
+            f"{self.seconds:.1f} s -> {self.output}"
+        )
+
+
+def _class_names(cfg: TrainConfig, data: TrainingSet) -> list[str]:
+    if cfg.class_names:
+        if len(cfg.class_names) != data.classes:
+            raise ValueError(f"class_names has {len(cfg.class_names)} names for {data.classes}")
+        return list(cfg.class_names)
+    if data.mode == "binary":
+        return ["foreground"]
+    prefix = "class" if data.mode == "multiclass" else "label"
+    return [f"{prefix}_{i}" for i in range(data.classes)]
+
+
+def plot_curves(history: list[dict[str, Any]], metric: str, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    epochs = [r["epoch"] for r in history]
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4))
+    ax1.plot(epochs, [r["train_loss"] for r in history], label="train")
+    ax1.plot(epochs, [r["val_loss"] for r in history], label="validation")
+    ax1.set(xlabel="epoch", ylabel="loss", title="loss")
+    ax1.legend()
+    for name in ("iou", "fscore", "accuracy", "recall", "precision"):
+        ax2.plot(epochs, [r[name] for r in history], label=name, lw=2.5 if name == metric else 1)
+    ax2.set(xlabel="epoch", ylabel="validation metric", title="metrics", ylim=(0, 1.02))
+    ax2.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def export_model(
+    out: Path,
+    cfg: TrainConfig,
+    data: TrainingSet,
+    state: dict[str, Any],
+    config: dict[str, Any],
+    version: str,
+) -> TrainSummary:
+    """Best weights as TorchScript + state dict, the resumable checkpoint, metrics.csv,
+    config.yaml, curves PNG and the metadata infer reads."""
+    out.mkdir(parents=True, exist_ok=True)
+    in_channels = len(data.channels)
+    model = build_model(cfg.model.arch, cfg.model.encoder, in_channels, data.classes)
+    model.load_state_dict(state["best"])
+    model.eval()
+    example = torch.randn(1, in_channels, *data.patch)
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # tracer warnings about shape-dependent branches
+        traced = torch.jit.trace(model, example)
+        if not torch.allclose(traced(example), model(example), rtol=1e-4, atol=1e-4):
+            raise RuntimeError(f"TorchScript trace of {cfg.model.arch} differs from the model")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # TorchScript stays the WIPP format
+        torch.jit.save(traced, str(out / "model.pth"))
+    torch.save(state["best"], out / "weights.pt")
+    torch.save(state, out / "checkpoint.pt")
+    names = _class_names(cfg, data)
+    (out / "model.json").write_text(
+        json.dumps(
+            {
+                "arch": cfg.model.arch,
+                "encoder": cfg.model.encoder,
+                "in_channels": in_channels,
+                "classes": data.classes,
+                "mode": data.mode,
+                "patch_size": list(data.patch),
+                "channels": list(data.channels),
+            },
+            indent=2,
+        )
+    )
+    (out / MODEL_META).write_text(
+        json.dumps(
+            {
+                "in_channels": in_channels,
+                "spatial_dims": 2,
+                "classes": names,
+                "normalize": {"mean": list(data.mean), "std": list(data.std)},
+                "activation": "softmax" if data.mode == "multiclass" else "sigmoid",
+            },
+            indent=2,
+        )
+    )
+    history = list(state["history"])
+    (out / "metrics.csv").write_text(history_csv(history))
+    (out / "config.yaml").write_text(OmegaConf.to_yaml(config | {"raysegment_version": version}))
+    plot_curves(history, cfg.metric, out / "training_curves.png")
+    best = max(range(len(history)), key=lambda i: -history[i]["val_loss"])
+    stopper = state["stopper"]
+    return TrainSummary(
+        output=str(out),
+        epochs=len(history),
+        best_epoch=int(stopper["best_epoch"]) + 1,
+        best_val_loss=float(stopper["best"]),
+        metric=cfg.metric,
+        best_metric=float(history[best][cfg.metric]),
+        stopped_early=len(history) < cfg.max_epochs and int(stopper["bad_epochs"]) >= cfg.patience,
+        history=history,
+    )

@@ -1,0 +1,208 @@
+"""The per-worker training loop (Ray Train) and early stopping.
+
+Every rank computes the same all-reduced validation loss, so every rank takes the same
+early-stopping decision and leaves the loop at the same epoch.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from raysegment.train.components import LOSSES, OPTIMIZERS, build_model, metric_values
+
+__all__ = ["METRIC_COLUMNS", "EarlyStopping", "train_loop"]
+
+METRIC_COLUMNS = (
+    "epoch",
+    "train_loss",
+    "val_loss",
+    "accuracy",
+    "fscore",
+    "iou",
+    "precision",
+    "recall",
+    "lr",
+    "seconds",
+)
+
+
+@dataclass
+class EarlyStopping:
+    """Stop when the validation loss has not improved by ``min_delta`` for ``patience``
+    epochs in a row."""
+
+    patience: int
+    min_delta: float
+    best: float = float("inf")
+    best_epoch: int = -1
+    bad_epochs: int = 0
+
+    def update(self, loss: float, epoch: int) -> tuple[bool, bool]:
+        """Record an epoch's loss; returns (improved, stop)."""
+        improved = loss < self.best - self.min_delta
+        if improved:
+            self.best, self.best_epoch, self.bad_epochs = loss, epoch, 0
+        else:
+            self.bad_epochs += 1
+        return improved, self.bad_epochs >= self.patience
+
+    def state_dict(self) -> dict[str, float | int]:
+        return {"best": self.best, "best_epoch": self.best_epoch, "bad_epochs": self.bad_epochs}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.best = float(state["best"])
+        self.best_epoch = int(state["best_epoch"])
+        self.bad_epochs = int(state["bad_epochs"])
+
+
+def _stats(logits: torch.Tensor, target: torch.Tensor, mode: str, classes: int) -> torch.Tensor:
+    """Summed (tp, fp, fn, tn) per class, shape (4, C)."""
+    import segmentation_models_pytorch as smp
+
+    if mode == "multiclass":
+        out, kw = logits.argmax(1), {"num_classes": classes}
+        tp, fp, fn, tn = smp.metrics.get_stats(out, target, mode="multiclass", **kw)
+    else:
+        tp, fp, fn, tn = smp.metrics.get_stats(
+            torch.sigmoid(logits), target.long(), mode=mode, threshold=0.5
+        )
+    return torch.stack([tp.sum(0), fp.sum(0), fn.sum(0), tn.sum(0)]).double()
+
+
+def _all_reduce(t: torch.Tensor) -> torch.Tensor:
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.all_reduce(t)
+    return t
+
+
+def _unwrap(model: torch.nn.Module) -> torch.nn.Module:
+    inner = getattr(model, "module", model)  # DistributedDataParallel wraps the model
+    assert isinstance(inner, torch.nn.Module)
+    return inner
+
+
+def train_loop(config: dict[str, Any]) -> None:
+    """Ray Train ``train_loop_per_worker``: config holds plain values set by the trainer."""
+    import ray.train
+    import ray.train.torch
+
+    torch.manual_seed(config["seed"])
+    ctx = ray.train.get_context()
+    rank = ctx.get_world_rank()
+    device = ray.train.torch.get_device()
+    mode, classes = config["mode"], config["classes"]
+    model = build_model(
+        config["arch"], config["encoder"], config["in_channels"], classes, config["weights"]
+    )
+    start_epoch, history, best_state = 0, [], None
+    stopper = EarlyStopping(config["patience"], config["min_delta"])
+    optimizer_state = None
+    resume = ray.train.get_checkpoint()
+    resume_dir = Path(config["pretrained"]) if config.get("pretrained") else None
+    if resume is not None:
+        with resume.as_directory() as d:
+            state = torch.load(Path(d) / "last.pt", map_location="cpu", weights_only=True)
+    elif resume_dir is not None:
+        state = torch.load(resume_dir / "checkpoint.pt", map_location="cpu", weights_only=True)
+    else:
+        state = None
+    if state is not None:
+        model.load_state_dict(state["model"])
+        if resume is not None or not config["finetune"]:
+            optimizer_state = state["optimizer"]
+            start_epoch = int(state["epoch"])
+            stopper.load_state_dict(state["stopper"])
+            history = list(state["history"])
+            best_state = state["best"]
+    model = ray.train.torch.prepare_model(model)
+    optimizer = OPTIMIZERS.get(config["optimizer"])(model.parameters(), config["lr"])
+    if optimizer_state is not None:
+        optimizer.load_state_dict(optimizer_state)
+    factory, _ = LOSSES.get(config["loss"])
+    loss_fn = factory(mode)
+    train_shard = ray.train.get_dataset_shard("train")
+    val_shard = ray.train.get_dataset_shard("val")
+    batch_size = config["batch_size"]
+
+    for epoch in range(start_epoch, config["max_epochs"]):
+        started = time.perf_counter()
+        model.train()
+        sums = torch.zeros(4, dtype=torch.float64)  # train loss, train n, val loss, val n
+        for batch in train_shard.iter_torch_batches(batch_size=batch_size, device=device):
+            x, y = batch["x"], batch["y"]
+
+            def closure(x: torch.Tensor = x, y: torch.Tensor = y) -> torch.Tensor:
+                optimizer.zero_grad()
+                loss = loss_fn(model(x), y)
+                loss.backward()
+                return loss
+
+            loss = optimizer.step(closure)  # type: ignore[arg-type]
+            sums[0] += float(loss) * len(x)
+            sums[1] += len(x)
+        model.eval()
+        stats = torch.zeros(4, classes, dtype=torch.float64)
+        with torch.no_grad():
+            for batch in val_shard.iter_torch_batches(batch_size=batch_size, device=device):
+                x, y = batch["x"], batch["y"]
+                logits = model(x)
+                sums[2] += float(loss_fn(logits, y)) * len(x)
+                sums[3] += len(x)
+                stats += _stats(logits, y, mode, classes).cpu()
+        sums, stats = _all_reduce(sums.to(device)).cpu(), _all_reduce(stats.to(device)).cpu()
+        val_loss = float(sums[2]) / max(float(sums[3]), 1.0)
+        improved, stop = stopper.update(val_loss, epoch)
+        row = {
+            "epoch": epoch + 1,
+            "train_loss": float(sums[0]) / max(float(sums[1]), 1.0),
+            "val_loss": val_loss,
+            **metric_values(stats),
+            "lr": optimizer.param_groups[0]["lr"],
+            "seconds": time.perf_counter() - started,
+        }
+        history.append(row)
+        if improved or best_state is None:
+            best_state = {
+                k: v.detach().cpu().clone() for k, v in _unwrap(model).state_dict().items()
+            }
+        metrics = {
+            **row,
+            "best_val_loss": stopper.best,
+            "best_epoch": stopper.best_epoch + 1,
+            "stopped": stop,
+        }
+        with tempfile.TemporaryDirectory() as tmp:
+            checkpoint = None
+            if rank == 0:
+                torch.save(
+                    {
+                        "model": _unwrap(model).state_dict(),
+                        "optimizer": optimizer.state_dict(),
+                        "epoch": epoch + 1,
+                        "stopper": stopper.state_dict(),
+                        "history": history,
+                        "best": best_state,
+                    },
+                    Path(tmp) / "last.pt",
+                )
+                checkpoint = ray.train.Checkpoint.from_directory(tmp)
+            ray.train.report(metrics, checkpoint=checkpoint)
+        if stop:
+            break
+
+
+def history_csv(history: list[dict[str, Any]]) -> str:
+    out = io.StringIO()
+    writer = csv.DictWriter(out, fieldnames=list(METRIC_COLUMNS), extrasaction="ignore")
+    writer.writeheader()
+    for row in history:
+        writer.writerow(row)
+    return out.getvalue()

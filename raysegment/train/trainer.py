@@ -1,0 +1,218 @@
+"""``raysegment train``: image/label pairs -> Ray Train TorchTrainer -> a model directory
+that ``raysegment infer`` takes as is."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from raysegment._version import __version__
+from raysegment.config import TrainConfig, config_to_dict, load_config
+from raysegment.errors import ConfigError, OutputError
+from raysegment.train.components import build_model, check_combination
+from raysegment.train.data import TrainingSet, prepare, read_patches
+from raysegment.train.export import TrainSummary, export_model
+from raysegment.train.loop import train_loop
+
+__all__ = ["TrainSummary", "train"]
+
+log = logging.getLogger("raysegment")
+
+
+def _auto_batch_size(cfg: TrainConfig, data: TrainingSet, use_gpu: bool) -> int:
+    """Patches per step: measured on one GPU, else a CPU-friendly size within free RAM."""
+    patch = (len(data.channels), *data.patch)
+    if use_gpu and torch.cuda.is_available():
+        model = build_model(
+            cfg.model.arch, cfg.model.encoder, len(data.channels), data.classes
+        ).cuda()
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated()
+        model(torch.zeros((2, *patch), device="cuda")).sum().backward()
+        per = max((torch.cuda.max_memory_allocated() - base) / 2, 1)
+        free, _ = torch.cuda.mem_get_info()
+        del model
+        return int(np.clip(0.5 * free // per, 2, 64))
+    import psutil
+
+    per = 4 * 200 * int(np.prod(patch))  # ~200 float32 activations per input value
+    return int(np.clip(psutil.virtual_memory().available // 4 // per, 2, 16))
+
+
+def _probe(cfg: TrainConfig, data: TrainingSet) -> None:
+    """Build the model and run one patch through it before any worker starts."""
+    model = build_model(
+        cfg.model.arch, cfg.model.encoder, len(data.channels), data.classes, cfg.model.weights
+    )
+    model.eval()
+    shape = (2, len(data.channels), *data.patch)
+    try:
+        with torch.no_grad():
+            out = model(torch.zeros(shape))
+    except Exception as e:
+        raise ConfigError(
+            f"model.arch={cfg.model.arch} with {cfg.model.encoder} fails on patches of "
+            f"{list(data.patch)} ({type(e).__name__}: {str(e).splitlines()[0][:160]}); choose "
+            f"patch_size divisible by 32 (or what the architecture needs)"
+        ) from e
+    if tuple(out.shape[2:]) != data.patch:
+        raise ConfigError(
+            f"model.arch={cfg.model.arch} returns {list(out.shape[2:])} for patches of "
+            f"{list(data.patch)}; choose patch_size divisible by 32"
+        )
+
+
+def _prepare_output(cfg: TrainConfig) -> Path:
+    out = Path(cfg.output).resolve()
+    if cfg.pretrained and Path(cfg.pretrained).resolve() == out:
+        raise ConfigError("pretrained= and output= are the same directory; write elsewhere")
+    if out.exists() and any(out.iterdir()):
+        if not cfg.overwrite:
+            raise OutputError(f"{out}: exists and is not empty; set overwrite=true to replace it")
+        shutil.rmtree(out)
+    return out
+
+
+def _check_pretrained(cfg: TrainConfig) -> None:
+    if not cfg.pretrained:
+        return
+    meta = Path(cfg.pretrained) / "model.json"
+    if not (Path(cfg.pretrained) / "checkpoint.pt").is_file() or not meta.is_file():
+        raise ConfigError(
+            f"pretrained={cfg.pretrained}: not a raysegment train output (no checkpoint.pt / "
+            f"model.json); give the output= directory of an earlier run"
+        )
+    old = json.loads(meta.read_text())
+    for key, want in (("arch", cfg.model.arch), ("encoder", cfg.model.encoder)):
+        if old[key] != want:
+            raise ConfigError(
+                f"pretrained={cfg.pretrained} is a {old['arch']} with {old['encoder']}; set "
+                f"model.arch={old['arch']} model.encoder={old['encoder']}"
+            )
+
+
+def train(
+    config: TrainConfig | Mapping[str, Any] | None = None,
+    callbacks: list[Any] | None = None,
+    **overrides: Any,
+) -> TrainSummary:
+    """Train a segmentation model and write the model directory to ``output``.
+
+    Args:
+        config: a ``TrainConfig`` or a mapping of its keys; ``overrides`` are set on top.
+        callbacks: extra ``ray.train.UserCallback`` objects (they run in the controller).
+
+    Raises:
+        RaySegmentError: bad names or combinations, unpaired or inconsistent data, existing
+            output (all before any training starts; nothing half-written is left).
+    """
+    import ray
+    import ray.train
+    from ray.train.torch import TorchTrainer
+
+    if isinstance(config, TrainConfig) and not overrides:
+        cfg = config
+    else:
+        values = config_to_dict(config) if isinstance(config, TrainConfig) else dict(config or {})
+        cfg = load_config(TrainConfig, values=values | dict(overrides))
+    started = time.perf_counter()
+    check_combination(cfg)
+    _check_pretrained(cfg)
+    data = prepare(cfg)
+    _probe(cfg, data)
+    out = _prepare_output(cfg)
+
+    own_ray = not ray.is_initialized()
+    if own_ray:
+        ray.init(
+            address=os.environ.get("RAY_ADDRESS") or "local",
+            include_dashboard=False,
+            logging_level=logging.ERROR,
+        )
+    try:
+        gpus = int(ray.cluster_resources().get("GPU", 0))
+        use_gpu = cfg.device == "gpu" or (cfg.device == "auto" and gpus > 0)
+        if use_gpu and gpus < cfg.num_workers:
+            raise ConfigError(
+                f"device=gpu with num_workers={cfg.num_workers}: Ray sees {gpus} GPU(s)"
+            )
+        batch_size = cfg.batch_size or _auto_batch_size(cfg, data, use_gpu)
+        # On CPU the workers must leave room for the tasks reading their patches, or
+        # neither can start: give each worker a share of the CPUs and reads a quarter CPU.
+        cpus = float(ray.cluster_resources().get("CPU", 1))
+        worker_cpus = 1.0 if use_gpu else min(1.0, (cpus - 0.5) / cfg.num_workers)
+        ctx = ray.data.DataContext.get_current()
+        ctx.enable_progress_bars = False
+        for name in (
+            "ray.data._internal.progress",
+            "ray.data._internal.execution.streaming_executor",
+        ):
+            logging.getLogger(name).setLevel(logging.ERROR)
+        train_ds: Any = ray.data.from_items(data.train_specs(cfg.patches_per_epoch, cfg.seed))
+        train_ds = train_ds.map_batches(
+            read_patches,
+            batch_size=batch_size,
+            num_cpus=0.25,
+            fn_kwargs={"data": data, "augment": cfg.augment},
+        )
+        val_ds: Any = ray.data.from_items(data.val_specs(cfg.val_patches))
+        val_ds = val_ds.map_batches(
+            read_patches,
+            batch_size=batch_size,
+            num_cpus=0.25,
+            fn_kwargs={"data": data, "augment": False},
+        )
+        loop_config = {
+            "seed": cfg.seed,
+            "mode": data.mode,
+            "classes": data.classes,
+            "arch": cfg.model.arch,
+            "encoder": cfg.model.encoder,
+            "in_channels": len(data.channels),
+            "weights": cfg.model.weights,
+            "optimizer": cfg.optimizer,
+            "lr": cfg.lr,
+            "loss": cfg.loss,
+            "batch_size": batch_size,
+            "max_epochs": cfg.max_epochs,
+            "patience": cfg.patience,
+            "min_delta": cfg.min_delta,
+            "finetune": cfg.finetune,
+            "pretrained": str(Path(cfg.pretrained).resolve()) if cfg.pretrained else None,
+        }
+        trainer = TorchTrainer(
+            train_loop,
+            train_loop_config=loop_config,
+            scaling_config=ray.train.ScalingConfig(
+                num_workers=cfg.num_workers,
+                use_gpu=use_gpu,
+                resources_per_worker={"CPU": worker_cpus, **({"GPU": 1} if use_gpu else {})},
+            ),
+            datasets={"train": train_ds, "val": val_ds},
+            run_config=ray.train.RunConfig(
+                name="run",
+                storage_path=str(out / "ray_train"),
+                checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
+                callbacks=callbacks or [],
+            ),
+        )
+        result = trainer.fit()
+    finally:
+        if own_ray:
+            ray.shutdown()
+    if result.checkpoint is None:
+        raise RuntimeError(f"training finished without a checkpoint: {result.error}")
+    with result.checkpoint.as_directory() as d:
+        state = torch.load(Path(d) / "last.pt", map_location="cpu", weights_only=True)
+    summary = export_model(out, cfg, data, state, config_to_dict(cfg), __version__)
+    summary.seconds = time.perf_counter() - started
+    return summary

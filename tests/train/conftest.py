@@ -1,0 +1,40 @@
+"""Synthetic training data: bright blobs on a noisy background, labels = the blobs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tifffile
+
+
+def blobs(
+    shape: tuple[int, int], rng: np.random.Generator, count: int
+) -> tuple[np.ndarray, np.ndarray]:
+    h, w = shape
+    yy, xx = np.mgrid[:h, :w]
+    mask = np.zeros(shape, bool)
+    for _ in range(count):
+        cy, cx, r = rng.integers(0, h), rng.integers(0, w), rng.integers(5, 14)
+        mask |= (yy - cy) ** 2 + (xx - cx) ** 2 <= r * r
+    image = rng.normal(100, 20, shape) + mask * 400
+    return image.astype(np.uint16), mask.astype(np.uint8)
+
+
+@pytest.fixture(scope="session")
+def blob_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """6 image/label pairs of different sizes (labels named <image>_mask.tif), and a
+    larger test image with its truth."""
+    root = tmp_path_factory.mktemp("blobs")
+    (root / "img").mkdir()
+    (root / "lbl").mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(6):
+        image, mask = blobs((160 + 16 * i, 192), rng, 12)
+        tifffile.imwrite(root / "img" / f"im{i}.tif", image)
+        tifffile.imwrite(root / "lbl" / f"im{i}_mask.tif", mask)
+    image, mask = blobs((600, 700), rng, 120)
+    tifffile.imwrite(root / "big.ome.tif", image, ome=True, metadata={"axes": "YX"})
+    np.save(root / "big_truth.npy", mask)
+    return root

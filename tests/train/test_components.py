@@ -1,0 +1,143 @@
+"""Models, losses, metrics, optimizers by name; bad names and combinations fail at once."""
+
+from __future__ import annotations
+
+import warnings
+
+import pytest
+import torch
+
+pytest.importorskip("segmentation_models_pytorch", reason="needs the train extra")
+
+from raysegment.config import TrainConfig, load_config  # noqa: E402
+from raysegment.errors import ConfigError, UnknownNameError  # noqa: E402
+from raysegment.train.components import (  # noqa: E402
+    ARCHITECTURES,
+    LOSSES,
+    METRICS,
+    OPTIMIZERS,
+    build_model,
+    check_combination,
+    metric_values,
+)
+from raysegment.train.loop import EarlyStopping, _stats  # noqa: E402
+
+REQUIRED = ["images.dir=i", "labels.dir=l", "output=o"]
+SIZES = {"PAN": 128, "DPT": 224}
+ENCODERS = {"DPT": "tu-vit_tiny_patch16_224"}
+
+
+def _cfg(*overrides: str) -> TrainConfig:
+    return load_config(TrainConfig, (), REQUIRED + list(overrides))
+
+
+@pytest.mark.parametrize("arch", ARCHITECTURES)
+def test_every_architecture_builds_runs_and_traces(arch: str) -> None:
+    encoder = ENCODERS.get(arch, "resnet18")
+    check_combination(_cfg(f"model.arch={arch}", f"model.encoder={encoder}"))
+    model = build_model(arch, encoder, in_channels=2, classes=3).eval()
+    x = torch.randn(1, 2, SIZES.get(arch, 64), SIZES.get(arch, 64))
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        y = model(x)
+        traced = torch.jit.trace(model, x)
+        assert torch.allclose(traced(x), y, atol=1e-4)
+    assert y.shape == (1, 3, *x.shape[2:])
+
+
+@pytest.mark.parametrize("name", [n for n in OPTIMIZERS.names() if n != "SparseAdam"])
+def test_every_optimizer_takes_a_step(name: str) -> None:
+    model = torch.nn.Conv2d(1, 1, 3, padding=1)
+    before = model.weight.detach().clone()
+    opt = OPTIMIZERS.get(name)(model.parameters(), 0.1)
+    x = torch.randn(2, 1, 8, 8)
+
+    def closure() -> torch.Tensor:
+        opt.zero_grad()
+        loss = (model(x) - 1).pow(2).mean()
+        loss.backward()
+        return loss
+
+    opt.step(closure)
+    assert not torch.equal(before, model.weight)
+
+
+MODE_TARGETS = {
+    "binary": lambda: (torch.randn(2, 1, 16, 16), torch.randint(0, 2, (2, 1, 16, 16)).float()),
+    "multilabel": lambda: (torch.randn(2, 3, 16, 16), torch.randint(0, 2, (2, 3, 16, 16)).float()),
+    "multiclass": lambda: (torch.randn(2, 3, 16, 16), torch.randint(0, 3, (2, 16, 16))),
+}
+
+
+@pytest.mark.parametrize("loss", LOSSES.names())
+@pytest.mark.parametrize("mode", list(MODE_TARGETS))
+def test_losses_compute_or_refuse_the_mode(loss: str, mode: str) -> None:
+    factory, modes = LOSSES.get(loss)
+    cfg = _cfg(f"loss={loss}", f"mode={mode}")
+    if mode not in modes:
+        with pytest.raises(ConfigError, match=f"loss={loss} does not support mode={mode}"):
+            check_combination(cfg)
+        return
+    check_combination(cfg)
+    logits, target = MODE_TARGETS[mode]()
+    logits.requires_grad_(True)
+    value = factory(mode)(logits, target)
+    value.backward()
+    assert torch.isfinite(value) and logits.grad is not None
+
+
+@pytest.mark.parametrize(
+    "override,match",
+    [
+        ("model.arch=Unett", "unknown model.arch 'Unett' \\(did you mean 'Unet'\\?\\)"),
+        ("model.encoder=resnet19", "not a segmentation-models-pytorch encoder; did you mean"),
+        ("model.encoder=tu-not_a_model", "timm has no model"),
+        ("optimizer=Adamm", "unknown optimizer 'Adamm'; choose from \\['ASGD'"),
+        ("loss=DiceLos", "unknown loss 'DiceLos'; choose from"),
+        ("metric=dice", "unknown metric 'dice'; choose from \\['accuracy', 'fscore', 'iou'"),
+        ("optimizer=SparseAdam", "needs sparse gradients"),
+        ("model.weights=/nonexistent.pt", "nothing is downloaded"),
+    ],
+)
+def test_bad_names_fail_at_once_with_choices(override: str, match: str) -> None:
+    with pytest.raises((ConfigError, UnknownNameError), match=match):
+        check_combination(_cfg(override))
+
+
+def test_weights_file_loads_whole_model_or_encoder(tmp_path) -> None:
+    model = build_model("Unet", "resnet18", 1, 1)
+    torch.save(model.state_dict(), tmp_path / "whole.pt")
+    torch.save(model.encoder.state_dict(), tmp_path / "encoder.pt")
+    for name in ("whole.pt", "encoder.pt"):
+        loaded = build_model("Unet", "resnet18", 1, 1, str(tmp_path / name))
+        assert torch.equal(loaded.encoder.conv1.weight, model.encoder.conv1.weight)
+    torch.save({"nope": torch.zeros(1)}, tmp_path / "bad.pt")
+    with pytest.raises(ConfigError, match="does not fit"):
+        build_model("Unet", "resnet18", 1, 1, str(tmp_path / "bad.pt"))
+
+
+def test_metrics_from_summed_stats() -> None:
+    target = torch.tensor([[[[1, 1, 0, 0]]]]).float()
+    logits = torch.tensor([[[[5.0, -5.0, 5.0, -5.0]]]])
+    stats = _stats(logits, target, "binary", 1)
+    assert stats[:, 0].tolist() == [1, 1, 1, 1]  # tp, fp, fn, tn
+    values = metric_values(stats)
+    assert set(values) == set(METRICS.names())
+    assert values["iou"] == pytest.approx(1 / 3) and values["accuracy"] == pytest.approx(0.5)
+    assert values["precision"] == pytest.approx(0.5) and values["recall"] == pytest.approx(0.5)
+
+
+def test_early_stopping_stops_after_patience_bad_epochs() -> None:
+    stopper = EarlyStopping(patience=3, min_delta=0.01)
+    losses = [1.0, 0.9, 0.895, 0.89, 0.95, 0.5, 0.6, 0.7, 0.8]
+    decisions = [stopper.update(v, e) for e, v in enumerate(losses)]
+    stops = [e for e, (_, stop) in enumerate(decisions) if stop]
+    # 0.895 and 0.89 do not beat 0.9 by 0.01; 0.95 is the third bad epoch -> stop at epoch 4
+    assert stops[0] == 4
+    fresh = EarlyStopping(patience=3, min_delta=0.01)
+    for e, v in enumerate(losses[:5]):
+        improved, stop = fresh.update(v, e)
+    assert stop and not improved and fresh.best == 0.9 and fresh.best_epoch == 1
+    clone = EarlyStopping(3, 0.01)
+    clone.load_state_dict(fresh.state_dict())
+    assert clone.state_dict() == fresh.state_dict()

@@ -1,0 +1,130 @@
+"""Training data checks: pairing, label values, shapes, sizes; patches read lazily."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tifffile
+
+from raysegment.config import TrainConfig, load_config
+from raysegment.data.pairs import pair_images
+from raysegment.errors import InputImageError
+from raysegment.train.data import prepare, read_patches
+
+
+def _write(root: Path, images: dict[str, np.ndarray], labels: dict[str, np.ndarray]) -> None:
+    (root / "img").mkdir(exist_ok=True)
+    (root / "lbl").mkdir(exist_ok=True)
+    for name, a in images.items():
+        tifffile.imwrite(root / "img" / name, a)
+    for name, a in labels.items():
+        tifffile.imwrite(root / "lbl" / name, a)
+
+
+def _cfg(root: Path, *overrides: str) -> TrainConfig:
+    return load_config(
+        TrainConfig,
+        (),
+        [
+            f"images.dir={root / 'img'}",
+            f"labels.dir={root / 'lbl'}",
+            "output=o",
+            "patch_size=32",
+            *overrides,
+        ],
+    )
+
+
+def _ok(root: Path, n: int = 3, mode_values: tuple[int, ...] = (0, 1)) -> None:
+    rng = np.random.default_rng(1)
+    _write(
+        root,
+        {f"a{i}.tif": rng.integers(0, 999, (48, 64), dtype=np.uint16) for i in range(n)},
+        {f"a{i}.tif": rng.choice(mode_values, (48, 64)).astype(np.uint8) for i in range(n)},
+    )
+
+
+def test_pairs_by_stem_or_capture_group(tmp_path: Path) -> None:
+    _write(
+        tmp_path,
+        {"x.ome.tif": np.zeros((4, 4), np.uint8), "y.tif": np.zeros((4, 4), np.uint8)},
+        {"x_mask.tif": np.zeros((4, 4), np.uint8), "y_mask.tif": np.zeros((4, 4), np.uint8)},
+    )
+    pairs = pair_images(str(tmp_path / "img"), None, str(tmp_path / "lbl"), r"(.*)_mask\.tif")
+    assert [(a.name, b.name) for a, b in pairs] == [
+        ("x.ome.tif", "x_mask.tif"),
+        ("y.tif", "y_mask.tif"),
+    ]
+    with pytest.raises(InputImageError, match="x.ome.tif: no label with key 'x'"):
+        pair_images(str(tmp_path / "img"), None, str(tmp_path / "lbl"), None)
+
+
+def test_prepare_splits_measures_and_reads_patches(tmp_path: Path) -> None:
+    _ok(tmp_path, n=4)
+    data = prepare(_cfg(tmp_path, "train_fraction=0.5"))
+    assert len(data.train) == 2 and len(data.val) == 2 and not set(data.train) & set(data.val)
+    assert data.classes == 1 and data.patch == (32, 32) and 300 < data.mean[0] < 700
+    specs = data.train_specs(5, seed=0)
+    assert specs == data.train_specs(5, seed=0) and all(s["pair"] in data.train for s in specs)
+    batch = {k: np.array([s[k] for s in specs]) for k in specs[0]}
+    out = read_patches(batch, data, augment=True)
+    assert out["x"].shape == (5, 1, 32, 32) and out["x"].dtype == np.float32
+    assert out["y"].shape == (5, 1, 32, 32) and set(np.unique(out["y"])) <= {0.0, 1.0}
+    val = data.val_specs(100)
+    assert all(s["pair"] in data.val for s in val) and len(val) == 2 * 2 * 2
+
+
+def test_multiclass_counts_classes_and_targets_are_integers(tmp_path: Path) -> None:
+    _ok(tmp_path, mode_values=(0, 1, 2, 3))
+    data = prepare(_cfg(tmp_path, "mode=multiclass"))
+    assert data.classes == 4
+    spec = data.val_specs(1)[0]
+    out = read_patches({k: np.array([v]) for k, v in spec.items()}, data, augment=False)
+    assert out["y"].dtype == np.int64 and out["y"].shape == (1, 32, 32)
+
+
+@pytest.mark.parametrize(
+    "setup,overrides,match",
+    [
+        (lambda r: _ok(r, mode_values=(0, 1, 2)), [], "mode=binary needs 0 and one foreground"),
+        (
+            lambda r: _ok(r, mode_values=(0, 1, 5)),
+            ["mode=multiclass", "classes=3"],
+            "holds class 5 but classes=3",
+        ),
+        (lambda r: _ok(r, n=1), [], "training needs at least 2"),
+        (lambda r: _ok(r), ["patch_size=64"], "smaller than patch_size=\\[64, 64\\]"),
+        (
+            lambda r: _write(
+                r,
+                {"a.tif": np.zeros((8, 8), np.uint8), "b.tif": np.zeros((8, 8), np.uint8)},
+                {"a.tif": np.zeros((8, 9), np.uint8), "b.tif": np.zeros((8, 8), np.uint8)},
+            ),
+            ["patch_size=8"],
+            "differs from its image",
+        ),
+        (
+            lambda r: _write(
+                r, {"a.tif": np.zeros((8, 8), np.uint8)}, {"b.tif": np.zeros((8, 8), np.uint8)}
+            ),
+            [],
+            "no label with key 'a'",
+        ),
+        (lambda r: (r / "img").mkdir() or (r / "lbl").mkdir(), [], "no entry matches"),
+        (
+            lambda r: _write(
+                r,
+                {"a.tif": np.zeros((8, 8), np.uint8), "b.tif": np.zeros((8, 8), np.uint8)},
+                {"a.tif": np.zeros((8, 8), np.float32), "b.tif": np.zeros((8, 8), np.uint8)},
+            ),
+            ["patch_size=8"],
+            "labels must be integers",
+        ),
+    ],
+)
+def test_bad_training_data(tmp_path: Path, setup, overrides, match) -> None:
+    setup(tmp_path)
+    with pytest.raises(InputImageError, match=match):
+        prepare(_cfg(tmp_path, *overrides))

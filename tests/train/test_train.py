@@ -1,0 +1,165 @@
+"""Training on Ray Train: learns a separable task, writes a model directory that infer runs,
+resumes and fine-tunes, and stops early at the same epoch on 1 and 2 workers."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import zarr
+
+pytest.importorskip("segmentation_models_pytorch", reason="needs the train extra")
+
+from raysegment.infer import infer  # noqa: E402
+from raysegment.train import train  # noqa: E402
+
+pytestmark = pytest.mark.usefixtures("ray_session")
+
+
+def _cfg(data: Path, out: Path, **extra: object) -> dict:
+    return {
+        "images": {"dir": str(data / "img")},
+        "labels": {"dir": str(data / "lbl"), "pattern": r"(.*)_mask\.tif"},
+        "output": str(out),
+        "patch_size": [64],
+        "patches_per_epoch": 64,
+        "batch_size": 16,
+        "lr": 0.003,
+        "max_epochs": 12,
+        "device": "cpu",
+    } | extra
+
+
+def _rows(out: Path) -> list[dict[str, str]]:
+    with open(out / "metrics.csv") as f:
+        return list(csv.DictReader(f))
+
+
+@pytest.fixture(scope="module")
+def trained(blob_data: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, object]:
+    out = tmp_path_factory.mktemp("model") / "unet"
+    return out, train(_cfg(blob_data, out))
+
+
+def test_trains_to_high_iou_and_writes_the_model_directory(trained) -> None:
+    out, summary = trained
+    assert summary.best_metric > 0.9, summary.history
+    for name in (
+        "model.pth",
+        "weights.pt",
+        "checkpoint.pt",
+        "metrics.csv",
+        "config.yaml",
+        "training_curves.png",
+        "model.json",
+        "raysegment.json",
+    ):
+        assert (out / name).is_file(), name
+    rows = _rows(out)
+    assert [int(r["epoch"]) for r in rows] == list(range(1, summary.epochs + 1))
+    assert {"train_loss", "val_loss", "iou", "fscore", "accuracy", "recall", "precision"} <= set(
+        rows[0]
+    )
+    meta = json.loads((out / "raysegment.json").read_text())
+    assert meta["classes"] == ["foreground"] and meta["activation"] == "sigmoid"
+    assert len(meta["normalize"]["mean"]) == 1 and meta["normalize"]["std"][0] > 1
+    weights = torch.load(out / "weights.pt", weights_only=True)
+    state = torch.load(out / "checkpoint.pt", weights_only=True)
+    assert {"model", "optimizer", "epoch", "stopper", "history", "best"} <= set(state)
+    assert state["epoch"] == summary.epochs and set(weights) == set(state["best"])
+    assert (out / "training_curves.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_infer_segments_a_larger_image_with_the_trained_model(trained, blob_data, tmp_path) -> None:
+    out, _ = trained
+    infer(
+        input=str(blob_data / "big.ome.tif"),
+        model=str(out),
+        output=str(tmp_path),
+        progress=False,
+        tile={"size": [128]},
+        finalize={"mode": "mask"},
+    )
+    result = tmp_path / "big.ome.zarr"
+    attrs = dict(zarr.open_group(str(result), mode="r").attrs)
+    assert [c["label"] for c in attrs["ome"]["omero"]["channels"]] == ["foreground"]
+    pred = zarr.open_array(str(result / "0"), mode="r")[0] > 0
+    truth = np.load(blob_data / "big_truth.npy") > 0
+    iou = (pred & truth).sum() / (pred | truth).sum()
+    assert iou > 0.9, iou
+
+
+def test_resume_continues_epochs_and_optimizer(trained, blob_data, tmp_path) -> None:
+    out, summary = trained
+    resumed = train(
+        _cfg(blob_data, tmp_path / "more", pretrained=str(out), max_epochs=summary.epochs + 2)
+    )
+    rows = _rows(tmp_path / "more")
+    assert [int(r["epoch"]) for r in rows] == list(range(1, summary.epochs + 3))
+    assert rows[: summary.epochs] == _rows(out)  # the history carried over unchanged
+    state = torch.load(tmp_path / "more" / "checkpoint.pt", weights_only=True)
+    assert state["optimizer"]["state"]  # Adam moments continued, not restarted
+    assert resumed.epochs == summary.epochs + 2
+
+
+def test_finetune_keeps_weights_and_restarts_epochs(trained, blob_data, tmp_path) -> None:
+    out, _ = trained
+    tuned = train(
+        _cfg(
+            blob_data, tmp_path / "tuned", pretrained=str(out), finetune=True, lr=1e-4, max_epochs=2
+        )
+    )
+    rows = _rows(tmp_path / "tuned")
+    assert [int(r["epoch"]) for r in rows] == [1, 2]
+    assert float(rows[0]["iou"]) > 0.85  # started from the trained weights
+    assert tuned.epochs == 2
+
+
+class _Recorder:
+    """Collects every worker's reported metrics (runs in the Ray Train controller)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = str(path)
+
+    def after_report(self, run_context, metrics, checkpoint) -> None:
+        with open(self.path, "a") as f:
+            f.write(json.dumps(metrics) + "\n")
+
+    def after_exception(self, run_context, worker_exceptions) -> None:
+        pass
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_early_stopping_epoch_is_exact_and_identical_on_every_worker(
+    blob_data, tmp_path, workers
+) -> None:
+    import ray.train
+
+    recorder = type("Recorder", (_Recorder, ray.train.UserCallback), {})(tmp_path / "log")
+    # min_delta larger than any loss: only the first epoch improves, so with patience 2
+    # training must stop after epoch 3, whatever the losses are.
+    summary = train(
+        _cfg(
+            blob_data,
+            tmp_path / "out",
+            patience=2,
+            min_delta=10.0,
+            num_workers=workers,
+            patches_per_epoch=32,
+            max_epochs=20,
+        ),
+        callbacks=[recorder],
+    )
+    assert summary.epochs == 3 and summary.stopped_early and summary.best_epoch == 1
+    reports = [json.loads(line) for line in (tmp_path / "log").read_text().splitlines()]
+    assert len(reports) == 3
+    for per_worker in reports:
+        assert len(per_worker) == workers
+        # every rank saw the same all-reduced numbers (only its own wall time differs)
+        same = [{k: v for k, v in m.items() if k != "seconds"} for m in per_worker]
+        assert all(m == same[0] for m in same)
+    assert [r[0]["stopped"] for r in reports] == [False, False, True]
