@@ -113,3 +113,46 @@ def test_help_version_and_unknown_command(files: Path) -> None:
     assert "raysegment infer" in run_cli("--help", cwd=files).stdout
     result = run_cli("segment", cwd=files)
     assert result.returncode == 2 and "unknown command 'segment'" in result.stderr
+
+
+@pytest.fixture
+def train_files(tmp_path: Path) -> Path:
+    for d in ("img", "lbl", "img1"):
+        (tmp_path / d).mkdir()
+    for i in range(3):
+        tifffile.imwrite(tmp_path / "img" / f"a{i}.tif", random_image((40, 40)))
+        tifffile.imwrite(tmp_path / "lbl" / f"a{i}.tif", np.zeros((40, 40), np.uint8))
+    tifffile.imwrite(tmp_path / "img1" / "lonely.tif", random_image((40, 40)))
+    return tmp_path
+
+
+TRAIN_OK = ["images.dir=img", "labels.dir=lbl", "output=model", "patch_size=32"]
+
+
+def _train_with(**kv: str) -> list[str]:
+    base = dict(a.split("=", 1) for a in TRAIN_OK)
+    return [f"{k}={v}" for k, v in (base | kv).items()]
+
+
+TRAIN_CASES: list[tuple[str, list[str], str]] = [
+    ("unpaired", _train_with(**{"images.dir": "img1"}), "lonely.tif: no label with key"),
+    ("empty", _train_with(**{"labels.dir": "nope"}), "nope: no such file or directory"),
+    ("patch too large", _train_with(patch_size="64"), "smaller than patch_size=[64, 64]"),
+    ("unknown arch", TRAIN_OK + ["model.arch=UNet3"], "unknown model.arch 'UNet3'"),
+    ("loss vs mode", TRAIN_OK + ["loss=SoftCrossEntropyLoss"], "does not support mode=binary"),
+    ("sparse optimizer", TRAIN_OK + ["optimizer=SparseAdam"], "needs sparse gradients"),
+    ("bad key", TRAIN_OK + ["epochs=3"], "unknown config key 'epochs'"),
+    ("bad fraction", TRAIN_OK + ["train_fraction=1.5"], "train_fraction=1.5"),
+]
+
+
+@pytest.mark.parametrize("name,args,message", TRAIN_CASES, ids=[c[0] for c in TRAIN_CASES])
+def test_train_bad_input_one_line_exit_2(
+    train_files: Path, name: str, args: list[str], message: str
+) -> None:
+    pytest.importorskip("segmentation_models_pytorch", reason="needs the train extra")
+    result = run_cli("train", *args, cwd=train_files)
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert result.returncode == 2, result.stderr
+    assert len(lines) == 1 and message in lines[0], result.stderr
+    assert not (train_files / "model").exists()  # nothing half-written

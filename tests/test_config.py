@@ -65,3 +65,22 @@ def test_missing_and_bad_files(tmp_path: Path) -> None:
     bad.write_text("- a\n- b\n")
     with pytest.raises(ConfigError, match="mapping"):
         load_config(InferConfig, [bad], REQUIRED)
+
+
+def test_train_yaml_loads_and_checks() -> None:
+    from raysegment.config import TrainConfig, TrainMode
+
+    need = ["images.dir=i", "labels.dir=l", "output=o"]
+    cfg = load_config(TrainConfig, [ROOT / "conf" / "train.yaml"], need + ["patch_size=64"])
+    assert cfg.mode is TrainMode.binary and cfg.patch_size == [64] and cfg.max_epochs == 100
+    assert config_to_dict(cfg) == config_to_dict(
+        load_config(TrainConfig, (), need + ["patch_size=64"])
+    )
+    for bad, match in (
+        ("finetune=true", "needs pretrained"),
+        ("device=tpu", "device='tpu'"),
+        ("patch_size=[1,2,3]", "one value or"),
+        ("lr=0", "lr=0"),
+    ):
+        with pytest.raises(ConfigError, match=match):
+            load_config(TrainConfig, (), need + [bad])
