@@ -188,13 +188,7 @@ class InferConfig:
             or len(set(self.channels)) != len(self.channels)
         ):
             raise ConfigError(f"channels={self.channels}: give distinct channel indices >= 0")
-        if self.pattern is not None:
-            try:
-                re.compile(self.pattern)
-            except re.error as e:
-                raise ConfigError(
-                    f"pattern={self.pattern!r} is not a regular expression: {e}"
-                ) from e
+        _check_pattern("pattern", self.pattern)
         _check_sizes("chunks", self.chunks)
         _check_sizes("block", self.block)
 
@@ -296,14 +290,16 @@ class TrainConfig:
             raise ConfigError(f"patch_size={self.patch_size}: give one value or (y, x)")
         if self.finetune and not self.pretrained:
             raise ConfigError("finetune=true needs pretrained=<a previous output directory>")
-        for c in (self.images, self.labels):
-            if c.pattern is not None:
-                try:
-                    re.compile(c.pattern)
-                except re.error as e:
-                    raise ConfigError(
-                        f"pattern {c.pattern!r} is not a regular expression: {e}"
-                    ) from e
+        _check_pattern("images.pattern", self.images.pattern)
+        _check_pattern("labels.pattern", self.labels.pattern)
+
+
+def _check_pattern(key: str, pattern: str | None) -> None:
+    if pattern is not None:
+        try:
+            re.compile(pattern)
+        except re.error as e:
+            raise ConfigError(f"{key}={pattern!r} is not a regular expression: {e}") from e
 
 
 def _check_sizes(key: str, sizes: Sequence[int] | None) -> None:

@@ -95,9 +95,20 @@ def _soft_ce(mode: str) -> nn.Module:
     return _smp().losses.SoftCrossEntropyLoss(smooth_factor=0.0)
 
 
+class _OnProbabilities(nn.Module):
+    """Feeds sigmoid probabilities to a loss that expects them (the model gives logits)."""
+
+    def __init__(self, loss: nn.Module) -> None:
+        super().__init__()
+        self.loss = loss
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return self.loss(torch.sigmoid(logits), target)
+
+
 @_loss("MCCLoss", ("binary",))
 def _mcc(mode: str) -> nn.Module:
-    return _smp().losses.MCCLoss()
+    return _OnProbabilities(_smp().losses.MCCLoss())
 
 
 OptimizerFactory = Callable[[Iterable[nn.Parameter], float], torch.optim.Optimizer]

@@ -69,6 +69,14 @@ MODE_TARGETS = {
 }
 
 
+def _confident(target: torch.Tensor, shape: torch.Size) -> torch.Tensor:
+    """Logits that predict ``target`` with high confidence."""
+    if target.dtype == torch.int64:  # multiclass indices -> one-hot logits
+        onehot = torch.nn.functional.one_hot(target, shape[1]).permute(0, 3, 1, 2).float()
+        return (onehot * 2 - 1) * 20
+    return (target * 2 - 1) * 20
+
+
 @pytest.mark.parametrize("loss", LOSSES.names())
 @pytest.mark.parametrize("mode", list(MODE_TARGETS))
 def test_losses_compute_or_refuse_the_mode(loss: str, mode: str) -> None:
@@ -79,11 +87,15 @@ def test_losses_compute_or_refuse_the_mode(loss: str, mode: str) -> None:
             check_combination(cfg)
         return
     check_combination(cfg)
-    logits, target = MODE_TARGETS[mode]()
-    logits.requires_grad_(True)
-    value = factory(mode)(logits, target)
-    value.backward()
-    assert torch.isfinite(value) and logits.grad is not None
+    for seed in range(5):  # several draws: a loss given logits where it wants probabilities
+        torch.manual_seed(seed)  # can come out NaN for some inputs only
+        logits, target = MODE_TARGETS[mode]()
+        logits = (logits * 4).requires_grad_(True)
+        value = factory(mode)(logits, target)
+        value.backward()
+        assert torch.isfinite(value) and torch.isfinite(logits.grad).all()
+        perfect = factory(mode)(_confident(target, logits.shape), target)
+        assert perfect < value  # the loss rewards a right prediction
 
 
 @pytest.mark.parametrize(
