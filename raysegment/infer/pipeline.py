@@ -27,7 +27,7 @@ from raysegment.infer.model import (
     read_model_file,
 )
 from raysegment.infer.plan import ImagePlan, plan_image, provenance, tile_size
-from raysegment.infer.stages import Predictor, read_stage, write_stage
+from raysegment.infer.stages import Predictor, decode_error, read_stage, write_stage
 from raysegment.infer.writer import (
     complete_output,
     create_output,
@@ -297,6 +297,10 @@ def _run(
     )
     with bar:
         for row in ds.iter_rows():
+            if row["error"]:
+                # The block's user error (a corrupt chunk met mid-run, say): finished
+                # blocks stay done, so the same command resumes once the input is fixed.
+                raise decode_error(str(row["error"]))
             image = int(row["image"])
             summary.tiles += int(row["tiles"])
             remaining[image] -= 1

@@ -13,6 +13,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from raysegment import errors
+from raysegment.errors import RaySegmentError
 from raysegment.infer.finalize import FINALIZERS
 from raysegment.infer.model import ModelFile, load_model
 from raysegment.infer.plan import ImagePlan, WorkItem
@@ -33,7 +35,26 @@ def _item(batch: Batch, i: int) -> WorkItem:
 
 
 def _passthrough(batch: Batch, i: int) -> Batch:
-    return {k: batch[k][i : i + 1] for k in ("image", "t", "z", "index")}
+    return {k: batch[k][i : i + 1] for k in ("image", "t", "z", "index", "error") if k in batch}
+
+
+def _failed(batch: Batch, plan: ImagePlan, error: str) -> Batch:
+    """A row carrying a user error down the pipeline instead of raising it: Ray wraps a
+    raised exception and drops its type, and the driver must report it as one line."""
+    dummy = np.zeros((1,) * (plan.spatial_dims + 2), plan.layout.dtype)
+    return _passthrough(batch, 0) | {"data": dummy, "error": np.array([error])}
+
+
+def encode_error(error: RaySegmentError) -> str:
+    return f"{type(error).__name__}\t{error}"
+
+
+def decode_error(text: str) -> RaySegmentError:
+    name, _, message = text.partition("\t")
+    cls = getattr(errors, name, None)
+    if not (isinstance(cls, type) and issubclass(cls, RaySegmentError)):
+        cls = RaySegmentError
+    return cls(message)
 
 
 def read_stage(batch: Batch, plans: Sequence[ImagePlan]) -> Batch:
@@ -41,7 +62,10 @@ def read_stage(batch: Batch, plans: Sequence[ImagePlan]) -> Batch:
     item = _item(batch, 0)
     plan = plans[item.image]
     block = plan.block_of(item)
-    data = plan.source.read(item.t, plan.channels, plan.source_region(item, block))
+    try:
+        data = plan.source.read(item.t, plan.channels, plan.source_region(item, block))
+    except RaySegmentError as e:  # e.g. a corrupt chunk met mid-run
+        return _failed(batch, plan, encode_error(e))
     data = data.astype(np.float32, copy=False)
     if plan.spatial_dims == 2:
         data = data[:, 0]
@@ -52,7 +76,7 @@ def read_stage(batch: Batch, plans: Sequence[ImagePlan]) -> Batch:
         data = (data - offset) / scale
     if any(p != (0, 0) for p in block.pad):
         data = np.pad(data, ((0, 0), *block.pad), mode=plan.padding)  # type: ignore[call-overload]
-    return _passthrough(batch, 0) | {"data": data[None]}
+    return _passthrough(batch, 0) | {"data": data[None], "error": np.array([""])}
 
 
 def auto_batch_size(
@@ -186,6 +210,11 @@ class Predictor:
     def __call__(self, batch: Batch) -> Batch:
         item = _item(batch, 0)
         plan = self.plans[item.image]
+        if batch["error"][0]:
+            return _failed(batch, plan, str(batch["error"][0])) | {
+                "tiles": np.array([0]),
+                "seconds": np.array([0.0]),
+            }
         start = time.perf_counter()
         data = torch.from_numpy(np.require(batch["data"][0], requirements=["C", "W"])).to(
             self.device
@@ -206,6 +235,14 @@ def write_stage(batch: Batch, plans: Sequence[ImagePlan]) -> Batch:
     """Write a finalized block into its chunks, then mark it done."""
     item = _item(batch, 0)
     plan = plans[item.image]
+    if batch["error"][0]:
+        return {
+            "image": batch["image"][:1],
+            "tiles": np.array([0]),
+            "seconds": np.array([0.0]),
+            "pixels": np.array([0]),
+            "error": batch["error"][:1],
+        }
     block = plan.block_of(item)
     data: Any = batch["data"][0]
     index = plan.output_index(item, block)
@@ -218,4 +255,5 @@ def write_stage(batch: Batch, plans: Sequence[ImagePlan]) -> Batch:
         "tiles": batch["tiles"][:1],
         "seconds": batch["seconds"][:1],
         "pixels": np.array([pixels]),
+        "error": batch["error"][:1],
     }
