@@ -167,6 +167,8 @@ class InferConfig:
     tile: TileConfig = field(default_factory=TileConfig)
     normalize: NormalizeConfig = field(default_factory=NormalizeConfig)
     finalize: FinalizeConfig = field(default_factory=FinalizeConfig)
+    tta: bool = False
+    """Test-time augmentation: average the logits over flips (4 in 2D, 8 in 3D)."""
     overwrite: bool = False
     """Replace an existing output instead of refusing (complete) or resuming (incomplete)."""
     progress: bool = True

@@ -280,6 +280,7 @@ def _run(
             "static_batch": spec.static_batch,
             "threads": cpus,
             "finalize": finalize,
+            "tta": cfg.tta,
         },
         num_gpus=1 if use_gpu else 0,
         num_cpus=cpus,

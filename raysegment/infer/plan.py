@@ -262,6 +262,7 @@ def plan_image(
                 "padding": cfg.tile.padding.value,
                 "block": block,
                 "chunks": chunks,
+                "tta": cfg.tta,
                 "norm": norm,
                 "finalize": [mode, cfg.finalize.threshold, cfg.finalize.activation.value],
             },

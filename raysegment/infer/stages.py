@@ -5,6 +5,7 @@ Each row is one block; rows carry their coordinates, so order never matters.
 
 from __future__ import annotations
 
+import itertools
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -100,6 +101,27 @@ def auto_batch_size(
     return int(np.clip(psutil.virtual_memory().available // 4 // per_tile, 1, 4))
 
 
+def forward(module: torch.nn.Module, x: torch.Tensor, tta: bool = False) -> torch.Tensor:
+    """Logits for a batch of tiles. With ``tta``, the mean over every combination of flips
+    of the spatial axes (4 in 2D, 8 in 3D), each flip undone on its output."""
+    spatial = range(2, x.ndim)
+    combos = (
+        [()]
+        if not tta
+        else [axes for r in range(len(spatial) + 1) for axes in itertools.combinations(spatial, r)]
+    )
+    total: torch.Tensor | None = None
+    with torch.inference_mode():
+        for axes in combos:
+            y = module(torch.flip(x, axes) if axes else x)
+            if isinstance(y, (tuple, list)):
+                y = y[0]
+            y = torch.flip(y.float(), axes) if axes else y.float()
+            total = y if total is None else total + y
+    assert total is not None
+    return total / len(combos)
+
+
 def predict_block(
     module: torch.nn.Module,
     plan: ImagePlan,
@@ -108,14 +130,15 @@ def predict_block(
     batch_size: int,
     weights: Sequence[torch.Tensor],
     fixed_batch: bool = False,
+    tta: bool = False,
 ) -> tuple[torch.Tensor, int]:
     """Run every tile of the block and blend them over the block's own region.
 
     ``data`` is the padded source region (C_in, *outer); ``weights[axis][i]`` the 1D
     blending profile of grid tile ``i``; ``fixed_batch``: the model takes exactly
     ``batch_size`` tiles (a torch.export program with a static batch), so the last batch
-    is filled up with zero tiles. Returns the blended raw output (C_out, *inner)
-    and the number of tiles run.
+    is filled up with zero tiles; ``tta``: average the logits over flips (see ``forward``).
+    Returns the blended raw output (C_out, *inner) and the number of tiles run.
     """
     block = plan.block_of(item)
     tile = plan.tiling.tile
@@ -133,11 +156,7 @@ def predict_block(
         )
         if fixed_batch and len(chunk) < batch_size:
             x = torch.cat([x, x.new_zeros((batch_size - len(chunk), *x.shape[1:]))])
-        with torch.inference_mode():
-            y = module(x)
-        if isinstance(y, (tuple, list)):
-            y = y[0]
-        y = y.float()
+        y = forward(module, x, tta)
         if num is None:
             num = torch.zeros((y.shape[1], *den.shape), device=data.device)
         for (grid, start), pred in zip(chunk, y, strict=False):
@@ -171,6 +190,7 @@ class Predictor:
         static_batch: int | None,
         threads: int,
         finalize: tuple[str, str, float],
+        tta: bool = False,
     ) -> None:
         torch.set_num_threads(threads)
         self.device = torch.device("cuda" if use_gpu and torch.cuda.is_available() else "cpu")
@@ -182,6 +202,7 @@ class Predictor:
         self.module = load_model(program, self.device)
         self.plans: Sequence[ImagePlan] = ray.get(plans[0])
         self.finalize = finalize
+        self.tta = tta
         first = self.plans[0]
         tile_shape = (len(first.channels), *first.tiling.tile)
         self.fixed_batch = static_batch is not None
@@ -220,7 +241,14 @@ class Predictor:
             self.device
         )
         blended, tiles = predict_block(
-            self.module, plan, item, data, self.batch_size, self.weights(plan), self.fixed_batch
+            self.module,
+            plan,
+            item,
+            data,
+            self.batch_size,
+            self.weights(plan),
+            self.fixed_batch,
+            self.tta,
         )
         mode, activation, threshold = self.finalize
         out = FINALIZERS.get(mode)(blended, activation, threshold).cpu().numpy()

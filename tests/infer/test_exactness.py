@@ -127,3 +127,46 @@ def test_image_smaller_than_tile_is_padded(tmp_path, make_model, ome_tiff) -> No
     padded = np.pad(image, ((0, 12), (0, 5)))
     want = whole_image_prediction(module, padded)[:, :20, :27]
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-4)
+
+
+@pytest.mark.parametrize("dims,shape", [(2, (90, 117)), (3, (21, 30, 27))])
+def test_tta_makes_any_model_flip_equivariant(tmp_path, make_model, dims, shape) -> None:
+    """With flips averaged on the logits, segmenting a flipped image gives the flipped
+    result, even for a model that is not flip-equivariant itself (crop blending keeps the
+    tiling out of it)."""
+    image = random_image(shape, seed=5)
+    model_path, module = make_model(dims=dims, out_ch=1)
+    axes = tuple(range(dims))
+    for name, data in (("plain", image), ("flipped", np.flip(image, axes))):
+        zarr.create_array(
+            str(tmp_path / f"{name}.zarr"), data=np.ascontiguousarray(data), chunks=(16,) * dims
+        )
+    cfg = dict(tile={"size": [16], "overlap": 0.5, "blend": "crop"}, chunks=[16], block=[32])
+    outs = {}
+    for tta in (False, True):
+        for name in ("plain", "flipped"):
+            out = tmp_path / f"out_{name}_{tta}"
+            infer(
+                input=str(tmp_path / f"{name}.zarr"),
+                model=str(model_path),
+                output=str(out),
+                progress=False,
+                finalize={"mode": "raw"},
+                tta=tta,
+                **cfg,
+            )
+            outs[name, tta] = zarr.open_array(str(out / f"{name}.ome.zarr" / "0"), mode="r")[:]
+    spatial = tuple(a + 1 for a in axes)
+    np.testing.assert_allclose(
+        np.flip(outs["flipped", True], spatial), outs["plain", True], rtol=1e-5, atol=1e-5
+    )
+    assert not np.allclose(
+        np.flip(outs["flipped", False], spatial), outs["plain", False], atol=1e-3
+    )  # the model alone is not equivariant
+    # TTA on the plain image = mean of the model over all flips of the whole image
+    want = np.zeros_like(outs["plain", True])
+    flips = [c for r in range(dims + 1) for c in itertools.combinations(axes, r)]
+    for f in flips:
+        pred = whole_image_prediction(module, np.flip(image, f).copy())
+        want += np.flip(pred, tuple(a + 1 for a in f))
+    np.testing.assert_allclose(outs["plain", True], want / len(flips), rtol=1e-5, atol=1e-4)
