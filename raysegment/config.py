@@ -169,6 +169,9 @@ class InferConfig:
     finalize: FinalizeConfig = field(default_factory=FinalizeConfig)
     tta: bool = False
     """Test-time augmentation: average the logits over flips (4 in 2D, 8 in 3D)."""
+    skip_empty: bool = True
+    """Blocks whose input is constant (slide background, absent zarr chunks) skip the model
+    and keep the fill value 0."""
     overwrite: bool = False
     """Replace an existing output instead of refusing (complete) or resuming (incomplete)."""
     progress: bool = True

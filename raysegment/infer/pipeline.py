@@ -48,6 +48,8 @@ class InferSummary:
     images: int = 0
     blocks: int = 0
     resumed_blocks: int = 0
+    empty_blocks: int = 0
+    """Blocks with constant input, written as fill value without running the model."""
     tiles: int = 0
     seconds: float = 0.0
     megapixels: float = 0.0
@@ -62,6 +64,7 @@ class InferSummary:
 
     def __str__(self) -> str:
         resumed = f" ({self.resumed_blocks} already done)" if self.resumed_blocks else ""
+        resumed += f" ({self.empty_blocks} empty)" if self.empty_blocks else ""
         return (
             f"raysegment: {self.images} image(s), {self.blocks} block(s){resumed}, "
             f"{self.tiles} tile(s) on {self.actors} {self.device} actor(s) of Ray cluster "
@@ -304,6 +307,7 @@ def _run(
                 raise decode_error(str(row["error"]))
             image = int(row["image"])
             summary.tiles += int(row["tiles"])
+            summary.empty_blocks += int(row["empty"])
             remaining[image] -= 1
             bar.update(1)
             bar.set_postfix(tiles=summary.tiles, refresh=False)

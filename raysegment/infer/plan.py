@@ -56,6 +56,8 @@ class ImagePlan:
     padding: str
     norm: tuple[tuple[float, ...], tuple[float, ...]] | None
     """Per-channel (offset, scale): the model sees (pixel - offset) / scale."""
+    skip_empty: bool
+    """Constant-input blocks skip the model and keep the fill value."""
     fingerprint: str
 
     @property
@@ -263,6 +265,7 @@ def plan_image(
                 "block": block,
                 "chunks": chunks,
                 "tta": cfg.tta,
+                "skip_empty": cfg.skip_empty,
                 "norm": norm,
                 "finalize": [mode, cfg.finalize.threshold, cfg.finalize.activation.value],
             },
@@ -281,6 +284,7 @@ def plan_image(
         layout=layout,
         padding=cfg.tile.padding.value,
         norm=norm,
+        skip_empty=cfg.skip_empty,
         fingerprint=fingerprint,
     )
 

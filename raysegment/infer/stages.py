@@ -36,14 +36,23 @@ def _item(batch: Batch, i: int) -> WorkItem:
 
 
 def _passthrough(batch: Batch, i: int) -> Batch:
-    return {k: batch[k][i : i + 1] for k in ("image", "t", "z", "index", "error") if k in batch}
+    keys = ("image", "t", "z", "index", "error", "empty")
+    return {k: batch[k][i : i + 1] for k in keys if k in batch}
 
 
 def _failed(batch: Batch, plan: ImagePlan, error: str) -> Batch:
     """A row carrying a user error down the pipeline instead of raising it: Ray wraps a
     raised exception and drops its type, and the driver must report it as one line."""
-    dummy = np.zeros((1,) * (plan.spatial_dims + 2), plan.layout.dtype)
-    return _passthrough(batch, 0) | {"data": dummy, "error": np.array([error])}
+    return _passthrough(batch, 0) | {
+        "data": _dummy(plan),
+        "error": np.array([error]),
+        "empty": np.array([False]),
+    }
+
+
+def _dummy(plan: ImagePlan) -> np.ndarray:
+    """Stands in for block data that a row does not carry (error or empty block)."""
+    return np.zeros((1,) * (plan.spatial_dims + 2), plan.layout.dtype)
 
 
 def encode_error(error: RaySegmentError) -> str:
@@ -67,6 +76,13 @@ def read_stage(batch: Batch, plans: Sequence[ImagePlan]) -> Batch:
         data = plan.source.read(item.t, plan.channels, plan.source_region(item, block))
     except RaySegmentError as e:  # e.g. a corrupt chunk met mid-run
         return _failed(batch, plan, encode_error(e))
+    if plan.skip_empty and data.size and data.min() == data.max():
+        # Constant input (slide background, absent zarr chunks): no model, fill value.
+        return _passthrough(batch, 0) | {
+            "data": _dummy(plan),
+            "error": np.array([""]),
+            "empty": np.array([True]),
+        }
     data = data.astype(np.float32, copy=False)
     if plan.spatial_dims == 2:
         data = data[:, 0]
@@ -77,7 +93,11 @@ def read_stage(batch: Batch, plans: Sequence[ImagePlan]) -> Batch:
         data = (data - offset) / scale
     if any(p != (0, 0) for p in block.pad):
         data = np.pad(data, ((0, 0), *block.pad), mode=plan.padding)  # type: ignore[call-overload]
-    return _passthrough(batch, 0) | {"data": data[None], "error": np.array([""])}
+    return _passthrough(batch, 0) | {
+        "data": data[None],
+        "error": np.array([""]),
+        "empty": np.array([False]),
+    }
 
 
 def auto_batch_size(
@@ -231,8 +251,9 @@ class Predictor:
     def __call__(self, batch: Batch) -> Batch:
         item = _item(batch, 0)
         plan = self.plans[item.image]
-        if batch["error"][0]:
-            return _failed(batch, plan, str(batch["error"][0])) | {
+        if batch["error"][0] or batch["empty"][0]:
+            return _passthrough(batch, 0) | {
+                "data": _dummy(plan),
                 "tiles": np.array([0]),
                 "seconds": np.array([0.0]),
             }
@@ -270,12 +291,15 @@ def write_stage(batch: Batch, plans: Sequence[ImagePlan]) -> Batch:
             "seconds": np.array([0.0]),
             "pixels": np.array([0]),
             "error": batch["error"][:1],
+            "empty": batch["empty"][:1],
         }
     block = plan.block_of(item)
     data: Any = batch["data"][0]
     index = plan.output_index(item, block)
-    # Integer indices (t, or z for a 2D model) drop axes the block does not have.
-    write_block(Path(plan.output), index, data.astype(plan.layout.dtype, copy=False))
+    # Integer indices (t, or z for a 2D model) drop axes the block does not have. An empty
+    # block writes the fill value: zarr stores no chunk for it (and drops a stale one).
+    value = 0 if batch["empty"][0] else data.astype(plan.layout.dtype, copy=False)
+    write_block(Path(plan.output), index, value)
     mark_done(Path(plan.output), item.key)
     pixels = int(np.prod([b - a for a, b in block.inner]))
     return {
@@ -284,4 +308,5 @@ def write_stage(batch: Batch, plans: Sequence[ImagePlan]) -> Batch:
         "seconds": batch["seconds"][:1],
         "pixels": np.array([pixels]),
         "error": batch["error"][:1],
+        "empty": batch["empty"][:1],
     }

@@ -165,7 +165,7 @@ def _array(path: Path) -> Any:
         return _ARRAYS[key]
 
 
-def write_block(path: Path, index: tuple[slice | int, ...], data: np.ndarray) -> None:
+def write_block(path: Path, index: tuple[slice | int, ...], data: np.ndarray | int) -> None:
     """Write ``data`` at ``index``; the region must cover whole chunks (or end at the edge)."""
     _array(path)[index] = data
 

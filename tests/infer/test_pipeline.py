@@ -266,3 +266,32 @@ def test_existing_outputs_refused_resumed_or_overwritten(tmp_path, make_model, o
 
     infer(**(cfg | {"overwrite": True}))
     np.testing.assert_array_equal(zarr.open_array(str(target / "0"), mode="r")[:], reference)
+
+
+def test_constant_blocks_skip_the_model_and_stay_fill_value(tmp_path, make_model) -> None:
+    image = random_image((192, 128)).astype("float32")
+    # Background wide enough that the first row of 64x64 blocks, with the tiles reaching
+    # into them, sees only zeros: those two blocks are empty.
+    image[:128, :] = 0.0
+    path = tmp_path / "img.zarr"
+    zarr.create_array(str(path), data=image, chunks=(64, 64))
+    model, module = make_model(out_ch=1)
+    cfg = dict(
+        input=str(path),
+        model=str(model),
+        progress=False,
+        chunks=[64],
+        block=[64],
+        tile={"size": [32], "blend": "crop"},
+        finalize={"mode": "raw"},
+    )
+    skipped = infer(output=str(tmp_path / "skip"), **cfg)
+    full = infer(output=str(tmp_path / "full"), skip_empty=False, **cfg)
+    assert skipped.empty_blocks == 2 and full.empty_blocks == 0
+    assert skipped.tiles < full.tiles and "(2 empty)" in str(skipped)
+    got = zarr.open_array(str(tmp_path / "skip" / "img.ome.zarr" / "0"), mode="r")
+    want = zarr.open_array(str(tmp_path / "full" / "img.ome.zarr" / "0"), mode="r")[:]
+    assert (got[:, :64] == 0).all()  # fill value, and no chunk stored for it
+    assert not list((tmp_path / "skip" / "img.ome.zarr" / "0" / "c" / "0" / "0").glob("*"))
+    np.testing.assert_array_equal(got[:, 64:], want[:, 64:])
+    assert not np.allclose(want[:, :64], 0)  # the model would have said something there
