@@ -37,6 +37,7 @@ __all__ = [
     "TileConfig",
     "TrainConfig",
     "TrainMode",
+    "as_config",
     "config_to_dict",
     "load_config",
 ]
@@ -412,6 +413,15 @@ def load_config(
     except OmegaConfBaseException as e:
         raise _config_error(e, base) from None
     return obj  # type: ignore[return-value]
+
+
+def as_config(schema: type[C], config: Any, overrides: Mapping[str, Any]) -> C:
+    """The Python API's argument handling: a ``schema`` instance, a mapping of keys, or
+    None, with keyword ``overrides`` on top, validated like the command line."""
+    if isinstance(config, schema) and not overrides:
+        return config
+    values = config_to_dict(config) if isinstance(config, schema) else dict(config or {})
+    return load_config(schema, values=values | dict(overrides))
 
 
 def config_to_dict(cfg: Any) -> dict[str, Any]:

@@ -17,6 +17,7 @@ from typing import Any
 import torch
 
 from raysegment.errors import ModelContractError, ModelLoadError
+from raysegment.modeldir import MODEL_META
 
 __all__ = [
     "MODEL_META",
@@ -28,9 +29,6 @@ __all__ = [
     "read_model_file",
 ]
 
-MODEL_META = "raysegment.json"
-"""Optional metadata next to model.pth: in_channels, spatial_dims, classes, tile_size,
-normalize ({"mean": m, "std": s}), activation."""
 _DIR_CANDIDATES = ("model.pth", "model.pt", "model.pt2")
 
 

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from raysegment._version import __version__
-from raysegment.config import InferConfig, config_to_dict, load_config
+from raysegment.config import InferConfig, as_config, config_to_dict
 from raysegment.data.inputs import resolve_inputs
 from raysegment.data.sources import image_stem, open_source
 from raysegment.errors import ConfigError, OutputError
@@ -34,6 +34,7 @@ from raysegment.infer.writer import (
     done_blocks,
     inspect_output,
 )
+from raysegment.runtime import quiet_ray_data, start_ray
 
 __all__ = ["InferSummary", "infer"]
 
@@ -72,17 +73,8 @@ class InferSummary:
         )
 
 
-def _as_config(
-    config: InferConfig | Mapping[str, Any] | None, overrides: Mapping[str, Any]
-) -> InferConfig:
-    if isinstance(config, InferConfig) and not overrides:
-        return config
-    values = config_to_dict(config) if isinstance(config, InferConfig) else dict(config or {})
-    return load_config(InferConfig, values=values | dict(overrides))
-
-
 def _start_ray(device: str) -> bool:
-    """Connect to ``RAY_ADDRESS`` or start a local Ray; returns whether this call did."""
+    """``runtime.start_ray`` after checking that GPU indices name local GPUs."""
     import ray
 
     if ray.is_initialized():
@@ -95,11 +87,7 @@ def _start_ray(device: str) -> bool:
             )
         # Ray hands out only the GPUs the local raylet sees.
         os.environ["CUDA_VISIBLE_DEVICES"] = device
-    # RAY_ADDRESS (host:port, or "auto" for a cluster started here with `ray start`)
-    # selects a cluster; otherwise start a private local one, never a stale leftover.
-    address = os.environ.get("RAY_ADDRESS") or "local"
-    ray.init(address=address, logging_level=logging.ERROR, include_dashboard=False)
-    return True
+    return start_ray()
 
 
 def _pool(cfg: InferConfig) -> tuple[bool, int, int]:
@@ -175,7 +163,7 @@ def infer(config: InferConfig | Mapping[str, Any] | None = None, **overrides: An
     """
     import ray
 
-    cfg = _as_config(config, overrides)
+    cfg = as_config(InferConfig, config, overrides)
     start = time.perf_counter()
     # Workers may run elsewhere (another cwd, another node with the same mounts): every
     # path they see is absolute.
@@ -252,12 +240,7 @@ def _run(
     import ray
     from tqdm import tqdm
 
-    # Our progress bar and summary replace Ray Data's own bars and messages.
-    for name in ("ray.data._internal.progress", "ray.data._internal.execution.streaming_executor"):
-        logging.getLogger(name).setLevel(logging.ERROR)
-    ctx = ray.data.DataContext.get_current()
-    ctx.enable_progress_bars = False
-    ctx.print_on_execution_start = False
+    quiet_ray_data()
     items = [{"image": w.image, "t": w.t, "z": w.z, "index": np.asarray(w.index)} for w in pending]
     use_gpu, actors, cpus = pool
     activation = cfg.finalize.activation.value

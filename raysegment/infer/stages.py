@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from raysegment import errors
+from raysegment.data.tiling import blend_weights_1d
 from raysegment.errors import RaySegmentError
 from raysegment.infer.finalize import FINALIZERS
 from raysegment.infer.model import ModelFile, load_model
@@ -233,8 +234,6 @@ class Predictor:
 
     def weights(self, plan: ImagePlan) -> list[torch.Tensor]:
         if plan.id not in self._weights:
-            from raysegment.data.tiling import blend_weights_1d
-
             self._weights[plan.id] = [
                 torch.from_numpy(
                     np.stack(

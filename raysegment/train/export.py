@@ -12,7 +12,7 @@ import torch
 from omegaconf import OmegaConf
 
 from raysegment.config import TrainConfig
-from raysegment.infer.model import MODEL_META
+from raysegment.modeldir import MODEL_META
 from raysegment.train.components import build_model
 from raysegment.train.data import TrainingSet
 from raysegment.train.loop import history_csv

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import shutil
 import time
 from collections.abc import Mapping
@@ -16,8 +15,9 @@ import numpy as np
 import torch
 
 from raysegment._version import __version__
-from raysegment.config import TrainConfig, config_to_dict, load_config
+from raysegment.config import TrainConfig, as_config, config_to_dict
 from raysegment.errors import ConfigError, OutputError
+from raysegment.runtime import quiet_ray_data, start_ray
 from raysegment.train.components import build_model, check_combination
 from raysegment.train.data import TrainingSet, prepare, read_patches
 from raysegment.train.export import TrainSummary, export_model
@@ -119,11 +119,7 @@ def train(
     import ray.train
     from ray.train.torch import TorchTrainer
 
-    if isinstance(config, TrainConfig) and not overrides:
-        cfg = config
-    else:
-        values = config_to_dict(config) if isinstance(config, TrainConfig) else dict(config or {})
-        cfg = load_config(TrainConfig, values=values | dict(overrides))
+    cfg = as_config(TrainConfig, config, overrides)
     started = time.perf_counter()
     check_combination(cfg)
     _check_pretrained(cfg)
@@ -131,13 +127,7 @@ def train(
     _probe(cfg, data)
     out = _prepare_output(cfg)
 
-    own_ray = not ray.is_initialized()
-    if own_ray:
-        ray.init(
-            address=os.environ.get("RAY_ADDRESS") or "local",
-            include_dashboard=False,
-            logging_level=logging.ERROR,
-        )
+    own_ray = start_ray()
     try:
         gpus = int(ray.cluster_resources().get("GPU", 0))
         use_gpu = cfg.device == "gpu" or (cfg.device == "auto" and gpus > 0)
@@ -150,13 +140,7 @@ def train(
         # neither can start: give each worker a share of the CPUs and reads a quarter CPU.
         cpus = float(ray.cluster_resources().get("CPU", 1))
         worker_cpus = 1.0 if use_gpu else min(1.0, (cpus - 0.5) / cfg.num_workers)
-        ctx = ray.data.DataContext.get_current()
-        ctx.enable_progress_bars = False
-        for name in (
-            "ray.data._internal.progress",
-            "ray.data._internal.execution.streaming_executor",
-        ):
-            logging.getLogger(name).setLevel(logging.ERROR)
+        quiet_ray_data()
         train_ds: Any = ray.data.from_items(data.train_specs(cfg.patches_per_epoch, cfg.seed))
         train_ds = train_ds.map_batches(
             read_patches,

@@ -1,0 +1,10 @@
+"""The model directory contract shared by ``raysegment train`` (writer) and
+``raysegment infer`` (reader)."""
+
+from __future__ import annotations
+
+__all__ = ["MODEL_META"]
+
+MODEL_META = "raysegment.json"
+"""Optional metadata next to model.pth: in_channels, spatial_dims, classes, tile_size,
+normalize ({"mean": m, "std": s}, per channel or one value), activation."""

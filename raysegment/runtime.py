@@ -1,0 +1,39 @@
+"""Joining or starting Ray, shared by ``infer`` and ``train`` (imports Ray lazily)."""
+
+from __future__ import annotations
+
+import logging
+import os
+
+__all__ = ["quiet_ray_data", "start_ray"]
+
+
+def start_ray() -> bool:
+    """Join the cluster ``RAY_ADDRESS`` names, else start a private local Ray.
+
+    ``RAY_ADDRESS`` is host:port, or ``auto`` for a cluster started on this machine with
+    ``ray start`` (``ray job submit`` sets it for its jobs). Without it a new local Ray is
+    started, never a stale leftover cluster found on the machine.
+
+    Returns:
+        Whether this call started or joined Ray (and so should shut it down); False when
+        Ray was already initialized by the caller.
+    """
+    import ray
+
+    if ray.is_initialized():
+        return False
+    address = os.environ.get("RAY_ADDRESS") or "local"
+    ray.init(address=address, logging_level=logging.ERROR, include_dashboard=False)
+    return True
+
+
+def quiet_ray_data() -> None:
+    """Replace Ray Data's own progress bars and per-dataset messages by ours."""
+    import ray
+
+    for name in ("ray.data._internal.progress", "ray.data._internal.execution.streaming_executor"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+    ctx = ray.data.DataContext.get_current()
+    ctx.enable_progress_bars = False
+    ctx.print_on_execution_start = False
