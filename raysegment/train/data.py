@@ -199,6 +199,11 @@ def prepare(cfg: TrainConfig) -> TrainingSet:
     if max(channels) >= min(p.image.info.shape[1] for p in pairs):
         raise ConfigError(f"channels={list(channels)}: an image has fewer channels")
     classes = _classes(cfg, pairs)
+    if cfg.class_names is not None and len(cfg.class_names) != classes:
+        raise ConfigError(
+            f"class_names={cfg.class_names} names {len(cfg.class_names)} class(es) but the "
+            f"labels ({cfg.mode.value}) give the model {classes} output channel(s)"
+        )
     rng = np.random.default_rng(cfg.seed)
     order = rng.permutation(len(pairs))
     n_train = min(max(1, round(cfg.train_fraction * len(pairs))), len(pairs) - 1)

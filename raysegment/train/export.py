@@ -42,9 +42,7 @@ class TrainSummary:
 
 
 def _class_names(cfg: TrainConfig, data: TrainingSet) -> list[str]:
-    if cfg.class_names:
-        if len(cfg.class_names) != data.classes:
-            raise ValueError(f"class_names has {len(cfg.class_names)} names for {data.classes}")
+    if cfg.class_names:  # its length was checked against the labels by prepare()
         return list(cfg.class_names)
     if data.mode == "binary":
         return ["foreground"]

@@ -128,3 +128,12 @@ def test_bad_training_data(tmp_path: Path, setup, overrides, match) -> None:
     setup(tmp_path)
     with pytest.raises(InputImageError, match=match):
         prepare(_cfg(tmp_path, *overrides))
+
+
+def test_class_names_must_fit_the_labels_before_training(tmp_path: Path) -> None:
+    from raysegment.errors import ConfigError
+
+    _ok(tmp_path, mode_values=(0, 1, 2))
+    assert prepare(_cfg(tmp_path, "mode=multiclass", "class_names=[bg,a,b]")).classes == 3
+    with pytest.raises(ConfigError, match="names 2 class\\(es\\) but the labels"):
+        prepare(_cfg(tmp_path, "mode=multiclass", "class_names=[bg,a]"))
