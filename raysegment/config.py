@@ -175,6 +175,9 @@ class InferConfig:
     and keep the fill value 0."""
     overwrite: bool = False
     """Replace an existing output instead of refusing (complete) or resuming (incomplete)."""
+    max_attempts: int = 3
+    """Processes a block may take down (out of memory, a native crash, a lost node) before
+    the run stops naming the block; Ray restarts the process and retries until then."""
     progress: bool = True
     """Show a progress bar."""
 
@@ -184,7 +187,7 @@ class InferConfig:
                 f"device={self.device!r}: choose auto, cpu, gpu, all, or GPU indices like 1,3,6"
             )
         self.device = self.device.replace(" ", "")
-        for key in ("batch_size", "actors", "threads"):
+        for key in ("batch_size", "actors", "threads", "max_attempts"):
             value = getattr(self, key)
             if value is not None and value < 1:
                 raise ConfigError(f"{key}={value} must be >= 1")
@@ -272,10 +275,16 @@ class TrainConfig:
     """Ray Train workers (data-parallel)."""
     device: str = "auto"
     """auto (GPU workers if Ray sees GPUs) | cpu | gpu."""
+    max_failures: int = 3
+    """Worker failures (a crashed process, a lost node) recovered from the last checkpoint
+    before the run fails; -1: no limit."""
     overwrite: bool = False
-    """Replace an existing output directory."""
+    """Replace an existing output directory (else a finished one is refused and an
+    unfinished one, from the same settings, resumed from its last checkpoint)."""
 
     def __post_init__(self) -> None:
+        if self.max_failures < -1:
+            raise ConfigError(f"max_failures={self.max_failures} must be >= -1")
         if not 0.0 < self.train_fraction < 1.0:
             raise ConfigError(f"train_fraction={self.train_fraction} must be in (0, 1)")
         if self.device not in ("auto", "cpu", "gpu"):

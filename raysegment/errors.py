@@ -7,6 +7,7 @@ Each class also subclasses the builtin a caller would expect, so library users c
 from __future__ import annotations
 
 __all__ = [
+    "BlockFailedError",
     "ConfigError",
     "InputImageError",
     "ModelContractError",
@@ -46,3 +47,7 @@ class ModelContractError(RaySegmentError, ValueError):
 
 class OutputError(RaySegmentError, ValueError):
     """The output exists, cannot be written, or was made with other settings."""
+
+
+class BlockFailedError(RaySegmentError, RuntimeError):
+    """Every process that ran one block died (out of memory, a native crash)."""

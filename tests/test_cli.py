@@ -13,6 +13,7 @@ import tifffile
 import torch
 import zarr
 
+from raysegment.infer.writer import inspect_output
 from tests.conftest import conv_model, random_image, save_torchscript
 
 
@@ -33,7 +34,17 @@ def files(tmp_path: Path) -> Path:
     tifffile.imwrite(
         tmp_path / "img.ome.tif", random_image((64, 64)), ome=True, metadata={"axes": "YX"}
     )
+    tifffile.imwrite(
+        tmp_path / "cut.ome.tif",
+        random_image((512, 512)),
+        ome=True,
+        tile=(64, 64),
+        metadata={"axes": "YX"},
+    )
+    with open(tmp_path / "cut.ome.tif", "r+b") as f:  # a copy that stopped half-way
+        f.truncate((tmp_path / "cut.ome.tif").stat().st_size // 2)
     save_torchscript(conv_model(), tmp_path / "model.pth", 2, 1)
+    save_torchscript(conv_model(3), tmp_path / "m3.pth", 3, 1)
     torch.jit.save(
         torch.jit.trace(torch.nn.AvgPool2d(2), torch.zeros(1, 1, 8, 8)),
         str(tmp_path / "shrinks.pth"),
@@ -41,15 +52,51 @@ def files(tmp_path: Path) -> Path:
     (tmp_path / "shrinks").mkdir()
     (tmp_path / "shrinks.pth").rename(tmp_path / "shrinks" / "model.pth")
     (tmp_path / "shrinks" / "raysegment.json").write_text('{"in_channels":1,"spatial_dims":2}')
+    (tmp_path / "ints").mkdir()
+    torch.jit.save(
+        torch.jit.trace(_Counts(), torch.zeros(1, 1, 8, 8)), str(tmp_path / "ints" / "model.pth")
+    )
+    (tmp_path / "ints" / "raysegment.json").write_text('{"in_channels":1,"spatial_dims":2}')
     (tmp_path / "notes.txt").write_text("hello")
     (tmp_path / "bad.tif").write_bytes(b"II*\x00 not really")
     (tmp_path / "fake.pth").write_text("not a model")
+    (tmp_path / "empty.pth").write_bytes(b"")
     zarr.create_array(str(tmp_path / "line.zarr"), data=np.arange(10))
+    zarr.create_array(str(tmp_path / "none.zarr"), shape=(0, 64), dtype="uint8")
+    zarr.create_array(str(tmp_path / "store.zarr"), data=random_image((64, 64)))
+    nan = random_image((128, 128)).astype("float32")
+    nan[100, 7] = np.nan
+    zarr.create_array(str(tmp_path / "nan.zarr"), data=nan, chunks=(64, 64))
+    zarr.create_array(str(tmp_path / "meta.zarr"), data=np.arange(10))
+    (tmp_path / "meta.zarr" / "zarr.json").write_text("{ not json")
     (tmp_path / "empty").mkdir()
+    (tmp_path / "taken" / "img.ome.zarr").mkdir(parents=True)
+    (tmp_path / "taken" / "img.ome.zarr" / "mine.txt").write_text("someone's data")
     return tmp_path
 
 
-OK = ["input=img.ome.tif", "model=model.pth", "output=out"]
+class _Counts(torch.nn.Module):
+    """Returns integer counts instead of floating-point scores."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.cat([x, x], dim=1).round().to(torch.int64)
+
+
+def run_main(*args: str, cwd: Path, capsys: pytest.CaptureFixture[str]) -> tuple[int, str]:
+    """The CLI in this process (the tables below would spend minutes on interpreter and
+    torch start-up as subprocesses); returns (exit code, stderr)."""
+    from raysegment.cli import main
+
+    here = os.getcwd()
+    os.chdir(cwd)
+    try:
+        code = main(list(args))
+    finally:
+        os.chdir(here)
+    return code, capsys.readouterr().err
+
+
+OK = ["input=img.ome.tif", "model=model.pth", "output=out", "progress=false"]
 
 
 def _with(**kv: str) -> list[str]:
@@ -57,16 +104,29 @@ def _with(**kv: str) -> list[str]:
     return [f"{k}={v}" for k, v in (base | kv).items()]
 
 
+# One row per bad input: (name, arguments, what the one stderr line must say).
 CASES: list[tuple[str, list[str], str]] = [
     ("missing input", _with(input="nope.tif"), "nope.tif: no such file"),
     ("pattern matches nothing", _with(input="empty"), "empty: no entry matches"),
     ("pattern matches nothing 2", _with(input=".", pattern=r".*\.czi"), "no entry matches"),
     ("non-image file", _with(input="notes.txt"), "not a supported image"),
     ("corrupt tiff", _with(input="bad.tif"), "bad.tif: not a readable TIFF"),
+    ("truncated tiff", _with(input="cut.ome.tif"), "cut.ome.tif: truncated: 32 strip(s)/tile(s)"),
+    ("corrupt zarr metadata", _with(input="meta.zarr"), "meta.zarr: not a readable zarr"),
     ("1D array", _with(input="line.zarr"), "1D array"),
+    ("zero-size image", _with(input="none.zarr"), "none.zarr: image has zero size"),
+    (
+        "NaN pixels",
+        _with(input="nan.zarr") + ["chunks=64", "block=64", "tile.size=64"],
+        "nan.zarr: 1 NaN/Inf pixel(s) near t=0, z=0, y=100, x=7",
+    ),
     ("missing model", _with(model="none.pth"), "none.pth: model not found"),
     ("not a model", _with(model="fake.pth"), "fake.pth: cannot load the model"),
-    ("contract violation", _with(model="shrinks"), "keep the batch and spatial size"),
+    ("empty model file", _with(model="empty.pth"), "empty.pth: cannot load the model"),
+    ("wrong output shape", _with(model="shrinks"), "keep the batch and spatial size"),
+    ("wrong output dtype", _with(model="ints"), "returned dtype torch.int64"),
+    ("3D model on 2D", _with(model="m3.pth"), "3D model needs a z-stack"),
+    ("huge tile", OK + ["tile.size=100000"], "tile.size=[100000, 100000]"),
     ("unknown key", OK + ["tile.sise=64"], "unknown config key 'tile.sise'"),
     ("bad choice", OK + ["tile.blend=median"], "expected one of"),
     ("wrong type", OK + ["batch_size=lots"], "batch_size"),
@@ -75,22 +135,35 @@ CASES: list[tuple[str, list[str], str]] = [
     ("missing key", ["input=img.ome.tif", "output=out"], "missing required key 'model'"),
     ("not key=value", OK + ["conf/nope.yaml"], "config file not found"),
     ("too many channels", OK + ["channels=[0,1]"], "has 1 channel"),
-    ("3D model on 2D", _with(model="m3.pth"), "3D model needs a z-stack"),
     ("block not chunk multiple", OK + ["chunks=32", "block=48"], "multiple of chunks"),
+    ("output inside input", _with(input="store.zarr", output="store.zarr/seg"), "inside the input"),
+    ("output is input dir", _with(input=".", pattern="img.ome.tif", output="."), "input directory"),
+    ("output not writable", _with(output="notes.txt/out"), "cannot create the output"),
+    ("output exists", _with(output="taken"), "is not a raysegment output"),
 ]
 
 
+@pytest.mark.usefixtures("ray_session")
 @pytest.mark.parametrize("name,args,message", CASES, ids=[c[0] for c in CASES])
-def test_bad_input_one_line_exit_2(files: Path, name: str, args: list[str], message: str) -> None:
-    if name == "3D model on 2D":
-        save_torchscript(conv_model(3), files / "m3.pth", 3, 1)
-    result = run_cli("infer", *args, cwd=files)
-    lines = [line for line in result.stderr.splitlines() if line.strip()]
-    assert result.returncode == 2, result.stderr
-    assert len(lines) == 1, result.stderr
+def test_bad_input_one_line_exit_2(
+    files: Path, capsys: pytest.CaptureFixture[str], name: str, args: list[str], message: str
+) -> None:
+    code, err = run_main("infer", *args, cwd=files, capsys=capsys)
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert code == 2, err
+    assert len(lines) == 1, err
     assert lines[0].startswith("raysegment: error: ") and message in lines[0], lines[0]
-    assert "Traceback" not in result.stderr
-    assert not (files / "out" / "img.ome.zarr").exists()
+    for out in ("out/img.ome.zarr", "out/nan.ome.zarr", "taken/img.ome.zarr"):
+        assert not inspect_output(files / out).complete  # nothing looks complete
+    if name != "NaN pixels":  # refused before anything was written
+        assert not (files / "out").exists()
+
+
+def test_the_real_process_exits_2_without_traceback(files: Path) -> None:
+    result = run_cli("infer", *_with(input="nope.tif"), cwd=files)
+    assert result.returncode == 2
+    assert result.stderr.strip().startswith("raysegment: error: nope.tif: no such file")
+    assert len(result.stderr.strip().splitlines()) == 1
 
 
 @pytest.mark.usefixtures("ray_session")
@@ -117,16 +190,29 @@ def test_help_version_and_unknown_command(files: Path) -> None:
 
 @pytest.fixture
 def train_files(tmp_path: Path) -> Path:
-    for d in ("img", "lbl", "img1"):
-        (tmp_path / d).mkdir()
-    for i in range(3):
-        tifffile.imwrite(tmp_path / "img" / f"a{i}.tif", random_image((40, 40)))
-        tifffile.imwrite(tmp_path / "lbl" / f"a{i}.tif", np.zeros((40, 40), np.uint8))
-    tifffile.imwrite(tmp_path / "img1" / "lonely.tif", random_image((40, 40)))
+    def pairs(name: str, image: np.ndarray, label: np.ndarray) -> None:
+        for d in (f"{name}_img", f"{name}_lbl"):
+            (tmp_path / d).mkdir()
+        for i in range(3):
+            tifffile.imwrite(tmp_path / f"{name}_img" / f"a{i}.tif", image)
+            tifffile.imwrite(tmp_path / f"{name}_lbl" / f"a{i}.tif", label)
+
+    image, label = random_image((40, 40)), np.zeros((40, 40), np.uint8)
+    pairs("ok", image, label)
+    pairs("shape", image, label[:, :30])
+    pairs("multi", image, (np.arange(1600).reshape(40, 40) % 3).astype(np.uint8))
+    pairs("float", image, label.astype("float32"))
+    nan = image.astype("float32")
+    nan[3, 3] = np.inf
+    pairs("nan", nan, label)
+    (tmp_path / "lonely").mkdir()
+    tifffile.imwrite(tmp_path / "lonely" / "lonely.tif", image)
+    (tmp_path / "used").mkdir()
+    (tmp_path / "used" / "thesis.docx").write_text("keep me")
     return tmp_path
 
 
-TRAIN_OK = ["images.dir=img", "labels.dir=lbl", "output=model", "patch_size=32"]
+TRAIN_OK = ["images.dir=ok_img", "labels.dir=ok_lbl", "output=model", "patch_size=32"]
 
 
 def _train_with(**kv: str) -> list[str]:
@@ -134,28 +220,38 @@ def _train_with(**kv: str) -> list[str]:
     return [f"{k}={v}" for k, v in (base | kv).items()]
 
 
+def _data(name: str) -> list[str]:
+    return _train_with(**{"images.dir": f"{name}_img", "labels.dir": f"{name}_lbl"})
+
+
 TRAIN_CASES: list[tuple[str, list[str], str]] = [
-    ("unpaired", _train_with(**{"images.dir": "img1"}), "lonely.tif: no label with key"),
-    ("empty", _train_with(**{"labels.dir": "nope"}), "nope: no such file or directory"),
+    ("unpaired", _train_with(**{"images.dir": "lonely"}), "lonely.tif: no label with key"),
+    ("missing dir", _train_with(**{"labels.dir": "nope"}), "nope: no such file or directory"),
+    ("label shape", _data("shape"), "differs from its image"),
+    ("binary with 3 values", _data("multi"), "mode=binary needs 0 and one foreground value"),
+    ("float labels", _data("float"), "labels must be integers"),
+    ("NaN/Inf pixels", _data("nan"), "a0.tif: has NaN or infinite pixels"),
     ("patch too large", _train_with(patch_size="64"), "smaller than patch_size=[64, 64]"),
     ("unknown arch", TRAIN_OK + ["model.arch=UNet3"], "unknown model.arch 'UNet3'"),
     ("loss vs mode", TRAIN_OK + ["loss=SoftCrossEntropyLoss"], "does not support mode=binary"),
     ("sparse optimizer", TRAIN_OK + ["optimizer=SparseAdam"], "needs sparse gradients"),
     ("bad key", TRAIN_OK + ["epochs=3"], "unknown config key 'epochs'"),
     ("bad fraction", TRAIN_OK + ["train_fraction=1.5"], "train_fraction=1.5"),
+    ("existing output", _train_with(output="used"), "used: exists and is not empty"),
 ]
 
 
 @pytest.mark.parametrize("name,args,message", TRAIN_CASES, ids=[c[0] for c in TRAIN_CASES])
 def test_train_bad_input_one_line_exit_2(
-    train_files: Path, name: str, args: list[str], message: str
+    train_files: Path, capsys: pytest.CaptureFixture[str], name: str, args: list[str], message: str
 ) -> None:
     pytest.importorskip("segmentation_models_pytorch", reason="needs the train extra")
-    result = run_cli("train", *args, cwd=train_files)
-    lines = [line for line in result.stderr.splitlines() if line.strip()]
-    assert result.returncode == 2, result.stderr
-    assert len(lines) == 1 and message in lines[0], result.stderr
+    code, err = run_main("train", *args, cwd=train_files, capsys=capsys)
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert code == 2, err
+    assert len(lines) == 1 and message in lines[0], err
     assert not (train_files / "model").exists()  # nothing half-written
+    assert os.listdir(train_files / "used") == ["thesis.docx"]
 
 
 @pytest.mark.usefixtures("ray_session")

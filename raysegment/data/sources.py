@@ -383,13 +383,29 @@ def _unreadable_tiff(path: str | Path, e: Exception) -> InputImageError:
 
 
 def _is_ome_tiff(path: Path) -> bool:
+    """Whether ``path`` is an OME-TIFF, after checking every strip or tile of its first
+    series lies inside the file (a copy cut short fails here, not hours into a run)."""
     import tifffile
 
     try:
         with tifffile.TiffFile(path) as tif:
-            return bool(tif.is_ome)
+            size = path.stat().st_size
+            pages = [p for p in tif.series[0].pages if p is not None] if tif.series else []
+            beyond = sum(
+                1
+                for page in pages
+                for offset, count in zip(page.dataoffsets, page.databytecounts, strict=False)
+                if offset + count > size
+            )
+            is_ome = bool(tif.is_ome)
     except Exception as e:
         raise _unreadable_tiff(path, e) from e
+    if beyond:
+        raise InputImageError(
+            f"{path}: truncated: {beyond} strip(s)/tile(s) lie beyond the end of the file "
+            f"({size} bytes); copy or export the file again"
+        )
+    return is_ome
 
 
 def open_source(path: str | os.PathLike[str], axes: str | None = None) -> ImageSource:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import warnings
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -99,7 +100,10 @@ def load_model(model: ModelFile, device: torch.device | str = "cpu") -> torch.nn
             program = torch.export.load(io.BytesIO(model.data))
             module = program.module().to(device)
         else:
-            module = torch.jit.load(io.BytesIO(model.data), map_location=device)
+            with warnings.catch_warnings():
+                # Deprecated in favour of torch.export; raysegment reads both on purpose.
+                warnings.simplefilter("ignore", FutureWarning)
+                module = torch.jit.load(io.BytesIO(model.data), map_location=device)
     except Exception as e:
         want = (
             "a torch.export program (torch.export.save)"
@@ -107,12 +111,17 @@ def load_model(model: ModelFile, device: torch.device | str = "cpu") -> torch.nn
             else ("a TorchScript archive (torch.jit.save of torch.jit.trace/script)")
         )
         raise ModelLoadError(
-            f"{model.path}: cannot load the model ({type(e).__name__}: {str(e)[:200]}); "
+            f"{model.path}: cannot load the model ({type(e).__name__}: {_first_sentence(e)}); "
             f"the file must be {want}"
         ) from e
     if hasattr(module, "eval") and model.kind != "export":
         module.eval()
     return module
+
+
+def _first_sentence(error: Exception) -> str:
+    text = str(error).strip().splitlines()[0] if str(error).strip() else ""
+    return text.split(". ")[0][:160]
 
 
 def _export_input_shape(model: ModelFile) -> list[int | None] | None:
@@ -190,7 +199,7 @@ def probe_model(
     except Exception as e:
         raise ModelContractError(
             f"{model.path}: the model failed on a {list(shape)} float32 tile "
-            f"({type(e).__name__}: {str(e).splitlines()[0][:200]}); check the model takes "
+            f"({type(e).__name__}: {_first_sentence(e)}); check the model takes "
             f"{spec.in_channels} channel(s) in {spec.spatial_dims}D, and choose tile.size the "
             f"model can take (e.g. divisible by 32 for most encoders)"
         ) from e

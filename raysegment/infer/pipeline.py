@@ -19,6 +19,7 @@ from raysegment.config import InferConfig, as_config, config_to_dict
 from raysegment.data.inputs import resolve_inputs
 from raysegment.data.sources import image_stem, open_source
 from raysegment.errors import ConfigError, OutputError
+from raysegment.infer.attempts import start_ledger
 from raysegment.infer.model import (
     ModelSpec,
     describe_model,
@@ -112,6 +113,19 @@ def _pool(cfg: InferConfig) -> tuple[bool, int, int]:
     return True, cfg.actors or wanted, 1
 
 
+def _check_output_location(output: Path, input: Path, paths: list[Path]) -> None:
+    """Refuse outputs written into an input (a zarr store, a file) or beside the inputs of
+    a directory, where the next run would read them as inputs."""
+    for path in paths:
+        if output == path or path in output.parents:
+            raise OutputError(f"output={output} lies inside the input {path}; write elsewhere")
+    if input.is_dir() and output == input:
+        raise OutputError(
+            f"output={output} is the input directory: its results would be read as inputs "
+            f"next time; write into another directory (a subdirectory is fine)"
+        )
+
+
 def _prepare_outputs(
     cfg: InferConfig,
     plans: list[ImagePlan],
@@ -176,6 +190,8 @@ def infer(config: InferConfig | Mapping[str, Any] | None = None, **overrides: An
             f"{cfg.input}: several inputs would write {clash[0]}.ome.zarr; narrow pattern="
         )
 
+    output = Path(cfg.output).resolve()
+    _check_output_location(output, Path(cfg.input).resolve(), paths)
     model = read_model_file(cfg.model)
     module = load_model(model)
     spec = describe_model(model, module)
@@ -187,7 +203,6 @@ def infer(config: InferConfig | Mapping[str, Any] | None = None, **overrides: An
         )
     del module
 
-    output = Path(cfg.output).resolve()
     plans = [
         plan_image(
             i, src, str(output / f"{image_stem(src.path)}.ome.zarr"), cfg, spec, model.sha256
@@ -247,11 +262,17 @@ def _run(
     if activation == "auto" and spec.activation:
         activation = spec.activation  # what the model was trained with (raysegment.json)
     finalize = (cfg.finalize.mode.value, activation, cfg.finalize.threshold)
+    # Ray retries a block whose process died without limit: the ledger caps it.
+    attempts = start_ledger(cfg.max_attempts)
     ds: Any = ray.data.from_items(items, override_num_blocks=min(len(items), 1000))
     # Reads and writes are mostly I/O: half a CPU each. The differing resources also keep
     # Ray Data from fusing the read into the predictor actor, which would stall the model.
     ds = ds.map_batches(
-        read_stage, batch_size=1, batch_format="numpy", fn_kwargs={"plans": plans}, num_cpus=0.5
+        read_stage,
+        batch_size=1,
+        batch_format="numpy",
+        fn_kwargs={"plans": plans, "attempts": attempts},
+        num_cpus=0.5,
     )
     ds = ds.map_batches(
         Predictor,
@@ -267,12 +288,17 @@ def _run(
             "threads": cpus,
             "finalize": finalize,
             "tta": cfg.tta,
+            "attempts": attempts,
         },
         num_gpus=1 if use_gpu else 0,
         num_cpus=cpus,
     )
     ds = ds.map_batches(
-        write_stage, batch_size=1, batch_format="numpy", fn_kwargs={"plans": plans}, num_cpus=0.5
+        write_stage,
+        batch_size=1,
+        batch_format="numpy",
+        fn_kwargs={"plans": plans, "attempts": attempts},
+        num_cpus=0.5,
     )
     bar = tqdm(
         total=len(pending),
@@ -282,17 +308,21 @@ def _run(
         desc="raysegment infer",
         dynamic_ncols=True,
     )
-    with bar:
-        for row in ds.iter_rows():
-            if row["error"]:
-                # The block's user error (a corrupt chunk met mid-run, say): finished
-                # blocks stay done, so the same command resumes once the input is fixed.
-                raise decode_error(str(row["error"]))
-            image = int(row["image"])
-            summary.tiles += int(row["tiles"])
-            summary.empty_blocks += int(row["empty"])
-            remaining[image] -= 1
-            bar.update(1)
-            bar.set_postfix(tiles=summary.tiles, refresh=False)
-            if remaining[image] == 0:
-                _complete(plans[image])
+    try:
+        with bar:
+            for row in ds.iter_rows():
+                if row["error"]:
+                    # The block's user error (a corrupt chunk met mid-run, a block that
+                    # keeps killing its process): finished blocks stay done, so the same
+                    # command resumes once the cause is fixed.
+                    raise decode_error(str(row["error"]))
+                image = int(row["image"])
+                summary.tiles += int(row["tiles"])
+                summary.empty_blocks += int(row["empty"])
+                remaining[image] -= 1
+                bar.update(1)
+                bar.set_postfix(tiles=summary.tiles, refresh=False)
+                if remaining[image] == 0:
+                    _complete(plans[image])
+    finally:
+        attempts.ledger.forget.remote(attempts.run)

@@ -75,6 +75,14 @@ class ImagePlan:
     def block_of(self, item: WorkItem) -> Block:
         return block_at(self.tiling, self.block, item.index)
 
+    def describe(self, item: WorkItem) -> str:
+        """Where a block lies, for messages: the image, t (and z plane) and pixel ranges."""
+        axes = "zyx"[3 - self.spatial_dims :]
+        ranges = zip(axes, self.block_of(item).inner, strict=True)
+        where = ", ".join(f"{axis} {lo}:{hi}" for axis, (lo, hi) in ranges)
+        plane = f" z={item.z}" if item.z >= 0 else ""
+        return f"{self.source.path}: block t={item.t}{plane} {where}"
+
     def source_region(self, item: WorkItem, block: Block) -> tuple[tuple[int, int], ...]:
         """(z, y, x) region of the source to read for ``block``."""
         if self.spatial_dims == 3:
@@ -119,11 +127,28 @@ def _per_axis(key: str, values: list[int] | None, dims: int, default: int) -> tu
     return tuple(values)
 
 
+MAX_TILE_BYTES = 2**30
+"""Largest float32 model input per tile: beyond it one forward pass needs many GB."""
+
+
 def tile_size(cfg: InferConfig, spec: ModelSpec) -> tuple[int, ...]:
+    """The tile per spatial axis.
+
+    Raises:
+        ConfigError: a tile whose float32 input alone exceeds ``MAX_TILE_BYTES``.
+    """
     dims = spec.spatial_dims
     if cfg.tile.size is None and spec.static_tile is not None:
         return tuple(spec.static_tile)
-    return _per_axis("tile.size", cfg.tile.size, dims, DEFAULT_TILE[dims])
+    tile = _per_axis("tile.size", cfg.tile.size, dims, DEFAULT_TILE[dims])
+    size = 4 * spec.in_channels * int(np.prod(tile))
+    if size > MAX_TILE_BYTES:
+        raise ConfigError(
+            f"tile.size={list(tile)}: one tile is {size / 2**30:.0f} GiB of float32 input, "
+            f"more than a forward pass can hold; choose a smaller tile.size (e.g. "
+            f"{DEFAULT_TILE[dims]}); images smaller than a tile need no large tile"
+        )
+    return tile
 
 
 def _select_channels(cfg: InferConfig, source: ImageSource, spec: ModelSpec) -> tuple[int, ...]:

@@ -16,7 +16,8 @@ import torch
 
 from raysegment import errors
 from raysegment.data.tiling import blend_weights_1d
-from raysegment.errors import RaySegmentError
+from raysegment.errors import BlockFailedError, InputImageError, RaySegmentError
+from raysegment.infer.attempts import Attempts, begin_attempt
 from raysegment.infer.finalize import FINALIZERS
 from raysegment.infer.model import ModelFile, load_model
 from raysegment.infer.plan import ImagePlan, WorkItem
@@ -56,6 +57,18 @@ def _dummy(plan: ImagePlan) -> np.ndarray:
     return np.zeros((1,) * (plan.spatial_dims + 2), plan.layout.dtype)
 
 
+def _refused(batch: Batch, plan: ImagePlan, stage: str, attempts: Attempts | None) -> Batch | None:
+    """The error row for a block whose processes died too often in ``stage``, else None
+    (and the attempt is recorded)."""
+    if attempts is None:
+        return None
+    item = _item(batch, 0)
+    reason = begin_attempt(attempts, stage, item.key)
+    if reason is None:
+        return None
+    return _failed(batch, plan, encode_error(BlockFailedError(f"{plan.describe(item)}: {reason}")))
+
+
 def encode_error(error: RaySegmentError) -> str:
     return f"{type(error).__name__}\t{error}"
 
@@ -68,15 +81,37 @@ def decode_error(text: str) -> RaySegmentError:
     return cls(message)
 
 
-def read_stage(batch: Batch, plans: Sequence[ImagePlan]) -> Batch:
+def _nonfinite(
+    plan: ImagePlan, item: WorkItem, data: np.ndarray, region: tuple[tuple[int, int], ...]
+) -> InputImageError:
+    """The error for NaN/Inf pixels in ``data`` (C, Z, Y, X), read from ``region``."""
+    finite = np.isfinite(data)
+    _, *first = (int(v) for v in np.argwhere(~finite)[0])
+    where = ", ".join(
+        f"{axis}={lo + i}" for axis, (lo, _), i in zip("zyx", region, first, strict=True)
+    )
+    return InputImageError(
+        f"{plan.source.path}: {finite.size - np.count_nonzero(finite)} NaN/Inf pixel(s) near "
+        f"t={item.t}, {where}; replace them (e.g. numpy.nan_to_num) before segmenting, the "
+        f"model would spread them over the tiles around"
+    )
+
+
+def read_stage(batch: Batch, plans: Sequence[ImagePlan], attempts: Attempts | None = None) -> Batch:
     """Read a block's source region, normalize it to float32 and pad it to whole tiles."""
     item = _item(batch, 0)
     plan = plans[item.image]
+    refused = _refused(batch, plan, "read", attempts)
+    if refused is not None:
+        return refused
     block = plan.block_of(item)
     try:
-        data = plan.source.read(item.t, plan.channels, plan.source_region(item, block))
+        region = plan.source_region(item, block)
+        data = plan.source.read(item.t, plan.channels, region)
     except RaySegmentError as e:  # e.g. a corrupt chunk met mid-run
         return _failed(batch, plan, encode_error(e))
+    if data.dtype.kind == "f" and not np.isfinite(data).all():
+        return _failed(batch, plan, encode_error(_nonfinite(plan, item, data, region)))
     if plan.skip_empty and data.size and data.min() == data.max():
         # Constant input (slide background, absent zarr chunks): no model, fill value.
         return _passthrough(batch, 0) | {
@@ -212,6 +247,7 @@ class Predictor:
         threads: int,
         finalize: tuple[str, str, float],
         tta: bool = False,
+        attempts: Attempts | None = None,
     ) -> None:
         torch.set_num_threads(threads)
         self.device = torch.device("cuda" if use_gpu and torch.cuda.is_available() else "cpu")
@@ -224,6 +260,7 @@ class Predictor:
         self.plans: Sequence[ImagePlan] = ray.get(plans[0])
         self.finalize = finalize
         self.tta = tta
+        self.attempts = attempts
         first = self.plans[0]
         tile_shape = (len(first.channels), *first.tiling.tile)
         self.fixed_batch = static_batch is not None
@@ -250,6 +287,8 @@ class Predictor:
     def __call__(self, batch: Batch) -> Batch:
         item = _item(batch, 0)
         plan = self.plans[item.image]
+        if not (batch["error"][0] or batch["empty"][0]):
+            batch = _refused(batch, plan, "predictor", self.attempts) or batch
         if batch["error"][0] or batch["empty"][0]:
             return _passthrough(batch, 0) | {
                 "data": _dummy(plan),
@@ -279,10 +318,15 @@ class Predictor:
         }
 
 
-def write_stage(batch: Batch, plans: Sequence[ImagePlan]) -> Batch:
+def write_stage(
+    batch: Batch, plans: Sequence[ImagePlan], attempts: Attempts | None = None
+) -> Batch:
     """Write a finalized block into its chunks, then mark it done."""
     item = _item(batch, 0)
     plan = plans[item.image]
+    if not batch["error"][0]:
+        refused = _refused(batch, plan, "write", attempts)
+        batch = batch if refused is None else batch | {"error": refused["error"]}
     if batch["error"][0]:
         return {
             "image": batch["image"][:1],

@@ -75,8 +75,8 @@ def create_output(path: Path, layout: OutputLayout, provenance: dict[str, Any]) 
     """Create the group, the full-resolution array and its metadata, marked incomplete."""
     if path.exists():
         shutil.rmtree(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
         group = zarr.open_group(str(path), mode="w", zarr_format=3)
     except OSError as e:
         raise OutputError(

@@ -160,10 +160,13 @@ def _stats(
         y0, x0 = int(rng.integers(0, h - sy + 1)), int(rng.integers(0, w - sx + 1))
         zz = int(rng.integers(0, z))
         data = pair.image.read(0, channels, ((zz, zz + 1), (y0, y0 + sy), (x0, x0 + sx)))
+        if data.dtype.kind == "f" and not np.isfinite(data).all():
+            raise InputImageError(
+                f"{pair.image.path}: has NaN or infinite pixels; replace them (e.g. "
+                f"numpy.nan_to_num) or leave the image out"
+            )
         samples.append(data.reshape(len(channels), -1).astype(np.float64))
     data = np.concatenate(samples, axis=1)
-    if not np.isfinite(data).all():
-        raise InputImageError("training images contain NaN or infinite pixels; clean them first")
     std = data.std(axis=1)
     return tuple(map(float, data.mean(axis=1))), tuple(float(s) if s > 0 else 1.0 for s in std)
 

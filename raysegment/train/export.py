@@ -31,9 +31,13 @@ class TrainSummary:
     stopped_early: bool = False
     seconds: float = 0.0
     history: list[dict[str, Any]] = field(default_factory=list)
+    resumed: list[int] = field(default_factory=list)
+    """Epochs after which training resumed from a checkpoint (worker failure, rerun)."""
 
     def __str__(self) -> str:
         stop = "early stop" if self.stopped_early else "max_epochs"
+        if self.resumed:
+            stop += "; resumed after epoch " + ", ".join(map(str, self.resumed))
         return (
             f"raysegment: trained {self.epochs} epoch(s) ({stop}); best epoch {self.best_epoch}: "
             f"val_loss {self.best_val_loss:.4f}, {self.metric} {self.best_metric:.4f}; "
@@ -139,4 +143,5 @@ def export_model(
         best_metric=float(history[best][cfg.metric]),
         stopped_early=len(history) < cfg.max_epochs and int(stopper["bad_epochs"]) >= cfg.patience,
         history=history,
+        resumed=list(state.get("resumed", [])),
     )

@@ -102,7 +102,7 @@ def train_loop(config: dict[str, Any]) -> None:
     model = build_model(
         config["arch"], config["encoder"], config["in_channels"], classes, config["weights"]
     )
-    start_epoch, history, best_state = 0, [], None
+    start_epoch, history, best_state, resumed = 0, [], None, []
     stopper = EarlyStopping(config["patience"], config["min_delta"])
     optimizer_state = None
     resume = ray.train.get_checkpoint()
@@ -122,6 +122,8 @@ def train_loop(config: dict[str, Any]) -> None:
             stopper.load_state_dict(state["stopper"])
             history = list(state["history"])
             best_state = state["best"]
+        if resume is not None:  # after a worker failure or a rerun of a killed run
+            resumed = [*state.get("resumed", []), start_epoch]
     model = ray.train.torch.prepare_model(model)
     optimizer = OPTIMIZERS.get(config["optimizer"])(model.parameters(), config["lr"])
     if optimizer_state is not None:
@@ -190,6 +192,7 @@ def train_loop(config: dict[str, Any]) -> None:
                         "stopper": stopper.state_dict(),
                         "history": history,
                         "best": best_state,
+                        "resumed": resumed,
                     },
                     Path(tmp) / "last.pt",
                 )

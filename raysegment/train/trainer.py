@@ -3,6 +3,7 @@ that ``raysegment infer`` takes as is."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import shutil
@@ -71,15 +72,47 @@ def _probe(cfg: TrainConfig, data: TrainingSet) -> None:
         )
 
 
-def _prepare_output(cfg: TrainConfig) -> Path:
+_STATE = ".raysegment/train.json"
+"""In the output: the settings' fingerprint and whether the run finished."""
+_FREE_KEYS = ("overwrite", "max_failures", "num_workers", "device")
+"""Keys a resumed run may change: they do not change what is trained."""
+
+
+def _fingerprint(cfg: TrainConfig) -> str:
+    config = {k: v for k, v in config_to_dict(cfg).items() if k not in _FREE_KEYS}
+    return hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def _prepare_output(cfg: TrainConfig) -> tuple[Path, bool]:
+    """Create the output, or find the unfinished run to resume; returns (output, resuming)."""
     out = Path(cfg.output).resolve()
     if cfg.pretrained and Path(cfg.pretrained).resolve() == out:
         raise ConfigError("pretrained= and output= are the same directory; write elsewhere")
+    fingerprint = _fingerprint(cfg)
     if out.exists() and any(out.iterdir()):
-        if not cfg.overwrite:
+        try:
+            state = json.loads((out / _STATE).read_text())
+        except (OSError, ValueError):
+            state = None
+        if cfg.overwrite:
+            shutil.rmtree(out)
+        elif state is None:
             raise OutputError(f"{out}: exists and is not empty; set overwrite=true to replace it")
-        shutil.rmtree(out)
-    return out
+        elif state.get("status") == "complete":
+            raise OutputError(
+                f"{out}: a finished model exists; set overwrite=true to replace it, or "
+                f"pretrained={out} with another output= to train it further"
+            )
+        elif state.get("fingerprint") != fingerprint:
+            raise OutputError(
+                f"{out}: an unfinished training run with other settings exists; rerun with "
+                f"the same settings to resume it, or set overwrite=true to replace it"
+            )
+        else:
+            return out, True
+    (out / _STATE).parent.mkdir(parents=True, exist_ok=True)
+    (out / _STATE).write_text(json.dumps({"status": "training", "fingerprint": fingerprint}))
+    return out, False
 
 
 def _check_pretrained(cfg: TrainConfig) -> None:
@@ -125,7 +158,9 @@ def train(
     _check_pretrained(cfg)
     data = prepare(cfg)
     _probe(cfg, data)
-    out = _prepare_output(cfg)
+    out, resuming = _prepare_output(cfg)
+    if resuming:
+        log.warning("raysegment: resuming the unfinished run in %s from its last checkpoint", out)
 
     own_ray = start_ray()
     try:
@@ -186,6 +221,9 @@ def train(
                 name="run",
                 storage_path=str(out / "ray_train"),
                 checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
+                # Restarts the workers from the last checkpoint; a rerun of the same
+                # command after the driver died resumes from it too (same storage_path).
+                failure_config=ray.train.FailureConfig(max_failures=cfg.max_failures),
                 callbacks=callbacks or [],
             ),
         )
@@ -198,5 +236,6 @@ def train(
     with result.checkpoint.as_directory() as d:
         state = torch.load(Path(d) / "last.pt", map_location="cpu", weights_only=True)
     summary = export_model(out, cfg, data, state, config_to_dict(cfg), __version__)
+    (out / _STATE).write_text(json.dumps({"status": "complete", "fingerprint": _fingerprint(cfg)}))
     summary.seconds = time.perf_counter() - started
     return summary

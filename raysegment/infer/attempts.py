@@ -1,0 +1,96 @@
+"""A cap on how often a block is retried after the process running it died.
+
+Ray Data restarts a dead predictor actor and retries a failed task without limit, which is
+right for a lost node or a one-off crash, and a hang for a block that kills its process
+every time (out of memory on one huge block, a crash in native code on one corrupt tile).
+Every stage asks the run's ``AttemptLedger`` before it works on a block; once a block has
+used its attempts, the stage hands it on as an error row naming the block and why its
+processes died, and the driver stops the run with that one line.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+__all__ = ["AttemptLedger", "Attempts", "begin_attempt", "death_cause", "start_ledger"]
+
+
+class AttemptLedger:
+    """Ray actor: per (run, stage, block), the pids of the processes that began it."""
+
+    def __init__(self) -> None:
+        self._pids: dict[tuple[str, str, str], list[int]] = {}
+
+    def begin(self, run: str, stage: str, key: str, pid: int) -> list[int]:
+        """Record an attempt; returns the pids of every attempt so far, this one last."""
+        pids = self._pids.setdefault((run, stage, key), [])
+        pids.append(pid)
+        return list(pids)
+
+    def forget(self, run: str) -> None:
+        self._pids = {k: v for k, v in self._pids.items() if k[0] != run}
+
+
+@dataclass(frozen=True)
+class Attempts:
+    """What a stage needs to count its attempts: the ledger, this run's id, the cap."""
+
+    ledger: Any
+    run: str
+    max_attempts: int
+
+
+def start_ledger(max_attempts: int) -> Attempts:
+    """The ledger of this Ray job (one actor, shared by the job's runs), for a new run."""
+    import ray
+
+    ledger = (
+        ray.remote(num_cpus=0)(AttemptLedger)
+        .options(name="raysegment-attempts", get_if_exists=True)
+        .remote()
+    )
+    return Attempts(ledger, uuid.uuid4().hex, max_attempts)
+
+
+def death_cause(pid: int) -> str:
+    """Why Ray's control store says worker ``pid`` exited, or where to look instead."""
+    import ray
+
+    logs = ray._private.worker.global_worker.node.get_logs_dir_path()
+    try:  # the GCS worker table; the public state API would need the dashboard
+        from ray._private.state import state
+        from ray.core.generated import gcs_pb2
+
+        for raw in state._connect_and_get_accessor().get_worker_table():
+            worker = gcs_pb2.WorkerTableData.FromString(raw)  # type: ignore[attr-defined]
+            if worker.pid == pid and not worker.is_alive and worker.exit_detail:
+                field = worker.DESCRIPTOR.fields_by_name["exit_type"]
+                kind = field.enum_type.values_by_number[worker.exit_type].name
+                detail = ". ".join(worker.exit_detail.split(". ")[:2]).rstrip(".")
+                return f"{kind}: {detail}; worker logs in {logs}"
+    except Exception:  # private API of this Ray version: fall back to the logs
+        pass
+    return f"worker logs of pid {pid} in {logs}"
+
+
+def begin_attempt(attempts: Attempts, stage: str, key: str) -> str | None:
+    """Record that this process begins ``key`` in ``stage``.
+
+    Returns:
+        None to go ahead; otherwise the reason the block must not be tried again: it was
+        begun ``max_attempts`` times and every process that began it died.
+    """
+    import ray
+
+    pids = ray.get(attempts.ledger.begin.remote(attempts.run, stage, key, os.getpid()))
+    if len(pids) <= attempts.max_attempts:
+        return None
+    return (
+        f"the {stage} process died {attempts.max_attempts} time(s) running it "
+        f"({death_cause(pids[-2])}); "
+        f"give each worker more memory (fewer actors=, smaller block= or batch_size=) "
+        f"or fix the input there, then rerun the same command to resume"
+    )

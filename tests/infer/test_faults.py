@@ -1,0 +1,166 @@
+"""Processes that die mid-run: a predictor killed once is restarted and its block retried
+(output identical); a block that kills every process it meets stops the run, naming it."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tifffile
+import zarr
+
+from tests.conftest import conv_model, random_image, save_torchscript
+from tests.faults import install
+
+# In the predictor's process: the blocks named in RAYSEGMENT_TEST_FAULTS kill the process
+# that runs the model on them (always, or only the first one to try: "once").
+PATCH = """
+import os
+predict = m.predict_block
+
+def dying(module, plan, item, *args, **kwargs):
+    faults = os.environ["RAYSEGMENT_TEST_FAULTS"].split(",")
+    if item.key in faults or (faults == ["every"] and hash(item.key) % 20 == 0):
+        if os.environ["RAYSEGMENT_TEST_FAULT_MODE"] == "always":
+            os._exit(1)
+        marker = os.path.join(os.environ["RAYSEGMENT_TEST_FAULT_DIR"], item.key)
+        try:
+            os.close(os.open(marker, os.O_CREAT | os.O_EXCL))
+            os._exit(1)
+        except FileExistsError:
+            pass
+    return predict(module, plan, item, *args, **kwargs)
+
+m.predict_block = dying
+"""
+
+ARGS = ["chunks=128", "block=128", "tile.size=128", "progress=false", "finalize.mode=raw"]
+
+
+def run_with_faults(
+    cwd: Path, faults: str, mode: str, *args: str, timeout: float = 300
+) -> subprocess.CompletedProcess[str]:
+    site = install(cwd / "site", "raysegment.infer.stages", PATCH)
+    (cwd / "faults").mkdir(exist_ok=True)
+    env = os.environ | {
+        "PYTHONPATH": os.pathsep.join([str(site), os.getcwd()]),
+        "PYTHONWARNINGS": "ignore",
+        "PYTHONHASHSEED": "0",
+        "RAYSEGMENT_TEST_FAULTS": faults,
+        "RAYSEGMENT_TEST_FAULT_MODE": mode,
+        "RAYSEGMENT_TEST_FAULT_DIR": str(cwd / "faults"),
+    }
+    return subprocess.run(
+        [sys.executable, "-m", "raysegment.cli", "infer", *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+@pytest.fixture
+def files(tmp_path: Path) -> Path:
+    tifffile.imwrite(
+        tmp_path / "img.ome.tif", random_image((512, 512)), ome=True, metadata={"axes": "YX"}
+    )
+    save_torchscript(conv_model(), tmp_path / "model.pth", 2, 1)
+    return tmp_path
+
+
+@pytest.mark.usefixtures("ray_session")
+def test_predictor_killed_mid_run_is_restarted_and_output_identical(files: Path) -> None:
+    from raysegment.infer import infer
+
+    infer(
+        input=str(files / "img.ome.tif"),
+        model=str(files / "model.pth"),
+        output=str(files / "reference"),
+        chunks=[128],
+        block=[128],
+        tile={"size": [128]},
+        progress=False,
+        finalize={"mode": "raw"},
+    )
+    killed = ["t0z-1b0_1", "t0z-1b3_0"]
+    result = run_with_faults(
+        files, ",".join(killed), "once", "input=img.ome.tif", "model=model.pth", "output=out", *ARGS
+    )
+    assert result.returncode == 0, result.stderr
+    assert sorted(p.name for p in (files / "faults").iterdir()) == sorted(killed)  # they died
+    got = zarr.open_array(str(files / "out" / "img.ome.zarr" / "0"), mode="r")[:]
+    want = zarr.open_array(str(files / "reference" / "img.ome.zarr" / "0"), mode="r")[:]
+    np.testing.assert_array_equal(got, want)
+    group = zarr.open_group(str(files / "out" / "img.ome.zarr"), mode="r")
+    assert group.attrs["raysegment"]["status"] == "complete"
+    assert "16 block(s)" in result.stdout
+
+
+def test_block_that_kills_every_process_fails_the_run_naming_it(files: Path) -> None:
+    result = run_with_faults(
+        files,
+        "t0z-1b1_2",
+        "always",
+        "input=img.ome.tif",
+        "model=model.pth",
+        "output=out",
+        "max_attempts=2",
+        *ARGS,
+        timeout=240,  # a hang fails here
+    )
+    lines = [line for line in result.stderr.splitlines() if line.startswith("raysegment:")]
+    assert result.returncode == 2, result.stderr
+    assert len(lines) == 1, result.stderr
+    assert (
+        "img.ome.tif: block t=0 y 128:256, x 256:384: the predictor process died 2 time(s)"
+        in (lines[0])
+    )
+    assert "Traceback" not in result.stderr.split(lines[0])[-1]
+    group = zarr.open_group(str(files / "out" / "img.ome.zarr"), mode="r")
+    assert group.attrs["raysegment"]["status"] == "incomplete"
+    assert "t0z-1b1_2" not in os.listdir(files / "out" / "img.ome.zarr" / ".raysegment" / "done")
+
+
+@pytest.mark.slow
+def test_soak_200_images_with_a_fault_every_20_blocks(tmp_path: Path) -> None:
+    """200 images (800 blocks) in one run; about one block in 20 kills its predictor once.
+    Every output must be complete and equal to whole-image inference: none lost, none
+    doubled."""
+    from tests.conftest import whole_image_prediction
+
+    (tmp_path / "images").mkdir()
+    module = conv_model()
+    save_torchscript(module, tmp_path / "model.pth", 2, 1)
+    images = {}
+    for i in range(200):
+        images[f"im{i:03d}"] = random_image((256, 256), seed=i)
+        tifffile.imwrite(tmp_path / "images" / f"im{i:03d}.tif", images[f"im{i:03d}"])
+    result = run_with_faults(
+        tmp_path,
+        "every",
+        "once",
+        "input=images",
+        "model=model.pth",
+        "output=out",
+        "tile.blend=crop",
+        *ARGS,
+        timeout=3000,
+    )
+    assert result.returncode == 0, result.stderr
+    killed = len(list((tmp_path / "faults").iterdir()))
+    print(f"soak: 200 images, 800 blocks, {killed} predictor processes killed; {result.stdout}")
+    assert killed >= 20
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == sorted(
+        f"{name}.ome.zarr" for name in images
+    )
+    for name, image in images.items():
+        out = tmp_path / "out" / f"{name}.ome.zarr"
+        assert zarr.open_group(str(out), mode="r").attrs["raysegment"]["status"] == "complete"
+        got = zarr.open_array(str(out / "0"), mode="r")[:]
+        want = whole_image_prediction(module, image)
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-4, err_msg=name)
