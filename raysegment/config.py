@@ -175,6 +175,11 @@ class InferConfig:
     and keep the fill value 0."""
     overwrite: bool = False
     """Replace an existing output instead of refusing (complete) or resuming (incomplete)."""
+    part_id: int = 0
+    """This job's share of the blocks when num_parts independent jobs split the work."""
+    num_parts: int = 1
+    """Independent jobs (any cluster, any time) that each run every num_parts-th block of
+    the same images into the same outputs; the last to finish marks them complete."""
     max_attempts: int = 3
     """Processes a block may take down (out of memory, a native crash, a lost node) before
     the run stops naming the block; Ray restarts the process and retries until then."""
@@ -187,7 +192,7 @@ class InferConfig:
                 f"device={self.device!r}: choose auto, cpu, gpu, all, or GPU indices like 1,3,6"
             )
         self.device = self.device.replace(" ", "")
-        for key in ("batch_size", "actors", "threads", "max_attempts"):
+        for key in ("batch_size", "actors", "threads", "max_attempts", "num_parts"):
             value = getattr(self, key)
             if value is not None and value < 1:
                 raise ConfigError(f"{key}={value} must be >= 1")
@@ -197,6 +202,16 @@ class InferConfig:
             or len(set(self.channels)) != len(self.channels)
         ):
             raise ConfigError(f"channels={self.channels}: give distinct channel indices >= 0")
+        if not 0 <= self.part_id < self.num_parts:
+            raise ConfigError(
+                f"part_id={self.part_id} with num_parts={self.num_parts}: part_id counts "
+                f"from 0 to num_parts-1"
+            )
+        if self.num_parts > 1 and self.overwrite:
+            raise ConfigError(
+                "overwrite=true with num_parts>1 would let the parts delete each other's "
+                "blocks; remove the old outputs first, then run the parts without overwrite"
+            )
         _check_pattern("pattern", self.pattern)
         _check_sizes("chunks", self.chunks)
         _check_sizes("block", self.block)
@@ -273,6 +288,9 @@ class TrainConfig:
     """With pretrained: keep only the weights; new optimizer (lr), epochs count from 0."""
     num_workers: int = 1
     """Ray Train workers (data-parallel)."""
+    storage_path: Optional[str] = None
+    """Where Ray Train keeps the run's checkpoints: a directory every node sees, or a URL
+    (s3://, gs://); default <output>/ray_train."""
     device: str = "auto"
     """auto (GPU workers if Ray sees GPUs) | cpu | gpu."""
     max_failures: int = 3

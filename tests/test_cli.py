@@ -140,6 +140,8 @@ CASES: list[tuple[str, list[str], str]] = [
     ("output is input dir", _with(input=".", pattern="img.ome.tif", output="."), "input directory"),
     ("output not writable", _with(output="notes.txt/out"), "cannot create the output"),
     ("output exists", _with(output="taken"), "is not a raysegment output"),
+    ("part beyond parts", OK + ["part_id=3", "num_parts=3"], "part_id counts from 0"),
+    ("overwrite with parts", OK + ["num_parts=2", "overwrite=true"], "delete each other's"),
 ]
 
 

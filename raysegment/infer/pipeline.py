@@ -30,6 +30,7 @@ from raysegment.infer.model import (
 from raysegment.infer.plan import ImagePlan, plan_image, provenance, tile_size
 from raysegment.infer.stages import Predictor, decode_error, read_stage, write_stage
 from raysegment.infer.writer import (
+    OutputState,
     complete_output,
     create_output,
     done_blocks,
@@ -138,30 +139,44 @@ def _prepare_outputs(
     for plan in plans:
         out = Path(plan.output)
         state = inspect_output(out)
-        if state.exists and not cfg.overwrite:
-            if not state.ours:
-                raise OutputError(
-                    f"{out}: exists and is not a raysegment output; remove it, choose another "
-                    f"output=, or set overwrite=true"
-                )
-            if state.complete:
+        if not state.exists or (cfg.overwrite and state.exists):
+            if state.exists and not state.ours and not out.is_dir():
+                raise OutputError(f"{out}: exists and is not a directory; remove it")
+            meta = provenance(plan, config, model_path, model_sha, __version__)
+            if create_output(out, plan.layout, meta, replace=cfg.overwrite):
+                done[plan.id] = set()
+                continue
+            state = _wait_for_output(out)  # another part of the run created it first
+        if not state.ours:
+            raise OutputError(
+                f"{out}: exists and is not a raysegment output; remove it, choose another "
+                f"output=, or set overwrite=true"
+            )
+        if state.fingerprint != plan.fingerprint:
+            raise OutputError(
+                f"{out}: an {'' if state.complete else 'in'}complete output from a run with "
+                f"other settings exists; rerun with the same settings to resume, or set "
+                f"overwrite=true to replace it"
+            )
+        if state.complete:
+            if cfg.num_parts == 1:
                 raise OutputError(
                     f"{out}: a complete output already exists; set overwrite=true to replace it"
                 )
-            if state.fingerprint != plan.fingerprint:
-                raise OutputError(
-                    f"{out}: an incomplete output from a run with other settings exists; rerun "
-                    f"with the same settings to resume, or set overwrite=true to replace it"
-                )
-            done[plan.id] = done_blocks(out)
+            done[plan.id] = {w.key for w in plan.work()}  # the other parts finished it
             continue
-        if state.exists and not state.ours and not out.is_dir():
-            raise OutputError(f"{out}: exists and is not a directory; remove it")
-        create_output(
-            out, plan.layout, provenance(plan, config, model_path, model_sha, __version__)
-        )
-        done[plan.id] = set()
+        done[plan.id] = done_blocks(out)
     return done
+
+
+def _wait_for_output(out: Path, timeout: float = 120.0) -> OutputState:
+    """The state of an output another part is creating, once its metadata is written."""
+    deadline = time.monotonic() + timeout
+    while True:
+        state = inspect_output(out)
+        if state.ours or time.monotonic() > deadline:
+            return state
+        time.sleep(0.2)
 
 
 def infer(config: InferConfig | Mapping[str, Any] | None = None, **overrides: Any) -> InferSummary:
@@ -211,9 +226,11 @@ def infer(config: InferConfig | Mapping[str, Any] | None = None, **overrides: An
     ]
     config = config_to_dict(cfg)
     done = _prepare_outputs(cfg, plans, config, model.path, model.sha256)
-    pending = [w for p in plans for w in p.work() if w.key not in done[p.id]]
+    # Part k of n takes every n-th block of the run (spread over every image and region).
+    mine = [w for p in plans for w in p.work()][cfg.part_id :: cfg.num_parts]
+    pending = [w for w in mine if w.key not in done[w.image]]
     remaining = Counter(w.image for w in pending)
-    summary = InferSummary(images=len(plans), resumed_blocks=sum(len(d) for d in done.values()))
+    summary = InferSummary(images=len(plans), resumed_blocks=len(mine) - len(pending))
     for plan in plans:
         summary.megapixels += (
             float(np.prod(plan.source.info.shape[2:])) * plan.source.info.shape[0] / 1e6
@@ -232,14 +249,18 @@ def infer(config: InferConfig | Mapping[str, Any] | None = None, **overrides: An
     finally:
         if started:
             ray.shutdown()
-    summary.blocks = sum(p.num_blocks for p in plans)
+    summary.blocks = len(mine)
     summary.outputs = [p.output for p in plans]
     summary.seconds = time.perf_counter() - start
     return summary
 
 
 def _complete(plan: ImagePlan) -> None:
-    complete_output(Path(plan.output), {"blocks_done": plan.num_blocks})
+    """Mark the output complete once every block is done (by this job or other parts)."""
+    out = Path(plan.output)
+    if inspect_output(out).complete or len(done_blocks(out)) < plan.num_blocks:
+        return
+    complete_output(out, {"blocks_done": plan.num_blocks})
 
 
 def _run(

@@ -63,7 +63,7 @@ def _refused(batch: Batch, plan: ImagePlan, stage: str, attempts: Attempts | Non
     if attempts is None:
         return None
     item = _item(batch, 0)
-    reason = begin_attempt(attempts, stage, item.key)
+    reason = begin_attempt(attempts, stage, f"{item.image}/{item.key}")  # keys repeat per image
     if reason is None:
         return None
     return _failed(batch, plan, encode_error(BlockFailedError(f"{plan.describe(item)}: {reason}")))
@@ -342,7 +342,7 @@ def write_stage(
     # Integer indices (t, or z for a 2D model) drop axes the block does not have. An empty
     # block writes the fill value: zarr stores no chunk for it (and drops a stale one).
     value = 0 if batch["empty"][0] else data.astype(plan.layout.dtype, copy=False)
-    write_block(Path(plan.output), index, value)
+    write_block(Path(plan.output), index, value, plan.fingerprint)
     mark_done(Path(plan.output), item.key)
     pixels = int(np.prod([b - a for a, b in block.inner]))
     return {

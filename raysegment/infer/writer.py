@@ -71,12 +71,23 @@ def inspect_output(path: Path) -> OutputState:
     return OutputState(True, meta.get("status") == "complete", meta.get("fingerprint"), True)
 
 
-def create_output(path: Path, layout: OutputLayout, provenance: dict[str, Any]) -> None:
-    """Create the group, the full-resolution array and its metadata, marked incomplete."""
-    if path.exists():
-        shutil.rmtree(path)
+def create_output(
+    path: Path, layout: OutputLayout, provenance: dict[str, Any], replace: bool = False
+) -> bool:
+    """Create the group, the full-resolution array and its metadata, marked incomplete.
+
+    Returns:
+        False, creating nothing, when ``path`` exists (and ``replace`` is false): jobs that
+        split one run (``num_parts``) race to create it, and exactly one wins.
+    """
     try:
+        if replace and path.exists():
+            shutil.rmtree(path)
         path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            path.mkdir()  # atomic: the claim of the one creator
+        except FileExistsError:
+            return False
         group = zarr.open_group(str(path), mode="w", zarr_format=3)
     except OSError as e:
         raise OutputError(
@@ -137,6 +148,7 @@ def create_output(path: Path, layout: OutputLayout, provenance: dict[str, Any]) 
         }
     )
     (path / _DONE).mkdir(parents=True, exist_ok=True)
+    return True
 
 
 def _window(dtype: str, channels: int) -> dict[str, float]:
@@ -153,21 +165,26 @@ def mark_done(path: Path, key: str) -> None:
     (path / _DONE / key).touch()
 
 
-_ARRAYS: dict[str, Any] = {}
+_ARRAYS: dict[tuple[str, str], Any] = {}
 _ARRAYS_LOCK = threading.Lock()
 
 
-def _array(path: Path) -> Any:
-    key = str(path)
+def _array(path: Path, version: str) -> Any:
+    """The output array, opened once per worker process and output version (an output
+    replaced with other settings at the same path is opened anew)."""
+    key = (str(path), version)
     with _ARRAYS_LOCK:
         if key not in _ARRAYS:
             _ARRAYS[key] = zarr.open_array(str(path / _ARRAY), mode="r+")
         return _ARRAYS[key]
 
 
-def write_block(path: Path, index: tuple[slice | int, ...], data: np.ndarray | int) -> None:
-    """Write ``data`` at ``index``; the region must cover whole chunks (or end at the edge)."""
-    _array(path)[index] = data
+def write_block(
+    path: Path, index: tuple[slice | int, ...], data: np.ndarray | int, version: str = ""
+) -> None:
+    """Write ``data`` at ``index``; the region must cover whole chunks (or end at the edge).
+    ``version``: what identifies the output's layout (the plan's fingerprint)."""
+    _array(path, version)[index] = data
 
 
 def complete_output(path: Path, summary: dict[str, Any]) -> None:

@@ -133,6 +133,14 @@ def _check_pretrained(cfg: TrainConfig) -> None:
             )
 
 
+def _storage(cfg: TrainConfig, out: Path) -> str:
+    """Ray Train's storage: a URL as given, a local path made absolute (workers on other
+    nodes resolve it the same way)."""
+    if cfg.storage_path and "://" in cfg.storage_path:
+        return cfg.storage_path
+    return str(Path(cfg.storage_path).resolve() if cfg.storage_path else out / "ray_train")
+
+
 def train(
     config: TrainConfig | Mapping[str, Any] | None = None,
     callbacks: list[Any] | None = None,
@@ -219,7 +227,7 @@ def train(
             datasets={"train": train_ds, "val": val_ds},
             run_config=ray.train.RunConfig(
                 name="run",
-                storage_path=str(out / "ray_train"),
+                storage_path=_storage(cfg, out),
                 checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
                 # Restarts the workers from the last checkpoint; a rerun of the same
                 # command after the driver died resumes from it too (same storage_path).

@@ -13,21 +13,24 @@ import pytest
 import tifffile
 import zarr
 
-from tests.conftest import conv_model, random_image, save_torchscript
+from raysegment.infer.writer import inspect_output
+from tests.conftest import conv_model, random_image, save_torchscript, whole_image_prediction
 from tests.faults import install
 
-# In the predictor's process: the blocks named in RAYSEGMENT_TEST_FAULTS kill the process
-# that runs the model on them (always, or only the first one to try: "once").
+# In the predictor's process: the blocks named in RAYSEGMENT_TEST_FAULTS (in every image),
+# or about one block in 20 for "every", kill the process that runs the model on them
+# (always, or only the first process to try each block: "once").
 PATCH = """
 import os
 predict = m.predict_block
 
 def dying(module, plan, item, *args, **kwargs):
     faults = os.environ["RAYSEGMENT_TEST_FAULTS"].split(",")
-    if item.key in faults or (faults == ["every"] and hash(item.key) % 20 == 0):
+    block = f"{item.image}-{item.key}"  # block keys repeat in every image
+    if item.key in faults or (faults == ["every"] and hash(block) % 20 == 0):
         if os.environ["RAYSEGMENT_TEST_FAULT_MODE"] == "always":
             os._exit(1)
-        marker = os.path.join(os.environ["RAYSEGMENT_TEST_FAULT_DIR"], item.key)
+        marker = os.path.join(os.environ["RAYSEGMENT_TEST_FAULT_DIR"], block)
         try:
             os.close(os.open(marker, os.O_CREAT | os.O_EXCL))
             os._exit(1)
@@ -66,9 +69,14 @@ def run_with_faults(
 
 @pytest.fixture
 def files(tmp_path: Path) -> Path:
-    tifffile.imwrite(
-        tmp_path / "img.ome.tif", random_image((512, 512)), ome=True, metadata={"axes": "YX"}
-    )
+    (tmp_path / "images").mkdir()
+    for name, size in (("img", 512), ("small", 256)):
+        tifffile.imwrite(
+            tmp_path / "images" / f"{name}.ome.tif",
+            random_image((size, size)),
+            ome=True,
+            metadata={"axes": "YX"},
+        )
     save_torchscript(conv_model(), tmp_path / "model.pth", 2, 1)
     return tmp_path
 
@@ -78,7 +86,7 @@ def test_predictor_killed_mid_run_is_restarted_and_output_identical(files: Path)
     from raysegment.infer import infer
 
     infer(
-        input=str(files / "img.ome.tif"),
+        input=str(files / "images"),
         model=str(files / "model.pth"),
         output=str(files / "reference"),
         chunks=[128],
@@ -87,18 +95,27 @@ def test_predictor_killed_mid_run_is_restarted_and_output_identical(files: Path)
         progress=False,
         finalize={"mode": "raw"},
     )
-    killed = ["t0z-1b0_1", "t0z-1b3_0"]
+    # Both images have a block t0z-1b0_1 and both kill a process once: with
+    # max_attempts=2 the retry cap must count per image, not per block position.
     result = run_with_faults(
-        files, ",".join(killed), "once", "input=img.ome.tif", "model=model.pth", "output=out", *ARGS
+        files,
+        "t0z-1b0_1,t0z-1b3_0",
+        "once",
+        "input=images",
+        "model=model.pth",
+        "output=out",
+        "max_attempts=2",
+        *ARGS,
     )
     assert result.returncode == 0, result.stderr
-    assert sorted(p.name for p in (files / "faults").iterdir()) == sorted(killed)  # they died
-    got = zarr.open_array(str(files / "out" / "img.ome.zarr" / "0"), mode="r")[:]
-    want = zarr.open_array(str(files / "reference" / "img.ome.zarr" / "0"), mode="r")[:]
-    np.testing.assert_array_equal(got, want)
-    group = zarr.open_group(str(files / "out" / "img.ome.zarr"), mode="r")
-    assert group.attrs["raysegment"]["status"] == "complete"
-    assert "16 block(s)" in result.stdout
+    died = sorted(p.name for p in (files / "faults").iterdir())
+    assert died == ["0-t0z-1b0_1", "0-t0z-1b3_0", "1-t0z-1b0_1"]
+    for name in ("img", "small"):
+        got = zarr.open_array(str(files / "out" / f"{name}.ome.zarr" / "0"), mode="r")[:]
+        want = zarr.open_array(str(files / "reference" / f"{name}.ome.zarr" / "0"), mode="r")[:]
+        np.testing.assert_array_equal(got, want)
+        assert inspect_output(files / "out" / f"{name}.ome.zarr").complete
+    assert "20 block(s)" in result.stdout
 
 
 def test_block_that_kills_every_process_fails_the_run_naming_it(files: Path) -> None:
@@ -106,7 +123,7 @@ def test_block_that_kills_every_process_fails_the_run_naming_it(files: Path) -> 
         files,
         "t0z-1b1_2",
         "always",
-        "input=img.ome.tif",
+        "input=images/img.ome.tif",
         "model=model.pth",
         "output=out",
         "max_attempts=2",
@@ -131,8 +148,6 @@ def test_soak_200_images_with_a_fault_every_20_blocks(tmp_path: Path) -> None:
     """200 images (800 blocks) in one run; about one block in 20 kills its predictor once.
     Every output must be complete and equal to whole-image inference: none lost, none
     doubled."""
-    from tests.conftest import whole_image_prediction
-
     (tmp_path / "images").mkdir()
     module = conv_model()
     save_torchscript(module, tmp_path / "model.pth", 2, 1)
@@ -153,7 +168,8 @@ def test_soak_200_images_with_a_fault_every_20_blocks(tmp_path: Path) -> None:
     )
     assert result.returncode == 0, result.stderr
     killed = len(list((tmp_path / "faults").iterdir()))
-    print(f"soak: 200 images, 800 blocks, {killed} predictor processes killed; {result.stdout}")
+    summary = [line for line in result.stdout.splitlines() if line.startswith("raysegment:")]
+    print(f"soak: 200 images, 800 blocks, {killed} predictor processes killed; {summary}")
     assert killed >= 20
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == sorted(
         f"{name}.ome.zarr" for name in images
