@@ -34,6 +34,8 @@ def _infer(args: Sequence[str]) -> int:
     cfg = load_config(InferConfig, files, overrides)
     summary = infer(cfg)
     print(summary)
+    if summary.devices:
+        print(f"  predictors on: {'; '.join(summary.devices)}")
     for out in summary.outputs:
         print(f"  {out}")
     return 0

@@ -169,13 +169,18 @@ def test_ray_job_submit_runs_infer_and_two_worker_training_on_a_ray_head(
         )
 
         def submit(*args: str) -> subprocess.CompletedProcess[str]:
-            return subprocess.run(
-                [str(CLUSTER / "submit.sh"), f"http://127.0.0.1:{dashboard}", *args],
-                capture_output=True,
-                text=True,
-                timeout=400,
-                env=env | {"RUNTIME_ENV": str(tmp_path / "env.yaml")},
-            )
+            deadline = time.time() + 60
+            while True:  # the dashboard answers a little before its job agent does
+                result = subprocess.run(
+                    [str(CLUSTER / "submit.sh"), f"http://127.0.0.1:{dashboard}", *args],
+                    capture_output=True,
+                    text=True,
+                    timeout=400,
+                    env=env | {"RUNTIME_ENV": str(tmp_path / "env.yaml")},
+                )
+                if "No available agent" not in result.stderr or time.time() > deadline:
+                    return result
+                time.sleep(2)
 
         inferred = submit(
             "infer",

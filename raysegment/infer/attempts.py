@@ -15,14 +15,29 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["AttemptLedger", "Attempts", "begin_attempt", "death_cause", "start_ledger"]
+__all__ = [
+    "AttemptLedger",
+    "Attempts",
+    "begin_attempt",
+    "death_cause",
+    "device_label",
+    "start_ledger",
+]
 
 
 class AttemptLedger:
-    """Ray actor: per (run, stage, block), the pids of the processes that began it."""
+    """Ray actor: per (run, stage, block), the pids of the processes that began it; per
+    run, the devices its predictors hold (for the summary)."""
 
     def __init__(self) -> None:
         self._pids: dict[tuple[str, str, str], list[int]] = {}
+        self._devices: dict[str, list[str]] = {}
+
+    def register(self, run: str, device: str) -> None:
+        self._devices.setdefault(run, []).append(device)
+
+    def devices(self, run: str) -> list[str]:
+        return sorted(self._devices.get(run, []))
 
     def begin(self, run: str, stage: str, key: str, pid: int) -> list[int]:
         """Record an attempt; returns the pids of every attempt so far, this one last."""
@@ -32,6 +47,7 @@ class AttemptLedger:
 
     def forget(self, run: str) -> None:
         self._pids = {k: v for k, v in self._pids.items() if k[0] != run}
+        self._devices.pop(run, None)
 
 
 @dataclass(frozen=True)
@@ -43,16 +59,30 @@ class Attempts:
     max_attempts: int
 
 
+_LEDGERS: dict[str, Any] = {}
+"""One ledger per Ray job, created on first use; the handle kept here keeps it alive for
+the job's later runs (an actor dies with its last handle)."""
+
+
 def start_ledger(max_attempts: int) -> Attempts:
-    """The ledger of this Ray job (one actor, shared by the job's runs), for a new run."""
+    """The ledger of this Ray job, for a new run."""
     import ray
 
-    ledger = (
-        ray.remote(num_cpus=0)(AttemptLedger)
-        .options(name="raysegment-attempts", get_if_exists=True)
-        .remote()
-    )
-    return Attempts(ledger, uuid.uuid4().hex, max_attempts)
+    context = ray.get_runtime_context()
+    job = f"{context.gcs_address}/{context.get_job_id()}"
+    if job not in _LEDGERS:
+        _LEDGERS[job] = ray.remote(num_cpus=0)(AttemptLedger).remote()
+    return Attempts(_LEDGERS[job], uuid.uuid4().hex, max_attempts)
+
+
+def device_label() -> str:
+    """Where the calling actor runs: its node and the GPUs Ray assigned it (or CPU)."""
+    import ray
+
+    context = ray.get_runtime_context()
+    gpus = context.get_accelerator_ids().get("GPU", [])
+    node = f"node {context.get_node_id()[:8]} ({ray.util.get_node_ip_address()})"
+    return f"{node} GPU {','.join(gpus)}" if gpus else f"{node} CPU"
 
 
 def death_cause(pid: int) -> str:

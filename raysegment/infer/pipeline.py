@@ -60,6 +60,8 @@ class InferSummary:
     actors: int = 0
     cluster: str = ""
     """Address of the Ray cluster that ran the work."""
+    devices: list[str] = field(default_factory=list)
+    """Node and GPU (or CPU) of each predictor actor."""
 
     @property
     def megapixels_per_second(self) -> float:
@@ -345,5 +347,6 @@ def _run(
                 bar.set_postfix(tiles=summary.tiles, refresh=False)
                 if remaining[image] == 0:
                     _complete(plans[image])
+        summary.devices = ray.get(attempts.ledger.devices.remote(attempts.run))
     finally:
         attempts.ledger.forget.remote(attempts.run)

@@ -17,7 +17,7 @@ import torch
 from raysegment import errors
 from raysegment.data.tiling import blend_weights_1d
 from raysegment.errors import BlockFailedError, InputImageError, RaySegmentError
-from raysegment.infer.attempts import Attempts, begin_attempt
+from raysegment.infer.attempts import Attempts, begin_attempt, device_label
 from raysegment.infer.finalize import FINALIZERS
 from raysegment.infer.model import ModelFile, load_model
 from raysegment.infer.plan import ImagePlan, WorkItem
@@ -261,6 +261,8 @@ class Predictor:
         self.finalize = finalize
         self.tta = tta
         self.attempts = attempts
+        if attempts is not None:
+            attempts.ledger.register.remote(attempts.run, device_label())
         first = self.plans[0]
         tile_shape = (len(first.channels), *first.tiling.tile)
         self.fixed_batch = static_batch is not None

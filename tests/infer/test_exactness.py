@@ -141,7 +141,7 @@ def test_tta_makes_any_model_flip_equivariant(tmp_path, make_model, dims, shape)
         zarr.create_array(
             str(tmp_path / f"{name}.zarr"), data=np.ascontiguousarray(data), chunks=(16,) * dims
         )
-    cfg = dict(tile={"size": [16], "overlap": 0.5, "blend": "crop"}, chunks=[16], block=[32])
+    cfg = dict(tile={"size": [16], "overlap": 0.5, "blend": "crop"}, chunks=[16], block=[48])
     outs = {}
     for tta in (False, True):
         for name in ("plain", "flipped"):
