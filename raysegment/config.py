@@ -173,6 +173,12 @@ class InferConfig:
     skip_empty: bool = True
     """Blocks whose input is constant (slide background, absent zarr chunks) skip the model
     and keep the fill value 0."""
+    levels: int = 1
+    """Resolution levels written (1: full resolution only); each further level halves y
+    and x (and z for 3D models), computed region by region once every block is done."""
+    quicklook: bool = True
+    """Write <output>/<name>.png: the input (first time point, middle plane) in grey with
+    the segmentation in colour, at most 1024 pixels on its longer side."""
     overwrite: bool = False
     """Replace an existing output instead of refusing (complete) or resuming (incomplete)."""
     part_id: int = 0
@@ -202,6 +208,8 @@ class InferConfig:
             or len(set(self.channels)) != len(self.channels)
         ):
             raise ConfigError(f"channels={self.channels}: give distinct channel indices >= 0")
+        if not 1 <= self.levels <= 12:
+            raise ConfigError(f"levels={self.levels}: give 1 (no pyramid) to 12")
         if not 0 <= self.part_id < self.num_parts:
             raise ConfigError(
                 f"part_id={self.part_id} with num_parts={self.num_parts}: part_id counts "

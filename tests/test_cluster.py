@@ -146,13 +146,20 @@ def test_ray_job_submit_runs_infer_and_two_worker_training_on_a_ray_head(
 
     ray_bin = str(Path(sys.executable).parent / "ray")
     port, dashboard = _free_port(), _free_port()
+    # The test session's own Ray already holds the agents' default ports.
+    agent = [
+        f"--dashboard-agent-listen-port={_free_port()}",
+        f"--dashboard-agent-grpc-port={_free_port()}",
+        f"--runtime-env-agent-port={_free_port()}",
+        f"--metrics-export-port={_free_port()}",
+    ]
     # Job entrypoints run `python` from the PATH of the node that runs them: this one's.
     path = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
     env = os.environ | {"RAY_AUTH_MODE": "disabled", "PYTHONWARNINGS": "ignore", "PATH": path}
     common = ["--block", "--num-cpus=4", "--disable-usage-stats"]
     head = subprocess.Popen(
         [ray_bin, "start", "--head", f"--port={port}", f"--dashboard-port={dashboard}"]
-        + ["--dashboard-host=127.0.0.1", *common],
+        + ["--dashboard-host=127.0.0.1", *agent, *common],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
         env=env,

@@ -28,6 +28,8 @@ from raysegment.infer.model import (
     read_model_file,
 )
 from raysegment.infer.plan import ImagePlan, plan_image, provenance, tile_size
+from raysegment.infer.pyramid import build_pyramid
+from raysegment.infer.quicklook import quicklook
 from raysegment.infer.stages import Predictor, decode_error, read_stage, write_stage
 from raysegment.infer.writer import (
     OutputState,
@@ -245,7 +247,7 @@ def infer(config: InferConfig | Mapping[str, Any] | None = None, **overrides: An
         summary.cluster = ray.get_runtime_context().gcs_address
         for plan in plans:
             if remaining[plan.id] == 0:
-                _complete(plan)
+                _complete(plan, cfg)
         if pending:
             _run(cfg, model, spec, plans, pending, remaining, (use_gpu, actors, cpus), summary)
     finally:
@@ -257,11 +259,18 @@ def infer(config: InferConfig | Mapping[str, Any] | None = None, **overrides: An
     return summary
 
 
-def _complete(plan: ImagePlan) -> None:
-    """Mark the output complete once every block is done (by this job or other parts)."""
+def _complete(plan: ImagePlan, cfg: InferConfig) -> None:
+    """Mark the output complete once every block is done (by this job or other parts),
+    after its pyramid levels and quick-look PNG (so a complete output has them)."""
     out = Path(plan.output)
     if inspect_output(out).complete or len(done_blocks(out)) < plan.num_blocks:
         return
+    layout = plan.layout
+    build_pyramid(out, layout.axes, layout.pyramid_axes, layout.levels)
+    if cfg.quicklook:
+        png = out.parent / f"{plan.layout.name}.png"
+        mode = cfg.finalize.mode.value
+        quicklook(plan.source, plan.channels[0], out / "0", plan.layout.axes, mode, png)
     complete_output(out, {"blocks_done": plan.num_blocks})
 
 
@@ -346,7 +355,7 @@ def _run(
                 bar.update(1)
                 bar.set_postfix(tiles=summary.tiles, refresh=False)
                 if remaining[image] == 0:
-                    _complete(plans[image])
+                    _complete(plans[image], cfg)
         summary.devices = ray.get(attempts.ledger.devices.remote(attempts.run))
     finally:
         attempts.ledger.forget.remote(attempts.run)

@@ -274,6 +274,8 @@ def plan_image(
         units={a: u for a, u in info.units.items() if a in axes},
         channel_names=names or tuple(f"class_{i}" for i in range(out_c)),
         name=image_stem(source.path),
+        levels=cfg.levels,
+        pyramid_axes="zyx" if dims == 3 else "yx",
     )
     fingerprint = hashlib.sha256(
         json.dumps(
@@ -291,6 +293,7 @@ def plan_image(
                 "chunks": chunks,
                 "tta": cfg.tta,
                 "skip_empty": cfg.skip_empty,
+                "levels": cfg.levels,
                 "norm": norm,
                 "finalize": [mode, cfg.finalize.threshold, cfg.finalize.activation.value],
             },

@@ -18,6 +18,7 @@ import numpy as np
 import zarr
 
 from raysegment.errors import OutputError
+from raysegment.infer.pyramid import level_shape
 
 __all__ = [
     "OutputLayout",
@@ -48,6 +49,10 @@ class OutputLayout:
     units: dict[str, str]
     channel_names: tuple[str, ...]
     name: str
+    levels: int = 1
+    """Resolution levels: arrays 0 (full resolution) .. levels - 1."""
+    pyramid_axes: str = "yx"
+    """Axes each level halves (zyx for 3D models)."""
 
 
 @dataclass(frozen=True)
@@ -88,19 +93,29 @@ def create_output(
             path.mkdir()  # atomic: the claim of the one creator
         except FileExistsError:
             return False
-        group = zarr.open_group(str(path), mode="w", zarr_format=3)
+        # "w-", not "w": "w" clears the store by removing the directory, which would let
+        # another part's mkdir succeed as well.
+        group = zarr.open_group(str(path), mode="w-", zarr_format=3)
     except OSError as e:
         raise OutputError(
             f"{path}: cannot create the output ({e}); check output= is writable"
         ) from e
-    group.create_array(
-        _ARRAY,
-        shape=layout.shape,
-        chunks=layout.chunks,
-        dtype=layout.dtype,
-        fill_value=0,
-        dimension_names=list(layout.axes),
-    )
+    datasets = []
+    for level in range(layout.levels):
+        shape = level_shape(layout.shape, layout.axes, layout.pyramid_axes, level)
+        group.create_array(
+            str(level),
+            shape=shape,
+            chunks=tuple(min(c, n) for c, n in zip(layout.chunks, shape, strict=True)),
+            dtype=layout.dtype,
+            fill_value=0,
+            dimension_names=list(layout.axes),
+        )
+        factor = [2**level if a in layout.pyramid_axes else 1 for a in layout.axes]
+        scale = [s * f for s, f in zip(layout.scale, factor, strict=True)]
+        datasets.append(
+            {"path": str(level), "coordinateTransformations": [{"type": "scale", "scale": scale}]}
+        )
     axes = []
     for a in layout.axes:
         axis: dict[str, str] = {"name": a, "type": _AXIS_TYPES[a]}
@@ -113,14 +128,7 @@ def create_output(
             {
                 "name": layout.name,
                 "axes": axes,
-                "datasets": [
-                    {
-                        "path": _ARRAY,
-                        "coordinateTransformations": [
-                            {"type": "scale", "scale": list(layout.scale)}
-                        ],
-                    }
-                ],
+                "datasets": datasets,
             }
         ],
         "omero": {

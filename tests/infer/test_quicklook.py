@@ -1,0 +1,87 @@
+"""Quick-look PNGs: a valid PNG, downsampled to at most 1024 px, grey input with the
+segmentation coloured exactly where the output says so."""
+
+from __future__ import annotations
+
+import struct
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tifffile
+import zarr
+
+from raysegment.infer import infer
+from raysegment.infer.quicklook import write_png
+from tests.conftest import random_image
+
+
+def read_png(path: Path) -> np.ndarray:
+    """Decode an 8-bit RGB PNG without filters (what write_png writes)."""
+    data = path.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n"
+    pos, chunks = 8, {}
+    while pos < len(data):
+        (length,) = struct.unpack(">I", data[pos : pos + 4])
+        kind, body = data[pos + 4 : pos + 8], data[pos + 8 : pos + 8 + length]
+        (crc,) = struct.unpack(">I", data[pos + 8 + length : pos + 12 + length])
+        assert crc == zlib.crc32(kind + body)
+        chunks[kind] = chunks.get(kind, b"") + body
+        pos += 12 + length
+    w, h, depth, colour = struct.unpack(">IIBB", chunks[b"IHDR"][:10])
+    assert (depth, colour) == (8, 2)
+    rows = np.frombuffer(zlib.decompress(chunks[b"IDAT"]), np.uint8).reshape(h, 1 + 3 * w)
+    assert (rows[:, 0] == 0).all()
+    return rows[:, 1:].reshape(h, w, 3)
+
+
+def test_png_round_trips(tmp_path: Path) -> None:
+    rgb = np.random.default_rng(0).integers(0, 256, (37, 51, 3), dtype=np.uint8)
+    write_png(tmp_path / "a.png", rgb)
+    np.testing.assert_array_equal(read_png(tmp_path / "a.png"), rgb)
+
+
+def _coloured(rgb: np.ndarray) -> np.ndarray:
+    return ~((rgb[..., 0] == rgb[..., 1]) & (rgb[..., 1] == rgb[..., 2]))
+
+
+@pytest.mark.usefixtures("ray_session")
+def test_quicklook_overlays_the_mask_downsampled(tmp_path: Path, make_model) -> None:
+    image = random_image((2100, 1500))
+    image[300:900, 200:700] += 3000  # a bright object the model responds to
+    tifffile.imwrite(tmp_path / "slide.tif", image)
+    model, _ = make_model(out_ch=1)
+    infer(
+        input=str(tmp_path / "slide.tif"),
+        model=str(model),
+        output=str(tmp_path / "out"),
+        progress=False,
+        finalize={"mode": "mask"},
+    )
+    rgb = read_png(tmp_path / "out" / "slide.png")
+    assert rgb.shape == (700, 500, 3)  # step 3: 2100 -> 700, 1500 -> 500
+    mask = zarr.open_array(str(tmp_path / "out" / "slide.ome.zarr" / "0"), mode="r")[0, ::3, ::3]
+    assert 0 < mask.mean() < 1
+    np.testing.assert_array_equal(_coloured(rgb), mask > 0)
+
+
+@pytest.mark.usefixtures("ray_session")
+def test_quicklook_of_a_volume_shows_its_middle_plane(tmp_path: Path, make_model) -> None:
+    volume = random_image((9, 40, 48)).astype("float32") / 1000 - 0.5
+    zarr.create_array(str(tmp_path / "vol.zarr"), data=volume)
+    model, _ = make_model(dims=3, out_ch=1)
+    infer(
+        input=str(tmp_path / "vol.zarr"),
+        model=str(model),
+        output=str(tmp_path / "out"),
+        axes="zyx",
+        progress=False,
+        tile={"size": [16]},
+        finalize={"mode": "probabilities"},
+    )
+    rgb = read_png(tmp_path / "out" / "vol.png")
+    assert rgb.shape == (40, 48, 3)
+    probs = zarr.open_array(str(tmp_path / "out" / "vol.ome.zarr" / "0"), mode="r")[0, 4]
+    assert 0 < (probs > 0.5).mean() < 1
+    np.testing.assert_array_equal(_coloured(rgb), probs > 0.5)
