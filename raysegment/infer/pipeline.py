@@ -143,7 +143,7 @@ def _prepare_outputs(
     for plan in plans:
         out = Path(plan.output)
         state = inspect_output(out)
-        if not state.exists or (cfg.overwrite and state.exists):
+        if not state.exists or cfg.overwrite:
             if state.exists and not state.ours and not out.is_dir():
                 raise OutputError(f"{out}: exists and is not a directory; remove it")
             meta = provenance(plan, config, model_path, model_sha, __version__)
@@ -235,10 +235,10 @@ def infer(config: InferConfig | Mapping[str, Any] | None = None, **overrides: An
     pending = [w for w in mine if w.key not in done[w.image]]
     remaining = Counter(w.image for w in pending)
     summary = InferSummary(images=len(plans), resumed_blocks=len(mine) - len(pending))
+    share = Counter(w.image for w in mine)  # this part's fraction of each image
     for plan in plans:
-        summary.megapixels += (
-            float(np.prod(plan.source.info.shape[2:])) * plan.source.info.shape[0] / 1e6
-        )
+        pixels = float(np.prod(plan.source.info.shape[2:])) * plan.source.info.shape[0]
+        summary.megapixels += pixels / 1e6 * share[plan.id] / plan.num_blocks
 
     started = _start_ray(cfg.device)
     try:

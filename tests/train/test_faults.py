@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import csv
+import json
 import os
 import signal
 import subprocess
@@ -18,24 +19,33 @@ from tests.faults import install
 
 pytest.importorskip("segmentation_models_pytorch", reason="needs the train extra")
 
-# In the training worker: each epoch that reaches validation is noted in
-# RAYSEGMENT_TEST_DIR/epochs, and the first worker to validate epoch
-# RAYSEGMENT_TEST_KILL_EPOCH (0-based) dies there, a few seconds later so that the reports
-# made before have reached the controller.
+# In the training worker: the first worker to validate epoch RAYSEGMENT_TEST_KILL_EPOCH
+# (0-based) dies there, once Ray Train has registered the checkpoint of the epoch before
+# (its controller collects reports by polling: a report still in flight would be lost).
 PATCH = """
-import os, time
+import json, os, time
 update = m.EarlyStopping.update
+
+def registered(run):
+    try:
+        with open(os.path.join(run, "checkpoint_manager_snapshot.json")) as f:
+            return json.load(f)["latest_checkpoint_result"]["metrics"]["epoch"]
+    except Exception:
+        return 0
 
 def dying(self, loss, epoch):
     root = os.environ["RAYSEGMENT_TEST_DIR"]
     if epoch == int(os.environ["RAYSEGMENT_TEST_KILL_EPOCH"]):
         try:
             os.close(os.open(os.path.join(root, "killed"), os.O_CREAT | os.O_EXCL))
-            time.sleep(3)
-            os._exit(1)
         except FileExistsError:
-            pass
-    open(os.path.join(root, "epochs", str(epoch)), "w").close()
+            return update(self, loss, epoch)
+        deadline = time.time() + 120
+        while registered(os.path.join(root, "model", "ray_train", "run")) < epoch:
+            if time.time() > deadline:
+                break
+            time.sleep(0.2)
+        os._exit(1)
     return update(self, loss, epoch)
 
 m.EarlyStopping.update = dying
@@ -62,11 +72,19 @@ def _command(data: Path) -> list[str]:
     ]
 
 
+def _latest_epoch(run: Path) -> int:
+    """Epoch of the newest checkpoint Ray Train has registered in its run storage."""
+    try:
+        snapshot = json.loads((run / "checkpoint_manager_snapshot.json").read_text())
+        return int(snapshot["latest_checkpoint_result"]["metrics"]["epoch"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return 0
+
+
 def test_worker_death_and_kill_dash_9_resume_from_the_last_checkpoint(
     blob_data: Path, tmp_path: Path
 ) -> None:
     site = install(tmp_path / "site", "raysegment.train.loop", PATCH)
-    (tmp_path / "epochs").mkdir()
     env = os.environ | {
         "PYTHONPATH": os.pathsep.join([str(site), os.getcwd()]),
         "PYTHONWARNINGS": "ignore",
@@ -82,12 +100,12 @@ def test_worker_death_and_kill_dash_9_resume_from_the_last_checkpoint(
         start_new_session=True,
     )
     deadline = time.time() + 300
-    # Epoch index 4 validated: the worker died in epoch index 2 and was restarted.
-    while not (tmp_path / "epochs" / "4").exists():
+    # Kill once Ray Train has registered the checkpoint of epoch 4: the worker died in
+    # epoch 3 and was restarted from epoch 2's.
+    while _latest_epoch(tmp_path / "model" / "ray_train" / "run") < 4:
         assert run.poll() is None, "training ended before it could be killed"
         assert time.time() < deadline, "training made no progress"
         time.sleep(0.2)
-    time.sleep(2.0)  # let the controller take in the report of epoch 4
     os.killpg(run.pid, signal.SIGKILL)
     run.wait()
     assert (tmp_path / "killed").exists()
@@ -99,8 +117,9 @@ def test_worker_death_and_kill_dash_9_resume_from_the_last_checkpoint(
     assert again.returncode == 0, again.stderr
     assert "resuming the unfinished run" in again.stderr
     # Resumed twice: after the worker died (from epoch 2), after the kill (epoch 4 or 5).
-    resumed = again.stdout.split("resumed after epoch ")[1].split(")")[0]
-    first, second = (int(v) for v in resumed.split(", "))
+    resumed = again.stdout.split("resumed after epoch ")[1].split(")")[0].split(", ")
+    assert len(resumed) == 2, again.stdout + again.stderr[-3000:]
+    first, second = (int(v) for v in resumed)
     assert first == 2 and second >= 4, again.stdout
     with open(tmp_path / "model" / "metrics.csv") as f:
         assert [int(r["epoch"]) for r in csv.DictReader(f)] == [1, 2, 3, 4, 5, 6, 7]
