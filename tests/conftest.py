@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -16,6 +17,23 @@ os.environ.setdefault("RAY_DEDUP_LOGS", "0")
 # Ray Train's controller polls its workers every 2 s by default; each training run in the
 # tests waits out a few of those polls.
 os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.5")
+
+
+SMALL_BLOCKS = ["chunks=128", "block=128", "tile.size=128", "progress=false", "finalize.mode=raw"]
+"""Settings of the multi-block runs that subprocess tests compare with an in-process one."""
+
+
+def cli_command(*args: str) -> list[str]:
+    """``raysegment ARGS`` as a subprocess command line, with this interpreter."""
+    return [sys.executable, "-m", "raysegment.cli", *args]
+
+
+def infer_with(*args: str) -> object:
+    """``infer`` in this process from the same key=value arguments the CLI takes."""
+    from raysegment.config import InferConfig, load_config
+    from raysegment.infer import infer
+
+    return infer(load_config(InferConfig, (), list(args)))
 
 
 @pytest.fixture(scope="session")

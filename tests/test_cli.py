@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -14,13 +13,13 @@ import torch
 import zarr
 
 from raysegment.infer.writer import inspect_output
-from tests.conftest import conv_model, random_image, save_torchscript
+from tests.conftest import cli_command, conv_model, random_image, save_torchscript
 
 
 def run_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
     env = os.environ | {"PYTHONWARNINGS": "ignore"}
     return subprocess.run(
-        [sys.executable, "-m", "raysegment.cli", *args],
+        cli_command(*args),
         cwd=cwd,
         env=env,
         capture_output=True,

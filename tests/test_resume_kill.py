@@ -6,7 +6,6 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -15,28 +14,24 @@ import pytest
 import tifffile
 import zarr
 
-from tests.conftest import conv_model, random_image, save_torchscript
+from tests.conftest import (
+    SMALL_BLOCKS,
+    cli_command,
+    conv_model,
+    infer_with,
+    random_image,
+    save_torchscript,
+)
 
-ARGS = ["chunks=128", "block=128", "tile.size=128", "progress=false", "finalize.mode=raw"]
 
-
-def _cli(cwd: Path, out: str) -> list[str]:
-    return [
-        sys.executable,
-        "-m",
-        "raysegment.cli",
-        "infer",
-        "input=img.ome.tif",
-        "model=model.pth",
-        f"output={out}",
-        *ARGS,
-    ]
+def _cli(out: str) -> list[str]:
+    return cli_command(
+        "infer", "input=img.ome.tif", "model=model.pth", f"output={out}", *SMALL_BLOCKS
+    )
 
 
 @pytest.mark.usefixtures("ray_session")
 def test_kill_dash_9_then_same_command_resumes_bit_identical(tmp_path: Path) -> None:
-    from raysegment.infer import infer
-
     tifffile.imwrite(
         tmp_path / "img.ome.tif",
         random_image((768, 768)),
@@ -45,20 +40,16 @@ def test_kill_dash_9_then_same_command_resumes_bit_identical(tmp_path: Path) -> 
         metadata={"axes": "YX"},
     )
     save_torchscript(conv_model(), tmp_path / "model.pth", 2, 1)
-    infer(
-        input=str(tmp_path / "img.ome.tif"),
-        model=str(tmp_path / "model.pth"),
-        output=str(tmp_path / "reference"),
-        chunks=[128],
-        block=[128],
-        tile={"size": [128]},
-        progress=False,
-        finalize={"mode": "raw"},
+    infer_with(
+        f"input={tmp_path / 'img.ome.tif'}",
+        f"model={tmp_path / 'model.pth'}",
+        f"output={tmp_path / 'reference'}",
+        *SMALL_BLOCKS,
     )
 
     env = os.environ | {"PYTHONWARNINGS": "ignore"}
     run = subprocess.Popen(
-        _cli(tmp_path, "out"),
+        _cli("out"),
         cwd=tmp_path,
         env=env,
         stdout=subprocess.DEVNULL,
@@ -79,7 +70,7 @@ def test_kill_dash_9_then_same_command_resumes_bit_identical(tmp_path: Path) -> 
     assert group.attrs["raysegment"]["status"] == "incomplete"  # nothing looks complete
 
     result = subprocess.run(
-        _cli(tmp_path, "out"), cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600
+        _cli("out"), cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600
     )
     assert result.returncode == 0, result.stderr
     resumed = int(result.stdout.split("block(s) (")[1].split(" already done")[0])

@@ -382,7 +382,7 @@ def _unreadable_tiff(path: str | Path, e: Exception) -> InputImageError:
     )
 
 
-def _is_ome_tiff(path: Path) -> bool:
+def _inspect_tiff(path: Path) -> bool:
     """Whether ``path`` is an OME-TIFF, after checking every strip or tile of its first
     series lies inside the file (a copy cut short fails here, not hours into a run)."""
     import tifffile
@@ -421,7 +421,7 @@ def open_source(path: str | os.PathLike[str], axes: str | None = None) -> ImageS
     if is_zarr(p):
         kind = "zarr"
     elif p.is_file() and name.endswith((".tif", ".tiff")):
-        kind = "ome-tiff" if _is_ome_tiff(p) and axes is None else "tiff"
+        kind = "ome-tiff" if _inspect_tiff(p) and axes is None else "tiff"
     else:
         raise InputImageError(
             f"{p}: not a supported image; give an OME-TIFF, TIFF, zarr array or OME-Zarr"

@@ -268,9 +268,9 @@ def _complete(plan: ImagePlan, cfg: InferConfig) -> None:
     layout = plan.layout
     build_pyramid(out, layout.axes, layout.pyramid_axes, layout.levels)
     if cfg.quicklook:
-        png = out.parent / f"{plan.layout.name}.png"
+        png = out.parent / f"{layout.name}.png"
         mode = cfg.finalize.mode.value
-        quicklook(plan.source, plan.channels[0], out / "0", plan.layout.axes, mode, png)
+        quicklook(plan.source, plan.channels[0], out / "0", layout.axes, mode, png)
     complete_output(out, {"blocks_done": plan.num_blocks})
 
 

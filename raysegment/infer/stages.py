@@ -57,16 +57,16 @@ def _dummy(plan: ImagePlan) -> np.ndarray:
     return np.zeros((1,) * (plan.spatial_dims + 2), plan.layout.dtype)
 
 
-def _refused(batch: Batch, plan: ImagePlan, stage: str, attempts: Attempts | None) -> Batch | None:
-    """The error row for a block whose processes died too often in ``stage``, else None
-    (and the attempt is recorded)."""
+def _refusal(batch: Batch, plan: ImagePlan, stage: str, attempts: Attempts | None) -> str:
+    """Record this attempt at the block in ``stage``; the encoded error once processes
+    running it died ``max_attempts`` times, else ""."""
     if attempts is None:
-        return None
+        return ""
     item = _item(batch, 0)
     reason = begin_attempt(attempts, stage, f"{item.image}/{item.key}")  # keys repeat per image
     if reason is None:
-        return None
-    return _failed(batch, plan, encode_error(BlockFailedError(f"{plan.describe(item)}: {reason}")))
+        return ""
+    return encode_error(BlockFailedError(f"{plan.describe(item)}: {reason}"))
 
 
 def encode_error(error: RaySegmentError) -> str:
@@ -101,18 +101,21 @@ def read_stage(batch: Batch, plans: Sequence[ImagePlan], attempts: Attempts | No
     """Read a block's source region, normalize it to float32 and pad it to whole tiles."""
     item = _item(batch, 0)
     plan = plans[item.image]
-    refused = _refused(batch, plan, "read", attempts)
-    if refused is not None:
-        return refused
+    refused = _refusal(batch, plan, "read", attempts)
+    if refused:
+        return _failed(batch, plan, refused)
     block = plan.block_of(item)
     try:
         region = plan.source_region(item, block)
         data = plan.source.read(item.t, plan.channels, region)
     except RaySegmentError as e:  # e.g. a corrupt chunk met mid-run
         return _failed(batch, plan, encode_error(e))
-    if data.dtype.kind == "f" and not np.isfinite(data).all():
+    # One pass for both checks: NaN and Inf show in the extremes.
+    floats = data.dtype.kind == "f"
+    lo, hi = (data.min(), data.max()) if data.size and (floats or plan.skip_empty) else (0, 1)
+    if floats and not (np.isfinite(lo) and np.isfinite(hi)):
         return _failed(batch, plan, encode_error(_nonfinite(plan, item, data, region)))
-    if plan.skip_empty and data.size and data.min() == data.max():
+    if plan.skip_empty and lo == hi:
         # Constant input (slide background, absent zarr chunks): no model, fill value.
         return _passthrough(batch, 0) | {
             "data": _dummy(plan),
@@ -290,7 +293,8 @@ class Predictor:
         item = _item(batch, 0)
         plan = self.plans[item.image]
         if not (batch["error"][0] or batch["empty"][0]):
-            batch = _refused(batch, plan, "predictor", self.attempts) or batch
+            refused = _refusal(batch, plan, "predictor", self.attempts)
+            batch = batch | {"error": np.array([refused])} if refused else batch
         if batch["error"][0] or batch["empty"][0]:
             return _passthrough(batch, 0) | {
                 "data": _dummy(plan),
@@ -327,17 +331,10 @@ def write_stage(
     item = _item(batch, 0)
     plan = plans[item.image]
     if not batch["error"][0]:
-        refused = _refused(batch, plan, "write", attempts)
-        batch = batch if refused is None else batch | {"error": refused["error"]}
+        refused = _refusal(batch, plan, "write", attempts)
+        batch = batch | {"error": np.array([refused])} if refused else batch
     if batch["error"][0]:
-        return {
-            "image": batch["image"][:1],
-            "tiles": np.array([0]),
-            "seconds": np.array([0.0]),
-            "pixels": np.array([0]),
-            "error": batch["error"][:1],
-            "empty": batch["empty"][:1],
-        }
+        return _written(batch, tiles=0, seconds=0.0, pixels=0)
     block = plan.block_of(item)
     data: Any = batch["data"][0]
     index = plan.output_index(item, block)
@@ -347,10 +344,15 @@ def write_stage(
     write_block(Path(plan.output), index, value, plan.fingerprint)
     mark_done(Path(plan.output), item.key)
     pixels = int(np.prod([b - a for a, b in block.inner]))
+    return _written(batch, int(batch["tiles"][0]), float(batch["seconds"][0]), pixels)
+
+
+def _written(batch: Batch, tiles: int, seconds: float, pixels: int) -> Batch:
+    """The row the driver receives for a block."""
     return {
         "image": batch["image"][:1],
-        "tiles": batch["tiles"][:1],
-        "seconds": batch["seconds"][:1],
+        "tiles": np.array([tiles]),
+        "seconds": np.array([seconds]),
         "pixels": np.array([pixels]),
         "error": batch["error"][:1],
         "empty": batch["empty"][:1],

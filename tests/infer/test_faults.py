@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -14,7 +13,15 @@ import tifffile
 import zarr
 
 from raysegment.infer.writer import inspect_output
-from tests.conftest import conv_model, random_image, save_torchscript, whole_image_prediction
+from tests.conftest import (
+    SMALL_BLOCKS,
+    cli_command,
+    conv_model,
+    infer_with,
+    random_image,
+    save_torchscript,
+    whole_image_prediction,
+)
 from tests.faults import install
 
 # In the predictor's process: the blocks named in RAYSEGMENT_TEST_FAULTS (in every image),
@@ -41,8 +48,6 @@ def dying(module, plan, item, *args, **kwargs):
 m.predict_block = dying
 """
 
-ARGS = ["chunks=128", "block=128", "tile.size=128", "progress=false", "finalize.mode=raw"]
-
 
 def run_with_faults(
     cwd: Path, faults: str, mode: str, *args: str, timeout: float = 300
@@ -58,7 +63,7 @@ def run_with_faults(
         "RAYSEGMENT_TEST_FAULT_DIR": str(cwd / "faults"),
     }
     return subprocess.run(
-        [sys.executable, "-m", "raysegment.cli", "infer", *args],
+        cli_command("infer", *args),
         cwd=cwd,
         env=env,
         capture_output=True,
@@ -83,17 +88,11 @@ def files(tmp_path: Path) -> Path:
 
 @pytest.mark.usefixtures("ray_session")
 def test_predictor_killed_mid_run_is_restarted_and_output_identical(files: Path) -> None:
-    from raysegment.infer import infer
-
-    infer(
-        input=str(files / "images"),
-        model=str(files / "model.pth"),
-        output=str(files / "reference"),
-        chunks=[128],
-        block=[128],
-        tile={"size": [128]},
-        progress=False,
-        finalize={"mode": "raw"},
+    infer_with(
+        f"input={files / 'images'}",
+        f"model={files / 'model.pth'}",
+        f"output={files / 'reference'}",
+        *SMALL_BLOCKS,
     )
     # Both images have a block t0z-1b0_1 and both kill a process once: with
     # max_attempts=2 the retry cap must count per image, not per block position.
@@ -105,7 +104,7 @@ def test_predictor_killed_mid_run_is_restarted_and_output_identical(files: Path)
         "model=model.pth",
         "output=out",
         "max_attempts=2",
-        *ARGS,
+        *SMALL_BLOCKS,
     )
     assert result.returncode == 0, result.stderr
     died = sorted(p.name for p in (files / "faults").iterdir())
@@ -127,7 +126,7 @@ def test_block_that_kills_every_process_fails_the_run_naming_it(files: Path) -> 
         "model=model.pth",
         "output=out",
         "max_attempts=2",
-        *ARGS,
+        *SMALL_BLOCKS,
         timeout=240,  # a hang fails here
     )
     lines = [line for line in result.stderr.splitlines() if line.startswith("raysegment:")]
@@ -163,7 +162,7 @@ def test_soak_200_images_with_a_fault_every_20_blocks(tmp_path: Path) -> None:
         "model=model.pth",
         "output=out",
         "tile.blend=crop",
-        *ARGS,
+        *SMALL_BLOCKS,
         timeout=3000,
     )
     assert result.returncode == 0, result.stderr

@@ -8,13 +8,13 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 import torch
 
+from tests.conftest import cli_command
 from tests.faults import install
 
 pytest.importorskip("segmentation_models_pytorch", reason="needs the train extra")
@@ -53,10 +53,7 @@ m.EarlyStopping.update = dying
 
 
 def _command(data: Path) -> list[str]:
-    return [
-        sys.executable,
-        "-m",
-        "raysegment.cli",
+    return cli_command(
         "train",
         f"images.dir={data / 'img'}",
         f"labels.dir={data / 'lbl'}",
@@ -69,7 +66,7 @@ def _command(data: Path) -> list[str]:
         "max_epochs=7",
         "patience=50",
         "device=cpu",
-    ]
+    )
 
 
 def _latest_epoch(run: Path) -> int:
