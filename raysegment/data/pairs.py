@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import re
-from pathlib import Path
 
+from raysegment import storage
 from raysegment.data.inputs import resolve_inputs
 from raysegment.data.sources import image_stem
 from raysegment.errors import InputImageError
@@ -12,16 +12,16 @@ from raysegment.errors import InputImageError
 __all__ = ["pair_images"]
 
 
-def _keyed(directory: str, pattern: str | None, what: str) -> dict[str, Path]:
+def _keyed(directory: str, pattern: str | None, what: str) -> dict[str, str]:
     paths = resolve_inputs(directory, pattern)
     regex = re.compile(pattern, re.IGNORECASE) if pattern else None
-    keyed: dict[str, Path] = {}
+    keyed: dict[str, str] = {}
     for path in paths:
-        match = regex.fullmatch(path.name) if regex else None
-        key = match.group(1) if match and match.re.groups else image_stem(str(path))
+        match = regex.fullmatch(storage.basename(path)) if regex else None
+        key = match.group(1) if match and match.re.groups else image_stem(path)
         if key in keyed:
             raise InputImageError(
-                f"{path}: {what} {keyed[key].name} has the same pairing key {key!r}; "
+                f"{path}: {what} {storage.basename(keyed[key])} has the same pairing key {key!r}; "
                 f"narrow {what}.pattern or rename one of them"
             )
         keyed[key] = path
@@ -30,7 +30,7 @@ def _keyed(directory: str, pattern: str | None, what: str) -> dict[str, Path]:
 
 def pair_images(
     images_dir: str, images_pattern: str | None, labels_dir: str, labels_pattern: str | None
-) -> list[tuple[Path, Path]]:
+) -> list[tuple[str, str]]:
     """Match each image with the label of the same key, sorted by key.
 
     The key is the pattern's first capture group when it has one (``(.*)_mask\\.tif``), else

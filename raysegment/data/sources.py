@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from raysegment import storage
 from raysegment.errors import InputImageError
 from raysegment.registry import Registry
 
@@ -59,15 +60,16 @@ def _ngff_unit(unit: Any) -> str | None:
 
 def image_stem(path: str) -> str:
     """File name without its image suffixes: ``a/slide.ome.tif`` -> ``slide``."""
-    name = Path(path.rstrip("/")).name
+    name = storage.basename(path) if storage.is_url(path) else Path(path.rstrip("/")).name
     for suffix in IMAGE_SUFFIXES:
         if name.lower().endswith(suffix):
             return name[: -len(suffix)]
     return name
 
 
-def is_zarr(path: Path) -> bool:
-    return path.is_dir() and any((path / f).exists() for f in ("zarr.json", ".zarray", ".zgroup"))
+def is_zarr(path: str) -> bool:
+    """Whether ``path`` (local or URL) is a zarr array or group, v2 or v3."""
+    return any(storage.exists(storage.join(path, f)) for f in ("zarr.json", ".zarray", ".zgroup"))
 
 
 @dataclass(frozen=True)
@@ -414,19 +416,24 @@ def open_source(path: str | os.PathLike[str], axes: str | None = None) -> ImageS
     Raises:
         InputImageError: missing path, unknown format, unreadable or corrupt file.
     """
-    p = Path(path)
-    if not p.exists():
+    p = storage.resolve(path)
+    if not storage.exists(p):
         raise InputImageError(f"{p}: no such file or directory; check the input= path")
-    name = p.name.lower()
+    name = storage.basename(p).lower()
     if is_zarr(p):
         kind = "zarr"
-    elif p.is_file() and name.endswith((".tif", ".tiff")):
-        kind = "ome-tiff" if _inspect_tiff(p) and axes is None else "tiff"
+    elif storage.is_url(p):
+        raise InputImageError(
+            f"{p}: only zarr and OME-Zarr are read from URLs; copy the file to a local or "
+            f"mounted path, or convert it to OME-Zarr"
+        )
+    elif os.path.isfile(p) and name.endswith((".tif", ".tiff")):
+        kind = "ome-tiff" if _inspect_tiff(Path(p)) and axes is None else "tiff"
     else:
         raise InputImageError(
             f"{p}: not a supported image; give an OME-TIFF, TIFF, zarr array or OME-Zarr"
         )
-    source = SOURCES.get(kind)(str(p), axes)
+    source = SOURCES.get(kind)(p, axes)
     t, c, z, y, x = source.info.shape
     if math.prod(source.info.shape) == 0:
         raise InputImageError(f"{p}: image has zero size {source.info.shape}")

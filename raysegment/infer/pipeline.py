@@ -9,11 +9,11 @@ import time
 from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from raysegment import storage
 from raysegment._version import __version__
 from raysegment.config import InferConfig, as_config, config_to_dict
 from raysegment.data.inputs import resolve_inputs
@@ -118,13 +118,13 @@ def _pool(cfg: InferConfig) -> tuple[bool, int, int]:
     return True, cfg.actors or wanted, 1
 
 
-def _check_output_location(output: Path, input: Path, paths: list[Path]) -> None:
+def _check_output_location(output: str, input: str, paths: list[str]) -> None:
     """Refuse outputs written into an input (a zarr store, a file) or beside the inputs of
     a directory, where the next run would read them as inputs."""
     for path in paths:
-        if output == path or path in output.parents:
+        if output == path or output.startswith(path.rstrip("/") + "/"):
             raise OutputError(f"output={output} lies inside the input {path}; write elsewhere")
-    if input.is_dir() and output == input:
+    if output == input and storage.is_dir(input):
         raise OutputError(
             f"output={output} is the input directory: its results would be read as inputs "
             f"next time; write into another directory (a subdirectory is fine)"
@@ -141,10 +141,10 @@ def _prepare_outputs(
     """Create, resume or refuse each output; return the blocks already done per image."""
     done: dict[int, set[str]] = {}
     for plan in plans:
-        out = Path(plan.output)
+        out = plan.output
         state = inspect_output(out)
         if not state.exists or cfg.overwrite:
-            if state.exists and not state.ours and not out.is_dir():
+            if state.exists and not state.ours and not storage.is_dir(out):
                 raise OutputError(f"{out}: exists and is not a directory; remove it")
             meta = provenance(plan, config, model_path, model_sha, __version__)
             if create_output(out, plan.layout, meta, replace=cfg.overwrite):
@@ -173,7 +173,7 @@ def _prepare_outputs(
     return done
 
 
-def _wait_for_output(out: Path, timeout: float = 120.0) -> OutputState:
+def _wait_for_output(out: str, timeout: float = 120.0) -> OutputState:
     """The state of an output another part is creating, once its metadata is written."""
     deadline = time.monotonic() + timeout
     while True:
@@ -200,17 +200,17 @@ def infer(config: InferConfig | Mapping[str, Any] | None = None, **overrides: An
     start = time.perf_counter()
     # Workers may run elsewhere (another cwd, another node with the same mounts): every
     # path they see is absolute.
-    paths = [p.resolve() for p in resolve_inputs(cfg.input, cfg.pattern)]
+    paths = resolve_inputs(cfg.input, cfg.pattern)
     sources = [open_source(p, cfg.axes) for p in paths]
-    stems = Counter(image_stem(str(p)) for p in paths)
+    stems = Counter(image_stem(p) for p in paths)
     clash = [s for s, n in stems.items() if n > 1]
     if clash:
         raise ConfigError(
             f"{cfg.input}: several inputs would write {clash[0]}.ome.zarr; narrow pattern="
         )
 
-    output = Path(cfg.output).resolve()
-    _check_output_location(output, Path(cfg.input).resolve(), paths)
+    output = storage.resolve(cfg.output)
+    _check_output_location(output, storage.resolve(cfg.input), paths)
     model = read_model_file(cfg.model)
     module = load_model(model)
     spec = describe_model(model, module)
@@ -222,10 +222,9 @@ def infer(config: InferConfig | Mapping[str, Any] | None = None, **overrides: An
         )
     del module
 
+    sha = model.sha256
     plans = [
-        plan_image(
-            i, src, str(output / f"{image_stem(src.path)}.ome.zarr"), cfg, spec, model.sha256
-        )
+        plan_image(i, src, storage.join(output, f"{image_stem(src.path)}.ome.zarr"), cfg, spec, sha)
         for i, src in enumerate(sources)
     ]
     config = config_to_dict(cfg)
@@ -262,15 +261,15 @@ def infer(config: InferConfig | Mapping[str, Any] | None = None, **overrides: An
 def _complete(plan: ImagePlan, cfg: InferConfig) -> None:
     """Mark the output complete once every block is done (by this job or other parts),
     after its pyramid levels and quick-look PNG (so a complete output has them)."""
-    out = Path(plan.output)
+    out = plan.output
     if inspect_output(out).complete or len(done_blocks(out)) < plan.num_blocks:
         return
     layout = plan.layout
     build_pyramid(out, layout.axes, layout.pyramid_axes, layout.levels)
     if cfg.quicklook:
-        png = out.parent / f"{layout.name}.png"
+        png = storage.join(storage.parent(out), f"{layout.name}.png")
         mode = cfg.finalize.mode.value
-        quicklook(plan.source, plan.channels[0], out / "0", layout.axes, mode, png)
+        quicklook(plan.source, plan.channels[0], storage.join(out, "0"), layout.axes, mode, png)
     complete_output(out, {"blocks_done": plan.num_blocks})
 
 

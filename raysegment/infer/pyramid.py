@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import itertools
 import math
-from pathlib import Path
 
 import numpy as np
 import zarr
+
+from raysegment import storage
+from raysegment.storage import Location
 
 __all__ = ["build_pyramid", "downsample", "level_shape"]
 
@@ -45,12 +47,12 @@ def downsample(data: np.ndarray, halve: tuple[bool, ...]) -> np.ndarray:
     return np.nanmean(padded.reshape(shape), axis=tuple(pairs)).astype(data.dtype)
 
 
-def build_pyramid(path: Path, axes: str, pyramid_axes: str, levels: int) -> None:
+def build_pyramid(path: Location, axes: str, pyramid_axes: str, levels: int) -> None:
     """Fill arrays ``1`` .. ``levels - 1`` of the OME-Zarr group at ``path`` from ``0``."""
     halve = tuple(a in pyramid_axes for a in axes)
     for level in range(1, levels):
-        src = zarr.open_array(str(path / str(level - 1)), mode="r")
-        dst = zarr.open_array(str(path / str(level)), mode="r+")
+        src = zarr.open_array(storage.join(str(path), str(level - 1)), mode="r")
+        dst = zarr.open_array(storage.join(str(path), str(level)), mode="r+")
         # Whole channels at a time; every other axis by the destination's chunks, so each
         # destination chunk is written by exactly one region (zarr has no locks).
         steps = [n if a == "c" else c for a, n, c in zip(axes, dst.shape, dst.chunks, strict=True)]

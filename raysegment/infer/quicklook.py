@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import struct
 import zlib
-from pathlib import Path
 
 import numpy as np
 import zarr
 
+from raysegment import storage
 from raysegment.data.sources import ImageSource
+from raysegment.storage import Location
 
 __all__ = ["MAX_SIDE", "quicklook", "write_png"]
 
@@ -37,7 +38,7 @@ _PALETTE = np.array(
 )
 
 
-def write_png(path: Path, rgb: np.ndarray) -> None:
+def write_png(path: Location, rgb: np.ndarray) -> None:
     """Write an (H, W, 3) uint8 image as PNG (no imaging library needed)."""
     h, w, _ = rgb.shape
     raw = b"".join(b"\x00" + rgb[y].tobytes() for y in range(h))
@@ -48,7 +49,7 @@ def write_png(path: Path, rgb: np.ndarray) -> None:
 
     png = b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 8, 2, 0, 0, 0))
     png += chunk(b"IDAT", zlib.compress(raw, 6)) + chunk(b"IEND", b"")
-    path.write_bytes(png)
+    storage.write_bytes(str(path), png)
 
 
 def _foreground(seg: np.ndarray, kind: str) -> np.ndarray:
@@ -68,10 +69,10 @@ def _foreground(seg: np.ndarray, kind: str) -> np.ndarray:
 def quicklook(
     source: ImageSource,
     channel: int,
-    output: Path,
+    output: Location,
     axes: str,
     kind: str,
-    png: Path,
+    png: Location,
     max_side: int = MAX_SIDE,
 ) -> tuple[int, int]:
     """Write ``png`` for the output array ``output`` (``<name>.ome.zarr/0``) of ``source``.

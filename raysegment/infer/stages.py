@@ -8,7 +8,6 @@ from __future__ import annotations
 import itertools
 import time
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -341,8 +340,8 @@ def write_stage(
     # Integer indices (t, or z for a 2D model) drop axes the block does not have. An empty
     # block writes the fill value: zarr stores no chunk for it (and drops a stale one).
     value = 0 if batch["empty"][0] else data.astype(plan.layout.dtype, copy=False)
-    write_block(Path(plan.output), index, value, plan.fingerprint)
-    mark_done(Path(plan.output), item.key)
+    write_block(plan.output, index, value, plan.fingerprint)
+    mark_done(plan.output, item.key)
     pixels = int(np.prod([b - a for a, b in block.inner]))
     return _written(batch, int(batch["tiles"][0]), float(batch["seconds"][0]), pixels)
 

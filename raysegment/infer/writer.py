@@ -8,17 +8,17 @@ recomputing at most the blocks that were in flight.
 from __future__ import annotations
 
 import datetime as _dt
-import shutil
 import threading
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, cast
 
 import numpy as np
 import zarr
 
+from raysegment import storage
 from raysegment.errors import OutputError
 from raysegment.infer.pyramid import level_shape
+from raysegment.storage import Location
 
 __all__ = [
     "OutputLayout",
@@ -63,11 +63,12 @@ class OutputState:
     ours: bool = False
 
 
-def inspect_output(path: Path) -> OutputState:
-    if not path.exists():
+def inspect_output(path: Location) -> OutputState:
+    path = str(path)
+    if not storage.exists(path):
         return OutputState(False)
     try:
-        attrs = dict(zarr.open_group(str(path), mode="r").attrs)
+        attrs = dict(zarr.open_group(path, mode="r").attrs)
     except Exception:
         return OutputState(True)
     meta = attrs.get("raysegment")
@@ -77,7 +78,7 @@ def inspect_output(path: Path) -> OutputState:
 
 
 def create_output(
-    path: Path, layout: OutputLayout, provenance: dict[str, Any], replace: bool = False
+    path: Location, layout: OutputLayout, provenance: dict[str, Any], replace: bool = False
 ) -> bool:
     """Create the group, the full-resolution array and its metadata, marked incomplete.
 
@@ -85,17 +86,16 @@ def create_output(
         False, creating nothing, when ``path`` exists (and ``replace`` is false): jobs that
         split one run (``num_parts``) race to create it, and exactly one wins.
     """
+    path = str(path)
     try:
-        if replace and path.exists():
-            shutil.rmtree(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            path.mkdir()  # atomic: the claim of the one creator
-        except FileExistsError:
+        if replace:
+            storage.remove(path)
+        if not storage.claim(path):  # atomic: exactly one creator
             return False
-        # "w-", not "w": "w" clears the store by removing the directory, which would let
-        # another part's mkdir succeed as well.
-        group = zarr.open_group(str(path), mode="w-", zarr_format=3)
+        # "a" into the location just claimed (empty but for an object store's claim
+        # marker); "w" would clear the store, removing the claim and letting another part
+        # claim it as well.
+        group = zarr.open_group(path, mode="a", zarr_format=3)
     except OSError as e:
         raise OutputError(
             f"{path}: cannot create the output ({e}); check output= is writable"
@@ -155,7 +155,6 @@ def create_output(
             },
         }
     )
-    (path / _DONE).mkdir(parents=True, exist_ok=True)
     return True
 
 
@@ -164,40 +163,40 @@ def _window(dtype: str, channels: int) -> dict[str, float]:
     return {"start": 0.0, "end": high, "min": 0.0, "max": high}
 
 
-def done_blocks(path: Path) -> set[str]:
-    d = path / _DONE
-    return {p.name for p in d.iterdir()} if d.is_dir() else set()
+def done_blocks(path: Location) -> set[str]:
+    return set(storage.listdir(storage.join(str(path), _DONE)))
 
 
-def mark_done(path: Path, key: str) -> None:
-    (path / _DONE / key).touch()
+def mark_done(path: Location, key: str) -> None:
+    storage.touch(storage.join(str(path), _DONE, key))
 
 
 _ARRAYS: dict[tuple[str, str], Any] = {}
 _ARRAYS_LOCK = threading.Lock()
 
 
-def _array(path: Path, version: str) -> Any:
+def _array(path: str, version: str) -> Any:
     """The output array, opened once per worker process and output version (an output
     replaced with other settings at the same path is opened anew)."""
-    key = (str(path), version)
+    key = (path, version)
     with _ARRAYS_LOCK:
         if key not in _ARRAYS:
-            _ARRAYS[key] = zarr.open_array(str(path / _ARRAY), mode="r+")
+            _ARRAYS[key] = zarr.open_array(storage.join(path, _ARRAY), mode="r+")
         return _ARRAYS[key]
 
 
 def write_block(
-    path: Path, index: tuple[slice | int, ...], data: np.ndarray | int, version: str = ""
+    path: Location, index: tuple[slice | int, ...], data: np.ndarray | int, version: str = ""
 ) -> None:
     """Write ``data`` at ``index``; the region must cover whole chunks (or end at the edge).
     ``version``: what identifies the output's layout (the plan's fingerprint)."""
-    _array(path, version)[index] = data
+    _array(str(path), version)[index] = data
 
 
-def complete_output(path: Path, summary: dict[str, Any]) -> None:
+def complete_output(path: Location, summary: dict[str, Any]) -> None:
     """Mark the output complete; called once every block is written."""
-    group = zarr.open_group(str(path), mode="r+")
+    path = str(path)
+    group = zarr.open_group(path, mode="r+")
     meta: dict[str, Any] = dict(cast(dict, group.attrs["raysegment"]))
     meta.update(
         summary,
@@ -205,4 +204,4 @@ def complete_output(path: Path, summary: dict[str, Any]) -> None:
         completed=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
     )
     group.attrs["raysegment"] = meta
-    shutil.rmtree(path / ".raysegment", ignore_errors=True)
+    storage.remove(storage.join(path, ".raysegment"))

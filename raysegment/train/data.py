@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import itertools
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 
@@ -188,9 +187,7 @@ def prepare(cfg: TrainConfig) -> TrainingSet:
     patch = (int(sizes[0]), int(sizes[1]))
     pairs = []
     for image_path, label_path in found:
-        pair = Pair(
-            open_source(Path(image_path).resolve()), open_source(Path(label_path).resolve())
-        )
+        pair = Pair(open_source(image_path), open_source(label_path))
         _check_pair(pair.image, pair.label, patch, cfg.mode.value)  # type: ignore[arg-type]
         pairs.append(pair)
     counts = {p.image.info.shape[1] for p in pairs}

@@ -180,8 +180,8 @@ def test_source_pickles_without_its_handle(tmp_path: Path) -> None:
 def test_resolve_inputs_and_stems(tmp_path: Path) -> None:
     for n in ("b.ome.tif", "a.tif", "c.txt"):
         (tmp_path / n).write_bytes(b"")
-    assert [p.name for p in resolve_inputs(str(tmp_path))] == ["a.tif", "b.ome.tif"]
-    assert [p.name for p in resolve_inputs(str(tmp_path), r"b\..*")] == ["b.ome.tif"]
+    assert [Path(p).name for p in resolve_inputs(str(tmp_path))] == ["a.tif", "b.ome.tif"]
+    assert [Path(p).name for p in resolve_inputs(str(tmp_path), r"b\..*")] == ["b.ome.tif"]
     with pytest.raises(InputImageError, match="no entry matches"):
         resolve_inputs(str(tmp_path), r".*\.czi")
     assert image_stem("x/slide.ome.tiff") == "slide"

@@ -1,0 +1,159 @@
+"""Where images and outputs live: local paths or fsspec URLs (``s3://``, ``gs://``, ...).
+
+A location is a string: an absolute local path, or a URL without a trailing slash
+(``file://`` URLs become local paths). Object stores have no directories and no atomic
+``mkdir``: a "directory" exists when some key lies under its prefix, and claiming a new
+output writes a marker object with an exclusive create (``If-None-Match: *`` on S3).
+Credentials and endpoints come from the environment as each filesystem reads them
+(``AWS_ACCESS_KEY_ID``, ``AWS_ENDPOINT_URL``, ``GOOGLE_APPLICATION_CREDENTIALS``, ...).
+"""
+
+from __future__ import annotations
+
+import os
+import posixpath
+import shutil
+import socket
+import time
+from pathlib import Path
+from typing import Any
+
+__all__ = [
+    "Location",
+    "basename",
+    "claim",
+    "exists",
+    "is_dir",
+    "is_url",
+    "join",
+    "listdir",
+    "parent",
+    "remove",
+    "resolve",
+    "touch",
+    "write_bytes",
+]
+
+_CLAIM = ".raysegment/claim"
+
+Location = str | os.PathLike[str]
+"""A local path or an fsspec URL."""
+
+
+def is_url(location: str | os.PathLike[str]) -> bool:
+    return "://" in str(location)
+
+
+def resolve(location: str | os.PathLike[str]) -> str:
+    """A location's canonical form: local paths absolute, URLs without a trailing slash."""
+    text = str(location)
+    if text.startswith("file://"):
+        text = text[len("file://") :]
+    if is_url(text):
+        return text.rstrip("/")
+    return str(Path(text).resolve())
+
+
+def join(location: str, *names: str) -> str:
+    if is_url(location):
+        return "/".join([location.rstrip("/"), *names])
+    return str(Path(location, *names))
+
+
+def parent(location: str) -> str:
+    if is_url(location):
+        return location.rstrip("/").rsplit("/", 1)[0]
+    return str(Path(location).parent)
+
+
+def basename(location: str) -> str:
+    return posixpath.basename(location.rstrip("/")) if is_url(location) else Path(location).name
+
+
+def _fs(location: str) -> tuple[Any, str]:
+    """The URL's filesystem (its listings cache dropped: other processes write there too)
+    and the path within it."""
+    import fsspec
+
+    fs, path = fsspec.core.url_to_fs(location)
+    fs.invalidate_cache()
+    return fs, path
+
+
+def exists(location: str) -> bool:
+    if not is_url(location):
+        return os.path.exists(location)
+    fs, path = _fs(location)
+    return bool(fs.exists(path))
+
+
+def is_dir(location: str) -> bool:
+    """A local directory, or a prefix with keys under it."""
+    if not is_url(location):
+        return os.path.isdir(location)
+    fs, path = _fs(location)
+    return bool(fs.isdir(path))
+
+
+def listdir(location: str) -> list[str]:
+    """Names directly under ``location`` (none when it does not exist)."""
+    if not is_url(location):
+        return os.listdir(location) if os.path.isdir(location) else []
+    fs, path = _fs(location)
+    if not fs.isdir(path):
+        return []
+    return [posixpath.basename(p.rstrip("/")) for p in fs.ls(path, detail=False)]
+
+
+def claim(location: str) -> bool:
+    """Create ``location`` for this caller only: False when it already exists.
+
+    Local: an atomic ``mkdir``. Object stores: an exclusive create of a marker object
+    under it, after checking that nothing else lies there.
+    """
+    if not is_url(location):
+        Path(location).parent.mkdir(parents=True, exist_ok=True)
+        try:
+            Path(location).mkdir()
+        except FileExistsError:
+            return False
+        return True
+    fs, path = _fs(location)
+    if fs.exists(path):
+        return False
+    # Who claimed it, for whoever finds a claim with no output behind it. (Not empty:
+    # s3fs writes an empty file without the exclusive-create condition.)
+    who = f"{socket.gethostname()} pid {os.getpid()} at {time.time():.0f}\n".encode()
+    try:
+        with fs.open(f"{path}/{_CLAIM}", "xb") as f:
+            f.write(who)
+    except FileExistsError:
+        return False
+    return True
+
+
+def remove(location: str) -> None:
+    """Remove ``location`` and everything under it, if it exists."""
+    if not is_url(location):
+        if os.path.isdir(location):
+            shutil.rmtree(location, ignore_errors=True)
+        elif os.path.exists(location):
+            os.remove(location)
+        return
+    fs, path = _fs(location)
+    if fs.exists(path):
+        fs.rm(path, recursive=True)
+
+
+def touch(location: str) -> None:
+    """Create an empty file (its local parent directories too)."""
+    write_bytes(location, b"")
+
+
+def write_bytes(location: str, data: bytes) -> None:
+    if not is_url(location):
+        Path(location).parent.mkdir(parents=True, exist_ok=True)
+        Path(location).write_bytes(data)
+        return
+    fs, path = _fs(location)
+    fs.pipe_file(path, data)

@@ -1,0 +1,158 @@
+"""Object storage: zarr inputs and OME-Zarr outputs at fsspec URLs, against a real
+S3-compatible server (moto in server mode) on loopback."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+import zarr
+
+from raysegment import storage
+from raysegment.infer.writer import (
+    OutputLayout,
+    complete_output,
+    create_output,
+    done_blocks,
+    inspect_output,
+    mark_done,
+)
+from tests.conftest import SMALL_BLOCKS, cli_command, infer_with, random_image
+
+BUCKET = "raysegment-test"
+
+
+@pytest.fixture(scope="module")
+def s3() -> Iterator[dict[str, str]]:
+    """A moto S3 server on 127.0.0.1 with one bucket; yields the environment that points
+    clients at it (set in this process too).
+
+    The server answers one request at a time: moto checks ``If-None-Match`` and then
+    writes, so concurrent requests could all pass the check; S3 itself makes the
+    conditional write atomic, and so does a serial server.
+    """
+    pytest.importorskip("s3fs")
+    app_module = pytest.importorskip("moto.moto_server.werkzeug_app")
+    from werkzeug.serving import make_server
+
+    class Quiet(app_module.MotoRequestHandler):  # type: ignore[misc, name-defined]
+        def log_request(self, *args: object) -> None:
+            pass
+
+    app = app_module.DomainDispatcherApplication(app_module.create_backend_app)
+    server = make_server("127.0.0.1", 0, app, threaded=False, request_handler=Quiet)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    env = {
+        "AWS_ENDPOINT_URL": f"http://127.0.0.1:{server.server_address[1]}",
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_DEFAULT_REGION": "us-east-1",
+    }
+    with pytest.MonkeyPatch.context() as mp:
+        for key, value in env.items():
+            mp.setenv(key, value)
+        import s3fs
+
+        s3fs.S3FileSystem.clear_instance_cache()
+        s3fs.S3FileSystem().mkdir(BUCKET)
+        yield env
+    server.shutdown()
+    thread.join()
+
+
+def test_locations_local_file_urls_and_object_stores(tmp_path: Path) -> None:
+    assert storage.resolve(f"file://{tmp_path}/a/") == str(tmp_path / "a")
+    assert storage.resolve("s3://b/dir/") == "s3://b/dir"
+    assert storage.join("s3://b/dir", "x.ome.zarr", "0") == "s3://b/dir/x.ome.zarr/0"
+    assert storage.parent("s3://b/dir/x.ome.zarr") == "s3://b/dir"
+    assert storage.basename("gs://b/dir/x.ome.zarr/") == "x.ome.zarr"
+    assert storage.join(str(tmp_path), "x") == str(tmp_path / "x")
+    assert storage.claim(str(tmp_path / "new" / "out")) and not storage.claim(
+        str(tmp_path / "new" / "out")
+    )
+
+
+def test_parts_racing_to_create_an_s3_output_leave_exactly_one_creator(s3) -> None:
+    layout = OutputLayout("cyx", (1, 64, 64), (1, 32, 32), "uint8", (1.0,) * 3, {}, ("a",), "x")
+    url = f"s3://{BUCKET}/race/x.ome.zarr"
+    results: list[bool] = []
+    barrier = threading.Barrier(4)
+
+    def create() -> None:
+        barrier.wait()
+        results.append(create_output(url, layout, {"fingerprint": "f"}))
+
+    threads = [threading.Thread(target=create) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(results) == [False, False, False, True]
+    state = inspect_output(url)
+    assert state.ours and state.fingerprint == "f" and not state.complete
+    # Done markers (what a resumed run or another part reads) and completion.
+    assert done_blocks(url) == set()
+    mark_done(url, "t0_y0_x0")
+    mark_done(url, "t0_y0_x1")
+    assert done_blocks(url) == {"t0_y0_x0", "t0_y0_x1"}
+    complete_output(url, {"blocks_done": 2})
+    assert inspect_output(url).complete and not storage.exists(f"{url}/.raysegment")
+
+
+def _ome_zarr(path: Path, data: np.ndarray) -> None:
+    """A local OME-Zarr 0.5 image with anisotropic pixel sizes."""
+    group = zarr.open_group(str(path), mode="w-", zarr_format=3)
+    group.create_array("0", data=data, chunks=(1, 64, 64))
+    axes = [{"name": "c", "type": "channel"}] + [
+        {"name": a, "type": "space", "unit": "micrometer"} for a in "yx"
+    ]
+    transform = {"type": "scale", "scale": [1.0, 0.5, 0.25]}
+    ms = {"axes": axes, "datasets": [{"path": "0", "coordinateTransformations": [transform]}]}
+    group.attrs["ome"] = {"version": "0.5", "multiscales": [ms]}
+
+
+@pytest.mark.usefixtures("ray_session")
+def test_s3_input_and_output_equal_the_local_disk_run(s3, tmp_path: Path, make_model) -> None:
+    import s3fs
+
+    local_in = tmp_path / "in"
+    local_in.mkdir()
+    for i, shape in enumerate([(1, 200, 150), (1, 130, 256)]):
+        _ome_zarr(local_in / f"im{i}.ome.zarr", random_image(shape, seed=i))
+    fs = s3fs.S3FileSystem()
+    fs.put(str(local_in), f"{BUCKET}/in", recursive=True)
+    model, _ = make_model()
+    settings = [f"model={model}", *SMALL_BLOCKS, "levels=2"]
+    infer_with(f"input={local_in}", f"output={tmp_path / 'local'}", *settings)
+
+    # A separate process, as on a cluster: its Ray workers reach the server through the
+    # environment alone.
+    out = f"s3://{BUCKET}/out"
+    run = subprocess.run(
+        cli_command("infer", f"input=s3://{BUCKET}/in/", f"output={out}", *settings),
+        env=os.environ | s3,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
+
+    for name in ("im0", "im1"):
+        url = f"{out}/{name}.ome.zarr"
+        assert inspect_output(url).complete
+        assert not storage.exists(f"{url}/.raysegment")  # markers gone once complete
+        remote = zarr.open_group(url, mode="r")
+        local = zarr.open_group(str(tmp_path / "local" / f"{name}.ome.zarr"), mode="r")
+        assert remote.attrs["ome"] == local.attrs["ome"]
+        for level in ("0", "1"):
+            np.testing.assert_array_equal(np.asarray(remote[level][:]), np.asarray(local[level][:]))
+        png = (tmp_path / "local" / f"{name}.png").read_bytes()
+        assert fs.cat(f"{BUCKET}/out/{name}.png") == png
+    scale = remote.attrs["ome"]["multiscales"][0]["datasets"][0]["coordinateTransformations"]
+    assert scale == [{"type": "scale", "scale": [1.0, 0.5, 0.25]}]
