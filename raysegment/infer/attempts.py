@@ -21,17 +21,29 @@ __all__ = [
     "begin_attempt",
     "death_cause",
     "device_label",
+    "pin_gpu",
     "start_ledger",
 ]
 
 
 class AttemptLedger:
     """Ray actor: per (run, stage, block), the pids of the processes that began it; per
-    run, the devices its predictors hold (for the summary)."""
+    run, the devices its predictors hold (for the summary) and the GPU index each
+    predictor of each node was given (``device=1,3,6`` on a cluster)."""
 
     def __init__(self) -> None:
         self._pids: dict[tuple[str, str, str], list[int]] = {}
         self._devices: dict[str, list[str]] = {}
+        self._gpus: dict[tuple[str, str], dict[str, int]] = {}
+
+    def claim_gpu(self, run: str, node: str, actor: str, indices: list[int]) -> int:
+        """The GPU index ``actor`` on ``node`` uses: the one it had before (Ray restarts an
+        actor under the same id), else the least used of ``indices`` on that node."""
+        claims = self._gpus.setdefault((run, node), {})
+        if actor not in claims:
+            used = [list(claims.values()).count(i) for i in indices]
+            claims[actor] = indices[used.index(min(used))]
+        return claims[actor]
 
     def register(self, run: str, device: str) -> None:
         self._devices.setdefault(run, []).append(device)
@@ -47,6 +59,7 @@ class AttemptLedger:
 
     def forget(self, run: str) -> None:
         self._pids = {k: v for k, v in self._pids.items() if k[0] != run}
+        self._gpus = {k: v for k, v in self._gpus.items() if k[0] != run}
         self._devices.pop(run, None)
 
 
@@ -67,20 +80,45 @@ the job's later runs (an actor dies with its last handle)."""
 def start_ledger(max_attempts: int) -> Attempts:
     """The ledger of this Ray job, for a new run."""
     import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
     context = ray.get_runtime_context()
     job = f"{context.gcs_address}/{context.get_job_id()}"
     if job not in _LEDGERS:
-        _LEDGERS[job] = ray.remote(num_cpus=0)(AttemptLedger).remote()
+        # On the driver's node: a worker node may leave (the autoscaler removes idle
+        # GPU nodes), and the ledger would go with it.
+        here = NodeAffinitySchedulingStrategy(context.get_node_id(), soft=False)
+        _LEDGERS[job] = (
+            ray.remote(num_cpus=0)(AttemptLedger).options(scheduling_strategy=here).remote()
+        )
     return Attempts(_LEDGERS[job], uuid.uuid4().hex, max_attempts)
 
 
-def device_label() -> str:
-    """Where the calling actor runs: its node and the GPUs Ray assigned it (or CPU)."""
+def pin_gpu(attempts: Attempts, indices: tuple[int, ...]) -> int:
+    """Claim one of the GPU ``indices`` of this node for the calling actor and make it the
+    only GPU the process sees; call before CUDA is initialized.
+
+    Ray hands each actor a GPU of its own choosing: the index is picked here instead, so
+    that ``device=1,3,6`` uses GPUs 1, 3 and 6 of every node, whatever Ray assigned.
+    """
     import ray
 
     context = ray.get_runtime_context()
-    gpus = context.get_accelerator_ids().get("GPU", [])
+    claim = attempts.ledger.claim_gpu.remote(
+        attempts.run, context.get_node_id(), context.get_actor_id(), list(indices)
+    )
+    index = int(ray.get(claim))
+    os.environ["CUDA_VISIBLE_DEVICES"] = str(index)
+    return index
+
+
+def device_label(gpu: int | None = None) -> str:
+    """Where the calling actor runs: its node and its GPU (``gpu``, else the GPUs Ray
+    assigned it), or CPU."""
+    import ray
+
+    context = ray.get_runtime_context()
+    gpus = [str(gpu)] if gpu is not None else context.get_accelerator_ids().get("GPU", [])
     node = f"node {context.get_node_id()[:8]} ({ray.util.get_node_ip_address()})"
     return f"{node} GPU {','.join(gpus)}" if gpus else f"{node} CPU"
 

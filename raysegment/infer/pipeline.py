@@ -79,25 +79,39 @@ class InferSummary:
         )
 
 
-def _start_ray(device: str) -> bool:
-    """``runtime.start_ray`` after checking that GPU indices name local GPUs."""
+def _start_ray(device: str) -> tuple[bool, bool]:
+    """``runtime.start_ray``; GPU indices restrict a private local Ray to those GPUs.
+
+    Returns:
+        Whether Ray was started or joined here (to shut down after), and whether the
+        GPU indices were applied that way (else each predictor pins its own index).
+    """
     import ray
 
     if ray.is_initialized():
-        return False
-    if device[0].isdigit():
-        if os.environ.get("RAY_ADDRESS"):
-            raise ConfigError(
-                f"device={device}: GPU indices apply to a local run; on a cluster use "
-                f"device=all or device=gpu (Ray assigns the GPUs)"
-            )
+        return False, False
+    if device[0].isdigit() and not os.environ.get("RAY_ADDRESS"):
         # Ray hands out only the GPUs the local raylet sees.
         os.environ["CUDA_VISIBLE_DEVICES"] = device
-    return start_ray()
+        return start_ray(), True
+    return start_ray(), False
 
 
-def _pool(cfg: InferConfig) -> tuple[bool, int, int]:
-    """(use_gpu, actors, cpus per actor) for ``cfg.device`` on the cluster Ray sees."""
+@dataclass(frozen=True)
+class Pool:
+    """The predictor actors for ``device``."""
+
+    use_gpu: bool
+    actors: int
+    cpus: int
+    """CPUs (torch threads) per actor."""
+    gpu_indices: tuple[int, ...] | None = None
+    """GPU indices each node's predictors pin themselves to (``device=1,3,6`` on a
+    cluster Ray was not started for); None: the GPUs Ray assigns."""
+
+
+def _pool(cfg: InferConfig, indices_applied: bool = True) -> Pool:
+    """The predictor pool for ``cfg.device`` on the cluster Ray sees."""
     import ray
 
     resources = ray.cluster_resources()
@@ -109,13 +123,33 @@ def _pool(cfg: InferConfig) -> tuple[bool, int, int]:
         device = "all" if gpus else "cpu"
     if device == "cpu":
         default = max(1, (cpus - max(1, cpus // 4)) // threads)
-        return False, cfg.actors or default, threads
+        return Pool(False, cfg.actors or default, threads)
     wanted = {"gpu": 1, "all": gpus}.get(device, len(device.split(",")))
     if gpus < 1 or wanted > gpus:
         raise ConfigError(
             f"device={cfg.device}: Ray sees {gpus} GPU(s); use device=cpu, or a cluster with GPUs"
         )
-    return True, cfg.actors or wanted, 1
+    if device[0].isdigit() and not indices_applied:
+        return _pinned_pool(cfg, tuple(int(i) for i in device.split(",")))
+    return Pool(True, cfg.actors or wanted, 1)
+
+
+def _pinned_pool(cfg: InferConfig, indices: tuple[int, ...]) -> Pool:
+    """``device=1,3,6`` on a running cluster: those GPUs of every GPU node."""
+    import ray
+
+    counts = [
+        int(n["Resources"].get("GPU", 0))
+        for n in ray.nodes()
+        if n.get("Alive") and n["Resources"].get("GPU", 0) > 0
+    ]
+    if min(counts) <= max(indices):
+        raise ConfigError(
+            f"device={cfg.device}: the cluster's GPU nodes have {sorted(set(counts))} GPU(s), "
+            f"and every one needs GPU {max(indices)}; choose indices below {min(counts)}, "
+            f"or device=all"
+        )
+    return Pool(True, cfg.actors or len(indices) * len(counts), 1, indices)
 
 
 def _check_output_location(output: str, input: str, paths: list[str]) -> None:
@@ -239,16 +273,16 @@ def infer(config: InferConfig | Mapping[str, Any] | None = None, **overrides: An
         pixels = float(np.prod(plan.source.info.shape[2:])) * plan.source.info.shape[0]
         summary.megapixels += pixels / 1e6 * share[plan.id] / plan.num_blocks
 
-    started = _start_ray(cfg.device)
+    started, indices_applied = _start_ray(cfg.device)
     try:
-        use_gpu, actors, cpus = _pool(cfg)
-        summary.device, summary.actors = ("gpu" if use_gpu else "cpu"), actors
+        pool = _pool(cfg, indices_applied)
+        summary.device, summary.actors = ("gpu" if pool.use_gpu else "cpu"), pool.actors
         summary.cluster = ray.get_runtime_context().gcs_address
         for plan in plans:
             if remaining[plan.id] == 0:
                 _complete(plan, cfg)
         if pending:
-            _run(cfg, model, spec, plans, pending, remaining, (use_gpu, actors, cpus), summary)
+            _run(cfg, model, spec, plans, pending, remaining, pool, summary)
     finally:
         if started:
             ray.shutdown()
@@ -280,7 +314,7 @@ def _run(
     plans: list[ImagePlan],
     pending: list[Any],
     remaining: Counter[int],
-    pool: tuple[bool, int, int],
+    pool: Pool,
     summary: InferSummary,
 ) -> None:
     import ray
@@ -288,7 +322,6 @@ def _run(
 
     quiet_ray_data()
     items = [{"image": w.image, "t": w.t, "z": w.z, "index": np.asarray(w.index)} for w in pending]
-    use_gpu, actors, cpus = pool
     activation = cfg.finalize.activation.value
     if activation == "auto" and spec.activation:
         activation = spec.activation  # what the model was trained with (raysegment.json)
@@ -309,20 +342,21 @@ def _run(
         Predictor,
         batch_size=1,
         batch_format="numpy",
-        compute=ray.data.ActorPoolStrategy(size=actors),
+        compute=ray.data.ActorPoolStrategy(size=pool.actors),
         fn_constructor_kwargs={
             "model": [ray.put(model)],
             "plans": [ray.put(plans)],
-            "use_gpu": use_gpu,
+            "use_gpu": pool.use_gpu,
             "batch_size": cfg.batch_size,
             "static_batch": spec.static_batch,
-            "threads": cpus,
+            "threads": pool.cpus,
             "finalize": finalize,
             "tta": cfg.tta,
             "attempts": attempts,
+            "gpu_indices": pool.gpu_indices,
         },
-        num_gpus=1 if use_gpu else 0,
-        num_cpus=cpus,
+        num_gpus=1 if pool.use_gpu else 0,
+        num_cpus=pool.cpus,
     )
     ds = ds.map_batches(
         write_stage,

@@ -16,7 +16,7 @@ import torch
 from raysegment import errors
 from raysegment.data.tiling import blend_weights_1d
 from raysegment.errors import BlockFailedError, InputImageError, RaySegmentError
-from raysegment.infer.attempts import Attempts, begin_attempt, device_label
+from raysegment.infer.attempts import Attempts, begin_attempt, device_label, pin_gpu
 from raysegment.infer.finalize import FINALIZERS
 from raysegment.infer.model import ModelFile, load_model
 from raysegment.infer.plan import ImagePlan, WorkItem
@@ -250,8 +250,10 @@ class Predictor:
         finalize: tuple[str, str, float],
         tta: bool = False,
         attempts: Attempts | None = None,
+        gpu_indices: tuple[int, ...] | None = None,
     ) -> None:
         torch.set_num_threads(threads)
+        gpu = pin_gpu(attempts, gpu_indices) if attempts and gpu_indices else None
         self.device = torch.device("cuda" if use_gpu and torch.cuda.is_available() else "cpu")
         # Model and plans arrive as [ObjectRef]: put once by the driver, fetched by each
         # actor (a bare ref would be resolved into a large constructor argument).
@@ -264,7 +266,7 @@ class Predictor:
         self.tta = tta
         self.attempts = attempts
         if attempts is not None:
-            attempts.ledger.register.remote(attempts.run, device_label())
+            attempts.ledger.register.remote(attempts.run, device_label(gpu))
         first = self.plans[0]
         tile_shape = (len(first.channels), *first.tiling.tile)
         self.fixed_batch = static_batch is not None

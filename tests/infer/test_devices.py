@@ -7,6 +7,8 @@ import pytest
 from raysegment.config import InferConfig, load_config
 from raysegment.errors import ConfigError
 from raysegment.infer import pipeline
+from raysegment.infer.attempts import AttemptLedger
+from raysegment.infer.pipeline import Pool
 
 REQUIRED = ["input=a", "model=m", "output=o"]
 
@@ -21,12 +23,12 @@ def _pool(monkeypatch, resources: dict[str, float], *overrides: str):
 @pytest.mark.parametrize(
     "device,resources,want",
     [
-        ("auto", {"CPU": 2}, (False, 1, 1)),
-        ("auto", {"CPU": 64, "GPU": 8}, (True, 8, 1)),
-        ("cpu", {"CPU": 16, "GPU": 8}, (False, 12, 1)),
-        ("gpu", {"CPU": 16, "GPU": 8}, (True, 1, 1)),
-        ("all", {"CPU": 32, "GPU": 16}, (True, 16, 1)),
-        ("1,3,6", {"CPU": 16, "GPU": 3}, (True, 3, 1)),
+        ("auto", {"CPU": 2}, Pool(False, 1, 1)),
+        ("auto", {"CPU": 64, "GPU": 8}, Pool(True, 8, 1)),
+        ("cpu", {"CPU": 16, "GPU": 8}, Pool(False, 12, 1)),
+        ("gpu", {"CPU": 16, "GPU": 8}, Pool(True, 1, 1)),
+        ("all", {"CPU": 32, "GPU": 16}, Pool(True, 16, 1)),
+        ("1,3,6", {"CPU": 16, "GPU": 3}, Pool(True, 3, 1)),  # a local Ray of those 3 GPUs
     ],
 )
 def test_device_maps_to_actors(monkeypatch, device, resources, want) -> None:
@@ -34,8 +36,38 @@ def test_device_maps_to_actors(monkeypatch, device, resources, want) -> None:
 
 
 def test_cpu_threads_and_explicit_actors(monkeypatch) -> None:
-    assert _pool(monkeypatch, {"CPU": 16}, "device=cpu", "threads=4") == (False, 3, 4)
-    assert _pool(monkeypatch, {"CPU": 16}, "device=cpu", "actors=2") == (False, 2, 1)
+    assert _pool(monkeypatch, {"CPU": 16}, "device=cpu", "threads=4") == Pool(False, 3, 4)
+    assert _pool(monkeypatch, {"CPU": 16}, "device=cpu", "actors=2") == Pool(False, 2, 1)
+
+
+def _nodes(*gpus: int) -> list[dict]:
+    return [{"Alive": True, "Resources": {"CPU": 8.0, "GPU": float(g)}} for g in gpus] + [
+        {"Alive": True, "Resources": {"CPU": 8.0}},  # a CPU-only head
+        {"Alive": False, "Resources": {"CPU": 8.0, "GPU": 1.0}},  # a node that left
+    ]
+
+
+def test_gpu_indices_on_a_running_cluster_take_those_gpus_of_every_node(monkeypatch) -> None:
+    import ray
+
+    cfg = load_config(InferConfig, (), [*REQUIRED, "device=1,3,6"])
+    monkeypatch.setattr(ray, "cluster_resources", lambda: {"CPU": 24, "GPU": 16})
+    monkeypatch.setattr(ray, "nodes", lambda: _nodes(8, 8))
+    assert pipeline._pool(cfg, indices_applied=False) == Pool(True, 6, 1, (1, 3, 6))
+    monkeypatch.setattr(ray, "nodes", lambda: _nodes(8, 4))
+    with pytest.raises(ConfigError, match=r"have \[4, 8\] GPU\(s\).*needs GPU 6"):
+        pipeline._pool(cfg, indices_applied=False)
+
+
+def test_ledger_gives_each_predictor_of_a_node_its_own_index() -> None:
+    ledger = AttemptLedger()
+    got = [ledger.claim_gpu("run", "node-a", f"actor{i}", [1, 3, 6]) for i in range(3)]
+    assert got == [1, 3, 6]
+    assert ledger.claim_gpu("run", "node-b", "actor3", [1, 3, 6]) == 1  # per node
+    assert ledger.claim_gpu("run", "node-a", "actor1", [1, 3, 6]) == 3  # restarted: same
+    assert ledger.claim_gpu("run", "node-a", "actor9", [1, 3, 6]) == 1  # least used
+    ledger.forget("run")
+    assert ledger.claim_gpu("run", "node-a", "actor2", [1, 3, 6]) == 1
 
 
 @pytest.mark.parametrize("device,gpus", [("gpu", 0), ("all", 0), ("0,1,2", 2)])
@@ -44,38 +76,47 @@ def test_missing_gpus_fail_with_the_count(monkeypatch, device, gpus) -> None:
         _pool(monkeypatch, {"CPU": 4, "GPU": gpus}, f"device={device}")
 
 
-def test_gpu_indices_are_refused_on_a_remote_cluster(monkeypatch) -> None:
-    import ray
-
-    monkeypatch.setattr(ray, "is_initialized", lambda: False)
-    monkeypatch.setenv("RAY_ADDRESS", "head:6379")
-    with pytest.raises(ConfigError, match="device=all"):
-        pipeline._start_ray("1,3")
-
-
-# A three-node cluster on this machine: a CPU-only head and two nodes that report 1 and 2
-# GPUs (Ray's GPU resource without devices: the predictors fall back to CPU, but Ray
-# assigns each one a GPU of its node exactly as it would real ones).
+# A cluster on this machine: a CPU-only head and nodes that report GPUs (Ray's GPU
+# resource without devices: the predictors fall back to CPU, but Ray assigns each one a
+# GPU of its node exactly as it would real ones, and CUDA_VISIBLE_DEVICES is set as on
+# a GPU node). First nodes with 1 and 2 GPUs and device=all; then those nodes leave, two
+# nodes with 3 GPUs join, and device=0,2 runs.
 CLUSTER_SCRIPT = """
 import json, sys
 import ray
 from ray.cluster_utils import Cluster
 
 cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 2, "num_gpus": 0})
-nodes = [cluster.add_node(num_cpus=4, num_gpus=1), cluster.add_node(num_cpus=4, num_gpus=2)]
 ray.init(address=cluster.address, logging_level="ERROR")
 from raysegment.infer import infer
 
-summary = infer(input=sys.argv[1], model=sys.argv[2], output=sys.argv[3], device="all",
-                progress=False, chunks=[64], block=[64], tile={"size": [64]})
-print(json.dumps({"actors": summary.actors, "device": summary.device,
-                  "devices": summary.devices, "nodes": [n.node_id[:8] for n in nodes]}))
+report = {}
+for device, gpus in (("all", (1, 2)), ("0,2", (3, 3))):
+    nodes = [cluster.add_node(num_cpus=4, num_gpus=g) for g in gpus]
+    cluster.wait_for_nodes()
+    summary = infer(input=sys.argv[1], model=sys.argv[2], output=sys.argv[3] + device,
+                    device=device, progress=False, chunks=[64], block=[64],
+                    tile={"size": [64]})
+    report[device] = {"actors": summary.actors, "device": summary.device,
+                      "devices": summary.devices, "nodes": [n.node_id[:8] for n in nodes]}
+    for node in nodes:
+        cluster.remove_node(node)
+print(json.dumps(report))
 ray.shutdown()
 cluster.shutdown()
 """
 
 
-def test_device_all_takes_every_gpu_of_every_node_once(tmp_path, make_model) -> None:
+def _held(report: dict) -> dict[str, list[str]]:
+    """GPU ids each node's predictors hold, from the summary's device lines."""
+    held = [d.split() for d in report["devices"]]  # ["node", id, "(ip)", "GPU", ids]
+    assert all(d[3] == "GPU" and "," not in d[4] for d in held)  # one GPU per actor
+    return {node: sorted(d[4] for d in held if d[1] == node) for node in report["nodes"]}
+
+
+def test_device_all_and_indices_across_nodes_of_a_simulated_cluster(
+    tmp_path, make_model
+) -> None:
     import json
     import os
     import subprocess
@@ -103,8 +144,9 @@ def test_device_all_takes_every_gpu_of_every_node_once(tmp_path, make_model) -> 
     )
     assert result.returncode == 0, result.stderr
     report = json.loads(result.stdout.strip().splitlines()[-1])
-    assert report["device"] == "gpu" and report["actors"] == 3
-    held = [d.split() for d in report["devices"]]  # ["node", id, "(ip)", "GPU", ids]
-    assert all(d[3] == "GPU" and "," not in d[4] for d in held)  # one GPU per actor
-    per_node = {node: sorted(d[4] for d in held if d[1] == node) for node in report["nodes"]}
-    assert list(per_node.values()) == [["0"], ["0", "1"]]  # each GPU exactly once
+    every = report["all"]
+    assert every["device"] == "gpu" and every["actors"] == 3
+    assert list(_held(every).values()) == [["0"], ["0", "1"]]  # each GPU exactly once
+    picked = report["0,2"]
+    assert picked["device"] == "gpu" and picked["actors"] == 4
+    assert list(_held(picked).values()) == [["0", "2"], ["0", "2"]]  # GPU 1 of neither
