@@ -31,6 +31,8 @@ __all__ = [
     "FinalizeConfig",
     "FinalizeMode",
     "InferConfig",
+    "InstanceMethod",
+    "InstancesConfig",
     "NormalizeConfig",
     "NormalizeMode",
     "Padding",
@@ -135,6 +137,56 @@ class FinalizeConfig:
             raise ConfigError(f"finalize.threshold={self.threshold} must be in [0, 1]")
 
 
+class InstanceMethod(str, enum.Enum):
+    """How objects are cut out of the foreground probability."""
+
+    none = "none"
+    connected_components = "connected_components"
+    watershed = "watershed"
+    voronoi_otsu = "voronoi_otsu"
+
+
+@dataclass
+class InstancesConfig:
+    method: InstanceMethod = InstanceMethod.none
+    """none | connected_components | watershed (seeded) | voronoi_otsu; written as the
+    labels image labels/<name> of each output, with per-object statistics."""
+    name: str = "instances"
+    """Name of the labels image (labels/<name>) and of the statistics CSV."""
+    channel: Optional[int] = None
+    """Output channel holding the foreground probability; default: the only channel, or
+    1 - channel 0 (background) for several."""
+    threshold: float = 0.5
+    """connected_components / watershed: foreground is probability above this."""
+    seed_threshold: float = 0.9
+    """watershed: seeds are components of probability above this."""
+    min_seed_size: int = 1
+    """watershed: seeds with fewer pixels are dropped."""
+    min_size: int = 0
+    """Objects with fewer pixels are removed."""
+    spot_sigma: float = 2.0
+    """voronoi_otsu: blur (pixels) before finding one seed per object at local maxima."""
+    outline_sigma: float = 2.0
+    """voronoi_otsu: blur (pixels) before the Otsu threshold that outlines objects."""
+    halo: int = 64
+    """watershed / voronoi_otsu: pixels of context around each block when flooding; the
+    result equals the whole-image one where no object floods farther than this."""
+    stats: bool = True
+    """Write <output>/<name>_<instances.name>.csv: per-object and per-image statistics."""
+    isotropic: bool = False
+    """Also write labels/<name>_isotropic, resampled (nearest) to the finest voxel size."""
+
+    def __post_init__(self) -> None:
+        for key in ("threshold", "seed_threshold"):
+            if not 0.0 <= getattr(self, key) <= 1.0:
+                raise ConfigError(f"instances.{key}={getattr(self, key)} must be in [0, 1]")
+        for key in ("spot_sigma", "outline_sigma", "halo", "min_size", "min_seed_size"):
+            if getattr(self, key) < 0:
+                raise ConfigError(f"instances.{key}={getattr(self, key)} must be >= 0")
+        if not re.fullmatch(r"[A-Za-z0-9_.-]+", self.name):
+            raise ConfigError(f"instances.name={self.name!r}: use letters, digits, '_', '.' or '-'")
+
+
 _DEVICE = re.compile(r"^(auto|cpu|gpu|all|\d+(,\d+)*)$")
 
 
@@ -168,6 +220,10 @@ class InferConfig:
     tile: TileConfig = field(default_factory=TileConfig)
     normalize: NormalizeConfig = field(default_factory=NormalizeConfig)
     finalize: FinalizeConfig = field(default_factory=FinalizeConfig)
+    instances: InstancesConfig = field(default_factory=InstancesConfig)
+    voxel_size: Optional[List[float]] = None
+    """Physical pixel size per spatial axis (z y x, or y x), in the input's units (else
+    micrometer), replacing what the input records."""
     tta: bool = False
     """Test-time augmentation: average the logits over flips (4 in 2D, 8 in 3D)."""
     skip_empty: bool = True
@@ -220,6 +276,18 @@ class InferConfig:
                 "overwrite=true with num_parts>1 would let the parts delete each other's "
                 "blocks; remove the old outputs first, then run the parts without overwrite"
             )
+        if self.instances.method != InstanceMethod.none and self.finalize.mode in (
+            FinalizeMode.raw,
+            FinalizeMode.labels,
+        ):
+            raise ConfigError(
+                f"instances.method={self.instances.method.value} needs foreground "
+                f"probabilities; set finalize.mode=probabilities (or mask)"
+            )
+        if self.voxel_size is not None and (
+            not 2 <= len(self.voxel_size) <= 3 or min(self.voxel_size) <= 0
+        ):
+            raise ConfigError(f"voxel_size={self.voxel_size}: give 2 (y x) or 3 (z y x) sizes > 0")
         _check_pattern("pattern", self.pattern)
         _check_sizes("chunks", self.chunks)
         _check_sizes("block", self.block)

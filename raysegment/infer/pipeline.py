@@ -300,11 +300,16 @@ def _complete(plan: ImagePlan, cfg: InferConfig) -> None:
         return
     layout = plan.layout
     build_pyramid(out, layout.axes, layout.pyramid_axes, layout.levels)
+    extra: dict[str, Any] = {}
+    if cfg.instances.method.value != "none":
+        from raysegment.post.finish import finish_instances  # imports this package
+
+        extra = finish_instances(out, layout, cfg.instances, plan.source, plan.channels[0])
     if cfg.quicklook:
         png = storage.join(storage.parent(out), f"{layout.name}.png")
         mode = cfg.finalize.mode.value
         quicklook(plan.source, plan.channels[0], storage.join(out, "0"), layout.axes, mode, png)
-    complete_output(out, {"blocks_done": plan.num_blocks})
+    complete_output(out, {"blocks_done": plan.num_blocks, **extra})
 
 
 def _run(

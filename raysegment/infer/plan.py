@@ -265,13 +265,14 @@ def plan_image(
     names = spec.classes if spec.classes and len(spec.classes) == out_c else None
     if mode == "labels":
         names = ("labels",)
+    scale, units = _physical(cfg, source, axes)
     layout = OutputLayout(
         axes=axes,
         shape=tuple(sizes[a] for a in axes),
         chunks=out_chunks,
         dtype=output_dtype(mode, spec.out_channels),
-        scale=tuple(1.0 if a == "c" else float(info.scale.get(a, 1.0)) for a in axes),
-        units={a: u for a, u in info.units.items() if a in axes},
+        scale=tuple(1.0 if a == "c" else float(scale.get(a, 1.0)) for a in axes),
+        units={a: u for a, u in units.items() if a in axes},
         channel_names=names or tuple(f"class_{i}" for i in range(out_c)),
         name=image_stem(source.path),
         levels=cfg.levels,
@@ -315,6 +316,27 @@ def plan_image(
         skip_empty=cfg.skip_empty,
         fingerprint=fingerprint,
     )
+
+
+def _physical(
+    cfg: InferConfig, source: ImageSource, axes: str
+) -> tuple[dict[str, float], dict[str, str]]:
+    """Pixel size and unit per axis: the input's, or ``voxel_size`` (z y x, or y x)."""
+    scale, units = dict(source.info.scale), dict(source.info.units)
+    if cfg.voxel_size is None:
+        return scale, units
+    spatial = [a for a in "zyx" if a in axes]
+    if len(cfg.voxel_size) > len(spatial) or len(cfg.voxel_size) < len(spatial) - 1:
+        raise ConfigError(
+            f"voxel_size={list(cfg.voxel_size)}: {source.path} has spatial axes "
+            f"{''.join(spatial)}; give one size per axis"
+        )
+    for axis, size in zip(
+        spatial[len(spatial) - len(cfg.voxel_size) :], cfg.voxel_size, strict=True
+    ):
+        scale[axis] = float(size)
+        units.setdefault(axis, "micrometer")
+    return scale, units
 
 
 def provenance(

@@ -24,6 +24,7 @@ __all__ = [
     "OutputLayout",
     "OutputState",
     "complete_output",
+    "create_labels",
     "create_output",
     "done_blocks",
     "inspect_output",
@@ -100,49 +101,19 @@ def create_output(
         raise OutputError(
             f"{path}: cannot create the output ({e}); check output= is writable"
         ) from e
-    datasets = []
-    for level in range(layout.levels):
-        shape = level_shape(layout.shape, layout.axes, layout.pyramid_axes, level)
-        group.create_array(
-            str(level),
-            shape=shape,
-            chunks=tuple(min(c, n) for c, n in zip(layout.chunks, shape, strict=True)),
-            dtype=layout.dtype,
-            fill_value=0,
-            dimension_names=list(layout.axes),
-        )
-        factor = [2**level if a in layout.pyramid_axes else 1 for a in layout.axes]
-        scale = [s * f for s, f in zip(layout.scale, factor, strict=True)]
-        datasets.append(
-            {"path": str(level), "coordinateTransformations": [{"type": "scale", "scale": scale}]}
-        )
-    axes = []
-    for a in layout.axes:
-        axis: dict[str, str] = {"name": a, "type": _AXIS_TYPES[a]}
-        if a in layout.units:
-            axis["unit"] = layout.units[a]
-        axes.append(axis)
+    channels = [
+        {
+            "label": n,
+            "active": True,
+            "color": "FFFFFF",
+            "window": _window(layout.dtype, len(layout.channel_names)),
+        }
+        for n in layout.channel_names
+    ]
     ome = {
         "version": "0.5",
-        "multiscales": [
-            {
-                "name": layout.name,
-                "axes": axes,
-                "datasets": datasets,
-            }
-        ],
-        "omero": {
-            "channels": [
-                {
-                    "label": n,
-                    "active": True,
-                    "color": "FFFFFF",
-                    "window": _window(layout.dtype, len(layout.channel_names)),
-                }
-                for n in layout.channel_names
-            ],
-            "rdefs": {"model": "greyscale"},
-        },
+        "multiscales": [_multiscale(group, layout)],
+        "omero": {"channels": channels, "rdefs": {"model": "greyscale"}},
     }
     attrs: Any = group.attrs
     attrs.update(
@@ -156,6 +127,55 @@ def create_output(
         }
     )
     return True
+
+
+def _multiscale(group: Any, layout: OutputLayout) -> dict[str, Any]:
+    """Create the arrays of every level in ``group``; returns their NGFF multiscale."""
+    datasets = []
+    for level in range(layout.levels):
+        shape = level_shape(layout.shape, layout.axes, layout.pyramid_axes, level)
+        group.create_array(
+            str(level),
+            shape=shape,
+            chunks=tuple(min(c, n) for c, n in zip(layout.chunks, shape, strict=True)),
+            dtype=layout.dtype,
+            fill_value=0,
+            dimension_names=list(layout.axes),
+            overwrite=True,
+        )
+        factor = [2**level if a in layout.pyramid_axes else 1 for a in layout.axes]
+        scale = [s * f for s, f in zip(layout.scale, factor, strict=True)]
+        datasets.append(
+            {"path": str(level), "coordinateTransformations": [{"type": "scale", "scale": scale}]}
+        )
+    axes = []
+    for a in layout.axes:
+        axis: dict[str, str] = {"name": a, "type": _AXIS_TYPES[a]}
+        if a in layout.units:
+            axis["unit"] = layout.units[a]
+        axes.append(axis)
+    return {"name": layout.name, "axes": axes, "datasets": datasets}
+
+
+def create_labels(path: Location, layout: OutputLayout) -> str:
+    """(Re)create the labels image ``labels/<layout.name>`` of the output at ``path``
+    (image-label metadata pointing at the output, listed in ``labels``); returns its
+    location."""
+    root = storage.join(str(path), "labels")
+    labels = zarr.open_group(root, mode="a", zarr_format=3)
+    names = list(cast(dict, labels.attrs.get("ome", {})).get("labels", []))
+    if layout.name not in names:
+        names.append(layout.name)
+    labels.attrs["ome"] = {"version": "0.5", "labels": names}
+    where = storage.join(root, layout.name)
+    storage.remove(where)
+    group = zarr.open_group(where, mode="a", zarr_format=3)
+    group.attrs["ome"] = {
+        "version": "0.5",
+        "multiscales": [_multiscale(group, layout)],
+        "image-label": {"version": "0.5", "source": {"image": "../../"}},
+    }
+    return where
 
 
 def _window(dtype: str, channels: int) -> dict[str, float]:

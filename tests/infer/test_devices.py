@@ -114,9 +114,7 @@ def _held(report: dict) -> dict[str, list[str]]:
     return {node: sorted(d[4] for d in held if d[1] == node) for node in report["nodes"]}
 
 
-def test_device_all_and_indices_across_nodes_of_a_simulated_cluster(
-    tmp_path, make_model
-) -> None:
+def test_device_all_and_indices_across_nodes_of_a_simulated_cluster(tmp_path, make_model) -> None:
     import json
     import os
     import subprocess

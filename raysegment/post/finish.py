@@ -1,0 +1,175 @@
+"""Post-processing of one finished output, before it is marked complete: instances into
+``labels/<name>`` (with its pyramid), statistics CSVs, isotropic labels.
+
+Block steps run as Ray tasks when Ray is running, so they spread over the cluster; every
+step writes whole chunks that no other step writes (zarr has no locks).
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import io
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import zarr
+
+from raysegment import storage
+from raysegment.config import InstancesConfig
+from raysegment.data.sources import ImageSource
+from raysegment.infer.pyramid import build_pyramid
+from raysegment.infer.writer import OutputLayout, create_labels
+from raysegment.post.instances import Grid, Volume, segment_blocks
+from raysegment.post.resample import isotropic_shape, regions, resample_region
+from raysegment.post.stats import measure, write_csv
+
+__all__ = ["finish_instances", "ray_map"]
+
+
+def ray_map(fn: Callable[..., Any], calls: list[tuple[Any, ...]]) -> list[Any]:
+    """``[fn(*args) for args in calls]`` as Ray tasks, results in order."""
+    import ray
+
+    if not ray.is_initialized() or len(calls) < 2:
+        return [fn(*args) for args in calls]
+    remote = ray.remote(num_cpus=1)(fn)
+    return ray.get([remote.remote(*args) for args in calls])
+
+
+@dataclasses.dataclass(frozen=True)
+class SourceIntensity:
+    """The input's intensity (one channel, one time point) over a spatial region of the
+    output (whose spatial axes are ``axes``)."""
+
+    source: ImageSource
+    channel: int
+    t: int
+    axes: str
+
+    def __call__(self, region: tuple[slice, ...]) -> np.ndarray:
+        spatial = dict(zip(self.axes, region, strict=True))
+        z = spatial.get("z", slice(0, 1))
+        zyx = tuple((s.start, s.stop) for s in (z, spatial["y"], spatial["x"]))
+        data = self.source.read(self.t, (self.channel,), zyx)[0]
+        return data if "z" in self.axes else data[0]
+
+
+def _labels_layout(layout: OutputLayout, name: str) -> OutputLayout:
+    shape = tuple(1 if a == "c" else n for a, n in zip(layout.axes, layout.shape, strict=True))
+    return dataclasses.replace(
+        layout, shape=shape, dtype="uint32", channel_names=("labels",), name=name
+    )
+
+
+def finish_instances(
+    output: str,
+    layout: OutputLayout,
+    cfg: InstancesConfig,
+    source: ImageSource,
+    channel: int,
+    run: Callable[..., list[Any]] = ray_map,
+) -> dict[str, Any]:
+    """Segment instances of the output at ``output`` into ``labels/<cfg.name>``, measure
+    them (``<output dir>/<layout.name>_<cfg.name>.csv`` and ``..._image.csv``) and, with
+    ``cfg.isotropic``, resample them. ``channel``: the input channel measured.
+
+    Returns:
+        Counts for the output's summary: objects per time point.
+    """
+    labels_layout = _labels_layout(layout, cfg.name)
+    where = create_labels(output, labels_layout)
+    spatial = "".join(a for a in layout.axes if a in "zyx")
+    pick = [layout.axes.index(a) for a in spatial]
+    grid = Grid(tuple(layout.shape[i] for i in pick), tuple(layout.chunks[i] for i in pick))
+    scratch = storage.join(output, ".raysegment", "seeds")
+    zarr.create_array(
+        scratch,
+        shape=labels_layout.shape,
+        chunks=labels_layout.chunks,
+        dtype="uint32",
+        fill_value=0,
+        overwrite=True,
+    )
+    spacing = tuple(layout.scale[i] for i in pick)
+    unit = layout.units.get(spatial[-1], "pixel")
+    channels = layout.shape[layout.axes.index("c")]
+    times = layout.shape[0] if layout.axes[0] == "t" else 1
+    objects, rows, totals = [], [], []
+    for t in range(times):
+        vol = Volume(output, layout.axes, t, cfg.channel, channels)
+        count = segment_blocks(vol, grid, cfg, f"{where}/0", scratch, run)
+        objects.append(count)
+        if cfg.stats:
+            intensity = SourceIntensity(source, channel, t, spatial)
+            table = measure(vol, grid, f"{where}/0", count, intensity, spacing, run)
+            text, image = write_csv(table, spatial, spacing, unit, t, int(np.prod(grid.shape)))
+            rows.append(text if t == 0 else text.split("\n", 1)[1])
+            totals.append(image)
+    storage.remove(scratch)
+    build_pyramid(where, labels_layout.axes, labels_layout.pyramid_axes, labels_layout.levels)
+    folder = storage.parent(output)
+    if cfg.stats:
+        storage.write_bytes(
+            storage.join(folder, f"{layout.name}_{cfg.name}.csv"), "".join(rows).encode()
+        )
+        summary = io.StringIO()
+        writer = csv.DictWriter(summary, fieldnames=list(totals[0]))
+        writer.writeheader()
+        writer.writerows(totals)
+        storage.write_bytes(
+            storage.join(folder, f"{layout.name}_{cfg.name}_image.csv"),
+            summary.getvalue().encode(),
+        )
+    if cfg.isotropic:
+        _isotropic(output, where, labels_layout, spatial, spacing, run)
+    return {"objects": objects}
+
+
+def _isotropic(
+    output: str,
+    labels: str,
+    layout: OutputLayout,
+    spatial: str,
+    spacing: tuple[float, ...],
+    run: Callable[..., list[Any]],
+) -> None:
+    """``labels/<name>_isotropic``: level 0 of ``labels`` at the finest spacing."""
+    pick = [layout.axes.index(a) for a in spatial]
+    shape_in = tuple(layout.shape[i] for i in pick)
+    shape_out = isotropic_shape(shape_in, spacing)
+    target = min(spacing)
+    sizes = dict(zip(spatial, shape_out, strict=True))
+    iso = dataclasses.replace(
+        layout,
+        shape=tuple(sizes.get(a, n) for a, n in zip(layout.axes, layout.shape, strict=True)),
+        scale=tuple(
+            target if a in spatial else s for a, s in zip(layout.axes, layout.scale, strict=True)
+        ),
+        name=f"{layout.name}_isotropic",
+        levels=1,
+    )
+    where = create_labels(output, iso)
+    chunks = tuple(iso.chunks[i] for i in pick)
+    times = layout.shape[0] if layout.axes[0] == "t" else 1
+    calls = [
+        (f"{labels}/0", f"{where}/0", layout.axes, t, shape_in, shape_out, region)
+        for t in range(times)
+        for region in regions(shape_out, chunks)
+    ]
+    run(_resample_chunk, calls)
+
+
+def _resample_chunk(
+    source: str,
+    target: str,
+    axes: str,
+    t: int,
+    shape_in: tuple[int, ...],
+    shape_out: tuple[int, ...],
+    region: tuple[slice, ...],
+) -> None:
+    vol = Volume("", axes, t, None, 1)
+    data = resample_region(lambda box: vol.read(source, box), shape_in, shape_out, region)
+    vol.write(target, region, data)

@@ -1,0 +1,130 @@
+"""Instances, statistics and isotropic labels written by ``raysegment infer``."""
+
+from __future__ import annotations
+
+import csv
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import zarr
+from skimage.measure import regionprops
+
+from raysegment.config import InstanceMethod, InstancesConfig
+from raysegment.infer import infer
+from raysegment.post.instances import segment
+from raysegment.post.resample import isotropic_shape, source_indices
+from tests.conftest import save_torchscript
+from tests.post.test_instances import blobs, same_partition
+
+pytestmark = pytest.mark.usefixtures("ray_session")
+
+
+def identity(dims: int) -> torch.nn.Module:
+    """A 1x1 convolution that passes its input through: the input is the logit map."""
+    conv = (torch.nn.Conv2d if dims == 2 else torch.nn.Conv3d)(1, 1, 1)
+    with torch.no_grad():
+        conv.weight.fill_(1.0)
+        conv.bias.zero_()
+    return conv.eval()
+
+
+def _run(tmp_path: Path, image: np.ndarray, chunk: int, **extra: object):
+    dims = image.ndim
+    model = save_torchscript(identity(dims), tmp_path / "id.pth", dims, 1)
+    zarr.create_array(str(tmp_path / "img.zarr"), data=image, chunks=(chunk,) * dims)
+    return infer(
+        input=str(tmp_path / "img.zarr"),
+        model=str(model),
+        output=str(tmp_path / "out"),
+        axes="zyx"[3 - dims :],
+        chunks=[chunk],
+        block=[chunk * 2],
+        tile={"size": [chunk], "blend": "crop"},
+        progress=False,
+        finalize={"mode": "probabilities", "activation": "sigmoid"},
+        quicklook=False,
+        **extra,
+    )
+
+
+def _rows(path: Path) -> list[dict[str, str]]:
+    with path.open() as f:
+        return list(csv.DictReader(f))
+
+
+def test_instances_labels_image_and_statistics_2d(tmp_path: Path) -> None:
+    from ome_zarr_models.v05.image_label import ImageLabel
+    from ome_zarr_models.v05.labels import Labels
+
+    logits = (blobs((190, 170), count=45) * 12 - 6).astype(np.float32)
+    cfg = {"threshold": 0.3, "seed_threshold": 0.9, "min_size": 8}
+    instances = cfg | {"method": "watershed"}
+    _run(tmp_path, logits, 32, instances=instances, levels=2, voxel_size=[0.5, 0.5])
+    out = tmp_path / "out" / "img.ome.zarr"
+    group = zarr.open_group(str(out), mode="r")
+    assert group.attrs["raysegment"]["status"] == "complete"
+    Labels.from_zarr(group["labels"])  # valid labels group listing the image
+    ImageLabel.from_zarr(group["labels/instances"])  # valid image-label metadata
+    assert group["labels"].attrs["ome"]["labels"] == ["instances"]
+    meta = group["labels/instances"].attrs["ome"]
+    assert meta["image-label"]["source"] == {"image": "../../"}
+    assert [d["path"] for d in meta["multiscales"][0]["datasets"]] == ["0", "1"]
+    labels = np.asarray(group["labels/instances/0"][0])
+    np.testing.assert_array_equal(group["labels/instances/1"][0], labels[::2, ::2])
+
+    # The same method on the whole probability map at once: the same objects.
+    prob = np.asarray(group["0"][0])
+    whole = segment(prob, InstancesConfig(method=InstanceMethod.watershed, **cfg))
+    assert same_partition(labels, whole) and labels.max() > 10
+    assert group.attrs["raysegment"]["objects"] == [int(labels.max())]
+
+    # Statistics == regionprops on the whole image (input intensities, 0.5 um pixels).
+    rows = {int(r["label"]): r for r in _rows(tmp_path / "out" / "img_instances.csv")}
+    props = regionprops(labels, intensity_image=logits)
+    assert sorted(rows) == [p.label for p in props]
+    for p in props:
+        row = rows[p.label]
+        assert int(row["pixels"]) == p.area
+        assert float(row["volume_micrometer^2"]) == pytest.approx(p.area * 0.25)
+        assert float(row["centroid_y"]) == pytest.approx(p.centroid[0], abs=1e-4)
+        assert float(row["centroid_x_micrometer"]) == pytest.approx(p.centroid[1] * 0.5, abs=1e-4)
+        assert (int(row["bbox_y_min"]), int(row["bbox_x_min"])) == p.bbox[:2]
+        assert (int(row["bbox_y_max"]) + 1, int(row["bbox_x_max"]) + 1) == p.bbox[2:]
+        assert float(row["mean_intensity"]) == pytest.approx(p.intensity_mean, abs=1e-4)
+        circularity = 4 * math.pi * p.area / p.perimeter**2
+        assert float(row["circularity"]) == pytest.approx(circularity, abs=1e-4)
+    [image] = _rows(tmp_path / "out" / "img_instances_image.csv")
+    assert int(image["pixels"]) == labels.size and int(image["objects"]) == len(props)
+    assert float(image["filling_ratio"]) == pytest.approx((labels > 0).mean())
+    assert float(image["labelled_volume_micrometer^2"]) == pytest.approx((labels > 0).sum() / 4)
+
+
+def test_voronoi_otsu_3d_voxel_size_and_isotropic_labels(tmp_path: Path) -> None:
+    logits = (blobs((24, 60, 56), count=12, seed=3) * 12 - 6).astype(np.float32)
+    cfg = {"spot_sigma": 2.0, "outline_sigma": 1.0}
+    instances = cfg | {"method": "voronoi_otsu", "isotropic": True}
+    _run(tmp_path, logits, 16, instances=instances, voxel_size=[2.0, 0.5, 0.5])
+    group = zarr.open_group(str(tmp_path / "out" / "img.ome.zarr"), mode="r")
+    scale = group.attrs["ome"]["multiscales"][0]["datasets"][0]["coordinateTransformations"]
+    assert scale[0]["scale"] == [1.0, 2.0, 0.5, 0.5]  # c z y x, from voxel_size
+    labels = np.asarray(group["labels/instances/0"][0])
+    method = InstancesConfig(method=InstanceMethod.voronoi_otsu, **cfg)
+    whole = segment(np.asarray(group["0"][0]), method)
+    assert same_partition(labels, whole) and labels.max() >= 5
+
+    iso = group["labels/instances_isotropic"]
+    assert group["labels"].attrs["ome"]["labels"] == ["instances", "instances_isotropic"]
+    shape = isotropic_shape(labels.shape, (2.0, 0.5, 0.5))
+    assert shape == (96, 60, 56) and iso["0"].shape == (1, *shape)
+    iso_scale = iso.attrs["ome"]["multiscales"][0]["datasets"][0]["coordinateTransformations"]
+    assert iso_scale[0]["scale"] == [1.0, 0.5, 0.5, 0.5]
+    picks = [source_indices(o, i, 0, o) for o, i in zip(shape, labels.shape, strict=True)]
+    np.testing.assert_array_equal(iso["0"][0], labels[np.ix_(*picks)])
+
+    rows = _rows(tmp_path / "out" / "img_instances.csv")
+    assert len(rows) == labels.max()
+    big = max(rows, key=lambda r: int(r["pixels"]))
+    assert 0.5 < float(big["sphericity"]) <= 1.05  # roundish blobs (anisotropic voxels)
