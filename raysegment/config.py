@@ -36,6 +36,7 @@ __all__ = [
     "NormalizeConfig",
     "NormalizeMode",
     "Padding",
+    "Precision",
     "TileConfig",
     "TrainConfig",
     "TrainMode",
@@ -137,6 +138,14 @@ class FinalizeConfig:
             raise ConfigError(f"finalize.threshold={self.threshold} must be in [0, 1]")
 
 
+class Precision(str, enum.Enum):
+    """Arithmetic of the model's matmuls and convolutions."""
+
+    float32 = "float32"
+    bfloat16 = "bfloat16"
+    float16 = "float16"
+
+
 class InstanceMethod(str, enum.Enum):
     """How objects are cut out of the foreground probability."""
 
@@ -226,6 +235,11 @@ class InferConfig:
     micrometer), replacing what the input records."""
     tta: bool = False
     """Test-time augmentation: average the logits over flips (4 in 2D, 8 in 3D)."""
+    precision: Precision = Precision.float32
+    """float32 | bfloat16 | float16 (autocast of the model on its device: faster on GPUs
+    and on CPUs with bfloat16 units; blending and outputs stay float32)."""
+    channels_last: bool = False
+    """Run the model in channels-last memory layout (often faster convolutions)."""
     skip_empty: bool = True
     """Blocks whose input is constant (slide background, absent zarr chunks) skip the model
     and keep the fill value 0."""

@@ -359,6 +359,8 @@ def _run(
             "tta": cfg.tta,
             "attempts": attempts,
             "gpu_indices": pool.gpu_indices,
+            "precision": cfg.precision.value,
+            "channels_last": cfg.channels_last,
         },
         num_gpus=1 if pool.use_gpu else 0,
         num_cpus=pool.cpus,

@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from raysegment.config import InferConfig, NormalizeMode
+from raysegment.config import InferConfig, NormalizeMode, config_to_dict
 from raysegment.data.sources import ImageSource, image_stem
 from raysegment.data.tiling import Block, Tiling, block_at, block_grid
 from raysegment.errors import ConfigError, InputImageError
@@ -293,6 +293,9 @@ def plan_image(
                 "block": block,
                 "chunks": chunks,
                 "tta": cfg.tta,
+                "precision": [cfg.precision.value, cfg.channels_last],
+                "voxel_size": cfg.voxel_size,
+                "instances": config_to_dict(cfg)["instances"],
                 "skip_empty": cfg.skip_empty,
                 "levels": cfg.levels,
                 "norm": norm,

@@ -5,6 +5,7 @@ Each row is one block; rows carry their coordinates, so order never matters.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import time
 from collections.abc import Sequence
@@ -251,6 +252,8 @@ class Predictor:
         tta: bool = False,
         attempts: Attempts | None = None,
         gpu_indices: tuple[int, ...] | None = None,
+        precision: str = "float32",
+        channels_last: bool = False,
     ) -> None:
         torch.set_num_threads(threads)
         gpu = pin_gpu(attempts, gpu_indices) if attempts and gpu_indices else None
@@ -261,6 +264,17 @@ class Predictor:
 
         program: ModelFile = ray.get(model[0])
         self.module = load_model(program, self.device)
+        if channels_last:
+            dims = len(ray.get(plans[0])[0].tiling.tile)
+            layout = torch.channels_last if dims == 2 else torch.channels_last_3d
+            self.module = self.module.to(memory_format=layout)
+        # Matmuls and convolutions in bfloat16/float16 where the device supports them;
+        # blending, finalizing and everything written stay float32.
+        self.autocast = (
+            torch.autocast(self.device.type, dtype=getattr(torch, precision))
+            if precision != "float32"
+            else contextlib.nullcontext()
+        )
         self.plans: Sequence[ImagePlan] = ray.get(plans[0])
         self.finalize = finalize
         self.tta = tta
@@ -306,16 +320,17 @@ class Predictor:
         data = torch.from_numpy(np.require(batch["data"][0], requirements=["C", "W"])).to(
             self.device
         )
-        blended, tiles = predict_block(
-            self.module,
-            plan,
-            item,
-            data,
-            self.batch_size,
-            self.weights(plan),
-            self.fixed_batch,
-            self.tta,
-        )
+        with self.autocast:
+            blended, tiles = predict_block(
+                self.module,
+                plan,
+                item,
+                data,
+                self.batch_size,
+                self.weights(plan),
+                self.fixed_batch,
+                self.tta,
+            )
         mode, activation, threshold = self.finalize
         out = FINALIZERS.get(mode)(blended, activation, threshold).cpu().numpy()
         return _passthrough(batch, 0) | {
