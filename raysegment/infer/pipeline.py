@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
+import math
 import os
 import sys
 import time
@@ -108,10 +110,24 @@ class Pool:
     gpu_indices: tuple[int, ...] | None = None
     """GPU indices each node's predictors pin themselves to (``device=1,3,6`` on a
     cluster Ray was not started for); None: the GPUs Ray assigns."""
+    reserve: float = 1.0
+    """Ray CPUs each predictor reserves: ``cpus``, less where the predictors would take
+    every CPU and leave the read and write tasks none to run on (a silent hang)."""
+
+    def leaving_room(self, total_cpus: float) -> Pool:
+        room = max(total_cpus - 1.0, 0.1 * self.actors) / self.actors
+        reserve = min(float(self.cpus), math.floor(room * 100) / 100)
+        return dataclasses.replace(self, reserve=reserve)
 
 
 def _pool(cfg: InferConfig, indices_applied: bool = True) -> Pool:
     """The predictor pool for ``cfg.device`` on the cluster Ray sees."""
+    import ray
+
+    return _pool_for(cfg, indices_applied).leaving_room(ray.cluster_resources().get("CPU", 1))
+
+
+def _pool_for(cfg: InferConfig, indices_applied: bool) -> Pool:
     import ray
 
     resources = ray.cluster_resources()
@@ -363,7 +379,7 @@ def _run(
             "channels_last": cfg.channels_last,
         },
         num_gpus=1 if pool.use_gpu else 0,
-        num_cpus=pool.cpus,
+        num_cpus=pool.reserve,
     )
     ds = ds.map_batches(
         write_stage,

@@ -36,8 +36,26 @@ def test_device_maps_to_actors(monkeypatch, device, resources, want) -> None:
 
 
 def test_cpu_threads_and_explicit_actors(monkeypatch) -> None:
-    assert _pool(monkeypatch, {"CPU": 16}, "device=cpu", "threads=4") == Pool(False, 3, 4)
+    four = _pool(monkeypatch, {"CPU": 16}, "device=cpu", "threads=4")
+    assert four == Pool(False, 3, 4, reserve=4.0)
     assert _pool(monkeypatch, {"CPU": 16}, "device=cpu", "actors=2") == Pool(False, 2, 1)
+
+
+@pytest.mark.parametrize(
+    "resources,overrides,reserve",
+    [
+        ({"CPU": 2}, ["device=cpu", "actors=2"], 0.5),  # 2 x 1 CPU would take both
+        ({"CPU": 4}, ["device=cpu", "actors=2", "threads=2"], 1.5),
+        ({"CPU": 8, "GPU": 8}, ["device=all"], 0.87),
+        ({"CPU": 64, "GPU": 8}, ["device=all"], 1.0),
+    ],
+)
+def test_predictors_leave_a_cpu_for_reads_and_writes(monkeypatch, resources, overrides, reserve):
+    """Predictors reserving every CPU left the read and write tasks nowhere to run: the
+    run hung with every process idle."""
+    pool = _pool(monkeypatch, resources, *overrides)
+    assert pool.reserve == reserve
+    assert resources["CPU"] - pool.actors * pool.reserve >= 1.0
 
 
 def _nodes(*gpus: int) -> list[dict]:

@@ -1,0 +1,448 @@
+"""raysegment benchmarks: end-to-end throughput and memory against the model-only ceiling,
+MONAI's sliding-window inference, a plain I/O copy, and 1 vs 2 actors; training speed.
+
+Every comparison is paired in the same run (ratios hold on noisy machines, absolute times
+do not). Writes results.json, results.md and results.png into --out.
+
+    python benchmarks/run.py                # 8192^2 and 32768^2, as in the README
+    python benchmarks/run.py --quick        # 2048^2 and 4096^2, to check it works
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import psutil
+import tifffile
+import torch
+import zarr
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from examples.segment_slide import NucleiNet, make_slide  # noqa: E402
+from raysegment.data.sources import image_stem  # noqa: E402
+from raysegment.data.tiling import AxisTiling  # noqa: E402
+
+TILE = 512
+OVERLAP = 0.25
+BATCH = 1  # measured fastest per tile on CPU for this model; GPUs take 8
+
+
+def machine() -> dict[str, Any]:
+    cpu = platform.processor() or ""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
+    import ray
+
+    return {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "ram_gib": round(psutil.virtual_memory().total / 2**30, 1),
+        "gpu": gpu,
+        "torch": torch.__version__,
+        "ray": ray.__version__,
+        "python": platform.python_version(),
+    }
+
+
+class PeakMemory:
+    """Peak proportional set size (shared pages split between the processes that map
+    them, so Ray's object store counts once) of a process and all its descendants."""
+
+    def __init__(self, pid: int, every: float = 0.25) -> None:
+        self.pid, self.every, self.peak = pid, every, 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                root = psutil.Process(self.pid)
+                total = 0
+                for proc in [root, *root.children(recursive=True)]:
+                    try:
+                        total += proc.memory_full_info().pss
+                    except (psutil.NoSuchProcess, psutil.AccessDenied):
+                        pass
+                self.peak = max(self.peak, total)
+            except psutil.NoSuchProcess:
+                return
+            self._stop.wait(self.every)
+
+    def stop(self) -> int:
+        self._stop.set()
+        self._thread.join()
+        return self.peak
+
+
+def infer_cli(image: Path, model: Path, out: Path, *keys: str) -> dict[str, Any]:
+    """``raysegment infer`` in a fresh process (Ray start-up included): wall time and the
+    process tree's peak memory."""
+    command = [
+        sys.executable,
+        "-m",
+        "raysegment.cli",
+        "infer",
+        f"input={image}",
+        f"model={model}",
+        f"output={out}",
+        "progress=false",
+        "quicklook=false",
+        "overwrite=true",
+        f"tile.size={TILE}",
+        f"tile.overlap={OVERLAP}",
+        *keys,
+    ]
+    env = os.environ | {"PYTHONWARNINGS": "ignore", "RAY_DEDUP_LOGS": "0"}
+    env.pop("RAY_ADDRESS", None)
+    start = time.perf_counter()
+    proc = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    memory = PeakMemory(proc.pid)
+    stdout, stderr = proc.communicate()
+    seconds = time.perf_counter() - start
+    peak = memory.stop()
+    if proc.returncode != 0:
+        raise RuntimeError(f"raysegment infer failed:\n{stderr.decode()[-3000:]}")
+    print("   ", stdout.decode().strip().splitlines()[0], flush=True)
+    return {"seconds": seconds, "peak_gib": peak / 2**30, "keys": list(keys)}
+
+
+def unet(path: Path) -> Path:
+    """SMP Unet with a resnet18 encoder (random weights), traced to TorchScript."""
+    import segmentation_models_pytorch as smp
+
+    torch.manual_seed(0)
+    model = smp.Unet("resnet18", encoder_weights=None, in_channels=1, classes=1).eval()
+    traced = torch.jit.trace(model, torch.zeros(1, 1, TILE, TILE))
+    torch.jit.save(traced, str(path))
+    return path
+
+
+def cheap(path: Path) -> Path:
+    torch.jit.save(torch.jit.trace(NucleiNet().eval(), torch.zeros(1, 1, 64, 64)), str(path))
+    return path
+
+
+def read_image(path: Path) -> np.ndarray:
+    return tifffile.imread(path)
+
+
+def model_only(model: Path, image: np.ndarray, threads: int) -> float:
+    """Forward passes over the run's tiles, held in memory: the ceiling."""
+    torch.set_num_threads(threads)
+    module = torch.jit.load(str(model)).eval()
+    ys = AxisTiling.plan(image.shape[0], TILE, int(TILE * OVERLAP)).starts
+    xs = AxisTiling.plan(image.shape[1], TILE, int(TILE * OVERLAP)).starts
+    tiles = [
+        torch.from_numpy(image[y : y + TILE, x : x + TILE].astype(np.float32))[None]
+        for y in ys
+        for x in xs
+    ]
+    with torch.inference_mode():
+        module(tiles[0][None])  # warm-up, as the actors' probe
+        start = time.perf_counter()
+        for i in range(0, len(tiles), BATCH):
+            module(torch.stack(tiles[i : i + BATCH]))
+        return time.perf_counter() - start
+
+
+def monai_sliding_window(model: Path, image: np.ndarray, threads: int) -> float:
+    from monai.inferers import sliding_window_inference
+
+    torch.set_num_threads(threads)
+    module = torch.jit.load(str(model)).eval()
+    x = torch.from_numpy(image.astype(np.float32))[None, None]
+    with torch.inference_mode():
+        module(x[..., :TILE, :TILE])
+        start = time.perf_counter()
+        sliding_window_inference(x, (TILE, TILE), BATCH, module, overlap=OVERLAP, mode="gaussian")
+        return time.perf_counter() - start
+
+
+def copy_io(image_path: Path, out: Path) -> float:
+    """One process: read the OME-TIFF tile row by tile row, threshold, write an OME-Zarr
+    array with the chunks and codec raysegment writes: the I/O ceiling of one process."""
+    start = time.perf_counter()
+    with tifffile.TiffFile(image_path) as tif:
+        store = tif.series[0].aszarr()
+        source = zarr.open(store, mode="r")
+        h, w = source.shape
+        target = zarr.create_array(
+            str(out), shape=(1, h, w), chunks=(1, 1024, 1024), dtype="uint8", overwrite=True
+        )
+        for y0 in range(0, h, 1024):
+            target[0, y0 : y0 + 1024] = (np.asarray(source[y0 : y0 + 1024]) > 500).astype(np.uint8)
+        store.close()
+    return time.perf_counter() - start
+
+
+def iou(a: Path, b: Path) -> float:
+    x = zarr.open_array(str(a / "0"), mode="r")
+    y = zarr.open_array(str(b / "0"), mode="r")
+    inter = union = 0
+    for y0 in range(0, x.shape[1], 2048):
+        p, q = np.asarray(x[0, y0 : y0 + 2048]) > 0, np.asarray(y[0, y0 : y0 + 2048]) > 0
+        inter += int((p & q).sum())
+        union += int((p | q).sum())
+    return inter / max(union, 1)
+
+
+def training(work: Path) -> dict[str, Any]:
+    """A synthetic binary task (bright discs), SMP Unet resnet18 on one CPU worker, with
+    early stopping: images (patches) per second per worker, and time to stop."""
+    rng = np.random.default_rng(0)
+    for d in ("img", "lbl"):
+        (work / d).mkdir(parents=True, exist_ok=True)
+    yy, xx = np.mgrid[:256, :256]
+    for i in range(8):
+        mask = np.zeros((256, 256), bool)
+        for _ in range(20):
+            cy, cx, r = rng.integers(0, 256), rng.integers(0, 256), rng.integers(5, 14)
+            mask |= (yy - cy) ** 2 + (xx - cx) ** 2 <= r * r
+        image = rng.normal(100, 20, mask.shape) + mask * 400
+        tifffile.imwrite(work / "img" / f"im{i}.tif", image.astype(np.uint16))
+        tifffile.imwrite(work / "lbl" / f"im{i}.tif", mask.astype(np.uint8))
+    patches, batch = 64, 8
+    command = [
+        sys.executable,
+        "-m",
+        "raysegment.cli",
+        "train",
+        f"images.dir={work / 'img'}",
+        f"labels.dir={work / 'lbl'}",
+        f"output={work / 'model'}",
+        "patch_size=[128]",
+        f"patches_per_epoch={patches}",
+        "val_patches=32",
+        f"batch_size={batch}",
+        "max_epochs=40",
+        "patience=3",
+        "overwrite=true",
+        "device=cpu",
+    ]
+    env = os.environ | {"PYTHONWARNINGS": "ignore"}
+    env.pop("RAY_ADDRESS", None)
+    start = time.perf_counter()
+    result = subprocess.run(command, env=env, capture_output=True, text=True)
+    wall = time.perf_counter() - start
+    if result.returncode != 0:
+        raise RuntimeError(f"raysegment train failed:\n{result.stderr[-3000:]}")
+    rows = (work / "model" / "metrics.csv").read_text().splitlines()
+    header = rows[0].split(",")
+    history = [dict(zip(header, r.split(","), strict=True)) for r in rows[1:]]
+    epochs = len(history)
+    seconds = sum(float(h.get("seconds", "nan")) for h in history)
+    print("   ", result.stdout.strip().splitlines()[-1], flush=True)
+    return {
+        "epochs": epochs,
+        "wall_seconds": wall,
+        "epoch_seconds": seconds,
+        "images_per_second_per_worker": epochs * patches / seconds if seconds else None,
+        "final_iou": float(history[-1].get("iou", "nan")),
+    }
+
+
+def step(name: str, fn: Callable[[], Any]) -> Any:
+    print(f"-- {name}", flush=True)
+    return fn()
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--size", type=int, default=8192)
+    parser.add_argument("--big", type=int, default=32768)
+    parser.add_argument("--quick", action="store_true", help="2048^2 and 4096^2")
+    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
+    parser.add_argument("--work", type=Path, default=ROOT / "benchmarks" / "work")
+    args = parser.parse_args()
+    if args.quick:
+        args.size, args.big = 2048, 4096
+    work, out = args.work, args.out
+    work.mkdir(parents=True, exist_ok=True)
+    out.mkdir(parents=True, exist_ok=True)
+    cores = os.cpu_count() or 1
+    gpu = torch.cuda.is_available()
+    device = ["device=gpu", "actors=1", f"batch_size={8}"] if gpu else ["device=cpu"]
+    results: dict[str, Any] = {"machine": machine(), "size": args.size, "big": args.big}
+    print(json.dumps(results["machine"]), flush=True)
+
+    small, big = work / f"slide{args.size}.ome.tif", work / f"slide{args.big}.ome.tif"
+    for path, size in ((small, args.size), (big, args.big)):
+        if not path.exists():
+            step(f"make {size}^2 slide", lambda p=path, s=size: make_slide(p, work / "t.zarr", s))
+    heavy, light = unet(work / "unet.pth"), cheap(work / "cheap.pth")
+    image = read_image(small)
+    pixels = image.size
+
+    two = ["actors=2", "threads=1", f"batch_size={BATCH}"] if not gpu else device
+    r: dict[str, Any] = {}
+    r["model_only_s"] = step("model only", lambda: model_only(heavy, image, cores))
+    r["e2e"] = step(
+        "end to end, Unet", lambda: infer_cli(small, heavy, work / "o1", *two, "finalize.mode=mask")
+    )
+    r["monai_s"] = step(
+        "MONAI sliding_window_inference", lambda: monai_sliding_window(heavy, image, cores)
+    )
+    fast = ["precision=bfloat16", "channels_last=true"]
+    r["e2e_fast"] = step(
+        "end to end, Unet, bfloat16 + channels_last",
+        lambda: infer_cli(small, heavy, work / "o2", *two, *fast, "finalize.mode=mask"),
+    )
+    name = f"{image_stem(str(small))}.ome.zarr"
+    r["fast_iou"] = iou(work / "o1" / name, work / "o2" / name)
+    if not gpu:
+        one = ["actors=1", "threads=1", f"batch_size={BATCH}", "finalize.mode=mask"]
+        r["e2e_one_actor"] = step(
+            "end to end, Unet, 1 actor", lambda: infer_cli(small, heavy, work / "o3", *one)
+        )
+    cheap_keys = [*two, "finalize.mode=mask"]
+    r["cheap_small"] = step(
+        "end to end, cheap model", lambda: infer_cli(small, light, work / "o4", *cheap_keys)
+    )
+    r["copy_small_s"] = step("I/O copy", lambda: copy_io(small, work / "copy.zarr"))
+    r["cheap_big"] = step(
+        f"end to end, cheap model, {args.big}^2",
+        lambda: infer_cli(big, light, work / "o5", *cheap_keys),
+    )
+    r["copy_big_s"] = step(f"I/O copy, {args.big}^2", lambda: copy_io(big, work / "copy_big.zarr"))
+    r["training"] = step("training", lambda: training(work / "train"))
+    results["raw"] = r
+
+    e2e = r["e2e"]["seconds"]
+    figures = [
+        (
+            "efficiency (model-only / end-to-end), Unet r18 fp32",
+            r["model_only_s"] / e2e,
+            0.90 if not gpu else 0.80,
+        ),
+        ("ours / MONAI throughput, fp32", r["monai_s"] / e2e, 1.0),
+        ("ours fast path / MONAI fp32", r["monai_s"] / r["e2e_fast"]["seconds"], 1.3),
+        ("fast path mask IoU vs fp32", r["fast_iou"], 0.99),
+        (
+            f"memory {args.big}^2 / {args.size}^2 (peak PSS)",
+            r["cheap_big"]["peak_gib"] / r["cheap_small"]["peak_gib"],
+            1.1,
+        ),
+        (
+            f"I/O: ours / one-process copy, {args.size}^2",
+            r["copy_small_s"] / r["cheap_small"]["seconds"],
+            1.0,
+        ),
+        (
+            f"I/O: ours / one-process copy, {args.big}^2",
+            r["copy_big_s"] / r["cheap_big"]["seconds"],
+            1.0,
+        ),
+    ]
+    if not gpu:
+        figures.append(("2 actors / 1 actor, Unet", r["e2e_one_actor"]["seconds"] / e2e, 1.7))
+    results["figures"] = [
+        {
+            "figure": name,
+            "value": round(value, 3),
+            "target": target,
+            "met": value <= target if "memory" in name else value >= target,
+        }
+        for name, value, target in figures
+    ]
+    results["throughput_mpx_s"] = {
+        "model_only": pixels / r["model_only_s"] / 1e6,
+        "end_to_end": pixels / e2e / 1e6,
+        "end_to_end_fast": pixels / r["e2e_fast"]["seconds"] / 1e6,
+        "monai": pixels / r["monai_s"] / 1e6,
+    }
+    (out / "results.json").write_text(json.dumps(results, indent=2))
+    write_markdown(results, out / "results.md")
+    plot(results, out / "results.png")
+    print((out / "results.md").read_text())
+    return 0
+
+
+def write_markdown(results: dict[str, Any], path: Path) -> None:
+    m = results["machine"]
+    lines = [
+        f"Machine: {m['cpu']}, {m['cores']} cores, {m['ram_gib']} GiB RAM, "
+        f"GPU: {m['gpu'] or 'none'}; torch {m['torch']}, Ray {m['ray']}. "
+        f"Image {results['size']}^2 uint16 OME-TIFF (memory also {results['big']}^2).",
+        "",
+        "| figure | value | target | met |",
+        "| --- | --- | --- | --- |",
+    ]
+    for f in results["figures"]:
+        op = "<=" if "memory" in f["figure"] else ">="
+        lines.append(
+            f"| {f['figure']} | {f['value']} | {op} {f['target']} | {'yes' if f['met'] else 'no'} |"
+        )
+    raw = results["raw"]
+    lines += [
+        "",
+        "| run | seconds | peak memory (GiB) |",
+        "| --- | --- | --- |",
+        f"| model only (in-memory tiles) | {raw['model_only_s']:.1f} | |",
+        f"| MONAI sliding_window_inference (image in RAM) | {raw['monai_s']:.1f} | |",
+    ]
+    for key in ("e2e", "e2e_fast", "e2e_one_actor", "cheap_small", "cheap_big"):
+        if key in raw:
+            run = raw[key]
+            keys = " ".join(run["keys"])
+            lines.append(
+                f"| raysegment infer {keys} | {run['seconds']:.1f} | {run['peak_gib']:.2f} |"
+            )
+    lines.append(f"| one-process copy {results['size']}^2 | {raw['copy_small_s']:.1f} | |")
+    lines.append(f"| one-process copy {results['big']}^2 | {raw['copy_big_s']:.1f} | |")
+    t = raw["training"]
+    lines += [
+        "",
+        f"Training (Unet resnet18, 128^2 patches, batch 8, 1 CPU worker): "
+        f"{t['images_per_second_per_worker']:.1f} patches/s per worker; early stop after "
+        f"{t['epochs']} epochs, {t['wall_seconds']:.0f} s wall (Ray Train start-up included), "
+        f"val IoU {t['final_iou']:.3f}.",
+    ]
+    path.write_text("\n".join(lines) + "\n")
+
+
+def plot(results: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figures = results["figures"]
+    fig, ax = plt.subplots(figsize=(9, 0.5 + 0.45 * len(figures)))
+    names = [f["figure"] for f in figures]
+    ax.barh(
+        names,
+        [f["value"] for f in figures],
+        color=["tab:green" if f["met"] else "tab:red" for f in figures],
+    )
+    for i, f in enumerate(figures):
+        ax.plot([f["target"]] * 2, [i - 0.4, i + 0.4], color="black")
+    ax.invert_yaxis()
+    ax.set_xlabel("ratio (black: target)")
+    m = results["machine"]
+    ax.set_title(f"raysegment benchmarks: {m['cores']} cores, GPU {m['gpu'] or 'none'}")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
