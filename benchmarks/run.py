@@ -63,11 +63,26 @@ def machine() -> dict[str, Any]:
     }
 
 
+def _pss(pid: int) -> int:
+    """Proportional set size of one process (Linux smaps_rollup; RSS elsewhere)."""
+    try:
+        for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+            if line.startswith("Pss:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:
+        return int(psutil.Process(pid).memory_info().rss)
+    except psutil.Error:
+        return 0
+
+
 class PeakMemory:
     """Peak proportional set size (shared pages split between the processes that map
-    them, so Ray's object store counts once) of a process and all its descendants."""
+    them, so Ray's object store counts once) of a process and all its descendants,
+    sampled every second."""
 
-    def __init__(self, pid: int, every: float = 0.25) -> None:
+    def __init__(self, pid: int, every: float = 1.0) -> None:
         self.pid, self.every, self.peak = pid, every, 0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
@@ -77,15 +92,10 @@ class PeakMemory:
         while not self._stop.is_set():
             try:
                 root = psutil.Process(self.pid)
-                total = 0
-                for proc in [root, *root.children(recursive=True)]:
-                    try:
-                        total += proc.memory_full_info().pss
-                    except (psutil.NoSuchProcess, psutil.AccessDenied):
-                        pass
-                self.peak = max(self.peak, total)
+                pids = [root.pid, *(p.pid for p in root.children(recursive=True))]
             except psutil.NoSuchProcess:
                 return
+            self.peak = max(self.peak, sum(_pss(pid) for pid in pids))
             self._stop.wait(self.every)
 
     def stop(self) -> int:
@@ -234,8 +244,9 @@ def training(work: Path) -> dict[str, Any]:
         f"patches_per_epoch={patches}",
         "val_patches=32",
         f"batch_size={batch}",
-        "max_epochs=40",
-        "patience=3",
+        "max_epochs=30",
+        "patience=2",
+        "min_delta=0.002",
         "overwrite=true",
         "device=cpu",
     ]

@@ -328,6 +328,18 @@ def _complete(plan: ImagePlan, cfg: InferConfig) -> None:
     complete_output(out, {"blocks_done": plan.num_blocks, **extra})
 
 
+_WORKER_BYTES = 768 << 20
+"""A Ray worker process with torch, zarr and the readers imported, before any data."""
+
+
+def _read_bytes(plan: ImagePlan) -> int:
+    """Memory a read task's process holds: itself, and one block with its tile halo as
+    read and as float32."""
+    outer = [b + t for b, t in zip(plan.block, plan.tiling.tile, strict=True)]
+    itemsize = plan.source.info.dtype.itemsize
+    return _WORKER_BYTES + int(np.prod(outer)) * len(plan.channels) * (itemsize + 4)
+
+
 def _run(
     cfg: InferConfig,
     model: Any,
@@ -350,14 +362,16 @@ def _run(
     # Ray retries a block whose process died without limit: the ledger caps it.
     attempts = start_ledger(cfg.max_attempts)
     ds: Any = ray.data.from_items(items, override_num_blocks=min(len(items), 1000))
-    # Reads and writes are mostly I/O: half a CPU each. The differing resources also keep
-    # Ray Data from fusing the read into the predictor actor, which would stall the model.
+    # Reads and writes are mostly I/O: half a CPU each; a read reserves its block's memory.
+    # That request also keeps Ray Data from fusing the read into the predictor actor (it
+    # fuses stages whose resource requests are equal), which would stall the model.
     ds = ds.map_batches(
         read_stage,
         batch_size=1,
         batch_format="numpy",
         fn_kwargs={"plans": plans, "attempts": attempts},
         num_cpus=0.5,
+        memory=max(_read_bytes(p) for p in plans),
     )
     ds = ds.map_batches(
         Predictor,
