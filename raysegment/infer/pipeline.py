@@ -361,6 +361,14 @@ def _run(
     finalize = (cfg.finalize.mode.value, activation, cfg.finalize.threshold)
     # Ray retries a block whose process died without limit: the ledger caps it.
     attempts = start_ledger(cfg.max_attempts)
+    # Blocks in flight (read, waiting for a predictor, waiting for a write) are capped at
+    # a few per predictor, so memory does not grow with the image: reads that run ahead of
+    # the model would otherwise queue up to Ray Data's share of the object store.
+    per_block = max(_read_bytes(p) - _WORKER_BYTES for p in plans)
+    options = ray.data.DataContext.get_current().execution_options
+    options.resource_limits = options.resource_limits.copy(
+        object_store_memory=max(4 * pool.actors * per_block, 256 << 20)
+    )
     ds: Any = ray.data.from_items(items, override_num_blocks=min(len(items), 1000))
     # Reads and writes are mostly I/O: half a CPU each; a read reserves its block's memory.
     # That request also keeps Ray Data from fusing the read into the predictor actor (it
@@ -377,7 +385,12 @@ def _run(
         Predictor,
         batch_size=1,
         batch_format="numpy",
-        compute=ray.data.ActorPoolStrategy(size=pool.actors),
+        # A block is minutes of CPU work (seconds on a GPU): queueing several on one actor
+        # while another starts up or idles left the run waiting on the busiest actor.
+        # On GPUs a second block in flight hides its transfer behind the current one.
+        compute=ray.data.ActorPoolStrategy(
+            size=pool.actors, max_tasks_in_flight_per_actor=2 if pool.use_gpu else 1
+        ),
         fn_constructor_kwargs={
             "model": [ray.put(model)],
             "plans": [ray.put(plans)],

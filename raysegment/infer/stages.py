@@ -263,9 +263,10 @@ class Predictor:
         import ray
 
         program: ModelFile = ray.get(model[0])
+        self.plans: Sequence[ImagePlan] = ray.get(plans[0])
         self.module = load_model(program, self.device)
         if channels_last:
-            dims = len(ray.get(plans[0])[0].tiling.tile)
+            dims = len(self.plans[0].tiling.tile)
             layout = torch.channels_last if dims == 2 else torch.channels_last_3d
             self.module = self.module.to(memory_format=layout)
         # Matmuls and convolutions in bfloat16/float16 where the device supports them;
@@ -275,7 +276,6 @@ class Predictor:
             if precision != "float32"
             else contextlib.nullcontext()
         )
-        self.plans: Sequence[ImagePlan] = ray.get(plans[0])
         self.finalize = finalize
         self.tta = tta
         self.attempts = attempts
