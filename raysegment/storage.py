@@ -71,12 +71,12 @@ def basename(location: str) -> str:
 
 
 def _fs(location: str) -> tuple[Any, str]:
-    """The URL's filesystem (its listings cache dropped: other processes write there too)
-    and the path within it."""
+    """The URL's filesystem and the path within it, with the cached listings of that path
+    and its parents dropped (other processes write there too)."""
     import fsspec
 
     fs, path = fsspec.core.url_to_fs(location)
-    fs.invalidate_cache()
+    fs.invalidate_cache(path)
     return fs, path
 
 

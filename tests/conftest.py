@@ -36,6 +36,29 @@ def infer_with(*args: str) -> object:
     return infer(load_config(InferConfig, (), list(args)))
 
 
+def race_to_create(location: object, racers: int = 4) -> list[bool]:
+    """``create_output`` of one small layout at ``location`` from ``racers`` threads
+    released together; each thread's result."""
+    import threading
+
+    from raysegment.infer.writer import OutputLayout, create_output
+
+    layout = OutputLayout("cyx", (1, 64, 64), (1, 32, 32), "uint8", (1.0,) * 3, {}, ("a",), "x")
+    results: list[bool] = []
+    barrier = threading.Barrier(racers)
+
+    def create() -> None:
+        barrier.wait()
+        results.append(create_output(location, layout, {"fingerprint": "f"}))  # type: ignore[arg-type]
+
+    threads = [threading.Thread(target=create) for _ in range(racers)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return results
+
+
 @pytest.fixture(scope="session")
 def ray_session() -> Iterator[None]:
     import ray

@@ -15,14 +15,12 @@ import zarr
 
 from raysegment import storage
 from raysegment.infer.writer import (
-    OutputLayout,
     complete_output,
-    create_output,
     done_blocks,
     inspect_output,
     mark_done,
 )
-from tests.conftest import SMALL_BLOCKS, cli_command, infer_with, random_image
+from tests.conftest import SMALL_BLOCKS, cli_command, infer_with, race_to_create, random_image
 
 BUCKET = "raysegment-test"
 
@@ -79,20 +77,8 @@ def test_locations_local_file_urls_and_object_stores(tmp_path: Path) -> None:
 
 
 def test_parts_racing_to_create_an_s3_output_leave_exactly_one_creator(s3) -> None:
-    layout = OutputLayout("cyx", (1, 64, 64), (1, 32, 32), "uint8", (1.0,) * 3, {}, ("a",), "x")
     url = f"s3://{BUCKET}/race/x.ome.zarr"
-    results: list[bool] = []
-    barrier = threading.Barrier(4)
-
-    def create() -> None:
-        barrier.wait()
-        results.append(create_output(url, layout, {"fingerprint": "f"}))
-
-    threads = [threading.Thread(target=create) for _ in range(4)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    results = race_to_create(url)
     assert sorted(results) == [False, False, False, True]
     state = inspect_output(url)
     assert state.ours and state.fingerprint == "f" and not state.complete

@@ -21,6 +21,7 @@ __all__ = [
     "BLENDS",
     "AxisTiling",
     "Block",
+    "Grid",
     "Tiling",
     "blend_weights_1d",
     "block_at",
@@ -218,3 +219,42 @@ def iter_blocks(tiling: Tiling, block: Sequence[int]) -> Iterator[Block]:
     """All blocks of ``block`` pixels (a multiple of the output chunks), in C order."""
     for index in itertools.product(*(range(n) for n in block_grid(tiling, block))):
         yield block_at(tiling, block, index)
+
+
+@dataclass(frozen=True)
+class Grid:
+    """A regular grid of ``block``-sized regions over ``shape`` (the last ones clipped):
+    post-processing blocks, or the chunks that each get exactly one writer."""
+
+    shape: tuple[int, ...]
+    block: tuple[int, ...]
+
+    @property
+    def counts(self) -> tuple[int, ...]:
+        return tuple(math.ceil(n / b) for n, b in zip(self.shape, self.block, strict=True))
+
+    def indices(self) -> Iterator[tuple[int, ...]]:
+        return itertools.product(*(range(n) for n in self.counts))
+
+    def inner(self, index: tuple[int, ...]) -> tuple[slice, ...]:
+        return tuple(
+            slice(i * b, min((i + 1) * b, n))
+            for i, b, n in zip(index, self.block, self.shape, strict=True)
+        )
+
+    def outer(
+        self, index: tuple[int, ...], halo: int
+    ) -> tuple[tuple[slice, ...], tuple[slice, ...]]:
+        """The block grown by ``halo`` (clipped to the image), and the block within it."""
+        inner = self.inner(index)
+        outer = tuple(
+            slice(max(s.start - halo, 0), min(s.stop + halo, n))
+            for s, n in zip(inner, self.shape, strict=True)
+        )
+        within = tuple(
+            slice(i.start - o.start, i.stop - o.start) for i, o in zip(inner, outer, strict=True)
+        )
+        return outer, within
+
+    def regions(self) -> list[tuple[slice, ...]]:
+        return [self.inner(index) for index in self.indices()]

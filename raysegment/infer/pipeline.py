@@ -124,13 +124,11 @@ def _pool(cfg: InferConfig, indices_applied: bool = True) -> Pool:
     """The predictor pool for ``cfg.device`` on the cluster Ray sees."""
     import ray
 
-    return _pool_for(cfg, indices_applied).leaving_room(ray.cluster_resources().get("CPU", 1))
-
-
-def _pool_for(cfg: InferConfig, indices_applied: bool) -> Pool:
-    import ray
-
     resources = ray.cluster_resources()
+    return _pool_for(cfg, indices_applied, resources).leaving_room(resources.get("CPU", 1))
+
+
+def _pool_for(cfg: InferConfig, indices_applied: bool, resources: dict[str, float]) -> Pool:
     gpus = int(resources.get("GPU", 0))
     cpus = int(resources.get("CPU", 1))
     device = cfg.device
@@ -332,12 +330,11 @@ _WORKER_BYTES = 768 << 20
 """A Ray worker process with torch, zarr and the readers imported, before any data."""
 
 
-def _read_bytes(plan: ImagePlan) -> int:
-    """Memory a read task's process holds: itself, and one block with its tile halo as
-    read and as float32."""
+def _block_bytes(plan: ImagePlan) -> int:
+    """Memory of one block with its tile halo, as read and as float32."""
     outer = [b + t for b, t in zip(plan.block, plan.tiling.tile, strict=True)]
     itemsize = plan.source.info.dtype.itemsize
-    return _WORKER_BYTES + int(np.prod(outer)) * len(plan.channels) * (itemsize + 4)
+    return int(np.prod(outer)) * len(plan.channels) * (itemsize + 4)
 
 
 def _run(
@@ -361,14 +358,6 @@ def _run(
     finalize = (cfg.finalize.mode.value, activation, cfg.finalize.threshold)
     # Ray retries a block whose process died without limit: the ledger caps it.
     attempts = start_ledger(cfg.max_attempts)
-    # Blocks in flight (read, waiting for a predictor, waiting for a write) are capped at
-    # a few per predictor, so memory does not grow with the image: reads that run ahead of
-    # the model would otherwise queue up to Ray Data's share of the object store.
-    per_block = max(_read_bytes(p) - _WORKER_BYTES for p in plans)
-    options = ray.data.DataContext.get_current().execution_options
-    options.resource_limits = options.resource_limits.copy(
-        object_store_memory=max(4 * pool.actors * per_block, 256 << 20)
-    )
     ds: Any = ray.data.from_items(items, override_num_blocks=min(len(items), 1000))
     # Reads and writes are mostly I/O: half a CPU each; a read reserves its block's memory.
     # That request also keeps Ray Data from fusing the read into the predictor actor (it
@@ -379,7 +368,7 @@ def _run(
         batch_format="numpy",
         fn_kwargs={"plans": plans, "attempts": attempts},
         num_cpus=0.5,
-        memory=max(_read_bytes(p) for p in plans),
+        memory=_WORKER_BYTES + max(_block_bytes(p) for p in plans),
     )
     ds = ds.map_batches(
         Predictor,

@@ -8,13 +8,13 @@ the edges over the pixels they have.
 
 from __future__ import annotations
 
-import itertools
 import math
 
 import numpy as np
 import zarr
 
 from raysegment import storage
+from raysegment.data.tiling import Grid
 from raysegment.storage import Location
 
 __all__ = ["build_pyramid", "downsample", "level_shape"]
@@ -55,12 +55,10 @@ def build_pyramid(path: Location, axes: str, pyramid_axes: str, levels: int) -> 
         dst = zarr.open_array(storage.join(str(path), str(level)), mode="r+")
         # Whole channels at a time; every other axis by the destination's chunks, so each
         # destination chunk is written by exactly one region (zarr has no locks).
-        steps = [n if a == "c" else c for a, n, c in zip(axes, dst.shape, dst.chunks, strict=True)]
-        starts = [range(0, n, s) for n, s in zip(dst.shape, steps, strict=True)]
-        for origin in itertools.product(*starts):
-            out = tuple(
-                slice(o, min(o + s, n)) for o, s, n in zip(origin, steps, dst.shape, strict=True)
-            )
+        steps = tuple(
+            n if a == "c" else c for a, n, c in zip(axes, dst.shape, dst.chunks, strict=True)
+        )
+        for out in Grid(tuple(dst.shape), steps).regions():
             region = tuple(
                 slice(o.start * 2, min(o.stop * 2, n)) if h else o
                 for o, h, n in zip(out, halve, src.shape, strict=True)

@@ -1,5 +1,5 @@
 """Post-processing of finished outputs: instances, statistics, resampling."""
 
-from raysegment.post.instances import METHODS, Grid, Volume, segment, segment_blocks
+from raysegment.post.instances import METHODS, Volume, segment, segment_blocks
 
-__all__ = ["METHODS", "Grid", "Volume", "segment", "segment_blocks"]
+__all__ = ["METHODS", "Volume", "segment", "segment_blocks"]

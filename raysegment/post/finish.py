@@ -19,10 +19,11 @@ import zarr
 from raysegment import storage
 from raysegment.config import InstancesConfig
 from raysegment.data.sources import ImageSource
+from raysegment.data.tiling import Grid
 from raysegment.infer.pyramid import build_pyramid
 from raysegment.infer.writer import OutputLayout, create_labels
-from raysegment.post.instances import Grid, Volume, segment_blocks
-from raysegment.post.resample import isotropic_shape, regions, resample_region
+from raysegment.post.instances import Volume, segment_blocks
+from raysegment.post.resample import isotropic_shape, resample_region
 from raysegment.post.stats import measure, write_csv
 
 __all__ = ["finish_instances", "ray_map"]
@@ -156,7 +157,7 @@ def _isotropic(
     calls = [
         (f"{labels}/0", f"{where}/0", layout.axes, t, shape_in, shape_out, region)
         for t in range(times)
-        for region in regions(shape_out, chunks)
+        for region in Grid(shape_out, chunks).regions()
     ]
     run(_resample_chunk, calls)
 

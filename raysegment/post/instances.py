@@ -24,9 +24,7 @@ objects whose flooding stays within ``halo`` pixels of the block that owns each 
 
 from __future__ import annotations
 
-import itertools
-import math
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -34,6 +32,7 @@ import numpy as np
 from scipy import ndimage
 
 from raysegment.config import InstancesConfig
+from raysegment.data.tiling import Grid
 from raysegment.registry import Registry
 
 __all__ = ["METHODS", "Grid", "Volume", "segment", "segment_blocks"]
@@ -151,41 +150,6 @@ def segment(fg: np.ndarray, cfg: InstancesConfig) -> np.ndarray:
         return _keep_sizes(_components(mask)[0], cfg.min_size)
     markers = _keep_sizes(_components(seeds)[0], cfg.min_seed_size)
     return _keep_sizes(_flood(elevation, markers, mask), cfg.min_size)
-
-
-@dataclass(frozen=True)
-class Grid:
-    """Spatial blocks of an image: a regular grid of ``block``-sized regions."""
-
-    shape: tuple[int, ...]
-    block: tuple[int, ...]
-
-    @property
-    def counts(self) -> tuple[int, ...]:
-        return tuple(math.ceil(n / b) for n, b in zip(self.shape, self.block, strict=True))
-
-    def indices(self) -> Iterator[tuple[int, ...]]:
-        return itertools.product(*(range(n) for n in self.counts))
-
-    def inner(self, index: tuple[int, ...]) -> tuple[slice, ...]:
-        return tuple(
-            slice(i * b, min((i + 1) * b, n))
-            for i, b, n in zip(index, self.block, self.shape, strict=True)
-        )
-
-    def outer(
-        self, index: tuple[int, ...], halo: int
-    ) -> tuple[tuple[slice, ...], tuple[slice, ...]]:
-        """The block grown by ``halo`` (clipped to the image), and the block within it."""
-        inner = self.inner(index)
-        outer = tuple(
-            slice(max(s.start - halo, 0), min(s.stop + halo, n))
-            for s, n in zip(inner, self.shape, strict=True)
-        )
-        within = tuple(
-            slice(i.start - o.start, i.stop - o.start) for i, o in zip(inner, outer, strict=True)
-        )
-        return outer, within
 
 
 class Volume:

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import itertools
 from collections.abc import Callable
 
 import numpy as np
 
-__all__ = ["isotropic_shape", "regions", "resample_region", "source_indices"]
+__all__ = ["isotropic_shape", "resample_region", "source_indices"]
 
 
 def isotropic_shape(shape: tuple[int, ...], spacing: tuple[float, ...]) -> tuple[int, ...]:
@@ -38,12 +37,3 @@ def resample_region(
     box = tuple(slice(int(p[0]), int(p[-1]) + 1) for p in picks)
     data = read(box)
     return data[np.ix_(*[p - b.start for p, b in zip(picks, box, strict=True)])]
-
-
-def regions(shape: tuple[int, ...], chunks: tuple[int, ...]) -> list[tuple[slice, ...]]:
-    """Chunk-aligned regions covering ``shape`` (one writer per chunk)."""
-    starts = [range(0, n, c) for n, c in zip(shape, chunks, strict=True)]
-    return [
-        tuple(slice(o, min(o + c, n)) for o, c, n in zip(origin, chunks, shape, strict=True))
-        for origin in itertools.product(*starts)
-    ]

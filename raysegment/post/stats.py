@@ -18,7 +18,8 @@ from typing import Any
 
 import numpy as np
 
-from raysegment.post.instances import Grid, Mapper, Volume, _serial
+from raysegment.data.tiling import Grid
+from raysegment.post.instances import Mapper, Volume, _serial
 
 __all__ = ["ObjectTable", "measure", "write_csv"]
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import threading
 from pathlib import Path
 
 import numpy as np
@@ -11,8 +10,8 @@ import tifffile
 import zarr
 
 from raysegment.infer import infer
-from raysegment.infer.writer import OutputLayout, create_output, inspect_output
-from tests.conftest import random_image
+from raysegment.infer.writer import inspect_output
+from tests.conftest import race_to_create, random_image
 
 pytestmark = pytest.mark.usefixtures("ray_session")
 
@@ -58,21 +57,7 @@ def test_three_parts_run_separately_equal_one_run(tmp_path: Path, make_model) ->
 
 
 def test_parts_racing_to_create_an_output_leave_exactly_one_creator(tmp_path: Path) -> None:
-    layout = OutputLayout(
-        "cyx", (1, 64, 64), (1, 64, 64), "uint8", (1.0, 1.0, 1.0), {}, ("a",), "x"
-    )
-    results: list[bool] = []
-    barrier = threading.Barrier(4)
-
-    def create() -> None:
-        barrier.wait()
-        results.append(create_output(tmp_path / "x.ome.zarr", layout, {"fingerprint": "f"}))
-
-    threads = [threading.Thread(target=create) for _ in range(4)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    results = race_to_create(tmp_path / "x.ome.zarr")
     assert sorted(results) == [False, False, False, True]
     state = inspect_output(tmp_path / "x.ome.zarr")
     assert state.ours and state.fingerprint == "f" and not state.complete

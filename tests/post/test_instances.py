@@ -10,7 +10,8 @@ import zarr
 from scipy import ndimage
 
 from raysegment.config import InstanceMethod, InstancesConfig
-from raysegment.post.instances import Grid, Volume, segment, segment_blocks
+from raysegment.data.tiling import Grid
+from raysegment.post.instances import Volume, segment, segment_blocks
 
 
 def blobs(shape: tuple[int, ...], count: int, seed: int = 0) -> np.ndarray:

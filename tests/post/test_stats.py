@@ -10,7 +10,8 @@ import zarr
 from scipy import ndimage
 from skimage.measure import regionprops
 
-from raysegment.post.instances import Grid, Volume
+from raysegment.data.tiling import Grid
+from raysegment.post.instances import Volume
 from raysegment.post.stats import _shape_of, measure, write_csv
 
 
