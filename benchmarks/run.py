@@ -34,6 +34,7 @@ sys.path.insert(0, str(ROOT))
 from examples.segment_slide import NucleiNet, make_slide  # noqa: E402
 from raysegment.data.sources import image_stem  # noqa: E402
 from raysegment.data.tiling import AxisTiling  # noqa: E402
+from raysegment.infer.predictor import choose_layout  # noqa: E402
 
 TILE = 512
 OVERLAP = 0.25
@@ -132,8 +133,11 @@ def infer_cli(image: Path, model: Path, out: Path, *keys: str) -> dict[str, Any]
     peak = memory.stop()
     if proc.returncode != 0:
         raise RuntimeError(f"raysegment infer failed:\n{stderr.decode()[-3000:]}")
-    print("   ", stdout.decode().strip().splitlines()[0], flush=True)
-    return {"seconds": seconds, "peak_gib": peak / 2**30, "keys": list(keys)}
+    lines = stdout.decode().strip().splitlines()
+    print("   ", lines[0], flush=True)
+    # "predictors on: node ... CPU, channels-last": the layout the predictors chose.
+    layout = "channels_last" if "channels-last" in " ".join(lines[1:2]) else "channels_first"
+    return {"seconds": seconds, "peak_gib": peak / 2**30, "keys": list(keys), "layout": layout}
 
 
 def unet(path: Path) -> Path:
@@ -156,35 +160,58 @@ def read_image(path: Path) -> np.ndarray:
     return tifffile.imread(path)
 
 
-def model_only(model: Path, image: np.ndarray, threads: int) -> float:
-    """Forward passes over the run's tiles, held in memory: the ceiling."""
+DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def _load(model: Path, layout: str) -> torch.nn.Module:
+    module = torch.jit.load(str(model), map_location=DEVICE).eval()
+    choose_layout(module, (1, TILE, TILE), DEVICE, layout)
+    return module
+
+
+def _sync() -> None:
+    if DEVICE.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def model_only(model: Path, image: np.ndarray, threads: int, layout: str) -> float:
+    """Forward passes over the run's tiles, held in memory, in the memory layout the
+    run's predictors chose: the ceiling."""
     torch.set_num_threads(threads)
-    module = torch.jit.load(str(model)).eval()
+    module = _load(model, layout)
     ys = AxisTiling.plan(image.shape[0], TILE, int(TILE * OVERLAP)).starts
     xs = AxisTiling.plan(image.shape[1], TILE, int(TILE * OVERLAP)).starts
     tiles = [
-        torch.from_numpy(image[y : y + TILE, x : x + TILE].astype(np.float32))[None]
+        torch.from_numpy(image[y : y + TILE, x : x + TILE].astype(np.float32))[None].to(DEVICE)
         for y in ys
         for x in xs
     ]
+    batch = BATCH if DEVICE.type == "cpu" else 8
     with torch.inference_mode():
         module(tiles[0][None])  # warm-up, as the actors' probe
+        _sync()
         start = time.perf_counter()
-        for i in range(0, len(tiles), BATCH):
-            module(torch.stack(tiles[i : i + BATCH]))
+        for i in range(0, len(tiles), batch):
+            module(torch.stack(tiles[i : i + batch]))
+        _sync()
         return time.perf_counter() - start
 
 
-def monai_sliding_window(model: Path, image: np.ndarray, threads: int) -> float:
+def monai_sliding_window(model: Path, image: np.ndarray, threads: int, layout: str) -> float:
+    """MONAI on the image in RAM: as users run it (the model as saved, channels-first),
+    and, for comparison, with the model converted to channels-last."""
     from monai.inferers import sliding_window_inference
 
     torch.set_num_threads(threads)
-    module = torch.jit.load(str(model)).eval()
-    x = torch.from_numpy(image.astype(np.float32))[None, None]
+    module = _load(model, layout)
+    x = torch.from_numpy(image.astype(np.float32))[None, None].to(DEVICE)
+    batch = BATCH if DEVICE.type == "cpu" else 8
     with torch.inference_mode():
         module(x[..., :TILE, :TILE])
+        _sync()
         start = time.perf_counter()
-        sliding_window_inference(x, (TILE, TILE), BATCH, module, overlap=OVERLAP, mode="gaussian")
+        sliding_window_inference(x, (TILE, TILE), batch, module, overlap=OVERLAP, mode="gaussian")
+        _sync()
         return time.perf_counter() - start
 
 
@@ -306,7 +333,6 @@ def main() -> int:
 
     two = ["actors=2", "threads=1", f"batch_size={BATCH}"] if not gpu else device
     r: dict[str, Any] = {}
-    r["model_only_s"] = step("model only", lambda: model_only(heavy, image, cores))
     # One image on one machine: one block, one predictor using every core (blocks re-run
     # the tiles that straddle their seams: ~10% more tiles with 4096-pixel blocks).
     whole = [f"block=[{args.size}]", "actors=1", f"threads={cores}", f"batch_size={BATCH}"]
@@ -315,12 +341,21 @@ def main() -> int:
         "end to end, Unet",
         lambda: infer_cli(small, heavy, work / "o1", *whole, "finalize.mode=mask"),
     )
-    r["monai_s"] = step(
-        "MONAI sliding_window_inference", lambda: monai_sliding_window(heavy, image, cores)
+    layout = r["e2e"]["layout"]
+    r["model_only_s"] = step(
+        f"model only ({layout})", lambda: model_only(heavy, image, cores, layout)
     )
-    fast = ["precision=bfloat16", "channels_last=true"]
+    r["monai_s"] = step(
+        "MONAI sliding_window_inference",
+        lambda: monai_sliding_window(heavy, image, cores, "channels_first"),
+    )
+    r["monai_cl_s"] = step(
+        "MONAI sliding_window_inference, model in channels-last",
+        lambda: monai_sliding_window(heavy, image, cores, "channels_last"),
+    )
+    fast = ["precision=bfloat16"]
     r["e2e_fast"] = step(
-        "end to end, Unet, bfloat16 + channels_last",
+        "end to end, Unet, bfloat16",
         lambda: infer_cli(small, heavy, work / "o2", *whole, *fast, "finalize.mode=mask"),
     )
     name = f"{image_stem(str(small))}.ome.zarr"
@@ -355,6 +390,11 @@ def main() -> int:
             0.90 if not gpu else 0.80,
         ),
         ("ours / MONAI throughput, fp32", r["monai_s"] / e2e, 1.0),
+        (
+            "ours / MONAI with the model in channels-last, fp32",
+            r["monai_cl_s"] / e2e,
+            1.0,
+        ),
         ("ours fast path / MONAI fp32", r["monai_s"] / r["e2e_fast"]["seconds"], 1.3),
         ("fast path mask IoU vs fp32", r["fast_iou"], 0.99),
         (
@@ -376,6 +416,14 @@ def main() -> int:
     if not gpu:
         pair = r["e2e_one_actor"]["seconds"] / r["e2e_two_actors"]["seconds"]
         figures.append(("2 actors / 1 actor, Unet (4 blocks)", pair, 1.7))
+        figures.insert(
+            1,
+            (
+                "efficiency, 2 one-thread actors, 4 blocks",
+                r["model_only_s"] / r["e2e_two_actors"]["seconds"],
+                0.90,
+            ),
+        )
     results["figures"] = [
         {
             "figure": name,
@@ -418,15 +466,17 @@ def write_markdown(results: dict[str, Any], path: Path) -> None:
         "",
         "| run | seconds | peak memory (GiB) |",
         "| --- | --- | --- |",
-        f"| model only (in-memory tiles) | {raw['model_only_s']:.1f} | |",
+        f"| model only (in-memory tiles, {raw['e2e']['layout']}) | {raw['model_only_s']:.1f} | |",
         f"| MONAI sliding_window_inference (image in RAM) | {raw['monai_s']:.1f} | |",
+        f"| same, model in channels-last | {raw['monai_cl_s']:.1f} | |",
     ]
     for key in ("e2e", "e2e_fast", "e2e_one_actor", "e2e_two_actors", "cheap_small", "cheap_big"):
         if key in raw:
             run = raw[key]
             keys = " ".join(run["keys"])
             lines.append(
-                f"| raysegment infer {keys} | {run['seconds']:.1f} | {run['peak_gib']:.2f} |"
+                f"| raysegment infer {keys} ({run['layout']}) | {run['seconds']:.1f} "
+                f"| {run['peak_gib']:.2f} |"
             )
     lines.append(f"| one-process copy {results['size']}^2 | {raw['copy_small_s']:.1f} | |")
     lines.append(f"| one-process copy {results['big']}^2 | {raw['copy_big_s']:.1f} | |")

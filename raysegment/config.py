@@ -33,6 +33,7 @@ __all__ = [
     "InferConfig",
     "InstanceMethod",
     "InstancesConfig",
+    "Layout",
     "NormalizeConfig",
     "NormalizeMode",
     "Padding",
@@ -146,6 +147,16 @@ class Precision(str, enum.Enum):
     float16 = "float16"
 
 
+class Layout(str, enum.Enum):
+    """Memory layout of the model's activations."""
+
+    auto = "auto"
+    """Each predictor times both layouts on a tile when it starts and keeps the faster
+    (channels-last only where its output agrees with channels-first)."""
+    channels_first = "channels_first"
+    channels_last = "channels_last"
+
+
 class InstanceMethod(str, enum.Enum):
     """How objects are cut out of the foreground probability."""
 
@@ -238,8 +249,10 @@ class InferConfig:
     precision: Precision = Precision.float32
     """float32 | bfloat16 | float16 (autocast of the model on its device: faster on GPUs
     and on CPUs with bfloat16 units; blending and outputs stay float32)."""
-    channels_last: bool = False
-    """Run the model in channels-last memory layout (often faster convolutions)."""
+    layout: Layout = Layout.auto
+    """auto | channels_first | channels_last: memory layout of the model's convolutions
+    (channels-last runs oneDNN's faster kernels on CPUs, tensor cores on GPUs); auto
+    measures both on each predictor's device."""
     skip_empty: bool = True
     """Blocks whose input is constant (slide background, absent zarr chunks) skip the model
     and keep the fill value 0."""

@@ -8,7 +8,7 @@ import torch
 
 from raysegment.registry import Registry
 
-__all__ = ["FINALIZERS", "activate", "output_channels", "output_dtype"]
+__all__ = ["FINALIZERS", "activate"]
 
 Finalizer = Callable[[torch.Tensor, str, float], torch.Tensor]
 FINALIZERS: Registry[Finalizer] = Registry("finalize.mode")
@@ -42,16 +42,3 @@ def _labels(x: torch.Tensor, activation: str, threshold: float) -> torch.Tensor:
         return (activate(x, activation) > threshold).to(torch.uint8)
     dtype = torch.uint8 if x.shape[0] <= 256 else torch.int32
     return torch.argmax(x, dim=0, keepdim=True).to(dtype)
-
-
-def output_channels(mode: str, model_channels: int) -> int:
-    return 1 if mode == "labels" else model_channels
-
-
-def output_dtype(mode: str, model_channels: int) -> str:
-    """float32 for raw/probabilities, uint8 for masks, uint8/uint16 for labels."""
-    if mode in ("raw", "probabilities"):
-        return "float32"
-    if mode == "labels" and model_channels > 256:
-        return "uint16"
-    return "uint8"

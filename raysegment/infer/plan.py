@@ -7,7 +7,7 @@ import itertools
 import json
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -15,9 +15,10 @@ from raysegment.config import InferConfig, NormalizeMode, config_to_dict
 from raysegment.data.sources import ImageSource, image_stem
 from raysegment.data.tiling import Block, Tiling, block_at, block_grid
 from raysegment.errors import ConfigError, InputImageError
-from raysegment.infer.finalize import output_channels, output_dtype
-from raysegment.infer.model import ModelSpec
 from raysegment.infer.writer import OutputLayout
+
+if TYPE_CHECKING:  # the model module imports torch; planning does not need it
+    from raysegment.infer.model import ModelSpec
 
 __all__ = ["ImagePlan", "WorkItem", "plan_image", "tile_size"]
 
@@ -293,7 +294,7 @@ def plan_image(
                 "block": block,
                 "chunks": chunks,
                 "tta": cfg.tta,
-                "precision": [cfg.precision.value, cfg.channels_last],
+                "precision": [cfg.precision.value, cfg.layout.value],
                 "voxel_size": cfg.voxel_size,
                 "instances": config_to_dict(cfg)["instances"],
                 "skip_empty": cfg.skip_empty,
@@ -359,3 +360,16 @@ def provenance(
         "blocks": plan.num_blocks,
         "tiles": plan.num_tiles,
     }
+
+
+def output_channels(mode: str, model_channels: int) -> int:
+    return 1 if mode == "labels" else model_channels
+
+
+def output_dtype(mode: str, model_channels: int) -> str:
+    """float32 for raw/probabilities, uint8 for masks, uint8/uint16 for labels."""
+    if mode in ("raw", "probabilities"):
+        return "float32"
+    if mode == "labels" and model_channels > 256:
+        return "uint16"
+    return "uint8"

@@ -52,7 +52,7 @@ m.predict_block = dying
 def run_with_faults(
     cwd: Path, faults: str, mode: str, *args: str, timeout: float = 300
 ) -> subprocess.CompletedProcess[str]:
-    site = install(cwd / "site", "raysegment.infer.stages", PATCH)
+    site = install(cwd / "site", "raysegment.infer.predictor", PATCH)
     (cwd / "faults").mkdir(exist_ok=True)
     env = os.environ | {
         "PYTHONPATH": os.pathsep.join([str(site), os.getcwd()]),

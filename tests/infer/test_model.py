@@ -9,8 +9,9 @@ import torch
 
 from raysegment.config import FinalizeMode
 from raysegment.errors import ModelContractError, ModelLoadError
-from raysegment.infer.finalize import FINALIZERS, output_dtype
+from raysegment.infer.finalize import FINALIZERS
 from raysegment.infer.model import describe_model, load_model, probe_model, read_model_file
+from raysegment.infer.plan import output_dtype
 from tests.conftest import conv_model, save_torchscript
 
 

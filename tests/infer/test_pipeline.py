@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -295,3 +297,14 @@ def test_constant_blocks_skip_the_model_and_stay_fill_value(tmp_path, make_model
     assert not list((tmp_path / "skip" / "img.ome.zarr" / "0" / "c" / "0" / "0").glob("*"))
     np.testing.assert_array_equal(got[:, 64:], want[:, 64:])
     assert not np.allclose(want[:, :64], 0)  # the model would have said something there
+
+
+def test_read_and_write_workers_do_not_import_torch() -> None:
+    """Read and write tasks run in their own worker processes: importing torch there would
+    cost each one ~0.5 GiB and seconds of start-up for nothing."""
+    code = (
+        "import sys, raysegment.infer.stages, raysegment.infer.writer, raysegment.post.finish;"
+        "print(sorted(m for m in ('torch', 'raysegment.infer.pipeline') if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"

@@ -1,4 +1,5 @@
-"""The opt-in fast path (bfloat16 autocast, channels-last) keeps the masks."""
+"""The opt-in fast path (bfloat16 autocast, channels-last) keeps the masks; the
+predictors' choice of memory layout."""
 
 from __future__ import annotations
 
@@ -6,19 +7,20 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 import zarr
 
-from raysegment.infer import infer
-from tests.conftest import random_image
+from raysegment.infer import infer, predictor
+from raysegment.infer.predictor import choose_layout
+from tests.conftest import conv_model, random_image
 
-pytestmark = pytest.mark.usefixtures("ray_session")
 
-
+@pytest.mark.usefixtures("ray_session")
 def test_bfloat16_channels_last_masks_agree_with_float32(tmp_path: Path, make_model, ome_tiff):
     image = ome_tiff(random_image((300, 260)))
     model, _ = make_model()
     masks: list[np.ndarray] = []
-    for name, fast in (("f32", {}), ("bf16", {"precision": "bfloat16", "channels_last": True})):
+    for name, fast in (("f32", {}), ("bf16", {"precision": "bfloat16", "layout": "channels_last"})):
         infer(
             input=str(image),
             model=str(model),
@@ -34,3 +36,79 @@ def test_bfloat16_channels_last_masks_agree_with_float32(tmp_path: Path, make_mo
     assert not np.array_equal(masks[0], masks[1])  # the arithmetic did change
     a, b = (m > 0.5 for m in masks)
     assert a.any() and (a & b).sum() / (a | b).sum() >= 0.99
+
+
+def _layout_of(module: torch.nn.Module) -> str:
+    weight = next(p for p in module.parameters() if p.ndim == 4 and p.shape[1] > 1)
+    if weight.is_contiguous():
+        return "channels_first"
+    assert weight.is_contiguous(memory_format=torch.channels_last)
+    return "channels_last"
+
+
+CPU = torch.device("cpu")
+
+
+@pytest.mark.parametrize("layout", ["channels_first", "channels_last"])
+def test_a_layout_asked_for_is_taken(layout: str):
+    module = conv_model(2, 1, 4)
+    assert choose_layout(module, (1, 32, 32), CPU, layout) == layout
+    assert _layout_of(module) == layout
+
+
+@pytest.mark.parametrize("faster", ["channels_first", "channels_last"])
+def test_auto_keeps_the_faster_layout(monkeypatch, faster: str):
+    """Both layouts timed; the module is left in the one that won (timings injected)."""
+    real = predictor._timed_forward
+
+    def timed(module: torch.nn.Module, x: torch.Tensor) -> tuple[float, torch.Tensor]:
+        _, y = real(module, x)
+        return (0.1 if _layout_of(module) == faster else 0.2), y
+
+    monkeypatch.setattr(predictor, "_timed_forward", timed)
+    module = conv_model(2, 1, 4)
+    assert choose_layout(module, (1, 32, 32), CPU, "auto") == faster
+    assert _layout_of(module) == faster
+
+
+class _StrideDependent(torch.nn.Module):
+    """Gives another answer when its activations are channels-last."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.body = conv_model(2, 1, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.body(x)
+        return y + (0.0 if y.is_contiguous() else 1.0)
+
+
+class _ViewsActivations(torch.nn.Module):
+    """``view`` on the activations: fails on channels-last strides."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.body = conv_model(2, 1, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.body(x)
+        return y.view(y.shape[0], 4, -1).view(y.shape)
+
+
+@pytest.mark.parametrize("cls", [_StrideDependent, _ViewsActivations])
+def test_auto_keeps_channels_first_when_channels_last_breaks_the_model(monkeypatch, cls):
+    real = predictor._timed_forward
+    monkeypatch.setattr(  # channels-last would win on time
+        predictor,
+        "_timed_forward",
+        lambda m, x: (0.1 if not x.is_contiguous() else 0.2, real(m, x)[1]),
+    )
+    module = cls()
+    assert choose_layout(module, (1, 32, 32), CPU, "auto") == "channels_first"
+    assert _layout_of(module) == "channels_first"
+    module(torch.zeros(1, 1, 32, 32))  # still runs
+
+
+def test_auto_leaves_models_without_convolutions_alone():
+    module = torch.nn.Sequential(torch.nn.Flatten(0), torch.nn.Identity())
+    assert choose_layout(module, (1, 8, 8), CPU, "auto") == "channels_first"
