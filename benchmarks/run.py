@@ -135,7 +135,7 @@ def infer_cli(image: Path, model: Path, out: Path, *keys: str) -> dict[str, Any]
         raise RuntimeError(f"raysegment infer failed:\n{stderr.decode()[-3000:]}")
     lines = stdout.decode().strip().splitlines()
     print("   ", lines[0], flush=True)
-    # "predictors on: node ... CPU, channels-last": the layout the predictors chose.
+    # "predictors on: node ... CPU [channels-last]": the layout the predictors took.
     layout = "channels_last" if "channels-last" in " ".join(lines[1:2]) else "channels_first"
     return {"seconds": seconds, "peak_gib": peak / 2**30, "keys": list(keys), "layout": layout}
 

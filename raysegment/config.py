@@ -151,8 +151,8 @@ class Layout(str, enum.Enum):
     """Memory layout of the model's activations."""
 
     auto = "auto"
-    """Each predictor times both layouts on a tile when it starts and keeps the faster
-    (channels-last only where its output agrees with channels-first)."""
+    """Channels-last on CPUs and under reduced precision on GPUs, where the model runs in
+    it and agrees with channels-first; else channels-first."""
     channels_first = "channels_first"
     channels_last = "channels_last"
 
@@ -251,8 +251,7 @@ class InferConfig:
     and on CPUs with bfloat16 units; blending and outputs stay float32)."""
     layout: Layout = Layout.auto
     """auto | channels_first | channels_last: memory layout of the model's convolutions
-    (channels-last runs oneDNN's faster kernels on CPUs, tensor cores on GPUs); auto
-    measures both on each predictor's device."""
+    (channels-last runs oneDNN's faster kernels on CPUs, tensor cores on GPUs)."""
     skip_empty: bool = True
     """Blocks whose input is constant (slide background, absent zarr chunks) skip the model
     and keep the fill value 0."""

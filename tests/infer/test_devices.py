@@ -128,7 +128,7 @@ cluster.shutdown()
 def _held(report: dict) -> dict[str, list[str]]:
     """GPU ids each node's predictors hold, from the summary's device lines."""
     held = [d.split() for d in report["devices"]]  # ["node", id, "(ip)", "GPU", ids]
-    assert all(d[3] == "GPU" and "," not in d[4] for d in held)  # one GPU per actor
+    assert all(d[3] == "GPU" and "," not in d[4] for d in held), held  # one GPU per actor
     return {node: sorted(d[4] for d in held if d[1] == node) for node in report["nodes"]}
 
 
