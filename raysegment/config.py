@@ -225,9 +225,11 @@ class InferConfig:
     batch_size: Optional[int] = None
     """Tiles per forward pass; default: chosen from free memory."""
     actors: Optional[int] = None
-    """Predictor actors; default: one per GPU, or on CPU one per two cores."""
+    """Predictor actors; default: one per GPU, or on CPU one per ``threads`` cores."""
     threads: Optional[int] = None
-    """Torch threads per CPU predictor actor (and CPUs it reserves); default 1."""
+    """Torch threads per CPU predictor actor (and CPUs it reserves, less where that would
+    leave none for reads and writes); default 4, or every core of a smaller machine (with
+    ``actors`` set: the cores divided among them)."""
     channels: Optional[List[int]] = None
     """Input channels given to the model, in order; default: all of them."""
     axes: Optional[str] = None

@@ -17,15 +17,16 @@ def _pool(monkeypatch, resources: dict[str, float], *overrides: str):
     import ray
 
     monkeypatch.setattr(ray, "cluster_resources", lambda: resources)
+    monkeypatch.setattr(ray, "nodes", lambda: [{"Alive": True, "Resources": resources}])
     return pipeline._pool(load_config(InferConfig, (), REQUIRED + list(overrides)))
 
 
 @pytest.mark.parametrize(
     "device,resources,want",
     [
-        ("auto", {"CPU": 2}, Pool(False, 1, 1)),
+        ("auto", {"CPU": 2}, Pool(False, 1, 2, reserve=1.0)),  # every core computes
         ("auto", {"CPU": 64, "GPU": 8}, Pool(True, 8, 1)),
-        ("cpu", {"CPU": 16, "GPU": 8}, Pool(False, 12, 1)),
+        ("cpu", {"CPU": 16, "GPU": 8}, Pool(False, 4, 4, reserve=3.75)),
         ("gpu", {"CPU": 16, "GPU": 8}, Pool(True, 1, 1)),
         ("all", {"CPU": 32, "GPU": 16}, Pool(True, 16, 1)),
         ("1,3,6", {"CPU": 16, "GPU": 3}, Pool(True, 3, 1)),  # a local Ray of those 3 GPUs
@@ -36,9 +37,22 @@ def test_device_maps_to_actors(monkeypatch, device, resources, want) -> None:
 
 
 def test_cpu_threads_and_explicit_actors(monkeypatch) -> None:
-    four = _pool(monkeypatch, {"CPU": 16}, "device=cpu", "threads=4")
-    assert four == Pool(False, 3, 4, reserve=4.0)
-    assert _pool(monkeypatch, {"CPU": 16}, "device=cpu", "actors=2") == Pool(False, 2, 1)
+    two = _pool(monkeypatch, {"CPU": 16}, "device=cpu", "threads=2")
+    assert two == Pool(False, 8, 2, reserve=1.87)
+    assert _pool(monkeypatch, {"CPU": 16}, "device=cpu", "actors=2").cpus == 8
+    assert _pool(monkeypatch, {"CPU": 3}, "device=cpu").cpus == 3  # one actor, every core
+
+
+def test_cpu_threads_stay_within_the_largest_node(monkeypatch) -> None:
+    """On a cluster of 2-CPU nodes an actor asking for 4 CPUs could never be placed."""
+    import ray
+
+    monkeypatch.setattr(ray, "cluster_resources", lambda: {"CPU": 8})
+    monkeypatch.setattr(ray, "nodes", lambda: [{"Alive": True, "Resources": {"CPU": 2}}] * 4)
+    cfg = load_config(InferConfig, (), [*REQUIRED, "device=cpu"])
+    assert pipeline._pool(cfg) == Pool(False, 4, 2, reserve=1.75)
+    cfg = load_config(InferConfig, (), [*REQUIRED, "device=cpu", "actors=2"])
+    assert pipeline._pool(cfg).cpus == 2
 
 
 @pytest.mark.parametrize(
