@@ -300,10 +300,12 @@ def test_constant_blocks_skip_the_model_and_stay_fill_value(tmp_path, make_model
 
 
 def test_read_and_write_workers_do_not_import_torch() -> None:
-    """Read and write tasks run in their own worker processes: importing torch there would
-    cost each one ~0.5 GiB and seconds of start-up for nothing."""
+    """Read and write tasks (and training's patch readers) run in their own worker
+    processes: importing torch there would cost each one ~0.5 GiB and seconds of start-up
+    for nothing (4 patch readers importing it at once held the first epoch 7 s)."""
     code = (
-        "import sys, raysegment.infer.stages, raysegment.infer.writer, raysegment.post.finish;"
+        "import sys, raysegment.infer.stages, raysegment.infer.writer, raysegment.post.finish,"
+        " raysegment.train.data;"
         "print(sorted(m for m in ('torch', 'raysegment.infer.pipeline') if m in sys.modules))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
