@@ -148,8 +148,9 @@ def _pool_for(
     if device == "auto":
         device = "all" if gpus else "cpu"
     if device == "cpu":
-        # Every core computes: reads and writes take little CPU next to a model (measured:
-        # 1 actor x 2 threads 90 s, 2 x 1 92 s, 1 x 1 (leaving a core to I/O) 126 s).
+        # Every core computes: reads and writes take little CPU next to a model (8192^2
+        # Unet on 2 cores: 1 actor x 2 threads 90 s, 2 x 1 92 s, 1 x 1 leaving a core to
+        # I/O 126 s; README "Benchmarks").
         if cfg.threads:
             threads = cfg.threads
         elif cfg.actors:
