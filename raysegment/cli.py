@@ -36,6 +36,8 @@ def _infer(args: Sequence[str]) -> int:
     print(summary)
     if summary.devices:
         print(f"  predictors on: {'; '.join(summary.devices)}")
+    if summary.seams:
+        print(f"  block seams: {summary.seams}")
     for out in summary.outputs:
         print(f"  {out}")
     return 0

@@ -37,3 +37,5 @@ def quiet_ray_data() -> None:
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = False
     ctx.print_on_execution_start = False
+    # Its issue detectors print advice on Ray Data's own settings into users' output.
+    ctx.issue_detectors_config.detectors = []

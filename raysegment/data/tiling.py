@@ -215,6 +215,19 @@ def block_at(tiling: Tiling, block: Sequence[int], index: Sequence[int]) -> Bloc
     return Block(tuple(index), inner, tuple(outer), tuple(pad), tiles)
 
 
+def seam_repeats(tiling: Tiling, block: Sequence[int]) -> float:
+    """Tiles run per tile of the grid when the image is split into blocks of ``block``
+    pixels: 1.0 for one block; every seam adds the tiles whose weight straddles it."""
+    run = 1
+    for axis, b in zip(tiling.axes, block, strict=False):
+        line = Tiling((axis,), tiling.blend)  # per axis: tiles_reaching is separable
+        run *= sum(
+            len(line.tiles_reaching([(a, min(a + b, axis.length))])[0])
+            for a in range(0, axis.length, b)
+        )
+    return run / tiling.num_tiles
+
+
 def iter_blocks(tiling: Tiling, block: Sequence[int]) -> Iterator[Block]:
     """All blocks of ``block`` pixels (a multiple of the output chunks), in C order."""
     for index in itertools.product(*(range(n) for n in block_grid(tiling, block))):

@@ -8,7 +8,15 @@ import numpy as np
 import pytest
 
 from raysegment.config import Blend
-from raysegment.data.tiling import BLENDS, AxisTiling, Tiling, block_at, block_grid, iter_blocks
+from raysegment.data.tiling import (
+    BLENDS,
+    AxisTiling,
+    Tiling,
+    block_at,
+    block_grid,
+    iter_blocks,
+    seam_repeats,
+)
 
 
 @pytest.mark.parametrize("length", [1, 7, 63, 64, 65, 100, 127, 128, 129, 500, 1001])
@@ -114,3 +122,19 @@ def test_tile_weights_are_outer_products() -> None:
 def test_axis_rejects_bad_geometry(bad: dict[str, int]) -> None:
     with pytest.raises(ValueError):
         AxisTiling.plan(**bad)
+
+
+@pytest.mark.parametrize(
+    "shape,tile,block,blend",
+    [
+        ((8192, 8192), (512, 512), (4096, 4096), "gaussian"),
+        ((1000, 700), (64, 64), (256, 128), "crop"),
+        ((90, 100, 80), (32, 32, 32), (64, 32, 64), "constant"),
+        ((300,), (64,), (512,), "gaussian"),  # one block: nothing repeats
+    ],
+)
+def test_seam_repeats_counts_the_tiles_blocks_run(shape, tile, block, blend) -> None:
+    tiling = Tiling.plan(shape, tile, 0.25, blend)
+    run = sum(b.num_tiles for b in iter_blocks(tiling, block))
+    assert seam_repeats(tiling, block) == pytest.approx(run / tiling.num_tiles)
+    assert seam_repeats(tiling, [n for n in shape]) == 1.0

@@ -13,6 +13,8 @@ import tifffile
 import torch
 import zarr
 
+from raysegment.config import TileConfig
+from raysegment.data.tiling import Tiling
 from raysegment.errors import InputImageError, OutputError
 from raysegment.infer import infer
 from tests.conftest import conv_model, random_image, whole_image_prediction
@@ -297,6 +299,10 @@ def test_constant_blocks_skip_the_model_and_stay_fill_value(tmp_path, make_model
     assert not list((tmp_path / "skip" / "img.ome.zarr" / "0" / "c" / "0" / "0").glob("*"))
     np.testing.assert_array_equal(got[:, 64:], want[:, 64:])
     assert not np.allclose(want[:, :64], 0)  # the model would have said something there
+    # 6 blocks of 64 px for 32 px tiles: the summary says how many tiles the seams repeat.
+    grid = Tiling.plan((192, 128), (32, 32), TileConfig().overlap, "crop").num_tiles
+    assert f"{full.tiles / grid - 1:.0%} more tiles" in full.seams
+    assert "block=[128, 128]" in full.seams
 
 
 def test_read_and_write_workers_do_not_import_torch() -> None:
