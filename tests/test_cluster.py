@@ -6,10 +6,12 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -156,7 +158,11 @@ def test_ray_job_submit_runs_infer_and_two_worker_training_on_a_ray_head(
     # Job entrypoints run `python` from the PATH of the node that runs them: this one's.
     path = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
     env = os.environ | {"RAY_AUTH_MODE": "disabled", "PYTHONWARNINGS": "ignore", "PATH": path}
-    common = ["--block", "--num-cpus=4", "--disable-usage-stats"]
+    # Its own temp dir: `ray start` records its address in <temp dir>/ray_current_cluster,
+    # and a record left in /tmp/ray after the head is gone sends every later state API
+    # call on this machine (Ray Train's cleaner) to wait for a dead cluster.
+    temp = tempfile.mkdtemp(prefix="rs", dir="/tmp")  # short: socket paths are limited
+    common = ["--block", "--num-cpus=4", "--disable-usage-stats", f"--temp-dir={temp}"]
     head = subprocess.Popen(
         [ray_bin, "start", "--head", f"--port={port}", f"--dashboard-port={dashboard}"]
         + ["--dashboard-host=127.0.0.1", *agent, *common],
@@ -229,3 +235,4 @@ def test_ray_job_submit_runs_infer_and_two_worker_training_on_a_ray_head(
             except subprocess.TimeoutExpired:
                 os.killpg(node.pid, signal.SIGKILL)
                 node.wait()
+        shutil.rmtree(temp, ignore_errors=True)
