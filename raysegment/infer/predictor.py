@@ -65,9 +65,11 @@ def choose_layout(
     device: torch.device,
     layout: str,
     precision: str = "float32",
+    batch: int = 1,
 ) -> str:
     """Put ``module`` in its memory layout for tiles of ``tile_shape`` (C, *spatial) and
-    return the layout's name.
+    return the layout's name. ``batch``: tiles per forward the test runs (a torch.export
+    program with a static batch takes no other).
 
     ``auto``: channels-last where ``prefers_channels_last``, for models with 2D/3D
     convolution weights that run in that layout and whose output agrees with
@@ -84,7 +86,7 @@ def choose_layout(
     if not (convolutions and prefers_channels_last(device, precision)):
         return "channels_first"
     generator = torch.Generator().manual_seed(0)
-    x = torch.randn((1, *tile_shape), generator=generator).to(device)
+    x = torch.randn((batch, *tile_shape), generator=generator).to(device)
     autocast = (
         torch.autocast(device.type, dtype=getattr(torch, precision))
         if precision != "float32"
@@ -220,7 +222,9 @@ class Predictor:
         )
         first = self.plans[0]
         tile_shape = (len(first.channels), *first.tiling.tile)
-        self.layout = choose_layout(self.module, tile_shape, self.device, layout, precision)
+        self.layout = choose_layout(
+            self.module, tile_shape, self.device, layout, precision, static_batch or 1
+        )
         self.finalize = finalize
         self.tta = tta
         self.attempts = attempts

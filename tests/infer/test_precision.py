@@ -104,3 +104,21 @@ def test_auto_keeps_channels_first_when_channels_last_breaks_the_model(cls):
 def test_auto_leaves_models_without_convolutions_alone():
     module = torch.nn.Sequential(torch.nn.Flatten(0), torch.nn.Identity())
     assert choose_layout(module, (1, 8, 8), CPU, "auto") == "channels_first"
+
+
+@pytest.mark.usefixtures("ray_session")
+def test_static_batch_export_program_runs_in_channels_last(tmp_path: Path, ome_tiff):
+    """A torch.export program exported for batches of 2 takes only those, the layout test
+    included."""
+    program = torch.export.export(conv_model(2, 1, 4), (torch.zeros(2, 1, 32, 32),))
+    torch.export.save(program, str(tmp_path / "m.pt2"))
+    summary = infer(
+        input=str(ome_tiff(random_image((100, 90)))),
+        model=str(tmp_path / "m.pt2"),
+        output=str(tmp_path / "out"),
+        chunks=[64],
+        progress=False,
+        quicklook=False,
+        finalize={"mode": "raw"},
+    )
+    assert summary.tiles > 0 and "[channels-last]" in summary.devices[0]
