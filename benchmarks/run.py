@@ -161,6 +161,7 @@ def read_image(path: Path) -> np.ndarray:
 
 
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+DEVICE_BATCH = BATCH if DEVICE.type == "cpu" else 8  # tiles per forward on DEVICE
 
 
 def _load(model: Path, layout: str) -> torch.nn.Module:
@@ -186,13 +187,12 @@ def model_only(model: Path, image: np.ndarray, threads: int, layout: str) -> flo
         for y in ys
         for x in xs
     ]
-    batch = BATCH if DEVICE.type == "cpu" else 8
     with torch.inference_mode():
         module(tiles[0][None])  # warm-up, as the actors' probe
         _sync()
         start = time.perf_counter()
-        for i in range(0, len(tiles), batch):
-            module(torch.stack(tiles[i : i + batch]))
+        for i in range(0, len(tiles), DEVICE_BATCH):
+            module(torch.stack(tiles[i : i + DEVICE_BATCH]))
         _sync()
         return time.perf_counter() - start
 
@@ -205,12 +205,13 @@ def monai_sliding_window(model: Path, image: np.ndarray, threads: int, layout: s
     torch.set_num_threads(threads)
     module = _load(model, layout)
     x = torch.from_numpy(image.astype(np.float32))[None, None].to(DEVICE)
-    batch = BATCH if DEVICE.type == "cpu" else 8
     with torch.inference_mode():
         module(x[..., :TILE, :TILE])
         _sync()
         start = time.perf_counter()
-        sliding_window_inference(x, (TILE, TILE), batch, module, overlap=OVERLAP, mode="gaussian")
+        sliding_window_inference(
+            x, (TILE, TILE), DEVICE_BATCH, module, overlap=OVERLAP, mode="gaussian"
+        )
         _sync()
         return time.perf_counter() - start
 
@@ -319,7 +320,7 @@ def main() -> int:
     out.mkdir(parents=True, exist_ok=True)
     cores = os.cpu_count() or 1
     gpu = torch.cuda.is_available()
-    device = ["device=gpu", "actors=1", f"batch_size={8}"] if gpu else ["device=cpu"]
+    device = ["device=gpu", "actors=1", f"batch_size={DEVICE_BATCH}"] if gpu else ["device=cpu"]
     results: dict[str, Any] = {"machine": machine(), "size": args.size, "big": args.big}
     print(json.dumps(results["machine"]), flush=True)
 

@@ -35,7 +35,7 @@ from raysegment.config import InstancesConfig
 from raysegment.data.tiling import Grid
 from raysegment.registry import Registry
 
-__all__ = ["METHODS", "Grid", "Volume", "segment", "segment_blocks"]
+__all__ = ["METHODS", "Volume", "segment", "segment_blocks"]
 
 _BINS = 256
 

@@ -3,6 +3,7 @@ predictors' choice of memory layout."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -69,33 +70,28 @@ def test_auto_rule_is_device_and_precision_only():
     assert prefers_channels_last(cuda, "float16") and not prefers_channels_last(cuda, "float32")
 
 
-class _StrideDependent(torch.nn.Module):
-    """Gives another answer when its activations are channels-last."""
+class _ConvThen(torch.nn.Module):
+    """Two convolutions, then ``after`` on their (channels-last or not) activations."""
 
-    def __init__(self) -> None:
+    def __init__(self, after: Callable[[torch.Tensor], torch.Tensor]) -> None:
         super().__init__()
         self.body = conv_model(2, 1, 4)
+        self.after = after
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = self.body(x)
-        return y + (0.0 if y.is_contiguous() else 1.0)
+        return self.after(self.body(x))
 
 
-class _ViewsActivations(torch.nn.Module):
-    """``view`` on the activations: fails on channels-last strides."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.body = conv_model(2, 1, 4)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = self.body(x)
-        return y.view(y.shape[0], -1).view(y.shape)
-
-
-@pytest.mark.parametrize("cls", [_StrideDependent, _ViewsActivations])
-def test_auto_keeps_channels_first_when_channels_last_breaks_the_model(cls):
-    module = cls()
+@pytest.mark.parametrize(
+    "after",
+    [
+        lambda y: y + (0.0 if y.is_contiguous() else 1.0),  # another answer channels-last
+        lambda y: y.view(y.shape[0], -1).view(y.shape),  # fails on channels-last strides
+    ],
+    ids=["stride-dependent", "views-activations"],
+)
+def test_auto_keeps_channels_first_when_channels_last_breaks_the_model(after):
+    module = _ConvThen(after)
     assert choose_layout(module, (1, 32, 32), CPU, "auto") == "channels_first"
     assert _layout_of(module) == "channels_first"
     module(torch.zeros(1, 1, 32, 32))  # still runs
