@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 import torch
 
 from raysegment.registry import Registry
 
-__all__ = ["FINALIZERS", "activate"]
+__all__ = ["FINALIZERS", "activate", "foreground"]
 
 Finalizer = Callable[[torch.Tensor, str, float], torch.Tensor]
 FINALIZERS: Registry[Finalizer] = Registry("finalize.mode")
@@ -19,6 +20,16 @@ def activate(x: torch.Tensor, activation: str) -> torch.Tensor:
     if activation == "auto":
         activation = "sigmoid" if x.shape[0] == 1 else "softmax"
     return torch.sigmoid(x) if activation == "sigmoid" else torch.softmax(x, dim=0)
+
+
+def foreground(x: torch.Tensor, activation: str, threshold: float) -> torch.Tensor:
+    """``activate(x) > threshold``. For a sigmoid, the logits are compared with the
+    threshold's logit instead: the same pixels, without a pass computing sigmoids."""
+    if activation == "auto":
+        activation = "sigmoid" if x.shape[0] == 1 else "softmax"
+    if activation == "sigmoid" and 0.0 < threshold < 1.0:
+        return x > math.log(threshold / (1.0 - threshold))
+    return activate(x, activation) > threshold
 
 
 @FINALIZERS.register("raw")
@@ -33,12 +44,12 @@ def _probabilities(x: torch.Tensor, activation: str, threshold: float) -> torch.
 
 @FINALIZERS.register("mask")
 def _mask(x: torch.Tensor, activation: str, threshold: float) -> torch.Tensor:
-    return (activate(x, activation) > threshold).to(torch.uint8)
+    return foreground(x, activation, threshold).to(torch.uint8)
 
 
 @FINALIZERS.register("labels")
 def _labels(x: torch.Tensor, activation: str, threshold: float) -> torch.Tensor:
     if x.shape[0] == 1:
-        return (activate(x, activation) > threshold).to(torch.uint8)
+        return foreground(x, activation, threshold).to(torch.uint8)
     dtype = torch.uint8 if x.shape[0] <= 256 else torch.int32
     return torch.argmax(x, dim=0, keepdim=True).to(dtype)

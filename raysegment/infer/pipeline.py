@@ -390,11 +390,10 @@ any data: 180-230 MiB measured, and Ray Data asks for a quarter more than it see
 
 
 def _block_bytes(plan: ImagePlan) -> int:
-    """Memory of one block with its tile halo, as read and as float32 (the read stage
-    holds about twice that at its peak: normalized and padded copies)."""
+    """Memory of one block with its tile halo, as read (the read stage holds about twice
+    that at its peak: the reader's buffer and the block)."""
     outer = [b + t for b, t in zip(plan.block, plan.tiling.tile, strict=True)]
-    itemsize = plan.source.info.dtype.itemsize
-    return int(np.prod(outer)) * len(plan.channels) * (itemsize + 4)
+    return int(np.prod(outer)) * len(plan.channels) * plan.source.info.dtype.itemsize
 
 
 def _run(

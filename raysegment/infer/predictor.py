@@ -12,12 +12,19 @@ from typing import Any
 import numpy as np
 import torch
 
-from raysegment.data.tiling import blend_weights_1d
+from raysegment.data.tiling import Block, Tiling, blend_weights_1d
 from raysegment.infer.attempts import Attempts, device_label, pin_gpu
 from raysegment.infer.finalize import FINALIZERS
 from raysegment.infer.model import ModelFile, load_model
 from raysegment.infer.plan import ImagePlan, WorkItem
-from raysegment.infer.stages import Batch, passthrough, placeholder, refusal, row_item
+from raysegment.infer.stages import (
+    Batch,
+    normalized,
+    passthrough,
+    placeholder,
+    refusal,
+    row_item,
+)
 
 __all__ = [
     "Predictor",
@@ -152,7 +159,6 @@ def predict_block(
     inner = [(a - o, b - o) for (a, b), (o, _) in zip(block.inner, block.outer, strict=False)]
     origins = list(block.tile_origins(plan.tiling))
     num: torch.Tensor | None = None
-    den = torch.zeros([b - a for a, b in inner], device=data.device)
     for first in range(0, len(origins), batch_size):
         chunk = origins[first : first + batch_size]
         x = torch.stack(
@@ -165,7 +171,7 @@ def predict_block(
             x = torch.cat([x, x.new_zeros((batch_size - len(chunk), *x.shape[1:]))])
         y = forward(module, x, tta)
         if num is None:
-            num = torch.zeros((y.shape[1], *den.shape), device=data.device)
+            num = torch.zeros((y.shape[1], *(b - a for a, b in inner)), device=data.device)
         for (grid, start), pred in zip(chunk, y, strict=False):
             src, dst = [], []
             for s, t, (a, b) in zip(start, tile, inner, strict=False):
@@ -177,12 +183,41 @@ def predict_block(
             w = weights[0][grid[0]][src[0]]
             for axis in range(1, len(tile)):
                 w = w.unsqueeze(-1) * weights[axis][grid[axis]][src[axis]]
-            num[(slice(None), *dst)] += pred[(slice(None), *src)] * w
-            den[tuple(dst)] += w
+            num[(slice(None), *dst)].addcmul_(pred[(slice(None), *src)], w)
     assert num is not None
-    if bool((den == 0).any()):
-        raise RuntimeError(f"block {item} has pixels no tile covers: tiling bug")
-    return num / den, len(origins)
+    # A tile's weight is the outer product of its axes' profiles and the block runs every
+    # combination of its per-axis tiles, so the sum of weights is the outer product of the
+    # per-axis sums: divide by each axis' sum instead of accumulating a full-size sum.
+    for axis, total in enumerate(_weight_sums(block, plan.tiling, weights, inner, item)):
+        shape = [1] * num.ndim
+        shape[axis + 1] = -1
+        num.div_(total.reshape(shape))
+    return num, len(origins)
+
+
+def _weight_sums(
+    block: Block,
+    tiling: Tiling,
+    weights: Sequence[torch.Tensor],
+    inner: Sequence[tuple[int, int]],
+    item: WorkItem,
+) -> list[torch.Tensor]:
+    """Per axis, the sum of the block's tile profiles over its own region (relative to
+    ``outer``)."""
+    totals = []
+    for axis, (ax, tiles, (o, _), (a, b)) in enumerate(
+        zip(tiling.axes, block.tiles, block.outer, inner, strict=False)
+    ):
+        total = torch.zeros(b - a, device=weights[axis].device)
+        for i in tiles:
+            s = ax.starts[i] - o
+            lo, hi = max(s, a), min(s + ax.tile, b)
+            if lo < hi:
+                total[lo - a : hi - a] += weights[axis][i][lo - s : hi - s]
+        if bool((total == 0).any()):
+            raise RuntimeError(f"block {item} has pixels no tile covers: tiling bug")
+        totals.append(total)
+    return totals
 
 
 class Predictor:
@@ -272,9 +307,8 @@ class Predictor:
                 "seconds": np.array([0.0]),
             }
         start = time.perf_counter()
-        data = torch.from_numpy(np.require(batch["data"][0], requirements=["C", "W"])).to(
-            self.device
-        )
+        data = torch.from_numpy(normalized(batch["data"][0], plan, plan.block_of(item)))
+        data = data.to(self.device)
         with self.autocast:
             blended, tiles = predict_block(
                 self.module,

@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 
 from raysegment import errors
+from raysegment.data.tiling import Block
 from raysegment.errors import BlockFailedError, InputImageError, RaySegmentError
 from raysegment.infer.attempts import Attempts, begin_attempt
 from raysegment.infer.plan import ImagePlan, WorkItem
@@ -24,6 +25,7 @@ __all__ = [
     "encode_error",
     "passthrough",
     "placeholder",
+    "normalized",
     "read_stage",
     "refusal",
     "row_item",
@@ -103,7 +105,8 @@ def _nonfinite(
 
 
 def read_stage(batch: Batch, plans: Sequence[ImagePlan], attempts: Attempts | None = None) -> Batch:
-    """Read a block's source region, normalize it to float32 and pad it to whole tiles."""
+    """Read a block's source region as stored (its dtype: half the bytes of float32 for
+    uint16 through the object store); ``normalized`` makes the model's input of it."""
     item = row_item(batch, 0)
     plan = plans[item.image]
     refused = refusal(batch, plan, "read", attempts)
@@ -127,21 +130,30 @@ def read_stage(batch: Batch, plans: Sequence[ImagePlan], attempts: Attempts | No
             "error": np.array([""]),
             "empty": np.array([True]),
         }
-    data = data.astype(np.float32, copy=False)
     if plan.spatial_dims == 2:
         data = data[:, 0]
-    if plan.norm is not None:
-        offset, scale = (
-            np.asarray(v, np.float32).reshape(-1, *[1] * plan.spatial_dims) for v in plan.norm
-        )
-        data = (data - offset) / scale
-    if any(p != (0, 0) for p in block.pad):
-        data = np.pad(data, ((0, 0), *block.pad), mode=plan.padding)  # type: ignore[call-overload]
     return passthrough(batch, 0) | {
         "data": data[None],
         "error": np.array([""]),
         "empty": np.array([False]),
     }
+
+
+def normalized(data: np.ndarray, plan: ImagePlan, block: Block) -> np.ndarray:
+    """A block as read (C, *spatial; any dtype) as the model's float32 input: normalized
+    in one pass into a new array, and padded to whole tiles."""
+    out = np.empty(data.shape, np.float32)
+    if plan.norm is None:
+        out[...] = data
+    else:
+        offset, scale = (
+            np.asarray(v, np.float32).reshape(-1, *[1] * plan.spatial_dims) for v in plan.norm
+        )
+        np.subtract(data, offset, out=out, casting="unsafe")
+        np.divide(out, scale, out=out)
+    if any(p != (0, 0) for p in block.pad):
+        out = np.pad(out, ((0, 0), *block.pad), mode=plan.padding)  # type: ignore[call-overload]
+    return out
 
 
 def write_stage(

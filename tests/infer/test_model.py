@@ -128,3 +128,20 @@ def test_finalizers_cover_every_mode_and_dtype() -> None:
     mask = FINALIZERS.get("mask")(logits[:1], "sigmoid", 0.5)
     assert mask.dtype == torch.uint8 and mask.tolist() == [[[1, 0]]]
     assert output_dtype("labels", 300) == "uint16" and output_dtype("raw", 2) == "float32"
+
+
+@pytest.mark.parametrize("threshold", [0.5, 0.1, 0.93, 0.0, 1.0])
+def test_sigmoid_mask_thresholds_logits_as_probabilities(threshold: float) -> None:
+    # The mask compares logits with the threshold's logit (no sigmoid pass): the same
+    # pixels as thresholding the probabilities, edge thresholds included.
+    logits = torch.cat(
+        [
+            torch.randn(1, 64, 64, generator=torch.Generator().manual_seed(0)) * 8,
+            torch.tensor([-200.0, 0.0, 200.0]).reshape(1, 1, 3).expand(1, 64, 3),
+        ],
+        -1,
+    )
+    want = (torch.sigmoid(logits) > threshold).to(torch.uint8)
+    got = FINALIZERS.get("mask")(logits, "sigmoid", threshold)
+    assert torch.equal(got, want)
+    assert torch.equal(FINALIZERS.get("labels")(logits, "auto", threshold), want)

@@ -316,3 +316,41 @@ def test_read_and_write_workers_do_not_import_torch() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_blocks_travel_as_stored_and_are_normalized_by_the_predictor(
+    tmp_path, ome_tiff, make_model
+) -> None:
+    """The read stage ships a block in the source dtype (uint16: half the object-store
+    bytes of float32); the predictor normalizes and pads it in one pass."""
+    from raysegment.config import InferConfig, as_config
+    from raysegment.data.sources import open_source
+    from raysegment.infer.model import describe_model, load_model, read_model_file
+    from raysegment.infer.plan import plan_image
+    from raysegment.infer.stages import normalized, read_stage
+
+    image = random_image((40, 50))
+    model_path, _ = make_model(out_ch=1)
+    cfg = as_config(
+        InferConfig,
+        {
+            "input": str(ome_tiff(image, tile=None)),
+            "model": str(model_path),
+            "output": str(tmp_path / "out"),
+            "tile": {"size": [64], "padding": "reflect"},  # longer than the image: padded
+            "normalize": {"mode": "fixed", "mean": 500.0, "std": 250.0},
+        },
+        {},
+    )
+    model = read_model_file(cfg.model)
+    spec = describe_model(model, load_model(model))
+    plan = plan_image(0, open_source(cfg.input), cfg.output, cfg, spec, model.sha256)
+    (item,) = plan.work()
+    row = {k: np.array([v]) for k, v in (("image", 0), ("t", 0), ("z", 0), ("error", ""))}
+    row |= {"index": np.array([item.index]), "empty": np.array([False])}
+    read = read_stage(row, [plan])
+    assert read["data"].dtype == np.uint16 and read["data"].shape == (1, 1, 40, 50)
+    got = normalized(read["data"][0], plan, plan.block_of(item))
+    want = np.pad((image.astype(np.float32) - 500.0) / 250.0, ((0, 24), (0, 14)), "reflect")
+    assert got.dtype == np.float32
+    np.testing.assert_allclose(got[0], want, rtol=1e-6)
