@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from collections.abc import Sequence
 
@@ -87,5 +88,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
 
 
+def run() -> None:
+    """The ``raysegment`` command: ``main``, then exit without the interpreter's teardown.
+
+    By then every output is written and Ray is shut down; what remains is finalizing the
+    native libraries of Ray and torch, 1.1 s of every run here (measured after the last
+    exit handler). An exception (a bug) still exits normally, traceback included.
+    """
+    code = main()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    run()

@@ -42,7 +42,7 @@ from raysegment.infer.writer import (
     done_blocks,
     inspect_output,
 )
-from raysegment.runtime import quiet_ray_data, start_ray
+from raysegment.runtime import quiet_ray_data, start_ray, torch_worker_runtime_env
 
 __all__ = ["InferSummary", "infer"]
 
@@ -455,6 +455,7 @@ def _run(
         },
         num_gpus=1 if pool.use_gpu else 0,
         num_cpus=pool.reserve,
+        runtime_env=torch_worker_runtime_env(),
     )
     ds = ds.map_batches(
         write_stage,

@@ -18,7 +18,7 @@ import torch
 from raysegment._version import __version__
 from raysegment.config import TrainConfig, as_config, config_to_dict
 from raysegment.errors import ConfigError, OutputError
-from raysegment.runtime import quiet_ray_data, start_ray
+from raysegment.runtime import quiet_ray_data, start_ray, torch_worker_runtime_env
 from raysegment.train.components import build_model, check_combination
 from raysegment.train.data import TrainingSet, prepare, read_patches
 from raysegment.train.export import TrainSummary, export_model
@@ -225,10 +225,12 @@ def train(
                 resources_per_worker={"CPU": worker_cpus, **({"GPU": 1} if use_gpu else {})},
             ),
             datasets={"train": train_ds, "val": val_ds},
-            run_config=ray.train.RunConfig(
+            # Train V2's RunConfig (Ray's default); its type stubs name V1's.
+            run_config=ray.train.RunConfig(  # type: ignore[call-arg]
                 name="run",
                 storage_path=_storage(cfg, out),
                 checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
+                worker_runtime_env=torch_worker_runtime_env(),
                 # Restarts the workers from the last checkpoint; a rerun of the same
                 # command after the driver died resumes from it too (same storage_path).
                 failure_config=ray.train.FailureConfig(max_failures=cfg.max_failures),
