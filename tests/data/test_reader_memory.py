@@ -1,0 +1,36 @@
+"""Reading a large OME-TIFF block by block keeps a reader's memory bounded."""
+
+from __future__ import annotations
+
+import gc
+
+import numpy as np
+import psutil
+import tifffile
+
+from raysegment.data.sources import open_source
+
+
+def test_reading_distinct_blocks_does_not_accumulate_memory(tmp_path) -> None:
+    """A worker reads block after block of one slide: its memory must not grow with the
+    blocks read (bfio's reader kept every tile it decoded: +1 block per block)."""
+    block = 1024
+    image = np.random.default_rng(0).integers(0, 4000, (6 * block, 8 * block), np.uint16)
+    path = tmp_path / "slide.ome.tif"
+    tifffile.imwrite(path, image, ome=True, tile=(512, 512), metadata={"axes": "YX"})
+    source = open_source(str(path))
+    regions = [(i * block, j * block) for i in range(6) for j in range(8)]
+    process = psutil.Process()
+
+    def read(some: list[tuple[int, int]]) -> None:
+        for y, x in some:
+            data = source.read(0, (0,), ((0, 1), (y, y + block), (x, x + block)))
+            assert np.array_equal(data[0, 0], image[y : y + block, x : x + block])
+            del data
+        gc.collect()
+
+    read(regions[:16])  # the reader's threads and buffers settle
+    before = process.memory_info().rss
+    read(regions[16:])
+    grown = process.memory_info().rss - before
+    assert grown < 16 * block * block * 2, f"grew {grown / 2**20:.0f} MiB over 32 blocks"
