@@ -15,19 +15,24 @@ Finalizer = Callable[[torch.Tensor, str, float], torch.Tensor]
 FINALIZERS: Registry[Finalizer] = Registry("finalize.mode")
 
 
-def activate(x: torch.Tensor, activation: str) -> torch.Tensor:
-    """Sigmoid or softmax over channels; ``auto`` = sigmoid for one channel, else softmax."""
+def _resolved(x: torch.Tensor, activation: str) -> str:
+    """``auto`` = sigmoid for one channel, else softmax."""
     if activation == "auto":
-        activation = "sigmoid" if x.shape[0] == 1 else "softmax"
-    return torch.sigmoid(x) if activation == "sigmoid" else torch.softmax(x, dim=0)
+        return "sigmoid" if x.shape[0] == 1 else "softmax"
+    return activation
+
+
+def activate(x: torch.Tensor, activation: str) -> torch.Tensor:
+    """Sigmoid or softmax over channels (``auto``: sigmoid for one channel)."""
+    if _resolved(x, activation) == "sigmoid":
+        return torch.sigmoid(x)
+    return torch.softmax(x, dim=0)
 
 
 def foreground(x: torch.Tensor, activation: str, threshold: float) -> torch.Tensor:
     """``activate(x) > threshold``. For a sigmoid, the logits are compared with the
     threshold's logit instead: the same pixels, without a pass computing sigmoids."""
-    if activation == "auto":
-        activation = "sigmoid" if x.shape[0] == 1 else "softmax"
-    if activation == "sigmoid" and 0.0 < threshold < 1.0:
+    if _resolved(x, activation) == "sigmoid" and 0.0 < threshold < 1.0:
         return x > math.log(threshold / (1.0 - threshold))
     return activate(x, activation) > threshold
 
