@@ -267,7 +267,9 @@ class Predictor:
             label = device_label(gpu) + (
                 " [channels-last]" if self.layout == "channels_last" else ""
             )
-            attempts.ledger.register.remote(attempts.run, label)
+            # Waited for: the driver reads the ledger when the last block is in, and a
+            # call from another process has no ordering with this one.
+            ray.get(attempts.ledger.register.remote(attempts.run, label))
         self.fixed_batch = static_batch is not None
         self.batch_size = (
             static_batch or batch_size or auto_batch_size(self.module, tile_shape, self.device)

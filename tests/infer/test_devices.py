@@ -116,10 +116,14 @@ def test_missing_gpus_fail_with_the_count(monkeypatch, device, gpus) -> None:
 CLUSTER_SCRIPT = """
 import json, sys
 import ray
+import ray.data
 from ray.cluster_utils import Cluster
 
 cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 2, "num_gpus": 0})
 ray.init(address=cluster.address, logging_level="ERROR")
+# Blocks go to the first ready predictor; 16 tiny blocks can finish before a slow node's
+# actor is up, and an actor that never started holds no GPU to report. Start them all.
+ray.data.DataContext.get_current().wait_for_min_actors_s = 240
 from raysegment.infer import infer
 
 report = {}
