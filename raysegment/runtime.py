@@ -5,7 +5,13 @@ from __future__ import annotations
 import logging
 import os
 
-__all__ = ["TORCH_WORKER_ENV", "quiet_ray_data", "start_ray", "torch_worker_runtime_env"]
+__all__ = [
+    "LOCAL_RAY_CONFIG",
+    "TORCH_WORKER_ENV",
+    "quiet_ray_data",
+    "start_ray",
+    "torch_worker_runtime_env",
+]
 
 
 TORCH_WORKER_ENV = {
@@ -19,6 +25,18 @@ TORCH_WORKER_ENV = {
     "MALLOC_MMAP_THRESHOLD_": str(4 << 30),
     "MALLOC_TRIM_THRESHOLD_": str(4 << 30),
 }
+
+
+LOCAL_RAY_CONFIG = {
+    # Ray starts its workers at nice 15, below its own processes and the driver. On a
+    # machine where the predictors' threads take every core, each wake-up of those
+    # processes then preempts a model thread outright and its partner threads spin at the
+    # next barrier: same-priority workers made a CPU run 3% faster here (8192^2 Unet, one
+    # actor x 2 threads, five alternating pairs: 75.9 -> 73.5 s mean, none slower).
+    "worker_niceness": 0,
+}
+"""Ray settings of the private local Ray ``start_ray`` starts (a cluster joined keeps its
+own)."""
 
 
 def torch_worker_runtime_env() -> dict[str, dict[str, str]]:
@@ -43,8 +61,16 @@ def start_ray() -> bool:
 
     if ray.is_initialized():
         return False
-    address = os.environ.get("RAY_ADDRESS") or "local"
-    ray.init(address=address, logging_level=logging.ERROR, include_dashboard=False)
+    address = os.environ.get("RAY_ADDRESS")
+    if address:
+        ray.init(address=address, logging_level=logging.ERROR, include_dashboard=False)
+    else:
+        ray.init(
+            address="local",
+            logging_level=logging.ERROR,
+            include_dashboard=False,
+            _system_config=dict(LOCAL_RAY_CONFIG),  # ray.init adds its own keys to it
+        )
     return True
 
 

@@ -63,7 +63,15 @@ def race_to_create(location: object, racers: int = 4) -> list[bool]:
 def ray_session() -> Iterator[None]:
     import ray
 
-    ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level="ERROR")
+    from raysegment.runtime import LOCAL_RAY_CONFIG
+
+    ray.init(
+        address="local",
+        num_cpus=2,
+        include_dashboard=False,
+        logging_level="ERROR",
+        _system_config=dict(LOCAL_RAY_CONFIG),  # as the private Ray the commands start
+    )
     yield
     ray.shutdown()
 

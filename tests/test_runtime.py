@@ -29,3 +29,36 @@ def test_model_processes_start_with_the_allocator_settings() -> None:
     )
     ray.kill(probe)
     assert {k: start_env.get(k) for k in TORCH_WORKER_ENV} == TORCH_WORKER_ENV
+
+
+def test_workers_of_a_private_local_ray_run_at_the_drivers_priority() -> None:
+    """Ray's default nice 15 let every wake-up of its own processes preempt a model
+    thread; the session here is started with the settings ``start_ray`` uses."""
+    import os
+
+    import ray
+
+    @ray.remote(num_cpus=0)
+    def niceness() -> int:
+        return os.nice(0)
+
+    assert ray.get(niceness.remote()) == os.nice(0) == 0
+
+
+@pytest.mark.parametrize("address", [None, "10.0.0.1:6379"])
+def test_start_ray_sets_worker_priority_only_on_the_ray_it_starts(monkeypatch, address) -> None:
+    import ray
+
+    from raysegment import runtime
+
+    calls: list[dict] = []
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)
+    monkeypatch.setattr(ray, "init", lambda **kw: calls.append(kw))
+    if address:
+        monkeypatch.setenv("RAY_ADDRESS", address)
+    else:
+        monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    assert runtime.start_ray()
+    (kw,) = calls
+    assert kw["address"] == (address or "local")
+    assert kw.get("_system_config") == (None if address else {"worker_niceness": 0})
