@@ -230,8 +230,8 @@ def test_ray_job_submit_runs_infer_and_two_worker_training_on_a_ray_head(
     finally:
         for node in reversed(nodes):
             os.killpg(node.pid, signal.SIGTERM)
-            try:
-                node.wait(timeout=30)
+            try:  # `ray start --block` waits ~30 s for some of its processes
+                node.wait(timeout=3)
             except subprocess.TimeoutExpired:
                 os.killpg(node.pid, signal.SIGKILL)
                 node.wait()

@@ -128,7 +128,7 @@ from raysegment.infer import infer
 
 report = {}
 for device, gpus in (("all", (1, 2)), ("0,2", (3, 3))):
-    nodes = [cluster.add_node(num_cpus=4, num_gpus=g) for g in gpus]
+    nodes = [cluster.add_node(num_cpus=2, num_gpus=g) for g in gpus]
     cluster.wait_for_nodes()
     summary = infer(input=sys.argv[1], model=sys.argv[2], output=sys.argv[3] + device,
                     device=device, progress=False, chunks=[64], block=[64],
