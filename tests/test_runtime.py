@@ -42,7 +42,9 @@ def test_workers_of_a_private_local_ray_run_at_the_drivers_priority() -> None:
     def niceness() -> int:
         return os.nice(0)
 
-    assert ray.get(niceness.remote()) == os.nice(0) == 0
+    # Ray adds its niceness to the raylet's, which has this process's (a run under
+    # `nice` keeps that); by default the task would be 15 nicer than this process.
+    assert ray.get(niceness.remote()) == os.nice(0)
 
 
 @pytest.mark.parametrize("address", [None, "10.0.0.1:6379"])
