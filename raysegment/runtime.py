@@ -62,15 +62,13 @@ def start_ray() -> bool:
     if ray.is_initialized():
         return False
     address = os.environ.get("RAY_ADDRESS")
-    if address:
-        ray.init(address=address, logging_level=logging.ERROR, include_dashboard=False)
-    else:
-        ray.init(
-            address="local",
-            logging_level=logging.ERROR,
-            include_dashboard=False,
-            _system_config=dict(LOCAL_RAY_CONFIG),  # ray.init adds its own keys to it
-        )
+    ray.init(
+        address=address or "local",
+        logging_level=logging.ERROR,
+        include_dashboard=False,
+        # A copy: ray.init adds its own keys to the dict it is given.
+        _system_config=None if address else dict(LOCAL_RAY_CONFIG),
+    )
     return True
 
 
