@@ -66,6 +66,10 @@ def start_ray() -> bool:
         address=address or "local",
         logging_level=logging.ERROR,
         include_dashboard=False,
+        # Ray's own loggers in this job's workers: at their default level Ray Train's
+        # placement-group cleaner warned once a second for a whole training run that the
+        # state API (a dashboard service) was unavailable.
+        logging_config=ray.LoggingConfig(log_level="ERROR"),
         # A copy: ray.init adds its own keys to the dict it is given.
         _system_config=None if address else dict(LOCAL_RAY_CONFIG),
     )
