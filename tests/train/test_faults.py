@@ -113,9 +113,9 @@ def test_worker_death_and_kill_dash_9_resume_from_the_last_checkpoint(
     )
     assert again.returncode == 0, again.stderr
     assert "resuming the unfinished run" in again.stderr
-    # Ray's and torch's chatter stays out of the user's terminal (Ray Train's
-    # placement-group cleaner warned every second without a dashboard).
-    assert "State API" not in again.stderr and "requires_grad" not in again.stderr
+    # Ray's chatter stays out of the user's terminal (Ray Train's placement-group cleaner
+    # warned every second that the state API, a dashboard service, was unavailable).
+    assert "State API" not in again.stderr, again.stderr[-3000:]
     # Resumed twice: after the worker died (from epoch 2), after the kill (epoch 4 or 5).
     resumed = again.stdout.split("resumed after epoch ")[1].split(")")[0].split(", ")
     assert len(resumed) == 2, again.stdout + again.stderr[-3000:]
