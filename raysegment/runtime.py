@@ -62,6 +62,8 @@ def start_ray() -> bool:
     if ray.is_initialized():
         return False
     address = os.environ.get("RAY_ADDRESS")
+    root = logging.getLogger()
+    level, handlers = root.level, root.handlers[:]
     ray.init(
         address=address or "local",
         logging_level=logging.ERROR,
@@ -73,6 +75,10 @@ def start_ray() -> bool:
         # A copy: ray.init adds its own keys to the dict it is given.
         _system_config=None if address else dict(LOCAL_RAY_CONFIG),
     )
+    # ray.init applies that logging config to this process too: the root logger (the
+    # caller's own, where raysegment is used as a library) keeps its level and handlers.
+    root.setLevel(level)
+    root.handlers[:] = handlers
     return True
 
 

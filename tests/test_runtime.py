@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -64,3 +66,44 @@ def test_start_ray_sets_worker_priority_only_on_the_ray_it_starts(monkeypatch, a
     (kw,) = calls
     assert kw["address"] == (address or "local")
     assert kw.get("_system_config") == (None if address else {"worker_niceness": 0})
+
+
+# A fresh process: the suite's own Ray session is already started.
+_STARTS_RAY = """
+import logging, ray
+from raysegment.runtime import start_ray
+logging.basicConfig(level=logging.INFO)
+root = logging.getLogger()
+before = (root.level, list(root.handlers))
+start_ray()
+
+@ray.remote(num_cpus=0)
+def worker_levels():
+    import logging
+    return logging.getLogger().level, logging.getLogger("ray").level
+
+print(before == (root.level, list(root.handlers)), *ray.get(worker_levels.remote()))
+ray.shutdown()
+"""
+
+
+def test_ray_quiet_in_workers_while_the_callers_logging_is_untouched(tmp_path) -> None:
+    """Ray's loggers in the job's workers run at ERROR (Ray Train's placement-group cleaner
+    warned every second without a dashboard); the logging of the process calling
+    ``start_ray`` (a user's program, when raysegment is a library) stays as it was."""
+    import logging
+    import os
+
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    out = subprocess.run(
+        [sys.executable, "-c", _STARTS_RAY],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=tmp_path,
+        env=env | {"PYTHONPATH": os.getcwd()},
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    kept, root_level, ray_level = out.stdout.split()
+    assert kept == "True"
+    assert int(root_level) == int(ray_level) == logging.ERROR
