@@ -148,7 +148,7 @@ def train_loop(config: dict[str, Any]) -> None:
                 return loss
 
             loss = optimizer.step(closure)  # type: ignore[arg-type]
-            sums[0] += float(loss.detach()) * len(x)
+            sums[0] += float(torch.as_tensor(loss).detach()) * len(x)
             sums[1] += len(x)
         model.eval()
         stats = torch.zeros(4, classes, dtype=torch.float64)
