@@ -117,7 +117,13 @@ class ImageSource:
 
     def close(self) -> None:
         handle, self._handle = self._handle, None
-        if handle is not None and hasattr(handle, "close"):
+        if handle is not None:
+            self._close(handle)
+
+    @staticmethod
+    def _close(handle: Any) -> None:
+        """Release one handle ``_open`` returned."""
+        if hasattr(handle, "close"):
             handle.close()
 
     def read(
@@ -255,25 +261,20 @@ class TiffSource(ArraySource):
             self._tif = None
 
 
-def _release(reader: Any) -> None:
-    """Close a bfio reader and free its C++ reader now. The reader and its backend refer
-    to each other, so without this the C++ reader, with the tiles it decoded, lived until
-    Python's cyclic collector ran, which a read worker's few allocations rarely trigger: a
-    worker grew by a block's bytes with every block it read (41 MiB per 4608^2 uint16
-    read, 0.5 GiB per read worker over a 32768^2 slide)."""
-    reader.close()
-    reader._backend = None
-
-
 class OmeTiffSource(ImageSource):
     """OME-TIFF, tiled or striped, through bfio's tensorstore backend (no Java)."""
 
     kind = "ome-tiff"
 
-    def close(self) -> None:
-        handle, self._handle = self._handle, None
-        if handle is not None:
-            _release(handle)
+    @staticmethod
+    def _close(handle: Any) -> None:
+        """Close a bfio reader and free its C++ reader now. The reader and its backend
+        refer to each other, so without this the C++ reader, with the tiles it decoded,
+        lived until Python's cyclic collector ran, which a read worker's few allocations
+        rarely trigger: a worker grew by a block's bytes with every block it read (41 MiB
+        per 4608^2 uint16 read, 0.5 GiB per read worker over a 32768^2 slide)."""
+        handle.close()
+        handle._backend = None
 
     def _open(self) -> Any:
         from bfio import BioReader
@@ -319,7 +320,7 @@ class OmeTiffSource(ImageSource):
             # span) and returns (Y, X, T, C, Z) with trailing size-1 axes squeezed.
             data = reader.read(X=(x0, x1), Y=(y0, y1), Z=(z0, z1), C=list(range(c0, c1)), T=[t])
         finally:
-            _release(reader)
+            self._close(reader)
         data = np.asarray(data).reshape(y1 - y0, x1 - x0, 1, c1 - c0, z1 - z0)
         data = data.transpose(2, 3, 4, 0, 1)[0]
         return data[[c - c0 for c in channels]]
