@@ -160,10 +160,21 @@ def test_bad_input_one_line_exit_2(
         assert not (files / "out").exists()
 
 
-def test_the_real_process_exits_2_without_traceback(files: Path) -> None:
-    result = run_cli("infer", *_with(input="nope.tif"), cwd=files)
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (_with(input="nope.tif"), "nope.tif: no such file"),
+        # Met while Ray starts (the model is loaded meanwhile): Ray is shut down quietly.
+        (_with(model="fake.pth"), "fake.pth: cannot load the model"),
+    ],
+    ids=["before Ray starts", "while Ray starts"],
+)
+def test_the_real_process_exits_2_without_traceback(
+    files: Path, args: list[str], message: str
+) -> None:
+    result = run_cli("infer", *args, cwd=files)
     assert result.returncode == 2
-    assert result.stderr.strip().startswith("raysegment: error: nope.tif: no such file")
+    assert result.stderr.strip().startswith(f"raysegment: error: {message}"), result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
 
 

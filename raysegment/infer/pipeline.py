@@ -10,6 +10,7 @@ import sys
 import time
 from collections import Counter
 from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -24,6 +25,7 @@ from raysegment.data.tiling import block_grid, seam_repeats
 from raysegment.errors import ConfigError, OutputError
 from raysegment.infer.attempts import start_ledger
 from raysegment.infer.model import (
+    ModelFile,
     ModelSpec,
     describe_model,
     load_model,
@@ -86,22 +88,17 @@ class InferSummary:
         )
 
 
-def _start_ray(device: str) -> tuple[bool, bool]:
-    """``runtime.start_ray``; GPU indices restrict a private local Ray to those GPUs.
-
-    Returns:
-        Whether Ray was started or joined here (to shut down after), and whether the
-        GPU indices were applied that way (else each predictor pins its own index).
-    """
+def _restrict_gpus(device: str) -> bool:
+    """GPU indices (``device=1,3``) restrict the private local Ray about to be started here
+    to those GPUs: Ray hands out only the GPUs its raylet sees. Set before anything else
+    runs beside Ray's start. Returns whether they were applied that way (else each
+    predictor pins its own index, on a cluster joined or a Ray the caller started)."""
     import ray
 
-    if ray.is_initialized():
-        return False, False
-    if device[0].isdigit() and not os.environ.get("RAY_ADDRESS"):
-        # Ray hands out only the GPUs the local raylet sees.
-        os.environ["CUDA_VISIBLE_DEVICES"] = device
-        return start_ray(), True
-    return start_ray(), False
+    if ray.is_initialized() or not device[0].isdigit() or os.environ.get("RAY_ADDRESS"):
+        return False
+    os.environ["CUDA_VISIBLE_DEVICES"] = device
+    return True
 
 
 @dataclass(frozen=True)
@@ -255,6 +252,36 @@ def _wait_for_output(out: str, timeout: float = 120.0) -> OutputState:
         time.sleep(0.2)
 
 
+def _prepare(
+    cfg: InferConfig, paths: list[str], output: str, model: ModelFile
+) -> tuple[ModelSpec, list[ImagePlan], dict[int, set[str]]]:
+    """Open the images, load and probe the model, plan each image and create, resume or
+    refuse its output: the model's description, the plans, the blocks already done."""
+    sources = [open_source(p, cfg.axes) for p in paths]
+    module = load_model(model)
+    spec = describe_model(model, module)
+    spec = probe_model(model, module, spec, tile_size(cfg, spec))
+    if spec.static_batch and cfg.batch_size not in (None, spec.static_batch):
+        raise ConfigError(
+            f"batch_size={cfg.batch_size}: {model.path} was exported for batches of "
+            f"{spec.static_batch}; drop batch_size or export with a dynamic batch dimension"
+        )
+    del module
+    plans = [
+        plan_image(
+            i,
+            src,
+            storage.join(output, f"{image_stem(src.path)}.ome.zarr"),
+            cfg,
+            spec,
+            model.sha256,
+        )
+        for i, src in enumerate(sources)
+    ]
+    done = _prepare_outputs(cfg, plans, config_to_dict(cfg), model.path, model.sha256)
+    return spec, plans, done
+
+
 def infer(config: InferConfig | Mapping[str, Any] | None = None, **overrides: Any) -> InferSummary:
     """Segment every input image into ``<output>/<name>.ome.zarr``.
 
@@ -273,49 +300,42 @@ def infer(config: InferConfig | Mapping[str, Any] | None = None, **overrides: An
     # Workers may run elsewhere (another cwd, another node with the same mounts): every
     # path they see is absolute.
     paths = resolve_inputs(cfg.input, cfg.pattern)
-    sources = [open_source(p, cfg.axes) for p in paths]
     stems = Counter(image_stem(p) for p in paths)
     clash = [s for s, n in stems.items() if n > 1]
     if clash:
         raise ConfigError(
             f"{cfg.input}: several inputs would write {clash[0]}.ome.zarr; narrow pattern="
         )
-
     output = storage.resolve(cfg.output)
     _check_output_location(output, storage.resolve(cfg.input), paths)
     model = read_model_file(cfg.model)
-    module = load_model(model)
-    spec = describe_model(model, module)
-    spec = probe_model(model, module, spec, tile_size(cfg, spec))
-    if spec.static_batch and cfg.batch_size not in (None, spec.static_batch):
-        raise ConfigError(
-            f"batch_size={cfg.batch_size}: {model.path} was exported for batches of "
-            f"{spec.static_batch}; drop batch_size or export with a dynamic batch dimension"
-        )
-    del module
 
-    sha = model.sha256
-    plans = [
-        plan_image(i, src, storage.join(output, f"{image_stem(src.path)}.ome.zarr"), cfg, spec, sha)
-        for i, src in enumerate(sources)
-    ]
-    config = config_to_dict(cfg)
-    done = _prepare_outputs(cfg, plans, config, model.path, model.sha256)
-    summary_seams = _seams(plans)
-    # Part k of n takes every n-th block of the run (spread over every image and region).
-    mine = [w for p in plans for w in p.work()][cfg.part_id :: cfg.num_parts]
-    pending = [w for w in mine if w.key not in done[w.image]]
-    remaining = Counter(w.image for w in pending)
-    summary = InferSummary(
-        images=len(plans), resumed_blocks=len(mine) - len(pending), seams=summary_seams
-    )
-    share = Counter(w.image for w in mine)  # this part's fraction of each image
-    for plan in plans:
-        pixels = float(np.prod(plan.source.info.shape[2:])) * plan.source.info.shape[0]
-        summary.megapixels += pixels / 1e6 * share[plan.id] / plan.num_blocks
-
-    started, indices_applied = _start_ray(cfg.device)
+    # Ray starts (its processes booting take seconds) while this thread opens the images,
+    # loads and probes the model and creates the outputs: the errors of those steps come
+    # once Ray is up, and shut it down.
+    indices_applied = _restrict_gpus(cfg.device)
+    with ThreadPoolExecutor(1, thread_name_prefix="raysegment-prepare") as executor:
+        preparing = executor.submit(_prepare, cfg, paths, output, model)
+        started = start_ray()
+        try:
+            spec, plans, done = preparing.result()
+        except BaseException:
+            if started:
+                ray.shutdown()
+            raise
     try:
+        summary_seams = _seams(plans)
+        # Part k of n takes every n-th block of the run (spread over every image and region).
+        mine = [w for p in plans for w in p.work()][cfg.part_id :: cfg.num_parts]
+        pending = [w for w in mine if w.key not in done[w.image]]
+        remaining = Counter(w.image for w in pending)
+        summary = InferSummary(
+            images=len(plans), resumed_blocks=len(mine) - len(pending), seams=summary_seams
+        )
+        share = Counter(w.image for w in mine)  # this part's fraction of each image
+        for plan in plans:
+            pixels = float(np.prod(plan.source.info.shape[2:])) * plan.source.info.shape[0]
+            summary.megapixels += pixels / 1e6 * share[plan.id] / plan.num_blocks
         pool = _pool(cfg, indices_applied)
         summary.device, summary.actors = ("gpu" if pool.use_gpu else "cpu"), pool.actors
         summary.cluster = ray.get_runtime_context().gcs_address

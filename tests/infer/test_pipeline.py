@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -303,6 +304,34 @@ def test_constant_blocks_skip_the_model_and_stay_fill_value(tmp_path, make_model
     grid = Tiling.plan((192, 128), (32, 32), TileConfig().overlap, "crop").num_tiles
     assert f"{full.tiles / grid - 1:.0%} more tiles" in full.seams
     assert "block=[128, 128]" in full.seams
+
+
+def test_ray_starts_while_the_run_is_prepared(tmp_path, make_model, ome_tiff, monkeypatch) -> None:
+    """Ray's start (seconds of its processes booting) overlaps opening the images and
+    loading and probing the model; an error met there shuts the Ray started down."""
+    import ray
+
+    from raysegment.errors import ModelLoadError
+    from raysegment.infer import pipeline
+
+    prepared = threading.Event()
+    calls: list[tuple[str, bool]] = []
+
+    def start_ray() -> bool:
+        calls.append(("start", prepared.wait(60)))  # True only if preparing ran meanwhile
+        return True
+
+    def prepare(*args: object) -> None:
+        prepared.set()
+        raise ModelLoadError("model.pth: cannot load the model")
+
+    monkeypatch.setattr(pipeline, "start_ray", start_ray)
+    monkeypatch.setattr(pipeline, "_prepare", prepare)
+    monkeypatch.setattr(ray, "shutdown", lambda: calls.append(("shutdown", True)))
+    model, _ = make_model()
+    with pytest.raises(ModelLoadError):
+        infer(input=str(ome_tiff(random_image((64, 64)))), model=str(model), output=str(tmp_path))
+    assert calls == [("start", True), ("shutdown", True)]
 
 
 def test_read_and_write_workers_do_not_import_torch() -> None:
