@@ -4,14 +4,20 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import TypeVar
 
 __all__ = [
     "LOCAL_RAY_CONFIG",
     "TORCH_WORKER_ENV",
     "quiet_ray_data",
     "start_ray",
+    "start_ray_while",
     "torch_worker_runtime_env",
 ]
+
+T = TypeVar("T")
 
 
 TORCH_WORKER_ENV = {
@@ -80,6 +86,29 @@ def start_ray() -> bool:
     root.setLevel(level)
     root.handlers[:] = handlers
     return True
+
+
+def start_ray_while(prepare: Callable[[], T]) -> tuple[bool, T]:
+    """``start_ray`` on this thread while ``prepare`` runs on another: a local Ray's
+    processes take seconds to boot (5 s on 2 cores), as long as opening a run's images and
+    loading its model.
+
+    Returns:
+        Whether Ray was started or joined here (see ``start_ray``), and what ``prepare``
+        returned. An error of ``prepare`` is raised once Ray is up, after shutting down a
+        Ray started here.
+    """
+    import ray
+
+    with ThreadPoolExecutor(1, thread_name_prefix="raysegment-prepare") as executor:
+        preparing = executor.submit(prepare)
+        started = start_ray()
+        try:
+            return started, preparing.result()
+        except BaseException:
+            if started:
+                ray.shutdown()
+            raise
 
 
 def quiet_ray_data() -> None:

@@ -10,7 +10,6 @@ import sys
 import time
 from collections import Counter
 from collections.abc import Mapping
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -44,7 +43,7 @@ from raysegment.infer.writer import (
     done_blocks,
     inspect_output,
 )
-from raysegment.runtime import quiet_ray_data, start_ray, torch_worker_runtime_env
+from raysegment.runtime import quiet_ray_data, start_ray_while, torch_worker_runtime_env
 
 __all__ = ["InferSummary", "infer"]
 
@@ -310,19 +309,9 @@ def infer(config: InferConfig | Mapping[str, Any] | None = None, **overrides: An
     _check_output_location(output, storage.resolve(cfg.input), paths)
     model = read_model_file(cfg.model)
 
-    # Ray starts (its processes booting take seconds) while this thread opens the images,
-    # loads and probes the model and creates the outputs: the errors of those steps come
-    # once Ray is up, and shut it down.
+    # Ray starts while the images are opened, the model probed and the outputs created.
     indices_applied = _restrict_gpus(cfg.device)
-    with ThreadPoolExecutor(1, thread_name_prefix="raysegment-prepare") as executor:
-        preparing = executor.submit(_prepare, cfg, paths, output, model)
-        started = start_ray()
-        try:
-            spec, plans, done = preparing.result()
-        except BaseException:
-            if started:
-                ray.shutdown()
-            raise
+    started, (spec, plans, done) = start_ray_while(lambda: _prepare(cfg, paths, output, model))
     try:
         summary_seams = _seams(plans)
         # Part k of n takes every n-th block of the run (spread over every image and region).

@@ -18,7 +18,7 @@ import torch
 from raysegment._version import __version__
 from raysegment.config import TrainConfig, as_config, config_to_dict
 from raysegment.errors import ConfigError, OutputError
-from raysegment.runtime import quiet_ray_data, start_ray, torch_worker_runtime_env
+from raysegment.runtime import quiet_ray_data, start_ray_while, torch_worker_runtime_env
 from raysegment.train.components import build_model, check_combination
 from raysegment.train.data import TrainingSet, prepare, read_patches
 from raysegment.train.export import TrainSummary, export_model
@@ -164,13 +164,16 @@ def train(
     started = time.perf_counter()
     check_combination(cfg)
     _check_pretrained(cfg)
-    data = prepare(cfg)
-    _probe(cfg, data)
-    out, resuming = _prepare_output(cfg)
+
+    def setup() -> tuple[TrainingSet, Path, bool]:
+        data = prepare(cfg)
+        _probe(cfg, data)
+        return data, *_prepare_output(cfg)
+
+    # Ray starts while the data are checked, the model is built and the output created.
+    own_ray, (data, out, resuming) = start_ray_while(setup)
     if resuming:
         log.warning("raysegment: resuming the unfinished run in %s from its last checkpoint", out)
-
-    own_ray = start_ray()
     try:
         gpus = int(ray.cluster_resources().get("GPU", 0))
         use_gpu = cfg.device == "gpu" or (cfg.device == "auto" and gpus > 0)

@@ -311,6 +311,7 @@ def test_ray_starts_while_the_run_is_prepared(tmp_path, make_model, ome_tiff, mo
     loading and probing the model; an error met there shuts the Ray started down."""
     import ray
 
+    from raysegment import runtime
     from raysegment.errors import ModelLoadError
     from raysegment.infer import pipeline
 
@@ -325,7 +326,7 @@ def test_ray_starts_while_the_run_is_prepared(tmp_path, make_model, ome_tiff, mo
         prepared.set()
         raise ModelLoadError("model.pth: cannot load the model")
 
-    monkeypatch.setattr(pipeline, "start_ray", start_ray)
+    monkeypatch.setattr(runtime, "start_ray", start_ray)
     monkeypatch.setattr(pipeline, "_prepare", prepare)
     monkeypatch.setattr(ray, "shutdown", lambda: calls.append(("shutdown", True)))
     model, _ = make_model()
