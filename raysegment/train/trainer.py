@@ -160,6 +160,8 @@ def train(
     import ray.train
     from ray.train.torch import TorchTrainer
 
+    from raysegment.train.progress import EpochLines
+
     cfg = as_config(TrainConfig, config, overrides)
     started = time.perf_counter()
     check_combination(cfg)
@@ -237,7 +239,10 @@ def train(
                 # Restarts the workers from the last checkpoint; a rerun of the same
                 # command after the driver died resumes from it too (same storage_path).
                 failure_config=ray.train.FailureConfig(max_failures=cfg.max_failures),
-                callbacks=callbacks or [],
+                callbacks=[EpochLines(cfg.max_epochs), *(callbacks or [])],  # type: ignore[list-item]
+                # Its per-epoch INFO lines ("Reporting training result ...", a few hundred
+                # characters each): EpochLines prints one short line instead.
+                logging_config=ray.train.LoggingConfig(log_level="WARNING"),
             ),
         )
         result = trainer.fit()

@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import re
 import signal
 import subprocess
 import time
@@ -116,6 +117,12 @@ def test_worker_death_and_kill_dash_9_resume_from_the_last_checkpoint(
     # Ray's chatter stays out of the user's terminal (Ray Train's placement-group cleaner
     # warned every second that the state API, a dashboard service, was unavailable).
     assert "State API" not in again.stderr, again.stderr[-3000:]
+    # One short line per epoch instead of Ray Train's per-report lines: the resumed run's
+    # epochs (from the last checkpoint on) in order, ending with the last.
+    output = again.stdout + again.stderr
+    assert "Reporting training result" not in output, output[-3000:]
+    epochs = [int(e) for e in re.findall(r"raysegment train: epoch (\d+)/7: train loss", output)]
+    assert epochs and epochs == sorted(epochs) and epochs[-1] == 7, output[-3000:]
     # Resumed twice: after the worker died (from epoch 2), after the kill (epoch 4 or 5).
     resumed = again.stdout.split("resumed after epoch ")[1].split(")")[0].split(", ")
     assert len(resumed) == 2, again.stdout + again.stderr[-3000:]

@@ -1,0 +1,37 @@
+"""One line per training epoch on the command's output, from Ray Train's controller."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ray.train import UserCallback
+
+__all__ = ["EpochLines", "epoch_line"]
+
+
+def epoch_line(metrics: dict[str, Any], max_epochs: int) -> str:
+    """``epoch 3/50: train loss 0.4123, val loss 0.3881, iou 0.712, best epoch 3, 3.2 s``
+    from the metrics a training epoch reports."""
+    line = (
+        f"raysegment train: epoch {metrics['epoch']}/{max_epochs}: "
+        f"train loss {metrics['train_loss']:.4f}, val loss {metrics['val_loss']:.4f}, "
+        f"iou {metrics['iou']:.3f}, best epoch {metrics['best_epoch']}, "
+        f"{metrics['seconds']:.1f} s"
+    )
+    if metrics["stopped"] and metrics["epoch"] < max_epochs:
+        line += "; stopping early"
+    return line
+
+
+class EpochLines(UserCallback):  # type: ignore[misc]
+    """Prints ``epoch_line`` once every worker has reported an epoch (Ray Train's own
+    per-report lines, a few hundred characters each, are turned off)."""
+
+    def __init__(self, max_epochs: int) -> None:
+        self.max_epochs = max_epochs
+
+    def after_report(
+        self, run_context: Any, metrics: list[dict[str, Any]], checkpoint: Any
+    ) -> None:
+        if metrics:
+            print(epoch_line(metrics[0], self.max_epochs), flush=True)
