@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import io
+import logging
 import tempfile
 import time
 from dataclasses import dataclass
@@ -89,11 +90,23 @@ def _unwrap(model: torch.nn.Module) -> torch.nn.Module:
     return inner
 
 
+def _quiet_reports() -> None:
+    """Ray Train's worker logs every report in full (a few hundred characters an epoch)
+    through a logger named by its file, outside the ``ray.train`` loggers its
+    ``LoggingConfig`` sets; the controller's ``EpochLines`` says it in one line."""
+    try:
+        from ray.train.v2._internal.execution import context
+    except ImportError:  # another Ray Train layout: its lines stay
+        return
+    context.logger.setLevel(logging.WARNING)
+
+
 def train_loop(config: dict[str, Any]) -> None:
     """Ray Train ``train_loop_per_worker``: config holds plain values set by the trainer."""
     import ray.train
     import ray.train.torch
 
+    _quiet_reports()
     torch.manual_seed(config["seed"])
     ctx = ray.train.get_context()
     rank = ctx.get_world_rank()
