@@ -10,8 +10,8 @@ __all__ = ["EpochLines", "epoch_line"]
 
 
 def epoch_line(metrics: dict[str, Any], max_epochs: int) -> str:
-    """``epoch 3/50: train loss 0.4123, val loss 0.3881, iou 0.712, best epoch 3, 3.2 s``
-    from the metrics a training epoch reports."""
+    """``raysegment train: epoch 3/50: train loss 0.4123, val loss 0.3881, iou 0.712, best
+    epoch 2, 3.2 s`` from the metrics a training epoch reports."""
     line = (
         f"raysegment train: epoch {metrics['epoch']}/{max_epochs}: "
         f"train loss {metrics['train_loss']:.4f}, val loss {metrics['val_loss']:.4f}, "

@@ -240,8 +240,9 @@ def train(
                 # command after the driver died resumes from it too (same storage_path).
                 failure_config=ray.train.FailureConfig(max_failures=cfg.max_failures),
                 callbacks=[EpochLines(cfg.max_epochs), *(callbacks or [])],  # type: ignore[list-item]
-                # Its per-epoch INFO lines ("Reporting training result ...", a few hundred
-                # characters each): EpochLines prints one short line instead.
+                # Ray Train's INFO lines ("Checkpoint successfully created ..." per epoch;
+                # the worker's "Reporting training result ..." is quieted in the loop, its
+                # logger lies outside ray.train's): EpochLines prints one short line.
                 logging_config=ray.train.LoggingConfig(log_level="WARNING"),
             ),
         )
