@@ -1,8 +1,9 @@
-"""Shared fixtures: one Ray session, synthetic images and fixed-kernel models."""
+"""Shared fixtures: one Ray session per test process, synthetic images and fixed-kernel models."""
 
 from __future__ import annotations
 
 import os
+import re
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -21,6 +22,21 @@ os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.5")
 
 SMALL_BLOCKS = ["chunks=128", "block=128", "tile.size=128", "progress=false", "finalize.mode=raw"]
 """Settings of the multi-block runs that subprocess tests compare with an in-process one."""
+
+
+# A line one of Ray's own daemons forwards to the driver's stderr, e.g. the raylet's
+# "(raylet) file_system_monitor.cc:116: ... is over 95% full" on a crowded disk.
+_RAY_DAEMON_LINE = re.compile(
+    r"^(\x1b\[[0-9;]*m)?\((raylet|gcs_server|autoscaler|monitor|log_monitor|dashboard\w*)[,)]"
+)
+
+
+def error_lines(stderr: str) -> list[str]:
+    """The non-blank lines of a command's stderr, less what Ray's daemons forward (the
+    machine's warnings, not the command's): what the one-line error rule is about."""
+    return [
+        line for line in stderr.splitlines() if line.strip() and not _RAY_DAEMON_LINE.match(line)
+    ]
 
 
 def cli_command(*args: str) -> list[str]:

@@ -13,7 +13,7 @@ import torch
 import zarr
 
 from raysegment.infer.writer import inspect_output
-from tests.conftest import cli_command, conv_model, random_image, save_torchscript
+from tests.conftest import cli_command, conv_model, error_lines, random_image, save_torchscript
 
 
 def run_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
@@ -150,7 +150,7 @@ def test_bad_input_one_line_exit_2(
     files: Path, capsys: pytest.CaptureFixture[str], name: str, args: list[str], message: str
 ) -> None:
     code, err = run_main("infer", *args, cwd=files, capsys=capsys)
-    lines = [line for line in err.splitlines() if line.strip()]
+    lines = error_lines(err)
     assert code == 2, err
     assert len(lines) == 1, err
     assert lines[0].startswith("raysegment: error: ") and message in lines[0], lines[0]
@@ -174,8 +174,8 @@ def test_the_real_process_exits_2_without_traceback(
 ) -> None:
     result = run_cli("infer", *args, cwd=files)
     assert result.returncode == 2
-    assert result.stderr.strip().startswith(f"raysegment: error: {message}"), result.stderr
-    assert len(result.stderr.strip().splitlines()) == 1
+    lines = error_lines(result.stderr)
+    assert len(lines) == 1 and lines[0].startswith(f"raysegment: error: {message}"), result.stderr
 
 
 @pytest.mark.usefixtures("ray_session")
@@ -190,7 +190,7 @@ def test_complete_output_is_refused_without_overwrite(files: Path) -> None:
     )
     result = run_cli("infer", *OK, cwd=files)
     assert result.returncode == 2
-    assert result.stderr.strip().endswith("set overwrite=true to replace it")
+    assert error_lines(result.stderr)[-1].endswith("set overwrite=true to replace it")
 
 
 def test_help_version_and_unknown_command(files: Path) -> None:
@@ -259,7 +259,7 @@ def test_train_bad_input_one_line_exit_2(
 ) -> None:
     pytest.importorskip("segmentation_models_pytorch", reason="needs the train extra")
     code, err = run_main("train", *args, cwd=train_files, capsys=capsys)
-    lines = [line for line in err.splitlines() if line.strip()]
+    lines = error_lines(err)
     assert code == 2, err
     assert len(lines) == 1 and message in lines[0], err
     assert not (train_files / "model").exists()  # nothing half-written
@@ -276,7 +276,7 @@ def test_corrupt_chunk_met_mid_run_fails_in_one_line_and_stays_incomplete(
     bad.write_bytes(b"garbage")
     args = ["input=vol.zarr", "model=model.pth", "output=out", "chunks=64", "block=64"]
     code, err = run_main("infer", *args, "tile.size=64", "progress=false", cwd=files, capsys=capsys)
-    lines = [line for line in err.splitlines() if line.strip()]
+    lines = error_lines(err)
     assert code == 2, err
     assert len(lines) == 1 and "vol.zarr: cannot read region" in lines[0], err
     group = zarr.open_group(str(files / "out" / "vol.ome.zarr"), mode="r")

@@ -230,6 +230,11 @@ def train(
                 resources_per_worker={"CPU": worker_cpus, **({"GPU": 1} if use_gpu else {})},
             ),
             datasets={"train": train_ds, "val": val_ds},
+            # One worker reads both datasets itself: a split would start a coordinator
+            # actor per dataset (a process each) for nothing to split.
+            dataset_config=ray.train.DataConfig(
+                datasets_to_split="all" if cfg.num_workers > 1 else []
+            ),
             # Train V2's RunConfig (Ray's default); its type stubs name V1's.
             run_config=ray.train.RunConfig(  # type: ignore[call-arg]
                 name="run",

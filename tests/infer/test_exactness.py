@@ -139,22 +139,25 @@ def test_tta_makes_any_model_flip_equivariant(tmp_path, make_model, dims, shape)
     axes = tuple(range(dims))
     for name, data in (("plain", image), ("flipped", np.flip(image, axes))):
         zarr.create_array(
-            str(tmp_path / f"{name}.zarr"), data=np.ascontiguousarray(data), chunks=(16,) * dims
+            str(tmp_path / "images" / f"{name}.zarr"),
+            data=np.ascontiguousarray(data),
+            chunks=(16,) * dims,
         )
     cfg = dict(tile={"size": [16], "overlap": 0.5, "blend": "crop"}, chunks=[16], block=[48])
     outs = {}
-    for tta in (False, True):
+    for tta in (False, True):  # both images in one run
+        out = tmp_path / f"out_{tta}"
+        infer(
+            input=str(tmp_path / "images"),
+            pattern=r".*\.zarr",
+            model=str(model_path),
+            output=str(out),
+            progress=False,
+            finalize={"mode": "raw"},
+            tta=tta,
+            **cfg,
+        )
         for name in ("plain", "flipped"):
-            out = tmp_path / f"out_{name}_{tta}"
-            infer(
-                input=str(tmp_path / f"{name}.zarr"),
-                model=str(model_path),
-                output=str(out),
-                progress=False,
-                finalize={"mode": "raw"},
-                tta=tta,
-                **cfg,
-            )
             outs[name, tta] = zarr.open_array(str(out / f"{name}.ome.zarr" / "0"), mode="r")[:]
     spatial = tuple(a + 1 for a in axes)
     np.testing.assert_allclose(
