@@ -201,9 +201,10 @@ def _array(path: str, version: str, write_empty_chunks: bool = False) -> Any:
     key = (path, version, write_empty_chunks)
     with _ARRAYS_LOCK:
         if key not in _ARRAYS:
-            array = zarr.open_array(storage.join(path, _ARRAY), mode="r+")
-            # open_array ignores a config argument; with_config sets it.
-            _ARRAYS[key] = array.with_config({"write_empty_chunks": write_empty_chunks})
+            # An array takes its runtime config when opened (open_array ignores a config
+            # argument, and Array.with_config is only in the newest zarr 3.1 releases).
+            with zarr.config.set({"array.write_empty_chunks": write_empty_chunks}):
+                _ARRAYS[key] = zarr.open_array(storage.join(path, _ARRAY), mode="r+")
         return _ARRAYS[key]
 
 
