@@ -218,8 +218,7 @@ def write_block(
     writes every chunk it covers: zarr's test of each chunk against the fill value took
     60% of a block's write (55 of 90 ms per 4096^2 uint8 mask here), for chunks of a
     block that the model ran on, rarely empty and then a few bytes compressed."""
-    scalar = not isinstance(data, np.ndarray)
-    _array(str(path), version, write_empty_chunks=not scalar)[index] = data
+    _array(str(path), version, write_empty_chunks=isinstance(data, np.ndarray))[index] = data
 
 
 def complete_output(path: Location, summary: dict[str, Any]) -> None:
