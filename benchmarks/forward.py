@@ -1,8 +1,8 @@
 """Per-tile time of a CPU Unet forward (SMP Unet resnet18 traced to TorchScript as in
 ``run.py``, 512^2, channels-last, 2 threads, on a non-main thread as Ray Data runs
-predictors): with glibc's default allocator and with the settings raysegment gives model
-processes, and with another process taking a share of one core (as Ray's own processes do
-during a run).
+predictors), as traced and frozen as the predictors run it: with glibc's default
+allocator and with the settings raysegment gives model processes, and with another process
+taking a share of one core (as Ray's own processes do during a run).
 
     python benchmarks/forward.py            # prints one line per case
 """
@@ -24,30 +24,46 @@ sys.path.insert(0, str(ROOT))
 from raysegment.runtime import TORCH_WORKER_ENV  # noqa: E402
 
 TILES = 16
+ROUNDS = 4
 
 
 def measure() -> dict[str, float]:
-    """In this process: seconds and kernel seconds per tile, on a non-main thread."""
+    """In this process, on a non-main thread: seconds and kernel seconds per tile of the
+    model as traced, and seconds per tile of it frozen as the predictors run it
+    (``raysegment.infer.predictor.freeze``), alternating between the two."""
     import segmentation_models_pytorch as smp
     import torch
+
+    from raysegment.infer.predictor import freeze
 
     torch.manual_seed(0)
     model = smp.Unet("resnet18", encoder_weights=None, in_channels=1, classes=1).eval()
     x = torch.randn(1, 1, 512, 512)
-    model = torch.jit.trace(model, x).to(memory_format=torch.channels_last)  # as benchmarked
+    traced = torch.jit.trace(model, x).eval().to(memory_format=torch.channels_last)
+    frozen = freeze(torch.jit.trace(model, x).eval().to(memory_format=torch.channels_last))
+    x = x.contiguous(memory_format=torch.channels_last)  # as benchmarked
+    times: dict[str, float] = {"traced": 0.0, "frozen": 0.0, "kernel": 0.0}
     out: dict[str, float] = {}
 
     def loop() -> None:
         torch.set_num_threads(2)
         with torch.inference_mode():
-            for _ in range(2):
-                model(x)
-            before, start = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter()
-            for _ in range(TILES):
-                model(x)
-            after = resource.getrusage(resource.RUSAGE_SELF)
-        out["s_per_tile"] = (time.perf_counter() - start) / TILES
-        out["kernel_s_per_tile"] = (after.ru_stime - before.ru_stime) / TILES
+            for module in (traced, frozen, traced, frozen):  # profiling runs
+                module(x)
+            for _ in range(ROUNDS):
+                for name, module in (("traced", traced), ("frozen", frozen)):
+                    before, start = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter()
+                    for _ in range(TILES // ROUNDS):
+                        module(x)
+                    times[name] += time.perf_counter() - start
+                    if name == "traced":
+                        after = resource.getrusage(resource.RUSAGE_SELF)
+                        times["kernel"] += after.ru_stime - before.ru_stime
+            want = traced(x)
+            out["frozen_max_error"] = float((frozen(x) - want).abs().max() / want.abs().max())
+        out["s_per_tile"] = times["traced"] / TILES
+        out["kernel_s_per_tile"] = times["kernel"] / TILES
+        out["frozen_s_per_tile"] = times["frozen"] / TILES
 
     thread = threading.Thread(target=loop)
     thread.start()
@@ -95,7 +111,9 @@ def main() -> int:
         print(
             f"allocator {'raysegment' if allocator else 'default   '}, another process "
             f"{share:.0%} of a core: {r['s_per_tile']:.3f} s/tile, "
-            f"{r['kernel_s_per_tile']:.3f} s/tile in the kernel",
+            f"{r['kernel_s_per_tile']:.3f} s/tile in the kernel; frozen "
+            f"{r['frozen_s_per_tile']:.3f} s/tile (outputs within "
+            f"{r['frozen_max_error']:.0e} of their largest)",
             flush=True,
         )
     return 0

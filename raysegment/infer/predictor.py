@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 import time
+import warnings
 from collections.abc import Sequence
 from typing import Any
 
@@ -31,6 +32,7 @@ __all__ = [
     "auto_batch_size",
     "choose_layout",
     "forward",
+    "freeze",
     "predict_block",
     "prefers_channels_last",
 ]
@@ -113,6 +115,26 @@ def choose_layout(
         return "channels_last"
     module.to(memory_format=torch.contiguous_format)
     return "channels_first"
+
+
+def freeze(module: torch.nn.Module) -> torch.nn.Module:
+    """``module`` as inference runs it: a TorchScript module in eval mode frozen
+    (``torch.jit.freeze``: weights become constants, batch norms fold into the convolutions
+    before them, dropout goes); anything else as it is.
+
+    Call after ``choose_layout``: the folded weights keep the layout it chose. Outputs move
+    by float rounding (1e-5 of the largest logit of an SMP Unet); a CPU Unet forward ran
+    2-24% faster here, 8 of 8 cases (``python benchmarks/forward.py``, two runs).
+    """
+    if not isinstance(module, torch.jit.ScriptModule) or module.training:
+        return module
+    try:
+        with warnings.catch_warnings():
+            # Deprecated with TorchScript itself; TorchScript models are read on purpose.
+            warnings.simplefilter("ignore", FutureWarning)
+            return torch.jit.freeze(module)
+    except RuntimeError:  # a module TorchScript cannot freeze (e.g. mutates attributes)
+        return module
 
 
 def forward(module: torch.nn.Module, x: torch.Tensor, tta: bool = False) -> torch.Tensor:
@@ -264,6 +286,7 @@ class Predictor:
         self.layout = choose_layout(
             self.module, tile_shape, self.device, layout, precision, static_batch or 1
         )
+        self.module = freeze(self.module)
         self.finalize = finalize
         self.tta = tta
         self.attempts = attempts

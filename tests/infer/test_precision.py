@@ -1,5 +1,5 @@
 """The opt-in fast path (bfloat16 autocast, channels-last) keeps the masks; the
-predictors' choice of memory layout."""
+predictors' choice of memory layout; TorchScript models frozen for inference."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import torch
 import zarr
 
 from raysegment.infer import infer
-from raysegment.infer.predictor import choose_layout, prefers_channels_last
+from raysegment.infer.predictor import Predictor, choose_layout, freeze, prefers_channels_last
 from tests.conftest import conv_model, random_image
 
 
@@ -118,3 +118,66 @@ def test_static_batch_export_program_runs_in_channels_last(tmp_path: Path, ome_t
         finalize={"mode": "raw"},
     )
     assert summary.tiles > 0 and "[channels-last]" in summary.devices[0]
+
+
+def _with_batch_norm() -> torch.nn.Module:
+    """Convolution, batch norm (non-trivial statistics), ReLU, dropout, convolution."""
+    torch.manual_seed(0)
+    norm = torch.nn.BatchNorm2d(3)
+    norm.running_mean.uniform_(-1, 1)
+    norm.running_var.uniform_(0.5, 2)
+    layers = [torch.nn.Conv2d(1, 3, 3, padding=1), norm, torch.nn.ReLU(), torch.nn.Dropout()]
+    return torch.nn.Sequential(*layers, torch.nn.Conv2d(3, 2, 3, padding=1)).eval()
+
+
+def _traced(module: torch.nn.Module) -> torch.jit.ScriptModule:
+    return torch.jit.trace(module, torch.zeros(1, 1, 32, 32)).eval()
+
+
+def test_freeze_folds_batch_norms_into_convolutions_of_the_chosen_layout():
+    module = _traced(_with_batch_norm())
+    x = torch.randn(2, 1, 32, 32)
+    with torch.inference_mode():
+        want = module(x)
+    assert choose_layout(module, (1, 32, 32), CPU, "auto") == "channels_last"
+    frozen = freeze(module)
+    before, after = str(module.inlined_graph), str(frozen.inlined_graph)
+    assert "aten::batch_norm" in before and "aten::dropout" in before
+    assert "aten::batch_norm" not in after and "aten::dropout" not in after
+    assert not list(frozen.parameters())  # weights are constants of the graph now
+    constants = [n.output().toIValue() for n in frozen.graph.findAllNodes("prim::Constant")]
+    weights = [c for c in constants if isinstance(c, torch.Tensor) and c.ndim == 4]
+    assert len(weights) == 2
+    assert all(w.is_contiguous(memory_format=torch.channels_last) for w in weights)
+    with torch.inference_mode():
+        got = frozen(x.contiguous(memory_format=torch.channels_last))
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+
+
+def test_freeze_leaves_eager_and_training_modules_as_they_are():
+    eager = _with_batch_norm()
+    assert freeze(eager) is eager
+    training = _traced(_with_batch_norm()).train()
+    assert freeze(training) is training
+
+
+@pytest.mark.usefixtures("ray_session")
+def test_predictors_run_torchscript_models_frozen(tmp_path: Path, ome_tiff):
+    import ray
+
+    from raysegment.config import InferConfig, as_config
+    from raysegment.data.sources import open_source
+    from raysegment.infer.model import describe_model, load_model, read_model_file
+    from raysegment.infer.plan import plan_image
+
+    path = tmp_path / "bn.pth"
+    torch.jit.save(_traced(_with_batch_norm()), str(path))
+    settings = {"input": str(ome_tiff(random_image((40, 50)))), "model": str(path)}
+    cfg = as_config(InferConfig, settings | {"output": str(tmp_path / "out")}, {})
+    model = read_model_file(cfg.model)
+    spec = describe_model(model, load_model(model))
+    plan = plan_image(0, open_source(cfg.input), cfg.output, cfg, spec, model.sha256)
+    predictor = Predictor(
+        [ray.put(model)], [ray.put([plan])], False, 1, None, 1, ("raw", "none", 0.5)
+    )
+    assert "aten::batch_norm" not in str(predictor.module.inlined_graph)
