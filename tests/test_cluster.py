@@ -5,6 +5,7 @@ what KubeRay needs, and `ray job submit` runs inference and two-worker training 
 from __future__ import annotations
 
 import os
+import random
 import re
 import shutil
 import signal
@@ -111,9 +112,17 @@ def test_kuberay_manifests_have_what_kuberay_requires() -> None:
 
 
 def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    """A free port between Ray's worker ports (10002-19999) and the kernel's ephemeral
+    range (32768 and up), where no process of a parallel test session (its own Ray's
+    servers, their clients) is given one by the kernel while this head starts."""
+    while True:
+        port = random.randint(20000, 32767)
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        return port
 
 
 def _wait_for_port(port: int, process: subprocess.Popen, timeout: float = 90) -> None:
