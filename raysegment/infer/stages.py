@@ -7,7 +7,10 @@ does not import torch: the read and write worker processes stay small and start 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import ctypes
+import ctypes.util
+import functools
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -33,6 +36,35 @@ __all__ = [
 ]
 
 Batch = dict[str, np.ndarray]
+
+
+@functools.cache
+def _malloc_trim() -> Callable[[int], int] | None:
+    """glibc's ``malloc_trim``, where the C library has one."""
+    try:
+        return getattr(ctypes.CDLL(ctypes.util.find_library("c")), "malloc_trim", None)
+    except OSError:
+        return None
+
+
+def _returns_free_memory(stage: Callable[..., Batch]) -> Callable[..., Batch]:
+    """Run ``stage``, then hand the memory it freed back to the OS (``malloc_trim``).
+
+    A read or write worker otherwise keeps the heap its decoders and codecs grew, in
+    every malloc arena of their threads: ~0.2 GiB per idle worker after a 32768^2 run,
+    and a run keeps more workers the more blocks can run at once.
+    """
+
+    @functools.wraps(stage)
+    def run(*args: Any, **kwargs: Any) -> Batch:
+        try:
+            return stage(*args, **kwargs)
+        finally:
+            trim = _malloc_trim()
+            if trim is not None:
+                trim(0)
+
+    return run
 
 
 def row_item(batch: Batch, i: int) -> WorkItem:
@@ -104,6 +136,7 @@ def _nonfinite(
     )
 
 
+@_returns_free_memory
 def read_stage(batch: Batch, plans: Sequence[ImagePlan], attempts: Attempts | None = None) -> Batch:
     """Read a block's source region as stored (its dtype: half the bytes of float32 for
     uint16 through the object store); ``normalized`` makes the model's input of it."""
@@ -156,6 +189,7 @@ def normalized(data: np.ndarray, plan: ImagePlan, block: Block) -> np.ndarray:
     return out
 
 
+@_returns_free_memory
 def write_stage(
     batch: Batch, plans: Sequence[ImagePlan], attempts: Attempts | None = None
 ) -> Batch:
