@@ -4,6 +4,9 @@ workers hand back what they freed."""
 from __future__ import annotations
 
 import gc
+import json
+import subprocess
+import sys
 
 import numpy as np
 import psutil
@@ -44,25 +47,37 @@ def test_reading_distinct_blocks_does_not_accumulate_memory(tmp_path) -> None:
     assert grown < 16 * block * block * 2, f"grew {grown / 2**20:.0f} MiB over 32 blocks"
 
 
+_CHURN = """
+import json, numpy as np, psutil
+from raysegment.infer import stages
+
+def churn():
+    # ~94 MiB of small heap buffers freed, all but the last: the heap cannot shrink
+    # from its top, so without a trim the freed pages stay resident.
+    buffers = [np.ones(16384, np.uint8) for _ in range(6000)]
+    return buffers[-1:]
+
+rss = lambda: psutil.Process().memory_info().rss
+before = rss()
+kept = churn()
+grown = rss()
+kept += stages._returns_free_memory(churn)()
+wrapped = stages.read_stage.__wrapped__ and stages.write_stage.__wrapped__
+print(json.dumps({"trim": stages._malloc_trim() is not None, "before": before,
+                  "grown": grown, "after": rss(), "wrapped": bool(wrapped)}))
+"""
+
+
 def test_read_and_write_stages_hand_the_memory_they_freed_back() -> None:
     """An idle read or write worker must not keep the heap its last block grew (decoders
-    and codecs free their buffers into malloc's arenas, which keep them)."""
-    from raysegment.infer import stages
-
-    if stages._malloc_trim() is None:
+    and codecs free their buffers into malloc's arenas, which keep them). In a fresh
+    process: a test process's heap has free room of its own."""
+    result = subprocess.run(
+        [sys.executable, "-c", _CHURN], capture_output=True, text=True, check=True
+    )
+    got = json.loads(result.stdout)
+    if not got["trim"]:
         pytest.skip("the C library has no malloc_trim (not glibc)")
-    assert stages.read_stage.__wrapped__ and stages.write_stage.__wrapped__
-
-    def churn() -> list[np.ndarray]:
-        """~94 MiB of small heap buffers freed, all but the last: the heap cannot shrink
-        from its top, so without a trim the freed pages stay resident."""
-        buffers = [np.ones(16384, np.uint8) for _ in range(6000)]
-        return buffers[-1:]
-
-    process = psutil.Process()
-    before = process.memory_info().rss
-    kept = churn()
-    grown = process.memory_info().rss
-    assert grown - before > 50 << 20  # the premise: freed heap stays resident
-    kept += stages._returns_free_memory(churn)()
-    assert process.memory_info().rss < grown - (50 << 20)
+    assert got["wrapped"]
+    assert got["grown"] - got["before"] > 50 << 20  # the premise: freed heap stays resident
+    assert got["after"] < got["grown"] - (50 << 20)
