@@ -5,9 +5,13 @@ grouped by the title Ray gives them (``ray::IDLE``, ``ray::MapBatches(read_stage
 every process running the model is a ``predictor``.
 
     python benchmarks/memory.py INPUT MODEL [key=value ...]   # one JSON line
+    python benchmarks/memory.py --stages SLIDE.ome.tif         # what the stages' trim saves
 
 The command runs as ``benchmarks/run.py`` runs it (512 tiles, overlap 0.25, masks out,
 ``actors=2 threads=1 batch_size=1`` unless overridden), into a temporary directory.
+``--stages``: anonymous memory of one process after each of eight 4096^2 uint8 block
+writes (zarr, 1024^2 chunks) and eight 4608^2 reads of SLIDE (a uint16 OME-TIFF of at
+least 8704^2), each with and without the trim the read and write stages end with.
 """
 
 from __future__ import annotations
@@ -24,12 +28,11 @@ import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from run import OVERLAP, TILE, _product_env, _pss  # noqa: E402
-
 DAEMONS = ("gcs_server", "raylet", "dashboard", "log_monitor", "runtime_env", "monitor.py")
 
 
 def _role(process: psutil.Process) -> str:
+    """The group a process of the run's tree counts in."""
     try:
         title = " ".join(process.cmdline())
     except psutil.Error:
@@ -59,6 +62,8 @@ def _split(pid: int) -> dict[str, int]:
 
 def measure(image: str, model: str, *keys: str) -> dict[str, object]:
     """Run the command; the tree's peak and each group's PSS at that moment (GiB)."""
+    from run import OVERLAP, TILE, _product_env, _pss  # torch too: not in --stage runs
+
     with tempfile.TemporaryDirectory() as out:
         command = [
             sys.executable,
@@ -104,7 +109,53 @@ def measure(image: str, model: str, *keys: str) -> dict[str, object]:
     }
 
 
+def _anon_mib() -> int:
+    for line in Path("/proc/self/smaps_rollup").read_text().splitlines():
+        if line.startswith("Pss_Anon"):
+            return int(line.split()[1]) >> 10
+    return 0
+
+
+def stage_heap(kind: str, trim: bool, slide: str) -> list[int]:
+    """In this process: anonymous MiB after each of eight block writes or reads."""
+    import numpy as np
+    import zarr
+
+    from raysegment.data.sources import open_source
+    from raysegment.infer import stages
+    from raysegment.infer.writer import write_block
+
+    after = []
+    with tempfile.TemporaryDirectory() as work:
+        if kind == "write":
+            group = zarr.open_group(f"{work}/out.zarr", mode="w")
+            group.create_array("0", shape=(8192, 16384), chunks=(1024, 1024), dtype="uint8")
+            block = (np.random.default_rng(0).random((4096, 4096)) > 0.7).astype(np.uint8)
+        else:
+            source = open_source(slide)
+        for i in range(8):
+            y, x = (i // 4) * 4096, (i % 4) * 4096
+            if kind == "write":
+                write_block(f"{work}/out.zarr", (slice(y, y + 4096), slice(x, x + 4096)), block)
+            else:
+                data = source.read(0, (0,), ((0, 1), (y, y + 4608), (x, x + 4608)))
+                del data
+            if trim:
+                stages._malloc_trim()(0)
+            after.append(_anon_mib())
+    return after
+
+
 if __name__ == "__main__":
-    if len(sys.argv) < 3:
+    if sys.argv[1:2] == ["--stage"]:  # one case, in a fresh process
+        print(json.dumps(stage_heap(sys.argv[2], sys.argv[3] == "trim", sys.argv[4])))
+    elif sys.argv[1:2] == ["--stages"] and len(sys.argv) == 3:
+        for kind in ("write", "read"):
+            for trim in ("plain", "trim"):
+                case = [sys.executable, __file__, "--stage", kind, trim, sys.argv[2]]
+                result = subprocess.run(case, capture_output=True, text=True, check=True)
+                print(f"{kind} {trim}: anonymous MiB after each block {result.stdout.strip()}")
+    elif len(sys.argv) >= 3:
+        print(json.dumps(measure(*sys.argv[1:])))
+    else:
         sys.exit(__doc__)
-    print(json.dumps(measure(*sys.argv[1:])))
