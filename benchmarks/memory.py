@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import collections
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -110,10 +111,7 @@ def measure(image: str, model: str, *keys: str) -> dict[str, object]:
 
 
 def _anon_mib() -> int:
-    for line in Path("/proc/self/smaps_rollup").read_text().splitlines():
-        if line.startswith("Pss_Anon"):
-            return int(line.split()[1]) >> 10
-    return 0
+    return _split(os.getpid()).get("anon", 0) >> 20
 
 
 def stage_heap(kind: str, trim: bool, slide: str) -> list[int]:
@@ -133,15 +131,17 @@ def stage_heap(kind: str, trim: bool, slide: str) -> list[int]:
             block = (np.random.default_rng(0).random((4096, 4096)) > 0.7).astype(np.uint8)
         else:
             source = open_source(slide)
-        for i in range(8):
-            y, x = (i // 4) * 4096, (i % 4) * 4096
+
+        def step(y: int, x: int) -> None:
             if kind == "write":
                 write_block(f"{work}/out.zarr", (slice(y, y + 4096), slice(x, x + 4096)), block)
             else:
-                data = source.read(0, (0,), ((0, 1), (y, y + 4608), (x, x + 4608)))
-                del data
-            if trim:
-                stages._malloc_trim()(0)
+                source.read(0, (0,), ((0, 1), (y, y + 4608), (x, x + 4608)))
+
+        # With the trim exactly as the stages run it.
+        run = stages._returns_free_memory(step) if trim else step  # type: ignore[arg-type]
+        for i in range(8):
+            run((i // 4) * 4096, (i % 4) * 4096)
             after.append(_anon_mib())
     return after
 

@@ -7,6 +7,7 @@ import re
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -37,6 +38,20 @@ def error_lines(stderr: str) -> list[str]:
     return [
         line for line in stderr.splitlines() if line.strip() and not _RAY_DAEMON_LINE.match(line)
     ]
+
+
+def driver_plan(settings: dict[str, Any]) -> tuple[Any, Any]:
+    """The model file and the first image's plan the driver makes of infer ``settings``
+    (no output created), for tests of one stage or one actor in this process."""
+    from raysegment.config import InferConfig, as_config
+    from raysegment.data.sources import open_source
+    from raysegment.infer.model import describe_model, load_model, read_model_file
+    from raysegment.infer.plan import plan_image
+
+    cfg = as_config(InferConfig, settings, {})
+    model = read_model_file(cfg.model)
+    spec = describe_model(model, load_model(model))
+    return model, plan_image(0, open_source(cfg.input), cfg.output, cfg, spec, model.sha256)
 
 
 def cli_command(*args: str) -> list[str]:

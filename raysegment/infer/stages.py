@@ -52,9 +52,9 @@ def _returns_free_memory(stage: Callable[..., Batch]) -> Callable[..., Batch]:
 
     A worker otherwise keeps, in the malloc arenas of its threads, the heap that decoders
     and codecs grew and freed. Eight 4096^2 uint8 blocks written in one process: 76-79
-    MiB of anonymous memory after them, 65-68 MiB with the trim; eight 4608^2 uint16
-    OME-TIFF reads: 84 vs 74-75 MiB (``python benchmarks/memory.py --stages SLIDE``, two
-    runs). A few MiB per task worker, on a node that runs dozens of them.
+    MiB of anonymous memory after them, 64-68 MiB with the trim; eight 4608^2 uint16
+    OME-TIFF reads: 80-84 vs 74-75 MiB (``python benchmarks/memory.py --stages SLIDE``,
+    three runs). A few MiB per task worker, on a node that runs dozens of them.
     """
 
     @functools.wraps(stage)

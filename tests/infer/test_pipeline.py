@@ -18,7 +18,7 @@ from raysegment.config import TileConfig
 from raysegment.data.tiling import Tiling
 from raysegment.errors import InputImageError, OutputError
 from raysegment.infer import infer
-from tests.conftest import conv_model, random_image, whole_image_prediction
+from tests.conftest import conv_model, driver_plan, random_image, whole_image_prediction
 
 pytestmark = pytest.mark.usefixtures("ray_session")
 
@@ -353,28 +353,19 @@ def test_blocks_travel_as_stored_and_are_normalized_by_the_predictor(
 ) -> None:
     """The read stage ships a block in the source dtype (uint16: half the object-store
     bytes of float32); the predictor normalizes and pads it in one pass."""
-    from raysegment.config import InferConfig, as_config
-    from raysegment.data.sources import open_source
-    from raysegment.infer.model import describe_model, load_model, read_model_file
-    from raysegment.infer.plan import plan_image
     from raysegment.infer.stages import normalized, read_stage
 
     image = random_image((40, 50))
     model_path, _ = make_model(out_ch=1)
-    cfg = as_config(
-        InferConfig,
+    _, plan = driver_plan(
         {
             "input": str(ome_tiff(image, tile=None)),
             "model": str(model_path),
             "output": str(tmp_path / "out"),
             "tile": {"size": [64], "padding": "reflect"},  # longer than the image: padded
             "normalize": {"mode": "fixed", "mean": 500.0, "std": 250.0},
-        },
-        {},
+        }
     )
-    model = read_model_file(cfg.model)
-    spec = describe_model(model, load_model(model))
-    plan = plan_image(0, open_source(cfg.input), cfg.output, cfg, spec, model.sha256)
     (item,) = plan.work()
     row = {k: np.array([v]) for k, v in (("image", 0), ("t", 0), ("z", 0), ("error", ""))}
     row |= {"index": np.array([item.index]), "empty": np.array([False])}

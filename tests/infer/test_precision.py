@@ -13,7 +13,7 @@ import zarr
 
 from raysegment.infer import infer
 from raysegment.infer.predictor import Predictor, choose_layout, freeze, prefers_channels_last
-from tests.conftest import conv_model, random_image
+from tests.conftest import conv_model, driver_plan, random_image
 
 
 @pytest.mark.usefixtures("ray_session")
@@ -165,18 +165,10 @@ def test_freeze_leaves_eager_and_training_modules_as_they_are():
 def test_predictors_run_torchscript_models_frozen(tmp_path: Path, ome_tiff):
     import ray
 
-    from raysegment.config import InferConfig, as_config
-    from raysegment.data.sources import open_source
-    from raysegment.infer.model import describe_model, load_model, read_model_file
-    from raysegment.infer.plan import plan_image
-
     path = tmp_path / "bn.pth"
     torch.jit.save(_traced(_with_batch_norm()), str(path))
-    settings = {"input": str(ome_tiff(random_image((40, 50)))), "model": str(path)}
-    cfg = as_config(InferConfig, settings | {"output": str(tmp_path / "out")}, {})
-    model = read_model_file(cfg.model)
-    spec = describe_model(model, load_model(model))
-    plan = plan_image(0, open_source(cfg.input), cfg.output, cfg, spec, model.sha256)
+    image = str(ome_tiff(random_image((40, 50))))
+    model, plan = driver_plan({"input": image, "model": str(path), "output": str(tmp_path / "out")})
     predictor = Predictor(
         [ray.put(model)], [ray.put([plan])], False, 1, None, 1, ("raw", "none", 0.5)
     )
