@@ -72,8 +72,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"raysegment {__version__}")
         return 0
     # Readers log what they then raise; the error line below says it once.
-    for name in ("tifffile", "bfio"):
-        logging.getLogger(name).setLevel(logging.CRITICAL)
+    logging.getLogger("tifffile").setLevel(logging.CRITICAL)
     command = COMMANDS.get(args[0])
     if command is None:
         print(

@@ -18,9 +18,9 @@ from raysegment.data.sources import open_source
 
 def test_reading_distinct_blocks_does_not_accumulate_memory(tmp_path) -> None:
     """A worker reads block after block of one slide: its memory must not grow with the
-    blocks read (bfio's reader kept every tile it decoded: +1 block per block), even where
-    Python's cyclic collector does not run (a read worker allocates few objects: a reader
-    freed only by the collector held its tiles until the worker ended)."""
+    blocks read (an earlier reader kept every tile it decoded: +1 block per block), even
+    where Python's cyclic collector does not run (a read worker allocates few objects: a
+    reader freed only by the collector held its tiles until the worker ended)."""
     block = 1024
     image = np.random.default_rng(0).integers(0, 4000, (6 * block, 8 * block), np.uint16)
     path = tmp_path / "slide.ome.tif"

@@ -60,6 +60,72 @@ def test_ome_tiff_tczyx_axis_order(tmp_path: Path) -> None:
     np.testing.assert_array_equal(got, data[1][[2, 0], 1:3, 5:20, 3:33])
 
 
+_LAYOUTS = {
+    # name: (tifffile.imwrite arguments, whether pages are read segment by segment)
+    "tiles-zlib": ({"tile": (48, 32), "compression": "zlib"}, True),
+    "tiles-lzw-predictor": ({"tile": (32, 64), "compression": "lzw", "predictor": True}, True),
+    "tiles-jpeg": ({"tile": (32, 32), "compression": "jpeg"}, True),
+    "strips-uneven": ({"rowsperstrip": 7}, True),
+    "one-strip": ({}, True),
+    "rgb-samples": ({"photometric": "rgb", "tile": (32, 32)}, False),
+}
+
+
+@pytest.mark.parametrize("layout", list(_LAYOUTS))
+def test_ome_tiff_regions_read_segment_by_segment_equal_the_whole_image(
+    tmp_path: Path, layout: str
+) -> None:
+    """Regions that start and end inside tiles or strips, at the image's ragged edges and
+    across planes of another dimension order, equal tifffile's whole-image read."""
+    kwargs, planes = _LAYOUTS[layout]
+    rng = np.random.default_rng(3)
+    if layout == "rgb-samples":
+        data, axes = rng.integers(0, 255, (1, 2, 1, 150, 130, 3), np.uint8), "TZCYXS"
+    else:
+        dtype = np.uint8 if layout == "tiles-jpeg" else np.uint16
+        data = rng.integers(0, 250, (2, 2, 3, 150, 130)).astype(dtype)  # T, Z, C, Y, X
+        axes = "TZCYX"
+    path = tmp_path / "a.ome.tif"
+    tifffile.imwrite(path, data, ome=True, metadata={"axes": axes}, **kwargs)
+    truth = tifffile.imread(path)  # what tifffile decodes (JPEG is lossy)
+    src = open_source(path)
+    assert src.kind == "ome-tiff"
+    assert (type(src.handle).__name__ == "_TiffPlanes") is planes
+    regions = [
+        ((0, 1), (0, 150), (0, 130)),
+        ((1, 2), (5, 149), (31, 97)),
+        ((0, 2), (100, 150), (129, 130)),
+    ]
+    for t in (0, 1) if layout != "rgb-samples" else (0,):
+        for region in regions:
+            (z0, z1), (y0, y1), (x0, x1) = region
+            if layout == "rgb-samples":
+                got = src.read(t, (2, 0), ((z0, z0 + 1), (y0, y1), (x0, x1)))
+                want = np.moveaxis(truth[z0 : z0 + 1, y0:y1, x0:x1][..., [2, 0]], -1, 0)
+            else:
+                got = src.read(t, (2, 0), region)
+                want = truth[t, z0:z1][:, [2, 0], y0:y1, x0:x1].swapaxes(0, 1)
+            np.testing.assert_array_equal(got, want)
+
+
+def test_ome_tiff_physical_sizes_units_and_channel_names(tmp_path: Path) -> None:
+    path = tmp_path / "n.ome.tif"
+    metadata = {
+        "axes": "CZYX",
+        "PhysicalSizeX": 250.0,
+        "PhysicalSizeXUnit": "nm",
+        "PhysicalSizeY": 0.25,
+        "PhysicalSizeZ": 1.5,
+        "Channel": {"Name": ["DAPI", "GFP"]},
+    }
+    tifffile.imwrite(path, np.zeros((2, 3, 20, 30), np.uint16), ome=True, metadata=metadata)
+    info = open_source(path).info
+    assert info.shape == (1, 2, 3, 20, 30)
+    assert info.scale == {"x": 250.0, "y": 0.25, "z": 1.5}
+    assert info.units == {"x": "nanometer", "y": "micrometer", "z": "micrometer"}
+    assert info.channel_names == ("DAPI", "GFP")
+
+
 def test_plain_tiff_single_page_stack_and_rgb(tmp_path: Path) -> None:
     image = random_image((50, 60))
     tifffile.imwrite(tmp_path / "p.tif", image)
