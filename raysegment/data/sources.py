@@ -204,8 +204,9 @@ class _TiffPlanes:
     """Pixels of a TIFF series whose pages are single-sample 2D planes (OME-TIFF's layout,
     and most stacks), read segment by segment: a region reads and decodes only the tiles
     or strips it touches, each once, straight into its output. 4608^2 uint16 regions of a
-    zlib-tiled slide: 141-163 ms CPU each, against 185-288 ms through tifffile's zarr
-    store and 376-400 ms through bfio's tensorstore reader, the reader used before."""
+    zlib-tiled slide (``python benchmarks/region_read.py SLIDE``): 187-221 ms CPU and wall
+    each; bfio's tensorstore reader, the reader before, 410-452 ms CPU (240-305 ms wall
+    on its own threads)."""
 
     def __init__(self, series: Any, axes: str) -> None:
         self.pages = series.pages
@@ -360,7 +361,7 @@ class TiffSource(ArraySource):
 class OmeTiffSource(TiffSource):
     """OME-TIFF, tiled or striped, any dimension order: pixels through tifffile (as a
     TIFF), physical sizes and channel names from its OME-XML. (bfio, the reader before,
-    took 1.7-1.9 s to import in every process that read a pixel, and 2.5x the CPU per
+    took 1.7-1.9 s to import in every process that read a pixel, and twice the CPU per
     region.)"""
 
     kind = "ome-tiff"
