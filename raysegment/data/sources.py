@@ -213,6 +213,8 @@ class _TiffPlanes:
         self.dtype = series.keyframe.dtype
         self.lead = axes[:-2]  # the axes that select a page, e.g. "tcz"
         self.lead_shape = tuple(series.shape[:-2])
+        # Threads of one process share the file handles, and a read is a seek then a read.
+        self._lock = threading.RLock()
 
     @staticmethod
     def fits(series: Any, axes: str) -> bool:
@@ -242,8 +244,7 @@ class _TiffPlanes:
                 self._plane(page, y0, y1, x0, x1, out[ci, zi])
         return out
 
-    @staticmethod
-    def _plane(page: Any, y0: int, y1: int, x0: int, x1: int, out: np.ndarray) -> None:
+    def _plane(self, page: Any, y0: int, y1: int, x0: int, x1: int, out: np.ndarray) -> None:
         if page is None:  # a plane in a file of a multi-file set that is missing
             out[...] = 0
             return
@@ -261,10 +262,9 @@ class _TiffPlanes:
         args: dict[str, Any] = {"_fullsize": key.is_tiled}
         if key.compression in {6, 7, 34892, 33007}:  # JPEG
             args |= {"jpegtables": page.jpegtables, "jpegheader": key.jpegheader}
-        fh = page.parent.filehandle
         offsets, counts = page.dataoffsets, page.databytecounts
-        for data, i in fh.read_segments(
-            [offsets[i] for i in wanted], [counts[i] for i in wanted], wanted, lock=fh.lock
+        for data, i in page.parent.filehandle.read_segments(
+            [offsets[i] for i in wanted], [counts[i] for i in wanted], wanted, lock=self._lock
         ):
             tile, (_, _, ty, tx, _), _ = key.decode(data, i, **args)
             ya, yb, xa, xb = max(y0, ty), min(y1, ty + th), max(x0, tx), min(x1, tx + tw)

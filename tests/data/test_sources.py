@@ -108,6 +108,26 @@ def test_ome_tiff_regions_read_segment_by_segment_equal_the_whole_image(
             np.testing.assert_array_equal(got, want)
 
 
+def test_threads_reading_one_source_get_their_own_regions(tmp_path: Path) -> None:
+    """Threads of a process share a source's open file: each region read must be whole
+    (a read is a seek then a read per tile)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    image = np.random.default_rng(5).integers(0, 60000, (512, 512), np.uint16)
+    path = tmp_path / "t.ome.tif"
+    tifffile.imwrite(path, image, ome=True, tile=(32, 32), metadata={"axes": "YX"})
+    src = open_source(path)
+    corners = [(y, x) for y in range(0, 448, 37) for x in range(0, 448, 53)]
+
+    def read(corner: tuple[int, int]) -> bool:
+        y, x = corner
+        got = src.read(0, (0,), ((0, 1), (y, y + 64), (x, x + 64)))[0, 0]
+        return bool(np.array_equal(got, image[y : y + 64, x : x + 64]))
+
+    with ThreadPoolExecutor(4) as pool:
+        assert all(pool.map(read, corners * 4))
+
+
 def test_ome_tiff_physical_sizes_units_and_channel_names(tmp_path: Path) -> None:
     path = tmp_path / "n.ome.tif"
     metadata = {
