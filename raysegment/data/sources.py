@@ -347,10 +347,6 @@ class TiffSource(ArraySource):
             return handle.read(t, channels, region)
         return super()._read(t, channels, region)
 
-    @staticmethod
-    def _close(handle: Any) -> None:
-        """The open file is closed by ``close``; a handle holds no other resource."""
-
     def close(self) -> None:
         super().close()
         if getattr(self, "_tif", None) is not None:

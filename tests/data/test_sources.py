@@ -10,7 +10,7 @@ import tifffile
 import zarr
 
 from raysegment.data.inputs import resolve_inputs
-from raysegment.data.sources import image_stem, open_source
+from raysegment.data.sources import _TiffPlanes, image_stem, open_source
 from raysegment.errors import InputImageError
 from tests.conftest import random_image
 
@@ -90,7 +90,7 @@ def test_ome_tiff_regions_read_segment_by_segment_equal_the_whole_image(
     truth = tifffile.imread(path)  # what tifffile decodes (JPEG is lossy)
     src = open_source(path)
     assert src.kind == "ome-tiff"
-    assert (type(src.handle).__name__ == "_TiffPlanes") is planes
+    assert isinstance(src.handle, _TiffPlanes) is planes
     regions = [
         ((0, 1), (0, 150), (0, 130)),
         ((1, 2), (5, 149), (31, 97)),
