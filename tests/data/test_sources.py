@@ -108,6 +108,27 @@ def test_ome_tiff_regions_read_segment_by_segment_equal_the_whole_image(
             np.testing.assert_array_equal(got, want)
 
 
+@pytest.mark.parametrize("compression", ["zlib", "lzw", "zstd"])
+def test_corrupt_tile_met_in_a_read_is_one_input_error(tmp_path: Path, compression) -> None:
+    """A tile whose bytes are garbage (bit rot, a bad copy) fails the region that needs
+    it with one error naming the file, not a codec's traceback; other regions still read."""
+    image = np.random.default_rng(2).integers(0, 4000, (256, 256), np.uint16)
+    path = tmp_path / "c.ome.tif"
+    tifffile.imwrite(
+        path, image, ome=True, tile=(64, 64), compression=compression, metadata={"axes": "YX"}
+    )
+    with tifffile.TiffFile(path) as tif:
+        offset, count = tif.pages[0].dataoffsets[5], tif.pages[0].databytecounts[5]
+    raw = bytearray(path.read_bytes())
+    raw[offset : offset + count] = b"\x55" * count  # tile (1, 1): rows 64-127, cols 64-127
+    path.write_bytes(bytes(raw))
+    src = open_source(path)
+    with pytest.raises(InputImageError, match="c.ome.tif: cannot read region .* corrupt"):
+        src.read(0, (0,), ((0, 1), (100, 140), (0, 256)))
+    got = src.read(0, (0,), ((0, 1), (0, 64), (0, 256)))[0, 0]
+    np.testing.assert_array_equal(got, image[:64])
+
+
 def test_threads_reading_one_source_get_their_own_regions(tmp_path: Path) -> None:
     """Threads of a process share a source's open file: each region read must be whole
     (a read is a seek then a read per tile)."""
