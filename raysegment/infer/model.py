@@ -2,7 +2,8 @@
 
 The contract: input ``(N, C_in, [D,] H, W)`` float32, output ``(N, C_out, same spatial)``.
 Loading a TorchScript or torch.export file runs code from that file: only load models
-you trust.
+you trust. torch is imported by the first load, not with this module: the driver reads a
+model file before it starts Ray and loads it while Ray boots.
 """
 
 from __future__ import annotations
@@ -13,12 +14,13 @@ import json
 import warnings
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from raysegment.errors import ModelContractError, ModelLoadError
 from raysegment.modeldir import MODEL_META
+
+if TYPE_CHECKING:
+    import torch
 
 __all__ = [
     "MODEL_META",
@@ -95,6 +97,8 @@ def load_model(model: ModelFile, device: torch.device | str = "cpu") -> torch.nn
     Raises:
         ModelLoadError: the file is not a TorchScript archive / torch.export program.
     """
+    import torch
+
     try:
         if model.kind == "export":
             program = torch.export.load(io.BytesIO(model.data))
@@ -125,6 +129,8 @@ def _first_sentence(error: Exception) -> str:
 
 
 def _export_input_shape(model: ModelFile) -> list[int | None] | None:
+    import torch
+
     program = torch.export.load(io.BytesIO(model.data))
     user = set(program.graph_signature.user_inputs)
     for node in program.graph.nodes:
@@ -186,6 +192,8 @@ def probe_model(
     Raises:
         ModelContractError: the forward fails, or the output is not (1, C_out, *tile) float.
     """
+    import torch
+
     batch = spec.static_batch or 1
     shape = (batch, spec.in_channels, *tile)
     if spec.static_tile is not None and tuple(spec.static_tile) != tuple(tile):

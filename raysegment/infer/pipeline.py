@@ -32,7 +32,6 @@ from raysegment.infer.model import (
     read_model_file,
 )
 from raysegment.infer.plan import ImagePlan, plan_image, provenance, tile_size
-from raysegment.infer.predictor import Predictor
 from raysegment.infer.pyramid import build_pyramid
 from raysegment.infer.quicklook import quicklook
 from raysegment.infer.stages import decode_error, read_stage, write_stage
@@ -255,7 +254,13 @@ def _prepare(
     cfg: InferConfig, paths: list[str], output: str, model: ModelFile
 ) -> tuple[ModelSpec, list[ImagePlan], dict[int, set[str]]]:
     """Open the images, load and probe the model, plan each image and create, resume or
-    refuse its output: the model's description, the plans, the blocks already done."""
+    refuse its output: the model's description, the plans, the blocks already done.
+
+    Runs while Ray starts (``start_ray_while``), so the driver's heavy imports happen here,
+    beside Ray's booting processes: torch with the model, and Ray Data (pandas with it).
+    """
+    import ray.data  # noqa: F401
+
     sources = [open_source(p, cfg.axes) for p in paths]
     module = load_model(model)
     spec = describe_model(model, module)
@@ -417,6 +422,8 @@ def _run(
 ) -> None:
     import ray
     from tqdm import tqdm
+
+    from raysegment.infer.predictor import Predictor
 
     quiet_ray_data()
     items = [{"image": w.image, "t": w.t, "z": w.z, "index": np.asarray(w.index)} for w in pending]

@@ -348,6 +348,18 @@ def test_read_and_write_workers_do_not_import_torch() -> None:
     assert out.stdout.strip() == "[]"
 
 
+def test_the_driver_imports_torch_and_ray_data_only_while_ray_starts() -> None:
+    """``raysegment infer`` imports the pipeline, then starts Ray while another thread
+    loads the model: torch and Ray Data (with pandas; 3.5 s of imports on 2 cores) load
+    there, beside Ray's booting processes, not before Ray starts."""
+    code = (
+        "import sys, raysegment.cli, raysegment.infer.pipeline;"
+        "print(sorted(m for m in ('torch', 'ray.data', 'pandas') if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
+
+
 def test_blocks_travel_as_stored_and_are_normalized_by_the_predictor(
     tmp_path, ome_tiff, make_model
 ) -> None:
