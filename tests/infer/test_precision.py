@@ -3,6 +3,7 @@ predictors' choice of memory layout; TorchScript models frozen for inference."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from pathlib import Path
 
@@ -12,7 +13,13 @@ import torch
 import zarr
 
 from raysegment.infer import infer
-from raysegment.infer.predictor import Predictor, choose_layout, freeze, prefers_channels_last
+from raysegment.infer.predictor import (
+    Predictor,
+    _probe_tile,
+    choose_layout,
+    freeze,
+    prefers_channels_last,
+)
 from tests.conftest import conv_model, driver_plan, random_image
 
 
@@ -95,6 +102,53 @@ def test_auto_keeps_channels_first_when_channels_last_breaks_the_model(after):
     assert choose_layout(module, (1, 32, 32), CPU, "auto") == "channels_first"
     assert _layout_of(module) == "channels_first"
     module(torch.zeros(1, 1, 32, 32))  # still runs
+
+
+class _Sizes(torch.nn.Module):
+    """Two convolutions that record the spatial size of every input; with ``only``, they
+    refuse any other size (as a program exported for one tile size does)."""
+
+    def __init__(self, only: tuple[int, ...] | None = None) -> None:
+        super().__init__()
+        self.body = conv_model(2, 1, 4)
+        self.only = only
+        self.seen: list[tuple[int, ...]] = []
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.seen.append(tuple(x.shape[2:]))
+        if self.only is not None and tuple(x.shape[2:]) != self.only:
+            raise RuntimeError(f"this program takes {self.only} only")
+        return self.body(x)
+
+
+@pytest.mark.parametrize(
+    ("tile", "probe"),
+    [((512, 512), (64, 64)), ((64,), (32,)), ((128, 128, 128), (32, 32, 32)), ((96,), (96,))]
+    + [((100, 30), (100, 30)), ((256, 320), (32, 160))],
+)
+def test_probe_tile_keeps_the_strides_the_tile_divides_by(tile, probe):
+    assert _probe_tile(tile) == probe
+    for t, p in zip(tile, probe, strict=True):
+        assert t % p == 0 and p % math.gcd(t, 32) == 0
+
+
+def test_auto_tests_the_layout_on_a_smaller_tile():
+    module = _Sizes()
+    assert choose_layout(module, (1, 256, 256), CPU, "auto") == "channels_last"
+    assert module.seen == [(32, 32), (32, 32)]
+
+
+def test_auto_tests_on_the_tile_itself_a_model_that_takes_no_other_size():
+    module = _Sizes(only=(256, 256))
+    assert choose_layout(module, (1, 256, 256), CPU, "auto") == "channels_last"
+    assert module.seen == [(32, 32), (256, 256), (256, 256)]
+    assert _layout_of(module) == "channels_last"
+
+
+def test_auto_raises_what_the_model_raises_on_the_tile_itself():
+    module = _Sizes(only=(64, 64))
+    with pytest.raises(RuntimeError, match="takes"):
+        choose_layout(module, (1, 256, 256), CPU, "auto")
 
 
 def test_auto_leaves_models_without_convolutions_alone():
