@@ -19,6 +19,7 @@ from raysegment.infer.predictor import (
     choose_layout,
     freeze,
     prefers_channels_last,
+    slow_precision,
 )
 from tests.conftest import conv_model, driver_plan, random_image
 
@@ -227,3 +228,43 @@ def test_predictors_run_torchscript_models_frozen(tmp_path: Path, ome_tiff):
         [ray.put(model)], [ray.put([plan])], False, 1, None, 1, ("raw", "none", 0.5)
     )
     assert "aten::batch_norm" not in str(predictor.module.inlined_graph)
+
+
+@pytest.mark.parametrize(("precision", "check"), [("bfloat16", "bf16"), ("float16", "fp16")])
+def test_slow_precision_is_reduced_precision_on_cpus_without_its_kernels(
+    monkeypatch, precision, check
+):
+    name = f"_is_mkldnn_{check}_supported"
+    for supported in (True, False):
+        monkeypatch.setattr(torch.ops.mkldnn, name, lambda s=supported: s)
+        assert slow_precision(CPU, precision) is not supported
+        assert not slow_precision(CPU, "float32")
+        assert not slow_precision(torch.device("cuda"), precision)
+
+
+@pytest.mark.usefixtures("ray_session")
+@pytest.mark.parametrize("supported", [True, False])
+def test_predictors_say_when_their_cpu_runs_bfloat16_slowly(
+    tmp_path: Path, ome_tiff, monkeypatch, capsys, supported
+):
+    import ray
+
+    monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: supported)
+    path = tmp_path / "m.pth"
+    torch.jit.save(_traced(conv_model(2, 1, 2)), str(path))
+    image = str(ome_tiff(random_image((40, 50))))
+    model, plan = driver_plan({"input": image, "model": str(path), "output": str(tmp_path / "out")})
+    predictor = Predictor(
+        [ray.put(model)],
+        [ray.put([plan])],
+        False,
+        1,
+        None,
+        1,
+        ("raw", "none", 0.5),
+        precision="bfloat16",
+    )
+    warned = "no fast bfloat16 kernels" in capsys.readouterr().err
+    assert warned is not supported
+    assert ("[bfloat16 without fast kernels" in predictor.notes) is not supported
+    assert "[channels-last]" in predictor.notes
