@@ -6,7 +6,8 @@ the CPU each process takes while the predictor computes.
 
 Prints one line per process title seen (seconds since the command started, and since that
 process started), then, over the seconds the predictor used more than 1.2 cores, each
-process's share of a core. Sampling every 0.1 s costs a few percent of one core.
+process's share of a core, then the CPU seconds each process took over the whole command
+(what a fixed cost is made of). Sampling every 0.1 s costs a few percent of one core.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ def main(args: list[str]) -> int:
     start = time.time()
     proc = subprocess.Popen(command, env=env | {"PYTHONWARNINGS": "ignore"})
     titles: dict[int, str] = {}
+    roles: dict[int, list[str]] = {}
     handles: dict[int, psutil.Process] = {}
     samples: list[Sample] = []
     while proc.poll() is None:
@@ -53,13 +55,41 @@ def main(args: list[str]) -> int:
                 continue
             if title and titles.get(p.pid) != title:
                 titles[p.pid] = title
+                role = _role(title)
+                if role not in roles.setdefault(p.pid, []):
+                    roles[p.pid].append(role)
                 print(f"{sample.at:7.2f} s  (process since {created:6.2f} s)  {p.pid}  {title}")
             sample.cpu[p.pid] = times.user + times.system
         samples.append(sample)
         time.sleep(0.1)
     print(f"{time.time() - start:7.2f} s  exit {proc.returncode}")
     _busy_window(samples, titles)
+    _cpu_totals(samples, roles)
     return proc.returncode or 0
+
+
+def _role(title: str) -> str:
+    """What a process is, from a title: ``ray::Name.method`` -> ``Name``; else its program."""
+    if title.startswith("ray::"):
+        name = title.split()[0].removeprefix("ray::")
+        return "predictor" if "Predictor" in name else name.split(".")[0]
+    words = title.split()
+    program = next((w for w in words if w.endswith(".py")), words[0] if words else "?")
+    return "driver" if "raysegment.cli" in title else program.rsplit("/", 1)[-1]
+
+
+def _cpu_totals(samples: list[Sample], roles: dict[int, list[str]]) -> None:
+    """CPU seconds of every process over the command, as last sampled (a process's last
+    0.1 s before it exits is missed)."""
+    last: dict[int, float] = {}
+    for sample in samples:
+        last.update(sample.cpu)
+    print("CPU seconds per process over the whole command")
+    for pid, seconds in sorted(last.items(), key=lambda kv: -kv[1]):
+        if seconds >= 0.05:
+            names = ", ".join(r for r in roles.get(pid, []) if r != "IDLE") or "IDLE"
+            print(f"  {seconds:7.2f}  {pid}  {names[:70]}")
+    print(f"  {sum(last.values()):7.2f}  all")
 
 
 def _busy_window(samples: list[Sample], titles: dict[int, str]) -> None:

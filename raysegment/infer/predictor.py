@@ -328,13 +328,12 @@ class Predictor:
         self.finalize = finalize
         self.tta = tta
         self.attempts = attempts
-        notes = [f" [{self.layout.replace('_', '-')}]"] if self.layout == "channels_last" else []
+        notes = [" [channels-last]"] if self.layout == "channels_last" else []
         if slow_precision(self.device, precision):
             notes.append(f" [{precision} without fast kernels: slower than float32]")
             print(
                 f"raysegment: precision={precision}: this CPU has no fast {precision} "
-                f"kernels (oneDNN needs AVX-512 or ARM bf16); float32 runs faster here: "
-                f"precision=float32",
+                f"kernels (oneDNN's); float32 runs faster here: precision=float32",
                 file=sys.stderr,
                 flush=True,
             )
