@@ -350,7 +350,7 @@ def test_read_and_write_workers_do_not_import_torch() -> None:
 
 def test_the_driver_imports_torch_and_ray_data_only_while_ray_starts() -> None:
     """``raysegment infer`` imports the pipeline, then starts Ray while another thread
-    loads the model: torch and Ray Data (with pandas; 3.5 s of imports on 2 cores) load
+    loads the model: torch and Ray Data (with pandas; 2.7 + 1.0 s of imports here) load
     there, beside Ray's booting processes, not before Ray starts."""
     code = (
         "import sys, raysegment.cli, raysegment.infer.pipeline;"
