@@ -48,14 +48,15 @@ def main(args: list[str]) -> int:
         for p in tree:
             p = handles.setdefault(p.pid, p)
             try:
-                title = " ".join(p.cmdline())[:80]
+                command = " ".join(p.cmdline())
+                title = command[:80]
                 times = p.cpu_times()
                 created = p.create_time() - start
             except psutil.Error:
                 continue
             if title and titles.get(p.pid) != title:
                 titles[p.pid] = title
-                role = _role(title)
+                role = _role(command)
                 if role not in roles.setdefault(p.pid, []):
                     roles[p.pid].append(role)
                 print(f"{sample.at:7.2f} s  (process since {created:6.2f} s)  {p.pid}  {title}")
