@@ -32,20 +32,29 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 DAEMONS = ("gcs_server", "raylet", "dashboard", "log_monitor", "runtime_env", "monitor.py")
 
 
+def role(command: str) -> str:
+    """The group a process counts in, from its command line (Ray retitles its workers
+    ``ray::<what runs>``): a Ray daemon (by its program or script: a worker's arguments
+    name the raylet too), ``predictor``, ``driver``, ``ray::<class or function>`` (its
+    methods together), else the script it runs."""
+    words = command.split() or ["?"]
+    script = next((w for w in words if w.endswith(".py")), words[0])
+    retitled = command.startswith("ray::")
+    daemon = next((d for d in DAEMONS if d in f"{words[0]} {script}"), None)
+    if daemon and not retitled:
+        return daemon
+    if "Predictor" in command:
+        return "predictor"
+    if "raysegment.cli" in command:
+        return "driver"
+    return words[0].split(".")[0] if retitled else script.rsplit("/", 1)[-1]
+
+
 def _role(process: psutil.Process) -> str:
-    """The group a process of the run's tree counts in."""
     try:
-        title = " ".join(process.cmdline())
+        return role(" ".join(process.cmdline()))
     except psutil.Error:
         return "gone"
-    daemon = next((d for d in DAEMONS if d in title), None)
-    if daemon:
-        return daemon
-    if "Predictor" in title:
-        return "predictor"
-    if "raysegment.cli" in title:
-        return "driver"
-    return title.split()[0][:48] if title.startswith("ray::") else title[:48]
 
 
 def _split(pid: int) -> dict[str, int]:

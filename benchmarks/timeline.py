@@ -19,6 +19,7 @@ import time
 from dataclasses import dataclass, field
 
 import psutil
+from memory import role
 
 BUSY = 1.2
 """Cores a predictor uses while it runs tiles (2-thread CPU actors here: 1.5-1.9)."""
@@ -56,9 +57,9 @@ def main(args: list[str]) -> int:
                 continue
             if title and titles.get(p.pid) != title:
                 titles[p.pid] = title
-                role = _role(command)
-                if role not in roles.setdefault(p.pid, []):
-                    roles[p.pid].append(role)
+                name = role(command)
+                if name not in roles.setdefault(p.pid, []):
+                    roles[p.pid].append(name)
                 print(f"{sample.at:7.2f} s  (process since {created:6.2f} s)  {p.pid}  {title}")
             sample.cpu[p.pid] = times.user + times.system
         samples.append(sample)
@@ -67,16 +68,6 @@ def main(args: list[str]) -> int:
     _busy_window(samples, titles)
     _cpu_totals(samples, roles)
     return proc.returncode or 0
-
-
-def _role(title: str) -> str:
-    """What a process is, from a title: ``ray::Name.method`` -> ``Name``; else its program."""
-    if title.startswith("ray::"):
-        name = title.split()[0].removeprefix("ray::")
-        return "predictor" if "Predictor" in name else name.split(".")[0]
-    words = title.split()
-    program = next((w for w in words if w.endswith(".py")), words[0] if words else "?")
-    return "driver" if "raysegment.cli" in title else program.rsplit("/", 1)[-1]
 
 
 def _cpu_totals(samples: list[Sample], roles: dict[int, list[str]]) -> None:
@@ -88,7 +79,7 @@ def _cpu_totals(samples: list[Sample], roles: dict[int, list[str]]) -> None:
     print("CPU seconds per process over the whole command")
     for pid, seconds in sorted(last.items(), key=lambda kv: -kv[1]):
         if seconds >= 0.05:
-            names = ", ".join(r for r in roles.get(pid, []) if r != "IDLE") or "IDLE"
+            names = ", ".join(r for r in roles.get(pid, []) if r != "ray::IDLE") or "ray::IDLE"
             print(f"  {seconds:7.2f}  {pid}  {names[:70]}")
     print(f"  {sum(last.values()):7.2f}  all")
 
