@@ -132,14 +132,15 @@ def choose_layout(
         if precision != "float32"
         else contextlib.nullcontext()
     )
+    tile = tuple(tile_shape[1:])
     with autocast:
-        for shape in dict.fromkeys([_probe_tile(tile_shape[1:]), tuple(tile_shape[1:])]):
+        for shape in dict.fromkeys([_probe_tile(tile), tile]):
             x = torch.randn((batch, tile_shape[0], *shape), generator=generator).to(device)
             try:
                 first = forward(module, x)
                 break
             except Exception:
-                if shape == tuple(tile_shape[1:]):
+                if shape == tile:
                     raise
         try:
             module.to(memory_format=last)
