@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import TypeVar
 
 __all__ = [
     "LOCAL_RAY_CONFIG",
+    "LOCAL_RAY_ENV",
+    "local_ray_environment",
     "TORCH_WORKER_ENV",
     "quiet_ray_data",
     "start_ray",
@@ -45,6 +48,22 @@ LOCAL_RAY_CONFIG = {
 own)."""
 
 
+LOCAL_RAY_ENV = {
+    # Where Ray's state API (a dashboard service) answers. A private local Ray runs none,
+    # yet Ray Train asks it about its own controller every second (its placement-group
+    # cleaner, which removes the run's placement group once the controller is reported
+    # gone). Unset, a Ray process looks for "the" Ray of this machine: the cluster recorded
+    # in <ray temp dir>/ray_current_cluster, else any running one. A stale record made
+    # every query wait 40 s and every training run 12 s longer at its end (the cleaner
+    # did not stop in time); another Ray running here answered that this run's controller
+    # did not exist: the cleaner then gives up, or, had the workers' placement group been
+    # registered first, removes it under them. Port 0 refuses at once: "no state API".
+    "RAY_API_SERVER_ADDRESS": "http://127.0.0.1:0",
+}
+"""Environment of the private local Ray's processes (set while ``start_ray`` starts them;
+its workers inherit it)."""
+
+
 def torch_worker_runtime_env() -> dict[str, dict[str, str]]:
     """Runtime environment of the Ray actors that run models (predictors, training
     workers): ``TORCH_WORKER_ENV``, set before the process starts, as glibc reads it once.
@@ -70,22 +89,39 @@ def start_ray() -> bool:
     address = os.environ.get("RAY_ADDRESS")
     root = logging.getLogger()
     level, handlers = root.level, root.handlers[:]
-    ray.init(
-        address=address or "local",
-        logging_level=logging.ERROR,
-        include_dashboard=False,
-        # Ray's own loggers in this job's workers: at their default level Ray Train's
-        # placement-group cleaner warned once a second for a whole training run that the
-        # state API (a dashboard service) was unavailable.
-        logging_config=ray.LoggingConfig(log_level="ERROR"),
-        # A copy: ray.init adds its own keys to the dict it is given.
-        _system_config=None if address else dict(LOCAL_RAY_CONFIG),
-    )
+    with contextlib.nullcontext() if address else local_ray_environment():
+        ray.init(
+            address=address or "local",
+            logging_level=logging.ERROR,
+            include_dashboard=False,
+            # Ray's own loggers in this job's workers: at their default level Ray Train's
+            # placement-group cleaner warned once a second for a whole training run that
+            # the state API (a dashboard service) was unavailable.
+            logging_config=ray.LoggingConfig(log_level="ERROR"),
+            # A copy: ray.init adds its own keys to the dict it is given.
+            _system_config=None if address else dict(LOCAL_RAY_CONFIG),
+        )
     # ray.init applies that logging config to this process too: the root logger (the
     # caller's own, where raysegment is used as a library) keeps its level and handlers.
     root.setLevel(level)
     root.handlers[:] = handlers
     return True
+
+
+@contextlib.contextmanager
+def local_ray_environment() -> Iterator[None]:
+    """``LOCAL_RAY_ENV`` in this process's environment while a private local Ray starts
+    (its processes inherit it); the caller's own environment after."""
+    saved = {k: os.environ.get(k) for k in LOCAL_RAY_ENV}
+    os.environ.update(LOCAL_RAY_ENV)
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
 
 
 def start_ray_while(prepare: Callable[[], T]) -> tuple[bool, T]:

@@ -94,15 +94,16 @@ def race_to_create(location: object, racers: int = 4) -> list[bool]:
 def ray_session() -> Iterator[None]:
     import ray
 
-    from raysegment.runtime import LOCAL_RAY_CONFIG
+    from raysegment.runtime import LOCAL_RAY_CONFIG, local_ray_environment
 
-    ray.init(
-        address="local",
-        num_cpus=2,
-        include_dashboard=False,
-        logging_level="ERROR",
-        _system_config=dict(LOCAL_RAY_CONFIG),  # as the private Ray the commands start
-    )
+    with local_ray_environment():  # as the private Ray the commands start
+        ray.init(
+            address="local",
+            num_cpus=2,
+            include_dashboard=False,
+            logging_level="ERROR",
+            _system_config=dict(LOCAL_RAY_CONFIG),
+        )
     yield
     ray.shutdown()
 

@@ -70,7 +70,7 @@ def test_start_ray_sets_worker_priority_only_on_the_ray_it_starts(monkeypatch, a
 
 # A fresh process: the suite's own Ray session is already started.
 _STARTS_RAY = """
-import logging, ray
+import json, logging, os, ray
 from raysegment.runtime import start_ray
 logging.basicConfig(level=logging.INFO)
 root = logging.getLogger()
@@ -82,28 +82,78 @@ def worker_levels():
     import logging
     return logging.getLogger().level, logging.getLogger("ray").level
 
-print(before == (root.level, list(root.handlers)), *ray.get(worker_levels.remote()))
+@ray.remote(num_cpus=0)
+class Asks:
+    def about_itself(self):
+        # What Ray Train's placement-group cleaner asks about its controller every second.
+        import time
+        from ray.util.state import get_actor
+        from ray.util.state.exception import RayStateApiException
+        start = time.monotonic()
+        try:
+            answer = repr(get_actor(ray.get_runtime_context().get_actor_id(), timeout=10))
+        except RayStateApiException:
+            answer = "no state API"
+        except Exception as e:  # the stale record's cluster: "waiting for GCS"
+            answer = f"{type(e).__name__}: {e}"[:200]
+        return answer, time.monotonic() - start
+
+print(json.dumps({
+    "callers_logging_kept": before == (root.level, list(root.handlers)),
+    "worker_levels": ray.get(worker_levels.remote()),
+    "state_api": ray.get(Asks.remote().about_itself.remote()),
+    "drivers_environment": "RAY_API_SERVER_ADDRESS" in os.environ,
+}))
 ray.shutdown()
 """
 
 
-def test_ray_quiet_in_workers_while_the_callers_logging_is_untouched(tmp_path) -> None:
+@pytest.fixture(scope="module")
+def private_ray(tmp_path_factory) -> dict:
+    """What a private Ray started by ``start_ray`` in a fresh process reports, on a machine
+    whose Ray temp dir records a cluster that is gone (left by a ``ray start`` that did
+    not stop cleanly)."""
+    import json
+    import os
+    import shutil
+    import tempfile
+
+    temp = tempfile.mkdtemp(prefix="rs", dir="/tmp")  # short: socket paths are limited
+    (Path(temp) / "ray").mkdir()
+    (Path(temp) / "ray" / "ray_current_cluster").write_text("127.0.0.1:9")
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    try:
+        out = subprocess.run(
+            [sys.executable, "-c", _STARTS_RAY],
+            capture_output=True,
+            text=True,
+            timeout=180,
+            cwd=tmp_path_factory.mktemp("private"),
+            env=env | {"PYTHONPATH": os.getcwd(), "RAY_TMPDIR": temp},
+        )
+    finally:
+        shutil.rmtree(temp, ignore_errors=True)
+    assert out.returncode == 0, out.stderr[-3000:]
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def test_ray_quiet_in_workers_while_the_callers_logging_is_untouched(private_ray) -> None:
     """Ray's loggers in the job's workers run at ERROR (Ray Train's placement-group cleaner
     warned every second without a dashboard); the logging of the process calling
     ``start_ray`` (a user's program, when raysegment is a library) stays as it was."""
     import logging
-    import os
 
-    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
-    out = subprocess.run(
-        [sys.executable, "-c", _STARTS_RAY],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        cwd=tmp_path,
-        env=env | {"PYTHONPATH": os.getcwd()},
-    )
-    assert out.returncode == 0, out.stderr[-3000:]
-    kept, root_level, ray_level = out.stdout.split()
-    assert kept == "True"
-    assert int(root_level) == int(ray_level) == logging.ERROR
+    assert private_ray["callers_logging_kept"]
+    assert private_ray["worker_levels"] == [logging.ERROR, logging.ERROR]
+
+
+def test_workers_of_a_private_ray_never_ask_another_cluster_for_its_state(private_ray) -> None:
+    """Ray Train's placement-group cleaner asks the state API about its controller every
+    second. A private Ray has none: the question must fail at once, not go to the cluster
+    a stale record names (each question waited 40 s there, and a training run's end 12 s)
+    or to another Ray on the machine (which reports the controller missing: the cleaner
+    then removes the run's placement group). The caller's environment is left as it was."""
+    answer, seconds = private_ray["state_api"]
+    assert answer == "no state API"
+    assert seconds < 5
+    assert not private_ray["drivers_environment"]
