@@ -1,8 +1,9 @@
-"""Where a ``raysegment infer`` command's time goes: when each process of its tree starts
-and which role Ray gives it (Ray names its workers' processes ``ray::<what runs>``), and
-the CPU each process takes while the predictor computes.
+"""Where a ``raysegment infer`` (or ``train``) command's time goes: when each process of
+its tree starts and which role Ray gives it (Ray names its workers' processes
+``ray::<what runs>``), and the CPU each process takes while the predictor computes.
 
     python benchmarks/timeline.py input=slide.ome.tif model=unet.pth output=out [key=value ...]
+    python benchmarks/timeline.py train images.dir=img labels.dir=lbl output=m [key=value ...]
 
 Prints one line per process title seen (seconds since the command started, and since that
 process started), then, over the seconds the predictor used more than 1.2 cores, each
@@ -32,7 +33,8 @@ class Sample:
 
 
 def main(args: list[str]) -> int:
-    command = [sys.executable, "-m", "raysegment.cli", "infer", *args]
+    sub, args = (args[0], args[1:]) if args and args[0] in ("infer", "train") else ("infer", args)
+    command = [sys.executable, "-m", "raysegment.cli", sub, *args]
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
     start = time.time()
     proc = subprocess.Popen(command, env=env | {"PYTHONWARNINGS": "ignore"})
@@ -65,7 +67,8 @@ def main(args: list[str]) -> int:
         samples.append(sample)
         time.sleep(0.1)
     print(f"{time.time() - start:7.2f} s  exit {proc.returncode}")
-    _busy_window(samples, titles)
+    if sub == "infer":
+        _busy_window(samples, titles)
     _cpu_totals(samples, roles)
     return proc.returncode or 0
 

@@ -245,6 +245,7 @@ TRAIN_CASES: list[tuple[str, list[str], str]] = [
     ("NaN/Inf pixels", _data("nan"), "a0.tif: has NaN or infinite pixels"),
     ("patch too large", _train_with(patch_size="64"), "smaller than patch_size=[64, 64]"),
     ("unknown arch", TRAIN_OK + ["model.arch=UNet3"], "unknown model.arch 'UNet3'"),
+    ("unknown encoder", TRAIN_OK + ["model.encoder=resnet19"], "not a segmentation-models"),
     ("loss vs mode", TRAIN_OK + ["loss=SoftCrossEntropyLoss"], "does not support mode=binary"),
     ("sparse optimizer", TRAIN_OK + ["optimizer=SparseAdam"], "needs sparse gradients"),
     ("bad key", TRAIN_OK + ["epochs=3"], "unknown config key 'epochs'"),

@@ -22,6 +22,7 @@ __all__ = [
     "OPTIMIZERS",
     "build_model",
     "check_combination",
+    "check_encoder",
     "metric_values",
 ]
 
@@ -156,7 +157,9 @@ def metric_values(stats: torch.Tensor) -> dict[str, float]:
     }
 
 
-def _check_encoder(name: str) -> None:
+def check_encoder(name: str) -> None:
+    """``name`` is an encoder of segmentation-models-pytorch, or ``tu-`` and a timm model
+    (imports segmentation-models-pytorch or timm: seconds); ConfigError otherwise."""
     if name.startswith("tu-"):
         import timm
 
@@ -177,14 +180,14 @@ def _check_encoder(name: str) -> None:
 
 
 def check_combination(cfg: TrainConfig) -> None:
-    """Names exist and fit together; raises ConfigError with the reason otherwise."""
+    """Names exist and fit together; raises ConfigError with the reason otherwise. The
+    encoder's name is ``check_encoder``'s, which imports the model library."""
     if cfg.model.arch not in ARCHITECTURES:
         close = difflib.get_close_matches(cfg.model.arch, ARCHITECTURES, n=1)
         hint = f" (did you mean {close[0]!r}?)" if close else ""
         raise ConfigError(
             f"unknown model.arch {cfg.model.arch!r}{hint}; choose from {list(ARCHITECTURES)}"
         )
-    _check_encoder(cfg.model.encoder)
     OPTIMIZERS.get(cfg.optimizer)
     METRICS.get(cfg.metric)
     _, modes = LOSSES.get(cfg.loss)

@@ -18,6 +18,7 @@ from raysegment.train.components import (  # noqa: E402
     OPTIMIZERS,
     build_model,
     check_combination,
+    check_encoder,
     metric_values,
 )
 from raysegment.train.loop import EarlyStopping, _stats  # noqa: E402
@@ -35,6 +36,7 @@ def _cfg(*overrides: str) -> TrainConfig:
 def test_every_architecture_builds_runs_and_traces(arch: str) -> None:
     encoder = ENCODERS.get(arch, "resnet18")
     check_combination(_cfg(f"model.arch={arch}", f"model.encoder={encoder}"))
+    check_encoder(encoder)
     model = build_model(arch, encoder, in_channels=2, classes=3).eval()
     x = torch.randn(1, 2, SIZES.get(arch, 64), SIZES.get(arch, 64))
     with torch.no_grad(), warnings.catch_warnings():
@@ -113,7 +115,9 @@ def test_losses_compute_or_refuse_the_mode(loss: str, mode: str) -> None:
 )
 def test_bad_names_fail_at_once_with_choices(override: str, match: str) -> None:
     with pytest.raises((ConfigError, UnknownNameError), match=match):
-        check_combination(_cfg(override))
+        cfg = _cfg(override)
+        check_combination(cfg)
+        check_encoder(cfg.model.encoder)
 
 
 def test_weights_file_loads_whole_model_or_encoder(tmp_path) -> None:

@@ -160,3 +160,36 @@ def test_early_stopping_epoch_is_exact_and_identical_on_every_worker(blob_data, 
         same = [{k: v for k, v in m.items() if k != "seconds"} for m in per_worker]
         assert all(m == same[0] for m in same)
     assert [r[0]["stopped"] for r in reports] == [False, False, True]
+
+
+_ORDER = """
+import sys, time
+import raysegment.runtime as runtime
+from raysegment.train import train
+
+def start_ray():
+    smp = sys.modules.get("segmentation_models_pytorch")
+    initializing = getattr(getattr(smp, "__spec__", None), "_initializing", False)
+    print("imported before Ray" if smp is not None and not initializing else "not yet")
+    raise SystemExit(0)
+
+runtime.start_ray = start_ray
+train(images={"dir": sys.argv[1]}, labels={"dir": sys.argv[1]}, output=sys.argv[2])
+"""
+
+
+def test_ray_starts_before_the_model_library_is_imported(tmp_path) -> None:
+    """The encoder's name is checked against segmentation-models-pytorch, whose import
+    (4.4 s here) ran before ``ray.init`` and delayed Ray's start: it runs in the thread
+    beside Ray's start now."""
+    import subprocess
+    import sys
+
+    out = subprocess.run(
+        [sys.executable, "-c", _ORDER, str(tmp_path), str(tmp_path / "out")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert out.stdout.strip() == "not yet", out.stdout + out.stderr[-2000:]
+    assert not (tmp_path / "out").exists()
