@@ -21,6 +21,33 @@ os.environ.setdefault("RAY_DEDUP_LOGS", "0")
 os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.5")
 
 
+# Files that take minutes (2-core machine, two test processes), heaviest first. xdist hands
+# whole files to its processes, by default those with the most tests first: these, with
+# few tests each and tests/train sorting last, started last, and one process ran them
+# alone for minutes at the end. Started first, the short files fill in around them
+# (pyproject: --no-loadscope-reorder keeps this order).
+LONGEST_FILES = (
+    "train/test_train.py",
+    "test_cluster.py",
+    "infer/test_devices.py",
+    "infer/test_faults.py",
+    "train/test_faults.py",
+    "test_resume_kill.py",
+    "test_storage.py",
+    "infer/test_parts.py",
+)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    here = Path(__file__).parent
+
+    def rank(item: pytest.Item) -> int:
+        name = item.path.relative_to(here).as_posix()
+        return LONGEST_FILES.index(name) if name in LONGEST_FILES else len(LONGEST_FILES)
+
+    items.sort(key=rank)  # stable: every other file keeps its place and order
+
+
 SMALL_BLOCKS = ["chunks=128", "block=128", "tile.size=128", "progress=false", "finalize.mode=raw"]
 """Settings of the multi-block runs that subprocess tests compare with an in-process one."""
 
