@@ -12,8 +12,8 @@ from typing import TypeVar
 __all__ = [
     "LOCAL_RAY_CONFIG",
     "LOCAL_RAY_ENV",
-    "local_ray_environment",
     "TORCH_WORKER_ENV",
+    "local_ray_environment",
     "quiet_ray_data",
     "start_ray",
     "start_ray_while",
