@@ -22,9 +22,10 @@ os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.5")
 
 
 # Files that take minutes (2-core machine, two test processes), heaviest first. xdist hands
-# whole files to its processes, by default those with the most tests first: these, with
-# few tests each and tests/train sorting last, started last, and one process ran them
-# alone for minutes at the end. Started first, the short files fill in around them
+# whole files to its processes, by default those with the most tests first: these have
+# few tests each (test_train.py: 6 tests, ~470 s of one process), so they were handed out
+# last, and the process that took the last of them could run alone for minutes while the
+# others had nothing left. Handed out first, the short files fill in around them
 # (pyproject: --no-loadscope-reorder keeps this order).
 LONGEST_FILES = (
     "train/test_train.py",
