@@ -82,6 +82,15 @@ def driver_plan(settings: dict[str, Any]) -> tuple[Any, Any]:
     return model, plan_image(0, open_source(cfg.input), cfg.output, cfg, spec, model.sha256)
 
 
+def short_temp_dir() -> str:
+    """A new directory for a Ray of a test's own (its temp dir): directly in /tmp, as Ray's
+    socket paths inside it must stay under the OS limit (~107 characters), which pytest's
+    tmp_path can exceed. The caller removes it."""
+    import tempfile
+
+    return tempfile.mkdtemp(prefix="rs", dir="/tmp")
+
+
 def cli_command(*args: str) -> list[str]:
     """``raysegment ARGS`` as a subprocess command line, with this interpreter."""
     return [sys.executable, "-m", "raysegment.cli", *args]

@@ -12,7 +12,6 @@ import signal
 import socket
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -24,7 +23,7 @@ import yaml
 import zarr
 
 from raysegment.infer.writer import inspect_output
-from tests.conftest import conv_model, random_image, save_torchscript
+from tests.conftest import conv_model, random_image, save_torchscript, short_temp_dir
 
 ROOT = Path(__file__).resolve().parents[1]
 CLUSTER = ROOT / "cluster"
@@ -170,7 +169,7 @@ def test_ray_job_submit_runs_infer_and_two_worker_training_on_a_ray_head(
     # Its own temp dir: `ray start` records its address in <temp dir>/ray_current_cluster,
     # and a record left in /tmp/ray after the head is gone sends every later state API
     # call on this machine (Ray Train's cleaner) to wait for a dead cluster.
-    temp = tempfile.mkdtemp(prefix="rs", dir="/tmp")  # short: socket paths are limited
+    temp = short_temp_dir()
     common = ["--block", "--num-cpus=4", "--disable-usage-stats", f"--temp-dir={temp}"]
     head = subprocess.Popen(
         [ray_bin, "start", "--head", f"--port={port}", f"--dashboard-port={dashboard}"]

@@ -116,9 +116,10 @@ def private_ray(tmp_path_factory) -> dict:
     import json
     import os
     import shutil
-    import tempfile
 
-    temp = tempfile.mkdtemp(prefix="rs", dir="/tmp")  # short: socket paths are limited
+    from tests.conftest import short_temp_dir
+
+    temp = short_temp_dir()
     (Path(temp) / "ray").mkdir()
     (Path(temp) / "ray" / "ray_current_cluster").write_text("127.0.0.1:9")
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
