@@ -5,6 +5,7 @@ grouped by the title Ray gives them (``ray::IDLE``, ``ray::MapBatches(read_stage
 every process running the model is a ``predictor``.
 
     python benchmarks/memory.py INPUT MODEL [key=value ...]   # one JSON line
+    python benchmarks/memory.py --seconds 60 INPUT MODEL ...    # its first 60 s only
     python benchmarks/memory.py --stages SLIDE.ome.tif         # what the stages' trim saves
 
 The command runs as ``benchmarks/run.py`` runs it (512 tiles, overlap 0.25, masks out,
@@ -18,7 +19,9 @@ from __future__ import annotations
 
 import collections
 import json
+import math
 import os
+import signal
 import subprocess
 import sys
 import tempfile
@@ -70,8 +73,9 @@ def _split(pid: int) -> dict[str, int]:
     return out
 
 
-def measure(image: str, model: str, *keys: str) -> dict[str, object]:
-    """Run the command; the tree's peak and each group's PSS at that moment (GiB)."""
+def measure(image: str, model: str, *keys: str, seconds: float = math.inf) -> dict[str, object]:
+    """Run the command (interrupted after ``seconds``: a slow model's start, how far its
+    reads run ahead); the tree's peak and each group's PSS at that moment (GiB)."""
     from run import OVERLAP, TILE, _product_env, _pss  # torch too: not in --stage runs
 
     with tempfile.TemporaryDirectory() as out:
@@ -89,7 +93,7 @@ def measure(image: str, model: str, *keys: str) -> dict[str, object]:
         start = time.perf_counter()
         proc = subprocess.Popen(command, env=_product_env(), stdout=subprocess.PIPE)
         peak, at_peak = 0, {}
-        while proc.poll() is None:
+        while proc.poll() is None and time.perf_counter() - start < seconds:
             try:
                 root = psutil.Process(proc.pid)
                 processes = [root, *root.children(recursive=True)]
@@ -106,8 +110,11 @@ def measure(image: str, model: str, *keys: str) -> dict[str, object]:
             if total > peak:
                 peak, at_peak = total, dict(groups) | dict(kinds)
             time.sleep(0.5)
+        interrupted = proc.poll() is None
+        if interrupted:  # stopped as Ctrl-C stops it: Ray shuts down cleanly
+            proc.send_signal(signal.SIGINT)
         proc.communicate()
-        if proc.returncode != 0:
+        if proc.returncode != 0 and not interrupted:
             raise RuntimeError(f"raysegment infer exited {proc.returncode}")
     gib = 2**30
     return {
@@ -164,6 +171,8 @@ if __name__ == "__main__":
                 case = [sys.executable, __file__, "--stage", kind, trim, sys.argv[2]]
                 result = subprocess.run(case, capture_output=True, text=True, check=True)
                 print(f"{kind} {trim}: anonymous MiB after each block {result.stdout.strip()}")
+    elif sys.argv[1:2] == ["--seconds"] and len(sys.argv) >= 5:
+        print(json.dumps(measure(*sys.argv[3:], seconds=float(sys.argv[2]))))
     elif len(sys.argv) >= 3:
         print(json.dumps(measure(*sys.argv[1:])))
     else:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import math
@@ -9,7 +10,7 @@ import os
 import sys
 import time
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -410,6 +411,36 @@ def _block_bytes(plan: ImagePlan) -> int:
     return int(np.prod(outer)) * len(plan.channels) * plan.source.info.dtype.itemsize
 
 
+@contextlib.contextmanager
+def _read_ahead_bounded() -> Iterator[None]:
+    """While this run's blocks stream: a stage holds at most twice the blocks the next one
+    has in flight from its first block on.
+
+    Ray Data's downstream-capacity policy applies that bound only once a stage has used half
+    of its object-store budget, a share of the object store (itself 30% of the node's RAM):
+    reads ahead of a slow model queued blocks until then, so memory grew with the image and
+    the node's RAM (one Unet predictor, 32768^2 slide, 23.5 GiB machine: 0.63-0.68 GiB of
+    queued blocks; 0.24 GiB bounded; README "Benchmarks"). The policy reads its threshold
+    at every scheduling step of this process's executor; other datasets of the process get
+    it back afterwards. A Ray release without that policy keeps its own default."""
+    try:
+        from ray.data._internal.execution.backpressure_policy import (
+            DownstreamCapacityBackpressurePolicy as policy,
+        )
+    except ImportError:
+        yield
+        return
+    before = getattr(policy, "OBJECT_STORE_BUDGET_UTIL_THRESHOLD", None)
+    if before is None:
+        yield
+        return
+    policy.OBJECT_STORE_BUDGET_UTIL_THRESHOLD = 0.0
+    try:
+        yield
+    finally:
+        policy.OBJECT_STORE_BUDGET_UTIL_THRESHOLD = before
+
+
 def _run(
     cfg: InferConfig,
     model: Any,
@@ -489,7 +520,7 @@ def _run(
         dynamic_ncols=True,
     )
     try:
-        with bar:
+        with bar, _read_ahead_bounded():
             for row in ds.iter_rows():
                 if row["error"]:
                     # The block's user error (a corrupt chunk met mid-run, a block that

@@ -387,3 +387,40 @@ def test_blocks_travel_as_stored_and_are_normalized_by_the_predictor(
     want = np.pad((image.astype(np.float32) - 500.0) / 250.0, ((0, 24), (0, 14)), "reflect")
     assert got.dtype == np.float32
     np.testing.assert_allclose(got[0], want, rtol=1e-6)
+
+
+def test_blocks_are_read_ahead_only_as_far_as_the_predictors_need(
+    tmp_path, make_model, ome_tiff, monkeypatch
+) -> None:
+    """While a run's blocks stream, Ray Data's bound on a stage's queued blocks (twice what
+    the next stage has in flight) holds from the first block, not once half of an object
+    store sized by the machine's RAM is used; the process's other datasets get Ray's
+    default back."""
+    from ray.data._internal.execution.backpressure_policy import (
+        DownstreamCapacityBackpressurePolicy as policy,
+    )
+
+    from raysegment.infer import pipeline
+
+    default = policy.OBJECT_STORE_BUDGET_UTIL_THRESHOLD
+    assert default > 0
+    during: list[float] = []
+    complete = pipeline._complete
+
+    def recording(plan, cfg) -> None:  # called as each image's last block arrives
+        during.append(policy.OBJECT_STORE_BUDGET_UTIL_THRESHOLD)
+        complete(plan, cfg)
+
+    monkeypatch.setattr(pipeline, "_complete", recording)
+    model, _ = make_model()
+    infer(
+        input=str(ome_tiff(random_image((256, 256)))),
+        model=str(model),
+        output=str(tmp_path),
+        progress=False,
+        chunks=[64],
+        block=[64],
+        tile={"size": [64]},
+    )
+    assert during == [0.0]
+    assert policy.OBJECT_STORE_BUDGET_UTIL_THRESHOLD == default
