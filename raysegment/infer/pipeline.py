@@ -427,11 +427,9 @@ def _read_ahead_bounded() -> Iterator[None]:
         from ray.data._internal.execution.backpressure_policy import (
             DownstreamCapacityBackpressurePolicy as policy,
         )
-    except ImportError:
-        yield
-        return
-    before = getattr(policy, "OBJECT_STORE_BUDGET_UTIL_THRESHOLD", None)
-    if before is None:
+
+        before = policy.OBJECT_STORE_BUDGET_UTIL_THRESHOLD
+    except (ImportError, AttributeError):
         yield
         return
     policy.OBJECT_STORE_BUDGET_UTIL_THRESHOLD = 0.0
