@@ -155,7 +155,7 @@ def stage_heap(kind: str, trim: bool, slide: str) -> list[int]:
                 source.read(0, (0,), ((0, 1), (y, y + 4608), (x, x + 4608)))
 
         # With the trim exactly as the stages run it.
-        run = stages._returns_free_memory(step) if trim else step  # type: ignore[arg-type]
+        run = stages.returns_free_memory(step) if trim else step  # type: ignore[arg-type]
         for i in range(8):
             run((i // 4) * 4096, (i % 4) * 4096)
             after.append(_anon_mib())

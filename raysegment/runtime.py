@@ -28,8 +28,8 @@ TORCH_WORKER_ENV = {
     # the heap rather than mapped and returned per allocation. A forward pass frees and
     # reallocates the same activation buffers; by default each comes back as fresh pages
     # faulted in by the kernel: a third of a CPU Unet forward's time here (0.17 -> 0.12-0.14
-    # s per 512^2 tile with these, on a non-main thread; benchmarks/forward.py). Memory
-    # stays at the process's peak instead of shrinking between blocks.
+    # s per 512^2 tile with these, on a non-main thread; benchmarks/forward.py). A
+    # predictor hands the freed heap back after each block (``Predictor.__call__``).
     "MALLOC_ARENA_MAX": "1",
     "MALLOC_MMAP_THRESHOLD_": str(4 << 30),
     "MALLOC_TRIM_THRESHOLD_": str(4 << 30),

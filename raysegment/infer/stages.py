@@ -31,6 +31,7 @@ __all__ = [
     "placeholder",
     "read_stage",
     "refusal",
+    "returns_free_memory",
     "row_item",
     "write_stage",
 ]
@@ -47,10 +48,10 @@ def _malloc_trim() -> Callable[[int], int] | None:
         return None
 
 
-def _returns_free_memory(stage: Callable[..., Batch]) -> Callable[..., Batch]:
+def returns_free_memory(stage: Callable[..., Batch]) -> Callable[..., Batch]:
     """Run ``stage``, then hand the memory it freed back to the OS (``malloc_trim``).
 
-    A worker otherwise keeps, in the malloc arenas of its threads, the heap that decoders
+    A process otherwise keeps, in the malloc arenas of its threads, the heap that decoders
     and codecs grew and freed. Eight 4096^2 uint8 blocks written in one process: 76-79
     MiB of anonymous memory after them, 64-68 MiB with the trim; eight 4608^2 uint16
     OME-TIFF reads: 80-84 vs 74-75 MiB (``python benchmarks/memory.py --stages SLIDE``,
@@ -138,7 +139,7 @@ def _nonfinite(
     )
 
 
-@_returns_free_memory
+@returns_free_memory
 def read_stage(batch: Batch, plans: Sequence[ImagePlan], attempts: Attempts | None = None) -> Batch:
     """Read a block's source region as stored (its dtype: half the bytes of float32 for
     uint16 through the object store); ``normalized`` makes the model's input of it."""
@@ -191,7 +192,7 @@ def normalized(data: np.ndarray, plan: ImagePlan, block: Block) -> np.ndarray:
     return out
 
 
-@_returns_free_memory
+@returns_free_memory
 def write_stage(
     batch: Batch, plans: Sequence[ImagePlan], attempts: Attempts | None = None
 ) -> Batch:

@@ -61,7 +61,7 @@ rss = lambda: psutil.Process().memory_info().rss
 before = rss()
 kept = churn()
 grown = rss()
-kept += stages._returns_free_memory(churn)()
+kept += stages.returns_free_memory(churn)()
 wrapped = stages.read_stage.__wrapped__ and stages.write_stage.__wrapped__
 print(json.dumps({"trim": stages._malloc_trim() is not None, "before": before,
                   "grown": grown, "after": rss(), "wrapped": bool(wrapped)}))

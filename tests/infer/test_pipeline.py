@@ -424,3 +424,57 @@ def test_blocks_are_read_ahead_only_as_far_as_the_predictors_need(
     )
     assert during == [0.0]
     assert policy.OBJECT_STORE_BUDGET_UTIL_THRESHOLD == default
+
+
+_HEAP_PROBE = """
+import ctypes, ctypes.util, psutil
+from raysegment.infer.predictor import Predictor
+
+def grown(predictor, call, batch):
+    ctypes.CDLL(ctypes.util.find_library("c")).malloc_trim(0)  # what came before goes back
+    before = psutil.Process().memory_info().rss
+    call(predictor, batch)  # its output dropped: what stays is what the block freed
+    return psutil.Process().memory_info().rss - before
+"""
+
+
+@pytest.mark.usefixtures("ray_session")
+def test_predictors_hand_back_the_memory_each_block_freed(tmp_path, make_model, ome_tiff) -> None:
+    """A predictor's malloc keeps freed heap for speed (the model processes' settings); what
+    a block freed must go back once the block is done, or the holes left by block after
+    block grow its memory over a long run. In a process with those settings, as Ray
+    starts a predictor's."""
+    import ray
+
+    from raysegment.infer.stages import read_stage
+    from raysegment.runtime import torch_worker_runtime_env
+
+    model_path, _ = make_model()
+    model, plan = driver_plan(
+        {
+            "input": str(ome_tiff(random_image((2048, 2048)))),
+            "model": str(model_path),
+            "output": str(tmp_path / "out"),
+            "chunks": [1024],
+            "block": [2048],
+            "tile": {"size": [256]},
+            "finalize": {"mode": "mask"},
+        }
+    )
+    (item,) = plan.work()
+    row = {k: np.array([v]) for k, v in (("image", 0), ("t", 0), ("z", 0), ("error", ""))}
+    row |= {"index": np.array([item.index]), "empty": np.array([False])}
+    batch = read_stage(row, [plan])
+
+    @ray.remote(runtime_env=torch_worker_runtime_env())
+    def measure(model, plans, batch):
+        scope: dict = {}
+        exec(_HEAP_PROBE, scope)
+        predictor = scope["Predictor"](model, plans, False, 1, None, 1, ("mask", "sigmoid", 0.5))
+        call = type(predictor).__call__
+        plain = scope["grown"](predictor, getattr(call, "__wrapped__", call), batch)
+        return plain, scope["grown"](predictor, call, batch)
+
+    plain, trimmed = ray.get(measure.remote([ray.put(model)], [ray.put([plan])], batch))
+    assert plain > 48 << 20, f"premise: a block's freed heap stays without a trim ({plain})"
+    assert trimmed < plain / 4, f"{trimmed / 2**20:.0f} MiB kept after the block"
