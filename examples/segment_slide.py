@@ -18,6 +18,7 @@ import json
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -62,9 +63,21 @@ def make_slide(path: Path, truth_path: Path, size: int, seed: int = 0) -> None:
             for x0 in range(0, size, STRIP):  # tifffile takes a tiled image tile by tile
                 yield strip[:, x0 : x0 + STRIP]
 
+    # Written beside, then renamed: a run stopped mid-write leaves no half slide at
+    # ``path`` for a later run (benchmarks/run.py reuses slides) to take as whole.
+    part = path.with_name(f".{path.name}.part")
+    try:
+        _write_slide(part, strips(), size)
+    except BaseException:
+        part.unlink(missing_ok=True)
+        raise
+    part.replace(path)
+
+
+def _write_slide(path: Path, tiles: Iterator[np.ndarray], size: int) -> None:
     tifffile.imwrite(
         path,
-        strips(),
+        tiles,
         shape=(size, size),
         dtype=np.uint16,
         tile=(STRIP, STRIP),

@@ -476,6 +476,9 @@ def _inspect_tiff(path: Path) -> bool:
     try:
         with tifffile.TiffFile(path) as tif:
             size = path.stat().st_size
+            # A writer that streams tiles writes the directory after them: stopped early,
+            # the file has an empty one (no size, no pixels; tifffile reads shape ()).
+            empty = bool(tif.series) and not tif.series[0].shape
             pages = [p for p in tif.series[0].pages if p is not None] if tif.series else []
             beyond = sum(
                 1
@@ -486,6 +489,11 @@ def _inspect_tiff(path: Path) -> bool:
             is_ome = bool(tif.is_ome)
     except Exception as e:
         raise _unreadable_tiff(path, e) from e
+    if empty:
+        raise InputImageError(
+            f"{path}: no image in the TIFF (its first directory is empty: a file whose "
+            f"writing stopped early?); copy or export the file again"
+        )
     if beyond:
         raise InputImageError(
             f"{path}: truncated: {beyond} strip(s)/tile(s) lie beyond the end of the file "

@@ -236,6 +236,8 @@ def test_ome_zarr_04(tmp_path: Path) -> None:
         (b"", "not a readable TIFF"),
         (b"II*\x00garbage that is not a tiff directory", "not a readable TIFF"),
         (b"hello", "not a readable TIFF"),
+        # The header written, the directory not yet (a tile-streaming writer stopped).
+        (b"II*\x00\x08\x00\x00\x00" + bytes(4096), "no image in the TIFF"),
     ],
 )
 def test_corrupt_tiffs_raise_input_error(tmp_path: Path, content: bytes, match: str) -> None:
