@@ -360,12 +360,22 @@ def test_the_driver_imports_torch_and_ray_data_only_while_ray_starts() -> None:
     assert out.stdout.strip() == "[]"
 
 
+def _read_only_block(plan):
+    """The read stage's row for the one block of ``plan``."""
+    from raysegment.infer.stages import read_stage
+
+    (item,) = plan.work()
+    row = {k: np.array([v]) for k, v in (("image", 0), ("t", 0), ("z", 0), ("error", ""))}
+    row |= {"index": np.array([item.index]), "empty": np.array([False])}
+    return read_stage(row, [plan])
+
+
 def test_blocks_travel_as_stored_and_are_normalized_by_the_predictor(
     tmp_path, ome_tiff, make_model
 ) -> None:
     """The read stage ships a block in the source dtype (uint16: half the object-store
     bytes of float32); the predictor normalizes and pads it in one pass."""
-    from raysegment.infer.stages import normalized, read_stage
+    from raysegment.infer.stages import normalized
 
     image = random_image((40, 50))
     model_path, _ = make_model(out_ch=1)
@@ -378,10 +388,8 @@ def test_blocks_travel_as_stored_and_are_normalized_by_the_predictor(
             "normalize": {"mode": "fixed", "mean": 500.0, "std": 250.0},
         }
     )
+    read = _read_only_block(plan)
     (item,) = plan.work()
-    row = {k: np.array([v]) for k, v in (("image", 0), ("t", 0), ("z", 0), ("error", ""))}
-    row |= {"index": np.array([item.index]), "empty": np.array([False])}
-    read = read_stage(row, [plan])
     assert read["data"].dtype == np.uint16 and read["data"].shape == (1, 1, 40, 50)
     got = normalized(read["data"][0], plan, plan.block_of(item))
     want = np.pad((image.astype(np.float32) - 500.0) / 250.0, ((0, 24), (0, 14)), "reflect")
@@ -426,18 +434,6 @@ def test_blocks_are_read_ahead_only_as_far_as_the_predictors_need(
     assert policy.OBJECT_STORE_BUDGET_UTIL_THRESHOLD == default
 
 
-_HEAP_PROBE = """
-import ctypes, ctypes.util, psutil
-from raysegment.infer.predictor import Predictor
-
-def grown(predictor, call, batch):
-    ctypes.CDLL(ctypes.util.find_library("c")).malloc_trim(0)  # what came before goes back
-    before = psutil.Process().memory_info().rss
-    call(predictor, batch)  # its output dropped: what stays is what the block freed
-    return psutil.Process().memory_info().rss - before
-"""
-
-
 @pytest.mark.usefixtures("ray_session")
 def test_predictors_hand_back_the_memory_each_block_freed(tmp_path, make_model, ome_tiff) -> None:
     """A predictor's malloc keeps freed heap for speed (the model processes' settings); what
@@ -446,7 +442,6 @@ def test_predictors_hand_back_the_memory_each_block_freed(tmp_path, make_model, 
     starts a predictor's."""
     import ray
 
-    from raysegment.infer.stages import read_stage
     from raysegment.runtime import torch_worker_runtime_env
 
     model_path, _ = make_model()
@@ -461,19 +456,28 @@ def test_predictors_hand_back_the_memory_each_block_freed(tmp_path, make_model, 
             "finalize": {"mode": "mask"},
         }
     )
-    (item,) = plan.work()
-    row = {k: np.array([v]) for k, v in (("image", 0), ("t", 0), ("z", 0), ("error", ""))}
-    row |= {"index": np.array([item.index]), "empty": np.array([False])}
-    batch = read_stage(row, [plan])
+    batch = _read_only_block(plan)
 
     @ray.remote(runtime_env=torch_worker_runtime_env())
     def measure(model, plans, batch):
-        scope: dict = {}
-        exec(_HEAP_PROBE, scope)
-        predictor = scope["Predictor"](model, plans, False, 1, None, 1, ("mask", "sigmoid", 0.5))
-        call = type(predictor).__call__
-        plain = scope["grown"](predictor, getattr(call, "__wrapped__", call), batch)
-        return plain, scope["grown"](predictor, call, batch)
+        import ctypes
+        import ctypes.util
+
+        import psutil
+
+        from raysegment.infer.predictor import Predictor
+
+        trim = ctypes.CDLL(ctypes.util.find_library("c")).malloc_trim
+        predictor = Predictor(model, plans, False, 1, None, 1, ("mask", "sigmoid", 0.5))
+
+        def kept(call) -> int:
+            trim(0)  # what came before goes back
+            before = psutil.Process().memory_info().rss
+            call(predictor, batch)  # its output dropped: what stays is what the block freed
+            return psutil.Process().memory_info().rss - before
+
+        call = Predictor.__call__
+        return kept(getattr(call, "__wrapped__", call)), kept(call)
 
     plain, trimmed = ray.get(measure.remote([ray.put(model)], [ray.put([plan])], batch))
     assert plain > 48 << 20, f"premise: a block's freed heap stays without a trim ({plain})"
