@@ -369,7 +369,7 @@ class Predictor:
     # The model processes' malloc keeps freed heap (TORCH_WORKER_ENV: a forward reuses its
     # pages); what a block freed goes back once the block is done. Without it, the holes
     # freed blocks left spread over a long run: two cheap-model predictors held 1.27-1.38
-    # GiB of anonymous memory at the peak of a 32768^2 run, against 1.05-1.13 at 8192^2;
+    # GiB of anonymous memory at the peak of a 32768^2 run, against 1.09-1.13 at 8192^2;
     # 1.08-1.11 with it, and no slower (16384^2, three alternating pairs; README
     # "Benchmarks").
     @returns_free_memory
