@@ -73,12 +73,14 @@ def driver_plan(settings: dict[str, Any]) -> tuple[Any, Any]:
     (no output created), for tests of one stage or one actor in this process."""
     from raysegment.config import InferConfig, as_config
     from raysegment.data.sources import open_source
-    from raysegment.infer.model import describe_model, load_model, read_model_file
-    from raysegment.infer.plan import plan_image
+    from raysegment.infer.model import describe_model, load_model, probe_model, read_model_file
+    from raysegment.infer.plan import plan_image, tile_size
 
     cfg = as_config(InferConfig, settings, {})
     model = read_model_file(cfg.model)
-    spec = describe_model(model, load_model(model))
+    module = load_model(model)
+    spec = describe_model(model, module)
+    spec = probe_model(model, module, spec, tile_size(cfg, spec))  # the output's channels
     return model, plan_image(0, open_source(cfg.input), cfg.output, cfg, spec, model.sha256)
 
 

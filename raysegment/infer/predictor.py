@@ -28,6 +28,7 @@ from raysegment.infer.stages import (
     refusal,
     returns_free_memory,
     row_item,
+    write_row,
 )
 
 __all__ = [
@@ -299,8 +300,10 @@ class Predictor:
         gpu_indices: tuple[int, ...] | None = None,
         precision: str = "float32",
         layout: str = "auto",
+        writes: bool = False,
     ) -> None:
         self.threads = threads
+        self.writes = writes
         gpu = pin_gpu(attempts, gpu_indices) if attempts and gpu_indices else None
         self.device = torch.device("cuda" if use_gpu and torch.cuda.is_available() else "cpu")
         # Model and plans arrive as [ObjectRef]: put once by the driver, fetched by each
@@ -374,6 +377,12 @@ class Predictor:
     # "Benchmarks").
     @returns_free_memory
     def __call__(self, batch: Batch) -> Batch:
+        """The block predicted and finalized, or with ``writes``, written (the row the
+        driver receives)."""
+        predicted = self._predict(batch)
+        return write_row(predicted, self.plans, self.attempts) if self.writes else predicted
+
+    def _predict(self, batch: Batch) -> Batch:
         # Ray Data calls this from its own thread, and Ray sets OMP_NUM_THREADS from the
         # CPUs the actor reserves: set torch's threads in the thread that runs the model
         # (set in __init__ only, a 2-thread actor ran at 1.3 threads' speed).

@@ -33,6 +33,7 @@ __all__ = [
     "refusal",
     "returns_free_memory",
     "row_item",
+    "write_row",
     "write_stage",
 ]
 
@@ -192,11 +193,9 @@ def normalized(data: np.ndarray, plan: ImagePlan, block: Block) -> np.ndarray:
     return out
 
 
-@returns_free_memory
-def write_stage(
-    batch: Batch, plans: Sequence[ImagePlan], attempts: Attempts | None = None
-) -> Batch:
-    """Write a finalized block into its chunks, then mark it done."""
+def write_row(batch: Batch, plans: Sequence[ImagePlan], attempts: Attempts | None = None) -> Batch:
+    """Write a finalized block into its chunks, then mark it done: the row the driver
+    receives. The write stage, or a CPU predictor that writes its own blocks."""
     item = row_item(batch, 0)
     plan = plans[item.image]
     if not batch["error"][0]:
@@ -214,6 +213,9 @@ def write_stage(
     mark_done(plan.output, item.key)
     pixels = int(np.prod([b - a for a, b in block.inner]))
     return _written(batch, int(batch["tiles"][0]), float(batch["seconds"][0]), pixels)
+
+
+write_stage = returns_free_memory(write_row)
 
 
 def _written(batch: Batch, tiles: int, seconds: float, pixels: int) -> Batch:

@@ -365,7 +365,8 @@ def _read_only_block(plan):
     from raysegment.infer.stages import read_stage
 
     (item,) = plan.work()
-    row = {k: np.array([v]) for k, v in (("image", 0), ("t", 0), ("z", 0), ("error", ""))}
+    fields = (("image", item.image), ("t", item.t), ("z", item.z), ("error", ""))
+    row = {k: np.array([v]) for k, v in fields}
     row |= {"index": np.array([item.index]), "empty": np.array([False])}
     return read_stage(row, [plan])
 
@@ -482,3 +483,36 @@ def test_predictors_hand_back_the_memory_each_block_freed(tmp_path, make_model, 
     plain, trimmed = ray.get(measure.remote([ray.put(model)], [ray.put([plan])], batch))
     assert plain > 48 << 20, f"premise: a block's freed heap stays without a trim ({plain})"
     assert trimmed < plain / 4, f"{trimmed / 2**20:.0f} MiB kept after the block"
+
+
+@pytest.mark.usefixtures("ray_session")
+def test_cpu_predictors_write_their_own_blocks(tmp_path, make_model, ome_tiff) -> None:
+    """On CPU the predictor writes the block it finalized and marks it done: the driver's
+    row carries no pixels (no output block crosses the object store, no write worker)."""
+    import ray
+
+    from raysegment.infer.predictor import Predictor
+    from raysegment.infer.writer import create_output, done_blocks
+
+    model_path, _ = make_model(out_ch=1)
+    model, plan = driver_plan(
+        {
+            "input": str(ome_tiff(random_image((200, 150)))),
+            "model": str(model_path),
+            "output": str(tmp_path / "out"),
+            "tile": {"size": [64]},
+            "finalize": {"mode": "mask"},
+        }
+    )
+    create_output(plan.output, plan.layout, {"fingerprint": plan.fingerprint})
+    settings = ([ray.put(model)], [ray.put([plan])], False, 1, None, 1, ("mask", "sigmoid", 0.5))
+    batch = _read_only_block(plan)
+    finalized = Predictor(*settings)(batch)["data"][0]
+    row = Predictor(*settings, writes=True)(batch)
+    assert "data" not in row and not row["error"][0]
+    assert int(row["pixels"][0]) == 200 * 150 and int(row["tiles"][0]) > 0
+    (item,) = plan.work()
+    assert done_blocks(plan.output) == {item.key}
+    got = zarr.open_array(f"{plan.output}/0", mode="r")[:]
+    assert finalized.shape == got.shape == (1, 200, 150) and 0 < got.mean() < 1
+    np.testing.assert_array_equal(got, finalized)
