@@ -466,14 +466,14 @@ def _run(
     # Reads and writes are mostly I/O: half a CPU each; a read reserves its block's memory.
     # That request also keeps Ray Data from fusing the read into the predictor actor (it
     # fuses stages whose resource requests are equal), which would stall the model.
-    ds = ds.map_batches(
-        read_stage,
-        batch_size=1,
-        batch_format="numpy",
-        fn_kwargs={"plans": plans, "attempts": attempts},
-        num_cpus=0.5,
-        memory=_WORKER_BYTES + 2 * max(_block_bytes(p) for p in plans),
-    )
+    io_task: dict[str, Any] = {
+        "batch_size": 1,
+        "batch_format": "numpy",
+        "fn_kwargs": {"plans": plans, "attempts": attempts},
+        "num_cpus": 0.5,
+    }
+    memory = _WORKER_BYTES + 2 * max(_block_bytes(p) for p in plans)
+    ds = ds.map_batches(read_stage, memory=memory, **io_task)
     ds = ds.map_batches(
         Predictor,
         batch_size=1,
@@ -510,13 +510,7 @@ def _run(
         # write worker run beside the read workers (cheap model, 32768^2, two actors:
         # 93.8 / 94.4 -> 71.4 / 74.0 s, peak memory 3.20 / 3.21 -> 3.01 / 3.11 GiB; README
         # "Benchmarks").
-        ds = ds.map_batches(
-            write_stage,
-            batch_size=1,
-            batch_format="numpy",
-            fn_kwargs={"plans": plans, "attempts": attempts},
-            num_cpus=0.5,
-        )
+        ds = ds.map_batches(write_stage, **io_task)
     bar = tqdm(
         total=len(pending),
         unit="block",
