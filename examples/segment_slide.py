@@ -18,7 +18,6 @@ import json
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -67,30 +66,26 @@ def make_slide(path: Path, truth_path: Path, size: int, seed: int = 0) -> None:
     # ``path`` for a later run (benchmarks/run.py reuses slides) to take as whole.
     part = path.with_name(f".{path.name}.part")
     try:
-        _write_slide(part, strips(), size)
+        tifffile.imwrite(
+            part,
+            strips(),
+            shape=(size, size),
+            dtype=np.uint16,
+            tile=(STRIP, STRIP),
+            compression="zlib",
+            ome=True,
+            metadata={
+                "axes": "YX",
+                "PhysicalSizeX": PIXEL_UM,
+                "PhysicalSizeY": PIXEL_UM,
+                "PhysicalSizeXUnit": "µm",
+                "PhysicalSizeYUnit": "µm",
+            },
+        )
     except BaseException:
         part.unlink(missing_ok=True)
         raise
     part.replace(path)
-
-
-def _write_slide(path: Path, tiles: Iterator[np.ndarray], size: int) -> None:
-    tifffile.imwrite(
-        path,
-        tiles,
-        shape=(size, size),
-        dtype=np.uint16,
-        tile=(STRIP, STRIP),
-        compression="zlib",
-        ome=True,
-        metadata={
-            "axes": "YX",
-            "PhysicalSizeX": PIXEL_UM,
-            "PhysicalSizeY": PIXEL_UM,
-            "PhysicalSizeXUnit": "µm",
-            "PhysicalSizeYUnit": "µm",
-        },
-    )
 
 
 class NucleiNet(torch.nn.Module):

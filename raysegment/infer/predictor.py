@@ -380,7 +380,7 @@ class Predictor:
         """The block predicted and finalized, or with ``writes``, written (the row the
         driver receives)."""
         predicted = self._predict(batch)
-        return write_row(predicted, self.plans, self.attempts) if self.writes else predicted
+        return write_row(predicted, self.plans) if self.writes else predicted
 
     def _predict(self, batch: Batch) -> Batch:
         # Ray Data calls this from its own thread, and Ray sets OMP_NUM_THREADS from the

@@ -193,14 +193,12 @@ def normalized(data: np.ndarray, plan: ImagePlan, block: Block) -> np.ndarray:
     return out
 
 
-def write_row(batch: Batch, plans: Sequence[ImagePlan], attempts: Attempts | None = None) -> Batch:
+def write_row(batch: Batch, plans: Sequence[ImagePlan]) -> Batch:
     """Write a finalized block into its chunks, then mark it done: the row the driver
-    receives. The write stage, or a CPU predictor that writes its own blocks."""
+    receives (an error row passes on). Run by the write stage, or by a CPU predictor
+    for its own blocks (its process's attempt at the block is recorded already)."""
     item = row_item(batch, 0)
     plan = plans[item.image]
-    if not batch["error"][0]:
-        refused = refusal(batch, plan, "write", attempts)
-        batch = batch | {"error": np.array([refused])} if refused else batch
     if batch["error"][0]:
         return _written(batch, tiles=0, seconds=0.0, pixels=0)
     block = plan.block_of(item)
@@ -215,7 +213,16 @@ def write_row(batch: Batch, plans: Sequence[ImagePlan], attempts: Attempts | Non
     return _written(batch, int(batch["tiles"][0]), float(batch["seconds"][0]), pixels)
 
 
-write_stage = returns_free_memory(write_row)
+@returns_free_memory
+def write_stage(
+    batch: Batch, plans: Sequence[ImagePlan], attempts: Attempts | None = None
+) -> Batch:
+    """The write task (GPU runs): this process's attempt at the block recorded, then
+    ``write_row``."""
+    if not batch["error"][0]:
+        refused = refusal(batch, plans[row_item(batch, 0).image], "write", attempts)
+        batch = batch | {"error": np.array([refused])} if refused else batch
+    return write_row(batch, plans)
 
 
 def _written(batch: Batch, tiles: int, seconds: float, pixels: int) -> Batch:
