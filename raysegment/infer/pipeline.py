@@ -34,7 +34,7 @@ from raysegment.infer.model import (
 )
 from raysegment.infer.plan import ImagePlan, plan_image, provenance, tile_size
 from raysegment.infer.pyramid import build_pyramid
-from raysegment.infer.quicklook import quicklook
+from raysegment.infer.quicklook import GreyPreview, quicklook
 from raysegment.infer.stages import decode_error, read_stage, write_stage
 from raysegment.infer.writer import (
     OutputState,
@@ -379,9 +379,10 @@ def _seams(plans: list[ImagePlan]) -> str:
     )
 
 
-def _complete(plan: ImagePlan, cfg: InferConfig) -> None:
+def _complete(plan: ImagePlan, cfg: InferConfig, grey: GreyPreview | None = None) -> None:
     """Mark the output complete once every block is done (by this job or other parts),
-    after its pyramid levels and quick-look PNG (so a complete output has them)."""
+    after its pyramid levels and quick-look PNG (so a complete output has them; ``grey``:
+    the quick-look pixels this job's blocks brought)."""
     out = plan.output
     if inspect_output(out).complete or len(done_blocks(out)) < plan.num_blocks:
         return
@@ -395,7 +396,8 @@ def _complete(plan: ImagePlan, cfg: InferConfig) -> None:
     if cfg.quicklook:
         png = storage.join(storage.parent(out), f"{layout.name}.png")
         mode = cfg.finalize.mode.value
-        quicklook(plan.source, plan.channels[0], storage.join(out, "0"), layout.axes, mode, png)
+        array = storage.join(out, "0")
+        quicklook(plan.source, plan.channels[0], array, layout.axes, mode, png, grey=grey)
     complete_output(out, {"blocks_done": plan.num_blocks, **extra})
 
 
@@ -511,6 +513,9 @@ def _run(
         # 93.8 / 94.4 -> 71.4 / 74.0 s, peak memory 3.20 / 3.21 -> 3.01 / 3.11 GiB; README
         # "Benchmarks").
         ds = ds.map_batches(write_stage, **io_task)
+    # Per image, the quick-look's grey pixels as its blocks bring them (the input is not
+    # read again at the end: 10.1-11.5 s of a ~75 s run on a 32768^2 OME-TIFF here).
+    grey: dict[int, GreyPreview] = {}
     bar = tqdm(
         total=len(pending),
         unit="block",
@@ -528,13 +533,18 @@ def _run(
                     # command resumes once the cause is fixed.
                     raise decode_error(str(row["error"]))
                 image = int(row["image"])
+                if row["preview"].size:
+                    plan = plans[image]
+                    if image not in grey:
+                        grey[image] = GreyPreview(*plan.source.info.shape[3:], plan.preview)
+                    grey[image].add(tuple(row["preview_at"]), row["preview"])
                 summary.tiles += int(row["tiles"])
                 summary.empty_blocks += int(row["empty"])
                 remaining[image] -= 1
                 bar.update(1)
                 bar.set_postfix(tiles=summary.tiles, refresh=False)
                 if remaining[image] == 0:
-                    _complete(plans[image], cfg)
+                    _complete(plans[image], cfg, grey.pop(image, None))
         summary.devices = ray.get(attempts.ledger.devices.remote(attempts.run))
     finally:
         attempts.ledger.forget.remote(attempts.run)

@@ -15,6 +15,7 @@ from raysegment.config import InferConfig, NormalizeMode, config_to_dict
 from raysegment.data.sources import ImageSource, image_stem
 from raysegment.data.tiling import Block, Tiling, block_at, block_grid
 from raysegment.errors import ConfigError, InputImageError
+from raysegment.infer.quicklook import preview_step
 from raysegment.infer.writer import OutputLayout
 
 if TYPE_CHECKING:  # the model module imports torch; planning does not need it
@@ -60,6 +61,8 @@ class ImagePlan:
     skip_empty: bool
     """Constant-input blocks skip the model and keep the fill value."""
     fingerprint: str
+    preview: int = 0
+    """The quick-look's stride (``quicklook.preview_step``); 0: no quick-look."""
 
     @property
     def iterates_z(self) -> bool:
@@ -319,6 +322,7 @@ def plan_image(
         norm=norm,
         skip_empty=cfg.skip_empty,
         fingerprint=fingerprint,
+        preview=preview_step(info.shape[3], info.shape[4]) if cfg.quicklook else 0,
     )
 
 

@@ -1,8 +1,12 @@
 """A quick-look PNG per output: the input in grey with the segmentation overlaid in colour,
 downsampled so that its longer side is at most ``MAX_SIDE`` pixels.
 
-Read region by region at a stride, so memory stays bounded for any image size; for a
-z-stack the middle plane is shown, for a time series the first time point.
+Every ``step``-th row and column of the input's middle z plane at t=0 (the first time
+point of a series). The read stage takes those pixels of each block it reads anyway
+(``preview``) and the driver gathers them into the grey image (``GreyPreview``); rows that
+no block of this run brought (a resumed run, another part of the job) are read from the
+input here, band by band, so memory stays bounded for any image size. The input read once
+more at the end cost 10.1-11.5 s on a 32768^2 OME-TIFF (2 cores), in a run of ~75 s.
 """
 
 from __future__ import annotations
@@ -17,7 +21,7 @@ from raysegment import storage
 from raysegment.data.sources import ImageSource
 from raysegment.storage import Location
 
-__all__ = ["MAX_SIDE", "quicklook", "write_png"]
+__all__ = ["MAX_SIDE", "GreyPreview", "preview", "preview_step", "quicklook", "write_png"]
 
 MAX_SIDE = 1024
 _BAND = 2048
@@ -36,6 +40,39 @@ _PALETTE = np.array(
     ],
     np.float32,
 )
+
+
+def preview_step(y: int, x: int, max_side: int = MAX_SIDE) -> int:
+    """The quick-look's stride for a ``y`` x ``x`` image: its longer side at most
+    ``max_side`` pixels."""
+    return max(1, -(-max(y, x) // max_side))
+
+
+def preview(
+    plane: np.ndarray, origin: tuple[int, int], inner: tuple[tuple[int, int], ...], step: int
+) -> tuple[tuple[int, int], np.ndarray]:
+    """The quick-look pixels of a block: of ``plane`` (a (Y, X) region of the input whose
+    first pixel is ``origin``), those on every ``step``-th row and column of the image
+    within ``inner`` (its (y, x) ranges, inside the region). Returns where they go in the
+    quick-look (row, column) and the pixels as float32."""
+    starts = [-(-a // step) * step for a, _ in inner]
+    thumb = plane[
+        tuple(slice(s - o, b - o, step) for s, o, (_, b) in zip(starts, origin, inner, strict=True))
+    ]
+    return (starts[0] // step, starts[1] // step), thumb.astype(np.float32)
+
+
+class GreyPreview:
+    """The quick-look's grey pixels of one image, gathered from its blocks' ``preview``;
+    NaN where no block brought them yet."""
+
+    def __init__(self, y: int, x: int, step: int) -> None:
+        self.step = step
+        self.pixels = np.full((-(-y // step), -(-x // step)), np.nan, np.float32)
+
+    def add(self, at: tuple[int, int], thumb: np.ndarray) -> None:
+        r, c = at
+        self.pixels[r : r + thumb.shape[0], c : c + thumb.shape[1]] = thumb
 
 
 def write_png(path: Location, rgb: np.ndarray) -> None:
@@ -74,6 +111,7 @@ def quicklook(
     kind: str,
     png: Location,
     max_side: int = MAX_SIDE,
+    grey: GreyPreview | None = None,
 ) -> tuple[int, int]:
     """Write ``png`` for the output array ``output`` (``<name>.ome.zarr/0``) of ``source``.
 
@@ -81,29 +119,37 @@ def quicklook(
         channel: the input channel shown in grey.
         axes: the output array's axes ([t] c [z] y x).
         kind: the output's finalize mode (raw, probabilities, mask, labels).
+        grey: the grey pixels the run's blocks brought (``step`` from ``max_side``);
+            only bands with pixels missing there are read from ``source``.
 
     Returns:
         The PNG's (height, width).
     """
     _, _, z, y, x = source.info.shape
-    step = max(1, -(-max(y, x) // max_side))
+    step = preview_step(y, x, max_side)
+    if grey is not None and grey.step != step:
+        raise ValueError(f"grey preview at stride {grey.step}, the quick-look's is {step}")
+    known = grey.pixels if grey is not None else np.full((0, 0), np.nan, np.float32)
     array = zarr.open_array(str(output), mode="r")
     plane = z // 2
-    grey, classes = [], []
+    bands, classes = [], []
     for y0 in range(0, y, _BAND):
         y1 = min(y0 + _BAND, y)
         rows = slice(y0 + (-y0) % step, y1, step)
-        region = ((plane, plane + 1), (y0, y1), (0, x))
-        image = source.read(0, (channel,), region)[0, 0][(-y0) % step :: step, ::step]
+        band = known[rows.start // step : -(-y1 // step)]
+        if band.size == 0 or np.isnan(band).any():
+            region = ((plane, plane + 1), (y0, y1), (0, x))
+            image = source.read(0, (channel,), region)[0, 0][(-y0) % step :: step, ::step]
+            band = image.astype(np.float32)
         pick: dict[str, int | slice] = {"t": 0, "c": slice(None), "z": plane, "y": rows}
         pick["x"] = slice(0, x, step)
         index = tuple(pick[axis] for axis in axes)
         seg = np.asarray(array[index])
-        grey.append(image.astype(np.float32))
+        bands.append(band)
         classes.append(_foreground(seg, kind))
-    g = np.concatenate(grey)
-    lo, hi = np.percentile(g, (1, 99.5)) if g.size else (0.0, 1.0)
-    g = np.clip((g - lo) / max(float(hi - lo), 1e-6), 0, 1)[..., None] * 255
+    pixels = np.concatenate(bands)
+    lo, hi = np.percentile(pixels, (1, 99.5)) if pixels.size else (0.0, 1.0)
+    g = np.clip((pixels - lo) / max(float(hi - lo), 1e-6), 0, 1)[..., None] * 255
     c = np.concatenate(classes)
     colour = _PALETTE[(np.maximum(c, 1) - 1) % len(_PALETTE)]
     rgb = np.where((c > 0)[..., None], 0.55 * g + 0.45 * colour, g)

@@ -20,6 +20,7 @@ from raysegment.data.tiling import Block
 from raysegment.errors import BlockFailedError, InputImageError, RaySegmentError
 from raysegment.infer.attempts import Attempts, begin_attempt
 from raysegment.infer.plan import ImagePlan, WorkItem
+from raysegment.infer.quicklook import preview
 from raysegment.infer.writer import mark_done, write_block
 
 __all__ = [
@@ -80,19 +81,44 @@ def row_item(batch: Batch, i: int) -> WorkItem:
     )
 
 
+_PREVIEW_KEYS = ("preview", "preview_at")
+
+
 def passthrough(batch: Batch, i: int) -> Batch:
-    keys = ("image", "t", "z", "index", "error", "empty")
+    keys = ("image", "t", "z", "index", "error", "empty", *_PREVIEW_KEYS)
     return {k: batch[k][i : i + 1] for k in keys if k in batch}
+
+
+def _no_preview() -> Batch:
+    return {"preview": np.zeros((1, 0, 0), np.float32), "preview_at": np.array([[-1, -1]])}
+
+
+def _preview(
+    plan: ImagePlan,
+    item: WorkItem,
+    block: Block,
+    region: tuple[tuple[int, int], ...],
+    data: np.ndarray,
+) -> Batch:
+    """The block's quick-look pixels (``quicklook.preview``) as the row's columns: of the
+    first channel, in the middle z plane at t=0, where the block owns that plane."""
+    plane = plan.source.info.shape[2] // 2
+    z_inner = block.inner[0] if plan.spatial_dims == 3 else region[0]
+    if not plan.preview or item.t != 0 or not z_inner[0] <= plane < z_inner[1]:
+        return _no_preview()
+    origin = (region[1][0], region[2][0])
+    at, thumb = preview(data[0, plane - region[0][0]], origin, block.inner[-2:], plan.preview)
+    return {"preview": thumb[None], "preview_at": np.array([at])}
 
 
 def _failed(batch: Batch, plan: ImagePlan, error: str) -> Batch:
     """A row carrying a user error down the pipeline instead of raising it: Ray wraps a
     raised exception and drops its type, and the driver must report it as one line."""
-    return passthrough(batch, 0) | {
-        "data": placeholder(plan),
-        "error": np.array([error]),
-        "empty": np.array([False]),
-    }
+    return (
+        passthrough(batch, 0)
+        | _no_preview()
+        | {"data": placeholder(plan), "error": np.array([error]), "empty": np.array([False])}
+    )
 
 
 def placeholder(plan: ImagePlan) -> np.ndarray:
@@ -160,20 +186,13 @@ def read_stage(batch: Batch, plans: Sequence[ImagePlan], attempts: Attempts | No
     lo, hi = (data.min(), data.max()) if data.size and (floats or plan.skip_empty) else (0, 1)
     if floats and not (np.isfinite(lo) and np.isfinite(hi)):
         return _failed(batch, plan, encode_error(_nonfinite(plan, item, data, region)))
+    row = passthrough(batch, 0) | _preview(plan, item, block, region, data)
     if plan.skip_empty and lo == hi:
         # Constant input (slide background, absent zarr chunks): no model, fill value.
-        return passthrough(batch, 0) | {
-            "data": placeholder(plan),
-            "error": np.array([""]),
-            "empty": np.array([True]),
-        }
+        return row | {"data": placeholder(plan), "error": np.array([""]), "empty": np.array([True])}
     if plan.spatial_dims == 2:
         data = data[:, 0]
-    return passthrough(batch, 0) | {
-        "data": data[None],
-        "error": np.array([""]),
-        "empty": np.array([False]),
-    }
+    return row | {"data": data[None], "error": np.array([""]), "empty": np.array([False])}
 
 
 def normalized(data: np.ndarray, plan: ImagePlan, block: Block) -> np.ndarray:
@@ -226,8 +245,9 @@ def write_stage(
 
 
 def _written(batch: Batch, tiles: int, seconds: float, pixels: int) -> Batch:
-    """The row the driver receives for a block."""
+    """The row the driver receives for a block (with its quick-look pixels)."""
     return {
+        **{k: batch[k][:1] for k in _PREVIEW_KEYS if k in batch},
         "image": batch["image"][:1],
         "tiles": np.array([tiles]),
         "seconds": np.array([seconds]),

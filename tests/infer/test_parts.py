@@ -50,6 +50,9 @@ def test_three_parts_run_separately_equal_one_run(tmp_path: Path, make_model) ->
         got = zarr.open_array(str(tmp_path / "parts" / name / "0"), mode="r")[:]
         want = zarr.open_array(str(tmp_path / "whole" / name / "0"), mode="r")[:]
         np.testing.assert_array_equal(got, want)
+        # The last part's quick-look: its own blocks' pixels, the rest read from the input.
+        png = name.replace(".ome.zarr", ".png")
+        assert (tmp_path / "parts" / png).read_bytes() == (tmp_path / "whole" / png).read_bytes()
 
     # A part started after the others finished has nothing left to do, and says so.
     again = _run(tmp_path, model, "parts", part_id=1, num_parts=3)
