@@ -43,6 +43,20 @@ def test_cpu_threads_and_explicit_actors(monkeypatch) -> None:
     assert _pool(monkeypatch, {"CPU": 3}, "device=cpu").cpus == 3  # one actor, every core
 
 
+def test_no_more_predictors_than_blocks(monkeypatch) -> None:
+    """A predictor without a block would only start, load the model and hold a device."""
+    import ray
+
+    monkeypatch.setattr(ray, "cluster_resources", lambda: {"CPU": 16, "GPU": 8})
+    monkeypatch.setattr(ray, "nodes", lambda: [{"Alive": True, "Resources": {"CPU": 16}}])
+    cfg = load_config(InferConfig, (), [*REQUIRED, "device=cpu", "actors=4"])
+    assert pipeline._pool(cfg, blocks=2) == Pool(False, 2, 4, reserve=4.0)
+    assert pipeline._pool(cfg, blocks=9).actors == 4
+    cfg = load_config(InferConfig, (), [*REQUIRED, "device=all"])
+    assert pipeline._pool(cfg, blocks=3) == Pool(True, 3, 1)
+    assert pipeline._pool(cfg, blocks=0).actors == 1  # a run with nothing left to do
+
+
 def test_cpu_threads_stay_within_the_largest_node(monkeypatch) -> None:
     """On a cluster of 2-CPU nodes an actor asking for 4 CPUs could never be placed."""
     import ray
