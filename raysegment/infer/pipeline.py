@@ -517,8 +517,7 @@ def _run(
         # 93.8 / 94.4 -> 71.4 / 74.0 s, peak memory 3.20 / 3.21 -> 3.01 / 3.11 GiB; README
         # "Benchmarks").
         ds = ds.map_batches(write_stage, **io_task)
-    # Per image, the quick-look's grey pixels as its blocks bring them (the input is not
-    # read again at the end: 10.1-11.5 s of a ~75 s run on a 32768^2 OME-TIFF here).
+    # Per image, the quick-look's grey pixels as its blocks bring them (``quicklook``).
     grey: dict[int, GreyPreview] = {}
     bar = tqdm(
         total=len(pending),
