@@ -9,6 +9,9 @@ the edges over the pixels they have.
 from __future__ import annotations
 
 import math
+import os
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
 import numpy as np
 import zarr
@@ -31,24 +34,32 @@ def level_shape(
 
 
 def downsample(data: np.ndarray, halve: tuple[bool, ...]) -> np.ndarray:
-    """Halve ``data`` along the axes flagged in ``halve`` (output size: ceil(n / 2))."""
+    """Halve ``data`` along the axes flagged in ``halve`` (output size: ceil(n / 2)).
+
+    Floats: each window's mean as pairwise means, one axis after the other (a window's
+    pixels form a box, so the mean of its rows' means is its mean), an odd axis' last
+    pixel kept as it is. Within float rounding of a float64 mean; a NaN-padded float64
+    ``nanmean`` took 0.10-0.37 s for a 2048^2 region of a probabilities output here, this
+    0.006 s."""
     if data.dtype.kind != "f":
         return data[tuple(slice(None, None, 2) if h else slice(None) for h in halve)]
-    pad = [(0, n % 2) if h else (0, 0) for n, h in zip(data.shape, halve, strict=True)]
-    padded = np.pad(data.astype(np.float64), pad, constant_values=np.nan)
-    shape: list[int] = []
-    pairs: list[int] = []
-    for n, h in zip(padded.shape, halve, strict=True):
-        if h:
-            pairs.append(len(shape) + 1)
-            shape += [n // 2, 2]
-        else:
-            shape.append(n)
-    return np.nanmean(padded.reshape(shape), axis=tuple(pairs)).astype(data.dtype)
+    out = data
+    for axis, h in enumerate(halve):
+        n = out.shape[axis]
+        if not h or n < 2:
+            continue
+        at = (slice(None),) * axis
+        pairs = out[(*at, slice(0, n - 1, 2))] + out[(*at, slice(1, n, 2))]
+        pairs *= 0.5
+        out = np.concatenate([pairs, out[(*at, slice(n - 1, n))]], axis) if n % 2 else pairs
+    return out.astype(data.dtype, copy=False)
 
 
 def build_pyramid(path: Location, axes: str, pyramid_axes: str, levels: int) -> None:
-    """Fill arrays ``1`` .. ``levels - 1`` of the OME-Zarr group at ``path`` from ``0``."""
+    """Fill arrays ``1`` .. ``levels - 1`` of the OME-Zarr group at ``path`` from ``0``.
+
+    Each level's regions run on threads (``_THREADS``): reading, decoding, encoding and
+    writing release the GIL, and one after the other a core waited on them."""
     halve = tuple(a in pyramid_axes for a in axes)
     for level in range(1, levels):
         src = zarr.open_array(storage.join(str(path), str(level - 1)), mode="r")
@@ -58,9 +69,18 @@ def build_pyramid(path: Location, axes: str, pyramid_axes: str, levels: int) -> 
         steps = tuple(
             n if a == "c" else c for a, n, c in zip(axes, dst.shape, dst.chunks, strict=True)
         )
-        for out in Grid(tuple(dst.shape), steps).regions():
+
+        def fill(out: tuple[slice, ...], src: Any = src, dst: Any = dst) -> None:
             region = tuple(
                 slice(o.start * 2, min(o.stop * 2, n)) if h else o
                 for o, h, n in zip(out, halve, src.shape, strict=True)
             )
             dst[out] = downsample(np.asarray(src[region]), halve)
+
+        with ThreadPoolExecutor(_THREADS, thread_name_prefix="raysegment-pyramid") as pool:
+            for done in pool.map(fill, Grid(tuple(dst.shape), steps).regions()):
+                assert done is None  # map raises a region's error here
+
+
+_THREADS = min(8, os.cpu_count() or 1)
+"""Regions of a level written at once."""
