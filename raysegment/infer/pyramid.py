@@ -77,10 +77,15 @@ def build_pyramid(path: Location, axes: str, pyramid_axes: str, levels: int) -> 
             )
             dst[out] = downsample(np.asarray(src[region]), halve)
 
-        with ThreadPoolExecutor(_THREADS, thread_name_prefix="raysegment-pyramid") as pool:
-            for done in pool.map(fill, Grid(tuple(dst.shape), steps).regions()):
-                assert done is None  # map raises a region's error here
+        # A region in flight holds its source, the pairwise means and the result.
+        held = 3 * math.prod(2 * n if h else n for n, h in zip(steps, halve, strict=True))
+        threads = max(1, min(_THREADS, _BYTES // (held * src.dtype.itemsize)))
+        with ThreadPoolExecutor(threads, thread_name_prefix="raysegment-pyramid") as pool:
+            list(pool.map(fill, Grid(tuple(dst.shape), steps).regions()))  # raises theirs
 
 
 _THREADS = min(8, os.cpu_count() or 1)
-"""Regions of a level written at once."""
+"""Regions of a level written at once, at most."""
+_BYTES = 512 << 20
+"""Memory the regions in flight may hold (a 2048^2 float32 region ~50 MB; three channels
+of a 256^3 one ~600 MB, which then run one at a time)."""
