@@ -391,7 +391,7 @@ def _complete(plan: ImagePlan, cfg: InferConfig, grey: GreyPreview | None = None
     if inspect_output(out).complete or len(done_blocks(out)) < plan.num_blocks:
         return
     layout = plan.layout
-    build_pyramid(out, layout.axes, layout.pyramid_axes, layout.levels)
+    build_pyramid(out, layout.axes, layout.pyramid_axes, layout.levels, plan.block_levels + 1)
     extra: dict[str, Any] = {}
     if cfg.instances.method.value != "none":
         from raysegment.post.finish import finish_instances  # imports this package

@@ -15,6 +15,7 @@ from raysegment.config import InferConfig, NormalizeMode, config_to_dict
 from raysegment.data.sources import ImageSource, image_stem
 from raysegment.data.tiling import Block, Tiling, block_at, block_grid
 from raysegment.errors import ConfigError, InputImageError
+from raysegment.infer.pyramid import block_levels
 from raysegment.infer.quicklook import preview_step
 from raysegment.infer.writer import OutputLayout
 
@@ -63,6 +64,16 @@ class ImagePlan:
     fingerprint: str
     preview: int = 0
     """The quick-look's stride (``quicklook.preview_step``); 0: no quick-look."""
+
+    @property
+    def block_levels(self) -> int:
+        """Pyramid levels past the full resolution each block writes itself
+        (``pyramid.block_levels``)."""
+        layout = self.layout
+        block = dict(zip("zyx"[3 - self.spatial_dims :], self.block, strict=True))
+        return block_levels(
+            layout.shape, layout.chunks, layout.axes, layout.pyramid_axes, block, layout.levels
+        )
 
     @property
     def iterates_z(self) -> bool:
@@ -301,7 +312,9 @@ def plan_image(
                 "voxel_size": cfg.voxel_size,
                 "instances": config_to_dict(cfg)["instances"],
                 "skip_empty": cfg.skip_empty,
-                "levels": cfg.levels,
+                # Since the blocks write the first levels themselves, a run stopped
+                # before that resumes with other settings (its done blocks lack them).
+                "levels": [cfg.levels, "blocks"] if cfg.levels > 1 else cfg.levels,
                 "norm": norm,
                 "finalize": [mode, cfg.finalize.threshold, cfg.finalize.activation.value],
             },

@@ -20,7 +20,7 @@ from raysegment import storage
 from raysegment.data.tiling import Grid
 from raysegment.storage import Location
 
-__all__ = ["build_pyramid", "downsample", "level_shape"]
+__all__ = ["block_levels", "build_pyramid", "downsample", "level_index", "level_shape"]
 
 
 def level_shape(
@@ -30,6 +30,46 @@ def level_shape(
     return tuple(
         math.ceil(n / 2**level) if a in pyramid_axes else n
         for a, n in zip(axes, shape, strict=True)
+    )
+
+
+def block_levels(
+    shape: tuple[int, ...],
+    chunks: tuple[int, ...],
+    axes: str,
+    pyramid_axes: str,
+    block: dict[str, int],
+    levels: int,
+) -> int:
+    """How many levels past the full resolution each block writes from its own output:
+    level k while a block's region there is whole chunks of that level that no other
+    block touches (zarr has no locks): along every pyramid axis the block spans the
+    axis, or its size is a multiple of the level's chunk times 2^k. Blocks of 4 chunks:
+    levels 1 and 2. The driver builds the levels above from the last of them.
+
+    Args:
+        block: the block's size per spatial axis of ``axes``.
+    """
+    written = 0
+    for level in range(1, levels):
+        for axis in pyramid_axes:
+            i = axes.index(axis)
+            n, c, b = shape[i], chunks[i], block[axis]
+            if b < n and (math.ceil(n / 2**level) < c or b % (c * 2**level)):
+                return written
+        written = level
+    return written
+
+
+def level_index(
+    index: tuple[slice | int, ...], axes: str, pyramid_axes: str, level: int
+) -> tuple[slice | int, ...]:
+    """``index`` (a block's region at full resolution, its starts on level chunks, see
+    ``block_levels``) at ``level``."""
+    f = 2**level
+    return tuple(
+        slice(i.start // f, -(-i.stop // f)) if a in pyramid_axes and isinstance(i, slice) else i
+        for a, i in zip(axes, index, strict=True)
     )
 
 
@@ -55,13 +95,16 @@ def downsample(data: np.ndarray, halve: tuple[bool, ...]) -> np.ndarray:
     return out.astype(data.dtype, copy=False)
 
 
-def build_pyramid(path: Location, axes: str, pyramid_axes: str, levels: int) -> None:
-    """Fill arrays ``1`` .. ``levels - 1`` of the OME-Zarr group at ``path`` from ``0``.
+def build_pyramid(
+    path: Location, axes: str, pyramid_axes: str, levels: int, first: int = 1
+) -> None:
+    """Fill arrays ``first`` .. ``levels - 1`` of the OME-Zarr group at ``path``, each
+    from the one before.
 
     Each level's regions run on threads (``_THREADS``): reading, decoding, encoding and
     writing release the GIL, and one after the other a core waited on them."""
     halve = tuple(a in pyramid_axes for a in axes)
-    for level in range(1, levels):
+    for level in range(first, levels):
         src = zarr.open_array(storage.join(str(path), str(level - 1)), mode="r")
         dst = zarr.open_array(storage.join(str(path), str(level)), mode="r+")
         # Whole channels at a time; every other axis by the destination's chunks, so each

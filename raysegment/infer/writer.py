@@ -33,7 +33,6 @@ __all__ = [
 ]
 
 _DONE = ".raysegment/done"
-_ARRAY = "0"
 _AXIS_TYPES = {"t": "time", "c": "channel", "z": "space", "y": "space", "x": "space"}
 
 
@@ -191,34 +190,41 @@ def mark_done(path: Location, key: str) -> None:
     storage.touch(storage.join(str(path), _DONE, key))
 
 
-_ARRAYS: dict[tuple[str, str, bool], Any] = {}
+_ARRAYS: dict[tuple[str, str, bool, int], Any] = {}
 _ARRAYS_LOCK = threading.Lock()
 
 
-def _array(path: str, version: str, write_empty_chunks: bool = False) -> Any:
-    """The output array, opened once per worker process, output version (an output
-    replaced with other settings at the same path is opened anew) and empty-chunk rule."""
-    key = (path, version, write_empty_chunks)
+def _array(path: str, version: str, write_empty_chunks: bool = False, level: int = 0) -> Any:
+    """An output array (its resolution ``level``), opened once per worker process, output
+    version (an output replaced with other settings at the same path is opened anew) and
+    empty-chunk rule."""
+    key = (path, version, write_empty_chunks, level)
     with _ARRAYS_LOCK:
         if key not in _ARRAYS:
             # An array takes its runtime config when opened (open_array ignores a config
             # argument, and Array.with_config is only in the newest zarr 3.1 releases).
             with zarr.config.set({"array.write_empty_chunks": write_empty_chunks}):
-                _ARRAYS[key] = zarr.open_array(storage.join(path, _ARRAY), mode="r+")
+                _ARRAYS[key] = zarr.open_array(storage.join(path, str(level)), mode="r+")
         return _ARRAYS[key]
 
 
 def write_block(
-    path: Location, index: tuple[slice | int, ...], data: np.ndarray | int, version: str = ""
+    path: Location,
+    index: tuple[slice | int, ...],
+    data: np.ndarray | int,
+    version: str = "",
+    level: int = 0,
 ) -> None:
-    """Write ``data`` at ``index``; the region must cover whole chunks (or end at the edge).
-    ``version``: what identifies the output's layout (the plan's fingerprint).
+    """Write ``data`` at ``index`` of resolution ``level``; the region must cover whole
+    chunks (or end at the edge). ``version``: what identifies the output's layout (the
+    plan's fingerprint).
 
     A scalar (an empty block's fill value) stores no chunk and drops a stale one. An array
     writes every chunk it covers: zarr's test of each chunk against the fill value took
     60% of a block's write (55 of 90 ms per 4096^2 uint8 mask here), for chunks of a
     block that the model ran on, rarely empty and then a few bytes compressed."""
-    _array(str(path), version, write_empty_chunks=isinstance(data, np.ndarray))[index] = data
+    pixels = isinstance(data, np.ndarray)
+    _array(str(path), version, write_empty_chunks=pixels, level=level)[index] = data
 
 
 def complete_output(path: Location, summary: dict[str, Any]) -> None:
