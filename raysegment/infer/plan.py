@@ -312,8 +312,8 @@ def plan_image(
                 "voxel_size": cfg.voxel_size,
                 "instances": config_to_dict(cfg)["instances"],
                 "skip_empty": cfg.skip_empty,
-                # Since the blocks write the first levels themselves, a run stopped
-                # before that resumes with other settings (its done blocks lack them).
+                # Blocks write their first pyramid levels themselves: an unfinished run
+                # whose done blocks did not (an earlier version's) must not resume.
                 "levels": [cfg.levels, "blocks"] if cfg.levels > 1 else cfg.levels,
                 "norm": norm,
                 "finalize": [mode, cfg.finalize.threshold, cfg.finalize.activation.value],
