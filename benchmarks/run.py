@@ -407,13 +407,16 @@ def main() -> int:
     name = f"{image_stem(str(small))}.ome.zarr"
     r["fast_iou"] = iou(work / "o1" / name, work / "o2" / name)
     if not gpu:
-        single = ["actors=1", "threads=1", f"batch_size={BATCH}", "finalize.mode=mask"]
+        # Four blocks at any size (at 8192^2 the default block): a run starts no more
+        # predictors than it has blocks.
+        four = f"block=[{max(args.size // 2, 1024)}]"
+        single = ["actors=1", "threads=1", f"batch_size={BATCH}", "finalize.mode=mask", four]
         r["e2e_one_actor"] = step(
             "end to end, Unet, 1 actor", lambda: infer_cli(small, heavy, work / "o3", *single)
         )
         r["e2e_two_actors"] = step(
             "end to end, Unet, 2 actors",
-            lambda: infer_cli(small, heavy, work / "o6", *two, "finalize.mode=mask"),
+            lambda: infer_cli(small, heavy, work / "o6", *two, four, "finalize.mode=mask"),
         )
     cheap_keys = [*two, "finalize.mode=mask"]
     r["cheap_small"] = step(
