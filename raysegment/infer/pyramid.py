@@ -94,6 +94,13 @@ def downsample(data: np.ndarray, halve: tuple[bool, ...]) -> np.ndarray:
     return out.astype(data.dtype, copy=False)
 
 
+_THREADS = min(8, os.cpu_count() or 1)
+"""Regions of a level written at once, at most."""
+_BYTES = 512 << 20
+"""Memory the regions in flight may hold (a 2048^2 float32 region ~50 MB; three channels
+of a 256^3 one ~600 MB, which then run one at a time)."""
+
+
 def build_pyramid(
     path: Location, axes: str, pyramid_axes: str, levels: int, first: int = 1
 ) -> None:
@@ -124,10 +131,3 @@ def build_pyramid(
         threads = max(1, min(_THREADS, _BYTES // (held * src.dtype.itemsize)))
         with ThreadPoolExecutor(threads, thread_name_prefix="raysegment-pyramid") as pool:
             list(pool.map(fill, Grid(tuple(dst.shape), steps).regions()))  # raises theirs
-
-
-_THREADS = min(8, os.cpu_count() or 1)
-"""Regions of a level written at once, at most."""
-_BYTES = 512 << 20
-"""Memory the regions in flight may hold (a 2048^2 float32 region ~50 MB; three channels
-of a 256^3 one ~600 MB, which then run one at a time)."""
