@@ -113,7 +113,8 @@ class Pool:
     cluster Ray was not started for); None: the GPUs Ray assigns."""
     reserve: float = 1.0
     """Ray CPUs each predictor reserves: ``cpus``, less where the predictors would take
-    every CPU and leave the read and write tasks none to run on (a silent hang)."""
+    every CPU and leave the read and write tasks (GPU runs) and the instance tasks of an
+    image finished while others run none to run on (a silent hang)."""
 
     def leaving_room(self, total_cpus: float) -> Pool:
         room = max(total_cpus - 1.0, 0.1 * self.actors) / self.actors
@@ -469,6 +470,14 @@ def _run(
     # Ray retries a block whose process died without limit: the ledger caps it.
     attempts = start_ledger(cfg.max_attempts)
     ds: Any = ray.data.from_items(items, override_num_blocks=min(len(items), 1000))
+    # A GPU predictor leaves its blocks' reads and writes to tasks: it takes the next block
+    # while a task writes the last and another reads the one after, so the GPU never waits
+    # for a decode or an encode. A CPU predictor reads and writes its own blocks: decode and
+    # encode take the same cores either way, and no block then crosses the object store or
+    # waits there read ahead, nor does a read or write worker run beside the predictors
+    # (README "Benchmarks": cheap model, 32768^2, two actors, peak memory 3.05 / 3.16 ->
+    # 2.59 / 2.59 GiB, 70.6 / 65.1 -> 55.4 / 54.1 s with the reads).
+    own_io = not pool.use_gpu
     # Reads and writes are mostly I/O: half a CPU each; a read reserves its block's memory.
     # That request also keeps Ray Data from fusing the read into the predictor actor (it
     # fuses stages whose resource requests are equal), which would stall the model.
@@ -478,8 +487,9 @@ def _run(
         "fn_kwargs": {"plans": plans, "attempts": attempts},
         "num_cpus": 0.5,
     }
-    memory = _WORKER_BYTES + 2 * max(_block_bytes(p) for p in plans)
-    ds = ds.map_batches(read_stage, memory=memory, **io_task)
+    if not own_io:
+        memory = _WORKER_BYTES + 2 * max(_block_bytes(p) for p in plans)
+        ds = ds.map_batches(read_stage, memory=memory, **io_task)
     ds = ds.map_batches(
         Predictor,
         batch_size=1,
@@ -503,19 +513,14 @@ def _run(
             "gpu_indices": pool.gpu_indices,
             "precision": cfg.precision.value,
             "layout": cfg.layout.value,
-            "writes": not pool.use_gpu,
+            "reads": own_io,
+            "writes": own_io,
         },
         num_gpus=1 if pool.use_gpu else 0,
         num_cpus=pool.reserve,
         runtime_env=torch_worker_runtime_env(),
     )
-    if pool.use_gpu:
-        # A GPU predictor hands its block on and takes the next while a task encodes and
-        # writes it. A CPU predictor writes its own blocks: the encode takes the cores
-        # either way, and its output then never crosses the object store, nor does a
-        # write worker run beside the read workers (cheap model, 32768^2, two actors:
-        # 93.8 / 94.4 -> 71.4 / 74.0 s, peak memory 3.20 / 3.21 -> 3.01 / 3.11 GiB; README
-        # "Benchmarks").
+    if not own_io:
         ds = ds.map_batches(write_stage, **io_task)
     # Per image, the quick-look's grey pixels as its blocks bring them (``quicklook``).
     grey: dict[int, GreyPreview] = {}

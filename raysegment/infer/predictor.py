@@ -25,6 +25,7 @@ from raysegment.infer.stages import (
     normalized,
     passthrough,
     placeholder,
+    read_row,
     refusal,
     returns_free_memory,
     row_item,
@@ -284,7 +285,9 @@ def _weight_sums(
 
 
 class Predictor:
-    """Actor: holds the model on its device; turns read blocks into finalized blocks."""
+    """Actor: holds the model on its device; turns read blocks into finalized blocks, or
+    with ``reads`` and ``writes`` (CPU runs), reads its blocks and writes what it made of
+    them."""
 
     def __init__(
         self,
@@ -300,9 +303,11 @@ class Predictor:
         gpu_indices: tuple[int, ...] | None = None,
         precision: str = "float32",
         layout: str = "auto",
+        reads: bool = False,
         writes: bool = False,
     ) -> None:
         self.threads = threads
+        self.reads = reads
         self.writes = writes
         gpu = pin_gpu(attempts, gpu_indices) if attempts and gpu_indices else None
         self.device = torch.device("cuda" if use_gpu and torch.cuda.is_available() else "cpu")
@@ -377,12 +382,15 @@ class Predictor:
     # "Benchmarks").
     @returns_free_memory
     def __call__(self, batch: Batch) -> Batch:
-        """The block predicted and finalized, or with ``writes``, written (the row the
-        driver receives)."""
-        predicted = self._predict(batch)
+        """The block (with ``reads``: read here first) predicted and finalized, or with
+        ``writes``, written (the row the driver receives)."""
+        if self.reads:
+            # One attempt at the whole block: a read that kills the process counts too.
+            batch = read_row(batch, self.plans, self.attempts, "predictor")
+        predicted = self._predict(batch, counted=self.reads)
         return write_row(predicted, self.plans) if self.writes else predicted
 
-    def _predict(self, batch: Batch) -> Batch:
+    def _predict(self, batch: Batch, counted: bool = False) -> Batch:
         # Ray Data calls this from its own thread, and Ray sets OMP_NUM_THREADS from the
         # CPUs the actor reserves: set torch's threads in the thread that runs the model
         # (set in __init__ only, a 2-thread actor ran at 1.3 threads' speed).
@@ -390,7 +398,7 @@ class Predictor:
             torch.set_num_threads(self.threads)
         item = row_item(batch, 0)
         plan = self.plans[item.image]
-        if not (batch["error"][0] or batch["empty"][0]):
+        if not (counted or batch["error"][0] or batch["empty"][0]):
             refused = refusal(batch, plan, "predictor", self.attempts)
             batch = batch | {"error": np.array([refused])} if refused else batch
         if batch["error"][0] or batch["empty"][0]:

@@ -1,4 +1,5 @@
-"""The read and write stages of inference (CPU tasks) and the rows they pass on.
+"""Reading and writing a block (``read_row``, ``write_row``: the read and write tasks of a
+GPU run, a CPU predictor's own steps) and the rows they pass on.
 
 Each row is one block; rows carry their coordinates, so order never matters. This module
 does not import torch: the read and write worker processes stay small and start fast
@@ -31,6 +32,7 @@ __all__ = [
     "normalized",
     "passthrough",
     "placeholder",
+    "read_row",
     "read_stage",
     "refusal",
     "returns_free_memory",
@@ -167,13 +169,16 @@ def _nonfinite(
     )
 
 
-@returns_free_memory
-def read_stage(batch: Batch, plans: Sequence[ImagePlan], attempts: Attempts | None = None) -> Batch:
-    """Read a block's source region as stored (its dtype: half the bytes of float32 for
-    uint16 through the object store); ``normalized`` makes the model's input of it."""
+def read_row(
+    batch: Batch, plans: Sequence[ImagePlan], attempts: Attempts | None, stage: str = "read"
+) -> Batch:
+    """This process's attempt at the block recorded (as ``stage``), then the block's source
+    region read as stored (its dtype: half the bytes of float32 for uint16 through the
+    object store); ``normalized`` makes the model's input of it. Run by the read stage, or
+    by a CPU predictor for its own blocks."""
     item = row_item(batch, 0)
     plan = plans[item.image]
-    refused = refusal(batch, plan, "read", attempts)
+    refused = refusal(batch, plan, stage, attempts)
     if refused:
         return _failed(batch, plan, refused)
     block = plan.block_of(item)
@@ -194,6 +199,12 @@ def read_stage(batch: Batch, plans: Sequence[ImagePlan], attempts: Attempts | No
     if plan.spatial_dims == 2:
         data = data[:, 0]
     return row | {"data": data[None], "error": np.array([""]), "empty": np.array([False])}
+
+
+@returns_free_memory
+def read_stage(batch: Batch, plans: Sequence[ImagePlan], attempts: Attempts | None = None) -> Batch:
+    """The read task (GPU runs): ``read_row``."""
+    return read_row(batch, plans, attempts)
 
 
 def normalized(data: np.ndarray, plan: ImagePlan, block: Block) -> np.ndarray:

@@ -26,14 +26,19 @@ from tests.faults import install
 
 # In the predictor's process: the blocks named in RAYSEGMENT_TEST_FAULTS (in every image),
 # or about one block in 20 for "every", kill the process that runs the model on them
-# (always, or only the first process to try each block: "once").
+# (always, or only the first process to try each block: "once"), in the forward or, where
+# a CPU predictor reads its own blocks, as it reads the image (RAYSEGMENT_TEST_FAULT_AT).
 PATCH = """
 import os
-predict = m.predict_block
+from raysegment.data.sources import ImageSource
+predict, read, read_image = m.predict_block, m.read_row, ImageSource.read
+reading = []  # the block whose pixels the predictor reads
 
-def dying(module, plan, item, *args, **kwargs):
+def fault(item, at):
     faults = os.environ["RAYSEGMENT_TEST_FAULTS"].split(",")
     block = f"{item.image}-{item.key}"  # block keys repeat in every image
+    if at != os.environ["RAYSEGMENT_TEST_FAULT_AT"]:
+        return
     if item.key in faults or (faults == ["every"] and hash(block) % 20 == 0):
         if os.environ["RAYSEGMENT_TEST_FAULT_MODE"] == "always":
             os._exit(1)
@@ -43,14 +48,28 @@ def dying(module, plan, item, *args, **kwargs):
             os._exit(1)
         except FileExistsError:
             pass
+
+def dying_predict(module, plan, item, *args, **kwargs):
+    fault(item, "forward")
     return predict(module, plan, item, *args, **kwargs)
 
-m.predict_block = dying
+def read_block(batch, *args, **kwargs):
+    reading[:] = [m.row_item(batch, 0)]
+    return read(batch, *args, **kwargs)
+
+def dying_read(source, *args, **kwargs):
+    if reading:
+        fault(reading[0], "read")
+    return read_image(source, *args, **kwargs)
+
+m.predict_block = dying_predict
+m.read_row = read_block
+ImageSource.read = dying_read
 """
 
 
 def run_with_faults(
-    cwd: Path, faults: str, mode: str, *args: str, timeout: float = 300
+    cwd: Path, faults: str, mode: str, *args: str, timeout: float = 300, at: str = "forward"
 ) -> subprocess.CompletedProcess[str]:
     site = install(cwd / "site", "raysegment.infer.predictor", PATCH)
     (cwd / "faults").mkdir(exist_ok=True)
@@ -60,6 +79,7 @@ def run_with_faults(
         "PYTHONHASHSEED": "0",
         "RAYSEGMENT_TEST_FAULTS": faults,
         "RAYSEGMENT_TEST_FAULT_MODE": mode,
+        "RAYSEGMENT_TEST_FAULT_AT": at,
         "RAYSEGMENT_TEST_FAULT_DIR": str(cwd / "faults"),
     }
     return subprocess.run(
@@ -118,6 +138,8 @@ def test_predictor_killed_mid_run_is_restarted_and_output_identical(files: Path)
 
 
 def test_block_that_kills_every_process_fails_the_run_naming_it(files: Path) -> None:
+    """Dying as it reads the block (a CPU predictor reads its own): an attempt is counted
+    before the block is read, or a block too large to read would be retried forever."""
     result = run_with_faults(
         files,
         "t0z-1b1_2",
@@ -128,6 +150,7 @@ def test_block_that_kills_every_process_fails_the_run_naming_it(files: Path) -> 
         "max_attempts=2",
         *SMALL_BLOCKS,
         timeout=240,  # a hang fails here
+        at="read",
     )
     lines = [line for line in result.stderr.splitlines() if line.startswith("raysegment:")]
     assert result.returncode == 2, result.stderr

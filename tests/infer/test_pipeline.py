@@ -360,15 +360,18 @@ def test_the_driver_imports_torch_and_ray_data_only_while_ray_starts() -> None:
     assert out.stdout.strip() == "[]"
 
 
+def _work_row(plan):
+    """The driver's row for the one block of ``plan`` (its coordinates, no pixels)."""
+    (item,) = plan.work()
+    fields = (("image", item.image), ("t", item.t), ("z", item.z))
+    return {k: np.array([v]) for k, v in fields} | {"index": np.array([item.index])}
+
+
 def _read_only_block(plan):
     """The read stage's row for the one block of ``plan``."""
     from raysegment.infer.stages import read_stage
 
-    (item,) = plan.work()
-    fields = (("image", item.image), ("t", item.t), ("z", item.z), ("error", ""))
-    row = {k: np.array([v]) for k, v in fields}
-    row |= {"index": np.array([item.index]), "empty": np.array([False])}
-    return read_stage(row, [plan])
+    return read_stage(_work_row(plan), [plan])
 
 
 def test_blocks_travel_as_stored_and_are_normalized_by_the_predictor(
@@ -486,9 +489,10 @@ def test_predictors_hand_back_the_memory_each_block_freed(tmp_path, make_model, 
 
 
 @pytest.mark.usefixtures("ray_session")
-def test_cpu_predictors_write_their_own_blocks(tmp_path, make_model, ome_tiff) -> None:
-    """On CPU the predictor writes the block it finalized and marks it done: the driver's
-    row carries no pixels (no output block crosses the object store, no write worker)."""
+def test_cpu_predictors_read_and_write_their_own_blocks(tmp_path, make_model, ome_tiff) -> None:
+    """On CPU the predictor reads its block from the input, writes what it finalized and
+    marks it done: neither the row it is handed nor the driver's carries pixels (no block
+    crosses the object store, no read or write worker runs)."""
     import ray
 
     from raysegment.infer.predictor import Predictor
@@ -506,9 +510,8 @@ def test_cpu_predictors_write_their_own_blocks(tmp_path, make_model, ome_tiff) -
     )
     create_output(plan.output, plan.layout, {"fingerprint": plan.fingerprint})
     settings = ([ray.put(model)], [ray.put([plan])], False, 1, None, 1, ("mask", "sigmoid", 0.5))
-    batch = _read_only_block(plan)
-    finalized = Predictor(*settings)(batch)["data"][0]
-    row = Predictor(*settings, writes=True)(batch)
+    finalized = Predictor(*settings)(_read_only_block(plan))["data"][0]
+    row = Predictor(*settings, reads=True, writes=True)(_work_row(plan))
     assert "data" not in row and not row["error"][0]
     assert int(row["pixels"][0]) == 200 * 150 and int(row["tiles"][0]) > 0
     (item,) = plan.work()
@@ -516,3 +519,34 @@ def test_cpu_predictors_write_their_own_blocks(tmp_path, make_model, ome_tiff) -
     got = zarr.open_array(f"{plan.output}/0", mode="r")[:]
     assert finalized.shape == got.shape == (1, 200, 150) and 0 < got.mean() < 1
     np.testing.assert_array_equal(got, finalized)
+
+
+def test_cpu_runs_have_no_read_or_write_tasks(tmp_path, make_model, ome_tiff, monkeypatch) -> None:
+    """The read and write stages are a GPU run's: on CPU every block is read, predicted and
+    written by its predictor (the tasks would take the same cores, with their processes,
+    and the blocks read ahead would wait in the object store)."""
+    from raysegment.infer import pipeline
+
+    def unused(batch, **kwargs):
+        raise AssertionError("a CPU run ran a read or write task")
+
+    monkeypatch.setattr(pipeline, "read_stage", unused)
+    monkeypatch.setattr(pipeline, "write_stage", unused)
+    image = random_image((200, 150))
+    model, module = make_model(out_ch=1)
+    summary = infer(
+        input=str(ome_tiff(image)),
+        model=str(model),
+        output=str(tmp_path),
+        progress=False,
+        device="cpu",
+        chunks=[64],
+        block=[128],
+        tile={"size": [64], "blend": "crop"},
+        finalize={"mode": "raw"},
+    )
+    assert summary.blocks == 4 and summary.device == "cpu"
+    (out,) = summary.outputs
+    got = zarr.open_array(f"{out}/0", mode="r")[0]
+    want = whole_image_prediction(module, image)[0]
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-4)
