@@ -113,8 +113,8 @@ class Pool:
     cluster Ray was not started for); None: the GPUs Ray assigns."""
     reserve: float = 1.0
     """Ray CPUs each predictor reserves: ``cpus``, less where the predictors would take
-    every CPU and leave the read and write tasks (GPU runs) and the instance tasks of an
-    image finished while others run none to run on (a silent hang)."""
+    every CPU and leave none to the read and write tasks (GPU runs), or to the instance
+    tasks of an image that finished while the others run (a silent hang)."""
 
     def leaving_room(self, total_cpus: float) -> Pool:
         room = max(total_cpus - 1.0, 0.1 * self.actors) / self.actors
