@@ -427,7 +427,8 @@ def _read_ahead_bounded() -> Iterator[None]:
     of its object-store budget, a share of the object store (itself 30% of the node's RAM):
     reads ahead of a slow model queued blocks until then, so memory grew with the image and
     the node's RAM (one Unet predictor, 32768^2 slide, 23.5 GiB machine: 0.63-0.68 GiB of
-    queued blocks; 0.24 GiB bounded; README "Benchmarks"). The policy reads its threshold
+    queued blocks; 0.24 GiB bounded; README "Benchmarks"). Read tasks run ahead of GPU
+    predictors only (a CPU predictor reads its own blocks). The policy reads its threshold
     at every scheduling step of this process's executor; other datasets of the process get
     it back afterwards. A Ray release without that policy keeps its own default."""
     try:
