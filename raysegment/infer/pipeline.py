@@ -476,8 +476,7 @@ def _run(
     # for a decode or an encode. A CPU predictor reads and writes its own blocks: decode and
     # encode take the same cores either way, and no block then crosses the object store or
     # waits there read ahead, nor does a read or write worker run beside the predictors
-    # (README "Benchmarks": cheap model, 32768^2, two actors, peak memory 3.05 / 3.16 ->
-    # 2.59 / 2.59 GiB, 70.6 / 65.1 -> 55.4 / 54.1 s with the reads).
+    # (the figures: README "How it works").
     own_io = not pool.use_gpu
     # Reads and writes are mostly I/O: half a CPU each; a read reserves its block's memory.
     # That request also keeps Ray Data from fusing the read into the predictor actor (it

@@ -385,12 +385,16 @@ class Predictor:
         """The block (with ``reads``: read here first) predicted and finalized, or with
         ``writes``, written (the row the driver receives)."""
         if self.reads:
-            # One attempt at the whole block: a read that kills the process counts too.
+            # The attempt is recorded before the read: a read that kills the process counts.
             batch = read_row(batch, self.plans, self.attempts, "predictor")
-        predicted = self._predict(batch, counted=self.reads)
+        elif not (batch["error"][0] or batch["empty"][0]):
+            plan = self.plans[row_item(batch, 0).image]
+            refused = refusal(batch, plan, "predictor", self.attempts)
+            batch = batch | {"error": np.array([refused])} if refused else batch
+        predicted = self._predict(batch)
         return write_row(predicted, self.plans) if self.writes else predicted
 
-    def _predict(self, batch: Batch, counted: bool = False) -> Batch:
+    def _predict(self, batch: Batch) -> Batch:
         # Ray Data calls this from its own thread, and Ray sets OMP_NUM_THREADS from the
         # CPUs the actor reserves: set torch's threads in the thread that runs the model
         # (set in __init__ only, a 2-thread actor ran at 1.3 threads' speed).
@@ -398,9 +402,6 @@ class Predictor:
             torch.set_num_threads(self.threads)
         item = row_item(batch, 0)
         plan = self.plans[item.image]
-        if not (counted or batch["error"][0] or batch["empty"][0]):
-            refused = refusal(batch, plan, "predictor", self.attempts)
-            batch = batch | {"error": np.array([refused])} if refused else batch
         if batch["error"][0] or batch["empty"][0]:
             return passthrough(batch, 0) | {
                 "data": placeholder(plan),

@@ -6,8 +6,8 @@ point of a series). The read (a GPU run's read task, a CPU predictor) takes thos
 of each block it reads anyway (``preview``) and the driver gathers them into the grey
 image (``GreyPreview``); rows that no block of this run brought (a resumed run, another
 part of the job) are read from the input here, band by band, so memory stays bounded for
-any image size. The input read once
-more at the end cost 10.1-11.5 s on a 32768^2 OME-TIFF (2 cores), in a run of ~75 s.
+any image size. The input read once more at the end cost 10.1-11.5 s on a 32768^2
+OME-TIFF (2 cores), in a run of ~75 s.
 """
 
 from __future__ import annotations
