@@ -34,7 +34,12 @@ sys.path.insert(0, str(ROOT))
 from examples.segment_slide import NucleiNet, make_slide  # noqa: E402
 from raysegment.data.sources import image_stem  # noqa: E402
 from raysegment.data.tiling import AxisTiling  # noqa: E402
-from raysegment.infer.predictor import choose_layout, freeze, slow_precision  # noqa: E402
+from raysegment.infer.predictor import (  # noqa: E402
+    Streams,
+    choose_layout,
+    freeze,
+    slow_precision,
+)
 from raysegment.runtime import TORCH_WORKER_ENV  # noqa: E402
 
 TILE = 512
@@ -189,9 +194,13 @@ def _sync() -> None:
         torch.cuda.synchronize()
 
 
-def model_only(model: Path, image: np.ndarray, threads: int, layout: str) -> float:
+def model_only(
+    model: Path, image: np.ndarray, threads: int, layout: str, streams: int = 1
+) -> float:
     """Forward passes over the run's tiles, held in memory, in the memory layout the
-    run's predictors chose: the ceiling."""
+    run's predictors chose: the ceiling. A plain loop on ``threads`` torch threads, or
+    with ``streams``, that many tiles at once on one thread each, as a CPU predictor runs
+    them (``raysegment.infer.predictor.Streams``)."""
     torch.set_num_threads(threads)
     module = _load(model, layout)
     ys = AxisTiling.plan(image.shape[0], TILE, int(TILE * OVERLAP)).starts
@@ -201,14 +210,20 @@ def model_only(model: Path, image: np.ndarray, threads: int, layout: str) -> flo
         for y in ys
         for x in xs
     ]
-    with torch.inference_mode():
-        module(tiles[0][None])  # warm-up, as the actors' probe
-        _sync()
-        start = time.perf_counter()
-        for i in range(0, len(tiles), DEVICE_BATCH):
-            module(torch.stack(tiles[i : i + DEVICE_BATCH]))
-        _sync()
-        return time.perf_counter() - start
+    pool = Streams(streams, max(1, threads // streams))
+
+    def run(x: torch.Tensor) -> torch.Tensor:
+        with torch.inference_mode():
+            return module(x)
+
+    batches = (torch.stack(tiles[i : i + DEVICE_BATCH]) for i in range(0, len(tiles), DEVICE_BATCH))
+    list(pool.map(run, [tiles[0][None]] * streams))  # warm-up, as the actors' probe
+    _sync()
+    start = time.perf_counter()
+    for _ in pool.map(run, batches):
+        pass
+    _sync()
+    return time.perf_counter() - start
 
 
 def monai_sliding_window(model: Path, image: np.ndarray, threads: int, layout: str) -> float:
@@ -374,6 +389,12 @@ def main() -> int:
     r["model_only_s"] = step(
         f"model only ({layout})", lambda: model_only(heavy, image, cores, layout)
     )
+    if not gpu and cores > 1:
+        # The same tiles as the predictor runs them on CPU: a tile per core at once.
+        r["model_only_streams_s"] = step(
+            f"model only, {cores} tiles at once",
+            lambda: model_only(heavy, image, cores, layout, streams=cores),
+        )
     # What every run pays whatever the image: Python and Ray start-up, the predictors'
     # start (torch import, model load), the first read and last write, Ray shut-down.
     r["startup"] = step(
@@ -461,8 +482,20 @@ def main() -> int:
         if "e2e_fast" in r
         else []
     )
+    streams_rows = (
+        [
+            (
+                f"efficiency against the model-only loop on {cores} tiles at once (as predictors)",
+                r["model_only_streams_s"] / e2e,
+                goal,
+            )
+        ]
+        if "model_only_streams_s" in r
+        else []
+    )
     figures = [
         ("efficiency (model-only / end-to-end), Unet r18 fp32", r["model_only_s"] / e2e, goal),
+        *streams_rows,
         ("ours / MONAI throughput, fp32", r["monai_s"] / e2e, 1.0),
         (
             "ours / MONAI with the model as the predictors run it (channels-last, frozen), fp32",
@@ -564,6 +597,14 @@ def write_markdown(results: dict[str, Any], path: Path) -> None:
         "| run | seconds | peak memory (GiB) |",
         "| --- | --- | --- |",
         f"| model only (in-memory tiles, {raw['e2e']['layout']}) | {raw['model_only_s']:.1f} | |",
+        *(
+            [
+                f"| same, {results['machine']['cores']} tiles at once "
+                f"| {raw['model_only_streams_s']:.1f} | |"
+            ]
+            if "model_only_streams_s" in raw
+            else []
+        ),
         f"| MONAI sliding_window_inference (image in RAM) | {raw['monai_s']:.1f} | |",
         f"| same, model as the predictors run it | {raw['monai_cl_s']:.1f} | |",
     ]

@@ -230,6 +230,9 @@ class InferConfig:
     """Torch threads per CPU predictor actor (and CPUs it reserves, less where that would
     leave none for reads and writes); default 4, or every core of a smaller machine (with
     ``actors`` set: the cores divided among them)."""
+    streams: Optional[int] = None
+    """Tiles a CPU predictor runs at once, its threads shared among them; default: as many
+    as its threads (one thread per tile). 1: one tile at a time on all of them."""
     channels: Optional[List[int]] = None
     """Input channels given to the model, in order; default: all of them."""
     axes: Optional[str] = None
@@ -282,7 +285,7 @@ class InferConfig:
                 f"device={self.device!r}: choose auto, cpu, gpu, all, or GPU indices like 1,3,6"
             )
         self.device = self.device.replace(" ", "")
-        for key in ("batch_size", "actors", "threads", "max_attempts", "num_parts"):
+        for key in ("batch_size", "actors", "threads", "streams", "max_attempts", "num_parts"):
             value = getattr(self, key)
             if value is not None and value < 1:
                 raise ConfigError(f"{key}={value} must be >= 1")

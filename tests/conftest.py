@@ -84,6 +84,20 @@ def driver_plan(settings: dict[str, Any]) -> tuple[Any, Any]:
     return model, plan_image(0, open_source(cfg.input), cfg.output, cfg, spec, model.sha256)
 
 
+def work_row(plan: Any) -> dict[str, np.ndarray]:
+    """The driver's row for the one block of ``plan`` (its coordinates, no pixels)."""
+    (item,) = plan.work()
+    fields = (("image", item.image), ("t", item.t), ("z", item.z))
+    return {k: np.array([v]) for k, v in fields} | {"index": np.array([item.index])}
+
+
+def read_block(plan: Any) -> dict[str, np.ndarray]:
+    """The read stage's row for the one block of ``plan``."""
+    from raysegment.infer.stages import read_stage
+
+    return read_stage(work_row(plan), [plan])
+
+
 def short_temp_dir() -> str:
     """A new directory for a Ray of a test's own (its temp dir): directly in /tmp, as Ray's
     socket paths inside it must stay under the OS limit (~107 characters), which pytest's

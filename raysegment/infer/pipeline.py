@@ -108,6 +108,8 @@ class Pool:
     actors: int
     cpus: int
     """CPUs (torch threads) per actor."""
+    streams: int = 1
+    """Tiles each CPU actor runs at once, its threads shared among them."""
     gpu_indices: tuple[int, ...] | None = None
     """GPU indices each node's predictors pin themselves to (``device=1,3,6`` on a
     cluster Ray was not started for); None: the GPUs Ray assigns."""
@@ -162,7 +164,8 @@ def _pool_for(
             threads = max(1, min(node_cpus, cpus // cfg.actors))
         else:
             threads = max(1, min(_CPU_THREADS, node_cpus))
-        return Pool(False, cfg.actors or max(1, cpus // threads), threads)
+        streams = min(cfg.streams or threads, threads)
+        return Pool(False, cfg.actors or max(1, cpus // threads), threads, streams)
     wanted = {"gpu": 1, "all": gpus}.get(device, len(device.split(",")))
     if gpus < 1 or wanted > gpus:
         raise ConfigError(
@@ -188,7 +191,7 @@ def _pinned_pool(cfg: InferConfig, indices: tuple[int, ...]) -> Pool:
             f"and every one needs GPU {max(indices)}; choose indices below {min(counts)}, "
             f"or device=all"
         )
-    return Pool(True, cfg.actors or len(indices) * len(counts), 1, indices)
+    return Pool(True, cfg.actors or len(indices) * len(counts), 1, gpu_indices=indices)
 
 
 def _check_output_location(output: str, input: str, paths: list[str]) -> None:
@@ -515,6 +518,7 @@ def _run(
             "layout": cfg.layout.value,
             "reads": own_io,
             "writes": own_io,
+            "streams": pool.streams,
         },
         num_gpus=1 if pool.use_gpu else 0,
         num_cpus=pool.reserve,

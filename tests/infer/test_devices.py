@@ -24,9 +24,9 @@ def _pool(monkeypatch, resources: dict[str, float], *overrides: str):
 @pytest.mark.parametrize(
     "device,resources,want",
     [
-        ("auto", {"CPU": 2}, Pool(False, 1, 2, reserve=1.0)),  # every core computes
+        ("auto", {"CPU": 2}, Pool(False, 1, 2, 2, reserve=1.0)),  # every core computes
         ("auto", {"CPU": 64, "GPU": 8}, Pool(True, 8, 1)),
-        ("cpu", {"CPU": 16, "GPU": 8}, Pool(False, 4, 4, reserve=3.75)),
+        ("cpu", {"CPU": 16, "GPU": 8}, Pool(False, 4, 4, 4, reserve=3.75)),
         ("gpu", {"CPU": 16, "GPU": 8}, Pool(True, 1, 1)),
         ("all", {"CPU": 32, "GPU": 16}, Pool(True, 16, 1)),
         ("1,3,6", {"CPU": 16, "GPU": 3}, Pool(True, 3, 1)),  # a local Ray of those 3 GPUs
@@ -38,9 +38,17 @@ def test_device_maps_to_actors(monkeypatch, device, resources, want) -> None:
 
 def test_cpu_threads_and_explicit_actors(monkeypatch) -> None:
     two = _pool(monkeypatch, {"CPU": 16}, "device=cpu", "threads=2")
-    assert two == Pool(False, 8, 2, reserve=1.87)
+    assert two == Pool(False, 8, 2, 2, reserve=1.87)
     assert _pool(monkeypatch, {"CPU": 16}, "device=cpu", "actors=2").cpus == 8
     assert _pool(monkeypatch, {"CPU": 3}, "device=cpu").cpus == 3  # one actor, every core
+
+
+def test_cpu_actors_run_a_tile_per_thread_unless_told(monkeypatch) -> None:
+    assert _pool(monkeypatch, {"CPU": 16}, "device=cpu").streams == 4
+    assert _pool(monkeypatch, {"CPU": 16}, "device=cpu", "streams=1").streams == 1
+    assert _pool(monkeypatch, {"CPU": 16}, "device=cpu", "threads=4", "streams=2").streams == 2
+    assert _pool(monkeypatch, {"CPU": 16}, "device=cpu", "threads=2", "streams=8").streams == 2
+    assert _pool(monkeypatch, {"CPU": 16, "GPU": 2}, "device=all").streams == 1
 
 
 def test_no_more_predictors_than_blocks(monkeypatch) -> None:
@@ -50,7 +58,7 @@ def test_no_more_predictors_than_blocks(monkeypatch) -> None:
     monkeypatch.setattr(ray, "cluster_resources", lambda: {"CPU": 16, "GPU": 8})
     monkeypatch.setattr(ray, "nodes", lambda: [{"Alive": True, "Resources": {"CPU": 16}}])
     cfg = load_config(InferConfig, (), [*REQUIRED, "device=cpu", "actors=4"])
-    assert pipeline._pool(cfg, blocks=2) == Pool(False, 2, 4, reserve=4.0)
+    assert pipeline._pool(cfg, blocks=2) == Pool(False, 2, 4, 4, reserve=4.0)
     assert pipeline._pool(cfg, blocks=9).actors == 4
     cfg = load_config(InferConfig, (), [*REQUIRED, "device=all"])
     assert pipeline._pool(cfg, blocks=3) == Pool(True, 3, 1)
@@ -64,7 +72,7 @@ def test_cpu_threads_stay_within_the_largest_node(monkeypatch) -> None:
     monkeypatch.setattr(ray, "cluster_resources", lambda: {"CPU": 8})
     monkeypatch.setattr(ray, "nodes", lambda: [{"Alive": True, "Resources": {"CPU": 2}}] * 4)
     cfg = load_config(InferConfig, (), [*REQUIRED, "device=cpu"])
-    assert pipeline._pool(cfg) == Pool(False, 4, 2, reserve=1.75)
+    assert pipeline._pool(cfg) == Pool(False, 4, 2, 2, reserve=1.75)
     cfg = load_config(InferConfig, (), [*REQUIRED, "device=cpu", "actors=2"])
     assert pipeline._pool(cfg).cpus == 2
 
@@ -99,7 +107,7 @@ def test_gpu_indices_on_a_running_cluster_take_those_gpus_of_every_node(monkeypa
     cfg = load_config(InferConfig, (), [*REQUIRED, "device=1,3,6"])
     monkeypatch.setattr(ray, "cluster_resources", lambda: {"CPU": 24, "GPU": 16})
     monkeypatch.setattr(ray, "nodes", lambda: _nodes(8, 8))
-    assert pipeline._pool(cfg, indices_applied=False) == Pool(True, 6, 1, (1, 3, 6))
+    assert pipeline._pool(cfg, indices_applied=False) == Pool(True, 6, 1, gpu_indices=(1, 3, 6))
     monkeypatch.setattr(ray, "nodes", lambda: _nodes(8, 4))
     with pytest.raises(ConfigError, match=r"have \[4, 8\] GPU\(s\).*needs GPU 6"):
         pipeline._pool(cfg, indices_applied=False)

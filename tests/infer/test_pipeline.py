@@ -18,7 +18,14 @@ from raysegment.config import TileConfig
 from raysegment.data.tiling import Tiling
 from raysegment.errors import InputImageError, OutputError
 from raysegment.infer import infer
-from tests.conftest import conv_model, driver_plan, random_image, whole_image_prediction
+from tests.conftest import (
+    conv_model,
+    driver_plan,
+    random_image,
+    read_block,
+    whole_image_prediction,
+    work_row,
+)
 
 pytestmark = pytest.mark.usefixtures("ray_session")
 
@@ -360,20 +367,6 @@ def test_the_driver_imports_torch_and_ray_data_only_while_ray_starts() -> None:
     assert out.stdout.strip() == "[]"
 
 
-def _work_row(plan):
-    """The driver's row for the one block of ``plan`` (its coordinates, no pixels)."""
-    (item,) = plan.work()
-    fields = (("image", item.image), ("t", item.t), ("z", item.z))
-    return {k: np.array([v]) for k, v in fields} | {"index": np.array([item.index])}
-
-
-def _read_only_block(plan):
-    """The read stage's row for the one block of ``plan``."""
-    from raysegment.infer.stages import read_stage
-
-    return read_stage(_work_row(plan), [plan])
-
-
 def test_blocks_travel_as_stored_and_are_normalized_by_the_predictor(
     tmp_path, ome_tiff, make_model
 ) -> None:
@@ -392,7 +385,7 @@ def test_blocks_travel_as_stored_and_are_normalized_by_the_predictor(
             "normalize": {"mode": "fixed", "mean": 500.0, "std": 250.0},
         }
     )
-    read = _read_only_block(plan)
+    read = read_block(plan)
     (item,) = plan.work()
     assert read["data"].dtype == np.uint16 and read["data"].shape == (1, 1, 40, 50)
     got = normalized(read["data"][0], plan, plan.block_of(item))
@@ -460,7 +453,7 @@ def test_predictors_hand_back_the_memory_each_block_freed(tmp_path, make_model, 
             "finalize": {"mode": "mask"},
         }
     )
-    batch = _read_only_block(plan)
+    batch = read_block(plan)
 
     @ray.remote(runtime_env=torch_worker_runtime_env())
     def measure(model, plans, batch):
@@ -510,8 +503,8 @@ def test_cpu_predictors_read_and_write_their_own_blocks(tmp_path, make_model, om
     )
     create_output(plan.output, plan.layout, {"fingerprint": plan.fingerprint})
     settings = ([ray.put(model)], [ray.put([plan])], False, 1, None, 1, ("mask", "sigmoid", 0.5))
-    finalized = Predictor(*settings)(_read_only_block(plan))["data"][0]
-    row = Predictor(*settings, reads=True, writes=True)(_work_row(plan))
+    finalized = Predictor(*settings)(read_block(plan))["data"][0]
+    row = Predictor(*settings, reads=True, writes=True)(work_row(plan))
     assert "data" not in row and not row["error"][0]
     assert int(row["pixels"][0]) == 200 * 150 and int(row["tiles"][0]) > 0
     (item,) = plan.work()
