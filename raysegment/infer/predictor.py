@@ -49,9 +49,10 @@ __all__ = [
 
 
 def auto_batch_size(
-    module: torch.nn.Module, tile_shape: tuple[int, ...], device: torch.device
+    module: torch.nn.Module, tile_shape: tuple[int, ...], device: torch.device, streams: int = 1
 ) -> int:
-    """Tiles per forward from free memory: measured on GPU, estimated on CPU."""
+    """Tiles per forward from free memory: measured on GPU, estimated on CPU (where
+    ``streams`` forward passes run at once)."""
     if device.type == "cuda":
         torch.cuda.synchronize(device)
         torch.cuda.reset_peak_memory_stats(device)
@@ -65,7 +66,7 @@ def auto_batch_size(
 
     # On CPU larger batches barely speed up; stay small, and within a quarter of free RAM
     # assuming activations of ~64 float32 values per input value.
-    per_tile = 64 * 4 * int(np.prod(tile_shape))
+    per_tile = 64 * 4 * int(np.prod(tile_shape)) * streams
     return int(np.clip(psutil.virtual_memory().available // 4 // per_tile, 1, 4))
 
 
@@ -447,7 +448,9 @@ class Predictor:
             ray.get(attempts.ledger.register.remote(attempts.run, label))
         self.fixed_batch = static_batch is not None
         self.batch_size = (
-            static_batch or batch_size or auto_batch_size(self.module, tile_shape, self.device)
+            static_batch
+            or batch_size
+            or auto_batch_size(self.module, tile_shape, self.device, self.streams.count)
         )
         self._weights: dict[int, list[torch.Tensor]] = {}
 

@@ -114,3 +114,19 @@ def test_cpu_runs_take_a_tile_per_thread_and_say_so(tmp_path, make_model, ome_ti
         assert ("[2 tiles at once]" in summary.devices[0]) is (streams is None)
         got[streams] = zarr.open_array(str(out / f"{image.name.split('.')[0]}.ome.zarr" / "0"))[:]
     np.testing.assert_allclose(got[None], got[1], rtol=1e-5, atol=1e-6)
+
+
+def test_cpu_batches_shrink_with_the_tiles_run_at_once(monkeypatch) -> None:
+    """The CPU batch estimate keeps every stream's activations within the same budget."""
+    import psutil
+
+    from raysegment.infer.predictor import auto_batch_size
+
+    tile = (1, 256, 256)
+    per_tile = 64 * 4 * 256 * 256  # the estimate's bytes of activations per tile
+    free = type("Free", (), {"available": 4 * 4 * per_tile})  # a quarter: 4 tiles
+    monkeypatch.setattr(psutil, "virtual_memory", lambda: free)
+    cpu = torch.device("cpu")
+    assert auto_batch_size(torch.nn.Identity(), tile, cpu) == 4
+    assert auto_batch_size(torch.nn.Identity(), tile, cpu, streams=2) == 2
+    assert auto_batch_size(torch.nn.Identity(), tile, cpu, streams=8) == 1
