@@ -217,7 +217,8 @@ class Streams:
     a CPU predictor with several cores runs that many tiles at once, one core each,
     rather than one tile at a time over all of them. The intra-op threads of one forward
     wait for each other at every operator; here, with 2 cores, two one-thread streams ran
-    a Unet's 512^2 tiles 1.1-1.3x faster than one two-thread loop (README "Benchmarks").
+    a Unet's 512^2 tiles 1.04-1.3x faster than one two-thread loop (six pairs; README
+    "Benchmarks").
     """
 
     inline: Streams
