@@ -482,8 +482,9 @@ class Predictor:
 
     def _predict(self, batch: Batch) -> Batch:
         # Ray Data calls this from its own thread, and Ray sets OMP_NUM_THREADS from the
-        # CPUs the actor reserves: set torch's threads in the thread that runs the model
-        # (set in __init__ only, a 2-thread actor ran at 1.3 threads' speed).
+        # CPUs the actor reserves: set torch's threads in the thread that runs the model,
+        # or with streams blends beside them (its share of the threads; set in __init__
+        # only, a 2-thread actor ran at 1.3 threads' speed).
         if torch.get_num_threads() != self.threads:
             torch.set_num_threads(self.threads)
         item = row_item(batch, 0)
