@@ -221,8 +221,6 @@ class Streams:
     "Benchmarks").
     """
 
-    inline: Streams
-
     def __init__(self, count: int, threads: int = 1) -> None:
         self.count = count
         self._pool = (
@@ -258,9 +256,6 @@ class Streams:
         finally:
             for _, future in ahead:
                 future.cancel()
-
-
-Streams.inline = Streams(1)
 
 
 def predict_block(
@@ -311,7 +306,7 @@ def predict_block(
             return forward(module, x, tta)
 
     num: torch.Tensor | None = None
-    for (chunk, _), y in (streams or Streams.inline).map(lambda b: run(b[1]), batches()):
+    for (chunk, _), y in (streams or Streams(1)).map(lambda b: run(b[1]), batches()):
         if num is None:
             num = torch.zeros((y.shape[1], *(b - a for a, b in inner)), device=data.device)
         for (grid, start), pred in zip(chunk, y, strict=False):
