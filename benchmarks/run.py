@@ -274,8 +274,9 @@ def iou(a: Path, b: Path) -> float:
 
 
 def training(work: Path) -> dict[str, Any]:
-    """A synthetic binary task (bright discs), SMP Unet resnet18 on one CPU worker, with
-    early stopping: images (patches) per second per worker, and time to stop."""
+    """A synthetic binary task (bright discs), SMP Unet resnet18 on one worker (the GPU
+    where there is one), with early stopping: images (patches) per second per worker, and
+    time to stop."""
     rng = np.random.default_rng(0)
     for d in ("img", "lbl"):
         (work / d).mkdir(parents=True, exist_ok=True)
@@ -305,7 +306,7 @@ def training(work: Path) -> dict[str, Any]:
         "patience=2",
         "min_delta=0.002",
         "overwrite=true",
-        "device=cpu",
+        f"device={DEVICE.type.replace('cuda', 'gpu')}",
     ]
     env = _product_env()
     start = time.perf_counter()
@@ -325,12 +326,28 @@ def training(work: Path) -> dict[str, Any]:
         "epoch_seconds": seconds,
         "images_per_second_per_worker": epochs * patches / seconds if seconds else None,
         "final_iou": float(history[-1].get("iou", "nan")),
+        "device": DEVICE.type,
     }
 
 
-def step(name: str, fn: Callable[[], Any]) -> Any:
-    print(f"-- {name}", flush=True)
-    return fn()
+class Steps:
+    """Runs the benchmark's steps in order, printing each one's wall time, and keeps what
+    they return in ``done``, written to ``path`` after each step: a run cut short keeps
+    its measurements so far."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.done: dict[str, Any] = {}
+
+    def __call__(self, key: str | None, name: str, fn: Callable[[], Any]) -> Any:
+        print(f"-- {name}", flush=True)
+        start = time.perf_counter()
+        value = fn()
+        print(f"   {time.perf_counter() - start:.1f} s", flush=True)
+        if key is not None:
+            self.done[key] = value
+            self.path.write_text(json.dumps(self.done, indent=2))
+        return value
 
 
 def main() -> int:
@@ -364,59 +381,70 @@ def main() -> int:
         "large": args.large,
     }
     print(json.dumps(results["machine"]), flush=True)
+    step = Steps(out / "partial.json")
 
     small, big = work / f"slide{args.size}.ome.tif", work / f"slide{args.big}.ome.tif"
     large, tiny = work / f"slide{args.large}.ome.tif", work / f"slide{TINY}.ome.tif"
     sizes = [(small, args.size), (big, args.big), (tiny, TINY)]
     for path, size in sizes + ([(large, args.large)] if args.large else []):
         if not path.exists():
-            step(f"make {size}^2 slide", lambda p=path, s=size: make_slide(p, work / "t.zarr", s))
+            step(
+                None,
+                f"make {size}^2 slide",
+                lambda p=path, s=size: make_slide(p, work / "t.zarr", s),
+            )
     heavy, light = unet(work / "unet.pth"), cheap(work / "cheap.pth")
     image = read_image(small)
     pixels = image.size
 
     two = ["actors=2", "threads=1", f"batch_size={BATCH}"] if not gpu else device
-    r: dict[str, Any] = {}
+    r = step.done
     # One image on one machine: one block, one predictor using every core (blocks re-run
     # the tiles that straddle their seams: ~10% more tiles with 4096-pixel blocks).
     one = device if gpu else ["actors=1", f"threads={cores}", f"batch_size={BATCH}"]
     whole = device if gpu else [f"block=[{args.size}]", *one]
-    r["e2e"] = step(
+    step(
+        "e2e",
         "end to end, Unet",
         lambda: infer_cli(small, heavy, work / "o1", *whole, "finalize.mode=mask"),
     )
     layout = r["e2e"]["layout"]
-    r["model_only_s"] = step(
-        f"model only ({layout})", lambda: model_only(heavy, image, cores, layout)
-    )
+    step("model_only_s", f"model only ({layout})", lambda: model_only(heavy, image, cores, layout))
     if not gpu and cores > 1:
         # The same tiles as the predictor runs them on CPU: a tile per core at once.
-        r["model_only_streams_s"] = step(
+        step(
+            "model_only_streams_s",
             f"model only, {cores} tiles at once",
             lambda: model_only(heavy, image, cores, layout, streams=cores),
         )
     # What every run pays whatever the image: Python and Ray start-up, the predictors'
     # start (torch import, model load), the first read and last write, Ray shut-down.
-    r["startup"] = step(
+    step(
+        "startup",
         f"end to end, Unet, {TINY}^2 (fixed cost)",
         lambda: infer_cli(tiny, heavy, work / "o0", *one, "finalize.mode=mask"),
     )
     if args.large:
         big_image = read_image(large)
-        r["model_only_large_s"] = step(
-            f"model only, {args.large}^2", lambda: model_only(heavy, big_image, cores, layout)
+        step(
+            "model_only_large_s",
+            f"model only, {args.large}^2",
+            lambda: model_only(heavy, big_image, cores, layout),
         )
         del big_image
         one_block = device if gpu else [f"block=[{args.large}]", *one]
-        r["e2e_large"] = step(
+        step(
+            "e2e_large",
             f"end to end, Unet, {args.large}^2",
             lambda: infer_cli(large, heavy, work / "o7", *one_block, "finalize.mode=mask"),
         )
-    r["monai_s"] = step(
+    step(
+        "monai_s",
         "MONAI sliding_window_inference",
         lambda: monai_sliding_window(heavy, image, cores, "channels_first"),
     )
-    r["monai_cl_s"] = step(
+    step(
+        "monai_cl_s",
         "MONAI sliding_window_inference, model as the predictors run it",
         lambda: monai_sliding_window(heavy, image, cores, "channels_last"),
     )
@@ -428,7 +456,8 @@ def main() -> int:
         print(f"    bfloat16 fast path: {r['fast_skipped']}", flush=True)
     else:
         fast = ["precision=bfloat16"]
-        r["e2e_fast"] = step(
+        step(
+            "e2e_fast",
             "end to end, Unet, bfloat16",
             lambda: infer_cli(small, heavy, work / "o2", *whole, *fast, "finalize.mode=mask"),
         )
@@ -439,37 +468,45 @@ def main() -> int:
         # predictors than it has blocks.
         four = f"block=[{max(args.size // 2, 1024)}]"
         single = ["actors=1", "threads=1", f"batch_size={BATCH}", "finalize.mode=mask", four]
-        r["e2e_one_actor"] = step(
-            "end to end, Unet, 1 actor", lambda: infer_cli(small, heavy, work / "o3", *single)
+        step(
+            "e2e_one_actor",
+            "end to end, Unet, 1 actor",
+            lambda: infer_cli(small, heavy, work / "o3", *single),
         )
-        r["e2e_two_actors"] = step(
+        step(
+            "e2e_two_actors",
             "end to end, Unet, 2 actors",
             lambda: infer_cli(small, heavy, work / "o6", *two, four, "finalize.mode=mask"),
         )
     cheap_keys = [*two, "finalize.mode=mask"]
-    r["cheap_small"] = step(
+    step(
+        "cheap_small",
         "end to end, cheap model",
         lambda: infer_cli(small, light, work / "o4", *cheap_keys, memory=True),
     )
-    r["copy_small_s"] = step("I/O copy", lambda: copy_io(small, work / "copy.zarr"))
+    step("copy_small_s", "I/O copy", lambda: copy_io(small, work / "copy.zarr"))
     # The cheap model's own forward passes over the same tiles (two one-thread actors
     # share the cores): what the model alone takes next to the copy.
-    r["cheap_model_only_s"] = step(
-        "model only, cheap model", lambda: model_only(light, image, 1 if not gpu else cores, layout)
+    step(
+        "cheap_model_only_s",
+        "model only, cheap model",
+        lambda: model_only(light, image, 1 if not gpu else cores, layout),
     )
-    r["cheap_big"] = step(
+    step(
+        "cheap_big",
         f"end to end, cheap model, {args.big}^2",
         lambda: infer_cli(big, light, work / "o5", *cheap_keys, memory=True),
     )
-    r["copy_big_s"] = step(f"I/O copy, {args.big}^2", lambda: copy_io(big, work / "copy_big.zarr"))
+    step("copy_big_s", f"I/O copy, {args.big}^2", lambda: copy_io(big, work / "copy_big.zarr"))
     if args.large:
         # Where memory stops growing: the 4-block --size run ends before the pipeline's
         # steady state (a read and a write worker at once, more of the object store used).
-        r["cheap_large"] = step(
+        step(
+            "cheap_large",
             f"end to end, cheap model, {args.large}^2",
             lambda: infer_cli(large, light, work / "o8", *cheap_keys, memory=True),
         )
-    r["training"] = step("training", lambda: training(work / "train"))
+    step("training", "training", lambda: training(work / "train"))
     results["raw"] = r
 
     e2e = r["e2e"]["seconds"]
@@ -636,7 +673,8 @@ def write_markdown(results: dict[str, Any], path: Path) -> None:
     t = raw["training"]
     lines += [
         "",
-        f"Training (Unet resnet18, 128^2 patches, batch 8, 1 CPU worker): "
+        f"Training (Unet resnet18, 128^2 patches, batch 8, 1 "
+        f"{'GPU' if t.get('device') == 'cuda' else 'CPU'} worker): "
         f"{t['images_per_second_per_worker']:.1f} patches/s per worker; early stop after "
         f"{t['epochs']} epochs, {t['wall_seconds']:.0f} s wall (Ray Train start-up included), "
         f"val IoU {t['final_iou']:.3f}.",
