@@ -306,7 +306,7 @@ def training(work: Path) -> dict[str, Any]:
         "patience=2",
         "min_delta=0.002",
         "overwrite=true",
-        f"device={DEVICE.type.replace('cuda', 'gpu')}",
+        "device=gpu" if DEVICE.type == "cuda" else "device=cpu",
     ]
     env = _product_env()
     start = time.perf_counter()
