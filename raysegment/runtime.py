@@ -7,16 +7,19 @@ import logging
 import os
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from typing import TypeVar
+from typing import Any, Literal, TypeVar
 
 __all__ = [
     "LOCAL_RAY_CONFIG",
     "LOCAL_RAY_ENV",
     "TORCH_WORKER_ENV",
+    "RayStart",
     "local_ray_environment",
+    "model_runtime_env",
     "quiet_ray_data",
     "start_ray",
     "start_ray_while",
+    "stop_ray",
     "torch_worker_runtime_env",
 ]
 
@@ -65,9 +68,20 @@ LOCAL_RAY_ENV = {
     # dataset, every epoch, between the epoch lines. Errors still show, as for Ray's own
     # loggers in the workers (``start_ray``'s logging config).
     "RAY_DATA_LOG_LEVEL": "ERROR",
+    # The model processes' allocator settings, in every process of the private Ray: its
+    # predictors and training workers then start as plain workers. A runtime environment
+    # starts each through Ray's runtime-env agent and a process that imports Ray before
+    # the worker itself: ~1 s more before a run's first tile here (``model_runtime_env``).
+    # Ray's other processes keep freed heap as the model processes do; the read and write
+    # tasks hand theirs back after each block (``returns_free_memory``).
+    **TORCH_WORKER_ENV,
 }
 """Environment of the private local Ray's processes (set while ``start_ray`` starts them;
 its workers inherit it)."""
+
+RayStart = Literal["local", "cluster", ""]
+"""What ``start_ray`` did: started a private local Ray, joined a cluster, or nothing (Ray
+was initialized by the caller, who also shuts it down)."""
 
 
 def torch_worker_runtime_env() -> dict[str, dict[str, str]]:
@@ -77,7 +91,14 @@ def torch_worker_runtime_env() -> dict[str, dict[str, str]]:
     return {"env_vars": dict(TORCH_WORKER_ENV)}
 
 
-def start_ray() -> bool:
+def model_runtime_env(started: RayStart) -> dict[str, Any] | None:
+    """The runtime environment for the actors that run models on the Ray ``started``
+    names: none on the private local Ray, whose processes all start with
+    ``TORCH_WORKER_ENV`` (``LOCAL_RAY_ENV``), else ``torch_worker_runtime_env``."""
+    return None if started == "local" else torch_worker_runtime_env()
+
+
+def start_ray() -> RayStart:
     """Join the cluster ``RAY_ADDRESS`` names, else start a private local Ray.
 
     ``RAY_ADDRESS`` is host:port, or ``auto`` for a cluster started on this machine with
@@ -85,13 +106,13 @@ def start_ray() -> bool:
     started, never a stale leftover cluster found on the machine.
 
     Returns:
-        Whether this call started or joined Ray (and so should shut it down); False when
-        Ray was already initialized by the caller.
+        ``"local"`` (a private local Ray started) or ``"cluster"`` (joined): this caller
+        shuts it down (``stop_ray``); ``""`` when Ray was already initialized by the caller.
     """
     import ray
 
     if ray.is_initialized():
-        return False
+        return ""
     address = os.environ.get("RAY_ADDRESS")
     root = logging.getLogger()
     level, handlers = root.level, root.handlers[:]
@@ -111,7 +132,38 @@ def start_ray() -> bool:
     # caller's own, where raysegment is used as a library) keeps its level and handlers.
     root.setLevel(level)
     root.handlers[:] = handlers
-    return True
+    return "cluster" if address else "local"
+
+
+def stop_ray(started: RayStart) -> None:
+    """Shut down the Ray ``start_ray`` started or joined (nothing for ``""``).
+
+    A private local Ray's autoscaler monitor is stopped first. ``ray.shutdown`` stops the
+    control store before it and then asks it to end; it answers by reporting its own end
+    to that control store, gone by then, and Ray kills it after waiting 1 s: 1.0 of the
+    1.2-1.4 s ``ray.shutdown`` took here. It has nothing to save (no autoscaling on a
+    private Ray).
+    """
+    import ray
+
+    if not started:
+        return
+    if started == "local":
+        import psutil
+
+        for child in psutil.Process().children():
+            with contextlib.suppress(psutil.Error):
+                if any(_is_monitor(word) for word in child.cmdline()):
+                    child.kill()
+                    child.wait(10)
+    ray.shutdown()
+
+
+def _is_monitor(word: str) -> bool:
+    """Whether a command-line word is the script of Ray's autoscaler monitor (Ray's
+    ``autoscaler/_private/monitor.py``, or ``autoscaler/v2/monitor.py``)."""
+    parts = word.replace(os.sep, "/").split("/")
+    return parts[-1] == "monitor.py" and "autoscaler" in parts[-4:-1]
 
 
 @contextlib.contextmanager
@@ -130,26 +182,22 @@ def local_ray_environment() -> Iterator[None]:
                 os.environ[key] = value
 
 
-def start_ray_while(prepare: Callable[[], T]) -> tuple[bool, T]:
+def start_ray_while(prepare: Callable[[], T]) -> tuple[RayStart, T]:
     """``start_ray`` on this thread while ``prepare`` runs on another: a local Ray's
     processes take seconds to boot (5 s on 2 cores), as long as opening a run's images and
     loading its model.
 
     Returns:
-        Whether Ray was started or joined here (see ``start_ray``), and what ``prepare``
-        returned. An error of ``prepare`` is raised once Ray is up, after shutting down a
-        Ray started here.
+        What ``start_ray`` did, and what ``prepare`` returned. An error of ``prepare`` is
+        raised once Ray is up, after shutting down a Ray started or joined here.
     """
-    import ray
-
     with ThreadPoolExecutor(1, thread_name_prefix="raysegment-prepare") as executor:
         preparing = executor.submit(prepare)
         started = start_ray()
         try:
             return started, preparing.result()
         except BaseException:
-            if started:
-                ray.shutdown()
+            stop_ray(started)
             raise
 
 

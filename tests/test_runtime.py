@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from raysegment.runtime import TORCH_WORKER_ENV, torch_worker_runtime_env
+from raysegment.runtime import TORCH_WORKER_ENV, model_runtime_env, torch_worker_runtime_env
 
 pytestmark = pytest.mark.usefixtures("ray_session")
 
@@ -62,7 +62,7 @@ def test_start_ray_sets_worker_priority_only_on_the_ray_it_starts(monkeypatch, a
         monkeypatch.setenv("RAY_ADDRESS", address)
     else:
         monkeypatch.delenv("RAY_ADDRESS", raising=False)
-    assert runtime.start_ray()
+    assert runtime.start_ray() == ("cluster" if address else "local")
     (kw,) = calls
     assert kw["address"] == (address or "local")
     assert kw.get("_system_config") == (None if address else {"worker_niceness": 0})
@@ -70,12 +70,12 @@ def test_start_ray_sets_worker_priority_only_on_the_ray_it_starts(monkeypatch, a
 
 # A fresh process: the suite's own Ray session is already started.
 _STARTS_RAY = """
-import json, logging, os, ray
-from raysegment.runtime import start_ray
+import json, logging, os, pathlib, psutil, ray
+from raysegment.runtime import _is_monitor, model_runtime_env, start_ray, stop_ray
 logging.basicConfig(level=logging.INFO)
 root = logging.getLogger()
 before = (root.level, list(root.handlers))
-start_ray()
+started = start_ray()
 
 @ray.remote(num_cpus=0)
 def worker_levels():
@@ -98,13 +98,37 @@ class Asks:
             answer = f"{type(e).__name__}: {e}"[:200]
         return answer, time.monotonic() - start
 
-print(json.dumps({
+@ray.remote(num_cpus=0, runtime_env=model_runtime_env(started))
+def model_process_environment():
+    raw = pathlib.Path("/proc/self/environ").read_bytes().split(b"\\0")
+    return dict(entry.decode().split("=", 1) for entry in raw if b"=" in entry)
+
+def children():
+    return [" ".join(c.cmdline()) for c in psutil.Process().children()]
+
+monitors = [c for c in psutil.Process().children() if any(map(_is_monitor, c.cmdline()))]
+report = {
+    "started": started,
     "callers_logging_kept": before == (root.level, list(root.handlers)),
     "worker_levels": ray.get(worker_levels.remote()),
     "state_api": ray.get(Asks.remote().about_itself.remote()),
     "drivers_environment": "RAY_API_SERVER_ADDRESS" in os.environ,
-}))
-ray.shutdown()
+    "model_runtime_env": model_runtime_env(started),
+    "model_process_environment": ray.get(model_process_environment.remote()),
+    "monitors": len(monitors),
+}
+shutdown = ray.shutdown
+
+def watched_shutdown():  # whether the monitor still runs when Ray's shutdown begins
+    report["monitor_running_at_shutdown"] = any(
+        m.is_running() and m.status() != psutil.STATUS_ZOMBIE for m in monitors
+    )
+    shutdown()
+
+ray.shutdown = watched_shutdown
+stop_ray(started)
+report["left"] = children()
+print(json.dumps(report))
 """
 
 
@@ -158,3 +182,22 @@ def test_workers_of_a_private_ray_never_ask_another_cluster_for_its_state(privat
     assert answer == "no state API"
     assert seconds < 5
     assert not private_ray["drivers_environment"]
+
+
+def test_model_processes_of_a_private_ray_need_no_runtime_environment(private_ray) -> None:
+    """Every process of the private Ray starts with the allocator settings, so its
+    predictors and training workers start as plain workers (a runtime environment costs
+    a process start through Ray's runtime-env agent)."""
+    assert private_ray["started"] == "local"
+    assert private_ray["model_runtime_env"] is None
+    environment = private_ray["model_process_environment"]
+    assert {k: environment.get(k) for k in TORCH_WORKER_ENV} == TORCH_WORKER_ENV
+    assert model_runtime_env("cluster") == model_runtime_env("") == torch_worker_runtime_env()
+
+
+def test_stopping_a_private_ray_stops_its_monitor_first_and_leaves_no_process(private_ray) -> None:
+    """``stop_ray`` finds the private Ray's autoscaler monitor (Ray waited 1 s for it to
+    answer its stop, then killed it) and leaves none of the Ray's processes behind."""
+    assert private_ray["monitors"] == 1
+    assert private_ray["monitor_running_at_shutdown"] is False
+    assert private_ray["left"] == []

@@ -43,7 +43,13 @@ from raysegment.infer.writer import (
     done_blocks,
     inspect_output,
 )
-from raysegment.runtime import quiet_ray_data, start_ray_while, torch_worker_runtime_env
+from raysegment.runtime import (
+    RayStart,
+    model_runtime_env,
+    quiet_ray_data,
+    start_ray_while,
+    stop_ray,
+)
 
 __all__ = ["InferSummary", "infer"]
 
@@ -346,10 +352,9 @@ def infer(config: InferConfig | Mapping[str, Any] | None = None, **overrides: An
             if remaining[plan.id] == 0:
                 _complete(plan, cfg)
         if pending:
-            _run(cfg, model, spec, plans, pending, remaining, pool, summary)
+            _run(cfg, model, spec, plans, pending, remaining, pool, summary, started)
     finally:
-        if started:
-            ray.shutdown()
+        stop_ray(started)
     summary.blocks = len(mine)
     summary.outputs = [p.output for p in plans]
     summary.seconds = time.perf_counter() - start
@@ -459,6 +464,7 @@ def _run(
     remaining: Counter[int],
     pool: Pool,
     summary: InferSummary,
+    started: RayStart,
 ) -> None:
     import ray
     from tqdm import tqdm
@@ -522,7 +528,7 @@ def _run(
         },
         num_gpus=1 if pool.use_gpu else 0,
         num_cpus=pool.reserve,
-        runtime_env=torch_worker_runtime_env(),
+        runtime_env=model_runtime_env(started),
     )
     if not own_io:
         ds = ds.map_batches(write_stage, **io_task)

@@ -18,7 +18,7 @@ import torch
 from raysegment._version import __version__
 from raysegment.config import TrainConfig, as_config, config_to_dict
 from raysegment.errors import ConfigError, OutputError
-from raysegment.runtime import quiet_ray_data, start_ray_while, torch_worker_runtime_env
+from raysegment.runtime import model_runtime_env, quiet_ray_data, start_ray_while, stop_ray
 from raysegment.train.components import build_model, check_combination, check_encoder
 from raysegment.train.data import TrainingSet, prepare, read_patches
 from raysegment.train.export import TrainSummary, export_model
@@ -247,7 +247,7 @@ def train(
                 name="run",
                 storage_path=_storage(cfg, out),
                 checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
-                worker_runtime_env=torch_worker_runtime_env(),
+                worker_runtime_env=model_runtime_env(own_ray),
                 # Restarts the workers from the last checkpoint; a rerun of the same
                 # command after the driver died resumes from it too (same storage_path).
                 failure_config=ray.train.FailureConfig(max_failures=cfg.max_failures),
@@ -260,8 +260,7 @@ def train(
         )
         result = trainer.fit()
     finally:
-        if own_ray:
-            ray.shutdown()
+        stop_ray(own_ray)
     if result.checkpoint is None:
         raise RuntimeError(f"training finished without a checkpoint: {result.error}")
     with result.checkpoint.as_directory() as d:
