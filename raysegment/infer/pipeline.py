@@ -45,6 +45,7 @@ from raysegment.infer.writer import (
 )
 from raysegment.runtime import (
     RayStart,
+    import_ray_data,
     model_runtime_env,
     quiet_ray_data,
     start_ray_while,
@@ -274,7 +275,7 @@ def _prepare(
     Runs while Ray starts (``start_ray_while``), so the driver's heavy imports happen here,
     beside Ray's booting processes: torch with the model, and Ray Data (pandas with it).
     """
-    import ray.data  # noqa: F401
+    import_ray_data()
 
     sources = [open_source(p, cfg.axes) for p in paths]
     module = load_model(model)

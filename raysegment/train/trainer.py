@@ -18,7 +18,13 @@ import torch
 from raysegment._version import __version__
 from raysegment.config import TrainConfig, as_config, config_to_dict
 from raysegment.errors import ConfigError, OutputError
-from raysegment.runtime import model_runtime_env, quiet_ray_data, start_ray_while, stop_ray
+from raysegment.runtime import (
+    import_ray_data,
+    model_runtime_env,
+    quiet_ray_data,
+    start_ray_while,
+    stop_ray,
+)
 from raysegment.train.components import build_model, check_combination, check_encoder
 from raysegment.train.data import TrainingSet, prepare, read_patches
 from raysegment.train.export import TrainSummary, export_model
@@ -169,6 +175,8 @@ def train(
         # ray.init, they had delayed Ray's start by 7.6 s.
         check_encoder(cfg.model.encoder)
         import ray.train.torch  # noqa: F401
+
+        import_ray_data()
 
         data = prepare(cfg)
         _probe(cfg, data)
