@@ -145,10 +145,10 @@ def stop_ray(started: RayStart) -> None:
     1.2-1.4 s ``ray.shutdown`` took here. It has nothing to save (no autoscaling on a
     private Ray).
     """
-    import ray
-
     if not started:
         return
+    import ray
+
     if started == "local":
         import psutil
 
