@@ -63,6 +63,10 @@ def machine() -> dict[str, Any]:
     return {
         "cpu": cpu,
         "cores": os.cpu_count(),
+        # The same "AMD EPYC" name has come with AVX2 only and with AVX-512 and bfloat16
+        # (2-3x a Unet tile's speed): the vector unit the kernels used goes with the figures.
+        "isa": torch.backends.cpu.get_cpu_capability(),
+        "bf16_kernels": not slow_precision(torch.device("cpu"), "bfloat16"),
         "ram_gib": round(psutil.virtual_memory().total / 2**30, 1),
         "gpu": gpu,
         "torch": torch.__version__,
@@ -607,10 +611,18 @@ def main() -> int:
     return 0
 
 
+def _isa(m: dict[str, Any]) -> str:
+    """The CPU's vector unit as torch's kernels saw it (columns before session 21 did not
+    record it)."""
+    if "isa" not in m:
+        return "vector unit not recorded"
+    return f"{m['isa']}, " + ("bfloat16 kernels" if m["bf16_kernels"] else "no bfloat16 kernels")
+
+
 def write_markdown(results: dict[str, Any], path: Path) -> None:
     m = results["machine"]
     lines = [
-        f"Machine: {m['cpu']}, {m['cores']} cores, {m['ram_gib']} GiB RAM, "
+        f"Machine: {m['cpu']} ({_isa(m)}), {m['cores']} cores, {m['ram_gib']} GiB RAM, "
         f"GPU: {m['gpu'] or 'none'}; torch {m['torch']}, Ray {m['ray']}. "
         f"Image {results['size']}^2 uint16 OME-TIFF (memory also "
         f"{' and '.join(f'{s}^2' for s in (results.get('large'), results['big']) if s)}).",
