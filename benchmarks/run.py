@@ -713,7 +713,11 @@ def plot(results: dict[str, Any], path: Path) -> None:
     ax.invert_yaxis()
     ax.set_xlabel("ratio (black: target)")
     m = results["machine"]
-    ax.set_title(f"raysegment benchmarks: {m['cores']} cores, GPU {m['gpu'] or 'none'}")
+    # Over the whole figure: over the axes alone, the long row names push it off the left.
+    fig.suptitle(
+        f"raysegment benchmarks: {m['cpu']} ({_isa(m)}), {m['cores']} cores, "
+        f"GPU {m['gpu'] or 'none'}"
+    )
     fig.tight_layout()
     fig.savefig(path, dpi=100)
 
