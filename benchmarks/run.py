@@ -612,10 +612,7 @@ def main() -> int:
 
 
 def _isa(m: dict[str, Any]) -> str:
-    """The CPU's vector unit as torch's kernels saw it (columns before session 21 did not
-    record it)."""
-    if "isa" not in m:
-        return "vector unit not recorded"
+    """The CPU's vector unit as torch's kernels saw it (``machine``)."""
     return f"{m['isa']}, " + ("bfloat16 kernels" if m["bf16_kernels"] else "no bfloat16 kernels")
 
 
