@@ -456,29 +456,6 @@ def _read_ahead_bounded() -> Iterator[None]:
         policy.OBJECT_STORE_BUDGET_UTIL_THRESHOLD = before
 
 
-def _predictor_strategy(pool: Pool) -> Any:
-    """The predictor pool's Ray Data strategy: two blocks in flight per actor.
-
-    On a GPU the second block's transfer hides behind the current one. A CPU predictor
-    reads and writes its own blocks, and runs two calls at once (one computes at a time,
-    ``Predictor``): the next block is read while this one computes and the last one written,
-    where one call at a time left both cores to a single-threaded read or write between
-    blocks, then idle until the driver sent the next block (8192^2 Unet, 4096^2 blocks:
-    0.15 s read, 0.08 s write, 0.1 s wait per block of 12.5 s). An actor holds at most one
-    block ahead of the one it computes, so a run that ends unevenly waits at most a block
-    on its busiest actor (a block is minutes of CPU work, seconds on a GPU).
-    """
-    import ray
-
-    overlapped = {} if pool.use_gpu else {"max_concurrent_calls_per_actor": 2}
-    return ray.data.ActorPoolStrategy(
-        size=pool.actors,
-        max_tasks_in_flight_per_actor=2,
-        enable_true_multi_threading=not pool.use_gpu,
-        **overlapped,
-    )
-
-
 def _run(
     cfg: InferConfig,
     model: Any,
@@ -527,7 +504,12 @@ def _run(
         Predictor,
         batch_size=1,
         batch_format="numpy",
-        compute=_predictor_strategy(pool),
+        # A block is minutes of CPU work (seconds on a GPU): queueing several on one actor
+        # while another starts up or idles left the run waiting on the busiest actor.
+        # On GPUs a second block in flight hides its transfer behind the current one.
+        compute=ray.data.ActorPoolStrategy(
+            size=pool.actors, max_tasks_in_flight_per_actor=2 if pool.use_gpu else 1
+        ),
         fn_constructor_kwargs={
             "model": [ray.put(model)],
             "plans": [ray.put(plans)],

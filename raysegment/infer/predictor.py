@@ -7,7 +7,6 @@ import contextlib
 import itertools
 import math
 import sys
-import threading
 import time
 import warnings
 from collections import deque
@@ -450,11 +449,6 @@ class Predictor:
             or auto_batch_size(self.module, tile_shape, self.device, self.streams.count)
         )
         self._weights: dict[int, list[torch.Tensor]] = {}
-        # One block computes at a time. A CPU predictor that reads and writes its own
-        # blocks takes two at once (``pipeline._predictor_strategy``): the next block's
-        # read and the last one's write run beside this block's tiles, and the model's
-        # threads never wait for them or for the driver to send the next block.
-        self._computing = threading.Lock()
 
     def weights(self, plan: ImagePlan) -> list[torch.Tensor]:
         if plan.id not in self._weights:
@@ -482,6 +476,12 @@ class Predictor:
         return write_row(predicted, self.plans) if self.writes else predicted
 
     def _predict(self, batch: Batch) -> Batch:
+        # Ray Data calls this from its own thread, and Ray sets OMP_NUM_THREADS from the
+        # CPUs the actor reserves: set torch's threads in the thread that runs the model,
+        # or with streams blends beside them (its share of the threads; set in __init__
+        # only, a 2-thread actor ran at 1.3 threads' speed).
+        if torch.get_num_threads() != self.threads:
+            torch.set_num_threads(self.threads)
         item = row_item(batch, 0)
         plan = self.plans[item.image]
         if batch["error"][0] or batch["empty"][0]:
@@ -490,32 +490,25 @@ class Predictor:
                 "tiles": np.array([0]),
                 "seconds": np.array([0.0]),
             }
+        start = time.perf_counter()
         data = torch.from_numpy(normalized(batch["data"][0], plan, plan.block_of(item)))
-        with self._computing:
-            # Ray Data calls this from its own threads, and Ray sets OMP_NUM_THREADS from
-            # the CPUs the actor reserves: set torch's threads in the thread that runs the
-            # model, or with streams blends beside them (its share of the threads; set in
-            # __init__ only, a 2-thread actor ran at 1.3 threads' speed).
-            if torch.get_num_threads() != self.threads:
-                torch.set_num_threads(self.threads)
-            start = time.perf_counter()
-            blended, tiles = predict_block(
-                self.module,
-                plan,
-                item,
-                data.to(self.device),
-                self.batch_size,
-                self.weights(plan),
-                self.fixed_batch,
-                self.tta,
-                self.streams,
-                self.precision,
-            )
-            mode, activation, threshold = self.finalize
-            out = FINALIZERS.get(mode)(blended, activation, threshold).cpu().numpy()
-            seconds = time.perf_counter() - start
+        data = data.to(self.device)
+        blended, tiles = predict_block(
+            self.module,
+            plan,
+            item,
+            data,
+            self.batch_size,
+            self.weights(plan),
+            self.fixed_batch,
+            self.tta,
+            self.streams,
+            self.precision,
+        )
+        mode, activation, threshold = self.finalize
+        out = FINALIZERS.get(mode)(blended, activation, threshold).cpu().numpy()
         return passthrough(batch, 0) | {
             "data": out[None],
             "tiles": np.array([tiles]),
-            "seconds": np.array([seconds]),
+            "seconds": np.array([time.perf_counter() - start]),
         }

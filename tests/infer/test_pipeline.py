@@ -6,7 +6,6 @@ import json
 import subprocess
 import sys
 import threading
-import time
 from pathlib import Path
 
 import numpy as np
@@ -513,87 +512,6 @@ def test_cpu_predictors_read_and_write_their_own_blocks(tmp_path, make_model, om
     got = zarr.open_array(f"{plan.output}/0", mode="r")[:]
     assert finalized.shape == got.shape == (1, 200, 150) and 0 < got.mean() < 1
     np.testing.assert_array_equal(got, finalized)
-
-
-def test_a_cpu_predictor_reads_the_next_block_while_one_computes(
-    tmp_path, make_model, ome_tiff, monkeypatch
-) -> None:
-    """A CPU predictor takes two blocks at once (its Ray Data strategy, threaded calls):
-    the second block is read while the first computes, and one block computes at a time
-    (the model's threads are the actor's)."""
-    import ray
-
-    from raysegment.infer import pipeline
-    from raysegment.infer import predictor as predictor_module
-    from raysegment.infer.pipeline import Pool
-    from raysegment.infer.predictor import Predictor
-    from raysegment.infer.writer import create_output, done_blocks
-
-    cpu, gpu = (pipeline._predictor_strategy(Pool(g, 1, 2, 2)) for g in (False, True))
-    assert cpu.max_concurrent_calls_per_actor == 2 and cpu.enable_true_multi_threading
-    assert cpu.max_tasks_in_flight_per_actor == 2
-    assert not gpu.enable_true_multi_threading and gpu.max_concurrent_calls_per_actor is None
-
-    model_path, _ = make_model(out_ch=1)
-    model, plan = driver_plan(
-        {
-            "input": str(ome_tiff(random_image((256, 128)))),
-            "model": str(model_path),
-            "output": str(tmp_path / "out"),
-            "chunks": [64],
-            "block": [128],
-            "tile": {"size": [64]},
-            "finalize": {"mode": "mask"},
-        }
-    )
-    create_output(plan.output, plan.layout, {"fingerprint": plan.fingerprint})
-    first, second = plan.work()
-    events: list[tuple[str, tuple[int, ...]]] = []  # (what, block's index)
-    second_read = threading.Event()
-    read_row, predict_block = predictor_module.read_row, predictor_module.predict_block
-
-    def reading(batch, plans, attempts, stage):
-        row = read_row(batch, plans, attempts, stage)
-        index = tuple(int(i) for i in batch["index"][0])
-        events.append(("read", index))
-        if index == second.index:
-            second_read.set()
-        return row
-
-    def computing(module, plan, item, *args):
-        events.append(("compute", item.index))
-        if item.index == first.index:
-            # The first block holds the model until the second is read (or 30 s pass).
-            second_read.wait(30)
-        result = predict_block(module, plan, item, *args)
-        events.append(("computed", item.index))
-        return result
-
-    monkeypatch.setattr(predictor_module, "read_row", reading)
-    monkeypatch.setattr(predictor_module, "predict_block", computing)
-    actor = Predictor(
-        [ray.put(model)], [ray.put([plan])], False, 1, None, 1, ("mask", "sigmoid", 0.5),
-        reads=True, writes=True,
-    )  # fmt: skip
-
-    def row(item) -> dict[str, np.ndarray]:
-        fields = (("image", item.image), ("t", item.t), ("z", item.z))
-        return {k: np.array([v]) for k, v in fields} | {"index": np.array([item.index])}
-
-    rows: list[dict[str, np.ndarray]] = []
-    one = threading.Thread(target=lambda: rows.append(actor(row(first))))
-    one.start()
-    while ("compute", first.index) not in events:
-        time.sleep(0.01)
-    rows.append(actor(row(second)))
-    one.join(60)
-    a, b = first.index, second.index
-    assert events == [
-        ("read", a), ("compute", a), ("read", b), ("computed", a), ("compute", b),
-        ("computed", b),
-    ]  # fmt: skip
-    assert not any(r["error"][0] for r in rows)
-    assert done_blocks(plan.output) == {first.key, second.key}
 
 
 def test_cpu_runs_have_no_read_or_write_tasks(tmp_path, make_model, ome_tiff, monkeypatch) -> None:
