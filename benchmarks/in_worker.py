@@ -81,17 +81,13 @@ def measure(model: Any, plan: Any) -> dict[str, Any]:
                 module, plan, item, data, 1, blend_profiles(plan, device), streams=streams
             )
             result["rounds"].append(round(time.perf_counter() - start, 2))
-        after = _threads()
         me = threading.get_native_id()
-        result["threads"] = [
-            (
-                "blend" if tid == me else name,
-                round(cpu - before.get(tid, (name, 0.0, 0))[1], 2),
-                switches - before.get(tid, (name, 0.0, 0))[2],
-            )
-            for tid, (name, cpu, switches) in after.items()
-            if cpu - before.get(tid, (name, 0.0, 0))[1] >= 0.05
-        ]
+        result["threads"] = []
+        for tid, (name, cpu, switches) in _threads().items():
+            _, cpu0, switches0 = before.get(tid, (name, 0.0, 0))
+            if cpu - cpu0 >= 0.05:
+                label = "blend" if tid == me else name
+                result["threads"].append((label, round(cpu - cpu0, 2), switches - switches0))
 
     thread = threading.Thread(target=run)
     thread.start()
