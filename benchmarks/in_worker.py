@@ -67,7 +67,7 @@ def measure(model: Any, plan: Any) -> dict[str, Any]:
         torch.set_num_threads(1)
         device = torch.device("cpu")
         module = load_model(model, device)
-        choose_layout(module, (1, *plan.tiling.tile), device, "auto", "float32", 1)
+        choose_layout(module, (len(plan.channels), *plan.tiling.tile), device, "auto", "float32", 1)
         module = freeze(module)
         streams = Streams(2, 1)
         (item,) = plan.work()
