@@ -6,6 +6,7 @@ every process running the model is a ``predictor``.
 
     python benchmarks/memory.py INPUT MODEL [key=value ...]   # one JSON line
     python benchmarks/memory.py --seconds 60 INPUT MODEL ...    # its first 60 s only
+    python benchmarks/memory.py --node 16,1 INPUT MODEL device=gpu ...  # a simulated node
     python benchmarks/memory.py --stages SLIDE.ome.tif         # what the stages' trim saves
 
 The command runs as ``benchmarks/run.py`` runs it (512 tiles, overlap 0.25, masks out,
@@ -48,7 +49,7 @@ def role(command: str) -> str:
         return daemon
     if "Predictor" in command:
         return "predictor"
-    if "raysegment.cli" in command:
+    if "raysegment.cli" in command or "simulated_node.py" in command:
         return "driver"
     return words[0].split(".")[0] if retitled else script.rsplit("/", 1)[-1]
 
@@ -73,15 +74,22 @@ def _split(pid: int) -> dict[str, int]:
     return out
 
 
-def measure(image: str, model: str, *keys: str, seconds: float = math.inf) -> dict[str, object]:
+def measure(
+    image: str, model: str, *keys: str, seconds: float = math.inf, node: str = ""
+) -> dict[str, object]:
     """Run the command (interrupted after ``seconds``: a slow model's start, how far its
-    reads run ahead); the tree's peak and each group's PSS at that moment (GiB)."""
+    reads run ahead; ``node``: "CPUS,GPUS", on a simulated node of those, see
+    ``simulated_node.py``); the tree's peak, and each group's PSS (GiB) and processes at
+    that moment."""
     from run import OVERLAP, TILE, _product_env, _pss  # torch too: not in --stage runs
 
+    simulated = node.split(",") if node else []
     with tempfile.TemporaryDirectory() as out:
         command = [
             sys.executable,
-            *("-m", "raysegment.cli", "infer"),
+            *([str(Path(__file__).with_name("simulated_node.py")), *simulated] if node else []),
+            *([] if node else ["-m", "raysegment.cli"]),
+            "infer",
             f"input={image}",
             f"model={model}",
             f"output={out}",
@@ -93,6 +101,7 @@ def measure(image: str, model: str, *keys: str, seconds: float = math.inf) -> di
         start = time.perf_counter()
         proc = subprocess.Popen(command, env=_product_env(), stdout=subprocess.PIPE)
         peak, at_peak = 0, {}
+        processes_at_peak: collections.Counter[str] = collections.Counter()
         while proc.poll() is None and time.perf_counter() - start < seconds:
             try:
                 root = psutil.Process(proc.pid)
@@ -101,14 +110,16 @@ def measure(image: str, model: str, *keys: str, seconds: float = math.inf) -> di
                 break
             groups: collections.Counter[str] = collections.Counter()
             kinds: collections.Counter[str] = collections.Counter()
+            counts: collections.Counter[str] = collections.Counter()
             for process in processes:
                 role = _role(process)
                 groups[role] += _pss(process.pid)
+                counts[role] += 1
                 for kind, size in _split(process.pid).items():
                     kinds[f"{role}: {kind}"] += size
             total = sum(groups.values())
             if total > peak:
-                peak, at_peak = total, dict(groups) | dict(kinds)
+                peak, at_peak, processes_at_peak = total, dict(groups) | dict(kinds), counts
             time.sleep(0.5)
         interrupted = proc.poll() is None
         if interrupted:  # stopped as Ctrl-C stops it: Ray shuts down cleanly
@@ -123,6 +134,7 @@ def measure(image: str, model: str, *keys: str, seconds: float = math.inf) -> di
         "at_peak_gib": {
             k: round(v / gib, 3) for k, v in sorted(at_peak.items(), key=lambda kv: -kv[1])
         },
+        "processes_at_peak": dict(processes_at_peak.most_common()),
     }
 
 
@@ -171,9 +183,12 @@ if __name__ == "__main__":
                 case = [sys.executable, __file__, "--stage", kind, trim, sys.argv[2]]
                 result = subprocess.run(case, capture_output=True, text=True, check=True)
                 print(f"{kind} {trim}: anonymous MiB after each block {result.stdout.strip()}")
-    elif sys.argv[1:2] == ["--seconds"] and len(sys.argv) >= 5:
-        print(json.dumps(measure(*sys.argv[3:], seconds=float(sys.argv[2]))))
-    elif len(sys.argv) >= 3:
-        print(json.dumps(measure(*sys.argv[1:])))
     else:
-        sys.exit(__doc__)
+        args, options = sys.argv[1:], {"--seconds": "inf", "--node": ""}
+        while args[:1] and args[0] in options and len(args) >= 2:
+            options[args[0]] = args[1]
+            args = args[2:]
+        if len(args) < 2:
+            sys.exit(__doc__)
+        seconds, node = float(options["--seconds"]), options["--node"]
+        print(json.dumps(measure(*args, seconds=seconds, node=node)))

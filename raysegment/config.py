@@ -233,6 +233,10 @@ class InferConfig:
     streams: Optional[int] = None
     """Tiles a CPU predictor runs at once, its threads shared among them; default: as many
     as its threads (one thread per tile). 1: one tile at a time on all of them."""
+    io_tasks: Optional[int] = None
+    """Read tasks, and write tasks, each GPU predictor has running at once (a CPU predictor
+    reads and writes its own blocks); default 4. Each runs in a worker process of ~200 MiB
+    that Ray keeps: the cap keeps a run's memory the same whatever the image's size."""
     channels: Optional[List[int]] = None
     """Input channels given to the model, in order; default: all of them."""
     axes: Optional[str] = None
@@ -285,7 +289,15 @@ class InferConfig:
                 f"device={self.device!r}: choose auto, cpu, gpu, all, or GPU indices like 1,3,6"
             )
         self.device = self.device.replace(" ", "")
-        for key in ("batch_size", "actors", "threads", "streams", "max_attempts", "num_parts"):
+        for key in (
+            "batch_size",
+            "actors",
+            "threads",
+            "streams",
+            "io_tasks",
+            "max_attempts",
+            "num_parts",
+        ):
             value = getattr(self, key)
             if value is not None and value < 1:
                 raise ConfigError(f"{key}={value} must be >= 1")

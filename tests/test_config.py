@@ -42,6 +42,7 @@ def test_overrides_win_and_scalars_become_lists(tmp_path: Path) -> None:
         ("finalize.threshold=2", "finalize.threshold"),
         ("batch_size=0", "batch_size=0 must be >= 1"),
         ("streams=0", "streams=0 must be >= 1"),
+        ("io_tasks=0", "io_tasks=0 must be >= 1"),
         ("batch_size=many", "batch_size"),
         ("device=tpu", "device='tpu'"),
         ("channels=[1,1]", "distinct channel"),

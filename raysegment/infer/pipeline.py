@@ -415,6 +415,20 @@ def _complete(plan: ImagePlan, cfg: InferConfig, grey: GreyPreview | None = None
     complete_output(out, {"blocks_done": plan.num_blocks, **extra})
 
 
+_IO_TASKS = 4
+"""Read tasks, and write tasks, running at once per GPU predictor by default: each runs in
+a worker process that Ray keeps once started (180-230 MiB), and uncapped, Ray Data runs
+as many as half-CPU tasks fit on the node (~30 on 16 cores), which only an image of
+enough blocks reaches: a GPU run's memory grew with the image (H100 node, cheap model:
+3.48 GiB at 8192^2, 9.68 GiB at 32768^2). Four keep a GPU fed where a block's read takes
+up to four times its forward (README "Benchmarks")."""
+
+
+def _io_tasks(cfg: InferConfig, pool: Pool) -> int:
+    """Read (and write) tasks a GPU run has running at once: ``io_tasks`` per predictor."""
+    return (cfg.io_tasks or _IO_TASKS) * pool.actors
+
+
 _WORKER_BYTES = 320 << 20
 """A read or write worker process (Ray, zarr and the readers imported; no torch) before
 any data: 180-230 MiB measured, and Ray Data asks for a quarter more than it sees used."""
@@ -496,6 +510,7 @@ def _run(
         "batch_format": "numpy",
         "fn_kwargs": {"plans": plans, "attempts": attempts},
         "num_cpus": 0.5,
+        "compute": ray.data.TaskPoolStrategy(size=_io_tasks(cfg, pool)),
     }
     if not own_io:
         memory = _WORKER_BYTES + 2 * max(_block_bytes(p) for p in plans)
