@@ -29,7 +29,7 @@ from raysegment.infer.stages import (
     placeholder,
     read_row,
     refusal,
-    returns_free_memory,
+    returns_excess_memory,
     row_item,
     write_row,
 )
@@ -205,7 +205,9 @@ def forward(module: torch.nn.Module, x: torch.Tensor, tta: bool = False) -> torc
             y = torch.flip(y.float(), axes) if axes else y.float()
             total = y if total is None else total + y
     assert total is not None
-    return total / len(combos)
+    # Without flips the logits as they are: a division by 1 copied every tile's output
+    # (15 ms of a 4096^2 block's 0.33 s with a cheap model, 132 tiles).
+    return total / len(combos) if len(combos) > 1 else total
 
 
 T = TypeVar("T")
@@ -456,12 +458,11 @@ class Predictor:
         return self._weights[plan.id]
 
     # The model processes' malloc keeps freed heap (TORCH_WORKER_ENV: a forward reuses its
-    # pages); what a block freed goes back once the block is done. Without it, the holes
-    # freed blocks left spread over a long run: two cheap-model predictors held 1.27-1.38
-    # GiB of anonymous memory at the peak of a 32768^2 run, against 1.09-1.13 at 8192^2;
-    # 1.08-1.11 with it, and no slower (16384^2, three alternating pairs; README
-    # "Benchmarks").
-    @returns_free_memory
+    # pages); the next block reuses what a block freed, and once the holes freed blocks
+    # leave make that grow by a quarter, it goes back (``returns_excess_memory``). Never
+    # handed back, two cheap-model predictors held 1.27-1.38 GiB of anonymous memory at
+    # the peak of a 32768^2 run, against 1.09-1.13 at 8192^2 (README "Benchmarks").
+    @returns_excess_memory
     def __call__(self, batch: Batch) -> Batch:
         """The block (with ``reads``: read here first) predicted and finalized, or with
         ``writes``, written (the row the driver receives)."""
