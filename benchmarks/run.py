@@ -124,16 +124,22 @@ def _product_env() -> dict[str, str]:
     return env | {"PYTHONWARNINGS": "ignore"}
 
 
+SIMULATED_GPU_NODE = "16,1"
+"""CPUs and GPUs of the node the GPU-path memory runs simulate on a machine without a GPU
+(``simulated_node.py``): session 19's H100 node's cores."""
+
+
 def infer_cli(
-    image: Path, model: Path, out: Path, *keys: str, memory: bool = False
+    image: Path, model: Path, out: Path, *keys: str, memory: bool = False, node: str = ""
 ) -> dict[str, Any]:
     """``raysegment infer`` in a fresh process (Ray start-up included): wall time and,
     with ``memory``, the process tree's peak memory (sampling it reads every process's
-    smaps once a second: ~5% of a core, so only the memory runs pay for it)."""
+    smaps once a second: ~5% of a core, so only the memory runs pay for it); ``node``:
+    "CPUS,GPUS" of a simulated node to run on (``simulated_node.py``)."""
+    simulated = [str(Path(__file__).with_name("simulated_node.py")), *node.split(",")]
     command = [
         sys.executable,
-        "-m",
-        "raysegment.cli",
+        *(simulated if node else ["-m", "raysegment.cli"]),
         "infer",
         f"input={image}",
         f"model={model}",
@@ -159,7 +165,13 @@ def infer_cli(
     # "predictors on: node ... CPU [channels-last]": the layout the predictors took.
     layout = "channels_last" if "channels-last" in " ".join(lines[1:2]) else "channels_first"
     gib = peak / 2**30 if peak is not None else None
-    return {"seconds": seconds, "peak_gib": gib, "keys": list(keys), "layout": layout}
+    return {
+        "seconds": seconds,
+        "peak_gib": gib,
+        "keys": list(keys),
+        "layout": layout,
+        "node": node,
+    }
 
 
 def unet(path: Path) -> Path:
@@ -510,6 +522,22 @@ def main() -> int:
             f"end to end, cheap model, {args.large}^2",
             lambda: infer_cli(large, light, work / "o8", *cheap_keys, memory=True),
         )
+    if not gpu:
+        # A GPU node's read and write tasks, worker processes and object store, simulated
+        # where there is no GPU (its predictor computes on the CPU): where a GPU run's
+        # memory went with the image's size (session 19's H100).
+        sim = ["device=gpu", "actors=1", "batch_size=8", "finalize.mode=mask"]
+        for key, path, size in (
+            ("sim_gpu_small", small, args.size),
+            ("sim_gpu_big", big, args.big),
+        ):
+            step(
+                key,
+                f"end to end, cheap model, {size}^2, simulated GPU node {SIMULATED_GPU_NODE}",
+                lambda p=path: infer_cli(
+                    p, light, work / "o9", *sim, memory=True, node=SIMULATED_GPU_NODE
+                ),
+            )
     step("training", "training", lambda: training(work / "train"))
     results["raw"] = r
 
@@ -578,6 +606,15 @@ def main() -> int:
             )
         )
     if not gpu:
+        cpus, gpus = SIMULATED_GPU_NODE.split(",")
+        figures.append(
+            (
+                f"memory {args.big}^2 / {args.size}^2, GPU path on a simulated node "
+                f"({cpus} CPUs, {gpus} GPU)",
+                r["sim_gpu_big"]["peak_gib"] / r["sim_gpu_small"]["peak_gib"],
+                1.1,
+            )
+        )
         pair = r["e2e_one_actor"]["seconds"] / r["e2e_two_actors"]["seconds"]
         figures.append(("2 actors / 1 actor, Unet (4 blocks)", pair, 1.7))
         figures.insert(
@@ -664,11 +701,14 @@ def write_markdown(results: dict[str, Any], path: Path) -> None:
         ("cheap_small", results["size"]),
         ("cheap_large", results.get("large")),
         ("cheap_big", results["big"]),
+        ("sim_gpu_small", results["size"]),
+        ("sim_gpu_big", results["big"]),
     )
     for key, size in runs:
         if key in raw:
             run = raw[key]
-            keys = " ".join(run["keys"])
+            node = f" (simulated node: {run['node']} CPUs,GPUs)" if run.get("node") else ""
+            keys = " ".join(run["keys"]) + node
             peak = f"{run['peak_gib']:.2f}" if run["peak_gib"] is not None else "not sampled"
             lines.append(
                 f"| raysegment infer {size}^2 {keys} ({run['layout']}) | {run['seconds']:.1f} "

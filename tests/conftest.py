@@ -34,6 +34,7 @@ LONGEST_FILES = (
     "infer/test_faults.py",
     "train/test_faults.py",
     "test_resume_kill.py",
+    "infer/test_io_tasks.py",
     "test_storage.py",
     "infer/test_parts.py",
 )
