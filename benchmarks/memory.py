@@ -81,14 +81,12 @@ def measure(
     reads run ahead; ``node``: "CPUS,GPUS", on a simulated node of those, see
     ``simulated_node.py``); the tree's peak, and each group's PSS (GiB) and processes at
     that moment."""
-    from run import OVERLAP, TILE, _product_env, _pss  # torch too: not in --stage runs
+    # torch too: not in --stage runs
+    from run import OVERLAP, TILE, _product_env, _pss, raysegment_command
 
-    simulated = node.split(",") if node else []
     with tempfile.TemporaryDirectory() as out:
         command = [
-            sys.executable,
-            *([str(Path(__file__).with_name("simulated_node.py")), *simulated] if node else []),
-            *([] if node else ["-m", "raysegment.cli"]),
+            *raysegment_command(node),
             "infer",
             f"input={image}",
             f"model={model}",

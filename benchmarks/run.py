@@ -129,17 +129,24 @@ SIMULATED_GPU_NODE = "16,1"
 (``simulated_node.py``): session 19's H100 node's cores."""
 
 
+def raysegment_command(node: str = "") -> list[str]:
+    """The ``raysegment`` command line with this interpreter; ``node``: "CPUS,GPUS", on a
+    simulated node of those (``simulated_node.py``)."""
+    if node:
+        simulated = str(Path(__file__).with_name("simulated_node.py"))
+        return [sys.executable, simulated, *node.split(",")]
+    return [sys.executable, "-m", "raysegment.cli"]
+
+
 def infer_cli(
     image: Path, model: Path, out: Path, *keys: str, memory: bool = False, node: str = ""
 ) -> dict[str, Any]:
     """``raysegment infer`` in a fresh process (Ray start-up included): wall time and,
     with ``memory``, the process tree's peak memory (sampling it reads every process's
     smaps once a second: ~5% of a core, so only the memory runs pay for it); ``node``:
-    "CPUS,GPUS" of a simulated node to run on (``simulated_node.py``)."""
-    simulated = [str(Path(__file__).with_name("simulated_node.py")), *node.split(",")]
+    "CPUS,GPUS" of a simulated node to run on (``raysegment_command``)."""
     command = [
-        sys.executable,
-        *(simulated if node else ["-m", "raysegment.cli"]),
+        *raysegment_command(node),
         "infer",
         f"input={image}",
         f"model={model}",
