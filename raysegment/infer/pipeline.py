@@ -426,9 +426,10 @@ on the development machine, about what an H100 takes for a Unet's 121 tiles over
 (~1,000 tiles/s; README "Benchmarks")."""
 
 
-def _io_tasks(cfg: InferConfig, pool: Pool) -> int:
-    """Read (and write) tasks a GPU run has running at once: ``io_tasks`` per predictor."""
-    return (cfg.io_tasks or _IO_TASKS) * pool.actors
+def _io_tasks(cfg: InferConfig, pool: Pool, inputs: int) -> int:
+    """Read (and write) tasks a GPU run has running at once: ``io_tasks`` per predictor, and
+    no more than the dataset's ``inputs`` (Ray Data warns of a cap above them)."""
+    return max(1, min((cfg.io_tasks or _IO_TASKS) * pool.actors, inputs))
 
 
 _WORKER_BYTES = 320 << 20
@@ -496,7 +497,8 @@ def _run(
     finalize = (cfg.finalize.mode.value, activation, cfg.finalize.threshold)
     # Ray retries a block whose process died without limit: the ledger caps it.
     attempts = start_ledger(cfg.max_attempts)
-    ds: Any = ray.data.from_items(items, override_num_blocks=min(len(items), 1000))
+    inputs = min(len(items), 1000)
+    ds: Any = ray.data.from_items(items, override_num_blocks=inputs)
     # A GPU predictor leaves its blocks' reads and writes to tasks: it takes the next block
     # while a task writes the last and another reads the one after, so the GPU never waits
     # for a decode or an encode. A CPU predictor reads and writes its own blocks: decode and
@@ -512,7 +514,7 @@ def _run(
         "batch_format": "numpy",
         "fn_kwargs": {"plans": plans, "attempts": attempts},
         "num_cpus": 0.5,
-        "compute": ray.data.TaskPoolStrategy(size=_io_tasks(cfg, pool)),
+        "compute": ray.data.TaskPoolStrategy(size=_io_tasks(cfg, pool, inputs)),
     }
     if not own_io:
         memory = _WORKER_BYTES + 2 * max(_block_bytes(p) for p in plans)

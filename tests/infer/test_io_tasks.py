@@ -69,6 +69,20 @@ def test_most_at_once() -> None:
     assert most_at_once([]) == 0
 
 
+def test_io_tasks_per_predictor_and_never_above_the_inputs() -> None:
+    """``io_tasks`` per GPU predictor; no more than the dataset's inputs (a cap above them
+    has Ray Data warn that the operator got fewer inputs than its limit)."""
+    from raysegment.config import InferConfig, load_config
+    from raysegment.infer.pipeline import Pool, _io_tasks
+
+    default = load_config(InferConfig, (), ["input=a", "model=m", "output=o"])
+    four = Pool(True, 4, 1)
+    assert _io_tasks(default, four, inputs=1000) == 16
+    assert _io_tasks(default, four, inputs=3) == 3
+    chosen = load_config(InferConfig, (), ["input=a", "model=m", "output=o", "io_tasks=1"])
+    assert _io_tasks(chosen, four, inputs=1000) == 4
+
+
 def test_gpu_run_caps_its_read_and_write_tasks(tmp_path: Path, make_model) -> None:
     tifffile.imwrite(tmp_path / "img.tif", random_image((256, 256)))  # 16 blocks
     model, _ = make_model()
