@@ -236,7 +236,8 @@ class InferConfig:
     io_tasks: Optional[int] = None
     """Read tasks, and write tasks, each GPU predictor has running at once (a CPU predictor
     reads and writes its own blocks); default 4. Each runs in a worker process of ~200 MiB
-    that Ray keeps: the cap keeps a run's memory the same whatever the image's size."""
+    that Ray keeps: uncapped, their number grew with the image's blocks up to the node's
+    cores."""
     channels: Optional[List[int]] = None
     """Input channels given to the model, in order; default: all of them."""
     axes: Optional[str] = None

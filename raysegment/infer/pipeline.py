@@ -429,7 +429,7 @@ on the development machine, about what an H100 takes for a Unet's 121 tiles over
 def _io_tasks(cfg: InferConfig, pool: Pool, inputs: int) -> int:
     """Read (and write) tasks a GPU run has running at once: ``io_tasks`` per predictor, and
     no more than the dataset's ``inputs`` (Ray Data warns of a cap above them)."""
-    return max(1, min((cfg.io_tasks or _IO_TASKS) * pool.actors, inputs))
+    return min((cfg.io_tasks or _IO_TASKS) * pool.actors, inputs)
 
 
 _WORKER_BYTES = 320 << 20
