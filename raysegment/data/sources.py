@@ -330,14 +330,16 @@ class TiffSource(ArraySource):
 
     def _open(self) -> Any:
         """Planes read segment by segment where the layout allows (``_TiffPlanes``), else
-        tifffile's zarr view of the series (RGB samples, 3D tiles, ...)."""
+        tifffile's zarr view of the series (RGB samples, 3D tiles, ...): of its full
+        resolution, for a pyramidal file (a slide scanner's, QuPath's or bfconvert's
+        export) is otherwise seen as a group of every level."""
         import zarr
 
         tif, series = self._series()
         self._tif = tif
         if _TiffPlanes.fits(series, self._array_axes()):
             return _TiffPlanes(series, self._array_axes())
-        return zarr.open(series.aszarr(), mode="r")
+        return zarr.open(series.aszarr(level=0), mode="r")
 
     def _read(
         self, t: int, channels: tuple[int, ...], region: tuple[tuple[int, int], ...]

@@ -185,6 +185,41 @@ def test_plain_tiff_single_page_stack_and_rgb(tmp_path: Path) -> None:
     np.testing.assert_array_equal(src.read(0, (2,), ((0, 1), (0, 20), (0, 30)))[0, 0], rgb[..., 2])
 
 
+def _pyramidal_ome_tiff(path: Path, image: np.ndarray, axes: str, **opts: object) -> None:
+    """A pyramidal OME-TIFF as slide scanners and bfconvert write it: the full resolution
+    with two halvings in its SubIFDs."""
+    with tifffile.TiffWriter(path, bigtiff=True) as tif:
+        meta = {"axes": axes, "PhysicalSizeX": 0.25, "PhysicalSizeY": 0.25}
+        tif.write(image, subifds=2, tile=(64, 64), metadata=meta, **opts)
+        for step in (2, 4):
+            tif.write(image[::step, ::step], subfiletype=1, tile=(64, 64), **opts)
+
+
+@pytest.mark.parametrize(
+    ("axes", "shape", "opts"),
+    [
+        ("YXS", (300, 200, 3), {"photometric": "rgb", "compression": "jpeg"}),
+        ("YX", (300, 200), {"compression": "zlib"}),
+    ],
+)
+def test_pyramidal_ome_tiff_reads_its_full_resolution(
+    tmp_path: Path, axes: str, shape: tuple[int, ...], opts: dict[str, object]
+) -> None:
+    """RGB brightfield slides come as pyramidal OME-TIFFs of JPEG tiles (read through
+    tifffile's zarr view, which sees every level of such a file)."""
+    path = tmp_path / "slide.ome.tif"
+    _pyramidal_ome_tiff(path, random_image(shape, dtype="uint8"), axes, **opts)
+    full = tifffile.imread(path, level=0)  # the decoded pixels, JPEG's losses included
+    src = open_source(path)
+    assert src.kind == "ome-tiff"
+    channels = shape[2] if len(shape) == 3 else 1
+    assert src.info.shape == (1, channels, 1, 300, 200)
+    assert src.info.scale == {"x": 0.25, "y": 0.25}
+    got = src.read(0, tuple(range(channels)), ((0, 1), (37, 290), (5, 133)))[:, 0]
+    want = full[37:290, 5:133]
+    np.testing.assert_array_equal(got, want.transpose(2, 0, 1) if channels > 1 else want[None])
+
+
 @pytest.mark.parametrize("fmt", [2, 3])
 def test_zarr_arrays_default_and_explicit_axes(tmp_path: Path, fmt: int) -> None:
     vol = random_image((10, 20, 30))
