@@ -214,3 +214,20 @@ def whole_image_prediction(module: torch.nn.Module, image: np.ndarray) -> np.nda
     with torch.inference_mode():
         x = torch.from_numpy(image.astype(np.float32))[None, None]
         return module(x)[0].numpy()
+
+
+def write_wells(path: Path) -> list[np.ndarray]:
+    """An OME-TIFF of two images (wells of a plate, positions of a scan), each with its
+    own size, physical size and channel names."""
+    wells = [random_image((2, 40, 50), seed=1), random_image((2, 36, 70), seed=2)]
+    with tifffile.TiffWriter(path, ome=True) as tif:
+        for i, well in enumerate(wells):
+            meta = {
+                "axes": "CYX",
+                "Name": f"well A{i + 1}",
+                "PhysicalSizeX": 0.5 * (i + 1),
+                "PhysicalSizeY": 0.5 * (i + 1),
+                "Channel": {"Name": [f"DAPI{i}", f"GFP{i}"]},
+            }
+            tif.write(well, metadata=meta)
+    return wells

@@ -27,6 +27,7 @@ __all__ = [
     "image_stem",
     "is_zarr",
     "open_source",
+    "open_sources",
 ]
 
 AXES = "tczyx"
@@ -87,13 +88,26 @@ class ImageInfo:
 
 
 class ImageSource:
-    """Base class: subclasses implement ``_open`` and ``_read``."""
+    """Base class: subclasses implement ``_open`` and ``_read``.
+
+    A file holding several images (an OME-TIFF of several wells or positions) is read as
+    one source per image: ``series`` is its index in the file, ``name`` the stem of its
+    output (``plate_s1``). ``where`` names it in messages.
+    """
 
     kind = "image"
 
-    def __init__(self, path: str, axes: str | None = None) -> None:
+    def __init__(
+        self,
+        path: str,
+        axes: str | None = None,
+        series: int | None = None,
+        name: str | None = None,
+    ) -> None:
         self.path = path
         self.axes = axes
+        self.series = series
+        self.name = name or image_stem(path)
         self._lock = threading.Lock()
         self._handle: Any = None
         self.info = self._inspect()
@@ -107,6 +121,11 @@ class ImageSource:
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
         self._lock = threading.Lock()
+
+    @property
+    def where(self) -> str:
+        """The image in messages: its path, and its series in a file of several."""
+        return self.path if self.series is None else f"{self.path} (series {self.series})"
 
     @property
     def handle(self) -> Any:
@@ -134,12 +153,12 @@ class ImageSource:
             out = self._read(t, channels, region)
         except (OSError, ValueError, RuntimeError) as e:
             raise InputImageError(
-                f"{self.path}: cannot read region {region} ({type(e).__name__}: {e}); "
+                f"{self.where}: cannot read region {region} ({type(e).__name__}: {e}); "
                 f"the file may be truncated or corrupt"
             ) from e
         want = (len(channels), *(b - a for a, b in region))
         if out.shape != want:
-            raise RuntimeError(f"{self.path}: read returned {out.shape}, expected {want}")
+            raise RuntimeError(f"{self.where}: read returned {out.shape}, expected {want}")
         return out
 
     def _inspect(self) -> ImageInfo:
@@ -288,7 +307,7 @@ class TiffSource(ArraySource):
             raise InputImageError(f"{self.path}: no such file (removed, or not on this node)")
         try:
             tif = tifffile.TiffFile(self.path)
-            return tif, tif.series[0]
+            return tif, tif.series[self.series or 0]
         except Exception as e:
             raise _unreadable_tiff(self.path, e) from e
 
@@ -305,12 +324,12 @@ class TiffSource(ArraySource):
                         mapped = "z"  # generic page axis of a multi-page stack
                     if mapped is None or mapped in axes:
                         raise InputImageError(
-                            f"{self.path}: TIFF axes {series.axes!r} cannot be mapped to "
+                            f"{self.where}: TIFF axes {series.axes!r} cannot be mapped to "
                             f"tczyx; set axes= with one letter per dimension"
                         )
                     axes += mapped
             self.axes = axes
-            _, shape = _axes_to_5d(axes, tuple(series.shape), self.path)
+            _, shape = _axes_to_5d(axes, tuple(series.shape), self.where)
             return self._info(tif, shape, np.dtype(series.dtype))
         finally:
             tif.close()
@@ -372,7 +391,9 @@ class OmeTiffSource(TiffSource):
         except Exception:  # unparsable XML: the pixels are still readable
             ome = {}
         image = ome.get("Image", {})
-        image = image[0] if isinstance(image, list) else image
+        # tifffile makes a series of each OME Image, in the XML's order.
+        if isinstance(image, list):
+            image = image[self.series or 0] if (self.series or 0) < len(image) else {}
         pixels = image.get("Pixels", {}) if isinstance(image, dict) else {}
         scale, units = {}, {}
         for axis in "xyz":
@@ -470,25 +491,27 @@ def _unreadable_tiff(path: str | Path, e: Exception) -> InputImageError:
     )
 
 
-def _inspect_tiff(path: Path) -> bool:
-    """Whether ``path`` is an OME-TIFF, after checking every strip or tile of its first
-    series lies inside the file (a copy cut short fails here, not hours into a run)."""
+def _inspect_tiff(path: Path) -> tuple[bool, int]:
+    """Whether ``path`` is an OME-TIFF, and the images it holds (an OME-TIFF's series; a
+    plain TIFF's first only), after checking every strip or tile of them lies inside the
+    file (a copy cut short fails here, not hours into a run)."""
     import tifffile
 
     try:
         with tifffile.TiffFile(path) as tif:
             size = path.stat().st_size
+            is_ome = bool(tif.is_ome)
+            series = tif.series if is_ome else tif.series[:1]
             # A writer that streams tiles writes the directory after them: stopped early,
             # the file has an empty one (no size, no pixels; tifffile reads shape ()).
-            empty = bool(tif.series) and not tif.series[0].shape
-            pages = [p for p in tif.series[0].pages if p is not None] if tif.series else []
+            empty = bool(series) and not series[0].shape
+            pages = [p for s in series for p in s.pages if p is not None]
             beyond = sum(
                 1
                 for page in pages
                 for offset, count in zip(page.dataoffsets, page.databytecounts, strict=False)
                 if offset + count > size
             )
-            is_ome = bool(tif.is_ome)
     except Exception as e:
         raise _unreadable_tiff(path, e) from e
     if empty:
@@ -501,11 +524,46 @@ def _inspect_tiff(path: Path) -> bool:
             f"{path}: truncated: {beyond} strip(s)/tile(s) lie beyond the end of the file "
             f"({size} bytes); copy or export the file again"
         )
-    return is_ome
+    return is_ome, max(len(series), 1)
 
 
-def open_source(path: str | os.PathLike[str], axes: str | None = None) -> ImageSource:
-    """Open ``path`` with the reader its format needs.
+def _bioformats2raw_series(path: str) -> list[str] | None:
+    """The image groups of a bioformats2raw store (the layout its converter writes: one
+    OME-Zarr image per series, ``0``, ``1``, ...; the ``OME`` group may list them), or
+    None for any other zarr path."""
+    import zarr
+
+    try:
+        node: Any = zarr.open(path, mode="r")
+    except Exception:
+        return None  # ZarrSource says what is wrong with it
+    if not isinstance(node, zarr.Group):
+        return None
+    attrs: dict[str, Any] = dict(node.attrs)
+    if "bioformats2raw.layout" not in attrs.get("ome", attrs):
+        return None
+    listed: Any = None
+    if "OME" in node:
+        ome: dict[str, Any] = dict(node["OME"].attrs)
+        listed = ome.get("ome", ome).get("series")
+    if listed:
+        return [str(s) for s in listed]
+    found: list[str] = []
+    while str(len(found)) in node:
+        found.append(str(len(found)))
+    if not found:
+        raise InputImageError(
+            f"{path}: a bioformats2raw store without image groups (0, 1, ...); convert the "
+            f"image again"
+        )
+    return found
+
+
+def open_sources(path: str | os.PathLike[str], axes: str | None = None) -> list[ImageSource]:
+    """Every image of ``path``: one for most files, one per series of an OME-TIFF of
+    several images (wells, positions, scenes) and of a bioformats2raw store. Images of a
+    file of several are named ``<stem>_s<series>`` (their outputs ``<stem>_s0.ome.zarr``,
+    ...).
 
     Raises:
         InputImageError: missing path, unknown format, unreadable or corrupt file.
@@ -514,23 +572,53 @@ def open_source(path: str | os.PathLike[str], axes: str | None = None) -> ImageS
     if not storage.exists(p):
         raise InputImageError(f"{p}: no such file or directory; check the input= path")
     name = storage.basename(p).lower()
+    count = 1
+    groups: list[str] | None = None
     if is_zarr(p):
         kind = "zarr"
+        groups = _bioformats2raw_series(p)
     elif storage.is_url(p):
         raise InputImageError(
             f"{p}: only zarr and OME-Zarr are read from URLs; copy the file to a local or "
             f"mounted path, or convert it to OME-Zarr"
         )
     elif os.path.isfile(p) and name.endswith((".tif", ".tiff")):
-        kind = "ome-tiff" if _inspect_tiff(Path(p)) and axes is None else "tiff"
+        is_ome, count = _inspect_tiff(Path(p))
+        kind = "ome-tiff" if is_ome and axes is None else "tiff"
     else:
         raise InputImageError(
             f"{p}: not a supported image; give an OME-TIFF, TIFF, zarr array or OME-Zarr"
         )
-    source = SOURCES.get(kind)(p, axes)
-    t, c, z, y, x = source.info.shape
-    if math.prod(source.info.shape) == 0:
-        raise InputImageError(f"{p}: image has zero size {source.info.shape}")
-    if source.info.dtype.kind not in "uif" and source.info.dtype != np.bool_:
-        raise InputImageError(f"{p}: pixel type {source.info.dtype} is not numeric")
-    return source
+    cls = SOURCES.get(kind)
+    stem = image_stem(p)
+    if groups is not None:
+        several = len(groups) > 1
+        sources = [
+            cls(storage.join(p, g), axes, name=f"{stem}_s{i}" if several else stem)
+            for i, g in enumerate(groups)
+        ]
+    elif count > 1:
+        sources = [cls(p, axes, series=i, name=f"{stem}_s{i}") for i in range(count)]
+    else:
+        sources = [cls(p, axes)]
+    for source in sources:
+        if math.prod(source.info.shape) == 0:
+            raise InputImageError(f"{source.where}: image has zero size {source.info.shape}")
+        if source.info.dtype.kind not in "uif" and source.info.dtype != np.bool_:
+            raise InputImageError(f"{source.where}: pixel type {source.info.dtype} is not numeric")
+    return sources
+
+
+def open_source(path: str | os.PathLike[str], axes: str | None = None) -> ImageSource:
+    """The one image of ``path`` (``open_sources``).
+
+    Raises:
+        InputImageError: as ``open_sources``, and for a file of several images.
+    """
+    sources = open_sources(path, axes)
+    if len(sources) > 1:
+        raise InputImageError(
+            f"{storage.resolve(path)}: holds {len(sources)} images (series); training and "
+            f"this call take one image per file: export each series to a file of its own"
+        )
+    return sources[0]

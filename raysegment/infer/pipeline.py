@@ -20,7 +20,7 @@ from raysegment import storage
 from raysegment._version import __version__
 from raysegment.config import InferConfig, as_config, config_to_dict
 from raysegment.data.inputs import resolve_inputs
-from raysegment.data.sources import image_stem, open_source
+from raysegment.data.sources import image_stem, open_sources
 from raysegment.data.tiling import block_grid, seam_repeats
 from raysegment.errors import ConfigError, OutputError
 from raysegment.infer.attempts import start_ledger
@@ -277,7 +277,13 @@ def _prepare(
     """
     import_ray_data()
 
-    sources = [open_source(p, cfg.axes) for p in paths]
+    sources = [s for p in paths for s in open_sources(p, cfg.axes)]
+    names = Counter(s.name for s in sources)
+    clash = [n for n, k in names.items() if k > 1]
+    if clash:  # a file of several images beside one named like its series
+        raise ConfigError(
+            f"{cfg.input}: several inputs would write {clash[0]}.ome.zarr; narrow pattern="
+        )
     module = load_model(model)
     spec = describe_model(model, module)
     spec = probe_model(model, module, spec, tile_size(cfg, spec))
@@ -291,7 +297,7 @@ def _prepare(
         plan_image(
             i,
             src,
-            storage.join(output, f"{image_stem(src.path)}.ome.zarr"),
+            storage.join(output, f"{src.name}.ome.zarr"),
             cfg,
             spec,
             model.sha256,

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from raysegment.config import InferConfig, NormalizeMode, config_to_dict
-from raysegment.data.sources import ImageSource, image_stem
+from raysegment.data.sources import ImageSource
 from raysegment.data.tiling import Block, Tiling, block_at, block_grid
 from raysegment.errors import ConfigError, InputImageError
 from raysegment.infer.pyramid import block_levels
@@ -96,7 +96,7 @@ class ImagePlan:
         ranges = zip(axes, self.block_of(item).inner, strict=True)
         where = ", ".join(f"{axis} {lo}:{hi}" for axis, (lo, hi) in ranges)
         plane = f" z={item.z}" if item.z >= 0 else ""
-        return f"{self.source.path}: block t={item.t}{plane} {where}"
+        return f"{self.source.where}: block t={item.t}{plane} {where}"
 
     def source_region(self, item: WorkItem, block: Block) -> tuple[tuple[int, int], ...]:
         """(z, y, x) region of the source to read for ``block``."""
@@ -172,14 +172,14 @@ def _select_channels(cfg: InferConfig, source: ImageSource, spec: ModelSpec) -> 
         bad = [c for c in cfg.channels if c >= count]
         if bad:
             raise InputImageError(
-                f"{source.path}: has {count} channel(s), channels={cfg.channels} asks for {bad}"
+                f"{source.where}: has {count} channel(s), channels={cfg.channels} asks for {bad}"
             )
         chosen = tuple(cfg.channels)
     else:
         chosen = tuple(range(count))
     if len(chosen) != spec.in_channels:
         raise InputImageError(
-            f"{source.path}: the model takes {spec.in_channels} channel(s) but "
+            f"{source.where}: the model takes {spec.in_channels} channel(s) but "
             f"{len(chosen)} are selected from the image's {count}; set channels= to "
             f"{spec.in_channels} index(es), e.g. channels={list(range(spec.in_channels))}"
         )
@@ -191,7 +191,7 @@ def _spatial_shape(source: ImageSource, dims: int) -> tuple[int, ...]:
     if dims == 3:
         if z == 1:
             raise InputImageError(
-                f"{source.path}: a 3D model needs a z-stack but the image is 2D "
+                f"{source.where}: a 3D model needs a z-stack but the image is 2D "
                 f"(shape {source.info.shape} as t,c,z,y,x); use a 2D model or a 3D image"
             )
         return (z, y, x)
@@ -289,14 +289,14 @@ def plan_image(
         scale=tuple(1.0 if a == "c" else float(scale.get(a, 1.0)) for a in axes),
         units={a: u for a, u in units.items() if a in axes},
         channel_names=names or tuple(f"class_{i}" for i in range(out_c)),
-        name=image_stem(source.path),
+        name=source.name,
         levels=cfg.levels,
         pyramid_axes="zyx" if dims == 3 else "yx",
     )
     fingerprint = hashlib.sha256(
         json.dumps(
             {
-                "input": source.path,
+                "input": source.where,
                 "shape": info.shape,
                 "dtype": str(info.dtype),
                 "model": model_sha256,
@@ -349,7 +349,7 @@ def _physical(
     spatial = [a for a in "zyx" if a in axes]
     if len(cfg.voxel_size) > len(spatial) or len(cfg.voxel_size) < len(spatial) - 1:
         raise ConfigError(
-            f"voxel_size={list(cfg.voxel_size)}: {source.path} has spatial axes "
+            f"voxel_size={list(cfg.voxel_size)}: {source.where} has spatial axes "
             f"{''.join(spatial)}; give one size per axis"
         )
     for axis, size in zip(
@@ -369,6 +369,7 @@ def provenance(
         "config": config,
         "input": {
             "path": plan.source.path,
+            **({"series": plan.source.series} if plan.source.series is not None else {}),
             "shape_tczyx": list(plan.source.info.shape),
             "dtype": str(plan.source.info.dtype),
             "channels": list(plan.channels),

@@ -246,7 +246,7 @@ def _nonfinite(
         f"{axis}={lo + i}" for axis, (lo, _), i in zip("zyx", region, first, strict=True)
     )
     return InputImageError(
-        f"{plan.source.path}: {finite.size - np.count_nonzero(finite)} NaN/Inf pixel(s) near "
+        f"{plan.source.where}: {finite.size - np.count_nonzero(finite)} NaN/Inf pixel(s) near "
         f"t={item.t}, {where}; replace them (e.g. numpy.nan_to_num) before segmenting, the "
         f"model would spread them over the tiles around"
     )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pickle
 from pathlib import Path
 
 import numpy as np
@@ -10,9 +11,9 @@ import tifffile
 import zarr
 
 from raysegment.data.inputs import resolve_inputs
-from raysegment.data.sources import _TiffPlanes, image_stem, open_source
+from raysegment.data.sources import _TiffPlanes, image_stem, open_source, open_sources
 from raysegment.errors import InputImageError
-from tests.conftest import random_image
+from tests.conftest import random_image, write_wells
 
 
 def _labelled(t: int, c: int, z: int, y: int, x: int) -> np.ndarray:
@@ -218,6 +219,67 @@ def test_pyramidal_ome_tiff_reads_its_full_resolution(
     got = src.read(0, tuple(range(channels)), ((0, 1), (37, 290), (5, 133)))[:, 0]
     want = full[37:290, 5:133]
     np.testing.assert_array_equal(got, want.transpose(2, 0, 1) if channels > 1 else want[None])
+
+
+def test_ome_tiff_of_several_images_is_one_source_per_series(tmp_path: Path) -> None:
+    path = tmp_path / "plate.ome.tif"
+    wells = write_wells(path)
+    sources = open_sources(path)
+    assert [s.name for s in sources] == ["plate_s0", "plate_s1"]
+    assert [s.series for s in sources] == [0, 1]
+    assert sources[1].where == f"{path} (series 1)"
+    for i, (src, well) in enumerate(zip(sources, wells, strict=True)):
+        assert src.kind == "ome-tiff"
+        assert src.info.shape == (1, 2, 1, *well.shape[1:])
+        assert src.info.scale == {"x": 0.5 * (i + 1), "y": 0.5 * (i + 1)}
+        assert src.info.channel_names == (f"DAPI{i}", f"GFP{i}")
+        got = src.read(0, (1,), ((0, 1), (3, 25), (7, 40)))[0, 0]
+        np.testing.assert_array_equal(got, well[1, 3:25, 7:40])
+    # Pickled to a worker, a source still reads its own series.
+    again = pickle.loads(pickle.dumps(sources[1]))
+    whole = again.read(0, (0,), ((0, 1), (0, 36), (0, 70)))
+    np.testing.assert_array_equal(whole[0, 0], wells[1][0])
+    with pytest.raises(InputImageError, match="holds 2 images"):
+        open_source(path)  # one image per file: training pairs
+
+
+def _bioformats2raw(path: Path, images: list[np.ndarray]) -> None:
+    """The layout bioformats2raw writes (NGFF 0.4, zarr v2): an image group per series."""
+    root = zarr.open_group(str(path), mode="w", zarr_format=2)
+    root.attrs["bioformats2raw.layout"] = 3
+    for i, image in enumerate(images):
+        group = root.create_group(str(i))
+        group.create_array("0", data=image[None, None, None], chunks=(1, 1, 1, 16, 16))
+        axes = [{"name": a, "type": "space" if a in "zyx" else a} for a in "tczyx"]
+        axes[1]["type"], axes[0]["type"] = "channel", "time"
+        scale = [1.0, 1.0, 1.0, 0.25 * (i + 1), 0.25 * (i + 1)]
+        group.attrs["multiscales"] = [
+            {
+                "version": "0.4",
+                "axes": axes,
+                "datasets": [
+                    {"path": "0", "coordinateTransformations": [{"type": "scale", "scale": scale}]}
+                ],
+            }
+        ]
+    root.create_group("OME").attrs["series"] = [str(i) for i in range(len(images))]
+
+
+def test_bioformats2raw_store_is_one_source_per_series(tmp_path: Path) -> None:
+    images = [random_image((40, 30), seed=3), random_image((20, 50), seed=4)]
+    _bioformats2raw(tmp_path / "slide.zarr", images)
+    sources = open_sources(tmp_path / "slide.zarr")
+    assert [s.name for s in sources] == ["slide_s0", "slide_s1"]
+    for i, (src, image) in enumerate(zip(sources, images, strict=True)):
+        assert src.path == str(tmp_path / "slide.zarr" / str(i))
+        assert src.info.shape == (1, 1, 1, *image.shape)
+        assert src.info.scale["y"] == 0.25 * (i + 1)
+        full = ((0, 1), (0, image.shape[0]), (0, image.shape[1]))
+        np.testing.assert_array_equal(src.read(0, (0,), full)[0, 0], image)
+    # A store of one series (a slide converted alone) keeps the store's name.
+    _bioformats2raw(tmp_path / "one.zarr", images[:1])
+    (only,) = open_sources(tmp_path / "one.zarr")
+    assert only.name == "one" and only.info.shape == (1, 1, 1, 40, 30)
 
 
 @pytest.mark.parametrize("fmt", [2, 3])

@@ -26,6 +26,7 @@ from tests.conftest import (
     read_block,
     whole_image_prediction,
     work_row,
+    write_wells,
 )
 
 pytestmark = pytest.mark.usefixtures("ray_session")
@@ -115,6 +116,35 @@ def test_channels_and_time_axes(tmp_path, make_model, ome_tiff) -> None:
     for t in range(2):
         want = whole_image_prediction(module, data[t, 2])
         np.testing.assert_allclose(got[t], want, rtol=1e-5, atol=1e-4)
+
+
+def test_every_image_of_a_multi_image_ome_tiff_gets_its_output(tmp_path, make_model) -> None:
+    """A plate's or a multi-position scan's OME-TIFF holds several images: each is
+    segmented into ``<stem>_s<series>.ome.zarr`` with its own size and physical size; none
+    is left out."""
+    wells = write_wells(tmp_path / "plate.ome.tif")
+    model, module = make_model(in_ch=1, out_ch=1)
+    summary = infer(
+        input=str(tmp_path / "plate.ome.tif"),
+        model=str(model),
+        output=str(tmp_path / "out"),
+        progress=False,
+        channels=[1],
+        tile={"size": [32], "blend": "crop"},
+        finalize={"mode": "raw"},
+    )
+    assert summary.images == 2
+    for i, well in enumerate(wells):
+        out = tmp_path / "out" / f"plate_s{i}.ome.zarr"
+        attrs = _attrs(out)
+        assert attrs["raysegment"]["status"] == "complete"
+        assert attrs["raysegment"]["input"]["series"] == i
+        scale = attrs["ome"]["multiscales"][0]["datasets"][0]["coordinateTransformations"][0]
+        assert scale["scale"] == [1.0, 0.5 * (i + 1), 0.5 * (i + 1)]
+        got = zarr.open_array(str(out / "0"), mode="r")[:]
+        want = whole_image_prediction(module, well[1])
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-4)
+        assert (tmp_path / "out" / f"plate_s{i}.png").is_file()
 
 
 def test_2d_model_on_multipage_tiff_stack(tmp_path, make_model) -> None:
