@@ -33,12 +33,18 @@ __all__ = [
 AXES = "tczyx"
 """The canonical axis order every source presents."""
 
-IMAGE_SUFFIXES = (".ome.tiff", ".ome.tif", ".ome.zarr", ".tiff", ".tif", ".zarr")
+SLIDE_SUFFIXES = (".svs", ".ndpi", ".qptiff")
+"""Whole-slide formats that are TIFFs inside (Aperio, Hamamatsu, Akoya/PerkinElmer), read
+through tifffile: their first series, the scan at full resolution (thumbnail, label and
+macro images are not segmented)."""
+
+IMAGE_SUFFIXES = (".ome.tiff", ".ome.tif", ".ome.zarr", ".tiff", ".tif", ".zarr", *SLIDE_SUFFIXES)
 
 _UNITS = {
     "µm": "micrometer",
     "um": "micrometer",
     "micron": "micrometer",
+    "microns": "micrometer",
     "nm": "nanometer",
     "mm": "millimeter",
     "cm": "centimeter",
@@ -335,8 +341,10 @@ class TiffSource(ArraySource):
             tif.close()
 
     def _info(self, tif: Any, shape: tuple[int, ...], dtype: np.dtype) -> ImageInfo:
-        """What a plain TIFF records: shape and type, no physical sizes."""
-        return ImageInfo(shape, dtype)  # type: ignore[arg-type]
+        """What a plain TIFF records: shape and type, and its calibration where it has
+        one (``_tiff_calibration``)."""
+        scale, units = _tiff_calibration(tif, tif.series[self.series or 0].keyframe)
+        return ImageInfo(shape, dtype, scale, units)  # type: ignore[arg-type]
 
     def _array_axes(self) -> str:
         assert self.axes is not None
@@ -373,6 +381,50 @@ class TiffSource(ArraySource):
         if getattr(self, "_tif", None) is not None:
             self._tif.close()
             self._tif = None
+
+
+_LENGTHS = {"angstrom", "nanometer", "micrometer", "millimeter", "centimeter", "meter"}
+
+
+def _tiff_calibration(tif: Any, page: Any) -> tuple[dict[str, float], dict[str, str]]:
+    """Physical pixel sizes of a plain TIFF, as the writers of microscopy TIFFs record them:
+    ImageJ/Fiji (the resolution tags in its ``unit``, z ``spacing``, ``finterval`` in
+    seconds), Aperio SVS (``MPP`` in the description), and resolution tags in centimetres
+    (NDPI, QPTIFF, microscope software). Tags in inches are left out: desktop software
+    writes 72 or 300 dots per inch, which say nothing of a pixel's size."""
+    import tifffile
+
+    def size(name: str) -> float | None:
+        tag = page.tags.get(name)
+        num, den = tag.value if tag is not None else (0, 0)
+        return den / num if num and den else None
+
+    x, y = size("XResolution"), size("YResolution")
+    scale: dict[str, float] = {}
+    units: dict[str, str] = {}
+    imagej = tif.imagej_metadata or {}
+    if imagej:
+        unit = str(imagej.get("unit", "")).replace("\\u00B5", "µ").replace("\\u00b5", "µ")
+        length = _ngff_unit(unit)
+        if length in _LENGTHS and x and y:
+            scale |= {"x": x, "y": y}
+            units |= {"x": length, "y": length}
+            if imagej.get("spacing"):
+                scale["z"], units["z"] = float(imagej["spacing"]), length
+        if imagej.get("finterval"):
+            scale["t"], units["t"] = float(imagej["finterval"]), "second"
+        return scale, units
+    if page.is_svs:
+        try:
+            mpp = tifffile.tifffile.svs_description_metadata(page.description).get("MPP")
+        except ValueError:
+            mpp = None
+        if isinstance(mpp, (int, float)) and mpp > 0:
+            return {"x": float(mpp), "y": float(mpp)}, {"x": "micrometer", "y": "micrometer"}
+    unit = page.tags.get("ResolutionUnit")
+    if unit is not None and int(unit.value) == 3 and x and y:  # centimetre
+        return {"x": x * 1e4, "y": y * 1e4}, {"x": "micrometer", "y": "micrometer"}
+    return scale, units
 
 
 class OmeTiffSource(TiffSource):
@@ -582,12 +634,13 @@ def open_sources(path: str | os.PathLike[str], axes: str | None = None) -> list[
             f"{p}: only zarr and OME-Zarr are read from URLs; copy the file to a local or "
             f"mounted path, or convert it to OME-Zarr"
         )
-    elif os.path.isfile(p) and name.endswith((".tif", ".tiff")):
+    elif os.path.isfile(p) and name.endswith((".tif", ".tiff", *SLIDE_SUFFIXES)):
         is_ome, count = _inspect_tiff(Path(p))
         kind = "ome-tiff" if is_ome and axes is None else "tiff"
     else:
         raise InputImageError(
-            f"{p}: not a supported image; give an OME-TIFF, TIFF, zarr array or OME-Zarr"
+            f"{p}: not a supported image; give an OME-TIFF, TIFF (or SVS, NDPI, QPTIFF), "
+            f"zarr array or OME-Zarr"
         )
     cls = SOURCES.get(kind)
     stem = image_stem(p)

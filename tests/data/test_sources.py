@@ -282,6 +282,81 @@ def test_bioformats2raw_store_is_one_source_per_series(tmp_path: Path) -> None:
     assert only.name == "one" and only.info.shape == (1, 1, 1, 40, 30)
 
 
+@pytest.mark.parametrize("unit", ["um", "micron", "\\u00B5m"])
+def test_imagej_tiff_calibration(tmp_path: Path, unit: str) -> None:
+    """Fiji saves a hyperstack's calibration in its resolution tags and description."""
+    path = tmp_path / "fiji.tif"
+    data = random_image((2, 3, 2, 40, 50))  # t, z, c, y, x
+    tifffile.imwrite(
+        path,
+        data,
+        imagej=True,
+        resolution=(1 / 0.325, 1 / 0.325),
+        metadata={"axes": "TZCYX", "unit": unit, "spacing": 2.5, "finterval": 1.5},
+    )
+    src = open_source(path)
+    assert src.kind == "tiff" and src.info.shape == (2, 2, 3, 40, 50)
+    assert src.info.scale == pytest.approx({"x": 0.325, "y": 0.325, "z": 2.5, "t": 1.5})
+    assert src.info.units == {
+        "x": "micrometer",
+        "y": "micrometer",
+        "z": "micrometer",
+        "t": "second",
+    }
+    got = src.read(1, (1,), ((0, 3), (0, 40), (0, 50)))[0]
+    np.testing.assert_array_equal(got, data[1, :, 1])
+
+
+def test_tiff_resolution_in_centimetres_is_a_pixel_size_and_in_inches_is_not(
+    tmp_path: Path,
+) -> None:
+    image = random_image((30, 40))
+    tifffile.imwrite(
+        tmp_path / "cm.tif", image, resolution=(1e4 / 0.46, 1e4 / 0.23), resolutionunit="CENTIMETER"
+    )
+    src = open_source(tmp_path / "cm.tif")
+    assert src.info.scale == pytest.approx({"x": 0.46, "y": 0.23})
+    assert src.info.units == {"x": "micrometer", "y": "micrometer"}
+    tifffile.imwrite(tmp_path / "dpi.tif", image, resolution=(72, 72), resolutionunit="INCH")
+    assert open_source(tmp_path / "dpi.tif").info.scale == {}
+
+
+def _aperio_svs(path: Path, image: np.ndarray, mpp: float) -> None:
+    """The layout of an Aperio SVS: the tiled baseline (its description carries the pixel
+    size), a stripped thumbnail, a tiled reduced level, then label and macro images."""
+    description = (
+        f"Aperio Image Library v12.0.15 \r\n{image.shape[1]}x{image.shape[0]} "
+        f"[0,0 {image.shape[1]}x{image.shape[0]}] (64x64) JPEG/RGB Q=70|AppMag = 20|"
+        f"MPP = {mpp}"
+    )
+    rgb = {"photometric": "rgb", "metadata": None}
+    with tifffile.TiffWriter(path) as tif:
+        tif.write(image, tile=(64, 64), compression="jpeg", description=description, **rgb)
+        tif.write(image[::8, ::8], description="Aperio Image Library thumbnail", **rgb)
+        tif.write(image[::4, ::4], tile=(64, 64), compression="jpeg", **rgb)
+        tif.write(image[:32, :48], subfiletype=1, description="Aperio label", **rgb)
+        tif.write(image[:40, :40], subfiletype=9, description="Aperio macro", **rgb)
+
+
+def test_aperio_svs_reads_its_scan_at_full_resolution_with_its_pixel_size(tmp_path: Path) -> None:
+    path = tmp_path / "case 7.svs"
+    _aperio_svs(path, random_image((300, 260, 3), dtype="uint8"), 0.502)
+    assert [s.name for s in tifffile.TiffFile(path).series] == [
+        "Baseline",
+        "Thumbnail",
+        "Label",
+        "Macro",
+    ]
+    full = tifffile.imread(path)  # the baseline, decoded
+    (src,) = open_sources(path)  # thumbnail, label and macro are not images to segment
+    assert src.name == "case 7" and src.info.shape == (1, 3, 1, 300, 260)
+    assert src.info.scale == {"x": 0.502, "y": 0.502}
+    assert src.info.units == {"x": "micrometer", "y": "micrometer"}
+    got = src.read(0, (0, 1, 2), ((0, 1), (70, 290), (3, 200)))[:, 0]
+    np.testing.assert_array_equal(got, full.reshape(300, 260, 3)[70:290, 3:200].transpose(2, 0, 1))
+    assert resolve_inputs(str(tmp_path)) == [str(path)]  # the default pattern takes slides
+
+
 @pytest.mark.parametrize("fmt", [2, 3])
 def test_zarr_arrays_default_and_explicit_axes(tmp_path: Path, fmt: int) -> None:
     vol = random_image((10, 20, 30))
