@@ -579,10 +579,11 @@ def _inspect_tiff(path: Path) -> tuple[bool, int]:
     return is_ome, max(len(series), 1)
 
 
-def _bioformats2raw_series(path: str) -> list[str] | None:
-    """The image groups of a bioformats2raw store (the layout its converter writes: one
-    OME-Zarr image per series, ``0``, ``1``, ...; the ``OME`` group may list them), or
-    None for any other zarr path."""
+def _zarr_images(path: str) -> list[tuple[str, str]] | None:
+    """The images of a zarr store that holds several, as (group path, output name
+    suffix): an NGFF plate (high-content screening: ``A/1/0`` -> ``A1_f0``, every field of
+    every well) and a bioformats2raw store (one OME-Zarr image per series, ``0``, ``1``,
+    ...; its ``OME`` group may list them: ``s0``, ``s1``, ...). None for any other path."""
     import zarr
 
     try:
@@ -592,30 +593,42 @@ def _bioformats2raw_series(path: str) -> list[str] | None:
     if not isinstance(node, zarr.Group):
         return None
     attrs: dict[str, Any] = dict(node.attrs)
-    if "bioformats2raw.layout" not in attrs.get("ome", attrs):
+    attrs = attrs.get("ome", attrs)
+    if "plate" in attrs:
+        images = []
+        for well in attrs["plate"].get("wells", []):
+            try:
+                meta: dict[str, Any] = dict(node[well["path"]].attrs)
+            except KeyError:
+                continue  # a well listed but never written
+            fields = meta.get("ome", meta).get("well", {}).get("images", [])
+            label = well["path"].replace("/", "")
+            images += [(f"{well['path']}/{f['path']}", f"{label}_f{f['path']}") for f in fields]
+        if not images:
+            raise InputImageError(f"{path}: an OME-Zarr plate without images in its wells")
+        return images
+    if "bioformats2raw.layout" not in attrs:
         return None
     listed: Any = None
     if "OME" in node:
         ome: dict[str, Any] = dict(node["OME"].attrs)
         listed = ome.get("ome", ome).get("series")
-    if listed:
-        return [str(s) for s in listed]
-    found: list[str] = []
-    while str(len(found)) in node:
-        found.append(str(len(found)))
-    if not found:
+    groups: list[str] = [str(g) for g in listed] if listed else []
+    while not listed and str(len(groups)) in node:
+        groups.append(str(len(groups)))
+    if not groups:
         raise InputImageError(
             f"{path}: a bioformats2raw store without image groups (0, 1, ...); convert the "
             f"image again"
         )
-    return found
+    return [(g, f"s{i}") for i, g in enumerate(groups)]
 
 
 def open_sources(path: str | os.PathLike[str], axes: str | None = None) -> list[ImageSource]:
     """Every image of ``path``: one for most files, one per series of an OME-TIFF of
-    several images (wells, positions, scenes) and of a bioformats2raw store. Images of a
-    file of several are named ``<stem>_s<series>`` (their outputs ``<stem>_s0.ome.zarr``,
-    ...).
+    several images (wells, positions, scenes) and of a bioformats2raw store, one per field
+    of an OME-Zarr plate. Images of a file of several are named ``<stem>_s<series>`` or
+    ``<stem>_<well>_f<field>`` (their outputs ``<stem>_s0.ome.zarr``, ...).
 
     Raises:
         InputImageError: missing path, unknown format, unreadable or corrupt file.
@@ -625,10 +638,10 @@ def open_sources(path: str | os.PathLike[str], axes: str | None = None) -> list[
         raise InputImageError(f"{p}: no such file or directory; check the input= path")
     name = storage.basename(p).lower()
     count = 1
-    groups: list[str] | None = None
+    images: list[tuple[str, str]] | None = None
     if is_zarr(p):
         kind = "zarr"
-        groups = _bioformats2raw_series(p)
+        images = _zarr_images(p)
     elif storage.is_url(p):
         raise InputImageError(
             f"{p}: only zarr and OME-Zarr are read from URLs; copy the file to a local or "
@@ -644,11 +657,12 @@ def open_sources(path: str | os.PathLike[str], axes: str | None = None) -> list[
         )
     cls = SOURCES.get(kind)
     stem = image_stem(p)
-    if groups is not None:
-        several = len(groups) > 1
+    if images is not None:
+        # A store of one series (a slide converted alone) keeps the store's name.
+        one = len(images) == 1 and images[0][1] == "s0"
         sources = [
-            cls(storage.join(p, g), axes, name=f"{stem}_s{i}" if several else stem)
-            for i, g in enumerate(groups)
+            cls(storage.join(p, group), axes, name=stem if one else f"{stem}_{suffix}")
+            for group, suffix in images
         ]
     elif count > 1:
         sources = [cls(p, axes, series=i, name=f"{stem}_s{i}") for i in range(count)]

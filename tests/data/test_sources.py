@@ -282,6 +282,49 @@ def test_bioformats2raw_store_is_one_source_per_series(tmp_path: Path) -> None:
     assert only.name == "one" and only.info.shape == (1, 1, 1, 40, 30)
 
 
+def _ngff_image(group: zarr.Group, image: np.ndarray, ome: dict) -> None:
+    """An NGFF 0.5 image (y, x) in ``group``."""
+    group.create_array("0", data=image, chunks=(16, 16))
+    axes = [{"name": a, "type": "space", "unit": "micrometer"} for a in "yx"]
+    scale = [{"type": "scale", "scale": [0.5, 0.5]}]
+    ms = {"axes": axes, "datasets": [{"path": "0", "coordinateTransformations": scale}]}
+    group.attrs["ome"] = ome | {"version": "0.5", "multiscales": [ms]}
+
+
+def test_ome_zarr_plate_is_one_source_per_field_of_every_well(tmp_path: Path) -> None:
+    """High-content screening: an NGFF plate's wells hold fields of view, each an image."""
+    root = zarr.open_group(str(tmp_path / "screen.ome.zarr"), mode="w", zarr_format=3)
+    fields = {"A/1": 2, "B/3": 1}
+    images = {}
+    for w, (well, count) in enumerate(fields.items()):
+        group = root.create_group(well)
+        group.attrs["ome"] = {
+            "version": "0.5",
+            "well": {"images": [{"path": str(f)} for f in range(count)]},
+        }
+        for f in range(count):
+            key = f"{well.replace('/', '')}_f{f}"
+            images[key] = random_image((20 + f, 30 + w), seed=f + w)
+            _ngff_image(group.create_group(str(f)), images[key], {})
+    root.attrs["ome"] = {
+        "version": "0.5",
+        "plate": {
+            "columns": [{"name": "1"}, {"name": "3"}],
+            "rows": [{"name": "A"}, {"name": "B"}],
+            "wells": [
+                {"path": "A/1", "rowIndex": 0, "columnIndex": 0},
+                {"path": "B/3", "rowIndex": 1, "columnIndex": 1},
+            ],
+        },
+    }
+    sources = open_sources(tmp_path / "screen.ome.zarr")
+    assert [s.name for s in sources] == [f"screen_{k}" for k in images]
+    for src, image in zip(sources, images.values(), strict=True):
+        assert src.info.shape == (1, 1, 1, *image.shape) and src.info.scale == {"x": 0.5, "y": 0.5}
+        full = ((0, 1), (0, image.shape[0]), (0, image.shape[1]))
+        np.testing.assert_array_equal(src.read(0, (0,), full)[0, 0], image)
+
+
 @pytest.mark.parametrize("unit", ["um", "micron", "\\u00B5m"])
 def test_imagej_tiff_calibration(tmp_path: Path, unit: str) -> None:
     """Fiji saves a hyperstack's calibration in its resolution tags and description."""
