@@ -106,18 +106,23 @@ class TileConfig:
 class NormalizeConfig:
     mode: NormalizeMode = NormalizeMode.auto
     """auto (the model directory's normalization, else none) | none | fixed | percentile."""
-    mean: float = 0.0
-    """fixed: subtracted from every pixel."""
-    std: float = 1.0
-    """fixed: pixels are divided by it after subtracting mean."""
+    mean: List[float] = field(default_factory=lambda: [0.0])
+    """fixed: subtracted from every pixel; one value, or one per input channel (an RGB
+    model's ImageNet statistics: ``normalize.mean=[123.7,116.3,103.5]``)."""
+    std: List[float] = field(default_factory=lambda: [1.0])
+    """fixed: pixels are divided by it after subtracting mean; one value, or one per input
+    channel."""
     low: float = 1.0
     """percentile: this percentile of the image maps to 0."""
     high: float = 99.8
     """percentile: this percentile of the image maps to 1."""
 
     def __post_init__(self) -> None:
-        if self.std <= 0:
-            raise ConfigError(f"normalize.std={self.std} must be > 0")
+        for key, values in (("mean", self.mean), ("std", self.std)):
+            if not values:
+                raise ConfigError(f"normalize.{key}=[]: give one value, or one per channel")
+        if min(self.std) <= 0:
+            raise ConfigError(f"normalize.std={list(self.std)} must be > 0")
         if not 0 <= self.low < self.high <= 100:
             raise ConfigError(
                 f"normalize.low={self.low}, normalize.high={self.high}: need 0 <= low < high <= 100"
@@ -462,7 +467,7 @@ def _check_sizes(key: str, sizes: Sequence[int] | None) -> None:
 
 # Keys that take one value or a list; a single value is stored as a one-element list.
 _SCALAR_OR_LIST: dict[type, tuple[str, ...]] = {
-    InferConfig: ("chunks", "block", "tile.size", "channels"),
+    InferConfig: ("chunks", "block", "tile.size", "channels", "normalize.mean", "normalize.std"),
     TrainConfig: ("patch_size", "channels", "class_names"),
 }
 

@@ -48,6 +48,8 @@ def test_overrides_win_and_scalars_become_lists(tmp_path: Path) -> None:
         ("channels=[1,1]", "distinct channel"),
         ("pattern=[", "not a regular expression"),
         ("normalize.std=0", "normalize.std"),
+        ("normalize.std=[1,0,2]", r"normalize.std=\[1.0, 0.0, 2.0\] must be > 0"),
+        ("normalize.mean=[]", r"normalize.mean=\[\]: give one value"),
         ("normalize.low=99.9", "low < high"),
         ("tile.size=[1,2,3,4]", "1 to 3 positive sizes"),
         ("overwrite", "not key=value"),

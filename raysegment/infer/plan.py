@@ -212,7 +212,15 @@ def _normalization(
     if mode == NormalizeMode.none:
         return None
     if mode == NormalizeMode.fixed:
-        return (cfg.normalize.mean,) * n, (cfg.normalize.std,) * n
+        per_channel = []
+        for key, values in (("mean", cfg.normalize.mean), ("std", cfg.normalize.std)):
+            if len(values) not in (1, n):
+                raise ConfigError(
+                    f"normalize.{key}={list(values)}: {source.where} feeds the model {n} "
+                    f"channel(s); give one value, or one per channel"
+                )
+            per_channel.append(tuple(float(v) for v in np.broadcast_to(values, (n,))))
+        return per_channel[0], per_channel[1]
     return _percentiles(source, channels, cfg.normalize.low, cfg.normalize.high)
 
 

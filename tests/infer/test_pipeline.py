@@ -425,6 +425,34 @@ def test_blocks_travel_as_stored_and_are_normalized_by_the_predictor(
     np.testing.assert_allclose(got[0], want, rtol=1e-6)
 
 
+def test_fixed_normalization_per_channel(tmp_path, make_model) -> None:
+    """An RGB model trained on ImageNet statistics: one mean and std per input channel."""
+    from raysegment.errors import ConfigError
+    from raysegment.infer.stages import normalized
+
+    rgb = random_image((40, 50, 3), dtype="uint8")
+    tifffile.imwrite(tmp_path / "rgb.tif", rgb, photometric="rgb")
+    model_path, _ = make_model(in_ch=3, out_ch=1)
+    settings = {
+        "input": str(tmp_path / "rgb.tif"),
+        "model": str(model_path),
+        "output": str(tmp_path / "out"),
+        "tile": {"size": [32]},
+        "normalize": {"mode": "fixed", "mean": [123.7, 116.3, 103.5], "std": [58.4, 57.1, 57.4]},
+    }
+    _, plan = driver_plan(settings)
+    (item,) = plan.work()
+    got = normalized(read_block(plan)["data"][0], plan, plan.block_of(item))
+    for c, (mean, std) in enumerate(((123.7, 58.4), (116.3, 57.1), (103.5, 57.4))):
+        want = (rgb[..., c].astype(np.float32) - np.float32(mean)) / np.float32(std)
+        np.testing.assert_allclose(got[c, :40, :50], want, rtol=1e-6)
+    # One value still applies to every channel; a count that fits no channel is refused.
+    _, plan = driver_plan(settings | {"normalize": {"mode": "fixed", "mean": 100.0, "std": 2}})
+    assert plan.norm == ((100.0,) * 3, (2.0,) * 3)
+    with pytest.raises(ConfigError, match=r"normalize.mean=\[1.0, 2.0\]: .*rgb.tif feeds"):
+        driver_plan(settings | {"normalize": {"mode": "fixed", "mean": [1, 2]}})
+
+
 def test_blocks_are_read_ahead_only_as_far_as_the_predictors_need(
     tmp_path, make_model, ome_tiff, monkeypatch
 ) -> None:
