@@ -582,8 +582,9 @@ def _inspect_tiff(path: Path) -> tuple[bool, int]:
 def _zarr_images(path: str) -> list[tuple[str, str]] | None:
     """The images of a zarr store that holds several, as (group path, output name
     suffix): an NGFF plate (high-content screening: ``A/1/0`` -> ``A1_f0``, every field of
-    every well) and a bioformats2raw store (one OME-Zarr image per series, ``0``, ``1``,
-    ...; its ``OME`` group may list them: ``s0``, ``s1``, ...). None for any other path."""
+    every well) and a bioformats2raw store (one OME-Zarr image per series, groups ``0``,
+    ``1``, ... that its ``OME`` group may list -> ``s0``, ``s1``, ...). None for any other
+    path."""
     import zarr
 
     try:
