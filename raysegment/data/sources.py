@@ -686,7 +686,7 @@ def open_source(path: str | os.PathLike[str], axes: str | None = None) -> ImageS
     sources = open_sources(path, axes)
     if len(sources) > 1:
         raise InputImageError(
-            f"{storage.resolve(path)}: holds {len(sources)} images (series); training and "
-            f"this call take one image per file: export each series to a file of its own"
+            f"{storage.resolve(path)}: holds {len(sources)} images (series); training takes "
+            f"one image per file: export each series to a file of its own"
         )
     return sources[0]
