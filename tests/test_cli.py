@@ -13,7 +13,14 @@ import torch
 import zarr
 
 from raysegment.infer.writer import inspect_output
-from tests.conftest import cli_command, conv_model, error_lines, random_image, save_torchscript
+from tests.conftest import (
+    cli_command,
+    conv_model,
+    error_lines,
+    random_image,
+    save_torchscript,
+    write_wells,
+)
 
 
 def run_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
@@ -71,6 +78,12 @@ def files(tmp_path: Path) -> Path:
     (tmp_path / "empty").mkdir()
     (tmp_path / "taken" / "img.ome.zarr").mkdir(parents=True)
     (tmp_path / "taken" / "img.ome.zarr" / "mine.txt").write_text("someone's data")
+    for d in ("twins", "plates"):  # inputs that would share an output
+        (tmp_path / d).mkdir()
+    tifffile.imwrite(tmp_path / "twins" / "a.tif", random_image((64, 64)))
+    tifffile.imwrite(tmp_path / "twins" / "a.ome.tif", random_image((64, 64)), ome=True)
+    write_wells(tmp_path / "plates" / "plate.ome.tif")  # plate_s0 and plate_s1
+    tifffile.imwrite(tmp_path / "plates" / "plate_s1.tif", random_image((64, 64)))
     return tmp_path
 
 
@@ -139,6 +152,8 @@ CASES: list[tuple[str, list[str], str]] = [
     ("output is input dir", _with(input=".", pattern="img.ome.tif", output="."), "input directory"),
     ("output not writable", _with(output="notes.txt/out"), "cannot create the output"),
     ("output exists", _with(output="taken"), "is not a raysegment output"),
+    ("two inputs one name", _with(input="twins"), "several inputs would write a.ome.zarr"),
+    ("series named like a file", _with(input="plates"), "would write plate_s1.ome.zarr"),
     ("part beyond parts", OK + ["part_id=3", "num_parts=3"], "part_id counts from 0"),
     ("overwrite with parts", OK + ["num_parts=2", "overwrite=true"], "delete each other's"),
 ]

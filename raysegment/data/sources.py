@@ -6,12 +6,13 @@ pickle (only its path travels); each process opens the file once and keeps the h
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
@@ -306,13 +307,29 @@ class TiffSource(ArraySource):
     kind = "tiff"
     _TIFF_AXES = {"S": "c", "C": "c", "Z": "z", "Y": "y", "X": "x", "T": "t"}
 
+    def __init__(
+        self,
+        path: str,
+        axes: str | None = None,
+        series: int | None = None,
+        name: str | None = None,
+        tif: Any = None,
+    ) -> None:
+        # The file ``open_sources`` opened, inspected by each of its series in turn:
+        # opening a file of N images parses all N series, once per series otherwise.
+        self._opened = tif
+        super().__init__(path, axes, series, name)
+        self._opened = None
+
     def _series(self) -> Any:
+        """The file (the one ``open_sources`` shares while inspecting, else opened here)
+        and this source's series of it."""
         import tifffile
 
-        if not Path(self.path).is_file():  # a worker on a node that lacks the file
+        if self._opened is None and not Path(self.path).is_file():  # a node lacks it
             raise InputImageError(f"{self.path}: no such file (removed, or not on this node)")
         try:
-            tif = tifffile.TiffFile(self.path)
+            tif = tifffile.TiffFile(self.path) if self._opened is None else self._opened
             return tif, tif.series[self.series or 0]
         except Exception as e:
             raise _unreadable_tiff(self.path, e) from e
@@ -338,7 +355,8 @@ class TiffSource(ArraySource):
             _, shape = _axes_to_5d(axes, tuple(series.shape), self.where)
             return self._info(tif, shape, np.dtype(series.dtype))
         finally:
-            tif.close()
+            if self._opened is None:  # opened here
+                tif.close()
 
     def _info(self, tif: Any, shape: tuple[int, ...], dtype: np.dtype) -> ImageInfo:
         """What a plain TIFF records: shape and type, and its calibration where it has
@@ -436,16 +454,10 @@ class OmeTiffSource(TiffSource):
     kind = "ome-tiff"
 
     def _info(self, tif: Any, shape: tuple[int, ...], dtype: np.dtype) -> ImageInfo:
-        import tifffile
 
-        try:
-            ome = tifffile.xml2dict(tif.ome_metadata or "").get("OME", {})
-        except Exception:  # unparsable XML: the pixels are still readable
-            ome = {}
-        image = ome.get("Image", {})
+        image = _ome_images(tif.ome_metadata or "")
         # tifffile makes a series of each OME Image, in the XML's order.
-        if isinstance(image, list):
-            image = image[self.series or 0] if (self.series or 0) < len(image) else {}
+        image = image[self.series or 0] if (self.series or 0) < len(image) else {}
         pixels = image.get("Pixels", {}) if isinstance(image, dict) else {}
         scale, units = {}, {}
         for axis in "xyz":
@@ -460,6 +472,18 @@ class OmeTiffSource(TiffSource):
         names = tuple(str(c.get("Name") or "") for c in channel if isinstance(c, dict))
         named = len(names) == shape[1] and all(names)
         return ImageInfo(shape, dtype, scale, units, names if named else None)  # type: ignore[arg-type]
+
+
+@functools.lru_cache(maxsize=2)
+def _ome_images(xml: str) -> list[Any]:
+    """The Image elements of an OME-XML document, parsed once for all of a file's series."""
+    import tifffile
+
+    try:
+        image = tifffile.xml2dict(xml).get("OME", {}).get("Image", [])
+    except Exception:  # unparsable XML: the pixels are still readable
+        return []
+    return image if isinstance(image, list) else [image]
 
 
 class ZarrSource(ArraySource):
@@ -543,29 +567,39 @@ def _unreadable_tiff(path: str | Path, e: Exception) -> InputImageError:
     )
 
 
-def _inspect_tiff(path: Path) -> tuple[bool, int]:
-    """Whether ``path`` is an OME-TIFF, and the images it holds (an OME-TIFF's series; a
-    plain TIFF's first only), after checking every strip or tile of them lies inside the
-    file (a copy cut short fails here, not hours into a run)."""
+def _tiff_images(tif: Any) -> list[Any]:
+    """The series of a TIFF that are images to segment: an OME-TIFF's every one, a plain
+    TIFF's first (others are thumbnails, labels, macro images)."""
+    return list(tif.series if tif.is_ome else tif.series[:1])
+
+
+def _inspect_tiff(path: Path) -> Any:
+    """``path`` opened with tifffile (the caller closes it), after checking every strip or
+    tile of its images lies inside the file (a copy cut short fails here, not hours into a
+    run)."""
     import tifffile
 
+    tif = None
     try:
-        with tifffile.TiffFile(path) as tif:
-            size = path.stat().st_size
-            is_ome = bool(tif.is_ome)
-            series = tif.series if is_ome else tif.series[:1]
-            # A writer that streams tiles writes the directory after them: stopped early,
-            # the file has an empty one (no size, no pixels; tifffile reads shape ()).
-            empty = bool(series) and not series[0].shape
-            pages = [p for s in series for p in s.pages if p is not None]
-            beyond = sum(
-                1
-                for page in pages
-                for offset, count in zip(page.dataoffsets, page.databytecounts, strict=False)
-                if offset + count > size
-            )
+        tif = tifffile.TiffFile(path)
+        size = path.stat().st_size
+        series = _tiff_images(tif)
+        # A writer that streams tiles writes the directory after them: stopped early, the
+        # file has an empty one (no size, no pixels; tifffile reads shape ()).
+        empty = bool(series) and not series[0].shape
+        pages = [p for s in series for p in s.pages if p is not None]
+        beyond = sum(
+            1
+            for page in pages
+            for offset, count in zip(page.dataoffsets, page.databytecounts, strict=False)
+            if offset + count > size
+        )
     except Exception as e:
+        if tif is not None:
+            tif.close()
         raise _unreadable_tiff(path, e) from e
+    if empty or beyond:
+        tif.close()
     if empty:
         raise InputImageError(
             f"{path}: no image in the TIFF (its first directory is empty: a file whose "
@@ -576,7 +610,7 @@ def _inspect_tiff(path: Path) -> tuple[bool, int]:
             f"{path}: truncated: {beyond} strip(s)/tile(s) lie beyond the end of the file "
             f"({size} bytes); copy or export the file again"
         )
-    return is_ome, max(len(series), 1)
+    return tif
 
 
 def _zarr_images(path: str) -> list[tuple[str, str]] | None:
@@ -638,7 +672,7 @@ def open_sources(path: str | os.PathLike[str], axes: str | None = None) -> list[
     if not storage.exists(p):
         raise InputImageError(f"{p}: no such file or directory; check the input= path")
     name = storage.basename(p).lower()
-    count = 1
+    tif: Any = None  # a TIFF, open while its sources inspect it
     images: list[tuple[str, str]] | None = None
     if is_zarr(p):
         kind = "zarr"
@@ -649,8 +683,8 @@ def open_sources(path: str | os.PathLike[str], axes: str | None = None) -> list[
             f"mounted path, or convert it to OME-Zarr"
         )
     elif os.path.isfile(p) and name.endswith((".tif", ".tiff", *SLIDE_SUFFIXES)):
-        is_ome, count = _inspect_tiff(Path(p))
-        kind = "ome-tiff" if is_ome and axes is None else "tiff"
+        tif = _inspect_tiff(Path(p))
+        kind = "ome-tiff" if tif.is_ome and axes is None else "tiff"
     else:
         raise InputImageError(
             f"{p}: not a supported image; give an OME-TIFF, TIFF (or SVS, NDPI, QPTIFF), "
@@ -665,10 +699,17 @@ def open_sources(path: str | os.PathLike[str], axes: str | None = None) -> list[
             cls(storage.join(p, group), axes, name=stem if one else f"{stem}_{suffix}")
             for group, suffix in images
         ]
-    elif count > 1:
-        sources = [cls(p, axes, series=i, name=f"{stem}_s{i}") for i in range(count)]
-    else:
+    elif tif is None:  # a zarr array or OME-Zarr image
         sources = [cls(p, axes)]
+    else:
+        tiff = cast(type[TiffSource], cls)
+        with tif:
+            count = len(_tiff_images(tif))
+            series = range(count) if count > 1 else [None]
+            sources = [
+                tiff(p, axes, series=i, name=None if i is None else f"{stem}_s{i}", tif=tif)
+                for i in series
+            ]
     for source in sources:
         if math.prod(source.info.shape) == 0:
             raise InputImageError(f"{source.where}: image has zero size {source.info.shape}")

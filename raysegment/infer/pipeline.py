@@ -266,6 +266,15 @@ def _wait_for_output(out: str, timeout: float = 120.0) -> OutputState:
         time.sleep(0.2)
 
 
+def _refuse_shared_outputs(input: str, names: list[str]) -> None:
+    """Refuse a run in which two images would write one output (``<name>.ome.zarr``)."""
+    clash = [n for n, k in Counter(names).items() if k > 1]
+    if clash:
+        raise ConfigError(
+            f"{input}: several inputs would write {clash[0]}.ome.zarr; narrow pattern="
+        )
+
+
 def _prepare(
     cfg: InferConfig, paths: list[str], output: str, model: ModelFile
 ) -> tuple[ModelSpec, list[ImagePlan], dict[int, set[str]]]:
@@ -278,12 +287,7 @@ def _prepare(
     import_ray_data()
 
     sources = [s for p in paths for s in open_sources(p, cfg.axes)]
-    names = Counter(s.name for s in sources)
-    clash = [n for n, k in names.items() if k > 1]
-    if clash:  # a file of several images beside one named like its series
-        raise ConfigError(
-            f"{cfg.input}: several inputs would write {clash[0]}.ome.zarr; narrow pattern="
-        )
+    _refuse_shared_outputs(cfg.input, [s.name for s in sources])  # series named alike
     module = load_model(model)
     spec = describe_model(model, module)
     spec = probe_model(model, module, spec, tile_size(cfg, spec))
@@ -326,12 +330,7 @@ def infer(config: InferConfig | Mapping[str, Any] | None = None, **overrides: An
     # Workers may run elsewhere (another cwd, another node with the same mounts): every
     # path they see is absolute.
     paths = resolve_inputs(cfg.input, cfg.pattern)
-    stems = Counter(image_stem(p) for p in paths)
-    clash = [s for s, n in stems.items() if n > 1]
-    if clash:
-        raise ConfigError(
-            f"{cfg.input}: several inputs would write {clash[0]}.ome.zarr; narrow pattern="
-        )
+    _refuse_shared_outputs(cfg.input, [image_stem(p) for p in paths])  # before Ray starts
     output = storage.resolve(cfg.output)
     _check_output_location(output, storage.resolve(cfg.input), paths)
     model = read_model_file(cfg.model)
