@@ -174,6 +174,7 @@ def infer_cli(
     gib = peak / 2**30 if peak is not None else None
     return {
         "seconds": seconds,
+        "summary": lines[0],
         "peak_gib": gib,
         "keys": list(keys),
         "layout": layout,

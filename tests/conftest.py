@@ -74,6 +74,7 @@ def driver_plan(settings: dict[str, Any]) -> tuple[Any, Any]:
     (no output created), for tests of one stage or one actor in this process."""
     from raysegment.config import InferConfig, as_config
     from raysegment.data.sources import open_source
+    from raysegment.infer.mask import open_mask
     from raysegment.infer.model import describe_model, load_model, probe_model, read_model_file
     from raysegment.infer.plan import plan_image, tile_size
 
@@ -82,7 +83,9 @@ def driver_plan(settings: dict[str, Any]) -> tuple[Any, Any]:
     module = load_model(model)
     spec = describe_model(model, module)
     spec = probe_model(model, module, spec, tile_size(cfg, spec))  # the output's channels
-    return model, plan_image(0, open_source(cfg.input), cfg.output, cfg, spec, model.sha256)
+    source = open_source(cfg.input)
+    mask = open_mask(cfg.mask, source) if cfg.mask else None
+    return model, plan_image(0, source, cfg.output, cfg, spec, model.sha256, mask)
 
 
 def work_row(plan: Any) -> dict[str, np.ndarray]:

@@ -84,6 +84,7 @@ def files(tmp_path: Path) -> Path:
     tifffile.imwrite(tmp_path / "twins" / "a.ome.tif", random_image((64, 64)), ome=True)
     write_wells(tmp_path / "plates" / "plate.ome.tif")  # plate_s0 and plate_s1
     tifffile.imwrite(tmp_path / "plates" / "plate_s1.tif", random_image((64, 64)))
+    tifffile.imwrite(tmp_path / "wide.tif", np.ones((8, 16), "uint8"))  # not img's view
     return tmp_path
 
 
@@ -154,6 +155,8 @@ CASES: list[tuple[str, list[str], str]] = [
     ("output exists", _with(output="taken"), "is not a raysegment output"),
     ("two inputs one name", _with(input="twins"), "several inputs would write a.ome.zarr"),
     ("series named like a file", _with(input="plates"), "would write plate_s1.ome.zarr"),
+    ("missing mask", OK + ["mask=masks/{name}.tif"], "mask=masks/img.tif: no such file"),
+    ("mask of another view", OK + ["mask=wide.tif"], "not the field of view of the image"),
     ("part beyond parts", OK + ["part_id=3", "num_parts=3"], "part_id counts from 0"),
     ("overwrite with parts", OK + ["num_parts=2", "overwrite=true"], "delete each other's"),
 ]

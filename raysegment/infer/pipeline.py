@@ -24,6 +24,7 @@ from raysegment.data.sources import image_stem, open_sources
 from raysegment.data.tiling import block_grid, seam_repeats
 from raysegment.errors import ConfigError, OutputError
 from raysegment.infer.attempts import start_ledger
+from raysegment.infer.mask import open_mask
 from raysegment.infer.model import (
     ModelFile,
     ModelSpec,
@@ -35,7 +36,7 @@ from raysegment.infer.model import (
 from raysegment.infer.plan import ImagePlan, plan_image, provenance, tile_size
 from raysegment.infer.pyramid import build_pyramid
 from raysegment.infer.quicklook import GreyPreview, quicklook
-from raysegment.infer.stages import decode_error, read_stage, write_stage
+from raysegment.infer.stages import EMPTY, OUTSIDE, decode_error, read_stage, write_stage
 from raysegment.infer.writer import (
     OutputState,
     complete_output,
@@ -67,6 +68,8 @@ class InferSummary:
     resumed_blocks: int = 0
     empty_blocks: int = 0
     """Blocks with constant input, written as fill value without running the model."""
+    outside_blocks: int = 0
+    """Blocks outside the mask, written as fill value without running the model."""
     tiles: int = 0
     seconds: float = 0.0
     megapixels: float = 0.0
@@ -87,6 +90,7 @@ class InferSummary:
     def __str__(self) -> str:
         resumed = f" ({self.resumed_blocks} already done)" if self.resumed_blocks else ""
         resumed += f" ({self.empty_blocks} empty)" if self.empty_blocks else ""
+        resumed += f" ({self.outside_blocks} outside the mask)" if self.outside_blocks else ""
         return (
             f"raysegment: {self.images} image(s), {self.blocks} block(s){resumed}, "
             f"{self.tiles} tile(s) on {self.actors} {self.device} actor(s) of Ray cluster "
@@ -305,6 +309,7 @@ def _prepare(
             cfg,
             spec,
             model.sha256,
+            open_mask(cfg.mask, src) if cfg.mask else None,
         )
         for i, src in enumerate(sources)
     ]
@@ -582,7 +587,8 @@ def _run(
                         grey[image] = GreyPreview(*plan.source.info.shape[3:], plan.preview)
                     grey[image].add(tuple(row["preview_at"]), row["preview"])
                 summary.tiles += int(row["tiles"])
-                summary.empty_blocks += int(row["empty"])
+                summary.empty_blocks += int(row["empty"] == EMPTY)
+                summary.outside_blocks += int(row["empty"] == OUTSIDE)
                 remaining[image] -= 1
                 bar.update(1)
                 bar.set_postfix(tiles=summary.tiles, refresh=False)

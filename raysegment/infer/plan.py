@@ -15,6 +15,7 @@ from raysegment.config import InferConfig, NormalizeMode, config_to_dict
 from raysegment.data.sources import ImageSource
 from raysegment.data.tiling import Block, Tiling, block_at, block_grid
 from raysegment.errors import ConfigError, InputImageError
+from raysegment.infer.mask import Mask
 from raysegment.infer.pyramid import block_levels
 from raysegment.infer.quicklook import preview_step
 from raysegment.infer.writer import OutputLayout
@@ -64,6 +65,8 @@ class ImagePlan:
     fingerprint: str
     preview: int = 0
     """The quick-look's stride (``quicklook.preview_step``); 0: no quick-look."""
+    mask: Mask | None = None
+    """Where to segment (``mask``); None: everywhere."""
 
     @property
     def block_levels(self) -> int:
@@ -100,10 +103,20 @@ class ImagePlan:
 
     def source_region(self, item: WorkItem, block: Block) -> tuple[tuple[int, int], ...]:
         """(z, y, x) region of the source to read for ``block``."""
+        return self._zyx(item, block.outer)
+
+    def inner_region(self, item: WorkItem, block: Block) -> tuple[tuple[int, int], ...]:
+        """(z, y, x) region of the image that ``block`` owns in the output."""
+        return self._zyx(item, block.inner)
+
+    def _zyx(
+        self, item: WorkItem, ranges: tuple[tuple[int, int], ...]
+    ) -> tuple[tuple[int, int], ...]:
+        """A block's model-axis ``ranges`` as a (z, y, x) region: a 2D model's plane added."""
         if self.spatial_dims == 3:
-            return block.outer
+            return ranges
         z = max(item.z, 0)
-        return ((z, z + 1), *block.outer)
+        return ((z, z + 1), *ranges)
 
     def output_index(self, item: WorkItem, block: Block) -> tuple[slice | int, ...]:
         index: list[slice | int] = []
@@ -252,6 +265,7 @@ def plan_image(
     cfg: InferConfig,
     spec: ModelSpec,
     model_sha256: str,
+    mask: Mask | None = None,
 ) -> ImagePlan:
     """Everything needed to segment ``source`` into ``output``, before any pixel is read
     (except the sample a percentile normalization needs)."""
@@ -320,6 +334,7 @@ def plan_image(
                 "voxel_size": cfg.voxel_size,
                 "instances": config_to_dict(cfg)["instances"],
                 "skip_empty": cfg.skip_empty,
+                "mask": mask.key() if mask else None,
                 # Blocks write their first pyramid levels themselves: an unfinished run
                 # whose done blocks did not (an earlier version's) must not resume.
                 "levels": [cfg.levels, "blocks"] if cfg.levels > 1 else cfg.levels,
@@ -344,6 +359,7 @@ def plan_image(
         skip_empty=cfg.skip_empty,
         fingerprint=fingerprint,
         preview=preview_step(info.shape[3], info.shape[4]) if cfg.quicklook else 0,
+        mask=mask,
     )
 
 
@@ -383,6 +399,7 @@ def provenance(
             "channels": list(plan.channels),
         },
         "model": {"path": model_path, "sha256": model_sha},
+        **({"mask": plan.mask.key()[0]} if plan.mask else {}),
         "blocks": plan.num_blocks,
         "tiles": plan.num_tiles,
     }

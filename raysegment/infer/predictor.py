@@ -271,6 +271,7 @@ def predict_block(
     tta: bool = False,
     streams: Streams | None = None,
     precision: str = "float32",
+    inside: np.ndarray | None = None,
 ) -> tuple[torch.Tensor, int]:
     """Run every tile of the block and blend them over the block's own region.
 
@@ -279,13 +280,17 @@ def predict_block(
     ``batch_size`` tiles (a torch.export program with a static batch), so the last batch
     is filled up with zero tiles; ``tta``: average the logits over flips (see ``forward``);
     ``streams``: run the batches on those threads, several at once; ``precision``: autocast
-    the forward passes to it. Returns the blended raw output (C_out, *inner) and the
-    number of tiles run.
+    the forward passes to it; ``inside``: the pixels of the block's own region (a mask's)
+    whose values count, tiles that touch none of them not run (the others' sums of weights
+    miss theirs: only for pixels not inside). Returns the blended raw output
+    (C_out, *inner) and the number of tiles run.
     """
     block = plan.block_of(item)
     tile = plan.tiling.tile
     inner = [(a - o, b - o) for (a, b), (o, _) in zip(block.inner, block.outer, strict=False)]
     origins = list(block.tile_origins(plan.tiling))
+    if inside is not None:
+        origins = [o for o in origins if _touches(inside, o[1], tile, inner)]
 
     def batches() -> Iterator[tuple[list[Any], torch.Tensor]]:
         for first in range(0, len(origins), batch_size):
@@ -332,6 +337,21 @@ def predict_block(
         shape[axis + 1] = -1
         num.div_(total.reshape(shape))
     return num, len(origins)
+
+
+def _touches(
+    inside: np.ndarray,
+    start: tuple[int, ...],
+    tile: tuple[int, ...],
+    inner: Sequence[tuple[int, int]],
+) -> bool:
+    """Whether the tile at ``start`` (in the block's read region) covers a pixel of
+    ``inside`` (over the block's own region, from ``inner[axis][0]``)."""
+    index = tuple(
+        slice(max(s, a) - a, max(min(s + t, b), a) - a)
+        for s, t, (a, b) in zip(start, tile, inner, strict=True)
+    )
+    return bool(inside[index].any())
 
 
 def blend_profiles(plan: ImagePlan, device: torch.device) -> list[torch.Tensor]:
@@ -492,7 +512,12 @@ class Predictor:
                 "seconds": np.array([0.0]),
             }
         start = time.perf_counter()
-        data = torch.from_numpy(normalized(batch["data"][0], plan, plan.block_of(item)))
+        block = plan.block_of(item)
+        inside = None  # where a mask covers the block in part: which pixels
+        if plan.mask is not None and batch["mask"][0].size:
+            inside = plan.mask.expand(batch["mask"][0], plan.inner_region(item, block))
+            inside = inside[0] if plan.spatial_dims == 2 else inside
+        data = torch.from_numpy(normalized(batch["data"][0], plan, block))
         data = data.to(self.device)
         blended, tiles = predict_block(
             self.module,
@@ -505,9 +530,12 @@ class Predictor:
             self.tta,
             self.streams,
             self.precision,
+            inside,
         )
         mode, activation, threshold = self.finalize
         out = FINALIZERS.get(mode)(blended, activation, threshold).cpu().numpy()
+        if inside is not None:
+            out[:, ~inside] = 0  # the fill value of the blocks outside
         return passthrough(batch, 0) | {
             "data": out[None],
             "tiles": np.array([tiles]),

@@ -179,6 +179,16 @@ def _no_preview() -> Batch:
     return {"preview": np.zeros((1, 0, 0), np.float32), "preview_at": np.array([[-1, -1]])}
 
 
+def _preview_plane(plan: ImagePlan, item: WorkItem, block: Block) -> int | None:
+    """The z plane of the quick-look (the middle one, at t=0) where ``block`` owns it and
+    a quick-look is made, else None."""
+    plane = plan.source.info.shape[2] // 2
+    z_inner = plan.inner_region(item, block)[0]
+    if not plan.preview or item.t != 0 or not z_inner[0] <= plane < z_inner[1]:
+        return None
+    return plane
+
+
 def _preview(
     plan: ImagePlan,
     item: WorkItem,
@@ -187,14 +197,46 @@ def _preview(
     data: np.ndarray,
 ) -> Batch:
     """The block's quick-look pixels (``quicklook.preview``) as the row's columns: of the
-    first channel, in the middle z plane at t=0, where the block owns that plane."""
-    plane = plan.source.info.shape[2] // 2
-    z_inner = block.inner[0] if plan.spatial_dims == 3 else region[0]
-    if not plan.preview or item.t != 0 or not z_inner[0] <= plane < z_inner[1]:
+    first channel, in the middle z plane at t=0, where the block owns that plane (``data``:
+    the channels read from the (z, y, x) ``region``)."""
+    plane = _preview_plane(plan, item, block)
+    if plane is None:
         return _no_preview()
     origin = (region[1][0], region[2][0])
     at, thumb = preview(data[0, plane - region[0][0]], origin, block.inner[-2:], plan.preview)
     return {"preview": thumb[None], "preview_at": np.array([at])}
+
+
+EMPTY, OUTSIDE = 1, 2
+"""The ``empty`` column of a block that did not run the model: its input was constant
+(``skip_empty``), or it lies outside the mask; 0: it ran."""
+
+
+def _no_mask() -> np.ndarray:
+    """The ``mask`` column of a block inside the mask throughout, or of a run without."""
+    return np.zeros((1, 0, 0, 0), np.bool_)
+
+
+def _skipped(row: Batch, plan: ImagePlan, why: int) -> Batch:
+    """``row`` as a block that keeps the fill value without the model."""
+    return row | {
+        "data": placeholder(plan),
+        "error": np.array([""]),
+        "empty": np.array([why], np.int8),
+        "mask": _no_mask(),
+    }
+
+
+def _outside(batch: Batch, plan: ImagePlan, item: WorkItem, block: Block) -> Batch:
+    """The row of a block outside the mask: of its input, only what the quick-look shows
+    is read (one channel of one plane)."""
+    row = passthrough(batch, 0) | _no_preview()
+    plane = _preview_plane(plan, item, block)
+    if plane is not None:
+        region = ((plane, plane + 1), *block.inner[-2:])
+        data = plan.source.read(item.t, plan.channels[:1], region)
+        row |= _preview(plan, item, block, region, data)
+    return _skipped(row, plan, OUTSIDE)
 
 
 def _failed(batch: Batch, plan: ImagePlan, error: str) -> Batch:
@@ -203,7 +245,12 @@ def _failed(batch: Batch, plan: ImagePlan, error: str) -> Batch:
     return (
         passthrough(batch, 0)
         | _no_preview()
-        | {"data": placeholder(plan), "error": np.array([error]), "empty": np.array([False])}
+        | {
+            "data": placeholder(plan),
+            "error": np.array([error]),
+            "empty": np.array([0], np.int8),
+            "mask": _no_mask(),
+        }
     )
 
 
@@ -265,7 +312,16 @@ def read_row(
     if refused:
         return _failed(batch, plan, refused)
     block = plan.block_of(item)
+    mask = _no_mask()
     try:
+        if plan.mask is not None:
+            inner = plan.inner_region(item, block)
+            native = plan.mask.read(item.t, inner)
+            inside = plan.mask.expand(native, inner)
+            if not inside.any():
+                return _outside(batch, plan, item, block)
+            if not inside.all():
+                mask = native[None]  # the predictor expands it again: a few bytes to carry
         region = plan.source_region(item, block)
         data = plan.source.read(item.t, plan.channels, region)
     except RaySegmentError as e:  # e.g. a corrupt chunk met mid-run
@@ -278,10 +334,15 @@ def read_row(
     row = passthrough(batch, 0) | _preview(plan, item, block, region, data)
     if plan.skip_empty and lo == hi:
         # Constant input (slide background, absent zarr chunks): no model, fill value.
-        return row | {"data": placeholder(plan), "error": np.array([""]), "empty": np.array([True])}
+        return _skipped(row, plan, EMPTY)
     if plan.spatial_dims == 2:
         data = data[:, 0]
-    return row | {"data": data[None], "error": np.array([""]), "empty": np.array([False])}
+    return row | {
+        "data": data[None],
+        "error": np.array([""]),
+        "empty": np.array([0], np.int8),
+        "mask": mask,
+    }
 
 
 @returns_free_memory

@@ -1,0 +1,264 @@
+"""``mask``: segment only where a mask image (any resolution of the input's field of view)
+is nonzero; blocks and tiles outside skip the model, the output is 0 outside."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tifffile
+import zarr
+
+from raysegment.data.sources import open_source
+from raysegment.errors import InputImageError
+from raysegment.infer import infer
+from raysegment.infer.mask import open_mask
+from raysegment.infer.stages import EMPTY, OUTSIDE, read_stage, write_stage
+from tests.conftest import (
+    driver_plan,
+    random_image,
+    whole_image_prediction,
+    work_row,
+    write_wells,
+)
+
+
+def _nearest(n: int, m: int, a: int, b: int) -> np.ndarray:
+    """The oracle: the mask index (of m) nearest the centre of image pixels a..b (of n)."""
+    return np.minimum(np.floor((np.arange(a, b) + 0.5) * m / n).astype(int), m - 1)
+
+
+def _inside(mask: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """A 2D mask as one value per pixel of an image of ``shape`` (the oracle's mapping)."""
+    (n, m), (k, j) = zip(shape, mask.shape, strict=True)
+    return mask[np.ix_(_nearest(n, m, 0, n), _nearest(k, j, 0, k))] != 0
+
+
+@pytest.mark.parametrize("mask_shape", [(13, 9), (100, 70), (250, 175)])
+def test_each_pixel_takes_the_mask_pixel_nearest_its_centre(tmp_path, mask_shape) -> None:
+    """Coarser (not a whole factor), equal and finer masks: each image pixel of a region
+    takes the mask pixel nearest its centre."""
+    tifffile.imwrite(tmp_path / "img.tif", random_image((100, 70)))
+    values = np.random.default_rng(1).integers(0, 3, mask_shape).astype("uint8")
+    tifffile.imwrite(tmp_path / "mask.tif", values)
+    mask = open_mask(str(tmp_path / "mask.tif"), open_source(tmp_path / "img.tif"))
+    my, mx = mask_shape
+    for (y0, y1), (x0, x1) in [((0, 100), (0, 70)), ((17, 61), (5, 44)), ((99, 100), (69, 70))]:
+        region = ((0, 1), (y0, y1), (x0, x1))
+        got = mask.expand(mask.read(0, region), region)
+        want = values[np.ix_(_nearest(100, my, y0, y1), _nearest(70, mx, x0, x1))] != 0
+        np.testing.assert_array_equal(got[0], want)
+
+
+def test_a_2d_mask_covers_every_plane_and_a_series_each_time_point(tmp_path) -> None:
+    """A volume's 2D mask applies to each of its planes; a mask of one frame per time point
+    to its own time point."""
+    tifffile.imwrite(tmp_path / "vol.tif", random_image((4, 40, 30)))  # z y x
+    plane = np.zeros((20, 15), "uint8")
+    plane[5:9, 2:11] = 1
+    tifffile.imwrite(tmp_path / "plane.tif", plane)
+    mask = open_mask(str(tmp_path / "plane.tif"), open_source(tmp_path / "vol.tif"))
+    region = ((0, 4), (0, 40), (0, 30))
+    got = mask.expand(mask.read(0, region), region)
+    assert got.shape == (4, 40, 30)
+    for z in range(4):
+        np.testing.assert_array_equal(got[z], _inside(plane, (40, 30)))
+
+    tifffile.imwrite(
+        tmp_path / "movie.tif", random_image((2, 40, 30)), imagej=True, metadata={"axes": "TYX"}
+    )
+    frames = np.stack([plane, 1 - plane])
+    tifffile.imwrite(tmp_path / "frames.tif", frames, imagej=True, metadata={"axes": "TYX"})
+    mask = open_mask(str(tmp_path / "frames.tif"), open_source(tmp_path / "movie.tif"))
+    region = ((0, 1), (0, 40), (0, 30))
+    for t in range(2):
+        got = mask.expand(mask.read(t, region), region)
+        np.testing.assert_array_equal(got[0], _inside(frames[t], (40, 30)))
+
+
+def _mask_file(tmp_path: Path, name: str) -> str:
+    """Masks that do not fit img.tif (100 x 70), by name."""
+    path = tmp_path / f"{name}.tif"
+    if name == "rgb":
+        tifffile.imwrite(path, np.ones((3, 25, 17), "uint8"), ome=True, metadata={"axes": "CYX"})
+    elif name == "frames":
+        tifffile.imwrite(path, np.ones((2, 25, 17), "uint8"), imagej=True, metadata={"axes": "TYX"})
+    elif name == "stack":
+        tifffile.imwrite(path, np.ones((3, 25, 17), "uint8"), photometric="minisblack")
+    elif name == "square":
+        tifffile.imwrite(path, np.ones((25, 25), "uint8"))
+    elif name == "wells":
+        write_wells(path)
+    return str(path)
+
+
+@pytest.mark.parametrize(
+    "name,message",
+    [
+        ("rgb", "has 3 channels; give a one-channel image"),
+        ("frames", "has 2 time points, the image 1"),
+        ("stack", "is a stack of 3 planes and the image is 2D"),
+        ("square", "(y 25, x 25) is not the field of view of the image (y 100, x 70)"),
+        ("wells", "holds 2 images"),
+        ("absent", "no such file or directory for"),
+    ],
+)
+def test_a_mask_that_does_not_fit_is_refused_naming_it(tmp_path, name, message) -> None:
+    tifffile.imwrite(tmp_path / "img.tif", random_image((100, 70)))
+    with pytest.raises(InputImageError, match="^mask=") as e:
+        open_mask(_mask_file(tmp_path, name), open_source(tmp_path / "img.tif"))
+    assert message in str(e.value)
+
+
+def test_a_mask_per_input_names_it_with_its_name(tmp_path) -> None:
+    tifffile.imwrite(tmp_path / "img.tif", random_image((100, 70)))
+    with pytest.raises(InputImageError, match=r"masks/img\.tif: .*\(\{name\} is img\)"):
+        open_mask(str(tmp_path / "masks" / "{name}.tif"), open_source(tmp_path / "img.tif"))
+
+
+@pytest.mark.usefixtures("ray_session")
+def test_masked_run_is_the_whole_image_prediction_inside_and_zero_outside(
+    tmp_path, make_model, ome_tiff
+) -> None:
+    """Two inputs, each with its own mask (``{name}``) at a quarter of its resolution: the
+    output is the model's prediction inside the mask and 0 outside; blocks with nothing
+    inside are counted and run no tile, and tiles touching nothing inside do not run."""
+    model, module = make_model(out_ch=1)
+    images = {"a": random_image((300, 400)), "b": random_image((200, 200), seed=1)}
+    masks = {"a": np.zeros((75, 100), "uint8"), "b": np.zeros((50, 50), "uint8")}
+    yy, xx = np.mgrid[:75, :100]
+    masks["a"][(yy - 30) ** 2 + (xx - 40) ** 2 < 20**2] = 1  # a disc
+    masks["b"][5:20, 30:48] = 7  # any nonzero value is inside
+    (tmp_path / "in").mkdir()
+    (tmp_path / "masks").mkdir()
+    for name, image in images.items():
+        ome_tiff(image, name=f"in/{name}.ome.tif")
+        tifffile.imwrite(tmp_path / "masks" / f"{name}.tif", masks[name])
+    settings = {
+        "input": str(tmp_path / "in"),
+        "model": str(model),
+        "progress": False,
+        "chunks": [64],
+        "block": [64],
+        "tile": {"size": [32], "blend": "crop"},  # crop: each pixel as the whole image's
+        "finalize": {"mode": "raw"},
+    }
+    full = infer(settings, output=str(tmp_path / "full"))
+    summary = infer(settings, output=str(tmp_path / "out"), mask=str(tmp_path / "masks/{name}.tif"))
+    outside = 0
+    for name, image in images.items():
+        inside = _inside(masks[name], image.shape)
+        out = tmp_path / "out" / f"{name}.ome.zarr"
+        got = zarr.open_array(str(out / "0"), mode="r")[:]
+        want = np.where(inside, whole_image_prediction(module, image), 0)
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-4)
+        assert np.all(got[:, ~inside] == 0)
+        attrs = dict(zarr.open_group(str(out), mode="r").attrs)["raysegment"]
+        assert attrs["status"] == "complete"
+        assert attrs["mask"] == str(tmp_path / "masks" / f"{name}.tif")
+        assert (tmp_path / "out" / f"{name}.png").is_file()
+        blocks = [
+            inside[y : y + 64, x : x + 64]
+            for y in range(0, image.shape[0], 64)
+            for x in range(0, image.shape[1], 64)
+        ]
+        outside += sum(not b.any() for b in blocks)
+    assert outside > 0 and summary.outside_blocks == outside
+    assert summary.blocks == full.blocks and summary.tiles < full.tiles - outside * 9
+    assert "outside the mask" in str(summary)
+
+
+def _plan(tmp_path: Path, make_model, ome_tiff, mask: np.ndarray | None, **settings):
+    """The model and the plan of a 200 x 150 image (one block) with ``mask`` (or none)."""
+    model_path, _ = make_model(out_ch=1)
+    ome_tiff(random_image((200, 150)))
+    name = f"mask{0 if mask is None else mask.size}.tif"
+    if mask is not None:
+        tifffile.imwrite(tmp_path / name, mask)
+    return driver_plan(
+        {
+            "input": str(tmp_path / "img.ome.tif"),
+            "model": str(model_path),
+            "output": str(tmp_path / "out"),
+            "tile": {"size": [32]},
+            "finalize": {"mode": "probabilities"},
+            **({"mask": str(tmp_path / name)} if mask is not None else {}),
+            **settings,
+        }
+    )
+
+
+@pytest.mark.usefixtures("ray_session")
+def test_gpu_stages_carry_the_mask_from_read_to_write(tmp_path, make_model, ome_tiff) -> None:
+    """A GPU run's read task finds the block in part inside, the predictor runs only the
+    tiles touching the inside and zeroes the rest, the write task writes that."""
+    import ray
+
+    from raysegment.infer.predictor import Predictor
+    from raysegment.infer.writer import create_output
+
+    half = np.zeros((20, 15), "uint8")
+    half[:, :6] = 1  # the left 60 of 150 columns
+    model, plan = _plan(tmp_path, make_model, ome_tiff, half)
+    _, unmasked = _plan(tmp_path, make_model, ome_tiff, None)
+    create_output(plan.output, plan.layout, {"fingerprint": plan.fingerprint})
+    finalize = ("probabilities", "auto", 0.5)
+
+    def predict(plan):
+        predictor = Predictor([ray.put(model)], [ray.put([plan])], False, 4, None, 1, finalize)
+        row = read_stage(work_row(plan), [plan])
+        return row, predictor(row)
+
+    row, predicted = predict(plan)
+    assert row["empty"][0] == 0 and row["mask"][0].shape == (1, 20, 15)
+    _, whole = predict(unmasked)
+    assert 0 < predicted["tiles"][0] < whole["tiles"][0]
+    got = predicted["data"][0]
+    np.testing.assert_allclose(got[:, :, :60], whole["data"][0][:, :, :60], rtol=1e-5, atol=1e-5)
+    assert np.all(got[:, :, 60:] == 0) and got[:, :, :60].min() > 0
+    write_stage(predicted, [plan])
+    np.testing.assert_array_equal(zarr.open_array(f"{plan.output}/0", mode="r")[:], got)
+
+
+@pytest.mark.parametrize("quicklook", [True, False])
+def test_a_block_outside_reads_only_what_the_quicklook_shows(
+    tmp_path, make_model, ome_tiff, monkeypatch, quicklook
+) -> None:
+    """Nothing of the input is read for a block outside the mask, but the quick-look's
+    plane of one channel where the block brings quick-look pixels."""
+    nothing = np.zeros((20, 15), "uint8")
+    _, plan = _plan(tmp_path, make_model, ome_tiff, nothing, quicklook=quicklook)
+    reads = []
+    read = plan.source.read
+    monkeypatch.setattr(plan.source, "read", lambda *a: reads.append(a) or read(*a))
+    row = read_stage(work_row(plan), [plan])
+    assert row["empty"][0] == OUTSIDE and row["data"][0].size == 1
+    if quicklook:
+        region = ((0, 1), (0, 200), (0, 150))
+        assert reads == [(0, (0,), region)]
+        np.testing.assert_array_equal(row["preview"][0], read(0, (0,), region)[0, 0])
+    else:
+        assert reads == [] and row["preview"][0].size == 0
+
+
+def test_a_constant_block_inside_is_empty_not_outside(tmp_path, make_model, ome_tiff) -> None:
+    model_path, _ = make_model(out_ch=1)
+    ome_tiff(np.full((200, 150), 7, "uint16"), name="flat.ome.tif")
+    tifffile.imwrite(tmp_path / "all.tif", np.ones((20, 15), "uint8"))
+    _, plan = driver_plan(
+        {
+            "input": str(tmp_path / "flat.ome.tif"),
+            "model": str(model_path),
+            "output": str(tmp_path / "out"),
+            "mask": str(tmp_path / "all.tif"),
+        }
+    )
+    assert read_stage(work_row(plan), [plan])["empty"][0] == EMPTY
+
+
+def test_another_mask_is_another_run(tmp_path, make_model, ome_tiff) -> None:
+    """An unfinished output resumes only with the mask it began with (or none)."""
+    masks = [None, np.ones((20, 15), "uint8"), np.ones((40, 30), "uint8")]
+    prints = {_plan(tmp_path, make_model, ome_tiff, m)[1].fingerprint for m in masks}
+    assert len(prints) == 3
