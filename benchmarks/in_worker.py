@@ -112,7 +112,7 @@ def main(slide: str, model_path: str, modes: list[str]) -> None:
         "finalize": {"mode": "mask"},
     }
     cfg = as_config(InferConfig, settings, {})
-    model = read_model_file(cfg.model)
+    model = read_model_file(model_path)
     module = load_model(model)
     spec = describe_model(model, module)
     spec = probe_model(model, module, spec, tile_size(cfg, spec))

@@ -221,8 +221,9 @@ class InferConfig:
     """An image file, a zarr / OME-Zarr path, or a directory of images."""
     pattern: Optional[str] = None
     """Regular expression selecting files in an input directory (full match on the name)."""
-    model: str = MISSING
-    """TorchScript file, torch.export program (.pt2), or a directory holding model.pth."""
+    model: List[str] = MISSING
+    """TorchScript file, torch.export program (.pt2), or a directory holding model.pth;
+    several (``model=[fold0,fold1,fold2]``): an ensemble, their logits averaged."""
     output: str = MISSING
     """Directory receiving one <input name>.ome.zarr per input image."""
     device: str = "auto"
@@ -299,6 +300,8 @@ class InferConfig:
                 f"device={self.device!r}: choose auto, cpu, gpu, all, or GPU indices like 1,3,6"
             )
         self.device = self.device.replace(" ", "")
+        if not self.model:
+            raise ConfigError("model=[]: give a model, or several for an ensemble")
         for key in (
             "batch_size",
             "actors",
@@ -471,7 +474,15 @@ def _check_sizes(key: str, sizes: Sequence[int] | None) -> None:
 
 # Keys that take one value or a list; a single value is stored as a one-element list.
 _SCALAR_OR_LIST: dict[type, tuple[str, ...]] = {
-    InferConfig: ("chunks", "block", "tile.size", "channels", "normalize.mean", "normalize.std"),
+    InferConfig: (
+        "model",
+        "chunks",
+        "block",
+        "tile.size",
+        "channels",
+        "normalize.mean",
+        "normalize.std",
+    ),
     TrainConfig: ("patch_size", "channels", "class_names"),
 }
 

@@ -70,22 +70,34 @@ def error_lines(stderr: str) -> list[str]:
 
 
 def driver_plan(settings: dict[str, Any]) -> tuple[Any, Any]:
-    """The model file and the first image's plan the driver makes of infer ``settings``
-    (no output created), for tests of one stage or one actor in this process."""
+    """The models (a tuple: the one, or an ensemble's) and the first image's plan the
+    driver makes of infer ``settings`` (no output created), for tests of one stage or one
+    actor in this process."""
     from raysegment.config import InferConfig, as_config
     from raysegment.data.sources import open_source
     from raysegment.infer.mask import open_mask
-    from raysegment.infer.model import describe_model, load_model, probe_model, read_model_file
+    from raysegment.infer.model import (
+        agreeing_spec,
+        describe_model,
+        ensemble_sha256,
+        load_model,
+        probe_model,
+        read_models,
+    )
     from raysegment.infer.plan import plan_image, tile_size
 
     cfg = as_config(InferConfig, settings, {})
-    model = read_model_file(cfg.model)
-    module = load_model(model)
-    spec = describe_model(model, module)
-    spec = probe_model(model, module, spec, tile_size(cfg, spec))  # the output's channels
+    models = read_models(cfg.model)
+    specs = []
+    for model in models:
+        module = load_model(model)
+        spec = describe_model(model, module)
+        specs.append(probe_model(model, module, spec, tile_size(cfg, spec)))  # output channels
+    spec = agreeing_spec(specs, models)
     source = open_source(cfg.input)
     mask = open_mask(cfg.mask, source) if cfg.mask else None
-    return model, plan_image(0, source, cfg.output, cfg, spec, model.sha256, mask)
+    sha256 = ensemble_sha256(models)
+    return models, plan_image(0, source, cfg.output, cfg, spec, sha256, mask)
 
 
 def work_row(plan: Any) -> dict[str, np.ndarray]:

@@ -12,7 +12,8 @@ import hashlib
 import io
 import json
 import warnings
-from dataclasses import dataclass, field, replace
+from collections.abc import Sequence
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -26,10 +27,13 @@ __all__ = [
     "MODEL_META",
     "ModelFile",
     "ModelSpec",
+    "agreeing_spec",
     "describe_model",
+    "ensemble_sha256",
     "load_model",
     "probe_model",
     "read_model_file",
+    "read_models",
 ]
 
 _DIR_CANDIDATES = ("model.pth", "model.pt", "model.pt2")
@@ -89,6 +93,37 @@ def read_model_file(path: str) -> ModelFile:
     data = p.read_bytes()
     kind = "export" if p.suffix == ".pt2" else "torchscript"
     return ModelFile(str(p), kind, data, meta, hashlib.sha256(data).hexdigest())
+
+
+def read_models(paths: Sequence[str]) -> tuple[ModelFile, ...]:
+    """``read_model_file`` of each of ``paths``: one model, or an ensemble's."""
+    return tuple(read_model_file(p) for p in paths)
+
+
+def ensemble_sha256(models: Sequence[ModelFile]) -> str:
+    """What identifies ``models`` together: the one model's SHA-256, or that of the
+    members' in their order (``model=[a,b]`` and ``[b,a]`` round their sums apart)."""
+    if len(models) == 1:
+        return models[0].sha256
+    return hashlib.sha256(" ".join(m.sha256 for m in models).encode()).hexdigest()
+
+
+def agreeing_spec(specs: Sequence[ModelSpec], models: Sequence[ModelFile]) -> ModelSpec:
+    """The one description of an ensemble's models (each probed).
+
+    Raises:
+        ModelContractError: two members take or return different things.
+    """
+    first = specs[0]
+    for spec, model in zip(specs[1:], models[1:], strict=True):
+        for key in fields(ModelSpec):
+            if getattr(spec, key.name) != getattr(first, key.name):
+                raise ModelContractError(
+                    f"{model.path}: {key.name} is {getattr(spec, key.name)}, "
+                    f"{getattr(first, key.name)} for {models[0].path}; the models of an "
+                    f"ensemble must take and return the same (averaged tile by tile)"
+                )
+    return first
 
 
 def load_model(model: ModelFile, device: torch.device | str = "cpu") -> torch.nn.Module:

@@ -28,10 +28,12 @@ from raysegment.infer.mask import open_mask
 from raysegment.infer.model import (
     ModelFile,
     ModelSpec,
+    agreeing_spec,
     describe_model,
+    ensemble_sha256,
     load_model,
     probe_model,
-    read_model_file,
+    read_models,
 )
 from raysegment.infer.plan import ImagePlan, plan_image, provenance, tile_size
 from raysegment.infer.pyramid import build_pyramid
@@ -222,8 +224,7 @@ def _prepare_outputs(
     cfg: InferConfig,
     plans: list[ImagePlan],
     config: dict[str, Any],
-    model_path: str,
-    model_sha: str,
+    models: tuple[ModelFile, ...],
 ) -> dict[int, set[str]]:
     """Create, resume or refuse each output; return the blocks already done per image."""
     done: dict[int, set[str]] = {}
@@ -233,7 +234,7 @@ def _prepare_outputs(
         if not state.exists or cfg.overwrite:
             if state.exists and not state.ours and not storage.is_dir(out):
                 raise OutputError(f"{out}: exists and is not a directory; remove it")
-            meta = provenance(plan, config, model_path, model_sha, __version__)
+            meta = provenance(plan, config, models, __version__)
             if create_output(out, plan.layout, meta, replace=cfg.overwrite):
                 done[plan.id] = set()
                 continue
@@ -280,10 +281,11 @@ def _refuse_shared_outputs(input: str, names: list[str]) -> None:
 
 
 def _prepare(
-    cfg: InferConfig, paths: list[str], output: str, model: ModelFile
+    cfg: InferConfig, paths: list[str], output: str, models: tuple[ModelFile, ...]
 ) -> tuple[ModelSpec, list[ImagePlan], dict[int, set[str]]]:
-    """Open the images, load and probe the model, plan each image and create, resume or
-    refuse its output: the model's description, the plans, the blocks already done.
+    """Open the images, load and probe the model (each of an ensemble), plan each image
+    and create, resume or refuse its output: the model's description, the plans, the
+    blocks already done.
 
     Runs while Ray starts (``start_ray_while``), so the driver's heavy imports happen here,
     beside Ray's booting processes: torch with the model, and Ray Data (pandas with it).
@@ -292,15 +294,19 @@ def _prepare(
 
     sources = [s for p in paths for s in open_sources(p, cfg.axes)]
     _refuse_shared_outputs(cfg.input, [s.name for s in sources])  # series named alike
-    module = load_model(model)
-    spec = describe_model(model, module)
-    spec = probe_model(model, module, spec, tile_size(cfg, spec))
+    specs = []
+    for model in models:
+        module = load_model(model)
+        spec = describe_model(model, module)
+        specs.append(probe_model(model, module, spec, tile_size(cfg, spec)))
+        del module
+    spec = agreeing_spec(specs, models)
     if spec.static_batch and cfg.batch_size not in (None, spec.static_batch):
         raise ConfigError(
-            f"batch_size={cfg.batch_size}: {model.path} was exported for batches of "
+            f"batch_size={cfg.batch_size}: {models[0].path} was exported for batches of "
             f"{spec.static_batch}; drop batch_size or export with a dynamic batch dimension"
         )
-    del module
+    sha256 = ensemble_sha256(models)
     plans = [
         plan_image(
             i,
@@ -308,12 +314,12 @@ def _prepare(
             storage.join(output, f"{src.name}.ome.zarr"),
             cfg,
             spec,
-            model.sha256,
+            sha256,
             open_mask(cfg.mask, src) if cfg.mask else None,
         )
         for i, src in enumerate(sources)
     ]
-    done = _prepare_outputs(cfg, plans, config_to_dict(cfg), model.path, model.sha256)
+    done = _prepare_outputs(cfg, plans, config_to_dict(cfg), models)
     return spec, plans, done
 
 
@@ -338,11 +344,11 @@ def infer(config: InferConfig | Mapping[str, Any] | None = None, **overrides: An
     _refuse_shared_outputs(cfg.input, [image_stem(p) for p in paths])  # before Ray starts
     output = storage.resolve(cfg.output)
     _check_output_location(output, storage.resolve(cfg.input), paths)
-    model = read_model_file(cfg.model)
+    models = read_models(cfg.model)
 
     # Ray starts while the images are opened, the model probed and the outputs created.
     indices_applied = _restrict_gpus(cfg.device)
-    started, (spec, plans, done) = start_ray_while(lambda: _prepare(cfg, paths, output, model))
+    started, (spec, plans, done) = start_ray_while(lambda: _prepare(cfg, paths, output, models))
     try:
         summary_seams = _seams(plans)
         # Part k of n takes every n-th block of the run (spread over every image and region).
@@ -363,7 +369,7 @@ def infer(config: InferConfig | Mapping[str, Any] | None = None, **overrides: An
             if remaining[plan.id] == 0:
                 _complete(plan, cfg)
         if pending:
-            _run(cfg, model, spec, plans, pending, remaining, pool, summary, started)
+            _run(cfg, models, spec, plans, pending, remaining, pool, summary, started)
     finally:
         stop_ray(started)
     summary.blocks = len(mine)
@@ -485,7 +491,7 @@ def _read_ahead_bounded() -> Iterator[None]:
 
 def _run(
     cfg: InferConfig,
-    model: Any,
+    models: tuple[ModelFile, ...],
     spec: ModelSpec,
     plans: list[ImagePlan],
     pending: list[Any],
@@ -540,7 +546,7 @@ def _run(
             size=pool.actors, max_tasks_in_flight_per_actor=2 if pool.use_gpu else 1
         ),
         fn_constructor_kwargs={
-            "model": [ray.put(model)],
+            "models": [ray.put(models)],
             "plans": [ray.put(plans)],
             "use_gpu": pool.use_gpu,
             "batch_size": cfg.batch_size,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import itertools
 import json
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -16,12 +16,13 @@ from raysegment.data.sources import ImageSource
 from raysegment.data.tiling import Block, Tiling, block_at, block_grid
 from raysegment.errors import ConfigError, InputImageError
 from raysegment.infer.mask import Mask
+from raysegment.infer.model import ensemble_sha256
 from raysegment.infer.pyramid import block_levels
 from raysegment.infer.quicklook import preview_step
 from raysegment.infer.writer import OutputLayout
 
-if TYPE_CHECKING:  # the model module imports torch; planning does not need it
-    from raysegment.infer.model import ModelSpec
+if TYPE_CHECKING:
+    from raysegment.infer.model import ModelFile, ModelSpec
 
 __all__ = ["ImagePlan", "WorkItem", "plan_image", "tile_size"]
 
@@ -385,8 +386,17 @@ def _physical(
 
 
 def provenance(
-    plan: ImagePlan, config: dict[str, Any], model_path: str, model_sha: str, version: str
+    plan: ImagePlan, config: dict[str, Any], models: Sequence[ModelFile], version: str
 ) -> dict[str, Any]:
+    """The output's ``raysegment`` attributes: settings, input, model (an ensemble's
+    members each with their SHA-256), mask."""
+    model: dict[str, Any] = {"path": models[0].path, "sha256": models[0].sha256}
+    if len(models) > 1:
+        model = {
+            "path": [m.path for m in models],
+            "sha256": ensemble_sha256(models),
+            "members": [{"path": m.path, "sha256": m.sha256} for m in models],
+        }
     return {
         "version": version,
         "fingerprint": plan.fingerprint,
@@ -398,7 +408,7 @@ def provenance(
             "dtype": str(plan.source.info.dtype),
             "channels": list(plan.channels),
         },
-        "model": {"path": model_path, "sha256": model_sha},
+        "model": model,
         **({"mask": plan.mask.key()[0]} if plan.mask else {}),
         "blocks": plan.num_blocks,
         "tiles": plan.num_tiles,

@@ -392,6 +392,23 @@ def _weight_sums(
     return totals
 
 
+class Ensemble(torch.nn.Module):
+    """Models whose logits are averaged, tile by tile (as nnU-Net ensembles its folds)."""
+
+    def __init__(self, members: Sequence[torch.nn.Module]) -> None:
+        super().__init__()
+        self.members = torch.nn.ModuleList(members)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        total: torch.Tensor | None = None
+        for member in self.members:
+            y = member(x)
+            y = (y[0] if isinstance(y, (tuple, list)) else y).float()
+            total = y if total is None else total + y
+        assert total is not None
+        return total / len(self.members)
+
+
 class Predictor:
     """Actor: holds the model on its device; turns read blocks into finalized blocks, or
     with ``reads`` and ``writes`` (CPU runs), reads its blocks and writes what it made of
@@ -399,7 +416,7 @@ class Predictor:
 
     def __init__(
         self,
-        model: list[Any],
+        models: list[Any],
         plans: list[Any],
         use_gpu: bool,
         batch_size: int | None,
@@ -419,13 +436,13 @@ class Predictor:
         self.writes = writes
         gpu = pin_gpu(attempts, gpu_indices) if attempts and gpu_indices else None
         self.device = torch.device("cuda" if use_gpu and torch.cuda.is_available() else "cpu")
-        # Model and plans arrive as [ObjectRef]: put once by the driver, fetched by each
+        # Models and plans arrive as [ObjectRef]: put once by the driver, fetched by each
         # actor (a bare ref would be resolved into a large constructor argument).
         import ray
 
-        program: ModelFile = ray.get(model[0])
+        programs: tuple[ModelFile, ...] = ray.get(models[0])
         self.plans: Sequence[ImagePlan] = ray.get(plans[0])
-        self.module = load_model(program, self.device)
+        members = [load_model(program, self.device) for program in programs]
         # Matmuls and convolutions in bfloat16/float16 where the device supports them;
         # blending, finalizing and everything written stay float32.
         self.precision = precision
@@ -440,14 +457,19 @@ class Predictor:
         # with the actor's threads set here too it took 0.25 s less, but every tile after
         # ran slower on Ray Data's thread (4096^2 Unet bfloat16 on 2 cores, 3 alternating
         # pairs: 28.3 vs 34.7 s).
-        self.layout = choose_layout(
-            self.module, tile_shape, self.device, layout, precision, static_batch or 1
-        )
-        self.module = freeze(self.module)
+        layouts = {
+            choose_layout(member, tile_shape, self.device, layout, precision, static_batch or 1)
+            for member in members
+        }
+        self.layout = layouts.pop() if len(layouts) == 1 else "mixed"
+        members = [freeze(member) for member in members]
+        self.module = members[0] if len(members) == 1 else Ensemble(members)
         self.finalize = finalize
         self.tta = tta
         self.attempts = attempts
         notes = [" [channels-last]"] if self.layout == "channels_last" else []
+        if len(members) > 1:
+            notes.append(f" [ensemble of {len(members)}]")
         if streams > 1:
             notes.append(f" [{streams} tiles at once]")
         if slow_precision(self.device, precision):
