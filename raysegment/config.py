@@ -275,6 +275,10 @@ class InferConfig:
     skip_empty: bool = True
     """Blocks whose input is constant (slide background, absent zarr chunks) skip the model
     and keep the fill value 0."""
+    shards: bool = False
+    """Store each block's chunks as one zarr v3 shard (a file or object per block and
+    level, not per chunk): for filesystems and object stores where the count of files
+    matters. Readers must support zarr v3 sharding."""
     levels: int = 1
     """Resolution levels written (1: full resolution only); each further level halves y
     and x (and z for 3D models), computed region by region once every block is done."""

@@ -73,11 +73,7 @@ class ImagePlan:
     def block_levels(self) -> int:
         """Pyramid levels past the full resolution each block writes itself
         (``pyramid.block_levels``)."""
-        layout = self.layout
-        block = dict(zip("zyx"[3 - self.spatial_dims :], self.block, strict=True))
-        return block_levels(
-            layout.shape, layout.chunks, layout.axes, layout.pyramid_axes, block, layout.levels
-        )
+        return self.layout.block_levels
 
     @property
     def iterates_z(self) -> bool:
@@ -304,9 +300,15 @@ def plan_image(
     if mode == "labels":
         names = ("labels",)
     scale, units = _physical(cfg, source, axes)
+    shape = tuple(sizes[a] for a in axes)
+    spatial_block = dict(zip("zyx"[3 - dims :], block, strict=True))
+    pyramid_axes = "zyx" if dims == 3 else "yx"
+    written = block_levels(shape, out_chunks, axes, pyramid_axes, spatial_block, cfg.levels)
+    # A shard is a block's region: every channel, one time point (and plane of a 2D model).
+    shards = tuple(sizes["c"] if a == "c" else spatial_block.get(a, 1) for a in axes)
     layout = OutputLayout(
         axes=axes,
-        shape=tuple(sizes[a] for a in axes),
+        shape=shape,
         chunks=out_chunks,
         dtype=output_dtype(mode, spec.out_channels),
         scale=tuple(1.0 if a == "c" else float(scale.get(a, 1.0)) for a in axes),
@@ -314,7 +316,9 @@ def plan_image(
         channel_names=names or tuple(f"class_{i}" for i in range(out_c)),
         name=source.name,
         levels=cfg.levels,
-        pyramid_axes="zyx" if dims == 3 else "yx",
+        pyramid_axes=pyramid_axes,
+        block_levels=written,
+        shards=shards if cfg.shards else None,
     )
     fingerprint = hashlib.sha256(
         json.dumps(
@@ -330,6 +334,7 @@ def plan_image(
                 "padding": cfg.tile.padding.value,
                 "block": block,
                 "chunks": chunks,
+                "shards": cfg.shards,
                 "tta": cfg.tta,
                 "precision": [cfg.precision.value, cfg.layout.value],
                 "voxel_size": cfg.voxel_size,

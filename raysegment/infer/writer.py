@@ -53,6 +53,12 @@ class OutputLayout:
     """Resolution levels: arrays 0 (full resolution) .. levels - 1."""
     pyramid_axes: str = "yx"
     """Axes each level halves (zyx for 3D models)."""
+    block_levels: int = 0
+    """Levels past the full resolution each block writes from its own output
+    (``pyramid.block_levels``); the driver builds the others region by region."""
+    shards: tuple[int, ...] | None = None
+    """Full-resolution shard, a block's region: the levels the blocks write are stored a
+    shard per block (the others chunk by chunk); None: every level chunk by chunk."""
 
 
 @dataclass(frozen=True)
@@ -111,7 +117,7 @@ def create_output(
     ]
     ome = {
         "version": "0.5",
-        "multiscales": [_multiscale(group, layout)],
+        "multiscales": [_multiscale(group, layout, sharded=True)],
         "omero": {"channels": channels, "rdefs": {"model": "greyscale"}},
     }
     attrs: Any = group.attrs
@@ -128,15 +134,31 @@ def create_output(
     return True
 
 
-def _multiscale(group: Any, layout: OutputLayout) -> dict[str, Any]:
-    """Create the arrays of every level in ``group``; returns their NGFF multiscale."""
+def _shards(
+    layout: OutputLayout, level: int, shape: tuple[int, ...], chunks: tuple[int, ...]
+) -> tuple[int, ...] | None:
+    """The shard of ``level`` (a block's region there), None where it is not sharded.
+    Where a block spans an axis the shard ends at the last chunk: a multiple of it."""
+    if layout.shards is None or level > layout.block_levels:
+        return None
+    return tuple(
+        min(s // 2**level if a in layout.pyramid_axes else s, -(-n // c) * c)
+        for a, s, n, c in zip(layout.axes, layout.shards, shape, chunks, strict=True)
+    )
+
+
+def _multiscale(group: Any, layout: OutputLayout, sharded: bool = False) -> dict[str, Any]:
+    """Create the arrays of every level in ``group`` (``sharded``: as the layout says);
+    returns their NGFF multiscale."""
     datasets = []
     for level in range(layout.levels):
         shape = level_shape(layout.shape, layout.axes, layout.pyramid_axes, level)
+        chunks = tuple(min(c, n) for c, n in zip(layout.chunks, shape, strict=True))
         group.create_array(
             str(level),
             shape=shape,
-            chunks=tuple(min(c, n) for c, n in zip(layout.chunks, shape, strict=True)),
+            chunks=chunks,
+            shards=_shards(layout, level, shape, chunks) if sharded else None,
             dtype=layout.dtype,
             fill_value=0,
             dimension_names=list(layout.axes),
