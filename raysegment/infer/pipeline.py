@@ -37,7 +37,7 @@ from raysegment.infer.model import (
 )
 from raysegment.infer.plan import ImagePlan, plan_image, provenance, tile_size
 from raysegment.infer.pyramid import build_pyramid
-from raysegment.infer.quicklook import GreyPreview, quicklook
+from raysegment.infer.quicklook import InputPreview, quicklook
 from raysegment.infer.stages import EMPTY, OUTSIDE, decode_error, read_stage, write_stage
 from raysegment.infer.writer import (
     OutputState,
@@ -409,9 +409,9 @@ def _seams(plans: list[ImagePlan]) -> str:
     )
 
 
-def _complete(plan: ImagePlan, cfg: InferConfig, grey: GreyPreview | None = None) -> None:
+def _complete(plan: ImagePlan, cfg: InferConfig, gathered: InputPreview | None = None) -> None:
     """Mark the output complete once every block is done (by this job or other parts),
-    after its pyramid levels and quick-look PNG (so a complete output has them; ``grey``:
+    after its pyramid levels and quick-look PNG (so a complete output has them; ``gathered``:
     the quick-look pixels this job's blocks brought)."""
     out = plan.output
     if inspect_output(out).complete or len(done_blocks(out)) < plan.num_blocks:
@@ -427,7 +427,8 @@ def _complete(plan: ImagePlan, cfg: InferConfig, grey: GreyPreview | None = None
         png = storage.join(storage.parent(out), f"{layout.name}.png")
         mode = cfg.finalize.mode.value
         array = storage.join(out, "0")
-        quicklook(plan.source, plan.channels[0], array, layout.axes, mode, png, grey=grey)
+        shown = plan.preview_channels
+        quicklook(plan.source, shown, array, layout.axes, mode, png, gathered=gathered)
     complete_output(out, {"blocks_done": plan.num_blocks, **extra})
 
 
@@ -568,8 +569,8 @@ def _run(
     )
     if not own_io:
         ds = ds.map_batches(write_stage, **io_task)
-    # Per image, the quick-look's grey pixels as its blocks bring them (``quicklook``).
-    grey: dict[int, GreyPreview] = {}
+    # Per image, the quick-look's input pixels as its blocks bring them (``quicklook``).
+    previews: dict[int, InputPreview] = {}
     bar = tqdm(
         total=len(pending),
         unit="block",
@@ -589,9 +590,13 @@ def _run(
                 image = int(row["image"])
                 if row["preview"].size:
                     plan = plans[image]
-                    if image not in grey:
-                        grey[image] = GreyPreview(*plan.source.info.shape[3:], plan.preview)
-                    grey[image].add(tuple(row["preview_at"]), row["preview"])
+                    if image not in previews:
+                        previews[image] = InputPreview(
+                            *plan.source.info.shape[3:],
+                            plan.preview,
+                            len(plan.preview_channels),
+                        )
+                    previews[image].add(tuple(row["preview_at"]), row["preview"])
                 summary.tiles += int(row["tiles"])
                 summary.empty_blocks += int(row["empty"] == EMPTY)
                 summary.outside_blocks += int(row["empty"] == OUTSIDE)
@@ -599,7 +604,7 @@ def _run(
                 bar.update(1)
                 bar.set_postfix(tiles=summary.tiles, refresh=False)
                 if remaining[image] == 0:
-                    _complete(plans[image], cfg, grey.pop(image, None))
+                    _complete(plans[image], cfg, previews.pop(image, None))
         summary.devices = ray.get(attempts.ledger.devices.remote(attempts.run))
     finally:
         attempts.ledger.forget.remote(attempts.run)

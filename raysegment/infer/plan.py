@@ -76,6 +76,12 @@ class ImagePlan:
         return self.layout.block_levels
 
     @property
+    def preview_channels(self) -> tuple[int, ...]:
+        """The input channels the quick-look shows: the model's three in colour (an RGB
+        slide, a three-colour stain), else its first in grey."""
+        return self.channels if len(self.channels) == 3 else self.channels[:1]
+
+    @property
     def iterates_z(self) -> bool:
         return self.spatial_dims == 2 and self.source.info.shape[2] > 1
 

@@ -176,7 +176,7 @@ def passthrough(batch: Batch, i: int) -> Batch:
 
 
 def _no_preview() -> Batch:
-    return {"preview": np.zeros((1, 0, 0), np.float32), "preview_at": np.array([[-1, -1]])}
+    return {"preview": np.zeros((1, 0, 0, 0), np.float32), "preview_at": np.array([[-1, -1]])}
 
 
 def _preview_plane(plan: ImagePlan, item: WorkItem, block: Block) -> int | None:
@@ -196,14 +196,15 @@ def _preview(
     region: tuple[tuple[int, int], ...],
     data: np.ndarray,
 ) -> Batch:
-    """The block's quick-look pixels (``quicklook.preview``) as the row's columns: of the
-    first channel, in the middle z plane at t=0, where the block owns that plane (``data``:
-    the channels read from the (z, y, x) ``region``)."""
+    """The block's quick-look pixels (``quicklook.preview``) as the row's columns: of its
+    ``preview_channels``, in the middle z plane at t=0, where the block owns that plane
+    (``data``: channels read from the (z, y, x) ``region``, those first)."""
     plane = _preview_plane(plan, item, block)
     if plane is None:
         return _no_preview()
     origin = (region[1][0], region[2][0])
-    at, thumb = preview(data[0, plane - region[0][0]], origin, block.inner[-2:], plan.preview)
+    shown = data[: len(plan.preview_channels), plane - region[0][0]]
+    at, thumb = preview(shown, origin, block.inner[-2:], plan.preview)
     return {"preview": thumb[None], "preview_at": np.array([at])}
 
 
@@ -229,12 +230,12 @@ def _skipped(row: Batch, plan: ImagePlan, why: int) -> Batch:
 
 def _outside(batch: Batch, plan: ImagePlan, item: WorkItem, block: Block) -> Batch:
     """The row of a block outside the mask: of its input, only what the quick-look shows
-    is read (one channel of one plane)."""
+    is read (its channels of one plane)."""
     row = passthrough(batch, 0) | _no_preview()
     plane = _preview_plane(plan, item, block)
     if plane is not None:
         region = ((plane, plane + 1), *block.inner[-2:])
-        data = plan.source.read(item.t, plan.channels[:1], region)
+        data = plan.source.read(item.t, plan.preview_channels, region)
         row |= _preview(plan, item, block, region, data)
     return _skipped(row, plan, OUTSIDE)
 

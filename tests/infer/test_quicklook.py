@@ -10,12 +10,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tifffile
+import torch
 import zarr
 
 from raysegment.data.sources import open_source
 from raysegment.infer import infer, pipeline
-from raysegment.infer.quicklook import GreyPreview, preview, quicklook, write_png
-from tests.conftest import random_image
+from raysegment.infer.quicklook import InputPreview, preview, quicklook, write_png
+from tests.conftest import random_image, save_torchscript
 
 
 def read_png(path: Path) -> np.ndarray:
@@ -48,17 +49,22 @@ def test_block_previews_assemble_the_strided_image() -> None:
     give every step-th pixel of the image exactly once."""
     image = np.random.default_rng(0).random((100, 77)).astype(np.float32)
     step, halo = 3, 5
-    grey = GreyPreview(100, 77, step)
+    gathered = InputPreview(100, 77, step)
     for y0, y1 in [(0, 31), (31, 32), (32, 64), (64, 100)]:
         for x0, x1 in [(0, 40), (40, 77)]:
             oy, ox = max(y0 - halo, 0), max(x0 - halo, 0)
-            region = image[oy : y1 + halo, ox : x1 + halo]
-            grey.add(*preview(region, (oy, ox), ((y0, y1), (x0, x1)), step))
-    np.testing.assert_array_equal(grey.pixels, image[::step, ::step])
+            region = image[None, oy : y1 + halo, ox : x1 + halo]
+            gathered.add(*preview(region, (oy, ox), ((y0, y1), (x0, x1)), step))
+    np.testing.assert_array_equal(gathered.pixels[0], image[::step, ::step])
 
 
 def _quicklook_of_the_run(
-    monkeypatch: pytest.MonkeyPatch, run: dict, name: str, axes: str, kind: str
+    monkeypatch: pytest.MonkeyPatch,
+    run: dict,
+    name: str,
+    axes: str,
+    kind: str,
+    channels: tuple[int, ...] = (0,),
 ) -> None:
     """``run`` (infer's arguments) reads no input pixels for its quick-look, and its PNG
     equals the one made from the input and output on disk."""
@@ -79,7 +85,7 @@ def _quicklook_of_the_run(
     axes_arg = {"axes": run["axes"]} if "axes" in run else {}
     source = open_source(run["input"], **axes_arg)
     array = out / f"{name}.ome.zarr" / "0"
-    quicklook(source, 0, str(array), axes, kind, str(out / "from_disk.png"))
+    quicklook(source, channels, str(array), axes, kind, str(out / "from_disk.png"))
     assert (out / f"{name}.png").read_bytes() == (out / "from_disk.png").read_bytes()
 
 
@@ -103,6 +109,37 @@ def test_a_run_takes_its_quicklook_from_the_blocks_it_read(
         "finalize": {"mode": "mask"},
     }
     _quicklook_of_the_run(monkeypatch, run, "slide", "cyx", "mask")
+
+
+@pytest.mark.usefixtures("ray_session")
+def test_an_rgb_slide_shows_in_its_colours(
+    tmp_path: Path, ome_tiff, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An 8-bit input of three channels that the model takes (an RGB slide) shows as it
+    is, in colour, where the segmentation leaves it; from its blocks as read, as grey ones."""
+    rgb = np.random.default_rng(0).integers(0, 256, (3, 1500, 1100), dtype=np.uint8)
+    rgb[0, 200:600, 300:700] = 255  # a red object the model responds to
+    path = ome_tiff(rgb, axes="CYX", name="he.ome.tif")
+    module = torch.nn.Conv2d(3, 1, 1)
+    with torch.no_grad():
+        module.weight[:] = torch.tensor([1.0, -1.0, -1.0]).reshape(1, 3, 1, 1)
+        module.bias.fill_(-100.0)
+    model = save_torchscript(module, tmp_path / "red.pth", 2, 3)
+    run = {
+        "input": str(path),
+        "model": str(model),
+        "output": str(tmp_path / "out"),
+        "chunks": [256],
+        "block": [512],
+        "tile": {"size": [128]},
+        "finalize": {"mode": "mask"},
+    }
+    _quicklook_of_the_run(monkeypatch, run, "he", "cyx", "mask", channels=(0, 1, 2))
+    png = read_png(tmp_path / "out" / "he.png")
+    mask = zarr.open_array(str(tmp_path / "out" / "he.ome.zarr" / "0"), mode="r")[0, ::2, ::2]
+    assert png.shape == (750, 550, 3) and 0 < mask.mean() < 0.5
+    shown = np.moveaxis(rgb[:, ::2, ::2], 0, -1)
+    np.testing.assert_array_equal(png[mask == 0], shown[mask == 0])
 
 
 def _coloured(rgb: np.ndarray) -> np.ndarray:
