@@ -397,6 +397,13 @@ class TrainConfig:
     """Image channels fed to the model; default: all."""
     train_fraction: float = 0.7
     """Fraction of the image pairs used for training; the rest validates (seeded split)."""
+    folds: int = 1
+    """k-fold cross-validation, as nnU-Net trains: the pairs in ``folds`` seeded parts,
+    part ``fold`` validates and the others train (``train_fraction`` is not used). Train
+    each fold (a command each: separate jobs run at once) and give the outputs to infer
+    as an ensemble, ``model=[fold0,fold1,...]``."""
+    fold: int = 0
+    """The part that validates, 0 .. folds - 1."""
     seed: int = 0
     model: ModelConfig = field(default_factory=ModelConfig)
     optimizer: str = "Adam"
@@ -441,6 +448,11 @@ class TrainConfig:
             raise ConfigError(f"max_failures={self.max_failures} must be >= -1")
         if not 0.0 < self.train_fraction < 1.0:
             raise ConfigError(f"train_fraction={self.train_fraction} must be in (0, 1)")
+        if self.folds < 1 or not 0 <= self.fold < self.folds:
+            raise ConfigError(
+                f"fold={self.fold} with folds={self.folds}: folds >= 1, fold counts from 0 "
+                f"to folds-1"
+            )
         if self.device not in ("auto", "cpu", "gpu"):
             raise ConfigError(f"device={self.device!r}: choose auto, cpu or gpu")
         for key in ("max_epochs", "patience", "num_workers", "patches_per_epoch", "val_patches"):

@@ -270,6 +270,7 @@ TRAIN_CASES: list[tuple[str, list[str], str]] = [
     ("sparse optimizer", TRAIN_OK + ["optimizer=SparseAdam"], "needs sparse gradients"),
     ("bad key", TRAIN_OK + ["epochs=3"], "unknown config key 'epochs'"),
     ("bad fraction", TRAIN_OK + ["train_fraction=1.5"], "train_fraction=1.5"),
+    ("fold beyond folds", TRAIN_OK + ["folds=3", "fold=3"], "fold counts from 0 to folds-1"),
     ("existing output", _train_with(output="used"), "used: exists and is not empty"),
 ]
 

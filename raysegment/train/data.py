@@ -170,6 +170,28 @@ def _stats(
     return tuple(map(float, data.mean(axis=1))), tuple(float(s) if s > 0 else 1.0 for s in std)
 
 
+def _split(cfg: TrainConfig, count: int) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """The pairs that train and those that validate: seeded, by ``train_fraction`` or,
+    with ``folds``, part ``fold`` of the pairs in ``folds`` (parts differ by one at most).
+
+    Raises:
+        InputImageError: fewer pairs than folds.
+    """
+    order = np.random.default_rng(cfg.seed).permutation(count)
+    if cfg.folds > 1:
+        if count < cfg.folds:
+            raise InputImageError(
+                f"{cfg.images.dir}: found {count} image/label pairs; folds={cfg.folds} needs "
+                f"at least {cfg.folds} (one to validate in each fold)"
+            )
+        held = set(np.array_split(order, cfg.folds)[cfg.fold].tolist())
+    else:
+        n_train = min(max(1, round(cfg.train_fraction * count)), count - 1)
+        held = set(order[n_train:].tolist())
+    train = tuple(i for i in range(count) if i not in held)
+    return train, tuple(sorted(held))
+
+
 def prepare(cfg: TrainConfig) -> TrainingSet:
     """Pair, open and check every image/label, split them, and measure normalization.
 
@@ -204,11 +226,7 @@ def prepare(cfg: TrainConfig) -> TrainingSet:
             f"class_names={cfg.class_names} names {len(cfg.class_names)} class(es) but the "
             f"labels ({cfg.mode.value}) give the model {classes} output channel(s)"
         )
-    rng = np.random.default_rng(cfg.seed)
-    order = rng.permutation(len(pairs))
-    n_train = min(max(1, round(cfg.train_fraction * len(pairs))), len(pairs) - 1)
-    train = tuple(sorted(int(i) for i in order[:n_train]))
-    val = tuple(sorted(int(i) for i in order[n_train:]))
+    train, val = _split(cfg, len(pairs))
     mean, std = _stats(pairs, train, channels)
     return TrainingSet(
         tuple(pairs), train, val, channels, cfg.mode.value, classes, patch, mean, std

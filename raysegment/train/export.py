@@ -112,6 +112,11 @@ def export_model(
                 "mode": data.mode,
                 "patch_size": list(data.patch),
                 "channels": list(data.channels),
+                "split": {
+                    **({"folds": cfg.folds, "fold": cfg.fold} if cfg.folds > 1 else {}),
+                    "train": [data.pairs[i].image.path for i in data.train],
+                    "validation": [data.pairs[i].image.path for i in data.val],
+                },
             },
             indent=2,
         )

@@ -76,6 +76,20 @@ def test_prepare_splits_measures_and_reads_patches(tmp_path: Path) -> None:
     assert all(s["pair"] in data.val for s in val) and len(val) == 2 * 2 * 2
 
 
+def test_folds_validate_every_pair_once(tmp_path: Path) -> None:
+    """k-fold: each pair validates in exactly one fold and trains in the others; the
+    same seed gives the same folds."""
+    _ok(tmp_path, n=5)
+    held = []
+    for fold in range(3):
+        data = prepare(_cfg(tmp_path, "folds=3", f"fold={fold}"))
+        assert sorted(data.train + data.val) == list(range(5))
+        held.append(data.val)
+    assert sorted(i for val in held for i in val) == list(range(5))
+    assert sorted(map(len, held)) == [1, 2, 2]
+    assert prepare(_cfg(tmp_path, "folds=3", "fold=1")).val == held[1]
+
+
 def test_multiclass_counts_classes_and_targets_are_integers(tmp_path: Path) -> None:
     _ok(tmp_path, mode_values=(0, 1, 2, 3))
     data = prepare(_cfg(tmp_path, "mode=multiclass"))
@@ -95,6 +109,7 @@ def test_multiclass_counts_classes_and_targets_are_integers(tmp_path: Path) -> N
             "holds class 5 but classes=3",
         ),
         (lambda r: _ok(r, n=1), [], "training needs at least 2"),
+        (lambda r: _ok(r, n=3), ["folds=4"], "folds=4 needs at least 4"),
         (lambda r: _ok(r), ["patch_size=64"], "smaller than patch_size=\\[64, 64\\]"),
         (
             lambda r: _write(

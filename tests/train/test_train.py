@@ -42,7 +42,7 @@ def _rows(out: Path) -> list[dict[str, str]]:
 @pytest.fixture(scope="module")
 def trained(blob_data: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, object]:
     out = tmp_path_factory.mktemp("model") / "unet"
-    return out, train(_cfg(blob_data, out))
+    return out, train(_cfg(blob_data, out, folds=3, fold=1))  # 4 pairs train, 2 validate
 
 
 def test_trains_to_high_iou_and_writes_the_model_directory(trained) -> None:
@@ -64,6 +64,10 @@ def test_trains_to_high_iou_and_writes_the_model_directory(trained) -> None:
     assert {"train_loss", "val_loss", "iou", "fscore", "accuracy", "recall", "precision"} <= set(
         rows[0]
     )
+    split = json.loads((out / "model.json").read_text())["split"]
+    assert (split["folds"], split["fold"], len(split["validation"])) == (3, 1, 2)
+    names = sorted(Path(p).name for p in split["train"] + split["validation"])
+    assert names == [f"im{i}.tif" for i in range(6)]
     meta = json.loads((out / "raysegment.json").read_text())
     assert meta["classes"] == ["foreground"] and meta["activation"] == "sigmoid"
     assert len(meta["normalize"]["mean"]) == 1 and meta["normalize"]["std"][0] > 1
