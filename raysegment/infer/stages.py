@@ -218,12 +218,13 @@ def _no_mask() -> np.ndarray:
     return np.zeros((1, 0, 0, 0), np.bool_)
 
 
-def _skipped(row: Batch, plan: ImagePlan, why: int) -> Batch:
-    """``row`` as a block that keeps the fill value without the model."""
+def _without_data(row: Batch, plan: ImagePlan, empty: int = 0, error: str = "") -> Batch:
+    """``row`` as a block that keeps the fill value without the model (``empty``: why),
+    or that failed (``error``)."""
     return row | {
         "data": placeholder(plan),
-        "error": np.array([""]),
-        "empty": np.array([why], np.int8),
+        "error": np.array([error]),
+        "empty": np.array([empty], np.int8),
         "mask": _no_mask(),
     }
 
@@ -237,22 +238,13 @@ def _outside(batch: Batch, plan: ImagePlan, item: WorkItem, block: Block) -> Bat
         region = ((plane, plane + 1), *block.inner[-2:])
         data = plan.source.read(item.t, plan.preview_channels, region)
         row |= _preview(plan, item, block, region, data)
-    return _skipped(row, plan, OUTSIDE)
+    return _without_data(row, plan, OUTSIDE)
 
 
 def _failed(batch: Batch, plan: ImagePlan, error: str) -> Batch:
     """A row carrying a user error down the pipeline instead of raising it: Ray wraps a
     raised exception and drops its type, and the driver must report it as one line."""
-    return (
-        passthrough(batch, 0)
-        | _no_preview()
-        | {
-            "data": placeholder(plan),
-            "error": np.array([error]),
-            "empty": np.array([0], np.int8),
-            "mask": _no_mask(),
-        }
-    )
+    return _without_data(passthrough(batch, 0) | _no_preview(), plan, error=error)
 
 
 def placeholder(plan: ImagePlan) -> np.ndarray:
@@ -335,7 +327,7 @@ def read_row(
     row = passthrough(batch, 0) | _preview(plan, item, block, region, data)
     if plan.skip_empty and lo == hi:
         # Constant input (slide background, absent zarr chunks): no model, fill value.
-        return _skipped(row, plan, EMPTY)
+        return _without_data(row, plan, EMPTY)
     if plan.spatial_dims == 2:
         data = data[:, 0]
     return row | {

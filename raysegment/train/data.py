@@ -227,7 +227,10 @@ def prepare(cfg: TrainConfig) -> TrainingSet:
             f"labels ({cfg.mode.value}) give the model {classes} output channel(s)"
         )
     train, val = _split(cfg, len(pairs))
-    mean, std = _stats(pairs, train, channels)
+    # The folds of a cross-validation share one normalization, from every pair (as
+    # nnU-Net's dataset fingerprint): their models then take the same input, an ensemble.
+    measured = tuple(range(len(pairs))) if cfg.folds > 1 else train
+    mean, std = _stats(pairs, measured, channels)
     return TrainingSet(
         tuple(pairs), train, val, channels, cfg.mode.value, classes, patch, mean, std
     )  # type: ignore[arg-type]

@@ -77,14 +77,16 @@ def test_prepare_splits_measures_and_reads_patches(tmp_path: Path) -> None:
 
 
 def test_folds_validate_every_pair_once(tmp_path: Path) -> None:
-    """k-fold: each pair validates in exactly one fold and trains in the others; the
-    same seed gives the same folds."""
+    """k-fold: each pair validates in exactly one fold and trains in the others, every
+    fold with the same normalization; the same seed gives the same folds."""
     _ok(tmp_path, n=5)
-    held = []
+    held, norms = [], set()
     for fold in range(3):
         data = prepare(_cfg(tmp_path, "folds=3", f"fold={fold}"))
         assert sorted(data.train + data.val) == list(range(5))
         held.append(data.val)
+        norms.add((data.mean, data.std))
+    assert len(norms) == 1  # one normalization: the folds' models make an ensemble
     assert sorted(i for val in held for i in val) == list(range(5))
     assert sorted(map(len, held)) == [1, 2, 2]
     assert prepare(_cfg(tmp_path, "folds=3", "fold=1")).val == held[1]
