@@ -248,6 +248,10 @@ class InferConfig:
     """Input channels given to the model, in order; default: all of them."""
     axes: Optional[str] = None
     """Axis names of a plain zarr array or TIFF (e.g. zyx, cyx); default: from metadata."""
+    input_level: int = 0
+    """Resolution level of the input to segment: 0 the full resolution, 1 the pyramid's
+    next (a pyramidal TIFF's or SVS's, an OME-Zarr's second dataset), ...: for a model
+    trained at a coarser pixel size. The output is at that level, with its pixel size."""
     chunks: Optional[List[int]] = None
     """Output chunk size per spatial axis; default 1024 (2D) / 128 (3D)."""
     block: Optional[List[int]] = None
@@ -324,6 +328,8 @@ class InferConfig:
             or len(set(self.channels)) != len(self.channels)
         ):
             raise ConfigError(f"channels={self.channels}: give distinct channel indices >= 0")
+        if self.input_level < 0:
+            raise ConfigError(f"input_level={self.input_level}: give 0 (full resolution) or more")
         if not 1 <= self.levels <= 12:
             raise ConfigError(f"levels={self.levels}: give 1 (no pyramid) to 12")
         if not 0 <= self.part_id < self.num_parts:

@@ -157,6 +157,7 @@ CASES: list[tuple[str, list[str], str]] = [
     ("series named like a file", _with(input="plates"), "would write plate_s1.ome.zarr"),
     ("unlike ensemble", _with(model="[model.pth,m3.pth]"), "m3.pth: spatial_dims is 3, 2 for"),
     ("empty ensemble", _with(model="[]"), "model=[]: give a model"),
+    ("level beyond the pyramid", OK + ["input_level=1"], "has 1 resolution level(s)"),
     ("missing mask", OK + ["mask=masks/{name}.tif"], "mask=masks/img.tif: no such file"),
     ("mask of another view", OK + ["mask=wide.tif"], "not the field of view of the image"),
     ("part beyond parts", OK + ["part_id=3", "num_parts=3"], "part_id counts from 0"),

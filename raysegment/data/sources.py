@@ -10,7 +10,7 @@ import functools
 import math
 import os
 import threading
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, cast
 
@@ -99,7 +99,9 @@ class ImageSource:
 
     A file holding several images (an OME-TIFF of several wells or positions) is read as
     one source per image: ``series`` is its index in the file, ``name`` the stem of its
-    output (``plate_s1``). ``where`` names it in messages.
+    output (``plate_s1``). ``level``: the resolution level read (0: full resolution; 1:
+    the pyramid's next, of a pyramidal TIFF or an OME-Zarr), its shape and pixel size the
+    source's. ``where`` names it in messages.
     """
 
     kind = "image"
@@ -110,10 +112,12 @@ class ImageSource:
         axes: str | None = None,
         series: int | None = None,
         name: str | None = None,
+        level: int = 0,
     ) -> None:
         self.path = path
         self.axes = axes
         self.series = series
+        self.level = level
         self.name = name or image_stem(path)
         self._lock = threading.Lock()
         self._handle: Any = None
@@ -131,8 +135,17 @@ class ImageSource:
 
     @property
     def where(self) -> str:
-        """The image in messages: its path, and its series in a file of several."""
-        return self.path if self.series is None else f"{self.path} (series {self.series})"
+        """The image in messages: its path, its series in a file of several, its level."""
+        parts = [f"series {self.series}"] * (self.series is not None)
+        parts += [f"level {self.level}"] * (self.level > 0)
+        return f"{self.path} ({', '.join(parts)})" if parts else self.path
+
+    def _no_level(self, levels: int) -> InputImageError:
+        """The error for a ``level`` beyond the image's ``levels``."""
+        return InputImageError(
+            f"{self.where}: the image has {levels} resolution level(s); give input_level= "
+            f"from 0 (full resolution) to {levels - 1}"
+        )
 
     @property
     def handle(self) -> Any:
@@ -313,12 +326,13 @@ class TiffSource(ArraySource):
         axes: str | None = None,
         series: int | None = None,
         name: str | None = None,
+        level: int = 0,
         tif: Any = None,
     ) -> None:
         # The file ``open_sources`` opened, inspected by each of its series in turn:
         # opening a file of N images parses all N series, once per series otherwise.
         self._opened = tif
-        super().__init__(path, axes, series, name)
+        super().__init__(path, axes, series, name, level)
         self._opened = None
 
     def _series(self) -> Any:
@@ -334,9 +348,16 @@ class TiffSource(ArraySource):
         except Exception as e:
             raise _unreadable_tiff(self.path, e) from e
 
+    def _level(self, series: Any) -> Any:
+        """``series`` at this source's resolution level."""
+        if self.level >= len(series.levels):
+            raise self._no_level(len(series.levels))
+        return series.levels[self.level]
+
     def _inspect(self) -> ImageInfo:
-        tif, series = self._series()
+        tif, full = self._series()
         try:
+            series = self._level(full)
             if self.axes:
                 axes = self.axes.lower()
             else:
@@ -353,7 +374,13 @@ class TiffSource(ArraySource):
                     axes += mapped
             self.axes = axes
             _, shape = _axes_to_5d(axes, tuple(series.shape), self.where)
-            return self._info(tif, shape, np.dtype(series.dtype))
+            info = self._info(tif, shape, np.dtype(series.dtype))
+            # The calibration is the full resolution's: a level's pixels are larger by
+            # the ratio of the sizes.
+            _, whole = _axes_to_5d(axes, tuple(full.shape), self.where)
+            ratio = dict(zip("zyx", np.divide(whole[2:], shape[2:]), strict=True))
+            scale = {a: s * float(ratio.get(a, 1.0)) for a, s in info.scale.items()}
+            return replace(info, scale=scale)
         finally:
             if self._opened is None:  # opened here
                 tif.close()
@@ -376,15 +403,16 @@ class TiffSource(ArraySource):
     def _open(self) -> Any:
         """Planes read segment by segment where the layout allows (``_TiffPlanes``), else
         tifffile's zarr view of the series (RGB samples, 3D tiles, ...): of its full
-        resolution, for a pyramidal file (a slide scanner's, QuPath's or bfconvert's
-        export) is otherwise seen as a group of every level."""
+        resolution level, for a pyramidal file (a slide scanner's, QuPath's or
+        bfconvert's export) is otherwise seen as a group of every level."""
         import zarr
 
         tif, series = self._series()
         self._tif = tif
-        if _TiffPlanes.fits(series, self._array_axes()):
-            return _TiffPlanes(series, self._array_axes())
-        return zarr.open(series.aszarr(level=0), mode="r")
+        level = self._level(series)
+        if _TiffPlanes.fits(level, self._array_axes()):
+            return _TiffPlanes(level, self._array_axes())
+        return zarr.open(series.aszarr(level=self.level), mode="r")
 
     def _read(
         self, t: int, channels: tuple[int, ...], region: tuple[tuple[int, int], ...]
@@ -487,7 +515,8 @@ def _ome_images(xml: str) -> list[Any]:
 
 
 class ZarrSource(ArraySource):
-    """A zarr array (v2 or v3), or the full-resolution level of an OME-Zarr image."""
+    """A zarr array (v2 or v3), or a resolution level of an OME-Zarr image (its
+    ``datasets``; the full resolution by default)."""
 
     kind = "zarr"
 
@@ -516,10 +545,13 @@ class ZarrSource(ArraySource):
             ms = multiscales[0]
             axes_meta = ms["axes"]
             axis_names = [a["name"] if isinstance(a, dict) else a for a in axes_meta]
-            self.array_path = ms["datasets"][0]["path"]
+            if self.level >= len(ms["datasets"]):
+                raise self._no_level(len(ms["datasets"]))
+            dataset = ms["datasets"][self.level]
+            self.array_path = dataset["path"]
             factors = np.ones(len(axis_names))
             for transforms in (
-                ms["datasets"][0].get("coordinateTransformations", []),
+                dataset.get("coordinateTransformations", []),
                 ms.get("coordinateTransformations", []),
             ):
                 for tr in transforms:
@@ -536,6 +568,8 @@ class ZarrSource(ArraySource):
             if self.axes is None:
                 self.axes = "".join(axis_names).lower()
             node = node[self.array_path]
+        elif self.level > 0:
+            raise self._no_level(1)  # a plain array
         if self.axes is None:
             self.axes = _default_axes(node.ndim, self.path)
         _, shape = _axes_to_5d(self.axes, tuple(node.shape), self.path)
@@ -659,11 +693,14 @@ def _zarr_images(path: str) -> list[tuple[str, str]] | None:
     return [(g, f"s{i}") for i, g in enumerate(groups)]
 
 
-def open_sources(path: str | os.PathLike[str], axes: str | None = None) -> list[ImageSource]:
+def open_sources(
+    path: str | os.PathLike[str], axes: str | None = None, level: int = 0
+) -> list[ImageSource]:
     """Every image of ``path``: one for most files, one per series of an OME-TIFF of
     several images (wells, positions, scenes) and of a bioformats2raw store, one per field
     of an OME-Zarr plate. Images of a file of several are named ``<stem>_s<series>`` or
-    ``<stem>_<well>_f<field>`` (their outputs ``<stem>_s0.ome.zarr``, ...).
+    ``<stem>_<well>_f<field>`` (their outputs ``<stem>_s0.ome.zarr``, ...). ``level``: the
+    resolution level each is read at (0: full resolution).
 
     Raises:
         InputImageError: missing path, unknown format, unreadable or corrupt file.
@@ -696,18 +733,25 @@ def open_sources(path: str | os.PathLike[str], axes: str | None = None) -> list[
         # A store of one series (a slide converted alone) keeps the store's name.
         one = len(images) == 1 and images[0][1] == "s0"
         sources = [
-            cls(storage.join(p, group), axes, name=stem if one else f"{stem}_{suffix}")
+            cls(storage.join(p, group), axes, name=stem if one else f"{stem}_{suffix}", level=level)
             for group, suffix in images
         ]
     elif tif is None:  # a zarr array or OME-Zarr image
-        sources = [cls(p, axes)]
+        sources = [cls(p, axes, level=level)]
     else:
         tiff = cast(type[TiffSource], cls)
         with tif:
             count = len(_tiff_images(tif))
             series = range(count) if count > 1 else [None]
             sources = [
-                tiff(p, axes, series=i, name=None if i is None else f"{stem}_s{i}", tif=tif)
+                tiff(
+                    p,
+                    axes,
+                    series=i,
+                    name=None if i is None else f"{stem}_s{i}",
+                    level=level,
+                    tif=tif,
+                )
                 for i in series
             ]
     for source in sources:

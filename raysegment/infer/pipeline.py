@@ -292,7 +292,7 @@ def _prepare(
     """
     import_ray_data()
 
-    sources = [s for p in paths for s in open_sources(p, cfg.axes)]
+    sources = [s for p in paths for s in open_sources(p, cfg.axes, cfg.input_level)]
     _refuse_shared_outputs(cfg.input, [s.name for s in sources])  # series named alike
     specs = []
     for model in models:

@@ -415,6 +415,7 @@ def provenance(
         "input": {
             "path": plan.source.path,
             **({"series": plan.source.series} if plan.source.series is not None else {}),
+            **({"level": plan.source.level} if plan.source.level else {}),
             "shape_tczyx": list(plan.source.info.shape),
             "dtype": str(plan.source.info.dtype),
             "channels": list(plan.channels),

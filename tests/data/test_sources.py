@@ -221,6 +221,57 @@ def test_pyramidal_ome_tiff_reads_its_full_resolution(
     np.testing.assert_array_equal(got, want.transpose(2, 0, 1) if channels > 1 else want[None])
 
 
+@pytest.mark.parametrize(
+    ("axes", "shape", "opts"),
+    [
+        ("YXS", (300, 200, 3), {"photometric": "rgb", "compression": "jpeg"}),
+        ("YX", (300, 200), {"compression": "zlib"}),
+    ],
+)
+def test_a_pyramidal_tiff_is_read_at_the_level_asked(
+    tmp_path: Path, axes: str, shape: tuple[int, ...], opts: dict[str, object]
+) -> None:
+    """``input_level``: a reduced level of the pyramid, its pixel size the full
+    resolution's times the ratio of the sizes; in a worker too."""
+    path = tmp_path / "slide.ome.tif"
+    _pyramidal_ome_tiff(path, random_image(shape, dtype="uint8"), axes, **opts)
+    channels = shape[2] if len(shape) == 3 else 1
+    for level, (y, x) in ((1, (150, 100)), (2, (75, 50))):
+        (src,) = open_sources(path, level=level)
+        assert src.info.shape == (1, channels, 1, y, x) and src.where == f"{path} (level {level})"
+        assert src.info.scale == {"x": 0.25 * 2**level, "y": 0.25 * 2**level}
+        want = tifffile.imread(path, level=level)[11:y, 3:47]
+        want = want.transpose(2, 0, 1) if channels > 1 else want[None]
+        for reader in (src, pickle.loads(pickle.dumps(src))):
+            got = reader.read(0, tuple(range(channels)), ((0, 1), (11, y), (3, 47)))[:, 0]
+            np.testing.assert_array_equal(got, want)
+    with pytest.raises(
+        InputImageError, match=r"has 3 resolution level\(s\); give input_level= from 0"
+    ):
+        open_sources(path, level=3)
+
+
+def test_ome_zarr_is_read_at_the_level_asked(tmp_path: Path) -> None:
+    image = random_image((64, 48))
+    group = zarr.open_group(str(tmp_path / "img.ome.zarr"), mode="w", zarr_format=3)
+    _ngff_image(group, image, {})
+    group.create_array("1", data=image[::2, ::2], chunks=(16, 16))
+    ome = dict(group.attrs["ome"])
+    scale = [{"type": "scale", "scale": [1.0, 1.0]}]
+    ome["multiscales"][0]["datasets"].append({"path": "1", "coordinateTransformations": scale})
+    group.attrs["ome"] = ome
+    (src,) = open_sources(tmp_path / "img.ome.zarr", level=1)
+    assert src.info.shape == (1, 1, 1, 32, 24) and src.info.scale == {"y": 1.0, "x": 1.0}
+    np.testing.assert_array_equal(
+        src.read(0, (0,), ((0, 1), (0, 32), (0, 24)))[0, 0], image[::2, ::2]
+    )
+    with pytest.raises(InputImageError, match="has 2 resolution level"):
+        open_sources(tmp_path / "img.ome.zarr", level=2)
+    zarr.create_array(str(tmp_path / "plain.zarr"), data=image)
+    with pytest.raises(InputImageError, match="has 1 resolution level"):
+        open_sources(tmp_path / "plain.zarr", level=1)
+
+
 def test_ome_tiff_of_several_images_is_one_source_per_series(tmp_path: Path) -> None:
     path = tmp_path / "plate.ome.tif"
     wells = write_wells(path)

@@ -170,11 +170,15 @@ def test_2d_model_on_multipage_tiff_stack(tmp_path, make_model) -> None:
         )
 
 
-def test_ome_zarr_05_volume_keeps_anisotropic_scale(tmp_path, make_model) -> None:
+@pytest.mark.parametrize("level", [0, 1])
+def test_ome_zarr_05_volume_keeps_anisotropic_scale(tmp_path, make_model, level) -> None:
+    """Its full resolution, or (``input_level=1``) its second dataset, halved in y and x
+    only (connectomics' mip levels): the output at that level with its voxel size."""
     vol = random_image((20, 40, 40)).astype("uint8")
     path = tmp_path / "vol.ome.zarr"
     g = zarr.open_group(str(path), mode="w", zarr_format=3)
     g.create_array("s0", data=vol, chunks=(10, 20, 20))
+    g.create_array("s1", data=vol[:, ::2, ::2], chunks=(10, 20, 20))
     g.attrs["ome"] = {
         "version": "0.5",
         "multiscales": [
@@ -182,9 +186,12 @@ def test_ome_zarr_05_volume_keeps_anisotropic_scale(tmp_path, make_model) -> Non
                 "axes": [{"name": n, "type": "space", "unit": "nanometer"} for n in "zyx"],
                 "datasets": [
                     {
-                        "path": "s0",
-                        "coordinateTransformations": [{"type": "scale", "scale": [40.0, 8.0, 8.0]}],
+                        "path": f"s{i}",
+                        "coordinateTransformations": [
+                            {"type": "scale", "scale": [40.0, 8.0 * 2**i, 8.0 * 2**i]}
+                        ],
                     }
+                    for i in range(2)
                 ],
             }
         ],
@@ -195,6 +202,7 @@ def test_ome_zarr_05_volume_keeps_anisotropic_scale(tmp_path, make_model) -> Non
         model=str(model),
         output=str(tmp_path / "out"),
         progress=False,
+        input_level=level,
         tile={"size": [16], "overlap": 0.5, "blend": "crop"},
         finalize={"mode": "raw"},
     )
@@ -202,9 +210,12 @@ def test_ome_zarr_05_volume_keeps_anisotropic_scale(tmp_path, make_model) -> Non
     ms = _attrs(out)["ome"]["multiscales"][0]
     assert [a["name"] for a in ms["axes"]] == ["c", "z", "y", "x"]
     assert ms["axes"][1]["unit"] == "nanometer"
-    assert ms["datasets"][0]["coordinateTransformations"][0]["scale"] == [1.0, 40.0, 8.0, 8.0]
+    xy = 8.0 * 2**level
+    assert ms["datasets"][0]["coordinateTransformations"][0]["scale"] == [1.0, 40.0, xy, xy]
+    assert _attrs(out)["raysegment"]["input"].get("level", 0) == level
     got = zarr.open_array(str(out / "0"), mode="r")[:]
-    np.testing.assert_allclose(got, whole_image_prediction(module, vol), rtol=1e-5, atol=1e-4)
+    want = whole_image_prediction(module, vol[:, :: 2**level, :: 2**level])
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-4)
 
 
 def test_directory_with_pattern_and_export_program(tmp_path, ome_tiff) -> None:
