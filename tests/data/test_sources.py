@@ -449,6 +449,12 @@ def test_aperio_svs_reads_its_scan_at_full_resolution_with_its_pixel_size(tmp_pa
     got = src.read(0, (0, 1, 2), ((0, 1), (70, 290), (3, 200)))[:, 0]
     np.testing.assert_array_equal(got, full.reshape(300, 260, 3)[70:290, 3:200].transpose(2, 0, 1))
     assert resolve_inputs(str(tmp_path)) == [str(path)]  # the default pattern takes slides
+    (reduced,) = open_sources(path, level=1)  # the scan's reduced level (1/4), at 2.008 µm
+    assert reduced.info.shape == (1, 3, 1, 75, 65)
+    assert reduced.info.scale == {"x": 0.502 * 4, "y": 0.502 * 4}
+    level = tifffile.imread(path, level=1).reshape(75, 65, 3)
+    got = reduced.read(0, (0, 1, 2), ((0, 1), (0, 75), (0, 65)))[:, 0]
+    np.testing.assert_array_equal(got, level.transpose(2, 0, 1))
 
 
 @pytest.mark.parametrize("fmt", [2, 3])
