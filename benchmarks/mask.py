@@ -13,7 +13,6 @@ outside). Writes ``mask.json`` into --out.
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import re
 import sys
@@ -25,7 +24,7 @@ import zarr
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from run import ROOT, infer_cli, machine, make_slide, unet  # noqa: E402
+from run import ROOT, infer_cli, machine, make_slide, unet, write_result  # noqa: E402
 
 DOWNSAMPLE = 64
 
@@ -104,9 +103,7 @@ def main() -> int:
         "masked_tiles": runs["masked"][0]["tiles"],
     }
     result["speedup"] = min(result["unmasked_s"]) / min(result["masked_s"])
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "mask.json").write_text(json.dumps(result, indent=1))
-    print(json.dumps(result, indent=1))
+    write_result(args.out, "mask.json", result)
     return 0
 
 

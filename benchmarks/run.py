@@ -182,6 +182,13 @@ def infer_cli(
     }
 
 
+def write_result(out: Path, name: str, result: dict[str, Any]) -> None:
+    """``result`` as ``<out>/<name>`` (JSON), and printed."""
+    out.mkdir(parents=True, exist_ok=True)
+    (out / name).write_text(json.dumps(result, indent=1))
+    print(json.dumps(result, indent=1))
+
+
 def unet(path: Path) -> Path:
     """SMP Unet with a resnet18 encoder (random weights), traced to TorchScript."""
     import segmentation_models_pytorch as smp

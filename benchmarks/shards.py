@@ -12,7 +12,6 @@ files of each output's full-resolution array and each run's seconds; writes
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -22,7 +21,7 @@ import zarr
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from run import ROOT, infer_cli, machine  # noqa: E402
+from run import ROOT, infer_cli, machine, write_result  # noqa: E402
 
 
 def small_3d(path: Path) -> Path:
@@ -70,9 +69,7 @@ def main() -> int:
         "files": files,
         "seconds": runs,
     }
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "shards.json").write_text(json.dumps(result, indent=1))
-    print(json.dumps(result, indent=1))
+    write_result(args.out, "shards.json", result)
     return 0
 
 

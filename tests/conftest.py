@@ -76,24 +76,12 @@ def driver_plan(settings: dict[str, Any]) -> tuple[Any, Any]:
     from raysegment.config import InferConfig, as_config
     from raysegment.data.sources import open_source
     from raysegment.infer.mask import open_mask
-    from raysegment.infer.model import (
-        agreeing_spec,
-        describe_model,
-        ensemble_sha256,
-        load_model,
-        probe_model,
-        read_models,
-    )
+    from raysegment.infer.model import ensemble_sha256, probe_models, read_models
     from raysegment.infer.plan import plan_image, tile_size
 
     cfg = as_config(InferConfig, settings, {})
     models = read_models(cfg.model)
-    specs = []
-    for model in models:
-        module = load_model(model)
-        spec = describe_model(model, module)
-        specs.append(probe_model(model, module, spec, tile_size(cfg, spec)))  # output channels
-    spec = agreeing_spec(specs, models)
+    spec = probe_models(models, lambda spec: tile_size(cfg, spec))  # output channels
     source = open_source(cfg.input)
     mask = open_mask(cfg.mask, source) if cfg.mask else None
     sha256 = ensemble_sha256(models)

@@ -12,7 +12,7 @@ import hashlib
 import io
 import json
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -27,11 +27,11 @@ __all__ = [
     "MODEL_META",
     "ModelFile",
     "ModelSpec",
-    "agreeing_spec",
     "describe_model",
     "ensemble_sha256",
     "load_model",
     "probe_model",
+    "probe_models",
     "read_model_file",
     "read_models",
 ]
@@ -108,8 +108,27 @@ def ensemble_sha256(models: Sequence[ModelFile]) -> str:
     return hashlib.sha256(" ".join(m.sha256 for m in models).encode()).hexdigest()
 
 
-def agreeing_spec(specs: Sequence[ModelSpec], models: Sequence[ModelFile]) -> ModelSpec:
-    """The one description of an ensemble's models (each probed).
+def probe_models(
+    models: Sequence[ModelFile], tile_for: Callable[[ModelSpec], tuple[int, ...]]
+) -> ModelSpec:
+    """Each of ``models`` (one, or an ensemble's) loaded, described and probed on a tile of
+    ``tile_for(its description)``: their one description.
+
+    Raises:
+        ModelLoadError, ModelContractError: as ``load_model`` and ``probe_model``, and for
+            members that take or return different things.
+    """
+    specs = []
+    for model in models:
+        module = load_model(model)
+        spec = describe_model(model, module)
+        specs.append(probe_model(model, module, spec, tile_for(spec)))
+        del module
+    return _agreeing_spec(specs, models)
+
+
+def _agreeing_spec(specs: Sequence[ModelSpec], models: Sequence[ModelFile]) -> ModelSpec:
+    """The one description of an ensemble's probed models.
 
     Raises:
         ModelContractError: two members take or return different things.

@@ -25,16 +25,7 @@ from raysegment.data.tiling import block_grid, seam_repeats
 from raysegment.errors import ConfigError, OutputError
 from raysegment.infer.attempts import start_ledger
 from raysegment.infer.mask import open_mask
-from raysegment.infer.model import (
-    ModelFile,
-    ModelSpec,
-    agreeing_spec,
-    describe_model,
-    ensemble_sha256,
-    load_model,
-    probe_model,
-    read_models,
-)
+from raysegment.infer.model import ModelFile, ModelSpec, ensemble_sha256, probe_models, read_models
 from raysegment.infer.plan import ImagePlan, plan_image, provenance, tile_size
 from raysegment.infer.pyramid import build_pyramid
 from raysegment.infer.quicklook import InputPreview, quicklook
@@ -294,13 +285,7 @@ def _prepare(
 
     sources = [s for p in paths for s in open_sources(p, cfg.axes, cfg.input_level)]
     _refuse_shared_outputs(cfg.input, [s.name for s in sources])  # series named alike
-    specs = []
-    for model in models:
-        module = load_model(model)
-        spec = describe_model(model, module)
-        specs.append(probe_model(model, module, spec, tile_size(cfg, spec)))
-        del module
-    spec = agreeing_spec(specs, models)
+    spec = probe_models(models, lambda spec: tile_size(cfg, spec))
     if spec.static_batch and cfg.batch_size not in (None, spec.static_batch):
         raise ConfigError(
             f"batch_size={cfg.batch_size}: {models[0].path} was exported for batches of "

@@ -186,6 +186,13 @@ def test_plain_tiff_single_page_stack_and_rgb(tmp_path: Path) -> None:
     np.testing.assert_array_equal(src.read(0, (2,), ((0, 1), (0, 20), (0, 30)))[0, 0], rgb[..., 2])
 
 
+PYRAMIDS = [
+    ("YXS", (300, 200, 3), {"photometric": "rgb", "compression": "jpeg"}),
+    ("YX", (300, 200), {"compression": "zlib"}),
+]
+"""Pyramidal slides: RGB in JPEG tiles (brightfield), one channel in zlib tiles."""
+
+
 def _pyramidal_ome_tiff(path: Path, image: np.ndarray, axes: str, **opts: object) -> None:
     """A pyramidal OME-TIFF as slide scanners and bfconvert write it: the full resolution
     with two halvings in its SubIFDs."""
@@ -196,13 +203,7 @@ def _pyramidal_ome_tiff(path: Path, image: np.ndarray, axes: str, **opts: object
             tif.write(image[::step, ::step], subfiletype=1, tile=(64, 64), **opts)
 
 
-@pytest.mark.parametrize(
-    ("axes", "shape", "opts"),
-    [
-        ("YXS", (300, 200, 3), {"photometric": "rgb", "compression": "jpeg"}),
-        ("YX", (300, 200), {"compression": "zlib"}),
-    ],
-)
+@pytest.mark.parametrize(("axes", "shape", "opts"), PYRAMIDS)
 def test_pyramidal_ome_tiff_reads_its_full_resolution(
     tmp_path: Path, axes: str, shape: tuple[int, ...], opts: dict[str, object]
 ) -> None:
@@ -221,13 +222,7 @@ def test_pyramidal_ome_tiff_reads_its_full_resolution(
     np.testing.assert_array_equal(got, want.transpose(2, 0, 1) if channels > 1 else want[None])
 
 
-@pytest.mark.parametrize(
-    ("axes", "shape", "opts"),
-    [
-        ("YXS", (300, 200, 3), {"photometric": "rgb", "compression": "jpeg"}),
-        ("YX", (300, 200), {"compression": "zlib"}),
-    ],
-)
+@pytest.mark.parametrize(("axes", "shape", "opts"), PYRAMIDS)
 def test_a_pyramidal_tiff_is_read_at_the_level_asked(
     tmp_path: Path, axes: str, shape: tuple[int, ...], opts: dict[str, object]
 ) -> None:
