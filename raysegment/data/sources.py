@@ -25,6 +25,7 @@ __all__ = [
     "SOURCES",
     "ImageInfo",
     "ImageSource",
+    "MemorySource",
     "image_stem",
     "is_zarr",
     "open_source",
@@ -118,6 +119,8 @@ class ImageSource:
         self.axes = axes
         self.series = series
         self.level = level
+        self.levels = 1
+        """Resolution levels the image has (a pyramid's), known once inspected."""
         self.name = name or image_stem(path)
         self._lock = threading.Lock()
         self._handle: Any = None
@@ -350,6 +353,7 @@ class TiffSource(ArraySource):
 
     def _level(self, series: Any) -> Any:
         """``series`` at this source's resolution level."""
+        self.levels = len(series.levels)
         if self.level >= len(series.levels):
             raise self._no_level(len(series.levels))
         return series.levels[self.level]
@@ -545,8 +549,9 @@ class ZarrSource(ArraySource):
             ms = multiscales[0]
             axes_meta = ms["axes"]
             axis_names = [a["name"] if isinstance(a, dict) else a for a in axes_meta]
-            if self.level >= len(ms["datasets"]):
-                raise self._no_level(len(ms["datasets"]))
+            self.levels = len(ms["datasets"])
+            if self.level >= self.levels:
+                raise self._no_level(self.levels)
             dataset = ms["datasets"][self.level]
             self.array_path = dataset["path"]
             factors = np.ones(len(axis_names))
@@ -586,6 +591,29 @@ class ZarrSource(ArraySource):
 
         node: Any = zarr.open(self.path, mode="r")
         return node[self.array_path] if self.array_path else node
+
+
+class MemorySource(ImageSource):
+    """An image held in memory, (t, c, z, y, x) ``data`` (a mask this package made); it
+    travels to the workers with the plans."""
+
+    kind = "memory"
+
+    def __init__(self, data: np.ndarray, where: str, name: str) -> None:
+        self.data = data
+        super().__init__(where, name=name)
+
+    def _inspect(self) -> ImageInfo:
+        return ImageInfo(self.data.shape, self.data.dtype)  # type: ignore[arg-type]
+
+    def _open(self) -> Any:
+        return self.data
+
+    def _read(
+        self, t: int, channels: tuple[int, ...], region: tuple[tuple[int, int], ...]
+    ) -> np.ndarray:
+        (z0, z1), (y0, y1), (x0, x1) = region
+        return self.data[t, list(channels), z0:z1, y0:y1, x0:x1]
 
 
 SOURCES: Registry[type[ImageSource]] = Registry("image source")

@@ -7,22 +7,32 @@ over the input's scales the coordinates). Blocks with no pixel inside skip the m
 keep the fill value; tiles of a block that touch no pixel inside are not run; every pixel
 outside is 0 in the output, so the output is the unmasked run's inside the mask and 0
 outside it, whichever blocks and tiles ran.
+
+``mask=auto`` finds the foreground of a 2D image on a thumbnail of it (``auto_mask``).
 """
 
 from __future__ import annotations
 
+import hashlib
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
 
 from raysegment import storage
-from raysegment.data.sources import ImageSource, open_sources
+from raysegment.data.sources import ImageSource, MemorySource, open_sources
 from raysegment.errors import InputImageError
 
-__all__ = ["NAME_FIELD", "Mask", "open_mask"]
+__all__ = ["AUTO", "NAME_FIELD", "Mask", "auto_mask", "open_mask"]
 
 NAME_FIELD = "{name}"
 """In ``mask=``, stands for each input's name: ``mask=masks/{name}.tif``."""
+AUTO = "auto"
+"""``mask=auto``: the mask found on the image itself (``auto_mask``)."""
+THUMBNAIL = 2048
+"""Longer side of the thumbnail ``auto_mask`` thresholds, at most."""
+MARGIN = 4
+"""Thumbnail pixels the found foreground is widened by (a tissue's faint rim)."""
 
 Region = tuple[tuple[int, int], ...]
 
@@ -56,8 +66,12 @@ class Mask:
         return native[np.ix_(*(j - j[0] for j in indices))]
 
     def key(self) -> list[object]:
-        """What identifies the mask in a run's settings (resuming needs the same)."""
-        return [self.source.where, list(self.source.info.shape)]
+        """What identifies the mask in a run's settings (resuming needs the same): a
+        file's path and shape, a mask found here by its pixels too."""
+        key: list[object] = [self.source.where, list(self.source.info.shape)]
+        if isinstance(self.source, MemorySource):
+            key.append(hashlib.sha256(self.source.data.tobytes()).hexdigest())
+        return key
 
 
 def open_mask(template: str, image: ImageSource) -> Mask:
@@ -99,3 +113,90 @@ def open_mask(template: str, image: ImageSource) -> Mask:
     if problem:
         raise InputImageError(f"mask={source.where} for {image.where}: {problem}")
     return Mask(source, (iz, iy, ix))
+
+
+def auto_mask(image: ImageSource, channels: tuple[int, ...]) -> tuple[Mask, np.ndarray]:
+    """The foreground of a 2D ``image`` as its mask, and that mask (bool, thumbnail size).
+
+    On a thumbnail of at most ``THUMBNAIL`` pixels a side (the coarsest level of the
+    image's pyramid that has as many, else the full resolution's maximum over windows, so
+    that an object smaller than a window still shows), Otsu's threshold (``_otsu``) of:
+    the saturation where ``channels`` are the three of an 8-bit RGB image (a stained
+    tissue against white glass), else the log intensity of the first channel (signal
+    brighter than the background); then widened by ``MARGIN`` pixels.
+
+    Raises:
+        InputImageError: a z-stack or a time series (no one plane tells their foreground).
+    """
+    from scipy import ndimage
+
+    t, _, z, y, x = image.info.shape
+    if t > 1 or z > 1:
+        raise InputImageError(
+            f"mask=auto: {image.where} has {t} time point(s) and {z} plane(s); it finds the "
+            f"foreground of 2D images: give a mask image (mask=...)"
+        )
+    rgb = len(channels) == 3 and image.info.dtype == np.uint8
+    shown = channels if rgb else channels[:1]
+    if rgb:
+        # Saturation per pixel before any window's maximum: of each pixel's own colour.
+        def saturation(pixels: np.ndarray) -> np.ndarray:
+            high, low = pixels.max(axis=0), pixels.min(axis=0).astype(np.float32)
+            return ((high - low) / np.maximum(high, 1))[None]
+
+        value = _thumbnail(image, shown, saturation)[0]
+    else:
+        thumb = _thumbnail(image, shown)
+        # The log: a bright few (debris, a saturated cell) leave the threshold below the
+        # dim many; shifted only where values go below 0.
+        value = np.log1p(thumb[0] - min(float(thumb[0].min()), 0.0))
+    found = np.ones(value.shape, bool)  # a uniform image: nothing to tell apart, all in
+    if value.max() > value.min():
+        found = ndimage.binary_dilation(value > _otsu(value), iterations=MARGIN)
+    data = found.astype(np.uint8)[None, None, None]
+    source = MemorySource(data, f"mask=auto of {image.where}", f"{image.name}_mask")
+    return Mask(source, (z, y, x)), found
+
+
+def _otsu(value: np.ndarray, bins: int = 256) -> float:
+    """Otsu's threshold of ``value``: where the between-class variance of its histogram is
+    largest, in the middle of the range where it is (two classes apart by a gap: the
+    middle of the gap, not its lower edge, where the top of the lower class lies)."""
+    counts, edges = np.histogram(value, bins)
+    centers = (edges[:-1] + edges[1:]) / 2
+    w0 = np.cumsum(counts)[:-1].astype(np.float64)
+    w1 = counts.sum() - w0
+    m0 = np.cumsum(counts * centers)[:-1]
+    m1 = (counts * centers).sum() - m0
+    with np.errstate(divide="ignore", invalid="ignore"):
+        between = np.nan_to_num(w0 * w1 * (m0 / w0 - m1 / w1) ** 2)
+    best = np.flatnonzero(between >= between.max() * (1 - 1e-9))
+    return float((edges[best[0] + 1] + edges[best[-1] + 1]) / 2)
+
+
+def _thumbnail(
+    image: ImageSource,
+    channels: tuple[int, ...],
+    per_pixel: Callable[[np.ndarray], np.ndarray] | None = None,
+) -> np.ndarray:
+    """``channels`` of ``image`` (2D; ``per_pixel`` of them, (C, Y, X) -> (C', Y, X)) at
+    most ``THUMBNAIL`` pixels a side, float32: a pyramid level's pixels, or each window's
+    maximum."""
+    level = image
+    for k in range(image.levels - 1, 0, -1):  # the coarsest level that is large enough
+        reduced = type(image)(image.path, image.axes, image.series, image.name, level=k)
+        if max(reduced.info.shape[3:]) >= THUMBNAIL // 2:
+            level = reduced
+            break
+    y, x = level.info.shape[3:]
+    step = max(1, -(-max(y, x) // THUMBNAIL))
+    band = step * max(1, 1024 // step)  # rows read at a time, a multiple of the window
+    rows = []
+    for y0 in range(0, y, band):
+        pixels = level.read(0, channels, ((0, 1), (y0, min(y0 + band, y)), (0, x)))[:, 0]
+        pixels = per_pixel(pixels) if per_pixel else pixels.astype(np.float32)
+        c, h, w = pixels.shape
+        pad = ((0, 0), (0, -h % step), (0, -w % step))
+        pixels = np.pad(pixels, pad, mode="edge")  # the last window's maximum unchanged
+        rows.append(pixels.reshape(c, -(-h // step), step, -(-w // step), step).max(axis=(2, 4)))
+    return np.concatenate(rows, axis=1)

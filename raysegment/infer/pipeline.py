@@ -20,15 +20,15 @@ from raysegment import storage
 from raysegment._version import __version__
 from raysegment.config import InferConfig, as_config, config_to_dict
 from raysegment.data.inputs import resolve_inputs
-from raysegment.data.sources import image_stem, open_sources
+from raysegment.data.sources import ImageSource, image_stem, open_sources
 from raysegment.data.tiling import block_grid, seam_repeats
 from raysegment.errors import ConfigError, OutputError
 from raysegment.infer.attempts import start_ledger
-from raysegment.infer.mask import open_mask
+from raysegment.infer.mask import AUTO, Mask, auto_mask, open_mask
 from raysegment.infer.model import ModelFile, ModelSpec, ensemble_sha256, probe_models, read_models
 from raysegment.infer.plan import ImagePlan, plan_image, provenance, tile_size
 from raysegment.infer.pyramid import build_pyramid
-from raysegment.infer.quicklook import InputPreview, quicklook
+from raysegment.infer.quicklook import InputPreview, quicklook, write_png
 from raysegment.infer.stages import EMPTY, OUTSIDE, decode_error, read_stage, write_stage
 from raysegment.infer.writer import (
     OutputState,
@@ -292,20 +292,27 @@ def _prepare(
             f"{spec.static_batch}; drop batch_size or export with a dynamic batch dimension"
         )
     sha256 = ensemble_sha256(models)
+    masks = [_mask_of(cfg, src) for src in sources]
     plans = [
-        plan_image(
-            i,
-            src,
-            storage.join(output, f"{src.name}.ome.zarr"),
-            cfg,
-            spec,
-            sha256,
-            open_mask(cfg.mask, src) if cfg.mask else None,
-        )
-        for i, src in enumerate(sources)
+        plan_image(i, src, storage.join(output, f"{src.name}.ome.zarr"), cfg, spec, sha256, mask)
+        for i, (src, (mask, _)) in enumerate(zip(sources, masks, strict=True))
     ]
     done = _prepare_outputs(cfg, plans, config_to_dict(cfg), models)
+    for src, (_, found) in zip(sources, masks, strict=True):
+        if found is not None:  # for a look at what mask=auto found
+            white = np.repeat(found[..., None], 3, axis=-1).astype(np.uint8) * 255
+            write_png(storage.join(output, f"{src.name}_mask.png"), white)
     return spec, plans, done
+
+
+def _mask_of(cfg: InferConfig, source: ImageSource) -> tuple[Mask | None, np.ndarray | None]:
+    """The mask of ``source`` (``mask``), and with ``mask=auto`` what it found (bool)."""
+    if not cfg.mask:
+        return None, None
+    if cfg.mask != AUTO:
+        return open_mask(cfg.mask, source), None
+    channels = tuple(cfg.channels) if cfg.channels else tuple(range(source.info.shape[1]))
+    return auto_mask(source, channels)
 
 
 def infer(config: InferConfig | Mapping[str, Any] | None = None, **overrides: Any) -> InferSummary:

@@ -10,7 +10,7 @@ import pytest
 import tifffile
 import zarr
 
-from raysegment.data.sources import open_source
+from raysegment.data.sources import open_source, open_sources
 from raysegment.errors import InputImageError
 from raysegment.infer import infer
 from raysegment.infer.mask import open_mask
@@ -264,3 +264,88 @@ def test_another_mask_is_another_run(tmp_path, make_model, ome_tiff) -> None:
     masks = [None, np.ones((20, 15), "uint8"), np.ones((40, 30), "uint8")]
     prints = {_plan(tmp_path, make_model, ome_tiff, m)[1].fingerprint for m in masks}
     assert len(prints) == 3
+
+
+def _stained_slide(path: Path, size: tuple[int, int]) -> np.ndarray:
+    """A pyramidal 8-bit RGB slide (levels 1/2, 1/4): pink tissue, a disc, on white glass.
+    Returns where the tissue is."""
+    rng = np.random.default_rng(0)
+    h, w = size
+    yy, xx = np.mgrid[:h, :w]
+    tissue = (yy - h // 3) ** 2 + (xx - w // 3) ** 2 < (h // 4) ** 2
+    rgb = np.where(tissue[..., None], [200, 90, 170], [242, 242, 240]).astype(float)
+    rgb = np.clip(rgb + rng.normal(0, 4, rgb.shape), 0, 255).astype(np.uint8)
+    with tifffile.TiffWriter(path, bigtiff=True) as tif:
+        tif.write(rgb, subifds=2, tile=(64, 64), photometric="rgb", metadata={"axes": "YXS"})
+        for step in (2, 4):
+            tif.write(rgb[::step, ::step], subfiletype=1, tile=(64, 64), photometric="rgb")
+    return tissue
+
+
+def test_auto_mask_finds_stained_tissue_on_a_pyramid_level(tmp_path, monkeypatch) -> None:
+    """``mask=auto`` on an RGB slide: the saturation's Otsu threshold on the coarsest
+    level with enough pixels; the tissue all inside, little glass."""
+    from raysegment.infer import mask as masks
+
+    monkeypatch.setattr(masks, "THUMBNAIL", 256)  # levels 300 x 240 and 150 x 120: the latter
+    tissue = _stained_slide(tmp_path / "slide.ome.tif", (600, 480))
+    (image,) = open_sources(tmp_path / "slide.ome.tif")
+    mask, found = masks.auto_mask(image, (0, 1, 2))
+    assert found.shape == (150, 120) and image.levels == 3
+    region = ((0, 1), (0, 600), (0, 480))
+    inside = mask.expand(mask.read(0, region), region)[0]
+    assert inside[tissue].all()
+    assert inside[~tissue].mean() < 0.15  # the margin's ring of glass, no more
+
+
+def test_auto_mask_finds_bright_signal_in_strided_reads(tmp_path, monkeypatch) -> None:
+    from raysegment.infer import mask as masks
+
+    monkeypatch.setattr(masks, "THUMBNAIL", 128)
+    image = random_image((500, 300)) // 10 + 100  # background 100-200 counts
+    image[100:300, 50:150] += 3000  # cells
+    image[401, 201] += 3000  # one more, smaller than the thumbnail's window: still found
+    tifffile.imwrite(tmp_path / "cells.tif", image)
+    mask, found = masks.auto_mask(open_source(tmp_path / "cells.tif"), (0,))
+    assert found.shape == (125, 75)  # the maximum of each 4 x 4 window of the one level
+    region = ((0, 1), (0, 500), (0, 300))
+    inside = mask.expand(mask.read(0, region), region)[0]
+    assert inside[100:300, 50:150].all()
+    # The cells and the margin of 4 windows of 4 around them; no speck of background.
+    assert inside[401, 201] and inside[380:420, 180:220].mean() < 1
+    assert not inside[:80].any() and not inside[320:380].any() and not inside[:, 230:].any()
+    flat = np.full((64, 64), 7, "uint16")
+    tifffile.imwrite(tmp_path / "flat.tif", flat)
+    _, found = masks.auto_mask(open_source(tmp_path / "flat.tif"), (0,))
+    assert found.all()  # nothing to tell apart: everything is segmented
+    tifffile.imwrite(tmp_path / "stack.tif", random_image((6, 40, 30)))
+    with pytest.raises(InputImageError, match="mask=auto: .*6 plane\\(s\\); it finds"):
+        masks.auto_mask(open_source(tmp_path / "stack.tif"), (0,))
+
+
+@pytest.mark.usefixtures("ray_session")
+def test_a_run_with_mask_auto_skips_the_glass(tmp_path, monkeypatch) -> None:
+    """End to end: blocks of glass only are not run; the mask found is shown as a PNG."""
+    import torch
+
+    from raysegment.infer import mask as masks
+    from tests.conftest import save_torchscript
+
+    monkeypatch.setattr(masks, "THUMBNAIL", 256)
+    tissue = _stained_slide(tmp_path / "slide.ome.tif", (600, 480))
+    model = save_torchscript(torch.nn.Conv2d(3, 1, 1), tmp_path / "m.pth", 2, 3)
+    summary = infer(
+        input=str(tmp_path / "slide.ome.tif"),
+        model=str(model),
+        output=str(tmp_path / "out"),
+        mask="auto",
+        progress=False,
+        chunks=[64],
+        block=[64],
+        tile={"size": [64]},
+        finalize={"mode": "raw"},
+    )
+    assert summary.outside_blocks > 0
+    got = zarr.open_array(str(tmp_path / "out" / "slide.ome.zarr" / "0"), mode="r")[0]
+    assert np.all(got[tissue] != 0) and (got == 0).mean() > 0.5
+    assert (tmp_path / "out" / "slide_mask.png").read_bytes()[:4] == b"\x89PNG"
