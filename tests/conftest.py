@@ -234,3 +234,35 @@ def write_wells(path: Path) -> list[np.ndarray]:
             }
             tif.write(well, metadata=meta)
     return wells
+
+
+def write_czi(
+    path: Path,
+    scenes: list[tuple[np.ndarray, tuple[int, int]]],
+    pixel_size: float | None = None,
+    names: list[str] | None = None,
+    tile: int = 64,
+) -> None:
+    """A CZI as ZEN writes a mosaic scan: each scene's image at its (x, y) origin, in
+    ``tile``-pixel subblocks; images are (t, c, z, y, x), or (y, x, 3) colour given in RGB
+    (stored BGR, as in the format); ``pixel_size`` in µm (the file's metadata in metres)."""
+    from pylibCZIrw import czi as pyczi
+
+    with pyczi.create_czi(str(path), exist_ok=True) as czi:
+        for scene, (image, (x0, y0)) in enumerate(scenes):
+            colour = image.ndim == 3
+            planes = image[None, None, None, ..., ::-1] if colour else image[..., None]
+            for index in np.ndindex(planes.shape[:3]):
+                plane = dict(zip("TCZ", map(int, index), strict=True))
+                for y in range(0, planes.shape[3], tile):
+                    for x in range(0, planes.shape[4], tile):
+                        block = np.ascontiguousarray(planes[index][y : y + tile, x : x + tile])
+                        czi.write(block, location=(x0 + x, y0 + y), plane=plane, scene=scene)
+        size = 0.0 if pixel_size is None else pixel_size * 1e-6
+        czi.write_metadata(
+            document_name=path.stem,
+            channel_names=dict(enumerate(names)) if names else None,
+            scale_x=size,
+            scale_y=size,
+            scale_z=size,
+        )

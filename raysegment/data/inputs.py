@@ -10,7 +10,7 @@ from raysegment.errors import InputImageError
 
 __all__ = ["DEFAULT_PATTERN", "resolve_inputs"]
 
-DEFAULT_PATTERN = r".*\.(ome\.tiff?|tiff?|ome\.zarr|zarr|svs|ndpi|qptiff)"
+DEFAULT_PATTERN = r".*\.(ome\.tiff?|tiff?|ome\.zarr|zarr|svs|ndpi|qptiff|czi)"
 
 
 def resolve_inputs(input: str, pattern: str | None = None) -> list[str]:

@@ -23,6 +23,7 @@ from raysegment.registry import Registry
 __all__ = [
     "AXES",
     "SOURCES",
+    "CziSource",
     "ImageInfo",
     "ImageSource",
     "MemorySource",
@@ -40,7 +41,16 @@ SLIDE_SUFFIXES = (".svs", ".ndpi", ".qptiff")
 through tifffile: their first series, the scan at full resolution (thumbnail, label and
 macro images are not segmented)."""
 
-IMAGE_SUFFIXES = (".ome.tiff", ".ome.tif", ".ome.zarr", ".tiff", ".tif", ".zarr", *SLIDE_SUFFIXES)
+IMAGE_SUFFIXES = (
+    ".ome.tiff",
+    ".ome.tif",
+    ".ome.zarr",
+    ".tiff",
+    ".tif",
+    ".zarr",
+    ".czi",
+    *SLIDE_SUFFIXES,
+)
 
 _UNITS = {
     "µm": "micrometer",
@@ -616,10 +626,133 @@ class MemorySource(ImageSource):
         return self.data[t, list(channels), z0:z1, y0:y1, x0:x1]
 
 
+_CZI_PIXELS = {
+    "Gray8": ("uint8", 1),
+    "Gray16": ("uint16", 1),
+    "Gray32Float": ("float32", 1),
+    "Bgr24": ("uint8", 3),
+    "Bgr48": ("uint16", 3),
+    "Bgr96Float": ("float32", 3),
+}
+"""CZI pixel types: numpy type and samples per pixel (colour ones stored blue first)."""
+
+
+def _czi_reader(path: str) -> Any:
+    """``path`` opened with pylibCZIrw (the caller closes it)."""
+    try:
+        from pylibCZIrw import czi as pyczi
+    except ImportError as e:
+        raise InputImageError(
+            f"{path}: reading CZI needs pylibCZIrw: pip install 'raysegment[czi]'"
+        ) from e
+    if not Path(path).is_file():  # a node lacks it
+        raise InputImageError(f"{path}: no such file (removed, or not on this node)")
+    try:
+        return pyczi.CziReader(path)
+    except Exception as e:
+        raise InputImageError(
+            f"{path}: not a readable CZI ({type(e).__name__}: {e}); check the file is "
+            f"complete (copy or export it again)"
+        ) from e
+
+
+def _czi_scenes(path: str) -> list[int | None]:
+    """The scenes of a CZI to segment, each an image: None for a file of one (or none)."""
+    reader = _czi_reader(path)
+    try:
+        scenes = sorted(reader.scenes_bounding_rectangle_no_pyramid)
+    finally:
+        reader.close()
+    return list(scenes) if len(scenes) > 1 else [None]
+
+
+class CziSource(ImageSource):
+    """Zeiss CZI (ZEN: Axioscan slides, LSM and Celldiscoverer stacks, mosaics of any
+    origin) through pylibCZIrw, which composes a region from the subblocks it touches. A
+    file of several scenes (the tissue sections of a slide, a plate's wells) is one source
+    per scene (``series``), each its own bounding rectangle; colour pixels (BGR in the
+    file) are three channels in RGB order; the pixel size from ``Scaling`` (metres in the
+    file), channel names from its channels' ``Name``."""
+
+    kind = "czi"
+
+    def _open(self) -> Any:
+        return _czi_reader(self.path)
+
+    def _inspect(self) -> ImageInfo:
+        if self.level > 0:
+            raise self._no_level(1)
+        reader = _czi_reader(self.path)
+        try:
+            box = reader.total_bounding_box
+            # The full resolution's extent: a scanner's pyramid tiles may reach beyond it.
+            if self.series is None:
+                rect = reader.total_bounding_rectangle_no_pyramid
+            else:
+                rect = reader.scenes_bounding_rectangle_no_pyramid[self.series]
+            types = sorted(set(reader.pixel_types.values()))
+            metadata = reader.metadata.get("ImageDocument", {}).get("Metadata", {}) or {}
+        finally:
+            reader.close()
+        if len(types) != 1 or types[0] not in _CZI_PIXELS:
+            raise InputImageError(
+                f"{self.where}: CZI channels of pixel type(s) {types}; this package reads "
+                f"files whose channels share one of {sorted(_CZI_PIXELS)}: export the "
+                f"channels to separate files or to OME-TIFF"
+            )
+        self.pixel_type = types[0]
+        dtype, self.samples = _CZI_PIXELS[self.pixel_type]
+        self.origin = (int(rect.y), int(rect.x))
+        self.axes = "tczyx"
+        t, c, z = (box[a][1] - box[a][0] for a in "TCZ")
+        shape = (t, c * self.samples, z, int(rect.h), int(rect.w))
+        scale: dict[str, float] = {}
+        for distance in _as_list((metadata.get("Scaling") or {}).get("Items", {}).get("Distance")):
+            axis, value = str(distance.get("@Id", "")).lower(), distance.get("Value")
+            if axis in ("x", "y", "z") and value is not None and float(value) > 0:
+                scale[axis] = float(value) * 1e6  # metres in the file
+        units = {a: "micrometer" for a in scale}
+        channels = (
+            ((metadata.get("Information") or {}).get("Image") or {}).get("Dimensions") or {}
+        ).get("Channels") or {}
+        names = tuple(str(ch.get("@Name") or "") for ch in _as_list(channels.get("Channel")))
+        named = self.samples == 1 and len(names) == c and all(names)
+        return ImageInfo(shape, np.dtype(dtype), scale, units, names if named else None)  # type: ignore[arg-type]
+
+    def _read(
+        self, t: int, channels: tuple[int, ...], region: tuple[tuple[int, int], ...]
+    ) -> np.ndarray:
+        (z0, z1), (y0, y1), (x0, x1) = region
+        roi = (self.origin[1] + x0, self.origin[0] + y0, x1 - x0, y1 - y0)
+        out = np.empty((len(channels), z1 - z0, y1 - y0, x1 - x0), self.info.dtype)
+        for c in sorted({k // self.samples for k in channels}):
+            for zi, z in enumerate(range(z0, z1)):
+                reader = self.handle
+                with self._lock:  # one reader per process, its calls one at a time
+                    plane = reader.read(
+                        roi=roi,
+                        plane={"T": t, "C": c, "Z": z},
+                        scene=self.series,
+                        pixel_type=self.pixel_type,
+                    )
+                for i, k in enumerate(channels):
+                    if k // self.samples == c:  # colour: the file's samples are BGR
+                        out[i, zi] = plane[..., self.samples - 1 - k % self.samples]
+        return out
+
+
+def _as_list(value: Any) -> list[Any]:
+    """An XML element that may occur once or many times, as a list."""
+    if value is None:
+        return []
+    return value if isinstance(value, list) else [value]
+
+
 SOURCES: Registry[type[ImageSource]] = Registry("image source")
 SOURCES.register("ome-tiff")(OmeTiffSource)
 SOURCES.register("tiff")(TiffSource)
 SOURCES.register("zarr")(ZarrSource)
+SOURCES.register("czi")(CziSource)
 
 
 def _unreadable_tiff(path: str | Path, e: Exception) -> InputImageError:
@@ -739,6 +872,7 @@ def open_sources(
     name = storage.basename(p).lower()
     tif: Any = None  # a TIFF, open while its sources inspect it
     images: list[tuple[str, str]] | None = None
+    scenes: list[int | None] | None = None  # a CZI's
     if is_zarr(p):
         kind = "zarr"
         images = _zarr_images(p)
@@ -750,10 +884,13 @@ def open_sources(
     elif os.path.isfile(p) and name.endswith((".tif", ".tiff", *SLIDE_SUFFIXES)):
         tif = _inspect_tiff(Path(p))
         kind = "ome-tiff" if tif.is_ome and axes is None else "tiff"
+    elif os.path.isfile(p) and name.endswith(".czi"):
+        scenes = _czi_scenes(p)
+        kind = "czi"
     else:
         raise InputImageError(
             f"{p}: not a supported image; give an OME-TIFF, TIFF (or SVS, NDPI, QPTIFF), "
-            f"zarr array or OME-Zarr"
+            f"CZI, zarr array or OME-Zarr"
         )
     cls = SOURCES.get(kind)
     stem = image_stem(p)
@@ -763,6 +900,11 @@ def open_sources(
         sources = [
             cls(storage.join(p, group), axes, name=stem if one else f"{stem}_{suffix}", level=level)
             for group, suffix in images
+        ]
+    elif scenes is not None:
+        sources = [
+            cls(p, series=i, name=None if i is None else f"{stem}_s{i}", level=level)
+            for i in scenes
         ]
     elif tif is None:  # a zarr array or OME-Zarr image
         sources = [cls(p, axes, level=level)]

@@ -13,7 +13,7 @@ import zarr
 from raysegment.data.inputs import resolve_inputs
 from raysegment.data.sources import _TiffPlanes, image_stem, open_source, open_sources
 from raysegment.errors import InputImageError
-from tests.conftest import random_image, write_wells
+from tests.conftest import random_image, write_czi, write_wells
 
 
 def _labelled(t: int, c: int, z: int, y: int, x: int) -> np.ndarray:
@@ -450,6 +450,63 @@ def test_aperio_svs_reads_its_scan_at_full_resolution_with_its_pixel_size(tmp_pa
     level = tifffile.imread(path, level=1).reshape(75, 65, 3)
     got = reduced.read(0, (0, 1, 2), ((0, 1), (0, 75), (0, 65)))[:, 0]
     np.testing.assert_array_equal(got, level.transpose(2, 0, 1))
+
+
+def test_czi_mosaic_regions_pixel_size_and_channel_names(tmp_path: Path) -> None:
+    """A ZEN mosaic: subblocks of 64 pixels from an origin other than (0, 0), two
+    channels, three planes; a region across subblocks reads the image's pixels."""
+    image = random_image((1, 2, 3, 150, 200))
+    path = tmp_path / "stack.czi"
+    write_czi(path, [(image, (1000, -300))], pixel_size=0.25, names=["DAPI", "GFP"])
+    (src,) = open_sources(path)
+    assert (src.kind, src.name, src.series) == ("czi", "stack", None)
+    assert src.info.shape == (1, 2, 3, 150, 200) and src.info.dtype == np.uint16
+    assert src.info.scale == pytest.approx({"x": 0.25, "y": 0.25, "z": 0.25})
+    assert src.info.units == {"x": "micrometer", "y": "micrometer", "z": "micrometer"}
+    assert src.info.channel_names == ("DAPI", "GFP")
+    got = src.read(0, (1, 0), ((1, 3), (30, 140), (50, 199)))
+    np.testing.assert_array_equal(got, image[0, [1, 0], 1:3, 30:140, 50:199])
+    clone = pickle.loads(pickle.dumps(src))  # travels without its reader
+    assert clone._handle is None
+    np.testing.assert_array_equal(
+        clone.read(0, (0,), ((0, 1), (0, 150), (0, 200))), image[0, :1, :1]
+    )
+    assert resolve_inputs(str(tmp_path)) == [str(path)]  # the default pattern takes CZI
+
+
+def test_czi_scenes_are_one_source_each_and_colour_is_rgb(tmp_path: Path) -> None:
+    """An Axioscan slide: brightfield (BGR in the file) in two scenes, the tissue sections,
+    each its own image of its own size."""
+    sections = [
+        random_image((90, 130, 3), "uint8", seed=1),
+        random_image((70, 60, 3), "uint8", seed=2),
+    ]
+    path = tmp_path / "slide 3.czi"
+    write_czi(path, [(sections[0], (0, 0)), (sections[1], (5000, 800))], pixel_size=0.22)
+    sources = open_sources(path)
+    assert [(s.name, s.series) for s in sources] == [("slide 3_s0", 0), ("slide 3_s1", 1)]
+    for src, section in zip(sources, sections, strict=True):
+        y, x = section.shape[:2]
+        assert src.info.shape == (1, 3, 1, y, x) and src.info.dtype == np.uint8
+        assert src.info.channel_names is None  # the samples of one colour channel
+        got = src.read(0, (0, 1, 2), ((0, 1), (0, y), (0, x)))[:, 0]
+        np.testing.assert_array_equal(got, section.transpose(2, 0, 1))
+    blue = sources[1].read(0, (2,), ((0, 1), (10, 70), (3, 60)))
+    np.testing.assert_array_equal(blue[0, 0], sections[1][10:70, 3:60, 2])
+
+
+def test_unreadable_czi_is_one_input_error(tmp_path: Path, monkeypatch) -> None:
+    good = tmp_path / "good.czi"
+    write_czi(good, [(random_image((1, 1, 1, 64, 64)), (0, 0))])
+    cut = tmp_path / "cut.czi"
+    cut.write_bytes(good.read_bytes()[:3000])
+    with pytest.raises(InputImageError, match="cut.czi: not a readable CZI .* check the file"):
+        open_sources(cut)
+    with pytest.raises(InputImageError, match=r"\(level 1\): the image has 1 resolution level"):
+        open_sources(good, level=1)
+    monkeypatch.setitem(__import__("sys").modules, "pylibCZIrw", None)  # not installed
+    with pytest.raises(InputImageError, match=r"needs pylibCZIrw: pip install 'raysegment\[czi\]'"):
+        open_sources(good)
 
 
 @pytest.mark.parametrize("fmt", [2, 3])

@@ -26,6 +26,7 @@ from tests.conftest import (
     read_block,
     whole_image_prediction,
     work_row,
+    write_czi,
     write_wells,
 )
 
@@ -145,6 +146,36 @@ def test_every_image_of_a_multi_image_ome_tiff_gets_its_output(tmp_path, make_mo
         want = whole_image_prediction(module, well[1])
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-4)
         assert (tmp_path / "out" / f"plate_s{i}.png").is_file()
+
+
+def test_every_scene_of_a_czi_gets_its_output_with_its_pixel_size(tmp_path, make_model) -> None:
+    """A ZEN mosaic of two scenes, two channels: each scene segmented into
+    ``<stem>_s<scene>.ome.zarr``, the model's output on its pixels, at the file's pixel
+    size."""
+    scenes = [random_image((1, 2, 1, 100, 90), seed=3), random_image((1, 2, 1, 40, 130), seed=4)]
+    write_czi(tmp_path / "scan.czi", [(scenes[0], (-50, 20)), (scenes[1], (400, 0))], 0.345)
+    model, module = make_model(in_ch=1, out_ch=1)
+    summary = infer(
+        input=str(tmp_path / "scan.czi"),
+        model=str(model),
+        output=str(tmp_path / "out"),
+        progress=False,
+        channels=[1],
+        tile={"size": [32], "blend": "crop"},
+        finalize={"mode": "raw"},
+    )
+    assert summary.images == 2
+    for i, scene in enumerate(scenes):
+        out = tmp_path / "out" / f"scan_s{i}.ome.zarr"
+        attrs = _attrs(out)
+        assert attrs["raysegment"]["input"]["series"] == i
+        multiscale = attrs["ome"]["multiscales"][0]
+        scale = multiscale["datasets"][0]["coordinateTransformations"][0]["scale"]
+        assert scale == pytest.approx([1.0, 0.345, 0.345])
+        assert [a.get("unit") for a in multiscale["axes"][1:]] == ["micrometer"] * 2
+        got = zarr.open_array(str(out / "0"), mode="r")[:]
+        want = whole_image_prediction(module, scene[0, 1, 0])
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-4)
 
 
 def test_2d_model_on_multipage_tiff_stack(tmp_path, make_model) -> None:
