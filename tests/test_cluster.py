@@ -43,9 +43,10 @@ def test_launcher_config_passes_rays_validation() -> None:
     assert any("/data:/data" in option for option in config["docker"]["run_options"])
 
 
-def test_launcher_nodes_install_every_dependency_the_image_lacks() -> None:
-    """The package travels with each job, its dependencies do not: the nodes install each
-    of pyproject's (Ray's image has Ray and torch), the training and CZI extras too."""
+def test_nodes_install_every_dependency_the_image_lacks() -> None:
+    """The package travels with each job, its dependencies do not: the launcher's nodes
+    and a job's runtime environment install each of pyproject's (Ray's image has Ray and
+    torch), the training and CZI extras too."""
     import tomllib
 
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
@@ -53,8 +54,9 @@ def test_launcher_nodes_install_every_dependency_the_image_lacks() -> None:
         d for extra in ("train", "czi") for d in project["optional-dependencies"][extra]
     ]
     (command,) = yaml.safe_load((CLUSTER / "ray-cluster.yaml").read_text())["setup_commands"]
-    installed = re.findall(r'"([^"]+)"', command)
-    assert sorted(set(wanted) - set(installed)) == ["ray[data]>=2.50", "torch>=2.4"]
+    job = yaml.safe_load((CLUSTER / "runtime_env.yaml").read_text())["pip"]
+    for installed in (re.findall(r'"([^"]+)"', command), job):
+        assert sorted(set(wanted) - set(installed)) == ["ray[data]>=2.50", "torch>=2.4"]
 
 
 def _manifests() -> dict[str, dict[str, Any]]:
