@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import sys
@@ -67,6 +68,14 @@ def error_lines(stderr: str) -> list[str]:
     return [
         line for line in stderr.splitlines() if line.strip() and not _RAY_DAEMON_LINE.match(line)
     ]
+
+
+def last_report(stdout: str) -> Any:
+    """The last JSON object a script printed: Ray's daemons may forward log lines to its
+    stdout after it (a raylet's warning as the cluster shuts down)."""
+    lines = [line for line in stdout.splitlines() if line.startswith("{")]
+    assert lines, f"no JSON report in the script's output: {stdout[-2000:]}"
+    return json.loads(lines[-1])
 
 
 def driver_plan(settings: dict[str, Any]) -> tuple[Any, Any]:

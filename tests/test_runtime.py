@@ -137,11 +137,10 @@ def private_ray(tmp_path_factory) -> dict:
     """What a private Ray started by ``start_ray`` in a fresh process reports, on a machine
     whose Ray temp dir records a cluster that is gone (left by a ``ray start`` that did
     not stop cleanly)."""
-    import json
     import os
     import shutil
 
-    from tests.conftest import short_temp_dir
+    from tests.conftest import last_report, short_temp_dir
 
     temp = short_temp_dir()
     (Path(temp) / "ray").mkdir()
@@ -159,7 +158,7 @@ def private_ray(tmp_path_factory) -> dict:
     finally:
         shutil.rmtree(temp, ignore_errors=True)
     assert out.returncode == 0, out.stderr[-3000:]
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    return last_report(out.stdout)
 
 
 def test_ray_quiet_in_workers_while_the_callers_logging_is_untouched(private_ray) -> None:

@@ -173,14 +173,13 @@ def _held(report: dict) -> dict[str, list[str]]:
 
 
 def test_device_all_and_indices_across_nodes_of_a_simulated_cluster(tmp_path, make_model) -> None:
-    import json
     import os
     import subprocess
     import sys
 
     import tifffile
 
-    from tests.conftest import random_image
+    from tests.conftest import last_report, random_image
 
     tifffile.imwrite(tmp_path / "img.tif", random_image((256, 256)))
     model, _ = make_model()
@@ -199,7 +198,7 @@ def test_device_all_and_indices_across_nodes_of_a_simulated_cluster(tmp_path, ma
         env=os.environ | {"PYTHONWARNINGS": "ignore", "RAY_AUTH_MODE": "disabled"},
     )
     assert result.returncode == 0, result.stderr
-    report = json.loads(result.stdout.strip().splitlines()[-1])
+    report = last_report(result.stdout)
     every = report["all"]
     assert every["device"] == "gpu" and every["actors"] == 3
     assert list(_held(every).values()) == [["0"], ["0", "1"]]  # each GPU exactly once

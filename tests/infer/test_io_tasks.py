@@ -3,7 +3,6 @@ whatever the number of blocks and cores (each runs in a worker process Ray keeps
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
@@ -12,7 +11,7 @@ from pathlib import Path
 import tifffile
 
 from raysegment.infer.writer import inspect_output
-from tests.conftest import random_image
+from tests.conftest import last_report, random_image
 from tests.faults import install
 
 # In every Ray worker that runs a read or write task: its start and end appended to a log,
@@ -102,7 +101,7 @@ def test_gpu_run_caps_its_read_and_write_tasks(tmp_path: Path, make_model) -> No
         },
     )
     assert result.returncode == 0, result.stderr
-    report = json.loads(result.stdout.strip().splitlines()[-1])
+    report = last_report(result.stdout)
     assert report["device"] == "gpu" and report["blocks"] == 16
     assert inspect_output(report["out"][0]).complete
     rows = [line.split() for line in log.read_text().splitlines()]
