@@ -250,8 +250,9 @@ class InferConfig:
     """Axis names of a plain zarr array or TIFF (e.g. zyx, cyx); default: from metadata."""
     input_level: int = 0
     """Resolution level of the input to segment: 0 the full resolution, 1 the pyramid's
-    next (a pyramidal TIFF's or SVS's, an OME-Zarr's second dataset), ...: for a model
-    trained at a coarser pixel size. The output is at that level, with its pixel size."""
+    next (a pyramidal TIFF's or SVS's, an OME-Zarr's second dataset, a CZI's halving),
+    ...: for a model trained at a coarser pixel size. The output is at that level, with
+    its pixel size."""
     chunks: Optional[List[int]] = None
     """Output chunk size per spatial axis; default 1024 (2D) / 128 (3D)."""
     block: Optional[List[int]] = None

@@ -116,6 +116,8 @@ class ImageSource:
     """
 
     kind = "image"
+    stored_levels = True
+    """Whether reduced levels are the file's own (a pyramid's), read as stored."""
 
     def __init__(
         self,
@@ -635,6 +637,10 @@ _CZI_PIXELS = {
     "Bgr96Float": ("float32", 3),
 }
 """CZI pixel types: numpy type and samples per pixel (colour ones stored blue first)."""
+CZI_THUMBNAIL = 1024
+"""A CZI's coarsest level: the first halving whose longer side is at most this."""
+CZI_BAND = 1 << 25
+"""Full-resolution pixels a CZI's reduced level is read in at a time, at most."""
 
 
 def _czi_reader(path: str) -> Any:
@@ -672,16 +678,21 @@ class CziSource(ImageSource):
     file of several scenes (the tissue sections of a slide, a plate's wells) is one source
     per scene (``series``), each its own bounding rectangle; colour pixels (BGR in the
     file) are three channels in RGB order; the pixel size from ``Scaling`` (metres in the
-    file), channel names from its channels' ``Name``."""
+    file), channel names from its channels' ``Name``.
+
+    ``level`` k is the image at 1/2^k in y and x, each pixel the mean of 2^k x 2^k at full
+    resolution. The file's pyramid layers are not read: libCZI's zoomed reads of a region
+    depend on where the region starts (a seam's column differs), so neighbouring blocks
+    would disagree. The levels halve down to the first whose longer side is at most
+    ``CZI_THUMBNAIL``."""
 
     kind = "czi"
+    stored_levels = False
 
     def _open(self) -> Any:
         return _czi_reader(self.path)
 
     def _inspect(self) -> ImageInfo:
-        if self.level > 0:
-            raise self._no_level(1)
         reader = _czi_reader(self.path)
         try:
             box = reader.total_bounding_box
@@ -704,13 +715,18 @@ class CziSource(ImageSource):
         dtype, self.samples = _CZI_PIXELS[self.pixel_type]
         self.origin = (int(rect.y), int(rect.x))
         self.axes = "tczyx"
+        self.levels = 1 + max(0, math.ceil(math.log2(max(rect.h, rect.w) / CZI_THUMBNAIL)))
+        if self.level >= self.levels:
+            raise self._no_level(self.levels)
+        factor = 2**self.level
         t, c, z = (box[a][1] - box[a][0] for a in "TCZ")
-        shape = (t, c * self.samples, z, int(rect.h), int(rect.w))
+        shape = (t, c * self.samples, z, int(rect.h) // factor, int(rect.w) // factor)
         scale: dict[str, float] = {}
         for distance in _as_list((metadata.get("Scaling") or {}).get("Items", {}).get("Distance")):
             axis, value = str(distance.get("@Id", "")).lower(), distance.get("Value")
             if axis in ("x", "y", "z") and value is not None and float(value) > 0:
-                scale[axis] = float(value) * 1e6  # metres in the file
+                # Metres in the file; a level's pixels 2^k times as large in y and x.
+                scale[axis] = float(value) * 1e6 * (factor if axis in "yx" else 1)
         units = {a: "micrometer" for a in scale}
         channels = (
             ((metadata.get("Information") or {}).get("Image") or {}).get("Dimensions") or {}
@@ -723,21 +739,33 @@ class CziSource(ImageSource):
         self, t: int, channels: tuple[int, ...], region: tuple[tuple[int, int], ...]
     ) -> np.ndarray:
         (z0, z1), (y0, y1), (x0, x1) = region
-        roi = (self.origin[1] + x0, self.origin[0] + y0, x1 - x0, y1 - y0)
+        f = 2**self.level  # a level's pixel: the mean of f x f at full resolution
+        # Rows of the level read at a time: a band of the full resolution of at most
+        # CZI_BAND pixels (a level's block is f^2 as many at full resolution).
+        rows = max(1, CZI_BAND // ((x1 - x0) * f * f))
         out = np.empty((len(channels), z1 - z0, y1 - y0, x1 - x0), self.info.dtype)
         for c in sorted({k // self.samples for k in channels}):
             for zi, z in enumerate(range(z0, z1)):
-                reader = self.handle
-                with self._lock:  # one reader per process, its calls one at a time
-                    plane = reader.read(
-                        roi=roi,
-                        plane={"T": t, "C": c, "Z": z},
-                        scene=self.series,
-                        pixel_type=self.pixel_type,
-                    )
-                for i, k in enumerate(channels):
-                    if k // self.samples == c:  # colour: the file's samples are BGR
-                        out[i, zi] = plane[..., self.samples - 1 - k % self.samples]
+                for r0 in range(y0, y1, rows):
+                    r1 = min(r0 + rows, y1)
+                    roi = (self.origin[1] + x0 * f, self.origin[0] + r0 * f)
+                    reader = self.handle
+                    with self._lock:  # one reader per process, its calls one at a time
+                        plane = reader.read(
+                            roi=(*roi, (x1 - x0) * f, (r1 - r0) * f),
+                            plane={"T": t, "C": c, "Z": z},
+                            scene=self.series,
+                            pixel_type=self.pixel_type,
+                        )
+                    if f > 1:
+                        windows = plane.reshape(r1 - r0, f, x1 - x0, f, self.samples)
+                        plane = windows.mean(axis=(1, 3), dtype=np.float64)
+                        if self.info.dtype.kind in "ui":
+                            plane = np.rint(plane)
+                    for i, k in enumerate(channels):
+                        if k // self.samples == c:  # colour: the file's samples are BGR
+                            band = plane[..., self.samples - 1 - k % self.samples]
+                            out[i, zi, r0 - y0 : r1 - y0] = band
         return out
 
 

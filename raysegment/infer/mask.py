@@ -183,7 +183,8 @@ def _thumbnail(
     most ``THUMBNAIL`` pixels a side, float32: a pyramid level's pixels, or each window's
     maximum."""
     level = image
-    for k in range(image.levels - 1, 0, -1):  # the coarsest level that is large enough
+    stored = image.levels if image.stored_levels else 1  # levels read, not computed
+    for k in range(stored - 1, 0, -1):  # the coarsest level that is large enough
         reduced = type(image)(image.path, image.axes, image.series, image.name, level=k)
         if max(reduced.info.shape[3:]) >= THUMBNAIL // 2:
             level = reduced

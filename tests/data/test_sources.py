@@ -10,6 +10,7 @@ import pytest
 import tifffile
 import zarr
 
+from raysegment.data import sources
 from raysegment.data.inputs import resolve_inputs
 from raysegment.data.sources import _TiffPlanes, image_stem, open_source, open_sources
 from raysegment.errors import InputImageError
@@ -493,6 +494,29 @@ def test_czi_scenes_are_one_source_each_and_colour_is_rgb(tmp_path: Path) -> Non
         np.testing.assert_array_equal(got, section.transpose(2, 0, 1))
     blue = sources[1].read(0, (2,), ((0, 1), (10, 70), (3, 60)))
     np.testing.assert_array_equal(blue[0, 0], sections[1][10:70, 3:60, 2])
+
+
+def test_czi_is_read_at_the_level_asked(tmp_path: Path, monkeypatch) -> None:
+    """Level k of a CZI: each pixel the mean of 2^k x 2^k from the scene's origin, the
+    same whichever region reads it (in bands of the full resolution), the pixel size 2^k
+    times; the levels halve down to a longer side of at most 1024."""
+    image = random_image((1, 1, 1, 1500, 2600), "uint8", seed=5)
+    path = tmp_path / "scan.czi"
+    write_czi(path, [(image, (-301, 77))], pixel_size=0.22, tile=512)
+    (full,) = open_sources(path)
+    assert full.levels == 3  # 2600, 1300, 650 pixels wide
+    (reduced,) = open_sources(path, level=2)
+    assert reduced.where == f"{path} (level 2)"
+    assert reduced.info.shape == (1, 1, 1, 375, 650)
+    assert reduced.info.scale == pytest.approx({"x": 0.88, "y": 0.88, "z": 0.22})
+    want = np.rint(image[0, 0, 0].reshape(375, 4, 650, 4).mean(axis=(1, 3)))
+    got = reduced.read(0, (0,), ((0, 1), (0, 375), (0, 650)))[0, 0]
+    np.testing.assert_array_equal(got, want)
+    monkeypatch.setattr(sources, "CZI_BAND", 2 * 567 * 16)  # 2 rows of this region a read
+    part = reduced.read(0, (0,), ((0, 1), (101, 258), (33, 600)))[0, 0]
+    np.testing.assert_array_equal(part, want[101:258, 33:600])
+    with pytest.raises(InputImageError, match="has 3 resolution level"):
+        open_sources(path, level=3)
 
 
 def test_unreadable_czi_is_one_input_error(tmp_path: Path, monkeypatch) -> None:

@@ -20,6 +20,7 @@ from tests.conftest import (
     random_image,
     whole_image_prediction,
     work_row,
+    write_czi,
     write_wells,
 )
 
@@ -298,16 +299,26 @@ def test_auto_mask_finds_stained_tissue_on_a_pyramid_level(tmp_path, monkeypatch
     assert inside[~tissue].mean() < 0.15  # the margin's ring of glass, no more
 
 
-def test_auto_mask_finds_bright_signal_in_strided_reads(tmp_path, monkeypatch) -> None:
+@pytest.mark.parametrize("suffix", [".tif", ".czi"])
+def test_auto_mask_finds_bright_signal_in_strided_reads(tmp_path, monkeypatch, suffix) -> None:
+    """On the full resolution, where the file stores no smaller level: a CZI's levels
+    (means computed on reading, 1/2 to 1/8 here) would hide a speck."""
+    from raysegment.data import sources
     from raysegment.infer import mask as masks
 
     monkeypatch.setattr(masks, "THUMBNAIL", 128)
+    monkeypatch.setattr(sources, "CZI_THUMBNAIL", 64)
     image = random_image((500, 300)) // 10 + 100  # background 100-200 counts
     image[100:300, 50:150] += 3000  # cells
     image[401, 201] += 3000  # one more, smaller than the thumbnail's window: still found
-    tifffile.imwrite(tmp_path / "cells.tif", image)
-    mask, found = masks.auto_mask(open_source(tmp_path / "cells.tif"), (0,))
-    assert found.shape == (125, 75)  # the maximum of each 4 x 4 window of the one level
+    if suffix == ".czi":
+        write_czi(tmp_path / "cells.czi", [(image[None, None, None], (0, 0))])
+    else:
+        tifffile.imwrite(tmp_path / "cells.tif", image)
+    source = open_source(tmp_path / f"cells{suffix}")
+    assert source.levels == (4 if suffix == ".czi" else 1)
+    mask, found = masks.auto_mask(source, (0,))
+    assert found.shape == (125, 75)  # the maximum of each 4 x 4 window of the full resolution
     region = ((0, 1), (0, 500), (0, 300))
     inside = mask.expand(mask.read(0, region), region)[0]
     assert inside[100:300, 50:150].all()
