@@ -76,6 +76,34 @@ def test_prepare_splits_measures_and_reads_patches(tmp_path: Path) -> None:
     assert all(s["pair"] in data.val for s in val) and len(val) == 2 * 2 * 2
 
 
+def test_czi_images_pair_with_tiff_labels(tmp_path: Path) -> None:
+    """Images as the microscope saved them (CZI), labels drawn on them as TIFFs: paired by
+    name, patches read from the CZI's pixels."""
+    from tests.conftest import write_czi
+
+    rng = np.random.default_rng(2)
+    (tmp_path / "img").mkdir()
+    images = {f"a{i}": rng.integers(0, 999, (1, 1, 1, 48, 64), dtype=np.uint16) for i in range(2)}
+    for name, image in images.items():
+        write_czi(tmp_path / "img" / f"{name}.czi", [(image, (-7, 100))], pixel_size=0.3)
+    _write(
+        tmp_path, {}, {f"{n}.tif": (im[0, 0, 0] > 500).astype(np.uint8) for n, im in images.items()}
+    )
+    data = prepare(_cfg(tmp_path, "train_fraction=0.5"))
+    assert [Path(p.image.path).name for p in data.pairs] == ["a0.czi", "a1.czi"]
+    batch = {
+        "pair": np.array([0, 1]),
+        "z": np.array([0, 0]),
+        "y": np.array([3, 16]),
+        "x": np.array([30, 0]),
+    }
+    out = read_patches(batch, data, augment=False)
+    for k, (name, y0, x0) in enumerate([("a0", 3, 30), ("a1", 16, 0)]):
+        patch = images[name][0, 0, 0, y0 : y0 + 32, x0 : x0 + 32]
+        np.testing.assert_allclose(out["x"][k, 0], (patch - data.mean[0]) / data.std[0], atol=1e-5)
+        np.testing.assert_array_equal(out["y"][k, 0], patch > 500)
+
+
 def test_folds_validate_every_pair_once(tmp_path: Path) -> None:
     """k-fold: each pair validates in exactly one fold and trains in the others, every
     fold with the same normalization; the same seed gives the same folds."""
