@@ -119,14 +119,28 @@ def test_channels_and_time_axes(tmp_path, make_model, ome_tiff) -> None:
         np.testing.assert_allclose(got[t], want, rtol=1e-5, atol=1e-4)
 
 
-def test_every_image_of_a_multi_image_ome_tiff_gets_its_output(tmp_path, make_model) -> None:
-    """A plate's or a multi-position scan's OME-TIFF holds several images: each is
-    segmented into ``<stem>_s<series>.ome.zarr`` with its own size and physical size; none
-    is left out."""
-    wells = write_wells(tmp_path / "plate.ome.tif")
+def _wells(path: Path) -> tuple[Path, list[np.ndarray], list[float]]:
+    """An OME-TIFF of two wells: the file, each image's channel 1, each pixel size."""
+    wells = write_wells(path / "plate.ome.tif")
+    return path / "plate.ome.tif", [well[1] for well in wells], [0.5, 1.0]
+
+
+def _scenes(path: Path) -> tuple[Path, list[np.ndarray], list[float]]:
+    """A ZEN mosaic of two scenes, two channels, from origins other than (0, 0)."""
+    scenes = [random_image((1, 2, 1, 100, 90), seed=3), random_image((1, 2, 1, 40, 130), seed=4)]
+    write_czi(path / "scan.czi", [(scenes[0], (-50, 20)), (scenes[1], (400, 0))], 0.345)
+    return path / "scan.czi", [scene[0, 1, 0] for scene in scenes], [0.345, 0.345]
+
+
+@pytest.mark.parametrize("write", [_wells, _scenes], ids=["ome-tiff wells", "czi scenes"])
+def test_every_image_of_a_file_of_several_gets_its_output(tmp_path, make_model, write) -> None:
+    """A plate's or a multi-position scan's OME-TIFF, a slide's CZI of several scenes:
+    each image is segmented into ``<stem>_s<series>.ome.zarr`` with its own size and
+    physical size; none is left out."""
+    path, images, sizes = write(tmp_path)
     model, module = make_model(in_ch=1, out_ch=1)
     summary = infer(
-        input=str(tmp_path / "plate.ome.tif"),
+        input=str(path),
         model=str(model),
         output=str(tmp_path / "out"),
         progress=False,
@@ -135,47 +149,20 @@ def test_every_image_of_a_multi_image_ome_tiff_gets_its_output(tmp_path, make_mo
         finalize={"mode": "raw"},
     )
     assert summary.images == 2
-    for i, well in enumerate(wells):
-        out = tmp_path / "out" / f"plate_s{i}.ome.zarr"
+    stem = path.name.split(".")[0]
+    for i, (image, size) in enumerate(zip(images, sizes, strict=True)):
+        out = tmp_path / "out" / f"{stem}_s{i}.ome.zarr"
         attrs = _attrs(out)
         assert attrs["raysegment"]["status"] == "complete"
         assert attrs["raysegment"]["input"]["series"] == i
-        scale = attrs["ome"]["multiscales"][0]["datasets"][0]["coordinateTransformations"][0]
-        assert scale["scale"] == [1.0, 0.5 * (i + 1), 0.5 * (i + 1)]
-        got = zarr.open_array(str(out / "0"), mode="r")[:]
-        want = whole_image_prediction(module, well[1])
-        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-4)
-        assert (tmp_path / "out" / f"plate_s{i}.png").is_file()
-
-
-def test_every_scene_of_a_czi_gets_its_output_with_its_pixel_size(tmp_path, make_model) -> None:
-    """A ZEN mosaic of two scenes, two channels: each scene segmented into
-    ``<stem>_s<scene>.ome.zarr``, the model's output on its pixels, at the file's pixel
-    size."""
-    scenes = [random_image((1, 2, 1, 100, 90), seed=3), random_image((1, 2, 1, 40, 130), seed=4)]
-    write_czi(tmp_path / "scan.czi", [(scenes[0], (-50, 20)), (scenes[1], (400, 0))], 0.345)
-    model, module = make_model(in_ch=1, out_ch=1)
-    summary = infer(
-        input=str(tmp_path / "scan.czi"),
-        model=str(model),
-        output=str(tmp_path / "out"),
-        progress=False,
-        channels=[1],
-        tile={"size": [32], "blend": "crop"},
-        finalize={"mode": "raw"},
-    )
-    assert summary.images == 2
-    for i, scene in enumerate(scenes):
-        out = tmp_path / "out" / f"scan_s{i}.ome.zarr"
-        attrs = _attrs(out)
-        assert attrs["raysegment"]["input"]["series"] == i
         multiscale = attrs["ome"]["multiscales"][0]
         scale = multiscale["datasets"][0]["coordinateTransformations"][0]["scale"]
-        assert scale == pytest.approx([1.0, 0.345, 0.345])
+        assert scale == pytest.approx([1.0, size, size])
         assert [a.get("unit") for a in multiscale["axes"][1:]] == ["micrometer"] * 2
         got = zarr.open_array(str(out / "0"), mode="r")[:]
-        want = whole_image_prediction(module, scene[0, 1, 0])
+        want = whole_image_prediction(module, image)
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-4)
+        assert (tmp_path / "out" / f"{stem}_s{i}.png").is_file()
 
 
 def test_2d_model_on_multipage_tiff_stack(tmp_path, make_model) -> None:
