@@ -161,7 +161,7 @@ def _pool_for(
     if device == "cpu":
         # Every core computes: reads and writes take little CPU next to a model (8192^2
         # Unet on 2 cores: 1 actor x 2 threads 90 s, 2 x 1 92 s, 1 x 1 leaving a core to
-        # I/O 126 s; README "Benchmarks").
+        # I/O 126 s; benchmarks/HISTORY.md).
         if cfg.threads:
             threads = cfg.threads
         elif cfg.actors:
@@ -432,7 +432,7 @@ enough blocks reaches: a GPU run's memory grew with the image (H100 node, cheap 
 3.48 GiB at 8192^2, 9.68 GiB at 32768^2). Four keep a GPU's next block read while reads
 take up to four times its forward: a 4096^2 uint16 OME-TIFF block took 0.12-0.15 s to read
 on the development machine, about what an H100 takes for a Unet's 121 tiles over it
-(~1,000 tiles/s; README "Benchmarks")."""
+(~1,000 tiles/s; benchmarks/HISTORY.md)."""
 
 
 def _io_tasks(cfg: InferConfig, pool: Pool, inputs: int) -> int:
@@ -462,7 +462,7 @@ def _read_ahead_bounded() -> Iterator[None]:
     of its object-store budget, a share of the object store (itself 30% of the node's RAM):
     reads ahead of a slow model queued blocks until then, so memory grew with the image and
     the node's RAM (one Unet predictor, 32768^2 slide, 23.5 GiB machine: 0.63-0.68 GiB of
-    queued blocks; 0.24 GiB bounded; README "Benchmarks"). Read tasks run ahead of GPU
+    queued blocks; 0.24 GiB bounded; benchmarks/HISTORY.md). Read tasks run ahead of GPU
     predictors only (a CPU predictor reads its own blocks). The policy reads its threshold
     at every scheduling step of this process's executor; other datasets of the process get
     it back afterwards. A Ray release without that policy keeps its own default."""

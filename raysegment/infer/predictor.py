@@ -219,8 +219,8 @@ class Streams:
     a CPU predictor with several cores runs that many tiles at once, one core each,
     rather than one tile at a time over all of them. The intra-op threads of one forward
     wait for each other at every operator; here, with 2 cores, two one-thread streams ran
-    a Unet's 512^2 tiles 1.04-1.3x faster than one two-thread loop (six pairs; README
-    "Benchmarks").
+    a Unet's 512^2 tiles 1.04-1.3x faster than one two-thread loop (six pairs;
+    benchmarks/HISTORY.md).
     """
 
     def __init__(self, count: int, threads: int = 1) -> None:
@@ -503,7 +503,7 @@ class Predictor:
     # pages); the next block reuses what a block freed, and once the holes freed blocks
     # leave make that grow by a quarter, it goes back (``returns_excess_memory``). Never
     # handed back, two cheap-model predictors held 1.27-1.38 GiB of anonymous memory at
-    # the peak of a 32768^2 run, against 1.09-1.13 at 8192^2 (README "Benchmarks").
+    # the peak of a 32768^2 run, against 1.09-1.13 at 8192^2 (benchmarks/HISTORY.md).
     @returns_excess_memory
     def __call__(self, batch: Batch) -> Batch:
         """The block (with ``reads``: read here first) predicted and finalized, or with

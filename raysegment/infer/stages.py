@@ -136,7 +136,7 @@ def returns_excess_memory(stage: Callable[..., Batch]) -> Callable[..., Batch]:
     The next block takes the same buffers again: trimmed after every block, each block
     faulted its pages back in (cheap model, 32768^2, two predictors, three alternating
     rounds: 35.2 / 33.2 / 35.3 s trimmed after every block, 32.9 / 28.2 / 29.7 s this way;
-    peak 2.56 -> 2.65-2.74 GiB; README "Benchmarks"). The slack bounds the holes freed
+    peak 2.56 -> 2.65-2.74 GiB; benchmarks/HISTORY.md). The slack bounds the holes freed
     blocks leave over a long run; a small block (an empty one, an edge) sets a small
     bound, which the next full block passes: it trims and sets the bound anew. Where the
     C library does not report its free heap, after every block (``returns_free_memory``).
