@@ -200,6 +200,9 @@ class InstancesConfig:
     """Write <output>/<name>_<instances.name>.csv: per-object and per-image statistics."""
     isotropic: bool = False
     """Also write labels/<name>_isotropic, resampled (nearest) to the finest voxel size."""
+    geojson: bool = False
+    """2D: also write <output>/<name>_<instances.name>.geojson, each object's outline as a
+    polygon in the output's pixel coordinates (QuPath, napari, GIS tools read it)."""
 
     def __post_init__(self) -> None:
         for key in ("threshold", "seed_threshold"):
@@ -343,6 +346,11 @@ class InferConfig:
             raise ConfigError(
                 "overwrite=true with num_parts>1 would let the parts delete each other's "
                 "blocks; remove the old outputs first, then run the parts without overwrite"
+            )
+        if self.instances.geojson and self.instances.method == InstanceMethod.none:
+            raise ConfigError(
+                "instances.geojson=true writes the outlines of instances: set "
+                "instances.method (e.g. instances.method=watershed)"
             )
         if self.instances.method != InstanceMethod.none and self.finalize.mode in (
             FinalizeMode.raw,

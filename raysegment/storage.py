@@ -27,7 +27,9 @@ __all__ = [
     "is_url",
     "join",
     "listdir",
+    "open_write",
     "parent",
+    "read_bytes",
     "remove",
     "resolve",
     "touch",
@@ -148,6 +150,23 @@ def remove(location: str) -> None:
 def touch(location: str) -> None:
     """Create an empty file (its local parent directories too)."""
     write_bytes(location, b"")
+
+
+def read_bytes(location: str) -> bytes:
+    if not is_url(location):
+        return Path(location).read_bytes()
+    fs, path = _fs(location)
+    return bytes(fs.cat_file(path))
+
+
+def open_write(location: str) -> Any:
+    """A binary file to write ``location`` through, piece by piece (its local parent
+    directories made; an object store's upload completes when it is closed)."""
+    if not is_url(location):
+        Path(location).parent.mkdir(parents=True, exist_ok=True)
+        return open(location, "wb")  # noqa: SIM115 (the caller closes it)
+    fs, path = _fs(location)
+    return fs.open(path, "wb")
 
 
 def write_bytes(location: str, data: bytes) -> None:

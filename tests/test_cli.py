@@ -70,6 +70,7 @@ def files(tmp_path: Path) -> Path:
     zarr.create_array(str(tmp_path / "line.zarr"), data=np.arange(10))
     zarr.create_array(str(tmp_path / "none.zarr"), shape=(0, 64), dtype="uint8")
     zarr.create_array(str(tmp_path / "store.zarr"), data=random_image((64, 64)))
+    zarr.create_array(str(tmp_path / "stack.zarr"), data=random_image((3, 64, 64)))
     nan = random_image((128, 128)).astype("float32")
     nan[100, 7] = np.nan
     zarr.create_array(str(tmp_path / "nan.zarr"), data=nan, chunks=(64, 64))
@@ -160,6 +161,16 @@ CASES: list[tuple[str, list[str], str]] = [
     ("level beyond the pyramid", OK + ["input_level=1"], "has 1 resolution level(s)"),
     ("missing mask", OK + ["mask=masks/{name}.tif"], "mask=masks/img.tif: no such file"),
     ("mask of another view", OK + ["mask=wide.tif"], "not the field of view of the image"),
+    (
+        "outlines without instances",
+        OK + ["instances.geojson=true"],
+        "instances.geojson=true writes the outlines of instances: set instances.method",
+    ),
+    (
+        "outlines of a volume",
+        _with(input="stack.zarr") + ["instances.method=watershed", "instances.geojson=true"],
+        "stack.zarr is segmented as a volume (3 planes)",
+    ),
     ("part beyond parts", OK + ["part_id=3", "num_parts=3"], "part_id counts from 0"),
     ("overwrite with parts", OK + ["num_parts=2", "overwrite=true"], "delete each other's"),
 ]

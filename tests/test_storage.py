@@ -91,6 +91,16 @@ def test_parts_racing_to_create_an_s3_output_leave_exactly_one_creator(s3) -> No
     assert inspect_output(url).complete and not storage.exists(f"{url}/.raysegment")
 
 
+def test_files_written_piece_by_piece_and_read_back(s3, tmp_path: Path) -> None:
+    """What the GeoJSON outlines take: a file written in pieces (a slide's outlines are
+    never in memory at once), read back whole; on disk (parents made) and in a bucket."""
+    for location in (str(tmp_path / "new" / "a.geojson"), f"s3://{BUCKET}/pieces/a.geojson"):
+        with storage.open_write(location) as out:
+            for piece in (b"{", b"1" * 100_000, b"}"):
+                out.write(piece)
+        assert storage.read_bytes(location) == b"{" + b"1" * 100_000 + b"}"
+
+
 def _ome_zarr(path: Path, data: np.ndarray) -> None:
     """A local OME-Zarr 0.5 image with anisotropic pixel sizes."""
     group = zarr.open_group(str(path), mode="w-", zarr_format=3)

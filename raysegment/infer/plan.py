@@ -312,6 +312,11 @@ def plan_image(
     written = block_levels(shape, out_chunks, axes, pyramid_axes, spatial_block, cfg.levels)
     # A shard is a block's region: every channel, one time point (and plane of a 2D model).
     shards = tuple(sizes["c"] if a == "c" else spatial_block.get(a, 1) for a in axes)
+    if cfg.instances.geojson and "z" in axes:
+        raise ConfigError(
+            f"instances.geojson=true: {source.where} is segmented as a volume ({sizes['z']} "
+            f"planes), its instances in 3D; GeoJSON outlines are 2D: drop instances.geojson"
+        )
     layout = OutputLayout(
         axes=axes,
         shape=shape,

@@ -24,7 +24,7 @@ from raysegment.infer.pyramid import build_pyramid
 from raysegment.infer.writer import OutputLayout, create_labels
 from raysegment.post.instances import Volume, segment_blocks
 from raysegment.post.resample import isotropic_shape, resample_region
-from raysegment.post.stats import measure, write_csv
+from raysegment.post.stats import measure, outline_files, write_csv
 
 __all__ = ["finish_instances", "ray_map"]
 
@@ -97,20 +97,26 @@ def finish_instances(
     unit = layout.units.get(spatial[-1], "pixel")
     channels = layout.shape[layout.axes.index("c")]
     times = layout.shape[0] if layout.axes[0] == "t" else 1
-    objects, rows, totals = [], [], []
+    outlines = storage.join(output, ".raysegment", "outlines")
+    objects, rows, totals, features = [], [], [], []
     for t in range(times):
         vol = Volume(output, layout.axes, t, cfg.channel, channels)
         count = segment_blocks(vol, grid, cfg, f"{where}/0", scratch, run)
         objects.append(count)
-        if cfg.stats:
+        if cfg.stats or cfg.geojson:
             intensity = SourceIntensity(source, channel, t, spatial)
-            table = measure(vol, grid, f"{where}/0", count, intensity, spacing, run)
+            found = storage.join(outlines, str(t)) if cfg.geojson else None
+            table = measure(vol, grid, f"{where}/0", count, intensity, spacing, run, found)
             text, image = write_csv(table, spatial, spacing, unit, t, int(np.prod(grid.shape)))
             rows.append(text if t == 0 else text.split("\n", 1)[1])
             totals.append(image)
+            features += outline_files(found) if found else []
     storage.remove(scratch)
     build_pyramid(where, labels_layout.axes, labels_layout.pyramid_axes, labels_layout.levels)
     folder = storage.parent(output)
+    if cfg.geojson:
+        _geojson(storage.join(folder, f"{layout.name}_{cfg.name}.geojson"), features)
+        storage.remove(outlines)
     if cfg.stats:
         storage.write_bytes(
             storage.join(folder, f"{layout.name}_{cfg.name}.csv"), "".join(rows).encode()
@@ -126,6 +132,20 @@ def finish_instances(
     if cfg.isotropic:
         _isotropic(output, where, labels_layout, spatial, spacing, run)
     return {"objects": objects}
+
+
+def _geojson(location: str, parts: list[str]) -> None:
+    """A FeatureCollection at ``location`` of the features in ``parts`` (files of one
+    feature a line), written piece by piece: a slide's million outlines never in memory
+    at once."""
+    with storage.open_write(location) as out:
+        out.write(b'{"type":"FeatureCollection","features":[\n')
+        first = True
+        for part in parts:
+            for line in storage.read_bytes(part).splitlines():
+                out.write(line if first else b",\n" + line)
+                first = False
+        out.write(b"\n]}\n")
 
 
 def _isotropic(

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -18,10 +19,11 @@ from typing import Any
 
 import numpy as np
 
+from raysegment import storage
 from raysegment.data.tiling import Grid
 from raysegment.post.instances import Mapper, Volume, _serial
 
-__all__ = ["ObjectTable", "measure", "write_csv"]
+__all__ = ["ObjectTable", "measure", "outline", "outline_files", "write_csv"]
 
 Intensity = Callable[[tuple[slice, ...]], np.ndarray]
 """Reads the input's intensity over a spatial region of the labels image."""
@@ -89,16 +91,69 @@ def _shape_of(mask: np.ndarray, spacing: tuple[float, ...]) -> float:
     return float(measure.mesh_surface_area(verts, faces))
 
 
+def outline(mask: np.ndarray, low: tuple[int, int]) -> list[list[list[list[float]]]]:
+    """The outline of a 2D object (``mask``, its bounding box from pixel ``low``) as
+    GeoJSON polygon coordinates, [x, y] in pixels of the whole image (pixel (0, 0) covers
+    [0, 1) x [0, 1)): one polygon per part, each its outer ring then its holes, closed.
+    The rings run between pixel centres inside and outside (marching squares at 0.5,
+    diagonal neighbours inside joined), so a pixel's centre lies inside exactly when the
+    pixel is the object's; outer rings run counter-clockwise, holes clockwise (y up)."""
+    from skimage import measure
+
+    padded = np.pad(mask, 1).astype(np.float32)
+    rings = []
+    for contour in measure.find_contours(padded, 0.5, fully_connected="high"):
+        # (row, column) of the padded box -> (x, y) of the image, at pixel centres + 0.5.
+        xy = contour[:, ::-1] + (low[1] - 0.5, low[0] - 0.5)
+        x, y = xy[:, 0], xy[:, 1]
+        area = 0.5 * float(np.dot(x[:-1], y[1:]) - np.dot(x[1:], y[:-1]))
+        rings.append((area, xy))
+    # Around the object the rings turn one way in image coordinates (y down), around its
+    # holes the other; the object's own turn is its largest ring's.
+    sign = np.sign(max(rings, key=lambda r: abs(r[0]))[0]) if rings else 1.0
+    outer = [xy for area, xy in rings if np.sign(area) == sign]
+    holes = [xy for area, xy in rings if np.sign(area) != sign]
+    polygons: list[list[np.ndarray]] = [[xy] for xy in outer]
+    for hole in holes:
+        for polygon in polygons:
+            if measure.points_in_poly(hole[:1], polygon[0])[0]:
+                polygon.append(hole)
+                break
+    # With y down, a ring whose shoelace area is positive runs clockwise with y up: outer
+    # rings turned the other way, holes this way.
+    return [[(ring[::-1] if sign > 0 else ring).round(3).tolist() for ring in p] for p in polygons]
+
+
+def _feature(label: int, t: int, pixels: int, polygons: list[Any]) -> str:
+    """One object as a GeoJSON feature (QuPath reads ``objectType``)."""
+    geometry = (
+        {"type": "Polygon", "coordinates": polygons[0]}
+        if len(polygons) == 1
+        else {"type": "MultiPolygon", "coordinates": polygons}
+    )
+    properties = {"objectType": "detection", "label": label, "t": t, "pixels": pixels}
+    feature = {"type": "Feature", "id": f"{t}-{label}", "geometry": geometry}
+    return json.dumps(feature | {"properties": properties}, separators=(",", ":"))
+
+
 def _shapes(
     vol: Volume,
     array: str,
-    boxes: list[tuple[int, tuple[int, ...], tuple[int, ...]]],
+    boxes: list[tuple[int, tuple[int, ...], tuple[int, ...], int]],
     spacing: tuple[float, ...],
+    outlines: str | None = None,
 ) -> list[tuple[int, float]]:
-    out = []
-    for label, low, high in boxes:
+    """The shape measure of each object of ``boxes`` (label, bounding box, pixels) and,
+    with ``outlines`` (2D), their GeoJSON features written there, one per line."""
+    out, features = [], []
+    for label, low, high, pixels in boxes:
         box = tuple(slice(a, b) for a, b in zip(low, high, strict=True))
-        out.append((label, _shape_of(vol.read(array, box) == label, spacing)))
+        mask = vol.read(array, box) == label
+        out.append((label, _shape_of(mask, spacing)))
+        if outlines is not None:
+            features.append(_feature(label, vol.t, pixels, outline(mask, (low[0], low[1]))))
+    if outlines is not None:
+        storage.write_bytes(outlines, "".join(f + "\n" for f in features).encode())
     return out
 
 
@@ -110,9 +165,12 @@ def measure(
     intensity: Intensity,
     spacing: tuple[float, ...],
     run: Mapper = _serial,
+    outlines: str | None = None,
 ) -> ObjectTable:
     """Statistics of labels 1 .. ``n`` of the zarr array ``array`` (one time point of
-    ``vol``). ``spacing``: physical pixel size per spatial axis."""
+    ``vol``). ``spacing``: physical pixel size per spatial axis. ``outlines`` (2D): a
+    directory that gets the objects' GeoJSON features, a file per block that owns some
+    (``<block>.jsonl``, one feature a line, in ``outline_files`` order)."""
     indices = list(grid.indices())
     total = ObjectTable.empty(n, len(grid.shape))
     for part in run(_sums, [(vol, grid, i, array, n, intensity) for i in indices]):
@@ -126,12 +184,29 @@ def measure(
         if total.pixels[label]:
             low, high = tuple(total.low[label].tolist()), tuple(total.high[label].tolist())
             owner = tuple(a // b for a, b in zip(low, grid.block, strict=True))
-            owners.setdefault(owner, []).append((label, low, high))
-    calls = [(vol, array, boxes, spacing) for boxes in owners.values()]
+            owners.setdefault(owner, []).append((label, low, high, int(total.pixels[label])))
+    calls = [
+        (vol, array, boxes, spacing, outlines and storage.join(outlines, _block_file(owner)))
+        for owner, boxes in sorted(owners.items())
+    ]
     for measured in run(_shapes, calls):
         for label, value in measured:
             total.shape[label] = value
     return total
+
+
+def _block_file(index: tuple[int, ...]) -> str:
+    return "_".join(map(str, index)) + ".jsonl"
+
+
+def outline_files(outlines: str) -> list[str]:
+    """The files ``measure`` wrote into ``outlines``, in the order of their blocks."""
+    names = [n for n in storage.listdir(outlines) if n.endswith(".jsonl")]
+    return [storage.join(outlines, n) for n in sorted(names, key=_block_order)]
+
+
+def _block_order(name: str) -> tuple[int, ...]:
+    return tuple(int(i) for i in name.removesuffix(".jsonl").split("_"))
 
 
 def _roundness(pixels: float, shape: float, dims: int, volume: float) -> float:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import json
 import math
 from pathlib import Path
 
@@ -18,6 +19,7 @@ from raysegment.post.instances import segment
 from raysegment.post.resample import isotropic_shape, source_indices
 from tests.conftest import save_torchscript
 from tests.post.test_instances import blobs, same_partition
+from tests.post.test_stats import covered
 
 pytestmark = pytest.mark.usefixtures("ray_session")
 
@@ -61,7 +63,7 @@ def test_instances_labels_image_and_statistics_2d(tmp_path: Path) -> None:
 
     logits = (blobs((190, 170), count=45) * 12 - 6).astype(np.float32)
     cfg = {"threshold": 0.3, "seed_threshold": 0.9, "min_size": 8}
-    instances = cfg | {"method": "watershed"}
+    instances = cfg | {"method": "watershed", "geojson": True}
     _run(tmp_path, logits, 32, instances=instances, levels=2, voxel_size=[0.5, 0.5])
     out = tmp_path / "out" / "img.ome.zarr"
     group = zarr.open_group(str(out), mode="r")
@@ -96,6 +98,19 @@ def test_instances_labels_image_and_statistics_2d(tmp_path: Path) -> None:
         assert float(row["mean_intensity"]) == pytest.approx(p.intensity_mean, abs=1e-4)
         circularity = 4 * math.pi * p.area / p.perimeter**2
         assert float(row["circularity"]) == pytest.approx(circularity, abs=1e-4)
+    # Outlines: one feature per object, holding exactly its pixels' centres.
+    collection = json.loads((tmp_path / "out" / "img_instances.geojson").read_text())
+    features = {f["properties"]["label"]: f for f in collection["features"]}
+    assert sorted(features) == [p.label for p in props]
+    for label, feature in features.items():
+        assert feature["properties"] == {
+            "objectType": "detection",
+            "label": label,
+            "t": 0,
+            "pixels": int(rows[label]["pixels"]),
+        }
+        np.testing.assert_array_equal(covered(feature["geometry"], labels.shape), labels == label)
+    assert not (tmp_path / "out" / "img.ome.zarr" / ".raysegment" / "outlines").exists()
     [image] = _rows(tmp_path / "out" / "img_instances_image.csv")
     assert int(image["pixels"]) == labels.size and int(image["objects"]) == len(props)
     assert float(image["filling_ratio"]) == pytest.approx((labels > 0).mean())

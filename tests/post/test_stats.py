@@ -49,3 +49,57 @@ def test_sphericity_of_a_ball_and_a_rod() -> None:
         volume = float(mask.sum())
         roundness.append(np.pi ** (1 / 3) * (6 * volume) ** (2 / 3) / area)
     assert roundness[0] > 0.9 and roundness[1] < 0.7  # a 27 x 3 x 3 cuboid: 0.55
+
+
+def covered(geometry: dict, shape: tuple[int, int]) -> np.ndarray:
+    """The pixels of a (y, x) image whose centres lie inside a GeoJSON polygon or
+    multipolygon (inside its outer ring, outside its holes)."""
+    from skimage.measure import points_in_poly
+
+    y, x = np.indices(shape)
+    centres = np.stack([x.ravel() + 0.5, y.ravel() + 0.5], axis=1)
+    polygons = geometry["coordinates"]
+    polygons = [polygons] if geometry["type"] == "Polygon" else polygons
+    inside = np.zeros(len(centres), bool)
+    for outer, *holes in polygons:
+        part = points_in_poly(centres, np.asarray(outer))
+        for hole in holes:
+            part &= ~points_in_poly(centres, np.asarray(hole))
+        inside |= part
+    return inside.reshape(shape)
+
+
+def _turn(ring: list[list[float]]) -> float:
+    """Twice the signed area of a ring with y up: > 0 counter-clockwise."""
+    x, y = np.asarray(ring).T
+    return float(np.dot(x[:-1], -y[1:]) - np.dot(x[1:], -y[:-1]))
+
+
+def test_outlines_hold_exactly_their_objects_pixel_centres() -> None:
+    """Each object's polygons: its pixels' centres inside, every other centre outside,
+    holes and parts included; rings closed, outer ones counter-clockwise, holes clockwise
+    (GeoJSON's rule, y up)."""
+    from raysegment.post.stats import outline
+
+    rng = np.random.default_rng(3)
+    labels, n = ndimage.label(ndimage.gaussian_filter(rng.random((60, 70)), 1.5) > 0.53)
+    labels[0:9, 40:49] = n + 1  # a ring, its hole a 3 x 3 square, at the image's edge
+    labels[3:6, 43:46] = 0
+    labels[30, 5], labels[31, 6] = n + 2, n + 2  # two pixels touching at a corner
+    labels[50:53, 60:63], labels[56:58, 66:69] = n + 3, n + 3  # one object in two parts
+    labels[45, 0] = n + 4  # a single pixel
+    for label in range(1, n + 5):
+        ys, xs = np.nonzero(labels == label)
+        if not len(ys):
+            continue
+        low, high = (ys.min(), xs.min()), (ys.max() + 1, xs.max() + 1)
+        mask = labels[low[0] : high[0], low[1] : high[1]] == label
+        polygons = outline(mask, low)
+        geometry = {"type": "MultiPolygon", "coordinates": polygons}
+        np.testing.assert_array_equal(covered(geometry, labels.shape), labels == label)
+        for outer, *holes in polygons:
+            assert all(ring[0] == ring[-1] for ring in [outer, *holes])
+            assert _turn(outer) > 0 and all(_turn(hole) < 0 for hole in holes)
+    assert [len(p) for p in outline(labels[0:9, 40:49] == n + 1, (0, 40))] == [2]  # the hole
+    assert len(outline(labels[50:58, 60:69] == n + 3, (50, 60))) == 2  # the two parts
+    assert len(outline(labels[30:32, 5:7] == n + 2, (30, 5))) == 1  # one, at the corner
