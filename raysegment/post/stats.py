@@ -104,7 +104,7 @@ def outline(mask: np.ndarray, low: tuple[int, int]) -> list[list[list[list[float
     rings = []
     for contour in measure.find_contours(padded, 0.5, fully_connected="high"):
         # (row, column) of the padded box -> (x, y) of the image, at pixel centres + 0.5.
-        xy = contour[:, ::-1] + (low[1] - 0.5, low[0] - 0.5)
+        xy = _corners(contour[:, ::-1] + (low[1] - 0.5, low[0] - 0.5))
         x, y = xy[:, 0], xy[:, 1]
         area = 0.5 * float(np.dot(x[:-1], y[1:]) - np.dot(x[1:], y[:-1]))
         rings.append((area, xy))
@@ -122,6 +122,16 @@ def outline(mask: np.ndarray, low: tuple[int, int]) -> list[list[list[list[float
     # With y down, a ring whose shoelace area is positive runs clockwise with y up: outer
     # rings turned the other way, holes this way.
     return [[(ring[::-1] if sign > 0 else ring).round(3).tolist() for ring in p] for p in polygons]
+
+
+def _corners(ring: np.ndarray) -> np.ndarray:
+    """A closed ring without the points on straight runs between its corners (marching
+    squares puts one at every pixel edge; the coordinates are multiples of 0.5, exact)."""
+    points = ring[:-1]
+    before, after = points - np.roll(points, 1, axis=0), np.roll(points, -1, axis=0) - points
+    turn = before[:, 0] * after[:, 1] - before[:, 1] * after[:, 0]
+    kept = points[turn != 0]
+    return np.concatenate([kept, kept[:1]])
 
 
 def _feature(label: int, t: int, pixels: int, polygons: list[Any]) -> str:
