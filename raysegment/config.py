@@ -278,9 +278,10 @@ class InferConfig:
     (channels-last runs oneDNN's faster kernels on CPUs, tensor cores on GPUs)."""
     mask: Optional[str] = None
     """A one-channel image of where to segment (nonzero), covering the input's field of
-    view at any resolution; ``{name}`` in it stands for each input's name; ``auto``: the
-    foreground found on a thumbnail of each (2D) input. Blocks and tiles outside skip the
-    model; the output is 0 outside."""
+    view at any resolution; or a GeoJSON file of polygons in the input's pixels (QuPath's
+    annotations); ``{name}`` in it stands for each input's name; ``auto``: the foreground
+    found on a thumbnail of each (2D) input. Blocks and tiles outside skip the model; the
+    output is 0 outside."""
     skip_empty: bool = True
     """Blocks whose input is constant (slide background, absent zarr chunks) skip the model
     and keep the fill value 0."""

@@ -14,8 +14,10 @@ outside it, whichever blocks and tiles ran.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable
+import json
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -23,12 +25,16 @@ from raysegment import storage
 from raysegment.data.sources import ImageSource, MemorySource, open_sources
 from raysegment.errors import InputImageError
 
-__all__ = ["AUTO", "NAME_FIELD", "Mask", "auto_mask", "open_mask"]
+__all__ = ["AUTO", "NAME_FIELD", "Mask", "auto_mask", "geojson_mask", "open_mask"]
 
 NAME_FIELD = "{name}"
 """In ``mask=``, stands for each input's name: ``mask=masks/{name}.tif``."""
 AUTO = "auto"
 """``mask=auto``: the mask found on the image itself (``auto_mask``)."""
+GEOJSON_SUFFIXES = (".geojson", ".json")
+"""A mask file of these suffixes is read as GeoJSON polygons (``geojson_mask``)."""
+GEOJSON_RASTER = 4096
+"""Longer side, at most, of the mask GeoJSON polygons are drawn into."""
 THUMBNAIL = 2048
 """Longer side of the thumbnail ``auto_mask`` thresholds, at most."""
 MARGIN = 4
@@ -90,6 +96,8 @@ def open_mask(template: str, image: ImageSource) -> Mask:
             f"mask={path}: no such file or directory for {image.where}{hint}; give a mask "
             f"image (nonzero where to segment) of each input"
         )
+    if path.lower().endswith(GEOJSON_SUFFIXES):
+        return geojson_mask(storage.resolve(path), image)
     sources = open_sources(path)
     if len(sources) > 1:
         raise InputImageError(
@@ -113,6 +121,68 @@ def open_mask(template: str, image: ImageSource) -> Mask:
     if problem:
         raise InputImageError(f"mask={source.where} for {image.where}: {problem}")
     return Mask(source, (iz, iy, ix))
+
+
+def geojson_mask(path: str, image: ImageSource) -> Mask:
+    """The polygons of a GeoJSON file (a QuPath or GIS export: Polygons and MultiPolygons,
+    alone or as features, holes kept; points and lines left out), in the image's pixel
+    coordinates (pixel (0, 0) covers [0, 1) x [0, 1)), as a mask: inside where a pixel's
+    centre is inside a polygon. Drawn at the image's resolution up to ``GEOJSON_RASTER``
+    pixels a side, at an integer fraction of it beyond (a boundary then within that
+    factor's pixels).
+
+    Raises:
+        InputImageError: not JSON, or no polygon in it.
+    """
+    from skimage.draw import polygon as fill
+
+    try:
+        document = json.loads(storage.read_bytes(path))
+    except (ValueError, UnicodeDecodeError) as e:
+        raise InputImageError(f"mask={path}: not a GeoJSON file ({e})") from e
+    polygons = list(_polygons(document))
+    if not polygons:
+        raise InputImageError(
+            f"mask={path}: no Polygon or MultiPolygon in it; give the regions to segment "
+            f"as polygons (e.g. QuPath annotations exported as GeoJSON)"
+        )
+    _, _, z, y, x = image.info.shape
+    factor = max(1, -(-max(y, x) // GEOJSON_RASTER))
+    shape = (-(-y // factor), -(-x // factor))
+    inside = np.zeros(shape, bool)
+    for rings in polygons:
+        part = np.zeros(shape, bool)
+        for i, ring in enumerate(rings):
+            xy = np.asarray(ring, np.float64).reshape(-1, 2)
+            # Mask pixel j's centre is at image coordinate (j + 1/2) * size / mask size.
+            rows = xy[:, 1] * shape[0] / y - 0.5
+            cols = xy[:, 0] * shape[1] / x - 0.5
+            rr, cc = fill(rows, cols, shape)
+            part[rr, cc] = i == 0  # the outer ring, then its holes
+        inside |= part
+    source = MemorySource(inside.astype(np.uint8)[None, None, None], path, image.name)
+    return Mask(source, (z, y, x))
+
+
+def _polygons(node: Any) -> Iterator[list[Any]]:
+    """Every polygon (its rings) of a GeoJSON object, of any nesting."""
+    if isinstance(node, list):
+        for item in node:
+            yield from _polygons(item)
+        return
+    if not isinstance(node, dict):
+        return
+    kind = node.get("type")
+    if kind == "Polygon":
+        yield node.get("coordinates") or []
+    elif kind == "MultiPolygon":
+        yield from node.get("coordinates") or []
+    elif kind == "GeometryCollection":
+        yield from _polygons(node.get("geometries"))
+    elif kind == "Feature":
+        yield from _polygons(node.get("geometry"))
+    elif kind == "FeatureCollection":
+        yield from _polygons(node.get("features"))
 
 
 def auto_mask(image: ImageSource, channels: tuple[int, ...]) -> tuple[Mask, np.ndarray]:

@@ -3,12 +3,14 @@ is nonzero; blocks and tiles outside skip the model, the output is 0 outside."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
 import pytest
 import tifffile
 import zarr
+from scipy import ndimage
 
 from raysegment.data.sources import open_source, open_sources
 from raysegment.errors import InputImageError
@@ -50,6 +52,100 @@ def test_each_pixel_takes_the_mask_pixel_nearest_its_centre(tmp_path, mask_shape
         got = mask.expand(mask.read(0, region), region)
         want = values[np.ix_(_nearest(100, my, y0, y1), _nearest(70, mx, x0, x1))] != 0
         np.testing.assert_array_equal(got[0], want)
+
+
+REGIONS = {
+    "type": "FeatureCollection",
+    "features": [
+        {  # a square annotation with a square hole (QuPath's export of an annotation)
+            "type": "Feature",
+            "properties": {"objectType": "annotation", "classification": {"name": "Tumor"}},
+            "geometry": {
+                "type": "Polygon",
+                "coordinates": [
+                    [[10, 20], [60, 20], [60, 80], [10, 80], [10, 20]],
+                    [[25, 35], [45, 35], [45, 55], [25, 55], [25, 35]],
+                ],
+            },
+        },
+        {  # a triangle and a sliver in one
+            "type": "Feature",
+            "geometry": {
+                "type": "MultiPolygon",
+                "coordinates": [
+                    [[[5.5, 90.2], [66.7, 93.1], [30.4, 99.9], [5.5, 90.2]]],
+                    [[[0, 0], [70, 0], [70, 1.5], [0, 1.5], [0, 0]]],
+                ],
+            },
+        },
+        {"type": "Feature", "geometry": {"type": "Point", "coordinates": [3, 3]}},  # left out
+    ],
+}
+
+
+@pytest.mark.parametrize("raster", [4096, 35])
+def test_geojson_regions_are_a_mask_of_the_pixels_whose_centres_they_hold(
+    tmp_path, monkeypatch, raster
+) -> None:
+    """``mask=regions.geojson``: QuPath's annotations (or any GeoJSON polygons, holes
+    kept, points left out) in the image's pixels; a pixel is inside when its centre is
+    inside a polygon. Beyond ``GEOJSON_RASTER`` pixels a side they are drawn at an integer
+    fraction of the resolution: then only pixels within that factor of a boundary may
+    differ."""
+    from raysegment.infer import mask as masks
+    from tests.post.test_stats import covered
+
+    monkeypatch.setattr(masks, "GEOJSON_RASTER", raster)  # 35: drawn at 1/3
+    tifffile.imwrite(tmp_path / "img.tif", random_image((100, 70)))
+    (tmp_path / "regions.geojson").write_text(json.dumps(REGIONS))
+    mask = open_mask(str(tmp_path / "regions.geojson"), open_source(tmp_path / "img.tif"))
+    region = ((0, 1), (0, 100), (0, 70))
+    got = mask.expand(mask.read(0, region), region)[0]
+    polygons = [f["geometry"] for f in REGIONS["features"][:2]]
+    want = np.logical_or.reduce([covered(g, (100, 70)) for g in polygons])
+    assert mask.source.info.shape[3:] == ((100, 70) if raster > 100 else (34, 24))
+    if raster > 100:
+        np.testing.assert_array_equal(got, want)
+    else:
+        near = ndimage.binary_dilation(want, iterations=3) & ~ndimage.binary_erosion(
+            want, iterations=3
+        )
+        np.testing.assert_array_equal(got[~near], want[~near])
+        assert 0.8 < got.sum() / want.sum() < 1.2
+    (tmp_path / "points.geojson").write_text(json.dumps(REGIONS["features"][2]))
+    with pytest.raises(InputImageError, match="points.geojson: no Polygon or MultiPolygon"):
+        open_mask(str(tmp_path / "points.geojson"), open_source(tmp_path / "img.tif"))
+    (tmp_path / "broken.json").write_text("{not json")
+    with pytest.raises(InputImageError, match="broken.json: not a GeoJSON file"):
+        open_mask(str(tmp_path / "broken.json"), open_source(tmp_path / "img.tif"))
+
+
+@pytest.mark.usefixtures("ray_session")
+def test_a_run_masked_by_geojson_regions(tmp_path, make_model, ome_tiff) -> None:
+    """End to end: the prediction where a pixel's centre is inside the regions, 0 outside."""
+    from tests.post.test_stats import covered
+
+    model, module = make_model(out_ch=1)
+    image = random_image((100, 70))
+    ome_tiff(image, name="img.ome.tif")
+    (tmp_path / "regions.geojson").write_text(json.dumps(REGIONS))
+    infer(
+        input=str(tmp_path / "img.ome.tif"),
+        model=str(model),
+        output=str(tmp_path / "out"),
+        progress=False,
+        chunks=[32],
+        tile={"size": [32], "blend": "crop"},
+        finalize={"mode": "raw"},
+        mask=str(tmp_path / "regions.geojson"),
+    )
+    polygons = [f["geometry"] for f in REGIONS["features"][:2]]
+    inside = np.logical_or.reduce([covered(g, (100, 70)) for g in polygons])
+    got = zarr.open_array(str(tmp_path / "out" / "img.ome.zarr" / "0"), mode="r")[:]
+    want = np.where(inside, whole_image_prediction(module, image), 0)
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-4)
+    attrs = dict(zarr.open_group(str(tmp_path / "out" / "img.ome.zarr"), mode="r").attrs)
+    assert attrs["raysegment"]["mask"] == str(tmp_path / "regions.geojson")
 
 
 def test_a_2d_mask_covers_every_plane_and_a_series_each_time_point(tmp_path) -> None:
