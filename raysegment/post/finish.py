@@ -98,6 +98,7 @@ def finish_instances(
     channels = layout.shape[layout.axes.index("c")]
     times = layout.shape[0] if layout.axes[0] == "t" else 1
     outlines = storage.join(output, ".raysegment", "outlines")
+    storage.remove(outlines)  # an earlier try's, cut short
     objects, rows, totals, features = [], [], [], []
     for t in range(times):
         vol = Volume(output, layout.axes, t, cfg.channel, channels)
