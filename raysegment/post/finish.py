@@ -107,7 +107,7 @@ def finish_instances(
         if cfg.stats or cfg.geojson:
             intensity = SourceIntensity(source, channel, t, spatial)
             found = storage.join(outlines, str(t)) if cfg.geojson else None
-            table = measure(vol, grid, f"{where}/0", count, intensity, spacing, run, found)
+            table = measure(vol, grid, f"{where}/0", count, intensity, spacing, run, found, unit)
             text, image = write_csv(table, spatial, spacing, unit, t, int(np.prod(grid.shape)))
             rows.append(text if t == 0 else text.split("\n", 1)[1])
             totals.append(image)

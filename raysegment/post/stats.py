@@ -134,34 +134,50 @@ def _corners(ring: np.ndarray) -> np.ndarray:
     return np.concatenate([kept, kept[:1]])
 
 
-def _feature(label: int, t: int, pixels: int, polygons: list[Any]) -> str:
-    """One object as a GeoJSON feature (QuPath reads ``objectType``)."""
+def _feature(label: int, t: int, measurements: dict[str, float], polygons: list[Any]) -> str:
+    """One object as a GeoJSON feature: QuPath reads ``objectType`` and shows
+    ``measurements`` in its tables."""
     geometry = (
         {"type": "Polygon", "coordinates": polygons[0]}
         if len(polygons) == 1
         else {"type": "MultiPolygon", "coordinates": polygons}
     )
-    properties = {"objectType": "detection", "label": label, "t": t, "pixels": pixels}
+    properties = {"objectType": "detection", "label": label, "t": t, "measurements": measurements}
     feature = {"type": "Feature", "id": f"{t}-{label}", "geometry": geometry}
     return json.dumps(feature | {"properties": properties}, separators=(",", ":"))
+
+
+Box = tuple[int, tuple[int, ...], tuple[int, ...], int, float]
+"""An object to measure: label, bounding box (low, high), pixels, mean intensity."""
 
 
 def _shapes(
     vol: Volume,
     array: str,
-    boxes: list[tuple[int, tuple[int, ...], tuple[int, ...], int]],
+    boxes: list[Box],
     spacing: tuple[float, ...],
     outlines: str | None = None,
+    unit: str = "pixel",
 ) -> list[tuple[int, float]]:
-    """The shape measure of each object of ``boxes`` (label, bounding box, pixels) and,
-    with ``outlines`` (2D), their GeoJSON features written there, one per line."""
+    """The shape measure of each object of ``boxes`` and, with ``outlines`` (2D), their
+    GeoJSON features written there, one per line, with the CSV's measurements (area in
+    ``unit``)."""
     out, features = [], []
-    for label, low, high, pixels in boxes:
+    for label, low, high, pixels, mean in boxes:
         box = tuple(slice(a, b) for a, b in zip(low, high, strict=True))
         mask = vol.read(array, box) == label
-        out.append((label, _shape_of(mask, spacing)))
+        shape = _shape_of(mask, spacing)
+        out.append((label, shape))
         if outlines is not None:
-            features.append(_feature(label, vol.t, pixels, outline(mask, (low[0], low[1]))))
+            area = pixels * float(np.prod(spacing))
+            measurements = {
+                "pixels": pixels,
+                f"area_{unit}^2": round(area, 6),
+                "circularity": round(_roundness(pixels, shape, 2, area), 6),
+                "mean_intensity": round(mean, 6),
+            }
+            polygons = outline(mask, (low[0], low[1]))
+            features.append(_feature(label, vol.t, measurements, polygons))
     if outlines is not None:
         storage.write_bytes(outlines, "".join(f + "\n" for f in features).encode())
     return out
@@ -176,11 +192,13 @@ def measure(
     spacing: tuple[float, ...],
     run: Mapper = _serial,
     outlines: str | None = None,
+    unit: str = "pixel",
 ) -> ObjectTable:
     """Statistics of labels 1 .. ``n`` of the zarr array ``array`` (one time point of
     ``vol``). ``spacing``: physical pixel size per spatial axis. ``outlines`` (2D): a
     directory that gets the objects' GeoJSON features, a file per block that owns some
-    (``<block>.jsonl``, one feature a line, in ``outline_files`` order)."""
+    (``<block>.jsonl``, one feature a line, in ``outline_files`` order), areas in
+    ``unit``."""
     indices = list(grid.indices())
     total = ObjectTable.empty(n, len(grid.shape))
     for part in run(_sums, [(vol, grid, i, array, n, intensity) for i in indices]):
@@ -194,9 +212,11 @@ def measure(
         if total.pixels[label]:
             low, high = tuple(total.low[label].tolist()), tuple(total.high[label].tolist())
             owner = tuple(a // b for a, b in zip(low, grid.block, strict=True))
-            owners.setdefault(owner, []).append((label, low, high, int(total.pixels[label])))
+            pixels = int(total.pixels[label])
+            mean = float(total.intensity[label]) / pixels
+            owners.setdefault(owner, []).append((label, low, high, pixels, mean))
     calls = [
-        (vol, array, boxes, spacing, outlines and storage.join(outlines, _block_file(owner)))
+        (vol, array, boxes, spacing, outlines and storage.join(outlines, _block_file(owner)), unit)
         for owner, boxes in sorted(owners.items())
     ]
     for measured in run(_shapes, calls):

@@ -103,11 +103,17 @@ def test_instances_labels_image_and_statistics_2d(tmp_path: Path) -> None:
     features = {f["properties"]["label"]: f for f in collection["features"]}
     assert sorted(features) == [p.label for p in props]
     for label, feature in features.items():
+        row = rows[label]
         assert feature["properties"] == {
             "objectType": "detection",
             "label": label,
             "t": 0,
-            "pixels": int(rows[label]["pixels"]),
+            "measurements": {  # the CSV's, for QuPath's tables
+                "pixels": int(row["pixels"]),
+                "area_micrometer^2": float(row["volume_micrometer^2"]),
+                "circularity": float(row["circularity"]),
+                "mean_intensity": float(row["mean_intensity"]),
+            },
         }
         np.testing.assert_array_equal(covered(feature["geometry"], labels.shape), labels == label)
     assert not (tmp_path / "out" / "img.ome.zarr" / ".raysegment" / "outlines").exists()
