@@ -111,10 +111,12 @@ def outline(mask: np.ndarray, low: tuple[int, int]) -> list[list[list[list[float
     # Around the object the rings turn one way in image coordinates (y down), around its
     # holes the other; the object's own turn is its largest ring's.
     sign = np.sign(max(rings, key=lambda r: abs(r[0]))[0]) if rings else 1.0
-    outer = [xy for area, xy in rings if np.sign(area) == sign]
+    outer = sorted(((abs(a), xy) for a, xy in rings if np.sign(a) == sign), key=lambda r: r[0])
     holes = [xy for area, xy in rings if np.sign(area) != sign]
-    polygons: list[list[np.ndarray]] = [[xy] for xy in outer]
+    polygons: list[list[np.ndarray]] = [[xy] for _, xy in outer]
     for hole in holes:
+        # The smallest outer ring around it: a part of the object inside another part's
+        # hole may have holes of its own.
         for polygon in polygons:
             if measure.points_in_poly(hole[:1], polygon[0])[0]:
                 polygon.append(hole)

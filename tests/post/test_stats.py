@@ -88,7 +88,11 @@ def test_outlines_hold_exactly_their_objects_pixel_centres() -> None:
     labels[30, 5], labels[31, 6] = n + 2, n + 2  # two pixels touching at a corner
     labels[50:53, 60:63], labels[56:58, 66:69] = n + 3, n + 3  # one object in two parts
     labels[45, 0] = n + 4  # a single pixel
-    for label in range(1, n + 5):
+    labels[40:59, 20:39] = n + 5  # a ring around an island that has a hole of its own
+    labels[43:56, 23:36] = 0
+    labels[46:53, 26:33] = n + 5
+    labels[49, 29] = 0
+    for label in range(1, n + 6):
         ys, xs = np.nonzero(labels == label)
         if not len(ys):
             continue
@@ -105,3 +109,5 @@ def test_outlines_hold_exactly_their_objects_pixel_centres() -> None:
     assert [len(r) for p in outline(labels[0:9, 40:49] == n + 1, (0, 40)) for r in p] == [9, 9]
     assert len(outline(labels[50:58, 60:69] == n + 3, (50, 60))) == 2  # the two parts
     assert len(outline(labels[30:32, 5:7] == n + 2, (30, 5))) == 1  # one, at the corner
+    nested = outline(labels[40:59, 20:39] == n + 5, (40, 20))
+    assert sorted(len(polygon) for polygon in nested) == [2, 2]  # each part its own hole
