@@ -202,7 +202,8 @@ class InstancesConfig:
     """Also write labels/<name>_isotropic, resampled (nearest) to the finest voxel size."""
     geojson: bool = False
     """2D: also write <output>/<name>_<instances.name>.geojson, each object's outline as a
-    polygon in the output's pixel coordinates (QuPath, napari, GIS tools read it)."""
+    polygon in the pixel coordinates of the input's full resolution (QuPath, napari, GIS
+    tools read it)."""
 
     def __post_init__(self) -> None:
         for key in ("threshold", "seed_threshold"):

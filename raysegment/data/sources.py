@@ -155,6 +155,14 @@ class ImageSource:
         parts += [f"level {self.level}"] * (self.level > 0)
         return f"{self.path} ({', '.join(parts)})" if parts else self.path
 
+    def level_scale(self) -> tuple[float, float]:
+        """The (y, x) size of this level's pixel in full-resolution pixels: (1, 1) at level
+        0; coordinates of the whole slide (QuPath's) are these times the level's."""
+        if self.level == 0:
+            return 1.0, 1.0
+        full = type(self)(self.path, self.axes, self.series, self.name).info.shape
+        return full[3] / self.info.shape[3], full[4] / self.info.shape[4]
+
     def _no_level(self, levels: int) -> InputImageError:
         """The error for a ``level`` beyond the image's ``levels``."""
         return InputImageError(
@@ -734,6 +742,9 @@ class CziSource(ImageSource):
         names = tuple(str(ch.get("@Name") or "") for ch in _as_list(channels.get("Channel")))
         named = self.samples == 1 and len(names) == c and all(names)
         return ImageInfo(shape, np.dtype(dtype), scale, units, names if named else None)  # type: ignore[arg-type]
+
+    def level_scale(self) -> tuple[float, float]:
+        return float(2**self.level), float(2**self.level)
 
     def _read(
         self, t: int, channels: tuple[int, ...], region: tuple[tuple[int, int], ...]

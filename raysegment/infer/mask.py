@@ -125,11 +125,11 @@ def open_mask(template: str, image: ImageSource) -> Mask:
 
 def geojson_mask(path: str, image: ImageSource) -> Mask:
     """The polygons of a GeoJSON file (a QuPath or GIS export: Polygons and MultiPolygons,
-    alone or as features, holes kept; points and lines left out), in the image's pixel
-    coordinates (pixel (0, 0) covers [0, 1) x [0, 1)), as a mask: inside where a pixel's
-    centre is inside a polygon. Drawn at the image's resolution up to ``GEOJSON_RASTER``
-    pixels a side, at an integer fraction of it beyond (a boundary then within that
-    factor's pixels).
+    alone or as features, holes kept; points and lines left out), in the pixel coordinates
+    of the image's full resolution whichever level is read (pixel (0, 0) covers [0, 1) x
+    [0, 1)), as a mask: inside where a pixel's centre is inside a polygon. Drawn at the
+    image's resolution up to ``GEOJSON_RASTER`` pixels a side, at an integer fraction of it
+    beyond (a boundary then within that factor's pixels).
 
     Raises:
         InputImageError: not JSON, or no polygon in it.
@@ -147,6 +147,7 @@ def geojson_mask(path: str, image: ImageSource) -> Mask:
             f"as polygons (e.g. QuPath annotations exported as GeoJSON)"
         )
     _, _, z, y, x = image.info.shape
+    sy, sx = image.level_scale()  # the polygons are in the full resolution's pixels
     factor = max(1, -(-max(y, x) // GEOJSON_RASTER))
     shape = (-(-y // factor), -(-x // factor))
     inside = np.zeros(shape, bool)
@@ -155,8 +156,8 @@ def geojson_mask(path: str, image: ImageSource) -> Mask:
         for i, ring in enumerate(rings):
             xy = np.asarray(ring, np.float64).reshape(-1, 2)
             # Mask pixel j's centre is at image coordinate (j + 1/2) * size / mask size.
-            rows = xy[:, 1] * shape[0] / y - 0.5
-            cols = xy[:, 0] * shape[1] / x - 0.5
+            rows = xy[:, 1] / sy * shape[0] / y - 0.5
+            cols = xy[:, 0] / sx * shape[1] / x - 0.5
             rr, cc = fill(rows, cols, shape)
             part[rr, cc] = i == 0  # the outer ring, then its holes
         inside |= part

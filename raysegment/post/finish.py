@@ -98,6 +98,7 @@ def finish_instances(
     channels = layout.shape[layout.axes.index("c")]
     times = layout.shape[0] if layout.axes[0] == "t" else 1
     outlines = storage.join(output, ".raysegment", "outlines")
+    scale = source.level_scale()  # outlines in the full resolution's pixels
     storage.remove(outlines)  # an earlier try's, cut short
     objects, rows, totals, features = [], [], [], []
     for t in range(times):
@@ -107,7 +108,9 @@ def finish_instances(
         if cfg.stats or cfg.geojson:
             intensity = SourceIntensity(source, channel, t, spatial)
             found = storage.join(outlines, str(t)) if cfg.geojson else None
-            table = measure(vol, grid, f"{where}/0", count, intensity, spacing, run, found, unit)
+            table = measure(
+                vol, grid, f"{where}/0", count, intensity, spacing, run, found, unit, scale
+            )
             text, image = write_csv(table, spatial, spacing, unit, t, int(np.prod(grid.shape)))
             rows.append(text if t == 0 else text.split("\n", 1)[1])
             totals.append(image)

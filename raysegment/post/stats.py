@@ -91,10 +91,13 @@ def _shape_of(mask: np.ndarray, spacing: tuple[float, ...]) -> float:
     return float(measure.mesh_surface_area(verts, faces))
 
 
-def outline(mask: np.ndarray, low: tuple[int, int]) -> list[list[list[list[float]]]]:
+def outline(
+    mask: np.ndarray, low: tuple[int, int], scale: tuple[float, float] = (1.0, 1.0)
+) -> list[list[list[list[float]]]]:
     """The outline of a 2D object (``mask``, its bounding box from pixel ``low``) as
     GeoJSON polygon coordinates, [x, y] in pixels of the whole image (pixel (0, 0) covers
-    [0, 1) x [0, 1)): one polygon per part, each its outer ring then its holes, closed.
+    [0, 1) x [0, 1)), times ``scale`` (y, x): one polygon per part, each its outer ring
+    then its holes, closed.
     The rings run between pixel centres inside and outside (marching squares at 0.5,
     diagonal neighbours inside joined), so a pixel's centre lies inside exactly when the
     pixel is the object's; outer rings run counter-clockwise, holes clockwise (y up)."""
@@ -123,7 +126,11 @@ def outline(mask: np.ndarray, low: tuple[int, int]) -> list[list[list[list[float
                 break
     # With y down, a ring whose shoelace area is positive runs clockwise with y up: outer
     # rings turned the other way, holes this way.
-    return [[(ring[::-1] if sign > 0 else ring).round(3).tolist() for ring in p] for p in polygons]
+    to_image = np.asarray([scale[1], scale[0]])
+    return [
+        [((ring[::-1] if sign > 0 else ring) * to_image).round(3).tolist() for ring in p]
+        for p in polygons
+    ]
 
 
 def _corners(ring: np.ndarray) -> np.ndarray:
@@ -160,6 +167,7 @@ def _shapes(
     spacing: tuple[float, ...],
     outlines: str | None = None,
     unit: str = "pixel",
+    scale: tuple[float, float] = (1.0, 1.0),
 ) -> list[tuple[int, float]]:
     """The shape measure of each object of ``boxes`` and, with ``outlines`` (2D), their
     GeoJSON features written there, one per line, with the CSV's measurements (area in
@@ -178,7 +186,7 @@ def _shapes(
                 "circularity": round(_roundness(pixels, shape, 2, area), 6),
                 "mean_intensity": round(mean, 6),
             }
-            polygons = outline(mask, (low[0], low[1]))
+            polygons = outline(mask, (low[0], low[1]), scale)
             features.append(_feature(label, vol.t, measurements, polygons))
     if outlines is not None:
         storage.write_bytes(outlines, "".join(f + "\n" for f in features).encode())
@@ -195,12 +203,14 @@ def measure(
     run: Mapper = _serial,
     outlines: str | None = None,
     unit: str = "pixel",
+    scale: tuple[float, float] = (1.0, 1.0),
 ) -> ObjectTable:
     """Statistics of labels 1 .. ``n`` of the zarr array ``array`` (one time point of
     ``vol``). ``spacing``: physical pixel size per spatial axis. ``outlines`` (2D): a
     directory that gets the objects' GeoJSON features, a file per block that owns some
     (``<block>.jsonl``, one feature a line, in ``outline_files`` order), areas in
-    ``unit``."""
+    ``unit``, coordinates times ``scale`` (y, x: a reduced level's in the full
+    resolution's pixels)."""
     indices = list(grid.indices())
     total = ObjectTable.empty(n, len(grid.shape))
     for part in run(_sums, [(vol, grid, i, array, n, intensity) for i in indices]):
@@ -217,10 +227,10 @@ def measure(
             pixels = int(total.pixels[label])
             mean = float(total.intensity[label]) / pixels
             owners.setdefault(owner, []).append((label, low, high, pixels, mean))
-    calls = [
-        (vol, array, boxes, spacing, outlines and storage.join(outlines, _block_file(owner)), unit)
-        for owner, boxes in sorted(owners.items())
-    ]
+    calls = []
+    for owner, boxes in sorted(owners.items()):
+        found = outlines and storage.join(outlines, _block_file(owner))
+        calls.append((vol, array, boxes, spacing, found, unit, scale))
     for measured in run(_shapes, calls):
         for label, value in measured:
             total.shape[label] = value

@@ -236,6 +236,7 @@ def test_a_pyramidal_tiff_is_read_at_the_level_asked(
         (src,) = open_sources(path, level=level)
         assert src.info.shape == (1, channels, 1, y, x) and src.where == f"{path} (level {level})"
         assert src.info.scale == {"x": 0.25 * 2**level, "y": 0.25 * 2**level}
+        assert src.level_scale() == (2**level, 2**level)  # its pixel in full-size pixels
         want = tifffile.imread(path, level=level)[11:y, 3:47]
         want = want.transpose(2, 0, 1) if channels > 1 else want[None]
         for reader in (src, pickle.loads(pickle.dumps(src))):
@@ -509,6 +510,7 @@ def test_czi_is_read_at_the_level_asked(tmp_path: Path, monkeypatch) -> None:
     assert reduced.where == f"{path} (level 2)"
     assert reduced.info.shape == (1, 1, 1, 375, 650)
     assert reduced.info.scale == pytest.approx({"x": 0.88, "y": 0.88, "z": 0.22})
+    assert reduced.level_scale() == (4.0, 4.0) and full.level_scale() == (1.0, 1.0)
     want = np.rint(image[0, 0, 0].reshape(375, 4, 650, 4).mean(axis=(1, 3)))
     got = reduced.read(0, (0,), ((0, 1), (0, 375), (0, 650)))[0, 0]
     np.testing.assert_array_equal(got, want)

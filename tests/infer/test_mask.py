@@ -120,6 +120,36 @@ def test_geojson_regions_are_a_mask_of_the_pixels_whose_centres_they_hold(
         open_mask(str(tmp_path / "broken.json"), open_source(tmp_path / "img.tif"))
 
 
+def test_geojson_regions_are_in_the_full_resolutions_pixels_at_any_level(tmp_path) -> None:
+    """QuPath's coordinates are the whole slide's: read at ``input_level=1`` (half the
+    size), the mask is the regions at half their coordinates."""
+    from tests.post.test_stats import covered
+
+    image = random_image((200, 140), "uint8")
+    with tifffile.TiffWriter(tmp_path / "slide.ome.tif", bigtiff=True) as tif:
+        tif.write(image, subifds=1, tile=(64, 64), metadata={"axes": "YX"})
+        tif.write(image[::2, ::2], subfiletype=1, tile=(64, 64))
+
+    def doubled(node: object) -> object:
+        if isinstance(node, list):
+            return [doubled(v) for v in node]
+        return node * 2 if isinstance(node, (int, float)) else node
+
+    regions = json.loads(json.dumps(REGIONS))
+    for feature in regions["features"]:
+        geometry = feature["geometry"]
+        geometry["coordinates"] = doubled(geometry["coordinates"])
+    (tmp_path / "regions.geojson").write_text(json.dumps(regions))
+    (level,) = open_sources(tmp_path / "slide.ome.tif", level=1)
+    mask = open_mask(str(tmp_path / "regions.geojson"), level)
+    region = ((0, 1), (0, 100), (0, 70))
+    got = mask.expand(mask.read(0, region), region)[0]
+    polygons = [f["geometry"] for f in REGIONS["features"][:2]]
+    np.testing.assert_array_equal(
+        got, np.logical_or.reduce([covered(g, (100, 70)) for g in polygons])
+    )
+
+
 @pytest.mark.usefixtures("ray_session")
 def test_a_run_masked_by_geojson_regions(tmp_path, make_model, ome_tiff) -> None:
     """End to end: the prediction where a pixel's centre is inside the regions, 0 outside."""

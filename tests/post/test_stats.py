@@ -109,5 +109,9 @@ def test_outlines_hold_exactly_their_objects_pixel_centres() -> None:
     assert [len(r) for p in outline(labels[0:9, 40:49] == n + 1, (0, 40)) for r in p] == [9, 9]
     assert len(outline(labels[50:58, 60:69] == n + 3, (50, 60))) == 2  # the two parts
     assert len(outline(labels[30:32, 5:7] == n + 2, (30, 5))) == 1  # one, at the corner
+    # A reduced level's outline in the full resolution's pixels: its coordinates scaled.
+    scaled = outline(labels[40:59, 20:39] == n + 5, (40, 20), (2.0, 3.0))
+    plain = outline(labels[40:59, 20:39] == n + 5, (40, 20))
+    assert scaled == [[[[3 * x, 2 * y] for x, y in r] for r in p] for p in plain]
     nested = outline(labels[40:59, 20:39] == n + 5, (40, 20))
     assert sorted(len(polygon) for polygon in nested) == [2, 2]  # each part its own hole
