@@ -123,6 +123,42 @@ def test_instances_labels_image_and_statistics_2d(tmp_path: Path) -> None:
     assert float(image["labelled_volume_micrometer^2"]) == pytest.approx((labels > 0).sum() / 4)
 
 
+def test_outlines_of_a_reduced_level_are_in_the_full_resolutions_pixels(tmp_path: Path) -> None:
+    """``input_level=1`` of a pyramidal OME-TIFF: the labels at the level's size, their
+    outlines in the whole image's pixel coordinates (twice the level's), as QuPath
+    overlays them on the slide."""
+    import tifffile
+
+    logits = (blobs((192, 160), count=20) * 12 - 6).astype(np.float32)
+    full = np.repeat(np.repeat(logits, 2, 0), 2, 1)
+    with tifffile.TiffWriter(tmp_path / "slide.ome.tif", bigtiff=True) as tif:
+        tif.write(full, subifds=1, tile=(64, 64), metadata={"axes": "YX"})
+        tif.write(logits, subfiletype=1, tile=(64, 64))
+    model = save_torchscript(identity(2), tmp_path / "id.pth", 2, 1)
+    infer(
+        input=str(tmp_path / "slide.ome.tif"),
+        model=str(model),
+        output=str(tmp_path / "out"),
+        input_level=1,
+        chunks=[32],
+        block=[64],
+        tile={"size": [32], "blend": "crop"},
+        progress=False,
+        quicklook=False,
+        finalize={"mode": "probabilities", "activation": "sigmoid"},
+        instances={"method": "connected_components", "geojson": True},
+    )
+    labels = np.asarray(zarr.open_array(str(tmp_path / "out/slide.ome.zarr/labels/instances/0"))[0])
+    assert labels.shape == (192, 160) and labels.max() > 5
+    collection = json.loads((tmp_path / "out" / "slide_instances.geojson").read_text())
+    for feature in collection["features"]:
+        geometry = feature["geometry"]
+        halved = json.loads(json.dumps(geometry), parse_float=lambda v: float(v) / 2)
+        label = feature["properties"]["label"]
+        np.testing.assert_array_equal(covered(halved, labels.shape), labels == label)
+    assert len(collection["features"]) == labels.max()
+
+
 def test_voronoi_otsu_3d_voxel_size_and_isotropic_labels(tmp_path: Path) -> None:
     logits = (blobs((24, 60, 56), count=12, seed=3) * 12 - 6).astype(np.float32)
     cfg = {"spot_sigma": 2.0, "outline_sigma": 1.0}
