@@ -12,7 +12,6 @@ out), whose outputs must be equal at every pixel. Writes ``czi.json`` into --out
 
 from __future__ import annotations
 
-import argparse
 import subprocess
 import sys
 from pathlib import Path
@@ -24,7 +23,7 @@ import zarr
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from run import ROOT, infer_cli, machine, write_result  # noqa: E402
+from run import bench_args, infer_cli, machine, write_result  # noqa: E402
 
 
 def image(size: int) -> np.ndarray:
@@ -72,13 +71,7 @@ def region_reads(path: Path) -> str:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--size", type=int, default=16384)
-    parser.add_argument("--rounds", type=int, default=2)
-    parser.add_argument("--work", type=Path, default=ROOT / "benchmarks" / "work")
-    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
-    args = parser.parse_args()
-    args.work.mkdir(parents=True, exist_ok=True)
+    args = bench_args(__doc__ or "", size=16384, rounds=2)
     files = dict(zip(("ome-tiff", "czi"), write_both(args.work, args.size), strict=True))
     model = small(args.work / "small2d.pth")
     reads: dict[str, list[str]] = {name: [] for name in files}

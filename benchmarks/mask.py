@@ -12,7 +12,6 @@ outside). Writes ``mask.json`` into --out.
 
 from __future__ import annotations
 
-import argparse
 import math
 import re
 import sys
@@ -24,7 +23,7 @@ import zarr
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from run import ROOT, infer_cli, machine, make_slide, unet, write_result  # noqa: E402
+from run import bench_args, infer_cli, machine, make_slide, unet, write_result  # noqa: E402
 
 DOWNSAMPLE = 64
 
@@ -70,15 +69,8 @@ def agreement(full: Path, masked: Path, mask: np.ndarray, size: int) -> dict[str
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--size", type=int, default=8192)
-    parser.add_argument("--inside", type=float, default=0.3)
-    parser.add_argument("--rounds", type=int, default=1)
-    parser.add_argument("--work", type=Path, default=ROOT / "benchmarks" / "work")
-    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
-    args = parser.parse_args()
+    args = bench_args(__doc__ or "", size=8192, inside=0.3)
     work = args.work
-    work.mkdir(parents=True, exist_ok=True)
     slide = work / f"slide{args.size}.ome.tif"
     if not slide.exists():
         make_slide(slide, work / "t.zarr", args.size)

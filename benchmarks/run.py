@@ -182,6 +182,21 @@ def infer_cli(
     }
 
 
+def bench_args(doc: str, size: int, rounds: int = 1, **floats: float) -> argparse.Namespace:
+    """The options of a benchmark beside this one: --size, --rounds, --work (created: its
+    images and models) and --out (its JSON), and ``floats`` as --name options."""
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
+    parser.add_argument("--size", type=int, default=size)
+    parser.add_argument("--rounds", type=int, default=rounds)
+    for name, default in floats.items():
+        parser.add_argument(f"--{name}", type=float, default=default)
+    parser.add_argument("--work", type=Path, default=ROOT / "benchmarks" / "work")
+    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
+    args = parser.parse_args()
+    args.work.mkdir(parents=True, exist_ok=True)
+    return args
+
+
 def write_result(out: Path, name: str, result: dict[str, Any]) -> None:
     """``result`` as ``<out>/<name>`` (JSON), and printed."""
     out.mkdir(parents=True, exist_ok=True)

@@ -11,7 +11,6 @@ files of each output's full-resolution array and each run's seconds; writes
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
@@ -21,7 +20,7 @@ import zarr
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from run import ROOT, infer_cli, machine, write_result  # noqa: E402
+from run import bench_args, infer_cli, machine, write_result  # noqa: E402
 
 
 def small_3d(path: Path) -> Path:
@@ -45,13 +44,7 @@ def volume(path: Path, size: int) -> Path:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--size", type=int, default=512)
-    parser.add_argument("--rounds", type=int, default=1)
-    parser.add_argument("--work", type=Path, default=ROOT / "benchmarks" / "work")
-    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
-    args = parser.parse_args()
-    args.work.mkdir(parents=True, exist_ok=True)
+    args = bench_args(__doc__ or "", size=512)
     source = volume(args.work / f"vol{args.size}.zarr", args.size)
     model = small_3d(args.work / "small3d.pth")
     runs: dict[str, list[float]] = {"chunks": [], "shards": []}
