@@ -155,12 +155,16 @@ class ImageSource:
         parts += [f"level {self.level}"] * (self.level > 0)
         return f"{self.path} ({', '.join(parts)})" if parts else self.path
 
+    def at_level(self, level: int) -> ImageSource:
+        """The same image read at resolution ``level``."""
+        return type(self)(self.path, self.axes, self.series, self.name, level=level)
+
     def level_scale(self) -> tuple[float, float]:
         """The (y, x) size of this level's pixel in full-resolution pixels: (1, 1) at level
         0; coordinates of the whole slide (QuPath's) are these times the level's."""
         if self.level == 0:
             return 1.0, 1.0
-        full = type(self)(self.path, self.axes, self.series, self.name).info.shape
+        full = self.at_level(0).info.shape
         return full[3] / self.info.shape[3], full[4] / self.info.shape[4]
 
     def _no_level(self, levels: int) -> InputImageError:

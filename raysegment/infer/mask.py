@@ -256,7 +256,7 @@ def _thumbnail(
     level = image
     stored = image.levels if image.stored_levels else 1  # levels read, not computed
     for k in range(stored - 1, 0, -1):  # the coarsest level that is large enough
-        reduced = type(image)(image.path, image.axes, image.series, image.name, level=k)
+        reduced = image.at_level(k)
         if max(reduced.info.shape[3:]) >= THUMBNAIL // 2:
             level = reduced
             break

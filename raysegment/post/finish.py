@@ -24,7 +24,7 @@ from raysegment.infer.pyramid import build_pyramid
 from raysegment.infer.writer import OutputLayout, create_labels
 from raysegment.post.instances import Volume, segment_blocks
 from raysegment.post.resample import isotropic_shape, resample_region
-from raysegment.post.stats import measure, outline_files, write_csv
+from raysegment.post.stats import measure, write_csv
 
 __all__ = ["finish_instances", "ray_map"]
 
@@ -114,7 +114,7 @@ def finish_instances(
             text, image = write_csv(table, spatial, spacing, unit, t, int(np.prod(grid.shape)))
             rows.append(text if t == 0 else text.split("\n", 1)[1])
             totals.append(image)
-            features += outline_files(found) if found else []
+            features += table.outlines
     storage.remove(scratch)
     build_pyramid(where, labels_layout.axes, labels_layout.pyramid_axes, labels_layout.levels)
     folder = storage.parent(output)

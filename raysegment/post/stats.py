@@ -14,7 +14,7 @@ import io
 import json
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -23,7 +23,7 @@ from raysegment import storage
 from raysegment.data.tiling import Grid
 from raysegment.post.instances import Mapper, Volume, _serial
 
-__all__ = ["ObjectTable", "measure", "outline", "outline_files", "write_csv"]
+__all__ = ["ObjectTable", "measure", "outline", "write_csv"]
 
 Intensity = Callable[[tuple[slice, ...]], np.ndarray]
 """Reads the input's intensity over a spatial region of the labels image."""
@@ -42,6 +42,8 @@ class ObjectTable:
     intensity: np.ndarray
     shape: np.ndarray
     """Perimeter (2D, pixels) or surface area (3D, physical units)."""
+    outlines: list[str] = field(default_factory=list)
+    """Files of the objects' GeoJSON features (``measure``'s ``outlines``), in block order."""
 
     @classmethod
     def empty(cls, n: int, dims: int) -> ObjectTable:
@@ -208,7 +210,7 @@ def measure(
     """Statistics of labels 1 .. ``n`` of the zarr array ``array`` (one time point of
     ``vol``). ``spacing``: physical pixel size per spatial axis. ``outlines`` (2D): a
     directory that gets the objects' GeoJSON features, a file per block that owns some
-    (``<block>.jsonl``, one feature a line, in ``outline_files`` order), areas in
+    (``<block>.jsonl``, one feature a line; listed in the table's ``outlines``), areas in
     ``unit``, coordinates times ``scale`` (y, x: a reduced level's in the full
     resolution's pixels)."""
     indices = list(grid.indices())
@@ -229,26 +231,13 @@ def measure(
             owners.setdefault(owner, []).append((label, low, high, pixels, mean))
     calls = []
     for owner, boxes in sorted(owners.items()):
-        found = outlines and storage.join(outlines, _block_file(owner))
+        found = outlines and storage.join(outlines, "_".join(map(str, owner)) + ".jsonl")
         calls.append((vol, array, boxes, spacing, found, unit, scale))
+        total.outlines += [found] if found else []
     for measured in run(_shapes, calls):
         for label, value in measured:
             total.shape[label] = value
     return total
-
-
-def _block_file(index: tuple[int, ...]) -> str:
-    return "_".join(map(str, index)) + ".jsonl"
-
-
-def outline_files(outlines: str) -> list[str]:
-    """The files ``measure`` wrote into ``outlines``, in the order of their blocks."""
-    names = [n for n in storage.listdir(outlines) if n.endswith(".jsonl")]
-    return [storage.join(outlines, n) for n in sorted(names, key=_block_order)]
-
-
-def _block_order(name: str) -> tuple[int, ...]:
-    return tuple(int(i) for i in name.removesuffix(".jsonl").split("_"))
 
 
 def _roundness(pixels: float, shape: float, dims: int, volume: float) -> float:
