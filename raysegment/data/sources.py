@@ -347,19 +347,11 @@ class TiffSource(ArraySource):
     kind = "tiff"
     _TIFF_AXES = {"S": "c", "C": "c", "Z": "z", "Y": "y", "X": "x", "T": "t"}
 
-    def __init__(
-        self,
-        path: str,
-        axes: str | None = None,
-        series: int | None = None,
-        name: str | None = None,
-        level: int = 0,
-        tif: Any = None,
-    ) -> None:
-        # The file ``open_sources`` opened, inspected by each of its series in turn:
-        # opening a file of N images parses all N series, once per series otherwise.
+    def __init__(self, *args: Any, tif: Any = None, **kwargs: Any) -> None:
+        # ``tif``: the file ``open_sources`` opened, inspected by each of its series in
+        # turn (opening a file of N images parses all N series, once per series otherwise).
         self._opened = tif
-        super().__init__(path, axes, series, name, level)
+        super().__init__(*args, **kwargs)
         self._opened = None
 
     def _series(self) -> Any:
