@@ -38,6 +38,8 @@ __all__ = [
     "NormalizeMode",
     "Padding",
     "Precision",
+    "Schedule",
+    "ScheduleConfig",
     "TileConfig",
     "TrainConfig",
     "TrainMode",
@@ -379,6 +381,32 @@ class TrainMode(str, enum.Enum):
     multiclass = "multiclass"
 
 
+class Schedule(str, enum.Enum):
+    """How the learning rate changes from epoch to epoch (``raysegment.train.schedule``)."""
+
+    none = "none"
+    cosine = "cosine"
+    poly = "poly"
+    plateau = "plateau"
+
+
+@dataclass
+class ScheduleConfig:
+    name: Schedule = Schedule.none
+    """none (lr throughout) | cosine (from lr down to min_lr at max_epochs) | poly
+    (nnU-Net's lr * (1 - epoch / max_epochs) ** 0.9) | plateau (lr times ``factor`` after
+    ``patience`` epochs without a validation-loss improvement of min_delta)."""
+    warmup_epochs: int = 0
+    """First epochs rising linearly to lr (lr / (W + 1), 2 lr / (W + 1), ...), any schedule."""
+    min_lr: float = 0.0
+    """Floor of every schedule."""
+    factor: float = 0.1
+    """plateau: the rate is multiplied by this at each plateau."""
+    patience: int = 3
+    """plateau: epochs in a row without improvement before the rate drops (below the
+    early-stopping patience, or training stops first)."""
+
+
 @dataclass
 class CollectionConfig:
     dir: str = MISSING
@@ -426,6 +454,7 @@ class TrainConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     optimizer: str = "Adam"
     lr: float = 1e-3
+    lr_schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     loss: str = "DiceLoss"
     metric: str = "iou"
     """Primary metric: iou | fscore | accuracy | recall | precision (all are logged)."""
@@ -480,6 +509,20 @@ class TrainConfig:
             raise ConfigError(f"batch_size={self.batch_size} must be >= 1")
         if self.lr <= 0:
             raise ConfigError(f"lr={self.lr} must be > 0")
+        schedule = self.lr_schedule
+        if not 0 <= schedule.warmup_epochs < self.max_epochs:
+            raise ConfigError(
+                f"lr_schedule.warmup_epochs={schedule.warmup_epochs} must be >= 0 and below "
+                f"max_epochs={self.max_epochs}"
+            )
+        if not 0 <= schedule.min_lr < self.lr:
+            raise ConfigError(
+                f"lr_schedule.min_lr={schedule.min_lr} must be >= 0 and below lr={self.lr}"
+            )
+        if not 0 < schedule.factor < 1:
+            raise ConfigError(f"lr_schedule.factor={schedule.factor} must be in (0, 1)")
+        if schedule.patience < 1:
+            raise ConfigError(f"lr_schedule.patience={schedule.patience} must be >= 1")
         if self.min_delta < 0:
             raise ConfigError(f"min_delta={self.min_delta} must be >= 0")
         if self.classes is not None and self.classes < 2:

@@ -85,6 +85,11 @@ def test_train_yaml_loads_and_checks() -> None:
         ("device=tpu", "device='tpu'"),
         ("patch_size=[1,2,3]", "one value or"),
         ("lr=0", "lr=0"),
+        ("lr_schedule.name=step", "lr_schedule.name"),
+        ("lr_schedule.warmup_epochs=100", r"warmup_epochs=100 must be >= 0 and below max_epochs"),
+        ("lr_schedule.min_lr=0.001", r"min_lr=0.001 must be >= 0 and below lr=0.001"),
+        ("lr_schedule.factor=1", r"factor=1.0 must be in \(0, 1\)"),
+        ("lr_schedule.patience=0", "lr_schedule.patience=0 must be >= 1"),
     ):
         with pytest.raises(ConfigError, match=match):
             load_config(TrainConfig, (), need + [bad])

@@ -48,18 +48,20 @@ def test_kill_dash_9_then_same_command_resumes_bit_identical(tmp_path: Path) -> 
     )
 
     env = os.environ | {"PYTHONWARNINGS": "ignore"}
-    run = subprocess.Popen(
-        _cli("out"),
-        cwd=tmp_path,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
+    log = tmp_path / "killed.log"  # what the run said, should it end on its own
+    with open(log, "w") as out:
+        run = subprocess.Popen(
+            _cli("out"),
+            cwd=tmp_path,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
     done_dir = tmp_path / "out" / "img.ome.zarr" / ".raysegment" / "done"
     deadline = time.time() + 180
     while not (done_dir.is_dir() and len(list(done_dir.iterdir())) >= 5):
-        assert run.poll() is None, "the run ended before it could be killed"
+        assert run.poll() is None, log.read_text()[-3000:]
         assert time.time() < deadline, "no block finished in time"
         time.sleep(0.1)
     os.killpg(run.pid, signal.SIGKILL)

@@ -10,12 +10,12 @@ __all__ = ["EpochLines", "epoch_line"]
 
 
 def epoch_line(metrics: dict[str, Any], max_epochs: int) -> str:
-    """``raysegment train: epoch 3/50: train loss 0.4123, val loss 0.3881, iou 0.712, best
-    epoch 2, 3.2 s`` from the metrics a training epoch reports."""
+    """``raysegment train: epoch 3/50: train loss 0.4123, val loss 0.3881, iou 0.712, lr
+    0.001, best epoch 2, 3.2 s`` from the metrics a training epoch reports."""
     line = (
         f"raysegment train: epoch {metrics['epoch']}/{max_epochs}: "
         f"train loss {metrics['train_loss']:.4f}, val loss {metrics['val_loss']:.4f}, "
-        f"iou {metrics['iou']:.3f}, best epoch {metrics['best_epoch']}, "
+        f"iou {metrics['iou']:.3f}, lr {metrics['lr']:.3g}, best epoch {metrics['best_epoch']}, "
         f"{metrics['seconds']:.1f} s"
     )
     if metrics["stopped"] and metrics["epoch"] < max_epochs:

@@ -228,6 +228,7 @@ def train(
             "weights": cfg.model.weights,
             "optimizer": cfg.optimizer,
             "lr": cfg.lr,
+            "lr_schedule": cfg.lr_schedule,
             "loss": cfg.loss,
             "batch_size": batch_size,
             "max_epochs": cfg.max_epochs,

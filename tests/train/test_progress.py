@@ -9,6 +9,7 @@ METRICS = {
     "train_loss": 0.41234,
     "val_loss": 0.38812,
     "iou": 0.7123,
+    "lr": 0.001,
     "best_epoch": 2,
     "seconds": 3.21,
     "stopped": False,
@@ -19,7 +20,7 @@ def test_epoch_line_is_short_and_says_when_training_stops_early() -> None:
     line = epoch_line(METRICS, 50)
     assert line == (
         "raysegment train: epoch 3/50: train loss 0.4123, val loss 0.3881, iou 0.712, "
-        "best epoch 2, 3.2 s"
+        "lr 0.001, best epoch 2, 3.2 s"
     )
     assert epoch_line(METRICS | {"stopped": True}, 50).endswith("; stopping early")
     assert "early" not in epoch_line(METRICS | {"epoch": 50, "stopped": True}, 50)

@@ -29,7 +29,7 @@ def _cfg(data: Path, out: Path, **extra: object) -> dict:
         "patches_per_epoch": 64,
         "batch_size": 16,
         "lr": 0.003,
-        "max_epochs": 12,
+        "max_epochs": 10,
         "device": "cpu",
     } | extra
 
@@ -114,12 +114,20 @@ def test_finetune_keeps_weights_and_restarts_epochs(trained, blob_data, tmp_path
     out, _ = trained
     tuned = train(
         _cfg(
-            blob_data, tmp_path / "tuned", pretrained=str(out), finetune=True, lr=1e-4, max_epochs=2
+            blob_data,
+            tmp_path / "tuned",
+            pretrained=str(out),
+            finetune=True,
+            lr=1e-4,
+            max_epochs=2,
+            lr_schedule={"name": "cosine", "warmup_epochs": 1},
         )
     )
     rows = _rows(tmp_path / "tuned")
     assert [int(r["epoch"]) for r in rows] == [1, 2]
     assert float(rows[0]["iou"]) > 0.85  # started from the trained weights
+    # The schedule starts again with the new rate: half of it while warming up, then all.
+    assert [float(r["lr"]) for r in rows] == pytest.approx([5e-5, 1e-4])
     assert tuned.epochs == 2
 
 
@@ -152,10 +160,16 @@ def test_early_stopping_epoch_is_exact_and_identical_on_every_worker(blob_data, 
             num_workers=2,
             patches_per_epoch=32,
             max_epochs=20,
+            lr_schedule={"name": "plateau", "patience": 1, "factor": 0.5},
         ),
         callbacks=[recorder],
     )
     assert summary.epochs == 3 and summary.stopped_early and summary.best_epoch == 1
+    # The plateau schedule reads the same losses: epoch 2 did not improve, epoch 3 runs
+    # at half the rate, on every worker (the reports below are compared rank by rank).
+    assert [float(r["lr"]) for r in _rows(tmp_path / "out")] == pytest.approx(
+        [0.003, 0.003, 0.0015]
+    )
     reports = [json.loads(line) for line in (tmp_path / "log").read_text().splitlines()]
     assert len(reports) == 3
     for per_worker in reports:
