@@ -315,3 +315,38 @@ def test_corrupt_chunk_met_mid_run_fails_in_one_line_and_stays_incomplete(
     assert len(lines) == 1 and "vol.zarr: cannot read region" in lines[0], err
     group = zarr.open_group(str(files / "out" / "vol.ome.zarr"), mode="r")
     assert group.attrs["raysegment"]["status"] == "incomplete"
+
+
+def test_train_refuses_an_output_it_may_not_write_before_ray_starts(
+    train_files: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A finished model, another run's unfinished one, or foreign files: refused at once,
+    not after Ray's start (~5 s here), and left as they were."""
+    pytest.importorskip("segmentation_models_pytorch", reason="needs the train extra")
+    import json
+
+    from raysegment.errors import OutputError
+    from raysegment.train import trainer
+
+    def no_ray(setup: object) -> None:
+        raise AssertionError("Ray was started")
+
+    monkeypatch.setattr(trainer, "start_ray_while", no_ray)
+    settings = {
+        "images": {"dir": str(train_files / "ok_img")},
+        "labels": {"dir": str(train_files / "ok_lbl")},
+        "patch_size": [32],
+    }
+    model = train_files / "model"
+    (model / ".raysegment").mkdir(parents=True)
+    for state, message in (
+        ({"status": "complete"}, "a finished model exists"),
+        ({"status": "training", "fingerprint": "other"}, "unfinished training run with other"),
+    ):
+        (model / ".raysegment" / "train.json").write_text(json.dumps(state))
+        with pytest.raises(OutputError, match=message):
+            trainer.train(settings | {"output": str(model)})
+        assert json.loads((model / ".raysegment" / "train.json").read_text()) == state
+    with pytest.raises(OutputError, match="exists and is not empty"):
+        trainer.train(settings | {"output": str(train_files / "used")})
+    assert os.listdir(train_files / "used") == ["thesis.docx"]

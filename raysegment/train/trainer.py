@@ -89,35 +89,42 @@ def _fingerprint(cfg: TrainConfig) -> str:
     return hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()
 
 
-def _prepare_output(cfg: TrainConfig) -> tuple[Path, bool]:
-    """Create the output, or find the unfinished run to resume; returns (output, resuming)."""
+def _check_output(cfg: TrainConfig) -> tuple[Path, bool]:
+    """Refuse an output this run may not write, changing nothing; returns (output,
+    resuming). Cheap: ``train`` runs it before Ray starts, so a refusal comes at once."""
     out = Path(cfg.output).resolve()
     if cfg.pretrained and Path(cfg.pretrained).resolve() == out:
         raise ConfigError("pretrained= and output= are the same directory; write elsewhere")
-    fingerprint = _fingerprint(cfg)
-    if out.exists() and any(out.iterdir()):
-        try:
-            state = json.loads((out / _STATE).read_text())
-        except (OSError, ValueError):
-            state = None
-        if cfg.overwrite:
-            shutil.rmtree(out)
-        elif state is None:
-            raise OutputError(f"{out}: exists and is not empty; set overwrite=true to replace it")
-        elif state.get("status") == "complete":
-            raise OutputError(
-                f"{out}: a finished model exists; set overwrite=true to replace it, or "
-                f"pretrained={out} with another output= to train it further"
-            )
-        elif state.get("fingerprint") != fingerprint:
-            raise OutputError(
-                f"{out}: an unfinished training run with other settings exists; rerun with "
-                f"the same settings to resume it, or set overwrite=true to replace it"
-            )
-        else:
-            return out, True
+    if cfg.overwrite or not out.exists() or not any(out.iterdir()):
+        return out, False
+    try:
+        state = json.loads((out / _STATE).read_text())
+    except (OSError, ValueError):
+        raise OutputError(
+            f"{out}: exists and is not empty; set overwrite=true to replace it"
+        ) from None
+    if state.get("status") == "complete":
+        raise OutputError(
+            f"{out}: a finished model exists; set overwrite=true to replace it, or "
+            f"pretrained={out} with another output= to train it further"
+        )
+    if state.get("fingerprint") != _fingerprint(cfg):
+        raise OutputError(
+            f"{out}: an unfinished training run with other settings exists; rerun with "
+            f"the same settings to resume it, or set overwrite=true to replace it"
+        )
+    return out, True
+
+
+def _prepare_output(cfg: TrainConfig) -> tuple[Path, bool]:
+    """Create the output, or find the unfinished run to resume; returns (output, resuming)."""
+    out, resuming = _check_output(cfg)
+    if resuming:
+        return out, True
+    if cfg.overwrite and out.exists():
+        shutil.rmtree(out)
     (out / _STATE).parent.mkdir(parents=True, exist_ok=True)
-    (out / _STATE).write_text(json.dumps({"status": "training", "fingerprint": fingerprint}))
+    (out / _STATE).write_text(json.dumps({"status": "training", "fingerprint": _fingerprint(cfg)}))
     return out, False
 
 
@@ -168,6 +175,7 @@ def train(
     started = time.perf_counter()
     check_combination(cfg)
     _check_pretrained(cfg)
+    _check_output(cfg)  # a finished model is refused before Ray starts (~5 s here)
 
     def setup() -> tuple[TrainingSet, Path, bool]:
         # The encoder's name is checked against segmentation-models-pytorch's, whose import
