@@ -202,6 +202,11 @@ def check_combination(cfg: TrainConfig) -> None:
             "optimizer=SparseAdam needs sparse gradients, and segmentation networks have "
             "dense ones; choose Adam or AdamW"
         )
+    if cfg.optimizer == "LBFGS" and cfg.precision.value == "float16":
+        raise ConfigError(
+            "optimizer=LBFGS evaluates the loss again inside its step, which float16's "
+            "gradient scaling cannot follow; choose precision=bfloat16 or float32"
+        )
     if cfg.model.weights != "random" and not Path(cfg.model.weights).is_file():
         raise ConfigError(
             f"model.weights={cfg.model.weights!r}: no such file; give random or a local "

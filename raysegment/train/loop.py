@@ -102,6 +102,46 @@ def _quiet_reports() -> None:
     context.logger.setLevel(logging.WARNING)
 
 
+AUTOCAST = {"float32": None, "bfloat16": torch.bfloat16, "float16": torch.float16}
+"""``precision`` -> the dtype the model's forward runs in under autocast."""
+
+
+def forward(model: torch.nn.Module, x: torch.Tensor, dtype: torch.dtype | None) -> torch.Tensor:
+    """The model's logits, its convolutions and matmuls in ``dtype`` (autocast; None:
+    float32), returned as float32 for the loss and the metrics."""
+    with torch.autocast(x.device.type, dtype=dtype, enabled=dtype is not None):
+        return model(x).float()
+
+
+def train_step(
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    loss_fn: Any,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    dtype: torch.dtype | None,
+    scaler: torch.amp.GradScaler | None,
+) -> float:
+    """One optimizer step on a batch; returns its loss. float16 scales the loss so its
+    small gradients do not flush to zero (``scaler``); the others step through a closure,
+    which LBFGS needs."""
+    if scaler is not None:
+        optimizer.zero_grad()
+        loss = loss_fn(forward(model, x, dtype), y)
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+        return float(loss.detach())
+
+    def closure() -> torch.Tensor:
+        optimizer.zero_grad()
+        loss = loss_fn(forward(model, x, dtype), y)
+        loss.backward()
+        return loss
+
+    return float(torch.as_tensor(optimizer.step(closure)).detach())  # type: ignore[arg-type]
+
+
 def train_loop(config: dict[str, Any]) -> None:
     """Ray Train ``train_loop_per_worker``: config holds plain values set by the trainer."""
     import ray.train
@@ -142,6 +182,10 @@ def train_loop(config: dict[str, Any]) -> None:
     optimizer = OPTIMIZERS.get(config["optimizer"])(model.parameters(), config["lr"])
     if optimizer_state is not None:
         optimizer.load_state_dict(optimizer_state)
+    dtype = AUTOCAST[config["precision"]]
+    scaler = torch.amp.GradScaler(device.type) if config["precision"] == "float16" else None
+    if scaler is not None and state is not None and state.get("scaler") and resume is not None:
+        scaler.load_state_dict(state["scaler"])
     factory, _ = LOSSES.get(config["loss"])
     loss_fn = factory(mode)
     train_shard = ray.train.get_dataset_shard("train")
@@ -164,22 +208,14 @@ def train_loop(config: dict[str, Any]) -> None:
         sums = torch.zeros(4, dtype=torch.float64)  # train loss, train n, val loss, val n
         for batch in train_shard.iter_torch_batches(batch_size=batch_size, device=device):
             x, y = batch["x"], batch["y"]
-
-            def closure(x: torch.Tensor = x, y: torch.Tensor = y) -> torch.Tensor:
-                optimizer.zero_grad()
-                loss = loss_fn(model(x), y)
-                loss.backward()
-                return loss
-
-            loss = optimizer.step(closure)  # type: ignore[arg-type]
-            sums[0] += float(torch.as_tensor(loss).detach()) * len(x)
+            sums[0] += train_step(model, optimizer, loss_fn, x, y, dtype, scaler) * len(x)
             sums[1] += len(x)
         model.eval()
         stats = torch.zeros(4, classes, dtype=torch.float64)
         with torch.no_grad():
             for batch in val_shard.iter_torch_batches(batch_size=batch_size, device=device):
                 x, y = batch["x"], batch["y"]
-                logits = model(x)
+                logits = forward(model, x, dtype)
                 sums[2] += float(loss_fn(logits, y)) * len(x)
                 sums[3] += len(x)
                 stats += _stats(logits, y, mode, classes).cpu()
@@ -220,6 +256,7 @@ def train_loop(config: dict[str, Any]) -> None:
                     "history": history,
                     "best": best_state,
                     "resumed": resumed,
+                    "scaler": scaler.state_dict() if scaler is not None else None,
                 },
                 Path(local) / "last.pt",
             )

@@ -3,6 +3,7 @@ that ``raysegment infer`` takes as is."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -16,8 +17,9 @@ import numpy as np
 import torch
 
 from raysegment._version import __version__
-from raysegment.config import TrainConfig, as_config, config_to_dict
+from raysegment.config import Precision, TrainConfig, as_config, config_to_dict
 from raysegment.errors import ConfigError, OutputError
+from raysegment.infer.predictor import slow_precision
 from raysegment.runtime import (
     import_ray_data,
     model_runtime_env,
@@ -146,6 +148,31 @@ def _check_pretrained(cfg: TrainConfig) -> None:
             )
 
 
+def _use_gpu(cfg: TrainConfig) -> bool:
+    """Whether the workers take GPUs, from ``device`` and the GPUs Ray sees; raises
+    ConfigError where the settings need GPUs Ray does not have."""
+    import ray
+
+    gpus = int(ray.cluster_resources().get("GPU", 0))
+    use_gpu = cfg.device == "gpu" or (cfg.device == "auto" and gpus > 0)
+    if use_gpu and gpus < cfg.num_workers:
+        raise ConfigError(f"device=gpu with num_workers={cfg.num_workers}: Ray sees {gpus} GPU(s)")
+    if cfg.precision == Precision.float16 and not use_gpu:
+        raise ConfigError(
+            f"precision=float16 trains on GPUs and Ray sees {gpus}; choose "
+            f"precision=bfloat16 or float32 for CPU workers"
+        )
+    return use_gpu
+
+
+def _discard_new_output(out: Path) -> None:
+    """Remove the state ``_prepare_output`` wrote into a new output, and the output if
+    nothing else is in it."""
+    shutil.rmtree(out / _STATE.split("/")[0], ignore_errors=True)
+    with contextlib.suppress(OSError):
+        out.rmdir()
+
+
 def _storage(cfg: TrainConfig, out: Path) -> str:
     """Ray Train's storage: a URL as given, a local path made absolute (workers on other
     nodes resolve it the same way)."""
@@ -200,11 +227,17 @@ def train(
     if resuming:
         log.warning("raysegment: resuming the unfinished run in %s from its last checkpoint", out)
     try:
-        gpus = int(ray.cluster_resources().get("GPU", 0))
-        use_gpu = cfg.device == "gpu" or (cfg.device == "auto" and gpus > 0)
-        if use_gpu and gpus < cfg.num_workers:
-            raise ConfigError(
-                f"device=gpu with num_workers={cfg.num_workers}: Ray sees {gpus} GPU(s)"
+        try:
+            use_gpu = _use_gpu(cfg)
+        except ConfigError:
+            if not resuming:  # what this run created, or a rerun is refused as "other settings"
+                _discard_new_output(out)
+            raise
+        if not use_gpu and slow_precision(torch.device("cpu"), cfg.precision.value):
+            log.warning(
+                "raysegment: precision=%s on a CPU without its fast kernels (oneDNN needs "
+                "AVX-512 or ARM's bf16): slower than float32",
+                cfg.precision.value,
             )
         batch_size = cfg.batch_size or _auto_batch_size(cfg, data, use_gpu)
         # On CPU the workers must leave room for the tasks reading their patches, or
@@ -237,6 +270,7 @@ def train(
             "optimizer": cfg.optimizer,
             "lr": cfg.lr,
             "lr_schedule": cfg.lr_schedule,
+            "precision": cfg.precision.value,
             "loss": cfg.loss,
             "batch_size": batch_size,
             "max_epochs": cfg.max_epochs,

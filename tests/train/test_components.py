@@ -21,7 +21,7 @@ from raysegment.train.components import (  # noqa: E402
     check_encoder,
     metric_values,
 )
-from raysegment.train.loop import EarlyStopping, _stats  # noqa: E402
+from raysegment.train.loop import EarlyStopping, _stats, train_step  # noqa: E402
 
 REQUIRED = ["images.dir=i", "labels.dir=l", "output=o"]
 SIZES = {"PAN": 128, "DPT": 224}
@@ -157,3 +157,40 @@ def test_early_stopping_stops_after_patience_bad_epochs() -> None:
     clone = EarlyStopping(3, 0.01)
     clone.load_state_dict(fresh.state_dict())
     assert clone.state_dict() == fresh.state_dict()
+
+
+def test_reduced_precision_steps_run_the_model_in_it_and_keep_float32_weights() -> None:
+    """bfloat16: the convolutions run in it (autocast), weights and loss stay float32 and
+    it learns; float16 scales its loss (the path GPU workers take) and learns too."""
+    torch.manual_seed(0)
+    model = build_model("Unet", "resnet18", in_channels=1, classes=1)
+    seen: list[torch.dtype] = []
+    model.encoder.conv1.register_forward_hook(lambda m, i, out: seen.append(out.dtype))
+    optimizer = OPTIMIZERS.get("Adam")(model.parameters(), 0.003)
+    loss_fn = LOSSES.get("DiceLoss")[0]("binary")
+    x = torch.randn(4, 1, 64, 64)
+    y = (x > 0.5).float()
+    losses = [train_step(model, optimizer, loss_fn, x, y, torch.bfloat16, None) for _ in range(6)]
+    assert set(seen) == {torch.bfloat16}
+    assert all(p.dtype == torch.float32 for p in model.parameters())
+    assert losses[-1] < losses[0]
+    seen.clear()
+    train_step(model, optimizer, loss_fn, x, y, None, None)
+    assert seen == [torch.float32]
+
+    conv = torch.nn.Conv2d(1, 1, 3, padding=1)
+    optimizer = torch.optim.SGD(conv.parameters(), 0.1)
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0**10)
+    target = torch.nn.functional.avg_pool2d(x, 3, 1, 1)
+    mse = torch.nn.functional.mse_loss
+    fp16 = [train_step(conv, optimizer, mse, x, target, torch.float16, scaler) for _ in range(20)]
+    assert fp16[-1] < fp16[0] / 2 and scaler.get_scale() > 0
+    assert all(torch.isfinite(p).all() and p.dtype == torch.float32 for p in conv.parameters())
+
+
+def test_float16_training_is_refused_where_it_cannot_run() -> None:
+    with pytest.raises(ConfigError, match="precision=float16 trains on GPUs"):
+        _cfg("precision=float16", "device=cpu")
+    with pytest.raises(ConfigError, match="LBFGS evaluates the loss again"):
+        check_combination(_cfg("precision=float16", "optimizer=LBFGS"))
+    check_combination(_cfg("precision=bfloat16", "optimizer=LBFGS"))

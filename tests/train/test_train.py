@@ -161,6 +161,7 @@ def test_early_stopping_epoch_is_exact_and_identical_on_every_worker(blob_data, 
             patches_per_epoch=32,
             max_epochs=20,
             lr_schedule={"name": "plateau", "patience": 1, "factor": 0.5},
+            precision="bfloat16",  # data-parallel workers under autocast
         ),
         callbacks=[recorder],
     )
@@ -178,6 +179,14 @@ def test_early_stopping_epoch_is_exact_and_identical_on_every_worker(blob_data, 
         same = [{k: v for k, v in m.items() if k != "seconds"} for m in per_worker]
         assert all(m == same[0] for m in same)
     assert [r[0]["stopped"] for r in reports] == [False, False, True]
+
+
+def test_float16_without_gpus_is_refused_once_ray_says_so(blob_data, tmp_path) -> None:
+    from raysegment.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="precision=float16 trains on GPUs and Ray sees 0"):
+        train(_cfg(blob_data, tmp_path / "out", device="auto", precision="float16"))
+    assert not (tmp_path / "out").exists()  # a rerun with other settings is not refused
 
 
 _ORDER = """
