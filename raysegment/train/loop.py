@@ -1,7 +1,8 @@
-"""The per-worker training loop (Ray Train) and early stopping.
+"""The per-worker training loop (Ray Train).
 
 Every rank computes the same all-reduced validation loss, so every rank takes the same
-early-stopping decision and leaves the loop at the same epoch.
+early-stopping decision and learning rate (``raysegment.train.schedule``) and leaves the
+loop at the same epoch.
 """
 
 from __future__ import annotations
@@ -11,14 +12,13 @@ import io
 import logging
 import tempfile
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from raysegment.train.components import LOSSES, OPTIMIZERS, build_model, metric_values
-from raysegment.train.schedule import learning_rate
+from raysegment.train.schedule import EarlyStopping, learning_rate
 
 __all__ = ["METRIC_COLUMNS", "EarlyStopping", "train_loop"]
 
@@ -34,35 +34,6 @@ METRIC_COLUMNS = (
     "lr",
     "seconds",
 )
-
-
-@dataclass
-class EarlyStopping:
-    """Stop when the validation loss has not improved by ``min_delta`` for ``patience``
-    epochs in a row."""
-
-    patience: int
-    min_delta: float
-    best: float = float("inf")
-    best_epoch: int = -1
-    bad_epochs: int = 0
-
-    def update(self, loss: float, epoch: int) -> tuple[bool, bool]:
-        """Record an epoch's loss; returns (improved, stop)."""
-        improved = loss < self.best - self.min_delta
-        if improved:
-            self.best, self.best_epoch, self.bad_epochs = loss, epoch, 0
-        else:
-            self.bad_epochs += 1
-        return improved, self.bad_epochs >= self.patience
-
-    def state_dict(self) -> dict[str, float | int]:
-        return {"best": self.best, "best_epoch": self.best_epoch, "bad_epochs": self.bad_epochs}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.best = float(state["best"])
-        self.best_epoch = int(state["best_epoch"])
-        self.bad_epochs = int(state["bad_epochs"])
 
 
 def _stats(logits: torch.Tensor, target: torch.Tensor, mode: str, classes: int) -> torch.Tensor:

@@ -1,19 +1,51 @@
-"""The learning rate of each training epoch (``lr_schedule``).
+"""What each training epoch's validation loss decides: early stopping, and the learning
+rate of the epochs after it (``lr_schedule``).
 
-A function of the settings, the epoch and the validation losses of the epochs before it:
-a resumed run (its checkpoint holds the history) and every data-parallel worker (each
-holds the same all-reduced losses) take exactly the same rate, with no scheduler state
-to save.
+The rate is a function of the settings, the epoch and the validation losses of the epochs
+before it: a resumed run (its checkpoint holds the history) and every data-parallel worker
+(each holds the same all-reduced losses) take exactly the same rate, with no scheduler
+state to save.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
 
 from raysegment.config import Schedule, ScheduleConfig
 
-__all__ = ["learning_rate"]
+__all__ = ["EarlyStopping", "learning_rate"]
+
+
+@dataclass
+class EarlyStopping:
+    """Stop when the validation loss has not improved by ``min_delta`` for ``patience``
+    epochs in a row."""
+
+    patience: int
+    min_delta: float
+    best: float = float("inf")
+    best_epoch: int = -1
+    bad_epochs: int = 0
+
+    def update(self, loss: float, epoch: int) -> tuple[bool, bool]:
+        """Record an epoch's loss; returns (improved, stop)."""
+        improved = loss < self.best - self.min_delta
+        if improved:
+            self.best, self.best_epoch, self.bad_epochs = loss, epoch, 0
+        else:
+            self.bad_epochs += 1
+        return improved, self.bad_epochs >= self.patience
+
+    def state_dict(self) -> dict[str, float | int]:
+        return {"best": self.best, "best_epoch": self.best_epoch, "bad_epochs": self.bad_epochs}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.best = float(state["best"])
+        self.best_epoch = int(state["best_epoch"])
+        self.bad_epochs = int(state["bad_epochs"])
 
 
 def learning_rate(
@@ -42,14 +74,10 @@ def learning_rate(
     elif schedule.name == Schedule.poly:
         rate = lr * (1 - t) ** 0.9
     elif schedule.name == Schedule.plateau:
-        rate, best, bad = lr, math.inf, 0
-        for loss in val_losses[:epoch]:
-            if loss < best - min_delta:
-                best, bad = loss, 0
-            else:
-                bad += 1
-                if bad >= schedule.patience:
-                    rate, bad = rate * schedule.factor, 0
+        rate, plateau = lr, EarlyStopping(schedule.patience, min_delta)
+        for e, loss in enumerate(val_losses[:epoch]):
+            if plateau.update(loss, e)[1]:
+                rate, plateau.bad_epochs = rate * schedule.factor, 0
     else:
         rate = lr
     return max(rate, schedule.min_lr)

@@ -3,7 +3,6 @@ that ``raysegment infer`` takes as is."""
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import logging
@@ -118,16 +117,15 @@ def _check_output(cfg: TrainConfig) -> tuple[Path, bool]:
     return out, True
 
 
-def _prepare_output(cfg: TrainConfig) -> tuple[Path, bool]:
-    """Create the output, or find the unfinished run to resume; returns (output, resuming)."""
-    out, resuming = _check_output(cfg)
+def _prepare_output(cfg: TrainConfig, out: Path, resuming: bool) -> None:
+    """Create the output ``_check_output`` accepted (emptied with ``overwrite``), unless
+    the run resumes in it."""
     if resuming:
-        return out, True
+        return
     if cfg.overwrite and out.exists():
         shutil.rmtree(out)
     (out / _STATE).parent.mkdir(parents=True, exist_ok=True)
     (out / _STATE).write_text(json.dumps({"status": "training", "fingerprint": _fingerprint(cfg)}))
-    return out, False
 
 
 def _check_pretrained(cfg: TrainConfig) -> None:
@@ -165,14 +163,6 @@ def _use_gpu(cfg: TrainConfig) -> bool:
     return use_gpu
 
 
-def _discard_new_output(out: Path) -> None:
-    """Remove the state ``_prepare_output`` wrote into a new output, and the output if
-    nothing else is in it."""
-    shutil.rmtree(out / _STATE.split("/")[0], ignore_errors=True)
-    with contextlib.suppress(OSError):
-        out.rmdir()
-
-
 def _storage(cfg: TrainConfig, out: Path) -> str:
     """Ray Train's storage: a URL as given, a local path made absolute (workers on other
     nodes resolve it the same way)."""
@@ -202,9 +192,10 @@ def train(
     started = time.perf_counter()
     check_combination(cfg)
     _check_pretrained(cfg)
-    _check_output(cfg)  # a finished model is refused before Ray starts (~5 s here)
+    # Refused before Ray starts (~5 s here); created once every check has passed.
+    out, resuming = _check_output(cfg)
 
-    def setup() -> tuple[TrainingSet, Path, bool]:
+    def setup() -> TrainingSet:
         # The encoder's name is checked against segmentation-models-pytorch's, whose import
         # (4.4 s here) and Ray Train's (1.2 s) come first in this thread: done before
         # ray.init, they had delayed Ray's start by 7.6 s.
@@ -215,10 +206,10 @@ def train(
 
         data = prepare(cfg)
         _probe(cfg, data)
-        return data, *_prepare_output(cfg)
+        return data
 
-    # Ray starts while the data are checked, the model is built and the output created.
-    own_ray, (data, out, resuming) = start_ray_while(setup)
+    # Ray starts while the data are checked and the model is built.
+    own_ray, data = start_ray_while(setup)
     import ray.train
     from ray.train.torch import TorchTrainer
 
@@ -227,12 +218,8 @@ def train(
     if resuming:
         log.warning("raysegment: resuming the unfinished run in %s from its last checkpoint", out)
     try:
-        try:
-            use_gpu = _use_gpu(cfg)
-        except ConfigError:
-            if not resuming:  # what this run created, or a rerun is refused as "other settings"
-                _discard_new_output(out)
-            raise
+        use_gpu = _use_gpu(cfg)
+        _prepare_output(cfg, out, resuming)
         if not use_gpu and slow_precision(torch.device("cpu"), cfg.precision.value):
             log.warning(
                 "raysegment: precision=%s on a CPU without its fast kernels (oneDNN needs "
