@@ -50,10 +50,10 @@ def measure(model: Any, plan: Any) -> dict[str, Any]:
     import numpy as np
     import torch
 
+    from raysegment.compute import choose_layout
     from raysegment.infer.predictor import (
         Streams,
         blend_profiles,
-        choose_layout,
         freeze,
         load_model,
         predict_block,

@@ -32,14 +32,10 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from examples.segment_slide import NucleiNet, make_slide  # noqa: E402
+from raysegment.compute import choose_layout, slow_precision  # noqa: E402
 from raysegment.data.sources import image_stem  # noqa: E402
 from raysegment.data.tiling import AxisTiling  # noqa: E402
-from raysegment.infer.predictor import (  # noqa: E402
-    Streams,
-    choose_layout,
-    freeze,
-    slow_precision,
-)
+from raysegment.infer.predictor import Streams, freeze  # noqa: E402
 from raysegment.runtime import TORCH_WORKER_ENV  # noqa: E402
 
 TILE = 512

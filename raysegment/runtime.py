@@ -69,6 +69,12 @@ LOCAL_RAY_ENV = {
     # dataset, every epoch, between the epoch lines. Errors still show, as for Ray's own
     # loggers in the workers (``start_ray``'s logging config).
     "RAY_DATA_LOG_LEVEL": "ERROR",
+    # Ray Train's preemption watcher: an actor (a process more at every start of the
+    # training workers, ~2 CPU-s here) that polls the control store for draining nodes, so
+    # that a cluster's preempted node is reported. A private local Ray is this one node.
+    # Its creation also printed an error line into every training run's output (Ray
+    # warns that an actor restarted from arguments in the object store may fail to).
+    "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0",
     # The model processes' allocator settings, in every process of the private Ray: its
     # predictors and training workers then start as plain workers. A runtime environment
     # starts each through Ray's runtime-env agent and a process that imports Ray before
@@ -167,12 +173,20 @@ def _is_monitor(word: str) -> bool:
     return parts[-1] == "monitor.py" and "autoscaler" in parts[-4:-1]
 
 
+RAY_WARNINGS = "ignore:`ExecutionOptions.exclude_resources` is deprecated"
+"""A ``PYTHONWARNINGS`` filter for the private local Ray's processes (after any the caller
+set): Ray Train's data configuration passes Ray Data a deprecated option itself, and its
+warning came into every training run's output. Other warnings still show."""
+
+
 @contextlib.contextmanager
 def local_ray_environment() -> Iterator[None]:
-    """``LOCAL_RAY_ENV`` in this process's environment while a private local Ray starts
-    (its processes inherit it); the caller's own environment after."""
-    saved = {k: os.environ.get(k) for k in LOCAL_RAY_ENV}
+    """``LOCAL_RAY_ENV`` (and ``RAY_WARNINGS``) in this process's environment while a
+    private local Ray starts (its processes inherit it); the caller's own environment
+    after."""
+    saved = {k: os.environ.get(k) for k in [*LOCAL_RAY_ENV, "PYTHONWARNINGS"]}
     os.environ.update(LOCAL_RAY_ENV)
+    os.environ["PYTHONWARNINGS"] = ",".join(filter(None, [saved["PYTHONWARNINGS"], RAY_WARNINGS]))
     try:
         yield
     finally:

@@ -33,9 +33,13 @@ class TrainSummary:
     history: list[dict[str, Any]] = field(default_factory=list)
     resumed: list[int] = field(default_factory=list)
     """Epochs after which training resumed from a checkpoint (worker failure, rerun)."""
+    layout: str = "channels_first"
+    """The memory layout the workers trained in (the last run's, where it resumed)."""
 
     def __str__(self) -> str:
         stop = "early stop" if self.stopped_early else "max_epochs"
+        if self.layout == "channels_last":
+            stop += "; channels-last"
         if self.resumed:
             stop += "; resumed after epoch " + ", ".join(map(str, self.resumed))
         return (
@@ -149,4 +153,5 @@ def export_model(
         stopped_early=len(history) < cfg.max_epochs and int(stopper["bad_epochs"]) >= cfg.patience,
         history=history,
         resumed=list(state.get("resumed", [])),
+        layout=str(state.get("layout", "channels_first")),
     )

@@ -16,9 +16,9 @@ import numpy as np
 import torch
 
 from raysegment._version import __version__
+from raysegment.compute import slow_precision
 from raysegment.config import Precision, TrainConfig, as_config, config_to_dict
 from raysegment.errors import ConfigError, OutputError
-from raysegment.infer.predictor import slow_precision
 from raysegment.runtime import (
     import_ray_data,
     model_runtime_env,
@@ -81,8 +81,9 @@ def _probe(cfg: TrainConfig, data: TrainingSet) -> None:
 
 _STATE = ".raysegment/train.json"
 """In the output: the settings' fingerprint and whether the run finished."""
-_FREE_KEYS = ("overwrite", "max_failures", "num_workers", "device")
-"""Keys a resumed run may change: they do not change what is trained."""
+_FREE_KEYS = ("overwrite", "max_failures", "num_workers", "device", "layout")
+"""Keys a resumed run may change: they do not change what is trained (``layout``: float
+rounding only, as a device's kernels do)."""
 
 
 def _fingerprint(cfg: TrainConfig) -> str:
@@ -258,6 +259,8 @@ def train(
             "lr": cfg.lr,
             "lr_schedule": cfg.lr_schedule,
             "precision": cfg.precision.value,
+            "layout": cfg.layout.value,
+            "patch": list(data.patch),
             "loss": cfg.loss,
             "batch_size": batch_size,
             "max_epochs": cfg.max_epochs,

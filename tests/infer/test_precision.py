@@ -12,15 +12,9 @@ import pytest
 import torch
 import zarr
 
+from raysegment.compute import choose_layout, prefers_channels_last, probe_tile, slow_precision
 from raysegment.infer import infer
-from raysegment.infer.predictor import (
-    Predictor,
-    _probe_tile,
-    choose_layout,
-    freeze,
-    prefers_channels_last,
-    slow_precision,
-)
+from raysegment.infer.predictor import Predictor, freeze
 from tests.conftest import conv_model, driver_plan, random_image
 
 
@@ -127,8 +121,8 @@ class _Sizes(torch.nn.Module):
     [((512, 512), (64, 64)), ((64,), (32,)), ((128, 128, 128), (32, 32, 32)), ((96,), (96,))]
     + [((100, 30), (100, 30)), ((256, 320), (32, 160))],
 )
-def test_probe_tile_keeps_the_strides_the_tile_divides_by(tile, probe):
-    assert _probe_tile(tile) == probe
+def testprobe_tile_keeps_the_strides_the_tile_divides_by(tile, probe):
+    assert probe_tile(tile) == probe
     for t, p in zip(tile, probe, strict=True):
         assert t % p == 0 and p % math.gcd(t, 32) == 0
 

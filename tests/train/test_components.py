@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import warnings
 
 import pytest
@@ -21,7 +22,9 @@ from raysegment.train.components import (  # noqa: E402
     check_encoder,
     metric_values,
 )
-from raysegment.train.loop import EarlyStopping, _stats, train_step  # noqa: E402
+from raysegment.train.loop import EarlyStopping, _stats, forward, place, train_step  # noqa: E402
+
+CPU = torch.device("cpu")
 
 REQUIRED = ["images.dir=i", "labels.dir=l", "output=o"]
 SIZES = {"PAN": 128, "DPT": 224}
@@ -45,6 +48,13 @@ def test_every_architecture_builds_runs_and_traces(arch: str) -> None:
         traced = torch.jit.trace(model, x)
         assert torch.allclose(traced(x), y, atol=1e-4)
     assert y.shape == (1, 3, *x.shape[2:])
+    # Each trains in channels-last, the layout CPU workers take (``layout=auto``).
+    assert place(model, (2, *x.shape[2:]), CPU, "auto", "float32") == "channels_last"
+    optimizer = OPTIMIZERS.get("Adam")(model.train().parameters(), 1e-3)
+    loss_fn = LOSSES.get("DiceLoss")[0]("multiclass")
+    labels = torch.randint(0, 3, (2, *x.shape[2:]))
+    x = torch.randn(2, *x.shape[1:]).contiguous(memory_format=torch.channels_last)
+    assert math.isfinite(train_step(model, optimizer, loss_fn, x, labels, "float32", None))
 
 
 @pytest.mark.parametrize("name", [n for n in OPTIMIZERS.names() if n != "SparseAdam"])
@@ -170,12 +180,12 @@ def test_reduced_precision_steps_run_the_model_in_it_and_keep_float32_weights() 
     loss_fn = LOSSES.get("DiceLoss")[0]("binary")
     x = torch.randn(4, 1, 64, 64)
     y = (x > 0.5).float()
-    losses = [train_step(model, optimizer, loss_fn, x, y, torch.bfloat16, None) for _ in range(6)]
+    losses = [train_step(model, optimizer, loss_fn, x, y, "bfloat16", None) for _ in range(6)]
     assert set(seen) == {torch.bfloat16}
     assert all(p.dtype == torch.float32 for p in model.parameters())
     assert losses[-1] < losses[0]
     seen.clear()
-    train_step(model, optimizer, loss_fn, x, y, None, None)
+    train_step(model, optimizer, loss_fn, x, y, "float32", None)
     assert seen == [torch.float32]
 
     conv = torch.nn.Conv2d(1, 1, 3, padding=1)
@@ -183,9 +193,58 @@ def test_reduced_precision_steps_run_the_model_in_it_and_keep_float32_weights() 
     scaler = torch.amp.GradScaler("cpu", init_scale=2.0**10)
     target = torch.nn.functional.avg_pool2d(x, 3, 1, 1)
     mse = torch.nn.functional.mse_loss
-    fp16 = [train_step(conv, optimizer, mse, x, target, torch.float16, scaler) for _ in range(20)]
+    fp16 = [train_step(conv, optimizer, mse, x, target, "float16", scaler) for _ in range(20)]
     assert fp16[-1] < fp16[0] / 2 and scaler.get_scale() > 0
     assert all(torch.isfinite(p).all() and p.dtype == torch.float32 for p in conv.parameters())
+
+
+@pytest.mark.parametrize("mode, classes", [("binary", 1), ("multilabel", 3), ("multiclass", 3)])
+def test_channels_last_training_agrees_with_channels_first(mode: str, classes: int) -> None:
+    """The same model and batches in either layout: its convolutions run channels-last,
+    and the losses, the metrics and the weights after three steps agree (float rounding
+    apart); ``place`` leaves the batch norms' statistics as they were."""
+    torch.manual_seed(0)
+    x = torch.randn(4, 1, 64, 64)
+    if mode == "multiclass":
+        y = torch.randint(0, classes, (4, 64, 64))
+    else:
+        y = (torch.randn(4, classes, 64, 64) > 0.3).float()
+    runs = {}
+    for layout in ("channels_first", "channels_last"):
+        torch.manual_seed(1)
+        model = build_model("Unet", "resnet18", in_channels=1, classes=classes)
+        buffers = {k: v.clone() for k, v in model.named_buffers()}
+        assert place(model, (1, 64, 64), CPU, layout, "float32") == layout
+        assert all(torch.equal(v, buffers[k]) for k, v in model.named_buffers())
+        last: list[bool] = []
+
+        def hook(m: object, i: object, out: torch.Tensor, last: list[bool] = last) -> None:
+            last.append(out.is_contiguous(memory_format=torch.channels_last))
+
+        model.encoder.conv1.register_forward_hook(hook)
+        memory = torch.channels_last if layout == "channels_last" else torch.contiguous_format
+        batch = x.contiguous(memory_format=memory)
+        # SGD: its steps follow the gradients' rounding (Adam's normalized steps take a
+        # near-zero gradient's sign, which rounding may flip).
+        optimizer = OPTIMIZERS.get("SGD")(model.train().parameters(), 0.1)
+        loss_fn = LOSSES.get("DiceLoss")[0](mode)
+        losses = [
+            train_step(model, optimizer, loss_fn, batch, y, "float32", None) for i in (0, 1, 2)
+        ]
+        with torch.no_grad():
+            stats = _stats(forward(model.eval(), batch, "float32"), y, mode, classes)
+        weights = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        runs[layout] = (losses, stats, weights, set(last))
+    (lf, sf, wf, cf), (ll, sl, wl, cl) = runs["channels_first"], runs["channels_last"]
+    assert cf == {False} and cl == {True}
+    assert ll == pytest.approx(lf, rel=1e-3)
+    assert torch.allclose(sl, sf, rtol=0.01, atol=64)  # pixel counts of 4 x 64^2
+    worst = max(
+        (float((wl[k] - wf[k]).abs().max() / wf[k].abs().max().clamp(min=1)), k)
+        for k in wf
+        if wf[k].is_floating_point()
+    )
+    assert worst[0] < 1e-3, worst
 
 
 def test_float16_training_is_refused_where_it_cannot_run() -> None:

@@ -75,6 +75,10 @@ def test_trains_to_high_iou_and_writes_the_model_directory(trained) -> None:
     state = torch.load(out / "checkpoint.pt", weights_only=True)
     assert {"model", "optimizer", "epoch", "stopper", "history", "best"} <= set(state)
     assert state["epoch"] == summary.epochs and set(weights) == set(state["best"])
+    # CPU workers train channels-last (layout=auto); the weights are written channels-first.
+    assert summary.layout == "channels_last" and "; channels-last" in str(summary)
+    assert state["layout"] == "channels_last"
+    assert all(w.is_contiguous() for w in weights.values())
     assert (out / "training_curves.png").read_bytes()[:4] == b"\x89PNG"
 
 
@@ -99,8 +103,15 @@ def test_infer_segments_a_larger_image_with_the_trained_model(trained, blob_data
 
 def test_resume_continues_epochs_and_optimizer(trained, blob_data, tmp_path) -> None:
     out, summary = trained
+    # A channels-last run's optimizer state goes on in channels-first.
     resumed = train(
-        _cfg(blob_data, tmp_path / "more", pretrained=str(out), max_epochs=summary.epochs + 2)
+        _cfg(
+            blob_data,
+            tmp_path / "more",
+            pretrained=str(out),
+            max_epochs=summary.epochs + 2,
+            layout="channels_first",
+        )
     )
     rows = _rows(tmp_path / "more")
     assert [int(r["epoch"]) for r in rows] == list(range(1, summary.epochs + 3))
@@ -108,6 +119,8 @@ def test_resume_continues_epochs_and_optimizer(trained, blob_data, tmp_path) -> 
     state = torch.load(tmp_path / "more" / "checkpoint.pt", weights_only=True)
     assert state["optimizer"]["state"]  # Adam moments continued, not restarted
     assert resumed.epochs == summary.epochs + 2
+    assert resumed.layout == "channels_first" and "channels-last" not in str(resumed)
+    assert float(rows[-1]["iou"]) > 0.9
 
 
 def test_finetune_keeps_weights_and_restarts_epochs(trained, blob_data, tmp_path) -> None:
@@ -166,6 +179,7 @@ def test_early_stopping_epoch_is_exact_and_identical_on_every_worker(blob_data, 
         callbacks=[recorder],
     )
     assert summary.epochs == 3 and summary.stopped_early and summary.best_epoch == 1
+    assert summary.layout == "channels_last"  # DistributedDataParallel over channels-last
     # The plateau schedule reads the same losses: epoch 2 did not improve, epoch 3 runs
     # at half the rate, on every worker (the reports below are compared rank by rank).
     assert [float(r["lr"]) for r in _rows(tmp_path / "out")] == pytest.approx(
