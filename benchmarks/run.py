@@ -315,10 +315,10 @@ def iou(a: Path, b: Path) -> float:
     return inter / max(union, 1)
 
 
-def training(work: Path) -> dict[str, Any]:
+def training(work: Path, *overrides: str) -> dict[str, Any]:
     """A synthetic binary task (bright discs), SMP Unet resnet18 on one worker (the GPU
     where there is one), with early stopping: images (patches) per second per worker, and
-    time to stop."""
+    time to stop. ``overrides``: more ``key=value`` settings of the command."""
     rng = np.random.default_rng(0)
     for d in ("img", "lbl"):
         (work / d).mkdir(parents=True, exist_ok=True)
@@ -349,6 +349,7 @@ def training(work: Path) -> dict[str, Any]:
         "min_delta=0.002",
         "overwrite=true",
         "device=gpu" if DEVICE.type == "cuda" else "device=cpu",
+        *overrides,
     ]
     env = _product_env()
     start = time.perf_counter()
