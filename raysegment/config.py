@@ -471,7 +471,8 @@ class TrainConfig:
     patch_size: List[int] = field(default_factory=lambda: [256])
     """Training patch, one value or (y, x); most encoders need multiples of 32."""
     patches_per_epoch: int = 256
-    """Random training patches drawn per epoch (over all workers)."""
+    """Random training patches drawn anew every epoch (from ``seed`` and the epoch),
+    shared out among the workers."""
     val_patches: int = 64
     """Most validation patches (a fixed grid over the validation images)."""
     augment: bool = True

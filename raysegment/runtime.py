@@ -63,11 +63,11 @@ LOCAL_RAY_ENV = {
     # did not exist: the cleaner then gives up, or, had the workers' placement group been
     # registered first, removes it under them. Port 0 refuses at once: "no state API".
     "RAY_API_SERVER_ADDRESS": "http://127.0.0.1:0",
-    # Ray Data's messages in the processes that run it for Ray Train (its split
-    # coordinators): "Progress bars disabled ..." (a warning, as ``quiet_ray_data``
-    # disables them) and "Dataset train_... execution finished in 0.4 seconds" for each
-    # dataset, every epoch, between the epoch lines. Errors still show, as for Ray's own
-    # loggers in the workers (``start_ray``'s logging config).
+    # Ray Data's messages in the processes that run it (the training workers, which read
+    # each epoch's patches): "Progress bars disabled ..." (a warning, as
+    # ``quiet_ray_data`` disables them) and "Dataset ... execution finished in 0.4
+    # seconds" for each dataset, every epoch, between the epoch lines. Errors still show,
+    # as for Ray's own loggers in the workers (``start_ray``'s logging config).
     "RAY_DATA_LOG_LEVEL": "ERROR",
     # Ray Train's preemption watcher: an actor (a process more at every start of the
     # training workers, ~2 CPU-s here) that polls the control store for draining nodes, so
@@ -173,20 +173,12 @@ def _is_monitor(word: str) -> bool:
     return parts[-1] == "monitor.py" and "autoscaler" in parts[-4:-1]
 
 
-RAY_WARNINGS = "ignore:`ExecutionOptions.exclude_resources` is deprecated"
-"""A ``PYTHONWARNINGS`` filter for the private local Ray's processes (after any the caller
-set): Ray Train's data configuration passes Ray Data a deprecated option itself, and its
-warning came into every training run's output. Other warnings still show."""
-
-
 @contextlib.contextmanager
 def local_ray_environment() -> Iterator[None]:
-    """``LOCAL_RAY_ENV`` (and ``RAY_WARNINGS``) in this process's environment while a
-    private local Ray starts (its processes inherit it); the caller's own environment
-    after."""
-    saved = {k: os.environ.get(k) for k in [*LOCAL_RAY_ENV, "PYTHONWARNINGS"]}
+    """``LOCAL_RAY_ENV`` in this process's environment while a private local Ray starts
+    (its processes inherit it); the caller's own environment after."""
+    saved = {k: os.environ.get(k) for k in LOCAL_RAY_ENV}
     os.environ.update(LOCAL_RAY_ENV)
-    os.environ["PYTHONWARNINGS"] = ",".join(filter(None, [saved["PYTHONWARNINGS"], RAY_WARNINGS]))
     try:
         yield
     finally:

@@ -8,12 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from raysegment.runtime import (
-    RAY_WARNINGS,
-    TORCH_WORKER_ENV,
-    model_runtime_env,
-    torch_worker_runtime_env,
-)
+from raysegment.runtime import TORCH_WORKER_ENV, model_runtime_env, torch_worker_runtime_env
 
 pytestmark = pytest.mark.usefixtures("ray_session")
 
@@ -108,14 +103,6 @@ def model_process_environment():
     raw = pathlib.Path("/proc/self/environ").read_bytes().split(b"\\0")
     return dict(entry.decode().split("=", 1) for entry in raw if b"=" in entry)
 
-@ray.remote(num_cpus=0)
-def warnings_shown():
-    import warnings
-    with warnings.catch_warnings(record=True) as shown:
-        warnings.warn("`ExecutionOptions.exclude_resources` is deprecated and will go")
-        warnings.warn("another warning")
-    return [str(w.message) for w in shown]
-
 def children():
     return [" ".join(c.cmdline()) for c in psutil.Process().children()]
 
@@ -126,8 +113,6 @@ report = {
     "worker_levels": ray.get(worker_levels.remote()),
     "state_api": ray.get(Asks.remote().about_itself.remote()),
     "drivers_environment": "RAY_API_SERVER_ADDRESS" in os.environ,
-    "drivers_warnings": os.environ.get("PYTHONWARNINGS"),
-    "warnings_shown": ray.get(warnings_shown.remote()),
     "model_runtime_env": model_runtime_env(started),
     "model_process_environment": ray.get(model_process_environment.remote()),
     "monitors": len(monitors),
@@ -168,12 +153,7 @@ def private_ray(tmp_path_factory) -> dict:
             text=True,
             timeout=180,
             cwd=tmp_path_factory.mktemp("private"),
-            env=env
-            | {
-                "PYTHONPATH": os.getcwd(),
-                "RAY_TMPDIR": temp,
-                "PYTHONWARNINGS": "error::ResourceWarning",  # the caller's own
-            },
+            env=env | {"PYTHONPATH": os.getcwd(), "RAY_TMPDIR": temp},
         )
     finally:
         shutil.rmtree(temp, ignore_errors=True)
@@ -220,13 +200,3 @@ def test_stopping_a_private_ray_stops_its_monitor_first_and_leaves_no_process(pr
     assert private_ray["monitors"] == 1
     assert private_ray["monitor_running_at_shutdown"] is False
     assert private_ray["left"] == []
-
-
-def test_ray_train_s_own_deprecation_warning_is_filtered_in_a_private_ray(private_ray) -> None:
-    """Ray Train passes Ray Data a deprecated option itself; its warning came into every
-    training run's output. The private Ray's processes filter that message only, after
-    the caller's own filters; the caller's environment is left as it was."""
-    assert private_ray["warnings_shown"] == ["another warning"]
-    environment = private_ray["model_process_environment"]
-    assert environment["PYTHONWARNINGS"] == f"error::ResourceWarning,{RAY_WARNINGS}"
-    assert private_ray["drivers_warnings"] == "error::ResourceWarning"

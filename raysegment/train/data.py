@@ -50,12 +50,23 @@ class TrainingSet:
     mean: tuple[float, ...]
     std: tuple[float, ...]
 
-    def train_specs(self, count: int, seed: int) -> list[dict[str, int]]:
-        """``count`` random patches, images drawn in proportion to their area."""
-        rng = np.random.default_rng(seed)
+    def train_specs(self, count: int, seed: int, epoch: int = 0) -> list[dict[str, int]]:
+        """``count`` random patches of an epoch, images drawn in proportion to their
+        area: new ones every epoch, the same for the same ``seed`` and ``epoch`` (a
+        resumed run draws what an uninterrupted one would)."""
+        rng = np.random.default_rng((seed, epoch))
         area = np.array([self.pairs[i].planes * np.prod(self.pairs[i].size) for i in self.train])
         picks = rng.choice(self.train, size=count, p=area / area.sum())
         return [{"pair": int(i), "seed": int(rng.integers(2**31))} for i in picks]
+
+    def worker_specs(
+        self, count: int, seed: int, epoch: int, rank: int, world: int
+    ) -> list[dict[str, int]]:
+        """Worker ``rank`` of ``world``'s part of an epoch's ``count`` random patches: as
+        many for every worker (data-parallel workers step together; at least one each),
+        no patch on two workers."""
+        share = max(count // world, 1)
+        return self.train_specs(share * world, seed, epoch)[rank * share : (rank + 1) * share]
 
     def val_specs(self, count: int) -> list[dict[str, int]]:
         """A fixed grid of patches over the validation images, evenly thinned to ``count``."""

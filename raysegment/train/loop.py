@@ -18,7 +18,9 @@ from typing import Any
 import torch
 
 from raysegment.compute import autocast, choose_layout
+from raysegment.runtime import quiet_ray_data
 from raysegment.train.components import LOSSES, OPTIMIZERS, build_model, metric_values
+from raysegment.train.data import read_patches
 from raysegment.train.schedule import EarlyStopping, learning_rate
 
 __all__ = ["METRIC_COLUMNS", "EarlyStopping", "forward", "place", "train_loop", "train_step"]
@@ -126,8 +128,27 @@ def train_step(
     return float(torch.as_tensor(optimizer.step(closure)).detach())  # type: ignore[arg-type]
 
 
+def patch_batches(specs: list[dict[str, int]], config: dict[str, Any]) -> Any:
+    """A Ray Data dataset reading the patches ``specs`` name (``read_patches``, augmented
+    where ``config["augment"]`` says and the specs are random crops).
+
+    Made by each worker for each epoch rather than given to Ray Train once: a dataset
+    given once is read alike every epoch, so the same patches would train every epoch
+    (``patches_per_epoch`` of a large slide would be all the model ever saw)."""
+    import ray.data
+
+    dataset: Any = ray.data.from_items(specs)  # Ray Data's stubs do not take fn_kwargs' functions
+    return dataset.map_batches(
+        read_patches,
+        batch_size=config["batch_size"],
+        num_cpus=0.25,  # the workers leave room for them (the trainer's ``worker_cpus``)
+        fn_kwargs={"data": config["data"], "augment": config["augment"]},
+    )
+
+
 def train_loop(config: dict[str, Any]) -> None:
-    """Ray Train ``train_loop_per_worker``: config holds plain values set by the trainer."""
+    """Ray Train ``train_loop_per_worker``: config holds the trainer's settings and the
+    ``TrainingSet`` (``data``) the workers draw their patches from."""
     import ray.train
     import ray.train.torch
 
@@ -175,9 +196,15 @@ def train_loop(config: dict[str, Any]) -> None:
         scaler.load_state_dict(state["scaler"])
     factory, _ = LOSSES.get(config["loss"])
     loss_fn = factory(mode)
-    train_shard = ray.train.get_dataset_shard("train")
-    val_shard = ray.train.get_dataset_shard("val")
-    batch_size = config["batch_size"]
+    import ray.data
+
+    quiet_ray_data()
+    # Batches in their specs' order (else as Ray Data's read tasks finish): the same
+    # command trains alike.
+    ray.data.DataContext.get_current().execution_options.preserve_order = True
+    data, batch_size, world = config["data"], config["batch_size"], ctx.get_world_size()
+    # Each worker reads its part of the validation grid; the sums are all-reduced.
+    val_batches = patch_batches(data.val_specs(config["val_patches"])[rank::world], config)
 
     for epoch in range(start_epoch, config["max_epochs"]):
         started = time.perf_counter()
@@ -193,14 +220,16 @@ def train_loop(config: dict[str, Any]) -> None:
             group["lr"] = rate
         model.train()
         sums = torch.zeros(4, dtype=torch.float64)  # train loss, train n, val loss, val n
-        for batch in train_shard.iter_torch_batches(batch_size=batch_size, device=device):
+        specs = data.worker_specs(config["patches_per_epoch"], config["seed"], epoch, rank, world)
+        train_batches = patch_batches(specs, config)
+        for batch in train_batches.iter_torch_batches(batch_size=batch_size, device=device):
             x, y = batch["x"].contiguous(memory_format=memory), batch["y"]
             sums[0] += train_step(model, optimizer, loss_fn, x, y, precision, scaler) * len(x)
             sums[1] += len(x)
         model.eval()
         stats = torch.zeros(4, classes, dtype=torch.float64)
         with torch.no_grad():
-            for batch in val_shard.iter_torch_batches(batch_size=batch_size, device=device):
+            for batch in val_batches.iter_torch_batches(batch_size=batch_size, device=device):
                 x, y = batch["x"].contiguous(memory_format=memory), batch["y"]
                 logits = forward(model, x, precision)
                 sums[2] += float(loss_fn(logits, y)) * len(x)

@@ -22,12 +22,11 @@ from raysegment.errors import ConfigError, OutputError
 from raysegment.runtime import (
     import_ray_data,
     model_runtime_env,
-    quiet_ray_data,
     start_ray_while,
     stop_ray,
 )
 from raysegment.train.components import build_model, check_combination, check_encoder
-from raysegment.train.data import TrainingSet, prepare, read_patches
+from raysegment.train.data import TrainingSet, prepare
 from raysegment.train.export import TrainSummary, export_model
 from raysegment.train.loop import train_loop
 
@@ -232,21 +231,6 @@ def train(
         # neither can start: give each worker a share of the CPUs and reads a quarter CPU.
         cpus = float(ray.cluster_resources().get("CPU", 1))
         worker_cpus = 1.0 if use_gpu else min(1.0, (cpus - 0.5) / cfg.num_workers)
-        quiet_ray_data()
-        train_ds: Any = ray.data.from_items(data.train_specs(cfg.patches_per_epoch, cfg.seed))
-        train_ds = train_ds.map_batches(
-            read_patches,
-            batch_size=batch_size,
-            num_cpus=0.25,
-            fn_kwargs={"data": data, "augment": cfg.augment},
-        )
-        val_ds: Any = ray.data.from_items(data.val_specs(cfg.val_patches))
-        val_ds = val_ds.map_batches(
-            read_patches,
-            batch_size=batch_size,
-            num_cpus=0.25,
-            fn_kwargs={"data": data, "augment": False},
-        )
         loop_config = {
             "seed": cfg.seed,
             "mode": data.mode,
@@ -263,6 +247,10 @@ def train(
             "patch": list(data.patch),
             "loss": cfg.loss,
             "batch_size": batch_size,
+            "data": data,
+            "augment": cfg.augment,
+            "patches_per_epoch": cfg.patches_per_epoch,
+            "val_patches": cfg.val_patches,
             "max_epochs": cfg.max_epochs,
             "patience": cfg.patience,
             "min_delta": cfg.min_delta,
@@ -276,12 +264,6 @@ def train(
                 num_workers=cfg.num_workers,
                 use_gpu=use_gpu,
                 resources_per_worker={"CPU": worker_cpus, **({"GPU": 1} if use_gpu else {})},
-            ),
-            datasets={"train": train_ds, "val": val_ds},
-            # One worker reads both datasets itself: a split would start a coordinator
-            # actor per dataset (a process each) for nothing to split.
-            dataset_config=ray.train.DataConfig(
-                datasets_to_split="all" if cfg.num_workers > 1 else []
             ),
             # Train V2's RunConfig (Ray's default); its type stubs name V1's.
             run_config=ray.train.RunConfig(  # type: ignore[call-arg]

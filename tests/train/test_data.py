@@ -68,6 +68,14 @@ def test_prepare_splits_measures_and_reads_patches(tmp_path: Path) -> None:
     assert data.classes == 1 and data.patch == (32, 32) and 300 < data.mean[0] < 700
     specs = data.train_specs(5, seed=0)
     assert specs == data.train_specs(5, seed=0) and all(s["pair"] in data.train for s in specs)
+    # New patches every epoch, the same for the same epoch (a resumed run's included).
+    assert data.train_specs(5, seed=0, epoch=1) == data.train_specs(5, seed=0, epoch=1)
+    assert data.train_specs(5, seed=0, epoch=1) != specs != data.train_specs(5, seed=1)
+    # Every data-parallel worker its own patches, as many as the others.
+    parts = [data.worker_specs(7, 0, 1, rank, 3) for rank in range(3)]
+    assert [len(p) for p in parts] == [2, 2, 2]
+    assert sum(parts, []) == data.train_specs(6, seed=0, epoch=1)
+    assert data.worker_specs(2, 0, 0, 2, 3) == [data.train_specs(3, seed=0)[2]]
     batch = {k: np.array([s[k] for s in specs]) for k in specs[0]}
     out = read_patches(batch, data, augment=True)
     assert out["x"].shape == (5, 1, 32, 32) and out["x"].dtype == np.float32
