@@ -146,17 +146,17 @@ def test_finetune_keeps_weights_and_restarts_epochs(trained, blob_data, tmp_path
     assert tuned.epochs == 2
 
 
-def test_the_same_command_trains_alike(blob_data, tmp_path) -> None:
-    """Each epoch's patches come from the seed and the epoch, in that order: a second run
-    of the same settings gives the same metrics and weights (only wall times differ)."""
-    runs = []
-    for name in ("first", "second"):
-        train(_cfg(blob_data, tmp_path / name, max_epochs=2, patches_per_epoch=32, batch_size=4))
-        rows = [{k: v for k, v in r.items() if k != "seconds"} for r in _rows(tmp_path / name)]
-        runs.append((rows, torch.load(tmp_path / name / "weights.pt", weights_only=True)))
-    (rows, weights), (again, weights_again) = runs
-    assert len(rows) == 2 and rows == again
-    assert all(torch.equal(weights[k], weights_again[k]) for k in weights)
+def test_the_same_command_trains_alike(trained, blob_data, tmp_path) -> None:
+    """Each epoch's patches come from the seed and the epoch, in that order: a run of the
+    trained fixture's settings for 2 epochs repeats its first 2 to the last digit (only
+    wall times differ; its learning rate is constant, so max_epochs changes nothing)."""
+    out, _ = trained
+    train(_cfg(blob_data, tmp_path / "again", folds=3, fold=1, max_epochs=2))
+    rows, again = (
+        [{k: v for k, v in r.items() if k != "seconds"} for r in _rows(d)]
+        for d in (out, tmp_path / "again")
+    )
+    assert len(again) == 2 and again == rows[:2]
 
 
 class _Recorder:
