@@ -202,8 +202,11 @@ def train_loop(config: dict[str, Any]) -> None:
     # command trains alike.
     ray.data.DataContext.get_current().execution_options.preserve_order = True
     data, batch_size, world = config["data"], config["batch_size"], ctx.get_world_size()
-    # Each worker reads its part of the validation grid; the sums are all-reduced.
-    val_batches = patch_batches(data.val_specs(config["val_patches"])[rank::world], config)
+    # Each worker reads its part of the validation grid once (the same patches every
+    # epoch, kept in Ray's object store); the sums are all-reduced.
+    val_batches = patch_batches(
+        data.val_specs(config["val_patches"])[rank::world], config
+    ).materialize()
 
     for epoch in range(start_epoch, config["max_epochs"]):
         started = time.perf_counter()
