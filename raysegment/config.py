@@ -487,6 +487,9 @@ class TrainConfig:
     """With pretrained: keep only the weights; new optimizer (lr), epochs count from 0."""
     num_workers: int = 1
     """Ray Train workers (data-parallel)."""
+    threads: Optional[int] = None
+    """Torch threads per CPU worker; default: its node's cores shared among the workers
+    there (Ray alone gives a worker one thread: a 2-core machine trained on one)."""
     storage_path: Optional[str] = None
     """Where Ray Train keeps the run's checkpoints: a directory every node sees, or a URL
     (s3://, gs://); default <output>/ray_train."""
@@ -519,8 +522,9 @@ class TrainConfig:
         for key in ("max_epochs", "patience", "num_workers", "patches_per_epoch", "val_patches"):
             if getattr(self, key) < 1:
                 raise ConfigError(f"{key}={getattr(self, key)} must be >= 1")
-        if self.batch_size is not None and self.batch_size < 1:
-            raise ConfigError(f"batch_size={self.batch_size} must be >= 1")
+        for key in ("batch_size", "threads"):
+            if getattr(self, key) is not None and getattr(self, key) < 1:
+                raise ConfigError(f"{key}={getattr(self, key)} must be >= 1")
         if self.lr <= 0:
             raise ConfigError(f"lr={self.lr} must be > 0")
         schedule = self.lr_schedule

@@ -17,6 +17,7 @@ __all__ = [
     "import_ray_data",
     "local_ray_environment",
     "model_runtime_env",
+    "node_cpus",
     "quiet_ray_data",
     "start_ray",
     "start_ray_while",
@@ -187,6 +188,23 @@ def local_ray_environment() -> Iterator[None]:
                 os.environ.pop(key, None)
             else:
                 os.environ[key] = value
+
+
+def node_cpus(node_id: str | None = None) -> int:
+    """CPUs Ray gives the live node ``node_id``; by default the largest live node's (what
+    one process's threads can use)."""
+    import ray
+
+    return int(
+        max(
+            (
+                n["Resources"].get("CPU", 0)
+                for n in ray.nodes()
+                if n.get("Alive") and node_id in (None, n.get("NodeID"))
+            ),
+            default=0,
+        )
+    )
 
 
 def start_ray_while(prepare: Callable[[], T]) -> tuple[RayStart, T]:

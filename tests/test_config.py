@@ -90,6 +90,8 @@ def test_train_yaml_loads_and_checks() -> None:
         ("lr_schedule.min_lr=0.001", r"min_lr=0.001 must be >= 0 and below lr=0.001"),
         ("lr_schedule.factor=1", r"factor=1.0 must be in \(0, 1\)"),
         ("lr_schedule.patience=0", "lr_schedule.patience=0 must be >= 1"),
+        ("threads=0", "threads=0 must be >= 1"),
+        ("batch_size=0", "batch_size=0 must be >= 1"),
     ):
         with pytest.raises(ConfigError, match=match):
             load_config(TrainConfig, (), need + [bad])

@@ -41,6 +41,7 @@ from raysegment.runtime import (
     RayStart,
     import_ray_data,
     model_runtime_env,
+    node_cpus,
     quiet_ray_data,
     start_ray_while,
     stop_ray,
@@ -135,10 +136,7 @@ def _pool(cfg: InferConfig, indices_applied: bool = True, blocks: int | None = N
     import ray
 
     resources = ray.cluster_resources()
-    node_cpus = max(
-        (n["Resources"].get("CPU", 0) for n in ray.nodes() if n.get("Alive")), default=0
-    )
-    pool = _pool_for(cfg, indices_applied, resources, int(node_cpus))
+    pool = _pool_for(cfg, indices_applied, resources, node_cpus())
     if blocks is not None:
         pool = dataclasses.replace(pool, actors=max(1, min(pool.actors, blocks)))
     return pool.leaving_room(resources.get("CPU", 1))

@@ -35,11 +35,15 @@ class TrainSummary:
     """Epochs after which training resumed from a checkpoint (worker failure, rerun)."""
     layout: str = "channels_first"
     """The memory layout the workers trained in (the last run's, where it resumed)."""
+    threads: int | None = None
+    """Torch threads of each CPU worker (the last run's); None on GPU workers."""
 
     def __str__(self) -> str:
         stop = "early stop" if self.stopped_early else "max_epochs"
         if self.layout == "channels_last":
             stop += "; channels-last"
+        if self.threads:
+            stop += f"; {self.threads} thread{'s' if self.threads > 1 else ''} per worker"
         if self.resumed:
             stop += "; resumed after epoch " + ", ".join(map(str, self.resumed))
         return (
@@ -154,4 +158,5 @@ def export_model(
         history=history,
         resumed=list(state.get("resumed", [])),
         layout=str(state.get("layout", "channels_first")),
+        threads=state.get("threads"),
     )

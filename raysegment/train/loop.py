@@ -18,12 +18,21 @@ from typing import Any
 import torch
 
 from raysegment.compute import autocast, choose_layout
-from raysegment.runtime import quiet_ray_data
+from raysegment.runtime import node_cpus, quiet_ray_data
 from raysegment.train.components import LOSSES, OPTIMIZERS, build_model, metric_values
 from raysegment.train.data import read_patches
 from raysegment.train.schedule import EarlyStopping, learning_rate
 
-__all__ = ["METRIC_COLUMNS", "EarlyStopping", "forward", "place", "train_loop", "train_step"]
+__all__ = [
+    "METRIC_COLUMNS",
+    "READ_TASKS",
+    "EarlyStopping",
+    "forward",
+    "place",
+    "train_loop",
+    "train_step",
+    "worker_threads",
+]
 
 METRIC_COLUMNS = (
     "epoch",
@@ -37,6 +46,13 @@ METRIC_COLUMNS = (
     "lr",
     "seconds",
 )
+
+READ_TASKS = 2
+"""Tasks reading a worker's patches at once. Unbounded, Ray Data started as many as the
+free CPUs allowed each epoch, and Ray stopped the idle processes between epochs and started
+new ones the next (two a training row epoch, 0.6 CPU-s each, on 2 cores); a batch of
+8 128^2 patches took 0.9 ms to read, a task's overhead dwarfs it, so two keep a step's
+next batch coming (benchmarks/HISTORY.md, session 30)."""
 
 
 def _stats(logits: torch.Tensor, target: torch.Tensor, mode: str, classes: int) -> torch.Tensor:
@@ -74,6 +90,16 @@ def _quiet_reports() -> None:
     except ImportError:  # another Ray Train layout: its lines stay
         return
     context.logger.setLevel(logging.WARNING)
+
+
+def worker_threads(asked: int | None, node_cpus: int, local_workers: int) -> int:
+    """Torch threads of a CPU worker: ``asked``, or its node's cores shared among the
+    node's ``local_workers``. Ray gives a worker as many threads as CPUs it reserves, at
+    most one here (the trainer's ``worker_cpus``): a worker trained on one core whatever
+    the machine had (2-core development machine, the training row: steps 5.3-5.6 s an
+    epoch on one thread, 3.5-3.7 s on two with the reads capped, ``READ_TASKS``;
+    benchmarks/HISTORY.md, session 30)."""
+    return asked or max(1, node_cpus // max(local_workers, 1))
 
 
 def forward(model: torch.nn.Module, x: torch.Tensor, precision: str) -> torch.Tensor:
@@ -142,6 +168,7 @@ def patch_batches(specs: list[dict[str, int]], config: dict[str, Any]) -> Any:
         read_patches,
         batch_size=config["batch_size"],
         num_cpus=0.25,  # the workers leave room for them (the trainer's ``worker_cpus``)
+        compute=ray.data.TaskPoolStrategy(size=READ_TASKS),
         fn_kwargs={"data": config["data"], "augment": config["augment"]},
     )
 
@@ -158,6 +185,9 @@ def train_loop(config: dict[str, Any]) -> None:
     ctx = ray.train.get_context()
     rank = ctx.get_world_rank()
     device = ray.train.torch.get_device()
+    if device.type == "cpu":  # Ray set as many threads as CPUs reserved: one
+        node = node_cpus(ray.get_runtime_context().get_node_id())
+        torch.set_num_threads(worker_threads(config["threads"], node, ctx.get_local_world_size()))
     mode, classes, precision = config["mode"], config["classes"], config["precision"]
     model = build_model(
         config["arch"], config["encoder"], config["in_channels"], classes, config["weights"]
@@ -276,6 +306,7 @@ def train_loop(config: dict[str, Any]) -> None:
                     "best": best_state,
                     "resumed": resumed,
                     "layout": layout,
+                    "threads": torch.get_num_threads() if device.type == "cpu" else None,
                     "scaler": scaler.state_dict() if scaler is not None else None,
                 },
                 Path(local) / "last.pt",

@@ -67,6 +67,7 @@ def _command(data: Path) -> list[str]:
         "max_epochs=5",
         "patience=50",
         "device=cpu",
+        "threads=1",  # the suite runs up to 4 test processes on 2 cores
     )
 
 

@@ -31,12 +31,31 @@ def _cfg(data: Path, out: Path, **extra: object) -> dict:
         "lr": 0.003,
         "max_epochs": 10,
         "device": "cpu",
+        "threads": 1,  # the suite runs up to 4 test processes on 2 cores
     } | extra
 
 
 def _rows(out: Path) -> list[dict[str, str]]:
     with open(out / "metrics.csv") as f:
         return list(csv.DictReader(f))
+
+
+@pytest.mark.parametrize(
+    "asked,node_cpus,local_workers,want",
+    [
+        (None, 2, 1, 2),  # one worker: every core of its node
+        (None, 2, 2, 1),
+        (None, 16, 3, 5),
+        (None, 2, 4, 1),
+        (8, 2, 1, 8),  # threads= as asked
+    ],
+)
+def test_cpu_workers_compute_on_their_share_of_their_nodes_cores(
+    asked, node_cpus, local_workers, want
+) -> None:
+    from raysegment.train.loop import worker_threads
+
+    assert worker_threads(asked, node_cpus, local_workers) == want
 
 
 @pytest.fixture(scope="module")
@@ -80,6 +99,7 @@ def test_trains_to_high_iou_and_writes_the_model_directory(trained) -> None:
     # CPU workers train channels-last (layout=auto); the weights are written channels-first.
     assert summary.layout == "channels_last" and "; channels-last" in str(summary)
     assert state["layout"] == "channels_last"
+    assert summary.threads == state["threads"] == 1 and "; 1 thread per worker" in str(summary)
     assert all(w.is_contiguous() for w in weights.values())
     assert (out / "training_curves.png").read_bytes()[:4] == b"\x89PNG"
 
@@ -113,6 +133,7 @@ def test_resume_continues_epochs_and_optimizer(trained, blob_data, tmp_path) -> 
             pretrained=str(out),
             max_epochs=summary.epochs + 2,
             layout="channels_first",
+            threads=2,
         )
     )
     rows = _rows(tmp_path / "more")
@@ -122,6 +143,7 @@ def test_resume_continues_epochs_and_optimizer(trained, blob_data, tmp_path) -> 
     assert state["optimizer"]["state"]  # Adam moments continued, not restarted
     assert resumed.epochs == summary.epochs + 2
     assert resumed.layout == "channels_first" and "channels-last" not in str(resumed)
+    assert resumed.threads == 2 and "; 2 threads per worker" in str(resumed)
     assert float(rows[-1]["iou"]) > 0.9
 
 
@@ -136,8 +158,12 @@ def test_finetune_keeps_weights_and_restarts_epochs(trained, blob_data, tmp_path
             lr=1e-4,
             max_epochs=2,
             lr_schedule={"name": "cosine", "warmup_epochs": 1},
+            threads=None,
         )
     )
+    # By default one worker on the test Ray's 2 CPUs computes on both (Ray alone gives
+    # it one thread).
+    assert tuned.threads == 2 and "; 2 threads per worker" in str(tuned)
     rows = _rows(tmp_path / "tuned")
     assert [int(r["epoch"]) for r in rows] == [1, 2]
     assert float(rows[0]["iou"]) > 0.85  # started from the trained weights
@@ -190,11 +216,13 @@ def test_early_stopping_epoch_is_exact_and_identical_on_every_worker(blob_data, 
             max_epochs=20,
             lr_schedule={"name": "plateau", "patience": 1, "factor": 0.5},
             precision="bfloat16",  # data-parallel workers under autocast
+            threads=None,
         ),
         callbacks=[recorder],
     )
     assert summary.epochs == 3 and summary.stopped_early and summary.best_epoch == 1
     assert summary.layout == "channels_last"  # DistributedDataParallel over channels-last
+    assert summary.threads == 1  # by default the node's 2 CPUs shared by its 2 workers
     # The plateau schedule reads the same losses: epoch 2 did not improve, epoch 3 runs
     # at half the rate, on every worker (the reports below are compared rank by rank).
     assert [float(r["lr"]) for r in _rows(tmp_path / "out")] == pytest.approx(
