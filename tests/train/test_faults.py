@@ -53,7 +53,7 @@ m.EarlyStopping.update = dying
 """
 
 
-def _command(data: Path) -> list[str]:
+def _command(data: Path, threads: int = 1) -> list[str]:
     return cli_command(
         "train",
         f"images.dir={data / 'img'}",
@@ -67,7 +67,7 @@ def _command(data: Path) -> list[str]:
         "max_epochs=5",
         "patience=50",
         "device=cpu",
-        "threads=1",  # the suite runs up to 4 test processes on 2 cores
+        f"threads={threads}",  # the suite runs up to 4 test processes on 2 cores
     )
 
 
@@ -111,11 +111,18 @@ def test_worker_death_and_kill_dash_9_resume_from_the_last_checkpoint(
     assert (tmp_path / "killed").exists()
     assert not (tmp_path / "model" / "model.pth").exists()
 
+    # threads may change on resuming (float rounding only, as layout and device).
     again = subprocess.run(
-        _command(blob_data), cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300
+        _command(blob_data, threads=2),
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert again.returncode == 0, again.stderr
     assert "resuming the unfinished run" in again.stderr
+    assert "; 2 threads per worker" in again.stdout, again.stdout
     # Ray's chatter stays out of the user's terminal (Ray Train's placement-group cleaner
     # warned every second that the state API, a dashboard service, was unavailable).
     assert "State API" not in again.stderr, again.stderr[-3000:]
