@@ -263,7 +263,8 @@ class InferConfig:
     """Output chunk size per spatial axis; default 1024 (2D) / 128 (3D)."""
     block: Optional[List[int]] = None
     """Block (unit of work) size per spatial axis, a multiple of chunks; default 4 chunks
-    (2D) / 2 chunks (3D) per axis."""
+    (2D) / 2 chunks (3D) per axis, or 4 tiles where that is more and its float32 input
+    and outputs fit in 2 GiB (``plan.default_block``)."""
     tile: TileConfig = field(default_factory=TileConfig)
     normalize: NormalizeConfig = field(default_factory=NormalizeConfig)
     finalize: FinalizeConfig = field(default_factory=FinalizeConfig)

@@ -20,7 +20,7 @@ def test_shipped_yaml_files_load() -> None:
     vol = load_config(
         InferConfig, [ROOT / "conf" / "infer.yaml", ROOT / "conf" / "volume.yaml"], REQUIRED
     )
-    assert vol.device == "all" and vol.block == [256] and vol.finalize.mode is FinalizeMode.labels
+    assert vol.device == "all" and vol.block is None and vol.finalize.mode is FinalizeMode.labels
 
 
 def test_overrides_win_and_scalars_become_lists(tmp_path: Path) -> None:

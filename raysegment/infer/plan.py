@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import itertools
 import json
+import math
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -24,11 +25,19 @@ from raysegment.infer.writer import OutputLayout
 if TYPE_CHECKING:
     from raysegment.infer.model import ModelFile, ModelSpec
 
-__all__ = ["ImagePlan", "WorkItem", "plan_image", "tile_size"]
+__all__ = ["ImagePlan", "WorkItem", "default_block", "plan_image", "tile_size"]
 
 DEFAULT_TILE = {2: 512, 3: 128}
 DEFAULT_CHUNK = {2: 1024, 3: 128}
 DEFAULT_BLOCK_CHUNKS = {2: 4, 3: 2}
+BLOCK_TILES = 4
+"""Tiles per block edge the default block holds at least: a tile whose blending weight
+straddles a block seam runs in both blocks, so a block of b tiles a side runs about
+(1 + 1/b)^dims times the image's grid (a 3D 128^3 tile in 256^3 blocks: 2.5x)."""
+MAX_DEFAULT_BLOCK_BYTES = 2 << 30
+"""A default block's float32 input and output sums at most (a 512^3 block of one input
+channel and up to three output channels): where ``BLOCK_TILES`` would need more, the axes
+with the most tiles per block give way first, never below ``DEFAULT_BLOCK_CHUNKS``."""
 _PERCENTILE_SAMPLES = 16
 _PERCENTILE_REGION = 256
 
@@ -182,6 +191,30 @@ def tile_size(cfg: InferConfig, spec: ModelSpec) -> tuple[int, ...]:
     return tile
 
 
+def default_block(
+    shape: Sequence[int], tile: Sequence[int], chunks: Sequence[int], channels: int
+) -> tuple[int, ...]:
+    """The unit of work where ``block`` is not given: per axis the chunks' multiple that
+    holds ``BLOCK_TILES`` tiles or ``DEFAULT_BLOCK_CHUNKS`` chunks, whichever is more, no
+    larger than the image; ``channels``: the model's input and output channels, whose
+    float32 values a block holds (``MAX_DEFAULT_BLOCK_BYTES``). A rule of the settings and
+    the model, never of the machine: a rerun elsewhere plans the same blocks and resumes."""
+    dims = len(shape)
+    whole = [-(-n // c) * c for n, c in zip(shape, chunks, strict=True)]
+    least = [min(c * DEFAULT_BLOCK_CHUNKS[dims], w) for c, w in zip(chunks, whole, strict=True)]
+    block = [
+        min(max(b, -(-BLOCK_TILES * t // c) * c), w)
+        for b, t, c, w in zip(least, tile, chunks, whole, strict=True)
+    ]
+    while 4 * channels * math.prod(block) > MAX_DEFAULT_BLOCK_BYTES:
+        shrinkable = [a for a in range(dims) if block[a] > least[a]]
+        if not shrinkable:
+            break
+        axis = max(shrinkable, key=lambda a: block[a] / tile[a])
+        block[axis] -= chunks[axis]
+    return tuple(block)
+
+
 def _select_channels(cfg: InferConfig, source: ImageSource, spec: ModelSpec) -> tuple[int, ...]:
     count = source.info.shape[1]
     if cfg.channels is not None:
@@ -281,10 +314,7 @@ def plan_image(
     if cfg.chunks is None:
         chunks = tuple(min(c, n) for c, n in zip(chunks, shape, strict=False))
     if cfg.block is None:
-        block = tuple(
-            min(c * DEFAULT_BLOCK_CHUNKS[dims], -(-n // c) * c)
-            for c, n in zip(chunks, shape, strict=False)
-        )
+        block = default_block(shape, tile, chunks, len(channels) + spec.out_channels)
     else:
         block = _per_axis("block", cfg.block, dims, 0)
         if any(b % c for b, c in zip(block, chunks, strict=False)):

@@ -1,0 +1,77 @@
+"""The plan's default unit of work: blocks that hold several tiles a side, within memory."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pytest
+import zarr
+
+from raysegment.data.tiling import Tiling, seam_repeats
+from raysegment.infer.plan import DEFAULT_BLOCK_CHUNKS, MAX_DEFAULT_BLOCK_BYTES, default_block
+from tests.conftest import driver_plan
+
+
+@pytest.mark.parametrize(
+    "shape,tile,chunks,channels,want",
+    [
+        # 2D slides: 4 chunks of 1024 hold 8 tiles of 512 already.
+        ((65536, 65536), (512, 512), (1024, 1024), 2, (4096, 4096)),
+        ((65536, 65536), (2048, 2048), (1024, 1024), 4, (8192, 8192)),
+        # 3D: 4 tiles a side, not 2 chunks (256^3), where the tile is 96 or more.
+        ((8192,) * 3, (128,) * 3, (128,) * 3, 2, (512,) * 3),
+        ((8192,) * 3, (128,) * 3, (128,) * 3, 4, (512,) * 3),
+        ((8192,) * 3, (96,) * 3, (128,) * 3, 2, (384,) * 3),
+        ((8192,) * 3, (64,) * 3, (128,) * 3, 2, (256,) * 3),
+        ((8192,) * 3, (160,) * 3, (128,) * 3, 2, (640,) * 3),
+        # Anisotropic EM tiles: 4 a side on every axis.
+        ((8192,) * 3, (32, 256, 256), (128,) * 3, 2, (256, 1024, 1024)),
+        # Many channels: the axes with the most tiles per block give way, to 2 chunks.
+        ((8192,) * 3, (128,) * 3, (128,) * 3, 5, (384, 512, 512)),
+        ((8192,) * 3, (128,) * 3, (128,) * 3, 15, (256, 256, 384)),
+        ((8192,) * 3, (128,) * 3, (128,) * 3, 105, (256, 256, 256)),
+        # Never fewer chunks than before: large chunks keep their blocks.
+        ((8192,) * 3, (128,) * 3, (512,) * 3, 2, (1024,) * 3),
+        # No larger than the image, rounded up to its chunks.
+        ((300, 300, 300), (128,) * 3, (128,) * 3, 2, (384,) * 3),
+        ((3000, 5000), (512, 512), (1024, 1024), 2, (3072, 4096)),
+    ],
+)
+def test_default_blocks_hold_four_tiles_a_side_within_their_memory(
+    shape, tile, chunks, channels, want
+) -> None:
+    block = default_block(shape, tile, chunks, channels)
+    assert block == want
+    assert all(b % c == 0 for b, c in zip(block, chunks, strict=True))
+    before = tuple(
+        min(c * DEFAULT_BLOCK_CHUNKS[len(shape)], -(-n // c) * c)
+        for n, c in zip(shape, chunks, strict=True)
+    )
+    assert block == before or 4 * channels * math.prod(block) <= MAX_DEFAULT_BLOCK_BYTES
+
+
+def test_volume_blocks_of_four_tiles_repeat_far_fewer_tiles_at_their_seams() -> None:
+    """What the rule is for: a large volume with 128^3 tiles ran 2.5x the image's tiles in
+    2-chunk (256^3) blocks; 512^3 blocks run 1.6x."""
+    tiling = Tiling.plan((8192,) * 3, (128,) * 3, 0.25, "gaussian")
+    old = seam_repeats(tiling, (256,) * 3)
+    new = seam_repeats(tiling, default_block(tiling.shape, tiling.tile, (128,) * 3, 2))
+    assert old > 2.5 and new < 1.65
+
+
+def test_a_volume_run_plans_its_default_blocks_from_the_tile(tmp_path: Path, make_model) -> None:
+    volume = tmp_path / "vol.zarr"  # no chunk written: the plan reads no pixel
+    zarr.create_array(str(volume), shape=(1024, 1024, 1024), chunks=(128,) * 3, dtype="uint8")
+    model, _ = make_model(dims=3)
+    settings = {"input": str(volume), "model": str(model), "output": str(tmp_path / "out")}
+    _, plan = driver_plan(settings | {"tile": {"size": [128]}, "axes": "zyx"})
+    assert plan.block == (512, 512, 512) and plan.num_blocks == 8
+    _, plan = driver_plan(settings | {"tile": {"size": [64]}, "axes": "zyx"})
+    assert plan.block == (256, 256, 256) and plan.num_blocks == 64
+    _, plan = driver_plan(settings | {"tile": {"size": [128]}, "axes": "zyx", "block": [256]})
+    assert plan.block == (256, 256, 256)
+    # A 14-class model's sums take 14 channels: its blocks give way (input 1 + output 14).
+    many, _ = make_model(dims=3, out_ch=14, name="many.pth")
+    _, plan = driver_plan(settings | {"model": str(many), "tile": {"size": [128]}, "axes": "zyx"})
+    assert plan.block == (256, 256, 384)
