@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import logging
 import math
 import os
 import sys
 import time
 from collections import Counter
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -26,7 +27,7 @@ from raysegment.errors import ConfigError, OutputError
 from raysegment.infer.attempts import start_ledger
 from raysegment.infer.mask import AUTO, Mask, auto_mask, open_mask
 from raysegment.infer.model import ModelFile, ModelSpec, ensemble_sha256, probe_models, read_models
-from raysegment.infer.plan import ImagePlan, plan_image, provenance, tile_size
+from raysegment.infer.plan import ImagePlan, chunk_block, plan_image, provenance, tile_size
 from raysegment.infer.pyramid import build_pyramid
 from raysegment.infer.quicklook import InputPreview, quicklook, write_png
 from raysegment.infer.stages import EMPTY, OUTSIDE, decode_error, read_stage, write_stage
@@ -269,6 +270,23 @@ def _refuse_shared_outputs(input: str, names: list[str]) -> None:
         )
 
 
+def _resumable(cfg: InferConfig, make: Callable[[InferConfig], ImagePlan]) -> ImagePlan:
+    """The plan ``make`` makes of ``cfg``; where ``block`` is not given and the output was
+    begun with the default block of earlier versions (``chunk_block``: 2 chunks a side in
+    3D), otherwise the same run, the plan with that block, so that the run resumes."""
+    plan = make(cfg)
+    if cfg.block is not None or cfg.overwrite:
+        return plan
+    earlier = chunk_block(plan.tiling.shape, plan.layout.chunks[-plan.spatial_dims :])
+    if earlier == plan.block:
+        return plan
+    state = inspect_output(plan.output)
+    if not state.ours or state.fingerprint in (None, plan.fingerprint):
+        return plan
+    begun = make(dataclasses.replace(cfg, block=list(earlier)))
+    return begun if begun.fingerprint == state.fingerprint else plan
+
+
 def _prepare(
     cfg: InferConfig, paths: list[str], output: str, models: tuple[ModelFile, ...]
 ) -> tuple[ModelSpec, list[ImagePlan], dict[int, set[str]]]:
@@ -292,7 +310,18 @@ def _prepare(
     sha256 = ensemble_sha256(models)
     masks = [_mask_of(cfg, src) for src in sources]
     plans = [
-        plan_image(i, src, storage.join(output, f"{src.name}.ome.zarr"), cfg, spec, sha256, mask)
+        _resumable(
+            cfg,
+            functools.partial(
+                plan_image,
+                i,
+                src,
+                storage.join(output, f"{src.name}.ome.zarr"),
+                spec=spec,
+                model_sha256=sha256,
+                mask=mask,
+            ),
+        )
         for i, (src, (mask, _)) in enumerate(zip(sources, masks, strict=True))
     ]
     done = _prepare_outputs(cfg, plans, config_to_dict(cfg), models)

@@ -25,7 +25,7 @@ from raysegment.infer.writer import OutputLayout
 if TYPE_CHECKING:
     from raysegment.infer.model import ModelFile, ModelSpec
 
-__all__ = ["ImagePlan", "WorkItem", "default_block", "plan_image", "tile_size"]
+__all__ = ["ImagePlan", "WorkItem", "chunk_block", "default_block", "plan_image", "tile_size"]
 
 DEFAULT_TILE = {2: 512, 3: 128}
 DEFAULT_CHUNK = {2: 1024, 3: 128}
@@ -191,6 +191,13 @@ def tile_size(cfg: InferConfig, spec: ModelSpec) -> tuple[int, ...]:
     return tile
 
 
+def chunk_block(shape: Sequence[int], chunks: Sequence[int]) -> tuple[int, ...]:
+    """``DEFAULT_BLOCK_CHUNKS`` chunks a side, no larger than the image: the default block
+    before it held ``BLOCK_TILES`` tiles (outputs begun then resume with it)."""
+    per_axis = DEFAULT_BLOCK_CHUNKS[len(shape)]
+    return tuple(min(c * per_axis, -(-n // c) * c) for n, c in zip(shape, chunks, strict=True))
+
+
 def default_block(
     shape: Sequence[int], tile: Sequence[int], chunks: Sequence[int], channels: int
 ) -> tuple[int, ...]:
@@ -201,7 +208,7 @@ def default_block(
     the model, never of the machine: a rerun elsewhere plans the same blocks and resumes."""
     dims = len(shape)
     whole = [-(-n // c) * c for n, c in zip(shape, chunks, strict=True)]
-    least = [min(c * DEFAULT_BLOCK_CHUNKS[dims], w) for c, w in zip(chunks, whole, strict=True)]
+    least = list(chunk_block(shape, chunks))
     block = [
         min(max(b, -(-BLOCK_TILES * t // c) * c), w)
         for b, t, c, w in zip(least, tile, chunks, whole, strict=True)

@@ -5,12 +5,13 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
+import numpy as np
 import pytest
 import zarr
 
 from raysegment.data.tiling import Tiling, seam_repeats
 from raysegment.infer.plan import DEFAULT_BLOCK_CHUNKS, MAX_DEFAULT_BLOCK_BYTES, default_block
-from tests.conftest import driver_plan
+from tests.conftest import driver_plan, random_image
 
 
 @pytest.mark.parametrize(
@@ -75,3 +76,45 @@ def test_a_volume_run_plans_its_default_blocks_from_the_tile(tmp_path: Path, mak
     many, _ = make_model(dims=3, out_ch=14, name="many.pth")
     _, plan = driver_plan(settings | {"model": str(many), "tile": {"size": [128]}, "axes": "zyx"})
     assert plan.block == (256, 256, 384)
+
+
+@pytest.mark.usefixtures("ray_session")
+def test_an_output_begun_with_the_earlier_default_blocks_resumes_with_them(
+    tmp_path: Path, make_model
+) -> None:
+    """Before blocks held 4 tiles a side, a volume's default block was 2 chunks: a run
+    begun then (here: the first of two parts, with that block) resumes with its blocks
+    when rerun without ``block``, to the same output as a run with today's."""
+    from raysegment.errors import OutputError
+    from raysegment.infer import infer
+
+    volume = tmp_path / "vol.zarr"
+    array = zarr.create_array(str(volume), shape=(128, 256, 256), chunks=(64,) * 3, dtype="uint16")
+    array[:] = random_image((128, 256, 256))
+    model, _ = make_model(dims=3)
+    settings = {
+        "input": str(volume),
+        "model": str(model),
+        "axes": "zyx",
+        "tile": {"size": [64]},
+        "chunks": [32],
+        "finalize": {"mode": "raw"},
+        "progress": False,
+        "quicklook": False,
+    }
+    begun = settings | {"output": str(tmp_path / "a"), "block": [64]}
+    assert infer(**begun, num_parts=2, part_id=0).blocks == 16  # of 32: incomplete
+    with pytest.raises(OutputError, match="other settings"):
+        infer(
+            **(
+                settings
+                | {"output": str(tmp_path / "a"), "tile": {"size": [64], "blend": "constant"}}
+            )
+        )
+    resumed = infer(**(settings | {"output": str(tmp_path / "a")}))
+    assert resumed.resumed_blocks == 16 and resumed.blocks == 32
+    fresh = infer(**(settings | {"output": str(tmp_path / "b")}))
+    assert fresh.blocks == 1  # today's default: the whole volume
+    a = zarr.open_array(str(tmp_path / "a" / "vol.ome.zarr" / "0"), mode="r")[:]
+    b = zarr.open_array(str(tmp_path / "b" / "vol.ome.zarr" / "0"), mode="r")[:]
+    np.testing.assert_array_equal(a, b)
