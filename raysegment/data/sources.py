@@ -263,6 +263,8 @@ class ArraySource(ImageSource):
         present = [a for a in AXES if a in axes]
         data = np.transpose(data, [axes.index(a) for a in present])
         data = data.reshape([data.shape[present.index(a)] if a in present else 1 for a in AXES])
+        if channels == tuple(range(c0, c1)):
+            return data[0]  # every channel read: no copy
         return data[0, [c - c0 for c in channels]]
 
 
