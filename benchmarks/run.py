@@ -11,6 +11,7 @@ do not). Writes results.json, results.md and results.png into --out.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import platform
@@ -224,10 +225,12 @@ DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 DEVICE_BATCH = BATCH if DEVICE.type == "cpu" else 8  # tiles per forward on DEVICE
 
 
-def _load(model: Path, layout: str, as_run: bool = True) -> torch.nn.Module:
+def _load(
+    model: Path, layout: str, as_run: bool = True, tile: tuple[int, ...] = (TILE, TILE)
+) -> torch.nn.Module:
     """The model in ``layout``, and, ``as_run``, frozen as raysegment's predictors run it."""
     module = torch.jit.load(str(model), map_location=DEVICE).eval()
-    choose_layout(module, (1, TILE, TILE), DEVICE, layout)
+    choose_layout(module, (1, *tile), DEVICE, layout)
     return freeze(module) if as_run else module
 
 
@@ -237,20 +240,26 @@ def _sync() -> None:
 
 
 def model_only(
-    model: Path, image: np.ndarray, threads: int, layout: str, streams: int = 1
+    model: Path,
+    image: np.ndarray,
+    threads: int,
+    layout: str,
+    streams: int = 1,
+    tile: int = TILE,
+    batch: int = DEVICE_BATCH,
 ) -> float:
-    """Forward passes over the run's tiles, held in memory, in the memory layout the
-    run's predictors chose: the ceiling. A plain loop on ``threads`` torch threads, or
-    with ``streams``, that many tiles at once on one thread each, as a CPU predictor runs
-    them (``raysegment.infer.predictor.Streams``)."""
+    """Forward passes over the run's tiles (``tile`` a side, 2D or 3D as ``image``), held
+    in memory, in the memory layout the run's predictors chose: the ceiling. A plain loop
+    on ``threads`` torch threads, or with ``streams``, that many tiles at once on one
+    thread each, as a CPU predictor runs them (``raysegment.infer.predictor.Streams``)."""
     torch.set_num_threads(threads)
-    module = _load(model, layout)
-    ys = AxisTiling.plan(image.shape[0], TILE, int(TILE * OVERLAP)).starts
-    xs = AxisTiling.plan(image.shape[1], TILE, int(TILE * OVERLAP)).starts
+    module = _load(model, layout, tile=(tile,) * image.ndim)
+    starts = [AxisTiling.plan(n, tile, int(tile * OVERLAP)).starts for n in image.shape]
     tiles = [
-        torch.from_numpy(image[y : y + TILE, x : x + TILE].astype(np.float32))[None].to(DEVICE)
-        for y in ys
-        for x in xs
+        torch.from_numpy(image[tuple(slice(s, s + tile) for s in at)].astype(np.float32))[None].to(
+            DEVICE
+        )
+        for at in itertools.product(*starts)
     ]
     pool = Streams(streams, max(1, threads // streams))
 
@@ -258,7 +267,7 @@ def model_only(
         with torch.inference_mode():
             return module(x)
 
-    batches = (torch.stack(tiles[i : i + DEVICE_BATCH]) for i in range(0, len(tiles), DEVICE_BATCH))
+    batches = (torch.stack(tiles[i : i + batch]) for i in range(0, len(tiles), batch))
     list(pool.map(run, [tiles[0][None]] * streams))  # warm-up, as the actors' probe
     _sync()
     start = time.perf_counter()
@@ -268,21 +277,29 @@ def model_only(
     return time.perf_counter() - start
 
 
-def monai_sliding_window(model: Path, image: np.ndarray, threads: int, layout: str) -> float:
-    """MONAI on the image in RAM: as users run it (``channels_first``: the model as saved),
-    and, for comparison, with the model as raysegment's predictors run it in ``layout``."""
+def monai_sliding_window(
+    model: Path,
+    image: np.ndarray,
+    threads: int,
+    layout: str,
+    tile: int = TILE,
+    batch: int = DEVICE_BATCH,
+) -> float:
+    """MONAI on the image (2D or 3D) in RAM: as users run it (``channels_first``: the
+    model as saved), and, for comparison, with the model as raysegment's predictors run it
+    in ``layout``."""
     from monai.inferers import sliding_window_inference
 
     torch.set_num_threads(threads)
-    module = _load(model, layout, as_run=layout != "channels_first")
+    roi = (tile,) * image.ndim
+    module = _load(model, layout, as_run=layout != "channels_first", tile=roi)
     x = torch.from_numpy(image.astype(np.float32))[None, None].to(DEVICE)
     with torch.inference_mode():
-        module(x[..., :TILE, :TILE])
+        corner: tuple[Any, ...] = (..., *(slice(0, t) for t in roi))
+        module(x[corner])
         _sync()
         start = time.perf_counter()
-        sliding_window_inference(
-            x, (TILE, TILE), DEVICE_BATCH, module, overlap=OVERLAP, mode="gaussian"
-        )
+        sliding_window_inference(x, roi, batch, module, overlap=OVERLAP, mode="gaussian")
         _sync()
         return time.perf_counter() - start
 

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import os
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -27,14 +26,17 @@ import zarr
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from run import DEVICE, bench_args, infer_cli, machine, write_result  # noqa: E402
+from run import (  # noqa: E402
+    DEVICE,
+    bench_args,
+    infer_cli,
+    machine,
+    model_only,
+    monai_sliding_window,
+    write_result,
+)
 
-from raysegment.compute import choose_layout  # noqa: E402
-from raysegment.data.tiling import AxisTiling  # noqa: E402
-from raysegment.infer.predictor import Streams, freeze  # noqa: E402
 from raysegment.runtime import TORCH_WORKER_ENV  # noqa: E402
-
-OVERLAP = 0.25
 
 
 def unet3d(path: Path) -> Path:
@@ -73,53 +75,6 @@ def volume(path: Path, size: int) -> Path:
     return path
 
 
-def load(model: Path, tile: int, layout: str, as_run: bool = True) -> torch.nn.Module:
-    module = torch.jit.load(str(model), map_location=DEVICE).eval()
-    choose_layout(module, (1, tile, tile, tile), DEVICE, layout)
-    return freeze(module) if as_run else module
-
-
-def model_only(model: Path, image: np.ndarray, tile: int, layout: str, streams: int) -> float:
-    """Forward passes over the run's tiles held in memory, one tile a forward: a plain loop
-    on every core (``streams=1``) or ``streams`` tiles at once on a core each."""
-    cores = os.cpu_count() or 1
-    torch.set_num_threads(cores)
-    module = load(model, tile, layout)
-    starts = [AxisTiling.plan(n, tile, int(tile * OVERLAP)).starts for n in image.shape]
-    tiles = [
-        torch.from_numpy(image[z : z + tile, y : y + tile, x : x + tile].astype(np.float32))[
-            None, None
-        ]
-        for z in starts[0]
-        for y in starts[1]
-        for x in starts[2]
-    ]
-    pool = Streams(streams, max(1, cores // streams))
-
-    def run(x: torch.Tensor) -> torch.Tensor:
-        with torch.inference_mode():
-            return module(x.to(DEVICE))
-
-    list(pool.map(run, [tiles[0]] * streams))  # warm-up, as the predictors' probe
-    start = time.perf_counter()
-    for _ in pool.map(run, tiles):
-        pass
-    return time.perf_counter() - start
-
-
-def monai(model: Path, image: np.ndarray, tile: int) -> float:
-    from monai.inferers import sliding_window_inference
-
-    torch.set_num_threads(os.cpu_count() or 1)
-    module = load(model, tile, "channels_first", as_run=False)
-    x = torch.from_numpy(image.astype(np.float32))[None, None].to(DEVICE)
-    with torch.inference_mode():
-        module(x[..., :tile, :tile, :tile])
-        start = time.perf_counter()
-        sliding_window_inference(x, (tile,) * 3, 1, module, overlap=OVERLAP, mode="gaussian")
-        return time.perf_counter() - start
-
-
 def main() -> int:
     if any(os.environ.get(k) != v for k, v in TORCH_WORKER_ENV.items()):
         # The loops run with the allocator settings raysegment's predictors get (run.py).
@@ -130,7 +85,9 @@ def main() -> int:
     model = unet3d(args.work / "unet3d.pth")
     image = np.asarray(zarr.open_array(str(source), mode="r")[:])
     cores = os.cpu_count() or 1
-    keys = ["device=cpu", "actors=1", f"threads={cores}", "batch_size=1", "finalize.mode=mask"]
+    # The command on the device the loops run on (run.py's DEVICE: the GPU where there is one).
+    device = "device=gpu" if DEVICE.type == "cuda" else "device=cpu"
+    keys = [device, "actors=1", f"threads={cores}", "batch_size=1", "finalize.mode=mask"]
     runs: dict[str, list[float]] = {"e2e": [], "model_only": [], "streams": [], "monai": []}
     if args.block:
         runs["e2e_block"] = []
@@ -144,9 +101,11 @@ def main() -> int:
             other = infer_cli(source, model, args.work / "v_out", f"tile.size={tile}", *keys, block)
             runs["e2e_block"].append(other["seconds"])
             summaries["e2e_block"] = other["summary"]
-        runs["model_only"].append(model_only(model, image, tile, layout, 1))
-        runs["streams"].append(model_only(model, image, tile, layout, cores))
-        runs["monai"].append(monai(model, image, tile))
+        # One tile a forward, as the command's CPU predictor (batch_size=1).
+        one = {"tile": tile, "batch": 1}
+        runs["model_only"].append(model_only(model, image, cores, layout, **one))
+        runs["streams"].append(model_only(model, image, cores, layout, cores, **one))
+        runs["monai"].append(monai_sliding_window(model, image, cores, "channels_first", **one))
         print({k: round(v[-1], 2) for k, v in runs.items()}, flush=True)
     best = {k: min(v) for k, v in runs.items()}
     result = {
