@@ -1,22 +1,28 @@
 """CPU and wall time of the image reader per block-sized region.
 
-    python benchmarks/region_read.py SLIDE [SPAN]
+    python benchmarks/region_read.py IMAGE [SPAN] [--depth D] [--sequence z|t] [--cold]
 
-Reads eight SPAN^2 regions (default 4608: a 4096 block with its tile halo) at seeded
-random places of channel 0, plane 0, after one small warm-up read, and prints the mean
-CPU (user + system) and wall time per region with a checksum of the pixels read, so two
-versions of the reader (e.g. ``PYTHONPATH=<other checkout>``) can be compared on one file.
+Reads eight SPAN^2 regions (default 4608: a 4096 block with its tile halo), D planes deep
+(default 1), at seeded random places of channel 0, after one small warm-up read, and
+prints the mean CPU (user + system) and wall time per region with a checksum of the
+pixels read, so two versions of the reader (e.g. ``PYTHONPATH=<other checkout>``) can be
+compared on one image. IMAGE with ``--sequence``: a directory of TIFFs, one image's planes
+(z) or time points (t), as ``sequence=`` reads it. ``--cold``: each region read with the
+image's files dropped from the page cache first (``posix_fadvise``), as a first read of
+data on disk.
 """
 
 from __future__ import annotations
 
+import argparse
+import os
 import resource
-import sys
 import time
+from pathlib import Path
 
 import numpy as np
 
-from raysegment.data.sources import open_source
+from raysegment.data.sources import ImageSource, open_source
 
 
 def _cpu() -> float:
@@ -24,22 +30,52 @@ def _cpu() -> float:
     return r.ru_utime + r.ru_stime
 
 
+def _drop_from_cache(files: list[Path]) -> None:
+    for file in files:
+        fd = os.open(file, os.O_RDONLY)
+        try:
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        finally:
+            os.close(fd)
+
+
 def main() -> None:
-    path = sys.argv[1]
-    span = int(sys.argv[2]) if len(sys.argv) > 2 else 4608
-    source = open_source(path)
-    height, width = source.info.shape[-2:]
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("image", type=Path)
+    parser.add_argument("span", type=int, nargs="?", default=4608)
+    parser.add_argument("--depth", type=int, default=1)
+    parser.add_argument("--sequence", choices=("z", "t"))
+    parser.add_argument("--cold", action="store_true")
+    args = parser.parse_args()
+    source: ImageSource
+    if args.sequence:
+        from raysegment.data.sources import open_sequence  # a checkout of before it: no
+
+        files = sorted(p for p in args.image.iterdir() if p.suffix.lower() in (".tif", ".tiff"))
+        source = open_sequence([str(f) for f in files], args.sequence)
+    else:
+        source = open_source(args.image)
+        files = [p for p in ([args.image] if args.image.is_file() else args.image.rglob("*"))]
+        files = [p for p in files if p.is_file()]
+    depth, height, width = source.info.shape[-3:]
+    span = min(args.span, height, width)
     rng = np.random.default_rng(1)
-    corners = rng.integers(0, [height - span + 1, width - span + 1], (8, 2)) // 64 * 64
-    source.read(0, (0,), ((0, 1), (0, 512), (0, 512)))
-    cpu, wall, checksum = _cpu(), time.perf_counter(), 0
-    for y, x in corners.tolist():
-        data = source.read(0, (0,), ((0, 1), (y, y + span), (x, x + span)))
-        checksum += int(data[0, 0, ::97, ::89].sum())
-    cpu, wall = (_cpu() - cpu) / len(corners), (time.perf_counter() - wall) / len(corners)
+    low = [depth - args.depth + 1, height - span + 1, width - span + 1]
+    corners = rng.integers(0, low, (8, 3)) // [1, 64, 64] * [1, 64, 64]
+    source.read(0, (0,), ((0, 1), (0, 64), (0, 64)))
+    cpu = wall = 0.0
+    checksum = 0
+    for z, y, x in corners.tolist():
+        if args.cold:
+            _drop_from_cache(files)
+        c0, w0 = _cpu(), time.perf_counter()
+        data = source.read(0, (0,), ((z, z + args.depth), (y, y + span), (x, x + span)))
+        cpu, wall = cpu + _cpu() - c0, wall + time.perf_counter() - w0
+        checksum += int(data[0, :, ::97, ::89].sum())
+    cpu, wall = cpu / len(corners), wall / len(corners)
     print(
-        f"{source.kind} {span}^2 region: {1000 * cpu:.0f} ms CPU, {1000 * wall:.0f} ms wall "
-        f"(checksum {checksum})"
+        f"{source.kind} {args.depth}x{span}^2 region{' (cold)' * args.cold}: {1000 * cpu:.0f} "
+        f"ms CPU, {1000 * wall:.0f} ms wall (checksum {checksum})"
     )
 
 

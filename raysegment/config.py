@@ -227,6 +227,11 @@ class InferConfig:
     """An image file, a zarr / OME-Zarr path, or a directory of images."""
     pattern: Optional[str] = None
     """Regular expression selecting files in an input directory (full match on the name)."""
+    sequence: Optional[str] = None
+    """z: the TIFF files of the input directory (those ``pattern`` matches) are the planes
+    of one volume, one plane a file (a CT reconstruction, Fiji's "Image Sequence"); t:
+    its time points, one a file; in the natural order of their names (2 before 10).
+    Default: each file is an image of its own."""
     model: List[str] = MISSING
     """TorchScript file, torch.export program (.pt2), or a directory holding model.pth;
     several (``model=[fold0,fold1,fold2]``): an ensemble, their logits averaged."""
@@ -340,6 +345,11 @@ class InferConfig:
             raise ConfigError(f"channels={self.channels}: give distinct channel indices >= 0")
         if self.input_level < 0:
             raise ConfigError(f"input_level={self.input_level}: give 0 (full resolution) or more")
+        if self.sequence not in (None, "z", "t"):
+            raise ConfigError(
+                f"sequence={self.sequence}: give z (the files are the planes of one volume) or "
+                f"t (its time points), or leave it out (each file an image)"
+            )
         if not 1 <= self.levels <= 12:
             raise ConfigError(f"levels={self.levels}: give 1 (no pyramid) to 12")
         if not 0 <= self.part_id < self.num_parts:

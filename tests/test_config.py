@@ -47,6 +47,7 @@ def test_overrides_win_and_scalars_become_lists(tmp_path: Path) -> None:
         ("device=tpu", "device='tpu'"),
         ("channels=[1,1]", "distinct channel"),
         ("pattern=[", "not a regular expression"),
+        ("sequence=y", "sequence=y: give z .* or t"),
         ("normalize.std=0", "normalize.std"),
         ("normalize.std=[1,0,2]", r"normalize.std=\[1.0, 0.0, 2.0\] must be > 0"),
         ("normalize.mean=[]", r"normalize.mean=\[\]: give one value"),

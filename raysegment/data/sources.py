@@ -6,10 +6,14 @@ pickle (only its path travels); each process opens the file once and keeps the h
 
 from __future__ import annotations
 
+import collections
+import contextlib
 import functools
 import math
 import os
+import re
 import threading
+from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, cast
@@ -29,7 +33,10 @@ __all__ = [
     "MemorySource",
     "image_stem",
     "is_zarr",
+    "TiffSequenceSource",
+    "natural_key",
     "open_source",
+    "open_sequence",
     "open_sources",
 ]
 
@@ -198,6 +205,8 @@ class ImageSource:
         """Read timepoint ``t``, ``channels`` and the (z, y, x) ``region`` -> (C, Z, Y, X)."""
         try:
             out = self._read(t, channels, region)
+        except InputImageError:
+            raise  # a part's own message (a file of a sequence), already naming it
         except (OSError, ValueError, RuntimeError) as e:
             raise InputImageError(
                 f"{self.where}: cannot read region {region} ({type(e).__name__}: {e}); "
@@ -321,6 +330,9 @@ class _TiffPlanes:
             th, tw = key.tilelength, key.tilewidth
         else:
             th, tw = min(key.rowsperstrip, key.imagelength), key.imagewidth
+            if _raw_rows(key):
+                self._rows(page, th, y0, y1, x0, x1, out)
+                return
         across = -(-key.imagewidth // tw)
         wanted = [
             ty * across + tx
@@ -341,6 +353,42 @@ class _TiffPlanes:
                 target[...] = 0
             else:
                 target[...] = tile[0, ya - ty : yb - ty, xa - tx : xb - tx, 0]
+
+    def _rows(
+        self, page: Any, th: int, y0: int, y1: int, x0: int, x1: int, out: np.ndarray
+    ) -> None:
+        """Rows y0:y1 of uncompressed strips, read alone: ImageJ/Fiji and most writers of
+        uncompressed TIFFs store a plane as one strip, which a region would otherwise read
+        whole (a 512^2 region of a 2048^2 plane: 16 times the bytes)."""
+        key = page.keyframe
+        dtype = np.dtype(key.dtype).newbyteorder(page.parent.byteorder)
+        row = key.imagewidth * dtype.itemsize
+        strips = range(y0 // th, -(-y1 // th))
+        spans = [(max(y0, s * th), min(y1, s * th + th)) for s in strips]
+        offsets, counts = page.dataoffsets, page.databytecounts
+        where = [offsets[s] + (ya - s * th) * row for s, (ya, _) in zip(strips, spans, strict=True)]
+        sizes = [(yb - ya) * row for ya, yb in spans]
+        for s, (ya, yb) in zip(strips, spans, strict=True):
+            if not counts[s]:  # a strip the writer left out: fill value
+                out[ya - y0 : yb - y0] = 0
+        present = [i for i, s in enumerate(strips) if counts[s]]
+        for data, i in page.parent.filehandle.read_segments(
+            [where[i] for i in present], [sizes[i] for i in present], present, lock=self._lock
+        ):
+            ya, yb = spans[i]
+            rows = np.frombuffer(data, dtype).reshape(yb - ya, key.imagewidth)
+            out[ya - y0 : yb - y0] = rows[:, x0:x1]
+
+
+def _raw_rows(key: Any) -> bool:
+    """Whether a striped page's rows lie in its strips as plain samples, each row at a
+    fixed place (no compression, predictor or bit packing)."""
+    return bool(
+        key.compression == 1
+        and key.predictor == 1
+        and key.fillorder == 1
+        and key.bitspersample == 8 * np.dtype(key.dtype).itemsize
+    )
 
 
 class TiffSource(ArraySource):
@@ -449,6 +497,19 @@ class TiffSource(ArraySource):
         if getattr(self, "_tif", None) is not None:
             self._tif.close()
             self._tif = None
+
+    @contextlib.contextmanager
+    def opened(self) -> Iterator[TiffSource]:
+        """This source with its file open for the reads inside, closed after them; what
+        was parsed of the file (its directories, where each strip lies) is kept, and the
+        next ``opened`` opens the file again without parsing it."""
+        _ = self.handle  # parsed (and opened) once
+        handle = self._tif.filehandle
+        handle.open()
+        try:
+            yield self
+        finally:
+            handle.close()
 
 
 _LENGTHS = {"angstrom", "nanometer", "micrometer", "millimeter", "centimeter", "meter"}
@@ -790,6 +851,166 @@ SOURCES.register("ome-tiff")(OmeTiffSource)
 SOURCES.register("tiff")(TiffSource)
 SOURCES.register("zarr")(ZarrSource)
 SOURCES.register("czi")(CziSource)
+
+SEQUENCE_AXES = ("z", "t")
+
+PARSED_FILES = 1024
+"""Files of a sequence a process keeps parsed (not open): a block's planes and more."""
+
+
+def natural_key(name: str) -> list[Any]:
+    """Sort key comparing the numbers in names as numbers: ``z2.tif`` before ``z10.tif``."""
+    return [int(part) if i % 2 else part.lower() for i, part in enumerate(re.split(r"(\d+)", name))]
+
+
+class TiffSequenceSource(ImageSource):
+    """One image whose parts are TIFF files: the planes of a volume (``axis="z"``: a CT
+    reconstruction, a FIB-SEM or light-sheet stack exported one plane a file, Fiji's
+    "Image Sequence"), or its time points (``axis="t"``: one file, 2D or a z-stack, a time
+    point). ``files`` in order; each is read region by region as a TIFF of its own
+    (``TiffSource``, ``OmeTiffSource``), opened for a read and closed after it, so a
+    volume of thousands of planes holds no file open. Physical sizes and channel names
+    come from the first file."""
+
+    kind = "tiff-sequence"
+
+    def __init__(
+        self,
+        path: str,
+        files: list[str],
+        axis: str,
+        axes: str | None = None,
+        name: str | None = None,
+        level: int = 0,
+    ) -> None:
+        if axis not in SEQUENCE_AXES:
+            raise ValueError(f"axis {axis!r}: give one of {SEQUENCE_AXES}")
+        self.files = tuple(files)
+        self.axis = axis
+        self.part_axes = axes
+        self.part_kind = "tiff"
+        self._parts: collections.OrderedDict[int, TiffSource] | None = None
+        super().__init__(path, axes, None, name, level)
+
+    @property
+    def where(self) -> str:
+        first, last = (storage.basename(f) for f in (self.files[0], self.files[-1]))
+        level = f", level {self.level}" if self.level else ""
+        return f"{self.path} ({len(self.files)} files {first} .. {last} as {self.axis}{level})"
+
+    def at_level(self, level: int) -> ImageSource:
+        return type(self)(self.path, list(self.files), self.axis, self.part_axes, self.name, level)
+
+    def _part(self, i: int, tif: Any = None) -> TiffSource:
+        cls = cast(type[TiffSource], SOURCES.get(self.part_kind))
+        return cls(self.files[i], self.part_axes, level=self.level, tif=tif)
+
+    def _inspect(self) -> ImageInfo:
+        first: ImageInfo | None = None
+        for i, file in enumerate(self.files):
+            tif = _inspect_tiff(Path(file))  # every file whole: a short copy fails now
+            with tif:
+                if i == 0:
+                    self.part_kind = "ome-tiff" if tif.is_ome and self.part_axes is None else "tiff"
+                part = self._part(i, tif)
+            if first is None:
+                first, self.levels = part.info, part.levels
+                self._check_first(part)
+            elif (part.info.shape, part.info.dtype) != (first.shape, first.dtype):
+                raise InputImageError(
+                    f"{file}: {_size(part.info)}, where {self.files[0]} is {_size(first)}; "
+                    f"the files of a sequence must match: remove it or narrow pattern="
+                )
+        assert first is not None
+        n = len(self.files)
+        shape = (
+            (n, *first.shape[1:]) if self.axis == "t" else (1, first.shape[1], n, *first.shape[3:])
+        )
+        return replace(first, shape=shape)  # type: ignore[arg-type]
+
+    def _check_first(self, part: TiffSource) -> None:
+        t, _, z = part.info.shape[:3]
+        if self.axis == "z" and (t, z) != (1, 1):
+            raise InputImageError(
+                f"{part.where}: {_size(part.info)}; sequence=z takes files of one plane each: "
+                f"use sequence=t for a file per time point, or give the files one at a time"
+            )
+        if self.axis == "t" and t != 1:
+            raise InputImageError(
+                f"{part.where}: {t} time points; sequence=t takes files of one time point each"
+            )
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = super().__getstate__()
+        state["_parts"] = None  # parsed files stay in their process
+        return state
+
+    def _open(self) -> Any:
+        return None  # each read opens the files it needs
+
+    def close(self) -> None:
+        super().close()
+        with self._lock:
+            parts, self._parts = self._parts, None
+        for part in (parts or {}).values():
+            part.close()
+
+    def _read(
+        self, t: int, channels: tuple[int, ...], region: tuple[tuple[int, int], ...]
+    ) -> np.ndarray:
+        if self.axis == "t":
+            return self._part_read(t, channels, region)
+        (z0, z1), *plane = region
+        out = np.empty((len(channels), z1 - z0, *(b - a for a, b in plane)), self.info.dtype)
+        for z in range(z0, z1):
+            out[:, z - z0] = self._part_read(z, channels, ((0, 1), *plane))[:, 0]
+        return out
+
+    def _part_read(
+        self, i: int, channels: tuple[int, ...], region: tuple[tuple[int, int], ...]
+    ) -> np.ndarray:
+        # The files parsed last stay parsed (a block's neighbour reads the same planes),
+        # each open only for its read. One read at a time: a file is closed after it.
+        with self._lock:
+            if self._parts is None:
+                self._parts = collections.OrderedDict()
+            part = self._parts.pop(i, None) or self._part(i)
+            self._parts[i] = part
+            while len(self._parts) > PARSED_FILES:
+                self._parts.popitem(last=False)[1].close()
+            with part.opened():
+                return part.read(0, channels, region)
+
+
+def _size(info: ImageInfo) -> str:
+    """An image's size and type in messages: ``(t, c, z, y, x) 1x1x1x2048x2048 uint16``."""
+    return f"(t, c, z, y, x) {'x'.join(map(str, info.shape))} {info.dtype}"
+
+
+def open_sequence(
+    paths: list[str], axis: str, axes: str | None = None, level: int = 0, name: str | None = None
+) -> TiffSequenceSource:
+    """The TIFF files ``paths`` as one image along ``axis`` (``TiffSequenceSource``), in
+    the natural order of their names (``z2`` before ``z10``), named ``name`` or after
+    their directory.
+
+    Raises:
+        InputImageError: a file that is not a TIFF, unreadable, cut short, or unlike the
+            first.
+    """
+    files = sorted(
+        (storage.resolve(p) for p in paths), key=lambda f: natural_key(storage.basename(f))
+    )
+    for file in files:
+        if storage.is_url(file) or not file.lower().endswith((".tif", ".tiff")):
+            raise InputImageError(
+                f"{file}: a sequence is made of local TIFF files (.tif, .tiff); narrow pattern= "
+                f"to them"
+            )
+    directory = os.path.dirname(files[0])
+    return TiffSequenceSource(
+        directory, files, axis, axes, name or Path(directory).name or "sequence", level
+    )
 
 
 def _unreadable_tiff(path: str | Path, e: Exception) -> InputImageError:

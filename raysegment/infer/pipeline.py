@@ -21,7 +21,7 @@ from raysegment import storage
 from raysegment._version import __version__
 from raysegment.config import InferConfig, as_config, config_to_dict
 from raysegment.data.inputs import resolve_inputs
-from raysegment.data.sources import ImageSource, image_stem, open_sources
+from raysegment.data.sources import ImageSource, image_stem, open_sequence, open_sources
 from raysegment.data.tiling import block_grid, seam_repeats
 from raysegment.errors import ConfigError, OutputError
 from raysegment.infer.attempts import start_ledger
@@ -299,7 +299,7 @@ def _prepare(
     """
     import_ray_data()
 
-    sources = [s for p in paths for s in open_sources(p, cfg.axes, cfg.input_level)]
+    sources = _open_images(cfg, paths)
     _refuse_shared_outputs(cfg.input, [s.name for s in sources])  # series named alike
     spec = probe_models(models, lambda spec: tile_size(cfg, spec))
     if spec.static_batch and cfg.batch_size not in (None, spec.static_batch):
@@ -332,6 +332,14 @@ def _prepare(
     return spec, plans, done
 
 
+def _open_images(cfg: InferConfig, paths: list[str]) -> list[ImageSource]:
+    """The images of ``paths``: each file's (``open_sources``), or with ``sequence`` the
+    files as one image's planes or time points."""
+    if cfg.sequence:
+        return [open_sequence(paths, cfg.sequence, cfg.axes, cfg.input_level)]
+    return [s for p in paths for s in open_sources(p, cfg.axes, cfg.input_level)]
+
+
 def _mask_of(cfg: InferConfig, source: ImageSource) -> tuple[Mask | None, np.ndarray | None]:
     """The mask of ``source`` (``mask``), and with ``mask=auto`` what it found (bool)."""
     if not cfg.mask:
@@ -360,7 +368,8 @@ def infer(config: InferConfig | Mapping[str, Any] | None = None, **overrides: An
     # Workers may run elsewhere (another cwd, another node with the same mounts): every
     # path they see is absolute.
     paths = resolve_inputs(cfg.input, cfg.pattern)
-    _refuse_shared_outputs(cfg.input, [image_stem(p) for p in paths])  # before Ray starts
+    if not cfg.sequence:  # before Ray starts
+        _refuse_shared_outputs(cfg.input, [image_stem(p) for p in paths])
     output = storage.resolve(cfg.output)
     _check_output_location(output, storage.resolve(cfg.input), paths)
     models = read_models(cfg.model)

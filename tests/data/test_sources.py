@@ -69,6 +69,8 @@ _LAYOUTS = {
     "tiles-jpeg": ({"tile": (32, 32), "compression": "jpeg"}, True),
     "strips-uneven": ({"rowsperstrip": 7}, True),
     "one-strip": ({}, True),
+    "one-strip-big-endian": ({"byteorder": ">"}, True),
+    "strips-zlib": ({"rowsperstrip": 9, "compression": "zlib"}, True),
     "rgb-samples": ({"photometric": "rgb", "tile": (32, 32)}, False),
 }
 
@@ -108,6 +110,38 @@ def test_ome_tiff_regions_read_segment_by_segment_equal_the_whole_image(
                 got = src.read(t, (2, 0), region)
                 want = truth[t, z0:z1][:, [2, 0], y0:y1, x0:x1].swapaxes(0, 1)
             np.testing.assert_array_equal(got, want)
+
+
+def test_uncompressed_strips_read_only_the_rows_asked(tmp_path: Path, monkeypatch) -> None:
+    """ImageJ/Fiji write a plane as one uncompressed strip: a region reads its rows, not
+    the plane; a strip the writer left out (byte count 0) reads as the fill value 0."""
+    image = np.random.default_rng(4).integers(0, 4000, (3, 120, 100), np.uint16)
+    path = tmp_path / "fiji.tif"
+    tifffile.imwrite(path, image, imagej=True, metadata={"axes": "ZYX"})
+    asked: list[int] = []
+    real = tifffile.FileHandle.read_segments
+
+    def counting(self, offsets, bytecounts, *args, **kwargs):
+        asked.extend(bytecounts)
+        return real(self, offsets, bytecounts, *args, **kwargs)
+
+    monkeypatch.setattr(tifffile.FileHandle, "read_segments", counting)
+    src = open_source(path)
+    got = src.read(0, (0,), ((1, 3), (30, 40), (20, 70)))
+    np.testing.assert_array_equal(got[0], image[1:3, 30:40, 20:70])
+    assert asked == [10 * 100 * 2] * 2  # ten rows of each of two planes
+    monkeypatch.undo()
+
+    striped = tmp_path / "sparse.tif"
+    tifffile.imwrite(striped, image[0], rowsperstrip=16)
+    with tifffile.TiffFile(striped, mode="r+b") as tif:
+        counts = list(tif.pages[0].databytecounts)
+        counts[2] = 0  # rows 32-47 never written
+        tif.pages[0].tags["StripByteCounts"].overwrite(counts)
+    got = open_source(striped).read(0, (0,), ((0, 1), (20, 60), (0, 100)))[0, 0]
+    want = image[0, 20:60].copy()
+    want[32 - 20 : 48 - 20] = 0
+    np.testing.assert_array_equal(got, want)
 
 
 @pytest.mark.parametrize("compression", ["zlib", "lzw", "zstd"])

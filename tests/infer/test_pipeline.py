@@ -188,6 +188,72 @@ def test_2d_model_on_multipage_tiff_stack(tmp_path, make_model) -> None:
         )
 
 
+def test_tiff_sequences_are_one_volume_or_one_time_series(tmp_path, make_model) -> None:
+    """sequence=z: a CT reconstruction's planes, a file each (Fiji's Image Sequence, no
+    zero padding, a note beside them), segmented as one volume with its calibration;
+    sequence=t: a file per time point."""
+    volume = random_image((20, 40, 36))
+    recon = tmp_path / "recon"
+    recon.mkdir()
+    for z, plane in enumerate(volume):
+        meta = {"spacing": 2.0, "unit": "um"}
+        tifffile.imwrite(
+            recon / f"rec{z}.tif", plane, imagej=True, resolution=(2, 2), metadata=meta
+        )
+    (recon / "notes.txt").write_text("scan settings")
+    model, module = make_model(dims=3, out_ch=1)
+    settings = {"progress": False, "finalize": {"mode": "raw"}, "quicklook": False}
+    tile = {"size": [16], "overlap": 0.5, "blend": "crop"}
+    summary = infer(
+        input=str(recon),
+        sequence="z",
+        model=str(model),
+        output=str(tmp_path / "z"),
+        tile=tile,
+        chunks=[8],
+        block=[8],
+        **settings,
+    )
+    out = tmp_path / "z" / "recon.ome.zarr"
+    assert summary.outputs == [str(out)] and summary.blocks == 3 * 5 * 5
+    ms = _attrs(out)["ome"]["multiscales"][0]
+    assert ms["datasets"][0]["coordinateTransformations"][0]["scale"] == [1.0, 2.0, 0.5, 0.5]
+    assert _attrs(out)["raysegment"]["input"]["path"] == str(recon)
+    # The same volume as one multi-page TIFF, segmented with the same settings: the
+    # same output, value for value.
+    tifffile.imwrite(tmp_path / "stack.tif", volume, imagej=True, metadata={"axes": "ZYX"})
+    infer(
+        input=str(tmp_path / "stack.tif"),
+        model=str(model),
+        output=str(tmp_path / "one"),
+        tile=tile,
+        chunks=[8],
+        block=[8],
+        **settings,
+    )
+    got = zarr.open_array(str(out / "0"), mode="r")[:]
+    np.testing.assert_array_equal(got, zarr.open_array(str(tmp_path / "one/stack.ome.zarr/0"))[:])
+    np.testing.assert_allclose(got, whole_image_prediction(module, volume), rtol=1e-5, atol=1e-4)
+
+    flat, flat_module = make_model(out_ch=1, name="flat.pth")
+    infer(
+        input=str(recon),
+        sequence="t",
+        pattern=r"rec\d\.tif",
+        model=str(flat),
+        output=str(tmp_path / "t"),
+        tile={"size": [16], "blend": "crop"},
+        **settings,
+    )
+    out = tmp_path / "t" / "recon.ome.zarr"
+    assert [a["name"] for a in _attrs(out)["ome"]["multiscales"][0]["axes"]] == list("tcyx")
+    got = zarr.open_array(str(out / "0"), mode="r")[:]
+    assert got.shape == (10, 1, 40, 36)  # rec0 .. rec9: not rec10 .. rec19
+    for t in range(10):
+        want = whole_image_prediction(flat_module, volume[t])
+        np.testing.assert_allclose(got[t], want, rtol=1e-5, atol=1e-4)
+
+
 @pytest.mark.parametrize("level", [0, 1])
 def test_ome_zarr_05_volume_keeps_anisotropic_scale(tmp_path, make_model, level) -> None:
     """Its full resolution, or (``input_level=1``) its second dataset, halved in y and x
