@@ -90,7 +90,8 @@ class TileConfig:
     size: Optional[List[int]] = None
     """Tile size fed to the model, one value or one per spatial axis; default: the size a
     torch.export program was exported with, else the model directory's, else 512 (2D) /
-    128 (3D)."""
+    128 (3D). Along an axis where an image is shorter, its tile is the image's length, or
+    that rounded up to a multiple of 8, 16, 32 or 64: the first the model takes."""
     overlap: float = 0.25
     """Fraction of a tile shared with its neighbour, in [0, 1)."""
     blend: Blend = Blend.gaussian

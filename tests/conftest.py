@@ -86,15 +86,17 @@ def driver_plan(settings: dict[str, Any]) -> tuple[Any, Any]:
     from raysegment.data.sources import open_source
     from raysegment.infer.mask import open_mask
     from raysegment.infer.model import ensemble_sha256, probe_models, read_models
-    from raysegment.infer.plan import plan_image, tile_size
+    from raysegment.infer.plan import image_fits, plan_image, tile_size
 
     cfg = as_config(InferConfig, settings, {})
     models = read_models(cfg.model)
-    spec = probe_models(models, lambda spec: tile_size(cfg, spec))  # output channels
     source = open_source(cfg.input)
+    spec, (tile,) = probe_models(  # output channels, and the tile fitted to the image
+        models, lambda spec: tile_size(cfg, spec), lambda spec: [image_fits(cfg, spec, source)]
+    )
     mask = open_mask(cfg.mask, source) if cfg.mask else None
     sha256 = ensemble_sha256(models)
-    return models, plan_image(0, source, cfg.output, cfg, spec, sha256, mask)
+    return models, plan_image(0, source, cfg.output, cfg, spec, sha256, mask, tile)
 
 
 def work_row(plan: Any) -> dict[str, np.ndarray]:
@@ -183,8 +185,25 @@ def conv_model(dims: int = 2, in_ch: int = 1, out_ch: int = 2, seed: int = 0) ->
     ).eval()
 
 
-def save_torchscript(module: torch.nn.Module, path: Path, dims: int, in_ch: int) -> Path:
-    example = torch.zeros((1, in_ch, *([16] * dims)))
+class Strided(torch.nn.Module):
+    """``inner``, for sizes divisible by ``stride`` only (as a network pooling
+    log2(stride) times): others fail, as they fail such networks."""
+
+    def __init__(self, inner: torch.nn.Module, stride: int) -> None:
+        super().__init__()
+        self.inner, self.stride = inner, stride
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        pool = torch.nn.functional.avg_pool2d if x.ndim == 4 else torch.nn.functional.avg_pool3d
+        coarse = pool(x, self.stride)
+        back = torch.nn.functional.interpolate(coarse, scale_factor=float(self.stride))
+        return self.inner(x) + 0 * back.mean(dim=1, keepdim=True)  # shapes must agree
+
+
+def save_torchscript(
+    module: torch.nn.Module, path: Path, dims: int, in_ch: int, size: int = 16
+) -> Path:
+    example = torch.zeros((1, in_ch, *([size] * dims)))
     torch.jit.save(torch.jit.trace(module, example), str(path))
     return path
 
@@ -192,10 +211,12 @@ def save_torchscript(module: torch.nn.Module, path: Path, dims: int, in_ch: int)
 @pytest.fixture
 def make_model(tmp_path: Path) -> Callable[..., tuple[Path, torch.nn.Module]]:
     def make(
-        dims: int = 2, in_ch: int = 1, out_ch: int = 2, name: str = "model.pth"
+        dims: int = 2, in_ch: int = 1, out_ch: int = 2, name: str = "model.pth", stride: int = 1
     ) -> tuple[Path, torch.nn.Module]:
         module = conv_model(dims, in_ch, out_ch)
-        return save_torchscript(module, tmp_path / name, dims, in_ch), module
+        if stride > 1:
+            module = Strided(module, stride).eval()
+        return save_torchscript(module, tmp_path / name, dims, in_ch, max(16, stride)), module
 
     return make
 

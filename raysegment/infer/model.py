@@ -108,23 +108,61 @@ def ensemble_sha256(models: Sequence[ModelFile]) -> str:
     return hashlib.sha256(" ".join(m.sha256 for m in models).encode()).hexdigest()
 
 
+FIT_PROBES = 24
+"""Tiles fitted to images shorter than the tile (``probe_models``' ``fits``) probed per
+model at most: a directory of many small images of different sizes keeps the configured
+tile for those beyond."""
+
+
 def probe_models(
-    models: Sequence[ModelFile], tile_for: Callable[[ModelSpec], tuple[int, ...]]
-) -> ModelSpec:
+    models: Sequence[ModelFile],
+    tile_for: Callable[[ModelSpec], tuple[int, ...]],
+    fits: Callable[[ModelSpec], Sequence[Sequence[tuple[int, ...]]]] | None = None,
+) -> tuple[ModelSpec, list[tuple[int, ...] | None]]:
     """Each of ``models`` (one, or an ensemble's) loaded, described and probed on a tile of
-    ``tile_for(its description)``: their one description.
+    ``tile_for(its description)``: their one description; and per image, of the tiles
+    ``fits(description)`` lists for it (fitted to an image shorter than the tile), the
+    first that every model takes, returning it whole with the same channels (None: none
+    does, or beyond ``FIT_PROBES``).
 
     Raises:
         ModelLoadError, ModelContractError: as ``load_model`` and ``probe_model``, and for
             members that take or return different things.
     """
     specs = []
+    chosen: list[tuple[int, ...] | None] | None = None
     for model in models:
         module = load_model(model)
-        spec = describe_model(model, module)
-        specs.append(probe_model(model, module, spec, tile_for(spec)))
+        described = describe_model(model, module)
+        spec = probe_model(model, module, described, tile_for(described))
+        specs.append(spec)
+        takes = _tiles_taken(model, module, spec)
+        if chosen is None:  # the first model picks, the others must take its picks
+            chosen = [next(filter(takes, tiles), None) for tiles in (fits(spec) if fits else [])]
+        else:
+            chosen = [t if t is not None and takes(t) else None for t in chosen]
         del module
-    return _agreeing_spec(specs, models)
+    return _agreeing_spec(specs, models), chosen or []
+
+
+def _tiles_taken(
+    model: ModelFile, module: torch.nn.Module, spec: ModelSpec
+) -> Callable[[tuple[int, ...]], bool]:
+    """Whether ``module`` takes a tile as it takes ``spec``'s (probed once per tile, at most
+    ``FIT_PROBES`` tiles; those beyond count as not taken)."""
+    seen: dict[tuple[int, ...], bool] = {}
+
+    def takes(tile: tuple[int, ...]) -> bool:
+        if tile not in seen:
+            if len(seen) >= FIT_PROBES:
+                return False
+            try:
+                seen[tile] = probe_model(model, module, spec, tile) == spec
+            except ModelContractError:  # a size it cannot take (not a multiple of its stride)
+                seen[tile] = False
+        return seen[tile]
+
+    return takes
 
 
 def _agreeing_spec(specs: Sequence[ModelSpec], models: Sequence[ModelFile]) -> ModelSpec:

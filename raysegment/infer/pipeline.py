@@ -27,7 +27,14 @@ from raysegment.errors import ConfigError, OutputError
 from raysegment.infer.attempts import start_ledger
 from raysegment.infer.mask import AUTO, Mask, auto_mask, open_mask
 from raysegment.infer.model import ModelFile, ModelSpec, ensemble_sha256, probe_models, read_models
-from raysegment.infer.plan import ImagePlan, chunk_block, plan_image, provenance, tile_size
+from raysegment.infer.plan import (
+    ImagePlan,
+    chunk_block,
+    image_fits,
+    plan_image,
+    provenance,
+    tile_size,
+)
 from raysegment.infer.pyramid import build_pyramid
 from raysegment.infer.quicklook import InputPreview, quicklook, write_png
 from raysegment.infer.stages import EMPTY, OUTSIDE, decode_error, read_stage, write_stage
@@ -270,21 +277,35 @@ def _refuse_shared_outputs(input: str, names: list[str]) -> None:
         )
 
 
-def _resumable(cfg: InferConfig, make: Callable[[InferConfig], ImagePlan]) -> ImagePlan:
-    """The plan ``make`` makes of ``cfg``; where ``block`` is not given and the output was
-    begun with the default block of earlier versions (``chunk_block``: 2 chunks a side in
-    3D), otherwise the same run, the plan with that block, so that the run resumes."""
-    plan = make(cfg)
-    if cfg.block is not None or cfg.overwrite:
+def _resumable(
+    cfg: InferConfig,
+    make: Callable[..., ImagePlan],
+    tile: tuple[int, ...] | None,
+) -> ImagePlan:
+    """The plan ``make(cfg, tile=tile)`` makes (``tile``: fitted to an image shorter than
+    the configured tile, or None); where the output was begun by an earlier version,
+    otherwise the same run, the plan it was begun with, so that the run resumes: with the
+    configured tile (before tiles were fitted), and, where ``block`` is not given, with
+    the default block before it held ``BLOCK_TILES`` tiles (``chunk_block``: 2 chunks a
+    side in 3D)."""
+    plan = make(cfg, tile=tile)
+    if cfg.overwrite:
         return plan
-    earlier = chunk_block(plan.tiling.shape, plan.layout.chunks[-plan.spatial_dims :])
-    if earlier == plan.block:
+    dims = plan.spatial_dims
+    earlier = [(cfg, None)] if tile is not None else []
+    if cfg.block is None:
+        block = chunk_block(plan.tiling.shape, plan.layout.chunks[-dims:])
+        if tile is not None or block != plan.block:
+            earlier.append((dataclasses.replace(cfg, block=list(block)), None))
+    if not earlier:
         return plan
     state = inspect_output(plan.output)
     if not state.ours or state.fingerprint in (None, plan.fingerprint):
         return plan
-    begun = make(dataclasses.replace(cfg, block=list(earlier)))
-    return begun if begun.fingerprint == state.fingerprint else plan
+    for begun in (make(c, tile=t) for c, t in earlier):
+        if begun.fingerprint == state.fingerprint:
+            return begun
+    return plan
 
 
 def _prepare(
@@ -301,7 +322,11 @@ def _prepare(
 
     sources = _open_images(cfg, paths)
     _refuse_shared_outputs(cfg.input, [s.name for s in sources])  # series named alike
-    spec = probe_models(models, lambda spec: tile_size(cfg, spec))
+    spec, fitted = probe_models(
+        models,
+        lambda spec: tile_size(cfg, spec),
+        lambda spec: [image_fits(cfg, spec, src) for src in sources],
+    )
     if spec.static_batch and cfg.batch_size not in (None, spec.static_batch):
         raise ConfigError(
             f"batch_size={cfg.batch_size}: {models[0].path} was exported for batches of "
@@ -321,8 +346,9 @@ def _prepare(
                 model_sha256=sha256,
                 mask=mask,
             ),
+            tile,
         )
-        for i, (src, (mask, _)) in enumerate(zip(sources, masks, strict=True))
+        for i, (src, (mask, _), tile) in enumerate(zip(sources, masks, fitted, strict=True))
     ]
     done = _prepare_outputs(cfg, plans, config_to_dict(cfg), models)
     for src, (_, found) in zip(sources, masks, strict=True):

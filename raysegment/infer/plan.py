@@ -25,7 +25,16 @@ from raysegment.infer.writer import OutputLayout
 if TYPE_CHECKING:
     from raysegment.infer.model import ModelFile, ModelSpec
 
-__all__ = ["ImagePlan", "WorkItem", "chunk_block", "default_block", "plan_image", "tile_size"]
+__all__ = [
+    "ImagePlan",
+    "WorkItem",
+    "chunk_block",
+    "default_block",
+    "fitted_tiles",
+    "image_fits",
+    "plan_image",
+    "tile_size",
+]
 
 DEFAULT_TILE = {2: 512, 3: 128}
 DEFAULT_CHUNK = {2: 1024, 3: 128}
@@ -192,6 +201,37 @@ def tile_size(cfg: InferConfig, spec: ModelSpec) -> tuple[int, ...]:
     return tile
 
 
+FIT_MULTIPLES = (1, 8, 16, 32, 64)
+"""What an axis shorter than the tile is rounded up to (``fitted_tiles``): the image's
+length itself (a model of plain convolutions takes any), or a multiple of 2^k (a network
+pooling k times takes those)."""
+
+
+def fitted_tiles(tile: Sequence[int], shape: Sequence[int]) -> list[tuple[int, ...]]:
+    """The tiles an image shorter than ``tile`` along some axis can take instead, smallest
+    first: each such axis the image's length rounded up to a multiple of ``FIT_MULTIPLES``
+    (one multiple for every axis), the others as ``tile``. None where the image fills the
+    tile: a 40-plane z-stack in 128^3 tiles would run 88 planes of padding in each (3.2x
+    the work), and the model would see a padded edge the whole image does not have."""
+    tile = tuple(tile)
+    fitted: list[tuple[int, ...]] = []
+    for m in FIT_MULTIPLES:
+        fit = tuple(
+            t if n >= t else min(t, -(-n // m) * m) for n, t in zip(shape, tile, strict=True)
+        )
+        if fit != tile and fit not in fitted:
+            fitted.append(fit)
+    return fitted
+
+
+def image_fits(cfg: InferConfig, spec: ModelSpec, source: ImageSource) -> list[tuple[int, ...]]:
+    """``fitted_tiles`` of ``source`` for the configured tile (none for a model of one tile
+    size, a torch.export program's static one)."""
+    if spec.static_tile is not None:
+        return []
+    return fitted_tiles(tile_size(cfg, spec), _spatial_shape(source, spec.spatial_dims))
+
+
 def chunk_block(shape: Sequence[int], chunks: Sequence[int]) -> tuple[int, ...]:
     """``DEFAULT_BLOCK_CHUNKS`` chunks a side, no larger than the image: the default block
     before it held ``BLOCK_TILES`` tiles (outputs begun then resume with it)."""
@@ -310,13 +350,16 @@ def plan_image(
     spec: ModelSpec,
     model_sha256: str,
     mask: Mask | None = None,
+    tile: tuple[int, ...] | None = None,
 ) -> ImagePlan:
     """Everything needed to segment ``source`` into ``output``, before any pixel is read
-    (except the sample a percentile normalization needs)."""
+    (except the sample a percentile normalization needs). ``tile``: the tile fitted to an
+    image shorter than the configured one (``fitted_tiles``), which the model was probed
+    with; default ``tile_size``."""
     dims = spec.spatial_dims
     shape = _spatial_shape(source, dims)
     channels = _select_channels(cfg, source, spec)
-    tile = tile_size(cfg, spec)
+    tile = tile or tile_size(cfg, spec)
     tiling = Tiling.plan(shape, tile, cfg.tile.overlap, cfg.tile.blend.value)
     chunks = _per_axis("chunks", cfg.chunks, dims, DEFAULT_CHUNK[dims])
     if cfg.chunks is None:
@@ -467,6 +510,7 @@ def provenance(
         **({"mask": plan.mask.key()[0]} if plan.mask else {}),
         "blocks": plan.num_blocks,
         "tiles": plan.num_tiles,
+        "tile": list(plan.tiling.tile),
     }
 
 

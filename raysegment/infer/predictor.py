@@ -3,6 +3,7 @@ device and blend the tiles into the block."""
 
 from __future__ import annotations
 
+import math
 import sys
 import time
 import warnings
@@ -325,8 +326,11 @@ class Predictor:
         streams = streams if self.device.type == "cpu" else 1
         self.threads = max(1, threads // streams)
         self.streams = Streams(streams, self.threads)
-        first = self.plans[0]
-        tile_shape = (len(first.channels), *first.tiling.tile)
+        # The largest of the images' tiles (an image shorter than the tile has a smaller
+        # one) sizes the batches and checks the layout.
+        tile_shape = max(
+            ((len(p.channels), *p.tiling.tile) for p in self.plans), key=lambda s: math.prod(s)
+        )
         # The layout check runs on the one thread Ray's OMP_NUM_THREADS leaves this thread:
         # with the actor's threads set here too it took 0.25 s less, but every tile after
         # ran slower on Ray Data's thread (4096^2 Unet bfloat16 on 2 cores, 3 alternating

@@ -118,14 +118,30 @@ def test_weighted_blends_equal_numpy_weighted_average(
     np.testing.assert_allclose(single, got, rtol=1e-5, atol=1e-5)
 
 
-def test_image_smaller_than_tile_is_padded(tmp_path, make_model, ome_tiff) -> None:
-    image = random_image((20, 27))
-    path = ome_tiff(image, tile=None)
-    model_path, module = make_model(dims=2)
-    got = _run(tmp_path, path, model_path, tile={"size": [32], "blend": "crop"})
-    # The model sees the image zero-padded to one whole tile, then the pad is cut away.
-    padded = np.pad(image, ((0, 12), (0, 5)))
-    want = whole_image_prediction(module, padded)[:, :20, :27]
+@pytest.mark.parametrize(
+    ("shape", "tile", "stride", "fitted"),
+    [
+        ((20, 27), 32, 1, (20, 27)),  # any size: the image's own
+        ((20, 27), 32, 8, (24, 32)),  # multiples of 8: rounded up, the rest padded
+        ((6, 40, 36), 16, 1, (6, 16, 16)),  # a z-stack thinner than the tile
+        ((6, 40, 36), 16, 4, (8, 16, 16)),
+    ],
+)
+def test_image_shorter_than_the_tile_runs_a_tile_fitted_to_it(
+    tmp_path, make_model, shape, tile, stride, fitted
+) -> None:
+    """Along an axis where the image is shorter than the tile, the tile shrinks to the
+    image, rounded up to a size the model takes: the model sees the image as the whole
+    image would show it, zero-padded only as far as the model needs."""
+    image = random_image(shape)
+    zarr.create_array(str(tmp_path / "img.zarr"), data=image)
+    model_path, module = make_model(dims=len(shape), stride=stride)
+    got = _run(tmp_path, tmp_path / "img.zarr", model_path, tile={"size": [tile], "blend": "crop"})
+    attrs = dict(zarr.open_group(str(tmp_path / "out" / "img.ome.zarr"), mode="r").attrs)
+    assert attrs["raysegment"]["tile"] == list(fitted)
+    grown = np.maximum(fitted, shape)
+    padded = np.pad(image, [(0, g - n) for g, n in zip(grown, shape, strict=True)])
+    want = whole_image_prediction(module, padded)[(slice(None), *(slice(n) for n in shape))]
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-4)
 
 

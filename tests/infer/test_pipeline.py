@@ -501,13 +501,13 @@ def test_blocks_travel_as_stored_and_are_normalized_by_the_predictor(
     from raysegment.infer.stages import normalized
 
     image = random_image((40, 50))
-    model_path, _ = make_model(out_ch=1)
+    model_path, _ = make_model(out_ch=1, stride=32)  # sizes of 32s: the image padded to 64
     _, plan = driver_plan(
         {
             "input": str(ome_tiff(image, tile=None)),
             "model": str(model_path),
             "output": str(tmp_path / "out"),
-            "tile": {"size": [64], "padding": "reflect"},  # longer than the image: padded
+            "tile": {"size": [64], "padding": "reflect"},
             "normalize": {"mode": "fixed", "mean": 500.0, "std": 250.0},
         }
     )

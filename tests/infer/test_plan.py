@@ -10,7 +10,12 @@ import pytest
 import zarr
 
 from raysegment.data.tiling import Tiling, seam_repeats
-from raysegment.infer.plan import DEFAULT_BLOCK_CHUNKS, MAX_DEFAULT_BLOCK_BYTES, default_block
+from raysegment.infer.plan import (
+    DEFAULT_BLOCK_CHUNKS,
+    MAX_DEFAULT_BLOCK_BYTES,
+    default_block,
+    fitted_tiles,
+)
 from tests.conftest import driver_plan, random_image
 
 
@@ -118,3 +123,82 @@ def test_an_output_begun_with_the_earlier_default_blocks_resumes_with_them(
     a = zarr.open_array(str(tmp_path / "a" / "vol.ome.zarr" / "0"), mode="r")[:]
     b = zarr.open_array(str(tmp_path / "b" / "vol.ome.zarr" / "0"), mode="r")[:]
     np.testing.assert_array_equal(a, b)
+
+
+def test_tiles_fitted_to_an_image_shorter_than_the_tile() -> None:
+    """Each short axis: the image's length, or rounded up to a multiple of 8, 16, 32, 64;
+    smallest first; none where the image fills the tile."""
+    assert fitted_tiles((128, 128, 128), (40, 500, 500)) == [
+        (40, 128, 128),
+        (48, 128, 128),
+        (64, 128, 128),
+    ]
+    assert fitted_tiles((512, 512), (256, 300)) == [(256, 300), (256, 304), (256, 320)]
+    assert fitted_tiles((512, 512), (700, 9)) == [(512, 9), (512, 16), (512, 32), (512, 64)]
+    assert fitted_tiles((64, 64), (64, 1000)) == []
+
+
+def test_probes_pick_per_image_the_first_fitted_tile_every_model_takes(
+    tmp_path: Path, make_model, monkeypatch
+) -> None:
+    from raysegment.infer import model as model_module
+    from raysegment.infer.model import probe_models, read_models
+
+    any_size, _ = make_model(name="any.pth")
+    by_eight, _ = make_model(name="eight.pth", stride=8)
+    lists = [[(20, 27), (24, 32)], [(9, 64), (16, 64)], []]
+    models = read_models([str(by_eight)])
+    assert probe_models(models, lambda spec: (64, 64), lambda spec: lists)[1] == [
+        (24, 32),
+        (16, 64),
+        None,
+    ]
+    # An ensemble: the second must take the first's pick, else the image keeps the tile.
+    both = read_models([str(any_size), str(by_eight)])
+    assert probe_models(both, lambda spec: (64, 64), lambda spec: lists)[1] == [None, None, None]
+    both = read_models([str(by_eight), str(any_size)])
+    assert probe_models(both, lambda spec: (64, 64), lambda spec: lists)[1] == [
+        (24, 32),
+        (16, 64),
+        None,
+    ]
+    # Many sizes (a directory of small images): a few probes a model, the rest unfitted.
+    monkeypatch.setattr(model_module, "FIT_PROBES", 3)
+    many = [[(20, 27), (24, 32)], [(9, 64), (16, 64)], [(40, 40)]]
+    assert probe_models(models, lambda spec: (64, 64), lambda spec: many)[1] == [
+        (24, 32),
+        None,
+        None,
+    ]
+
+
+def test_an_output_begun_before_tiles_were_fitted_resumes_with_the_tile(
+    tmp_path: Path, make_model, monkeypatch
+) -> None:
+    """A z-stack thinner than the tile, half segmented with the configured tile (as before
+    tiles were fitted to images), resumes with it; a new output gets the fitted tile."""
+    from raysegment.infer import infer, pipeline
+
+    stack = tmp_path / "stack.zarr"
+    zarr.create_array(str(stack), data=random_image((6, 64, 64)), chunks=(6, 16, 16))
+    model, _ = make_model(dims=3)
+    settings = {
+        "input": str(stack),
+        "model": str(model),
+        "tile": {"size": [16]},
+        "chunks": [16],
+        "block": [16],
+        "finalize": {"mode": "raw"},
+        "progress": False,
+        "quicklook": False,
+    }
+    with monkeypatch.context() as patch:
+        patch.setattr(pipeline, "image_fits", lambda cfg, spec, source: [])
+        assert infer(**settings, output=str(tmp_path / "a"), num_parts=2, part_id=0).blocks == 8
+    resumed = infer(**settings, output=str(tmp_path / "a"))
+    assert resumed.resumed_blocks == 8 and resumed.blocks == 16
+    attrs = dict(zarr.open_group(str(tmp_path / "a" / "stack.ome.zarr"), mode="r").attrs)
+    assert attrs["raysegment"]["tile"] == [16, 16, 16]
+    infer(**settings, output=str(tmp_path / "b"))
+    attrs = dict(zarr.open_group(str(tmp_path / "b" / "stack.ome.zarr"), mode="r").attrs)
+    assert attrs["raysegment"]["tile"] == [6, 16, 16]
