@@ -5,12 +5,12 @@ from __future__ import annotations
 import re
 
 from raysegment import storage
-from raysegment.data.sources import is_zarr
+from raysegment.data.sources import is_n5, is_precomputed, is_zarr
 from raysegment.errors import InputImageError
 
 __all__ = ["DEFAULT_PATTERN", "resolve_inputs"]
 
-DEFAULT_PATTERN = r".*\.(ome\.tiff?|tiff?|ome\.zarr|zarr|svs|ndpi|qptiff|czi)"
+DEFAULT_PATTERN = r".*\.(ome\.tiff?|tiff?|ome\.zarr|zarr|n5|svs|ndpi|qptiff|czi)"
 
 
 def resolve_inputs(input: str, pattern: str | None = None) -> list[str]:
@@ -24,7 +24,7 @@ def resolve_inputs(input: str, pattern: str | None = None) -> list[str]:
     path = storage.resolve(input)
     if not storage.exists(path):
         raise InputImageError(f"{input}: no such file or directory; check the input= path")
-    if not storage.is_dir(path) or is_zarr(path):
+    if not storage.is_dir(path) or is_zarr(path) or is_n5(path) or is_precomputed(path):
         return [path]
     regex = re.compile(pattern or DEFAULT_PATTERN, re.IGNORECASE)
     entries = sorted(storage.listdir(path))

@@ -9,6 +9,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import functools
+import json
 import math
 import os
 import re
@@ -33,7 +34,10 @@ __all__ = [
     "MemorySource",
     "image_stem",
     "is_zarr",
+    "TensorstoreSource",
     "TiffSequenceSource",
+    "is_n5",
+    "is_precomputed",
     "natural_key",
     "open_source",
     "open_sequence",
@@ -56,6 +60,7 @@ IMAGE_SUFFIXES = (
     ".tif",
     ".zarr",
     ".czi",
+    ".n5",
     *SLIDE_SUFFIXES,
 )
 
@@ -672,6 +677,178 @@ class ZarrSource(ArraySource):
         return node[self.array_path] if self.array_path else node
 
 
+N5_UNITS_DEFAULT = "micrometer"
+"""The unit of an N5 ``pixelResolution``/``resolution`` that names none (BigStitcher's)."""
+
+
+def is_precomputed(path: str) -> bool:
+    """Whether ``path`` is a Neuroglancer precomputed volume (its ``info`` says so)."""
+    info = Path(path) / "info"
+    if storage.is_url(path) or not info.is_file():
+        return False
+    try:
+        return json.loads(info.read_text()).get("@type") == "neuroglancer_multiscale_volume"
+    except (ValueError, OSError, AttributeError):
+        return False
+
+
+def is_n5(path: str) -> bool:
+    """Whether ``path`` is an N5 dataset or group (``attributes.json``)."""
+    return not storage.is_url(path) and (Path(path) / "attributes.json").is_file()
+
+
+class TensorstoreSource(ArraySource):
+    """Neuroglancer precomputed volumes (connectomics: CloudVolume's, igneous', the
+    sharded and unsharded formats; every scale a resolution level) and N5 (BigStitcher,
+    n5-viewer, Fiji's N5 export: a dataset, or a group of datasets ``s0``, ``s1``, ... as
+    levels), read region by region through tensorstore (``pip install
+    'raysegment[tensorstore]'``). A precomputed volume's axes are x, y, z and channel,
+    its voxel size in nanometres per scale, its ``voxel_offset`` read as the origin; an
+    N5 dataset's axes are its ``axes`` attribute, else x, y, z (N5 lists the fastest
+    first), its pixel size from ``pixelResolution`` or ``resolution`` times the level's
+    ``downsamplingFactors``."""
+
+    kind = "tensorstore"
+
+    def _spec(self) -> dict[str, Any]:
+        kvstore = {"driver": "file", "path": self.path}
+        if is_precomputed(self.path):
+            self.levels = len(_json(Path(self.path) / "info").get("scales", []))
+            if self.level >= self.levels:
+                raise self._no_level(self.levels)
+            return {
+                "driver": "neuroglancer_precomputed",
+                "kvstore": kvstore,
+                "scale_index": self.level,
+            }
+        dataset = self._n5_dataset()
+        return {
+            "driver": "n5",
+            "kvstore": {"driver": "file", "path": str(Path(self.path) / dataset)},
+        }
+
+    def _n5_dataset(self) -> str:
+        """The N5 dataset of this level, relative to the path: itself, or ``s<level>``."""
+        attrs = _json(Path(self.path) / "attributes.json")
+        if "dimensions" in attrs:
+            self.levels = 1
+            if self.level:
+                raise self._no_level(1)
+            return ""
+        self.levels = 0
+        while (Path(self.path) / f"s{self.levels}" / "attributes.json").is_file():
+            self.levels += 1
+        if not self.levels:
+            raise InputImageError(
+                f"{self.path}: an N5 group without datasets s0, s1, ...; give the path of a "
+                f"dataset (a directory whose attributes.json has dimensions)"
+            )
+        if self.level >= self.levels:
+            raise self._no_level(self.levels)
+        return f"s{self.level}"
+
+    def _open(self) -> Any:
+        try:
+            import tensorstore as ts
+        except ImportError as e:
+            raise InputImageError(
+                f"{self.path}: reading N5 and Neuroglancer precomputed needs tensorstore: "
+                f"pip install 'raysegment[tensorstore]'"
+            ) from e
+        try:
+            store = ts.open(self._spec(), read=True).result()
+        except InputImageError:
+            raise
+        except Exception as e:
+            why = str(e).split(" [tensorstore_spec=")[0]  # without the spec it was given
+            raise InputImageError(
+                f"{self.path}: not a readable {self._format()} ({type(e).__name__}: {why})"
+            ) from e
+        return _Reads(store.translate_to[0])  # a precomputed voxel_offset: the origin
+
+    def _format(self) -> str:
+        return "Neuroglancer precomputed volume" if is_precomputed(self.path) else "N5 dataset"
+
+    def _array_axes(self) -> str:
+        assert self.axes is not None
+        return self.axes
+
+    def _inspect(self) -> ImageInfo:
+        store = self._open().store
+        names = [str(label or "") for label in store.domain.labels]
+        if is_precomputed(self.path):
+            info = _json(Path(self.path) / "info")
+            self.levels = len(info.get("scales", []))
+            axes = "xyzc"
+            resolution = info["scales"][self.level].get("resolution", [])
+            scale = dict(zip("xyz", map(float, resolution), strict=False))
+            units = dict.fromkeys(scale, "nanometer")
+        else:
+            attrs = self._n5_attrs()
+            given = [str(a).lower() for a in attrs.get("axes", [])]
+            given = ["c" if a in ("c", "ch", "channel") else a for a in given]
+            axes = "".join(given) if len(given) == len(names) else "xyzct"[: len(names)]
+            scale, units = self._n5_scale(attrs, axes)
+        if self.axes:
+            axes = self.axes.lower()
+        self.axes = axes
+        _, shape = _axes_to_5d(axes, tuple(store.shape), self.where)
+        return ImageInfo(shape, np.dtype(store.dtype.numpy_dtype), scale, units)  # type: ignore[arg-type]
+
+    def _n5_attrs(self) -> dict[str, Any]:
+        """The group's attributes (a multiscale's) under the level's dataset's own."""
+        root = _json(Path(self.path) / "attributes.json")
+        dataset = self._n5_dataset()
+        return root | (_json(Path(self.path) / dataset / "attributes.json") if dataset else {})
+
+    def _n5_scale(
+        self, attrs: dict[str, Any], axes: str
+    ) -> tuple[dict[str, float], dict[str, str]]:
+        """Pixel size per axis of the level: ``pixelResolution`` (n5-viewer, Fiji:
+        ``{"dimensions": [...], "unit": "um"}``) or ``resolution`` (BigStitcher), times
+        the level's ``downsamplingFactors`` (or the group's ``scales[level]``)."""
+        pixel = attrs.get("pixelResolution")
+        unit = pixel.get("unit") if isinstance(pixel, dict) else None
+        sizes = pixel.get("dimensions") if isinstance(pixel, dict) else pixel
+        if not isinstance(sizes, list):
+            sizes = attrs.get("resolution")
+        if not isinstance(sizes, list) or len(sizes) > len(axes):
+            return {}, {}
+        if unit is None and isinstance(attrs.get("units"), list) and attrs["units"]:
+            unit = attrs["units"][0]
+        factors = attrs.get("downsamplingFactors")
+        scales = attrs.get("scales")
+        if factors is None and isinstance(scales, list) and self.level < len(scales):
+            factors = scales[self.level]
+        if not isinstance(factors, list) or len(factors) != len(sizes):
+            factors = [1] * len(sizes)
+        length = _ngff_unit(unit) or N5_UNITS_DEFAULT
+        scale = {
+            a: float(v) * float(f)
+            for a, v, f in zip(axes, sizes, factors, strict=False)
+            if a in "zyx"
+        }
+        return scale, dict.fromkeys(scale, length)
+
+
+class _Reads:
+    """A tensorstore array read with numpy indexing (``ArraySource._read``)."""
+
+    def __init__(self, store: Any) -> None:
+        self.store = store
+
+    def __getitem__(self, index: Any) -> np.ndarray:
+        return np.asarray(self.store[index].read().result())
+
+
+def _json(path: Path) -> dict[str, Any]:
+    try:
+        value = json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise InputImageError(f"{path}: unreadable ({type(e).__name__}: {e})") from e
+    return value if isinstance(value, dict) else {}
+
+
 class MemorySource(ImageSource):
     """An image held in memory, (t, c, z, y, x) ``data`` (a mask this package made); it
     travels to the workers with the plans."""
@@ -851,6 +1028,7 @@ SOURCES.register("ome-tiff")(OmeTiffSource)
 SOURCES.register("tiff")(TiffSource)
 SOURCES.register("zarr")(ZarrSource)
 SOURCES.register("czi")(CziSource)
+SOURCES.register("tensorstore")(TensorstoreSource)
 
 SEQUENCE_AXES = ("z", "t")
 
@@ -1134,6 +1312,8 @@ def open_sources(
     if is_zarr(p):
         kind = "zarr"
         images = _zarr_images(p)
+    elif is_precomputed(p) or is_n5(p):
+        kind = "tensorstore"
     elif storage.is_url(p):
         raise InputImageError(
             f"{p}: only zarr and OME-Zarr are read from URLs; copy the file to a local or "
@@ -1148,7 +1328,7 @@ def open_sources(
     else:
         raise InputImageError(
             f"{p}: not a supported image; give an OME-TIFF, TIFF (or SVS, NDPI, QPTIFF), "
-            f"CZI, zarr array or OME-Zarr"
+            f"CZI, zarr array, OME-Zarr, N5 or Neuroglancer precomputed volume"
         )
     cls = SOURCES.get(kind)
     stem = image_stem(p)

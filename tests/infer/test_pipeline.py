@@ -254,6 +254,32 @@ def test_tiff_sequences_are_one_volume_or_one_time_series(tmp_path, make_model) 
         np.testing.assert_allclose(got[t], want, rtol=1e-5, atol=1e-4)
 
 
+def test_precomputed_em_volume_at_its_second_scale(tmp_path, make_model) -> None:
+    """A connectomics volume (Neuroglancer precomputed, offset in space) segmented at its
+    second scale: the output has that scale's voxel size in nanometres."""
+    from tests.data.test_tensorstore import write_precomputed
+
+    volume = random_image((20, 64, 48))
+    write_precomputed(tmp_path / "em", volume, offset=(512, 512, 100))
+    model, module = make_model(dims=3, out_ch=1)
+    infer(
+        input=str(tmp_path / "em"),
+        model=str(model),
+        output=str(tmp_path / "out"),
+        input_level=1,
+        tile={"size": [16], "overlap": 0.5, "blend": "crop"},
+        finalize={"mode": "raw"},
+        progress=False,
+    )
+    out = tmp_path / "out" / "em.ome.zarr"
+    ms = _attrs(out)["ome"]["multiscales"][0]
+    assert ms["axes"][1]["unit"] == "nanometer"
+    assert ms["datasets"][0]["coordinateTransformations"][0]["scale"] == [1.0, 40.0, 16.0, 16.0]
+    got = zarr.open_array(str(out / "0"), mode="r")[:]
+    want = whole_image_prediction(module, volume[:, ::2, ::2])
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-4)
+
+
 @pytest.mark.parametrize("level", [0, 1])
 def test_ome_zarr_05_volume_keeps_anisotropic_scale(tmp_path, make_model, level) -> None:
     """Its full resolution, or (``input_level=1``) its second dataset, halved in y and x

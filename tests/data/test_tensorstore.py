@@ -1,0 +1,145 @@
+"""Connectomics and light-sheet volumes through tensorstore: Neuroglancer precomputed, N5."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tensorstore as ts
+
+from raysegment.data.inputs import resolve_inputs
+from raysegment.data.sources import open_sources
+from raysegment.errors import InputImageError
+from tests.conftest import random_image
+
+
+def write_precomputed(
+    path: Path, volume: np.ndarray, offset: tuple[int, int, int] = (0, 0, 0)
+) -> None:
+    """``volume`` (z, y, x) as a precomputed volume of two scales (8 x 8 x 40 nm, then x
+    and y halved), x-y-z-channel order, scale 0 starting at voxel ``offset`` (x, y, z)."""
+    for i, step in enumerate((1, 2)):
+        level = volume[:, ::step, ::step]
+        store = ts.open(
+            {
+                "driver": "neuroglancer_precomputed",
+                "kvstore": {"driver": "file", "path": str(path)},
+                "multiscale_metadata": {
+                    "type": "image",
+                    "data_type": str(volume.dtype),
+                    "num_channels": 1,
+                },
+                "scale_metadata": {
+                    "size": list(level.shape[::-1]),
+                    "voxel_offset": list(offset) if i == 0 else [0, 0, 0],
+                    "encoding": "raw",
+                    "chunk_size": [16, 16, 4],
+                    "resolution": [8 * step, 8 * step, 40],
+                },
+            },
+            create=True,
+        ).result()
+        store.translate_to[0][...] = level.T[..., None]
+
+
+def write_n5(path: Path, volume: np.ndarray, group: dict, levels: dict[str, dict]) -> None:
+    """``volume`` (z, y, x) as N5 datasets (x, y, z listed fastest first, as N5 does) under
+    a group with ``group`` attributes; ``levels``: dataset name -> its attributes, each
+    the volume halved in x and y once more."""
+    path.mkdir(parents=True)
+    (path / "attributes.json").write_text(json.dumps({"n5": "4.0.0", **group}))
+    for i, (name, attrs) in enumerate(levels.items()):
+        level = volume[:, :: 2**i, :: 2**i]
+        store = ts.open(
+            {
+                "driver": "n5",
+                "kvstore": {"driver": "file", "path": str(path / name)},
+                "metadata": {
+                    "dimensions": list(level.shape[::-1]),
+                    "dataType": str(volume.dtype),
+                    "blockSize": [16, 16, 4],
+                    "compression": {"type": "gzip"},
+                },
+            },
+            create=True,
+        ).result()
+        store[...] = level.T
+        meta = json.loads((path / name / "attributes.json").read_text())
+        (path / name / "attributes.json").write_text(json.dumps(meta | attrs))
+
+
+REGIONS = [((0, 10), (0, 48), (0, 40)), ((3, 9), (5, 37), (17, 40))]
+
+
+def test_precomputed_volume_levels_voxel_size_and_offset(tmp_path: Path) -> None:
+    volume = random_image((10, 48, 40))
+    write_precomputed(tmp_path / "em", volume, offset=(1000, 2000, 300))
+    (src,) = open_sources(tmp_path / "em")
+    assert src.kind == "tensorstore" and src.name == "em" and src.levels == 2
+    assert src.info.shape == (1, 1, 10, 48, 40) and src.info.dtype == np.uint16
+    assert src.info.scale == {"x": 8.0, "y": 8.0, "z": 40.0}
+    assert src.info.units == dict.fromkeys("xyz", "nanometer")
+    for region in REGIONS:
+        (z0, z1), (y0, y1), (x0, x1) = region
+        np.testing.assert_array_equal(src.read(0, (0,), region)[0], volume[z0:z1, y0:y1, x0:x1])
+    (half,) = open_sources(tmp_path / "em", level=1)
+    assert half.info.shape == (1, 1, 10, 24, 20) and half.info.scale["x"] == 16.0
+    np.testing.assert_array_equal(
+        half.read(0, (0,), ((2, 5), (0, 24), (3, 20)))[0], volume[2:5, ::2, ::2][:, :, 3:]
+    )
+    with pytest.raises(InputImageError, match="2 resolution level"):
+        open_sources(tmp_path / "em", level=2)
+
+
+def test_n5_multiscale_group_and_dataset(tmp_path: Path) -> None:
+    """n5-viewer / Fiji's layout: a group of s0, s1 with its pixelResolution and each
+    level's downsamplingFactors; and one dataset given alone, its axes named."""
+    volume = random_image((10, 48, 40))
+    write_n5(
+        tmp_path / "sample.n5",
+        volume,
+        {"pixelResolution": {"dimensions": [0.4, 0.4, 2.0], "unit": "um"}},
+        {"s0": {"downsamplingFactors": [1, 1, 1]}, "s1": {"downsamplingFactors": [2, 2, 1]}},
+    )
+    (src,) = open_sources(tmp_path / "sample.n5")
+    assert src.name == "sample" and src.levels == 2 and src.info.shape == (1, 1, 10, 48, 40)
+    assert src.info.scale == {"x": 0.4, "y": 0.4, "z": 2.0}
+    assert src.info.units == dict.fromkeys("xyz", "micrometer")
+    for region in REGIONS:
+        (z0, z1), (y0, y1), (x0, x1) = region
+        np.testing.assert_array_equal(src.read(0, (0,), region)[0], volume[z0:z1, y0:y1, x0:x1])
+    (half,) = open_sources(tmp_path / "sample.n5", level=1)
+    assert half.info.shape == (1, 1, 10, 24, 20) and half.info.scale == {
+        "x": 0.8,
+        "y": 0.8,
+        "z": 2.0,
+    }
+    # A dataset alone, its axes given in its attributes (here stored z fastest: z, x, y).
+    write_n5(
+        tmp_path / "other",
+        np.transpose(volume, (1, 2, 0)),
+        {},
+        {"data": {"axes": ["z", "x", "y"], "resolution": [2.0, 0.5, 0.5]}},
+    )
+    (one,) = open_sources(tmp_path / "other" / "data")
+    assert one.info.shape == (1, 1, 10, 48, 40) and one.levels == 1
+    assert one.info.scale == {"z": 2.0, "x": 0.5, "y": 0.5}
+    np.testing.assert_array_equal(one.read(0, (0,), REGIONS[1])[0], volume[3:9, 5:37, 17:40])
+
+
+def test_directories_list_n5_and_a_missing_tensorstore_is_named(
+    tmp_path: Path, monkeypatch
+) -> None:
+    volume = random_image((4, 32, 32))
+    write_n5(tmp_path / "in" / "a.n5", volume, {}, {"s0": {}})
+    write_precomputed(tmp_path / "in" / "b", volume)
+    assert resolve_inputs(str(tmp_path / "in")) == [str(tmp_path / "in" / "a.n5")]
+    assert resolve_inputs(str(tmp_path / "in" / "b")) == [str(tmp_path / "in" / "b")]
+    monkeypatch.setitem(sys.modules, "tensorstore", None)
+    with pytest.raises(
+        InputImageError, match=r"needs tensorstore: pip install 'raysegment\[tensorstore\]'"
+    ):
+        open_sources(tmp_path / "in" / "b")
