@@ -51,7 +51,9 @@ def test_nodes_install_every_dependency_the_image_lacks() -> None:
 
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
     wanted = project["dependencies"] + [
-        d for extra in ("train", "czi") for d in project["optional-dependencies"][extra]
+        d
+        for extra in ("train", "czi", "tensorstore")
+        for d in project["optional-dependencies"][extra]
     ]
     (command,) = yaml.safe_load((CLUSTER / "ray-cluster.yaml").read_text())["setup_commands"]
     job = yaml.safe_load((CLUSTER / "runtime_env.yaml").read_text())["pip"]
