@@ -74,6 +74,14 @@ def write_n5(path: Path, volume: np.ndarray, group: dict, levels: dict[str, dict
 REGIONS = [((0, 10), (0, 48), (0, 40)), ((3, 9), (5, 37), (17, 40))]
 
 
+def _reads_match(src: object, volume: np.ndarray) -> None:
+    """``REGIONS`` of ``src`` (the whole volume, a region inside) equal ``volume``'s."""
+    for region in REGIONS:
+        (z0, z1), (y0, y1), (x0, x1) = region
+        got = src.read(0, (0,), region)[0]  # type: ignore[attr-defined]
+        np.testing.assert_array_equal(got, volume[z0:z1, y0:y1, x0:x1])
+
+
 def test_precomputed_volume_levels_voxel_size_and_offset(tmp_path: Path) -> None:
     volume = random_image((10, 48, 40))
     write_precomputed(tmp_path / "em", volume, offset=(1000, 2000, 300))
@@ -82,9 +90,7 @@ def test_precomputed_volume_levels_voxel_size_and_offset(tmp_path: Path) -> None
     assert src.info.shape == (1, 1, 10, 48, 40) and src.info.dtype == np.uint16
     assert src.info.scale == {"x": 8.0, "y": 8.0, "z": 40.0}
     assert src.info.units == dict.fromkeys("xyz", "nanometer")
-    for region in REGIONS:
-        (z0, z1), (y0, y1), (x0, x1) = region
-        np.testing.assert_array_equal(src.read(0, (0,), region)[0], volume[z0:z1, y0:y1, x0:x1])
+    _reads_match(src, volume)
     (half,) = open_sources(tmp_path / "em", level=1)
     assert half.info.shape == (1, 1, 10, 24, 20) and half.info.scale["x"] == 16.0
     np.testing.assert_array_equal(
@@ -108,9 +114,7 @@ def test_n5_multiscale_group_and_dataset(tmp_path: Path) -> None:
     assert src.name == "sample" and src.levels == 2 and src.info.shape == (1, 1, 10, 48, 40)
     assert src.info.scale == {"x": 0.4, "y": 0.4, "z": 2.0}
     assert src.info.units == dict.fromkeys("xyz", "micrometer")
-    for region in REGIONS:
-        (z0, z1), (y0, y1), (x0, x1) = region
-        np.testing.assert_array_equal(src.read(0, (0,), region)[0], volume[z0:z1, y0:y1, x0:x1])
+    _reads_match(src, volume)
     (half,) = open_sources(tmp_path / "sample.n5", level=1)
     assert half.info.shape == (1, 1, 10, 24, 20) and half.info.scale == {
         "x": 0.8,
