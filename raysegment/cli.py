@@ -39,6 +39,8 @@ def _infer(args: Sequence[str]) -> int:
         print(f"  predictors on: {'; '.join(summary.devices)}")
     if summary.seams:
         print(f"  block seams: {summary.seams}")
+    if summary.fitted:
+        print(f"  tiles: {summary.fitted}")
     for out in summary.outputs:
         print(f"  {out}")
     return 0

@@ -84,6 +84,9 @@ class InferSummary:
     seams: str = ""
     """How many tiles the block seams repeat, and a block size that repeats fewer; "" when
     they repeat under 5%."""
+    fitted: str = ""
+    """Images shorter than the tile along an axis, and the tiles fitted to them; "" when
+    none is."""
 
     @property
     def megapixels_per_second(self) -> float:
@@ -405,12 +408,16 @@ def infer(config: InferConfig | Mapping[str, Any] | None = None, **overrides: An
     started, (spec, plans, done) = start_ray_while(lambda: _prepare(cfg, paths, output, models))
     try:
         summary_seams = _seams(plans)
+        fitted = _fitted(plans, tile_size(cfg, spec))
         # Part k of n takes every n-th block of the run (spread over every image and region).
         mine = [w for p in plans for w in p.work()][cfg.part_id :: cfg.num_parts]
         pending = [w for w in mine if w.key not in done[w.image]]
         remaining = Counter(w.image for w in pending)
         summary = InferSummary(
-            images=len(plans), resumed_blocks=len(mine) - len(pending), seams=summary_seams
+            images=len(plans),
+            resumed_blocks=len(mine) - len(pending),
+            seams=summary_seams,
+            fitted=fitted,
         )
         share = Counter(w.image for w in mine)  # this part's fraction of each image
         for plan in plans:
@@ -430,6 +437,17 @@ def infer(config: InferConfig | Mapping[str, Any] | None = None, **overrides: An
     summary.outputs = [p.output for p in plans]
     summary.seconds = time.perf_counter() - start
     return summary
+
+
+def _fitted(plans: list[ImagePlan], tile: tuple[int, ...]) -> str:
+    """The tiles images shorter than ``tile`` ran instead (``fitted_tiles``), with how many
+    images ran each (the three most common); "" when every image ran ``tile``."""
+    sizes = Counter(p.tiling.tile for p in plans if p.tiling.tile != tuple(tile))
+    if not sizes:
+        return ""
+    shown = ", ".join(f"{list(t)} ({n} image(s))" for t, n in sizes.most_common(3))
+    more = f", {len(sizes) - 3} other sizes" if len(sizes) > 3 else ""
+    return f"tile.size {list(tile)} fitted to images shorter than it: {shown}{more}"
 
 
 def _seams(plans: list[ImagePlan]) -> str:

@@ -136,7 +136,19 @@ def test_image_shorter_than_the_tile_runs_a_tile_fitted_to_it(
     image = random_image(shape)
     zarr.create_array(str(tmp_path / "img.zarr"), data=image)
     model_path, module = make_model(dims=len(shape), stride=stride)
-    got = _run(tmp_path, tmp_path / "img.zarr", model_path, tile={"size": [tile], "blend": "crop"})
+    summary = infer(
+        input=str(tmp_path / "img.zarr"),
+        model=str(model_path),
+        output=str(tmp_path / "out"),
+        progress=False,
+        finalize={"mode": "raw"},
+        tile={"size": [tile], "blend": "crop"},
+    )
+    configured = [tile] * len(shape)
+    assert summary.fitted == (
+        f"tile.size {configured} fitted to images shorter than it: {list(fitted)} (1 image(s))"
+    )
+    got = zarr.open_array(str(tmp_path / "out" / "img.ome.zarr" / "0"), mode="r")[:]
     attrs = dict(zarr.open_group(str(tmp_path / "out" / "img.ome.zarr"), mode="r").attrs)
     assert attrs["raysegment"]["tile"] == list(fitted)
     grown = np.maximum(fitted, shape)
