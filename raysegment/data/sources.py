@@ -7,6 +7,7 @@ pickle (only its path travels); each process opens the file once and keeps the h
 from __future__ import annotations
 
 import collections
+import concurrent.futures
 import contextlib
 import functools
 import json
@@ -1034,6 +1035,8 @@ SEQUENCE_AXES = ("z", "t")
 
 PARSED_FILES = 1024
 """Files of a sequence a process keeps parsed (not open): a block's planes and more."""
+PLANE_THREADS = 8
+"""Files of a sequence one read reads at once."""
 
 
 def natural_key(name: str) -> list[Any]:
@@ -1067,7 +1070,7 @@ class TiffSequenceSource(ImageSource):
         self.axis = axis
         self.part_axes = axes
         self.part_kind = "tiff"
-        self._parts: collections.OrderedDict[int, TiffSource] | None = None
+        self._parts: collections.OrderedDict[int, tuple[TiffSource, threading.Lock]] | None = None
         super().__init__(path, axes, None, name, level)
 
     @property
@@ -1130,8 +1133,9 @@ class TiffSequenceSource(ImageSource):
         super().close()
         with self._lock:
             parts, self._parts = self._parts, None
-        for part in (parts or {}).values():
-            part.close()
+        for part, lock in (parts or {}).values():
+            with lock:
+                part.close()
 
     def _read(
         self, t: int, channels: tuple[int, ...], region: tuple[tuple[int, int], ...]
@@ -1140,24 +1144,35 @@ class TiffSequenceSource(ImageSource):
             return self._part_read(t, channels, region)
         (z0, z1), *plane = region
         out = np.empty((len(channels), z1 - z0, *(b - a for a, b in plane)), self.info.dtype)
-        for z in range(z0, z1):
+
+        def read(z: int) -> None:
             out[:, z - z0] = self._part_read(z, channels, ((0, 1), *plane))[:, 0]
+
+        # Planes on threads: a file's open and read wait on storage, its decode releases
+        # the GIL.
+        with concurrent.futures.ThreadPoolExecutor(min(PLANE_THREADS, z1 - z0)) as pool:
+            list(pool.map(read, range(z0, z1)))
         return out
 
     def _part_read(
         self, i: int, channels: tuple[int, ...], region: tuple[tuple[int, int], ...]
     ) -> np.ndarray:
         # The files parsed last stay parsed (a block's neighbour reads the same planes),
-        # each open only for its read. One read at a time: a file is closed after it.
+        # each open only for its read, one read of a file at a time.
+        evicted = []
         with self._lock:
             if self._parts is None:
                 self._parts = collections.OrderedDict()
-            part = self._parts.pop(i, None) or self._part(i)
-            self._parts[i] = part
+            entry = self._parts.pop(i, None) or (self._part(i), threading.Lock())
+            self._parts[i] = entry
             while len(self._parts) > PARSED_FILES:
-                self._parts.popitem(last=False)[1].close()
-            with part.opened():
-                return part.read(0, channels, region)
+                evicted.append(self._parts.popitem(last=False)[1])
+        for old, lock in evicted:
+            with lock:
+                old.close()
+        part, lock = entry
+        with lock, part.opened():
+            return part.read(0, channels, region)
 
 
 def _size(info: ImageInfo) -> str:

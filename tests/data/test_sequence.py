@@ -142,3 +142,31 @@ def test_a_file_cut_short_fails_the_opening_and_a_corrupt_one_its_read(tmp_path:
     (tmp_path / "recon" / "s1.tif").write_bytes(bytes(raw))
     with pytest.raises(InputImageError, match=r"recon/s1.tif: cannot read region"):
         src.read(0, (0,), ((0, 4), (0, 8), (0, 8)))
+
+
+def test_planes_of_a_region_are_read_at_once(tmp_path: Path, monkeypatch) -> None:
+    """A block's planes are files of their own: their reads wait on storage side by side
+    (``PLANE_THREADS`` at a time), the region still whole and in order."""
+    import threading
+    import time
+
+    volume = random_image((12, 20, 20))
+    src = open_sequence(_planes(tmp_path / "recon", volume), "z")
+    reading, most, lock = [0], [0], threading.Lock()
+    real = sources.TiffSource.read
+
+    def slow(self, *args, **kwargs):
+        with lock:
+            reading[0] += 1
+            most[0] = max(most[0], reading[0])
+        time.sleep(0.05)  # storage's latency
+        try:
+            return real(self, *args, **kwargs)
+        finally:
+            with lock:
+                reading[0] -= 1
+
+    monkeypatch.setattr(sources.TiffSource, "read", slow)
+    monkeypatch.setattr(sources, "PLANE_THREADS", 4)
+    np.testing.assert_array_equal(src.read(0, (0,), ((0, 12), (0, 20), (0, 20)))[0], volume)
+    assert most[0] == 4
