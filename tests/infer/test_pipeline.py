@@ -188,10 +188,10 @@ def test_2d_model_on_multipage_tiff_stack(tmp_path, make_model) -> None:
         )
 
 
-def test_tiff_sequences_are_one_volume_or_one_time_series(tmp_path, make_model) -> None:
+def test_tiff_sequence_is_one_volume(tmp_path, make_model) -> None:
     """sequence=z: a CT reconstruction's planes, a file each (Fiji's Image Sequence, no
-    zero padding, a note beside them), segmented as one volume with its calibration;
-    sequence=t: a file per time point."""
+    zero padding, a note beside them), segmented as one volume with its calibration
+    (sequence=t, a file per time point, is read as tests/data/test_sequence.py shows)."""
     volume = random_image((20, 40, 36))
     recon = tmp_path / "recon"
     recon.mkdir()
@@ -234,24 +234,6 @@ def test_tiff_sequences_are_one_volume_or_one_time_series(tmp_path, make_model) 
     got = zarr.open_array(str(out / "0"), mode="r")[:]
     np.testing.assert_array_equal(got, zarr.open_array(str(tmp_path / "one/stack.ome.zarr/0"))[:])
     np.testing.assert_allclose(got, whole_image_prediction(module, volume), rtol=1e-5, atol=1e-4)
-
-    flat, flat_module = make_model(out_ch=1, name="flat.pth")
-    infer(
-        input=str(recon),
-        sequence="t",
-        pattern=r"rec\d\.tif",
-        model=str(flat),
-        output=str(tmp_path / "t"),
-        tile={"size": [16], "blend": "crop"},
-        **settings,
-    )
-    out = tmp_path / "t" / "recon.ome.zarr"
-    assert [a["name"] for a in _attrs(out)["ome"]["multiscales"][0]["axes"]] == list("tcyx")
-    got = zarr.open_array(str(out / "0"), mode="r")[:]
-    assert got.shape == (10, 1, 40, 36)  # rec0 .. rec9: not rec10 .. rec19
-    for t in range(10):
-        want = whole_image_prediction(flat_module, volume[t])
-        np.testing.assert_allclose(got[t], want, rtol=1e-5, atol=1e-4)
 
 
 def test_precomputed_em_volume_at_its_second_scale(tmp_path, make_model) -> None:
