@@ -8,12 +8,13 @@ import json
 import math
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from raysegment.config import InferConfig, NormalizeMode, config_to_dict
-from raysegment.data.sources import ImageSource
+from raysegment.data.sources import ImageSource, TiffSequenceSource
 from raysegment.data.tiling import Block, Tiling, block_at, block_grid
 from raysegment.errors import ConfigError, InputImageError
 from raysegment.infer.mask import Mask
@@ -502,6 +503,7 @@ def provenance(
             "path": plan.source.path,
             **({"series": plan.source.series} if plan.source.series is not None else {}),
             **({"level": plan.source.level} if plan.source.level else {}),
+            **_sequence_of(plan.source),
             "shape_tczyx": list(plan.source.info.shape),
             "dtype": str(plan.source.info.dtype),
             "channels": list(plan.channels),
@@ -512,6 +514,15 @@ def provenance(
         "tiles": plan.num_tiles,
         "tile": list(plan.tiling.tile),
     }
+
+
+def _sequence_of(source: ImageSource) -> dict[str, Any]:
+    """A sequence's files in the provenance: its axis, how many, the first and the last."""
+    if not isinstance(source, TiffSequenceSource):
+        return {}
+    first, last = (Path(f).name for f in (source.files[0], source.files[-1]))
+    files = {"axis": source.axis, "files": len(source.files), "first": first, "last": last}
+    return {"sequence": files}
 
 
 def output_channels(mode: str, model_channels: int) -> int:

@@ -219,6 +219,8 @@ def test_tiff_sequence_is_one_volume(tmp_path, make_model) -> None:
     ms = _attrs(out)["ome"]["multiscales"][0]
     assert ms["datasets"][0]["coordinateTransformations"][0]["scale"] == [1.0, 2.0, 0.5, 0.5]
     assert _attrs(out)["raysegment"]["input"]["path"] == str(recon)
+    sequence = {"axis": "z", "files": 20, "first": "rec0.tif", "last": "rec19.tif"}
+    assert _attrs(out)["raysegment"]["input"]["sequence"] == sequence
     # The same volume as one multi-page TIFF, segmented with the same settings: the
     # same output, value for value.
     tifffile.imwrite(tmp_path / "stack.tif", volume, imagej=True, metadata={"axes": "ZYX"})
