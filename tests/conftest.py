@@ -86,13 +86,13 @@ def driver_plan(settings: dict[str, Any]) -> tuple[Any, Any]:
     from raysegment.data.sources import open_source
     from raysegment.infer.mask import open_mask
     from raysegment.infer.model import ensemble_sha256, probe_models, read_models
-    from raysegment.infer.plan import image_fits, plan_image, tile_size
+    from raysegment.infer.plan import image_shapes, plan_image, tile_size
 
     cfg = as_config(InferConfig, settings, {})
     models = read_models(cfg.model)
     source = open_source(cfg.input)
     spec, (tile,) = probe_models(  # output channels, and the tile fitted to the image
-        models, lambda spec: tile_size(cfg, spec), lambda spec: [image_fits(cfg, spec, source)]
+        models, lambda spec: tile_size(cfg, spec), lambda spec: image_shapes(spec, [source])
     )
     mask = open_mask(cfg.mask, source) if cfg.mask else None
     sha256 = ensemble_sha256(models)

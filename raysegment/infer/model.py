@@ -108,54 +108,89 @@ def ensemble_sha256(models: Sequence[ModelFile]) -> str:
     return hashlib.sha256(" ".join(m.sha256 for m in models).encode()).hexdigest()
 
 
-FIT_PROBES = 24
-"""Tiles fitted to images shorter than the tile (``probe_models``' ``fits``) probed per
-model at most: a directory of many small images of different sizes keeps the configured
-tile for those beyond."""
+FIT_MULTIPLES = (1, 8, 16, 32, 64)
+"""What a model may take along an axis, smallest first: any length (plain convolutions),
+or a multiple of 2^k (a network that pools k times along it)."""
 
 
 def probe_models(
     models: Sequence[ModelFile],
     tile_for: Callable[[ModelSpec], tuple[int, ...]],
-    fits: Callable[[ModelSpec], Sequence[Sequence[tuple[int, ...]]]] | None = None,
+    shapes: Callable[[ModelSpec], Sequence[tuple[int, ...]]] | None = None,
 ) -> tuple[ModelSpec, list[tuple[int, ...] | None]]:
     """Each of ``models`` (one, or an ensemble's) loaded, described and probed on a tile of
-    ``tile_for(its description)``: their one description; and per image, of the tiles
-    ``fits(description)`` lists for it (fitted to an image shorter than the tile), the
-    first that every model takes, returning it whole with the same channels (None: none
-    does, or beyond ``FIT_PROBES``).
+    ``tile_for(its description)``: their one description; and for each image of spatial
+    shape in ``shapes(description)``, the tile fitted to it where it is shorter than the
+    tile (``plan.fitted_tile``; None where it is not, or no tile fits).
+
+    Along each axis some image is shorter than the tile on, the multiple every model takes
+    is the first of ``FIT_MULTIPLES`` each takes in a tile otherwise whole (the tile's
+    length less up to that multiple); each fitted tile is then probed on every model, and
+    an image whose tile a model does not take keeps the configured one. Properties of the
+    models and of each image alone: an image is planned alike whatever images run with it.
 
     Raises:
         ModelLoadError, ModelContractError: as ``load_model`` and ``probe_model``, and for
             members that take or return different things.
     """
-    specs = []
-    chosen: list[tuple[int, ...] | None] | None = None
-    for model in models:
+    from raysegment.infer.plan import fitted_tile
+
+    specs: list[ModelSpec] = []
+    takers: list[Callable[[tuple[int, ...]], bool]] = []
+    multiples: list[int | None] = []
+    images: Sequence[tuple[int, ...]] = []
+    tile: tuple[int, ...] = ()
+    for i, model in enumerate(models):
         module = load_model(model)
         described = describe_model(model, module)
-        spec = probe_model(model, module, described, tile_for(described))
+        tile = tile_for(described)
+        spec = probe_model(model, module, described, tile)
         specs.append(spec)
         takes = _tiles_taken(model, module, spec)
-        if chosen is None:  # the first model picks, the others must take its picks
-            chosen = [next(filter(takes, tiles), None) for tiles in (fits(spec) if fits else [])]
-        else:
-            chosen = [t if t is not None and takes(t) else None for t in chosen]
-        del module
-    return _agreeing_spec(specs, models), chosen or []
+        if i == 0:  # the first model: the axes to fit
+            images = shapes(spec) if shapes else []
+            fixed = spec.static_tile is not None  # a torch.export program of one tile size
+            short = [not fixed and any(s[a] < t for s in images) for a, t in enumerate(tile)]
+            multiples = [_multiple(takes, tile, a) if s else None for a, s in enumerate(short)]
+        else:  # the others: a multiple of each axis' that they take too (powers of two)
+            multiples = [
+                None if m is None else _multiple(takes, tile, a, since=m)
+                for a, m in enumerate(multiples)
+            ]
+        if any(m is not None for m in multiples):  # kept (with its module) for the fits
+            takers.append(takes)
+        del module, takes
+    spec = _agreeing_spec(specs, models)
+    fitted = [fitted_tile(tile, shape, multiples) for shape in images]
+    for fit in sorted({f for f in fitted if f is not None}):
+        if not all(takes(fit) for takes in takers):  # e.g. shorter than a model's minimum
+            fitted = [None if f == fit else f for f in fitted]
+    return spec, fitted
+
+
+def _multiple(
+    takes: Callable[[tuple[int, ...]], bool], tile: tuple[int, ...], axis: int, since: int = 1
+) -> int | None:
+    """The first of ``FIT_MULTIPLES`` (from ``since``) that a model takes along ``axis``:
+    a tile whose ``axis`` is the largest multiple of it below the tile's, the other axes
+    whole. None: it takes none."""
+    for m in FIT_MULTIPLES:
+        length = (tile[axis] - 1) // m * m
+        if m >= since and length > 0:
+            if takes(tuple(length if a == axis else t for a, t in enumerate(tile))):
+                return m
+    return None
 
 
 def _tiles_taken(
     model: ModelFile, module: torch.nn.Module, spec: ModelSpec
 ) -> Callable[[tuple[int, ...]], bool]:
-    """Whether ``module`` takes a tile as it takes ``spec``'s (probed once per tile, at most
-    ``FIT_PROBES`` tiles; those beyond count as not taken)."""
+    """Whether ``module`` takes a tile as it takes ``spec``'s: returns it whole, with the
+    same channels (probed once per tile; the module is kept for the probes after)."""
     seen: dict[tuple[int, ...], bool] = {}
 
     def takes(tile: tuple[int, ...]) -> bool:
         if tile not in seen:
-            if len(seen) >= FIT_PROBES:
-                return False
             try:
                 seen[tile] = probe_model(model, module, spec, tile) == spec
             except ModelContractError:  # a size it cannot take (not a multiple of its stride)

@@ -30,7 +30,7 @@ from raysegment.infer.model import ModelFile, ModelSpec, ensemble_sha256, probe_
 from raysegment.infer.plan import (
     ImagePlan,
     chunk_block,
-    image_fits,
+    image_shapes,
     plan_image,
     provenance,
     tile_size,
@@ -326,9 +326,7 @@ def _prepare(
     sources = _open_images(cfg, paths)
     _refuse_shared_outputs(cfg.input, [s.name for s in sources])  # series named alike
     spec, fitted = probe_models(
-        models,
-        lambda spec: tile_size(cfg, spec),
-        lambda spec: [image_fits(cfg, spec, src) for src in sources],
+        models, lambda spec: tile_size(cfg, spec), lambda spec: image_shapes(spec, sources)
     )
     if spec.static_batch and cfg.batch_size not in (None, spec.static_batch):
         raise ConfigError(
@@ -440,7 +438,7 @@ def infer(config: InferConfig | Mapping[str, Any] | None = None, **overrides: An
 
 
 def _fitted(plans: list[ImagePlan], tile: tuple[int, ...]) -> str:
-    """The tiles images shorter than ``tile`` ran instead (``fitted_tiles``), with how many
+    """The tiles images shorter than ``tile`` ran instead (``fitted_tile``), with how many
     images ran each (the three most common); "" when every image ran ``tile``."""
     sizes = Counter(p.tiling.tile for p in plans if p.tiling.tile != tuple(tile))
     if not sizes:

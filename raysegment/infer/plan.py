@@ -31,8 +31,8 @@ __all__ = [
     "WorkItem",
     "chunk_block",
     "default_block",
-    "fitted_tiles",
-    "image_fits",
+    "fitted_tile",
+    "image_shapes",
     "plan_image",
     "tile_size",
 ]
@@ -202,35 +202,24 @@ def tile_size(cfg: InferConfig, spec: ModelSpec) -> tuple[int, ...]:
     return tile
 
 
-FIT_MULTIPLES = (1, 8, 16, 32, 64)
-"""What an axis shorter than the tile is rounded up to (``fitted_tiles``): the image's
-length itself (a model of plain convolutions takes any), or a multiple of 2^k (a network
-pooling k times takes those)."""
+def fitted_tile(
+    tile: Sequence[int], shape: Sequence[int], multiples: Sequence[int | None]
+) -> tuple[int, ...] | None:
+    """The tile of an image shorter than ``tile`` along some axis: each such axis the
+    image's length rounded up to the model's multiple along it (``multiples``, None: the
+    axis keeps the tile), the others as ``tile``; None where that is ``tile``. A 40-plane
+    z-stack in 128^3 tiles would run 88 planes of padding in each (3.2x the work), and the
+    model would see a padded edge the whole image does not have."""
+    fit = tuple(
+        t if n >= t or m is None else min(t, -(-n // m) * m)
+        for n, t, m in zip(shape, tile, multiples, strict=True)
+    )
+    return None if fit == tuple(tile) else fit
 
 
-def fitted_tiles(tile: Sequence[int], shape: Sequence[int]) -> list[tuple[int, ...]]:
-    """The tiles an image shorter than ``tile`` along some axis can take instead, smallest
-    first: each such axis the image's length rounded up to a multiple of ``FIT_MULTIPLES``
-    (one multiple for every axis), the others as ``tile``. None where the image fills the
-    tile: a 40-plane z-stack in 128^3 tiles would run 88 planes of padding in each (3.2x
-    the work), and the model would see a padded edge the whole image does not have."""
-    tile = tuple(tile)
-    fitted: list[tuple[int, ...]] = []
-    for m in FIT_MULTIPLES:
-        fit = tuple(
-            t if n >= t else min(t, -(-n // m) * m) for n, t in zip(shape, tile, strict=True)
-        )
-        if fit != tile and fit not in fitted:
-            fitted.append(fit)
-    return fitted
-
-
-def image_fits(cfg: InferConfig, spec: ModelSpec, source: ImageSource) -> list[tuple[int, ...]]:
-    """``fitted_tiles`` of ``source`` for the configured tile (none for a model of one tile
-    size, a torch.export program's static one)."""
-    if spec.static_tile is not None:
-        return []
-    return fitted_tiles(tile_size(cfg, spec), _spatial_shape(source, spec.spatial_dims))
+def image_shapes(spec: ModelSpec, sources: Sequence[ImageSource]) -> list[tuple[int, ...]]:
+    """The spatial shape each of ``sources`` is tiled over by a model of ``spec``."""
+    return [_spatial_shape(source, spec.spatial_dims) for source in sources]
 
 
 def chunk_block(shape: Sequence[int], chunks: Sequence[int]) -> tuple[int, ...]:

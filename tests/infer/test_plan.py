@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 import zarr
 
 from raysegment.data.tiling import Tiling, seam_repeats
@@ -14,9 +15,9 @@ from raysegment.infer.plan import (
     DEFAULT_BLOCK_CHUNKS,
     MAX_DEFAULT_BLOCK_BYTES,
     default_block,
-    fitted_tiles,
+    fitted_tile,
 )
-from tests.conftest import driver_plan, random_image
+from tests.conftest import conv_model, driver_plan, random_image, save_torchscript
 
 
 @pytest.mark.parametrize(
@@ -126,50 +127,69 @@ def test_an_output_begun_with_the_earlier_default_blocks_resumes_with_them(
 
 
 def test_tiles_fitted_to_an_image_shorter_than_the_tile() -> None:
-    """Each short axis: the image's length, or rounded up to a multiple of 8, 16, 32, 64;
-    smallest first; none where the image fills the tile."""
-    assert fitted_tiles((128, 128, 128), (40, 500, 500)) == [
-        (40, 128, 128),
-        (48, 128, 128),
-        (64, 128, 128),
-    ]
-    assert fitted_tiles((512, 512), (256, 300)) == [(256, 300), (256, 304), (256, 320)]
-    assert fitted_tiles((512, 512), (700, 9)) == [(512, 9), (512, 16), (512, 32), (512, 64)]
-    assert fitted_tiles((64, 64), (64, 1000)) == []
+    """Each short axis: the image's length rounded up to the model's multiple along it;
+    none where the image fills the tile."""
+    assert fitted_tile((128, 128, 128), (40, 500, 500), (16, None, None)) == (48, 128, 128)
+    assert fitted_tile((128, 128, 128), (40, 100, 500), (1, 32, 8)) == (40, 128, 128)
+    assert fitted_tile((512, 512), (256, 300), (32, 32)) == (256, 320)
+    assert fitted_tile((512, 512), (700, 9), (None, 1)) == (512, 9)
+    assert fitted_tile((64, 64), (64, 1000), (1, 1)) is None
+    assert fitted_tile((64, 64), (20, 20), (None, None)) is None
 
 
-def test_probes_pick_per_image_the_first_fitted_tile_every_model_takes(
+def test_probes_find_each_axis_multiple_then_check_each_fitted_tile(
     tmp_path: Path, make_model, monkeypatch
 ) -> None:
+    """The multiple along an axis is the model's (its first tile otherwise whole it
+    takes), not the images': an image gets the same tile whatever runs beside it."""
     from raysegment.infer import model as model_module
     from raysegment.infer.model import probe_models, read_models
 
     any_size, _ = make_model(name="any.pth")
     by_eight, _ = make_model(name="eight.pth", stride=8)
-    lists = [[(20, 27), (24, 32)], [(9, 64), (16, 64)], []]
-    models = read_models([str(by_eight)])
-    assert probe_models(models, lambda spec: (64, 64), lambda spec: lists)[1] == [
-        (24, 32),
-        (16, 64),
-        None,
-    ]
-    # An ensemble: the second must take the first's pick, else the image keeps the tile.
+    images = [(20, 27), (64, 9), (70, 80)]
+    tile = lambda spec: (64, 64)  # noqa: E731
+    shapes = lambda spec: images  # noqa: E731
+    probed: list[tuple[int, ...]] = []
+    real = model_module.probe_model
+
+    def counting(model, module, spec, tile):
+        probed.append(tuple(tile))
+        return real(model, module, spec, tile)
+
+    monkeypatch.setattr(model_module, "probe_model", counting)
+    assert probe_models(read_models([str(any_size)]), tile, shapes)[1] == [(20, 27), (64, 9), None]
+    assert probed == [(64, 64), (63, 64), (64, 63), (20, 27), (64, 9)]
+    assert probe_models(read_models([str(by_eight)]), tile, shapes)[1] == [(24, 32), (64, 16), None]
+    # Each image alone: the same tile as beside the others.
+    for image, want in zip(images[:2], [(24, 32), (64, 16)], strict=True):
+        alone = probe_models(read_models([str(by_eight)]), tile, lambda spec, i=image: [i])[1]
+        assert alone == [want]
+    # An ensemble takes the multiple every member takes.
     both = read_models([str(any_size), str(by_eight)])
-    assert probe_models(both, lambda spec: (64, 64), lambda spec: lists)[1] == [None, None, None]
-    both = read_models([str(by_eight), str(any_size)])
-    assert probe_models(both, lambda spec: (64, 64), lambda spec: lists)[1] == [
-        (24, 32),
-        (16, 64),
+    assert probe_models(both, tile, shapes)[1] == [(24, 32), (64, 16), None]
+    # A model of multiples of 32 rounds up to them.
+    by_32, _ = make_model(name="thirtytwo.pth", stride=32)
+    assert probe_models(read_models([str(by_32)]), tile, lambda spec: [(20, 64)])[1] == [(32, 64)]
+    # A fitted tile shorter than a model's least size (here 16, any length above) is not
+    # taken: the image keeps the tile.
+    least = tmp_path / "least.pth"
+    save_torchscript(_Least(conv_model()), least, dims=2, in_ch=1)
+    assert probe_models(read_models([str(least)]), tile, lambda spec: [(9, 64), (20, 64)])[1] == [
         None,
+        (20, 64),
     ]
-    # Many sizes (a directory of small images): a few probes a model, the rest unfitted.
-    monkeypatch.setattr(model_module, "FIT_PROBES", 3)
-    many = [[(20, 27), (24, 32)], [(9, 64), (16, 64)], [(40, 40)]]
-    assert probe_models(models, lambda spec: (64, 64), lambda spec: many)[1] == [
-        (24, 32),
-        None,
-        None,
-    ]
+
+
+class _Least(torch.nn.Module):
+    """``inner`` for tiles of 16 or more a side only."""
+
+    def __init__(self, inner: torch.nn.Module) -> None:
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.inner(x) + 0 * torch.nn.functional.avg_pool2d(x, 16).mean()
 
 
 def test_an_output_begun_before_tiles_were_fitted_resumes_with_the_tile(
@@ -177,7 +197,7 @@ def test_an_output_begun_before_tiles_were_fitted_resumes_with_the_tile(
 ) -> None:
     """A z-stack thinner than the tile, half segmented with the configured tile (as before
     tiles were fitted to images), resumes with it; a new output gets the fitted tile."""
-    from raysegment.infer import infer, pipeline
+    from raysegment.infer import infer
 
     stack = tmp_path / "stack.zarr"
     zarr.create_array(str(stack), data=random_image((6, 64, 64)), chunks=(6, 16, 16))
@@ -192,8 +212,10 @@ def test_an_output_begun_before_tiles_were_fitted_resumes_with_the_tile(
         "progress": False,
         "quicklook": False,
     }
-    with monkeypatch.context() as patch:
-        patch.setattr(pipeline, "image_fits", lambda cfg, spec, source: [])
+    from raysegment.infer import model as model_module
+
+    with monkeypatch.context() as patch:  # as before tiles were fitted
+        patch.setattr(model_module, "FIT_MULTIPLES", ())
         assert infer(**settings, output=str(tmp_path / "a"), num_parts=2, part_id=0).blocks == 8
     resumed = infer(**settings, output=str(tmp_path / "a"))
     assert resumed.resumed_blocks == 8 and resumed.blocks == 16
