@@ -1158,13 +1158,18 @@ class TiffSequenceSource(ImageSource):
         self, i: int, channels: tuple[int, ...], region: tuple[tuple[int, int], ...]
     ) -> np.ndarray:
         # The files parsed last stay parsed (a block's neighbour reads the same planes),
-        # each open only for its read, one read of a file at a time.
+        # each open only for its read, one read of a file at a time. A file is parsed
+        # outside the lock, so that the threads of a read open files side by side.
+        with self._lock:
+            entry = self._parts.get(i) if self._parts is not None else None
+        if entry is None:
+            entry = (self._part(i), threading.Lock())
         evicted = []
         with self._lock:
             if self._parts is None:
                 self._parts = collections.OrderedDict()
-            entry = self._parts.pop(i, None) or (self._part(i), threading.Lock())
-            self._parts[i] = entry
+            entry = self._parts.setdefault(i, entry)  # a file parsed twice at once: one kept
+            self._parts.move_to_end(i)
             while len(self._parts) > PARSED_FILES:
                 evicted.append(self._parts.popitem(last=False)[1])
         for old, lock in evicted:
