@@ -55,7 +55,7 @@ def main() -> None:
         source = open_sequence([str(f) for f in files], args.sequence)
     else:
         source = open_source(args.image)
-        files = [p for p in ([args.image] if args.image.is_file() else args.image.rglob("*"))]
+        files = [args.image] if args.image.is_file() else list(args.image.rglob("*"))
         files = [p for p in files if p.is_file()]
     depth, height, width = source.info.shape[-3:]
     span = min(args.span, height, width)

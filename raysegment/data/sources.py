@@ -710,13 +710,12 @@ class TensorstoreSource(ArraySource):
     ``downsamplingFactors``."""
 
     kind = "tensorstore"
+    precomputed = False
+    """Neuroglancer precomputed (else N5), told once by ``_inspect``."""
 
     def _spec(self) -> dict[str, Any]:
         kvstore = {"driver": "file", "path": self.path}
-        if is_precomputed(self.path):
-            self.levels = len(_json(Path(self.path) / "info").get("scales", []))
-            if self.level >= self.levels:
-                raise self._no_level(self.levels)
+        if self.precomputed:
             return {
                 "driver": "neuroglancer_precomputed",
                 "kvstore": kvstore,
@@ -768,18 +767,22 @@ class TensorstoreSource(ArraySource):
         return _Reads(store.translate_to[0])  # a precomputed voxel_offset: the origin
 
     def _format(self) -> str:
-        return "Neuroglancer precomputed volume" if is_precomputed(self.path) else "N5 dataset"
+        return "Neuroglancer precomputed volume" if self.precomputed else "N5 dataset"
 
     def _array_axes(self) -> str:
         assert self.axes is not None
         return self.axes
 
     def _inspect(self) -> ImageInfo:
-        store = self._open().store
-        names = [str(label or "") for label in store.domain.labels]
-        if is_precomputed(self.path):
+        self.precomputed = is_precomputed(self.path)
+        if self.precomputed:
             info = _json(Path(self.path) / "info")
             self.levels = len(info.get("scales", []))
+            if self.level >= self.levels:
+                raise self._no_level(self.levels)
+        store = self._open().store
+        names = [str(label or "") for label in store.domain.labels]
+        if self.precomputed:
             axes = "xyzc"
             resolution = info["scales"][self.level].get("resolution", [])
             scale = dict(zip("xyz", map(float, resolution), strict=False))
