@@ -344,7 +344,7 @@ def plan_image(
 ) -> ImagePlan:
     """Everything needed to segment ``source`` into ``output``, before any pixel is read
     (except the sample a percentile normalization needs). ``tile``: the tile fitted to an
-    image shorter than the configured one (``fitted_tiles``), which the model was probed
+    image shorter than the configured one (``fitted_tile``), which the model was probed
     with; default ``tile_size``."""
     dims = spec.spatial_dims
     shape = _spatial_shape(source, dims)
