@@ -46,9 +46,18 @@ def is_url(location: str | os.PathLike[str]) -> bool:
     return "://" in str(location)
 
 
+SOURCE_PREFIXES = ("precomputed://", "n5://", "zarr://", "zarr2://", "zarr3://")
+"""Neuroglancer's data-source prefixes (``precomputed://gs://bucket/vol``): a layer's source
+pasted as is names the location after them; the format is read from the data itself."""
+
+
 def resolve(location: str | os.PathLike[str]) -> str:
-    """A location's canonical form: local paths absolute, URLs without a trailing slash."""
+    """A location's canonical form: local paths absolute, URLs without a trailing slash,
+    without a Neuroglancer data-source prefix."""
     text = str(location)
+    for prefix in SOURCE_PREFIXES:
+        if text.startswith(prefix):
+            text = text[len(prefix) :]
     if text.startswith("file://"):
         text = text[len("file://") :]
     if is_url(text):

@@ -6,6 +6,7 @@ import json
 import os
 import re
 import sys
+import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -156,6 +157,85 @@ def race_to_create(location: object, racers: int = 4) -> list[bool]:
     for t in threads:
         t.join()
     return results
+
+
+BUCKET = "raysegment-test"
+"""The bucket the ``s3`` fixture's server holds."""
+
+
+@pytest.fixture(scope="session")
+def s3() -> Iterator[dict[str, str]]:
+    """A moto S3 server on 127.0.0.1 with one bucket; yields the environment that points
+    clients at it (set in this process too). One per test process: moto keeps its buckets
+    in the process, whichever server answers.
+
+    The server answers one request at a time: moto checks ``If-None-Match`` and then
+    writes, so concurrent requests could all pass the check; S3 itself makes the
+    conditional write atomic, and so does a serial server.
+    """
+    pytest.importorskip("s3fs")
+    app_module = pytest.importorskip("moto.moto_server.werkzeug_app")
+    from werkzeug.serving import make_server
+
+    class Quiet(app_module.MotoRequestHandler):  # type: ignore[misc, name-defined]
+        def log_request(self, *args: object) -> None:
+            pass
+
+    app = app_module.DomainDispatcherApplication(app_module.create_backend_app)
+    server = make_server("127.0.0.1", 0, app, threaded=False, request_handler=Quiet)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    env = {
+        "AWS_ENDPOINT_URL": f"http://127.0.0.1:{server.server_address[1]}",
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_DEFAULT_REGION": "us-east-1",
+    }
+    with pytest.MonkeyPatch.context() as mp:
+        for key, value in env.items():
+            mp.setenv(key, value)
+        import s3fs
+
+        s3fs.S3FileSystem.clear_instance_cache()
+        s3fs.S3FileSystem().mkdir(BUCKET)
+        yield env
+    server.shutdown()
+    thread.join()
+
+
+@pytest.fixture(scope="session")
+def gcs() -> Iterator[str]:
+    """A Google Cloud Storage emulator on 127.0.0.1 holding the bucket ``BUCKET``, where
+    tensorstore's ``gs://`` client goes (set in this process); yields its URL."""
+    emulator = pytest.importorskip("gcp_storage_emulator.server")
+    server = emulator.create_server("127.0.0.1", 0, in_memory=True, default_bucket=BUCKET)
+    server.start()
+    url = f"http://127.0.0.1:{server._api._httpd.server_address[1]}"
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("TENSORSTORE_GCS_HTTP_URL", url)
+        mp.setenv("GOOGLE_AUTH_TOKEN_FOR_TESTING", "testing")  # no Google sign-in
+        yield url
+    server.stop()
+
+
+@pytest.fixture
+def http_server(tmp_path: Path) -> Iterator[str]:
+    """``tmp_path`` served over HTTP on 127.0.0.1 (as a static web server serves a
+    volume's files: a missing one answers 404); yields the URL of that directory."""
+    import functools
+    from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+
+    class Quiet(SimpleHTTPRequestHandler):
+        def log_message(self, *args: object) -> None:
+            pass
+
+    handler = functools.partial(Quiet, directory=str(tmp_path))
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+    thread.join()
 
 
 @pytest.fixture(scope="session")

@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import os
 import subprocess
-import threading
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -20,53 +18,23 @@ from raysegment.infer.writer import (
     inspect_output,
     mark_done,
 )
-from tests.conftest import SMALL_BLOCKS, cli_command, infer_with, race_to_create, random_image
-
-BUCKET = "raysegment-test"
-
-
-@pytest.fixture(scope="module")
-def s3() -> Iterator[dict[str, str]]:
-    """A moto S3 server on 127.0.0.1 with one bucket; yields the environment that points
-    clients at it (set in this process too).
-
-    The server answers one request at a time: moto checks ``If-None-Match`` and then
-    writes, so concurrent requests could all pass the check; S3 itself makes the
-    conditional write atomic, and so does a serial server.
-    """
-    pytest.importorskip("s3fs")
-    app_module = pytest.importorskip("moto.moto_server.werkzeug_app")
-    from werkzeug.serving import make_server
-
-    class Quiet(app_module.MotoRequestHandler):  # type: ignore[misc, name-defined]
-        def log_request(self, *args: object) -> None:
-            pass
-
-    app = app_module.DomainDispatcherApplication(app_module.create_backend_app)
-    server = make_server("127.0.0.1", 0, app, threaded=False, request_handler=Quiet)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    env = {
-        "AWS_ENDPOINT_URL": f"http://127.0.0.1:{server.server_address[1]}",
-        "AWS_ACCESS_KEY_ID": "testing",
-        "AWS_SECRET_ACCESS_KEY": "testing",
-        "AWS_DEFAULT_REGION": "us-east-1",
-    }
-    with pytest.MonkeyPatch.context() as mp:
-        for key, value in env.items():
-            mp.setenv(key, value)
-        import s3fs
-
-        s3fs.S3FileSystem.clear_instance_cache()
-        s3fs.S3FileSystem().mkdir(BUCKET)
-        yield env
-    server.shutdown()
-    thread.join()
+from tests.conftest import (
+    BUCKET,
+    SMALL_BLOCKS,
+    cli_command,
+    infer_with,
+    race_to_create,
+    random_image,
+)
+from tests.data.test_tensorstore import write_n5
 
 
 def test_locations_local_file_urls_and_object_stores(tmp_path: Path) -> None:
     assert storage.resolve(f"file://{tmp_path}/a/") == str(tmp_path / "a")
     assert storage.resolve("s3://b/dir/") == "s3://b/dir"
+    # A Neuroglancer layer's source as pasted: the format comes from the data.
+    assert storage.resolve("precomputed://gs://b/em/") == "gs://b/em"
+    assert storage.resolve(f"n5://{tmp_path}/a.n5") == str(tmp_path / "a.n5")
     assert storage.join("s3://b/dir", "x.ome.zarr", "0") == "s3://b/dir/x.ome.zarr/0"
     assert storage.parent("s3://b/dir/x.ome.zarr") == "s3://b/dir"
     assert storage.basename("gs://b/dir/x.ome.zarr/") == "x.ome.zarr"
@@ -121,6 +89,8 @@ def test_s3_input_and_output_equal_the_local_disk_run(s3, tmp_path: Path, make_m
     local_in.mkdir()
     for i, shape in enumerate([(1, 200, 150), (1, 130, 256)]):
         _ome_zarr(local_in / f"im{i}.ome.zarr", random_image(shape, seed=i))
+    # And an N5 image (tensorstore reads it from the bucket, in the workers too).
+    write_n5(local_in / "im2.n5", random_image((180, 140), seed=2), {}, {"s0": {}})
     fs = s3fs.S3FileSystem()
     fs.put(str(local_in), f"{BUCKET}/in", recursive=True)
     model, _ = make_model()
@@ -139,7 +109,7 @@ def test_s3_input_and_output_equal_the_local_disk_run(s3, tmp_path: Path, make_m
     )
     assert run.returncode == 0, run.stderr[-3000:]
 
-    for name in ("im0", "im1"):
+    for name in ("im0", "im1", "im2"):
         url = f"{out}/{name}.ome.zarr"
         assert inspect_output(url).complete
         assert not storage.exists(f"{url}/.raysegment")  # markers gone once complete
@@ -150,5 +120,6 @@ def test_s3_input_and_output_equal_the_local_disk_run(s3, tmp_path: Path, make_m
             np.testing.assert_array_equal(np.asarray(remote[level][:]), np.asarray(local[level][:]))
         png = (tmp_path / "local" / f"{name}.png").read_bytes()
         assert fs.cat(f"{BUCKET}/out/{name}.png") == png
-    scale = remote.attrs["ome"]["multiscales"][0]["datasets"][0]["coordinateTransformations"]
+    im1 = zarr.open_group(f"{out}/im1.ome.zarr", mode="r").attrs["ome"]
+    scale = im1["multiscales"][0]["datasets"][0]["coordinateTransformations"]
     assert scale == [{"type": "scale", "scale": [1.0, 0.5, 0.25]}]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 
 from raysegment import storage
-from raysegment.data.sources import is_n5, is_precomputed, is_zarr
+from raysegment.data.sources import is_zarr, tensorstore_format
 from raysegment.errors import InputImageError
 
 __all__ = ["DEFAULT_PATTERN", "resolve_inputs"]
@@ -22,9 +22,11 @@ def resolve_inputs(input: str, pattern: str | None = None) -> list[str]:
         InputImageError: the path is missing, or nothing in the directory matches.
     """
     path = storage.resolve(input)
+    if tensorstore_format(path) is not None:  # an N5 or precomputed volume: one image
+        return [path]
     if not storage.exists(path):
         raise InputImageError(f"{input}: no such file or directory; check the input= path")
-    if not storage.is_dir(path) or is_zarr(path) or is_n5(path) or is_precomputed(path):
+    if not storage.is_dir(path) or is_zarr(path):
         return [path]
     regex = re.compile(pattern or DEFAULT_PATTERN, re.IGNORECASE)
     entries = sorted(storage.listdir(path))

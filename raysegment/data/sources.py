@@ -37,8 +37,8 @@ __all__ = [
     "is_zarr",
     "TensorstoreSource",
     "TiffSequenceSource",
-    "is_n5",
-    "is_precomputed",
+    "kvstore",
+    "tensorstore_format",
     "natural_key",
     "open_source",
     "open_sequence",
@@ -682,20 +682,82 @@ N5_UNITS_DEFAULT = "micrometer"
 """The unit of an N5 ``pixelResolution``/``resolution`` that names none (BigStitcher's)."""
 
 
-def is_precomputed(path: str) -> bool:
-    """Whether ``path`` is a Neuroglancer precomputed volume (its ``info`` says so)."""
-    info = Path(path) / "info"
-    if storage.is_url(path) or not info.is_file():
-        return False
+def tensorstore_format(path: str) -> str | None:
+    """``"precomputed"`` for a Neuroglancer precomputed volume (its ``info`` says so),
+    ``"n5"`` for an N5 dataset or group (``attributes.json``), else None. A URL (``s3://``,
+    ``gs://``, ``http(s)://``) is asked through tensorstore: never one without it."""
+    info = _key(path, "info")
+    if info is not None:
+        with contextlib.suppress(ValueError, AttributeError):
+            if json.loads(info).get("@type") == "neuroglancer_multiscale_volume":
+                return "precomputed"
+    return "n5" if _key(path, "attributes.json") is not None else None
+
+
+REMOTE_TIMEOUT_S = 120.0
+"""How long a tensorstore request to a URL may take before the read fails naming it (an
+endpoint that does not answer otherwise retries without end)."""
+
+
+def kvstore(location: str) -> dict[str, Any]:
+    """tensorstore's key-value store of the directory ``location``: a local path, or an
+    ``s3://`` (the endpoint and region of ``AWS_ENDPOINT_URL`` and ``AWS_REGION`` where
+    set: MinIO, Ceph, a local S3), ``gs://`` or ``http(s)://`` URL."""
+    if not storage.is_url(location):
+        return {"driver": "file", "path": location.rstrip("/") + "/"}
+    scheme, rest = location.split("://", 1)
+    if scheme == "s3":
+        bucket, _, path = rest.partition("/")
+        spec: dict[str, Any] = {"driver": "s3", "bucket": bucket, "path": path.rstrip("/") + "/"}
+        endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
+        region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
+        if endpoint:
+            spec["endpoint"] = endpoint
+            region = region or "us-east-1"  # tensorstore asks AWS for it otherwise
+        if region:
+            spec["aws_region"] = region
+        return spec
+    if scheme not in ("gs", "http", "https"):
+        raise InputImageError(
+            f"{location}: N5 and Neuroglancer precomputed volumes are read from local paths "
+            f"and s3://, gs://, http(s):// URLs"
+        )
+    ts = _tensorstore(location)
+    return cast(dict[str, Any], ts.KvStore.Spec(location.rstrip("/") + "/").to_json())
+
+
+def _tensorstore(location: str) -> Any:
     try:
-        return json.loads(info.read_text()).get("@type") == "neuroglancer_multiscale_volume"
-    except (ValueError, OSError, AttributeError):
-        return False
+        import tensorstore as ts
+    except ImportError as e:
+        raise InputImageError(
+            f"{location}: reading N5 and Neuroglancer precomputed needs tensorstore: "
+            f"pip install 'raysegment[tensorstore]'"
+        ) from e
+    return ts
 
 
-def is_n5(path: str) -> bool:
-    """Whether ``path`` is an N5 dataset or group (``attributes.json``)."""
-    return not storage.is_url(path) and (Path(path) / "attributes.json").is_file()
+def _key(location: str, key: str) -> bytes | None:
+    """The bytes of ``key`` under the directory ``location``; None where it is absent (or,
+    for a URL, where tensorstore is not installed)."""
+    if not storage.is_url(location):
+        path = Path(location, key)
+        return path.read_bytes() if path.is_file() else None
+    try:
+        import tensorstore as ts
+    except ImportError:
+        return None
+    try:
+        store = ts.KvStore.open(kvstore(location)).result(timeout=REMOTE_TIMEOUT_S)
+        found = store.read(key).result(timeout=REMOTE_TIMEOUT_S)
+    except InputImageError:
+        return None  # a scheme tensorstore does not read
+    except Exception as e:
+        raise InputImageError(
+            f"{location}: cannot read {key} ({type(e).__name__}: {e}); check the URL and the "
+            f"credentials (AWS_*, GOOGLE_APPLICATION_CREDENTIALS)"
+        ) from e
+    return bytes(found.value) if found.state == "value" else None
 
 
 class TensorstoreSource(ArraySource):
@@ -714,29 +776,25 @@ class TensorstoreSource(ArraySource):
     """Neuroglancer precomputed (else N5), told once by ``_inspect``."""
 
     def _spec(self) -> dict[str, Any]:
-        kvstore = {"driver": "file", "path": self.path}
         if self.precomputed:
             return {
                 "driver": "neuroglancer_precomputed",
-                "kvstore": kvstore,
+                "kvstore": kvstore(self.path),
                 "scale_index": self.level,
             }
         dataset = self._n5_dataset()
-        return {
-            "driver": "n5",
-            "kvstore": {"driver": "file", "path": str(Path(self.path) / dataset)},
-        }
+        return {"driver": "n5", "kvstore": kvstore(storage.join(self.path, dataset))}
 
     def _n5_dataset(self) -> str:
         """The N5 dataset of this level, relative to the path: itself, or ``s<level>``."""
-        attrs = _json(Path(self.path) / "attributes.json")
+        attrs = _json(self.path, "attributes.json")
         if "dimensions" in attrs:
             self.levels = 1
             if self.level:
                 raise self._no_level(1)
             return ""
         self.levels = 0
-        while (Path(self.path) / f"s{self.levels}" / "attributes.json").is_file():
+        while _key(self.path, f"s{self.levels}/attributes.json") is not None:
             self.levels += 1
         if not self.levels:
             raise InputImageError(
@@ -748,15 +806,9 @@ class TensorstoreSource(ArraySource):
         return f"s{self.level}"
 
     def _open(self) -> Any:
+        ts = _tensorstore(self.path)
         try:
-            import tensorstore as ts
-        except ImportError as e:
-            raise InputImageError(
-                f"{self.path}: reading N5 and Neuroglancer precomputed needs tensorstore: "
-                f"pip install 'raysegment[tensorstore]'"
-            ) from e
-        try:
-            store = ts.open(self._spec(), read=True).result()
+            store = ts.open(self._spec(), read=True).result(timeout=REMOTE_TIMEOUT_S)
         except InputImageError:
             raise
         except Exception as e:
@@ -774,9 +826,9 @@ class TensorstoreSource(ArraySource):
         return self.axes
 
     def _inspect(self) -> ImageInfo:
-        self.precomputed = is_precomputed(self.path)
+        self.precomputed = tensorstore_format(self.path) == "precomputed"
         if self.precomputed:
-            info = _json(Path(self.path) / "info")
+            info = _json(self.path, "info")
             self.levels = len(info.get("scales", []))
             if self.level >= self.levels:
                 raise self._no_level(self.levels)
@@ -801,9 +853,9 @@ class TensorstoreSource(ArraySource):
 
     def _n5_attrs(self) -> dict[str, Any]:
         """The group's attributes (a multiscale's) under the level's dataset's own."""
-        root = _json(Path(self.path) / "attributes.json")
+        root = _json(self.path, "attributes.json")
         dataset = self._n5_dataset()
-        return root | (_json(Path(self.path) / dataset / "attributes.json") if dataset else {})
+        return root | (_json(self.path, f"{dataset}/attributes.json") if dataset else {})
 
     def _n5_scale(
         self, attrs: dict[str, Any], axes: str
@@ -845,11 +897,16 @@ class _Reads:
         return np.asarray(self.store[index].read().result())
 
 
-def _json(path: Path) -> dict[str, Any]:
+def _json(location: str, key: str) -> dict[str, Any]:
+    """The JSON object ``key`` under the directory ``location`` ({} for another value)."""
+    where = storage.join(location, key)
     try:
-        value = json.loads(path.read_text())
+        data = _key(location, key)
+        if data is None:
+            raise FileNotFoundError("no such file")
+        value = json.loads(data)
     except (OSError, ValueError) as e:
-        raise InputImageError(f"{path}: unreadable ({type(e).__name__}: {e})") from e
+        raise InputImageError(f"{where}: unreadable ({type(e).__name__}: {e})") from e
     return value if isinstance(value, dict) else {}
 
 
@@ -1326,21 +1383,23 @@ def open_sources(
         InputImageError: missing path, unknown format, unreadable or corrupt file.
     """
     p = storage.resolve(path)
-    if not storage.exists(p):
+    volume = tensorstore_format(p)  # first: an https:// or gs:// volume has no fsspec listing
+    if volume is None and not storage.exists(p):
         raise InputImageError(f"{p}: no such file or directory; check the input= path")
     name = storage.basename(p).lower()
     tif: Any = None  # a TIFF, open while its sources inspect it
     images: list[tuple[str, str]] | None = None
     scenes: list[int | None] | None = None  # a CZI's
-    if is_zarr(p):
+    if volume is not None:
+        kind = "tensorstore"
+    elif is_zarr(p):
         kind = "zarr"
         images = _zarr_images(p)
-    elif is_precomputed(p) or is_n5(p):
-        kind = "tensorstore"
     elif storage.is_url(p):
         raise InputImageError(
-            f"{p}: only zarr and OME-Zarr are read from URLs; copy the file to a local or "
-            f"mounted path, or convert it to OME-Zarr"
+            f"{p}: only zarr, OME-Zarr, N5 and Neuroglancer precomputed volumes are read "
+            f"from URLs (N5 and precomputed with pip install 'raysegment[tensorstore]'); "
+            f"copy the file to a local or mounted path, or convert it to OME-Zarr"
         )
     elif os.path.isfile(p) and name.endswith((".tif", ".tiff", *SLIDE_SUFFIXES)):
         tif = _inspect_tiff(Path(p))

@@ -46,13 +46,13 @@ def write_precomputed(
 
 
 def write_n5(path: Path, volume: np.ndarray, group: dict, levels: dict[str, dict]) -> None:
-    """``volume`` (z, y, x) as N5 datasets (x, y, z listed fastest first, as N5 does) under
-    a group with ``group`` attributes; ``levels``: dataset name -> its attributes, each
-    the volume halved in x and y once more."""
+    """``volume`` ((z,) y, x) as N5 datasets (x, y, z listed fastest first, as N5 does)
+    under a group with ``group`` attributes; ``levels``: dataset name -> its attributes,
+    each the volume halved in x and y once more."""
     path.mkdir(parents=True)
     (path / "attributes.json").write_text(json.dumps({"n5": "4.0.0", **group}))
     for i, (name, attrs) in enumerate(levels.items()):
-        level = volume[:, :: 2**i, :: 2**i]
+        level = volume[..., :: 2**i, :: 2**i]
         store = ts.open(
             {
                 "driver": "n5",
@@ -60,7 +60,7 @@ def write_n5(path: Path, volume: np.ndarray, group: dict, levels: dict[str, dict
                 "metadata": {
                     "dimensions": list(level.shape[::-1]),
                     "dataType": str(volume.dtype),
-                    "blockSize": [16, 16, 4],
+                    "blockSize": [16, 16, 4][: volume.ndim],
                     "compression": {"type": "gzip"},
                 },
             },
@@ -147,3 +147,64 @@ def test_directories_list_n5_and_a_missing_tensorstore_is_named(
         InputImageError, match=r"needs tensorstore: pip install 'raysegment\[tensorstore\]'"
     ):
         open_sources(tmp_path / "in" / "b")
+
+
+def test_volumes_at_urls_over_http_gcs_and_s3(
+    tmp_path: Path, http_server: str, gcs: str, s3: dict[str, str]
+) -> None:
+    """Connectomics volumes where they are kept: a precomputed volume on a static web
+    server (pasted as Neuroglancer's layer source) and in a Google Cloud Storage bucket,
+    an N5 group in an S3 bucket, read as their local copies; a URL that names nothing
+    fails naming the URL."""
+    import s3fs
+
+    from tests.conftest import BUCKET
+
+    volume = random_image((10, 48, 40))
+    write_precomputed(tmp_path / "em", volume, offset=(1000, 2000, 300))
+    url = f"{http_server}/em"
+    assert resolve_inputs(f"precomputed://{url}/") == [url]
+    (src,) = open_sources(f"precomputed://{url}")
+    assert src.kind == "tensorstore" and src.name == "em" and src.levels == 2
+    assert src.info.scale == {"x": 8.0, "y": 8.0, "z": 40.0}
+    _reads_match(src, volume)
+    (half,) = open_sources(url, level=1)
+    whole = ((0, 10), (0, 24), (0, 20))
+    np.testing.assert_array_equal(half.read(0, (0,), whole)[0], volume[:, ::2, ::2])
+
+    bucket = ts.KvStore.open(f"gs://{BUCKET}/").result()  # through the emulator
+    for file in (tmp_path / "em").rglob("*"):
+        if file.is_file():
+            bucket.write(f"em/{file.relative_to(tmp_path / 'em')}", file.read_bytes()).result()
+    (gs,) = open_sources(f"gs://{BUCKET}/em")
+    assert gs.levels == 2 and gs.info.scale == src.info.scale
+    _reads_match(gs, volume)
+
+    write_n5(
+        tmp_path / "sample.n5",
+        volume,
+        {"pixelResolution": {"dimensions": [0.4, 0.4, 2.0], "unit": "um"}},
+        {"s0": {}, "s1": {"downsamplingFactors": [2, 2, 1]}},
+    )
+    s3fs.S3FileSystem().put(str(tmp_path / "sample.n5"), f"{BUCKET}/vol/sample.n5", recursive=True)
+    assert resolve_inputs(f"s3://{BUCKET}/vol") == [f"s3://{BUCKET}/vol/sample.n5"]
+    (n5,) = open_sources(f"s3://{BUCKET}/vol/sample.n5")
+    assert n5.name == "sample" and n5.levels == 2 and n5.info.scale["x"] == 0.4
+    _reads_match(n5, volume)
+    assert open_sources(f"s3://{BUCKET}/vol/sample.n5", level=1)[0].info.scale["x"] == 0.8
+
+    with pytest.raises(InputImageError, match=f"{http_server}/nothing: no such file"):
+        open_sources(f"{http_server}/nothing")
+
+
+def test_an_endpoint_that_does_not_answer_fails_naming_the_url(monkeypatch) -> None:
+    import socket
+
+    from raysegment.data import sources
+
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    monkeypatch.setattr(sources, "REMOTE_TIMEOUT_S", 3.0)
+    with pytest.raises(InputImageError, match=f"http://127.0.0.1:{port}/em: cannot read info"):
+        open_sources(f"http://127.0.0.1:{port}/em")

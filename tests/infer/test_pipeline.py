@@ -238,16 +238,21 @@ def test_tiff_sequence_is_one_volume(tmp_path, make_model) -> None:
     np.testing.assert_allclose(got, whole_image_prediction(module, volume), rtol=1e-5, atol=1e-4)
 
 
-def test_precomputed_em_volume_at_its_second_scale(tmp_path, make_model) -> None:
+@pytest.mark.parametrize("served", [False, True])
+def test_precomputed_em_volume_at_its_second_scale(tmp_path, make_model, served, request) -> None:
     """A connectomics volume (Neuroglancer precomputed, offset in space) segmented at its
-    second scale: the output has that scale's voxel size in nanometres."""
+    second scale, from disk or from a web server (the workers read it over HTTP): the
+    output has that scale's voxel size in nanometres."""
     from tests.data.test_tensorstore import write_precomputed
 
     volume = random_image((20, 64, 48))
     write_precomputed(tmp_path / "em", volume, offset=(512, 512, 100))
     model, module = make_model(dims=3, out_ch=1)
+    where = str(tmp_path / "em")
+    if served:
+        where = f"precomputed://{request.getfixturevalue('http_server')}/em"
     infer(
-        input=str(tmp_path / "em"),
+        input=where,
         model=str(model),
         output=str(tmp_path / "out"),
         input_level=1,
