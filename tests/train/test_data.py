@@ -190,3 +190,38 @@ def test_class_names_must_fit_the_labels_before_training(tmp_path: Path) -> None
     assert prepare(_cfg(tmp_path, "mode=multiclass", "class_names=[bg,a,b]")).classes == 3
     with pytest.raises(ConfigError, match="names 2 class\\(es\\) but the labels"):
         prepare(_cfg(tmp_path, "mode=multiclass", "class_names=[bg,a]"))
+
+
+def test_em_volumes_in_a_bucket_pair_with_n5_labels_on_disk(tmp_path: Path, s3) -> None:
+    """Connectomics' training data: EM volumes (N5) in an S3 bucket, their labels (N5)
+    painted on local copies; each plane of a volume is a sample, patches read from the
+    bucket."""
+    import s3fs
+
+    from tests.conftest import BUCKET
+    from tests.data.test_tensorstore import write_n5
+
+    rng = np.random.default_rng(3)
+    volumes = {f"v{i}": rng.integers(0, 999, (4, 48, 64), dtype=np.uint16) for i in range(2)}
+    for name, volume in volumes.items():
+        write_n5(tmp_path / "em" / f"{name}.n5", volume, {}, {"s0": {}})
+        write_n5(tmp_path / "lbl" / f"{name}.n5", (volume > 500).astype(np.uint8), {}, {"s0": {}})
+    s3fs.S3FileSystem().put(str(tmp_path / "em"), f"{BUCKET}/train/em", recursive=True)
+    cfg = _cfg(tmp_path, f"images.dir=s3://{BUCKET}/train/em", "train_fraction=0.5")
+    data = prepare(cfg)
+    assert [p.image.path for p in data.pairs] == [
+        f"s3://{BUCKET}/train/em/v0.n5",
+        f"s3://{BUCKET}/train/em/v1.n5",
+    ]
+    assert [p.planes for p in data.pairs] == [4, 4]
+    batch = {
+        "pair": np.array([0, 1]),
+        "z": np.array([1, 3]),
+        "y": np.array([3, 16]),
+        "x": np.array([30, 0]),
+    }
+    out = read_patches(batch, data, augment=False)
+    for k, (name, z, y0, x0) in enumerate([("v0", 1, 3, 30), ("v1", 3, 16, 0)]):
+        patch = volumes[name][z, y0 : y0 + 32, x0 : x0 + 32]
+        np.testing.assert_allclose(out["x"][k, 0], (patch - data.mean[0]) / data.std[0], atol=1e-5)
+        np.testing.assert_array_equal(out["y"][k, 0], patch > 500)
