@@ -752,6 +752,8 @@ def _key(location: str, key: str) -> bytes | None:
         found = store.read(key).result(timeout=REMOTE_TIMEOUT_S)
     except InputImageError:
         return None  # a scheme tensorstore does not read
+    except TimeoutError as e:
+        raise _no_answer(location, REMOTE_TIMEOUT_S) from e
     except Exception as e:
         raise InputImageError(
             f"{location}: cannot read {key} ({type(e).__name__}: {e}); check the URL and the "
@@ -811,12 +813,15 @@ class TensorstoreSource(ArraySource):
             store = ts.open(self._spec(), read=True).result(timeout=REMOTE_TIMEOUT_S)
         except InputImageError:
             raise
+        except TimeoutError as e:
+            raise _no_answer(self.path, REMOTE_TIMEOUT_S) from e
         except Exception as e:
             why = str(e).split(" [tensorstore_spec=")[0]  # without the spec it was given
             raise InputImageError(
                 f"{self.path}: not a readable {self._format()} ({type(e).__name__}: {why})"
             ) from e
-        return _Reads(store.translate_to[0])  # a precomputed voxel_offset: the origin
+        # A precomputed volume's voxel_offset: the origin.
+        return _Reads(store.translate_to[0], self.path)
 
     def _format(self) -> str:
         return "Neuroglancer precomputed volume" if self.precomputed else "N5 dataset"
@@ -887,14 +892,30 @@ class TensorstoreSource(ArraySource):
         return scale, dict.fromkeys(scale, length)
 
 
+READ_TIMEOUT_S = 600.0
+"""How long one region's read may take: a store that stops answering mid-run (a server
+gone) fails the block naming it rather than holding the run without end."""
+
+
 class _Reads:
     """A tensorstore array read with numpy indexing (``ArraySource._read``)."""
 
-    def __init__(self, store: Any) -> None:
+    def __init__(self, store: Any, path: str) -> None:
         self.store = store
+        self.path = path
 
     def __getitem__(self, index: Any) -> np.ndarray:
-        return np.asarray(self.store[index].read().result())
+        try:
+            return np.asarray(self.store[index].read().result(timeout=READ_TIMEOUT_S))
+        except TimeoutError as e:
+            raise _no_answer(self.path, READ_TIMEOUT_S) from e
+
+
+def _no_answer(path: str, seconds: float) -> InputImageError:
+    return InputImageError(
+        f"{path}: no answer in {seconds:.0f} s; check the URL, the network and the "
+        f"credentials, then run the same command again (finished blocks are kept)"
+    )
 
 
 def _json(location: str, key: str) -> dict[str, Any]:

@@ -197,14 +197,49 @@ def test_volumes_at_urls_over_http_gcs_and_s3(
         open_sources(f"{http_server}/nothing")
 
 
-def test_an_endpoint_that_does_not_answer_fails_naming_the_url(monkeypatch) -> None:
+def test_a_server_that_does_not_answer_fails_naming_the_url(tmp_path: Path, monkeypatch) -> None:
+    """Nothing listening when the run starts, and a server gone mid-run (after the
+    volume was opened, and after a process opened it for reading): each fails naming the
+    URL, in the time allowed, rather than waiting without end."""
+    import functools
     import socket
+    import threading
+    from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 
     from raysegment.data import sources
 
+    monkeypatch.setattr(sources, "REMOTE_TIMEOUT_S", 2.0)
+    monkeypatch.setattr(sources, "READ_TIMEOUT_S", 2.0)
     with socket.socket() as s:  # a port nothing listens on
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    monkeypatch.setattr(sources, "REMOTE_TIMEOUT_S", 3.0)
-    with pytest.raises(InputImageError, match=f"http://127.0.0.1:{port}/em: cannot read info"):
+    with pytest.raises(InputImageError, match=f"127.0.0.1:{port}/em: no answer in 2 s"):
         open_sources(f"http://127.0.0.1:{port}/em")
+
+    write_precomputed(tmp_path / "em", random_image((4, 16, 16)))
+    server = ThreadingHTTPServer(
+        ("127.0.0.1", 0), functools.partial(SimpleHTTPRequestHandler, directory=str(tmp_path))
+    )
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_address[1]}/em"
+    (unopened,) = open_sources(url)
+    (opened,) = open_sources(url)
+    assert opened.handle is not None
+    server.shutdown()
+    server.server_close()
+    whole = ((0, 4), (0, 16), (0, 16))
+    for source in (unopened, opened):
+        raised: list[BaseException] = []
+
+        def read(source: object = source, raised: list[BaseException] = raised) -> None:
+            try:
+                source.read(0, (0,), whole)  # type: ignore[attr-defined]
+            except BaseException as e:  # noqa: BLE001 (checked below)
+                raised.append(e)
+
+        reader = threading.Thread(target=read, daemon=True)  # a hang fails, not hangs, the test
+        reader.start()
+        reader.join(60)
+        assert raised, "the read still waits"
+        assert isinstance(raised[0], InputImageError), raised
+        assert f"{url}: no answer in 2 s; check the URL" in str(raised[0])
