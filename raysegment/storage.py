@@ -18,6 +18,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from raysegment.errors import ConfigError
+
 __all__ = [
     "Location",
     "basename",
@@ -86,7 +88,16 @@ def _fs(location: str) -> tuple[Any, str]:
     and its parents dropped (other processes write there too)."""
     import fsspec
 
-    fs, path = fsspec.core.url_to_fs(location)
+    try:
+        fs, path = fsspec.core.url_to_fs(location)
+    except ImportError as e:  # fsspec names the package the URL's scheme needs
+        scheme = location.split("://", 1)[0]
+        extra = {"s3": "s3", "gs": "gcs", "gcs": "gcs"}.get(scheme)
+        fix = f"pip install 'raysegment[{extra}]'" if extra else str(e)
+        raise ConfigError(
+            f"{location}: {scheme}:// URLs need a package not installed: {fix} (N5 and "
+            f"Neuroglancer precomputed volumes: pip install 'raysegment[tensorstore]')"
+        ) from e
     fs.invalidate_cache(path)
     return fs, path
 

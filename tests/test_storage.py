@@ -123,3 +123,15 @@ def test_s3_input_and_output_equal_the_local_disk_run(s3, tmp_path: Path, make_m
     im1 = zarr.open_group(f"{out}/im1.ome.zarr", mode="r").attrs["ome"]
     scale = im1["multiscales"][0]["datasets"][0]["coordinateTransformations"]
     assert scale == [{"type": "scale", "scale": [1.0, 0.5, 0.25]}]
+
+
+def test_a_url_whose_client_is_not_installed_names_the_extra(monkeypatch) -> None:
+    import sys
+
+    from raysegment.data.sources import open_sources
+    from raysegment.errors import ConfigError
+
+    monkeypatch.setitem(sys.modules, "gcsfs", None)
+    monkeypatch.setitem(sys.modules, "tensorstore", None)
+    with pytest.raises(ConfigError, match=r"gs://b/em: gs:// URLs need .*'raysegment\[gcs\]'"):
+        open_sources("gs://b/em")
