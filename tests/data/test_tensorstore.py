@@ -15,12 +15,27 @@ from raysegment.data.sources import open_sources
 from raysegment.errors import InputImageError
 from tests.conftest import random_image
 
+SHARDING = {
+    "@type": "neuroglancer_uint64_sharded_v1",
+    "preshift_bits": 1,
+    "hash": "identity",
+    "minishard_bits": 1,
+    "shard_bits": 1,
+    "minishard_index_encoding": "gzip",
+    "data_encoding": "gzip",
+}
+"""A precomputed scale's chunks in shard files (as large connectomics volumes are kept)."""
+
 
 def write_precomputed(
-    path: Path, volume: np.ndarray, offset: tuple[int, int, int] = (0, 0, 0)
+    path: Path,
+    volume: np.ndarray,
+    offset: tuple[int, int, int] = (0, 0, 0),
+    sharded: bool = False,
 ) -> None:
     """``volume`` (z, y, x) as a precomputed volume of two scales (8 x 8 x 40 nm, then x
-    and y halved), x-y-z-channel order, scale 0 starting at voxel ``offset`` (x, y, z)."""
+    and y halved), x-y-z-channel order, scale 0 starting at voxel ``offset`` (x, y, z);
+    ``sharded``: its chunks in shard files."""
     for i, step in enumerate((1, 2)):
         level = volume[:, ::step, ::step]
         store = ts.open(
@@ -38,6 +53,7 @@ def write_precomputed(
                     "encoding": "raw",
                     "chunk_size": [16, 16, 4],
                     "resolution": [8 * step, 8 * step, 40],
+                    **({"sharding": SHARDING} if sharded else {}),
                 },
             },
             create=True,
@@ -154,8 +170,8 @@ def test_volumes_at_urls_over_http_gcs_and_s3(
 ) -> None:
     """Connectomics volumes where they are kept: a precomputed volume on a static web
     server (pasted as Neuroglancer's layer source) and in a Google Cloud Storage bucket,
-    an N5 group in an S3 bucket, read as their local copies; a URL that names nothing
-    fails naming the URL."""
+    an N5 group and a sharded precomputed volume in an S3 bucket, read as their local
+    copies; a URL that names nothing fails naming the URL."""
     import s3fs
 
     from tests.conftest import BUCKET
@@ -172,10 +188,12 @@ def test_volumes_at_urls_over_http_gcs_and_s3(
     whole = ((0, 10), (0, 24), (0, 20))
     np.testing.assert_array_equal(half.read(0, (0,), whole)[0], volume[:, ::2, ::2])
 
+    write_precomputed(tmp_path / "plain", volume)
     bucket = ts.KvStore.open(f"gs://{BUCKET}/").result()  # through the emulator
-    for file in (tmp_path / "em").rglob("*"):
+    for file in (tmp_path / "plain").rglob("*"):
         if file.is_file():
-            bucket.write(f"em/{file.relative_to(tmp_path / 'em')}", file.read_bytes()).result()
+            key = f"em/{file.relative_to(tmp_path / 'plain')}"
+            bucket.write(key, file.read_bytes()).result()
     (gs,) = open_sources(f"gs://{BUCKET}/em")
     assert gs.levels == 2 and gs.info.scale == src.info.scale
     _reads_match(gs, volume)
@@ -192,6 +210,13 @@ def test_volumes_at_urls_over_http_gcs_and_s3(
     assert n5.name == "sample" and n5.levels == 2 and n5.info.scale["x"] == 0.4
     _reads_match(n5, volume)
     assert open_sources(f"s3://{BUCKET}/vol/sample.n5", level=1)[0].info.scale["x"] == 0.8
+    # Sharded (large connectomics volumes): a shard's chunks read by byte range.
+    write_precomputed(tmp_path / "sharded", volume, sharded=True)
+    assert any(f.suffix == ".shard" for f in (tmp_path / "sharded").rglob("*"))
+    s3fs.S3FileSystem().put(str(tmp_path / "sharded"), f"{BUCKET}/vol/sharded", recursive=True)
+    (sharded,) = open_sources(f"s3://{BUCKET}/vol/sharded")
+    assert sharded.levels == 2
+    _reads_match(sharded, volume)
 
     with pytest.raises(InputImageError, match=f"{http_server}/nothing: no such file"):
         open_sources(f"{http_server}/nothing")
