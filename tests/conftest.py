@@ -206,7 +206,7 @@ def s3() -> Iterator[dict[str, str]]:
 @pytest.fixture(scope="session")
 def gcs() -> Iterator[str]:
     """A Google Cloud Storage emulator on 127.0.0.1 holding the bucket ``BUCKET``, where
-    tensorstore's ``gs://`` client goes (set in this process); yields its URL."""
+    tensorstore's and gcsfs' ``gs://`` clients go (set in this process); yields its URL."""
     emulator = pytest.importorskip("gcp_storage_emulator.server")
     server = emulator.create_server("127.0.0.1", 0, in_memory=True, default_bucket=BUCKET)
     server.start()
@@ -214,6 +214,7 @@ def gcs() -> Iterator[str]:
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("TENSORSTORE_GCS_HTTP_URL", url)
         mp.setenv("GOOGLE_AUTH_TOKEN_FOR_TESTING", "testing")  # no Google sign-in
+        mp.setenv("STORAGE_EMULATOR_HOST", url)  # gcsfs'
         yield url
     server.stop()
 

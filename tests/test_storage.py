@@ -44,7 +44,18 @@ def test_locations_local_file_urls_and_object_stores(tmp_path: Path) -> None:
     )
 
 
+@pytest.fixture(params=["s3", "gs"])
+def bucket(request: pytest.FixtureRequest) -> str:
+    """The URL of the test bucket in an S3 server, then in a Google Cloud Storage emulator."""
+    request.getfixturevalue("s3" if request.param == "s3" else "gcs")
+    if request.param == "gs":
+        pytest.importorskip("gcsfs")
+    return f"{request.param}://{BUCKET}"
+
+
 def test_parts_racing_to_create_an_s3_output_leave_exactly_one_creator(s3) -> None:
+    # (Not gs://: the GCS emulator ignores ifGenerationMatch=0, which gcsfs sends for an
+    # exclusive create and whose 412 it raises as FileExistsError.)
     url = f"s3://{BUCKET}/race/x.ome.zarr"
     results = race_to_create(url)
     assert sorted(results) == [False, False, False, True]
@@ -59,10 +70,16 @@ def test_parts_racing_to_create_an_s3_output_leave_exactly_one_creator(s3) -> No
     assert inspect_output(url).complete and not storage.exists(f"{url}/.raysegment")
 
 
-def test_files_written_piece_by_piece_and_read_back(s3, tmp_path: Path) -> None:
+def test_files_written_piece_by_piece_and_read_back(bucket: str, tmp_path: Path) -> None:
     """What the GeoJSON outlines take: a file written in pieces (a slide's outlines are
-    never in memory at once), read back whole; on disk (parents made) and in a bucket."""
-    for location in (str(tmp_path / "new" / "a.geojson"), f"s3://{BUCKET}/pieces/a.geojson"):
+    never in memory at once), read back whole; on disk (parents made) and in a bucket;
+    an output claimed once in the bucket, listed and removed."""
+    claimed = f"{bucket}/claimed/x.ome.zarr"
+    assert storage.claim(claimed) and not storage.claim(claimed)
+    assert storage.listdir(f"{bucket}/claimed") == ["x.ome.zarr"]
+    storage.remove(f"{bucket}/claimed")
+    assert not storage.exists(claimed)
+    for location in (str(tmp_path / "new" / "a.geojson"), f"{bucket}/pieces/a.geojson"):
         with storage.open_write(location) as out:
             for piece in (b"{", b"1" * 100_000, b"}"):
                 out.write(piece)
@@ -133,5 +150,7 @@ def test_a_url_whose_client_is_not_installed_names_the_extra(monkeypatch) -> Non
 
     monkeypatch.setitem(sys.modules, "gcsfs", None)
     monkeypatch.setitem(sys.modules, "tensorstore", None)
+    for scheme in ("gs", "gcs"):  # imported by an earlier test: fsspec keeps the class
+        monkeypatch.delitem(sys.modules["fsspec.registry"]._registry, scheme, raising=False)
     with pytest.raises(ConfigError, match=r"gs://b/em: gs:// URLs need .*'raysegment\[gcs\]'"):
         open_sources("gs://b/em")
