@@ -29,11 +29,14 @@ __all__ = [
     "is_url",
     "join",
     "listdir",
+    "open_read",
     "open_write",
     "parent",
     "read_bytes",
+    "read_ranges",
     "remove",
     "resolve",
+    "size",
     "touch",
     "write_bytes",
 ]
@@ -177,6 +180,39 @@ def read_bytes(location: str) -> bytes:
         return Path(location).read_bytes()
     fs, path = _fs(location)
     return bytes(fs.cat_file(path))
+
+
+READ_BLOCK = 2**20
+"""Bytes an object store's file is fetched in when read piece by piece (a TIFF's
+directories): small enough that a slide's few directories cost little, large enough that
+neighbouring ones come in one request."""
+
+
+def open_read(location: str) -> Any:
+    """A seekable binary file to read ``location`` from (an object store's through a cache
+    of ``READ_BLOCK`` blocks; the caller closes a local one)."""
+    if not is_url(location):
+        return open(location, "rb")  # noqa: SIM115 (the caller closes it)
+    fs, path = _fs(location)
+    return fs.open(path, "rb", block_size=READ_BLOCK, cache_type="blockcache")
+
+
+def size(location: str) -> int:
+    """The size of the file ``location`` in bytes."""
+    if not is_url(location):
+        return os.path.getsize(location)
+    fs, path = _fs(location)
+    return int(fs.size(path))
+
+
+def read_ranges(location: str, starts: list[int], ends: list[int]) -> list[bytes]:
+    """The bytes ``starts[i]:ends[i]`` of the file ``location``: from an object store in
+    concurrent requests (one round trip for a region's tiles, not one each)."""
+    if not is_url(location):
+        with open(location, "rb") as f:
+            return [os.pread(f.fileno(), b - a, a) for a, b in zip(starts, ends, strict=True)]
+    fs, path = _fs(location)
+    return [bytes(b) for b in fs.cat_ranges([path] * len(starts), starts, ends)]
 
 
 def open_write(location: str) -> Any:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import re
@@ -221,16 +222,33 @@ def gcs() -> Iterator[str]:
 
 @pytest.fixture
 def http_server(tmp_path: Path) -> Iterator[str]:
-    """``tmp_path`` served over HTTP on 127.0.0.1 (as a static web server serves a
-    volume's files: a missing one answers 404); yields the URL of that directory."""
+    """``tmp_path`` served over HTTP on 127.0.0.1 as a static web server serves files: a
+    missing one answers 404, a ``Range: bytes=a-b`` request its bytes a..b (206); yields
+    the URL of that directory."""
     import functools
     from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 
-    class Quiet(SimpleHTTPRequestHandler):
+    class Ranges(SimpleHTTPRequestHandler):
         def log_message(self, *args: object) -> None:
             pass
 
-    handler = functools.partial(Quiet, directory=str(tmp_path))
+        def send_head(self):  # type: ignore[no-untyped-def]
+            asked = re.fullmatch(r"bytes=(\d+)-(\d*)", self.headers.get("Range", ""))
+            path = Path(self.translate_path(self.path))
+            if asked is None or not path.is_file():
+                return super().send_head()
+            data = path.read_bytes()
+            first = int(asked[1])
+            last = min(int(asked[2] or len(data) - 1), len(data) - 1)
+            body = data[first : last + 1]
+            self.send_response(206)
+            self.send_header("Content-Type", "application/octet-stream")
+            self.send_header("Content-Range", f"bytes {first}-{last}/{len(data)}")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            return io.BytesIO(body)
+
+    handler = functools.partial(Ranges, directory=str(tmp_path))
     server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()

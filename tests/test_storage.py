@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import tifffile
 import zarr
 
 from raysegment import storage
@@ -84,6 +85,8 @@ def test_files_written_piece_by_piece_and_read_back(bucket: str, tmp_path: Path)
             for piece in (b"{", b"1" * 100_000, b"}"):
                 out.write(piece)
         assert storage.read_bytes(location) == b"{" + b"1" * 100_000 + b"}"
+        assert storage.size(location) == 100_002
+        assert storage.read_ranges(location, [0, 99_999], [2, 100_002]) == [b"{1", b"11}"]
 
 
 def _ome_zarr(path: Path, data: np.ndarray) -> None:
@@ -106,8 +109,17 @@ def test_s3_input_and_output_equal_the_local_disk_run(s3, tmp_path: Path, make_m
     local_in.mkdir()
     for i, shape in enumerate([(1, 200, 150), (1, 130, 256)]):
         _ome_zarr(local_in / f"im{i}.ome.zarr", random_image(shape, seed=i))
-    # And an N5 image (tensorstore reads it from the bucket, in the workers too).
+    # And an N5 image (tensorstore reads it from the bucket, in the workers too), and a
+    # tiled OME-TIFF (its tiles fetched by ranged requests).
     write_n5(local_in / "im2.n5", random_image((180, 140), seed=2), {}, {"s0": {}})
+    tifffile.imwrite(
+        local_in / "im3.ome.tif",
+        random_image((170, 190), seed=3),
+        ome=True,
+        tile=(64, 64),
+        compression="zlib",
+        metadata={"axes": "YX"},
+    )
     fs = s3fs.S3FileSystem()
     fs.put(str(local_in), f"{BUCKET}/in", recursive=True)
     model, _ = make_model()
@@ -126,7 +138,7 @@ def test_s3_input_and_output_equal_the_local_disk_run(s3, tmp_path: Path, make_m
     )
     assert run.returncode == 0, run.stderr[-3000:]
 
-    for name in ("im0", "im1", "im2"):
+    for name in ("im0", "im1", "im2", "im3"):
         url = f"{out}/{name}.ome.zarr"
         assert inspect_output(url).complete
         assert not storage.exists(f"{url}/.raysegment")  # markers gone once complete

@@ -291,13 +291,34 @@ class _TiffPlanes:
     each; bfio's tensorstore reader, the reader before, 410-452 ms CPU (240-305 ms wall
     on its own threads)."""
 
-    def __init__(self, series: Any, axes: str) -> None:
+    def __init__(self, series: Any, axes: str, url: str | None = None) -> None:
         self.pages = series.pages
         self.dtype = series.keyframe.dtype
         self.lead = axes[:-2]  # the axes that select a page, e.g. "tcz"
         self.lead_shape = tuple(series.shape[:-2])
         # Threads of one process share the file handles, and a read is a seek then a read.
         self._lock = threading.RLock()
+        self.url = url
+        """The file's URL where it lies in an object store or on a web server: a plane's
+        segments are fetched there in concurrent ranged requests."""
+
+    def _segments(
+        self, page: Any, offsets: list[int], counts: list[int], indices: list[int]
+    ) -> Iterator[tuple[bytes | None, int]]:
+        """(bytes, index) of each segment (None for one of no bytes)."""
+        if self.url is None:
+            yield from page.parent.filehandle.read_segments(
+                offsets, counts, indices, lock=self._lock
+            )
+            return
+        present = [k for k, n in enumerate(counts) if n]
+        fetched = storage.read_ranges(
+            self.url, [offsets[k] for k in present], [offsets[k] + counts[k] for k in present]
+        )
+        data: list[bytes | None] = [None] * len(indices)
+        for k, got in zip(present, fetched, strict=True):
+            data[k] = got
+        yield from zip(data, indices, strict=True)
 
     @staticmethod
     def fits(series: Any, axes: str) -> bool:
@@ -349,8 +370,8 @@ class _TiffPlanes:
         if key.compression in {6, 7, 34892, 33007}:  # JPEG
             args |= {"jpegtables": page.jpegtables, "jpegheader": key.jpegheader}
         offsets, counts = page.dataoffsets, page.databytecounts
-        for data, i in page.parent.filehandle.read_segments(
-            [offsets[i] for i in wanted], [counts[i] for i in wanted], wanted, lock=self._lock
+        for data, i in self._segments(
+            page, [offsets[i] for i in wanted], [counts[i] for i in wanted], wanted
         ):
             tile, (_, _, ty, tx, _), _ = key.decode(data, i, **args)
             ya, yb, xa, xb = max(y0, ty), min(y1, ty + th), max(x0, tx), min(x1, tx + tw)
@@ -378,9 +399,10 @@ class _TiffPlanes:
             if not counts[s]:  # a strip the writer left out: fill value
                 out[ya - y0 : yb - y0] = 0
         present = [i for i, s in enumerate(strips) if counts[s]]
-        for data, i in page.parent.filehandle.read_segments(
-            [where[i] for i in present], [sizes[i] for i in present], present, lock=self._lock
+        for data, i in self._segments(
+            page, [where[i] for i in present], [sizes[i] for i in present], present
         ):
+            assert data is not None  # present: bytes to read
             ya, yb = spans[i]
             rows = np.frombuffer(data, dtype).reshape(yb - ya, key.imagewidth)
             out[ya - y0 : yb - y0] = rows[:, x0:x1]
@@ -413,12 +435,13 @@ class TiffSource(ArraySource):
     def _series(self) -> Any:
         """The file (the one ``open_sources`` shares while inspecting, else opened here)
         and this source's series of it."""
-        import tifffile
 
-        if self._opened is None and not Path(self.path).is_file():  # a node lacks it
+        remote = storage.is_url(self.path)
+        if self._opened is None and not remote and not Path(self.path).is_file():
+            # A node lacks it.
             raise InputImageError(f"{self.path}: no such file (removed, or not on this node)")
         try:
-            tif = tifffile.TiffFile(self.path) if self._opened is None else self._opened
+            tif = _open_tiff(self.path) if self._opened is None else self._opened
             return tif, tif.series[self.series or 0]
         except Exception as e:
             raise _unreadable_tiff(self.path, e) from e
@@ -487,7 +510,8 @@ class TiffSource(ArraySource):
         self._tif = tif
         level = self._level(series)
         if _TiffPlanes.fits(level, self._array_axes()):
-            return _TiffPlanes(level, self._array_axes())
+            url = self.path if storage.is_url(self.path) else None
+            return _TiffPlanes(level, self._array_axes(), url)
         return zarr.open(series.aszarr(level=self.level), mode="r")
 
     def _read(
@@ -1170,7 +1194,7 @@ class TiffSequenceSource(ImageSource):
     def _inspect(self) -> ImageInfo:
         first: ImageInfo | None = None
         for i, file in enumerate(self.files):
-            tif = _inspect_tiff(Path(file))  # every file whole: a short copy fails now
+            tif = _inspect_tiff(file)  # every file whole: a short copy fails now
             with tif:
                 if i == 0:
                     self.part_kind = "ome-tiff" if tif.is_ome and self.part_axes is None else "tiff"
@@ -1305,16 +1329,26 @@ def _tiff_images(tif: Any) -> list[Any]:
     return list(tif.series if tif.is_ome else tif.series[:1])
 
 
-def _inspect_tiff(path: Path) -> Any:
+def _open_tiff(path: str) -> Any:
+    """The TIFF ``path`` opened with tifffile; one at a URL through an fsspec file (its
+    directories read in cached blocks; ``_TiffPlanes`` fetches its pixels itself)."""
+    import tifffile
+
+    if not storage.is_url(path):
+        return tifffile.TiffFile(path)
+    # tifffile leaves a file object it was given open; fsspec's holds no descriptor
+    # (its connections are the filesystem's), so it goes with the TiffFile.
+    return tifffile.TiffFile(storage.open_read(path), name=storage.basename(path))
+
+
+def _inspect_tiff(path: str) -> Any:
     """``path`` opened with tifffile (the caller closes it), after checking every strip or
     tile of its images lies inside the file (a copy cut short fails here, not hours into a
     run)."""
-    import tifffile
-
     tif = None
     try:
-        tif = tifffile.TiffFile(path)
-        size = path.stat().st_size
+        tif = _open_tiff(path)
+        size = storage.size(path)
         series = _tiff_images(tif)
         # A writer that streams tiles writes the directory after them: stopped early, the
         # file has an empty one (no size, no pixels; tifffile reads shape ()).
@@ -1416,15 +1450,18 @@ def open_sources(
     elif is_zarr(p):
         kind = "zarr"
         images = _zarr_images(p)
+    elif name.endswith((".tif", ".tiff", *SLIDE_SUFFIXES)) and (
+        storage.is_url(p) or os.path.isfile(p)
+    ):
+        tif = _inspect_tiff(p)
+        kind = "ome-tiff" if tif.is_ome and axes is None else "tiff"
     elif storage.is_url(p):
         raise InputImageError(
-            f"{p}: only zarr, OME-Zarr, N5 and Neuroglancer precomputed volumes are read "
-            f"from URLs (N5 and precomputed with pip install 'raysegment[tensorstore]'); "
-            f"copy the file to a local or mounted path, or convert it to OME-Zarr"
+            f"{p}: only zarr, OME-Zarr, TIFF (OME-TIFF, SVS, NDPI, QPTIFF), N5 and "
+            f"Neuroglancer precomputed are read from URLs (N5 and precomputed with pip "
+            f"install 'raysegment[tensorstore]'); copy the file to a local or mounted path, "
+            f"or convert it to OME-Zarr"
         )
-    elif os.path.isfile(p) and name.endswith((".tif", ".tiff", *SLIDE_SUFFIXES)):
-        tif = _inspect_tiff(Path(p))
-        kind = "ome-tiff" if tif.is_ome and axes is None else "tiff"
     elif os.path.isfile(p) and name.endswith(".czi"):
         scenes = _czi_scenes(p)
         kind = "czi"

@@ -679,3 +679,75 @@ def test_resolve_inputs_and_stems(tmp_path: Path) -> None:
         resolve_inputs(str(tmp_path), r".*\.czi")
     assert image_stem("x/slide.ome.tiff") == "slide"
     assert image_stem("x/vol.ome.zarr/") == "vol"
+
+
+def test_tiffs_at_urls_read_as_their_local_copies(
+    tmp_path: Path, http_server: str, s3: dict[str, str], monkeypatch
+) -> None:
+    """Slides and stacks where labs keep them, on a web server and in an S3 bucket: an
+    OME-TIFF of two channels (its sizes and names, both levels of its pyramid), an
+    Aperio SVS (RGB JPEG tiles, tifffile's zarr view) and a Fiji stack of uncompressed
+    strips read as the local files, a plane's tiles fetched together (one request batch a
+    plane and channel); a file cut short in the bucket is named."""
+    import s3fs
+
+    from raysegment import storage
+    from tests.conftest import BUCKET
+
+    image = random_image((2, 300, 260))
+    with tifffile.TiffWriter(tmp_path / "slide.ome.tif", bigtiff=True) as tif:
+        meta = {"axes": "CYX", "PhysicalSizeX": 0.25, "PhysicalSizeY": 0.25}
+        meta |= {"Channel": {"Name": ["DAPI", "CD3"]}}
+        tif.write(image, subifds=1, tile=(64, 64), compression="zlib", metadata=meta)
+        tif.write(image[:, ::2, ::2], subfiletype=1, tile=(64, 64), compression="zlib")
+    _aperio_svs(tmp_path / "case.svs", random_image((300, 260, 3), dtype="uint8"), 0.5)
+    stack = random_image((6, 120, 100))
+    tifffile.imwrite(tmp_path / "stack.tif", stack, imagej=True, metadata={"axes": "ZYX"})
+    bucket = s3fs.S3FileSystem()
+    for name in ("slide.ome.tif", "case.svs", "stack.tif"):
+        bucket.put(str(tmp_path / name), f"{BUCKET}/tiffs/{name}")
+    fetches: list[int] = []
+    read_ranges = storage.read_ranges
+
+    def counted(location: str, starts: list[int], ends: list[int]) -> list[bytes]:
+        fetches.append(len(starts))
+        return read_ranges(location, starts, ends)
+
+    monkeypatch.setattr(storage, "read_ranges", counted)
+    region = ((0, 1), (37, 290), (5, 233))
+    for where in (http_server, f"s3://{BUCKET}/tiffs"):
+        assert resolve_inputs(where + "/", r".*\.(tif|svs)") == [
+            f"{where}/{n}" for n in ("case.svs", "slide.ome.tif", "stack.tif")
+        ]
+        for name, channels, level in [
+            ("slide.ome.tif", (0, 1), 0),
+            ("slide.ome.tif", (1,), 1),
+            ("case.svs", (0, 1, 2), 0),
+        ]:
+            (local,) = open_sources(tmp_path / name, level=level)
+            (remote,) = open_sources(f"{where}/{name}", level=level)
+            assert remote.name == local.name and remote.info == local.info
+            box = tuple(
+                (a, min(b, s)) for (a, b), s in zip(region, local.info.shape[2:], strict=True)
+            )
+            fetches.clear()
+            got = remote.read(0, channels, box)
+            np.testing.assert_array_equal(got, local.read(0, channels, box))
+            if name != "case.svs":  # RGB samples: tifffile's zarr view reads the tiles
+                # A batch a channel's plane, of its several tiles.
+                assert len(fetches) == len(channels) and min(fetches) > 1, fetches
+        (remote,) = open_sources(f"{where}/stack.tif")
+        assert remote.info.shape == (1, 1, 6, 120, 100)
+        fetches.clear()
+        box = ((1, 5), (10, 70), (0, 100))
+        np.testing.assert_array_equal(remote.read(0, (0,), box)[0], stack[1:5, 10:70])
+        assert len(fetches) == 4  # a batch a plane: its rows alone
+    assert open_sources(f"s3://{BUCKET}/tiffs/slide.ome.tif")[0].info.channel_names == (
+        "DAPI",
+        "CD3",
+    )
+
+    data = (tmp_path / "slide.ome.tif").read_bytes()
+    bucket.pipe(f"{BUCKET}/tiffs/cut.ome.tif", data[: len(data) // 2])
+    with pytest.raises(InputImageError, match=f"s3://{BUCKET}/tiffs/cut.ome.tif: truncated"):
+        open_sources(f"s3://{BUCKET}/tiffs/cut.ome.tif")
