@@ -1,6 +1,7 @@
 """CPU and wall time of the image reader per block-sized region.
 
     python benchmarks/region_read.py IMAGE [SPAN] [--depth D] [--sequence z|t] [--cold]
+        [--serve [--latency MS] [--one-by-one]]
 
 Reads eight SPAN^2 regions (default 4608: a 4096 block with its tile halo), D planes deep
 (default 1), at seeded random places of channel 0, after one small warm-up read, and
@@ -9,7 +10,11 @@ pixels read, so two versions of the reader (e.g. ``PYTHONPATH=<other checkout>``
 compared on one image. IMAGE with ``--sequence``: a directory of TIFFs, one image's planes
 (z) or time points (t), as ``sequence=`` reads it. ``--cold``: each region read with the
 image's files dropped from the page cache first (``posix_fadvise``), as a first read of
-data on disk.
+data on disk. ``--serve``: IMAGE (a TIFF) read over HTTP from a web server on 127.0.0.1
+(another process, answering byte ranges, each answer ``--latency`` ms late: an object
+store's time to first byte), as a file at a URL is read; with
+``--one-by-one`` its tiles are fetched one request each through the cached file (what
+tifffile alone does with a remote file) instead of together.
 """
 
 from __future__ import annotations
@@ -39,6 +44,19 @@ def _drop_from_cache(files: list[Path]) -> None:
             os.close(fd)
 
 
+def _serve(directory: Path, latency: float) -> str:
+    """``directory`` served over HTTP by a child process (its CPU is not this one's);
+    its URL."""
+    import multiprocessing
+
+    from tests.conftest import RangeHandler, WebServer
+
+    RangeHandler.latency = latency
+    server = WebServer(directory)
+    multiprocessing.get_context("fork").Process(target=server.serve_forever, daemon=True).start()
+    return server.url
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("image", type=Path)
@@ -46,9 +64,18 @@ def main() -> None:
     parser.add_argument("--depth", type=int, default=1)
     parser.add_argument("--sequence", choices=("z", "t"))
     parser.add_argument("--cold", action="store_true")
+    parser.add_argument("--serve", action="store_true")
+    parser.add_argument("--latency", type=float, default=0.0)
+    parser.add_argument("--one-by-one", action="store_true")
     args = parser.parse_args()
     source: ImageSource
-    if args.sequence:
+    if args.serve:
+        url = _serve(args.image.parent, args.latency / 1000)
+        source = open_source(f"{url}/{args.image.name}")
+        if args.one_by_one:
+            source.handle.url = None  # type: ignore[attr-defined]
+        files = [args.image]
+    elif args.sequence:
         from raysegment.data.sources import open_sequence  # a checkout of before it: no
 
         files = sorted(p for p in args.image.iterdir() if p.suffix.lower() in (".tif", ".tiff"))

@@ -8,7 +8,9 @@ import os
 import re
 import sys
 import threading
+import time
 from collections.abc import Callable, Iterator
+from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -220,39 +222,62 @@ def gcs() -> Iterator[str]:
     server.stop()
 
 
+class RangeHandler(SimpleHTTPRequestHandler):
+    """A static web server's answers: files, 404 for a missing one, and a ``Range:
+    bytes=a-b`` request's bytes a..b (206), which Python's own handler ignores; each
+    answer after ``latency`` seconds (an object store's time to first byte)."""
+
+    latency = 0.0
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+    def send_head(self):  # type: ignore[no-untyped-def]
+        time.sleep(self.latency)
+        asked = re.fullmatch(r"bytes=(\d+)-(\d*)", self.headers.get("Range", ""))
+        path = Path(self.translate_path(self.path))
+        if asked is None or not path.is_file():
+            return super().send_head()
+        size = path.stat().st_size
+        first = int(asked[1])
+        last = min(int(asked[2] or size - 1), size - 1)
+        with open(path, "rb") as f:
+            f.seek(first)
+            body = f.read(last + 1 - first)
+        self.send_response(206)
+        self.send_header("Content-Type", "application/octet-stream")
+        self.send_header("Content-Range", f"bytes {first}-{last}/{size}")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        return io.BytesIO(body)
+
+
+class WebServer(ThreadingHTTPServer):
+    """``directory`` served over HTTP on 127.0.0.1 by ``RangeHandler``, a listen queue of
+    128 (Python's 5 resets a batch of concurrent requests, as no web server does)."""
+
+    request_queue_size = 128
+    daemon_threads = True
+
+    def __init__(self, directory: Path) -> None:
+        import functools
+
+        super().__init__(
+            ("127.0.0.1", 0), functools.partial(RangeHandler, directory=str(directory))
+        )
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.server_address[1]}"
+
+
 @pytest.fixture
 def http_server(tmp_path: Path) -> Iterator[str]:
-    """``tmp_path`` served over HTTP on 127.0.0.1 as a static web server serves files: a
-    missing one answers 404, a ``Range: bytes=a-b`` request its bytes a..b (206); yields
-    the URL of that directory."""
-    import functools
-    from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
-
-    class Ranges(SimpleHTTPRequestHandler):
-        def log_message(self, *args: object) -> None:
-            pass
-
-        def send_head(self):  # type: ignore[no-untyped-def]
-            asked = re.fullmatch(r"bytes=(\d+)-(\d*)", self.headers.get("Range", ""))
-            path = Path(self.translate_path(self.path))
-            if asked is None or not path.is_file():
-                return super().send_head()
-            data = path.read_bytes()
-            first = int(asked[1])
-            last = min(int(asked[2] or len(data) - 1), len(data) - 1)
-            body = data[first : last + 1]
-            self.send_response(206)
-            self.send_header("Content-Type", "application/octet-stream")
-            self.send_header("Content-Range", f"bytes {first}-{last}/{len(data)}")
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            return io.BytesIO(body)
-
-    handler = functools.partial(Ranges, directory=str(tmp_path))
-    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    """``tmp_path`` on a web server (``WebServer``) in this process; yields its URL."""
+    server = WebServer(tmp_path)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
-    yield f"http://127.0.0.1:{server.server_address[1]}"
+    yield server.url
     server.shutdown()
     thread.join()
 

@@ -302,24 +302,6 @@ class _TiffPlanes:
         """The file's URL where it lies in an object store or on a web server: a plane's
         segments are fetched there in concurrent ranged requests."""
 
-    def _segments(
-        self, page: Any, offsets: list[int], counts: list[int], indices: list[int]
-    ) -> Iterator[tuple[bytes | None, int]]:
-        """(bytes, index) of each segment (None for one of no bytes)."""
-        if self.url is None:
-            yield from page.parent.filehandle.read_segments(
-                offsets, counts, indices, lock=self._lock
-            )
-            return
-        present = [k for k, n in enumerate(counts) if n]
-        fetched = storage.read_ranges(
-            self.url, [offsets[k] for k in present], [offsets[k] + counts[k] for k in present]
-        )
-        data: list[bytes | None] = [None] * len(indices)
-        for k, got in zip(present, fetched, strict=True):
-            data[k] = got
-        yield from zip(data, indices, strict=True)
-
     @staticmethod
     def fits(series: Any, axes: str) -> bool:
         key = series.keyframe
@@ -337,6 +319,7 @@ class _TiffPlanes:
     ) -> np.ndarray:
         (z0, z1), (y0, y1), (x0, x1) = region
         out = np.empty((len(channels), z1 - z0, y1 - y0, x1 - x0), self.dtype)
+        planes = []  # (page, its segments, where its pixels go)
         for ci, c in enumerate(channels):
             for zi, z in enumerate(range(z0, z1)):
                 at = {"t": t, "c": c, "z": z}
@@ -345,67 +328,118 @@ class _TiffPlanes:
                     if self.lead
                     else 0
                 ]
-                self._plane(page, y0, y1, x0, x1, out[ci, zi])
+                segments = [] if page is None else self._wanted(page, y0, y1, x0, x1)
+                planes.append((page, segments, out[ci, zi]))
+        fetched = None
+        if self.url is not None:  # every plane's segments in one batch of requests
+            ranges = sorted({(a, n) for _, wanted, _ in planes for _, a, n in wanted if n})
+            got = storage.read_ranges(self.url, [a for a, _ in ranges], [a + n for a, n in ranges])
+            fetched = dict(zip(ranges, got, strict=True))
+        for page, wanted, plane in planes:
+            if page is None:  # a plane in a file of a multi-file set that is missing
+                plane[...] = 0
+                continue
+            for data, (i, a, n) in self._segments(page, wanted, fetched):
+                self._place(page, data, i, a, n, y0, y1, x0, x1, plane)
         return out
 
-    def _plane(self, page: Any, y0: int, y1: int, x0: int, x1: int, out: np.ndarray) -> None:
-        if page is None:  # a plane in a file of a multi-file set that is missing
-            out[...] = 0
-            return
+    def _wanted(self, page: Any, y0: int, y1: int, x0: int, x1: int) -> list[tuple[int, int, int]]:
+        """(segment index, file offset, byte count) of what rows y0:y1, x0:x1 of ``page``
+        need: the tiles or strips they touch (a count of 0: one the writer left out), or
+        of uncompressed strips only the rows' bytes (``_rows``)."""
         key = page.keyframe
+        offsets, counts = page.dataoffsets, page.databytecounts
         if key.is_tiled:
             th, tw = key.tilelength, key.tilewidth
         else:
             th, tw = min(key.rowsperstrip, key.imagelength), key.imagewidth
             if _raw_rows(key):
-                self._rows(page, th, y0, y1, x0, x1, out)
-                return
+                return self._rows(page, th, y0, y1)
         across = -(-key.imagewidth // tw)
-        wanted = [
-            ty * across + tx
+        return [
+            (i, offsets[i], counts[i])
             for ty in range(y0 // th, -(-y1 // th))
             for tx in range(x0 // tw, -(-x1 // tw))
+            for i in [ty * across + tx]
         ]
+
+    def _rows(self, page: Any, th: int, y0: int, y1: int) -> list[tuple[int, int, int]]:
+        """Rows y0:y1 of uncompressed strips, read alone: ImageJ/Fiji and most writers of
+        uncompressed TIFFs store a plane as one strip, which a region would otherwise read
+        whole (a 512^2 region of a 2048^2 plane: 16 times the bytes). A strip's segment
+        is the bytes of its rows in y0:y1 (none where the writer left the strip out)."""
+        key = page.keyframe
+        row = key.imagewidth * np.dtype(key.dtype).itemsize
+        offsets, counts = page.dataoffsets, page.databytecounts
+        wanted = []
+        for s in range(y0 // th, -(-y1 // th)):
+            ya, yb = max(y0, s * th), min(y1, s * th + th)
+            present = bool(counts[s])
+            wanted.append((s, offsets[s] + (ya - s * th) * row, (yb - ya) * row * present))
+        return wanted
+
+    def _segments(
+        self,
+        page: Any,
+        wanted: list[tuple[int, int, int]],
+        fetched: dict[tuple[int, int], bytes] | None,
+    ) -> Iterator[tuple[bytes | None, tuple[int, int, int]]]:
+        """The bytes of each of ``wanted`` (None for one of no bytes), from ``fetched`` (a
+        file at a URL) or read from the file."""
+        if fetched is not None:
+            for i, a, n in wanted:
+                yield (fetched[a, n] if n else None), (i, a, n)
+            return
+        read = [k for k, (_, _, n) in enumerate(wanted) if n]
+        for k, (_, _, n) in enumerate(wanted):
+            if not n:
+                yield None, wanted[k]
+        for data, k in page.parent.filehandle.read_segments(
+            [wanted[k][1] for k in read], [wanted[k][2] for k in read], read, lock=self._lock
+        ):
+            yield data, wanted[k]
+
+    def _place(
+        self,
+        page: Any,
+        data: bytes | None,
+        i: int,
+        a: int,
+        n: int,
+        y0: int,
+        y1: int,
+        x0: int,
+        x1: int,
+        out: np.ndarray,
+    ) -> None:
+        """Segment ``i`` of ``page`` (``data``: its bytes, None where the writer left it
+        out) decoded into its part of ``out``, the plane's rows y0:y1, x0:x1."""
+        key = page.keyframe
+        if not key.is_tiled and _raw_rows(key):
+            th = min(key.rowsperstrip, key.imagelength)
+            ya = max(y0, i * th)
+            yb = min(y1, i * th + th)
+            if data is None:  # a strip the writer left out: fill value
+                out[ya - y0 : yb - y0] = 0
+                return
+            dtype = np.dtype(key.dtype).newbyteorder(page.parent.byteorder)
+            rows = np.frombuffer(data, dtype).reshape(yb - ya, key.imagewidth)
+            out[ya - y0 : yb - y0] = rows[:, x0:x1]
+            return
+        if key.is_tiled:
+            th, tw = key.tilelength, key.tilewidth
+        else:
+            th, tw = min(key.rowsperstrip, key.imagelength), key.imagewidth
         args: dict[str, Any] = {"_fullsize": key.is_tiled}
         if key.compression in {6, 7, 34892, 33007}:  # JPEG
             args |= {"jpegtables": page.jpegtables, "jpegheader": key.jpegheader}
-        offsets, counts = page.dataoffsets, page.databytecounts
-        for data, i in self._segments(
-            page, [offsets[i] for i in wanted], [counts[i] for i in wanted], wanted
-        ):
-            tile, (_, _, ty, tx, _), _ = key.decode(data, i, **args)
-            ya, yb, xa, xb = max(y0, ty), min(y1, ty + th), max(x0, tx), min(x1, tx + tw)
-            target = out[ya - y0 : yb - y0, xa - x0 : xb - x0]
-            if tile is None:  # a segment the writer left out: fill value
-                target[...] = 0
-            else:
-                target[...] = tile[0, ya - ty : yb - ty, xa - tx : xb - tx, 0]
-
-    def _rows(
-        self, page: Any, th: int, y0: int, y1: int, x0: int, x1: int, out: np.ndarray
-    ) -> None:
-        """Rows y0:y1 of uncompressed strips, read alone: ImageJ/Fiji and most writers of
-        uncompressed TIFFs store a plane as one strip, which a region would otherwise read
-        whole (a 512^2 region of a 2048^2 plane: 16 times the bytes)."""
-        key = page.keyframe
-        dtype = np.dtype(key.dtype).newbyteorder(page.parent.byteorder)
-        row = key.imagewidth * dtype.itemsize
-        strips = range(y0 // th, -(-y1 // th))
-        spans = [(max(y0, s * th), min(y1, s * th + th)) for s in strips]
-        offsets, counts = page.dataoffsets, page.databytecounts
-        where = [offsets[s] + (ya - s * th) * row for s, (ya, _) in zip(strips, spans, strict=True)]
-        sizes = [(yb - ya) * row for ya, yb in spans]
-        for s, (ya, yb) in zip(strips, spans, strict=True):
-            if not counts[s]:  # a strip the writer left out: fill value
-                out[ya - y0 : yb - y0] = 0
-        present = [i for i, s in enumerate(strips) if counts[s]]
-        for data, i in self._segments(
-            page, [where[i] for i in present], [sizes[i] for i in present], present
-        ):
-            assert data is not None  # present: bytes to read
-            ya, yb = spans[i]
-            rows = np.frombuffer(data, dtype).reshape(yb - ya, key.imagewidth)
-            out[ya - y0 : yb - y0] = rows[:, x0:x1]
+        tile, (_, _, ty, tx, _), _ = key.decode(data, i, **args)
+        ya, yb, xa, xb = max(y0, ty), min(y1, ty + th), max(x0, tx), min(x1, tx + tw)
+        target = out[ya - y0 : yb - y0, xa - x0 : xb - x0]
+        if tile is None:  # a segment the writer left out: fill value
+            target[...] = 0
+        else:
+            target[...] = tile[0, ya - ty : yb - ty, xa - tx : xb - tx, 0]
 
 
 def _raw_rows(key: Any) -> bool:

@@ -226,12 +226,11 @@ def test_a_server_that_does_not_answer_fails_naming_the_url(tmp_path: Path, monk
     """Nothing listening when the run starts, and a server gone mid-run (after the
     volume was opened, and after a process opened it for reading): each fails naming the
     URL, in the time allowed, rather than waiting without end."""
-    import functools
     import socket
     import threading
-    from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 
     from raysegment.data import sources
+    from tests.conftest import WebServer
 
     monkeypatch.setattr(sources, "REMOTE_TIMEOUT_S", 2.0)
     monkeypatch.setattr(sources, "READ_TIMEOUT_S", 2.0)
@@ -242,11 +241,9 @@ def test_a_server_that_does_not_answer_fails_naming_the_url(tmp_path: Path, monk
         open_sources(f"http://127.0.0.1:{port}/em")
 
     write_precomputed(tmp_path / "em", random_image((4, 16, 16)))
-    server = ThreadingHTTPServer(
-        ("127.0.0.1", 0), functools.partial(SimpleHTTPRequestHandler, directory=str(tmp_path))
-    )
+    server = WebServer(tmp_path)
     threading.Thread(target=server.serve_forever, daemon=True).start()
-    url = f"http://127.0.0.1:{server.server_address[1]}/em"
+    url = f"{server.url}/em"
     (unopened,) = open_sources(url)
     (opened,) = open_sources(url)
     assert opened.handle is not None
