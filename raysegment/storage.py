@@ -10,6 +10,7 @@ Credentials and endpoints come from the environment as each filesystem reads the
 
 from __future__ import annotations
 
+import bisect
 import os
 import posixpath
 import shutil
@@ -205,14 +206,37 @@ def size(location: str) -> int:
     return int(fs.size(path))
 
 
+RANGE_GAP = 2**18
+"""Ranges of a file fetched together when at most this many bytes lie between them: a
+request costs an object store's time to first byte (~20-100 ms), in which it would have
+sent megabytes; a region's tiles of a slide lie side by side."""
+
+RANGE_MERGED = 2**24
+"""The most bytes one merged request fetches: a large region still comes in several
+concurrent requests."""
+
+
 def read_ranges(location: str, starts: list[int], ends: list[int]) -> list[bytes]:
     """The bytes ``starts[i]:ends[i]`` of the file ``location``: from an object store in
-    concurrent requests (one round trip for a region's tiles, not one each)."""
+    concurrent requests (one round trip for a region's tiles, not one each), neighbouring
+    ranges in one request (``RANGE_GAP``, ``RANGE_MERGED``)."""
     if not is_url(location):
         with open(location, "rb") as f:
             return [os.pread(f.fileno(), b - a, a) for a, b in zip(starts, ends, strict=True)]
+    merged: list[list[int]] = []  # [start, end] of each request
+    for a, b in sorted(zip(starts, ends, strict=True)):
+        if merged and a - merged[-1][1] <= RANGE_GAP and b - merged[-1][0] <= RANGE_MERGED:
+            merged[-1][1] = max(merged[-1][1], b)
+        else:
+            merged.append([a, b])
     fs, path = _fs(location)
-    return [bytes(b) for b in fs.cat_ranges([path] * len(starts), starts, ends)]
+    fetched = fs.cat_ranges([path] * len(merged), [a for a, _ in merged], [b for _, b in merged])
+    firsts = [a for a, _ in merged]
+    out = []
+    for a, b in zip(starts, ends, strict=True):
+        k = bisect.bisect_right(firsts, a) - 1  # the request that holds it
+        out.append(bytes(fetched[k][a - firsts[k] : b - firsts[k]]))
+    return out
 
 
 def open_write(location: str) -> Any:

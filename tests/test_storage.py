@@ -71,7 +71,9 @@ def test_parts_racing_to_create_an_s3_output_leave_exactly_one_creator(s3) -> No
     assert inspect_output(url).complete and not storage.exists(f"{url}/.raysegment")
 
 
-def test_files_written_piece_by_piece_and_read_back(bucket: str, tmp_path: Path) -> None:
+def test_files_written_piece_by_piece_and_read_back(
+    bucket: str, tmp_path: Path, monkeypatch
+) -> None:
     """What the GeoJSON outlines take: a file written in pieces (a slide's outlines are
     never in memory at once), read back whole; on disk (parents made) and in a bucket;
     an output claimed once in the bucket, listed and removed."""
@@ -87,6 +89,14 @@ def test_files_written_piece_by_piece_and_read_back(bucket: str, tmp_path: Path)
         assert storage.read_bytes(location) == b"{" + b"1" * 100_000 + b"}"
         assert storage.size(location) == 100_002
         assert storage.read_ranges(location, [0, 99_999], [2, 100_002]) == [b"{1", b"11}"]
+        # Neighbours fetched together, overlapping ones, and requests of bounded size.
+        whole = b"{" + b"1" * 100_000 + b"}"
+        starts, ends = [40_000, 0, 3, 1, 99_990, 5], [70_000, 2, 9, 5, 100_002, 60_000]
+        for gap, most in [(storage.RANGE_GAP, storage.RANGE_MERGED), (2, 50_000)]:
+            monkeypatch.setattr(storage, "RANGE_GAP", gap)
+            monkeypatch.setattr(storage, "RANGE_MERGED", most)
+            got = storage.read_ranges(location, starts, ends)
+            assert got == [whole[a:b] for a, b in zip(starts, ends, strict=True)]
 
 
 def _ome_zarr(path: Path, data: np.ndarray) -> None:

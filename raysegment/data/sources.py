@@ -284,9 +284,10 @@ class ArraySource(ImageSource):
 
 
 class _TiffPlanes:
-    """Pixels of a TIFF series whose pages are single-sample 2D planes (OME-TIFF's layout,
-    and most stacks), read segment by segment: a region reads and decodes only the tiles
-    or strips it touches, each once, straight into its output. 4608^2 uint16 regions of a
+    """Pixels of a TIFF series whose pages are 2D planes, of one sample (OME-TIFF's layout,
+    and most stacks) or of interleaved samples (RGB slides: SVS, NDPI, brightfield
+    OME-TIFFs), read segment by segment: a region reads and decodes only the tiles or
+    strips it touches, each once, straight into its output. 4608^2 uint16 regions of a
     zlib-tiled slide (``python benchmarks/region_read.py SLIDE``): 187-221 ms CPU and wall
     each; bfio's tensorstore reader, the reader before, 410-452 ms CPU (240-305 ms wall
     on its own threads)."""
@@ -294,8 +295,11 @@ class _TiffPlanes:
     def __init__(self, series: Any, axes: str, url: str | None = None) -> None:
         self.pages = series.pages
         self.dtype = series.keyframe.dtype
-        self.lead = axes[:-2]  # the axes that select a page, e.g. "tcz"
-        self.lead_shape = tuple(series.shape[:-2])
+        self.samples = series.keyframe.samplesperpixel
+        """Interleaved samples of a pixel (the channels, where more than one)."""
+        spatial = 2 if self.samples == 1 else 3  # "yx", or "yxc" of interleaved samples
+        self.lead = axes[:-spatial]  # the axes that select a page, e.g. "tcz"
+        self.lead_shape = tuple(series.shape[:-spatial])
         # Threads of one process share the file handles, and a read is a seek then a read.
         self._lock = threading.RLock()
         self.url = url
@@ -305,13 +309,17 @@ class _TiffPlanes:
     @staticmethod
     def fits(series: Any, axes: str) -> bool:
         key = series.keyframe
-        return (
-            axes.endswith("yx")
-            and series.axes.endswith("YX")
-            and key.samplesperpixel == 1
+        if key.samplesperpixel == 1:
+            spatial = 2
+            layout = axes.endswith("yx") and series.axes.endswith("YX")
+        else:  # interleaved samples, the channels
+            spatial = 3
+            layout = axes.endswith("yxc") and series.axes.endswith("YXS") and key.planarconfig == 1
+        return bool(
+            layout
             and key.imagedepth == 1
-            and tuple(key.shaped[2:4]) == tuple(series.shape[-2:])
-            and len(series.pages) == math.prod(series.shape[:-2])
+            and tuple(key.shaped[2:4]) == tuple(series.shape[-spatial:][:2])
+            and len(series.pages) == math.prod(series.shape[:-spatial])
         )
 
     def read(
@@ -319,8 +327,13 @@ class _TiffPlanes:
     ) -> np.ndarray:
         (z0, z1), (y0, y1), (x0, x1) = region
         out = np.empty((len(channels), z1 - z0, y1 - y0, x1 - x0), self.dtype)
-        planes = []  # (page, its segments, where its pixels go)
-        for ci, c in enumerate(channels):
+        # Each page's samples wanted and where they go: a page per channel, or one holding
+        # every channel as its samples.
+        per_page = [(c, slice(ci, ci + 1)) for ci, c in enumerate(channels)]
+        if self.samples > 1:
+            per_page = [(0, slice(None))]
+        planes = []  # (page, its segments, where its pixels go, its samples wanted)
+        for c, into in per_page:
             for zi, z in enumerate(range(z0, z1)):
                 at = {"t": t, "c": c, "z": z}
                 page = self.pages[
@@ -329,18 +342,19 @@ class _TiffPlanes:
                     else 0
                 ]
                 segments = [] if page is None else self._wanted(page, y0, y1, x0, x1)
-                planes.append((page, segments, out[ci, zi]))
+                samples = list(channels) if self.samples > 1 else [0]
+                planes.append((page, segments, out[into, zi], samples))
         fetched = None
         if self.url is not None:  # every plane's segments in one batch of requests
-            ranges = sorted({(a, n) for _, wanted, _ in planes for _, a, n in wanted if n})
+            ranges = sorted({(a, n) for _, wanted, _, _ in planes for _, a, n in wanted if n})
             got = storage.read_ranges(self.url, [a for a, _ in ranges], [a + n for a, n in ranges])
             fetched = dict(zip(ranges, got, strict=True))
-        for page, wanted, plane in planes:
+        for page, wanted, plane, samples in planes:
             if page is None:  # a plane in a file of a multi-file set that is missing
                 plane[...] = 0
                 continue
-            for data, (i, a, n) in self._segments(page, wanted, fetched):
-                self._place(page, data, i, a, n, y0, y1, x0, x1, plane)
+            for data, (i, _, _) in self._segments(page, wanted, fetched):
+                self._place(page, data, i, (y0, y1, x0, x1), plane, samples)
         return out
 
     def _wanted(self, page: Any, y0: int, y1: int, x0: int, x1: int) -> list[tuple[int, int, int]]:
@@ -369,7 +383,7 @@ class _TiffPlanes:
         whole (a 512^2 region of a 2048^2 plane: 16 times the bytes). A strip's segment
         is the bytes of its rows in y0:y1 (none where the writer left the strip out)."""
         key = page.keyframe
-        row = key.imagewidth * np.dtype(key.dtype).itemsize
+        row = key.imagewidth * key.samplesperpixel * np.dtype(key.dtype).itemsize
         offsets, counts = page.dataoffsets, page.databytecounts
         wanted = []
         for s in range(y0 // th, -(-y1 // th)):
@@ -404,27 +418,24 @@ class _TiffPlanes:
         page: Any,
         data: bytes | None,
         i: int,
-        a: int,
-        n: int,
-        y0: int,
-        y1: int,
-        x0: int,
-        x1: int,
+        box: tuple[int, int, int, int],
         out: np.ndarray,
+        samples: list[int],
     ) -> None:
         """Segment ``i`` of ``page`` (``data``: its bytes, None where the writer left it
-        out) decoded into its part of ``out``, the plane's rows y0:y1, x0:x1."""
+        out) decoded into its part of ``out`` (channels, rows y0:y1, columns x0:x1 of
+        ``box``): its ``samples``, one per channel."""
+        y0, y1, x0, x1 = box
         key = page.keyframe
         if not key.is_tiled and _raw_rows(key):
             th = min(key.rowsperstrip, key.imagelength)
-            ya = max(y0, i * th)
-            yb = min(y1, i * th + th)
+            ya, yb = max(y0, i * th), min(y1, i * th + th)
             if data is None:  # a strip the writer left out: fill value
-                out[ya - y0 : yb - y0] = 0
+                out[:, ya - y0 : yb - y0] = 0
                 return
             dtype = np.dtype(key.dtype).newbyteorder(page.parent.byteorder)
-            rows = np.frombuffer(data, dtype).reshape(yb - ya, key.imagewidth)
-            out[ya - y0 : yb - y0] = rows[:, x0:x1]
+            rows = np.frombuffer(data, dtype).reshape(yb - ya, key.imagewidth, -1)
+            out[:, ya - y0 : yb - y0] = np.moveaxis(rows[:, x0:x1, samples], -1, 0)
             return
         if key.is_tiled:
             th, tw = key.tilelength, key.tilewidth
@@ -435,11 +446,14 @@ class _TiffPlanes:
             args |= {"jpegtables": page.jpegtables, "jpegheader": key.jpegheader}
         tile, (_, _, ty, tx, _), _ = key.decode(data, i, **args)
         ya, yb, xa, xb = max(y0, ty), min(y1, ty + th), max(x0, tx), min(x1, tx + tw)
-        target = out[ya - y0 : yb - y0, xa - x0 : xb - x0]
+        target = out[:, ya - y0 : yb - y0, xa - x0 : xb - x0]
         if tile is None:  # a segment the writer left out: fill value
             target[...] = 0
+        elif len(samples) == 1:
+            target[0] = tile[0, ya - ty : yb - ty, xa - tx : xb - tx, samples[0]]
         else:
-            target[...] = tile[0, ya - ty : yb - ty, xa - tx : xb - tx, 0]
+            part = tile[0, ya - ty : yb - ty, xa - tx : xb - tx]
+            target[...] = np.moveaxis(part[..., samples], -1, 0)
 
 
 def _raw_rows(key: Any) -> bool:

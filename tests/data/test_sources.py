@@ -71,7 +71,10 @@ _LAYOUTS = {
     "one-strip": ({}, True),
     "one-strip-big-endian": ({"byteorder": ">"}, True),
     "strips-zlib": ({"rowsperstrip": 9, "compression": "zlib"}, True),
-    "rgb-samples": ({"photometric": "rgb", "tile": (32, 32)}, False),
+    "rgb-samples": ({"photometric": "rgb", "tile": (32, 32)}, True),
+    "rgb-jpeg": ({"photometric": "rgb", "tile": (32, 32), "compression": "jpeg"}, True),
+    "rgb-strips-uneven": ({"photometric": "rgb", "rowsperstrip": 7}, True),
+    "rgb-strips-zlib": ({"photometric": "rgb", "rowsperstrip": 9, "compression": "zlib"}, True),
 }
 
 
@@ -83,7 +86,7 @@ def test_ome_tiff_regions_read_segment_by_segment_equal_the_whole_image(
     across planes of another dimension order, equal tifffile's whole-image read."""
     kwargs, planes = _LAYOUTS[layout]
     rng = np.random.default_rng(3)
-    if layout == "rgb-samples":
+    if layout.startswith("rgb"):
         data, axes = rng.integers(0, 255, (1, 2, 1, 150, 130, 3), np.uint8), "TZCYXS"
     else:
         dtype = np.uint8 if layout == "tiles-jpeg" else np.uint16
@@ -100,10 +103,10 @@ def test_ome_tiff_regions_read_segment_by_segment_equal_the_whole_image(
         ((1, 2), (5, 149), (31, 97)),
         ((0, 2), (100, 150), (129, 130)),
     ]
-    for t in (0, 1) if layout != "rgb-samples" else (0,):
+    for t in (0, 1) if not layout.startswith("rgb") else (0,):
         for region in regions:
             (z0, z1), (y0, y1), (x0, x1) = region
-            if layout == "rgb-samples":
+            if layout.startswith("rgb"):
                 got = src.read(t, (2, 0), ((z0, z0 + 1), (y0, y1), (x0, x1)))
                 want = np.moveaxis(truth[z0 : z0 + 1, y0:y1, x0:x1][..., [2, 0]], -1, 0)
             else:
@@ -686,7 +689,7 @@ def test_tiffs_at_urls_read_as_their_local_copies(
 ) -> None:
     """Slides and stacks where labs keep them, on a web server and in an S3 bucket: an
     OME-TIFF of two channels (its sizes and names, both levels of its pyramid), an
-    Aperio SVS (RGB JPEG tiles, tifffile's zarr view) and a Fiji stack of uncompressed
+    Aperio SVS (RGB JPEG tiles) and a Fiji stack of uncompressed
     strips read as the local files, a plane's tiles fetched together (one request batch a
     plane and channel); a file cut short in the bucket is named."""
     import s3fs
@@ -719,10 +722,10 @@ def test_tiffs_at_urls_read_as_their_local_copies(
         assert resolve_inputs(where + "/", r".*\.(tif|svs)") == [
             f"{where}/{n}" for n in ("case.svs", "slide.ome.tif", "stack.tif")
         ]
-        for name, channels, level in [
-            ("slide.ome.tif", (0, 1), 0),
-            ("slide.ome.tif", (1,), 1),
-            ("case.svs", (0, 1, 2), 0),
+        for name, channels, level, tiles in [
+            ("slide.ome.tif", (0, 1), 0, 2 * 20),  # a plane a channel, 5 x 4 tiles each
+            ("slide.ome.tif", (1,), 1, 9),
+            ("case.svs", (0, 1, 2), 0, 20),  # RGB: the channels are a plane's samples
         ]:
             (local,) = open_sources(tmp_path / name, level=level)
             (remote,) = open_sources(f"{where}/{name}", level=level)
@@ -733,9 +736,7 @@ def test_tiffs_at_urls_read_as_their_local_copies(
             fetches.clear()
             got = remote.read(0, channels, box)
             np.testing.assert_array_equal(got, local.read(0, channels, box))
-            if name != "case.svs":  # RGB samples: tifffile's zarr view reads the tiles
-                # One batch of requests: every tile of every channel's plane.
-                assert fetches == [len(channels) * (20 if level == 0 else 9)], fetches
+            assert fetches == [tiles]  # one batch of requests: every tile of every plane
         (remote,) = open_sources(f"{where}/stack.tif")
         assert remote.info.shape == (1, 1, 6, 120, 100)
         fetches.clear()
