@@ -84,6 +84,19 @@ def test_prepare_splits_measures_and_reads_patches(tmp_path: Path) -> None:
     assert all(s["pair"] in data.val for s in val) and len(val) == 2 * 2 * 2
 
 
+def _check_patches(data: object, picks: list[tuple[np.ndarray, int, int, int]]) -> None:
+    """The 32^2 patch of pair k at ``picks[k]`` (its plane, z, y, x) is that plane's
+    pixels normalized, its label the pixels above 500."""
+    z, y, x = (np.array([pick[i] for pick in picks]) for i in (1, 2, 3))
+    batch = {"pair": np.arange(len(picks)), "z": z, "y": y, "x": x}
+    out = read_patches(batch, data, augment=False)  # type: ignore[arg-type]
+    for k, (plane, _, y0, x0) in enumerate(picks):
+        patch = plane[y0 : y0 + 32, x0 : x0 + 32]
+        mean, std = data.mean[0], data.std[0]  # type: ignore[attr-defined]
+        np.testing.assert_allclose(out["x"][k, 0], (patch - mean) / std, atol=1e-5)
+        np.testing.assert_array_equal(out["y"][k, 0], patch > 500)
+
+
 def test_czi_images_pair_with_tiff_labels(tmp_path: Path) -> None:
     """Images as the microscope saved them (CZI), labels drawn on them as TIFFs: paired by
     name, patches read from the CZI's pixels."""
@@ -99,17 +112,7 @@ def test_czi_images_pair_with_tiff_labels(tmp_path: Path) -> None:
     )
     data = prepare(_cfg(tmp_path, "train_fraction=0.5"))
     assert [Path(p.image.path).name for p in data.pairs] == ["a0.czi", "a1.czi"]
-    batch = {
-        "pair": np.array([0, 1]),
-        "z": np.array([0, 0]),
-        "y": np.array([3, 16]),
-        "x": np.array([30, 0]),
-    }
-    out = read_patches(batch, data, augment=False)
-    for k, (name, y0, x0) in enumerate([("a0", 3, 30), ("a1", 16, 0)]):
-        patch = images[name][0, 0, 0, y0 : y0 + 32, x0 : x0 + 32]
-        np.testing.assert_allclose(out["x"][k, 0], (patch - data.mean[0]) / data.std[0], atol=1e-5)
-        np.testing.assert_array_equal(out["y"][k, 0], patch > 500)
+    _check_patches(data, [(images["a0"][0, 0, 0], 0, 3, 30), (images["a1"][0, 0, 0], 0, 16, 0)])
 
 
 def test_folds_validate_every_pair_once(tmp_path: Path) -> None:
@@ -214,14 +217,4 @@ def test_em_volumes_in_a_bucket_pair_with_n5_labels_on_disk(tmp_path: Path, s3) 
         f"s3://{BUCKET}/train/em/v1.n5",
     ]
     assert [p.planes for p in data.pairs] == [4, 4]
-    batch = {
-        "pair": np.array([0, 1]),
-        "z": np.array([1, 3]),
-        "y": np.array([3, 16]),
-        "x": np.array([30, 0]),
-    }
-    out = read_patches(batch, data, augment=False)
-    for k, (name, z, y0, x0) in enumerate([("v0", 1, 3, 30), ("v1", 3, 16, 0)]):
-        patch = volumes[name][z, y0 : y0 + 32, x0 : x0 + 32]
-        np.testing.assert_allclose(out["x"][k, 0], (patch - data.mean[0]) / data.std[0], atol=1e-5)
-        np.testing.assert_array_equal(out["y"][k, 0], patch > 500)
+    _check_patches(data, [(volumes["v0"][1], 1, 3, 30), (volumes["v1"][3], 3, 16, 0)])
