@@ -483,7 +483,6 @@ class TiffSource(ArraySource):
     def _series(self) -> Any:
         """The file (the one ``open_sources`` shares while inspecting, else opened here)
         and this source's series of it."""
-
         remote = storage.is_url(self.path)
         if self._opened is None and not remote and not Path(self.path).is_file():
             # A node lacks it.
