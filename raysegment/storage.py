@@ -230,7 +230,9 @@ def read_ranges(location: str, starts: list[int], ends: list[int]) -> list[bytes
         else:
             merged.append([a, b])
     fs, path = _fs(location)
-    fetched = fs.cat_ranges([path] * len(merged), [a for a, _ in merged], [b for _, b in merged])
+    fetched = fs.cat_ranges(
+        [path] * len(merged), [a for a, _ in merged], [b for _, b in merged], on_error="raise"
+    )
     firsts = [a for a, _ in merged]
     out = []
     for a, b in zip(starts, ends, strict=True):

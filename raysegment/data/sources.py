@@ -214,9 +214,14 @@ class ImageSource:
         except InputImageError:
             raise  # a part's own message (a file of a sequence), already naming it
         except (OSError, ValueError, RuntimeError) as e:
+            why = "the file may be truncated or corrupt"
+            if storage.is_url(self.path):
+                why = (
+                    "check the network and the credentials, then run the same command "
+                    "again (finished blocks are kept), or the file may be corrupt"
+                )
             raise InputImageError(
-                f"{self.where}: cannot read region {region} ({type(e).__name__}: {e}); "
-                f"the file may be truncated or corrupt"
+                f"{self.where}: cannot read region {region} ({type(e).__name__}: {e}); {why}"
             ) from e
         want = (len(channels), *(b - a for a, b in region))
         if out.shape != want:

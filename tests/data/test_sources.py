@@ -752,3 +752,25 @@ def test_tiffs_at_urls_read_as_their_local_copies(
     bucket.pipe(f"{BUCKET}/tiffs/cut.ome.tif", data[: len(data) // 2])
     with pytest.raises(InputImageError, match=f"s3://{BUCKET}/tiffs/cut.ome.tif: truncated"):
         open_sources(f"s3://{BUCKET}/tiffs/cut.ome.tif")
+
+
+def test_a_tiff_whose_server_is_gone_mid_run_fails_naming_it(tmp_path: Path) -> None:
+    import threading
+
+    from tests.conftest import WebServer
+
+    tifffile.imwrite(
+        tmp_path / "a.ome.tif",
+        random_image((256, 256)),
+        ome=True,
+        tile=(64, 64),
+        metadata={"axes": "YX"},
+    )
+    server = WebServer(tmp_path)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    (src,) = open_sources(f"{server.url}/a.ome.tif")
+    assert src.handle is not None  # opened, as a worker that read a block before
+    server.shutdown()
+    server.server_close()
+    with pytest.raises(InputImageError, match=r"a.ome.tif: cannot read region .* the network"):
+        src.read(0, (0,), ((0, 1), (0, 256), (0, 256)))
