@@ -269,10 +269,13 @@ def test_precomputed_em_volume_at_its_second_scale(tmp_path, make_model, served,
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-4)
 
 
-@pytest.mark.parametrize("level", [0, 1])
-def test_ome_zarr_05_volume_keeps_anisotropic_scale(tmp_path, make_model, level) -> None:
+@pytest.mark.parametrize(("level", "served"), [(0, False), (1, False), (1, True)])
+def test_ome_zarr_05_volume_keeps_anisotropic_scale(
+    tmp_path, make_model, level, served, request
+) -> None:
     """Its full resolution, or (``input_level=1``) its second dataset, halved in y and x
-    only (connectomics' mip levels): the output at that level with its voxel size."""
+    only (connectomics' mip levels), from disk or from a web server (as public OME-Zarr
+    images are served): the output at that level with its voxel size."""
     vol = random_image((20, 40, 40)).astype("uint8")
     path = tmp_path / "vol.ome.zarr"
     g = zarr.open_group(str(path), mode="w", zarr_format=3)
@@ -296,8 +299,11 @@ def test_ome_zarr_05_volume_keeps_anisotropic_scale(tmp_path, make_model, level)
         ],
     }
     model, module = make_model(dims=3, out_ch=1)
+    where = str(path)
+    if served:
+        where = f"{request.getfixturevalue('http_server')}/vol.ome.zarr"
     infer(
-        input=str(path),
+        input=where,
         model=str(model),
         output=str(tmp_path / "out"),
         progress=False,
