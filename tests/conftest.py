@@ -210,10 +210,15 @@ def s3() -> Iterator[dict[str, str]]:
 def gcs() -> Iterator[str]:
     """A Google Cloud Storage emulator on 127.0.0.1 holding the bucket ``BUCKET``, where
     tensorstore's and gcsfs' ``gs://`` clients go (set in this process); yields its URL."""
+    import socket
+
     emulator = pytest.importorskip("gcp_storage_emulator.server")
-    server = emulator.create_server("127.0.0.1", 0, in_memory=True, default_bucket=BUCKET)
+    with socket.socket() as free:  # a port for it (it does not say which it took)
+        free.bind(("127.0.0.1", 0))
+        port = free.getsockname()[1]
+    server = emulator.create_server("127.0.0.1", port, in_memory=True, default_bucket=BUCKET)
     server.start()
-    url = f"http://127.0.0.1:{server._api._httpd.server_address[1]}"
+    url = f"http://127.0.0.1:{port}"
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("TENSORSTORE_GCS_HTTP_URL", url)
         mp.setenv("GOOGLE_AUTH_TOKEN_FOR_TESTING", "testing")  # no Google sign-in
