@@ -189,13 +189,13 @@ directories): small enough that a slide's few directories cost little, large eno
 neighbouring ones come in one request."""
 
 
-def open_read(location: str) -> Any:
+def open_read(location: str, block: int = READ_BLOCK) -> Any:
     """A seekable binary file to read ``location`` from (an object store's through a cache
-    of ``READ_BLOCK`` blocks; the caller closes a local one)."""
+    of ``block``-byte blocks; the caller closes a local one)."""
     if not is_url(location):
         return open(location, "rb")  # noqa: SIM115 (the caller closes it)
     fs, path = _fs(location)
-    return fs.open(path, "rb", block_size=READ_BLOCK, cache_type="blockcache")
+    return fs.open(path, "rb", block_size=block, cache_type="blockcache")
 
 
 def size(location: str) -> int:

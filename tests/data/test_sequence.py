@@ -122,7 +122,7 @@ def test_a_file_unlike_the_first_is_named(tmp_path: Path) -> None:
         InputImageError, match="a.tif: .* sequence=z takes files of one plane each: use sequence=t"
     ):
         open_sequence([str(stack), *files], "z")
-    with pytest.raises(InputImageError, match="notes.txt: a sequence is made of local TIFF files"):
+    with pytest.raises(InputImageError, match="notes.txt: a sequence is made of TIFF files"):
         open_sequence([*files, str(tmp_path / "notes.txt")], "z")
 
 
@@ -170,3 +170,36 @@ def test_planes_of_a_region_are_read_at_once(tmp_path: Path, monkeypatch) -> Non
     monkeypatch.setattr(sources, "PLANE_THREADS", 4)
     np.testing.assert_array_equal(src.read(0, (0,), ((0, 12), (0, 20), (0, 20)))[0], volume)
     assert most[0] == 4
+
+
+def test_planes_at_urls_read_as_their_local_files(tmp_path: Path, http_server: str, s3) -> None:
+    """A reconstruction's planes in an S3 bucket and on a web server (Fiji's uncompressed
+    strips, zlib tiles): the same image and regions as the local files, every file
+    checked when opened (on threads), an odd one among 40 named."""
+    import s3fs
+
+    from raysegment.data.inputs import resolve_inputs
+    from tests.conftest import BUCKET
+
+    volume = random_image((40, 48, 40))
+    _planes(tmp_path / "recon", volume)
+    _planes(tmp_path / "tiled", volume, compression="zlib", tile=(16, 16))
+    bucket = s3fs.S3FileSystem()
+    for directory in ("recon", "tiled"):
+        bucket.put(str(tmp_path / directory), f"{BUCKET}/ct/{directory}", recursive=True)
+    local = open_sequence([str(p) for p in (tmp_path / "recon").iterdir()], "z")
+    for where in (f"s3://{BUCKET}/ct", http_server):
+        for directory in ("recon", "tiled"):
+            files = [f"{where}/{directory}/s{z}.tif" for z in range(40)]
+            if where.startswith("s3"):  # a bucket lists its keys; a web server does not
+                assert resolve_inputs(f"{where}/{directory}", r".*\.tif") == sorted(files)
+            src = pickle.loads(pickle.dumps(open_sequence(files[::-1], "z")))
+            assert src.name == directory and src.info == local.info
+            region = ((5, 33), (7, 41), (3, 37))
+            got = src.read(0, (0,), region)[0]
+            np.testing.assert_array_equal(got, volume[5:33, 7:41, 3:37])
+    tifffile.imwrite(tmp_path / "odd.tif", random_image((48, 41)))
+    bucket.put(str(tmp_path / "odd.tif"), f"{BUCKET}/ct/recon/s27.tif")
+    files = [f"s3://{BUCKET}/ct/recon/s{z}.tif" for z in range(40)]
+    with pytest.raises(InputImageError, match=r"recon/s27.tif: .*1x1x1x48x41 uint16, where"):
+        open_sequence(files, "z")

@@ -188,7 +188,7 @@ def test_2d_model_on_multipage_tiff_stack(tmp_path, make_model) -> None:
         )
 
 
-def test_tiff_sequence_is_one_volume(tmp_path, make_model) -> None:
+def test_tiff_sequence_is_one_volume(tmp_path, make_model, request) -> None:
     """sequence=z: a CT reconstruction's planes, a file each (Fiji's Image Sequence, no
     zero padding, a note beside them), segmented as one volume with its calibration
     (sequence=t, a file per time point, is read as tests/data/test_sequence.py shows)."""
@@ -204,6 +204,7 @@ def test_tiff_sequence_is_one_volume(tmp_path, make_model) -> None:
     model, module = make_model(dims=3, out_ch=1)
     settings = {"progress": False, "finalize": {"mode": "raw"}, "quicklook": False}
     tile = {"size": [16], "overlap": 0.5, "blend": "crop"}
+    common = {"model": str(model), "tile": tile, "chunks": [8], "block": [8]}
     summary = infer(
         input=str(recon),
         sequence="z",
@@ -236,6 +237,11 @@ def test_tiff_sequence_is_one_volume(tmp_path, make_model) -> None:
     got = zarr.open_array(str(out / "0"), mode="r")[:]
     np.testing.assert_array_equal(got, zarr.open_array(str(tmp_path / "one/stack.ome.zarr/0"))[:])
     np.testing.assert_allclose(got, whole_image_prediction(module, volume), rtol=1e-5, atol=1e-4)
+    # The planes on a web server (the workers fetch them): the same output.
+    served = f"{request.getfixturevalue('http_server')}/recon"
+    infer(input=served, sequence="z", output=str(tmp_path / "web"), **settings | common)
+    web = zarr.open_array(str(tmp_path / "web/recon.ome.zarr/0"), mode="r")[:]
+    np.testing.assert_array_equal(web, got)
 
 
 @pytest.mark.parametrize("served", [False, True])
