@@ -754,18 +754,12 @@ def test_tiffs_at_urls_read_as_their_local_copies(
         open_sources(f"s3://{BUCKET}/tiffs/cut.ome.tif")
 
 
-def test_a_tiff_whose_server_is_gone_mid_run_fails_naming_it(tmp_path: Path) -> None:
+def test_a_tiff_whose_server_is_gone_mid_run_fails_naming_it(tmp_path: Path, ome_tiff) -> None:
     import threading
 
     from tests.conftest import WebServer
 
-    tifffile.imwrite(
-        tmp_path / "a.ome.tif",
-        random_image((256, 256)),
-        ome=True,
-        tile=(64, 64),
-        metadata={"axes": "YX"},
-    )
+    ome_tiff(random_image((256, 256)), name="a.ome.tif")
     server = WebServer(tmp_path)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     (src,) = open_sources(f"{server.url}/a.ome.tif")
