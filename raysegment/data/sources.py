@@ -479,15 +479,24 @@ class TiffSource(ArraySource):
     _TIFF_AXES = {"S": "c", "C": "c", "Z": "z", "Y": "y", "X": "x", "T": "t"}
 
     def __init__(
-        self, *args: Any, tif: Any = None, block: int = storage.READ_BLOCK, **kwargs: Any
+        self,
+        *args: Any,
+        tif: Any = None,
+        block: int = storage.READ_BLOCK,
+        keep: bool = False,
+        **kwargs: Any,
     ) -> None:
         # ``tif``: the file ``open_sources`` opened, inspected by each of its series in
         # turn (opening a file of N images parses all N series, once per series otherwise).
+        # ``keep``: the file parsed to inspect it is the one read next (a sequence's
+        # file, inspected where it is read: parsed once, not twice).
         self._opened = tif
+        self._keep = keep
         self.block = block
         """A file at a URL: the bytes its directories are fetched (and kept) in."""
         super().__init__(*args, **kwargs)
-        self._opened = None
+        if not keep:
+            self._opened = None
 
     def _series(self) -> Any:
         """The file (the one ``open_sources`` shares while inspecting, else opened here)
@@ -537,7 +546,9 @@ class TiffSource(ArraySource):
             scale = {a: s * float(ratio.get(a, 1.0)) for a, s in info.scale.items()}
             return replace(info, scale=scale)
         finally:
-            if self._opened is None:  # opened here
+            if self._opened is None and self._keep:  # opened here, for the reads next
+                self._opened = tif
+            elif self._opened is None:  # opened here
                 tif.close()
 
     def _info(self, tif: Any, shape: tuple[int, ...], dtype: np.dtype) -> ImageInfo:
@@ -552,7 +563,8 @@ class TiffSource(ArraySource):
 
     def __getstate__(self) -> dict[str, Any]:
         state = super().__getstate__()
-        state["_tif"] = None  # an open file does not travel; the receiver reopens it
+        # An open file does not travel; the receiver reopens it.
+        state["_tif"] = state["_opened"] = None
         return state
 
     def _open(self) -> Any:
@@ -563,7 +575,7 @@ class TiffSource(ArraySource):
         import zarr
 
         tif, series = self._series()
-        self._tif = tif
+        self._tif, self._opened = tif, None  # (a kept file is this handle's now)
         level = self._level(series)
         if _TiffPlanes.fits(level, self._array_axes()):
             url = self.path if storage.is_url(self.path) else None
@@ -1252,9 +1264,11 @@ class TiffSequenceSource(ImageSource):
     def at_level(self, level: int) -> ImageSource:
         return type(self)(self.path, list(self.files), self.axis, self.part_axes, self.name, level)
 
-    def _part(self, i: int, tif: Any = None) -> TiffSource:
+    def _part(self, i: int, tif: Any = None, keep: bool = False) -> TiffSource:
         cls = cast(type[TiffSource], SOURCES.get(self.part_kind))
-        return cls(self.files[i], self.part_axes, level=self.level, tif=tif, block=PART_BLOCK)
+        return cls(
+            self.files[i], self.part_axes, level=self.level, tif=tif, block=PART_BLOCK, keep=keep
+        )
 
     def _inspected(self, i: int) -> TiffSource:
         """File ``i`` checked whole (a short copy fails now) and inspected."""
@@ -1341,7 +1355,7 @@ class TiffSequenceSource(ImageSource):
         with self._lock:
             entry = self._parts.get(i) if self._parts is not None else None
         if entry is None:
-            entry = (self._part(i), threading.Lock())
+            entry = (self._part(i, keep=True), threading.Lock())
         evicted = []
         with self._lock:
             if self._parts is None:

@@ -102,7 +102,7 @@ def test_reads_hold_no_file_open_and_parse_each_file_once(tmp_path: Path, monkey
     for _ in range(3):
         src.read(0, (0,), ((0, 6), (0, 10), (0, 20)))
         assert not [f for f in _open_files() if f.startswith(str(directory))]
-    assert len(parsed) == 2 * 6  # the first read: each file inspected, then opened
+    assert len(parsed) == 6  # the first read: each file parsed once (inspected, read)
     monkeypatch.setattr(sources, "PARSED_FILES", 4)
     src.read(0, (0,), ((0, 6), (0, 10), (0, 20)))
     assert len(src._parts) == 4
