@@ -332,12 +332,12 @@ class _TiffPlanes:
     ) -> np.ndarray:
         (z0, z1), (y0, y1), (x0, x1) = region
         out = np.empty((len(channels), z1 - z0, y1 - y0, x1 - x0), self.dtype)
-        # Each page's samples wanted and where they go: a page per channel, or one holding
-        # every channel as its samples.
-        per_page = [(c, slice(ci, ci + 1)) for ci, c in enumerate(channels)]
-        if self.samples > 1:
-            per_page = [(0, slice(None))]
-        planes = []  # (page, its segments, where its pixels go, its samples wanted)
+        # The pages' channel and where their pixels go, and the samples read of each.
+        if self.samples > 1:  # one page holds every channel as its samples
+            per_page, samples = [(0, slice(None))], list(channels)
+        else:  # a page per channel
+            per_page, samples = [(c, slice(ci, ci + 1)) for ci, c in enumerate(channels)], [0]
+        planes = []  # (page, its segments, where its pixels go)
         for c, into in per_page:
             for zi, z in enumerate(range(z0, z1)):
                 at = {"t": t, "c": c, "z": z}
@@ -347,19 +347,17 @@ class _TiffPlanes:
                     else 0
                 ]
                 segments = [] if page is None else self._wanted(page, y0, y1, x0, x1)
-                samples = list(channels) if self.samples > 1 else [0]
-                planes.append((page, segments, out[into, zi], samples))
+                planes.append((page, segments, out[into, zi]))
         fetched = None
         if self.url is not None:  # every plane's segments in one batch of requests
-            ranges = sorted({(a, n) for _, wanted, _, _ in planes for _, a, n in wanted if n})
+            ranges = sorted({(a, n) for _, wanted, _ in planes for _, a, n in wanted if n})
             got = storage.read_ranges(self.url, [a for a, _ in ranges], [a + n for a, n in ranges])
             fetched = dict(zip(ranges, got, strict=True))
-        for page, wanted, plane, samples in planes:
+        for page, wanted, plane in planes:
             if page is None:  # a plane in a file of a multi-file set that is missing
                 plane[...] = 0
                 continue
-            for data, (i, _, _) in self._segments(page, wanted, fetched):
-                self._place(page, data, i, (y0, y1, x0, x1), plane, samples)
+            self._decode(page, self._segments(page, wanted, fetched), region[1:], plane, samples)
         return out
 
     def _wanted(self, page: Any, y0: int, y1: int, x0: int, x1: int) -> list[tuple[int, int, int]]:
@@ -368,12 +366,9 @@ class _TiffPlanes:
         of uncompressed strips only the rows' bytes (``_rows``)."""
         key = page.keyframe
         offsets, counts = page.dataoffsets, page.databytecounts
-        if key.is_tiled:
-            th, tw = key.tilelength, key.tilewidth
-        else:
-            th, tw = min(key.rowsperstrip, key.imagelength), key.imagewidth
-            if _raw_rows(key):
-                return self._rows(page, th, y0, y1)
+        th, tw = _segment_size(key)
+        if not key.is_tiled and _raw_rows(key):
+            return self._rows(page, th, y0, y1)
         across = -(-key.imagewidth // tw)
         return [
             (i, offsets[i], counts[i])
@@ -418,47 +413,51 @@ class _TiffPlanes:
         ):
             yield data, wanted[k]
 
-    def _place(
+    def _decode(
         self,
         page: Any,
-        data: bytes | None,
-        i: int,
-        box: tuple[int, int, int, int],
+        segments: Iterator[tuple[bytes | None, tuple[int, int, int]]],
+        box: tuple[tuple[int, int], ...],
         out: np.ndarray,
         samples: list[int],
     ) -> None:
-        """Segment ``i`` of ``page`` (``data``: its bytes, None where the writer left it
-        out) decoded into its part of ``out`` (channels, rows y0:y1, columns x0:x1 of
-        ``box``): its ``samples``, one per channel."""
-        y0, y1, x0, x1 = box
+        """``segments`` of ``page`` (their bytes, None where the writer left one out)
+        decoded into their parts of ``out`` (channels, the rows and columns of ``box``):
+        each segment's ``samples``, one per channel."""
+        (y0, y1), (x0, x1) = box
         key = page.keyframe
-        if not key.is_tiled and _raw_rows(key):
-            th = min(key.rowsperstrip, key.imagelength)
-            ya, yb = max(y0, i * th), min(y1, i * th + th)
-            if data is None:  # a strip the writer left out: fill value
-                out[:, ya - y0 : yb - y0] = 0
-                return
+        th, tw = _segment_size(key)
+        if not key.is_tiled and _raw_rows(key):  # rows of uncompressed strips (``_rows``)
             dtype = np.dtype(key.dtype).newbyteorder(page.parent.byteorder)
-            rows = np.frombuffer(data, dtype).reshape(yb - ya, key.imagewidth, -1)
-            out[:, ya - y0 : yb - y0] = np.moveaxis(rows[:, x0:x1, samples], -1, 0)
+            for data, (i, _, _) in segments:
+                ya, yb = max(y0, i * th), min(y1, i * th + th)
+                if data is None:  # a strip the writer left out: fill value
+                    out[:, ya - y0 : yb - y0] = 0
+                    continue
+                rows = np.frombuffer(data, dtype).reshape(yb - ya, key.imagewidth, -1)
+                out[:, ya - y0 : yb - y0] = np.moveaxis(rows[:, x0:x1, samples], -1, 0)
             return
-        if key.is_tiled:
-            th, tw = key.tilelength, key.tilewidth
-        else:
-            th, tw = min(key.rowsperstrip, key.imagelength), key.imagewidth
         args: dict[str, Any] = {"_fullsize": key.is_tiled}
         if key.compression in {6, 7, 34892, 33007}:  # JPEG
             args |= {"jpegtables": page.jpegtables, "jpegheader": key.jpegheader}
-        tile, (_, _, ty, tx, _), _ = key.decode(data, i, **args)
-        ya, yb, xa, xb = max(y0, ty), min(y1, ty + th), max(x0, tx), min(x1, tx + tw)
-        target = out[:, ya - y0 : yb - y0, xa - x0 : xb - x0]
-        if tile is None:  # a segment the writer left out: fill value
-            target[...] = 0
-        elif len(samples) == 1:
-            target[0] = tile[0, ya - ty : yb - ty, xa - tx : xb - tx, samples[0]]
-        else:
-            part = tile[0, ya - ty : yb - ty, xa - tx : xb - tx]
-            target[...] = np.moveaxis(part[..., samples], -1, 0)
+        for data, (i, _, _) in segments:
+            tile, (_, _, ty, tx, _), _ = key.decode(data, i, **args)
+            ya, yb, xa, xb = max(y0, ty), min(y1, ty + th), max(x0, tx), min(x1, tx + tw)
+            target = out[:, ya - y0 : yb - y0, xa - x0 : xb - x0]
+            if tile is None:  # a segment the writer left out: fill value
+                target[...] = 0
+            elif len(samples) == 1:
+                target[0] = tile[0, ya - ty : yb - ty, xa - tx : xb - tx, samples[0]]
+            else:
+                part = tile[0, ya - ty : yb - ty, xa - tx : xb - tx]
+                target[...] = np.moveaxis(part[..., samples], -1, 0)
+
+
+def _segment_size(key: Any) -> tuple[int, int]:
+    """The rows and columns of a page's tiles, or of its strips (whole rows)."""
+    if key.is_tiled:
+        return key.tilelength, key.tilewidth
+    return min(key.rowsperstrip, key.imagelength), key.imagewidth
 
 
 def _raw_rows(key: Any) -> bool:
