@@ -776,7 +776,11 @@ N5_UNITS_DEFAULT = "micrometer"
 def tensorstore_format(path: str) -> str | None:
     """``"precomputed"`` for a Neuroglancer precomputed volume (its ``info`` says so),
     ``"n5"`` for an N5 dataset or group (``attributes.json``), else None. A URL (``s3://``,
-    ``gs://``, ``http(s)://``) is asked through tensorstore: never one without it."""
+    ``gs://``, ``http(s)://``) is asked through tensorstore: never one without it. A name
+    of another format (``slide.ome.tif``, ``a.zarr``) is not asked (at a URL, two
+    requests an image of a directory of hundreds)."""
+    if storage.basename(path).lower().endswith(tuple(set(IMAGE_SUFFIXES) - {".n5"})):
+        return None
     info = _key(path, "info")
     if info is not None:
         with contextlib.suppress(ValueError, AttributeError):

@@ -717,6 +717,9 @@ def test_tiffs_at_urls_read_as_their_local_copies(
         return read_ranges(location, starts, ends)
 
     monkeypatch.setattr(storage, "read_ranges", counted)
+    probed: list[str] = []  # locations asked whether they are N5 or precomputed volumes
+    key = sources._key
+    monkeypatch.setattr(sources, "_key", lambda at, name: probed.append(at) or key(at, name))
     region = ((0, 1), (37, 290), (5, 233))
     for where in (http_server, f"s3://{BUCKET}/tiffs"):
         assert resolve_inputs(where + "/", r".*\.(tif|svs)") == [
@@ -743,6 +746,7 @@ def test_tiffs_at_urls_read_as_their_local_copies(
         box = ((1, 5), (10, 70), (0, 100))
         np.testing.assert_array_equal(remote.read(0, (0,), box)[0], stack[1:5, 10:70])
         assert fetches == [4]  # one batch: each plane's rows alone
+    assert not [at for at in probed if at.endswith((".tif", ".svs"))]  # TIFFs by name
     assert open_sources(f"s3://{BUCKET}/tiffs/slide.ome.tif")[0].info.channel_names == (
         "DAPI",
         "CD3",
