@@ -871,6 +871,9 @@ class TensorstoreSource(ArraySource):
     kind = "tensorstore"
     precomputed = False
     """Neuroglancer precomputed (else N5), told once by ``_inspect``."""
+    dataset = ""
+    """An N5 level's dataset under the path (``s<level>``, or "" for a dataset given
+    alone), found once by ``_inspect``: the processes that read it ask nothing again."""
 
     def _spec(self) -> dict[str, Any]:
         if self.precomputed:
@@ -879,8 +882,7 @@ class TensorstoreSource(ArraySource):
                 "kvstore": kvstore(self.path),
                 "scale_index": self.level,
             }
-        dataset = self._n5_dataset()
-        return {"driver": "n5", "kvstore": kvstore(storage.join(self.path, dataset))}
+        return {"driver": "n5", "kvstore": kvstore(storage.join(self.path, self.dataset))}
 
     def _n5_dataset(self) -> str:
         """The N5 dataset of this level, relative to the path: itself, or ``s<level>``."""
@@ -932,6 +934,8 @@ class TensorstoreSource(ArraySource):
             self.levels = len(info.get("scales", []))
             if self.level >= self.levels:
                 raise self._no_level(self.levels)
+        else:
+            self.dataset = self._n5_dataset()
         store = self._open().store
         names = [str(label or "") for label in store.domain.labels]
         if self.precomputed:
@@ -954,8 +958,8 @@ class TensorstoreSource(ArraySource):
     def _n5_attrs(self) -> dict[str, Any]:
         """The group's attributes (a multiscale's) under the level's dataset's own."""
         root = _json(self.path, "attributes.json")
-        dataset = self._n5_dataset()
-        return root | (_json(self.path, f"{dataset}/attributes.json") if dataset else {})
+        own = _json(self.path, f"{self.dataset}/attributes.json") if self.dataset else {}
+        return root | own
 
     def _n5_scale(
         self, attrs: dict[str, Any], axes: str
