@@ -5,7 +5,9 @@ from __future__ import annotations
 import io
 import json
 import os
+import random
 import re
+import socket
 import sys
 import threading
 import time
@@ -162,6 +164,20 @@ def race_to_create(location: object, racers: int = 4) -> list[bool]:
     return results
 
 
+def free_port() -> int:
+    """A free port between Ray's worker ports (10002-19999) and the kernel's ephemeral
+    range (32768 and up), where no process of a parallel test session (its own Ray's
+    servers, their clients) is given one by the kernel while a server there starts."""
+    while True:
+        port = random.randint(20000, 32767)
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        return port
+
+
 BUCKET = "raysegment-test"
 """The bucket the ``s3`` fixture's server holds."""
 
@@ -210,12 +226,8 @@ def s3() -> Iterator[dict[str, str]]:
 def gcs() -> Iterator[str]:
     """A Google Cloud Storage emulator on 127.0.0.1 holding the bucket ``BUCKET``, where
     tensorstore's and gcsfs' ``gs://`` clients go (set in this process); yields its URL."""
-    import socket
-
     emulator = pytest.importorskip("gcp_storage_emulator.server")
-    with socket.socket() as free:  # a port for it (it does not say which it took)
-        free.bind(("127.0.0.1", 0))
-        port = free.getsockname()[1]
+    port = free_port()  # chosen for it: it does not say which it took
     server = emulator.create_server("127.0.0.1", port, in_memory=True, default_bucket=BUCKET)
     server.start()
     url = f"http://127.0.0.1:{port}"

@@ -5,7 +5,6 @@ what KubeRay needs, and `ray job submit` runs inference and two-worker training 
 from __future__ import annotations
 
 import os
-import random
 import re
 import shutil
 import signal
@@ -23,7 +22,13 @@ import yaml
 import zarr
 
 from raysegment.infer.writer import inspect_output
-from tests.conftest import conv_model, random_image, save_torchscript, short_temp_dir
+from tests.conftest import (
+    conv_model,
+    free_port,
+    random_image,
+    save_torchscript,
+    short_temp_dir,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 CLUSTER = ROOT / "cluster"
@@ -128,20 +133,6 @@ def test_kuberay_manifests_have_what_kuberay_requires() -> None:
     assert image in dockerfile  # the build command names the image the manifests use
 
 
-def _free_port() -> int:
-    """A free port between Ray's worker ports (10002-19999) and the kernel's ephemeral
-    range (32768 and up), where no process of a parallel test session (its own Ray's
-    servers, their clients) is given one by the kernel while this head starts."""
-    while True:
-        port = random.randint(20000, 32767)
-        with socket.socket() as s:
-            try:
-                s.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-        return port
-
-
 def _wait_for_port(port: int, process: subprocess.Popen, timeout: float = 90) -> None:
     deadline = time.time() + timeout
     while True:
@@ -173,13 +164,13 @@ def test_ray_job_submit_runs_infer_and_two_worker_training_on_a_ray_head(
     save_torchscript(conv_model(), data / "model.pth", 2, 1)
 
     ray_bin = str(Path(sys.executable).parent / "ray")
-    port, dashboard = _free_port(), _free_port()
+    port, dashboard = free_port(), free_port()
     # The test session's own Ray already holds the agents' default ports.
     agent = [
-        f"--dashboard-agent-listen-port={_free_port()}",
-        f"--dashboard-agent-grpc-port={_free_port()}",
-        f"--runtime-env-agent-port={_free_port()}",
-        f"--metrics-export-port={_free_port()}",
+        f"--dashboard-agent-listen-port={free_port()}",
+        f"--dashboard-agent-grpc-port={free_port()}",
+        f"--runtime-env-agent-port={free_port()}",
+        f"--metrics-export-port={free_port()}",
     ]
     # Job entrypoints run `python` from the PATH of the node that runs them: this one's.
     path = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])

@@ -226,17 +226,14 @@ def test_a_server_that_does_not_answer_fails_naming_the_url(tmp_path: Path, monk
     """Nothing listening when the run starts, and a server gone mid-run (after the
     volume was opened, and after a process opened it for reading): each fails naming the
     URL, in the time allowed, rather than waiting without end."""
-    import socket
     import threading
 
     from raysegment.data import sources
-    from tests.conftest import WebServer
+    from tests.conftest import WebServer, free_port
 
     monkeypatch.setattr(sources, "REMOTE_TIMEOUT_S", 2.0)
     monkeypatch.setattr(sources, "READ_TIMEOUT_S", 2.0)
-    with socket.socket() as s:  # a port nothing listens on
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()  # nothing listens on it
     with pytest.raises(InputImageError, match=f"127.0.0.1:{port}/em: no answer in 2 s"):
         open_sources(f"http://127.0.0.1:{port}/em")
 
