@@ -15,7 +15,7 @@ import math
 import os
 import re
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, cast
@@ -33,6 +33,8 @@ __all__ = [
     "ImageInfo",
     "ImageSource",
     "MemorySource",
+    "Region",
+    "Unstored",
     "image_stem",
     "is_zarr",
     "TensorstoreSource",
@@ -47,6 +49,12 @@ __all__ = [
 
 AXES = "tczyx"
 """The canonical axis order every source presents."""
+
+Region = tuple[tuple[int, int], ...]
+"""(start, stop) per spatial axis (z, y, x) of an image."""
+
+Unstored = Callable[[int, tuple[int, ...], Region], bool]
+"""``ImageSource.unstored``'s test: whether (t, channels, region) lies in no stored chunk."""
 
 SLIDE_SUFFIXES = (".svs", ".ndpi", ".qptiff")
 """Whole-slide formats that are TIFFs inside (Aperio, Hamamatsu, Akoya/PerkinElmer), read
@@ -227,6 +235,13 @@ class ImageSource:
         if out.shape != want:
             raise RuntimeError(f"{self.where}: read returned {out.shape}, expected {want}")
         return out
+
+    def unstored(self) -> Unstored | None:
+        """A test of whether ``(t, channels, region)`` lies wholly in chunks the store holds
+        none of, so that it reads as one constant (a sparse volume's never-written
+        chunks), from one listing of the stored chunks; None where the source cannot tell
+        that without reading."""
+        return None
 
     def _inspect(self) -> ImageInfo:
         raise NotImplementedError
@@ -767,6 +782,67 @@ class ZarrSource(ArraySource):
 
         node: Any = zarr.open(self.path, mode="r")
         return node[self.array_path] if self.array_path else node
+
+    def unstored(self) -> Unstored | None:
+        """On a local disk or an object store (whose listings are complete; a web server's
+        are not), where the fill value is a finite number (NaN fill reads as the NaN
+        error)."""
+        from zarr.core.sync import sync
+
+        arr = self.handle
+        fill = arr.fill_value
+        if storage.is_url(self.path) and self.path.split("://", 1)[0] not in LISTED_SCHEMES:
+            return None
+        if fill is None or not np.all(np.isfinite(np.asarray(fill, dtype=np.float64))):
+            return None
+        prefix = f"{arr.path}/" if arr.path else ""
+        grid = arr.shards or arr.chunks
+        stored = np.zeros([-(-n // g) for n, g in zip(arr.shape, grid, strict=True)], bool)
+        for key in sync(_listed(arr.store, prefix)):
+            key = key[len(prefix) :]
+            if key in _ZARR_METADATA:
+                continue
+            at = _chunk_at(key, arr.metadata.encode_chunk_key, stored.shape)
+            if at is None:
+                return None  # a key that is no chunk of the array's: no answer
+            stored[at] = True
+        axes = self._array_axes()
+
+        def test(t: int, channels: tuple[int, ...], region: Region) -> bool:
+            bounds = {"t": (t, t + 1), "c": (min(channels), max(channels) + 1)}
+            bounds |= dict(zip("zyx", region, strict=True))
+            spans = [bounds[a] for a in axes]
+            index = tuple(slice(a // g, -(-b // g)) for (a, b), g in zip(spans, grid, strict=True))
+            return not stored[index].any()
+
+        return test
+
+
+LISTED_SCHEMES = ("s3", "gs", "gcs")
+"""URL schemes whose listings name every stored object (object stores): a zarr there
+tells its unwritten chunks without reading them."""
+
+
+async def _listed(store: Any, prefix: str) -> list[str]:
+    return [key async for key in store.list_prefix(prefix)]
+
+
+_ZARR_METADATA = frozenset({"zarr.json", ".zarray", ".zattrs", ".zgroup", ".zmetadata"})
+
+
+def _chunk_at(
+    key: str, encode: Callable[[tuple[int, ...]], str], grid: tuple[int, ...]
+) -> tuple[int, ...] | None:
+    """The grid position of the chunk (shard) stored under ``key`` (``c/1/0/2``, ``1.0.2``,
+    ...: read back through the array's own ``encode``), None for any other key."""
+    parts = re.split(r"[./]", key)
+    parts = parts[1:] if parts[:1] == ["c"] else parts
+    if len(parts) != len(grid) or not all(p.isdigit() for p in parts):
+        return None
+    at = tuple(int(p) for p in parts)
+    if encode(at) != key or any(i >= n for i, n in zip(at, grid, strict=True)):
+        return None
+    return at
 
 
 N5_UNITS_DEFAULT = "micrometer"

@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from raysegment import storage
-from raysegment.data.sources import ImageSource, MemorySource, open_sources
+from raysegment.data.sources import ImageSource, MemorySource, Region, open_sources
 from raysegment.errors import InputImageError
 
 __all__ = ["AUTO", "NAME_FIELD", "Mask", "auto_mask", "geojson_mask", "open_mask"]
@@ -39,8 +39,6 @@ THUMBNAIL = 2048
 """Longer side of the thumbnail ``auto_mask`` thresholds, at most."""
 MARGIN = 4
 """Thumbnail pixels the found foreground is widened by (a tissue's faint rim)."""
-
-Region = tuple[tuple[int, int], ...]
 
 
 @dataclass(frozen=True)

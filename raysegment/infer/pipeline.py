@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import dataclasses
 import functools
@@ -21,7 +22,13 @@ from raysegment import storage
 from raysegment._version import __version__
 from raysegment.config import InferConfig, as_config, config_to_dict
 from raysegment.data.inputs import resolve_inputs
-from raysegment.data.sources import ImageSource, image_stem, open_sequence, open_sources
+from raysegment.data.sources import (
+    ImageSource,
+    Unstored,
+    image_stem,
+    open_sequence,
+    open_sources,
+)
 from raysegment.data.tiling import block_grid, seam_repeats
 from raysegment.errors import ConfigError, OutputError
 from raysegment.infer.attempts import start_ledger
@@ -29,6 +36,7 @@ from raysegment.infer.mask import AUTO, Mask, auto_mask, open_mask
 from raysegment.infer.model import ModelFile, ModelSpec, ensemble_sha256, probe_models, read_models
 from raysegment.infer.plan import (
     ImagePlan,
+    WorkItem,
     chunk_block,
     image_shapes,
     plan_image,
@@ -44,6 +52,7 @@ from raysegment.infer.writer import (
     create_output,
     done_blocks,
     inspect_output,
+    mark_done,
 )
 from raysegment.runtime import (
     RayStart,
@@ -313,10 +322,11 @@ def _resumable(
 
 def _prepare(
     cfg: InferConfig, paths: list[str], output: str, models: tuple[ModelFile, ...]
-) -> tuple[ModelSpec, list[ImagePlan], dict[int, set[str]]]:
+) -> tuple[ModelSpec, list[ImagePlan], dict[int, set[str]], dict[int, Unstored]]:
     """Open the images, load and probe the model (each of an ensemble), plan each image
     and create, resume or refuse its output: the model's description, the plans, the
-    blocks already done.
+    blocks already done, and per image whose store tells them (``ImageSource.unstored``)
+    the test of regions it holds no chunk of.
 
     Runs while Ray starts (``start_ray_while``), so the driver's heavy imports happen here,
     beside Ray's booting processes: torch with the model, and Ray Data (pandas with it).
@@ -356,7 +366,34 @@ def _prepare(
         if found is not None:  # for a look at what mask=auto found
             white = np.repeat(found[..., None], 3, axis=-1).astype(np.uint8) * 255
             write_png(storage.join(output, f"{src.name}_mask.png"), white)
-    return spec, plans, done
+    # A masked image's blocks outside the mask are found by the mask (and counted so).
+    unstored = {p.id: p.source.unstored() for p in plans if cfg.skip_empty and p.mask is None}
+    return spec, plans, done, {i: test for i, test in unstored.items() if test is not None}
+
+
+def _unstored_blocks(
+    plans: list[ImagePlan], pending: list[WorkItem], unstored: dict[int, Unstored]
+) -> set[WorkItem]:
+    """The ``pending`` blocks whose input region, with its halo, lies in chunks the image's
+    store holds none of: constant input (``skip_empty``) known without reading it. They
+    are marked done here (no Ray task reads, runs or writes them; their output chunks
+    stay unwritten, the fill value, as an empty block's are: a new output has none, and
+    a resumed one none from the same input)."""
+    found = set()
+    for w in pending:
+        test = unstored.get(w.image)
+        if test is not None:
+            plan = plans[w.image]
+            if test(w.t, plan.channels, plan.source_region(w, plan.block_of(w))):
+                found.add(w)
+    with concurrent.futures.ThreadPoolExecutor(_MARKING_THREADS) as pool:
+        list(pool.map(lambda w: mark_done(plans[w.image].output, w.key), found))
+    return found
+
+
+_MARKING_THREADS = 16
+"""Done markers written at once for blocks found empty by the driver (a request each on
+an object store)."""
 
 
 def _open_images(cfg: InferConfig, paths: list[str]) -> list[ImageSource]:
@@ -403,17 +440,23 @@ def infer(config: InferConfig | Mapping[str, Any] | None = None, **overrides: An
 
     # Ray starts while the images are opened, the model probed and the outputs created.
     indices_applied = _restrict_gpus(cfg.device)
-    started, (spec, plans, done) = start_ray_while(lambda: _prepare(cfg, paths, output, models))
+    started, (spec, plans, done, unstored) = start_ray_while(
+        lambda: _prepare(cfg, paths, output, models)
+    )
     try:
         summary_seams = _seams(plans)
         fitted = _fitted(plans, tile_size(cfg, spec))
         # Part k of n takes every n-th block of the run (spread over every image and region).
         mine = [w for p in plans for w in p.work()][cfg.part_id :: cfg.num_parts]
         pending = [w for w in mine if w.key not in done[w.image]]
+        resumed = len(mine) - len(pending)
+        unwritten = _unstored_blocks(plans, pending, unstored)
+        pending = [w for w in pending if w not in unwritten]
         remaining = Counter(w.image for w in pending)
         summary = InferSummary(
             images=len(plans),
-            resumed_blocks=len(mine) - len(pending),
+            resumed_blocks=resumed,
+            empty_blocks=len(unwritten),
             seams=summary_seams,
             fitted=fitted,
         )

@@ -772,3 +772,83 @@ def test_a_tiff_whose_server_is_gone_mid_run_fails_naming_it(tmp_path: Path, ome
     server.server_close()
     with pytest.raises(InputImageError, match=r"a.ome.tif: cannot read region .* the network"):
         src.read(0, (0,), ((0, 1), (0, 256), (0, 256)))
+
+
+@pytest.mark.parametrize("layout", ["v3", "v2 nested", "v3 sharded", "ome-zarr tczyx"])
+def test_zarr_tells_regions_of_unwritten_chunks_from_one_listing(
+    tmp_path: Path, layout: str
+) -> None:
+    """``unstored``: a region lies in unwritten chunks (shards) or reaches a written one,
+    along every axis: t and channels too (those read are the channels' span)."""
+    data = np.zeros((2, 3, 8, 32, 32), np.uint16)
+    data[1, 2, 4:, 16:, 16:] = 5  # one chunk written: t 1, c 2, z 4:8, y and x 16:32
+    path = tmp_path / "v.zarr"
+    if layout == "ome-zarr tczyx":
+        group = zarr.open_group(str(path), mode="w")
+        group.create_array("0", data=data, chunks=(1, 1, 4, 16, 16))
+        axes = [
+            {"name": a, "type": t}
+            for a, t in zip("tczyx", ["time", "channel"] + ["space"] * 3, strict=True)
+        ]
+        group.attrs["ome"] = {
+            "version": "0.5",
+            "multiscales": [
+                {
+                    "axes": axes,
+                    "datasets": [
+                        {
+                            "path": "0",
+                            "coordinateTransformations": [{"type": "scale", "scale": [1.0] * 5}],
+                        }
+                    ],
+                }
+            ],
+        }
+        src = open_source(path)
+    else:
+        kwargs: dict = {"chunks": (1, 1, 4, 16, 16)}
+        if layout == "v2 nested":
+            kwargs = kwargs | {
+                "zarr_format": 2,
+                "chunk_key_encoding": {"name": "v2", "separator": "/"},
+            }
+        if layout == "v3 sharded":
+            kwargs = {"chunks": (1, 1, 2, 8, 8), "shards": (1, 1, 4, 16, 16)}
+        zarr.create_array(str(path), data=data, **kwargs)
+        src = open_source(path, axes="tczyx")
+    test = src.unstored()
+    assert test is not None
+    whole = ((0, 8), (0, 32), (0, 32))
+    assert not test(1, (2,), whole) and not test(1, (0, 2), whole)
+    assert test(0, (0, 1, 2), whole) and test(1, (0, 1), whole)
+    assert test(1, (2,), ((0, 4), (0, 32), (0, 32)))
+    assert test(1, (2,), ((0, 8), (0, 16), (0, 32)))
+    assert not test(1, (2,), ((3, 5), (15, 17), (15, 17)))  # a corner reaching it
+    np.testing.assert_array_equal(src.read(1, (2,), whole)[0], data[1, 2])
+
+
+def test_unwritten_chunks_are_not_told_where_a_listing_may_be_partial_or_fill_is_nan(
+    tmp_path: Path, http_server: str, s3: dict[str, str]
+) -> None:
+    """A web server's directory pages are no full listing, NaN fill reads as the NaN
+    error, and a key that is no chunk's (a note left in the array) says the layout is not
+    the one understood: none answers; an S3 bucket's listing does."""
+    import s3fs
+
+    from tests.conftest import BUCKET
+
+    data = np.zeros((4, 32, 32), np.float32)
+    data[:, :16, :16] = 1.0
+    zarr.create_array(str(tmp_path / "v.zarr"), data=data, chunks=(4, 16, 16))
+    zarr.create_array(str(tmp_path / "nan.zarr"), data=data, chunks=(4, 16, 16), fill_value=np.nan)
+    assert open_source(f"{http_server}/v.zarr").unstored() is None
+    assert open_source(tmp_path / "nan.zarr").unstored() is None
+    s3fs.S3FileSystem().put(str(tmp_path / "v.zarr"), f"{BUCKET}/sparse/v.zarr", recursive=True)
+    test = open_source(f"s3://{BUCKET}/sparse/v.zarr").unstored()
+    assert test is not None
+    assert test(0, (0,), ((0, 4), (16, 32), (0, 32))) and not test(
+        0, (0,), ((0, 4), (0, 17), (0, 17))
+    )
+    assert open_source(tmp_path / "v.zarr").unstored() is not None
+    (tmp_path / "v.zarr" / "c" / "notes.txt").write_text("copied from the microscope")
+    assert open_source(tmp_path / "v.zarr").unstored() is None

@@ -466,6 +466,52 @@ def test_constant_blocks_skip_the_model_and_stay_fill_value(tmp_path, make_model
     assert "block=[128, 128]" in full.seams
 
 
+def test_blocks_in_unwritten_chunks_are_empty_without_being_read(tmp_path, make_model) -> None:
+    """A sparse volume (chunks never written: tissue in a corner of its bounding box):
+    blocks whose region, with the tiles' halo, lies in unwritten chunks are found empty
+    from the store's listing, before any read; the output is that of the same volume with
+    every chunk stored (the zeros read and found constant), and blocks whose halo reaches
+    the written chunks run the model."""
+    from raysegment.config import InferConfig, as_config
+    from raysegment.infer.model import read_models
+    from raysegment.infer.pipeline import _prepare, _unstored_blocks
+
+    volume = np.zeros((64, 96, 96), "uint16")
+    volume[:32, :32, :32] = random_image((32, 32, 32)) + 1
+    sparse, dense = tmp_path / "sparse.zarr", tmp_path / "dense.zarr"
+    zarr.create_array(str(sparse), data=volume, chunks=(16, 16, 16))  # zeros not stored
+    with zarr.config.set({"array.write_empty_chunks": True}):
+        zarr.create_array(str(dense), data=volume, chunks=(16, 16, 16))
+    assert len(list(sparse.glob("c/*/*/*"))) == 8 and len(list(dense.glob("c/*/*/*"))) == 144
+    model, _ = make_model(dims=3, out_ch=1)
+    cfg = dict(
+        model=str(model),
+        progress=False,
+        quicklook=False,
+        chunks=[16],
+        block=[32],
+        tile={"size": [16], "overlap": 0.5},
+        finalize={"mode": "raw"},
+    )
+    # 2 x 3 x 3 blocks of 32^3; the data fills block (0, 0, 0), and the gaussian tiles
+    # reaching its 7 neighbours read into it: 10 blocks are empty.
+    found = infer(input=str(sparse), output=str(tmp_path / "a"), **cfg)
+    read = infer(input=str(dense), output=str(tmp_path / "b"), **cfg)
+    assert found.empty_blocks == read.empty_blocks == 10 and found.tiles == read.tiles
+    a = zarr.open_array(str(tmp_path / "a" / "sparse.ome.zarr" / "0"), mode="r")[:]
+    b = zarr.open_array(str(tmp_path / "b" / "dense.ome.zarr" / "0"), mode="r")[:]
+    np.testing.assert_array_equal(a, b)
+    assert (a[0, 32:, :32, :32] != 0).any()  # a neighbour's halo saw the data
+    # Which blocks the driver found: only the sparse store's listing tells them.
+    for path, count in ((sparse, 10), (dense, 0)):
+        run = as_config(InferConfig, dict(cfg, input=str(path), output=str(tmp_path / "c")), {})
+        models = read_models(run.model)
+        _, plans, _, unstored = _prepare(run, [str(path)], str(tmp_path / "c"), models)
+        unwritten = _unstored_blocks(plans, list(plans[0].work()), unstored)
+        assert len(unwritten) == count
+        assert all(max(w.index) == 2 for w in unwritten)  # none beside the data's block
+
+
 def test_ray_starts_while_the_run_is_prepared(tmp_path, make_model, ome_tiff, monkeypatch) -> None:
     """Ray's start (seconds of its processes booting) overlaps opening the images and
     loading and probing the model; an error met there shuts the Ray started down."""

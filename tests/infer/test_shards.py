@@ -74,3 +74,43 @@ def test_a_volume_shard_holds_every_channel_of_its_block(tmp_path, make_model) -
     assert b.shards == (2, 32, 32, 32) and b.chunks == (1, 16, 16, 16)
     np.testing.assert_allclose(b[:], whole_image_prediction(module, volume), rtol=1e-5, atol=1e-4)
     assert len(_files(out / "0")) == 2 * 2 * 2  # one per block
+
+
+@pytest.mark.parametrize("where", ["disk", "s3"])
+@pytest.mark.parametrize("shards", [None, (1, 64, 64)], ids=["chunks", "shards"])
+def test_an_empty_blocks_fill_value_drops_its_chunks_and_nothing_else(
+    tmp_path: Path, where: str, shards, request
+) -> None:
+    """``write_block`` of the fill value: the keys of the chunks (shards) the block covers
+    deleted, written ones (a stale attempt's) and unwritten alike; a region covering part
+    of a chunk is written through zarr, the rest of that chunk kept."""
+    from zarr.core.sync import sync
+
+    from raysegment.data.sources import _listed
+    from raysegment.infer.writer import OutputLayout, create_output, write_block
+
+    if where == "s3":
+        from tests.conftest import BUCKET
+
+        request.getfixturevalue("s3")
+        out = f"s3://{BUCKET}/empty-{shards is None}/img.ome.zarr"
+    else:
+        out = str(tmp_path / "img.ome.zarr")
+    layout = OutputLayout(
+        "cyx", (1, 128, 96), (1, 32, 32), "uint8", (1.0,) * 3, {}, ("a",), "img", shards=shards
+    )
+    assert create_output(out, layout, {"fingerprint": "f"})
+    array = zarr.open_array(f"{out}/0", mode="r+")
+    array[:] = 7
+    block = (slice(0, 1), slice(0, 64), slice(64, 96))  # ends at the edge in x
+    write_block(out, block, 0, "f")
+    write_block(out, (slice(0, 1), slice(64, 128), slice(0, 64)), 0, "f")  # never written
+    got = zarr.open_array(f"{out}/0", mode="r")
+    want = np.full((1, 128, 96), 7, np.uint8)
+    want[block] = want[:, 64:, :64] = 0
+    np.testing.assert_array_equal(got[:], want)
+    keys = sync(_listed(got.store, "c/"))
+    assert len(keys) == (12 - 2 - 4 if shards is None else 4 - 1 - 1), keys
+    write_block(out, (slice(0, 1), slice(0, 16), slice(0, 32)), 0, "f")  # half a chunk
+    want[0, :16, :32] = 0
+    np.testing.assert_array_equal(zarr.open_array(f"{out}/0", mode="r")[:], want)
