@@ -798,7 +798,11 @@ class ZarrSource(ArraySource):
         prefix = f"{arr.path}/" if arr.path else ""
         grid = arr.shards or arr.chunks
         stored = np.zeros([-(-n // g) for n, g in zip(arr.shape, grid, strict=True)], bool)
-        for key in sync(_listed(arr.store, prefix)):
+        try:
+            keys = sync(_listed(arr.store, prefix))
+        except OSError:  # a bucket that lets its objects be read, not listed
+            return None
+        for key in keys:
             key = key[len(prefix) :]
             if key in _ZARR_METADATA:
                 continue

@@ -367,8 +367,11 @@ def _prepare(
             white = np.repeat(found[..., None], 3, axis=-1).astype(np.uint8) * 255
             write_png(storage.join(output, f"{src.name}_mask.png"), white)
     # A masked image's blocks outside the mask are found by the mask (and counted so).
-    unstored = {p.id: p.source.unstored() for p in plans if cfg.skip_empty and p.mask is None}
-    return spec, plans, done, {i: test for i, test in unstored.items() if test is not None}
+    # Stores listed 16 at a time: a bucket's directory of many volumes, a request each.
+    listed = [p for p in plans if cfg.skip_empty and p.mask is None]
+    with concurrent.futures.ThreadPoolExecutor(_LISTING_THREADS) as pool:
+        tests = zip(listed, pool.map(lambda p: p.source.unstored(), listed), strict=True)
+    return spec, plans, done, {p.id: test for p, test in tests if test is not None}
 
 
 def _unstored_blocks(
@@ -391,6 +394,8 @@ def _unstored_blocks(
     return found
 
 
+_LISTING_THREADS = 16
+"""Images' stores listed at once for their unwritten chunks (``ImageSource.unstored``)."""
 _MARKING_THREADS = 16
 """Done markers written at once for blocks found empty by the driver (a request each on
 an object store)."""

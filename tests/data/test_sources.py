@@ -828,11 +828,12 @@ def test_zarr_tells_regions_of_unwritten_chunks_from_one_listing(
 
 
 def test_unwritten_chunks_are_not_told_where_a_listing_may_be_partial_or_fill_is_nan(
-    tmp_path: Path, http_server: str, s3: dict[str, str]
+    tmp_path: Path, http_server: str, s3: dict[str, str], monkeypatch
 ) -> None:
     """A web server's directory pages are no full listing, NaN fill reads as the NaN
-    error, and a key that is no chunk's (a note left in the array) says the layout is not
-    the one understood: none answers; an S3 bucket's listing does."""
+    error, a bucket may forbid listing, and a key that is no chunk's (a note left in the
+    array) says the layout is not the one understood: none answers; an S3 bucket's
+    listing does."""
     import s3fs
 
     from tests.conftest import BUCKET
@@ -850,5 +851,12 @@ def test_unwritten_chunks_are_not_told_where_a_listing_may_be_partial_or_fill_is
         0, (0,), ((0, 4), (0, 17), (0, 17))
     )
     assert open_source(tmp_path / "v.zarr").unstored() is not None
+    with monkeypatch.context() as m:  # a bucket whose objects may be read, not listed
+
+        async def denied(store, prefix):
+            raise PermissionError("Access Denied")
+
+        m.setattr(sources, "_listed", denied)
+        assert open_source(f"s3://{BUCKET}/sparse/v.zarr").unstored() is None
     (tmp_path / "v.zarr" / "c" / "notes.txt").write_text("copied from the microscope")
     assert open_source(tmp_path / "v.zarr").unstored() is None
