@@ -204,7 +204,7 @@ def test_tiff_sequence_is_one_volume(tmp_path, make_model, request) -> None:
     model, module = make_model(dims=3, out_ch=1)
     settings = {"progress": False, "finalize": {"mode": "raw"}, "quicklook": False}
     tile = {"size": [16], "overlap": 0.5, "blend": "crop"}
-    common = {"model": str(model), "tile": tile, "chunks": [8], "block": [8]}
+    common = {"model": str(model), "tile": tile, "chunks": [8], "block": [8, 16, 16]}
     summary = infer(
         input=str(recon),
         sequence="z",
@@ -212,11 +212,11 @@ def test_tiff_sequence_is_one_volume(tmp_path, make_model, request) -> None:
         output=str(tmp_path / "z"),
         tile=tile,
         chunks=[8],
-        block=[8],
+        block=[8, 16, 16],
         **settings,
     )
     out = tmp_path / "z" / "recon.ome.zarr"
-    assert summary.outputs == [str(out)] and summary.blocks == 3 * 5 * 5
+    assert summary.outputs == [str(out)] and summary.blocks == 3 * 3 * 3
     ms = _attrs(out)["ome"]["multiscales"][0]
     assert ms["datasets"][0]["coordinateTransformations"][0]["scale"] == [1.0, 2.0, 0.5, 0.5]
     assert _attrs(out)["raysegment"]["input"]["path"] == str(recon)
@@ -231,7 +231,7 @@ def test_tiff_sequence_is_one_volume(tmp_path, make_model, request) -> None:
         output=str(tmp_path / "one"),
         tile=tile,
         chunks=[8],
-        block=[8],
+        block=[8, 16, 16],
         **settings,
     )
     got = zarr.open_array(str(out / "0"), mode="r")[:]
