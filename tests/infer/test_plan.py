@@ -95,26 +95,26 @@ def test_an_output_begun_with_the_earlier_default_blocks_resumes_with_them(
     from raysegment.infer import infer
 
     volume = tmp_path / "vol.zarr"
-    array = zarr.create_array(str(volume), shape=(128, 256, 256), chunks=(64,) * 3, dtype="uint16")
-    array[:] = random_image((128, 256, 256))
+    array = zarr.create_array(str(volume), shape=(64, 128, 128), chunks=(32,) * 3, dtype="uint16")
+    array[:] = random_image((64, 128, 128))
     model, _ = make_model(dims=3)
     settings = {
         "input": str(volume),
         "model": str(model),
         "axes": "zyx",
-        "tile": {"size": [64]},
-        "chunks": [32],
+        "tile": {"size": [32]},
+        "chunks": [16],
         "finalize": {"mode": "raw"},
         "progress": False,
         "quicklook": False,
     }
-    begun = settings | {"output": str(tmp_path / "a"), "block": [64]}
+    begun = settings | {"output": str(tmp_path / "a"), "block": [32]}
     assert infer(**begun, num_parts=2, part_id=0).blocks == 16  # of 32: incomplete
     with pytest.raises(OutputError, match="other settings"):
         infer(
             **(
                 settings
-                | {"output": str(tmp_path / "a"), "tile": {"size": [64], "blend": "constant"}}
+                | {"output": str(tmp_path / "a"), "tile": {"size": [32], "blend": "constant"}}
             )
         )
     resumed = infer(**(settings | {"output": str(tmp_path / "a")}))
