@@ -15,7 +15,7 @@ import math
 import os
 import re
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, cast
@@ -284,6 +284,20 @@ class ArraySource(ImageSource):
 
     def _array_axes(self) -> str:
         raise NotImplementedError
+
+    def _outside(self, stored: np.ndarray, grid: Sequence[int]) -> Unstored:
+        """``unstored``'s test of the chunks (``grid`` elements a side, in the array's
+        axes) marked in ``stored``, the array's chunk grid."""
+        axes = self._array_axes()
+
+        def test(t: int, channels: tuple[int, ...], region: Region) -> bool:
+            bounds = {"t": (t, t + 1), "c": (min(channels), max(channels) + 1)}
+            bounds |= dict(zip("zyx", region, strict=True))
+            spans = [bounds[a] for a in axes]
+            index = tuple(slice(a // g, -(-b // g)) for (a, b), g in zip(spans, grid, strict=True))
+            return not stored[index].any()
+
+        return test
 
     def _read(
         self, t: int, channels: tuple[int, ...], region: tuple[tuple[int, int], ...]
@@ -810,16 +824,7 @@ class ZarrSource(ArraySource):
             if at is None:
                 return None  # a key that is no chunk of the array's: no answer
             stored[at] = True
-        axes = self._array_axes()
-
-        def test(t: int, channels: tuple[int, ...], region: Region) -> bool:
-            bounds = {"t": (t, t + 1), "c": (min(channels), max(channels) + 1)}
-            bounds |= dict(zip("zyx", region, strict=True))
-            spans = [bounds[a] for a in axes]
-            index = tuple(slice(a // g, -(-b // g)) for (a, b), g in zip(spans, grid, strict=True))
-            return not stored[index].any()
-
-        return test
+        return self._outside(stored, grid)
 
 
 LISTED_SCHEMES = ("s3", "gs", "gcs")
@@ -1003,6 +1008,43 @@ class TensorstoreSource(ArraySource):
     def _format(self) -> str:
         return "Neuroglancer precomputed volume" if self.precomputed else "N5 dataset"
 
+    def unstored(self) -> Unstored | None:
+        """An N5 dataset's chunks (``1/0/2``: its position) and an unsharded precomputed
+        scale's (``x0-x1_y0-y1_z0-z1``: its voxels), on disk or in an S3 / GCS bucket;
+        a sharded scale's shards hold many chunks each: no answer."""
+        if storage.is_url(self.path) and self.path.split("://", 1)[0] not in LISTED_SCHEMES:
+            return None
+        store = self.handle.store
+        fill = store.fill_value  # None: zeros
+        if fill is not None and not np.all(np.isfinite(np.asarray(fill, dtype=np.float64))):
+            return None
+        if self.precomputed:
+            scale = _json(self.path, "info")["scales"][self.level]
+            if scale.get("sharding"):
+                return None
+            where, origin = storage.join(self.path, scale["key"]), scale.get("voxel_offset")
+        else:
+            where, origin = storage.join(self.path, self.dataset), None
+        ts = _tensorstore(self.path)
+        try:
+            keys = ts.KvStore.open(kvstore(where)).result(timeout=REMOTE_TIMEOUT_S)
+            listed = keys.list().result(timeout=REMOTE_TIMEOUT_S)
+        except (OSError, ValueError, TimeoutError):  # not listable, or no answer in time
+            return None
+        grid = store.chunk_layout.read_chunk.shape
+        stored = np.zeros([-(-n // g) for n, g in zip(store.shape, grid, strict=True)], bool)
+        for raw in listed:
+            key = raw.decode(errors="replace")
+            if key == "attributes.json":
+                continue
+            box = _precomputed_box(key, origin) if self.precomputed else _n5_box(key, grid)
+            if box is None or len(box) > stored.ndim:
+                return None  # a key that is no chunk of the volume's: no answer
+            # A precomputed chunk holds every channel: its box leaves that axis whole.
+            at = zip(box, grid[: len(box)], strict=True)
+            stored[tuple(slice(a // g, -(-b // g)) for (a, b), g in at)] = True
+        return self._outside(stored, grid)
+
     def _array_axes(self) -> str:
         assert self.axes is not None
         return self.axes
@@ -1069,6 +1111,27 @@ class TensorstoreSource(ArraySource):
             if a in "zyx"
         }
         return scale, dict.fromkeys(scale, length)
+
+
+def _n5_box(key: str, chunk: Sequence[int]) -> list[tuple[int, int]] | None:
+    """The elements of the N5 chunk stored under ``key`` (``1/0/2``), None for another key."""
+    parts = key.split("/")
+    if len(parts) != len(chunk) or not all(p.isdigit() for p in parts):
+        return None
+    return [(int(p) * c, (int(p) + 1) * c) for p, c in zip(parts, chunk, strict=True)]
+
+
+_PRECOMPUTED_CHUNK = re.compile(r"(\d+)-(\d+)_(\d+)-(\d+)_(\d+)-(\d+)")
+
+
+def _precomputed_box(key: str, offset: Sequence[int] | None) -> list[tuple[int, int]] | None:
+    """The voxels (x, y, z, from the scale's ``voxel_offset``) of the unsharded precomputed
+    chunk stored under ``key`` (``x0-x1_y0-y1_z0-z1``), None for another key."""
+    found = _PRECOMPUTED_CHUNK.fullmatch(key)
+    if found is None:
+        return None
+    bounds = [int(v) for v in found.groups()]
+    return [(bounds[2 * i] - o, bounds[2 * i + 1] - o) for i, o in enumerate(offset or (0, 0, 0))]
 
 
 READ_TIMEOUT_S = 600.0

@@ -262,3 +262,41 @@ def test_a_server_that_does_not_answer_fails_naming_the_url(tmp_path: Path, monk
         assert raised, "the read still waits"
         assert isinstance(raised[0], InputImageError), raised
         assert f"{url}: no answer in 2 s; check the URL" in str(raised[0])
+
+
+def test_unwritten_chunks_of_n5_and_unsharded_precomputed_volumes_are_told(
+    tmp_path: Path, http_server: str, s3: dict[str, str]
+) -> None:
+    """tensorstore (as CloudVolume and N5 writers) stores no chunk of zeros: an N5
+    dataset's and an unsharded precomputed scale's listing (offset in space) tells the
+    regions in none, on disk and in an S3 bucket; a sharded scale's and a web server's
+    cannot."""
+    import s3fs
+
+    from tests.conftest import BUCKET
+
+    volume = np.zeros((12, 48, 40), np.uint16)
+    volume[4:8, 16:32, 16:32] = 7  # one chunk of 16 x 16 x 4 (x, y, z)
+    write_precomputed(tmp_path / "em", volume, offset=(1000, 2000, 300))
+    write_n5(tmp_path / "v.n5", volume, {}, {"s0": {}, "s1": {}})
+    write_precomputed(tmp_path / "sharded", volume, sharded=True)
+    s3fs.S3FileSystem().put(str(tmp_path / "v.n5"), f"{BUCKET}/sparse/v.n5", recursive=True)
+    for where in (tmp_path / "em", tmp_path / "v.n5", f"s3://{BUCKET}/sparse/v.n5"):
+        (src,) = open_sources(str(where))
+        test = src.unstored()
+        assert test is not None, where
+        assert not test(0, (0,), ((0, 12), (0, 48), (0, 40)))
+        assert test(0, (0,), ((0, 4), (0, 48), (0, 40))) and test(
+            0, (0,), ((0, 12), (0, 16), (0, 40))
+        )
+        assert not test(0, (0,), ((7, 9), (31, 33), (31, 33)))  # a corner reaching it
+        assert test(0, (0,), ((8, 12), (32, 48), (32, 40)))
+        # y and x halved: the data at 8:16, in the chunk at 0:16 (z 4:8).
+        (half,) = open_sources(str(where), level=1)
+        test = half.unstored()
+        assert test is not None and not test(0, (0,), ((4, 8), (0, 8), (0, 8)))
+        assert test(0, (0,), ((0, 12), (16, 24), (0, 20))) and test(
+            0, (0,), ((0, 4), (0, 24), (0, 20))
+        )
+    assert open_sources(str(tmp_path / "sharded"))[0].unstored() is None
+    assert open_sources(f"{http_server}/em")[0].unstored() is None
