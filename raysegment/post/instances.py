@@ -167,14 +167,21 @@ class Volume:
         return tuple(pick[a] if a in pick else next(spatial) for a in self.axes)
 
     def foreground(self, region: tuple[slice, ...]) -> np.ndarray:
-        """Probability of foreground: the chosen channel, or 1 - channel 0 (background)."""
+        """Probability of foreground: the chosen channel, or 1 - channel 0 (background),
+        0 where every channel is 0: a block the model did not run on (constant input,
+        outside the mask) keeps the fill value, which no softmax gives."""
         import zarr
 
         array = zarr.open_array(f"{self.output}/0", mode="r")
         if self.channel is not None or self.channels == 1:
             c = self.channel or 0
             return np.asarray(array[self._index(region, c)], np.float32)
-        return 1.0 - np.asarray(array[self._index(region, 0)], np.float32)
+        background = np.asarray(array[self._index(region, 0)], np.float32)
+        unset = background == 0
+        if unset.any():
+            others = np.asarray(array[self._index(region, slice(1, None))])
+            unset &= ~others.any(axis=0)
+        return np.where(unset, np.float32(0), 1 - background)
 
     def read(self, array: str, region: tuple[slice, ...]) -> np.ndarray:
         import zarr

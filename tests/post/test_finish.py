@@ -185,3 +185,35 @@ def test_voronoi_otsu_3d_voxel_size_and_isotropic_labels(tmp_path: Path) -> None
     assert len(rows) == labels.max()
     big = max(rows, key=lambda r: int(r["pixels"]))
     assert 0.5 < float(big["sphericity"]) <= 1.05  # roundish blobs (anisotropic voxels)
+
+
+def test_blocks_the_model_skipped_are_background_for_one_minus_channel_0(tmp_path: Path) -> None:
+    """A softmax model's background channel, 1 - which is the foreground by default:
+    blocks that kept the fill value (constant input: every channel 0, which no softmax
+    gives) are background, not one object spanning them."""
+    image = np.zeros((256, 256), np.float32)  # the left half constant: empty blocks
+    image[:, 128:] = -5.0
+    image[40:60, 160:180] = image[150:170, 200:230] = 5.0
+    zarr.create_array(str(tmp_path / "img.zarr"), data=image, chunks=(32, 32))
+    conv = torch.nn.Conv2d(1, 2, 1)  # logits (-x, x): background, foreground
+    with torch.no_grad():
+        conv.weight[:] = torch.tensor([-1.0, 1.0]).reshape(2, 1, 1, 1)
+        conv.bias.zero_()
+    model = save_torchscript(conv.eval(), tmp_path / "softmax.pth", 2, 1)
+    summary = infer(
+        input=str(tmp_path / "img.zarr"),
+        model=str(model),
+        output=str(tmp_path / "out"),
+        chunks=[32],
+        block=[64],
+        tile={"size": [32], "blend": "crop"},
+        progress=False,
+        quicklook=False,
+        finalize={"mode": "probabilities", "activation": "softmax"},
+        instances={"method": "connected_components", "stats": False},
+    )
+    assert summary.empty_blocks == 4
+    out = zarr.open_group(str(tmp_path / "out" / "img.ome.zarr"), mode="r")
+    assert out.attrs["raysegment"]["objects"] == [2]
+    labels = np.asarray(out["labels/instances/0"][0])
+    assert labels[:, :128].max() == 0 and len(np.unique(labels)) == 3
