@@ -18,11 +18,11 @@ import zarr
 
 from raysegment import storage
 from raysegment.config import InstancesConfig
-from raysegment.data.sources import ImageSource
+from raysegment.data.sources import ImageSource, Unstored, open_source
 from raysegment.data.tiling import Grid
 from raysegment.infer.pyramid import build_pyramid
 from raysegment.infer.writer import OutputLayout, create_labels
-from raysegment.post.instances import Volume, segment_blocks
+from raysegment.post.instances import Volume, halo, segment_blocks
 from raysegment.post.resample import isotropic_shape, resample_region
 from raysegment.post.stats import measure, write_csv
 
@@ -101,15 +101,17 @@ def finish_instances(
     scale = source.level_scale()  # outlines in the full resolution's pixels
     storage.remove(outlines)  # an earlier try's, cut short
     objects, rows, totals, features = [], [], [], []
+    unstored = open_source(output).unstored()  # the blocks the model skipped, unwritten
     for t in range(times):
         vol = Volume(output, layout.axes, t, cfg.channel, channels)
-        count = segment_blocks(vol, grid, cfg, f"{where}/0", scratch, run)
+        void = _void(grid, unstored, t, channels, halo(cfg))
+        count = segment_blocks(vol, grid, cfg, f"{where}/0", scratch, run, void)
         objects.append(count)
         if cfg.stats or cfg.geojson:
             intensity = SourceIntensity(source, channel, t, spatial)
             found = storage.join(outlines, str(t)) if cfg.geojson else None
             table = measure(
-                vol, grid, f"{where}/0", count, intensity, spacing, run, found, unit, scale
+                vol, grid, f"{where}/0", count, intensity, spacing, run, found, unit, scale, void
             )
             text, image = write_csv(table, spatial, spacing, unit, t, int(np.prod(grid.shape)))
             rows.append(text if t == 0 else text.split("\n", 1)[1])
@@ -136,6 +138,23 @@ def finish_instances(
     if cfg.isotropic:
         _isotropic(output, where, labels_layout, spatial, spacing, run)
     return {"objects": objects}
+
+
+def _void(
+    grid: Grid, unstored: Unstored | None, t: int, channels: int, halo: int
+) -> frozenset[tuple[int, ...]]:
+    """The blocks of ``grid`` (spatial, the output's) with no stored chunk of the output
+    at time point ``t`` within ``halo`` of them: foreground 0, read by no step."""
+    if unstored is None:
+        return frozenset()
+    void = set()
+    for index in grid.indices():
+        outer, _ = grid.outer(index, halo)
+        zyx = [(s.start, s.stop) for s in outer]
+        region = tuple(zyx if len(zyx) == 3 else [(0, 1), *zyx])
+        if unstored(t, tuple(range(channels)), region):
+            void.add(index)
+    return frozenset(void)
 
 
 def _geojson(location: str, parts: list[str]) -> None:

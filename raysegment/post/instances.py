@@ -24,6 +24,8 @@ objects whose flooding stays within ``halo`` pixels of the block that owns each 
 
 from __future__ import annotations
 
+import functools
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -268,6 +270,24 @@ def _flood_block(
     return _sizes(labels)
 
 
+def _nothing(grid: Grid, index: tuple[int, ...]) -> _Local:
+    """What ``_label_block`` finds in a block of foreground 0: no component (its faces
+    of zeros shared by every such block of that shape)."""
+    shape = tuple(s.stop - s.start for s in grid.inner(index))
+    faces = []
+    for axis in range(len(shape)):
+        face = _zeros(shape[:axis] + shape[axis + 1 :])
+        faces.append((face, face))
+    return _Local(index, 0, np.array([math.prod(shape)]), faces)
+
+
+@functools.cache
+def _zeros(shape: tuple[int, ...]) -> np.ndarray:
+    face = np.zeros(shape, np.uint32)
+    face.flags.writeable = False
+    return face
+
+
 def _sizes(labels: np.ndarray) -> dict[int, int]:
     ids, counts = np.unique(labels[labels > 0], return_counts=True)
     return dict(zip(ids.tolist(), counts.tolist(), strict=True))
@@ -328,26 +348,47 @@ def _serial(fn: Callable[..., Any], calls: list[tuple[Any, ...]]) -> list[Any]:
     return [fn(*args) for args in calls]
 
 
+def halo(cfg: InstancesConfig) -> int:
+    """Pixels around a block that any step of ``segment_blocks`` reads for it."""
+    return cfg.halo + METHODS.get(cfg.method.value).halo(cfg) + _gaussian_radius(cfg.outline_sigma)
+
+
 def segment_blocks(
-    vol: Volume, grid: Grid, cfg: InstancesConfig, labels: str, scratch: str, run: Mapper = _serial
+    vol: Volume,
+    grid: Grid,
+    cfg: InstancesConfig,
+    labels: str,
+    scratch: str,
+    run: Mapper = _serial,
+    void: frozenset[tuple[int, ...]] = frozenset(),
 ) -> int:
     """``segment`` block by block into the zarr array ``labels``; flooding methods keep
     their seeds in ``scratch`` (an array like ``labels``). Both arrays' chunks must tile
     ``grid``'s blocks. ``run(fn, calls)`` runs the block steps (in Ray tasks, or here).
+    ``void``: blocks whose foreground is 0 within ``halo`` of them (chunks the output
+    never stored: blocks the model skipped), run by no step where a foreground of 0 makes
+    no object (their labels stay 0, as the steps would leave them).
 
     Returns:
         The number of objects (labelled 1 .. n).
     """
     method = METHODS.get(cfg.method.value)
-    indices = list(grid.indices())
+    indices = [i for i in grid.indices() if i not in void]
     otsu = 0.0
     if method.otsu:
         extremes = run(_extremes, [(vol, grid, i, cfg) for i in indices])
+        extremes += [(0.0, 0.0)] * bool(void)
         low, high = min(e[0] for e in extremes), max(e[1] for e in extremes)
         counts = run(_block_histogram, [(vol, grid, i, cfg, low, high) for i in indices])
+        pixels = sum(math.prod(s.stop - s.start for s in grid.inner(i)) for i in void)
+        counts += [_histogram(np.zeros(1, np.float32), low, high) * pixels]
         otsu = _otsu(np.sum(counts, axis=0), low, high)
+    zero = np.zeros((1,) * len(grid.shape), np.float32)
+    if void and method.pixelwise(zero, cfg, otsu)[0].any():  # a threshold below 0
+        indices, void = list(grid.indices()), frozenset()
     first = scratch if method.floods else labels
     locals_ = run(_label_block, [(vol, grid, i, cfg, otsu, first) for i in indices])
+    locals_ += [_nothing(grid, i) for i in sorted(void)]
     minimum = cfg.min_seed_size if method.floods else cfg.min_size
     tables = _merge(grid, {b.index: b for b in locals_}, minimum)
     run(_relabel_block, [(vol, grid, i, tables[i], first) for i in indices])

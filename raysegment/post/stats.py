@@ -206,14 +206,15 @@ def measure(
     outlines: str | None = None,
     unit: str = "pixel",
     scale: tuple[float, float] = (1.0, 1.0),
+    void: frozenset[tuple[int, ...]] = frozenset(),
 ) -> ObjectTable:
     """Statistics of labels 1 .. ``n`` of the zarr array ``array`` (one time point of
     ``vol``). ``spacing``: physical pixel size per spatial axis. ``outlines`` (2D): a
     directory that gets the objects' GeoJSON features, a file per block that owns some
     (``<block>.jsonl``, one feature a line; listed in the table's ``outlines``), areas in
     ``unit``, coordinates times ``scale`` (y, x: a reduced level's in the full
-    resolution's pixels)."""
-    indices = list(grid.indices())
+    resolution's pixels); ``void``: blocks without labels (``segment_blocks``'), not read."""
+    indices = [i for i in grid.indices() if i not in void]
     total = ObjectTable.empty(n, len(grid.shape))
     for part in run(_sums, [(vol, grid, i, array, n, intensity) for i in indices]):
         total.pixels += part.pixels

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import numpy as np
@@ -86,3 +87,37 @@ def test_blockwise_equals_whole_image(tmp_path: Path, cfg, shape, block) -> None
         for label in range(1, int(got.max()) + 1)
     ]
     assert max(spans) > 1
+
+
+@pytest.mark.parametrize("cfg", CASES, ids=lambda c: c.method.value)
+def test_blocks_far_from_stored_chunks_are_run_by_no_step(tmp_path: Path, cfg) -> None:
+    """Objects in one corner of a map whose other chunks were never stored (blocks the
+    model skipped): blocks with no stored chunk within the steps' halo are read by no
+    step, and the labels are still the whole image's."""
+    from raysegment.data.sources import open_source
+    from raysegment.post.finish import _void
+    from raysegment.post.instances import _serial, halo
+
+    cfg = dataclasses.replace(cfg, halo=32)
+    prob = np.zeros((192, 192), np.float32)
+    prob[:64, :64] = blobs((64, 64), count=8)
+    root = zarr.open_group(str(tmp_path / "out.ome.zarr"), mode="w")
+    root.create_array("0", data=prob[None], chunks=(1, 32, 32))  # zeros not stored
+    for name in ("labels", "seeds"):
+        root.create_array(name, shape=(1, 192, 192), chunks=(1, 32, 32), dtype="uint32")
+    grid = Grid(prob.shape, (32, 32))
+    unstored = open_source(tmp_path / "out.ome.zarr" / "0", axes="cyx").unstored()
+    void = _void(grid, unstored, 0, 1, halo(cfg))
+    assert len(void) == 36 - 16  # the blocks from 128 on, in y or x
+    runs: list[int] = []
+
+    def counted(fn, calls):
+        runs.append(len(calls))
+        return _serial(fn, calls)
+
+    vol = Volume(str(tmp_path / "out.ome.zarr"), "cyx", 0, None, 1)
+    out = str(tmp_path / "out.ome.zarr")
+    n = segment_blocks(vol, grid, cfg, f"{out}/labels", f"{out}/seeds", counted, void)
+    assert runs and max(runs) == 16
+    labels = np.asarray(root["labels"][0])
+    assert n > 3 and same_partition(labels, segment(prob, cfg))
