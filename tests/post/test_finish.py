@@ -33,10 +33,22 @@ def identity(dims: int) -> torch.nn.Module:
     return conv.eval()
 
 
-def _run(tmp_path: Path, image: np.ndarray, chunk: int, **extra: object):
+def _run(
+    tmp_path: Path,
+    image: np.ndarray,
+    chunk: int,
+    module: torch.nn.Module | None = None,
+    **extra: object,
+):
+    """``image`` segmented by ``module`` (default: ``identity``, the image as logits)."""
     dims = image.ndim
-    model = save_torchscript(identity(dims), tmp_path / "id.pth", dims, 1)
+    model = save_torchscript(module or identity(dims), tmp_path / "model.pth", dims, 1)
     zarr.create_array(str(tmp_path / "img.zarr"), data=image, chunks=(chunk,) * dims)
+    settings = {
+        "finalize": {"mode": "probabilities", "activation": "sigmoid"},
+        "quicklook": False,
+        **extra,
+    }
     return infer(
         input=str(tmp_path / "img.zarr"),
         model=str(model),
@@ -46,9 +58,7 @@ def _run(tmp_path: Path, image: np.ndarray, chunk: int, **extra: object):
         block=[chunk * 2],
         tile={"size": [chunk], "blend": "crop"},
         progress=False,
-        finalize={"mode": "probabilities", "activation": "sigmoid"},
-        quicklook=False,
-        **extra,
+        **settings,
     )
 
 
@@ -194,21 +204,15 @@ def test_blocks_the_model_skipped_are_background_for_one_minus_channel_0(tmp_pat
     image = np.zeros((256, 256), np.float32)  # the left half constant: empty blocks
     image[:, 128:] = -5.0
     image[40:60, 160:180] = image[150:170, 200:230] = 5.0
-    zarr.create_array(str(tmp_path / "img.zarr"), data=image, chunks=(32, 32))
     conv = torch.nn.Conv2d(1, 2, 1)  # logits (-x, x): background, foreground
     with torch.no_grad():
         conv.weight[:] = torch.tensor([-1.0, 1.0]).reshape(2, 1, 1, 1)
         conv.bias.zero_()
-    model = save_torchscript(conv.eval(), tmp_path / "softmax.pth", 2, 1)
-    summary = infer(
-        input=str(tmp_path / "img.zarr"),
-        model=str(model),
-        output=str(tmp_path / "out"),
-        chunks=[32],
-        block=[64],
-        tile={"size": [32], "blend": "crop"},
-        progress=False,
-        quicklook=False,
+    summary = _run(
+        tmp_path,
+        image,
+        32,
+        conv.eval(),
         finalize={"mode": "probabilities", "activation": "softmax"},
         instances={"method": "connected_components", "stats": False},
     )
