@@ -482,6 +482,8 @@ def infer(config: InferConfig | Mapping[str, Any] | None = None, **overrides: An
     summary.blocks = len(mine)
     summary.outputs = [p.output for p in plans]
     summary.seconds = time.perf_counter() - start
+    if not summary.tiles:  # every block done before, or empty: no tile ran, none twice
+        summary.seams = ""
     return summary
 
 

@@ -502,6 +502,13 @@ def test_blocks_in_unwritten_chunks_are_empty_without_being_read(tmp_path, make_
     b = zarr.open_array(str(tmp_path / "b" / "dense.ome.zarr" / "0"), mode="r")[:]
     np.testing.assert_array_equal(a, b)
     assert (a[0, 32:, :32, :32] != 0).any()  # a neighbour's halo saw the data
+    assert found.seams  # 16^3 tiles in 32^3 blocks: the seams repeat tiles
+    # Nothing written at all: every block found empty, no tile run, none repeated.
+    zarr.create_array(
+        str(tmp_path / "none.zarr"), shape=volume.shape, chunks=(16,) * 3, dtype="uint16"
+    )
+    nothing = infer(input=str(tmp_path / "none.zarr"), output=str(tmp_path / "n"), **cfg)
+    assert nothing.empty_blocks == 18 and nothing.tiles == 0 and nothing.seams == ""
     # Which blocks the driver found: only the sparse store's listing tells them.
     for path, count in ((sparse, 10), (dense, 0)):
         run = as_config(InferConfig, dict(cfg, input=str(path), output=str(tmp_path / "c")), {})
