@@ -15,7 +15,7 @@ import math
 import os
 import re
 import threading
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, cast
@@ -285,9 +285,28 @@ class ArraySource(ImageSource):
     def _array_axes(self) -> str:
         raise NotImplementedError
 
-    def _outside(self, stored: np.ndarray, grid: Sequence[int]) -> Unstored:
-        """``unstored``'s test of the chunks (``grid`` elements a side, in the array's
-        axes) marked in ``stored``, the array's chunk grid."""
+    def _listing_tells(self, fill: Any) -> bool:
+        """Whether a listing of the store tells its unwritten chunks (``unstored``): on a
+        local disk or in an object store (a web server's listing is no full one), with a
+        finite fill value (NaN fill reads as the NaN error)."""
+        if storage.is_url(self.path) and self.path.split("://", 1)[0] not in LISTED_SCHEMES:
+            return False
+        return fill is not None and bool(np.all(np.isfinite(np.asarray(fill, np.float64))))
+
+    def _outside(
+        self,
+        shape: Sequence[int],
+        grid: Sequence[int],
+        cells: Iterable[tuple[slice, ...] | None],
+    ) -> Unstored | None:
+        """``unstored``'s test of an array of ``shape`` (in the source's axes) chunked by
+        ``grid``, whose store holds the chunks at ``cells`` (on the chunk grid); None
+        where a cell is None (a key that is no chunk: a layout not understood)."""
+        stored = np.zeros([-(-n // g) for n, g in zip(shape, grid, strict=True)], bool)
+        for cell in cells:
+            if cell is None:
+                return None
+            stored[cell] = True  # a stale chunk past the array's edge marks nothing
         axes = self._array_axes()
 
         def test(t: int, channels: tuple[int, ...], region: Region) -> bool:
@@ -798,33 +817,23 @@ class ZarrSource(ArraySource):
         return node[self.array_path] if self.array_path else node
 
     def unstored(self) -> Unstored | None:
-        """On a local disk or an object store (whose listings are complete; a web server's
-        are not), where the fill value is a finite number (NaN fill reads as the NaN
-        error)."""
+        """Chunks (shards) named by their position, read back through the array's own
+        ``encode_chunk_key``."""
         from zarr.core.sync import sync
 
         arr = self.handle
-        fill = arr.fill_value
-        if storage.is_url(self.path) and self.path.split("://", 1)[0] not in LISTED_SCHEMES:
-            return None
-        if fill is None or not np.all(np.isfinite(np.asarray(fill, dtype=np.float64))):
+        if not self._listing_tells(arr.fill_value):
             return None
         prefix = f"{arr.path}/" if arr.path else ""
-        grid = arr.shards or arr.chunks
-        stored = np.zeros([-(-n // g) for n, g in zip(arr.shape, grid, strict=True)], bool)
         try:
             keys = sync(_listed(arr.store, prefix))
         except OSError:  # a bucket that lets its objects be read, not listed
             return None
-        for key in keys:
-            key = key[len(prefix) :]
-            if key in _ZARR_METADATA:
-                continue
-            at = _chunk_at(key, arr.metadata.encode_chunk_key, stored.shape)
-            if at is None:
-                return None  # a key that is no chunk of the array's: no answer
-            stored[at] = True
-        return self._outside(stored, grid)
+        grid = arr.shards or arr.chunks
+        names = (key[len(prefix) :] for key in keys)
+        encode = arr.metadata.encode_chunk_key
+        cells = (_chunk_at(n, encode, len(grid)) for n in names if n not in _ZARR_METADATA)
+        return self._outside(arr.shape, grid, cells)
 
 
 LISTED_SCHEMES = ("s3", "gs", "gcs")
@@ -840,18 +849,16 @@ _ZARR_METADATA = frozenset({"zarr.json", ".zarray", ".zattrs", ".zgroup", ".zmet
 
 
 def _chunk_at(
-    key: str, encode: Callable[[tuple[int, ...]], str], grid: tuple[int, ...]
-) -> tuple[int, ...] | None:
-    """The grid position of the chunk (shard) stored under ``key`` (``c/1/0/2``, ``1.0.2``,
+    key: str, encode: Callable[[tuple[int, ...]], str], dims: int
+) -> tuple[slice, ...] | None:
+    """The grid cell of the chunk (shard) stored under ``key`` (``c/1/0/2``, ``1.0.2``,
     ...: read back through the array's own ``encode``), None for any other key."""
     parts = re.split(r"[./]", key)
     parts = parts[1:] if parts[:1] == ["c"] else parts
-    if len(parts) != len(grid) or not all(p.isdigit() for p in parts):
+    if len(parts) != dims or not all(p.isdigit() for p in parts):
         return None
     at = tuple(int(p) for p in parts)
-    if encode(at) != key or any(i >= n for i, n in zip(at, grid, strict=True)):
-        return None
-    return at
+    return tuple(slice(i, i + 1) for i in at) if encode(at) == key else None
 
 
 N5_UNITS_DEFAULT = "micrometer"
@@ -1012,12 +1019,9 @@ class TensorstoreSource(ArraySource):
         """An N5 dataset's chunks (``1/0/2``: its position) and an unsharded precomputed
         scale's (``x0-x1_y0-y1_z0-z1``: its voxels), on disk or in an S3 / GCS bucket;
         a sharded scale's shards hold many chunks each: no answer."""
-        if storage.is_url(self.path) and self.path.split("://", 1)[0] not in LISTED_SCHEMES:
-            return None
         store = self.handle.store
-        fill = store.fill_value  # None: zeros
-        if fill is not None and not np.all(np.isfinite(np.asarray(fill, dtype=np.float64))):
-            return None
+        if not self._listing_tells(0 if store.fill_value is None else store.fill_value):
+            return None  # (no fill value: zeros)
         if self.precomputed:
             scale = _json(self.path, "info")["scales"][self.level]
             if scale.get("sharding"):
@@ -1032,18 +1036,18 @@ class TensorstoreSource(ArraySource):
         except (OSError, ValueError, TimeoutError):  # not listable, or no answer in time
             return None
         grid = store.chunk_layout.read_chunk.shape
-        stored = np.zeros([-(-n // g) for n, g in zip(store.shape, grid, strict=True)], bool)
-        for raw in listed:
-            key = raw.decode(errors="replace")
-            if key == "attributes.json":
-                continue
+
+        def cell(key: str) -> tuple[slice, ...] | None:
             box = _precomputed_box(key, origin) if self.precomputed else _n5_box(key, grid)
-            if box is None or len(box) > stored.ndim:
-                return None  # a key that is no chunk of the volume's: no answer
+            if box is None or len(box) > len(grid):
+                return None
             # A precomputed chunk holds every channel: its box leaves that axis whole.
             at = zip(box, grid[: len(box)], strict=True)
-            stored[tuple(slice(a // g, -(-b // g)) for (a, b), g in at)] = True
-        return self._outside(stored, grid)
+            return tuple(slice(a // g, -(-b // g)) for (a, b), g in at)
+
+        names = (raw.decode(errors="replace") for raw in listed)
+        cells = (cell(n) for n in names if n != "attributes.json")
+        return self._outside(store.shape, grid, cells)
 
     def _array_axes(self) -> str:
         assert self.axes is not None
