@@ -104,14 +104,27 @@ def finish_instances(
     unstored = open_source(output).unstored()  # the blocks the model skipped, unwritten
     for t in range(times):
         vol = Volume(output, layout.axes, t, cfg.channel, channels)
-        void = _void(grid, unstored, t, channels, halo(cfg))
+        void = _void(grid, unstored, t, channels, halo(cfg))  # foreground 0: no step runs
         count = segment_blocks(vol, grid, cfg, f"{where}/0", scratch, run, void)
         objects.append(count)
         if cfg.stats or cfg.geojson:
             intensity = SourceIntensity(source, channel, t, spatial)
             found = storage.join(outlines, str(t)) if cfg.geojson else None
+            # Blocks without a stored chunk of labels hold no object (whatever the method
+            # skipped or found empty): not read.
+            unlabelled = _void(grid, open_source(where).unstored(), t, 1, 0)
             table = measure(
-                vol, grid, f"{where}/0", count, intensity, spacing, run, found, unit, scale, void
+                vol,
+                grid,
+                f"{where}/0",
+                count,
+                intensity,
+                spacing,
+                run,
+                found,
+                unit,
+                scale,
+                unlabelled,
             )
             text, image = write_csv(table, spatial, spacing, unit, t, int(np.prod(grid.shape)))
             rows.append(text if t == 0 else text.split("\n", 1)[1])
@@ -143,8 +156,8 @@ def finish_instances(
 def _void(
     grid: Grid, unstored: Unstored | None, t: int, channels: int, halo: int
 ) -> frozenset[tuple[int, ...]]:
-    """The blocks of ``grid`` (spatial, the output's) with no stored chunk of the output
-    at time point ``t`` within ``halo`` of them: foreground 0, read by no step."""
+    """The blocks of ``grid`` (spatial, an image's) with no stored chunk of the image
+    (``unstored``: of its ``channels``) at time point ``t`` within ``halo`` of them."""
     if unstored is None:
         return frozenset()
     void = set()

@@ -213,7 +213,7 @@ def measure(
     directory that gets the objects' GeoJSON features, a file per block that owns some
     (``<block>.jsonl``, one feature a line; listed in the table's ``outlines``), areas in
     ``unit``, coordinates times ``scale`` (y, x: a reduced level's in the full
-    resolution's pixels); ``void``: blocks without labels (``segment_blocks``'), not read."""
+    resolution's pixels); ``void``: blocks without labels, not read."""
     indices = [i for i in grid.indices() if i not in void]
     total = ObjectTable.empty(n, len(grid.shape))
     for part in run(_sums, [(vol, grid, i, array, n, intensity) for i in indices]):
