@@ -15,11 +15,14 @@ import itertools
 import json
 import os
 import platform
+import shutil
 import subprocess
 import sys
 import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor
+from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
 
@@ -395,8 +398,9 @@ class Steps:
     they return in ``done``, written to ``path`` after each step: a run cut short keeps
     its measurements so far."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, header: dict[str, Any]) -> None:
         self.path = path
+        self.header = header
         self.done: dict[str, Any] = {}
 
     def __call__(self, key: str | None, name: str, fn: Callable[[], Any]) -> Any:
@@ -406,8 +410,31 @@ class Steps:
         print(f"   {time.perf_counter() - start:.1f} s", flush=True)
         if key is not None:
             self.done[key] = value
-            self.path.write_text(json.dumps(self.done, indent=2))
+            self.path.write_text(json.dumps(self.header | {"raw": self.done}, indent=2))
         return value
+
+
+def _make_slide(path: Path, size: int) -> None:
+    truth = path.with_name(f".{path.name}.truth.zarr")
+    make_slide(path, truth, size)
+    shutil.rmtree(truth, ignore_errors=True)
+
+
+def make_slides(slides: list[tuple[Path, int]], step: Steps) -> None:
+    """The slides not yet in --work, each made in a process of its own, as many at once as
+    there are cores (the largest, which takes longest, first)."""
+    missing = sorted({(p, s) for p, s in slides if not p.exists()}, key=lambda m: -m[1])
+    if not missing:
+        return
+
+    def make() -> None:
+        workers = min(len(missing), os.cpu_count() or 1)
+        with ProcessPoolExecutor(workers, mp_context=get_context("spawn")) as pool:
+            for done in [pool.submit(_make_slide, p, s) for p, s in missing]:
+                done.result()
+
+    sizes = ", ".join(f"{s}^2" for _, s in missing)
+    step(None, f"make the {sizes} slide{'s' if len(missing) > 1 else ''}", make)
 
 
 def main() -> int:
@@ -423,11 +450,19 @@ def main() -> int:
         "--large", type=int, default=16384, help="efficiency on a larger image (0: skip)"
     )
     parser.add_argument("--quick", action="store_true", help="2048^2 and 4096^2")
+    parser.add_argument("--slides-only", action="store_true", help="make the slides, then stop")
+    parser.add_argument(
+        "--report",
+        type=Path,
+        help="write the results from a partial.json (runs cut short, or steps run apart)",
+    )
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
     parser.add_argument("--work", type=Path, default=ROOT / "benchmarks" / "work")
     args = parser.parse_args()
     if args.quick:
         args.size, args.big, args.large = 2048, 4096, 0
+    if args.report:
+        return report(json.loads(args.report.read_text()), args.out)
     work, out = args.work, args.out
     work.mkdir(parents=True, exist_ok=True)
     out.mkdir(parents=True, exist_ok=True)
@@ -441,21 +476,16 @@ def main() -> int:
         "large": args.large,
     }
     print(json.dumps(results["machine"]), flush=True)
-    step = Steps(out / "partial.json")
+    step = Steps(out / "partial.json", results)
 
     small, big = work / f"slide{args.size}.ome.tif", work / f"slide{args.big}.ome.tif"
     large, tiny = work / f"slide{args.large}.ome.tif", work / f"slide{TINY}.ome.tif"
     sizes = [(small, args.size), (big, args.big), (tiny, TINY)]
-    for path, size in sizes + ([(large, args.large)] if args.large else []):
-        if not path.exists():
-            step(
-                None,
-                f"make {size}^2 slide",
-                lambda p=path, s=size: make_slide(p, work / "t.zarr", s),
-            )
+    make_slides(sizes + ([(large, args.large)] if args.large else []), step)
+    if args.slides_only:
+        return 0
     heavy, light = unet(work / "unet.pth"), cheap(work / "cheap.pth")
     image = read_image(small)
-    pixels = image.size
 
     two = ["actors=2", "threads=1", f"batch_size={BATCH}"] if not gpu else device
     r = step.done
@@ -584,7 +614,16 @@ def main() -> int:
             )
     step("training", "training", lambda: training(work / "train"))
     results["raw"] = r
+    return report(results, out)
 
+
+def report(results: dict[str, Any], out: Path) -> int:
+    """results.json, results.md and results.png from what ``main`` measured (``raw``)."""
+    r = results["raw"]
+    gpu = results["machine"]["gpu"] is not None
+    cores = results["machine"]["cores"]
+    size, big, large = results["size"], results["big"], results["large"]
+    pixels = size * size
     e2e = r["e2e"]["seconds"]
     goal = 0.90 if not gpu else 0.80
     fast_rows = (
@@ -617,34 +656,34 @@ def main() -> int:
         ),
         *fast_rows,
         (
-            f"memory {args.big}^2 / {args.size}^2 (peak PSS)",
+            f"memory {big}^2 / {size}^2 (peak PSS)",
             r["cheap_big"]["peak_gib"] / r["cheap_small"]["peak_gib"],
             1.1,
         ),
         (
-            f"I/O: ours / one-process copy, {args.size}^2",
+            f"I/O: ours / one-process copy, {size}^2",
             r["copy_small_s"] / r["cheap_small"]["seconds"],
             1.0,
         ),
         (
-            f"I/O: ours / one-process copy, {args.big}^2",
+            f"I/O: ours / one-process copy, {big}^2",
             r["copy_big_s"] / r["cheap_big"]["seconds"],
             1.0,
         ),
     ]
-    if args.large:
+    if large:
         figures.insert(
             1,
             (
-                f"efficiency, {args.large}^2",
+                f"efficiency, {large}^2",
                 r["model_only_large_s"] / r["e2e_large"]["seconds"],
                 goal,
             ),
         )
-    if args.large:
+    if large:
         figures.append(
             (
-                f"memory {args.big}^2 / {args.large}^2 (peak PSS)",
+                f"memory {big}^2 / {large}^2 (peak PSS)",
                 r["cheap_big"]["peak_gib"] / r["cheap_large"]["peak_gib"],
                 1.1,
             )
@@ -653,7 +692,7 @@ def main() -> int:
         cpus, gpus = SIMULATED_GPU_NODE.split(",")
         figures.append(
             (
-                f"memory {args.big}^2 / {args.size}^2, GPU path on a simulated node "
+                f"memory {big}^2 / {size}^2, GPU path on a simulated node "
                 f"({cpus} CPUs, {gpus} GPU)",
                 r["sim_gpu_big"]["peak_gib"] / r["sim_gpu_small"]["peak_gib"],
                 1.1,

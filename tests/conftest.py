@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import itertools
 import json
 import os
 import random
@@ -14,12 +15,15 @@ import time
 from collections.abc import Callable, Iterator
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pytest
 import tifffile
 import torch
+
+if TYPE_CHECKING:
+    from raysegment.data.tiling import Tiling
 
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 os.environ.setdefault("RAY_DEDUP_LOGS", "0")
@@ -388,6 +392,30 @@ def whole_image_prediction(module: torch.nn.Module, image: np.ndarray) -> np.nda
     with torch.inference_mode():
         x = torch.from_numpy(image.astype(np.float32))[None, None]
         return module(x)[0].numpy()
+
+
+def numpy_blend(module: torch.nn.Module, image: np.ndarray, tiling: Tiling) -> np.ndarray:
+    """The blending oracle: the direct weighted average over every grid tile of the whole
+    image, (C, *spatial) float32."""
+    img = image.astype(np.float32)
+    pad = [(0, max(t - n, 0)) for t, n in zip(tiling.tile, img.shape, strict=False)]
+    img = np.pad(img, pad)
+    num = den = None
+    for index in itertools.product(*(range(len(a.starts)) for a in tiling.axes)):
+        sl = tuple(
+            slice(a.starts[i], a.starts[i] + a.tile)
+            for a, i in zip(tiling.axes, index, strict=False)
+        )
+        with torch.inference_mode():
+            pred = module(torch.from_numpy(img[sl])[None, None])[0].numpy()
+        w = tiling.weights(index)
+        if num is None:
+            num = np.zeros((pred.shape[0], *img.shape), np.float64)
+            den = np.zeros(img.shape, np.float64)
+        num[(slice(None), *sl)] += pred * w
+        den[sl] += w
+    crop = tuple(slice(0, n) for n in image.shape)
+    return (num[(slice(None), *crop)] / den[crop]).astype(np.float32)
 
 
 def write_wells(path: Path) -> list[np.ndarray]:

@@ -7,12 +7,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 import zarr
 
 from raysegment.data.tiling import Tiling
 from raysegment.infer import infer
-from tests.conftest import random_image, whole_image_prediction
+from tests.conftest import numpy_blend, random_image, whole_image_prediction
 
 pytestmark = pytest.mark.usefixtures("ray_session")
 
@@ -28,29 +27,6 @@ def _run(tmp_path: Path, image: Path, model: Path, **cfg: object) -> np.ndarray:
         **cfg,
     )
     return zarr.open_array(str(out / f"{image.name.split('.')[0]}.ome.zarr" / "0"), mode="r")[:]
-
-
-def _numpy_blend(module: torch.nn.Module, image: np.ndarray, tiling: Tiling) -> np.ndarray:
-    """Direct weighted average over every grid tile of the whole image."""
-    img = image.astype(np.float32)
-    pad = [(0, max(t - n, 0)) for t, n in zip(tiling.tile, img.shape, strict=False)]
-    img = np.pad(img, pad)
-    num = den = None
-    for index in itertools.product(*(range(len(a.starts)) for a in tiling.axes)):
-        sl = tuple(
-            slice(a.starts[i], a.starts[i] + a.tile)
-            for a, i in zip(tiling.axes, index, strict=False)
-        )
-        with torch.inference_mode():
-            pred = module(torch.from_numpy(img[sl])[None, None])[0].numpy()
-        w = tiling.weights(index)
-        if num is None:
-            num = np.zeros((pred.shape[0], *img.shape), np.float64)
-            den = np.zeros(img.shape, np.float64)
-        num[(slice(None), *sl)] += pred * w
-        den[sl] += w
-    crop = tuple(slice(0, n) for n in image.shape)
-    return (num[(slice(None), *crop)] / den[crop]).astype(np.float32)
 
 
 def test_crop_blend_equals_whole_image_2d(tmp_path, make_model, ome_tiff) -> None:
@@ -104,7 +80,7 @@ def test_weighted_blends_equal_numpy_weighted_average(
         block=[64],
     )
     tiling = Tiling.plan(image.shape, (48, 48), 0.4, blend)
-    want = _numpy_blend(module, image, tiling)
+    want = numpy_blend(module, image, tiling)
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-4)
     # blocks split work, never change the result: a single block gives the same output
     single = _run(

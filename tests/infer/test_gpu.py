@@ -7,8 +7,9 @@ import pytest
 import torch
 import zarr
 
+from raysegment.data.tiling import Tiling
 from raysegment.infer import infer
-from tests.conftest import random_image, whole_image_prediction
+from tests.conftest import numpy_blend, random_image, whole_image_prediction
 
 pytestmark = [
     pytest.mark.gpu,
@@ -34,3 +35,73 @@ def test_gpu_actor_equals_whole_image_inference(tmp_path, make_model, ome_tiff) 
     assert summary.device == "gpu" and summary.actors == 1
     got = zarr.open_array(str(tmp_path / "out" / "img.ome.zarr" / "0"), mode="r")[:]
     np.testing.assert_allclose(got, whole_image_prediction(module, image), rtol=1e-4, atol=1e-3)
+
+
+def test_gpu_blocks_blend_as_the_numpy_weighted_average(tmp_path, make_model, ome_tiff) -> None:
+    """Many blocks through one GPU predictor (read and write tasks around it, tiles on the
+    block seams run in both blocks): the gaussian blend of every tile, as in numpy."""
+    image = random_image((300, 437), seed=3)
+    model, module = make_model()
+    summary = infer(
+        input=str(ome_tiff(image)),
+        model=str(model),
+        output=str(tmp_path / "out"),
+        device="gpu",
+        progress=False,
+        tile={"size": [48], "overlap": 0.4, "blend": "gaussian"},
+        chunks=[32],
+        block=[64],
+        finalize={"mode": "raw"},
+    )
+    assert summary.blocks == 35 and summary.actors == 1
+    assert summary.devices and all(" GPU " in d for d in summary.devices), summary.devices
+    got = np.asarray(zarr.open_array(str(tmp_path / "out" / "img.ome.zarr" / "0"), mode="r")[:])
+    want = numpy_blend(module, image, Tiling.plan(image.shape, (48, 48), 0.4, "gaussian"))
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-3)
+
+
+def test_gpu_volume_equals_whole_volume_inference(tmp_path, make_model) -> None:
+    volume = random_image((37, 45, 51))
+    path = tmp_path / "vol.zarr"
+    zarr.create_array(str(path), data=volume, chunks=(16, 16, 16))
+    model, module = make_model(dims=3, out_ch=1)
+    infer(
+        input=str(path),
+        model=str(model),
+        output=str(tmp_path / "out"),
+        device="gpu",
+        progress=False,
+        tile={"size": [16], "overlap": 0.5, "blend": "crop"},
+        chunks=[16],
+        block=[32],
+        finalize={"mode": "raw"},
+    )
+    got = np.asarray(zarr.open_array(str(tmp_path / "out" / "vol.ome.zarr" / "0"), mode="r")[:])
+    assert got.shape == (1, 37, 45, 51)
+    np.testing.assert_allclose(got, whole_image_prediction(module, volume), rtol=1e-4, atol=1e-3)
+
+
+@pytest.mark.parametrize("precision", ["bfloat16", "float16"])
+def test_gpu_half_precision_keeps_the_masks(tmp_path, make_model, ome_tiff, precision) -> None:
+    path = ome_tiff(random_image((300, 260)))
+    model, _ = make_model()
+    probabilities: list[np.ndarray] = []
+    for name, keys in (("f32", {}), ("half", {"precision": precision})):
+        infer(
+            input=str(path),
+            model=str(model),
+            output=str(tmp_path / name),
+            device="gpu",
+            chunks=[128],
+            tile={"size": [128]},
+            progress=False,
+            quicklook=False,
+            finalize={"mode": "probabilities"},
+            **keys,
+        )
+        out = zarr.open_array(str(tmp_path / name / "img.ome.zarr" / "0"), mode="r")
+        probabilities.append(np.asarray(out[:]))
+    full, half = probabilities
+    assert not np.array_equal(full, half)  # the arithmetic did change
+    a, b = full > 0.5, half > 0.5
+    assert a.any() and (a & b).sum() / (a | b).sum() >= 0.99
