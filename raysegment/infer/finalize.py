@@ -7,6 +7,7 @@ from collections.abc import Callable
 
 import torch
 
+from raysegment.compute import argmax
 from raysegment.registry import Registry
 
 __all__ = ["FINALIZERS", "activate", "foreground"]
@@ -57,4 +58,4 @@ def _labels(x: torch.Tensor, activation: str, threshold: float) -> torch.Tensor:
     if x.shape[0] == 1:
         return foreground(x, activation, threshold).to(torch.uint8)
     dtype = torch.uint8 if x.shape[0] <= 256 else torch.int32
-    return torch.argmax(x, dim=0, keepdim=True).to(dtype)
+    return argmax(x, dim=0, keepdim=True).to(dtype)

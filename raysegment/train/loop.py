@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-from raysegment.compute import autocast, choose_layout
+from raysegment.compute import argmax, autocast, choose_layout
 from raysegment.runtime import node_cpus, quiet_ray_data
 from raysegment.train.components import LOSSES, OPTIMIZERS, build_model, metric_values
 from raysegment.train.data import read_patches
@@ -60,7 +60,7 @@ def _stats(logits: torch.Tensor, target: torch.Tensor, mode: str, classes: int) 
     import segmentation_models_pytorch as smp
 
     if mode == "multiclass":
-        out, kw = logits.argmax(1), {"num_classes": classes}
+        out, kw = argmax(logits, 1), {"num_classes": classes}
         tp, fp, fn, tn = smp.metrics.get_stats(out, target, mode="multiclass", **kw)
     else:
         tp, fp, fn, tn = smp.metrics.get_stats(

@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from raysegment.compute import argmax
 from raysegment.config import FinalizeMode
 from raysegment.errors import ModelContractError, ModelLoadError
 from raysegment.infer.finalize import FINALIZERS
@@ -128,6 +129,19 @@ def test_finalizers_cover_every_mode_and_dtype() -> None:
     mask = FINALIZERS.get("mask")(logits[:1], "sigmoid", 0.5)
     assert mask.dtype == torch.uint8 and mask.tolist() == [[[1, 0]]]
     assert output_dtype("labels", 300) == "uint16" and output_dtype("raw", 2) == "float32"
+
+
+@pytest.mark.parametrize("dim", [0, 1, -1])
+def test_argmax_is_torchs_ties_and_nan_included(dim: int) -> None:
+    # Integer-valued logits of few values: many pixels whose largest value several
+    # channels share (the first of them counts), and a NaN (counted the largest).
+    x = torch.randint(0, 3, (3, 5, 40, 40), generator=torch.Generator().manual_seed(1)).float()
+    x[1, 2, 3, 4] = float("nan")
+    for keepdim in (False, True):
+        want = torch.argmax(x, dim=dim, keepdim=keepdim)
+        assert torch.equal(argmax(x, dim, keepdim), want)
+    labels = FINALIZERS.get("labels")(x[0], "auto", 0.5)
+    assert torch.equal(labels, torch.argmax(x[0], dim=0, keepdim=True).to(torch.uint8))
 
 
 @pytest.mark.parametrize("threshold", [0.5, 0.1, 0.93, 0.0, 1.0])
