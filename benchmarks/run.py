@@ -182,12 +182,21 @@ def infer_cli(
     }
 
 
-def bench_args(doc: str, size: int, rounds: int = 1, **floats: float) -> argparse.Namespace:
+def bench_args(
+    doc: str,
+    size: int,
+    rounds: int = 1,
+    choices: dict[str, tuple[str, ...]] | None = None,
+    **floats: float,
+) -> argparse.Namespace:
     """The options of a benchmark beside this one: --size, --rounds, --work (created: its
-    images and models) and --out (its JSON), and ``floats`` as --name options."""
+    images and models) and --out (its JSON), ``choices`` as --name options of those
+    values (the first the default), and ``floats`` as --name options."""
     parser = argparse.ArgumentParser(description=doc.splitlines()[0])
     parser.add_argument("--size", type=int, default=size)
     parser.add_argument("--rounds", type=int, default=rounds)
+    for name, values in (choices or {}).items():
+        parser.add_argument(f"--{name}", choices=values, default=values[0])
     for name, default in floats.items():
         parser.add_argument(f"--{name}", type=float, default=default)
     parser.add_argument("--work", type=Path, default=ROOT / "benchmarks" / "work")

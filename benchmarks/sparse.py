@@ -1,11 +1,16 @@
 """A sparse volume: blocks in chunks never written, against the same volume stored whole.
 
-    python benchmarks/sparse.py [--size 2048] [--rounds 2]
+    python benchmarks/sparse.py [--size 2048] [--rounds 2] [--format zarr|precomputed]
 
 A ``size``^3 uint16 zarr volume of 128^3 chunks holding random data in one 256^3 corner
 only (tissue in a corner of its bounding box, as acquisitions and connectomics exports
 leave them), stored two ways: ``sparse``, the rest never written (zarr stores no chunk
-equal to its fill value), and ``stored``, every chunk written, zeros too. Each is
+equal to its fill value), and ``stored``, every chunk written, zeros too. With
+``--format precomputed`` the volume is a sharded Neuroglancer precomputed scale instead
+(``SHARDING``: shards of 4 x 4 x 4 chunks, as igneous lays image volumes out), ``sparse``
+only (the one shard holding the corner: tensorstore writes no chunk of zeros into a
+shard, ``store_data_equal_to_fill_value`` or not); the code before and after a change is
+compared by running it at each. Each is
 segmented by a small 3D network (``shards.py``'s) with 64^3 tiles, default chunks and
 blocks (256^3), masks out, alternating (``--rounds`` pairs). ``sparse`` blocks of
 unwritten chunks are found from one listing of the store and never read; ``stored`` ones
@@ -27,6 +32,40 @@ from run import bench_args, infer_cli, machine, write_result  # noqa: E402
 from shards import small_3d  # noqa: E402
 
 CORNER = 256
+SHARDING = {
+    "@type": "neuroglancer_uint64_sharded_v1",
+    "hash": "identity",
+    "preshift_bits": 3,
+    "minishard_bits": 3,
+    "shard_bits": 15,
+    "minishard_index_encoding": "gzip",
+    "data_encoding": "gzip",
+}
+"""Spatial shards (the identity hash) of 64 chunks (Morton codes: 3 bits of 2 x 2 x 2
+chunks a minishard's, 3 of 8 minishards a shard's)."""
+
+
+def precomputed(path: Path, size: int) -> Path:
+    """The sparse volume as a sharded precomputed scale (x, y, z, channel)."""
+    import tensorstore as ts
+
+    if not path.exists():
+        spec = {
+            "driver": "neuroglancer_precomputed",
+            "kvstore": {"driver": "file", "path": str(path)},
+            "multiscale_metadata": {"type": "image", "data_type": "uint16", "num_channels": 1},
+            "scale_metadata": {
+                "size": [size] * 3,
+                "encoding": "raw",
+                "chunk_size": [128] * 3,
+                "resolution": [8, 8, 8],
+                "sharding": SHARDING,
+            },
+        }
+        store = ts.open(spec, create=True).result()
+        data = np.random.default_rng(0).integers(1, 1000, (CORNER,) * 3, "uint16")
+        store[:CORNER, :CORNER, :CORNER, 0] = data.T
+    return path
 
 
 def volume(path: Path, size: int, stored: bool) -> Path:
@@ -47,11 +86,18 @@ def volume(path: Path, size: int, stored: bool) -> Path:
 
 
 def main() -> int:
-    args = bench_args(__doc__ or "", size=2048, rounds=2)
-    sources = {
-        name: volume(args.work / f"{name}{args.size}.zarr", args.size, name == "stored")
-        for name in ("sparse", "stored")
-    }
+    args = bench_args(
+        __doc__ or "", size=2048, rounds=2, choices={"format": ("zarr", "precomputed")}
+    )
+    zarr_format = args.format == "zarr"
+    sources = (
+        {
+            name: volume(args.work / f"{name}{args.size}.zarr", args.size, name == "stored")
+            for name in ("sparse", "stored")
+        }
+        if zarr_format
+        else {"sparse": precomputed(args.work / f"sparse{args.size}.precomputed", args.size)}
+    )
     model = small_3d(args.work / "small3d.pth")
     runs: dict[str, list[float]] = {name: [] for name in sources}
     summaries: dict[str, str] = {}
@@ -64,11 +110,12 @@ def main() -> int:
     result = {
         "machine": machine(),
         "size": args.size,
+        "format": args.format,
         "corner": CORNER,
         "seconds": runs,
         "summary": summaries,
     }
-    write_result(args.out, "sparse.json", result)
+    write_result(args.out, "sparse.json" if zarr_format else "sparse_precomputed.json", result)
     return 0
 
 

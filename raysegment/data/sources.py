@@ -307,6 +307,11 @@ class ArraySource(ImageSource):
             if cell is None:
                 return None
             stored[cell] = True  # a stale chunk past the array's edge marks nothing
+        return self._occupancy(stored, grid)
+
+    def _occupancy(self, stored: np.ndarray, grid: Sequence[int]) -> Unstored:
+        """``unstored``'s test from ``stored``: per chunk of ``grid`` (in the source's
+        axes), whether the store may hold it."""
         axes = self._array_axes()
 
         def test(t: int, channels: tuple[int, ...], region: Region) -> bool:
@@ -1017,14 +1022,17 @@ class TensorstoreSource(ArraySource):
 
     def unstored(self) -> Unstored | None:
         """An N5 dataset's chunks (``1/0/2``: its position) and an unsharded precomputed
-        scale's (``x0-x1_y0-y1_z0-z1``: its voxels), on disk or in an S3 / GCS bucket;
-        a sharded scale's shards hold many chunks each: no answer."""
+        scale's (``x0-x1_y0-y1_z0-z1``: its voxels), on disk or in an S3 / GCS bucket; a
+        sharded scale's chunks by their shard (``1f.shard``: an absent shard holds none of
+        its chunks), where its shards are spatial (the ``identity`` hash; ``murmurhash3``
+        scatters every region's chunks over the shards: no answer)."""
         store = self.handle.store
         if not self._listing_tells(0 if store.fill_value is None else store.fill_value):
             return None  # (no fill value: zeros)
+        scale: dict[str, Any] = {}
         if self.precomputed:
             scale = _json(self.path, "info")["scales"][self.level]
-            if scale.get("sharding"):
+            if scale.get("sharding") and scale["sharding"].get("hash") != "identity":
                 return None
             where, origin = storage.join(self.path, scale["key"]), scale.get("voxel_offset")
         else:
@@ -1035,6 +1043,8 @@ class TensorstoreSource(ArraySource):
             listed = keys.list().result(timeout=REMOTE_TIMEOUT_S)
         except (OSError, ValueError, TimeoutError):  # not listable, or no answer in time
             return None
+        if scale.get("sharding"):
+            return self._unstored_shards(scale, [raw.decode(errors="replace") for raw in listed])
         grid = store.chunk_layout.read_chunk.shape
 
         def cell(key: str) -> tuple[slice, ...] | None:
@@ -1048,6 +1058,31 @@ class TensorstoreSource(ArraySource):
         names = (raw.decode(errors="replace") for raw in listed)
         cells = (cell(n) for n in names if n != "attributes.json")
         return self._outside(store.shape, grid, cells)
+
+    def _unstored_shards(self, scale: dict[str, Any], names: list[str]) -> Unstored | None:
+        """``unstored`` of a sharded precomputed scale whose shard files are ``names``:
+        each chunk's shard from its position (Neuroglancer's sharded format: the
+        compressed Morton code of its grid position, shifted right ``preshift_bits``, its
+        bits past the ``minishard_bits`` the shard), stored where that shard is."""
+        shards = set()
+        for name in names:
+            found = _SHARD_FILE.fullmatch(name)
+            if found is None:
+                return None  # a key that is no shard: a layout not understood
+            shards.add(int(found.group(1), 16))
+        sharding = scale["sharding"]
+        chunk = [int(c) for c in scale["chunk_sizes"][0]]
+        grid = [-(-int(n) // c) for n, c in zip(scale["size"], chunk, strict=True)]
+        shift = np.uint64(int(sharding.get("preshift_bits", 0)) + int(sharding["minishard_bits"]))
+        mask = np.uint64((1 << int(sharding["shard_bits"])) - 1)
+        # The shard's bits of each axis' share of the code (the axes' bits are disjoint):
+        # a plane of chunks at a time, not a code per chunk (a petabyte volume has ~10^8).
+        sx, sy, sz = ((code >> shift) & mask for code in _morton_axes(grid))
+        wanted = np.array(sorted(shards), np.uint64)
+        stored = np.empty((*grid, 1), bool)  # x, y, z, and the channels, in every chunk
+        for x, code in enumerate(sx):
+            stored[x, ..., 0] = np.isin(code | sy[:, None] | sz[None, :], wanted)
+        return self._occupancy(stored, (*chunk, int(self.handle.store.shape[3])))
 
     def _array_axes(self) -> str:
         assert self.axes is not None
@@ -1126,6 +1161,24 @@ def _n5_box(key: str, chunk: Sequence[int]) -> list[tuple[int, int]] | None:
 
 
 _PRECOMPUTED_CHUNK = re.compile(r"(\d+)-(\d+)_(\d+)-(\d+)_(\d+)-(\d+)")
+_SHARD_FILE = re.compile(r"([0-9a-f]+)\.shard")
+
+
+def _morton_axes(grid: Sequence[int]) -> list[np.ndarray]:
+    """Neuroglancer's compressed Morton code of a chunk ``grid``'s positions (x, y, z: the
+    positions' bits interleaved x, y, z from the lowest, each axis giving only the bits
+    its length needs, ``ceil(log2(length))``), per axis: each position's bits along it,
+    which a chunk's code ORs together."""
+    bits = [int(n - 1).bit_length() for n in grid]
+    codes = [np.zeros(n, np.uint64) for n in grid]
+    j = 0
+    for i in range(max(bits, default=0)):
+        for axis, n in enumerate(grid):
+            if i < bits[axis]:
+                bit = (np.arange(n, dtype=np.uint64) >> np.uint64(i)) & np.uint64(1)
+                codes[axis] |= bit << np.uint64(j)
+                j += 1
+    return codes
 
 
 def _precomputed_box(key: str, offset: Sequence[int] | None) -> list[tuple[int, int]] | None:

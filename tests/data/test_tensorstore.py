@@ -31,11 +31,11 @@ def write_precomputed(
     path: Path,
     volume: np.ndarray,
     offset: tuple[int, int, int] = (0, 0, 0),
-    sharded: bool = False,
+    sharded: bool | dict = False,
 ) -> None:
     """``volume`` (z, y, x) as a precomputed volume of two scales (8 x 8 x 40 nm, then x
     and y halved), x-y-z-channel order, scale 0 starting at voxel ``offset`` (x, y, z);
-    ``sharded``: its chunks in shard files."""
+    ``sharded``: its chunks in shard files (``SHARDING``, or the sharding given)."""
     for i, step in enumerate((1, 2)):
         level = volume[:, ::step, ::step]
         store = ts.open(
@@ -53,7 +53,7 @@ def write_precomputed(
                     "encoding": "raw",
                     "chunk_size": [16, 16, 4],
                     "resolution": [8 * step, 8 * step, 40],
-                    **({"sharding": SHARDING} if sharded else {}),
+                    **({"sharding": SHARDING if sharded is True else sharded} if sharded else {}),
                 },
             },
             create=True,
@@ -264,13 +264,12 @@ def test_a_server_that_does_not_answer_fails_naming_the_url(tmp_path: Path, monk
         assert f"{url}: no answer in 2 s; check the URL" in str(raised[0])
 
 
-def test_unwritten_chunks_of_n5_and_unsharded_precomputed_volumes_are_told(
+def test_unwritten_chunks_of_n5_and_precomputed_volumes_are_told(
     tmp_path: Path, http_server: str, s3: dict[str, str]
 ) -> None:
     """tensorstore (as CloudVolume and N5 writers) stores no chunk of zeros: an N5
-    dataset's and an unsharded precomputed scale's listing (offset in space) tells the
-    regions in none, on disk and in an S3 bucket; a sharded scale's and a web server's
-    cannot."""
+    dataset's and a precomputed scale's listing (offset in space; sharded too) tells the
+    regions in none, on disk and in an S3 bucket; a web server's cannot."""
     import s3fs
 
     from tests.conftest import BUCKET
@@ -298,5 +297,41 @@ def test_unwritten_chunks_of_n5_and_unsharded_precomputed_volumes_are_told(
         assert test(0, (0,), ((0, 12), (16, 24), (0, 20))) and test(
             0, (0,), ((0, 4), (0, 24), (0, 20))
         )
-    assert open_sources(str(tmp_path / "sharded"))[0].unstored() is None
+    # Sharded: the chunks of the shard holding data (4 of 12 x 3 x 3 chunks here) are read.
+    test = open_sources(str(tmp_path / "sharded"))[0].unstored()
+    assert test is not None and not test(0, (0,), ((4, 8), (16, 32), (16, 32)))
+    assert test(0, (0,), ((8, 12), (32, 48), (32, 40)))
     assert open_sources(f"{http_server}/em")[0].unstored() is None
+
+
+@pytest.mark.parametrize("hashed", ["identity", "murmurhash3_x86_128"])
+def test_a_sharded_scale_tells_the_chunks_of_its_absent_shards(tmp_path: Path, hashed) -> None:
+    """Each chunk's shard from its position: no chunk holding data is ever told unwritten
+    (its region would be written as zeros), and most empty ones are, where the shards
+    are spatial (the identity hash: 16 shards of two 2 x 2 x 2 bricks of chunks here); a hash that
+    scatters the chunks over the shards gives no answer."""
+    rng = np.random.default_rng(3)
+    volume = np.zeros((16, 128, 128), np.uint16)  # chunks of 16 x 16 x 4 (x, y, z)
+    grid = (4, 8, 8)  # z, y, x
+    full = [tuple(int(v) for v in rng.integers(0, grid)) for _ in range(5)]
+    for z, y, x in full:
+        volume[4 * z : 4 * z + 4, 16 * y : 16 * y + 16, 16 * x : 16 * x + 16] = 9
+    sharding = SHARDING | {"hash": hashed, "preshift_bits": 2, "shard_bits": 4}
+    write_precomputed(tmp_path / "em", volume, offset=(64, 0, 8), sharded=sharding)
+    shards = sorted(p.name for p in (tmp_path / "em").glob("8_8_40/*"))
+    assert shards and all(name.endswith(".shard") for name in shards), shards
+    (src,) = open_sources(str(tmp_path / "em"))
+    test = src.unstored()
+    if hashed != "identity":
+        assert test is None
+        return
+    assert test is not None and len(shards) < 16
+    told = set()
+    for z, y, x in np.ndindex(*grid):
+        region = ((4 * z, 4 * z + 4), (16 * y, 16 * y + 16), (16 * x, 16 * x + 16))
+        if test(0, (0,), region):
+            told.add((z, y, x))
+    assert not told & set(full)
+    # 256 chunks: Morton codes of 8 bits, 3 of them shifted out, 4 the shard: 16 chunks a
+    # shard, every one of each absent shard told.
+    assert len(told) == 256 - 16 * len(shards)
