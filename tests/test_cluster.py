@@ -63,7 +63,11 @@ def test_nodes_install_every_dependency_the_image_lacks() -> None:
     (command,) = yaml.safe_load((CLUSTER / "ray-cluster.yaml").read_text())["setup_commands"]
     job = yaml.safe_load((CLUSTER / "runtime_env.yaml").read_text())["pip"]
     for installed in (re.findall(r'"([^"]+)"', command), job):
-        assert sorted(set(wanted) - set(installed)) == ["ray[data]>=2.50", "torch>=2.4"]
+        assert sorted(set(wanted) - set(installed)) == [
+            "ray[data]>=2.50",
+            "ray[train]>=2.50",
+            "torch>=2.4",
+        ]
 
 
 def _manifests() -> dict[str, dict[str, Any]]:
