@@ -394,6 +394,26 @@ def whole_image_prediction(module: torch.nn.Module, image: np.ndarray) -> np.nda
         return module(x)[0].numpy()
 
 
+def raw_output(tmp_path: Path, image: Path, model: Path, **cfg: object) -> np.ndarray:
+    """``infer`` of ``image`` with ``model`` and ``cfg``, raw model output written to
+    ``tmp_path/out``: level 0 of it, (C, *spatial)."""
+    import zarr
+
+    from raysegment.infer import infer
+
+    out = tmp_path / "out"
+    infer(
+        input=str(image),
+        model=str(model),
+        output=str(out),
+        progress=False,
+        finalize={"mode": "raw"},
+        **cfg,
+    )
+    level = zarr.open_array(str(out / f"{image.name.split('.')[0]}.ome.zarr" / "0"), mode="r")
+    return np.asarray(level[:])
+
+
 def numpy_blend(module: torch.nn.Module, image: np.ndarray, tiling: Tiling) -> np.ndarray:
     """The blending oracle: the direct weighted average over every grid tile of the whole
     image, (C, *spatial) float32."""

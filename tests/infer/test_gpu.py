@@ -60,27 +60,6 @@ def test_gpu_blocks_blend_as_the_numpy_weighted_average(tmp_path, make_model, om
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-3)
 
 
-def test_gpu_volume_equals_whole_volume_inference(tmp_path, make_model) -> None:
-    volume = random_image((37, 45, 51))
-    path = tmp_path / "vol.zarr"
-    zarr.create_array(str(path), data=volume, chunks=(16, 16, 16))
-    model, module = make_model(dims=3, out_ch=1)
-    infer(
-        input=str(path),
-        model=str(model),
-        output=str(tmp_path / "out"),
-        device="gpu",
-        progress=False,
-        tile={"size": [16], "overlap": 0.5, "blend": "crop"},
-        chunks=[16],
-        block=[32],
-        finalize={"mode": "raw"},
-    )
-    got = np.asarray(zarr.open_array(str(tmp_path / "out" / "vol.ome.zarr" / "0"), mode="r")[:])
-    assert got.shape == (1, 37, 45, 51)
-    np.testing.assert_allclose(got, whole_image_prediction(module, volume), rtol=1e-4, atol=1e-3)
-
-
 @pytest.mark.parametrize("precision", ["bfloat16", "float16"])
 def test_gpu_half_precision_keeps_the_masks(tmp_path, make_model, ome_tiff, precision) -> None:
     path = ome_tiff(random_image((300, 260)))
