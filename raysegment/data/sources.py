@@ -1075,8 +1075,9 @@ class TensorstoreSource(ArraySource):
         grid = [-(-int(n) // c) for n, c in zip(scale["size"], chunk, strict=True)]
         shift = np.uint64(int(sharding.get("preshift_bits", 0)) + int(sharding["minishard_bits"]))
         mask = np.uint64((1 << int(sharding["shard_bits"])) - 1)
-        # The shard's bits of each axis' share of the code (the axes' bits are disjoint):
-        # a plane of chunks at a time, not a code per chunk (a petabyte volume has ~10^8).
+        # The shard's bits of each axis' share of the code (the axes' bits are disjoint),
+        # a plane of chunks at a time: 8-byte codes for every chunk at once would take 8
+        # times the occupancy grid's memory.
         sx, sy, sz = ((code >> shift) & mask for code in _morton_axes(grid))
         wanted = np.array(sorted(shards), np.uint64)
         stored = np.empty((*grid, 1), bool)  # x, y, z, and the channels, in every chunk
