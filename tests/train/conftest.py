@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -38,3 +39,24 @@ def blob_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
     tifffile.imwrite(root / "big.ome.tif", image, ome=True, metadata={"axes": "YX"})
     np.save(root / "big_truth.npy", mask)
     return root
+
+
+def segment_big(blob_data: Path, model: Path, out: Path, **keys: object) -> tuple[Any, float]:
+    """``infer`` of ``blob_data``'s larger image with the trained ``model`` (masks into
+    ``out``, ``keys`` beside): its summary, and the mask's IoU against the truth."""
+    import zarr
+
+    from raysegment.infer import infer
+
+    summary = infer(
+        input=str(blob_data / "big.ome.tif"),
+        model=str(model),
+        output=str(out),
+        progress=False,
+        tile={"size": [128]},
+        finalize={"mode": "mask"},
+        **keys,
+    )
+    pred = zarr.open_array(str(out / "big.ome.zarr" / "0"), mode="r")[0] > 0
+    truth = np.load(blob_data / "big_truth.npy") > 0
+    return summary, float((pred & truth).sum() / (pred | truth).sum())

@@ -4,15 +4,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
-import zarr
 
 pytest.importorskip("segmentation_models_pytorch", reason="needs the train extra")
 
-from raysegment.infer import infer  # noqa: E402
 from raysegment.train import train  # noqa: E402
+from tests.train.conftest import segment_big  # noqa: E402
 
 pytestmark = [
     pytest.mark.gpu,
@@ -45,16 +43,5 @@ def test_float16_training_on_a_gpu_gives_a_model_the_gpu_predictor_runs(
     assert summary.best_metric > 0.9, summary.history
     state = torch.load(out / "checkpoint.pt", weights_only=True)
     assert state["epoch"] == summary.epochs and state["scaler"]["scale"] > 0  # GradScaler's
-    result = infer(
-        input=str(blob_data / "big.ome.tif"),
-        model=str(out),
-        output=str(tmp_path / "pred"),
-        device="gpu",
-        progress=False,
-        tile={"size": [128]},
-        finalize={"mode": "mask"},
-    )
-    assert result.device == "gpu"
-    pred = zarr.open_array(str(tmp_path / "pred" / "big.ome.zarr" / "0"), mode="r")[0] > 0
-    truth = np.load(blob_data / "big_truth.npy") > 0
-    assert (pred & truth).sum() / (pred | truth).sum() > 0.9
+    result, iou = segment_big(blob_data, out, tmp_path / "pred", device="gpu")
+    assert result.device == "gpu" and iou > 0.9, iou

@@ -7,15 +7,14 @@ import csv
 import json
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 import zarr
 
 pytest.importorskip("segmentation_models_pytorch", reason="needs the train extra")
 
-from raysegment.infer import infer  # noqa: E402
 from raysegment.train import train  # noqa: E402
+from tests.train.conftest import segment_big  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("ray_session")
 
@@ -106,20 +105,9 @@ def test_trains_to_high_iou_and_writes_the_model_directory(trained) -> None:
 
 def test_infer_segments_a_larger_image_with_the_trained_model(trained, blob_data, tmp_path) -> None:
     out, _ = trained
-    infer(
-        input=str(blob_data / "big.ome.tif"),
-        model=str(out),
-        output=str(tmp_path),
-        progress=False,
-        tile={"size": [128]},
-        finalize={"mode": "mask"},
-    )
-    result = tmp_path / "big.ome.zarr"
-    attrs = dict(zarr.open_group(str(result), mode="r").attrs)
+    _, iou = segment_big(blob_data, out, tmp_path)
+    attrs = dict(zarr.open_group(str(tmp_path / "big.ome.zarr"), mode="r").attrs)
     assert [c["label"] for c in attrs["ome"]["omero"]["channels"]] == ["foreground"]
-    pred = zarr.open_array(str(result / "0"), mode="r")[0] > 0
-    truth = np.load(blob_data / "big_truth.npy") > 0
-    iou = (pred & truth).sum() / (pred | truth).sum()
     assert iou > 0.9, iou
 
 
