@@ -1029,11 +1029,10 @@ class TensorstoreSource(ArraySource):
         store = self.handle.store
         if not self._listing_tells(0 if store.fill_value is None else store.fill_value):
             return None  # (no fill value: zeros)
-        scale: dict[str, Any] = {}
+        scale = _json(self.path, "info")["scales"][self.level] if self.precomputed else {}
+        if scale.get("sharding") and scale["sharding"].get("hash") != "identity":
+            return None
         if self.precomputed:
-            scale = _json(self.path, "info")["scales"][self.level]
-            if scale.get("sharding") and scale["sharding"].get("hash") != "identity":
-                return None
             where, origin = storage.join(self.path, scale["key"]), scale.get("voxel_offset")
         else:
             where, origin = storage.join(self.path, self.dataset), None
