@@ -102,29 +102,29 @@ def finish_instances(
     storage.remove(outlines)  # an earlier try's, cut short
     objects, rows, totals, features = [], [], [], []
     unstored = open_source(output).unstored()  # the blocks the model skipped, unwritten
-    for t in range(times):
-        vol = Volume(output, layout.axes, t, cfg.channel, channels)
+    volumes = [Volume(output, layout.axes, t, cfg.channel, channels) for t in range(times)]
+    for t, vol in enumerate(volumes):
         void = _void(grid, unstored, t, channels, halo(cfg))  # foreground 0: no step runs
-        count = segment_blocks(vol, grid, cfg, f"{where}/0", scratch, run, void)
-        objects.append(count)
-        if cfg.stats or cfg.geojson:
+        objects.append(segment_blocks(vol, grid, cfg, f"{where}/0", scratch, run, void))
+    if cfg.stats or cfg.geojson:
+        # Blocks without a stored chunk of labels hold no object (whatever the method
+        # skipped or found empty): not read. One listing, every time point labelled.
+        labelled = open_source(where).unstored()
+        for t, vol in enumerate(volumes):
             intensity = SourceIntensity(source, channel, t, spatial)
             found = storage.join(outlines, str(t)) if cfg.geojson else None
-            # Blocks without a stored chunk of labels hold no object (whatever the method
-            # skipped or found empty): not read.
-            unlabelled = _void(grid, open_source(where).unstored(), t, 1, 0)
             table = measure(
                 vol,
                 grid,
                 f"{where}/0",
-                count,
+                objects[t],
                 intensity,
                 spacing,
                 run,
                 found,
                 unit,
                 scale,
-                unlabelled,
+                _void(grid, labelled, t, 1, 0),
             )
             text, image = write_csv(table, spatial, spacing, unit, t, int(np.prod(grid.shape)))
             rows.append(text if t == 0 else text.split("\n", 1)[1])

@@ -221,3 +221,39 @@ def test_blocks_the_model_skipped_are_background_for_one_minus_channel_0(tmp_pat
     assert out.attrs["raysegment"]["objects"] == [2]
     labels = np.asarray(out["labels/instances/0"][0])
     assert labels[:, :128].max() == 0 and len(np.unique(labels)) == 3
+
+
+def test_statistics_of_each_time_point_are_its_own(tmp_path: Path) -> None:
+    """A time series: every time point labelled, then each one measured on its own labels
+    (the object counts, the rows' time points and pixels, one image row a time point)."""
+    logits = np.stack(
+        [(blobs((96, 80), count=n, seed=n) * 12 - 6).astype(np.float32) for n in (4, 20)]
+    )
+    model = save_torchscript(identity(2), tmp_path / "model.pth", 2, 1)
+    zarr.create_array(str(tmp_path / "img.zarr"), data=logits, chunks=(1, 32, 32))
+    infer(
+        input=str(tmp_path / "img.zarr"),
+        model=str(model),
+        output=str(tmp_path / "out"),
+        axes="tyx",
+        chunks=[32],
+        block=[64],
+        tile={"size": [32], "blend": "crop"},
+        finalize={"mode": "probabilities", "activation": "sigmoid"},
+        instances={"method": "connected_components", "threshold": 0.5, "min_size": 1},
+        quicklook=False,
+        progress=False,
+    )
+    group = zarr.open_group(str(tmp_path / "out" / "img.ome.zarr"), mode="r")
+    labels = np.asarray(group["labels/instances/0"])
+    rows = _rows(tmp_path / "out" / "img_instances.csv")
+    images = _rows(tmp_path / "out" / "img_instances_image.csv")
+    counts = [int(labels[t].max()) for t in range(2)]
+    assert group.attrs["raysegment"]["objects"] == counts and counts[0] < counts[1]
+    assert len(images) == 2
+    for t in range(2):
+        frame = labels[t].reshape(labels.shape[-2:])
+        props = regionprops(frame)
+        mine = {int(r["label"]): int(r["pixels"]) for r in rows if int(r["t"]) == t}
+        assert props and mine == {p.label: int(p.area) for p in props}
+        assert int(images[t]["objects"]) == len(props)
