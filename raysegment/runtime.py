@@ -76,6 +76,11 @@ LOCAL_RAY_ENV = {
     # Its creation also printed an error line into every training run's output (Ray
     # warns that an actor restarted from arguments in the object store may fail to).
     "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0",
+    # Ray Train's controller learns that its workers finished by polling them, every 2 s
+    # by default: a run ended up to 2 s after its last epoch. A poll is a call to each
+    # worker of this one node: every 0.5 s costs nothing measurable. A 3-epoch training
+    # command of the tests' size, three alternating pairs: 30.1 -> 27.4 s mean.
+    "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.5",
     # The model processes' allocator settings, in every process of the private Ray: its
     # predictors and training workers then start as plain workers. A runtime environment
     # starts each through Ray's runtime-env agent and a process that imports Ray before

@@ -27,8 +27,9 @@ if TYPE_CHECKING:
 
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 os.environ.setdefault("RAY_DEDUP_LOGS", "0")
-# Ray Train's controller polls its workers every 2 s by default; each training run in the
-# tests waits out a few of those polls.
+# Ray Train's controller polls its workers every 2 s by default; each training run waits
+# out one at its end. A private Ray polls every 0.5 s (``LOCAL_RAY_ENV``); this is for the
+# clusters the tests start with ``ray start`` (tests/test_cluster.py).
 os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.5")
 
 

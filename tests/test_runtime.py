@@ -145,7 +145,12 @@ def private_ray(tmp_path_factory) -> dict:
     temp = short_temp_dir()
     (Path(temp) / "ray").mkdir()
     (Path(temp) / "ray" / "ray_current_cluster").write_text("127.0.0.1:9")
-    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    # Without the suite's own Ray Train setting (tests/conftest.py): the private Ray sets it.
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("RAY_ADDRESS", "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S")
+    }
     try:
         out = subprocess.run(
             [sys.executable, "-c", _STARTS_RAY],
@@ -192,6 +197,13 @@ def test_model_processes_of_a_private_ray_need_no_runtime_environment(private_ra
     environment = private_ray["model_process_environment"]
     assert {k: environment.get(k) for k in TORCH_WORKER_ENV} == TORCH_WORKER_ENV
     assert model_runtime_env("cluster") == model_runtime_env("") == torch_worker_runtime_env()
+
+
+def test_ray_train_of_a_private_ray_polls_its_workers_every_half_second(private_ray) -> None:
+    """Ray Train's controller learns that the workers finished at its next poll of them:
+    every 2 s by default, up to 2 s at the end of every training command."""
+    environment = private_ray["model_process_environment"]
+    assert environment.get("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S") == "0.5"
 
 
 def test_stopping_a_private_ray_stops_its_monitor_first_and_leaves_no_process(private_ray) -> None:

@@ -12,6 +12,7 @@ import io
 import logging
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -189,6 +190,20 @@ def train_loop(config: dict[str, Any]) -> None:
         node = node_cpus(ray.get_runtime_context().get_node_id())
         torch.set_num_threads(worker_threads(config["threads"], node, ctx.get_local_world_size()))
     mode, classes, precision = config["mode"], config["classes"], config["precision"]
+    quiet_ray_data()
+    # Batches in their specs' order (else as Ray Data's read tasks finish): the same
+    # command trains alike.
+    ray.data.DataContext.get_current().execution_options.preserve_order = True
+    data, batch_size, world = config["data"], config["batch_size"], ctx.get_world_size()
+    # Each worker reads its part of the validation grid once (the same patches every
+    # epoch, kept in Ray's object store; the sums are all-reduced), while the model is
+    # built: Ray Data starts its read processes as segmentation-models-pytorch is imported.
+    reading = ThreadPoolExecutor(1, thread_name_prefix="raysegment-val")
+    val_read = reading.submit(
+        lambda: patch_batches(data.val_specs(config["val_patches"])[rank::world], config)
+        .materialize()
+    )
+    reading.shutdown(wait=False)
     model = build_model(
         config["arch"], config["encoder"], config["in_channels"], classes, config["weights"]
     )
@@ -227,16 +242,7 @@ def train_loop(config: dict[str, Any]) -> None:
         scaler.load_state_dict(state["scaler"])
     factory, _ = LOSSES.get(config["loss"])
     loss_fn = factory(mode)
-    quiet_ray_data()
-    # Batches in their specs' order (else as Ray Data's read tasks finish): the same
-    # command trains alike.
-    ray.data.DataContext.get_current().execution_options.preserve_order = True
-    data, batch_size, world = config["data"], config["batch_size"], ctx.get_world_size()
-    # Each worker reads its part of the validation grid once (the same patches every
-    # epoch, kept in Ray's object store); the sums are all-reduced.
-    val_batches = patch_batches(
-        data.val_specs(config["val_patches"])[rank::world], config
-    ).materialize()
+    val_batches = val_read.result()
 
     for epoch in range(start_epoch, config["max_epochs"]):
         started = time.perf_counter()
