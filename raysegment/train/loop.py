@@ -200,8 +200,9 @@ def train_loop(config: dict[str, Any]) -> None:
     # built: Ray Data starts its read processes as segmentation-models-pytorch is imported.
     reading = ThreadPoolExecutor(1, thread_name_prefix="raysegment-val")
     val_read = reading.submit(
-        lambda: patch_batches(data.val_specs(config["val_patches"])[rank::world], config)
-        .materialize()
+        lambda: patch_batches(
+            data.val_specs(config["val_patches"])[rank::world], config
+        ).materialize()
     )
     reading.shutdown(wait=False)
     model = build_model(
