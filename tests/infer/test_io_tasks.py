@@ -8,10 +8,13 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import tifffile
+import zarr
 
+from raysegment.data.tiling import Tiling
 from raysegment.infer.writer import inspect_output
-from tests.conftest import last_report, random_image
+from tests.conftest import last_report, numpy_blend, random_image
 from tests.faults import install
 
 # In every Ray worker that runs a read or write task: its start and end appended to a log,
@@ -46,7 +49,7 @@ from raysegment.infer import infer
 
 summary = infer(input=sys.argv[1], model=sys.argv[2], output=sys.argv[3], device="gpu",
                 io_tasks=int(sys.argv[4]), progress=False, quicklook=False, chunks=[64],
-                block=[64], tile={"size": [64]})
+                block=[64], tile={"size": [64]}, finalize={"mode": "raw"})
 print(json.dumps({"device": summary.device, "blocks": summary.blocks, "out": summary.outputs}))
 ray.shutdown()
 """
@@ -83,8 +86,11 @@ def test_io_tasks_per_predictor_and_never_above_the_inputs() -> None:
 
 
 def test_gpu_run_caps_its_read_and_write_tasks(tmp_path: Path, make_model) -> None:
-    tifffile.imwrite(tmp_path / "img.tif", random_image((256, 256)))  # 16 blocks
-    model, _ = make_model()
+    # 16 blocks; 16-bit pixels over the whole range (the predictor converts them itself).
+    image = (random_image((256, 256)).astype(np.uint32) * 65).astype(np.uint16)
+    assert image.max() > 60000
+    tifffile.imwrite(tmp_path / "img.tif", image)
+    model, module = make_model()
     site = install(tmp_path / "site", "raysegment.infer.stages", PATCH)
     log = tmp_path / "io.log"
     result = subprocess.run(
@@ -104,6 +110,11 @@ def test_gpu_run_caps_its_read_and_write_tasks(tmp_path: Path, make_model) -> No
     report = last_report(result.stdout)
     assert report["device"] == "gpu" and report["blocks"] == 16
     assert inspect_output(report["out"][0]).complete
+    # The blocks' output: the whole image's weighted average of the grid's tiles (inputs
+    # up to 65,000 leave float32 sums a few 1e-4 apart in the model's two convolutions).
+    got = zarr.open_array(str(Path(report["out"][0]) / "0"), mode="r")[:]
+    want = numpy_blend(module, image, Tiling.plan(image.shape, (64, 64), 0.25, "gaussian"))
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-3)
     rows = [line.split() for line in log.read_text().splitlines()]
     for stage in ("read", "write"):
         spans = [(float(s), float(e)) for name, _, s, e in rows if name == stage]
