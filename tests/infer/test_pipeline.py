@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import subprocess
 import sys
@@ -624,39 +625,43 @@ def test_a_gpu_predictor_makes_the_same_input_on_its_device(device) -> None:
     from raysegment.infer.stages import normalized
 
     rng = np.random.default_rng(0)
-    full = rng.integers(0, 65536, (2, 21, 34)).astype(np.float64)
-    for dtype, pixels in [
-        ("uint8", full // 256),
-        ("int8", full // 256 - 128),
-        ("uint16", full),
-        ("int16", full - 32768),
-        ("float16", full / 64),
-        ("float32", full * 1.37),
-        ("int32", full * 3000),  # through ``normalized`` on the host
-        ("float64", full / 7),
-    ]:
-        data = pixels.astype(dtype)
-        data.flags.writeable = False
-        for norm in (None, ((100.0, -3.5), (250.0, 0.3))):
-            for padding, pad in [
-                ("constant", ((0, 0), (0, 0))),
-                ("constant", ((0, 11), (0, 30))),
-                ("reflect", ((0, 11), (0, 30))),
-                ("edge", ((0, 5), (0, 0))),
-            ]:
-                plan = SimpleNamespace(norm=norm, spatial_dims=2, padding=padding)
+    planes = [
+        ("constant", ((0, 0), (0, 0))),
+        ("constant", ((0, 11), (0, 30))),
+        ("reflect", ((0, 11), (0, 30))),
+        ("edge", ((0, 5), (0, 0))),
+    ]
+    volumes = [("constant", ((0, 0),) * 3), ("constant", ((0, 3), (0, 0), (0, 4)))]
+    for shape, pads in (((2, 21, 34), planes), ((2, 5, 9, 12), volumes)):
+        full = rng.integers(0, 65536, shape).astype(np.float64)
+        for dtype, pixels in [
+            ("uint8", full // 256),
+            ("int8", full // 256 - 128),
+            ("uint16", full),
+            ("int16", full - 32768),
+            ("float16", full / 64),
+            ("float32", full * 1.37),
+            ("int32", full * 3000),  # through ``normalized`` on the host
+            ("float64", full / 7),
+        ]:
+            data = pixels.astype(dtype)
+            data.flags.writeable = False
+            for norm, (padding, pad) in itertools.product(
+                (None, ((100.0, -3.5), (250.0, 0.3))), pads
+            ):
+                plan = SimpleNamespace(norm=norm, spatial_dims=len(shape) - 1, padding=padding)
                 block = SimpleNamespace(pad=pad)
                 want = normalized(data, plan, block)  # type: ignore[arg-type]
                 got = device_input(data, plan, block, torch.device(device))  # type: ignore[arg-type]
                 assert got.device.type == device and got.dtype == torch.float32
-                case = (dtype, norm, padding, pad)
+                case = (shape, dtype, norm, padding, pad)
                 if device == "cpu":
                     np.testing.assert_array_equal(got.numpy(), want, err_msg=str(case))
                 else:  # one rounding of a division at most
                     np.testing.assert_allclose(
                         got.cpu().numpy(), want, rtol=1e-6, err_msg=str(case)
                     )
-        assert np.array_equal(data, pixels.astype(dtype))
+            assert np.array_equal(data, pixels.astype(dtype))
 
 
 def test_fixed_normalization_per_channel(tmp_path, make_model) -> None:
