@@ -23,6 +23,7 @@ from raysegment.infer.model import ModelFile, load_model
 from raysegment.infer.plan import ImagePlan, WorkItem
 from raysegment.infer.stages import (
     Batch,
+    normalization,
     normalized,
     passthrough,
     placeholder,
@@ -165,13 +166,9 @@ def device_input(
     if data.dtype == np.uint16:
         x = x.to(torch.int32).bitwise_and_(0xFFFF)
     x = x.to(torch.float32)
-    if plan.norm is not None:
-        offset, scale = (
-            torch.tensor(v, dtype=torch.float32, device=device).reshape(
-                -1, *[1] * plan.spatial_dims
-            )
-            for v in plan.norm
-        )
+    norm = normalization(plan)
+    if norm is not None:
+        offset, scale = (torch.from_numpy(v).to(device) for v in norm)
         x = (x - offset).div_(scale)
     if padded:  # zeros beyond the image (constant padding)
         sizes = list(zip(x.shape[1:], block.pad, strict=True))

@@ -31,6 +31,7 @@ __all__ = [
     "decode_error",
     "encode_error",
     "free_heap",
+    "normalization",
     "normalized",
     "passthrough",
     "placeholder",
@@ -344,16 +345,26 @@ def read_stage(batch: Batch, plans: Sequence[ImagePlan], attempts: Attempts | No
     return read_row(batch, plans, attempts)
 
 
+def normalization(plan: ImagePlan) -> tuple[np.ndarray, np.ndarray] | None:
+    """The plan's normalization as float32 offsets and scales shaped (C, 1, ...) to
+    broadcast over a block (C, *spatial); None without one."""
+    if plan.norm is None:
+        return None
+    offset, scale = (
+        np.asarray(v, np.float32).reshape(-1, *[1] * plan.spatial_dims) for v in plan.norm
+    )
+    return offset, scale
+
+
 def normalized(data: np.ndarray, plan: ImagePlan, block: Block) -> np.ndarray:
     """A block as read (C, *spatial; any dtype) as the model's float32 input: normalized
     in one pass into a new array, and padded to whole tiles."""
     out = np.empty(data.shape, np.float32)
-    if plan.norm is None:
+    norm = normalization(plan)
+    if norm is None:
         out[...] = data
     else:
-        offset, scale = (
-            np.asarray(v, np.float32).reshape(-1, *[1] * plan.spatial_dims) for v in plan.norm
-        )
+        offset, scale = norm
         np.subtract(data, offset, out=out, casting="unsafe")
         np.divide(out, scale, out=out)
     if any(p != (0, 0) for p in block.pad):
