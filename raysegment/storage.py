@@ -11,15 +11,18 @@ Credentials and endpoints come from the environment as each filesystem reads the
 from __future__ import annotations
 
 import bisect
+import contextlib
+import errno
 import os
 import posixpath
 import shutil
 import socket
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from raysegment.errors import ConfigError
+from raysegment.errors import ConfigError, OutputError
 
 __all__ = [
     "Location",
@@ -38,6 +41,8 @@ __all__ = [
     "remove",
     "resolve",
     "size",
+    "storage_error",
+    "storage_errors",
     "touch",
     "write_bytes",
 ]
@@ -46,6 +51,66 @@ _CLAIM = ".raysegment/claim"
 
 Location = str | os.PathLike[str]
 """A local path or an fsspec URL."""
+
+_FIXES = {
+    errno.ENOSPC: "free space there",
+    errno.EDQUOT: "free space within the quota",
+    errno.EROFS: "make it writable",
+    errno.EACCES: "make it writable",
+    errno.EPERM: "make it writable",
+    errno.EIO: "check the storage device",
+}
+"""What a user does about the storage errors a run can meet writing its output, a full disk
+on the way through a large volume, a quota, a volume remounted read-only: anything else is
+raised as it is (a bug keeps its traceback)."""
+
+
+def storage_error(
+    error: BaseException, path: Location, what: str, then: str, key: str = "output"
+) -> OutputError | None:
+    """The one-line ``OutputError`` for a storage error of ``_FIXES`` that ``error`` is or
+    was caused by, met writing ``what`` into ``path`` (the setting ``key`` names; the
+    directory of the file the error names, where that lies elsewhere, as a process's
+    temporary directory); ``then``: what the same command does when run again. None for
+    any other error."""
+    seen: set[int] = set()
+    todo: list[BaseException | None] = [error]
+    while todo:
+        e = todo.pop()
+        if e is None or id(e) in seen:
+            continue
+        seen.add(id(e))
+        if isinstance(e, OSError) and e.errno in _FIXES:
+            where, fix = os.fspath(path), _FIXES[e.errno]
+            file = os.fspath(e.filename) if isinstance(e.filename, (str, os.PathLike)) else ""
+            if file and not is_url(where) and not file.startswith(where.rstrip("/") + "/"):
+                where = os.path.dirname(file) or file
+            elif e.errno != errno.EIO:
+                fix += f" or give another {key}="
+            return OutputError(
+                f"{where}: {os.strerror(e.errno)} writing {what}; {fix}, then run the same "
+                f"command again: {then}"
+            )
+        # Ray hands an error raised in another process back wrapped (a task's ``cause``,
+        # Ray Train's worker failures): what it wraps is looked at too.
+        todo += [e.__cause__, e.__context__, getattr(e, "cause", None)]
+        todo += [getattr(e, "_base_exc", None), *getattr(e, "worker_failures", {}).values()]
+    return None
+
+
+@contextlib.contextmanager
+def storage_errors(
+    path: Location, what: str, then: str = "it resumes from the blocks written"
+) -> Iterator[None]:
+    """Raise a storage error of ``_FIXES`` met in the body, writing ``what`` into the output
+    ``path``, as a one-line ``OutputError`` (``storage_error``); others as they are."""
+    try:
+        yield
+    except OSError as e:
+        error = storage_error(e, path, what, then)
+        if error is None:
+            raise
+        raise error from e
 
 
 def is_url(location: str | os.PathLike[str]) -> bool:

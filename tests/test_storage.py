@@ -45,6 +45,33 @@ def test_locations_local_file_urls_and_object_stores(tmp_path: Path) -> None:
     )
 
 
+def test_storage_errors_name_the_output_and_the_fix_and_leave_bugs_alone(tmp_path: Path) -> None:
+    import errno
+
+    from raysegment.errors import OutputError
+
+    out = tmp_path / "m"
+    try:  # as Ray hands back a worker's error: the storage error a cause or two down
+        try:
+            raise OSError(errno.EDQUOT, "Disk quota exceeded")
+        except OSError as e:
+            raise RuntimeError("the worker failed") from e
+    except RuntimeError as e:
+        error = storage.storage_error(e, out, "a checkpoint", "it resumes from its last one")
+    assert isinstance(error, OutputError) and str(error) == (
+        f"{out}: Disk quota exceeded writing a checkpoint; free space within the quota or "
+        "give another output=, then run the same command again: it resumes from its last one"
+    )
+    with pytest.raises(OutputError, match=r"m: Read-only file system writing its metadata; make"):
+        with storage.storage_errors(out, "its metadata"):
+            raise OSError(errno.EROFS, "Read-only file system")
+    # Any other error is a bug's, or the caller's to explain: raised as it is.
+    assert storage.storage_error(ValueError("x"), out, "it", "") is None
+    with pytest.raises(FileNotFoundError):
+        with storage.storage_errors(out, "its metadata"):
+            (tmp_path / "missing" / "file").write_bytes(b"")
+
+
 @pytest.fixture(params=["s3", "gs"])
 def bucket(request: pytest.FixtureRequest) -> str:
     """The URL of the test bucket in an S3 server, then in a Google Cloud Storage emulator."""

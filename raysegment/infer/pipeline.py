@@ -537,19 +537,23 @@ def _complete(plan: ImagePlan, cfg: InferConfig, gathered: InputPreview | None =
     if inspect_output(out).complete or len(done_blocks(out)) < plan.num_blocks:
         return
     layout = plan.layout
-    build_pyramid(out, layout.axes, layout.pyramid_axes, layout.levels, plan.block_levels + 1)
+    with storage.storage_errors(out, "its resolution levels"):
+        build_pyramid(out, layout.axes, layout.pyramid_axes, layout.levels, plan.block_levels + 1)
     extra: dict[str, Any] = {}
     if cfg.instances.method.value != "none":
         from raysegment.post.finish import finish_instances  # imports this package
 
-        extra = finish_instances(out, layout, cfg.instances, plan.source, plan.channels[0])
+        with storage.storage_errors(out, "its instances"):
+            extra = finish_instances(out, layout, cfg.instances, plan.source, plan.channels[0])
     if cfg.quicklook:
         png = storage.join(storage.parent(out), f"{layout.name}.png")
         mode = cfg.finalize.mode.value
         array = storage.join(out, "0")
         shown = plan.preview_channels
-        quicklook(plan.source, shown, array, layout.axes, mode, png, gathered=gathered)
-    complete_output(out, {"blocks_done": plan.num_blocks, **extra})
+        with storage.storage_errors(out, f"its quick-look {png}"):
+            quicklook(plan.source, shown, array, layout.axes, mode, png, gathered=gathered)
+    with storage.storage_errors(out, "its metadata"):
+        complete_output(out, {"blocks_done": plan.num_blocks, **extra})
 
 
 _IO_TASKS = 4

@@ -118,11 +118,15 @@ class ImagePlan:
 
     def describe(self, item: WorkItem) -> str:
         """Where a block lies, for messages: the image, t (and z plane) and pixel ranges."""
+        return f"{self.source.where}: {self.block_label(item)}"
+
+    def block_label(self, item: WorkItem) -> str:
+        """A block's t (and z plane) and pixel ranges: ``block t=0 y 0:4096, x 4096:8192``."""
         axes = "zyx"[3 - self.spatial_dims :]
         ranges = zip(axes, self.block_of(item).inner, strict=True)
         where = ", ".join(f"{axis} {lo}:{hi}" for axis, (lo, hi) in ranges)
         plane = f" z={item.z}" if item.z >= 0 else ""
-        return f"{self.source.where}: block t={item.t}{plane} {where}"
+        return f"block t={item.t}{plane} {where}"
 
     def source_region(self, item: WorkItem, block: Block) -> tuple[tuple[int, int], ...]:
         """(z, y, x) region of the source to read for ``block``."""

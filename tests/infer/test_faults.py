@@ -165,6 +165,60 @@ def test_block_that_kills_every_process_fails_the_run_naming_it(files: Path) -> 
     assert "t0z-1b1_2" not in os.listdir(files / "out" / "img.ome.zarr" / ".raysegment" / "done")
 
 
+# In the Ray workers: the output chunk at y 1, x 2 of img's full resolution (the block
+# y 128:256, x 256:384 of SMALL_BLOCKS) goes to /dev/full, whose writes fail with the
+# kernel's ENOSPC, as a full disk's do.
+FULL_DISK = """
+put = m._put
+
+def _put(path, value, exclusive=False):
+    if path.parts[-6:-3] == ("img.ome.zarr", "0", "c") and path.parts[-2:] == ("1", "2"):
+        with open("/dev/full", "wb", buffering=0) as f:
+            f.write(value.as_buffer_like())
+    return put(path, value, exclusive)
+
+m._put = _put
+"""
+
+
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs Linux's /dev/full")
+@pytest.mark.usefixtures("ray_session")
+def test_a_full_disk_fails_in_one_line_and_the_same_command_resumes(files: Path) -> None:
+    site = install(files / "site", "zarr.storage._local", FULL_DISK)
+    image = files / "images" / "img.ome.tif"
+    args = [
+        f"input={image}",
+        f"model={files / 'model.pth'}",
+        f"output={files / 'out'}",
+        "tile.blend=crop",  # the whole image's prediction, tile by tile
+        *SMALL_BLOCKS,
+    ]
+    env = os.environ | {"PYTHONPATH": os.pathsep.join([str(site), os.getcwd()])}
+    result = subprocess.run(
+        cli_command("infer", *args), env=env, capture_output=True, text=True, timeout=240
+    )
+    lines = [line for line in result.stderr.splitlines() if line.startswith("raysegment:")]
+    assert result.returncode == 2, result.stderr
+    assert len(lines) == 1 and "Traceback" not in result.stderr, result.stderr
+    assert lines[0] == (
+        f"raysegment: error: {files / 'out' / 'img.ome.zarr'}: No space left on device "
+        "writing block t=0 y 128:256, x 256:384; free space there or give another output=, "
+        "then run the same command again: it resumes from the blocks written"
+    )
+    out = files / "out" / "img.ome.zarr"
+    assert not inspect_output(out).complete
+    done = os.listdir(out / ".raysegment" / "done")
+    assert "t0z-1b1_2" not in done
+
+    # Space freed (the workers of this process's Ray write normally): the rest, alone.
+    resumed = infer_with(*args)
+    assert f"({len(done)} already done)" in str(resumed)
+    assert inspect_output(out).complete
+    got = zarr.open_array(str(out / "0"), mode="r")[:]
+    want = whole_image_prediction(conv_model(), tifffile.imread(image))
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-4)
+
+
 @pytest.mark.slow
 def test_soak_200_images_with_a_fault_every_20_blocks(tmp_path: Path) -> None:
     """200 images (800 blocks) in one run; about one block in 20 kills its predictor once.
