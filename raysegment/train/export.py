@@ -15,7 +15,7 @@ from raysegment.config import TrainConfig
 from raysegment.modeldir import MODEL_META
 from raysegment.train.components import build_model
 from raysegment.train.data import TrainingSet
-from raysegment.train.loop import history_csv
+from raysegment.train.loop import history_csv, save_file
 
 __all__ = ["TrainSummary", "export_model", "plot_curves"]
 
@@ -106,9 +106,9 @@ def export_model(
             raise RuntimeError(f"TorchScript trace of {cfg.model.arch} differs from the model")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)  # TorchScript stays the WIPP format
-        torch.jit.save(traced, str(out / "model.pth"))
-    torch.save(state["best"], out / "weights.pt")
-    torch.save(state, out / "checkpoint.pt")
+        save_file(torch.jit.save, traced, out / "model.pth")
+    save_file(torch.save, state["best"], out / "weights.pt")
+    save_file(torch.save, state, out / "checkpoint.pt")
     names = _class_names(cfg, data)
     (out / "model.json").write_text(
         json.dumps(

@@ -12,6 +12,7 @@ import io
 import logging
 import tempfile
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -303,7 +304,8 @@ def train_loop(config: dict[str, Any]) -> None:
             # runs, then removed (ASYNC): an epoch waited ~0.7 s for each copy of a
             # resnet18 Unet's 230 MB (weights, Adam's moments, the best weights).
             local = tempfile.mkdtemp(prefix="raysegment-checkpoint-")
-            torch.save(
+            save_file(
+                torch.save,
                 {
                     "model": _unwrap(model).state_dict(),
                     "optimizer": optimizer.state_dict(),
@@ -326,6 +328,17 @@ def train_loop(config: dict[str, Any]) -> None:
         )
         if stop:
             break
+
+
+def save_file(save: Callable[[Any, Any], None], obj: Any, path: Path) -> None:
+    """``save(obj, file)`` (``torch.save``, ``torch.jit.save``) into memory, then into
+    ``path`` with Python's file I/O: on a full disk torch's own file writer raised a
+    RuntimeError that does not say why (``torch.save``, "unexpected pos 576 vs 534") or
+    aborted the whole process (``torch.jit.save``: its writer threw again while unwinding);
+    Python's raises the disk's error (ENOSPC), which the command reports in one line."""
+    buffer = io.BytesIO()
+    save(obj, buffer)
+    path.write_bytes(buffer.getbuffer())
 
 
 def history_csv(history: list[dict[str, Any]]) -> str:

@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from raysegment import storage
 from raysegment._version import __version__
 from raysegment.compute import slow_precision
 from raysegment.config import Precision, TrainConfig, as_config, config_to_dict
@@ -33,6 +34,9 @@ from raysegment.train.loop import train_loop
 __all__ = ["TrainSummary", "train"]
 
 log = logging.getLogger("raysegment")
+
+_RESUMES = "it resumes from its last checkpoint"
+"""What the same command does after a storage error met mid-run."""
 
 
 def _auto_batch_size(cfg: TrainConfig, data: TrainingSet, use_gpu: bool) -> int:
@@ -286,14 +290,23 @@ def train(
                 logging_config=ray.train.LoggingConfig(log_level="WARNING"),
             ),
         )
-        result = trainer.fit()
+        try:
+            result = trainer.fit()
+        except ray.train.TrainingFailedError as e:
+            # A full disk under the checkpoints, say (after Ray Train's retries): one line.
+            key = "storage_path" if cfg.storage_path else "output"
+            error = storage.storage_error(e, _storage(cfg, out), "a checkpoint", _RESUMES, key)
+            if error is None:
+                raise
+            raise error from e
     finally:
         stop_ray(own_ray)
     if result.checkpoint is None:
         raise RuntimeError(f"training finished without a checkpoint: {result.error}")
     with result.checkpoint.as_directory() as d:
         state = torch.load(Path(d) / "last.pt", map_location="cpu", weights_only=True)
-    summary = export_model(out, cfg, data, state, config_to_dict(cfg), __version__)
+    with storage.storage_errors(out, "the model", _RESUMES):
+        summary = export_model(out, cfg, data, state, config_to_dict(cfg), __version__)
     (out / _STATE).write_text(json.dumps({"status": "complete", "fingerprint": _fingerprint(cfg)}))
     summary.seconds = time.perf_counter() - started
     return summary

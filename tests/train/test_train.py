@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -232,6 +233,57 @@ def test_float16_without_gpus_is_refused_once_ray_says_so(blob_data, tmp_path) -
     with pytest.raises(ConfigError, match="precision=float16 trains on GPUs and Ray sees 0"):
         train(_cfg(blob_data, tmp_path / "out", device="auto", precision="float16"))
     assert not (tmp_path / "out").exists()  # a rerun with other settings is not refused
+
+
+@pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs Linux's /dev/full")
+def test_model_files_meet_a_full_disk_with_its_error() -> None:
+    """/dev/full fails every write with ENOSPC, as a full disk does. Written by torch's own
+    file writer, torch.save raised a RuntimeError that does not say why and torch.jit.save
+    aborted the process."""
+    import errno
+
+    from raysegment.train.loop import save_file
+
+    module = torch.jit.trace(torch.nn.Conv2d(1, 1, 3), torch.zeros(1, 1, 8, 8))
+    for save, obj in ((torch.save, {"w": torch.zeros(1000)}), (torch.jit.save, module)):
+        with pytest.raises(OSError) as caught:
+            save_file(save, obj, Path("/dev/full"))
+        assert caught.value.errno == errno.ENOSPC
+
+
+def test_a_checkpoint_meeting_a_full_disk_fails_in_one_line(
+    blob_data, tmp_path, monkeypatch
+) -> None:
+    """As Ray Train reports a worker's error once its retries are spent: the storage error
+    inside it becomes one line naming where the checkpoints go and what to do."""
+    import errno
+
+    from ray.train import WorkerGroupError
+    from ray.train.torch import TorchTrainer
+    from ray.train.v2._internal.exceptions import UserExceptionWithTraceback
+
+    from raysegment.errors import OutputError
+
+    def failing(error: Exception) -> Any:
+        def fit(self: object) -> None:
+            raise WorkerGroupError("rank 0", {0: UserExceptionWithTraceback(error, "Traceback")})
+
+        return fit
+
+    full = OSError(errno.ENOSPC, "No space left on device")
+    monkeypatch.setattr(TorchTrainer, "fit", failing(full))
+    store = tmp_path / "checkpoints"
+    with pytest.raises(OutputError) as caught:
+        train(_cfg(blob_data, tmp_path / "out", storage_path=str(store)))
+    assert str(caught.value) == (
+        f"{store}: No space left on device writing a checkpoint; free space there or give "
+        "another storage_path=, then run the same command again: it resumes from its last "
+        "checkpoint"
+    )
+    # Any other failure of the workers keeps Ray's error and its traceback.
+    monkeypatch.setattr(TorchTrainer, "fit", failing(KeyError("x")))
+    with pytest.raises(WorkerGroupError):
+        train(_cfg(blob_data, tmp_path / "out", storage_path=str(store)))
 
 
 _ORDER = """
