@@ -9,6 +9,7 @@ import functools
 import logging
 import math
 import os
+import shutil
 import sys
 import time
 from collections import Counter
@@ -458,6 +459,7 @@ def infer(config: InferConfig | Mapping[str, Any] | None = None, **overrides: An
         unwritten = _unstored_blocks(plans, pending, unstored)
         pending = [w for w in pending if w not in unwritten]
         remaining = Counter(w.image for w in pending)
+        _warn_of_space(plans, remaining, output, cfg.finalize.mode.value)
         summary = InferSummary(
             images=len(plans),
             resumed_blocks=resumed,
@@ -496,6 +498,37 @@ def _fitted(plans: list[ImagePlan], tile: tuple[int, ...]) -> str:
     shown = ", ".join(f"{list(t)} ({n} image(s))" for t, n in sizes.most_common(3))
     more = f", {len(sizes) - 3} other sizes" if len(sizes) > 3 else ""
     return f"tile.size {list(tile)} fitted to images shorter than it: {shown}{more}"
+
+
+def _warn_of_space(plans: list[ImagePlan], remaining: Counter[int], output: str, mode: str) -> None:
+    """Warn before the run where the output pixels still to write, uncompressed, take more
+    than the disk under ``output`` has free. Compression often makes them fit, a mask's
+    above all; float32 probabilities, the default, take 4 bytes a pixel and channel: a
+    500 GB uint8 volume through a 2-class model, 4 TB before compression."""
+    if storage.is_url(output) or not os.path.isdir(output):
+        return
+    need = sum(
+        math.prod(p.layout.shape)
+        * np.dtype(p.layout.dtype).itemsize
+        # each level past the full resolution: half as many pixels along each axis it halves
+        * sum(0.5 ** (len(p.layout.pyramid_axes) * k) for k in range(p.layout.levels))
+        * remaining[p.id]
+        / p.num_blocks
+        for p in plans
+    )
+    free = shutil.disk_usage(output).free
+    if need > free:
+        floats = mode in ("raw", "probabilities")
+        hint = " (finalize.mode=mask writes a byte a pixel)" if floats else ""
+        log.warning(
+            "raysegment: %s has %.3g GB free; the output pixels still to write take %.3g GB "
+            "before compression%s: should the disk fill up, the run stops and the same "
+            "command resumes",
+            output,
+            free / 1e9,
+            need / 1e9,
+            hint,
+        )
 
 
 def _seams(plans: list[ImagePlan]) -> str:

@@ -434,6 +434,32 @@ def test_existing_outputs_refused_resumed_or_overwritten(tmp_path, make_model, o
     np.testing.assert_array_equal(zarr.open_array(str(target / "0"), mode="r")[:], reference)
 
 
+def test_a_run_warns_before_it_starts_when_its_output_may_not_fit(
+    tmp_path, make_model, ome_tiff, monkeypatch, caplog
+) -> None:
+    import shutil
+    from collections import Counter
+
+    from raysegment.infer import pipeline
+
+    model, _ = make_model()  # two output channels
+    out = tmp_path / "out"
+    settings = {"input": str(ome_tiff(random_image((256, 256)))), "model": str(model)}
+    _, plan = driver_plan(settings | {"output": str(out), "chunks": [64], "block": [128]})
+    out.mkdir()
+    need = 2 * 256 * 256 * 4  # float32 probabilities, before compression
+    usage = shutil.disk_usage(out)
+    monkeypatch.setattr(shutil, "disk_usage", lambda p: usage._replace(free=need // 2))
+    for left, warned in ((4, True), (2, False)):  # of 4 blocks, the rest of a resumed run
+        caplog.clear()
+        pipeline._warn_of_space([plan], Counter({plan.id: left}), str(out), "probabilities")
+        assert [r.getMessage() for r in caplog.records] == warned * [
+            f"raysegment: {out} has 0.000262 GB free; the output pixels still to write take "
+            "0.000524 GB before compression (finalize.mode=mask writes a byte a pixel): "
+            "should the disk fill up, the run stops and the same command resumes"
+        ]
+
+
 def test_constant_blocks_skip_the_model_and_stay_fill_value(tmp_path, make_model) -> None:
     image = random_image((192, 128)).astype("float32")
     # Background wide enough that the first row of 64x64 blocks, with the tiles reaching
