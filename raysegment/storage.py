@@ -91,17 +91,12 @@ def storage_error(
                 f"{where}: {os.strerror(e.errno)} writing {what}; {fix}, then run the same "
                 f"command again: {then}"
             )
-        # Ray hands an error raised in another process back wrapped (a task's ``cause``,
-        # Ray Train's worker failures): what it wraps is looked at too.
-        todo += [e.__cause__, e.__context__, getattr(e, "cause", None)]
-        todo += [getattr(e, "_base_exc", None), *getattr(e, "worker_failures", {}).values()]
+        todo += [e.__cause__, e.__context__]
     return None
 
 
 @contextlib.contextmanager
-def storage_errors(
-    path: Location, what: str, then: str = "it resumes from the blocks written"
-) -> Iterator[None]:
+def storage_errors(path: Location, what: str, then: str) -> Iterator[None]:
     """Raise a storage error of ``_FIXES`` met in the body, writing ``what`` into the output
     ``path``, as a one-line ``OutputError`` (``storage_error``); others as they are."""
     try:

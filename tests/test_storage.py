@@ -63,12 +63,12 @@ def test_storage_errors_name_the_output_and_the_fix_and_leave_bugs_alone(tmp_pat
         "give another output=, then run the same command again: it resumes from its last one"
     )
     with pytest.raises(OutputError, match=r"m: Read-only file system writing its metadata; make"):
-        with storage.storage_errors(out, "its metadata"):
+        with storage.storage_errors(out, "its metadata", "it resumes"):
             raise OSError(errno.EROFS, "Read-only file system")
     # Any other error is a bug's, or the caller's to explain: raised as it is.
     assert storage.storage_error(ValueError("x"), out, "it", "") is None
     with pytest.raises(FileNotFoundError):
-        with storage.storage_errors(out, "its metadata"):
+        with storage.storage_errors(out, "its metadata", "it resumes"):
             (tmp_path / "missing" / "file").write_bytes(b"")
 
 

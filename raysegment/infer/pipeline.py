@@ -48,6 +48,7 @@ from raysegment.infer.pyramid import build_pyramid
 from raysegment.infer.quicklook import InputPreview, quicklook, write_png
 from raysegment.infer.stages import EMPTY, OUTSIDE, decode_error, read_stage, write_stage
 from raysegment.infer.writer import (
+    RESUMES,
     OutputState,
     complete_output,
     create_output,
@@ -570,22 +571,20 @@ def _complete(plan: ImagePlan, cfg: InferConfig, gathered: InputPreview | None =
     if inspect_output(out).complete or len(done_blocks(out)) < plan.num_blocks:
         return
     layout = plan.layout
-    with storage.storage_errors(out, "its resolution levels"):
+    # A full disk here, say, is one line; the same command then does only this step again.
+    with storage.storage_errors(out, "its levels, quick-look and metadata", RESUMES):
         build_pyramid(out, layout.axes, layout.pyramid_axes, layout.levels, plan.block_levels + 1)
-    extra: dict[str, Any] = {}
-    if cfg.instances.method.value != "none":
-        from raysegment.post.finish import finish_instances  # imports this package
+        extra: dict[str, Any] = {}
+        if cfg.instances.method.value != "none":
+            from raysegment.post.finish import finish_instances  # imports this package
 
-        with storage.storage_errors(out, "its instances"):
             extra = finish_instances(out, layout, cfg.instances, plan.source, plan.channels[0])
-    if cfg.quicklook:
-        png = storage.join(storage.parent(out), f"{layout.name}.png")
-        mode = cfg.finalize.mode.value
-        array = storage.join(out, "0")
-        shown = plan.preview_channels
-        with storage.storage_errors(out, f"its quick-look {png}"):
+        if cfg.quicklook:
+            png = storage.join(storage.parent(out), f"{layout.name}.png")
+            mode = cfg.finalize.mode.value
+            array = storage.join(out, "0")
+            shown = plan.preview_channels
             quicklook(plan.source, shown, array, layout.axes, mode, png, gathered=gathered)
-    with storage.storage_errors(out, "its metadata"):
         complete_output(out, {"blocks_done": plan.num_blocks, **extra})
 
 

@@ -18,13 +18,13 @@ import numpy as np
 
 from raysegment import errors
 from raysegment.data.tiling import Block
-from raysegment.errors import BlockFailedError, InputImageError, OutputError, RaySegmentError
+from raysegment.errors import BlockFailedError, InputImageError, RaySegmentError
 from raysegment.infer.attempts import Attempts, begin_attempt
 from raysegment.infer.plan import ImagePlan, WorkItem
 from raysegment.infer.pyramid import downsample, level_index
 from raysegment.infer.quicklook import preview
-from raysegment.infer.writer import mark_done, write_block
-from raysegment.storage import storage_errors
+from raysegment.infer.writer import RESUMES, mark_done, write_block
+from raysegment.storage import storage_error
 
 __all__ = [
     "Batch",
@@ -388,19 +388,21 @@ def write_row(batch: Batch, plans: Sequence[ImagePlan]) -> Batch:
     # block writes the fill value: zarr stores no chunk for it (and drops a stale one).
     value = 0 if batch["empty"][0] else data.astype(plan.layout.dtype, copy=False)
     try:
-        with storage_errors(plan.output, plan.block_label(item)):
-            write_block(plan.output, index, value, plan.fingerprint)
-            # The first pyramid levels from the block itself (the driver builds the rest).
-            layout = plan.layout
-            sliced = [a for a, i in zip(layout.axes, index, strict=True) if isinstance(i, slice)]
-            halve = tuple(a in layout.pyramid_axes for a in sliced)
-            for level in range(1, plan.block_levels + 1):
-                value = downsample(value, halve) if isinstance(value, np.ndarray) else value
-                at = level_index(index, layout.axes, layout.pyramid_axes, level)
-                write_block(plan.output, at, value, plan.fingerprint, level)
-            mark_done(plan.output, item.key)
-    except OutputError as e:  # a full disk, say: the block is not done, its rerun rewrites it
-        return _written(batch | {"error": np.array([encode_error(e)])}, 0, 0.0, 0)
+        write_block(plan.output, index, value, plan.fingerprint)
+        # The first pyramid levels from the block itself (the driver builds the rest).
+        layout = plan.layout
+        sliced = [a for a, i in zip(layout.axes, index, strict=True) if isinstance(i, slice)]
+        halve = tuple(a in layout.pyramid_axes for a in sliced)
+        for level in range(1, plan.block_levels + 1):
+            value = downsample(value, halve) if isinstance(value, np.ndarray) else value
+            at = level_index(index, layout.axes, layout.pyramid_axes, level)
+            write_block(plan.output, at, value, plan.fingerprint, level)
+        mark_done(plan.output, item.key)
+    except OSError as e:  # a full disk, say: the block is not done, its rerun rewrites it
+        error = storage_error(e, plan.output, plan.block_label(item), RESUMES)
+        if error is None:
+            raise
+        return _written(batch | {"error": np.array([encode_error(error)])}, 0, 0.0, 0)
     pixels = int(np.prod([b - a for a, b in block.inner]))
     return _written(batch, int(batch["tiles"][0]), float(batch["seconds"][0]), pixels)
 

@@ -24,6 +24,7 @@ from raysegment.infer.pyramid import level_shape
 from raysegment.storage import Location
 
 __all__ = [
+    "RESUMES",
     "OutputLayout",
     "OutputState",
     "complete_output",
@@ -36,6 +37,9 @@ __all__ = [
 ]
 
 _DONE = ".raysegment/done"
+
+RESUMES = "it resumes from the blocks written"
+"""What the same command does with an unfinished output (for messages)."""
 _AXIS_TYPES = {"t": "time", "c": "channel", "z": "space", "y": "space", "x": "space"}
 
 

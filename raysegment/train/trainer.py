@@ -295,7 +295,14 @@ def train(
         except ray.train.TrainingFailedError as e:
             # A full disk under the checkpoints, say (after Ray Train's retries): one line.
             key = "storage_path" if cfg.storage_path else "output"
-            error = storage.storage_error(e, _storage(cfg, out), "a checkpoint", _RESUMES, key)
+            # Ray Train hands each worker's error back wrapped, its traceback as text.
+            failures = getattr(e, "worker_failures", {}).values()
+            causes = [getattr(f, "_base_exc", f) for f in failures]
+            where = _storage(cfg, out)
+            errors = (
+                storage.storage_error(c, where, "a checkpoint", _RESUMES, key) for c in causes
+            )
+            error = next((err for err in errors if err is not None), None)
             if error is None:
                 raise
             raise error from e
