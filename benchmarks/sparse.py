@@ -1,6 +1,6 @@
 """A sparse volume: blocks in chunks never written, against the same volume stored whole.
 
-    python benchmarks/sparse.py [--size 2048] [--rounds 2] [--format zarr|precomputed]
+    python benchmarks/sparse.py [--size 2048] [--rounds 2] [--format zarr|precomputed|hdf5]
 
 A ``size``^3 uint16 zarr volume of 128^3 chunks holding random data in one 256^3 corner
 only (tissue in a corner of its bounding box, as acquisitions and connectomics exports
@@ -10,7 +10,9 @@ equal to its fill value), and ``stored``, every chunk written, zeros too. With
 (``SHARDING``: shards of 4 x 4 x 4 chunks, as igneous lays image volumes out), ``sparse``
 only (the one shard holding the corner: tensorstore writes no chunk of zeros into a
 shard, ``store_data_equal_to_fill_value`` or not); the code before and after a change is
-compared by running it at each. Each is
+compared by running it at each. With ``--format hdf5`` it is a dataset of an HDF5 file
+(gzip level 1, 128^3 chunks), ``sparse`` (HDF5 allocates no chunk never written) and
+``stored`` (every chunk written, zeros too). Each is
 segmented by a small 3D network (``shards.py``'s) with 64^3 tiles, default chunks and
 blocks (256^3), masks out, alternating (``--rounds`` pairs). ``sparse`` blocks of
 unwritten chunks are found from one listing of the store and never read; ``stored`` ones
@@ -85,19 +87,45 @@ def volume(path: Path, size: int, stored: bool) -> Path:
     return path
 
 
+def hdf5_volume(path: Path, size: int, stored: bool) -> Path:
+    """The volume as the dataset ``raw`` of an HDF5 file: its input path."""
+    import h5py
+
+    if not path.exists():
+        with h5py.File(path, "w") as f:
+            array = f.create_dataset(
+                "raw",
+                shape=(size,) * 3,
+                chunks=(128,) * 3,
+                dtype="uint16",
+                fillvalue=0,
+                compression="gzip",
+                compression_opts=1,
+            )
+            data = np.random.default_rng(0).integers(1, 1000, (CORNER,) * 3, "uint16")
+            array[:CORNER, :CORNER, :CORNER] = data
+            if stored:
+                zeros = np.zeros((128,) * 3, "uint16")
+                for z in range(0, size, 128):
+                    for y in range(0, size, 128):
+                        for x in range(0, size, 128):
+                            if max(z, y, x) >= CORNER:
+                                array[z : z + 128, y : y + 128, x : x + 128] = zeros
+    return Path(f"{path}/raw")
+
+
 def main() -> int:
     args = bench_args(
-        __doc__ or "", size=2048, rounds=2, choices={"format": ("zarr", "precomputed")}
+        __doc__ or "", size=2048, rounds=2, choices={"format": ("zarr", "precomputed", "hdf5")}
     )
-    zarr_format = args.format == "zarr"
-    sources = (
-        {
-            name: volume(args.work / f"{name}{args.size}.zarr", args.size, name == "stored")
+    if args.format == "precomputed":
+        sources = {"sparse": precomputed(args.work / f"sparse{args.size}.precomputed", args.size)}
+    else:
+        make, suffix = (volume, "zarr") if args.format == "zarr" else (hdf5_volume, "h5")
+        sources = {
+            name: make(args.work / f"{name}{args.size}.{suffix}", args.size, name == "stored")
             for name in ("sparse", "stored")
         }
-        if zarr_format
-        else {"sparse": precomputed(args.work / f"sparse{args.size}.precomputed", args.size)}
-    )
     model = small_3d(args.work / "small3d.pth")
     runs: dict[str, list[float]] = {name: [] for name in sources}
     summaries: dict[str, str] = {}
@@ -115,7 +143,8 @@ def main() -> int:
         "seconds": runs,
         "summary": summaries,
     }
-    write_result(args.out, "sparse.json" if zarr_format else "sparse_precomputed.json", result)
+    name = "sparse.json" if args.format == "zarr" else f"sparse_{args.format}.json"
+    write_result(args.out, name, result)
     return 0
 
 

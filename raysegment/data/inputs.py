@@ -5,25 +5,27 @@ from __future__ import annotations
 import re
 
 from raysegment import storage
+from raysegment.data.hdf5 import hdf5_parts
 from raysegment.data.sources import is_zarr, tensorstore_format
 from raysegment.errors import InputImageError
 
 __all__ = ["DEFAULT_PATTERN", "resolve_inputs"]
 
-DEFAULT_PATTERN = r".*\.(ome\.tiff?|tiff?|ome\.zarr|zarr|n5|svs|ndpi|qptiff|czi)"
+DEFAULT_PATTERN = r".*\.(ome\.tiff?|tiff?|ome\.zarr|zarr|n5|svs|ndpi|qptiff|czi|h5|hdf5|hdf|ims)"
 
 
 def resolve_inputs(input: str, pattern: str | None = None) -> list[str]:
-    """An image file or zarr path -> itself; a directory -> its entries matching ``pattern``
-    (a regular expression, full match on the name, case-insensitive), sorted. Local paths
-    come back absolute; fsspec URLs (``s3://bucket/dir``) as given.
+    """An image file, zarr path or HDF5 dataset (``vol.h5/volumes/raw``) -> itself; a
+    directory -> its entries matching ``pattern`` (a regular expression, full match on the
+    name, case-insensitive), sorted. Local paths come back absolute; fsspec URLs
+    (``s3://bucket/dir``) as given.
 
     Raises:
         InputImageError: the path is missing, or nothing in the directory matches.
     """
     path = storage.resolve(input)
-    if tensorstore_format(path) is not None:  # an N5 or precomputed volume: one image
-        return [path]
+    if tensorstore_format(path) is not None or hdf5_parts(path) is not None:
+        return [path]  # an N5 or precomputed volume, an HDF5 file or a dataset in one
     if not storage.exists(path):
         raise InputImageError(f"{input}: no such file or directory; check the input= path")
     if not storage.is_dir(path) or is_zarr(path):

@@ -71,6 +71,10 @@ IMAGE_SUFFIXES = (
     ".czi",
     ".n5",
     *SLIDE_SUFFIXES,
+    ".h5",
+    ".hdf5",
+    ".hdf",
+    ".ims",
 )
 
 _UNITS = {
@@ -99,7 +103,13 @@ def _ngff_unit(unit: Any) -> str | None:
 
 
 def image_stem(path: str) -> str:
-    """File name without its image suffixes: ``a/slide.ome.tif`` -> ``slide``."""
+    """File name without its image suffixes: ``a/slide.ome.tif`` -> ``slide``; an HDF5
+    file's for a dataset in it (``a/sample_A.h5/volumes/raw`` -> ``sample_A``)."""
+    from raysegment.data.hdf5 import hdf5_parts  # it builds on this module
+
+    parts = hdf5_parts(path)
+    if parts is not None:
+        path = parts[0]
     name = storage.basename(path) if storage.is_url(path) else Path(path.rstrip("/")).name
     for suffix in IMAGE_SUFFIXES:
         if name.lower().endswith(suffix):
@@ -1722,7 +1732,8 @@ def _zarr_images(path: str) -> list[tuple[str, str]] | None:
 def open_sources(
     path: str | os.PathLike[str], axes: str | None = None, level: int = 0
 ) -> list[ImageSource]:
-    """Every image of ``path``: one for most files, one per series of an OME-TIFF of
+    """Every image of ``path``: one for most files (an HDF5 file's dataset: ``vol.h5`` or
+    ``vol.h5/volumes/raw``, ``hdf5.hdf5_sources``), one per series of an OME-TIFF of
     several images (wells, positions, scenes) and of a bioformats2raw store, one per field
     of an OME-Zarr plate. Images of a file of several are named ``<stem>_s<series>`` or
     ``<stem>_<well>_f<field>`` (their outputs ``<stem>_s0.ome.zarr``, ...). ``level``: the
@@ -1731,7 +1742,12 @@ def open_sources(
     Raises:
         InputImageError: missing path, unknown format, unreadable or corrupt file.
     """
+    from raysegment.data.hdf5 import hdf5_parts, hdf5_sources  # it builds on this module
+
     p = storage.resolve(path)
+    parts = hdf5_parts(p)  # a file, or a dataset in one: a path that is no file itself
+    if parts is not None:
+        return _checked(hdf5_sources(*parts, axes=axes, level=level))
     volume = tensorstore_format(p)  # first: an https:// or gs:// volume has no fsspec listing
     if volume is None and not storage.exists(p):
         raise InputImageError(f"{p}: no such file or directory; check the input= path")
@@ -1753,8 +1769,8 @@ def open_sources(
         raise InputImageError(
             f"{p}: only zarr, OME-Zarr, TIFF (OME-TIFF, SVS, NDPI, QPTIFF), N5 and "
             f"Neuroglancer precomputed are read from URLs (N5 and precomputed with pip "
-            f"install 'raysegment[tensorstore]'); copy the file to a local or mounted path, "
-            f"or convert it to OME-Zarr"
+            f"install 'raysegment[tensorstore]'); copy the file (CZI, HDF5, Imaris) to a "
+            f"local or mounted path, or convert it to OME-Zarr"
         )
     elif os.path.isfile(p) and name.endswith(".czi"):
         scenes = _czi_scenes(p)
@@ -1762,7 +1778,8 @@ def open_sources(
     else:
         raise InputImageError(
             f"{p}: not a supported image; give an OME-TIFF, TIFF (or SVS, NDPI, QPTIFF), "
-            f"CZI, zarr array, OME-Zarr, N5 or Neuroglancer precomputed volume"
+            f"CZI, HDF5 (.h5, .hdf5, .hdf) or Imaris (.ims) file, zarr array, OME-Zarr, N5 or "
+            f"Neuroglancer precomputed volume"
         )
     cls = SOURCES.get(kind)
     stem = image_stem(p)
@@ -1796,6 +1813,11 @@ def open_sources(
                 )
                 for i in series
             ]
+    return _checked(sources)
+
+
+def _checked(sources: list[ImageSource]) -> list[ImageSource]:
+    """``sources``, each of a size and a pixel type a model can take."""
     for source in sources:
         if math.prod(source.info.shape) == 0:
             raise InputImageError(f"{source.where}: image has zero size {source.info.shape}")

@@ -1,0 +1,241 @@
+"""HDF5 and Imaris inputs: ilastik's, CREMI's and PlantSeg's files, Imaris pyramids."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+import torch
+import zarr
+
+from raysegment.data.hdf5 import hdf5_parts
+from raysegment.data.inputs import resolve_inputs
+from raysegment.data.pairs import pair_images
+from raysegment.data.sources import open_sources
+from raysegment.errors import InputImageError
+from tests.conftest import random_image, whole_image_prediction
+
+
+def write_cremi(path: Path, raw: np.ndarray) -> None:
+    """A CREMI-style volume: raw and labels of one sample, 40 x 4 x 4 nm voxels."""
+    with h5py.File(path, "w") as f:
+        d = f.create_dataset("volumes/raw", data=raw, chunks=(5, 32, 16), compression="gzip")
+        d.attrs["resolution"] = [40.0, 4.0, 4.0]
+        d.attrs["unit"] = "nm"
+        f.create_dataset("volumes/labels/neuron_ids", data=raw.astype(np.uint64) // 100)
+
+
+def _chars(text: str) -> np.ndarray:
+    """Text as Imaris stores its attributes: an array of one-byte strings."""
+    return np.frombuffer(text.encode(), dtype="S1")
+
+
+def write_imaris(
+    path: Path,
+    image: np.ndarray,
+    pixel: tuple[float, float, float] = (2.0, 0.5, 0.25),
+    names: tuple[str, ...] = ("DAPI", "GFP"),
+    chunk: tuple[int, int, int] = (4, 32, 32),
+) -> None:
+    """``image`` (c, z, y, x) in Imaris's layout, as its writers lay it out: two
+    resolution levels (the second halved in y and x), one time point, each channel's data
+    padded to whole chunks (its size in ``ImageSize*``), gzip, the extent in micrometres.
+    """
+    c, z, y, x = image.shape
+    with h5py.File(path, "w") as f:
+        f.attrs["ImarisDataSet"] = _chars("ImarisDataSet")
+        f.attrs["ImarisVersion"] = _chars("5.5.0")
+        info = f.create_group("DataSetInfo/Image")
+        for key, value in {"X": x, "Y": y, "Z": z, "Unit": "um"}.items():
+            info.attrs[key] = _chars(str(value))
+        for i, (n, p) in enumerate(zip((x, y, z), pixel[::-1], strict=True)):
+            info.attrs[f"ExtMin{i}"] = _chars("-10.0")
+            info.attrs[f"ExtMax{i}"] = _chars(str(-10.0 + n * p))
+        for ch, name in enumerate(names):
+            f.create_group(f"DataSetInfo/Channel {ch}").attrs["Name"] = _chars(name)
+        for level, step in enumerate((1, 2)):
+            for ch in range(c):
+                data = image[ch, :, ::step, ::step]
+                group = f.create_group(f"DataSet/ResolutionLevel {level}/TimePoint 0/Channel {ch}")
+                for axis, n in zip("ZYX", data.shape, strict=True):
+                    group.attrs[f"ImageSize{axis}"] = _chars(str(n))
+                padded = [-(-n // k) * k for n, k in zip(data.shape, chunk, strict=True)]
+                d = group.create_dataset(
+                    "Data", shape=padded, dtype=image.dtype, chunks=chunk, compression="gzip"
+                )
+                d[: data.shape[0], : data.shape[1], : data.shape[2]] = data
+
+
+def test_a_dataset_is_named_after_its_file_or_found_alone(tmp_path) -> None:
+    raw = random_image((10, 64, 48), "uint8")
+    write_cremi(tmp_path / "sample_A.hdf", raw)
+    path = f"{tmp_path}/sample_A.hdf/volumes/raw"
+    assert hdf5_parts(path) == (str(tmp_path / "sample_A.hdf"), "volumes/raw")
+    assert hdf5_parts(str(tmp_path / "nothing.h5/raw")) is None  # no such file
+    assert resolve_inputs(path) == [path]
+    # Training's pairs: a sample's raw data with its labels of the same file.
+    labels = f"{tmp_path}/sample_A.hdf/volumes/labels/neuron_ids"
+    assert pair_images(path, None, labels, None) == [(path, labels)]
+    (source,) = open_sources(path)
+    assert source.name == "sample_A" and source.axes == "zyx"
+    assert source.info.shape == (1, 1, 10, 64, 48) and source.info.dtype == np.uint8
+    assert source.info.scale == {"z": 40.0, "y": 4.0, "x": 4.0}
+    assert source.info.units == dict.fromkeys("zyx", "nanometer")
+    region = ((3, 9), (5, 60), (17, 48))
+    np.testing.assert_array_equal(source.read(0, (0,), region)[0], raw[3:9, 5:60, 17:48])
+
+    # A file of several image datasets names them and how to choose; of one, takes it.
+    with pytest.raises(
+        InputImageError,
+        match=r"holds 2 datasets \(volumes/labels/neuron_ids "
+        r"10x64x48 uint64, volumes/raw 10x64x48 uint8\); give the one to "
+        r"segment after the file's name, e.g. input=.*sample_A.hdf/volumes",
+    ):
+        open_sources(tmp_path / "sample_A.hdf")
+    with pytest.raises(InputImageError, match=r"volumes/mito: no such dataset in .*; its image"):
+        open_sources(f"{tmp_path}/sample_A.hdf/volumes/mito")
+    with pytest.raises(InputImageError, match="volumes/labels: a group in"):
+        open_sources(f"{tmp_path}/sample_A.hdf/volumes/labels")
+    with h5py.File(tmp_path / "one.h5", "w") as f:
+        f.create_dataset("exported_data", data=raw[0])
+        f.attrs["note"] = "not an image"
+    (alone,) = open_sources(tmp_path / "one.h5")
+    assert alone.path == f"{tmp_path / 'one.h5'}/exported_data" and alone.info.shape[3:] == (64, 48)
+    # A directory's HDF5 files are images by default.
+    assert resolve_inputs(str(tmp_path)) == [
+        str(tmp_path / "one.h5"),
+        str(tmp_path / "sample_A.hdf"),
+    ]
+    (tmp_path / "broken.h5").write_bytes(b"\x89HDF\r\n\x1a\n" + b"\0" * 40)
+    with pytest.raises(InputImageError, match="broken.h5: not a readable HDF5 file"):
+        open_sources(tmp_path / "broken.h5")
+
+
+def test_ilastik_axistags_and_element_size_um_give_axes_and_pixel_size(tmp_path) -> None:
+    image = random_image((6, 40, 30, 2))  # z, y, x, c: ilastik's order
+    with h5py.File(tmp_path / "stack.h5", "w") as f:
+        d = f.create_dataset("data", data=image, chunks=(2, 16, 16, 2))
+        d.attrs["axistags"] = (
+            '{"axes": [{"key": "z", "typeFlags": 2}, {"key": "y", "typeFlags": 2}, '
+            '{"key": "x", "typeFlags": 2}, {"key": "c", "typeFlags": 1}]}'
+        )
+        d.attrs["element_size_um"] = [1.5, 0.2, 0.2]
+    (source,) = open_sources(tmp_path / "stack.h5")
+    assert source.axes == "zyxc" and source.info.shape == (1, 2, 6, 40, 30)
+    assert source.info.scale == {"z": 1.5, "y": 0.2, "x": 0.2}
+    assert source.info.units == dict.fromkeys("zyx", "micrometer")
+    got = source.read(0, (1, 0), ((1, 5), (0, 40), (7, 30)))
+    np.testing.assert_array_equal(got, image[1:5, :, 7:30, [1, 0]].transpose(3, 0, 1, 2))
+    # axes= wins over the file's, as for any array.
+    (given,) = open_sources(tmp_path / "stack.h5", axes="tyxc")
+    assert given.info.shape == (6, 2, 1, 40, 30)
+
+
+def test_chunks_never_written_are_told_without_reading(tmp_path) -> None:
+    with h5py.File(tmp_path / "sparse.h5", "w") as f:
+        d = f.create_dataset("em", shape=(64, 64, 64), dtype="uint8", chunks=(16, 16, 16))
+        d[16:32, 0:16, 48:64] = 7  # one chunk written
+        f.create_dataset("dense", data=np.ones((8, 8), "uint8"))  # contiguous
+    (source,) = open_sources(f"{tmp_path}/sparse.h5/em")
+    unstored = source.unstored()
+    assert unstored is not None
+    assert not unstored(0, (0,), ((16, 32), (0, 16), (48, 64)))
+    assert not unstored(0, (0,), ((0, 20), (0, 20), (40, 64)))  # reaches into it
+    assert unstored(0, (0,), ((0, 16), (0, 64), (0, 64)))
+    assert unstored(0, (0,), ((16, 32), (16, 64), (0, 64)))
+    (dense,) = open_sources(f"{tmp_path}/sparse.h5/dense")
+    assert dense.unstored() is None
+
+
+def test_a_filter_this_installation_lacks_is_named_before_any_read(tmp_path, monkeypatch) -> None:
+    # Blosc's registered HDF5 filter id; h5py itself has no Blosc.
+    with h5py.File(tmp_path / "blosc.h5", "w") as f:
+        d = f.create_dataset(
+            "raw",
+            shape=(32, 32),
+            dtype="uint8",
+            chunks=(16, 16),
+            compression=32001,
+            allow_unknown_filter=True,
+        )
+        d.id.write_direct_chunk((0, 0), b"\0" * 64)
+    monkeypatch.setitem(sys.modules, "hdf5plugin", None)  # not installed
+    if h5py.h5z.filter_avail(32001):
+        pytest.skip("this process registered Blosc's filter with HDF5 already")
+    with pytest.raises(
+        InputImageError,
+        match=r"blosc.h5/raw: compressed with the HDF5 filter "
+        r".*\(32001\), which this installation cannot decode; pip install hdf5plugin",
+    ):
+        open_sources(tmp_path / "blosc.h5")
+
+
+def test_an_imaris_file_reads_its_channels_levels_and_extent(tmp_path) -> None:
+    image = random_image((2, 5, 70, 50))
+    write_imaris(tmp_path / "cells.ims", image)
+    (source,) = open_sources(tmp_path / "cells.ims")
+    assert source.kind == "imaris" and source.levels == 2 and source.name == "cells"
+    assert source.info.shape == (1, 2, 5, 70, 50)  # not the padded data's 8 x 96 x 64
+    assert source.info.channel_names == ("DAPI", "GFP")
+    assert source.info.scale == pytest.approx({"z": 2.0, "y": 0.5, "x": 0.25})
+    assert source.info.units == dict.fromkeys("zyx", "micrometer")
+    whole = ((0, 5), (0, 70), (0, 50))
+    np.testing.assert_array_equal(source.read(0, (1, 0), whole), image[[1, 0]])
+    (half,) = open_sources(tmp_path / "cells.ims", level=1)
+    assert half.info.shape == (1, 2, 5, 35, 25)
+    assert half.info.scale == pytest.approx({"z": 2.0, "y": 1.0, "x": 0.5})
+    np.testing.assert_array_equal(
+        half.read(0, (0,), ((1, 4), (3, 35), (0, 20))), image[:1, 1:4, ::2, ::2][:, :, 3:35, :20]
+    )
+    with pytest.raises(InputImageError, match="has 2 resolution level"):
+        open_sources(tmp_path / "cells.ims", level=2)
+
+
+@pytest.mark.usefixtures("ray_session")
+def test_infer_segments_a_dataset_and_an_imaris_level_into_ome_zarr(tmp_path, make_model) -> None:
+    """``raysegment infer`` on a CREMI volume's raw dataset (3D model) and on an Imaris
+    file's second level (2-channel 2D model): each output equals the model on the whole
+    image, with the input's voxel size and channel names."""
+    from raysegment.infer import infer
+
+    raw = random_image((10, 64, 48), "uint8")
+    write_cremi(tmp_path / "sample_A.hdf", raw)
+    model, module = make_model(dims=3, out_ch=1)
+    settings = {"progress": False, "finalize": {"mode": "raw"}, "quicklook": False}
+    tile = {"size": [16], "overlap": 0.5, "blend": "crop"}
+    infer(
+        input=f"{tmp_path}/sample_A.hdf/volumes/raw",
+        model=str(model),
+        output=str(tmp_path / "out"),
+        tile=tile,
+        **settings,
+    )
+    out = tmp_path / "out" / "sample_A.ome.zarr"
+    ms = dict(zarr.open_group(str(out), mode="r").attrs)["ome"]["multiscales"][0]
+    assert ms["axes"][1]["unit"] == "nanometer"
+    assert ms["datasets"][0]["coordinateTransformations"][0]["scale"] == [1.0, 40.0, 4.0, 4.0]
+    got = zarr.open_array(str(out / "0"), mode="r")[:]
+    np.testing.assert_allclose(got, whole_image_prediction(module, raw), rtol=1e-5, atol=1e-4)
+
+    image = random_image((2, 1, 70, 50))
+    write_imaris(tmp_path / "cells.ims", image)
+    model2, module2 = make_model(in_ch=2, out_ch=1, name="two.pth")
+    infer(
+        input=str(tmp_path / "cells.ims"),
+        model=str(model2),
+        output=str(tmp_path / "out"),
+        input_level=1,
+        tile={"size": [16], "overlap": 0.25, "blend": "crop"},
+        **settings,
+    )
+    out = tmp_path / "out" / "cells.ome.zarr"
+    ms = dict(zarr.open_group(str(out), mode="r").attrs)["ome"]["multiscales"][0]
+    assert ms["datasets"][0]["coordinateTransformations"][0]["scale"][-2:] == [1.0, 0.5]
+    got = zarr.open_array(str(out / "0"), mode="r")[:]
+    with torch.inference_mode():
+        x = torch.from_numpy(image[:, 0, ::2, ::2].astype(np.float32))[None]
+        want = module2(x)[0].numpy()
+    np.testing.assert_allclose(got.reshape(want.shape), want, rtol=1e-5, atol=1e-4)
