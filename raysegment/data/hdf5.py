@@ -96,8 +96,13 @@ def _is_imaris(f: Any) -> bool:
     return group is not None and "ResolutionLevel 0" in group
 
 
+MIN_PIXELS = 256
+"""Fewer values than this make a table (BigDataViewer's ``resolutions``), not an image."""
+
+
 def _image_datasets(f: Any) -> list[tuple[str, Any]]:
-    """Every dataset of ``f`` that can be an image (numeric, 2D to 5D, not empty)."""
+    """Every dataset of ``f`` that can be an image (numeric, 2D to 5D, ``MIN_PIXELS`` at
+    least)."""
     h5py = _h5py()
     found: list[tuple[str, Any]] = []
 
@@ -106,7 +111,7 @@ def _image_datasets(f: Any) -> list[tuple[str, Any]]:
             isinstance(node, h5py.Dataset)
             and 2 <= node.ndim <= 5
             and node.dtype.kind in "uifb"
-            and node.size > 0
+            and node.size >= MIN_PIXELS
         ):
             found.append((name, node))
 
@@ -137,7 +142,8 @@ def hdf5_sources(
             images = _image_datasets(f)
             if not images:
                 raise InputImageError(
-                    f"{file}: an HDF5 file without an image dataset (numeric, 2D to 5D)"
+                    f"{file}: an HDF5 file without an image dataset (numeric, 2D to 5D, "
+                    f"{MIN_PIXELS} values at least)"
                 )
             if len(images) > 1:
                 listed = ", ".join(_describe(n, d) for n, d in images[:8])

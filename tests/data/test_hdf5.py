@@ -101,6 +101,7 @@ def test_a_dataset_is_named_after_its_file_or_found_alone(tmp_path) -> None:
         open_sources(f"{tmp_path}/sample_A.hdf/volumes/labels")
     with h5py.File(tmp_path / "one.h5", "w") as f:
         f.create_dataset("exported_data", data=raw[0])
+        f.create_dataset("s00/resolutions", data=np.ones((4, 3)))  # a table, not an image
         f.attrs["note"] = "not an image"
     (alone,) = open_sources(tmp_path / "one.h5")
     assert alone.path == f"{tmp_path / 'one.h5'}/exported_data" and alone.info.shape[3:] == (64, 48)
@@ -112,6 +113,13 @@ def test_a_dataset_is_named_after_its_file_or_found_alone(tmp_path) -> None:
     (tmp_path / "broken.h5").write_bytes(b"\x89HDF\r\n\x1a\n" + b"\0" * 40)
     with pytest.raises(InputImageError, match="broken.h5: not a readable HDF5 file"):
         open_sources(tmp_path / "broken.h5")
+
+
+def test_without_h5py_an_hdf5_input_says_what_to_install(tmp_path, monkeypatch) -> None:
+    write_cremi(tmp_path / "sample_A.hdf", random_image((5, 32, 32), "uint8"))
+    monkeypatch.setitem(sys.modules, "h5py", None)
+    with pytest.raises(InputImageError, match=r"needs h5py: pip install 'raysegment\[hdf5\]'"):
+        open_sources(f"{tmp_path}/sample_A.hdf/volumes/raw")
 
 
 def test_ilastik_axistags_and_element_size_um_give_axes_and_pixel_size(tmp_path) -> None:
