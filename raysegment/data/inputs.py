@@ -11,7 +11,9 @@ from raysegment.errors import InputImageError
 
 __all__ = ["DEFAULT_PATTERN", "resolve_inputs"]
 
-DEFAULT_PATTERN = r".*\.(ome\.tiff?|tiff?|ome\.zarr|zarr|n5|svs|ndpi|qptiff|czi|h5|hdf5|hdf|ims)"
+DEFAULT_PATTERN = (
+    r".*\.(ome\.tiff?|tiff?|ome\.zarr|zarr|n5|svs|ndpi|qptiff|czi|h5|hdf5|hdf|ims|mrc|rec)"
+)
 
 
 def resolve_inputs(input: str, pattern: str | None = None) -> list[str]:

@@ -75,6 +75,8 @@ IMAGE_SUFFIXES = (
     ".hdf5",
     ".hdf",
     ".ims",
+    ".mrc",
+    ".rec",
 )
 
 _UNITS = {
@@ -1742,7 +1744,9 @@ def open_sources(
     Raises:
         InputImageError: missing path, unknown format, unreadable or corrupt file.
     """
-    from raysegment.data.hdf5 import hdf5_parts, hdf5_sources  # it builds on this module
+    # These build on this module.
+    from raysegment.data.hdf5 import hdf5_parts, hdf5_sources
+    from raysegment.data.mrc import MRC_SUFFIXES, MrcSource
 
     p = storage.resolve(path)
     parts = hdf5_parts(p)  # a file, or a dataset in one: a path that is no file itself
@@ -1769,17 +1773,19 @@ def open_sources(
         raise InputImageError(
             f"{p}: only zarr, OME-Zarr, TIFF (OME-TIFF, SVS, NDPI, QPTIFF), N5 and "
             f"Neuroglancer precomputed are read from URLs (N5 and precomputed with pip "
-            f"install 'raysegment[tensorstore]'); copy the file (CZI, HDF5, Imaris) to a "
-            f"local or mounted path, or convert it to OME-Zarr"
+            f"install 'raysegment[tensorstore]'); copy the file (CZI, HDF5, Imaris, MRC) to "
+            f"a local or mounted path, or convert it to OME-Zarr"
         )
     elif os.path.isfile(p) and name.endswith(".czi"):
         scenes = _czi_scenes(p)
         kind = "czi"
+    elif os.path.isfile(p) and name.endswith(MRC_SUFFIXES):
+        return _checked([MrcSource(p, axes, level=level)])
     else:
         raise InputImageError(
             f"{p}: not a supported image; give an OME-TIFF, TIFF (or SVS, NDPI, QPTIFF), "
-            f"CZI, HDF5 (.h5, .hdf5, .hdf) or Imaris (.ims) file, zarr array, OME-Zarr, N5 or "
-            f"Neuroglancer precomputed volume"
+            f"CZI, HDF5 (.h5, .hdf5, .hdf), Imaris (.ims) or MRC (.mrc, .rec) file, zarr array, "
+            f"OME-Zarr, N5 or Neuroglancer precomputed volume"
         )
     cls = SOURCES.get(kind)
     stem = image_stem(p)
