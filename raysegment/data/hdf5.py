@@ -119,6 +119,15 @@ def _image_datasets(f: Any) -> list[tuple[str, Any]]:
     return found
 
 
+def _likely_raw(images: list[tuple[str, Any]]) -> str:
+    """The dataset most likely the acquisition (for an example): one named raw (CREMI's
+    ``volumes/raw``, PlantSeg's ``raw``), else the largest."""
+    for name, _ in images:
+        if "raw" in name.rsplit("/", 1)[-1].lower():
+            return name
+    return max(images, key=lambda item: item[1].size)[0]
+
+
 def _describe(name: str, node: Any) -> str:
     return f"{name} {'x'.join(map(str, node.shape))} {node.dtype}"
 
@@ -150,7 +159,7 @@ def hdf5_sources(
                 more = f" and {len(images) - 8} more" if len(images) > 8 else ""
                 raise InputImageError(
                     f"{file}: holds {len(images)} datasets ({listed}{more}); give the one to "
-                    f"segment after the file's name, e.g. input={file}/{images[0][0]}"
+                    f"segment after the file's name, e.g. input={file}/{_likely_raw(images)}"
                 )
             dataset = images[0][0]
     return [Hdf5Source(f"{file}/{dataset}", axes, name=name, level=level)]

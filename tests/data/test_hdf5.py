@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import sys
 from pathlib import Path
 
@@ -40,11 +41,12 @@ def write_imaris(
     names: tuple[str, ...] = ("DAPI", "GFP"),
     chunk: tuple[int, int, int] = (4, 32, 32),
 ) -> None:
-    """``image`` (c, z, y, x) in Imaris's layout, as its writers lay it out: two
-    resolution levels (the second halved in y and x), one time point, each channel's data
+    """``image`` ((t,) c, z, y, x) in Imaris's layout, as its writers lay it out: two
+    resolution levels (the second halved in y and x), each time point's and channel's data
     padded to whole chunks (its size in ``ImageSize*``), gzip, the extent in micrometres.
     """
-    c, z, y, x = image.shape
+    image = image if image.ndim == 5 else image[None]
+    _, c, z, y, x = image.shape
     with h5py.File(path, "w") as f:
         f.attrs["ImarisDataSet"] = _chars("ImarisDataSet")
         f.attrs["ImarisVersion"] = _chars("5.5.0")
@@ -56,17 +58,18 @@ def write_imaris(
             info.attrs[f"ExtMax{i}"] = _chars(str(-10.0 + n * p))
         for ch, name in enumerate(names):
             f.create_group(f"DataSetInfo/Channel {ch}").attrs["Name"] = _chars(name)
-        for level, step in enumerate((1, 2)):
-            for ch in range(c):
-                data = image[ch, :, ::step, ::step]
-                group = f.create_group(f"DataSet/ResolutionLevel {level}/TimePoint 0/Channel {ch}")
-                for axis, n in zip("ZYX", data.shape, strict=True):
-                    group.attrs[f"ImageSize{axis}"] = _chars(str(n))
-                padded = [-(-n // k) * k for n, k in zip(data.shape, chunk, strict=True)]
-                d = group.create_dataset(
-                    "Data", shape=padded, dtype=image.dtype, chunks=chunk, compression="gzip"
-                )
-                d[: data.shape[0], : data.shape[1], : data.shape[2]] = data
+        for (level, step), t, ch in itertools.product(
+            enumerate((1, 2)), range(len(image)), range(c)
+        ):
+            data = image[t, ch, :, ::step, ::step]
+            group = f.create_group(f"DataSet/ResolutionLevel {level}/TimePoint {t}/Channel {ch}")
+            for axis, n in zip("ZYX", data.shape, strict=True):
+                group.attrs[f"ImageSize{axis}"] = _chars(str(n))
+            padded = [-(-n // k) * k for n, k in zip(data.shape, chunk, strict=True)]
+            d = group.create_dataset(
+                "Data", shape=padded, dtype=image.dtype, chunks=chunk, compression="gzip"
+            )
+            d[: data.shape[0], : data.shape[1], : data.shape[2]] = data
 
 
 def test_a_dataset_is_named_after_its_file_or_found_alone(tmp_path) -> None:
@@ -92,7 +95,7 @@ def test_a_dataset_is_named_after_its_file_or_found_alone(tmp_path) -> None:
         InputImageError,
         match=r"holds 2 datasets \(volumes/labels/neuron_ids "
         r"10x64x48 uint64, volumes/raw 10x64x48 uint8\); give the one to "
-        r"segment after the file's name, e.g. input=.*sample_A.hdf/volumes",
+        r"segment after the file's name, e.g. input=.*sample_A.hdf/volumes/raw$",
     ):
         open_sources(tmp_path / "sample_A.hdf")
     with pytest.raises(InputImageError, match=r"volumes/mito: no such dataset in .*; its image"):
@@ -182,21 +185,22 @@ def test_a_filter_this_installation_lacks_is_named_before_any_read(tmp_path, mon
 
 
 def test_an_imaris_file_reads_its_channels_levels_and_extent(tmp_path) -> None:
-    image = random_image((2, 5, 70, 50))
+    image = random_image((2, 2, 5, 70, 50))  # two time points of two channels
     write_imaris(tmp_path / "cells.ims", image)
     (source,) = open_sources(tmp_path / "cells.ims")
     assert source.kind == "imaris" and source.levels == 2 and source.name == "cells"
-    assert source.info.shape == (1, 2, 5, 70, 50)  # not the padded data's 8 x 96 x 64
+    assert source.info.shape == (2, 2, 5, 70, 50)  # not the padded data's 8 x 96 x 64
     assert source.info.channel_names == ("DAPI", "GFP")
     assert source.info.scale == pytest.approx({"z": 2.0, "y": 0.5, "x": 0.25})
     assert source.info.units == dict.fromkeys("zyx", "micrometer")
     whole = ((0, 5), (0, 70), (0, 50))
-    np.testing.assert_array_equal(source.read(0, (1, 0), whole), image[[1, 0]])
+    for t in (0, 1):
+        np.testing.assert_array_equal(source.read(t, (1, 0), whole), image[t, [1, 0]])
     (half,) = open_sources(tmp_path / "cells.ims", level=1)
-    assert half.info.shape == (1, 2, 5, 35, 25)
+    assert half.info.shape == (2, 2, 5, 35, 25)
     assert half.info.scale == pytest.approx({"z": 2.0, "y": 1.0, "x": 0.5})
     np.testing.assert_array_equal(
-        half.read(0, (0,), ((1, 4), (3, 35), (0, 20))), image[:1, 1:4, ::2, ::2][:, :, 3:35, :20]
+        half.read(1, (0,), ((1, 4), (3, 35), (0, 20))), image[1, :1, 1:4, 3 * 2 : 70 : 2, :40:2]
     )
     with pytest.raises(InputImageError, match="has 2 resolution level"):
         open_sources(tmp_path / "cells.ims", level=2)
@@ -206,7 +210,7 @@ def test_an_imaris_file_reads_its_channels_levels_and_extent(tmp_path) -> None:
 def test_infer_segments_a_dataset_and_an_imaris_level_into_ome_zarr(tmp_path, make_model) -> None:
     """``raysegment infer`` on a CREMI volume's raw dataset (3D model) and on an Imaris
     file's second level (2-channel 2D model): each output equals the model on the whole
-    image, with the input's voxel size and channel names."""
+    image, with the input's voxel size."""
     from raysegment.infer import infer
 
     raw = random_image((10, 64, 48), "uint8")
