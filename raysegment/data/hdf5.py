@@ -30,6 +30,8 @@ from raysegment.data.sources import (
     _axes_to_5d,
     _default_axes,
     image_stem,
+    open_file,
+    reader_module,
 )
 from raysegment.errors import InputImageError
 
@@ -56,30 +58,12 @@ def hdf5_parts(path: str) -> tuple[str, str] | None:
     return None
 
 
-def _h5py() -> Any:
-    try:
-        import h5py
-    except ImportError as e:
-        raise InputImageError(
-            "reading HDF5 and Imaris files needs h5py: pip install 'raysegment[hdf5]'"
-        ) from e
-    return h5py
-
-
 def _opened(path: str) -> Any:
     """``path`` opened read-only (the caller closes it)."""
-    h5py = _h5py()
-    try:
-        # No file locks: nothing here writes, and flock fails on many network file systems
-        # (HDF5's "unable to lock file" on NFS and Lustre).
-        return h5py.File(path, "r", locking=False)
-    except OSError as e:
-        if not os.path.isfile(path):  # a node lacks it
-            raise InputImageError(f"{path}: no such file (removed, or not on this node)") from e
-        raise InputImageError(
-            f"{path}: not a readable HDF5 file ({e}); check the file is complete (copy or "
-            f"export it again)"
-        ) from e
+    h5py = reader_module(path, "h5py", "HDF5 and Imaris files", "hdf5")
+    # No file locks: nothing here writes, and flock fails on many network file systems
+    # (HDF5's "unable to lock file" on NFS and Lustre).
+    return open_file(path, "HDF5 file", lambda p: h5py.File(p, "r", locking=False), (OSError,))
 
 
 @contextmanager
@@ -103,7 +87,8 @@ MIN_PIXELS = 256
 def _image_datasets(f: Any) -> list[tuple[str, Any]]:
     """Every dataset of ``f`` that can be an image (numeric, 2D to 5D, ``MIN_PIXELS`` at
     least)."""
-    h5py = _h5py()
+    import h5py
+
     found: list[tuple[str, Any]] = []
 
     def visit(name: str, node: Any) -> None:
@@ -181,7 +166,8 @@ class _Handle:
 def _filters_readable(node: Any, where: str) -> None:
     """Raise if ``node`` is compressed with an HDF5 filter this installation lacks (LZ4,
     Blosc, Zstandard: plugins), naming it, rather than failing every block's read."""
-    h5py = _h5py()
+    import h5py
+
     plist = node.id.get_create_plist()
     missing = []
     for i in range(plist.get_nfilters()):
@@ -244,7 +230,8 @@ class Hdf5Source(ArraySource):
         return parts
 
     def _node(self, f: Any) -> Any:
-        h5py = _h5py()
+        import h5py
+
         file, dataset = self._parts()
         node = f.get(dataset) if dataset else None
         if not isinstance(node, h5py.Dataset):

@@ -5,14 +5,19 @@ FIB-SEM volumes and cryo-EM maps, memory-mapped through mrcfile (``pip install
 
 from __future__ import annotations
 
-import os
 from contextlib import closing
 from typing import Any
 
 import numpy as np
 
-from raysegment.data.sources import SOURCES, ArraySource, ImageInfo, _axes_to_5d
-from raysegment.errors import InputImageError
+from raysegment.data.sources import (
+    SOURCES,
+    ArraySource,
+    ImageInfo,
+    _axes_to_5d,
+    open_file,
+    reader_module,
+)
 
 __all__ = ["MRC_SUFFIXES", "MrcSource"]
 
@@ -28,21 +33,8 @@ bytes (every file before IMOD 4.2.23), read as int8 they would wrap at 128."""
 
 def _mapped(path: str) -> Any:
     """``path`` memory-mapped read-only (the caller closes it)."""
-    try:
-        import mrcfile
-    except ImportError as e:
-        raise InputImageError(
-            f"{path}: reading MRC needs mrcfile: pip install 'raysegment[mrc]'"
-        ) from e
-    if not os.path.isfile(path):  # a node lacks it
-        raise InputImageError(f"{path}: no such file (removed, or not on this node)")
-    try:
-        return mrcfile.mmap(path, mode="r")
-    except (ValueError, OSError) as e:
-        raise InputImageError(
-            f"{path}: not a readable MRC file ({e}); check the file is complete (copy or "
-            f"export it again)"
-        ) from e
+    mrcfile = reader_module(path, "mrcfile", "MRC", "mrc")
+    return open_file(path, "MRC file", mrcfile.mmap, (ValueError, OSError))
 
 
 def _unsigned_bytes(header: Any) -> bool:

@@ -10,6 +10,7 @@ import collections
 import concurrent.futures
 import contextlib
 import functools
+import importlib
 import json
 import math
 import os
@@ -18,7 +19,7 @@ import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, cast
+from typing import Any, TypeVar, cast
 
 import numpy as np
 
@@ -46,6 +47,8 @@ __all__ = [
     "open_sequence",
     "open_sources",
 ]
+
+T = TypeVar("T")
 
 AXES = "tczyx"
 """The canonical axis order every source presents."""
@@ -1280,23 +1283,43 @@ CZI_BAND = 1 << 25
 """Full-resolution pixels a CZI's reduced level is read in at a time, at most."""
 
 
-def _czi_reader(path: str) -> Any:
-    """``path`` opened with pylibCZIrw (the caller closes it)."""
+def reader_module(path: str, module: str, what: str, extra: str) -> Any:
+    """``module``, the optional package that reads ``what`` files, imported; else the error
+    naming ``path`` and the extra that installs it."""
+    package = module.split(".")[0]
     try:
-        from pylibCZIrw import czi as pyczi
+        # The package first: marked absent, it hides a submodule imported before.
+        importlib.import_module(package)
+        return importlib.import_module(module)
     except ImportError as e:
         raise InputImageError(
-            f"{path}: reading CZI needs pylibCZIrw: pip install 'raysegment[czi]'"
+            f"{path}: reading {what} needs {package}: pip install 'raysegment[{extra}]'"
         ) from e
-    if not Path(path).is_file():  # a node lacks it
+
+
+def open_file(
+    path: str,
+    what: str,
+    opener: Callable[[str], T],
+    errors: tuple[type[Exception], ...] = (Exception,),
+) -> T:
+    """``opener(path)`` (a local file): one a node lacks, or one ``opener`` fails on with
+    ``errors``, as the error saying so."""
+    if not os.path.isfile(path):  # a node lacks it
         raise InputImageError(f"{path}: no such file (removed, or not on this node)")
     try:
-        return pyczi.CziReader(path)
-    except Exception as e:
+        return opener(path)
+    except errors as e:
         raise InputImageError(
-            f"{path}: not a readable CZI ({type(e).__name__}: {e}); check the file is "
+            f"{path}: not a readable {what} ({type(e).__name__}: {e}); check the file is "
             f"complete (copy or export it again)"
         ) from e
+
+
+def _czi_reader(path: str) -> Any:
+    """``path`` opened with pylibCZIrw (the caller closes it)."""
+    pyczi = reader_module(path, "pylibCZIrw.czi", "CZI", "czi")
+    return open_file(path, "CZI", pyczi.CziReader)
 
 
 def _czi_scenes(path: str) -> list[int | None]:
