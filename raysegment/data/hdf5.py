@@ -40,7 +40,8 @@ __all__ = ["HDF5_SUFFIXES", "Hdf5Source", "ImarisSource", "hdf5_parts", "hdf5_so
 HDF5_SUFFIXES = (".h5", ".hdf5", ".hdf", ".ims")
 """Names of HDF5 files (``.ims``: Imaris)."""
 
-_FILE = re.compile(r"\.(h5|hdf5|hdf|ims)(?=/|$)", re.IGNORECASE)
+_FILE = re.compile(f"({'|'.join(map(re.escape, HDF5_SUFFIXES))})(?=/|$)", re.IGNORECASE)
+"""An HDF5 file's name in a path, at its end or before the dataset's path."""
 
 _IMARIS_ROOT = "DataSet"
 
