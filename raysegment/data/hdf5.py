@@ -35,7 +35,14 @@ from raysegment.data.sources import (
 )
 from raysegment.errors import InputImageError
 
-__all__ = ["HDF5_SUFFIXES", "Hdf5Source", "ImarisSource", "hdf5_parts", "hdf5_sources"]
+__all__ = [
+    "HDF5_SUFFIXES",
+    "Hdf5Channels",
+    "Hdf5Source",
+    "ImarisSource",
+    "hdf5_parts",
+    "hdf5_sources",
+]
 
 HDF5_SUFFIXES = (".h5", ".hdf5", ".hdf", ".ims")
 """Names of HDF5 files (``.ims``: Imaris)."""
@@ -121,18 +128,24 @@ def _describe(name: str, node: Any) -> str:
 def hdf5_sources(
     file: str, dataset: str, axes: str | None = None, level: int = 0
 ) -> list[ImageSource]:
-    """The image of an HDF5 input (``hdf5_parts``): an Imaris file, the dataset named, or
-    a file's one image dataset, named after the file (``image_stem``: ``vol.h5/volumes/raw``
-    -> ``vol``).
+    """The image of an HDF5 input (``hdf5_parts``): an Imaris file, a BigDataViewer
+    file's (``bdv.bdv_sources``), the dataset named, or a file's one image dataset, named
+    after the file (``image_stem``: ``vol.h5/volumes/raw`` -> ``vol``).
 
     Raises:
         InputImageError: h5py missing, an unreadable file, a dataset that is not there,
             a file of no image dataset or of several (they are listed) without one named.
     """
+    from raysegment.data.bdv import bdv_sources, is_bdv  # it builds on this module
+
     name = image_stem(file)
     with _file(file) as f:
         if not dataset and _is_imaris(f):
             return [ImarisSource(file, axes, name=name, level=level)]
+        bdv = not dataset and is_bdv(f)
+    if bdv:
+        return bdv_sources(file, axes, level)
+    with _file(file) as f:
         if not dataset:
             images = _image_datasets(f)
             if not images:
@@ -311,7 +324,32 @@ def _calibration(attrs: Any, axes: str) -> tuple[dict[str, float], dict[str, str
     return {}, {}
 
 
-class ImarisSource(ImageSource):
+class Hdf5Channels(ImageSource):
+    """A source whose channels, at each time point, are z, y, x datasets of one HDF5 file
+    (``_dataset``), read into one block."""
+
+    def _hdf5_file(self) -> str:
+        return self.path
+
+    def _dataset(self, f: Any, t: int, c: int) -> Any:
+        raise NotImplementedError
+
+    def _open(self) -> Any:
+        return _opened(self._hdf5_file())
+
+    def _read(
+        self, t: int, channels: tuple[int, ...], region: tuple[tuple[int, int], ...]
+    ) -> np.ndarray:
+        f = self.handle
+        index = tuple(slice(a, b) for a, b in region)
+        out = np.empty((len(channels), *(b - a for a, b in region)), self.info.dtype)
+        for i, c in enumerate(channels):
+            data = self._dataset(f, t, c)
+            data.read_direct(out[i].view(data.dtype), index)  # the stored bits, as read
+        return out
+
+
+class ImarisSource(Hdf5Channels):
     """An Imaris file (``.ims``: Imaris, ImarisConvert, ImarisWriter, the microscopes
     that save it): ``DataSet/ResolutionLevel r/TimePoint t/Channel c/Data``, each a
     z, y, x array (its stored size padded past the image's, which each channel's
@@ -321,7 +359,7 @@ class ImarisSource(ImageSource):
 
     kind = "imaris"
 
-    def _data(self, f: Any, t: int, c: int) -> Any:
+    def _dataset(self, f: Any, t: int, c: int) -> Any:
         return f[f"{_IMARIS_ROOT}/ResolutionLevel {self.level}/TimePoint {t}/Channel {c}/Data"]
 
     def _inspect(self) -> ImageInfo:
@@ -334,7 +372,7 @@ class ImarisSource(ImageSource):
             times = _count(full, "TimePoint")
             channels = _count(full["TimePoint 0"], "Channel")
             size = _size(root[f"ResolutionLevel {self.level}/TimePoint 0/Channel 0"])
-            data = self._data(f, 0, 0)
+            data = self._dataset(f, 0, 0)
             _filters_readable(data, self.where)
             info = f.get("DataSetInfo")
             scale: dict[str, float] = {}
@@ -349,19 +387,6 @@ class ImarisSource(ImageSource):
                     for c in range(channels)
                 )
             return ImageInfo((times, channels, *size), np.dtype(data.dtype), scale, units, names)
-
-    def _open(self) -> Any:
-        return _opened(self.path)
-
-    def _read(
-        self, t: int, channels: tuple[int, ...], region: tuple[tuple[int, int], ...]
-    ) -> np.ndarray:
-        f = self.handle
-        index = tuple(slice(a, b) for a, b in region)
-        out = np.empty((len(channels), *(b - a for a, b in region)), self.info.dtype)
-        for i, c in enumerate(channels):
-            self._data(f, t, c).read_direct(out, index, np.s_[i])
-        return out
 
 
 def _count(group: Any, prefix: str) -> int:

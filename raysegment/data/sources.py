@@ -1768,6 +1768,7 @@ def open_sources(
         InputImageError: missing path, unknown format, unreadable or corrupt file.
     """
     # These build on this module.
+    from raysegment.data.bdv import bdv_sources
     from raysegment.data.hdf5 import hdf5_parts, hdf5_sources
     from raysegment.data.mrc import MRC_SUFFIXES, MrcSource
 
@@ -1804,11 +1805,14 @@ def open_sources(
         kind = "czi"
     elif os.path.isfile(p) and name.endswith(MRC_SUFFIXES):
         return _checked([MrcSource(p, axes, level=level)])
+    elif os.path.isfile(p) and name.endswith(".xml"):  # a BigDataViewer project
+        return _checked(bdv_sources(p, axes, level))
     else:
         raise InputImageError(
             f"{p}: not a supported image; give an OME-TIFF, TIFF (or SVS, NDPI, QPTIFF), "
-            f"CZI, HDF5 (.h5, .hdf5, .hdf), Imaris (.ims) or MRC (.mrc, .rec) file, zarr array, "
-            f"OME-Zarr, N5 or Neuroglancer precomputed volume"
+            f"CZI, HDF5 (.h5, .hdf5, .hdf), Imaris (.ims) or MRC (.mrc, .rec) file, "
+            f"BigDataViewer project (.xml), zarr array, OME-Zarr, N5 or Neuroglancer "
+            f"precomputed volume"
         )
     cls = SOURCES.get(kind)
     stem = image_stem(p)

@@ -251,3 +251,71 @@ def test_infer_segments_a_dataset_and_an_imaris_level_into_ome_zarr(tmp_path, ma
         x = torch.from_numpy(image[:, 0, ::2, ::2].astype(np.float32))[None]
         want = module2(x)[0].numpy()
     np.testing.assert_allclose(got.reshape(want.shape), want, rtol=1e-5, atol=1e-4)
+
+
+def write_bdv(path: Path, views: dict[int, np.ndarray], attributes: dict[int, dict]) -> None:
+    """A BigDataViewer project: ``path`` (.h5) and its XML beside it. ``views``: setup id
+    -> (t, z, y, x) uint16, stored as BigDataViewer stores it (int16 bits, a pyramid of two
+    levels, the second halved in x and y); ``attributes``: each setup's (channel, tile)."""
+    with h5py.File(path, "w") as f:
+        for setup, data in views.items():
+            f[f"s{setup:02d}/resolutions"] = np.array([[1, 1, 1], [2, 2, 1]], np.float64)
+            f[f"s{setup:02d}/subdivisions"] = np.array([[16, 16, 4], [16, 16, 4]], np.int32)
+            for t, level in itertools.product(range(len(data)), (0, 1)):
+                step = 2**level
+                cells = data[t, :, ::step, ::step].view(np.int16)
+                f.create_dataset(f"t{t:05d}/s{setup:02d}/{level}/cells", data=cells, chunks=True)
+    setups = "".join(
+        f"<ViewSetup><id>{s}</id><name>{s}</name>"
+        f"<size>{views[s].shape[3]} {views[s].shape[2]} {views[s].shape[1]}</size>"
+        "<voxelSize><unit>µm</unit><size>0.4 0.4 2.5</size></voxelSize><attributes>"
+        + "".join(f"<{k}>{v}</{k}>" for k, v in attributes[s].items())
+        + "</attributes></ViewSetup>"
+        for s in views
+    )
+    path.with_suffix(".xml").write_text(
+        '<?xml version="1.0" encoding="UTF-8"?><SpimData version="0.2">'
+        '<BasePath type="relative">.</BasePath><SequenceDescription>'
+        f'<ImageLoader format="bdv.hdf5"><hdf5 type="relative">{path.name}</hdf5>'
+        f"</ImageLoader><ViewSetups>{setups}</ViewSetups></SequenceDescription></SpimData>"
+    )
+
+
+def test_a_bigdataviewer_file_gives_a_volume_per_tile_its_setups_as_channels(tmp_path) -> None:
+    volume = random_image((2, 2, 6, 40, 48)) * 60  # t, channel, z, y, x: past 32767
+    views = {0: volume[:, 1], 1: volume[:, 0]}
+    write_bdv(tmp_path / "fused.h5", views, {0: {"channel": 2}, 1: {"channel": 1}})
+    for given in ("fused.xml", "fused.h5"):
+        (source,) = open_sources(tmp_path / given)
+        assert source.kind == "bdv" and source.name == "fused" and source.levels == 2
+        assert source.info.shape == (2, 2, 6, 40, 48) and source.info.dtype == np.uint16
+        assert source.info.scale == pytest.approx({"x": 0.4, "y": 0.4, "z": 2.5})
+        assert source.info.units == dict.fromkeys("zyx", "micrometer")
+        assert source.info.channel_names == ("channel 1", "channel 2")
+        region = ((1, 5), (3, 40), (0, 31))
+        got = source.read(1, (0, 1), region)  # setup 1 (channel 1) first
+        np.testing.assert_array_equal(got, volume[1, :, 1:5, 3:40, :31])
+    (half,) = open_sources(tmp_path / "fused.xml", level=1)
+    assert half.info.shape == (2, 2, 6, 20, 24)
+    assert half.info.scale == pytest.approx({"x": 0.8, "y": 0.8, "z": 2.5})
+    np.testing.assert_array_equal(
+        half.read(0, (1,), ((0, 6), (0, 20), (0, 24)))[0], volume[0, 1, :, ::2, ::2]
+    )
+
+    # Two tiles of one channel each: an image per tile, as a file of several series.
+    tiles = {0: volume[:1, 0], 1: volume[:1, 1]}
+    write_bdv(
+        tmp_path / "tiles.h5", tiles, {0: {"channel": 0, "tile": 0}, 1: {"channel": 0, "tile": 1}}
+    )
+    sources = open_sources(tmp_path / "tiles.xml")
+    assert [s.name for s in sources] == ["tiles_s0", "tiles_s1"]
+    for s, (_, data) in zip(sources, sorted(tiles.items()), strict=True):
+        np.testing.assert_array_equal(s.read(0, (0,), ((0, 6), (0, 40), (0, 48)))[0], data[0])
+    (tmp_path / "other.xml").write_text(
+        '<SpimData><SequenceDescription><ImageLoader format="bdv.n5"><n5>x.n5</n5>'
+        "</ImageLoader></SequenceDescription></SpimData>"
+    )
+    with pytest.raises(
+        InputImageError, match=r"other.xml: .*not in BigDataViewer HDF5 \(image loader bdv.n5\)"
+    ):
+        open_sources(tmp_path / "other.xml")
