@@ -70,19 +70,23 @@ def _project(xml: str) -> tuple[str, dict[int, _Setup]]:
             os.path.dirname(xml), (base.text or ".").strip() if base is not None else "."
         )
         where = os.path.normpath(os.path.join(folder, where))
-    setups = {}
-    for node in root.iter("ViewSetup"):
-        setup_id = int(node.findtext("id", "0"))
-        sizes = (node.findtext("voxelSize/size") or "").split()
-        voxel = tuple(float(v) for v in sizes) if len(sizes) == 3 else None
-        unit = _UNITS.get((node.findtext("voxelSize/unit") or "").strip())
-        attributes = node.find("attributes")
-        given = (
-            {a.tag: (a.text or "").strip() for a in attributes} if attributes is not None else {}
-        )
-        channel = int(given.pop("channel", "0") or 0)
-        setups[setup_id] = _Setup(setup_id, voxel, unit, channel, tuple(sorted(given.items())))  # type: ignore[arg-type]
+    try:
+        setups = dict(_setup(node) for node in root.iter("ViewSetup"))
+    except ValueError as e:
+        raise InputImageError(f"{xml}: a view setup that is not a number ({e})") from e
     return where, setups
+
+
+def _setup(node: ET.Element) -> tuple[int, _Setup]:
+    """A ``ViewSetup`` element's id and setup."""
+    setup_id = int(node.findtext("id", "0"))
+    sizes = (node.findtext("voxelSize/size") or "").split()
+    voxel = (float(sizes[0]), float(sizes[1]), float(sizes[2])) if len(sizes) == 3 else None
+    unit = _UNITS.get((node.findtext("voxelSize/unit") or "").strip())
+    attributes = node.find("attributes")
+    given = {a.tag: (a.text or "").strip() for a in attributes} if attributes is not None else {}
+    channel = int(given.pop("channel", "0") or 0)
+    return setup_id, _Setup(setup_id, voxel, unit, channel, tuple(sorted(given.items())))
 
 
 def _groups(path: str) -> tuple[str, list[tuple[int, ...]], dict[int, _Setup]]:

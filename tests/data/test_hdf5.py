@@ -319,3 +319,7 @@ def test_a_bigdataviewer_file_gives_a_volume_per_tile_its_setups_as_channels(tmp
         InputImageError, match=r"other.xml: .*not in BigDataViewer HDF5 \(image loader bdv.n5\)"
     ):
         open_sources(tmp_path / "other.xml")
+    xml = (tmp_path / "tiles.xml").read_text().replace("<id>1</id>", "<id>one</id>")
+    (tmp_path / "tiles.xml").write_text(xml)
+    with pytest.raises(InputImageError, match=r"tiles.xml: a view setup that is not a number"):
+        open_sources(tmp_path / "tiles.xml")
