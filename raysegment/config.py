@@ -426,6 +426,10 @@ class CollectionConfig:
     pattern: Optional[str] = None
     """Regex selecting files (full match); a capture group, if any, is the pairing key,
     else the name without image suffixes (e.g. labels.pattern='(.*)_mask\\.tif')."""
+    dataset: Optional[str] = None
+    """The dataset read from each HDF5 file (``volumes/raw``, ``volumes/labels/neuron_ids``:
+    CREMI's samples, each one file of raw data and labels); default: a file's one image
+    dataset."""
 
 
 @dataclass

@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 
 from raysegment import storage
+from raysegment.data.hdf5 import hdf5_parts
 from raysegment.data.inputs import resolve_inputs
 from raysegment.data.sources import image_stem
 from raysegment.errors import InputImageError
@@ -12,13 +13,22 @@ from raysegment.errors import InputImageError
 __all__ = ["pair_images"]
 
 
-def _keyed(directory: str, pattern: str | None, what: str) -> dict[str, str]:
+def _keyed(
+    directory: str, pattern: str | None, what: str, dataset: str | None = None
+) -> dict[str, str]:
     paths = resolve_inputs(directory, pattern)
     regex = re.compile(pattern, re.IGNORECASE) if pattern else None
     keyed: dict[str, str] = {}
     for path in paths:
         match = regex.fullmatch(storage.basename(path)) if regex else None
         key = match.group(1) if match and match.re.groups else image_stem(path)
+        if dataset:
+            if hdf5_parts(path) is None:
+                raise InputImageError(
+                    f"{path}: {what}.dataset={dataset} names a dataset of HDF5 files; this is "
+                    f"none (narrow {what}.pattern to the HDF5 files, or unset {what}.dataset)"
+                )
+            path = f"{path}/{dataset.strip('/')}"
         if key in keyed:
             raise InputImageError(
                 f"{path}: {what} {storage.basename(keyed[key])} has the same pairing key {key!r}; "
@@ -29,18 +39,24 @@ def _keyed(directory: str, pattern: str | None, what: str) -> dict[str, str]:
 
 
 def pair_images(
-    images_dir: str, images_pattern: str | None, labels_dir: str, labels_pattern: str | None
+    images_dir: str,
+    images_pattern: str | None,
+    labels_dir: str,
+    labels_pattern: str | None,
+    images_dataset: str | None = None,
+    labels_dataset: str | None = None,
 ) -> list[tuple[str, str]]:
     """Match each image with the label of the same key, sorted by key.
 
     The key is the pattern's first capture group when it has one (``(.*)_mask\\.tif``), else
-    the file name without image suffixes.
+    the file name without image suffixes. ``*_dataset``: the dataset read from each HDF5
+    file (``volumes/raw``), so that one file may hold an image and its label.
 
     Raises:
         InputImageError: a directory matches nothing, or an image or label has no partner.
     """
-    images = _keyed(images_dir, images_pattern, "images")
-    labels = _keyed(labels_dir, labels_pattern, "labels")
+    images = _keyed(images_dir, images_pattern, "images", images_dataset)
+    labels = _keyed(labels_dir, labels_pattern, "labels", labels_dataset)
     for key, path in images.items():
         if key not in labels:
             raise InputImageError(

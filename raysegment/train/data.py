@@ -210,7 +210,14 @@ def prepare(cfg: TrainConfig) -> TrainingSet:
         InputImageError: unpaired files, shape mismatches, label values that do not fit
             ``mode``, patches larger than an image, fewer than two pairs.
     """
-    found = pair_images(cfg.images.dir, cfg.images.pattern, cfg.labels.dir, cfg.labels.pattern)
+    found = pair_images(
+        cfg.images.dir,
+        cfg.images.pattern,
+        cfg.labels.dir,
+        cfg.labels.pattern,
+        cfg.images.dataset,
+        cfg.labels.dataset,
+    )
     if len(found) < 2:
         raise InputImageError(
             f"{cfg.images.dir}: found {len(found)} image/label pair(s); training needs at least "

@@ -118,6 +118,25 @@ def test_a_dataset_is_named_after_its_file_or_found_alone(tmp_path) -> None:
         open_sources(tmp_path / "broken.h5")
 
 
+def test_training_pairs_each_files_raw_dataset_with_its_labels(tmp_path) -> None:
+    """CREMI's samples: a directory of files, each holding raw data and labels."""
+    for name in ("sample_A", "sample_B", "sample_C"):
+        write_cremi(tmp_path / f"{name}.hdf", random_image((5, 32, 32), "uint8"))
+    (tmp_path / "notes.tif").write_bytes(b"")
+    pattern = r".*\.hdf"
+    raw, labels = "volumes/raw", "volumes/labels/neuron_ids"
+    pairs = pair_images(str(tmp_path), pattern, str(tmp_path), pattern, raw, f"/{labels}")
+    assert pairs == [
+        (f"{tmp_path}/sample_{s}.hdf/{raw}", f"{tmp_path}/sample_{s}.hdf/{labels}") for s in "ABC"
+    ]
+    with pytest.raises(
+        InputImageError,
+        match=r"notes.tif: images.dataset=volumes/raw names a "
+        r"dataset of HDF5 files; this is none \(narrow images.pattern",
+    ):
+        pair_images(str(tmp_path), r".*\.(hdf|tif)", str(tmp_path), pattern, raw, labels)
+
+
 def test_without_h5py_an_hdf5_input_says_what_to_install(tmp_path, monkeypatch) -> None:
     write_cremi(tmp_path / "sample_A.hdf", random_image((5, 32, 32), "uint8"))
     monkeypatch.setitem(sys.modules, "h5py", None)
