@@ -42,11 +42,22 @@ class _Setup:
     image's channels."""
 
 
+def _setup_ids(f: Any) -> list[int]:
+    """The view setups of the open HDF5 file ``f``: its groups ``s00``, ``s01``, ... that
+    hold ``resolutions`` (a dataset of such a name is never read through)."""
+    import h5py
+
+    ids = []
+    for key in f:
+        match = _SETUP.fullmatch(key)
+        if match and isinstance(f.get(key), h5py.Group) and "resolutions" in f[key]:
+            ids.append(int(match.group(1)))
+    return sorted(ids)
+
+
 def is_bdv(f: Any) -> bool:
     """Whether the open HDF5 file ``f`` has BigDataViewer's layout."""
-    return any(_SETUP.fullmatch(k) and "resolutions" in f[k] for k in f) and any(
-        _TIME.fullmatch(k) for k in f
-    )
+    return bool(_setup_ids(f)) and any(_TIME.fullmatch(k) for k in f)
 
 
 def _project(xml: str) -> tuple[str, dict[int, _Setup]]:
@@ -101,7 +112,7 @@ def _groups(path: str) -> tuple[str, list[tuple[int, ...]], dict[int, _Setup]]:
         ):
             h5, described = path, {}  # a project of another file
     with _file(h5) as f:
-        present = sorted(int(m.group(1)) for k in f if (m := _SETUP.fullmatch(k)))
+        present = _setup_ids(f)
     setups = [described.get(i, _Setup(i, view=(("setup", str(i)),))) for i in present]
     views: dict[tuple[tuple[str, str], ...], list[_Setup]] = {}
     for setup in setups:

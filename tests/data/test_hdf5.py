@@ -113,6 +113,11 @@ def test_a_dataset_is_named_after_its_file_or_found_alone(tmp_path) -> None:
         str(tmp_path / "one.h5"),
         str(tmp_path / "sample_A.hdf"),
     ]
+    # Datasets named like BigDataViewer's groups (a pyramid's s0, s1) are plain datasets.
+    with h5py.File(tmp_path / "levels.h5", "w") as f:
+        f["s0"], f["t00000"] = raw[0], raw[0, ::2, ::2]
+    with pytest.raises(InputImageError, match=r"levels.h5: holds 2 datasets \(s0 64x48 uint8"):
+        open_sources(tmp_path / "levels.h5")
     (tmp_path / "broken.h5").write_bytes(b"\x89HDF\r\n\x1a\n" + b"\0" * 40)
     with pytest.raises(InputImageError, match="broken.h5: not a readable HDF5 file"):
         open_sources(tmp_path / "broken.h5")
