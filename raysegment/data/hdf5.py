@@ -121,8 +121,10 @@ def _likely_raw(images: list[tuple[str, Any]]) -> str:
     return max(images, key=lambda item: item[1].size)[0]
 
 
-def _describe(name: str, node: Any) -> str:
-    return f"{name} {'x'.join(map(str, node.shape))} {node.dtype}"
+def _listed(images: list[tuple[str, Any]], most: int = 8) -> str:
+    """``images`` in a message: name, shape and type of each, the first ``most``."""
+    named = ", ".join(f"{n} {'x'.join(map(str, d.shape))} {d.dtype}" for n, d in images[:most])
+    return named + (f" and {len(images) - most} more" if len(images) > most else "")
 
 
 def hdf5_sources(
@@ -154,10 +156,8 @@ def hdf5_sources(
                     f"{MIN_PIXELS} values at least)"
                 )
             if len(images) > 1:
-                listed = ", ".join(_describe(n, d) for n, d in images[:8])
-                more = f" and {len(images) - 8} more" if len(images) > 8 else ""
                 raise InputImageError(
-                    f"{file}: holds {len(images)} datasets ({listed}{more}); give the one to "
+                    f"{file}: holds {len(images)} datasets ({_listed(images)}); give the one to "
                     f"segment after the file's name, e.g. input={file}/{_likely_raw(images)}"
                 )
             dataset = images[0][0]
@@ -250,7 +250,7 @@ class Hdf5Source(ArraySource):
         node = f.get(dataset) if dataset else None
         if not isinstance(node, h5py.Dataset):
             what = "a group" if node is not None else "no such dataset"
-            listed = ", ".join(_describe(n, d) for n, d in _image_datasets(f)[:8]) or "none"
+            listed = _listed(_image_datasets(f)) or "none"
             raise InputImageError(f"{self.path}: {what} in {file}; its image datasets: {listed}")
         return node
 
@@ -311,7 +311,10 @@ def _calibration(attrs: Any, axes: str) -> tuple[dict[str, float], dict[str, str
     for key, unit in (("element_size_um", "micrometer"), ("resolution", None)):
         if key not in attrs:
             continue
-        values = np.asarray(attrs[key], dtype=np.float64).ravel()
+        try:
+            values = np.asarray(attrs[key], dtype=np.float64).ravel()
+        except (ValueError, TypeError):
+            continue  # not numbers (a note, a unit): no pixel size from it
         if len(values) == len(axes):
             values = values[[axes.index(a) for a in spatial]]
         if len(values) != len(spatial) or not np.all(values > 0):

@@ -164,6 +164,10 @@ def test_ilastik_axistags_and_element_size_um_give_axes_and_pixel_size(tmp_path)
     assert source.info.units == dict.fromkeys("zyx", "micrometer")
     got = source.read(0, (1, 0), ((1, 5), (0, 40), (7, 30)))
     np.testing.assert_array_equal(got, image[1:5, :, 7:30, [1, 0]].transpose(3, 0, 1, 2))
+    with h5py.File(tmp_path / "noted.h5", "w") as f:
+        f.create_dataset("data", data=image[..., 0]).attrs["element_size_um"] = "unknown"
+    (noted,) = open_sources(tmp_path / "noted.h5")  # text, not a pixel size: none
+    assert noted.info.scale == {} and noted.info.shape == (1, 1, 6, 40, 30)
     # axes= wins over the file's, as for any array.
     (given,) = open_sources(tmp_path / "stack.h5", axes="tyxc")
     assert given.info.shape == (6, 2, 1, 40, 30)
