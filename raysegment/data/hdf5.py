@@ -268,10 +268,6 @@ class Hdf5Source(ArraySource):
             scale, units = _calibration(attrs, self.axes)
             return ImageInfo(shape, np.dtype(node.dtype), scale, units)  # type: ignore[arg-type]
 
-    def _array_axes(self) -> str:
-        assert self.axes is not None
-        return self.axes
-
     def _open(self) -> Any:
         file, _ = self._parts()
         f = _opened(file)

@@ -82,10 +82,6 @@ class MrcSource(ArraySource):
             units = dict.fromkeys(scale, "angstrom")
             return ImageInfo(shape, np.dtype(data.dtype), scale, units)  # type: ignore[arg-type]
 
-    def _array_axes(self) -> str:
-        assert self.axes is not None
-        return self.axes
-
     def _open(self) -> Any:
         return _Mapped(_mapped(self.path))
 

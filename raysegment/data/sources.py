@@ -298,7 +298,9 @@ class ArraySource(ImageSource):
     """A source backed by an array-like with numpy slicing and known axes."""
 
     def _array_axes(self) -> str:
-        raise NotImplementedError
+        """The array's axes (``axes``, which ``_inspect`` sets), letters of ``AXES``."""
+        assert self.axes is not None
+        return self.axes
 
     def _listing_tells(self, fill: Any) -> bool:
         """Whether a listing of the store tells its unwritten chunks (``unstored``): on a
@@ -624,10 +626,6 @@ class TiffSource(ArraySource):
         scale, units = _tiff_calibration(tif, tif.series[self.series or 0].keyframe)
         return ImageInfo(shape, dtype, scale, units)  # type: ignore[arg-type]
 
-    def _array_axes(self) -> str:
-        assert self.axes is not None
-        return self.axes
-
     def __getstate__(self) -> dict[str, Any]:
         state = super().__getstate__()
         # An open file does not travel; the receiver reopens it.
@@ -825,10 +823,6 @@ class ZarrSource(ArraySource):
         if names is not None and len(names) != shape[1]:
             names = None
         return ImageInfo(shape, np.dtype(node.dtype), scale, units, names)  # type: ignore[arg-type]
-
-    def _array_axes(self) -> str:
-        assert self.axes is not None
-        return self.axes
 
     def _open(self) -> Any:
         import zarr
@@ -1098,10 +1092,6 @@ class TensorstoreSource(ArraySource):
         for x, code in enumerate(sx):
             stored[x, ..., 0] = np.isin(code | sy[:, None] | sz[None, :], wanted)
         return self._occupancy(stored, (*chunk, int(self.handle.store.shape[3])))
-
-    def _array_axes(self) -> str:
-        assert self.axes is not None
-        return self.axes
 
     def _inspect(self) -> ImageInfo:
         self.precomputed = tensorstore_format(self.path) == "precomputed"
