@@ -228,6 +228,10 @@ class InferConfig:
     """An image file, a zarr / OME-Zarr path, or a directory of images."""
     pattern: Optional[str] = None
     """Regular expression selecting files in an input directory (full match on the name)."""
+    dataset: Optional[str] = None
+    """The dataset read from each HDF5 file of the input (``volumes/raw``): for files of
+    several datasets (``input=vol.h5/volumes/raw`` names one file's). Default: each file's
+    one image dataset."""
     sequence: Optional[str] = None
     """z: the TIFF files of the input directory (those ``pattern`` matches) are the planes
     of one volume, one plane a file (a CT reconstruction, Fiji's "Image Sequence"); t:
@@ -380,6 +384,11 @@ class InferConfig:
             not 2 <= len(self.voxel_size) <= 3 or min(self.voxel_size) <= 0
         ):
             raise ConfigError(f"voxel_size={self.voxel_size}: give 2 (y x) or 3 (z y x) sizes > 0")
+        if self.dataset and self.sequence:
+            raise ConfigError(
+                f"dataset={self.dataset} reads HDF5 files, sequence={self.sequence} stacks "
+                f"TIFF files: unset one"
+            )
         _check_pattern("pattern", self.pattern)
         _check_sizes("chunks", self.chunks)
         _check_sizes("block", self.block)

@@ -16,15 +16,39 @@ DEFAULT_PATTERN = (
 )
 
 
-def resolve_inputs(input: str, pattern: str | None = None) -> list[str]:
+def resolve_inputs(
+    input: str, pattern: str | None = None, dataset: str | None = None, prefix: str = ""
+) -> list[str]:
     """An image file, zarr path or HDF5 dataset (``vol.h5/volumes/raw``) -> itself; a
     directory -> its entries matching ``pattern`` (a regular expression, full match on the
     name, case-insensitive), sorted. Local paths come back absolute; fsspec URLs
-    (``s3://bucket/dir``) as given.
+    (``s3://bucket/dir``) as given. ``dataset`` (``volumes/raw``): that dataset of each
+    HDF5 file instead (``a.h5`` -> ``a.h5/volumes/raw``); ``prefix``: where the keys
+    ``pattern`` and ``dataset`` sit in the config (``images.``), for the errors.
 
     Raises:
-        InputImageError: the path is missing, or nothing in the directory matches.
+        InputImageError: the path is missing, nothing in the directory matches, or
+            ``dataset`` is given for a path that is no HDF5 file.
     """
+    paths = _matching(input, pattern, prefix)
+    return paths if not dataset else [_dataset_of(p, dataset, prefix) for p in paths]
+
+
+def _dataset_of(path: str, dataset: str, prefix: str) -> str:
+    parts = hdf5_parts(path)
+    if parts is None:
+        raise InputImageError(
+            f"{path}: {prefix}dataset={dataset} names a dataset of HDF5 files; this is none "
+            f"(narrow {prefix}pattern to the HDF5 files, or unset {prefix}dataset)"
+        )
+    if parts[1]:
+        raise InputImageError(
+            f"{path}: names a dataset already; give the file, or unset {prefix}dataset"
+        )
+    return f"{path}/{dataset.strip('/')}"
+
+
+def _matching(input: str, pattern: str | None, prefix: str) -> list[str]:
     path = storage.resolve(input)
     if tensorstore_format(path) is not None or hdf5_parts(path) is not None:
         return [path]  # an N5 or precomputed volume, an HDF5 file or a dataset in one
@@ -39,7 +63,7 @@ def resolve_inputs(input: str, pattern: str | None = None) -> list[str]:
         names = entries[:5]
         seen = f"; it holds e.g. {names}" if names else "; it is empty"
         raise InputImageError(
-            f"{path}: no entry matches pattern={pattern or DEFAULT_PATTERN!r}{seen}; "
-            f"set pattern= to a regular expression matching the image names"
+            f"{path}: no entry matches {prefix}pattern={pattern or DEFAULT_PATTERN!r}{seen}; "
+            f"set {prefix}pattern to a regular expression matching the image names"
         )
     return found

@@ -5,7 +5,6 @@ from __future__ import annotations
 import re
 
 from raysegment import storage
-from raysegment.data.hdf5 import hdf5_parts
 from raysegment.data.inputs import resolve_inputs
 from raysegment.data.sources import image_stem
 from raysegment.errors import InputImageError
@@ -16,19 +15,12 @@ __all__ = ["pair_images"]
 def _keyed(
     directory: str, pattern: str | None, what: str, dataset: str | None = None
 ) -> dict[str, str]:
-    paths = resolve_inputs(directory, pattern)
+    paths = resolve_inputs(directory, pattern, dataset, f"{what}.")
     regex = re.compile(pattern, re.IGNORECASE) if pattern else None
     keyed: dict[str, str] = {}
     for path in paths:
         match = regex.fullmatch(storage.basename(path)) if regex else None
         key = match.group(1) if match and match.re.groups else image_stem(path)
-        if dataset:
-            if hdf5_parts(path) is None:
-                raise InputImageError(
-                    f"{path}: {what}.dataset={dataset} names a dataset of HDF5 files; this is "
-                    f"none (narrow {what}.pattern to the HDF5 files, or unset {what}.dataset)"
-                )
-            path = f"{path}/{dataset.strip('/')}"
         if key in keyed:
             raise InputImageError(
                 f"{path}: {what} {storage.basename(keyed[key])} has the same pairing key {key!r}; "

@@ -438,7 +438,7 @@ def infer(config: InferConfig | Mapping[str, Any] | None = None, **overrides: An
     start = time.perf_counter()
     # Workers may run elsewhere (another cwd, another node with the same mounts): every
     # path they see is absolute.
-    paths = resolve_inputs(cfg.input, cfg.pattern)
+    paths = resolve_inputs(cfg.input, cfg.pattern, cfg.dataset)
     if not cfg.sequence:  # before Ray starts
         _refuse_shared_outputs(cfg.input, [image_stem(p) for p in paths])
     output = storage.resolve(cfg.output)

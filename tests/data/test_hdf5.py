@@ -12,16 +12,18 @@ import pytest
 import torch
 import zarr
 
+from raysegment.config import InferConfig, load_config
 from raysegment.data.hdf5 import hdf5_parts
 from raysegment.data.inputs import resolve_inputs
 from raysegment.data.pairs import pair_images
 from raysegment.data.sources import open_sources
-from raysegment.errors import InputImageError
+from raysegment.errors import ConfigError, InputImageError
 from tests.conftest import random_image, whole_image_prediction
 
 
 def write_cremi(path: Path, raw: np.ndarray) -> None:
     """A CREMI-style volume: raw and labels of one sample, 40 x 4 x 4 nm voxels."""
+    path.parent.mkdir(parents=True, exist_ok=True)
     with h5py.File(path, "w") as f:
         d = f.create_dataset("volumes/raw", data=raw, chunks=(5, 32, 16), compression="gzip")
         d.attrs["resolution"] = [40.0, 4.0, 4.0]
@@ -140,6 +142,16 @@ def test_training_pairs_each_files_raw_dataset_with_its_labels(tmp_path) -> None
         r"dataset of HDF5 files; this is none \(narrow images.pattern",
     ):
         pair_images(str(tmp_path), r".*\.(hdf|tif)", str(tmp_path), pattern, raw, labels)
+    # infer's dataset= reads it from each file of a directory, and from a file.
+    assert resolve_inputs(str(tmp_path), pattern, raw) == [p for p, _ in pairs]
+    assert resolve_inputs(f"{tmp_path}/sample_A.hdf", None, raw) == [pairs[0][0]]
+    with pytest.raises(InputImageError, match=r"notes.tif: dataset=volumes/raw names .* pattern"):
+        resolve_inputs(str(tmp_path), None, raw)
+    with pytest.raises(InputImageError, match=r"sample_A.hdf/volumes/raw: names a dataset already"):
+        resolve_inputs(pairs[0][0], None, raw)
+    need = [f"input={tmp_path}", "model=m.pt", "output=o", f"dataset={raw}"]
+    with pytest.raises(ConfigError, match="dataset=volumes/raw reads HDF5 files, sequence=z"):
+        load_config(InferConfig, (), [*need, "sequence=z"])
 
 
 def test_without_h5py_an_hdf5_input_says_what_to_install(tmp_path, monkeypatch) -> None:
@@ -236,29 +248,32 @@ def test_an_imaris_file_reads_its_channels_levels_and_extent(tmp_path) -> None:
 
 @pytest.mark.usefixtures("ray_session")
 def test_infer_segments_a_dataset_and_an_imaris_level_into_ome_zarr(tmp_path, make_model) -> None:
-    """``raysegment infer`` on a CREMI volume's raw dataset (3D model) and on an Imaris
-    file's second level (2-channel 2D model): each output equals the model on the whole
-    image, with the input's voxel size."""
+    """``raysegment infer`` on a directory of CREMI volumes' raw datasets (3D model) and on
+    an Imaris file's second level (2-channel 2D model): each output equals the model on
+    the whole image, with the input's voxel size."""
     from raysegment.infer import infer
 
-    raw = random_image((10, 64, 48), "uint8")
-    write_cremi(tmp_path / "sample_A.hdf", raw)
+    raws = {s: random_image((10, 64, 48), "uint8") for s in "AB"}
+    for s, raw in raws.items():
+        write_cremi(tmp_path / "cremi" / f"sample_{s}.hdf", raw)
     model, module = make_model(dims=3, out_ch=1)
     settings = {"progress": False, "finalize": {"mode": "raw"}, "quicklook": False}
     tile = {"size": [16], "overlap": 0.5, "blend": "crop"}
-    infer(
-        input=f"{tmp_path}/sample_A.hdf/volumes/raw",
+    infer(  # a directory of files of several datasets
+        input=str(tmp_path / "cremi"),
+        dataset="volumes/raw",
         model=str(model),
         output=str(tmp_path / "out"),
         tile=tile,
         **settings,
     )
-    out = tmp_path / "out" / "sample_A.ome.zarr"
-    ms = dict(zarr.open_group(str(out), mode="r").attrs)["ome"]["multiscales"][0]
-    assert ms["axes"][1]["unit"] == "nanometer"
-    assert ms["datasets"][0]["coordinateTransformations"][0]["scale"] == [1.0, 40.0, 4.0, 4.0]
-    got = zarr.open_array(str(out / "0"), mode="r")[:]
-    np.testing.assert_allclose(got, whole_image_prediction(module, raw), rtol=1e-5, atol=1e-4)
+    for s, raw in raws.items():
+        out = tmp_path / "out" / f"sample_{s}.ome.zarr"
+        ms = dict(zarr.open_group(str(out), mode="r").attrs)["ome"]["multiscales"][0]
+        assert ms["axes"][1]["unit"] == "nanometer"
+        assert ms["datasets"][0]["coordinateTransformations"][0]["scale"] == [1, 40, 4, 4]
+        got = zarr.open_array(str(out / "0"), mode="r")[:]
+        np.testing.assert_allclose(got, whole_image_prediction(module, raw), rtol=1e-5, atol=1e-4)
 
     image = random_image((2, 1, 70, 50))
     write_imaris(tmp_path / "cells.ims", image)
