@@ -3,9 +3,10 @@
 Ray Data restarts a dead predictor actor and retries a failed task without limit, which is
 right for a lost node or a one-off crash, and a hang for a block that kills its process
 every time (out of memory on one huge block, a crash in native code on one corrupt tile).
-Every stage asks the run's ``AttemptLedger`` before it works on a block; once a block has
-used its attempts, the stage hands it on as an error row naming the block and why its
-processes died, and the driver stops the run with that one line.
+Every stage records in Ray's control store that it begins a block (``begin_attempt``), so
+the count outlives the processes; once a block has used its attempts, the stage hands it
+on as an error row naming the block and why its processes died, and the driver stops the
+run with that one line.
 """
 
 from __future__ import annotations
@@ -16,82 +17,101 @@ from dataclasses import dataclass
 from typing import Any
 
 __all__ = [
-    "AttemptLedger",
     "Attempts",
     "begin_attempt",
+    "claim_gpu",
     "death_cause",
     "device_label",
+    "devices",
+    "forget",
     "pin_gpu",
+    "register_device",
     "start_ledger",
 ]
 
 
-class AttemptLedger:
-    """Ray actor: per (run, stage, block), the pids of the processes that began it; per
-    run, the devices its predictors hold (for the summary) and the GPU index each
-    predictor of each node was given (``device=1,3,6`` on a cluster)."""
+NAMESPACE = "raysegment"
+"""The namespace of the records in Ray's control store (its internal key-value store)."""
 
-    def __init__(self) -> None:
-        self._pids: dict[tuple[str, str, str], list[int]] = {}
-        self._devices: dict[str, list[str]] = {}
-        self._gpus: dict[tuple[str, str], dict[str, int]] = {}
 
-    def claim_gpu(self, run: str, node: str, actor: str, indices: list[int]) -> int:
-        """The GPU index ``actor`` on ``node`` uses: the one it had before (Ray restarts an
-        actor under the same id), else the least used of ``indices`` on that node."""
-        claims = self._gpus.setdefault((run, node), {})
-        if actor not in claims:
-            used = [list(claims.values()).count(i) for i in indices]
-            claims[actor] = indices[used.index(min(used))]
-        return claims[actor]
+def _kv() -> Any:
+    """Ray's internal key-value store, in its control store (GCS): every process of the
+    cluster reaches it with one request, and it outlives any of them but the head."""
+    from ray.experimental import internal_kv
 
-    def register(self, run: str, device: str) -> None:
-        self._devices.setdefault(run, []).append(device)
+    return internal_kv
 
-    def devices(self, run: str) -> list[str]:
-        return sorted(self._devices.get(run, []))
 
-    def begin(self, run: str, stage: str, key: str, pid: int) -> list[int]:
-        """Record an attempt; returns the pids of every attempt so far, this one last."""
-        pids = self._pids.setdefault((run, stage, key), [])
-        pids.append(pid)
-        return list(pids)
+def _put_new(key: str, value: str) -> bool:
+    """Store ``value`` at ``key`` unless the key exists (one atomic request); whether it
+    was stored."""
+    return not _kv()._internal_kv_put(key, value, overwrite=False, namespace=NAMESPACE)
 
-    def forget(self, run: str) -> None:
-        self._pids = {k: v for k, v in self._pids.items() if k[0] != run}
-        self._gpus = {k: v for k, v in self._gpus.items() if k[0] != run}
-        self._devices.pop(run, None)
+
+def _keys(prefix: str) -> list[str]:
+    return [k.decode() for k in _kv()._internal_kv_list(prefix, namespace=NAMESPACE)]
+
+
+def _get(key: str) -> str:
+    return bytes(_kv()._internal_kv_get(key, namespace=NAMESPACE)).decode()
+
+
+def _append(prefix: str, value: str) -> int:
+    """Store ``value`` as the next of the numbered entries under ``prefix`` (concurrent
+    callers each get a number of their own); its number."""
+    n = len(_keys(prefix))
+    while not _put_new(f"{prefix}{n}", value):
+        n += 1
+    return n
 
 
 @dataclass(frozen=True)
 class Attempts:
-    """What a stage needs to count its attempts: the ledger, this run's id, the cap."""
+    """What a stage needs to count its attempts: this run's id, the cap. The run's records
+    are in Ray's control store, not in a process of the run: per block and stage, the
+    pids of the processes that began it; the devices its predictors hold (for the
+    summary); the GPU index each predictor of each node was given (``device=1,3,6``)."""
 
-    ledger: Any
     run: str
     max_attempts: int
 
 
-_LEDGERS: dict[str, Any] = {}
-"""One ledger per Ray job, created on first use; the handle kept here keeps it alive for
-the job's later runs (an actor dies with its last handle)."""
-
-
 def start_ledger(max_attempts: int) -> Attempts:
-    """The ledger of this Ray job, for a new run."""
-    import ray
-    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+    """The records of a new run (``forget`` removes them)."""
+    return Attempts(uuid.uuid4().hex, max_attempts)
 
-    context = ray.get_runtime_context()
-    job = f"{context.gcs_address}/{context.get_job_id()}"
-    if job not in _LEDGERS:
-        # On the driver's node: a worker node may leave (the autoscaler removes idle
-        # GPU nodes), and the ledger would go with it.
-        here = NodeAffinitySchedulingStrategy(context.get_node_id(), soft=False)
-        _LEDGERS[job] = (
-            ray.remote(num_cpus=0)(AttemptLedger).options(scheduling_strategy=here).remote()
-        )
-    return Attempts(_LEDGERS[job], uuid.uuid4().hex, max_attempts)
+
+def forget(attempts: Attempts) -> None:
+    _kv()._internal_kv_del(f"{attempts.run}/", del_by_prefix=True, namespace=NAMESPACE)
+
+
+def _caller() -> str:
+    """The calling actor's id (the same after Ray restarts it), else this process's pid."""
+    import ray
+
+    return ray.get_runtime_context().get_actor_id() or str(os.getpid())
+
+
+def register_device(attempts: Attempts, label: str) -> None:
+    """Record where the calling predictor runs (a restarted one keeps one entry)."""
+    key = f"{attempts.run}/device/{_caller()}"
+    _kv()._internal_kv_put(key, label, namespace=NAMESPACE)
+
+
+def devices(attempts: Attempts) -> list[str]:
+    """Where the run's predictors ran (``register_device``), sorted."""
+    return sorted(_get(k) for k in _keys(f"{attempts.run}/device/"))
+
+
+def claim_gpu(attempts: Attempts, node: str, actor: str, indices: list[int]) -> int:
+    """The GPU index ``actor`` on ``node`` uses: the one it had before (Ray restarts an
+    actor under the same id), else the next of ``indices`` in turn on that node (as each
+    actor keeps its own, the least used)."""
+    mine = f"{attempts.run}/gpu/{node}/{actor}"
+    if not _kv()._internal_kv_exists(mine, namespace=NAMESPACE):
+        turn = _append(f"{attempts.run}/gpu-turn/{node}/", actor)
+        _put_new(mine, str(indices[turn % len(indices)]))
+    return int(_get(mine))
 
 
 def pin_gpu(attempts: Attempts, indices: tuple[int, ...]) -> int:
@@ -103,11 +123,7 @@ def pin_gpu(attempts: Attempts, indices: tuple[int, ...]) -> int:
     """
     import ray
 
-    context = ray.get_runtime_context()
-    claim = attempts.ledger.claim_gpu.remote(
-        attempts.run, context.get_node_id(), context.get_actor_id(), list(indices)
-    )
-    index = int(ray.get(claim))
+    index = claim_gpu(attempts, ray.get_runtime_context().get_node_id(), _caller(), list(indices))
     os.environ["CUDA_VISIBLE_DEVICES"] = str(index)
     return index
 
@@ -151,14 +167,13 @@ def begin_attempt(attempts: Attempts, stage: str, key: str) -> str | None:
         None to go ahead; otherwise the reason the block must not be tried again: it was
         begun ``max_attempts`` times and every process that began it died.
     """
-    import ray
-
-    pids = ray.get(attempts.ledger.begin.remote(attempts.run, stage, key, os.getpid()))
-    if len(pids) <= attempts.max_attempts:
+    prefix = f"{attempts.run}/attempt/{stage}/{key}/"
+    n = _append(prefix, str(os.getpid()))
+    if n < attempts.max_attempts:
         return None
     return (
         f"the {stage} process died {attempts.max_attempts} time(s) running it "
-        f"({death_cause(pids[-2])}); "
+        f"({death_cause(int(_get(f'{prefix}{n - 1}')))}); "
         f"give each worker more memory (fewer actors=, smaller block= or batch_size=) "
         f"or fix the input there, then rerun the same command to resume"
     )

@@ -32,7 +32,7 @@ from raysegment.data.sources import (
 )
 from raysegment.data.tiling import block_grid, seam_repeats
 from raysegment.errors import ConfigError, OutputError
-from raysegment.infer.attempts import start_ledger
+from raysegment.infer.attempts import devices, forget, start_ledger
 from raysegment.infer.mask import AUTO, Mask, auto_mask, open_mask
 from raysegment.infer.model import ModelFile, ModelSpec, ensemble_sha256, probe_models, read_models
 from raysegment.infer.plan import (
@@ -761,6 +761,6 @@ def _run(
                 bar.set_postfix(tiles=summary.tiles, refresh=False)
                 if remaining[image] == 0:
                     _complete(plans[image], cfg, previews.pop(image, None))
-        summary.devices = ray.get(attempts.ledger.devices.remote(attempts.run))
+        summary.devices = devices(attempts)
     finally:
-        attempts.ledger.forget.remote(attempts.run)
+        forget(attempts)

@@ -17,7 +17,7 @@ import torch
 
 from raysegment.compute import autocast, choose_layout, forward, slow_precision
 from raysegment.data.tiling import Block, Tiling, blend_weights_1d
-from raysegment.infer.attempts import Attempts, device_label, pin_gpu
+from raysegment.infer.attempts import Attempts, device_label, pin_gpu, register_device
 from raysegment.infer.finalize import FINALIZERS
 from raysegment.infer.model import ModelFile, load_model
 from raysegment.infer.plan import ImagePlan, WorkItem
@@ -403,10 +403,7 @@ class Predictor:
             )
         self.notes = "".join(notes)
         if attempts is not None:
-            label = device_label(gpu) + self.notes
-            # Waited for: the driver reads the ledger when the last block is in, and a
-            # call from another process has no ordering with this one.
-            ray.get(attempts.ledger.register.remote(attempts.run, label))
+            register_device(attempts, device_label(gpu) + self.notes)
         self.fixed_batch = static_batch is not None
         self.batch_size = (
             static_batch

@@ -2,12 +2,22 @@
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
+
 import pytest
 
 from raysegment.config import InferConfig, load_config
 from raysegment.errors import ConfigError
 from raysegment.infer import pipeline
-from raysegment.infer.attempts import AttemptLedger
+from raysegment.infer.attempts import (
+    Attempts,
+    begin_attempt,
+    claim_gpu,
+    devices,
+    forget,
+    register_device,
+    start_ledger,
+)
 from raysegment.infer.pipeline import Pool
 
 REQUIRED = ["input=a", "model=m", "output=o"]
@@ -113,15 +123,41 @@ def test_gpu_indices_on_a_running_cluster_take_those_gpus_of_every_node(monkeypa
         pipeline._pool(cfg, indices_applied=False)
 
 
+@pytest.mark.usefixtures("ray_session")
 def test_ledger_gives_each_predictor_of_a_node_its_own_index() -> None:
-    ledger = AttemptLedger()
-    got = [ledger.claim_gpu("run", "node-a", f"actor{i}", [1, 3, 6]) for i in range(3)]
-    assert got == [1, 3, 6]
-    assert ledger.claim_gpu("run", "node-b", "actor3", [1, 3, 6]) == 1  # per node
-    assert ledger.claim_gpu("run", "node-a", "actor1", [1, 3, 6]) == 3  # restarted: same
-    assert ledger.claim_gpu("run", "node-a", "actor9", [1, 3, 6]) == 1  # least used
-    ledger.forget("run")
-    assert ledger.claim_gpu("run", "node-a", "actor2", [1, 3, 6]) == 1
+    run = start_ledger(max_attempts=2)
+    other = start_ledger(max_attempts=2)
+
+    def claim(actor: str, node: str = "node-a", attempts: Attempts = run) -> int:
+        return claim_gpu(attempts, node, actor, [1, 3, 6])
+
+    with ThreadPoolExecutor(3) as pool:  # predictors starting at once
+        got = list(pool.map(claim, ["actor0", "actor1", "actor2"]))
+    assert sorted(got) == [1, 3, 6]
+    assert claim("actor3", "node-b") == 1  # per node
+    assert claim("actor1") == got[1]  # restarted: the same
+    assert claim("actor9") == 1  # in turn
+    assert claim("actor5", attempts=other) == 1  # per run
+    forget(run)
+    assert claim("actor2") == 1
+    forget(run)
+    forget(other)
+
+
+@pytest.mark.usefixtures("ray_session")
+def test_ledger_counts_a_blocks_attempts_until_the_cap() -> None:
+    run = start_ledger(max_attempts=2)
+    assert begin_attempt(run, "read", "0/1") is None
+    assert begin_attempt(run, "read", "0/10") is None  # another block, whose key is longer
+    assert begin_attempt(run, "predictor", "0/1") is None  # another stage
+    assert begin_attempt(run, "read", "0/1") is None
+    refused = begin_attempt(run, "read", "0/1")
+    assert refused and refused.startswith("the read process died 2 time(s) running it (")
+    register_device(run, "node a CPU")
+    assert devices(run) == ["node a CPU"]
+    forget(run)
+    assert devices(run) == [] and begin_attempt(run, "read", "0/1") is None
+    forget(run)
 
 
 @pytest.mark.parametrize("device,gpus", [("gpu", 0), ("all", 0), ("0,1,2", 2)])
