@@ -70,7 +70,10 @@ class Attempts:
     """What a stage needs to count its attempts: this run's id, the cap. The run's records
     are in Ray's control store, not in a process of the run: per block and stage, the
     pids of the processes that began it; the devices its predictors hold (for the
-    summary); the GPU index each predictor of each node was given (``device=1,3,6``)."""
+    summary); the GPU index each predictor of each node was given (``device=1,3,6``). A
+    run removes them as it ends (``forget``); one whose driver was killed leaves them in a
+    cluster's control store until the cluster stops (~100 bytes per block and stage
+    begun; a private local Ray stops with its driver)."""
 
     run: str
     max_attempts: int
