@@ -1001,6 +1001,13 @@ class TensorstoreSource(ArraySource):
         self.levels = 0
         while _key(self.path, f"s{self.levels}/attributes.json") is not None:
             self.levels += 1
+        if not self.levels and _key(self.path, "setup0/attributes.json") is not None:
+            stem = self.path.rstrip("/")
+            project = stem[:-3] + ".xml" if stem.lower().endswith(".n5") else "dataset.xml"
+            raise InputImageError(
+                f"{self.path}: a BigDataViewer N5 (views setup<s>/timepoint<t>); give its XML "
+                f"project, e.g. input={project}, or one view ({stem}/setup0/timepoint0)"
+            )
         if not self.levels:
             raise InputImageError(
                 f"{self.path}: an N5 group without datasets s0, s1, ...; give the path of a "

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import itertools
+import pickle
+import shutil
 import sys
 from pathlib import Path
 
@@ -308,6 +310,14 @@ def write_bdv(path: Path, views: dict[int, np.ndarray], attributes: dict[int, di
                 step = 2**level
                 cells = data[t, :, ::step, ::step].view(np.int16)
                 f.create_dataset(f"t{t:05d}/s{setup:02d}/{level}/cells", data=cells, chunks=True)
+    _bdv_xml(path.with_suffix(".xml"), views, attributes, "hdf5", path.name)
+
+
+def _bdv_xml(
+    xml: Path, views: dict[int, np.ndarray], attributes: dict[int, dict], loader: str, where: str
+) -> None:
+    """The XML project of ``views`` (setup id -> (t, z, y, x)), its images in ``where``
+    (relative) through BigDataViewer's image loader ``loader`` (hdf5, n5)."""
     setups = "".join(
         f"<ViewSetup><id>{s}</id><name>{s}</name>"
         f"<size>{views[s].shape[3]} {views[s].shape[2]} {views[s].shape[1]}</size>"
@@ -316,12 +326,43 @@ def write_bdv(path: Path, views: dict[int, np.ndarray], attributes: dict[int, di
         + "</attributes></ViewSetup>"
         for s in views
     )
-    path.with_suffix(".xml").write_text(
+    xml.write_text(
         '<?xml version="1.0" encoding="UTF-8"?><SpimData version="0.2">'
         '<BasePath type="relative">.</BasePath><SequenceDescription>'
-        f'<ImageLoader format="bdv.hdf5"><hdf5 type="relative">{path.name}</hdf5>'
+        f'<ImageLoader format="bdv.{loader}"><{loader} type="relative">{where}</{loader}>'
         f"</ImageLoader><ViewSetups>{setups}</ViewSetups></SequenceDescription></SpimData>"
     )
+
+
+def write_bdv_n5(xml: Path, views: dict[int, np.ndarray], attributes: dict[int, dict]) -> None:
+    """A BigDataViewer N5 project as BigStitcher resaves one: ``xml`` and the N5 beside it,
+    each view ``setup<s>/timepoint<t>/s<level>`` (x, y, z; gzip; two levels, the second
+    halved in x and y), the levels' factors in each setup's ``downsamplingFactors``."""
+    import tensorstore as ts
+
+    n5 = xml.with_suffix(".n5")
+    n5.mkdir()
+    (n5 / "attributes.json").write_text('{"n5": "2.2.0"}')
+    for setup, data in views.items():
+        (n5 / f"setup{setup}").mkdir()
+        (n5 / f"setup{setup}/attributes.json").write_text(
+            '{"downsamplingFactors": [[1, 1, 1], [2, 2, 1]], "dataType": "uint16"}'
+        )
+        for t, level in itertools.product(range(len(data)), (0, 1)):
+            view = data[t, :, :: 2**level, :: 2**level].T  # x, y, z
+            spec = {
+                "driver": "n5",
+                "kvstore": {"driver": "file", "path": f"{n5}/setup{setup}/timepoint{t}/s{level}"},
+                "metadata": {
+                    "dimensions": list(view.shape),
+                    "blockSize": [16, 16, 4],
+                    "dataType": "uint16",
+                    "compression": {"type": "gzip"},
+                },
+                "create": True,
+            }
+            ts.open(spec).result().write(view).result()
+    _bdv_xml(xml, views, attributes, "n5", n5.name)
 
 
 def test_a_bigdataviewer_file_gives_a_volume_per_tile_its_setups_as_channels(tmp_path) -> None:
@@ -355,14 +396,56 @@ def test_a_bigdataviewer_file_gives_a_volume_per_tile_its_setups_as_channels(tmp
     for s, (_, data) in zip(sources, sorted(tiles.items()), strict=True):
         np.testing.assert_array_equal(s.read(0, (0,), ((0, 6), (0, 40), (0, 48)))[0], data[0])
     (tmp_path / "other.xml").write_text(
-        '<SpimData><SequenceDescription><ImageLoader format="bdv.n5"><n5>x.n5</n5>'
-        "</ImageLoader></SequenceDescription></SpimData>"
+        '<SpimData><SequenceDescription><ImageLoader format="bdv.multimg.zarr"><zarr>x'
+        "</zarr></ImageLoader></SequenceDescription></SpimData>"
     )
     with pytest.raises(
-        InputImageError, match=r"other.xml: .*not in BigDataViewer HDF5 \(image loader bdv.n5\)"
+        InputImageError,
+        match=r"other.xml: .*neither BigDataViewer HDF5 nor N5 \(image loader bdv.multimg.zarr\)",
     ):
         open_sources(tmp_path / "other.xml")
     xml = (tmp_path / "tiles.xml").read_text().replace("<id>1</id>", "<id>one</id>")
     (tmp_path / "tiles.xml").write_text(xml)
     with pytest.raises(InputImageError, match=r"tiles.xml: a view setup that is not a number"):
+        open_sources(tmp_path / "tiles.xml")
+
+
+def test_a_bigdataviewer_n5_project_reads_as_its_hdf5_twin_does(tmp_path) -> None:
+    """BigStitcher's N5 resave: the same images, channels, time points, levels and voxel
+    size as the HDF5 project of the same views."""
+    volume = random_image((2, 2, 6, 40, 48)) * 60
+    views = {0: volume[:, 1], 1: volume[:, 0]}
+    write_bdv_n5(tmp_path / "fused.xml", views, {0: {"channel": 2}, 1: {"channel": 1}})
+    (source,) = open_sources(tmp_path / "fused.xml")
+    assert source.kind == "bdv-n5" and source.name == "fused" and source.levels == 2
+    assert source.info.shape == (2, 2, 6, 40, 48) and source.info.dtype == np.uint16
+    assert source.info.scale == pytest.approx({"x": 0.4, "y": 0.4, "z": 2.5})
+    assert source.info.units == dict.fromkeys("zyx", "micrometer")
+    assert source.info.channel_names == ("channel 1", "channel 2")
+    region = ((1, 5), (3, 40), (0, 31))
+    np.testing.assert_array_equal(source.read(1, (0, 1), region), volume[1, :, 1:5, 3:40, :31])
+    again = pickle.loads(pickle.dumps(source))  # as a worker gets it
+    np.testing.assert_array_equal(again.read(0, (1,), region)[0], volume[0, 1, 1:5, 3:40, :31])
+    (half,) = open_sources(tmp_path / "fused.xml", level=1)
+    assert half.info.shape == (2, 2, 6, 20, 24)
+    assert half.info.scale == pytest.approx({"x": 0.8, "y": 0.8, "z": 2.5})
+    np.testing.assert_array_equal(
+        half.read(0, (1,), ((0, 6), (0, 20), (0, 24)))[0], volume[0, 1, :, ::2, ::2]
+    )
+    with pytest.raises(InputImageError, match=r"has 2 resolution level\(s\)"):
+        open_sources(tmp_path / "fused.xml", level=2)
+
+    # Two tiles: an image each. The N5 itself names its project.
+    tiles = {0: volume[:1, 0], 1: volume[:1, 1]}
+    write_bdv_n5(
+        tmp_path / "tiles.xml", tiles, {0: {"channel": 0, "tile": 0}, 1: {"channel": 0, "tile": 1}}
+    )
+    sources = open_sources(tmp_path / "tiles.xml")
+    assert [s.name for s in sources] == ["tiles_s0", "tiles_s1"]
+    for s, (_, data) in zip(sources, sorted(tiles.items()), strict=True):
+        np.testing.assert_array_equal(s.read(0, (0,), ((0, 6), (0, 40), (0, 48)))[0], data[0])
+    with pytest.raises(InputImageError, match=r"tiles.n5: a BigDataViewer N5 .*input=.*tiles.xml"):
+        open_sources(tmp_path / "tiles.n5")
+    shutil.rmtree(tmp_path / "tiles.n5")
+    with pytest.raises(InputImageError, match=r"tiles.xml: its N5 directory .*tiles.n5 does not"):
         open_sources(tmp_path / "tiles.xml")
