@@ -365,13 +365,26 @@ def write_bdv_n5(xml: Path, views: dict[int, np.ndarray], attributes: dict[int, 
     _bdv_xml(xml, views, attributes, "n5", n5.name)
 
 
-def test_a_bigdataviewer_file_gives_a_volume_per_tile_its_setups_as_channels(tmp_path) -> None:
+def _write_project(loader: str, xml: Path, views: dict[int, np.ndarray], attrs: dict) -> None:
+    """``xml`` and its views, in BigDataViewer HDF5 (``xml``'s .h5) or N5 (its .n5)."""
+    if loader == "hdf5":
+        write_bdv(xml.with_suffix(".h5"), views, attrs)
+    else:
+        write_bdv_n5(xml, views, attrs)
+
+
+@pytest.mark.parametrize("loader", ["hdf5", "n5"])
+def test_a_bigdataviewer_project_gives_a_volume_per_tile_its_setups_as_channels(
+    tmp_path, loader
+) -> None:
+    """BigStitcher's projects in HDF5 and in N5 (its "Resave as N5") read alike."""
     volume = random_image((2, 2, 6, 40, 48)) * 60  # t, channel, z, y, x: past 32767
     views = {0: volume[:, 1], 1: volume[:, 0]}
-    write_bdv(tmp_path / "fused.h5", views, {0: {"channel": 2}, 1: {"channel": 1}})
-    for given in ("fused.xml", "fused.h5"):
+    _write_project(loader, tmp_path / "fused.xml", views, {0: {"channel": 2}, 1: {"channel": 1}})
+    for given in ("fused.xml", "fused.h5") if loader == "hdf5" else ("fused.xml",):
         (source,) = open_sources(tmp_path / given)
-        assert source.kind == "bdv" and source.name == "fused" and source.levels == 2
+        assert source.kind == {"hdf5": "bdv", "n5": "bdv-n5"}[loader]
+        assert source.name == "fused" and source.levels == 2
         assert source.info.shape == (2, 2, 6, 40, 48) and source.info.dtype == np.uint16
         assert source.info.scale == pytest.approx({"x": 0.4, "y": 0.4, "z": 2.5})
         assert source.info.units == dict.fromkeys("zyx", "micrometer")
@@ -379,22 +392,32 @@ def test_a_bigdataviewer_file_gives_a_volume_per_tile_its_setups_as_channels(tmp
         region = ((1, 5), (3, 40), (0, 31))
         got = source.read(1, (0, 1), region)  # setup 1 (channel 1) first
         np.testing.assert_array_equal(got, volume[1, :, 1:5, 3:40, :31])
+        again = pickle.loads(pickle.dumps(source))  # as a worker gets it
+        np.testing.assert_array_equal(again.read(0, (1,), region)[0], volume[0, 1, 1:5, 3:40, :31])
     (half,) = open_sources(tmp_path / "fused.xml", level=1)
     assert half.info.shape == (2, 2, 6, 20, 24)
     assert half.info.scale == pytest.approx({"x": 0.8, "y": 0.8, "z": 2.5})
     np.testing.assert_array_equal(
         half.read(0, (1,), ((0, 6), (0, 20), (0, 24)))[0], volume[0, 1, :, ::2, ::2]
     )
+    with pytest.raises(InputImageError, match=r"has 2 resolution level\(s\)"):
+        open_sources(tmp_path / "fused.xml", level=2)
 
     # Two tiles of one channel each: an image per tile, as a file of several series.
     tiles = {0: volume[:1, 0], 1: volume[:1, 1]}
-    write_bdv(
-        tmp_path / "tiles.h5", tiles, {0: {"channel": 0, "tile": 0}, 1: {"channel": 0, "tile": 1}}
-    )
+    attrs = {0: {"channel": 0, "tile": 0}, 1: {"channel": 0, "tile": 1}}
+    _write_project(loader, tmp_path / "tiles.xml", tiles, attrs)
     sources = open_sources(tmp_path / "tiles.xml")
     assert [s.name for s in sources] == ["tiles_s0", "tiles_s1"]
     for s, (_, data) in zip(sources, sorted(tiles.items()), strict=True):
         np.testing.assert_array_equal(s.read(0, (0,), ((0, 6), (0, 40), (0, 48)))[0], data[0])
+    if loader == "n5":  # the N5 itself names its project; a project without its N5
+        with pytest.raises(InputImageError, match=r"tiles.n5: a BigDataViewer N5 .*=.*tiles.xml"):
+            open_sources(tmp_path / "tiles.n5")
+        shutil.rmtree(tmp_path / "tiles.n5")
+        with pytest.raises(InputImageError, match=r"tiles.xml: its N5 directory .*tiles.n5 does"):
+            open_sources(tmp_path / "tiles.xml")
+        return
     (tmp_path / "other.xml").write_text(
         '<SpimData><SequenceDescription><ImageLoader format="bdv.multimg.zarr"><zarr>x'
         "</zarr></ImageLoader></SequenceDescription></SpimData>"
@@ -407,45 +430,4 @@ def test_a_bigdataviewer_file_gives_a_volume_per_tile_its_setups_as_channels(tmp
     xml = (tmp_path / "tiles.xml").read_text().replace("<id>1</id>", "<id>one</id>")
     (tmp_path / "tiles.xml").write_text(xml)
     with pytest.raises(InputImageError, match=r"tiles.xml: a view setup that is not a number"):
-        open_sources(tmp_path / "tiles.xml")
-
-
-def test_a_bigdataviewer_n5_project_reads_as_its_hdf5_twin_does(tmp_path) -> None:
-    """BigStitcher's N5 resave: the same images, channels, time points, levels and voxel
-    size as the HDF5 project of the same views."""
-    volume = random_image((2, 2, 6, 40, 48)) * 60
-    views = {0: volume[:, 1], 1: volume[:, 0]}
-    write_bdv_n5(tmp_path / "fused.xml", views, {0: {"channel": 2}, 1: {"channel": 1}})
-    (source,) = open_sources(tmp_path / "fused.xml")
-    assert source.kind == "bdv-n5" and source.name == "fused" and source.levels == 2
-    assert source.info.shape == (2, 2, 6, 40, 48) and source.info.dtype == np.uint16
-    assert source.info.scale == pytest.approx({"x": 0.4, "y": 0.4, "z": 2.5})
-    assert source.info.units == dict.fromkeys("zyx", "micrometer")
-    assert source.info.channel_names == ("channel 1", "channel 2")
-    region = ((1, 5), (3, 40), (0, 31))
-    np.testing.assert_array_equal(source.read(1, (0, 1), region), volume[1, :, 1:5, 3:40, :31])
-    again = pickle.loads(pickle.dumps(source))  # as a worker gets it
-    np.testing.assert_array_equal(again.read(0, (1,), region)[0], volume[0, 1, 1:5, 3:40, :31])
-    (half,) = open_sources(tmp_path / "fused.xml", level=1)
-    assert half.info.shape == (2, 2, 6, 20, 24)
-    assert half.info.scale == pytest.approx({"x": 0.8, "y": 0.8, "z": 2.5})
-    np.testing.assert_array_equal(
-        half.read(0, (1,), ((0, 6), (0, 20), (0, 24)))[0], volume[0, 1, :, ::2, ::2]
-    )
-    with pytest.raises(InputImageError, match=r"has 2 resolution level\(s\)"):
-        open_sources(tmp_path / "fused.xml", level=2)
-
-    # Two tiles: an image each. The N5 itself names its project.
-    tiles = {0: volume[:1, 0], 1: volume[:1, 1]}
-    write_bdv_n5(
-        tmp_path / "tiles.xml", tiles, {0: {"channel": 0, "tile": 0}, 1: {"channel": 0, "tile": 1}}
-    )
-    sources = open_sources(tmp_path / "tiles.xml")
-    assert [s.name for s in sources] == ["tiles_s0", "tiles_s1"]
-    for s, (_, data) in zip(sources, sorted(tiles.items()), strict=True):
-        np.testing.assert_array_equal(s.read(0, (0,), ((0, 6), (0, 40), (0, 48)))[0], data[0])
-    with pytest.raises(InputImageError, match=r"tiles.n5: a BigDataViewer N5 .*input=.*tiles.xml"):
-        open_sources(tmp_path / "tiles.n5")
-    shutil.rmtree(tmp_path / "tiles.n5")
-    with pytest.raises(InputImageError, match=r"tiles.xml: its N5 directory .*tiles.n5 does not"):
         open_sources(tmp_path / "tiles.xml")
