@@ -275,9 +275,10 @@ class BdvN5Source(ImageSource):
             )
         shapes = set()
         for setup in self.setups:
-            x, y, z = self._store(self._dataset(0, setup)).shape
+            store = self._store(self._dataset(0, setup))
+            x, y, z = store.shape
             shapes.add((int(z), int(y), int(x)))
-            dtype = np.dtype(self._json(f"{self._dataset(0, setup)}/attributes.json")["dataType"])
+            dtype = np.dtype(store.dtype.numpy_dtype)
         return _image_info(
             self.where, self.setups, setups, factors, self.level, len(self.times), shapes, dtype
         )
