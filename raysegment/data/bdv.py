@@ -12,6 +12,7 @@ them first, BigStitcher's "Fuse", for one volume). Voxel sizes come from the XML
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -33,7 +34,7 @@ from raysegment.data.sources import (
 )
 from raysegment.errors import InputImageError
 
-__all__ = ["BdvN5Source", "BdvSource", "bdv_sources", "is_bdv"]
+__all__ = ["BdvN5Source", "BdvSource", "bdv_n5_project", "bdv_sources", "is_bdv"]
 
 _SETUP = re.compile(r"s(\d+)")
 _TIME = re.compile(r"t(\d{5})")
@@ -126,7 +127,7 @@ def _groups(path: str) -> tuple[str, str, list[tuple[int, ...]], dict[int, _Setu
     if os.path.isfile(xml):
         kind, where, described = _project(xml)
         if not path.lower().endswith(".xml") and not (
-            kind == "hdf5" and os.path.isfile(where) and os.path.samefile(where, path)
+            os.path.exists(where) and os.path.samefile(where, path)
         ):
             kind, where, described = "hdf5", path, {}  # a project of another file
     if kind == "n5":
@@ -162,10 +163,25 @@ def _n5_setup_ids(n5: str, xml: str) -> list[int]:
     return ids
 
 
+def bdv_n5_project(path: str) -> bool:
+    """Whether ``path`` is a local BigDataViewer N5 directory (``dataset.n5``) whose XML
+    project (``dataset.xml``) is beside it, read through that project."""
+    stem = path.rstrip("/")
+    if not stem.lower().endswith(".n5") or not os.path.isdir(stem):
+        return False
+    xml = stem[:-3] + ".xml"
+    if not os.path.isfile(xml):
+        return False
+    with contextlib.suppress(InputImageError):
+        kind, where, _ = _project(xml)
+        return kind == "n5" and os.path.isdir(where) and os.path.samefile(where, stem)
+    return False
+
+
 def bdv_sources(path: str, axes: str | None = None, level: int = 0) -> list[ImageSource]:
-    """Every image of a BigDataViewer project (``dataset.xml``) or HDF5 file: one per tile,
-    angle and illumination, named after the file (``<stem>_s<i>`` where there are
-    several)."""
+    """Every image of a BigDataViewer project (``dataset.xml``), HDF5 file or N5 directory
+    (its project beside it): one per tile, angle and illumination, named after the file
+    (``<stem>_s<i>`` where there are several)."""
     kind, _, groups, _ = _groups(path)
     stem = image_stem(path[:-4] if path.lower().endswith(".xml") else path)
     cls: type[ImageSource] = BdvN5Source if kind == "n5" else BdvSource

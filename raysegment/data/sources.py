@@ -1003,10 +1003,10 @@ class TensorstoreSource(ArraySource):
             self.levels += 1
         if not self.levels and _key(self.path, "setup0/attributes.json") is not None:
             stem = self.path.rstrip("/")
-            project = stem[:-3] + ".xml" if stem.lower().endswith(".n5") else "dataset.xml"
             raise InputImageError(
-                f"{self.path}: a BigDataViewer N5 (views setup<s>/timepoint<t>); give its XML "
-                f"project, e.g. input={project}, or one view ({stem}/setup0/timepoint0)"
+                f"{self.path}: a BigDataViewer N5 (views setup<s>/timepoint<t>) without its "
+                f"XML project beside it (<name>.xml); give the project (input=<its .xml>), "
+                f"or one view ({stem}/setup0/timepoint0)"
             )
         if not self.levels:
             raise InputImageError(
@@ -1765,7 +1765,7 @@ def open_sources(
         InputImageError: missing path, unknown format, unreadable or corrupt file.
     """
     # These build on this module.
-    from raysegment.data.bdv import bdv_sources
+    from raysegment.data.bdv import bdv_n5_project, bdv_sources
     from raysegment.data.hdf5 import hdf5_parts, hdf5_sources
     from raysegment.data.mrc import MRC_SUFFIXES, MrcSource
 
@@ -1773,6 +1773,8 @@ def open_sources(
     parts = hdf5_parts(p)  # a file, or a dataset in one: a path that is no file itself
     if parts is not None:
         return _checked(hdf5_sources(*parts, axes=axes, level=level))
+    if bdv_n5_project(p):  # a BigDataViewer N5 with its XML beside it
+        return _checked(bdv_sources(p, axes, level))
     volume = tensorstore_format(p)  # first: an https:// or gs:// volume has no fsspec listing
     if volume is None and not storage.exists(p):
         raise InputImageError(f"{p}: no such file or directory; check the input= path")
