@@ -22,6 +22,7 @@ from typing import Any, cast
 
 import numpy as np
 
+from raysegment import storage
 from raysegment.data.hdf5 import Hdf5Channels, _file, _filters_readable
 from raysegment.data.sources import (
     _UNITS,
@@ -119,9 +120,10 @@ def _setup(node: ET.Element) -> tuple[int, _Setup]:
 
 
 def _groups(path: str) -> tuple[str, str, list[tuple[int, ...]], dict[int, _Setup]]:
-    """The image loader of ``path`` (an XML project, or an HDF5 file with its project
-    beside it where there is one: ``hdf5`` or ``n5``), where its views are (the HDF5 file,
-    the N5 directory), its images' setups (channels in order), and the setups' XML."""
+    """The image loader of ``path`` (``hdf5`` or ``n5``: an XML project, an HDF5 file, or
+    an N5 directory, the last two with their project beside them where there is one),
+    where its views are (the HDF5 file, the N5 directory), its images' setups (channels
+    in order), and the setups' XML."""
     xml = path if path.lower().endswith(".xml") else os.path.splitext(path)[0] + ".xml"
     kind, where, described = "hdf5", path, dict[int, _Setup]()
     if os.path.isfile(xml):
@@ -148,6 +150,12 @@ def _groups(path: str) -> tuple[str, str, list[tuple[int, ...]], dict[int, _Setu
 def _n5_setup_ids(n5: str, xml: str) -> list[int]:
     """The view setups of a BigDataViewer N5 directory: ``setup0``, ``setup1``, ... (each
     with its ``attributes.json``)."""
+    if storage.is_url(n5):
+        raise InputImageError(
+            f"{xml}: its N5 is at {n5}; BigDataViewer projects are read from local or mounted "
+            f"paths: copy or mount the N5, or give one view's N5 group at its URL "
+            f"(<n5>/setup0/timepoint0)"
+        )
     if not os.path.isdir(n5):
         raise InputImageError(
             f"{xml}: its N5 directory {n5} does not exist; keep the project beside its N5, "

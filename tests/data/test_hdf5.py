@@ -420,6 +420,11 @@ def test_a_bigdataviewer_project_gives_a_volume_per_tile_its_setups_as_channels(
         shutil.rmtree(tmp_path / "tiles.n5")
         with pytest.raises(InputImageError, match=r"tiles.xml: its N5 directory .*tiles.n5 does"):
             open_sources(tmp_path / "tiles.xml")
+        xml = (tmp_path / "tiles.xml").read_text()
+        xml = xml.replace('<n5 type="relative">tiles.n5', '<n5 type="absolute">s3://b/tiles.n5')
+        (tmp_path / "tiles.xml").write_text(xml)
+        with pytest.raises(InputImageError, match=r"tiles.xml: its N5 is at s3://b/tiles.n5; "):
+            open_sources(tmp_path / "tiles.xml")
         return
     (tmp_path / "other.xml").write_text(
         '<SpimData><SequenceDescription><ImageLoader format="bdv.multimg.zarr"><zarr>x'
