@@ -244,7 +244,17 @@ class BdvSource(Hdf5Channels):
             self.levels = len(factors)
             if self.level >= self.levels:
                 raise self._no_level(self.levels)
-            self.times = sorted(k for k in f if _TIME.fullmatch(k))
+            # The time points holding every setup's view (a project may miss some views).
+            self.times = sorted(
+                k
+                for k in f
+                if _TIME.fullmatch(k) and all(f"{k}/s{s:02d}" in f for s in self.setups)
+            )
+            if not self.times:
+                raise InputImageError(
+                    f"{self.where}: its setups {list(self.setups)} have no time point in "
+                    f"common (t<t>/s<s> in {h5})"
+                )
             shapes = set()
             for setup in self.setups:
                 cells = f[self._cells(self.times[0], setup)]

@@ -411,6 +411,12 @@ def test_a_bigdataviewer_project_gives_a_volume_per_tile_its_setups_as_channels(
     assert [s.name for s in sources] == ["tiles_s0", "tiles_s1"]
     for s, (_, data) in zip(sources, sorted(tiles.items()), strict=True):
         np.testing.assert_array_equal(s.read(0, (0,), ((0, 6), (0, 40), (0, 48)))[0], data[0])
+    # A view missing (setup 1 at time point 1): the time points holding every channel.
+    views = {0: volume[:, 1], 1: volume[:1, 0]}
+    _write_project(loader, tmp_path / "gap.xml", views, {0: {"channel": 1}, 1: {"channel": 0}})
+    (gap,) = open_sources(tmp_path / "gap.xml")
+    assert gap.info.shape == (1, 2, 6, 40, 48)
+    np.testing.assert_array_equal(gap.read(0, (0, 1), region), volume[0, :, 1:5, 3:40, :31])
     if loader == "n5":  # the N5 given (a directory's entry) reads through its project
         assert [s.name for s in open_sources(tmp_path / "tiles.n5")] == ["tiles_s0", "tiles_s1"]
         (tmp_path / "tiles.xml").rename(tmp_path / "kept.xml")
