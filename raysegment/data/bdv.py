@@ -18,7 +18,7 @@ import os
 import re
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
-from typing import Any, cast
+from typing import Any, TypeVar, cast
 
 import numpy as np
 
@@ -41,6 +41,7 @@ _SETUP = re.compile(r"s(\d+)")
 _TIME = re.compile(r"t(\d{5})")
 _N5_SETUP = re.compile(r"setup(\d+)")
 _N5_TIME = re.compile(r"timepoint(\d+)")
+T = TypeVar("T", int, str)
 _LOADERS = ("hdf5", "n5")
 """The image loaders of BigDataViewer projects read (``bdv.hdf5``, ``bdv.n5``)."""
 
@@ -198,6 +199,17 @@ def bdv_sources(path: str, axes: str | None = None, level: int = 0) -> list[Imag
     return [cls(path, axes, series=i, name=f"{stem}_s{i}", level=level) for i in range(len(groups))]
 
 
+def _common_times(where: str, image: tuple[int, ...], held: list[set[T]], layout: str) -> list[T]:
+    """The time points every setup of ``image`` holds a view of (``held``: each setup's;
+    a project may miss some views), sorted; refused where there is none."""
+    times = sorted(set.intersection(*held))
+    if not times:
+        raise InputImageError(
+            f"{where}: its setups {list(image)} have no time point in common ({layout})"
+        )
+    return times
+
+
 def _image_info(
     where: str,
     image: tuple[int, ...],
@@ -244,17 +256,10 @@ class BdvSource(Hdf5Channels):
             self.levels = len(factors)
             if self.level >= self.levels:
                 raise self._no_level(self.levels)
-            # The time points holding every setup's view (a project may miss some views).
-            self.times = sorted(
-                k
-                for k in f
-                if _TIME.fullmatch(k) and all(f"{k}/s{s:02d}" in f for s in self.setups)
-            )
-            if not self.times:
-                raise InputImageError(
-                    f"{self.where}: its setups {list(self.setups)} have no time point in "
-                    f"common (t<t>/s<s> in {h5})"
-                )
+            held = [
+                {k for k in f if _TIME.fullmatch(k) and f"{k}/s{s:02d}" in f} for s in self.setups
+            ]
+            self.times = _common_times(self.where, self.setups, held, f"t<t>/s<s> in {h5}")
             shapes = set()
             for setup in self.setups:
                 cells = f[self._cells(self.times[0], setup)]
@@ -301,12 +306,8 @@ class BdvN5Source(ImageSource):
             }
             for s in self.setups
         ]
-        self.times = sorted(set.intersection(*held))
-        if not self.times:
-            raise InputImageError(
-                f"{self.where}: its setups {list(self.setups)} have no time point in common "
-                f"(setup<s>/timepoint<t> in {self.root})"
-            )
+        where = f"setup<s>/timepoint<t> in {self.root}"
+        self.times = _common_times(self.where, self.setups, held, where)
         shapes = set()
         for setup in self.setups:
             store = self._store(self._dataset(0, setup))
