@@ -58,8 +58,11 @@ def _get(key: str) -> str:
 
 def _append(prefix: str, value: str) -> int:
     """Store ``value`` as the next of the numbered entries under ``prefix`` (concurrent
-    callers each get a number of their own); its number."""
-    n = len(_keys(prefix))
+    callers each get a number of their own); its number. Taken from 0 up, a request per
+    number already taken (a block's attempts, a node's predictors: a few), not counted
+    from a listing: the store lists a prefix by scanning all its keys, which grow with
+    the run's blocks."""
+    n = 0
     while not _put_new(f"{prefix}{n}", value):
         n += 1
     return n
