@@ -145,10 +145,7 @@ def hdf5_sources(
         if not dataset and _is_imaris(f):
             return [ImarisSource(file, axes, name=name, level=level)]
         bdv = not dataset and is_bdv(f)
-    if bdv:
-        return bdv_sources(file, axes, level)
-    with _file(file) as f:
-        if not dataset:
+        if not dataset and not bdv:
             images = _image_datasets(f)
             if not images:
                 raise InputImageError(
@@ -161,6 +158,8 @@ def hdf5_sources(
                     f"segment after the file's name, e.g. input={file}/{_likely_raw(images)}"
                 )
             dataset = images[0][0]
+    if bdv:  # its project's reading opens the file itself
+        return bdv_sources(file, axes, level)
     return [Hdf5Source(f"{file}/{dataset}", axes, name=name, level=level)]
 
 
