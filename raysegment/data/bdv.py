@@ -29,9 +29,9 @@ from raysegment.data.sources import (
     SOURCES,
     ImageInfo,
     ImageSource,
-    _tensorstore,
     image_stem,
     kvstore,
+    open_tensorstore,
 )
 from raysegment.errors import InputImageError
 
@@ -329,16 +329,10 @@ class BdvN5Source(ImageSource):
         return f"setup{setup}/timepoint{self.times[t]}/s{self.level}"
 
     def _store(self, dataset: str) -> Any:
-        """The N5 dataset opened through tensorstore."""
-        ts = _tensorstore(self.root)
-        spec = {"driver": "n5", "kvstore": kvstore(os.path.join(self.root, dataset))}
-        try:
-            return ts.open(spec, read=True).result()
-        except Exception as e:
-            why = str(e).split(" [tensorstore_spec=")[0]
-            raise InputImageError(
-                f"{self.where}: cannot open {dataset} of {self.root} ({type(e).__name__}: {why})"
-            ) from e
+        """The view's N5 dataset opened through tensorstore."""
+        where = os.path.join(self.root, dataset)
+        spec = {"driver": "n5", "kvstore": kvstore(where)}
+        return open_tensorstore(spec, where, f"N5 dataset of {self.path}")
 
     def _open(self) -> Any:
         return {}  # each view's dataset, opened on its first read in this process

@@ -938,6 +938,21 @@ def _tensorstore(location: str) -> Any:
     return ts
 
 
+def open_tensorstore(spec: dict[str, Any], location: str, what: str) -> Any:
+    """The tensorstore ``spec`` opened for reading; a store that does not open, or does not
+    answer within ``REMOTE_TIMEOUT_S``, as the error naming ``location`` (a ``what``)."""
+    ts = _tensorstore(location)
+    try:
+        return ts.open(spec, read=True).result(timeout=REMOTE_TIMEOUT_S)
+    except TimeoutError as e:
+        raise _no_answer(location, REMOTE_TIMEOUT_S) from e
+    except Exception as e:
+        why = str(e).split(" [tensorstore_spec=")[0]  # without the spec it was given
+        raise InputImageError(
+            f"{location}: not a readable {what} ({type(e).__name__}: {why})"
+        ) from e
+
+
 def _key(location: str, key: str) -> bytes | None:
     """The bytes of ``key`` under the directory ``location``; None where it is absent (or,
     for a URL, where tensorstore is not installed)."""
@@ -1018,18 +1033,7 @@ class TensorstoreSource(ArraySource):
         return f"s{self.level}"
 
     def _open(self) -> Any:
-        ts = _tensorstore(self.path)
-        try:
-            store = ts.open(self._spec(), read=True).result(timeout=REMOTE_TIMEOUT_S)
-        except InputImageError:
-            raise
-        except TimeoutError as e:
-            raise _no_answer(self.path, REMOTE_TIMEOUT_S) from e
-        except Exception as e:
-            why = str(e).split(" [tensorstore_spec=")[0]  # without the spec it was given
-            raise InputImageError(
-                f"{self.path}: not a readable {self._format()} ({type(e).__name__}: {why})"
-            ) from e
+        store = open_tensorstore(self._spec(), self.path, self._format())
         # A precomputed volume's voxel_offset: the origin.
         return _Reads(store.translate_to[0], self.path)
 
