@@ -1,8 +1,11 @@
-"""BigDataViewer HDF5 and N5: light-sheet acquisitions as BigStitcher, Multiview
+"""BigDataViewer HDF5, N5 and OME-Zarr: light-sheet acquisitions as BigStitcher, Multiview
 Reconstruction and Fiji's "Export Current Image as XML/HDF5" save them, an XML project
 (``dataset.xml``) beside an HDF5 file (``dataset.h5``) of views, each a pyramid of
-``cells`` arrays, or beside an N5 directory (``dataset.n5``, BigStitcher's "Resave as
-N5") of views ``setup<s>/timepoint<t>/s<level>``.
+``cells`` arrays, beside an N5 directory (``dataset.n5``, BigStitcher's "Resave as N5")
+of views ``setup<s>/timepoint<t>/s<level>``, or beside a zarr store (``dataset.ome.zarr``,
+BigStitcher's and BigStitcher-Spark's OME-Zarr, image loader ``bdv.multimg.zarr``) of
+OME-Zarr images, each view one of them or a channel and time point of one (the XML's
+``zgroup`` elements say which).
 
 A view setup is one channel of one tile, angle and illumination; the setups of one tile,
 angle and illumination (a fused volume's channels) are one image, its channels in their
@@ -17,6 +20,7 @@ import json
 import os
 import re
 import xml.etree.ElementTree as ET
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar, cast
 
@@ -29,21 +33,34 @@ from raysegment.data.sources import (
     SOURCES,
     ImageInfo,
     ImageSource,
+    ZarrSource,
     image_stem,
     kvstore,
     open_tensorstore,
 )
 from raysegment.errors import InputImageError
 
-__all__ = ["BdvN5Source", "BdvSource", "bdv_n5_project", "bdv_sources", "is_bdv"]
+__all__ = ["BdvN5Source", "BdvSource", "BdvZarrSource", "bdv_project", "bdv_sources", "is_bdv"]
 
 _SETUP = re.compile(r"s(\d+)")
 _TIME = re.compile(r"t(\d{5})")
 _N5_SETUP = re.compile(r"setup(\d+)")
 _N5_TIME = re.compile(r"timepoint(\d+)")
 T = TypeVar("T", int, str)
-_LOADERS = ("hdf5", "n5")
-"""The image loaders of BigDataViewer projects read (``bdv.hdf5``, ``bdv.n5``)."""
+_LOADERS = {"bdv.hdf5": "hdf5", "bdv.n5": "n5", "bdv.multimg.zarr": "zarr"}
+"""The image loaders of BigDataViewer projects read, and the XML element naming where
+their images are."""
+_PLACES = {"hdf5": "HDF5 file", "n5": "N5 directory", "zarr": "zarr store"}
+
+
+@dataclass(frozen=True)
+class _ZarrView:
+    """A view of a zarr project (a ``zgroup``): an OME-Zarr image under the store, and
+    which channel and time point of it (its ``indicies``: channel, then time, as
+    BigStitcher writes them; none for an image of one of each)."""
+
+    path: str
+    indices: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -78,21 +95,36 @@ def is_bdv(f: Any) -> bool:
     return bool(_setup_ids(f)) and any(_TIME.fullmatch(k) for k in f)
 
 
-def _project(xml: str) -> tuple[str, str, dict[int, _Setup]]:
-    """The image loader an XML project names (``hdf5`` or ``n5``), where its images are
-    (the HDF5 file, the N5 directory), and its view setups."""
+@dataclass(frozen=True)
+class _Project:
+    """A BigDataViewer project: its image loader (``hdf5``, ``n5`` or ``zarr``), where its
+    views are (the HDF5 file, the N5 directory, the zarr store), its images' setups
+    (channels in order), the setups' XML and, of a zarr project, each view by (setup,
+    time point)."""
+
+    kind: str
+    where: str
+    groups: list[tuple[int, ...]]
+    setups: dict[int, _Setup]
+    views: dict[tuple[int, int], _ZarrView]
+
+
+def _project(xml: str) -> tuple[str, str, dict[int, _Setup], dict[tuple[int, int], _ZarrView]]:
+    """The image loader an XML project names (``hdf5``, ``n5`` or ``zarr``), where its
+    images are (the HDF5 file, the N5 directory, the zarr store), its view setups and, of
+    a zarr project, its views."""
     try:
         root = ET.parse(xml).getroot()
     except (ET.ParseError, OSError) as e:
         raise InputImageError(f"{xml}: not a readable BigDataViewer XML ({e})") from e
     loader = root.find("SequenceDescription/ImageLoader")
     found = loader.get("format", "") if loader is not None else "none"
-    kind = next((k for k in _LOADERS if found.startswith(f"bdv.{k}")), None)
+    kind = next((k for f, k in _LOADERS.items() if found.startswith(f)), None)
     node = loader.find(kind) if loader is not None and kind else None
-    if kind is None or node is None:
+    if loader is None or kind is None or node is None:
         raise InputImageError(
-            f"{xml}: a project whose images are neither BigDataViewer HDF5 nor N5 (image "
-            f"loader {found}); resave it as HDF5 or N5, or give its images' own files"
+            f"{xml}: a project whose images are not BigDataViewer HDF5, N5 or OME-Zarr "
+            f"(image loader {found}); resave it as one of them, or give its images' own files"
         )
     where = (node.text or "").strip()
     if node.get("type", "relative") == "relative":
@@ -103,9 +135,29 @@ def _project(xml: str) -> tuple[str, str, dict[int, _Setup]]:
         where = os.path.normpath(os.path.join(folder, where))
     try:
         setups = dict(_setup(node) for node in root.iter("ViewSetup"))
+        views = _zarr_views(loader, xml) if kind == "zarr" else {}
     except ValueError as e:
-        raise InputImageError(f"{xml}: a view setup that is not a number ({e})") from e
-    return kind, where, setups
+        raise InputImageError(
+            f"{xml}: a view setup or time point that is not a number ({e})"
+        ) from e
+    return kind, where, setups, views
+
+
+def _zarr_views(loader: ET.Element, xml: str) -> dict[tuple[int, int], _ZarrView]:
+    """The views of a zarr project's image loader by (setup, time point): its ``zgroup``
+    elements, as BigStitcher writes them (``setup``, ``tp``, ``path`` and ``indicies``
+    attributes) or as BigDataViewer's first OME-Zarr loader did (``timepoint``, and the
+    path as a ``path`` element)."""
+    views = {}
+    for node in loader.iterfind("zgroups/zgroup"):
+        time = node.get("tp", node.get("timepoint"))
+        path = (node.get("path") or node.findtext("path") or "").strip()
+        if time is None or not path:
+            given = ET.tostring(node, encoding="unicode").strip()
+            raise InputImageError(f"{xml}: a zgroup without its time point or path: {given}")
+        indices = (node.get("indicies") or "").strip("[] ").replace(",", " ").split()
+        views[int(node.get("setup", "")), int(time)] = _ZarrView(path, tuple(map(int, indices)))
+    return views
 
 
 def _setup(node: ET.Element) -> tuple[int, _Setup]:
@@ -120,48 +172,66 @@ def _setup(node: ET.Element) -> tuple[int, _Setup]:
     return setup_id, _Setup(setup_id, voxel, unit, channel, tuple(sorted(given.items())))
 
 
-def _groups(path: str) -> tuple[str, str, list[tuple[int, ...]], dict[int, _Setup]]:
-    """The image loader of ``path`` (``hdf5`` or ``n5``: an XML project, an HDF5 file, or
-    an N5 directory, the last two with their project beside them where there is one),
-    where its views are (the HDF5 file, the N5 directory), its images' setups (channels
-    in order), and the setups' XML."""
-    xml = path if path.lower().endswith(".xml") else os.path.splitext(path)[0] + ".xml"
-    kind, where, described = "hdf5", path, dict[int, _Setup]()
+def _xml_of(path: str) -> str:
+    """The XML project of ``path``: itself, or the XML beside an HDF5 file, N5 directory or
+    zarr store of the same stem (``dataset.h5``, ``dataset.n5``, ``dataset.ome.zarr`` ->
+    ``dataset.xml``)."""
+    if path.lower().endswith(".xml"):
+        return path
+    return os.path.join(os.path.dirname(path.rstrip("/")), image_stem(path) + ".xml")
+
+
+def _groups(path: str) -> _Project:
+    """The project of ``path`` (an XML project, an HDF5 file, or an N5 directory or zarr
+    store with its project beside it): an HDF5 file of another project's, or of none,
+    is a project of its own setups."""
+    xml = _xml_of(path)
+    kind, where = "hdf5", path
+    described: dict[int, _Setup] = {}
+    views: dict[tuple[int, int], _ZarrView] = {}
     if os.path.isfile(xml):
-        kind, where, described = _project(xml)
+        kind, where, described, views = _project(xml)
         if not path.lower().endswith(".xml") and not (
             os.path.exists(where) and os.path.samefile(where, path)
         ):
-            kind, where, described = "hdf5", path, {}  # a project of another file
-    if kind == "n5":
-        present = _n5_setup_ids(where, xml)
-    else:
+            kind, where, described, views = "hdf5", path, {}, {}  # a project of another file
+    if kind == "hdf5":
         with _file(where) as f:
             present = _setup_ids(f)
+    else:
+        _local(kind, where, xml)
+        present = _n5_setup_ids(where, xml) if kind == "n5" else sorted({s for s, _ in views})
     setups = [described.get(i, _Setup(i, view=(("setup", str(i)),))) for i in present]
-    views: dict[tuple[tuple[str, str], ...], list[_Setup]] = {}
+    alike: dict[tuple[tuple[str, str], ...], list[_Setup]] = {}
     for setup in setups:
-        views.setdefault(setup.view, []).append(setup)
+        alike.setdefault(setup.view, []).append(setup)
     groups = [
-        tuple(s.id for s in sorted(v, key=lambda s: (s.channel, s.id))) for v in views.values()
+        tuple(s.id for s in sorted(v, key=lambda s: (s.channel, s.id))) for v in alike.values()
     ]
-    return kind, where, groups, {s.id: s for s in setups}
+    if not groups:
+        raise InputImageError(f"{xml}: a project without views (its <zgroups> lists none)")
+    return _Project(kind, where, groups, {s.id: s for s in setups}, views)
+
+
+def _local(kind: str, where: str, xml: str) -> None:
+    """Refuse a project whose N5 directory or zarr store is at a URL or missing."""
+    place = _PLACES[kind]
+    if storage.is_url(where):
+        one = "<n5>/setup0/timepoint0" if kind == "n5" else "<zarr>/<a zgroup's path>"
+        raise InputImageError(
+            f"{xml}: its {place} is at {where}; BigDataViewer projects are read from local "
+            f"or mounted paths: copy or mount it, or give one view's group at its URL ({one})"
+        )
+    if not os.path.isdir(where):
+        raise InputImageError(
+            f"{xml}: its {place} {where} does not exist; keep the project beside it, or fix "
+            f"the XML's <{kind}> path"
+        )
 
 
 def _n5_setup_ids(n5: str, xml: str) -> list[int]:
     """The view setups of a BigDataViewer N5 directory: ``setup0``, ``setup1``, ... (each
     with its ``attributes.json``)."""
-    if storage.is_url(n5):
-        raise InputImageError(
-            f"{xml}: its N5 is at {n5}; BigDataViewer projects are read from local or mounted "
-            f"paths: copy or mount the N5, or give one view's N5 group at its URL "
-            f"(<n5>/setup0/timepoint0)"
-        )
-    if not os.path.isdir(n5):
-        raise InputImageError(
-            f"{xml}: its N5 directory {n5} does not exist; keep the project beside its N5, "
-            f"or fix the XML's <n5> path"
-        )
     ids = sorted(
         int(m.group(1))
         for m in map(_N5_SETUP.fullmatch, os.listdir(n5))
@@ -172,28 +242,30 @@ def _n5_setup_ids(n5: str, xml: str) -> list[int]:
     return ids
 
 
-def bdv_n5_project(path: str) -> bool:
-    """Whether ``path`` is a local BigDataViewer N5 directory (``dataset.n5``) whose XML
-    project (``dataset.xml``) is beside it, read through that project."""
+def bdv_project(path: str) -> bool:
+    """Whether ``path`` is a local BigDataViewer N5 directory or zarr store (``dataset.n5``,
+    ``dataset.ome.zarr``) whose XML project (``dataset.xml``) is beside it, read through
+    that project."""
     stem = path.rstrip("/")
-    if not stem.lower().endswith(".n5") or not os.path.isdir(stem):
+    if not stem.lower().endswith((".n5", ".zarr")) or not os.path.isdir(stem):
         return False
-    xml = stem[:-3] + ".xml"
+    xml = _xml_of(stem)
     if not os.path.isfile(xml):
         return False
     with contextlib.suppress(InputImageError):
-        kind, where, _ = _project(xml)
-        return kind == "n5" and os.path.isdir(where) and os.path.samefile(where, stem)
+        kind, where, _, _ = _project(xml)
+        return kind != "hdf5" and os.path.isdir(where) and os.path.samefile(where, stem)
     return False
 
 
 def bdv_sources(path: str, axes: str | None = None, level: int = 0) -> list[ImageSource]:
-    """Every image of a BigDataViewer project (``dataset.xml``), HDF5 file or N5 directory
-    (its project beside it): one per tile, angle and illumination, named after the file
-    (``<stem>_s<i>`` where there are several)."""
-    kind, _, groups, _ = _groups(path)
+    """Every image of a BigDataViewer project (``dataset.xml``), HDF5 file, or N5 directory or
+    zarr store (its project beside it): one per tile, angle and illumination, named after
+    the file (``<stem>_s<i>`` where there are several)."""
+    project = _groups(path)
+    groups = project.groups
     stem = image_stem(path[:-4] if path.lower().endswith(".xml") else path)
-    cls: type[ImageSource] = BdvN5Source if kind == "n5" else BdvSource
+    cls: type[ImageSource] = {"n5": BdvN5Source, "zarr": BdvZarrSource}.get(project.kind, BdvSource)
     if len(groups) == 1:
         return [cls(path, axes, name=stem, level=level)]
     return [cls(path, axes, series=i, name=f"{stem}_s{i}", level=level) for i in range(len(groups))]
@@ -214,15 +286,14 @@ def _image_info(
     where: str,
     image: tuple[int, ...],
     setups: dict[int, _Setup],
-    factors: np.ndarray,
-    level: int,
+    factor: Sequence[float],
     times: int,
     shapes: set[tuple[int, int, int]],
     dtype: np.dtype[Any],
 ) -> ImageInfo:
-    """The image of the setups ``image`` (its channels) at ``level``: ``shapes``, the z, y,
-    x size of each channel's view, must agree; the pixel size is the XML's voxel size
-    times the level's ``factors`` (x, y, z)."""
+    """The image of the setups ``image`` (its channels) at a level: ``shapes``, the z, y, x
+    size of each channel's view, must agree; the pixel size is the XML's voxel size times
+    the level's ``factor`` (x, y, z)."""
     if len(shapes) > 1:
         raise InputImageError(
             f"{where}: its channels' sizes differ ({sorted(shapes)}); give the XML project, "
@@ -232,7 +303,7 @@ def _image_info(
     scale: dict[str, float] = {}
     units: dict[str, str] = {}
     if first.voxel is not None:
-        scale = {a: first.voxel[i] * factors[level][i] for i, a in enumerate("xyz")}
+        scale = {a: first.voxel[i] * float(factor[i]) for i, a in enumerate("xyz")}
         units = dict.fromkeys(scale, first.unit) if first.unit else {}
     names = tuple(f"channel {setups[s].channel}" for s in image)
     return ImageInfo((times, len(image), *shapes.pop()), dtype, scale, units, names)
@@ -248,9 +319,10 @@ class BdvSource(Hdf5Channels):
     kind = "bdv"
 
     def _inspect(self) -> ImageInfo:
-        _, h5, groups, setups = _groups(self.path)
-        self.file = h5
-        self.setups = groups[self.series or 0]
+        project = _groups(self.path)
+        self.file = h5 = project.where
+        self.setups = project.groups[self.series or 0]
+        setups = project.setups
         with _file(h5) as f:
             factors = np.asarray(f[f"s{self.setups[0]:02d}/resolutions"], dtype=np.float64)
             self.levels = len(factors)
@@ -268,7 +340,7 @@ class BdvSource(Hdf5Channels):
                 stored = cells.dtype
         dtype = np.dtype(np.uint16) if stored == np.int16 else np.dtype(stored)
         return _image_info(
-            self.where, self.setups, setups, factors, self.level, len(self.times), shapes, dtype
+            self.where, self.setups, setups, factors[self.level], len(self.times), shapes, dtype
         )
 
     def _cells(self, time: str, setup: int) -> str:
@@ -291,8 +363,10 @@ class BdvN5Source(ImageSource):
     kind = "bdv-n5"
 
     def _inspect(self) -> ImageInfo:
-        _, self.root, groups, setups = _groups(self.path)
-        self.setups = groups[self.series or 0]
+        project = _groups(self.path)
+        self.root = project.where
+        self.setups = project.groups[self.series or 0]
+        setups = project.setups
         attrs = self._json(f"setup{self.setups[0]}/attributes.json")
         factors = np.asarray(attrs.get("downsamplingFactors", [[1, 1, 1]]), dtype=np.float64)
         self.levels = len(factors)
@@ -315,7 +389,7 @@ class BdvN5Source(ImageSource):
             shapes.add((int(z), int(y), int(x)))
             dtype = np.dtype(store.dtype.numpy_dtype)
         return _image_info(
-            self.where, self.setups, setups, factors, self.level, len(self.times), shapes, dtype
+            self.where, self.setups, setups, factors[self.level], len(self.times), shapes, dtype
         )
 
     def _json(self, key: str) -> dict[str, Any]:
@@ -352,5 +426,91 @@ class BdvN5Source(ImageSource):
         return out
 
 
+class BdvZarrSource(ImageSource):
+    """The image of one tile, angle and illumination of a BigDataViewer OME-Zarr project
+    (image loader ``bdv.multimg.zarr``: BigStitcher's and BigStitcher-Spark's OME-Zarr):
+    its setups as channels, each view an OME-Zarr image under the project's store (the
+    XML's ``zgroup``: its path, and which channel and time point of a 4D / 5D image, as
+    ``indicies``), read as ``ZarrSource`` reads OME-Zarr; its time points those every
+    setup has a view at, its levels the views' ``datasets`` (their ``scale`` against the
+    first's gives a level's factors), the voxel size from the XML."""
+
+    kind = "bdv-zarr"
+
+    def _inspect(self) -> ImageInfo:
+        project = _groups(self.path)
+        self.setups = project.groups[self.series or 0]
+        held = [{t for s, t in project.views if s == setup} for setup in self.setups]
+        self.times = _common_times(self.where, self.setups, held, f"zgroups of {self.path}")
+        self.views = {
+            (t, c): project.views[setup, time]
+            for t, time in enumerate(self.times)
+            for c, setup in enumerate(self.setups)
+        }
+        self.root = project.where
+        full = self._view(0, 0, 0)[0]
+        self.levels = full.levels
+        if self.level >= self.levels:
+            raise self._no_level(self.levels)
+        shapes = set()
+        for c in range(len(self.setups)):
+            view = self._view(0, c)[0]
+            shapes.add(view.info.shape[2:])
+            dtype = view.info.dtype
+        at, size = view.info, full.info.shape
+        factor = [
+            at.scale[a] / full.info.scale[a]
+            if at.scale.get(a) and full.info.scale.get(a)
+            else round(size[i] / at.shape[i])
+            for a, i in (("x", 4), ("y", 3), ("z", 2))
+        ]
+        return _image_info(
+            self.where, self.setups, project.setups, factor, len(self.times), shapes, dtype
+        )
+
+    def _view(self, t: int, c: int, level: int | None = None) -> tuple[ZarrSource, int, int]:
+        """Channel ``c`` at time point ``t`` (this image's): the OME-Zarr image holding it,
+        at ``level`` (this source's by default), and its time point and channel there;
+        opened once per process."""
+        level = self.level if level is None else level
+        opened = self.handle
+        if (t, c, level) in opened:
+            return cast(tuple[ZarrSource, int, int], opened[t, c, level])
+        view = self.views[t, c]
+        where = f"{self.path}: the view of setup {self.setups[c]} at time point {self.times[t]}"
+        try:
+            source = ZarrSource(os.path.join(self.root, view.path), level=level)
+        except InputImageError as e:
+            raise InputImageError(f"{where} ({view.path}): {e}") from e
+        sizes = dict(zip("tc", source.info.shape[:2], strict=True))
+        # Indices past the image's axes (a 3D image's "0 0") pick nothing, as in BigStitcher.
+        present = [a for a in "ct" if a in (source.axes or "")]
+        given = dict(zip(present, view.indices, strict=False))
+        for axis, size in sizes.items():
+            index = given.get(axis, 0)
+            if not 0 <= index < size or (size > 1 and axis not in given):
+                name = {"c": "channels", "t": "time points"}[axis]
+                raise InputImageError(
+                    f"{where}: {view.path} holds {size} {name}, and its zgroup's indicies "
+                    f"{list(view.indices)} do not pick one (channel, then time point); fix "
+                    f"the XML's zgroup"
+                )
+        opened[t, c, level] = source, given.get("t", 0), given.get("c", 0)
+        return cast(tuple[ZarrSource, int, int], opened[t, c, level])
+
+    def _open(self) -> Any:
+        return {}  # each view's image, opened on its first read in this process
+
+    def _read(
+        self, t: int, channels: tuple[int, ...], region: tuple[tuple[int, int], ...]
+    ) -> np.ndarray:
+        out = np.empty((len(channels), *(b - a for a, b in region)), self.info.dtype)
+        for i, c in enumerate(channels):
+            source, time, channel = self._view(t, c)
+            out[i] = source.read(time, (channel,), region)[0]
+        return out
+
+
 SOURCES.register("bdv")(BdvSource)
 SOURCES.register("bdv-n5")(BdvN5Source)
+SOURCES.register("bdv-zarr")(BdvZarrSource)

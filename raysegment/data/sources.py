@@ -1769,7 +1769,7 @@ def open_sources(
         InputImageError: missing path, unknown format, unreadable or corrupt file.
     """
     # These build on this module.
-    from raysegment.data.bdv import bdv_n5_project, bdv_sources
+    from raysegment.data.bdv import bdv_project, bdv_sources
     from raysegment.data.hdf5 import hdf5_parts, hdf5_sources
     from raysegment.data.mrc import MRC_SUFFIXES, MrcSource
 
@@ -1777,7 +1777,7 @@ def open_sources(
     parts = hdf5_parts(p)  # a file, or a dataset in one: a path that is no file itself
     if parts is not None:
         return _checked(hdf5_sources(*parts, axes=axes, level=level))
-    if bdv_n5_project(p):  # a BigDataViewer N5 with its XML beside it
+    if bdv_project(p):  # a BigDataViewer N5 or zarr store with its XML beside it
         return _checked(bdv_sources(p, axes, level))
     volume = tensorstore_format(p)  # first: an https:// or gs:// volume has no fsspec listing
     if volume is None and not storage.exists(p):

@@ -314,10 +314,17 @@ def write_bdv(path: Path, views: dict[int, np.ndarray], attributes: dict[int, di
 
 
 def _bdv_xml(
-    xml: Path, views: dict[int, np.ndarray], attributes: dict[int, dict], loader: str, where: str
+    xml: Path,
+    views: dict[int, np.ndarray],
+    attributes: dict[int, dict],
+    loader: str,
+    where: str,
+    zgroups: str = "",
 ) -> None:
     """The XML project of ``views`` (setup id -> (t, z, y, x)), its images in ``where``
-    (relative) through BigDataViewer's image loader ``loader`` (hdf5, n5)."""
+    (relative) through BigDataViewer's image loader ``loader`` (hdf5, n5, multimg.zarr;
+    the last's views as ``zgroups``)."""
+    element = loader.rsplit(".", 1)[-1]
     setups = "".join(
         f"<ViewSetup><id>{s}</id><name>{s}</name>"
         f"<size>{views[s].shape[3]} {views[s].shape[2]} {views[s].shape[1]}</size>"
@@ -329,8 +336,8 @@ def _bdv_xml(
     xml.write_text(
         '<?xml version="1.0" encoding="UTF-8"?><SpimData version="0.2">'
         '<BasePath type="relative">.</BasePath><SequenceDescription>'
-        f'<ImageLoader format="bdv.{loader}"><{loader} type="relative">{where}</{loader}>'
-        f"</ImageLoader><ViewSetups>{setups}</ViewSetups></SequenceDescription></SpimData>"
+        f'<ImageLoader format="bdv.{loader}"><{element} type="relative">{where}</{element}>'
+        f"{zgroups}</ImageLoader><ViewSetups>{setups}</ViewSetups></SequenceDescription></SpimData>"
     )
 
 
@@ -365,25 +372,95 @@ def write_bdv_n5(xml: Path, views: dict[int, np.ndarray], attributes: dict[int, 
     _bdv_xml(xml, views, attributes, "n5", n5.name)
 
 
+def write_bdv_zarr(
+    xml: Path, views: dict[int, np.ndarray], attributes: dict[int, dict], layout: str
+) -> None:
+    """A BigDataViewer OME-Zarr project (``bdv.multimg.zarr``): ``xml`` and the store
+    beside it (``<stem>.ome.zarr``), of OME-Zarr 0.4 images of two levels (the second
+    halved in x and y, its scale saying so). ``layout`` "5d": as BigStitcher-Spark writes
+    them, one (t, c, z, y, x) image of every setup as a channel and every time point,
+    each view a ``zgroup`` with its ``indicies`` (channel, time point); "3d": as
+    BigDataViewer's first OME-Zarr loader read them, an image of each view (z, y, x),
+    the ``zgroup``'s path an element."""
+    store = xml.with_suffix(".ome.zarr")
+    zarr.open_group(str(store), mode="w")
+    setups = sorted(views)
+
+    def image(path: str, data: np.ndarray) -> None:  # (..., z, y, x)
+        axes = [
+            {"name": a, "type": "time" if a == "t" else "channel" if a == "c" else "space"}
+            for a in "tczyx"[5 - data.ndim :]
+        ]
+        lead = [1.0] * (data.ndim - 3)
+        group = zarr.open_group(str(store / path), mode="w")
+        group.attrs["multiscales"] = [
+            {
+                "version": "0.4",
+                "axes": axes,
+                "datasets": [
+                    {
+                        "path": str(level),
+                        "coordinateTransformations": [
+                            {"type": "scale", "scale": [*lead, 1.0, 2.0**level, 2.0**level]}
+                        ],
+                    }
+                    for level in (0, 1)
+                ],
+            }
+        ]
+        for level in (0, 1):
+            step = 2**level
+            level_data = data[..., ::step, ::step]
+            chunks = (*(1,) * (data.ndim - 3), 4, 16, 16)
+            group.create_array(str(level), data=level_data, chunks=chunks)
+
+    entries = []
+    if layout == "5d":  # setups as the channels of one image of every time point
+        times = max(len(v) for v in views.values())
+        data = np.zeros((times, len(setups), *views[setups[0]].shape[1:]), np.uint16)
+        for c, setup in enumerate(setups):
+            data[: len(views[setup]), c] = views[setup]
+        image("views.zarr", data)
+        entries = [
+            f'<zgroup setup="{s}" tp="{t}" path="views.zarr" indicies="{c} {t}" />'
+            for c, s in enumerate(setups)
+            for t in range(len(views[s]))
+        ]
+    else:
+        for s in setups:
+            for t in range(len(views[s])):
+                image(f"s{s}-t{t}.zarr", views[s][t])
+                entries.append(
+                    f'<zgroup setup="{s}" timepoint="{t}"><path>s{s}-t{t}.zarr</path></zgroup>'
+                )
+    zgroups = f"<zgroups>{''.join(entries)}</zgroups>"
+    _bdv_xml(xml, views, attributes, "multimg.zarr", store.name, zgroups)
+
+
 def _write_project(loader: str, xml: Path, views: dict[int, np.ndarray], attrs: dict) -> None:
-    """``xml`` and its views, in BigDataViewer HDF5 (``xml``'s .h5) or N5 (its .n5)."""
+    """``xml`` and its views, in BigDataViewer HDF5 (``xml``'s .h5), N5 (its .n5) or
+    OME-Zarr (its .ome.zarr: ``zarr-5d``, ``zarr-3d``, ``write_bdv_zarr``'s layouts)."""
     if loader == "hdf5":
         write_bdv(xml.with_suffix(".h5"), views, attrs)
-    else:
+    elif loader == "n5":
         write_bdv_n5(xml, views, attrs)
+    else:
+        write_bdv_zarr(xml, views, attrs, loader.removeprefix("zarr-"))
 
 
-@pytest.mark.parametrize("loader", ["hdf5", "n5"])
+@pytest.mark.parametrize("loader", ["hdf5", "n5", "zarr-5d", "zarr-3d"])
 def test_a_bigdataviewer_project_gives_a_volume_per_tile_its_setups_as_channels(
     tmp_path, loader
 ) -> None:
-    """BigStitcher's projects in HDF5 and in N5 (its "Resave as N5") read alike."""
+    """BigStitcher's projects in HDF5, N5 (its "Resave as N5") and OME-Zarr (BigStitcher-
+    Spark's 5D images, each view a channel and time point of one; BigDataViewer's first
+    OME-Zarr loader's image per view) read alike."""
     volume = random_image((2, 2, 6, 40, 48)) * 60  # t, channel, z, y, x: past 32767
     views = {0: volume[:, 1], 1: volume[:, 0]}
     _write_project(loader, tmp_path / "fused.xml", views, {0: {"channel": 2}, 1: {"channel": 1}})
     for given in ("fused.xml", "fused.h5") if loader == "hdf5" else ("fused.xml",):
         (source,) = open_sources(tmp_path / given)
-        assert source.kind == {"hdf5": "bdv", "n5": "bdv-n5"}[loader]
+        assert source.kind == {"hdf5": "bdv", "n5": "bdv-n5"}.get(loader, "bdv-zarr")
         assert source.name == "fused" and source.levels == 2
         assert source.info.shape == (2, 2, 6, 40, 48) and source.info.dtype == np.uint16
         assert source.info.scale == pytest.approx({"x": 0.4, "y": 0.4, "z": 2.5})
@@ -417,31 +494,51 @@ def test_a_bigdataviewer_project_gives_a_volume_per_tile_its_setups_as_channels(
     (gap,) = open_sources(tmp_path / "gap.xml")
     assert gap.info.shape == (1, 2, 6, 40, 48)
     np.testing.assert_array_equal(gap.read(0, (0, 1), region), volume[0, :, 1:5, 3:40, :31])
-    if loader == "n5":  # the N5 given (a directory's entry) reads through its project
-        assert [s.name for s in open_sources(tmp_path / "tiles.n5")] == ["tiles_s0", "tiles_s1"]
+    if loader != "hdf5":  # the N5 / zarr given (a directory's entry) reads through its project
+        store, element = ("tiles.n5", "n5") if loader == "n5" else ("tiles.ome.zarr", "zarr")
+        assert [s.name for s in open_sources(tmp_path / store)] == ["tiles_s0", "tiles_s1"]
+        assert str(tmp_path / store) in resolve_inputs(str(tmp_path))  # the default pattern
         (tmp_path / "tiles.xml").rename(tmp_path / "kept.xml")
-        with pytest.raises(InputImageError, match=r"tiles.n5: a BigDataViewer N5 .*without its"):
-            open_sources(tmp_path / "tiles.n5")
+        without = (
+            r"tiles.n5: a BigDataViewer N5 .*without its"
+            if loader == "n5"
+            else (r"tiles.ome.zarr: zarr group without OME-Zarr 'multiscales'")
+        )
+        with pytest.raises(InputImageError, match=without):
+            open_sources(tmp_path / store)
         (tmp_path / "kept.xml").rename(tmp_path / "tiles.xml")
-        shutil.rmtree(tmp_path / "tiles.n5")
-        with pytest.raises(InputImageError, match=r"tiles.xml: its N5 directory .*tiles.n5 does"):
-            open_sources(tmp_path / "tiles.xml")
         xml = (tmp_path / "tiles.xml").read_text()
-        xml = xml.replace('<n5 type="relative">tiles.n5', '<n5 type="absolute">s3://b/tiles.n5')
-        (tmp_path / "tiles.xml").write_text(xml)
-        with pytest.raises(InputImageError, match=r"tiles.xml: its N5 is at s3://b/tiles.n5; "):
+        if loader == "zarr-5d":  # a view of a 5D image must say which channel it is
+            (tmp_path / "tiles.xml").write_text(xml.replace('indicies="1 0"', 'indicies="[]"'))
+            with pytest.raises(InputImageError, match=r"setup 1 at time point 0: views.zarr hol"):
+                open_sources(tmp_path / "tiles.xml")
+            (tmp_path / "tiles.xml").write_text(
+                xml.replace(' path="views.zarr" indicies="1 0"', "")
+            )
+            with pytest.raises(InputImageError, match=r"xml: a zgroup without its time point or"):
+                open_sources(tmp_path / "tiles.xml")
+            (tmp_path / "tiles.xml").write_text(xml)
+        shutil.rmtree(tmp_path / store)
+        with pytest.raises(InputImageError, match=rf"tiles.xml: its \w+ \w+ .*{store} does not"):
+            open_sources(tmp_path / "tiles.xml")
+        url = f'<{element} type="absolute">s3://b/{store}'
+        (tmp_path / "tiles.xml").write_text(xml.replace(f'<{element} type="relative">{store}', url))
+        at_url = rf"tiles.xml: its \w+ \w+ is at s3://b/{store}; "
+        with pytest.raises(InputImageError, match=at_url):
             open_sources(tmp_path / "tiles.xml")
         return
     (tmp_path / "other.xml").write_text(
-        '<SpimData><SequenceDescription><ImageLoader format="bdv.multimg.zarr"><zarr>x'
-        "</zarr></ImageLoader></SequenceDescription></SpimData>"
+        '<SpimData><SequenceDescription><ImageLoader format="spimreconstruction.filelist">'
+        "</ImageLoader></SequenceDescription></SpimData>"
     )
     with pytest.raises(
         InputImageError,
-        match=r"other.xml: .*neither BigDataViewer HDF5 nor N5 \(image loader bdv.multimg.zarr\)",
+        match=r"other.xml: .*not BigDataViewer HDF5, N5 or OME-Zarr \(image loader spimrec",
     ):
         open_sources(tmp_path / "other.xml")
     xml = (tmp_path / "tiles.xml").read_text().replace("<id>1</id>", "<id>one</id>")
     (tmp_path / "tiles.xml").write_text(xml)
-    with pytest.raises(InputImageError, match=r"tiles.xml: a view setup that is not a number"):
+    with pytest.raises(
+        InputImageError, match=r"tiles.xml: a view setup or time point that is not a number"
+    ):
         open_sources(tmp_path / "tiles.xml")
