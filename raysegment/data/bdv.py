@@ -10,7 +10,9 @@ OME-Zarr images, each view one of them or a channel and time point of one (the X
 A view setup is one channel of one tile, angle and illumination; the setups of one tile,
 angle and illumination (a fused volume's channels) are one image, its channels in their
 ``channel`` order. An acquisition of several tiles or angles gives an image each (fuse
-them first, BigStitcher's "Fuse", for one volume). Voxel sizes come from the XML.
+them first, BigStitcher's "Fuse", for one volume). Voxel sizes come from the XML. N5 and
+OME-Zarr projects are read from object stores too (the XML and its store at URLs, as
+BigStitcher-Spark keeps them); HDF5 from local or mounted paths.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import posixpath
 import re
 import xml.etree.ElementTree as ET
 from collections.abc import Sequence
@@ -114,7 +117,7 @@ def _project(xml: str) -> tuple[str, str, dict[int, _Setup], dict[tuple[int, int
     images are (the HDF5 file, the N5 directory, the zarr store), its view setups and, of
     a zarr project, its views."""
     try:
-        root = ET.parse(xml).getroot()
+        root = ET.fromstring(storage.read_bytes(xml))
     except (ET.ParseError, OSError) as e:
         raise InputImageError(f"{xml}: not a readable BigDataViewer XML ({e})") from e
     loader = root.find("SequenceDescription/ImageLoader")
@@ -128,11 +131,7 @@ def _project(xml: str) -> tuple[str, str, dict[int, _Setup], dict[tuple[int, int
         )
     where = (node.text or "").strip()
     if node.get("type", "relative") == "relative":
-        base = root.find("BasePath")
-        folder = os.path.join(
-            os.path.dirname(xml), (base.text or ".").strip() if base is not None else "."
-        )
-        where = os.path.normpath(os.path.join(folder, where))
+        where = _beside(xml, (root.findtext("BasePath") or ".").strip(), where)
     try:
         setups = dict(_setup(node) for node in root.iter("ViewSetup"))
         views = _zarr_views(loader, xml) if kind == "zarr" else {}
@@ -172,13 +171,32 @@ def _setup(node: ET.Element) -> tuple[int, _Setup]:
     return setup_id, _Setup(setup_id, voxel, unit, channel, tuple(sorted(given.items())))
 
 
+def _beside(xml: str, *names: str) -> str:
+    """``names`` (relative paths) from the folder of ``xml`` (a path or a URL), normalized."""
+    if storage.is_url(xml):
+        scheme, rest = xml.split("://", 1)
+        return f"{scheme}://{posixpath.normpath(posixpath.join(posixpath.dirname(rest), *names))}"
+    return os.path.normpath(os.path.join(os.path.dirname(xml), *names))
+
+
 def _xml_of(path: str) -> str:
     """The XML project of ``path``: itself, or the XML beside an HDF5 file, N5 directory or
     zarr store of the same stem (``dataset.h5``, ``dataset.n5``, ``dataset.ome.zarr`` ->
     ``dataset.xml``)."""
     if path.lower().endswith(".xml"):
         return path
-    return os.path.join(os.path.dirname(path.rstrip("/")), image_stem(path) + ".xml")
+    return _beside(path.rstrip("/"), image_stem(path) + ".xml")
+
+
+def _is_file(location: str) -> bool:
+    return storage.exists(location) if storage.is_url(location) else os.path.isfile(location)
+
+
+def _same(a: str, b: str) -> bool:
+    """Whether the paths (or URLs) ``a`` and ``b`` name one file or directory."""
+    if storage.is_url(a) or storage.is_url(b):
+        return storage.resolve(a) == storage.resolve(b)
+    return os.path.exists(a) and os.path.exists(b) and os.path.samefile(a, b)
 
 
 def _groups(path: str) -> _Project:
@@ -189,17 +207,15 @@ def _groups(path: str) -> _Project:
     kind, where = "hdf5", path
     described: dict[int, _Setup] = {}
     views: dict[tuple[int, int], _ZarrView] = {}
-    if os.path.isfile(xml):
+    if _is_file(xml):
         kind, where, described, views = _project(xml)
-        if not path.lower().endswith(".xml") and not (
-            os.path.exists(where) and os.path.samefile(where, path)
-        ):
+        if not path.lower().endswith(".xml") and not _same(where, path):
             kind, where, described, views = "hdf5", path, {}, {}  # a project of another file
+    _reachable(kind, where, xml)
     if kind == "hdf5":
         with _file(where) as f:
             present = _setup_ids(f)
     else:
-        _local(kind, where, xml)
         present = _n5_setup_ids(where, xml) if kind == "n5" else sorted({s for s, _ in views})
     setups = [described.get(i, _Setup(i, view=(("setup", str(i)),))) for i in present]
     alike: dict[tuple[tuple[str, str], ...], list[_Setup]] = {}
@@ -213,16 +229,16 @@ def _groups(path: str) -> _Project:
     return _Project(kind, where, groups, {s.id: s for s in setups}, views)
 
 
-def _local(kind: str, where: str, xml: str) -> None:
-    """Refuse a project whose N5 directory or zarr store is at a URL or missing."""
+def _reachable(kind: str, where: str, xml: str) -> None:
+    """Refuse a project whose HDF5 file is at a URL (N5 and zarr are read from object
+    stores too), or whose local N5 directory or zarr store is missing."""
     place = _PLACES[kind]
-    if storage.is_url(where):
-        one = "<n5>/setup0/timepoint0" if kind == "n5" else "<zarr>/<a zgroup's path>"
+    if kind == "hdf5" and storage.is_url(where):
         raise InputImageError(
-            f"{xml}: its {place} is at {where}; BigDataViewer projects are read from local "
-            f"or mounted paths: copy or mount it, or give one view's group at its URL ({one})"
+            f"{xml}: its {place} is at {where}; HDF5 is read from local or mounted paths: "
+            f"copy or mount the project, or resave it as N5 or OME-Zarr"
         )
-    if not os.path.isdir(where):
+    if kind != "hdf5" and not storage.is_url(where) and not os.path.isdir(where):
         raise InputImageError(
             f"{xml}: its {place} {where} does not exist; keep the project beside it, or fix "
             f"the XML's <{kind}> path"
@@ -234,8 +250,8 @@ def _n5_setup_ids(n5: str, xml: str) -> list[int]:
     with its ``attributes.json``)."""
     ids = sorted(
         int(m.group(1))
-        for m in map(_N5_SETUP.fullmatch, os.listdir(n5))
-        if m and os.path.isfile(os.path.join(n5, m.group(0), "attributes.json"))
+        for m in map(_N5_SETUP.fullmatch, storage.listdir(n5))
+        if m and storage.exists(storage.join(n5, m.group(0), "attributes.json"))
     )
     if not ids:
         raise InputImageError(f"{n5}: no view setups (setup0, setup1, ...) in this N5 of {xml}")
@@ -243,18 +259,15 @@ def _n5_setup_ids(n5: str, xml: str) -> list[int]:
 
 
 def bdv_project(path: str) -> bool:
-    """Whether ``path`` is a local BigDataViewer N5 directory or zarr store (``dataset.n5``,
-    ``dataset.ome.zarr``) whose XML project (``dataset.xml``) is beside it, read through
-    that project."""
+    """Whether ``path`` is a BigDataViewer N5 directory or zarr store (``dataset.n5``,
+    ``dataset.ome.zarr``; local or in an object store) whose XML project (``dataset.xml``)
+    is beside it, read through that project."""
     stem = path.rstrip("/")
-    if not stem.lower().endswith((".n5", ".zarr")) or not os.path.isdir(stem):
-        return False
-    xml = _xml_of(stem)
-    if not os.path.isfile(xml):
+    if not stem.lower().endswith((".n5", ".zarr")) or not _is_file(xml := _xml_of(stem)):
         return False
     with contextlib.suppress(InputImageError):
         kind, where, _, _ = _project(xml)
-        return kind != "hdf5" and os.path.isdir(where) and os.path.samefile(where, stem)
+        return kind != "hdf5" and _same(where, stem)
     return False
 
 
@@ -375,7 +388,9 @@ class BdvN5Source(ImageSource):
         held = [
             {
                 int(m.group(1))
-                for m in map(_N5_TIME.fullmatch, os.listdir(os.path.join(self.root, f"setup{s}")))
+                for m in map(
+                    _N5_TIME.fullmatch, storage.listdir(storage.join(self.root, f"setup{s}"))
+                )
                 if m
             }
             for s in self.setups
@@ -394,8 +409,9 @@ class BdvN5Source(ImageSource):
 
     def _json(self, key: str) -> dict[str, Any]:
         try:
-            with open(os.path.join(self.root, key)) as f:
-                return cast(dict[str, Any], json.load(f))
+            return cast(
+                dict[str, Any], json.loads(storage.read_bytes(storage.join(self.root, key)))
+            )
         except (OSError, ValueError) as e:
             raise InputImageError(f"{self.where}: cannot read {key} of {self.root} ({e})") from e
 
@@ -404,7 +420,7 @@ class BdvN5Source(ImageSource):
 
     def _store(self, dataset: str) -> Any:
         """The view's N5 dataset opened through tensorstore."""
-        where = os.path.join(self.root, dataset)
+        where = storage.join(self.root, dataset)
         spec = {"driver": "n5", "kvstore": kvstore(where)}
         return open_tensorstore(spec, where, f"N5 dataset of {self.path}")
 
@@ -479,7 +495,7 @@ class BdvZarrSource(ImageSource):
         view = self.views[t, c]
         where = f"{self.path}: the view of setup {self.setups[c]} at time point {self.times[t]}"
         try:
-            source = ZarrSource(os.path.join(self.root, view.path), level=level)
+            source = ZarrSource(storage.join(self.root, view.path), level=level)
         except InputImageError as e:
             raise InputImageError(f"{where} ({view.path}): {e}") from e
         sizes = dict(zip("tc", source.info.shape[:2], strict=True))

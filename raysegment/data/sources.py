@@ -1791,6 +1791,8 @@ def open_sources(
     elif is_zarr(p):
         kind = "zarr"
         images = _zarr_images(p)
+    elif name.endswith(".xml") and (storage.is_url(p) or os.path.isfile(p)):
+        return _checked(bdv_sources(p, axes, level))  # a BigDataViewer project
     elif name.endswith((".tif", ".tiff", *SLIDE_SUFFIXES)) and (
         storage.is_url(p) or os.path.isfile(p)
     ):
@@ -1798,18 +1800,16 @@ def open_sources(
         kind = "ome-tiff" if tif.is_ome and axes is None else "tiff"
     elif storage.is_url(p):
         raise InputImageError(
-            f"{p}: only zarr, OME-Zarr, TIFF (OME-TIFF, SVS, NDPI, QPTIFF), N5 and "
-            f"Neuroglancer precomputed are read from URLs (N5 and precomputed with pip "
-            f"install 'raysegment[tensorstore]'); copy the file (CZI, HDF5, Imaris, MRC) to "
-            f"a local or mounted path, or convert it to OME-Zarr"
+            f"{p}: only zarr, OME-Zarr, TIFF (OME-TIFF, SVS, NDPI, QPTIFF), N5, Neuroglancer "
+            f"precomputed and BigDataViewer N5 / OME-Zarr projects (.xml) are read from URLs "
+            f"(N5 and precomputed with pip install 'raysegment[tensorstore]'); copy the file "
+            f"(CZI, HDF5, Imaris, MRC) to a local or mounted path, or convert it to OME-Zarr"
         )
     elif os.path.isfile(p) and name.endswith(".czi"):
         scenes = _czi_scenes(p)
         kind = "czi"
     elif os.path.isfile(p) and name.endswith(MRC_SUFFIXES):
         return _checked([MrcSource(p, axes, level=level)])
-    elif os.path.isfile(p) and name.endswith(".xml"):  # a BigDataViewer project
-        return _checked(bdv_sources(p, axes, level))
     else:
         raise InputImageError(
             f"{p}: not a supported image; give an OME-TIFF, TIFF (or SVS, NDPI, QPTIFF), "
