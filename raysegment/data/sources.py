@@ -11,6 +11,7 @@ import concurrent.futures
 import contextlib
 import functools
 import importlib
+import itertools
 import json
 import math
 import os
@@ -786,7 +787,7 @@ class ZarrSource(ArraySource):
             if not multiscales:
                 raise InputImageError(
                     f"{self.path}: zarr group without OME-Zarr 'multiscales' metadata; "
-                    f"give the path of an array or of an OME-Zarr image"
+                    f"give the path of an array or of an OME-Zarr image{_images_in(node)}"
                 )
             ms = multiscales[0]
             axes_meta = ms["axes"]
@@ -848,6 +849,23 @@ class ZarrSource(ArraySource):
         encode = arr.metadata.encode_chunk_key
         cells = (_chunk_at(n, encode, len(grid)) for n in names if n not in _ZARR_METADATA)
         return self._outside(arr.shape, grid, cells)
+
+
+def _images_in(group: Any) -> str:
+    """The OME-Zarr images a zarr group holds, for the error naming it: `` (it holds a,
+    b, ...: give one, or the BigDataViewer project listing them, its XML)``, or ""."""
+    names = []
+    for name, child in itertools.islice(group.groups(), 50):
+        attrs: dict[str, Any] = dict(child.attrs)
+        if attrs.get("ome", attrs).get("multiscales"):
+            names.append(name)
+    if not names:
+        return ""
+    shown = ", ".join(sorted(names)[:3]) + (", ..." if len(names) > 3 else "")
+    return (
+        f" (it holds the OME-Zarr images {shown}: give one, or the BigDataViewer project "
+        f"that lists them, its .xml)"
+    )
 
 
 LISTED_SCHEMES = ("s3", "gs", "gcs")

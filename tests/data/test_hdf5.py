@@ -524,7 +524,8 @@ def test_a_bigdataviewer_project_gives_a_volume_per_tile_its_setups_as_channels(
         without = (
             r"tiles.n5: a BigDataViewer N5 .*without its"
             if loader == "n5"
-            else (r"tiles.ome.zarr: zarr group without OME-Zarr 'multiscales'")
+            else r"tiles.ome.zarr: zarr group without OME-Zarr 'multiscales' .*it holds the "
+            r"OME-Zarr images (s0-t0.zarr, s1-t0.zarr|views.zarr): give one, or the Big"
         )
         with pytest.raises(InputImageError, match=without):
             open_sources(tmp_path / store)
