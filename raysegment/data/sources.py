@@ -140,6 +140,11 @@ class ImageInfo:
     units: dict[str, str] = field(default_factory=dict)
     """NGFF unit name per axis where the file records it (e.g. ``micrometer``)."""
     channel_names: tuple[str, ...] | None = None
+    origin: dict[str, float] = field(default_factory=dict)
+    """Physical position of the first pixel per axis (t, z, y, x), in the units of
+    ``scale``, where the file places the image away from 0: an OME-Zarr's
+    ``translation``, a precomputed volume's ``voxel_offset`` (a crop of a larger volume,
+    a tile of a mosaic). Outputs keep it, so they overlay their input in viewers."""
 
 
 class ImageSource:
@@ -778,6 +783,7 @@ class ZarrSource(ArraySource):
             ) from e
         scale: dict[str, float] = {}
         units: dict[str, str] = {}
+        origin: dict[str, float] = {}
         names = None
         self.array_path = ""
         if isinstance(node, zarr.Group):
@@ -797,7 +803,9 @@ class ZarrSource(ArraySource):
                 raise self._no_level(self.levels)
             dataset = ms["datasets"][self.level]
             self.array_path = dataset["path"]
-            factors = np.ones(len(axis_names))
+            # Pixel i lies at factors * i + offsets: the dataset's transforms, then the
+            # multiscale's, each a scale or a translation in turn.
+            factors, offsets = np.ones(len(axis_names)), np.zeros(len(axis_names))
             for transforms in (
                 dataset.get("coordinateTransformations", []),
                 ms.get("coordinateTransformations", []),
@@ -805,9 +813,14 @@ class ZarrSource(ArraySource):
                 for tr in transforms:
                     if tr.get("type") == "scale" and "scale" in tr:
                         factors = factors * np.asarray(tr["scale"], dtype=float)
-            for name, meta, f in zip(axis_names, axes_meta, factors, strict=False):
+                        offsets = offsets * np.asarray(tr["scale"], dtype=float)
+                    elif tr.get("type") == "translation" and "translation" in tr:
+                        offsets = offsets + np.asarray(tr["translation"], dtype=float)
+            for name, meta, f, o in zip(axis_names, axes_meta, factors, offsets, strict=False):
                 if name in "tzyx":
                     scale[name] = float(f)
+                    if o:
+                        origin[name] = float(o)
                     if isinstance(meta, dict) and meta.get("unit"):
                         units[name] = meta["unit"]
             channels = (ome.get("omero") or {}).get("channels")
@@ -823,7 +836,7 @@ class ZarrSource(ArraySource):
         _, shape = _axes_to_5d(self.axes, tuple(node.shape), self.path)
         if names is not None and len(names) != shape[1]:
             names = None
-        return ImageInfo(shape, np.dtype(node.dtype), scale, units, names)  # type: ignore[arg-type]
+        return ImageInfo(shape, np.dtype(node.dtype), scale, units, names, origin)  # type: ignore[arg-type]
 
     def _open(self) -> Any:
         import zarr
@@ -1133,11 +1146,14 @@ class TensorstoreSource(ArraySource):
             self.dataset = self._n5_dataset()
         store = self._open().store
         names = [str(label or "") for label in store.domain.labels]
+        origin: dict[str, float] = {}
         if self.precomputed:
             axes = "xyzc"
-            resolution = info["scales"][self.level].get("resolution", [])
-            scale = dict(zip("xyz", map(float, resolution), strict=False))
+            level = info["scales"][self.level]
+            scale = dict(zip("xyz", map(float, level.get("resolution", [])), strict=False))
             units = dict.fromkeys(scale, "nanometer")
+            offset = zip("xyz", level.get("voxel_offset", []), strict=False)
+            origin = {a: float(v) * scale.get(a, 1.0) for a, v in offset if v}
         else:
             attrs = self._n5_attrs()
             given = [str(a).lower() for a in attrs.get("axes", [])]
@@ -1148,7 +1164,8 @@ class TensorstoreSource(ArraySource):
             axes = self.axes.lower()
         self.axes = axes
         _, shape = _axes_to_5d(axes, tuple(store.shape), self.where)
-        return ImageInfo(shape, np.dtype(store.dtype.numpy_dtype), scale, units)  # type: ignore[arg-type]
+        dtype = np.dtype(store.dtype.numpy_dtype)
+        return ImageInfo(shape, dtype, scale, units, origin=origin)  # type: ignore[arg-type]
 
     def _n5_attrs(self) -> dict[str, Any]:
         """The group's attributes (a multiscale's) under the level's dataset's own."""

@@ -380,7 +380,7 @@ def plan_image(
     names = spec.classes if spec.classes and len(spec.classes) == out_c else None
     if mode == "labels":
         names = ("labels",)
-    scale, units = _physical(cfg, source, axes)
+    scale, units, origin = _physical(cfg, source, axes)
     shape = tuple(sizes[a] for a in axes)
     spatial_block = dict(zip("zyx"[3 - dims :], block, strict=True))
     pyramid_axes = "zyx" if dims == 3 else "yx"
@@ -405,6 +405,7 @@ def plan_image(
         pyramid_axes=pyramid_axes,
         block_levels=written,
         shards=shards if cfg.shards else None,
+        translation=tuple(origin.get(a, 0.0) for a in axes) if origin else None,
     )
     fingerprint = hashlib.sha256(
         json.dumps(
@@ -457,11 +458,13 @@ def plan_image(
 
 def _physical(
     cfg: InferConfig, source: ImageSource, axes: str
-) -> tuple[dict[str, float], dict[str, str]]:
-    """Pixel size and unit per axis: the input's, or ``voxel_size`` (z y x, or y x)."""
+) -> tuple[dict[str, float], dict[str, str], dict[str, float]]:
+    """Pixel size, unit and origin per axis of ``axes``: the input's, or ``voxel_size`` (z
+    y x, or y x), which keeps the origin where it is in pixels."""
     scale, units = dict(source.info.scale), dict(source.info.units)
+    origin = {a: o for a, o in source.info.origin.items() if a in axes}
     if cfg.voxel_size is None:
-        return scale, units
+        return scale, units, origin
     spatial = [a for a in "zyx" if a in axes]
     if len(cfg.voxel_size) > len(spatial) or len(cfg.voxel_size) < len(spatial) - 1:
         raise ConfigError(
@@ -471,9 +474,11 @@ def _physical(
     for axis, size in zip(
         spatial[len(spatial) - len(cfg.voxel_size) :], cfg.voxel_size, strict=True
     ):
+        if axis in origin:
+            origin[axis] *= float(size) / scale.get(axis, 1.0)
         scale[axis] = float(size)
         units.setdefault(axis, "micrometer")
-    return scale, units
+    return scale, units, origin
 
 
 def provenance(

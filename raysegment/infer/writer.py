@@ -66,6 +66,9 @@ class OutputLayout:
     shards: tuple[int, ...] | None = None
     """Full-resolution shard, a block's region: the levels the blocks write are stored a
     shard per block (the others chunk by chunk); None: every level chunk by chunk."""
+    translation: tuple[float, ...] | None = None
+    """Physical position of the first pixel per axis (the input's origin), written after
+    the scale at every level; None: at 0."""
 
 
 @dataclass(frozen=True)
@@ -173,9 +176,10 @@ def _multiscale(group: Any, layout: OutputLayout, sharded: bool = False) -> dict
         )
         factor = [2**level if a in layout.pyramid_axes else 1 for a in layout.axes]
         scale = [s * f for s, f in zip(layout.scale, factor, strict=True)]
-        datasets.append(
-            {"path": str(level), "coordinateTransformations": [{"type": "scale", "scale": scale}]}
-        )
+        transforms: list[dict[str, Any]] = [{"type": "scale", "scale": scale}]
+        if layout.translation is not None:
+            transforms.append({"type": "translation", "translation": list(layout.translation)})
+        datasets.append({"path": str(level), "coordinateTransformations": transforms})
     axes = []
     for a in layout.axes:
         axis: dict[str, str] = {"name": a, "type": _AXIS_TYPES[a]}

@@ -94,6 +94,7 @@ def finish_instances(
         overwrite=True,
     )
     spacing = tuple(layout.scale[i] for i in pick)
+    origin = tuple(layout.translation[i] for i in pick) if layout.translation else None
     unit = layout.units.get(spatial[-1], "pixel")
     channels = layout.shape[layout.axes.index("c")]
     times = layout.shape[0] if layout.axes[0] == "t" else 1
@@ -126,7 +127,8 @@ def finish_instances(
                 scale,
                 _void(grid, labelled, t, 1, 0),
             )
-            text, image = write_csv(table, spatial, spacing, unit, t, int(np.prod(grid.shape)))
+            pixels = int(np.prod(grid.shape))
+            text, image = write_csv(table, spatial, spacing, unit, t, pixels, origin)
             rows.append(text if t == 0 else text.split("\n", 1)[1])
             totals.append(image)
             features += table.outlines

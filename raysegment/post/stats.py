@@ -257,9 +257,13 @@ def write_csv(
     unit: str,
     t: int,
     image_pixels: int,
+    origin: tuple[float, ...] | None = None,
 ) -> tuple[str, dict[str, float]]:
-    """The objects of one time point as CSV rows (with a header) and the image's totals."""
+    """The objects of one time point as CSV rows (with a header) and the image's totals;
+    physical centroids from the image's ``origin`` (per axis; 0 by default), as the
+    output's translation places it."""
     dims = len(axes)
+    origin = origin or (0.0,) * dims
     voxel = float(np.prod(spacing))
     out = io.StringIO()
     writer = csv.writer(out)
@@ -276,7 +280,9 @@ def write_csv(
         volume = pixels * voxel
         row: list[Any] = [t, label, pixels, round(volume, 6)]
         row += [round(float(c), 4) for c in centroid]
-        row += [round(float(c) * s, 6) for c, s in zip(centroid, spacing, strict=True)]
+        row += [
+            round(o + float(c) * s, 6) for c, s, o in zip(centroid, spacing, origin, strict=True)
+        ]
         row += table.low[label].tolist() + (table.high[label] - 1).tolist()
         row += [round(_roundness(pixels, table.shape[label], dims, volume), 6)]
         row += [round(float(table.intensity[label]) / pixels, 6)]

@@ -183,6 +183,8 @@ def test_volumes_at_urls_over_http_gcs_and_s3(
     (src,) = open_sources(f"precomputed://{url}")
     assert src.kind == "tensorstore" and src.name == "em" and src.levels == 2
     assert src.info.scale == {"x": 8.0, "y": 8.0, "z": 40.0}
+    # voxel_offset (x, y, z) 1000, 2000, 300: the origin, in nanometres
+    assert src.info.origin == {"x": 8000.0, "y": 16000.0, "z": 12000.0}
     _reads_match(src, volume)
     (half,) = open_sources(url, level=1)
     whole = ((0, 10), (0, 24), (0, 20))

@@ -282,7 +282,8 @@ def test_ome_zarr_05_volume_keeps_anisotropic_scale(
 ) -> None:
     """Its full resolution, or (``input_level=1``) its second dataset, halved in y and x
     only (connectomics' mip levels), from disk or from a web server (as public OME-Zarr
-    images are served): the output at that level with its voxel size."""
+    images are served): the output at that level with its voxel size, and where the input
+    places it (its multiscale's translation, the level's own half-pixel shift on top)."""
     vol = random_image((20, 40, 40)).astype("uint8")
     path = tmp_path / "vol.ome.zarr"
     g = zarr.open_group(str(path), mode="w", zarr_format=3)
@@ -297,10 +298,15 @@ def test_ome_zarr_05_volume_keeps_anisotropic_scale(
                     {
                         "path": f"s{i}",
                         "coordinateTransformations": [
-                            {"type": "scale", "scale": [40.0, 8.0 * 2**i, 8.0 * 2**i]}
+                            {"type": "scale", "scale": [40.0, 8.0 * 2**i, 8.0 * 2**i]},
+                            {"type": "translation", "translation": [0.0, 4.0 * i, 4.0 * i]},
                         ],
                     }
                     for i in range(2)
+                ],
+                "coordinateTransformations": [
+                    {"type": "scale", "scale": [1.0, 1.0, 1.0]},
+                    {"type": "translation", "translation": [400.0, 800.0, 1600.0]},
                 ],
             }
         ],
@@ -323,7 +329,10 @@ def test_ome_zarr_05_volume_keeps_anisotropic_scale(
     assert [a["name"] for a in ms["axes"]] == ["c", "z", "y", "x"]
     assert ms["axes"][1]["unit"] == "nanometer"
     xy = 8.0 * 2**level
-    assert ms["datasets"][0]["coordinateTransformations"][0]["scale"] == [1.0, 40.0, xy, xy]
+    assert ms["datasets"][0]["coordinateTransformations"] == [
+        {"type": "scale", "scale": [1.0, 40.0, xy, xy]},
+        {"type": "translation", "translation": [0.0, 400.0, 800.0 + 4 * level, 1600.0 + 4 * level]},
+    ]
     assert _attrs(out)["raysegment"]["input"].get("level", 0) == level
     got = zarr.open_array(str(out / "0"), mode="r")[:]
     want = whole_image_prediction(module, vol[:, :: 2**level, :: 2**level])

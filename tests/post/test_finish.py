@@ -38,12 +38,25 @@ def _run(
     image: np.ndarray,
     chunk: int,
     module: torch.nn.Module | None = None,
+    origin: list[float] | None = None,
     **extra: object,
 ):
-    """``image`` segmented by ``module`` (default: ``identity``, the image as logits)."""
+    """``image`` segmented by ``module`` (default: ``identity``, the image as logits);
+    ``origin``: the image an OME-Zarr placed there (its ``translation``, in pixels)."""
     dims = image.ndim
     model = save_torchscript(module or identity(dims), tmp_path / "model.pth", dims, 1)
-    zarr.create_array(str(tmp_path / "img.zarr"), data=image, chunks=(chunk,) * dims)
+    if origin is None:
+        zarr.create_array(str(tmp_path / "img.zarr"), data=image, chunks=(chunk,) * dims)
+    else:
+        group = zarr.open_group(str(tmp_path / "img.zarr"), mode="w")
+        group.create_array("0", data=image, chunks=(chunk,) * dims)
+        transforms = [
+            {"type": "scale", "scale": [1.0] * dims},
+            {"type": "translation", "translation": origin},
+        ]
+        axes = [{"name": a, "type": "space"} for a in "zyx"[3 - dims :]]
+        datasets = [{"path": "0", "coordinateTransformations": transforms}]
+        group.attrs["multiscales"] = [{"version": "0.4", "axes": axes, "datasets": datasets}]
     settings = {
         "finalize": {"mode": "probabilities", "activation": "sigmoid"},
         "quicklook": False,
@@ -170,13 +183,24 @@ def test_outlines_of_a_reduced_level_are_in_the_full_resolutions_pixels(tmp_path
 
 
 def test_voronoi_otsu_3d_voxel_size_and_isotropic_labels(tmp_path: Path) -> None:
+    """A volume placed away from 0 (an OME-Zarr's translation, 10 / 20 / 30 pixels): its
+    outputs, labels and physical centroids keep it, in the voxel size given."""
     logits = (blobs((24, 60, 56), count=12, seed=3) * 12 - 6).astype(np.float32)
     cfg = {"spot_sigma": 2.0, "outline_sigma": 1.0}
     instances = cfg | {"method": "voronoi_otsu", "isotropic": True}
-    _run(tmp_path, logits, 16, instances=instances, voxel_size=[2.0, 0.5, 0.5])
+    origin = [10.0, 20.0, 30.0]
+    _run(tmp_path, logits, 16, instances=instances, voxel_size=[2.0, 0.5, 0.5], origin=origin)
     group = zarr.open_group(str(tmp_path / "out" / "img.ome.zarr"), mode="r")
     scale = group.attrs["ome"]["multiscales"][0]["datasets"][0]["coordinateTransformations"]
     assert scale[0]["scale"] == [1.0, 2.0, 0.5, 0.5]  # c z y x, from voxel_size
+    placed = {"type": "translation", "translation": [0.0, 20.0, 10.0, 15.0]}  # in micrometres
+    assert scale[1] == placed
+    assert (
+        group["labels/instances"].attrs["ome"]["multiscales"][0]["datasets"][0][
+            "coordinateTransformations"
+        ][1]
+        == placed
+    )
     labels = np.asarray(group["labels/instances/0"][0])
     method = InstancesConfig(method=InstanceMethod.voronoi_otsu, **cfg)
     whole = segment(np.asarray(group["0"][0]), method)
@@ -187,12 +211,16 @@ def test_voronoi_otsu_3d_voxel_size_and_isotropic_labels(tmp_path: Path) -> None
     shape = isotropic_shape(labels.shape, (2.0, 0.5, 0.5))
     assert shape == (96, 60, 56) and iso["0"].shape == (1, *shape)
     iso_scale = iso.attrs["ome"]["multiscales"][0]["datasets"][0]["coordinateTransformations"]
-    assert iso_scale[0]["scale"] == [1.0, 0.5, 0.5, 0.5]
+    assert iso_scale == [{"type": "scale", "scale": [1.0, 0.5, 0.5, 0.5]}, placed]
     picks = [source_indices(o, i, 0, o) for o, i in zip(shape, labels.shape, strict=True)]
     np.testing.assert_array_equal(iso["0"][0], labels[np.ix_(*picks)])
 
     rows = _rows(tmp_path / "out" / "img_instances.csv")
     assert len(rows) == labels.max()
+    for row in rows:  # physical centroids where the output is placed
+        for axis, size, at in zip("zyx", (2.0, 0.5, 0.5), (20.0, 10.0, 15.0), strict=True):
+            physical = float(row[f"centroid_{axis}_micrometer"])
+            assert physical == pytest.approx(at + float(row[f"centroid_{axis}"]) * size, abs=1e-3)
     big = max(rows, key=lambda r: int(r["pixels"]))
     assert 0.5 < float(big["sphericity"]) <= 1.05  # roundish blobs (anisotropic voxels)
 
