@@ -10,7 +10,8 @@ OME-Zarr images, each view one of them or a channel and time point of one (the X
 A view setup is one channel of one tile, angle and illumination; the setups of one tile,
 angle and illumination (a fused volume's channels) are one image, its channels in their
 ``channel`` order. An acquisition of several tiles or angles gives an image each (fuse
-them first, BigStitcher's "Fuse", for one volume). Voxel sizes come from the XML. N5 and
+them first, BigStitcher's "Fuse", for one volume). Voxel sizes come from the XML, and
+an image's origin from its registration where that only scales and shifts it. N5 and
 OME-Zarr projects are read from object stores too (the XML and its store at URLs, as
 BigStitcher-Spark keeps them); HDF5 from local or mounted paths.
 """
@@ -24,7 +25,7 @@ import posixpath
 import re
 import xml.etree.ElementTree as ET
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, TypeVar, cast
 
 import numpy as np
@@ -101,21 +102,42 @@ def is_bdv(f: Any) -> bool:
 @dataclass(frozen=True)
 class _Project:
     """A BigDataViewer project: its image loader (``hdf5``, ``n5`` or ``zarr``), where its
-    views are (the HDF5 file, the N5 directory, the zarr store), its images' setups
-    (channels in order), the setups' XML and, of a zarr project, each view by (setup,
-    time point)."""
+    views are (the HDF5 file, the N5 directory, the zarr store), the setups' XML, of a
+    zarr project each view by (setup, time point), each view's registration (its
+    transforms composed, 4 x 4: pixel to world coordinates), and its images' setups
+    (channels in order, found by ``_groups``)."""
 
     kind: str
     where: str
-    groups: list[tuple[int, ...]]
-    setups: dict[int, _Setup]
-    views: dict[tuple[int, int], _ZarrView]
+    setups: dict[int, _Setup] = field(default_factory=dict)
+    views: dict[tuple[int, int], _ZarrView] = field(default_factory=dict)
+    registrations: dict[tuple[int, int], np.ndarray] = field(default_factory=dict)
+    groups: list[tuple[int, ...]] = field(default_factory=list)
+
+    def origin(self, setup: int, time: int, factor: Sequence[float]) -> dict[str, float]:
+        """Where the view of ``setup`` at ``time`` places its first pixel at a level of
+        ``factor`` (x, y, z), in the units of its voxel size: its registration's shift,
+        where the registration only scales and shifts (a calibration and stitching's
+        translations; a reduced level's first pixel lies (factor - 1) / 2 full-resolution
+        pixels in, as BigDataViewer's levels do); {} where it rotates or shears (not
+        applied: fuse the views first), or where the XML has none."""
+        model, voxel = self.registrations.get((setup, time)), self.setups[setup].voxel
+        if model is None or voxel is None:
+            return {}
+        linear, diagonal = model[:3, :3], np.diag(model[:3, :3])
+        if np.any(diagonal <= 0) or np.abs(linear - np.diag(diagonal)).max() > 1e-9 * max(diagonal):
+            return {}
+        unit = np.asarray(voxel) / diagonal  # a world unit in physical units, per axis
+        if not np.allclose(unit, unit[0], rtol=1e-6):
+            return {}
+        at = (model[:3, 3] + diagonal * (np.asarray(factor, float) - 1) / 2) * unit[0]
+        return {a: float(o) for a, o in zip("xyz", at, strict=True) if abs(o) > 1e-9}
 
 
-def _project(xml: str) -> tuple[str, str, dict[int, _Setup], dict[tuple[int, int], _ZarrView]]:
+def _project(xml: str) -> _Project:
     """The image loader an XML project names (``hdf5``, ``n5`` or ``zarr``), where its
-    images are (the HDF5 file, the N5 directory, the zarr store), its view setups and, of
-    a zarr project, its views."""
+    images are (the HDF5 file, the N5 directory, the zarr store), its view setups, of a
+    zarr project its views, and its views' registrations."""
     try:
         root = ET.fromstring(storage.read_bytes(xml))
     except (ET.ParseError, OSError) as e:
@@ -135,11 +157,26 @@ def _project(xml: str) -> tuple[str, str, dict[int, _Setup], dict[tuple[int, int
     try:
         setups = dict(_setup(node) for node in root.iter("ViewSetup"))
         views = _zarr_views(loader, xml) if kind == "zarr" else {}
+        registrations = _registrations(root)
     except ValueError as e:
         raise InputImageError(
-            f"{xml}: a view setup or time point that is not a number ({e})"
+            f"{xml}: a view setup, time point or registration that is not a number ({e})"
         ) from e
-    return kind, where, setups, views
+    return _Project(kind, where, setups, views, registrations)
+
+
+def _registrations(root: ET.Element) -> dict[tuple[int, int], np.ndarray]:
+    """Each view's registration by (setup, time point): its ``ViewTransform`` affines
+    (3 x 4, row by row) composed in the order listed, the first applied last."""
+    placed = {}
+    for node in root.iterfind("ViewRegistrations/ViewRegistration"):
+        model = np.eye(4)
+        for transform in node.iterfind("ViewTransform"):
+            step = np.eye(4)
+            step[:3] = np.asarray((transform.findtext("affine") or "").split(), float).reshape(3, 4)
+            model = model @ step
+        placed[int(node.get("setup", "")), int(node.get("timepoint", ""))] = model
+    return placed
 
 
 def _zarr_views(loader: ET.Element, xml: str) -> dict[tuple[int, int], _ZarrView]:
@@ -204,19 +241,21 @@ def _groups(path: str) -> _Project:
     store with its project beside it): an HDF5 file of another project's, or of none,
     is a project of its own setups."""
     xml = _xml_of(path)
-    kind, where = "hdf5", path
-    described: dict[int, _Setup] = {}
-    views: dict[tuple[int, int], _ZarrView] = {}
+    project = _Project("hdf5", path)
     if _is_file(xml):
-        kind, where, described, views = _project(xml)
-        if not path.lower().endswith(".xml") and not _same(where, path):
-            kind, where, described, views = "hdf5", path, {}, {}  # a project of another file
+        project = _project(xml)
+        if not path.lower().endswith(".xml") and not _same(project.where, path):
+            project = _Project("hdf5", path)  # a project of another file
+    kind, where = project.kind, project.where
     _reachable(kind, where, xml)
     if kind == "hdf5":
         with _file(where) as f:
             present = _setup_ids(f)
+    elif kind == "n5":
+        present = _n5_setup_ids(where, xml)
     else:
-        present = _n5_setup_ids(where, xml) if kind == "n5" else sorted({s for s, _ in views})
+        present = sorted({s for s, _ in project.views})
+    described = project.setups
     setups = [described.get(i, _Setup(i, view=(("setup", str(i)),))) for i in present]
     alike: dict[tuple[tuple[str, str], ...], list[_Setup]] = {}
     for setup in setups:
@@ -226,7 +265,7 @@ def _groups(path: str) -> _Project:
     ]
     if not groups:
         raise InputImageError(f"{xml}: a project without views (its <zgroups> lists none)")
-    return _Project(kind, where, groups, {s.id: s for s in setups}, views)
+    return replace(project, setups={s.id: s for s in setups}, groups=groups)
 
 
 def _reachable(kind: str, where: str, xml: str) -> None:
@@ -266,8 +305,8 @@ def bdv_project(path: str) -> bool:
     if not stem.lower().endswith((".n5", ".zarr")) or not _is_file(xml := _xml_of(stem)):
         return False
     with contextlib.suppress(InputImageError):
-        kind, where, _, _ = _project(xml)
-        return kind != "hdf5" and _same(where, stem)
+        project = _project(xml)
+        return project.kind != "hdf5" and _same(project.where, stem)
     return False
 
 
@@ -297,16 +336,18 @@ def _common_times(where: str, image: tuple[int, ...], held: list[set[T]], layout
 
 def _image_info(
     where: str,
+    project: _Project,
     image: tuple[int, ...],
-    setups: dict[int, _Setup],
     factor: Sequence[float],
-    times: int,
+    times: Sequence[int],
     shapes: set[tuple[int, int, int]],
     dtype: np.dtype[Any],
 ) -> ImageInfo:
-    """The image of the setups ``image`` (its channels) at a level: ``shapes``, the z, y, x
-    size of each channel's view, must agree; the pixel size is the XML's voxel size times
-    the level's ``factor`` (x, y, z)."""
+    """The image of the setups ``image`` (its channels) at a level, over the time points
+    ``times``: ``shapes``, the z, y, x size of each channel's view, must agree; the pixel
+    size is the XML's voxel size times the level's ``factor`` (x, y, z); the origin, its
+    first view's registration's (``_Project.origin``)."""
+    setups = project.setups
     if len(shapes) > 1:
         raise InputImageError(
             f"{where}: its channels' sizes differ ({sorted(shapes)}); give the XML project, "
@@ -319,7 +360,9 @@ def _image_info(
         scale = {a: first.voxel[i] * float(factor[i]) for i, a in enumerate("xyz")}
         units = dict.fromkeys(scale, first.unit) if first.unit else {}
     names = tuple(f"channel {setups[s].channel}" for s in image)
-    return ImageInfo((times, len(image), *shapes.pop()), dtype, scale, units, names)
+    origin = project.origin(image[0], times[0], factor)
+    shape = (len(times), len(image), *shapes.pop())
+    return ImageInfo(shape, dtype, scale, units, names, origin)
 
 
 class BdvSource(Hdf5Channels):
@@ -335,7 +378,6 @@ class BdvSource(Hdf5Channels):
         project = _groups(self.path)
         self.file = h5 = project.where
         self.setups = project.groups[self.series or 0]
-        setups = project.setups
         with _file(h5) as f:
             factors = np.asarray(f[f"s{self.setups[0]:02d}/resolutions"], dtype=np.float64)
             self.levels = len(factors)
@@ -352,9 +394,9 @@ class BdvSource(Hdf5Channels):
                 shapes.add(cells.shape)
                 stored = cells.dtype
         dtype = np.dtype(np.uint16) if stored == np.int16 else np.dtype(stored)
-        return _image_info(
-            self.where, self.setups, setups, factors[self.level], len(self.times), shapes, dtype
-        )
+        times = [int(t[1:]) for t in self.times]  # t00000 -> 0
+        factor = factors[self.level]
+        return _image_info(self.where, project, self.setups, factor, times, shapes, dtype)
 
     def _cells(self, time: str, setup: int) -> str:
         return f"{time}/s{setup:02d}/{self.level}/cells"
@@ -379,7 +421,6 @@ class BdvN5Source(ImageSource):
         project = _groups(self.path)
         self.root = project.where
         self.setups = project.groups[self.series or 0]
-        setups = project.setups
         attrs = self._json(f"setup{self.setups[0]}/attributes.json")
         factors = np.asarray(attrs.get("downsamplingFactors", [[1, 1, 1]]), dtype=np.float64)
         self.levels = len(factors)
@@ -403,9 +444,8 @@ class BdvN5Source(ImageSource):
             x, y, z = store.shape
             shapes.add((int(z), int(y), int(x)))
             dtype = np.dtype(store.dtype.numpy_dtype)
-        return _image_info(
-            self.where, self.setups, setups, factors[self.level], len(self.times), shapes, dtype
-        )
+        factor = factors[self.level]
+        return _image_info(self.where, project, self.setups, factor, self.times, shapes, dtype)
 
     def _json(self, key: str) -> dict[str, Any]:
         try:
@@ -480,9 +520,7 @@ class BdvZarrSource(ImageSource):
             else round(size[i] / at.shape[i])
             for a, i in (("x", 4), ("y", 3), ("z", 2))
         ]
-        return _image_info(
-            self.where, self.setups, project.setups, factor, len(self.times), shapes, dtype
-        )
+        return _image_info(self.where, project, self.setups, factor, self.times, shapes, dtype)
 
     def _view(self, t: int, c: int, level: int | None = None) -> tuple[ZarrSource, int, int]:
         """Channel ``c`` at time point ``t`` (this image's): the OME-Zarr image holding it,

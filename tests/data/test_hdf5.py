@@ -497,6 +497,25 @@ def test_a_bigdataviewer_project_gives_a_volume_per_tile_its_setups_as_channels(
             np.testing.assert_array_equal(s.read(0, (0,), ((0, 6), (0, 40), (0, 48)))[0], data[0])
 
     tiles_read(tmp_path / "tiles.xml")
+    # Stitched (BigStitcher's registrations, newest first): tile 1 shifted 100 world units
+    # (0.4 um each) in x after the calibration (z x 6.25), tile 0 turned: not applied.
+    calibration = "1 0 0 0 0 1 0 0 0 0 6.25 0"
+    turned, shifted = "0 -1 0 50 1 0 0 0 0 0 1 0", "1 0 0 100 0 1 0 0 0 0 1 0"
+    registrations = "".join(
+        f'<ViewRegistration timepoint="0" setup="{s}">'
+        + "".join(f'<ViewTransform type="affine"><affine>{a}</affine></ViewTransform>' for a in t)
+        + "</ViewRegistration>"
+        for s, t in ((0, (turned, calibration)), (1, (shifted, calibration)))
+    )
+    stitched = (tmp_path / "tiles.xml").read_text()
+    stitched = stitched.replace(
+        "</SequenceDescription>", f"</SequenceDescription><ViewRegistrations>{registrations}"
+    ).replace("</SpimData>", "</ViewRegistrations></SpimData>")
+    (tmp_path / "stitched.xml").write_text(stitched)
+    assert [s.info.origin for s in open_sources(tmp_path / "stitched.xml")] == [{}, {"x": 40.0}]
+    # Level 1 (x and y halved): its first pixel half a full-resolution pixel further in.
+    half = open_sources(tmp_path / "stitched.xml", level=1)[1].info.origin
+    assert half == pytest.approx({"x": 40.2, "y": 0.2})
     # In an object store, where BigStitcher-Spark keeps its projects: N5 and OME-Zarr read
     # from there (the XML given, or its store: a directory's entry); HDF5 is refused.
     url = f"s3://{BUCKET}/bdv-{loader}"
@@ -557,6 +576,7 @@ def test_a_bigdataviewer_project_gives_a_volume_per_tile_its_setups_as_channels(
     xml = (tmp_path / "tiles.xml").read_text().replace("<id>1</id>", "<id>one</id>")
     (tmp_path / "tiles.xml").write_text(xml)
     with pytest.raises(
-        InputImageError, match=r"tiles.xml: a view setup or time point that is not a number"
+        InputImageError,
+        match=r"tiles.xml: a view setup, time point or registration that is not a numb",
     ):
         open_sources(tmp_path / "tiles.xml")
