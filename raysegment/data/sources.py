@@ -865,8 +865,8 @@ class ZarrSource(ArraySource):
 
 
 def _images_in(group: Any) -> str:
-    """The OME-Zarr images a zarr group holds, for the error naming it: `` (it holds a,
-    b, ...: give one, or the BigDataViewer project listing them, its XML)``, or ""."""
+    """What the error naming a zarr group says of the OME-Zarr images it holds (the first
+    50 groups looked at): a clause naming a few of them, or "" for none."""
     names = []
     for name, child in itertools.islice(group.groups(), 50):
         attrs: dict[str, Any] = dict(child.attrs)

@@ -475,7 +475,7 @@ def _physical(
         spatial[len(spatial) - len(cfg.voxel_size) :], cfg.voxel_size, strict=True
     ):
         if axis in origin:
-            origin[axis] *= float(size) / scale.get(axis, 1.0)
+            origin[axis] *= float(size) / (scale.get(axis) or 1.0)
         scale[axis] = float(size)
         units.setdefault(axis, "micrometer")
     return scale, units, origin
