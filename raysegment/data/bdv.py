@@ -318,9 +318,24 @@ def bdv_sources(path: str, axes: str | None = None, level: int = 0) -> list[Imag
     groups = project.groups
     stem = image_stem(path[:-4] if path.lower().endswith(".xml") else path)
     cls: type[ImageSource] = {"n5": BdvN5Source, "zarr": BdvZarrSource}.get(project.kind, BdvSource)
-    if len(groups) == 1:
-        return [cls(path, axes, name=stem, level=level)]
-    return [cls(path, axes, series=i, name=f"{stem}_s{i}", level=level) for i in range(len(groups))]
+    _READ[path] = project  # its images inspect it as read here, not each reading the XML
+    try:
+        if len(groups) == 1:
+            return [cls(path, axes, name=stem, level=level)]
+        series = range(len(groups))
+        return [cls(path, axes, series=i, name=f"{stem}_s{i}", level=level) for i in series]
+    finally:
+        _READ.pop(path, None)
+
+
+_READ: dict[str, _Project] = {}
+"""The projects ``bdv_sources`` is making images of, by path: a project of a thousand
+tiles is read once, not once per tile."""
+
+
+def _project_of(path: str) -> _Project:
+    """The project of ``path``: as ``bdv_sources`` read it, else read now (``_groups``)."""
+    return _READ.get(path) or _groups(path)
 
 
 def _common_times(where: str, image: tuple[int, ...], held: list[set[T]], layout: str) -> list[T]:
@@ -375,7 +390,7 @@ class BdvSource(Hdf5Channels):
     kind = "bdv"
 
     def _inspect(self) -> ImageInfo:
-        project = _groups(self.path)
+        project = _project_of(self.path)
         self.file = h5 = project.where
         self.setups = project.groups[self.series or 0]
         with _file(h5) as f:
@@ -418,7 +433,7 @@ class BdvN5Source(ImageSource):
     kind = "bdv-n5"
 
     def _inspect(self) -> ImageInfo:
-        project = _groups(self.path)
+        project = _project_of(self.path)
         self.root = project.where
         self.setups = project.groups[self.series or 0]
         attrs = self._json(f"setup{self.setups[0]}/attributes.json")
@@ -494,7 +509,7 @@ class BdvZarrSource(ImageSource):
     kind = "bdv-zarr"
 
     def _inspect(self) -> ImageInfo:
-        project = _groups(self.path)
+        project = _project_of(self.path)
         self.setups = project.groups[self.series or 0]
         held = [{t for s, t in project.views if s == setup} for setup in self.setups]
         self.times = _common_times(self.where, self.setups, held, f"zgroups of {self.path}")
@@ -532,10 +547,14 @@ class BdvZarrSource(ImageSource):
             return cast(tuple[ZarrSource, int, int], opened[t, c, level])
         view = self.views[t, c]
         where = f"{self.path}: the view of setup {self.setups[c]} at time point {self.times[t]}"
-        try:
-            source = ZarrSource(storage.join(self.root, view.path), level=level)
-        except InputImageError as e:
-            raise InputImageError(f"{where} ({view.path}): {e}") from e
+        if (view.path, level) not in opened:  # one image may hold every view (5D)
+            try:
+                opened[view.path, level] = ZarrSource(
+                    storage.join(self.root, view.path), level=level
+                )
+            except InputImageError as e:
+                raise InputImageError(f"{where} ({view.path}): {e}") from e
+        source = cast(ZarrSource, opened[view.path, level])
         sizes = dict(zip("tc", source.info.shape[:2], strict=True))
         # Indices past the image's axes (a 3D image's "0 0") pick nothing, as in BigStitcher.
         present = [a for a in "ct" if a in (source.axes or "")]
@@ -553,7 +572,7 @@ class BdvZarrSource(ImageSource):
         return cast(tuple[ZarrSource, int, int], opened[t, c, level])
 
     def _open(self) -> Any:
-        return {}  # each view's image, opened on its first read in this process
+        return {}  # each view's image and indices, opened on its first read in this process
 
     def _read(
         self, t: int, channels: tuple[int, ...], region: tuple[tuple[int, int], ...]
