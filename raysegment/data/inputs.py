@@ -12,7 +12,8 @@ from raysegment.errors import InputImageError
 __all__ = ["DEFAULT_PATTERN", "resolve_inputs"]
 
 DEFAULT_PATTERN = (
-    r".*\.(ome\.tiff?|tiff?|ome\.zarr|zarr|n5|svs|ndpi|qptiff|czi|h5|hdf5|hdf|ims|mrc|rec)"
+    r".*\.(ome\.tiff?|tiff?|ome\.zarr|zarr|n5|svs|ndpi|qptiff|czi|h5|hdf5|hdf|ims|mrc|rec"
+    r"|mrxs|vms|vmu|scn|bif|svslide)"
 )
 
 

@@ -65,6 +65,10 @@ SLIDE_SUFFIXES = (".svs", ".ndpi", ".qptiff")
 through tifffile: their first series, the scan at full resolution (thumbnail, label and
 macro images are not segmented)."""
 
+OPENSLIDE_SUFFIXES = (".mrxs", ".vms", ".vmu", ".scn", ".bif", ".svslide")
+"""Whole-slide formats read through OpenSlide (``slides.OpenSlideSource``): 3DHISTECH
+MIRAX, Hamamatsu VMS/VMU, Leica SCN, Ventana BIF, Sakura SVSlide."""
+
 IMAGE_SUFFIXES = (
     ".ome.tiff",
     ".ome.tif",
@@ -75,6 +79,7 @@ IMAGE_SUFFIXES = (
     ".czi",
     ".n5",
     *SLIDE_SUFFIXES,
+    *OPENSLIDE_SUFFIXES,
     ".h5",
     ".hdf5",
     ".hdf",
@@ -1807,6 +1812,7 @@ def open_sources(
     from raysegment.data.bdv import bdv_project, bdv_sources
     from raysegment.data.hdf5 import hdf5_parts, hdf5_sources
     from raysegment.data.mrc import MRC_SUFFIXES, MrcSource
+    from raysegment.data.slides import OpenSlideSource
 
     p = storage.resolve(path)
     parts = hdf5_parts(p)  # a file, or a dataset in one: a path that is no file itself
@@ -1838,16 +1844,20 @@ def open_sources(
             f"{p}: only zarr, OME-Zarr, TIFF (OME-TIFF, SVS, NDPI, QPTIFF), N5, Neuroglancer "
             f"precomputed and BigDataViewer N5 / OME-Zarr projects (.xml) are read from URLs "
             f"(N5 and precomputed with pip install 'raysegment[tensorstore]'); copy the file "
-            f"(CZI, HDF5, Imaris, MRC) to a local or mounted path, or convert it to OME-Zarr"
+            f"(CZI, HDF5, Imaris, MRC, MIRAX and other OpenSlide formats) to a local or "
+            f"mounted path, or convert it to OME-Zarr"
         )
     elif os.path.isfile(p) and name.endswith(".czi"):
         scenes = _czi_scenes(p)
         kind = "czi"
     elif os.path.isfile(p) and name.endswith(MRC_SUFFIXES):
         return _checked([MrcSource(p, axes, level=level)])
+    elif os.path.isfile(p) and name.endswith(OPENSLIDE_SUFFIXES):
+        return _checked([OpenSlideSource(p, level=level)])
     else:
         raise InputImageError(
             f"{p}: not a supported image; give an OME-TIFF, TIFF (or SVS, NDPI, QPTIFF), "
+            f"MIRAX (.mrxs) or other OpenSlide slide (.vms, .vmu, .scn, .bif, .svslide), "
             f"CZI, HDF5 (.h5, .hdf5, .hdf), Imaris (.ims) or MRC (.mrc, .rec) file, "
             f"BigDataViewer project (.xml), zarr array, OME-Zarr, N5 or Neuroglancer "
             f"precomputed volume"
