@@ -17,6 +17,8 @@ from raysegment.data.sources import (
     SOURCES,
     ImageInfo,
     ImageSource,
+    Region,
+    Unstored,
     open_file,
     reader_module,
 )
@@ -44,16 +46,29 @@ def _opened(path: str) -> Any:
     return open_file(path, "whole-slide image", openslide.OpenSlide, (openslide.OpenSlideError,))
 
 
-def _composited(rgba: np.ndarray, background: tuple[int, int, int]) -> np.ndarray:
-    """OpenSlide's RGBA over the slide's background colour -> RGB: regions the scanner did
-    not image (a MIRAX slide's skipped camera fields) are transparent, drawn as
-    OpenSlide's own thumbnails draw them."""
-    rgb, alpha = rgba[..., :3], rgba[..., 3:]
-    if alpha.min() == 255:
-        return rgb
-    a = alpha.astype(np.float32) / 255
-    mixed = rgb * a + np.asarray(background, np.float32) * (1 - a)
-    return np.rint(mixed).astype(np.uint8)
+def composite(
+    rgba: np.ndarray, channels: tuple[int, ...], background: tuple[int, ...], out: np.ndarray
+) -> None:
+    """``out[i]``: channel ``channels[i]`` (0 R, 1 G, 2 B) of OpenSlide's RGBA over the
+    slide's ``background`` colour. Regions the scanner did not image (a MIRAX slide's
+    skipped camera fields) are transparent, drawn as OpenSlide's own thumbnails draw
+    them; a field placed between pixels has edges of partial alpha."""
+    alpha = rgba[..., 3]
+    lo, hi = alpha.min(), alpha.max()
+    transparent = alpha == 0 if lo == 0 < hi else None
+    edges = (alpha - 1) < 254  # 1-254: uint8 0 and 255 wrap past it
+    partial = np.nonzero(edges) if lo < 255 and edges.any() else None
+    a = alpha[partial].astype(np.float32) / 255 if partial is not None else np.ones(0)
+    for i, c in enumerate(channels):
+        if hi == 0:  # wholly outside the scan
+            out[i] = background[c]
+            continue
+        out[i] = rgba[..., c]
+        if transparent is not None:
+            np.copyto(out[i], background[c], where=transparent)
+        if partial is not None:
+            mixed = rgba[..., c][partial] * a + background[c] * (1 - a)
+            out[i][partial] = np.rint(mixed).astype(np.uint8)
 
 
 class OpenSlideSource(ImageSource):
@@ -76,6 +91,9 @@ class OpenSlideSource(ImageSource):
             properties = slide.properties
             colour = str(properties.get("openslide.background-color") or "ffffff")
             self.background = tuple(bytes.fromhex(colour))
+            # The scanned area's bounding box (y, x, height, width), in level 0's pixels.
+            box = [properties.get(f"openslide.bounds-{k}") for k in ("y", "x", "height", "width")]
+            self.bounds = tuple(int(v) for v in box) if all(box) else None
             scale: dict[str, float] = {}
             for axis in "yx":
                 mpp = float(properties.get(f"openslide.mpp-{axis}") or 0)
@@ -92,6 +110,24 @@ class OpenSlideSource(ImageSource):
 
     def _open(self) -> Any:
         return _opened(self.path)
+
+    def unstored(self) -> Unstored | None:
+        """Regions wholly outside the scanned area's bounding box (``openslide.bounds-*``)
+        hold no scanner field: they read as the background colour, one constant where it
+        is grey (white on most scanners). A reduced level's images there, concatenated
+        from fields the scanner did not image, hold the scanner's fill colour, which is
+        the background colour too."""
+        if self.bounds is None or len(set(self.background)) > 1:
+            return None
+        top, left, height, width = self.bounds
+        ds = self.downsample
+
+        def outside(t: int, channels: tuple[int, ...], region: Region) -> bool:
+            (y0, y1), (x0, x1) = region[-2:]
+            rows = y1 * ds <= top or y0 * ds >= top + height
+            return rows or x1 * ds <= left or x0 * ds >= left + width
+
+        return outside
 
     def _read(
         self, t: int, channels: tuple[int, ...], region: tuple[tuple[int, int], ...]
@@ -111,9 +147,7 @@ class OpenSlideSource(ImageSource):
             except OpenSlideError as e:  # a corrupt tile; the handle is of no further use
                 self.close()
                 raise OSError(str(e)) from e
-            rgb = _composited(np.asarray(image), self.background)  # type: ignore[arg-type]
-            for i, c in enumerate(channels):
-                out[i, :, r0 - y0 : r1 - y0] = rgb[..., c]
+            composite(np.asarray(image), channels, self.background, out[:, 0, r0 - y0 : r1 - y0])
         return out
 
 

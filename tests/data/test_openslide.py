@@ -47,15 +47,20 @@ def write_mrxs(
     slide_id = uuid.uuid4().hex
     data = bytearray()
     pages = []  # per level: (image index, offset, length, data file) of each image
+    fill = [(fill_bgr >> shift) & 255 for shift in (0, 8, 16)]  # R, G, B
     for k, level in enumerate(levels):
         f, page = 2**k, []
         for y in range(0, rows, f):
             for x in range(0, columns, f):
-                if k == 0 and (y, x) in skipped:
-                    continue
-                image = np.full((field, field, 3), 255, np.uint8)
+                fields = [(y + i, x + j) for i in range(f) for j in range(f)]
+                if all(at in skipped for at in fields):
+                    continue  # nothing imaged under it
+                image = np.full((field, field, 3), fill, np.uint8)
                 part = level[y // f * field :][:field, x // f * field :][:, :field]
                 image[: part.shape[0], : part.shape[1]] = part
+                side = field // f  # a level 0 field's part of this image
+                for i, j in ((i, j) for i, j in fields if (i, j) in skipped):
+                    image[(i - y) * side :][:side, (j - x) * side :][:, :side] = fill
                 encoded = (
                     imagecodecs.png_encode(image)
                     if codec == "PNG"
@@ -119,16 +124,26 @@ def _halved(image: np.ndarray) -> np.ndarray:
     return image[: 2 * h, : 2 * w].reshape(h, 2, w, 2, 3).mean((1, 3)).astype(np.uint8)
 
 
-def _slide(tmp_path: Path, skipped: frozenset = frozenset({(2, 3)})) -> tuple[Path, list]:
-    """A 192 x 256 slide of two levels, background (B, G, R) = (0x10, 0x20, 0x30), the
-    camera field at row 2, column 3 not imaged."""
-    full = random_image((192, 256, 3), dtype="uint8", seed=3)
+def _slide(
+    tmp_path: Path,
+    fill_bgr: int = 0x102030,
+    skipped: frozenset[tuple[int, int]] = frozenset({(2, 3)}),
+    columns: int = 4,
+) -> tuple[Path, list[np.ndarray]]:
+    """A slide of 3 x ``columns`` camera fields (192 x 64 * columns pixels), two levels,
+    the ``skipped`` fields not imaged; its path, and what its levels read as: the
+    skipped fields in the background colour (the fill colour, R G B)."""
+    full = random_image((3 * FIELD, columns * FIELD, 3), dtype="uint8", seed=3)
     full[40:120, 30:200] //= 3  # darker tissue
-    levels = [full, _halved(full)]
-    write_mrxs(tmp_path / "slides" / "case.mrxs", levels, fill_bgr=0x102030, skipped=skipped)
-    expected = full.copy()
-    expected[128:192, 192:256] = (0x30, 0x20, 0x10)
-    return tmp_path / "slides" / "case.mrxs", [expected, levels[1]]
+    path = tmp_path / "slides" / "case.mrxs"
+    write_mrxs(path, [full, _halved(full)], fill_bgr=fill_bgr, skipped=skipped)
+    fill = [(fill_bgr >> shift) & 255 for shift in (0, 8, 16)]
+    expected = [full.copy(), _halved(full)]
+    for i, j in skipped:
+        for k, level in enumerate(expected):
+            side = FIELD >> k
+            level[i * side : (i + 1) * side, j * side : (j + 1) * side] = fill
+    return path, expected
 
 
 def test_a_mirax_slide_reads_its_levels_pixel_size_and_background(tmp_path, monkeypatch) -> None:
@@ -158,6 +173,41 @@ def test_a_mirax_slide_reads_its_levels_pixel_size_and_background(tmp_path, monk
         open_sources(path, level=2)
 
 
+def test_regions_outside_the_scanned_area_are_known_without_reading(tmp_path) -> None:
+    skipped = frozenset((i, j) for i in range(3) for j in (3, 4)) | {(2, 2)}
+    path, levels = _slide(tmp_path, 0xFFFFFF, skipped, columns=5)
+    for level, (source,) in enumerate(open_sources(path, level=k) for k in (0, 1)):
+        edge = 192 >> level  # the scanned area's right edge at this level
+        rows = (0, 192 >> level)
+        unstored = source.unstored()
+        assert unstored(0, (0, 1, 2), ((0, 1), rows, (edge, 320 >> level)))
+        assert not unstored(0, (0,), ((0, 1), rows, (edge - 1, 320 >> level)))
+        # Field (2, 2) is not imaged, but inside the scanned area's bounding box.
+        assert not unstored(0, (0,), ((0, 1), (128 >> level, 192 >> level), (128 >> level, edge)))
+        region = ((0, 1), rows, (edge - 7, 320 >> level))
+        got = source.read(0, (0, 1, 2), region)[:, 0].transpose(1, 2, 0)
+        np.testing.assert_array_equal(got, levels[level][slice(*rows), edge - 7 :])
+        assert (got[:, 7:] == 255).all() and (got[:, :7] != 255).any()
+    (coloured,) = open_sources(_slide(tmp_path / "b", 0x102030, skipped, columns=5)[0])
+    assert coloured.unstored() is None  # not one constant in every channel
+
+
+def test_transparent_and_partly_covered_pixels_take_the_background_colour() -> None:
+    """OpenSlide's RGBA (not premultiplied) over the background: alpha 0 is the colour,
+    255 the pixel, between them the mix (a field's edge between pixels)."""
+    rgba = random_image((30, 40, 4), dtype="uint8", seed=5)
+    rgba[:10, :, :] = 0  # not imaged
+    rgba[10:20, :, 3] = 255
+    alpha = rgba[..., 3:] / 255
+    want = np.rint(rgba[..., :3] * alpha + np.array([16, 32, 48]) * (1 - alpha))
+    out = np.empty((2, 30, 40), np.uint8)
+    slides.composite(rgba, (2, 0), (16, 32, 48), out)
+    np.testing.assert_array_equal(out, want[..., [2, 0]].transpose(2, 0, 1))
+    assert (out[:, :10] == [[[48]], [[16]]]).all()
+    slides.composite(rgba[:10], (1,), (16, 32, 48), out[:1, :10])
+    assert (out[0, :10] == 32).all()
+
+
 def test_mirax_errors_name_the_slide_and_the_fix(tmp_path: Path, monkeypatch) -> None:
     path, _ = _slide(tmp_path)
     (source,) = open_sources(path)
@@ -181,21 +231,27 @@ def test_mirax_errors_name_the_slide_and_the_fix(tmp_path: Path, monkeypatch) ->
 
 @pytest.mark.usefixtures("ray_session")
 def test_infer_segments_a_mirax_slide_as_the_model_sees_its_pixels(tmp_path, make_model) -> None:
+    from raysegment.config import InferConfig, as_config
     from raysegment.infer import infer
+    from raysegment.infer.model import read_models
+    from raysegment.infer.pipeline import _prepare, _unstored_blocks
 
-    path, (full, _) = _slide(tmp_path)
+    # Columns 3 and 4 not imaged (white): the blocks of column 4, halo and all, lie
+    # outside the scanned area; column 3's reach into it.
+    skipped = frozenset((i, j) for i in range(3) for j in (3, 4))
+    path, (full, _) = _slide(tmp_path, 0xFFFFFF, skipped, columns=5)
     model, module = make_model(in_ch=3, out_ch=2)
-    infer(
-        input=str(path),
+    cfg = dict(
         model=str(model),
-        output=str(tmp_path / "out"),
         chunks=[64],
-        block=[128],
+        block=[64],
         tile={"size": [64], "overlap": 0.5, "blend": "crop"},
         finalize={"mode": "raw"},
         progress=False,
         quicklook=False,
     )
+    summary = infer(input=str(path), output=str(tmp_path / "out"), **cfg)
+    assert summary.empty_blocks == 3 and summary.blocks == 15
     out = tmp_path / "out" / "case.ome.zarr"
     ms = dict(zarr.open_group(str(out), mode="r").attrs)["ome"]["multiscales"][0]
     assert ms["datasets"][0]["coordinateTransformations"][0]["scale"] == [1.0, 0.25, 0.25]
@@ -203,4 +259,10 @@ def test_infer_segments_a_mirax_slide_as_the_model_sees_its_pixels(tmp_path, mak
         pixels = torch.from_numpy(full.transpose(2, 0, 1).astype(np.float32))[None]
         want = module(pixels)[0].numpy()
     got = zarr.open_array(str(out / "0"), mode="r")[:]
-    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-4)
+    np.testing.assert_allclose(got[..., :256], want[..., :256], rtol=1e-5, atol=1e-4)
+    assert not got[..., 256:].any()  # empty blocks: the fill value, as a TIFF's background
+    # The driver finds them from the slide's bounds, before any read.
+    run = as_config(InferConfig, dict(cfg, input=str(path), output=str(tmp_path / "c")), {})
+    _, plans, _, unstored = _prepare(run, [str(path)], str(tmp_path / "c"), read_models(run.model))
+    found = _unstored_blocks(plans, list(plans[0].work()), unstored)
+    assert sorted(w.index for w in found) == [(0, 4), (1, 4), (2, 4)]
