@@ -5,22 +5,38 @@ from __future__ import annotations
 import re
 
 from raysegment import storage
-from raysegment.data.inputs import resolve_inputs
+from raysegment.data.annotations import GEOJSON_SUFFIXES, is_geojson
+from raysegment.data.inputs import DEFAULT_PATTERN, resolve_inputs
 from raysegment.data.sources import image_stem
 from raysegment.errors import InputImageError
 
-__all__ = ["pair_images"]
+__all__ = ["LABELS_PATTERN", "pair_images"]
+
+LABELS_PATTERN = DEFAULT_PATTERN[:-1] + "|geojson)"
+"""Labels a directory holds by default: images, and GeoJSON annotations (QuPath's)."""
+
+
+def _stem(path: str) -> str:
+    """The name an image or label pairs by: without its image or GeoJSON suffix."""
+    name = storage.basename(path)
+    if is_geojson(name):
+        return next(name[: -len(s)] for s in GEOJSON_SUFFIXES if name.lower().endswith(s))
+    return image_stem(path)
 
 
 def _keyed(
-    directory: str, pattern: str | None, what: str, dataset: str | None = None
+    directory: str,
+    pattern: str | None,
+    what: str,
+    dataset: str | None = None,
+    default: str | None = None,
 ) -> dict[str, str]:
-    paths = resolve_inputs(directory, pattern, dataset, f"{what}.")
+    paths = resolve_inputs(directory, pattern or default, dataset, f"{what}.")
     regex = re.compile(pattern, re.IGNORECASE) if pattern else None
     keyed: dict[str, str] = {}
     for path in paths:
         match = regex.fullmatch(storage.basename(path)) if regex else None
-        key = match.group(1) if match and match.re.groups else image_stem(path)
+        key = match.group(1) if match and match.re.groups else _stem(path)
         if key in keyed:
             raise InputImageError(
                 f"{path}: {what} {storage.basename(keyed[key])} has the same pairing key {key!r}; "
@@ -41,14 +57,15 @@ def pair_images(
     """Match each image with the label of the same key, sorted by key.
 
     The key is the pattern's first capture group when it has one (``(.*)_mask\\.tif``), else
-    the file name without image suffixes. ``*_dataset``: the dataset read from each HDF5
+    the file name without image suffixes. Labels are images, or GeoJSON annotations
+    (``slide.geojson``, QuPath's export) by default. ``*_dataset``: the dataset read from each HDF5
     file (``volumes/raw``), so that one file may hold an image and its label.
 
     Raises:
         InputImageError: a directory matches nothing, or an image or label has no partner.
     """
     images = _keyed(images_dir, images_pattern, "images", images_dataset)
-    labels = _keyed(labels_dir, labels_pattern, "labels", labels_dataset)
+    labels = _keyed(labels_dir, labels_pattern, "labels", labels_dataset, LABELS_PATTERN)
     for key, path in images.items():
         if key not in labels:
             raise InputImageError(

@@ -14,14 +14,13 @@ outside it, whichever blocks and tiles ran.
 from __future__ import annotations
 
 import hashlib
-import json
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 
 from raysegment import storage
+from raysegment.data.annotations import is_geojson, polygons, rasterize, read_geojson
 from raysegment.data.sources import ImageSource, MemorySource, Region, open_sources
 from raysegment.errors import InputImageError
 
@@ -31,8 +30,6 @@ NAME_FIELD = "{name}"
 """In ``mask=``, stands for each input's name: ``mask=masks/{name}.tif``."""
 AUTO = "auto"
 """``mask=auto``: the mask found on the image itself (``auto_mask``)."""
-GEOJSON_SUFFIXES = (".geojson", ".json")
-"""A mask file of these suffixes is read as GeoJSON polygons (``geojson_mask``)."""
 GEOJSON_RASTER = 4096
 """Longer side, at most, of the mask GeoJSON polygons are drawn into."""
 THUMBNAIL = 2048
@@ -94,7 +91,7 @@ def open_mask(template: str, image: ImageSource) -> Mask:
             f"mask={path}: no such file or directory for {image.where}{hint}; give a mask "
             f"image (nonzero where to segment) of each input"
         )
-    if path.lower().endswith(GEOJSON_SUFFIXES):
+    if is_geojson(path):
         return geojson_mask(storage.resolve(path), image)
     sources = open_sources(path)
     if len(sources) > 1:
@@ -122,24 +119,17 @@ def open_mask(template: str, image: ImageSource) -> Mask:
 
 
 def geojson_mask(path: str, image: ImageSource) -> Mask:
-    """The polygons of a GeoJSON file (a QuPath or GIS export: Polygons and MultiPolygons,
-    alone or as features, holes kept; points and lines left out), in the pixel coordinates
-    of the image's full resolution whichever level is read (pixel (0, 0) covers [0, 1) x
-    [0, 1)), as a mask: inside where a pixel's centre is inside a polygon. Drawn at the
-    image's resolution up to ``GEOJSON_RASTER`` pixels a side, at an integer fraction of it
-    beyond (a boundary then within that factor's pixels).
+    """The polygons of a GeoJSON file (``data.annotations``: a QuPath or GIS export), in
+    the pixel coordinates of the image's full resolution whichever level is read, as a
+    mask: inside where a pixel's centre is inside a polygon. Drawn at the image's
+    resolution up to ``GEOJSON_RASTER`` pixels a side, at an integer fraction of it beyond
+    (a boundary then within that factor's pixels).
 
     Raises:
         InputImageError: not JSON, or no polygon in it.
     """
-    from skimage.draw import polygon as fill
-
-    try:
-        document = json.loads(storage.read_bytes(path))
-    except (ValueError, UnicodeDecodeError) as e:
-        raise InputImageError(f"mask={path}: not a GeoJSON file ({e})") from e
-    polygons = list(_polygons(document))
-    if not polygons:
+    found = [rings for rings, _ in polygons(read_geojson(path, "mask"))]
+    if not found:
         raise InputImageError(
             f"mask={path}: no Polygon or MultiPolygon in it; give the regions to segment "
             f"as polygons (e.g. QuPath annotations exported as GeoJSON)"
@@ -148,40 +138,12 @@ def geojson_mask(path: str, image: ImageSource) -> Mask:
     sy, sx = image.level_scale()  # the polygons are in the full resolution's pixels
     factor = max(1, -(-max(y, x) // GEOJSON_RASTER))
     shape = (-(-y // factor), -(-x // factor))
+    scale = (sy * y / shape[0], sx * x / shape[1])  # full-resolution pixels per mask pixel
     inside = np.zeros(shape, bool)
-    for rings in polygons:
-        part = np.zeros(shape, bool)
-        for i, ring in enumerate(rings):
-            xy = np.asarray(ring, np.float64).reshape(-1, 2)
-            # Mask pixel j's centre is at image coordinate (j + 1/2) * size / mask size.
-            rows = xy[:, 1] / sy * shape[0] / y - 0.5
-            cols = xy[:, 0] / sx * shape[1] / x - 0.5
-            rr, cc = fill(rows, cols, shape)
-            part[rr, cc] = i == 0  # the outer ring, then its holes
-        inside |= part
+    for rings in found:
+        inside |= rasterize(rings, scale, (0, 0), shape)
     source = MemorySource(inside.astype(np.uint8)[None, None, None], path, image.name)
     return Mask(source, (z, y, x))
-
-
-def _polygons(node: Any) -> Iterator[list[Any]]:
-    """Every polygon (its rings) of a GeoJSON object, of any nesting."""
-    if isinstance(node, list):
-        for item in node:
-            yield from _polygons(item)
-        return
-    if not isinstance(node, dict):
-        return
-    kind = node.get("type")
-    if kind == "Polygon":
-        yield node.get("coordinates") or []
-    elif kind == "MultiPolygon":
-        yield from node.get("coordinates") or []
-    elif kind == "GeometryCollection":
-        yield from _polygons(node.get("geometries"))
-    elif kind == "Feature":
-        yield from _polygons(node.get("geometry"))
-    elif kind == "FeatureCollection":
-        yield from _polygons(node.get("features"))
 
 
 def auto_mask(image: ImageSource, channels: tuple[int, ...]) -> tuple[Mask, np.ndarray]:

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from raysegment.config import TrainConfig
+from raysegment.data.annotations import GeoJsonLabels, is_geojson
 from raysegment.data.pairs import pair_images
 from raysegment.data.sources import ImageSource, open_source
 from raysegment.errors import ConfigError, InputImageError
@@ -106,7 +107,10 @@ def _check_pair(image: ImageSource, label: ImageSource, patch: tuple[int, int], 
 
 
 def _label_values(label: ImageSource) -> set[int]:
-    """Distinct values of a label image, read region by region."""
+    """Distinct values of a label image, read region by region (GeoJSON labels: their
+    polygons')."""
+    if isinstance(label, GeoJsonLabels):
+        return label.values()
     _, c, z, y, x = label.info.shape
     if label.info.dtype.kind == "f":
         raise InputImageError(
@@ -148,7 +152,8 @@ def _classes(cfg: TrainConfig, pairs: list[Pair]) -> int:
     if mode == "binary":
         return 1
     top = max(seen)
-    classes = cfg.classes or top + 1
+    # Classes no label holds yet still count when class_names names them.
+    classes = cfg.classes or max(top + 1, len(cfg.class_names or ()))
     if top >= classes:
         raise InputImageError(
             f"{seen[top]}: holds class {top} but classes={classes}; raise classes= or fix the "
@@ -227,7 +232,13 @@ def prepare(cfg: TrainConfig) -> TrainingSet:
     patch = (int(sizes[0]), int(sizes[1]))
     pairs = []
     for image_path, label_path in found:
-        pair = Pair(open_source(image_path), open_source(label_path))
+        image = open_source(image_path)
+        if is_geojson(label_path):
+            mode = str(cfg.mode.value)
+            label: ImageSource = GeoJsonLabels(label_path, image, mode, cfg.class_names)
+        else:
+            label = open_source(label_path)
+        pair = Pair(image, label)
         _check_pair(pair.image, pair.label, patch, cfg.mode.value)  # type: ignore[arg-type]
         pairs.append(pair)
     counts = {p.image.info.shape[1] for p in pairs}

@@ -218,3 +218,118 @@ def test_em_volumes_in_a_bucket_pair_with_n5_labels_on_disk(tmp_path: Path, s3) 
     ]
     assert [p.planes for p in data.pairs] == [4, 4]
     _check_patches(data, [(volumes["v0"][1], 1, 3, 30), (volumes["v1"][3], 3, 16, 0)])
+
+
+def _annotations(seed: int) -> dict:
+    """A QuPath GeoJSON export of a 96 x 128 image: a tumour with a hole, a stroma
+    MultiPolygon overlapping it (drawn after it, so on top), a point (no region)."""
+    rng = np.random.default_rng(seed)
+    dx, dy = rng.uniform(-6, 6, 2)
+
+    def ring(*corners: tuple[float, float]) -> list[list[float]]:
+        points = [[x + dx, y + dy] for x, y in corners]
+        return [*points, points[0]]
+
+    def feature(name: str | None, geometry: dict) -> dict:
+        properties = {"objectType": "annotation"}
+        if name:
+            properties["classification"] = {"name": name, "color": [200, 0, 0]}
+        return {"type": "Feature", "geometry": geometry, "properties": properties}
+
+    tumour = [
+        ring((10.3, 12.2), (70.6, 8.1), (80.2, 60.7), (20.4, 70.3)),
+        ring((30.2, 30.3), (50.1, 30.4), (40.3, 50.2)),
+    ]
+    stroma = [
+        [ring((60.2, 40.1), (120.7, 45.3), (100.4, 90.6))],
+        [ring((2.1, 80.3), (15.2, 80.4), (8.3, 94.2))],
+    ]
+    return {
+        "type": "FeatureCollection",
+        "features": [
+            feature("Tumor", {"type": "Polygon", "coordinates": tumour}),
+            feature("Stroma", {"type": "MultiPolygon", "coordinates": stroma}),
+            feature("Tumor", {"type": "Point", "coordinates": [5.0, 5.0]}),
+        ],
+    }
+
+
+def _drawn(document: dict, classes: dict[str, int], shape: tuple[int, int]) -> np.ndarray:
+    """The oracle: each pixel's value by whether its centre lies inside each polygon
+    (matplotlib's point-in-polygon test), later polygons over earlier ones."""
+    from matplotlib.path import Path as Outline
+
+    ys, xs = np.mgrid[: shape[0], : shape[1]]
+    centres = np.stack([xs.ravel() + 0.5, ys.ravel() + 0.5], axis=1)
+    out = np.zeros(shape, np.uint16)
+    for feature in document["features"]:
+        geometry = feature["geometry"]
+        parts = {"Polygon": [geometry["coordinates"]], "MultiPolygon": geometry["coordinates"]}
+        for rings in parts.get(geometry["type"], []):
+            inside = Outline(rings[0]).contains_points(centres)
+            for hole in rings[1:]:
+                inside &= ~Outline(hole).contains_points(centres)
+            out.ravel()[inside] = classes[feature["properties"]["classification"]["name"]]
+    return out
+
+
+def test_qupath_geojson_annotations_are_labels_drawn_region_by_region(tmp_path: Path) -> None:
+    """Labels as QuPath exports them (GeoJSON polygons by class) pair with their images
+    by name and are drawn where a patch needs them, each pixel by whether its centre is
+    inside; multiclass by class_names, binary every polygon, multilabel a channel each."""
+    import json
+    import pickle
+
+    from raysegment.data.annotations import GeoJsonLabels
+
+    rng = np.random.default_rng(4)
+    images = {f"s{i}.tif": rng.integers(0, 999, (96, 128), dtype=np.uint16) for i in range(3)}
+    _write(tmp_path, images, {})
+    documents = {f"s{i}": _annotations(i) for i in range(3)}
+    for name, document in documents.items():
+        (tmp_path / "lbl" / f"{name}.geojson").write_text(json.dumps(document))
+    names = "class_names=[background,Tumor,Stroma]"
+    data = prepare(_cfg(tmp_path, "mode=multiclass", names, "train_fraction=0.5"))
+    assert data.classes == 3 and all(isinstance(p.label, GeoJsonLabels) for p in data.pairs)
+    assert [Path(p.label.path).name for p in data.pairs] == [f"s{i}.geojson" for i in range(3)]
+    for k, pair in enumerate(data.pairs):
+        want = _drawn(documents[f"s{k}"], {"Tumor": 1, "Stroma": 2}, (96, 128))
+        assert set(np.unique(want)) == {0, 1, 2}
+        for y0, x0, h, w in ((0, 0, 96, 128), (27, 39, 32, 32), (64, 0, 32, 32), (3, 100, 5, 9)):
+            got = pair.label.read(0, (0,), ((0, 1), (y0, y0 + h), (x0, x0 + w)))[0, 0]
+            np.testing.assert_array_equal(got, want[y0 : y0 + h, x0 : x0 + w])
+    whole = ((0, 1), (0, 96), (0, 128))
+    copy = pickle.loads(pickle.dumps(data.pairs[2].label))  # as the workers get it
+    np.testing.assert_array_equal(copy.read(0, (0,), whole)[0, 0], want)
+    spec = {"pair": np.array([0]), "z": np.array([0]), "y": np.array([40]), "x": np.array([50])}
+    target = read_patches(spec, data, augment=False)["y"]
+    want = _drawn(documents["s0"], {"Tumor": 1, "Stroma": 2}, (96, 128))
+    np.testing.assert_array_equal(target[0], want[40:72, 50:82])
+    # Binary: every polygon is foreground; multilabel: a channel per class, overlaps kept.
+    binary = prepare(_cfg(tmp_path, "train_fraction=0.5")).pairs[1].label
+    both = _drawn(documents["s1"], {"Tumor": 1, "Stroma": 1}, (96, 128))
+    np.testing.assert_array_equal(binary.read(0, (0,), whole)[0, 0], both)
+    multi = prepare(_cfg(tmp_path, "mode=multilabel", "class_names=[Tumor,Stroma]"))
+    label = multi.pairs[2].label
+    assert multi.classes == 2 and label.info.shape == (1, 2, 1, 96, 128)
+    got = label.read(0, (1, 0), whole)[:, 0]
+    for channel, name in ((0, "Stroma"), (1, "Tumor")):
+        features = documents["s2"]["features"]
+        alone = [f for f in features if f["properties"]["classification"]["name"] == name]
+        drawn = _drawn({"features": alone}, {name: 1}, (96, 128))
+        np.testing.assert_array_equal(got[channel], drawn)
+    assert (got[0] & got[1]).any()  # where stroma overlaps the tumour, both
+    # Class names declare classes no annotation holds yet; a class they lack is named.
+    more = "class_names=[background,Tumor,Stroma,Necrosis]"
+    assert prepare(_cfg(tmp_path, "mode=multiclass", more)).classes == 4
+    with pytest.raises(
+        InputImageError, match=r"s0.geojson: a polygon of class 'Stroma'.*class_names="
+    ):
+        prepare(_cfg(tmp_path, "mode=multiclass", "class_names=[background,Tumor]"))
+    with pytest.raises(InputImageError, match="a polygon of class 'Tumor'.*after the background"):
+        prepare(_cfg(tmp_path, "mode=multiclass"))
+    (tmp_path / "lbl" / "s1.geojson").write_text(
+        json.dumps({"type": "Point", "coordinates": [1, 2]})
+    )
+    with pytest.raises(InputImageError, match="s1.geojson: no Polygon or MultiPolygon"):
+        prepare(_cfg(tmp_path))
