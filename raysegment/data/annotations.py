@@ -101,8 +101,12 @@ class GeoJsonLabels(ImageSource):
         self.scale = image.level_scale()
         self.mode = mode
         self.class_names = list(class_names or [])
-        self.shapes = self._shapes(path)
-        """(value, channel, rings, (top, left, bottom, right) in the image's pixels)."""
+        shapes = self._shapes(path)
+        self.shapes = [(value, channel, rings) for value, channel, rings, _ in shapes]
+        """(value, channel, rings) of each polygon, in the file's order."""
+        self.boxes = np.array([box for *_, box in shapes], np.float64).reshape(-1, 4)
+        """Each polygon's (top, left, bottom, right) in the image's pixels, a pixel wider:
+        a region's polygons are found among a slide's thousands at once."""
         super().__init__(path, name=image.name)
 
     def _shapes(self, path: str) -> list[tuple[int, int, list[Any], tuple[float, ...]]]:
@@ -141,7 +145,7 @@ class GeoJsonLabels(ImageSource):
 
     def values(self) -> set[int]:
         """The values the labels hold: 0 and each polygon's."""
-        return {0} | {value for value, _, _, _ in self.shapes}
+        return {0} | {value for value, _, _ in self.shapes}
 
     def _inspect(self) -> ImageInfo:
         _, _, z, y, x = self.image_shape
@@ -156,9 +160,11 @@ class GeoJsonLabels(ImageSource):
     ) -> np.ndarray:
         (z0, z1), (y0, y1), (x0, x1) = region
         planes = np.zeros((len(channels), y1 - y0, x1 - x0), np.uint16)
-        for value, channel, rings, (top, left, bottom, right) in self.shapes:
-            if channel not in channels or bottom < y0 or top > y1 or right < x0 or left > x1:
-                continue
-            inside = rasterize(rings, self.scale, (y0, x0), planes.shape[1:])
-            planes[channels.index(channel)][inside] = value
+        top, left, bottom, right = self.boxes.T
+        near = (bottom >= y0) & (top <= y1) & (right >= x0) & (left <= x1)
+        for i in np.flatnonzero(near):  # in the file's order: later polygons on top
+            value, channel, rings = self.shapes[i]
+            if channel in channels:
+                inside = rasterize(rings, self.scale, (y0, x0), planes.shape[1:])
+                planes[channels.index(channel)][inside] = value
         return np.repeat(planes[:, None], z1 - z0, axis=1)
