@@ -279,6 +279,22 @@ def _augment(
     return x, y
 
 
+ANNOTATED = 1 / 3
+"""Share of a GeoJSON-labelled image's random patches centred on one of its polygons (as
+nnU-Net oversamples foreground): a slide's few annotations are met, not only its glass."""
+
+
+def _at_annotation(
+    label: GeoJsonLabels, rng: np.random.Generator, size: tuple[int, int], patch: tuple[int, int]
+) -> tuple[int, int]:
+    """The corner of a patch centred at a random point of a random polygon's box."""
+    top, left, bottom, right = label.boxes[int(rng.integers(len(label.boxes)))]
+    cy, cx = rng.uniform(top, bottom), rng.uniform(left, right)
+    y0 = int(np.clip(round(cy - patch[0] / 2), 0, size[0] - patch[0]))
+    x0 = int(np.clip(round(cx - patch[1] / 2), 0, size[1] - patch[1]))
+    return y0, x0
+
+
 def read_patches(
     batch: dict[str, np.ndarray], data: TrainingSet, augment: bool
 ) -> dict[str, np.ndarray]:
@@ -299,6 +315,9 @@ def read_patches(
                 int(rng.integers(0, h - ph + 1)),
                 int(rng.integers(0, w - pw + 1)),
             )
+            annotated = isinstance(pair.label, GeoJsonLabels) and len(pair.label.boxes)
+            if annotated and rng.random() < ANNOTATED:
+                y0, x0 = _at_annotation(pair.label, rng, (h, w), data.patch)
         else:
             rng = None
             z, y0, x0 = (int(batch[a][k]) for a in ("z", "y", "x"))

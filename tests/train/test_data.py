@@ -333,3 +333,26 @@ def test_qupath_geojson_annotations_are_labels_drawn_region_by_region(tmp_path: 
     )
     with pytest.raises(InputImageError, match="s1.geojson: no Polygon or MultiPolygon"):
         prepare(_cfg(tmp_path))
+
+
+def test_a_third_of_a_slides_patches_are_centred_on_its_annotations(tmp_path: Path) -> None:
+    """A large image with one small annotated square: uniform patches would all but never
+    meet it (0.2% here); a third of them are centred on a polygon, the rest anywhere."""
+    import json
+
+    from raysegment.train.data import ANNOTATED
+
+    rng = np.random.default_rng(6)
+    images = {f"s{i}.tif": rng.integers(0, 999, (1024, 1536), dtype=np.uint16) for i in range(2)}
+    _write(tmp_path, images, {})
+    square = [[700.2, 300.3], [720.1, 300.3], [720.1, 320.4], [700.2, 320.4], [700.2, 300.3]]
+    document = {"type": "Polygon", "coordinates": [square]}
+    for name in ("s0", "s1"):
+        (tmp_path / "lbl" / f"{name}.geojson").write_text(json.dumps(document))
+    data = prepare(_cfg(tmp_path, "train_fraction=0.5"))
+    specs = data.train_specs(90, seed=0)
+    batch = {k: np.array([s[k] for s in specs]) for k in specs[0]}
+    met = read_patches(batch, data, augment=False)["y"].reshape(90, -1).any(axis=1)
+    assert 0.6 * ANNOTATED * 90 <= met.sum() <= 1.4 * ANNOTATED * 90
+    again = read_patches(batch, data, augment=False)["y"].reshape(90, -1).any(axis=1)
+    np.testing.assert_array_equal(met, again)  # drawn from each patch's seed
