@@ -58,8 +58,8 @@ def pair_images(
 
     The key is the pattern's first capture group when it has one (``(.*)_mask\\.tif``), else
     the file name without image suffixes. Labels are images, or GeoJSON annotations
-    (``slide.geojson``, QuPath's export) by default. ``*_dataset``: the dataset read from each HDF5
-    file (``volumes/raw``), so that one file may hold an image and its label.
+    (``slide.geojson``, QuPath's export) by default. ``*_dataset``: the dataset read from
+    each HDF5 file (``volumes/raw``), so that one file may hold an image and its label.
 
     Raises:
         InputImageError: a directory matches nothing, or an image or label has no partner.
