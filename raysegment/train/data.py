@@ -70,18 +70,34 @@ class TrainingSet:
         return self.train_specs(share * world, seed, epoch)[rank * share : (rank + 1) * share]
 
     def val_specs(self, count: int) -> list[dict[str, int]]:
-        """A fixed grid of patches over the validation images, evenly thinned to ``count``."""
-        specs = []
+        """A fixed grid of patches over the validation images, evenly thinned to ``count``;
+        where images are labelled by GeoJSON annotations, a share ``ANNOTATED`` of them
+        centred on their polygons instead (a slide's glass alone tells little)."""
+        grid, centred = [], []
         for i in self.val:
-            (h, w), (ph, pw) = self.pairs[i].size, self.patch
+            pair, (ph, pw) = self.pairs[i], self.patch
+            (h, w), planes = pair.size, pair.planes
             ys = sorted({*range(0, h - ph + 1, ph), h - ph})
             xs = sorted({*range(0, w - pw + 1, pw), w - pw})
-            for z, y, x in itertools.product(range(self.pairs[i].planes), ys, xs):
-                specs.append({"pair": i, "z": z, "y": y, "x": x})
-        if len(specs) > count:
-            keep = np.linspace(0, len(specs) - 1, count).round().astype(int)
-            specs = [specs[k] for k in keep]
+            for z, y, x in itertools.product(range(planes), ys, xs):
+                grid.append({"pair": i, "z": z, "y": y, "x": x})
+            if isinstance(pair.label, GeoJsonLabels):
+                for top, left, bottom, right in pair.label.boxes:
+                    y = int(np.clip(round((top + bottom - ph) / 2), 0, h - ph))
+                    x = int(np.clip(round((left + right - pw) / 2), 0, w - pw))
+                    centred += [{"pair": i, "z": z, "y": y, "x": x} for z in range(planes)]
+        if not centred:
+            return _thinned(grid, count)
+        share = min(len(centred), max(1, round(count * ANNOTATED)))
+        return _thinned(centred, share) + _thinned(grid, count - share)
+
+
+def _thinned(specs: list[dict[str, int]], count: int) -> list[dict[str, int]]:
+    """``specs`` evenly thinned to ``count`` at most."""
+    if len(specs) <= count:
         return specs
+    keep = np.linspace(0, len(specs) - 1, count).round().astype(int)
+    return [specs[k] for k in keep]
 
 
 def _check_pair(image: ImageSource, label: ImageSource, patch: tuple[int, int], mode: str) -> None:
@@ -315,9 +331,10 @@ def read_patches(
                 int(rng.integers(0, h - ph + 1)),
                 int(rng.integers(0, w - pw + 1)),
             )
-            annotated = isinstance(pair.label, GeoJsonLabels) and len(pair.label.boxes)
-            if annotated and rng.random() < ANNOTATED:
-                y0, x0 = _at_annotation(pair.label, rng, (h, w), data.patch)
+            label = pair.label
+            if isinstance(label, GeoJsonLabels) and len(label.boxes):
+                if rng.random() < ANNOTATED:
+                    y0, x0 = _at_annotation(label, rng, (h, w), data.patch)
         else:
             rng = None
             z, y0, x0 = (int(batch[a][k]) for a in ("z", "y", "x"))

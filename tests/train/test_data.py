@@ -356,3 +356,11 @@ def test_a_third_of_a_slides_patches_are_centred_on_its_annotations(tmp_path: Pa
     assert 0.6 * ANNOTATED * 90 <= met.sum() <= 1.4 * ANNOTATED * 90
     again = read_patches(batch, data, augment=False)["y"].reshape(90, -1).any(axis=1)
     np.testing.assert_array_equal(met, again)  # drawn from each patch's seed
+    # Validation: a fixed third of the patches centred on the polygons, the rest the grid.
+    val = data.val_specs(9)
+    assert val == data.val_specs(9) and len(val) == 9
+    assert val[0] == {"pair": data.val[0], "z": 0, "y": 294, "x": 694}
+    batch = {k: np.array([s[k] for s in val]) for k in val[0]}
+    met = read_patches(batch, data, augment=False)["y"].reshape(9, -1).any(axis=1)
+    assert met.tolist() == [True] + [False] * 8
+    assert data.val_specs(1) == val[:1]
