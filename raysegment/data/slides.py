@@ -55,9 +55,11 @@ def composite(
     them; a field placed between pixels has edges of partial alpha."""
     alpha = rgba[..., 3]
     lo, hi = alpha.min(), alpha.max()
-    transparent = alpha == 0 if lo == 0 < hi else None
-    edges = (alpha - 1) < 254  # 1-254: uint8 0 and 255 wrap past it
-    partial = np.nonzero(edges) if lo < 255 and edges.any() else None
+    transparent = partial = None
+    if lo < 255 and hi > 0:  # neither wholly scanned nor wholly outside
+        transparent = alpha == 0 if lo == 0 else None
+        edges = (alpha - 1) < 254  # 1-254: uint8 0 and 255 wrap past it
+        partial = np.nonzero(edges) if edges.any() else None
     a = alpha[partial].astype(np.float32) / 255 if partial is not None else np.ones(0)
     for i, c in enumerate(channels):
         if hi == 0:  # wholly outside the scan
