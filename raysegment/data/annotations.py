@@ -117,10 +117,12 @@ class GeoJsonLabels(ImageSource):
                 f"polygons (e.g. QuPath annotations exported as GeoJSON)"
             )
         shapes: list[tuple[int, int, list[Any], tuple[float, ...]]] = []
-        for rings, name in found:
-            outer = np.asarray(rings[0] if rings else [], np.float64).reshape(-1, 2)
-            if not len(outer):
+        for found_rings, name in found:
+            # As arrays: a slide's thousands of outlines travel to the workers compactly.
+            rings = [np.asarray(ring, np.float64).reshape(-1, 2) for ring in found_rings]
+            if not rings or not len(rings[0]):
                 continue
+            outer = rings[0]
             value, channel = self._value(path, name)
             ys, xs = outer[:, 1] / self.scale[0], outer[:, 0] / self.scale[1]
             box = (ys.min() - 1, xs.min() - 1, ys.max() + 1, xs.max() + 1)
