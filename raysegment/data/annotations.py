@@ -65,6 +65,13 @@ def polygons(node: Any, name: str | None = None) -> Iterator[tuple[list[Any], st
         yield from polygons(node.get("features"), name)
 
 
+def points(ring: Any) -> np.ndarray:
+    """A ring's positions as (n, 2) x, y: a third coordinate (a GIS tool's altitude) is
+    dropped."""
+    xy = np.asarray(ring, np.float64)
+    return xy[:, :2] if xy.ndim == 2 else xy.reshape(-1, 2)
+
+
 def rasterize(
     rings: list[Any], scale: tuple[float, float], origin: tuple[int, int], shape: tuple[int, int]
 ) -> np.ndarray:
@@ -75,7 +82,7 @@ def rasterize(
 
     part = np.zeros(shape, bool)
     for i, ring in enumerate(rings):
-        xy = np.asarray(ring, np.float64).reshape(-1, 2)
+        xy = points(ring)
         # Raster pixel j's centre is at full-resolution coordinate (origin + j + 1/2) * scale.
         rows = xy[:, 1] / scale[0] - 0.5 - origin[0]
         cols = xy[:, 0] / scale[1] - 0.5 - origin[1]
@@ -119,7 +126,7 @@ class GeoJsonLabels(ImageSource):
         shapes: list[tuple[int, int, list[Any], tuple[float, ...]]] = []
         for found_rings, name in found:
             # As arrays: a slide's thousands of outlines travel to the workers compactly.
-            rings = [np.asarray(ring, np.float64).reshape(-1, 2) for ring in found_rings]
+            rings = [points(ring) for ring in found_rings]
             if not rings or not len(rings[0]):
                 continue
             outer = rings[0]

@@ -230,6 +230,9 @@ def _annotations(seed: int) -> dict:
         points = [[x + dx, y + dy] for x, y in corners]
         return [*points, points[0]]
 
+    def lifted(ring: list[list[float]]) -> list[list[float]]:  # positions may carry altitude
+        return [[*point, 12.5] for point in ring]
+
     def feature(name: str | None, geometry: dict) -> dict:
         properties = {"objectType": "annotation"}
         if name:
@@ -242,7 +245,7 @@ def _annotations(seed: int) -> dict:
     ]
     stroma = [
         [ring((60.2, 40.1), (120.7, 45.3), (100.4, 90.6))],
-        [ring((2.1, 80.3), (15.2, 80.4), (8.3, 94.2))],
+        [lifted(ring((2.1, 80.3), (15.2, 80.4), (8.3, 94.2)))],
     ]
     return {
         "type": "FeatureCollection",
@@ -266,8 +269,9 @@ def _drawn(document: dict, classes: dict[str, int], shape: tuple[int, int]) -> n
         geometry = feature["geometry"]
         parts = {"Polygon": [geometry["coordinates"]], "MultiPolygon": geometry["coordinates"]}
         for rings in parts.get(geometry["type"], []):
-            inside = Outline(rings[0]).contains_points(centres)
-            for hole in rings[1:]:
+            outer, *holes = (np.asarray(ring)[:, :2] for ring in rings)
+            inside = Outline(outer).contains_points(centres)
+            for hole in holes:
                 inside &= ~Outline(hole).contains_points(centres)
             out.ravel()[inside] = classes[feature["properties"]["classification"]["name"]]
     return out
