@@ -9,12 +9,14 @@ from raysegment.data.hdf5 import hdf5_parts
 from raysegment.data.sources import is_zarr, tensorstore_format
 from raysegment.errors import InputImageError
 
-__all__ = ["DEFAULT_PATTERN", "resolve_inputs"]
+__all__ = ["DEFAULT_PATTERN", "IMAGE_NAMES", "resolve_inputs"]
 
-DEFAULT_PATTERN = (
-    r".*\.(ome\.tiff?|tiff?|ome\.zarr|zarr|n5|svs|ndpi|qptiff|czi|h5|hdf5|hdf|ims|mrc|rec"
-    r"|mrxs|vms|vmu|scn|bif|svslide)"
+IMAGE_NAMES = (
+    r"ome\.tiff?|tiff?|ome\.zarr|zarr|n5|svs|ndpi|qptiff|czi|h5|hdf5|hdf|ims|mrc|rec"
+    r"|mrxs|vms|vmu|scn|bif|svslide"
 )
+"""The suffixes of the images a directory holds, as a regular expression's alternatives."""
+DEFAULT_PATTERN = rf".*\.({IMAGE_NAMES})"
 
 
 def resolve_inputs(

@@ -5,23 +5,21 @@ from __future__ import annotations
 import re
 
 from raysegment import storage
-from raysegment.data.annotations import GEOJSON_SUFFIXES, is_geojson
-from raysegment.data.inputs import DEFAULT_PATTERN, resolve_inputs
+from raysegment.data.annotations import is_geojson
+from raysegment.data.inputs import IMAGE_NAMES, resolve_inputs
 from raysegment.data.sources import image_stem
 from raysegment.errors import InputImageError
 
 __all__ = ["LABELS_PATTERN", "pair_images"]
 
-LABELS_PATTERN = DEFAULT_PATTERN[:-1] + "|geojson)"
+LABELS_PATTERN = rf".*\.({IMAGE_NAMES}|geojson)"
 """Labels a directory holds by default: images, and GeoJSON annotations (QuPath's)."""
 
 
 def _stem(path: str) -> str:
     """The name an image or label pairs by: without its image or GeoJSON suffix."""
     name = storage.basename(path)
-    if is_geojson(name):
-        return next(name[: -len(s)] for s in GEOJSON_SUFFIXES if name.lower().endswith(s))
-    return image_stem(path)
+    return name.rsplit(".", 1)[0] if is_geojson(name) else image_stem(path)
 
 
 def _keyed(
