@@ -19,7 +19,16 @@ from raysegment import storage
 from raysegment.data.sources import ImageInfo, ImageSource
 from raysegment.errors import InputImageError
 
-__all__ = ["GEOJSON_SUFFIXES", "GeoJsonLabels", "is_geojson", "polygons", "read_geojson"]
+__all__ = [
+    "GEOJSON_SUFFIXES",
+    "GeoJsonLabels",
+    "box",
+    "is_geojson",
+    "points",
+    "polygons",
+    "rasterize",
+    "read_geojson",
+]
 
 GEOJSON_SUFFIXES = (".geojson", ".json")
 """Files of these suffixes are read as GeoJSON polygons."""
@@ -70,6 +79,17 @@ def points(ring: Any) -> np.ndarray:
     dropped."""
     xy = np.asarray(ring, np.float64)
     return xy[:, :2] if xy.ndim == 2 else xy.reshape(-1, 2)
+
+
+def box(rings: list[Any], scale: tuple[float, float]) -> tuple[float, float, float, float] | None:
+    """A polygon's (top, left, bottom, right) at a level of pixels ``scale`` (y, x) times
+    the full resolution's, a pixel wider on every side (every pixel whose centre it holds
+    lies inside); None for a polygon without points."""
+    outer = points(rings[0]) if rings else np.zeros((0, 2))
+    if not len(outer):
+        return None
+    ys, xs = outer[:, 1] / scale[0], outer[:, 0] / scale[1]
+    return ys.min() - 1, xs.min() - 1, ys.max() + 1, xs.max() + 1
 
 
 def rasterize(
@@ -127,13 +147,10 @@ class GeoJsonLabels(ImageSource):
         for found_rings, name in found:
             # As arrays: a slide's thousands of outlines travel to the workers compactly.
             rings = [points(ring) for ring in found_rings]
-            if not rings or not len(rings[0]):
-                continue
-            outer = rings[0]
-            value, channel = self._value(path, name)
-            ys, xs = outer[:, 1] / self.scale[0], outer[:, 0] / self.scale[1]
-            box = (ys.min() - 1, xs.min() - 1, ys.max() + 1, xs.max() + 1)
-            shapes.append((value, channel, rings, box))
+            bounds = box(rings, self.scale)
+            if bounds is not None:
+                value, channel = self._value(path, name)
+                shapes.append((value, channel, rings, bounds))
         return shapes
 
     def _value(self, path: str, name: str | None) -> tuple[int, int]:

@@ -14,13 +14,14 @@ outside it, whichever blocks and tiles ran.
 from __future__ import annotations
 
 import hashlib
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
 
 from raysegment import storage
-from raysegment.data.annotations import is_geojson, polygons, rasterize, read_geojson
+from raysegment.data.annotations import box, is_geojson, polygons, rasterize, read_geojson
 from raysegment.data.sources import ImageSource, MemorySource, Region, open_sources
 from raysegment.errors import InputImageError
 
@@ -141,7 +142,15 @@ def geojson_mask(path: str, image: ImageSource) -> Mask:
     scale = (sy * y / shape[0], sx * x / shape[1])  # full-resolution pixels per mask pixel
     inside = np.zeros(shape, bool)
     for rings in found:
-        inside |= rasterize(rings, scale, (0, 0), shape)
+        bounds = box(rings, scale)
+        if bounds is None:
+            continue
+        # Drawn in its box only: a file of thousands of small regions, not a whole raster each.
+        top, left = max(0, math.floor(bounds[0])), max(0, math.floor(bounds[1]))
+        bottom, right = min(shape[0], math.ceil(bounds[2])), min(shape[1], math.ceil(bounds[3]))
+        if bottom > top and right > left:
+            window = (bottom - top, right - left)
+            inside[top:bottom, left:right] |= rasterize(rings, scale, (top, left), window)
     source = MemorySource(inside.astype(np.uint8)[None, None, None], path, image.name)
     return Mask(source, (z, y, x))
 
