@@ -83,8 +83,7 @@ class TrainingSet:
                 grid.append({"pair": i, "z": z, "y": y, "x": x})
             if isinstance(pair.label, GeoJsonLabels):
                 for top, left, bottom, right in pair.label.boxes:
-                    y = int(np.clip(round((top + bottom - ph) / 2), 0, h - ph))
-                    x = int(np.clip(round((left + right - pw) / 2), 0, w - pw))
+                    y, x = _centred_at((top + bottom) / 2, (left + right) / 2, (h, w), self.patch)
                     centred += [{"pair": i, "z": z, "y": y, "x": x} for z in range(planes)]
         if not centred:
             return _thinned(grid, count)
@@ -305,7 +304,13 @@ def _at_annotation(
 ) -> tuple[int, int]:
     """The corner of a patch centred at a random point of a random polygon's box."""
     top, left, bottom, right = label.boxes[int(rng.integers(len(label.boxes)))]
-    cy, cx = rng.uniform(top, bottom), rng.uniform(left, right)
+    return _centred_at(rng.uniform(top, bottom), rng.uniform(left, right), size, patch)
+
+
+def _centred_at(
+    cy: float, cx: float, size: tuple[int, int], patch: tuple[int, int]
+) -> tuple[int, int]:
+    """The corner of the patch centred at (``cy``, ``cx``), kept inside an image of ``size``."""
     y0 = int(np.clip(round(cy - patch[0] / 2), 0, size[0] - patch[0]))
     x0 = int(np.clip(round(cx - patch[1] / 2), 0, size[1] - patch[1]))
     return y0, x0
