@@ -23,7 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from run import bench_args, machine, write_result  # noqa: E402
 
-from raysegment.train.components import LOSSES, OPTIMIZERS, build_model  # noqa: E402
+from raysegment.train.components import OPTIMIZERS, build_model, make_loss  # noqa: E402
 from raysegment.train.loop import place, train_step  # noqa: E402
 
 STEPS = 3
@@ -33,7 +33,7 @@ LAYOUTS = ("channels_first", "channels_last")
 def main() -> None:
     args = bench_args(__doc__ or "", size=256, rounds=3, batch=8)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    loss_fn = LOSSES.get("DiceLoss")[0]("binary")
+    loss_fn = make_loss("DiceLoss", "binary")
     x = torch.randn(int(args.batch), 1, args.size, args.size, device=device)
     y = (x > 0.5).float()
     models = {}

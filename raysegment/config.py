@@ -43,6 +43,7 @@ __all__ = [
     "TileConfig",
     "TrainConfig",
     "TrainMode",
+    "Unannotated",
     "as_config",
     "config_to_dict",
     "load_config",
@@ -402,6 +403,13 @@ class TrainMode(str, enum.Enum):
     multiclass = "multiclass"
 
 
+class Unannotated(str, enum.Enum):
+    """What a GeoJSON label's pixels outside every polygon are."""
+
+    background = "background"
+    ignore = "ignore"
+
+
 class Schedule(str, enum.Enum):
     """How the learning rate changes from epoch to epoch (``raysegment.train.schedule``)."""
 
@@ -464,6 +472,15 @@ class TrainConfig:
     """multiclass: number of classes; default: largest label value + 1."""
     class_names: Optional[List[str]] = None
     """Names written with the model and used as output channel names by infer."""
+    ignore_index: Optional[int] = None
+    """A label value meaning "not labelled" (sparse annotations; nnU-Net's ignore label):
+    such pixels count in neither the loss nor the metrics, e.g. 255 where only some cells
+    were painted. 1 .. 65535, and not a class."""
+    unannotated: Unannotated = Unannotated.background
+    """GeoJSON labels: what pixels outside every polygon are. background: class 0. ignore:
+    not labelled, as QuPath's pixel classifier trains on its annotations alone: only what
+    the polygons cover trains and validates, every patch centred on one. Polygons of
+    QuPath's class ``Ignore*`` are not labelled either way (unless class_names names it)."""
     channels: Optional[List[int]] = None
     """Image channels fed to the model; default: all."""
     train_fraction: float = 0.7
@@ -568,6 +585,11 @@ class TrainConfig:
             raise ConfigError(f"lr_schedule.patience={schedule.patience} must be >= 1")
         if self.min_delta < 0:
             raise ConfigError(f"min_delta={self.min_delta} must be >= 0")
+        if self.ignore_index is not None and not 1 <= self.ignore_index <= 65535:
+            raise ConfigError(
+                f"ignore_index={self.ignore_index} must be in 1 .. 65535 (0 is the "
+                f"background's class); e.g. 255"
+            )
         if self.classes is not None and self.classes < 2:
             raise ConfigError(f"classes={self.classes} must be >= 2")
         _check_sizes("patch_size", self.patch_size)

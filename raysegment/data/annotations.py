@@ -21,6 +21,8 @@ from raysegment.errors import InputImageError
 
 __all__ = [
     "GEOJSON_SUFFIXES",
+    "IGNORED",
+    "IGNORE_CLASS",
     "GeoJsonLabels",
     "box",
     "is_geojson",
@@ -111,29 +113,51 @@ def rasterize(
     return part
 
 
+IGNORE_CLASS = "Ignore*"
+"""QuPath's class for regions to leave out: such polygons are not labelled."""
+IGNORED = 65535
+"""The label value of pixels not labelled, unless the training's ``ignore_index`` says."""
+_ALL = -1
+"""A polygon's channel: every channel (a polygon not labelled)."""
+
+
 class GeoJsonLabels(ImageSource):
     """Training labels drawn from an image's GeoJSON annotations, region by region (a
-    slide's are never drawn whole): a pixel is the value of the last polygon covering it,
-    0 where none does. ``mode`` binary: every polygon is 1; multiclass: a polygon's
+    slide's are never drawn whole): a pixel takes the value of the last polygon covering
+    it; where none does, 0, or ``ignore`` where the labels are ``sparse`` (only the
+    annotations label). ``mode`` binary: every polygon is 1, or with ``class_names`` (one:
+    the foreground's) its class's are 1 and the others' 0; multiclass: a polygon's
     classification is its index in ``class_names`` (0 the background's); multilabel:
-    channel ``class_names.index(classification)`` is 1 where it lies. Every plane of a
-    volume takes the same polygons."""
+    channel ``class_names.index(classification)`` is 1 where it lies, the others 0 (or as
+    earlier polygons drew them). Polygons of QuPath's class ``Ignore*`` are ``ignore``
+    unless ``class_names`` names it. Every plane of a volume takes the same polygons."""
 
     kind = "geojson"
 
     def __init__(
-        self, path: str, image: ImageSource, mode: str, class_names: list[str] | None
+        self,
+        path: str,
+        image: ImageSource,
+        mode: str,
+        class_names: list[str] | None,
+        ignore: int = IGNORED,
+        sparse: bool = False,
     ) -> None:
         self.image_shape = image.info.shape
         self.scale = image.level_scale()
         self.mode = mode
         self.class_names = list(class_names or [])
+        self.ignore = ignore
+        self.sparse = sparse
         shapes = self._shapes(path)
         self.shapes = [(value, channel, rings) for value, channel, rings, _ in shapes]
         """(value, channel, rings) of each polygon, in the file's order."""
         self.boxes = np.array([box for *_, box in shapes], np.float64).reshape(-1, 4)
         """Each polygon's (top, left, bottom, right) in the image's pixels, a pixel wider:
         a region's polygons are found among a slide's thousands at once."""
+        labelled = [i for i, (value, *_) in enumerate(self.shapes) if value != ignore]
+        self.labelled = self.boxes[labelled]
+        """The boxes of the polygons that label (not ``Ignore*``): patches centre on them."""
         super().__init__(path, name=image.name)
 
     def _shapes(self, path: str) -> list[tuple[int, int, list[Any], tuple[float, ...]]]:
@@ -155,10 +179,11 @@ class GeoJsonLabels(ImageSource):
 
     def _value(self, path: str, name: str | None) -> tuple[int, int]:
         """A polygon's (value, channel) for its classification ``name``."""
+        if name == IGNORE_CLASS and name not in self.class_names:
+            return self.ignore, _ALL
         if self.mode == "binary":
-            return 1, 0
-        named = self.class_names[1:] if self.mode == "multiclass" else self.class_names
-        if name not in named:
+            return int(not self.class_names or name == self.class_names[0]), 0
+        if name not in self.class_names:
             which = f"class {name!r}" if name else "no class"
             raise InputImageError(
                 f"{path}: a polygon of {which}; mode={self.mode} draws GeoJSON labels by "
@@ -170,8 +195,13 @@ class GeoJsonLabels(ImageSource):
         return (index, 0) if self.mode == "multiclass" else (1, index)
 
     def values(self) -> set[int]:
-        """The values the labels hold: 0 and each polygon's."""
-        return {0} | {value for value, _, _ in self.shapes}
+        """The values the labels hold: each polygon's, and 0 or ``ignore`` elsewhere."""
+        return {self.ignore if self.sparse else 0} | {value for value, _, _ in self.shapes}
+
+    @property
+    def ignores(self) -> bool:
+        """Whether any pixel may be not labelled."""
+        return self.sparse or len(self.labelled) < len(self.shapes)
 
     def _inspect(self) -> ImageInfo:
         _, _, z, y, x = self.image_shape
@@ -185,12 +215,23 @@ class GeoJsonLabels(ImageSource):
         self, t: int, channels: tuple[int, ...], region: tuple[tuple[int, int], ...]
     ) -> np.ndarray:
         (z0, z1), (y0, y1), (x0, x1) = region
-        planes = np.zeros((len(channels), y1 - y0, x1 - x0), np.uint16)
+        fill = self.ignore if self.sparse else 0
+        planes = np.full((len(channels), y1 - y0, x1 - x0), fill, np.uint16)
         top, left, bottom, right = self.boxes.T
         near = (bottom >= y0) & (top <= y1) & (right >= x0) & (left <= x1)
         for i in np.flatnonzero(near):  # in the file's order: later polygons on top
             value, channel, rings = self.shapes[i]
-            if channel in channels:
-                inside = rasterize(rings, self.scale, (y0, x0), planes.shape[1:])
+            if channel != _ALL and channel not in channels and self.mode != "multilabel":
+                continue
+            inside = rasterize(rings, self.scale, (y0, x0), planes.shape[1:])
+            if channel == _ALL:
+                planes[:, inside] = value
+            elif self.mode == "multilabel":  # labelled in every channel, 1 in its own
+                covered = planes[:, inside]
+                covered[covered == self.ignore] = 0
+                planes[:, inside] = covered
+                if channel in channels:
+                    planes[channels.index(channel)][inside] = 1
+            else:
                 planes[channels.index(channel)][inside] = value
         return np.repeat(planes[:, None], z1 - z0, axis=1)

@@ -14,6 +14,7 @@ from torch import nn
 from raysegment.config import TrainConfig
 from raysegment.errors import ConfigError
 from raysegment.registry import Registry
+from raysegment.train.data import IGNORE
 
 __all__ = [
     "ARCHITECTURES",
@@ -23,6 +24,7 @@ __all__ = [
     "build_model",
     "check_combination",
     "check_encoder",
+    "make_loss",
     "metric_values",
 ]
 
@@ -41,9 +43,10 @@ ARCHITECTURES = (
     "DPT",
 )
 
-LossFactory = Callable[[str], nn.Module]
+LossFactory = Callable[[str, "int | None"], nn.Module]
 LOSSES: Registry[tuple[LossFactory, tuple[str, ...]]] = Registry("loss")
-"""name -> (factory taking the mode, the modes it supports)."""
+"""name -> (factory taking the mode and the target of pixels not labelled, or None where
+it cannot leave them out; the modes it supports)."""
 ALL_MODES = ("binary", "multilabel", "multiclass")
 
 
@@ -62,38 +65,40 @@ def _loss(name: str, modes: tuple[str, ...] = ALL_MODES) -> Callable[[LossFactor
 
 
 @_loss("JaccardLoss")
-def _jaccard(mode: str) -> nn.Module:
-    return _smp().losses.JaccardLoss(mode)
+def _jaccard(mode: str, ignore: int | None = None) -> nn.Module:
+    return _smp().losses.JaccardLoss(mode, ignore_index=ignore)
 
 
 @_loss("DiceLoss")
-def _dice(mode: str) -> nn.Module:
-    return _smp().losses.DiceLoss(mode)
+def _dice(mode: str, ignore: int | None = None) -> nn.Module:
+    return _smp().losses.DiceLoss(mode, ignore_index=ignore)
 
 
 @_loss("TverskyLoss")
-def _tversky(mode: str) -> nn.Module:
-    return _smp().losses.TverskyLoss(mode)
+def _tversky(mode: str, ignore: int | None = None) -> nn.Module:
+    return _smp().losses.TverskyLoss(mode, ignore_index=ignore)
 
 
 @_loss("FocalLoss")
-def _focal(mode: str) -> nn.Module:
-    return _smp().losses.FocalLoss(mode)
+def _focal(mode: str, ignore: int | None = None) -> nn.Module:
+    if mode == "multilabel" and ignore is not None:
+        return _PerChannel(_smp().losses.FocalLoss("binary", ignore_index=ignore), ignore)
+    return _smp().losses.FocalLoss(mode, ignore_index=ignore)
 
 
 @_loss("LovaszLoss")
-def _lovasz(mode: str) -> nn.Module:
-    return _smp().losses.LovaszLoss(mode)
+def _lovasz(mode: str, ignore: int | None = None) -> nn.Module:
+    return _smp().losses.LovaszLoss(mode, ignore_index=ignore)
 
 
 @_loss("SoftBCEWithLogitsLoss", ("binary", "multilabel"))
-def _soft_bce(mode: str) -> nn.Module:
-    return _smp().losses.SoftBCEWithLogitsLoss()
+def _soft_bce(mode: str, ignore: int | None = None) -> nn.Module:
+    return _smp().losses.SoftBCEWithLogitsLoss(ignore_index=ignore)
 
 
 @_loss("SoftCrossEntropyLoss", ("multiclass",))
-def _soft_ce(mode: str) -> nn.Module:
-    return _smp().losses.SoftCrossEntropyLoss(smooth_factor=0.0)
+def _soft_ce(mode: str, ignore: int | None = None) -> nn.Module:
+    return _smp().losses.SoftCrossEntropyLoss(smooth_factor=0.0, ignore_index=ignore)
 
 
 class _OnProbabilities(nn.Module):
@@ -108,8 +113,55 @@ class _OnProbabilities(nn.Module):
 
 
 @_loss("MCCLoss", ("binary",))
-def _mcc(mode: str) -> nn.Module:
+def _mcc(mode: str, ignore: int | None = None) -> nn.Module:
+    if ignore is not None:
+        raise ConfigError(
+            "loss=MCCLoss cannot leave out pixels not labelled (ignore_index, "
+            "unannotated=ignore, Ignore* annotations); choose DiceLoss or FocalLoss"
+        )
     return _OnProbabilities(_smp().losses.MCCLoss())
+
+
+class _PerChannel(nn.Module):
+    """A binary loss per channel of multilabel targets, averaged over the channels that
+    hold a labelled pixel (segmentation-models-pytorch's multilabel FocalLoss cannot leave
+    pixels out: it indexes each channel with the whole target's mask)."""
+
+    def __init__(self, loss: nn.Module, ignore: int) -> None:
+        super().__init__()
+        self.loss, self.ignore = loss, ignore
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        losses = [
+            self.loss(logits[:, c], target[:, c])
+            for c in range(target.shape[1])
+            if (target[:, c] != self.ignore).any()
+        ]
+        return torch.stack(losses).mean()
+
+
+class _Labelled(nn.Module):
+    """A loss that leaves out pixels not labelled, and gives 0 (with a gradient of zeros)
+    for a batch without a labelled pixel: a sparsely labelled image's patch may hold none,
+    where FocalLoss would give NaN and LovaszLoss no scalar."""
+
+    def __init__(self, loss: nn.Module, ignore: int) -> None:
+        super().__init__()
+        self.loss, self.ignore = loss, ignore
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        if not (target != self.ignore).any():
+            return (logits * 0.0).sum()
+        return self.loss(logits, target)  # type: ignore[no-any-return]
+
+
+def make_loss(name: str, mode: str, ignores: bool = False) -> nn.Module:
+    """Loss ``name`` for ``mode``; with ``ignores``, one leaving out the targets ``IGNORE``
+    (pixels not labelled)."""
+    factory, _ = LOSSES.get(name)
+    if not ignores:
+        return factory(mode, None)
+    return _Labelled(factory(mode, IGNORE), IGNORE)
 
 
 OptimizerFactory = Callable[[Iterable[nn.Parameter], float], torch.optim.Optimizer]

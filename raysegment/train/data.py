@@ -11,13 +11,17 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from raysegment.config import TrainConfig
-from raysegment.data.annotations import GeoJsonLabels, is_geojson
+from raysegment.config import TrainConfig, Unannotated
+from raysegment.data.annotations import IGNORED, GeoJsonLabels, is_geojson
 from raysegment.data.pairs import pair_images
 from raysegment.data.sources import ImageSource, open_source
 from raysegment.errors import ConfigError, InputImageError
 
-__all__ = ["Pair", "TrainingSet", "prepare", "read_patches"]
+__all__ = ["IGNORE", "Pair", "TrainingSet", "prepare", "read_patches"]
+
+IGNORE = -1
+"""The target of a pixel not labelled (``TrainingSet.ignore``): the losses and the metrics
+leave it out."""
 
 _SCAN = 1024
 _STAT_SAMPLES = 16
@@ -50,6 +54,9 @@ class TrainingSet:
     patch: tuple[int, int]
     mean: tuple[float, ...]
     std: tuple[float, ...]
+    ignore: int | None = None
+    """The label value of pixels not labelled (``ignore_index``, or GeoJSON labels'
+    ``IGNORED``); None where every pixel is labelled."""
 
     def train_specs(self, count: int, seed: int, epoch: int = 0) -> list[dict[str, int]]:
         """``count`` random patches of an epoch, images drawn in proportion to their
@@ -72,21 +79,25 @@ class TrainingSet:
     def val_specs(self, count: int) -> list[dict[str, int]]:
         """A fixed grid of patches over the validation images, evenly thinned to ``count``;
         where images are labelled by GeoJSON annotations, a share ``ANNOTATED`` of them
-        centred on their polygons instead (a slide's glass alone tells little)."""
+        centred on their polygons instead (a slide's glass alone tells little), all of
+        them where the annotations alone label (``sparse``)."""
         grid, centred = [], []
         for i in self.val:
             pair, (ph, pw) = self.pairs[i], self.patch
             (h, w), planes = pair.size, pair.planes
+            label = pair.label
+            if isinstance(label, GeoJsonLabels):
+                for top, left, bottom, right in label.labelled:
+                    y, x = _centred_at((top + bottom) / 2, (left + right) / 2, (h, w), self.patch)
+                    centred += [{"pair": i, "z": z, "y": y, "x": x} for z in range(planes)]
+                if label.sparse:
+                    continue
             ys = sorted({*range(0, h - ph + 1, ph), h - ph})
             xs = sorted({*range(0, w - pw + 1, pw), w - pw})
             for z, y, x in itertools.product(range(planes), ys, xs):
                 grid.append({"pair": i, "z": z, "y": y, "x": x})
-            if isinstance(pair.label, GeoJsonLabels):
-                for top, left, bottom, right in pair.label.boxes:
-                    y, x = _centred_at((top + bottom) / 2, (left + right) / 2, (h, w), self.patch)
-                    centred += [{"pair": i, "z": z, "y": y, "x": x} for z in range(planes)]
-        if not centred:
-            return _thinned(grid, count)
+        if not centred or not grid:
+            return _thinned(grid or centred, count)
         share = min(len(centred), max(1, round(count * ANNOTATED)))
         return _thinned(centred, share) + _thinned(grid, count - share)
 
@@ -140,28 +151,32 @@ def _label_values(label: ImageSource) -> set[int]:
     return values
 
 
-def _classes(cfg: TrainConfig, pairs: list[Pair]) -> int:
+def _classes(cfg: TrainConfig, pairs: list[Pair], ignore: int | None) -> int:
+    """The model's output channels from the labels' values (``ignore`` left out)."""
     mode = cfg.mode.value
+    unlabelled = {ignore} if ignore is not None else set()
     if mode == "multilabel":
         counts = {p.label.info.shape[1] for p in pairs}
         if len(counts) != 1:
             raise InputImageError(f"labels have differing channel counts {sorted(counts)}")
         for p in pairs:
-            bad = sorted(_label_values(p.label) - {0, 1})
+            bad = sorted(_label_values(p.label) - {0, 1} - unlabelled)
             if bad:
                 raise InputImageError(
                     f"{p.label.path}: has values {bad[:5]}; mode=multilabel needs 0/1 per channel"
+                    + ("" if ignore is not None else " (and ignore_index= where not labelled)")
                 )
         return counts.pop()
     seen: dict[int, str] = {}
     for p in pairs:
-        values = _label_values(p.label)
+        values = (_label_values(p.label) - unlabelled) or {0}
         if min(values) < 0:
             raise InputImageError(f"{p.label.path}: has negative label values")
         if mode == "binary" and len(values - {0}) > 1:
             raise InputImageError(
                 f"{p.label.path}: has values {sorted(values)[:6]}; mode=binary needs 0 and one "
-                f"foreground value (use mode=multiclass for several classes)"
+                f"foreground value (use mode=multiclass for several classes, ignore_index= for "
+                f"the value of pixels not labelled)"
             )
         seen |= {v: p.label.path for v in values}
     if mode == "binary":
@@ -174,7 +189,13 @@ def _classes(cfg: TrainConfig, pairs: list[Pair]) -> int:
             f"{seen[top]}: holds class {top} but classes={classes}; raise classes= or fix the "
             f"labels (classes are 0 .. classes-1)"
         )
-    return max(classes, 2)
+    classes = max(classes, 2)
+    if cfg.ignore_index is not None and cfg.ignore_index < classes:
+        raise ConfigError(
+            f"ignore_index={cfg.ignore_index} is one of the classes 0 .. {classes - 1}; choose a "
+            f"value no class takes (e.g. 255)"
+        )
+    return classes
 
 
 def _stats(
@@ -246,11 +267,21 @@ def prepare(cfg: TrainConfig) -> TrainingSet:
     sizes = cfg.patch_size * 2 if len(cfg.patch_size) == 1 else cfg.patch_size
     patch = (int(sizes[0]), int(sizes[1]))
     pairs = []
+    sparse = cfg.unannotated == Unannotated.ignore
+    if sparse and not any(is_geojson(label) for _, label in found):
+        raise ConfigError(
+            f"unannotated=ignore: the labels in {cfg.labels.dir} are images, not GeoJSON "
+            f"annotations; mark their pixels not labelled with a value and give it as "
+            f"ignore_index="
+        )
+    drawn = cfg.ignore_index if cfg.ignore_index is not None else IGNORED
     for image_path, label_path in found:
         image = open_source(image_path)
         if is_geojson(label_path):
             mode = str(cfg.mode.value)
-            label: ImageSource = GeoJsonLabels(label_path, image, mode, cfg.class_names)
+            label: ImageSource = GeoJsonLabels(
+                label_path, image, mode, cfg.class_names, drawn, sparse
+            )
         else:
             label = open_source(label_path)
         pair = Pair(image, label)
@@ -264,7 +295,10 @@ def prepare(cfg: TrainConfig) -> TrainingSet:
     channels = tuple(cfg.channels) if cfg.channels is not None else tuple(range(counts.pop()))
     if max(channels) >= min(p.image.info.shape[1] for p in pairs):
         raise ConfigError(f"channels={list(channels)}: an image has fewer channels")
-    classes = _classes(cfg, pairs)
+    ignore = cfg.ignore_index
+    if any(isinstance(p.label, GeoJsonLabels) and p.label.ignores for p in pairs):
+        ignore = drawn
+    classes = _classes(cfg, pairs, ignore)
     if cfg.class_names is not None and len(cfg.class_names) != classes:
         raise ConfigError(
             f"class_names={cfg.class_names} names {len(cfg.class_names)} class(es) but the "
@@ -276,7 +310,7 @@ def prepare(cfg: TrainConfig) -> TrainingSet:
     measured = tuple(range(len(pairs))) if cfg.folds > 1 else train
     mean, std = _stats(pairs, measured, channels)
     return TrainingSet(
-        tuple(pairs), train, val, channels, cfg.mode.value, classes, patch, mean, std
+        tuple(pairs), train, val, channels, cfg.mode.value, classes, patch, mean, std, ignore
     )  # type: ignore[arg-type]
 
 
@@ -296,14 +330,15 @@ def _augment(
 
 ANNOTATED = 1 / 3
 """Share of a GeoJSON-labelled image's random patches centred on one of its polygons (as
-nnU-Net oversamples foreground): a slide's few annotations are met, not only its glass."""
+nnU-Net oversamples foreground): a slide's few annotations are met, not only its glass.
+Where the annotations alone label (``sparse``), every patch is."""
 
 
 def _at_annotation(
     label: GeoJsonLabels, rng: np.random.Generator, size: tuple[int, int], patch: tuple[int, int]
 ) -> tuple[int, int]:
     """The corner of a patch centred at a random point of a random polygon's box."""
-    top, left, bottom, right = label.boxes[int(rng.integers(len(label.boxes)))]
+    top, left, bottom, right = label.labelled[int(rng.integers(len(label.labelled)))]
     return _centred_at(rng.uniform(top, bottom), rng.uniform(left, right), size, patch)
 
 
@@ -321,7 +356,8 @@ def read_patches(
 ) -> dict[str, np.ndarray]:
     """Read the patches a batch of specs names: x (N, C, h, w) float32 normalized, y as the
     loss wants it: (N, 1, h, w) float32 binary, (N, C, h, w) float32 multilabel, (N, h, w)
-    int64 multiclass. Specs with a ``seed`` are random crops; others name their corner."""
+    int64 multiclass, ``IGNORE`` where not labelled. Specs with a ``seed`` are random crops;
+    others name their corner."""
     xs, ys = [], []
     mean = np.asarray(data.mean, np.float32)[:, None, None]
     std = np.asarray(data.std, np.float32)[:, None, None]
@@ -337,8 +373,8 @@ def read_patches(
                 int(rng.integers(0, w - pw + 1)),
             )
             label = pair.label
-            if isinstance(label, GeoJsonLabels) and len(label.boxes):
-                if rng.random() < ANNOTATED:
+            if isinstance(label, GeoJsonLabels) and len(label.labelled):
+                if label.sparse or rng.random() < ANNOTATED:
                     y0, x0 = _at_annotation(label, rng, (h, w), data.patch)
         else:
             rng = None
@@ -354,7 +390,10 @@ def read_patches(
         ys.append(np.ascontiguousarray(y))
     y = np.stack(ys)
     if data.mode == "multiclass":
-        target = y[:, 0].astype(np.int64)
+        y = y[:, 0]
+        target = y.astype(np.int64)
     else:
         target = (y > 0).astype(np.float32)
+    if data.ignore is not None:
+        target[y == data.ignore] = IGNORE
     return {"x": np.stack(xs), "y": target}

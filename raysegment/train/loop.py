@@ -21,8 +21,8 @@ import torch
 
 from raysegment.compute import argmax, autocast, choose_layout
 from raysegment.runtime import node_cpus, quiet_ray_data
-from raysegment.train.components import LOSSES, OPTIMIZERS, build_model, metric_values
-from raysegment.train.data import read_patches
+from raysegment.train.components import OPTIMIZERS, build_model, make_loss, metric_values
+from raysegment.train.data import IGNORE, read_patches
 from raysegment.train.schedule import EarlyStopping, learning_rate
 
 __all__ = [
@@ -58,17 +58,24 @@ next batch coming (benchmarks/HISTORY.md, session 30)."""
 
 
 def _stats(logits: torch.Tensor, target: torch.Tensor, mode: str, classes: int) -> torch.Tensor:
-    """Summed (tp, fp, fn, tn) per class, shape (4, C)."""
+    """Summed (tp, fp, fn, tn) per class, shape (4, C), of the pixels labelled (targets
+    ``IGNORE`` left out)."""
     import segmentation_models_pytorch as smp
 
     if mode == "multiclass":
-        out, kw = argmax(logits, 1), {"num_classes": classes}
+        out, kw = argmax(logits, 1), {"num_classes": classes, "ignore_index": IGNORE}
         tp, fp, fn, tn = smp.metrics.get_stats(out, target, mode="multiclass", **kw)
-    else:
-        tp, fp, fn, tn = smp.metrics.get_stats(
-            torch.sigmoid(logits), target.long(), mode=mode, threshold=0.5
-        )
-    return torch.stack([tp.sum(0), fp.sum(0), fn.sum(0), tn.sum(0)]).double()
+        return torch.stack([tp.sum(0), fp.sum(0), fn.sum(0), tn.sum(0)]).double()
+    # Binary and multilabel by hand: segmentation-models-pytorch leaves nothing out there.
+    dims = (0, *range(2, target.ndim))
+    labelled, truth, said = target != IGNORE, target == 1, logits >= 0  # sigmoid >= 0.5
+    counts = [
+        (said & truth & labelled).sum(dims),
+        (said & ~truth & labelled).sum(dims),
+        (~said & truth & labelled).sum(dims),
+        (~said & ~truth & labelled).sum(dims),
+    ]
+    return torch.stack(counts).double()
 
 
 def _all_reduce(t: torch.Tensor) -> torch.Tensor:
@@ -242,8 +249,7 @@ def train_loop(config: dict[str, Any]) -> None:
     scaler = torch.amp.GradScaler(device.type) if precision == "float16" else None
     if scaler is not None and state is not None and state.get("scaler") and resume is not None:
         scaler.load_state_dict(state["scaler"])
-    factory, _ = LOSSES.get(config["loss"])
-    loss_fn = factory(mode)
+    loss_fn = make_loss(config["loss"], mode, data.ignore is not None)
     val_batches = val_read.result()
 
     for epoch in range(start_epoch, config["max_epochs"]):

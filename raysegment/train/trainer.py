@@ -26,7 +26,12 @@ from raysegment.runtime import (
     start_ray_while,
     stop_ray,
 )
-from raysegment.train.components import build_model, check_combination, check_encoder
+from raysegment.train.components import (
+    build_model,
+    check_combination,
+    check_encoder,
+    make_loss,
+)
 from raysegment.train.data import TrainingSet, prepare
 from raysegment.train.export import TrainSummary, export_model
 from raysegment.train.loop import train_loop
@@ -61,6 +66,7 @@ def _auto_batch_size(cfg: TrainConfig, data: TrainingSet, use_gpu: bool) -> int:
 
 def _probe(cfg: TrainConfig, data: TrainingSet) -> None:
     """Build the model and run one patch through it before any worker starts."""
+    make_loss(cfg.loss, data.mode, data.ignore is not None)  # MCCLoss cannot leave pixels out
     model = build_model(
         cfg.model.arch, cfg.model.encoder, len(data.channels), data.classes, cfg.model.weights
     )

@@ -21,8 +21,10 @@ from raysegment.train.components import (  # noqa: E402
     build_model,
     check_combination,
     check_encoder,
+    make_loss,
     metric_values,
 )
+from raysegment.train.data import IGNORE  # noqa: E402
 from raysegment.train.loop import EarlyStopping, _stats, forward, place, train_step  # noqa: E402
 
 CPU = torch.device("cpu")
@@ -109,6 +111,73 @@ def test_losses_compute_or_refuse_the_mode(loss: str, mode: str) -> None:
         assert torch.isfinite(value) and torch.isfinite(logits.grad).all()
         perfect = factory(mode)(_confident(target, logits.shape), target)
         assert perfect < value  # the loss rewards a right prediction
+
+
+SUPPORTED = [(loss, mode) for loss in LOSSES.names() for mode in LOSSES.get(loss)[1]]
+
+
+def _partly_unlabelled(mode: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Logits, targets with about 40% of pixels IGNORE, and where the logits' pixels are
+    not labelled."""
+    logits, target = MODE_TARGETS[mode]()
+    ignored = torch.rand(target.shape) < 0.4
+    target = target.masked_fill(ignored, IGNORE)
+    unlabelled = ignored[:, None].expand_as(logits) if mode == "multiclass" else ignored
+    return logits, target, unlabelled
+
+
+@pytest.mark.parametrize("loss, mode", SUPPORTED)
+def test_losses_leave_out_pixels_not_labelled(loss: str, mode: str) -> None:
+    """With pixels not labelled, a loss neither sees them (its value is the same whatever
+    the logits there) nor learns from them (their gradient is zero) but learns from the
+    rest; a batch without a labelled pixel gives 0; MCCLoss, which cannot leave pixels
+    out, is refused in one line."""
+    if loss == "MCCLoss":
+        with pytest.raises(ConfigError, match="loss=MCCLoss cannot leave out pixels"):
+            make_loss(loss, mode, ignores=True)
+        return
+    loss_fn = make_loss(loss, mode, ignores=True)
+    for seed in range(3):
+        torch.manual_seed(seed)
+        logits, target, unlabelled = _partly_unlabelled(mode)
+        logits = (logits * 4).requires_grad_(True)
+        value = loss_fn(logits, target)
+        value.backward()
+        assert torch.isfinite(value)
+        assert (logits.grad[unlabelled] == 0).all() and logits.grad[~unlabelled].abs().sum() > 0
+        moved = logits.detach() + torch.randn_like(logits) * 10 * unlabelled
+        assert torch.allclose(loss_fn(moved, target), value.detach(), atol=1e-5)
+        perfect = _confident(target.clamp(min=0), logits.shape)
+        assert loss_fn(perfect, target) < value
+    nothing = torch.full_like(target, IGNORE)
+    logits = torch.randn(logits.shape, requires_grad=True)
+    zero = loss_fn(logits, nothing)
+    zero.backward()
+    assert zero == 0 and torch.equal(logits.grad, torch.zeros_like(logits))
+
+
+@pytest.mark.parametrize("mode, classes", [("binary", 1), ("multilabel", 3), ("multiclass", 3)])
+def test_metrics_count_the_labelled_pixels_only(mode: str, classes: int) -> None:
+    """The validation counts (tp, fp, fn, tn per class) leave out pixels not labelled: a
+    batch whose second patch is wholly unlabelled counts as its first patch alone; with
+    none unlabelled they are segmentation-models-pytorch's."""
+    import segmentation_models_pytorch as smp
+
+    torch.manual_seed(0)
+    logits, target, _ = _partly_unlabelled(mode)
+    counts = _stats(logits, target, mode, classes)
+    labelled = target != IGNORE
+    labelled = labelled.sum() if mode == "multiclass" else labelled.sum((0, 2, 3))
+    assert torch.equal(counts.sum(0), torch.as_tensor(labelled).double().expand(classes))
+    logits, target = MODE_TARGETS[mode]()
+    first = _stats(logits[:1], target[:1], mode, classes)
+    target[1] = IGNORE
+    assert torch.equal(_stats(logits, target, mode, classes), first)
+    if mode != "multiclass":
+        target = target.clamp(min=0).long()
+        tp, fp, fn, tn = smp.metrics.get_stats(torch.sigmoid(logits), target, mode, threshold=0.5)
+        want = torch.stack([tp.sum(0), fp.sum(0), fn.sum(0), tn.sum(0)]).double()
+        assert torch.equal(_stats(logits, target.float(), mode, classes), want)
 
 
 @pytest.mark.parametrize(

@@ -10,8 +10,8 @@ import tifffile
 
 from raysegment.config import TrainConfig, load_config
 from raysegment.data.pairs import pair_images
-from raysegment.errors import InputImageError
-from raysegment.train.data import prepare, read_patches
+from raysegment.errors import ConfigError, InputImageError
+from raysegment.train.data import IGNORE, prepare, read_patches
 
 
 def _write(root: Path, images: dict[str, np.ndarray], labels: dict[str, np.ndarray]) -> None:
@@ -257,14 +257,17 @@ def _annotations(seed: int) -> dict:
     }
 
 
-def _drawn(document: dict, classes: dict[str, int], shape: tuple[int, int]) -> np.ndarray:
+def _drawn(
+    document: dict, classes: dict[str, int], shape: tuple[int, int], fill: int = 0
+) -> np.ndarray:
     """The oracle: each pixel's value by whether its centre lies inside each polygon
-    (matplotlib's point-in-polygon test), later polygons over earlier ones."""
+    (matplotlib's point-in-polygon test), later polygons over earlier ones, ``fill``
+    outside them all."""
     from matplotlib.path import Path as Outline
 
     ys, xs = np.mgrid[: shape[0], : shape[1]]
     centres = np.stack([xs.ravel() + 0.5, ys.ravel() + 0.5], axis=1)
-    out = np.zeros(shape, np.uint16)
+    out = np.full(shape, fill, np.uint16)
     for feature in document["features"]:
         geometry = feature["geometry"]
         parts = {"Polygon": [geometry["coordinates"]], "MultiPolygon": geometry["coordinates"]}
@@ -368,3 +371,125 @@ def test_a_third_of_a_slides_patches_are_centred_on_its_annotations(tmp_path: Pa
     met = read_patches(batch, data, augment=False)["y"].reshape(9, -1).any(axis=1)
     assert met.tolist() == [True] + [False] * 8
     assert data.val_specs(1) == val[:1]
+
+
+def _ignore_feature(*corners: tuple[float, float]) -> dict:
+    """A polygon of QuPath's class for regions to leave out."""
+    ring = [list(c) for c in (*corners, corners[0])]
+    return {
+        "type": "Feature",
+        "geometry": {"type": "Polygon", "coordinates": [ring]},
+        "properties": {"classification": {"name": "Ignore*"}},
+    }
+
+
+def test_sparse_annotations_label_only_what_they_cover(tmp_path: Path) -> None:
+    """unannotated=ignore: pixels outside every polygon are not labelled (their targets
+    IGNORE, left out of the loss and the metrics); polygons of QuPath's class Ignore* are
+    not labelled either way; binary with class_names makes its class's polygons 1 and the
+    others' 0; multilabel labels every channel under a polygon."""
+    import json
+
+    from raysegment.data.annotations import IGNORED
+
+    rng = np.random.default_rng(4)
+    images = {f"s{i}.tif": rng.integers(0, 999, (96, 128), dtype=np.uint16) for i in range(3)}
+    _write(tmp_path, images, {})
+    documents = {f"s{i}": _annotations(i) for i in range(3)}
+    for name, document in documents.items():
+        document["features"].append(_ignore_feature((50, 20), (64, 20), (64, 60), (50, 60)))
+        (tmp_path / "lbl" / f"{name}.geojson").write_text(json.dumps(document))
+    whole = ((0, 1), (0, 96), (0, 128))
+    names = "class_names=[background,Tumor,Stroma]"
+    sparse = prepare(_cfg(tmp_path, "mode=multiclass", names, "unannotated=ignore"))
+    assert sparse.ignore == IGNORED and sparse.classes == 3
+    classes = {"Tumor": 1, "Stroma": 2, "Ignore*": IGNORED}
+    for k, pair in enumerate(sparse.pairs):
+        want = _drawn(documents[f"s{k}"], classes, (96, 128), fill=IGNORED)
+        assert {0, 1, 2, IGNORED} - {0} <= set(np.unique(want))
+        np.testing.assert_array_equal(pair.label.read(0, (0,), whole)[0, 0], want)
+    spec = {"pair": np.array([0]), "z": np.array([0]), "y": np.array([40]), "x": np.array([50])}
+    target = read_patches(spec, sparse, augment=False)["y"][0]
+    want = _drawn(documents["s0"], classes, (96, 128), fill=IGNORED)[40:72, 50:82]
+    np.testing.assert_array_equal(target, np.where(want == IGNORED, IGNORE, want.astype(int)))
+    assert (target == IGNORE).any() and (target >= 0).any()
+    # Unannotated as background (the default): only the Ignore* polygon is not labelled;
+    # binary by its one class name: Tumor 1, Stroma annotated as background.
+    binary = prepare(_cfg(tmp_path, "class_names=[Tumor]", "ignore_index=300"))
+    assert binary.ignore == 300 and binary.classes == 1
+    got = binary.pairs[1].label.read(0, (0,), whole)[0, 0]
+    want = _drawn(documents["s1"], {"Tumor": 1, "Stroma": 0, "Ignore*": 300}, (96, 128))
+    np.testing.assert_array_equal(got, want)
+    assert {0, 1, 300} <= set(np.unique(got))
+    # Multilabel: a polygon labels every channel where it lies, 1 in its class's.
+    multi = prepare(
+        _cfg(tmp_path, "mode=multilabel", "class_names=[Tumor,Stroma]", "unannotated=ignore")
+    )
+    got = multi.pairs[2].label.read(0, (0, 1), whole)[:, 0]
+    document = documents["s2"]
+    labelled = _drawn(document, {"Tumor": 1, "Stroma": 1, "Ignore*": 0}, (96, 128), fill=0) == 1
+    for channel, name in ((0, "Tumor"), (1, "Stroma")):
+        alone = {
+            "features": [
+                f for f in document["features"] if f["properties"]["classification"]["name"] == name
+            ]
+        }
+        drawn = _drawn(alone, {name: 1}, (96, 128)).astype(bool)
+        assert (got[channel][drawn & labelled] == 1).all()
+        assert (got[channel][labelled & ~drawn] == 0).all()
+        assert (got[channel][~labelled] == IGNORED).all()
+    # Without GeoJSON labels, unannotated=ignore has nothing to act on: one line says so.
+    (tmp_path / "images").mkdir()
+    _ok(tmp_path / "images")
+    with pytest.raises(ConfigError, match="unannotated=ignore: the labels in .* are images"):
+        prepare(_cfg(tmp_path / "images", "unannotated=ignore"))
+
+
+def test_sparse_annotations_put_every_patch_on_an_annotation(tmp_path: Path) -> None:
+    """Where only the annotations label, every random and validation patch is centred on
+    a labelling polygon (not on an Ignore* one): none is wholly unlabelled."""
+    import json
+
+    rng = np.random.default_rng(6)
+    images = {f"s{i}.tif": rng.integers(0, 999, (1024, 1536), dtype=np.uint16) for i in range(2)}
+    _write(tmp_path, images, {})
+    square = [[700.2, 300.3], [720.1, 300.3], [720.1, 320.4], [700.2, 320.4], [700.2, 300.3]]
+    document = {
+        "type": "FeatureCollection",
+        "features": [
+            {"type": "Feature", "geometry": {"type": "Polygon", "coordinates": [square]}},
+            _ignore_feature((100, 900), (300, 900), (300, 1000), (100, 1000)),
+        ],
+    }
+    for name in ("s0", "s1"):
+        (tmp_path / "lbl" / f"{name}.geojson").write_text(json.dumps(document))
+    data = prepare(_cfg(tmp_path, "train_fraction=0.5", "unannotated=ignore"))
+    specs = data.train_specs(40, seed=0)
+    batch = {k: np.array([s[k] for s in specs]) for k in specs[0]}
+    labelled = (read_patches(batch, data, augment=False)["y"] != IGNORE).reshape(40, -1)
+    assert labelled.any(axis=1).all()
+    assert (read_patches(batch, data, augment=False)["y"] == 1).reshape(40, -1).any(axis=1).all()
+    val = data.val_specs(9)
+    assert val == [{"pair": data.val[0], "z": 0, "y": 294, "x": 694}]
+
+
+def test_label_images_mark_pixels_not_labelled_by_ignore_index(tmp_path: Path) -> None:
+    """ignore_index names the label value of pixels not labelled: it is no class (binary
+    labels hold 0, 1 and it), its targets are IGNORE; a class's value is refused."""
+    _ok(tmp_path, mode_values=(0, 1, 255))
+    with pytest.raises(InputImageError, match="mode=binary needs 0 and one foreground"):
+        prepare(_cfg(tmp_path))
+    data = prepare(_cfg(tmp_path, "ignore_index=255"))
+    assert data.ignore == 255 and data.classes == 1
+    spec = {"pair": np.array([0]), "z": np.array([0]), "y": np.array([5]), "x": np.array([7])}
+    label = tifffile.imread(tmp_path / "lbl" / "a0.tif")[5:37, 7:39]
+    target = read_patches(spec, data, augment=False)["y"][0, 0]
+    np.testing.assert_array_equal(target, np.where(label == 255, IGNORE, label > 0))
+    multi = tmp_path / "multi"
+    multi.mkdir()
+    _ok(multi, mode_values=(0, 1, 2, 9))
+    assert prepare(_cfg(multi, "mode=multiclass", "ignore_index=9")).classes == 3
+    with pytest.raises(ConfigError, match="ignore_index=2 is one of the classes 0 .. 9"):
+        prepare(_cfg(multi, "mode=multiclass", "ignore_index=2"))
+    with pytest.raises(ConfigError, match="ignore_index=0 must be in 1 .. 65535"):
+        _cfg(multi, "ignore_index=0")
