@@ -398,15 +398,18 @@ def test_sparse_annotations_label_only_what_they_cover(tmp_path: Path) -> None:
     documents = {f"s{i}": _annotations(i) for i in range(3)}
     for name, document in documents.items():
         document["features"].append(_ignore_feature((50, 20), (64, 20), (64, 60), (50, 60)))
+        background = _ignore_feature((100, 70), (126, 70), (126, 94), (100, 94))
+        background["properties"]["classification"]["name"] = "background"
+        document["features"].append(background)  # the background's class annotated: 0
         (tmp_path / "lbl" / f"{name}.geojson").write_text(json.dumps(document))
     whole = ((0, 1), (0, 96), (0, 128))
     names = "class_names=[background,Tumor,Stroma]"
     sparse = prepare(_cfg(tmp_path, "mode=multiclass", names, "unannotated=ignore"))
     assert sparse.ignore == IGNORED and sparse.classes == 3
-    classes = {"Tumor": 1, "Stroma": 2, "Ignore*": IGNORED}
+    classes = {"background": 0, "Tumor": 1, "Stroma": 2, "Ignore*": IGNORED}
     for k, pair in enumerate(sparse.pairs):
         want = _drawn(documents[f"s{k}"], classes, (96, 128), fill=IGNORED)
-        assert {0, 1, 2, IGNORED} - {0} <= set(np.unique(want))
+        assert {0, 1, 2, IGNORED} <= set(np.unique(want))
         np.testing.assert_array_equal(pair.label.read(0, (0,), whole)[0, 0], want)
     spec = {"pair": np.array([0]), "z": np.array([0]), "y": np.array([40]), "x": np.array([50])}
     target = read_patches(spec, sparse, augment=False)["y"][0]
@@ -418,16 +421,23 @@ def test_sparse_annotations_label_only_what_they_cover(tmp_path: Path) -> None:
     binary = prepare(_cfg(tmp_path, "class_names=[Tumor]", "ignore_index=300"))
     assert binary.ignore == 300 and binary.classes == 1
     got = binary.pairs[1].label.read(0, (0,), whole)[0, 0]
-    want = _drawn(documents["s1"], {"Tumor": 1, "Stroma": 0, "Ignore*": 300}, (96, 128))
+    binary_classes = {"Tumor": 1, "Stroma": 0, "Ignore*": 300, "background": 0}
+    want = _drawn(documents["s1"], binary_classes, (96, 128))
     np.testing.assert_array_equal(got, want)
     assert {0, 1, 300} <= set(np.unique(got))
     # Multilabel: a polygon labels every channel where it lies, 1 in its class's.
     multi = prepare(
-        _cfg(tmp_path, "mode=multilabel", "class_names=[Tumor,Stroma]", "unannotated=ignore")
+        _cfg(
+            tmp_path,
+            "mode=multilabel",
+            "class_names=[Tumor,Stroma,background]",
+            "unannotated=ignore",
+        )
     )
     got = multi.pairs[2].label.read(0, (0, 1), whole)[:, 0]
     document = documents["s2"]
-    labelled = _drawn(document, {"Tumor": 1, "Stroma": 1, "Ignore*": 0}, (96, 128), fill=0) == 1
+    marks = {"Tumor": 1, "Stroma": 1, "Ignore*": 0, "background": 1}
+    labelled = _drawn(document, marks, (96, 128), fill=0) == 1
     for channel, name in ((0, "Tumor"), (1, "Stroma")):
         alone = {
             "features": [
