@@ -13,7 +13,7 @@ __all__ = ["DEFAULT_PATTERN", "IMAGE_NAMES", "resolve_inputs"]
 
 IMAGE_NAMES = (
     r"ome\.tiff?|tiff?|ome\.zarr|zarr|n5|svs|ndpi|qptiff|czi|h5|hdf5|hdf|ims|mrc|rec"
-    r"|mrxs|vms|vmu|scn|bif|svslide"
+    r"|mrxs|vms|vmu|scn|bif|svslide|nii|nii\.gz"
 )
 """The suffixes of the images a directory holds, as a regular expression's alternatives."""
 DEFAULT_PATTERN = rf".*\.({IMAGE_NAMES})"

@@ -86,6 +86,8 @@ IMAGE_SUFFIXES = (
     ".ims",
     ".mrc",
     ".rec",
+    ".nii.gz",
+    ".nii",
 )
 
 _UNITS = {
@@ -1812,6 +1814,7 @@ def open_sources(
     from raysegment.data.bdv import bdv_project, bdv_sources
     from raysegment.data.hdf5 import hdf5_parts, hdf5_sources
     from raysegment.data.mrc import MRC_SUFFIXES, MrcSource
+    from raysegment.data.nifti import NIFTI_SUFFIXES, NiftiSource
     from raysegment.data.slides import OpenSlideSource
 
     p = storage.resolve(path)
@@ -1844,7 +1847,7 @@ def open_sources(
             f"{p}: only zarr, OME-Zarr, TIFF (OME-TIFF, SVS, NDPI, QPTIFF), N5, Neuroglancer "
             f"precomputed and BigDataViewer N5 / OME-Zarr projects (.xml) are read from URLs "
             f"(N5 and precomputed with pip install 'raysegment[tensorstore]'); copy the file "
-            f"(CZI, HDF5, Imaris, MRC, MIRAX and other OpenSlide formats) to a local or "
+            f"(CZI, HDF5, Imaris, MRC, NIfTI, MIRAX and other OpenSlide formats) to a local or "
             f"mounted path, or convert it to OME-Zarr"
         )
     elif os.path.isfile(p) and name.endswith(".czi"):
@@ -1852,13 +1855,16 @@ def open_sources(
         kind = "czi"
     elif os.path.isfile(p) and name.endswith(MRC_SUFFIXES):
         return _checked([MrcSource(p, axes, level=level)])
+    elif os.path.isfile(p) and name.endswith(NIFTI_SUFFIXES):
+        return _checked([NiftiSource(p, axes, level=level)])
     elif os.path.isfile(p) and name.endswith(OPENSLIDE_SUFFIXES):
         return _checked([OpenSlideSource(p, level=level)])
     else:
         raise InputImageError(
             f"{p}: not a supported image; give an OME-TIFF, TIFF (or SVS, NDPI, QPTIFF), "
             f"MIRAX (.mrxs) or other OpenSlide slide (.vms, .vmu, .scn, .bif, .svslide), "
-            f"CZI, HDF5 (.h5, .hdf5, .hdf), Imaris (.ims) or MRC (.mrc, .rec) file, "
+            f"CZI, HDF5 (.h5, .hdf5, .hdf), Imaris (.ims), MRC (.mrc, .rec) or NIfTI "
+            f"(.nii, .nii.gz) file, "
             f"BigDataViewer project (.xml), zarr array, OME-Zarr, N5 or Neuroglancer "
             f"precomputed volume"
         )

@@ -1,0 +1,61 @@
+"""Reading a CT as NIfTI: the same volume as ``.nii`` (memory-mapped) and ``.nii.gz``.
+
+    python benchmarks/nifti_read.py [OUT]
+
+Writes a 300 x 512 x 512 int16 volume (a CT's size) as ``OUT/ct.nii`` and
+``OUT/ct.nii.gz``, then reads each through ``NiftiSource`` in the twelve 128 x 256 x 256
+regions of a run's blocks, in order, and prints the seconds (best of two rounds). A
+gzipped file is decompressed from its start for every region (nibabel seeks through
+``indexed_gzip`` where it is installed: run it with and without).
+"""
+
+from __future__ import annotations
+
+import itertools
+import sys
+import time
+from pathlib import Path
+
+import nibabel
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from raysegment.data.sources import open_sources  # noqa: E402
+
+SHAPE = (300, 512, 512)
+BLOCK = (128, 256, 256)
+
+
+def main() -> None:
+    out = Path(sys.argv[1] if len(sys.argv) > 1 else "nifti-bench")
+    out.mkdir(parents=True, exist_ok=True)
+    volume = np.random.default_rng(0).normal(0, 300, SHAPE).astype(np.int16)
+    image = nibabel.Nifti1Image(volume.transpose(2, 1, 0), np.diag([0.7, 0.7, 1.0, 1.0]))
+    regions = [
+        tuple((a, min(a + b, n)) for a, b, n in zip(corner, BLOCK, SHAPE, strict=True))
+        for corner in itertools.product(
+            *(range(0, n, b) for n, b in zip(SHAPE, BLOCK, strict=True))
+        )
+    ]
+    try:
+        import indexed_gzip  # noqa: F401
+
+        seeking = "with indexed_gzip"
+    except ImportError:
+        seeking = "without indexed_gzip"
+    for name in ("ct.nii", "ct.nii.gz"):
+        nibabel.save(image, str(out / name))
+        times = []
+        for _ in range(2):
+            (source,) = open_sources(str(out / name))
+            start = time.perf_counter()
+            for region in regions:
+                source.read(0, (0,), region)
+            times.append(time.perf_counter() - start)
+        print(f"{name}: {len(regions)} regions in {min(times):.2f} s ({seeking})", flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,153 @@
+"""NIfTI inputs: CT and MRI volumes, their voxel size and origin, scaled values."""
+
+from __future__ import annotations
+
+import gzip
+import struct
+import sys
+
+import nibabel
+import numpy as np
+import pytest
+import zarr
+
+from raysegment.data.inputs import resolve_inputs
+from raysegment.data.sources import open_sources
+from raysegment.errors import InputImageError
+from tests.conftest import random_image, whole_image_prediction
+
+
+def write_nifti(path, volume: np.ndarray, affine: np.ndarray, **header: float) -> None:
+    """``volume`` (z, y, x, as raysegment reads it) as a NIfTI file of x, y, z voxels
+    (as scanners' converters write them), millimetres, ``header`` fields beside."""
+    image = nibabel.Nifti1Image(volume.transpose(2, 1, 0), affine)
+    image.header.set_xyzt_units("mm", "sec")
+    for key, value in header.items():
+        image.header[key] = value
+    nibabel.save(image, str(path))
+
+
+@pytest.mark.parametrize("name", ["case_0000.nii.gz", "case_0000.nii"])
+def test_a_ct_volume_reads_regions_with_its_voxel_size_and_origin(tmp_path, name) -> None:
+    """A CT as dcm2niix writes it (int16 Hounsfield units, anisotropic voxels): regions
+    read in z, y, x; voxel size in millimetres; its origin from the affine."""
+    ct = (random_image((9, 40, 36)).astype(np.int16) - 1024).astype(np.int16)
+    affine = np.diag([0.7, 0.8, 2.5, 1.0])
+    affine[:3, 3] = [-120.0, 30.5, 11.25]
+    write_nifti(tmp_path / name, ct, affine)
+    assert resolve_inputs(str(tmp_path)) == [str(tmp_path / name)]
+    (source,) = open_sources(tmp_path / name)
+    assert source.kind == "nifti" and source.name == "case_0000" and source.axes == "xyz"
+    assert source.info.shape == (1, 1, 9, 40, 36) and source.info.dtype == np.int16
+    assert source.info.scale == pytest.approx({"z": 2.5, "y": 0.8, "x": 0.7})
+    assert source.info.units == dict.fromkeys("zyx", "millimeter")
+    assert source.info.origin == pytest.approx({"x": -120.0, "y": 30.5, "z": 11.25})
+    region = ((2, 8), (7, 40), (0, 33))
+    np.testing.assert_array_equal(source.read(0, (0,), region)[0], ct[2:8, 7:40, :33])
+    with pytest.raises(InputImageError, match="has 1 resolution level"):
+        open_sources(tmp_path / name, level=1)
+
+
+def test_scaled_values_flipped_axes_time_and_components(tmp_path) -> None:
+    """Stored values with a slope and an intercept read as float32 values; an affine that
+    flips axes (radiological order) keeps the file's voxel order and gives no origin; a
+    fourth dimension is time, a fifth a voxel's components (channels)."""
+    stored = random_image((5, 12, 10)).astype(np.uint16)
+    write_nifti(tmp_path / "hu.nii", stored, np.diag([-0.5, -0.5, 1.0, 1.0]))
+    with open(tmp_path / "hu.nii", "r+b") as f:  # scl_slope, scl_inter: header bytes 112-119
+        f.seek(112)
+        f.write(struct.pack("<ff", 0.5, -1024.0))
+    (source,) = open_sources(tmp_path / "hu.nii")
+    assert source.info.dtype == np.float32 and source.info.origin == {}
+    got = source.read(0, (0,), ((0, 5), (0, 12), (0, 10)))[0]
+    np.testing.assert_array_equal(got, stored.astype(np.float32) * 0.5 - 1024)
+    series = random_image((3, 2, 6, 8, 7)).astype(np.float32)  # t, c, z, y, x
+    nibabel.save(
+        nibabel.Nifti1Image(series.transpose(4, 3, 2, 0, 1), np.eye(4)),
+        str(tmp_path / "dwi.nii.gz"),
+    )
+    (source,) = open_sources(tmp_path / "dwi.nii.gz")
+    assert source.axes == "xyztc" and source.info.shape == (3, 2, 6, 8, 7)
+    got = source.read(2, (1,), ((1, 5), (0, 8), (2, 7)))
+    np.testing.assert_array_equal(got[0], series[2, 1, 1:5, :, 2:7])
+
+
+def test_broken_and_unreadable_files_and_a_missing_package_fail_in_one_line(
+    tmp_path, monkeypatch
+) -> None:
+    volume = random_image((4, 16, 16)).astype(np.int16)
+    write_nifti(tmp_path / "whole.nii.gz", volume, np.eye(4))
+    data = (tmp_path / "whole.nii.gz").read_bytes()
+    (tmp_path / "cut.nii.gz").write_bytes(gzip.compress(gzip.decompress(data)[:600]))
+    (source,) = open_sources(tmp_path / "cut.nii.gz")
+    with pytest.raises(InputImageError, match="cut.nii.gz: cannot read its voxels"):
+        source.read(0, (0,), ((0, 4), (0, 16), (0, 16)))
+    (tmp_path / "junk.nii").write_bytes(b"\0" * 100)
+    with pytest.raises(InputImageError, match="junk.nii: not a readable NIfTI file"):
+        open_sources(tmp_path / "junk.nii")
+    monkeypatch.setitem(sys.modules, "nibabel", None)
+    with pytest.raises(InputImageError, match=r"needs nibabel: pip install 'raysegment\[nifti\]'"):
+        open_sources(tmp_path / "whole.nii.gz")
+
+
+@pytest.mark.usefixtures("ray_session")
+def test_infer_segments_a_ct_into_ome_zarr_in_millimetres(tmp_path, make_model) -> None:
+    from raysegment.infer import infer
+
+    ct = random_image((10, 48, 40)).astype(np.float32)
+    affine = np.diag([0.7, 0.7, 2.5, 1.0])
+    affine[:3, 3] = [5.0, 6.0, 7.0]
+    write_nifti(tmp_path / "lung_001.nii.gz", ct, affine)
+    model, module = make_model(dims=3, out_ch=1)
+    infer(
+        input=str(tmp_path / "lung_001.nii.gz"),
+        model=str(model),
+        output=str(tmp_path / "out"),
+        tile={"size": [16], "overlap": 0.5, "blend": "crop"},
+        finalize={"mode": "raw"},
+        progress=False,
+        quicklook=False,
+    )
+    out = tmp_path / "out" / "lung_001.ome.zarr"
+    ms = dict(zarr.open_group(str(out), mode="r").attrs)["ome"]["multiscales"][0]
+    assert [a.get("unit") for a in ms["axes"][1:]] == ["millimeter"] * 3
+    scale, moved = ms["datasets"][0]["coordinateTransformations"]
+    assert scale["scale"] == pytest.approx([1.0, 2.5, 0.7, 0.7])
+    assert moved["translation"] == pytest.approx([0.0, 7.0, 6.0, 5.0])
+    got = zarr.open_array(str(out / "0"), mode="r")[:]
+    np.testing.assert_allclose(got, whole_image_prediction(module, ct), rtol=1e-5, atol=1e-4)
+
+
+def test_an_nnunet_dataset_pairs_its_images_with_their_labels(tmp_path) -> None:
+    """nnU-Net's layout: imagesTr/<case>_0000.nii.gz (the channel's suffix) beside
+    labelsTr/<case>.nii.gz pair by the images' capture group; each plane trains."""
+    pytest.importorskip("segmentation_models_pytorch", reason="needs the train extra")
+    from raysegment.config import TrainConfig, load_config
+    from raysegment.train.data import prepare, read_patches
+
+    (tmp_path / "imagesTr").mkdir()
+    (tmp_path / "labelsTr").mkdir()
+    volumes = {}
+    for case in ("lung_001", "lung_002", "lung_003"):
+        ct = random_image((4, 40, 48)).astype(np.int16)
+        label = (ct > np.median(ct)).astype(np.uint8)
+        write_nifti(tmp_path / "imagesTr" / f"{case}_0000.nii.gz", ct, np.eye(4))
+        write_nifti(tmp_path / "labelsTr" / f"{case}.nii.gz", label, np.eye(4))
+        volumes[case] = label
+    cfg = load_config(
+        TrainConfig,
+        (),
+        [
+            f"images.dir={tmp_path / 'imagesTr'}",
+            r"images.pattern=(.*)_0000\.nii\.gz",
+            f"labels.dir={tmp_path / 'labelsTr'}",
+            "output=o",
+            "patch_size=32",
+        ],
+    )
+    data = prepare(cfg)
+    assert [p.label.name for p in data.pairs] == ["lung_001", "lung_002", "lung_003"]
+    assert [p.planes for p in data.pairs] == [4, 4, 4]
+    spec = {"pair": np.array([1]), "z": np.array([2]), "y": np.array([5]), "x": np.array([9])}
+    target = read_patches(spec, data, augment=False)["y"][0, 0]
+    np.testing.assert_array_equal(target, volumes["lung_002"][2, 5:37, 9:41])
