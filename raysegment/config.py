@@ -142,6 +142,10 @@ class FinalizeConfig:
     """mask / single-channel labels: probability above which a pixel is foreground."""
     activation: Activation = Activation.auto
     """auto (sigmoid for one output channel, else softmax) | sigmoid | softmax."""
+    nifti: bool = False
+    """NIfTI inputs: also write ``<name>.nii.gz`` (``.nii`` for a ``.nii`` input) beside
+    the OME-Zarr, the output's full resolution in the input's voxel grid, header and
+    affine (as nnU-Net writes its predictions)."""
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.threshold <= 1.0:

@@ -337,6 +337,13 @@ def _prepare(
 
     sources = _open_images(cfg, paths)
     _refuse_shared_outputs(cfg.input, [s.name for s in sources])  # series named alike
+    if cfg.finalize.nifti:
+        other = next((s for s in sources if s.kind != "nifti"), None)
+        if other is not None:
+            raise ConfigError(
+                f"finalize.nifti=true: {other.path} is no NIfTI image ({other.kind}); NIfTI "
+                f"copies are written of NIfTI inputs only: narrow pattern= or drop the key"
+            )
     spec, fitted = probe_models(
         models, lambda spec: tile_size(cfg, spec), lambda spec: image_shapes(spec, sources)
     )
@@ -579,6 +586,11 @@ def _complete(plan: ImagePlan, cfg: InferConfig, gathered: InputPreview | None =
             from raysegment.post.finish import finish_instances  # imports this package
 
             extra = finish_instances(out, layout, cfg.instances, plan.source, plan.channels[0])
+        if cfg.finalize.nifti:
+            from raysegment.post.nifti import nifti_name, write_nifti
+
+            copy = storage.join(storage.parent(out), layout.name + nifti_name(plan.source.path))
+            write_nifti(storage.join(out, "0"), layout.axes, plan.source.path, copy)
         if cfg.quicklook:
             png = storage.join(storage.parent(out), f"{layout.name}.png")
             mode = cfg.finalize.mode.value

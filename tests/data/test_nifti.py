@@ -9,11 +9,12 @@ import sys
 import nibabel
 import numpy as np
 import pytest
+import tifffile
 import zarr
 
 from raysegment.data.inputs import resolve_inputs
 from raysegment.data.sources import open_sources
-from raysegment.errors import InputImageError
+from raysegment.errors import ConfigError, InputImageError
 from tests.conftest import random_image, whole_image_prediction
 
 
@@ -104,7 +105,7 @@ def test_infer_segments_a_ct_into_ome_zarr_in_millimetres(tmp_path, make_model) 
         model=str(model),
         output=str(tmp_path / "out"),
         tile={"size": [16], "overlap": 0.5, "blend": "crop"},
-        finalize={"mode": "raw"},
+        finalize={"mode": "raw", "nifti": True},
         progress=False,
         quicklook=False,
     )
@@ -116,6 +117,43 @@ def test_infer_segments_a_ct_into_ome_zarr_in_millimetres(tmp_path, make_model) 
     assert moved["translation"] == pytest.approx([0.0, 7.0, 6.0, 5.0])
     got = zarr.open_array(str(out / "0"), mode="r")[:]
     np.testing.assert_allclose(got, whole_image_prediction(module, ct), rtol=1e-5, atol=1e-4)
+    # The NIfTI copy: the same voxels in the input's grid, header and affine.
+    copy = nibabel.load(str(tmp_path / "out" / "lung_001.nii.gz"))
+    np.testing.assert_array_equal(
+        copy.affine, nibabel.load(str(tmp_path / "lung_001.nii.gz")).affine
+    )
+    assert copy.header.get_xyzt_units() == ("mm", "sec") and copy.get_data_dtype() == np.float32
+    np.testing.assert_array_equal(np.asarray(copy.dataobj).transpose(2, 1, 0), got[0])
+    tifffile.imwrite(tmp_path / "slice.tif", ct[0])
+    with pytest.raises(ConfigError, match="finalize.nifti=true: .*slice.tif is no NIfTI image"):
+        infer(
+            input=str(tmp_path / "slice.tif"),
+            model=str(model),
+            output=str(tmp_path / "out2"),
+            finalize={"nifti": True},
+            progress=False,
+        )
+
+
+def test_the_nifti_copy_of_several_channels_is_a_fifth_dimension(tmp_path) -> None:
+    """Probabilities of two classes: x, y, z, a time point, two components; the input's
+    flipped affine kept as it is; a .nii input gets a .nii copy."""
+    from raysegment.post.nifti import nifti_name
+    from raysegment.post.nifti import write_nifti as write_copy
+
+    volume = random_image((6, 20, 16)).astype(np.int16)
+    flipped = np.diag([-0.5, -0.5, 1.5, 1.0])
+    write_nifti(tmp_path / "in.nii", volume, flipped)
+    probabilities = np.random.default_rng(0).random((2, 6, 20, 16)).astype(np.float32)
+    zarr.create_array(str(tmp_path / "p.zarr"), data=probabilities, chunks=(1, 2, 20, 16))
+    assert nifti_name(str(tmp_path / "in.nii")) == ".nii"
+    write_copy(str(tmp_path / "p.zarr"), "czyx", str(tmp_path / "in.nii"), str(tmp_path / "p.nii"))
+    copy = nibabel.load(str(tmp_path / "p.nii"))
+    assert copy.shape == (16, 20, 6, 1, 2) and not (tmp_path / "p.nii.partial").exists()
+    np.testing.assert_array_equal(copy.affine, flipped)
+    np.testing.assert_array_equal(
+        np.asarray(copy.dataobj)[:, :, :, 0].transpose(3, 2, 1, 0), probabilities
+    )
 
 
 def test_an_nnunet_dataset_pairs_its_images_with_their_labels(tmp_path) -> None:
