@@ -1,17 +1,21 @@
 """Reading a CT as NIfTI: the same volume as ``.nii`` (memory-mapped) and ``.nii.gz``.
 
-    python benchmarks/nifti_read.py [OUT]
+    python benchmarks/nifti_read.py [OUT] [--infer]
 
 Writes a 300 x 512 x 512 int16 volume (a CT's size) as ``OUT/ct.nii`` and
 ``OUT/ct.nii.gz``, then reads each through ``NiftiSource`` in the twelve 128 x 256 x 256
 regions of a run's blocks, in order, and prints the seconds (best of two rounds). A
 gzipped file is decompressed from its start for every region (nibabel seeks through
-``indexed_gzip`` where it is installed: run it with and without).
+``indexed_gzip`` where it is installed: run it with and without). With ``--infer``, then
+``raysegment infer`` of each file (``shards.py``'s small 3D network, 64^3 tiles, a mask
+with ``finalize.nifti=true``): its wall time, and whether the NIfTI copy has the input's
+affine and the OME-Zarr's voxels.
 """
 
 from __future__ import annotations
 
 import itertools
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -24,12 +28,45 @@ sys.path.insert(0, str(ROOT))
 
 from raysegment.data.sources import open_sources  # noqa: E402
 
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
 SHAPE = (300, 512, 512)
 BLOCK = (128, 256, 256)
 
 
+def _infer(out: Path, name: str, model: Path) -> None:
+    """``raysegment infer`` of ``out/name`` with a NIfTI copy: wall time, the copy checked."""
+    import zarr
+
+    result = out / f"run_{name.replace('.', '_')}"
+    command = [
+        sys.executable,
+        "-m",
+        "raysegment.cli",
+        "infer",
+        f"input={out / name}",
+        f"model={model}",
+        f"output={result}",
+        "tile.size=64",
+        "finalize.mode=mask",
+        "finalize.nifti=true",
+        "progress=false",
+        "overwrite=true",
+    ]
+    start = time.perf_counter()
+    subprocess.run(command, check=True, capture_output=True)
+    seconds = time.perf_counter() - start
+    stem = name.split(".")[0]
+    copy = nibabel.load(str(result / (stem + name[len(stem) :])))
+    mask = np.asarray(zarr.open_array(str(result / f"{stem}.ome.zarr" / "0"), mode="r"))[0]
+    same = np.array_equal(np.asarray(copy.dataobj).transpose(2, 1, 0), mask)
+    affine = np.array_equal(copy.affine, nibabel.load(str(out / name)).affine)
+    print(f"infer {name}: {seconds:.1f} s; NIfTI copy: voxels equal {same}, affine equal {affine}")
+
+
 def main() -> None:
-    out = Path(sys.argv[1] if len(sys.argv) > 1 else "nifti-bench")
+    args = [a for a in sys.argv[1:] if a != "--infer"]
+    out = Path(args[0] if args else "nifti-bench")
     out.mkdir(parents=True, exist_ok=True)
     volume = np.random.default_rng(0).normal(0, 300, SHAPE).astype(np.int16)
     image = nibabel.Nifti1Image(volume.transpose(2, 1, 0), np.diag([0.7, 0.7, 1.0, 1.0]))
@@ -55,6 +92,12 @@ def main() -> None:
                 source.read(0, (0,), region)
             times.append(time.perf_counter() - start)
         print(f"{name}: {len(regions)} regions in {min(times):.2f} s ({seeking})", flush=True)
+    if "--infer" in sys.argv:
+        from shards import small_3d
+
+        model = small_3d(out / "small3d.pth")
+        for name in ("ct.nii", "ct.nii.gz"):
+            _infer(out, name, model)
 
 
 if __name__ == "__main__":
