@@ -344,6 +344,31 @@ def iou(a: Path, b: Path) -> float:
     return inter / max(union, 1)
 
 
+def train_cli(
+    images: Path, labels: Path, output: Path, *keys: str
+) -> tuple[float, list[dict[str, str]]]:
+    """``raysegment train`` in a fresh process (Ray's start included), ``keys`` beside the
+    directories: its wall time and ``metrics.csv``'s rows (its summary line printed)."""
+    command = [
+        *raysegment_command(),
+        "train",
+        f"images.dir={images}",
+        f"labels.dir={labels}",
+        f"output={output}",
+        "overwrite=true",
+        *keys,
+    ]
+    start = time.perf_counter()
+    result = subprocess.run(command, env=_product_env(), capture_output=True, text=True)
+    wall = time.perf_counter() - start
+    if result.returncode != 0:
+        raise RuntimeError(f"raysegment train failed:\n{result.stderr[-3000:]}")
+    rows = (output / "metrics.csv").read_text().splitlines()
+    header = rows[0].split(",")
+    print("   ", result.stdout.strip().splitlines()[-1], flush=True)
+    return wall, [dict(zip(header, r.split(","), strict=True)) for r in rows[1:]]
+
+
 def training(work: Path, *overrides: str) -> dict[str, Any]:
     """A synthetic binary task (bright discs), SMP Unet resnet18 on one worker (the GPU
     where there is one), with early stopping: images (patches) per second per worker, and
@@ -361,14 +386,10 @@ def training(work: Path, *overrides: str) -> dict[str, Any]:
         tifffile.imwrite(work / "img" / f"im{i}.tif", image.astype(np.uint16))
         tifffile.imwrite(work / "lbl" / f"im{i}.tif", mask.astype(np.uint8))
     patches, batch = 64, 8
-    command = [
-        sys.executable,
-        "-m",
-        "raysegment.cli",
-        "train",
-        f"images.dir={work / 'img'}",
-        f"labels.dir={work / 'lbl'}",
-        f"output={work / 'model'}",
+    wall, history = train_cli(
+        work / "img",
+        work / "lbl",
+        work / "model",
         "patch_size=[128]",
         f"patches_per_epoch={patches}",
         "val_patches=32",
@@ -376,22 +397,11 @@ def training(work: Path, *overrides: str) -> dict[str, Any]:
         "max_epochs=30",
         "patience=2",
         "min_delta=0.002",
-        "overwrite=true",
         "device=gpu" if DEVICE.type == "cuda" else "device=cpu",
         *overrides,
-    ]
-    env = _product_env()
-    start = time.perf_counter()
-    result = subprocess.run(command, env=env, capture_output=True, text=True)
-    wall = time.perf_counter() - start
-    if result.returncode != 0:
-        raise RuntimeError(f"raysegment train failed:\n{result.stderr[-3000:]}")
-    rows = (work / "model" / "metrics.csv").read_text().splitlines()
-    header = rows[0].split(",")
-    history = [dict(zip(header, r.split(","), strict=True)) for r in rows[1:]]
+    )
     epochs = len(history)
     seconds = sum(float(h.get("seconds", "nan")) for h in history)
-    print("   ", result.stdout.strip().splitlines()[-1], flush=True)
     return {
         "epochs": epochs,
         "wall_seconds": wall,

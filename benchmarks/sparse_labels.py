@@ -17,9 +17,7 @@ from __future__ import annotations
 
 import itertools
 import json
-import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +27,7 @@ import zarr
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from run import _product_env, bench_args, infer_cli, machine, write_result  # noqa: E402
+from run import bench_args, infer_cli, machine, train_cli, write_result  # noqa: E402
 
 IMAGES = 4
 DISCS = 40
@@ -103,14 +101,7 @@ def _annotations(
 
 def _train(work: Path, unannotated: str, epochs: int, loss: str) -> dict[str, Any]:
     output = work / f"model_{loss}_{unannotated}"
-    command = [
-        sys.executable,
-        "-m",
-        "raysegment.cli",
-        "train",
-        f"images.dir={work / 'img'}",
-        f"labels.dir={work / 'lbl'}",
-        f"output={output}",
+    keys = [
         "class_names=[Tumor]",
         f"unannotated={unannotated}",
         f"loss={loss}",
@@ -120,21 +111,13 @@ def _train(work: Path, unannotated: str, epochs: int, loss: str) -> dict[str, An
         "batch_size=8",
         f"max_epochs={epochs}",
         "patience=5",
-        "overwrite=true",
         "device=cpu",
     ]
-    start = time.perf_counter()
-    done = subprocess.run(command, env=_product_env(), capture_output=True, text=True)
-    if done.returncode != 0:
-        raise RuntimeError(f"raysegment train failed:\n{done.stderr[-3000:]}")
-    rows = (output / "metrics.csv").read_text().splitlines()
-    header = rows[0].split(",")
-    history = [dict(zip(header, r.split(","), strict=True)) for r in rows[1:]]
+    wall, history = train_cli(work / "img", work / "lbl", output, *keys)
     best = min(history, key=lambda h: float(h["val_loss"]))
-    print("   ", done.stdout.strip().splitlines()[-1], flush=True)
     return {
-        "command": " ".join(command[2:]),
-        "wall_seconds": time.perf_counter() - start,
+        "keys": keys,
+        "wall_seconds": wall,
         "epochs": len(history),
         "best_epoch": int(best["epoch"]),
         "val_iou_at_best": float(best["iou"]),
