@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 
 from raysegment import storage
+from raysegment.data.dicom import is_dicom_dir
 from raysegment.data.hdf5 import hdf5_parts
 from raysegment.data.sources import is_zarr, tensorstore_format
 from raysegment.errors import InputImageError
@@ -62,6 +63,11 @@ def _matching(input: str, pattern: str | None, prefix: str) -> list[str]:
     regex = re.compile(pattern or DEFAULT_PATTERN, re.IGNORECASE)
     entries = sorted(storage.listdir(path))
     found = [storage.join(path, name) for name in entries if regex.fullmatch(name)]
+    if not found and not storage.is_url(path):
+        # A DICOM series' directory (a volume a series), or a directory of such (a case each).
+        if is_dicom_dir(path):
+            return [path]
+        found = [storage.join(path, n) for n in entries if is_dicom_dir(storage.join(path, n))]
     if not found:
         names = entries[:5]
         seen = f"; it holds e.g. {names}" if names else "; it is empty"

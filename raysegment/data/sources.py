@@ -1812,6 +1812,7 @@ def open_sources(
     """
     # These build on this module.
     from raysegment.data.bdv import bdv_project, bdv_sources
+    from raysegment.data.dicom import dicom_sources, is_dicom_dir
     from raysegment.data.hdf5 import hdf5_parts, hdf5_sources
     from raysegment.data.mrc import MRC_SUFFIXES, MrcSource
     from raysegment.data.nifti import NIFTI_SUFFIXES, NiftiSource
@@ -1842,12 +1843,15 @@ def open_sources(
     ):
         tif = _inspect_tiff(p)
         kind = "ome-tiff" if tif.is_ome and axes is None else "tiff"
+    elif not storage.is_url(p) and is_dicom_dir(p):
+        return _checked(dicom_sources(p, level))
     elif storage.is_url(p):
         raise InputImageError(
             f"{p}: only zarr, OME-Zarr, TIFF (OME-TIFF, SVS, NDPI, QPTIFF), N5, Neuroglancer "
             f"precomputed and BigDataViewer N5 / OME-Zarr projects (.xml) are read from URLs "
             f"(N5 and precomputed with pip install 'raysegment[tensorstore]'); copy the file "
-            f"(CZI, HDF5, Imaris, MRC, NIfTI, MIRAX and other OpenSlide formats) to a local or "
+            f"(CZI, HDF5, Imaris, MRC, NIfTI, DICOM, MIRAX and other OpenSlide formats) to a "
+            f"local or "
             f"mounted path, or convert it to OME-Zarr"
         )
     elif os.path.isfile(p) and name.endswith(".czi"):
@@ -1864,7 +1868,7 @@ def open_sources(
             f"{p}: not a supported image; give an OME-TIFF, TIFF (or SVS, NDPI, QPTIFF), "
             f"MIRAX (.mrxs) or other OpenSlide slide (.vms, .vmu, .scn, .bif, .svslide), "
             f"CZI, HDF5 (.h5, .hdf5, .hdf), Imaris (.ims), MRC (.mrc, .rec) or NIfTI "
-            f"(.nii, .nii.gz) file, "
+            f"(.nii, .nii.gz) file, a directory of a DICOM series, "
             f"BigDataViewer project (.xml), zarr array, OME-Zarr, N5 or Neuroglancer "
             f"precomputed volume"
         )

@@ -1,0 +1,192 @@
+"""DICOM series (CT, MR, PET): a directory of single-slice DICOM files, each series in it
+one volume, through pydicom (``pip install 'raysegment[dicom]'``).
+
+Slices are ordered by their position along the slice normal (``ImagePositionPatient``
+against ``ImageOrientationPatient``), not by file name; the slice spacing is the distance
+between neighbours, the pixel spacing ``PixelSpacing`` (millimetres); stored values are
+rescaled by ``RescaleSlope`` and ``RescaleIntercept`` (CT's Hounsfield units). A region
+read reads the files of its slices only.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import defaultdict
+from typing import Any
+
+import numpy as np
+
+from raysegment.data.sources import SOURCES, ImageInfo, ImageSource, reader_module
+from raysegment.errors import InputImageError
+
+__all__ = ["DicomSeriesSource", "dicom_sources", "is_dicom_dir"]
+
+_MAGIC = b"DICM"
+"""Bytes 128-131 of a DICOM file (Part 10)."""
+
+
+def _is_dicom_file(path: str) -> bool:
+    if path.lower().endswith(".dcm"):
+        return True
+    if "." in os.path.basename(path):  # a named file of another kind
+        return False
+    try:
+        with open(path, "rb") as f:
+            return f.read(132)[128:] == _MAGIC
+    except OSError:
+        return False
+
+
+def _files(directory: str) -> list[str]:
+    names = sorted(os.listdir(directory))
+    paths = [os.path.join(directory, n) for n in names]
+    return [p for p in paths if os.path.isfile(p) and _is_dicom_file(p)]
+
+
+def is_dicom_dir(path: str) -> bool:
+    """Whether the local directory ``path`` holds DICOM files (``.dcm``, or files without
+    a suffix that begin as DICOM files do): a series to read as one volume."""
+    return os.path.isdir(path) and bool(_files(path))
+
+
+def _series(directory: str) -> list[tuple[str, list[Any]]]:
+    """Each series of ``directory``: its UID and its slices' headers, in the order of the
+    series' numbers."""
+    pydicom = reader_module(directory, "pydicom", "DICOM", "dicom")
+    found: dict[str, list[Any]] = defaultdict(list)
+    for path in _files(directory):
+        try:
+            header = pydicom.dcmread(path, stop_before_pixels=True)
+        except Exception as e:  # pydicom's errors have no common base
+            raise InputImageError(
+                f"{path}: not a readable DICOM file ({type(e).__name__}: {e}); remove it "
+                f"from the series' directory or export the series again"
+            ) from e
+        if "Rows" not in header:
+            continue  # no image (a DICOMDIR, a structured report)
+        header.filename = path
+        found[str(header.get("SeriesInstanceUID", ""))].append(header)
+    if not found:
+        raise InputImageError(f"{directory}: its DICOM files hold no image")
+    return sorted(found.items(), key=lambda item: int(item[1][0].get("SeriesNumber", 0) or 0))
+
+
+def _normal(header: Any) -> np.ndarray:
+    orientation = np.asarray(header.get("ImageOrientationPatient", [1, 0, 0, 0, 1, 0]), float)
+    return np.cross(orientation[:3], orientation[3:])
+
+
+def _ordered(directory: str, headers: list[Any]) -> tuple[list[Any], float | None]:
+    """The slices in order along their normal, and the spacing between them (None for one
+    slice or slices without positions); unevenly spaced slices are refused."""
+    if len(headers) == 1 or any("ImagePositionPatient" not in h for h in headers):
+        ordered = sorted(headers, key=lambda h: int(h.get("InstanceNumber", 0) or 0))
+        return ordered, None
+    normal = _normal(headers[0])
+    depth = {
+        id(h): float(np.dot(normal, np.asarray(h.ImagePositionPatient, float))) for h in headers
+    }
+    ordered = sorted(headers, key=lambda h: depth[id(h)])
+    steps = np.diff([depth[id(h)] for h in ordered])
+    if (steps <= 0).any() or np.ptp(steps) > 0.01 * max(abs(float(steps.mean())), 1e-6):
+        raise InputImageError(
+            f"{directory}: its slices are not evenly spaced along their normal (steps "
+            f"{np.round(steps.min(), 3)} to {np.round(steps.max(), 3)} mm: missing, repeated "
+            f"or tilted slices); export the series again or resample it to one volume"
+        )
+    return ordered, float(steps.mean())
+
+
+class DicomSeriesSource(ImageSource):
+    """A DICOM series as a volume (z, y, x): ``series`` is its index among the directory's
+    series (by series number); its pixel spacing and slice spacing in millimetres;
+    rescaled values as float32 (the stored type where slope 1 and intercept 0); the first
+    slice's position as the origin where the slices are axial (rows along x, columns along
+    y)."""
+
+    kind = "dicom"
+
+    def _inspect(self) -> ImageInfo:
+        if self.level > 0:
+            raise self._no_level(1)
+        found = _series(self.path)
+        index = self.series or 0
+        uid, headers = found[index]
+        self.uid = uid
+        ordered, spacing = _ordered(self.path, headers)
+        self.files = [h.filename for h in ordered]
+        first = ordered[0]
+        rows, columns = int(first.Rows), int(first.Columns)
+        if any((int(h.Rows), int(h.Columns)) != (rows, columns) for h in ordered):
+            raise InputImageError(f"{self.path}: the series' slices differ in size")
+        if int(first.get("SamplesPerPixel", 1)) != 1:
+            raise InputImageError(
+                f"{self.path}: a colour DICOM series; raysegment reads grey-level series "
+                f"(CT, MR, PET)"
+            )
+        self.rescale = [
+            (float(h.get("RescaleSlope", 1) or 1), float(h.get("RescaleIntercept", 0) or 0))
+            for h in ordered
+        ]
+        signed = int(first.get("PixelRepresentation", 0)) == 1
+        bits = int(first.get("BitsAllocated", 16))
+        stored = np.dtype(f"{'i' if signed else 'u'}{bits // 8}")
+        dtype = stored if all(r == (1.0, 0.0) for r in self.rescale) else np.dtype(np.float32)
+        scale: dict[str, float] = {}
+        if "PixelSpacing" in first:
+            row, column = (float(v) for v in first.PixelSpacing)
+            scale |= {"y": row, "x": column}
+        if spacing is not None:
+            scale["z"] = spacing
+        elif "SliceThickness" in first and first.SliceThickness:
+            scale["z"] = float(first.SliceThickness)
+        units = dict.fromkeys(scale, "millimeter")
+        origin = {}
+        axial = np.allclose(
+            np.asarray(first.get("ImageOrientationPatient", []), float), [1, 0, 0, 0, 1, 0]
+        )
+        if axial and "ImagePositionPatient" in first:
+            x, y, z = (float(v) for v in first.ImagePositionPatient)
+            origin = {"x": x, "y": y, "z": z}
+        shape = (1, 1, len(ordered), rows, columns)
+        return ImageInfo(shape, dtype, scale, units, origin=origin)  # type: ignore[arg-type]
+
+    def _open(self) -> Any:
+        return reader_module(self.path, "pydicom", "DICOM", "dicom")
+
+    def _read(
+        self, t: int, channels: tuple[int, ...], region: tuple[tuple[int, int], ...]
+    ) -> np.ndarray:
+        pydicom = self.handle
+        (z0, z1), (y0, y1), (x0, x1) = region
+        out = np.empty((1, z1 - z0, y1 - y0, x1 - x0), self.info.dtype)
+        for k, z in enumerate(range(z0, z1)):
+            try:
+                pixels = pydicom.dcmread(self.files[z]).pixel_array[y0:y1, x0:x1]
+            except Exception as e:  # a missing decoder, a truncated file
+                raise InputImageError(
+                    f"{self.files[z]}: cannot read its pixels ({type(e).__name__}: {e}); "
+                    f"compressed series need pydicom's decoders (pip install pylibjpeg "
+                    f"pylibjpeg-libjpeg) or a decompressed export"
+                ) from e
+            slope, inter = self.rescale[z]
+            out[0, k] = pixels * slope + inter if out.dtype.kind == "f" else pixels
+        return out  # one channel: ``channels`` is (0,)
+
+
+def dicom_sources(directory: str, level: int = 0) -> list[ImageSource]:
+    """A source per series of ``directory``, named after it (``<dir>_s<number>`` where it
+    holds several)."""
+    from raysegment.data.sources import image_stem
+
+    count = len(_series(directory))
+    stem = image_stem(directory)
+    return [
+        DicomSeriesSource(
+            directory, series=i, name=stem if count == 1 else f"{stem}_s{i}", level=level
+        )
+        for i in range(count)
+    ]
+
+
+SOURCES.register("dicom")(DicomSeriesSource)
