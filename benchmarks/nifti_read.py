@@ -1,4 +1,5 @@
-"""Reading a CT as NIfTI: the same volume as ``.nii`` (memory-mapped) and ``.nii.gz``.
+"""Reading a CT as NIfTI: the same volume as ``.nii`` (memory-mapped) and ``.nii.gz``,
+and as a DICOM series.
 
     python benchmarks/nifti_read.py [OUT] [--infer]
 
@@ -6,7 +7,9 @@ Writes a 300 x 512 x 512 int16 volume (a CT's size) as ``OUT/ct.nii`` and
 ``OUT/ct.nii.gz``, then reads each through ``NiftiSource`` in the twelve 128 x 256 x 256
 regions of a run's blocks, in order, and prints the seconds (best of two rounds). A
 gzipped file is decompressed from its start for every region (nibabel seeks through
-``indexed_gzip`` where it is installed: run it with and without). With ``--infer``, then
+``indexed_gzip`` where it is installed: run it with and without). The same values as a
+DICOM series (``OUT/ct_dicom/``: 300 files of one slice, uint16 with an intercept of
+-1024, as ``tests/data/test_dicom.py`` writes series) read alike. With ``--infer``, then
 ``raysegment infer`` of each file (``shards.py``'s small 3D network, 64^3 tiles, a mask
 with ``finalize.nifti=true``): its wall time, and whether the NIfTI copy has the input's
 affine and the OME-Zarr's voxels.
@@ -92,6 +95,19 @@ def main() -> None:
                 source.read(0, (0,), region)
             times.append(time.perf_counter() - start)
         print(f"{name}: {len(regions)} regions in {min(times):.2f} s ({seeking})", flush=True)
+    from tests.data.test_dicom import write_series
+
+    series = out / "ct_dicom"
+    if not series.exists():
+        write_series(series, (volume.astype(np.int32) + 1024).clip(0).astype(np.uint16))
+    times = []
+    for _ in range(2):
+        (source,) = open_sources(str(series))
+        start = time.perf_counter()
+        for region in regions:
+            source.read(0, (0,), region)
+        times.append(time.perf_counter() - start)
+    print(f"DICOM series: {len(regions)} regions in {min(times):.2f} s", flush=True)
     if "--infer" in sys.argv:
         from shards import small_3d
 

@@ -119,6 +119,11 @@ class DicomSeriesSource(ImageSource):
         rows, columns = int(first.Rows), int(first.Columns)
         if any((int(h.Rows), int(h.Columns)) != (rows, columns) for h in ordered):
             raise InputImageError(f"{self.path}: the series' slices differ in size")
+        if any(int(h.get("NumberOfFrames", 1) or 1) > 1 for h in ordered):
+            raise InputImageError(
+                f"{self.path}: multi-frame (enhanced) DICOM files; raysegment reads series of "
+                f"one slice a file: convert it to NIfTI (dcm2niix) or OME-Zarr"
+            )
         if int(first.get("SamplesPerPixel", 1)) != 1:
             raise InputImageError(
                 f"{self.path}: a colour DICOM series; raysegment reads grey-level series "

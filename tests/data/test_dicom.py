@@ -104,6 +104,13 @@ def test_a_series_with_a_gap_or_a_bad_file_fails_in_one_line(tmp_path, monkeypat
     (tmp_path / "bad" / "junk.dcm").write_bytes(b"not dicom")
     with pytest.raises(InputImageError, match="junk.dcm: not a readable DICOM file"):
         open_sources(tmp_path / "bad")
+    write_series(tmp_path / "enhanced", stored[:1])
+    (only,) = (tmp_path / "enhanced").iterdir()
+    ds = pydicom.dcmread(only)
+    ds.NumberOfFrames = 2
+    ds.save_as(only)
+    with pytest.raises(InputImageError, match="enhanced: multi-frame .*dcm2niix"):
+        open_sources(tmp_path / "enhanced")
     write_series(tmp_path / "ok", stored)
     monkeypatch.setitem(sys.modules, "pydicom", None)
     with pytest.raises(InputImageError, match=r"needs pydicom: pip install 'raysegment\[dicom\]'"):
