@@ -395,24 +395,42 @@ def whole_image_prediction(module: torch.nn.Module, image: np.ndarray) -> np.nda
         return module(x)[0].numpy()
 
 
-def raw_output(tmp_path: Path, image: Path, model: Path, **cfg: object) -> np.ndarray:
+def raw_output(tmp_path: Path, image: Path, model: Path, **cfg: Any) -> np.ndarray:
     """``infer`` of ``image`` with ``model`` and ``cfg``, raw model output written to
-    ``tmp_path/out``: level 0 of it, (C, *spatial)."""
+    ``tmp_path/out`` (``finalize`` keys beside the mode): level 0 of it, (C, *spatial)."""
     import zarr
 
     from raysegment.infer import infer
 
     out = tmp_path / "out"
+    finalize = {"mode": "raw", **cfg.pop("finalize", {})}
     infer(
         input=str(image),
         model=str(model),
         output=str(out),
         progress=False,
-        finalize={"mode": "raw"},
+        finalize=finalize,
         **cfg,
     )
     level = zarr.open_array(str(out / f"{image.name.split('.')[0]}.ome.zarr" / "0"), mode="r")
     return np.asarray(level[:])
+
+
+def volume_output(tmp_path: Path, volume: Path, model: Path, **cfg: Any) -> tuple[Any, np.ndarray]:
+    """``raw_output`` of ``volume`` with a 3D ``model`` in 16^3 tiles, crop-blended: the
+    output's multiscales metadata and its level 0."""
+    import zarr
+
+    got = raw_output(
+        tmp_path,
+        volume,
+        model,
+        tile={"size": [16], "overlap": 0.5, "blend": "crop"},
+        quicklook=False,
+        **cfg,
+    )
+    store = tmp_path / "out" / f"{volume.name.split('.')[0]}.ome.zarr"
+    return dict(zarr.open_group(str(store), mode="r").attrs)["ome"]["multiscales"][0], got
 
 
 def numpy_blend(module: torch.nn.Module, image: np.ndarray, tiling: Tiling) -> np.ndarray:

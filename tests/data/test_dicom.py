@@ -8,14 +8,13 @@ from pathlib import Path
 import numpy as np
 import pydicom
 import pytest
-import zarr
 from pydicom.dataset import FileDataset, FileMetaDataset
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
 
 from raysegment.data.inputs import resolve_inputs
 from raysegment.data.sources import open_sources
 from raysegment.errors import InputImageError
-from tests.conftest import random_image, whole_image_prediction
+from tests.conftest import random_image, volume_output, whole_image_prediction
 
 
 def write_series(
@@ -119,26 +118,13 @@ def test_a_series_with_a_gap_or_a_bad_file_fails_in_one_line(tmp_path, monkeypat
 
 @pytest.mark.usefixtures("ray_session")
 def test_infer_segments_a_ct_series_into_ome_zarr_in_millimetres(tmp_path, make_model) -> None:
-    from raysegment.infer import infer
-
     stored = random_image((10, 48, 40)).astype(np.uint16)
     write_series(tmp_path / "lung", stored, rescale=(0.5, -100.0))
     model, module = make_model(dims=3, out_ch=1)
-    infer(
-        input=str(tmp_path / "lung"),
-        model=str(model),
-        output=str(tmp_path / "out"),
-        tile={"size": [16], "overlap": 0.5, "blend": "crop"},
-        finalize={"mode": "raw"},
-        progress=False,
-        quicklook=False,
-    )
-    out = tmp_path / "out" / "lung.ome.zarr"
-    ms = dict(zarr.open_group(str(out), mode="r").attrs)["ome"]["multiscales"][0]
+    ms, got = volume_output(tmp_path, tmp_path / "lung", model)
     scale, moved = ms["datasets"][0]["coordinateTransformations"]
     assert scale["scale"] == pytest.approx([1.0, 2.5, 0.7, 0.8])
     assert moved["translation"] == pytest.approx([0.0, 11.25, 30.5, -120.0])
     hu = stored.astype(np.float32) * 0.5 - 100
-    got = zarr.open_array(str(out / "0"), mode="r")[:]
     np.testing.assert_allclose(got, whole_image_prediction(module, hu), rtol=1e-5, atol=1e-4)
     assert pydicom.dcmread(next((tmp_path / "lung").iterdir())).Modality == "CT"

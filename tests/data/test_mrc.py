@@ -9,13 +9,12 @@ from pathlib import Path
 import mrcfile
 import numpy as np
 import pytest
-import zarr
 
 from raysegment.data.inputs import resolve_inputs
 from raysegment.data.mrc import IMOD_STAMP
 from raysegment.data.sources import open_sources
 from raysegment.errors import InputImageError
-from tests.conftest import random_image, whole_image_prediction
+from tests.conftest import random_image, volume_output, whole_image_prediction
 
 
 def write_mrc(path: Path, data: np.ndarray, voxel: float | tuple = 13.48, flags: int | None = None):
@@ -81,24 +80,11 @@ def test_without_mrcfile_an_mrc_input_says_what_to_install(tmp_path, monkeypatch
 
 @pytest.mark.usefixtures("ray_session")
 def test_infer_segments_a_tomogram_into_ome_zarr_in_angstroms(tmp_path, make_model) -> None:
-    from raysegment.infer import infer
-
     tomogram = random_image((10, 48, 40)).astype(np.float32)
     write_mrc(tmp_path / "TS_01.rec", tomogram, voxel=13.48)
     model, module = make_model(dims=3, out_ch=1)
-    infer(
-        input=str(tmp_path / "TS_01.rec"),
-        model=str(model),
-        output=str(tmp_path / "out"),
-        tile={"size": [16], "overlap": 0.5, "blend": "crop"},
-        finalize={"mode": "raw"},
-        progress=False,
-        quicklook=False,
-    )
-    out = tmp_path / "out" / "TS_01.ome.zarr"
-    ms = dict(zarr.open_group(str(out), mode="r").attrs)["ome"]["multiscales"][0]
+    ms, got = volume_output(tmp_path, tmp_path / "TS_01.rec", model)
     assert [a.get("unit") for a in ms["axes"][1:]] == ["angstrom"] * 3
     scale = ms["datasets"][0]["coordinateTransformations"][0]["scale"]
     assert scale == pytest.approx([1.0, 13.48, 13.48, 13.48])
-    got = zarr.open_array(str(out / "0"), mode="r")[:]
     np.testing.assert_allclose(got, whole_image_prediction(module, tomogram), rtol=1e-5, atol=1e-4)

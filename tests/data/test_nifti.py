@@ -15,7 +15,7 @@ import zarr
 from raysegment.data.inputs import resolve_inputs
 from raysegment.data.sources import open_sources
 from raysegment.errors import ConfigError, InputImageError
-from tests.conftest import random_image, whole_image_prediction
+from tests.conftest import random_image, volume_output, whole_image_prediction
 
 
 def write_nifti(path, volume: np.ndarray, affine: np.ndarray, **header: float) -> None:
@@ -100,22 +100,12 @@ def test_infer_segments_a_ct_into_ome_zarr_in_millimetres(tmp_path, make_model) 
     affine[:3, 3] = [5.0, 6.0, 7.0]
     write_nifti(tmp_path / "lung_001.nii.gz", ct, affine)
     model, module = make_model(dims=3, out_ch=1)
-    infer(
-        input=str(tmp_path / "lung_001.nii.gz"),
-        model=str(model),
-        output=str(tmp_path / "out"),
-        tile={"size": [16], "overlap": 0.5, "blend": "crop"},
-        finalize={"mode": "raw", "nifti": True},
-        progress=False,
-        quicklook=False,
-    )
-    out = tmp_path / "out" / "lung_001.ome.zarr"
-    ms = dict(zarr.open_group(str(out), mode="r").attrs)["ome"]["multiscales"][0]
+    image = tmp_path / "lung_001.nii.gz"
+    ms, got = volume_output(tmp_path, image, model, finalize={"nifti": True})
     assert [a.get("unit") for a in ms["axes"][1:]] == ["millimeter"] * 3
     scale, moved = ms["datasets"][0]["coordinateTransformations"]
     assert scale["scale"] == pytest.approx([1.0, 2.5, 0.7, 0.7])
     assert moved["translation"] == pytest.approx([0.0, 7.0, 6.0, 5.0])
-    got = zarr.open_array(str(out / "0"), mode="r")[:]
     np.testing.assert_allclose(got, whole_image_prediction(module, ct), rtol=1e-5, atol=1e-4)
     # The NIfTI copy: the same voxels in the input's grid, header and affine.
     copy = nibabel.load(str(tmp_path / "out" / "lung_001.nii.gz"))
