@@ -19,8 +19,10 @@ import numpy as np
 from raysegment.data.sources import SOURCES, ImageInfo, ImageSource, reader_module
 from raysegment.errors import InputImageError
 
-__all__ = ["DicomSeriesSource", "dicom_sources", "is_dicom_dir"]
+__all__ = ["WHOLE_SLIDE", "DicomSeriesSource", "dicom_sources", "is_dicom_dir"]
 
+WHOLE_SLIDE = "1.2.840.10008.5.1.4.1.1.77.1.6"
+"""SOP class of DICOM's whole-slide images (VL Whole Slide Microscopy Image Storage)."""
 _MAGIC = b"DICM"
 """Bytes 128-131 of a DICOM file (Part 10)."""
 
@@ -119,6 +121,12 @@ class DicomSeriesSource(ImageSource):
         rows, columns = int(first.Rows), int(first.Columns)
         if any((int(h.Rows), int(h.Columns)) != (rows, columns) for h in ordered):
             raise InputImageError(f"{self.path}: the series' slices differ in size")
+        if str(first.get("SOPClassUID", "")) == WHOLE_SLIDE:
+            raise InputImageError(
+                f"{self.path}: a DICOM whole-slide image; raysegment reads DICOM series of "
+                f"slices (CT, MR, PET): convert the slide to a pyramidal OME-TIFF or TIFF "
+                f"(e.g. vips tiffsave, which reads it through OpenSlide)"
+            )
         if any(int(h.get("NumberOfFrames", 1) or 1) > 1 for h in ordered):
             raise InputImageError(
                 f"{self.path}: multi-frame (enhanced) DICOM files; raysegment reads series of "

@@ -11,6 +11,7 @@ import pytest
 from pydicom.dataset import FileDataset, FileMetaDataset
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
 
+from raysegment.data.dicom import WHOLE_SLIDE
 from raysegment.data.inputs import resolve_inputs
 from raysegment.data.sources import open_sources
 from raysegment.errors import InputImageError
@@ -109,6 +110,10 @@ def test_a_series_with_a_gap_or_a_bad_file_fails_in_one_line(tmp_path, monkeypat
     ds.NumberOfFrames = 2
     ds.save_as(only)
     with pytest.raises(InputImageError, match="enhanced: multi-frame .*dcm2niix"):
+        open_sources(tmp_path / "enhanced")
+    ds.SOPClassUID = WHOLE_SLIDE  # a slide's level: tiles as frames
+    ds.save_as(only)
+    with pytest.raises(InputImageError, match="enhanced: a DICOM whole-slide image; .*TIFF"):
         open_sources(tmp_path / "enhanced")
     write_series(tmp_path / "ok", stored)
     monkeypatch.setitem(sys.modules, "pydicom", None)
