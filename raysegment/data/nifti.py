@@ -19,6 +19,7 @@ from raysegment.data.sources import (
     ArraySource,
     ImageInfo,
     _axes_to_5d,
+    _ngff_unit,
     open_file,
     reader_module,
 )
@@ -32,14 +33,6 @@ NIFTI_SUFFIXES = (".nii.gz", ".nii")
 _AXES = {2: "xy", 3: "xyz", 4: "xyzt", 5: "xyztc"}
 """A NIfTI array's axes by its dimensions: x varies fastest on disk; the fifth dimension
 holds a voxel's components (channels)."""
-_UNITS = {
-    "mm": "millimeter",
-    "micron": "micrometer",
-    "meter": "meter",
-    "sec": "second",
-    "msec": "millisecond",
-    "usec": "microsecond",
-}
 _BROKEN = (EOFError, OSError, ValueError, zlib.error)
 """What nibabel raises reading a truncated or corrupt file's data."""
 
@@ -113,7 +106,8 @@ class NiftiSource(ArraySource):
         zooms = header.get_zooms()
         scale, units = {}, {}
         for axis, size in zip(self.axes, zooms, strict=False):
-            unit = _UNITS.get(time if axis == "t" else space)
+            named = time if axis == "t" else space  # nibabel's "mm", "sec", ..., "unknown"
+            unit = None if named == "unknown" else _ngff_unit(named)
             if axis in "tzyx" and size > 0:
                 scale[axis] = float(size)
                 if unit is not None:

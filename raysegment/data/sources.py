@@ -102,7 +102,10 @@ _UNITS = {
     "Å": "angstrom",
     "pm": "picometer",
     "s": "second",
+    "sec": "second",
     "ms": "millisecond",
+    "msec": "millisecond",
+    "usec": "microsecond",
     "min": "minute",
     "h": "hour",
 }
@@ -1851,8 +1854,7 @@ def open_sources(
             f"precomputed and BigDataViewer N5 / OME-Zarr projects (.xml) are read from URLs "
             f"(N5 and precomputed with pip install 'raysegment[tensorstore]'); copy the file "
             f"(CZI, HDF5, Imaris, MRC, NIfTI, DICOM, MIRAX and other OpenSlide formats) to a "
-            f"local or "
-            f"mounted path, or convert it to OME-Zarr"
+            f"local or mounted path, or convert it to OME-Zarr"
         )
     elif os.path.isfile(p) and name.endswith(".czi"):
         scenes = _czi_scenes(p)
