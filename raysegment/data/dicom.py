@@ -108,13 +108,15 @@ class DicomSeriesSource(ImageSource):
 
     kind = "dicom"
 
+    def __init__(self, *args: Any, headers: list[Any] | None = None, **kwargs: Any) -> None:
+        self._headers = headers  # the series' headers where the caller read them already
+        super().__init__(*args, **kwargs)
+
     def _inspect(self) -> ImageInfo:
         if self.level > 0:
             raise self._no_level(1)
-        found = _series(self.path)
-        index = self.series or 0
-        uid, headers = found[index]
-        self.uid = uid
+        headers = self._headers or _series(self.path)[self.series or 0][1]
+        self._headers = None  # kept out of the pickled source: its files and rescaling say it
         ordered, spacing = _ordered(self.path, headers)
         self.files = [h.filename for h in ordered]
         first = ordered[0]
@@ -192,13 +194,17 @@ def dicom_sources(directory: str, level: int = 0) -> list[ImageSource]:
     holds several)."""
     from raysegment.data.sources import image_stem
 
-    count = len(_series(directory))
+    found = _series(directory)  # every header read once, for all the series
     stem = image_stem(directory)
     return [
         DicomSeriesSource(
-            directory, series=i, name=stem if count == 1 else f"{stem}_s{i}", level=level
+            directory,
+            series=i,
+            name=stem if len(found) == 1 else f"{stem}_s{i}",
+            level=level,
+            headers=headers,
         )
-        for i in range(count)
+        for i, (_, headers) in enumerate(found)
     ]
 
 
