@@ -1,13 +1,16 @@
-"""Reading a MIRAX slide through OpenSlide against the same pixels as an SVS through tifffile.
+"""Reading MIRAX and DICOM slides through OpenSlide against the same pixels as an SVS
+through tifffile.
 
     python benchmarks/mirax.py [OUT]
 
 Writes (once) an 8192^2 RGB slide as MIRAX (``OUT/slide.mrxs``: 1024^2 JPEG camera fields,
-quality 90, five levels, as ``tests/data/test_openslide.py`` writes slides) and as an SVS
-of 256^2 JPEG tiles of the same quality (``OUT/slide.svs``), and a MIRAX slide of which
-only the left half was imaged (``OUT/half.mrxs``). Then runs ``region_read.py`` on both
-full slides (eight 4608^2 regions of channel 0 each), and times a 4608 x 4096 read of
-the half slide's glass against ``OpenSlideSource.unstored`` telling it without a read.
+quality 90, five levels, as ``tests/data/test_openslide.py`` writes slides), as an SVS
+of 256^2 JPEG tiles of the same quality (``OUT/slide.svs``), as a DICOM whole-slide image
+of the same tiles and levels (``OUT/dicom/``, as ``tests/data/test_dicom.py`` writes
+them), and a MIRAX slide of which only the left half was imaged (``OUT/half.mrxs``). Then
+runs ``region_read.py`` on the three full slides (eight 4608^2 regions of channel 0 each),
+and times a 4608 x 4096 read of the half slide's glass against
+``OpenSlideSource.unstored`` telling it without a read.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from raysegment.data.sources import open_sources  # noqa: E402
+from tests.data.test_dicom import write_slide  # noqa: E402
 from tests.data.test_openslide import _halved, write_mrxs  # noqa: E402
 
 SIDE = 8192
@@ -49,8 +53,10 @@ def _levels(image: np.ndarray) -> list[np.ndarray]:
 def main() -> None:
     out = Path(sys.argv[1] if len(sys.argv) > 1 else "mirax-bench")
     out.mkdir(parents=True, exist_ok=True)
+    image = _pixels()
+    if not (out / "dicom").exists():
+        write_slide(out / "dicom", _levels(image), tile=256, jpeg=True)
     if not (out / "half.mrxs").exists():
-        image = _pixels()
         write_mrxs(out / "slide.mrxs", _levels(image), field=FIELD, codec="JPEG")
         tifffile.imwrite(
             out / "slide.svs",
@@ -64,7 +70,7 @@ def main() -> None:
         fields = SIDE // FIELD
         glass = frozenset((i, j) for i in range(fields) for j in range(fields // 2, fields))
         write_mrxs(out / "half.mrxs", [image], field=FIELD, codec="JPEG", skipped=glass)
-    for slide in ("slide.mrxs", "slide.svs"):
+    for slide in ("slide.mrxs", "dicom", "slide.svs"):
         subprocess.run([sys.executable, str(ROOT / "benchmarks/region_read.py"), str(out / slide)])
     (half,) = open_sources(out / "half.mrxs")
     region = ((0, 1), (1000, 5608), (SIDE // 2, SIDE))

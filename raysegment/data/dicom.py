@@ -1,5 +1,8 @@
 """DICOM series (CT, MR, PET): a directory of single-slice DICOM files, each series in it
-one volume, through pydicom (``pip install 'raysegment[dicom]'``).
+one volume, through pydicom (``pip install 'raysegment[dicom]'``). A series of DICOM's
+whole-slide images (pathology: a file a pyramid level, tiles as frames) is a slide read
+through OpenSlide (``pip install 'raysegment[dicom,openslide]'``), which composes its
+tiles, JPEG, JPEG 2000 or uncompressed, fully or sparsely tiled.
 
 Slices are ordered by their position along the slice normal (``ImagePositionPatient``
 against ``ImageOrientationPatient``), not by file name; the slice spacing is the distance
@@ -19,7 +22,13 @@ import numpy as np
 from raysegment.data.sources import SOURCES, ImageInfo, ImageSource, reader_module
 from raysegment.errors import InputImageError
 
-__all__ = ["WHOLE_SLIDE", "DicomSeriesSource", "dicom_sources", "is_dicom_dir"]
+__all__ = [
+    "WHOLE_SLIDE",
+    "DicomSeriesSource",
+    "dicom_file_sources",
+    "dicom_sources",
+    "is_dicom_dir",
+]
 
 WHOLE_SLIDE = "1.2.840.10008.5.1.4.1.1.77.1.6"
 """SOP class of DICOM's whole-slide images (VL Whole Slide Microscopy Image Storage)."""
@@ -51,22 +60,29 @@ def is_dicom_dir(path: str) -> bool:
     return os.path.isdir(path) and bool(_files(path))
 
 
+def _header(path: str) -> Any:
+    """The header of the DICOM file ``path`` (all but its pixels), its file name set."""
+    pydicom = reader_module(path, "pydicom", "DICOM", "dicom")
+    try:
+        header = pydicom.dcmread(path, stop_before_pixels=True)
+    except Exception as e:  # pydicom's errors have no common base
+        raise InputImageError(
+            f"{path}: not a readable DICOM file ({type(e).__name__}: {e}); remove it "
+            f"from the series' directory or export the series again"
+        ) from e
+    header.filename = path
+    return header
+
+
 def _series(directory: str) -> list[tuple[str, list[Any]]]:
     """Each series of ``directory``: its UID and its slices' headers, in the order of the
     series' numbers."""
-    pydicom = reader_module(directory, "pydicom", "DICOM", "dicom")
+    reader_module(directory, "pydicom", "DICOM", "dicom")  # its error names the directory
     found: dict[str, list[Any]] = defaultdict(list)
     for path in _files(directory):
-        try:
-            header = pydicom.dcmread(path, stop_before_pixels=True)
-        except Exception as e:  # pydicom's errors have no common base
-            raise InputImageError(
-                f"{path}: not a readable DICOM file ({type(e).__name__}: {e}); remove it "
-                f"from the series' directory or export the series again"
-            ) from e
+        header = _header(path)
         if "Rows" not in header:
             continue  # no image (a DICOMDIR, a structured report)
-        header.filename = path
         found[str(header.get("SeriesInstanceUID", ""))].append(header)
     if not found:
         raise InputImageError(f"{directory}: its DICOM files hold no image")
@@ -123,12 +139,6 @@ class DicomSeriesSource(ImageSource):
         rows, columns = int(first.Rows), int(first.Columns)
         if any((int(h.Rows), int(h.Columns)) != (rows, columns) for h in ordered):
             raise InputImageError(f"{self.path}: the series' slices differ in size")
-        if str(first.get("SOPClassUID", "")) == WHOLE_SLIDE:
-            raise InputImageError(
-                f"{self.path}: a DICOM whole-slide image; raysegment reads DICOM series of "
-                f"slices (CT, MR, PET): convert the slide to a pyramidal OME-TIFF or TIFF "
-                f"(e.g. vips tiffsave, which reads it through OpenSlide)"
-            )
         if any(int(h.get("NumberOfFrames", 1) or 1) > 1 for h in ordered):
             raise InputImageError(
                 f"{self.path}: multi-frame (enhanced) DICOM files; raysegment reads series of "
@@ -189,23 +199,74 @@ class DicomSeriesSource(ImageSource):
         return out  # one channel: ``channels`` is (0,)
 
 
+def _is_slide(header: Any) -> bool:
+    return str(header.get("SOPClassUID", "")) == WHOLE_SLIDE
+
+
+def _scan_file(headers: list[Any]) -> str | None:
+    """A file of a whole-slide image's scan (``ImageType`` VOLUME, a pyramid level) among
+    its series' ``headers``; None for a series of its label, overview or thumbnail alone."""
+    for header in headers:
+        if "VOLUME" in [str(v).upper() for v in header.get("ImageType", [])]:
+            return str(header.filename)
+    return None
+
+
 def dicom_sources(directory: str, level: int = 0) -> list[ImageSource]:
     """A source per series of ``directory``, named after it (``<dir>_s<number>`` where it
-    holds several)."""
+    holds several): a volume per series of slices; a slide (``slides.OpenSlideSource``) per
+    whole-slide image, whose label, overview and thumbnail images are not segmented."""
+    from raysegment.data.slides import OpenSlideSource
     from raysegment.data.sources import image_stem
 
-    found = _series(directory)  # every header read once, for all the series
-    stem = image_stem(directory)
-    return [
-        DicomSeriesSource(
-            directory,
-            series=i,
-            name=stem if len(found) == 1 else f"{stem}_s{i}",
-            level=level,
-            headers=headers,
-        )
-        for i, (_, headers) in enumerate(found)
+    found = [  # every header read once, for all the series: (index, headers, scan file)
+        (i, headers, _scan_file(headers) if _is_slide(headers[0]) else None)
+        for i, (_, headers) in enumerate(_series(directory))
     ]
+    found = [f for f in found if f[2] is not None or not _is_slide(f[1][0])]
+    if not found:
+        raise InputImageError(
+            f"{directory}: its DICOM whole-slide files hold no scan (ImageType VOLUME), only "
+            f"label, overview or thumbnail images; add the files of the slide's levels"
+        )
+    stem = image_stem(directory)
+    sources: list[ImageSource] = []
+    for k, (series, headers, scan) in enumerate(found):
+        name = stem if len(found) == 1 else f"{stem}_s{k}"
+        if scan is not None:  # OpenSlide finds the series' other files beside this one
+            sources.append(OpenSlideSource(scan, name=name, level=level))
+        else:
+            source = DicomSeriesSource(
+                directory, series=series, name=name, level=level, headers=headers
+            )
+            sources.append(source)
+    return sources
+
+
+def dicom_file_sources(path: str, level: int = 0) -> list[ImageSource]:
+    """The image of a DICOM file: the slide it is a level of (every file of its series in
+    its directory), named after the file.
+
+    Raises:
+        InputImageError: a file of a series of slices (its directory is the image), or of a
+            slide's label, overview or thumbnail alone.
+    """
+    from raysegment.data.slides import OpenSlideSource
+
+    header = _header(path)
+    if not _is_slide(header):
+        raise InputImageError(
+            f"{path}: one file of a DICOM series; give the series' directory "
+            f"(input={os.path.dirname(path) or '.'}), whose files are read as one volume"
+        )
+    if _scan_file([header]) is None:
+        raise InputImageError(
+            f"{path}: a whole-slide image's label, overview or thumbnail, not its scan; "
+            f"give a file of a pyramid level (ImageType VOLUME) or the slide's directory"
+        )
+    name = os.path.basename(path)
+    stem = name[: -len(".dcm")] if name.lower().endswith(".dcm") else name
+    return [OpenSlideSource(path, name=stem, level=level)]
 
 
 SOURCES.register("dicom")(DicomSeriesSource)

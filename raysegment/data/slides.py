@@ -1,6 +1,7 @@
 """Whole-slide formats that are no plain TIFFs, through OpenSlide (``pip install
 'raysegment[openslide]'``, which brings the library's own wheel): 3DHISTECH MIRAX
-(``.mrxs``), Hamamatsu VMS/VMU, Leica SCN, Ventana BIF and Sakura SVSlide. OpenSlide
+(``.mrxs``), Hamamatsu VMS/VMU, Leica SCN, Ventana BIF, Sakura SVSlide and DICOM
+whole-slide images (their series found by ``dicom.dicom_sources``). OpenSlide
 composes a region from the scanner's tiles (MIRAX's camera images, BIF's overlapping
 tiles), which a TIFF reader cannot; SVS, NDPI and QPTIFF stay with tifffile.
 """
@@ -29,7 +30,7 @@ __all__ = ["OPENSLIDE_SUFFIXES", "OpenSlideSource"]
 BAND = 1 << 22
 """Pixels OpenSlide composes at a time (16 MiB of RGBA): a block is read in bands of rows."""
 
-_WHAT = "MIRAX, Hamamatsu VMS, Leica SCN, Ventana BIF and Sakura slides"
+_WHAT = "MIRAX, Hamamatsu VMS, Leica SCN, Ventana BIF, Sakura and DICOM whole-slide images"
 
 
 def _opened(path: str) -> Any:

@@ -1815,7 +1815,7 @@ def open_sources(
     """
     # These build on this module.
     from raysegment.data.bdv import bdv_project, bdv_sources
-    from raysegment.data.dicom import dicom_sources, is_dicom_dir
+    from raysegment.data.dicom import dicom_file_sources, dicom_sources, is_dicom_dir
     from raysegment.data.hdf5 import hdf5_parts, hdf5_sources
     from raysegment.data.mrc import MRC_SUFFIXES, MrcSource
     from raysegment.data.nifti import NIFTI_SUFFIXES, NiftiSource
@@ -1865,12 +1865,14 @@ def open_sources(
         return _checked([NiftiSource(p, axes, level=level)])
     elif os.path.isfile(p) and name.endswith(OPENSLIDE_SUFFIXES):
         return _checked([OpenSlideSource(p, level=level)])
+    elif os.path.isfile(p) and name.endswith(".dcm"):  # a level of a DICOM whole-slide image
+        return _checked(dicom_file_sources(p, level))
     else:
         raise InputImageError(
             f"{p}: not a supported image; give an OME-TIFF, TIFF (or SVS, NDPI, QPTIFF), "
             f"MIRAX (.mrxs) or other OpenSlide slide (.vms, .vmu, .scn, .bif, .svslide), "
             f"CZI, HDF5 (.h5, .hdf5, .hdf), Imaris (.ims), MRC (.mrc, .rec) or NIfTI "
-            f"(.nii, .nii.gz) file, a directory of a DICOM series, "
+            f"(.nii, .nii.gz) file, a directory of a DICOM series or whole-slide image, "
             f"BigDataViewer project (.xml), zarr array, OME-Zarr, N5 or Neuroglancer "
             f"precomputed volume"
         )

@@ -1,21 +1,26 @@
-"""DICOM series: a directory of CT slices read as one volume, in slice order, rescaled."""
+"""DICOM series: a directory of CT slices read as one volume, in slice order, rescaled;
+DICOM whole-slide images (a file a pyramid level, tiles as frames) read as slides."""
 
 from __future__ import annotations
 
 import sys
 from pathlib import Path
 
+import imagecodecs
 import numpy as np
 import pydicom
 import pytest
-from pydicom.dataset import FileDataset, FileMetaDataset
-from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
+import torch
+import zarr
+from pydicom.dataset import Dataset, FileDataset, FileMetaDataset
+from pydicom.encaps import encapsulate
+from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, JPEGBaseline8Bit, generate_uid
 
 from raysegment.data.dicom import WHOLE_SLIDE
 from raysegment.data.inputs import resolve_inputs
 from raysegment.data.sources import open_sources
 from raysegment.errors import InputImageError
-from tests.conftest import random_image, volume_output, whole_image_prediction
+from tests.conftest import random_image, raw_output, volume_output, whole_image_prediction
 
 
 def write_series(
@@ -111,9 +116,10 @@ def test_a_series_with_a_gap_or_a_bad_file_fails_in_one_line(tmp_path, monkeypat
     ds.save_as(only)
     with pytest.raises(InputImageError, match="enhanced: multi-frame .*dcm2niix"):
         open_sources(tmp_path / "enhanced")
-    ds.SOPClassUID = WHOLE_SLIDE  # a slide's level: tiles as frames
+    ds.SOPClassUID = WHOLE_SLIDE  # a slide's level without its tiles' layout
+    ds.ImageType = ["ORIGINAL", "PRIMARY", "VOLUME", "NONE"]
     ds.save_as(only)
-    with pytest.raises(InputImageError, match="enhanced: a DICOM whole-slide image; .*TIFF"):
+    with pytest.raises(InputImageError, match=r"enhanced/IM\d+.dcm: not a readable whole-slide"):
         open_sources(tmp_path / "enhanced")
     write_series(tmp_path / "ok", stored)
     monkeypatch.setitem(sys.modules, "pydicom", None)
@@ -133,3 +139,147 @@ def test_infer_segments_a_ct_series_into_ome_zarr_in_millimetres(tmp_path, make_
     hu = stored.astype(np.float32) * 0.5 - 100
     np.testing.assert_allclose(got, whole_image_prediction(module, hu), rtol=1e-5, atol=1e-4)
     assert pydicom.dcmread(next((tmp_path / "lung").iterdir())).Modality == "CT"
+
+
+def write_slide(
+    directory: Path,
+    levels: list[np.ndarray],
+    name: str = "level",
+    tile: int = 128,
+    jpeg: bool = False,
+    label: bool = True,
+    mpp: float = 0.25,
+) -> list[np.ndarray]:
+    """A DICOM whole-slide image as scanners and converters write one: a file per level
+    of ``levels`` ((H, W, 3) uint8, each half the previous; ``<name><k>.dcm``) in
+    ``tile``-square frames (TILED_FULL), uncompressed or as JPEG baseline, level 0's
+    pixels ``mpp`` micrometres; with a label image in the series (``label``). Returns the
+    levels as a reader decodes them (the JPEG's losses included)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    study, series, frame_of_reference = generate_uid(), generate_uid(), generate_uid()
+    stored = []
+    images = [(f"{name}{k}", level, k) for k, level in enumerate(levels)]
+    for file, image, k in images + ([("label", levels[-1][:64, :96], -1)] if label else []):
+        h, w, _ = image.shape
+        down, across = -(-h // tile), -(-w // tile)
+        padded = np.zeros((down * tile, across * tile, 3), np.uint8)
+        padded[:h, :w] = image
+        frames = (
+            padded.reshape(down, tile, across, tile, 3).swapaxes(1, 2).reshape(-1, tile, tile, 3)
+        )
+        meta = FileMetaDataset()
+        meta.MediaStorageSOPClassUID = WHOLE_SLIDE
+        meta.MediaStorageSOPInstanceUID = generate_uid()
+        meta.TransferSyntaxUID = JPEGBaseline8Bit if jpeg else ExplicitVRLittleEndian
+        ds = Dataset()
+        ds.file_meta = meta
+        ds.SOPClassUID, ds.SOPInstanceUID = WHOLE_SLIDE, meta.MediaStorageSOPInstanceUID
+        ds.StudyInstanceUID, ds.SeriesInstanceUID = study, series
+        ds.FrameOfReferenceUID, ds.Modality, ds.SeriesNumber = frame_of_reference, "SM", 1
+        kind = ["VOLUME", "NONE" if k == 0 else "RESAMPLED"] if k >= 0 else ["LABEL", "NONE"]
+        ds.ImageType = ["ORIGINAL" if k <= 0 else "DERIVED", "PRIMARY", *kind]
+        ds.Rows = ds.Columns = tile
+        ds.TotalPixelMatrixRows, ds.TotalPixelMatrixColumns = h, w
+        ds.NumberOfFrames, ds.DimensionOrganizationType = len(frames), "TILED_FULL"
+        ds.TotalPixelMatrixFocalPlanes = ds.NumberOfOpticalPaths = 1
+        ds.SamplesPerPixel, ds.PlanarConfiguration = 3, 0
+        ds.PhotometricInterpretation = "YBR_FULL_422" if jpeg else "RGB"
+        ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 8, 8, 7, 0
+        path = Dataset()
+        path.OpticalPathIdentifier = "1"
+        ds.OpticalPathSequence = [path]
+        measures = Dataset()
+        measures.PixelSpacing = [mpp * 2 ** max(k, 0) / 1000] * 2  # millimetres
+        shared = Dataset()
+        shared.PixelMeasuresSequence = [measures]
+        ds.SharedFunctionalGroupsSequence = [shared]
+        if jpeg:
+            encoded = [imagecodecs.jpeg8_encode(f, level=90) for f in frames]
+            ds.PixelData = encapsulate(encoded)
+            ds["PixelData"].VR = "OB"
+            frames = np.stack([imagecodecs.jpeg8_decode(e) for e in encoded])
+        else:
+            ds.PixelData = frames.tobytes()
+        ds.save_as(directory / f"{file}.dcm", enforce_file_format=True)
+        if k >= 0:
+            grid = frames.reshape(down, across, tile, tile, 3).swapaxes(1, 2)
+            stored.append(grid.reshape(down * tile, across * tile, 3)[:h, :w])
+    return stored
+
+
+def _rgb(shape: tuple[int, int], seed: int = 0) -> np.ndarray:
+    return random_image((*shape, 3), "uint8", seed)
+
+
+def test_a_dicom_whole_slide_image_reads_through_openslide(tmp_path) -> None:
+    """A slide's directory (its levels and label image, one series) is one image of three
+    channels, its levels OpenSlide's; a level's file names the same slide; a directory
+    of two slides (JPEG tiles, as most are) an image each; its label is not segmented."""
+    full = _rgb((300, 420))
+    write_slide(tmp_path / "biopsy", [full, full[::2, ::2]])
+    assert resolve_inputs(str(tmp_path / "biopsy")) == [str(tmp_path / "biopsy")]
+    (source,) = open_sources(tmp_path / "biopsy")
+    assert (source.kind, source.name, source.levels) == ("openslide", "biopsy", 2)
+    assert source.info.shape == (1, 3, 1, 300, 420) and source.info.dtype == np.uint8
+    assert source.info.scale == pytest.approx({"y": 0.25, "x": 0.25})
+    assert source.info.units == dict.fromkeys("yx", "micrometer")
+    region = ((0, 1), (130, 300), (100, 390))  # across frames' edges, to the image's end
+    want = full[130:300, 100:390].transpose(2, 0, 1)
+    np.testing.assert_array_equal(source.read(0, (0, 1, 2), region)[:, 0], want)
+    (reduced,) = open_sources(tmp_path / "biopsy", level=1)
+    assert reduced.info.shape[-2:] == (150, 210)
+    assert reduced.info.scale == pytest.approx({"y": 0.5, "x": 0.5})
+    got = reduced.read(0, (2,), ((0, 1), (0, 150), (0, 210)))[0, 0]
+    np.testing.assert_array_equal(got, full[::2, ::2, 2])
+    (level,) = open_sources(tmp_path / "biopsy" / "level1.dcm")  # a level: the whole slide
+    assert (level.name, level.levels, level.info.shape) == ("level1", 2, source.info.shape)
+
+    two = tmp_path / "two"
+    write_slide(two, [_rgb((200, 260), 1)], name="a", label=False)
+    (jpeg,) = write_slide(two, [_rgb((230, 180), 2)], name="b", jpeg=True)
+    first, second = sorted(open_sources(two), key=lambda s: s.info.shape)
+    assert {first.name, second.name} == {"two_s0", "two_s1"}
+    assert second.info.shape[-2:] == (230, 180)
+    got = second.read(0, (0, 1, 2), ((0, 1), (0, 230), (0, 180)))[:, 0]
+    np.testing.assert_array_equal(got, jpeg.transpose(2, 0, 1))
+
+
+def test_dicom_slide_errors_name_the_file_and_the_fix(tmp_path, monkeypatch) -> None:
+    full = _rgb((100, 140))
+    write_slide(tmp_path / "slide", [full])
+    with pytest.raises(InputImageError, match="label.dcm: a whole-slide image's label"):
+        open_sources(tmp_path / "slide" / "label.dcm")
+    (tmp_path / "slide" / "level0.dcm").unlink()
+    with pytest.raises(InputImageError, match="slide: its DICOM whole-slide files hold no scan"):
+        open_sources(tmp_path / "slide")
+    write_series(
+        tmp_path / "ct", random_image((2, 8, 8)).astype(np.uint16), names=["a.dcm", "b.dcm"]
+    )
+    with pytest.raises(InputImageError, match=r"a.dcm: one file of a DICOM series; .*input=.*ct"):
+        open_sources(tmp_path / "ct" / "a.dcm")
+    write_slide(tmp_path / "ok", [full])
+    monkeypatch.setitem(sys.modules, "openslide", None)
+    with pytest.raises(InputImageError, match=r"DICOM whole-slide images needs openslide: pip"):
+        open_sources(tmp_path / "ok")
+
+
+@pytest.mark.usefixtures("ray_session")
+def test_infer_segments_a_dicom_slide_into_ome_zarr_in_micrometres(tmp_path, make_model) -> None:
+    full = _rgb((192, 160))
+    write_slide(tmp_path / "case", [full, full[::2, ::2]], tile=64)
+    model, module = make_model(in_ch=3, out_ch=2)
+    got = raw_output(
+        tmp_path,
+        tmp_path / "case",
+        model,
+        chunks=[64],
+        tile={"size": [64], "overlap": 0.5, "blend": "crop"},
+        quicklook=False,
+    )
+    with torch.inference_mode():
+        pixels = torch.from_numpy(full.transpose(2, 0, 1).astype(np.float32))[None]
+        want = module(pixels)[0].numpy()
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-4)
+    group = zarr.open_group(str(tmp_path / "out" / "case.ome.zarr"), mode="r")
+    ms = dict(group.attrs)["ome"]["multiscales"][0]
+    assert ms["datasets"][0]["coordinateTransformations"][0]["scale"] == [1.0, 0.25, 0.25]
