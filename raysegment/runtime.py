@@ -48,6 +48,12 @@ LOCAL_RAY_CONFIG = {
     # next barrier: same-priority workers made a CPU run 3% faster here (8192^2 Unet, one
     # actor x 2 threads, five alternating pairs: 75.9 -> 73.5 s mean, none slower).
     "worker_niceness": 0,
+    # Ray stops a worker process idle for 1 s once more processes run than CPUs (a
+    # training run's workers, controller and helper actors). The tasks reading each
+    # epoch's patches went idle between epochs: two processes stopped and two started
+    # (~2.5 CPU-s each here) every epoch. Kept 10 s, they serve the next epoch: a 3-epoch
+    # two-worker training test took 80 -> 67 CPU-s (benchmarks/HISTORY.md, session 43).
+    "idle_worker_killing_time_threshold_ms": 10000,
 }
 """Ray settings of the private local Ray ``start_ray`` starts (a cluster joined keeps its
 own)."""
