@@ -9,8 +9,10 @@ of 256^2 JPEG tiles of the same quality (``OUT/slide.svs``), as a DICOM whole-sl
 of the same tiles and levels (``OUT/dicom/``, as ``tests/data/test_dicom.py`` writes
 them), and a MIRAX slide of which only the left half was imaged (``OUT/half.mrxs``). Then
 runs ``region_read.py`` on the three full slides (eight 4608^2 regions of channel 0 each),
-and times a 4608 x 4096 read of the half slide's glass against
-``OpenSlideSource.unstored`` telling it without a read.
+times a 4608 x 4096 read of the half slide's glass against
+``OpenSlideSource.unstored`` telling it without a read, and reads the DICOM slide's eight
+regions through OpenSlide against raysegment's own frame reader (``DicomSlideSource``),
+alternately, twice.
 """
 
 from __future__ import annotations
@@ -27,7 +29,8 @@ import tifffile
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from raysegment.data.sources import open_sources  # noqa: E402
+from raysegment.data.slides import OpenSlideSource  # noqa: E402
+from raysegment.data.sources import ImageSource, open_source, open_sources  # noqa: E402
 from tests.data.test_dicom import write_slide  # noqa: E402
 from tests.data.test_openslide import _halved, write_mrxs  # noqa: E402
 
@@ -50,12 +53,21 @@ def _levels(image: np.ndarray) -> list[np.ndarray]:
     return levels
 
 
+def _cpu_per_region(source: ImageSource, corners: list[tuple[int, int]]) -> float:
+    """CPU seconds per 4608^2 region of channel 0 at ``corners``, after a warm-up read."""
+    source.read(0, (0,), ((0, 1), (0, 64), (0, 64)))
+    start = time.process_time()
+    for y, x in corners:
+        source.read(0, (0,), ((0, 1), (y, y + 4608), (x, x + 4608)))
+    return (time.process_time() - start) / len(corners)
+
+
 def main() -> None:
     out = Path(sys.argv[1] if len(sys.argv) > 1 else "mirax-bench")
     out.mkdir(parents=True, exist_ok=True)
     image = _pixels()
     if not (out / "dicom").exists():
-        write_slide(out / "dicom", _levels(image), tile=256, jpeg=True)
+        write_slide(out / "dicom", _levels(image), tile=256, codec="jpeg")
     if not (out / "half.mrxs").exists():
         write_mrxs(out / "slide.mrxs", _levels(image), field=FIELD, codec="JPEG")
         tifffile.imwrite(
@@ -83,6 +95,17 @@ def main() -> None:
         told = time.perf_counter() - start
         assert empty and (pixels == 255).all()
         print(f"glass 4608 x 4096: read {1000 * read:.0f} ms, told empty in {1e6 * told:.0f} us")
+    rng = np.random.default_rng(0)
+    corners = [
+        (int(rng.integers(0, SIDE - 4608)), int(rng.integers(0, SIDE - 4608))) for _ in range(8)
+    ]
+    frames, composed = (
+        open_source(out / "dicom"),
+        OpenSlideSource(str(out / "dicom" / "level0.dcm")),
+    )
+    for source in (composed, frames, composed, frames):
+        cpu = _cpu_per_region(source, corners)
+        print(f"DICOM slide, {source.kind}: {1000 * cpu:.0f} ms CPU per 4608^2 region")
 
 
 if __name__ == "__main__":

@@ -1,8 +1,11 @@
 """DICOM series (CT, MR, PET): a directory of single-slice DICOM files, each series in it
 one volume, through pydicom (``pip install 'raysegment[dicom]'``). A series of DICOM's
-whole-slide images (pathology: a file a pyramid level, tiles as frames) is a slide read
-through OpenSlide (``pip install 'raysegment[dicom,openslide]'``), which composes its
-tiles, JPEG, JPEG 2000 or uncompressed, fully or sparsely tiled.
+whole-slide images (pathology: a file a pyramid level, tiles as frames) is a slide: read
+here frame by frame (``DicomSlideSource``) where each level is one file of RGB frames in
+row order (TILED_FULL), one focal plane and optical path, JPEG baseline, JPEG 2000 or
+uncompressed, as most scanners and converters write them; any other layout (sparse
+tiling, several focal planes, a level split over files) through OpenSlide (``pip install
+'raysegment[openslide]'``), which composes any of them.
 
 Slices are ordered by their position along the slice normal (``ImagePositionPatient``
 against ``ImageOrientationPatient``), not by file name; the slice spacing is the distance
@@ -14,7 +17,9 @@ read reads the files of its slices only.
 from __future__ import annotations
 
 import os
+import struct
 from collections import defaultdict
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -25,6 +30,7 @@ from raysegment.errors import InputImageError
 __all__ = [
     "WHOLE_SLIDE",
     "DicomSeriesSource",
+    "DicomSlideSource",
     "dicom_file_sources",
     "dicom_sources",
     "is_dicom_dir",
@@ -199,6 +205,238 @@ class DicomSeriesSource(ImageSource):
         return out  # one channel: ``channels`` is (0,)
 
 
+_JPEG = "1.2.840.10008.1.2.4.50"
+_JPEG2000 = ("1.2.840.10008.1.2.4.90", "1.2.840.10008.1.2.4.91")
+_RAW = "1.2.840.10008.1.2.1"
+"""Transfer syntaxes read here: JPEG baseline, JPEG 2000 (lossless and lossy), and
+uncompressed little endian (explicit VR)."""
+_ITEM, _END = 0xE000FFFE, 0xE0DDFFFE
+"""Item and sequence delimitation tags of encapsulated pixel data, as read little endian."""
+
+
+class _Indirect(Exception):
+    """A slide this reader does not take: OpenSlide reads it."""
+
+
+@dataclass(frozen=True)
+class _Level:
+    path: str
+    height: int
+    width: int
+    tile: tuple[int, int]
+    frames: int
+    syntax: str
+    photometric: str
+    spacing: float | None  # a pixel's side, micrometres
+
+
+def _level(header: Any) -> _Level:
+    """A pyramid level's layout from its file's ``header``; raises ``_Indirect`` for
+    layouts read through OpenSlide."""
+    syntax = str(header.file_meta.get("TransferSyntaxUID", ""))
+    photometric = str(header.get("PhotometricInterpretation", ""))
+    tiling = str(header.get("DimensionOrganizationType", ""))
+    colour = photometric in ("RGB", "YBR_FULL_422", "YBR_FULL", "YBR_ICT", "YBR_RCT")
+    if not (
+        tiling == "TILED_FULL"
+        and int(header.get("TotalPixelMatrixFocalPlanes", 1) or 1) == 1
+        and int(header.get("NumberOfOpticalPaths", 1) or 1) == 1
+        and int(header.get("SamplesPerPixel", 0)) == 3
+        and int(header.get("BitsAllocated", 0)) == 8
+        and int(header.get("PlanarConfiguration", 0) or 0) == 0
+        and colour
+        and syntax in (_JPEG, *_JPEG2000, _RAW)
+    ):
+        raise _Indirect(header.filename)
+    spacing = None
+    try:
+        measures = header.SharedFunctionalGroupsSequence[0].PixelMeasuresSequence[0]
+        spacing = float(measures.PixelSpacing[1]) * 1000  # millimetres; (row, column)
+    except (AttributeError, IndexError, KeyError, TypeError, ValueError):
+        pass
+    return _Level(
+        str(header.filename),
+        int(header.TotalPixelMatrixRows),
+        int(header.TotalPixelMatrixColumns),
+        (int(header.Rows), int(header.Columns)),
+        int(header.get("NumberOfFrames", 1) or 1),
+        syntax,
+        photometric,
+        spacing,
+    )
+
+
+def _levels(headers: list[Any]) -> list[_Level]:
+    """The slide's pyramid levels, largest first: one file each (a level of several
+    files, concatenated or of several focal planes, is read through OpenSlide)."""
+    scans = [h for h in headers if "VOLUME" in [str(v).upper() for v in h.get("ImageType", [])]]
+    levels = sorted((_level(h) for h in scans), key=lambda lv: -lv.width)
+    if len({lv.width for lv in levels}) < len(levels):
+        raise _Indirect(levels[0].path)
+    return levels
+
+
+def _frame_table(level: _Level) -> np.ndarray:
+    """(frames, 2): each frame's byte offset in its file and its length: encapsulated,
+    from the extended offset table, else from the items (one a frame: frames of several
+    fragments go to OpenSlide); native, from the frame size."""
+    import pydicom
+
+    with open(level.path, "rb") as f:
+        header = pydicom.dcmread(f, stop_before_pixels=True)
+        start = f.tell()  # at the pixel data's element, where dcmread stopped
+        group, element, vr, length = struct.unpack("<HH2s2xI", f.read(12))
+        if (group, element) != (0x7FE0, 0x0010) or vr not in (b"OB", b"OW"):
+            raise _Indirect(level.path)
+        rows, columns = level.tile
+        if length != 0xFFFFFFFF:  # native: frames one after another
+            size = rows * columns * 3
+            if length < size * level.frames:
+                raise InputImageError(f"{level.path}: its pixel data is shorter than its frames")
+            offsets = start + 12 + size * np.arange(level.frames, dtype=np.int64)
+            return np.stack([offsets, np.full_like(offsets, size)], axis=1)
+        tag, table = struct.unpack("<II", f.read(8))  # the basic offset table's item
+        if tag != _ITEM:
+            raise _Indirect(level.path)
+        f.seek(table, os.SEEK_CUR)
+        first = start + 12 + 8 + table
+        if "ExtendedOffsetTable" in header and "ExtendedOffsetTableLengths" in header:
+            offsets = np.frombuffer(header.ExtendedOffsetTable, "<u8").astype(np.int64)
+            lengths = np.frombuffer(header.ExtendedOffsetTableLengths, "<u8").astype(np.int64)
+            if len(offsets) == level.frames == len(lengths):
+                return np.stack([first + offsets + 8, lengths], axis=1)
+        items = []  # (offset, length) of every fragment
+        while True:
+            head = f.read(8)
+            if len(head) < 8:
+                raise InputImageError(f"{level.path}: its pixel data ends early (truncated?)")
+            tag, size = struct.unpack("<II", head)
+            if tag == _END:
+                break
+            if tag != _ITEM:
+                raise InputImageError(f"{level.path}: its pixel data is not well formed")
+            items.append((f.tell(), size))
+            f.seek(size, os.SEEK_CUR)
+    if len(items) != level.frames:  # frames of several fragments: OpenSlide splits them
+        raise _Indirect(level.path)
+    return np.asarray(items, np.int64).reshape(-1, 2)
+
+
+class _Frames:
+    """A level's file, open, and its frame table: a process's handle."""
+
+    def __init__(self, path: str, table: np.ndarray) -> None:
+        self.table = table
+        self.fd = os.open(path, os.O_RDONLY)
+
+    def read(self, index: int) -> bytes:
+        offset, length = self.table[index]
+        return os.pread(self.fd, int(length), int(offset))
+
+    def close(self) -> None:
+        os.close(self.fd)
+
+
+class DicomSlideSource(ImageSource):
+    """A DICOM whole-slide image read frame by frame: three channels, R, G and B, of 8
+    bits; ``path`` the slide's directory (``series``: its index among the directory's
+    series) or a file of one of its levels; the pixel size from ``PixelSpacing``
+    (micrometres), the levels its files of ``ImageType`` VOLUME, largest first. A region
+    reads and decodes the frames it touches, and nothing else."""
+
+    kind = "dicom-slide"
+
+    def __init__(self, *args: Any, headers: list[Any] | None = None, **kwargs: Any) -> None:
+        self._headers = headers  # the series' headers where the caller read them already
+        super().__init__(*args, **kwargs)
+
+    def _series_headers(self) -> list[Any]:
+        if os.path.isdir(self.path):
+            return _series(self.path)[self.series or 0][1]
+        uid = str(_header(self.path).get("SeriesInstanceUID", ""))
+        found = dict(_series(os.path.dirname(self.path) or "."))
+        return found[uid]
+
+    def _inspect(self) -> ImageInfo:
+        levels = _levels(self._headers or self._series_headers())
+        self._headers = None
+        self.levels = len(levels)
+        if self.level >= self.levels:
+            raise self._no_level(self.levels)
+        self.layout = levels[self.level]
+        # Made here, once: a slide it cannot tell the frames of goes to OpenSlide.
+        self.table = _frame_table(self.layout)
+        down, across = (
+            -(-n // t)
+            for n, t in zip((self.layout.height, self.layout.width), self.layout.tile, strict=True)
+        )
+        if down * across != self.layout.frames:
+            raise _Indirect(self.layout.path)
+        self.grid = (down, across)
+        full = levels[0]
+        spacing = self.layout.spacing
+        if spacing is None and full.spacing is not None:
+            spacing = full.spacing * full.width / self.layout.width
+        scale = {"y": spacing, "x": spacing} if spacing else {}
+        units = dict.fromkeys(scale, "micrometer")
+        shape = (1, 3, 1, self.layout.height, self.layout.width)
+        return ImageInfo(shape, np.dtype(np.uint8), scale, units)  # type: ignore[arg-type]
+
+    def at_level(self, level: int) -> ImageSource:
+        return slide_source(self.path, self.series, self.name, level)
+
+    def _open(self) -> Any:
+        return _Frames(self.layout.path, self.table)
+
+    def _decode(self, data: bytes) -> np.ndarray:
+        import imagecodecs
+
+        syntax, photometric = self.layout.syntax, self.layout.photometric
+        if syntax == _RAW:
+            return np.frombuffer(data, np.uint8).reshape(*self.layout.tile, 3)
+        if syntax == _JPEG:
+            # RGB: components stored as they are (no YCbCr transform in the JPEG).
+            space = "RGB" if photometric == "RGB" else None
+            return imagecodecs.jpeg8_decode(data, colorspace=space, outcolorspace="RGB")
+        return imagecodecs.jpeg2k_decode(data)  # its colour transform is in its codestream
+
+    def _read(
+        self, t: int, channels: tuple[int, ...], region: tuple[tuple[int, int], ...]
+    ) -> np.ndarray:
+        (z0, z1), (y0, y1), (x0, x1) = region
+        out = np.empty((len(channels), z1 - z0, y1 - y0, x1 - x0), np.uint8)
+        (rows, columns), across = self.layout.tile, self.grid[1]
+        frames: _Frames = self.handle
+        for ty in range(y0 // rows, (y1 - 1) // rows + 1):
+            for tx in range(x0 // columns, (x1 - 1) // columns + 1):
+                tile = self._decode(frames.read(ty * across + tx))
+                top, left = ty * rows, tx * columns
+                ya, yb, xa, xb = (
+                    max(y0, top),
+                    min(y1, top + rows),
+                    max(x0, left),
+                    min(x1, left + columns),
+                )
+                part = tile[ya - top : yb - top, xa - left : xb - left]
+                for i, c in enumerate(channels):
+                    out[i, 0, ya - y0 : yb - y0, xa - x0 : xb - x0] = part[..., c]
+        return out
+
+
+def slide_source(
+    path: str, series: int | None, name: str, level: int, headers: list[Any] | None = None
+) -> ImageSource:
+    """The DICOM slide of ``path`` (its directory and ``series``, or a level's file): read
+    here where its layout allows, else through OpenSlide (``slides.OpenSlideSource``),
+    which finds the series' other files beside the one it opens."""
+    from raysegment.data.slides import OpenSlideSource
+
+    try:
+        return DicomSlideSource(path, series=series, name=name, level=level, headers=headers)
+    except _Indirect as e:
+        return OpenSlideSource(str(e), name=name, level=level)
+
+
 def _is_slide(header: Any) -> bool:
     return str(header.get("SOPClassUID", "")) == WHOLE_SLIDE
 
@@ -216,7 +454,6 @@ def dicom_sources(directory: str, level: int = 0) -> list[ImageSource]:
     """A source per series of ``directory``, named after it (``<dir>_s<number>`` where it
     holds several): a volume per series of slices; a slide (``slides.OpenSlideSource``) per
     whole-slide image, whose label, overview and thumbnail images are not segmented."""
-    from raysegment.data.slides import OpenSlideSource
     from raysegment.data.sources import image_stem
 
     found = [  # every header read once, for all the series: (index, headers, scan file)
@@ -233,8 +470,8 @@ def dicom_sources(directory: str, level: int = 0) -> list[ImageSource]:
     sources: list[ImageSource] = []
     for k, (series, headers, scan) in enumerate(found):
         name = stem if len(found) == 1 else f"{stem}_s{k}"
-        if scan is not None:  # OpenSlide finds the series' other files beside this one
-            sources.append(OpenSlideSource(scan, name=name, level=level))
+        if scan is not None:
+            sources.append(slide_source(directory, series, name, level, headers))
         else:
             source = DicomSeriesSource(
                 directory, series=series, name=name, level=level, headers=headers
@@ -251,8 +488,6 @@ def dicom_file_sources(path: str, level: int = 0) -> list[ImageSource]:
         InputImageError: a file of a series of slices (its directory is the image), or of a
             slide's label, overview or thumbnail alone.
     """
-    from raysegment.data.slides import OpenSlideSource
-
     header = _header(path)
     if not _is_slide(header):
         raise InputImageError(
@@ -266,7 +501,8 @@ def dicom_file_sources(path: str, level: int = 0) -> list[ImageSource]:
         )
     name = os.path.basename(path)
     stem = name[: -len(".dcm")] if name.lower().endswith(".dcm") else name
-    return [OpenSlideSource(path, name=stem, level=level)]
+    return [slide_source(path, None, stem, level)]
 
 
 SOURCES.register("dicom")(DicomSeriesSource)
+SOURCES.register("dicom-slide")(DicomSlideSource)

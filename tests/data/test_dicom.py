@@ -3,6 +3,7 @@ DICOM whole-slide images (a file a pyramid level, tiles as frames) read as slide
 
 from __future__ import annotations
 
+import pickle
 import sys
 from pathlib import Path
 
@@ -13,9 +14,16 @@ import pytest
 import torch
 import zarr
 from pydicom.dataset import Dataset, FileDataset, FileMetaDataset
-from pydicom.encaps import encapsulate
-from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, JPEGBaseline8Bit, generate_uid
+from pydicom.encaps import encapsulate, encapsulate_extended
+from pydicom.uid import (
+    CTImageStorage,
+    ExplicitVRLittleEndian,
+    JPEG2000Lossless,
+    JPEGBaseline8Bit,
+    generate_uid,
+)
 
+from raysegment.data import slides
 from raysegment.data.dicom import WHOLE_SLIDE
 from raysegment.data.inputs import resolve_inputs
 from raysegment.data.sources import open_sources
@@ -141,20 +149,39 @@ def test_infer_segments_a_ct_series_into_ome_zarr_in_millimetres(tmp_path, make_
     assert pydicom.dcmread(next((tmp_path / "lung").iterdir())).Modality == "CT"
 
 
+CODECS = {  # transfer syntax, photometric interpretation
+    "raw": (ExplicitVRLittleEndian, "RGB"),
+    "jpeg": (JPEGBaseline8Bit, "YBR_FULL_422"),  # YCbCr, as most scanners store tiles
+    "jpeg-rgb": (JPEGBaseline8Bit, "RGB"),  # RGB components (Aperio's SVS, converted)
+    "j2k": (JPEG2000Lossless, "YBR_RCT"),  # reversible colour transform
+}
+
+
+def _encoded(frame: np.ndarray, codec: str) -> bytes:
+    if codec == "jpeg":
+        return imagecodecs.jpeg8_encode(frame, level=90)
+    if codec == "jpeg-rgb":
+        return imagecodecs.jpeg8_encode(frame, level=90, outcolorspace="RGB")
+    return imagecodecs.jpeg2k_encode(frame, codecformat="J2K", reversible=True)
+
+
 def write_slide(
     directory: Path,
     levels: list[np.ndarray],
     name: str = "level",
     tile: int = 128,
-    jpeg: bool = False,
+    codec: str = "raw",
     label: bool = True,
     mpp: float = 0.25,
+    missing: frozenset[tuple[int, int]] | None = None,
 ) -> list[np.ndarray]:
     """A DICOM whole-slide image as scanners and converters write one: a file per level
     of ``levels`` ((H, W, 3) uint8, each half the previous; ``<name><k>.dcm``) in
-    ``tile``-square frames (TILED_FULL), uncompressed or as JPEG baseline, level 0's
-    pixels ``mpp`` micrometres; with a label image in the series (``label``). Returns the
-    levels as a reader decodes them (the JPEG's losses included)."""
+    ``tile``-square frames in row order (TILED_FULL), coded as ``CODECS`` names, level
+    0's pixels ``mpp`` micrometres; with a label image in the series (``label``).
+    ``missing``: level 0 is sparsely tiled (TILED_SPARSE: each frame's position given)
+    without those (row, column) tiles. Returns the levels as a reader decodes them (a
+    JPEG's losses included; missing tiles 0)."""
     directory.mkdir(parents=True, exist_ok=True)
     study, series, frame_of_reference = generate_uid(), generate_uid(), generate_uid()
     stored = []
@@ -164,13 +191,16 @@ def write_slide(
         down, across = -(-h // tile), -(-w // tile)
         padded = np.zeros((down * tile, across * tile, 3), np.uint8)
         padded[:h, :w] = image
-        frames = (
-            padded.reshape(down, tile, across, tile, 3).swapaxes(1, 2).reshape(-1, tile, tile, 3)
-        )
+        grid = padded.reshape(down, tile, across, tile, 3).swapaxes(1, 2)
+        frames = grid.reshape(-1, tile, tile, 3)
+        kept = [(i, j) for i in range(down) for j in range(across)]
+        if missing is not None and k == 0:
+            kept = [at for at in kept if at not in missing]
+            frames = frames[[i * across + j for i, j in kept]]
         meta = FileMetaDataset()
         meta.MediaStorageSOPClassUID = WHOLE_SLIDE
         meta.MediaStorageSOPInstanceUID = generate_uid()
-        meta.TransferSyntaxUID = JPEGBaseline8Bit if jpeg else ExplicitVRLittleEndian
+        meta.TransferSyntaxUID, photometric = CODECS[codec]
         ds = Dataset()
         ds.file_meta = meta
         ds.SOPClassUID, ds.SOPInstanceUID = WHOLE_SLIDE, meta.MediaStorageSOPInstanceUID
@@ -181,9 +211,21 @@ def write_slide(
         ds.Rows = ds.Columns = tile
         ds.TotalPixelMatrixRows, ds.TotalPixelMatrixColumns = h, w
         ds.NumberOfFrames, ds.DimensionOrganizationType = len(frames), "TILED_FULL"
+        if missing is not None and k == 0:
+            ds.DimensionOrganizationType, positions = "TILED_SPARSE", []
+            for i, j in kept:
+                at = Dataset()
+                at.RowPositionInTotalImagePixelMatrix = i * tile + 1
+                at.ColumnPositionInTotalImagePixelMatrix = j * tile + 1
+                at.XOffsetInSlideCoordinateSystem = at.YOffsetInSlideCoordinateSystem = 0
+                at.ZOffsetInSlideCoordinateSystem = 0
+                item = Dataset()
+                item.PlanePositionSlideSequence = [at]
+                positions.append(item)
+            ds.PerFrameFunctionalGroupsSequence = positions
         ds.TotalPixelMatrixFocalPlanes = ds.NumberOfOpticalPaths = 1
         ds.SamplesPerPixel, ds.PlanarConfiguration = 3, 0
-        ds.PhotometricInterpretation = "YBR_FULL_422" if jpeg else "RGB"
+        ds.PhotometricInterpretation = photometric
         ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 8, 8, 7, 0
         path = Dataset()
         path.OpticalPathIdentifier = "1"
@@ -193,16 +235,28 @@ def write_slide(
         shared = Dataset()
         shared.PixelMeasuresSequence = [measures]
         ds.SharedFunctionalGroupsSequence = [shared]
-        if jpeg:
-            encoded = [imagecodecs.jpeg8_encode(f, level=90) for f in frames]
-            ds.PixelData = encapsulate(encoded)
-            ds["PixelData"].VR = "OB"
-            frames = np.stack([imagecodecs.jpeg8_decode(e) for e in encoded])
-        else:
+        if codec == "raw":
             ds.PixelData = frames.tobytes()
+        else:
+            encoded = [_encoded(f, codec) for f in frames]
+            # Frames found by each of the three ways: a basic offset table, an extended
+            # one, or none (the items counted).
+            if tile >= 128 and codec == "j2k":
+                data, ds.ExtendedOffsetTable, ds.ExtendedOffsetTableLengths = encapsulate_extended(
+                    encoded
+                )
+                ds.PixelData = data
+            else:
+                ds.PixelData = encapsulate(encoded, has_bot=tile < 128)
+            ds["PixelData"].VR = "OB"
+            if codec != "j2k":  # lossless
+                decode = {"jpeg": {}, "jpeg-rgb": {"colorspace": "RGB"}}[codec]
+                frames = np.stack([imagecodecs.jpeg8_decode(e, **decode) for e in encoded])
         ds.save_as(directory / f"{file}.dcm", enforce_file_format=True)
-        if k >= 0:
-            grid = frames.reshape(down, across, tile, tile, 3).swapaxes(1, 2)
+        if k >= 0:  # the frames as decoded, where they are (missing ones 0)
+            placed = np.zeros((down * across, tile, tile, 3), np.uint8)
+            placed[[i * across + j for i, j in kept]] = frames
+            grid = placed.reshape(down, across, tile, tile, 3).swapaxes(1, 2)
             stored.append(grid.reshape(down * tile, across * tile, 3)[:h, :w])
     return stored
 
@@ -211,37 +265,66 @@ def _rgb(shape: tuple[int, int], seed: int = 0) -> np.ndarray:
     return random_image((*shape, 3), "uint8", seed)
 
 
-def test_a_dicom_whole_slide_image_reads_through_openslide(tmp_path) -> None:
+def test_a_dicom_whole_slide_image_reads_frame_by_frame(tmp_path) -> None:
     """A slide's directory (its levels and label image, one series) is one image of three
-    channels, its levels OpenSlide's; a level's file names the same slide; a directory
-    of two slides (JPEG tiles, as most are) an image each; its label is not segmented."""
+    channels and its levels; a level's file names the same slide; a directory of two
+    slides (JPEG tiles, as most are) an image each; its label is not segmented."""
     full = _rgb((300, 420))
     write_slide(tmp_path / "biopsy", [full, full[::2, ::2]])
     assert resolve_inputs(str(tmp_path / "biopsy")) == [str(tmp_path / "biopsy")]
     (source,) = open_sources(tmp_path / "biopsy")
-    assert (source.kind, source.name, source.levels) == ("openslide", "biopsy", 2)
+    assert (source.kind, source.name, source.levels) == ("dicom-slide", "biopsy", 2)
     assert source.info.shape == (1, 3, 1, 300, 420) and source.info.dtype == np.uint8
     assert source.info.scale == pytest.approx({"y": 0.25, "x": 0.25})
     assert source.info.units == dict.fromkeys("yx", "micrometer")
     region = ((0, 1), (130, 300), (100, 390))  # across frames' edges, to the image's end
     want = full[130:300, 100:390].transpose(2, 0, 1)
     np.testing.assert_array_equal(source.read(0, (0, 1, 2), region)[:, 0], want)
+    np.testing.assert_array_equal(source.read(0, (2,), region)[0, 0], want[2])
     (reduced,) = open_sources(tmp_path / "biopsy", level=1)
-    assert reduced.info.shape[-2:] == (150, 210)
+    assert reduced.info.shape[-2:] == (150, 210) and reduced.level_scale() == (2.0, 2.0)
     assert reduced.info.scale == pytest.approx({"y": 0.5, "x": 0.5})
     got = reduced.read(0, (2,), ((0, 1), (0, 150), (0, 210)))[0, 0]
     np.testing.assert_array_equal(got, full[::2, ::2, 2])
+    unpickled = pickle.loads(pickle.dumps(reduced))  # as a worker receives it
+    np.testing.assert_array_equal(unpickled.read(0, (2,), ((0, 1), (0, 150), (0, 210)))[0, 0], got)
     (level,) = open_sources(tmp_path / "biopsy" / "level1.dcm")  # a level: the whole slide
     assert (level.name, level.levels, level.info.shape) == ("level1", 2, source.info.shape)
 
     two = tmp_path / "two"
     write_slide(two, [_rgb((200, 260), 1)], name="a", label=False)
-    (jpeg,) = write_slide(two, [_rgb((230, 180), 2)], name="b", jpeg=True)
+    (jpeg,) = write_slide(two, [_rgb((230, 180), 2)], name="b", codec="jpeg")
     first, second = sorted(open_sources(two), key=lambda s: s.info.shape)
     assert {first.name, second.name} == {"two_s0", "two_s1"}
     assert second.info.shape[-2:] == (230, 180)
     got = second.read(0, (0, 1, 2), ((0, 1), (0, 230), (0, 180)))[:, 0]
     np.testing.assert_array_equal(got, jpeg.transpose(2, 0, 1))
+
+
+@pytest.mark.parametrize("codec", sorted(CODECS))
+@pytest.mark.parametrize("tile", [64, 128])  # frames with an offset table, without
+def test_each_coding_of_frames_reads_as_openslide_reads_it(tmp_path, codec, tile) -> None:
+    full = _rgb((200, 330))
+    (stored,) = write_slide(tmp_path / "s", [full], tile=tile, codec=codec, label=False)
+    if codec in ("raw", "j2k"):
+        np.testing.assert_array_equal(stored, full)  # lossless
+    (source,) = open_sources(tmp_path / "s")
+    assert source.kind == "dicom-slide"
+    region = ((0, 1), (30, 200), (65, 330))
+    got = source.read(0, (0, 1, 2), region)
+    np.testing.assert_array_equal(got[:, 0], stored[30:200, 65:330].transpose(2, 0, 1))
+    composed = slides.OpenSlideSource(str(tmp_path / "s" / "level0.dcm"))
+    np.testing.assert_array_equal(composed.read(0, (0, 1, 2), region), got)
+
+
+def test_a_sparsely_tiled_slide_reads_through_openslide_its_gaps_white(tmp_path) -> None:
+    full = _rgb((256, 256))
+    write_slide(tmp_path / "s", [full, full[::2, ::2]], missing=frozenset({(0, 1)}))
+    (source,) = open_sources(tmp_path / "s")
+    assert (source.kind, source.levels) == ("openslide", 2)
+    got = source.read(0, (0, 1, 2), ((0, 1), (0, 256), (0, 256)))[:, 0].transpose(1, 2, 0)
+    np.testing.assert_array_equal(got[:128, 128:], 255)  # never imaged: background
+    np.testing.assert_array_equal(got[128:], full[128:])
 
 
 def test_dicom_slide_errors_name_the_file_and_the_fix(tmp_path, monkeypatch) -> None:
@@ -257,7 +340,7 @@ def test_dicom_slide_errors_name_the_file_and_the_fix(tmp_path, monkeypatch) -> 
     )
     with pytest.raises(InputImageError, match=r"a.dcm: one file of a DICOM series; .*input=.*ct"):
         open_sources(tmp_path / "ct" / "a.dcm")
-    write_slide(tmp_path / "ok", [full])
+    write_slide(tmp_path / "ok", [full], missing=frozenset({(0, 0)}))  # sparse: OpenSlide's
     monkeypatch.setitem(sys.modules, "openslide", None)
     with pytest.raises(InputImageError, match=r"DICOM whole-slide images needs openslide: pip"):
         open_sources(tmp_path / "ok")
