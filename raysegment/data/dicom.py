@@ -19,6 +19,7 @@ from __future__ import annotations
 import os
 import struct
 from collections import defaultdict
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -276,10 +277,28 @@ def _levels(headers: list[Any]) -> list[_Level]:
     return levels
 
 
-def _frame_table(level: _Level) -> np.ndarray:
-    """(frames, 2): each frame's byte offset in its file and its length: encapsulated,
-    from the extended offset table, else from the items (one a frame: frames of several
-    fragments go to OpenSlide); native, from the frame size."""
+def _items(f: Any, at: int) -> Iterator[tuple[int, int]]:
+    """(offset, length) of each item of encapsulated pixel data from the item at ``at`` on
+    (its tag's offset, its value's length), to the sequence's end."""
+    f.seek(at)
+    while True:
+        head = f.read(8)
+        if len(head) < 8:
+            raise InputImageError(f"{f.name}: its pixel data ends early (a truncated file?)")
+        tag, size = struct.unpack("<II", head)
+        if tag == _END:
+            return
+        if tag != _ITEM:
+            raise InputImageError(f"{f.name}: its pixel data is not well formed")
+        yield f.tell() - 8, size
+        f.seek(size, os.SEEK_CUR)
+
+
+def _frame_table(level: _Level) -> tuple[np.ndarray, bool]:
+    """(frames, 2): where each frame's bytes lie in its file (offset, length), and whether
+    they are encapsulated: then each span is the frame's items (its fragments), found from
+    the extended offset table, else the basic one, else by counting the items (one a
+    frame; frames of several fragments without a table are OpenSlide's to read)."""
     import pydicom
 
     with open(level.path, "rb") as f:
@@ -288,50 +307,58 @@ def _frame_table(level: _Level) -> np.ndarray:
         group, element, vr, length = struct.unpack("<HH2s2xI", f.read(12))
         if (group, element) != (0x7FE0, 0x0010) or vr not in (b"OB", b"OW"):
             raise _Indirect(level.path)
-        rows, columns = level.tile
         if length != 0xFFFFFFFF:  # native: frames one after another
-            size = rows * columns * 3
+            size = level.tile[0] * level.tile[1] * 3
             if length < size * level.frames:
                 raise InputImageError(f"{level.path}: its pixel data is shorter than its frames")
             offsets = start + 12 + size * np.arange(level.frames, dtype=np.int64)
-            return np.stack([offsets, np.full_like(offsets, size)], axis=1)
+            return np.stack([offsets, np.full_like(offsets, size)], axis=1), False
         tag, table = struct.unpack("<II", f.read(8))  # the basic offset table's item
         if tag != _ITEM:
             raise _Indirect(level.path)
-        f.seek(table, os.SEEK_CUR)
+        basic = np.frombuffer(f.read(table), "<u4").astype(np.int64)
         first = start + 12 + 8 + table
         if "ExtendedOffsetTable" in header and "ExtendedOffsetTableLengths" in header:
             offsets = np.frombuffer(header.ExtendedOffsetTable, "<u8").astype(np.int64)
             lengths = np.frombuffer(header.ExtendedOffsetTableLengths, "<u8").astype(np.int64)
-            if len(offsets) == level.frames == len(lengths):
-                return np.stack([first + offsets + 8, lengths], axis=1)
-        items = []  # (offset, length) of every fragment
-        while True:
-            head = f.read(8)
-            if len(head) < 8:
-                raise InputImageError(f"{level.path}: its pixel data ends early (truncated?)")
-            tag, size = struct.unpack("<II", head)
-            if tag == _END:
-                break
-            if tag != _ITEM:
-                raise InputImageError(f"{level.path}: its pixel data is not well formed")
-            items.append((f.tell(), size))
-            f.seek(size, os.SEEK_CUR)
-    if len(items) != level.frames:  # frames of several fragments: OpenSlide splits them
+            if len(offsets) == level.frames == len(lengths):  # one fragment a frame
+                return np.stack([first + offsets, lengths + 8], axis=1), True
+        # A basic table's offsets (32 bits) wrap in files over 4 GiB: then items count.
+        if len(basic) == level.frames and (np.diff(basic) > 0).all():
+            starts = first + basic
+            *_, (last, size) = _items(f, int(starts[-1]))  # to the sequence's end
+            ends = np.append(starts[1:], last + 8 + size)
+            return np.stack([starts, ends - starts], axis=1), True
+        items = np.asarray(list(_items(f, first)), np.int64).reshape(-1, 2)
+    if len(items) != level.frames:
         raise _Indirect(level.path)
-    return np.asarray(items, np.int64).reshape(-1, 2)
+    return np.stack([items[:, 0], items[:, 1] + 8], axis=1), True
 
 
 class _Frames:
     """A level's file, open, and its frame table: a process's handle."""
 
-    def __init__(self, path: str, table: np.ndarray) -> None:
+    def __init__(self, path: str, table: np.ndarray, encapsulated: bool) -> None:
         self.table = table
+        self.encapsulated = encapsulated
         self.fd = os.open(path, os.O_RDONLY)
 
     def read(self, index: int) -> bytes:
+        """Frame ``index``'s bytes, as coded (its fragments joined)."""
         offset, length = self.table[index]
-        return os.pread(self.fd, int(length), int(offset))
+        data = os.pread(self.fd, int(length), int(offset))
+        if len(data) < length:
+            raise OSError(f"frame {index} lies past the file's end (a truncated file?)")
+        if not self.encapsulated:
+            return data
+        parts, at = [], 0
+        while at < len(data):
+            tag, size = struct.unpack_from("<II", data, at)
+            if tag != _ITEM or at + 8 + size > len(data):
+                raise OSError(f"frame {index}'s fragments are not well formed")
+            parts.append(data[at + 8 : at + 8 + size])
+            at += 8 + size
+        return parts[0] if len(parts) == 1 else b"".join(parts)
 
     def close(self) -> None:
         os.close(self.fd)
@@ -365,7 +392,7 @@ class DicomSlideSource(ImageSource):
             raise self._no_level(self.levels)
         self.layout = levels[self.level]
         # Made here, once: a slide it cannot tell the frames of goes to OpenSlide.
-        self.table = _frame_table(self.layout)
+        self.table, self.encapsulated = _frame_table(self.layout)
         down, across = (
             -(-n // t)
             for n, t in zip((self.layout.height, self.layout.width), self.layout.tile, strict=True)
@@ -386,7 +413,7 @@ class DicomSlideSource(ImageSource):
         return slide_source(self.path, self.series, self.name, level)
 
     def _open(self) -> Any:
-        return _Frames(self.layout.path, self.table)
+        return _Frames(self.layout.path, self.table, self.encapsulated)
 
     def _decode(self, data: bytes) -> np.ndarray:
         import imagecodecs

@@ -239,15 +239,16 @@ def write_slide(
             ds.PixelData = frames.tobytes()
         else:
             encoded = [_encoded(f, codec) for f in frames]
-            # Frames found by each of the three ways: a basic offset table, an extended
-            # one, or none (the items counted).
+            # Frames found by each of the three ways: a basic offset table (JPEG's frames
+            # then in two fragments each), an extended one, or none (the items counted).
             if tile >= 128 and codec == "j2k":
                 data, ds.ExtendedOffsetTable, ds.ExtendedOffsetTableLengths = encapsulate_extended(
                     encoded
                 )
                 ds.PixelData = data
             else:
-                ds.PixelData = encapsulate(encoded, has_bot=tile < 128)
+                split = 2 if tile < 128 and codec != "j2k" else 1
+                ds.PixelData = encapsulate(encoded, fragments_per_frame=split, has_bot=tile < 128)
             ds["PixelData"].VR = "OB"
             if codec != "j2k":  # lossless
                 decode = {"jpeg": {}, "jpeg-rgb": {"colorspace": "RGB"}}[codec]
