@@ -20,11 +20,13 @@ import os
 import struct
 from collections import defaultdict
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
+from raysegment import storage
 from raysegment.data.sources import SOURCES, ImageInfo, ImageSource, reader_module
 from raysegment.errors import InputImageError
 
@@ -46,7 +48,7 @@ _MAGIC = b"DICM"
 def _is_dicom_file(path: str) -> bool:
     if path.lower().endswith(".dcm"):
         return True
-    if "." in os.path.basename(path):  # a named file of another kind
+    if "." in os.path.basename(path) or storage.is_url(path):  # another kind, or unknown
         return False
     try:
         with open(path, "rb") as f:
@@ -56,22 +58,25 @@ def _is_dicom_file(path: str) -> bool:
 
 
 def _files(directory: str) -> list[str]:
-    names = sorted(os.listdir(directory))
-    paths = [os.path.join(directory, n) for n in names]
-    return [p for p in paths if os.path.isfile(p) and _is_dicom_file(p)]
+    paths = [storage.join(directory, n) for n in sorted(storage.listdir(directory))]
+    local = not storage.is_url(directory)
+    return [p for p in paths if (not local or os.path.isfile(p)) and _is_dicom_file(p)]
 
 
 def is_dicom_dir(path: str) -> bool:
-    """Whether the local directory ``path`` holds DICOM files (``.dcm``, or files without
-    a suffix that begin as DICOM files do): a series to read as one volume."""
-    return os.path.isdir(path) and bool(_files(path))
+    """Whether the directory ``path`` holds DICOM files (``.dcm``, or locally files
+    without a suffix that begin as DICOM files do): a series to read as one volume, or a
+    slide. At a URL (``s3://idc-open-data/<series>/``, as the NCI Imaging Data Commons
+    keeps its series), ``.dcm`` files."""
+    return storage.is_dir(path) and bool(_files(path))
 
 
 def _header(path: str) -> Any:
     """The header of the DICOM file ``path`` (all but its pixels), its file name set."""
     pydicom = reader_module(path, "pydicom", "DICOM", "dicom")
     try:
-        header = pydicom.dcmread(path, stop_before_pixels=True)
+        with storage.open_read(path) as f:  # at a URL: its first block alone
+            header = pydicom.dcmread(f, stop_before_pixels=True)
     except Exception as e:  # pydicom's errors have no common base
         raise InputImageError(
             f"{path}: not a readable DICOM file ({type(e).__name__}: {e}); remove it "
@@ -86,8 +91,12 @@ def _series(directory: str) -> list[tuple[str, list[Any]]]:
     series' numbers."""
     reader_module(directory, "pydicom", "DICOM", "dicom")  # its error names the directory
     found: dict[str, list[Any]] = defaultdict(list)
-    for path in _files(directory):
-        header = _header(path)
+    files = _files(directory)
+    # An object store's files in concurrent requests (each waits out a round trip).
+    threads = 16 if storage.is_url(directory) else 1
+    with ThreadPoolExecutor(threads) as pool:
+        headers = list(pool.map(_header, files))
+    for header in headers:
         if "Rows" not in header:
             continue  # no image (a DICOMDIR, a structured report)
         found[str(header.get("SeriesInstanceUID", ""))].append(header)
@@ -194,7 +203,8 @@ class DicomSeriesSource(ImageSource):
         out = np.empty((1, z1 - z0, y1 - y0, x1 - x0), self.info.dtype)
         for k, z in enumerate(range(z0, z1)):
             try:
-                pixels = pydicom.dcmread(self.files[z]).pixel_array[y0:y1, x0:x1]
+                with storage.open_read(self.files[z]) as f:
+                    pixels = pydicom.dcmread(f).pixel_array[y0:y1, x0:x1]
             except Exception as e:  # a missing decoder, a truncated file
                 raise InputImageError(
                     f"{self.files[z]}: cannot read its pixels ({type(e).__name__}: {e}); "
@@ -277,19 +287,19 @@ def _levels(headers: list[Any]) -> list[_Level]:
     return levels
 
 
-def _items(f: Any, at: int) -> Iterator[tuple[int, int]]:
+def _items(f: Any, at: int, where: str) -> Iterator[tuple[int, int]]:
     """(offset, length) of each item of encapsulated pixel data from the item at ``at`` on
     (its tag's offset, its value's length), to the sequence's end."""
     f.seek(at)
     while True:
         head = f.read(8)
         if len(head) < 8:
-            raise InputImageError(f"{f.name}: its pixel data ends early (a truncated file?)")
+            raise InputImageError(f"{where}: its pixel data ends early (a truncated file?)")
         tag, size = struct.unpack("<II", head)
         if tag == _END:
             return
         if tag != _ITEM:
-            raise InputImageError(f"{f.name}: its pixel data is not well formed")
+            raise InputImageError(f"{where}: its pixel data is not well formed")
         yield f.tell() - 8, size
         f.seek(size, os.SEEK_CUR)
 
@@ -298,10 +308,11 @@ def _frame_table(level: _Level) -> tuple[np.ndarray, bool]:
     """(frames, 2): where each frame's bytes lie in its file (offset, length), and whether
     they are encapsulated: then each span is the frame's items (its fragments), found from
     the extended offset table, else the basic one, else by counting the items (one a
-    frame; frames of several fragments without a table are OpenSlide's to read)."""
+    frame; frames of several fragments without a table are OpenSlide's to read: at a
+    URL, counting them reads the whole file)."""
     import pydicom
 
-    with open(level.path, "rb") as f:
+    with storage.open_read(level.path) as f:
         header = pydicom.dcmread(f, stop_before_pixels=True)
         start = f.tell()  # at the pixel data's element, where dcmread stopped
         group, element, vr, length = struct.unpack("<HH2s2xI", f.read(12))
@@ -326,27 +337,36 @@ def _frame_table(level: _Level) -> tuple[np.ndarray, bool]:
         # A basic table's offsets (32 bits) wrap in files over 4 GiB: then items count.
         if len(basic) == level.frames and (np.diff(basic) > 0).all():
             starts = first + basic
-            *_, (last, size) = _items(f, int(starts[-1]))  # to the sequence's end
+            *_, (last, size) = _items(f, int(starts[-1]), level.path)  # to the sequence's end
             ends = np.append(starts[1:], last + 8 + size)
             return np.stack([starts, ends - starts], axis=1), True
-        items = np.asarray(list(_items(f, first)), np.int64).reshape(-1, 2)
+        items = np.asarray(list(_items(f, first, level.path)), np.int64).reshape(-1, 2)
     if len(items) != level.frames:
         raise _Indirect(level.path)
     return np.stack([items[:, 0], items[:, 1] + 8], axis=1), True
 
 
 class _Frames:
-    """A level's file, open, and its frame table: a process's handle."""
+    """A level's file and its frame table: a process's handle (a local file open)."""
 
     def __init__(self, path: str, table: np.ndarray, encapsulated: bool) -> None:
+        self.path = path
         self.table = table
         self.encapsulated = encapsulated
-        self.fd = os.open(path, os.O_RDONLY)
+        self.fd = None if storage.is_url(path) else os.open(path, os.O_RDONLY)
 
-    def read(self, index: int) -> bytes:
-        """Frame ``index``'s bytes, as coded (its fragments joined)."""
-        offset, length = self.table[index]
-        data = os.pread(self.fd, int(length), int(offset))
+    def read(self, indices: list[int]) -> list[bytes]:
+        """The frames ``indices``' bytes, as coded (each one's fragments joined); at a URL
+        in one round of concurrent requests, neighbouring frames in one."""
+        starts, lengths = self.table[indices].T.tolist()
+        if self.fd is not None:
+            spans = [os.pread(self.fd, n, at) for at, n in zip(starts, lengths, strict=True)]
+        else:
+            ends = [at + n for at, n in zip(starts, lengths, strict=True)]
+            spans = storage.read_ranges(self.path, starts, ends)
+        return [self._frame(i, data, n) for i, data, n in zip(indices, spans, lengths, strict=True)]
+
+    def _frame(self, index: int, data: bytes, length: int) -> bytes:
         if len(data) < length:
             raise OSError(f"frame {index} lies past the file's end (a truncated file?)")
         if not self.encapsulated:
@@ -361,7 +381,8 @@ class _Frames:
         return parts[0] if len(parts) == 1 else b"".join(parts)
 
     def close(self) -> None:
-        os.close(self.fd)
+        if self.fd is not None:
+            os.close(self.fd)
 
 
 class DicomSlideSource(ImageSource):
@@ -378,10 +399,10 @@ class DicomSlideSource(ImageSource):
         super().__init__(*args, **kwargs)
 
     def _series_headers(self) -> list[Any]:
-        if os.path.isdir(self.path):
+        if storage.is_dir(self.path):
             return _series(self.path)[self.series or 0][1]
         uid = str(_header(self.path).get("SeriesInstanceUID", ""))
-        found = dict(_series(os.path.dirname(self.path) or "."))
+        found = dict(_series(storage.parent(self.path)))
         return found[uid]
 
     def _inspect(self) -> ImageInfo:
@@ -433,20 +454,21 @@ class DicomSlideSource(ImageSource):
         (z0, z1), (y0, y1), (x0, x1) = region
         out = np.empty((len(channels), z1 - z0, y1 - y0, x1 - x0), np.uint8)
         (rows, columns), across = self.layout.tile, self.grid[1]
+        tiles = [
+            (ty, tx)
+            for ty in range(y0 // rows, (y1 - 1) // rows + 1)
+            for tx in range(x0 // columns, (x1 - 1) // columns + 1)
+        ]
         frames: _Frames = self.handle
-        for ty in range(y0 // rows, (y1 - 1) // rows + 1):
-            for tx in range(x0 // columns, (x1 - 1) // columns + 1):
-                tile = self._decode(frames.read(ty * across + tx))
-                top, left = ty * rows, tx * columns
-                ya, yb, xa, xb = (
-                    max(y0, top),
-                    min(y1, top + rows),
-                    max(x0, left),
-                    min(x1, left + columns),
-                )
-                part = tile[ya - top : yb - top, xa - left : xb - left]
-                for i, c in enumerate(channels):
-                    out[i, 0, ya - y0 : yb - y0, xa - x0 : xb - x0] = part[..., c]
+        coded = frames.read([ty * across + tx for ty, tx in tiles])
+        for (ty, tx), data in zip(tiles, coded, strict=True):
+            tile = self._decode(data)
+            top, left = ty * rows, tx * columns
+            ya, yb = max(y0, top), min(y1, top + rows)
+            xa, xb = max(x0, left), min(x1, left + columns)
+            part = tile[ya - top : yb - top, xa - left : xb - left]
+            for i, c in enumerate(channels):
+                out[i, 0, ya - y0 : yb - y0, xa - x0 : xb - x0] = part[..., c]
         return out
 
 
@@ -461,6 +483,13 @@ def slide_source(
     try:
         return DicomSlideSource(path, series=series, name=name, level=level, headers=headers)
     except _Indirect as e:
+        if storage.is_url(path):
+            raise InputImageError(
+                f"{path}: a DICOM slide of a layout raysegment reads through OpenSlide "
+                f"(sparse tiling, several focal planes or optical paths, a level over several "
+                f"files), which reads local files only: copy the slide's files to a local or "
+                f"mounted path"
+            ) from e
         return OpenSlideSource(str(e), name=name, level=level)
 
 
@@ -519,14 +548,14 @@ def dicom_file_sources(path: str, level: int = 0) -> list[ImageSource]:
     if not _is_slide(header):
         raise InputImageError(
             f"{path}: one file of a DICOM series; give the series' directory "
-            f"(input={os.path.dirname(path) or '.'}), whose files are read as one volume"
+            f"(input={storage.parent(path)}), whose files are read as one volume"
         )
     if _scan_file([header]) is None:
         raise InputImageError(
             f"{path}: a whole-slide image's label, overview or thumbnail, not its scan; "
             f"give a file of a pyramid level (ImageType VOLUME) or the slide's directory"
         )
-    name = os.path.basename(path)
+    name = storage.basename(path)
     stem = name[: -len(".dcm")] if name.lower().endswith(".dcm") else name
     return [slide_source(path, None, stem, level)]
 

@@ -63,8 +63,8 @@ def _matching(input: str, pattern: str | None, prefix: str) -> list[str]:
     regex = re.compile(pattern or DEFAULT_PATTERN, re.IGNORECASE)
     entries = sorted(storage.listdir(path))
     found = [storage.join(path, name) for name in entries if regex.fullmatch(name)]
-    if not found and not storage.is_url(path):
-        # A DICOM series' directory (a volume a series), or a directory of such (a case each).
+    if not found:
+        # A DICOM series' directory (a volume a series, or a slide), or a directory of such.
         if is_dicom_dir(path):
             return [path]
         found = [storage.join(path, n) for n in entries if is_dicom_dir(storage.join(path, n))]

@@ -1846,15 +1846,17 @@ def open_sources(
     ):
         tif = _inspect_tiff(p)
         kind = "ome-tiff" if tif.is_ome and axes is None else "tiff"
-    elif not storage.is_url(p) and is_dicom_dir(p):
+    elif is_dicom_dir(p):
         return _checked(dicom_sources(p, level))
+    elif name.endswith(".dcm") and (storage.is_url(p) or os.path.isfile(p)):
+        return _checked(dicom_file_sources(p, level))  # a level of a DICOM whole-slide image
     elif storage.is_url(p):
         raise InputImageError(
-            f"{p}: only zarr, OME-Zarr, TIFF (OME-TIFF, SVS, NDPI, QPTIFF), N5, Neuroglancer "
-            f"precomputed and BigDataViewer N5 / OME-Zarr projects (.xml) are read from URLs "
-            f"(N5 and precomputed with pip install 'raysegment[tensorstore]'); copy the file "
-            f"(CZI, HDF5, Imaris, MRC, NIfTI, DICOM, MIRAX and other OpenSlide formats) to a "
-            f"local or mounted path, or convert it to OME-Zarr"
+            f"{p}: only zarr, OME-Zarr, TIFF (OME-TIFF, SVS, NDPI, QPTIFF), DICOM, N5, "
+            f"Neuroglancer precomputed and BigDataViewer N5 / OME-Zarr projects (.xml) are "
+            f"read from URLs (N5 and precomputed with pip install 'raysegment[tensorstore]'); "
+            f"copy the file (CZI, HDF5, Imaris, MRC, NIfTI, MIRAX and other OpenSlide formats) "
+            f"to a local or mounted path, or convert it to OME-Zarr"
         )
     elif os.path.isfile(p) and name.endswith(".czi"):
         scenes = _czi_scenes(p)
@@ -1865,8 +1867,6 @@ def open_sources(
         return _checked([NiftiSource(p, axes, level=level)])
     elif os.path.isfile(p) and name.endswith(OPENSLIDE_SUFFIXES):
         return _checked([OpenSlideSource(p, level=level)])
-    elif os.path.isfile(p) and name.endswith(".dcm"):  # a level of a DICOM whole-slide image
-        return _checked(dicom_file_sources(p, level))
     else:
         raise InputImageError(
             f"{p}: not a supported image; give an OME-TIFF, TIFF (or SVS, NDPI, QPTIFF), "

@@ -367,3 +367,41 @@ def test_infer_segments_a_dicom_slide_into_ome_zarr_in_micrometres(tmp_path, mak
     group = zarr.open_group(str(tmp_path / "out" / "case.ome.zarr"), mode="r")
     ms = dict(group.attrs)["ome"]["multiscales"][0]
     assert ms["datasets"][0]["coordinateTransformations"][0]["scale"] == [1.0, 0.25, 0.25]
+
+
+def test_dicom_slides_and_series_read_from_an_object_store(s3, tmp_path) -> None:
+    """As the NCI Imaging Data Commons keeps them (a prefix a series): a slide's frames
+    fetched in ranged requests, a CT series' files, each listed; a slide of a layout only
+    OpenSlide reads (local files only) is one error."""
+    import s3fs
+
+    from tests.conftest import BUCKET
+
+    full = _rgb((200, 330))
+    level0, _ = write_slide(
+        tmp_path / "idc" / "slide", [full, full[::2, ::2]], tile=64, codec="jpeg"
+    )
+    write_slide(tmp_path / "idc" / "sparse", [full], missing=frozenset({(0, 0)}))
+    ct = random_image((4, 20, 24)).astype(np.uint16)
+    write_series(tmp_path / "idc" / "ct", ct)
+    s3fs.S3FileSystem().put(str(tmp_path / "idc"), f"{BUCKET}/idc", recursive=True)
+    url = f"s3://{BUCKET}/idc"
+    assert resolve_inputs(url) == [f"{url}/ct", f"{url}/slide", f"{url}/sparse"]
+
+    (slide,) = open_sources(f"{url}/slide")
+    assert (slide.kind, slide.name, slide.levels) == ("dicom-slide", "slide", 2)
+    region = ((0, 1), (30, 200), (65, 330))
+    want = level0[30:200, 65:330].transpose(2, 0, 1)
+    np.testing.assert_array_equal(slide.read(0, (0, 1, 2), region)[:, 0], want)
+    unpickled = pickle.loads(pickle.dumps(slide))  # as a worker receives it
+    np.testing.assert_array_equal(unpickled.read(0, (1,), region)[0, 0], want[1])
+    (level,) = open_sources(f"{url}/slide/level1.dcm")
+    assert (level.name, level.info.shape) == ("level1", slide.info.shape)
+
+    (series,) = open_sources(f"{url}/ct")
+    assert series.kind == "dicom" and series.info.shape == (1, 1, 4, 20, 24)
+    got = series.read(0, (0,), ((0, 4), (0, 20), (0, 24)))[0]
+    np.testing.assert_array_equal(got, ct.astype(np.float32) - 1024)
+
+    with pytest.raises(InputImageError, match=r"sparse: a DICOM slide .*OpenSlide.*local"):
+        open_sources(f"{url}/sparse")
