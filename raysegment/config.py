@@ -146,6 +146,10 @@ class FinalizeConfig:
     """NIfTI inputs: also write ``<name>.nii.gz`` (``.nii`` for a ``.nii`` input) beside
     the OME-Zarr, the output's full resolution in the input's voxel grid, header and
     affine (as nnU-Net writes its predictions)."""
+    dicom_seg: bool = False
+    """DICOM series inputs, masks and labels: also write ``<name>.seg.dcm`` beside the
+    OME-Zarr, a DICOM Segmentation of the input series (a segment per class) that PACS
+    viewers show over the scan."""
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.threshold <= 1.0:

@@ -29,6 +29,7 @@ from raysegment.data.sources import (
     image_stem,
     open_sequence,
     open_sources,
+    reader_module,
 )
 from raysegment.data.tiling import block_grid, seam_repeats
 from raysegment.errors import ConfigError, OutputError
@@ -344,6 +345,8 @@ def _prepare(
                 f"finalize.nifti=true: {other.path} is no NIfTI image ({other.kind}); NIfTI "
                 f"copies are written of NIfTI inputs only: narrow pattern= or drop the key"
             )
+    if cfg.finalize.dicom_seg:
+        _check_dicom_seg(cfg, sources)
     spec, fitted = probe_models(
         models, lambda spec: tile_size(cfg, spec), lambda spec: image_shapes(spec, sources)
     )
@@ -591,6 +594,8 @@ def _complete(plan: ImagePlan, cfg: InferConfig, gathered: InputPreview | None =
 
             copy = storage.join(storage.parent(out), layout.name + nifti_name(plan.source.path))
             write_nifti(storage.join(out, "0"), layout.axes, plan.source.path, copy)
+        if cfg.finalize.dicom_seg:
+            _write_dicom_seg(plan, cfg)
         if cfg.quicklook:
             png = storage.join(storage.parent(out), f"{layout.name}.png")
             mode = cfg.finalize.mode.value
@@ -598,6 +603,42 @@ def _complete(plan: ImagePlan, cfg: InferConfig, gathered: InputPreview | None =
             shown = plan.preview_channels
             quicklook(plan.source, shown, array, layout.axes, mode, png, gathered=gathered)
         complete_output(out, {"blocks_done": plan.num_blocks, **extra})
+
+
+def _check_dicom_seg(cfg: InferConfig, sources: list[ImageSource]) -> None:
+    """``finalize.dicom_seg=true`` of DICOM series with masks or labels, highdicom at hand."""
+    from raysegment.post.dicom_seg import SEG_MODES
+
+    key = "finalize.dicom_seg=true"
+    other = next((s for s in sources if s.kind != "dicom"), None)
+    if other is not None:
+        raise ConfigError(
+            f"{key}: {other.path} is no DICOM series ({other.kind}); DICOM Segmentations are "
+            f"written of DICOM series (CT, MR, PET) only: narrow pattern= or drop the key"
+        )
+    mode = cfg.finalize.mode.value
+    if mode not in SEG_MODES:
+        raise ConfigError(
+            f"{key}: finalize.mode={mode}; a DICOM Segmentation holds binary segments: set "
+            f"finalize.mode=mask (a segment per class channel) or labels"
+        )
+    reader_module(sources[0].path, "highdicom", "DICOM Segmentations", "dicom")
+
+
+def _write_dicom_seg(plan: ImagePlan, cfg: InferConfig) -> None:
+    """``<name>.seg.dcm`` beside the output: its classes as segments of the input series."""
+    from raysegment.post.dicom_seg import segments, write_dicom_seg
+
+    layout, mode = plan.layout, cfg.finalize.mode.value
+    activation = cfg.finalize.activation.value
+    channels = layout.shape[layout.axes.index("c")]
+    softmax = activation == "softmax" or (activation == "auto" and channels > 1)
+    chosen, names = segments(mode, plan.classes, softmax)
+    location = storage.join(storage.parent(plan.output), f"{layout.name}.seg.dcm")
+    files = list(plan.source.files)  # type: ignore[attr-defined]  # a DicomSeriesSource's
+    write_dicom_seg(
+        storage.join(plan.output, "0"), layout.axes, files, mode, chosen, names, location
+    )
 
 
 _IO_TASKS = 4

@@ -88,6 +88,9 @@ class ImagePlan:
     """The quick-look's stride (``quicklook.preview_step``); 0: no quick-look."""
     mask: Mask | None = None
     """Where to segment (``mask``); None: everywhere."""
+    classes: tuple[str, ...] = ()
+    """The model's class names, one an output channel (``class_<i>`` where it names none):
+    a DICOM SEG's segments."""
 
     @property
     def block_levels(self) -> int:
@@ -377,6 +380,9 @@ def plan_image(
     sizes = {"t": t_count, "c": out_c, "z": z_count, "y": info.shape[3], "x": info.shape[4]}
     spatial_chunks = dict(zip("zyx"[3 - dims :], chunks, strict=False))
     out_chunks = tuple(spatial_chunks.get(a, 1) for a in axes)
+    classes = tuple(f"class_{i}" for i in range(spec.out_channels))
+    if spec.classes and len(spec.classes) == spec.out_channels:
+        classes = spec.classes
     names = spec.classes if spec.classes and len(spec.classes) == out_c else None
     if mode == "labels":
         names = ("labels",)
@@ -453,6 +459,7 @@ def plan_image(
         fingerprint=fingerprint,
         preview=preview_step(info.shape[3], info.shape[4]) if cfg.quicklook else 0,
         mask=mask,
+        classes=classes,
     )
 
 

@@ -45,7 +45,7 @@ def write_series(
     ``spacing[1:]`` (row, column), files named by ``names`` (default: by a shuffled
     order, so the files' names do not give the slices' order)."""
     directory.mkdir(parents=True, exist_ok=True)
-    series = generate_uid()
+    series, study, frame_of_reference = generate_uid(), generate_uid(), generate_uid()
     order = names or [f"IM{k:04d}.dcm" for k in np.random.default_rng(1).permutation(len(stored))]
     for z, plane in enumerate(stored):
         meta = FileMetaDataset()
@@ -55,6 +55,15 @@ def write_series(
         ds = FileDataset(str(directory / order[z]), {}, file_meta=meta, preamble=b"\0" * 128)
         ds.SOPClassUID, ds.SOPInstanceUID = CTImageStorage, meta.MediaStorageSOPInstanceUID
         ds.Modality, ds.SeriesInstanceUID, ds.SeriesNumber = "CT", series, number
+        ds.StudyInstanceUID, ds.FrameOfReferenceUID = study, frame_of_reference
+        ds.PatientName, ds.PatientID, ds.PatientBirthDate, ds.PatientSex = (
+            "Test^Phantom",
+            "P1",
+            "",
+            "",
+        )
+        ds.StudyID, ds.StudyDate, ds.StudyTime, ds.AccessionNumber = "1", "20261205", "120000", ""
+        ds.ReferringPhysicianName, ds.Manufacturer = "", "scanner"
         ds.InstanceNumber = len(stored) - z  # scanners number in either direction
         ds.ImageOrientationPatient = [1, 0, 0, 0, 1, 0]
         ds.ImagePositionPatient = [origin[0], origin[1], origin[2] + z * spacing[0]]
@@ -405,3 +414,76 @@ def test_dicom_slides_and_series_read_from_an_object_store(s3, tmp_path) -> None
 
     with pytest.raises(InputImageError, match=r"sparse: a DICOM slide .*OpenSlide.*local"):
         open_sources(f"{url}/sparse")
+
+
+def _seg_frames(seg_path: Path, series: Path, segments: int) -> np.ndarray:
+    """The DICOM SEG ``seg_path``'s segments 1..``segments`` over each slice of ``series``
+    in slice order (frames it left out, empty): (slices, rows, columns, segments)."""
+    import highdicom
+
+    seg = highdicom.seg.segread(seg_path)
+    slices = sorted(
+        (pydicom.dcmread(f, stop_before_pixels=True) for f in series.iterdir()),
+        key=lambda h: float(h.ImagePositionPatient[2]),
+    )
+    assert seg.SeriesInstanceUID != slices[0].SeriesInstanceUID
+    assert seg.StudyInstanceUID == slices[0].StudyInstanceUID  # kept with the study
+    (referenced,) = seg.ReferencedSeriesSequence
+    assert referenced.SeriesInstanceUID == slices[0].SeriesInstanceUID
+    return seg.get_pixels_by_source_instance(
+        source_sop_instance_uids=[h.SOPInstanceUID for h in slices],
+        segment_numbers=list(range(1, segments + 1)),
+        assert_missing_frames_are_empty=True,
+    )
+
+
+@pytest.mark.usefixtures("ray_session")
+@pytest.mark.parametrize("mode", ["mask", "labels"])
+def test_a_ct_series_output_is_written_as_a_dicom_seg_of_the_series(
+    tmp_path, make_model, mode
+) -> None:
+    """A softmax model's classes past the background become segments named after them,
+    each voxel in the segment of its class, frame by frame over the input's slices."""
+    import highdicom
+
+    stored = random_image((6, 32, 40)).astype(np.uint16)
+    write_series(tmp_path / "ct", stored)
+    model, _ = make_model(dims=3, out_ch=3)
+    _, got = volume_output(
+        tmp_path, tmp_path / "ct", model, finalize={"mode": mode, "dicom_seg": True}
+    )
+    path = tmp_path / "out" / "ct.seg.dcm"
+    seg = highdicom.seg.segread(path)
+    assert [s.SegmentLabel for s in seg.SegmentSequence] == ["class_1", "class_2"]
+    frames = _seg_frames(path, tmp_path / "ct", 2)
+    want = got[1:] if mode == "mask" else np.stack([got[0] == 1, got[0] == 2])
+    assert want.any() and (want.sum(axis=(1, 2, 3)) > 0).all()  # both classes present
+    np.testing.assert_array_equal(frames, np.moveaxis(want, 0, -1).astype(frames.dtype))
+    assert not list((tmp_path / "out").glob("*.partial"))
+
+
+@pytest.mark.usefixtures("ray_session")
+def test_dicom_seg_is_refused_before_the_run_for_what_it_cannot_hold(
+    tmp_path, make_model, monkeypatch
+) -> None:
+    from raysegment.errors import ConfigError
+    from raysegment.infer import infer
+
+    write_series(tmp_path / "ct", random_image((3, 16, 16)).astype(np.uint16))
+    model, _ = make_model(dims=3)
+    run = dict(
+        input=str(tmp_path / "ct"), model=str(model), output=str(tmp_path / "out"), progress=False
+    )
+    with pytest.raises(ConfigError, match=r"finalize.mode=probabilities; .*mask"):
+        infer(**run, finalize={"dicom_seg": True})
+    nifti = tmp_path / "ct.nii"
+    nibabel = pytest.importorskip("nibabel")
+    nibabel.save(nibabel.Nifti1Image(np.zeros((4, 4, 4), np.int16), np.eye(4)), nifti)
+    with pytest.raises(ConfigError, match=r"ct.nii is no DICOM series \(nifti\)"):
+        infer(**run | {"input": str(nifti)}, finalize={"mode": "mask", "dicom_seg": True})
+    monkeypatch.setitem(sys.modules, "highdicom", None)
+    with pytest.raises(
+        InputImageError, match=r"needs highdicom: pip install 'raysegment\[dicom\]'"
+    ):
+        infer(**run, finalize={"mode": "mask", "dicom_seg": True})
+    assert not (tmp_path / "out").exists()
