@@ -12,7 +12,9 @@ DICOM series (``OUT/ct_dicom/``: 300 files of one slice, uint16 with an intercep
 -1024, as ``tests/data/test_dicom.py`` writes series) read alike. With ``--infer``, then
 ``raysegment infer`` of each file (``shards.py``'s small 3D network, 64^3 tiles, a mask
 with ``finalize.nifti=true``): its wall time, and whether the NIfTI copy has the input's
-affine and the OME-Zarr's voxels.
+affine and the OME-Zarr's voxels; and of the DICOM series with ``finalize.dicom_seg=true``:
+its wall time, the DICOM SEG's size and frames checked against the mask, and the time of
+writing the SEG alone (again, from the mask written).
 """
 
 from __future__ import annotations
@@ -67,6 +69,42 @@ def _infer(out: Path, name: str, model: Path) -> None:
     print(f"infer {name}: {seconds:.1f} s; NIfTI copy: voxels equal {same}, affine equal {affine}")
 
 
+def _infer_dicom(out: Path, model: Path) -> None:
+    """``raysegment infer`` of the series with a DICOM SEG: wall time, the SEG checked, and
+    the SEG written again from the output (its time alone)."""
+    import highdicom
+    import pydicom
+    import zarr
+
+    from raysegment.data.sources import open_source
+    from raysegment.post.dicom_seg import write_dicom_seg
+
+    result = out / "run_dicom"
+    command = [sys.executable, "-m", "raysegment.cli", "infer", f"input={out / 'ct_dicom'}"]
+    command += [f"model={model}", f"output={result}", "tile.size=64", "finalize.mode=mask"]
+    command += ["finalize.dicom_seg=true", "progress=false", "overwrite=true"]
+    start = time.perf_counter()
+    subprocess.run(command, check=True, capture_output=True)
+    seconds = time.perf_counter() - start
+    array = result / "ct_dicom.ome.zarr" / "0"
+    mask = np.asarray(zarr.open_array(str(array), mode="r"))[0]
+    files = open_source(str(out / "ct_dicom")).files  # type: ignore[attr-defined]
+    uids = [pydicom.dcmread(f, stop_before_pixels=True).SOPInstanceUID for f in files]
+    seg = highdicom.seg.segread(result / "ct_dicom.seg.dcm")
+    frames = seg.get_pixels_by_source_instance(
+        source_sop_instance_uids=uids, segment_numbers=[1], assert_missing_frames_are_empty=True
+    )
+    same = np.array_equal(frames[..., 0], mask)
+    size = (result / "ct_dicom.seg.dcm").stat().st_size / 2**20
+    start = time.perf_counter()
+    write_dicom_seg(str(array), "czyx", files, "mask", [0], ["class_0"], str(out / "again.dcm"))
+    alone = time.perf_counter() - start
+    print(
+        f"infer DICOM series with a DICOM SEG: {seconds:.1f} s; SEG {seg.NumberOfFrames} "
+        f"frames, {size:.1f} MiB, equal to the mask {same}; written alone in {alone:.1f} s"
+    )
+
+
 def main() -> None:
     args = [a for a in sys.argv[1:] if a != "--infer"]
     out = Path(args[0] if args else "nifti-bench")
@@ -114,6 +152,7 @@ def main() -> None:
         model = small_3d(out / "small3d.pth")
         for name in ("ct.nii", "ct.nii.gz"):
             _infer(out, name, model)
+        _infer_dicom(out, model)
 
 
 if __name__ == "__main__":
