@@ -412,8 +412,6 @@ class DicomSlideSource(ImageSource):
         if self.level >= self.levels:
             raise self._no_level(self.levels)
         self.layout = levels[self.level]
-        # Made here, once: a slide it cannot tell the frames of goes to OpenSlide.
-        self.table, self.encapsulated = _frame_table(self.layout)
         down, across = (
             -(-n // t)
             for n, t in zip((self.layout.height, self.layout.width), self.layout.tile, strict=True)
@@ -421,6 +419,8 @@ class DicomSlideSource(ImageSource):
         if down * across != self.layout.frames:
             raise _Indirect(self.layout.path)
         self.grid = (down, across)
+        # Made here, once: a slide it cannot tell the frames of goes to OpenSlide.
+        self.table, self.encapsulated = _frame_table(self.layout)
         full = levels[0]
         spacing = self.layout.spacing
         if spacing is None and full.spacing is not None:
