@@ -50,7 +50,9 @@ def test_workers_of_a_private_local_ray_run_at_the_drivers_priority() -> None:
 
 
 @pytest.mark.parametrize("address", [None, "10.0.0.1:6379"])
-def test_start_ray_sets_worker_priority_only_on_the_ray_it_starts(monkeypatch, address) -> None:
+def test_start_ray_sets_worker_priority_and_idle_time_only_on_the_ray_it_starts(
+    monkeypatch, address
+) -> None:
     import ray
 
     from raysegment import runtime
@@ -65,7 +67,10 @@ def test_start_ray_sets_worker_priority_only_on_the_ray_it_starts(monkeypatch, a
     assert runtime.start_ray() == ("cluster" if address else "local")
     (kw,) = calls
     assert kw["address"] == (address or "local")
-    assert kw.get("_system_config") == (None if address else {"worker_niceness": 0})
+    # Workers at the driver's priority, kept 10 s idle (a training run's reading tasks
+    # serve every epoch in the same processes).
+    local = {"worker_niceness": 0, "idle_worker_killing_time_threshold_ms": 10000}
+    assert kw.get("_system_config") == (None if address else local)
 
 
 # A fresh process: the suite's own Ray session is already started.
