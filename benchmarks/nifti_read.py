@@ -97,7 +97,9 @@ def _infer_dicom(out: Path, model: Path) -> None:
     same = np.array_equal(frames[..., 0], mask)
     size = (result / "ct_dicom.seg.dcm").stat().st_size / 2**20
     start = time.perf_counter()
-    write_dicom_seg(str(array), "czyx", files, "mask", [0], ["class_0"], str(out / "again.dcm"))
+    frames: list[int | None] = [None] * len(files)
+    again = str(out / "again.dcm")
+    write_dicom_seg(str(array), "czyx", files, frames, "mask", [0], ["class_0"], again)
     alone = time.perf_counter() - start
     print(
         f"infer DICOM series with a DICOM SEG: {seconds:.1f} s; SEG {seg.NumberOfFrames} "

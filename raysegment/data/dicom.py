@@ -99,10 +99,60 @@ def _series(directory: str) -> list[tuple[str, list[Any]]]:
     for header in headers:
         if "Rows" not in header:
             continue  # no image (a DICOMDIR, a structured report)
-        found[str(header.get("SeriesInstanceUID", ""))].append(header)
+        found[str(header.get("SeriesInstanceUID", ""))].extend(_frames(header))
     if not found:
         raise InputImageError(f"{directory}: its DICOM files hold no image")
     return sorted(found.items(), key=lambda item: int(item[1][0].get("SeriesNumber", 0) or 0))
+
+
+_FRAME_GROUPS = {
+    "PlanePositionSequence": ("ImagePositionPatient",),
+    "PlaneOrientationSequence": ("ImageOrientationPatient",),
+    "PixelMeasuresSequence": ("PixelSpacing", "SliceThickness"),
+    "PixelValueTransformationSequence": ("RescaleSlope", "RescaleIntercept"),
+}
+"""An enhanced (multi-frame) file's functional groups a slice's header takes its
+attributes from, the frame's own or the shared ones."""
+_IMAGE_KEYS = (
+    "SOPClassUID",
+    "SOPInstanceUID",
+    "StudyInstanceUID",
+    "SeriesInstanceUID",
+    "SeriesNumber",
+    "Modality",
+    "Rows",
+    "Columns",
+    "SamplesPerPixel",
+    "BitsAllocated",
+    "PixelRepresentation",
+)
+
+
+def _frames(header: Any) -> list[Any]:
+    """The slices of a DICOM file: itself, or an enhanced CT, MR or PET file's frames,
+    each as a header of its own (its position, orientation, spacing and rescaling from
+    its functional groups; ``frame``: its index in the file)."""
+    count = int(header.get("NumberOfFrames", 1) or 1)
+    per_frame = header.get("PerFrameFunctionalGroupsSequence")
+    if count == 1 or not per_frame or len(per_frame) != count or _is_slide(header):
+        return [header]  # a slide's frames are its tiles, not slices
+    from pydicom.dataset import Dataset
+
+    shared = (header.get("SharedFunctionalGroupsSequence") or [Dataset()])[0]
+    slices = []
+    for index, own in enumerate(per_frame):
+        frame = Dataset()
+        for key in _IMAGE_KEYS:
+            if key in header:
+                frame[key] = header[key]
+        for group, keys in _FRAME_GROUPS.items():
+            item = own if group in own else shared
+            if group in item and len(item[group].value):
+                for key in (k for k in keys if k in item[group][0]):
+                    frame[key] = item[group][0][key]
+        frame.filename, frame.frame = header.filename, index
+        slices.append(frame)
+    return slices
 
 
 def _normal(header: Any) -> np.ndarray:
@@ -151,14 +201,16 @@ class DicomSeriesSource(ImageSource):
         self._headers = None  # kept out of the pickled source: its files and rescaling say it
         ordered, spacing = _ordered(self.path, headers)
         self.files = [h.filename for h in ordered]
+        self.frames = [getattr(h, "frame", None) for h in ordered]  # an enhanced file's
         first = ordered[0]
         rows, columns = int(first.Rows), int(first.Columns)
         if any((int(h.Rows), int(h.Columns)) != (rows, columns) for h in ordered):
             raise InputImageError(f"{self.path}: the series' slices differ in size")
         if any(int(h.get("NumberOfFrames", 1) or 1) > 1 for h in ordered):
             raise InputImageError(
-                f"{self.path}: multi-frame (enhanced) DICOM files; raysegment reads series of "
-                f"one slice a file: convert it to NIfTI (dcm2niix) or OME-Zarr"
+                f"{self.path}: multi-frame DICOM files without a position for each frame (cine "
+                f"loops, old-style multi-frame files); raysegment reads series of one slice a file "
+                f"and enhanced CT, MR and PET files: convert it to NIfTI (dcm2niix) or OME-Zarr"
             )
         if int(first.get("SamplesPerPixel", 1)) != 1:
             raise InputImageError(
@@ -204,7 +256,11 @@ class DicomSeriesSource(ImageSource):
         for k, z in enumerate(range(z0, z1)):
             try:
                 with storage.open_read(self.files[z]) as f:
-                    pixels = pydicom.dcmread(f).pixel_array[y0:y1, x0:x1]
+                    if self.frames[z] is None:
+                        pixels = pydicom.dcmread(f).pixel_array[y0:y1, x0:x1]
+                    else:  # that frame of the file alone
+                        frame = pydicom.pixels.pixel_array(f, index=self.frames[z])
+                        pixels = frame[y0:y1, x0:x1]
             except Exception as e:  # a missing decoder, a truncated file
                 raise InputImageError(
                     f"{self.files[z]}: cannot read its pixels ({type(e).__name__}: {e}); "

@@ -635,10 +635,10 @@ def _write_dicom_seg(plan: ImagePlan, cfg: InferConfig) -> None:
     softmax = activation == "softmax" or (activation == "auto" and channels > 1)
     chosen, names = segments(mode, plan.classes, softmax)
     location = storage.join(storage.parent(plan.output), f"{layout.name}.seg.dcm")
-    files = list(plan.source.files)  # type: ignore[attr-defined]  # a DicomSeriesSource's
-    write_dicom_seg(
-        storage.join(plan.output, "0"), layout.axes, files, mode, chosen, names, location
-    )
+    source: Any = plan.source  # a DicomSeriesSource
+    array = storage.join(plan.output, "0")
+    files, frames = list(source.files), list(source.frames)
+    write_dicom_seg(array, layout.axes, files, frames, mode, chosen, names, location)
 
 
 _IO_TASKS = 4

@@ -59,14 +59,16 @@ def write_dicom_seg(
     output: str,
     axes: str,
     files: list[str],
+    frames: list[int | None],
     mode: str,
     chosen: list[int],
     names: list[str],
     location: str,
 ) -> None:
     """The zarr array ``output`` (``axes``: c, [z,] y, x) of a DICOM series, whose slices
-    are ``files`` in the array's plane order, as a DICOM SEG at ``location``: segments
-    ``names``, of the channels (``mask``) or label values (``labels``) ``chosen``."""
+    are ``files`` in the array's plane order (``frames``: each one's frame in an enhanced
+    file, else None), as a DICOM SEG at ``location``: segments ``names``, of the channels
+    (``mask``) or label values (``labels``) ``chosen``."""
     import zarr
 
     pydicom = reader_module(location, "pydicom", "DICOM", "dicom")
@@ -79,6 +81,11 @@ def write_dicom_seg(
     else:  # a label map: each pixel's segment number, the class values past the chosen
         labels = array[0]
         pixels = np.where(labels <= max(chosen), labels, 0).astype(np.uint16)
+    if frames[0] is not None:  # an enhanced file: its frames in their stored order
+        files = files[:1]
+        stored = np.zeros_like(pixels)
+        stored[[int(f or 0) for f in frames]] = pixels
+        pixels = stored
     sources = []
     for path in files:
         with storage.open_read(path) as f:

@@ -17,6 +17,7 @@ from pydicom.dataset import Dataset, FileDataset, FileMetaDataset
 from pydicom.encaps import encapsulate, encapsulate_extended
 from pydicom.uid import (
     CTImageStorage,
+    EnhancedCTImageStorage,
     ExplicitVRLittleEndian,
     JPEG2000Lossless,
     JPEGBaseline8Bit,
@@ -487,3 +488,91 @@ def test_dicom_seg_is_refused_before_the_run_for_what_it_cannot_hold(
     ):
         infer(**run, finalize={"mode": "mask", "dicom_seg": True})
     assert not (tmp_path / "out").exists()
+
+
+def write_enhanced(
+    path: Path,
+    stored: np.ndarray,
+    spacing: tuple[float, float, float] = (2.5, 0.7, 0.8),
+    origin: tuple[float, float, float] = (-120.0, 30.5, 11.25),
+    rescale: tuple[float, float] = (1.0, -1024.0),
+) -> list[int]:
+    """``stored`` (z, y, x, uint16) as one enhanced CT file, as recent scanners write them:
+    its slices as frames in a shuffled order, each frame's position and rescaling in its
+    own functional groups, the orientation and spacing shared. Returns each frame's slice."""
+    order = [int(z) for z in np.random.default_rng(2).permutation(len(stored))]
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = EnhancedCTImageStorage
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = Dataset()
+    ds.file_meta = meta
+    ds.SOPClassUID, ds.SOPInstanceUID = EnhancedCTImageStorage, meta.MediaStorageSOPInstanceUID
+    ds.StudyInstanceUID, ds.SeriesInstanceUID = generate_uid(), generate_uid()
+    ds.FrameOfReferenceUID, ds.Modality, ds.SeriesNumber = generate_uid(), "CT", 4
+    ds.PatientName, ds.PatientID, ds.PatientBirthDate, ds.PatientSex = "Test^Phantom", "P1", "", ""
+    ds.StudyID, ds.StudyDate, ds.StudyTime, ds.AccessionNumber = "1", "20261205", "120000", ""
+    ds.ReferringPhysicianName, ds.Manufacturer = "", "scanner"
+    ds.Rows, ds.Columns = stored.shape[1:]
+    ds.NumberOfFrames = len(stored)
+    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 0
+    shared, measures, orientation = Dataset(), Dataset(), Dataset()
+    measures.PixelSpacing, measures.SliceThickness = list(spacing[1:]), spacing[0]
+    orientation.ImageOrientationPatient = [1, 0, 0, 0, 1, 0]
+    shared.PixelMeasuresSequence, shared.PlaneOrientationSequence = [measures], [orientation]
+    ds.SharedFunctionalGroupsSequence = [shared]
+    frames = []
+    for z in order:
+        item, position, values = Dataset(), Dataset(), Dataset()
+        position.ImagePositionPatient = [origin[0], origin[1], origin[2] + z * spacing[0]]
+        values.RescaleSlope, values.RescaleIntercept = rescale
+        values.RescaleType = "HU"
+        item.PlanePositionSequence, item.PixelValueTransformationSequence = [position], [values]
+        frames.append(item)
+    ds.PerFrameFunctionalGroupsSequence = frames
+    ds.PixelData = stored[order].astype(np.uint16).tobytes()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    ds.save_as(path, enforce_file_format=True)
+    return order
+
+
+def test_an_enhanced_ct_file_reads_as_a_volume_in_slice_order(tmp_path) -> None:
+    """One multi-frame file of shuffled frames: a volume in slice order, each frame read
+    alone, values rescaled, spacing and origin from its functional groups."""
+    stored = random_image((7, 30, 26)).astype(np.uint16)
+    write_enhanced(tmp_path / "scan" / "ct.dcm", stored)
+    assert resolve_inputs(str(tmp_path / "scan")) == [str(tmp_path / "scan")]
+    (source,) = open_sources(tmp_path / "scan")
+    assert source.kind == "dicom" and source.name == "scan"
+    assert source.info.shape == (1, 1, 7, 30, 26) and source.info.dtype == np.float32
+    assert source.info.scale == pytest.approx({"z": 2.5, "y": 0.7, "x": 0.8})
+    assert source.info.origin == pytest.approx({"x": -120.0, "y": 30.5, "z": 11.25})
+    got = source.read(0, (0,), ((1, 6), (4, 30), (0, 20)))[0]
+    np.testing.assert_array_equal(got, stored[1:6, 4:30, :20].astype(np.float32) - 1024)
+
+
+@pytest.mark.usefixtures("ray_session")
+def test_an_enhanced_ct_output_is_written_as_a_dicom_seg_of_its_frames(
+    tmp_path, make_model
+) -> None:
+    """The SEG of an enhanced file's output references that file's frames, each frame's
+    segment its slice's (the frames stored out of slice order)."""
+    import highdicom
+
+    stored = random_image((5, 24, 32)).astype(np.uint16)
+    order = write_enhanced(tmp_path / "scan" / "ct.dcm", stored)
+    model, _ = make_model(dims=3, out_ch=2)
+    _, got = volume_output(
+        tmp_path, tmp_path / "scan", model, finalize={"mode": "mask", "dicom_seg": True}
+    )
+    seg = highdicom.seg.segread(tmp_path / "out" / "scan.seg.dcm")
+    source = pydicom.dcmread(tmp_path / "scan" / "ct.dcm", stop_before_pixels=True)
+    frames = seg.get_pixels_by_source_frame(
+        source_sop_instance_uid=source.SOPInstanceUID,
+        source_frame_numbers=list(range(1, 6)),
+        segment_numbers=[1],
+        assert_missing_frames_are_empty=True,
+    )
+    assert got[1].any() and order != sorted(order)
+    np.testing.assert_array_equal(frames[..., 0], got[1][order])
