@@ -9,7 +9,8 @@ regions of a run's blocks, in order, and prints the seconds (best of two rounds)
 gzipped file is decompressed from its start for every region (nibabel seeks through
 ``indexed_gzip`` where it is installed: run it with and without). The same values as a
 DICOM series (``OUT/ct_dicom/``: 300 files of one slice, uint16 with an intercept of
--1024, as ``tests/data/test_dicom.py`` writes series) read alike. With ``--infer``, then
+-1024, as ``tests/data/test_dicom.py`` writes series), and as one enhanced CT file of 300
+frames (``OUT/ct_enhanced/``, ``write_enhanced``), read alike. With ``--infer``, then
 ``raysegment infer`` of each file (``shards.py``'s small 3D network, 64^3 tiles, a mask
 with ``finalize.nifti=true``): its wall time, and whether the NIfTI copy has the input's
 affine and the OME-Zarr's voxels; and of the DICOM series with ``finalize.dicom_seg=true``:
@@ -148,6 +149,25 @@ def main() -> None:
             source.read(0, (0,), region)
         times.append(time.perf_counter() - start)
     print(f"DICOM series: {len(regions)} regions in {min(times):.2f} s", flush=True)
+    from tests.data.test_dicom import write_enhanced
+
+    enhanced = out / "ct_enhanced"
+    if not enhanced.exists():
+        write_enhanced(
+            enhanced / "ct.dcm", (volume.astype(np.int32) + 1024).clip(0).astype(np.uint16)
+        )
+    times = []
+    for _ in range(2):
+        start = time.perf_counter()
+        (source,) = open_sources(str(enhanced))
+        opened = time.perf_counter() - start
+        for region in regions:
+            source.read(0, (0,), region)
+        times.append(time.perf_counter() - start - opened)
+    print(
+        f"enhanced CT file: opened in {opened:.2f} s, {len(regions)} regions in {min(times):.2f} s",
+        flush=True,
+    )
     if "--infer" in sys.argv:
         from shards import small_3d
 
