@@ -576,3 +576,28 @@ def test_an_enhanced_ct_output_is_written_as_a_dicom_seg_of_its_frames(
     )
     assert got[1].any() and order != sorted(order)
     np.testing.assert_array_equal(frames[..., 0], got[1][order])
+
+
+def test_dicom_series_and_slides_pair_with_their_labels_for_training(tmp_path) -> None:
+    """A directory of CT series' directories pairs with NIfTI labels of the same names, a
+    directory of slides' directories with QuPath's GeoJSON, by name."""
+    from raysegment.data.pairs import pair_images
+
+    nibabel = pytest.importorskip("nibabel")
+    (tmp_path / "labels").mkdir()
+    for case in ("case_01", "case_02"):
+        write_series(tmp_path / "ct" / case, random_image((3, 8, 8)).astype(np.uint16))
+        label = nibabel.Nifti1Image(np.zeros((8, 8, 3), np.uint8), np.eye(4))
+        nibabel.save(label, tmp_path / "labels" / f"{case}.nii.gz")
+    pairs = pair_images(str(tmp_path / "ct"), None, str(tmp_path / "labels"), None)
+    assert [(Path(i).name, Path(lbl).name) for i, lbl in pairs] == [
+        ("case_01", "case_01.nii.gz"),
+        ("case_02", "case_02.nii.gz"),
+    ]
+    write_slide(tmp_path / "slides" / "biopsy", [_rgb((64, 64))], tile=64)
+    (tmp_path / "annotations").mkdir()
+    (tmp_path / "annotations" / "biopsy.geojson").write_text(
+        '{"type": "FeatureCollection", "features": []}'
+    )
+    pairs = pair_images(str(tmp_path / "slides"), None, str(tmp_path / "annotations"), None)
+    assert [(Path(i).name, Path(lbl).name) for i, lbl in pairs] == [("biopsy", "biopsy.geojson")]
