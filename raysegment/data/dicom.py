@@ -1,5 +1,6 @@
-"""DICOM series (CT, MR, PET): a directory of single-slice DICOM files, each series in it
-one volume, through pydicom (``pip install 'raysegment[dicom]'``). A series of DICOM's
+"""DICOM series (CT, MR, PET): a directory of single-slice DICOM files, or of an enhanced
+(multi-frame) file, each series in it one volume, through pydicom (``pip install
+'raysegment[dicom]'``); local, or at a URL (a prefix of ``.dcm`` files). A series of DICOM's
 whole-slide images (pathology: a file a pyramid level, tiles as frames) is a slide: read
 here frame by frame (``DicomSlideSource``) where each level is one file of RGB frames in
 row order (TILED_FULL), one focal plane and optical path, JPEG baseline, JPEG 2000 or
@@ -10,8 +11,9 @@ tiling, several focal planes, a level split over files) through OpenSlide (``pip
 Slices are ordered by their position along the slice normal (``ImagePositionPatient``
 against ``ImageOrientationPatient``), not by file name; the slice spacing is the distance
 between neighbours, the pixel spacing ``PixelSpacing`` (millimetres); stored values are
-rescaled by ``RescaleSlope`` and ``RescaleIntercept`` (CT's Hounsfield units). A region
-read reads the files of its slices only.
+rescaled by ``RescaleSlope`` and ``RescaleIntercept`` (CT's Hounsfield units); an
+enhanced file's frames take these from their functional groups. A region read reads the
+files (or frames) of its slices only.
 """
 
 from __future__ import annotations
@@ -564,7 +566,7 @@ def _scan_file(headers: list[Any]) -> str | None:
 
 def dicom_sources(directory: str, level: int = 0) -> list[ImageSource]:
     """A source per series of ``directory``, named after it (``<dir>_s<number>`` where it
-    holds several): a volume per series of slices; a slide (``slides.OpenSlideSource``) per
+    holds several): a volume per series of slices; a slide (``slide_source``) per
     whole-slide image, whose label, overview and thumbnail images are not segmented."""
     from raysegment.data.sources import image_stem
 
@@ -593,15 +595,20 @@ def dicom_sources(directory: str, level: int = 0) -> list[ImageSource]:
 
 
 def dicom_file_sources(path: str, level: int = 0) -> list[ImageSource]:
-    """The image of a DICOM file: the slide it is a level of (every file of its series in
-    its directory), named after the file.
+    """The image of a DICOM file, named after it: the slide it is a level of (every file
+    of its series in its directory), or an enhanced file's volume.
 
     Raises:
         InputImageError: a file of a series of slices (its directory is the image), or of a
             slide's label, overview or thumbnail alone.
     """
     header = _header(path)
+    name = storage.basename(path)
+    stem = name[: -len(".dcm")] if name.lower().endswith(".dcm") else name
     if not _is_slide(header):
+        frames = _frames(header)
+        if len(frames) > 1:  # an enhanced file: a volume of its own
+            return [DicomSeriesSource(path, name=stem, level=level, headers=frames)]
         raise InputImageError(
             f"{path}: one file of a DICOM series; give the series' directory "
             f"(input={storage.parent(path)}), whose files are read as one volume"
@@ -611,8 +618,6 @@ def dicom_file_sources(path: str, level: int = 0) -> list[ImageSource]:
             f"{path}: a whole-slide image's label, overview or thumbnail, not its scan; "
             f"give a file of a pyramid level (ImageType VOLUME) or the slide's directory"
         )
-    name = storage.basename(path)
-    stem = name[: -len(".dcm")] if name.lower().endswith(".dcm") else name
     return [slide_source(path, None, stem, level)]
 
 

@@ -550,6 +550,9 @@ def test_an_enhanced_ct_file_reads_as_a_volume_in_slice_order(tmp_path) -> None:
     assert source.info.origin == pytest.approx({"x": -120.0, "y": 30.5, "z": 11.25})
     got = source.read(0, (0,), ((1, 6), (4, 30), (0, 20)))[0]
     np.testing.assert_array_equal(got, stored[1:6, 4:30, :20].astype(np.float32) - 1024)
+    (alone,) = open_sources(tmp_path / "scan" / "ct.dcm")  # the file itself: the volume
+    assert (alone.name, alone.info) == ("ct", source.info)
+    np.testing.assert_array_equal(alone.read(0, (0,), ((1, 6), (4, 30), (0, 20)))[0], got)
 
 
 @pytest.mark.usefixtures("ray_session")
