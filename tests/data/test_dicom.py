@@ -604,3 +604,29 @@ def test_dicom_series_and_slides_pair_with_their_labels_for_training(tmp_path) -
     )
     pairs = pair_images(str(tmp_path / "slides"), None, str(tmp_path / "annotations"), None)
     assert [(Path(i).name, Path(lbl).name) for i, lbl in pairs] == [("biopsy", "biopsy.geojson")]
+
+
+def test_a_dicom_seg_is_written_to_an_object_store(s3, tmp_path) -> None:
+    import highdicom
+    import s3fs
+
+    from raysegment.post.dicom_seg import write_dicom_seg
+    from tests.conftest import BUCKET
+
+    write_series(tmp_path / "ct", random_image((3, 8, 10)).astype(np.uint16))
+    files = sorted(
+        (str(f) for f in (tmp_path / "ct").iterdir()),
+        key=lambda f: float(pydicom.dcmread(f, stop_before_pixels=True).ImagePositionPatient[2]),
+    )
+    mask = np.zeros((1, 3, 8, 10), np.uint8)
+    mask[0, 1, 2:5, 3:7] = 1
+    zarr.save_array(str(tmp_path / "mask.zarr"), mask)
+    url = f"s3://{BUCKET}/segs/ct.seg.dcm"
+    write_dicom_seg(
+        str(tmp_path / "mask.zarr"), "czyx", files, [None] * 3, "mask", [0], ["tumour"], url
+    )
+    (tmp_path / "back.dcm").write_bytes(s3fs.S3FileSystem().cat(url.removeprefix("s3://")))
+    seg = highdicom.seg.segread(tmp_path / "back.dcm")
+    assert [s.SegmentLabel for s in seg.SegmentSequence] == ["tumour"]
+    frames = _seg_frames(tmp_path / "back.dcm", tmp_path / "ct", 1)
+    np.testing.assert_array_equal(frames[..., 0], mask[0])
