@@ -31,12 +31,27 @@ from raysegment.data.sources import open_sources
 from raysegment.errors import InputImageError
 from tests.conftest import random_image, raw_output, volume_output, whole_image_prediction
 
+SPACING = (2.5, 0.7, 0.8)
+"""The test CT's slice spacing and pixel spacing (row, column), millimetres."""
+ORIGIN = (-120.0, 30.5, 11.25)
+"""Its first slice's position (x, y, z), millimetres."""
+
+
+def _patient(ds: Dataset, study: str, frame_of_reference: str) -> None:
+    """The patient, study and equipment attributes every CT file carries (a DICOM SEG
+    copies them)."""
+    ds.StudyInstanceUID, ds.FrameOfReferenceUID = study, frame_of_reference
+    ds.PatientName, ds.PatientID = "Test^Phantom", "P1"
+    ds.PatientBirthDate, ds.PatientSex = "", ""
+    ds.StudyID, ds.StudyDate, ds.StudyTime, ds.AccessionNumber = "1", "20261205", "120000", ""
+    ds.ReferringPhysicianName, ds.Manufacturer = "", "scanner"
+
 
 def write_series(
     directory: Path,
     stored: np.ndarray,
-    spacing: tuple[float, float, float] = (2.5, 0.7, 0.8),
-    origin: tuple[float, float, float] = (-120.0, 30.5, 11.25),
+    spacing: tuple[float, float, float] = SPACING,
+    origin: tuple[float, float, float] = ORIGIN,
     rescale: tuple[float, float] = (1.0, -1024.0),
     number: int = 3,
     names: list[str] | None = None,
@@ -56,15 +71,7 @@ def write_series(
         ds = FileDataset(str(directory / order[z]), {}, file_meta=meta, preamble=b"\0" * 128)
         ds.SOPClassUID, ds.SOPInstanceUID = CTImageStorage, meta.MediaStorageSOPInstanceUID
         ds.Modality, ds.SeriesInstanceUID, ds.SeriesNumber = "CT", series, number
-        ds.StudyInstanceUID, ds.FrameOfReferenceUID = study, frame_of_reference
-        ds.PatientName, ds.PatientID, ds.PatientBirthDate, ds.PatientSex = (
-            "Test^Phantom",
-            "P1",
-            "",
-            "",
-        )
-        ds.StudyID, ds.StudyDate, ds.StudyTime, ds.AccessionNumber = "1", "20261205", "120000", ""
-        ds.ReferringPhysicianName, ds.Manufacturer = "", "scanner"
+        _patient(ds, study, frame_of_reference)
         ds.InstanceNumber = len(stored) - z  # scanners number in either direction
         ds.ImageOrientationPatient = [1, 0, 0, 0, 1, 0]
         ds.ImagePositionPatient = [origin[0], origin[1], origin[2] + z * spacing[0]]
@@ -490,16 +497,12 @@ def test_dicom_seg_is_refused_before_the_run_for_what_it_cannot_hold(
     assert not (tmp_path / "out").exists()
 
 
-def write_enhanced(
-    path: Path,
-    stored: np.ndarray,
-    spacing: tuple[float, float, float] = (2.5, 0.7, 0.8),
-    origin: tuple[float, float, float] = (-120.0, 30.5, 11.25),
-    rescale: tuple[float, float] = (1.0, -1024.0),
-) -> list[int]:
-    """``stored`` (z, y, x, uint16) as one enhanced CT file, as recent scanners write them:
-    its slices as frames in a shuffled order, each frame's position and rescaling in its
-    own functional groups, the orientation and spacing shared. Returns each frame's slice."""
+def write_enhanced(path: Path, stored: np.ndarray) -> list[int]:
+    """``stored`` (z, y, x, uint16) as one enhanced CT file, as recent scanners write them
+    (``write_series``' spacing, origin and rescaling): its slices as frames in a shuffled
+    order, each frame's position and rescaling in its own functional groups, the
+    orientation and spacing shared. Returns each frame's slice."""
+    spacing, origin = SPACING, ORIGIN
     order = [int(z) for z in np.random.default_rng(2).permutation(len(stored))]
     meta = FileMetaDataset()
     meta.MediaStorageSOPClassUID = EnhancedCTImageStorage
@@ -508,11 +511,8 @@ def write_enhanced(
     ds = Dataset()
     ds.file_meta = meta
     ds.SOPClassUID, ds.SOPInstanceUID = EnhancedCTImageStorage, meta.MediaStorageSOPInstanceUID
-    ds.StudyInstanceUID, ds.SeriesInstanceUID = generate_uid(), generate_uid()
-    ds.FrameOfReferenceUID, ds.Modality, ds.SeriesNumber = generate_uid(), "CT", 4
-    ds.PatientName, ds.PatientID, ds.PatientBirthDate, ds.PatientSex = "Test^Phantom", "P1", "", ""
-    ds.StudyID, ds.StudyDate, ds.StudyTime, ds.AccessionNumber = "1", "20261205", "120000", ""
-    ds.ReferringPhysicianName, ds.Manufacturer = "", "scanner"
+    ds.SeriesInstanceUID, ds.Modality, ds.SeriesNumber = generate_uid(), "CT", 4
+    _patient(ds, generate_uid(), generate_uid())
     ds.Rows, ds.Columns = stored.shape[1:]
     ds.NumberOfFrames = len(stored)
     ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
@@ -526,7 +526,7 @@ def write_enhanced(
     for z in order:
         item, position, values = Dataset(), Dataset(), Dataset()
         position.ImagePositionPatient = [origin[0], origin[1], origin[2] + z * spacing[0]]
-        values.RescaleSlope, values.RescaleIntercept = rescale
+        values.RescaleSlope, values.RescaleIntercept = 1.0, -1024.0
         values.RescaleType = "HU"
         item.PlanePositionSequence, item.PixelValueTransformationSequence = [position], [values]
         frames.append(item)
