@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 
 from raysegment import storage
-from raysegment.data.sources import SOURCES, ImageInfo, ImageSource, reader_module
+from raysegment.data.sources import SOURCES, ImageInfo, ImageSource, image_stem, reader_module
 from raysegment.errors import InputImageError
 
 __all__ = [
@@ -183,24 +183,39 @@ def _ordered(directory: str, headers: list[Any]) -> tuple[list[Any], float | Non
     return ordered, float(steps.mean())
 
 
-class DicomSeriesSource(ImageSource):
-    """A DICOM series as a volume (z, y, x): ``series`` is its index among the directory's
-    series (by series number); its pixel spacing and slice spacing in millimetres;
-    rescaled values as float32 (the stored type where slope 1 and intercept 0); the first
-    slice's position as the origin where the slices are axial (rows along x, columns along
-    y)."""
-
-    kind = "dicom"
+class _DicomSource(ImageSource):
+    """A series of a DICOM directory (``series``: its index there, by series number), or
+    the series of a file (``path``); its headers, where the caller read them already,
+    given as ``headers``."""
 
     def __init__(self, *args: Any, headers: list[Any] | None = None, **kwargs: Any) -> None:
-        self._headers = headers  # the series' headers where the caller read them already
+        self._headers = headers
         super().__init__(*args, **kwargs)
+
+    def _series_headers(self) -> list[Any]:
+        """The series' headers, read once: kept out of the pickled source (what reads need
+        of them, the source keeps)."""
+        headers, self._headers = self._headers, None
+        if headers:
+            return headers
+        if storage.is_dir(self.path):
+            return _series(self.path)[self.series or 0][1]
+        uid = str(_header(self.path).get("SeriesInstanceUID", ""))
+        return dict(_series(storage.parent(self.path)))[uid]
+
+
+class DicomSeriesSource(_DicomSource):
+    """A DICOM series as a volume (z, y, x): its pixel spacing and slice spacing in
+    millimetres; rescaled values as float32 (the stored type where slope 1 and intercept
+    0); the first slice's position as the origin where the slices are axial (rows along
+    x, columns along y)."""
+
+    kind = "dicom"
 
     def _inspect(self) -> ImageInfo:
         if self.level > 0:
             raise self._no_level(1)
-        headers = self._headers or _series(self.path)[self.series or 0][1]
-        self._headers = None  # kept out of the pickled source: its files and rescaling say it
+        headers = self._series_headers()
         ordered, spacing = _ordered(self.path, headers)
         self.files = [h.filename for h in ordered]
         self.frames = [getattr(h, "frame", None) for h in ordered]  # an enhanced file's
@@ -338,8 +353,7 @@ def _level(header: Any) -> _Level:
 def _levels(headers: list[Any]) -> list[_Level]:
     """The slide's pyramid levels, largest first: one file each (a level of several
     files, concatenated or of several focal planes, is read through OpenSlide)."""
-    scans = [h for h in headers if "VOLUME" in [str(v).upper() for v in h.get("ImageType", [])]]
-    levels = sorted((_level(h) for h in scans), key=lambda lv: -lv.width)
+    levels = sorted((_level(h) for h in headers if _is_scan(h)), key=lambda lv: -lv.width)
     if len({lv.width for lv in levels}) < len(levels):
         raise _Indirect(levels[0].path)
     return levels
@@ -443,29 +457,17 @@ class _Frames:
             os.close(self.fd)
 
 
-class DicomSlideSource(ImageSource):
+class DicomSlideSource(_DicomSource):
     """A DICOM whole-slide image read frame by frame: three channels, R, G and B, of 8
-    bits; ``path`` the slide's directory (``series``: its index among the directory's
-    series) or a file of one of its levels; the pixel size from ``PixelSpacing``
+    bits (``path``: the slide's directory, or a file of one of its levels); the pixel size
+    from ``PixelSpacing``
     (micrometres), the levels its files of ``ImageType`` VOLUME, largest first. A region
     reads and decodes the frames it touches, and nothing else."""
 
     kind = "dicom-slide"
 
-    def __init__(self, *args: Any, headers: list[Any] | None = None, **kwargs: Any) -> None:
-        self._headers = headers  # the series' headers where the caller read them already
-        super().__init__(*args, **kwargs)
-
-    def _series_headers(self) -> list[Any]:
-        if storage.is_dir(self.path):
-            return _series(self.path)[self.series or 0][1]
-        uid = str(_header(self.path).get("SeriesInstanceUID", ""))
-        found = dict(_series(storage.parent(self.path)))
-        return found[uid]
-
     def _inspect(self) -> ImageInfo:
-        levels = _levels(self._headers or self._series_headers())
-        self._headers = None
+        levels = _levels(self._series_headers())
         self.levels = len(levels)
         if self.level >= self.levels:
             raise self._no_level(self.levels)
@@ -555,26 +557,21 @@ def _is_slide(header: Any) -> bool:
     return str(header.get("SOPClassUID", "")) == WHOLE_SLIDE
 
 
-def _scan_file(headers: list[Any]) -> str | None:
-    """A file of a whole-slide image's scan (``ImageType`` VOLUME, a pyramid level) among
-    its series' ``headers``; None for a series of its label, overview or thumbnail alone."""
-    for header in headers:
-        if "VOLUME" in [str(v).upper() for v in header.get("ImageType", [])]:
-            return str(header.filename)
-    return None
+def _is_scan(header: Any) -> bool:
+    """Whether a whole-slide image's file is a level of its scan (``ImageType`` VOLUME),
+    not its label, overview or thumbnail."""
+    return "VOLUME" in [str(v).upper() for v in header.get("ImageType", [])]
 
 
 def dicom_sources(directory: str, level: int = 0) -> list[ImageSource]:
     """A source per series of ``directory``, named after it (``<dir>_s<number>`` where it
     holds several): a volume per series of slices; a slide (``slide_source``) per
     whole-slide image, whose label, overview and thumbnail images are not segmented."""
-    from raysegment.data.sources import image_stem
-
-    found = [  # every header read once, for all the series: (index, headers, scan file)
-        (i, headers, _scan_file(headers) if _is_slide(headers[0]) else None)
+    found = [  # every header read once, for all the series; a slide's label alone is none
+        (i, headers, _is_slide(headers[0]))
         for i, (_, headers) in enumerate(_series(directory))
+        if not _is_slide(headers[0]) or any(_is_scan(h) for h in headers)
     ]
-    found = [f for f in found if f[2] is not None or not _is_slide(f[1][0])]
     if not found:
         raise InputImageError(
             f"{directory}: its DICOM whole-slide files hold no scan (ImageType VOLUME), only "
@@ -582,9 +579,9 @@ def dicom_sources(directory: str, level: int = 0) -> list[ImageSource]:
         )
     stem = image_stem(directory)
     sources: list[ImageSource] = []
-    for k, (series, headers, scan) in enumerate(found):
+    for k, (series, headers, slide) in enumerate(found):
         name = stem if len(found) == 1 else f"{stem}_s{k}"
-        if scan is not None:
+        if slide:
             sources.append(slide_source(directory, series, name, level, headers))
         else:
             source = DicomSeriesSource(
@@ -602,9 +599,7 @@ def dicom_file_sources(path: str, level: int = 0) -> list[ImageSource]:
         InputImageError: a file of a series of slices (its directory is the image), or of a
             slide's label, overview or thumbnail alone.
     """
-    header = _header(path)
-    name = storage.basename(path)
-    stem = name[: -len(".dcm")] if name.lower().endswith(".dcm") else name
+    header, stem = _header(path), image_stem(path)
     if not _is_slide(header):
         frames = _frames(header)
         if len(frames) > 1:  # an enhanced file: a volume of its own
@@ -613,7 +608,7 @@ def dicom_file_sources(path: str, level: int = 0) -> list[ImageSource]:
             f"{path}: one file of a DICOM series; give the series' directory "
             f"(input={storage.parent(path)}), whose files are read as one volume"
         )
-    if _scan_file([header]) is None:
+    if not _is_scan(header):
         raise InputImageError(
             f"{path}: a whole-slide image's label, overview or thumbnail, not its scan; "
             f"give a file of a pyramid level (ImageType VOLUME) or the slide's directory"

@@ -88,6 +88,7 @@ IMAGE_SUFFIXES = (
     ".rec",
     ".nii.gz",
     ".nii",
+    ".dcm",
 )
 
 _UNITS = {
