@@ -33,16 +33,22 @@ from raysegment.data.sources import SOURCES, ImageInfo, ImageSource, image_stem,
 from raysegment.errors import InputImageError
 
 __all__ = [
+    "SEGMENTATIONS",
     "WHOLE_SLIDE",
     "DicomSeriesSource",
     "DicomSlideSource",
     "dicom_file_sources",
     "dicom_sources",
+    "first_header",
     "is_dicom_dir",
+    "is_segmentation",
 ]
 
 WHOLE_SLIDE = "1.2.840.10008.5.1.4.1.1.77.1.6"
 """SOP class of DICOM's whole-slide images (VL Whole Slide Microscopy Image Storage)."""
+SEGMENTATIONS = ("1.2.840.10008.5.1.4.1.1.66.4", "1.2.840.10008.5.1.4.1.1.66.7")
+"""SOP classes of DICOM Segmentations (segments as frames; label maps): labels, not
+images (``dicom_labels``)."""
 _MAGIC = b"DICM"
 """Bytes 128-131 of a DICOM file (Part 10)."""
 
@@ -98,10 +104,19 @@ def _series(directory: str) -> list[tuple[str, list[Any]]]:
     threads = 16 if storage.is_url(directory) else 1
     with ThreadPoolExecutor(threads) as pool:
         headers = list(pool.map(_header, files))
+    segmentations = 0
     for header in headers:
         if "Rows" not in header:
             continue  # no image (a DICOMDIR, a structured report)
+        if is_segmentation(header):  # labels, beside the series they label
+            segmentations += 1
+            continue
         found[str(header.get("SeriesInstanceUID", ""))].extend(_frames(header))
+    if not found and segmentations:
+        raise InputImageError(
+            f"{directory}: holds DICOM Segmentations, labels rather than an image; give them "
+            f"to training as labels (labels.dir=) and their series as images"
+        )
     if not found:
         raise InputImageError(f"{directory}: its DICOM files hold no image")
     return sorted(found.items(), key=lambda item: int(item[1][0].get("SeriesNumber", 0) or 0))
@@ -112,15 +127,18 @@ _FRAME_GROUPS = {
     "PlaneOrientationSequence": ("ImageOrientationPatient",),
     "PixelMeasuresSequence": ("PixelSpacing", "SliceThickness"),
     "PixelValueTransformationSequence": ("RescaleSlope", "RescaleIntercept"),
+    "SegmentIdentificationSequence": ("ReferencedSegmentNumber",),
 }
 """An enhanced (multi-frame) file's functional groups a slice's header takes its
-attributes from, the frame's own or the shared ones."""
+attributes from, the frame's own or the shared ones (a DICOM Segmentation's frames: the
+segment they hold, too)."""
 _IMAGE_KEYS = (
     "SOPClassUID",
     "SOPInstanceUID",
     "StudyInstanceUID",
     "SeriesInstanceUID",
     "SeriesNumber",
+    "FrameOfReferenceUID",
     "Modality",
     "Rows",
     "Columns",
@@ -131,12 +149,12 @@ _IMAGE_KEYS = (
 
 
 def _frames(header: Any) -> list[Any]:
-    """The slices of a DICOM file: itself, or an enhanced CT, MR or PET file's frames,
-    each as a header of its own (its position, orientation, spacing and rescaling from
-    its functional groups; ``frame``: its index in the file)."""
+    """The slices of a DICOM file: itself, or an enhanced CT, MR or PET file's (or a
+    DICOM Segmentation's) frames, each as a header of its own (its position, orientation,
+    spacing and rescaling from its functional groups; ``frame``: its index in the file)."""
     count = int(header.get("NumberOfFrames", 1) or 1)
     per_frame = header.get("PerFrameFunctionalGroupsSequence")
-    if count == 1 or not per_frame or len(per_frame) != count or _is_slide(header):
+    if not per_frame or len(per_frame) != count or _is_slide(header):
         return [header]  # a slide's frames are its tiles, not slices
     from pydicom.dataset import Dataset
 
@@ -220,6 +238,15 @@ class DicomSeriesSource(_DicomSource):
         self.files = [h.filename for h in ordered]
         self.frames = [getattr(h, "frame", None) for h in ordered]  # an enhanced file's
         first = ordered[0]
+        # Where each slice lies (x, y, z, millimetres): DICOM Segmentations' frames are
+        # matched to the slices by it (``dicom_labels``).
+        self.positions = (
+            np.array([[float(v) for v in h.ImagePositionPatient] for h in ordered])
+            if all("ImagePositionPatient" in h for h in ordered)
+            else None
+        )
+        self.orientation = [float(v) for v in first.get("ImageOrientationPatient", [])]
+        self.frame_of_reference = str(first.get("FrameOfReferenceUID", ""))
         rows, columns = int(first.Rows), int(first.Columns)
         if any((int(h.Rows), int(h.Columns)) != (rows, columns) for h in ordered):
             raise InputImageError(f"{self.path}: the series' slices differ in size")
@@ -376,45 +403,46 @@ def _items(f: Any, at: int, where: str) -> Iterator[tuple[int, int]]:
         f.seek(size, os.SEEK_CUR)
 
 
-def _frame_table(level: _Level) -> tuple[np.ndarray, bool]:
-    """(frames, 2): where each frame's bytes lie in its file (offset, length), and whether
-    they are encapsulated: then each span is the frame's items (its fragments), found from
-    the extended offset table, else the basic one, else by counting the items (one a
-    frame; frames of several fragments without a table are OpenSlide's to read: at a
-    URL, counting them reads the whole file)."""
+def _frame_table(path: str, frames: int, size: int) -> tuple[np.ndarray, bool]:
+    """(frames, 2): where each of a file's ``frames`` frames lies in it (offset, length),
+    and whether they are encapsulated: then each span is the frame's items (its
+    fragments), found from the extended offset table, else the basic one, else by
+    counting the items (one a frame; frames of several fragments without a table are
+    another reader's: at a URL, counting them reads the whole file); else ``size`` bytes
+    each, one after another. Raises ``_Indirect`` where the pixel data is not explicit
+    little endian."""
     import pydicom
 
-    with storage.open_read(level.path) as f:
+    with storage.open_read(path) as f:
         header = pydicom.dcmread(f, stop_before_pixels=True)
         start = f.tell()  # at the pixel data's element, where dcmread stopped
         group, element, vr, length = struct.unpack("<HH2s2xI", f.read(12))
         if (group, element) != (0x7FE0, 0x0010) or vr not in (b"OB", b"OW"):
-            raise _Indirect(level.path)
+            raise _Indirect(path)
         if length != 0xFFFFFFFF:  # native: frames one after another
-            size = level.tile[0] * level.tile[1] * 3
-            if length < size * level.frames:
-                raise InputImageError(f"{level.path}: its pixel data is shorter than its frames")
-            offsets = start + 12 + size * np.arange(level.frames, dtype=np.int64)
+            if length < size * frames:
+                raise InputImageError(f"{path}: its pixel data is shorter than its frames")
+            offsets = start + 12 + size * np.arange(frames, dtype=np.int64)
             return np.stack([offsets, np.full_like(offsets, size)], axis=1), False
         tag, table = struct.unpack("<II", f.read(8))  # the basic offset table's item
         if tag != _ITEM:
-            raise _Indirect(level.path)
+            raise _Indirect(path)
         basic = np.frombuffer(f.read(table), "<u4").astype(np.int64)
         first = start + 12 + 8 + table
         if "ExtendedOffsetTable" in header and "ExtendedOffsetTableLengths" in header:
             offsets = np.frombuffer(header.ExtendedOffsetTable, "<u8").astype(np.int64)
             lengths = np.frombuffer(header.ExtendedOffsetTableLengths, "<u8").astype(np.int64)
-            if len(offsets) == level.frames == len(lengths):  # one fragment a frame
+            if len(offsets) == frames == len(lengths):  # one fragment a frame
                 return np.stack([first + offsets, lengths + 8], axis=1), True
         # A basic table's offsets (32 bits) wrap in files over 4 GiB: then items count.
-        if len(basic) == level.frames and (np.diff(basic) > 0).all():
+        if len(basic) == frames and (np.diff(basic) > 0).all():
             starts = first + basic
-            *_, (last, size) = _items(f, int(starts[-1]), level.path)  # to the sequence's end
-            ends = np.append(starts[1:], last + 8 + size)
+            *_, (last, item) = _items(f, int(starts[-1]), path)  # to the sequence's end
+            ends = np.append(starts[1:], last + 8 + item)
             return np.stack([starts, ends - starts], axis=1), True
-        items = np.asarray(list(_items(f, first, level.path)), np.int64).reshape(-1, 2)
-    if len(items) != level.frames:
-        raise _Indirect(level.path)
+        items = np.asarray(list(_items(f, first, path)), np.int64).reshape(-1, 2)
+    if len(items) != frames:
+        raise _Indirect(path)
     return np.stack([items[:, 0], items[:, 1] + 8], axis=1), True
 
 
@@ -480,7 +508,10 @@ class DicomSlideSource(_DicomSource):
             raise _Indirect(self.layout.path)
         self.grid = (down, across)
         # Made here, once: a slide it cannot tell the frames of goes to OpenSlide.
-        self.table, self.encapsulated = _frame_table(self.layout)
+        rows, columns = self.layout.tile
+        self.table, self.encapsulated = _frame_table(
+            self.layout.path, self.layout.frames, rows * columns * 3
+        )
         full = levels[0]
         spacing = self.layout.spacing
         if spacing is None and full.spacing is not None:
@@ -555,6 +586,22 @@ def slide_source(
 
 def _is_slide(header: Any) -> bool:
     return str(header.get("SOPClassUID", "")) == WHOLE_SLIDE
+
+
+def is_segmentation(header: Any) -> bool:
+    """Whether a DICOM file is a DICOM Segmentation (labels, not an image)."""
+    return str(header.get("SOPClassUID", "")) in SEGMENTATIONS
+
+
+def first_header(path: str) -> Any | None:
+    """The header of the DICOM file ``path`` (``.dcm``), or of the first DICOM file of the
+    directory ``path``; None where ``path`` is neither (another kind of image)."""
+    if path.lower().endswith(".dcm"):
+        return _header(path)
+    if image_stem(path) != storage.basename(path).rstrip("/") or not storage.is_dir(path):
+        return None  # another image's suffix (an OME-Zarr, an N5 directory), or a file
+    files = _files(path)
+    return _header(files[0]) if files else None
 
 
 def _is_scan(header: Any) -> bool:

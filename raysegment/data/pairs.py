@@ -6,20 +6,59 @@ import re
 
 from raysegment import storage
 from raysegment.data.annotations import is_geojson
+from raysegment.data.dicom import first_header, is_segmentation
+from raysegment.data.dicom_labels import referenced_series, segmentation_header
 from raysegment.data.inputs import IMAGE_NAMES, resolve_inputs
 from raysegment.data.sources import image_stem
 from raysegment.errors import InputImageError
 
 __all__ = ["LABELS_PATTERN", "pair_images"]
 
-LABELS_PATTERN = rf".*\.({IMAGE_NAMES}|geojson)"
-"""Labels a directory holds by default: images, and GeoJSON annotations (QuPath's)."""
+LABELS_PATTERN = rf".*\.({IMAGE_NAMES}|geojson|dcm)"
+"""Labels a directory holds by default: images, GeoJSON annotations (QuPath's) and DICOM
+Segmentations (``.dcm``; or directories of one, as series are kept)."""
 
 
 def _stem(path: str) -> str:
-    """The name an image or label pairs by: without its image or GeoJSON suffix."""
+    """The name an image or label pairs by: without its image or GeoJSON suffix, or a
+    DICOM Segmentation's ``.seg.dcm`` (as ``finalize.dicom_seg`` names it)."""
     name = storage.basename(path)
-    return name.rsplit(".", 1)[0] if is_geojson(name) else image_stem(path)
+    if is_geojson(name):
+        return name.rsplit(".", 1)[0]
+    stem = image_stem(path)
+    return stem[: -len(".seg")] if name.lower().endswith(".seg.dcm") else stem
+
+
+def _by_reference(images: dict[str, str], labels: dict[str, str]) -> dict[str, str]:
+    """``labels`` without the ``images`` (one directory given as both: a study's, its scans
+    beside their Segmentations), each DICOM Segmentation no image shares a name with keyed
+    by the image of the series it references (a DICOM series' directory, by its first
+    file's series); Segmentations among the ``images`` are dropped from them."""
+    segmentations = {key: segmentation_header(path) for key, path in labels.items()}
+    series: dict[str, str] = {}
+    if any(segmentations.values()):  # else no DICOM header of an image is read
+        for key, path in list(images.items()):
+            header = first_header(path)
+            if header is not None and is_segmentation(header):
+                del images[key]  # a label beside its series
+            elif header is not None:
+                series.setdefault(str(header.get("SeriesInstanceUID", "")), key)
+    scans = set(images.values())
+    keyed: dict[str, str] = {}
+    for key, path in labels.items():
+        header = segmentations[key]
+        if path in scans:
+            continue
+        if header is not None and key not in images:
+            found = [series[uid] for uid in referenced_series(header) if uid in series]
+            key = found[0] if found else key
+        if key in keyed:
+            raise InputImageError(
+                f"{path}: labels {storage.basename(keyed[key])} label the same image {key!r}; "
+                f"keep one DICOM SEG a series"
+            )
+        keyed[key] = path
+    return keyed
 
 
 def _keyed(
@@ -55,7 +94,9 @@ def pair_images(
     """Match each image with the label of the same key, sorted by key.
 
     The key is the pattern's first capture group when it has one (``(.*)_mask\\.tif``), else
-    the file name without image suffixes. Labels are images, or GeoJSON annotations
+    the file name without image suffixes; a DICOM Segmentation no image shares a name with
+    pairs with the DICOM series it references (a series' directory: images and labels may
+    be one study's directory). Labels are images, or GeoJSON annotations
     (``slide.geojson``, QuPath's export) by default. ``*_dataset``: the dataset read from
     each HDF5 file (``volumes/raw``), so that one file may hold an image and its label.
 
@@ -64,6 +105,7 @@ def pair_images(
     """
     images = _keyed(images_dir, images_pattern, "images", images_dataset)
     labels = _keyed(labels_dir, labels_pattern, "labels", labels_dataset, LABELS_PATTERN)
+    labels = _by_reference(images, labels)
     for key, path in images.items():
         if key not in labels:
             raise InputImageError(

@@ -13,6 +13,7 @@ import numpy as np
 
 from raysegment.config import TrainConfig, Unannotated
 from raysegment.data.annotations import IGNORED, GeoJsonLabels, is_geojson
+from raysegment.data.dicom_labels import DicomSegLabels, segment_targets, segmentation_header
 from raysegment.data.pairs import pair_images
 from raysegment.data.sources import ImageSource, open_source
 from raysegment.errors import ConfigError, InputImageError
@@ -57,6 +58,8 @@ class TrainingSet:
     ignore: int | None = None
     """The label value of pixels not labelled (``ignore_index``, or GeoJSON labels'
     ``IGNORED``); None where every pixel is labelled."""
+    class_names: tuple[str, ...] | None = None
+    """The classes' names: ``class_names``, else the DICOM SEG labels' segments'."""
 
     def train_specs(self, count: int, seed: int, epoch: int = 0) -> list[dict[str, int]]:
         """``count`` random patches of an epoch, images drawn in proportion to their
@@ -135,7 +138,7 @@ def _check_pair(image: ImageSource, label: ImageSource, patch: tuple[int, int], 
 def _label_values(label: ImageSource) -> set[int]:
     """Distinct values of a label image, read region by region (GeoJSON labels: their
     polygons')."""
-    if isinstance(label, GeoJsonLabels):
+    if isinstance(label, (GeoJsonLabels, DicomSegLabels)):
         return label.values()
     _, c, z, y, x = label.info.shape
     if label.info.dtype.kind == "f":
@@ -151,8 +154,11 @@ def _label_values(label: ImageSource) -> set[int]:
     return values
 
 
-def _classes(cfg: TrainConfig, pairs: list[Pair], ignore: int | None) -> int:
-    """The model's output channels from the labels' values (``ignore`` left out)."""
+def _classes(
+    cfg: TrainConfig, pairs: list[Pair], ignore: int | None, class_names: list[str] | None
+) -> int:
+    """The model's output channels from the labels' values (``ignore`` left out) and the
+    classes' names (``cfg.class_names``, or the DICOM SEG labels')."""
     mode = cfg.mode.value
     unlabelled = {ignore} if ignore is not None else set()
     if mode == "multilabel":
@@ -183,7 +189,7 @@ def _classes(cfg: TrainConfig, pairs: list[Pair], ignore: int | None) -> int:
         return 1
     top = max(seen)
     # Classes no label holds yet still count when class_names names them.
-    classes = cfg.classes or max(top + 1, len(cfg.class_names or ()))
+    classes = cfg.classes or max(top + 1, len(class_names or ()))
     if top >= classes:
         raise InputImageError(
             f"{seen[top]}: holds class {top} but classes={classes}; raise classes= or fix the "
@@ -275,13 +281,22 @@ def prepare(cfg: TrainConfig) -> TrainingSet:
             f"ignore_index="
         )
     drawn = cfg.ignore_index if cfg.ignore_index is not None else IGNORED
+    mode = str(cfg.mode.value)
+    headers = {label: segmentation_header(label) for _, label in found}
+    segmentations = [h for h in headers.values() if h is not None]
+    class_names = cfg.class_names
+    if segmentations:  # their segments are classes by name
+        class_names, targets = segment_targets(segmentations, mode, cfg.class_names)
+        drawing = dict(zip((id(h) for h in segmentations), targets, strict=True))
     for image_path, label_path in found:
         image = open_source(image_path)
-        if is_geojson(label_path):
-            mode = str(cfg.mode.value)
-            label: ImageSource = GeoJsonLabels(
-                label_path, image, mode, cfg.class_names, drawn, sparse
+        header = headers[label_path]
+        if header is not None:
+            label: ImageSource = DicomSegLabels(
+                header, image, mode, drawing[id(header)], len(class_names or ())
             )
+        elif is_geojson(label_path):
+            label = GeoJsonLabels(label_path, image, mode, cfg.class_names, drawn, sparse)
         else:
             label = open_source(label_path)
         pair = Pair(image, label)
@@ -298,10 +313,10 @@ def prepare(cfg: TrainConfig) -> TrainingSet:
     ignore = cfg.ignore_index
     if any(isinstance(p.label, GeoJsonLabels) and p.label.ignores for p in pairs):
         ignore = drawn
-    classes = _classes(cfg, pairs, ignore)
-    if cfg.class_names is not None and len(cfg.class_names) != classes:
+    classes = _classes(cfg, pairs, ignore, class_names)
+    if class_names is not None and len(class_names) != classes:
         raise ConfigError(
-            f"class_names={cfg.class_names} names {len(cfg.class_names)} class(es) but the "
+            f"class_names={class_names} names {len(class_names)} class(es) but the "
             f"labels ({cfg.mode.value}) give the model {classes} output channel(s)"
         )
     train, val = _split(cfg, len(pairs))
@@ -309,9 +324,10 @@ def prepare(cfg: TrainConfig) -> TrainingSet:
     # nnU-Net's dataset fingerprint): their models then take the same input, an ensemble.
     measured = tuple(range(len(pairs))) if cfg.folds > 1 else train
     mean, std = _stats(pairs, measured, channels)
+    names = tuple(class_names) if class_names else None
     return TrainingSet(
-        tuple(pairs), train, val, channels, cfg.mode.value, classes, patch, mean, std, ignore
-    )  # type: ignore[arg-type]
+        tuple(pairs), train, val, channels, mode, classes, patch, mean, std, ignore, names
+    )
 
 
 def _augment(

@@ -53,9 +53,9 @@ class TrainSummary:
         )
 
 
-def _class_names(cfg: TrainConfig, data: TrainingSet) -> list[str]:
-    if cfg.class_names:  # its length was checked against the labels by prepare()
-        return list(cfg.class_names)
+def _class_names(data: TrainingSet) -> list[str]:
+    if data.class_names:  # its length was checked against the labels by prepare()
+        return list(data.class_names)
     if data.mode == "binary":
         return ["foreground"]
     prefix = "class" if data.mode == "multiclass" else "label"
@@ -109,7 +109,7 @@ def export_model(
         save_file(torch.jit.save, traced, out / "model.pth")
     save_file(torch.save, state["best"], out / "weights.pt")
     save_file(torch.save, state, out / "checkpoint.pt")
-    names = _class_names(cfg, data)
+    names = _class_names(data)
     (out / "model.json").write_text(
         json.dumps(
             {

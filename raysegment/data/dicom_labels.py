@@ -1,0 +1,295 @@
+"""DICOM Segmentations (SEG) as training labels: the segments of a SEG object over the
+DICOM series it labels, as 3D Slicer, OHIF, dcmqi, highdicom and ``finalize.dicom_seg``
+write them and the NCI Imaging Data Commons keeps them beside its CT and MR series.
+
+A SEG's frames are matched to its series' slices by position (``ImagePositionPatient``
+along the slice normal), on the series' pixel grid; binary, fractional (on where over half
+the maximum) and label-map SEGs are read, a region's frames alone: uncompressed ones by
+their byte ranges (as ``DicomSlideSource`` reads tiles), compressed ones through pydicom.
+Segments are classes by their names (``SegmentLabel``, matched to ``class_names`` without
+regard to case), so SEGs that number the same organs differently label alike.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from raysegment import storage
+from raysegment.data.dicom import (
+    DicomSeriesSource,
+    _frame_table,
+    _Frames,
+    _frames,
+    _Indirect,
+    first_header,
+    is_segmentation,
+)
+from raysegment.data.sources import ImageInfo, ImageSource, reader_module
+from raysegment.errors import ConfigError, InputImageError
+
+__all__ = [
+    "DicomSegLabels",
+    "referenced_series",
+    "segment_names",
+    "segment_targets",
+    "segmentation_header",
+]
+
+_LABEL_MAP = "1.2.840.10008.5.1.4.1.1.66.7"
+_NATIVE = "1.2.840.10008.1.2.1"
+"""Uncompressed explicit little endian: frames read by their byte ranges."""
+
+
+def segmentation_header(path: str) -> Any | None:
+    """The header of the DICOM Segmentation ``path`` (a ``.dcm`` file, or a directory of a
+    SEG series' file, as the Imaging Data Commons stores a series); None where ``path``
+    is no SEG (another image)."""
+    header = first_header(path)
+    return header if header is not None and is_segmentation(header) else None
+
+
+def referenced_series(header: Any) -> list[str]:
+    """The series a SEG labels (``ReferencedSeriesSequence``)."""
+    return [str(item.SeriesInstanceUID) for item in header.get("ReferencedSeriesSequence", [])]
+
+
+def segment_names(header: Any) -> dict[int, str]:
+    """A SEG's segments: ``SegmentLabel`` (else ``segment_<number>``) by segment number;
+    a label map's segment 0, its background, is none."""
+    return {
+        int(item.SegmentNumber): str(item.get("SegmentLabel") or f"segment_{item.SegmentNumber}")
+        for item in header.get("SegmentSequence", [])
+        if int(item.SegmentNumber) > 0
+    }
+
+
+def segment_targets(
+    headers: list[Any], mode: str, class_names: list[str] | None
+) -> tuple[list[str], list[dict[int, int]]]:
+    """The classes SEGs label (``headers``), and for each SEG what its segments draw, by
+    segment number: their class's value (binary, multiclass) or channel (multilabel).
+    Segments are matched to ``class_names`` by name (case aside); segments it does not
+    name draw nothing (background), so a SEG of a hundred organs trains on the ones named.
+    Without ``class_names``, the segments' names in the order first met (multiclass: after
+    ``background``; binary: every segment is the foreground, named after it where the
+    SEGs have one name).
+
+    Raises:
+        ConfigError: ``class_names`` names a class no SEG has a segment of.
+    """
+    segments = [segment_names(h) for h in headers]
+    known: dict[str, str] = {}
+    for names in segments:
+        for name in names.values():
+            known.setdefault(name.casefold(), name)
+    if class_names:
+        classes = list(class_names)
+        named = classes[1:] if mode == "multiclass" else classes
+        missing = [n for n in named if n.casefold() not in known]
+        if missing:
+            raise ConfigError(
+                f"class_names={classes}: {missing} is a segment of no DICOM SEG label (their "
+                f"segments: {list(known.values())[:12]}); name classes after the SEGs' "
+                f"segment labels"
+            )
+    elif mode == "binary":
+        classes = list(known.values()) if len(known) == 1 else ["foreground"]
+    else:
+        classes = ["background"] * (mode == "multiclass") + list(known.values())
+    index = {name.casefold(): i for i, name in enumerate(classes)}
+    targets = []
+    for names in segments:
+        if mode == "binary":
+            foreground = classes[0].casefold() if class_names else None
+            drawn = {k: 1 for k, n in names.items() if foreground in (None, n.casefold())}
+        else:
+            drawn = {k: index[n.casefold()] for k, n in names.items() if n.casefold() in index}
+            if mode == "multiclass":  # the background's name draws nothing
+                drawn = {k: v for k, v in drawn.items() if v > 0}
+        targets.append(drawn)
+    return classes, targets
+
+
+class DicomSegLabels(ImageSource):
+    """Training labels of a DICOM SEG (``header``, read by ``segmentation_header``) over
+    its DICOM series ``image``: each frame on the slice at its position, its segment's
+    ``targets`` value (0 elsewhere; where segments overlap, the higher-numbered one's),
+    or in ``mode`` multilabel a 1 in its channel of ``channels``.
+
+    Raises:
+        InputImageError: the image is no DICOM series of slice positions, or the SEG's
+            frames lie off its slices or pixel grid (a SEG of another series).
+    """
+
+    kind = "dicom-seg"
+
+    def __init__(
+        self, header: Any, image: ImageSource, mode: str, targets: dict[int, int], channels: int
+    ) -> None:
+        path = str(header.filename)
+        self.mode = mode
+        self.image_shape = image.info.shape
+        self.channels = channels if mode == "multilabel" else 1
+        self.label_map = str(header.SOPClassUID) == _LABEL_MAP
+        kind = "LABELMAP" if self.label_map else str(header.get("SegmentationType", "BINARY"))
+        self.fractional = kind.upper() == "FRACTIONAL"
+        self.top = int(header.get("MaximumFractionalValue", 1) or 1)
+        self.rows, self.columns = int(header.Rows), int(header.Columns)
+        self.bits = int(header.BitsAllocated)
+        self.slices, self.segments = self._place(path, header, image)
+        numbers = [*segment_names(header), *targets, *self.segments.tolist(), 0]
+        self.lut = np.full(max(numbers) + 1, -1, np.int64)
+        """What each segment number draws (-1: nothing)."""
+        for number, target in targets.items():
+            self.lut[number] = target
+        self.table: np.ndarray | None = None
+        """The frames' byte ranges where they are uncompressed (``_Frames``' table), and
+        the bit each begins at in its first byte (bit-packed frames need not end on a
+        byte)."""
+        size, count = self.rows * self.columns * self.bits, len(self.slices)
+        syntax = str(header.file_meta.get("TransferSyntaxUID", ""))
+        if syntax == _NATIVE:
+            try:  # the pixel data's first byte
+                start = int(_frame_table(path, 1, -(-size * count // 8))[0][0, 0])
+            except _Indirect:
+                pass
+            else:
+                first = size * np.arange(count, dtype=np.int64)
+                self.table = np.stack([start + first // 8, (first % 8 + size + 7) // 8], axis=1)
+                self.skips = first % 8
+        super().__init__(path, name=image.name)
+
+    def _place(self, path: str, header: Any, image: ImageSource) -> tuple[np.ndarray, np.ndarray]:
+        """Each frame's slice of ``image``, and its segment number (a label map's: 0)."""
+        if not isinstance(image, DicomSeriesSource) or image.positions is None:
+            what = f"a {image.kind} image"
+            if isinstance(image, DicomSeriesSource):
+                what = "a DICOM series without slice positions"
+            raise InputImageError(
+                f"{path}: a DICOM SEG labels the slices of the DICOM series it segments, by "
+                f"their positions; its image {image.path} is {what}: pair it with the series "
+                f"it references"
+            )
+        ours, theirs = str(header.get("FrameOfReferenceUID", "")), image.frame_of_reference
+        if ours and theirs and ours != theirs:
+            raise InputImageError(
+                f"{path}: lies in another frame of reference than its image {image.path} "
+                f"(a SEG of another scan?); pair it with the series it references"
+            )
+        _, _, _, height, width = image.info.shape
+        if (self.rows, self.columns) != (height, width):
+            raise InputImageError(
+                f"{path}: its frames are {self.rows} x {self.columns}, the slices of "
+                f"{image.path} {height} x {width}; a SEG labels on its series' pixel grid "
+                f"(resample it to the series, e.g. in 3D Slicer)"
+            )
+        frames = _frames(header)
+        try:
+            where = np.array([[float(v) for v in f.ImagePositionPatient] for f in frames])
+        except AttributeError:
+            raise InputImageError(
+                f"{path}: its frames have no position (PlanePositionSequence); raysegment "
+                f"places a SEG's frames on its series' slices by their positions"
+            ) from None
+        orientation = np.array(image.orientation or [1, 0, 0, 0, 1, 0], float)
+        for frame in frames:
+            theirs_o = np.asarray(frame.get("ImageOrientationPatient", orientation), float)
+            if not np.allclose(theirs_o, orientation, atol=1e-4):
+                raise InputImageError(
+                    f"{path}: its frames are oriented {list(theirs_o)}, the slices of "
+                    f"{image.path} {list(orientation)}; a SEG labels on its series' pixel grid"
+                )
+        normal = np.cross(orientation[:3], orientation[3:])
+        depths = image.positions @ normal
+        index = np.abs((where @ normal)[:, None] - depths[None, :]).argmin(axis=1)
+        scale = image.info.scale
+        off = where - image.positions[index]
+        steps = np.stack(
+            [
+                np.abs(off @ normal) / float(scale.get("z") or 1.0),
+                np.abs(off @ orientation[3:]) / float(scale.get("y") or 1.0),
+                np.abs(off @ orientation[:3]) / float(scale.get("x") or 1.0),
+            ],
+            axis=1,
+        )
+        bad = np.flatnonzero((steps > 0.1).any(axis=1))
+        if len(bad):
+            raise InputImageError(
+                f"{path}: frame {int(bad[0]) + 1} lies at {list(where[bad[0]])} mm, on no "
+                f"voxel grid point of {image.path}'s slices; pair the SEG with the series it "
+                f"references, or resample it to this one"
+            )
+        if self.label_map:
+            segments = np.zeros(len(frames), np.int64)
+        else:
+            try:
+                segments = np.array([int(f.ReferencedSegmentNumber) for f in frames])
+            except AttributeError:
+                raise InputImageError(
+                    f"{path}: a frame names no segment (SegmentIdentificationSequence); "
+                    f"export the SEG again"
+                ) from None
+        return index.astype(np.int64), segments
+
+    def values(self) -> set[int]:
+        """The values the labels may hold: 0, and those of the segments they draw."""
+        numbers = np.arange(len(self.lut)) if self.label_map else np.unique(self.segments)
+        drawn = {int(v) for v in self.lut[numbers] if v >= 0}
+        return {0} | ({1} if drawn else set()) if self.mode == "multilabel" else {0} | drawn
+
+    def _inspect(self) -> ImageInfo:
+        _, _, z, y, x = self.image_shape
+        return ImageInfo((1, self.channels, z, y, x), np.dtype(np.uint16))
+
+    def _open(self) -> Any:
+        if self.table is not None:
+            return _Frames(self.path, self.table, encapsulated=False)
+        return reader_module(self.path, "pydicom", "DICOM", "dicom")
+
+    def _pixels(self, indices: list[int]) -> list[np.ndarray]:
+        """Frames ``indices`` as (rows, columns) arrays of their stored values."""
+        if self.table is None:
+            pydicom = self.handle
+            with storage.open_read(self.path) as f:
+                return list(pydicom.pixels.iter_pixels(f, indices=indices))
+        count = self.rows * self.columns
+        pixels = []
+        for index, data in zip(indices, self.handle.read(indices), strict=True):
+            if self.bits == 1:
+                bits = np.unpackbits(np.frombuffer(data, np.uint8), bitorder="little")
+                flat = bits[self.skips[index] : self.skips[index] + count]
+            else:
+                flat = np.frombuffer(data, f"<u{self.bits // 8}")
+            pixels.append(flat.reshape(self.rows, self.columns))
+        return pixels
+
+    def _read(
+        self, t: int, channels: tuple[int, ...], region: tuple[tuple[int, int], ...]
+    ) -> np.ndarray:
+        (z0, z1), (y0, y1), (x0, x1) = region
+        out = np.zeros((len(channels), z1 - z0, y1 - y0, x1 - x0), np.uint16)
+        drawn = self.label_map | (self.lut[self.segments] >= 0)
+        chosen = np.flatnonzero((self.slices >= z0) & (self.slices < z1) & drawn)
+        chosen = chosen[np.argsort(self.segments[chosen], kind="stable")]  # higher on top
+        if not len(chosen):
+            return out
+        for i, frame in zip(chosen, self._pixels(chosen.tolist()), strict=True):
+            part, plane = frame[y0:y1, x0:x1], int(self.slices[i]) - z0
+            if self.label_map:  # each pixel's segment number
+                known = part < len(self.lut)  # numbers past the SEG's segments: none
+                targets = np.where(known, self.lut[np.where(known, part, 0)], -1)
+                if self.mode == "multilabel":
+                    for c, channel in enumerate(channels):
+                        out[c, plane][targets == channel] = 1
+                else:
+                    out[0, plane] = np.where(targets > 0, targets, out[0, plane])
+                continue
+            on = part.astype(np.int64) * 2 > self.top if self.fractional else part > 0
+            target = int(self.lut[self.segments[i]])
+            if self.mode != "multilabel":
+                out[0, plane][on] = target
+            elif target in channels:
+                out[channels.index(target), plane][on] = 1
+        return out
