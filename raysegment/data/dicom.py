@@ -127,11 +127,9 @@ _FRAME_GROUPS = {
     "PlaneOrientationSequence": ("ImageOrientationPatient",),
     "PixelMeasuresSequence": ("PixelSpacing", "SliceThickness"),
     "PixelValueTransformationSequence": ("RescaleSlope", "RescaleIntercept"),
-    "SegmentIdentificationSequence": ("ReferencedSegmentNumber",),
 }
 """An enhanced (multi-frame) file's functional groups a slice's header takes its
-attributes from, the frame's own or the shared ones (a DICOM Segmentation's frames: the
-segment they hold, too)."""
+attributes from, the frame's own or the shared ones."""
 _IMAGE_KEYS = (
     "SOPClassUID",
     "SOPInstanceUID",
@@ -149,12 +147,12 @@ _IMAGE_KEYS = (
 
 
 def _frames(header: Any) -> list[Any]:
-    """The slices of a DICOM file: itself, or an enhanced CT, MR or PET file's (or a
-    DICOM Segmentation's) frames, each as a header of its own (its position, orientation,
-    spacing and rescaling from its functional groups; ``frame``: its index in the file)."""
+    """The slices of a DICOM file: itself, or an enhanced CT, MR or PET file's frames,
+    each as a header of its own (its position, orientation, spacing and rescaling from
+    its functional groups; ``frame``: its index in the file)."""
     count = int(header.get("NumberOfFrames", 1) or 1)
     per_frame = header.get("PerFrameFunctionalGroupsSequence")
-    if not per_frame or len(per_frame) != count or _is_slide(header):
+    if count == 1 or not per_frame or len(per_frame) != count or _is_slide(header):
         return [header]  # a slide's frames are its tiles, not slices
     from pydicom.dataset import Dataset
 

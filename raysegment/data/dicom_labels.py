@@ -21,7 +21,6 @@ from raysegment.data.dicom import (
     DicomSeriesSource,
     _frame_table,
     _Frames,
-    _frames,
     _Indirect,
     first_header,
     is_segmentation,
@@ -112,6 +111,37 @@ def segment_targets(
     return classes, targets
 
 
+_GROUPS = (
+    ("PlanePositionSequence", "ImagePositionPatient"),
+    ("PlaneOrientationSequence", "ImageOrientationPatient"),
+    ("SegmentIdentificationSequence", "ReferencedSegmentNumber"),
+)
+"""The functional groups (and their attributes) that place a SEG's frame and name its
+segment."""
+
+
+def _frame_attributes(header: Any) -> list[tuple[Any, Any, Any]]:
+    """Each frame's (position, orientation, segment number) from its functional groups,
+    its own or else the shared ones; None where neither has it. (Only these are read: a
+    SEG may have thousands of frames.)"""
+
+    def value(item: Any, group: str, key: str) -> Any:
+        found = item.get(group) if item is not None else None
+        return found[0].get(key) if found else None
+
+    shared = (header.get("SharedFunctionalGroupsSequence") or [None])[0]
+    attributes = []
+    for own in header.get("PerFrameFunctionalGroupsSequence") or []:
+        values = (value(own, group, key) for group, key in _GROUPS)
+        attributes.append(
+            tuple(
+                v if v is not None else value(shared, group, key)
+                for v, (group, key) in zip(values, _GROUPS, strict=True)
+            )
+        )
+    return attributes  # type: ignore[return-value]
+
+
 class DicomSegLabels(ImageSource):
     """Training labels of a DICOM SEG (``header``, read by ``segmentation_header``) over
     its DICOM series ``image``: each frame on the slice at its position, its segment's
@@ -185,21 +215,21 @@ class DicomSegLabels(ImageSource):
                 f"{image.path} {height} x {width}; a SEG labels on its series' pixel grid "
                 f"(resample it to the series, e.g. in 3D Slicer)"
             )
-        frames = _frames(header)
-        try:
-            where = np.array([[float(v) for v in f.ImagePositionPatient] for f in frames])
-        except AttributeError:
+        frames = _frame_attributes(header)
+        if any(position is None for position, _, _ in frames):
             raise InputImageError(
                 f"{path}: its frames have no position (PlanePositionSequence); raysegment "
                 f"places a SEG's frames on its series' slices by their positions"
-            ) from None
+            )
+        where = np.array([[float(v) for v in position] for position, _, _ in frames])
         orientation = np.array(image.orientation or [1, 0, 0, 0, 1, 0], float)
-        for frame in frames:
-            theirs_o = np.asarray(frame.get("ImageOrientationPatient", orientation), float)
-            if not np.allclose(theirs_o, orientation, atol=1e-4):
+        for _, theirs_o, _ in frames:
+            turned = np.asarray(theirs_o if theirs_o is not None else orientation, float)
+            if not np.allclose(turned, orientation, atol=1e-4):
                 raise InputImageError(
-                    f"{path}: its frames are oriented {list(theirs_o)}, the slices of "
-                    f"{image.path} {list(orientation)}; a SEG labels on its series' pixel grid"
+                    f"{path}: its frames are oriented {turned.round(4).tolist()}, the slices "
+                    f"of {image.path} {orientation.round(4).tolist()}; a SEG labels on its "
+                    f"series' pixel grid"
                 )
         normal = np.cross(orientation[:3], orientation[3:])
         depths = image.positions @ normal
@@ -217,20 +247,19 @@ class DicomSegLabels(ImageSource):
         bad = np.flatnonzero((steps > 0.1).any(axis=1))
         if len(bad):
             raise InputImageError(
-                f"{path}: frame {int(bad[0]) + 1} lies at {list(where[bad[0]])} mm, on no "
-                f"voxel grid point of {image.path}'s slices; pair the SEG with the series it "
-                f"references, or resample it to this one"
+                f"{path}: frame {int(bad[0]) + 1} lies at {where[bad[0]].round(3).tolist()} "
+                f"mm, on no voxel grid point of {image.path}'s slices; pair the SEG with the "
+                f"series it references, or resample it to this one"
             )
         if self.label_map:
             segments = np.zeros(len(frames), np.int64)
+        elif any(number is None for _, _, number in frames):
+            raise InputImageError(
+                f"{path}: a frame names no segment (SegmentIdentificationSequence); export "
+                f"the SEG again"
+            )
         else:
-            try:
-                segments = np.array([int(f.ReferencedSegmentNumber) for f in frames])
-            except AttributeError:
-                raise InputImageError(
-                    f"{path}: a frame names no segment (SegmentIdentificationSequence); "
-                    f"export the SEG again"
-                ) from None
+            segments = np.array([int(number) for _, _, number in frames], np.int64)
         return index.astype(np.int64), segments
 
     def values(self) -> set[int]:

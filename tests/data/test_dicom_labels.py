@@ -301,3 +301,29 @@ def test_a_study_in_an_object_store_pairs_and_reads_its_segs(s3, tmp_path) -> No
     want = np.where(masks[..., 1], 2, np.where(masks[..., 0], 1, 0))
     got = pickle.loads(pickle.dumps(labels)).read(0, (0,), ((1, 5), (0, 32), (0, 40)))[0]
     np.testing.assert_array_equal(got, want[1:5])
+
+
+def test_a_seg_frame_unplaced_or_turned_fails_in_one_line(tmp_path) -> None:
+    write_series(tmp_path / "ct", random_image(SHAPE).astype(np.uint16))
+    write_seg(tmp_path / "ct.seg.dcm", tmp_path / "ct", _masks(), ["Liver", "Tumour"])
+    image = open_source(str(tmp_path / "ct"))
+
+    def labels(edit: object) -> DicomSegLabels:
+        ds = pydicom.dcmread(tmp_path / "ct.seg.dcm")
+        edit(ds)  # type: ignore[operator]
+        ds.save_as(tmp_path / "edited.dcm")
+        return _labels(tmp_path / "edited.dcm", tmp_path / "ct", "multiclass")
+
+    assert labels(lambda ds: None).info.shape == image.info.shape
+    frame = "PerFrameFunctionalGroupsSequence"
+    with pytest.raises(InputImageError, match=r"edited.dcm: its frames have no position"):
+        labels(lambda ds: delattr(ds[frame][2], "PlanePositionSequence"))
+    with pytest.raises(InputImageError, match=r"edited.dcm: a frame names no segment"):
+        labels(lambda ds: delattr(ds[frame][0], "SegmentIdentificationSequence"))
+
+    def turn(ds: pydicom.Dataset) -> None:
+        plane = ds.SharedFunctionalGroupsSequence[0].PlaneOrientationSequence[0]
+        plane.ImageOrientationPatient = [0, 1, 0, 1, 0, 0]
+
+    with pytest.raises(InputImageError, match=r"edited.dcm: its frames are oriented \[0.0, 1.0"):
+        labels(turn)

@@ -1,0 +1,152 @@
+"""Training labels from a DICOM SEG against the same labels as a NIfTI file.
+
+    python benchmarks/seg_labels.py [OUT]
+
+Writes a 300 x 512 x 512 CT series (``OUT/ct/``, as ``tests/data/test_dicom.py`` writes
+series) and labels of 20 overlapping ellipsoid segments over it, as a binary DICOM SEG
+(``OUT/labels.seg.dcm``, highdicom, uncompressed, frames only where a segment lies) and as
+the same class map in ``OUT/labels.nii`` (uint8). Then prints:
+
+- opening the SEG as training labels (its header read, its frames placed on the series'
+  slices, ``segment_targets`` + ``DicomSegLabels``), and the NIfTI (``NiftiSource``);
+- 200 random 256 x 256 patches of each, one slice each, as training reads them (seconds
+  for all, best of two rounds), checked equal patch for patch;
+- for scale, highdicom decoding the whole SEG into a volume (what reading it without a
+  region reader means).
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+import nibabel
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from raysegment.data.dicom_labels import (  # noqa: E402
+    DicomSegLabels,
+    segment_targets,
+    segmentation_header,
+)
+from raysegment.data.sources import open_source  # noqa: E402
+
+SHAPE = (300, 512, 512)
+SEGMENTS = 20
+PATCH = 256
+
+
+def _segments() -> np.ndarray:
+    """(z, y, x, segments) bool: ellipsoids of random centres and radii."""
+    rng = np.random.default_rng(0)
+    z, y, x = np.ogrid[: SHAPE[0], : SHAPE[1], : SHAPE[2]]
+    masks = np.zeros((*SHAPE, SEGMENTS), bool)
+    for s in range(SEGMENTS):
+        cz, cy, cx = (rng.uniform(0.2, 0.8) * n for n in SHAPE)
+        rz, ry, rx = rng.uniform(10, 60), rng.uniform(20, 120), rng.uniform(20, 120)
+        masks[..., s] = ((z - cz) / rz) ** 2 + ((y - cy) / ry) ** 2 + ((x - cx) / rx) ** 2 < 1
+    return masks
+
+
+def _write(out: Path) -> None:
+    import highdicom
+    import pydicom
+
+    from raysegment.post.dicom_seg import _descriptions
+    from tests.data.test_dicom import write_series
+
+    stored = np.random.default_rng(1).integers(0, 2000, SHAPE, dtype=np.uint16)
+    write_series(out / "ct", stored)
+    masks = _segments()
+    sources = sorted(
+        (pydicom.dcmread(f) for f in (out / "ct").iterdir()),
+        key=lambda h: float(h.ImagePositionPatient[2]),
+    )
+    seg = highdicom.seg.Segmentation(
+        source_images=sources,
+        pixel_array=masks.astype(np.uint8),
+        segmentation_type="BINARY",
+        segment_descriptions=_descriptions([f"organ_{s}" for s in range(SEGMENTS)]),
+        series_instance_uid=highdicom.UID(),
+        series_number=100,
+        sop_instance_uid=highdicom.UID(),
+        instance_number=1,
+        manufacturer="benchmark",
+        manufacturer_model_name="benchmark",
+        software_versions="1",
+        device_serial_number="1",
+    )
+    seg.save_as(out / "labels.seg.dcm", enforce_file_format=True)
+    # The class map the SEG gives in multiclass: the higher segment where they overlap.
+    classes = (masks * np.arange(1, SEGMENTS + 1)).max(axis=-1).astype(np.uint8)
+    affine = np.diag([0.8, 0.7, 2.5, 1.0])  # the series' spacing (x, y, z)
+    nibabel.save(nibabel.Nifti1Image(classes.transpose(2, 1, 0), affine), out / "labels.nii")
+
+
+def main() -> None:
+    out = Path(sys.argv[1] if len(sys.argv) > 1 else "bench_seg_labels")
+    out.mkdir(parents=True, exist_ok=True)
+    if not (out / "labels.nii").exists():
+        start = time.perf_counter()
+        _write(out)
+        print(f"wrote the series, SEG and NIfTI in {time.perf_counter() - start:.1f} s")
+    seg_path = out / "labels.seg.dcm"
+    print(f"SEG: {seg_path.stat().st_size / 2**20:.1f} MiB")
+
+    start = time.perf_counter()
+    image = open_source(str(out / "ct"))
+    opened_image = time.perf_counter() - start
+    start = time.perf_counter()
+    header = segmentation_header(str(seg_path))
+    names, (targets,) = segment_targets([header], "multiclass", None)
+    seg = DicomSegLabels(header, image, "multiclass", targets, len(names))
+    opened_seg = time.perf_counter() - start
+    start = time.perf_counter()
+    nifti = open_source(str(out / "labels.nii"))
+    opened_nifti = time.perf_counter() - start
+    print(
+        f"opened: the series {opened_image:.2f} s; the SEG as labels ({len(seg.slices)} "
+        f"frames) {opened_seg:.2f} s; the NIfTI {opened_nifti:.3f} s"
+    )
+
+    rng = np.random.default_rng(2)
+    regions = [
+        ((z, z + 1), (y, y + PATCH), (x, x + PATCH))
+        for z, y, x in zip(
+            rng.integers(0, SHAPE[0], 200),
+            rng.integers(0, SHAPE[1] - PATCH, 200),
+            rng.integers(0, SHAPE[2] - PATCH, 200),
+            strict=True,
+        )
+    ]
+    labelled = 0
+    for region in regions:
+        a, b = seg.read(0, (0,), region), nifti.read(0, (0,), region)
+        if not np.array_equal(a, b):
+            raise SystemExit(f"SEG and NIfTI labels differ in region {region}")
+        labelled += bool(a.any())
+    print(f"200 patches equal in both; {labelled} hold a segment")
+    for name, source in (("SEG", seg), ("NIfTI", nifti)):
+        best = float("inf")
+        for _ in range(2):
+            start = time.perf_counter()
+            for region in regions:
+                source.read(0, (0,), region)
+            best = min(best, time.perf_counter() - start)
+        print(f"{name}: 200 patches in {best:.3f} s ({best / 200 * 1000:.2f} ms each)")
+
+    import highdicom
+
+    start = time.perf_counter()
+    volume = highdicom.seg.segread(seg_path).get_volume()
+    print(
+        f"highdicom: the whole SEG decoded in {time.perf_counter() - start:.1f} s "
+        f"({volume.array.nbytes / 2**20:.0f} MiB)"
+    )
+
+
+if __name__ == "__main__":
+    main()
