@@ -1,6 +1,6 @@
 """Training labels from a DICOM SEG against the same labels as a NIfTI file.
 
-    python benchmarks/seg_labels.py [OUT]
+    python benchmarks/seg_labels.py [OUT] [--train]
 
 Writes a 300 x 512 x 512 CT series (``OUT/ct/``, as ``tests/data/test_dicom.py`` writes
 series) and labels of 20 overlapping ellipsoid segments over it, as a binary DICOM SEG
@@ -13,10 +13,17 @@ the same class map in ``OUT/labels.nii`` (uint8). Then prints:
   for all, best of two rounds), checked equal patch for patch;
 - for scale, highdicom decoding the whole SEG into a volume (what reading it without a
   region reader means).
+
+With ``--train``, the round trip: four 8 x 64^2 CT series of a bright disc (``Liver``) with
+a darker one in it (``Tumour``), a SEG of each named by UID (``OUT/train/``); ``raysegment
+train`` on them (multiclass, no class names given: the SEGs'), then ``raysegment infer`` of
+the held-out series with ``finalize.dicom_seg=true``; prints the model's classes, the
+output SEG's segments and each one's IoU against the held-out series' own SEG.
 """
 
 from __future__ import annotations
 
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -148,5 +155,80 @@ def main() -> None:
     )
 
 
+def _cases(root: Path) -> None:
+    """Four CT series of a disc with a darker disc in it, and a SEG of each, by UID."""
+    import pydicom
+
+    from tests.data.test_dicom import write_series
+    from tests.data.test_dicom_labels import write_seg
+
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[:64, :64]
+    for k in range(4):
+        volume = rng.normal(1000, 30, (8, 64, 64))
+        masks = np.zeros((8, 64, 64, 2), bool)
+        cy, cx = rng.integers(20, 44, 2)
+        masks[1:7, ..., 0] = (yy - cy) ** 2 + (xx - cx) ** 2 < 15**2
+        masks[2:6, ..., 1] = (yy - cy - 3) ** 2 + (xx - cx + 2) ** 2 < 5**2
+        volume[masks[..., 0]] += 300
+        volume[masks[..., 1]] -= 200
+        series = root / "ct" / f"case_{k}"
+        write_series(series, volume.astype(np.uint16))
+        uid = pydicom.uid.generate_uid()
+        write_seg(root / "seg" / f"{uid}.dcm", series, masks, ["Liver", "Tumour"])
+
+
+def round_trip(out: Path) -> None:
+    """SEG labels -> ``raysegment train`` -> ``raysegment infer`` -> a SEG, checked."""
+    import json
+
+    import pydicom
+
+    root = out / "train"
+    if not (root / "seg").exists():
+        _cases(root)
+    run = [sys.executable, "-m", "raysegment.cli"]
+    start = time.perf_counter()
+    train = [
+        *("train", f"images.dir={root / 'ct'}", f"labels.dir={root / 'seg'}"),
+        *(f"output={root / 'model'}", "mode=multiclass", "patch_size=32", "max_epochs=20"),
+        *("patience=20", "patches_per_epoch=64", "val_patches=16", "batch_size=8", "lr=0.003"),
+        *("loss=SoftCrossEntropyLoss", "overwrite=true"),
+    ]
+    subprocess.run([*run, *train], check=True, capture_output=True)
+    trained = time.perf_counter() - start
+    classes = json.loads((root / "model" / "raysegment.json").read_text())["classes"]
+    held = json.loads((root / "model" / "model.json").read_text())["split"]["validation"][0]
+    name = Path(held).name
+    infer = [
+        *("infer", f"input={held}", f"model={root / 'model'}", f"output={root / 'out'}"),
+        *("finalize.mode=labels", "finalize.dicom_seg=true", "overwrite=true", "progress=false"),
+    ]
+    subprocess.run([*run, *infer], check=True, capture_output=True)
+    print(f"trained in {trained:.0f} s; the model's classes {classes}")
+    ours = segmentation_header(str(root / "out" / f"{name}.seg.dcm"))
+    uid = str(pydicom.dcmread(next(Path(held).iterdir())).SeriesInstanceUID)
+    (truth,) = (
+        h
+        for h in map(segmentation_header, map(str, (root / "seg").iterdir()))
+        if str(h.ReferencedSeriesSequence[0].SeriesInstanceUID) == uid
+    )
+    names, targets = segment_targets([truth, ours], "multiclass", None)
+    image = open_source(held)
+    whole = ((0, 8), (0, 64), (0, 64))
+    a, b = (
+        DicomSegLabels(h, image, "multiclass", t, len(names)).read(0, (0,), whole)[0]
+        for h, t in zip((truth, ours), targets, strict=True)
+    )
+    print(f"{name}.seg.dcm's segments {[s.SegmentLabel for s in ours.SegmentSequence]}")
+    for c in range(1, len(names)):
+        iou = ((a == c) & (b == c)).sum() / max(((a == c) | (b == c)).sum(), 1)
+        print(f"{names[c]}: IoU {iou:.3f} against {name}'s own SEG")
+
+
 if __name__ == "__main__":
-    main()
+    if "--train" in sys.argv:
+        sys.argv.remove("--train")
+        round_trip(Path(sys.argv[1] if len(sys.argv) > 1 else "bench_seg_labels"))
+    else:
+        main()
