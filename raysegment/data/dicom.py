@@ -18,6 +18,7 @@ files (or frames) of its slices only.
 
 from __future__ import annotations
 
+import itertools
 import os
 import struct
 from collections import defaultdict
@@ -316,9 +317,10 @@ class DicomSeriesSource(_DicomSource):
 
 _JPEG = "1.2.840.10008.1.2.4.50"
 _JPEG2000 = ("1.2.840.10008.1.2.4.90", "1.2.840.10008.1.2.4.91")
+_JPEG_LS = ("1.2.840.10008.1.2.4.80", "1.2.840.10008.1.2.4.81")
 _RAW = "1.2.840.10008.1.2.1"
-"""Transfer syntaxes read here: JPEG baseline, JPEG 2000 (lossless and lossy), and
-uncompressed little endian (explicit VR)."""
+"""Transfer syntaxes read here: JPEG baseline, JPEG 2000 (lossless and lossy), JPEG-LS
+(grey frames; lossless and near-lossless) and uncompressed little endian (explicit VR)."""
 _ITEM, _END = 0xE000FFFE, 0xE0DDFFFE
 """Item and sequence delimitation tags of encapsulated pixel data, as read little endian."""
 
@@ -329,32 +331,52 @@ class _Indirect(Exception):
 
 @dataclass(frozen=True)
 class _Level:
-    path: str
+    paths: tuple[str, ...]  # its files: one (RGB, or grey of several optical paths), or one a path
     height: int
     width: int
     tile: tuple[int, int]
-    frames: int
+    frames: tuple[int, ...]  # each file's
     syntax: str
     photometric: str
     spacing: float | None  # a pixel's side, micrometres
+    channels: tuple[tuple[int, int], ...] = ()
+    """Fluorescence: each optical path's (file, first frame), a channel each; RGB: none
+    (its channels are a frame's samples)."""
+    bits: int = 8
+    names: tuple[str, ...] | None = None  # the optical paths'
+
+    @property
+    def grey(self) -> bool:
+        return bool(self.channels)
+
+
+_GREY_SYNTAXES = (_JPEG, *_JPEG2000, *_JPEG_LS, _RAW)
 
 
 def _level(header: Any) -> _Level:
-    """A pyramid level's layout from its file's ``header``; raises ``_Indirect`` for
-    layouts read through OpenSlide."""
+    """A file of a pyramid level: its layout from its ``header`` (its channels: its optical
+    paths' where grey); raises ``_Indirect`` for layouts read through OpenSlide."""
     syntax = str(header.file_meta.get("TransferSyntaxUID", ""))
     photometric = str(header.get("PhotometricInterpretation", ""))
     tiling = str(header.get("DimensionOrganizationType", ""))
+    samples, bits = int(header.get("SamplesPerPixel", 0)), int(header.get("BitsAllocated", 0))
+    paths = int(header.get("NumberOfOpticalPaths", 1) or 1)
     colour = photometric in ("RGB", "YBR_FULL_422", "YBR_FULL", "YBR_ICT", "YBR_RCT")
+    rgb = (
+        samples == 3 and bits == 8 and colour and paths == 1 and syntax in (_JPEG, *_JPEG2000, _RAW)
+    )
+    grey = (
+        samples == 1
+        and photometric == "MONOCHROME2"
+        and (bits == 8 or (bits == 16 and syntax != _JPEG))
+        and int(header.get("PixelRepresentation", 0) or 0) == 0
+        and syntax in _GREY_SYNTAXES
+    )
     if not (
         tiling == "TILED_FULL"
         and int(header.get("TotalPixelMatrixFocalPlanes", 1) or 1) == 1
-        and int(header.get("NumberOfOpticalPaths", 1) or 1) == 1
-        and int(header.get("SamplesPerPixel", 0)) == 3
-        and int(header.get("BitsAllocated", 0)) == 8
         and int(header.get("PlanarConfiguration", 0) or 0) == 0
-        and colour
-        and syntax in (_JPEG, *_JPEG2000, _RAW)
+        and (rgb or grey)
     ):
         raise _Indirect(header.filename)
     spacing = None
@@ -363,25 +385,83 @@ def _level(header: Any) -> _Level:
         spacing = float(measures.PixelSpacing[1]) * 1000  # millimetres; (row, column)
     except (AttributeError, IndexError, KeyError, TypeError, ValueError):
         pass
+    frames = int(header.get("NumberOfFrames", 1) or 1)
+    height, width = int(header.TotalPixelMatrixRows), int(header.TotalPixelMatrixColumns)
+    tile = (int(header.Rows), int(header.Columns))
+    channels: tuple[tuple[int, int], ...] = ()
+    names = None
+    if grey:  # TILED_FULL: the optical paths' frames one after another
+        tiles = -(-height // tile[0]) * -(-width // tile[1])
+        channels = tuple((0, p * tiles) for p in range(paths))
+        described = list(header.get("OpticalPathSequence", []))[:paths]
+        names = tuple(
+            str(o.get("OpticalPathDescription") or o.get("OpticalPathIdentifier") or "")
+            for o in described
+        )
+        names = names if len(names) == paths and all(names) else None
     return _Level(
-        str(header.filename),
-        int(header.TotalPixelMatrixRows),
-        int(header.TotalPixelMatrixColumns),
-        (int(header.Rows), int(header.Columns)),
-        int(header.get("NumberOfFrames", 1) or 1),
+        (str(header.filename),),
+        height,
+        width,
+        tile,
+        (frames,),
         syntax,
         photometric,
         spacing,
+        channels,
+        bits,
+        names,
+    )
+
+
+def _joined(files: list[_Level]) -> _Level:
+    """One level of grey files of the same size and coding (one or more optical paths
+    each), their channels in their optical paths' order; raises ``_Indirect`` for any
+    other level of several files (concatenated frames, several focal planes)."""
+    first = files[0]
+    if len(files) == 1:
+        return first
+    same = {(f.height, f.width, f.tile, f.syntax, f.bits) for f in files}
+    if not all(f.grey for f in files) or len(same) > 1:
+        raise _Indirect(first.paths[0])
+    channels = tuple((k, start) for k, f in enumerate(files) for _, start in f.channels)
+    names = [n for f in files for n in (f.names or ())]
+    return _Level(
+        tuple(f.paths[0] for f in files),
+        first.height,
+        first.width,
+        first.tile,
+        tuple(f.frames[0] for f in files),
+        first.syntax,
+        first.photometric,
+        first.spacing,
+        channels,
+        first.bits,
+        tuple(names) if len(names) == len(channels) else None,
     )
 
 
 def _levels(headers: list[Any]) -> list[_Level]:
-    """The slide's pyramid levels, largest first: one file each (a level of several
-    files, concatenated or of several focal planes, is read through OpenSlide)."""
-    levels = sorted((_level(h) for h in headers if _is_scan(h)), key=lambda lv: -lv.width)
-    if len({lv.width for lv in levels}) < len(levels):
-        raise _Indirect(levels[0].path)
-    return levels
+    """The slide's pyramid levels, largest first: one file each, or a grey file per
+    optical path (fluorescence), in the order of their paths' identifiers (a level of
+    several files otherwise, concatenated or of several focal planes, is read through
+    OpenSlide)."""
+    files = sorted(
+        ((_level(h), _path_key(h)) for h in headers if _is_scan(h)),
+        key=lambda found: (-found[0].width, found[1]),
+    )
+    return [
+        _joined([level for level, _ in group])
+        for _, group in itertools.groupby(files, key=lambda found: found[0].width)
+    ]
+
+
+def _path_key(header: Any) -> tuple[int, str]:
+    """A file's place among its level's: by its first optical path's identifier, numbers
+    in their order."""
+    paths = header.get("OpticalPathSequence") or [None]
+    name = str(paths[0].get("OpticalPathIdentifier", "")) if paths[0] is not None else ""
+    return (int(name), "") if name.isdigit() else (1 << 30, name)
 
 
 def _items(f: Any, at: int, where: str) -> Iterator[tuple[int, int]]:
@@ -484,11 +564,12 @@ class _Frames:
 
 
 class DicomSlideSource(_DicomSource):
-    """A DICOM whole-slide image read frame by frame: three channels, R, G and B, of 8
-    bits (``path``: the slide's directory, or a file of one of its levels); the pixel size
-    from ``PixelSpacing``
-    (micrometres), the levels its files of ``ImageType`` VOLUME, largest first. A region
-    reads and decodes the frames it touches, and nothing else."""
+    """A DICOM whole-slide image read frame by frame (``path``: the slide's directory, or a
+    file of one of its levels): brightfield as three channels, R, G and B, of 8 bits;
+    fluorescence (grey frames) a channel per optical path, of 8 or 16 bits, named after
+    the paths' descriptions; the pixel size from ``PixelSpacing`` (micrometres), the levels
+    its files of ``ImageType`` VOLUME, largest first. A region reads and decodes the
+    frames it touches, and nothing else."""
 
     kind = "dicom-slide"
 
@@ -497,67 +578,99 @@ class DicomSlideSource(_DicomSource):
         self.levels = len(levels)
         if self.level >= self.levels:
             raise self._no_level(self.levels)
-        self.layout = levels[self.level]
+        self.layout = layout = levels[self.level]
         down, across = (
-            -(-n // t)
-            for n, t in zip((self.layout.height, self.layout.width), self.layout.tile, strict=True)
+            -(-n // t) for n, t in zip((layout.height, layout.width), layout.tile, strict=True)
         )
-        if down * across != self.layout.frames:
-            raise _Indirect(self.layout.path)
+        paths = [sum(k == f for f, _ in layout.channels) or 1 for k in range(len(layout.paths))]
+        if any(n != down * across * p for n, p in zip(layout.frames, paths, strict=True)):
+            raise _Indirect(layout.paths[0])
         self.grid = (down, across)
         # Made here, once: a slide it cannot tell the frames of goes to OpenSlide.
-        rows, columns = self.layout.tile
-        self.table, self.encapsulated = _frame_table(
-            self.layout.path, self.layout.frames, rows * columns * 3
-        )
+        rows, columns = layout.tile
+        size = rows * columns * (layout.bits // 8) * (1 if layout.grey else 3)
+        tables = [
+            _frame_table(p, n, size) for p, n in zip(layout.paths, layout.frames, strict=True)
+        ]
+        self.tables = [table for table, _ in tables]
+        self.encapsulated = tables[0][1]
         full = levels[0]
-        spacing = self.layout.spacing
+        spacing = layout.spacing
         if spacing is None and full.spacing is not None:
-            spacing = full.spacing * full.width / self.layout.width
+            spacing = full.spacing * full.width / layout.width
         scale = {"y": spacing, "x": spacing} if spacing else {}
         units = dict.fromkeys(scale, "micrometer")
-        shape = (1, 3, 1, self.layout.height, self.layout.width)
-        return ImageInfo(shape, np.dtype(np.uint8), scale, units)  # type: ignore[arg-type]
+        channels = len(layout.channels) if layout.grey else 3
+        shape = (1, channels, 1, layout.height, layout.width)
+        dtype = np.dtype(np.uint16 if layout.bits == 16 else np.uint8)
+        return ImageInfo(shape, dtype, scale, units, layout.names)  # type: ignore[arg-type]
 
     def at_level(self, level: int) -> ImageSource:
         return slide_source(self.path, self.series, self.name, level)
 
     def _open(self) -> Any:
-        return _Frames(self.layout.path, self.table, self.encapsulated)
+        return [
+            _Frames(path, table, self.encapsulated)
+            for path, table in zip(self.layout.paths, self.tables, strict=True)
+        ]
+
+    @staticmethod
+    def _close(handle: Any) -> None:
+        for frames in handle:
+            frames.close()
 
     def _decode(self, data: bytes) -> np.ndarray:
+        """A frame's pixels: (rows, columns, 3) RGB, or (rows, columns) grey."""
         import imagecodecs
 
-        syntax, photometric = self.layout.syntax, self.layout.photometric
+        syntax, photometric, tile = self.layout.syntax, self.layout.photometric, self.layout.tile
         if syntax == _RAW:
-            return np.frombuffer(data, np.uint8).reshape(*self.layout.tile, 3)
+            dtype = np.dtype(f"<u{self.layout.bits // 8}")
+            return np.frombuffer(data, dtype).reshape(*tile, *(() if self.layout.grey else (3,)))
         if syntax == _JPEG:
+            if self.layout.grey:
+                return imagecodecs.jpeg8_decode(data)
             # RGB: components stored as they are (no YCbCr transform in the JPEG).
             space = "RGB" if photometric == "RGB" else None
             return imagecodecs.jpeg8_decode(data, colorspace=space, outcolorspace="RGB")
+        if syntax in _JPEG_LS:
+            return imagecodecs.jpegls_decode(data)
         return imagecodecs.jpeg2k_decode(data)  # its colour transform is in its codestream
 
     def _read(
         self, t: int, channels: tuple[int, ...], region: tuple[tuple[int, int], ...]
     ) -> np.ndarray:
         (z0, z1), (y0, y1), (x0, x1) = region
-        out = np.empty((len(channels), z1 - z0, y1 - y0, x1 - x0), np.uint8)
+        out = np.empty((len(channels), z1 - z0, y1 - y0, x1 - x0), self.info.dtype)
         (rows, columns), across = self.layout.tile, self.grid[1]
         tiles = [
             (ty, tx)
             for ty in range(y0 // rows, (y1 - 1) // rows + 1)
             for tx in range(x0 // columns, (x1 - 1) // columns + 1)
         ]
-        frames: _Frames = self.handle
-        coded = frames.read([ty * across + tx for ty, tx in tiles])
-        for (ty, tx), data in zip(tiles, coded, strict=True):
-            tile = self._decode(data)
-            top, left = ty * rows, tx * columns
-            ya, yb = max(y0, top), min(y1, top + rows)
-            xa, xb = max(x0, left), min(x1, left + columns)
-            part = tile[ya - top : yb - top, xa - left : xb - left]
-            for i, c in enumerate(channels):
-                out[i, 0, ya - y0 : yb - y0, xa - x0 : xb - x0] = part[..., c]
+        files: list[_Frames] = self.handle
+        # Brightfield: each tile's frame once, its samples the channels; fluorescence: each
+        # channel's own frames, its optical path's.
+        reads = (
+            [
+                (files[f], start, [i])
+                for i, (f, start) in enumerate(self.layout.channels[c] for c in channels)
+            ]
+            if self.layout.grey
+            else [(files[0], 0, list(range(len(channels))))]
+        )
+        for frames, start, places in reads:
+            coded = frames.read([start + ty * across + tx for ty, tx in tiles])
+            for (ty, tx), data in zip(tiles, coded, strict=True):
+                tile = self._decode(data)
+                top, left = ty * rows, tx * columns
+                ya, yb = max(y0, top), min(y1, top + rows)
+                xa, xb = max(x0, left), min(x1, left + columns)
+                part = tile[ya - top : yb - top, xa - left : xb - left]
+                for i in places:
+                    out[i, 0, ya - y0 : yb - y0, xa - x0 : xb - x0] = (
+                        part if self.layout.grey else part[..., channels[i]]
+                    )
         return out
 
 

@@ -21,6 +21,7 @@ from pydicom.uid import (
     ExplicitVRLittleEndian,
     JPEG2000Lossless,
     JPEGBaseline8Bit,
+    JPEGLSLossless,
     generate_uid,
 )
 
@@ -182,6 +183,60 @@ def _encoded(frame: np.ndarray, codec: str) -> bytes:
     return imagecodecs.jpeg2k_encode(frame, codecformat="J2K", reversible=True)
 
 
+def _tiles(image: np.ndarray, tile: int) -> tuple[np.ndarray, int, int]:
+    """``image`` (H, W, ...) in ``tile``-square frames in row order, zero-padded at the
+    right and bottom: (frames, tile, tile, ...), and the grid's rows and columns."""
+    h, w = image.shape[:2]
+    down, across = -(-h // tile), -(-w // tile)
+    padded = np.zeros((down * tile, across * tile, *image.shape[2:]), image.dtype)
+    padded[:h, :w] = image
+    grid = padded.reshape(down, tile, across, tile, *image.shape[2:]).swapaxes(1, 2)
+    return grid.reshape(-1, tile, tile, *image.shape[2:]), down, across
+
+
+def _untiled(frames: np.ndarray, down: int, across: int, shape: tuple[int, ...]) -> np.ndarray:
+    """The image (``shape``) ``frames`` in row order tile."""
+    tile = frames.shape[1]
+    grid = frames.reshape(down, across, tile, tile, *frames.shape[3:]).swapaxes(1, 2)
+    return grid.reshape(down * tile, across * tile, *frames.shape[3:])[: shape[0], : shape[1]]
+
+
+def _slide_level(
+    syntax: str,
+    uids: tuple[str, str, str],
+    k: int,
+    shape: tuple[int, ...],
+    tile: int,
+    frames: int,
+    mpp: float,
+) -> Dataset:
+    """A whole-slide image file's header: level ``k`` (-1: the label image) of ``shape``
+    (rows, columns) in ``frames`` ``tile``-square frames (TILED_FULL) coded in ``syntax``,
+    of the study, series and frame of reference ``uids``, level 0's pixels ``mpp``
+    micrometres."""
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = WHOLE_SLIDE
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = syntax
+    ds = Dataset()
+    ds.file_meta = meta
+    ds.SOPClassUID, ds.SOPInstanceUID = WHOLE_SLIDE, meta.MediaStorageSOPInstanceUID
+    ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.FrameOfReferenceUID = uids
+    ds.Modality, ds.SeriesNumber = "SM", 1
+    kind = ["VOLUME", "NONE" if k == 0 else "RESAMPLED"] if k >= 0 else ["LABEL", "NONE"]
+    ds.ImageType = ["ORIGINAL" if k <= 0 else "DERIVED", "PRIMARY", *kind]
+    ds.Rows = ds.Columns = tile
+    ds.TotalPixelMatrixRows, ds.TotalPixelMatrixColumns = shape[:2]
+    ds.NumberOfFrames, ds.DimensionOrganizationType = frames, "TILED_FULL"
+    ds.TotalPixelMatrixFocalPlanes = ds.NumberOfOpticalPaths = 1
+    measures = Dataset()
+    measures.PixelSpacing = [mpp * 2 ** max(k, 0) / 1000] * 2  # millimetres
+    shared = Dataset()
+    shared.PixelMeasuresSequence = [measures]
+    ds.SharedFunctionalGroupsSequence = [shared]
+    return ds
+
+
 def write_slide(
     directory: Path,
     levels: list[np.ndarray],
@@ -200,34 +255,17 @@ def write_slide(
     without those (row, column) tiles. Returns the levels as a reader decodes them (a
     JPEG's losses included; missing tiles 0)."""
     directory.mkdir(parents=True, exist_ok=True)
-    study, series, frame_of_reference = generate_uid(), generate_uid(), generate_uid()
+    uids = generate_uid(), generate_uid(), generate_uid()
     stored = []
     images = [(f"{name}{k}", level, k) for k, level in enumerate(levels)]
     for file, image, k in images + ([("label", levels[-1][:64, :96], -1)] if label else []):
-        h, w, _ = image.shape
-        down, across = -(-h // tile), -(-w // tile)
-        padded = np.zeros((down * tile, across * tile, 3), np.uint8)
-        padded[:h, :w] = image
-        grid = padded.reshape(down, tile, across, tile, 3).swapaxes(1, 2)
-        frames = grid.reshape(-1, tile, tile, 3)
+        frames, down, across = _tiles(image, tile)
         kept = [(i, j) for i in range(down) for j in range(across)]
         if missing is not None and k == 0:
             kept = [at for at in kept if at not in missing]
             frames = frames[[i * across + j for i, j in kept]]
-        meta = FileMetaDataset()
-        meta.MediaStorageSOPClassUID = WHOLE_SLIDE
-        meta.MediaStorageSOPInstanceUID = generate_uid()
-        meta.TransferSyntaxUID, photometric = CODECS[codec]
-        ds = Dataset()
-        ds.file_meta = meta
-        ds.SOPClassUID, ds.SOPInstanceUID = WHOLE_SLIDE, meta.MediaStorageSOPInstanceUID
-        ds.StudyInstanceUID, ds.SeriesInstanceUID = study, series
-        ds.FrameOfReferenceUID, ds.Modality, ds.SeriesNumber = frame_of_reference, "SM", 1
-        kind = ["VOLUME", "NONE" if k == 0 else "RESAMPLED"] if k >= 0 else ["LABEL", "NONE"]
-        ds.ImageType = ["ORIGINAL" if k <= 0 else "DERIVED", "PRIMARY", *kind]
-        ds.Rows = ds.Columns = tile
-        ds.TotalPixelMatrixRows, ds.TotalPixelMatrixColumns = h, w
-        ds.NumberOfFrames, ds.DimensionOrganizationType = len(frames), "TILED_FULL"
+        syntax, photometric = CODECS[codec]
+        ds = _slide_level(syntax, uids, k, image.shape, tile, len(frames), mpp)
         if missing is not None and k == 0:
             ds.DimensionOrganizationType, positions = "TILED_SPARSE", []
             for i, j in kept:
@@ -240,18 +278,12 @@ def write_slide(
                 item.PlanePositionSlideSequence = [at]
                 positions.append(item)
             ds.PerFrameFunctionalGroupsSequence = positions
-        ds.TotalPixelMatrixFocalPlanes = ds.NumberOfOpticalPaths = 1
         ds.SamplesPerPixel, ds.PlanarConfiguration = 3, 0
         ds.PhotometricInterpretation = photometric
         ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 8, 8, 7, 0
         path = Dataset()
         path.OpticalPathIdentifier = "1"
         ds.OpticalPathSequence = [path]
-        measures = Dataset()
-        measures.PixelSpacing = [mpp * 2 ** max(k, 0) / 1000] * 2  # millimetres
-        shared = Dataset()
-        shared.PixelMeasuresSequence = [measures]
-        ds.SharedFunctionalGroupsSequence = [shared]
         if codec == "raw":
             ds.PixelData = frames.tobytes()
         else:
@@ -274,8 +306,72 @@ def write_slide(
         if k >= 0:  # the frames as decoded, where they are (missing ones 0)
             placed = np.zeros((down * across, tile, tile, 3), np.uint8)
             placed[[i * across + j for i, j in kept]] = frames
-            grid = placed.reshape(down, across, tile, tile, 3).swapaxes(1, 2)
-            stored.append(grid.reshape(down * tile, across * tile, 3)[:h, :w])
+            stored.append(_untiled(placed, down, across, image.shape))
+    return stored
+
+
+GREY_CODECS = {
+    "raw": (ExplicitVRLittleEndian, None),
+    "jpeg": (JPEGBaseline8Bit, lambda f: imagecodecs.jpeg8_encode(f, level=90)),
+    "j2k": (JPEG2000Lossless, lambda f: imagecodecs.jpeg2k_encode(f, reversible=True)),
+    "jpegls": (JPEGLSLossless, lambda f: imagecodecs.jpegls_encode(f)),
+}
+"""Fluorescence frames' codings: transfer syntax, encoder (raw: none)."""
+
+
+def write_fluorescence(
+    directory: Path,
+    levels: list[np.ndarray],
+    names: list[str],
+    tile: int = 64,
+    codec: str = "raw",
+    one_file: bool = False,
+) -> list[np.ndarray]:
+    """A fluorescence DICOM whole-slide image: ``levels`` ((H, W, C) grey, uint8 or
+    uint16, each half the previous) of an optical path a channel, described as ``names``,
+    in ``tile``-square frames in row order (TILED_FULL) coded as ``GREY_CODECS`` names;
+    all paths in one file a level (``one_file``, their frames one path after another), or
+    a file a path (``<k>_<name>.dcm``: named not in the paths' order). Returns the levels
+    as a reader decodes them."""
+    directory.mkdir(parents=True, exist_ok=True)
+    uids = generate_uid(), generate_uid(), generate_uid()
+    syntax, encode = GREY_CODECS[codec]
+    stored = []
+    for k, image in enumerate(levels):
+        paths = [list(range(image.shape[2]))] if one_file else [[c] for c in range(image.shape[2])]
+        decoded = []
+        for group in paths:
+            tiled = [_tiles(image[..., c], tile) for c in group]
+            frames = np.concatenate([f for f, _, _ in tiled])
+            ds = _slide_level(syntax, uids, k, image.shape, tile, len(frames), 0.5)
+            ds.NumberOfOpticalPaths = len(group)
+            ds.OpticalPathSequence = []
+            for c in group:
+                path = Dataset()
+                path.OpticalPathIdentifier, path.OpticalPathDescription = str(c + 1), names[c]
+                ds.OpticalPathSequence.append(path)
+            ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+            bits = image.dtype.itemsize * 8
+            ds.BitsAllocated, ds.BitsStored, ds.HighBit = bits, bits, bits - 1
+            ds.PixelRepresentation = 0
+            if encode is None:
+                ds.PixelData = frames.tobytes()
+            else:
+                encoded = [encode(f) for f in frames]
+                ds.PixelData = encapsulate(encoded, has_bot=True)
+                ds["PixelData"].VR = "OB"
+                if codec == "jpeg":  # lossy
+                    frames = np.stack([imagecodecs.jpeg8_decode(e) for e in encoded])
+            ds.save_as(directory / f"{k}_{names[group[0]]}.dcm", enforce_file_format=True)
+            _, down, across = tiled[0]
+            decoded += [
+                (c, frames[i * down * across : (i + 1) * down * across])
+                for i, c in enumerate(group)
+            ]
+        planes = [
+            _untiled(f, down, across, image.shape) for _, f in sorted(decoded, key=lambda d: d[0])
+        ]
+        stored.append(np.stack(planes, axis=-1))
     return stored
 
 
@@ -343,6 +439,44 @@ def test_a_sparsely_tiled_slide_reads_through_openslide_its_gaps_white(tmp_path)
     got = source.read(0, (0, 1, 2), ((0, 1), (0, 256), (0, 256)))[:, 0].transpose(1, 2, 0)
     np.testing.assert_array_equal(got[:128, 128:], 255)  # never imaged: background
     np.testing.assert_array_equal(got[128:], full[128:])
+
+
+@pytest.mark.parametrize(
+    ("codec", "dtype", "one_file"),
+    [
+        ("raw", "uint16", True),
+        ("j2k", "uint16", False),
+        ("jpegls", "uint16", False),
+        ("jpeg", "uint8", True),
+    ],
+)
+def test_a_fluorescence_slide_reads_an_optical_path_a_channel(
+    tmp_path, codec, dtype, one_file
+) -> None:
+    """Grey frames: a channel per optical path, named after its description, in the paths'
+    order whether a level's file holds every path or each path has a file of its own; 8
+    or 16 bits; every level; read frame by frame (not through OpenSlide, which reads
+    brightfield only)."""
+    full = random_image((150, 200, 3), dtype, seed=3)
+    names = ["DAPI", "CD3", "PanCK"]
+    levels = write_fluorescence(
+        tmp_path / "if", [full, full[::2, ::2]], names, codec=codec, one_file=one_file
+    )
+    (slide,) = open_sources(tmp_path / "if")
+    assert slide.kind == "dicom-slide" and slide.levels == 2
+    assert slide.info.shape == (1, 3, 1, 150, 200) and slide.info.dtype == np.dtype(dtype)
+    assert slide.info.channel_names == tuple(names)
+    assert slide.info.scale == pytest.approx({"y": 0.5, "x": 0.5})
+    region = ((0, 1), (20, 150), (30, 170))
+    want = levels[0][20:150, 30:170, [2, 0]].transpose(2, 0, 1)
+    np.testing.assert_array_equal(slide.read(0, (2, 0), region)[:, 0], want)
+    if codec != "jpeg":  # lossless: the pixels written
+        np.testing.assert_array_equal(levels[0], full)
+    level1 = pickle.loads(pickle.dumps(slide.at_level(1)))  # as a worker receives it
+    assert level1.info.shape == (1, 3, 1, 75, 100) and level1.info.scale["x"] == pytest.approx(1.0)
+    np.testing.assert_array_equal(
+        level1.read(0, (1,), ((0, 1), (0, 75), (0, 100)))[0, 0], levels[1][..., 1]
+    )
 
 
 def test_dicom_slide_errors_name_the_file_and_the_fix(tmp_path, monkeypatch) -> None:
