@@ -2,11 +2,13 @@
 (multi-frame) file, each series in it one volume, through pydicom (``pip install
 'raysegment[dicom]'``); local, or at a URL (a prefix of ``.dcm`` files). A series of DICOM's
 whole-slide images (pathology: a file a pyramid level, tiles as frames) is a slide: read
-here frame by frame (``DicomSlideSource``) where each level is one file of RGB frames in
-row order (TILED_FULL), one focal plane and optical path, JPEG baseline, JPEG 2000 or
-uncompressed, as most scanners and converters write them; any other layout (sparse
-tiling, several focal planes, a level split over files) through OpenSlide (``pip install
-'raysegment[openslide]'``), which composes any of them.
+here frame by frame (``DicomSlideSource``) where its frames lie in row order (TILED_FULL)
+in one focal plane, JPEG baseline, JPEG 2000 or uncompressed (grey ones JPEG-LS too), as
+most scanners and converters write them: brightfield, a level one file of RGB frames;
+fluorescence, a level one file of grey frames of several optical paths or a file a path,
+a channel a path. Any other layout (sparse tiling, several focal planes, RGB levels split
+over files) is read through OpenSlide (``pip install 'raysegment[openslide]'``), which
+composes brightfield slides of any of them.
 
 Slices are ordered by their position along the slice normal (``ImagePositionPatient``
 against ``ImageOrientationPatient``), not by file name; the slice spacing is the distance
@@ -688,7 +690,7 @@ def slide_source(
         if storage.is_url(path):
             raise InputImageError(
                 f"{path}: a DICOM slide of a layout raysegment reads through OpenSlide "
-                f"(sparse tiling, several focal planes or optical paths, a level over several "
+                f"(sparse tiling, several focal planes, an RGB level over several "
                 f"files), which reads local files only: copy the slide's files to a local or "
                 f"mounted path"
             ) from e
