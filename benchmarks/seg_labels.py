@@ -4,8 +4,9 @@
 
 Writes a 300 x 512 x 512 CT series (``OUT/ct/``, as ``tests/data/test_dicom.py`` writes
 series) and labels of 20 overlapping ellipsoid segments over it, as a binary DICOM SEG
-(``OUT/labels.seg.dcm``, highdicom, uncompressed, frames only where a segment lies) and as
-the same class map in ``OUT/labels.nii`` (uint8). Then prints:
+(``OUT/labels.seg.dcm``, through highdicom as ``tests/data/test_dicom_labels.py`` writes
+them: uncompressed, frames only where a segment lies) and as the same class map in
+``OUT/labels.nii`` (uint8). Then prints:
 
 - opening the SEG as training labels (its header read, its frames placed on the series'
   slices, ``segment_targets`` + ``DicomSegLabels``), and the NIfTI (``NiftiSource``);
@@ -59,34 +60,14 @@ def _segments() -> np.ndarray:
 
 
 def _write(out: Path) -> None:
-    import highdicom
-    import pydicom
-
-    from raysegment.post.dicom_seg import _descriptions
     from tests.data.test_dicom import write_series
+    from tests.data.test_dicom_labels import write_seg
 
     stored = np.random.default_rng(1).integers(0, 2000, SHAPE, dtype=np.uint16)
     write_series(out / "ct", stored)
     masks = _segments()
-    sources = sorted(
-        (pydicom.dcmread(f) for f in (out / "ct").iterdir()),
-        key=lambda h: float(h.ImagePositionPatient[2]),
-    )
-    seg = highdicom.seg.Segmentation(
-        source_images=sources,
-        pixel_array=masks.astype(np.uint8),
-        segmentation_type="BINARY",
-        segment_descriptions=_descriptions([f"organ_{s}" for s in range(SEGMENTS)]),
-        series_instance_uid=highdicom.UID(),
-        series_number=100,
-        sop_instance_uid=highdicom.UID(),
-        instance_number=1,
-        manufacturer="benchmark",
-        manufacturer_model_name="benchmark",
-        software_versions="1",
-        device_serial_number="1",
-    )
-    seg.save_as(out / "labels.seg.dcm", enforce_file_format=True)
+    names = [f"organ_{s}" for s in range(SEGMENTS)]
+    write_seg(out / "labels.seg.dcm", out / "ct", masks, names)
     # The class map the SEG gives in multiclass: the higher segment where they overlap.
     classes = (masks * np.arange(1, SEGMENTS + 1)).max(axis=-1).astype(np.uint8)
     affine = np.diag([0.8, 0.7, 2.5, 1.0])  # the series' spacing (x, y, z)

@@ -48,6 +48,18 @@ def _patient(ds: Dataset, study: str, frame_of_reference: str) -> None:
     ds.ReferringPhysicianName, ds.Manufacturer = "", "scanner"
 
 
+def _instance(sop_class: str, syntax: str) -> Dataset:
+    """A new instance of ``sop_class`` (its file meta information: coded in ``syntax``)."""
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = sop_class
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = syntax
+    ds = Dataset()
+    ds.file_meta = meta
+    ds.SOPClassUID, ds.SOPInstanceUID = sop_class, meta.MediaStorageSOPInstanceUID
+    return ds
+
+
 def write_series(
     directory: Path,
     stored: np.ndarray,
@@ -214,13 +226,7 @@ def _slide_level(
     (rows, columns) in ``frames`` ``tile``-square frames (TILED_FULL) coded in ``syntax``,
     of the study, series and frame of reference ``uids``, level 0's pixels ``mpp``
     micrometres."""
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = WHOLE_SLIDE
-    meta.MediaStorageSOPInstanceUID = generate_uid()
-    meta.TransferSyntaxUID = syntax
-    ds = Dataset()
-    ds.file_meta = meta
-    ds.SOPClassUID, ds.SOPInstanceUID = WHOLE_SLIDE, meta.MediaStorageSOPInstanceUID
+    ds = _instance(WHOLE_SLIDE, syntax)
     ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.FrameOfReferenceUID = uids
     ds.Modality, ds.SeriesNumber = "SM", 1
     kind = ["VOLUME", "NONE" if k == 0 else "RESAMPLED"] if k >= 0 else ["LABEL", "NONE"]
@@ -638,13 +644,7 @@ def write_enhanced(path: Path, stored: np.ndarray) -> list[int]:
     orientation and spacing shared. Returns each frame's slice."""
     spacing, origin = SPACING, ORIGIN
     order = [int(z) for z in np.random.default_rng(2).permutation(len(stored))]
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = EnhancedCTImageStorage
-    meta.MediaStorageSOPInstanceUID = generate_uid()
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds = Dataset()
-    ds.file_meta = meta
-    ds.SOPClassUID, ds.SOPInstanceUID = EnhancedCTImageStorage, meta.MediaStorageSOPInstanceUID
+    ds = _instance(EnhancedCTImageStorage, ExplicitVRLittleEndian)
     ds.SeriesInstanceUID, ds.Modality, ds.SeriesNumber = generate_uid(), "CT", 4
     _patient(ds, generate_uid(), generate_uid())
     ds.Rows, ds.Columns = stored.shape[1:]
