@@ -43,13 +43,14 @@ def _slices(series: Path) -> list[pydicom.Dataset]:
 
 def write_seg(
     path: Path,
-    series: Path,
+    series: Path | list[pydicom.Dataset],
     masks: np.ndarray,
     names: list[str],
     kind: str = "BINARY",
     syntax: str = pydicom.uid.ExplicitVRLittleEndian,
 ) -> None:
-    """``masks`` (slices, rows, columns, segments) over ``series``' slices as a DICOM SEG
+    """``masks`` (slices, rows, columns, segments) over ``series``' slices (its directory,
+    or its files' datasets, an enhanced file's frames in their stored order) as a DICOM SEG
     of segments ``names`` (numbered from 1, in that order), as highdicom writes it:
     ``kind`` BINARY, FRACTIONAL (``masks`` as fractions) or LABELMAP, its frames in
     transfer ``syntax``."""
@@ -59,7 +60,7 @@ def write_seg(
     if kind == "LABELMAP":  # each pixel's segment number
         pixels = (masks * np.arange(1, masks.shape[-1] + 1)).max(axis=-1).astype(np.uint8)
     seg = highdicom.seg.Segmentation(
-        source_images=_slices(series),
+        source_images=_slices(series) if isinstance(series, Path) else series,
         pixel_array=pixels,
         segmentation_type=kind,
         segment_descriptions=_descriptions(names),
@@ -327,3 +328,17 @@ def test_a_seg_frame_unplaced_or_turned_fails_in_one_line(tmp_path) -> None:
 
     with pytest.raises(InputImageError, match=r"edited.dcm: its frames are oriented \[0.0, 1.0"):
         labels(turn)
+
+
+def test_a_seg_of_an_enhanced_ct_file_labels_its_slices(tmp_path) -> None:
+    """A SEG of one multi-frame CT file (frames stored shuffled): its frames on the
+    volume's slices, in slice order."""
+    from tests.data.test_dicom import write_enhanced
+
+    order = write_enhanced(tmp_path / "scan" / "ct.dcm", random_image(SHAPE).astype(np.uint16))
+    masks = _masks()
+    source = [pydicom.dcmread(tmp_path / "scan" / "ct.dcm")]
+    write_seg(tmp_path / "ct.seg.dcm", source, masks[order], ["Liver", "Tumour"])
+    labels = _labels(tmp_path / "ct.seg.dcm", tmp_path / "scan", "multiclass")
+    want = np.where(masks[..., 1], 2, np.where(masks[..., 0], 1, 0))
+    np.testing.assert_array_equal(labels.read(0, (0,), ((0, 6), (0, 32), (0, 40)))[0], want)
