@@ -19,7 +19,8 @@ With ``--train``, the round trip: four 8 x 64^2 CT series of a bright disc (``Li
 a darker one in it (``Tumour``), a SEG of each named by UID (``OUT/train/``); ``raysegment
 train`` on them (multiclass, no class names given: the SEGs'), then ``raysegment infer`` of
 the held-out series with ``finalize.dicom_seg=true``; prints the model's classes, the
-output SEG's segments and each one's IoU against the held-out series' own SEG.
+output SEG's segments (with the SNOMED CT codes the training SEGs gave them) and each
+one's IoU against the held-out series' own SEG.
 """
 
 from __future__ import annotations
@@ -140,7 +141,7 @@ def _cases(root: Path) -> None:
     """Four CT series of a disc with a darker disc in it, and a SEG of each, by UID."""
     import pydicom
 
-    from tests.data.test_dicom import write_series
+    from tests.data.test_dicom import CODED, write_series
     from tests.data.test_dicom_labels import write_seg
 
     rng = np.random.default_rng(0)
@@ -156,7 +157,7 @@ def _cases(root: Path) -> None:
         series = root / "ct" / f"case_{k}"
         write_series(series, volume.astype(np.uint16))
         uid = pydicom.uid.generate_uid()
-        write_seg(root / "seg" / f"{uid}.dcm", series, masks, ["Liver", "Tumour"])
+        write_seg(root / "seg" / f"{uid}.dcm", series, masks, ["Liver", "Tumour"], coded=CODED)
 
 
 def round_trip(out: Path) -> None:
@@ -201,7 +202,10 @@ def round_trip(out: Path) -> None:
         DicomSegLabels(h, image, "multiclass", t, len(names)).read(0, (0,), whole)[0]
         for h, t in zip((truth, ours), targets, strict=True)
     )
-    print(f"{name}.seg.dcm's segments {[s.SegmentLabel for s in ours.SegmentSequence]}")
+    for item in ours.SegmentSequence:
+        code = item.SegmentedPropertyTypeCodeSequence[0]
+        print(f"{name}.seg.dcm: segment {item.SegmentLabel!r}, type {code.CodeMeaning!r} ", end="")
+        print(f"({code.CodingSchemeDesignator} {code.CodeValue})")
     for c in range(1, len(names)):
         iou = ((a == c) & (b == c)).sum() / max(((a == c) | (b == c)).sum(), 1)
         print(f"{names[c]}: IoU {iou:.3f} against {name}'s own SEG")

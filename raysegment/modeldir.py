@@ -6,5 +6,7 @@ from __future__ import annotations
 __all__ = ["MODEL_META"]
 
 MODEL_META = "raysegment.json"
-"""Optional metadata next to model.pth: in_channels, spatial_dims, classes, tile_size,
-normalize ({"mean": m, "std": s}, per channel or one value), activation."""
+"""Optional metadata next to model.pth: in_channels, spatial_dims, classes, class_codes
+(each class's coded meaning, or null: {"category": [value, scheme, meaning], "type": [...]},
+as DICOM SEGs code their segments), tile_size, normalize ({"mean": m, "std": s}, per
+channel or one value), activation."""

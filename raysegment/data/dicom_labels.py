@@ -31,6 +31,7 @@ from raysegment.errors import ConfigError, InputImageError
 __all__ = [
     "DicomSegLabels",
     "referenced_series",
+    "segment_codes",
     "segment_names",
     "segment_targets",
     "segmentation_header",
@@ -62,6 +63,35 @@ def segment_names(header: Any) -> dict[int, str]:
         for item in header.get("SegmentSequence", [])
         if int(item.SegmentNumber) > 0
     }
+
+
+def _code(item: Any, key: str) -> list[str] | None:
+    """A coded concept's [value, scheme, meaning] (``key``: its sequence's)."""
+    found = item.get(key)
+    if not found:
+        return None
+    concept = found[0]
+    value = concept.get("CodeValue") or concept.get("LongCodeValue") or concept.get("URNCodeValue")
+    scheme = concept.get("CodingSchemeDesignator")
+    return (
+        [str(value), str(scheme), str(concept.get("CodeMeaning", ""))] if value and scheme else None
+    )
+
+
+def segment_codes(headers: list[Any]) -> dict[str, dict[str, list[str]]]:
+    """What the SEGs' segments are, by name (case aside): their segmented property's
+    category and type codes (``{"category": [value, scheme, meaning], "type": [...]}``,
+    SNOMED CT's ``Organ`` and ``Liver``), the first SEG's where they differ; names without
+    both codes are left out."""
+    found: dict[str, dict[str, list[str]]] = {}
+    for header in headers:
+        for item in header.get("SegmentSequence", []):
+            category = _code(item, "SegmentedPropertyCategoryCodeSequence")
+            kind = _code(item, "SegmentedPropertyTypeCodeSequence")
+            name = str(item.get("SegmentLabel") or f"segment_{item.SegmentNumber}").casefold()
+            if category and kind and int(item.SegmentNumber) > 0:
+                found.setdefault(name, {"category": category, "type": kind})
+    return found
 
 
 def segment_targets(

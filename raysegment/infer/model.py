@@ -63,6 +63,8 @@ class ModelSpec:
     static_tile: tuple[int, ...] | None = None
     """Spatial size a torch.export program was exported with, if it is not dynamic."""
     classes: tuple[str, ...] | None = None
+    class_codes: tuple[Any, ...] | None = None
+    """Each class's coded meaning (``modeldir.MODEL_META``), or None."""
     normalize: dict[str, float] | None = None
     activation: str | None = None
 
@@ -298,6 +300,7 @@ def describe_model(model: ModelFile, module: torch.nn.Module) -> ModelSpec:
             f'{MODEL_META} next to model.pth with {{"in_channels": 1, "spatial_dims": 2}}'
         )
     classes = meta.get("classes")
+    codes = meta.get("class_codes")
     tile = meta.get("tile_size")
     return ModelSpec(
         in_channels=int(in_channels),
@@ -305,6 +308,7 @@ def describe_model(model: ModelFile, module: torch.nn.Module) -> ModelSpec:
         static_batch=static_batch,
         static_tile=static_tile or (tuple(tile) if tile else None),
         classes=tuple(classes) if classes else None,
+        class_codes=tuple(codes) if classes and codes and len(codes) == len(classes) else None,
         normalize=meta.get("normalize"),
         activation=meta.get("activation"),
     )

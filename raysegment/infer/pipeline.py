@@ -633,12 +633,14 @@ def _write_dicom_seg(plan: ImagePlan, cfg: InferConfig) -> None:
     activation = cfg.finalize.activation.value
     channels = layout.shape[layout.axes.index("c")]
     softmax = activation == "softmax" or (activation == "auto" and channels > 1)
-    chosen, names = segments(mode, plan.classes, softmax)
+    chosen, kept = segments(mode, len(plan.classes), softmax)
+    names = [plan.classes[i] for i in kept]
+    coded = [plan.class_codes[i] for i in kept] if plan.class_codes else None
     location = storage.join(storage.parent(plan.output), f"{layout.name}.seg.dcm")
     source: Any = plan.source  # a DicomSeriesSource
     array = storage.join(plan.output, "0")
     files, frames = list(source.files), list(source.frames)
-    write_dicom_seg(array, layout.axes, files, frames, mode, chosen, names, location)
+    write_dicom_seg(array, layout.axes, files, frames, mode, chosen, names, location, coded)
 
 
 _IO_TASKS = 4

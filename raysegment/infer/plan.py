@@ -91,6 +91,8 @@ class ImagePlan:
     classes: tuple[str, ...] = ()
     """The model's class names, one an output channel (``class_<i>`` where it names none):
     a DICOM SEG's segments."""
+    class_codes: tuple[Any, ...] = ()
+    """Their coded meanings where the model gives them (a DICOM SEG's segments' codes)."""
 
     @property
     def block_levels(self) -> int:
@@ -381,8 +383,9 @@ def plan_image(
     spatial_chunks = dict(zip("zyx"[3 - dims :], chunks, strict=False))
     out_chunks = tuple(spatial_chunks.get(a, 1) for a in axes)
     classes = tuple(f"class_{i}" for i in range(spec.out_channels))
+    codes: tuple[Any, ...] = ()
     if spec.classes and len(spec.classes) == spec.out_channels:
-        classes = spec.classes
+        classes, codes = spec.classes, spec.class_codes or ()
     names = spec.classes if spec.classes and len(spec.classes) == out_c else None
     if mode == "labels":
         names = ("labels",)
@@ -460,6 +463,7 @@ def plan_image(
         preview=preview_step(info.shape[3], info.shape[4]) if cfg.quicklook else 0,
         mask=mask,
         classes=classes,
+        class_codes=codes,
     )
 
 

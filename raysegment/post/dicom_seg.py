@@ -25,33 +25,42 @@ SEG_MODES = ("mask", "labels")
 """Finalize modes a DICOM SEG is written of (binary segments)."""
 
 
-def segments(mode: str, classes: tuple[str, ...], softmax: bool) -> tuple[list[int], list[str]]:
-    """What becomes a segment, and its name (``classes``: the model's, one an output
+def segments(mode: str, classes: int, softmax: bool) -> tuple[list[int], list[int]]:
+    """What becomes a segment, and its class (of the model's ``classes``, one an output
     channel): for ``mask``, the output channels kept, after the background of a
     ``softmax`` model's; for ``labels``, the label values past 0 (the background)."""
-    if len(classes) == 1:  # a one-channel model: its mask's channel 0, its labels' value 1
-        return [0 if mode == "mask" else 1], [classes[0]]
-    kept = list(range(1 if softmax or mode == "labels" else 0, len(classes)))
-    return kept, [classes[i] for i in kept]
+    if classes == 1:  # a one-channel model: its mask's channel 0, its labels' value 1
+        return [0 if mode == "mask" else 1], [0]
+    kept = list(range(1 if softmax or mode == "labels" else 0, classes))
+    return kept, kept
 
 
-def _descriptions(names: list[str]) -> list[Any]:
+def _descriptions(names: list[str], coded: list[Any] | None = None) -> list[Any]:
+    """Segments ``names``, of the property category and type ``coded`` gives each
+    (``{"category": [value, scheme, meaning], "type": [...]}``), else SNOMED CT's
+    ``Tissue``."""
     import highdicom
     from pydicom.sr.codedict import codes
 
     algorithm = highdicom.AlgorithmIdentificationSequence(
         name="raysegment", version=__version__, family=codes.DCM.ArtificialIntelligence
     )
+
+    def concept(code: Any, key: str) -> Any:
+        found = (code or {}).get(key)
+        return highdicom.sr.CodedConcept(*found) if found else codes.SCT.Tissue
+
+    given = coded or [None] * len(names)
     return [
         highdicom.seg.SegmentDescription(
             segment_number=number,
             segment_label=name,
-            segmented_property_category=codes.SCT.Tissue,
-            segmented_property_type=codes.SCT.Tissue,
+            segmented_property_category=concept(code, "category"),
+            segmented_property_type=concept(code, "type"),
             algorithm_type=highdicom.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
             algorithm_identification=algorithm,
         )
-        for number, name in enumerate(names, start=1)
+        for number, (name, code) in enumerate(zip(names, given, strict=True), start=1)
     ]
 
 
@@ -64,11 +73,13 @@ def write_dicom_seg(
     chosen: list[int],
     names: list[str],
     location: str,
+    coded: list[Any] | None = None,
 ) -> None:
     """The zarr array ``output`` (``axes``: c, [z,] y, x) of a DICOM series, whose slices
     are ``files`` in the array's plane order (``frames``: each one's frame in an enhanced
     file, else None), as a DICOM SEG at ``location``: segments ``names``, of the channels
-    (``mask``) or label values (``labels``) ``chosen``."""
+    (``mask``) or label values (``labels``) ``chosen``, coded as ``coded`` says (else
+    ``Tissue``)."""
     import zarr
 
     pydicom = reader_module(location, "pydicom", "DICOM", "dicom")
@@ -95,7 +106,7 @@ def write_dicom_seg(
         source_images=sources,
         pixel_array=pixels,
         segmentation_type=highdicom.seg.SegmentationTypeValues.BINARY,
-        segment_descriptions=_descriptions(names),
+        segment_descriptions=_descriptions(names, coded),
         series_instance_uid=highdicom.UID(),
         series_number=int(first.get("SeriesNumber", 0) or 0) + 1000,
         sop_instance_uid=highdicom.UID(),

@@ -13,7 +13,12 @@ import numpy as np
 
 from raysegment.config import TrainConfig, Unannotated
 from raysegment.data.annotations import IGNORED, GeoJsonLabels, is_geojson
-from raysegment.data.dicom_labels import DicomSegLabels, segment_targets, segmentation_header
+from raysegment.data.dicom_labels import (
+    DicomSegLabels,
+    segment_codes,
+    segment_targets,
+    segmentation_header,
+)
 from raysegment.data.pairs import pair_images
 from raysegment.data.sources import ImageSource, open_source
 from raysegment.errors import ConfigError, InputImageError
@@ -60,6 +65,9 @@ class TrainingSet:
     ``IGNORED``); None where every pixel is labelled."""
     class_names: tuple[str, ...] | None = None
     """The classes' names: ``class_names``, else the DICOM SEG labels' segments'."""
+    class_codes: tuple[dict[str, list[str]] | None, ...] | None = None
+    """Each class's coded meaning, where DICOM SEG labels give one (``segment_codes``):
+    ``finalize.dicom_seg`` writes it with the class's segment."""
 
     def train_specs(self, count: int, seed: int, epoch: int = 0) -> list[dict[str, int]]:
         """``count`` random patches of an epoch, images drawn in proportion to their
@@ -285,9 +293,12 @@ def prepare(cfg: TrainConfig) -> TrainingSet:
     headers = {label: segmentation_header(label) for _, label in found}
     segmentations = [h for h in headers.values() if h is not None]
     class_names = cfg.class_names
+    class_codes = None
     if segmentations:  # their segments are classes by name
         class_names, targets = segment_targets(segmentations, mode, cfg.class_names)
         drawing = dict(zip((id(h) for h in segmentations), targets, strict=True))
+        codes = segment_codes(segmentations)
+        class_codes = tuple(codes.get(name.casefold()) for name in class_names)
     for image_path, label_path in found:
         image = open_source(image_path)
         header = headers[label_path]
@@ -325,8 +336,9 @@ def prepare(cfg: TrainConfig) -> TrainingSet:
     measured = tuple(range(len(pairs))) if cfg.folds > 1 else train
     mean, std = _stats(pairs, measured, channels)
     names = tuple(class_names) if class_names else None
+    coded = class_codes if class_codes and any(class_codes) else None
     return TrainingSet(
-        tuple(pairs), train, val, channels, mode, classes, patch, mean, std, ignore, names
+        tuple(pairs), train, val, channels, mode, classes, patch, mean, std, ignore, names, coded
     )
 
 

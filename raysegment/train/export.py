@@ -17,7 +17,7 @@ from raysegment.train.components import build_model
 from raysegment.train.data import TrainingSet
 from raysegment.train.loop import history_csv, save_file
 
-__all__ = ["TrainSummary", "export_model", "plot_curves"]
+__all__ = ["TrainSummary", "export_model", "model_metadata", "plot_curves"]
 
 
 @dataclass
@@ -60,6 +60,18 @@ def _class_names(data: TrainingSet) -> list[str]:
         return ["foreground"]
     prefix = "class" if data.mode == "multiclass" else "label"
     return [f"{prefix}_{i}" for i in range(data.classes)]
+
+
+def model_metadata(data: TrainingSet) -> dict[str, Any]:
+    """What ``raysegment infer`` reads of a model trained on ``data`` (``MODEL_META``)."""
+    return {
+        "in_channels": len(data.channels),
+        "spatial_dims": 2,
+        "classes": _class_names(data),
+        **({"class_codes": list(data.class_codes)} if data.class_codes else {}),
+        "normalize": {"mean": list(data.mean), "std": list(data.std)},
+        "activation": "softmax" if data.mode == "multiclass" else "sigmoid",
+    }
 
 
 def plot_curves(history: list[dict[str, Any]], metric: str, path: Path) -> None:
@@ -109,7 +121,6 @@ def export_model(
         save_file(torch.jit.save, traced, out / "model.pth")
     save_file(torch.save, state["best"], out / "weights.pt")
     save_file(torch.save, state, out / "checkpoint.pt")
-    names = _class_names(data)
     (out / "model.json").write_text(
         json.dumps(
             {
@@ -129,18 +140,7 @@ def export_model(
             indent=2,
         )
     )
-    (out / MODEL_META).write_text(
-        json.dumps(
-            {
-                "in_channels": in_channels,
-                "spatial_dims": 2,
-                "classes": names,
-                "normalize": {"mean": list(data.mean), "std": list(data.std)},
-                "activation": "softmax" if data.mode == "multiclass" else "sigmoid",
-            },
-            indent=2,
-        )
-    )
+    (out / MODEL_META).write_text(json.dumps(model_metadata(data), indent=2))
     history = list(state["history"])
     (out / "metrics.csv").write_text(history_csv(history))
     (out / "config.yaml").write_text(OmegaConf.to_yaml(config | {"raysegment_version": version}))

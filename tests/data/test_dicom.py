@@ -32,6 +32,17 @@ from raysegment.data.sources import open_sources
 from raysegment.errors import InputImageError
 from tests.conftest import random_image, raw_output, volume_output, whole_image_prediction
 
+CODED = [
+    {
+        "category": ["123037004", "SCT", "Anatomical Structure"],
+        "type": ["10200004", "SCT", "Liver"],
+    },
+    {
+        "category": ["49755003", "SCT", "Morphologically Altered Structure"],
+        "type": ["108369006", "SCT", "Neoplasm"],
+    },
+]
+"""SNOMED CT's codes of a liver and a tumour in it, as DICOM SEGs code their segments."""
 SPACING = (2.5, 0.7, 0.8)
 """The test CT's slice spacing and pixel spacing (row, column), millimetres."""
 ORIGIN = (-120.0, 30.5, 11.25)
@@ -590,19 +601,33 @@ def _seg_frames(seg_path: Path, series: Path, segments: int) -> np.ndarray:
 def test_a_ct_series_output_is_written_as_a_dicom_seg_of_the_series(
     tmp_path, make_model, mode
 ) -> None:
-    """A softmax model's classes past the background become segments named after them,
-    each voxel in the segment of its class, frame by frame over the input's slices."""
+    """A softmax model's classes past the background become segments named after them
+    (``class_<i>`` where the model names none), coded as the model's metadata codes them
+    (else as tissue), each voxel in the segment of its class, frame by frame over the
+    input's slices."""
+    import json
+
     import highdicom
 
     stored = random_image((6, 32, 40)).astype(np.uint16)
     write_series(tmp_path / "ct", stored)
     model, _ = make_model(dims=3, out_ch=3)
+    if mode == "labels":  # a model directory naming and coding its classes
+        (tmp_path / "coded").mkdir()
+        model = model.rename(tmp_path / "coded" / "model.pth").parent
+        meta = {"classes": ["background", "Liver", "Tumour"], "class_codes": [None, *CODED]}
+        (model / "raysegment.json").write_text(json.dumps(meta))
     _, got = volume_output(
         tmp_path, tmp_path / "ct", model, finalize={"mode": mode, "dicom_seg": True}
     )
     path = tmp_path / "out" / "ct.seg.dcm"
     seg = highdicom.seg.segread(path)
-    assert [s.SegmentLabel for s in seg.SegmentSequence] == ["class_1", "class_2"]
+    named = ["Liver", "Tumour"] if mode == "labels" else ["class_1", "class_2"]
+    assert [s.SegmentLabel for s in seg.SegmentSequence] == named
+    types = [s.SegmentedPropertyTypeCodeSequence[0].CodeMeaning for s in seg.SegmentSequence]
+    assert types == (["Liver", "Neoplasm"] if mode == "labels" else ["Tissue", "Tissue"])
+    category = seg.SegmentSequence[0].SegmentedPropertyCategoryCodeSequence[0]
+    assert category.CodeValue == ("123037004" if mode == "labels" else "85756007")
     frames = _seg_frames(path, tmp_path / "ct", 2)
     want = got[1:] if mode == "mask" else np.stack([got[0] == 1, got[0] == 2])
     assert want.any() and (want.sum(axis=(1, 2, 3)) > 0).all()  # both classes present

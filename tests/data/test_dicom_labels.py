@@ -3,6 +3,7 @@ position, segments as classes by name, SEGs paired with the series they referenc
 
 from __future__ import annotations
 
+import json
 import pickle
 from pathlib import Path
 
@@ -17,7 +18,7 @@ from raysegment.data.sources import open_source, open_sources
 from raysegment.errors import ConfigError, InputImageError
 from raysegment.train.data import prepare, read_patches
 from tests.conftest import random_image
-from tests.data.test_dicom import ORIGIN, write_series
+from tests.data.test_dicom import CODED, ORIGIN, write_series
 
 highdicom = pytest.importorskip("highdicom")
 
@@ -48,12 +49,13 @@ def write_seg(
     names: list[str],
     kind: str = "BINARY",
     syntax: str = pydicom.uid.ExplicitVRLittleEndian,
+    coded: list[dict[str, list[str]]] | None = None,
 ) -> None:
     """``masks`` (slices, rows, columns, segments) over ``series``' slices (its directory,
     or its files' datasets, an enhanced file's frames in their stored order) as a DICOM SEG
     of segments ``names`` (numbered from 1, in that order), as highdicom writes it:
     ``kind`` BINARY, FRACTIONAL (``masks`` as fractions) or LABELMAP, its frames in
-    transfer ``syntax``."""
+    transfer ``syntax``, the segments coded as ``coded`` says (else as tissue)."""
     from raysegment.post.dicom_seg import _descriptions
 
     pixels = masks.astype(np.float32 if kind == "FRACTIONAL" else np.uint8)
@@ -63,7 +65,7 @@ def write_seg(
         source_images=_slices(series) if isinstance(series, Path) else series,
         pixel_array=pixels,
         segmentation_type=kind,
-        segment_descriptions=_descriptions(names),
+        segment_descriptions=_descriptions(names, coded),
         series_instance_uid=highdicom.UID(),
         series_number=100,
         sop_instance_uid=highdicom.UID(),
@@ -169,7 +171,8 @@ def _study(root: Path) -> dict[str, Path]:
         write_series(root / "ct" / case, random_image(SHAPE, seed=k).astype(np.uint16))
         series[case] = root / "ct" / case
         uid = pydicom.uid.generate_uid()
-        write_seg(root / "seg" / uid / "1.dcm", series[case], _masks(), ["Liver", "Tumour"])
+        seg = root / "seg" / uid / "1.dcm"
+        write_seg(seg, series[case], _masks(), ["Liver", "Tumour"], coded=CODED)
     return series
 
 
@@ -218,8 +221,8 @@ def test_a_seg_pairs_with_the_series_it_references_or_of_its_name(tmp_path) -> N
 
 
 def test_training_on_dicom_segs_names_the_classes_after_their_segments(tmp_path) -> None:
-    """The SEGs' segment names are the model's classes; patches' targets are the SEG's
-    classes on the slices the patches are read from."""
+    """The SEGs' segment names are the model's classes, coded as the SEGs code them;
+    patches' targets are the SEG's classes on the slices the patches are read from."""
     series = _study(tmp_path)
     cfg = load_config(
         TrainConfig,
@@ -234,6 +237,7 @@ def test_training_on_dicom_segs_names_the_classes_after_their_segments(tmp_path)
     )
     data = prepare(cfg)
     assert data.classes == 3 and data.class_names == ("background", "Liver", "Tumour")
+    assert data.class_codes == (None, *CODED)  # as the SEGs code the segments
     assert [p.label.kind for p in data.pairs] == ["dicom-seg", "dicom-seg"]
     assert [p.image.path for p in data.pairs] == [str(p) for p in series.values()]
     picks = [(3, 10, 16), (2, 12, 18)]  # (z, y, x): in both segments, their overlap too
@@ -245,9 +249,16 @@ def test_training_on_dicom_segs_names_the_classes_after_their_segments(tmp_path)
     for k, (z, y, x) in enumerate(picks):
         np.testing.assert_array_equal(out["y"][k], want[z, y : y + 16, x : x + 16])
     assert set(np.unique(out["y"])) == {0, 1, 2}
-    from raysegment.train.export import _class_names
+    # The model directory's metadata, as infer reads it: the classes and their codes.
+    import torch
 
-    assert _class_names(data) == ["background", "Liver", "Tumour"]
+    from raysegment.infer.model import ModelFile, describe_model
+    from raysegment.train.export import model_metadata
+
+    meta = json.loads(json.dumps(model_metadata(data)))
+    spec = describe_model(ModelFile("model.pth", "torchscript", b"", meta, ""), torch.nn.Module())
+    assert spec.classes == ("background", "Liver", "Tumour")
+    assert spec.class_codes == (None, *CODED)
 
 
 def test_a_seg_off_its_image_fails_in_one_line(tmp_path) -> None:
