@@ -141,35 +141,27 @@ def segment_targets(
     return classes, targets
 
 
-_GROUPS = (
-    ("PlanePositionSequence", "ImagePositionPatient"),
-    ("PlaneOrientationSequence", "ImageOrientationPatient"),
-    ("SegmentIdentificationSequence", "ReferencedSegmentNumber"),
-)
-"""The functional groups (and their attributes) that place a SEG's frame and name its
-segment."""
-
-
 def _frame_attributes(header: Any) -> list[tuple[Any, Any, Any]]:
     """Each frame's (position, orientation, segment number) from its functional groups,
     its own or else the shared ones; None where neither has it. (Only these are read: a
     SEG may have thousands of frames.)"""
-
-    def value(item: Any, group: str, key: str) -> Any:
-        found = item.get(group) if item is not None else None
-        return found[0].get(key) if found else None
-
     shared = (header.get("SharedFunctionalGroupsSequence") or [None])[0]
-    attributes = []
-    for own in header.get("PerFrameFunctionalGroupsSequence") or []:
-        values = (value(own, group, key) for group, key in _GROUPS)
-        attributes.append(
-            tuple(
-                v if v is not None else value(shared, group, key)
-                for v, (group, key) in zip(values, _GROUPS, strict=True)
-            )
+
+    def value(own: Any, group: str, key: str) -> Any:
+        for item in (own, shared):
+            found = item.get(group) if item is not None else None
+            if found and key in found[0]:
+                return found[0].get(key)
+        return None
+
+    return [
+        (
+            value(own, "PlanePositionSequence", "ImagePositionPatient"),
+            value(own, "PlaneOrientationSequence", "ImageOrientationPatient"),
+            value(own, "SegmentIdentificationSequence", "ReferencedSegmentNumber"),
         )
-    return attributes  # type: ignore[return-value]
+        for own in header.get("PerFrameFunctionalGroupsSequence") or []
+    ]
 
 
 class DicomSegLabels(ImageSource):
@@ -210,7 +202,7 @@ class DicomSegLabels(ImageSource):
         byte)."""
         size, count = self.rows * self.columns * self.bits, len(self.slices)
         syntax = str(header.file_meta.get("TransferSyntaxUID", ""))
-        if syntax == _NATIVE:
+        if syntax == _NATIVE and count:
             try:  # the pixel data's first byte
                 start = int(_frame_table(path, 1, -(-size * count // 8))[0][0, 0])
             except _Indirect:
@@ -251,7 +243,7 @@ class DicomSegLabels(ImageSource):
                 f"{path}: its frames have no position (PlanePositionSequence); raysegment "
                 f"places a SEG's frames on its series' slices by their positions"
             )
-        where = np.array([[float(v) for v in position] for position, _, _ in frames])
+        where = np.array([[float(v) for v in p] for p, _, _ in frames], float).reshape(-1, 3)
         orientation = np.array(image.orientation or [1, 0, 0, 0, 1, 0], float)
         for _, theirs_o, _ in frames:
             turned = np.asarray(theirs_o if theirs_o is not None else orientation, float)
