@@ -1,9 +1,12 @@
 """DICOM Segmentations (SEG) as training labels: the segments of a SEG object over the
-DICOM series it labels, as 3D Slicer, OHIF, dcmqi, highdicom and ``finalize.dicom_seg``
-write them and the NCI Imaging Data Commons keeps them beside its CT and MR series.
+DICOM series or slide it labels, as 3D Slicer, OHIF, dcmqi, highdicom and
+``finalize.dicom_seg`` write them and the NCI Imaging Data Commons keeps them beside its
+CT and MR series and its slides (its nuclei segmentations of TCGA's slides).
 
-A SEG's frames are matched to its series' slices by position (``ImagePositionPatient``
-along the slice normal), on the series' pixel grid; binary, fractional (on where over half
+A series' SEG's frames are matched to its slices by position (``ImagePositionPatient``
+along the slice normal), on the series' pixel grid; a slide's SEG's frames are tiles of
+its total pixel matrix (their positions given, TILED_SPARSE, or implied, TILED_FULL), over
+the image of that size; binary, fractional (on where over half
 the maximum) and label-map SEGs are read, a region's frames alone: uncompressed ones by
 their byte ranges (as ``DicomSlideSource`` reads tiles), compressed ones through pydicom.
 Segments are classes by their names (``SegmentLabel``, matched to ``class_names`` without
@@ -141,38 +144,81 @@ def segment_targets(
     return classes, targets
 
 
-def _frame_attributes(header: Any) -> list[tuple[Any, Any, Any]]:
-    """Each frame's (position, orientation, segment number) from its functional groups,
-    its own or else the shared ones; None where neither has it. (Only these are read: a
-    SEG may have thousands of frames.)"""
+def _groups(header: Any) -> tuple[list[Any], Any]:
+    """A SEG's per-frame functional groups, and its shared ones (None where it has none)."""
     shared = (header.get("SharedFunctionalGroupsSequence") or [None])[0]
+    return list(header.get("PerFrameFunctionalGroupsSequence") or []), shared
 
-    def value(own: Any, group: str, key: str) -> Any:
-        for item in (own, shared):
-            found = item.get(group) if item is not None else None
-            if found and key in found[0]:
-                return found[0].get(key)
-        return None
 
+def _value(own: Any, shared: Any, group: str, key: str) -> Any:
+    """Attribute ``key`` of a frame's functional ``group``: its own, else the shared one;
+    None where neither has it. (Only what is asked is read: a SEG may have thousands of
+    frames.)"""
+    for item in (own, shared):
+        found = item.get(group) if item is not None else None
+        if found and key in found[0]:
+            return found[0].get(key)
+    return None
+
+
+def _frame_attributes(header: Any) -> list[tuple[Any, Any, Any]]:
+    """Each frame's (position, orientation, segment number) in the patient's space."""
+    frames, shared = _groups(header)
     return [
         (
-            value(own, "PlanePositionSequence", "ImagePositionPatient"),
-            value(own, "PlaneOrientationSequence", "ImageOrientationPatient"),
-            value(own, "SegmentIdentificationSequence", "ReferencedSegmentNumber"),
+            _value(own, shared, "PlanePositionSequence", "ImagePositionPatient"),
+            _value(own, shared, "PlaneOrientationSequence", "ImageOrientationPatient"),
+            _value(own, shared, "SegmentIdentificationSequence", "ReferencedSegmentNumber"),
         )
-        for own in header.get("PerFrameFunctionalGroupsSequence") or []
+        for own in frames
     ]
+
+
+def _tiles(header: Any, label_map: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A tiled SEG's (of a slide) frames: each one's top and left pixel in its total pixel
+    matrix, and its segment number (a label map's: 0): given frame by frame (TILED_SPARSE),
+    else in TILED_FULL's order (row by row, segment after segment)."""
+    frames, shared = _groups(header)
+    where = "PlanePositionSlideSequence"
+    tops = [_value(f, None, where, "RowPositionInTotalImagePixelMatrix") for f in frames]
+    lefts = [_value(f, None, where, "ColumnPositionInTotalImagePixelMatrix") for f in frames]
+    numbers = [
+        _value(f, shared, "SegmentIdentificationSequence", "ReferencedSegmentNumber")
+        for f in frames
+    ]
+    count = int(header.get("NumberOfFrames", 1) or 1)
+    if frames and None not in tops and None not in lefts:
+        tops_, lefts_ = np.array(tops, np.int64) - 1, np.array(lefts, np.int64) - 1
+    else:  # TILED_FULL: row-major tiles, one round a segment
+        rows, columns = int(header.Rows), int(header.Columns)
+        down = -(-int(header.TotalPixelMatrixRows) // rows)
+        across = -(-int(header.TotalPixelMatrixColumns) // columns)
+        tile = np.arange(count) % (down * across)
+        tops_, lefts_ = tile // across * rows, tile % across * columns
+        if not label_map and (not frames or None in numbers):
+            order = sorted(segment_names(header))
+            numbers = [order[min(i // (down * across), len(order) - 1)] for i in range(count)]
+    if label_map:
+        return tops_, lefts_, np.zeros(count, np.int64)
+    if None in numbers:
+        raise InputImageError(
+            f"{header.filename}: a frame names no segment (SegmentIdentificationSequence); "
+            f"export the SEG again"
+        )
+    return tops_, lefts_, np.array(numbers, np.int64)
 
 
 class DicomSegLabels(ImageSource):
     """Training labels of a DICOM SEG (``header``, read by ``segmentation_header``) over
-    its DICOM series ``image``: each frame on the slice at its position, its segment's
-    ``targets`` value (0 elsewhere; where segments overlap, the higher-numbered one's),
-    or in ``mode`` multilabel a 1 in its channel of ``channels``.
+    its ``image``: a DICOM series (each frame on the slice at its position), or a slide's
+    image of the SEG's total pixel matrix (each frame a tile of it); a frame draws its
+    segment's ``targets`` value (0 elsewhere; where segments overlap, the higher-numbered
+    one's), or in ``mode`` multilabel a 1 in its channel of ``channels``.
 
     Raises:
-        InputImageError: the image is no DICOM series of slice positions, or the SEG's
-            frames lie off its slices or pixel grid (a SEG of another series).
+        InputImageError: a series' SEG over no DICOM series of slice positions, or its
+            frames off the slices or their pixel grid (a SEG of another series); a slide's
+            SEG over an image of another size.
     """
 
     kind = "dicom-seg"
@@ -190,7 +236,21 @@ class DicomSegLabels(ImageSource):
         self.top = int(header.get("MaximumFractionalValue", 1) or 1)
         self.rows, self.columns = int(header.Rows), int(header.Columns)
         self.bits = int(header.BitsAllocated)
-        self.slices, self.segments = self._place(path, header, image)
+        _, _, planes, height, width = image.info.shape
+        if "TotalPixelMatrixRows" in header:  # a slide's: tiles of its pixel matrix
+            matrix = int(header.TotalPixelMatrixRows), int(header.TotalPixelMatrixColumns)
+            if matrix != (height, width) or planes != 1:
+                found = f"{height} x {width}" + (f" in {planes} planes" if planes > 1 else "")
+                raise InputImageError(
+                    f"{path}: a SEG of a {matrix[0]} x {matrix[1]} slide; its image "
+                    f"{image.where} is {found}: pair it with the slide it segments (at the "
+                    f"resolution it was drawn at)"
+                )
+            self.tops, self.lefts, self.segments = _tiles(header, self.label_map)
+            self.slices = np.zeros(len(self.segments), np.int64)
+        else:  # a series': a slice a frame
+            self.slices, self.segments = self._place(path, header, image)
+            self.tops = self.lefts = np.zeros(len(self.segments), np.int64)
         numbers = [*segment_names(header), *targets, *self.segments.tolist(), 0]
         self.lut = np.full(max(numbers) + 1, -1, np.int64)
         """What each segment number draws (-1: nothing)."""
@@ -322,25 +382,34 @@ class DicomSegLabels(ImageSource):
         (z0, z1), (y0, y1), (x0, x1) = region
         out = np.zeros((len(channels), z1 - z0, y1 - y0, x1 - x0), np.uint16)
         drawn = self.label_map | (self.lut[self.segments] >= 0)
-        chosen = np.flatnonzero((self.slices >= z0) & (self.slices < z1) & drawn)
+        bottoms, rights = self.tops + self.rows, self.lefts + self.columns
+        inside = (self.tops < y1) & (bottoms > y0) & (self.lefts < x1) & (rights > x0)
+        chosen = np.flatnonzero((self.slices >= z0) & (self.slices < z1) & inside & drawn)
         chosen = chosen[np.argsort(self.segments[chosen], kind="stable")]  # higher on top
         if not len(chosen):
             return out
         for i, frame in zip(chosen, self._pixels(chosen.tolist()), strict=True):
-            part, plane = frame[y0:y1, x0:x1], int(self.slices[i]) - z0
+            top, left = int(self.tops[i]), int(self.lefts[i])
+            ya, yb = max(y0, top), min(y1, top + self.rows)
+            xa, xb = max(x0, left), min(x1, left + self.columns)
+            part, plane = (
+                frame[ya - top : yb - top, xa - left : xb - left],
+                int(self.slices[i]) - z0,
+            )
+            at = (slice(ya - y0, yb - y0), slice(xa - x0, xb - x0))
             if self.label_map:  # each pixel's segment number
                 known = part < len(self.lut)  # numbers past the SEG's segments: none
                 targets = np.where(known, self.lut[np.where(known, part, 0)], -1)
                 if self.mode == "multilabel":
                     for c, channel in enumerate(channels):
-                        out[c, plane][targets == channel] = 1
+                        out[c, plane][at][targets == channel] = 1
                 else:
-                    out[0, plane] = np.where(targets > 0, targets, out[0, plane])
+                    out[0, plane][at] = np.where(targets > 0, targets, out[0, plane][at])
                 continue
             on = part.astype(np.int64) * 2 > self.top if self.fractional else part > 0
             target = int(self.lut[self.segments[i]])
             if self.mode != "multilabel":
-                out[0, plane][on] = target
+                out[0, plane][at][on] = target
             elif target in channels:
-                out[channels.index(target), plane][on] = 1
+                out[channels.index(target), plane][at][on] = 1
         return out

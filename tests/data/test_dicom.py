@@ -238,8 +238,12 @@ def _slide_level(
     of the study, series and frame of reference ``uids``, level 0's pixels ``mpp``
     micrometres."""
     ds = _instance(WHOLE_SLIDE, syntax)
-    ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.FrameOfReferenceUID = uids
-    ds.Modality, ds.SeriesNumber = "SM", 1
+    _patient(ds, uids[0], uids[2])
+    ds.SeriesInstanceUID, ds.Modality, ds.SeriesNumber = uids[1], "SM", 1
+    ds.ImageOrientationSlide = [0, -1, 0, -1, 0, 0]  # rows along the slide's -y, as most
+    origin = Dataset()
+    origin.XOffsetInSlideCoordinateSystem, origin.YOffsetInSlideCoordinateSystem = 20, 40
+    ds.TotalPixelMatrixOriginSequence = [origin]
     kind = ["VOLUME", "NONE" if k == 0 else "RESAMPLED"] if k >= 0 else ["LABEL", "NONE"]
     ds.ImageType = ["ORIGINAL" if k <= 0 else "DERIVED", "PRIMARY", *kind]
     ds.Rows = ds.Columns = tile

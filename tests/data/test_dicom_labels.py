@@ -50,12 +50,14 @@ def write_seg(
     kind: str = "BINARY",
     syntax: str = pydicom.uid.ExplicitVRLittleEndian,
     coded: list[dict[str, list[str]]] | None = None,
+    **options: object,
 ) -> None:
     """``masks`` (slices, rows, columns, segments) over ``series``' slices (its directory,
     or its files' datasets, an enhanced file's frames in their stored order) as a DICOM SEG
     of segments ``names`` (numbered from 1, in that order), as highdicom writes it:
     ``kind`` BINARY, FRACTIONAL (``masks`` as fractions) or LABELMAP, its frames in
-    transfer ``syntax``, the segments coded as ``coded`` says (else as tissue)."""
+    transfer ``syntax``, the segments coded as ``coded`` says (else as tissue); ``options``:
+    highdicom's others (a slide's tiling)."""
     from raysegment.post.dicom_seg import _descriptions
 
     pixels = masks.astype(np.float32 if kind == "FRACTIONAL" else np.uint8)
@@ -75,6 +77,7 @@ def write_seg(
         software_versions="1",
         device_serial_number="1",
         transfer_syntax_uid=syntax,
+        **options,
     )
     path.parent.mkdir(parents=True, exist_ok=True)
     seg.save_as(path, enforce_file_format=True)
@@ -353,3 +356,57 @@ def test_a_seg_of_an_enhanced_ct_file_labels_its_slices(tmp_path) -> None:
     labels = _labels(tmp_path / "ct.seg.dcm", tmp_path / "scan", "multiclass")
     want = np.where(masks[..., 1], 2, np.where(masks[..., 0], 1, 0))
     np.testing.assert_array_equal(labels.read(0, (0,), ((0, 6), (0, 32), (0, 40)))[0], want)
+
+
+def _slide_masks() -> np.ndarray:
+    """Two overlapping segments of a 300 x 400 slide, (300, 400, 2) bool, crossing its
+    128^2 tiles' edges; tiles (0, 0) and (2, 3) hold neither."""
+    masks = np.zeros((300, 400, 2), bool)
+    masks[50:200, 140:300, 0] = True
+    masks[100:150, 200:350, 1] = True
+    return masks
+
+
+@pytest.mark.parametrize("tiling", ["TILED_SPARSE", "TILED_FULL"])
+def test_a_slides_seg_labels_its_pixels_tile_by_tile(tmp_path, tiling) -> None:
+    """A slide's SEG (as the Imaging Data Commons' nuclei segmentations are: tiles of the
+    slide's pixel matrix, given by position or in TILED_FULL's order): each tile where it
+    lies, over the DICOM slide or any image of its size; another size is one error."""
+    import tifffile
+
+    from tests.data.test_dicom import _rgb, write_slide
+
+    write_slide(tmp_path / "slide", [_rgb((300, 400))], tile=128, label=False)
+    masks = _slide_masks()
+    write_seg(
+        tmp_path / "slide.seg.dcm",
+        [pydicom.dcmread(tmp_path / "slide" / "level0.dcm")],
+        masks[None],  # one frame of the slide's whole pixel matrix, cut into tiles
+        ["Tumor", "Stroma"],
+        tile_pixel_array=True,
+        dimension_organization_type=tiling,
+        omit_empty_frames=tiling == "TILED_SPARSE",
+    )
+    header = segmentation_header(str(tmp_path / "slide.seg.dcm"))
+    assert header.DimensionOrganizationType == tiling
+    assert int(header.NumberOfFrames) == (8 if tiling == "TILED_SPARSE" else 24)
+    classes, (targets,) = segment_targets([header], "multiclass", None)
+    slide = open_source(str(tmp_path / "slide"))
+    labels = DicomSegLabels(header, slide, "multiclass", targets, len(classes))
+    want = np.where(masks[..., 1], 2, np.where(masks[..., 0], 1, 0))
+    np.testing.assert_array_equal(labels.read(0, (0,), ((0, 1), (0, 300), (0, 400)))[0, 0], want)
+    region = ((0, 1), (90, 210), (120, 330))  # across tiles' edges
+    again = pickle.loads(pickle.dumps(labels))
+    np.testing.assert_array_equal(again.read(0, (0,), region)[0, 0], want[90:210, 120:330])
+    multi = DicomSegLabels(header, slide, "multilabel", {1: 0, 2: 1}, 2)
+    got = multi.read(0, (1, 0), region)[:, 0]
+    np.testing.assert_array_equal(got, np.moveaxis(masks[90:210, 120:330, ::-1], -1, 0))
+
+    tifffile.imwrite(tmp_path / "slide.tif", _rgb((300, 400)))  # its pixels, another format
+    tiff = DicomSegLabels(
+        header, open_source(str(tmp_path / "slide.tif")), "multiclass", targets, 3
+    )
+    np.testing.assert_array_equal(tiff.read(0, (0,), region)[0, 0], want[90:210, 120:330])
+    tifffile.imwrite(tmp_path / "half.tif", _rgb((150, 200)))
+    with pytest.raises(InputImageError, match=r"slide.seg.dcm: a SEG of a 300 x 400 slide; .* is"):
+        DicomSegLabels(header, open_source(str(tmp_path / "half.tif")), "multiclass", targets, 3)
