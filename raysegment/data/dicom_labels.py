@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from raysegment import storage
+from raysegment.data.annotations import is_geojson
 from raysegment.data.dicom import (
     DicomSeriesSource,
     _frame_table,
@@ -48,7 +49,9 @@ _NATIVE = "1.2.840.10008.1.2.1"
 def segmentation_header(path: str) -> Any | None:
     """The header of the DICOM Segmentation ``path`` (a ``.dcm`` file, or a directory of a
     SEG series' file, as the Imaging Data Commons stores a series); None where ``path``
-    is no SEG (another image)."""
+    is no SEG (another image; GeoJSON annotations, without asking a store about them)."""
+    if is_geojson(path):
+        return None
     header = first_header(path)
     return header if header is not None and is_segmentation(header) else None
 
