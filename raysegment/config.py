@@ -491,6 +491,11 @@ class TrainConfig:
     QuPath's class ``Ignore*`` are not labelled either way (unless class_names names it)."""
     channels: Optional[List[int]] = None
     """Image channels fed to the model; default: all."""
+    input_level: int = 0
+    """Resolution level of the images trained on, as infer's ``input_level``: 0 the full
+    resolution, 1 the pyramid's next, ... (a slide's 10x of its 40x). Labels drawn at full
+    resolution (label images, DICOM SEGs, GeoJSON) are read at that level, each pixel the
+    label under its centre. Segment with the same ``input_level``."""
     train_fraction: float = 0.7
     """Fraction of the image pairs used for training; the rest validates (seeded split)."""
     folds: int = 1
@@ -600,6 +605,8 @@ class TrainConfig:
             )
         if self.classes is not None and self.classes < 2:
             raise ConfigError(f"classes={self.classes} must be >= 2")
+        if self.input_level < 0:
+            raise ConfigError(f"input_level={self.input_level}: give 0 (full resolution) or more")
         _check_sizes("patch_size", self.patch_size)
         if len(self.patch_size) > 2:
             raise ConfigError(f"patch_size={self.patch_size}: give one value or (y, x)")

@@ -1922,13 +1922,15 @@ def _checked(sources: list[ImageSource]) -> list[ImageSource]:
     return sources
 
 
-def open_source(path: str | os.PathLike[str], axes: str | None = None) -> ImageSource:
-    """The one image of ``path`` (``open_sources``).
+def open_source(
+    path: str | os.PathLike[str], axes: str | None = None, level: int = 0
+) -> ImageSource:
+    """The one image of ``path`` (``open_sources``), read at resolution ``level``.
 
     Raises:
         InputImageError: as ``open_sources``, and for a file of several images.
     """
-    sources = open_sources(path, axes)
+    sources = open_sources(path, axes, level)
     if len(sources) > 1:
         raise InputImageError(
             f"{storage.resolve(path)}: holds {len(sources)} images (series); training takes "

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import itertools
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -20,10 +21,10 @@ from raysegment.data.dicom_labels import (
     segmentation_header,
 )
 from raysegment.data.pairs import pair_images
-from raysegment.data.sources import ImageSource, open_source
+from raysegment.data.sources import ImageInfo, ImageSource, open_source
 from raysegment.errors import ConfigError, InputImageError
 
-__all__ = ["IGNORE", "Pair", "TrainingSet", "prepare", "read_patches"]
+__all__ = ["IGNORE", "AtLevel", "Pair", "TrainingSet", "prepare", "read_patches"]
 
 IGNORE = -1
 """The target of a pixel not labelled (``TrainingSet.ignore``): the losses and the metrics
@@ -121,13 +122,62 @@ def _thinned(specs: list[dict[str, int]], count: int) -> list[dict[str, int]]:
     return [specs[k] for k in keep]
 
 
+class AtLevel(ImageSource):
+    """Labels drawn at an image's full resolution (``labels``), read at the level of it
+    that trains (of ``shape``): each pixel takes the label under its centre (labels are
+    classes, never averaged); a region reads the full-resolution region under it."""
+
+    kind = "labels-at-level"
+
+    def __init__(self, labels: ImageSource, shape: tuple[int, ...]) -> None:
+        self.labels = labels
+        self.shape = (*labels.info.shape[:3], *shape[3:])
+        super().__init__(labels.path, name=labels.name)
+
+    def _inspect(self) -> ImageInfo:
+        return ImageInfo(self.shape, self.labels.info.dtype)  # type: ignore[arg-type]
+
+    def _open(self) -> Any:
+        return None
+
+    def _under(self, start: int, stop: int, axis: int) -> np.ndarray:
+        """The full-resolution pixels under the centres of this level's ``start`` ..
+        ``stop`` along ``axis`` (3: y, 4: x)."""
+        full, level = self.labels.info.shape[axis], self.shape[axis]
+        centres = (np.arange(start, stop) + 0.5) * full / level
+        return np.minimum(centres.astype(np.int64), full - 1)
+
+    def _read(
+        self, t: int, channels: tuple[int, ...], region: tuple[tuple[int, int], ...]
+    ) -> np.ndarray:
+        (z0, z1), (y0, y1), (x0, x1) = region
+        rows, columns = self._under(y0, y1, 3), self._under(x0, x1, 4)
+        under = (
+            (z0, z1),
+            (int(rows[0]), int(rows[-1]) + 1),
+            (int(columns[0]), int(columns[-1]) + 1),
+        )
+        full = self.labels.read(t, channels, under)
+        return full[:, :, rows - rows[0]][:, :, :, columns - columns[0]]
+
+
+def _at_level(label: ImageSource, image: ImageSource) -> ImageSource:
+    """``label`` as ``image`` reads: itself, or, drawn at the full resolution of an image
+    read at a reduced level, ``AtLevel``."""
+    if image.level == 0 or label.info.shape[3:] == image.info.shape[3:]:
+        return label
+    full = image.at_level(0).info.shape
+    return AtLevel(label, image.info.shape) if label.info.shape[3:] == full[3:] else label
+
+
 def _check_pair(image: ImageSource, label: ImageSource, patch: tuple[int, int], mode: str) -> None:
     ti, _, zi, yi, xi = image.info.shape
     tl, cl, zl, yl, xl = label.info.shape
     if (zi, yi, xi) != (zl, yl, xl) or tl != ti:
         raise InputImageError(
             f"{label.path}: label shape (t,z,y,x)={(tl, zl, yl, xl)} differs from its image "
-            f"{image.path} {(ti, zi, yi, xi)}; each label must cover its image pixel for pixel"
+            f"{image.where} {(ti, zi, yi, xi)}; each label must cover its image pixel for pixel "
+            f"(at input_level > 0, the level's pixels or the full resolution's)"
         )
     if ti > 1:
         raise InputImageError(f"{image.path}: has {ti} time points; train on single time points")
@@ -146,8 +196,9 @@ def _check_pair(image: ImageSource, label: ImageSource, patch: tuple[int, int], 
 def _label_values(label: ImageSource) -> set[int]:
     """Distinct values of a label image, read region by region (GeoJSON labels: their
     polygons')."""
-    if isinstance(label, (GeoJsonLabels, DicomSegLabels)):
-        return label.values()
+    drawn = label.labels if isinstance(label, AtLevel) else label
+    if isinstance(drawn, (GeoJsonLabels, DicomSegLabels)):
+        return drawn.values()
     _, c, z, y, x = label.info.shape
     if label.info.dtype.kind == "f":
         raise InputImageError(
@@ -300,16 +351,18 @@ def prepare(cfg: TrainConfig) -> TrainingSet:
         codes = segment_codes(segmentations)
         class_codes = tuple(codes.get(name.casefold()) for name in class_names)
     for image_path, label_path in found:
-        image = open_source(image_path)
+        image = open_source(image_path, level=cfg.input_level)
         header = headers[label_path]
-        if header is not None:
+        if header is not None:  # drawn on the image's full resolution
+            full = image.at_level(0) if image.level else image
             label: ImageSource = DicomSegLabels(
-                header, image, mode, drawing[id(header)], len(class_names or ())
+                header, full, mode, drawing[id(header)], len(class_names or ())
             )
-        elif is_geojson(label_path):
+        elif is_geojson(label_path):  # in full-resolution coordinates, drawn at the level
             label = GeoJsonLabels(label_path, image, mode, cfg.class_names, drawn, sparse)
         else:
             label = open_source(label_path)
+        label = _at_level(label, image)
         pair = Pair(image, label)
         _check_pair(pair.image, pair.label, patch, cfg.mode.value)  # type: ignore[arg-type]
         pairs.append(pair)

@@ -62,6 +62,15 @@ def _class_names(data: TrainingSet) -> list[str]:
     return [f"{prefix}_{i}" for i in range(data.classes)]
 
 
+def _pixel_size(data: TrainingSet) -> dict[str, Any]:
+    """The pixel size trained at (the first image's, at ``input_level``), where known."""
+    info = data.pairs[0].image.info
+    size = {axis: info.scale[axis] for axis in ("y", "x") if axis in info.scale}
+    if not size:
+        return {}
+    return {"pixel_size": size, "pixel_unit": info.units.get("x", "")}
+
+
 def model_metadata(data: TrainingSet) -> dict[str, Any]:
     """What ``raysegment infer`` reads of a model trained on ``data`` (``MODEL_META``)."""
     return {
@@ -131,6 +140,8 @@ def export_model(
                 "mode": data.mode,
                 "patch_size": list(data.patch),
                 "channels": list(data.channels),
+                "input_level": cfg.input_level,
+                **_pixel_size(data),
                 "split": {
                     **({"folds": cfg.folds, "fold": cfg.fold} if cfg.folds > 1 else {}),
                     "train": [data.pairs[i].image.path for i in data.train],

@@ -410,3 +410,39 @@ def test_a_slides_seg_labels_its_pixels_tile_by_tile(tmp_path, tiling) -> None:
     tifffile.imwrite(tmp_path / "half.tif", _rgb((150, 200)))
     with pytest.raises(InputImageError, match=r"slide.seg.dcm: a SEG of a 300 x 400 slide; .* is"):
         DicomSegLabels(header, open_source(str(tmp_path / "half.tif")), "multiclass", targets, 3)
+
+
+def test_slides_segs_train_at_a_pyramid_level(tmp_path) -> None:
+    """``input_level=1``: each slide read at its second level, its SEG (of the full
+    resolution) read at it, each pixel the label under its centre."""
+    from tests.data.test_dicom import _rgb, write_slide
+
+    masks = _slide_masks()
+    for k, name in enumerate(("biopsy_a", "biopsy_b")):
+        full = _rgb((300, 400), seed=k)
+        write_slide(tmp_path / "img" / name, [full, full[::2, ::2]], tile=128, label=False)
+        level0 = pydicom.dcmread(tmp_path / "img" / name / "level0.dcm")
+        write_seg(
+            tmp_path / "lbl" / f"{name}.seg.dcm",
+            [level0],
+            masks[None],
+            ["Tumor", "Stroma"],
+            tile_pixel_array=True,
+        )
+    cfg = load_config(
+        TrainConfig,
+        (),
+        [
+            f"images.dir={tmp_path / 'img'}",
+            f"labels.dir={tmp_path / 'lbl'}",
+            *("output=o", "patch_size=32", "mode=multiclass", "input_level=1"),
+        ],
+    )
+    data = prepare(cfg)
+    assert data.class_names == ("background", "Tumor", "Stroma")
+    (pair, _) = data.pairs
+    assert pair.image.level == 1 and pair.label.info.shape == (1, 1, 1, 150, 200)
+    want = np.where(masks[..., 1], 2, np.where(masks[..., 0], 1, 0))[1::2, 1::2]
+    np.testing.assert_array_equal(
+        pair.label.read(0, (0,), ((0, 1), (0, 150), (0, 200)))[0, 0], want
+    )

@@ -503,3 +503,42 @@ def test_label_images_mark_pixels_not_labelled_by_ignore_index(tmp_path: Path) -
         prepare(_cfg(multi, "mode=multiclass", "ignore_index=2"))
     with pytest.raises(ConfigError, match="ignore_index=0 must be in 1 .. 65535"):
         _cfg(multi, "ignore_index=0")
+
+
+def test_input_level_trains_on_a_pyramid_level_full_resolution_labels_read_at_it(
+    tmp_path: Path,
+) -> None:
+    """``input_level=1``: images read at their pyramid's second level; label images drawn
+    at full resolution read at it (each pixel the label under its centre), labels of the
+    level's size as they are; the model directory records the level and its pixel size."""
+    from raysegment.train.data import AtLevel
+    from raysegment.train.export import _pixel_size
+
+    rng = np.random.default_rng(3)
+    (tmp_path / "img").mkdir()
+    (tmp_path / "lbl").mkdir()
+    full_labels = rng.integers(0, 2, (128, 192), dtype=np.uint8)
+    for name in ("a", "b"):
+        full = rng.integers(0, 999, (128, 192), dtype=np.uint16)
+        with tifffile.TiffWriter(tmp_path / "img" / f"{name}.ome.tif") as tif:
+            size = {"PhysicalSizeX": 0.25, "PhysicalSizeY": 0.25}
+            options = {"tile": (32, 32), "metadata": {"axes": "YX", **size}}
+            tif.write(full, subifds=1, **options)
+            tif.write(full[::2, ::2], subfiletype=1, tile=(32, 32))
+    tifffile.imwrite(tmp_path / "lbl" / "a.tif", full_labels)  # at full resolution
+    tifffile.imwrite(tmp_path / "lbl" / "b.tif", full_labels[::2, ::2])  # at the level's
+    data = prepare(_cfg(tmp_path, "input_level=1", "train_fraction=0.5"))
+    first, second = data.pairs
+    assert first.image.level == 1 and first.size == (64, 96)
+    assert isinstance(first.label, AtLevel) and first.label.info.shape == (1, 1, 1, 64, 96)
+    assert not isinstance(second.label, AtLevel)
+    region = ((0, 1), (8, 40), (16, 48))
+    np.testing.assert_array_equal(
+        first.label.read(0, (0,), region)[0, 0], full_labels[1::2, 1::2][8:40, 16:48]
+    )
+    np.testing.assert_array_equal(
+        second.label.read(0, (0,), region)[0, 0], full_labels[::2, ::2][8:40, 16:48]
+    )
+    assert _pixel_size(data) == {"pixel_size": {"y": 0.5, "x": 0.5}, "pixel_unit": "micrometer"}
+    with pytest.raises(ConfigError, match="input_level=-1: give 0"):
+        _cfg(tmp_path, "input_level=-1")
