@@ -756,10 +756,15 @@ def dicom_file_sources(path: str, level: int = 0) -> list[ImageSource]:
     of its series in its directory), or an enhanced file's volume.
 
     Raises:
-        InputImageError: a file of a series of slices (its directory is the image), or of a
-            slide's label, overview or thumbnail alone.
+        InputImageError: a file of a series of slices (its directory is the image), of a
+            slide's label, overview or thumbnail alone, or a DICOM Segmentation.
     """
     header, stem = _header(path), image_stem(path)
+    if is_segmentation(header):
+        raise InputImageError(
+            f"{path}: a DICOM Segmentation, labels rather than an image; give it to training "
+            f"as labels (labels.dir=) and its series or slide as images"
+        )
     if not _is_slide(header):
         frames = _frames(header)
         if len(frames) > 1:  # an enhanced file: a volume of its own

@@ -221,6 +221,8 @@ def test_a_seg_pairs_with_the_series_it_references_or_of_its_name(tmp_path) -> N
     ]
     with pytest.raises(InputImageError, match=r"holds DICOM Segmentations, labels rather"):
         open_sources(study / "case_b.seg")
+    with pytest.raises(InputImageError, match=r"1.dcm: a DICOM Segmentation, labels rather"):
+        open_sources(study / "case_b.seg" / "1.dcm")
 
 
 def test_training_on_dicom_segs_names_the_classes_after_their_segments(tmp_path) -> None:
