@@ -45,6 +45,7 @@ __all__ = [
     "first_header",
     "is_dicom_dir",
     "is_segmentation",
+    "segmentations_only",
 ]
 
 WHOLE_SLIDE = "1.2.840.10008.5.1.4.1.1.77.1.6"
@@ -704,6 +705,15 @@ def _is_slide(header: Any) -> bool:
 def is_segmentation(header: Any) -> bool:
     """Whether a DICOM file is a DICOM Segmentation (labels, not an image)."""
     return str(header.get("SOPClassUID", "")) in SEGMENTATIONS
+
+
+def segmentations_only(directory: str) -> bool:
+    """Whether the DICOM files of ``directory`` are DICOM Segmentations only (a SEG
+    series'), from its first file's header (and the others' where that one is one)."""
+    files = _files(directory)
+    if not files or not is_segmentation(_header(files[0])):
+        return False
+    return all(is_segmentation(_header(f)) for f in files[1:])
 
 
 def first_header(path: str) -> Any | None:

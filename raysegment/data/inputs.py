@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 
 from raysegment import storage
-from raysegment.data.dicom import is_dicom_dir
+from raysegment.data.dicom import is_dicom_dir, segmentations_only
 from raysegment.data.hdf5 import hdf5_parts
 from raysegment.data.sources import is_zarr, tensorstore_format
 from raysegment.errors import InputImageError
@@ -21,20 +21,26 @@ DEFAULT_PATTERN = rf".*\.({IMAGE_NAMES})"
 
 
 def resolve_inputs(
-    input: str, pattern: str | None = None, dataset: str | None = None, prefix: str = ""
+    input: str,
+    pattern: str | None = None,
+    dataset: str | None = None,
+    prefix: str = "",
+    labels: bool = False,
 ) -> list[str]:
     """An image file, zarr path or HDF5 dataset (``vol.h5/volumes/raw``) -> itself; a
     directory -> its entries matching ``pattern`` (a regular expression, full match on the
     name, case-insensitive), sorted. Local paths come back absolute; fsspec URLs
     (``s3://bucket/dir``) as given. ``dataset`` (``volumes/raw``): that dataset of each
     HDF5 file instead (``a.h5`` -> ``a.h5/volumes/raw``); ``prefix``: where the keys
-    ``pattern`` and ``dataset`` sit in the config (``images.``), for the errors.
+    ``pattern`` and ``dataset`` sit in the config (``images.``), for the errors. Of a
+    directory of DICOM series' directories, those of DICOM Segmentations alone (a study's
+    SEGs beside its scans) are images' labels: left out unless ``labels``.
 
     Raises:
         InputImageError: the path is missing, nothing in the directory matches, or
             ``dataset`` is given for a path that is no HDF5 file.
     """
-    paths = _matching(input, pattern, prefix)
+    paths = _matching(input, pattern, prefix, labels)
     return paths if not dataset else [_dataset_of(p, dataset, prefix) for p in paths]
 
 
@@ -52,7 +58,7 @@ def _dataset_of(path: str, dataset: str, prefix: str) -> str:
     return f"{path}/{dataset.strip('/')}"
 
 
-def _matching(input: str, pattern: str | None, prefix: str) -> list[str]:
+def _matching(input: str, pattern: str | None, prefix: str, labels: bool) -> list[str]:
     path = storage.resolve(input)
     if tensorstore_format(path) is not None or hdf5_parts(path) is not None:
         return [path]  # an N5 or precomputed volume, an HDF5 file or a dataset in one
@@ -68,6 +74,7 @@ def _matching(input: str, pattern: str | None, prefix: str) -> list[str]:
         if is_dicom_dir(path):
             return [path]
         found = [storage.join(path, n) for n in entries if is_dicom_dir(storage.join(path, n))]
+        found = [p for p in found if labels or not segmentations_only(p)]
     if not found:
         names = entries[:5]
         seen = f"; it holds e.g. {names}" if names else "; it is empty"

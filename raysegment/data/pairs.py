@@ -68,7 +68,7 @@ def _keyed(
     dataset: str | None = None,
     default: str | None = None,
 ) -> dict[str, str]:
-    paths = resolve_inputs(directory, pattern or default, dataset, f"{what}.")
+    paths = resolve_inputs(directory, pattern or default, dataset, f"{what}.", what == "labels")
     regex = re.compile(pattern, re.IGNORECASE) if pattern else None
     keyed: dict[str, str] = {}
     for path in paths:

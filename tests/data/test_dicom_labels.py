@@ -13,6 +13,7 @@ import pytest
 
 from raysegment.config import TrainConfig, load_config
 from raysegment.data.dicom_labels import DicomSegLabels, segment_targets, segmentation_header
+from raysegment.data.inputs import resolve_inputs
 from raysegment.data.pairs import pair_images
 from raysegment.data.sources import open_source, open_sources
 from raysegment.errors import ConfigError, InputImageError
@@ -219,6 +220,8 @@ def test_a_seg_pairs_with_the_series_it_references_or_of_its_name(tmp_path) -> N
         ("case_a", referenced[uid["case_a"]]),
         ("case_b", "case_b.seg"),
     ]
+    # To infer, the study's scans: its SEGs are no images to segment.
+    assert [Path(p).name for p in resolve_inputs(str(study))] == ["case_a", "case_b"]
     with pytest.raises(InputImageError, match=r"holds DICOM Segmentations, labels rather"):
         open_sources(study / "case_b.seg")
     with pytest.raises(InputImageError, match=r"1.dcm: a DICOM Segmentation, labels rather"):
