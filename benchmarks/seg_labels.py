@@ -1,6 +1,6 @@
 """Training labels from a DICOM SEG against the same labels as a NIfTI file.
 
-    python benchmarks/seg_labels.py [OUT] [--train]
+    python benchmarks/seg_labels.py [OUT] [--train | --slide]
 
 Writes a 300 x 512 x 512 CT series (``OUT/ct/``, as ``tests/data/test_dicom.py`` writes
 series) and labels of 20 overlapping ellipsoid segments over it, as a binary DICOM SEG
@@ -16,6 +16,12 @@ them: uncompressed, frames only where a segment lies) and as the same class map 
   region reader means).
 
 Writing the data (once) peaks at ~16 GiB: highdicom's encoding of the 20 segments.
+
+With ``--slide``, a slide's: an 8192^2 DICOM slide (256^2 JPEG tiles) and its nuclei
+(20,000 discs of 17 pixels in 40 clusters) as a binary SEG of 256^2 tiles, only those
+holding a nucleus (TILED_SPARSE, as the Imaging Data Commons' nuclei segmentations of
+TCGA's slides), and as a tiled TIFF (zlib): the SEG opened as labels, and 200 patches of
+each, checked equal, timed.
 
 With ``--train``, the round trip: four 8 x 64^2 CT series of a bright disc (``Liver``) with
 a darker one in it (``Tumour``), a SEG of each named by UID (``OUT/train/``); ``raysegment
@@ -43,7 +49,7 @@ from raysegment.data.dicom_labels import (  # noqa: E402
     segment_targets,
     segmentation_header,
 )
-from raysegment.data.sources import open_source  # noqa: E402
+from raysegment.data.sources import ImageSource, open_source  # noqa: E402
 
 SHAPE = (300, 512, 512)
 SEGMENTS = 20
@@ -77,6 +83,36 @@ def _write(out: Path) -> None:
     nibabel.save(nibabel.Nifti1Image(classes.transpose(2, 1, 0), affine), out / "labels.nii")
 
 
+def _compare(seg: ImageSource, other: ImageSource, name: str, shape: tuple[int, ...]) -> None:
+    """200 random ``PATCH``-square patches of a plane of ``shape`` (z, y, x), read from the
+    SEG's labels and the ``other`` labels: equal, and each reader's time (best of two)."""
+    rng = np.random.default_rng(2)
+    regions = [
+        ((z, z + 1), (y, y + PATCH), (x, x + PATCH))
+        for z, y, x in zip(
+            rng.integers(0, shape[0], 200),
+            rng.integers(0, shape[1] - PATCH, 200),
+            rng.integers(0, shape[2] - PATCH, 200),
+            strict=True,
+        )
+    ]
+    labelled = 0
+    for region in regions:
+        a, b = seg.read(0, (0,), region), other.read(0, (0,), region)
+        if not np.array_equal(a, b):
+            raise SystemExit(f"SEG and {name} labels differ in region {region}")
+        labelled += bool(a.any())
+    print(f"200 patches equal in both; {labelled} hold a segment")
+    for reader, source in (("SEG", seg), (name, other)):
+        best = float("inf")
+        for _ in range(2):
+            start = time.perf_counter()
+            for region in regions:
+                source.read(0, (0,), region)
+            best = min(best, time.perf_counter() - start)
+        print(f"{reader}: 200 patches in {best:.3f} s ({best / 200 * 1000:.2f} ms each)")
+
+
 def main() -> None:
     out = Path(sys.argv[1] if len(sys.argv) > 1 else "bench_seg_labels")
     out.mkdir(parents=True, exist_ok=True)
@@ -103,31 +139,7 @@ def main() -> None:
         f"frames) {opened_seg:.2f} s; the NIfTI {opened_nifti:.3f} s"
     )
 
-    rng = np.random.default_rng(2)
-    regions = [
-        ((z, z + 1), (y, y + PATCH), (x, x + PATCH))
-        for z, y, x in zip(
-            rng.integers(0, SHAPE[0], 200),
-            rng.integers(0, SHAPE[1] - PATCH, 200),
-            rng.integers(0, SHAPE[2] - PATCH, 200),
-            strict=True,
-        )
-    ]
-    labelled = 0
-    for region in regions:
-        a, b = seg.read(0, (0,), region), nifti.read(0, (0,), region)
-        if not np.array_equal(a, b):
-            raise SystemExit(f"SEG and NIfTI labels differ in region {region}")
-        labelled += bool(a.any())
-    print(f"200 patches equal in both; {labelled} hold a segment")
-    for name, source in (("SEG", seg), ("NIfTI", nifti)):
-        best = float("inf")
-        for _ in range(2):
-            start = time.perf_counter()
-            for region in regions:
-                source.read(0, (0,), region)
-            best = min(best, time.perf_counter() - start)
-        print(f"{name}: 200 patches in {best:.3f} s ({best / 200 * 1000:.2f} ms each)")
+    _compare(seg, nifti, "NIfTI", SHAPE)
 
     import highdicom
 
@@ -137,6 +149,61 @@ def main() -> None:
         f"highdicom: the whole SEG decoded in {time.perf_counter() - start:.1f} s "
         f"({volume.array.nbytes / 2**20:.0f} MiB)"
     )
+
+
+SLIDE = 8192
+"""The slide's side, pixels."""
+
+
+def slide(out: Path) -> None:
+    """A slide's nuclei as a SEG of sparse tiles (as the Imaging Data Commons keeps its
+    nuclei segmentations of TCGA's slides) against the same mask as a tiled TIFF."""
+    import pydicom
+    import tifffile
+
+    from tests.data.test_dicom import write_slide
+    from tests.data.test_dicom_labels import write_seg
+
+    root = out / "slide"
+    if not (root / "nuclei.tif").exists():
+        start = time.perf_counter()
+        rng = np.random.default_rng(3)
+        pixels = rng.integers(150, 250, (SLIDE // 8, SLIDE // 8, 3), dtype=np.uint8)
+        write_slide(
+            root / "he",
+            [np.kron(pixels, np.ones((8, 8, 1), np.uint8))],
+            tile=256,
+            codec="jpeg",
+            label=False,
+        )
+        mask = np.zeros((SLIDE, SLIDE), bool)
+        yy, xx = np.mgrid[-8:9, -8:9]
+        disc = yy**2 + xx**2 <= 64
+        # Nuclei in clusters (tissue), none in a third of the tiles (glass).
+        for cy, cx in rng.integers(0, SLIDE - 1024, (40, 2)):
+            for y, x in rng.integers(0, 1024 - 17, (500, 2)):
+                mask[cy + y : cy + y + 17, cx + x : cx + x + 17] |= disc
+        level0 = pydicom.dcmread(root / "he" / "level0.dcm")
+        write_seg(
+            root / "nuclei.seg.dcm",
+            [level0],
+            mask[None, ..., None],
+            ["Nucleus"],
+            tile_pixel_array=True,
+        )
+        tifffile.imwrite(
+            root / "nuclei.tif", mask.astype(np.uint8), tile=(256, 256), compression="zlib"
+        )
+        print(f"wrote the slide, its SEG and the TIFF in {time.perf_counter() - start:.0f} s")
+    image = open_source(str(root / "he"))
+    start = time.perf_counter()
+    header = segmentation_header(str(root / "nuclei.seg.dcm"))
+    names, (targets,) = segment_targets([header], "binary", None)
+    seg = DicomSegLabels(header, image, "binary", targets, 1)
+    opened = time.perf_counter() - start
+    size = (root / "nuclei.seg.dcm").stat().st_size / 2**20
+    print(f"the slide's SEG ({len(seg.segments)} frames, {size:.1f} MiB) opened in {opened:.2f} s")
+    _compare(seg, open_source(str(root / "nuclei.tif")), "TIFF", (1, SLIDE, SLIDE))
 
 
 def _cases(root: Path) -> None:
@@ -214,8 +281,10 @@ def round_trip(out: Path) -> None:
 
 
 if __name__ == "__main__":
-    if "--train" in sys.argv:
-        sys.argv.remove("--train")
-        round_trip(Path(sys.argv[1] if len(sys.argv) > 1 else "bench_seg_labels"))
+    modes = {"--train": round_trip, "--slide": slide}
+    chosen = [modes[a] for a in sys.argv[1:] if a in modes]
+    sys.argv = [a for a in sys.argv if a not in modes]
+    if chosen:
+        chosen[0](Path(sys.argv[1] if len(sys.argv) > 1 else "bench_seg_labels"))
     else:
         main()
