@@ -41,6 +41,8 @@ def _infer(args: Sequence[str]) -> int:
         print(f"  block seams: {summary.seams}")
     if summary.fitted:
         print(f"  tiles: {summary.fitted}")
+    if summary.levels:
+        print(f"  levels: {summary.levels}")
     for out in summary.outputs:
         print(f"  {out}")
     return 0

@@ -273,11 +273,12 @@ class InferConfig:
     """Input channels given to the model, in order; default: all of them."""
     axes: Optional[str] = None
     """Axis names of a plain zarr array or TIFF (e.g. zyx, cyx); default: from metadata."""
-    input_level: int = 0
+    input_level: Optional[int] = None
     """Resolution level of the input to segment: 0 the full resolution, 1 the pyramid's
     next (a pyramidal TIFF's or SVS's, an OME-Zarr's second dataset, a CZI's halving),
-    ...: for a model trained at a coarser pixel size. The output is at that level, with
-    its pixel size."""
+    ...: for a model trained at a coarser pixel size. Default: the level whose pixel is
+    nearest the one the model was trained at (``raysegment train`` records it), else 0.
+    The output is at that level, with its pixel size."""
     chunks: Optional[List[int]] = None
     """Output chunk size per spatial axis; default 1024 (2D) / 128 (3D)."""
     block: Optional[List[int]] = None
@@ -357,7 +358,7 @@ class InferConfig:
             or len(set(self.channels)) != len(self.channels)
         ):
             raise ConfigError(f"channels={self.channels}: give distinct channel indices >= 0")
-        if self.input_level < 0:
+        if self.input_level is not None and self.input_level < 0:
             raise ConfigError(f"input_level={self.input_level}: give 0 (full resolution) or more")
         if self.sequence not in (None, "z", "t"):
             raise ConfigError(

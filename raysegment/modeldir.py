@@ -9,4 +9,5 @@ MODEL_META = "raysegment.json"
 """Optional metadata next to model.pth: in_channels, spatial_dims, classes, class_codes
 (each class's coded meaning, or null: {"category": [value, scheme, meaning], "type": [...]},
 as DICOM SEGs code their segments), tile_size, normalize ({"mean": m, "std": s}, per
-channel or one value), activation."""
+channel or one value), activation, pixel_size ({"y": s, "x": s}, in pixel_unit: the pixel
+trained at, which infer's default input_level nears)."""

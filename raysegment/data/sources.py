@@ -17,7 +17,7 @@ import math
 import os
 import re
 import threading
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, TypeVar, cast
@@ -44,6 +44,7 @@ __all__ = [
     "kvstore",
     "tensorstore_format",
     "natural_key",
+    "nearest_level",
     "open_source",
     "open_sequence",
     "open_sources",
@@ -1799,6 +1800,39 @@ def _zarr_images(path: str) -> list[tuple[str, str]] | None:
             f"image again"
         )
     return [(g, f"s{i}") for i, g in enumerate(groups)]
+
+
+MICROMETRES = {
+    "angstrom": 1e-4,
+    "nanometer": 1e-3,
+    "micrometer": 1.0,
+    "millimeter": 1e3,
+    "centimeter": 1e4,
+    "meter": 1e6,
+}
+"""Micrometres in each NGFF length unit."""
+
+
+def nearest_level(source: ImageSource, size: Mapping[str, float], unit: str) -> ImageSource:
+    """``source`` (at full resolution) at the pyramid level whose pixel (along x) is
+    nearest ``size`` in ``unit`` (``{"y": 0.5, "x": 0.5}``, micrometer: a model's training
+    pixel), in ratio, the finer of two as near; itself where either pixel size or unit is
+    unknown."""
+    wanted = float(size.get("x", 0.0)) * MICROMETRES.get(unit, 0.0)
+
+    def pixel(level: ImageSource) -> float:
+        info = level.info
+        return float(info.scale.get("x", 0.0)) * MICROMETRES.get(info.units.get("x", ""), 0.0)
+
+    if wanted <= 0 or pixel(source) <= 0:
+        return source
+    best, gap = source, abs(math.log(pixel(source) / wanted))
+    for k in range(1, source.levels):
+        level = source.at_level(k)
+        here = pixel(level)
+        if here > 0 and abs(math.log(here / wanted)) < gap - 1e-9:
+            best, gap = level, abs(math.log(here / wanted))
+    return best
 
 
 def open_sources(

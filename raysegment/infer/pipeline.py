@@ -27,6 +27,7 @@ from raysegment.data.sources import (
     ImageSource,
     Unstored,
     image_stem,
+    nearest_level,
     open_sequence,
     open_sources,
     reader_module,
@@ -99,6 +100,8 @@ class InferSummary:
     fitted: str = ""
     """Images shorter than the tile along an axis, and the tiles fitted to them; "" when
     none is."""
+    levels: str = ""
+    """The pyramid levels read to near the model's training pixel; "" when none was."""
 
     @property
     def megapixels_per_second(self) -> float:
@@ -336,7 +339,7 @@ def _prepare(
     """
     import_ray_data()
 
-    sources = _open_images(cfg, paths)
+    sources = _open_images(cfg, paths, models)
     _refuse_shared_outputs(cfg.input, [s.name for s in sources])  # series named alike
     if cfg.finalize.nifti:
         other = next((s for s in sources if s.kind != "nifti"), None)
@@ -413,12 +416,36 @@ _MARKING_THREADS = 16
 an object store)."""
 
 
-def _open_images(cfg: InferConfig, paths: list[str]) -> list[ImageSource]:
+def _open_images(
+    cfg: InferConfig, paths: list[str], models: tuple[ModelFile, ...]
+) -> list[ImageSource]:
     """The images of ``paths``: each file's (``open_sources``), or with ``sequence`` the
-    files as one image's planes or time points."""
+    files as one image's planes or time points; at ``input_level``, or by default each at
+    the level nearest the pixel the model was trained at (``nearest_level``)."""
+    level = cfg.input_level or 0
     if cfg.sequence:
-        return [open_sequence(paths, cfg.sequence, cfg.axes, cfg.input_level)]
-    return [s for p in paths for s in open_sources(p, cfg.axes, cfg.input_level)]
+        return [open_sequence(paths, cfg.sequence, cfg.axes, level)]
+    sources = [s for p in paths for s in open_sources(p, cfg.axes, level)]
+    trained = models[0].meta.get("pixel_size")
+    if cfg.input_level is not None or not isinstance(trained, dict):
+        return sources
+    unit = str(models[0].meta.get("pixel_unit", ""))
+    return [nearest_level(s, trained, unit) for s in sources]
+
+
+def _levels_picked(cfg: InferConfig, plans: list[ImagePlan], models: tuple[ModelFile, ...]) -> str:
+    """The levels images were read at to near the model's pixel, with how many images
+    each; "" where every image ran at full resolution or ``input_level`` was given."""
+    levels = Counter(p.source.level for p in plans if p.source.level > 0)
+    if cfg.input_level is not None or not levels:
+        return ""
+    meta = models[0].meta
+    trained = f"{meta['pixel_size'].get('x')} {meta.get('pixel_unit', '')}".strip()
+    shown = ", ".join(f"{k} ({n} image(s))" for k, n in sorted(levels.items()))
+    return (
+        f"input_level {shown}: the level nearest the model's pixel, {trained}, of each "
+        f"(set input_level= to choose one)"
+    )
 
 
 def _mask_of(cfg: InferConfig, source: ImageSource) -> tuple[Mask | None, np.ndarray | None]:
@@ -477,6 +504,7 @@ def infer(config: InferConfig | Mapping[str, Any] | None = None, **overrides: An
             empty_blocks=len(unwritten),
             seams=summary_seams,
             fitted=fitted,
+            levels=_levels_picked(cfg, plans, models),
         )
         share = Counter(w.image for w in mine)  # this part's fraction of each image
         for plan in plans:

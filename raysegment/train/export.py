@@ -78,6 +78,7 @@ def model_metadata(data: TrainingSet) -> dict[str, Any]:
         "spatial_dims": 2,
         "classes": _class_names(data),
         **({"class_codes": list(data.class_codes)} if data.class_codes else {}),
+        **_pixel_size(data),
         "normalize": {"mean": list(data.mean), "std": list(data.std)},
         "activation": "softmax" if data.mode == "multiclass" else "sigmoid",
     }

@@ -285,6 +285,32 @@ def test_a_pyramidal_tiff_is_read_at_the_level_asked(
         open_sources(path, level=3)
 
 
+def test_the_level_nearest_a_models_pixel_is_picked(tmp_path: Path) -> None:
+    """Of a pyramid of 0.25, 0.5 and 1 um pixels: the level nearest the pixel asked, in
+    ratio, in any length unit (the finer of two as near); full resolution where the unit
+    or a pixel size is unknown."""
+    from raysegment.data.sources import nearest_level
+
+    path = tmp_path / "slide.ome.tif"
+    axes, shape, opts = PYRAMIDS[0]
+    _pyramidal_ome_tiff(path, random_image(shape, dtype="uint8"), axes, **opts)
+    (full,) = open_sources(path)
+    for size, unit, level in [
+        (0.5, "micrometer", 1),
+        (0.9, "micrometer", 2),
+        (0.0005, "millimeter", 1),
+        (0.1, "micrometer", 0),
+        (8.0, "micrometer", 2),
+        (0.25 * 2**0.5, "micrometer", 0),  # as near 0.25 as 0.5
+        (0.5, "furlong", 0),
+    ]:
+        picked = nearest_level(full, {"y": size, "x": size}, unit)
+        assert picked.level == level, (size, unit)
+    tifffile.imwrite(tmp_path / "plain.tif", random_image((64, 64), dtype="uint8"))
+    (plain,) = open_sources(tmp_path / "plain.tif")  # no pixel size
+    assert nearest_level(plain, {"x": 0.5}, "micrometer") is plain
+
+
 def test_ome_zarr_is_read_at_the_level_asked(tmp_path: Path) -> None:
     image = random_image((64, 48))
     group = zarr.open_group(str(tmp_path / "img.ome.zarr"), mode="w", zarr_format=3)

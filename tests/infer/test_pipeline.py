@@ -276,14 +276,18 @@ def test_precomputed_em_volume_at_its_second_scale(tmp_path, make_model, served,
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-4)
 
 
-@pytest.mark.parametrize(("level", "served"), [(0, False), (1, False), (1, True)])
+@pytest.mark.parametrize(
+    ("level", "served", "picked"), [(0, False, False), (1, False, True), (1, True, False)]
+)
 def test_ome_zarr_05_volume_keeps_anisotropic_scale(
-    tmp_path, make_model, level, served, request
+    tmp_path, make_model, level, served, picked, request
 ) -> None:
     """Its full resolution, or (``input_level=1``) its second dataset, halved in y and x
     only (connectomics' mip levels), from disk or from a web server (as public OME-Zarr
     images are served): the output at that level with its voxel size, and where the input
-    places it (its multiscale's translation, the level's own half-pixel shift on top)."""
+    places it (its multiscale's translation, the level's own half-pixel shift on top).
+    ``picked``: no ``input_level``; the model records the pixel it was trained at (15 nm),
+    and the level nearest it (16 nm, not 8) is read."""
     vol = random_image((20, 40, 40)).astype("uint8")
     path = tmp_path / "vol.ome.zarr"
     g = zarr.open_group(str(path), mode="w", zarr_format=3)
@@ -312,18 +316,24 @@ def test_ome_zarr_05_volume_keeps_anisotropic_scale(
         ],
     }
     model, module = make_model(dims=3, out_ch=1)
+    if picked:  # a model directory recording its training pixel
+        (tmp_path / "trained").mkdir()
+        model = model.rename(tmp_path / "trained" / "model.pth").parent
+        meta = {"pixel_size": {"y": 15.0, "x": 15.0}, "pixel_unit": "nanometer"}
+        (model / "raysegment.json").write_text(json.dumps(meta))
     where = str(path)
     if served:
         where = f"{request.getfixturevalue('http_server')}/vol.ome.zarr"
-    infer(
+    summary = infer(
         input=where,
         model=str(model),
         output=str(tmp_path / "out"),
         progress=False,
-        input_level=level,
+        **({} if picked else {"input_level": level}),
         tile={"size": [16], "overlap": 0.5, "blend": "crop"},
         finalize={"mode": "raw"},
     )
+    assert summary.levels.startswith("input_level 1 (1 image(s)): ") == picked
     out = tmp_path / "out" / "vol.ome.zarr"
     ms = _attrs(out)["ome"]["multiscales"][0]
     assert [a["name"] for a in ms["axes"]] == ["c", "z", "y", "x"]
