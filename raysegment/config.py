@@ -496,7 +496,8 @@ class TrainConfig:
     """Resolution level of the images trained on, as infer's ``input_level``: 0 the full
     resolution, 1 the pyramid's next, ... (a slide's 10x of its 40x). Labels drawn at full
     resolution (label images, DICOM SEGs, GeoJSON) are read at that level, each pixel the
-    label under its centre. Segment with the same ``input_level``."""
+    label under its centre. The model records the pixel size trained at, and infer reads
+    each image at the level nearest it."""
     train_fraction: float = 0.7
     """Fraction of the image pairs used for training; the rest validates (seeded split)."""
     folds: int = 1
