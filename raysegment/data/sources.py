@@ -1828,6 +1828,8 @@ def nearest_level(source: ImageSource, size: Mapping[str, float], unit: str) -> 
         return source
     best, gap = source, abs(math.log(pixel(source) / wanted))
     for k in range(1, source.levels):
+        if pixel(best) >= wanted:
+            break  # the levels only coarsen: none further is nearer
         level = source.at_level(k)
         here = pixel(level)
         if here > 0 and abs(math.log(here / wanted)) < gap - 1e-9:
