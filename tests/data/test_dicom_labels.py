@@ -1,5 +1,6 @@
-"""DICOM Segmentations as training labels: frames placed on their series' slices by
-position, segments as classes by name, SEGs paired with the series they reference."""
+"""DICOM Segmentations as training labels: a series' SEG's frames placed on its slices by
+position, a slide's as tiles of its pixel matrix (at any of its levels), segments as
+classes by name, SEGs paired with the series they reference."""
 
 from __future__ import annotations
 
