@@ -18,9 +18,10 @@ import posixpath
 import shutil
 import socket
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from raysegment.errors import ConfigError, OutputError
 
@@ -28,6 +29,7 @@ __all__ = [
     "Location",
     "basename",
     "claim",
+    "each",
     "exists",
     "is_dir",
     "is_url",
@@ -247,6 +249,20 @@ READ_BLOCK = 2**20
 """Bytes an object store's file is fetched in when read piece by piece (a TIFF's
 directories): small enough that a slide's few directories cost little, large enough that
 neighbouring ones come in one request."""
+
+
+T = TypeVar("T")
+
+URL_THREADS = 16
+"""Requests ``each`` sends at once to object stores and web servers."""
+
+
+def each(read: Callable[[str], T], locations: Sequence[str]) -> list[T]:
+    """``read`` of every location, in their order: ``URL_THREADS`` at a time where any is
+    a URL (each request waits out a round trip), else one after another."""
+    threads = URL_THREADS if any(is_url(loc) for loc in locations) else 1
+    with ThreadPoolExecutor(threads) as pool:
+        return list(pool.map(read, locations))
 
 
 def open_read(location: str, block: int = READ_BLOCK) -> Any:

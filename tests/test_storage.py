@@ -203,3 +203,19 @@ def test_a_url_whose_client_is_not_installed_names_the_extra(monkeypatch) -> Non
         monkeypatch.delitem(sys.modules["fsspec.registry"]._registry, scheme, raising=False)
     with pytest.raises(ConfigError, match=r"gs://b/em: gs:// URLs need .*'raysegment\[gcs\]'"):
         open_sources("gs://b/em")
+
+
+def test_each_reads_urls_at_once_and_local_paths_in_turn() -> None:
+    """``storage.each``: results in the locations' order; URLs read concurrently (two
+    reads meet at a barrier only if they run at once), local paths on one thread."""
+    import threading
+
+    barrier = threading.Barrier(2, timeout=10)
+
+    def meet(location: str) -> str:
+        barrier.wait()
+        return location.upper()
+
+    assert storage.each(meet, ["s3://b/x", "s3://b/y"]) == ["S3://B/X", "S3://B/Y"]
+    threads = storage.each(lambda _: threading.get_ident(), ["/a", "/b", "/c"])
+    assert len(set(threads)) == 1

@@ -25,7 +25,6 @@ import os
 import struct
 from collections import defaultdict
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -103,11 +102,7 @@ def _series(directory: str) -> list[tuple[str, list[Any]]]:
     series' numbers."""
     reader_module(directory, "pydicom", "DICOM", "dicom")  # its error names the directory
     found: dict[str, list[Any]] = defaultdict(list)
-    files = _files(directory)
-    # An object store's files in concurrent requests (each waits out a round trip).
-    threads = 16 if storage.is_url(directory) else 1
-    with ThreadPoolExecutor(threads) as pool:
-        headers = list(pool.map(_header, files))
+    headers = storage.each(_header, _files(directory))
     segmentations = 0
     for header in headers:
         if "Rows" not in header:

@@ -34,11 +34,12 @@ def _by_reference(images: dict[str, str], labels: dict[str, str]) -> dict[str, s
     beside their Segmentations), each DICOM Segmentation no image shares a name with keyed
     by the image of the series it references (a DICOM series' directory, by its first
     file's series); Segmentations among the ``images`` are dropped from them."""
-    segmentations = {key: segmentation_header(path) for key, path in labels.items()}
+    read = storage.each(segmentation_header, list(labels.values()))
+    segmentations = dict(zip(labels, read, strict=True))
     series: dict[str, str] = {}
-    if any(segmentations.values()):  # else no DICOM header of an image is read
-        for key, path in list(images.items()):
-            header = first_header(path)
+    if any(read):  # else no DICOM header of an image is read
+        firsts = storage.each(first_header, list(images.values()))
+        for key, header in zip(list(images), firsts, strict=True):
             if header is not None and is_segmentation(header):
                 del images[key]  # a label beside its series
             elif header is not None:

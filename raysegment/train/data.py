@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 
+from raysegment import storage
 from raysegment.config import TrainConfig, Unannotated
 from raysegment.data.annotations import IGNORED, GeoJsonLabels, is_geojson
 from raysegment.data.dicom_labels import (
@@ -341,7 +342,8 @@ def prepare(cfg: TrainConfig) -> TrainingSet:
         )
     drawn = cfg.ignore_index if cfg.ignore_index is not None else IGNORED
     mode = str(cfg.mode.value)
-    headers = {label: segmentation_header(label) for _, label in found}
+    labels = [label for _, label in found]
+    headers = dict(zip(labels, storage.each(segmentation_header, labels), strict=True))
     segmentations = [h for h in headers.values() if h is not None]
     class_names = cfg.class_names
     class_codes = None
