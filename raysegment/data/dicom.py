@@ -126,6 +126,7 @@ _FRAME_GROUPS = {
     "PlaneOrientationSequence": ("ImageOrientationPatient",),
     "PixelMeasuresSequence": ("PixelSpacing", "SliceThickness"),
     "PixelValueTransformationSequence": ("RescaleSlope", "RescaleIntercept"),
+    "FrameContentSequence": ("TemporalPositionIndex",),
 }
 """An enhanced (multi-frame) file's functional groups a slice's header takes its
 attributes from, the frame's own or the shared ones."""
@@ -170,6 +171,22 @@ def _frames(header: Any) -> list[Any]:
         frame.filename, frame.frame = header.filename, index
         slices.append(frame)
     return slices
+
+
+def _time_points(headers: list[Any]) -> list[list[Any]]:
+    """A series' slices by time point (DCE-MRI's, perfusion CT's, a 4D CT's phases: the
+    classic ``TemporalPositionIdentifier`` or an enhanced frame's
+    ``TemporalPositionIndex``), in their order; one where they have none or one."""
+    by_time: dict[int, list[Any]] = defaultdict(list)
+    for header in headers:
+        when = header.get("TemporalPositionIndex", header.get("TemporalPositionIdentifier"))
+        by_time[int(when) if when not in (None, "") else 0].append(header)
+    return [by_time[k] for k in sorted(by_time)]
+
+
+def _where(header: Any) -> np.ndarray:
+    """A slice's position (x, y, z, millimetres; 0 where it has none)."""
+    return np.asarray(header.get("ImagePositionPatient", [0, 0, 0]), float)
 
 
 def _normal(header: Any) -> np.ndarray:
@@ -220,7 +237,8 @@ class _DicomSource(ImageSource):
 
 
 class DicomSeriesSource(_DicomSource):
-    """A DICOM series as a volume (z, y, x): its pixel spacing and slice spacing in
+    """A DICOM series as a volume (z, y, x), or a volume a time point (t, z, y, x: the
+    same slices at each of its temporal positions): its pixel spacing and slice spacing in
     millimetres; rescaled values as float32 (the stored type where slope 1 and intercept
     0); the first slice's position as the origin where the slices are axial (rows along
     x, columns along y)."""
@@ -230,10 +248,20 @@ class DicomSeriesSource(_DicomSource):
     def _inspect(self) -> ImageInfo:
         if self.level > 0:
             raise self._no_level(1)
-        headers = self._series_headers()
-        ordered, spacing = _ordered(self.path, headers)
-        self.files = [h.filename for h in ordered]
-        self.frames = [getattr(h, "frame", None) for h in ordered]  # an enhanced file's
+        times = [_ordered(self.path, h) for h in _time_points(self._series_headers())]
+        (ordered, spacing), later = times[0], times[1:]
+        for k, (others, _) in enumerate(later, start=1):
+            if len(others) != len(ordered) or not np.allclose(
+                [_where(h) for h in others], [_where(h) for h in ordered], atol=1e-3
+            ):
+                raise InputImageError(
+                    f"{self.path}: its time point {k + 1} covers other slices than its first "
+                    f"({len(others)} against {len(ordered)}); export every temporal position "
+                    f"of the same slices, or each as a series"
+                )
+        every = [h for slices, _ in times for h in slices]  # t by t, each in slice order
+        self.files = [h.filename for h in every]
+        self.frames = [getattr(h, "frame", None) for h in every]  # an enhanced file's
         first = ordered[0]
         # Where each slice lies (x, y, z, millimetres): DICOM Segmentations' frames are
         # matched to the slices by it (``dicom_labels``).
@@ -245,9 +273,9 @@ class DicomSeriesSource(_DicomSource):
         self.orientation = [float(v) for v in first.get("ImageOrientationPatient", [])]
         self.frame_of_reference = str(first.get("FrameOfReferenceUID", ""))
         rows, columns = int(first.Rows), int(first.Columns)
-        if any((int(h.Rows), int(h.Columns)) != (rows, columns) for h in ordered):
+        if any((int(h.Rows), int(h.Columns)) != (rows, columns) for h in every):
             raise InputImageError(f"{self.path}: the series' slices differ in size")
-        if any(int(h.get("NumberOfFrames", 1) or 1) > 1 for h in ordered):
+        if any(int(h.get("NumberOfFrames", 1) or 1) > 1 for h in every):
             raise InputImageError(
                 f"{self.path}: multi-frame DICOM files without a position for each frame (cine "
                 f"loops, old-style multi-frame files); raysegment reads series of one slice a file "
@@ -260,7 +288,7 @@ class DicomSeriesSource(_DicomSource):
             )
         self.rescale = [
             (float(h.get("RescaleSlope", 1) or 1), float(h.get("RescaleIntercept", 0) or 0))
-            for h in ordered
+            for h in every
         ]
         signed = int(first.get("PixelRepresentation", 0)) == 1
         bits = int(first.get("BitsAllocated", 16))
@@ -282,7 +310,7 @@ class DicomSeriesSource(_DicomSource):
         if axial and "ImagePositionPatient" in first:
             x, y, z = (float(v) for v in first.ImagePositionPatient)
             origin = {"x": x, "y": y, "z": z}
-        shape = (1, 1, len(ordered), rows, columns)
+        shape = (len(times), 1, len(ordered), rows, columns)
         return ImageInfo(shape, dtype, scale, units, origin=origin)  # type: ignore[arg-type]
 
     def _open(self) -> Any:
@@ -294,7 +322,8 @@ class DicomSeriesSource(_DicomSource):
         pydicom = self.handle
         (z0, z1), (y0, y1), (x0, x1) = region
         out = np.empty((1, z1 - z0, y1 - y0, x1 - x0), self.info.dtype)
-        for k, z in enumerate(range(z0, z1)):
+        planes = self.info.shape[2]
+        for k, z in enumerate(range(t * planes + z0, t * planes + z1)):
             try:
                 with storage.open_read(self.files[z]) as f:
                     if self.frames[z] is None:

@@ -650,6 +650,12 @@ def _check_dicom_seg(cfg: InferConfig, sources: list[ImageSource]) -> None:
             f"{key}: finalize.mode={mode}; a DICOM Segmentation holds binary segments: set "
             f"finalize.mode=mask (a segment per class channel) or labels"
         )
+    timed = next((s for s in sources if s.info.shape[0] > 1), None)
+    if timed is not None:
+        raise ConfigError(
+            f"{key}: {timed.path} has {timed.info.shape[0]} time points; DICOM Segmentations "
+            f"are written of a series of one: drop the key (the OME-Zarr holds them all)"
+        )
     reader_module(sources[0].path, "highdicom", "DICOM Segmentations", "dicom")
 
 

@@ -793,3 +793,52 @@ def test_a_dicom_seg_is_written_to_an_object_store(s3, tmp_path) -> None:
     assert [s.SegmentLabel for s in seg.SegmentSequence] == ["tumour"]
     frames = _seg_frames(tmp_path / "back.dcm", tmp_path / "ct", 1)
     np.testing.assert_array_equal(frames[..., 0], mask[0])
+
+
+def test_a_series_of_several_time_points_reads_a_volume_each(tmp_path) -> None:
+    """DCE-MRI's, perfusion CT's: the same slices at each temporal position, classic files
+    (``TemporalPositionIdentifier``) or an enhanced file's frames (``TemporalPositionIndex``)
+    as time points in their order; time points of other slices are one error."""
+    from raysegment.infer.pipeline import _check_dicom_seg
+
+    first, second = (random_image((4, 16, 20), seed=k).astype(np.uint16) for k in (1, 2))
+    write_series(tmp_path / "dce", first)
+    for path in sorted((tmp_path / "dce").iterdir()):
+        ds = pydicom.dcmread(path)
+        ds.TemporalPositionIdentifier = 1
+        ds.save_as(path)
+        z = round((float(ds.ImagePositionPatient[2]) - ORIGIN[2]) / SPACING[0])
+        ds.SOPInstanceUID, ds.TemporalPositionIdentifier = generate_uid(), 2
+        ds.PixelData = second[z].tobytes()
+        ds.save_as(path.with_name(f"t2_{path.name}"))
+    (series,) = open_sources(tmp_path / "dce")
+    assert series.info.shape == (2, 1, 4, 16, 20)
+    for t, volume in enumerate((first, second)):
+        got = series.read(t, (0,), ((1, 4), (2, 16), (0, 20)))[0]
+        np.testing.assert_array_equal(got, volume[1:4, 2:].astype(np.float32) - 1024)
+
+    write_enhanced(tmp_path / "perfusion" / "ct.dcm", np.concatenate([first, second]))
+    ds = pydicom.dcmread(tmp_path / "perfusion" / "ct.dcm")
+    for item in ds.PerFrameFunctionalGroupsSequence:  # frames 4-7: the slices again, later
+        position = item.PlanePositionSequence[0].ImagePositionPatient
+        z = round((float(position[2]) - ORIGIN[2]) / SPACING[0])
+        position[2] = ORIGIN[2] + (z % 4) * SPACING[0]
+        content = Dataset()
+        content.TemporalPositionIndex = 1 + z // 4
+        item.FrameContentSequence = [content]
+    ds.save_as(tmp_path / "perfusion" / "ct.dcm")
+    (enhanced,) = open_sources(tmp_path / "perfusion")
+    assert enhanced.info.shape == (2, 1, 4, 16, 20)
+    np.testing.assert_array_equal(
+        enhanced.read(1, (0,), ((0, 4), (0, 16), (0, 20)))[0], second.astype(np.float32) - 1024
+    )
+    from raysegment.config import InferConfig, load_config
+    from raysegment.errors import ConfigError
+
+    cfg = load_config(InferConfig, (), ["input=x", "model=m", "output=o", "finalize.mode=mask"])
+    with pytest.raises(ConfigError, match=r"dce has 2 time points; DICOM Segmentations"):
+        _check_dicom_seg(cfg, [series])
+
+    (tmp_path / "dce" / f"t2_{sorted(p.name for p in (tmp_path / 'dce').iterdir())[0]}").unlink()
+    with pytest.raises(InputImageError, match=r"dce: its time point 2 covers other slices"):
+        open_sources(tmp_path / "dce")
