@@ -508,14 +508,15 @@ def _items(f: Any, at: int, where: str) -> Iterator[tuple[int, int]]:
         f.seek(size, os.SEEK_CUR)
 
 
-def _frame_table(path: str, frames: int, size: int) -> tuple[np.ndarray, bool]:
+def _frame_table(path: str, frames: int, bits: int) -> tuple[np.ndarray, bool]:
     """(frames, 2): where each of a file's ``frames`` frames lies in it (offset, length),
     and whether they are encapsulated: then each span is the frame's items (its
     fragments), found from the extended offset table, else the basic one, else by
     counting the items (one a frame; frames of several fragments without a table are
-    another reader's: at a URL, counting them reads the whole file); else ``size`` bytes
-    each, one after another. Raises ``_Indirect`` where the pixel data is not explicit
-    little endian."""
+    another reader's: at a URL, counting them reads the whole file); else ``bits`` bits
+    each, one after another: each span the bytes holding them (a bit-packed frame may
+    begin and end mid-byte: at bit ``bits * k % 8`` of its first). Raises ``_Indirect``
+    where the pixel data is not explicit little endian."""
     import pydicom
 
     with storage.open_read(path) as f:
@@ -525,10 +526,11 @@ def _frame_table(path: str, frames: int, size: int) -> tuple[np.ndarray, bool]:
         if (group, element) != (0x7FE0, 0x0010) or vr not in (b"OB", b"OW"):
             raise _Indirect(path)
         if length != 0xFFFFFFFF:  # native: frames one after another
-            if length < size * frames:
+            if length * 8 < bits * frames:
                 raise InputImageError(f"{path}: its pixel data is shorter than its frames")
-            offsets = start + 12 + size * np.arange(frames, dtype=np.int64)
-            return np.stack([offsets, np.full_like(offsets, size)], axis=1), False
+            first = bits * np.arange(frames, dtype=np.int64)  # each frame's first bit
+            spans = [start + 12 + first // 8, (first % 8 + bits + 7) // 8]
+            return np.stack(spans, axis=1), False
         tag, table = struct.unpack("<II", f.read(8))  # the basic offset table's item
         if tag != _ITEM:
             raise _Indirect(path)
@@ -615,9 +617,9 @@ class DicomSlideSource(_DicomSource):
         self.grid = (down, across)
         # Made here, once: a slide it cannot tell the frames of goes to OpenSlide.
         rows, columns = layout.tile
-        size = rows * columns * (layout.bits // 8) * (1 if layout.grey else 3)
+        bits = rows * columns * layout.bits * (1 if layout.grey else 3)
         tables = [
-            _frame_table(p, n, size) for p, n in zip(layout.paths, layout.frames, strict=True)
+            _frame_table(p, n, bits) for p, n in zip(layout.paths, layout.frames, strict=True)
         ]
         self.tables = [table for table, _ in tables]
         self.encapsulated = tables[0][1]

@@ -260,20 +260,17 @@ class DicomSegLabels(ImageSource):
         for number, target in targets.items():
             self.lut[number] = target
         self.table: np.ndarray | None = None
-        """The frames' byte ranges where they are uncompressed (``_Frames``' table), and
-        the bit each begins at in its first byte (bit-packed frames need not end on a
-        byte)."""
+        """The frames' byte ranges where they are uncompressed (``_Frames``' table)."""
         size, count = self.rows * self.columns * self.bits, len(self.slices)
         syntax = str(header.file_meta.get("TransferSyntaxUID", ""))
         if syntax == _NATIVE and count:
-            try:  # the pixel data's first byte
-                start = int(_frame_table(path, 1, -(-size * count // 8))[0][0, 0])
+            try:
+                self.table, _ = _frame_table(path, count, size)
             except _Indirect:
                 pass
-            else:
-                first = size * np.arange(count, dtype=np.int64)
-                self.table = np.stack([start + first // 8, (first % 8 + size + 7) // 8], axis=1)
-                self.skips = first % 8
+            # The bit each frame begins at in its first byte (bit-packed frames need not
+            # end on a byte).
+            self.skips = size * np.arange(count, dtype=np.int64) % 8
         super().__init__(path, name=image.name)
 
     def _place(self, path: str, header: Any, image: ImageSource) -> tuple[np.ndarray, np.ndarray]:
