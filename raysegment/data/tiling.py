@@ -27,7 +27,16 @@ __all__ = [
     "block_at",
     "block_grid",
     "iter_blocks",
+    "under_centres",
 ]
+
+
+def under_centres(start: int, stop: int, size: int, other: int) -> np.ndarray:
+    """Of an axis of ``other`` pixels over the same extent as one of ``size``, the pixel
+    under the centre of each of ``start`` .. ``stop``: floor((i + 1/2) * other / size), in
+    integers (a mask's or a full resolution's pixel for an image's, nearest)."""
+    return np.minimum((2 * np.arange(start, stop) + 1) * other // (2 * size), other - 1)
+
 
 GAUSSIAN_SIGMA = 0.125
 """Gaussian sigma as a fraction of the tile size (as in nnU-Net and MONAI)."""

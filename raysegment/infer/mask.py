@@ -23,6 +23,7 @@ import numpy as np
 from raysegment import storage
 from raysegment.data.annotations import box, is_geojson, polygons, rasterize, read_geojson
 from raysegment.data.sources import ImageSource, MemorySource, Region, open_sources
+from raysegment.data.tiling import under_centres
 from raysegment.errors import InputImageError
 
 __all__ = ["AUTO", "NAME_FIELD", "Mask", "auto_mask", "geojson_mask", "open_mask"]
@@ -51,7 +52,7 @@ class Mask:
         floor((i + 1/2) * m / n), in integers."""
         sizes = self.source.info.shape[2:]
         return [
-            np.minimum((2 * np.arange(a, b) + 1) * m // (2 * n), m - 1)
+            under_centres(a, b, n, m)
             for (a, b), n, m in zip(region, self.image, sizes, strict=True)
         ]
 

@@ -23,6 +23,7 @@ from raysegment.data.dicom_labels import (
 )
 from raysegment.data.pairs import pair_images
 from raysegment.data.sources import ImageInfo, ImageSource, open_source
+from raysegment.data.tiling import under_centres
 from raysegment.errors import ConfigError, InputImageError
 
 __all__ = ["IGNORE", "AtLevel", "Pair", "TrainingSet", "prepare", "read_patches"]
@@ -141,18 +142,13 @@ class AtLevel(ImageSource):
     def _open(self) -> Any:
         return None
 
-    def _under(self, start: int, stop: int, axis: int) -> np.ndarray:
-        """The full-resolution pixels under the centres of this level's ``start`` ..
-        ``stop`` along ``axis`` (3: y, 4: x)."""
-        full, level = self.labels.info.shape[axis], self.shape[axis]
-        centres = (np.arange(start, stop) + 0.5) * full / level
-        return np.minimum(centres.astype(np.int64), full - 1)
-
     def _read(
         self, t: int, channels: tuple[int, ...], region: tuple[tuple[int, int], ...]
     ) -> np.ndarray:
         (z0, z1), (y0, y1), (x0, x1) = region
-        rows, columns = self._under(y0, y1, 3), self._under(x0, x1, 4)
+        (_, _, _, height, width), level = self.labels.info.shape, self.shape
+        rows = under_centres(y0, y1, level[3], height)
+        columns = under_centres(x0, x1, level[4], width)
         under = (
             (z0, z1),
             (int(rows[0]), int(rows[-1]) + 1),
