@@ -15,6 +15,7 @@ regard to case), so SEGs that number the same organs differently label alike.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -61,14 +62,18 @@ def referenced_series(header: Any) -> list[str]:
     return [str(item.SeriesInstanceUID) for item in header.get("ReferencedSeriesSequence", [])]
 
 
+def _segments(header: Any) -> Iterator[tuple[int, str, Any]]:
+    """A SEG's segments: number, name (``SegmentLabel``, else ``segment_<number>``) and
+    description; a label map's segment 0, its background, is none."""
+    for item in header.get("SegmentSequence", []):
+        number = int(item.SegmentNumber)
+        if number > 0:
+            yield number, str(item.get("SegmentLabel") or f"segment_{number}"), item
+
+
 def segment_names(header: Any) -> dict[int, str]:
-    """A SEG's segments: ``SegmentLabel`` (else ``segment_<number>``) by segment number;
-    a label map's segment 0, its background, is none."""
-    return {
-        int(item.SegmentNumber): str(item.get("SegmentLabel") or f"segment_{item.SegmentNumber}")
-        for item in header.get("SegmentSequence", [])
-        if int(item.SegmentNumber) > 0
-    }
+    """A SEG's segments' names by segment number."""
+    return {number: name for number, name, _ in _segments(header)}
 
 
 def _code(item: Any, key: str) -> list[str] | None:
@@ -91,12 +96,11 @@ def segment_codes(headers: list[Any]) -> dict[str, dict[str, list[str]]]:
     both codes are left out."""
     found: dict[str, dict[str, list[str]]] = {}
     for header in headers:
-        for item in header.get("SegmentSequence", []):
+        for _, name, item in _segments(header):
             category = _code(item, "SegmentedPropertyCategoryCodeSequence")
             kind = _code(item, "SegmentedPropertyTypeCodeSequence")
-            name = str(item.get("SegmentLabel") or f"segment_{item.SegmentNumber}").casefold()
-            if category and kind and int(item.SegmentNumber) > 0:
-                found.setdefault(name, {"category": category, "type": kind})
+            if category and kind:
+                found.setdefault(name.casefold(), {"category": category, "type": kind})
     return found
 
 
