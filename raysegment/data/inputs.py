@@ -74,7 +74,9 @@ def _matching(input: str, pattern: str | None, prefix: str, labels: bool) -> lis
         if is_dicom_dir(path):
             return [path]
         found = [storage.join(path, n) for n in entries if is_dicom_dir(storage.join(path, n))]
-        found = [p for p in found if labels or not segmentations_only(p)]
+        if not labels:  # a header of each, 16 at a time at a URL
+            segs = storage.each(segmentations_only, found)
+            found = [p for p, seg in zip(found, segs, strict=True) if not seg]
     if not found:
         names = entries[:5]
         seen = f"; it holds e.g. {names}" if names else "; it is empty"
