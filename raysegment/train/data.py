@@ -158,13 +158,13 @@ class AtLevel(ImageSource):
         return full[:, :, rows - rows[0]][:, :, :, columns - columns[0]]
 
 
-def _at_level(label: ImageSource, image: ImageSource) -> ImageSource:
-    """``label`` as ``image`` reads: itself, or, drawn at the full resolution of an image
-    read at a reduced level, ``AtLevel``."""
-    if image.level == 0 or label.info.shape[3:] == image.info.shape[3:]:
+def _at_level(label: ImageSource, image: ImageSource, full: ImageSource) -> ImageSource:
+    """``label`` as ``image`` reads: itself, or, drawn at the size of the image's ``full``
+    resolution where it is read at a reduced level, ``AtLevel``."""
+    size = label.info.shape[3:]
+    if size == image.info.shape[3:] or size != full.info.shape[3:]:
         return label
-    full = image.at_level(0).info.shape
-    return AtLevel(label, image.info.shape) if label.info.shape[3:] == full[3:] else label
+    return AtLevel(label, image.info.shape)
 
 
 def _check_pair(image: ImageSource, label: ImageSource, patch: tuple[int, int], mode: str) -> None:
@@ -350,9 +350,9 @@ def prepare(cfg: TrainConfig) -> TrainingSet:
         class_codes = tuple(codes.get(name.casefold()) for name in class_names)
     for image_path, label_path in found:
         image = open_source(image_path, level=cfg.input_level)
+        full = image.at_level(0) if image.level else image
         header = headers[label_path]
         if header is not None:  # drawn on the image's full resolution
-            full = image.at_level(0) if image.level else image
             label: ImageSource = DicomSegLabels(
                 header, full, mode, drawing[id(header)], len(class_names or ())
             )
@@ -360,7 +360,7 @@ def prepare(cfg: TrainConfig) -> TrainingSet:
             label = GeoJsonLabels(label_path, image, mode, cfg.class_names, drawn, sparse)
         else:
             label = open_source(label_path)
-        label = _at_level(label, image)
+        label = _at_level(label, image, full)
         pair = Pair(image, label)
         _check_pair(pair.image, pair.label, patch, cfg.mode.value)  # type: ignore[arg-type]
         pairs.append(pair)
