@@ -634,15 +634,17 @@ def _complete(plan: ImagePlan, cfg: InferConfig, gathered: InputPreview | None =
 
 
 def _check_dicom_seg(cfg: InferConfig, sources: list[ImageSource]) -> None:
-    """``finalize.dicom_seg=true`` of DICOM series with masks or labels, highdicom at hand."""
+    """``finalize.dicom_seg=true`` of DICOM series or slides with masks or labels, highdicom
+    at hand."""
     from raysegment.post.dicom_seg import SEG_MODES
 
     key = "finalize.dicom_seg=true"
-    other = next((s for s in sources if s.kind != "dicom"), None)
+    other = next((s for s in sources if s.kind not in ("dicom", "dicom-slide")), None)
     if other is not None:
         raise ConfigError(
-            f"{key}: {other.path} is no DICOM series ({other.kind}); DICOM Segmentations are "
-            f"written of DICOM series (CT, MR, PET) only: narrow pattern= or drop the key"
+            f"{key}: {other.path} is no DICOM series or slide read frame by frame "
+            f"({other.kind}); DICOM Segmentations are written of DICOM series (CT, MR, PET) "
+            f"and whole-slide images only: narrow pattern= or drop the key"
         )
     mode = cfg.finalize.mode.value
     if mode not in SEG_MODES:
@@ -660,8 +662,9 @@ def _check_dicom_seg(cfg: InferConfig, sources: list[ImageSource]) -> None:
 
 
 def _write_dicom_seg(plan: ImagePlan, cfg: InferConfig) -> None:
-    """``<name>.seg.dcm`` beside the output: its classes as segments of the input series."""
-    from raysegment.post.dicom_seg import segments, write_dicom_seg
+    """``<name>.seg.dcm`` beside the output: its classes as segments of the input series,
+    or of the input slide's level it was made of."""
+    from raysegment.post.dicom_seg import segments, write_dicom_seg, write_slide_seg
 
     layout, mode = plan.layout, cfg.finalize.mode.value
     activation = cfg.finalize.activation.value
@@ -671,8 +674,12 @@ def _write_dicom_seg(plan: ImagePlan, cfg: InferConfig) -> None:
     names = [plan.classes[i] for i in kept]
     coded = [plan.class_codes[i] for i in kept] if plan.class_codes else None
     location = storage.join(storage.parent(plan.output), f"{layout.name}.seg.dcm")
-    source: Any = plan.source  # a DicomSeriesSource
+    source: Any = plan.source  # a DicomSeriesSource or DicomSlideSource
     array = storage.join(plan.output, "0")
+    if source.kind == "dicom-slide":
+        files = list(source.layout.paths)
+        write_slide_seg(array, files, mode, chosen, names, location, coded)
+        return
     files, frames = list(source.files), list(source.frames)
     write_dicom_seg(array, layout.axes, files, frames, mode, chosen, names, location, coded)
 

@@ -252,6 +252,7 @@ def _slide_level(
     ds.TotalPixelMatrixFocalPlanes = ds.NumberOfOpticalPaths = 1
     measures = Dataset()
     measures.PixelSpacing = [mpp * 2 ** max(k, 0) / 1000] * 2  # millimetres
+    measures.SliceThickness = 0.004  # the section's, millimetres
     shared = Dataset()
     shared.PixelMeasuresSequence = [measures]
     ds.SharedFunctionalGroupsSequence = [shared]
@@ -656,7 +657,7 @@ def test_dicom_seg_is_refused_before_the_run_for_what_it_cannot_hold(
     nifti = tmp_path / "ct.nii"
     nibabel = pytest.importorskip("nibabel")
     nibabel.save(nibabel.Nifti1Image(np.zeros((4, 4, 4), np.int16), np.eye(4)), nifti)
-    with pytest.raises(ConfigError, match=r"ct.nii is no DICOM series \(nifti\)"):
+    with pytest.raises(ConfigError, match=r"ct.nii is no DICOM series or slide .*\(nifti\)"):
         infer(**run | {"input": str(nifti)}, finalize={"mode": "mask", "dicom_seg": True})
     monkeypatch.setitem(sys.modules, "highdicom", None)
     with pytest.raises(

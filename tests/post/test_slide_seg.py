@@ -1,0 +1,193 @@
+"""A DICOM slide's output as a DICOM SEG, streamed: the same frames and functional groups
+highdicom writes of the whole mask at once, read back by highdicom and by raysegment's own
+SEG labels, of the level the output was made at."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pydicom
+import pytest
+import zarr
+
+from raysegment.data.dicom_labels import DicomSegLabels, segment_targets, segmentation_header
+from raysegment.data.sources import open_source
+from raysegment.errors import OutputError
+from raysegment.post import dicom_seg
+from raysegment.post.dicom_seg import write_slide_seg
+from tests.data.test_dicom import _rgb, write_slide
+from tests.data.test_dicom_labels import _slide_masks, write_seg
+
+highdicom = pytest.importorskip("highdicom")
+
+SHAPE = (300, 400)
+"""The test slide's pixel matrix: 3 x 4 tiles of 128^2, the last row and column partial."""
+
+
+def _output(path: Path, array: np.ndarray, chunk: int) -> str:
+    """``array`` (c, y, x) as an output's level 0 in ``chunk``-square chunks."""
+    level = zarr.create_array(
+        str(path), shape=array.shape, chunks=(array.shape[0], chunk, chunk), dtype=array.dtype
+    )
+    level[:] = array
+    return str(path)
+
+
+def _attributes(ds: pydicom.Dataset) -> set[str]:
+    """The top-level attributes of ``ds`` (but its pixels and frames' groups)."""
+    return {e.keyword for e in ds} - {"PixelData", "PerFrameFunctionalGroupsSequence"}
+
+
+@pytest.mark.parametrize(
+    ("mode", "chosen", "chunk"),
+    [
+        ("mask", [0, 1], 100),  # chunks across the tiles' edges: regions of whole tiles
+        ("mask", [1], 256),  # one segment: highdicom identifies it in the shared groups
+        ("labels", [1, 2], 128),
+    ],
+)
+def test_a_slides_output_is_the_seg_highdicom_writes_of_it_whole(
+    tmp_path, mode, chosen, chunk
+) -> None:
+    """Streamed a chunk at a time, the SEG's frames (tiles holding a segment, each
+    segment's in row order), their functional groups (positions on the slide, dimension
+    indices) and its header's attributes are those highdicom gives the whole mask at
+    once; highdicom and raysegment's labels read each segment's pixels back."""
+    write_slide(tmp_path / "slide", [_rgb(SHAPE)], tile=128, label=False)
+    masks = _slide_masks()  # (y, x, 2): overlapping segments
+    if mode == "mask":
+        output = np.moveaxis(masks, -1, 0).astype(np.uint8)
+    else:  # labels: the second segment over the first, neither overlapping
+        output = np.where(masks[..., 1], 2, np.where(masks[..., 0], 1, 0)).astype(np.uint8)[None]
+    wanted = (
+        [output[c] != 0 for c in chosen] if mode == "mask" else [output[0] == v for v in chosen]
+    )
+    want = np.stack(wanted, axis=-1)
+    names = ["Tumor", "Stroma"][: len(chosen)]
+    level0 = tmp_path / "slide" / "level0.dcm"
+    array = _output(tmp_path / "out.zarr", output, chunk)
+    write_slide_seg(array, [str(level0)], mode, chosen, names, str(tmp_path / "ours.seg.dcm"))
+
+    write_seg(
+        tmp_path / "theirs.seg.dcm",
+        [pydicom.dcmread(level0)],
+        want[None],
+        names,
+        tile_pixel_array=True,
+        dimension_organization_type="TILED_SPARSE",
+        series_description="raysegment",
+    )
+    ours, theirs = (pydicom.dcmread(tmp_path / f"{w}.seg.dcm") for w in ("ours", "theirs"))
+    assert _attributes(ours) == _attributes(theirs)
+    assert ours.NumberOfFrames == theirs.NumberOfFrames < 12 * len(chosen)  # empty tiles left out
+    assert (
+        ours.SegmentsOverlap
+        == theirs.SegmentsOverlap
+        == ("YES" if len(chosen) > 1 and mode == "mask" else "NO")
+    )
+    assert ours.PerFrameFunctionalGroupsSequence == theirs.PerFrameFunctionalGroupsSequence
+    assert ours.PixelData == theirs.PixelData
+    dimensions = [
+        [(d.DimensionIndexPointer, d.FunctionalGroupPointer) for d in ds.DimensionIndexSequence]
+        for ds in (ours, theirs)
+    ]
+    assert dimensions[0] == dimensions[1]
+    assert ours.ReferencedSeriesSequence == theirs.ReferencedSeriesSequence
+    assert (
+        ours.SourceImageSequence[0].ReferencedSOPInstanceUID
+        == pydicom.dcmread(level0).SOPInstanceUID
+    )
+
+    read = highdicom.seg.segread(tmp_path / "ours.seg.dcm")
+    pixels = read.get_total_pixel_matrix(combine_segments=False)
+    np.testing.assert_array_equal(pixels.astype(bool), want)
+    header = segmentation_header(str(tmp_path / "ours.seg.dcm"))
+    _, (targets,) = segment_targets([header], "multilabel", None)
+    labels = DicomSegLabels(
+        header, open_source(str(tmp_path / "slide")), "multilabel", targets, len(names)
+    )
+    got = labels.read(0, tuple(range(len(names))), ((0, 1), (0, SHAPE[0]), (0, SHAPE[1])))[:, 0]
+    np.testing.assert_array_equal(np.moveaxis(got, 0, -1).astype(bool), want)
+    assert not list(tmp_path.glob("*.partial"))
+
+
+def test_an_empty_mask_is_a_seg_of_one_empty_frame(tmp_path) -> None:
+    """A DICOM SEG has frames: nothing found is one empty frame of the first segment."""
+    write_slide(tmp_path / "slide", [_rgb(SHAPE)], tile=128, label=False)
+    array = _output(tmp_path / "out.zarr", np.zeros((2, *SHAPE), np.uint8), 128)
+    path = tmp_path / "none.seg.dcm"
+    write_slide_seg(
+        array, [str(tmp_path / "slide" / "level0.dcm")], "mask", [1], ["Tumor"], str(path)
+    )
+    assert pydicom.dcmread(path).NumberOfFrames == 1
+    pixels = highdicom.seg.segread(path).get_total_pixel_matrix(combine_segments=False)
+    assert pixels.shape == (*SHAPE, 1) and not pixels.any()
+
+
+def test_a_seg_past_native_pixel_datas_length_or_off_its_slide_fails_in_one_line(
+    tmp_path, monkeypatch
+) -> None:
+    write_slide(tmp_path / "slide", [_rgb(SHAPE)], tile=128, label=False)
+    level0 = str(tmp_path / "slide" / "level0.dcm")
+    array = _output(tmp_path / "out.zarr", np.ones((1, *SHAPE), np.uint8), 128)
+    monkeypatch.setattr(dicom_seg, "_MAX_PIXEL_BYTES", 12 * 128 * 128 // 8 - 1)
+    with pytest.raises(OutputError, match=r"a.seg.dcm: 12 frames of 2048 bytes, .*input_level="):
+        write_slide_seg(array, [level0], "mask", [0], ["Tumor"], str(tmp_path / "a.seg.dcm"))
+    assert not list(tmp_path.glob("a.seg.dcm*"))
+    half = _output(tmp_path / "half.zarr", np.ones((1, 150, 200), np.uint8), 128)
+    with pytest.raises(OutputError, match=r"half.zarr: 150 x 200, not the 300 x 400 pixels of"):
+        write_slide_seg(half, [level0], "mask", [0], ["Tumor"], str(tmp_path / "b.seg.dcm"))
+
+
+@pytest.mark.usefixtures("ray_session")
+@pytest.mark.parametrize("level", [0, 1])
+def test_infer_writes_a_dicom_slides_mask_as_a_seg_of_the_level_it_read(
+    tmp_path, make_model, level
+) -> None:
+    """``finalize.dicom_seg=true`` of a slide: the SEG references the level the output was
+    made at (``input_level``), its pixels are the mask's."""
+    from raysegment.infer import infer
+
+    full = _rgb((192, 160))
+    write_slide(tmp_path / "case", [full, full[::2, ::2]], tile=64)
+    model, _ = make_model(in_ch=3, out_ch=2)
+    infer(
+        input=str(tmp_path / "case"),
+        model=str(model),
+        output=str(tmp_path / "out"),
+        progress=False,
+        quicklook=False,
+        input_level=level,
+        chunks=[64],
+        tile={"size": [32], "overlap": 0.25},
+        finalize={"mode": "mask", "dicom_seg": True},
+    )
+    mask = np.asarray(zarr.open_array(str(tmp_path / "out" / "case.ome.zarr" / "0"), mode="r")[:])
+    assert mask.shape == (2, 192 >> level, 160 >> level) and mask[1].any() and not mask[1].all()
+    read = highdicom.seg.segread(tmp_path / "out" / "case.seg.dcm")
+    source = pydicom.dcmread(tmp_path / "case" / f"level{level}.dcm", stop_before_pixels=True)
+    assert read.SourceImageSequence[0].ReferencedSOPInstanceUID == source.SOPInstanceUID
+    assert [s.SegmentLabel for s in read.SegmentSequence] == ["class_1"]
+    pixels = read.get_total_pixel_matrix(combine_segments=False)
+    np.testing.assert_array_equal(pixels[..., 0], mask[1])
+
+
+def test_a_slides_seg_is_written_to_an_object_store_of_a_slide_there(s3, tmp_path) -> None:
+    """The slide's header read from the store, the SEG uploaded whole (its frames spooled
+    locally first)."""
+    import s3fs
+
+    from tests.conftest import BUCKET
+
+    write_slide(tmp_path / "slide", [_rgb(SHAPE)], tile=128, label=False)
+    fs = s3fs.S3FileSystem()
+    fs.put(str(tmp_path / "slide" / "level0.dcm"), f"{BUCKET}/slide/level0.dcm")
+    masks = _slide_masks()
+    array = _output(tmp_path / "out.zarr", np.moveaxis(masks, -1, 0).astype(np.uint8), 128)
+    url = f"s3://{BUCKET}/segs/slide.seg.dcm"
+    names = ["Tumor", "Stroma"]
+    write_slide_seg(array, [f"s3://{BUCKET}/slide/level0.dcm"], "mask", [0, 1], names, url)
+    (tmp_path / "back.dcm").write_bytes(fs.cat(url.removeprefix("s3://")))
+    read = highdicom.seg.segread(tmp_path / "back.dcm")
+    np.testing.assert_array_equal(read.get_total_pixel_matrix(combine_segments=False), masks)
