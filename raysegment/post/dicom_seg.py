@@ -7,11 +7,13 @@ Masks give a segment per class channel (of a softmax model's, the classes after 
 background, channel 0); labels give a segment per class value after 0 (the background).
 Segments are named after the model's classes. Frames holding no segment are left out.
 
-A series' SEG is made by highdicom from the whole output. A slide's is streamed: its
-frames are tiles of the slide's pixel matrix (TILED_SPARSE), read from the output a chunk
-at a time and spooled to disk, and highdicom writes the header of a one-tile SEG of the
-slide that this module scales up to the whole matrix, so a 100k x 100k slide's SEG takes
-the memory of one output chunk.
+Both are streamed, so a SEG takes the memory of a chunk of the output, not of the output:
+its frames (a series' slices, a slide's tiles of its pixel matrix: TILED_SPARSE) are read
+from the output a chunk and a channel at a time and spooled to local disk; highdicom
+writes the SEG of one frame of the input, every segment on it, whose header this module
+sets for all the frames, and whose per-frame functional groups it repeats for each frame
+(its position, source and dimension indices). The SEG is the one highdicom writes given
+the whole output (tests compare the two), frames in the same order.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ import copy
 import os
 import struct
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import numpy as np
@@ -76,6 +78,16 @@ def _descriptions(names: list[str], coded: list[Any] | None = None) -> list[Any]
     ]
 
 
+_TILE = (256, 256)
+"""A slide SEG's frame where the slide's own tiles would not fill whole bytes."""
+_MAX_PIXEL_BYTES = 0xFFFFFFFE
+"""Native (uncompressed) pixel data's largest length: its length field has 32 bits."""
+_FRAME_CONTENT = 0x00209111
+_DERIVATION = 0x00089124
+_PLANE_POSITION = 0x00209113  # (patient)
+_SLIDE_POSITION = 0x0048021A
+
+
 def write_dicom_seg(
     output: str,
     axes: str,
@@ -91,32 +103,195 @@ def write_dicom_seg(
     are ``files`` in the array's plane order (``frames``: each one's frame in an enhanced
     file, else None), as a DICOM SEG at ``location``: segments ``names``, of the channels
     (``mask``) or label values (``labels``) ``chosen``, coded as ``coded`` says (else
-    ``Tissue``)."""
+    ``Tissue``); frames the slices holding a segment, each segment's in slice order, read
+    a chunk of slices at a time."""
     import zarr
 
     pydicom = reader_module(location, "pydicom", "DICOM", "dicom")
     highdicom = reader_module(location, "highdicom", "DICOM Segmentations", "dicom")
-    array = np.asarray(zarr.open_array(output, mode="r")[:])
-    if "z" not in axes:
-        array = array[:, None]  # one slice: one frame
-    if mode == "mask":  # (frames, rows, columns, segments) of 0 and 1
-        pixels = np.moveaxis(array[chosen], 0, -1).astype(np.uint8)
-    else:  # a label map: each pixel's segment number, the class values past the chosen
-        labels = array[0]
-        pixels = np.where(labels <= max(chosen), labels, 0).astype(np.uint16)
-    if frames[0] is not None:  # an enhanced file: its frames in their stored order
-        files = files[:1]
-        stored = np.zeros_like(pixels)
-        stored[[int(f or 0) for f in frames]] = pixels
-        pixels = stored
-    sources = []
-    for path in files:
-        with storage.open_read(path) as f:
-            sources.append(pydicom.dcmread(f, stop_before_pixels=True))
+    array = zarr.open_array(output, mode="r")
+    enhanced = frames[0] is not None
+    headers = _headers(files[:1] if enhanced else files, pydicom)
+    if enhanced:
+        groups = headers[0].PerFrameFunctionalGroupsSequence
+        where = [groups[int(k or 0)].PlanePositionSequence[0].ImagePositionPatient for k in frames]
+    else:
+        where = [h.ImagePositionPatient for h in headers]
+    positions = [highdicom.PlanePositionSequence("PATIENT", p) for p in where]
+    given_spacing = _source_spacing(headers[0])  # before highdicom sets its own
+    rows, columns = (int(n) for n in array.shape[-2:])
+    with tempfile.TemporaryDirectory(prefix="raysegment-seg-") as spool:
+        regions = _slices(array, "z" in axes)
+        placed, overlap = _spool(regions, mode, chosen, rows * columns, spool)
+        header, items = _proxy(
+            highdicom,
+            headers,
+            names,
+            coded,
+            mode,
+            pixels=(rows, columns),
+            plane_positions=[positions[0]],
+        )
+        # The header of all the slices, not the proxy's one; its frames in highdicom's
+        # order: along its normal (against z's for axial slices).
+        measures = header.SharedFunctionalGroupsSequence[0].PixelMeasuresSequence[0]
+        orientation = header.SharedFunctionalGroupsSequence[0].PlaneOrientationSequence[0]
+        cosines = [float(v) for v in orientation.ImageOrientationPatient]
+        every = np.asarray(where, float)
+        spacing, _ = highdicom.spatial.get_volume_positions(every, cosines)
+        if not given_spacing:
+            measures.pop("SpacingBetweenSlices", None)
+            if spacing is not None:
+                measures.SpacingBetweenSlices = _ds(spacing)
+        normal = highdicom.spatial.get_normal_vector(
+            cosines, index_convention=highdicom.spatial.VOLUME_INDEX_CONVENTION
+        )
+        distance = every @ normal
+        rank = np.argsort(np.argsort(distance, kind="stable"), kind="stable")
+        included = np.unique(np.concatenate(placed))  # slices holding any segment
+        index = np.zeros(len(where), np.int64)
+        index[included[np.argsort(rank[included], kind="stable")]] = np.arange(len(included)) + 1
+        if len(chosen) == 1 and len(included) > 1:  # one segment on regularly spaced slices
+            stored = included[np.argsort([frames[z] for z in included])] if enhanced else included
+            regular, _ = highdicom.spatial.get_volume_positions(every[stored], cosines, sort=False)
+            if regular is not None and regular > 0:
+                header.DimensionOrganizationType = "3D"
+
+        def parts(z: int) -> tuple[list[int], dict[int, bytes]]:
+            position = pydicom.DataElement(_PLANE_POSITION, "SQ", positions[z])
+            varying = {_PLANE_POSITION: _encoded(position)}
+            if _DERIVATION in items[0]:  # the slice it was made of
+                derivation = copy.deepcopy(items[0][_DERIVATION])
+                source = derivation.value[0].SourceImageSequence[0]
+                if enhanced:
+                    source.ReferencedFrameNumber = int(frames[z] or 0) + 1
+                else:
+                    source.ReferencedSOPInstanceUID = headers[z].SOPInstanceUID
+                varying[_DERIVATION] = _encoded(derivation)
+            return [int(index[z])], varying
+
+        _finish(
+            pydicom, header, items, placed, rank, overlap, rows * columns, spool, parts, location
+        )
+
+
+def write_slide_seg(
+    output: str,
+    files: list[str],
+    mode: str,
+    chosen: list[int],
+    names: list[str],
+    location: str,
+    coded: list[Any] | None = None,
+) -> None:
+    """The zarr array ``output`` (c, y, x) of a DICOM slide's pyramid level, whose files are
+    ``files`` (one, or one an optical path), as a DICOM SEG at ``location``: segments
+    ``names``, of the channels (``mask``) or label values (``labels``) ``chosen``, coded as
+    ``coded`` says (else ``Tissue``); frames the tiles (the slide's tile size) holding a
+    segment, each segment's in row order (TILED_SPARSE), read a chunk at a time."""
+    import zarr
+
+    pydicom = reader_module(location, "pydicom", "DICOM", "dicom")
+    highdicom = reader_module(location, "highdicom", "DICOM Segmentations", "dicom")
+    array = zarr.open_array(output, mode="r")
+    sources = _headers(files, pydicom)
+    height, width = (int(n) for n in array.shape[-2:])
+    first = sources[0]
+    if (int(first.TotalPixelMatrixRows), int(first.TotalPixelMatrixColumns)) != (height, width):
+        raise OutputError(
+            f"{output}: {height} x {width}, not the {first.TotalPixelMatrixRows} x "
+            f"{first.TotalPixelMatrixColumns} pixels of {files[0]}, whose SEG it was to be"
+        )
+    tile = (int(first.Rows), int(first.Columns))
+    tile = tile if tile[0] * tile[1] % 8 == 0 else _TILE  # frames of whole bytes
+    rows, columns = tile
+    across = -(-width // columns)
+    proxies = []
+    for source in sources:  # the slide as one tile: highdicom's header, a frame a segment
+        proxy = copy.deepcopy(source)
+        proxy.TotalPixelMatrixRows, proxy.TotalPixelMatrixColumns = tile
+        proxy.Rows, proxy.Columns = tile
+        proxy.NumberOfFrames = 1
+        proxies.append(proxy)
+    with tempfile.TemporaryDirectory(prefix="raysegment-seg-") as spool:
+        placed, overlap = _spool(_tiles(array, tile), mode, chosen, rows * columns, spool)
+        header, items = _proxy(
+            highdicom,
+            proxies,
+            names,
+            coded,
+            mode,
+            pixels=tile,
+            tile_pixel_array=True,
+            tile_size=tile,
+            dimension_organization_type="TILED_SPARSE",
+        )
+        header.TotalPixelMatrixRows, header.TotalPixelMatrixColumns = height, width
+        origin = items[0][_SLIDE_POSITION].value[0]
+        spacing = header.SharedFunctionalGroupsSequence[0].PixelMeasuresSequence[0].PixelSpacing
+        on_slide = highdicom.spatial.PixelToReferenceTransformer(
+            image_position=[
+                float(origin.XOffsetInSlideCoordinateSystem),
+                float(origin.YOffsetInSlideCoordinateSystem),
+                float(origin.ZOffsetInSlideCoordinateSystem),
+            ],
+            image_orientation=[float(v) for v in header.ImageOrientationSlide],
+            pixel_spacing=[float(v) for v in spacing],
+        )
+        every = np.concatenate(placed)
+        tile_rows = np.unique(every // across)  # the dimension indices' values
+        tile_columns = np.unique(every % across)
+
+        def parts(k: int) -> tuple[list[int], dict[int, bytes]]:
+            i, j = divmod(k, across)
+            x, y, z = on_slide(np.array([[j * columns, i * rows]]))[0].tolist()
+            position = _sequence(
+                _SLIDE_POSITION,
+                _element(0x0040072A, b"DS", _ds(x))
+                + _element(0x0040073A, b"DS", _ds(y))
+                + _element(0x0040074A, b"DS", _ds(z))
+                + _element(0x0048021E, b"SL", struct.pack("<i", j * columns + 1))
+                + _element(0x0048021F, b"SL", struct.pack("<i", i * rows + 1)),
+            )
+            indices = [
+                int(np.searchsorted(tile_rows, i)) + 1,
+                int(np.searchsorted(tile_columns, j)) + 1,
+            ]
+            return indices, {_SLIDE_POSITION: position}
+
+        order = np.arange(-(-height // rows) * across)  # row by row
+        _finish(
+            pydicom, header, items, placed, order, overlap, rows * columns, spool, parts, location
+        )
+
+
+def _source_spacing(header: Any) -> bool:
+    """Whether a source gives its slices' spacing (highdicom keeps it): an enhanced file in
+    its shared pixel measures."""
+    try:
+        measures = header.SharedFunctionalGroupsSequence[0].PixelMeasuresSequence[0]
+    except (AttributeError, IndexError):
+        return False
+    return "SpacingBetweenSlices" in measures
+
+
+def _proxy(
+    highdicom: Any,
+    sources: list[Any],
+    names: list[str],
+    coded: list[Any] | None,
+    mode: str,
+    pixels: tuple[int, int],
+    **options: Any,
+) -> tuple[Any, list[dict[int, Any]]]:
+    """highdicom's SEG of one plane of ``pixels`` (rows, columns) of ``sources``, every
+    segment ``names`` on it: its header (its patient, study, specimen, equipment, place and
+    segments; its frames to be set), and the per-frame functional groups of its frames,
+    one a segment, by tag."""
     first = sources[0]
     seg = highdicom.seg.Segmentation(
         source_images=sources,
-        pixel_array=pixels,
+        pixel_array=np.ones((1, *pixels, len(names)), np.uint8),
         segmentation_type=highdicom.seg.SegmentationTypeValues.BINARY,
         segment_descriptions=_descriptions(names, coded),
         series_instance_uid=highdicom.UID(),
@@ -128,9 +303,229 @@ def write_dicom_seg(
         software_versions=__version__,
         device_serial_number="none",
         series_description=f"raysegment {mode}"[:64],
+        **options,
     )
+    items = [{e.tag: e for e in item} for item in seg.PerFrameFunctionalGroupsSequence]
+    del seg.PerFrameFunctionalGroupsSequence, seg.PixelData
+    return seg, items
+
+
+Regions = Iterator[tuple[Callable[[int], np.ndarray], np.ndarray]]
+"""An output's regions: a function reading a channel's frames there (frames, rows,
+columns), and the frames' keys (their slices, or tiles)."""
+
+
+def _slices(array: Any, volume: bool) -> Regions:
+    """``array`` (c, [z,] y, x; ``volume``: with z) a chunk of slices at a time, each slice
+    a frame keyed by its index."""
+    if not volume:  # one slice
+        yield (lambda c: np.asarray(array[c])[None]), np.zeros(1, np.int64)
+        return
+    depth = array.chunks[1]
+    for z0 in range(0, array.shape[1], depth):
+        z1 = min(z0 + depth, array.shape[1])
+        yield (lambda c, z0=z0, z1=z1: np.asarray(array[c, z0:z1])), np.arange(z0, z1)
+
+
+def _tiles(array: Any, tile: tuple[int, int]) -> Regions:
+    """``array`` (c, y, x) a region of whole tiles at a time, about a chunk's size, each
+    tile a frame (the matrix's last ones padded with 0) keyed by its row-major index."""
+    rows, columns = tile
+    height, width = array.shape[-2:]
+    across = -(-width // columns)
+    step_y = -(-array.chunks[-2] // rows) * rows  # whole tiles, a chunk's height or more
+    step_x = -(-array.chunks[-1] // columns) * columns
+    for y0 in range(0, height, step_y):
+        for x0 in range(0, width, step_x):
+            ty = -(-min(step_y, height - y0) // rows)
+            tx = -(-min(step_x, width - x0) // columns)
+
+            def read(c: int, y0: int = y0, x0: int = x0, ty: int = ty, tx: int = tx) -> Any:
+                region = np.asarray(array[c, y0 : y0 + ty * rows, x0 : x0 + tx * columns])
+                padded = np.zeros((ty * rows, tx * columns), region.dtype)
+                padded[: region.shape[0], : region.shape[1]] = region
+                return (
+                    padded.reshape(ty, rows, tx, columns).swapaxes(1, 2).reshape(-1, rows, columns)
+                )
+
+            i, j = np.divmod(np.arange(ty * tx), tx)
+            yield read, (y0 // rows + i) * across + x0 // columns + j
+
+
+def _spool(
+    regions: Regions, mode: str, chosen: list[int], bits: int, spool: str
+) -> tuple[list[np.ndarray], bool]:
+    """Each segment's frames (of ``bits`` pixels) holding it, by the keys ``regions`` gives
+    them: the channels (``mask``) or label values (``labels``) ``chosen``, a channel read
+    at a time; their pixels spooled to ``<spool>/<segment>`` in the same order (packed 8 to
+    a byte where a frame fills whole bytes, else a byte each); whether segments overlap.
+    Nothing found is one empty frame of the first segment, at the first key: a SEG has
+    frames."""
+    found: list[list[np.ndarray]] = [[] for _ in chosen]
+    overlap, first = False, None
+    outs = [open(os.path.join(spool, str(s)), "wb") for s in range(len(chosen))]  # noqa: SIM115
+
+    def keep(s: int, frames: np.ndarray, keys: np.ndarray) -> None:
+        frames = frames.reshape(len(frames), -1)
+        if bits % 8 == 0:
+            frames = np.packbits(frames, axis=1, bitorder="little")
+        outs[s].write(frames.astype(np.uint8).tobytes())
+        found[s].append(keys)
+
+    try:
+        for read, keys in regions:
+            first = keys[0] if first is None else first
+            if mode == "labels":  # a segment a class value: the frames holding each found first
+                labels = read(0)
+                top = max(chosen) + 1
+                held = np.stack([np.bincount(f.ravel(), minlength=top)[:top] > 0 for f in labels])
+                for s, value in enumerate(chosen):
+                    (k,) = np.nonzero(held[:, value])
+                    if len(k):
+                        keep(s, labels[k] == value, keys[k])
+                continue
+            count = None
+            for s, channel in enumerate(chosen):
+                plane = read(channel) != 0
+                if len(chosen) > 1 and not overlap:
+                    count = plane.astype(np.uint8) if count is None else count + plane
+                (k,) = np.nonzero(plane.any(axis=(1, 2)))
+                if len(k):
+                    keep(s, plane[k], keys[k])
+            overlap = overlap or bool(count is not None and (count > 1).any())
+        if not any(found) and first is not None:
+            keep(0, np.zeros((1, bits), bool), np.array([first]))
+    finally:
+        for out in outs:
+            out.close()
+    return [np.concatenate(f) if f else np.zeros(0, np.int64) for f in found], overlap
+
+
+def _finish(
+    pydicom: Any,
+    header: Any,
+    items: list[dict[int, Any]],
+    placed: list[np.ndarray],
+    order: np.ndarray,
+    overlap: bool,
+    bits: int,
+    spool: str,
+    parts: Any,
+    location: str,
+) -> None:
+    """The SEG at ``location``: ``header`` of its frames' number and overlap, the frames'
+    functional groups (``parts``: a plane's spatial dimension indices and groups), the
+    frames spooled; each segment's frames in their keys' ``order`` (a key's place)."""
+    frames = sum(len(p) for p in placed)
+    length = -(-frames * bits // 8)
+    if length > _MAX_PIXEL_BYTES:
+        raise OutputError(
+            f"{location}: {frames} frames of {bits // 8} bytes, more than a DICOM SEG's "
+            f"uncompressed pixel data holds (4 GiB): segment fewer classes, or at a coarser "
+            f"level (input_level=), or drop finalize.dicom_seg"
+        )
+    header.NumberOfFrames = frames
+    header.SegmentsOverlap = "YES" if overlap else "NO"
     with _written(location) as f:
-        seg.save_as(f, enforce_file_format=True)
+        pydicom.dcmwrite(f, header, enforce_file_format=True)
+        ordered = [np.argsort(order[keys], kind="stable") for keys in placed]
+        _write_frame_groups(f, items, placed, ordered, parts)
+        _write_pixel_data(f, spool, ordered, bits, length)
+
+
+def _ds(value: float) -> bytes:
+    from pydicom.valuerep import format_number_as_ds
+
+    return format_number_as_ds(float(value)).encode()
+
+
+def _element(tag: int, vr: bytes, value: bytes) -> bytes:
+    """An element in explicit VR little endian (a VR of a 2-byte length), padded even."""
+    if len(value) % 2:
+        value += b" "
+    return struct.pack("<HH2sH", tag >> 16, tag & 0xFFFF, vr, len(value)) + value
+
+
+def _sequence(tag: int, item: bytes) -> bytes:
+    """A sequence of one ``item`` (its encoded elements), lengths defined."""
+    head = struct.pack("<HH2sHI", tag >> 16, tag & 0xFFFF, b"SQ", 0, len(item) + 8)
+    return head + struct.pack("<HHI", 0xFFFE, 0xE000, len(item)) + item
+
+
+def _encoded(element: Any) -> bytes:
+    """``element`` in explicit VR little endian, by pydicom."""
+    from pydicom.filebase import DicomBytesIO
+    from pydicom.filewriter import write_data_element
+
+    out = DicomBytesIO()
+    out.is_little_endian, out.is_implicit_VR = True, False
+    write_data_element(out, element)
+    return out.getvalue()
+
+
+def _write_frame_groups(
+    f: Any,
+    items: list[dict[int, Any]],
+    placed: list[np.ndarray],
+    ordered: list[np.ndarray],
+    parts: Any,
+) -> None:
+    """The Per-Frame Functional Groups Sequence (of undefined length, an item a frame, as
+    highdicom makes them): each segment's planes ``placed`` in their ``ordered`` order, in
+    the form of the segment's ``items``, each plane's groups and spatial dimension indices
+    from ``parts``. The segment's groups are encoded once by pydicom, a frame's content
+    here: pydicom encodes item by item ~40 times slower."""
+    f.write(struct.pack("<HH2sHI", 0x5200, 0x9230, b"SQ", 0, 0xFFFFFFFF))
+    for s, (keys, order) in enumerate(zip(placed, ordered, strict=True)):
+        template = items[s]
+        segment = [int(v) for v in template[_FRAME_CONTENT].value[0].DimensionIndexValues]
+        constant = {tag: _encoded(e) for tag, e in template.items() if tag != _FRAME_CONTENT}
+        out = bytearray()
+        for key in keys[order].tolist():
+            spatial, varying = parts(key)
+            values = segment[: len(segment) - len(spatial)] + spatial
+            content = _element(0x00209157, b"UL", struct.pack(f"<{len(values)}I", *values))
+            item = b"".join(
+                _sequence(_FRAME_CONTENT, content)
+                if tag == _FRAME_CONTENT
+                else varying.get(tag, constant.get(tag, b""))
+                for tag in sorted(template)
+            )
+            out += struct.pack("<HHI", 0xFFFE, 0xE000, len(item)) + item
+            if len(out) > 1 << 22:
+                f.write(out)
+                out = bytearray()
+        f.write(out)
+    f.write(struct.pack("<HHI", 0xFFFE, 0xE0DD, 0))
+
+
+def _write_pixel_data(
+    f: Any, spool: str, ordered: list[np.ndarray], bits: int, length: int
+) -> None:
+    """The frames spooled, each segment's in its ``ordered`` order, as native pixel data of
+    ``length`` bytes: one bit a pixel, frames of whole bytes copied, others packed here
+    one after another (a frame may begin mid-byte)."""
+    f.write(struct.pack("<HH2sHI", 0x7FE0, 0x0010, b"OB", 0, length + length % 2))
+    size = bits // 8 if bits % 8 == 0 else bits  # a frame's spooled bytes
+    carry = np.zeros(0, np.uint8)
+    for s, frames in enumerate(ordered):
+        with open(os.path.join(spool, str(s)), "rb") as stored:
+            order = frames.tolist()
+            for start in range(0, len(order), 256):
+                data = b"".join(
+                    os.pread(stored.fileno(), size, k * size) for k in order[start : start + 256]
+                )
+                if bits % 8 == 0:
+                    f.write(data)
+                    continue
+                pending = np.concatenate([carry, np.frombuffer(data, np.uint8)])
+                whole = len(pending) // 8 * 8
+                f.write(np.packbits(pending[:whole], bitorder="little").tobytes())
+                carry = pending[whole:]
+    if len(carry):
+        f.write(np.packbits(carry, bitorder="little").tobytes())
+    if length % 2:
+        f.write(b"\0")
 
 
 @contextlib.contextmanager
@@ -152,262 +547,3 @@ def _headers(files: list[str], pydicom: Any) -> list[Any]:
         with storage.open_read(path) as f:
             headers.append(pydicom.dcmread(f, stop_before_pixels=True))
     return headers
-
-
-_TILE = (256, 256)
-"""A slide SEG's frame where the slide's own tiles would not fill whole bytes."""
-_MAX_PIXEL_BYTES = 0xFFFFFFFE
-"""Native (uncompressed) pixel data's largest length: its length field has 32 bits."""
-
-
-def write_slide_seg(
-    output: str,
-    files: list[str],
-    mode: str,
-    chosen: list[int],
-    names: list[str],
-    location: str,
-    coded: list[Any] | None = None,
-) -> None:
-    """The zarr array ``output`` (c, y, x) of a DICOM slide's pyramid level, whose files are
-    ``files`` (one, or one an optical path), as a DICOM SEG at ``location``: segments
-    ``names``, of the channels (``mask``) or label values (``labels``) ``chosen``, coded as
-    ``coded`` says (else ``Tissue``); frames the tiles (the slide's tile size) holding a
-    segment, each segment's in row order, as highdicom orders them."""
-    import zarr
-
-    pydicom = reader_module(location, "pydicom", "DICOM", "dicom")
-    highdicom = reader_module(location, "highdicom", "DICOM Segmentations", "dicom")
-    array = zarr.open_array(output, mode="r")
-    sources = _headers(files, pydicom)
-    height, width = (int(n) for n in array.shape[-2:])
-    first = sources[0]
-    if (int(first.TotalPixelMatrixRows), int(first.TotalPixelMatrixColumns)) != (height, width):
-        raise OutputError(
-            f"{output}: {height} x {width}, not the {first.TotalPixelMatrixRows} x "
-            f"{first.TotalPixelMatrixColumns} pixels of {files[0]}, whose SEG it was to be"
-        )
-    tile = (int(first.Rows), int(first.Columns))
-    tile = tile if tile[0] * tile[1] % 8 == 0 else _TILE  # frames of whole bytes
-    with tempfile.TemporaryDirectory(prefix="raysegment-seg-") as spool:
-        placed, overlap = _spool_tiles(array, mode, chosen, tile, spool)
-        header, items = _slide_header(highdicom, sources, names, coded, tile)
-        frame_bytes = tile[0] * tile[1] // 8
-        frames = sum(len(p) for p in placed)
-        if frames * frame_bytes > _MAX_PIXEL_BYTES:
-            raise OutputError(
-                f"{location}: {frames} frames of {frame_bytes} bytes, more than a DICOM "
-                f"SEG's uncompressed pixel data holds (4 GiB): segment fewer classes, or at a "
-                f"coarser level (input_level=), or drop finalize.dicom_seg"
-            )
-        header.TotalPixelMatrixRows, header.TotalPixelMatrixColumns = height, width
-        header.NumberOfFrames = frames
-        header.SegmentsOverlap = "YES" if overlap else "NO"
-        across = -(-width // tile[1])
-        with _written(location) as f:
-            pydicom.dcmwrite(f, header, enforce_file_format=True)
-            _write_frame_groups(f, highdicom, header, items, placed, tile, across)
-            _write_pixel_data(f, spool, placed, frame_bytes)
-
-
-def _spool_tiles(
-    array: Any, mode: str, chosen: list[int], tile: tuple[int, int], spool: str
-) -> tuple[list[np.ndarray], bool]:
-    """Each segment's tiles holding it (row-major indices), their frames (bit-packed)
-    spooled to ``<spool>/<segment>`` in the same order; whether segments overlap. Reads
-    ``array`` a region of whole tiles at a time, about a chunk's size."""
-    rows, columns = tile
-    height, width = array.shape[-2:]
-    across = -(-width // columns)
-    step_y = -(-array.chunks[-2] // rows) * rows  # whole tiles, a chunk's height or more
-    step_x = -(-array.chunks[-1] // columns) * columns
-    found: list[list[np.ndarray]] = [[] for _ in chosen]
-    overlap = False
-    outs = [open(os.path.join(spool, str(s)), "wb") for s in range(len(chosen))]  # noqa: SIM115
-    try:
-        for y0 in range(0, height, step_y):
-            for x0 in range(0, width, step_x):
-                block = np.asarray(array[:, y0 : y0 + step_y, x0 : x0 + step_x])
-                if mode == "mask":
-                    planes = block[chosen] != 0
-                    if len(chosen) > 1 and not overlap:
-                        overlap = bool((planes.sum(axis=0, dtype=np.uint8) > 1).any())
-                else:  # labels: a segment a class value
-                    planes = np.stack([block[0] == value for value in chosen])
-                ty, tx = -(-planes.shape[1] // rows), -(-planes.shape[2] // columns)
-                padded = np.zeros((len(chosen), ty * rows, tx * columns), bool)
-                padded[:, : planes.shape[1], : planes.shape[2]] = planes
-                tiles = padded.reshape(len(chosen), ty, rows, tx, columns).swapaxes(2, 3)
-                held = tiles.any(axis=(3, 4))
-                for s, out in enumerate(outs):
-                    i, j = np.nonzero(held[s])
-                    if len(i):
-                        frames = tiles[s, i, j].reshape(len(i), -1)
-                        out.write(np.packbits(frames, axis=1, bitorder="little").tobytes())
-                        found[s].append((y0 // rows + i) * across + x0 // columns + j)
-    finally:
-        for out in outs:
-            out.close()
-    placed = [np.concatenate(f) if f else np.zeros(0, np.int64) for f in found]
-    if not any(len(p) for p in placed):  # nothing found: one empty frame (a SEG has frames)
-        with open(os.path.join(spool, "0"), "wb") as out:
-            out.write(bytes(rows * columns // 8))
-        placed[0] = np.zeros(1, np.int64)
-    return placed, overlap
-
-
-def _slide_header(
-    highdicom: Any,
-    sources: list[Any],
-    names: list[str],
-    coded: list[Any] | None,
-    tile: tuple[int, int],
-) -> tuple[Any, list[Any]]:
-    """highdicom's SEG of a one-tile slide of ``sources``' place, patient, study and
-    specimen, segments ``names`` (each present): its header (no frames yet), and the
-    per-frame functional groups of its frames, one a segment, at the matrix's origin."""
-    proxies = []
-    for source in sources:
-        proxy = copy.deepcopy(source)
-        proxy.TotalPixelMatrixRows, proxy.TotalPixelMatrixColumns = tile
-        proxy.Rows, proxy.Columns = tile
-        proxy.NumberOfFrames = 1
-        proxies.append(proxy)
-    first = sources[0]
-    seg = highdicom.seg.Segmentation(
-        source_images=proxies,
-        pixel_array=np.ones((1, *tile, len(names)), np.uint8),
-        segmentation_type=highdicom.seg.SegmentationTypeValues.BINARY,
-        segment_descriptions=_descriptions(names, coded),
-        series_instance_uid=highdicom.UID(),
-        series_number=int(first.get("SeriesNumber", 0) or 0) + 1000,
-        sop_instance_uid=highdicom.UID(),
-        instance_number=1,
-        manufacturer="raysegment",
-        manufacturer_model_name="raysegment",
-        software_versions=__version__,
-        device_serial_number="none",
-        series_description="raysegment",
-        tile_pixel_array=True,
-        tile_size=tile,
-        dimension_organization_type="TILED_SPARSE",
-    )
-    items = list(seg.PerFrameFunctionalGroupsSequence)
-    del seg.PerFrameFunctionalGroupsSequence, seg.PixelData
-    return seg, items
-
-
-_FRAME_CONTENT = 0x00209111
-_PLANE_POSITION = 0x0048021A
-
-
-def _element(tag: int, vr: bytes, value: bytes) -> bytes:
-    """An element in explicit VR little endian (a VR of a 2-byte length), padded even."""
-    if len(value) % 2:
-        value += b" "
-    return struct.pack("<HH2sH", tag >> 16, tag & 0xFFFF, vr, len(value)) + value
-
-
-def _sequence(tag: int, item: bytes) -> bytes:
-    """A sequence of one ``item`` (its encoded elements), lengths defined."""
-    head = struct.pack("<HH2sHI", tag >> 16, tag & 0xFFFF, b"SQ", 0, len(item) + 8)
-    return head + struct.pack("<HHI", 0xFFFE, 0xE000, len(item)) + item
-
-
-def _write_frame_groups(
-    f: Any,
-    highdicom: Any,
-    header: Any,
-    items: list[Any],
-    placed: list[np.ndarray],
-    tile: tuple[int, int],
-    across: int,
-) -> None:
-    """The Per-Frame Functional Groups Sequence (of undefined length, an item a frame, as
-    highdicom makes them): each segment's tiles ``placed`` in row order, a segment's frames
-    in ``items``' form, their positions and dimension indices (of the positions any frame
-    has). The items' other groups (the segment's) are encoded once by pydicom; a frame's
-    position and indices here, as pydicom encodes them item by item ~40 times slower."""
-    from pydicom.filebase import DicomBytesIO
-    from pydicom.filewriter import write_data_element
-    from pydicom.valuerep import format_number_as_ds
-
-    rows, columns = tile
-    origin = items[0].PlanePositionSlideSequence[0]
-    spacing = header.SharedFunctionalGroupsSequence[0].PixelMeasuresSequence[0].PixelSpacing
-    where = highdicom.spatial.PixelToReferenceTransformer(
-        image_position=[
-            float(origin.XOffsetInSlideCoordinateSystem),
-            float(origin.YOffsetInSlideCoordinateSystem),
-            float(origin.ZOffsetInSlideCoordinateSystem),
-        ],
-        image_orientation=[float(v) for v in header.ImageOrientationSlide],
-        pixel_spacing=[float(v) for v in spacing],
-    )
-    every = np.concatenate(placed)
-    tile_rows = np.unique(every // across)  # the dimension indices' values
-    tile_columns = np.unique(every % across)
-
-    def encoded(element: Any) -> bytes:
-        out = DicomBytesIO()
-        out.is_little_endian, out.is_implicit_VR = True, False
-        write_data_element(out, element)
-        return out.getvalue()
-
-    def ds(value: float) -> bytes:
-        return format_number_as_ds(value).encode()
-
-    f.write(struct.pack("<HH2sHI", 0x5200, 0x9230, b"SQ", 0, 0xFFFFFFFF))
-    for s, found in enumerate(placed):
-        tiles = np.sort(found)
-        i, j = tiles // across, tiles % across
-        corners = np.stack([j * columns, i * rows], axis=1)  # (column, row), from 0
-        positions = where(corners).tolist() if len(tiles) else []
-        segment = [int(v) for v in items[s].FrameContentSequence[0].DimensionIndexValues][:-2]
-        indices = np.stack(
-            [np.searchsorted(tile_rows, i) + 1, np.searchsorted(tile_columns, j) + 1], axis=1
-        ).tolist()
-        parts = [
-            e.tag if e.tag in (_FRAME_CONTENT, _PLANE_POSITION) else encoded(e) for e in items[s]
-        ]
-        out = bytearray()
-        for k in range(len(tiles)):
-            x, y, z = positions[k]
-            values = struct.pack(f"<{len(segment) + 2}I", *segment, *indices[k])
-            content = _sequence(_FRAME_CONTENT, _element(0x00209157, b"UL", values))
-            position = _sequence(
-                _PLANE_POSITION,
-                _element(0x0040072A, b"DS", ds(x))
-                + _element(0x0040073A, b"DS", ds(y))
-                + _element(0x0040074A, b"DS", ds(z))
-                + _element(0x0048021E, b"SL", struct.pack("<i", int(j[k]) * columns + 1))
-                + _element(0x0048021F, b"SL", struct.pack("<i", int(i[k]) * rows + 1)),
-            )
-            item = b"".join(
-                content if p == _FRAME_CONTENT else position if p == _PLANE_POSITION else p
-                for p in parts
-            )
-            out += struct.pack("<HHI", 0xFFFE, 0xE000, len(item)) + item
-            if len(out) > 1 << 22:
-                f.write(out)
-                out = bytearray()
-        f.write(out)
-    f.write(struct.pack("<HHI", 0xFFFE, 0xE0DD, 0))
-
-
-def _write_pixel_data(f: Any, spool: str, placed: list[np.ndarray], frame_bytes: int) -> None:
-    """The frames spooled, each segment's in its tiles' row order, as native pixel data."""
-    length = frame_bytes * sum(len(p) for p in placed)
-    f.write(struct.pack("<HH2sHI", 0x7FE0, 0x0010, b"OB", 0, length + length % 2))
-    for s, tiles in enumerate(placed):
-        with open(os.path.join(spool, str(s)), "rb") as stored:
-            order = np.argsort(tiles, kind="stable")
-            for start in range(0, len(order), 1024):
-                frames = order[start : start + 1024].tolist()
-                f.write(
-                    b"".join(
-                        os.pread(stored.fileno(), frame_bytes, k * frame_bytes) for k in frames
-                    )
-                )
-    if length % 2:
-        f.write(b"\0")

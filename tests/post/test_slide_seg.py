@@ -76,7 +76,7 @@ def test_a_slides_output_is_the_seg_highdicom_writes_of_it_whole(
         names,
         tile_pixel_array=True,
         dimension_organization_type="TILED_SPARSE",
-        series_description="raysegment",
+        series_description=f"raysegment {mode}",
     )
     ours, theirs = (pydicom.dcmread(tmp_path / f"{w}.seg.dcm") for w in ("ours", "theirs"))
     assert _attributes(ours) == _attributes(theirs)
@@ -191,3 +191,87 @@ def test_a_slides_seg_is_written_to_an_object_store_of_a_slide_there(s3, tmp_pat
     (tmp_path / "back.dcm").write_bytes(fs.cat(url.removeprefix("s3://")))
     read = highdicom.seg.segread(tmp_path / "back.dcm")
     np.testing.assert_array_equal(read.get_total_pixel_matrix(combine_segments=False), masks)
+
+
+def _series_seg(
+    tmp_path: Path, masks: np.ndarray, enhanced: bool, mode: str, chosen: list[int]
+) -> tuple[pydicom.Dataset, pydicom.Dataset]:
+    """``masks`` (slices, rows, columns, segments) as a series' output written as a SEG
+    by ``write_dicom_seg`` (its chunks 2 slices deep) and by highdicom given it whole:
+    (ours, theirs)."""
+    from raysegment.post.dicom_seg import write_dicom_seg
+    from tests.data.test_dicom import write_enhanced, write_series
+    from tests.data.test_dicom_labels import _slices
+
+    shape = masks.shape[:3]
+    stored = np.zeros(shape, np.uint16)
+    if enhanced:
+        order = write_enhanced(tmp_path / "scan" / "ct.dcm", stored)
+        files = [str(tmp_path / "scan" / "ct.dcm")] * shape[0]
+        frames: list[int | None] = [order.index(z) for z in range(shape[0])]
+        sources = [pydicom.dcmread(tmp_path / "scan" / "ct.dcm")]
+        theirs_pixels = masks[order]  # highdicom takes the frames in their stored order
+    else:
+        write_series(tmp_path / "scan", stored)
+        sources = _slices(tmp_path / "scan")
+        files, frames = [s.filename for s in sources], [None] * shape[0]
+        theirs_pixels = masks
+    if mode == "mask":
+        output = np.moveaxis(masks, -1, 0).astype(np.uint8)
+    else:
+        output = (masks * np.arange(1, masks.shape[-1] + 1)).max(axis=-1).astype(np.uint8)[None]
+    level = zarr.create_array(
+        str(tmp_path / "out.zarr"), shape=output.shape, chunks=(1, 2, *shape[1:]), dtype="uint8"
+    )
+    level[:] = output
+    names = ["Liver", "Tumour"][: len(chosen)]
+    location = tmp_path / "ours.seg.dcm"
+    write_dicom_seg(
+        str(tmp_path / "out.zarr"), "czyx", files, frames, mode, chosen, names, str(location)
+    )
+    picked = [c if mode == "mask" else c - 1 for c in chosen]
+    write_seg(
+        tmp_path / "theirs.seg.dcm",
+        sources,
+        theirs_pixels[..., picked],
+        names,
+        series_description=f"raysegment {mode}",
+    )
+    return pydicom.dcmread(location), pydicom.dcmread(tmp_path / "theirs.seg.dcm")
+
+
+@pytest.mark.parametrize(
+    ("shape", "enhanced", "mode", "chosen"),
+    [
+        ((6, 32, 40), False, "mask", [0, 1]),  # overlapping segments
+        ((6, 32, 40), False, "labels", [1, 2]),
+        ((6, 32, 40), False, "mask", [0]),  # one segment: a 3D dimension organization
+        ((6, 30, 45), False, "mask", [0, 1]),  # frames of 1350 bits: they end mid-byte
+        ((6, 32, 40), True, "mask", [0, 1]),  # an enhanced file's frames, stored shuffled
+    ],
+)
+def test_a_series_output_is_the_seg_highdicom_writes_of_it_whole(
+    tmp_path, shape, enhanced, mode, chosen
+) -> None:
+    """Streamed a chunk of slices at a time, the SEG's frames (slices holding a segment),
+    their functional groups (the slice each was derived from, its position, dimension
+    indices) and its header are those highdicom gives the whole output at once."""
+    from tests.data.test_dicom_labels import _masks
+
+    masks = _masks(shape)
+    if mode == "labels":  # class maps do not overlap: the second segment over the first
+        masks[..., 0] &= ~masks[..., 1]
+    ours, theirs = _series_seg(tmp_path, masks, enhanced, mode, chosen)
+    assert _attributes(ours) == _attributes(theirs)
+    assert ours.NumberOfFrames == theirs.NumberOfFrames < shape[0] * len(chosen)
+    assert ours.SegmentsOverlap == theirs.SegmentsOverlap
+    assert ours.get("DimensionOrganizationType") == theirs.get("DimensionOrganizationType")
+    assert ours.SharedFunctionalGroupsSequence == theirs.SharedFunctionalGroupsSequence
+    assert ours.PerFrameFunctionalGroupsSequence == theirs.PerFrameFunctionalGroupsSequence
+    # The frames' bits (the byte padding pixel data of an odd length: 0 here, as the
+    # standard asks; highdicom's is b"0").
+    length = -(-int(ours.NumberOfFrames) * shape[1] * shape[2] // 8)
+    assert len(ours.PixelData) == len(theirs.PixelData) == length + length % 2
+    assert ours.PixelData[:length] == theirs.PixelData[:length]
+    assert ours.ReferencedSeriesSequence == theirs.ReferencedSeriesSequence
+    assert ours.SourceImageSequence == theirs.SourceImageSequence

@@ -1,0 +1,252 @@
+"""Outputs as DICOM SEGs (``finalize.dicom_seg``): streamed, as raysegment writes them,
+against highdicom given the whole output, in time and peak memory, as the input grows.
+
+    python benchmarks/seg_write.py [OUT] [--sides 8192,16384,32768] [--whole 8192,16384]
+    python benchmarks/seg_write.py [OUT] --series [--slices 100,300,900] [--whole 100,300]
+
+Slides: for each side N writes (once) ``OUT/<N>/slide/level0.dcm``, an N x N DICOM slide
+of 256^2 JPEG tiles (one tile's bytes in every frame: only its header is read), and
+``OUT/<N>/mask.zarr``, an output's level 0 as ``raysegment infer`` writes a softmax
+model's mask (2 channels, uint8, 1024^2 chunks): nuclei (discs of radius 7, 24 pixels
+apart) over tissue in blobs covering about half the slide, none on the glass. The SEG is
+of channel 1 (``Nucleus``), its frames the tiles holding a nucleus (TILED_SPARSE).
+
+Series (``--series``): for each number of slices Z, ``OUT/series/<Z>/ct/``, a CT series of
+Z 512^2 slices (as ``tests/data/test_dicom.py`` writes them), and ``mask.zarr``, a
+20-class sigmoid model's mask over it (20 channels, uint8, 128^3 chunks: as infer writes
+a 3D output): an ellipsoid each, 20-80 voxels in radius. The SEG is of all 20 channels,
+its frames the slices holding each.
+
+Each SEG is written in its own process, which prints its seconds, the process' resident
+memory after its imports, and its peak while writing (the peak reset after the imports):
+streamed (``write_slide_seg`` / ``write_dicom_seg``: a chunk read at a time, the frames
+spooled to disk, the SEG written around them), and highdicom's ``Segmentation`` of the
+output read whole into memory, for the sizes given to ``--whole``; at the smallest, both
+SEGs' frames and functional groups are checked equal.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+TILE = 256
+CHUNK = 1024
+SEGMENTS = 20
+"""The series' classes."""
+
+
+def _slide(root: Path, side: int) -> Path:
+    """An N x N brightfield slide's level 0 of one JPEG tile repeated."""
+    import imagecodecs
+    from pydicom.encaps import encapsulate
+    from pydicom.uid import JPEGBaseline8Bit, generate_uid
+
+    from tests.data.test_dicom import _slide_level
+
+    path = root / "slide" / "level0.dcm"
+    if path.exists():
+        return path
+    path.parent.mkdir(parents=True, exist_ok=True)
+    frames = -((-side // TILE) ** 2)
+    uids = generate_uid(), generate_uid(), generate_uid()
+    ds = _slide_level(JPEGBaseline8Bit, uids, 0, (side, side), TILE, frames, 0.25)
+    ds.SamplesPerPixel, ds.PlanarConfiguration = 3, 0
+    ds.PhotometricInterpretation = "YBR_FULL_422"
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 8, 8, 7, 0
+    tile = np.full((TILE, TILE, 3), 220, np.uint8)
+    ds.PixelData = encapsulate([imagecodecs.jpeg8_encode(tile, level=90)] * frames)
+    ds["PixelData"].VR = "OB"
+    ds.save_as(path, enforce_file_format=True)
+    return path
+
+
+def _nuclei(root: Path, side: int) -> Path:
+    """A softmax model's 2-channel mask of nuclei over tissue, chunk by chunk."""
+    import zarr
+
+    path = root / "mask.zarr"
+    if (path / "zarr.json").exists():
+        return path
+    array = zarr.create_array(
+        str(path), shape=(2, side, side), chunks=(1, CHUNK, CHUNK), dtype="uint8", overwrite=True
+    )
+    coarse = side // TILE
+    rng = np.random.default_rng(7)
+    # Tissue: a smoothed random field over the tiles, above its median.
+    field = rng.random((coarse + 8, coarse + 8))
+    kernel = np.ones(9) / 9
+    for axis in (0, 1):
+        field = np.apply_along_axis(np.convolve, axis, field, kernel, mode="valid")
+    tissue = field > np.median(field)
+    yy, xx = np.mgrid[0:CHUNK, 0:CHUNK]
+    nuclei = (yy % 24 - 12) ** 2 + (xx % 24 - 12) ** 2 <= 49
+    per = CHUNK // TILE
+    for y in range(0, side, CHUNK):
+        for x in range(0, side, CHUNK):
+            here = tissue[y // TILE : y // TILE + per, x // TILE : x // TILE + per]
+            on = nuclei & np.kron(here, np.ones((TILE, TILE), bool))
+            array[:, y : y + CHUNK, x : x + CHUNK] = np.stack([~on, on]).astype(np.uint8)
+    return path
+
+
+def _series(root: Path, slices: int) -> tuple[Path, Path]:
+    """A CT series of ``slices`` 512^2 slices, and a 20-class mask of an ellipsoid each."""
+    import zarr
+
+    from tests.data.test_dicom import write_series
+
+    ct, path = root / "ct", root / "mask.zarr"
+    if (path / "zarr.json").exists():
+        return ct, path
+    write_series(ct, np.zeros((slices, 512, 512), np.uint16))
+    array = zarr.create_array(
+        str(path), shape=(SEGMENTS, slices, 512, 512), chunks=(1, 128, 128, 128), dtype="uint8"
+    )
+    rng = np.random.default_rng(0)
+    zz, yy, xx = np.ogrid[:slices, :512, :512]
+    for s in range(SEGMENTS):
+        centre = rng.integers([0, 100, 100], [slices, 400, 400])
+        radius = rng.integers(20, 80, 3)
+        inside = (
+            sum(((g - c) / r) ** 2 for g, c, r in zip((zz, yy, xx), centre, radius, strict=True))
+            <= 1
+        )
+        array[s] = inside.astype(np.uint8)
+    return ct, path
+
+
+def _slices(ct: Path) -> list[str]:
+    import pydicom
+
+    where = {
+        str(f): float(pydicom.dcmread(f, stop_before_pixels=True).ImagePositionPatient[2])
+        for f in ct.iterdir()
+    }
+    return sorted(where, key=where.__getitem__)
+
+
+def _child(kind: str, source: str, mask: str, location: str) -> None:
+    """One SEG written (``kind``: streamed or whole, of a slide's level file or a series'
+    directory ``source``), its seconds and memory as JSON."""
+    import highdicom
+    import pydicom
+    import zarr
+
+    from raysegment.post.dicom_seg import _descriptions, write_dicom_seg, write_slide_seg
+
+    series = Path(source).is_dir()
+    files = _slices(Path(source)) if series else [source]
+    segments = SEGMENTS if series else 1
+    names = [f"Organ {s}" for s in range(segments)] if series else ["Nucleus"]
+    chosen = list(range(segments)) if series else [1]
+    before = _status("VmRSS")
+    Path("/proc/self/clear_refs").write_text("5")  # the peak from here on: not the imports'
+    start = time.perf_counter()
+    if kind == "streamed" and series:
+        write_dicom_seg(mask, "czyx", files, [None] * len(files), "mask", chosen, names, location)
+    elif kind == "streamed":
+        write_slide_seg(mask, files, "mask", chosen, names, location)
+    else:
+        output = zarr.open_array(mask, mode="r")
+        pixels = np.moveaxis(np.asarray(output[chosen]), 0, -1)
+        options = {} if series else {"tile_pixel_array": True}
+        seg = highdicom.seg.Segmentation(
+            source_images=[pydicom.dcmread(f, stop_before_pixels=True) for f in files],
+            pixel_array=pixels if series else pixels[None],
+            segmentation_type="BINARY",
+            segment_descriptions=_descriptions(names),
+            series_instance_uid=highdicom.UID(),
+            series_number=1000,
+            sop_instance_uid=highdicom.UID(),
+            instance_number=1,
+            manufacturer="raysegment",
+            manufacturer_model_name="raysegment",
+            software_versions="1",
+            device_serial_number="none",
+            dimension_organization_type=None if series else "TILED_SPARSE",
+            **options,
+        )
+        seg.save_as(location, enforce_file_format=True)
+    seconds = time.perf_counter() - start
+    print(json.dumps({"seconds": seconds, "peak_mib": _status("VmHWM"), "imported_mib": before}))
+
+
+def _status(key: str) -> float:
+    """This process' ``key`` of ``/proc/self/status`` (VmRSS, VmHWM: its peak), MiB."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(key + ":"):
+            return int(line.split()[1]) / 2**10
+    raise KeyError(key)
+
+
+def _run(kind: str, source: Path, mask: Path, location: Path) -> dict[str, float]:
+    done = subprocess.run(
+        [sys.executable, __file__, "--child", kind, str(source), str(mask), str(location)],
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def _sizes(flag: str, default: str) -> list[int]:
+    value = sys.argv[sys.argv.index(flag) + 1] if flag in sys.argv else default
+    return [int(s) for s in value.split(",") if s]
+
+
+def main() -> None:
+    import pydicom
+
+    given = sys.argv[1] if len(sys.argv) > 1 and not sys.argv[1].startswith("--") else None
+    out = Path(given or "bench_seg_write")
+    series = "--series" in sys.argv
+    if series:
+        sizes = _sizes("--slices", "100,300,900")
+        whole = _sizes("--whole", "100,300")
+    else:
+        sizes = _sizes("--sides", "8192,16384,32768")
+        whole = _sizes("--whole", "8192,16384")
+    checked = False
+    for size in sizes:
+        start = time.perf_counter()
+        if series:
+            root = out / "series" / str(size)
+            source, mask = _series(root, size)
+            name = f"{size} x 512^2, {SEGMENTS} classes"
+        else:
+            root = out / str(size)
+            source, mask = _slide(root, size), _nuclei(root, size)
+            name = f"{size}^2"
+        print(f"{name}: input and mask ready in {time.perf_counter() - start:.0f} s")
+        kinds = ["streamed", *(["whole"] if size in whole else [])]
+        for kind in kinds:
+            location = root / f"{kind}.seg.dcm"
+            got = _run(kind, source, mask, location)
+            frames = int(pydicom.dcmread(location, stop_before_pixels=True).NumberOfFrames)
+            mib = location.stat().st_size / 2**20
+            print(
+                f"  {kind:8s} {got['seconds']:6.1f} s, peak {got['peak_mib']:6.0f} MiB "
+                f"({got['imported_mib']:.0f} MiB after imports); {frames} frames, {mib:.0f} MiB"
+            )
+        if len(kinds) == 2 and not checked:
+            ours, theirs = (pydicom.dcmread(root / f"{k}.seg.dcm") for k in kinds)
+            assert ours.PixelData == theirs.PixelData
+            assert ours.PerFrameFunctionalGroupsSequence == theirs.PerFrameFunctionalGroupsSequence
+            print("  the two SEGs' frames and their functional groups are equal")
+            checked = True
+
+
+if __name__ == "__main__":
+    if sys.argv[1:2] == ["--child"]:
+        _child(*sys.argv[2:6])
+    else:
+        main()
