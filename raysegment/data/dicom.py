@@ -127,6 +127,7 @@ _FRAME_GROUPS = {
     "PixelMeasuresSequence": ("PixelSpacing", "SliceThickness"),
     "PixelValueTransformationSequence": ("RescaleSlope", "RescaleIntercept"),
     "FrameContentSequence": ("TemporalPositionIndex",),
+    "MREchoSequence": ("EffectiveEchoTime",),
 }
 """An enhanced (multi-frame) file's functional groups a slice's header takes its
 attributes from, the frame's own or the shared ones."""
@@ -184,6 +185,28 @@ def _time_points(headers: list[Any]) -> list[list[Any]]:
     return [by_time[k] for k in sorted(by_time)]
 
 
+def _echoes(headers: list[Any]) -> list[list[Any]]:
+    """A time point's slices by echo (a multi-echo MR's: the classic ``EchoNumbers``, else
+    the echo time, an enhanced frame's ``EffectiveEchoTime``), in their order; one where
+    they have none or one."""
+    numbered = all("EchoNumbers" in h for h in headers)
+    by_echo: dict[float, list[Any]] = defaultdict(list)
+    for header in headers:
+        if numbered:  # one number, or several (the first)
+            key = float(np.atleast_1d(np.asarray(header.EchoNumbers, float))[0])
+        else:
+            time = header.get("EffectiveEchoTime", header.get("EchoTime"))
+            key = float(time) if time not in (None, "") else 0.0
+        by_echo[key].append(header)
+    return [by_echo[k] for k in sorted(by_echo)]
+
+
+def _echo_name(k: int, header: Any) -> str:
+    """Echo ``k``'s channel name (``echo 1 (TE 4.92 ms)``)."""
+    time = header.get("EffectiveEchoTime", header.get("EchoTime"))
+    return f"echo {k + 1}" + (f" (TE {float(time):g} ms)" if time not in (None, "") else "")
+
+
 def _where(header: Any) -> np.ndarray:
     """A slice's position (x, y, z, millimetres; 0 where it has none)."""
     return np.asarray(header.get("ImagePositionPatient", [0, 0, 0]), float)
@@ -238,28 +261,41 @@ class _DicomSource(ImageSource):
 
 class DicomSeriesSource(_DicomSource):
     """A DICOM series as a volume (z, y, x), or a volume a time point (t, z, y, x: the
-    same slices at each of its temporal positions): its pixel spacing and slice spacing in
-    millimetres; rescaled values as float32 (the stored type where slope 1 and intercept
-    0); the first slice's position as the origin where the slices are axial (rows along
-    x, columns along y)."""
+    same slices at each of its temporal positions), its echoes (a multi-echo MR's) as
+    channels: its pixel spacing and slice spacing in millimetres; rescaled values as
+    float32 (the stored type where slope 1 and intercept 0); the first slice's position as
+    the origin where the slices are axial (rows along x, columns along y)."""
 
     kind = "dicom"
 
     def _inspect(self) -> ImageInfo:
         if self.level > 0:
             raise self._no_level(1)
-        times = [_ordered(self.path, h) for h in _time_points(self._series_headers())]
-        (ordered, spacing), later = times[0], times[1:]
-        for k, (others, _) in enumerate(later, start=1):
-            if len(others) != len(ordered) or not np.allclose(
-                [_where(h) for h in others], [_where(h) for h in ordered], atol=1e-3
-            ):
-                raise InputImageError(
-                    f"{self.path}: its time point {k + 1} covers other slices than its first "
-                    f"({len(others)} against {len(ordered)}); export every temporal position "
-                    f"of the same slices, or each as a series"
-                )
-        every = [h for slices, _ in times for h in slices]  # t by t, each in slice order
+        times = [
+            [_ordered(self.path, e) for e in _echoes(h)]
+            for h in _time_points(self._series_headers())
+        ]
+        (ordered, spacing) = times[0][0]
+        for t, echoes in enumerate(times):
+            for e, (others, _) in enumerate(echoes):
+                if len(echoes) != len(times[0]):
+                    raise InputImageError(
+                        f"{self.path}: its time point {t + 1} has {len(echoes)} echoes, its "
+                        f"first {len(times[0])}; export every echo of every temporal "
+                        f"position, or each as a series"
+                    )
+                if len(others) != len(ordered) or not np.allclose(
+                    [_where(h) for h in others], [_where(h) for h in ordered], atol=1e-3
+                ):
+                    what = f"time point {t + 1}" if len(echoes) == 1 else f"echo {e + 1}"
+                    what += f" of time point {t + 1}" if len(echoes) > 1 and len(times) > 1 else ""
+                    raise InputImageError(
+                        f"{self.path}: its {what} covers other slices than its first "
+                        f"({len(others)} against {len(ordered)}); export every temporal "
+                        f"position and echo of the same slices, or each as a series"
+                    )
+        # t by t, each echo by echo, each in slice order
+        every = [h for echoes in times for slices, _ in echoes for h in slices]
         self.files = [h.filename for h in every]
         self.frames = [getattr(h, "frame", None) for h in every]  # an enhanced file's
         first = ordered[0]
@@ -310,8 +346,11 @@ class DicomSeriesSource(_DicomSource):
         if axial and "ImagePositionPatient" in first:
             x, y, z = (float(v) for v in first.ImagePositionPatient)
             origin = {"x": x, "y": y, "z": z}
-        shape = (len(times), 1, len(ordered), rows, columns)
-        return ImageInfo(shape, dtype, scale, units, origin=origin)  # type: ignore[arg-type]
+        shape = (len(times), len(times[0]), len(ordered), rows, columns)
+        names = None
+        if len(times[0]) > 1:
+            names = tuple(_echo_name(k, slices[0]) for k, (slices, _) in enumerate(times[0]))
+        return ImageInfo(shape, dtype, scale, units, names, origin)  # type: ignore[arg-type]
 
     def _open(self) -> Any:
         return reader_module(self.path, "pydicom", "DICOM", "dicom")
@@ -321,9 +360,10 @@ class DicomSeriesSource(_DicomSource):
     ) -> np.ndarray:
         pydicom = self.handle
         (z0, z1), (y0, y1), (x0, x1) = region
-        out = np.empty((1, z1 - z0, y1 - y0, x1 - x0), self.info.dtype)
-        planes = self.info.shape[2]
-        for k, z in enumerate(range(t * planes + z0, t * planes + z1)):
+        out = np.empty((len(channels), z1 - z0, y1 - y0, x1 - x0), self.info.dtype)
+        echoes, planes = self.info.shape[1:3]
+        for (i, c), k in itertools.product(enumerate(channels), range(z1 - z0)):
+            z = (t * echoes + c) * planes + z0 + k
             try:
                 with storage.open_read(self.files[z]) as f:
                     if self.frames[z] is None:
@@ -338,8 +378,8 @@ class DicomSeriesSource(_DicomSource):
                     f"pylibjpeg-libjpeg) or a decompressed export"
                 ) from e
             slope, inter = self.rescale[z]
-            out[0, k] = pixels * slope + inter if out.dtype.kind == "f" else pixels
-        return out  # one channel: ``channels`` is (0,)
+            out[i, k] = pixels * slope + inter if out.dtype.kind == "f" else pixels
+        return out
 
 
 _JPEG = "1.2.840.10008.1.2.4.50"

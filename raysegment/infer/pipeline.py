@@ -680,7 +680,9 @@ def _write_dicom_seg(plan: ImagePlan, cfg: InferConfig) -> None:
         files = list(source.layout.paths)
         write_slide_seg(array, files, mode, chosen, names, location, coded)
         return
-    files, frames = list(source.files), list(source.frames)
+    planes = layout.shape[layout.axes.index("z")] if "z" in layout.axes else 1
+    # The first echo's slices (a multi-echo series' echoes lie on the same ones).
+    files, frames = list(source.files)[:planes], list(source.frames)[:planes]
     write_dicom_seg(array, layout.axes, files, frames, mode, chosen, names, location, coded)
 
 

@@ -79,24 +79,32 @@ def write_series(
     rescale: tuple[float, float] = (1.0, -1024.0),
     number: int = 3,
     names: list[str] | None = None,
+    echo_times: list[float] | None = None,
 ) -> None:
     """``stored`` (z, y, x, uint16) as a CT series of one file a slice, as scanners export
     them: positions from ``origin`` (x, y, z) ``spacing[0]`` apart along z, pixel spacing
     ``spacing[1:]`` (row, column), files named by ``names`` (default: by a shuffled
-    order, so the files' names do not give the slices' order)."""
+    order, so the files' names do not give the slices' order). ``echo_times``: a
+    multi-echo MR series, ``stored`` (echoes, z, y, x), an echo each of those times (ms),
+    each slice's echoes files of their own."""
     directory.mkdir(parents=True, exist_ok=True)
     series, study, frame_of_reference = generate_uid(), generate_uid(), generate_uid()
-    order = names or [f"IM{k:04d}.dcm" for k in np.random.default_rng(1).permutation(len(stored))]
-    for z, plane in enumerate(stored):
+    echoes = stored if echo_times else stored[None]
+    count = echoes.shape[0] * echoes.shape[1]
+    order = names or [f"IM{k:04d}.dcm" for k in np.random.default_rng(1).permutation(count)]
+    slices = [(e, z, plane) for e, volume in enumerate(echoes) for z, plane in enumerate(volume)]
+    for k, (e, z, plane) in enumerate(slices):
         meta = FileMetaDataset()
         meta.MediaStorageSOPClassUID = CTImageStorage
         meta.MediaStorageSOPInstanceUID = generate_uid()
         meta.TransferSyntaxUID = ExplicitVRLittleEndian
-        ds = FileDataset(str(directory / order[z]), {}, file_meta=meta, preamble=b"\0" * 128)
+        ds = FileDataset(str(directory / order[k]), {}, file_meta=meta, preamble=b"\0" * 128)
         ds.SOPClassUID, ds.SOPInstanceUID = CTImageStorage, meta.MediaStorageSOPInstanceUID
         ds.Modality, ds.SeriesInstanceUID, ds.SeriesNumber = "CT", series, number
         _patient(ds, study, frame_of_reference)
-        ds.InstanceNumber = len(stored) - z  # scanners number in either direction
+        ds.InstanceNumber = count - k  # scanners number in either direction
+        if echo_times:
+            ds.Modality, ds.EchoNumbers, ds.EchoTime = "MR", e + 1, echo_times[e]
         ds.ImageOrientationPatient = [1, 0, 0, 0, 1, 0]
         ds.ImagePositionPatient = [origin[0], origin[1], origin[2] + z * spacing[0]]
         ds.PixelSpacing = list(spacing[1:])
@@ -106,7 +114,7 @@ def write_series(
         ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 0
         ds.RescaleSlope, ds.RescaleIntercept = rescale
         ds.PixelData = plane.astype(np.uint16).tobytes()
-        ds.save_as(directory / order[z], enforce_file_format=True)
+        ds.save_as(directory / order[k], enforce_file_format=True)
 
 
 def test_a_ct_series_reads_as_one_volume_in_slice_order(tmp_path) -> None:
@@ -667,12 +675,18 @@ def test_dicom_seg_is_refused_before_the_run_for_what_it_cannot_hold(
     assert not (tmp_path / "out").exists()
 
 
-def write_enhanced(path: Path, stored: np.ndarray) -> list[int]:
+def write_enhanced(
+    path: Path, stored: np.ndarray, echo_times: list[float] | None = None
+) -> list[int]:
     """``stored`` (z, y, x, uint16) as one enhanced CT file, as recent scanners write them
     (``write_series``' spacing, origin and rescaling): its slices as frames in a shuffled
     order, each frame's position and rescaling in its own functional groups, the
-    orientation and spacing shared. Returns each frame's slice."""
+    orientation and spacing shared. ``echo_times``: an enhanced multi-echo MR file,
+    ``stored`` (echoes, z, y, x), each frame's echo time (ms) in its own groups. Returns
+    each frame's slice (its index in ``stored``'s slices, echo by echo)."""
     spacing, origin = SPACING, ORIGIN
+    planes = stored.shape[-3]
+    stored = stored.reshape(-1, *stored.shape[-2:])  # echo by echo
     order = [int(z) for z in np.random.default_rng(2).permutation(len(stored))]
     ds = _instance(EnhancedCTImageStorage, ExplicitVRLittleEndian)
     ds.SeriesInstanceUID, ds.Modality, ds.SeriesNumber = generate_uid(), "CT", 4
@@ -687,18 +701,88 @@ def write_enhanced(path: Path, stored: np.ndarray) -> list[int]:
     shared.PixelMeasuresSequence, shared.PlaneOrientationSequence = [measures], [orientation]
     ds.SharedFunctionalGroupsSequence = [shared]
     frames = []
-    for z in order:
+    for k in order:
         item, position, values = Dataset(), Dataset(), Dataset()
+        e, z = divmod(k, planes)
         position.ImagePositionPatient = [origin[0], origin[1], origin[2] + z * spacing[0]]
         values.RescaleSlope, values.RescaleIntercept = 1.0, -1024.0
         values.RescaleType = "HU"
         item.PlanePositionSequence, item.PixelValueTransformationSequence = [position], [values]
+        if echo_times:
+            echo = Dataset()
+            echo.EffectiveEchoTime = echo_times[e]
+            item.MREchoSequence = [echo]
         frames.append(item)
     ds.PerFrameFunctionalGroupsSequence = frames
     ds.PixelData = stored[order].astype(np.uint16).tobytes()
     path.parent.mkdir(parents=True, exist_ok=True)
     ds.save_as(path, enforce_file_format=True)
     return order
+
+
+@pytest.mark.parametrize("enhanced", [False, True])
+def test_a_multi_echo_series_reads_an_echo_a_channel(tmp_path, enhanced) -> None:
+    """A multi-echo MR series (each slice's echoes in files of their own, numbered, or an
+    enhanced file's frames, each with its echo time): a channel an echo, in their order,
+    named after their echo times; a channel read alone; an echo missing a slice is one
+    error naming it."""
+    stored = random_image((2, 4, 16, 20)).astype(np.uint16)
+    stored[1] += 2000  # the second echo tells itself from the first
+    if enhanced:
+        write_enhanced(tmp_path / "mr" / "scan.dcm", stored, echo_times=[4.92, 9.84])
+    else:
+        write_series(tmp_path / "mr", stored, echo_times=[4.92, 9.84])
+    (source,) = open_sources(tmp_path / "mr")
+    assert source.info.shape == (1, 2, 4, 16, 20)
+    assert source.info.channel_names == ("echo 1 (TE 4.92 ms)", "echo 2 (TE 9.84 ms)")
+    region = ((0, 4), (0, 16), (0, 20))
+    want = stored.astype(np.float32) - 1024
+    np.testing.assert_array_equal(source.read(0, (0, 1), region), want)
+    np.testing.assert_array_equal(
+        source.read(0, (1,), ((1, 3), (2, 9), (0, 20))), want[1:, 1:3, 2:9]
+    )
+    if not enhanced:
+        victim = next(
+            f
+            for f in (tmp_path / "mr").iterdir()
+            if pydicom.dcmread(f).InstanceNumber == 1  # echo 2, its last slice
+        )
+        victim.unlink()
+        with pytest.raises(
+            InputImageError, match=r"mr: its echo 2 covers other slices .*\(3 against 4\)"
+        ):
+            open_sources(tmp_path / "mr")
+
+
+@pytest.mark.usefixtures("ray_session")
+def test_a_multi_echo_series_output_is_a_seg_of_its_first_echos_slices(
+    tmp_path, make_model
+) -> None:
+    """A model of two channels segments the echoes together; the SEG references the
+    first echo's slices (the echoes lie on the same), each frame its slice's segment."""
+    import highdicom
+
+    stored = random_image((2, 6, 32, 40)).astype(np.uint16)
+    write_series(tmp_path / "mr", stored, echo_times=[4.92, 9.84])
+    model, _ = make_model(dims=3, in_ch=2, out_ch=2)
+    _, got = volume_output(
+        tmp_path, tmp_path / "mr", model, finalize={"mode": "mask", "dicom_seg": True}
+    )
+    seg = highdicom.seg.segread(tmp_path / "out" / "mr.seg.dcm")
+    first = sorted(
+        (h for h in map(pydicom.dcmread, (tmp_path / "mr").iterdir()) if h.EchoNumbers == 1),
+        key=lambda h: float(h.ImagePositionPatient[2]),
+    )
+    (referenced,) = seg.ReferencedSeriesSequence
+    uids = [r.ReferencedSOPInstanceUID for r in referenced.ReferencedInstanceSequence]
+    assert sorted(uids) == sorted(h.SOPInstanceUID for h in first)
+    frames = seg.get_pixels_by_source_instance(
+        source_sop_instance_uids=[h.SOPInstanceUID for h in first],
+        segment_numbers=[1],
+        assert_missing_frames_are_empty=True,
+    )
+    assert got[1].any()
+    np.testing.assert_array_equal(frames[..., 0], got[1])
 
 
 def test_an_enhanced_ct_file_reads_as_a_volume_in_slice_order(tmp_path) -> None:
