@@ -652,6 +652,14 @@ def _check_dicom_seg(cfg: InferConfig, sources: list[ImageSource]) -> None:
             f"{key}: finalize.mode={mode}; a DICOM Segmentation holds binary segments: set "
             f"finalize.mode=mask (a segment per class channel) or labels"
         )
+    unplaced = next(
+        (s for s in sources if s.kind == "dicom" and getattr(s, "positions", 0) is None), None
+    )
+    if unplaced is not None:
+        raise ConfigError(
+            f"{key}: {unplaced.path}'s slices have no position (ImagePositionPatient), which "
+            f"a DICOM Segmentation places its frames by: drop the key (the OME-Zarr holds it)"
+        )
     timed = next((s for s in sources if s.info.shape[0] > 1), None)
     if timed is not None:
         raise ConfigError(

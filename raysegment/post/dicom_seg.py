@@ -103,8 +103,8 @@ def write_dicom_seg(
     are ``files`` in the array's plane order (``frames``: each one's frame in an enhanced
     file, else None), as a DICOM SEG at ``location``: segments ``names``, of the channels
     (``mask``) or label values (``labels``) ``chosen``, coded as ``coded`` says (else
-    ``Tissue``); frames the slices holding a segment, each segment's in slice order, read
-    a chunk of slices at a time."""
+    ``Tissue``); frames the slices holding a segment, each segment's in highdicom's order
+    (along its normal), read a chunk of slices at a time."""
     import zarr
 
     pydicom = reader_module(location, "pydicom", "DICOM", "dicom")

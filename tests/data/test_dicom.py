@@ -667,6 +667,13 @@ def test_dicom_seg_is_refused_before_the_run_for_what_it_cannot_hold(
     nibabel.save(nibabel.Nifti1Image(np.zeros((4, 4, 4), np.int16), np.eye(4)), nifti)
     with pytest.raises(ConfigError, match=r"ct.nii is no DICOM series or slide .*\(nifti\)"):
         infer(**run | {"input": str(nifti)}, finalize={"mode": "mask", "dicom_seg": True})
+    write_series(tmp_path / "xr", random_image((1, 16, 16)).astype(np.uint16))
+    (plain,) = (tmp_path / "xr").iterdir()  # a projection radiograph's: no position
+    header = pydicom.dcmread(plain)
+    del header.ImagePositionPatient
+    header.save_as(plain)
+    with pytest.raises(ConfigError, match=r"xr's slices have no position \(ImagePositionPatient"):
+        infer(**run | {"input": str(tmp_path / "xr")}, finalize={"mode": "mask", "dicom_seg": True})
     monkeypatch.setitem(sys.modules, "highdicom", None)
     with pytest.raises(
         InputImageError, match=r"needs highdicom: pip install 'raysegment\[dicom\]'"
