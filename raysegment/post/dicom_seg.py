@@ -324,7 +324,11 @@ def _slices(array: Any, volume: bool) -> Regions:
     depth = array.chunks[1]
     for z0 in range(0, array.shape[1], depth):
         z1 = min(z0 + depth, array.shape[1])
-        yield (lambda c, z0=z0, z1=z1: np.asarray(array[c, z0:z1])), np.arange(z0, z1)
+
+        def read(c: int, z0: int = z0, z1: int = z1) -> np.ndarray:
+            return np.asarray(array[c, z0:z1])
+
+        yield read, np.arange(z0, z1)
 
 
 def _tiles(array: Any, tile: tuple[int, int]) -> Regions:
