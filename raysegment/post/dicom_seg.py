@@ -120,7 +120,7 @@ def write_dicom_seg(
     positions = [highdicom.PlanePositionSequence("PATIENT", p) for p in where]
     given_spacing = _source_spacing(headers[0])  # before highdicom sets its own
     rows, columns = (int(n) for n in array.shape[-2:])
-    with tempfile.TemporaryDirectory(prefix="raysegment-seg-") as spool:
+    with _spool_directory(location) as spool:
         regions = _slices(array, "z" in axes)
         placed, overlap = _spool(regions, mode, chosen, rows * columns, spool)
         header, items = _proxy(
@@ -213,7 +213,7 @@ def write_slide_seg(
         proxy.Rows, proxy.Columns = tile
         proxy.NumberOfFrames = 1
         proxies.append(proxy)
-    with tempfile.TemporaryDirectory(prefix="raysegment-seg-") as spool:
+    with _spool_directory(location) as spool:
         placed, overlap = _spool(_tiles(array, tile), mode, chosen, rows * columns, spool)
         header, items = _proxy(
             highdicom,
@@ -543,6 +543,16 @@ def _written(location: str) -> Iterator[Any]:
         yield f
     if local:
         os.replace(target, location)
+
+
+def _spool_directory(location: str) -> Any:
+    """A temporary directory for a SEG's frames: beside a local ``location`` (its file
+    system has room for the SEG), else the system's."""
+    local = not storage.is_url(location)
+    parent = storage.parent(location) if local else None
+    if parent is not None:
+        os.makedirs(parent, exist_ok=True)
+    return tempfile.TemporaryDirectory(prefix=".raysegment-seg-", dir=parent)
 
 
 def _headers(files: list[str], pydicom: Any) -> list[Any]:

@@ -109,7 +109,8 @@ def test_a_slides_output_is_the_seg_highdicom_writes_of_it_whole(
     )
     got = labels.read(0, tuple(range(len(names))), ((0, 1), (0, SHAPE[0]), (0, SHAPE[1])))[:, 0]
     np.testing.assert_array_equal(np.moveaxis(got, 0, -1).astype(bool), want)
-    assert not list(tmp_path.glob("*.partial"))
+    # Nothing left beside it: no partial file, no spooled frames.
+    assert not list(tmp_path.glob("*.partial")) and not list(tmp_path.glob(".raysegment-seg-*"))
 
 
 def test_an_empty_mask_is_a_seg_of_one_empty_frame(tmp_path) -> None:
@@ -134,7 +135,7 @@ def test_a_seg_past_native_pixel_datas_length_or_off_its_slide_fails_in_one_line
     monkeypatch.setattr(dicom_seg, "_MAX_PIXEL_BYTES", 12 * 128 * 128 // 8 - 1)
     with pytest.raises(OutputError, match=r"a.seg.dcm: 12 frames of 2048 bytes, .*input_level="):
         write_slide_seg(array, [level0], "mask", [0], ["Tumor"], str(tmp_path / "a.seg.dcm"))
-    assert not list(tmp_path.glob("a.seg.dcm*"))
+    assert not list(tmp_path.glob("a.seg.dcm*")) and not list(tmp_path.glob(".raysegment-*"))
     half = _output(tmp_path / "half.zarr", np.ones((1, 150, 200), np.uint8), 128)
     with pytest.raises(OutputError, match=r"half.zarr: 150 x 200, not the 300 x 400 pixels of"):
         write_slide_seg(half, [level0], "mask", [0], ["Tumor"], str(tmp_path / "b.seg.dcm"))
