@@ -56,7 +56,8 @@ def _slide(root: Path, side: int) -> Path:
     if path.exists():
         return path
     path.parent.mkdir(parents=True, exist_ok=True)
-    frames = -((-side // TILE) ** 2)
+    across = -(-side // TILE)
+    frames = across * across
     uids = generate_uid(), generate_uid(), generate_uid()
     ds = _slide_level(JPEGBaseline8Bit, uids, 0, (side, side), TILE, frames, 0.25)
     ds.SamplesPerPixel, ds.PlanarConfiguration = 3, 0
