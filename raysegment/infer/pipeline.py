@@ -675,7 +675,7 @@ def _write_dicom_seg(plan: ImagePlan, cfg: InferConfig) -> None:
     from raysegment.post.dicom_seg import segments, write_dicom_seg, write_slide_seg
 
     layout, mode = plan.layout, cfg.finalize.mode.value
-    activation = cfg.finalize.activation.value
+    activation = plan.activation  # the model's own where finalize.activation is auto
     channels = layout.shape[layout.axes.index("c")]
     softmax = activation == "softmax" or (activation == "auto" and channels > 1)
     chosen, kept = segments(mode, len(plan.classes), softmax)

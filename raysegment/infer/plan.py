@@ -93,6 +93,9 @@ class ImagePlan:
     a DICOM SEG's segments."""
     class_codes: tuple[Any, ...] = ()
     """Their coded meanings where the model gives them (a DICOM SEG's segments' codes)."""
+    activation: str = "auto"
+    """The output's activation: ``finalize.activation``, else the model's own (its
+    ``raysegment.json``), else auto (sigmoid for one channel, else softmax)."""
 
     @property
     def block_levels(self) -> int:
@@ -464,6 +467,11 @@ def plan_image(
         mask=mask,
         classes=classes,
         class_codes=codes,
+        activation=(
+            cfg.finalize.activation.value
+            if cfg.finalize.activation.value != "auto"
+            else spec.activation or "auto"
+        ),
     )
 
 

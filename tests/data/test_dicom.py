@@ -649,6 +649,31 @@ def test_a_ct_series_output_is_written_as_a_dicom_seg_of_the_series(
 
 
 @pytest.mark.usefixtures("ray_session")
+def test_a_multilabel_models_every_class_is_a_segment(tmp_path, make_model) -> None:
+    """A model trained multilabel (sigmoid, as its ``raysegment.json`` says) has no
+    background channel: with ``finalize.activation`` left auto, each of its channels is a
+    segment, the first one too."""
+    import json
+
+    import highdicom
+
+    write_series(tmp_path / "ct", random_image((6, 32, 40)).astype(np.uint16))
+    model, _ = make_model(dims=3, out_ch=2)
+    (tmp_path / "multilabel").mkdir()
+    model = model.rename(tmp_path / "multilabel" / "model.pth").parent
+    meta = {"classes": ["Liver", "Vessel"], "activation": "sigmoid"}
+    (model / "raysegment.json").write_text(json.dumps(meta))
+    _, got = volume_output(
+        tmp_path, tmp_path / "ct", model, finalize={"mode": "mask", "dicom_seg": True}
+    )
+    seg = highdicom.seg.segread(tmp_path / "out" / "ct.seg.dcm")
+    assert [s.SegmentLabel for s in seg.SegmentSequence] == ["Liver", "Vessel"]
+    frames = _seg_frames(tmp_path / "out" / "ct.seg.dcm", tmp_path / "ct", 2)
+    assert (got.sum(axis=0) > 1).any()  # sigmoid channels overlap
+    np.testing.assert_array_equal(frames, np.moveaxis(got, 0, -1).astype(frames.dtype))
+
+
+@pytest.mark.usefixtures("ray_session")
 def test_dicom_seg_is_refused_before_the_run_for_what_it_cannot_hold(
     tmp_path, make_model, monkeypatch
 ) -> None:
