@@ -22,7 +22,9 @@ memory after its imports, and its peak while writing (the peak reset after the i
 streamed (``write_slide_seg`` / ``write_dicom_seg``: a chunk read at a time, the frames
 spooled to disk, the SEG written around them), and highdicom's ``Segmentation`` of the
 output read whole into memory, for the sizes given to ``--whole``; at the smallest, both
-SEGs' frames and functional groups are checked equal.
+SEGs' frames and functional groups are checked equal. Series also as a label map
+(``finalize.dicom_seg_type=labelmap``: a frame a slice, where ellipsoids overlap the later
+class's number).
 """
 
 from __future__ import annotations
@@ -152,10 +154,14 @@ def _child(kind: str, source: str, mask: str, location: str) -> None:
     before = _status("VmRSS")
     Path("/proc/self/clear_refs").write_text("5")  # the peak from here on: not the imports'
     start = time.perf_counter()
-    if kind == "streamed" and series:
-        write_dicom_seg(mask, "czyx", files, [None] * len(files), "mask", chosen, names, location)
-    elif kind == "streamed":
-        write_slide_seg(mask, files, "mask", chosen, names, location)
+    labelmap = kind == "labelmap"
+    if kind != "whole" and series:
+        frames = [None] * len(files)
+        write_dicom_seg(
+            mask, "czyx", files, frames, "mask", chosen, names, location, None, labelmap
+        )
+    elif kind != "whole":
+        write_slide_seg(mask, files, "mask", chosen, names, location, None, labelmap)
     else:
         output = zarr.open_array(mask, mode="r")
         pixels = np.moveaxis(np.asarray(output[chosen]), 0, -1)
@@ -229,6 +235,8 @@ def main() -> None:
             name = f"{size}^2"
         print(f"{name}: input and mask ready in {time.perf_counter() - start:.0f} s")
         kinds = ["streamed", *(["whole"] if size in whole else [])]
+        if series:
+            kinds.append("labelmap")
         for kind in kinds:
             location = root / f"{kind}.seg.dcm"
             got = _run(kind, source, mask, location)
@@ -238,8 +246,8 @@ def main() -> None:
                 f"  {kind:8s} {got['seconds']:6.1f} s, peak {got['peak_mib']:6.0f} MiB "
                 f"({got['imported_mib']:.0f} MiB after imports); {frames} frames, {mib:.0f} MiB"
             )
-        if len(kinds) == 2 and not checked:
-            ours, theirs = (pydicom.dcmread(root / f"{k}.seg.dcm") for k in kinds)
+        if "whole" in kinds and not checked:
+            ours, theirs = (pydicom.dcmread(root / f"{k}.seg.dcm") for k in kinds[:2])
             assert ours.PixelData == theirs.PixelData
             assert ours.PerFrameFunctionalGroupsSequence == theirs.PerFrameFunctionalGroupsSequence
             print("  the two SEGs' frames and their functional groups are equal")

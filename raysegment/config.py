@@ -79,6 +79,15 @@ class Activation(str, enum.Enum):
     softmax = "softmax"
 
 
+class SegType(str, enum.Enum):
+    """A DICOM Segmentation's kind (``finalize.dicom_seg_type``)."""
+
+    binary = "binary"
+    """A frame a segment and slice (or tile) holding it, a bit a pixel."""
+    labelmap = "labelmap"
+    """A frame a slice (or tile) holding any segment, each pixel its segment's number."""
+
+
 class NormalizeMode(str, enum.Enum):
     auto = "auto"
     none = "none"
@@ -147,9 +156,14 @@ class FinalizeConfig:
     the OME-Zarr, the output's full resolution in the input's voxel grid, header and
     affine (as nnU-Net writes its predictions)."""
     dicom_seg: bool = False
-    """DICOM series inputs, masks and labels: also write ``<name>.seg.dcm`` beside the
-    OME-Zarr, a DICOM Segmentation of the input series (a segment per class) that PACS
-    viewers show over the scan."""
+    """DICOM series and slide inputs, masks and labels: also write ``<name>.seg.dcm``
+    beside the OME-Zarr, a DICOM Segmentation of the input (a segment per class) that
+    PACS and slide viewers show over the scan."""
+    dicom_seg_type: SegType = SegType.binary
+    """binary (a frame a segment and slice, a bit a pixel; every SEG reader's) | labelmap
+    (DICOM's Label Map Segmentation: a frame a slice holding any class, each pixel its
+    segment's number; of labels, or of a mask whose classes do not overlap): a many-class
+    output's SEG in far fewer frames."""
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.threshold <= 1.0:

@@ -353,6 +353,8 @@ def _prepare(
     spec, fitted = probe_models(
         models, lambda spec: tile_size(cfg, spec), lambda spec: image_shapes(spec, sources)
     )
+    if cfg.finalize.dicom_seg:
+        _check_labelmap(cfg, spec)
     if spec.static_batch and cfg.batch_size not in (None, spec.static_batch):
         raise ConfigError(
             f"batch_size={cfg.batch_size}: {models[0].path} was exported for batches of "
@@ -669,6 +671,24 @@ def _check_dicom_seg(cfg: InferConfig, sources: list[ImageSource]) -> None:
     reader_module(sources[0].path, "highdicom", "DICOM Segmentations", "dicom")
 
 
+def _check_labelmap(cfg: InferConfig, spec: ModelSpec) -> None:
+    """A label map SEG holds one class a pixel: not a multilabel model's mask."""
+    activation = cfg.finalize.activation.value
+    if activation == "auto":
+        activation = spec.activation or "auto"  # the model's own (its raysegment.json)
+    if (
+        cfg.finalize.dicom_seg_type.value == "labelmap"
+        and cfg.finalize.mode.value == "mask"
+        and activation == "sigmoid"
+        and spec.out_channels > 1
+    ):
+        raise ConfigError(
+            f"finalize.dicom_seg_type=labelmap: the model's {spec.out_channels} classes are "
+            f"sigmoid's (multilabel), a pixel may be in several, and a label map holds one: "
+            f"set finalize.dicom_seg_type=binary"
+        )
+
+
 def _write_dicom_seg(plan: ImagePlan, cfg: InferConfig) -> None:
     """``<name>.seg.dcm`` beside the output: its classes as segments of the input series,
     or of the input slide's level it was made of."""
@@ -681,17 +701,20 @@ def _write_dicom_seg(plan: ImagePlan, cfg: InferConfig) -> None:
     chosen, kept = segments(mode, len(plan.classes), softmax)
     names = [plan.classes[i] for i in kept]
     coded = [plan.class_codes[i] for i in kept] if plan.class_codes else None
+    labelmap = cfg.finalize.dicom_seg_type.value == "labelmap"
     location = storage.join(storage.parent(plan.output), f"{layout.name}.seg.dcm")
     source: Any = plan.source  # a DicomSeriesSource or DicomSlideSource
     array = storage.join(plan.output, "0")
     if source.kind == "dicom-slide":
         files = list(source.layout.paths)
-        write_slide_seg(array, files, mode, chosen, names, location, coded)
+        write_slide_seg(array, files, mode, chosen, names, location, coded, labelmap)
         return
     planes = layout.shape[layout.axes.index("z")] if "z" in layout.axes else 1
     # The first echo's slices (a multi-echo series' echoes lie on the same ones).
     files, frames = list(source.files)[:planes], list(source.frames)[:planes]
-    write_dicom_seg(array, layout.axes, files, frames, mode, chosen, names, location, coded)
+    write_dicom_seg(
+        array, layout.axes, files, frames, mode, chosen, names, location, coded, labelmap
+    )
 
 
 _IO_TASKS = 4

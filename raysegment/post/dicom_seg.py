@@ -98,13 +98,15 @@ def write_dicom_seg(
     names: list[str],
     location: str,
     coded: list[Any] | None = None,
+    labelmap: bool = False,
 ) -> None:
     """The zarr array ``output`` (``axes``: c, [z,] y, x) of a DICOM series, whose slices
     are ``files`` in the array's plane order (``frames``: each one's frame in an enhanced
     file, else None), as a DICOM SEG at ``location``: segments ``names``, of the channels
     (``mask``) or label values (``labels``) ``chosen``, coded as ``coded`` says (else
     ``Tissue``); frames the slices holding a segment, each segment's in highdicom's order
-    (along its normal), read a chunk of slices at a time."""
+    (along its normal), read a chunk of slices at a time; a ``labelmap``: a frame a slice
+    holding any segment, each pixel its segment's number."""
     import zarr
 
     pydicom = reader_module(location, "pydicom", "DICOM", "dicom")
@@ -121,8 +123,6 @@ def write_dicom_seg(
     given_spacing = _source_spacing(headers[0])  # before highdicom sets its own
     rows, columns = (int(n) for n in array.shape[-2:])
     with _spool_directory(location) as spool:
-        regions = _slices(array, "z" in axes)
-        placed, overlap = _spool(regions, mode, chosen, rows * columns, spool)
         header, items = _proxy(
             highdicom,
             headers,
@@ -130,7 +130,12 @@ def write_dicom_seg(
             coded,
             mode,
             pixels=(rows, columns),
+            labelmap=labelmap,
             plane_positions=[positions[0]],
+        )
+        regions = _slices(array, "z" in axes)
+        placed, overlap = _spool(
+            regions, mode, chosen, rows * columns, spool, _pixel_type(header, labelmap)
         )
         # The header of all the slices, not the proxy's one; its frames in highdicom's
         # order: along its normal (against z's for axial slices).
@@ -151,9 +156,11 @@ def write_dicom_seg(
         included = np.unique(np.concatenate(placed))  # slices holding any segment
         index = np.zeros(len(where), np.int64)
         index[included[np.argsort(rank[included], kind="stable")]] = np.arange(len(included)) + 1
-        if len(chosen) == 1 and len(included) > 1:  # one segment on regularly spaced slices
-            stored = included[np.argsort([frames[z] for z in included])] if enhanced else included
-            regular, _ = highdicom.spatial.get_volume_positions(every[stored], cosines, sort=False)
+        # One segment (or a label map's one channel) on regularly spaced slices: "3D".
+        if (len(chosen) == 1 or labelmap) and len(included) > 1:
+            regular, _ = highdicom.spatial.get_volume_positions(
+                every[included], cosines, sort=False
+            )
             if regular is not None and regular > 0:
                 header.DimensionOrganizationType = "3D"
 
@@ -183,12 +190,14 @@ def write_slide_seg(
     names: list[str],
     location: str,
     coded: list[Any] | None = None,
+    labelmap: bool = False,
 ) -> None:
     """The zarr array ``output`` (c, y, x) of a DICOM slide's pyramid level, whose files are
     ``files`` (one, or one an optical path), as a DICOM SEG at ``location``: segments
     ``names``, of the channels (``mask``) or label values (``labels``) ``chosen``, coded as
     ``coded`` says (else ``Tissue``); frames the tiles (the slide's tile size) holding a
-    segment, each segment's in row order (TILED_SPARSE), read a chunk at a time."""
+    segment, each segment's in row order (TILED_SPARSE), read a chunk at a time; a
+    ``labelmap``: a frame a tile holding any segment, each pixel its segment's number."""
     import zarr
 
     pydicom = reader_module(location, "pydicom", "DICOM", "dicom")
@@ -214,7 +223,6 @@ def write_slide_seg(
         proxy.NumberOfFrames = 1
         proxies.append(proxy)
     with _spool_directory(location) as spool:
-        placed, overlap = _spool(_tiles(array, tile), mode, chosen, rows * columns, spool)
         header, items = _proxy(
             highdicom,
             proxies,
@@ -222,9 +230,13 @@ def write_slide_seg(
             coded,
             mode,
             pixels=tile,
+            labelmap=labelmap,
             tile_pixel_array=True,
             tile_size=tile,
             dimension_organization_type="TILED_SPARSE",
+        )
+        placed, overlap = _spool(
+            _tiles(array, tile), mode, chosen, rows * columns, spool, _pixel_type(header, labelmap)
         )
         header.TotalPixelMatrixRows, header.TotalPixelMatrixColumns = height, width
         origin = items[0][_SLIDE_POSITION].value[0]
@@ -265,6 +277,11 @@ def write_slide_seg(
         )
 
 
+def _pixel_type(header: Any, labelmap: bool) -> np.dtype | None:
+    """A label map's pixels' type (its header's 8 or 16 bits); None: binary."""
+    return np.dtype(f"uint{int(header.BitsAllocated)}") if labelmap else None
+
+
 def _source_spacing(header: Any) -> bool:
     """Whether a source gives its slices' spacing (highdicom keeps it): an enhanced file in
     its shared pixel measures."""
@@ -282,17 +299,20 @@ def _proxy(
     coded: list[Any] | None,
     mode: str,
     pixels: tuple[int, int],
+    labelmap: bool,
     **options: Any,
 ) -> tuple[Any, list[dict[int, Any]]]:
     """highdicom's SEG of one plane of ``pixels`` (rows, columns) of ``sources``, every
-    segment ``names`` on it: its header (its patient, study, specimen, equipment, place and
-    segments; its frames to be set), and the per-frame functional groups of its frames,
-    one a segment, by tag."""
+    segment ``names`` on it (a ``labelmap``'s: the first), binary or a label map: its
+    header (its patient, study, specimen, equipment, place and segments; its frames to be
+    set), and the per-frame functional groups of its frames (binary: one a segment), by
+    tag."""
     first = sources[0]
+    kinds = highdicom.seg.SegmentationTypeValues
     seg = highdicom.seg.Segmentation(
         source_images=sources,
-        pixel_array=np.ones((1, *pixels, len(names)), np.uint8),
-        segmentation_type=highdicom.seg.SegmentationTypeValues.BINARY,
+        pixel_array=np.ones((1, *pixels) if labelmap else (1, *pixels, len(names)), np.uint8),
+        segmentation_type=kinds.LABELMAP if labelmap else kinds.BINARY,
         segment_descriptions=_descriptions(names, coded),
         series_instance_uid=highdicom.UID(),
         series_number=int(first.get("SeriesNumber", 0) or 0) + 1000,
@@ -357,28 +377,60 @@ def _tiles(array: Any, tile: tuple[int, int]) -> Regions:
 
 
 def _spool(
-    regions: Regions, mode: str, chosen: list[int], bits: int, spool: str
+    regions: Regions,
+    mode: str,
+    chosen: list[int],
+    pixels: int,
+    spool: str,
+    labelmap: np.dtype | None = None,
 ) -> tuple[list[np.ndarray], bool]:
-    """Each segment's frames (of ``bits`` pixels) holding it, by the keys ``regions`` gives
-    them: the channels (``mask``) or label values (``labels``) ``chosen``, a channel read
-    at a time; their pixels spooled to ``<spool>/<segment>`` in the same order (packed 8 to
-    a byte where a frame fills whole bytes, else a byte each); whether segments overlap.
-    Nothing found is one empty frame of the first segment, at the first key: a SEG has
-    frames."""
-    found: list[list[np.ndarray]] = [[] for _ in chosen]
+    """Each segment's frames (of ``pixels`` pixels) holding it, by the keys ``regions``
+    gives them: the channels (``mask``) or label values (``labels``) ``chosen``, a channel
+    read at a time; their pixels spooled to ``<spool>/<segment>`` in the same order (packed
+    8 to a byte where a frame fills whole bytes, else a byte each); whether segments
+    overlap. A ``labelmap`` (its pixels' type): one stream of the frames holding any
+    segment, each pixel its segment's number (1 on: the later of overlapping ones). Nothing
+    found is one empty frame of the first segment, at the first key: a SEG has frames."""
+    streams = 1 if labelmap is not None else len(chosen)
+    found: list[list[np.ndarray]] = [[] for _ in range(streams)]
     overlap, first = False, None
-    outs = [open(os.path.join(spool, str(s)), "wb") for s in range(len(chosen))]  # noqa: SIM115
+    outs = [open(os.path.join(spool, str(s)), "wb") for s in range(streams)]  # noqa: SIM115
 
     def keep(s: int, frames: np.ndarray, keys: np.ndarray) -> None:
         frames = frames.reshape(len(frames), -1)
-        if bits % 8 == 0:
+        if labelmap is not None:
+            frames = frames.astype(labelmap.newbyteorder("<"))
+        elif pixels % 8 == 0:
             frames = np.packbits(frames, axis=1, bitorder="little")
-        outs[s].write(frames.astype(np.uint8).tobytes())
+        else:
+            frames = frames.astype(np.uint8)
+        outs[s].write(frames.tobytes())
         found[s].append(keys)
+
+    def numbered(read: Callable[[int], np.ndarray]) -> np.ndarray:
+        """A region's frames of segment numbers (a label map's)."""
+        if mode == "labels":
+            labels = read(0)
+            lut = np.zeros(max(chosen) + 1, np.int64)
+            lut[chosen] = np.arange(1, len(chosen) + 1)
+            return lut[np.where(labels < len(lut), labels, 0)]
+        out: np.ndarray | None = None
+        for s, channel in enumerate(chosen):
+            on = read(channel) != 0
+            out = np.zeros(on.shape, np.int64) if out is None else out
+            out[on] = s + 1
+        assert out is not None
+        return out
 
     try:
         for read, keys in regions:
             first = keys[0] if first is None else first
+            if labelmap is not None:
+                segmented = numbered(read)
+                (k,) = np.nonzero(segmented.any(axis=(1, 2)))
+                if len(k):
+                    keep(0, segmented[k], keys[k])
+                continue
             if mode == "labels":  # a segment a class value: the frames holding each found first
                 labels = read(0)
                 top = max(chosen) + 1
@@ -398,7 +450,7 @@ def _spool(
                     keep(s, plane[k], keys[k])
             overlap = overlap or bool(count is not None and (count > 1).any())
         if not any(found) and first is not None:
-            keep(0, np.zeros((1, bits), bool), np.array([first]))
+            keep(0, np.zeros((1, pixels), bool), np.array([first]))
     finally:
         for out in outs:
             out.close()
@@ -419,8 +471,10 @@ def _finish(
 ) -> None:
     """The SEG at ``location``: ``header`` of its frames' number and overlap, the frames'
     functional groups (``parts``: a plane's spatial dimension indices and groups), the
-    frames spooled; each segment's frames in their keys' ``order`` (a key's place)."""
+    frames (of ``bits`` pixels) spooled; each segment's frames in their keys' ``order`` (a
+    key's place)."""
     frames = sum(len(p) for p in placed)
+    bits *= int(header.BitsAllocated)  # a frame's: a bit a pixel, or a label map's 8 or 16
     length = -(-frames * bits // 8)
     if length > _MAX_PIXEL_BYTES:
         raise OutputError(
@@ -434,7 +488,8 @@ def _finish(
         pydicom.dcmwrite(f, header, enforce_file_format=True)
         ordered = [np.argsort(order[keys], kind="stable") for keys in placed]
         _write_frame_groups(f, items, placed, ordered, parts)
-        _write_pixel_data(f, spool, ordered, bits, length)
+        vr = b"OW" if int(header.BitsAllocated) > 8 else b"OB"
+        _write_pixel_data(f, spool, ordered, bits, length, vr)
 
 
 def _ds(value: float) -> bytes:
@@ -482,7 +537,8 @@ def _write_frame_groups(
     f.write(struct.pack("<HH2sHI", 0x5200, 0x9230, b"SQ", 0, 0xFFFFFFFF))
     for s, (keys, order) in enumerate(zip(placed, ordered, strict=True)):
         template = items[s]
-        segment = [int(v) for v in template[_FRAME_CONTENT].value[0].DimensionIndexValues]
+        given = template[_FRAME_CONTENT].value[0].DimensionIndexValues  # one value, or more
+        segment = [int(v) for v in np.atleast_1d(np.asarray(given, np.int64))]
         constant = {tag: _encoded(e) for tag, e in template.items() if tag != _FRAME_CONTENT}
         out = bytearray()
         for key in keys[order].tolist():
@@ -504,12 +560,12 @@ def _write_frame_groups(
 
 
 def _write_pixel_data(
-    f: Any, spool: str, ordered: list[np.ndarray], bits: int, length: int
+    f: Any, spool: str, ordered: list[np.ndarray], bits: int, length: int, vr: bytes
 ) -> None:
     """The frames spooled, each segment's in its ``ordered`` order, as native pixel data of
     ``length`` bytes: one bit a pixel, frames of whole bytes copied, others packed here
     one after another (a frame may begin mid-byte)."""
-    f.write(struct.pack("<HH2sHI", 0x7FE0, 0x0010, b"OB", 0, length + length % 2))
+    f.write(struct.pack("<HH2sHI", 0x7FE0, 0x0010, vr, 0, length + length % 2))
     size = bits // 8 if bits % 8 == 0 else bits  # a frame's spooled bytes
     carry = np.zeros(0, np.uint8)
     for s, frames in enumerate(ordered):

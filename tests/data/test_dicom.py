@@ -649,6 +649,44 @@ def test_a_ct_series_output_is_written_as_a_dicom_seg_of_the_series(
 
 
 @pytest.mark.usefixtures("ray_session")
+def test_a_ct_series_labels_are_written_as_a_label_map_seg(tmp_path, make_model) -> None:
+    """``finalize.dicom_seg_type=labelmap``: a Label Map Segmentation, a frame a slice
+    holding any class, each voxel its class's segment; a multilabel model's mask, whose
+    classes overlap, is refused before the run."""
+    import json
+
+    import highdicom
+
+    from raysegment.errors import ConfigError
+    from raysegment.infer import infer
+
+    write_series(tmp_path / "ct", random_image((6, 32, 40)).astype(np.uint16))
+    model, _ = make_model(dims=3, out_ch=3)
+    finalize = {"mode": "labels", "dicom_seg": True, "dicom_seg_type": "labelmap"}
+    _, got = volume_output(tmp_path, tmp_path / "ct", model, finalize=finalize)
+    seg = highdicom.seg.segread(tmp_path / "out" / "ct.seg.dcm")
+    assert seg.SOPClassUID == "1.2.840.10008.5.1.4.1.1.66.7"  # Label Map Segmentation
+    assert seg.SegmentationType == "LABELMAP" and int(seg.NumberOfFrames) <= 6
+    frames = _seg_frames(tmp_path / "out" / "ct.seg.dcm", tmp_path / "ct", 2)
+    want = np.stack([got[0] == 1, got[0] == 2], axis=-1)
+    assert want[..., 0].any() and want[..., 1].any()
+    np.testing.assert_array_equal(frames.astype(bool), want)
+
+    (tmp_path / "multilabel").mkdir()
+    model = model.rename(tmp_path / "multilabel" / "model.pth").parent
+    (model / "raysegment.json").write_text(json.dumps({"activation": "sigmoid"}))
+    with pytest.raises(ConfigError, match=r"dicom_seg_type=labelmap: the model's 3 classes"):
+        infer(
+            input=str(tmp_path / "ct"),
+            model=str(model),
+            output=str(tmp_path / "refused"),
+            progress=False,
+            finalize=finalize | {"mode": "mask"},
+        )
+    assert not (tmp_path / "refused").exists()
+
+
+@pytest.mark.usefixtures("ray_session")
 def test_a_multilabel_models_every_class_is_a_segment(tmp_path, make_model) -> None:
     """A model trained multilabel (sigmoid, as its ``raysegment.json`` says) has no
     background channel: with ``finalize.activation`` left auto, each of its channels is a

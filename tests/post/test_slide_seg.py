@@ -40,20 +40,22 @@ def _attributes(ds: pydicom.Dataset) -> set[str]:
 
 
 @pytest.mark.parametrize(
-    ("mode", "chosen", "chunk"),
+    ("mode", "chosen", "chunk", "labelmap"),
     [
-        ("mask", [0, 1], 100),  # chunks across the tiles' edges: regions of whole tiles
-        ("mask", [1], 256),  # one segment: highdicom identifies it in the shared groups
-        ("labels", [1, 2], 128),
+        ("mask", [0, 1], 100, False),  # chunks across the tiles' edges: whole tiles read
+        ("mask", [1], 256, False),  # one segment: highdicom identifies it in shared groups
+        ("labels", [1, 2], 128, False),
+        ("labels", [1, 2], 100, True),  # a label map: a frame a tile holding any segment
     ],
 )
 def test_a_slides_output_is_the_seg_highdicom_writes_of_it_whole(
-    tmp_path, mode, chosen, chunk
+    tmp_path, mode, chosen, chunk, labelmap
 ) -> None:
     """Streamed a chunk at a time, the SEG's frames (tiles holding a segment, each
-    segment's in row order), their functional groups (positions on the slide, dimension
-    indices) and its header's attributes are those highdicom gives the whole mask at
-    once; highdicom and raysegment's labels read each segment's pixels back."""
+    segment's in row order; a label map's: any segment), their functional groups
+    (positions on the slide, dimension indices) and its header's attributes are those
+    highdicom gives the whole mask at once; highdicom and raysegment's labels read each
+    segment's pixels back."""
     write_slide(tmp_path / "slide", [_rgb(SHAPE)], tile=128, label=False)
     masks = _slide_masks()  # (y, x, 2): overlapping segments
     if mode == "mask":
@@ -67,20 +69,24 @@ def test_a_slides_output_is_the_seg_highdicom_writes_of_it_whole(
     names = ["Tumor", "Stroma"][: len(chosen)]
     level0 = tmp_path / "slide" / "level0.dcm"
     array = _output(tmp_path / "out.zarr", output, chunk)
-    write_slide_seg(array, [str(level0)], mode, chosen, names, str(tmp_path / "ours.seg.dcm"))
+    location = str(tmp_path / "ours.seg.dcm")
+    write_slide_seg(array, [str(level0)], mode, chosen, names, location, labelmap=labelmap)
 
     write_seg(
         tmp_path / "theirs.seg.dcm",
         [pydicom.dcmread(level0)],
         want[None],
         names,
+        kind="LABELMAP" if labelmap else "BINARY",
         tile_pixel_array=True,
         dimension_organization_type="TILED_SPARSE",
         series_description=f"raysegment {mode}",
     )
     ours, theirs = (pydicom.dcmread(tmp_path / f"{w}.seg.dcm") for w in ("ours", "theirs"))
     assert _attributes(ours) == _attributes(theirs)
-    assert ours.NumberOfFrames == theirs.NumberOfFrames < 12 * len(chosen)  # empty tiles left out
+    # Empty tiles left out.
+    assert ours.NumberOfFrames == theirs.NumberOfFrames < 12 * (1 if labelmap else len(chosen))
+    assert ours.SOPClassUID == theirs.SOPClassUID
     assert (
         ours.SegmentsOverlap
         == theirs.SegmentsOverlap
@@ -195,11 +201,16 @@ def test_a_slides_seg_is_written_to_an_object_store_of_a_slide_there(s3, tmp_pat
 
 
 def _series_seg(
-    tmp_path: Path, masks: np.ndarray, enhanced: bool, mode: str, chosen: list[int]
+    tmp_path: Path,
+    masks: np.ndarray,
+    enhanced: bool,
+    mode: str,
+    chosen: list[int],
+    labelmap: bool = False,
 ) -> tuple[pydicom.Dataset, pydicom.Dataset]:
     """``masks`` (slices, rows, columns, segments) as a series' output written as a SEG
-    by ``write_dicom_seg`` (its chunks 2 slices deep) and by highdicom given it whole:
-    (ours, theirs)."""
+    (binary, or a ``labelmap``) by ``write_dicom_seg`` (its chunks 2 slices deep) and by
+    highdicom given it whole: (ours, theirs)."""
     from raysegment.post.dicom_seg import write_dicom_seg
     from tests.data.test_dicom import write_enhanced, write_series
     from tests.data.test_dicom_labels import _slices
@@ -228,7 +239,15 @@ def _series_seg(
     names = ["Liver", "Tumour"][: len(chosen)]
     location = tmp_path / "ours.seg.dcm"
     write_dicom_seg(
-        str(tmp_path / "out.zarr"), "czyx", files, frames, mode, chosen, names, str(location)
+        str(tmp_path / "out.zarr"),
+        "czyx",
+        files,
+        frames,
+        mode,
+        chosen,
+        names,
+        str(location),
+        labelmap=labelmap,
     )
     picked = [c if mode == "mask" else c - 1 for c in chosen]
     write_seg(
@@ -236,42 +255,50 @@ def _series_seg(
         sources,
         theirs_pixels[..., picked],
         names,
+        kind="LABELMAP" if labelmap else "BINARY",
         series_description=f"raysegment {mode}",
     )
     return pydicom.dcmread(location), pydicom.dcmread(tmp_path / "theirs.seg.dcm")
 
 
 @pytest.mark.parametrize(
-    ("shape", "enhanced", "mode", "chosen"),
+    ("shape", "enhanced", "mode", "chosen", "labelmap"),
     [
-        ((6, 32, 40), False, "mask", [0, 1]),  # overlapping segments
-        ((6, 32, 40), False, "labels", [1, 2]),
-        ((6, 32, 40), False, "mask", [0]),  # one segment: a 3D dimension organization
-        ((6, 30, 45), False, "mask", [0, 1]),  # frames of 1350 bits: they end mid-byte
-        ((6, 32, 40), True, "mask", [0, 1]),  # an enhanced file's frames, stored shuffled
+        ((6, 32, 40), False, "mask", [0, 1], False),  # overlapping segments
+        ((6, 32, 40), False, "labels", [1, 2], False),
+        ((6, 32, 40), False, "mask", [0], False),  # one segment: a 3D dimension organization
+        ((6, 30, 45), False, "mask", [0, 1], False),  # frames of 1350 bits: they end mid-byte
+        ((6, 32, 40), True, "mask", [0, 1], False),  # an enhanced file's frames, shuffled
+        ((6, 32, 40), False, "labels", [1, 2], True),  # a label map: a frame a slice
+        ((6, 30, 45), True, "mask", [0, 1], True),  # the later of overlapping segments
     ],
 )
 def test_a_series_output_is_the_seg_highdicom_writes_of_it_whole(
-    tmp_path, shape, enhanced, mode, chosen
+    tmp_path, shape, enhanced, mode, chosen, labelmap
 ) -> None:
-    """Streamed a chunk of slices at a time, the SEG's frames (slices holding a segment),
-    their functional groups (the slice each was derived from, its position, dimension
-    indices) and its header are those highdicom gives the whole output at once."""
+    """Streamed a chunk of slices at a time, the SEG's frames (slices holding a segment;
+    a label map's: any segment), their functional groups (the slice each was derived
+    from, its position, dimension indices) and its header are those highdicom gives the
+    whole output at once."""
     from tests.data.test_dicom_labels import _masks
 
     masks = _masks(shape)
     if mode == "labels":  # class maps do not overlap: the second segment over the first
         masks[..., 0] &= ~masks[..., 1]
-    ours, theirs = _series_seg(tmp_path, masks, enhanced, mode, chosen)
+    ours, theirs = _series_seg(tmp_path, masks, enhanced, mode, chosen, labelmap)
     assert _attributes(ours) == _attributes(theirs)
-    assert ours.NumberOfFrames == theirs.NumberOfFrames < shape[0] * len(chosen)
+    assert (
+        ours.NumberOfFrames == theirs.NumberOfFrames < shape[0] * (1 if labelmap else len(chosen))
+    )
+    assert ours.SOPClassUID == theirs.SOPClassUID
     assert ours.SegmentsOverlap == theirs.SegmentsOverlap
     assert ours.get("DimensionOrganizationType") == theirs.get("DimensionOrganizationType")
     assert ours.SharedFunctionalGroupsSequence == theirs.SharedFunctionalGroupsSequence
     assert ours.PerFrameFunctionalGroupsSequence == theirs.PerFrameFunctionalGroupsSequence
     # The frames' bits (the byte padding pixel data of an odd length: 0 here, as the
     # standard asks; highdicom's is b"0").
-    length = -(-int(ours.NumberOfFrames) * shape[1] * shape[2] // 8)
+    bits = int(ours.BitsAllocated)
+    length = -(-int(ours.NumberOfFrames) * shape[1] * shape[2] * bits // 8)
     assert len(ours.PixelData) == len(theirs.PixelData) == length + length % 2
     assert ours.PixelData[:length] == theirs.PixelData[:length]
     assert ours.ReferencedSeriesSequence == theirs.ReferencedSeriesSequence
