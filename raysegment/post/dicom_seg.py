@@ -407,17 +407,17 @@ def _spool(
         outs[s].write(frames.tobytes())
         found[s].append(keys)
 
-    def numbered(read: Callable[[int], np.ndarray]) -> np.ndarray:
-        """A region's frames of segment numbers (a label map's)."""
+    def numbered(read: Callable[[int], np.ndarray], dtype: np.dtype) -> np.ndarray:
+        """A region's frames of segment numbers (a label map's, of ``dtype``)."""
         if mode == "labels":
             labels = read(0)
-            lut = np.zeros(max(chosen) + 1, np.int64)
+            lut = np.zeros(max(chosen) + 1, dtype)
             lut[chosen] = np.arange(1, len(chosen) + 1)
             return lut[np.where(labels < len(lut), labels, 0)]
         out: np.ndarray | None = None
         for s, channel in enumerate(chosen):
             on = read(channel) != 0
-            out = np.zeros(on.shape, np.int64) if out is None else out
+            out = np.zeros(on.shape, dtype) if out is None else out
             out[on] = s + 1
         assert out is not None
         return out
@@ -426,7 +426,7 @@ def _spool(
         for read, keys in regions:
             first = keys[0] if first is None else first
             if labelmap is not None:
-                segmented = numbered(read)
+                segmented = numbered(read, labelmap)
                 (k,) = np.nonzero(segmented.any(axis=(1, 2)))
                 if len(k):
                     keep(0, segmented[k], keys[k])
