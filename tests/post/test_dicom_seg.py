@@ -1,6 +1,7 @@
-"""A DICOM slide's output as a DICOM SEG, streamed: the same frames and functional groups
-highdicom writes of the whole mask at once, read back by highdicom and by raysegment's own
-SEG labels, of the level the output was made at."""
+"""Outputs as DICOM SEGs, streamed a chunk at a time: a slide's and a series', binary or
+label maps, the same frames, functional groups and header highdicom writes given the whole
+output at once; a slide's read back by highdicom and by raysegment's own SEG labels, of the
+level the output was made at."""
 
 from __future__ import annotations
 
