@@ -612,8 +612,10 @@ def _spool_directory(location: str) -> Any:
 
 
 def _headers(files: list[str], pydicom: Any) -> list[Any]:
-    headers = []
-    for path in files:
+    """The files' headers (16 at a time at a URL)."""
+
+    def header(path: str) -> Any:
         with storage.open_read(path) as f:
-            headers.append(pydicom.dcmread(f, stop_before_pixels=True))
-    return headers
+            return pydicom.dcmread(f, stop_before_pixels=True)
+
+    return storage.each(header, files)
