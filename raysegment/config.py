@@ -206,7 +206,8 @@ class InstancesConfig:
     """Name of the labels image (labels/<name>) and of the statistics CSV."""
     channel: Optional[int] = None
     """Output channel holding the foreground probability; default: the only channel, or
-    1 - channel 0 (background) for several."""
+    1 - channel 0 (background) for several (a multilabel model's, none a background: give
+    one)."""
     threshold: float = 0.5
     """connected_components / watershed: foreground is probability above this."""
     seed_threshold: float = 0.9

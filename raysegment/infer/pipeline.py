@@ -40,6 +40,7 @@ from raysegment.infer.model import ModelFile, ModelSpec, ensemble_sha256, probe_
 from raysegment.infer.plan import (
     ImagePlan,
     WorkItem,
+    activation_of,
     chunk_block,
     image_shapes,
     plan_image,
@@ -353,8 +354,7 @@ def _prepare(
     spec, fitted = probe_models(
         models, lambda spec: tile_size(cfg, spec), lambda spec: image_shapes(spec, sources)
     )
-    if cfg.finalize.dicom_seg:
-        _check_labelmap(cfg, spec)
+    _check_classes(cfg, spec)
     if spec.static_batch and cfg.batch_size not in (None, spec.static_batch):
         raise ConfigError(
             f"batch_size={cfg.batch_size}: {models[0].path} was exported for batches of "
@@ -671,21 +671,27 @@ def _check_dicom_seg(cfg: InferConfig, sources: list[ImageSource]) -> None:
     reader_module(sources[0].path, "highdicom", "DICOM Segmentations", "dicom")
 
 
-def _check_labelmap(cfg: InferConfig, spec: ModelSpec) -> None:
-    """A label map SEG holds one class a pixel: not a multilabel model's mask."""
-    activation = cfg.finalize.activation.value
-    if activation == "auto":
-        activation = spec.activation or "auto"  # the model's own (its raysegment.json)
+def _check_classes(cfg: InferConfig, spec: ModelSpec) -> None:
+    """What a multilabel model's classes (sigmoid's, with no background) cannot give: a
+    label map SEG of its mask (a pixel may be in several classes; a label map holds one),
+    or instances of 1 - its channel 0 (``instances.channel`` unset)."""
+    if activation_of(cfg, spec) != "sigmoid" or spec.out_channels == 1:
+        return
+    what = f"the model's {spec.out_channels} classes are sigmoid's (multilabel)"
     if (
-        cfg.finalize.dicom_seg_type.value == "labelmap"
+        cfg.finalize.dicom_seg
+        and cfg.finalize.dicom_seg_type.value == "labelmap"
         and cfg.finalize.mode.value == "mask"
-        and activation == "sigmoid"
-        and spec.out_channels > 1
     ):
         raise ConfigError(
-            f"finalize.dicom_seg_type=labelmap: the model's {spec.out_channels} classes are "
-            f"sigmoid's (multilabel), a pixel may be in several, and a label map holds one: "
-            f"set finalize.dicom_seg_type=binary"
+            f"finalize.dicom_seg_type=labelmap: {what}, a pixel may be in several, and a "
+            f"label map holds one: set finalize.dicom_seg_type=binary"
+        )
+    if cfg.instances.method.value != "none" and cfg.instances.channel is None:
+        raise ConfigError(
+            f"instances.method={cfg.instances.method.value}: {what}, none of them a "
+            f"background to cut the objects of the others out of: name the class with "
+            f"instances.channel=0..{spec.out_channels - 1}"
         )
 
 

@@ -29,6 +29,7 @@ if TYPE_CHECKING:
 __all__ = [
     "ImagePlan",
     "WorkItem",
+    "activation_of",
     "chunk_block",
     "default_block",
     "fitted_tile",
@@ -467,12 +468,15 @@ def plan_image(
         mask=mask,
         classes=classes,
         class_codes=codes,
-        activation=(
-            cfg.finalize.activation.value
-            if cfg.finalize.activation.value != "auto"
-            else spec.activation or "auto"
-        ),
+        activation=activation_of(cfg, spec),
     )
+
+
+def activation_of(cfg: InferConfig, spec: ModelSpec) -> str:
+    """The output's activation: ``finalize.activation``, else the model's own (its
+    ``raysegment.json``), else auto (sigmoid for one channel, else softmax)."""
+    given = cfg.finalize.activation.value
+    return given if given != "auto" else spec.activation or "auto"
 
 
 def _physical(

@@ -285,3 +285,22 @@ def test_statistics_of_each_time_point_are_its_own(tmp_path: Path) -> None:
         mine = {int(r["label"]): int(r["pixels"]) for r in rows if int(r["t"]) == t}
         assert props and mine == {p.label: int(p.area) for p in props}
         assert int(images[t]["objects"]) == len(props)
+
+
+def test_a_multilabel_model_names_the_class_to_cut_instances_of(tmp_path: Path, make_model) -> None:
+    """A model trained multilabel (sigmoid, as its ``raysegment.json`` says) has no
+    background channel: 1 - its channel 0 is no foreground, so instances without
+    ``instances.channel`` are refused before the run, in one line naming the key."""
+    import tifffile
+
+    from raysegment.errors import ConfigError
+
+    tifffile.imwrite(tmp_path / "img.tif", blobs((64, 64), 4).astype(np.float32))
+    model, _ = make_model(out_ch=3)
+    (tmp_path / "multilabel").mkdir()
+    model = model.rename(tmp_path / "multilabel" / "model.pth").parent
+    (model / "raysegment.json").write_text(json.dumps({"activation": "sigmoid"}))
+    run = dict(input=str(tmp_path / "img.tif"), model=str(model), progress=False)
+    with pytest.raises(ConfigError, match=r"multilabel\), none .* instances.channel=0..2$"):
+        infer(**run, output=str(tmp_path / "out"), instances={"method": "connected_components"})
+    assert not (tmp_path / "out").exists()
