@@ -231,6 +231,11 @@ class InstancesConfig:
     """2D: also write <output>/<name>_<instances.name>.geojson, each object's outline as a
     polygon in the pixel coordinates of the input's full resolution (QuPath, napari, GIS
     tools read it)."""
+    dicom_ann: bool = False
+    """DICOM slide inputs: also write <output>/<name>_<instances.name>.ann.dcm, the
+    objects' outlines as a DICOM Microscopy Bulk Simple Annotations object (a polygon and
+    an area each, in the slide's full-resolution pixel matrix) of the slide (Slim and other
+    DICOMweb slide viewers show it over the slide)."""
 
     def __post_init__(self) -> None:
         for key in ("threshold", "seed_threshold"):
@@ -392,11 +397,15 @@ class InferConfig:
                 "overwrite=true with num_parts>1 would let the parts delete each other's "
                 "blocks; remove the old outputs first, then run the parts without overwrite"
             )
-        if self.instances.geojson and self.instances.method == InstanceMethod.none:
-            raise ConfigError(
-                "instances.geojson=true writes the outlines of instances: set "
-                "instances.method (e.g. instances.method=watershed)"
-            )
+        for key, on in (
+            ("geojson", self.instances.geojson),
+            ("dicom_ann", self.instances.dicom_ann),
+        ):
+            if on and self.instances.method == InstanceMethod.none:
+                raise ConfigError(
+                    f"instances.{key}=true writes the outlines of instances: set "
+                    f"instances.method (e.g. instances.method=watershed)"
+                )
         if self.instances.method != InstanceMethod.none and self.finalize.mode in (
             FinalizeMode.raw,
             FinalizeMode.labels,

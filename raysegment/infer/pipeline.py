@@ -351,6 +351,8 @@ def _prepare(
             )
     if cfg.finalize.dicom_seg:
         _check_dicom_seg(cfg, sources)
+    if cfg.instances.dicom_ann:
+        _check_dicom_ann(cfg, sources)
     spec, fitted = probe_models(
         models, lambda spec: tile_size(cfg, spec), lambda spec: image_shapes(spec, sources)
     )
@@ -618,7 +620,10 @@ def _complete(plan: ImagePlan, cfg: InferConfig, gathered: InputPreview | None =
         if cfg.instances.method.value != "none":
             from raysegment.post.finish import finish_instances  # imports this package
 
-            extra = finish_instances(out, layout, cfg.instances, plan.source, plan.channels[0])
+            named = _instance_class(plan, cfg.instances.channel)
+            extra = finish_instances(
+                out, layout, cfg.instances, plan.source, plan.channels[0], named=named
+            )
         if cfg.finalize.nifti:
             from raysegment.post.nifti import nifti_name, write_nifti
 
@@ -633,6 +638,30 @@ def _complete(plan: ImagePlan, cfg: InferConfig, gathered: InputPreview | None =
             shown = plan.preview_channels
             quicklook(plan.source, shown, array, layout.axes, mode, png, gathered=gathered)
         complete_output(out, {"blocks_done": plan.num_blocks, **extra})
+
+
+def _instance_class(plan: ImagePlan, channel: int | None) -> tuple[str, Any]:
+    """The class instances are cut from and its code (or None): ``channel``'s, else the
+    one channel's, else the one class past a softmax model's background; else all but the
+    background, ``foreground``."""
+    classes = len(plan.classes)
+    if channel is None:
+        channel = 0 if classes == 1 else 1 if classes == 2 else None
+    if channel is None or channel >= classes:
+        return "foreground", None
+    return plan.classes[channel], plan.class_codes[channel] if plan.class_codes else None
+
+
+def _check_dicom_ann(cfg: InferConfig, sources: list[ImageSource]) -> None:
+    """``instances.dicom_ann=true`` of DICOM slides read frame by frame, highdicom at hand."""
+    other = next((s for s in sources if s.kind != "dicom-slide"), None)
+    if other is not None:
+        raise ConfigError(
+            f"instances.dicom_ann=true: {other.path} is no DICOM slide read frame by frame "
+            f"({other.kind}); DICOM annotations are written of DICOM whole-slide images: "
+            f"narrow pattern=, or write instances.geojson=true instead"
+        )
+    reader_module(sources[0].path, "highdicom", "DICOM annotations", "dicom")
 
 
 def _check_dicom_seg(cfg: InferConfig, sources: list[ImageSource]) -> None:

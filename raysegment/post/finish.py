@@ -71,10 +71,12 @@ def finish_instances(
     source: ImageSource,
     channel: int,
     run: Callable[..., list[Any]] = ray_map,
+    named: tuple[str, Any] = ("foreground", None),
 ) -> dict[str, Any]:
     """Segment instances of the output at ``output`` into ``labels/<cfg.name>``, measure
     them (``<output dir>/<layout.name>_<cfg.name>.csv`` and ``..._image.csv``) and, with
-    ``cfg.isotropic``, resample them. ``channel``: the input channel measured.
+    ``cfg.isotropic``, resample them. ``channel``: the input channel measured; ``named``:
+    the objects' class and its code (or None), which a DICOM ANN names them by.
 
     Returns:
         Counts for the output's summary: objects per time point.
@@ -107,13 +109,14 @@ def finish_instances(
     for t, vol in enumerate(volumes):
         void = _void(grid, unstored, t, channels, halo(cfg))  # foreground 0: no step runs
         objects.append(segment_blocks(vol, grid, cfg, f"{where}/0", scratch, run, void))
-    if cfg.stats or cfg.geojson:
+    drawn = cfg.geojson or cfg.dicom_ann  # the objects' outlines wanted
+    if cfg.stats or drawn:
         # Blocks without a stored chunk of labels hold no object (whatever the method
         # skipped or found empty): not read. One listing, every time point labelled.
         labelled = open_source(where).unstored()
         for t, vol in enumerate(volumes):
             intensity = SourceIntensity(source, channel, t, spatial)
-            found = storage.join(outlines, str(t)) if cfg.geojson else None
+            found = storage.join(outlines, str(t)) if drawn else None
             table = measure(
                 vol,
                 grid,
@@ -137,6 +140,13 @@ def finish_instances(
     folder = storage.parent(output)
     if cfg.geojson:
         _geojson(storage.join(folder, f"{layout.name}_{cfg.name}.geojson"), features)
+    if cfg.dicom_ann:
+        from raysegment.post.dicom_ann import write_dicom_ann
+
+        files = list(source.at_level(0).layout.paths)  # type: ignore[attr-defined]
+        location = storage.join(folder, f"{layout.name}_{cfg.name}.ann.dcm")
+        write_dicom_ann(location, files, features, named, unit)
+    if drawn:
         storage.remove(outlines)
     if cfg.stats:
         storage.write_bytes(

@@ -304,3 +304,73 @@ def test_a_multilabel_model_names_the_class_to_cut_instances_of(tmp_path: Path, 
     with pytest.raises(ConfigError, match=r"multilabel\), none .* instances.channel=0..2$"):
         infer(**run, output=str(tmp_path / "out"), instances={"method": "connected_components"})
     assert not (tmp_path / "out").exists()
+
+
+def test_a_dicom_slides_instances_are_written_as_dicom_annotations(tmp_path: Path) -> None:
+    """``instances.dicom_ann=true``: a Microscopy Bulk Simple Annotations object of the
+    slide's full resolution (the run at its second level), a polygon an object, its
+    points the GeoJSON outline's (without the closing point), its area the statistics'."""
+    highdicom = pytest.importorskip("highdicom")
+    import pydicom
+
+    from tests.data.test_dicom import write_fluorescence
+
+    prob = blobs((192, 160), 6)  # objects above 0.5
+    full = (prob * 200).astype(np.uint8)[..., None]
+    write_fluorescence(tmp_path / "slide", [full, full[::2, ::2]], ["DAPI"], tile=64)
+    conv = torch.nn.Conv2d(1, 1, 1)  # logits: the pixel over 100, a tenth
+    with torch.no_grad():
+        conv.weight.fill_(0.1)
+        conv.bias.fill_(-10.0)
+    model = save_torchscript(conv.eval(), tmp_path / "model.pth", 2, 1)
+    infer(
+        input=str(tmp_path / "slide"),
+        model=str(model),
+        output=str(tmp_path / "out"),
+        input_level=1,
+        chunks=[32],
+        block=[64],
+        tile={"size": [32], "blend": "crop"},
+        progress=False,
+        quicklook=False,
+        finalize={"mode": "probabilities", "activation": "sigmoid"},
+        instances={"method": "connected_components", "geojson": True, "dicom_ann": True},
+    )
+    features = json.loads((tmp_path / "out" / "slide_instances.geojson").read_text())["features"]
+    assert len(features) > 3
+    ann = highdicom.ann.annread(tmp_path / "out" / "slide_instances.ann.dcm")
+    level0 = pydicom.dcmread(tmp_path / "slide" / "0_DAPI.dcm", stop_before_pixels=True)
+    assert (
+        ann.ReferencedSeriesSequence[0].ReferencedInstanceSequence[0].ReferencedSOPInstanceUID
+        == level0.SOPInstanceUID
+    )
+    (group,) = ann.get_annotation_groups()
+    assert group.graphic_type.value == "POLYGON" and group.label == "class_0"
+    polygons = group.get_graphic_data(coordinate_type="2D")
+    assert len(polygons) == len(features)
+    for polygon, feature in zip(polygons, features, strict=True):
+        ring = np.asarray(feature["geometry"]["coordinates"][0], np.float32)
+        np.testing.assert_array_equal(polygon, ring[:-1])  # in level 0's pixels
+    names, values, units = group.get_measurements()
+    assert names[0].meaning == "Area" and units[0].value == "um2"
+    areas = [f["properties"]["measurements"]["area_micrometer^2"] for f in features]
+    np.testing.assert_allclose(values[:, 0], areas, rtol=1e-6)
+
+
+def test_dicom_annotations_are_refused_before_the_run_for_other_inputs(tmp_path: Path) -> None:
+    from raysegment.errors import ConfigError
+
+    model = save_torchscript(identity(2), tmp_path / "model.pth", 2, 1)
+    zarr.create_array(str(tmp_path / "img.zarr"), data=np.zeros((32, 32), np.float32))
+    run = dict(
+        input=str(tmp_path / "img.zarr"),
+        model=str(model),
+        output=str(tmp_path / "out"),
+        axes="yx",
+        progress=False,
+    )
+    with pytest.raises(ConfigError, match=r"instances.dicom_ann=true writes the outlines"):
+        infer(**run, instances={"dicom_ann": True})
+    with pytest.raises(ConfigError, match=r"img.zarr is no DICOM slide .*instances.geojson=true"):
+        infer(**run, instances={"method": "connected_components", "dicom_ann": True})
+    assert not (tmp_path / "out").exists()

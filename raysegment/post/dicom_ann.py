@@ -1,0 +1,125 @@
+"""A DICOM slide's instances as a DICOM Microscopy Bulk Simple Annotations object
+(``instances.dicom_ann``): each object's outline a polygon in the slide's full-resolution
+pixel matrix, and its area, in one annotation group named after the objects' class, so
+DICOMweb slide viewers (Slim) show them over the slide, as the Imaging Data Commons keeps
+its nuclei annotations beside TCGA's slides.
+
+The outlines are the GeoJSON features ``instances.geojson`` writes (``stats.outline``): an
+object's largest ring (its outer boundary; holes and smaller parts, which a polygon of
+this object cannot hold, left out), without its closing point. Their coordinates (column,
+row; pixel (0, 0) covers [0, 1) x [0, 1)) are the annotation's own. They are gathered into
+one array of points and one of indices, as the object stores them, not an array each.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import numpy as np
+
+from raysegment import storage
+from raysegment._version import __version__
+from raysegment.data.sources import reader_module
+from raysegment.post.dicom_seg import _headers, _written
+
+__all__ = ["write_dicom_ann"]
+
+
+def _rings(parts: list[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The outlines of the features in ``parts`` (files of one feature a line): their
+    points (n, 2) float32 one polygon after another, each polygon's first point's index
+    (from 0) and each object's area (NaN where not measured in micrometres)."""
+    points, starts, areas = [], [], []
+    count = 0
+    for part in parts:
+        for line in storage.read_bytes(part).splitlines():
+            feature = json.loads(line)
+            geometry = feature["geometry"]
+            polygons = (
+                [geometry["coordinates"]]
+                if geometry["type"] == "Polygon"
+                else geometry["coordinates"]
+            )
+            rings = [np.asarray(polygon[0], np.float32)[:-1] for polygon in polygons]
+            ring = max(rings, key=_area)  # the outer boundary of its largest part
+            points.append(ring)
+            starts.append(count)
+            count += len(ring)
+            measured = feature["properties"]["measurements"]
+            areas.append(float(measured.get("area_micrometer^2", np.nan)))
+    if not points:
+        return np.zeros((0, 2), np.float32), np.zeros(0, np.int64), np.zeros(0)
+    return np.concatenate(points), np.asarray(starts, np.int64), np.asarray(areas)
+
+
+def _area(ring: np.ndarray) -> float:
+    x, y = ring[:, 0].astype(np.float64), ring[:, 1].astype(np.float64)
+    return abs(0.5 * float(np.dot(x, np.roll(y, -1)) - np.dot(np.roll(x, -1), y)))
+
+
+def write_dicom_ann(
+    location: str, files: list[str], parts: list[str], named: tuple[str, Any], unit: str
+) -> None:
+    """The objects' outlines of ``parts`` (GeoJSON features, a line each) as a DICOM
+    Microscopy Bulk Simple Annotations object at ``location`` of the slide level whose
+    files are ``files`` (the full resolution's, whose pixels the outlines are in): one
+    group of polygons (2D image coordinates) named and coded after the objects' class
+    ``named`` (a name, and ``{"category": [...], "type": [...]}`` or None: tissue), each
+    object's area where the pixels are micrometres (``unit``)."""
+    pydicom = reader_module(location, "pydicom", "DICOM", "dicom")
+    highdicom = reader_module(location, "highdicom", "DICOM annotations", "dicom")
+    from pydicom.sr.codedict import codes
+
+    points, starts, areas = _rings(parts)
+    name, code = named
+
+    def concept(key: str) -> Any:
+        found = (code or {}).get(key)
+        return highdicom.sr.CodedConcept(*found) if found else codes.SCT.Tissue
+
+    algorithm = highdicom.AlgorithmIdentificationSequence(
+        name="raysegment", version=__version__, family=codes.DCM.ArtificialIntelligence
+    )
+    measured = unit == "micrometer" and len(starts) > 0
+    groups = []
+    if len(starts):
+        # highdicom checks and encodes a list of arrays, one an object: given one triangle,
+        # its group's arrays are set here to all the objects', built once.
+        group = highdicom.ann.AnnotationGroup(
+            number=1,
+            uid=highdicom.UID(),
+            label=name[:64],
+            annotated_property_category=concept("category"),
+            annotated_property_type=concept("type"),
+            graphic_type=highdicom.ann.GraphicTypeValues.POLYGON,
+            graphic_data=[np.asarray([[0, 0], [1, 0], [0, 1]], np.float32)],
+            algorithm_type=highdicom.ann.AnnotationGroupGenerationTypeValues.AUTOMATIC,
+            algorithm_identification=algorithm,
+        )
+        group.NumberOfAnnotations = len(starts)
+        group.PointCoordinatesData = points.ravel().tobytes()
+        # Each polygon's first value's place (from 1) among the points' values (2 a point).
+        group.LongPrimitivePointIndexList = (starts * 2 + 1).astype(np.int32).tobytes()
+        if measured:
+            area = highdicom.ann.Measurements(codes.SCT.Area, areas, codes.UCUM.SquareMicrometer)
+            group.MeasurementsSequence = [area]
+        groups.append(group)
+    sources = _headers(files, pydicom)
+    first = sources[0]
+    annotations = highdicom.ann.MicroscopyBulkSimpleAnnotations(
+        source_images=sources,
+        annotation_coordinate_type="2D",
+        annotation_groups=groups,
+        series_instance_uid=highdicom.UID(),
+        series_number=int(first.get("SeriesNumber", 0) or 0) + 2000,
+        sop_instance_uid=highdicom.UID(),
+        instance_number=1,
+        manufacturer="raysegment",
+        manufacturer_model_name="raysegment",
+        software_versions=__version__,
+        device_serial_number="none",
+        content_description=f"raysegment instances: {name}"[:64],
+    )
+    with _written(location) as f:
+        annotations.save_as(f, enforce_file_format=True)
