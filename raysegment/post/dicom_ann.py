@@ -14,6 +14,7 @@ one array of points and one of indices, as the object stores them, not an array 
 from __future__ import annotations
 
 import json
+import struct
 from typing import Any
 
 import numpy as np
@@ -21,18 +22,20 @@ import numpy as np
 from raysegment import storage
 from raysegment._version import __version__
 from raysegment.data.sources import reader_module
-from raysegment.post.dicom_seg import _headers, _written
+from raysegment.post.dicom_seg import _encoded, _headers, _written
 
 __all__ = ["write_dicom_ann"]
 
 
-def _rings(parts: list[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _rings(parts: list[str]) -> tuple[list[bytes], np.ndarray, np.ndarray]:
     """The outlines of the features in ``parts`` (files of one feature a line): their
-    points (n, 2) float32 one polygon after another, each polygon's first point's index
-    (from 0) and each object's area (NaN where not measured in micrometres)."""
+    points' (column, row) as float32 bytes, one polygon after another (a file's joined as
+    it is read: a million objects are not a million arrays), each polygon's first point's
+    index (from 0) and each object's area (NaN where not measured in micrometres)."""
     points, starts, areas = [], [], []
     count = 0
     for part in parts:
+        rings = []
         for line in storage.read_bytes(part).splitlines():
             feature = json.loads(line)
             geometry = feature["geometry"]
@@ -41,16 +44,18 @@ def _rings(parts: list[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
                 if geometry["type"] == "Polygon"
                 else geometry["coordinates"]
             )
-            rings = [np.asarray(polygon[0], np.float32)[:-1] for polygon in polygons]
-            ring = max(rings, key=_area)  # the outer boundary of its largest part
-            points.append(ring)
-            starts.append(count)
-            count += len(ring)
+            outer = [np.asarray(polygon[0], np.float32)[:-1] for polygon in polygons]
+            rings.append(max(outer, key=_area))  # the outer boundary of its largest part
             measured = feature["properties"]["measurements"]
             areas.append(float(measured.get("area_micrometer^2", np.nan)))
-    if not points:
-        return np.zeros((0, 2), np.float32), np.zeros(0, np.int64), np.zeros(0)
-    return np.concatenate(points), np.asarray(starts, np.int64), np.asarray(areas)
+        if rings:
+            sizes = np.asarray([len(r) for r in rings], np.int64)
+            starts.append(count + np.concatenate([[0], np.cumsum(sizes)[:-1]]))
+            count += int(sizes.sum())
+            points.append(np.concatenate(rings).tobytes())
+    if not starts:
+        return points, np.zeros(0, np.int64), np.zeros(0)
+    return points, np.concatenate(starts), np.asarray(areas)
 
 
 def _area(ring: np.ndarray) -> float:
@@ -98,7 +103,7 @@ def write_dicom_ann(
             algorithm_identification=algorithm,
         )
         group.NumberOfAnnotations = len(starts)
-        group.PointCoordinatesData = points.ravel().tobytes()
+        group.PointCoordinatesData = b""  # written from ``points`` (``_save``)
         # Each polygon's first value's place (from 1) among the points' values (2 a point).
         group.LongPrimitivePointIndexList = (starts * 2 + 1).astype(np.int32).tobytes()
         if measured:
@@ -122,4 +127,38 @@ def write_dicom_ann(
         content_description=f"raysegment instances: {name}"[:64],
     )
     with _written(location) as f:
-        annotations.save_as(f, enforce_file_format=True)
+        _save(f, annotations, points, pydicom)
+
+
+_GROUPS = 0x006A0002  # Annotation Group Sequence
+_POINTS = 0x00660016  # Point Coordinates Data
+
+
+def _save(f: Any, dataset: Any, points: list[bytes], pydicom: Any) -> None:
+    """``dataset`` written to ``f``, its annotation group's points those of ``points``
+    (bytes one after another): pydicom writes an element of a sequence's item through a
+    buffer of its own, holding a million objects' points three times over; here they, and
+    the sequence around them, are written as they are."""
+    head = pydicom.Dataset()
+    head.file_meta = dataset.file_meta
+    for element in dataset:
+        if element.tag < _GROUPS:
+            head.add(element)
+    pydicom.dcmwrite(f, head, enforce_file_format=True)
+    if _GROUPS in dataset:
+        f.write(struct.pack("<HH2sHI", 0x006A, 0x0002, b"SQ", 0, 0xFFFFFFFF))
+        for group in dataset[_GROUPS].value:
+            f.write(struct.pack("<HHI", 0xFFFE, 0xE000, 0xFFFFFFFF))
+            for element in group:
+                if element.tag == _POINTS:
+                    length = sum(len(p) for p in points)
+                    f.write(struct.pack("<HH2sHI", 0x0066, 0x0016, b"OF", 0, length))
+                    for part in points:
+                        f.write(part)
+                else:
+                    f.write(_encoded(element))
+            f.write(struct.pack("<HHI", 0xFFFE, 0xE00D, 0))
+        f.write(struct.pack("<HHI", 0xFFFE, 0xE0DD, 0))
+    for element in dataset:
+        if element.tag > _GROUPS:
+            f.write(_encoded(element))

@@ -374,3 +374,35 @@ def test_dicom_annotations_are_refused_before_the_run_for_other_inputs(tmp_path:
     with pytest.raises(ConfigError, match=r"img.zarr is no DICOM slide .*instances.geojson=true"):
         infer(**run, instances={"method": "connected_components", "dicom_ann": True})
     assert not (tmp_path / "out").exists()
+
+
+def test_an_objects_annotation_is_its_largest_parts_outer_ring(tmp_path: Path) -> None:
+    """A polygon holds no hole and no second part: an object in two parts is annotated by
+    its larger part's outer ring; no objects, no annotation group."""
+    highdicom = pytest.importorskip("highdicom")
+    from raysegment.post.dicom_ann import write_dicom_ann
+    from tests.data.test_dicom import write_fluorescence
+
+    write_fluorescence(tmp_path / "slide", [np.zeros((64, 64, 1), np.uint8)], ["DAPI"])
+    small = [[[1, 1], [3, 1], [3, 3], [1, 3], [1, 1]]]
+    large = [
+        [[10, 10], [30, 10], [30, 30], [10, 30], [10, 10]],
+        [[15, 15], [15, 20], [20, 20], [15, 15]],
+    ]
+    feature = {
+        "type": "Feature",
+        "geometry": {"type": "MultiPolygon", "coordinates": [small, large]},
+        "properties": {"measurements": {"area_micrometer^2": 2.5}},
+    }
+    (tmp_path / "part.jsonl").write_text(json.dumps(feature) + "\n")
+    files = [str(tmp_path / "slide" / "0_DAPI.dcm")]
+    location = str(tmp_path / "one.ann.dcm")
+    write_dicom_ann(
+        location, files, [str(tmp_path / "part.jsonl")], ("Nucleus", None), "micrometer"
+    )
+    (group,) = highdicom.ann.annread(location).get_annotation_groups()
+    (polygon,) = group.get_graphic_data(coordinate_type="2D")
+    np.testing.assert_array_equal(polygon, np.asarray(large[0][:-1], np.float32))
+    assert group.label == "Nucleus"
+    write_dicom_ann(str(tmp_path / "none.ann.dcm"), files, [], ("Nucleus", None), "micrometer")
+    assert highdicom.ann.annread(tmp_path / "none.ann.dcm").get_annotation_groups() == []
