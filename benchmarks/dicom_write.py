@@ -1,8 +1,10 @@
 """Outputs as DICOM SEGs (``finalize.dicom_seg``): streamed, as raysegment writes them,
-against highdicom given the whole output, in time and peak memory, as the input grows.
+against highdicom given the whole output, in time and peak memory, as the input grows;
+instances as DICOM annotations (``instances.dicom_ann``), as their number grows.
 
-    python benchmarks/seg_write.py [OUT] [--sides 8192,16384,32768] [--whole 8192,16384]
-    python benchmarks/seg_write.py [OUT] --series [--slices 100,300,900] [--whole 100,300]
+    python benchmarks/dicom_write.py [OUT] [--sides 8192,16384,32768] [--whole 8192,16384]
+    python benchmarks/dicom_write.py [OUT] --series [--slices 100,300,900] [--whole 100,300]
+    python benchmarks/dicom_write.py [OUT] --ann [--objects 10000,100000,1000000]
 
 Slides: for each side N writes (once) ``OUT/<N>/slide/level0.dcm``, an N x N DICOM slide
 of 256^2 JPEG tiles (one tile's bytes in every frame: only its header is read), and
@@ -17,14 +19,18 @@ Z 512^2 slices (as ``tests/data/test_dicom.py`` writes them), and ``mask.zarr``,
 a 3D output): an ellipsoid each, 20-80 voxels in radius. The SEG is of all 20 channels,
 its frames the slices holding each.
 
-Each SEG is written in its own process, which prints its seconds, the process' resident
-memory after its imports, and its peak while writing (the peak reset after the imports):
-streamed (``write_slide_seg`` / ``write_dicom_seg``: a chunk read at a time, the frames
-spooled to disk, the SEG written around them), and highdicom's ``Segmentation`` of the
-output read whole into memory, for the sizes given to ``--whole``; at the smallest, both
-SEGs' frames and functional groups are checked equal. Series also as a label map
-(``finalize.dicom_seg_type=labelmap``: a frame a slice, where ellipsoids overlap the later
-class's number).
+Annotations (``--ann``): N nuclei's outlines (a 24-point ring each, radius 7, anywhere on
+a 32768^2 slide) as ``finish_instances`` leaves them (GeoJSON features, a line each, in
+files of 2000), written by ``write_dicom_ann`` as one annotation group of the slide.
+
+Each SEG (and annotation object) is written in its own process, which prints its
+seconds, the process' resident memory after its imports, and its peak while writing (the
+peak reset after the imports): streamed (``write_slide_seg`` / ``write_dicom_seg``: a
+chunk read at a time, the frames spooled to disk, the SEG written around them), and
+highdicom's ``Segmentation`` of the output read whole into memory, for the sizes given
+to ``--whole``; at the smallest, both SEGs' frames and functional groups are checked
+equal. Series also as a label map (``finalize.dicom_seg_type=labelmap``: a frame a
+slice, where ellipsoids overlap the later class's number).
 """
 
 from __future__ import annotations
@@ -127,6 +133,31 @@ def _series(root: Path, slices: int) -> tuple[Path, Path]:
     return ct, path
 
 
+def _outlines(root: Path, objects: int) -> Path:
+    """``objects`` nuclei's outlines as GeoJSON features, a line each, 2000 a file."""
+    path = root / "outlines"
+    if path.exists():
+        return path
+    path.mkdir(parents=True)
+    angles = np.linspace(0, 2 * np.pi, 24, endpoint=False)
+    rng = np.random.default_rng(0)
+    for k in range(0, objects, 2000):
+        lines = []
+        for i in range(k, min(objects, k + 2000)):
+            cx, cy = rng.uniform(8, 32760, 2)
+            ring = np.stack([cx + 7 * np.cos(angles), cy + 7 * np.sin(angles)], 1)
+            coordinates = [[*ring.round(3).tolist(), ring[0].round(3).tolist()]]
+            feature = {
+                "type": "Feature",
+                "id": f"0-{i + 1}",
+                "geometry": {"type": "Polygon", "coordinates": coordinates},
+                "properties": {"measurements": {"pixels": 154, "area_micrometer^2": 9.625}},
+            }
+            lines.append(json.dumps(feature, separators=(",", ":")))
+        (path / f"{k:08d}.jsonl").write_text("\n".join(lines) + "\n")
+    return path
+
+
 def _slices(ct: Path) -> list[str]:
     import pydicom
 
@@ -144,8 +175,20 @@ def _child(kind: str, source: str, mask: str, location: str) -> None:
     import pydicom
     import zarr
 
+    from raysegment.post.dicom_ann import write_dicom_ann
     from raysegment.post.dicom_seg import _descriptions, write_dicom_seg, write_slide_seg
 
+    if kind == "ann":  # ``mask``: the outlines' directory
+        parts = sorted(str(p) for p in Path(mask).glob("*.jsonl"))
+        before = _status("VmRSS")
+        Path("/proc/self/clear_refs").write_text("5")
+        start = time.perf_counter()
+        write_dicom_ann(location, [source], parts, ("Nucleus", None), "micrometer")
+        seconds = time.perf_counter() - start
+        print(
+            json.dumps({"seconds": seconds, "peak_mib": _status("VmHWM"), "imported_mib": before})
+        )
+        return
     series = Path(source).is_dir()
     files = _slices(Path(source)) if series else [source]
     segments = SEGMENTS if series else 1
@@ -214,7 +257,20 @@ def main() -> None:
     import pydicom
 
     given = sys.argv[1] if len(sys.argv) > 1 and not sys.argv[1].startswith("--") else None
-    out = Path(given or "bench_seg_write")
+    out = Path(given or "bench_dicom_write")
+    if "--ann" in sys.argv:
+        slide = _slide(out / "32768", 32768)
+        for objects in _sizes("--objects", "10000,100000,1000000"):
+            root = out / "ann" / str(objects)
+            outlines = _outlines(root, objects)
+            location = root / "nuclei.ann.dcm"
+            got = _run("ann", slide, outlines, location)
+            mib = location.stat().st_size / 2**20
+            print(
+                f"{objects} objects: {got['seconds']:.1f} s, peak {got['peak_mib']:.0f} MiB "
+                f"({got['imported_mib']:.0f} MiB after imports); {mib:.0f} MiB"
+            )
+        return
     series = "--series" in sys.argv
     if series:
         sizes = _sizes("--slices", "100,300,900")
