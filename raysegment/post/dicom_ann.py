@@ -20,9 +20,15 @@ from typing import Any
 import numpy as np
 
 from raysegment import storage
-from raysegment._version import __version__
 from raysegment.data.sources import reader_module
-from raysegment.post.dicom_seg import _encoded, _headers, _written
+from raysegment.post.dicom_seg import (
+    _encoded,
+    _headers,
+    _written,
+    concept,
+    new_instance,
+    raysegment_algorithm,
+)
 
 __all__ = ["write_dicom_ann"]
 
@@ -79,13 +85,7 @@ def write_dicom_ann(
     points, starts, areas = _rings(parts)
     name, code = named
 
-    def concept(key: str) -> Any:
-        found = (code or {}).get(key)
-        return highdicom.sr.CodedConcept(*found) if found else codes.SCT.Tissue
-
-    algorithm = highdicom.AlgorithmIdentificationSequence(
-        name="raysegment", version=__version__, family=codes.DCM.ArtificialIntelligence
-    )
+    algorithm = raysegment_algorithm(highdicom)
     measured = unit == "micrometer" and len(starts) > 0
     groups = []
     if len(starts):
@@ -95,8 +95,8 @@ def write_dicom_ann(
             number=1,
             uid=highdicom.UID(),
             label=name[:64],
-            annotated_property_category=concept("category"),
-            annotated_property_type=concept("type"),
+            annotated_property_category=concept(highdicom, code, "category"),
+            annotated_property_type=concept(highdicom, code, "type"),
             graphic_type=highdicom.ann.GraphicTypeValues.POLYGON,
             graphic_data=[np.asarray([[0, 0], [1, 0], [0, 1]], np.float32)],
             algorithm_type=highdicom.ann.AnnotationGroupGenerationTypeValues.AUTOMATIC,
@@ -111,19 +111,11 @@ def write_dicom_ann(
             group.MeasurementsSequence = [area]
         groups.append(group)
     sources = _headers(files, pydicom)
-    first = sources[0]
     annotations = highdicom.ann.MicroscopyBulkSimpleAnnotations(
         source_images=sources,
         annotation_coordinate_type="2D",
         annotation_groups=groups,
-        series_instance_uid=highdicom.UID(),
-        series_number=int(first.get("SeriesNumber", 0) or 0) + 2000,
-        sop_instance_uid=highdicom.UID(),
-        instance_number=1,
-        manufacturer="raysegment",
-        manufacturer_model_name="raysegment",
-        software_versions=__version__,
-        device_serial_number="none",
+        **new_instance(highdicom, sources[0], 2000),
         content_description=f"raysegment instances: {name}"[:64],
     )
     with _written(location) as f:

@@ -49,28 +49,39 @@ def segments(mode: str, classes: int, softmax: bool) -> tuple[list[int], list[in
     return kept, kept
 
 
+def raysegment_algorithm(highdicom: Any) -> Any:
+    """raysegment, of this version, as the algorithm that made a SEG's segments or an
+    ANN's annotations."""
+    from pydicom.sr.codedict import codes
+
+    return highdicom.AlgorithmIdentificationSequence(
+        name="raysegment", version=__version__, family=codes.DCM.ArtificialIntelligence
+    )
+
+
+def concept(highdicom: Any, code: Any, key: str) -> Any:
+    """The ``key`` (category, type) concept of a class ``code`` (``{"category": [value,
+    scheme, meaning], "type": [...]}`` or None), else SNOMED CT's ``Tissue``."""
+    from pydicom.sr.codedict import codes
+
+    found = (code or {}).get(key)
+    return highdicom.sr.CodedConcept(*found) if found else codes.SCT.Tissue
+
+
 def _descriptions(names: list[str], coded: list[Any] | None = None) -> list[Any]:
     """Segments ``names``, of the property category and type ``coded`` gives each
     (``{"category": [value, scheme, meaning], "type": [...]}``), else SNOMED CT's
     ``Tissue``."""
     import highdicom
-    from pydicom.sr.codedict import codes
 
-    algorithm = highdicom.AlgorithmIdentificationSequence(
-        name="raysegment", version=__version__, family=codes.DCM.ArtificialIntelligence
-    )
-
-    def concept(code: Any, key: str) -> Any:
-        found = (code or {}).get(key)
-        return highdicom.sr.CodedConcept(*found) if found else codes.SCT.Tissue
-
+    algorithm = raysegment_algorithm(highdicom)
     given = coded or [None] * len(names)
     return [
         highdicom.seg.SegmentDescription(
             segment_number=number,
             segment_label=name,
-            segmented_property_category=concept(code, "category"),
-            segmented_property_type=concept(code, "type"),
+            segmented_property_category=concept(highdicom, code, "category"),
+            segmented_property_type=concept(highdicom, code, "type"),
             algorithm_type=highdicom.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
             algorithm_identification=algorithm,
         )
@@ -314,14 +325,7 @@ def _proxy(
         pixel_array=np.ones((1, *pixels) if labelmap else (1, *pixels, len(names)), np.uint8),
         segmentation_type=kinds.LABELMAP if labelmap else kinds.BINARY,
         segment_descriptions=_descriptions(names, coded),
-        series_instance_uid=highdicom.UID(),
-        series_number=int(first.get("SeriesNumber", 0) or 0) + 1000,
-        sop_instance_uid=highdicom.UID(),
-        instance_number=1,
-        manufacturer="raysegment",
-        manufacturer_model_name="raysegment",
-        software_versions=__version__,
-        device_serial_number="none",
+        **new_instance(highdicom, first, 1000),
         series_description=f"raysegment {mode}"[:64],
         **options,
     )
@@ -599,6 +603,21 @@ def _written(location: str) -> Iterator[Any]:
         yield f
     if local:
         os.replace(target, location)
+
+
+def new_instance(highdicom: Any, source: Any, series: int) -> dict[str, Any]:
+    """highdicom's arguments of a new instance raysegment made of ``source``'s: in a
+    series of its own, numbered ``series`` past the source's."""
+    return {
+        "series_instance_uid": highdicom.UID(),
+        "series_number": int(source.get("SeriesNumber", 0) or 0) + series,
+        "sop_instance_uid": highdicom.UID(),
+        "instance_number": 1,
+        "manufacturer": "raysegment",
+        "manufacturer_model_name": "raysegment",
+        "software_versions": __version__,
+        "device_serial_number": "none",
+    }
 
 
 def _spool_directory(location: str) -> Any:

@@ -146,6 +146,24 @@ def test_instances_labels_image_and_statistics_2d(tmp_path: Path) -> None:
     assert float(image["labelled_volume_micrometer^2"]) == pytest.approx((labels > 0).sum() / 4)
 
 
+def _instances_at_level_1(image: Path, model: Path, written: dict[str, bool]) -> None:
+    """``image``'s second level segmented by ``model`` (its output the logits) into
+    ``out/`` beside it, its connected components found and ``written`` as asked."""
+    infer(
+        input=str(image),
+        model=str(model),
+        output=str(image.parent / "out"),
+        input_level=1,
+        chunks=[32],
+        block=[64],
+        tile={"size": [32], "blend": "crop"},
+        progress=False,
+        quicklook=False,
+        finalize={"mode": "probabilities", "activation": "sigmoid"},
+        instances={"method": "connected_components", **written},
+    )
+
+
 def test_outlines_of_a_reduced_level_are_in_the_full_resolutions_pixels(tmp_path: Path) -> None:
     """``input_level=1`` of a pyramidal OME-TIFF: the labels at the level's size, their
     outlines in the whole image's pixel coordinates (twice the level's), as QuPath
@@ -158,19 +176,7 @@ def test_outlines_of_a_reduced_level_are_in_the_full_resolutions_pixels(tmp_path
         tif.write(full, subifds=1, tile=(64, 64), metadata={"axes": "YX"})
         tif.write(logits, subfiletype=1, tile=(64, 64))
     model = save_torchscript(identity(2), tmp_path / "id.pth", 2, 1)
-    infer(
-        input=str(tmp_path / "slide.ome.tif"),
-        model=str(model),
-        output=str(tmp_path / "out"),
-        input_level=1,
-        chunks=[32],
-        block=[64],
-        tile={"size": [32], "blend": "crop"},
-        progress=False,
-        quicklook=False,
-        finalize={"mode": "probabilities", "activation": "sigmoid"},
-        instances={"method": "connected_components", "geojson": True},
-    )
+    _instances_at_level_1(tmp_path / "slide.ome.tif", model, {"geojson": True})
     labels = np.asarray(zarr.open_array(str(tmp_path / "out/slide.ome.zarr/labels/instances/0"))[0])
     assert labels.shape == (192, 160) and labels.max() > 5
     collection = json.loads((tmp_path / "out" / "slide_instances.geojson").read_text())
@@ -323,19 +329,7 @@ def test_a_dicom_slides_instances_are_written_as_dicom_annotations(tmp_path: Pat
         conv.weight.fill_(0.1)
         conv.bias.fill_(-10.0)
     model = save_torchscript(conv.eval(), tmp_path / "model.pth", 2, 1)
-    infer(
-        input=str(tmp_path / "slide"),
-        model=str(model),
-        output=str(tmp_path / "out"),
-        input_level=1,
-        chunks=[32],
-        block=[64],
-        tile={"size": [32], "blend": "crop"},
-        progress=False,
-        quicklook=False,
-        finalize={"mode": "probabilities", "activation": "sigmoid"},
-        instances={"method": "connected_components", "geojson": True, "dicom_ann": True},
-    )
+    _instances_at_level_1(tmp_path / "slide", model, {"geojson": True, "dicom_ann": True})
     features = json.loads((tmp_path / "out" / "slide_instances.geojson").read_text())["features"]
     assert len(features) > 3
     ann = highdicom.ann.annread(tmp_path / "out" / "slide_instances.ann.dcm")
