@@ -605,21 +605,33 @@ def _seams(plans: list[ImagePlan]) -> str:
     )
 
 
-def _complete(plan: ImagePlan, cfg: InferConfig, gathered: InputPreview | None = None) -> None:
+def _complete(
+    plan: ImagePlan,
+    cfg: InferConfig,
+    gathered: InputPreview | None = None,
+    say: Callable[[str], None] = lambda step: None,
+) -> None:
     """Mark the output complete once every block is done (by this job or other parts),
     after its pyramid levels and quick-look PNG (so a complete output has them; ``gathered``:
-    the quick-look pixels this job's blocks brought)."""
+    the quick-look pixels this job's blocks brought). ``say``: each step as it starts (the
+    progress bar's, which stands at its end meanwhile)."""
     out = plan.output
     if inspect_output(out).complete or len(done_blocks(out)) < plan.num_blocks:
         return
     layout = plan.layout
+
+    def step(what: str) -> None:
+        say(f"finishing {layout.name}: {what}")
+
     # A full disk here, say, is one line; the same command then does only this step again.
     with storage.storage_errors(out, "its levels, quick-look and metadata", RESUMES):
+        step("pyramid levels")
         build_pyramid(out, layout.axes, layout.pyramid_axes, layout.levels, plan.block_levels + 1)
         extra: dict[str, Any] = {}
         if cfg.instances.method.value != "none":
             from raysegment.post.finish import finish_instances  # imports this package
 
+            step(f"instances ({cfg.instances.method.value})")
             named = _instance_class(plan, cfg.instances.channel)
             extra = finish_instances(
                 out, layout, cfg.instances, plan.source, plan.channels[0], named=named
@@ -628,10 +640,13 @@ def _complete(plan: ImagePlan, cfg: InferConfig, gathered: InputPreview | None =
             from raysegment.post.nifti import nifti_name, write_nifti
 
             copy = storage.join(storage.parent(out), layout.name + nifti_name(plan.source.path))
+            step("NIfTI copy")
             write_nifti(storage.join(out, "0"), layout.axes, plan.source.path, copy)
         if cfg.finalize.dicom_seg:
+            step("DICOM SEG")
             _write_dicom_seg(plan, cfg)
         if cfg.quicklook:
+            step("quick-look")
             png = storage.join(storage.parent(out), f"{layout.name}.png")
             mode = cfg.finalize.mode.value
             array = storage.join(out, "0")
@@ -924,7 +939,9 @@ def _run(
                 bar.update(1)
                 bar.set_postfix(tiles=summary.tiles, refresh=False)
                 if remaining[image] == 0:
-                    _complete(plans[image], cfg, previews.pop(image, None))
+                    say = functools.partial(bar.set_postfix_str, refresh=True)
+                    _complete(plans[image], cfg, previews.pop(image, None), say)
+                    bar.set_postfix(tiles=summary.tiles)
         summary.devices = devices(attempts)
     finally:
         forget(attempts)

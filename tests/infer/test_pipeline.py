@@ -904,3 +904,15 @@ def test_cpu_runs_have_no_read_or_write_tasks(tmp_path, make_model, ome_tiff, mo
     got = zarr.open_array(f"{out}/0", mode="r")[0]
     want = whole_image_prediction(module, image)[0]
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-4)
+
+
+def test_the_progress_bar_names_each_finishing_step(tmp_path, make_model, capfd) -> None:
+    """Once an image's blocks are done the bar stands at its end while its pyramid and
+    quick-look are made: it says which step runs."""
+    path = tmp_path / "img.zarr"
+    zarr.create_array(str(path), data=random_image((128, 128)).astype("float32"), chunks=(64, 64))
+    model, _ = make_model(out_ch=1)
+    infer(input=str(path), model=str(model), output=str(tmp_path / "out"), chunks=[64])
+    shown = capfd.readouterr().err
+    assert "raysegment infer" in shown
+    assert "finishing img: pyramid levels" in shown and "finishing img: quick-look" in shown
