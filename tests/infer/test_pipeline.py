@@ -755,9 +755,9 @@ def test_blocks_are_read_ahead_only_as_far_as_the_predictors_need(
     during: list[float] = []
     complete = pipeline._complete
 
-    def recording(plan, cfg, grey=None) -> None:  # called as each image's last block arrives
+    def recording(plan, cfg, *rest) -> None:  # called as each image's last block arrives
         during.append(policy.OBJECT_STORE_BUDGET_UTIL_THRESHOLD)
-        complete(plan, cfg, grey)
+        complete(plan, cfg, *rest)
 
     monkeypatch.setattr(pipeline, "_complete", recording)
     model, _ = make_model()
