@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import functools
 import os
 import struct
 import tempfile
@@ -491,7 +492,9 @@ def _finish(
     with _written(location) as f:
         pydicom.dcmwrite(f, header, enforce_file_format=True)
         ordered = [np.argsort(order[keys], kind="stable") for keys in placed]
-        _write_frame_groups(f, items, placed, ordered, parts)
+        # A plane's groups made once for all its segments' frames (a slice of 100 organs).
+        shared = functools.cache(parts) if len(placed) > 1 else parts
+        _write_frame_groups(f, items, placed, ordered, shared)
         vr = b"OW" if int(header.BitsAllocated) > 8 else b"OB"
         _write_pixel_data(f, spool, ordered, bits, length, vr)
 
