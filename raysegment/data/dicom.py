@@ -174,31 +174,36 @@ def _frames(header: Any) -> list[Any]:
     return slices
 
 
+def _grouped(headers: list[Any], key: Any) -> list[list[Any]]:
+    """``headers`` by their ``key``, in its order."""
+    groups: dict[float, list[Any]] = defaultdict(list)
+    for header in headers:
+        groups[key(header)].append(header)
+    return [groups[k] for k in sorted(groups)]
+
+
+def _number(value: Any) -> float:
+    """An attribute's value as a number (0 where empty; the first of several)."""
+    return 0.0 if value in (None, "") else float(np.atleast_1d(np.asarray(value, float))[0])
+
+
 def _time_points(headers: list[Any]) -> list[list[Any]]:
     """A series' slices by time point (DCE-MRI's, perfusion CT's, a 4D CT's phases: the
     classic ``TemporalPositionIdentifier`` or an enhanced frame's
     ``TemporalPositionIndex``), in their order; one where they have none or one."""
-    by_time: dict[int, list[Any]] = defaultdict(list)
-    for header in headers:
-        when = header.get("TemporalPositionIndex", header.get("TemporalPositionIdentifier"))
-        by_time[int(when) if when not in (None, "") else 0].append(header)
-    return [by_time[k] for k in sorted(by_time)]
+    return _grouped(
+        headers,
+        lambda h: _number(h.get("TemporalPositionIndex", h.get("TemporalPositionIdentifier"))),
+    )
 
 
 def _echoes(headers: list[Any]) -> list[list[Any]]:
     """A time point's slices by echo (a multi-echo MR's: the classic ``EchoNumbers``, else
     the echo time, an enhanced frame's ``EffectiveEchoTime``), in their order; one where
     they have none or one."""
-    numbered = all("EchoNumbers" in h for h in headers)
-    by_echo: dict[float, list[Any]] = defaultdict(list)
-    for header in headers:
-        if numbered:  # one number, or several (the first)
-            key = float(np.atleast_1d(np.asarray(header.EchoNumbers, float))[0])
-        else:
-            time = header.get("EffectiveEchoTime", header.get("EchoTime"))
-            key = float(time) if time not in (None, "") else 0.0
-        by_echo[key].append(header)
-    return [by_echo[k] for k in sorted(by_echo)]
+    if all("EchoNumbers" in h for h in headers):
+        return _grouped(headers, lambda h: _number(h.EchoNumbers))
+    return _grouped(headers, lambda h: _number(h.get("EffectiveEchoTime", h.get("EchoTime"))))
 
 
 def _echo_name(k: int, header: Any) -> str:
@@ -276,22 +281,23 @@ class DicomSeriesSource(_DicomSource):
             for h in _time_points(self._series_headers())
         ]
         (ordered, spacing) = times[0][0]
+        placed = [_where(h) for h in ordered]
         for t, echoes in enumerate(times):
+            if len(echoes) != len(times[0]):
+                raise InputImageError(
+                    f"{self.path}: its time point {t + 1} has {len(echoes)} echoes, its "
+                    f"first {len(times[0])}; export every echo of every temporal "
+                    f"position, or each as a series"
+                )
             for e, (others, _) in enumerate(echoes):
-                if len(echoes) != len(times[0]):
-                    raise InputImageError(
-                        f"{self.path}: its time point {t + 1} has {len(echoes)} echoes, its "
-                        f"first {len(times[0])}; export every echo of every temporal "
-                        f"position, or each as a series"
-                    )
                 if len(others) != len(ordered) or not np.allclose(
-                    [_where(h) for h in others], [_where(h) for h in ordered], atol=1e-3
+                    [_where(h) for h in others], placed, atol=1e-3
                 ):
-                    what = f"time point {t + 1}" if len(echoes) == 1 else f"echo {e + 1}"
-                    what += f" of time point {t + 1}" if len(echoes) > 1 and len(times) > 1 else ""
+                    what = [f"echo {e + 1}"] if len(echoes) > 1 else []
+                    what += [f"time point {t + 1}"] if len(times) > 1 else []
                     raise InputImageError(
-                        f"{self.path}: its {what} covers other slices than its first "
-                        f"({len(others)} against {len(ordered)}); export every temporal "
+                        f"{self.path}: its {' of '.join(what)} covers other slices than its "
+                        f"first ({len(others)} against {len(ordered)}); export every temporal "
                         f"position and echo of the same slices, or each as a series"
                     )
         # t by t, each echo by echo, each in slice order
