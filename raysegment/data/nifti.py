@@ -2,14 +2,22 @@
 keeps them (dcm2niix's output, nnU-Net's and MONAI's datasets), through nibabel (``pip
 install 'raysegment[nifti]'``).
 
-A ``.nii`` is memory-mapped: a region read touches only its own bytes. A ``.nii.gz`` is
-decompressed from its start up to each region read (gzip cannot seek; nibabel seeks with
-``indexed_gzip`` where it is installed): gunzip a large one first.
+A ``.nii`` is memory-mapped: a region read touches only its own bytes. gzip cannot seek:
+a ``.nii.gz``'s region is decompressed from the file's start (``indexed_gzip``, where it is
+installed, from its nearest index point). So a ``.nii.gz`` is read a slab at a time: the
+whole planes (x, y) of a region's z range, kept by the process (``_Stream``), which serves
+every region of the same z range from it (a run's blocks of a z range are read one after
+another) and moves on through the file for the next.
 """
 
 from __future__ import annotations
 
+import itertools
+import math
+import os
+import threading
 import zlib
+from collections import OrderedDict
 from typing import Any
 
 import numpy as np
@@ -67,11 +75,132 @@ class _Data:
         try:
             data = np.asarray(self.proxy[index])
         except _BROKEN as e:
-            raise InputImageError(
-                f"{self.path}: cannot read its voxels ({type(e).__name__}: {e}); the file is "
-                f"truncated or corrupt: copy or export it again"
-            ) from e
+            raise self._broken(e) from e
         return data.astype(self.dtype, copy=False)
+
+    def _broken(self, e: Exception) -> InputImageError:
+        return InputImageError(
+            f"{self.path}: cannot read its voxels ({type(e).__name__}: {e}); the file is "
+            f"truncated or corrupt: copy or export it again"
+        )
+
+
+SLAB_BYTES = 256 * 2**20
+"""The most decompressed bytes of a ``.nii.gz`` a process keeps: one slab (a CT's 160
+planes of 512^2 int16: 80 MiB). A region whose slab is larger is decompressed in pieces of
+at most this size (planes over it: rows), its own voxels copied out of each."""
+_STREAMS_KEPT = 2
+"""``.nii.gz`` files a process keeps open, with a slab each."""
+
+
+class _Stream:
+    """An open ``.nii.gz`` and the last slab decompressed from it: whole units of the slab
+    axis (the planes of a z range), at one position of the axes after it (time point,
+    component). Kept by the process across the sources and tasks that read the file."""
+
+    def __init__(self, path: str) -> None:
+        from nibabel.openers import ImageOpener  # indexed_gzip's file where it is installed
+
+        self.file = ImageOpener(path, "rb", keep_open=True)
+        self.lock = threading.Lock()
+        self.slab: tuple[int, tuple[int, ...], int, int, np.ndarray] | None = None
+        """(the slab axis, positions on the axes after it, first unit, end unit, the units'
+        values)"""
+
+    def read(self, start: int, count: int, dtype: np.dtype) -> np.ndarray:
+        """``count`` values of ``dtype`` from byte ``start`` of the decompressed file."""
+        out = np.empty(count, dtype)
+        view, done = memoryview(out).cast("B"), 0
+        self.file.seek(start)
+        while done < out.nbytes:
+            n = self.file.readinto(view[done:])
+            if not n:
+                raise EOFError(f"the file ends {out.nbytes - done} bytes early")
+            done += n
+        return out
+
+
+_streams: OrderedDict[tuple[str, int, int, int], _Stream] = OrderedDict()
+_streams_lock = threading.Lock()
+
+
+def _stream(path: str) -> _Stream:
+    """This process's open ``path``, the same while the file is (its inode, size and time)."""
+    stat = os.stat(path)
+    key = (os.path.realpath(path), stat.st_ino, stat.st_size, stat.st_mtime_ns)
+    with _streams_lock:
+        stream = _streams.pop(key, None) or _Stream(path)
+        _streams[key] = stream
+        while len(_streams) > _STREAMS_KEPT:
+            _, old = _streams.popitem(last=False)
+            old.file.close()
+        return stream
+
+
+class _Gzipped(_Data):
+    """A ``.nii.gz``'s voxels a slab at a time: the region's units of the slab axis (the
+    slowest of x, y, z in the file: z of a volume) whole, decompressed once for all the
+    regions of the same units (``_Stream``). Values as nibabel scales them."""
+
+    def __init__(self, path: str, image: Any, dtype: np.dtype, axis: int) -> None:
+        super().__init__(path, image, dtype)
+        self.axis, self.stored, self.scaled = axis, np.dtype(self.proxy.dtype), _scaled(image)
+        self.shape, self.offset = tuple(self.proxy.shape), int(self.proxy.offset)
+        self.strides = tuple(math.prod(self.shape[:i]) for i in range(len(self.shape)))
+        """Values between neighbours of each axis (Fortran order, as NIfTI stores them)."""
+
+    def __getitem__(self, index: Any) -> np.ndarray:
+        ranges = [s.indices(n)[:2] for s, n in zip(index, self.shape, strict=True)]
+        try:
+            data = self._unscaled(ranges)
+        except _BROKEN as e:
+            raise self._broken(e) from e
+        if self.scaled:  # as nibabel's proxy scales a region it reads
+            from nibabel.volumeutils import apply_read_scaling
+
+            slope, inter = np.asanyarray(self.proxy.slope), np.asanyarray(self.proxy.inter)
+            if np.can_cast(inter, slope.dtype):
+                inter = inter.astype(slope.dtype)
+            data = apply_read_scaling(data, slope, inter)
+        return data.astype(self.dtype, copy=False)
+
+    def _unscaled(self, ranges: list[tuple[int, int]]) -> np.ndarray:
+        d, size = self.axis, self.stored.itemsize
+        while d > 0 and self.strides[d] * size > SLAB_BYTES:
+            d -= 1  # planes over the bytes kept: a slab of rows of one plane
+        out = np.empty([b - a for a, b in ranges], self.stored, order="F")
+        inner = tuple(slice(a, b) for a, b in ranges[:d])
+        first, end = ranges[d]
+        per = max(1, SLAB_BYTES // (self.strides[d] * size))  # units of the axis a piece
+        stream = _stream(self.path)
+        for outer in itertools.product(*(range(a, b) for a, b in ranges[d + 1 :])):
+            at = tuple(o - a for o, (a, _) in zip(outer, ranges[d + 1 :], strict=True))
+            with stream.lock:
+                for a in range(first, end, per):
+                    b = min(a + per, end)
+                    units = self._units(stream, d, outer, a, b, keep=(a, b) == (first, end))
+                    part = (*[slice(None)] * d, slice(a - first, b - first), *at)
+                    out[part] = units[(*inner, slice(None))]
+        return out
+
+    def _units(
+        self, stream: _Stream, d: int, outer: tuple[int, ...], a: int, b: int, keep: bool
+    ) -> np.ndarray:
+        """Units ``a`` to ``b`` of axis ``d`` at ``outer`` (positions on the axes after
+        it), whole (F order): from the stream's slab where it holds them, else
+        decompressed (and kept, with ``keep``)."""
+        if stream.slab is not None:
+            axis, at, first, end, held = stream.slab
+            if (axis, at) == (d, outer) and first <= a and b <= end:
+                return held[..., a - first : b - first]
+        start = a * self.strides[d]
+        start += sum(o * s for o, s in zip(outer, self.strides[d + 1 :], strict=True))
+        count = (b - a) * self.strides[d]
+        flat = stream.read(self.offset + start * self.stored.itemsize, count, self.stored)
+        units = flat.reshape((*self.shape[:d], b - a), order="F")
+        if keep:
+            stream.slab = (d, outer, a, b, units)
+        return units
 
 
 class NiftiSource(ArraySource):
@@ -116,7 +245,12 @@ class NiftiSource(ArraySource):
         return ImageInfo(shape5, dtype, scale, units, origin=origin)  # type: ignore[arg-type]
 
     def _open(self) -> Any:
-        return _Data(self.path, _load(self.path), self.info.dtype)
+        image = _load(self.path)
+        if not self.path.lower().endswith(".gz"):
+            return _Data(self.path, image, self.info.dtype)
+        axes = self._array_axes()
+        axis = max(axes.index(a) for a in "zyx" if a in axes)  # z of a volume
+        return _Gzipped(self.path, image, self.info.dtype, axis)
 
 
 def _origin(image: Any, scale: dict[str, float]) -> dict[str, float]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import itertools
 import struct
 import sys
 
@@ -47,6 +48,79 @@ def test_a_ct_volume_reads_regions_with_its_voxel_size_and_origin(tmp_path, name
     np.testing.assert_array_equal(source.read(0, (0,), region)[0], ct[2:8, 7:40, :33])
     with pytest.raises(InputImageError, match="has 1 resolution level"):
         open_sources(tmp_path / name, level=1)
+
+
+def _regions(shape: tuple[int, ...], rng: np.random.Generator, count: int) -> list[tuple]:
+    """``count`` random non-empty boxes of an array of ``shape``, as slices."""
+    boxes = []
+    for _ in range(count):
+        ends = [sorted(rng.choice(n + 1, 2, replace=False)) for n in shape]
+        boxes.append(tuple(slice(int(a), int(b)) for a, b in ends))
+    return boxes
+
+
+@pytest.mark.parametrize(
+    ("shape", "stored", "axes", "scaled"),
+    [
+        ((17, 23, 9), "<i2", None, False),  # a CT: x, y, z
+        ((13, 11, 7, 3), ">f4", None, False),  # big-endian, time points
+        ((6, 7, 5, 2, 3), "<u2", None, True),  # time points, components, scaled
+        ((31, 29), "u1", None, True),  # an image: y is the slab axis
+        ((9, 10, 8), "<i2", "zyx", False),  # axes given: x is the slowest spatial axis
+    ],
+)
+def test_gzipped_regions_read_as_nibabels_own_in_any_order(
+    tmp_path, monkeypatch, shape, stored, axes, scaled
+) -> None:
+    """A ``.nii.gz`` is read a slab of whole planes at a time, kept by the process: every
+    region, in any order, in pieces where a slab is over the process's bytes, has the
+    values and type nibabel's proxy gives (scaled: float32 of nibabel's scaling)."""
+    import raysegment.data.nifti as nifti
+
+    rng = np.random.default_rng(len(shape))
+    image = nibabel.Nifti1Image(rng.integers(0, 250, shape).astype(stored), np.eye(4))
+    image.set_data_dtype(np.dtype(stored))
+    if scaled:
+        image.header.set_slope_inter(0.37, -11.5)
+    nibabel.save(image, str(tmp_path / "v.nii.gz"))
+    (source,) = open_sources(tmp_path / "v.nii.gz", axes=axes)
+    proxy = nibabel.load(str(tmp_path / "v.nii.gz")).dataobj
+    assert source.info.dtype == (np.float32 if scaled else np.dtype(stored).newbyteorder("="))
+    size = np.dtype(stored).itemsize
+    for slab in (256 * 2**20, 3 * size * shape[0], 2 * size):  # whole planes, rows, values
+        monkeypatch.setattr(nifti, "SLAB_BYTES", slab)
+        for index in _regions(shape, rng, 25):
+            got, want = source.handle[index], np.asarray(proxy[index]).astype(source.info.dtype)
+            assert got.dtype == source.info.dtype
+            np.testing.assert_array_equal(got, want, err_msg=str(index))
+
+
+def test_a_gzipped_slab_is_decompressed_once_for_its_regions(tmp_path, monkeypatch) -> None:
+    """The four (y, x) regions of a z range decompress its planes once, the next z range
+    its own; a file written again at the same path is read anew, not from the slab."""
+    import raysegment.data.nifti as nifti
+
+    volume = random_image((12, 32, 40)).astype(np.int16)
+    write_nifti(tmp_path / "ct.nii.gz", volume, np.eye(4))
+    decompressed: list[int] = []
+    read = nifti._Stream.read
+
+    def counted(self, start: int, count: int, dtype: np.dtype) -> np.ndarray:
+        decompressed.append(count)
+        return read(self, start, count, dtype)
+
+    monkeypatch.setattr(nifti._Stream, "read", counted)
+    (source,) = open_sources(tmp_path / "ct.nii.gz")
+    for z in ((0, 7), (5, 12)):  # blocks' regions overlap by their halo
+        for y, x in itertools.product(((0, 20), (12, 32)), ((0, 24), (16, 40))):
+            got = source.read(0, (0,), (z, y, x))[0]
+            np.testing.assert_array_equal(got, volume[slice(*z), slice(*y), slice(*x)])
+    assert decompressed == [7 * 32 * 40, 7 * 32 * 40]
+    write_nifti(tmp_path / "ct.nii.gz", volume[::-1].copy(), np.eye(4))
+    (again,) = open_sources(tmp_path / "ct.nii.gz")
+    np.testing.assert_array_equal(
+        again.read(0, (0,), ((5, 12), (0, 8), (0, 8)))[0], volume[6::-1, :8, :8]
+    )
 
 
 def test_scaled_values_flipped_axes_time_and_components(tmp_path) -> None:
