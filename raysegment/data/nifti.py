@@ -110,7 +110,7 @@ class _Stream:
     def read(self, start: int, count: int, dtype: np.dtype) -> np.ndarray:
         """``count`` values of ``dtype`` from byte ``start`` of the decompressed file."""
         out = np.empty(count, dtype)
-        view, done = memoryview(out).cast("B"), 0
+        view, done = out.data.cast("B"), 0
         self.file.seek(start)
         while done < out.nbytes:
             n = self.file.readinto(view[done:])
@@ -179,7 +179,11 @@ class _Gzipped(_Data):
                 for a in range(first, end, per):
                     b = min(a + per, end)
                     units = self._units(stream, d, outer, a, b, keep=(a, b) == (first, end))
-                    part = (*[slice(None)] * d, slice(a - first, b - first), *at)
+                    part: tuple[slice | int, ...] = (
+                        *[slice(None)] * d,
+                        slice(a - first, b - first),
+                        *at,
+                    )
                     out[part] = units[(*inner, slice(None))]
         return out
 
