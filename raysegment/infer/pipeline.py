@@ -343,12 +343,13 @@ def _prepare(
     sources = _open_images(cfg, paths, models)
     _refuse_shared_outputs(cfg.input, [s.name for s in sources])  # series named alike
     if cfg.finalize.nifti:
-        other = next((s for s in sources if s.kind != "nifti"), None)
-        if other is not None:
-            raise ConfigError(
-                f"finalize.nifti=true: {other.path} is no NIfTI image ({other.kind}); NIfTI "
-                f"copies are written of NIfTI inputs only: narrow pattern= or drop the key"
-            )
+        _only_of(
+            sources,
+            ("nifti",),
+            "finalize.nifti=true",
+            "NIfTI image",
+            "NIfTI copies are written of NIfTI inputs only: narrow pattern= or drop the key",
+        )
     if cfg.finalize.dicom_seg:
         _check_dicom_seg(cfg, sources)
     if cfg.instances.dicom_ann:
@@ -667,15 +668,26 @@ def _instance_class(plan: ImagePlan, channel: int | None) -> tuple[str, Any]:
     return plan.classes[channel], plan.class_codes[channel] if plan.class_codes else None
 
 
+def _only_of(
+    sources: list[ImageSource], kinds: tuple[str, ...], key: str, what: str, why: str
+) -> None:
+    """Refuse ``key`` before the run where an image is of none of ``kinds`` (``what`` names
+    them in the message); ``why``: what the key writes, of which images, and the fix."""
+    other = next((s for s in sources if s.kind not in kinds), None)
+    if other is not None:
+        raise ConfigError(f"{key}: {other.path} is no {what} ({other.kind}); {why}")
+
+
 def _check_dicom_ann(cfg: InferConfig, sources: list[ImageSource]) -> None:
     """``instances.dicom_ann=true`` of DICOM slides read frame by frame, highdicom at hand."""
-    other = next((s for s in sources if s.kind != "dicom-slide"), None)
-    if other is not None:
-        raise ConfigError(
-            f"instances.dicom_ann=true: {other.path} is no DICOM slide read frame by frame "
-            f"({other.kind}); DICOM annotations are written of DICOM whole-slide images: "
-            f"narrow pattern=, or write instances.geojson=true instead"
-        )
+    _only_of(
+        sources,
+        ("dicom-slide",),
+        "instances.dicom_ann=true",
+        "DICOM slide read frame by frame",
+        "DICOM annotations are written of DICOM whole-slide images: narrow pattern=, or write "
+        "instances.geojson=true instead",
+    )
     reader_module(sources[0].path, "highdicom", "DICOM annotations", "dicom")
 
 
@@ -685,13 +697,14 @@ def _check_dicom_seg(cfg: InferConfig, sources: list[ImageSource]) -> None:
     from raysegment.post.dicom_seg import SEG_MODES
 
     key = "finalize.dicom_seg=true"
-    other = next((s for s in sources if s.kind not in ("dicom", "dicom-slide")), None)
-    if other is not None:
-        raise ConfigError(
-            f"{key}: {other.path} is no DICOM series or slide read frame by frame "
-            f"({other.kind}); DICOM Segmentations are written of DICOM series (CT, MR, PET) "
-            f"and whole-slide images only: narrow pattern= or drop the key"
-        )
+    _only_of(
+        sources,
+        ("dicom", "dicom-slide"),
+        key,
+        "DICOM series or slide read frame by frame",
+        "DICOM Segmentations are written of DICOM series (CT, MR, PET) and whole-slide images "
+        "only: narrow pattern= or drop the key",
+    )
     mode = cfg.finalize.mode.value
     if mode not in SEG_MODES:
         raise ConfigError(
