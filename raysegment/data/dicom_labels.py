@@ -10,7 +10,8 @@ the image of that size; binary, fractional (on where over half
 the maximum) and label-map SEGs are read, a region's frames alone: uncompressed ones by
 their byte ranges (as ``DicomSlideSource`` reads tiles), compressed ones through pydicom.
 Segments are classes by their names (``SegmentLabel``, matched to ``class_names`` without
-regard to case), so SEGs that number the same organs differently label alike.
+regard to case) or their coded types (``SegmentedPropertyTypeCodeSequence`` and its
+modifier), so SEGs that number or name the same organs differently label alike.
 """
 
 from __future__ import annotations
@@ -89,19 +90,98 @@ def _code(item: Any, key: str) -> list[str] | None:
     )
 
 
+def _kind(item: Any) -> tuple[str, ...] | None:
+    """What a segment is, coded: its segmented property type's scheme and value, and its
+    modifier's (a left or a right kidney); None without a type code."""
+    kind = _code(item, "SegmentedPropertyTypeCodeSequence")
+    if kind is None:
+        return None
+    modifier = _code(item.SegmentedPropertyTypeCodeSequence[0], _MODIFIER)
+    return (kind[1], kind[0], *((modifier[1], modifier[0]) if modifier else ()))
+
+
+_MODIFIER = "SegmentedPropertyTypeModifierCodeSequence"
+
+
+class _Classes:
+    """The SEGs' segments grouped into classes: segments are one class where their names
+    (case aside) or their coded types (``_kind``) are the same, so SEGs that name an organ
+    differently but code it alike (SNOMED CT's ``Liver``) label alike. A coded type that
+    segments of different names share in one SEG tells them apart from nothing (3D
+    Slicer's and OHIF's default ``Tissue``) and joins none. A class is named by the first
+    name met of it."""
+
+    def __init__(self, headers: list[Any]) -> None:
+        self.parent: list[int] = []
+        self.keys: dict[Any, int] = {}  # a name (casefolded) or a coded type -> its node
+        self.segments: list[dict[int, int]] = []  # per SEG: segment number -> its node
+        self.first: dict[int, str] = {}  # node -> the first name met of it
+        self.items: list[tuple[int, Any]] = []  # (node, segment's item), in order met
+        generic = set()
+        for header in headers:
+            named: dict[tuple[str, ...], set[str]] = {}
+            for _, name, item in _segments(header):
+                named.setdefault(_kind(item) or (), set()).add(name.casefold())
+            generic |= {kind for kind, names in named.items() if len(names) > 1}
+        for header in headers:
+            numbers = {}
+            for number, name, item in _segments(header):
+                node = self._node(name.casefold())
+                kind = _kind(item)
+                if kind is not None and kind not in generic:
+                    self._join(node, self._node(kind))
+                numbers[number] = node
+                self.first.setdefault(node, name)
+                self.items.append((node, item))
+            self.segments.append(numbers)
+
+    def _node(self, key: Any) -> int:
+        if key not in self.keys:
+            self.keys[key] = len(self.parent)
+            self.parent.append(len(self.parent))
+        return self.keys[key]
+
+    def root(self, node: int) -> int:
+        while self.parent[node] != node:
+            node = self.parent[node]
+        return node
+
+    def _join(self, a: int, b: int) -> None:
+        a, b = self.root(a), self.root(b)
+        if a != b:
+            self.parent[max(a, b)] = min(a, b)  # the earlier node stands for both
+
+    def names(self) -> dict[int, str]:
+        """Each class (its root) and its name, in the order first met."""
+        out: dict[int, str] = {}
+        for node, name in self.first.items():
+            out.setdefault(self.root(node), name)
+        return out
+
+    def of_name(self, name: str) -> int | None:
+        """The class a segment of ``name`` (case aside) is of; None where no SEG has one."""
+        node = self.keys.get(name.casefold())
+        return None if node is None else self.root(node)
+
+
 def segment_codes(headers: list[Any]) -> dict[str, dict[str, list[str]]]:
     """What the SEGs' segments are, by name (case aside): their segmented property's
     category and type codes (``{"category": [value, scheme, meaning], "type": [...]}``,
-    SNOMED CT's ``Organ`` and ``Liver``), the first SEG's where they differ; names without
-    both codes are left out."""
-    found: dict[str, dict[str, list[str]]] = {}
-    for header in headers:
-        for _, name, item in _segments(header):
-            category = _code(item, "SegmentedPropertyCategoryCodeSequence")
-            kind = _code(item, "SegmentedPropertyTypeCodeSequence")
-            if category and kind:
-                found.setdefault(name.casefold(), {"category": category, "type": kind})
-    return found
+    SNOMED CT's ``Organ`` and ``Liver``), those of the class's first segment to have both
+    (``_Classes``), for every name of the class; names of classes without codes are left
+    out."""
+    classes = _Classes(headers)
+    coded: dict[int, dict[str, list[str]]] = {}
+    for node, item in classes.items:
+        category = _code(item, "SegmentedPropertyCategoryCodeSequence")
+        kind = _code(item, "SegmentedPropertyTypeCodeSequence")
+        if category and kind:
+            coded.setdefault(classes.root(node), {"category": category, "type": kind})
+    return {
+        key: coded[classes.root(node)]
+        for key, node in classes.keys.items()
+        if isinstance(key, str) and classes.root(node) in coded
+    }
 
 
 def segment_targets(
@@ -109,45 +189,53 @@ def segment_targets(
 ) -> tuple[list[str], list[dict[int, int]]]:
     """The classes SEGs label (``headers``), and for each SEG what its segments draw, by
     segment number: their class's value (binary, multiclass) or channel (multilabel).
-    Segments are matched to ``class_names`` by name (case aside); segments it does not
-    name draw nothing (background), so a SEG of a hundred organs trains on the ones named.
-    Without ``class_names``, the segments' names in the order first met (multiclass: after
-    ``background``; binary: every segment is the foreground, named after it where the
-    SEGs have one name).
+    Segments are classes by name (case aside) or coded type (``_Classes``), matched to
+    ``class_names`` by the names of their class; segments it does not name draw nothing
+    (background), so a SEG of a hundred organs trains on the ones named. Without
+    ``class_names``, the classes' names in the order first met (multiclass: after
+    ``background``; binary: every segment is the foreground, named after its class where
+    the SEGs have one).
 
     Raises:
-        ConfigError: ``class_names`` names a class no SEG has a segment of.
+        ConfigError: ``class_names`` names a class no SEG has a segment of, or one class
+            twice.
     """
-    segments = [segment_names(h) for h in headers]
-    known: dict[str, str] = {}
-    for names in segments:
-        for name in names.values():
-            known.setdefault(name.casefold(), name)
+    grouped = _Classes(headers)
+    found = grouped.names()
     if class_names:
         classes = list(class_names)
         named = classes[1:] if mode == "multiclass" else classes
-        missing = [n for n in named if n.casefold() not in known]
+        missing = [n for n in named if grouped.of_name(n) is None]
         if missing:
             raise ConfigError(
                 f"class_names={classes}: {missing} is a segment of no DICOM SEG label (their "
-                f"segments: {list(known.values())[:12]}); name classes after the SEGs' "
+                f"segments: {list(found.values())[:12]}); name classes after the SEGs' "
                 f"segment labels"
             )
+        index: dict[int, int] = {}
+        drawing = classes[:1] if mode == "binary" else named  # binary: the first, foreground
+        for i, name in enumerate(drawing, len(classes) - len(named)):
+            root = grouped.of_name(name)
+            assert root is not None
+            if root in index:
+                raise ConfigError(
+                    f"class_names={classes}: {classes[index[root]]!r} and {name!r} are one "
+                    f"class of the DICOM SEG labels (the same segment name or coded type); "
+                    f"name it once"
+                )
+            index[root] = i
     elif mode == "binary":
-        classes = list(known.values()) if len(known) == 1 else ["foreground"]
+        classes = list(found.values()) if len(found) == 1 else ["foreground"]
+        index = dict.fromkeys(found, 1)
     else:
-        classes = ["background"] * (mode == "multiclass") + list(known.values())
-    index = {name.casefold(): i for i, name in enumerate(classes)}
+        first = int(mode == "multiclass")  # after the background
+        classes = ["background"] * first + list(found.values())
+        index = {root: i for i, root in enumerate(found, first)}
     targets = []
-    for names in segments:
-        if mode == "binary":
-            foreground = classes[0].casefold() if class_names else None
-            drawn = {k: 1 for k, n in names.items() if foreground in (None, n.casefold())}
-        else:
-            drawn = {k: index[n.casefold()] for k, n in names.items() if n.casefold() in index}
-            if mode == "multiclass":  # the background's name draws nothing
-                drawn = {k: v for k, v in drawn.items() if v > 0}
-        targets.append(drawn)
+    for numbers in grouped.segments:
+        drawn = {k: index.get(grouped.root(n)) for k, n in numbers.items()}
+        value = 1 if mode == "binary" else None
+        targets.append({k: value or v for k, v in drawn.items() if v is not None})
     return classes, targets
 
 

@@ -168,6 +168,63 @@ def test_segments_are_classes_by_name_whatever_their_numbers() -> None:
         segment_targets([first, second], "multiclass", ["background", "Liver", "Lung"])
 
 
+def test_segments_coded_alike_are_one_class_whatever_their_names() -> None:
+    """Segments whose coded types (with their modifiers) are the same are one class under
+    different names; a code that two segments of one SEG share (a tool's default
+    ``Tissue``) joins nothing; ``class_names`` may name a class by any of its names, once."""
+    from pydicom.dataset import Dataset
+
+    from raysegment.data.dicom_labels import segment_codes
+
+    def code(value: str, meaning: str, **more: object) -> list[Dataset]:
+        item = Dataset()
+        item.CodeValue, item.CodingSchemeDesignator, item.CodeMeaning = value, "SCT", meaning
+        for key, v in more.items():
+            setattr(item, key, v)
+        return [item]
+
+    liver = code("10200004", "Liver")
+    kidney = {
+        side: code(
+            "64033007", "Kidney", SegmentedPropertyTypeModifierCodeSequence=code(value, side)
+        )
+        for side, value in (("Right", "24028007"), ("Left", "7771000"))
+    }
+    tissue = code("85756007", "Tissue")
+
+    def seg(*segments: tuple[str, list[Dataset] | None]) -> Dataset:
+        ds = Dataset()
+        ds.SegmentSequence = [Dataset() for _ in segments]
+        for number, (item, (name, kind)) in enumerate(
+            zip(ds.SegmentSequence, segments, strict=True), 1
+        ):
+            item.SegmentNumber, item.SegmentLabel = number, name
+            if kind is not None:
+                item.SegmentedPropertyTypeCodeSequence = kind
+                item.SegmentedPropertyCategoryCodeSequence = code("123037004", "Structure")
+        return ds
+
+    a = seg(("Liver", liver), ("Kidney R", kidney["Right"]))
+    b = seg(("liver parenchyma", liver), ("Kidney L", kidney["Left"]), ("Spleen", None))
+    c = seg(("Segment_1", tissue), ("Segment_2", tissue))
+    names = ["background", "Liver", "Kidney R", "Kidney L", "Spleen", "Segment_1", "Segment_2"]
+    assert segment_targets([a, b, c], "multiclass", None) == (
+        names,
+        [{1: 1, 2: 2}, {1: 1, 2: 3, 3: 4}, {1: 5, 2: 6}],
+    )
+    assert segment_targets([a, b, c], "multilabel", ["LIVER PARENCHYMA", "kidney r"]) == (
+        ["LIVER PARENCHYMA", "kidney r"],
+        [{1: 0, 2: 1}, {1: 0}, {}],
+    )
+    assert segment_targets([a, b], "binary", ["liver parenchyma"])[1] == [{1: 1}, {1: 1}]
+    with pytest.raises(ConfigError, match=r"'Liver' and 'liver parenchyma' are one class"):
+        segment_targets([a, b], "multiclass", ["background", "Liver", "liver parenchyma"])
+    codes = segment_codes([a, b, c])
+    assert codes["liver parenchyma"] == codes["liver"]
+    assert codes["liver"]["type"] == ["10200004", "SCT", "Liver"]
+    assert "spleen" not in codes and codes["kidney l"]["type"][0] == "64033007"
+
+
 def _study(root: Path) -> dict[str, Path]:
     """Two CT series and a SEG of each, named as the Imaging Data Commons names them (by
     UID, nothing shared with the series' names)."""
