@@ -5,6 +5,7 @@ instances as DICOM annotations (``instances.dicom_ann``), as their number grows.
     python benchmarks/dicom_write.py [OUT] [--sides 8192,16384,32768] [--whole 8192,16384]
     python benchmarks/dicom_write.py [OUT] --series [--slices 100,300,900] [--whole 100,300]
     python benchmarks/dicom_write.py [OUT] --ann [--objects 10000,100000,1000000]
+    python benchmarks/dicom_write.py [OUT] --levels [--sides 8192,32768] [--whole 8192,16384]
 
 Slides: for each side N writes (once) ``OUT/<N>/slide/level0.dcm``, an N x N DICOM slide
 of 256^2 JPEG tiles (one tile's bytes in every frame: only its header is read), and
@@ -18,6 +19,11 @@ Z 512^2 slices (as ``tests/data/test_dicom.py`` writes them), and ``mask.zarr``,
 20-class sigmoid model's mask over it (20 channels, uint8, 128^3 chunks: as infer writes
 a 3D output): an ellipsoid each, 20-80 voxels in radius. The SEG is of all 20 channels,
 its frames the slices holding each.
+
+Slide pyramids (``--levels``): the slide with levels a quarter of the last's side each
+(down to 1024^2 or over: 32768^2, 8192^2, 2048^2), one pyramid; the SEG of level 0 and a
+SEG of each coarser level, the mask sampled to it (``finalize.dicom_seg_levels``), against
+highdicom's ``create_segmentation_pyramid`` of the whole mask.
 
 Annotations (``--ann``): N nuclei's outlines (a 24-point ring each, radius 7, anywhere on
 a 32768^2 slide) as ``finish_instances`` leaves them (GeoJSON features, a line each, in
@@ -52,22 +58,28 @@ SEGMENTS = 20
 """The series' classes."""
 
 
-def _slide(root: Path, side: int) -> Path:
-    """An N x N brightfield slide's level 0 of one JPEG tile repeated."""
+def _slide(root: Path, side: int, k: int = 0, uids: tuple[str, ...] = ()) -> Path:
+    """An N x N brightfield slide's level ``k`` (pixels 4^k times level 0's) of one JPEG
+    tile repeated; ``uids``: the study's, series', frame of reference's and pyramid's."""
     import imagecodecs
     from pydicom.encaps import encapsulate
     from pydicom.uid import JPEGBaseline8Bit, generate_uid
 
     from tests.data.test_dicom import _slide_level
 
-    path = root / "slide" / "level0.dcm"
+    path = root / "slide" / f"level{k}.dcm"
     if path.exists():
         return path
     path.parent.mkdir(parents=True, exist_ok=True)
     across = -(-side // TILE)
     frames = across * across
-    uids = generate_uid(), generate_uid(), generate_uid()
-    ds = _slide_level(JPEGBaseline8Bit, uids, 0, (side, side), TILE, frames, 0.25)
+    uids = uids or (generate_uid(), generate_uid(), generate_uid())
+    ds = _slide_level(JPEGBaseline8Bit, uids[:3], k, (side, side), TILE, frames, 0.25)
+    ds.SharedFunctionalGroupsSequence[0].PixelMeasuresSequence[0].PixelSpacing = [
+        0.25 * 4**k / 1000
+    ] * 2
+    if len(uids) > 3:
+        ds.PyramidUID = uids[3]
     ds.SamplesPerPixel, ds.PlanarConfiguration = 3, 0
     ds.PhotometricInterpretation = "YBR_FULL_422"
     ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 8, 8, 7, 0
@@ -76,6 +88,16 @@ def _slide(root: Path, side: int) -> Path:
     ds["PixelData"].VR = "OB"
     ds.save_as(path, enforce_file_format=True)
     return path
+
+
+def _pyramid(root: Path, side: int) -> list[Path]:
+    """A slide of levels each a quarter of the last's side, down to 1024^2 or over, one
+    pyramid (``PyramidUID``), as scanners' converters write 40x, 10x, 2.5x."""
+    from pydicom.uid import generate_uid
+
+    uids = tuple(generate_uid() for _ in range(4))
+    sides = [side // 4**k for k in range(8) if side // 4**k >= 1024]
+    return [_slide(root, n, k, uids) for k, n in enumerate(sides)]
 
 
 def _nuclei(root: Path, side: int) -> Path:
@@ -203,6 +225,32 @@ def _child(kind: str, source: str, mask: str, location: str) -> None:
         write_dicom_seg(
             mask, "czyx", files, frames, "mask", chosen, names, location, None, labelmap
         )
+    elif kind == "levels":  # ``source``: level 0, its coarser levels beside it
+        coarser = [
+            ([str(f)], location.replace(".seg.dcm", f".seg.level{k}.dcm"))
+            for k, f in enumerate(sorted(Path(source).parent.glob("level*.dcm"))[1:], 1)
+        ]
+        write_slide_seg(mask, files, "mask", chosen, names, location, coarser=coarser)
+    elif kind == "whole-levels":  # highdicom's pyramid of the whole mask
+        levels = sorted(Path(source).parent.glob("level*.dcm"))
+        output = zarr.open_array(mask, mode="r")
+        pixels = np.moveaxis(np.asarray(output[chosen]), 0, -1)[None]
+        segs = highdicom.seg.create_segmentation_pyramid(
+            source_images=[pydicom.dcmread(f, stop_before_pixels=True) for f in levels],
+            pixel_arrays=[pixels],
+            segmentation_type="BINARY",
+            segment_descriptions=_descriptions(names),
+            series_instance_uid=highdicom.UID(),
+            series_number=1000,
+            manufacturer="raysegment",
+            manufacturer_model_name="raysegment",
+            software_versions="1",
+            device_serial_number="none",
+            dimension_organization_type="TILED_SPARSE",
+        )
+        for k, seg in enumerate(segs):
+            at = location.replace(".seg.dcm", f".seg.level{k}.dcm") if k else location
+            seg.save_as(at, enforce_file_format=True)
     elif kind != "whole":
         write_slide_seg(mask, files, "mask", chosen, names, location, None, labelmap)
     else:
@@ -253,6 +301,43 @@ def _sizes(flag: str, default: str) -> list[int]:
     return [int(s) for s in value.split(",") if s]
 
 
+def _levels(out: Path, sizes: list[int], whole: list[int]) -> None:
+    """``--levels``: a slide's SEG with one of each coarser level (``dicom_seg_levels``),
+    streamed, against highdicom's pyramid of the whole mask; at the smallest, every level's
+    frames and functional groups checked equal."""
+    import pydicom
+
+    checked = False
+    for size in sizes:
+        root = out / f"{size}-levels"
+        start = time.perf_counter()
+        levels, mask = _pyramid(root, size), _nuclei(root, size)
+        print(f"{size}^2, {len(levels)} levels: ready in {time.perf_counter() - start:.0f} s")
+        kinds = ["levels", *(["whole-levels"] if size in whole else [])]
+        for kind in kinds:
+            location = root / f"{kind}.seg.dcm"
+            got = _run(kind, levels[0], mask, location)
+            files = [location] + [root / f"{kind}.seg.level{k}.dcm" for k in range(1, len(levels))]
+            frames = [
+                int(pydicom.dcmread(f, stop_before_pixels=True).NumberOfFrames) for f in files
+            ]
+            mib = sum(f.stat().st_size for f in files) / 2**20
+            print(
+                f"  {kind:12s} {got['seconds']:6.1f} s, peak {got['peak_mib']:6.0f} MiB "
+                f"({got['imported_mib']:.0f} MiB after imports); frames {frames}, {mib:.0f} MiB"
+            )
+        if len(kinds) == 2 and not checked:
+            for k in range(len(levels)):
+                name = f".seg.level{k}.dcm" if k else ".seg.dcm"
+                ours, theirs = (pydicom.dcmread(root / f"{kind}{name}") for kind in kinds)
+                assert ours.PixelData == theirs.PixelData
+                assert (
+                    ours.PerFrameFunctionalGroupsSequence == theirs.PerFrameFunctionalGroupsSequence
+                )
+            print("  every level's frames and functional groups are equal")
+            checked = True
+
+
 def main() -> None:
     import pydicom
 
@@ -270,6 +355,9 @@ def main() -> None:
                 f"{objects} objects: {got['seconds']:.1f} s, peak {got['peak_mib']:.0f} MiB "
                 f"({got['imported_mib']:.0f} MiB after imports); {mib:.0f} MiB"
             )
+        return
+    if "--levels" in sys.argv:
+        _levels(out, _sizes("--sides", "8192,32768"), _sizes("--whole", "8192,16384"))
         return
     series = "--series" in sys.argv
     if series:

@@ -164,10 +164,19 @@ class FinalizeConfig:
     (DICOM's Label Map Segmentation: a frame a slice holding any class, each pixel its
     segment's number; of labels, or of a mask whose classes do not overlap): a many-class
     output's SEG in far fewer frames."""
+    dicom_seg_levels: bool = False
+    """DICOM slide inputs: also a SEG of each of the slide's coarser levels
+    (``<name>.seg.level<k>.dcm``), the output sampled to its pixels, one series and pyramid
+    with ``<name>.seg.dcm``, so a viewer zoomed out fetches a coarse level's frames."""
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.threshold <= 1.0:
             raise ConfigError(f"finalize.threshold={self.threshold} must be in [0, 1]")
+        if self.dicom_seg_levels and not self.dicom_seg:
+            raise ConfigError(
+                "finalize.dicom_seg_levels=true: the levels are of a slide's DICOM SEG; set "
+                "finalize.dicom_seg=true too"
+            )
 
 
 class Precision(str, enum.Enum):

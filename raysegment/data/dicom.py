@@ -653,6 +653,8 @@ class DicomSlideSource(_DicomSource):
         self.levels = len(levels)
         if self.level >= self.levels:
             raise self._no_level(self.levels)
+        self.level_files = [list(level.paths) for level in levels]
+        """Each level's files, largest first (a DICOM SEG pyramid references them)."""
         self.layout = layout = levels[self.level]
         down, across = (
             -(-n // t) for n, t in zip((layout.height, layout.width), layout.tile, strict=True)

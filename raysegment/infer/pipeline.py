@@ -719,6 +719,14 @@ def _check_dicom_seg(cfg: InferConfig, sources: list[ImageSource]) -> None:
             f"{key}: {unplaced.path}'s slices have no position (ImagePositionPatient), which "
             f"a DICOM Segmentation places its frames by: drop the key (the OME-Zarr holds it)"
         )
+    if cfg.finalize.dicom_seg_levels:
+        _only_of(
+            sources,
+            ("dicom-slide",),
+            "finalize.dicom_seg_levels=true",
+            "DICOM slide read frame by frame",
+            "a SEG's levels are a slide's pyramid's: narrow pattern= or drop the key",
+        )
     timed = next((s for s in sources if s.info.shape[0] > 1), None)
     if timed is not None:
         raise ConfigError(
@@ -770,7 +778,13 @@ def _write_dicom_seg(plan: ImagePlan, cfg: InferConfig) -> None:
     array = storage.join(plan.output, "0")
     if source.kind == "dicom-slide":
         files = list(source.layout.paths)
-        write_slide_seg(array, files, mode, chosen, names, location, coded, labelmap)
+        coarser = [
+            (paths, storage.join(storage.parent(plan.output), f"{layout.name}.seg.level{k}.dcm"))
+            for k, paths in enumerate(source.level_files)
+            if k > source.level and cfg.finalize.dicom_seg_levels
+        ]
+        segs = (mode, chosen, names, location, coded, labelmap)
+        write_slide_seg(array, files, *segs, coarser=coarser)
         return
     planes = layout.shape[layout.axes.index("z")] if "z" in layout.axes else 1
     # The first echo's slices (a multi-echo series' echoes lie on the same ones).

@@ -20,11 +20,12 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import datetime
 import functools
 import os
 import struct
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -203,13 +204,19 @@ def write_slide_seg(
     location: str,
     coded: list[Any] | None = None,
     labelmap: bool = False,
+    coarser: Sequence[tuple[list[str], str]] = (),
 ) -> None:
     """The zarr array ``output`` (c, y, x) of a DICOM slide's pyramid level, whose files are
     ``files`` (one, or one an optical path), as a DICOM SEG at ``location``: segments
     ``names``, of the channels (``mask``) or label values (``labels``) ``chosen``, coded as
     ``coded`` says (else ``Tissue``); frames the tiles (the slide's tile size) holding a
     segment, each segment's in row order (TILED_SPARSE), read a chunk at a time; a
-    ``labelmap``: a frame a tile holding any segment, each pixel its segment's number."""
+    ``labelmap``: a frame a tile holding any segment, each pixel its segment's number.
+
+    ``coarser``: the slide's coarser levels' files and their SEGs' locations, a SEG each
+    of the output sampled to the level's pixels (each the output's pixel under its centre:
+    highdicom's pyramids' nearest resizing), all in one series and pyramid (PyramidUID),
+    numbered from the finest, so a viewer zoomed out fetches the level it shows."""
     import zarr
 
     pydicom = reader_module(location, "pydicom", "DICOM", "dicom")
@@ -223,6 +230,35 @@ def write_slide_seg(
             f"{output}: {height} x {width}, not the {first.TotalPixelMatrixRows} x "
             f"{first.TotalPixelMatrixColumns} pixels of {files[0]}, whose SEG it was to be"
         )
+    segs = (mode, chosen, names, coded, labelmap)
+    if not coarser:
+        _slide_level(pydicom, highdicom, array, sources, False, segs, location, {})
+        return
+    now = datetime.datetime.now()  # the series' date and time, its levels' alike
+    pyramid = {"series_instance_uid": highdicom.UID(), "pyramid_uid": highdicom.UID()}
+    pyramid |= {"series_date": now.date(), "series_time": now.time()}
+    levels = [(sources, location), *((_headers(f, pydicom), at) for f, at in coarser)]
+    for number, (level, at) in enumerate(levels, 1):
+        instance = pyramid | {"instance_number": number}
+        _slide_level(pydicom, highdicom, array, level, number > 1, segs, at, instance)
+
+
+def _slide_level(
+    pydicom: Any,
+    highdicom: Any,
+    array: Any,
+    sources: list[Any],
+    sample: bool,
+    segs: tuple[str, list[int], list[str], list[Any] | None, bool],
+    location: str,
+    instance: dict[str, Any],
+) -> None:
+    """``write_slide_seg``'s SEG of one level, whose headers are ``sources``: of the output
+    as it is, or (``sample``) sampled to the pixel matrix of those (a coarser level's);
+    ``instance``: its series, pyramid and number where it is one of a pyramid."""
+    mode, chosen, names, coded, labelmap = segs
+    first = sources[0]
+    height, width = int(first.TotalPixelMatrixRows), int(first.TotalPixelMatrixColumns)
     tile = (int(first.Rows), int(first.Columns))
     tile = tile if tile[0] * tile[1] % 8 == 0 else _TILE  # frames of whole bytes
     rows, columns = tile
@@ -234,6 +270,7 @@ def write_slide_seg(
         proxy.Rows, proxy.Columns = tile
         proxy.NumberOfFrames = 1
         proxies.append(proxy)
+    regions = _tiles(array, tile, (height, width) if sample else None)
     with _spool_directory(location) as spool:
         header, items = _proxy(
             highdicom,
@@ -243,12 +280,13 @@ def write_slide_seg(
             mode,
             pixels=tile,
             labelmap=labelmap,
+            instance=instance,
             tile_pixel_array=True,
             tile_size=tile,
             dimension_organization_type="TILED_SPARSE",
         )
         placed, overlap = _spool(
-            _tiles(array, tile), mode, chosen, rows * columns, spool, _pixel_type(header, labelmap)
+            regions, mode, chosen, rows * columns, spool, _pixel_type(header, labelmap)
         )
         header.TotalPixelMatrixRows, header.TotalPixelMatrixColumns = height, width
         origin = items[0][_SLIDE_POSITION].value[0]
@@ -312,13 +350,14 @@ def _proxy(
     mode: str,
     pixels: tuple[int, int],
     labelmap: bool,
+    instance: dict[str, Any] | None = None,
     **options: Any,
 ) -> tuple[Any, list[dict[int, Any]]]:
     """highdicom's SEG of one plane of ``pixels`` (rows, columns) of ``sources``, every
     segment ``names`` on it (a ``labelmap``'s: the first), binary or a label map: its
     header (its patient, study, specimen, equipment, place and segments; its frames to be
     set), and the per-frame functional groups of its frames (binary: one a segment), by
-    tag."""
+    tag. ``instance``: its series, number and pyramid, where not new_instance's."""
     first = sources[0]
     kinds = highdicom.seg.SegmentationTypeValues
     seg = highdicom.seg.Segmentation(
@@ -326,7 +365,7 @@ def _proxy(
         pixel_array=np.ones((1, *pixels) if labelmap else (1, *pixels, len(names)), np.uint8),
         segmentation_type=kinds.LABELMAP if labelmap else kinds.BINARY,
         segment_descriptions=_descriptions(names, coded),
-        **new_instance(highdicom, first, 1000),
+        **new_instance(highdicom, first, 1000) | (instance or {}),
         series_description=f"raysegment {mode}"[:64],
         **options,
     )
@@ -356,29 +395,46 @@ def _slices(array: Any, volume: bool) -> Regions:
         yield read, np.arange(z0, z1)
 
 
-def _tiles(array: Any, tile: tuple[int, int]) -> Regions:
-    """``array`` (c, y, x) a region of whole tiles at a time, about a chunk's size, each
-    tile a frame (the matrix's last ones padded with 0) keyed by its row-major index."""
+def _tiles(array: Any, tile: tuple[int, int], shape: tuple[int, int] | None = None) -> Regions:
+    """``array`` (c, y, x) a region of whole tiles at a time, covering about a chunk of
+    ``array`` (at least a tile), each tile a frame (the matrix's last ones padded with 0)
+    keyed by its row-major index. ``shape``: sampled to those rows and columns (a coarser
+    level's), each pixel the array's under its centre (Pillow's nearest resizing, as
+    highdicom's pyramids)."""
     rows, columns = tile
-    height, width = array.shape[-2:]
+    source = array.shape[-2:]
+    height, width = shape or source
+    ys, xs = (
+        np.minimum(((np.arange(n) + 0.5) * (m / n)).astype(np.int64), m - 1)
+        for n, m in zip((height, width), source, strict=True)
+    )
     across = -(-width // columns)
-    step_y = -(-array.chunks[-2] // rows) * rows  # whole tiles, a chunk's height or more
-    step_x = -(-array.chunks[-1] // columns) * columns
+    step_y = -(-array.chunks[-2] * height // source[0] // rows) * rows
+    step_x = -(-array.chunks[-1] * width // source[1] // columns) * columns
     for y0 in range(0, height, step_y):
         for x0 in range(0, width, step_x):
             ty = -(-min(step_y, height - y0) // rows)
             tx = -(-min(step_x, width - x0) // columns)
 
             def read(c: int, y0: int = y0, x0: int = x0, ty: int = ty, tx: int = tx) -> Any:
-                region = np.asarray(array[c, y0 : y0 + ty * rows, x0 : x0 + tx * columns])
-                padded = np.zeros((ty * rows, tx * columns), region.dtype)
-                padded[: region.shape[0], : region.shape[1]] = region
-                return (
-                    padded.reshape(ty, rows, tx, columns).swapaxes(1, 2).reshape(-1, rows, columns)
-                )
+                y1, x1 = y0 + ty * rows, x0 + tx * columns
+                if shape is None:
+                    region = np.asarray(array[c, y0:y1, x0:x1])
+                else:  # the chunks under the pixels sampled
+                    region = np.asarray(array.oindex[c, ys[y0:y1], xs[x0:x1]])
+                return _framed(region, ty, tx, tile)
 
             i, j = np.divmod(np.arange(ty * tx), tx)
             yield read, (y0 // rows + i) * across + x0 // columns + j
+
+
+def _framed(region: np.ndarray, ty: int, tx: int, tile: tuple[int, int]) -> np.ndarray:
+    """A region of ``ty`` x ``tx`` tiles (short at the matrix's last ones: padded with 0)
+    as its tiles (frames, rows, columns), in row order."""
+    rows, columns = tile
+    padded = np.zeros((ty * rows, tx * columns), region.dtype)
+    padded[: region.shape[0], : region.shape[1]] = region
+    return padded.reshape(ty, rows, tx, columns).swapaxes(1, 2).reshape(-1, rows, columns)
 
 
 def _spool(

@@ -730,6 +730,11 @@ def test_dicom_seg_is_refused_before_the_run_for_what_it_cannot_hold(
     nibabel.save(nibabel.Nifti1Image(np.zeros((4, 4, 4), np.int16), np.eye(4)), nifti)
     with pytest.raises(ConfigError, match=r"ct.nii is no DICOM series or slide .*\(nifti\)"):
         infer(**run | {"input": str(nifti)}, finalize={"mode": "mask", "dicom_seg": True})
+    seg_levels = {"mode": "mask", "dicom_seg": True, "dicom_seg_levels": True}
+    with pytest.raises(ConfigError, match=r"ct is no DICOM slide .*; a SEG's levels are a"):
+        infer(**run, finalize=seg_levels)
+    with pytest.raises(ConfigError, match=r"dicom_seg_levels=true: .*set finalize.dicom_seg"):
+        infer(**run, finalize=seg_levels | {"dicom_seg": False})
     write_series(tmp_path / "xr", random_image((1, 16, 16)).astype(np.uint16))
     (plain,) = (tmp_path / "xr").iterdir()  # a projection radiograph's: no position
     header = pydicom.dcmread(plain)

@@ -120,6 +120,71 @@ def test_a_slides_output_is_the_seg_highdicom_writes_of_it_whole(
     assert not list(tmp_path.glob("*.partial")) and not list(tmp_path.glob(".raysegment-seg-*"))
 
 
+@pytest.mark.parametrize(("mode", "chosen", "chunk"), [("mask", [0, 1], 100), ("labels", [2], 64)])
+def test_a_slides_seg_pyramid_is_the_one_highdicom_writes_of_it_whole(
+    tmp_path, mode, chosen, chunk
+) -> None:
+    """With the slide's coarser levels, a SEG each, the output sampled to its pixels: the
+    frames, functional groups and attributes highdicom's SEG pyramid of the whole mask has
+    (its nearest resizing), all in one series and pyramid, numbered from the finest, each
+    referencing its level."""
+    from raysegment.post.dicom_seg import _descriptions
+
+    image = _rgb(SHAPE)
+    write_slide(tmp_path / "slide", [image, image[::2, ::2], image[::4, ::4]], tile=64)
+    files = [tmp_path / "slide" / f"level{k}.dcm" for k in range(3)]
+    pyramid = highdicom.UID()
+    for file in files:  # a pyramid's levels, as scanners' converters mark them
+        ds = pydicom.dcmread(file)
+        ds.PyramidUID = pyramid
+        ds.save_as(file, enforce_file_format=True)
+    masks = _slide_masks()
+    if mode == "mask":
+        output = np.moveaxis(masks, -1, 0).astype(np.uint8)
+    else:
+        output = np.where(masks[..., 1], 2, np.where(masks[..., 0], 1, 0)).astype(np.uint8)[None]
+    wanted = [output[c] != 0 for c in chosen] if mode == "mask" else [output[0] == 2]
+    names = ["Tumor", "Stroma"][: len(chosen)]
+    array = _output(tmp_path / "out.zarr", output, chunk)
+    ours = [tmp_path / f"ours{k}.seg.dcm" for k in range(3)]
+    coarser = [([str(f)], str(at)) for f, at in zip(files[1:], ours[1:], strict=True)]
+    write_slide_seg(array, [str(files[0])], mode, chosen, names, str(ours[0]), coarser=coarser)
+
+    sources = [pydicom.dcmread(f) for f in files]
+    theirs = highdicom.seg.create_segmentation_pyramid(
+        source_images=sources,
+        pixel_arrays=[np.stack(wanted, axis=-1)[None]],
+        segmentation_type="BINARY",
+        segment_descriptions=_descriptions(names, None),
+        series_instance_uid=highdicom.UID(),
+        series_number=100,
+        manufacturer="test",
+        manufacturer_model_name="test",
+        software_versions="1",
+        device_serial_number="1",
+        dimension_organization_type="TILED_SPARSE",
+        series_description=f"raysegment {mode}",
+    )
+    for k, seg in enumerate(theirs):
+        seg.save_as(tmp_path / f"theirs{k}.seg.dcm", enforce_file_format=True)
+    theirs = [pydicom.dcmread(tmp_path / f"theirs{k}.seg.dcm") for k in range(3)]
+    read = [pydicom.dcmread(f) for f in ours]
+    assert [ds.InstanceNumber for ds in read] == [1, 2, 3]
+    assert len({ds.SeriesInstanceUID for ds in read}) == len({ds.PyramidUID for ds in read}) == 1
+    assert len({ds.SOPInstanceUID for ds in read}) == 3
+    for ds, theirs_ds, source in zip(read, theirs, sources, strict=True):
+        assert _attributes(ds) == _attributes(theirs_ds)
+        assert (ds.TotalPixelMatrixRows, ds.TotalPixelMatrixColumns) == (
+            source.TotalPixelMatrixRows,
+            source.TotalPixelMatrixColumns,
+        )
+        assert ds.NumberOfFrames == theirs_ds.NumberOfFrames
+        assert ds.PerFrameFunctionalGroupsSequence == theirs_ds.PerFrameFunctionalGroupsSequence
+        assert ds.PixelData == theirs_ds.PixelData
+        assert ds.SourceImageSequence[0].ReferencedSOPInstanceUID == source.SOPInstanceUID
+    assert not list(tmp_path.glob("*.partial")) and not list(tmp_path.glob(".raysegment-seg-*"))
+
+
 def test_an_empty_mask_is_a_seg_of_one_empty_frame(tmp_path) -> None:
     """A DICOM SEG has frames: nothing found is one empty frame of the first segment."""
     write_slide(tmp_path / "slide", [_rgb(SHAPE)], tile=128, label=False)
@@ -154,7 +219,9 @@ def test_infer_writes_a_dicom_slides_mask_as_a_seg_of_the_level_it_read(
     tmp_path, make_model, level
 ) -> None:
     """``finalize.dicom_seg=true`` of a slide: the SEG references the level the output was
-    made at (``input_level``), its pixels are the mask's."""
+    made at (``input_level``), its pixels are the mask's; with ``dicom_seg_levels``, each
+    coarser level's SEG (none past the last) references that level, the mask sampled to
+    it, one pyramid with the first."""
     from raysegment.infer import infer
 
     full = _rgb((192, 160))
@@ -169,7 +236,7 @@ def test_infer_writes_a_dicom_slides_mask_as_a_seg_of_the_level_it_read(
         input_level=level,
         chunks=[64],
         tile={"size": [32], "overlap": 0.25},
-        finalize={"mode": "mask", "dicom_seg": True},
+        finalize={"mode": "mask", "dicom_seg": True, "dicom_seg_levels": True},
     )
     mask = np.asarray(zarr.open_array(str(tmp_path / "out" / "case.ome.zarr" / "0"), mode="r")[:])
     assert mask.shape == (2, 192 >> level, 160 >> level) and mask[1].any() and not mask[1].all()
@@ -179,6 +246,19 @@ def test_infer_writes_a_dicom_slides_mask_as_a_seg_of_the_level_it_read(
     assert [s.SegmentLabel for s in read.SegmentSequence] == ["class_1"]
     pixels = read.get_total_pixel_matrix(combine_segments=False)
     np.testing.assert_array_equal(pixels[..., 0], mask[1])
+    coarser = sorted(p.name for p in (tmp_path / "out").glob("case.seg.level*.dcm"))
+    assert coarser == (["case.seg.level1.dcm"] if level == 0 else [])
+    if level == 0:  # level 1 halves level 0: its pixels the mask's at even rows and columns
+        half = highdicom.seg.segread(tmp_path / "out" / "case.seg.level1.dcm")
+        source = pydicom.dcmread(tmp_path / "case" / "level1.dcm", stop_before_pixels=True)
+        assert half.SourceImageSequence[0].ReferencedSOPInstanceUID == source.SOPInstanceUID
+        assert (half.PyramidUID, half.SeriesInstanceUID, half.InstanceNumber) == (
+            read.PyramidUID,
+            read.SeriesInstanceUID,
+            2,
+        )
+        pixels = half.get_total_pixel_matrix(combine_segments=False)
+        np.testing.assert_array_equal(pixels[..., 0], mask[1, 1::2, 1::2])
 
 
 def test_a_slides_seg_is_written_to_an_object_store_of_a_slide_there(s3, tmp_path) -> None:
