@@ -131,9 +131,8 @@ def _stream(path: str) -> _Stream:
     with _streams_lock:
         stream = _streams.pop(key, None) or _Stream(path)
         _streams[key] = stream
-        while len(_streams) > _STREAMS_KEPT:
-            _, old = _streams.popitem(last=False)
-            old.file.close()
+        while len(_streams) > _STREAMS_KEPT:  # closed once no thread reads it (not here:
+            _streams.popitem(last=False)  # another thread may be reading it now)
         return stream
 
 

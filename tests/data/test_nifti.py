@@ -123,6 +123,28 @@ def test_a_gzipped_slab_is_decompressed_once_for_its_regions(tmp_path, monkeypat
     )
 
 
+def test_gzipped_files_read_at_once_by_threads_past_the_files_kept(tmp_path) -> None:
+    """Threads reading more ``.nii.gz`` files than a process keeps open each get their
+    regions' values: a file let go while a thread reads it is not closed under it."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    volumes = [random_image((8, 24, 20), seed=k).astype(np.int16) for k in range(5)]
+    sources = []
+    for k, volume in enumerate(volumes):
+        write_nifti(tmp_path / f"v{k}.nii.gz", volume, np.eye(4))
+        sources += open_sources(tmp_path / f"v{k}.nii.gz")
+    rng = np.random.default_rng(0)
+    reads = [(int(rng.integers(5)), int(rng.integers(7))) for _ in range(400)]
+
+    def read(job: tuple[int, int]) -> bool:
+        k, z = job
+        got = sources[k].read(0, (0,), ((z, z + 2), (3, 21), (0, 20)))[0]
+        return np.array_equal(got, volumes[k][z : z + 2, 3:21])
+
+    with ThreadPoolExecutor(8) as pool:
+        assert all(pool.map(read, reads))
+
+
 def test_scaled_values_flipped_axes_time_and_components(tmp_path) -> None:
     """Stored values with a slope and an intercept read as float32 values; an affine that
     flips axes (radiological order) keeps the file's voxel order and gives no origin; a
