@@ -6,10 +6,11 @@ and as a DICOM series.
 Writes a 300 x 512 x 512 int16 volume (a CT's size) as ``OUT/ct.nii`` and
 ``OUT/ct.nii.gz``, then reads each through ``NiftiSource`` in the twelve 128 x 256 x 256
 regions of a run's blocks, in order, and prints the seconds (the first round, and the best
-of two). A gzipped file is read a slab of whole planes at a time (``NiftiSource``; seeking
-through ``indexed_gzip`` where it is installed: run it with and without), also with the
-regions shuffled, and through nibabel's own proxy (each region decompressed from the file's
-start, or from indexed_gzip's nearest index point). The same values as a
+of two). A gzipped file is read a slab of whole planes at a time from the checkpoints of
+its decompression (``NiftiSource``), also with the regions shuffled, and through nibabel's
+own proxy (each region decompressed from the file's start, or from indexed_gzip's nearest
+index point where it is installed). Then training's random patches from five copies of
+it, against nibabel's proxy. The same values as a
 DICOM series (``OUT/ct_dicom/``: 300 files of one slice, uint16 with an intercept of
 -1024, as ``tests/data/test_dicom.py`` writes series), and as one enhanced CT file of 300
 frames (``OUT/ct_enhanced/``, ``write_enhanced``), read alike. With ``--infer``, then
@@ -137,6 +138,42 @@ def _nibabel_reads(image: Path, regions: list[tuple[tuple[int, int], ...]]) -> f
     return time.perf_counter() - start
 
 
+def _patches(out: Path) -> None:
+    """Training's reads: 40 random 256^2 patches of 1 and of 32 planes, each of one of five
+    copies of ``ct.nii.gz`` (a dataset's cases), twice over (the second round finds the
+    files open, their checkpoints made), against nibabel's proxy reading the same."""
+    cases = []
+    for k in range(5):
+        case = out / "cases" / f"case_{k}.nii.gz"
+        if not case.exists():
+            case.parent.mkdir(parents=True, exist_ok=True)
+            case.write_bytes((out / "ct.nii.gz").read_bytes())
+        cases.append(case)
+    sources = [open_sources(str(c))[0] for c in cases]
+    proxies = [nibabel.load(str(c)).dataobj for c in cases]
+    rng = np.random.default_rng(0)
+    for depth in (1, 32):
+        picks = [
+            (int(rng.integers(5)), int(rng.integers(SHAPE[0] - depth)), *rng.integers(0, 256, 2))
+            for _ in range(40)
+        ]
+        rounds = []
+        for _ in range(2):
+            start = time.perf_counter()
+            for k, z, y, x in picks:
+                sources[k].read(0, (0,), ((z, z + depth), (y, y + 256), (x, x + 256)))
+            rounds.append((time.perf_counter() - start) / len(picks))
+        start = time.perf_counter()
+        for k, z, y, x in picks[:10]:
+            np.asarray(proxies[k][x : x + 256, y : y + 256, z : z + depth])
+        alone = (time.perf_counter() - start) / 10
+        print(
+            f"training patches of {depth} plane(s) from 5 .nii.gz: {rounds[0] * 1000:.0f} ms "
+            f"each, again {rounds[1] * 1000:.0f} ms; nibabel's proxy {alone * 1000:.0f} ms",
+            flush=True,
+        )
+
+
 def main() -> None:
     args = [a for a in sys.argv[1:] if a != "--infer"]
     out = Path(args[0] if args else "nifti-bench")
@@ -158,15 +195,13 @@ def main() -> None:
     for name in ("ct.nii", "ct.nii.gz"):
         nibabel.save(image, str(out / name))
         _, first, read = _timed(out / name, regions)
-        print(
-            f"{name}: {len(regions)} regions in {first:.2f} s, again {read:.2f} s ({seeking})",
-            flush=True,
-        )
+        print(f"{name}: {len(regions)} regions in {first:.2f} s, again {read:.2f} s", flush=True)
     shuffled = random.Random(0).sample(regions, len(regions))
     _, first, _ = _timed(out / "ct.nii.gz", shuffled)
     print(f"ct.nii.gz: the regions shuffled {first:.2f} s", flush=True)
     alone = _nibabel_reads(out / "ct.nii.gz", regions)
-    print(f"ct.nii.gz: the regions through nibabel's proxy {alone:.2f} s", flush=True)
+    print(f"ct.nii.gz: the regions through nibabel's proxy {alone:.2f} s ({seeking})", flush=True)
+    _patches(out)
     from tests.data.test_dicom import write_enhanced, write_series
 
     stored = (volume.astype(np.int32) + 1024).clip(0).astype(np.uint16)

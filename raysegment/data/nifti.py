@@ -3,11 +3,12 @@ keeps them (dcm2niix's output, nnU-Net's and MONAI's datasets), through nibabel 
 install 'raysegment[nifti]'``).
 
 A ``.nii`` is memory-mapped: a region read touches only its own bytes. gzip cannot seek:
-a ``.nii.gz``'s region is decompressed from the file's start (``indexed_gzip``, where it is
-installed, from its nearest index point). So a ``.nii.gz`` is read a slab at a time: the
-whole planes (x, y) of a region's z range, kept by the process (``_Stream``), which serves
-every region of the same z range from it (a run's blocks of a z range are read one after
-another) and moves on through the file for the next.
+its bytes are decompressed from the file's start. So a process keeps a ``.nii.gz`` open
+(``_Stream``), with the decompressor's state copied every few MiB on the way through
+(``_Gunzip``): a read behind goes on from the checkpoint before it, not from the start (a
+training patch anywhere in a volume). And it is read a slab at a time: the whole planes
+(x, y) of a region's z range, kept by the process, which serves every region of the same
+z range from it (a run's blocks of a z range are read one after another).
 """
 
 from __future__ import annotations
@@ -89,19 +90,75 @@ SLAB_BYTES = 256 * 2**20
 """The most decompressed bytes of a ``.nii.gz`` a process keeps: one slab (a CT's 160
 planes of 512^2 int16: 80 MiB). A region whose slab is larger is decompressed in pieces of
 at most this size (planes over it: rows), its own voxels copied out of each."""
-_STREAMS_KEPT = 2
-"""``.nii.gz`` files a process keeps open, with a slab each."""
+_STREAMS_KEPT = 16
+"""``.nii.gz`` files a process keeps open (with their checkpoints: ~0.5% of their
+bytes), one slab among them all."""
+_CHECKPOINT = 8 * 2**20
+"""Decompressed bytes between a ``_Gunzip``'s checkpoints (a zlib state copy of ~40 KB
+each): a read seeks by decompressing at most this much before it."""
+_INPUT = 2**16
+"""Compressed bytes fed to the decompressor at a time."""
+
+
+class _Gunzip:
+    """A gzip file's decompressed bytes read at any offset: decompressed forward, with a
+    checkpoint (the file's position, the decompressor's state copied) every
+    ``_CHECKPOINT`` bytes, so a read behind the last goes on from the checkpoint before
+    it, not from the file's start; the last output kept for the read after it. Files of
+    several gzip members (concatenated) read as one."""
+
+    def __init__(self, path: str) -> None:
+        self.file = open(path, "rb")  # kept open: the process's stream
+        self.checkpoints: list[tuple[int, int, Any]] = [(0, 0, zlib.decompressobj(31))]
+        """(decompressed offset, file offset, decompressor), one every ``_CHECKPOINT``"""
+        self._seek(0)
+
+    def _seek(self, k: int) -> None:
+        """Go on from checkpoint ``k``."""
+        self.at, offset, state = self.checkpoints[k]
+        self.inflate = state.copy()
+        self.file.seek(offset)
+        self.output = b""  # the decompressed bytes up to self.at
+
+    def _more(self) -> None:
+        """Decompress the next input, checkpointing where a ``_CHECKPOINT`` is passed."""
+        if self.inflate.eof:  # the next member of a file of several
+            data = self.inflate.unused_data or self.file.read(_INPUT)
+            self.inflate = zlib.decompressobj(31)
+        else:
+            data = self.file.read(_INPUT)
+        if not data:
+            raise EOFError(f"the decompressed file ends at byte {self.at}")
+        self.output = self.inflate.decompress(data)
+        self.at += len(self.output)
+        if self.at >= self.checkpoints[-1][0] + _CHECKPOINT and not self.inflate.eof:
+            self.checkpoints.append((self.at, self.file.tell(), self.inflate.copy()))
+
+    def readinto(self, start: int, out: memoryview) -> None:
+        """The decompressed bytes from ``start`` into ``out``, whole."""
+        if start < self.at - len(self.output) or start >= self.at + _CHECKPOINT:
+            k = max(i for i, (at, _, _) in enumerate(self.checkpoints) if at <= start)
+            if not self.checkpoints[k][0] <= self.at <= start:  # else decompressing on
+                self._seek(k)
+        done, end = 0, start + len(out)
+        while done < len(out):
+            first = self.at - len(self.output)
+            if first <= start + done < self.at:
+                piece = self.output[start + done - first : end - first]
+                out[done : done + len(piece)] = piece
+                done += len(piece)
+            if done < len(out):
+                self._more()
 
 
 class _Stream:
-    """An open ``.nii.gz`` and the last slab decompressed from it: whole units of the slab
-    axis (the planes of a z range), at one position of the axes after it (time point,
-    component). Kept by the process across the sources and tasks that read the file."""
+    """An open ``.nii.gz`` (``_Gunzip``) and the slab last decompressed from it: whole units
+    of the slab axis (the planes of a z range), at one position of the axes after it (time
+    point, component). Kept by the process across the sources and tasks that read the
+    file; one slab among all the process's streams."""
 
     def __init__(self, path: str) -> None:
-        from nibabel.openers import ImageOpener  # indexed_gzip's file where it is installed
-
-        self.file = ImageOpener(path, "rb", keep_open=True)
+        self.file = _Gunzip(path)
         self.lock = threading.Lock()
         self.slab: tuple[int, tuple[int, ...], int, int, np.ndarray] | None = None
         """(the slab axis, positions on the axes after it, first unit, end unit, the units'
@@ -110,14 +167,16 @@ class _Stream:
     def read(self, start: int, count: int, dtype: np.dtype) -> np.ndarray:
         """``count`` values of ``dtype`` from byte ``start`` of the decompressed file."""
         out = np.empty(count, dtype)
-        view, done = out.data.cast("B"), 0
-        self.file.seek(start)
-        while done < out.nbytes:
-            n = self.file.readinto(view[done:])
-            if not n:
-                raise EOFError(f"the file ends {out.nbytes - done} bytes early")
-            done += n
+        self.file.readinto(start, out.data.cast("B"))
         return out
+
+    def keep(self, slab: tuple[int, tuple[int, ...], int, int, np.ndarray]) -> None:
+        """Keep ``slab``, the process's one: the other streams' are let go."""
+        with _streams_lock:
+            for other in _streams.values():
+                if other is not self:
+                    other.slab = None
+        self.slab = slab
 
 
 _streams: OrderedDict[tuple[str, int, int, int], _Stream] = OrderedDict()
@@ -202,7 +261,7 @@ class _Gzipped(_Data):
         flat = stream.read(self.offset + start * self.stored.itemsize, count, self.stored)
         units = flat.reshape((*self.shape[:d], b - a), order="F")
         if keep:
-            stream.slab = (d, outer, a, b, units)
+            stream.keep((d, outer, a, b, units))
         return units
 
 

@@ -95,6 +95,36 @@ def test_gzipped_regions_read_as_nibabels_own_in_any_order(
             np.testing.assert_array_equal(got, want, err_msg=str(index))
 
 
+def test_gzip_reads_anywhere_from_its_checkpoints(tmp_path, monkeypatch) -> None:
+    """A gzip file's bytes read at any offset, in any order, across its members (files
+    gzipped in parts and joined); a read behind the last goes on from a checkpoint, not
+    from the file's start; a read past the end is the error of a short file."""
+    import raysegment.data.nifti as nifti
+
+    monkeypatch.setattr(nifti, "_CHECKPOINT", 5000)
+    monkeypatch.setattr(nifti, "_INPUT", 700)
+    rng = np.random.default_rng(3)
+    data = rng.integers(0, 40, 60_000).astype(np.uint8).tobytes()
+    (tmp_path / "two.gz").write_bytes(gzip.compress(data[:25_000]) + gzip.compress(data[25_000:]))
+    reader = nifti._Gunzip(str(tmp_path / "two.gz"))
+    fed: list[int] = []
+    read = reader.file.read
+    reader.file.read = lambda n: fed.append(n) or read(n)  # type: ignore[method-assign]
+    for _ in range(200):
+        start = int(rng.integers(0, len(data)))
+        count = int(rng.integers(1, min(9000, len(data) - start) + 1))
+        out = bytearray(count)
+        reader.readinto(start, memoryview(out))
+        assert bytes(out) == data[start : start + count], (start, count)
+    assert len(reader.checkpoints) >= len(data) // 5000  # one a checkpoint's distance
+    fed.clear()
+    reader.readinto(len(data) - 10, memoryview(bytearray(10)))
+    reader.readinto(100, memoryview(bytearray(10)))  # behind: from the first checkpoint
+    assert len(fed) <= 5000 // 700 + 3
+    with pytest.raises(EOFError, match="ends at byte 60000"):
+        reader.readinto(len(data) - 5, memoryview(bytearray(10)))
+
+
 def test_a_gzipped_slab_is_decompressed_once_for_its_regions(tmp_path, monkeypatch) -> None:
     """The four (y, x) regions of a z range decompress its planes once, the next z range
     its own; a file written again at the same path is read anew, not from the slab."""
