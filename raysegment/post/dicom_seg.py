@@ -13,7 +13,10 @@ from the output a chunk and a channel at a time and spooled to local disk; highd
 writes the SEG of one frame of the input, every segment on it, whose header this module
 sets for all the frames, and whose per-frame functional groups it repeats for each frame
 (its position, source and dimension indices). The SEG is the one highdicom writes given
-the whole output (tests compare the two), frames in the same order.
+the whole output (tests compare the two), frames in the same order. A slide's SEG may
+have a SEG of each of the slide's coarser levels beside it, the output sampled to its
+pixels, one pyramid (``finalize.dicom_seg_levels``; highdicom's SEG pyramid, frame for
+frame).
 """
 
 from __future__ import annotations
