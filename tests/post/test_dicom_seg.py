@@ -120,9 +120,12 @@ def test_a_slides_output_is_the_seg_highdicom_writes_of_it_whole(
     assert not list(tmp_path.glob("*.partial")) and not list(tmp_path.glob(".raysegment-seg-*"))
 
 
-@pytest.mark.parametrize(("mode", "chosen", "chunk"), [("mask", [0, 1], 100), ("labels", [2], 64)])
+@pytest.mark.parametrize(
+    ("mode", "chosen", "chunk", "labelmap"),
+    [("mask", [0, 1], 100, False), ("labels", [2], 64, False), ("labels", [1, 2], 100, True)],
+)
 def test_a_slides_seg_pyramid_is_the_one_highdicom_writes_of_it_whole(
-    tmp_path, mode, chosen, chunk
+    tmp_path, mode, chosen, chunk, labelmap
 ) -> None:
     """With the slide's coarser levels, a SEG each, the output sampled to its pixels: the
     frames, functional groups and attributes highdicom's SEG pyramid of the whole mask has
@@ -143,18 +146,25 @@ def test_a_slides_seg_pyramid_is_the_one_highdicom_writes_of_it_whole(
         output = np.moveaxis(masks, -1, 0).astype(np.uint8)
     else:
         output = np.where(masks[..., 1], 2, np.where(masks[..., 0], 1, 0)).astype(np.uint8)[None]
-    wanted = [output[c] != 0 for c in chosen] if mode == "mask" else [output[0] == 2]
+    wanted = (
+        [output[c] != 0 for c in chosen] if mode == "mask" else [output[0] == v for v in chosen]
+    )
     names = ["Tumor", "Stroma"][: len(chosen)]
+    pixels = np.stack(wanted, axis=-1)[None]
+    if labelmap:  # each pixel's segment number
+        pixels = (pixels * np.arange(1, len(chosen) + 1)).max(axis=-1).astype(np.uint8)
     array = _output(tmp_path / "out.zarr", output, chunk)
     ours = [tmp_path / f"ours{k}.seg.dcm" for k in range(3)]
     coarser = [([str(f)], str(at)) for f, at in zip(files[1:], ours[1:], strict=True)]
-    write_slide_seg(array, [str(files[0])], mode, chosen, names, str(ours[0]), coarser=coarser)
+    write_slide_seg(
+        array, [str(files[0])], mode, chosen, names, str(ours[0]), None, labelmap, coarser
+    )
 
     sources = [pydicom.dcmread(f) for f in files]
     theirs = highdicom.seg.create_segmentation_pyramid(
         source_images=sources,
-        pixel_arrays=[np.stack(wanted, axis=-1)[None]],
-        segmentation_type="BINARY",
+        pixel_arrays=[pixels],
+        segmentation_type="LABELMAP" if labelmap else "BINARY",
         segment_descriptions=_descriptions(names, None),
         series_instance_uid=highdicom.UID(),
         series_number=100,
