@@ -198,7 +198,12 @@ def _child(kind: str, source: str, mask: str, location: str) -> None:
     import zarr
 
     from raysegment.post.dicom_ann import write_dicom_ann
-    from raysegment.post.dicom_seg import _descriptions, write_dicom_seg, write_slide_seg
+    from raysegment.post.dicom_seg import (
+        _descriptions,
+        level_location,
+        write_dicom_seg,
+        write_slide_seg,
+    )
 
     if kind == "ann":  # ``mask``: the outlines' directory
         parts = sorted(str(p) for p in Path(mask).glob("*.jsonl"))
@@ -220,6 +225,15 @@ def _child(kind: str, source: str, mask: str, location: str) -> None:
     Path("/proc/self/clear_refs").write_text("5")  # the peak from here on: not the imports'
     start = time.perf_counter()
     labelmap = kind == "labelmap"
+    theirs = {  # highdicom's SEGs of the whole mask: their identity
+        "segment_descriptions": _descriptions(names),
+        "series_instance_uid": highdicom.UID(),
+        "series_number": 1000,
+        "manufacturer": "raysegment",
+        "manufacturer_model_name": "raysegment",
+        "software_versions": "1",
+        "device_serial_number": "none",
+    }
     if kind != "whole" and series:
         frames = [None] * len(files)
         write_dicom_seg(
@@ -227,7 +241,7 @@ def _child(kind: str, source: str, mask: str, location: str) -> None:
         )
     elif kind == "levels":  # ``source``: level 0, its coarser levels beside it
         coarser = [
-            ([str(f)], location.replace(".seg.dcm", f".seg.level{k}.dcm"))
+            ([str(f)], level_location(location, k))
             for k, f in enumerate(sorted(Path(source).parent.glob("level*.dcm"))[1:], 1)
         ]
         write_slide_seg(mask, files, "mask", chosen, names, location, coarser=coarser)
@@ -239,18 +253,11 @@ def _child(kind: str, source: str, mask: str, location: str) -> None:
             source_images=[pydicom.dcmread(f, stop_before_pixels=True) for f in levels],
             pixel_arrays=[pixels],
             segmentation_type="BINARY",
-            segment_descriptions=_descriptions(names),
-            series_instance_uid=highdicom.UID(),
-            series_number=1000,
-            manufacturer="raysegment",
-            manufacturer_model_name="raysegment",
-            software_versions="1",
-            device_serial_number="none",
             dimension_organization_type="TILED_SPARSE",
+            **theirs,
         )
         for k, seg in enumerate(segs):
-            at = location.replace(".seg.dcm", f".seg.level{k}.dcm") if k else location
-            seg.save_as(at, enforce_file_format=True)
+            seg.save_as(level_location(location, k) if k else location, enforce_file_format=True)
     elif kind != "whole":
         write_slide_seg(mask, files, "mask", chosen, names, location, None, labelmap)
     else:
@@ -261,16 +268,10 @@ def _child(kind: str, source: str, mask: str, location: str) -> None:
             source_images=[pydicom.dcmread(f, stop_before_pixels=True) for f in files],
             pixel_array=pixels if series else pixels[None],
             segmentation_type="BINARY",
-            segment_descriptions=_descriptions(names),
-            series_instance_uid=highdicom.UID(),
-            series_number=1000,
             sop_instance_uid=highdicom.UID(),
             instance_number=1,
-            manufacturer="raysegment",
-            manufacturer_model_name="raysegment",
-            software_versions="1",
-            device_serial_number="none",
             dimension_organization_type=None if series else "TILED_SPARSE",
+            **theirs,
             **options,
         )
         seg.save_as(location, enforce_file_format=True)
@@ -307,6 +308,13 @@ def _levels(out: Path, sizes: list[int], whole: list[int]) -> None:
     frames and functional groups checked equal."""
     import pydicom
 
+    from raysegment.post.dicom_seg import level_location
+
+    def segs(kind: str, count: int) -> list[Path]:
+        """The SEGs of ``kind`` of a slide of ``count`` levels, the finest first."""
+        first = str(root / f"{kind}.seg.dcm")
+        return [Path(level_location(first, k) if k else first) for k in range(count)]
+
     checked = False
     for size in sizes:
         root = out / f"{size}-levels"
@@ -317,7 +325,7 @@ def _levels(out: Path, sizes: list[int], whole: list[int]) -> None:
         for kind in kinds:
             location = root / f"{kind}.seg.dcm"
             got = _run(kind, levels[0], mask, location)
-            files = [location] + [root / f"{kind}.seg.level{k}.dcm" for k in range(1, len(levels))]
+            files = segs(kind, len(levels))
             frames = [
                 int(pydicom.dcmread(f, stop_before_pixels=True).NumberOfFrames) for f in files
             ]
@@ -327,9 +335,8 @@ def _levels(out: Path, sizes: list[int], whole: list[int]) -> None:
                 f"({got['imported_mib']:.0f} MiB after imports); frames {frames}, {mib:.0f} MiB"
             )
         if len(kinds) == 2 and not checked:
-            for k in range(len(levels)):
-                name = f".seg.level{k}.dcm" if k else ".seg.dcm"
-                ours, theirs = (pydicom.dcmread(root / f"{kind}{name}") for kind in kinds)
+            for ours_file, theirs_file in zip(*(segs(k, len(levels)) for k in kinds), strict=True):
+                ours, theirs = pydicom.dcmread(ours_file), pydicom.dcmread(theirs_file)
                 assert ours.PixelData == theirs.PixelData
                 assert (
                     ours.PerFrameFunctionalGroupsSequence == theirs.PerFrameFunctionalGroupsSequence

@@ -90,6 +90,9 @@ def _code(item: Any, key: str) -> list[str] | None:
     )
 
 
+_MODIFIER = "SegmentedPropertyTypeModifierCodeSequence"
+
+
 def _kind(item: Any) -> tuple[str, ...] | None:
     """What a segment is, coded: its segmented property type's scheme and value, and its
     modifier's (a left or a right kidney); None without a type code."""
@@ -98,9 +101,6 @@ def _kind(item: Any) -> tuple[str, ...] | None:
         return None
     modifier = _code(item.SegmentedPropertyTypeCodeSequence[0], _MODIFIER)
     return (kind[1], kind[0], *((modifier[1], modifier[0]) if modifier else ()))
-
-
-_MODIFIER = "SegmentedPropertyTypeModifierCodeSequence"
 
 
 class _Classes:
@@ -117,17 +117,17 @@ class _Classes:
         self.segments: list[dict[int, int]] = []  # per SEG: segment number -> its node
         self.first: dict[int, str] = {}  # node -> the first name met of it
         self.items: list[tuple[int, Any]] = []  # (node, segment's item), in order met
+        met = [[(*segment, _kind(segment[2])) for segment in _segments(h)] for h in headers]
         generic = set()
-        for header in headers:
+        for segments in met:
             named: dict[tuple[str, ...], set[str]] = {}
-            for _, name, item in _segments(header):
-                named.setdefault(_kind(item) or (), set()).add(name.casefold())
+            for _, name, _, kind in segments:
+                named.setdefault(kind or (), set()).add(name.casefold())
             generic |= {kind for kind, names in named.items() if len(names) > 1}
-        for header in headers:
+        for segments in met:
             numbers = {}
-            for number, name, item in _segments(header):
+            for number, name, item, kind in segments:
                 node = self._node(name.casefold())
-                kind = _kind(item)
                 if kind is not None and kind not in generic:
                     self._join(node, self._node(kind))
                 numbers[number] = node
@@ -231,10 +231,10 @@ def segment_targets(
         first = int(mode == "multiclass")  # after the background
         classes = ["background"] * first + list(found.values())
         index = {root: i for i, root in enumerate(found, first)}
+    value = 1 if mode == "binary" else None  # binary: every class drawn is the foreground
     targets = []
     for numbers in grouped.segments:
         drawn = {k: index.get(grouped.root(n)) for k, n in numbers.items()}
-        value = 1 if mode == "binary" else None
         targets.append({k: value or v for k, v in drawn.items() if v is not None})
     return classes, targets
 

@@ -763,7 +763,12 @@ def _check_classes(cfg: InferConfig, spec: ModelSpec) -> None:
 def _write_dicom_seg(plan: ImagePlan, cfg: InferConfig) -> None:
     """``<name>.seg.dcm`` beside the output: its classes as segments of the input series,
     or of the input slide's level it was made of."""
-    from raysegment.post.dicom_seg import segments, write_dicom_seg, write_slide_seg
+    from raysegment.post.dicom_seg import (
+        level_location,
+        segments,
+        write_dicom_seg,
+        write_slide_seg,
+    )
 
     layout, mode = plan.layout, cfg.finalize.mode.value
     activation = plan.activation  # the model's own where finalize.activation is auto
@@ -778,11 +783,8 @@ def _write_dicom_seg(plan: ImagePlan, cfg: InferConfig) -> None:
     array = storage.join(plan.output, "0")
     if source.kind == "dicom-slide":
         files = list(source.layout.paths)
-        coarser = [
-            (paths, storage.join(storage.parent(plan.output), f"{layout.name}.seg.level{k}.dcm"))
-            for k, paths in enumerate(source.level_files)
-            if k > source.level and cfg.finalize.dicom_seg_levels
-        ]
+        levels = enumerate(source.level_files) if cfg.finalize.dicom_seg_levels else ()
+        coarser = [(f, level_location(location, k)) for k, f in levels if k > source.level]
         segs = (mode, chosen, names, location, coded, labelmap)
         write_slide_seg(array, files, *segs, coarser=coarser)
         return

@@ -38,10 +38,16 @@ from raysegment._version import __version__
 from raysegment.data.sources import reader_module
 from raysegment.errors import OutputError
 
-__all__ = ["SEG_MODES", "segments", "write_dicom_seg", "write_slide_seg"]
+__all__ = ["SEG_MODES", "level_location", "segments", "write_dicom_seg", "write_slide_seg"]
 
 SEG_MODES = ("mask", "labels")
 """Finalize modes a DICOM SEG is written of (binary segments)."""
+
+
+def level_location(location: str, level: int) -> str:
+    """Where the SEG of a slide's coarser ``level`` goes, beside the SEG at ``location``
+    (``<name>.seg.dcm``): ``<name>.seg.level<level>.dcm``."""
+    return location.removesuffix(".seg.dcm") + f".seg.level{level}.dcm"
 
 
 def segments(mode: str, classes: int, softmax: bool) -> tuple[list[int], list[int]]:
