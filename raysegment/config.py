@@ -77,6 +77,8 @@ class Activation(str, enum.Enum):
     auto = "auto"
     sigmoid = "sigmoid"
     softmax = "softmax"
+    none = "none"
+    """The model's output is already what it means (probabilities, scores)."""
 
 
 class SegType(str, enum.Enum):
@@ -150,7 +152,8 @@ class FinalizeConfig:
     threshold: float = 0.5
     """mask / single-channel labels: probability above which a pixel is foreground."""
     activation: Activation = Activation.auto
-    """auto (sigmoid for one output channel, else softmax) | sigmoid | softmax."""
+    """auto (the model's own, else sigmoid for one output channel, else softmax) | sigmoid |
+    softmax | none (the output as the model gives it: a model package's without one)."""
     nifti: bool = False
     """NIfTI inputs: also write ``<name>.nii.gz`` (``.nii`` for a ``.nii`` input) beside
     the OME-Zarr, the output's full resolution in the input's voxel grid, header and

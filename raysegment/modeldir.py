@@ -10,4 +10,10 @@ MODEL_META = "raysegment.json"
 (each class's coded meaning, or null: {"category": [value, scheme, meaning], "type": [...]},
 as DICOM SEGs code their segments), tile_size, normalize ({"mean": m, "std": s}, per
 channel or one value), activation, pixel_size ({"y": s, "x": s}, in pixel_unit: the pixel
-trained at, which infer's default input_level nears)."""
+trained at, which infer's default input_level nears).
+
+A BioImage Model Zoo package's description gives the same keys (``infer.zoo``), and
+these: tile_steps (per spatial axis [min, step]: tiles of min + n * step), halo (per
+spatial axis), normalize's measured forms ({"percentile": [low, high]} or {"moments":
+true}, with "eps" and "joint": the channels together), its "gain" and "offset" after, and
+"clip": [min, max]; activation "none"."""

@@ -27,6 +27,7 @@ __all__ = [
     "block_at",
     "block_grid",
     "iter_blocks",
+    "overlap_pixels",
     "under_centres",
 ]
 
@@ -56,18 +57,32 @@ class AxisTiling:
     """Pixels shared by two neighbouring tiles (the flush last tile may share more)."""
     starts: tuple[int, ...]
     """First pixel of each tile; the last tile ends flush with the image edge."""
+    halo: int = 0
+    """Pixels at a tile's edges that the model cannot compute (a BioImage Model Zoo
+    model's ``halo``): they weigh nothing, except at the image's edges, where no tile
+    computes them better."""
 
     @classmethod
-    def plan(cls, length: int, tile: int, overlap: int) -> AxisTiling:
+    def plan(cls, length: int, tile: int, overlap: int, halo: int = 0) -> AxisTiling:
         if length < 1 or tile < 1:
             raise ValueError(f"length {length} and tile {tile} must be positive")
         if not 0 <= overlap < tile:
             raise ValueError(f"overlap {overlap} must be in [0, tile {tile})")
+        if not 0 <= 2 * halo <= overlap and length > tile:
+            raise ValueError(f"overlap {overlap} must be at least twice the halo {halo}")
         step = tile - overlap
         starts = list(range(0, max(length - tile, 0), step)) or [0]
         if starts[-1] + tile < length:
             starts.append(length - tile)
-        return cls(length, tile, overlap, tuple(starts))
+        return cls(length, tile, overlap, tuple(starts), halo)
+
+    def computed(self, i: int) -> tuple[int, int]:
+        """Part of tile ``i`` (relative to its start) outside its halo: all of it but
+        ``halo`` pixels at each edge inside the image."""
+        start = self.starts[i]
+        lo = self.halo if start > 0 else 0
+        hi = self.tile - self.halo if start + self.tile < self.length else self.tile
+        return lo, hi
 
     def kept(self, i: int) -> tuple[int, int]:
         """Part of tile ``i`` (relative to its start) that ``crop`` blending keeps.
@@ -86,7 +101,7 @@ class AxisTiling:
 
     def support(self, i: int, blend: str) -> tuple[int, int]:
         """Absolute pixel range where tile ``i`` has non-zero weight, clipped to the image."""
-        lo, hi = self.kept(i) if blend == "crop" else (0, self.tile)
+        lo, hi = self.kept(i) if blend == "crop" else self.computed(i)
         start = self.starts[i]
         return start + lo, min(start + hi, self.length)
 
@@ -115,8 +130,19 @@ def _crop(axis: AxisTiling, i: int) -> np.ndarray:
 
 
 def blend_weights_1d(axis: AxisTiling, i: int, blend: str) -> np.ndarray:
-    """Weight profile of tile ``i`` along one axis; a tile's weight is the outer product."""
-    return BLENDS.get(blend)(axis, i)
+    """Weight profile of tile ``i`` along one axis; a tile's weight is the outer product.
+    Nothing outside ``axis.computed(i)`` (the halo)."""
+    w = BLENDS.get(blend)(axis, i)
+    if axis.halo:
+        lo, hi = axis.computed(i)
+        w[:lo] = 0.0
+        w[hi:] = 0.0
+    return w
+
+
+def overlap_pixels(overlap: float, tile: int) -> int:
+    """Pixels two neighbouring tiles of ``tile`` share at ``overlap`` (a fraction)."""
+    return min(int(round(overlap * tile)), tile - 1)
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,14 +153,23 @@ class Tiling:
     blend: str
 
     @classmethod
-    def plan(cls, shape: Sequence[int], tile: Sequence[int], overlap: float, blend: str) -> Tiling:
-        """Lay tiles of ``tile`` pixels sharing ``overlap`` (a fraction) of their length."""
+    def plan(
+        cls,
+        shape: Sequence[int],
+        tile: Sequence[int],
+        overlap: float,
+        blend: str,
+        halo: Sequence[int] | None = None,
+    ) -> Tiling:
+        """Lay tiles of ``tile`` pixels sharing ``overlap`` (a fraction) of their length;
+        ``halo``: per axis, the pixels at a tile's edges that weigh nothing
+        (``AxisTiling.halo``)."""
         BLENDS.get(blend)
         if len(shape) != len(tile):
             raise ValueError(f"shape {tuple(shape)} and tile {tuple(tile)} differ in length")
         axes = tuple(
-            AxisTiling.plan(n, t, min(int(round(overlap * t)), t - 1))
-            for n, t in zip(shape, tile, strict=False)
+            AxisTiling.plan(n, t, overlap_pixels(overlap, t), h)
+            for n, t, h in zip(shape, tile, halo or [0] * len(tile), strict=True)
         )
         return cls(axes, blend)
 

@@ -24,8 +24,12 @@ def _resolved(x: torch.Tensor, activation: str) -> str:
 
 
 def activate(x: torch.Tensor, activation: str) -> torch.Tensor:
-    """Sigmoid or softmax over channels (``auto``: sigmoid for one channel)."""
-    if _resolved(x, activation) == "sigmoid":
+    """Sigmoid or softmax over channels (``auto``: sigmoid for one channel); ``none``:
+    ``x`` as it is."""
+    resolved = _resolved(x, activation)
+    if resolved == "none":
+        return x
+    if resolved == "sigmoid":
         return torch.sigmoid(x)
     return torch.softmax(x, dim=0)
 

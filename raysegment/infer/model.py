@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from raysegment.errors import ModelContractError, ModelLoadError
+from raysegment.infer.zoo import is_package, read_package
 from raysegment.modeldir import MODEL_META
 
 if TYPE_CHECKING:
@@ -65,8 +66,14 @@ class ModelSpec:
     classes: tuple[str, ...] | None = None
     class_codes: tuple[Any, ...] | None = None
     """Each class's coded meaning (``modeldir.MODEL_META``), or None."""
-    normalize: dict[str, float] | None = None
+    normalize: dict[str, Any] | None = None
     activation: str | None = None
+    tile_steps: tuple[tuple[int, int], ...] | None = None
+    """Per spatial axis, [min, step]: the model takes tiles of min + n * step (a model
+    package's sizes; step 0: min alone)."""
+    halo: tuple[int, ...] | None = None
+    """Per spatial axis, the pixels at a tile's edges its output gets wrong (a model
+    package's halo): they weigh nothing in the blend."""
 
 
 def read_model_file(path: str) -> ModelFile:
@@ -77,12 +84,16 @@ def read_model_file(path: str) -> ModelFile:
     """
     p = Path(path)
     meta: dict[str, Any] = {}
+    if is_package(path):  # a BioImage Model Zoo package
+        data, meta = read_package(path)
+        return ModelFile(str(p), "torchscript", data, meta, hashlib.sha256(data).hexdigest())
     if p.is_dir():
         found = [p / n for n in _DIR_CANDIDATES if (p / n).is_file()]
         if not found:
             raise ModelLoadError(
-                f"{p}: directory holds no model.pth or model.pt2; give model= a TorchScript "
-                f"file, a torch.export .pt2 program, or a directory holding model.pth"
+                f"{p}: directory holds no model.pth, model.pt2 or rdf.yaml; give model= a "
+                f"TorchScript file, a torch.export .pt2 program, a directory holding model.pth, "
+                f"or a BioImage Model Zoo package"
             )
         if (p / MODEL_META).is_file():
             try:
@@ -302,6 +313,7 @@ def describe_model(model: ModelFile, module: torch.nn.Module) -> ModelSpec:
     classes = meta.get("classes")
     codes = meta.get("class_codes")
     tile = meta.get("tile_size")
+    steps, halo = meta.get("tile_steps"), meta.get("halo")
     return ModelSpec(
         in_channels=int(in_channels),
         spatial_dims=int(dims),
@@ -311,6 +323,8 @@ def describe_model(model: ModelFile, module: torch.nn.Module) -> ModelSpec:
         class_codes=tuple(codes) if classes and codes and len(codes) == len(classes) else None,
         normalize=meta.get("normalize"),
         activation=meta.get("activation"),
+        tile_steps=tuple((int(m), int(s)) for m, s in steps) if steps else None,
+        halo=tuple(int(h) for h in halo) if halo else None,
     )
 
 

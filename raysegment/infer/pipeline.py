@@ -740,9 +740,10 @@ def _check_classes(cfg: InferConfig, spec: ModelSpec) -> None:
     """What a multilabel model's classes (sigmoid's, with no background) cannot give: a
     label map SEG of its mask (a pixel may be in several classes; a label map holds one),
     or instances of 1 - its channel 0 (``instances.channel`` unset)."""
-    if activation_of(cfg, spec) != "sigmoid" or spec.out_channels == 1:
+    activation = activation_of(cfg, spec)
+    if activation not in ("sigmoid", "none") or spec.out_channels == 1:
         return
-    what = f"the model's {spec.out_channels} classes are sigmoid's (multilabel)"
+    what = f"the model's {spec.out_channels} classes are {activation}'s (multilabel)"
     if (
         cfg.finalize.dicom_seg
         and cfg.finalize.dicom_seg_type.value == "labelmap"

@@ -15,7 +15,7 @@ import numpy as np
 
 from raysegment.config import InferConfig, NormalizeMode, config_to_dict
 from raysegment.data.sources import ImageSource, TiffSequenceSource
-from raysegment.data.tiling import Block, Tiling, block_at, block_grid
+from raysegment.data.tiling import Block, Tiling, block_at, block_grid, overlap_pixels
 from raysegment.errors import ConfigError, InputImageError
 from raysegment.infer.mask import Mask
 from raysegment.infer.model import ensemble_sha256
@@ -97,6 +97,8 @@ class ImagePlan:
     activation: str = "auto"
     """The output's activation: ``finalize.activation``, else the model's own (its
     ``raysegment.json``), else auto (sigmoid for one channel, else softmax)."""
+    clip: tuple[float, float] | None = None
+    """Bounds the normalized input is clipped to (a model package's ``clip``)."""
 
     @property
     def block_levels(self) -> int:
@@ -205,6 +207,8 @@ def tile_size(cfg: InferConfig, spec: ModelSpec) -> tuple[int, ...]:
     if cfg.tile.size is None and spec.static_tile is not None:
         return tuple(spec.static_tile)
     tile = _per_axis("tile.size", cfg.tile.size, dims, DEFAULT_TILE[dims])
+    if spec.tile_steps:
+        tile = _stepped(tile, spec.tile_steps, given=cfg.tile.size is not None)
     size = 4 * spec.in_channels * int(np.prod(tile))
     if size > MAX_TILE_BYTES:
         raise ConfigError(
@@ -213,6 +217,27 @@ def tile_size(cfg: InferConfig, spec: ModelSpec) -> tuple[int, ...]:
             f"{DEFAULT_TILE[dims]}); images smaller than a tile need no large tile"
         )
     return tile
+
+
+def _stepped(tile: tuple[int, ...], steps: Sequence[Sequence[int]], given: bool) -> tuple[int, ...]:
+    """``tile`` as a model of sizes ``min + n * step`` per axis (``steps``: [min, step],
+    step 0 for one size) takes it: the default, each axis' largest such size up to it (at
+    least its min); a given tile as it is.
+
+    Raises:
+        ConfigError: a given tile the model does not take.
+    """
+    fits = tuple(
+        m if not step or t < m else m + (t - m) // step * step
+        for t, (m, step) in zip(tile, steps, strict=True)
+    )
+    if given and fits != tile:
+        sizes = ", ".join(f"{m} + {s}n" if s else str(m) for m, s in steps)
+        raise ConfigError(
+            f"tile.size={list(tile)}: the model takes tiles of {sizes} pixels (as its package "
+            f"says); e.g. tile.size={list(fits)}"
+        )
+    return fits
 
 
 def fitted_tile(
@@ -306,9 +331,7 @@ def _normalization(
     if mode == NormalizeMode.auto:
         if not spec.normalize:
             return None
-        mean = np.broadcast_to(np.asarray(spec.normalize.get("mean", 0.0), float), (n,))
-        std = np.broadcast_to(np.asarray(spec.normalize.get("std", 1.0), float), (n,))
-        return tuple(map(float, mean)), tuple(map(float, std))
+        return _model_normalization(spec.normalize, source, channels)
     if mode == NormalizeMode.none:
         return None
     if mode == NormalizeMode.fixed:
@@ -321,14 +344,48 @@ def _normalization(
                 )
             per_channel.append(tuple(float(v) for v in np.broadcast_to(values, (n,))))
         return per_channel[0], per_channel[1]
-    return _percentiles(source, channels, cfg.normalize.low, cfg.normalize.high)
+    lo, hi = _percentiles(source, channels, cfg.normalize.low, cfg.normalize.high)
+    scale = np.where(hi > lo, hi - lo, 1.0)
+    return tuple(map(float, lo)), tuple(map(float, scale))
 
 
-def _percentiles(
-    source: ImageSource, channels: tuple[int, ...], low: float, high: float
+def _model_normalization(
+    norm: dict[str, Any], source: ImageSource, channels: tuple[int, ...]
 ) -> tuple[tuple[float, ...], tuple[float, ...]]:
-    """Percentiles from a fixed sample of regions: the whole image is never read."""
+    """A model's own normalization (``modeldir.MODEL_META``'s ``normalize``) as per-channel
+    (offset, scale): fixed ``mean`` and ``std``; or ``percentile`` [low, high] or
+    ``moments`` of the image's sample, plus ``eps``, over the channels together where
+    ``joint``; then ``gain`` and ``offset`` folded in (a model package's ``scale_linear``)."""
+    n = len(channels)
+    joint = bool(norm.get("joint"))
+    eps = float(norm.get("eps", 0.0))
+    if "percentile" in norm:
+        low, high = norm["percentile"]
+        lo, hi = _percentiles(source, channels, low, high, joint)
+        offset, scale = lo, hi - lo + eps
+    elif norm.get("moments"):
+        data = _sample(source, channels)
+        if joint:
+            data = data.reshape(1, -1)
+        offset = np.broadcast_to(data.mean(axis=1), (n,))
+        scale = np.broadcast_to(data.std(axis=1) + eps, (n,))
+    else:
+        offset = np.broadcast_to(np.asarray(norm.get("mean", 0.0), float), (n,))
+        scale = np.broadcast_to(np.asarray(norm.get("std", 1.0), float), (n,))
+    if "gain" in norm:  # ((x - o) / s) * g + b  =  (x - (o - b * s / g)) / (s / g)
+        gain = np.broadcast_to(np.asarray(norm["gain"], float), (n,))
+        shift = np.broadcast_to(np.asarray(norm.get("offset", 0.0), float), (n,))
+        offset, scale = offset - shift * scale / gain, scale / gain
+    return tuple(map(float, offset)), tuple(map(float, scale))
+
+
+def _sample(source: ImageSource, channels: tuple[int, ...]) -> np.ndarray:
+    """A fixed sample of the image's regions, (channels, pixels) in float64: the whole
+    image is never read, unless it is no larger than the sample (then it is the sample)."""
     _, _, z, y, x = source.info.shape
+    if z * y * x <= _PERCENTILE_SAMPLES * _PERCENTILE_REGION**2:
+        whole = source.read(0, channels, ((0, z), (0, y), (0, x)))
+        return whole.reshape(len(channels), -1).astype(np.float64)
     rng = np.random.default_rng(0)
     size = [min(s, _PERCENTILE_REGION) for s in (y, x)]
     samples = []
@@ -338,11 +395,21 @@ def _percentiles(
         x0 = int(rng.integers(0, x - size[1] + 1))
         region = ((zz, zz + 1), (y0, y0 + size[0]), (x0, x0 + size[1]))
         samples.append(source.read(0, channels, region).reshape(len(channels), -1))
-    data = np.concatenate(samples, axis=1).astype(np.float64)
-    lo = np.percentile(data, low, axis=1)
-    hi = np.percentile(data, high, axis=1)
-    scale = np.where(hi > lo, hi - lo, 1.0)
-    return tuple(map(float, lo)), tuple(map(float, scale))
+    return np.concatenate(samples, axis=1).astype(np.float64)
+
+
+def _percentiles(
+    source: ImageSource, channels: tuple[int, ...], low: float, high: float, joint: bool = False
+) -> tuple[np.ndarray, np.ndarray]:
+    """The ``low`` and ``high`` percentiles of each channel's sample (``_sample``), or of
+    the channels' together where ``joint``."""
+    data = _sample(source, channels)
+    if joint:
+        data = data.reshape(1, -1)
+    n = len(channels)
+    lo = np.broadcast_to(np.percentile(data, low, axis=1), (n,))
+    hi = np.broadcast_to(np.percentile(data, high, axis=1), (n,))
+    return lo, hi
 
 
 def plan_image(
@@ -363,7 +430,8 @@ def plan_image(
     shape = _spatial_shape(source, dims)
     channels = _select_channels(cfg, source, spec)
     tile = tile or tile_size(cfg, spec)
-    tiling = Tiling.plan(shape, tile, cfg.tile.overlap, cfg.tile.blend.value)
+    halo = _halo(cfg, spec, tile, shape)
+    tiling = Tiling.plan(shape, tile, cfg.tile.overlap, cfg.tile.blend.value, halo)
     chunks = _per_axis("chunks", cfg.chunks, dims, DEFAULT_CHUNK[dims])
     if cfg.chunks is None:
         chunks = tuple(min(c, n) for c, n in zip(chunks, shape, strict=False))
@@ -377,6 +445,9 @@ def plan_image(
                 f"axis (one writer per chunk); e.g. block={[c * 4 for c in chunks]}"
             )
     norm = _normalization(cfg, source, spec, channels, dims)
+    clip = None
+    if cfg.normalize.mode == NormalizeMode.auto and spec.normalize and "clip" in spec.normalize:
+        clip = tuple(float(v) for v in spec.normalize["clip"])
 
     info = source.info
     t_count, _, z_count, _, _ = info.shape
@@ -444,7 +515,8 @@ def plan_image(
                 # Blocks write their first pyramid levels themselves: an unfinished run
                 # whose done blocks did not (an earlier version's) must not resume.
                 "levels": [cfg.levels, "blocks"] if cfg.levels > 1 else cfg.levels,
-                "norm": norm,
+                "norm": [norm, clip] if clip else norm,
+                "activation": activation_of(cfg, spec),
                 "finalize": [mode, cfg.finalize.threshold, cfg.finalize.activation.value],
             },
             sort_keys=True,
@@ -469,7 +541,35 @@ def plan_image(
         classes=classes,
         class_codes=codes,
         activation=activation_of(cfg, spec),
+        clip=clip,  # type: ignore[arg-type]
     )
+
+
+def _halo(
+    cfg: InferConfig, spec: ModelSpec, tile: tuple[int, ...], shape: tuple[int, ...]
+) -> tuple[int, ...] | None:
+    """The model's halo per spatial axis (a model package's), checked against the tiles'
+    overlap: where an image is longer than a tile, tiles must overlap by twice the halo to
+    cover what their halos leave out.
+
+    Raises:
+        ConfigError: ``tile.overlap`` is too small for the halo.
+    """
+    if not spec.halo:
+        return None
+    short = [
+        (h, t)
+        for h, t, n in zip(spec.halo, tile, shape, strict=True)
+        if n > t and 2 * h > overlap_pixels(cfg.tile.overlap, t)
+    ]
+    if short:
+        need = max(2 * h / t for h, t in short)
+        raise ConfigError(
+            f"tile.overlap={cfg.tile.overlap}: the model's output has a halo of "
+            f"{list(spec.halo)} pixels, which tiles of {list(tile)} must overlap by twice; set "
+            f"tile.overlap={math.ceil(need * 100) / 100} or more"
+        )
+    return spec.halo
 
 
 def activation_of(cfg: InferConfig, spec: ModelSpec) -> str:

@@ -170,6 +170,8 @@ def device_input(
     if norm is not None:
         offset, scale = (torch.from_numpy(v).to(device) for v in norm)
         x = (x - offset).div_(scale)
+    if plan.clip is not None:  # not in place: without a normalization x may be the block
+        x = x.clamp(*plan.clip)
     if padded:  # zeros beyond the image (constant padding)
         sizes = list(zip(x.shape[1:], block.pad, strict=True))
         out = x.new_zeros((x.shape[0], *(n + lo + hi for n, (lo, hi) in sizes)))

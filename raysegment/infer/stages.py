@@ -359,7 +359,7 @@ def normalization(plan: ImagePlan) -> tuple[np.ndarray, np.ndarray] | None:
 
 def normalized(data: np.ndarray, plan: ImagePlan, block: Block) -> np.ndarray:
     """A block as read (C, *spatial; any dtype) as the model's float32 input: normalized
-    in one pass into a new array, and padded to whole tiles."""
+    in one pass into a new array (and clipped, ``plan.clip``), and padded to whole tiles."""
     out = np.empty(data.shape, np.float32)
     norm = normalization(plan)
     if norm is None:
@@ -368,6 +368,8 @@ def normalized(data: np.ndarray, plan: ImagePlan, block: Block) -> np.ndarray:
         offset, scale = norm
         np.subtract(data, offset, out=out, casting="unsafe")
         np.divide(out, scale, out=out)
+    if plan.clip is not None:
+        np.clip(out, *plan.clip, out=out)
     if any(p != (0, 0) for p in block.pad):
         out = np.pad(out, ((0, 0), *block.pad), mode=plan.padding)  # type: ignore[call-overload]
     return out

@@ -12,6 +12,7 @@ from raysegment.data.tiling import (
     BLENDS,
     AxisTiling,
     Tiling,
+    blend_weights_1d,
     block_at,
     block_grid,
     iter_blocks,
@@ -116,8 +117,36 @@ def test_tile_weights_are_outer_products() -> None:
         assert set(np.unique(w)) <= {0.0, 1.0}
 
 
+@pytest.mark.parametrize("blend", ["gaussian", "constant", "crop"])
 @pytest.mark.parametrize(
-    "bad", [dict(length=0, tile=4, overlap=0), dict(length=10, tile=4, overlap=4)]
+    "length,tile,overlap,halo", [(1000, 96, 24, 12), (300, 64, 20, 5), (50, 64, 16, 8)]
+)
+def test_a_halo_weighs_nothing_but_at_the_image_edges(length, tile, overlap, halo, blend) -> None:
+    """Within ``halo`` of a tile's edges its weight is 0, except where the edge is the
+    image's; every pixel keeps a tile weighing it, and ``support`` is where tiles weigh."""
+    axis = AxisTiling.plan(length, tile, overlap, halo)
+    total = np.zeros(length)
+    for i, start in enumerate(axis.starts):
+        w = blend_weights_1d(axis, i, blend)
+        if start > 0:
+            assert not w[:halo].any()
+        if start + tile < length:
+            assert not w[tile - halo :].any()
+        lo, hi = axis.support(i, blend)
+        inside = w[: length - start]
+        assert (inside[lo - start : hi - start] > 0).all() and not inside[hi - start :].any()
+        total[start : start + tile] += inside
+    assert (total > 0).all()
+    assert blend_weights_1d(axis, 0, blend)[0] > 0  # the image's edge
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        dict(length=0, tile=4, overlap=0),
+        dict(length=10, tile=4, overlap=4),
+        dict(length=100, tile=32, overlap=8, halo=5),  # tiles overlap by less than two halos
+    ],
 )
 def test_axis_rejects_bad_geometry(bad: dict[str, int]) -> None:
     with pytest.raises(ValueError):

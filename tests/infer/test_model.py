@@ -129,6 +129,10 @@ def test_finalizers_cover_every_mode_and_dtype() -> None:
     mask = FINALIZERS.get("mask")(logits[:1], "sigmoid", 0.5)
     assert mask.dtype == torch.uint8 and mask.tolist() == [[[1, 0]]]
     assert output_dtype("labels", 300) == "uint16" and output_dtype("raw", 2) == "float32"
+    # none: the output as the model gives it (a model package's probabilities)
+    given = torch.tensor([[[0.2, 0.7]], [[0.9, 0.1]]])
+    assert torch.equal(FINALIZERS.get("probabilities")(given, "none", 0.5), given)
+    assert FINALIZERS.get("mask")(given, "none", 0.5).tolist() == [[[0, 1]], [[1, 0]]]
 
 
 @pytest.mark.parametrize("dim", [0, 1, -1])

@@ -660,10 +660,10 @@ def test_blocks_travel_as_stored_and_are_normalized_by_the_predictor(
     ],
 )
 def test_a_gpu_predictor_makes_the_same_input_on_its_device(device) -> None:
-    """A predictor fed by read tasks moves the block as read and normalizes and pads it on
-    its device: the same float32 values as ``normalized`` for every pixel type, with and
-    without normalization and padding (16-bit pixels above 32767 included), the block from
-    Ray's object store (read-only) left as it was."""
+    """A predictor fed by read tasks moves the block as read and normalizes (and clips)
+    and pads it on its device: the same float32 values as ``normalized`` for every pixel
+    type, with and without normalization, clipping and padding (16-bit pixels above 32767
+    included), the block from Ray's object store (read-only) left as it was."""
     from types import SimpleNamespace
 
     from raysegment.infer.predictor import device_input
@@ -691,15 +691,20 @@ def test_a_gpu_predictor_makes_the_same_input_on_its_device(device) -> None:
         ]:
             data = pixels.astype(dtype)
             data.flags.writeable = False
-            for norm, (padding, pad) in itertools.product(
-                (None, ((100.0, -3.5), (250.0, 0.3))), pads
+            for norm, clip, (padding, pad) in itertools.product(
+                (None, ((100.0, -3.5), (250.0, 0.3))), (None, (-1.0, 200.0)), pads
             ):
-                plan = SimpleNamespace(norm=norm, spatial_dims=len(shape) - 1, padding=padding)
+                plan = SimpleNamespace(
+                    norm=norm, clip=clip, spatial_dims=len(shape) - 1, padding=padding
+                )
                 block = SimpleNamespace(pad=pad)
                 want = normalized(data, plan, block)  # type: ignore[arg-type]
                 got = device_input(data, plan, block, torch.device(device))  # type: ignore[arg-type]
                 assert got.device.type == device and got.dtype == torch.float32
-                case = (shape, dtype, norm, padding, pad)
+                if clip:  # values beyond the bounds, made the bounds
+                    assert want.min() >= -1.0 and want.max() <= 200.0
+                    assert np.isin(want, clip).any(), (dtype, norm, pad)
+                case = (shape, dtype, norm, clip, padding, pad)
                 if device == "cpu":
                     np.testing.assert_array_equal(got.numpy(), want, err_msg=str(case))
                 else:  # one rounding of a division at most
