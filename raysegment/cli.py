@@ -12,12 +12,15 @@ from raysegment.errors import ConfigError, RaySegmentError
 
 USAGE = """usage: raysegment infer [CONFIG.yaml ...] [key=value ...]
        raysegment train [CONFIG.yaml ...] [key=value ...]
+       raysegment package [CONFIG.yaml ...] [key=value ...]
        raysegment --version
 
-Segment images larger than memory with a PyTorch model on Ray, or train such a model.
-Keys and defaults: conf/infer.yaml, conf/train.yaml; e.g.
+Segment images larger than memory with a PyTorch model on Ray, train such a model, or
+package a trained one for the BioImage Model Zoo.
+Keys and defaults: conf/infer.yaml, conf/train.yaml, conf/package.yaml; e.g.
   raysegment infer input=slides/ pattern='.*\\.ome\\.tif' model=model_dir/ output=out/
   raysegment train images.dir=img/ labels.dir=lbl/ model.arch=Unet output=model_dir/
+  raysegment package model=model_dir/ output=nuclei.zip authors='[Ada Lovelace]'
 """
 
 
@@ -64,7 +67,16 @@ def _train(args: Sequence[str]) -> int:
     return 0
 
 
-COMMANDS = {"infer": _infer, "train": _train}
+def _package(args: Sequence[str]) -> int:
+    from raysegment.config import PackageConfig, load_config
+    from raysegment.train.package import package
+
+    files, overrides = _split(args)
+    print(f"raysegment: wrote {package(load_config(PackageConfig, files, overrides))}")
+    return 0
+
+
+COMMANDS = {"infer": _infer, "train": _train, "package": _package}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -35,6 +35,7 @@ __all__ = [
     "InstancesConfig",
     "Layout",
     "NormalizeConfig",
+    "PackageConfig",
     "NormalizeMode",
     "Padding",
     "Precision",
@@ -654,6 +655,27 @@ class TrainConfig:
         _check_pattern("labels.pattern", self.labels.pattern)
 
 
+@dataclass
+class PackageConfig:
+    model: str = MISSING
+    """A model directory ``raysegment train`` wrote."""
+    output: str = MISSING
+    """The package written: a ``.zip``, as the BioImage Model Zoo takes and gives them."""
+    authors: List[str] = field(default_factory=list)
+    """The model's authors, by name (the zoo's packages name one at least)."""
+    name: Optional[str] = None
+    """The model's name; default: the model directory's."""
+    description: Optional[str] = None
+    """One sentence; default: its architecture, classes and training images."""
+    license: str = "CC-BY-4.0"
+    """An SPDX license identifier (the zoo's default, CC-BY-4.0)."""
+    test_input: Optional[str] = None
+    """An image the package's test input is cut from (its centre, a training patch's
+    size); default: the model's first validation image."""
+    overwrite: bool = False
+    """Replace an existing package at ``output``."""
+
+
 def _check_pattern(key: str, pattern: str | None) -> None:
     if pattern is not None:
         try:
@@ -679,6 +701,7 @@ _SCALAR_OR_LIST: dict[type, tuple[str, ...]] = {
         "normalize.std",
     ),
     TrainConfig: ("patch_size", "channels", "class_names"),
+    PackageConfig: ("authors",),
 }
 
 C = TypeVar("C")

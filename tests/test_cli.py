@@ -227,7 +227,7 @@ def test_complete_output_is_refused_without_overwrite(files: Path) -> None:
 
 def test_help_version_and_unknown_command(files: Path) -> None:
     assert run_cli("--version", cwd=files).stdout.startswith("raysegment ")
-    assert "raysegment infer" in run_cli("--help", cwd=files).stdout
+    assert "raysegment package" in run_cli("--help", cwd=files).stdout
     result = run_cli("segment", cwd=files)
     assert result.returncode == 2 and "unknown command 'segment'" in result.stderr
 
@@ -298,6 +298,33 @@ def test_train_bad_input_one_line_exit_2(
     assert len(lines) == 1 and message in lines[0], err
     assert not (train_files / "model").exists()  # nothing half-written
     assert os.listdir(train_files / "used") == ["thesis.docx"]
+
+
+PACKAGE_CASES: list[tuple[str, list[str], str]] = [
+    (
+        "not a model",
+        ["model=ok_img", "output=m.zip", "authors=A"],
+        "ok_img: no model.pth; give model= a directory",
+    ),
+    ("no authors", ["model=ok_img", "output=m.zip"], "names its authors"),
+    ("missing key", ["output=m.zip", "authors=A"], "missing required key 'model'"),
+]
+
+
+@pytest.mark.parametrize("name,args,message", PACKAGE_CASES, ids=[c[0] for c in PACKAGE_CASES])
+def test_package_bad_input_one_line_exit_2(
+    train_files: Path, capsys: pytest.CaptureFixture[str], name: str, args: list[str], message: str
+) -> None:
+    (train_files / "ok_img" / "model.pth").write_bytes(b"")  # model.json and the rest missing
+    (train_files / "ok_img" / "raysegment.json").write_text("{}")
+    (train_files / "ok_img" / "model.json").write_text("{}")
+    if name == "not a model":
+        (train_files / "ok_img" / "model.pth").unlink()
+    code, err = run_main("package", *args, cwd=train_files, capsys=capsys)
+    lines = error_lines(err)
+    assert code == 2, err
+    assert len(lines) == 1 and message in lines[0], err
+    assert not (train_files / "m.zip").exists()
 
 
 @pytest.mark.usefixtures("ray_session")

@@ -77,18 +77,21 @@ class ModelSpec:
 
 
 def read_model_file(path: str) -> ModelFile:
-    """Find the model program at ``path`` (file or directory) and read it.
+    """Find the model program at ``path`` (file or directory) and read it: a directory's
+    model.pth (or model.pt, model.pt2) with its ``MODEL_META``, else a BioImage Model Zoo
+    package's weights with what its description says (``zoo.read_package``).
 
     Raises:
-        ModelLoadError: nothing there, or a directory without model.pth / model.pt2.
+        ModelLoadError: nothing there, a directory without either, or a package
+            raysegment cannot run as it describes.
     """
     p = Path(path)
     meta: dict[str, Any] = {}
-    if is_package(path):  # a BioImage Model Zoo package
+    found = [p / n for n in _DIR_CANDIDATES if (p / n).is_file()] if p.is_dir() else []
+    if not found and is_package(path):
         data, meta = read_package(path)
         return ModelFile(str(p), "torchscript", data, meta, hashlib.sha256(data).hexdigest())
     if p.is_dir():
-        found = [p / n for n in _DIR_CANDIDATES if (p / n).is_file()]
         if not found:
             raise ModelLoadError(
                 f"{p}: directory holds no model.pth, model.pt2 or rdf.yaml; give model= a "

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import json
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -110,6 +111,43 @@ def test_infer_segments_a_larger_image_with_the_trained_model(trained, blob_data
     attrs = dict(zarr.open_group(str(tmp_path / "big.ome.zarr"), mode="r").attrs)
     assert [c["label"] for c in attrs["ome"]["omero"]["channels"]] == ["foreground"]
     assert iou > 0.9, iou
+
+
+def test_the_model_packaged_for_the_bioimage_model_zoo(trained, blob_data, tmp_path) -> None:
+    """``raysegment package``: a package bioimageio.core tests as the zoo does (its
+    format, its test output reproduced, every size it declares run), which infer runs
+    as the model directory, to the same mask."""
+    import yaml
+    from bioimageio.core import test_model
+
+    from raysegment.errors import ConfigError, OutputError
+    from raysegment.train.package import package
+
+    out, _ = trained
+    archive = package(model=str(out), output=str(tmp_path / "unet.zip"), authors=["A. Tester"])
+    summary = test_model(str(archive))
+    failed = [(d.name, d.errors) for d in summary.details if d.status != "passed"]
+    assert summary.status == "passed", failed
+    with zipfile.ZipFile(archive) as z:
+        rdf = yaml.safe_load(z.read("rdf.yaml"))
+        assert {"weights_torchscript.pt", "README.md", "metrics.csv"} <= set(z.namelist())
+    raw, prediction = rdf["inputs"][0], rdf["outputs"][0]
+    assert raw["axes"][2]["size"] == {"min": 16, "step": 16}  # found: 16, 32, 48 run whole
+    assert prediction["axes"][1]["channel_names"] == ["foreground"]
+    assert prediction["postprocessing"] == [{"id": "sigmoid"}]
+    assert rdf["name"] == "unet (Unet)"  # the directory's name, too short alone
+    masks = []
+    for model, where in ((out, "dir"), (archive, "zip")):
+        _, iou = segment_big(blob_data, model, tmp_path / where)
+        assert iou > 0.9
+        masks.append(zarr.open_array(str(tmp_path / where / "big.ome.zarr" / "0"), mode="r")[:])
+    assert (masks[0] != masks[1]).mean() < 1e-4  # bioimage.io adds 1e-6 to the deviation
+    with pytest.raises(OutputError, match=r"unet.zip exists; .* overwrite=true$"):
+        package(model=str(out), output=str(archive), authors=["A. Tester"])
+    with pytest.raises(ConfigError, match=r"^authors=\[\]: .* names its authors"):
+        package(model=str(out), output=str(tmp_path / "b.zip"))
+    with pytest.raises(ConfigError, match=r"^name='U/N': .* e.g. name='U_N__'$"):
+        package(model=str(out), output=str(tmp_path / "b.zip"), authors=["A"], name="U/N")
 
 
 def test_resume_continues_epochs_and_optimizer(trained, blob_data, tmp_path) -> None:
