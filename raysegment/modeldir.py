@@ -14,6 +14,6 @@ trained at, which infer's default input_level nears).
 
 A BioImage Model Zoo package's description gives the same keys (``infer.zoo``), and
 these: tile_steps (per spatial axis [min, step]: tiles of min + n * step), halo (per
-spatial axis), normalize's measured forms ({"percentile": [low, high]} or {"moments":
-true}, with "eps" and "joint": the channels together), its "gain" and "offset" after, and
-"clip": [min, max]; activation "none"."""
+spatial axis), static_batch (1: a tile at a time), normalize's measured forms
+({"percentile": [low, high]} or {"moments": true}, with "eps" and "joint": the channels
+together), its "gain" and "offset" after, and "clip": [min, max]; activation "none"."""

@@ -289,7 +289,7 @@ def describe_model(model: ModelFile, module: torch.nn.Module) -> ModelSpec:
         ModelContractError: nothing tells them (write raysegment.json next to model.pth).
     """
     meta = model.meta
-    static_batch = static_tile = None
+    static_batch, static_tile = meta.get("static_batch"), None  # a package's batch of 1
     in_channels = meta.get("in_channels")
     dims = meta.get("spatial_dims")
     if model.kind == "export":

@@ -360,8 +360,9 @@ def _prepare(
     _check_classes(cfg, spec)
     if spec.static_batch and cfg.batch_size not in (None, spec.static_batch):
         raise ConfigError(
-            f"batch_size={cfg.batch_size}: {models[0].path} was exported for batches of "
-            f"{spec.static_batch}; drop batch_size or export with a dynamic batch dimension"
+            f"batch_size={cfg.batch_size}: {models[0].path} takes batches of "
+            f"{spec.static_batch} only (as exported, or as its package says); drop "
+            f"batch_size, or export with a dynamic batch dimension"
         )
     sha256 = ensemble_sha256(models)
     masks = [_mask_of(cfg, src) for src in sources]

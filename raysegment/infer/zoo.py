@@ -191,10 +191,21 @@ class _Reader:
         return None
 
     def _halo(self) -> list[int]:
+        """The output's halo per spatial axis, its sizes checked to be the input's."""
         raise NotImplementedError
+
+    def _resized(self, axis: str, size: Any) -> ModelLoadError:
+        return ModelLoadError(
+            f"{self.path}: its output's {axis} axis is not the input's size ({size}); "
+            f"raysegment runs models whose output keeps a tile's size"
+        )
 
     def _pixel(self) -> dict[str, Any]:
         return {}
+
+    def _one_a_batch(self) -> bool:
+        """Whether the model takes one tile at a time (a batch axis of size 1)."""
+        return False
 
     def _axes(self, tensor: dict[str, Any], what: str) -> list[str]:
         """The tensor's axes as letters, checked to be b, c, then z, y, x or y, x."""
@@ -226,6 +237,8 @@ class _Reader:
         halo = self._halo()
         if any(halo):
             meta["halo"] = halo
+        if self._one_a_batch():
+            meta["static_batch"] = 1
         normalize = self._normalize(self._steps(self.input))
         if normalize:
             meta["normalize"] = normalize
@@ -361,7 +374,16 @@ class _V04(_Reader):
         return [(str(s.get("name")), dict(s.get("kwargs") or {})) for s in tensor.get(key) or []]
 
     def _halo(self) -> list[int]:
-        halo = self.output.get("halo") or [0] * len(self._layout(self.output))
+        layout = self._layout(self.output)
+        shape = self.output.get("shape")
+        if isinstance(shape, dict):
+            scale, offset = shape.get("scale") or [], shape.get("offset") or []
+            for axis, k, d in zip(layout[2:], scale[2:], offset[2:], strict=False):
+                if float(k) != 1.0 or float(d) != 0.0:
+                    raise self._resized(axis, shape)
+        elif not isinstance(shape, list) or shape[2:] != self._sizes()[2:]:
+            raise self._resized("".join(layout[2:]), shape)  # fixed: the fixed input's
+        halo = self.output.get("halo") or [0] * len(layout)
         return [int(h) for h in halo[2:]]
 
     def _joint(self, axes: Any) -> bool:
@@ -411,16 +433,22 @@ class _V05(_Reader):
 
     def _halo(self) -> list[int]:
         out = []
+        inputs = {str(a.get("id")): a for a in self._typed(self.input)[2:]}
         for axis in self._typed(self.output)[2:]:
-            size = axis.get("size")
-            moved = isinstance(size, dict) and size.get("offset")
-            if moved or (isinstance(size, dict) and size.get("axis_id") != axis.get("id")):
-                raise ModelLoadError(
-                    f"{self.path}: its output's {axis.get('id')} axis is not the input's "
-                    f"size ({size}); raysegment runs models that keep a tile's size"
-                )
+            name, size = str(axis.get("id")), axis.get("size")
+            source = inputs.get(name, {})
+            same = (
+                size == source.get("size")
+                if not isinstance(size, dict)
+                else size.get("axis_id") == name and not size.get("offset")
+            )
+            if not same or float(axis.get("scale", 1.0)) != float(source.get("scale", 1.0)):
+                raise self._resized(name, size)
             out.append(int(axis.get("halo", 0)))
         return out
+
+    def _one_a_batch(self) -> bool:
+        return self._typed(self.input)[0].get("size") == 1
 
     def _channel_names(self) -> list[str] | None:
         channel = self._typed(self.output)[1]

@@ -360,9 +360,29 @@ def test_a_package_raysegment_cannot_run_as_described_is_one_error(
     assert str(error.value).startswith(str(rdf))
 
 
-def test_a_package_of_other_axes_or_several_inputs_is_one_error(tmp_path: Path) -> None:
+def test_a_package_of_one_tile_a_batch_takes_batches_of_one(tmp_path: Path) -> None:
+    rdf = write_package(tmp_path / "pkg")
+    text = yaml.safe_load(rdf.read_text())
+    text["inputs"][0]["axes"][0]["size"] = 1
+    rdf.write_text(yaml.safe_dump(text))
+    model = read_model_file(str(rdf))
+    assert describe_model(model, load_model(model)).static_batch == 1
+
+
+def test_a_package_of_other_axes_or_sizes_or_several_inputs_is_one_error(tmp_path: Path) -> None:
+    rdf = write_package(tmp_path / "new")
+    text = yaml.safe_load(rdf.read_text())
+    text["outputs"][0]["axes"][2]["size"]["offset"] = -8  # the model crops its output
+    rdf.write_text(yaml.safe_dump(text))
+    with pytest.raises(ModelLoadError, match=r"output's y axis is not the input's size"):
+        read_model_file(str(rdf))
     rdf = write_package(tmp_path / "pkg", "0.4")
     text = yaml.safe_load(rdf.read_text())
+    text["outputs"][0]["shape"]["scale"] = [1, 1, 0.5, 0.5]  # at half the input's pixels
+    rdf.write_text(yaml.safe_dump(text))
+    with pytest.raises(ModelLoadError, match=r"output's y axis is not the input's size"):
+        read_model_file(str(rdf))
+    text["outputs"][0]["shape"]["scale"] = [1, 1, 1, 1]
     text["inputs"][0]["axes"] = "byxc"
     rdf.write_text(yaml.safe_dump(text))
     with pytest.raises(ModelLoadError, match=r"input has axes byxc; .*\(bcyx, bczyx\)$"):
