@@ -150,8 +150,9 @@ class FinalizeConfig:
     mode: FinalizeMode = FinalizeMode.probabilities
     """raw (model output) | probabilities (sigmoid/softmax) | mask (thresholded) | labels
     (argmax, or threshold for one channel)."""
-    threshold: float = 0.5
-    """mask / single-channel labels: probability above which a pixel is foreground."""
+    threshold: Optional[float] = None
+    """mask / single-channel labels: probability above which a pixel is foreground;
+    default: the model's own (a model package's ``binarize``), else 0.5."""
     activation: Activation = Activation.auto
     """auto (the model's own, else sigmoid for one output channel, else softmax) | sigmoid |
     softmax | none (the output as the model gives it: a model package's without one)."""
@@ -174,7 +175,7 @@ class FinalizeConfig:
     with ``<name>.seg.dcm``, so a viewer zoomed out fetches a coarse level's frames."""
 
     def __post_init__(self) -> None:
-        if not 0.0 <= self.threshold <= 1.0:
+        if self.threshold is not None and not 0.0 <= self.threshold <= 1.0:
             raise ConfigError(f"finalize.threshold={self.threshold} must be in [0, 1]")
         if self.dicom_seg_levels and not self.dicom_seg:
             raise ConfigError(

@@ -6,7 +6,14 @@ from pathlib import Path
 
 import pytest
 
-from raysegment.config import Blend, FinalizeMode, InferConfig, config_to_dict, load_config
+from raysegment.config import (
+    Blend,
+    FinalizeMode,
+    InferConfig,
+    PackageConfig,
+    config_to_dict,
+    load_config,
+)
 from raysegment.errors import ConfigError
 
 REQUIRED = ["input=a.tif", "model=m.pth", "output=out"]
@@ -21,6 +28,12 @@ def test_shipped_yaml_files_load() -> None:
         InferConfig, [ROOT / "conf" / "infer.yaml", ROOT / "conf" / "volume.yaml"], REQUIRED
     )
     assert vol.device == "all" and vol.block is None and vol.finalize.mode is FinalizeMode.labels
+    package = load_config(
+        PackageConfig, [ROOT / "conf" / "package.yaml"], ["model=m", "output=p.zip"]
+    )
+    assert config_to_dict(package) == config_to_dict(
+        load_config(PackageConfig, (), ["model=m", "output=p.zip"])
+    )
 
 
 def test_overrides_win_and_scalars_become_lists(tmp_path: Path) -> None:

@@ -74,6 +74,8 @@ class ModelSpec:
     halo: tuple[int, ...] | None = None
     """Per spatial axis, the pixels at a tile's edges its output gets wrong (a model
     package's halo): they weigh nothing in the blend."""
+    threshold: float | None = None
+    """The mask's threshold the model gives (a model package's ``binarize``)."""
 
 
 def read_model_file(path: str) -> ModelFile:
@@ -328,6 +330,7 @@ def describe_model(model: ModelFile, module: torch.nn.Module) -> ModelSpec:
         activation=meta.get("activation"),
         tile_steps=tuple((int(m), int(s)) for m, s in steps) if steps else None,
         halo=tuple(int(h) for h in halo) if halo else None,
+        threshold=meta.get("threshold"),
     )
 
 

@@ -45,6 +45,7 @@ from raysegment.infer.plan import (
     image_shapes,
     plan_image,
     provenance,
+    threshold_of,
     tile_size,
 )
 from raysegment.infer.pyramid import build_pyramid
@@ -874,10 +875,8 @@ def _run(
 
     quiet_ray_data()
     items = [{"image": w.image, "t": w.t, "z": w.z, "index": np.asarray(w.index)} for w in pending]
-    activation = cfg.finalize.activation.value
-    if activation == "auto" and spec.activation:
-        activation = spec.activation  # what the model was trained with (raysegment.json)
-    finalize = (cfg.finalize.mode.value, activation, cfg.finalize.threshold)
+    # The model's own activation and threshold unless finalize gives them.
+    finalize = (cfg.finalize.mode.value, activation_of(cfg, spec), threshold_of(cfg, spec))
     # Ray retries a block whose process died without limit: the ledger caps it.
     attempts = start_ledger(cfg.max_attempts)
     inputs = min(len(items), 1000)

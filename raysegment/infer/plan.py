@@ -30,6 +30,7 @@ __all__ = [
     "ImagePlan",
     "WorkItem",
     "activation_of",
+    "threshold_of",
     "chunk_block",
     "default_block",
     "fitted_tile",
@@ -517,7 +518,7 @@ def plan_image(
                 "levels": [cfg.levels, "blocks"] if cfg.levels > 1 else cfg.levels,
                 "norm": [norm, clip] if clip else norm,
                 "activation": activation_of(cfg, spec),
-                "finalize": [mode, cfg.finalize.threshold, cfg.finalize.activation.value],
+                "finalize": [mode, threshold_of(cfg, spec), cfg.finalize.activation.value],
             },
             sort_keys=True,
             default=str,
@@ -570,6 +571,13 @@ def _halo(
             f"tile.overlap={math.ceil(need * 100) / 100} or more"
         )
     return spec.halo
+
+
+def threshold_of(cfg: InferConfig, spec: ModelSpec) -> float:
+    """The mask's threshold: ``finalize.threshold``, else the model's own (a model
+    package's ``binarize``), else 0.5."""
+    given = cfg.finalize.threshold
+    return given if given is not None else spec.threshold if spec.threshold is not None else 0.5
 
 
 def activation_of(cfg: InferConfig, spec: ModelSpec) -> str:

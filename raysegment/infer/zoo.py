@@ -243,6 +243,9 @@ class _Reader:
         if normalize:
             meta["normalize"] = normalize
         meta["activation"] = self._activation(self._steps(self.output))
+        threshold = self._threshold(self._steps(self.output))
+        if threshold is not None:
+            meta["threshold"] = threshold
         names = self._channel_names()
         if names:
             meta["classes"] = names
@@ -318,6 +321,13 @@ class _Reader:
             elif name not in ("ensure_dtype", "binarize"):
                 raise self._refuse(f"postprocessing {name}", "not an activation")
         return activation
+
+    def _threshold(self, steps: list[tuple[str, dict[str, Any]]]) -> float | None:
+        """A ``binarize`` step's one threshold (one a channel: left to the user)."""
+        for name, kwargs in steps:
+            if name == "binarize" and not isinstance(kwargs.get("threshold"), list):
+                return float(kwargs.get("threshold", 0.5))
+        return None
 
     def _per_channel(
         self, kwargs: Mapping[str, Any], key: str, default: float

@@ -266,6 +266,20 @@ def test_a_3d_package_runs_as_bioimageio_core_predicts_it(
     np.testing.assert_allclose(got[inner], want[inner], atol=1e-5)
 
 
+def test_a_package_that_binarizes_gives_its_mask(tmp_path: Path, ome_tiff) -> None:
+    """Its ``binarize`` threshold is the mask's (``finalize.threshold`` unset): 0.3 here,
+    whose mask differs from 0.5's."""
+    sigmoid = [{"id": "sigmoid"}]
+    post = [*sigmoid, {"id": "binarize", "kwargs": {"threshold": 0.3}}]
+    rdf = write_package(tmp_path / "pkg", post=post)
+    image = random_image((160, 192), seed=6)
+    got = raw_output(tmp_path, ome_tiff(image), rdf, finalize={"mode": "mask"})
+    want = predicted(rdf, image[None]) > 0
+    assert got.dtype == np.uint8 and np.array_equal(got > 0, want)
+    probabilities = predicted(write_package(tmp_path / "plain", post=sigmoid), image[None])
+    assert ((probabilities > 0.5) != want).any()
+
+
 def test_a_halo_weighs_nothing_where_tiles_meet(tmp_path: Path, ome_tiff) -> None:
     """With constant blending, tiles averaged where they overlap: the pixels within a
     tile's halo of its edges would mix in what the tile's zero padding makes of them.
