@@ -281,8 +281,9 @@ class InferConfig:
     its time points, one a file; in the natural order of their names (2 before 10).
     Default: each file is an image of its own."""
     model: List[str] = MISSING
-    """TorchScript file, torch.export program (.pt2), or a directory holding model.pth;
-    several (``model=[fold0,fold1,fold2]``): an ensemble, their logits averaged."""
+    """TorchScript file, torch.export program (.pt2), ONNX model (.onnx), a directory
+    holding model.pth, or a BioImage Model Zoo package (.zip, directory, rdf.yaml); several
+    (``model=[fold0,fold1,fold2]``): an ensemble, their logits averaged."""
     output: str = MISSING
     """Directory receiving one <input name>.ome.zarr per input image."""
     device: str = "auto"

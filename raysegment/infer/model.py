@@ -37,7 +37,9 @@ __all__ = [
     "read_models",
 ]
 
-_DIR_CANDIDATES = ("model.pth", "model.pt", "model.pt2")
+_DIR_CANDIDATES = ("model.pth", "model.pt", "model.pt2", "model.onnx")
+_KINDS = {".pt2": "export", ".onnx": "onnx"}
+"""A model file's kind by its suffix; any other: TorchScript."""
 
 
 @dataclass(frozen=True)
@@ -46,7 +48,7 @@ class ModelFile:
 
     path: str
     kind: str
-    """``torchscript`` or ``export``."""
+    """``torchscript``, ``export`` (torch.export) or ``onnx``."""
     data: bytes = field(repr=False)
     meta: dict[str, Any]
     sha256: str
@@ -91,8 +93,8 @@ def read_model_file(path: str) -> ModelFile:
     meta: dict[str, Any] = {}
     found = [p / n for n in _DIR_CANDIDATES if (p / n).is_file()] if p.is_dir() else []
     if not found and is_package(path):
-        data, meta = read_package(path)
-        return ModelFile(str(p), "torchscript", data, meta, hashlib.sha256(data).hexdigest())
+        kind, data, meta = read_package(path)
+        return ModelFile(str(p), kind, data, meta, hashlib.sha256(data).hexdigest())
     if p.is_dir():
         if not found:
             raise ModelLoadError(
@@ -109,7 +111,7 @@ def read_model_file(path: str) -> ModelFile:
     elif not p.is_file():
         raise ModelLoadError(f"{p}: model not found; check the model= path")
     data = p.read_bytes()
-    kind = "export" if p.suffix == ".pt2" else "torchscript"
+    kind = _KINDS.get(p.suffix, "torchscript")
     return ModelFile(str(p), kind, data, meta, hashlib.sha256(data).hexdigest())
 
 
@@ -237,15 +239,22 @@ def _agreeing_spec(specs: Sequence[ModelSpec], models: Sequence[ModelFile]) -> M
 
 
 def load_model(model: ModelFile, device: torch.device | str = "cpu") -> torch.nn.Module:
-    """Load the program onto ``device`` in eval mode.
+    """Load the program onto ``device`` in eval mode (an ONNX program: a module running it
+    in ONNX Runtime, ``onnx.OnnxModule``).
 
     Raises:
-        ModelLoadError: the file is not a TorchScript archive / torch.export program.
+        ModelLoadError: the file is not a TorchScript archive / torch.export program /
+            ONNX model (or ONNX Runtime is not installed).
     """
     import torch
 
+    module: torch.nn.Module
     try:
-        if model.kind == "export":
+        if model.kind == "onnx":
+            from raysegment.infer.onnx import OnnxModule
+
+            module = OnnxModule(model.path, model.data, device)
+        elif model.kind == "export":
             program = torch.export.load(io.BytesIO(model.data))
             module = program.module().to(device)
         else:
@@ -253,12 +262,13 @@ def load_model(model: ModelFile, device: torch.device | str = "cpu") -> torch.nn
                 # Deprecated in favour of torch.export; raysegment reads both on purpose.
                 warnings.simplefilter("ignore", FutureWarning)
                 module = torch.jit.load(io.BytesIO(model.data), map_location=device)
+    except ModelLoadError:
+        raise
     except Exception as e:
-        want = (
-            "a torch.export program (torch.export.save)"
-            if model.kind == "export"
-            else ("a TorchScript archive (torch.jit.save of torch.jit.trace/script)")
-        )
+        want = {
+            "export": "a torch.export program (torch.export.save)",
+            "onnx": "an ONNX model (torch.onnx.export, or any framework's ONNX export)",
+        }.get(model.kind, "a TorchScript archive (torch.jit.save of torch.jit.trace/script)")
         raise ModelLoadError(
             f"{model.path}: cannot load the model ({type(e).__name__}: {_first_sentence(e)}); "
             f"the file must be {want}"
@@ -294,8 +304,12 @@ def describe_model(model: ModelFile, module: torch.nn.Module) -> ModelSpec:
     static_batch, static_tile = meta.get("static_batch"), None  # a package's batch of 1
     in_channels = meta.get("in_channels")
     dims = meta.get("spatial_dims")
-    if model.kind == "export":
-        shape = _export_input_shape(model)
+    if model.kind in ("export", "onnx"):
+        shape: list[int | None] | None = (
+            _export_input_shape(model)
+            if model.kind == "export"
+            else list(getattr(module, "input_shape", []))  # an ONNX program's
+        )
         if shape is not None and len(shape) in (4, 5):
             static_batch = shape[0]
             in_channels = in_channels or shape[1]

@@ -1,5 +1,6 @@
-"""BioImage Model Zoo packages (bioimage.io) as ``model=``: their TorchScript weights, with
-what their description says of them as raysegment's model metadata (``MODEL_META``).
+"""BioImage Model Zoo packages (bioimage.io) as ``model=``: their TorchScript weights (else
+their ONNX weights), with what their description says of them as raysegment's model
+metadata (``MODEL_META``).
 
 A package is a directory, a ``.zip``, or the description itself (``rdf.yaml``,
 ``bioimageio.yaml`` or ``<name>.bioimageio.yaml``), in format 0.4 or 0.5. Read from it:
@@ -16,7 +17,7 @@ A package is a directory, a ``.zip``, or the description itself (``rdf.yaml``,
   have a unit), which infer's default ``input_level`` nears.
 
 What raysegment cannot run as the package describes (other layouts, several inputs or
-outputs, weights other than TorchScript, other processing) is one error naming the
+outputs, weights other than TorchScript or ONNX, other processing) is one error naming the
 package and what to do. Statistics are measured on a sample of the whole image (every
 plane and time point), as ``normalize.mode=percentile`` does, not per plane.
 """
@@ -60,9 +61,10 @@ def _description_in(directory: Path) -> Path | None:
     return found[0] if found else None
 
 
-def read_package(path: str) -> tuple[bytes, dict[str, Any]]:
-    """The TorchScript weights of the package at ``path`` and its metadata as
-    ``MODEL_META`` says.
+def read_package(path: str) -> tuple[str, bytes, dict[str, Any]]:
+    """The weights of the package at ``path`` (its TorchScript weights, else its ONNX
+    weights), their kind (``torchscript`` or ``onnx``, as ``ModelFile.kind``), and its
+    metadata as ``MODEL_META`` says.
 
     Raises:
         ModelLoadError: not a package raysegment can run as it describes; the message
@@ -88,7 +90,8 @@ def read_package(path: str) -> tuple[bytes, dict[str, Any]]:
             f"Zoo models of format 0.4 and 0.5 (bioimageio.spec's update_format converts others)"
         )
     reader = _V04(path, rdf) if version.startswith("0.4") else _V05(path, rdf)
-    return reader.weights(files), reader.meta()
+    kind, weights = reader.weights(files)
+    return kind, weights, reader.meta()
 
 
 class _Files:
@@ -157,15 +160,16 @@ class _Reader:
         self.input = _one(path, rdf.get("inputs"), "input")
         self.output = _one(path, rdf.get("outputs"), "output")
 
-    def weights(self, files: _Files) -> bytes:
+    def weights(self, files: _Files) -> tuple[str, bytes]:
         entries = self.rdf.get("weights") or {}
-        entry = entries.get("torchscript")
+        kind = next((k for k in ("torchscript", "onnx") if isinstance(entries.get(k), dict)), "")
+        entry = entries.get(kind)
         if not isinstance(entry, dict) or not entry.get("source"):
             raise ModelLoadError(
                 f"{self.path}: the package has {', '.join(sorted(entries)) or 'no'} weights "
-                f"and no torchscript weights, the format raysegment runs; convert them with "
-                f"bioimageio.core (`bioimageio convert-weights ... torchscript`) or pick a "
-                f"package that has them"
+                f"and no torchscript or onnx weights, the formats raysegment runs; convert "
+                f"them with bioimageio.core (`bioimageio convert-weights ... torchscript`) or "
+                f"pick a package that has them"
             )
         data = files.read(str(entry["source"]))
         want = entry.get("sha256")
@@ -174,7 +178,7 @@ class _Reader:
                 f"{self.path}: {entry['source']} does not match the sha256 its description "
                 f"gives; the package is damaged: download it again"
             )
-        return data
+        return kind, data
 
     def _layout(self, tensor: dict[str, Any]) -> list[str]:
         raise NotImplementedError

@@ -38,11 +38,13 @@ def write_package(
     unit: str | None = None,
     weights: dict[str, Any] | None = None,
     dims: int = 2,
+    onnx: bool = False,
 ) -> Path:
     """A model package in ``root`` (its rdf.yaml): two convs as TorchScript, taking
     ``channels`` and giving ``outputs``, in format ``version``; ``pre`` / ``post``: its
     processing as that format writes it (0.5's ``id``, 0.4's ``name``); ``size``: each
-    space axis' [min, step], or one fixed size; ``dims``: 2D (yx) or 3D (zyx)."""
+    space axis' [min, step], or one fixed size; ``dims``: 2D (yx) or 3D (zyx); ``onnx``:
+    its weights as ONNX alone."""
     root.mkdir(parents=True, exist_ok=True)
     module = conv_model(dims, channels, outputs, seed=3)
     save_torchscript(module, root / "weights.pt", dims, channels)
@@ -54,6 +56,15 @@ def write_package(
         np.save(root / "test_output.npy", module(torch.from_numpy(x)).numpy())
     (root / "README.md").write_text("# A test model\n")
     entry = {"source": "weights.pt", "sha256": _sha(root / "weights.pt")}
+    if onnx:
+        from tests.infer.test_onnx import save_onnx
+
+        save_onnx(module, root / "weights.onnx", dims, channels)
+        import onnx as onnx_format
+
+        sha, program = _sha(root / "weights.onnx"), onnx_format.load(root / "weights.onnx")
+        opset = max(o.version for o in program.opset_import if o.domain in ("", "ai.onnx"))
+        weights = {"onnx": {"source": "weights.onnx", "sha256": sha, "opset_version": opset}}
     rdf: dict[str, Any] = {
         "type": "model",
         "name": "two convs",
@@ -266,6 +277,18 @@ def test_a_3d_package_runs_as_bioimageio_core_predicts_it(
     np.testing.assert_allclose(got[inner], want[inner], atol=1e-5)
 
 
+def test_a_package_of_onnx_weights_runs_as_bioimageio_core_predicts_it(
+    tmp_path: Path, ome_tiff
+) -> None:
+    pytest.importorskip("onnxruntime", reason="needs the onnx extra")
+    pre = [{"id": "scale_range", "kwargs": _RANGE}]
+    rdf = write_package(tmp_path / "pkg", pre=pre, post=[{"id": "sigmoid"}], onnx=True)
+    assert read_model_file(str(rdf)).kind == "onnx"
+    image = random_image((160, 192), seed=7)
+    got = raw_output(tmp_path, ome_tiff(image), rdf, finalize={"mode": "probabilities"})
+    np.testing.assert_allclose(got, predicted(rdf, image[None]), atol=2e-5)
+
+
 def test_a_package_that_binarizes_gives_its_mask(tmp_path: Path, ome_tiff) -> None:
     """Its ``binarize`` threshold is the mask's (``finalize.threshold`` unset): 0.3 here,
     whose mask differs from 0.5's."""
@@ -357,7 +380,10 @@ _CLIPPED = [
 @pytest.mark.parametrize(
     ("change", "match"),
     [
-        ({"weights": _STATE_DICT}, r"pytorch_state_dict weights and no torchscript weights"),
+        (
+            {"weights": _STATE_DICT},
+            r"pytorch_state_dict weights and no torchscript or onnx weights",
+        ),
         ({"weights": _DAMAGED}, r"weights.pt does not match the sha256 .* download it again$"),
         ({"weights": _REMOTE}, r"no files from the internet .* give model= that$"),
         ({"pre": [_OTHER]}, r"preprocessing scale_range \(mode per_sample, statistics of another"),
