@@ -3,19 +3,18 @@
     python benchmarks/onnx_models.py OUT [--side 2048] [--runs 2]
 
 Writes an SMP Unet (resnet18, random weights, one input and one output channel) as
-TorchScript (``OUT/unet.pt``, traced as ``run.py`` traces it) and as ONNX (``OUT/unet.onnx``,
-torch's ONNX export with dynamic batch and spatial sizes), and a ``side``^2 uint16
-OME-TIFF; then runs ``raysegment infer`` (a new process each, Ray's start included, CPU,
-raw output) with each model in turn, ``runs`` times, and prints each run's wall time and
-the largest difference between the two outputs.
+TorchScript (``OUT/unet.pt``, traced as ``run.py`` traces it) and as ONNX
+(``OUT/unet.onnx``, torch's ONNX export with dynamic batch and spatial sizes), and a
+``side``^2 uint16 OME-TIFF; then runs ``raysegment infer`` (``run.py``'s ``infer_cli``: a
+new process each, Ray's start included; CPU, raw output) with each model in turn,
+``runs`` times, and prints each run's wall time and the largest difference between the
+two outputs.
 """
 
 from __future__ import annotations
 
 import argparse
-import subprocess
 import sys
-import time
 import warnings
 from pathlib import Path
 
@@ -23,6 +22,10 @@ import numpy as np
 import tifffile
 import torch
 import zarr
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from run import infer_cli  # noqa: E402
 
 
 def _models(out: Path) -> dict[str, Path]:
@@ -64,22 +67,7 @@ def main() -> None:
     for run in range(args.runs):
         for kind, model in models.items():
             result = args.out / f"run_{kind}"
-            command = [
-                sys.executable,
-                "-m",
-                "raysegment.cli",
-                "infer",
-                f"input={tiff}",
-                f"model={model}",
-                f"output={result}",
-                "device=cpu",
-                "finalize.mode=raw",
-                "overwrite=true",
-                "quicklook=false",
-            ]
-            start = time.perf_counter()
-            subprocess.run(command, check=True, capture_output=True)
-            seconds = time.perf_counter() - start
+            seconds = infer_cli(tiff, model, result, "device=cpu", "finalize.mode=raw")["seconds"]
             print(f"run {run + 1}: {kind:<11} {seconds:6.1f} s", flush=True)
             outputs[kind] = zarr.open_array(str(result / "image.ome.zarr" / "0"), mode="r")[:]
     largest = float(np.abs(outputs["torchscript"] - outputs["onnx"]).max())
