@@ -82,8 +82,8 @@ class ModelSpec:
 
 def read_model_file(path: str) -> ModelFile:
     """Find the model program at ``path`` (file or directory) and read it: a directory's
-    model.pth (or model.pt, model.pt2) with its ``MODEL_META``, else a BioImage Model Zoo
-    package's weights with what its description says (``zoo.read_package``).
+    model.pth (or model.pt, model.pt2, model.onnx) with its ``MODEL_META``, else a BioImage
+    Model Zoo package's weights with what its description says (``zoo.read_package``).
 
     Raises:
         ModelLoadError: nothing there, a directory without either, or a package
@@ -98,9 +98,9 @@ def read_model_file(path: str) -> ModelFile:
     if p.is_dir():
         if not found:
             raise ModelLoadError(
-                f"{p}: directory holds no model.pth, model.pt2 or rdf.yaml; give model= a "
-                f"TorchScript file, a torch.export .pt2 program, a directory holding model.pth, "
-                f"or a BioImage Model Zoo package"
+                f"{p}: directory holds no model.pth, model.pt2, model.onnx or rdf.yaml; give "
+                f"model= a TorchScript file, a torch.export .pt2 program, an ONNX model, a "
+                f"directory holding model.pth, or a BioImage Model Zoo package"
             )
         if (p / MODEL_META).is_file():
             try:
