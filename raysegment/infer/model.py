@@ -35,6 +35,7 @@ __all__ = [
     "probe_models",
     "read_model_file",
     "read_models",
+    "tiles_taken",
 ]
 
 _DIR_CANDIDATES = ("model.pth", "model.pt", "model.pt2", "model.onnx")
@@ -166,7 +167,7 @@ def probe_models(
         tile = tile_for(described)
         spec = probe_model(model, module, described, tile)
         specs.append(spec)
-        takes = _tiles_taken(model, module, spec)
+        takes = tiles_taken(model, module, spec)
         if i == 0:  # the first model: the axes to fit
             images = shapes(spec) if shapes else []
             fixed = spec.static_tile is not None  # a torch.export program of one tile size
@@ -202,7 +203,7 @@ def _multiple(
     return None
 
 
-def _tiles_taken(
+def tiles_taken(
     model: ModelFile, module: torch.nn.Module, spec: ModelSpec
 ) -> Callable[[tuple[int, ...]], bool]:
     """Whether ``module`` takes a tile as it takes ``spec``'s: returns it whole, with the

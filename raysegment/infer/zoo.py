@@ -30,6 +30,8 @@ from collections.abc import Mapping
 from pathlib import Path, PurePosixPath
 from typing import Any
 
+import numpy as np
+
 from raysegment.errors import ModelLoadError
 
 __all__ = ["DESCRIPTIONS", "is_package", "read_package"]
@@ -284,10 +286,10 @@ class _Reader:
                     self._per_channel(kwargs, "gain", 1.0),
                     self._per_channel(kwargs, "offset", 0.0),
                 )
-                if "gain" in out:  # a * (b * x + c) + d
+                if "gain" in out:  # a * (b * x + c) + d, per channel or for all
                     out["gain"], out["offset"] = (
-                        _mul(gain, out["gain"]),
-                        _add(_mul(gain, out["offset"]), offset),
+                        np.multiply(gain, out["gain"]).tolist(),
+                        np.add(np.multiply(gain, out["offset"]), offset).tolist(),
                     )
                 else:
                     out["gain"], out["offset"] = gain, offset
@@ -296,7 +298,7 @@ class _Reader:
             elif fixed:
                 eps = float(kwargs.get("eps", 1e-6))
                 out["mean"] = self._per_channel(kwargs, "mean", 0.0)
-                out["std"] = _add(self._per_channel(kwargs, "std", 1.0), eps)
+                out["std"] = np.add(self._per_channel(kwargs, "std", 1.0), eps).tolist()
             elif name in _STATISTICS:
                 mode = kwargs.get("mode", "per_sample")
                 if mode != "per_sample" or kwargs.get("reference_tensor") not in (
@@ -347,22 +349,6 @@ class _Reader:
 
     def _input_id(self) -> str:
         raise NotImplementedError
-
-
-def _mul(a: float | list[float], b: float | list[float]) -> float | list[float]:
-    if isinstance(a, list) or isinstance(b, list):
-        n = len(a) if isinstance(a, list) else len(b)  # type: ignore[arg-type]
-        aa, bb = (v if isinstance(v, list) else [v] * n for v in (a, b))
-        return [x * y for x, y in zip(aa, bb, strict=True)]
-    return a * b
-
-
-def _add(a: float | list[float], b: float | list[float]) -> float | list[float]:
-    if isinstance(a, list) or isinstance(b, list):
-        n = len(a) if isinstance(a, list) else len(b)  # type: ignore[arg-type]
-        aa, bb = (v if isinstance(v, list) else [v] * n for v in (a, b))
-        return [x + y for x, y in zip(aa, bb, strict=True)]
-    return a + b
 
 
 class _V04(_Reader):

@@ -17,8 +17,8 @@ import hashlib
 import io
 import json
 import string
-import warnings
 import zipfile
+from collections.abc import Callable
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -28,6 +28,13 @@ import numpy as np
 from raysegment._version import __version__
 from raysegment.config import PackageConfig, as_config
 from raysegment.errors import ConfigError, InputImageError, ModelLoadError, OutputError
+from raysegment.infer.model import (
+    describe_model,
+    load_model,
+    probe_model,
+    read_model_file,
+    tiles_taken,
+)
 from raysegment.modeldir import MODEL_META
 
 __all__ = ["FORMAT_VERSION", "package"]
@@ -76,15 +83,13 @@ def package(config: PackageConfig | dict[str, Any] | None = None, **overrides: A
         raise ConfigError(f"output={cfg.output}: a package is a .zip; e.g. output={out}.zip")
     if out.exists() and not cfg.overwrite:
         raise OutputError(f"{out} exists; choose another output= or set overwrite=true")
-    meta = json.loads(files[MODEL_META].read_text())
     info = json.loads(files["model.json"].read_text())
-    weights = files["model.pth"].read_bytes()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", FutureWarning)  # TorchScript: what the zoo runs
-        module = torch.jit.load(io.BytesIO(weights), map_location="cpu").eval()
-    channels = int(meta["in_channels"])
+    model = read_model_file(str(directory))  # model.pth, with raysegment.json as its meta
+    meta, weights = model.meta, model.data
+    module = load_model(model)
     patch = [int(p) for p in info["patch_size"]]
-    sizes = _sizes(module, channels, patch)
+    spec = probe_model(model, module, describe_model(model, module), (patch[0], patch[-1]))
+    sizes = _sizes(tiles_taken(model, module, spec), patch)
     raw = _test_input(cfg, info, sizes)
     mean = np.asarray(meta["normalize"]["mean"], np.float32).reshape(-1, 1, 1)
     std = np.asarray(meta["normalize"]["std"], np.float32).reshape(-1, 1, 1)
@@ -120,23 +125,13 @@ def _sha(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def _sizes(module: Any, channels: int, patch: list[int]) -> list[Any]:
+def _sizes(takes: Callable[[tuple[int, ...]], bool], patch: list[int]) -> list[Any]:
     """Per spatial axis, the sizes the model takes: {min, step} with the smallest step of
-    ``_STEPS`` whose first three sizes it returns whole (as bioimage.io tests them), else
-    the training patch's size alone."""
-    import torch
-
+    ``_STEPS`` whose first three sizes it ``takes`` (``model.tiles_taken``: returns them
+    whole, as bioimage.io tests them), else the training patch's size alone."""
     for step in _STEPS:
-        try:
-            with torch.inference_mode():
-                for n in (1, 2, 3):
-                    size = (step * n, step * n)
-                    out = module(torch.zeros(1, channels, *size))
-                    if tuple(out.shape[2:]) != size:
-                        raise ValueError(f"returned {list(out.shape)}")
-        except (RuntimeError, ValueError):
-            continue
-        return [{"min": step, "step": step}] * 2
+        if all(takes((step * n, step * n)) for n in (1, 2, 3)):
+            return [{"min": step, "step": step}] * 2
     return [patch[0], patch[-1]]
 
 
