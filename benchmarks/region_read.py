@@ -1,7 +1,7 @@
 """CPU and wall time of the image reader per block-sized region.
 
     python benchmarks/region_read.py IMAGE [SPAN] [--depth D] [--sequence z|t] [--cold]
-        [--serve [--latency MS] [--one-by-one]]
+        [--serve [--latency MS] [--one-by-one]] [--resample SIZE]
 
 Reads eight SPAN^2 regions (default 4608: a 4096 block with its tile halo), D planes deep
 (default 1), at seeded random places of channel 0, after one small warm-up read, and
@@ -14,7 +14,9 @@ data on disk. ``--serve``: IMAGE (a TIFF) read over HTTP from a web server on 12
 (another process, answering byte ranges, each answer ``--latency`` ms late: an object
 store's time to first byte), as a file at a URL is read; with
 ``--one-by-one`` its tiles are fetched one request each through the cached file (what
-tifffile alone does with a remote file) instead of together.
+tifffile alone does with a remote file) instead of together. ``--resample SIZE``: the
+image read at a pixel of SIZE in y and x, its own units (``resample=true
+resample_size=[SIZE,SIZE]``), SPAN^2 regions of it.
 """
 
 from __future__ import annotations
@@ -67,6 +69,7 @@ def main() -> None:
     parser.add_argument("--serve", action="store_true")
     parser.add_argument("--latency", type=float, default=0.0)
     parser.add_argument("--one-by-one", action="store_true")
+    parser.add_argument("--resample", type=float)
     args = parser.parse_args()
     source: ImageSource
     if args.serve:
@@ -84,6 +87,12 @@ def main() -> None:
         source = open_source(args.image)
         files = [args.image] if args.image.is_file() else list(args.image.rglob("*"))
         files = [p for p in files if p.is_file()]
+    if args.resample:
+        from raysegment.data.resampled import resampled_to
+
+        size = {"y": args.resample, "x": args.resample}
+        whose = lambda s: (dict(s.info.scale), dict(s.info.units), dict(s.info.origin))  # noqa: E731
+        source = resampled_to(source, size, "", whose, pyramid=True)
     depth, height, width = source.info.shape[-3:]
     span = min(args.span, height, width)
     rng = np.random.default_rng(1)

@@ -314,6 +314,15 @@ class InferConfig:
     ...: for a model trained at a coarser pixel size. Default: the level whose pixel is
     nearest the one the model was trained at (``raysegment train`` records it), else 0.
     The output is at that level, with its pixel size."""
+    resample: bool = False
+    """Read each image resampled to the pixel size the model was trained at (its
+    ``raysegment.json``'s ``pixel_size``, a model package's), or to ``resample_size``:
+    linear interpolation, antialiased where it shrinks, from the coarsest pyramid level
+    at or below that size; the output at that pixel size. Default: the pyramid level
+    nearest it (``input_level``)."""
+    resample_size: Optional[List[float]] = None
+    """The pixel size ``resample`` reads at, (z) y x in the input's units (or
+    ``voxel_size``'s); default: the model's."""
     chunks: Optional[List[int]] = None
     """Output chunk size per spatial axis; default 1024 (2D) / 128 (3D)."""
     block: Optional[List[int]] = None
@@ -433,6 +442,36 @@ class InferConfig:
             not 2 <= len(self.voxel_size) <= 3 or min(self.voxel_size) <= 0
         ):
             raise ConfigError(f"voxel_size={self.voxel_size}: give 2 (y x) or 3 (z y x) sizes > 0")
+        if self.resample_size is not None and (
+            not 2 <= len(self.resample_size) <= 3 or min(self.resample_size) <= 0
+        ):
+            raise ConfigError(
+                f"resample_size={self.resample_size}: give 2 (y x) or 3 (z y x) sizes > 0"
+            )
+        if self.resample_size is not None and not self.resample:
+            raise ConfigError(
+                f"resample_size={self.resample_size} is the pixel size resample=true reads "
+                f"at: set resample=true"
+            )
+        native = [
+            key
+            for key, on in (
+                ("finalize.nifti", self.finalize.nifti),
+                ("finalize.dicom_seg", self.finalize.dicom_seg),
+                ("instances.dicom_ann", self.instances.dicom_ann),
+            )
+            if on
+        ]
+        if self.resample and native:
+            raise ConfigError(
+                f"resample=true with {native[0]}=true: that file is written in the input's "
+                f"own pixel grid, and a resampled run's output is in another: drop one of them"
+            )
+        if self.resample and self.input_level is not None:
+            raise ConfigError(
+                f"resample=true with input_level={self.input_level}: resampling reads from "
+                f"the pyramid level it needs; drop input_level"
+            )
         if self.dataset and self.sequence:
             raise ConfigError(
                 f"dataset={self.dataset} reads HDF5 files, sequence={self.sequence} stacks "

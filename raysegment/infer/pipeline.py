@@ -23,6 +23,7 @@ from raysegment import storage
 from raysegment._version import __version__
 from raysegment.config import InferConfig, as_config, config_to_dict
 from raysegment.data.inputs import resolve_inputs
+from raysegment.data.resampled import ResampledSource, resample_sizes, resampled_to
 from raysegment.data.sources import (
     ImageSource,
     Unstored,
@@ -43,6 +44,7 @@ from raysegment.infer.plan import (
     activation_of,
     chunk_block,
     image_shapes,
+    physical,
     plan_image,
     provenance,
     threshold_of,
@@ -60,6 +62,7 @@ from raysegment.infer.writer import (
     inspect_output,
     mark_done,
 )
+from raysegment.modeldir import MODEL_META
 from raysegment.runtime import (
     RayStart,
     import_ray_data,
@@ -431,8 +434,13 @@ def _open_images(
     the level nearest the pixel the model was trained at (``nearest_level``)."""
     level = cfg.input_level or 0
     if cfg.sequence:
-        return [open_sequence(paths, cfg.sequence, cfg.axes, level)]
-    sources = [s for p in paths for s in open_sources(p, cfg.axes, level)]
+        sources: list[ImageSource] = [open_sequence(paths, cfg.sequence, cfg.axes, level)]
+    else:
+        sources = [s for p in paths for s in open_sources(p, cfg.axes, level)]
+    if cfg.resample:
+        return [_resampled(cfg, s, models) for s in sources]
+    if cfg.sequence:
+        return sources
     trained = models[0].meta.get("pixel_size")
     if cfg.input_level is not None or not isinstance(trained, dict):
         return sources
@@ -440,9 +448,29 @@ def _open_images(
     return [nearest_level(s, trained, unit) for s in sources]
 
 
+def _resampled(cfg: InferConfig, source: ImageSource, models: tuple[ModelFile, ...]) -> ImageSource:
+    """``source`` read at ``resample_size``, else at the model's pixel size.
+
+    Raises:
+        ConfigError: neither is known.
+    """
+    sizes = resample_sizes(cfg.resample_size, models[0].meta)
+    if sizes is None:
+        raise ConfigError(
+            f"resample=true: {models[0].path} records no pixel size it was trained at; give "
+            f'resample_size=[y, x] (the input\'s units), or add "pixel_size": {{"y": .., '
+            f'"x": ..}} and "pixel_unit" to its {MODEL_META}'
+        )
+    # With voxel_size (the full resolution's pixel), the pyramid's levels are not told.
+    pyramid = cfg.voxel_size is None
+    return resampled_to(source, *sizes, lambda s: physical(cfg, s, "tzyx"), pyramid)
+
+
 def _levels_picked(cfg: InferConfig, plans: list[ImagePlan], models: tuple[ModelFile, ...]) -> str:
     """The levels images were read at to near the model's pixel, with how many images
     each; "" where every image ran at full resolution or ``input_level`` was given."""
+    if cfg.resample:
+        return _resamples(plans)
     levels = Counter(p.source.level for p in plans if p.source.level > 0)
     if cfg.input_level is not None or not levels:
         return ""
@@ -455,6 +483,21 @@ def _levels_picked(cfg: InferConfig, plans: list[ImagePlan], models: tuple[Model
     )
 
 
+def _resamples(plans: list[ImagePlan]) -> str:
+    """The images ``resample`` read resampled, and the levels they were read from."""
+    done = [p.source for p in plans if isinstance(p.source, ResampledSource)]
+    if not done:
+        return "resample: every image was at the pixel size asked for already"
+    levels = Counter(s.inner.level for s in done if s.inner.level > 0)
+    unit = done[0].info.units.get("x", "")
+    sizes = sorted({" x ".join(f"{s.info.scale[a]:.4g}" for a in s.resampled) for s in done})
+    coarse = ", ".join(f"{k} ({n} image(s))" for k, n in sorted(levels.items()))
+    return (
+        f"resampled {len(done)} of {len(plans)} image(s) to {', '.join(sizes)} {unit} pixels"
+        + (f", from input_level {coarse}" if coarse else "")
+    ).replace("  ", " ")
+
+
 def _mask_of(cfg: InferConfig, source: ImageSource) -> tuple[Mask | None, np.ndarray | None]:
     """The mask of ``source`` (``mask``), and with ``mask=auto`` what it found (bool)."""
     if not cfg.mask:
@@ -462,6 +505,9 @@ def _mask_of(cfg: InferConfig, source: ImageSource) -> tuple[Mask | None, np.nda
     if cfg.mask != AUTO:
         return open_mask(cfg.mask, source), None
     channels = tuple(cfg.channels) if cfg.channels else tuple(range(source.info.shape[1]))
+    if isinstance(source, ResampledSource):  # found on the image's own pixels or pyramid
+        mask, found = auto_mask(source.inner, channels)
+        return dataclasses.replace(mask, image=source.info.shape[2:]), found
     return auto_mask(source, channels)
 
 

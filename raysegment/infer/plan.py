@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from raysegment.config import InferConfig, NormalizeMode, config_to_dict
+from raysegment.data.resampled import ResampledSource
 from raysegment.data.sources import ImageSource, TiffSequenceSource
 from raysegment.data.tiling import Block, Tiling, block_at, block_grid, overlap_pixels
 from raysegment.errors import ConfigError, InputImageError
@@ -35,6 +36,7 @@ __all__ = [
     "default_block",
     "fitted_tile",
     "image_shapes",
+    "physical",
     "plan_image",
     "tile_size",
 ]
@@ -465,7 +467,7 @@ def plan_image(
     names = spec.classes if spec.classes and len(spec.classes) == out_c else None
     if mode == "labels":
         names = ("labels",)
-    scale, units, origin = _physical(cfg, source, axes)
+    scale, units, origin = physical(cfg, source, axes)
     shape = tuple(sizes[a] for a in axes)
     spatial_block = dict(zip("zyx"[3 - dims :], block, strict=True))
     pyramid_axes = "zyx" if dims == 3 else "yx"
@@ -587,14 +589,15 @@ def activation_of(cfg: InferConfig, spec: ModelSpec) -> str:
     return given if given != "auto" else spec.activation or "auto"
 
 
-def _physical(
+def physical(
     cfg: InferConfig, source: ImageSource, axes: str
 ) -> tuple[dict[str, float], dict[str, str], dict[str, float]]:
     """Pixel size, unit and origin per axis of ``axes``: the input's, or ``voxel_size`` (z
-    y x, or y x), which keeps the origin where it is in pixels."""
+    y x, or y x), which keeps the origin where it is in pixels. A resampled source's are
+    its own (``voxel_size`` was its input's)."""
     scale, units = dict(source.info.scale), dict(source.info.units)
     origin = {a: o for a, o in source.info.origin.items() if a in axes}
-    if cfg.voxel_size is None:
+    if cfg.voxel_size is None or isinstance(source, ResampledSource):
         return scale, units, origin
     spatial = [a for a in "zyx" if a in axes]
     if len(cfg.voxel_size) > len(spatial) or len(cfg.voxel_size) < len(spatial) - 1:
@@ -633,6 +636,7 @@ def provenance(
             **({"series": plan.source.series} if plan.source.series is not None else {}),
             **({"level": plan.source.level} if plan.source.level else {}),
             **_sequence_of(plan.source),
+            **_resampled_of(plan.source),
             "shape_tczyx": list(plan.source.info.shape),
             "dtype": str(plan.source.info.dtype),
             "channels": list(plan.channels),
@@ -643,6 +647,15 @@ def provenance(
         "tiles": plan.num_tiles,
         "tile": list(plan.tiling.tile),
     }
+
+
+def _resampled_of(source: ImageSource) -> dict[str, Any]:
+    """A resampled image in the provenance: the shape it was read from (the level's, of
+    ``level``) and the pixel size it was read at."""
+    if not isinstance(source, ResampledSource):
+        return {}
+    scale = {a: source.info.scale[a] for a in source.resampled}
+    return {"resampled": {"from_shape_tczyx": list(source.inner.info.shape), "scale": scale}}
 
 
 def _sequence_of(source: ImageSource) -> dict[str, Any]:

@@ -1,0 +1,254 @@
+"""An image read at another pixel size: the pixel a model was trained at.
+
+A model sees objects at the pixel size it was trained at: a nucleus of 20 pixels at 0.5 µm
+is 31 at 0.325 µm, and a network trained on the one misses the other. A pyramid's levels
+halve; ``ResampledSource`` reads any pixel size, region by region, interpolating from the
+image (or its finest level at or below that size) as it reads: no resampled copy is
+written.
+
+The interpolation is linear, antialiased where it shrinks (a triangle filter as wide as
+an output pixel, as Pillow's and torch's ``antialias=True`` resizing), on each resampled
+axis in turn. Each output pixel depends only on the input pixels under its filter, so a
+region reads the same pixels whichever block it is part of: neighbouring blocks agree at
+their seams, and a run equals one over the whole image resampled at once.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import replace
+from typing import Any, cast
+
+import numpy as np
+
+from raysegment.data.sources import MICROMETRES, ImageInfo, ImageSource, Region, Unstored
+from raysegment.errors import InputImageError
+
+__all__ = ["ResampledSource", "filter_taps", "resample_sizes", "resampled_to"]
+
+SAME = 1e-3
+"""Relative difference of pixel sizes taken as none: the image is read as it is."""
+
+
+def filter_taps(n_in: int, n_out: int, start: int, stop: int) -> tuple[np.ndarray, np.ndarray]:
+    """For output pixels ``start:stop`` of an axis of ``n_out`` over the extent of
+    ``n_in`` input pixels, the input pixels each takes and their weights: (n, K) indices
+    and (n, K) weights summing to 1 per output pixel. A triangle filter centred on the
+    output pixel's centre, of half-width one input pixel, or one output pixel where it
+    shrinks (torch's ``interpolate(..., antialias=True)`` weights, pixel for pixel)."""
+    scale = n_in / n_out
+    support = max(scale, 1.0)
+    centre = (np.arange(start, stop, dtype=np.float64) + 0.5) * scale
+    low = np.maximum((centre - support + 0.5).astype(np.int64), 0)
+    high = np.minimum((centre + support + 0.5).astype(np.int64), n_in)
+    width = int((high - low).max())
+    taps = low[:, None] + np.arange(width)
+    weights = np.clip(1.0 - np.abs((taps - centre[:, None] + 0.5) / support), 0.0, None)
+    weights *= taps < high[:, None]
+    weights /= weights.sum(axis=1, keepdims=True)
+    return np.minimum(taps, n_in - 1), weights
+
+
+class ResampledSource(ImageSource):
+    """``inner`` read at the (z, y, x) ``shape``: each resampled axis over the same extent
+    at another pixel count, so its pixel size is the extent over the count. ``info`` is
+    ``inner``'s with that shape, ``scale`` (the physical pixel size per axis, in the units
+    of ``units``: the input's or ``voxel_size``'s) and ``origin`` (its first pixel's
+    centre: ``resampled_to``). Integer images stay integer (rounded)."""
+
+    kind = "resampled"
+    stored_levels = False
+
+    def __init__(
+        self,
+        inner: ImageSource,
+        shape: tuple[int, int, int],
+        scale: Mapping[str, float],
+        units: Mapping[str, str],
+        origin: Mapping[str, float],
+    ) -> None:
+        self.inner = inner
+        self._target = (shape, dict(scale), dict(units), dict(origin))
+        super().__init__(inner.path, inner.axes, inner.series, inner.name, inner.level)
+
+    @property
+    def where(self) -> str:
+        size = " x ".join(f"{self.info.scale[a]:.4g}" for a in "zyx" if a in self.resampled)
+        unit = self.info.units.get("x", "")
+        return f"{self.inner.where} resampled to {size} {unit} pixels".replace("  ", " ")
+
+    @property
+    def resampled(self) -> str:
+        """The axes read at another pixel count than the input's, of zyx."""
+        pairs = zip("zyx", self.info.shape[2:], self.inner.info.shape[2:], strict=True)
+        return "".join(a for a, n, m in pairs if n != m)
+
+    def _inspect(self) -> ImageInfo:
+        shape, scale, units, origin = self._target
+        info = self.inner.info
+        return replace(
+            info,
+            shape=(*info.shape[:2], *shape),  # type: ignore[arg-type]
+            scale=scale,
+            units=units,
+            origin=origin,
+        )
+
+    def at_level(self, level: int) -> ImageSource:
+        if level:
+            raise self._no_level(1)
+        return self
+
+    def level_scale(self) -> tuple[float, float]:
+        sy, sx = self.inner.level_scale()
+        (_, _, _, y, x), (_, _, _, ny, nx) = self.inner.info.shape, self.info.shape
+        return sy * y / ny, sx * x / nx
+
+    def _open(self) -> Any:
+        return None  # ``inner`` opens its own
+
+    def close(self) -> None:
+        self.inner.close()
+
+    def _taps(self, region: Region) -> list[tuple[np.ndarray, np.ndarray] | None]:
+        """Per axis of ``region``, ``filter_taps`` of its pixels, or None where the axis
+        is not resampled."""
+        sizes = zip(region, self.inner.info.shape[2:], self.info.shape[2:], strict=True)
+        return [None if n == m else filter_taps(n, m, a, b) for (a, b), n, m in sizes]
+
+    def source_region(self, region: Region) -> Region:
+        """The region of ``inner`` under ``region``'s pixels and their filters."""
+        return tuple(
+            box if taps is None else (int(taps[0].min()), int(taps[0].max()) + 1)
+            for box, taps in zip(region, self._taps(region), strict=True)
+        )
+
+    def unstored(self) -> Unstored | None:
+        test = self.inner.unstored()
+        if test is None:
+            return None
+        return lambda t, channels, region: test(t, channels, self.source_region(region))
+
+    def _read(self, t: int, channels: tuple[int, ...], region: Region) -> np.ndarray:
+        taps = self._taps(region)
+        boxes = self.source_region(region)
+        data = self.inner.read(t, channels, boxes).astype(np.float32)
+        for axis, (found, (start, _)) in enumerate(zip(taps, boxes, strict=True), 1):
+            if found is None:
+                continue
+            index, weight = found
+            along = [1] * data.ndim  # the weights broadcast along this axis
+            along[axis] = -1
+            out: np.ndarray | None = None
+            for k in range(index.shape[1]):  # one tap of every output pixel at a time
+                tap = np.take(data, index[:, k] - start, axis=axis)
+                tap *= weight[:, k].astype(np.float32).reshape(along)
+                out = tap if out is None else np.add(out, tap, out=out)
+            data = cast(np.ndarray, out)
+        dtype = self.info.dtype
+        if dtype.kind in "ui":
+            limits = np.iinfo(dtype)
+            data = np.clip(np.rint(data), limits.min, limits.max)
+        return data.astype(dtype, copy=False)
+
+
+def _micrometres(unit: str, what: str, fix: str) -> float:
+    """Micrometres in ``unit``, the unit of ``what``'s pixel size."""
+    factor = MICROMETRES.get(unit)
+    if not factor:
+        raise InputImageError(
+            f"{what}: pixel size in unit {unit!r}, which is no length this package knows "
+            f"({', '.join(MICROMETRES)}); {fix}"
+        )
+    return factor
+
+
+Physical = Callable[[ImageSource], tuple[dict[str, float], dict[str, str], dict[str, float]]]
+"""A source's pixel size, unit and origin per axis: its own, or ``voxel_size``'s."""
+
+
+def resampled_to(
+    source: ImageSource, size: Mapping[str, float], unit: str, physical: Physical, pyramid: bool
+) -> ImageSource:
+    """``source`` (full resolution) read at the pixel ``size`` (per axis of zyx it names,
+    in ``unit``; "": in the source's units): with ``pyramid``, from its coarsest level
+    whose pixel is at most that size (the levels only coarsen); resampled along each axis
+    whose pixel is not already that size; ``source`` (or the level) itself where none is.
+    ``physical`` gives a source's pixel size, unit and origin.
+
+    A resampled axis keeps the image's extent: n pixels of size s become round(n s / size)
+    of n s / count each. Its origin (the first pixel's centre, as OME-Zarr viewers place
+    pixels) moves by half the difference of the pixels, so the output overlays the input.
+
+    Raises:
+        InputImageError: the source has no pixel size or no length unit along an axis
+            ``size`` names, or the axis is absent (a 2D image for a 3D size).
+    """
+    axes = [a for a in "zyx" if a in size]
+    if "z" in axes and source.info.shape[2] == 1:
+        raise InputImageError(
+            f"{source.where}: a 2D image; resampling to a pixel of {dict(size)} {unit} needs "
+            f"a z axis: give a 2D pixel size (resample_size=[y, x])"
+        )
+    pixel, units, _ = physical(source)
+    wanted: dict[str, float] = {}
+    for a in axes:
+        if not pixel.get(a):
+            raise InputImageError(
+                f"{source.where}: no pixel size recorded along {a}, which resampling to "
+                f"{size[a]} {unit} needs; give voxel_size= (the input's pixel size)"
+            )
+        wanted[a] = size[a]  # in the source's unit along this axis
+        if unit:
+            mine = _micrometres(units.get(a, ""), source.where, "give voxel_size= (micrometres)")
+            model = f"the model's pixel size {dict(size)}"
+            theirs = _micrometres(unit, model, "give resample_size= in the input's units")
+            wanted[a] *= theirs / mine
+    level = source
+    if pyramid and "x" in wanted:
+        level = _level_at_most(source, wanted["x"] / pixel["x"])
+    pixel, units, origin = physical(level)
+    shape: list[int] = []
+    scale, moved = dict(pixel), dict(origin)
+    for a, n in zip("zyx", level.info.shape[2:], strict=True):
+        if a not in wanted or abs(pixel[a] / wanted[a] - 1.0) <= SAME:
+            shape.append(n)
+            continue
+        count = max(1, round(n * pixel[a] / wanted[a]))
+        shape.append(count)
+        scale[a] = n * pixel[a] / count
+        moved[a] = origin.get(a, 0.0) + (scale[a] - pixel[a]) / 2
+    if tuple(shape) == level.info.shape[2:]:
+        return level
+    return ResampledSource(level, tuple(shape), scale, units, moved)  # type: ignore[arg-type]
+
+
+def _level_at_most(source: ImageSource, factor: float) -> ImageSource:
+    """The coarsest pyramid level of ``source`` (full resolution) whose x pixel is at most
+    ``factor`` full-resolution pixels, stored levels only (computed ones cost a read of
+    the full resolution under them, as resampling from it does)."""
+    best = source
+    if not source.stored_levels:
+        return best
+    x = source.info.shape[4]
+    for k in range(1, source.levels):
+        level = source.at_level(k)
+        if x / level.info.shape[4] > factor * (1 + SAME):
+            break
+        best = level
+    return best
+
+
+def resample_sizes(
+    given: Sequence[float] | None, meta: Mapping[str, Any]
+) -> tuple[dict[str, float], str] | None:
+    """The pixel size to resample to and its unit: ``resample_size`` ((z) y x, the
+    input's unit: returned with unit ""), else the model's own (``pixel_size`` and
+    ``pixel_unit``); None where the model records none."""
+    if given is not None:
+        return dict(zip("zyx"[3 - len(given) :], (float(v) for v in given), strict=True)), ""
+    size = meta.get("pixel_size")
+    if not isinstance(size, dict) or not size:
+        return None
+    unit = str(meta.get("pixel_unit") or "")
+    return {str(a): float(v) for a, v in size.items() if a in "zyx"}, unit

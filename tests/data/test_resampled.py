@@ -1,0 +1,345 @@
+"""Images read at another pixel size (``resample=true``): against torch's antialiased
+resizing of the whole image, block by block, from the right pyramid level, end to end."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tifffile
+import torch
+import zarr
+
+from raysegment.config import InferConfig, load_config
+from raysegment.data.resampled import ResampledSource, resampled_to
+from raysegment.data.sources import MemorySource, open_source
+from raysegment.errors import ConfigError, InputImageError
+from tests.conftest import random_image, whole_image_prediction
+
+
+def _torch_resized(image: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    """The oracle: (C, Z, Y, X) ``image`` at the (Z, Y, X) ``shape``, torch's bilinear
+    resizing with antialiasing on (y, x), then on (z, x) (x already at its size: the
+    identity there), align_corners=False."""
+    x = torch.from_numpy(image.astype(np.float32))
+    c, z = x.shape[:2]
+    planes = torch.nn.functional.interpolate(
+        x.reshape(c * z, 1, *x.shape[2:]), size=shape[1:], mode="bilinear", antialias=True
+    ).reshape(c, z, *shape[1:])
+    if shape[0] == z:
+        return planes.numpy()
+    sideways = planes.permute(0, 2, 1, 3).reshape(c * shape[1], 1, z, shape[2])
+    out = torch.nn.functional.interpolate(
+        sideways, size=(shape[0], shape[2]), mode="bilinear", antialias=True
+    )
+    return out.reshape(c, shape[1], shape[0], shape[2]).permute(0, 2, 1, 3).numpy()
+
+
+@pytest.mark.parametrize(
+    ("shape", "to"),
+    [
+        ((1, 100, 130), (1, 77, 200)),  # shrunk in y, grown in x
+        ((1, 64, 64), (1, 20, 31)),  # shrunk 3x and 2x: several pixels under each
+        ((12, 40, 30), (7, 40, 45)),  # a volume: z shrunk, y kept, x grown
+    ],
+)
+def test_a_resampled_image_is_torchs_antialiased_resize_in_any_block(shape, to) -> None:
+    rng = np.random.default_rng(0)
+    data = rng.random((1, 2, *shape)).astype(np.float32)
+    source = ResampledSource(MemorySource(data, "mem", "mem"), to, {}, {}, {})
+    assert source.info.shape == (1, 2, *to)
+    whole = source.read(0, (0, 1), tuple((0, n) for n in to))
+    np.testing.assert_allclose(whole, _torch_resized(data[0], to), atol=2e-5)
+    # Any region reads what the whole image has there: blocks agree at their seams.
+    for region in (((0, to[0]), (3, to[1] - 2), (5, 9)), ((to[0] - 1, to[0]), (0, 1), (0, to[2]))):
+        part = source.read(0, (1,), region)
+        np.testing.assert_array_equal(part[0], whole[1][tuple(slice(a, b) for a, b in region)])
+
+
+def test_integer_images_stay_integer_rounded() -> None:
+    data = np.array([[[[[0, 1000, 65535, 65535]]]]], np.uint16)
+    source = ResampledSource(MemorySource(data, "mem", "mem"), (1, 1, 7), {}, {}, {})
+    got = source.read(0, (0,), ((0, 1), (0, 1), (0, 7)))
+    assert got.dtype == np.uint16
+    want = _torch_resized(data[0].astype(np.float32), (1, 1, 7))
+    np.testing.assert_array_equal(got, np.clip(np.rint(want), 0, 65535))
+
+
+def _pyramid(path: Path, pixel: float, levels: int = 3) -> np.ndarray:
+    """A pyramidal OME-TIFF of ``levels`` halvings at ``pixel`` micrometres; its level 0."""
+    image = random_image((256, 256))
+    meta = {"axes": "YX", "PhysicalSizeX": pixel, "PhysicalSizeY": pixel}
+    with tifffile.TiffWriter(path) as tif:
+        tif.write(image, subifds=levels - 1, tile=(64, 64), metadata=meta)
+        for k in range(1, levels):
+            tif.write(image[:: 2**k, :: 2**k], subfiletype=1, tile=(64, 64))
+    return image
+
+
+def _physical(source):  # the file's own, as infer takes it without voxel_size
+    return dict(source.info.scale), dict(source.info.units), dict(source.info.origin)
+
+
+@pytest.mark.parametrize(
+    ("size", "unit", "level", "shape"),
+    [
+        (0.65, "micrometer", 1, 98),  # between levels 1 (0.5) and 2 (1.0): from 1, resampled
+        (0.5, "micrometer", 1, 128),  # level 1 itself, not resampled
+        (500.0, "nanometer", 1, 128),  # the same in another unit
+        (0.2, "micrometer", 0, 320),  # finer than the full resolution: grown from it
+        (4.0, "micrometer", 2, 16),  # past the coarsest level: from it
+    ],
+)
+def test_the_coarsest_level_at_most_the_size_is_read(tmp_path, size, unit, level, shape) -> None:
+    _pyramid(tmp_path / "slide.ome.tif", 0.25)
+    source = open_source(str(tmp_path / "slide.ome.tif"))
+    got = resampled_to(source, {"y": size, "x": size}, unit, _physical, pyramid=True)
+    assert got.level == level
+    assert got.info.shape[3:] == (shape, shape)
+    assert isinstance(got, ResampledSource) == (shape != 256 // 2**level)
+    extent = 0.25 * 256  # the slide's, whichever pixel it is read at
+    assert got.info.scale["x"] == pytest.approx(extent / shape)
+    # Full-resolution pixels per pixel read (GeoJSON polygons are in the former).
+    assert got.level_scale() == pytest.approx((256 / shape, 256 / shape))
+    if isinstance(got, ResampledSource):  # the first pixel's centre: half its growth on
+        assert got.info.origin["x"] == pytest.approx((extent / shape - 0.25 * 2**level) / 2)
+
+
+def test_images_without_a_pixel_size_or_a_z_axis_are_named(tmp_path) -> None:
+    tifffile.imwrite(tmp_path / "plain.tif", random_image((64, 64)))
+    plain = open_source(str(tmp_path / "plain.tif"))
+    with pytest.raises(InputImageError, match=r"no pixel size recorded along y.*voxel_size="):
+        resampled_to(plain, {"y": 0.5, "x": 0.5}, "micrometer", _physical, pyramid=True)
+    with pytest.raises(InputImageError, match=r"a 2D image.*resample_size=\[y, x\]"):
+        resampled_to(plain, {"z": 1.0, "y": 0.5, "x": 0.5}, "", _physical, pyramid=True)
+
+
+def _trained_at(tmp_path: Path, make_model, pixel: dict | None) -> tuple[Path, torch.nn.Module]:
+    """A model directory recording the ``pixel`` it was trained at (micrometres)."""
+    model, module = make_model(out_ch=1)
+    directory = tmp_path / "trained"
+    directory.mkdir()
+    model.rename(directory / "model.pth")
+    meta = {"pixel_size": pixel, "pixel_unit": "micrometer"} if pixel else {}
+    (directory / "raysegment.json").write_text(json.dumps(meta))
+    return directory, module
+
+
+def _whole(path: Path, shape: tuple[int, int]) -> np.ndarray:
+    """The 2D image at ``path`` resampled to ``shape`` in one read (torch's resize, as the
+    first test shows, rounded to its integers)."""
+    source = ResampledSource(open_source(str(path)), (1, *shape), {}, {}, {})
+    return source.read(0, (0,), ((0, 1), (0, shape[0]), (0, shape[1])))[0, 0]
+
+
+@pytest.mark.usefixtures("ray_session")
+def test_infer_runs_at_the_models_pixel_and_equals_the_resized_image_run(
+    tmp_path, make_model, ome_tiff
+) -> None:
+    """A 0.325 µm image (a 40x scanner's) and a model trained at 0.5 µm: the run reads it
+    at 0.5 µm in blocks of 128^2, and its output is the model on the whole image resampled
+    in one read; the output's pixel size and origin say where it lies."""
+    from raysegment.infer import infer
+
+    path = ome_tiff(random_image((300, 260)), PhysicalSizeX=0.325, PhysicalSizeY=0.325)
+    model, module = _trained_at(tmp_path, make_model, {"y": 0.5, "x": 0.5})
+    summary = infer(
+        input=str(path),
+        model=str(model),
+        output=str(tmp_path / "out"),
+        resample=True,
+        chunks=[64],
+        block=[128],
+        tile={"size": [64], "blend": "crop"},  # seams cropped: the whole image's pixels
+        finalize={"mode": "raw"},
+        progress=False,
+    )
+    shape = (round(300 * 0.325 / 0.5), round(260 * 0.325 / 0.5))  # 195 x 169
+    assert summary.levels == "resampled 1 of 1 image(s) to 0.5 x 0.5 micrometer pixels"
+    out = tmp_path / "out" / "img.ome.zarr"
+    got = zarr.open_array(str(out / "0"), mode="r")[:]
+    want = whole_image_prediction(module, _whole(path, shape))
+    assert got.shape == (1, *shape)
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-4)
+    attrs = zarr.open_group(str(out), mode="r").attrs.asdict()
+    scale, shift = attrs["ome"]["multiscales"][0]["datasets"][0]["coordinateTransformations"]
+    assert scale["scale"] == pytest.approx([1.0, 300 * 0.325 / shape[0], 260 * 0.325 / shape[1]])
+    assert shift["translation"] == pytest.approx(
+        [0.0, *((s - 0.325) / 2 for s in scale["scale"][1:])]
+    )
+    source = attrs["raysegment"]["input"]
+    assert source["shape_tczyx"] == [1, 1, 1, *shape]
+    assert source["resampled"]["from_shape_tczyx"] == [1, 1, 1, 300, 260]
+
+
+@pytest.mark.usefixtures("ray_session")
+def test_resample_size_and_voxel_size_give_the_pixels_of_a_file_recording_none(
+    tmp_path, make_model
+) -> None:
+    """A TIFF without a pixel size, ``voxel_size`` its pixel and ``resample_size`` the one
+    to read at (a model recording none): shrunk by 2/3 in y and x."""
+    from raysegment.infer import infer
+
+    tifffile.imwrite(tmp_path / "plain.tif", random_image((90, 60)))
+    model, module = make_model(out_ch=1)
+    infer(
+        input=str(tmp_path / "plain.tif"),
+        model=str(model),
+        output=str(tmp_path / "out"),
+        resample=True,
+        resample_size=[0.3, 0.3],
+        voxel_size=[0.2, 0.2],
+        tile={"size": [32], "blend": "crop"},
+        finalize={"mode": "raw"},
+        progress=False,
+    )
+    got = zarr.open_array(str(tmp_path / "out" / "plain.ome.zarr" / "0"), mode="r")[:]
+    want = whole_image_prediction(module, _whole(tmp_path / "plain.tif", (60, 40)))
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-4)
+
+
+@pytest.mark.usefixtures("ray_session")
+def test_a_model_recording_no_pixel_is_one_error_naming_the_fix(
+    tmp_path, make_model, ome_tiff
+) -> None:
+    from raysegment.infer import infer
+
+    path = ome_tiff(random_image((64, 64)), PhysicalSizeX=0.5, PhysicalSizeY=0.5)
+    model, _ = _trained_at(tmp_path, make_model, None)
+    with pytest.raises(ConfigError, match=r"records no pixel size.*resample_size=\[y, x\]"):
+        infer(input=str(path), model=str(model), output=str(tmp_path / "o"), resample=True)
+
+
+@pytest.mark.parametrize(
+    ("keys", "message"),
+    [
+        (["resample_size=[0.5,0.5]"], r"set resample=true"),
+        (["resample=true", "resample_size=[0.5]"], r"give 2 \(y x\) or 3"),
+        (["resample=true", "finalize.nifti=true"], r"input's own pixel grid"),
+        (["resample=true", "input_level=1"], r"drop input_level"),
+    ],
+)
+def test_resample_settings_that_cannot_hold_are_refused(keys, message) -> None:
+    with pytest.raises(ConfigError, match=message):
+        load_config(InferConfig, (), ["input=a.tif", "model=m.pth", "output=o", *keys])
+
+
+def test_regions_in_unwritten_chunks_are_told_through_their_filters(tmp_path) -> None:
+    """A sparse zarr (a chunk of 16^2 written of four): a region of the resampled image is
+    unstored where every input pixel under its filters is."""
+    data = np.zeros((32, 32), np.uint16)
+    data[:16, :16] = 7
+    array = zarr.create_array(
+        str(tmp_path / "sparse.zarr"), shape=data.shape, chunks=(16, 16), dtype="uint16"
+    )
+    array[:16, :16] = data[:16, :16]
+    inner = open_source(str(tmp_path / "sparse.zarr"), axes="yx")
+    source = ResampledSource(inner, (1, 20, 20), {}, {}, {})  # 1.6 input pixels each
+    test = source.unstored()
+    assert test is not None
+    assert test(0, (0,), ((0, 1), (11, 20), (0, 20)))  # input rows 17.1 on: none written
+    assert not test(0, (0,), ((0, 1), (10, 20), (0, 20)))  # row 10's filter takes row 15
+    assert (
+        ResampledSource(
+            MemorySource(data[None, None, None], "m", "m"), (1, 20, 20), {}, {}, {}
+        ).unstored()
+        is None
+    )
+
+
+@pytest.mark.usefixtures("ray_session")
+def test_mask_auto_of_a_resampled_slide_lies_where_its_tissue_is(
+    tmp_path, make_model, ome_tiff
+) -> None:
+    """``mask=auto`` is found on the slide's own pixels and lies over the resampled ones:
+    the output is the model's inside the tissue, 0 on the glass around it."""
+    from raysegment.infer import infer
+
+    image = random_image((256, 256)) // 20  # faint glass
+    image[96:192, 64:160] += 900  # tissue
+    path = ome_tiff(image, PhysicalSizeX=0.25, PhysicalSizeY=0.25)
+    model, module = _trained_at(tmp_path, make_model, {"y": 0.4, "x": 0.4})
+    infer(
+        input=str(path),
+        model=str(model),
+        output=str(tmp_path / "out"),
+        resample=True,
+        mask="auto",
+        tile={"size": [64], "blend": "crop"},
+        finalize={"mode": "raw"},
+        progress=False,
+    )
+    got = zarr.open_array(str(tmp_path / "out" / "img.ome.zarr" / "0"), mode="r")[0]
+    assert got.shape == (160, 160)
+    want = whole_image_prediction(module, _whole(path, (160, 160)))[0]
+    tissue = (slice(62, 118), slice(42, 98))  # 98..190 and 66..158 of the slide's pixels
+    np.testing.assert_allclose(got[tissue], want[tissue], rtol=1e-5, atol=1e-4)
+    assert not got[:50].any() and not got[130:].any()  # the glass, past the mask's margin
+    assert not got[:, :30].any() and not got[:, 110:].any()
+
+
+@pytest.mark.usefixtures("ray_session")
+@pytest.mark.parametrize(
+    ("size", "shape", "said"),
+    [
+        (
+            0.65,
+            98,
+            "resampled 1 of 1 image(s) to 0.6531 x 0.6531 micrometer pixels, from "
+            "input_level 1 (1 image(s))",
+        ),
+        (0.5, 128, "resample: every image was at the pixel size asked for already"),
+    ],
+)
+def test_a_pyramid_is_resampled_from_the_level_under_the_models_pixel(
+    tmp_path, make_model, size, shape, said
+) -> None:
+    """A 0.25 µm slide of three levels: a model of 0.65 µm reads level 1 (0.5 µm)
+    resampled, one of 0.5 µm level 1 as it is; the summary says which."""
+    from raysegment.infer import infer
+
+    _pyramid(tmp_path / "slide.ome.tif", 0.25)
+    model, _ = _trained_at(tmp_path, make_model, {"y": size, "x": size})
+    summary = infer(
+        input=str(tmp_path / "slide.ome.tif"),
+        model=str(model),
+        output=str(tmp_path / "out"),
+        resample=True,
+        tile={"size": [64]},
+        progress=False,
+    )
+    assert summary.levels == said
+    out = zarr.open_array(str(tmp_path / "out" / "slide.ome.zarr" / "0"), mode="r")
+    assert out.shape == (1, shape, shape)
+
+
+@pytest.mark.usefixtures("ray_session")
+def test_a_volume_is_resampled_along_z_too(tmp_path, make_model) -> None:
+    """A zarr volume of 1 x 0.5 x 0.5 voxels (``voxel_size``) read at 2 x 0.8 x 0.8 for a
+    3D model: each axis shrunk, the output the model on the whole volume resampled."""
+    from raysegment.infer import infer
+
+    volume = random_image((20, 40, 48))
+    zarr.create_array(str(tmp_path / "vol.zarr"), data=volume, chunks=(8, 16, 16))
+    model, module = make_model(dims=3, out_ch=1)
+    infer(
+        input=str(tmp_path / "vol.zarr"),
+        axes="zyx",
+        model=str(model),
+        output=str(tmp_path / "out"),
+        voxel_size=[1.0, 0.5, 0.5],
+        resample=True,
+        resample_size=[2.0, 0.8, 0.8],
+        tile={"size": [8], "overlap": 0.5, "blend": "crop"},
+        finalize={"mode": "raw"},
+        progress=False,
+    )
+    got = zarr.open_array(str(tmp_path / "out" / "vol.ome.zarr" / "0"), mode="r")[:]
+    shape = (10, 25, 30)
+    data = volume[None, None]
+    whole = ResampledSource(MemorySource(data, "m", "m"), shape, {}, {}, {})
+    want = whole_image_prediction(module, whole.read(0, (0,), tuple((0, n) for n in shape))[0])
+    assert got.shape == (1, *shape)
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-4)
