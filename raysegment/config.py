@@ -456,7 +456,6 @@ class InferConfig:
         native = [
             key
             for key, on in (
-                ("finalize.nifti", self.finalize.nifti),
                 ("finalize.dicom_seg", self.finalize.dicom_seg),
                 ("instances.dicom_ann", self.instances.dicom_ann),
             )

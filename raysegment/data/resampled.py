@@ -78,6 +78,10 @@ class ResampledSource(ImageSource):
         return f"{self.inner.where} resampled to {size} {unit} pixels".replace("  ", " ")
 
     @property
+    def original(self) -> ImageSource:
+        return self.inner.original
+
+    @property
     def resampled(self) -> str:
         """The axes read at another pixel count than the input's, of zyx."""
         pairs = zip("zyx", self.info.shape[2:], self.inner.info.shape[2:], strict=True)

@@ -209,6 +209,12 @@ class ImageSource:
         parts += [f"level {self.level}"] * (self.level > 0)
         return f"{self.path} ({', '.join(parts)})" if parts else self.path
 
+    @property
+    def original(self) -> ImageSource:
+        """The image as its file holds it: itself (a resampled view's is the image it
+        reads, ``resampled.ResampledSource``)."""
+        return self
+
     def at_level(self, level: int) -> ImageSource:
         """The same image read at resolution ``level``."""
         return type(self)(self.path, self.axes, self.series, self.name, level=level)

@@ -690,7 +690,9 @@ def _complete(
 
             copy = storage.join(storage.parent(out), layout.name + nifti_name(plan.source.path))
             step("NIfTI copy")
-            write_nifti(storage.join(out, "0"), layout.axes, plan.source.path, copy)
+            # A resampled run's output goes back to the input's voxels.
+            grid = plan.source.original.info.shape[2:]
+            write_nifti(storage.join(out, "0"), layout.axes, plan.source.path, copy, grid)
         if cfg.finalize.dicom_seg:
             step("DICOM SEG")
             _write_dicom_seg(plan, cfg)
@@ -721,7 +723,7 @@ def _only_of(
 ) -> None:
     """Refuse ``key`` before the run where an image is of none of ``kinds`` (``what`` names
     them in the message); ``why``: what the key writes, of which images, and the fix."""
-    other = next((s for s in sources if s.kind not in kinds), None)
+    other = next((s.original for s in sources if s.original.kind not in kinds), None)
     if other is not None:
         raise ConfigError(f"{key}: {other.path} is no {what} ({other.kind}); {why}")
 

@@ -4,7 +4,9 @@ predictions, so a CT's mask overlays the CT in any viewer of medical images.
 
 Written plane slab by plane slab: NIfTI's x, y, z voxels (x fastest) are an OME-Zarr
 array's (z, y, x) in C order, so the file is the array's bytes in order, behind the
-header; no volume is held whole.
+header; no volume is held whole. An output of another voxel grid than its input's (a run
+with ``resample=true``) goes back to the input's: each voxel takes the output's voxel
+under its centre.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from raysegment import storage
+from raysegment.data.tiling import under_centres
 
 __all__ = ["nifti_name", "write_nifti"]
 
@@ -28,16 +31,22 @@ def nifti_name(source_path: str) -> str:
     return ".nii.gz" if source_path.lower().endswith(".gz") else ".nii"
 
 
-def write_nifti(output: str, axes: str, source_path: str, location: str) -> None:
+def write_nifti(
+    output: str, axes: str, source_path: str, location: str, grid: tuple[int, ...]
+) -> None:
     """The zarr array ``output`` (of ``axes``, a subset of ``tczyx`` holding c, y and x) as
     a NIfTI file at ``location`` with the header and affine of the NIfTI file
-    ``source_path``: dimensions x, y, z, then time and channels where the array has more
-    than one (a fifth dimension of components), its own value type, unscaled."""
+    ``source_path``, whose (z, y, x) voxels are ``grid``: dimensions x, y, z, then time
+    and channels where the array has more than one (a fifth dimension of components), its
+    own value type, unscaled; each voxel the array's nearest its centre where the array
+    is of another size (``under_centres``)."""
     import nibabel
     import zarr
 
     array = zarr.open_array(output, mode="r")
     sizes = dict(zip(axes, array.shape, strict=True))
+    held = dict(sizes)  # the array's; ``sizes`` becomes the input's grid
+    sizes.update({a: n for a, n in zip("zyx", grid, strict=True) if a in sizes})
     t, c = sizes.get("t", 1), sizes["c"]
     dims = [sizes["x"], sizes["y"]]
     if "z" in sizes or t > 1 or c > 1:
@@ -66,8 +75,19 @@ def write_nifti(output: str, axes: str, source_path: str, location: str) -> None
         for ci in range(c):
             for ti in range(t):
                 for z0 in range(0, depth, step):
-                    index: dict[str, int | slice] = {"t": ti, "c": ci, "z": slice(z0, z0 + step)}
+                    z1 = min(z0 + step, depth)
+                    picks = {
+                        a: under_centres(z0 if a == "z" else 0, z1 if a == "z" else n, n, held[a])
+                        for a, n in sizes.items()
+                        if a in "zyx"
+                    }
+                    index: dict[str, int | slice] = {"t": ti, "c": ci}
+                    if "z" in picks:
+                        index["z"] = slice(int(picks["z"][0]), int(picks["z"][-1]) + 1)
                     slab = np.asarray(array[tuple(index.get(a, slice(None)) for a in axes)])
+                    if sizes != held:  # back to the input's voxels
+                        first = {"z": int(picks["z"][0])} if "z" in picks else {}
+                        slab = slab[np.ix_(*(picks[a] - first.get(a, 0) for a in picks))]
                     out.write(np.ascontiguousarray(slab).tobytes())
         if out is not raw:
             out.close()

@@ -263,13 +263,68 @@ def test_the_nifti_copy_of_several_channels_is_a_fifth_dimension(tmp_path) -> No
     probabilities = np.random.default_rng(0).random((2, 6, 20, 16)).astype(np.float32)
     zarr.create_array(str(tmp_path / "p.zarr"), data=probabilities, chunks=(1, 2, 20, 16))
     assert nifti_name(str(tmp_path / "in.nii")) == ".nii"
-    write_copy(str(tmp_path / "p.zarr"), "czyx", str(tmp_path / "in.nii"), str(tmp_path / "p.nii"))
+    write_copy(
+        str(tmp_path / "p.zarr"),
+        "czyx",
+        str(tmp_path / "in.nii"),
+        str(tmp_path / "p.nii"),
+        (6, 20, 16),
+    )
     copy = nibabel.load(str(tmp_path / "p.nii"))
     assert copy.shape == (16, 20, 6, 1, 2) and not (tmp_path / "p.nii.partial").exists()
     np.testing.assert_array_equal(copy.affine, flipped)
     np.testing.assert_array_equal(
         np.asarray(copy.dataobj)[:, :, :, 0].transpose(3, 2, 1, 0), probabilities
     )
+
+
+def test_a_resampled_output_goes_back_to_the_inputs_voxels(tmp_path, monkeypatch) -> None:
+    """An output of 3 x 8 x 5 voxels over a 6 x 20 x 16 input (``resample=true``): each
+    of the copy's voxels is the output's under its centre, slab by slab (two planes
+    each)."""
+    from raysegment.post import nifti as post_nifti
+
+    write_nifti(tmp_path / "in.nii.gz", random_image((6, 20, 16)), np.diag([0.5, 0.5, 1.5, 1]))
+    labels = np.random.default_rng(0).integers(0, 9, (1, 3, 8, 5)).astype(np.uint8)
+    zarr.create_array(str(tmp_path / "l.zarr"), data=labels, chunks=(1, 2, 4, 5))
+    monkeypatch.setattr(post_nifti, "_SLAB", 2 * 20 * 16)
+    copy = tmp_path / "l.nii.gz"
+    post_nifti.write_nifti(
+        str(tmp_path / "l.zarr"), "czyx", str(tmp_path / "in.nii.gz"), str(copy), (6, 20, 16)
+    )
+    got = np.asarray(nibabel.load(str(copy)).dataobj).transpose(2, 1, 0)
+    under = [
+        np.minimum((2 * np.arange(n) + 1) * m // (2 * n), m - 1)
+        for n, m in ((6, 3), (20, 8), (16, 5))
+    ]
+    np.testing.assert_array_equal(got, labels[0][np.ix_(*under)])
+
+
+@pytest.mark.usefixtures("ray_session")
+def test_a_resampled_ct_run_writes_its_nifti_copy_in_the_cts_voxels(tmp_path, make_model) -> None:
+    """A CT of 2.5 x 0.7 x 0.7 mm voxels segmented at 5 x 1.4 x 1.4 mm (``resample_size``):
+    the OME-Zarr at that voxel size, the NIfTI copy in the CT's own grid and affine."""
+    ct = random_image((10, 48, 40)).astype(np.int16)
+    affine = np.diag([0.7, 0.7, 2.5, 1.0])
+    write_nifti(tmp_path / "ct.nii.gz", ct, affine)
+    model, _ = make_model(dims=3, out_ch=1)
+    ms, got = volume_output(
+        tmp_path,
+        tmp_path / "ct.nii.gz",
+        model,
+        resample=True,
+        resample_size=[5.0, 1.4, 1.4],
+        finalize={"nifti": True, "mode": "mask"},
+    )
+    assert got.shape == (1, 5, 24, 20) and got.any() and not got.all()
+    assert ms["datasets"][0]["coordinateTransformations"][0]["scale"] == pytest.approx(
+        [1.0, 5.0, 1.4, 1.4]
+    )
+    copy = nibabel.load(str(tmp_path / "out" / "ct.nii.gz"))
+    np.testing.assert_array_equal(copy.affine, nibabel.load(str(tmp_path / "ct.nii.gz")).affine)
+    assert copy.shape == (40, 48, 10)
+    want = got[0].repeat(2, axis=0).repeat(2, axis=1).repeat(2, axis=2)  # each voxel's under it
+    np.testing.assert_array_equal(np.asarray(copy.dataobj).transpose(2, 1, 0), want)
 
 
 def test_an_nnunet_dataset_pairs_its_images_with_their_labels(tmp_path) -> None:

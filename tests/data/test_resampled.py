@@ -217,7 +217,7 @@ def test_a_model_recording_no_pixel_is_one_error_naming_the_fix(
     [
         (["resample_size=[0.5,0.5]"], r"set resample=true"),
         (["resample=true", "resample_size=[0.5]"], r"give 2 \(y x\) or 3"),
-        (["resample=true", "finalize.nifti=true"], r"input's own pixel grid"),
+        (["resample=true", "finalize.dicom_seg=true"], r"input's own pixel grid"),
         (["resample=true", "input_level=1"], r"drop input_level"),
     ],
 )
