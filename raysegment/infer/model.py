@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from raysegment.errors import ModelContractError, ModelLoadError
+from raysegment.infer.nnunet import is_nnunet_fold, is_nnunet_training, nnunet_folds, read_nnunet
 from raysegment.infer.zoo import is_package, read_package
 from raysegment.modeldir import MODEL_META
 
@@ -79,12 +80,17 @@ class ModelSpec:
     package's halo): they weigh nothing in the blend."""
     threshold: float | None = None
     """The mask's threshold the model gives (a model package's ``binarize``)."""
+    patch: tuple[int, ...] | None = None
+    """The tile the model was trained on (an nnU-Net configuration's patch size): the
+    default tile, others it takes allowed."""
 
 
 def read_model_file(path: str) -> ModelFile:
     """Find the model program at ``path`` (file or directory) and read it: a directory's
     model.pth (or model.pt, model.pt2, model.onnx) with its ``MODEL_META``, else a BioImage
-    Model Zoo package's weights with what its description says (``zoo.read_package``).
+    Model Zoo package's weights with what its description says (``zoo.read_package``); an
+    nnU-Net training's fold, its network traced with what its plans say
+    (``nnunet.read_nnunet``).
 
     Raises:
         ModelLoadError: nothing there, a directory without either, or a package
@@ -92,6 +98,9 @@ def read_model_file(path: str) -> ModelFile:
     """
     p = Path(path)
     meta: dict[str, Any] = {}
+    if is_nnunet_fold(path):
+        data, meta, sha256 = read_nnunet(path)
+        return ModelFile(str(p), "torchscript", data, meta, sha256)
     found = [p / n for n in _DIR_CANDIDATES if (p / n).is_file()] if p.is_dir() else []
     if not found and is_package(path):
         kind, data, meta = read_package(path)
@@ -117,8 +126,10 @@ def read_model_file(path: str) -> ModelFile:
 
 
 def read_models(paths: Sequence[str]) -> tuple[ModelFile, ...]:
-    """``read_model_file`` of each of ``paths``: one model, or an ensemble's."""
-    return tuple(read_model_file(p) for p in paths)
+    """``read_model_file`` of each of ``paths``: one model, or an ensemble's; an nnU-Net
+    training's directory gives its folds (an ensemble, as nnU-Net predicts)."""
+    found = [f for p in paths for f in (nnunet_folds(p) if is_nnunet_training(p) else [p])]
+    return tuple(read_model_file(p) for p in found)
 
 
 def ensemble_sha256(models: Sequence[ModelFile]) -> str:
@@ -346,6 +357,7 @@ def describe_model(model: ModelFile, module: torch.nn.Module) -> ModelSpec:
         tile_steps=tuple((int(m), int(s)) for m, s in steps) if steps else None,
         halo=tuple(int(h) for h in halo) if halo else None,
         threshold=meta.get("threshold"),
+        patch=tuple(int(v) for v in meta["patch_size"]) if meta.get("patch_size") else None,
     )
 
 

@@ -210,6 +210,8 @@ def tile_size(cfg: InferConfig, spec: ModelSpec) -> tuple[int, ...]:
     if cfg.tile.size is None and spec.static_tile is not None:
         return tuple(spec.static_tile)
     tile = _per_axis("tile.size", cfg.tile.size, dims, DEFAULT_TILE[dims])
+    if cfg.tile.size is None and spec.patch is not None:
+        tile = spec.patch
     if spec.tile_steps:
         tile = _stepped(tile, spec.tile_steps, given=cfg.tile.size is not None)
     size = 4 * spec.in_channels * int(np.prod(tile))

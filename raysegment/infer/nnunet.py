@@ -1,0 +1,357 @@
+"""nnU-Net v2 trained models as ``model=``: a training's output directory
+(``Dataset001_Liver/nnUNetTrainer__nnUNetPlans__3d_fullres``, its folds an ensemble, as
+nnU-Net predicts with every fold it finds) or one fold of it (``.../fold_0``).
+
+Read from the fold's ``checkpoint_final.pth`` and the directory's ``plans.json`` and
+``dataset.json``, as nnU-Net's own predictor reads them:
+
+- the network: the configuration's architecture (``dynamic_network_architectures``'
+  ``PlainConvUNet`` or ``ResidualEncoderUNet``, from the plans of nnU-Net 2.4 on or the
+  earlier plans' ``UNet_class_name``) with the checkpoint's weights, without deep
+  supervision, traced to TorchScript here (the ``nnunet`` extra installs the package that
+  builds it); the plans' ``transpose_forward`` is part of the traced program, so tiles,
+  patch size and spacing are in the image's own axis order;
+- the input's channels (``channel_names``) and 2D/3D (the patch size's), the patch size as
+  the default tile (``patch_size``), any multiple of the network's strides along each
+  axis taken (``tile_steps``);
+- the normalization: ``CTNormalization`` (clipped to the foreground's 0.5 and 99.5
+  percentiles, less the foreground's mean, over its deviation: fixed values),
+  ``ZScoreNormalization`` (the image's own mean and deviation per channel),
+  ``RescaleTo01Normalization`` (its minimum and maximum), ``RGBTo01Normalization`` (/255)
+  or ``NoNormalization``, one for all channels;
+- the classes (``labels``, background first) with a softmax, and the spacing as the pixel
+  the model was trained at (``pixel_size`` in millimetres, for images nnU-Net reads as
+  medical images), which ``resample=true`` reads the image at.
+
+Not run: region-based trainings (sigmoid outputs of overlapping regions), normalization
+within the nonzero region (``use_mask_for_norm``), channels normalized differently, other
+architectures, cascades' second stages (their input holds the first stage's output).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import pydoc
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from raysegment.errors import ModelLoadError
+
+__all__ = ["CHECKPOINT", "is_nnunet_fold", "is_nnunet_training", "nnunet_folds", "read_nnunet"]
+
+CHECKPOINT = "checkpoint_final.pth"
+"""The checkpoint of a fold nnU-Net predicts with."""
+_UNETS = "dynamic_network_architectures.architectures.unet"
+_ARCHITECTURES = {
+    "PlainConvUNet": f"{_UNETS}.PlainConvUNet",
+    "ResidualEncoderUNet": f"{_UNETS}.ResidualEncoderUNet",
+}
+"""The earlier plans' ``UNet_class_name`` and their classes."""
+_MEDICAL_READERS = ("SimpleITKIO", "NibabelIO", "NibabelIOWithReorient")
+"""Readers whose spacing is in millimetres (the images' own, as DICOM and NIfTI keep it)."""
+
+
+def is_nnunet_training(path: str) -> bool:
+    """Whether ``path`` is an nnU-Net training's output directory (plans, dataset and
+    fold directories)."""
+    p = Path(path)
+    return _has_plans(p) and any(p.glob(f"fold_*/{CHECKPOINT}"))
+
+
+def is_nnunet_fold(path: str) -> bool:
+    """Whether ``path`` is one fold of an nnU-Net training (its checkpoint, the plans in
+    the directory above)."""
+    p = Path(path)
+    return p.name.startswith("fold_") and (p / CHECKPOINT).is_file() and _has_plans(p.parent)
+
+
+def _has_plans(p: Path) -> bool:
+    return (p / "plans.json").is_file() and (p / "dataset.json").is_file()
+
+
+def nnunet_folds(path: str) -> list[str]:
+    """The folds of the training at ``path`` that hold a final checkpoint, in order
+    (``fold_0`` .. ``fold_4``, ``fold_all``)."""
+    found = [p.parent for p in Path(path).glob(f"fold_*/{CHECKPOINT}")]
+    return [str(p) for p in sorted(found, key=lambda p: (not p.name[5:].isdigit(), p.name))]
+
+
+def read_nnunet(fold: str) -> tuple[bytes, dict[str, Any], str]:
+    """The fold's network as a TorchScript program, its metadata as ``MODEL_META`` says,
+    and what identifies it (the SHA-256 of its checkpoint, plans and dataset files).
+
+    Raises:
+        ModelLoadError: the package that builds the network is missing, or the training
+            is one raysegment cannot run as nnU-Net does (see the module's notes).
+    """
+    import torch
+
+    folder = Path(fold).parent
+    plans, dataset = (_json(folder / name) for name in ("plans.json", "dataset.json"))
+    checkpoint = _checkpoint(Path(fold) / CHECKPOINT)
+    name = str(checkpoint.get("init_args", {}).get("configuration") or _configuration(folder))
+    config = _resolved(plans, name, folder)
+    where = f"{fold} ({name})"
+    for key, why in (("cascade", "previous_stage"), ("regions", "regions_class_order")):
+        if config.get(why) or dataset.get(why):
+            raise ModelLoadError(_unsupported(where, key))
+    labels = dataset.get("labels", {})
+    if any(not isinstance(v, int) for v in labels.values()):
+        raise ModelLoadError(_unsupported(where, "regions"))
+    classes = [k for k, _ in sorted(labels.items(), key=lambda kv: kv[1])]
+    if [labels[k] for k in classes] != list(range(len(classes))):
+        raise ModelLoadError(
+            f"{where}: labels {labels} are not numbered 0, 1, 2, ...; nnU-Net trains them so"
+        )
+    channels = len(dataset.get("channel_names") or dataset.get("modality") or {})
+    patch = [int(v) for v in config["patch_size"]]
+    dims = len(patch)
+    order = [int(a) for a in plans.get("transpose_forward", range(3))]
+    if dims == 2:  # a 2D network on planes: the in-plane axes' order
+        order = [a - 1 for a in order if a]
+    back = [order.index(a) for a in range(dims)]
+    network = _network(config, channels, len(classes), where)
+    weights = {
+        k.removeprefix("module.").removeprefix("_orig_mod."): v
+        for k, v in checkpoint["network_weights"].items()
+    }
+    try:
+        network.load_state_dict(weights)
+    except RuntimeError as e:
+        raise ModelLoadError(
+            f"{where}: the checkpoint's weights do not fit the plans' network "
+            f"({str(e).splitlines()[0]}); give the training directory the checkpoint came from"
+        ) from e
+    strides = np.prod(np.asarray(config["architecture"]["arch_kwargs"]["strides"]), axis=0)
+    steps = [int(strides[order[i]]) for i in range(dims)]  # in the image's axis order
+    module = _transposed(network.eval(), order, back)
+    example = torch.zeros((1, channels, *(2 * s for s in steps)))
+    buffer = io.BytesIO()
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.jit.save(torch.jit.trace(module, example), buffer)
+    meta: dict[str, Any] = {
+        "in_channels": channels,
+        "spatial_dims": dims,
+        "classes": classes,
+        "activation": "softmax",
+        "patch_size": [patch[order.index(a)] for a in range(dims)],
+        "tile_steps": [[s, s] for s in steps],
+        **_normalization(plans, config, channels, where),
+        **_spacing(plans, config, order),
+    }
+    digest = hashlib.sha256()
+    for file in (Path(fold) / CHECKPOINT, folder / "plans.json", folder / "dataset.json"):
+        digest.update(hashlib.sha256(file.read_bytes()).digest())
+    return buffer.getvalue(), meta, digest.hexdigest()
+
+
+def _transposed(network: Any, order: list[int], back: list[int]) -> Any:
+    """``network`` on a tile's spatial axes in nnU-Net's order (``order``: the plans'
+    ``transpose_forward``), its output back in the tile's (``back``)."""
+    import torch
+
+    class Transposed(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.network = network
+            self.order = [0, 1, *(2 + a for a in order)]
+            self.back = [0, 1, *(2 + a for a in back)]
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.network(x.permute(self.order)).permute(self.back).contiguous()
+
+    return Transposed()
+
+
+def _json(path: Path) -> dict[str, Any]:
+    try:
+        return dict(json.loads(path.read_text()))
+    except (OSError, ValueError) as e:
+        raise ModelLoadError(
+            f"{path}: unreadable ({e}); give an nnU-Net training's directory"
+        ) from e
+
+
+def _checkpoint(path: Path) -> dict[str, Any]:
+    """The fold's checkpoint: tensors and plain values where it holds only those, else
+    unpickled whole (as nnU-Net loads it: a checkpoint runs code, as any model file)."""
+    import torch
+
+    try:
+        try:
+            return dict(torch.load(path, map_location="cpu", weights_only=True))
+        except Exception:
+            return dict(torch.load(path, map_location="cpu", weights_only=False))
+    except Exception as e:
+        raise ModelLoadError(
+            f"{path}: cannot load the checkpoint ({type(e).__name__}: {e}); give a fold's "
+            f"{CHECKPOINT} as nnU-Net v2 writes it"
+        ) from e
+
+
+def _configuration(folder: Path) -> str:
+    """The configuration a training directory's name gives: TRAINER__PLANS__CONFIGURATION."""
+    parts = folder.name.split("__")
+    if len(parts) != 3:
+        raise ModelLoadError(
+            f"{folder}: no configuration in its checkpoint nor its name "
+            f"(TRAINER__PLANS__CONFIGURATION); give the training's directory as nnU-Net names it"
+        )
+    return parts[2]
+
+
+def _resolved(plans: dict[str, Any], name: str, folder: Path) -> dict[str, Any]:
+    """Configuration ``name`` of ``plans``, what it inherits filled in, its architecture
+    in the plans' format of nnU-Net 2.4 on."""
+    configurations = plans.get("configurations", {})
+    seen: list[str] = []
+    config: dict[str, Any] = {}
+    while name not in seen:
+        if name not in configurations:
+            raise ModelLoadError(
+                f"{folder / 'plans.json'}: no configuration {name!r} (it has "
+                f"{sorted(configurations)}); give the training directory of these plans"
+            )
+        seen.append(name)
+        config = {**configurations[name], **config}
+        name = configurations[name].get("inherits_from", name)
+    config.pop("inherits_from", None)
+    if "architecture" not in config:
+        config["architecture"] = _earlier_architecture(config, folder)
+    return config
+
+
+def _earlier_architecture(config: dict[str, Any], folder: Path) -> dict[str, Any]:
+    """The architecture of plans before nnU-Net 2.4 (``UNet_class_name`` and its sizes),
+    as nnU-Net builds it from them."""
+    kind = config.get("UNet_class_name")
+    if kind not in _ARCHITECTURES:
+        raise ModelLoadError(
+            f"{folder}: network {kind!r}; raysegment builds {sorted(_ARCHITECTURES)} (nnU-Net's "
+            f"own): trace the network to TorchScript and give that file"
+        )
+    dims = len(config["patch_size"])
+    stages = len(config["n_conv_per_stage_encoder"])
+    blocks = "n_conv_per_stage" if kind == "PlainConvUNet" else "n_blocks_per_stage"
+    width, most = config["UNet_base_num_features"], config["unet_max_num_features"]
+    return {
+        "network_class_name": _ARCHITECTURES[kind],
+        "arch_kwargs": {
+            "n_stages": stages,
+            "features_per_stage": [min(width * 2**i, most) for i in range(stages)],
+            "conv_op": f"torch.nn.Conv{dims}d",
+            "kernel_sizes": config["conv_kernel_sizes"],
+            "strides": config["pool_op_kernel_sizes"],
+            blocks: config["n_conv_per_stage_encoder"],
+            "n_conv_per_stage_decoder": config["n_conv_per_stage_decoder"],
+            "conv_bias": True,
+            "norm_op": f"torch.nn.InstanceNorm{dims}d",
+            "norm_op_kwargs": {"eps": 1e-05, "affine": True},
+            "dropout_op": None,
+            "dropout_op_kwargs": None,
+            "nonlin": "torch.nn.LeakyReLU",
+            "nonlin_kwargs": {"inplace": True},
+        },
+        "_kw_requires_import": ["conv_op", "norm_op", "dropout_op", "nonlin"],
+    }
+
+
+def _network(config: dict[str, Any], channels: int, classes: int, where: str) -> Any:
+    """The configuration's network (untrained), as nnU-Net builds it for inference."""
+    architecture = config["architecture"]
+    name = str(architecture["network_class_name"])
+    if not name.startswith("dynamic_network_architectures."):
+        raise ModelLoadError(
+            f"{where}: network {name}; raysegment builds dynamic_network_architectures' "
+            f"networks (nnU-Net's own): trace the network to TorchScript and give that file"
+        )
+    try:
+        import dynamic_network_architectures  # noqa: F401
+    except ImportError as e:
+        raise ModelLoadError(
+            f"{where}: nnU-Net models need dynamic_network_architectures: pip install "
+            f"'raysegment[nnunet]'"
+        ) from e
+    # nnU-Net's reading of earlier plans names a module the package no longer has.
+    cls = pydoc.locate(name) or pydoc.locate(f"{_UNETS}.{name.rsplit('.', 1)[-1]}")
+    if cls is None:
+        raise ModelLoadError(
+            f"{where}: dynamic_network_architectures has no {name}; pip install a version of "
+            f"it that has (the one the model was trained with)"
+        )
+    kwargs = dict(architecture["arch_kwargs"])
+    for key in architecture.get("_kw_requires_import", ()):
+        if kwargs.get(key) is not None:
+            kwargs[key] = pydoc.locate(str(kwargs[key]))
+    return cls(input_channels=channels, num_classes=classes, deep_supervision=False, **kwargs)  # type: ignore[operator]
+
+
+def _normalization(
+    plans: dict[str, Any], config: dict[str, Any], channels: int, where: str
+) -> dict[str, Any]:
+    """The configuration's normalization as ``MODEL_META``'s ``normalize``."""
+    schemes = set(config.get("normalization_schemes", ["ZScoreNormalization"]))
+    if any(config.get("use_mask_for_norm", [])):
+        raise ModelLoadError(
+            f"{where}: normalizes within each image's nonzero region (use_mask_for_norm), "
+            f"which raysegment does not; segment the images with nnU-Net"
+        )
+    if len(schemes) > 1:
+        raise ModelLoadError(
+            f"{where}: normalizes its channels differently ({sorted(schemes)}); raysegment "
+            f"normalizes every channel alike: segment the images with nnU-Net"
+        )
+    (scheme,) = schemes
+    if scheme == "ZScoreNormalization":
+        return {"normalize": {"moments": True, "eps": 1e-8, "joint": False}}
+    if scheme == "RescaleTo01Normalization":
+        return {"normalize": {"percentile": [0.0, 100.0], "eps": 1e-8, "joint": False}}
+    if scheme == "RGBTo01Normalization":
+        return {"normalize": {"mean": [0.0] * channels, "std": [255.0] * channels}}
+    if scheme == "NoNormalization":
+        return {}
+    if scheme != "CTNormalization":
+        raise ModelLoadError(
+            f"{where}: normalization {scheme}, which raysegment does not know; segment the "
+            f"images with nnU-Net"
+        )
+    stats = plans.get("foreground_intensity_properties_per_channel", {})
+    if channels != 1 or "0" not in stats:
+        raise ModelLoadError(
+            f"{where}: CTNormalization of {channels} channel(s), statistics of "
+            f"{sorted(stats)}; raysegment runs it on one channel"
+        )
+    s = stats["0"]
+    mean, std = float(s["mean"]), max(float(s["std"]), 1e-8)
+    low, high = float(s["percentile_00_5"]), float(s["percentile_99_5"])
+    # Clipped, then less the mean over the deviation: the same as clipping after, at the
+    # bounds moved alike.
+    clip = [(low - mean) / std, (high - mean) / std]
+    return {"normalize": {"mean": [mean], "std": [std], "clip": clip}}
+
+
+def _spacing(plans: dict[str, Any], config: dict[str, Any], order: list[int]) -> dict[str, Any]:
+    """The configuration's spacing as the pixel trained at, in the image's axis order,
+    where nnU-Net reads the images as medical ones (millimetres)."""
+    spacing = [float(v) for v in config.get("spacing", [])]
+    if plans.get("image_reader_writer") not in _MEDICAL_READERS or len(spacing) != len(order):
+        return {}
+    axes = "zyx"[3 - len(order) :]
+    return {
+        "pixel_size": {a: spacing[order.index(i)] for i, a in enumerate(axes)},
+        "pixel_unit": "millimeter",
+    }
+
+
+def _unsupported(where: str, what: str) -> str:
+    why = {
+        "cascade": "a cascade's second stage, whose input holds the first stage's output",
+        "regions": "a region-based training (overlapping regions, each a sigmoid)",
+    }[what]
+    return f"{where}: {why}, which raysegment does not run; segment the images with nnU-Net"

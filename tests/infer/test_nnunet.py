@@ -1,0 +1,406 @@
+"""nnU-Net v2 trainings as ``model=``: each run compared with nnU-Net's own predictor
+(``nnUNetPredictor``) on the same image, the trainings written here as nnU-Net lays them
+out (plans, dataset, a checkpoint a fold) with networks of random weights."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+import zarr
+
+from raysegment.errors import ModelLoadError
+from raysegment.infer.model import read_models
+from tests.conftest import random_image
+
+pytest.importorskip("dynamic_network_architectures")
+
+CT_STATS = {
+    "max": 3000.0,
+    "mean": 150.0,
+    "median": 120.0,
+    "min": -1000.0,
+    "percentile_00_5": -200.0,
+    "percentile_99_5": 700.0,
+    "std": 230.0,
+}
+
+
+def _configuration(dims: int, patch: list[int], spacing: list[float], **extra: Any) -> dict:
+    """A configuration of three stages (features 4, 8, 16), in the plans' format of
+    nnU-Net 2.4 on."""
+    strides = [[1] * dims, [2] * dims, [2] * dims]
+    return {
+        "data_identifier": "nnUNetPlans_x",
+        "preprocessor_name": "DefaultPreprocessor",
+        "batch_size": 2,
+        "patch_size": patch,
+        "median_image_size_in_voxels": patch,
+        "spacing": spacing,
+        "normalization_schemes": ["CTNormalization"],
+        "use_mask_for_norm": [False],
+        "resampling_fn_data": "resample_data_or_seg_to_shape",
+        "resampling_fn_seg": "resample_data_or_seg_to_shape",
+        "resampling_fn_data_kwargs": {
+            "is_seg": False,
+            "order": 3,
+            "order_z": 0,
+            "force_separate_z": None,
+        },
+        "resampling_fn_seg_kwargs": {
+            "is_seg": True,
+            "order": 1,
+            "order_z": 0,
+            "force_separate_z": None,
+        },
+        "resampling_fn_probabilities": "resample_data_or_seg_to_shape",
+        "resampling_fn_probabilities_kwargs": {
+            "is_seg": False,
+            "order": 1,
+            "order_z": 0,
+            "force_separate_z": None,
+        },
+        "architecture": {
+            "network_class_name": "dynamic_network_architectures.architectures.unet.PlainConvUNet",
+            "arch_kwargs": {
+                "n_stages": 3,
+                "features_per_stage": [4, 8, 16],
+                "conv_op": f"torch.nn.modules.conv.Conv{dims}d",
+                "kernel_sizes": [[3] * dims] * 3,
+                "strides": strides,
+                "n_conv_per_stage": [2, 2, 2],
+                "n_conv_per_stage_decoder": [2, 2],
+                "conv_bias": True,
+                "norm_op": f"torch.nn.modules.instancenorm.InstanceNorm{dims}d",
+                "norm_op_kwargs": {"eps": 1e-05, "affine": True},
+                "dropout_op": None,
+                "dropout_op_kwargs": None,
+                "nonlin": "torch.nn.LeakyReLU",
+                "nonlin_kwargs": {"inplace": True},
+            },
+            "_kw_requires_import": ["conv_op", "norm_op", "dropout_op", "nonlin"],
+        },
+        "batch_dice": False,
+        **extra,
+    }
+
+
+def write_training(
+    root: Path,
+    configuration: str = "3d_fullres",
+    folds: tuple[str, ...] = ("0",),
+    channels: tuple[str, ...] = ("CT",),
+    labels: tuple[str, ...] = ("background", "liver", "tumour"),
+    transpose: tuple[int, int, int] = (0, 1, 2),
+    **extra: Any,
+) -> Path:
+    """An nnU-Net training's output directory as nnU-Net v2 writes it: plans, dataset, and
+    each fold's final checkpoint (a network of random weights, seeded by the fold)."""
+    from dynamic_network_architectures.architectures.unet import PlainConvUNet
+
+    dims = 2 if configuration == "2d" else 3
+    patch = [32, 32] if dims == 2 else [16, 32, 32]  # the network's axis order
+    image = [2.5, 0.8, 0.8]  # z, y, x of the images trained on
+    spacing = [image[a] for a in transpose][3 - dims :]  # as nnU-Net transposes it
+    config = _configuration(dims, patch, spacing, **extra)
+    plans = {
+        "dataset_name": "Dataset001_Liver",
+        "plans_name": "nnUNetPlans",
+        "original_median_spacing_after_transp": [image[a] for a in transpose],
+        "original_median_shape_after_transp": [20, 64, 64],
+        "image_reader_writer": "SimpleITKIO",
+        "transpose_forward": list(transpose),
+        "transpose_backward": [list(transpose).index(a) for a in range(3)],
+        "configurations": {configuration: config},
+        "experiment_planner_used": "ExperimentPlanner",
+        "label_manager": "LabelManager",
+        "foreground_intensity_properties_per_channel": {
+            str(i): CT_STATS for i in range(len(channels))
+        },
+    }
+    dataset = {
+        "channel_names": {str(i): name for i, name in enumerate(channels)},
+        "labels": {name: i for i, name in enumerate(labels)},
+        "numTraining": 10,
+        "file_ending": ".nii.gz",
+    }
+    folder = root / f"nnUNetTrainer__nnUNetPlans__{configuration}"
+    folder.mkdir(parents=True)
+    (folder / "plans.json").write_text(json.dumps(plans))
+    (folder / "dataset.json").write_text(json.dumps(dataset))
+    kwargs = dict(config["architecture"]["arch_kwargs"])
+    kwargs["conv_op"] = getattr(torch.nn, f"Conv{dims}d")
+    kwargs["norm_op"] = getattr(torch.nn, f"InstanceNorm{dims}d")
+    kwargs["nonlin"] = torch.nn.LeakyReLU
+    for fold in folds:
+        torch.manual_seed(int(fold) if fold.isdigit() else 99)
+        net = PlainConvUNet(len(channels), num_classes=len(labels), deep_supervision=True, **kwargs)
+        for m in net.modules():  # weights that make the classes differ, as a trained net's
+            if isinstance(m, torch.nn.modules.instancenorm._InstanceNorm):
+                torch.nn.init.normal_(m.weight, 1.0, 0.5)
+        (folder / f"fold_{fold}").mkdir()
+        checkpoint = {
+            "network_weights": net.state_dict(),
+            "init_args": {
+                "plans": plans,
+                "configuration": configuration,
+                "fold": fold,
+                "dataset_json": dataset,
+            },
+            "trainer_name": "nnUNetTrainer",
+            "inference_allowed_mirroring_axes": tuple(range(dims)),
+            "current_epoch": 1000,
+        }
+        torch.save(checkpoint, folder / f"fold_{fold}" / "checkpoint_final.pth")
+    return folder
+
+
+def _predictor(folder: Path, folds: tuple) -> Any:
+    """nnU-Net's own predictor of the training (CPU, no mirroring)."""
+    module = pytest.importorskip("nnunetv2.inference.predict_from_raw_data")
+    predictor = module.nnUNetPredictor(
+        use_mirroring=False,
+        perform_everything_on_device=False,
+        device=torch.device("cpu"),
+        allow_tqdm=False,
+    )
+    predictor.initialize_from_trained_model_folder(str(folder), use_folds=folds)
+    return predictor
+
+
+def nnunet_logits(
+    folder: Path, image: np.ndarray, spacing: list[float], folds: tuple
+) -> np.ndarray:
+    """The oracle: ``image`` (C, Z, Y, X) at ``spacing`` preprocessed by nnU-Net's own
+    preprocessing (its normalization, its transposition), through nnU-Net's own network
+    with each fold's weights, whole (2D networks plane by plane), the folds' logits
+    averaged and transposed back: (classes, Z, Y, X) float32.
+
+    (nnU-Net's sliding window sums its tiles in float16, its output a few 1e-3 off at
+    tile centres and more at their edges: the oracle is its model on the whole image,
+    as raysegment runs it in one tile.)"""
+    from nnunetv2.inference.data_iterators import PreprocessAdapterFromNpy
+
+    predictor = _predictor(folder, folds)
+    adapter = PreprocessAdapterFromNpy(
+        [image.astype(np.float32)],
+        [None],
+        [{"spacing": spacing}],
+        [None],
+        predictor.plans_manager,
+        predictor.dataset_json,
+        predictor.configuration_manager,
+        num_threads_in_multithreaded=1,
+    )
+    data = next(adapter)["data"].float()
+    network, total = predictor.network.eval(), 0
+    for params in predictor.list_of_parameters:
+        network.load_state_dict(params)
+        with torch.no_grad():
+            if len(predictor.configuration_manager.patch_size) == 2:
+                out = torch.stack([network(data[:, z][None])[0] for z in range(data.shape[1])], 1)
+            else:
+                out = network(data[None])[0]
+        total = total + out
+    logits = total / len(predictor.list_of_parameters)
+    back = predictor.plans_manager.transpose_backward
+    return logits.permute(0, *(1 + a for a in back)).numpy()
+
+
+def nnunet_labels(
+    folder: Path, image: np.ndarray, spacing: list[float], folds: tuple
+) -> np.ndarray:
+    """nnU-Net's own prediction of ``image`` (C, Z, Y, X): its labels."""
+    return _predictor(folder, folds).predict_single_npy_array(
+        image.astype(np.float32), {"spacing": spacing}, None, None, False
+    )
+
+
+def test_a_fold_reads_as_nnunet_plans_say(tmp_path) -> None:
+    folder = write_training(tmp_path, folds=("0", "1", "all"))
+    models = read_models([str(folder)])
+    assert [Path(m.path).name for m in models] == ["fold_0", "fold_1", "fold_all"]
+    meta = models[0].meta
+    assert meta["classes"] == ["background", "liver", "tumour"] and meta["activation"] == "softmax"
+    assert meta["patch_size"] == [16, 32, 32] and meta["tile_steps"] == [[4, 4]] * 3
+    assert (
+        meta["pixel_size"] == {"z": 2.5, "y": 0.8, "x": 0.8} and meta["pixel_unit"] == "millimeter"
+    )
+    norm = meta["normalize"]
+    assert norm["mean"] == [150.0] and norm["std"] == [230.0]
+    assert norm["clip"] == pytest.approx([(-200 - 150) / 230, (700 - 150) / 230])
+    assert len({m.sha256 for m in models}) == 3  # each fold its own
+    assert read_models([str(folder / "fold_1")])[0].sha256 == models[1].sha256
+
+
+def _ct(shape: tuple[int, ...], path: Path) -> np.ndarray:
+    """A CT of Hounsfield units (int16) at 2.5 x 0.8 x 0.8 mm as a NIfTI file."""
+    from tests.data.test_nifti import write_nifti
+
+    ct = (random_image(shape) * 2.5 - 1000).astype(np.int16)
+    write_nifti(path, ct, np.diag([0.8, 0.8, 2.5, 1.0]))
+    return ct
+
+
+def _run(tmp_path: Path, image: Path, model: Path, **cfg: Any) -> tuple[Any, np.ndarray]:
+    from raysegment.infer import infer
+
+    summary = infer(
+        input=str(image),
+        model=str(model),
+        output=str(tmp_path / "out"),
+        progress=False,
+        quicklook=False,
+        **cfg,
+    )
+    name = image.name.split(".")[0]
+    return summary, zarr.open_array(str(tmp_path / "out" / f"{name}.ome.zarr" / "0"), mode="r")[:]
+
+
+@pytest.mark.usefixtures("ray_session")
+def test_a_ct_training_runs_its_folds_as_nnunet_does(tmp_path) -> None:
+    """Two folds, CT normalization, 3D: the logits of the folds' ensemble, in one tile,
+    are nnU-Net's model's on the image nnU-Net preprocesses; at the model's spacing
+    already, ``resample=true`` reads the CT as it is."""
+    folder = write_training(tmp_path / "results", folds=("0", "1"))
+    ct = _ct((24, 48, 40), tmp_path / "liver_007_0000.nii.gz")
+    summary, got = _run(
+        tmp_path,
+        tmp_path / "liver_007_0000.nii.gz",
+        folder,
+        resample=True,
+        tile={"size": [24, 48, 40]},
+        finalize={"mode": "raw"},
+    )
+    assert summary.levels == "resample: every image was at the pixel size asked for already"
+    want = nnunet_logits(folder, ct[None], [2.5, 0.8, 0.8], (0, 1))
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.usefixtures("ray_session")
+def test_a_2d_mri_training_of_two_channels_runs_plane_by_plane(tmp_path) -> None:
+    """Two MR channels, each normalized by its own mean and deviation over the whole
+    volume, a 2D network plane by plane (nnU-Net's ``2d`` configuration)."""
+    folder = write_training(
+        tmp_path / "results",
+        configuration="2d",
+        channels=("T2", "ADC"),
+        labels=("background", "prostate"),
+        normalization_schemes=["ZScoreNormalization"] * 2,
+        use_mask_for_norm=[False, False],
+    )
+    volume = random_image((2, 5, 32, 48)) + 1  # no zeros: nnU-Net crops to the nonzero box
+    volume[1] = volume[1] // 3 + 200
+    zarr.create_array(str(tmp_path / "mri.zarr"), data=volume, chunks=(1, 5, 32, 48))
+    _, got = _run(
+        tmp_path,
+        tmp_path / "mri.zarr",
+        folder,
+        axes="czyx",
+        tile={"size": [32, 48]},
+        finalize={"mode": "raw"},
+    )
+    want = nnunet_logits(folder, volume, [3.0, 0.8, 0.8], (0,))
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.usefixtures("ray_session")
+def test_transposed_plans_run_in_the_images_own_axis_order(tmp_path) -> None:
+    """Plans whose ``transpose_forward`` puts x first: the output in the CT's axis order,
+    its patch and spacing too."""
+    folder = write_training(tmp_path / "results", transpose=(2, 0, 1))
+    (model,) = read_models([str(folder)])
+    assert model.meta["patch_size"] == [32, 32, 16]  # z, y, x of [x, z, y] = [16, 32, 32]
+    assert model.meta["pixel_size"] == {"z": 2.5, "y": 0.8, "x": 0.8}
+    ct = _ct((24, 48, 40), tmp_path / "ct.nii.gz")
+    _, got = _run(
+        tmp_path,
+        tmp_path / "ct.nii.gz",
+        folder,
+        tile={"size": [24, 48, 40]},
+        finalize={"mode": "raw"},
+    )
+    want = nnunet_logits(folder, ct[None], [2.5, 0.8, 0.8], (0,))
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.usefixtures("ray_session")
+def test_labels_in_tiles_of_the_patch_agree_with_nnunets_prediction(tmp_path) -> None:
+    """The default run (tiles of the patch size, overlapping by half, gaussian blending:
+    nnU-Net's settings) against nnU-Net's whole prediction: the labels agree nearly
+    everywhere (nnU-Net places its tiles apart from raysegment's and sums them in
+    float16)."""
+    folder = write_training(tmp_path / "results")
+    ct = _ct((24, 64, 56), tmp_path / "ct.nii.gz")
+    summary, got = _run(
+        tmp_path, tmp_path / "ct.nii.gz", folder, tile={"overlap": 0.5}, finalize={"mode": "labels"}
+    )
+    assert summary.tiles > 1
+    want = nnunet_labels(folder, ct[None], [2.5, 0.8, 0.8], (0,))
+    assert got.shape == (1, *want.shape) and len(np.unique(want)) > 1
+    assert (got[0] == want).mean() > 0.99
+
+
+def test_earlier_plans_build_the_same_network(tmp_path) -> None:
+    """Plans of nnU-Net before 2.4 (``UNet_class_name`` and its sizes): the network and
+    its output as from the architecture nnU-Net 2.4 writes."""
+    from raysegment.infer.model import load_model
+
+    now = write_training(tmp_path / "now")
+    earlier = write_training(tmp_path / "earlier")
+    plans = json.loads((earlier / "plans.json").read_text())
+    config = plans["configurations"]["3d_fullres"]
+    del config["architecture"]
+    config |= {
+        "UNet_class_name": "PlainConvUNet",
+        "UNet_base_num_features": 4,
+        "unet_max_num_features": 16,
+        "n_conv_per_stage_encoder": [2, 2, 2],
+        "n_conv_per_stage_decoder": [2, 2],
+        "num_pool_per_axis": [2, 2, 2],
+        "pool_op_kernel_sizes": [[1, 1, 1], [2, 2, 2], [2, 2, 2]],
+        "conv_kernel_sizes": [[3, 3, 3]] * 3,
+    }
+    (earlier / "plans.json").write_text(json.dumps(plans))
+    x = torch.from_numpy(random_image((1, 1, 16, 32, 32)).astype(np.float32) / 500)
+    with torch.no_grad():
+        outs = [load_model(read_models([str(f)])[0])(x) for f in (now, earlier)]
+    torch.testing.assert_close(outs[0], outs[1])
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"labels": {"background": 0, "whole": [1, 2], "core": 2}}, "region-based training"),
+        ({"use_mask_for_norm": [True]}, r"nonzero region \(use_mask_for_norm\)"),
+        ({"normalization_schemes": ["MyNormalization"]}, "normalization MyNormalization"),
+        ({"previous_stage": "3d_lowres"}, "cascade's second stage"),
+    ],
+)
+def test_trainings_raysegment_cannot_run_as_nnunet_does_are_one_error(
+    tmp_path, change, message
+) -> None:
+    folder = write_training(tmp_path / "results")
+    key = "dataset.json" if "labels" in change else "plans.json"
+    content = json.loads((folder / key).read_text())
+    if key == "plans.json":
+        content["configurations"]["3d_fullres"] |= change
+    else:
+        content |= change
+    (folder / key).write_text(json.dumps(content))
+    with pytest.raises(ModelLoadError, match=message) as caught:
+        read_models([str(folder)])
+    assert "\n" not in str(caught.value) and str(folder / "fold_0") in str(caught.value)
+
+
+def test_a_missing_network_package_is_named(tmp_path, monkeypatch) -> None:
+    import sys
+
+    folder = write_training(tmp_path / "results")
+    monkeypatch.setitem(sys.modules, "dynamic_network_architectures", None)
+    with pytest.raises(ModelLoadError, match=r"pip install 'raysegment\[nnunet\]'"):
+        read_models([str(folder / "fold_0")])
