@@ -113,7 +113,13 @@ def read_nnunet(fold: str) -> tuple[bytes, dict[str, Any], str]:
     dims = len(patch)
     order = [int(a) for a in plans.get("transpose_forward", range(3))]
     if dims == 2:  # a 2D network on planes: the in-plane axes' order
-        order = [a - 1 for a in order if a]
+        if order[0] != 0:
+            raise ModelLoadError(
+                f"{where}: a 2D network on planes across axis {'zyx'[order[0]]} of the images "
+                f"(transpose_forward {order}); raysegment runs 2D networks on z planes: "
+                f"segment the images with nnU-Net"
+            )
+        order = [a - 1 for a in order[1:]]
     back = [order.index(a) for a in range(dims)]
     network = _network(config, channels, len(classes), where)
     weights = {

@@ -30,10 +30,13 @@ CT_STATS = {
 }
 
 
-def _configuration(dims: int, patch: list[int], spacing: list[float], **extra: Any) -> dict:
-    """A configuration of three stages (features 4, 8, 16), in the plans' format of
-    nnU-Net 2.4 on."""
-    strides = [[1] * dims, [2] * dims, [2] * dims]
+def _configuration(
+    dims: int, patch: list[int], spacing: list[float], features: list[int], **extra: Any
+) -> dict:
+    """A configuration of a stage per ``features`` (each after the first halving every
+    axis), in the plans' format of nnU-Net 2.4 on."""
+    stages = len(features)
+    strides = [[1] * dims] + [[2] * dims] * (stages - 1)
     return {
         "data_identifier": "nnUNetPlans_x",
         "preprocessor_name": "DefaultPreprocessor",
@@ -67,13 +70,13 @@ def _configuration(dims: int, patch: list[int], spacing: list[float], **extra: A
         "architecture": {
             "network_class_name": "dynamic_network_architectures.architectures.unet.PlainConvUNet",
             "arch_kwargs": {
-                "n_stages": 3,
-                "features_per_stage": [4, 8, 16],
+                "n_stages": stages,
+                "features_per_stage": features,
                 "conv_op": f"torch.nn.modules.conv.Conv{dims}d",
-                "kernel_sizes": [[3] * dims] * 3,
+                "kernel_sizes": [[3] * dims] * stages,
                 "strides": strides,
-                "n_conv_per_stage": [2, 2, 2],
-                "n_conv_per_stage_decoder": [2, 2],
+                "n_conv_per_stage": [2] * stages,
+                "n_conv_per_stage_decoder": [2] * (stages - 1),
                 "conv_bias": True,
                 "norm_op": f"torch.nn.modules.instancenorm.InstanceNorm{dims}d",
                 "norm_op_kwargs": {"eps": 1e-05, "affine": True},
@@ -96,17 +99,20 @@ def write_training(
     channels: tuple[str, ...] = ("CT",),
     labels: tuple[str, ...] = ("background", "liver", "tumour"),
     transpose: tuple[int, int, int] = (0, 1, 2),
+    features: tuple[int, ...] = (4, 8, 16),
+    patch: tuple[int, ...] | None = None,
     **extra: Any,
 ) -> Path:
     """An nnU-Net training's output directory as nnU-Net v2 writes it: plans, dataset, and
-    each fold's final checkpoint (a network of random weights, seeded by the fold)."""
+    each fold's final checkpoint (a network of random weights, seeded by the fold; a
+    stage per ``features``; ``patch`` in the network's axis order)."""
     from dynamic_network_architectures.architectures.unet import PlainConvUNet
 
     dims = 2 if configuration == "2d" else 3
-    patch = [32, 32] if dims == 2 else [16, 32, 32]  # the network's axis order
+    patch = patch or ((32, 32) if dims == 2 else (16, 32, 32))
     image = [2.5, 0.8, 0.8]  # z, y, x of the images trained on
     spacing = [image[a] for a in transpose][3 - dims :]  # as nnU-Net transposes it
-    config = _configuration(dims, patch, spacing, **extra)
+    config = _configuration(dims, list(patch), spacing, list(features), **extra)
     plans = {
         "dataset_name": "Dataset001_Liver",
         "plans_name": "nnUNetPlans",
@@ -395,6 +401,12 @@ def test_trainings_raysegment_cannot_run_as_nnunet_does_are_one_error(
     with pytest.raises(ModelLoadError, match=message) as caught:
         read_models([str(folder)])
     assert "\n" not in str(caught.value) and str(folder / "fold_0") in str(caught.value)
+
+
+def test_a_2d_training_on_planes_across_x_is_one_error(tmp_path) -> None:
+    folder = write_training(tmp_path / "results", configuration="2d", transpose=(2, 0, 1))
+    with pytest.raises(ModelLoadError, match=r"planes across axis x .*transpose_forward"):
+        read_models([str(folder)])
 
 
 def test_a_missing_network_package_is_named(tmp_path, monkeypatch) -> None:

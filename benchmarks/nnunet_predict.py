@@ -1,0 +1,112 @@
+"""An nnU-Net training's prediction of a CT: raysegment against nnU-Net's own predictor.
+
+    python benchmarks/nnunet_predict.py OUT [--shape 96 256 256] [--runs 2]
+
+Writes an nnU-Net v2 training (``tests/infer/test_nnunet.py``'s ``write_training``: a
+3D ``PlainConvUNet`` of five stages, 16 to 256 features, random weights, one fold, patch
+64 x 128 x 128, CT normalization, three classes, 2.5 x 0.8 x 0.8 mm) and a CT of
+``shape`` (int16, random Hounsfield units) at that spacing as a ``.nii.gz``. Then, in
+turn, ``runs`` times, each a new process on the CPU with nnU-Net's settings (tiles of the
+patch overlapping by half, gaussian blending, no mirroring):
+
+- nnU-Net's ``nnUNetPredictor.predict_from_files`` of the file to a ``.nii.gz`` of labels
+  (one process for preprocessing and one for export);
+- ``raysegment infer`` of it (``finalize.mode=labels finalize.nifti=true``: the OME-Zarr
+  and a ``.nii.gz`` of labels in the CT's grid; Ray's start included).
+
+Prints each run's wall time and peak memory (PSS of the process tree, ``run.py``'s
+``PeakMemory``) and the fraction of voxels whose labels agree.
+"""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import nibabel
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+from run import PeakMemory, _product_env  # noqa: E402
+
+from tests.conftest import random_image  # noqa: E402
+from tests.data.test_nifti import write_nifti  # noqa: E402
+from tests.infer.test_nnunet import write_training  # noqa: E402
+
+NNUNET = """
+import sys, torch
+from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
+torch.set_num_threads(torch.get_num_threads())
+predictor = nnUNetPredictor(use_mirroring=False, perform_everything_on_device=False,
+                            device=torch.device("cpu"), allow_tqdm=False)
+predictor.initialize_from_trained_model_folder(sys.argv[1], use_folds=(0,))
+predictor.predict_from_files([[sys.argv[2]]], [sys.argv[3]], save_probabilities=False,
+                             overwrite=True, num_processes_preprocessing=1,
+                             num_processes_segmentation_export=1)
+"""
+
+
+def _timed(command: list[str]) -> tuple[float, float]:
+    """Wall seconds and peak GiB of ``command`` and its processes."""
+    start = time.perf_counter()
+    proc = subprocess.Popen(
+        command, env=_product_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
+    sampler = PeakMemory(proc.pid)
+    _, stderr = proc.communicate()
+    seconds, peak = time.perf_counter() - start, sampler.stop()
+    if proc.returncode:
+        raise RuntimeError(f"{command[:3]} failed:\n{stderr.decode()[-3000:]}")
+    return seconds, peak / 2**30
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("out", type=Path)
+    parser.add_argument("--shape", type=int, nargs=3, default=[96, 256, 256])
+    parser.add_argument("--runs", type=int, default=2)
+    args = parser.parse_args()
+    args.out.mkdir(parents=True, exist_ok=True)
+    folder = args.out / "results" / "nnUNetTrainer__nnUNetPlans__3d_fullres"
+    if not folder.exists():
+        write_training(args.out / "results", features=(16, 32, 64, 128, 256), patch=(64, 128, 128))
+    ct = (random_image(tuple(args.shape)) * 2.5 - 1000).astype(np.int16)
+    image = args.out / "ct_0000.nii.gz"
+    write_nifti(image, ct, np.diag([0.8, 0.8, 2.5, 1.0]))
+    theirs = args.out / "nnunet" / "ct.nii.gz"
+    ours = args.out / "raysegment" / "ct_0000.nii.gz"
+    runs = {
+        "nnU-Net": [sys.executable, "-c", NNUNET, str(folder), str(image), str(theirs)[:-7]],
+        "raysegment": [
+            sys.executable,
+            "-m",
+            "raysegment.cli",
+            "infer",
+            f"input={image}",
+            f"model={folder}",
+            f"output={ours.parent}",
+            "device=cpu",
+            "tile.overlap=0.5",
+            "finalize.mode=labels",
+            "finalize.nifti=true",
+            "overwrite=true",
+            "progress=false",
+            "quicklook=false",
+        ],
+    }
+    for run in range(args.runs):
+        for name, command in runs.items():
+            seconds, peak = _timed(command)
+            print(f"run {run + 1}: {name:<10} {seconds:6.1f} s, peak {peak:.2f} GiB", flush=True)
+    a, b = (np.asarray(nibabel.load(str(p)).dataobj) for p in (theirs, ours))
+    print(f"labels agree in {(a == b).mean():.4%} of {a.size} voxels; classes {np.unique(a)}")
+
+
+if __name__ == "__main__":
+    main()
