@@ -289,7 +289,8 @@ class InferConfig:
     device: str = "auto"
     """auto (GPUs if any, else CPU) | cpu | gpu (one) | all (every GPU) | list like 1,3,6."""
     batch_size: Optional[int] = None
-    """Tiles per forward pass; default: chosen from free memory."""
+    """Tiles per forward pass; default: on GPUs from their free memory, on CPUs 1 (a tile
+    per stream)."""
     actors: Optional[int] = None
     """Predictor actors; default: one per GPU, or on CPU one per ``threads`` cores."""
     threads: Optional[int] = None

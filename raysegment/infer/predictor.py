@@ -48,8 +48,12 @@ __all__ = [
 def auto_batch_size(
     module: torch.nn.Module, tile_shape: tuple[int, ...], device: torch.device, streams: int = 1
 ) -> int:
-    """Tiles per forward from free memory: measured on GPU, estimated on CPU (where
-    ``streams`` forward passes run at once)."""
+    """Tiles per forward: on a GPU from its free memory, measured; on a CPU one (each of
+    ``streams`` forward passes runs its own tile). Batches of more tiles ran no faster on
+    CPUs and took their activations' memory several times over: an nnU-Net 3D network's
+    64 x 128^2 tiles, two streams, 43.8 s at a peak of 7.1 GiB with four tiles a forward
+    against 41.4 s at 3.2 GiB with one; an SMP Unet's 512^2 tiles 24.1-24.9 s at 3.0 GiB
+    against 24.5-25.1 s at 2.1-2.2 GiB (benchmarks/HISTORY.md, session 48)."""
     if device.type == "cuda":
         torch.cuda.synchronize(device)
         torch.cuda.reset_peak_memory_stats(device)
@@ -59,12 +63,7 @@ def auto_batch_size(
         per_tile = max(torch.cuda.max_memory_allocated(device) - base, 1)
         free, _ = torch.cuda.mem_get_info(device)
         return int(np.clip(0.5 * free // per_tile, 1, 64))
-    import psutil
-
-    # On CPU larger batches barely speed up; stay small, and within a quarter of free RAM
-    # assuming activations of ~64 float32 values per input value.
-    per_tile = 64 * 4 * int(np.prod(tile_shape)) * streams
-    return int(np.clip(psutil.virtual_memory().available // 4 // per_tile, 1, 4))
+    return 1
 
 
 def freeze(module: torch.nn.Module) -> torch.nn.Module:
