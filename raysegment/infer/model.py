@@ -18,7 +18,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from raysegment.errors import ModelContractError, ModelLoadError
-from raysegment.infer.nnunet import is_nnunet_fold, is_nnunet_training, nnunet_folds, read_nnunet
+from raysegment.infer.nnunet import (
+    is_nnunet_fold,
+    is_nnunet_training,
+    nnunet_folds,
+    read_nnunet,
+    unfinished_training,
+)
 from raysegment.infer.zoo import is_package, read_package
 from raysegment.modeldir import MODEL_META
 
@@ -106,6 +112,9 @@ def read_model_file(path: str) -> ModelFile:
         kind, data, meta = read_package(path)
         return ModelFile(str(p), kind, data, meta, hashlib.sha256(data).hexdigest())
     if p.is_dir():
+        unfinished = unfinished_training(path)
+        if unfinished:
+            raise ModelLoadError(unfinished)
         if not found:
             raise ModelLoadError(
                 f"{p}: directory holds no model.pth, model.pt2, model.onnx or rdf.yaml; give "

@@ -42,7 +42,14 @@ import numpy as np
 
 from raysegment.errors import ModelLoadError
 
-__all__ = ["CHECKPOINT", "is_nnunet_fold", "is_nnunet_training", "nnunet_folds", "read_nnunet"]
+__all__ = [
+    "CHECKPOINT",
+    "is_nnunet_fold",
+    "is_nnunet_training",
+    "nnunet_folds",
+    "read_nnunet",
+    "unfinished_training",
+]
 
 CHECKPOINT = "checkpoint_final.pth"
 """The checkpoint of a fold nnU-Net predicts with."""
@@ -72,6 +79,21 @@ def is_nnunet_fold(path: str) -> bool:
 
 def _has_plans(p: Path) -> bool:
     return (p / "plans.json").is_file() and (p / "dataset.json").is_file()
+
+
+def unfinished_training(path: str) -> str | None:
+    """Why ``path``, an nnU-Net training's directory (plans and dataset) without a fold
+    nnU-Net predicts with, cannot run; None where it is none."""
+    p = Path(path)
+    if not _has_plans(p) or is_nnunet_training(path):
+        return None
+    best = sorted(str(f.relative_to(p)) for f in p.glob("fold_*/checkpoint_best.pth"))
+    return (
+        f"{p}: an nnU-Net training with no fold_*/{CHECKPOINT}, the checkpoint nnU-Net "
+        f"predicts with"
+        + (f" ({', '.join(best)} only: its training has not finished)" if best else "")
+        + "; give a finished training's directory"
+    )
 
 
 def nnunet_folds(path: str) -> list[str]:
@@ -133,7 +155,9 @@ def read_nnunet(fold: str) -> tuple[bytes, dict[str, Any], str]:
             f"{where}: the checkpoint's weights do not fit the plans' network "
             f"({str(e).splitlines()[0]}); give the training directory the checkpoint came from"
         ) from e
-    strides = np.prod(np.asarray(config["architecture"]["arch_kwargs"]["strides"]), axis=0)
+    # Per stage a stride per axis, or one for every axis.
+    given = np.asarray(config["architecture"]["arch_kwargs"]["strides"])
+    strides = np.prod(given if given.ndim == 2 else given[:, None].repeat(dims, 1), axis=0)
     steps = [int(strides[order[i]]) for i in range(dims)]  # in the image's axis order
     module = _transposed(network.eval(), order, back)
     example = torch.zeros((1, channels, *(2 * s for s in steps)))

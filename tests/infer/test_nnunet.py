@@ -403,6 +403,25 @@ def test_trainings_raysegment_cannot_run_as_nnunet_does_are_one_error(
     assert "\n" not in str(caught.value) and str(folder / "fold_0") in str(caught.value)
 
 
+def test_an_unfinished_training_is_one_error_naming_its_checkpoints(tmp_path) -> None:
+    folder = write_training(tmp_path / "results", folds=("0", "1"))
+    for fold in ("0", "1"):
+        checkpoint = folder / f"fold_{fold}" / "checkpoint_final.pth"
+        checkpoint.rename(checkpoint.with_name("checkpoint_best.pth"))
+    with pytest.raises(
+        ModelLoadError, match=r"fold_0/checkpoint_best.pth, fold_1/checkpoint_best.pth only"
+    ):
+        read_models([str(folder)])
+
+
+def test_strides_one_for_every_axis_give_the_same_tiles(tmp_path) -> None:
+    folder = write_training(tmp_path / "results")
+    plans = json.loads((folder / "plans.json").read_text())
+    plans["configurations"]["3d_fullres"]["architecture"]["arch_kwargs"]["strides"] = [1, 2, 2]
+    (folder / "plans.json").write_text(json.dumps(plans))
+    assert read_models([str(folder)])[0].meta["tile_steps"] == [[4, 4]] * 3
+
+
 def test_a_2d_training_on_planes_across_x_is_one_error(tmp_path) -> None:
     folder = write_training(tmp_path / "results", configuration="2d", transpose=(2, 0, 1))
     with pytest.raises(ModelLoadError, match=r"planes across axis x .*transpose_forward"):
