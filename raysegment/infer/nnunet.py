@@ -122,7 +122,8 @@ def read_nnunet(fold: str) -> tuple[bytes, dict[str, Any], str]:
     for key, why in (("cascade", "previous_stage"), ("regions", "regions_class_order")):
         if config.get(why) or dataset.get(why):
             raise ModelLoadError(_unsupported(where, key))
-    labels = dataset.get("labels", {})
+    # The ignore label marks what training left out; the network has no output for it.
+    labels = {k: v for k, v in dataset.get("labels", {}).items() if k != "ignore"}
     if any(not isinstance(v, int) for v in labels.values()):
         raise ModelLoadError(_unsupported(where, "regions"))
     classes = [k for k, _ in sorted(labels.items(), key=lambda kv: kv[1])]

@@ -414,6 +414,16 @@ def test_an_unfinished_training_is_one_error_naming_its_checkpoints(tmp_path) ->
         read_models([str(folder)])
 
 
+def test_the_ignore_label_is_no_class(tmp_path) -> None:
+    """A training with an ignore label (sparse annotations): the network has no output
+    for it, nor do the classes."""
+    folder = write_training(tmp_path / "results")
+    dataset = json.loads((folder / "dataset.json").read_text())
+    dataset["labels"]["ignore"] = 3
+    (folder / "dataset.json").write_text(json.dumps(dataset))
+    assert read_models([str(folder)])[0].meta["classes"] == ["background", "liver", "tumour"]
+
+
 def test_strides_one_for_every_axis_give_the_same_tiles(tmp_path) -> None:
     folder = write_training(tmp_path / "results")
     plans = json.loads((folder / "plans.json").read_text())
