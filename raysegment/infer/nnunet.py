@@ -159,7 +159,7 @@ def read_nnunet(fold: str) -> tuple[bytes, dict[str, Any], str]:
     # Per stage a stride per axis, or one for every axis.
     given = np.asarray(config["architecture"]["arch_kwargs"]["strides"])
     strides = np.prod(given if given.ndim == 2 else given[:, None].repeat(dims, 1), axis=0)
-    steps = [int(strides[order[i]]) for i in range(dims)]  # in the image's axis order
+    steps = [int(strides[order.index(a)]) for a in range(dims)]  # in the image's axis order
     module = _transposed(network.eval(), order, back)
     example = torch.zeros((1, channels, *(2 * s for s in steps)))
     buffer = io.BytesIO()

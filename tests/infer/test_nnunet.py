@@ -31,12 +31,17 @@ CT_STATS = {
 
 
 def _configuration(
-    dims: int, patch: list[int], spacing: list[float], features: list[int], **extra: Any
+    dims: int,
+    patch: list[int],
+    spacing: list[float],
+    features: list[int],
+    strides: list[list[int]] | None = None,
+    **extra: Any,
 ) -> dict:
     """A configuration of a stage per ``features`` (each after the first halving every
-    axis), in the plans' format of nnU-Net 2.4 on."""
+    axis, unless ``strides`` says), in the plans' format of nnU-Net 2.4 on."""
     stages = len(features)
-    strides = [[1] * dims] + [[2] * dims] * (stages - 1)
+    strides = strides or [[1] * dims] + [[2] * dims] * (stages - 1)
     return {
         "data_identifier": "nnUNetPlans_x",
         "preprocessor_name": "DefaultPreprocessor",
@@ -138,7 +143,7 @@ def write_training(
     folder.mkdir(parents=True)
     (folder / "plans.json").write_text(json.dumps(plans))
     (folder / "dataset.json").write_text(json.dumps(dataset))
-    kwargs = dict(config["architecture"]["arch_kwargs"])
+    kwargs = dict(config["architecture"]["arch_kwargs"])  # as nnU-Net builds it
     kwargs["conv_op"] = getattr(torch.nn, f"Conv{dims}d")
     kwargs["norm_op"] = getattr(torch.nn, f"InstanceNorm{dims}d")
     kwargs["nonlin"] = torch.nn.LeakyReLU
@@ -318,10 +323,13 @@ def test_a_2d_mri_training_of_two_channels_runs_plane_by_plane(tmp_path) -> None
 def test_transposed_plans_run_in_the_images_own_axis_order(tmp_path) -> None:
     """Plans whose ``transpose_forward`` puts x first: the output in the CT's axis order,
     its patch and spacing too."""
-    folder = write_training(tmp_path / "results", transpose=(2, 0, 1))
+    # Strides 2 along x (the network's first axis), 4 along z and y.
+    strides = [[1, 1, 1], [1, 2, 2], [2, 2, 2]]
+    folder = write_training(tmp_path / "results", transpose=(2, 0, 1), strides=strides)
     (model,) = read_models([str(folder)])
     assert model.meta["patch_size"] == [32, 32, 16]  # z, y, x of [x, z, y] = [16, 32, 32]
     assert model.meta["pixel_size"] == {"z": 2.5, "y": 0.8, "x": 0.8}
+    assert model.meta["tile_steps"] == [[4, 4], [4, 4], [2, 2]]
     ct = _ct((24, 48, 40), tmp_path / "ct.nii.gz")
     _, got = _run(
         tmp_path,
