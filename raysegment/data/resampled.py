@@ -3,8 +3,8 @@
 A model sees objects at the pixel size it was trained at: a nucleus of 20 pixels at 0.5 µm
 is 31 at 0.325 µm, and a network trained on the one misses the other. A pyramid's levels
 halve; ``ResampledSource`` reads any pixel size, region by region, interpolating from the
-image (or its finest level at or below that size) as it reads: no resampled copy is
-written.
+image (or its coarsest stored level whose pixel is at most that size) as it reads: no
+resampled copy is written.
 
 The interpolation is linear, antialiased where it shrinks (a triangle filter as wide as
 an output pixel, as Pillow's and torch's ``antialias=True`` resizing), on each resampled
