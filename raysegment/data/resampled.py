@@ -120,11 +120,12 @@ class ResampledSource(ImageSource):
         sizes = zip(region, self.inner.info.shape[2:], self.info.shape[2:], strict=True)
         return [None if n == m else filter_taps(n, m, a, b) for (a, b), n, m in sizes]
 
-    def source_region(self, region: Region) -> Region:
-        """The region of ``inner`` under ``region``'s pixels and their filters."""
+    def source_region(self, region: Region, taps: list[Any] | None = None) -> Region:
+        """The region of ``inner`` under ``region``'s pixels and their filters (``taps``:
+        ``_taps`` of it, where the caller has them)."""
         return tuple(
-            box if taps is None else (int(taps[0].min()), int(taps[0].max()) + 1)
-            for box, taps in zip(region, self._taps(region), strict=True)
+            box if found is None else (int(found[0].min()), int(found[0].max()) + 1)
+            for box, found in zip(region, taps or self._taps(region), strict=True)
         )
 
     def unstored(self) -> Unstored | None:
@@ -135,7 +136,7 @@ class ResampledSource(ImageSource):
 
     def _read(self, t: int, channels: tuple[int, ...], region: Region) -> np.ndarray:
         taps = self._taps(region)
-        boxes = self.source_region(region)
+        boxes = self.source_region(region, taps)
         data = self.inner.read(t, channels, boxes).astype(np.float32)
         for axis, (found, (start, _)) in enumerate(zip(taps, boxes, strict=True), 1):
             if found is None:

@@ -179,15 +179,16 @@ def auto_mask(image: ImageSource, channels: tuple[int, ...]) -> tuple[Mask, np.n
         )
     rgb = len(channels) == 3 and image.info.dtype == np.uint8
     shown = channels if rgb else channels[:1]
+    stored = image.original  # a resampled image's thumbnail from its own pixels or pyramid
     if rgb:
         # Saturation per pixel before any window's maximum: of each pixel's own colour.
         def saturation(pixels: np.ndarray) -> np.ndarray:
             high, low = pixels.max(axis=0), pixels.min(axis=0).astype(np.float32)
             return ((high - low) / np.maximum(high, 1))[None]
 
-        value = _thumbnail(image, shown, saturation)[0]
+        value = _thumbnail(stored, shown, saturation)[0]
     else:
-        thumb = _thumbnail(image, shown)
+        thumb = _thumbnail(stored, shown)
         # The log: a bright few (debris, a saturated cell) leave the threshold below the
         # dim many; shifted only where values go below 0.
         value = np.log1p(thumb[0] - min(float(thumb[0].min()), 0.0))

@@ -505,9 +505,6 @@ def _mask_of(cfg: InferConfig, source: ImageSource) -> tuple[Mask | None, np.nda
     if cfg.mask != AUTO:
         return open_mask(cfg.mask, source), None
     channels = tuple(cfg.channels) if cfg.channels else tuple(range(source.info.shape[1]))
-    if isinstance(source, ResampledSource):  # found on the image's own pixels or pyramid
-        mask, found = auto_mask(source.inner, channels)
-        return dataclasses.replace(mask, image=source.info.shape[2:]), found
     return auto_mask(source, channels)
 
 

@@ -59,6 +59,9 @@ def write_nifti(
     header.set_data_dtype(np.dtype(array.dtype))
     header.set_data_shape(dims)
     header.set_slope_inter(1.0, 0.0)
+    # Per axis, the array's voxel under each of the input's: the identity where the
+    # array is in the input's grid.
+    picks = {a: under_centres(0, n, n, held[a]) for a, n in sizes.items() if a in "zyx"}
     plane = sizes["y"] * sizes["x"] * np.dtype(array.dtype).itemsize
     depth = sizes.get("z", 1)
     step = max(1, _SLAB // plane)
@@ -75,19 +78,15 @@ def write_nifti(
         for ci in range(c):
             for ti in range(t):
                 for z0 in range(0, depth, step):
-                    z1 = min(z0 + step, depth)
-                    picks = {
-                        a: under_centres(z0 if a == "z" else 0, z1 if a == "z" else n, n, held[a])
-                        for a, n in sizes.items()
-                        if a in "zyx"
-                    }
+                    slab_picks = dict(picks)
                     index: dict[str, int | slice] = {"t": ti, "c": ci}
                     if "z" in picks:
-                        index["z"] = slice(int(picks["z"][0]), int(picks["z"][-1]) + 1)
+                        zs = picks["z"][z0 : z0 + step]
+                        index["z"] = slice(int(zs[0]), int(zs[-1]) + 1)
+                        slab_picks["z"] = zs - zs[0]
                     slab = np.asarray(array[tuple(index.get(a, slice(None)) for a in axes)])
                     if sizes != held:  # back to the input's voxels
-                        first = {"z": int(picks["z"][0])} if "z" in picks else {}
-                        slab = slab[np.ix_(*(picks[a] - first.get(a, 0) for a in picks))]
+                        slab = slab[np.ix_(*slab_picks.values())]
                     out.write(np.ascontiguousarray(slab).tobytes())
         if out is not raw:
             out.close()
