@@ -128,15 +128,12 @@ def choose_layout(
     return "channels_first"
 
 
-def forward(module: torch.nn.Module, x: torch.Tensor, tta: bool = False) -> torch.Tensor:
-    """Logits for a batch of tiles. With ``tta``, the mean over every combination of flips
-    of the spatial axes (4 in 2D, 8 in 3D), each flip undone on its output."""
-    spatial = range(2, x.ndim)
-    combos = (
-        [()]
-        if not tta
-        else [axes for r in range(len(spatial) + 1) for axes in itertools.combinations(spatial, r)]
-    )
+def forward(module: torch.nn.Module, x: torch.Tensor, flips: Sequence[int] = ()) -> torch.Tensor:
+    """Logits for a batch of tiles. With ``flips`` (spatial axes, 0 the first), the mean
+    over every combination of flips of those axes (test-time augmentation: 4 of two axes,
+    8 of three), each flip undone on its output."""
+    spatial = [2 + a for a in flips]
+    combos = [axes for r in range(len(spatial) + 1) for axes in itertools.combinations(spatial, r)]
     total: torch.Tensor | None = None
     with torch.inference_mode():
         for axes in combos:

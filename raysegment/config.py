@@ -338,7 +338,8 @@ class InferConfig:
     """Physical pixel size per spatial axis (z y x, or y x), in the input's units (else
     micrometer), replacing what the input records."""
     tta: bool = False
-    """Test-time augmentation: average the logits over flips (4 in 2D, 8 in 3D)."""
+    """Test-time augmentation: average the logits over flips (4 in 2D, 8 in 3D; a model
+    recording ``tta_axes``, as an nnU-Net training its mirror axes: flips of those)."""
     precision: Precision = Precision.float32
     """float32 | bfloat16 | float16 (autocast of the model on its device: faster on GPUs
     and on CPUs with bfloat16 units; blending and outputs stay float32)."""
@@ -576,6 +577,13 @@ class TrainConfig:
     resolution (label images, DICOM SEGs, GeoJSON) are read at that level, each pixel the
     label under its centre. The model records the pixel size trained at, and infer reads
     each image at the level nearest it."""
+    resample_size: Optional[List[float]] = None
+    """The pixel size trained at, one value or (y, x), in the first image's units: each
+    image is read resampled to it (linearly, antialiased where it shrinks, from its
+    coarsest stored pyramid level at most that size), its labels at it too (each pixel
+    the label under its centre), so that images scanned at several pixel sizes train
+    alike. The model records it: infer's ``resample=true`` reads at it. Default: each
+    image as stored (at ``input_level``)."""
     train_fraction: float = 0.7
     """Fraction of the image pairs used for training; the rest validates (seeded split)."""
     folds: int = 1
@@ -687,6 +695,16 @@ class TrainConfig:
             raise ConfigError(f"classes={self.classes} must be >= 2")
         if self.input_level < 0:
             raise ConfigError(f"input_level={self.input_level}: give 0 (full resolution) or more")
+        if self.resample_size is not None:
+            if not 1 <= len(self.resample_size) <= 2 or min(self.resample_size) <= 0:
+                raise ConfigError(
+                    f"resample_size={self.resample_size}: give one pixel size or (y, x), > 0"
+                )
+            if self.input_level:
+                raise ConfigError(
+                    f"resample_size={self.resample_size} with input_level={self.input_level}: "
+                    f"resampling reads from the pyramid level it needs; drop input_level"
+                )
         _check_sizes("patch_size", self.patch_size)
         if len(self.patch_size) > 2:
             raise ConfigError(f"patch_size={self.patch_size}: give one value or (y, x)")

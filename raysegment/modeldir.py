@@ -17,4 +17,5 @@ these: tile_steps (per spatial axis [min, step]: tiles of min + n * step), halo 
 spatial axis), static_batch (1: a tile at a time), normalize's measured forms
 ({"percentile": [low, high]} or {"moments": true}, with "eps" and "joint": the channels
 together), its "gain" and "offset" after, and "clip": [min, max]; activation "none". An
-nnU-Net training's (``infer.nnunet``) gives patch_size: the default tile, not the only one."""
+nnU-Net training's (``infer.nnunet``) gives patch_size: the default tile, not the only one,
+and tta_axes: the spatial axes (0 the first) ``tta`` flips, its training's mirror axes."""

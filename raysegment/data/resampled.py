@@ -173,13 +173,19 @@ Physical = Callable[[ImageSource], tuple[dict[str, float], dict[str, str], dict[
 
 
 def resampled_to(
-    source: ImageSource, size: Mapping[str, float], unit: str, physical: Physical, pyramid: bool
+    source: ImageSource,
+    size: Mapping[str, float],
+    unit: str,
+    physical: Physical,
+    pyramid: bool,
+    fix: str = "give voxel_size= (the input's pixel size)",
 ) -> ImageSource:
     """``source`` (full resolution) read at the pixel ``size`` (per axis of zyx it names,
     in ``unit``; "": in the source's units): with ``pyramid``, from its coarsest level
     whose pixel is at most that size (the levels only coarsen); resampled along each axis
     whose pixel is not already that size; ``source`` (or the level) itself where none is.
-    ``physical`` gives a source's pixel size, unit and origin.
+    ``physical`` gives a source's pixel size, unit and origin; ``fix``: how to give a
+    source one where it has none (in the error).
 
     A resampled axis keeps the image's extent: n pixels of size s become round(n s / size)
     of n s / count each. Its origin (the first pixel's centre, as OME-Zarr viewers place
@@ -201,11 +207,11 @@ def resampled_to(
         if not pixel.get(a):
             raise InputImageError(
                 f"{source.where}: no pixel size recorded along {a}, which resampling to "
-                f"{size[a]} {unit} needs; give voxel_size= (the input's pixel size)"
+                f"{size[a]} {unit} needs; {fix}"
             )
         wanted[a] = size[a]  # in the source's unit along this axis
         if unit:
-            mine = _micrometres(units.get(a, ""), source.where, "give voxel_size= (micrometres)")
+            mine = _micrometres(units.get(a, ""), source.where, fix)
             model = f"the model's pixel size {dict(size)}"
             theirs = _micrometres(unit, model, "give resample_size= in the input's units")
             wanted[a] *= theirs / mine

@@ -89,6 +89,13 @@ class ModelSpec:
     patch: tuple[int, ...] | None = None
     """The tile the model was trained on (an nnU-Net configuration's patch size): the
     default tile, others it takes allowed."""
+    tta_axes: tuple[int, ...] | None = None
+    """The spatial axes (0 the first) test-time augmentation flips (an nnU-Net training's
+    mirror axes); None: every axis."""
+
+    def flips(self) -> tuple[int, ...]:
+        """The spatial axes ``tta=true`` flips: ``tta_axes``, else every axis."""
+        return self.tta_axes if self.tta_axes is not None else tuple(range(self.spatial_dims))
 
 
 def read_model_file(path: str) -> ModelFile:
@@ -367,6 +374,7 @@ def describe_model(model: ModelFile, module: torch.nn.Module) -> ModelSpec:
         halo=tuple(int(h) for h in halo) if halo else None,
         threshold=meta.get("threshold"),
         patch=tuple(int(v) for v in meta["patch_size"]) if meta.get("patch_size") else None,
+        tta_axes=None if meta.get("tta_axes") is None else tuple(map(int, meta["tta_axes"])),
     )
 
 

@@ -19,6 +19,8 @@ Read from the fold's ``checkpoint_final.pth`` and the directory's ``plans.json``
   ``ZScoreNormalization`` (the image's own mean and deviation per channel),
   ``RescaleTo01Normalization`` (its minimum and maximum), ``RGBTo01Normalization`` (/255)
   or ``NoNormalization``, one for all channels;
+- the axes the training mirrored (``inference_allowed_mirroring_axes``), which
+  ``tta=true`` flips, as nnU-Net's test-time augmentation does;
 - the classes (``labels``, background first) with a softmax, and the spacing as the pixel
   the model was trained at (``pixel_size`` in millimetres, for images nnU-Net reads as
   medical images), which ``resample=true`` reads the image at.
@@ -166,6 +168,9 @@ def read_nnunet(fold: str) -> tuple[bytes, dict[str, Any], str]:
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")
         torch.jit.save(torch.jit.trace(module, example), buffer)
+    # The axes the training mirrored, in nnU-Net's order: its test-time augmentation's
+    # (none where the checkpoint records none, as nnU-Net's predictor takes it).
+    mirrored = checkpoint.get("inference_allowed_mirroring_axes") or ()
     meta: dict[str, Any] = {
         "in_channels": channels,
         "spatial_dims": dims,
@@ -173,6 +178,7 @@ def read_nnunet(fold: str) -> tuple[bytes, dict[str, Any], str]:
         "activation": "softmax",
         "patch_size": [patch[order.index(a)] for a in range(dims)],
         "tile_steps": [[s, s] for s in steps],
+        "tta_axes": sorted(order[int(a)] for a in mirrored),
         **_normalization(plans, config, channels, where),
         **_spacing(plans, config, order),
     }

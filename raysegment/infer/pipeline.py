@@ -964,7 +964,7 @@ def _run(
             "static_batch": spec.static_batch,
             "threads": pool.cpus,
             "finalize": finalize,
-            "tta": cfg.tta,
+            "flips": spec.flips() if cfg.tta else (),
             "attempts": attempts,
             "gpu_indices": pool.gpu_indices,
             "precision": cfg.precision.value,

@@ -187,7 +187,7 @@ def predict_block(
     batch_size: int,
     weights: Sequence[torch.Tensor],
     fixed_batch: bool = False,
-    tta: bool = False,
+    flips: Sequence[int] = (),
     streams: Streams | None = None,
     precision: str = "float32",
     inside: np.ndarray | None = None,
@@ -197,7 +197,8 @@ def predict_block(
     ``data`` is the padded source region (C_in, *outer); ``weights[axis][i]`` the 1D
     blending profile of grid tile ``i``; ``fixed_batch``: the model takes exactly
     ``batch_size`` tiles (a torch.export program with a static batch), so the last batch
-    is filled up with zero tiles; ``tta``: average the logits over flips (see ``forward``);
+    is filled up with zero tiles; ``flips``: average the logits over flips of these spatial
+    axes (test-time augmentation, see ``forward``);
     ``streams``: run the batches on those threads, several at once; ``precision``: autocast
     the forward passes to it; ``inside``: the pixels of the block's own region (a mask's)
     whose values count, tiles that touch none of them not run (the others' sums of weights
@@ -229,7 +230,7 @@ def predict_block(
     def run(x: torch.Tensor) -> torch.Tensor:
         # Autocast is per thread: entered on the thread that runs the model.
         with autocast(data.device, precision):
-            return forward(module, x, tta)
+            return forward(module, x, flips)
 
     num: torch.Tensor | None = None
     for (chunk, _), y in (streams or Streams(1)).map(lambda b: run(b[1]), batches()):
@@ -342,7 +343,7 @@ class Predictor:
         static_batch: int | None,
         threads: int,
         finalize: tuple[str, str, float],
-        tta: bool = False,
+        flips: Sequence[int] = (),
         attempts: Attempts | None = None,
         gpu_indices: tuple[int, ...] | None = None,
         precision: str = "float32",
@@ -387,7 +388,7 @@ class Predictor:
         members = [freeze(member) for member in members]
         self.module = members[0] if len(members) == 1 else Ensemble(members)
         self.finalize = finalize
-        self.tta = tta
+        self.flips = tuple(flips)
         self.attempts = attempts
         notes = [" [channels-last]"] if self.layout == "channels_last" else []
         if len(members) > 1:
@@ -470,7 +471,7 @@ class Predictor:
             self.batch_size,
             self.weights(plan),
             self.fixed_batch,
-            self.tta,
+            self.flips,
             self.streams,
             self.precision,
             inside,

@@ -7,6 +7,7 @@ except the label scan, which reads each label region by region too.
 from __future__ import annotations
 
 import itertools
+import logging
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,7 +23,8 @@ from raysegment.data.dicom_labels import (
     segmentation_header,
 )
 from raysegment.data.pairs import pair_images
-from raysegment.data.sources import ImageInfo, ImageSource, open_source
+from raysegment.data.resampled import resampled_to
+from raysegment.data.sources import MICROMETRES, ImageInfo, ImageSource, open_source
 from raysegment.data.tiling import under_centres
 from raysegment.errors import ConfigError, InputImageError
 
@@ -32,8 +34,14 @@ IGNORE = -1
 """The target of a pixel not labelled (``TrainingSet.ignore``): the losses and the metrics
 leave it out."""
 
+log = logging.getLogger("raysegment")
+
 _SCAN = 1024
 _STAT_SAMPLES = 16
+
+MIXED = 1.05
+"""Ratio of the training images' largest pixel to their smallest past which they are said
+to differ (where no ``resample_size`` reads them at one)."""
 
 
 @dataclass(frozen=True)
@@ -71,6 +79,9 @@ class TrainingSet:
     class_codes: tuple[dict[str, list[str]] | None, ...] | None = None
     """Each class's coded meaning, where DICOM SEG labels give one (``segment_codes``):
     ``finalize.dicom_seg`` writes it with the class's segment."""
+    pixel: tuple[dict[str, float], str] | None = None
+    """The (y, x) pixel size every image was read at (``resample_size``) and its unit;
+    None where each image is read as stored."""
 
     def train_specs(self, count: int, seed: int, epoch: int = 0) -> list[dict[str, int]]:
         """``count`` random patches of an epoch, images drawn in proportion to their
@@ -174,7 +185,8 @@ def _check_pair(image: ImageSource, label: ImageSource, patch: tuple[int, int], 
         raise InputImageError(
             f"{label.path}: label shape (t,z,y,x)={(tl, zl, yl, xl)} differs from its image "
             f"{image.where} {(ti, zi, yi, xi)}; each label must cover its image pixel for pixel "
-            f"(at input_level > 0, the level's pixels or the full resolution's)"
+            f"(at input_level > 0, the level's pixels or the full resolution's; with "
+            f"resample_size, the full resolution's)"
         )
     if ti > 1:
         raise InputImageError(f"{image.path}: has {ti} time points; train on single time points")
@@ -284,6 +296,54 @@ def _stats(
     return tuple(map(float, data.mean(axis=1))), tuple(float(s) if s > 0 else 1.0 for s in std)
 
 
+def _physical(
+    source: ImageSource,
+) -> tuple[dict[str, float], dict[str, str], dict[str, float]]:
+    """A training image's pixel size, unit and origin per axis, as its file records them."""
+    return dict(source.info.scale), dict(source.info.units), dict(source.info.origin)
+
+
+def _read_at(full: ImageSource, size: tuple[float, float], unit: str) -> ImageSource:
+    """The image ``full`` (at full resolution) read at the pixel (y, x) ``size`` in
+    ``unit`` ("": its own units)."""
+    return resampled_to(
+        full,
+        dict(zip("yx", size, strict=True)),
+        unit,
+        _physical,
+        pyramid=True,
+        fix="record it in the image (an OME-TIFF's PhysicalSizeX/Y, an OME-Zarr's scale), or "
+        "train without resample_size",
+    )
+
+
+def _length_unit(source: ImageSource) -> str:
+    """``source``'s unit along x where it is a length this package converts, else ""."""
+    unit = source.info.units.get("x", "")
+    return unit if unit in MICROMETRES else ""
+
+
+def _warn_mixed(pairs: list[Pair]) -> None:
+    """Say so where the training images' pixel sizes differ (those recording a length):
+    the model records the first's, and objects are of other sizes in the others."""
+    sizes = {
+        p.image.where: p.image.info.scale["x"] * MICROMETRES[p.image.info.units["x"]]
+        for p in pairs
+        if p.image.info.scale.get("x") and p.image.info.units.get("x") in MICROMETRES
+    }
+    if len(sizes) < 2 or max(sizes.values()) <= MIXED * min(sizes.values()):
+        return
+    small, large = min(sizes, key=sizes.__getitem__), max(sizes, key=sizes.__getitem__)
+    log.warning(
+        "raysegment: the training images' pixel sizes differ, from %.4g µm (%s) to %.4g µm "
+        "(%s); the model records the first image's; give resample_size= to train at one",
+        sizes[small],
+        small,
+        sizes[large],
+        large,
+    )
+
+
 def _split(cfg: TrainConfig, count: int) -> tuple[tuple[int, ...], tuple[int, ...]]:
     """The pairs that train and those that validate: seeded, by ``train_fraction`` or,
     with ``folds``, part ``fold`` of the pairs in ``folds`` (parts differ by one at most).
@@ -328,7 +388,7 @@ def prepare(cfg: TrainConfig) -> TrainingSet:
         )
     sizes = cfg.patch_size * 2 if len(cfg.patch_size) == 1 else cfg.patch_size
     patch = (int(sizes[0]), int(sizes[1]))
-    pairs = []
+    pairs: list[Pair] = []
     sparse = cfg.unannotated == Unannotated.ignore
     if sparse and not any(is_geojson(label) for _, label in found):
         raise ConfigError(
@@ -348,9 +408,17 @@ def prepare(cfg: TrainConfig) -> TrainingSet:
         drawing = dict(zip((id(h) for h in segmentations), targets, strict=True))
         codes = segment_codes(segmentations)
         class_codes = tuple(codes.get(name.casefold()) for name in class_names)
+    resample = cfg.resample_size
+    target = None if resample is None else (float(resample[0]), float(resample[-1]))
+    unit = ""
     for image_path, label_path in found:
-        image = open_source(image_path, level=cfg.input_level)
-        full = image.at_level(0) if image.level else image
+        if target is None:
+            image = open_source(image_path, level=cfg.input_level)
+            full = image.at_level(0) if image.level else image
+        else:  # the first image's unit is the size's; the others' are converted to it
+            full = open_source(image_path)
+            unit = unit if pairs else _length_unit(full)
+            image = _read_at(full, target, unit)
         header = headers[label_path]
         if header is not None:  # drawn on the image's full resolution
             label: ImageSource = DicomSegLabels(
@@ -364,6 +432,8 @@ def prepare(cfg: TrainConfig) -> TrainingSet:
         pair = Pair(image, label)
         _check_pair(pair.image, pair.label, patch, cfg.mode.value)  # type: ignore[arg-type]
         pairs.append(pair)
+    if target is None:
+        _warn_mixed(pairs)
     counts = {p.image.info.shape[1] for p in pairs}
     if cfg.channels is None and len(counts) != 1:
         raise InputImageError(
@@ -388,8 +458,21 @@ def prepare(cfg: TrainConfig) -> TrainingSet:
     mean, std = _stats(pairs, measured, channels)
     names = tuple(class_names) if class_names else None
     coded = class_codes if class_codes and any(class_codes) else None
+    pixel = None if target is None else (dict(zip("yx", target, strict=True)), unit)
     return TrainingSet(
-        tuple(pairs), train, val, channels, mode, classes, patch, mean, std, ignore, names, coded
+        tuple(pairs),
+        train,
+        val,
+        channels,
+        mode,
+        classes,
+        patch,
+        mean,
+        std,
+        ignore,
+        names,
+        coded,
+        pixel,
     )
 
 

@@ -63,7 +63,11 @@ def _class_names(data: TrainingSet) -> list[str]:
 
 
 def _pixel_size(data: TrainingSet) -> dict[str, Any]:
-    """The pixel size trained at (the first image's, at ``input_level``), where known."""
+    """The pixel size trained at (``resample_size``, else the first image's at
+    ``input_level``), where known."""
+    if data.pixel is not None:
+        size, unit = data.pixel
+        return {"pixel_size": dict(size), "pixel_unit": unit}
     info = data.pairs[0].image.info
     size = {axis: info.scale[axis] for axis in ("y", "x") if axis in info.scale}
     if not size:

@@ -106,11 +106,14 @@ def write_training(
     transpose: tuple[int, int, int] = (0, 1, 2),
     features: tuple[int, ...] = (4, 8, 16),
     patch: tuple[int, ...] | None = None,
+    mirrored: tuple[int, ...] | None | str = "all",
     **extra: Any,
 ) -> Path:
     """An nnU-Net training's output directory as nnU-Net v2 writes it: plans, dataset, and
     each fold's final checkpoint (a network of random weights, seeded by the fold; a
-    stage per ``features``; ``patch`` in the network's axis order)."""
+    stage per ``features``; ``patch`` in the network's axis order; ``mirrored``: the
+    axes its checkpoint allows mirroring along, in the network's order, every one by
+    default, as nnU-Net's trainer)."""
     from dynamic_network_architectures.architectures.unet import PlainConvUNet
 
     dims = 2 if configuration == "2d" else 3
@@ -163,18 +166,21 @@ def write_training(
                 "dataset_json": dataset,
             },
             "trainer_name": "nnUNetTrainer",
-            "inference_allowed_mirroring_axes": tuple(range(dims)),
+            "inference_allowed_mirroring_axes": (
+                tuple(range(dims)) if mirrored == "all" else mirrored
+            ),
             "current_epoch": 1000,
         }
         torch.save(checkpoint, folder / f"fold_{fold}" / "checkpoint_final.pth")
     return folder
 
 
-def _predictor(folder: Path, folds: tuple) -> Any:
-    """nnU-Net's own predictor of the training (CPU, no mirroring)."""
+def _predictor(folder: Path, folds: tuple, mirror: bool = False) -> Any:
+    """nnU-Net's own predictor of the training (CPU; ``mirror``: its test-time
+    augmentation)."""
     module = pytest.importorskip("nnunetv2.inference.predict_from_raw_data")
     predictor = module.nnUNetPredictor(
-        use_mirroring=False,
+        use_mirroring=mirror,
         perform_everything_on_device=False,
         device=torch.device("cpu"),
         allow_tqdm=False,
@@ -184,19 +190,20 @@ def _predictor(folder: Path, folds: tuple) -> Any:
 
 
 def nnunet_logits(
-    folder: Path, image: np.ndarray, spacing: list[float], folds: tuple
+    folder: Path, image: np.ndarray, spacing: list[float], folds: tuple, mirror: bool = False
 ) -> np.ndarray:
     """The oracle: ``image`` (C, Z, Y, X) at ``spacing`` preprocessed by nnU-Net's own
     preprocessing (its normalization, its transposition), through nnU-Net's own network
     with each fold's weights, whole (2D networks plane by plane), the folds' logits
-    averaged and transposed back: (classes, Z, Y, X) float32.
+    averaged and transposed back: (classes, Z, Y, X) float32. ``mirror``: each through
+    nnU-Net's test-time augmentation (3D networks).
 
     (nnU-Net's sliding window sums its tiles in float16, its output a few 1e-3 off at
     tile centres and more at their edges: the oracle is its model on the whole image,
     as raysegment runs it in one tile.)"""
     from nnunetv2.inference.data_iterators import PreprocessAdapterFromNpy
 
-    predictor = _predictor(folder, folds)
+    predictor = _predictor(folder, folds, mirror)
     adapter = PreprocessAdapterFromNpy(
         [image.astype(np.float32)],
         [None],
@@ -212,7 +219,9 @@ def nnunet_logits(
     for params in predictor.list_of_parameters:
         network.load_state_dict(params)
         with torch.no_grad():
-            if len(predictor.configuration_manager.patch_size) == 2:
+            if mirror:
+                out = predictor._internal_maybe_mirror_and_predict(data[None])[0]
+            elif len(predictor.configuration_manager.patch_size) == 2:
                 out = torch.stack([network(data[:, z][None])[0] for z in range(data.shape[1])], 1)
             else:
                 out = network(data[None])[0]
@@ -340,6 +349,35 @@ def test_transposed_plans_run_in_the_images_own_axis_order(tmp_path) -> None:
     )
     want = nnunet_logits(folder, ct[None], [2.5, 0.8, 0.8], (0,))
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.usefixtures("ray_session")
+def test_tta_flips_the_axes_the_training_mirrored_as_nnunet_does(tmp_path) -> None:
+    """``tta=true``: the logits averaged over the flips of the axes the checkpoint allows
+    mirroring along (a transposed training's first two: the CT's x and z), as nnU-Net's
+    test-time augmentation; a training that mirrored none flips none."""
+    strides = [[1, 1, 1], [1, 2, 2], [2, 2, 2]]
+    folder = write_training(
+        tmp_path / "results", transpose=(2, 0, 1), strides=strides, mirrored=(0, 1)
+    )
+    (model,) = read_models([str(folder)])
+    assert model.meta["tta_axes"] == [0, 2]
+    ct = _ct((24, 48, 40), tmp_path / "ct.nii.gz")
+    _, got = _run(
+        tmp_path,
+        tmp_path / "ct.nii.gz",
+        folder,
+        tta=True,
+        tile={"size": [24, 48, 40]},
+        finalize={"mode": "raw"},
+    )
+    want = nnunet_logits(folder, ct[None], [2.5, 0.8, 0.8], (0,), mirror=True)
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+    plain = nnunet_logits(folder, ct[None], [2.5, 0.8, 0.8], (0,))
+    assert np.abs(want - plain).max() > 0.01  # the flips changed the logits
+    unmirrored = write_training(tmp_path / "none", mirrored=None)
+    (model,) = read_models([str(unmirrored)])
+    assert model.meta["tta_axes"] == []
 
 
 @pytest.mark.usefixtures("ray_session")

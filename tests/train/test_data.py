@@ -543,3 +543,106 @@ def test_input_level_trains_on_a_pyramid_level_full_resolution_labels_read_at_it
     assert (meta["pixel_size"], meta["pixel_unit"]) == ({"y": 0.5, "x": 0.5}, "micrometer")
     with pytest.raises(ConfigError, match="input_level=-1: give 0"):
         _cfg(tmp_path, "input_level=-1")
+
+
+def test_resample_size_trains_images_of_several_pixel_sizes_at_one(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """``resample_size``: each image read at that pixel size (linearly, antialiased: torch's
+    resizing), in the first image's unit (another's nanometres converted), its labels drawn
+    at full resolution read at it (each pixel the label under its centre); the model
+    records the size. Without it, images of differing pixel sizes are said to differ."""
+    import logging
+
+    import torch
+
+    from raysegment.train.export import model_metadata
+
+    rng = np.random.default_rng(4)
+    (tmp_path / "img").mkdir()
+    (tmp_path / "lbl").mkdir()
+    images, labels = {}, {}
+    for name, (h, w), size, unit in (("a", (160, 240), 0.25, "µm"), ("b", (100, 150), 400, "nm")):
+        images[name] = rng.integers(0, 4000, (h, w), dtype=np.uint16)
+        labels[name] = rng.integers(0, 2, (h, w), dtype=np.uint8)
+        meta = {"axes": "YX", "PhysicalSizeX": size, "PhysicalSizeY": size}
+        meta |= {"PhysicalSizeXUnit": unit, "PhysicalSizeYUnit": unit}
+        tifffile.imwrite(tmp_path / "img" / f"{name}.ome.tif", images[name], metadata=meta)
+        tifffile.imwrite(tmp_path / "lbl" / f"{name}.tif", labels[name])
+    with caplog.at_level(logging.WARNING, logger="raysegment"):
+        plain = prepare(_cfg(tmp_path, "train_fraction=0.5"))
+    assert "pixel sizes differ, from 0.25 µm" in caplog.text and "to 0.4 µm" in caplog.text
+    assert [p.size for p in plain.pairs] == [(160, 240), (100, 150)]
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="raysegment"):
+        data = prepare(_cfg(tmp_path, "train_fraction=0.5", "resample_size=[0.5]"))
+    assert "differ" not in caplog.text
+    assert [p.size for p in data.pairs] == [(80, 120), (80, 120)]
+    for pair, name in zip(data.pairs, "ab", strict=True):
+        full = torch.from_numpy(images[name].astype(np.float32))[None, None]
+        expected = torch.nn.functional.interpolate(
+            full, size=(80, 120), mode="bilinear", antialias=True, align_corners=False
+        )[0, 0].numpy()
+        region = ((0, 1), (16, 56), (40, 112))
+        got = pair.image.read(0, (0,), region)[0, 0]
+        assert got.dtype == np.uint16
+        np.testing.assert_allclose(got, expected[16:56, 40:112], atol=1.0)
+        (height, width) = labels[name].shape
+        rows = ((np.arange(80) + 0.5) * height / 80).astype(int)
+        columns = ((np.arange(120) + 0.5) * width / 120).astype(int)
+        np.testing.assert_array_equal(
+            pair.label.read(0, (0,), region)[0, 0], labels[name][rows][:, columns][16:56, 40:112]
+        )
+    meta = model_metadata(data)  # what infer's resample=true reads at
+    assert (meta["pixel_size"], meta["pixel_unit"]) == ({"y": 0.5, "x": 0.5}, "micrometer")
+    assert model_metadata(plain)["pixel_size"] == {"y": 0.25, "x": 0.25}
+    spec = {"pair": np.array([1]), "z": np.array([0]), "y": np.array([40]), "x": np.array([80])}
+    assert read_patches(spec, data, augment=False)["x"].shape == (1, 1, 32, 32)
+    tifffile.imwrite(tmp_path / "img" / "b.ome.tif", images["b"])  # no pixel size
+    with pytest.raises(
+        InputImageError,
+        match=r"b.ome.tif.*no pixel size recorded along y.*"
+        r"PhysicalSizeX",
+    ):
+        prepare(_cfg(tmp_path, "resample_size=[0.5]"))
+    with pytest.raises(ConfigError, match="with input_level=1: resampling reads"):
+        _cfg(tmp_path, "resample_size=[0.5]", "input_level=1")
+    with pytest.raises(ConfigError, match=r"resample_size=\[0.0\]: give one pixel size"):
+        _cfg(tmp_path, "resample_size=[0]")
+
+
+def test_resample_size_draws_geojson_annotations_at_the_pixel_size_trained_at(
+    tmp_path: Path,
+) -> None:
+    """QuPath's annotations (in the slide's full-resolution pixels) over images read at
+    another pixel size: each pixel read takes the class its centre lies in."""
+    import json
+
+    rng = np.random.default_rng(5)
+    (tmp_path / "img").mkdir()
+    (tmp_path / "lbl").mkdir()
+    documents = {f"s{i}": _annotations(i) for i in range(2)}
+    for name, document in documents.items():
+        meta = {"axes": "YX", "PhysicalSizeX": 0.25, "PhysicalSizeY": 0.25}
+        image = rng.integers(0, 999, (96, 128), dtype=np.uint16)
+        tifffile.imwrite(tmp_path / "img" / f"{name}.ome.tif", image, metadata=meta)
+        (tmp_path / "lbl" / f"{name}.geojson").write_text(json.dumps(document))
+    names = "class_names=[background,Tumor,Stroma]"
+    data = prepare(_cfg(tmp_path, "mode=multiclass", names, "resample_size=[0.4]"))
+
+    def shrunk(value: object) -> object:  # coordinates in pixels of 0.4 µm
+        if isinstance(value, list) and value and isinstance(value[0], (int, float)):
+            return [value[0] / 1.6, value[1] / 1.6, *value[2:]]
+        return [shrunk(v) for v in value] if isinstance(value, list) else value
+
+    for pair, (name, document) in zip(data.pairs, documents.items(), strict=True):
+        assert pair.size == (60, 80)
+        features = []
+        for feature in document["features"]:
+            geometry = feature["geometry"]
+            shape = {**geometry, "coordinates": shrunk(geometry["coordinates"])}
+            features.append({**feature, "geometry": shape})
+        want = _drawn({"features": features}, {"Tumor": 1, "Stroma": 2}, (60, 80))
+        assert set(np.unique(want)) == {0, 1, 2}, name
+        got = pair.label.read(0, (0,), ((0, 1), (0, 60), (0, 80)))[0, 0]
+        np.testing.assert_array_equal(got, want)
