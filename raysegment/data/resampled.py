@@ -24,7 +24,14 @@ import numpy as np
 from raysegment.data.sources import MICROMETRES, ImageInfo, ImageSource, Region, Unstored
 from raysegment.errors import InputImageError
 
-__all__ = ["ResampledSource", "filter_taps", "resample_sizes", "resampled_to"]
+__all__ = [
+    "ResampledSource",
+    "as_type",
+    "filter_taps",
+    "filtered",
+    "resample_sizes",
+    "resampled_to",
+]
 
 SAME = 1e-3
 """Relative difference of pixel sizes taken as none: the image is read as it is."""
@@ -138,23 +145,37 @@ class ResampledSource(ImageSource):
         taps = self._taps(region)
         boxes = self.source_region(region, taps)
         data = self.inner.read(t, channels, boxes).astype(np.float32)
-        for axis, (found, (start, _)) in enumerate(zip(taps, boxes, strict=True), 1):
-            if found is None:
-                continue
-            index, weight = found
-            along = [1] * data.ndim  # the weights broadcast along this axis
-            along[axis] = -1
-            out: np.ndarray | None = None
-            for k in range(index.shape[1]):  # one tap of every output pixel at a time
-                tap = np.take(data, index[:, k] - start, axis=axis)
-                tap *= weight[:, k].astype(np.float32).reshape(along)
-                out = tap if out is None else np.add(out, tap, out=out)
-            data = cast(np.ndarray, out)
-        dtype = self.info.dtype
-        if dtype.kind in "ui":
-            limits = np.iinfo(dtype)
-            data = np.clip(np.rint(data), limits.min, limits.max)
-        return data.astype(dtype, copy=False)
+        return as_type(filtered(data, taps, [a for a, _ in boxes]), self.info.dtype)
+
+
+def filtered(
+    data: np.ndarray, taps: Sequence[tuple[np.ndarray, np.ndarray] | None], starts: Sequence[int]
+) -> np.ndarray:
+    """``data`` (float32) filtered along its last ``len(taps)`` axes by each one's
+    ``filter_taps`` (None: an axis left as it is), whose indices count from ``starts``
+    (the pixel of the axis ``data`` begins at)."""
+    first = data.ndim - len(taps)
+    for axis, (found, start) in enumerate(zip(taps, starts, strict=True), first):
+        if found is None:
+            continue
+        index, weight = found
+        along = [1] * data.ndim  # the weights broadcast along this axis
+        along[axis] = -1
+        out: np.ndarray | None = None
+        for k in range(index.shape[1]):  # one tap of every output pixel at a time
+            tap = np.take(data, index[:, k] - start, axis=axis)
+            tap *= weight[:, k].astype(np.float32).reshape(along)
+            out = tap if out is None else np.add(out, tap, out=out)
+        data = cast(np.ndarray, out)
+    return data
+
+
+def as_type(data: np.ndarray, dtype: np.dtype) -> np.ndarray:
+    """Filtered ``data`` (float32) in ``dtype``: integers rounded and clipped to it."""
+    if dtype.kind in "ui":
+        limits = np.iinfo(dtype)
+        data = np.clip(np.rint(data), limits.min, limits.max)
+    return data.astype(dtype, copy=False)
 
 
 def _micrometres(unit: str, what: str, fix: str) -> float:

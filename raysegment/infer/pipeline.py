@@ -687,9 +687,10 @@ def _complete(
 
             copy = storage.join(storage.parent(out), layout.name + nifti_name(plan.source.path))
             step("NIfTI copy")
-            # A resampled run's output goes back to the input's voxels.
+            # A resampled run's output goes back to the input's voxels, interpolated.
             grid = plan.source.original.info.shape[2:]
-            write_nifti(storage.join(out, "0"), layout.axes, plan.source.path, copy, grid)
+            classes = cfg.finalize.mode.value in ("mask", "labels")
+            write_nifti(storage.join(out, "0"), layout.axes, plan.source.path, copy, grid, classes)
         if cfg.finalize.dicom_seg:
             step("DICOM SEG")
             _write_dicom_seg(plan, cfg)

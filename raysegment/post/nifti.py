@@ -5,8 +5,11 @@ predictions, so a CT's mask overlays the CT in any viewer of medical images.
 Written plane slab by plane slab: NIfTI's x, y, z voxels (x fastest) are an OME-Zarr
 array's (z, y, x) in C order, so the file is the array's bytes in order, behind the
 header; no volume is held whole. An output of another voxel grid than its input's (a run
-with ``resample=true``) goes back to the input's: each voxel takes the output's voxel
-under its centre.
+with ``resample=true``) goes back to the input's as nnU-Net's predictions do, by linear
+interpolation (antialiased where it shrinks: ``resampled.filter_taps``): probabilities
+and logits interpolated, classes (labels, masks) each voxel the class whose indicator
+interpolates highest (nnU-Net's resampling of segmentations), so boundaries run between
+the output's voxels rather than in steps of them.
 """
 
 from __future__ import annotations
@@ -18,7 +21,9 @@ from typing import Any
 import numpy as np
 
 from raysegment import storage
-from raysegment.data.tiling import under_centres
+from raysegment.data.resampled import as_type, filter_taps, filtered
+
+Taps = tuple[np.ndarray, np.ndarray] | None
 
 __all__ = ["nifti_name", "write_nifti"]
 
@@ -32,14 +37,20 @@ def nifti_name(source_path: str) -> str:
 
 
 def write_nifti(
-    output: str, axes: str, source_path: str, location: str, grid: tuple[int, ...]
+    output: str,
+    axes: str,
+    source_path: str,
+    location: str,
+    grid: tuple[int, ...],
+    classes: bool = False,
 ) -> None:
     """The zarr array ``output`` (of ``axes``, a subset of ``tczyx`` holding c, y and x) as
     a NIfTI file at ``location`` with the header and affine of the NIfTI file
     ``source_path``, whose (z, y, x) voxels are ``grid``: dimensions x, y, z, then time
     and channels where the array has more than one (a fifth dimension of components), its
-    own value type, unscaled; each voxel the array's nearest its centre where the array
-    is of another size (``under_centres``)."""
+    own value type, unscaled. Where the array is of another size, interpolated to the
+    grid: linearly, or, for ``classes`` (its values are classes, in each channel), each
+    voxel the class whose indicator interpolates highest (ties to the higher class)."""
     import nibabel
     import zarr
 
@@ -59,10 +70,18 @@ def write_nifti(
     header.set_data_dtype(np.dtype(array.dtype))
     header.set_data_shape(dims)
     header.set_slope_inter(1.0, 0.0)
-    # Per axis, the array's voxel under each of the input's: the identity where the
-    # array is in the input's grid.
-    picks = {a: under_centres(0, n, n, held[a]) for a, n in sizes.items() if a in "zyx"}
-    plane = sizes["y"] * sizes["x"] * np.dtype(array.dtype).itemsize
+    spatial = [a for a in axes if a in "zyx"]
+
+    def taps(axis: str, start: int, stop: int) -> Taps:
+        """The array's voxels and weights for the grid's ``start:stop`` along ``axis``;
+        None where the array is in the grid along it."""
+        same = held[axis] == sizes[axis]
+        return None if same else filter_taps(held[axis], sizes[axis], start, stop)
+
+    planes = {a: taps(a, 0, sizes[a]) for a in spatial if a != "z"}
+    resampled = sizes != held
+    itemsize = 4 if resampled else np.dtype(array.dtype).itemsize  # interpolated in float32
+    plane = sizes["y"] * sizes["x"] * itemsize
     depth = sizes.get("z", 1)
     step = max(1, _SLAB // plane)
     # Locally under another name until whole (an object store shows an upload only then):
@@ -78,17 +97,41 @@ def write_nifti(
         for ci in range(c):
             for ti in range(t):
                 for z0 in range(0, depth, step):
-                    slab_picks = dict(picks)
+                    found = [
+                        taps("z", z0, min(z0 + step, depth)) if a == "z" else planes[a]
+                        for a in spatial
+                    ]
                     index: dict[str, int | slice] = {"t": ti, "c": ci}
-                    if "z" in picks:
-                        zs = picks["z"][z0 : z0 + step]
-                        index["z"] = slice(int(zs[0]), int(zs[-1]) + 1)
-                        slab_picks["z"] = zs - zs[0]
+                    if "z" in spatial:
+                        zs = found[0][0] if found[0] is not None else np.arange(z0, z0 + step)
+                        index["z"] = slice(int(zs.min()), min(int(zs.max()) + 1, held["z"]))
                     slab = np.asarray(array[tuple(index.get(a, slice(None)) for a in axes)])
-                    if sizes != held:  # back to the input's voxels
-                        slab = slab[np.ix_(*slab_picks.values())]
+                    if resampled:  # back to the input's voxels
+                        starts = [index["z"].start if a == "z" else 0 for a in spatial]  # type: ignore[union-attr]
+                        slab = _interpolated(slab, found, starts, classes)
                     out.write(np.ascontiguousarray(slab).tobytes())
         if out is not raw:
             out.close()
     if local:
         os.replace(target, location)
+
+
+def _interpolated(
+    slab: np.ndarray, found: list[Taps], starts: list[int], classes: bool
+) -> np.ndarray:
+    """``slab`` filtered by ``found`` (``filtered``), in its own type; of ``classes``:
+    each voxel the value whose indicator filters highest (ties to the higher value)."""
+    if not classes:
+        return as_type(filtered(slab.astype(np.float32), found, starts), slab.dtype)
+    best: np.ndarray | None = None
+    chosen: np.ndarray | None = None
+    for value in np.unique(slab):  # in order: a later value takes a tie
+        weight = filtered((slab == value).astype(np.float32), found, starts)
+        if best is None or chosen is None:
+            best, chosen = weight, np.full(weight.shape, value, slab.dtype)
+            continue
+        taken = weight >= best
+        chosen[taken] = value
+        np.maximum(best, weight, out=best)
+    assert chosen is not None
+    return chosen

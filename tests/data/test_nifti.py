@@ -278,32 +278,86 @@ def test_the_nifti_copy_of_several_channels_is_a_fifth_dimension(tmp_path) -> No
     )
 
 
+def _classes_back(labels: np.ndarray, shape: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
+    """The oracle of classes put back in a grid of ``shape``: each class's indicator
+    resized by torch's trilinear interpolation, each voxel the class whose is highest
+    (ties to the higher), and by how much it leads the next (ties' rounding differs)."""
+    import torch
+
+    values = np.unique(labels)
+    onehot = torch.from_numpy((labels[None] == values[:, None, None, None]).astype(np.float32))
+    weights = torch.nn.functional.interpolate(
+        onehot[None], size=shape, mode="trilinear", align_corners=False
+    )[0].numpy()
+    chosen = len(values) - 1 - np.argmax(weights[::-1], axis=0)
+    top = np.sort(weights, axis=0)
+    margin = top[-1] - top[-2] if len(values) > 1 else np.ones(shape, np.float32)
+    return values[chosen], margin
+
+
 def test_a_resampled_output_goes_back_to_the_inputs_voxels(tmp_path, monkeypatch) -> None:
-    """An output of 3 x 8 x 5 voxels over a 6 x 20 x 16 input (``resample=true``): each
-    of the copy's voxels is the output's under its centre, slab by slab (two planes
-    each)."""
+    """An output of 3 x 8 x 5 voxels over a 6 x 20 x 16 input (``resample=true``), put
+    back in the input's grid slab by slab (two planes each), as nnU-Net's predictions:
+    probabilities interpolated linearly (torch's trilinear resizing), labels each voxel
+    the class whose indicator interpolates highest (nnU-Net's resizing of segmentations),
+    not the class under its centre."""
+    import torch
+
     from raysegment.post import nifti as post_nifti
 
     write_nifti(tmp_path / "in.nii.gz", random_image((6, 20, 16)), np.diag([0.5, 0.5, 1.5, 1]))
-    labels = np.random.default_rng(0).integers(0, 9, (1, 3, 8, 5)).astype(np.uint8)
-    zarr.create_array(str(tmp_path / "l.zarr"), data=labels, chunks=(1, 2, 4, 5))
-    monkeypatch.setattr(post_nifti, "_SLAB", 2 * 20 * 16)
-    copy = tmp_path / "l.nii.gz"
-    post_nifti.write_nifti(
-        str(tmp_path / "l.zarr"), "czyx", str(tmp_path / "in.nii.gz"), str(copy), (6, 20, 16)
-    )
-    got = np.asarray(nibabel.load(str(copy)).dataobj).transpose(2, 1, 0)
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 4, (1, 3, 8, 5)).astype(np.uint8)
+    probabilities = rng.random((2, 3, 8, 5), dtype=np.float32)
+    monkeypatch.setattr(post_nifti, "_SLAB", 2 * 20 * 16 * 4)
+    copies = {}
+    for name, data, classes in (("l", labels, True), ("p", probabilities, False)):
+        zarr.create_array(str(tmp_path / f"{name}.zarr"), data=data, chunks=(1, 2, 4, 5))
+        copy = tmp_path / f"{name}.nii.gz"
+        post_nifti.write_nifti(
+            str(tmp_path / f"{name}.zarr"),
+            "czyx",
+            str(tmp_path / "in.nii.gz"),
+            str(copy),
+            (6, 20, 16),
+            classes,
+        )
+        copies[name] = np.asarray(nibabel.load(str(copy)).dataobj)
+    got = copies["l"].transpose(2, 1, 0)
+    want, margin = _classes_back(labels[0], (6, 20, 16))
+    clear = margin > 1e-4
+    assert clear.mean() > 0.95 and got.dtype == np.uint8
+    np.testing.assert_array_equal(got[clear], want[clear])
     under = [
         np.minimum((2 * np.arange(n) + 1) * m // (2 * n), m - 1)
         for n, m in ((6, 3), (20, 8), (16, 5))
     ]
-    np.testing.assert_array_equal(got, labels[0][np.ix_(*under)])
+    assert (got != labels[0][np.ix_(*under)]).mean() > 0.1  # not the class under its centre
+    # A tie (the middle of three voxels over two) goes to the higher class, as nnU-Net's
+    # ``>= 0.5`` gives a mask's voxel halfway between in and out.
+    write_nifti(tmp_path / "three.nii", np.zeros((1, 1, 3), np.int16), np.eye(4))
+    zarr.create_array(str(tmp_path / "two.zarr"), data=np.array([[[[0, 1]]]], np.uint8))
+    post_nifti.write_nifti(
+        str(tmp_path / "two.zarr"),
+        "czyx",
+        str(tmp_path / "three.nii"),
+        str(tmp_path / "two.nii"),
+        (1, 1, 3),
+        True,
+    )
+    assert np.asarray(nibabel.load(str(tmp_path / "two.nii")).dataobj).ravel().tolist() == [0, 1, 1]
+    got = copies["p"].transpose(4, 3, 2, 1, 0)[:, 0]  # x, y, z, t, c -> c, z, y, x
+    want = torch.nn.functional.interpolate(
+        torch.from_numpy(probabilities)[None], size=(6, 20, 16), mode="trilinear"
+    )[0].numpy()
+    np.testing.assert_allclose(got, want, atol=1e-6)
 
 
 @pytest.mark.usefixtures("ray_session")
 def test_a_resampled_ct_run_writes_its_nifti_copy_in_the_cts_voxels(tmp_path, make_model) -> None:
     """A CT of 2.5 x 0.7 x 0.7 mm voxels segmented at 5 x 1.4 x 1.4 mm (``resample_size``):
-    the OME-Zarr at that voxel size, the NIfTI copy in the CT's own grid and affine."""
+    the OME-Zarr at that voxel size, the NIfTI copy in the CT's own grid and affine, the
+    mask interpolated back."""
     ct = random_image((10, 48, 40)).astype(np.int16)
     affine = np.diag([0.7, 0.7, 2.5, 1.0])
     write_nifti(tmp_path / "ct.nii.gz", ct, affine)
@@ -323,8 +377,10 @@ def test_a_resampled_ct_run_writes_its_nifti_copy_in_the_cts_voxels(tmp_path, ma
     copy = nibabel.load(str(tmp_path / "out" / "ct.nii.gz"))
     np.testing.assert_array_equal(copy.affine, nibabel.load(str(tmp_path / "ct.nii.gz")).affine)
     assert copy.shape == (40, 48, 10)
-    want = got[0].repeat(2, axis=0).repeat(2, axis=1).repeat(2, axis=2)  # each voxel's under it
-    np.testing.assert_array_equal(np.asarray(copy.dataobj).transpose(2, 1, 0), want)
+    want, margin = _classes_back(got[0], (10, 48, 40))  # interpolated, not in steps of 2
+    clear = margin > 1e-4
+    assert clear.mean() > 0.95
+    np.testing.assert_array_equal(np.asarray(copy.dataobj).transpose(2, 1, 0)[clear], want[clear])
 
 
 def test_an_nnunet_dataset_pairs_its_images_with_their_labels(tmp_path) -> None:
