@@ -1,11 +1,15 @@
 """An nnU-Net training's prediction of a CT: raysegment against nnU-Net's own predictor.
 
-    python benchmarks/nnunet_predict.py OUT [--shape 96 256 256] [--runs 2]
+    python benchmarks/nnunet_predict.py OUT [--shape 96 256 256] [--runs 2] [--spacing Z Y X]
+        [--sigma S]
 
 Writes an nnU-Net v2 training (``tests/infer/test_nnunet.py``'s ``write_training``: a
 3D ``PlainConvUNet`` of five stages, 16 to 256 features, random weights, one fold, patch
 64 x 128 x 128, CT normalization, three classes, 2.5 x 0.8 x 0.8 mm) and a CT of
-``shape`` (int16, random Hounsfield units) at that spacing as a ``.nii.gz``. Then, in
+``shape`` (int16, random Hounsfield units) at that spacing (or ``--spacing``: then
+raysegment runs with ``resample=true``, as nnU-Net resamples to its spacing and back) as
+a ``.nii.gz``; ``--sigma``: the CT's noise smoothed by a gaussian of that many voxels
+(structures larger than a voxel, whose labels survive resampling). Then, in
 turn, ``runs`` times, each a new process on the CPU with nnU-Net's settings (tiles of the
 patch overlapping by half, gaussian blending, no mirroring):
 
@@ -71,14 +75,23 @@ def main() -> None:
     parser.add_argument("out", type=Path)
     parser.add_argument("--shape", type=int, nargs=3, default=[96, 256, 256])
     parser.add_argument("--runs", type=int, default=2)
+    parser.add_argument("--spacing", type=float, nargs=3, default=[2.5, 0.8, 0.8])
+    parser.add_argument("--sigma", type=float, default=0.0)
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     folder = args.out / "results" / "nnUNetTrainer__nnUNetPlans__3d_fullres"
     if not folder.exists():
         write_training(args.out / "results", features=(16, 32, 64, 128, 256), patch=(64, 128, 128))
-    ct = (random_image(tuple(args.shape)) * 2.5 - 1000).astype(np.int16)
+    noise = random_image(tuple(args.shape)).astype(np.float32)
+    if args.sigma:
+        from scipy.ndimage import gaussian_filter
+
+        noise = gaussian_filter(noise, args.sigma)
+        noise = (noise - noise.min()) / (np.ptp(noise) or 1.0) * 1000
+    ct = (noise * 2.5 - 1000).astype(np.int16)
     image = args.out / "ct_0000.nii.gz"
-    write_nifti(image, ct, np.diag([0.8, 0.8, 2.5, 1.0]))
+    z, y, x = args.spacing
+    write_nifti(image, ct, np.diag([x, y, z, 1.0]))
     theirs = args.out / "nnunet" / "ct.nii.gz"
     ours = args.out / "raysegment" / "ct_0000.nii.gz"
     runs = {
@@ -98,6 +111,7 @@ def main() -> None:
             "overwrite=true",
             "progress=false",
             "quicklook=false",
+            *(["resample=true"] if args.spacing != [2.5, 0.8, 0.8] else []),
         ],
     }
     for run in range(args.runs):
