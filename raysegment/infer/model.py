@@ -25,7 +25,7 @@ from raysegment.infer.nnunet import (
     read_nnunet,
     unfinished_training,
 )
-from raysegment.infer.zoo import is_package, read_package
+from raysegment.infer.zoo import build_architecture, is_package, read_package
 from raysegment.modeldir import MODEL_META
 
 if TYPE_CHECKING:
@@ -116,8 +116,8 @@ def read_model_file(path: str) -> ModelFile:
         return ModelFile(str(p), "torchscript", data, meta, sha256)
     found = [p / n for n in _DIR_CANDIDATES if (p / n).is_file()] if p.is_dir() else []
     if not found and is_package(path):
-        kind, data, meta = read_package(path)
-        return ModelFile(str(p), kind, data, meta, hashlib.sha256(data).hexdigest())
+        kind, data, meta, sha256 = read_package(path)
+        return ModelFile(str(p), kind, data, meta, sha256)
     if p.is_dir():
         unfinished = unfinished_training(path)
         if unfinished:
@@ -268,7 +268,8 @@ def _agreeing_spec(specs: Sequence[ModelSpec], models: Sequence[ModelFile]) -> M
 
 def load_model(model: ModelFile, device: torch.device | str = "cpu") -> torch.nn.Module:
     """Load the program onto ``device`` in eval mode (an ONNX program: a module running it
-    in ONNX Runtime, ``onnx.OnnxModule``).
+    in ONNX Runtime, ``onnx.OnnxModule``; a model package's state dict: its architecture
+    built, ``zoo.build_architecture``, and the weights loaded into it).
 
     Raises:
         ModelLoadError: the file is not a TorchScript archive / torch.export program /
@@ -285,6 +286,11 @@ def load_model(model: ModelFile, device: torch.device | str = "cpu") -> torch.nn
         elif model.kind == "export":
             program = torch.export.load(io.BytesIO(model.data))
             module = program.module().to(device)
+        elif model.kind == "state_dict":  # a model package's, with its architecture
+            module = build_architecture(model.path, model.meta["architecture"])
+            state = torch.load(io.BytesIO(model.data), map_location="cpu", weights_only=True)
+            module.load_state_dict(state)
+            module.to(device)
         else:
             with warnings.catch_warnings():
                 # Deprecated in favour of torch.export; raysegment reads both on purpose.
@@ -295,6 +301,7 @@ def load_model(model: ModelFile, device: torch.device | str = "cpu") -> torch.nn
     except Exception as e:
         want = {
             "export": "a torch.export program (torch.export.save)",
+            "state_dict": "a state dict of its architecture's (torch.save of its state_dict())",
             "onnx": "an ONNX model (torch.onnx.export, or any framework's ONNX export)",
         }.get(model.kind, "a TorchScript archive (torch.jit.save of torch.jit.trace/script)")
         raise ModelLoadError(

@@ -1,6 +1,6 @@
 """BioImage Model Zoo packages (bioimage.io) as ``model=``: their TorchScript weights (else
-their ONNX weights), with what their description says of them as raysegment's model
-metadata (``MODEL_META``).
+their ONNX weights, else their PyTorch state dict with the architecture it names), with
+what their description says of them as raysegment's model metadata (``MODEL_META``).
 
 A package is a directory, a ``.zip``, or the description itself (``rdf.yaml``,
 ``bioimageio.yaml`` or ``<name>.bioimageio.yaml``), in format 0.4 or 0.5. Read from it:
@@ -16,15 +16,22 @@ A package is a directory, a ``.zip``, or the description itself (``rdf.yaml``,
 - in format 0.5, the pixel the model was trained at (``pixel_size``, where its space axes
   have a unit), which infer's default ``input_level`` nears.
 
+A state dict's architecture is the package's Python file and callable (or a module's, from
+an installed library), called with the description's keyword arguments, as
+bioimageio.core builds it: ``architecture`` in the model's metadata, which ``load_model``
+builds (in every predictor) before it loads the weights. Running it runs the package's
+code, as loading a TorchScript program does.
+
 What raysegment cannot run as the package describes (other layouts, several inputs or
-outputs, weights other than TorchScript or ONNX, other processing) is one error naming the
-package and what to do. Statistics are measured on a sample of the whole image (every
-plane and time point), as ``normalize.mode=percentile`` does, not per plane.
+outputs, weights other than TorchScript, ONNX or a state dict, other processing) is one
+error naming the package and what to do. Statistics are measured on a sample of the whole
+image (every plane and time point), as ``normalize.mode=percentile`` does, not per plane.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import zipfile
 from collections.abc import Mapping
 from pathlib import Path, PurePosixPath
@@ -34,12 +41,14 @@ import numpy as np
 
 from raysegment.errors import ModelLoadError
 
-__all__ = ["DESCRIPTIONS", "is_package", "read_package"]
+__all__ = ["DESCRIPTIONS", "build_architecture", "is_package", "read_package"]
 
 DESCRIPTIONS = ("rdf.yaml", "bioimageio.yaml")
 """A package's description, by name (or ``<name>.bioimageio.yaml``)."""
 
 _STATISTICS = ("scale_range", "zero_mean_unit_variance")
+_WEIGHTS = {"torchscript": "torchscript", "onnx": "onnx", "pytorch_state_dict": "state_dict"}
+"""The weights raysegment runs, in the order it picks them, and their ``ModelFile.kind``."""
 
 
 def is_package(path: str) -> bool:
@@ -63,10 +72,12 @@ def _description_in(directory: Path) -> Path | None:
     return found[0] if found else None
 
 
-def read_package(path: str) -> tuple[str, bytes, dict[str, Any]]:
+def read_package(path: str) -> tuple[str, bytes, dict[str, Any], str]:
     """The weights of the package at ``path`` (its TorchScript weights, else its ONNX
-    weights), their kind (``torchscript`` or ``onnx``, as ``ModelFile.kind``), and its
-    metadata as ``MODEL_META`` says.
+    weights, else its state dict), their kind (``torchscript``, ``onnx`` or
+    ``state_dict``, as ``ModelFile.kind``), its metadata as ``MODEL_META`` says (a state
+    dict's with its ``architecture``), and what identifies the model (the SHA-256 of its
+    weights, and of a state dict's architecture).
 
     Raises:
         ModelLoadError: not a package raysegment can run as it describes; the message
@@ -93,7 +104,11 @@ def read_package(path: str) -> tuple[str, bytes, dict[str, Any]]:
         )
     reader = _V04(path, rdf) if version.startswith("0.4") else _V05(path, rdf)
     kind, weights = reader.weights(files)
-    return kind, weights, reader.meta()
+    meta, digest = reader.meta(), hashlib.sha256(weights)
+    if kind == "state_dict":
+        meta["architecture"] = reader.architecture(files)
+        digest.update(json.dumps(meta["architecture"], sort_keys=True).encode())
+    return kind, weights, meta, digest.hexdigest()
 
 
 class _Files:
@@ -127,6 +142,16 @@ class _Files:
             self.root, self.description = p.parent, names[0]
         else:
             self.root, self.description = p.parent, p.name
+
+    def checked(self, name: str, sha256: str | None) -> bytes:
+        """``read`` of ``name``, checked against the ``sha256`` its description gives."""
+        data = self.read(name)
+        if sha256 and hashlib.sha256(data).hexdigest() != sha256:
+            raise ModelLoadError(
+                f"{self.path}: {name} does not match the sha256 its description gives; the "
+                f"package is damaged: download it again"
+            )
+        return data
 
     def read(self, name: str) -> bytes:
         """The bytes of the package's file ``name`` (relative to its description)."""
@@ -164,23 +189,41 @@ class _Reader:
 
     def weights(self, files: _Files) -> tuple[str, bytes]:
         entries = self.rdf.get("weights") or {}
-        kind = next((k for k in ("torchscript", "onnx") if isinstance(entries.get(k), dict)), "")
+        kind = next((k for k in _WEIGHTS if isinstance(entries.get(k), dict)), "")
         entry = entries.get(kind)
         if not isinstance(entry, dict) or not entry.get("source"):
             raise ModelLoadError(
                 f"{self.path}: the package has {', '.join(sorted(entries)) or 'no'} weights "
-                f"and no torchscript or onnx weights, the formats raysegment runs; convert "
-                f"them with bioimageio.core (`bioimageio convert-weights ... torchscript`) or "
-                f"pick a package that has them"
+                f"and no torchscript, onnx or pytorch_state_dict weights, the formats "
+                f"raysegment runs; convert them with bioimageio.core (`bioimageio "
+                f"convert-weights ... torchscript`) or pick a package that has them"
             )
-        data = files.read(str(entry["source"]))
-        want = entry.get("sha256")
-        if want and hashlib.sha256(data).hexdigest() != want:
-            raise ModelLoadError(
-                f"{self.path}: {entry['source']} does not match the sha256 its description "
-                f"gives; the package is damaged: download it again"
-            )
-        return kind, data
+        return _WEIGHTS[kind], files.checked(str(entry["source"]), entry.get("sha256"))
+
+    def architecture(self, files: _Files) -> dict[str, Any]:
+        """The state dict's architecture, as ``build_architecture`` takes it: the Python
+        ``code`` of the package's file (its ``file`` name beside) or the module to
+        ``import_from``, the ``callable`` and its ``kwargs``."""
+        entry = self.rdf["weights"]["pytorch_state_dict"]
+        given = self._architecture(entry)
+        kwargs = given.pop("kwargs", None) or {}
+        if not isinstance(kwargs, dict):
+            raise ModelLoadError(f"{self.path}: the architecture's kwargs are not a mapping")
+        if "file" in given:
+            code = files.checked(given["file"], given.pop("sha256", None))
+            given["code"] = code.decode("utf-8")
+        return {**given, "kwargs": kwargs}
+
+    def _architecture(self, entry: dict[str, Any]) -> dict[str, Any]:
+        """The description's architecture: ``file`` (and its ``sha256``) or
+        ``import_from``, ``callable``, ``kwargs``."""
+        raise NotImplementedError
+
+    def _no_architecture(self) -> ModelLoadError:
+        return ModelLoadError(
+            f"{self.path}: its pytorch_state_dict weights name no architecture (a file of "
+            f"the package and a callable, or a library's); the description is incomplete"
+        )
 
     def _layout(self, tensor: dict[str, Any]) -> list[str]:
         raise NotImplementedError
@@ -355,6 +398,19 @@ class _V04(_Reader):
     """Format 0.4: axes as letters (``bcyx``), shapes as lists or ``min`` and ``step``
     lists, processing by ``name`` with a ``mode``, axes of statistics as letters."""
 
+    def _architecture(self, entry: dict[str, Any]) -> dict[str, Any]:
+        # "unet.py:UNet2d" (a file of the package) or "package.module.UNet2d" (a library's)
+        given = str(entry.get("architecture") or "")
+        found: dict[str, Any] = {"kwargs": entry.get("kwargs")}
+        if ":" in given:
+            name, found["callable"] = given.rsplit(":", 1)
+            found |= {"file": name, "sha256": entry.get("architecture_sha256")}
+        elif "." in given:
+            found["import_from"], found["callable"] = given.rsplit(".", 1)
+        else:
+            raise self._no_architecture()
+        return found
+
     def _layout(self, tensor: dict[str, Any]) -> list[str]:
         return list(str(tensor.get("axes", "")))
 
@@ -396,6 +452,19 @@ class _V04(_Reader):
 class _V05(_Reader):
     """Format 0.5: axes as a list of typed axes with their sizes, halos, channel names
     and scales; processing by ``id``; axes of statistics by their ids."""
+
+    def _architecture(self, entry: dict[str, Any]) -> dict[str, Any]:
+        given = entry.get("architecture")
+        if not isinstance(given, dict) or not given.get("callable"):
+            raise self._no_architecture()
+        found: dict[str, Any] = {"callable": str(given["callable"]), "kwargs": given.get("kwargs")}
+        if given.get("source"):
+            found |= {"file": str(given["source"]), "sha256": given.get("sha256")}
+        elif given.get("import_from"):
+            found["import_from"] = str(given["import_from"])
+        else:
+            raise self._no_architecture()
+        return found
 
     def _typed(self, tensor: dict[str, Any]) -> list[dict[str, Any]]:
         return [a if isinstance(a, dict) else {} for a in tensor.get("axes") or []]
@@ -468,3 +537,52 @@ class _V05(_Reader):
 
     def _input_id(self) -> str:
         return str(self.input.get("id", "input"))
+
+
+def build_architecture(path: str, architecture: dict[str, Any]) -> Any:
+    """The network a state dict's ``architecture`` (``_Reader.architecture``) describes,
+    built as bioimageio.core builds it: the callable of the package's file (its code run
+    as a module of its own) or of an installed module, called with the kwargs.
+
+    Raises:
+        ModelLoadError: the module is not installed, the code fails, or the callable is
+            missing or gives no torch module.
+    """
+    import importlib
+    import types
+
+    import torch
+
+    name = architecture["callable"]
+    if "code" in architecture:
+        digest = hashlib.sha256(architecture["code"].encode()).hexdigest()[:16]
+        where = f"{architecture['file']}:{name}"
+        module = types.ModuleType(f"raysegment_architecture_{digest}")
+        module.__file__ = architecture["file"]
+        try:
+            exec(compile(architecture["code"], architecture["file"], "exec"), module.__dict__)
+        except Exception as e:
+            raise ModelLoadError(
+                f"{path}: the package's {architecture['file']} fails ({type(e).__name__}: {e})"
+            ) from e
+    else:
+        where = f"{architecture['import_from']}.{name}"
+        try:
+            module = importlib.import_module(architecture["import_from"])
+        except ImportError as e:
+            raise ModelLoadError(
+                f"{path}: its architecture comes from {architecture['import_from']}, which is "
+                f"not installed ({e}); install the package that provides it"
+            ) from e
+    build = getattr(module, name, None)
+    if not callable(build):
+        raise ModelLoadError(f"{path}: its architecture {where} is not there")
+    try:
+        network = build(**architecture["kwargs"])
+    except Exception as e:
+        raise ModelLoadError(
+            f"{path}: its architecture {where} fails with its kwargs ({type(e).__name__}: {e})"
+        ) from e
+    if not isinstance(network, torch.nn.Module):
+        raise ModelLoadError(f"{path}: its architecture {where} gives no torch module")
+    return network

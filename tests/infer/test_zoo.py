@@ -289,6 +289,70 @@ def test_a_package_of_onnx_weights_runs_as_bioimageio_core_predicts_it(
     np.testing.assert_allclose(got, predicted(rdf, image[None]), atol=2e-5)
 
 
+ARCHITECTURE = """
+import torch
+
+
+class TwoConvs(torch.nn.Module):
+    def __init__(self, channels, outputs, width=4):
+        super().__init__()
+        self.first = torch.nn.Conv2d(channels, width, 3, padding=1)
+        self.second = torch.nn.Conv2d(width, outputs, 3, padding=1)
+
+    def forward(self, x):
+        return self.second(torch.tanh(self.first(x)))
+"""
+"""A package's architecture: its own Python file, as the zoo's state dicts come."""
+
+
+def _state_dict_package(root: Path, version: str, import_from: str | None = None) -> Path:
+    """A package of ``ARCHITECTURE``'s state dict alone (the architecture the package's
+    file, or ``import_from`` a module), in format ``version``."""
+    root.mkdir(parents=True)
+    (root / "two_convs.py").write_text(ARCHITECTURE)
+    namespace: dict[str, Any] = {}
+    exec(ARCHITECTURE, namespace)
+    kwargs = {"channels": 1, "outputs": 2, "width": 5}
+    torch.manual_seed(8)
+    torch.save(namespace["TwoConvs"](**kwargs).state_dict(), root / "state.pt")
+    entry: dict[str, Any] = {"source": "state.pt", "sha256": _sha(root / "state.pt")}
+    code = {"source": "two_convs.py", "sha256": _sha(root / "two_convs.py")}
+    if version == "0.5":
+        found = {"import_from": import_from} if import_from else code
+        entry["architecture"] = {**found, "callable": "TwoConvs", "kwargs": kwargs}
+        entry["pytorch_version"] = "2.4"
+    else:
+        entry |= {"architecture": "two_convs.py:TwoConvs", "kwargs": kwargs}
+        entry["architecture_sha256"] = code["sha256"]
+    return write_package(root, version, weights={"pytorch_state_dict": entry})
+
+
+@pytest.mark.parametrize("version", ["0.5", "0.4"])
+def test_a_package_of_a_state_dict_runs_its_architecture_as_bioimageio_core_does(
+    tmp_path: Path, ome_tiff, version: str
+) -> None:
+    """Weights as a PyTorch state dict alone: the network built from the package's own
+    Python file (its callable and kwargs), the weights loaded into it, in every
+    predictor; the output bioimageio.core's prediction of the package; the model's
+    identity covers the architecture's code."""
+    rdf = _state_dict_package(tmp_path / "pkg", version)
+    model = read_model_file(str(rdf))
+    assert model.kind == "state_dict" and model.meta["architecture"]["callable"] == "TwoConvs"
+    image = random_image((160, 192), seed=9)
+    got = raw_output(tmp_path, ome_tiff(image), rdf, finalize={"mode": "raw"})
+    np.testing.assert_allclose(got, predicted(rdf, image[None]), atol=2e-5)
+    (rdf.parent / "two_convs.py").write_text(ARCHITECTURE.replace("tanh", "relu"))
+    with pytest.raises(ModelLoadError, match="two_convs.py does not match the sha256"):
+        read_model_file(str(rdf))
+
+
+def test_a_state_dict_of_an_architecture_not_installed_is_one_error(tmp_path: Path) -> None:
+    rdf = _state_dict_package(tmp_path / "pkg", "0.5", import_from="no_such_library.nets")
+    model = read_model_file(str(rdf))
+    with pytest.raises(ModelLoadError, match="comes from no_such_library.nets, which is not"):
+        load_model(model)
+
+
 def test_a_package_that_binarizes_gives_its_mask(tmp_path: Path, ome_tiff) -> None:
     """Its ``binarize`` threshold is the mask's (``finalize.threshold`` unset): 0.3 here,
     whose mask differs from 0.5's."""
@@ -367,7 +431,7 @@ def test_tiles_must_overlap_by_twice_the_halo(tmp_path: Path, ome_tiff) -> None:
         )
 
 
-_STATE_DICT = {"pytorch_state_dict": {"source": "weights.pt", "sha256": "0" * 64}}
+_TENSORFLOW = {"tensorflow_saved_model_bundle": {"source": "model.zip", "sha256": "0" * 64}}
 _DAMAGED = {"torchscript": {"source": "weights.pt", "sha256": "0" * 64, "pytorch_version": "2.4"}}
 _REMOTE = {"torchscript": {"source": "https://zenodo.org/w.pt", "pytorch_version": "2.4"}}
 _OTHER = {"id": "scale_range", "kwargs": {"axes": ["y", "x"], "reference_tensor": "other"}}
@@ -381,8 +445,9 @@ _CLIPPED = [
     ("change", "match"),
     [
         (
-            {"weights": _STATE_DICT},
-            r"pytorch_state_dict weights and no torchscript or onnx weights",
+            {"weights": _TENSORFLOW},
+            r"tensorflow_saved_model_bundle weights and no torchscript, onnx or "
+            r"pytorch_state_dict weights",
         ),
         ({"weights": _DAMAGED}, r"weights.pt does not match the sha256 .* download it again$"),
         ({"weights": _REMOTE}, r"no files from the internet .* give model= that$"),
