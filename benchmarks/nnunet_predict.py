@@ -16,10 +16,13 @@ patch overlapping by half, gaussian blending, no mirroring):
 - nnU-Net's ``nnUNetPredictor.predict_from_files`` of the file to a ``.nii.gz`` of labels
   (one process for preprocessing and one for export);
 - ``raysegment infer`` of it (``finalize.mode=labels finalize.nifti=true``: the OME-Zarr
-  and a ``.nii.gz`` of labels in the CT's grid; Ray's start included).
+  and a ``.nii.gz`` of labels in the CT's grid; Ray's start included; resampled,
+  ``finalize.mode=probabilities finalize.nifti_labels=true``: the labels of the
+  probabilities back in the CT's voxels).
 
 Prints each run's wall time and peak memory (PSS of the process tree, ``run.py``'s
-``PeakMemory``) and the fraction of voxels whose labels agree.
+``PeakMemory``) and the fraction of voxels whose labels agree; with ``--spacing``, also
+where they part (``_at_model_voxels``).
 """
 
 from __future__ import annotations
@@ -106,12 +109,17 @@ def main() -> None:
             f"output={ours.parent}",
             "device=cpu",
             "tile.overlap=0.5",
-            "finalize.mode=labels",
             "finalize.nifti=true",
             "overwrite=true",
             "progress=false",
             "quicklook=false",
-            *(["resample=true"] if args.spacing != [2.5, 0.8, 0.8] else []),
+            # Resampled: the labels of the probabilities back in the CT's voxels, as
+            # nnU-Net exports them.
+            *(
+                ["resample=true", "finalize.mode=probabilities", "finalize.nifti_labels=true"]
+                if args.spacing != [2.5, 0.8, 0.8]
+                else ["finalize.mode=labels"]
+            ),
         ],
     }
     for run in range(args.runs):
@@ -120,6 +128,57 @@ def main() -> None:
             print(f"run {run + 1}: {name:<10} {seconds:6.1f} s, peak {peak:.2f} GiB", flush=True)
     a, b = (np.asarray(nibabel.load(str(p)).dataobj) for p in (theirs, ours))
     print(f"labels agree in {(a == b).mean():.4%} of {a.size} voxels; classes {np.unique(a)}")
+    if args.spacing != [2.5, 0.8, 0.8]:
+        _at_model_voxels(folder, ct, args.spacing, ours)
+
+
+def _at_model_voxels(folder: Path, ct: np.ndarray, spacing: list[float], ours: Path) -> None:
+    """Where the labels part: nnU-Net's labels at the model's voxels (its preprocessing,
+    its sliding window) against raysegment's OME-Zarr; and nnU-Net's logits put back in
+    the CT's voxels by raysegment's interpolation (``nnunet_kinds`` of its probabilities'
+    orders) against nnU-Net's own export."""
+    import torch
+    import zarr
+    from nnunetv2.inference.data_iterators import PreprocessAdapterFromNpy
+    from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
+
+    from raysegment.data.resampled import axis_taps, filtered, nnunet_kinds
+    from raysegment.infer.model import read_models
+
+    predictor = nnUNetPredictor(
+        use_mirroring=False,
+        perform_everything_on_device=False,
+        device=torch.device("cpu"),
+        allow_tqdm=False,
+    )
+    predictor.initialize_from_trained_model_folder(str(folder), use_folds=(0,))
+    adapter = PreprocessAdapterFromNpy(
+        [ct[None].astype(np.float32)],
+        [None],
+        [{"spacing": spacing}],
+        [None],
+        predictor.plans_manager,
+        predictor.dataset_json,
+        predictor.configuration_manager,
+        num_threads_in_multithreaded=1,
+    )
+    logits = predictor.predict_logits_from_preprocessed_data(next(adapter)["data"]).float()
+    mine = zarr.open_array(str(ours.parent / "ct_0000.ome.zarr" / "0"), mode="r")[:].argmax(0)
+    agree = (logits.argmax(0).numpy() == mine).mean()
+    print(f"at the model's voxels {mine.shape}: agree in {agree:.4%}")
+    (model,) = read_models([str(folder)])
+    trained = model.meta["pixel_size"]
+    current = {a: trained[a] for a in "zyx"}
+    kinds = nnunet_kinds(
+        model.meta["resampling"], "probabilities", current, dict(zip("zyx", spacing, strict=True))
+    )
+    taps = [
+        axis_taps(kinds[a], n, m, 0, m) for a, n, m in zip("zyx", mine.shape, ct.shape, strict=True)
+    ]
+    back = filtered(logits.numpy(), taps, [0, 0, 0]).argmax(0)
+    export = np.asarray(nibabel.load(str(ours.parent.parent / "nnunet" / "ct.nii.gz")).dataobj)
+    agree = (back == export.transpose(2, 1, 0)).mean()
+    print(f"nnU-Net's logits put back by raysegment: agree with its export in {agree:.4%}")
 
 
 if __name__ == "__main__":

@@ -160,6 +160,11 @@ class FinalizeConfig:
     """NIfTI inputs: also write ``<name>.nii.gz`` (``.nii`` for a ``.nii`` input) beside
     the OME-Zarr, the output's full resolution in the input's voxel grid, header and
     affine (as nnU-Net writes its predictions)."""
+    nifti_labels: bool = False
+    """With ``mode=probabilities``: the NIfTI copy holds labels, the argmax of the
+    probabilities (one channel: above the threshold) once they are back in the input's
+    voxels, as nnU-Net exports its predictions of a resampled run (the OME-Zarr keeps the
+    probabilities)."""
     dicom_seg: bool = False
     """DICOM series and slide inputs, masks and labels: also write ``<name>.seg.dcm``
     beside the OME-Zarr, a DICOM Segmentation of the input (a segment per class) that
@@ -177,6 +182,11 @@ class FinalizeConfig:
     def __post_init__(self) -> None:
         if self.threshold is not None and not 0.0 <= self.threshold <= 1.0:
             raise ConfigError(f"finalize.threshold={self.threshold} must be in [0, 1]")
+        if self.nifti_labels and (not self.nifti or self.mode != FinalizeMode.probabilities):
+            raise ConfigError(
+                "finalize.nifti_labels=true: the NIfTI copy's labels come from the "
+                "probabilities; set finalize.nifti=true finalize.mode=probabilities"
+            )
         if self.dicom_seg_levels and not self.dicom_seg:
             raise ConfigError(
                 "finalize.dicom_seg_levels=true: the levels are of a slide's DICOM SEG; set "

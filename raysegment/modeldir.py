@@ -18,4 +18,6 @@ spatial axis), static_batch (1: a tile at a time), normalize's measured forms
 ({"percentile": [low, high]} or {"moments": true}, with "eps" and "joint": the channels
 together), its "gain" and "offset" after, and "clip": [min, max]; activation "none". An
 nnU-Net training's (``infer.nnunet``) gives patch_size: the default tile, not the only one,
-and tta_axes: the spatial axes (0 the first) ``tta`` flips, its training's mirror axes."""
+tta_axes: the spatial axes (0 the first) ``tta`` flips, its training's mirror axes, and
+resampling: how its images were resampled ({"data": [order, order_z], "probabilities":
+[...], "force_separate_z", "anisotropy"}: ``data.resampled.nnunet_kinds``)."""

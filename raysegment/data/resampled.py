@@ -11,6 +11,14 @@ an output pixel, as Pillow's and torch's ``antialias=True`` resizing), on each r
 axis in turn. Each output pixel depends only on the input pixels under its filter, so a
 region reads the same pixels whichever block it is part of: neighbouring blocks agree at
 their seams, and a run equals one over the whole image resampled at once.
+
+A model trained on images resampled otherwise reads them as it was trained: an nnU-Net
+training's ``resampling`` (``nnu_net_kinds``: a cubic spline, nearest along an axis of
+voxels over three times as long as the others', the image clipped to the normalization's
+range first, as nnU-Net preprocesses), each axis by its ``KINDS``: ``cubic`` is the
+cubic B-spline interpolation of scipy's ``zoom`` and scikit-image's ``resize`` (no
+antialiasing), as a filter of the cardinal spline's taps (``SPLINE_REACH`` pixels each
+side: within 1e-6 of theirs), so it too is local to each region.
 """
 
 from __future__ import annotations
@@ -25,10 +33,14 @@ from raysegment.data.sources import MICROMETRES, ImageInfo, ImageSource, Region,
 from raysegment.errors import InputImageError
 
 __all__ = [
+    "KINDS",
+    "ORDERS",
     "ResampledSource",
     "as_type",
+    "axis_taps",
     "filter_taps",
     "filtered",
+    "nnunet_kinds",
     "resample_sizes",
     "resampled_to",
 ]
@@ -36,15 +48,28 @@ __all__ = [
 SAME = 1e-3
 """Relative difference of pixel sizes taken as none: the image is read as it is."""
 
+KINDS = ("antialiased", "linear", "cubic", "nearest")
+"""How an axis is resampled: linear, antialiased where it shrinks (raysegment's); linear
+without antialiasing (nnU-Net's order 1); a cubic spline (order 3); the nearest pixel
+(order 0)."""
 
-def filter_taps(n_in: int, n_out: int, start: int, stop: int) -> tuple[np.ndarray, np.ndarray]:
+SPLINE_REACH = 10
+"""Input pixels each side of an output pixel's position that its cubic spline takes."""
+
+Taps = tuple[np.ndarray, np.ndarray]
+
+
+def filter_taps(
+    n_in: int, n_out: int, start: int, stop: int, antialias: bool = True
+) -> tuple[np.ndarray, np.ndarray]:
     """For output pixels ``start:stop`` of an axis of ``n_out`` over the extent of
     ``n_in`` input pixels, the input pixels each takes and their weights: (n, K) indices
     and (n, K) weights summing to 1 per output pixel. A triangle filter centred on the
-    output pixel's centre, of half-width one input pixel, or one output pixel where it
-    shrinks (torch's ``interpolate(..., antialias=True)`` weights, pixel for pixel)."""
+    output pixel's centre, of half-width one input pixel, or (``antialias``) one output
+    pixel where it shrinks (torch's ``interpolate(..., antialias=True)`` weights, pixel
+    for pixel)."""
     scale = n_in / n_out
-    support = max(scale, 1.0)
+    support = max(scale, 1.0) if antialias else 1.0
     centre = (np.arange(start, stop, dtype=np.float64) + 0.5) * scale
     low = np.maximum((centre - support + 0.5).astype(np.int64), 0)
     high = np.minimum((centre + support + 0.5).astype(np.int64), n_in)
@@ -56,12 +81,71 @@ def filter_taps(n_in: int, n_out: int, start: int, stop: int) -> tuple[np.ndarra
     return np.minimum(taps, n_in - 1), weights
 
 
+def _positions(n_in: int, n_out: int, start: int, stop: int) -> np.ndarray:
+    """Output pixels' centres in input pixels (0: the first input pixel's centre)."""
+    return (np.arange(start, stop, dtype=np.float64) + 0.5) * (n_in / n_out) - 0.5
+
+
+def nearest_taps(n_in: int, n_out: int, start: int, stop: int) -> Taps:
+    """``filter_taps`` of the input pixel nearest each output pixel's centre (halfway:
+    the later one, as scipy's order-0 ``map_coordinates``)."""
+    index = np.clip(np.floor(_positions(n_in, n_out, start, stop) + 0.5), 0, n_in - 1)
+    return index.astype(np.int64)[:, None], np.ones((stop - start, 1))
+
+
+def _cardinal_coefficients() -> np.ndarray:
+    """The cubic B-spline prefilter's impulse response (the cardinal spline's coefficients
+    on B-splines), at offsets -SPLINE_REACH - 2 .. SPLINE_REACH + 2."""
+    pole = np.sqrt(3.0) - 2.0
+    offsets = np.arange(-SPLINE_REACH - 2, SPLINE_REACH + 3)
+    return -6.0 * pole / (1.0 - pole * pole) * pole ** np.abs(offsets)
+
+
+_CARDINAL = _cardinal_coefficients()
+
+
+def _bspline(x: np.ndarray) -> np.ndarray:
+    """The cubic B-spline at ``x``."""
+    x = np.abs(x)
+    near = 2.0 / 3.0 - x**2 + x**3 / 2.0
+    return np.where(x < 1.0, near, np.where(x < 2.0, (2.0 - x) ** 3 / 6.0, 0.0))
+
+
+def spline_taps(n_in: int, n_out: int, start: int, stop: int) -> Taps:
+    """``filter_taps`` of cubic spline interpolation: the cardinal cubic spline at each
+    output pixel's centre (no antialiasing), the axis extended by its edge pixels, as
+    scipy's ``zoom(..., order=3, mode="nearest", grid_mode=True)`` and scikit-image's
+    ``resize(..., order=3, mode="edge", anti_aliasing=False)``."""
+    position = _positions(n_in, n_out, start, stop)
+    taps = np.floor(position).astype(np.int64)[:, None] + np.arange(-SPLINE_REACH, SPLINE_REACH + 2)
+    offsets = np.arange(-SPLINE_REACH - 2, SPLINE_REACH + 3)
+    distance = position[:, None] - taps
+    weights = np.zeros(taps.shape)
+    for k, coefficient in zip(offsets, _CARDINAL, strict=True):  # the cardinal kernel
+        weights += coefficient * _bspline(distance - k)
+    weights /= weights.sum(axis=1, keepdims=True)
+    return np.clip(taps, 0, n_in - 1), weights
+
+
+def axis_taps(kind: str, n_in: int, n_out: int, start: int, stop: int) -> Taps:
+    """``filter_taps`` of an axis resampled by ``kind`` (of ``KINDS``)."""
+    if kind == "cubic":
+        return spline_taps(n_in, n_out, start, stop)
+    if kind == "nearest":
+        return nearest_taps(n_in, n_out, start, stop)
+    return filter_taps(n_in, n_out, start, stop, antialias=kind == "antialiased")
+
+
 class ResampledSource(ImageSource):
     """``inner`` read at the (z, y, x) ``shape``: each resampled axis over the same extent
     at another pixel count, so its pixel size is the extent over the count. ``info`` is
     ``inner``'s with that shape, ``scale`` (the physical pixel size per axis, in the units
     of ``units``: the input's or ``voxel_size``'s) and ``origin`` (its first pixel's
-    centre: ``resampled_to``). Integer images stay integer (rounded)."""
+    centre: ``resampled_to``). Integer images stay integer (rounded; float32 with a
+    ``scheme``). ``kinds``: how each
+    axis is resampled (``KINDS``; default antialiased); ``clip``: the range the pixels
+    are clipped to before (the model's normalization's, where nnU-Net clips first);
+    ``scheme``: the nnU-Net resampling ``kinds`` come from, which ``kinds_back`` takes."""
 
     kind = "resampled"
     stored_levels = False
@@ -73,20 +157,48 @@ class ResampledSource(ImageSource):
         scale: Mapping[str, float],
         units: Mapping[str, str],
         origin: Mapping[str, float],
+        kinds: Mapping[str, str] | None = None,
+        clip: tuple[float, float] | None = None,
+        scheme: Mapping[str, Any] | None = None,
     ) -> None:
         self.inner = inner
         self._target = (shape, dict(scale), dict(units), dict(origin))
+        self.kinds = dict(kinds or {})
+        self.clip = clip
+        self.scheme = dict(scheme) if scheme else None
         super().__init__(inner.path, inner.axes, inner.series, inner.name, inner.level)
 
     @property
     def where(self) -> str:
         size = " x ".join(f"{self.info.scale[a]:.4g}" for a in "zyx" if a in self.resampled)
         unit = self.info.units.get("x", "")
-        return f"{self.inner.where} resampled to {size} {unit} pixels".replace("  ", " ")
+        how = ", ".join(
+            f"{k} along {''.join(a for a in self.resampled if self.kinds.get(a) == k)}"
+            for k in KINDS[1:]
+            if any(self.kinds.get(a) == k for a in self.resampled)
+        )
+        clipped = (
+            f", clipped to {self.clip[0]:.4g} .. {self.clip[1]:.4g} first" if self.clip else ""
+        )
+        how = f" ({how}{clipped})" if how or clipped else ""
+        return f"{self.inner.where} resampled to {size} {unit} pixels{how}".replace("  ", " ")
 
     @property
     def original(self) -> ImageSource:
         return self.inner.original
+
+    def kinds_back(self) -> dict[str, str]:
+        """How each axis of an output read from this goes back to the image's own grid
+        (``original``): as the ``scheme`` resamples its output (``nnunet_kinds``), else
+        antialiased linear (no entry)."""
+        if self.scheme is None:
+            return {}
+        pairs = zip("zyx", self.info.shape[2:], self.original.info.shape[2:], strict=True)
+        current = {a: self.info.scale[a] for a, n, _ in pairs if n > 1 and self.info.scale.get(a)}
+        back = dict(zip("zyx", self.original.info.shape[2:], strict=True))
+        sizes = dict(zip("zyx", self.info.shape[2:], strict=True))
+        new = {a: s * sizes[a] / back[a] for a, s in current.items()}
+        return nnunet_kinds(self.scheme, "probabilities", current, new)
 
     @property
     def resampled(self) -> str:
@@ -100,6 +212,8 @@ class ResampledSource(ImageSource):
         return replace(
             info,
             shape=(*info.shape[:2], *shape),  # type: ignore[arg-type]
+            # nnU-Net resamples its images in floating point (normalized already).
+            dtype=np.dtype(np.float32) if self.scheme else info.dtype,
             scale=scale,
             units=units,
             origin=origin,
@@ -124,8 +238,11 @@ class ResampledSource(ImageSource):
     def _taps(self, region: Region) -> list[tuple[np.ndarray, np.ndarray] | None]:
         """Per axis of ``region``, ``filter_taps`` of its pixels, or None where the axis
         is not resampled."""
-        sizes = zip(region, self.inner.info.shape[2:], self.info.shape[2:], strict=True)
-        return [None if n == m else filter_taps(n, m, a, b) for (a, b), n, m in sizes]
+        sizes = zip("zyx", region, self.inner.info.shape[2:], self.info.shape[2:], strict=True)
+        return [
+            None if n == m else axis_taps(self.kinds.get(axis, "antialiased"), n, m, a, b)
+            for axis, (a, b), n, m in sizes
+        ]
 
     def source_region(self, region: Region, taps: list[Any] | None = None) -> Region:
         """The region of ``inner`` under ``region``'s pixels and their filters (``taps``:
@@ -145,6 +262,8 @@ class ResampledSource(ImageSource):
         taps = self._taps(region)
         boxes = self.source_region(region, taps)
         data = self.inner.read(t, channels, boxes).astype(np.float32)
+        if self.clip is not None:
+            np.clip(data, *self.clip, out=data)
         return as_type(filtered(data, taps, [a for a, _ in boxes]), self.info.dtype)
 
 
@@ -200,13 +319,17 @@ def resampled_to(
     physical: Physical,
     pyramid: bool,
     fix: str = "give voxel_size= (the input's pixel size)",
+    scheme: Mapping[str, Any] | None = None,
+    clip: tuple[float, float] | None = None,
 ) -> ImageSource:
     """``source`` (full resolution) read at the pixel ``size`` (per axis of zyx it names,
     in ``unit``; "": in the source's units): with ``pyramid``, from its coarsest level
     whose pixel is at most that size (the levels only coarsen); resampled along each axis
     whose pixel is not already that size; ``source`` (or the level) itself where none is.
     ``physical`` gives a source's pixel size, unit and origin; ``fix``: how to give a
-    source one where it has none (in the error).
+    source one where it has none (in the error). ``scheme``: how the model's training
+    resampled its images (an nnU-Net training's ``resampling``: ``nnunet_kinds``; else
+    antialiased linear), ``clip``: the range to clip the pixels to before.
 
     A resampled axis keeps the image's extent: n pixels of size s become round(n s / size)
     of n s / count each. Its origin (the first pixel's centre, as OME-Zarr viewers place
@@ -252,7 +375,50 @@ def resampled_to(
         moved[a] = origin.get(a, 0.0) + (scale[a] - pixel[a]) / 2
     if tuple(shape) == level.info.shape[2:]:
         return level
-    return ResampledSource(level, tuple(shape), scale, units, moved)  # type: ignore[arg-type]
+    kinds: dict[str, str] = {}
+    if scheme is not None:
+        spatial = [a for a, n in zip("zyx", level.info.shape[2:], strict=True) if n > 1]
+        current = {a: pixel[a] for a in spatial if pixel.get(a)}
+        new = {a: wanted.get(a, s) for a, s in current.items()}
+        kinds = nnunet_kinds(scheme, "data", current, new)
+    target = (tuple(shape), scale, units, moved)
+    return ResampledSource(level, *target, kinds, clip, scheme)  # type: ignore[arg-type]
+
+
+ORDERS = {0: "nearest", 1: "linear", 3: "cubic"}
+"""The interpolation orders of nnU-Net's resampling raysegment runs, as ``KINDS``."""
+
+
+def nnunet_kinds(
+    scheme: Mapping[str, Any],
+    which: str,
+    current: Mapping[str, float],
+    new: Mapping[str, float],
+) -> dict[str, str]:
+    """How nnU-Net resamples each axis of an image of pixel sizes ``current`` (per axis of
+    zyx) to ``new``: ``scheme``'s ``which`` orders (``data``: the images, ``probabilities``:
+    the output back), the first in-plane, the second (nearest, mostly) along the axis of
+    voxels over ``anisotropy`` times as long as the others' (the current's, else the
+    new's; none where two axes tie), unless ``force_separate_z`` says (nnU-Net's
+    ``determine_do_sep_z_and_axis``)."""
+    order, order_z = (ORDERS[int(v)] for v in scheme[which])
+    force, threshold = scheme.get("force_separate_z"), float(scheme.get("anisotropy", 3.0))
+    lowres: str | None = None
+    if force is not None:
+        lowres = _lowres(current) if force else None
+    else:
+        for spacing in (current, new):
+            if spacing and max(spacing.values()) / min(spacing.values()) > threshold:
+                lowres = _lowres(spacing)
+                break
+    return {a: order_z if a == lowres else order for a in current}
+
+
+def _lowres(spacing: Mapping[str, float]) -> str | None:
+    """The one axis of the longest pixels; None where several tie."""
+    top = max(spacing.values())
+    found = [a for a, s in spacing.items() if s == top]
+    return found[0] if len(found) == 1 else None
 
 
 def _level_at_most(source: ImageSource, factor: float) -> ImageSource:

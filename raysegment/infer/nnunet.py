@@ -23,7 +23,9 @@ Read from the fold's ``checkpoint_final.pth`` and the directory's ``plans.json``
   ``tta=true`` flips, as nnU-Net's test-time augmentation does;
 - the classes (``labels``, background first) with a softmax, and the spacing as the pixel
   the model was trained at (``pixel_size`` in millimetres, for images nnU-Net reads as
-  medical images), which ``resample=true`` reads the image at.
+  medical images), which ``resample=true`` reads the image at, as the plans resample
+  (``resampling``: their orders for the images and the probabilities, and their rule for
+  the axis resampled apart: ``resampled.nnunet_kinds``).
 
 Not run: region-based trainings (sigmoid outputs of overlapping regions), normalization
 within the nonzero region (``use_mask_for_norm``), channels normalized differently, other
@@ -181,6 +183,7 @@ def read_nnunet(fold: str) -> tuple[bytes, dict[str, Any], str]:
         "tta_axes": sorted(order[int(a)] for a in mirrored),
         **_normalization(plans, config, channels, where),
         **_spacing(plans, config, order),
+        **_resampling(config, where),
     }
     digest = hashlib.sha256()
     for file in (Path(fold) / CHECKPOINT, folder / "plans.json", folder / "dataset.json"):
@@ -384,6 +387,38 @@ def _spacing(plans: dict[str, Any], config: dict[str, Any], order: list[int]) ->
         "pixel_size": {a: spacing[order.index(i)] for i, a in enumerate(axes)},
         "pixel_unit": "millimeter",
     }
+
+
+_RESAMPLING = "resample_data_or_seg_to_shape"
+"""nnU-Net's own resampling function, which plans name for the images and the output."""
+
+
+def _resampling(config: dict[str, Any], where: str) -> dict[str, Any]:
+    """How the configuration resamples the images and the output back, as ``MODEL_META``'s
+    ``resampling`` (``resampled.nnunet_kinds``); none where it names another function
+    than nnU-Net's own.
+
+    Raises:
+        ModelLoadError: an interpolation order raysegment does not run (it runs 0, 1, 3).
+    """
+    from raysegment.data.resampled import ORDERS
+
+    if config.get("resampling_fn_data", _RESAMPLING) != _RESAMPLING:
+        return {}
+    scheme: dict[str, Any] = {}
+    for which, order in (("data", 3), ("probabilities", 1)):  # and nnU-Net's defaults
+        given = config.get(f"resampling_fn_{which}_kwargs") or {}
+        orders = [int(given.get("order", order)), int(given.get("order_z", 0))]
+        if any(o not in ORDERS for o in orders):
+            raise ModelLoadError(
+                f"{where}: resamples its {which} with spline order {orders}; raysegment "
+                f"interpolates with orders {sorted(ORDERS)}: segment the images with nnU-Net"
+            )
+        scheme[which] = orders
+        if which == "data":
+            scheme["force_separate_z"] = given.get("force_separate_z")
+            scheme["anisotropy"] = float(given.get("separate_z_anisotropy_threshold", 3.0))
+    return {"resampling": scheme}
 
 
 def _unsupported(where: str, what: str) -> str:

@@ -463,7 +463,27 @@ def _resampled(cfg: InferConfig, source: ImageSource, models: tuple[ModelFile, .
         )
     # With voxel_size (the full resolution's pixel), the pyramid's levels are not told.
     pyramid = cfg.voxel_size is None
-    return resampled_to(source, *sizes, lambda s: physical(cfg, s, "tzyx"), pyramid)
+    scheme = models[0].meta.get("resampling")  # an nnU-Net training's
+    return resampled_to(
+        source,
+        *sizes,
+        lambda s: physical(cfg, s, "tzyx"),
+        pyramid,
+        scheme=scheme,
+        clip=_clipped_first(models[0].meta) if scheme else None,
+    )
+
+
+def _clipped_first(meta: Mapping[str, Any]) -> tuple[float, float] | None:
+    """The range in the input's values its model's normalization clips to, where it clips
+    one channel at fixed bounds (an nnU-Net CT training's: clipped before resampling, as
+    nnU-Net preprocesses)."""
+    norm = meta.get("normalize") or {}
+    if not norm.get("clip") or len(norm.get("mean") or ()) != 1 or len(norm["std"]) != 1:
+        return None
+    (mean,), (std,) = norm["mean"], norm["std"]
+    low, high = norm["clip"]
+    return float(low) * std + mean, float(high) * std + mean
 
 
 def _levels_picked(cfg: InferConfig, plans: list[ImagePlan], models: tuple[ModelFile, ...]) -> str:
@@ -683,14 +703,25 @@ def _complete(
                 out, layout, cfg.instances, plan.source, plan.channels[0], named=named
             )
         if cfg.finalize.nifti:
-            from raysegment.post.nifti import nifti_name, write_nifti
+            from raysegment.post.nifti import labels_of, nifti_name, write_nifti
 
             copy = storage.join(storage.parent(out), layout.name + nifti_name(plan.source.path))
             step("NIfTI copy")
             # A resampled run's output goes back to the input's voxels, interpolated.
-            grid = plan.source.original.info.shape[2:]
+            original = plan.source.original
             classes = cfg.finalize.mode.value in ("mask", "labels")
-            write_nifti(storage.join(out, "0"), layout.axes, plan.source.path, copy, grid, classes)
+            # Labels of the probabilities once back in the input's voxels.
+            labels = labels_of(plan.threshold) if cfg.finalize.nifti_labels else None
+            write_nifti(
+                storage.join(out, "0"),
+                layout.axes,
+                plan.source.path,
+                copy,
+                original.info.shape[2:],
+                classes,
+                plan.source.kinds_back() if isinstance(plan.source, ResampledSource) else None,
+                labels,
+            )
         if cfg.finalize.dicom_seg:
             step("DICOM SEG")
             _write_dicom_seg(plan, cfg)

@@ -102,6 +102,8 @@ class ImagePlan:
     ``raysegment.json``), else auto (sigmoid for one channel, else softmax)."""
     clip: tuple[float, float] | None = None
     """Bounds the normalized input is clipped to (a model package's ``clip``)."""
+    threshold: float = 0.5
+    """The probability above which a pixel is foreground (``threshold_of``)."""
 
     @property
     def block_levels(self) -> int:
@@ -546,6 +548,7 @@ def plan_image(
         classes=classes,
         class_codes=codes,
         activation=activation_of(cfg, spec),
+        threshold=threshold_of(cfg, spec),
         clip=clip,  # type: ignore[arg-type]
     )
 

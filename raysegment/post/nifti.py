@@ -16,16 +16,17 @@ from __future__ import annotations
 
 import gzip
 import os
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import numpy as np
 
 from raysegment import storage
-from raysegment.data.resampled import as_type, filter_taps, filtered
+from raysegment.data.resampled import as_type, axis_taps, filtered
 
 Taps = tuple[np.ndarray, np.ndarray] | None
 
-__all__ = ["nifti_name", "write_nifti"]
+__all__ = ["labels_of", "nifti_name", "write_nifti"]
 
 _SLAB = 64 << 20
 """Bytes of the output read and written at once."""
@@ -36,6 +37,19 @@ def nifti_name(source_path: str) -> str:
     return ".nii.gz" if source_path.lower().endswith(".gz") else ".nii"
 
 
+def labels_of(threshold: float) -> Callable[[np.ndarray], np.ndarray]:
+    """Labels of probabilities (C, ...) as ``finalize.mode=labels`` gives them, (1, ...):
+    the channels' argmax (the first of a tie), or one channel above ``threshold``."""
+
+    def labels(probabilities: np.ndarray) -> np.ndarray:
+        if probabilities.shape[0] == 1:
+            return (probabilities > threshold).astype(np.uint8)
+        dtype = np.uint8 if probabilities.shape[0] <= 256 else np.int32
+        return np.argmax(probabilities, axis=0)[None].astype(dtype)
+
+    return labels
+
+
 def write_nifti(
     output: str,
     axes: str,
@@ -43,6 +57,8 @@ def write_nifti(
     location: str,
     grid: tuple[int, ...],
     classes: bool = False,
+    kinds: Mapping[str, str] | None = None,
+    labels: Callable[[np.ndarray], np.ndarray] | None = None,
 ) -> None:
     """The zarr array ``output`` (of ``axes``, a subset of ``tczyx`` holding c, y and x) as
     a NIfTI file at ``location`` with the header and affine of the NIfTI file
@@ -50,7 +66,11 @@ def write_nifti(
     and channels where the array has more than one (a fifth dimension of components), its
     own value type, unscaled. Where the array is of another size, interpolated to the
     grid: linearly, or, for ``classes`` (its values are classes, in each channel), each
-    voxel the class whose indicator interpolates highest (ties to the higher class)."""
+    voxel the class whose indicator interpolates highest (ties to the higher class);
+    ``kinds``: how each axis is interpolated (``resampled.KINDS``; antialiased linear by
+    default; an nnU-Net training's as it resamples its output back); ``labels``: the
+    file holds one channel, ``labels`` of each slab's channels (C, z, y, x) once in the
+    grid (of probabilities: their argmax, as nnU-Net exports its predictions)."""
     import nibabel
     import zarr
 
@@ -58,7 +78,10 @@ def write_nifti(
     sizes = dict(zip(axes, array.shape, strict=True))
     held = dict(sizes)  # the array's; ``sizes`` becomes the input's grid
     sizes.update({a: n for a, n in zip("zyx", grid, strict=True) if a in sizes})
-    t, c = sizes.get("t", 1), sizes["c"]
+    t, c = sizes.get("t", 1), 1 if labels else sizes["c"]
+    dtype = np.dtype(array.dtype)
+    if labels is not None:
+        dtype = labels(np.zeros((sizes["c"], 1, 1, 1), np.float32)).dtype
     dims = [sizes["x"], sizes["y"]]
     if "z" in sizes or t > 1 or c > 1:
         dims.append(sizes.get("z", 1))
@@ -67,7 +90,7 @@ def write_nifti(
     if c > 1:
         dims.append(c)
     header: Any = nibabel.load(source_path).header.copy()  # a Nifti1Header or Nifti2Header
-    header.set_data_dtype(np.dtype(array.dtype))
+    header.set_data_dtype(dtype)
     header.set_data_shape(dims)
     header.set_slope_inter(1.0, 0.0)
     spatial = [a for a in axes if a in "zyx"]
@@ -75,13 +98,15 @@ def write_nifti(
     def taps(axis: str, start: int, stop: int) -> Taps:
         """The array's voxels and weights for the grid's ``start:stop`` along ``axis``;
         None where the array is in the grid along it."""
-        same = held[axis] == sizes[axis]
-        return None if same else filter_taps(held[axis], sizes[axis], start, stop)
+        if held[axis] == sizes[axis]:
+            return None
+        kind = (kinds or {}).get(axis, "antialiased")
+        return axis_taps(kind, held[axis], sizes[axis], start, stop)
 
     planes = {a: taps(a, 0, sizes[a]) for a in spatial if a != "z"}
     resampled = sizes != held
     itemsize = 4 if resampled else np.dtype(array.dtype).itemsize  # interpolated in float32
-    plane = sizes["y"] * sizes["x"] * itemsize
+    plane = sizes["y"] * sizes["x"] * itemsize * (sizes["c"] if labels else 1)
     depth = sizes.get("z", 1)
     step = max(1, _SLAB // plane)
     # Locally under another name until whole (an object store shows an upload only then):
@@ -101,7 +126,7 @@ def write_nifti(
                         taps("z", z0, min(z0 + step, depth)) if a == "z" else planes[a]
                         for a in spatial
                     ]
-                    index: dict[str, int | slice] = {"t": ti, "c": ci}
+                    index: dict[str, int | slice] = {"t": ti, "c": slice(None) if labels else ci}
                     if "z" in spatial:
                         zs = found[0][0] if found[0] is not None else np.arange(z0, z0 + step)
                         index["z"] = slice(int(zs.min()), min(int(zs.max()) + 1, held["z"]))
@@ -109,7 +134,9 @@ def write_nifti(
                     if resampled:  # back to the input's voxels
                         starts = [index["z"].start if a == "z" else 0 for a in spatial]  # type: ignore[union-attr]
                         slab = _interpolated(slab, found, starts, classes)
-                    out.write(np.ascontiguousarray(slab).tobytes())
+                    if labels is not None:
+                        slab = labels(slab)[0]
+                    out.write(np.ascontiguousarray(slab, dtype=dtype).tobytes())
         if out is not raw:
             out.close()
     if local:

@@ -351,6 +351,19 @@ def test_a_resampled_output_goes_back_to_the_inputs_voxels(tmp_path, monkeypatch
         torch.from_numpy(probabilities)[None], size=(6, 20, 16), mode="trilinear"
     )[0].numpy()
     np.testing.assert_allclose(got, want, atol=1e-6)
+    # Labels of the probabilities once back (``finalize.nifti_labels``): their argmax.
+    labelled = tmp_path / "pl.nii.gz"
+    post_nifti.write_nifti(
+        str(tmp_path / "p.zarr"),
+        "czyx",
+        str(tmp_path / "in.nii.gz"),
+        str(labelled),
+        (6, 20, 16),
+        labels=post_nifti.labels_of(0.5),
+    )
+    got = np.asarray(nibabel.load(str(labelled)).dataobj).transpose(2, 1, 0)
+    assert got.dtype == np.uint8
+    np.testing.assert_array_equal(got, want.argmax(0))
 
 
 @pytest.mark.usefixtures("ray_session")

@@ -67,6 +67,88 @@ def test_integer_images_stay_integer_rounded() -> None:
     np.testing.assert_array_equal(got, np.clip(np.rint(want), 0, 65535))
 
 
+_NNUNET = {"data": [3, 0], "probabilities": [1, 0], "force_separate_z": None, "anisotropy": 3.0}
+"""nnU-Net's default resampling (its plans' kwargs), as an nnU-Net training records it."""
+
+
+@pytest.mark.parametrize(
+    ("shape", "spacing", "new", "kinds", "back"),
+    [
+        (  # anisotropic: a cubic spline in-plane, the nearest plane along z
+            (6, 40, 30),
+            (3.0, 0.7, 0.7),
+            (2.4, 0.9, 0.5),
+            {"z": "nearest", "y": "cubic", "x": "cubic"},
+            {"z": "nearest", "y": "linear", "x": "linear"},
+        ),
+        (  # isotropic: a cubic spline along every axis
+            (12, 20, 24),
+            (1.0, 1.0, 1.0),
+            (1.5, 0.7, 0.8),
+            {"z": "cubic", "y": "cubic", "x": "cubic"},
+            {"z": "linear", "y": "linear", "x": "linear"},
+        ),
+    ],
+)
+def test_an_nnunet_training_reads_images_as_nnunet_resamples_them(
+    shape, spacing, new, kinds, back
+) -> None:
+    """With an nnU-Net training's resampling, the image read is nnU-Net's
+    ``resample_data_or_seg_to_shape`` of it, clipped first (its CT normalization's
+    range), in any block; the output goes back by its probabilities' orders."""
+    from scipy.ndimage import gaussian_filter
+
+    resampling = pytest.importorskip("nnunetv2.preprocessing.resampling.default_resampling")
+    rng = np.random.default_rng(2)
+    volume = (gaussian_filter(rng.normal(0, 2000, shape), 1.0) + 100).astype(np.float32)
+    clip = (-150.0, 400.0)
+
+    def physical(source):
+        return dict(zip("zyx", spacing, strict=True)), {}, {}
+
+    source = resampled_to(
+        MemorySource(volume[None, None], "mem", "mem"),
+        dict(zip("zyx", new, strict=True)),
+        "",
+        physical,
+        pyramid=False,
+        scheme=_NNUNET,
+        clip=clip,
+    )
+    assert isinstance(source, ResampledSource) and source.kinds == kinds
+    assert source.kinds_back() == back and source.info.dtype == np.float32
+    target = tuple(int(n) for n in resampling.compute_new_shape(shape, spacing, new))
+    assert source.info.shape[2:] == target
+    want = resampling.resample_data_or_seg_to_shape(
+        np.clip(volume, *clip)[None], target, spacing, new, False, 3, 0, None
+    )[0]
+    whole = source.read(0, (0,), tuple((0, n) for n in target))[0]
+    # nnU-Net's resize clips to each slice's range (here the clip's): the model's
+    # normalization clips raysegment's after.
+    np.testing.assert_allclose(np.clip(whole, *clip), want, atol=2e-3)
+    assert np.abs(whole - want).max() > 1.0  # the spline overshoots where nnU-Net clips
+    region = ((1, target[0]), (3, target[1] - 2), (5, 9))
+    part = source.read(0, (0,), region)[0]
+    np.testing.assert_array_equal(part, whole[tuple(slice(a, b) for a, b in region)])
+
+
+def test_nnunets_rule_for_the_axis_resampled_apart() -> None:
+    """An axis of pixels over three times as long as the others' (the image's, else the
+    new) is resampled apart, by the second order; none where two tie; forced either way."""
+    from raysegment.data.resampled import nnunet_kinds
+
+    flat = {"z": 1.0, "y": 1.0, "x": 1.0}
+    assert nnunet_kinds(_NNUNET, "data", flat, {"z": 3.5, "y": 1.0, "x": 1.0})["z"] == "nearest"
+    assert nnunet_kinds(_NNUNET, "data", {"z": 1.0, "y": 3.5, "x": 3.5}, flat) == {
+        a: "cubic" for a in "zyx"
+    }
+    assert nnunet_kinds(_NNUNET, "data", flat, flat) == {a: "cubic" for a in "zyx"}
+    forced = {**_NNUNET, "force_separate_z": True}
+    assert nnunet_kinds(forced, "data", {"z": 2.0, "y": 1.0, "x": 1.0}, flat)["z"] == "nearest"
+    never = {**_NNUNET, "force_separate_z": False}
+    assert nnunet_kinds(never, "data", {"z": 5.0, "y": 1.0, "x": 1.0}, flat)["z"] == "cubic"
+
+
 def _pyramid(path: Path, pixel: float, levels: int = 3) -> np.ndarray:
     """A pyramidal OME-TIFF of ``levels`` halvings at ``pixel`` micrometres; its level 0."""
     image = random_image((256, 256))

@@ -16,6 +16,7 @@ import zarr
 from raysegment.errors import ModelLoadError
 from raysegment.infer.model import read_models
 from tests.conftest import random_image
+from tests.data.test_nifti import write_nifti
 
 pytest.importorskip("dynamic_network_architectures")
 
@@ -299,6 +300,63 @@ def test_a_ct_training_runs_its_folds_as_nnunet_does(tmp_path) -> None:
     assert summary.levels == "resample: every image was at the pixel size asked for already"
     want = nnunet_logits(folder, ct[None], [2.5, 0.8, 0.8], (0, 1))
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.usefixtures("ray_session")
+def test_a_ct_of_other_voxels_is_resampled_as_nnunet_preprocesses_it(tmp_path) -> None:
+    """A CT of 1.25 x 0.64 x 0.64 mm for a training at 2.5 x 0.8 x 0.8 (anisotropic):
+    ``resample=true`` reads it as nnU-Net's preprocessing resamples it (clipped to the
+    normalization's range first, a cubic spline in-plane, the nearest plane along z),
+    so the logits are nnU-Net's model's on the image nnU-Net preprocesses."""
+    folder = write_training(tmp_path / "results")
+    (model,) = read_models([str(folder)])
+    scheme = model.meta["resampling"]
+    assert scheme == {
+        "data": [3, 0],
+        "probabilities": [1, 0],
+        "force_separate_z": None,
+        "anisotropy": 3.0,
+    }
+    ct = (random_image((24, 60, 50)) * 2.5 - 1000).astype(np.int16)
+    write_nifti(tmp_path / "ct.nii.gz", ct, np.diag([0.64, 0.64, 1.25, 1.0]))
+    summary, got = _run(
+        tmp_path,
+        tmp_path / "ct.nii.gz",
+        folder,
+        resample=True,
+        tile={"size": [12, 48, 40]},
+        finalize={"mode": "raw"},
+    )
+    assert "resampled 1 of 1" in summary.levels
+    want = nnunet_logits(folder, ct[None], [1.25, 0.64, 0.64], (0,))
+    assert got.shape == want.shape == (3, 12, 48, 40)
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.usefixtures("ray_session")
+def test_a_resampled_cts_labels_go_back_to_its_voxels_as_nnunet_exports_them(tmp_path) -> None:
+    """``finalize.nifti_labels``: the NIfTI copy's labels are the argmax of the
+    probabilities put back in the CT's voxels as nnU-Net puts them (linearly in-plane, the
+    nearest plane along z), so they agree with nnU-Net's prediction nearly everywhere
+    (nnU-Net places its tiles apart from raysegment's and sums them in float16)."""
+    folder = write_training(tmp_path / "results")
+    ct = (random_image((32, 60, 50)) * 2.5 - 1000).astype(np.int16)
+    write_nifti(tmp_path / "ct.nii.gz", ct, np.diag([0.64, 0.64, 1.25, 1.0]))
+    _run(
+        tmp_path,
+        tmp_path / "ct.nii.gz",
+        folder,
+        resample=True,
+        tile={"overlap": 0.5},
+        finalize={"mode": "probabilities", "nifti": True, "nifti_labels": True},
+    )
+    import nibabel
+
+    copy = nibabel.load(str(tmp_path / "out" / "ct.nii.gz"))
+    got = np.asarray(copy.dataobj).transpose(2, 1, 0)
+    want = nnunet_labels(folder, ct[None], [1.25, 0.64, 0.64], (0,))
+    assert got.shape == want.shape == (32, 60, 50) and got.dtype == np.uint8
+    assert len(np.unique(want)) > 1 and (got == want).mean() > 0.98  # 0.85 from labels
 
 
 @pytest.mark.usefixtures("ray_session")
