@@ -44,7 +44,7 @@ from run import PeakMemory, _product_env  # noqa: E402
 
 from tests.conftest import random_image  # noqa: E402
 from tests.data.test_nifti import write_nifti  # noqa: E402
-from tests.infer.test_nnunet import write_training  # noqa: E402
+from tests.infer.test_nnunet import nnunet_preprocessed, write_training  # noqa: E402
 
 NNUNET = """
 import sys, torch
@@ -137,32 +137,13 @@ def _at_model_voxels(folder: Path, ct: np.ndarray, spacing: list[float], ours: P
     its sliding window) against raysegment's OME-Zarr; and nnU-Net's logits put back in
     the CT's voxels by raysegment's interpolation (``nnunet_kinds`` of its probabilities'
     orders) against nnU-Net's own export."""
-    import torch
     import zarr
-    from nnunetv2.inference.data_iterators import PreprocessAdapterFromNpy
-    from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
 
     from raysegment.data.resampled import axis_taps, filtered, nnunet_kinds
     from raysegment.infer.model import read_models
 
-    predictor = nnUNetPredictor(
-        use_mirroring=False,
-        perform_everything_on_device=False,
-        device=torch.device("cpu"),
-        allow_tqdm=False,
-    )
-    predictor.initialize_from_trained_model_folder(str(folder), use_folds=(0,))
-    adapter = PreprocessAdapterFromNpy(
-        [ct[None].astype(np.float32)],
-        [None],
-        [{"spacing": spacing}],
-        [None],
-        predictor.plans_manager,
-        predictor.dataset_json,
-        predictor.configuration_manager,
-        num_threads_in_multithreaded=1,
-    )
-    logits = predictor.predict_logits_from_preprocessed_data(next(adapter)["data"]).float()
+    predictor, data = nnunet_preprocessed(folder, ct[None], spacing, (0,))
+    logits = predictor.predict_logits_from_preprocessed_data(data).float()
     mine = zarr.open_array(str(ours.parent / "ct_0000.ome.zarr" / "0"), mode="r")[:].argmax(0)
     agree = (logits.argmax(0).numpy() == mine).mean()
     print(f"at the model's voxels {mine.shape}: agree in {agree:.4%}")

@@ -1,7 +1,7 @@
 """CPU and wall time of the image reader per block-sized region.
 
     python benchmarks/region_read.py IMAGE [SPAN] [--depth D] [--sequence z|t] [--cold]
-        [--serve [--latency MS] [--one-by-one]] [--resample SIZE]
+        [--serve [--latency MS] [--one-by-one]] [--resample [Z] SIZE [--nnunet]]
 
 Reads eight SPAN^2 regions (default 4608: a 4096 block with its tile halo), D planes deep
 (default 1), at seeded random places of channel 0, after one small warm-up read, and
@@ -16,7 +16,9 @@ store's time to first byte), as a file at a URL is read; with
 ``--one-by-one`` its tiles are fetched one request each through the cached file (what
 tifffile alone does with a remote file) instead of together. ``--resample SIZE``: the
 image read at a pixel of SIZE in y and x, its own units (``resample=true
-resample_size=[SIZE,SIZE]``), SPAN^2 regions of it.
+resample_size=[SIZE,SIZE]``; ``--resample Z SIZE``: Z along z too), SPAN^2 regions of it;
+with ``--nnunet``, as an nnU-Net training's default plans resample (a cubic spline, the
+nearest plane along an axis of voxels over three times as long as the others').
 """
 
 from __future__ import annotations
@@ -69,7 +71,8 @@ def main() -> None:
     parser.add_argument("--serve", action="store_true")
     parser.add_argument("--latency", type=float, default=0.0)
     parser.add_argument("--one-by-one", action="store_true")
-    parser.add_argument("--resample", type=float)
+    parser.add_argument("--resample", type=float, nargs="+")
+    parser.add_argument("--nnunet", action="store_true")
     args = parser.parse_args()
     source: ImageSource
     if args.serve:
@@ -90,9 +93,13 @@ def main() -> None:
     if args.resample:
         from raysegment.data.resampled import resampled_to
 
-        size = {"y": args.resample, "x": args.resample}
+        *z, yx = args.resample
+        size = {"y": yx, "x": yx, **({"z": z[0]} if z else {})}
         whose = lambda s: (dict(s.info.scale), dict(s.info.units), dict(s.info.origin))  # noqa: E731
-        source = resampled_to(source, size, "", whose, pyramid=True)
+        scheme = None
+        if args.nnunet:
+            scheme = {"data": [3, 0], "probabilities": [1, 0], "force_separate_z": None}
+        source = resampled_to(source, size, "", whose, pyramid=True, scheme=scheme)
     depth, height, width = source.info.shape[-3:]
     span = min(args.span, height, width)
     rng = np.random.default_rng(1)

@@ -13,7 +13,7 @@ region reads the same pixels whichever block it is part of: neighbouring blocks 
 their seams, and a run equals one over the whole image resampled at once.
 
 A model trained on images resampled otherwise reads them as it was trained: an nnU-Net
-training's ``resampling`` (``nnu_net_kinds``: a cubic spline, nearest along an axis of
+training's ``resampling`` (``nnunet_kinds``: a cubic spline, nearest along an axis of
 voxels over three times as long as the others', the image clipped to the normalization's
 range first, as nnU-Net preprocesses), each axis by its ``KINDS``: ``cubic`` is the
 cubic B-spline interpolation of scipy's ``zoom`` and scikit-image's ``resize`` (no
@@ -142,10 +142,10 @@ class ResampledSource(ImageSource):
     ``inner``'s with that shape, ``scale`` (the physical pixel size per axis, in the units
     of ``units``: the input's or ``voxel_size``'s) and ``origin`` (its first pixel's
     centre: ``resampled_to``). Integer images stay integer (rounded; float32 with a
-    ``scheme``). ``kinds``: how each
-    axis is resampled (``KINDS``; default antialiased); ``clip``: the range the pixels
-    are clipped to before (the model's normalization's, where nnU-Net clips first);
-    ``scheme``: the nnU-Net resampling ``kinds`` come from, which ``kinds_back`` takes."""
+    ``scheme``). ``kinds``: how each axis is resampled (``KINDS``; default antialiased);
+    ``clip``: the range the pixels are clipped to before (the model's normalization's,
+    where nnU-Net clips first); ``scheme``: the nnU-Net resampling ``kinds`` come from,
+    which ``kinds_back`` takes."""
 
     kind = "resampled"
     stored_levels = False

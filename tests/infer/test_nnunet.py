@@ -190,18 +190,12 @@ def _predictor(folder: Path, folds: tuple, mirror: bool = False) -> Any:
     return predictor
 
 
-def nnunet_logits(
+def nnunet_preprocessed(
     folder: Path, image: np.ndarray, spacing: list[float], folds: tuple, mirror: bool = False
-) -> np.ndarray:
-    """The oracle: ``image`` (C, Z, Y, X) at ``spacing`` preprocessed by nnU-Net's own
-    preprocessing (its normalization, its transposition), through nnU-Net's own network
-    with each fold's weights, whole (2D networks plane by plane), the folds' logits
-    averaged and transposed back: (classes, Z, Y, X) float32. ``mirror``: each through
-    nnU-Net's test-time augmentation (3D networks).
-
-    (nnU-Net's sliding window sums its tiles in float16, its output a few 1e-3 off at
-    tile centres and more at their edges: the oracle is its model on the whole image,
-    as raysegment runs it in one tile.)"""
+) -> tuple[Any, torch.Tensor]:
+    """nnU-Net's predictor of the training's ``folds`` and ``image`` (C, Z, Y, X) at
+    ``spacing`` as its preprocessing gives it to the network (transposed, normalized,
+    resampled): float32."""
     from nnunetv2.inference.data_iterators import PreprocessAdapterFromNpy
 
     predictor = _predictor(folder, folds, mirror)
@@ -215,7 +209,22 @@ def nnunet_logits(
         predictor.configuration_manager,
         num_threads_in_multithreaded=1,
     )
-    data = next(adapter)["data"].float()
+    return predictor, next(adapter)["data"].float()
+
+
+def nnunet_logits(
+    folder: Path, image: np.ndarray, spacing: list[float], folds: tuple, mirror: bool = False
+) -> np.ndarray:
+    """The oracle: ``image`` (C, Z, Y, X) at ``spacing`` preprocessed by nnU-Net's own
+    preprocessing (its normalization, its transposition), through nnU-Net's own network
+    with each fold's weights, whole (2D networks plane by plane), the folds' logits
+    averaged and transposed back: (classes, Z, Y, X) float32. ``mirror``: each through
+    nnU-Net's test-time augmentation (3D networks).
+
+    (nnU-Net's sliding window sums its tiles in float16, its output a few 1e-3 off at
+    tile centres and more at their edges: the oracle is its model on the whole image,
+    as raysegment runs it in one tile.)"""
+    predictor, data = nnunet_preprocessed(folder, image, spacing, folds, mirror)
     network, total = predictor.network.eval(), 0
     for params in predictor.list_of_parameters:
         network.load_state_dict(params)
