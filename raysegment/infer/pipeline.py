@@ -25,6 +25,7 @@ from raysegment.config import InferConfig, as_config, config_to_dict
 from raysegment.data.inputs import resolve_inputs
 from raysegment.data.resampled import ResampledSource, resample_sizes, resampled_to
 from raysegment.data.sources import (
+    MICROMETRES,
     ImageSource,
     Unstored,
     image_stem,
@@ -491,16 +492,55 @@ def _levels_picked(cfg: InferConfig, plans: list[ImagePlan], models: tuple[Model
     each; "" where every image ran at full resolution or ``input_level`` was given."""
     if cfg.resample:
         return _resamples(plans)
+    off = _off_pixel(cfg, plans, models)
     levels = Counter(p.source.level for p in plans if p.source.level > 0)
     if cfg.input_level is not None or not levels:
-        return ""
+        return off
     meta = models[0].meta
     trained = f"{meta['pixel_size'].get('x')} {meta.get('pixel_unit', '')}".strip()
     shown = ", ".join(f"{k} ({n} image(s))" for k, n in sorted(levels.items()))
-    return (
+    picked = (
         f"input_level {shown}: the level nearest the model's pixel, {trained}, of each "
         f"(set input_level= to choose one)"
     )
+    return f"{picked}; {off}" if off else picked
+
+
+OFF_PIXEL = 1.2
+"""Ratio of an image's pixel to the model's past which the summary says it is read at
+another pixel size than the model was trained at (and ``resample=true`` would not)."""
+
+
+def _off_pixel(cfg: InferConfig, plans: list[ImagePlan], models: tuple[ModelFile, ...]) -> str:
+    """The images read at pixels over ``OFF_PIXEL`` times apart from the model's (along
+    any axis it records, in any length unit), with the fix; "" where none is, or the
+    model records no pixel size."""
+    sizes = resample_sizes(None, models[0].meta)
+    if sizes is None:
+        return ""
+    trained, unit = sizes
+    off = []
+    for plan in plans:
+        pixel, units, _ = physical(cfg, plan.source, "tzyx")
+        for axis, size in trained.items():
+            mine = pixel.get(axis) or 0.0
+            if unit:  # both in micrometres, where both units are lengths
+                mine *= MICROMETRES.get(units.get(axis, ""), 0.0)
+                size *= MICROMETRES.get(unit, 0.0)
+            if mine and size and max(mine / size, size / mine) > OFF_PIXEL:
+                off.append(plan)
+                break
+    if not off:
+        return ""
+    shown = " x ".join(f"{v:.4g}" for v in trained.values())
+    first = off[0].source
+    pixel, units, _ = physical(cfg, first, "tzyx")
+    theirs = " x ".join(f"{pixel[a]:.4g}" for a in trained if a in pixel)
+    return (
+        f"{len(off)} of {len(plans)} image(s) read at other pixels than the model's "
+        f"{shown} {unit} (e.g. {first.where}: {theirs} {units.get('x', '')}); resample=true "
+        f"reads them at it"
+    ).replace("  ", " ")
 
 
 def _resamples(plans: list[ImagePlan]) -> str:

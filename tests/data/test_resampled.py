@@ -257,6 +257,32 @@ def test_infer_runs_at_the_models_pixel_and_equals_the_resized_image_run(
 
 
 @pytest.mark.usefixtures("ray_session")
+@pytest.mark.parametrize(("trained", "said"), [(0.5, True), (0.35, False)])
+def test_a_run_at_other_pixels_than_the_models_says_so(
+    tmp_path, make_model, ome_tiff, trained, said
+) -> None:
+    """Without ``resample``, an image whose pixel is over 1.2 times apart from the
+    model's (in any length unit) is named in the summary with the fix; one near it is
+    not."""
+    from raysegment.infer import infer
+
+    path = ome_tiff(
+        random_image((64, 64)),
+        PhysicalSizeX=325,
+        PhysicalSizeY=325,
+        PhysicalSizeXUnit="nm",
+        PhysicalSizeYUnit="nm",
+    )
+    model, _ = _trained_at(tmp_path, make_model, {"y": trained, "x": trained})
+    summary = infer(input=str(path), model=str(model), output=str(tmp_path / "o"), progress=False)
+    note = (
+        f"1 of 1 image(s) read at other pixels than the model's {trained} x {trained} "
+        f"micrometer (e.g. {path}: 325 x 325 nanometer); resample=true reads them at it"
+    )
+    assert summary.levels == (note if said else "")
+
+
+@pytest.mark.usefixtures("ray_session")
 def test_resample_size_and_voxel_size_give_the_pixels_of_a_file_recording_none(
     tmp_path, make_model
 ) -> None:
