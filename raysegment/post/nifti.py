@@ -9,7 +9,9 @@ with ``resample=true``) goes back to the input's as nnU-Net's predictions do, by
 interpolation (antialiased where it shrinks: ``resampled.filter_taps``): probabilities
 and logits interpolated, classes (labels, masks) each voxel the class whose indicator
 interpolates highest (nnU-Net's resampling of segmentations), so boundaries run between
-the output's voxels rather than in steps of them.
+the output's voxels rather than in steps of them; an nnU-Net training's output by its
+plans' orders for probabilities (``ResampledSource.kinds_back``), and with
+``finalize.nifti_labels`` the labels of the probabilities once back, as nnU-Net exports.
 """
 
 from __future__ import annotations
