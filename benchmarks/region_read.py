@@ -91,15 +91,14 @@ def main() -> None:
         files = [args.image] if args.image.is_file() else list(args.image.rglob("*"))
         files = [p for p in files if p.is_file()]
     if args.resample:
-        from raysegment.data.resampled import resampled_to
+        from raysegment.data.resampled import recorded, resampled_to
 
         *z, yx = args.resample
         size = {"y": yx, "x": yx, **({"z": z[0]} if z else {})}
-        whose = lambda s: (dict(s.info.scale), dict(s.info.units), dict(s.info.origin))  # noqa: E731
         scheme = None
         if args.nnunet:
             scheme = {"data": [3, 0], "probabilities": [1, 0], "force_separate_z": None}
-        source = resampled_to(source, size, "", whose, pyramid=True, scheme=scheme)
+        source = resampled_to(source, size, "", recorded, pyramid=True, scheme=scheme)
     depth, height, width = source.info.shape[-3:]
     span = min(args.span, height, width)
     rng = np.random.default_rng(1)

@@ -28,7 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from run import cheap, infer_cli  # noqa: E402
 
-from raysegment.data.resampled import resampled_to  # noqa: E402
+from raysegment.data.resampled import recorded, resampled_to  # noqa: E402
 from raysegment.data.sources import open_source  # noqa: E402
 
 SLIDE_PIXEL = 0.325
@@ -44,11 +44,8 @@ def _slides(out: Path, side: int) -> tuple[Path, Path]:
     tifffile.imwrite(fine, image, ome=True, tile=(512, 512), metadata=meta)
     del image
 
-    def whose(s):  # type: ignore[no-untyped-def]
-        return dict(s.info.scale), dict(s.info.units), dict(s.info.origin)
-
     size = {"y": MODEL_PIXEL, "x": MODEL_PIXEL}
-    source = resampled_to(open_source(str(fine)), size, "micrometer", whose, pyramid=True)
+    source = resampled_to(open_source(str(fine)), size, "micrometer", recorded, pyramid=True)
     _, _, _, y, x = source.info.shape
     pixels = source.read(0, (0,), ((0, 1), (0, y), (0, x)))[0, 0]
     coarse = out / "slide_05.ome.tif"

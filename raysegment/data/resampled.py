@@ -41,6 +41,7 @@ __all__ = [
     "filter_taps",
     "filtered",
     "nnunet_kinds",
+    "recorded",
     "resample_sizes",
     "resampled_to",
 ]
@@ -310,6 +311,11 @@ def _micrometres(unit: str, what: str, fix: str) -> float:
 
 Physical = Callable[[ImageSource], tuple[dict[str, float], dict[str, str], dict[str, float]]]
 """A source's pixel size, unit and origin per axis: its own, or ``voxel_size``'s."""
+
+
+def recorded(source: ImageSource) -> tuple[dict[str, float], dict[str, str], dict[str, float]]:
+    """``Physical`` as the source's file records it."""
+    return dict(source.info.scale), dict(source.info.units), dict(source.info.origin)
 
 
 def resampled_to(

@@ -1819,6 +1819,14 @@ MICROMETRES = {
 """Micrometres in each NGFF length unit."""
 
 
+def pixel_micrometres(
+    scale: Mapping[str, float], units: Mapping[str, str], axis: str = "x"
+) -> float:
+    """The pixel along ``axis`` in micrometres; 0 where its size or length unit is
+    unknown."""
+    return float(scale.get(axis, 0.0)) * MICROMETRES.get(units.get(axis, ""), 0.0)
+
+
 def nearest_level(source: ImageSource, size: Mapping[str, float], unit: str) -> ImageSource:
     """``source`` (at full resolution) at the pyramid level whose pixel (along x) is
     nearest ``size`` in ``unit`` (``{"y": 0.5, "x": 0.5}``, micrometer: a model's training
@@ -1827,8 +1835,7 @@ def nearest_level(source: ImageSource, size: Mapping[str, float], unit: str) -> 
     wanted = float(size.get("x", 0.0)) * MICROMETRES.get(unit, 0.0)
 
     def pixel(level: ImageSource) -> float:
-        info = level.info
-        return float(info.scale.get("x", 0.0)) * MICROMETRES.get(info.units.get("x", ""), 0.0)
+        return pixel_micrometres(level.info.scale, level.info.units)
 
     if wanted <= 0 or pixel(source) <= 0:
         return source

@@ -32,6 +32,7 @@ from raysegment.data.sources import (
     nearest_level,
     open_sequence,
     open_sources,
+    pixel_micrometres,
     reader_module,
 )
 from raysegment.data.tiling import block_grid, seam_repeats
@@ -525,7 +526,7 @@ def _off_pixel(cfg: InferConfig, plans: list[ImagePlan], models: tuple[ModelFile
         for axis, size in trained.items():
             mine = pixel.get(axis) or 0.0
             if unit:  # both in micrometres, where both units are lengths
-                mine *= MICROMETRES.get(units.get(axis, ""), 0.0)
+                mine = pixel_micrometres(pixel, units, axis)
                 size *= MICROMETRES.get(unit, 0.0)
             if mine and size and max(mine / size, size / mine) > OFF_PIXEL:
                 off.append(plan)

@@ -24,9 +24,7 @@ from typing import Any
 import numpy as np
 
 from raysegment import storage
-from raysegment.data.resampled import as_type, axis_taps, filtered
-
-Taps = tuple[np.ndarray, np.ndarray] | None
+from raysegment.data.resampled import Taps, as_type, axis_taps, filtered
 
 __all__ = ["labels_of", "nifti_name", "write_nifti"]
 
@@ -97,7 +95,7 @@ def write_nifti(
     header.set_slope_inter(1.0, 0.0)
     spatial = [a for a in axes if a in "zyx"]
 
-    def taps(axis: str, start: int, stop: int) -> Taps:
+    def taps(axis: str, start: int, stop: int) -> Taps | None:
         """The array's voxels and weights for the grid's ``start:stop`` along ``axis``;
         None where the array is in the grid along it."""
         if held[axis] == sizes[axis]:
@@ -146,7 +144,7 @@ def write_nifti(
 
 
 def _interpolated(
-    slab: np.ndarray, found: list[Taps], starts: list[int], classes: bool
+    slab: np.ndarray, found: list[Taps | None], starts: list[int], classes: bool
 ) -> np.ndarray:
     """``slab`` filtered by ``found`` (``filtered``), in its own type; of ``classes``:
     each voxel the value whose indicator filters highest (ties to the higher value)."""

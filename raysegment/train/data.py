@@ -23,8 +23,14 @@ from raysegment.data.dicom_labels import (
     segmentation_header,
 )
 from raysegment.data.pairs import pair_images
-from raysegment.data.resampled import resampled_to
-from raysegment.data.sources import MICROMETRES, ImageInfo, ImageSource, open_source
+from raysegment.data.resampled import recorded, resampled_to
+from raysegment.data.sources import (
+    MICROMETRES,
+    ImageInfo,
+    ImageSource,
+    open_source,
+    pixel_micrometres,
+)
 from raysegment.data.tiling import under_centres
 from raysegment.errors import ConfigError, InputImageError
 
@@ -296,13 +302,6 @@ def _stats(
     return tuple(map(float, data.mean(axis=1))), tuple(float(s) if s > 0 else 1.0 for s in std)
 
 
-def _physical(
-    source: ImageSource,
-) -> tuple[dict[str, float], dict[str, str], dict[str, float]]:
-    """A training image's pixel size, unit and origin per axis, as its file records them."""
-    return dict(source.info.scale), dict(source.info.units), dict(source.info.origin)
-
-
 def _read_at(full: ImageSource, size: tuple[float, float], unit: str) -> ImageSource:
     """The image ``full`` (at full resolution) read at the pixel (y, x) ``size`` in
     ``unit`` ("": its own units)."""
@@ -310,7 +309,7 @@ def _read_at(full: ImageSource, size: tuple[float, float], unit: str) -> ImageSo
         full,
         dict(zip("yx", size, strict=True)),
         unit,
-        _physical,
+        recorded,
         pyramid=True,
         fix="record it in the image (an OME-TIFF's PhysicalSizeX/Y, an OME-Zarr's scale), or "
         "train without resample_size",
@@ -326,11 +325,9 @@ def _length_unit(source: ImageSource) -> str:
 def _warn_mixed(pairs: list[Pair]) -> None:
     """Say so where the training images' pixel sizes differ (those recording a length):
     the model records the first's, and objects are of other sizes in the others."""
-    sizes = {
-        p.image.where: p.image.info.scale["x"] * MICROMETRES[p.image.info.units["x"]]
-        for p in pairs
-        if p.image.info.scale.get("x") and p.image.info.units.get("x") in MICROMETRES
-    }
+    infos = {p.image.where: p.image.info for p in pairs}
+    found = {where: pixel_micrometres(info.scale, info.units) for where, info in infos.items()}
+    sizes = {where: size for where, size in found.items() if size > 0}
     if len(sizes) < 2 or max(sizes.values()) <= MIXED * min(sizes.values()):
         return
     small, large = min(sizes, key=sizes.__getitem__), max(sizes, key=sizes.__getitem__)

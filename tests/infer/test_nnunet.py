@@ -498,6 +498,10 @@ def test_earlier_plans_build_the_same_network(tmp_path) -> None:
         ({"use_mask_for_norm": [True]}, r"nonzero region \(use_mask_for_norm\)"),
         ({"normalization_schemes": ["MyNormalization"]}, "normalization MyNormalization"),
         ({"previous_stage": "3d_lowres"}, "cascade's second stage"),
+        (
+            {"resampling_fn_data_kwargs": {"order": 5, "order_z": 0}},
+            r"resamples its data with spline order \[5, 0\]",
+        ),
     ],
 )
 def test_trainings_raysegment_cannot_run_as_nnunet_does_are_one_error(
