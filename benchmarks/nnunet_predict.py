@@ -1,7 +1,7 @@
 """An nnU-Net training's prediction of a CT: raysegment against nnU-Net's own predictor.
 
     python benchmarks/nnunet_predict.py OUT [--shape 96 256 256] [--runs 2] [--spacing Z Y X]
-        [--sigma S]
+        [--sigma S] [--brain]
 
 Writes an nnU-Net v2 training (``tests/infer/test_nnunet.py``'s ``write_training``: a
 3D ``PlainConvUNet`` of five stages, 16 to 256 features, random weights, one fold, patch
@@ -9,7 +9,11 @@ Writes an nnU-Net v2 training (``tests/infer/test_nnunet.py``'s ``write_training
 ``shape`` (int16, random Hounsfield units) at that spacing (or ``--spacing``: then
 raysegment runs with ``resample=true``, as nnU-Net resamples to its spacing and back) as
 a ``.nii.gz``; ``--sigma``: the CT's noise smoothed by a gaussian of that many voxels
-(structures larger than a voxel, whose labels survive resampling). Then, in
+(structures larger than a voxel, whose labels survive resampling); ``--brain``: instead a
+skull-stripped brain MR (uint16: an ellipsoid of the noise, 0 around it, as BraTS keeps
+them) and a training of Z-score normalization within each scan's nonzero region
+(``use_mask_for_norm``, as nnU-Net plans such scans), whose crop to the nonzero box both
+tools make. Then, in
 turn, ``runs`` times, each a new process on the CPU with nnU-Net's settings (tiles of the
 patch overlapping by half, gaussian blending, no mirroring):
 
@@ -80,11 +84,25 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=2)
     parser.add_argument("--spacing", type=float, nargs=3, default=[2.5, 0.8, 0.8])
     parser.add_argument("--sigma", type=float, default=0.0)
+    parser.add_argument("--brain", action="store_true")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
-    folder = args.out / "results" / "nnUNetTrainer__nnUNetPlans__3d_fullres"
+    name = "brain" if args.brain else "ct"
+    results = args.out / f"results_{name}"
+    folder = results / "nnUNetTrainer__nnUNetPlans__3d_fullres"
     if not folder.exists():
-        write_training(args.out / "results", features=(16, 32, 64, 128, 256), patch=(64, 128, 128))
+        mri = {
+            "channels": ("FLAIR",),
+            "labels": ("background", "edema", "tumour"),
+            "normalization_schemes": ["ZScoreNormalization"],
+            "use_mask_for_norm": [True],
+        }
+        write_training(
+            results,
+            features=(16, 32, 64, 128, 256),
+            patch=(64, 128, 128),
+            **(mri if args.brain else {}),
+        )
     noise = random_image(tuple(args.shape)).astype(np.float32)
     if args.sigma:
         from scipy.ndimage import gaussian_filter
@@ -92,11 +110,17 @@ def main() -> None:
         noise = gaussian_filter(noise, args.sigma)
         noise = (noise - noise.min()) / (np.ptp(noise) or 1.0) * 1000
     ct = (noise * 2.5 - 1000).astype(np.int16)
-    image = args.out / "ct_0000.nii.gz"
+    if args.brain:
+        centred = np.ogrid[tuple(slice(0, n) for n in args.shape)]
+        radii = [0.4 * n for n in args.shape]
+        axes = zip(centred, args.shape, radii, strict=True)
+        inside = sum(((c - n / 2) / r) ** 2 for c, n, r in axes) < 1
+        ct = np.where(inside, noise + 1, 0).astype(np.uint16)
+    image = args.out / f"{name}_0000.nii.gz"
     z, y, x = args.spacing
     write_nifti(image, ct, np.diag([x, y, z, 1.0]))
-    theirs = args.out / "nnunet" / "ct.nii.gz"
-    ours = args.out / "raysegment" / "ct_0000.nii.gz"
+    theirs = args.out / "nnunet" / f"{name}.nii.gz"
+    ours = args.out / "raysegment" / f"{name}_0000.nii.gz"
     runs = {
         "nnU-Net": [sys.executable, "-c", NNUNET, str(folder), str(image), str(theirs)[:-7]],
         "raysegment": [
@@ -128,11 +152,13 @@ def main() -> None:
             print(f"run {run + 1}: {name:<10} {seconds:6.1f} s, peak {peak:.2f} GiB", flush=True)
     a, b = (np.asarray(nibabel.load(str(p)).dataobj) for p in (theirs, ours))
     print(f"labels agree in {(a == b).mean():.4%} of {a.size} voxels; classes {np.unique(a)}")
-    if args.spacing != [2.5, 0.8, 0.8]:
-        _at_model_voxels(folder, ct, args.spacing, ours)
+    if args.spacing != [2.5, 0.8, 0.8] and not args.brain:  # a brain's crop: other grids
+        _at_model_voxels(folder, ct, args.spacing, ours, theirs)
 
 
-def _at_model_voxels(folder: Path, ct: np.ndarray, spacing: list[float], ours: Path) -> None:
+def _at_model_voxels(
+    folder: Path, ct: np.ndarray, spacing: list[float], ours: Path, theirs: Path
+) -> None:
     """Where the labels part: nnU-Net's labels at the model's voxels (its preprocessing,
     its sliding window) against raysegment's OME-Zarr; and nnU-Net's logits put back in
     the CT's voxels by raysegment's interpolation (``nnunet_kinds`` of its probabilities'
@@ -144,7 +170,8 @@ def _at_model_voxels(folder: Path, ct: np.ndarray, spacing: list[float], ours: P
 
     predictor, data = nnunet_preprocessed(folder, ct[None], spacing, (0,))
     logits = predictor.predict_logits_from_preprocessed_data(data).float()
-    mine = zarr.open_array(str(ours.parent / "ct_0000.ome.zarr" / "0"), mode="r")[:].argmax(0)
+    stored = ours.parent / f"{ours.name.split('.')[0]}.ome.zarr" / "0"
+    mine = zarr.open_array(str(stored), mode="r")[:].argmax(0)
     agree = (logits.argmax(0).numpy() == mine).mean()
     print(f"at the model's voxels {mine.shape}: agree in {agree:.4%}")
     (model,) = read_models([str(folder)])
@@ -157,7 +184,7 @@ def _at_model_voxels(folder: Path, ct: np.ndarray, spacing: list[float], ours: P
         axis_taps(kinds[a], n, m, 0, m) for a, n, m in zip("zyx", mine.shape, ct.shape, strict=True)
     ]
     back = filtered(logits.numpy(), taps, [0, 0, 0]).argmax(0)
-    export = np.asarray(nibabel.load(str(ours.parent.parent / "nnunet" / "ct.nii.gz")).dataobj)
+    export = np.asarray(nibabel.load(str(theirs)).dataobj)
     agree = (back == export.transpose(2, 1, 0)).mean()
     print(f"nnU-Net's logits put back by raysegment: agree with its export in {agree:.4%}")
 

@@ -20,4 +20,7 @@ together), its "gain" and "offset" after, and "clip": [min, max]; activation "no
 nnU-Net training's (``infer.nnunet``) gives patch_size: the default tile, not the only one,
 tta_axes: the spatial axes (0 the first) ``tta`` flips, its training's mirror axes, and
 resampling: how its images were resampled ({"data": [order, order_z], "probabilities":
-[...], "force_separate_z", "anisotropy"}: ``data.resampled.nnunet_kinds``)."""
+[...], "force_separate_z", "anisotropy"}: ``data.resampled.nnunet_kinds``), and nonzero:
+"box" (each image cropped to the box of its nonzero voxels, whose statistics a measured
+normalization takes) or "mask" (and normalized within the nonzero region itself:
+``data.nonzero``)."""

@@ -29,6 +29,7 @@ from typing import Any, cast
 
 import numpy as np
 
+from raysegment.data.nonzero import Nonzero
 from raysegment.data.sources import MICROMETRES, ImageInfo, ImageSource, Region, Unstored
 from raysegment.errors import InputImageError
 
@@ -146,7 +147,10 @@ class ResampledSource(ImageSource):
     ``scheme``). ``kinds``: how each axis is resampled (``KINDS``; default antialiased);
     ``clip``: the range the pixels are clipped to before (the model's normalization's,
     where nnU-Net clips first); ``scheme``: the nnU-Net resampling ``kinds`` come from,
-    which ``kinds_back`` takes."""
+    which ``kinds_back`` takes; ``ranges``: per channel the bounds of each plane across an
+    axis (``Nonzero.ranges``: the axis resampled apart, filtered after the others) or of
+    the image (axis None), which the output is clipped to, as nnU-Net's resizing clips
+    each slice it resizes (or the image) to its range."""
 
     kind = "resampled"
     stored_levels = False
@@ -161,12 +165,14 @@ class ResampledSource(ImageSource):
         kinds: Mapping[str, str] | None = None,
         clip: tuple[float, float] | None = None,
         scheme: Mapping[str, Any] | None = None,
+        ranges: tuple[int | None, dict[int, tuple[np.ndarray, np.ndarray]]] | None = None,
     ) -> None:
         self.inner = inner
         self._target = (shape, dict(scale), dict(units), dict(origin))
         self.kinds = dict(kinds or {})
         self.clip = clip
         self.scheme = dict(scheme) if scheme else None
+        self.ranges = ranges
         super().__init__(inner.path, inner.axes, inner.series, inner.name, inner.level)
 
     @property
@@ -265,7 +271,27 @@ class ResampledSource(ImageSource):
         data = self.inner.read(t, channels, boxes).astype(np.float32)
         if self.clip is not None:
             np.clip(data, *self.clip, out=data)
-        return as_type(filtered(data, taps, [a for a, _ in boxes]), self.info.dtype)
+        starts = [a for a, _ in boxes]
+        if self.ranges is None:
+            return as_type(filtered(data, taps, starts), self.info.dtype)
+        axis, ranges = self.ranges
+        shape: tuple[int, ...] = (len(channels), 1, 1, 1)
+        if axis is None:  # the image's range, after every axis
+            out = filtered(data, taps, starts)
+            cut = slice(None)
+        else:  # each plane's range across ``axis``, then that axis
+            out = filtered(data, [None if k == axis else f for k, f in enumerate(taps)], starts)
+            cut = slice(*boxes[axis])
+            shape = (len(channels), *[cut.stop - cut.start if k == axis else 1 for k in range(3)])
+        low = np.full(shape, -np.inf, np.float32)
+        high = np.full(shape, np.inf, np.float32)
+        for i, c in enumerate(channels):
+            if c in ranges:
+                low[i], high[i] = (bound[cut].reshape(shape[1:]) for bound in ranges[c])
+        np.clip(out, low, high, out=out)
+        if axis is not None:
+            out = filtered(out, [f if k == axis else None for k, f in enumerate(taps)], starts)
+        return as_type(out, self.info.dtype)
 
 
 def filtered(
@@ -327,6 +353,7 @@ def resampled_to(
     fix: str = "give voxel_size= (the input's pixel size)",
     scheme: Mapping[str, Any] | None = None,
     clip: tuple[float, float] | None = None,
+    nonzero: Nonzero | None = None,
 ) -> ImageSource:
     """``source`` (full resolution) read at the pixel ``size`` (per axis of zyx it names,
     in ``unit``; "": in the source's units): with ``pyramid``, from its coarsest level
@@ -335,7 +362,9 @@ def resampled_to(
     ``physical`` gives a source's pixel size, unit and origin; ``fix``: how to give a
     source one where it has none (in the error). ``scheme``: how the model's training
     resampled its images (an nnU-Net training's ``resampling``: ``nnunet_kinds``; else
-    antialiased linear), ``clip``: the range to clip the pixels to before.
+    antialiased linear), ``clip``: the range to clip the pixels to before; ``nonzero``:
+    the source's nonzero region (with a ``scheme``: the ranges nnU-Net's resizing clips
+    its slices to, ``Nonzero.ranges``).
 
     A resampled axis keeps the image's extent: n pixels of size s become round(n s / size)
     of n s / count each. Its origin (the first pixel's centre, as OME-Zarr viewers place
@@ -382,13 +411,18 @@ def resampled_to(
     if tuple(shape) == level.info.shape[2:]:
         return level
     kinds: dict[str, str] = {}
+    ranges = None
     if scheme is not None:
         spatial = [a for a, n in zip("zyx", level.info.shape[2:], strict=True) if n > 1]
         current = {a: pixel[a] for a in spatial if pixel.get(a)}
         new = {a: wanted.get(a, s) for a, s in current.items()}
         kinds = nnunet_kinds(scheme, "data", current, new)
+        if nonzero is not None and nonzero.shape == level.info.shape[2:]:
+            apart = separate_axis(scheme, current, new)
+            axis = None if apart is None else "zyx".index(apart)
+            ranges = (axis, nonzero.ranges(axis, clip))
     target = (tuple(shape), scale, units, moved)
-    return ResampledSource(level, *target, kinds, clip, scheme)  # type: ignore[arg-type]
+    return ResampledSource(level, *target, kinds, clip, scheme, ranges)  # type: ignore[arg-type]
 
 
 ORDERS = {0: "nearest", 1: "linear", 3: "cubic"}
@@ -408,16 +442,22 @@ def nnunet_kinds(
     new's; none where two axes tie), unless ``force_separate_z`` says (nnU-Net's
     ``determine_do_sep_z_and_axis``)."""
     order, order_z = (ORDERS[int(v)] for v in scheme[which])
-    force, threshold = scheme.get("force_separate_z"), float(scheme.get("anisotropy", 3.0))
-    lowres: str | None = None
-    if force is not None:
-        lowres = _lowres(current) if force else None
-    else:
-        for spacing in (current, new):
-            if spacing and max(spacing.values()) / min(spacing.values()) > threshold:
-                lowres = _lowres(spacing)
-                break
+    lowres = separate_axis(scheme, current, new)
     return {a: order_z if a == lowres else order for a in current}
+
+
+def separate_axis(
+    scheme: Mapping[str, Any], current: Mapping[str, float], new: Mapping[str, float]
+) -> str | None:
+    """The axis nnU-Net resamples apart (after the others, slice by slice) of an image of
+    pixel sizes ``current`` resampled to ``new`` (``nnunet_kinds``); None: none."""
+    force, threshold = scheme.get("force_separate_z"), float(scheme.get("anisotropy", 3.0))
+    if force is not None:
+        return _lowres(current) if force else None
+    for spacing in (current, new):
+        if spacing and max(spacing.values()) / min(spacing.values()) > threshold:
+            return _lowres(spacing)
+    return None
 
 
 def _lowres(spacing: Mapping[str, float]) -> str | None:

@@ -42,14 +42,18 @@ MARGIN = 4
 
 @dataclass(frozen=True)
 class Mask:
-    """The mask of one input image, of (z, y, x) size ``image``."""
+    """The mask of one input image, of (z, y, x) size ``image``: ``source``'s pixels
+    (None: every pixel), and only those of ``box`` where one is given (an nnU-Net
+    training's crop to the image's nonzero box: ``data.nonzero``)."""
 
-    source: ImageSource
+    source: ImageSource | None
     image: tuple[int, int, int]
+    box: Region | None = None
 
     def _indices(self, region: Region) -> list[np.ndarray]:
         """Per axis, the mask pixel nearest the centre of each input pixel of ``region``:
         floor((i + 1/2) * m / n), in integers."""
+        assert self.source is not None
         sizes = self.source.info.shape[2:]
         return [
             under_centres(a, b, n, m)
@@ -58,23 +62,39 @@ class Mask:
 
     def read(self, t: int, region: Region) -> np.ndarray:
         """Inside (bool) for the mask pixels the input's (z, y, x) ``region`` at time ``t``
-        takes, at the mask's resolution (``expand`` gives them per input pixel)."""
+        takes, at the mask's resolution (``expand`` gives them per input pixel); one
+        pixel for all without a ``source``."""
+        if self.source is None:
+            return np.ones((1, 1, 1), bool)
         span = tuple((int(j[0]), int(j[-1]) + 1) for j in self._indices(region))
         at = t if self.source.info.shape[0] > 1 else 0
         return self.source.read(at, (0,), span)[0] != 0
 
     def expand(self, native: np.ndarray, region: Region) -> np.ndarray:
         """``read``'s mask pixels as one per input pixel of ``region`` (Z, Y, X)."""
-        indices = self._indices(region)
-        return native[np.ix_(*(j - j[0] for j in indices))]
+        if self.source is None:
+            inside = np.broadcast_to(native, tuple(b - a for a, b in region))
+        else:
+            indices = self._indices(region)
+            inside = native[np.ix_(*(j - j[0] for j in indices))]
+        if self.box is None:
+            return inside
+        axes = [
+            (np.arange(a, b) >= lo) & (np.arange(a, b) < hi)
+            for (a, b), (lo, hi) in zip(region, self.box, strict=True)
+        ]
+        return inside & axes[0][:, None, None] & axes[1][None, :, None] & axes[2][None, None, :]
 
     def key(self) -> list[object]:
         """What identifies the mask in a run's settings (resuming needs the same): a
-        file's path and shape, a mask found here by its pixels too."""
+        file's path and shape, a mask found here by its pixels too; the box."""
+        boxed = [f"box {[list(b) for b in self.box]}"] if self.box is not None else []
+        if self.source is None:
+            return [f"the nonzero box {[list(b) for b in self.box or ()]}"]
         key: list[object] = [self.source.where, list(self.source.info.shape)]
         if isinstance(self.source, MemorySource):
             key.append(hashlib.sha256(self.source.data.tobytes()).hexdigest())
-        return key
+        return key + boxed
 
 
 def open_mask(template: str, image: ImageSource) -> Mask:

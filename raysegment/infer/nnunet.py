@@ -14,11 +14,13 @@ Read from the fold's ``checkpoint_final.pth`` and the directory's ``plans.json``
 - the input's channels (``channel_names``) and 2D/3D (the patch size's), the patch size as
   the default tile (``patch_size``), any multiple of the network's strides along each
   axis taken (``tile_steps``);
+- the crop to each image's nonzero box (``nonzero``: ``box``, or ``mask`` where the plans
+  normalize within the nonzero region itself, ``use_mask_for_norm``: ``data.nonzero``);
 - the normalization: ``CTNormalization`` (clipped to the foreground's 0.5 and 99.5
   percentiles, less the foreground's mean, over its deviation: fixed values),
-  ``ZScoreNormalization`` (the image's own mean and deviation per channel),
-  ``RescaleTo01Normalization`` (its minimum and maximum), ``RGBTo01Normalization`` (/255)
-  or ``NoNormalization``, one for all channels;
+  ``ZScoreNormalization`` (the image's own mean and deviation per channel, of its nonzero
+  box or region), ``RescaleTo01Normalization`` (its minimum and maximum),
+  ``RGBTo01Normalization`` (/255) or ``NoNormalization``, one for all channels;
 - the axes the training mirrored (``inference_allowed_mirroring_axes``), which
   ``tta=true`` flips, as nnU-Net's test-time augmentation does;
 - the classes (``labels``, background first) with a softmax, and the spacing as the pixel
@@ -27,8 +29,8 @@ Read from the fold's ``checkpoint_final.pth`` and the directory's ``plans.json``
   (``resampling``: their orders for the images and the probabilities, and their rule for
   the axis resampled apart: ``resampled.nnunet_kinds``).
 
-Not run: region-based trainings (sigmoid outputs of overlapping regions), normalization
-within the nonzero region (``use_mask_for_norm``), channels normalized differently, other
+Not run: region-based trainings (sigmoid outputs of overlapping regions), channels
+normalized differently (or some within the nonzero region, others not), other
 architectures, cascades' second stages (their input holds the first stage's output).
 """
 
@@ -337,11 +339,17 @@ def _normalization(
 ) -> dict[str, Any]:
     """The configuration's normalization as ``MODEL_META``'s ``normalize``."""
     schemes = set(config.get("normalization_schemes", ["ZScoreNormalization"]))
-    if any(config.get("use_mask_for_norm", [])):
+    # nnU-Net crops every image to its nonzero box; a Z-score within the nonzero region
+    # itself where the plans say (a normalization of other schemes ignores the mask).
+    masked = [bool(m) for m in config.get("use_mask_for_norm", [])]
+    if any(masked) and not all(masked):
         raise ModelLoadError(
-            f"{where}: normalizes within each image's nonzero region (use_mask_for_norm), "
-            f"which raysegment does not; segment the images with nnU-Net"
+            f"{where}: normalizes some channels within each image's nonzero region and others "
+            f"not (use_mask_for_norm {masked}); raysegment normalizes every channel alike: "
+            f"segment the images with nnU-Net"
         )
+    within = any(masked) and schemes == {"ZScoreNormalization"}
+    crop = {"nonzero": "mask" if within else "box"}
     if len(schemes) > 1:
         raise ModelLoadError(
             f"{where}: normalizes its channels differently ({sorted(schemes)}); raysegment "
@@ -349,13 +357,13 @@ def _normalization(
         )
     (scheme,) = schemes
     if scheme == "ZScoreNormalization":
-        return {"normalize": {"moments": True, "eps": 1e-8, "joint": False}}
+        return {"normalize": {"moments": True, "eps": 1e-8, "joint": False}, **crop}
     if scheme == "RescaleTo01Normalization":
-        return {"normalize": {"percentile": [0.0, 100.0], "eps": 1e-8, "joint": False}}
+        return {"normalize": {"percentile": [0.0, 100.0], "eps": 1e-8, "joint": False}, **crop}
     if scheme == "RGBTo01Normalization":
-        return {"normalize": {"mean": [0.0] * channels, "std": [255.0] * channels}}
+        return {"normalize": {"mean": [0.0] * channels, "std": [255.0] * channels}, **crop}
     if scheme == "NoNormalization":
-        return {}
+        return crop
     if scheme != "CTNormalization":
         raise ModelLoadError(
             f"{where}: normalization {scheme}, which raysegment does not know; segment the "
@@ -373,7 +381,7 @@ def _normalization(
     # Clipped, then less the mean over the deviation: the same as clipping after, at the
     # bounds moved alike.
     clip = [(low - mean) / std, (high - mean) / std]
-    return {"normalize": {"mean": [mean], "std": [std], "clip": clip}}
+    return {"normalize": {"mean": [mean], "std": [std], "clip": clip}, **crop}
 
 
 def _spacing(plans: dict[str, Any], config: dict[str, Any], order: list[int]) -> dict[str, Any]:

@@ -23,6 +23,7 @@ from raysegment import storage
 from raysegment._version import __version__
 from raysegment.config import InferConfig, as_config, config_to_dict
 from raysegment.data.inputs import resolve_inputs
+from raysegment.data.nonzero import Nonzero, NonzeroSource, nonzero_region
 from raysegment.data.resampled import ResampledSource, resample_sizes, resampled_to
 from raysegment.data.sources import (
     MICROMETRES,
@@ -46,6 +47,7 @@ from raysegment.infer.plan import (
     activation_of,
     chunk_block,
     image_shapes,
+    model_normalization,
     physical,
     plan_image,
     provenance,
@@ -92,6 +94,8 @@ class InferSummary:
     """Blocks with constant input, written as fill value without running the model."""
     outside_blocks: int = 0
     """Blocks outside the mask, written as fill value without running the model."""
+    outside: str = "the mask"
+    """What those blocks lie outside: the mask, or an nnU-Net training's nonzero box."""
     tiles: int = 0
     seconds: float = 0.0
     megapixels: float = 0.0
@@ -117,7 +121,8 @@ class InferSummary:
     def __str__(self) -> str:
         resumed = f" ({self.resumed_blocks} already done)" if self.resumed_blocks else ""
         resumed += f" ({self.empty_blocks} empty)" if self.empty_blocks else ""
-        resumed += f" ({self.outside_blocks} outside the mask)" if self.outside_blocks else ""
+        if self.outside_blocks:
+            resumed += f" ({self.outside_blocks} outside {self.outside})"
         return (
             f"raysegment: {self.images} image(s), {self.blocks} block(s){resumed}, "
             f"{self.tiles} tile(s) on {self.actors} {self.device} actor(s) of Ray cluster "
@@ -268,7 +273,7 @@ def _prepare_outputs(
             )
         if state.fingerprint != plan.fingerprint:
             raise OutputError(
-                f"{out}: an {'' if state.complete else 'in'}complete output from a run with "
+                f"{out}: {'a ' if state.complete else 'an in'}complete output from a run with "
                 f"other settings exists; rerun with the same settings to resume, or set "
                 f"overwrite=true to replace it"
             )
@@ -346,7 +351,7 @@ def _prepare(
     """
     import_ray_data()
 
-    sources = _open_images(cfg, paths, models)
+    sources, regions = _open_images(cfg, paths, models)
     _refuse_shared_outputs(cfg.input, [s.name for s in sources])  # series named alike
     if cfg.finalize.nifti:
         _only_of(
@@ -371,7 +376,7 @@ def _prepare(
             f"batch_size, or export with a dynamic batch dimension"
         )
     sha256 = ensemble_sha256(models)
-    masks = [_mask_of(cfg, src) for src in sources]
+    masks = [_mask_of(cfg, src, nz) for src, nz in zip(sources, regions, strict=True)]
     plans = [
         _resumable(
             cfg,
@@ -383,10 +388,13 @@ def _prepare(
                 spec=spec,
                 model_sha256=sha256,
                 mask=mask,
+                nonzero=nz,
             ),
             tile,
         )
-        for i, (src, (mask, _), tile) in enumerate(zip(sources, masks, fitted, strict=True))
+        for i, (src, (mask, _), tile, nz) in enumerate(
+            zip(sources, masks, fitted, regions, strict=True)
+        )
     ]
     done = _prepare_outputs(cfg, plans, config_to_dict(cfg), models)
     for src, (_, found) in zip(sources, masks, strict=True):
@@ -430,28 +438,72 @@ an object store)."""
 
 def _open_images(
     cfg: InferConfig, paths: list[str], models: tuple[ModelFile, ...]
-) -> list[ImageSource]:
+) -> tuple[list[ImageSource], list[Nonzero | None]]:
     """The images of ``paths``: each file's (``open_sources``), or with ``sequence`` the
     files as one image's planes or time points; at ``input_level``, or by default each at
-    the level nearest the pixel the model was trained at (``nearest_level``)."""
+    the level nearest the pixel the model was trained at (``nearest_level``); and each
+    one's nonzero region where the model crops to it (``_nonzero_regions``)."""
     level = cfg.input_level or 0
     if cfg.sequence:
         sources: list[ImageSource] = [open_sequence(paths, cfg.sequence, cfg.axes, level)]
     else:
         sources = [s for p in paths for s in open_sources(p, cfg.axes, level)]
-    if cfg.resample:
-        return [_resampled(cfg, s, models) for s in sources]
-    if cfg.sequence:
-        return sources
     trained = models[0].meta.get("pixel_size")
-    if cfg.input_level is not None or not isinstance(trained, dict):
-        return sources
-    unit = str(models[0].meta.get("pixel_unit", ""))
-    return [nearest_level(s, trained, unit) for s in sources]
+    if not (cfg.resample or cfg.sequence or cfg.input_level is not None) and isinstance(
+        trained, dict
+    ):
+        unit = str(models[0].meta.get("pixel_unit", ""))
+        sources = [nearest_level(s, trained, unit) for s in sources]
+    sources, found = _nonzero_regions(cfg, sources, models[0].meta)
+    if cfg.resample:
+        sources = [_resampled(cfg, s, models, nz) for s, nz in zip(sources, found, strict=True)]
+    return sources, found
 
 
-def _resampled(cfg: InferConfig, source: ImageSource, models: tuple[ModelFile, ...]) -> ImageSource:
-    """``source`` read at ``resample_size``, else at the model's pixel size.
+def _nonzero_regions(
+    cfg: InferConfig, sources: list[ImageSource], meta: Mapping[str, Any]
+) -> tuple[list[ImageSource], list[Nonzero | None]]:
+    """Where the model crops each image to its nonzero region (``nonzero``: an nnU-Net
+    training's), each one's region over the channels it takes (read whole, 4 images at
+    once), and each image read with the voxels outside the region (``nonzero: mask``: a
+    normalization within it) or its box at the normalization's mean (``NonzeroSource``):
+    0 to the model, as nnU-Net leaves them and pads its crop of the box."""
+    crop = meta.get("nonzero")
+    if not crop:
+        return sources, [None] * len(sources)
+    norm = meta.get("normalize") or {}
+    measured = bool(norm.get("moments") or "percentile" in norm)
+
+    def region(source: ImageSource) -> Nonzero | None:
+        count = source.info.shape[1]
+        channels = tuple(cfg.channels) if cfg.channels else tuple(range(count))
+        if any(c >= count for c in channels):
+            return None  # refused by the plan, naming the channels
+        return nonzero_region(source, channels, crop == "mask", measured, cfg.resample)
+
+    with concurrent.futures.ThreadPoolExecutor(min(_REGION_THREADS, len(sources))) as pool:
+        found = list(pool.map(region, sources))
+    out = []
+    for source, nz in zip(sources, found, strict=True):
+        if nz is not None and (nz.within or not nz.whole):
+            fill = model_normalization(norm, source, nz.channels, nz)[0] if norm else ()
+            source = NonzeroSource(source, nz, fill or [0.0] * len(nz.channels))
+        out.append(source)
+    return out, found
+
+
+_REGION_THREADS = 4
+"""Images whose nonzero region is found at once (``_nonzero_regions``)."""
+
+
+def _resampled(
+    cfg: InferConfig,
+    source: ImageSource,
+    models: tuple[ModelFile, ...],
+    nonzero: Nonzero | None = None,
+) -> ImageSource:
+    """``source`` read at ``resample_size``, else at the model's pixel size (``nonzero``:
+    its nonzero region, whose ranges an nnU-Net training's resampling clips to).
 
     Raises:
         ConfigError: neither is known.
@@ -473,6 +525,7 @@ def _resampled(cfg: InferConfig, source: ImageSource, models: tuple[ModelFile, .
         pyramid,
         scheme=scheme,
         clip=_clipped_first(models[0].meta) if scheme else None,
+        nonzero=nonzero,
     )
 
 
@@ -559,14 +612,22 @@ def _resamples(plans: list[ImagePlan]) -> str:
     ).replace("  ", " ")
 
 
-def _mask_of(cfg: InferConfig, source: ImageSource) -> tuple[Mask | None, np.ndarray | None]:
-    """The mask of ``source`` (``mask``), and with ``mask=auto`` what it found (bool)."""
-    if not cfg.mask:
-        return None, None
-    if cfg.mask != AUTO:
-        return open_mask(cfg.mask, source), None
-    channels = tuple(cfg.channels) if cfg.channels else tuple(range(source.info.shape[1]))
-    return auto_mask(source, channels)
+def _mask_of(
+    cfg: InferConfig, source: ImageSource, nonzero: Nonzero | None
+) -> tuple[Mask | None, np.ndarray | None]:
+    """The mask of ``source`` (``mask``), only within its nonzero box where the model
+    crops to it (``nonzero``), and with ``mask=auto`` what it found (bool)."""
+    mask, found = None, None
+    if cfg.mask == AUTO:
+        channels = tuple(cfg.channels) if cfg.channels else tuple(range(source.info.shape[1]))
+        mask, found = auto_mask(source, channels)
+    elif cfg.mask:
+        mask = open_mask(cfg.mask, source)
+    if nonzero is not None:
+        box = nonzero.box_at(source.info.shape[2:])
+        image = source.info.shape[2:]
+        mask = dataclasses.replace(mask, box=box) if mask else Mask(None, image, box)  # type: ignore[arg-type]
+    return mask, found
 
 
 def infer(config: InferConfig | Mapping[str, Any] | None = None, **overrides: Any) -> InferSummary:
@@ -616,6 +677,7 @@ def infer(config: InferConfig | Mapping[str, Any] | None = None, **overrides: An
             seams=summary_seams,
             fitted=fitted,
             levels=_levels_picked(cfg, plans, models),
+            outside="the mask" if cfg.mask else "the nonzero box",
         )
         share = Counter(w.image for w in mine)  # this part's fraction of each image
         for plan in plans:

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from raysegment.config import InferConfig, NormalizeMode, config_to_dict
+from raysegment.data.nonzero import Nonzero
 from raysegment.data.resampled import ResampledSource
 from raysegment.data.sources import ImageSource, TiffSequenceSource
 from raysegment.data.tiling import Block, Tiling, block_at, block_grid, overlap_pixels
@@ -36,6 +37,7 @@ __all__ = [
     "default_block",
     "fitted_tile",
     "image_shapes",
+    "model_normalization",
     "physical",
     "plan_image",
     "tile_size",
@@ -331,14 +333,18 @@ def _spatial_shape(source: ImageSource, dims: int) -> tuple[int, ...]:
 
 
 def _normalization(
-    cfg: InferConfig, source: ImageSource, spec: ModelSpec, channels: tuple[int, ...], dims: int
+    cfg: InferConfig,
+    source: ImageSource,
+    spec: ModelSpec,
+    channels: tuple[int, ...],
+    nonzero: Nonzero | None,
 ) -> tuple[tuple[float, ...], tuple[float, ...]] | None:
     mode = cfg.normalize.mode
     n = len(channels)
     if mode == NormalizeMode.auto:
         if not spec.normalize:
             return None
-        return _model_normalization(spec.normalize, source, channels)
+        return model_normalization(spec.normalize, source, channels, nonzero)
     if mode == NormalizeMode.none:
         return None
     if mode == NormalizeMode.fixed:
@@ -356,17 +362,29 @@ def _normalization(
     return tuple(map(float, lo)), tuple(map(float, scale))
 
 
-def _model_normalization(
-    norm: dict[str, Any], source: ImageSource, channels: tuple[int, ...]
+def model_normalization(
+    norm: dict[str, Any],
+    source: ImageSource,
+    channels: tuple[int, ...],
+    nonzero: Nonzero | None = None,
 ) -> tuple[tuple[float, ...], tuple[float, ...]]:
     """A model's own normalization (``modeldir.MODEL_META``'s ``normalize``) as per-channel
     (offset, scale): fixed ``mean`` and ``std``; or ``percentile`` [low, high] or
     ``moments`` of the image's sample, plus ``eps``, over the channels together where
-    ``joint``; then ``gain`` and ``offset`` folded in (a model package's ``scale_linear``)."""
+    ``joint``; then ``gain`` and ``offset`` folded in (a model package's ``scale_linear``).
+    With the image's ``nonzero`` region (an nnU-Net training's), each channel's moments
+    and extremes ([0, 100] percentiles) are those of all its voxels there, as nnU-Net's."""
     n = len(channels)
     joint = bool(norm.get("joint"))
     eps = float(norm.get("eps", 0.0))
-    if "percentile" in norm:
+    whole = nonzero is not None and not joint and nonzero.channels == channels
+    if whole and norm.get("percentile") == [0.0, 100.0]:
+        lo, hi = nonzero.range()  # type: ignore[union-attr]
+        offset, scale = lo, hi - lo + eps
+    elif whole and norm.get("moments"):
+        offset, deviation = nonzero.moments()  # type: ignore[union-attr]
+        scale = deviation + eps
+    elif "percentile" in norm:
         low, high = norm["percentile"]
         lo, hi = _percentiles(source, channels, low, high, joint)
         offset, scale = lo, hi - lo + eps
@@ -428,9 +446,12 @@ def plan_image(
     model_sha256: str,
     mask: Mask | None = None,
     tile: tuple[int, ...] | None = None,
+    nonzero: Nonzero | None = None,
 ) -> ImagePlan:
     """Everything needed to segment ``source`` into ``output``, before any pixel is read
-    (except the sample a percentile normalization needs). ``tile``: the tile fitted to an
+    (except the sample a percentile normalization needs). ``nonzero``: the image's
+    nonzero region where the model crops to it, whose statistics the model's
+    normalization takes. ``tile``: the tile fitted to an
     image shorter than the configured one (``fitted_tile``), which the model was probed
     with; default ``tile_size``."""
     dims = spec.spatial_dims
@@ -451,7 +472,7 @@ def plan_image(
                 f"block={list(block)} must be a multiple of chunks={list(chunks)} on every "
                 f"axis (one writer per chunk); e.g. block={[c * 4 for c in chunks]}"
             )
-    norm = _normalization(cfg, source, spec, channels, dims)
+    norm = _normalization(cfg, source, spec, channels, nonzero)
     clip = None
     if cfg.normalize.mode == NormalizeMode.auto and spec.normalize and "clip" in spec.normalize:
         clip = tuple(float(v) for v in spec.normalize["clip"])

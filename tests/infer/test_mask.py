@@ -4,6 +4,7 @@ is nonzero; blocks and tiles outside skip the model, the output is 0 outside."""
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -15,7 +16,7 @@ from scipy import ndimage
 from raysegment.data.sources import open_source, open_sources
 from raysegment.errors import InputImageError
 from raysegment.infer import infer
-from raysegment.infer.mask import open_mask
+from raysegment.infer.mask import Mask, open_mask
 from raysegment.infer.stages import EMPTY, OUTSIDE, read_stage, write_stage
 from tests.conftest import (
     driver_plan,
@@ -52,6 +53,25 @@ def test_each_pixel_takes_the_mask_pixel_nearest_its_centre(tmp_path, mask_shape
         got = mask.expand(mask.read(0, region), region)
         want = values[np.ix_(_nearest(100, my, y0, y1), _nearest(70, mx, x0, x1))] != 0
         np.testing.assert_array_equal(got[0], want)
+
+
+def test_a_box_narrows_a_mask_and_alone_is_one(tmp_path) -> None:
+    """A box (an nnU-Net training's crop to the image's nonzero box): the pixels of the
+    mask inside it; without a mask image, the box's pixels."""
+    tifffile.imwrite(tmp_path / "img.tif", random_image((100, 70)))
+    values = np.random.default_rng(1).integers(0, 3, (13, 9)).astype("uint8")
+    tifffile.imwrite(tmp_path / "mask.tif", values)
+    mask = open_mask(str(tmp_path / "mask.tif"), open_source(tmp_path / "img.tif"))
+    box = ((0, 1), (20, 75), (9, 70))
+    boxed, alone = replace(mask, box=box), Mask(None, (1, 100, 70), box)
+    within = np.zeros((1, 100, 70), bool)
+    within[:, 20:75, 9:70] = True
+    region = ((0, 1), (17, 61), (5, 44))
+    cut = (slice(None), slice(17, 61), slice(5, 44))
+    got = boxed.expand(boxed.read(0, region), region)
+    np.testing.assert_array_equal(got, mask.expand(mask.read(0, region), region) & within[cut])
+    np.testing.assert_array_equal(alone.expand(alone.read(0, region), region), within[cut])
+    assert alone.key() != mask.key() != boxed.key()
 
 
 REGIONS = {

@@ -194,8 +194,9 @@ def nnunet_preprocessed(
     folder: Path, image: np.ndarray, spacing: list[float], folds: tuple, mirror: bool = False
 ) -> tuple[Any, torch.Tensor]:
     """nnU-Net's predictor of the training's ``folds`` and ``image`` (C, Z, Y, X) at
-    ``spacing`` as its preprocessing gives it to the network (transposed, normalized,
-    resampled): float32."""
+    ``spacing`` as its preprocessing gives it to the network (transposed, cropped to the
+    nonzero box, normalized, resampled), the crop put back in the image's extent with
+    zeros around it (``_uncropped``): float32."""
     from nnunetv2.inference.data_iterators import PreprocessAdapterFromNpy
 
     predictor = _predictor(folder, folds, mirror)
@@ -209,7 +210,25 @@ def nnunet_preprocessed(
         predictor.configuration_manager,
         num_threads_in_multithreaded=1,
     )
-    return predictor, next(adapter)["data"].float()
+    item = next(adapter)
+    return predictor, _uncropped(item["data"].float(), item["data_properties"])
+
+
+def _uncropped(data: torch.Tensor, properties: dict) -> torch.Tensor:
+    """nnU-Net's preprocessed crop of an image to its nonzero box (C, *spatial) in the
+    image's extent, zeros around it (what nnU-Net's normalization within the nonzero
+    region leaves outside it), of an image cropped along axes not resampled only."""
+    pad = [(0, 0)]
+    for (a, b), n, m, now in zip(
+        properties["bbox_used_for_cropping"],
+        properties["shape_before_cropping"],
+        properties["shape_after_cropping_and_before_resampling"],
+        data.shape[-3:],
+        strict=True,
+    ):
+        assert (a, b) == (0, n) or now == m, "cropped along an axis it resampled"
+        pad.append((a, n - b))
+    return torch.from_numpy(np.pad(data.numpy(), pad[-data.ndim :]))
 
 
 def nnunet_logits(
@@ -395,6 +414,114 @@ def test_a_2d_mri_training_of_two_channels_runs_plane_by_plane(tmp_path) -> None
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
 
 
+def _brain(channels: int, shape: tuple[int, int, int], padding: int = 4) -> np.ndarray:
+    """A skull-stripped MR of ``channels`` (uint16, C, Z, Y, X): 0 in ``padding`` planes
+    at either end of z and outside an ellipse in each plane between (touching the plane's
+    edges: the nonzero box spans y and x), and in a ball inside (a hole of the region)."""
+    z, y, x = np.mgrid[: shape[0], : shape[1], : shape[2]].astype(float)
+    cy, cx = (shape[1] - 1) / 2, (shape[2] - 1) / 2
+    inside = ((y - cy) / (shape[1] / 2)) ** 2 + ((x - cx) / (shape[2] / 2)) ** 2 < 1
+    inside &= (z >= padding) & (z < shape[0] - padding)
+    cz = (shape[0] - 1) / 2
+    inside &= ((z - cz) / 3) ** 2 + ((y - cy) / 5) ** 2 + ((x - cx) / 5) ** 2 >= 1
+    mri = np.stack([random_image(shape, seed=c) + 200 + 300 * c for c in range(channels)])
+    return np.where(inside, mri, 0).astype(np.uint16)
+
+
+@pytest.mark.usefixtures("ray_session")
+def test_an_mri_normalized_within_its_nonzero_region_runs_as_nnunet_does(tmp_path) -> None:
+    """Plans that normalize within each image's nonzero region (``use_mask_for_norm``,
+    brain MR): each channel's mean and deviation of the region (its hole filled), every
+    voxel outside it 0 once normalized; the logits are nnU-Net's network's on the crop
+    nnU-Net preprocesses, within its nonzero box, and 0 outside it."""
+    folder = write_training(
+        tmp_path / "results",
+        channels=("T1", "FLAIR"),
+        labels=("background", "tumour"),
+        normalization_schemes=["ZScoreNormalization"] * 2,
+        use_mask_for_norm=[True, True],
+    )
+    (model,) = read_models([str(folder)])
+    assert model.meta["nonzero"] == "mask"
+    mri = _brain(2, (24, 40, 32))
+    zarr.create_array(str(tmp_path / "brain.zarr"), data=mri, chunks=(2, 8, 40, 32))
+    summary, got = _run(
+        tmp_path,
+        tmp_path / "brain.zarr",
+        folder,
+        axes="czyx",
+        tile={"size": [24, 40, 32]},
+        chunks=[4, 40, 32],
+        block=[4, 40, 32],
+        finalize={"mode": "raw"},
+    )
+    want = nnunet_logits(folder, mri, [2.5, 0.8, 0.8], (0,))
+    inside = slice(4, 20)  # the nonzero box: planes 4 to 19
+    np.testing.assert_allclose(got[:, inside], want[:, inside], rtol=1e-4, atol=1e-4)
+    assert not got[:, :4].any() and not got[:, 20:].any()
+    assert "(2 outside the nonzero box)" in str(summary)  # of 6 blocks: planes 0-3, 20-23
+
+
+@pytest.mark.usefixtures("ray_session")
+def test_an_mri_of_other_voxels_is_normalized_within_its_region_before_it_is_resampled(
+    tmp_path,
+) -> None:
+    """nnU-Net normalizes before it resamples: the voxels outside the region go into the
+    spline at 0 once normalized (``NonzeroSource``, then ``ResampledSource``), so the
+    logits are nnU-Net's network's on its resampled crop."""
+    folder = write_training(
+        tmp_path / "results",
+        channels=("FLAIR",),
+        labels=("background", "tumour"),
+        normalization_schemes=["ZScoreNormalization"],
+        use_mask_for_norm=[True],
+    )
+    mri = _brain(1, (24, 50, 40))
+    write_nifti(tmp_path / "brain.nii.gz", mri[0], np.diag([0.64, 0.64, 2.5, 1.0]))
+    _, got = _run(
+        tmp_path,
+        tmp_path / "brain.nii.gz",
+        folder,
+        resample=True,
+        tile={"size": [24, 40, 32]},
+        finalize={"mode": "raw"},
+    )
+    want = nnunet_logits(folder, mri, [2.5, 0.64, 0.64], (0,))
+    assert got.shape == want.shape == (2, 24, 40, 32)
+    np.testing.assert_allclose(got[:, 4:20], want[:, 4:20], rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.usefixtures("ray_session")
+def test_an_mri_padded_with_zeros_is_segmented_within_its_nonzero_box(tmp_path) -> None:
+    """A Z-score over the whole image (no ``use_mask_for_norm``) takes the mean and
+    deviation of the nonzero box, as nnU-Net crops to it first; the model sees 0 beyond
+    the box, as nnU-Net pads its crop, and everything outside it is background."""
+    folder = write_training(
+        tmp_path / "results",
+        channels=("T2",),
+        labels=("background", "lesion"),
+        normalization_schemes=["ZScoreNormalization"],
+        use_mask_for_norm=[False],
+    )
+    assert read_models([str(folder)])[0].meta["nonzero"] == "box"
+    mri = _brain(1, (32, 64, 48), padding=8)
+    write_nifti(tmp_path / "brain.nii.gz", mri[0], np.diag([0.8, 0.8, 2.5, 1.0]))
+    _, got = _run(
+        tmp_path,
+        tmp_path / "brain.nii.gz",
+        folder,
+        tile={"size": [32, 64, 48]},
+        finalize={"mode": "raw"},
+    )
+    want = nnunet_logits(folder, mri, [2.5, 0.8, 0.8], (0,))
+    np.testing.assert_allclose(got[:, 8:24], want[:, 8:24], rtol=1e-4, atol=1e-4)
+    assert not got[:, :8].any() and not got[:, 24:].any()
+    _, labels = _run(
+        tmp_path, tmp_path / "brain.nii.gz", folder, overwrite=True, finalize={"mode": "labels"}
+    )
+    assert not labels[0, :8].any() and labels[0, 8:24].any()
+
+
 @pytest.mark.usefixtures("ray_session")
 def test_transposed_plans_run_in_the_images_own_axis_order(tmp_path) -> None:
     """Plans whose ``transpose_forward`` puts x first: the output in the CT's axis order,
@@ -495,7 +622,13 @@ def test_earlier_plans_build_the_same_network(tmp_path) -> None:
     ("change", "message"),
     [
         ({"labels": {"background": 0, "whole": [1, 2], "core": 2}}, "region-based training"),
-        ({"use_mask_for_norm": [True]}, r"nonzero region \(use_mask_for_norm\)"),
+        (
+            {
+                "normalization_schemes": ["ZScoreNormalization"] * 2,
+                "use_mask_for_norm": [True, False],
+            },
+            r"some channels within each image's nonzero region and others not",
+        ),
         ({"normalization_schemes": ["MyNormalization"]}, "normalization MyNormalization"),
         ({"previous_stage": "3d_lowres"}, "cascade's second stage"),
         (
