@@ -22,5 +22,6 @@ tta_axes: the spatial axes (0 the first) ``tta`` flips, its training's mirror ax
 resampling: how its images were resampled ({"data": [order, order_z], "probabilities":
 [...], "force_separate_z", "anisotropy"}: ``data.resampled.nnunet_kinds``), and nonzero:
 "box" (each image cropped to the box of its nonzero voxels, whose statistics a measured
-normalization takes) or "mask" (and normalized within the nonzero region itself:
-``data.nonzero``)."""
+normalization takes, the tiles over the box only) or "mask" (and normalized within the
+nonzero region itself: ``data.nonzero``), and tile_spread: true (tiles spread evenly over
+each axis, as nnU-Net's sliding window lays them)."""

@@ -61,27 +61,58 @@ class AxisTiling:
     """Pixels at a tile's edges that the model cannot compute (a BioImage Model Zoo
     model's ``halo``): they weigh nothing, except at the image's edges, where no tile
     computes them better."""
+    window: tuple[int, int] | None = None
+    """The part of the axis the tiles cover (an nnU-Net training's crop to the image's
+    nonzero box), its ends the edges; None: the whole axis. Pixels outside it take no
+    tile's weight."""
 
     @classmethod
-    def plan(cls, length: int, tile: int, overlap: int, halo: int = 0) -> AxisTiling:
+    def plan(
+        cls,
+        length: int,
+        tile: int,
+        overlap: int,
+        halo: int = 0,
+        window: tuple[int, int] | None = None,
+        spread: bool = False,
+    ) -> AxisTiling:
+        """Tiles over the axis (or its ``window``): every ``tile - overlap`` pixels from
+        its start and the last flush with its end, or (``spread``) as many spread evenly
+        between the two ends (nnU-Net's sliding window: neighbours share at least
+        ``overlap`` pixels, all alike to a pixel). A window shorter than the tile takes one
+        tile centred on it (as nnU-Net pads its crop), inside the image where it can."""
         if length < 1 or tile < 1:
             raise ValueError(f"length {length} and tile {tile} must be positive")
         if not 0 <= overlap < tile:
             raise ValueError(f"overlap {overlap} must be in [0, tile {tile})")
         if not 0 <= 2 * halo <= overlap and length > tile:
             raise ValueError(f"overlap {overlap} must be at least twice the halo {halo}")
-        step = tile - overlap
-        starts = list(range(0, max(length - tile, 0), step)) or [0]
-        if starts[-1] + tile < length:
-            starts.append(length - tile)
-        return cls(length, tile, overlap, tuple(starts), halo)
+        low, high = window or (0, length)
+        extent, step = high - low, tile - overlap
+        if extent < tile:  # one tile, centred on the window
+            starts = [min(max(low - (tile - extent) // 2, 0), max(length - tile, 0))]
+        elif spread:
+            count = -(-(extent - tile) // step) + 1
+            gap = (extent - tile) / max(count - 1, 1)
+            starts = [low + int(np.round(gap * i)) for i in range(count)]
+        else:
+            starts = [low + s for s in range(0, extent - tile, step)] or [low]
+            if starts[-1] + tile < high:
+                starts.append(high - tile)
+        kept = None if window is None or tuple(window) == (0, length) else (low, high)
+        return cls(length, tile, overlap, tuple(starts), halo, kept)
+
+    @property
+    def ends(self) -> tuple[int, int]:
+        """Where the tiles' edges are the image's: the window's ends, else the axis'."""
+        return self.window or (0, self.length)
 
     def computed(self, i: int) -> tuple[int, int]:
         """Part of tile ``i`` (relative to its start) outside its halo: all of it but
         ``halo`` pixels at each edge inside the image."""
-        start = self.starts[i]
-        lo = self.halo if start > 0 else 0
-        hi = self.tile - self.halo if start + self.tile < self.length else self.tile
+        start, (first, last) = self.starts[i], self.ends
+        lo = self.halo if start > first else 0
+        hi = self.tile - self.halo if start + self.tile < last else self.tile
         return lo, hi
 
     def kept(self, i: int) -> tuple[int, int]:
@@ -90,20 +121,21 @@ class AxisTiling:
         Drops ``overlap // 2`` before and the rest of the overlap after, except where the
         tile touches the image edge, so the kept parts cover the axis without gaps.
         """
-        start = self.starts[i]
-        lo = 0 if start == 0 else self.overlap // 2
+        start, (first, last) = self.starts[i], self.ends
+        lo = 0 if start <= first else self.overlap // 2
         hi = (
             self.tile
-            if start + self.tile >= self.length
+            if start + self.tile >= last
             else self.tile - (self.overlap - self.overlap // 2)
         )
         return lo, hi
 
     def support(self, i: int, blend: str) -> tuple[int, int]:
-        """Absolute pixel range where tile ``i`` has non-zero weight, clipped to the image."""
+        """Absolute pixel range where tile ``i`` has non-zero weight, clipped to the image
+        (to the window)."""
         lo, hi = self.kept(i) if blend == "crop" else self.computed(i)
-        start = self.starts[i]
-        return start + lo, min(start + hi, self.length)
+        start, (first, last) = self.starts[i], self.ends
+        return max(start + lo, first), min(start + hi, last)
 
 
 BLENDS: Registry[Callable[[AxisTiling, int], np.ndarray]] = Registry("tile.blend")
@@ -160,16 +192,20 @@ class Tiling:
         overlap: float,
         blend: str,
         halo: Sequence[int] | None = None,
+        window: Sequence[tuple[int, int]] | None = None,
+        spread: bool = False,
     ) -> Tiling:
         """Lay tiles of ``tile`` pixels sharing ``overlap`` (a fraction) of their length;
         ``halo``: per axis, the pixels at a tile's edges that weigh nothing
-        (``AxisTiling.halo``)."""
+        (``AxisTiling.halo``); ``window``: per axis, the part the tiles cover, ``spread``:
+        spread evenly over it (``AxisTiling.plan``)."""
         BLENDS.get(blend)
         if len(shape) != len(tile):
             raise ValueError(f"shape {tuple(shape)} and tile {tuple(tile)} differ in length")
+        windows: Sequence[tuple[int, int] | None] = window or [None] * len(tile)
         axes = tuple(
-            AxisTiling.plan(n, t, overlap_pixels(overlap, t), h)
-            for n, t, h in zip(shape, tile, halo or [0] * len(tile), strict=True)
+            AxisTiling.plan(n, t, overlap_pixels(overlap, t), h, w, spread)
+            for n, t, h, w in zip(shape, tile, halo or [0] * len(tile), windows, strict=True)
         )
         return cls(axes, blend)
 
@@ -251,7 +287,11 @@ def block_at(tiling: Tiling, block: Sequence[int], index: Sequence[int]) -> Bloc
     )
     tiles = tiling.tiles_reaching(inner)
     outer, pad = [], []
-    for axis, idx in zip(tiling.axes, tiles, strict=False):
+    for axis, idx, (a, _) in zip(tiling.axes, tiles, inner, strict=False):
+        if not idx:  # outside the tiles' window: nothing to read or run
+            outer.append((a, a))
+            pad.append((0, 0))
+            continue
         lo = axis.starts[idx[0]]
         hi = axis.starts[idx[-1]] + axis.tile
         outer.append((lo, min(hi, axis.length)))

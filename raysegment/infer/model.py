@@ -92,6 +92,9 @@ class ModelSpec:
     tta_axes: tuple[int, ...] | None = None
     """The spatial axes (0 the first) test-time augmentation flips (an nnU-Net training's
     mirror axes); None: every axis."""
+    tile_spread: bool = False
+    """Tiles spread evenly over each axis (an nnU-Net training's sliding window), not a
+    step apart with the last flush with the end."""
 
     def flips(self) -> tuple[int, ...]:
         """The spatial axes ``tta=true`` flips: ``tta_axes``, else every axis."""
@@ -382,6 +385,7 @@ def describe_model(model: ModelFile, module: torch.nn.Module) -> ModelSpec:
         threshold=meta.get("threshold"),
         patch=tuple(int(v) for v in meta["patch_size"]) if meta.get("patch_size") else None,
         tta_axes=None if meta.get("tta_axes") is None else tuple(map(int, meta["tta_axes"])),
+        tile_spread=bool(meta.get("tile_spread")),
     )
 
 

@@ -183,6 +183,7 @@ def read_nnunet(fold: str) -> tuple[bytes, dict[str, Any], str]:
         "patch_size": [patch[order.index(a)] for a in range(dims)],
         "tile_steps": [[s, s] for s in steps],
         "tta_axes": sorted(order[int(a)] for a in mirrored),
+        "tile_spread": True,
         **_normalization(plans, config, channels, where),
         **_spacing(plans, config, order),
         **_resampling(config, where),

@@ -459,7 +459,11 @@ def plan_image(
     channels = _select_channels(cfg, source, spec)
     tile = tile or tile_size(cfg, spec)
     halo = _halo(cfg, spec, tile, shape)
-    tiling = Tiling.plan(shape, tile, cfg.tile.overlap, cfg.tile.blend.value, halo)
+    # An nnU-Net training's tiles over each scan's nonzero box only, spread as its own.
+    window = nonzero.box_at(source.info.shape[2:])[3 - dims :] if nonzero else None
+    tiling = Tiling.plan(
+        shape, tile, cfg.tile.overlap, cfg.tile.blend.value, halo, window, spec.tile_spread
+    )
     chunks = _per_axis("chunks", cfg.chunks, dims, DEFAULT_CHUNK[dims])
     if cfg.chunks is None:
         chunks = tuple(min(c, n) for c, n in zip(chunks, shape, strict=False))

@@ -306,9 +306,12 @@ def _weight_sums(
             lo, hi = max(s, a), min(s + ax.tile, b)
             if lo < hi:
                 total[lo - a : hi - a] += weights[axis][i][lo - s : hi - s]
-        if bool((total == 0).any()):
+        first, last = (e - o for e in ax.ends)  # outside the tiles' window: no output
+        outside = torch.ones_like(total, dtype=torch.bool)
+        outside[max(first - a, 0) : max(last - a, 0)] = False
+        if bool(((total == 0) & ~outside).any()):
             raise RuntimeError(f"block {item} has pixels no tile covers: tiling bug")
-        totals.append(total)
+        totals.append(torch.where(outside, torch.ones_like(total), total))
     return totals
 
 

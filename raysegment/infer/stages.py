@@ -308,6 +308,8 @@ def read_row(
         return _failed(batch, plan, refused)
     block = plan.block_of(item)
     mask = _no_mask()
+    if not block.num_tiles:  # outside the tiles' window (an nnU-Net crop's box)
+        return _outside(batch, plan, item, block)
     try:
         if plan.mask is not None:
             inner = plan.inner_region(item, block)

@@ -45,6 +45,44 @@ def test_axis_tiles_cover_and_end_flush(length: int, tile: int, overlap: int) ->
         assert hi1 - lo1 == tile - overlap
 
 
+@pytest.mark.parametrize("length", [64, 65, 77, 100, 110, 128, 205, 256, 301, 1001])
+@pytest.mark.parametrize("tile", [32, 64, 96])
+def test_spread_tiles_are_nnunets_sliding_window(length: int, tile: int) -> None:
+    """``spread``: the starts of nnU-Net's sliding window (half-overlapping tiles spread
+    evenly from one end to the other), the same count as a step apart."""
+    sliding = pytest.importorskip("nnunetv2.inference.sliding_window_prediction")
+    if length < tile:
+        return
+    spread = AxisTiling.plan(length, tile, tile // 2, spread=True)
+    (want,) = sliding.compute_steps_for_sliding_window((length,), (tile,), 0.5)
+    assert list(spread.starts) == want
+    assert len(spread.starts) == len(AxisTiling.plan(length, tile, tile // 2).starts)
+
+
+@pytest.mark.parametrize("spread", [False, True])
+@pytest.mark.parametrize("blend", ["gaussian", "crop"])
+def test_a_window_is_tiled_as_an_image_of_its_own(spread: bool, blend: str) -> None:
+    """Tiles over a window of the axis (an nnU-Net crop's box): those of an axis of the
+    window's length moved to its start, its ends the edges; no weight outside it, and
+    blocks wholly outside run no tile."""
+    axis = AxisTiling.plan(300, 64, 16, window=(37, 250), spread=spread)
+    alone = AxisTiling.plan(213, 64, 16, spread=spread)
+    assert axis.starts == tuple(37 + s for s in alone.starts)
+    assert [axis.support(i, blend) for i in range(len(axis.starts))] == [
+        tuple(37 + e for e in alone.support(i, blend)) for i in range(len(alone.starts))
+    ]
+    tiling = Tiling((axis,), blend)
+    blocks = {b.inner: b for b in iter_blocks(tiling, (32,))}
+    assert blocks[((0, 32),)].num_tiles == 0 and blocks[((256, 288),)].num_tiles == 0
+    assert blocks[((32, 64),)].tiles == ((0,),)
+
+
+def test_a_window_shorter_than_the_tile_takes_one_tile_centred_on_it() -> None:
+    assert AxisTiling.plan(300, 64, 16, window=(100, 140)).starts == (88,)
+    assert AxisTiling.plan(300, 64, 16, window=(10, 30)).starts == (0,)  # inside the image
+    assert AxisTiling.plan(300, 64, 16, window=(0, 300)).window is None
+
+
 def test_crop_keeps_centre_drops_half_overlap() -> None:
     axis = AxisTiling.plan(1000, 512, 128)
     assert axis.starts == (0, 384, 488)

@@ -495,7 +495,9 @@ def test_an_mri_of_other_voxels_is_normalized_within_its_region_before_it_is_res
 def test_an_mri_padded_with_zeros_is_segmented_within_its_nonzero_box(tmp_path) -> None:
     """A Z-score over the whole image (no ``use_mask_for_norm``) takes the mean and
     deviation of the nonzero box, as nnU-Net crops to it first; the model sees 0 beyond
-    the box, as nnU-Net pads its crop, and everything outside it is background."""
+    the box, as nnU-Net pads its crop, and everything outside it is background. The
+    tiles lie over the box as nnU-Net's sliding window lays them (spread evenly), so
+    the labels are nnU-Net's prediction's (but where its float16 sums tip a voxel)."""
     folder = write_training(
         tmp_path / "results",
         channels=("T2",),
@@ -516,10 +518,18 @@ def test_an_mri_padded_with_zeros_is_segmented_within_its_nonzero_box(tmp_path) 
     want = nnunet_logits(folder, mri, [2.5, 0.8, 0.8], (0,))
     np.testing.assert_allclose(got[:, 8:24], want[:, 8:24], rtol=1e-4, atol=1e-4)
     assert not got[:, :8].any() and not got[:, 24:].any()
-    _, labels = _run(
-        tmp_path, tmp_path / "brain.nii.gz", folder, overwrite=True, finalize={"mode": "labels"}
+    summary, labels = _run(
+        tmp_path,
+        tmp_path / "brain.nii.gz",
+        folder,
+        overwrite=True,
+        tile={"overlap": 0.5, "size": [16, 32, 32]},
+        finalize={"mode": "labels"},
     )
-    assert not labels[0, :8].any() and labels[0, 8:24].any()
+    want = nnunet_labels(folder, mri, [2.5, 0.8, 0.8], (0,))
+    assert summary.tiles == 1 * 3 * 2  # nnU-Net's over the 16 x 64 x 48 box
+    assert not labels[0, :8].any() and not labels[0, 24:].any()
+    assert len(np.unique(want)) > 1 and (labels[0] == want).mean() > 0.999
 
 
 @pytest.mark.usefixtures("ray_session")
