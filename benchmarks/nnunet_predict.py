@@ -120,7 +120,7 @@ def main() -> None:
     z, y, x = args.spacing
     write_nifti(image, ct, np.diag([x, y, z, 1.0]))
     theirs = args.out / "nnunet" / f"{name}.nii.gz"
-    ours = args.out / "raysegment" / f"{name}_0000.nii.gz"
+    ours = args.out / "raysegment" / f"{name}.nii.gz"  # the case's, as nnU-Net names it
     runs = {
         "nnU-Net": [sys.executable, "-c", NNUNET, str(folder), str(image), str(theirs)[:-7]],
         "raysegment": [

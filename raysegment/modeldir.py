@@ -24,4 +24,5 @@ resampling: how its images were resampled ({"data": [order, order_z], "probabili
 "box" (each image cropped to the box of its nonzero voxels, whose statistics a measured
 normalization takes, the tiles over the box only) or "mask" (and normalized within the
 nonzero region itself: ``data.nonzero``), and tile_spread: true (tiles spread evenly over
-each axis, as nnU-Net's sliding window lays them)."""
+each axis, as nnU-Net's sliding window lays them), and channel_files: its channels' names,
+a case's files ``case_0000``, ``case_0001``, ... its channels (``data.channels``)."""

@@ -11,7 +11,9 @@ Read from the fold's ``checkpoint_final.pth`` and the directory's ``plans.json``
   supervision, traced to TorchScript here (the ``nnunet`` extra installs the package that
   builds it); the plans' ``transpose_forward`` is part of the traced program, so tiles,
   patch size and spacing are in the image's own axis order;
-- the input's channels (``channel_names``) and 2D/3D (the patch size's), the patch size as
+- the input's channels (``channel_names``: ``channel_files``, a case's files
+  ``case_0000``, ``case_0001``, ... its channels, ``data.channels``) and 2D/3D (the patch
+  size's), the patch size as
   the default tile (``patch_size``), any multiple of the network's strides along each
   axis taken (``tile_steps``);
 - the crop to each image's nonzero box (``nonzero``: ``box``, or ``mask`` where the plans
@@ -137,7 +139,8 @@ def read_nnunet(fold: str) -> tuple[bytes, dict[str, Any], str]:
         raise ModelLoadError(
             f"{where}: labels {labels} are not numbered 0, 1, 2, ...; nnU-Net trains them so"
         )
-    channels = len(dataset.get("channel_names") or dataset.get("modality") or {})
+    names = dataset.get("channel_names") or dataset.get("modality") or {}
+    channels = len(names)
     patch = [int(v) for v in config["patch_size"]]
     dims = len(patch)
     order = [int(a) for a in plans.get("transpose_forward", range(3))]
@@ -184,6 +187,8 @@ def read_nnunet(fold: str) -> tuple[bytes, dict[str, Any], str]:
         "tile_steps": [[s, s] for s in steps],
         "tta_axes": sorted(order[int(a)] for a in mirrored),
         "tile_spread": True,
+        # Its cases' files: case_0000, case_0001, ... the channels named so.
+        "channel_files": [str(names[k]) for k in sorted(names, key=int)],
         **_normalization(plans, config, channels, where),
         **_spacing(plans, config, order),
         **_resampling(config, where),

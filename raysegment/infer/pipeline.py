@@ -22,6 +22,7 @@ import numpy as np
 from raysegment import storage
 from raysegment._version import __version__
 from raysegment.config import InferConfig, as_config, config_to_dict
+from raysegment.data.channels import CHANNEL_FILE, ChannelFilesSource, channel_cases
 from raysegment.data.inputs import resolve_inputs
 from raysegment.data.nonzero import Nonzero, NonzeroSource, nonzero_region
 from raysegment.data.resampled import ResampledSource, resample_sizes, resampled_to
@@ -37,7 +38,7 @@ from raysegment.data.sources import (
     reader_module,
 )
 from raysegment.data.tiling import block_grid, seam_repeats
-from raysegment.errors import ConfigError, OutputError
+from raysegment.errors import ConfigError, InputImageError, OutputError
 from raysegment.infer.attempts import devices, forget, start_ledger
 from raysegment.infer.mask import AUTO, Mask, auto_mask, open_mask
 from raysegment.infer.model import ModelFile, ModelSpec, ensemble_sha256, probe_models, read_models
@@ -444,8 +445,11 @@ def _open_images(
     the level nearest the pixel the model was trained at (``nearest_level``); and each
     one's nonzero region where the model crops to it (``_nonzero_regions``)."""
     level = cfg.input_level or 0
+    named = models[0].meta.get("channel_files")  # an nnU-Net training's channels
     if cfg.sequence:
         sources: list[ImageSource] = [open_sequence(paths, cfg.sequence, cfg.axes, level)]
+    elif named:
+        sources = [s for case in channel_cases(paths, named) for s in _case(cfg, case, level)]
     else:
         sources = [s for p in paths for s in open_sources(p, cfg.axes, level)]
     trained = models[0].meta.get("pixel_size")
@@ -458,6 +462,32 @@ def _open_images(
     if cfg.resample:
         sources = [_resampled(cfg, s, models, nz) for s, nz in zip(sources, found, strict=True)]
     return sources, found
+
+
+def _case(cfg: InferConfig, files: list[str], level: int) -> list[ImageSource]:
+    """The images of a case's channel files (``channels.channel_cases``): a file not named
+    as a channel, its own; a case's files, one image of their channels named after the
+    case (``ChannelFilesSource``), as nnU-Net names its predictions.
+
+    Raises:
+        InputImageError: a channel file of several images.
+    """
+    found = CHANNEL_FILE.match(image_stem(files[0]))
+    if found is None:
+        return open_sources(files[0], cfg.axes, level)
+    parts = []
+    for file in files:
+        opened = open_sources(file, cfg.axes, level)
+        if len(opened) > 1:
+            raise InputImageError(
+                f"{file}: holds {len(opened)} images; a channel file holds one (narrow "
+                f"pattern= to a case's files, case_0000, case_0001, ...)"
+            )
+        parts.append(opened[0])
+    if len(parts) == 1:
+        parts[0].name = found["case"]
+        return parts
+    return [ChannelFilesSource(parts, found["case"])]
 
 
 def _nonzero_regions(

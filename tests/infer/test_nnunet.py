@@ -5,6 +5,7 @@ out (plans, dataset, a checkpoint a fold) with networks of random weights."""
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +14,7 @@ import pytest
 import torch
 import zarr
 
-from raysegment.errors import ModelLoadError
+from raysegment.errors import InputImageError, ModelLoadError
 from raysegment.infer.model import read_models
 from tests.conftest import random_image
 from tests.data.test_nifti import write_nifti
@@ -306,7 +307,7 @@ def _run(tmp_path: Path, image: Path, model: Path, **cfg: Any) -> tuple[Any, np.
         quicklook=False,
         **cfg,
     )
-    name = image.name.split(".")[0]
+    name = re.sub(r"_\d{4}$", "", image.name.split(".")[0])  # a case's channel file
     return summary, zarr.open_array(str(tmp_path / "out" / f"{name}.ome.zarr" / "0"), mode="r")[:]
 
 
@@ -530,6 +531,48 @@ def test_an_mri_padded_with_zeros_is_segmented_within_its_nonzero_box(tmp_path) 
     assert summary.tiles == 1 * 3 * 2  # nnU-Net's over the 16 x 64 x 48 box
     assert not labels[0, :8].any() and not labels[0, 24:].any()
     assert len(np.unique(want)) > 1 and (labels[0] == want).mean() > 0.999
+
+
+@pytest.mark.usefixtures("ray_session")
+def test_a_folder_of_cases_each_a_file_a_channel_runs_as_nnunet_reads_it(tmp_path) -> None:
+    """nnU-Net's layout of cases of two modalities (``imagesTs``: ``case_0000.nii.gz``,
+    ``case_0001.nii.gz``): each case one image of two channels, named after the case, as
+    nnU-Net names its predictions; the logits are nnU-Net's on the two files."""
+    from raysegment.infer import infer
+
+    folder = write_training(
+        tmp_path / "results",
+        channels=("T2", "ADC"),
+        labels=("background", "prostate"),
+        normalization_schemes=["ZScoreNormalization"] * 2,
+        use_mask_for_norm=[False, False],
+    )
+    images = tmp_path / "imagesTs"
+    images.mkdir()
+    cases = {}
+    for k, case in enumerate(("prostate_01", "prostate_02")):
+        volume = np.stack([random_image((16, 32, 32), seed=2 * k + c) + 1 for c in (0, 1)])
+        volume[1] = volume[1] // 4 + 100
+        for c in (0, 1):
+            write_nifti(images / f"{case}_{c:04d}.nii.gz", volume[c], np.diag([0.8, 0.8, 2.5, 1]))
+        cases[case] = volume
+    infer(
+        input=str(images),
+        model=str(folder),
+        output=str(tmp_path / "out"),
+        tile={"size": [16, 32, 32]},
+        finalize={"mode": "raw", "nifti": True},
+        progress=False,
+        quicklook=False,
+    )
+    for case, volume in cases.items():
+        got = zarr.open_array(str(tmp_path / "out" / f"{case}.ome.zarr" / "0"), mode="r")[:]
+        want = nnunet_logits(folder, volume, [2.5, 0.8, 0.8], (0,))
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+        assert (tmp_path / "out" / f"{case}.nii.gz").is_file()
+    (images / "prostate_02_0001.nii.gz").unlink()
+    with pytest.raises(InputImageError, match=r"prostate_02_XXXX: channel files _0000; the"):
+        infer(input=str(images), model=str(folder), output=str(tmp_path / "again"))
 
 
 @pytest.mark.usefixtures("ray_session")
