@@ -79,8 +79,10 @@ class AxisTiling:
         """Tiles over the axis (or its ``window``): every ``tile - overlap`` pixels from
         its start and the last flush with its end, or (``spread``) as many spread evenly
         between the two ends (nnU-Net's sliding window: neighbours share at least
-        ``overlap`` pixels, all alike to a pixel). A window shorter than the tile takes one
-        tile centred on it (as nnU-Net pads its crop), inside the image where it can."""
+        ``overlap`` pixels, all alike to a pixel). A window (or an axis) shorter than the
+        tile takes one tile centred on it: spread, as nnU-Net pads its crop to the tile,
+        beyond the image where it reaches (``Block.pad`` on both sides); else inside the
+        image where it can."""
         if length < 1 or tile < 1:
             raise ValueError(f"length {length} and tile {tile} must be positive")
         if not 0 <= overlap < tile:
@@ -89,7 +91,9 @@ class AxisTiling:
             raise ValueError(f"overlap {overlap} must be at least twice the halo {halo}")
         low, high = window or (0, length)
         extent, step = high - low, tile - overlap
-        if extent < tile:  # one tile, centred on the window
+        if extent < tile and spread:  # one tile centred on it, padded beyond the image
+            starts = [low - (tile - extent) // 2]
+        elif extent < tile:  # one tile, centred on the window, inside the image if it can
             starts = [min(max(low - (tile - extent) // 2, 0), max(length - tile, 0))]
         elif spread:
             count = -(-(extent - tile) // step) + 1
@@ -252,7 +256,8 @@ class Block:
     outer: tuple[tuple[int, int], ...]
     """Source region read for it: the union of its tiles, clipped to the image."""
     pad: tuple[tuple[int, int], ...]
-    """Padding after reading, where a tile is longer than the image."""
+    """Padding after reading, where a tile reaches beyond the image (before its start:
+    a tile centred on a scan shorter than it)."""
     tiles: tuple[tuple[int, ...], ...]
     """Per axis, indices into the global grid of the tiles this block runs."""
 
@@ -260,12 +265,18 @@ class Block:
     def num_tiles(self) -> int:
         return math.prod(len(t) for t in self.tiles)
 
+    @property
+    def origin(self) -> tuple[int, ...]:
+        """Per axis, the image pixel the padded source region begins at (``outer``'s
+        start, less the padding before it)."""
+        return tuple(o - p for (o, _), (p, _) in zip(self.outer, self.pad, strict=True))
+
     def tile_origins(self, tiling: Tiling) -> Iterator[tuple[tuple[int, ...], tuple[int, ...]]]:
-        """Yield (grid index, start relative to ``outer``) for every tile of the block."""
+        """Yield (grid index, start in the padded source region) for every tile of the
+        block."""
         for index in itertools.product(*self.tiles):
             start = tuple(
-                ax.starts[i] - o
-                for ax, i, (o, _) in zip(tiling.axes, index, self.outer, strict=False)
+                ax.starts[i] - o for ax, i, o in zip(tiling.axes, index, self.origin, strict=False)
             )
             yield index, start
 
@@ -294,8 +305,8 @@ def block_at(tiling: Tiling, block: Sequence[int], index: Sequence[int]) -> Bloc
             continue
         lo = axis.starts[idx[0]]
         hi = axis.starts[idx[-1]] + axis.tile
-        outer.append((lo, min(hi, axis.length)))
-        pad.append((0, max(hi - axis.length, 0)))
+        outer.append((max(lo, 0), min(hi, axis.length)))
+        pad.append((max(-lo, 0), max(hi - axis.length, 0)))
     return Block(tuple(index), inner, tuple(outer), tuple(pad), tiles)
 
 

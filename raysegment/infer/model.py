@@ -200,7 +200,9 @@ def probe_models(
         takes = tiles_taken(model, module, spec)
         if i == 0:  # the first model: the axes to fit
             images = shapes(spec) if shapes else []
-            fixed = spec.static_tile is not None  # a torch.export program of one tile size
+            # A torch.export program of one tile size; an nnU-Net training's tile is padded
+            # around a scan shorter than it, as nnU-Net pads it (``Tiling.plan``'s spread).
+            fixed = spec.static_tile is not None or spec.tile_spread
             short = [not fixed and any(s[a] < t for s in images) for a, t in enumerate(tile)]
             multiples = [_multiple(takes, tile, a) if s else None for a, s in enumerate(short)]
         else:  # the others: a multiple of each axis' that they take too (powers of two)

@@ -207,7 +207,7 @@ def predict_block(
     """
     block = plan.block_of(item)
     tile = plan.tiling.tile
-    inner = [(a - o, b - o) for (a, b), (o, _) in zip(block.inner, block.outer, strict=False)]
+    inner = [(a - o, b - o) for (a, b), o in zip(block.inner, block.origin, strict=False)]
     origins = list(block.tile_origins(plan.tiling))
     if inside is not None:
         origins = [o for o in origins if _touches(inside, o[1], tile, inner)]
@@ -295,10 +295,10 @@ def _weight_sums(
     item: WorkItem,
 ) -> list[torch.Tensor]:
     """Per axis, the sum of the block's tile profiles over its own region (relative to
-    ``outer``)."""
+    the padded source region, ``Block.origin``)."""
     totals = []
-    for axis, (ax, tiles, (o, _), (a, b)) in enumerate(
-        zip(tiling.axes, block.tiles, block.outer, inner, strict=False)
+    for axis, (ax, tiles, o, (a, b)) in enumerate(
+        zip(tiling.axes, block.tiles, block.origin, inner, strict=False)
     ):
         total = torch.zeros(b - a, device=weights[axis].device)
         for i in tiles:

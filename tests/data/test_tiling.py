@@ -80,7 +80,18 @@ def test_a_window_is_tiled_as_an_image_of_its_own(spread: bool, blend: str) -> N
 def test_a_window_shorter_than_the_tile_takes_one_tile_centred_on_it() -> None:
     assert AxisTiling.plan(300, 64, 16, window=(100, 140)).starts == (88,)
     assert AxisTiling.plan(300, 64, 16, window=(10, 30)).starts == (0,)  # inside the image
+    assert AxisTiling.plan(300, 64, 16, window=(10, 30), spread=True).starts == (-12,)
     assert AxisTiling.plan(300, 64, 16, window=(0, 300)).window is None
+
+
+def test_a_spread_tile_centred_on_a_short_axis_is_padded_on_both_sides() -> None:
+    """nnU-Net's padding of a scan shorter than the patch: the block reads the whole axis
+    and pads it on both sides; the tile starts at the padded region's start."""
+    tiling = Tiling((AxisTiling.plan(10, 16, 8, spread=True),), "gaussian")
+    assert tiling.axes[0].starts == (-3,)
+    (block,) = iter_blocks(tiling, (16,))
+    assert block.outer == ((0, 10),) and block.pad == ((3, 3),) and block.origin == (-3,)
+    assert list(block.tile_origins(tiling)) == [((0,), (0,))]
 
 
 def test_crop_keeps_centre_drops_half_overlap() -> None:

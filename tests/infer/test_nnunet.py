@@ -534,6 +534,21 @@ def test_an_mri_padded_with_zeros_is_segmented_within_its_nonzero_box(tmp_path) 
 
 
 @pytest.mark.usefixtures("ray_session")
+def test_a_ct_thinner_than_the_patch_is_padded_to_it_as_nnunet_pads_it(tmp_path) -> None:
+    """10 planes for a patch of 16: one tile of the patch centred on them, 3 planes of 0
+    (the normalization's) on either side, as nnU-Net pads a scan to its patch, not a tile
+    fitted to the scan; the labels are nnU-Net's prediction's."""
+    folder = write_training(tmp_path / "results")
+    ct = _ct((10, 48, 40), tmp_path / "ct.nii.gz")
+    summary, got = _run(
+        tmp_path, tmp_path / "ct.nii.gz", folder, tile={"overlap": 0.5}, finalize={"mode": "labels"}
+    )
+    want = nnunet_labels(folder, ct[None], [2.5, 0.8, 0.8], (0,))
+    assert summary.tiles == 1 * 2 * 2 and not summary.fitted
+    assert len(np.unique(want)) > 1 and (got[0] == want).mean() > 0.999
+
+
+@pytest.mark.usefixtures("ray_session")
 def test_a_folder_of_cases_each_a_file_a_channel_runs_as_nnunet_reads_it(tmp_path) -> None:
     """nnU-Net's layout of cases of two modalities (``imagesTs``: ``case_0000.nii.gz``,
     ``case_0001.nii.gz``): each case one image of two channels, named after the case, as
