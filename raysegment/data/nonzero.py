@@ -209,14 +209,17 @@ def nonzero_region(
             (indices,) = np.nonzero(found.any(axis=others))
             shift = z0 if axis == 0 else 0
             spans[axis] += [int(indices[0]) + shift, int(indices[-1]) + shift]
-        if moments:  # Chan's combination of the slab's moments with those before
-            values = (data.reshape(c, -1) if k == found.size else data[:, found]).astype(np.float64)
-            part = values.mean(axis=1)
+        if moments:
+            # Sums over the slab are the nonzero voxels' (the others are 0 in every
+            # channel), in float64 without a copy; then Chan's combination with those before.
+            flat = data.reshape(c, -1)
+            sums = flat.sum(axis=1, dtype=np.float64)
+            squares = np.einsum("ij,ij->i", flat, flat, dtype=np.float64)
+            part = sums / k
             delta = part - mean
-            m2 += ((values - part[:, None]) ** 2).sum(axis=1) + delta**2 * count * k / (count + k)
+            m2 += squares - sums * part + delta**2 * count * k / (count + k)
             mean += delta * k / (count + k)
-            low = np.minimum(low, values.min(axis=1))
-            high = np.maximum(high, values.max(axis=1))
+            low, high = _extremes(flat, found.reshape(-1), low, high)
         count += k
     box = tuple((min(s), max(s) + 1) for s in spans) if count else None
     holes = None
@@ -249,6 +252,22 @@ def nonzero_region(
         filled=filled,
         planes=tuple(per_plane) if planes else (),
     )
+
+
+def _extremes(
+    flat: np.ndarray, found: np.ndarray, low: np.ndarray, high: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """``low`` and ``high`` (per channel) widened by the values of ``flat`` (C, pixels)
+    where ``found``: the pixels' own extremes where every one is, else 0 stands in for
+    those that are not where it changes nothing."""
+    least, most = flat.min(axis=1), flat.max(axis=1)
+    if not found.all():  # the pixels not found are 0: an extreme of 0 may be theirs alone
+        unsure = (least == 0) | (most == 0)
+        if unsure.any():
+            values = flat[:, found]
+            least = values.min(axis=1) if values.size else np.full(len(flat), np.inf)
+            most = values.max(axis=1) if values.size else np.full(len(flat), -np.inf)
+    return np.minimum(low, least), np.maximum(high, most)
 
 
 def _per_plane(

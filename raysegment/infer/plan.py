@@ -14,7 +14,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from raysegment.config import InferConfig, NormalizeMode, config_to_dict
-from raysegment.data.nonzero import Nonzero
+from raysegment.data.channels import ChannelFilesSource
+from raysegment.data.nonzero import Nonzero, NonzeroSource
 from raysegment.data.resampled import ResampledSource
 from raysegment.data.sources import ImageSource, TiffSequenceSource
 from raysegment.data.tiling import Block, Tiling, block_at, block_grid, overlap_pixels
@@ -666,6 +667,7 @@ def provenance(
             **({"series": plan.source.series} if plan.source.series is not None else {}),
             **({"level": plan.source.level} if plan.source.level else {}),
             **_sequence_of(plan.source),
+            **_channel_files_of(plan.source),
             **_resampled_of(plan.source),
             "shape_tczyx": list(plan.source.info.shape),
             "dtype": str(plan.source.info.dtype),
@@ -686,6 +688,16 @@ def _resampled_of(source: ImageSource) -> dict[str, Any]:
         return {}
     scale = {a: source.info.scale[a] for a in source.resampled}
     return {"resampled": {"from_shape_tczyx": list(source.inner.info.shape), "scale": scale}}
+
+
+def _channel_files_of(source: ImageSource) -> dict[str, Any]:
+    """A case's channel files in the provenance (``channels.ChannelFilesSource``), read
+    resampled or not."""
+    found = source.inner if isinstance(source, ResampledSource) else source
+    found = found.inner if isinstance(found, NonzeroSource) else found
+    if not isinstance(found, ChannelFilesSource):
+        return {}
+    return {"channel_files": [Path(p.path).name for p in found.parts]}
 
 
 def _sequence_of(source: ImageSource) -> dict[str, Any]:

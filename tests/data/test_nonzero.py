@@ -119,3 +119,21 @@ def test_the_box_in_a_resampled_image_holds_the_pixels_centred_in_it() -> None:
     # Along z and x pixels of 2 centred on the image's pixels 1, 3, ..: 5 .. 15 of the box
     # (of 4 .. 16, and 5 .. 25); along y pixels of 0.5 centred on the image's 6 .. 34.
     assert found.box_at((10, 80, 15)) == ((2, 8), (12, 70), (2, 13))
+
+
+@pytest.mark.parametrize("shift", [-1000.0, -300.0, 0.0])
+def test_moments_and_extremes_of_values_either_side_of_0(monkeypatch, shift) -> None:
+    """Values below and above 0 (a CT's), voxels of 0 among them, a slab at a time: the
+    moments and extremes of the box's voxels, those of 0 included."""
+    data = np.round(_head(seed=3) + shift * (_head(seed=3) != 0)).astype(np.int16)
+    data[:, 10, 20, 12:14] = 0  # 0 inside, in every channel
+    monkeypatch.setattr(nonzero, "SLAB_BYTES", 4 * 2 * 40 * 30 * 4)
+    found = nonzero_region(MemorySource(data[None], "ct", "ct"), (0, 1), False)
+    box = tuple(slice(a, b) for a, b in found.box)
+    values = data[(slice(None), *box)].reshape(2, -1).astype(np.float64)
+    mean, deviation = found.moments()
+    np.testing.assert_allclose(mean, values.mean(axis=1), rtol=1e-12)
+    np.testing.assert_allclose(deviation, values.std(axis=1), rtol=1e-12)
+    low, high = found.range()
+    np.testing.assert_array_equal(low, values.min(axis=1))
+    np.testing.assert_array_equal(high, values.max(axis=1))

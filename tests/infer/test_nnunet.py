@@ -585,6 +585,9 @@ def test_a_folder_of_cases_each_a_file_a_channel_runs_as_nnunet_reads_it(tmp_pat
         want = nnunet_logits(folder, volume, [2.5, 0.8, 0.8], (0,))
         np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
         assert (tmp_path / "out" / f"{case}.nii.gz").is_file()
+        attrs = zarr.open_group(str(tmp_path / "out" / f"{case}.ome.zarr"), mode="r").attrs
+        files = attrs["raysegment"]["input"]["channel_files"]
+        assert files == [f"{case}_0000.nii.gz", f"{case}_0001.nii.gz"]
     (images / "prostate_02_0001.nii.gz").unlink()
     with pytest.raises(InputImageError, match=r"prostate_02_XXXX: channel files _0000; the"):
         infer(input=str(images), model=str(folder), output=str(tmp_path / "again"))
