@@ -109,13 +109,14 @@ def main() -> None:
 
         noise = gaussian_filter(noise, args.sigma)
         noise = (noise - noise.min()) / (np.ptp(noise) or 1.0) * 1000
-    ct = (noise * 2.5 - 1000).astype(np.int16)
     if args.brain:
         centred = np.ogrid[tuple(slice(0, n) for n in args.shape)]
         radii = [0.4 * n for n in args.shape]
         axes = zip(centred, args.shape, radii, strict=True)
         inside = sum(((c - n / 2) / r) ** 2 for c, n, r in axes) < 1
         ct = np.where(inside, noise + 1, 0).astype(np.uint16)
+    else:
+        ct = (noise * 2.5 - 1000).astype(np.int16)
     image = args.out / f"{name}_0000.nii.gz"
     z, y, x = args.spacing
     write_nifti(image, ct, np.diag([x, y, z, 1.0]))

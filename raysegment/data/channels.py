@@ -28,15 +28,19 @@ SAME_SPACING = 1e-3
 """Relative difference of two channel files' pixel sizes taken as the same."""
 
 
-def channel_cases(paths: Sequence[str], channels: Sequence[str]) -> list[list[str]]:
-    """``paths`` grouped into cases: the files named ``<case>_<four digits>`` of each case
-    in the order of their digits, which must be 0000 to one less than the model's
-    ``channels`` (its channels' names); every other file alone, in its place.
+def channel_cases(
+    paths: Sequence[str], channels: Sequence[str]
+) -> list[tuple[str | None, list[str]]]:
+    """``paths`` grouped into cases, each its name and its files: the files named
+    ``<case>_<four digits>`` of each case in the order of their digits, which must be 0000
+    to one less than the model's ``channels`` (its channels' names); every other file
+    alone, in its place, without a case's name.
 
     Raises:
         InputImageError: a case of other channel files than the model takes.
     """
     cases: dict[str, dict[int, str]] = {}
+    names: dict[str, str] = {}
     order: list[str | tuple[str]] = []
     for path in paths:
         found = CHANNEL_FILE.match(image_stem(path))
@@ -45,13 +49,13 @@ def channel_cases(paths: Sequence[str], channels: Sequence[str]) -> list[list[st
             continue
         key = storage.join(storage.parent(path), found["case"])
         if key not in cases:
-            cases[key] = {}
+            cases[key], names[key] = {}, found["case"]
             order.append(key)
         cases[key][int(found["channel"])] = path
-    out = []
+    out: list[tuple[str | None, list[str]]] = []
     for item in order:
         if isinstance(item, tuple):
-            out.append([item[0]])
+            out.append((None, [item[0]]))
             continue
         files = cases[item]
         if sorted(files) != list(range(len(channels))):
@@ -61,7 +65,7 @@ def channel_cases(paths: Sequence[str], channels: Sequence[str]) -> list[list[st
                 f"{item}_XXXX: channel files {have}; the model takes {len(channels)} "
                 f"channel(s), one file each: give {want}"
             )
-        out.append([files[c] for c in range(len(channels))])
+        out.append((names[item], [files[c] for c in range(len(channels))]))
     return out
 
 

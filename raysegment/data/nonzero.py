@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 
 from raysegment.data.sources import ImageInfo, ImageSource, Region, Unstored
-from raysegment.data.tiling import under_centres
+from raysegment.data.tiling import inside_box, under_centres
 
 __all__ = ["FILL_HOLES_MAX", "Nonzero", "NonzeroSource", "nonzero_region"]
 
@@ -42,21 +42,20 @@ class Nonzero:
     """The nonzero region of an image of (z, y, x) ``shape``, found over its ``channels``:
     the ``box`` around it (None: no voxel is nonzero); ``within``: the region is the
     normalization's (holes filled), else the box is; per channel the count, mean and
-    sum of squared deviations of the nonzero voxels' values (``counted``), and their
-    extremes; ``holes``: where the region's holes are, as a box and a mask in it (None:
-    none, or not looked for: ``filled``)."""
+    sum of squared deviations of the nonzero voxels' values (``counted``); ``holes``:
+    where the region's holes are, as a box and a mask in it (None: none, or not looked
+    for: ``filled``)."""
 
     shape: tuple[int, int, int]
     channels: tuple[int, ...]
     box: Region | None
     within: bool
     counted: tuple[int, tuple[float, ...], tuple[float, ...]]
-    extremes: tuple[tuple[float, ...], tuple[float, ...]]
     holes: tuple[Region, np.ndarray] | None
     filled: bool
     planes: tuple[tuple[np.ndarray, np.ndarray, np.ndarray], ...]
-    """Per axis (z, y, x), per plane across it: the count of nonzero voxels, and per
-    channel their least and greatest value (C, planes)."""
+    """Per axis (z; and y, x where found for ``ranges``), per plane across it: the count
+    of nonzero voxels, and per channel their least and greatest value (C, planes)."""
 
     @property
     def voxels(self) -> int:
@@ -80,7 +79,8 @@ class Nonzero:
 
     def range(self) -> tuple[np.ndarray, np.ndarray]:
         """Per channel the least and the greatest value of the box (or the region)."""
-        low, high = np.asarray(self.extremes[0]), np.asarray(self.extremes[1])
+        _, planes_low, planes_high = self.planes[0]
+        low, high = planes_low.min(axis=1), planes_high.max(axis=1)
         if self.voxels > self.counted[0]:  # zeros among them
             low, high = np.minimum(low, 0.0), np.maximum(high, 0.0)
         return low, high
@@ -129,9 +129,8 @@ class Nonzero:
         box = self.box or ((0, 0),) * 3
         out = []
         for (a, b), n, m in zip(box, self.shape, shape, strict=True):
-            (inside,) = np.nonzero(
-                (under_centres(0, m, m, n) >= a) & (under_centres(0, m, m, n) < b)
-            )
+            under = under_centres(0, m, m, n)
+            (inside,) = np.nonzero((under >= a) & (under < b))
             out.append((int(inside[0]), int(inside[-1]) + 1) if inside.size else (0, 0))
         return tuple(out)
 
@@ -139,15 +138,7 @@ class Nonzero:
         """Whether each voxel of ``data`` (C, Z, Y, X), read of ``region``, is in the
         region (``within``: nonzero in a channel, or in a hole), else in the box."""
         if not self.within:
-            inside = np.zeros(data.shape[1:], bool)
-            box = self.box or ((0, 0),) * 3
-            inside[
-                tuple(
-                    slice(max(a - r, 0), max(b - r, 0))
-                    for (a, b), (r, _) in zip(box, region, strict=True)
-                )
-            ] = True
-            return inside
+            return inside_box(region, self.box or ((0, 0),) * 3)
         inside = (data != 0).any(axis=0)
         if self.holes is not None:
             where, holes = self.holes
@@ -178,8 +169,8 @@ def nonzero_region(
     """The nonzero region of ``source``'s first time point over ``channels`` (``within``:
     with its holes, for a normalization within it; they are filled where the image has at
     most ``FILL_HOLES_MAX`` voxels, as the whole mask is held); with its voxels' moments
-    and extremes (``moments``; else their count only) and per plane (``planes``: the
-    ranges a resampling clips to)."""
+    and extremes (``moments``: of each plane across z; else their count only), and each
+    plane's across every axis (``planes``: the ranges a resampling clips to)."""
     from scipy.ndimage import binary_fill_holes
 
     _, _, z, y, x = source.info.shape
@@ -188,11 +179,11 @@ def nonzero_region(
     mask = np.zeros((z, y, x), bool) if filled else None
     slab = max(1, SLAB_BYTES // (4 * c * y * x))
     count, mean, m2 = 0, np.zeros(c), np.zeros(c)
-    low, high = np.full(c, np.inf), np.full(c, -np.inf)
+    axes = 3 if planes else int(moments)  # the axes whose planes' extremes are found
     spans: list[list[int]] = [[], [], []]  # per axis the least and greatest index found
     per_plane = [
         (np.zeros(n, np.int64), np.full((c, n), np.inf), np.full((c, n), -np.inf))
-        for n in (z, y, x)
+        for n in (z, y, x)[:axes]
     ]
     for z0 in range(0, z, slab):
         z1 = min(z, z0 + slab)
@@ -200,7 +191,7 @@ def nonzero_region(
         found = (data != 0).any(axis=0)
         if mask is not None:
             mask[z0:z1] = found
-        if planes:
+        if axes:
             _per_plane(per_plane, data, found, z0)
         k = int(found.sum())
         if not k:
@@ -219,7 +210,6 @@ def nonzero_region(
             delta = part - mean
             m2 += squares - sums * part + delta**2 * count * k / (count + k)
             mean += delta * k / (count + k)
-            low, high = _extremes(flat, found.reshape(-1), low, high)
         count += k
     box = tuple((min(s), max(s) + 1) for s in spans) if count else None
     holes = None
@@ -247,27 +237,10 @@ def nonzero_region(
         box=box,  # type: ignore[arg-type]
         within=within,
         counted=(count, tuple(map(float, mean)), tuple(map(float, m2))),
-        extremes=(tuple(map(float, low)), tuple(map(float, high))),
         holes=holes,  # type: ignore[arg-type]
         filled=filled,
-        planes=tuple(per_plane) if planes else (),
+        planes=tuple(per_plane),
     )
-
-
-def _extremes(
-    flat: np.ndarray, found: np.ndarray, low: np.ndarray, high: np.ndarray
-) -> tuple[np.ndarray, np.ndarray]:
-    """``low`` and ``high`` (per channel) widened by the values of ``flat`` (C, pixels)
-    where ``found``: the pixels' own extremes where every one is, else 0 stands in for
-    those that are not where it changes nothing."""
-    least, most = flat.min(axis=1), flat.max(axis=1)
-    if not found.all():  # the pixels not found are 0: an extreme of 0 may be theirs alone
-        unsure = (least == 0) | (most == 0)
-        if unsure.any():
-            values = flat[:, found]
-            least = values.min(axis=1) if values.size else np.full(len(flat), np.inf)
-            most = values.max(axis=1) if values.size else np.full(len(flat), -np.inf)
-    return np.minimum(low, least), np.maximum(high, most)
 
 
 def _per_plane(
@@ -276,8 +249,8 @@ def _per_plane(
     found: np.ndarray,
     z0: int,
 ) -> None:
-    """Add a slab's nonzero voxels (``found`` of ``data``, planes from ``z0``) to each
-    axis's per-plane counts and extremes."""
+    """Add a slab's nonzero voxels (``found`` of ``data``, planes from ``z0``) to the
+    per-plane counts and extremes of each axis of ``planes`` (z, or z, y and x)."""
     cut = slice(z0, z0 + data.shape[1])
     if found.all():  # extremes of the pixels as stored: no copy
         least, most = data, data
@@ -287,14 +260,15 @@ def _per_plane(
         least, most = np.where(found, values, np.inf), np.where(found, values, -np.inf)
     for extreme, reduce, pick in ((least, np.min, np.minimum), (most, np.max, np.maximum)):
         rows = reduce(extreme, axis=3)  # (C, planes, Y)
-        along = (reduce(rows, axis=2), reduce(rows, axis=1), reduce(extreme, axis=(1, 2)))
+        along = [reduce(rows, axis=2)]
+        if len(planes) > 1:
+            along += [reduce(rows, axis=1), reduce(extreme, axis=(1, 2))]
         for axis, part in enumerate(along):
             bound = planes[axis][1 if reduce is np.min else 2]
             at = cut if axis == 0 else slice(None)
             pick(bound[:, at], part, out=bound[:, at])
-    planes[0][0][cut] += found.sum(axis=(1, 2))
-    planes[1][0][:] += found.sum(axis=(0, 2))
-    planes[2][0][:] += found.sum(axis=(0, 1))
+    for axis, others in enumerate(((1, 2), (0, 2), (0, 1))[: len(planes)]):
+        planes[axis][0][cut if axis == 0 else slice(None)] += found.sum(axis=others)
 
 
 class NonzeroSource(ImageSource):

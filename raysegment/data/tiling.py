@@ -39,6 +39,19 @@ def under_centres(start: int, stop: int, size: int, other: int) -> np.ndarray:
     return np.minimum((2 * np.arange(start, stop) + 1) * other // (2 * size), other - 1)
 
 
+def inside_box(region: Sequence[tuple[int, int]], box: Sequence[tuple[int, int]]) -> np.ndarray:
+    """Whether each pixel of ``region`` (per axis [start, stop)) lies in ``box``: bool, of
+    the region's shape."""
+    axes = [
+        (np.arange(a, b) >= lo) & (np.arange(a, b) < hi)
+        for (a, b), (lo, hi) in zip(region, box, strict=True)
+    ]
+    inside = axes[0]
+    for along in axes[1:]:
+        inside = np.logical_and.outer(inside, along)
+    return inside
+
+
 GAUSSIAN_SIGMA = 0.125
 """Gaussian sigma as a fraction of the tile size (as in nnU-Net and MONAI)."""
 GAUSSIAN_FLOOR = 1e-3

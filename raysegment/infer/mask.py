@@ -23,7 +23,7 @@ import numpy as np
 from raysegment import storage
 from raysegment.data.annotations import box, is_geojson, polygons, rasterize, read_geojson
 from raysegment.data.sources import ImageSource, MemorySource, Region, open_sources
-from raysegment.data.tiling import under_centres
+from raysegment.data.tiling import inside_box, under_centres
 from raysegment.errors import InputImageError
 
 __all__ = ["AUTO", "NAME_FIELD", "Mask", "auto_mask", "geojson_mask", "open_mask"]
@@ -77,13 +77,7 @@ class Mask:
         else:
             indices = self._indices(region)
             inside = native[np.ix_(*(j - j[0] for j in indices))]
-        if self.box is None:
-            return inside
-        axes = [
-            (np.arange(a, b) >= lo) & (np.arange(a, b) < hi)
-            for (a, b), (lo, hi) in zip(region, self.box, strict=True)
-        ]
-        return inside & axes[0][:, None, None] & axes[1][None, :, None] & axes[2][None, None, :]
+        return inside if self.box is None else inside & inside_box(region, self.box)
 
     def key(self) -> list[object]:
         """What identifies the mask in a run's settings (resuming needs the same): a

@@ -22,7 +22,7 @@ import numpy as np
 from raysegment import storage
 from raysegment._version import __version__
 from raysegment.config import InferConfig, as_config, config_to_dict
-from raysegment.data.channels import CHANNEL_FILE, ChannelFilesSource, channel_cases
+from raysegment.data.channels import ChannelFilesSource, channel_cases
 from raysegment.data.inputs import resolve_inputs
 from raysegment.data.nonzero import Nonzero, NonzeroSource, nonzero_region
 from raysegment.data.resampled import ResampledSource, resample_sizes, resampled_to
@@ -449,7 +449,8 @@ def _open_images(
     if cfg.sequence:
         sources: list[ImageSource] = [open_sequence(paths, cfg.sequence, cfg.axes, level)]
     elif named:
-        sources = [s for case in channel_cases(paths, named) for s in _case(cfg, case, level)]
+        cases = channel_cases(paths, named)
+        sources = [s for name, files in cases for s in _case(cfg, name, files, level)]
     else:
         sources = [s for p in paths for s in open_sources(p, cfg.axes, level)]
     trained = models[0].meta.get("pixel_size")
@@ -464,16 +465,16 @@ def _open_images(
     return sources, found
 
 
-def _case(cfg: InferConfig, files: list[str], level: int) -> list[ImageSource]:
-    """The images of a case's channel files (``channels.channel_cases``): a file not named
-    as a channel, its own; a case's files, one image of their channels named after the
-    case (``ChannelFilesSource``), as nnU-Net names its predictions.
+def _case(cfg: InferConfig, name: str | None, files: list[str], level: int) -> list[ImageSource]:
+    """The images of a case ``name``'s channel files (``channels.channel_cases``): a file
+    not named as a channel (no ``name``), its own; a case's files, one image of their
+    channels named after the case (``ChannelFilesSource``), as nnU-Net names its
+    predictions.
 
     Raises:
         InputImageError: a channel file of several images.
     """
-    found = CHANNEL_FILE.match(image_stem(files[0]))
-    if found is None:
+    if name is None:
         return open_sources(files[0], cfg.axes, level)
     parts = []
     for file in files:
@@ -485,9 +486,9 @@ def _case(cfg: InferConfig, files: list[str], level: int) -> list[ImageSource]:
             )
         parts.append(opened[0])
     if len(parts) == 1:
-        parts[0].name = found["case"]
+        parts[0].name = name
         return parts
-    return [ChannelFilesSource(parts, found["case"])]
+    return [ChannelFilesSource(parts, name)]
 
 
 def _nonzero_regions(

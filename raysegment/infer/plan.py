@@ -15,7 +15,7 @@ import numpy as np
 
 from raysegment.config import InferConfig, NormalizeMode, config_to_dict
 from raysegment.data.channels import ChannelFilesSource
-from raysegment.data.nonzero import Nonzero, NonzeroSource
+from raysegment.data.nonzero import Nonzero
 from raysegment.data.resampled import ResampledSource
 from raysegment.data.sources import ImageSource, TiffSequenceSource
 from raysegment.data.tiling import Block, Tiling, block_at, block_grid, overlap_pixels
@@ -691,10 +691,9 @@ def _resampled_of(source: ImageSource) -> dict[str, Any]:
 
 
 def _channel_files_of(source: ImageSource) -> dict[str, Any]:
-    """A case's channel files in the provenance (``channels.ChannelFilesSource``), read
-    resampled or not."""
-    found = source.inner if isinstance(source, ResampledSource) else source
-    found = found.inner if isinstance(found, NonzeroSource) else found
+    """A case's channel files in the provenance (``channels.ChannelFilesSource``: the
+    image under any resampling)."""
+    found = source.original
     if not isinstance(found, ChannelFilesSource):
         return {}
     return {"channel_files": [Path(p.path).name for p in found.parts]}

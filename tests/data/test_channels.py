@@ -21,10 +21,10 @@ def test_a_cases_files_group_in_the_order_of_their_digits_others_alone() -> None
         "other/brats_1_0001.nii.gz",
     ]
     assert channel_cases(paths, ["T1", "FLAIR"]) == [
-        ["in/brats_1_0000.nii.gz", "in/brats_1_0001.nii.gz"],
-        ["in/notes.nii.gz"],
-        ["in/brats_2_0000.nii.gz", "in/brats_2_0001.nii.gz"],
-        ["other/brats_1_0000.nii.gz", "other/brats_1_0001.nii.gz"],  # another directory's
+        ("brats_1", ["in/brats_1_0000.nii.gz", "in/brats_1_0001.nii.gz"]),
+        (None, ["in/notes.nii.gz"]),
+        ("brats_2", ["in/brats_2_0000.nii.gz", "in/brats_2_0001.nii.gz"]),
+        ("brats_1", ["other/brats_1_0000.nii.gz", "other/brats_1_0001.nii.gz"]),  # its own
     ]
 
 
