@@ -1,7 +1,7 @@
 """An nnU-Net training's prediction of a CT: raysegment against nnU-Net's own predictor.
 
     python benchmarks/nnunet_predict.py OUT [--shape 96 256 256] [--runs 2] [--spacing Z Y X]
-        [--sigma S] [--brain]
+        [--sigma S] [--brain] [--regions]
 
 Writes an nnU-Net v2 training (``tests/infer/test_nnunet.py``'s ``write_training``: a
 3D ``PlainConvUNet`` of five stages, 16 to 256 features, random weights, one fold, patch
@@ -13,7 +13,8 @@ a ``.nii.gz``; ``--sigma``: the CT's noise smoothed by a gaussian of that many v
 skull-stripped brain MR (uint16: an ellipsoid of the noise, 0 around it, as BraTS keeps
 them) and a training of Z-score normalization within each scan's nonzero region
 (``use_mask_for_norm``, as nnU-Net plans such scans), whose crop to the nonzero box both
-tools make. Then, in
+tools make; ``--regions``: that brain MR through a region-based training of it (BraTS'
+nested tumour regions, each output a sigmoid, painted in ``regions_class_order``). Then, in
 turn, ``runs`` times, each a new process on the CPU with nnU-Net's settings (tiles of the
 patch overlapping by half, gaussian blending, no mirroring):
 
@@ -48,7 +49,11 @@ from run import PeakMemory, _product_env  # noqa: E402
 
 from tests.conftest import random_image  # noqa: E402
 from tests.data.test_nifti import write_nifti  # noqa: E402
-from tests.infer.test_nnunet import nnunet_preprocessed, write_training  # noqa: E402
+from tests.infer.test_nnunet import (  # noqa: E402
+    BRATS_REGIONS,
+    nnunet_preprocessed,
+    write_training,
+)
 
 NNUNET = """
 import sys, torch
@@ -85,10 +90,12 @@ def main() -> None:
     parser.add_argument("--spacing", type=float, nargs=3, default=[2.5, 0.8, 0.8])
     parser.add_argument("--sigma", type=float, default=0.0)
     parser.add_argument("--brain", action="store_true")
+    parser.add_argument("--regions", action="store_true")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
+    args.brain = args.brain or args.regions
     name = "brain" if args.brain else "ct"
-    results = args.out / f"results_{name}"
+    results = args.out / f"results_{name}{'_regions' if args.regions else ''}"
     folder = results / "nnUNetTrainer__nnUNetPlans__3d_fullres"
     if not folder.exists():
         mri = {
@@ -96,6 +103,7 @@ def main() -> None:
             "labels": ("background", "edema", "tumour"),
             "normalization_schemes": ["ZScoreNormalization"],
             "use_mask_for_norm": [True],
+            **({"labels": BRATS_REGIONS, "regions": [1, 2, 3]} if args.regions else {}),
         }
         write_training(
             results,

@@ -10,7 +10,10 @@ MODEL_META = "raysegment.json"
 (each class's coded meaning, or null: {"category": [value, scheme, meaning], "type": [...]},
 as DICOM SEGs code their segments), tile_size, normalize ({"mean": m, "std": s}, per
 channel or one value), activation, pixel_size ({"y": s, "x": s}, in pixel_unit: the pixel
-trained at, which infer's default input_level nears).
+trained at, which infer's default input_level nears), region_labels (a model of
+overlapping regions, each output channel a sigmoid: the label each channel paints where it
+passes the threshold, later channels over earlier, in ``finalize.mode=labels``; an
+nnU-Net region-based training's ``regions_class_order``).
 
 A BioImage Model Zoo package's description gives the same keys (``infer.zoo``), and
 these: tile_steps (per spatial axis [min, step]: tiles of min + n * step), halo (per

@@ -95,6 +95,10 @@ class ModelSpec:
     tile_spread: bool = False
     """Tiles spread evenly over each axis (an nnU-Net training's sliding window), not a
     step apart with the last flush with the end."""
+    region_labels: tuple[int, ...] | None = None
+    """A region model's label per output channel (an nnU-Net region-based training's
+    ``regions_class_order``): its labels paint each channel's where it passes the
+    threshold, later over earlier; None: the channels' argmax."""
 
     def flips(self) -> tuple[int, ...]:
         """The spatial axes ``tta=true`` flips: ``tta_axes``, else every axis."""
@@ -388,7 +392,28 @@ def describe_model(model: ModelFile, module: torch.nn.Module) -> ModelSpec:
         patch=tuple(int(v) for v in meta["patch_size"]) if meta.get("patch_size") else None,
         tta_axes=None if meta.get("tta_axes") is None else tuple(map(int, meta["tta_axes"])),
         tile_spread=bool(meta.get("tile_spread")),
+        region_labels=_region_labels(model, meta.get("region_labels")),
     )
+
+
+def _region_labels(model: ModelFile, given: Any) -> tuple[int, ...] | None:
+    """``region_labels`` of the model's metadata: labels from 1 on, one per channel.
+
+    Raises:
+        ModelContractError: other values.
+    """
+    if given is None:
+        return None
+    if (
+        not isinstance(given, list)
+        or not given
+        or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in given)
+    ):
+        raise ModelContractError(
+            f"{model.path}: region_labels {given!r}; give one label from 1 on per output "
+            f'channel, in the order they are painted (e.g. "region_labels": [1, 2, 3])'
+        )
+    return tuple(given)
 
 
 def probe_model(
@@ -436,5 +461,11 @@ def probe_model(
             f"{model.path}: the model returned shape {list(out.shape)} for a {list(shape)} tile; "
             f"the model must keep the batch and spatial size (pad inside forward, or choose "
             f"tile.size divisible by the model's total stride, e.g. 32)"
+        )
+    regions = spec.region_labels
+    if regions is not None and len(regions) != out.shape[1]:
+        raise ModelContractError(
+            f"{model.path}: region_labels {list(regions)} name {len(regions)} channels, the "
+            f"model returns {out.shape[1]}; give one label per output channel"
         )
     return replace(spec, out_channels=int(out.shape[1]))

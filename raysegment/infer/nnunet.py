@@ -29,11 +29,15 @@ Read from the fold's ``checkpoint_final.pth`` and the directory's ``plans.json``
   the model was trained at (``pixel_size`` in millimetres, for images nnU-Net reads as
   medical images), which ``resample=true`` reads the image at, as the plans resample
   (``resampling``: their orders for the images and the probabilities, and their rule for
-  the axis resampled apart: ``resampled.nnunet_kinds``).
+  the axis resampled apart: ``resampled.nnunet_kinds``);
+- a region-based training's regions instead (``labels`` of several values, as BraTS'
+  trainings name theirs), each output a sigmoid, and its ``regions_class_order``: the
+  label each region paints where it passes 0.5, later over earlier (``region_labels``:
+  ``finalize.mode=labels`` gives nnU-Net's label map).
 
-Not run: region-based trainings (sigmoid outputs of overlapping regions), channels
-normalized differently (or some within the nonzero region, others not), other
-architectures, cascades' second stages (their input holds the first stage's output).
+Not run: channels normalized differently (or some within the nonzero region, others
+not), other architectures, cascades' second stages (their input holds the first stage's
+output).
 """
 
 from __future__ import annotations
@@ -127,18 +131,12 @@ def read_nnunet(fold: str) -> tuple[bytes, dict[str, Any], str]:
     name = str(checkpoint.get("init_args", {}).get("configuration") or _configuration(folder))
     config = _resolved(plans, name, folder)
     where = f"{fold} ({name})"
-    for key, why in (("cascade", "previous_stage"), ("regions", "regions_class_order")):
-        if config.get(why) or dataset.get(why):
-            raise ModelLoadError(_unsupported(where, key))
-    # The ignore label marks what training left out; the network has no output for it.
-    labels = {k: v for k, v in dataset.get("labels", {}).items() if k != "ignore"}
-    if any(not isinstance(v, int) for v in labels.values()):
-        raise ModelLoadError(_unsupported(where, "regions"))
-    classes = [k for k, _ in sorted(labels.items(), key=lambda kv: kv[1])]
-    if [labels[k] for k in classes] != list(range(len(classes))):
+    if config.get("previous_stage"):
         raise ModelLoadError(
-            f"{where}: labels {labels} are not numbered 0, 1, 2, ...; nnU-Net trains them so"
+            f"{where}: a cascade's second stage, whose input holds the first stage's output, "
+            f"which raysegment does not run; segment the images with nnU-Net"
         )
+    classes, outputs = _classes(dataset, where)
     names = dataset.get("channel_names") or dataset.get("modality") or {}
     channels = len(names)
     patch = [int(v) for v in config["patch_size"]]
@@ -182,7 +180,7 @@ def read_nnunet(fold: str) -> tuple[bytes, dict[str, Any], str]:
         "in_channels": channels,
         "spatial_dims": dims,
         "classes": classes,
-        "activation": "softmax",
+        **outputs,
         "patch_size": [patch[order.index(a)] for a in range(dims)],
         "tile_steps": [[s, s] for s in steps],
         "tta_axes": sorted(order[int(a)] for a in mirrored),
@@ -197,6 +195,42 @@ def read_nnunet(fold: str) -> tuple[bytes, dict[str, Any], str]:
     for file in (Path(fold) / CHECKPOINT, folder / "plans.json", folder / "dataset.json"):
         digest.update(hashlib.sha256(file.read_bytes()).digest())
     return buffer.getvalue(), meta, digest.hexdigest()
+
+
+def _classes(dataset: dict[str, Any], where: str) -> tuple[list[str], dict[str, Any]]:
+    """The network's outputs' names, and their ``MODEL_META`` keys: the labels (background
+    first) of a softmax; a region-based training's regions (``labels`` of several values,
+    each output a sigmoid; background and the ignore label no output), its
+    ``regions_class_order`` the label each paints (``region_labels``), as nnU-Net's
+    ``LabelManager`` reads them.
+
+    Raises:
+        ModelLoadError: labels not numbered 0, 1, 2, ...; regions without their order.
+    """
+    # The ignore label marks what training left out; the network has no output for it.
+    labels = {k: v for k, v in dataset.get("labels", {}).items() if k != "ignore"}
+    if any(isinstance(v, (list, tuple)) and len(v) > 1 for v in labels.values()):
+        regions = {
+            k: v
+            for k, v in labels.items()
+            if set(v if isinstance(v, (list, tuple)) else [v]) != {0}  # background's
+        }
+        order = dataset.get("regions_class_order")
+        if not isinstance(order, list) or len(order) != len(regions):
+            raise ModelLoadError(
+                f"{where}: a region-based training of {len(regions)} regions "
+                f"({', '.join(regions)}) with regions_class_order {order}; nnU-Net needs one "
+                f"label per region in dataset.json's regions_class_order: give the training "
+                f"directory as nnU-Net wrote it"
+            )
+        return list(regions), {"activation": "sigmoid", "region_labels": [int(v) for v in order]}
+    labels = {k: v[0] if isinstance(v, (list, tuple)) else v for k, v in labels.items()}
+    classes = [k for k, _ in sorted(labels.items(), key=lambda kv: kv[1])]
+    if [labels[k] for k in classes] != list(range(len(classes))):
+        raise ModelLoadError(
+            f"{where}: labels {labels} are not numbered 0, 1, 2, ...; nnU-Net trains them so"
+        )
+    return classes, {"activation": "softmax"}
 
 
 def _transposed(network: Any, order: list[int], back: list[int]) -> Any:
@@ -433,11 +467,3 @@ def _resampling(config: dict[str, Any], where: str) -> dict[str, Any]:
             scheme["force_separate_z"] = given.get("force_separate_z")
             scheme["anisotropy"] = float(given.get("separate_z_anisotropy_threshold", 3.0))
     return {"resampling": scheme}
-
-
-def _unsupported(where: str, what: str) -> str:
-    why = {
-        "cascade": "a cascade's second stage, whose input holds the first stage's output",
-        "regions": "a region-based training (overlapping regions, each a sigmoid)",
-    }[what]
-    return f"{where}: {why}, which raysegment does not run; segment the images with nnU-Net"

@@ -845,7 +845,7 @@ def _complete(
             original = plan.source.original
             classes = cfg.finalize.mode.value in ("mask", "labels")
             # Labels of the probabilities once back in the input's voxels.
-            labels = labels_of(plan.threshold) if cfg.finalize.nifti_labels else None
+            labels = labels_of(plan.threshold, plan.regions) if cfg.finalize.nifti_labels else None
             write_nifti(
                 storage.join(out, "0"),
                 layout.axes,
@@ -988,7 +988,7 @@ def _write_dicom_seg(plan: ImagePlan, cfg: InferConfig) -> None:
     activation = plan.activation  # the model's own where finalize.activation is auto
     channels = layout.shape[layout.axes.index("c")]
     softmax = activation == "softmax" or (activation == "auto" and channels > 1)
-    chosen, kept = segments(mode, len(plan.classes), softmax)
+    chosen, kept = segments(mode, len(plan.classes), softmax, plan.regions)
     names = [plan.classes[i] for i in kept]
     coded = [plan.class_codes[i] for i in kept] if plan.class_codes else None
     labelmap = cfg.finalize.dicom_seg_type.value == "labelmap"
@@ -1087,7 +1087,12 @@ def _run(
     quiet_ray_data()
     items = [{"image": w.image, "t": w.t, "z": w.z, "index": np.asarray(w.index)} for w in pending]
     # The model's own activation and threshold unless finalize gives them.
-    finalize = (cfg.finalize.mode.value, activation_of(cfg, spec), threshold_of(cfg, spec))
+    finalize = (
+        cfg.finalize.mode.value,
+        activation_of(cfg, spec),
+        threshold_of(cfg, spec),
+        spec.region_labels or (),
+    )
     # Ray retries a block whose process died without limit: the ledger caps it.
     attempts = start_ledger(cfg.max_attempts)
     inputs = min(len(items), 1000)

@@ -107,6 +107,8 @@ class ImagePlan:
     """Bounds the normalized input is clipped to (a model package's ``clip``)."""
     threshold: float = 0.5
     """The probability above which a pixel is foreground (``threshold_of``)."""
+    regions: tuple[int, ...] = ()
+    """A region model's label per output channel (``ModelSpec.region_labels``), or none."""
 
     @property
     def block_levels(self) -> int:
@@ -513,7 +515,7 @@ def plan_image(
         axes=axes,
         shape=shape,
         chunks=out_chunks,
-        dtype=output_dtype(mode, spec.out_channels),
+        dtype=output_dtype(mode, spec.out_channels, spec.region_labels or ()),
         scale=tuple(1.0 if a == "c" else float(scale.get(a, 1.0)) for a in axes),
         units={a: u for a, u in units.items() if a in axes},
         channel_names=names or tuple(f"class_{i}" for i in range(out_c)),
@@ -550,7 +552,12 @@ def plan_image(
                 "levels": [cfg.levels, "blocks"] if cfg.levels > 1 else cfg.levels,
                 "norm": [norm, clip] if clip else norm,
                 "activation": activation_of(cfg, spec),
-                "finalize": [mode, threshold_of(cfg, spec), cfg.finalize.activation.value],
+                "finalize": [
+                    mode,
+                    threshold_of(cfg, spec),
+                    cfg.finalize.activation.value,
+                    *([spec.region_labels] if spec.region_labels else []),
+                ],
             },
             sort_keys=True,
             default=str,
@@ -576,6 +583,7 @@ def plan_image(
         activation=activation_of(cfg, spec),
         threshold=threshold_of(cfg, spec),
         clip=clip,  # type: ignore[arg-type]
+        regions=spec.region_labels or (),
     )
 
 
@@ -712,10 +720,17 @@ def output_channels(mode: str, model_channels: int) -> int:
     return 1 if mode == "labels" else model_channels
 
 
-def output_dtype(mode: str, model_channels: int) -> str:
-    """float32 for raw/probabilities, uint8 for masks, uint8/uint16 for labels."""
+def labels_dtype(channels: int, regions: tuple[int, ...] = ()) -> str:
+    """The type labels are finalized in: uint8 where they fit in it (an argmax of up to
+    256 channels, a region model's labels up to 255), else int32."""
+    return "uint8" if (max(regions) if regions else channels - 1) <= 255 else "int32"
+
+
+def output_dtype(mode: str, model_channels: int, regions: tuple[int, ...] = ()) -> str:
+    """float32 for raw/probabilities, uint8 for masks, uint8/uint16 for labels (a region
+    model's: as its labels need, ``finalize.labels_dtype``)."""
     if mode in ("raw", "probabilities"):
         return "float32"
-    if mode == "labels" and model_channels > 256:
+    if mode == "labels" and labels_dtype(model_channels, regions) != "uint8":
         return "uint16"
     return "uint8"

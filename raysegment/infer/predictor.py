@@ -345,7 +345,7 @@ class Predictor:
         batch_size: int | None,
         static_batch: int | None,
         threads: int,
-        finalize: tuple[str, str, float],
+        finalize: tuple[str, str, float, tuple[int, ...]],
         flips: Sequence[int] = (),
         attempts: Attempts | None = None,
         gpu_indices: tuple[int, ...] | None = None,
@@ -479,8 +479,8 @@ class Predictor:
             self.precision,
             inside,
         )
-        mode, activation, threshold = self.finalize
-        out = FINALIZERS.get(mode)(blended, activation, threshold).cpu().numpy()
+        mode, activation, threshold, regions = self.finalize
+        out = FINALIZERS.get(mode)(blended, activation, threshold, regions).cpu().numpy()
         if inside is not None:
             out[:, ~inside] = 0  # the fill value of the blocks outside
         return passthrough(batch, 0) | {

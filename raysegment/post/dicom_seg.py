@@ -50,10 +50,17 @@ def level_location(location: str, level: int) -> str:
     return location.removesuffix(".seg.dcm") + f".seg.level{level}.dcm"
 
 
-def segments(mode: str, classes: int, softmax: bool) -> tuple[list[int], list[int]]:
+def segments(
+    mode: str, classes: int, softmax: bool, regions: tuple[int, ...] = ()
+) -> tuple[list[int], list[int]]:
     """What becomes a segment, and its class (of the model's ``classes``, one an output
     channel): for ``mask``, the output channels kept, after the background of a
-    ``softmax`` model's; for ``labels``, the label values past 0 (the background)."""
+    ``softmax`` model's; for ``labels``, the label values past 0 (the background), a
+    region model's (``regions``, a label per channel) those its channels paint, each of
+    the first channel painting it."""
+    if mode == "labels" and regions:
+        values = sorted(set(regions))
+        return values, [regions.index(v) for v in values]
     if classes == 1:  # a one-channel model: its mask's channel 0, its labels' value 1
         return [0 if mode == "mask" else 1], [0]
     kept = list(range(1 if softmax or mode == "labels" else 0, classes))

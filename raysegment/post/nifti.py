@@ -37,14 +37,24 @@ def nifti_name(source_path: str) -> str:
     return ".nii.gz" if source_path.lower().endswith(".gz") else ".nii"
 
 
-def labels_of(threshold: float) -> Callable[[np.ndarray], np.ndarray]:
+def labels_of(
+    threshold: float, regions: tuple[int, ...] = ()
+) -> Callable[[np.ndarray], np.ndarray]:
     """Labels of probabilities (C, ...) as ``finalize.mode=labels`` gives them, (1, ...):
-    the channels' argmax (the first of a tie), or one channel above ``threshold``."""
+    the channels' argmax (the first of a tie), or one channel above ``threshold``; a
+    region model's (``regions``, a label per channel), each channel's label where it is
+    above ``threshold``, later channels over earlier."""
+    from raysegment.infer.plan import labels_dtype
 
     def labels(probabilities: np.ndarray) -> np.ndarray:
+        dtype = labels_dtype(probabilities.shape[0], regions)
+        if regions:
+            painted = np.zeros((1, *probabilities.shape[1:]), dtype)
+            for channel, label in enumerate(regions):
+                painted[0][probabilities[channel] > threshold] = label
+            return painted
         if probabilities.shape[0] == 1:
             return (probabilities > threshold).astype(np.uint8)
-        dtype = np.uint8 if probabilities.shape[0] <= 256 else np.int32
         return np.argmax(probabilities, axis=0)[None].astype(dtype)
 
     return labels

@@ -12,7 +12,7 @@ from raysegment.config import FinalizeMode
 from raysegment.errors import ModelContractError, ModelLoadError
 from raysegment.infer.finalize import FINALIZERS
 from raysegment.infer.model import describe_model, load_model, probe_model, read_model_file
-from raysegment.infer.plan import output_dtype
+from raysegment.infer.plan import labels_dtype, output_dtype
 from tests.conftest import conv_model, save_torchscript
 
 
@@ -93,6 +93,25 @@ def test_probe_rejects_contract_violations(tmp_path: Path, module, tile, match) 
         probe_model(mf, loaded, spec, tile)
 
 
+def test_region_labels_name_a_label_per_output_channel(tmp_path: Path) -> None:
+    """``region_labels`` in ``raysegment.json``: a label from 1 on per output channel;
+    other values, or another count than the model's channels, one error naming the fix."""
+    (tmp_path / "d").mkdir()
+    save_torchscript(conv_model(2, 1, 3), tmp_path / "d" / "model.pth", 2, 1)
+    meta = tmp_path / "d" / "raysegment.json"
+    meta.write_text('{"activation": "sigmoid", "region_labels": [1, 2, 4]}')
+    mf, module, spec = _spec(tmp_path / "d")
+    assert probe_model(mf, module, spec, (16, 16)).region_labels == (1, 2, 4)
+    meta.write_text('{"region_labels": [1, 2]}')
+    mf, module, spec = _spec(tmp_path / "d")
+    with pytest.raises(ModelContractError, match=r"name 2 channels, the model returns 3"):
+        probe_model(mf, module, spec, (16, 16))
+    for given in ("[0, 1, 2]", '"1,2,3"', "[]", "[1, 2.5, 3]", "[true, 2, 3]"):
+        meta.write_text(f'{{"region_labels": {given}}}')
+        with pytest.raises(ModelContractError, match=r"give one label from 1 on per output"):
+            _spec(tmp_path / "d")
+
+
 def test_parameterless_model_without_metadata_is_refused(tmp_path: Path) -> None:
     path = tmp_path / "m.pth"
     torch.jit.save(torch.jit.trace(Downsample(), torch.zeros(1, 1, 8, 8)), str(path))
@@ -123,16 +142,40 @@ def test_bad_model_files(tmp_path: Path, setup, match) -> None:
 def test_finalizers_cover_every_mode_and_dtype() -> None:
     assert set(FINALIZERS.names()) == {m.value for m in FinalizeMode}
     logits = torch.tensor([[[2.0, -1.0]], [[0.0, 3.0]]])  # (C=2, 1, 2)
-    assert FINALIZERS.get("labels")(logits, "auto", 0.5).tolist() == [[[0, 1]]]
-    probs = FINALIZERS.get("probabilities")(logits, "auto", 0.5)
+    assert FINALIZERS.get("labels")(logits, "auto", 0.5, ()).tolist() == [[[0, 1]]]
+    probs = FINALIZERS.get("probabilities")(logits, "auto", 0.5, ())
     assert torch.allclose(probs.sum(0), torch.ones(1, 2))
-    mask = FINALIZERS.get("mask")(logits[:1], "sigmoid", 0.5)
+    mask = FINALIZERS.get("mask")(logits[:1], "sigmoid", 0.5, ())
     assert mask.dtype == torch.uint8 and mask.tolist() == [[[1, 0]]]
     assert output_dtype("labels", 300) == "uint16" and output_dtype("raw", 2) == "float32"
     # none: the output as the model gives it (a model package's probabilities)
     given = torch.tensor([[[0.2, 0.7]], [[0.9, 0.1]]])
-    assert torch.equal(FINALIZERS.get("probabilities")(given, "none", 0.5), given)
-    assert FINALIZERS.get("mask")(given, "none", 0.5).tolist() == [[[0, 1]], [[1, 0]]]
+    assert torch.equal(FINALIZERS.get("probabilities")(given, "none", 0.5, ()), given)
+    assert FINALIZERS.get("mask")(given, "none", 0.5, ()).tolist() == [[[0, 1]], [[1, 0]]]
+
+
+def test_a_region_models_labels_paint_its_regions_in_order() -> None:
+    """Each channel's label where its probability passes the threshold, later channels
+    over earlier, as nnU-Net's ``convert_probabilities_to_segmentation`` paints a
+    region-based training's ``regions_class_order``; the rest 0."""
+    nested = torch.zeros(3, 1, 5)  # whole tumour, core, enhancing: each within the one before
+    nested[0, 0, 1:], nested[1, 0, 2:4], nested[2, 0, 3] = 1, 1, 1
+    logits = torch.where(nested > 0, 4.0, -4.0)
+    labels = FINALIZERS.get("labels")(logits, "sigmoid", 0.5, (1, 2, 3))
+    assert labels.dtype == torch.uint8 and labels.tolist() == [[[0, 1, 2, 3, 1]]]
+    # later over earlier whatever the values; probabilities thresholded as given
+    probabilities = torch.tensor([[[0.9, 0.9, 0.2]], [[0.6, 0.4, 0.7]]])
+    assert FINALIZERS.get("labels")(probabilities, "none", 0.5, (7, 300)).tolist() == [
+        [[300, 7, 300]]
+    ]
+    assert FINALIZERS.get("labels")(probabilities, "none", 0.65, (7, 300)).tolist() == [
+        [[7, 7, 300]]
+    ]
+    assert labels_dtype(3, (7, 300)) == "int32" and output_dtype("labels", 2, (7, 300)) == "uint16"
+    assert output_dtype("labels", 3, (1, 2, 3)) == "uint8"
+    # the model's activation: a sigmoid's threshold compared as logits
+    got = FINALIZERS.get("labels")(torch.logit(probabilities), "sigmoid", 0.65, (7, 300))
+    assert got.tolist() == [[[7, 7, 300]]]
 
 
 @pytest.mark.parametrize("dim", [0, 1, -1])
@@ -144,7 +187,7 @@ def test_argmax_is_torchs_ties_and_nan_included(dim: int) -> None:
     for keepdim in (False, True):
         want = torch.argmax(x, dim=dim, keepdim=keepdim)
         assert torch.equal(argmax(x, dim, keepdim), want)
-    labels = FINALIZERS.get("labels")(x[0], "auto", 0.5)
+    labels = FINALIZERS.get("labels")(x[0], "auto", 0.5, ())
     assert torch.equal(labels, torch.argmax(x[0], dim=0, keepdim=True).to(torch.uint8))
 
 
@@ -160,6 +203,6 @@ def test_sigmoid_mask_thresholds_logits_as_probabilities(threshold: float) -> No
         -1,
     )
     want = (torch.sigmoid(logits) > threshold).to(torch.uint8)
-    got = FINALIZERS.get("mask")(logits, "sigmoid", threshold)
+    got = FINALIZERS.get("mask")(logits, "sigmoid", threshold, ())
     assert torch.equal(got, want)
-    assert torch.equal(FINALIZERS.get("labels")(logits, "auto", threshold), want)
+    assert torch.equal(FINALIZERS.get("labels")(logits, "auto", threshold, ()), want)

@@ -104,18 +104,21 @@ def write_training(
     configuration: str = "3d_fullres",
     folds: tuple[str, ...] = ("0",),
     channels: tuple[str, ...] = ("CT",),
-    labels: tuple[str, ...] = ("background", "liver", "tumour"),
+    labels: tuple[str, ...] | dict[str, Any] = ("background", "liver", "tumour"),
     transpose: tuple[int, int, int] = (0, 1, 2),
     features: tuple[int, ...] = (4, 8, 16),
     patch: tuple[int, ...] | None = None,
     mirrored: tuple[int, ...] | None | str = "all",
+    regions: list[int] | None = None,
     **extra: Any,
 ) -> Path:
     """An nnU-Net training's output directory as nnU-Net v2 writes it: plans, dataset, and
     each fold's final checkpoint (a network of random weights, seeded by the fold; a
     stage per ``features``; ``patch`` in the network's axis order; ``mirrored``: the
     axes its checkpoint allows mirroring along, in the network's order, every one by
-    default, as nnU-Net's trainer)."""
+    default, as nnU-Net's trainer). ``labels`` as dataset.json's where a dict (a
+    region-based training's, ``regions`` its ``regions_class_order``: an output a
+    region)."""
     from dynamic_network_architectures.architectures.unet import PlainConvUNet
 
     dims = 2 if configuration == "2d" else 3
@@ -138,12 +141,15 @@ def write_training(
             str(i): CT_STATS for i in range(len(channels))
         },
     }
+    named = labels if isinstance(labels, dict) else {name: i for i, name in enumerate(labels)}
     dataset = {
         "channel_names": {str(i): name for i, name in enumerate(channels)},
-        "labels": {name: i for i, name in enumerate(labels)},
+        "labels": named,
         "numTraining": 10,
         "file_ending": ".nii.gz",
+        **({"regions_class_order": regions} if regions else {}),
     }
+    outputs = len(regions) if regions else len(labels)
     folder = root / f"nnUNetTrainer__nnUNetPlans__{configuration}"
     folder.mkdir(parents=True)
     (folder / "plans.json").write_text(json.dumps(plans))
@@ -154,7 +160,7 @@ def write_training(
     kwargs["nonlin"] = torch.nn.LeakyReLU
     for fold in folds:
         torch.manual_seed(int(fold) if fold.isdigit() else 99)
-        net = PlainConvUNet(len(channels), num_classes=len(labels), deep_supervision=True, **kwargs)
+        net = PlainConvUNet(len(channels), num_classes=outputs, deep_supervision=True, **kwargs)
         for m in net.modules():  # weights that make the classes differ, as a trained net's
             if isinstance(m, torch.nn.modules.instancenorm._InstanceNorm):
                 torch.nn.init.normal_(m.weight, 1.0, 0.5)
@@ -593,6 +599,71 @@ def test_a_folder_of_cases_each_a_file_a_channel_runs_as_nnunet_reads_it(tmp_pat
         infer(input=str(images), model=str(folder), output=str(tmp_path / "again"))
 
 
+BRATS_REGIONS = {
+    "background": 0,
+    "whole tumour": [1, 2, 3],
+    "tumour core": [2, 3],
+    "enhancing tumour": 3,
+}
+"""A BraTS training's regions, as nnU-Net's BraTS datasets name them."""
+
+
+@pytest.mark.usefixtures("ray_session")
+def test_a_region_based_training_paints_its_regions_as_nnunet_predicts(tmp_path) -> None:
+    """A region-based training (BraTS': nested tumour regions, each output a sigmoid,
+    ``regions_class_order`` the label each paints) of a case's channel files: the
+    labels, and the NIfTI copy's labels of the regions' probabilities, agree with
+    nnU-Net's prediction; the probabilities are named after the regions."""
+    import nibabel
+
+    from raysegment.infer import infer
+    from raysegment.infer.model import probe_models
+
+    folder = write_training(
+        tmp_path / "results",
+        channels=("T1", "FLAIR"),
+        labels=BRATS_REGIONS,
+        regions=[1, 2, 3],
+        normalization_schemes=["ZScoreNormalization"] * 2,
+        use_mask_for_norm=[True, True],
+    )
+    models = read_models([str(folder)])
+    meta = models[0].meta
+    assert meta["classes"] == ["whole tumour", "tumour core", "enhancing tumour"]
+    assert meta["activation"] == "sigmoid" and meta["region_labels"] == [1, 2, 3]
+    spec, _ = probe_models(models, lambda spec: (16, 32, 32))
+    assert spec.out_channels == 3 and spec.region_labels == (1, 2, 3)
+    mri = _brain(2, (24, 64, 56))
+    images = tmp_path / "imagesTs"
+    images.mkdir()
+    for c in (0, 1):
+        write_nifti(images / f"BraTS_001_{c:04d}.nii.gz", mri[c], np.diag([0.8, 0.8, 2.5, 1]))
+    want = nnunet_labels(folder, mri, [2.5, 0.8, 0.8], (0,))
+    assert set(np.unique(want)) == {0, 1, 2, 3}  # label 3 painted over 2, 2 over 1
+    for mode in ("labels", "probabilities"):
+        out = tmp_path / mode
+        infer(
+            input=str(images),
+            model=str(folder),
+            output=str(out),
+            tile={"overlap": 0.5},
+            finalize={"mode": mode, "nifti": True, "nifti_labels": mode == "probabilities"},
+            progress=False,
+            quicklook=False,
+        )
+        got = zarr.open_array(str(out / "BraTS_001.ome.zarr" / "0"), mode="r")[:]
+        copy = np.asarray(nibabel.load(str(out / "BraTS_001.nii.gz")).dataobj).transpose(2, 1, 0)
+        assert copy.shape == mri.shape[1:] and copy.dtype == np.uint8
+        assert (copy == want).mean() > 0.99
+        if mode == "labels":
+            assert got.dtype == np.uint8 and (got[0] == want).mean() > 0.99
+        else:
+            assert got.shape == (3, *want.shape) and 0 <= got.min() and got.max() <= 1
+            omero = zarr.open_group(str(out / "BraTS_001.ome.zarr"), mode="r").attrs["ome"]
+            names = [c["label"] for c in omero["omero"]["channels"]]
+            assert names == ["whole tumour", "tumour core", "enhancing tumour"]
+
+
 @pytest.mark.usefixtures("ray_session")
 def test_transposed_plans_run_in_the_images_own_axis_order(tmp_path) -> None:
     """Plans whose ``transpose_forward`` puts x first: the output in the CT's axis order,
@@ -692,7 +763,10 @@ def test_earlier_plans_build_the_same_network(tmp_path) -> None:
 @pytest.mark.parametrize(
     ("change", "message"),
     [
-        ({"labels": {"background": 0, "whole": [1, 2], "core": 2}}, "region-based training"),
+        (
+            {"labels": {"background": 0, "whole": [1, 2], "core": 2}},
+            r"region-based training of 2 regions \(whole, core\) with regions_class_order None",
+        ),
         (
             {
                 "normalization_schemes": ["ZScoreNormalization"] * 2,

@@ -813,7 +813,7 @@ def test_predictors_keep_freed_heap_for_the_next_block(tmp_path, make_model, ome
         from raysegment.infer.predictor import Predictor
 
         trim = ctypes.CDLL(ctypes.util.find_library("c")).malloc_trim
-        predictor = Predictor(model, plans, False, 1, None, 1, ("mask", "sigmoid", 0.5))
+        predictor = Predictor(model, plans, False, 1, None, 1, ("mask", "sigmoid", 0.5, ()))
         trim(0)  # what came before goes back
         before = psutil.Process().memory_info().rss
         kept = []
@@ -868,7 +868,15 @@ def test_cpu_predictors_read_and_write_their_own_blocks(tmp_path, make_model, om
         }
     )
     create_output(plan.output, plan.layout, {"fingerprint": plan.fingerprint})
-    settings = ([ray.put(model)], [ray.put([plan])], False, 1, None, 1, ("mask", "sigmoid", 0.5))
+    settings = (
+        [ray.put(model)],
+        [ray.put([plan])],
+        False,
+        1,
+        None,
+        1,
+        ("mask", "sigmoid", 0.5, ()),
+    )
     finalized = Predictor(*settings)(read_block(plan))["data"][0]
     row = Predictor(*settings, reads=True, writes=True)(work_row(plan))
     assert "data" not in row and not row["error"][0]

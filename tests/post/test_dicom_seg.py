@@ -394,3 +394,13 @@ def test_a_series_output_is_the_seg_highdicom_writes_of_it_whole(
     assert ours.PixelData[:length] == theirs.PixelData[:length]
     assert ours.ReferencedSeriesSequence == theirs.ReferencedSeriesSequence
     assert ours.SourceImageSequence == theirs.SourceImageSequence
+
+
+def test_a_region_models_labels_are_a_segment_per_label_its_regions_paint() -> None:
+    """Of a region model's labels, a segment per label its channels paint (their values
+    in order), each of the class of the first channel painting it; its masks a segment
+    per channel, as any sigmoid model's."""
+    assert dicom_seg.segments("labels", 3, False, (1, 2, 3)) == ([1, 2, 3], [0, 1, 2])
+    assert dicom_seg.segments("labels", 3, False, (4, 2, 4)) == ([2, 4], [1, 0])
+    assert dicom_seg.segments("mask", 3, False, (1, 2, 3)) == ([0, 1, 2], [0, 1, 2])
+    assert dicom_seg.segments("labels", 3, True) == ([1, 2], [1, 2])  # a softmax's
