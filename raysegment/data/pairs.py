@@ -6,6 +6,7 @@ import re
 
 from raysegment import storage
 from raysegment.data.annotations import is_geojson
+from raysegment.data.channels import CHANNEL_FILE
 from raysegment.data.dicom import first_header, is_segmentation
 from raysegment.data.dicom_labels import referenced_series, segmentation_header
 from raysegment.data.inputs import IMAGE_NAMES, resolve_inputs
@@ -91,8 +92,9 @@ def pair_images(
     labels_pattern: str | None,
     images_dataset: str | None = None,
     labels_dataset: str | None = None,
-) -> list[tuple[str, str]]:
-    """Match each image with the label of the same key, sorted by key.
+) -> list[tuple[tuple[str, ...], str]]:
+    """Match each image with the label of the same key, sorted by key: its files (one; a
+    case's channel files) and the label's.
 
     The key is the pattern's first capture group when it has one (``(.*)_mask\\.tif``), else
     the file name without image suffixes; a DICOM Segmentation no image shares a name with
@@ -100,13 +102,21 @@ def pair_images(
     be one study's directory). Labels are images, or GeoJSON annotations
     (``slide.geojson``, QuPath's export) by default. ``*_dataset``: the dataset read from
     each HDF5 file (``volumes/raw``), so that one file may hold an image and its label.
+    Images named as a case's channel files (nnU-Net's ``imagesTr``: ``case_0000.nii.gz``,
+    ``case_0001.nii.gz``, ...) whose labels are named after the cases (``labelsTr``:
+    ``case.nii.gz``) are each case's files, in the order of their digits
+    (``_channel_files``).
 
     Raises:
-        InputImageError: a directory matches nothing, or an image or label has no partner.
+        InputImageError: a directory matches nothing, an image or label has no partner, or
+            a case lacks a channel file the others have.
     """
     images = _keyed(images_dir, images_pattern, "images", images_dataset)
     labels = _keyed(labels_dir, labels_pattern, "labels", labels_dataset, LABELS_PATTERN)
     labels = _by_reference(images, labels)
+    cases = _channel_files(images, labels)
+    if cases is not None:
+        images = {key: files[0] for key, files in cases.items()}
     for key, path in images.items():
         if key not in labels:
             raise InputImageError(
@@ -119,4 +129,34 @@ def pair_images(
                 f"{path}: no image with key {key!r} in {images_dir}; remove it or fix "
                 f"labels.pattern / images.pattern"
             )
-    return [(images[k], labels[k]) for k in sorted(images)]
+    files = cases or {key: (path,) for key, path in images.items()}
+    return [(files[k], labels[k]) for k in sorted(images)]
+
+
+def _channel_files(
+    images: dict[str, str], labels: dict[str, str]
+) -> dict[str, tuple[str, ...]] | None:
+    """Each case's channel files (``channels.channel_cases``), keyed by the case, where
+    every image is named as a channel file and none pairs with a label by its own name;
+    else None.
+
+    Raises:
+        InputImageError: a case without every channel file the cases have.
+    """
+    named = {key: CHANNEL_FILE.match(key) for key in images}
+    if not images or not all(named.values()) or images.keys() & labels.keys():
+        return None
+    cases: dict[str, dict[int, str]] = {}
+    for key, found in named.items():
+        assert found is not None
+        cases.setdefault(found["case"], {})[int(found["channel"])] = images[key]
+    count = max(max(files) for files in cases.values()) + 1
+    for case, files in cases.items():
+        if sorted(files) != list(range(count)):
+            have = ", ".join(f"_{c:04d}" for c in sorted(files))
+            want = ", ".join(f"_{c:04d}" for c in range(count))
+            raise InputImageError(
+                f"{storage.parent(next(iter(files.values())))}/{case}_XXXX: channel files "
+                f"{have}; the cases have {count} channel(s), a file each: give {want}"
+            )
+    return {case: tuple(files[c] for c in range(count)) for case, files in cases.items()}

@@ -7,6 +7,7 @@ except the label scan, which reads each label region by region too.
 from __future__ import annotations
 
 import itertools
+import json
 import logging
 from dataclasses import dataclass
 from typing import Any
@@ -16,6 +17,7 @@ import numpy as np
 from raysegment import storage
 from raysegment.config import TrainConfig, Unannotated
 from raysegment.data.annotations import IGNORED, GeoJsonLabels, is_geojson
+from raysegment.data.channels import CHANNEL_FILE, ChannelFilesSource
 from raysegment.data.dicom_labels import (
     DicomSegLabels,
     segment_codes,
@@ -28,6 +30,7 @@ from raysegment.data.sources import (
     MICROMETRES,
     ImageInfo,
     ImageSource,
+    image_stem,
     open_source,
     pixel_micrometres,
 )
@@ -88,6 +91,9 @@ class TrainingSet:
     pixel: tuple[dict[str, float], str] | None = None
     """The (y, x) pixel size every image was read at (``resample_size``) and its unit;
     None where each image is read as stored."""
+    channel_files: tuple[str, ...] | None = None
+    """Where each image is a case's channel files, every one a channel: the channels'
+    names (``MODEL_META``'s ``channel_files``)."""
 
     def train_specs(self, count: int, seed: int, epoch: int = 0) -> list[dict[str, int]]:
         """``count`` random patches of an epoch, images drawn in proportion to their
@@ -363,6 +369,16 @@ def _split(cfg: TrainConfig, count: int) -> tuple[tuple[int, ...], tuple[int, ..
     return train, tuple(sorted(held))
 
 
+def _open_image(files: tuple[str, ...], level: int = 0) -> ImageSource:
+    """A pair's image: its file's, or a case's channel files as one image of their
+    channels (``channels.ChannelFilesSource``), named after the case."""
+    if len(files) == 1:
+        return open_source(files[0], level=level)
+    found = CHANNEL_FILE.match(image_stem(files[0]))
+    assert found is not None  # as pair_images groups them
+    return ChannelFilesSource([open_source(f, level=level) for f in files], found["case"])
+
+
 def prepare(cfg: TrainConfig) -> TrainingSet:
     """Pair, open and check every image/label, split them, and measure normalization.
 
@@ -408,12 +424,12 @@ def prepare(cfg: TrainConfig) -> TrainingSet:
     resample = cfg.resample_size
     target = None if resample is None else (float(resample[0]), float(resample[-1]))
     unit = ""
-    for image_path, label_path in found:
+    for image_files, label_path in found:
         if target is None:
-            image = open_source(image_path, level=cfg.input_level)
+            image = _open_image(image_files, cfg.input_level)
             full = image.at_level(0) if image.level else image
         else:  # the first image's unit is the size's; the others' are converted to it
-            full = open_source(image_path)
+            full = _open_image(image_files)
             unit = unit if pairs else _length_unit(full)
             image = _read_at(full, target, unit)
         header = headers[label_path]
@@ -470,7 +486,29 @@ def prepare(cfg: TrainConfig) -> TrainingSet:
         names,
         coded,
         pixel,
+        _channel_names(cfg, pairs, channels),
     )
+
+
+def _channel_names(
+    cfg: TrainConfig, pairs: list[Pair], channels: tuple[int, ...]
+) -> tuple[str, ...] | None:
+    """Where every image is a case's channel files, and the model takes each of them,
+    the channels' names: the ``channel_names`` of nnU-Net's ``dataset.json`` beside the
+    images' directory, else ``channel_<i>``; else None."""
+    if not all(isinstance(p.image, ChannelFilesSource) for p in pairs):
+        return None
+    if channels != tuple(range(pairs[0].image.info.shape[1])):
+        return None
+    names = {str(c): f"channel_{c}" for c in channels}
+    described = storage.join(storage.parent(storage.resolve(cfg.images.dir)), "dataset.json")
+    if storage.exists(described):
+        try:
+            given = json.loads(storage.read_bytes(described)).get("channel_names", {})
+        except ValueError as e:
+            raise InputImageError(f"{described}: unreadable ({e}); fix or remove it") from e
+        names |= {k: str(v) for k, v in given.items() if k in names}
+    return tuple(names[str(c)] for c in channels)
 
 
 def _augment(

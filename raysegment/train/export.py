@@ -85,6 +85,8 @@ def model_metadata(data: TrainingSet) -> dict[str, Any]:
         **_pixel_size(data),
         "normalize": {"mean": list(data.mean), "std": list(data.std)},
         "activation": "softmax" if data.mode == "multiclass" else "sigmoid",
+        # A case's channel files (nnU-Net's imagesTr): infer reads imagesTs' cases so.
+        **({"channel_files": list(data.channel_files)} if data.channel_files else {}),
     }
 
 

@@ -916,7 +916,7 @@ def test_dicom_series_and_slides_pair_with_their_labels_for_training(tmp_path) -
         label = nibabel.Nifti1Image(np.zeros((8, 8, 3), np.uint8), np.eye(4))
         nibabel.save(label, tmp_path / "labels" / f"{case}.nii.gz")
     pairs = pair_images(str(tmp_path / "ct"), None, str(tmp_path / "labels"), None)
-    assert [(Path(i).name, Path(lbl).name) for i, lbl in pairs] == [
+    assert [(Path(i).name, Path(lbl).name) for (i,), lbl in pairs] == [
         ("case_01", "case_01.nii.gz"),
         ("case_02", "case_02.nii.gz"),
     ]
@@ -926,7 +926,7 @@ def test_dicom_series_and_slides_pair_with_their_labels_for_training(tmp_path) -
         '{"type": "FeatureCollection", "features": []}'
     )
     pairs = pair_images(str(tmp_path / "slides"), None, str(tmp_path / "annotations"), None)
-    assert [(Path(i).name, Path(lbl).name) for i, lbl in pairs] == [("biopsy", "biopsy.geojson")]
+    assert [(Path(i).name, Path(lbl).name) for (i,), lbl in pairs] == [("biopsy", "biopsy.geojson")]
 
 
 def test_a_dicom_seg_is_written_to_an_object_store(s3, tmp_path) -> None:

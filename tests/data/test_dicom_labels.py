@@ -252,7 +252,7 @@ def test_a_seg_pairs_with_the_series_it_references_or_of_its_name(tmp_path) -> N
         for case, p in series.items()
     }
     pairs = pair_images(str(tmp_path / "ct"), None, str(tmp_path / "seg"), None)
-    assert [(Path(i).name, Path(lbl).name) for i, lbl in pairs] == [
+    assert [(Path(i).name, Path(lbl).name) for (i,), lbl in pairs] == [
         ("case_a", referenced[uid["case_a"]]),
         ("case_b", referenced[uid["case_b"]]),
     ]
@@ -262,7 +262,7 @@ def test_a_seg_pairs_with_the_series_it_references_or_of_its_name(tmp_path) -> N
         (d / "1.dcm").rename(flat / f"{d.name}.dcm")
     (flat / f"{referenced[uid['case_b']]}.dcm").rename(flat / "case_b.seg.dcm")
     pairs = pair_images(str(tmp_path / "ct"), None, str(flat), None)
-    assert [(Path(i).name, Path(lbl).name) for i, lbl in pairs] == [
+    assert [(Path(i).name, Path(lbl).name) for (i,), lbl in pairs] == [
         ("case_a", f"{referenced[uid['case_a']]}.dcm"),
         ("case_b", "case_b.seg.dcm"),
     ]
@@ -274,7 +274,7 @@ def test_a_seg_pairs_with_the_series_it_references_or_of_its_name(tmp_path) -> N
         (study / seg.stem).mkdir()
         seg.rename(study / seg.stem / "1.dcm")
     pairs = pair_images(str(study), None, str(study), None)
-    assert [(Path(i).name, Path(lbl).name) for i, lbl in pairs] == [
+    assert [(Path(i).name, Path(lbl).name) for (i,), lbl in pairs] == [
         ("case_a", referenced[uid["case_a"]]),
         ("case_b", "case_b.seg"),
     ]
@@ -370,10 +370,10 @@ def test_a_study_in_an_object_store_pairs_and_reads_its_segs(s3, tmp_path) -> No
         s3fs.S3FileSystem().put(str(series), f"{BUCKET}/study/{series.name}", recursive=True)
     url = f"s3://{BUCKET}/study"
     pairs = pair_images(url, None, url, None)
-    assert [i.rsplit("/", 1)[1] for i, _ in pairs] == ["case_a", "case_b"]
+    assert [i.rsplit("/", 1)[1] for (i,), _ in pairs] == ["case_a", "case_b"]
     header = segmentation_header(pairs[1][1])
     classes, (targets,) = segment_targets([header], "multiclass", None)
-    labels = DicomSegLabels(header, open_source(pairs[1][0]), "multiclass", targets, 3)
+    labels = DicomSegLabels(header, open_source(pairs[1][0][0]), "multiclass", targets, 3)
     assert labels.path.startswith(url) and labels.table is not None
     masks = _masks()
     want = np.where(masks[..., 1], 2, np.where(masks[..., 0], 1, 0))

@@ -85,7 +85,7 @@ def test_a_dataset_is_named_after_its_file_or_found_alone(tmp_path) -> None:
     assert resolve_inputs(path) == [path]
     # Training's pairs: a sample's raw data with its labels of the same file.
     labels = f"{tmp_path}/sample_A.hdf/volumes/labels/neuron_ids"
-    assert pair_images(path, None, labels, None) == [(path, labels)]
+    assert pair_images(path, None, labels, None) == [((path,), labels)]
     (source,) = open_sources(path)
     assert source.name == "sample_A" and source.axes == "zyx"
     assert source.info.shape == (1, 1, 10, 64, 48) and source.info.dtype == np.uint8
@@ -136,7 +136,8 @@ def test_training_pairs_each_files_raw_dataset_with_its_labels(tmp_path) -> None
     raw, labels = "volumes/raw", "volumes/labels/neuron_ids"
     pairs = pair_images(str(tmp_path), pattern, str(tmp_path), pattern, raw, f"/{labels}")
     assert pairs == [
-        (f"{tmp_path}/sample_{s}.hdf/{raw}", f"{tmp_path}/sample_{s}.hdf/{labels}") for s in "ABC"
+        ((f"{tmp_path}/sample_{s}.hdf/{raw}",), f"{tmp_path}/sample_{s}.hdf/{labels}")
+        for s in "ABC"
     ]
     with pytest.raises(
         InputImageError,
@@ -145,12 +146,12 @@ def test_training_pairs_each_files_raw_dataset_with_its_labels(tmp_path) -> None
     ):
         pair_images(str(tmp_path), r".*\.(hdf|tif)", str(tmp_path), pattern, raw, labels)
     # infer's dataset= reads it from each file of a directory, and from a file.
-    assert resolve_inputs(str(tmp_path), pattern, raw) == [p for p, _ in pairs]
-    assert resolve_inputs(f"{tmp_path}/sample_A.hdf", None, raw) == [pairs[0][0]]
+    assert resolve_inputs(str(tmp_path), pattern, raw) == [p for (p,), _ in pairs]
+    assert resolve_inputs(f"{tmp_path}/sample_A.hdf", None, raw) == [pairs[0][0][0]]
     with pytest.raises(InputImageError, match=r"notes.tif: dataset=volumes/raw names .* pattern"):
         resolve_inputs(str(tmp_path), None, raw)
     with pytest.raises(InputImageError, match=r"sample_A.hdf/volumes/raw: names a dataset already"):
-        resolve_inputs(pairs[0][0], None, raw)
+        resolve_inputs(pairs[0][0][0], None, raw)
     need = [f"input={tmp_path}", "model=m.pt", "output=o", f"dataset={raw}"]
     with pytest.raises(ConfigError, match="dataset=volumes/raw reads HDF5 files, sequence=z"):
         load_config(InferConfig, (), [*need, "sequence=z"])

@@ -429,3 +429,70 @@ def test_an_nnunet_dataset_pairs_its_images_with_their_labels(tmp_path) -> None:
     spec = {"pair": np.array([1]), "z": np.array([2]), "y": np.array([5]), "x": np.array([9])}
     target = read_patches(spec, data, augment=False)["y"][0, 0]
     np.testing.assert_array_equal(target, volumes["lung_002"][2, 5:37, 9:41])
+
+
+def test_an_nnunet_dataset_of_channel_files_trains_on_each_cases_files(tmp_path) -> None:
+    """nnU-Net's layout of cases of several files: imagesTr/<case>_0000.nii.gz,
+    <case>_0001.nii.gz beside labelsTr/<case>.nii.gz pair as one image of the case's
+    channels, in the order of their digits; the model's metadata names the channels as
+    dataset.json does, so ``raysegment infer`` reads imagesTs' cases so. A case without
+    a channel file the others have is one error naming it; images named as channel files
+    that pair by their own names stay images."""
+    pytest.importorskip("segmentation_models_pytorch", reason="needs the train extra")
+    import json
+
+    from raysegment.config import TrainConfig, load_config
+    from raysegment.data.channels import ChannelFilesSource
+    from raysegment.data.pairs import pair_images
+    from raysegment.train.data import prepare, read_patches
+    from raysegment.train.export import model_metadata
+
+    root = tmp_path / "Dataset002_Brain"
+    (root / "imagesTr").mkdir(parents=True)
+    (root / "labelsTr").mkdir()
+    channels = {"0": "T1", "1": "FLAIR"}
+    (root / "dataset.json").write_text(json.dumps({"channel_names": channels}))
+    volumes = {}
+    for k, case in enumerate(("brain_001", "brain_002", "brain_003")):
+        mri = np.stack([random_image((4, 40, 48), seed=2 * k + c) + 300 * c for c in (0, 1)])
+        # the second channel (of the case's _0001 file) gives the label
+        write_nifti(root / "labelsTr" / f"{case}.nii.gz", (mri[1] % 2).astype(np.uint8), np.eye(4))
+        for c in (1, 0):  # listed out of order
+            write_nifti(root / "imagesTr" / f"{case}_{c:04d}.nii.gz", mri[c], np.eye(4))
+        volumes[case] = mri
+    overrides = [
+        f"images.dir={root / 'imagesTr'}",
+        f"labels.dir={root / 'labelsTr'}",
+        "output=o",
+        "patch_size=32",
+    ]
+    data = prepare(load_config(TrainConfig, (), overrides))
+    assert [p.label.name for p in data.pairs] == ["brain_001", "brain_002", "brain_003"]
+    assert all(isinstance(p.image, ChannelFilesSource) for p in data.pairs)
+    assert [p.image.name for p in data.pairs] == ["brain_001", "brain_002", "brain_003"]
+    assert data.channels == (0, 1) and data.channel_files == ("T1", "FLAIR")
+    assert model_metadata(data)["channel_files"] == ["T1", "FLAIR"]
+    spec = {"pair": np.array([1]), "z": np.array([2]), "y": np.array([5]), "x": np.array([9])}
+    patch = read_patches(spec, data, augment=False)
+    want = (volumes["brain_002"][:, 2, 5:37, 9:41] - np.array(data.mean)[:, None, None]) / np.array(
+        data.std
+    )[:, None, None]
+    np.testing.assert_allclose(patch["x"][0], want, rtol=1e-5, atol=1e-4)
+    np.testing.assert_array_equal(patch["y"][0, 0], volumes["brain_002"][1, 2, 5:37, 9:41] % 2)
+    # one channel of the two: no channel files named (infer would want both)
+    data = prepare(load_config(TrainConfig, (), [*overrides, "channels=[1]"]))
+    assert data.channel_files is None and "channel_files" not in model_metadata(data)
+    (root / "imagesTr" / "brain_003_0001.nii.gz").unlink()
+    with pytest.raises(InputImageError, match=r"brain_003_XXXX: channel files _0000; the cases"):
+        prepare(load_config(TrainConfig, (), overrides))
+    # images named so that pair by their own names: each its own image
+    for case in ("brain_001_0000", "brain_002_0000"):
+        write_nifti(
+            root / "labelsTr" / f"{case}.nii.gz", np.zeros((4, 40, 48), np.uint8), np.eye(4)
+        )
+    named = r"brain_00[12]_0000\.nii\.gz"
+    pairs = pair_images(str(root / "imagesTr"), named, str(root / "labelsTr"), named)
+    assert [[f.rsplit("/", 1)[1] for f in files] for files, _ in pairs] == [
+        ["brain_001_0000.nii.gz"],
+        ["brain_002_0000.nii.gz"],
+    ]

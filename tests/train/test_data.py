@@ -53,7 +53,7 @@ def test_pairs_by_stem_or_capture_group(tmp_path: Path) -> None:
         {"x_mask.tif": np.zeros((4, 4), np.uint8), "y_mask.tif": np.zeros((4, 4), np.uint8)},
     )
     pairs = pair_images(str(tmp_path / "img"), None, str(tmp_path / "lbl"), r"(.*)_mask\.tif")
-    assert [(Path(a).name, Path(b).name) for a, b in pairs] == [
+    assert [(Path(a).name, Path(b).name) for (a,), b in pairs] == [
         ("x.ome.tif", "x_mask.tif"),
         ("y.tif", "y_mask.tif"),
     ]
