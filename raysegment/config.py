@@ -570,6 +570,15 @@ class TrainConfig:
     """multiclass: number of classes; default: largest label value + 1."""
     class_names: Optional[List[str]] = None
     """Names written with the model and used as output channel names by infer."""
+    regions: Optional[List[List[int]]] = None
+    """mode=multilabel of a label image of classes: overlapping regions, each the label
+    values it holds, a sigmoid output each, as nnU-Net's region-based trainings (BraTS'
+    whole tumour [1, 2, 3], tumour core [2, 3], enhancing tumour [3]). infer's
+    ``finalize.mode=labels`` paints each region's ``region_labels`` in order."""
+    region_labels: Optional[List[int]] = None
+    """The label each region paints where its probability passes the threshold, later
+    regions over earlier (nnU-Net's ``regions_class_order``); default: each region's one
+    value that no later region holds ([1, 2, 3] for BraTS' regions)."""
     ignore_index: Optional[int] = None
     """A label value meaning "not labelled" (sparse annotations; nnU-Net's ignore label):
     such pixels count in neither the loss nor the metrics, e.g. 255 where only some cells
@@ -703,6 +712,7 @@ class TrainConfig:
             )
         if self.classes is not None and self.classes < 2:
             raise ConfigError(f"classes={self.classes} must be >= 2")
+        self._check_regions()
         if self.input_level < 0:
             raise ConfigError(f"input_level={self.input_level}: give 0 (full resolution) or more")
         if self.resample_size is not None:
@@ -722,6 +732,50 @@ class TrainConfig:
             raise ConfigError("finetune=true needs pretrained=<a previous output directory>")
         _check_pattern("images.pattern", self.images.pattern)
         _check_pattern("labels.pattern", self.labels.pattern)
+
+    def _check_regions(self) -> None:
+        regions, labels = self.regions, self.region_labels
+        if regions is None:
+            if labels is not None:
+                raise ConfigError(
+                    f"region_labels={labels}: the labels of regions; give regions= too"
+                )
+            return
+        if self.mode != TrainMode.multilabel:
+            raise ConfigError(f"regions={regions}: a sigmoid output a region; set mode=multilabel")
+        if not regions or any(not r or min(r) < 1 for r in regions):
+            raise ConfigError(
+                f"regions={regions}: give each region its label values, from 1 on (0 is the "
+                f"background, in none), e.g. [[1,2,3],[2,3],[3]]"
+            )
+        if labels is not None and (len(labels) != len(regions) or min(labels) < 1):
+            raise ConfigError(
+                f"region_labels={labels}: give a label from 1 on for each of the "
+                f"{len(regions)} regions"
+            )
+        self.region_order()
+
+    def region_order(self) -> list[int]:
+        """The label each region paints: ``region_labels``, else each region's one value no
+        later region holds.
+
+        Raises:
+            ConfigError: a region without one such value, and no ``region_labels``.
+        """
+        assert self.regions is not None
+        if self.region_labels is not None:
+            return list(self.region_labels)
+        order = []
+        for i, region in enumerate(self.regions):
+            own = set(region).difference(*self.regions[i + 1 :])
+            if len(own) != 1:
+                raise ConfigError(
+                    f"regions={self.regions}: region {i} holds {sorted(own) or 'no'} value(s) no "
+                    f"later region holds, not one to paint it with; give region_labels= (a "
+                    f"label each region paints, in order)"
+                )
+            order.append(own.pop())
+        return order
 
 
 @dataclass

@@ -94,6 +94,11 @@ class TrainingSet:
     channel_files: tuple[str, ...] | None = None
     """Where each image is a case's channel files, every one a channel: the channels'
     names (``MODEL_META``'s ``channel_files``)."""
+    regions: tuple[tuple[int, ...], ...] | None = None
+    """mode=multilabel of a label image of classes: each output's label values
+    (``TrainConfig.regions``); None: the labels' channels."""
+    region_labels: tuple[int, ...] | None = None
+    """The label each region paints (``TrainConfig.region_order``)."""
 
     def train_specs(self, count: int, seed: int, epoch: int = 0) -> list[dict[str, int]]:
         """``count`` random patches of an epoch, images drawn in proportion to their
@@ -190,7 +195,9 @@ def _at_level(label: ImageSource, image: ImageSource, full: ImageSource) -> Imag
     return AtLevel(label, image.info.shape)
 
 
-def _check_pair(image: ImageSource, label: ImageSource, patch: tuple[int, int], mode: str) -> None:
+def _check_pair(
+    image: ImageSource, label: ImageSource, patch: tuple[int, int], mode: str, regions: bool
+) -> None:
     ti, _, zi, yi, xi = image.info.shape
     tl, cl, zl, yl, xl = label.info.shape
     if (zi, yi, xi) != (zl, yl, xl) or tl != ti:
@@ -206,6 +213,11 @@ def _check_pair(image: ImageSource, label: ImageSource, patch: tuple[int, int], 
         raise InputImageError(
             f"{image.path}: image of {yi} x {xi} is smaller than patch_size={list(patch)}; "
             f"choose patch_size <= the smallest image (a multiple of 32 for most encoders)"
+        )
+    if regions and cl != 1:
+        raise InputImageError(
+            f"{label.path}: label has {cl} channels; regions= are of one label channel of "
+            f"classes (a label image, each pixel its class)"
         )
     if mode != "multilabel" and cl != 1:
         raise InputImageError(
@@ -241,6 +253,17 @@ def _classes(
     classes' names (``cfg.class_names``, or the DICOM SEG labels')."""
     mode = cfg.mode.value
     unlabelled = {ignore} if ignore is not None else set()
+    if cfg.regions is not None:
+        held = {0, *itertools.chain(*cfg.regions)} | unlabelled
+        for p in pairs:
+            bad = sorted(_label_values(p.label) - held)
+            if bad:
+                raise InputImageError(
+                    f"{p.label.path}: has values {bad[:5]}, in no region of regions="
+                    f"{cfg.regions}; add them to a region, or give ignore_index= for the value "
+                    f"of pixels not labelled"
+                )
+        return len(cfg.regions)
     if mode == "multilabel":
         counts = {p.label.info.shape[1] for p in pairs}
         if len(counts) != 1:
@@ -443,7 +466,7 @@ def prepare(cfg: TrainConfig) -> TrainingSet:
             label = open_source(label_path)
         label = _at_level(label, image, full)
         pair = Pair(image, label)
-        _check_pair(pair.image, pair.label, patch, cfg.mode.value)  # type: ignore[arg-type]
+        _check_pair(pair.image, pair.label, patch, mode, cfg.regions is not None)
         pairs.append(pair)
     if target is None:
         _warn_mixed(pairs)
@@ -487,6 +510,8 @@ def prepare(cfg: TrainConfig) -> TrainingSet:
         coded,
         pixel,
         _channel_names(cfg, pairs, channels),
+        tuple(tuple(r) for r in cfg.regions) if cfg.regions else None,
+        tuple(cfg.region_order()) if cfg.regions else None,
     )
 
 
@@ -552,8 +577,9 @@ def read_patches(
     batch: dict[str, np.ndarray], data: TrainingSet, augment: bool
 ) -> dict[str, np.ndarray]:
     """Read the patches a batch of specs names: x (N, C, h, w) float32 normalized, y as the
-    loss wants it: (N, 1, h, w) float32 binary, (N, C, h, w) float32 multilabel, (N, h, w)
-    int64 multiclass, ``IGNORE`` where not labelled. Specs with a ``seed`` are random crops;
+    loss wants it: (N, 1, h, w) float32 binary, (N, C, h, w) float32 multilabel (of
+    ``regions``, a channel a region), (N, h, w) int64 multiclass, ``IGNORE`` where not
+    labelled. Specs with a ``seed`` are random crops;
     others name their corner."""
     xs, ys = [], []
     mean = np.asarray(data.mean, np.float32)[:, None, None]
@@ -589,6 +615,9 @@ def read_patches(
     if data.mode == "multiclass":
         y = y[:, 0]
         target = y.astype(np.int64)
+    elif data.regions:  # a channel a region: the pixels of its values
+        target = np.concatenate([np.isin(y, r) for r in data.regions], 1).astype(np.float32)
+        y = np.repeat(y, len(data.regions), 1)
     else:
         target = (y > 0).astype(np.float32)
     if data.ignore is not None:

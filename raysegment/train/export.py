@@ -58,6 +58,8 @@ def _class_names(data: TrainingSet) -> list[str]:
         return list(data.class_names)
     if data.mode == "binary":
         return ["foreground"]
+    if data.regions:
+        return ["region_" + "+".join(map(str, r)) for r in data.regions]
     prefix = "class" if data.mode == "multiclass" else "label"
     return [f"{prefix}_{i}" for i in range(data.classes)]
 
@@ -87,6 +89,8 @@ def model_metadata(data: TrainingSet) -> dict[str, Any]:
         "activation": "softmax" if data.mode == "multiclass" else "sigmoid",
         # A case's channel files (nnU-Net's imagesTr): infer reads imagesTs' cases so.
         **({"channel_files": list(data.channel_files)} if data.channel_files else {}),
+        # Its labels: each region's painted in order (nnU-Net's regions_class_order).
+        **({"region_labels": list(data.region_labels)} if data.region_labels else {}),
     }
 
 
@@ -145,6 +149,7 @@ def export_model(
                 "in_channels": in_channels,
                 "classes": data.classes,
                 "mode": data.mode,
+                **({"regions": [list(r) for r in data.regions]} if data.regions else {}),
                 "patch_size": list(data.patch),
                 "channels": list(data.channels),
                 "input_level": cfg.input_level,

@@ -505,6 +505,42 @@ def test_label_images_mark_pixels_not_labelled_by_ignore_index(tmp_path: Path) -
         _cfg(multi, "ignore_index=0")
 
 
+def test_regions_of_a_label_image_are_a_target_channel_each(tmp_path: Path) -> None:
+    """regions= (BraTS' nested tumour regions, nnU-Net's region-based training): a target
+    channel a region, 1 where the label is one of its values, ``IGNORE`` where not
+    labelled in every channel; the model paints each region's label, by default its one
+    value no later region holds. Labels of values in no region, and regions without such
+    a value, are one error naming the fix."""
+    from raysegment.train.export import model_metadata
+
+    _ok(tmp_path, mode_values=(0, 1, 2, 3, 255))
+    regions = ["mode=multilabel", "regions=[[1,2,3],[2,3],[3]]", "ignore_index=255"]
+    data = prepare(_cfg(tmp_path, *regions))
+    assert data.classes == 3 and data.region_labels == (1, 2, 3)
+    spec = {"pair": np.array([1]), "z": np.array([0]), "y": np.array([5]), "x": np.array([7])}
+    label = tifffile.imread(tmp_path / "lbl" / "a1.tif")[5:37, 7:39]
+    target = read_patches(spec, data, augment=False)["y"][0]
+    assert target.shape == (3, 32, 32)
+    for channel, values in enumerate(([1, 2, 3], [2, 3], [3])):
+        want = np.where(label == 255, IGNORE, np.isin(label, values))
+        np.testing.assert_array_equal(target[channel], want)
+    meta = model_metadata(data)
+    assert meta["region_labels"] == [1, 2, 3] and meta["activation"] == "sigmoid"
+    assert meta["classes"] == ["region_1+2+3", "region_2+3", "region_3"]
+    given = prepare(_cfg(tmp_path, *regions, "region_labels=[4,5,6]", "class_names=[w,c,e]"))
+    assert given.region_labels == (4, 5, 6) and model_metadata(given)["classes"] == ["w", "c", "e"]
+    with pytest.raises(InputImageError, match=r"has values \[255\], in no region of regions="):
+        prepare(_cfg(tmp_path, *regions[:2]))
+    with pytest.raises(ConfigError, match=r"region 0 holds \[1, 2\] value\(s\) no later"):
+        _cfg(tmp_path, "mode=multilabel", "regions=[[1,2,3],[3]]")
+    with pytest.raises(ConfigError, match=r"regions=\[\[1\]\]: a sigmoid output a region; set"):
+        _cfg(tmp_path, "regions=[[1]]")
+    with pytest.raises(ConfigError, match=r"give a label from 1 on for each of the 2 regions"):
+        _cfg(tmp_path, "mode=multilabel", "regions=[[1,2],[2]]", "region_labels=[1]")
+    with pytest.raises(ConfigError, match=r"region_labels=\[1\]: the labels of regions"):
+        _cfg(tmp_path, "region_labels=[1]")
+
+
 def test_input_level_trains_on_a_pyramid_level_full_resolution_labels_read_at_it(
     tmp_path: Path,
 ) -> None:
