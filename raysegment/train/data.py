@@ -6,6 +6,7 @@ except the label scan, which reads each label region by region too.
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import json
 import logging
@@ -405,10 +406,15 @@ def _open_image(files: tuple[str, ...], level: int = 0) -> ImageSource:
 def prepare(cfg: TrainConfig) -> TrainingSet:
     """Pair, open and check every image/label, split them, and measure normalization.
 
+    An nnU-Net dataset's ``dataset.json`` beside the images' directory says what ``cfg``
+    does not (``_as_described``).
+
     Raises:
         InputImageError: unpaired files, shape mismatches, label values that do not fit
             ``mode``, patches larger than an image, fewer than two pairs.
     """
+    dataset = _dataset_json(cfg.images.dir)
+    cfg = _as_described(cfg, dataset)
     found = pair_images(
         cfg.images.dir,
         cfg.images.pattern,
@@ -492,6 +498,8 @@ def prepare(cfg: TrainConfig) -> TrainingSet:
     # nnU-Net's dataset fingerprint): their models then take the same input, an ensemble.
     measured = tuple(range(len(pairs))) if cfg.folds > 1 else train
     mean, std = _stats(pairs, measured, channels)
+    if class_names is None and mode == "multiclass":
+        class_names = _described_classes(dataset, classes)
     names = tuple(class_names) if class_names else None
     coded = class_codes if class_codes and any(class_codes) else None
     pixel = None if target is None else (dict(zip("yx", target, strict=True)), unit)
@@ -509,31 +517,81 @@ def prepare(cfg: TrainConfig) -> TrainingSet:
         names,
         coded,
         pixel,
-        _channel_names(cfg, pairs, channels),
+        _channel_names(dataset, pairs, channels),
         tuple(tuple(r) for r in cfg.regions) if cfg.regions else None,
         tuple(cfg.region_order()) if cfg.regions else None,
     )
 
 
 def _channel_names(
-    cfg: TrainConfig, pairs: list[Pair], channels: tuple[int, ...]
+    dataset: dict[str, Any], pairs: list[Pair], channels: tuple[int, ...]
 ) -> tuple[str, ...] | None:
     """Where every image is a case's channel files, and the model takes each of them,
-    the channels' names: the ``channel_names`` of nnU-Net's ``dataset.json`` beside the
-    images' directory, else ``channel_<i>``; else None."""
+    the channels' names: the ``channel_names`` of nnU-Net's ``dataset``, else
+    ``channel_<i>``; else None."""
     if not all(isinstance(p.image, ChannelFilesSource) for p in pairs):
         return None
     if channels != tuple(range(pairs[0].image.info.shape[1])):
         return None
     names = {str(c): f"channel_{c}" for c in channels}
-    described = storage.join(storage.parent(storage.resolve(cfg.images.dir)), "dataset.json")
-    if storage.exists(described):
-        try:
-            given = json.loads(storage.read_bytes(described)).get("channel_names", {})
-        except ValueError as e:
-            raise InputImageError(f"{described}: unreadable ({e}); fix or remove it") from e
-        names |= {k: str(v) for k, v in given.items() if k in names}
+    given = dataset.get("channel_names") or {}
+    names |= {k: str(v) for k, v in given.items() if k in names}
     return tuple(names[str(c)] for c in channels)
+
+
+def _dataset_json(images: str) -> dict[str, Any]:
+    """The ``dataset.json`` of an nnU-Net dataset whose ``imagesTr`` is ``images``: beside
+    it, where there is one; else empty.
+
+    Raises:
+        InputImageError: a file that is not JSON.
+    """
+    described = storage.join(storage.parent(storage.resolve(images)), "dataset.json")
+    if not storage.exists(described):
+        return {}
+    try:
+        return dict(json.loads(storage.read_bytes(described)))
+    except ValueError as e:
+        raise InputImageError(f"{described}: unreadable ({e}); fix or remove it") from e
+
+
+def _values(label: Any) -> list[int]:
+    """A ``dataset.json`` label's values: a class's one, a region's several."""
+    return [int(v) for v in label] if isinstance(label, list) else [int(label)]
+
+
+def _as_described(cfg: TrainConfig, dataset: dict[str, Any]) -> TrainConfig:
+    """``cfg`` with what an nnU-Net ``dataset`` says where it says nothing: the ignore
+    label (``ignore_index``), and with ``mode=multilabel`` a region-based dataset's
+    regions (its ``labels`` of several values), their ``regions_class_order`` and names,
+    as nnU-Net trains them."""
+    labels = dict(dataset.get("labels") or {})
+    changes: dict[str, Any] = {}
+    ignore = labels.pop("ignore", None)
+    if cfg.ignore_index is None and isinstance(ignore, int) and ignore >= 1:
+        changes["ignore_index"] = ignore
+    regions = {k: _values(v) for k, v in labels.items() if set(_values(v)) != {0}}
+    given = dataset.get("regions_class_order")
+    order = [int(v) for v in given] if isinstance(given, list) else None
+    described = any(len(v) > 1 for v in regions.values()) and order is not None
+    if cfg.mode.value == "multilabel" and cfg.regions is None and described:
+        changes |= {"regions": list(regions.values()), "region_labels": order}
+        if cfg.class_names is None:
+            changes["class_names"] = list(regions)
+    if changes:
+        log.info("raysegment train: from dataset.json, %s", changes)
+        cfg = dataclasses.replace(cfg, **changes)
+    return cfg
+
+
+def _described_classes(dataset: dict[str, Any], classes: int) -> list[str] | None:
+    """The names of ``classes`` classes, 0 .. classes-1, of an nnU-Net ``dataset``'s
+    labels, where it names each; else None."""
+    labels = {k: v for k, v in (dataset.get("labels") or {}).items() if k != "ignore"}
+    if not all(isinstance(v, int) for v in labels.values()):
+        return None
+    names = {v: k for k, v in labels.items()}
+    return [names[c] for c in range(classes)] if set(names) == set(range(classes)) else None
 
 
 def _augment(

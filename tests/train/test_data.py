@@ -541,6 +541,45 @@ def test_regions_of_a_label_image_are_a_target_channel_each(tmp_path: Path) -> N
         _cfg(tmp_path, "region_labels=[1]")
 
 
+def test_an_nnunet_datasets_json_names_its_classes_regions_and_ignore_label(
+    tmp_path: Path,
+) -> None:
+    """nnU-Net's ``dataset.json`` beside the images' directory says what the command
+    does not: the classes' names, the ignore label, and with mode=multilabel a
+    region-based dataset's regions and their order; what the command says stands."""
+    import json
+
+    from raysegment.train.export import model_metadata
+
+    _ok(tmp_path, mode_values=(0, 1, 2, 3, 255))
+    described = tmp_path / "dataset.json"  # beside img/, as beside imagesTr/
+    classes = {"background": 0, "edema": 1, "necrosis": 2, "enhancing": 3, "ignore": 255}
+    described.write_text(json.dumps({"labels": classes}))
+    data = prepare(_cfg(tmp_path, "mode=multiclass"))
+    assert data.ignore == 255 and data.classes == 4
+    assert data.class_names == ("background", "edema", "necrosis", "enhancing")
+    assert prepare(_cfg(tmp_path, "mode=multiclass", "class_names=[a,b,c,d]")).class_names == (
+        "a",
+        "b",
+        "c",
+        "d",
+    )
+    regions = {"background": 0, "whole": [1, 2, 3], "core": [2, 3], "enhancing": [3]}
+    described.write_text(
+        json.dumps({"labels": {**regions, "ignore": 255}, "regions_class_order": [1, 2, 3]})
+    )
+    data = prepare(_cfg(tmp_path, "mode=multilabel"))
+    assert data.regions == ((1, 2, 3), (2, 3), (3,)) and data.region_labels == (1, 2, 3)
+    assert data.class_names == ("whole", "core", "enhancing") and data.ignore == 255
+    assert model_metadata(data)["region_labels"] == [1, 2, 3]
+    data = prepare(
+        _cfg(tmp_path, "mode=multilabel", "regions=[[1,2,3],[3]]", "region_labels=[1,3]")
+    )
+    assert data.regions == ((1, 2, 3), (3,)) and data.class_names is None
+    with pytest.raises(InputImageError, match="mode=binary needs 0 and one foreground"):
+        prepare(_cfg(tmp_path))  # regions train with mode=multilabel only
+
+
 def test_input_level_trains_on_a_pyramid_level_full_resolution_labels_read_at_it(
     tmp_path: Path,
 ) -> None:
