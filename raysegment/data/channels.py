@@ -12,12 +12,11 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 from dataclasses import replace
-from typing import Any
 
 import numpy as np
 
 from raysegment import storage
-from raysegment.data.sources import ImageInfo, ImageSource, Region, image_stem
+from raysegment.data.sources import ImageInfo, ImageSource, Region, WrappedSource, image_stem
 from raysegment.errors import InputImageError
 
 __all__ = ["CHANNEL_FILE", "ChannelFilesSource", "channel_cases"]
@@ -69,18 +68,14 @@ def channel_cases(
     return out
 
 
-class ChannelFilesSource(ImageSource):
+class ChannelFilesSource(WrappedSource):
     """One image whose channels are the channels of ``parts`` (each a file's image, the
     same shape and pixel size), in order, named ``name``: nnU-Net's case of several
     files. Its path, header and pixel size are the first file's (as nnU-Net takes a
     case's properties from its first file); values in the type all parts' fit in."""
 
-    stored_levels = False
-
     def __init__(self, parts: Sequence[ImageSource], name: str) -> None:
-        self.parts = tuple(parts)
-        first = self.parts[0]
-        super().__init__(first.path, first.axes, first.series, name, first.level)
+        super().__init__(parts, name)
 
     @property
     def kind(self) -> str:  # type: ignore[override]
@@ -125,15 +120,9 @@ class ChannelFilesSource(ImageSource):
     def at_level(self, level: int) -> ImageSource:
         return ChannelFilesSource([p.at_level(level) for p in self.parts], self.name)
 
-    def level_scale(self) -> tuple[float, float]:
-        return self.parts[0].level_scale()
-
-    def _open(self) -> Any:
-        return None  # each part opens its own
-
-    def close(self) -> None:
-        for part in self.parts:
-            part.close()
+    @property
+    def original(self) -> ImageSource:
+        return self  # the case, of every file
 
     def _read(self, t: int, channels: tuple[int, ...], region: Region) -> np.ndarray:
         where = self._channels()

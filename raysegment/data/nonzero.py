@@ -21,11 +21,10 @@ import math
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
-from typing import Any
 
 import numpy as np
 
-from raysegment.data.sources import ImageInfo, ImageSource, Region, Unstored
+from raysegment.data.sources import ImageInfo, ImageSource, Region, Unstored, WrappedSource
 from raysegment.data.tiling import inside_box, under_centres
 
 __all__ = ["FILL_HOLES_MAX", "Nonzero", "NonzeroSource", "nonzero_region"]
@@ -271,28 +270,22 @@ def _per_plane(
         planes[axis][0][cut if axis == 0 else slice(None)] += found.sum(axis=others)
 
 
-class NonzeroSource(ImageSource):
+class NonzeroSource(WrappedSource):
     """``inner`` with each voxel outside its nonzero region (``nonzero``, of its shape;
     outside its box where the region is not the normalization's) at ``fill``, a value per
     channel of the region's (the normalization's offset: 0 once normalized, as nnU-Net
     leaves the voxels outside the region and pads its crop), float32."""
 
     kind = "nonzero"
-    stored_levels = False
 
     def __init__(self, inner: ImageSource, nonzero: Nonzero, fill: Sequence[float]) -> None:
-        self.inner = inner
         self.nonzero = nonzero
         self.fill = dict(zip(nonzero.channels, map(float, fill), strict=True))
-        super().__init__(inner.path, inner.axes, inner.series, inner.name, inner.level)
+        super().__init__([inner])
 
     @property
     def where(self) -> str:
         return self.inner.where
-
-    @property
-    def original(self) -> ImageSource:
-        return self.inner.original
 
     def _inspect(self) -> ImageInfo:
         return replace(self.inner.info, dtype=np.dtype(np.float32))
@@ -301,15 +294,6 @@ class NonzeroSource(ImageSource):
         if level != self.level:
             raise self._no_level(self.level + 1)
         return self
-
-    def level_scale(self) -> tuple[float, float]:
-        return self.inner.level_scale()
-
-    def _open(self) -> Any:
-        return None  # ``inner`` opens its own
-
-    def close(self) -> None:
-        self.inner.close()
 
     def unstored(self) -> Unstored | None:
         return self.inner.unstored()  # outside the region: one value still

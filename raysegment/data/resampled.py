@@ -30,7 +30,14 @@ from typing import Any, cast
 import numpy as np
 
 from raysegment.data.nonzero import Nonzero
-from raysegment.data.sources import MICROMETRES, ImageInfo, ImageSource, Region, Unstored
+from raysegment.data.sources import (
+    MICROMETRES,
+    ImageInfo,
+    ImageSource,
+    Region,
+    Unstored,
+    WrappedSource,
+)
 from raysegment.errors import InputImageError
 
 __all__ = [
@@ -138,7 +145,7 @@ def axis_taps(kind: str, n_in: int, n_out: int, start: int, stop: int) -> Taps:
     return filter_taps(n_in, n_out, start, stop, antialias=kind == "antialiased")
 
 
-class ResampledSource(ImageSource):
+class ResampledSource(WrappedSource):
     """``inner`` read at the (z, y, x) ``shape``: each resampled axis over the same extent
     at another pixel count, so its pixel size is the extent over the count. ``info`` is
     ``inner``'s with that shape, ``scale`` (the physical pixel size per axis, in the units
@@ -153,7 +160,6 @@ class ResampledSource(ImageSource):
     each slice it resizes (or the image) to its range."""
 
     kind = "resampled"
-    stored_levels = False
 
     def __init__(
         self,
@@ -167,13 +173,12 @@ class ResampledSource(ImageSource):
         scheme: Mapping[str, Any] | None = None,
         ranges: tuple[int | None, dict[int, tuple[np.ndarray, np.ndarray]]] | None = None,
     ) -> None:
-        self.inner = inner
         self._target = (shape, dict(scale), dict(units), dict(origin))
         self.kinds = dict(kinds or {})
         self.clip = clip
         self.scheme = dict(scheme) if scheme else None
         self.ranges = ranges
-        super().__init__(inner.path, inner.axes, inner.series, inner.name, inner.level)
+        super().__init__([inner])
 
     @property
     def where(self) -> str:
@@ -189,10 +194,6 @@ class ResampledSource(ImageSource):
         )
         how = f" ({how}{clipped})" if how or clipped else ""
         return f"{self.inner.where} resampled to {size} {unit} pixels{how}".replace("  ", " ")
-
-    @property
-    def original(self) -> ImageSource:
-        return self.inner.original
 
     def kinds_back(self) -> dict[str, str]:
         """How each axis of an output read from this goes back to the image's own grid
@@ -235,12 +236,6 @@ class ResampledSource(ImageSource):
         sy, sx = self.inner.level_scale()
         (_, _, _, y, x), (_, _, _, ny, nx) = self.inner.info.shape, self.info.shape
         return sy * y / ny, sx * x / nx
-
-    def _open(self) -> Any:
-        return None  # ``inner`` opens its own
-
-    def close(self) -> None:
-        self.inner.close()
 
     def _taps(self, region: Region) -> list[tuple[np.ndarray, np.ndarray] | None]:
         """Per axis of ``region``, ``filter_taps`` of its pixels, or None where the axis

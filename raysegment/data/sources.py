@@ -41,6 +41,7 @@ __all__ = [
     "is_zarr",
     "TensorstoreSource",
     "TiffSequenceSource",
+    "WrappedSource",
     "kvstore",
     "tensorstore_format",
     "natural_key",
@@ -292,6 +293,38 @@ class ImageSource:
         self, t: int, channels: tuple[int, ...], region: tuple[tuple[int, int], ...]
     ) -> np.ndarray:
         raise NotImplementedError
+
+
+class WrappedSource(ImageSource):
+    """An image of other images' pixels (``parts``: one image resampled or filled, a
+    case's files as its channels), named and placed as the first part: each part opens
+    and closes its own files; its levels are the parts' read so (none stored)."""
+
+    stored_levels = False
+
+    def __init__(self, parts: Sequence[ImageSource], name: str | None = None) -> None:
+        self.parts = tuple(parts)
+        first = self.parts[0]
+        super().__init__(first.path, first.axes, first.series, name or first.name, first.level)
+
+    @property
+    def inner(self) -> ImageSource:
+        """The image read (a case's first file)."""
+        return self.parts[0]
+
+    @property
+    def original(self) -> ImageSource:
+        return self.inner.original
+
+    def level_scale(self) -> tuple[float, float]:
+        return self.inner.level_scale()
+
+    def _open(self) -> Any:
+        return None  # each part opens its own
+
+    def close(self) -> None:
+        for part in self.parts:
+            part.close()
 
 
 def _axes_to_5d(axes: str, shape: tuple[int, ...], path: str) -> tuple[str, tuple[int, ...]]:
