@@ -19,7 +19,8 @@ A BioImage Model Zoo package's description gives the same keys (``infer.zoo``), 
 these: tile_steps (per spatial axis [min, step]: tiles of min + n * step), halo (per
 spatial axis), static_batch (1: a tile at a time), normalize's measured forms
 ({"percentile": [low, high]} or {"moments": true}, with "eps" and "joint": the channels
-together), its "gain" and "offset" after, and "clip": [min, max]; activation "none". An
+together), its "gain" and "offset" after, and "clip": [min, max], or "channels": a list
+of these, one a channel (each channel normalized its own way); activation "none". An
 nnU-Net training's (``infer.nnunet``) gives patch_size: the default tile, not the only one,
 tta_axes: the spatial axes (0 the first) ``tta`` flips, its training's mirror axes, and
 resampling: how its images were resampled ({"data": [order, order_z], "probabilities":

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import math
 import warnings
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -85,14 +85,14 @@ class Nonzero:
         return low, high
 
     def ranges(
-        self, axis: int | None, clip: tuple[float, float] | None = None
+        self, axis: int | None, clip: Mapping[int, tuple[float, float]] | None = None
     ) -> dict[int, tuple[np.ndarray, np.ndarray]]:
         """Per channel the least and the greatest value of each plane of the box across
         ``axis`` (a value for the box where None), as nnU-Net's resampling clips each
         slice (or the image) it resizes to its range (scikit-image's ``resize``): of the
-        values ``clip`` (an nnU-Net CT's first clip) leaves and, where ``within``, those
-        outside the region at its mean (``NonzeroSource``'s). Planes outside the box take
-        no bound (infinite)."""
+        values ``clip`` (per channel: an nnU-Net CT's first clip) leaves and, where
+        ``within``, those outside the region at its mean (``NonzeroSource``'s). Planes
+        outside the box take no bound (infinite)."""
         along = 0 if axis is None else axis  # the image's: of its planes across z
         counted, low, high = (np.array(v, np.float64) for v in self.planes[along])
         if self.box is not None:
@@ -114,8 +114,9 @@ class Nonzero:
                 mean = self.moments()[0][:, None]
                 low = np.where(rest, np.minimum(low, mean), low)
                 high = np.where(rest, np.maximum(high, mean), high)
-        if clip is not None:
-            low, high = np.clip(low, *clip), np.clip(high, *clip)
+        for i, c in enumerate(self.channels):
+            if clip and c in clip:
+                low[i], high[i] = np.clip(low[i], *clip[c]), np.clip(high[i], *clip[c])
         if axis is None:
             low, high = low.min(axis=1, keepdims=True), high.max(axis=1, keepdims=True)
         unbound = low > high

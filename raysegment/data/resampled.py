@@ -169,13 +169,13 @@ class ResampledSource(WrappedSource):
         units: Mapping[str, str],
         origin: Mapping[str, float],
         kinds: Mapping[str, str] | None = None,
-        clip: tuple[float, float] | None = None,
+        clip: Mapping[int, tuple[float, float]] | None = None,
         scheme: Mapping[str, Any] | None = None,
         ranges: tuple[int | None, dict[int, tuple[np.ndarray, np.ndarray]]] | None = None,
     ) -> None:
         self._target = (shape, dict(scale), dict(units), dict(origin))
         self.kinds = dict(kinds or {})
-        self.clip = clip
+        self.clip = dict(clip) if clip else None
         self.scheme = dict(scheme) if scheme else None
         self.ranges = ranges
         super().__init__([inner])
@@ -189,8 +189,10 @@ class ResampledSource(WrappedSource):
             for k in KINDS[1:]
             if any(self.kinds.get(a) == k for a in self.resampled)
         )
-        clipped = (
-            f", clipped to {self.clip[0]:.4g} .. {self.clip[1]:.4g} first" if self.clip else ""
+        several = self.inner.info.shape[1] > 1
+        clipped = "".join(
+            f", {f'channel {c} ' if several else ''}clipped to {low:.4g} .. {high:.4g} first"
+            for c, (low, high) in (self.clip or {}).items()
         )
         how = f" ({how}{clipped})" if how or clipped else ""
         return f"{self.inner.where} resampled to {size} {unit} pixels{how}".replace("  ", " ")
@@ -265,7 +267,14 @@ class ResampledSource(WrappedSource):
         boxes = self.source_region(region, taps)
         data = self.inner.read(t, channels, boxes).astype(np.float32)
         if self.clip is not None:
-            np.clip(data, *self.clip, out=data)
+            inf = (-np.inf, np.inf)
+            low, high = (
+                np.array([self.clip.get(c, inf)[k] for c in channels], np.float32).reshape(
+                    -1, 1, 1, 1
+                )
+                for k in (0, 1)
+            )
+            np.clip(data, low, high, out=data)
         starts = [a for a, _ in boxes]
         if self.ranges is None:
             return as_type(filtered(data, taps, starts), self.info.dtype)
@@ -347,7 +356,7 @@ def resampled_to(
     pyramid: bool,
     fix: str = "give voxel_size= (the input's pixel size)",
     scheme: Mapping[str, Any] | None = None,
-    clip: tuple[float, float] | None = None,
+    clip: Mapping[int, tuple[float, float]] | None = None,
     nonzero: Nonzero | None = None,
 ) -> ImageSource:
     """``source`` (full resolution) read at the pixel ``size`` (per axis of zyx it names,
@@ -357,7 +366,7 @@ def resampled_to(
     ``physical`` gives a source's pixel size, unit and origin; ``fix``: how to give a
     source one where it has none (in the error). ``scheme``: how the model's training
     resampled its images (an nnU-Net training's ``resampling``: ``nnunet_kinds``; else
-    antialiased linear), ``clip``: the range to clip the pixels to before; ``nonzero``:
+    antialiased linear), ``clip``: per channel the range to clip its pixels to before; ``nonzero``:
     the source's nonzero region (with a ``scheme``: the ranges nnU-Net's resizing clips
     its slices to, ``Nonzero.ranges``).
 

@@ -22,7 +22,9 @@ Read from the fold's ``checkpoint_final.pth`` and the directory's ``plans.json``
   percentiles, less the foreground's mean, over its deviation: fixed values),
   ``ZScoreNormalization`` (the image's own mean and deviation per channel, of its nonzero
   box or region), ``RescaleTo01Normalization`` (its minimum and maximum),
-  ``RGBTo01Normalization`` (/255) or ``NoNormalization``, one for all channels;
+  ``RGBTo01Normalization`` (/255) or ``NoNormalization``: one for all channels, or each
+  channel its own (``normalize``'s ``channels``: a PET/CT's CT- and Z-score-normalized
+  channels, as nnU-Net plans a channel named CT beside the others);
 - the axes the training mirrored (``inference_allowed_mirroring_axes``), which
   ``tta=true`` flips, as nnU-Net's test-time augmentation does;
 - the classes (``labels``, background first) with a softmax, and the spacing as the pixel
@@ -35,9 +37,8 @@ Read from the fold's ``checkpoint_final.pth`` and the directory's ``plans.json``
   label each region paints where it passes 0.5, later over earlier (``region_labels``:
   ``finalize.mode=labels`` gives nnU-Net's label map).
 
-Not run: channels normalized differently (or some within the nonzero region, others
-not), other architectures, cascades' second stages (their input holds the first stage's
-output).
+Not run: channels normalized some within the nonzero region, others not, other
+architectures, cascades' second stages (their input holds the first stage's output).
 """
 
 from __future__ import annotations
@@ -377,51 +378,66 @@ def _network(config: dict[str, Any], channels: int, classes: int, where: str) ->
 def _normalization(
     plans: dict[str, Any], config: dict[str, Any], channels: int, where: str
 ) -> dict[str, Any]:
-    """The configuration's normalization as ``MODEL_META``'s ``normalize``."""
-    schemes = set(config.get("normalization_schemes", ["ZScoreNormalization"]))
+    """The configuration's normalization as ``MODEL_META``'s ``normalize``: one for every
+    channel, or each channel's own (``channels``: a CT's and a PET's, as nnU-Net plans a
+    channel named CT and the others)."""
+    schemes = list(config.get("normalization_schemes") or ["ZScoreNormalization"] * channels)
     # nnU-Net crops every image to its nonzero box; a Z-score within the nonzero region
     # itself where the plans say (a normalization of other schemes ignores the mask).
     masked = [bool(m) for m in config.get("use_mask_for_norm", [])]
     if any(masked) and not all(masked):
         raise ModelLoadError(
             f"{where}: normalizes some channels within each image's nonzero region and others "
-            f"not (use_mask_for_norm {masked}); raysegment normalizes every channel alike: "
-            f"segment the images with nnU-Net"
+            f"not (use_mask_for_norm {masked}); raysegment normalizes every channel within "
+            f"the one region or box: segment the images with nnU-Net"
         )
-    within = any(masked) and schemes == {"ZScoreNormalization"}
+    within = any(masked) and set(schemes) == {"ZScoreNormalization"}
     crop = {"nonzero": "mask" if within else "box"}
-    if len(schemes) > 1:
+    if len(schemes) != channels:
         raise ModelLoadError(
-            f"{where}: normalizes its channels differently ({sorted(schemes)}); raysegment "
-            f"normalizes every channel alike: segment the images with nnU-Net"
+            f"{where}: {len(schemes)} normalization_schemes for {channels} channel(s); give "
+            f"the plans the training was made with"
         )
-    (scheme,) = schemes
-    if scheme == "ZScoreNormalization":
-        return {"normalize": {"moments": True, "eps": 1e-8, "joint": False}, **crop}
-    if scheme == "RescaleTo01Normalization":
-        return {"normalize": {"percentile": [0.0, 100.0], "eps": 1e-8, "joint": False}, **crop}
-    if scheme == "RGBTo01Normalization":
-        return {"normalize": {"mean": [0.0] * channels, "std": [255.0] * channels}, **crop}
+    each = [_scheme(s, plans, c, where) for c, s in enumerate(schemes)]
+    if len(set(schemes)) > 1 or (schemes[0] == "CTNormalization" and channels > 1):
+        return {"normalize": {"channels": each}, **crop}
+    (scheme,), (first,) = set(schemes), each[:1]
     if scheme == "NoNormalization":
         return crop
+    if scheme == "RGBTo01Normalization":
+        return {"normalize": {"mean": [0.0] * channels, "std": [255.0] * channels}, **crop}
+    return {"normalize": first, **crop}
+
+
+def _scheme(scheme: str, plans: dict[str, Any], channel: int, where: str) -> dict[str, Any]:
+    """Normalization ``scheme`` of one ``channel`` as ``MODEL_META``'s ``normalize``."""
+    if scheme == "ZScoreNormalization":
+        return {"moments": True, "eps": 1e-8, "joint": False}
+    if scheme == "RescaleTo01Normalization":
+        return {"percentile": [0.0, 100.0], "eps": 1e-8, "joint": False}
+    if scheme == "RGBTo01Normalization":
+        return {"mean": [0.0], "std": [255.0]}
+    if scheme == "NoNormalization":
+        return {}
     if scheme != "CTNormalization":
         raise ModelLoadError(
             f"{where}: normalization {scheme}, which raysegment does not know; segment the "
             f"images with nnU-Net"
         )
     stats = plans.get("foreground_intensity_properties_per_channel", {})
-    if channels != 1 or "0" not in stats:
+    if str(channel) not in stats:
         raise ModelLoadError(
-            f"{where}: CTNormalization of {channels} channel(s), statistics of "
-            f"{sorted(stats)}; raysegment runs it on one channel"
+            f"{where}: CTNormalization of channel {channel} without its statistics (the "
+            f"plans' foreground_intensity_properties_per_channel has {sorted(stats)}); give "
+            f"the plans the training was made with"
         )
-    s = stats["0"]
+    s = stats[str(channel)]
     mean, std = float(s["mean"]), max(float(s["std"]), 1e-8)
     low, high = float(s["percentile_00_5"]), float(s["percentile_99_5"])
     # Clipped, then less the mean over the deviation: the same as clipping after, at the
     # bounds moved alike.
     clip = [(low - mean) / std, (high - mean) / std]
-    return {"normalize": {"mean": [mean], "std": [std], "clip": clip}, **crop}
+    return {"mean": [mean], "std": [std], "clip": clip}
 
 
 def _spacing(plans: dict[str, Any], config: dict[str, Any], order: list[int]) -> dict[str, Any]:

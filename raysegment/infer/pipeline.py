@@ -503,7 +503,7 @@ def _nonzero_regions(
     if not crop:
         return sources, [None] * len(sources)
     norm = meta.get("normalize") or {}
-    measured = bool(norm.get("moments") or "percentile" in norm)
+    measured = any(e.get("moments") or "percentile" in e for e in norm.get("channels", [norm]))
 
     def region(source: ImageSource) -> Nonzero | None:
         count = source.info.shape[1]
@@ -555,21 +555,28 @@ def _resampled(
         lambda s: physical(cfg, s, "tzyx"),
         pyramid,
         scheme=scheme,
-        clip=_clipped_first(models[0].meta) if scheme else None,
+        clip=_clipped_first(cfg, models[0].meta) if scheme else None,
         nonzero=nonzero,
     )
 
 
-def _clipped_first(meta: Mapping[str, Any]) -> tuple[float, float] | None:
-    """The range in the input's values its model's normalization clips to, where it clips
-    one channel at fixed bounds (an nnU-Net CT training's: clipped before resampling, as
-    nnU-Net preprocesses)."""
+def _clipped_first(
+    cfg: InferConfig, meta: Mapping[str, Any]
+) -> dict[int, tuple[float, float]] | None:
+    """Per image channel, the range in its values its model's normalization clips it to,
+    where the normalization clips a channel at fixed bounds (an nnU-Net CT training's, a
+    CT channel's beside a PET's: clipped before resampling, as nnU-Net preprocesses)."""
     norm = meta.get("normalize") or {}
-    if not norm.get("clip") or len(norm.get("mean") or ()) != 1 or len(norm["std"]) != 1:
-        return None
-    (mean,), (std,) = norm["mean"], norm["std"]
-    low, high = norm["clip"]
-    return float(low) * std + mean, float(high) * std + mean
+    each = norm["channels"] if "channels" in norm else [norm]
+    found = {}
+    for i, entry in enumerate(each):
+        if not entry.get("clip") or len(entry.get("mean") or ()) != 1 or len(entry["std"]) != 1:
+            continue
+        (mean,), (std,) = entry["mean"], entry["std"]
+        low, high = entry["clip"]
+        channel = cfg.channels[i] if cfg.channels else i
+        found[channel] = (float(low) * std + mean, float(high) * std + mean)
+    return found or None
 
 
 def _levels_picked(cfg: InferConfig, plans: list[ImagePlan], models: tuple[ModelFile, ...]) -> str:

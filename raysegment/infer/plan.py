@@ -103,8 +103,9 @@ class ImagePlan:
     activation: str = "auto"
     """The output's activation: ``finalize.activation``, else the model's own (its
     ``raysegment.json``), else auto (sigmoid for one channel, else softmax)."""
-    clip: tuple[float, float] | None = None
-    """Bounds the normalized input is clipped to (a model package's ``clip``)."""
+    clip: tuple[tuple[float, float], ...] | None = None
+    """Per channel, the bounds the normalized input is clipped to (a model package's
+    ``clip``, an nnU-Net CT channel's; infinite for a channel not clipped)."""
     threshold: float = 0.5
     """The probability above which a pixel is foreground (``threshold_of``)."""
     regions: tuple[int, ...] = ()
@@ -365,6 +366,30 @@ def _normalization(
     return tuple(map(float, lo)), tuple(map(float, scale))
 
 
+def clip_of(norm: dict[str, Any] | None, n: int) -> tuple[tuple[float, float], ...] | None:
+    """Per channel of ``n``, the bounds a model's normalization (``MODEL_META``'s
+    ``normalize``) clips the normalized input to: its ``clip``, or each channel's of
+    ``channels``; infinite where a channel's clips nothing. None: none clips."""
+    if not norm:
+        return None
+    if "channels" not in norm:
+        clip = norm.get("clip")
+        return None if clip is None else ((float(clip[0]), float(clip[1])),) * n
+    each = [entry.get("clip") for entry in norm["channels"]]
+    if not any(each):
+        return None
+    return tuple((float(c[0]), float(c[1])) if c else (-math.inf, math.inf) for c in each)
+
+
+def _clip_given(norm: dict[str, Any] | None) -> Any:
+    """What a normalization says it clips to, as it says it (a run's fingerprint)."""
+    if not norm:
+        return None
+    if "channels" in norm:
+        return [entry.get("clip") for entry in norm["channels"]]
+    return [float(v) for v in norm["clip"]] if "clip" in norm else None
+
+
 def model_normalization(
     norm: dict[str, Any],
     source: ImageSource,
@@ -374,10 +399,15 @@ def model_normalization(
     """A model's own normalization (``modeldir.MODEL_META``'s ``normalize``) as per-channel
     (offset, scale): fixed ``mean`` and ``std``; or ``percentile`` [low, high] or
     ``moments`` of the image's sample, plus ``eps``, over the channels together where
-    ``joint``; then ``gain`` and ``offset`` folded in (a model package's ``scale_linear``).
-    With the image's ``nonzero`` region (an nnU-Net training's), each channel's moments
-    and extremes ([0, 100] percentiles) are those of all its voxels there, as nnU-Net's."""
+    ``joint``; then ``gain`` and ``offset`` folded in (a model package's ``scale_linear``);
+    or ``channels``, each channel's own of these (an nnU-Net training whose channels are
+    normalized differently: a CT's and a PET's). With the image's ``nonzero`` region (an
+    nnU-Net training's), each channel's moments and extremes ([0, 100] percentiles) are
+    those of all its voxels there, as nnU-Net's."""
     n = len(channels)
+    if "channels" in norm:  # each channel's, of the channels measured together
+        each = [model_normalization(e, source, channels, nonzero) for e in norm["channels"]]
+        return tuple(each[i][0][i] for i in range(n)), tuple(each[i][1][i] for i in range(n))
     joint = bool(norm.get("joint"))
     eps = float(norm.get("eps", 0.0))
     whole = nonzero is not None and not joint and nonzero.channels == channels
@@ -480,9 +510,8 @@ def plan_image(
                 f"axis (one writer per chunk); e.g. block={[c * 4 for c in chunks]}"
             )
     norm = _normalization(cfg, source, spec, channels, nonzero)
-    clip = None
-    if cfg.normalize.mode == NormalizeMode.auto and spec.normalize and "clip" in spec.normalize:
-        clip = tuple(float(v) for v in spec.normalize["clip"])
+    given = spec.normalize if cfg.normalize.mode == NormalizeMode.auto else None
+    clip = clip_of(given, len(channels))
 
     info = source.info
     t_count, _, z_count, _, _ = info.shape
@@ -550,7 +579,7 @@ def plan_image(
                 # Blocks write their first pyramid levels themselves: an unfinished run
                 # whose done blocks did not (an earlier version's) must not resume.
                 "levels": [cfg.levels, "blocks"] if cfg.levels > 1 else cfg.levels,
-                "norm": [norm, clip] if clip else norm,
+                "norm": [norm, _clip_given(given)] if clip else norm,
                 "activation": activation_of(cfg, spec),
                 "finalize": [
                     mode,
@@ -582,7 +611,7 @@ def plan_image(
         class_codes=codes,
         activation=activation_of(cfg, spec),
         threshold=threshold_of(cfg, spec),
-        clip=clip,  # type: ignore[arg-type]
+        clip=clip,
         regions=spec.region_labels or (),
     )
 

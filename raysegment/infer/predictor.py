@@ -23,6 +23,7 @@ from raysegment.infer.model import ModelFile, load_model
 from raysegment.infer.plan import ImagePlan, WorkItem
 from raysegment.infer.stages import (
     Batch,
+    clip_bounds,
     normalization,
     normalized,
     passthrough,
@@ -169,8 +170,9 @@ def device_input(
     if norm is not None:
         offset, scale = (torch.from_numpy(v).to(device) for v in norm)
         x = (x - offset).div_(scale)
-    if plan.clip is not None:  # not in place: without a normalization x may be the block
-        x = x.clamp(*plan.clip)
+    bounds = clip_bounds(plan)
+    if bounds is not None:  # not in place: without a normalization x may be the block
+        x = x.clamp(*(torch.from_numpy(b).to(device) for b in bounds))
     if padded:  # zeros beyond the image (constant padding)
         sizes = list(zip(x.shape[1:], block.pad, strict=True))
         out = x.new_zeros((x.shape[0], *(n + lo + hi for n, (lo, hi) in sizes)))

@@ -359,6 +359,16 @@ def normalization(plan: ImagePlan) -> tuple[np.ndarray, np.ndarray] | None:
     return offset, scale
 
 
+def clip_bounds(plan: ImagePlan) -> tuple[np.ndarray, np.ndarray] | None:
+    """The bounds the normalized input is clipped to (``plan.clip``) as float32 lows and
+    highs shaped (C, 1, ...), infinite for a channel not clipped; None without any."""
+    if plan.clip is None:
+        return None
+    shape = (-1, *[1] * plan.spatial_dims)
+    low, high = (np.asarray([c[k] for c in plan.clip], np.float32).reshape(shape) for k in (0, 1))
+    return low, high
+
+
 def normalized(data: np.ndarray, plan: ImagePlan, block: Block) -> np.ndarray:
     """A block as read (C, *spatial; any dtype) as the model's float32 input: normalized
     in one pass into a new array (and clipped, ``plan.clip``), and padded to whole tiles."""
@@ -370,8 +380,9 @@ def normalized(data: np.ndarray, plan: ImagePlan, block: Block) -> np.ndarray:
         offset, scale = norm
         np.subtract(data, offset, out=out, casting="unsafe")
         np.divide(out, scale, out=out)
-    if plan.clip is not None:
-        np.clip(out, *plan.clip, out=out)
+    bounds = clip_bounds(plan)
+    if bounds is not None:
+        np.clip(out, *bounds, out=out)
     if any(p != (0, 0) for p in block.pad):
         out = np.pad(out, ((0, 0), *block.pad), mode=plan.padding)  # type: ignore[call-overload]
     return out

@@ -113,7 +113,7 @@ def test_an_nnunet_training_reads_images_as_nnunet_resamples_them(
         physical,
         pyramid=False,
         scheme=_NNUNET,
-        clip=clip,
+        clip={0: clip},
     )
     assert isinstance(source, ResampledSource) and source.kinds == kinds
     assert source.kinds_back() == back and source.info.dtype == np.float32

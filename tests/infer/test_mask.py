@@ -352,7 +352,7 @@ def test_gpu_stages_carry_the_mask_from_read_to_write(tmp_path, make_model, ome_
     model, plan = _plan(tmp_path, make_model, ome_tiff, half)
     _, unmasked = _plan(tmp_path, make_model, ome_tiff, None)
     create_output(plan.output, plan.layout, {"fingerprint": plan.fingerprint})
-    finalize = ("probabilities", "auto", 0.5)
+    finalize = ("probabilities", "auto", 0.5, ())
 
     def predict(plan):
         predictor = Predictor([ray.put(model)], [ray.put([plan])], False, 4, None, 1, finalize)

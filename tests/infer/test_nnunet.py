@@ -314,6 +314,8 @@ def _run(tmp_path: Path, image: Path, model: Path, **cfg: Any) -> tuple[Any, np.
         **cfg,
     )
     name = re.sub(r"_\d{4}$", "", image.name.split(".")[0])  # a case's channel file
+    if image.is_dir() and image.suffix != ".zarr":  # a folder of a case's channel files
+        (name,) = {re.sub(r"_\d{4}$", "", f.name.split(".")[0]) for f in image.iterdir()}
     return summary, zarr.open_array(str(tmp_path / "out" / f"{name}.ome.zarr" / "0"), mode="r")[:]
 
 
@@ -365,6 +367,46 @@ def test_a_ct_of_other_voxels_is_resampled_as_nnunet_preprocesses_it(tmp_path) -
     assert "resampled 1 of 1" in summary.levels
     want = nnunet_logits(folder, ct[None], [1.25, 0.64, 0.64], (0,))
     assert got.shape == want.shape == (3, 12, 48, 40)
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.usefixtures("ray_session")
+def test_a_pet_ct_of_channels_normalized_differently_runs_as_nnunet_preprocesses_it(
+    tmp_path,
+) -> None:
+    """A PET/CT training (AutoPET's: its CT channel CT-normalized, its PET channel
+    Z-scored, as nnU-Net plans a channel named CT and the others) of a case's two files
+    at other voxels: each channel normalized as its scheme says (the CT clipped to its
+    range before it is resampled, the PET's moments its own), so the logits are
+    nnU-Net's model's on the image nnU-Net preprocesses."""
+    folder = write_training(
+        tmp_path / "results",
+        channels=("CT", "PET"),
+        labels=("background", "lesion"),
+        normalization_schemes=["CTNormalization", "ZScoreNormalization"],
+        use_mask_for_norm=[False, False],
+    )
+    (model,) = read_models([str(folder)])
+    entries = model.meta["normalize"]["channels"]
+    assert entries[0]["clip"] and entries[1] == {"moments": True, "eps": 1e-8, "joint": False}
+    ct = (random_image((24, 60, 50)) * 2.5 - 1000).astype(np.int16)  # -1000 .. 1500 HU
+    pet = random_image((24, 60, 50), seed=3).astype(np.float32) / 40  # SUVs of 0 .. 25
+    images = tmp_path / "imagesTs"
+    images.mkdir()
+    for c, volume in enumerate((ct, pet)):
+        write_nifti(images / f"psma_01_{c:04d}.nii.gz", volume, np.diag([0.64, 0.64, 1.25, 1]))
+    summary, got = _run(
+        tmp_path,
+        images,
+        folder,
+        resample=True,
+        tile={"size": [12, 48, 40]},
+        finalize={"mode": "raw"},
+    )
+    assert "resampled 1 of 1" in summary.levels
+    both = np.stack([ct.astype(np.float32), pet])
+    want = nnunet_logits(folder, both, [1.25, 0.64, 0.64], (0,))
+    assert got.shape == want.shape == (2, 12, 48, 40)
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
 
 

@@ -692,7 +692,9 @@ def test_a_gpu_predictor_makes_the_same_input_on_its_device(device) -> None:
             data = pixels.astype(dtype)
             data.flags.writeable = False
             for norm, clip, (padding, pad) in itertools.product(
-                (None, ((100.0, -3.5), (250.0, 0.3))), (None, (-1.0, 200.0)), pads
+                (None, ((100.0, -3.5), (250.0, 0.3))),
+                (None, ((-1.0, 200.0), (-1.0, 200.0)), ((-np.inf, np.inf), (-0.5, 90.0))),
+                pads,
             ):
                 plan = SimpleNamespace(
                     norm=norm, clip=clip, spatial_dims=len(shape) - 1, padding=padding
@@ -701,9 +703,11 @@ def test_a_gpu_predictor_makes_the_same_input_on_its_device(device) -> None:
                 want = normalized(data, plan, block)  # type: ignore[arg-type]
                 got = device_input(data, plan, block, torch.device(device))  # type: ignore[arg-type]
                 assert got.device.type == device and got.dtype == torch.float32
-                if clip:  # values beyond the bounds, made the bounds
-                    assert want.min() >= -1.0 and want.max() <= 200.0
-                    assert np.isin(want, clip).any(), (dtype, norm, pad)
+                for c, (low, high) in enumerate(clip or ()):  # beyond, made the bounds
+                    assert want[c].min() >= low and want[c].max() <= high
+                if clip:
+                    bounded = [np.isin(want[c], b).any() for c, b in enumerate(clip)]
+                    assert any(bounded), (dtype, norm, pad)
                 case = (shape, dtype, norm, clip, padding, pad)
                 if device == "cpu":
                     np.testing.assert_array_equal(got.numpy(), want, err_msg=str(case))

@@ -219,7 +219,7 @@ def test_predictors_run_torchscript_models_frozen(tmp_path: Path, ome_tiff):
     image = str(ome_tiff(random_image((40, 50))))
     model, plan = driver_plan({"input": image, "model": str(path), "output": str(tmp_path / "out")})
     predictor = Predictor(
-        [ray.put(model)], [ray.put([plan])], False, 1, None, 1, ("raw", "none", 0.5)
+        [ray.put(model)], [ray.put([plan])], False, 1, None, 1, ("raw", "none", 0.5, ())
     )
     assert "aten::batch_norm" not in str(predictor.module.inlined_graph)
 
@@ -255,7 +255,7 @@ def test_predictors_say_when_their_cpu_runs_bfloat16_slowly(
         1,
         None,
         1,
-        ("raw", "none", 0.5),
+        ("raw", "none", 0.5, ()),
         precision="bfloat16",
     )
     warned = "no fast bfloat16 kernels" in capsys.readouterr().err
