@@ -1,7 +1,7 @@
 """An nnU-Net training's prediction of a CT: raysegment against nnU-Net's own predictor.
 
     python benchmarks/nnunet_predict.py OUT [--shape 96 256 256] [--runs 2] [--spacing Z Y X]
-        [--sigma S] [--brain] [--regions]
+        [--sigma S] [--brain] [--regions] [--petct]
 
 Writes an nnU-Net v2 training (``tests/infer/test_nnunet.py``'s ``write_training``: a
 3D ``PlainConvUNet`` of five stages, 16 to 256 features, random weights, one fold, patch
@@ -14,7 +14,9 @@ skull-stripped brain MR (uint16: an ellipsoid of the noise, 0 around it, as BraT
 them) and a training of Z-score normalization within each scan's nonzero region
 (``use_mask_for_norm``, as nnU-Net plans such scans), whose crop to the nonzero box both
 tools make; ``--regions``: that brain MR through a region-based training of it (BraTS'
-nested tumour regions, each output a sigmoid, painted in ``regions_class_order``). Then, in
+nested tumour regions, each output a sigmoid, painted in ``regions_class_order``);
+``--petct``: a PET/CT case of two files (the CT as above, a PET of the noise), through a
+training of its CT channel CT-normalized and its PET Z-scored (AutoPET's). Then, in
 turn, ``runs`` times, each a new process on the CPU with nnU-Net's settings (tiles of the
 patch overlapping by half, gaussian blending, no mirroring):
 
@@ -40,6 +42,7 @@ from pathlib import Path
 
 import nibabel
 import numpy as np
+from scipy.ndimage import gaussian_filter
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -62,7 +65,7 @@ torch.set_num_threads(torch.get_num_threads())
 predictor = nnUNetPredictor(use_mirroring=False, perform_everything_on_device=False,
                             device=torch.device("cpu"), allow_tqdm=False)
 predictor.initialize_from_trained_model_folder(sys.argv[1], use_folds=(0,))
-predictor.predict_from_files([[sys.argv[2]]], [sys.argv[3]], save_probabilities=False,
+predictor.predict_from_files([sys.argv[2:-1]], [sys.argv[-1]], save_probabilities=False,
                              overwrite=True, num_processes_preprocessing=1,
                              num_processes_segmentation_export=1)
 """
@@ -91,10 +94,11 @@ def main() -> None:
     parser.add_argument("--sigma", type=float, default=0.0)
     parser.add_argument("--brain", action="store_true")
     parser.add_argument("--regions", action="store_true")
+    parser.add_argument("--petct", action="store_true")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     args.brain = args.brain or args.regions
-    name = "brain" if args.brain else "ct"
+    name = "brain" if args.brain else "petct" if args.petct else "ct"
     results = args.out / f"results_{name}{'_regions' if args.regions else ''}"
     folder = results / "nnUNetTrainer__nnUNetPlans__3d_fullres"
     if not folder.exists():
@@ -105,16 +109,20 @@ def main() -> None:
             "use_mask_for_norm": [True],
             **({"labels": BRATS_REGIONS, "regions": [1, 2, 3]} if args.regions else {}),
         }
+        petct = {
+            "channels": ("CT", "PET"),
+            "labels": ("background", "lesion"),
+            "normalization_schemes": ["CTNormalization", "ZScoreNormalization"],
+            "use_mask_for_norm": [False, False],
+        }
         write_training(
             results,
             features=(16, 32, 64, 128, 256),
             patch=(64, 128, 128),
-            **(mri if args.brain else {}),
+            **(mri if args.brain else petct if args.petct else {}),
         )
     noise = random_image(tuple(args.shape)).astype(np.float32)
     if args.sigma:
-        from scipy.ndimage import gaussian_filter
-
         noise = gaussian_filter(noise, args.sigma)
         noise = (noise - noise.min()) / (np.ptp(noise) or 1.0) * 1000
     if args.brain:
@@ -125,19 +133,28 @@ def main() -> None:
         ct = np.where(inside, noise + 1, 0).astype(np.uint16)
     else:
         ct = (noise * 2.5 - 1000).astype(np.int16)
-    image = args.out / f"{name}_0000.nii.gz"
+    case = args.out / f"imagesTs_{name}"  # the case's files: raysegment's input
+    case.mkdir(exist_ok=True)
+    image = case / f"{name}_0000.nii.gz"
     z, y, x = args.spacing
     write_nifti(image, ct, np.diag([x, y, z, 1.0]))
+    files = [image]
+    if args.petct:  # a second smoothed noise as its PET, in SUVs
+        files.append(case / f"{name}_0001.nii.gz")
+        pet = random_image(tuple(args.shape), seed=5).astype(np.float32)
+        if args.sigma:
+            pet = gaussian_filter(pet, args.sigma)
+        write_nifti(files[1], (pet - pet.min()) / (np.ptp(pet) or 1.0) * 20, np.diag([x, y, z, 1]))
     theirs = args.out / "nnunet" / f"{name}.nii.gz"
     ours = args.out / "raysegment" / f"{name}.nii.gz"  # the case's, as nnU-Net names it
     runs = {
-        "nnU-Net": [sys.executable, "-c", NNUNET, str(folder), str(image), str(theirs)[:-7]],
+        "nnU-Net": [sys.executable, "-c", NNUNET, str(folder), *map(str, files), str(theirs)[:-7]],
         "raysegment": [
             sys.executable,
             "-m",
             "raysegment.cli",
             "infer",
-            f"input={image}",
+            f"input={case}",
             f"model={folder}",
             f"output={ours.parent}",
             "device=cpu",
