@@ -373,6 +373,13 @@ def describe_model(model: ModelFile, module: torch.nn.Module) -> ModelSpec:
             f"{model.path}: cannot tell the model's input channels and 2D/3D; write "
             f'{MODEL_META} next to model.pth with {{"in_channels": 1, "spatial_dims": 2}}'
         )
+    each = (meta.get("normalize") or {}).get("channels")
+    if each is not None and (not isinstance(each, list) or len(each) != int(in_channels)):
+        raise ModelContractError(
+            f"{model.path}: normalize.channels gives {len(each) if isinstance(each, list) else 0} "
+            f"channel(s)' normalizations for a model of {in_channels} input channel(s); give one "
+            f"a channel"
+        )
     classes = meta.get("classes")
     codes = meta.get("class_codes")
     tile = meta.get("tile_size")

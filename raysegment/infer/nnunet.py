@@ -384,15 +384,15 @@ def _normalization(
     schemes = list(config.get("normalization_schemes") or ["ZScoreNormalization"] * channels)
     # nnU-Net crops every image to its nonzero box; a Z-score within the nonzero region
     # itself where the plans say (a normalization of other schemes ignores the mask).
-    masked = [bool(m) for m in config.get("use_mask_for_norm", [])]
-    if any(masked) and not all(masked):
+    masked = [bool(m) for m in config.get("use_mask_for_norm", [])] or [False] * channels
+    within = [m and s == "ZScoreNormalization" for m, s in zip(masked, schemes, strict=False)]
+    if any(within) and not all(within):
         raise ModelLoadError(
             f"{where}: normalizes some channels within each image's nonzero region and others "
-            f"not (use_mask_for_norm {masked}); raysegment normalizes every channel within "
-            f"the one region or box: segment the images with nnU-Net"
+            f"not (use_mask_for_norm {masked} of {schemes}); raysegment normalizes every "
+            f"channel within the one region or box: segment the images with nnU-Net"
         )
-    within = any(masked) and set(schemes) == {"ZScoreNormalization"}
-    crop = {"nonzero": "mask" if within else "box"}
+    crop = {"nonzero": "mask" if all(within) else "box"}
     if len(schemes) != channels:
         raise ModelLoadError(
             f"{where}: {len(schemes)} normalization_schemes for {channels} channel(s); give "

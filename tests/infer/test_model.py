@@ -112,6 +112,19 @@ def test_region_labels_name_a_label_per_output_channel(tmp_path: Path) -> None:
             _spec(tmp_path / "d")
 
 
+def test_a_normalization_per_channel_names_one_a_channel(tmp_path: Path) -> None:
+    """``normalize.channels`` (each channel its own normalization): one a channel of the
+    model's input, else one error naming the fix."""
+    (tmp_path / "d").mkdir()
+    save_torchscript(conv_model(2, 2, 1), tmp_path / "d" / "model.pth", 2, 2)
+    meta = tmp_path / "d" / "raysegment.json"
+    meta.write_text('{"normalize": {"channels": [{"mean": [1], "std": [2]}, {"moments": true}]}}')
+    assert _spec(tmp_path / "d")[2].normalize["channels"][1] == {"moments": True}
+    meta.write_text('{"normalize": {"channels": [{"mean": [1], "std": [2]}]}}')
+    with pytest.raises(ModelContractError, match=r"normalize.channels gives 1 channel\(s\)'"):
+        _spec(tmp_path / "d")
+
+
 def test_parameterless_model_without_metadata_is_refused(tmp_path: Path) -> None:
     path = tmp_path / "m.pth"
     torch.jit.save(torch.jit.trace(Downsample(), torch.zeros(1, 1, 8, 8)), str(path))
