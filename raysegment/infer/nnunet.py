@@ -10,7 +10,8 @@ Read from the fold's ``checkpoint_final.pth`` and the directory's ``plans.json``
   earlier plans' ``UNet_class_name``) with the checkpoint's weights, without deep
   supervision, traced to TorchScript here (the ``nnunet`` extra installs the package that
   builds it); the plans' ``transpose_forward`` is part of the traced program, so tiles,
-  patch size and spacing are in the image's own axis order;
+  patch size and spacing are in the image's own axis order (a 2D network on planes
+  across y or x: a 3D model of tiles one plane thick across it);
 - the input's channels (``channel_names``: ``channel_files``, a case's files
   ``case_0000``, ``case_0001``, ... its channels, ``data.channels``) and 2D/3D (the patch
   size's), the patch size as
@@ -143,13 +144,12 @@ def read_nnunet(fold: str) -> tuple[bytes, dict[str, Any], str]:
     patch = [int(v) for v in config["patch_size"]]
     dims = len(patch)
     order = [int(a) for a in plans.get("transpose_forward", range(3))]
-    if dims == 2:  # a 2D network on planes: the in-plane axes' order
-        if order[0] != 0:
-            raise ModelLoadError(
-                f"{where}: a 2D network on planes across axis {'zyx'[order[0]]} of the images "
-                f"(transpose_forward {order}); raysegment runs 2D networks on z planes: "
-                f"segment the images with nnU-Net"
-            )
+    # A 2D network on planes across y or x (the axis of the longest voxels, as nnU-Net
+    # transposes a sagittal scan): a 3D model of tiles one plane thick across it.
+    across = order[0] if dims == 2 and order[0] != 0 else None
+    if across is not None:
+        patch, dims = [1, *patch], 3
+    elif dims == 2:  # on z planes: the in-plane axes' order
         order = [a - 1 for a in order[1:]]
     back = [order.index(a) for a in range(dims)]
     network = _network(config, channels, len(classes), where)
@@ -166,10 +166,14 @@ def read_nnunet(fold: str) -> tuple[bytes, dict[str, Any], str]:
         ) from e
     # Per stage a stride per axis, or one for every axis.
     given = np.asarray(config["architecture"]["arch_kwargs"]["strides"])
-    strides = np.prod(given if given.ndim == 2 else given[:, None].repeat(dims, 1), axis=0)
-    steps = [int(strides[order.index(a)]) for a in range(dims)]  # in the image's axis order
-    module = _transposed(network.eval(), order, back)
-    example = torch.zeros((1, channels, *(2 * s for s in steps)))
+    planar = dims - (across is not None)  # the network's own axes
+    strides = np.prod(given if given.ndim == 2 else given[:, None].repeat(planar, 1), axis=0)
+    strides = [1] * (across is not None) + [int(v) for v in strides]
+    steps = [strides[order.index(a)] for a in range(dims)]  # in the image's axis order
+    module = _transposed(network.eval(), order, back, across is not None)
+    example = torch.zeros(
+        (1, channels, *(1 if a == across else 2 * s for a, s in enumerate(steps)))
+    )
     buffer = io.BytesIO()
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -177,19 +181,24 @@ def read_nnunet(fold: str) -> tuple[bytes, dict[str, Any], str]:
     # The axes the training mirrored, in nnU-Net's order: its test-time augmentation's
     # (none where the checkpoint records none, as nnU-Net's predictor takes it).
     mirrored = checkpoint.get("inference_allowed_mirroring_axes") or ()
+    # The image's axis of each value of the spacing (nnU-Net's order; a 2D network's two).
+    if across is not None:
+        spaced = ["zyx"[a] for a in order[1:]]
+    else:
+        spaced = ["zyx"[3 - dims + a] for a in order]
     meta: dict[str, Any] = {
         "in_channels": channels,
         "spatial_dims": dims,
         "classes": classes,
         **outputs,
         "patch_size": [patch[order.index(a)] for a in range(dims)],
-        "tile_steps": [[s, s] for s in steps],
-        "tta_axes": sorted(order[int(a)] for a in mirrored),
+        "tile_steps": [[1, 0] if a == across else [s, s] for a, s in enumerate(steps)],
+        "tta_axes": sorted(order[int(a) + (across is not None)] for a in mirrored),
         "tile_spread": True,
         # Its cases' files: case_0000, case_0001, ... the channels named so.
         "channel_files": [str(names[k]) for k in sorted(names, key=int)],
         **_normalization(plans, config, channels, where),
-        **_spacing(plans, config, order),
+        **_spacing(plans, config, spaced),
         **_resampling(config, where),
     }
     digest = hashlib.sha256()
@@ -234,9 +243,10 @@ def _classes(dataset: dict[str, Any], where: str) -> tuple[list[str], dict[str, 
     return classes, {"activation": "softmax"}
 
 
-def _transposed(network: Any, order: list[int], back: list[int]) -> Any:
+def _transposed(network: Any, order: list[int], back: list[int], planes: bool = False) -> Any:
     """``network`` on a tile's spatial axes in nnU-Net's order (``order``: the plans'
-    ``transpose_forward``), its output back in the tile's (``back``)."""
+    ``transpose_forward``), its output back in the tile's (``back``); ``planes``: a 2D
+    network on a tile one plane thick across nnU-Net's first axis."""
     import torch
 
     class Transposed(torch.nn.Module):
@@ -247,7 +257,9 @@ def _transposed(network: Any, order: list[int], back: list[int]) -> Any:
             self.back = [0, 1, *(2 + a for a in back)]
 
         def forward(self, x: torch.Tensor) -> torch.Tensor:
-            return self.network(x.permute(self.order)).permute(self.back).contiguous()
+            x = x.permute(self.order)
+            y = self.network(x.squeeze(2)).unsqueeze(2) if planes else self.network(x)
+            return y.permute(self.back).contiguous()
 
     return Transposed()
 
@@ -440,15 +452,16 @@ def _scheme(scheme: str, plans: dict[str, Any], channel: int, where: str) -> dic
     return {"mean": [mean], "std": [std], "clip": clip}
 
 
-def _spacing(plans: dict[str, Any], config: dict[str, Any], order: list[int]) -> dict[str, Any]:
-    """The configuration's spacing as the pixel trained at, in the image's axis order,
-    where nnU-Net reads the images as medical ones (millimetres)."""
+def _spacing(plans: dict[str, Any], config: dict[str, Any], axes: list[str]) -> dict[str, Any]:
+    """The configuration's spacing as the pixel trained at, along the image's ``axes``
+    (each of its spacing's, in nnU-Net's order), where nnU-Net reads the images as
+    medical ones (millimetres)."""
     spacing = [float(v) for v in config.get("spacing", [])]
-    if plans.get("image_reader_writer") not in _MEDICAL_READERS or len(spacing) != len(order):
+    if plans.get("image_reader_writer") not in _MEDICAL_READERS or len(spacing) != len(axes):
         return {}
-    axes = "zyx"[3 - len(order) :]
+    sizes = dict(zip(axes, spacing, strict=True))
     return {
-        "pixel_size": {a: spacing[order.index(i)] for i, a in enumerate(axes)},
+        "pixel_size": {a: sizes[a] for a in "zyx" if a in sizes},
         "pixel_unit": "millimeter",
     }
 

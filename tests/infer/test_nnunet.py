@@ -869,10 +869,41 @@ def test_strides_one_for_every_axis_give_the_same_tiles(tmp_path) -> None:
     assert read_models([str(folder)])[0].meta["tile_steps"] == [[4, 4]] * 3
 
 
-def test_a_2d_training_on_planes_across_x_is_one_error(tmp_path) -> None:
+@pytest.mark.usefixtures("ray_session")
+def test_a_2d_training_on_planes_across_x_runs_plane_by_plane_as_nnunet_does(tmp_path) -> None:
+    """A 2D training whose plans put x first (``transpose_forward`` [2, 0, 1]: a sagittal
+    scan's, its longest voxels along x): its network on each x plane, as a 3D model of
+    tiles one plane thick; the logits are nnU-Net's network's plane by plane on the image
+    nnU-Net preprocesses, its mirror axes and spacing the planes' (z, y)."""
     folder = write_training(tmp_path / "results", configuration="2d", transpose=(2, 0, 1))
-    with pytest.raises(ModelLoadError, match=r"planes across axis x .*transpose_forward"):
-        read_models([str(folder)])
+    (model,) = read_models([str(folder)])
+    meta = model.meta
+    assert meta["spatial_dims"] == 3 and meta["patch_size"] == [32, 32, 1]
+    assert meta["tile_steps"] == [[4, 4], [4, 4], [1, 0]] and meta["tta_axes"] == [0, 1]
+    assert meta["pixel_size"] == {"z": 2.5, "y": 0.8}
+    ct = _ct((24, 48, 20), tmp_path / "knee.nii.gz")
+    summary, got = _run(
+        tmp_path,
+        tmp_path / "knee.nii.gz",
+        folder,
+        tile={"size": [24, 48, 1]},
+        finalize={"mode": "raw"},
+    )
+    assert summary.tiles == 20  # a tile a plane across x
+    want = nnunet_logits(folder, ct[None], [2.5, 0.8, 0.8], (0,))
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+    # Its own tiles (the patch's, spread over each plane, overlapping by half): the labels
+    # nnU-Net's prediction gives.
+    (tmp_path / "out").rename(tmp_path / "whole")
+    _, got = _run(
+        tmp_path,
+        tmp_path / "knee.nii.gz",
+        folder,
+        tile={"overlap": 0.5},
+        finalize={"mode": "labels"},
+    )
+    labels = nnunet_labels(folder, ct[None], [2.5, 0.8, 0.8], (0,))
+    assert len(np.unique(labels)) > 1 and (got[0] == labels).mean() > 0.99
 
 
 def test_a_missing_network_package_is_named(tmp_path, monkeypatch) -> None:
