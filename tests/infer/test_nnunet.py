@@ -319,24 +319,45 @@ def _run(tmp_path: Path, image: Path, model: Path, **cfg: Any) -> tuple[Any, np.
     return summary, zarr.open_array(str(tmp_path / "out" / f"{name}.ome.zarr" / "0"), mode="r")[:]
 
 
+def _agrees_in_one_tile(
+    tmp_path: Path,
+    folder: Path,
+    shape: tuple[int, int, int],
+    folds: tuple = (0,),
+    name: str = "ct",
+    tile: list[int] | None = None,
+    mirror: bool = False,
+    **cfg: Any,
+) -> tuple[Any, np.ndarray, np.ndarray]:
+    """A CT of ``shape`` at the training's voxels run in one tile (``tile``: else the
+    CT's), raw: its logits are nnU-Net's model's (``nnunet_logits``). The run's summary,
+    the CT and nnU-Net's logits."""
+    ct = _ct(shape, tmp_path / f"{name}.nii.gz")
+    size = tile or list(shape)
+    summary, got = _run(
+        tmp_path,
+        tmp_path / f"{name}.nii.gz",
+        folder,
+        tile={"size": size},
+        finalize={"mode": "raw"},
+        tta=mirror,
+        **cfg,
+    )
+    want = nnunet_logits(folder, ct[None], [2.5, 0.8, 0.8], folds, mirror)
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+    return summary, ct, want
+
+
 @pytest.mark.usefixtures("ray_session")
 def test_a_ct_training_runs_its_folds_as_nnunet_does(tmp_path) -> None:
     """Two folds, CT normalization, 3D: the logits of the folds' ensemble, in one tile,
     are nnU-Net's model's on the image nnU-Net preprocesses; at the model's spacing
     already, ``resample=true`` reads the CT as it is."""
     folder = write_training(tmp_path / "results", folds=("0", "1"))
-    ct = _ct((24, 48, 40), tmp_path / "liver_007_0000.nii.gz")
-    summary, got = _run(
-        tmp_path,
-        tmp_path / "liver_007_0000.nii.gz",
-        folder,
-        resample=True,
-        tile={"size": [24, 48, 40]},
-        finalize={"mode": "raw"},
+    summary, _, _ = _agrees_in_one_tile(
+        tmp_path, folder, (24, 48, 40), (0, 1), "liver_007_0000", resample=True
     )
     assert summary.levels == "resample: every image was at the pixel size asked for already"
-    want = nnunet_logits(folder, ct[None], [2.5, 0.8, 0.8], (0, 1))
-    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
 
 
 @pytest.mark.usefixtures("ray_session")
@@ -717,16 +738,7 @@ def test_transposed_plans_run_in_the_images_own_axis_order(tmp_path) -> None:
     assert model.meta["patch_size"] == [32, 32, 16]  # z, y, x of [x, z, y] = [16, 32, 32]
     assert model.meta["pixel_size"] == {"z": 2.5, "y": 0.8, "x": 0.8}
     assert model.meta["tile_steps"] == [[4, 4], [4, 4], [2, 2]]
-    ct = _ct((24, 48, 40), tmp_path / "ct.nii.gz")
-    _, got = _run(
-        tmp_path,
-        tmp_path / "ct.nii.gz",
-        folder,
-        tile={"size": [24, 48, 40]},
-        finalize={"mode": "raw"},
-    )
-    want = nnunet_logits(folder, ct[None], [2.5, 0.8, 0.8], (0,))
-    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+    _agrees_in_one_tile(tmp_path, folder, (24, 48, 40))
 
 
 @pytest.mark.usefixtures("ray_session")
@@ -740,17 +752,7 @@ def test_tta_flips_the_axes_the_training_mirrored_as_nnunet_does(tmp_path) -> No
     )
     (model,) = read_models([str(folder)])
     assert model.meta["tta_axes"] == [0, 2]
-    ct = _ct((24, 48, 40), tmp_path / "ct.nii.gz")
-    _, got = _run(
-        tmp_path,
-        tmp_path / "ct.nii.gz",
-        folder,
-        tta=True,
-        tile={"size": [24, 48, 40]},
-        finalize={"mode": "raw"},
-    )
-    want = nnunet_logits(folder, ct[None], [2.5, 0.8, 0.8], (0,), mirror=True)
-    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+    _, ct, want = _agrees_in_one_tile(tmp_path, folder, (24, 48, 40), mirror=True)
     plain = nnunet_logits(folder, ct[None], [2.5, 0.8, 0.8], (0,))
     assert np.abs(want - plain).max() > 0.01  # the flips changed the logits
     unmirrored = write_training(tmp_path / "none", mirrored=None)
@@ -881,17 +883,10 @@ def test_a_2d_training_on_planes_across_x_runs_plane_by_plane_as_nnunet_does(tmp
     assert meta["spatial_dims"] == 3 and meta["patch_size"] == [32, 32, 1]
     assert meta["tile_steps"] == [[4, 4], [4, 4], [1, 0]] and meta["tta_axes"] == [0, 1]
     assert meta["pixel_size"] == {"z": 2.5, "y": 0.8}
-    ct = _ct((24, 48, 20), tmp_path / "knee.nii.gz")
-    summary, got = _run(
-        tmp_path,
-        tmp_path / "knee.nii.gz",
-        folder,
-        tile={"size": [24, 48, 1]},
-        finalize={"mode": "raw"},
+    summary, ct, _ = _agrees_in_one_tile(
+        tmp_path, folder, (24, 48, 20), name="knee", tile=[24, 48, 1]
     )
     assert summary.tiles == 20  # a tile a plane across x
-    want = nnunet_logits(folder, ct[None], [2.5, 0.8, 0.8], (0,))
-    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
     # Its own tiles (the patch's, spread over each plane, overlapping by half): the labels
     # nnU-Net's prediction gives.
     (tmp_path / "out").rename(tmp_path / "whole")
