@@ -711,11 +711,28 @@ def provenance(
             "channels": list(plan.channels),
         },
         "model": model,
+        **_labels_of(plan),
         **({"mask": plan.mask.key()[0]} if plan.mask else {}),
         "blocks": plan.num_blocks,
         "tiles": plan.num_tiles,
         "tile": list(plan.tiling.tile),
     }
+
+
+def _labels_of(plan: ImagePlan) -> dict[str, Any]:
+    """A labels output's values in the provenance, each with its class: the value of each
+    class of an argmax (background first, as the model names them), 1 for a one-channel
+    model's mask, each region's label of a region model's (by the first region painting
+    it); 0 is none."""
+    if plan.layout.channel_names != ("labels",):
+        return {}
+    if plan.regions:
+        values = {v: plan.classes[plan.regions.index(v)] for v in sorted(set(plan.regions))}
+    elif len(plan.classes) == 1:
+        values = {1: plan.classes[0]}
+    else:
+        values = dict(enumerate(plan.classes))
+    return {"labels": [{"value": v, "class": name} for v, name in values.items()]}
 
 
 def _resampled_of(source: ImageSource) -> dict[str, Any]:

@@ -720,6 +720,12 @@ def test_a_region_based_training_paints_its_regions_as_nnunet_predicts(tmp_path)
         assert (copy == want).mean() > 0.99
         if mode == "labels":
             assert got.dtype == np.uint8 and (got[0] == want).mean() > 0.99
+            attrs = zarr.open_group(str(out / "BraTS_001.ome.zarr"), mode="r").attrs
+            assert attrs["raysegment"]["labels"] == [
+                {"value": 1, "class": "whole tumour"},
+                {"value": 2, "class": "tumour core"},
+                {"value": 3, "class": "enhancing tumour"},
+            ]
         else:
             assert got.shape == (3, *want.shape) and 0 <= got.min() and got.max() <= 1
             omero = zarr.open_group(str(out / "BraTS_001.ome.zarr"), mode="r").attrs["ome"]
@@ -775,6 +781,12 @@ def test_labels_in_tiles_of_the_patch_agree_with_nnunets_prediction(tmp_path) ->
     want = nnunet_labels(folder, ct[None], [2.5, 0.8, 0.8], (0,))
     assert got.shape == (1, *want.shape) and len(np.unique(want)) > 1
     assert (got[0] == want).mean() > 0.99
+    labels = zarr.open_group(str(tmp_path / "out" / "ct.ome.zarr"), mode="r").attrs["raysegment"]
+    assert [(v["value"], v["class"]) for v in labels["labels"]] == [
+        (0, "background"),
+        (1, "liver"),
+        (2, "tumour"),
+    ]
 
 
 def test_earlier_plans_build_the_same_network(tmp_path) -> None:

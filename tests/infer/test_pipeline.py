@@ -96,6 +96,10 @@ def test_output_is_valid_ome_zarr_with_input_metadata(
         # away from tile seams gaussian blending equals whole-image inference closely
         want = torch.argmax(logits, 0).numpy()
         assert (data[0] == want).mean() > 0.99
+        named = [{"value": 0, "class": "class_0"}, {"value": 1, "class": "class_1"}]
+        assert prov["labels"] == named  # each value's class, as the model names them
+    else:
+        assert "labels" not in prov
 
 
 def test_channels_and_time_axes(tmp_path, make_model, ome_tiff) -> None:
