@@ -248,10 +248,15 @@ def _label_values(label: ImageSource) -> set[int]:
 
 
 def _classes(
-    cfg: TrainConfig, pairs: list[Pair], ignore: int | None, class_names: list[str] | None
+    cfg: TrainConfig,
+    pairs: list[Pair],
+    ignore: int | None,
+    class_names: list[str] | None,
+    described: bool = False,
 ) -> int:
     """The model's output channels from the labels' values (``ignore`` left out) and the
-    classes' names (``cfg.class_names``, or the DICOM SEG labels')."""
+    classes' names (``cfg.class_names``, or the DICOM SEG labels'); ``described``: an
+    nnU-Net dataset's ``dataset.json`` describes regions (named in the errors)."""
     mode = cfg.mode.value
     unlabelled = {ignore} if ignore is not None else set()
     if cfg.regions is not None:
@@ -285,8 +290,9 @@ def _classes(
         if mode == "binary" and len(values - {0}) > 1:
             raise InputImageError(
                 f"{p.label.path}: has values {sorted(values)[:6]}; mode=binary needs 0 and one "
-                f"foreground value (use mode=multiclass for several classes, ignore_index= for "
-                f"the value of pixels not labelled)"
+                f"foreground value (use mode=multiclass for several classes, "
+                + ("mode=multilabel for the regions dataset.json describes, " if described else "")
+                + "ignore_index= for the value of pixels not labelled)"
             )
         seen |= {v: p.label.path for v in values}
     if mode == "binary":
@@ -487,7 +493,7 @@ def prepare(cfg: TrainConfig) -> TrainingSet:
     ignore = cfg.ignore_index
     if any(isinstance(p.label, GeoJsonLabels) and p.label.ignores for p in pairs):
         ignore = drawn
-    classes = _classes(cfg, pairs, ignore, class_names)
+    classes = _classes(cfg, pairs, ignore, class_names, _described_regions(dataset) is not None)
     if class_names is not None and len(class_names) != classes:
         raise ConfigError(
             f"class_names={class_names} names {len(class_names)} class(es) but the "
@@ -565,16 +571,13 @@ def _as_described(cfg: TrainConfig, dataset: dict[str, Any]) -> TrainConfig:
     label (``ignore_index``), and with ``mode=multilabel`` a region-based dataset's
     regions (its ``labels`` of several values), their ``regions_class_order`` and names,
     as nnU-Net trains them."""
-    labels = dict(dataset.get("labels") or {})
     changes: dict[str, Any] = {}
-    ignore = labels.pop("ignore", None)
+    ignore = (dataset.get("labels") or {}).get("ignore")
     if cfg.ignore_index is None and isinstance(ignore, int) and ignore >= 1:
         changes["ignore_index"] = ignore
-    regions = {k: _values(v) for k, v in labels.items() if set(_values(v)) != {0}}
-    given = dataset.get("regions_class_order")
-    order = [int(v) for v in given] if isinstance(given, list) else None
-    described = any(len(v) > 1 for v in regions.values()) and order is not None
-    if cfg.mode.value == "multilabel" and cfg.regions is None and described:
+    described = _described_regions(dataset)
+    if cfg.mode.value == "multilabel" and cfg.regions is None and described is not None:
+        regions, order = described
         changes |= {"regions": list(regions.values()), "region_labels": order}
         if cfg.class_names is None:
             changes["class_names"] = list(regions)
@@ -582,6 +585,20 @@ def _as_described(cfg: TrainConfig, dataset: dict[str, Any]) -> TrainConfig:
         log.info("raysegment train: from dataset.json, %s", changes)
         cfg = dataclasses.replace(cfg, **changes)
     return cfg
+
+
+def _described_regions(
+    dataset: dict[str, Any],
+) -> tuple[dict[str, list[int]], list[int]] | None:
+    """A region-based nnU-Net ``dataset``'s regions (its ``labels`` of several values, by
+    name; background and the ignore label none) and their ``regions_class_order``; None
+    where it describes none."""
+    labels = {k: v for k, v in (dataset.get("labels") or {}).items() if k != "ignore"}
+    regions = {k: _values(v) for k, v in labels.items() if set(_values(v)) != {0}}
+    given = dataset.get("regions_class_order")
+    if not isinstance(given, list) or not any(len(v) > 1 for v in regions.values()):
+        return None
+    return regions, [int(v) for v in given]
 
 
 def _described_classes(dataset: dict[str, Any], classes: int) -> list[str] | None:

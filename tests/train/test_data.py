@@ -576,7 +576,7 @@ def test_an_nnunet_datasets_json_names_its_classes_regions_and_ignore_label(
         _cfg(tmp_path, "mode=multilabel", "regions=[[1,2,3],[3]]", "region_labels=[1,3]")
     )
     assert data.regions == ((1, 2, 3), (3,)) and data.class_names is None
-    with pytest.raises(InputImageError, match="mode=binary needs 0 and one foreground"):
+    with pytest.raises(InputImageError, match="mode=multilabel for the regions dataset.json"):
         prepare(_cfg(tmp_path))  # regions train with mode=multilabel only
 
 
