@@ -23,6 +23,7 @@ from raysegment.infer.nnunet import (
     is_nnunet_training,
     nnunet_folds,
     read_nnunet,
+    trainings_within,
     unfinished_training,
 )
 from raysegment.infer.zoo import build_architecture, is_package, read_package
@@ -126,7 +127,7 @@ def read_model_file(path: str) -> ModelFile:
         kind, data, meta, sha256 = read_package(path)
         return ModelFile(str(p), kind, data, meta, sha256)
     if p.is_dir():
-        unfinished = unfinished_training(path)
+        unfinished = unfinished_training(path) or (None if found else trainings_within(path))
         if unfinished:
             raise ModelLoadError(unfinished)
         if not found:

@@ -62,6 +62,7 @@ __all__ = [
     "is_nnunet_training",
     "nnunet_folds",
     "read_nnunet",
+    "trainings_within",
     "unfinished_training",
 ]
 
@@ -107,6 +108,19 @@ def unfinished_training(path: str) -> str | None:
         f"predicts with"
         + (f" ({', '.join(best)} only: its training has not finished)" if best else "")
         + "; give a finished training's directory"
+    )
+
+
+def trainings_within(path: str) -> str | None:
+    """Why ``path``, a folder of nnU-Net trainings (a dataset's results: one per trainer,
+    plans and configuration), cannot run as one model; None where it is none."""
+    p = Path(path)
+    found = sorted(d.name for d in p.iterdir() if d.is_dir() and is_nnunet_training(str(d)))
+    if not found:
+        return None
+    return (
+        f"{p}: a dataset's nnU-Net trainings ({', '.join(found)}), not one; give model= "
+        f"one of them, e.g. model={p / found[0]}"
     )
 
 

@@ -865,6 +865,20 @@ def test_an_unfinished_training_is_one_error_naming_its_checkpoints(tmp_path) ->
         read_models([str(folder)])
 
 
+def test_a_datasets_folder_of_trainings_is_one_error_naming_them(tmp_path) -> None:
+    """``model=`` a dataset's results (nnU-Net's ``nnUNet_results/Dataset001_Liver``, a
+    training per configuration): one error naming them, and how to give one."""
+    results = tmp_path / "Dataset001_Liver"
+    write_training(results, configuration="3d_fullres")
+    write_training(results, configuration="2d")
+    with pytest.raises(ModelLoadError) as caught:
+        read_models([str(results)])
+    message = str(caught.value)
+    assert "\n" not in message and message.startswith(f"{results}: a dataset's nnU-Net trainings")
+    assert "(nnUNetTrainer__nnUNetPlans__2d, nnUNetTrainer__nnUNetPlans__3d_fullres)" in message
+    assert f"model={results / 'nnUNetTrainer__nnUNetPlans__2d'}" in message
+
+
 def test_the_ignore_label_is_no_class(tmp_path) -> None:
     """A training with an ignore label (sparse annotations): the network has no output
     for it, nor do the classes."""
