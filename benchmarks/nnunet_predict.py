@@ -105,8 +105,7 @@ def main() -> None:
         mri = {
             "channels": ("FLAIR",),
             "labels": ("background", "edema", "tumour"),
-            "normalization_schemes": ["ZScoreNormalization"],
-            "use_mask_for_norm": [True],
+            "zscore": "region",
             **({"labels": BRATS_REGIONS, "regions": [1, 2, 3]} if args.regions else {}),
         }
         petct = {

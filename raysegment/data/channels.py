@@ -28,15 +28,17 @@ SAME_SPACING = 1e-3
 
 
 def channel_cases(
-    paths: Sequence[str], channels: Sequence[str]
+    paths: Sequence[str], channels: Sequence[str] | None = None
 ) -> list[tuple[str | None, list[str]]]:
     """``paths`` grouped into cases, each its name and its files: the files named
     ``<case>_<four digits>`` of each case in the order of their digits, which must be 0000
-    to one less than the model's ``channels`` (its channels' names); every other file
-    alone, in its place, without a case's name.
+    to one less than the model's ``channels`` (its channels' names; None: as many as the
+    case of the most has, each case alike: a training's); every other file alone, in its
+    place, without a case's name.
 
     Raises:
-        InputImageError: a case of other channel files than the model takes.
+        InputImageError: a case of other channel files than the model (or the others)
+            takes.
     """
     cases: dict[str, dict[int, str]] = {}
     names: dict[str, str] = {}
@@ -51,20 +53,25 @@ def channel_cases(
             cases[key], names[key] = {}, found["case"]
             order.append(key)
         cases[key][int(found["channel"])] = path
+    count = len(channels) if channels is not None else max(map(max, cases.values()), default=-1) + 1
     out: list[tuple[str | None, list[str]]] = []
     for item in order:
         if isinstance(item, tuple):
             out.append((None, [item[0]]))
             continue
         files = cases[item]
-        if sorted(files) != list(range(len(channels))):
+        if sorted(files) != list(range(count)):
             have = ", ".join(f"_{c:04d}" for c in sorted(files))
-            want = ", ".join(f"_{c:04d} ({name})" for c, name in enumerate(channels))
+            if channels is None:
+                want = ", ".join(f"_{c:04d}" for c in range(count))
+                takes = f"the cases have {count} channel(s)"
+            else:
+                want = ", ".join(f"_{c:04d} ({name})" for c, name in enumerate(channels))
+                takes = f"the model takes {count} channel(s)"
             raise InputImageError(
-                f"{item}_XXXX: channel files {have}; the model takes {len(channels)} "
-                f"channel(s), one file each: give {want}"
+                f"{item}_XXXX: channel files {have}; {takes}, one file each: give {want}"
             )
-        out.append((names[item], [files[c] for c in range(len(channels))]))
+        out.append((names[item], [files[c] for c in range(count)]))
     return out
 
 

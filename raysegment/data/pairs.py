@@ -6,7 +6,7 @@ import re
 
 from raysegment import storage
 from raysegment.data.annotations import is_geojson
-from raysegment.data.channels import CHANNEL_FILE
+from raysegment.data.channels import CHANNEL_FILE, channel_cases
 from raysegment.data.dicom import first_header, is_segmentation
 from raysegment.data.dicom_labels import referenced_series, segmentation_header
 from raysegment.data.inputs import IMAGE_NAMES, resolve_inputs
@@ -143,20 +143,10 @@ def _channel_files(
     Raises:
         InputImageError: a case without every channel file the cases have.
     """
-    named = {key: CHANNEL_FILE.match(key) for key in images}
-    if not images or not all(named.values()) or images.keys() & labels.keys():
+    named = all(CHANNEL_FILE.match(key) for key in images)
+    if not images or not named or images.keys() & labels.keys():
         return None
-    cases: dict[str, dict[int, str]] = {}
-    for key, found in named.items():
-        assert found is not None
-        cases.setdefault(found["case"], {})[int(found["channel"])] = images[key]
-    count = max(max(files) for files in cases.values()) + 1
-    for case, files in cases.items():
-        if sorted(files) != list(range(count)):
-            have = ", ".join(f"_{c:04d}" for c in sorted(files))
-            want = ", ".join(f"_{c:04d}" for c in range(count))
-            raise InputImageError(
-                f"{storage.parent(next(iter(files.values())))}/{case}_XXXX: channel files "
-                f"{have}; the cases have {count} channel(s), a file each: give {want}"
-            )
-    return {case: tuple(files[c] for c in range(count)) for case, files in cases.items()}
+    cases = channel_cases(list(images.values()))
+    if any(case is None for case, _ in cases):  # a key of a pattern's, not the file's name
+        return None
+    return {str(case): tuple(files) for case, files in cases}

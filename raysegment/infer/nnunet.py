@@ -58,6 +58,8 @@ from raysegment.errors import ModelLoadError
 
 __all__ = [
     "CHECKPOINT",
+    "dataset_classes",
+    "dataset_regions",
     "is_nnunet_fold",
     "is_nnunet_training",
     "nnunet_folds",
@@ -221,24 +223,42 @@ def read_nnunet(fold: str) -> tuple[bytes, dict[str, Any], str]:
     return buffer.getvalue(), meta, digest.hexdigest()
 
 
+def _values(label: Any) -> list[int]:
+    """A ``dataset.json`` label's values: a class's one, a region's several."""
+    return [int(v) for v in label] if isinstance(label, (list, tuple)) else [int(label)]
+
+
+def dataset_regions(dataset: dict[str, Any]) -> dict[str, list[int]] | None:
+    """A region-based nnU-Net dataset's regions, each its label values by name (its
+    ``labels`` where one holds several; background and the ignore label none), as
+    nnU-Net's ``LabelManager`` reads them; None for a dataset of classes."""
+    labels = {k: _values(v) for k, v in dataset.get("labels", {}).items() if k != "ignore"}
+    if not any(len(v) > 1 for v in labels.values()):
+        return None
+    return {k: v for k, v in labels.items() if set(v) != {0}}
+
+
+def dataset_classes(dataset: dict[str, Any]) -> list[str] | None:
+    """A dataset of classes' names, by value (background first), where they are numbered
+    0, 1, 2, ... as nnU-Net trains them (the ignore label none); else None."""
+    labels = {k: _values(v) for k, v in dataset.get("labels", {}).items() if k != "ignore"}
+    if any(len(v) != 1 for v in labels.values()):
+        return None
+    names = {v[0]: k for k, v in labels.items()}
+    return [names[c] for c in range(len(names))] if set(names) == set(range(len(names))) else None
+
+
 def _classes(dataset: dict[str, Any], where: str) -> tuple[list[str], dict[str, Any]]:
     """The network's outputs' names, and their ``MODEL_META`` keys: the labels (background
-    first) of a softmax; a region-based training's regions (``labels`` of several values,
-    each output a sigmoid; background and the ignore label no output), its
-    ``regions_class_order`` the label each paints (``region_labels``), as nnU-Net's
-    ``LabelManager`` reads them.
+    first) of a softmax; a region-based training's regions (``dataset_regions``), each
+    output a sigmoid, its ``regions_class_order`` the label each paints
+    (``region_labels``), as nnU-Net's ``LabelManager`` reads them.
 
     Raises:
         ModelLoadError: labels not numbered 0, 1, 2, ...; regions without their order.
     """
-    # The ignore label marks what training left out; the network has no output for it.
-    labels = {k: v for k, v in dataset.get("labels", {}).items() if k != "ignore"}
-    if any(isinstance(v, (list, tuple)) and len(v) > 1 for v in labels.values()):
-        regions = {
-            k: v
-            for k, v in labels.items()
-            if set(v if isinstance(v, (list, tuple)) else [v]) != {0}  # background's
-        }
+    regions = dataset_regions(dataset)
+    if regions is not None:
         order = dataset.get("regions_class_order")
         if not isinstance(order, list) or len(order) != len(regions):
             raise ModelLoadError(
@@ -248,9 +268,9 @@ def _classes(dataset: dict[str, Any], where: str) -> tuple[list[str], dict[str, 
                 f"directory as nnU-Net wrote it"
             )
         return list(regions), {"activation": "sigmoid", "region_labels": [int(v) for v in order]}
-    labels = {k: v[0] if isinstance(v, (list, tuple)) else v for k, v in labels.items()}
-    classes = [k for k, _ in sorted(labels.items(), key=lambda kv: kv[1])]
-    if [labels[k] for k in classes] != list(range(len(classes))):
+    classes = dataset_classes(dataset)
+    if classes is None:
+        labels = {k: v for k, v in dataset.get("labels", {}).items() if k != "ignore"}
         raise ModelLoadError(
             f"{where}: labels {labels} are not numbered 0, 1, 2, ...; nnU-Net trains them so"
         )

@@ -406,7 +406,12 @@ def model_normalization(
     those of all its voxels there, as nnU-Net's."""
     n = len(channels)
     if "channels" in norm:  # each channel's, of the channels measured together
-        each = [model_normalization(e, source, channels, nonzero) for e in norm["channels"]]
+        keys = [json.dumps(e, sort_keys=True) for e in norm["channels"]]
+        found = {  # each normalization once (a sample read once for all its channels)
+            k: model_normalization(e, source, channels, nonzero)
+            for k, e in zip(keys, norm["channels"], strict=True)
+        }
+        each = [found[k] for k in keys]
         return tuple(each[i][0][i] for i in range(n)), tuple(each[i][1][i] for i in range(n))
     joint = bool(norm.get("joint"))
     eps = float(norm.get("eps", 0.0))

@@ -37,6 +37,7 @@ from raysegment.data.sources import (
 )
 from raysegment.data.tiling import under_centres
 from raysegment.errors import ConfigError, InputImageError
+from raysegment.infer.nnunet import dataset_classes, dataset_regions
 
 __all__ = ["IGNORE", "AtLevel", "Pair", "TrainingSet", "prepare", "read_patches"]
 
@@ -561,11 +562,6 @@ def _dataset_json(images: str) -> dict[str, Any]:
         raise InputImageError(f"{described}: unreadable ({e}); fix or remove it") from e
 
 
-def _values(label: Any) -> list[int]:
-    """A ``dataset.json`` label's values: a class's one, a region's several."""
-    return [int(v) for v in label] if isinstance(label, list) else [int(label)]
-
-
 def _as_described(cfg: TrainConfig, dataset: dict[str, Any]) -> TrainConfig:
     """``cfg`` with what an nnU-Net ``dataset`` says where it says nothing: the ignore
     label (``ignore_index``), and with ``mode=multilabel`` a region-based dataset's
@@ -590,25 +586,20 @@ def _as_described(cfg: TrainConfig, dataset: dict[str, Any]) -> TrainConfig:
 def _described_regions(
     dataset: dict[str, Any],
 ) -> tuple[dict[str, list[int]], list[int]] | None:
-    """A region-based nnU-Net ``dataset``'s regions (its ``labels`` of several values, by
-    name; background and the ignore label none) and their ``regions_class_order``; None
-    where it describes none."""
-    labels = {k: v for k, v in (dataset.get("labels") or {}).items() if k != "ignore"}
-    regions = {k: _values(v) for k, v in labels.items() if set(_values(v)) != {0}}
+    """A region-based nnU-Net ``dataset``'s regions (``nnunet.dataset_regions``) and their
+    ``regions_class_order``; None where it describes none."""
+    regions = dataset_regions(dataset)
     given = dataset.get("regions_class_order")
-    if not isinstance(given, list) or not any(len(v) > 1 for v in regions.values()):
+    if regions is None or not isinstance(given, list):
         return None
     return regions, [int(v) for v in given]
 
 
 def _described_classes(dataset: dict[str, Any], classes: int) -> list[str] | None:
     """The names of ``classes`` classes, 0 .. classes-1, of an nnU-Net ``dataset``'s
-    labels, where it names each; else None."""
-    labels = {k: v for k, v in (dataset.get("labels") or {}).items() if k != "ignore"}
-    if not all(isinstance(v, int) for v in labels.values()):
-        return None
-    names = {v: k for k, v in labels.items()}
-    return [names[c] for c in range(classes)] if set(names) == set(range(classes)) else None
+    labels (``nnunet.dataset_classes``), where it names each; else None."""
+    names = dataset_classes(dataset)
+    return names if names is not None and len(names) == classes else None
 
 
 def _augment(

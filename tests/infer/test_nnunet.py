@@ -110,6 +110,7 @@ def write_training(
     patch: tuple[int, ...] | None = None,
     mirrored: tuple[int, ...] | None | str = "all",
     regions: list[int] | None = None,
+    zscore: str | None = None,
     **extra: Any,
 ) -> Path:
     """An nnU-Net training's output directory as nnU-Net v2 writes it: plans, dataset, and
@@ -118,8 +119,14 @@ def write_training(
     axes its checkpoint allows mirroring along, in the network's order, every one by
     default, as nnU-Net's trainer). ``labels`` as dataset.json's where a dict (a
     region-based training's, ``regions`` its ``regions_class_order``: an output a
-    region)."""
+    region). ``zscore``: every channel Z-score normalized, over each image's nonzero
+    ``"box"`` or within its nonzero ``"region"`` (``use_mask_for_norm``), as nnU-Net plans
+    MR; else the configuration's normalization (CT's, unless ``extra`` gives one)."""
     from dynamic_network_architectures.architectures.unet import PlainConvUNet
+
+    if zscore is not None:
+        extra["normalization_schemes"] = ["ZScoreNormalization"] * len(channels)
+        extra["use_mask_for_norm"] = [zscore == "region"] * len(channels)
 
     dims = 2 if configuration == "2d" else 3
     patch = patch or ((32, 32) if dims == 2 else (16, 32, 32))
@@ -466,8 +473,7 @@ def test_a_2d_mri_training_of_two_channels_runs_plane_by_plane(tmp_path) -> None
         configuration="2d",
         channels=("T2", "ADC"),
         labels=("background", "prostate"),
-        normalization_schemes=["ZScoreNormalization"] * 2,
-        use_mask_for_norm=[False, False],
+        zscore="box",
     )
     volume = random_image((2, 5, 32, 48)) + 1  # no zeros: nnU-Net crops to the nonzero box
     volume[1] = volume[1] // 3 + 200
@@ -508,8 +514,7 @@ def test_an_mri_normalized_within_its_nonzero_region_runs_as_nnunet_does(tmp_pat
         tmp_path / "results",
         channels=("T1", "FLAIR"),
         labels=("background", "tumour"),
-        normalization_schemes=["ZScoreNormalization"] * 2,
-        use_mask_for_norm=[True, True],
+        zscore="region",
     )
     (model,) = read_models([str(folder)])
     assert model.meta["nonzero"] == "mask"
@@ -543,8 +548,7 @@ def test_an_mri_of_other_voxels_is_normalized_within_its_region_before_it_is_res
         tmp_path / "results",
         channels=("FLAIR",),
         labels=("background", "tumour"),
-        normalization_schemes=["ZScoreNormalization"],
-        use_mask_for_norm=[True],
+        zscore="region",
     )
     mri = _brain(1, (24, 50, 40))
     write_nifti(tmp_path / "brain.nii.gz", mri[0], np.diag([0.64, 0.64, 2.5, 1.0]))
@@ -572,8 +576,7 @@ def test_an_mri_padded_with_zeros_is_segmented_within_its_nonzero_box(tmp_path) 
         tmp_path / "results",
         channels=("T2",),
         labels=("background", "lesion"),
-        normalization_schemes=["ZScoreNormalization"],
-        use_mask_for_norm=[False],
+        zscore="box",
     )
     assert read_models([str(folder)])[0].meta["nonzero"] == "box"
     mri = _brain(1, (32, 64, 48), padding=8)
@@ -628,8 +631,7 @@ def test_a_folder_of_cases_each_a_file_a_channel_runs_as_nnunet_reads_it(tmp_pat
         tmp_path / "results",
         channels=("T2", "ADC"),
         labels=("background", "prostate"),
-        normalization_schemes=["ZScoreNormalization"] * 2,
-        use_mask_for_norm=[False, False],
+        zscore="box",
     )
     images = tmp_path / "imagesTs"
     images.mkdir()
@@ -687,8 +689,7 @@ def test_a_region_based_training_paints_its_regions_as_nnunet_predicts(tmp_path)
         channels=("T1", "FLAIR"),
         labels=BRATS_REGIONS,
         regions=[1, 2, 3],
-        normalization_schemes=["ZScoreNormalization"] * 2,
-        use_mask_for_norm=[True, True],
+        zscore="region",
     )
     models = read_models([str(folder)])
     meta = models[0].meta
