@@ -1,7 +1,7 @@
 """An nnU-Net training's prediction of a CT: raysegment against nnU-Net's own predictor.
 
     python benchmarks/nnunet_predict.py OUT [--shape 96 256 256] [--runs 2] [--spacing Z Y X]
-        [--sigma S] [--brain] [--regions] [--petct]
+        [--sigma S] [--brain] [--regions] [--petct] [--cascade]
 
 Writes an nnU-Net v2 training (``tests/infer/test_nnunet.py``'s ``write_training``: a
 3D ``PlainConvUNet`` of five stages, 16 to 256 features, random weights, one fold, patch
@@ -16,7 +16,10 @@ them) and a training of Z-score normalization within each scan's nonzero region
 tools make; ``--regions``: that brain MR through a region-based training of it (BraTS'
 nested tumour regions, each output a sigmoid, painted in ``regions_class_order``);
 ``--petct``: a PET/CT case of two files (the CT as above, a PET of the noise), through a
-training of its CT channel CT-normalized and its PET Z-scored (AutoPET's). Then, in
+training of its CT channel CT-normalized and its PET Z-scored (AutoPET's); ``--cascade``:
+the CT through a cascade's second stage (``3d_cascade_fullres``), with a first stage's
+label map of it (blobs of labels 1 and 2 in the CT's voxels) in a folder both tools are
+given (nnU-Net's ``folder_with_segs_from_prev_stage``, raysegment's ``previous=``). Then, in
 turn, ``runs`` times, each a new process on the CPU with nnU-Net's settings (tiles of the
 patch overlapping by half, gaussian blending, no mirroring):
 
@@ -67,7 +70,8 @@ predictor = nnUNetPredictor(use_mirroring=False, perform_everything_on_device=Fa
 predictor.initialize_from_trained_model_folder(sys.argv[1], use_folds=(0,))
 predictor.predict_from_files([sys.argv[2:-1]], [sys.argv[-1]], save_probabilities=False,
                              overwrite=True, num_processes_preprocessing=1,
-                             num_processes_segmentation_export=1)
+                             num_processes_segmentation_export=1,
+                             folder_with_segs_from_prev_stage=PREVIOUS)
 """
 
 
@@ -95,12 +99,15 @@ def main() -> None:
     parser.add_argument("--brain", action="store_true")
     parser.add_argument("--regions", action="store_true")
     parser.add_argument("--petct", action="store_true")
+    parser.add_argument("--cascade", action="store_true")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     args.brain = args.brain or args.regions
     name = "brain" if args.brain else "petct" if args.petct else "ct"
     results = args.out / f"results_{name}{'_regions' if args.regions else ''}"
-    folder = results / "nnUNetTrainer__nnUNetPlans__3d_fullres"
+    configuration = "3d_cascade_fullres" if args.cascade else "3d_fullres"
+    results = results.with_name(results.name + ("_cascade" if args.cascade else ""))
+    folder = results / f"nnUNetTrainer__nnUNetPlans__{configuration}"
     if not folder.exists():
         mri = {
             "channels": ("FLAIR",),
@@ -114,11 +121,13 @@ def main() -> None:
             "normalization_schemes": ["CTNormalization", "ZScoreNormalization"],
             "use_mask_for_norm": [False, False],
         }
+        cascade = {"configuration": configuration, "previous_stage": "3d_lowres"}
         write_training(
             results,
             features=(16, 32, 64, 128, 256),
             patch=(64, 128, 128),
             **(mri if args.brain else petct if args.petct else {}),
+            **(cascade if args.cascade else {}),
         )
     noise = random_image(tuple(args.shape)).astype(np.float32)
     if args.sigma:
@@ -144,10 +153,24 @@ def main() -> None:
         if args.sigma:
             pet = gaussian_filter(pet, args.sigma)
         write_nifti(files[1], (pet - pet.min()) / (np.ptp(pet) or 1.0) * 20, np.diag([x, y, z, 1]))
+    previous = None
+    if args.cascade:  # the first stage's label map: blobs of labels 1 and 2
+        previous = args.out / f"lowres_{name}"
+        previous.mkdir(exist_ok=True)
+        field = gaussian_filter(random_image(tuple(args.shape), seed=7).astype(np.float32), 6)
+        first = np.digitize(field, np.quantile(field, [0.6, 0.85])).astype(np.uint8)
+        write_nifti(previous / f"{name}.nii.gz", first, np.diag([x, y, z, 1.0]))
     theirs = args.out / "nnunet" / f"{name}.nii.gz"
     ours = args.out / "raysegment" / f"{name}.nii.gz"  # the case's, as nnU-Net names it
     runs = {
-        "nnU-Net": [sys.executable, "-c", NNUNET, str(folder), *map(str, files), str(theirs)[:-7]],
+        "nnU-Net": [
+            sys.executable,
+            "-c",
+            NNUNET.replace("PREVIOUS", repr(previous and str(previous))),
+            str(folder),
+            *map(str, files),
+            str(theirs)[:-7],
+        ],
         "raysegment": [
             sys.executable,
             "-m",
@@ -162,6 +185,7 @@ def main() -> None:
             "overwrite=true",
             "progress=false",
             "quicklook=false",
+            *([f"previous={previous}"] if previous else []),
             # Resampled: the labels of the probabilities back in the CT's voxels, as
             # nnU-Net exports them.
             *(
@@ -178,22 +202,28 @@ def main() -> None:
     a, b = (np.asarray(nibabel.load(str(p)).dataobj) for p in (theirs, ours))
     print(f"labels agree in {(a == b).mean():.4%} of {a.size} voxels; classes {np.unique(a)}")
     if args.spacing != [2.5, 0.8, 0.8] and not args.brain:  # a brain's crop: other grids
-        _at_model_voxels(folder, ct, args.spacing, ours, theirs)
+        first_stage = first if args.cascade else None
+        _at_model_voxels(folder, ct, args.spacing, ours, theirs, first_stage)
 
 
 def _at_model_voxels(
-    folder: Path, ct: np.ndarray, spacing: list[float], ours: Path, theirs: Path
+    folder: Path,
+    ct: np.ndarray,
+    spacing: list[float],
+    ours: Path,
+    theirs: Path,
+    previous: np.ndarray | None = None,
 ) -> None:
     """Where the labels part: nnU-Net's labels at the model's voxels (its preprocessing,
     its sliding window) against raysegment's OME-Zarr; and nnU-Net's logits put back in
     the CT's voxels by raysegment's interpolation (``nnunet_kinds`` of its probabilities'
-    orders) against nnU-Net's own export."""
+    orders) against nnU-Net's own export (``previous``: a cascade's first stage's map)."""
     import zarr
 
     from raysegment.data.resampled import axis_taps, filtered, nnunet_kinds
     from raysegment.infer.model import read_models
 
-    predictor, data = nnunet_preprocessed(folder, ct[None], spacing, (0,))
+    predictor, data = nnunet_preprocessed(folder, ct[None], spacing, (0,), previous=previous)
     logits = predictor.predict_logits_from_preprocessed_data(data).float()
     stored = ours.parent / f"{ours.name.split('.')[0]}.ome.zarr" / "0"
     mine = zarr.open_array(str(stored), mode="r")[:].argmax(0)

@@ -362,6 +362,11 @@ class InferConfig:
     annotations); ``{name}`` in it stands for each input's name; ``auto``: the foreground
     found on a thumbnail of each (2D) input. Blocks and tiles outside skip the model; the
     output is 0 outside."""
+    previous: Optional[str] = None
+    """A cascade's second stage (an nnU-Net ``3d_cascade_fullres`` training): its first
+    stage's label map of each input, in the input's own voxels: a folder of them, each
+    named after its input (nnU-Net's ``case.nii.gz``, raysegment's ``finalize.nifti``
+    copy), or a path in which ``{name}`` stands for each input's name."""
     skip_empty: bool = True
     """Blocks whose input is constant (slide background, absent zarr chunks) skip the model
     and keep the fill value 0."""

@@ -203,12 +203,25 @@ class ResampledSource(WrappedSource):
         antialiased linear (no entry)."""
         if self.scheme is None:
             return {}
-        pairs = zip("zyx", self.info.shape[2:], self.original.info.shape[2:], strict=True)
-        current = {a: self.info.scale[a] for a, n, _ in pairs if n > 1 and self.info.scale.get(a)}
-        back = dict(zip("zyx", self.original.info.shape[2:], strict=True))
-        sizes = dict(zip("zyx", self.info.shape[2:], strict=True))
-        new = {a: s * sizes[a] / back[a] for a, s in current.items()}
+        current, new = self._spacings(self.original)
         return nnunet_kinds(self.scheme, "probabilities", current, new)
+
+    def kinds_forward(self, which: str) -> dict[str, str]:
+        """How the ``scheme`` resamples its ``which`` (``segmentation``: a cascade's first
+        stage's label map) of ``inner``'s voxels to these (``nnunet_kinds``)."""
+        if self.scheme is None:
+            return {}
+        new, current = self._spacings(self.inner)
+        return nnunet_kinds(self.scheme, which, current, new)
+
+    def _spacings(self, other: ImageSource) -> tuple[dict[str, float], dict[str, float]]:
+        """The pixel sizes of this image and of ``other`` (of its extent, another pixel
+        count) per axis of more than one pixel."""
+        pairs = zip("zyx", self.info.shape[2:], other.info.shape[2:], strict=True)
+        mine = {a: self.info.scale[a] for a, n, _ in pairs if n > 1 and self.info.scale.get(a)}
+        theirs = dict(zip("zyx", other.info.shape[2:], strict=True))
+        sizes = dict(zip("zyx", self.info.shape[2:], strict=True))
+        return mine, {a: s * sizes[a] / theirs[a] for a, s in mine.items()}
 
     @property
     def resampled(self) -> str:
@@ -301,9 +314,9 @@ class ResampledSource(WrappedSource):
 def filtered(
     data: np.ndarray, taps: Sequence[tuple[np.ndarray, np.ndarray] | None], starts: Sequence[int]
 ) -> np.ndarray:
-    """``data`` (float32) filtered along its last ``len(taps)`` axes by each one's
-    ``filter_taps`` (None: an axis left as it is), whose indices count from ``starts``
-    (the pixel of the axis ``data`` begins at)."""
+    """``data`` (float32, or float64 kept so) filtered along its last ``len(taps)`` axes
+    by each one's ``filter_taps`` (None: an axis left as it is), whose indices count from
+    ``starts`` (the pixel of the axis ``data`` begins at)."""
     first = data.ndim - len(taps)
     for axis, (found, start) in enumerate(zip(taps, starts, strict=True), first):
         if found is None:
@@ -314,7 +327,7 @@ def filtered(
         out: np.ndarray | None = None
         for k in range(index.shape[1]):  # one tap of every output pixel at a time
             tap = np.take(data, index[:, k] - start, axis=axis)
-            tap *= weight[:, k].astype(np.float32).reshape(along)
+            tap *= weight[:, k].astype(data.dtype).reshape(along)
             out = tap if out is None else np.add(out, tap, out=out)
         data = cast(np.ndarray, out)
     return data

@@ -38,8 +38,12 @@ Read from the fold's ``checkpoint_final.pth`` and the directory's ``plans.json``
   label each region paints where it passes 0.5, later over earlier (``region_labels``:
   ``finalize.mode=labels`` gives nnU-Net's label map).
 
+- a cascade's second stage (``3d_cascade_fullres``): its input, the image's channels,
+  then one per foreground label of the first stage's label map (``previous_labels``),
+  which ``previous=`` gives (``data.previous``).
+
 Not run: channels normalized some within the nonzero region, others not, other
-architectures, cascades' second stages (their input holds the first stage's output).
+architectures.
 """
 
 from __future__ import annotations
@@ -149,14 +153,12 @@ def read_nnunet(fold: str) -> tuple[bytes, dict[str, Any], str]:
     name = str(checkpoint.get("init_args", {}).get("configuration") or _configuration(folder))
     config = _resolved(plans, name, folder)
     where = f"{fold} ({name})"
-    if config.get("previous_stage"):
-        raise ModelLoadError(
-            f"{where}: a cascade's second stage, whose input holds the first stage's output, "
-            f"which raysegment does not run; segment the images with nnU-Net"
-        )
     classes, outputs = _classes(dataset, where)
     names = dataset.get("channel_names") or dataset.get("modality") or {}
     channels = len(names)
+    # A cascade's second stage: its input, the image's channels, then one per foreground
+    # label of the first stage's label map.
+    previous = _foreground_labels(dataset) if config.get("previous_stage") else []
     patch = [int(v) for v in config["patch_size"]]
     dims = len(patch)
     order = [int(a) for a in plans.get("transpose_forward", range(3))]
@@ -168,7 +170,7 @@ def read_nnunet(fold: str) -> tuple[bytes, dict[str, Any], str]:
     elif dims == 2:  # on z planes: the in-plane axes' order
         order = [a - 1 for a in order[1:]]
     back = [order.index(a) for a in range(dims)]
-    network = _network(config, channels, len(classes), where)
+    network = _network(config, channels + len(previous), len(classes), where)
     weights = {
         k.removeprefix("module.").removeprefix("_orig_mod."): v
         for k, v in checkpoint["network_weights"].items()
@@ -188,7 +190,7 @@ def read_nnunet(fold: str) -> tuple[bytes, dict[str, Any], str]:
     steps = [strides[order.index(a)] for a in range(dims)]  # in the image's axis order
     module = _transposed(network.eval(), order, back, across is not None)
     example = torch.zeros(
-        (1, channels, *(1 if a == across else 2 * s for a, s in enumerate(steps)))
+        (1, channels + len(previous), *(1 if a == across else 2 * s for a, s in enumerate(steps)))
     )
     buffer = io.BytesIO()
     with torch.no_grad(), warnings.catch_warnings():
@@ -203,7 +205,7 @@ def read_nnunet(fold: str) -> tuple[bytes, dict[str, Any], str]:
     else:
         spaced = ["zyx"[3 - dims + a] for a in order]
     meta: dict[str, Any] = {
-        "in_channels": channels,
+        "in_channels": channels + len(previous),
         "spatial_dims": dims,
         "classes": classes,
         **outputs,
@@ -213,10 +215,13 @@ def read_nnunet(fold: str) -> tuple[bytes, dict[str, Any], str]:
         "tile_spread": True,
         # Its cases' files: case_0000, case_0001, ... the channels named so.
         "channel_files": [str(names[k]) for k in sorted(names, key=int)],
-        **_normalization(plans, config, channels, where),
+        **_normalization(plans, config, channels, where, len(previous)),
         **_spacing(plans, config, spaced),
-        **_resampling(config, where),
+        **_resampling(config, where, bool(previous)),
     }
+    if previous:
+        meta["previous_labels"] = previous
+        meta["previous_stage"] = str(config["previous_stage"])
     digest = hashlib.sha256()
     for file in (Path(fold) / CHECKPOINT, folder / "plans.json", folder / "dataset.json"):
         digest.update(hashlib.sha256(file.read_bytes()).digest())
@@ -226,6 +231,15 @@ def read_nnunet(fold: str) -> tuple[bytes, dict[str, Any], str]:
 def _values(label: Any) -> list[int]:
     """A ``dataset.json`` label's values: a class's one, a region's several."""
     return [int(v) for v in label] if isinstance(label, (list, tuple)) else [int(label)]
+
+
+def _foreground_labels(dataset: dict[str, Any]) -> list[int]:
+    """The dataset's label values but the background (0) and the ignore label, ascending:
+    the labels of a first stage's map a cascade's second stage takes a channel each of
+    (nnU-Net's ``LabelManager.foreground_labels``)."""
+    labels = dataset.get("labels", {})
+    values = {v for k, label in labels.items() if k != "ignore" for v in _values(label)}
+    return sorted(values - {0})
 
 
 def dataset_regions(dataset: dict[str, Any]) -> dict[str, list[int]] | None:
@@ -422,11 +436,12 @@ def _network(config: dict[str, Any], channels: int, classes: int, where: str) ->
 
 
 def _normalization(
-    plans: dict[str, Any], config: dict[str, Any], channels: int, where: str
+    plans: dict[str, Any], config: dict[str, Any], channels: int, where: str, labels: int = 0
 ) -> dict[str, Any]:
     """The configuration's normalization as ``MODEL_META``'s ``normalize``: one for every
     channel, or each channel's own (``channels``: a CT's and a PET's, as nnU-Net plans a
-    channel named CT and the others)."""
+    channel named CT and the others; ``labels``: a cascade's channels of the first
+    stage's labels after the image's, each left as it is)."""
     schemes = list(config.get("normalization_schemes") or ["ZScoreNormalization"] * channels)
     # nnU-Net crops every image to its nonzero box; a Z-score within the nonzero region
     # itself where the plans say (a normalization of other schemes ignores the mask).
@@ -445,6 +460,8 @@ def _normalization(
             f"the plans the training was made with"
         )
     each = [_scheme(s, plans, c, where) for c, s in enumerate(schemes)]
+    if labels and any(each):
+        return {"normalize": {"channels": each + [{}] * labels}, **crop}
     if len(set(schemes)) > 1 or (schemes[0] == "CTNormalization" and channels > 1):
         return {"normalize": {"channels": each}, **crop}
     (scheme,), (first,) = set(schemes), each[:1]
@@ -504,10 +521,11 @@ _RESAMPLING = "resample_data_or_seg_to_shape"
 """nnU-Net's own resampling function, which plans name for the images and the output."""
 
 
-def _resampling(config: dict[str, Any], where: str) -> dict[str, Any]:
+def _resampling(config: dict[str, Any], where: str, labels: bool = False) -> dict[str, Any]:
     """How the configuration resamples the images and the output back, as ``MODEL_META``'s
-    ``resampling`` (``resampled.nnunet_kinds``); none where it names another function
-    than nnU-Net's own.
+    ``resampling`` (``resampled.nnunet_kinds``), and with ``labels`` (a cascade's second
+    stage) the first stage's label map (``segmentation``); none where it names another
+    function than nnU-Net's own.
 
     Raises:
         ModelLoadError: an interpolation order raysegment does not run (it runs 0, 1, 3).
@@ -517,8 +535,11 @@ def _resampling(config: dict[str, Any], where: str) -> dict[str, Any]:
     if config.get("resampling_fn_data", _RESAMPLING) != _RESAMPLING:
         return {}
     scheme: dict[str, Any] = {}
-    for which, order in (("data", 3), ("probabilities", 1)):  # and nnU-Net's defaults
-        given = config.get(f"resampling_fn_{which}_kwargs") or {}
+    kinds = [("data", "data", 3), ("probabilities", "probabilities", 1)]
+    if labels:
+        kinds.append(("segmentation", "seg", 1))
+    for which, fn, order in kinds:  # and nnU-Net's defaults
+        given = config.get(f"resampling_fn_{fn}_kwargs") or {}
         orders = [int(given.get("order", order)), int(given.get("order_z", 0))]
         if any(o not in ORDERS for o in orders):
             raise ModelLoadError(

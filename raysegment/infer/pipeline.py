@@ -25,7 +25,8 @@ from raysegment.config import InferConfig, as_config, config_to_dict
 from raysegment.data.channels import ChannelFilesSource, channel_cases
 from raysegment.data.inputs import resolve_inputs
 from raysegment.data.nonzero import Nonzero, NonzeroSource, nonzero_region
-from raysegment.data.resampled import ResampledSource, resample_sizes, resampled_to
+from raysegment.data.previous import PreviousLabelsSource, resampling_of
+from raysegment.data.resampled import resample_sizes, resampled_to
 from raysegment.data.sources import (
     MICROMETRES,
     ImageSource,
@@ -462,7 +463,83 @@ def _open_images(
     sources, found = _nonzero_regions(cfg, sources, models[0].meta)
     if cfg.resample:
         sources = [_resampled(cfg, s, models, nz) for s, nz in zip(sources, found, strict=True)]
+    if cfg.previous or models[0].meta.get("previous_labels"):
+        pairs = zip(sources, found, strict=True)
+        sources = [_with_previous(cfg, s, nz, models[0]) for s, nz in pairs]
     return sources, found
+
+
+def _with_previous(
+    cfg: InferConfig, source: ImageSource, nonzero: Nonzero | None, model: ModelFile
+) -> ImageSource:
+    """``source`` with its earlier stage's labels as further channels (``previous``), as
+    a cascade's second stage takes it (``PreviousLabelsSource``).
+
+    Raises:
+        ConfigError: ``previous`` for a model that takes none, or none for one that does;
+            with ``channels``.
+        InputImageError: no label map of the image, or several.
+    """
+    values = model.meta.get("previous_labels")
+    if not values:
+        raise ConfigError(
+            f"previous={cfg.previous}: {model.path} takes the image alone, not an earlier "
+            f"stage's labels (it is no cascade's second stage): drop previous="
+        )
+    stage = model.meta.get("previous_stage", "its first stage")
+    if not cfg.previous:
+        raise ConfigError(
+            f"{model.path}: a cascade's second stage, which takes the labels {stage} found "
+            f"in each image: run {stage} first, then give previous= its label maps (a folder "
+            f"of <name>.nii.gz in the images' voxels: nnU-Net's output, or raysegment's with "
+            f"finalize.nifti=true finalize.nifti_labels=true)"
+        )
+    if cfg.channels:
+        raise ConfigError(
+            f"channels={list(cfg.channels)}: a cascade's second stage takes every channel of "
+            f"the image, then the earlier stage's labels; drop channels="
+        )
+    path = _previous_file(cfg.previous, source.name)
+    opened = open_sources(path, None, 0)
+    if len(opened) != 1:
+        raise InputImageError(
+            f"{path}: holds {len(opened)} images; the earlier stage's label map of "
+            f"{source.name} is one"
+        )
+    box = nonzero.box if nonzero is not None and not nonzero.whole else None
+    return PreviousLabelsSource(source, opened[0], [int(v) for v in values], box)
+
+
+def _previous_file(previous: str, name: str) -> str:
+    """The earlier stage's label map of the image ``name``: ``previous`` with ``{name}``
+    in it, else the one file of the folder ``previous`` named ``name`` (whatever its
+    image suffixes)."""
+    if "{name}" in previous:
+        path = previous.replace("{name}", name)
+        if not storage.exists(path):
+            raise InputImageError(
+                f"{path}: no such file, the earlier stage's label map of {name} (previous="
+                f"{previous}); run the first stage on {name}, or give previous= its maps"
+            )
+        return path
+    if not storage.is_dir(previous):
+        raise InputImageError(
+            f"previous={previous}: no such folder; give the folder of the earlier stage's "
+            f"label maps, or a path with {{name}} for each image's name"
+        )
+    found = [
+        storage.join(previous, f)
+        for f in storage.listdir(previous)
+        if image_stem(f) == name and not f.endswith((".zarr", ".zarr/"))
+    ]
+    if len(found) != 1:
+        what = "none" if not found else ", ".join(storage.basename(f) for f in sorted(found))
+        raise InputImageError(
+            f"{previous}: the earlier stage's label map of {name} should be one file named "
+            f"{name} (e.g. {name}.nii.gz); found {what}: run the first stage on {name}, or "
+            f"give previous= a path with {{name}}"
+        )
+    return found[0]
 
 
 def _case(cfg: InferConfig, name: str | None, files: list[str], level: int) -> list[ImageSource]:
@@ -637,7 +714,7 @@ def _off_pixel(cfg: InferConfig, plans: list[ImagePlan], models: tuple[ModelFile
 
 def _resamples(plans: list[ImagePlan]) -> str:
     """The images ``resample`` read resampled, and the levels they were read from."""
-    done = [p.source for p in plans if isinstance(p.source, ResampledSource)]
+    done = [r for r in (resampling_of(p.source) for p in plans) if r is not None]
     if not done:
         return "resample: every image was at the pixel size asked for already"
     levels = Counter(s.inner.level for s in done if s.inner.level > 0)
@@ -853,6 +930,7 @@ def _complete(
             classes = cfg.finalize.mode.value in ("mask", "labels")
             # Labels of the probabilities once back in the input's voxels.
             labels = labels_of(plan.threshold, plan.regions) if cfg.finalize.nifti_labels else None
+            resampled = resampling_of(plan.source)
             write_nifti(
                 storage.join(out, "0"),
                 layout.axes,
@@ -860,7 +938,7 @@ def _complete(
                 copy,
                 original.info.shape[2:],
                 classes,
-                plan.source.kinds_back() if isinstance(plan.source, ResampledSource) else None,
+                resampled.kinds_back() if resampled is not None else None,
                 labels,
             )
         if cfg.finalize.dicom_seg:

@@ -16,7 +16,7 @@ import numpy as np
 from raysegment.config import InferConfig, NormalizeMode, config_to_dict
 from raysegment.data.channels import ChannelFilesSource
 from raysegment.data.nonzero import Nonzero
-from raysegment.data.resampled import ResampledSource
+from raysegment.data.previous import PreviousLabelsSource, resampling_of
 from raysegment.data.sources import ImageSource, TiffSequenceSource
 from raysegment.data.tiling import Block, Tiling, block_at, block_grid, overlap_pixels
 from raysegment.errors import ConfigError, InputImageError
@@ -407,12 +407,19 @@ def model_normalization(
     n = len(channels)
     if "channels" in norm:  # each channel's, of the channels measured together
         keys = [json.dumps(e, sort_keys=True) for e in norm["channels"]]
-        found = {  # each normalization once (a sample read once for all its channels)
-            k: model_normalization(e, source, channels, nonzero)
-            for k, e in zip(keys, norm["channels"], strict=True)
-        }
-        each = [found[k] for k in keys]
-        return tuple(each[i][0][i] for i in range(n)), tuple(each[i][1][i] for i in range(n))
+
+        def measured(entry: dict[str, Any]) -> dict[int, tuple[float, float]]:
+            # Of the nonzero region's channels (the image's, not a cascade's labels').
+            over = channels
+            if nonzero is not None and (entry.get("moments") or "percentile" in entry):
+                over = tuple(c for c in channels if c in nonzero.channels)
+            got = model_normalization(entry, source, over, nonzero)
+            return dict(zip(over, zip(*got, strict=True), strict=True))
+
+        # Each normalization once (a sample read once for all its channels).
+        found = {k: measured(e) for k, e in zip(keys, norm["channels"], strict=True)}
+        each = [found[k][c] for k, c in zip(keys, channels, strict=False)]
+        return tuple(o for o, _ in each), tuple(s for _, s in each)
     joint = bool(norm.get("joint"))
     eps = float(norm.get("eps", 0.0))
     whole = nonzero is not None and not joint and nonzero.channels == channels
@@ -670,7 +677,7 @@ def physical(
     its own (``voxel_size`` was its input's)."""
     scale, units = dict(source.info.scale), dict(source.info.units)
     origin = {a: o for a, o in source.info.origin.items() if a in axes}
-    if cfg.voxel_size is None or isinstance(source, ResampledSource):
+    if cfg.voxel_size is None or resampling_of(source) is not None:
         return scale, units, origin
     spatial = [a for a in "zyx" if a in axes]
     if len(cfg.voxel_size) > len(spatial) or len(cfg.voxel_size) < len(spatial) - 1:
@@ -711,6 +718,7 @@ def provenance(
             **_sequence_of(plan.source),
             **_channel_files_of(plan.source),
             **_resampled_of(plan.source),
+            **_previous_of(plan.source),
             "shape_tczyx": list(plan.source.info.shape),
             "dtype": str(plan.source.info.dtype),
             "channels": list(plan.channels),
@@ -743,10 +751,20 @@ def _labels_of(plan: ImagePlan) -> dict[str, Any]:
 def _resampled_of(source: ImageSource) -> dict[str, Any]:
     """A resampled image in the provenance: the shape it was read from (the level's, of
     ``level``) and the pixel size it was read at."""
-    if not isinstance(source, ResampledSource):
+    resampling = resampling_of(source)
+    if resampling is None:
         return {}
-    scale = {a: source.info.scale[a] for a in source.resampled}
-    return {"resampled": {"from_shape_tczyx": list(source.inner.info.shape), "scale": scale}}
+    scale = {a: resampling.info.scale[a] for a in resampling.resampled}
+    shape = list(resampling.inner.info.shape)
+    return {"resampled": {"from_shape_tczyx": shape, "scale": scale}}
+
+
+def _previous_of(source: ImageSource) -> dict[str, Any]:
+    """A cascade's earlier stage's labels in the provenance: the label map's file and the
+    labels it gave a channel each."""
+    if not isinstance(source, PreviousLabelsSource):
+        return {}
+    return {"previous": {"file": source.labels.path, "labels": list(source.values)}}
 
 
 def _channel_files_of(source: ImageSource) -> dict[str, Any]:

@@ -451,3 +451,61 @@ def test_a_volume_is_resampled_along_z_too(tmp_path, make_model) -> None:
     want = whole_image_prediction(module, whole.read(0, (0,), tuple((0, n) for n in shape))[0])
     assert got.shape == (1, *shape)
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-4)
+
+
+@pytest.mark.parametrize(
+    ("spacing", "new"),
+    [
+        ((2.5, 1.0, 1.0), (2.5, 0.5, 0.5)),  # in-plane twice: ties at every edge
+        ((4.0, 1.0, 1.0), (2.0, 0.625, 0.625)),  # anisotropic: z the nearest plane apart
+        ((1.0, 1.0, 1.0), (0.8, 1.5, 0.7)),  # isotropic: linear along every axis
+    ],
+)
+def test_an_earlier_stages_labels_are_resampled_as_nnunet_resamples_segmentations(
+    spacing, new
+) -> None:
+    """A cascade's first stage's label map (labels 0 to 3, meeting three at a time) read
+    at the image's resampled voxels: one channel per foreground label of nnU-Net's
+    ``resample_data_or_seg_to_shape(..., is_seg=True)`` of it (each label's indicator
+    interpolated, each voxel the highest's; ties to the nearest voxel's label where it is
+    one of them), in any block."""
+    from scipy.ndimage import zoom
+
+    from raysegment.data.previous import PreviousLabelsSource
+
+    resampling = pytest.importorskip("nnunetv2.preprocessing.resampling.default_resampling")
+    rng = np.random.default_rng(4)
+    shape = (6, 21, 18)
+    coarse = rng.integers(0, 4, (3, 7, 6))
+    labels = zoom(coarse, [n / c for n, c in zip(shape, coarse.shape, strict=True)], order=0)
+    image = rng.random(shape, dtype=np.float32) + 1
+
+    def physical(source):
+        return dict(zip("zyx", spacing, strict=True)), {}, {}
+
+    resampled = resampled_to(
+        MemorySource(image[None, None], "mem", "mem"),
+        dict(zip("zyx", new, strict=True)),
+        "",
+        physical,
+        pyramid=False,
+        scheme={**_NNUNET, "segmentation": [1, 0]},
+    )
+    source = PreviousLabelsSource(
+        resampled, MemorySource(labels[None, None].astype(np.uint8), "map", "map"), [1, 2, 3]
+    )
+    target = source.info.shape[2:]
+    assert source.info.shape[1] == 4 and source.info.dtype == np.float32
+    want = resampling.resample_data_or_seg_to_shape(
+        labels[None].astype(np.int16), target, spacing, new, True, 1, 0, None
+    )[0]
+    whole = tuple((0, n) for n in target)
+    got = source.read(0, (1, 2, 3), whole)
+    for k, value in enumerate((1, 2, 3)):
+        np.testing.assert_array_equal(got[k], want == value, err_msg=f"label {value}")
+    np.testing.assert_array_equal(source.read(0, (0,), whole), resampled.read(0, (0,), whole))
+    region = ((1, target[0]), (3, target[1] - 2), (5, 9))
+    part = source.read(0, (3, 0, 1), region)
+    cut = tuple(slice(a, b) for a, b in region)
+    np.testing.assert_array_equal(part[0], got[2][cut])
+    np.testing.assert_array_equal(part[2], got[0][cut])

@@ -157,6 +157,8 @@ def write_training(
         **({"regions_class_order": regions} if regions else {}),
     }
     outputs = len(regions) if regions else len(labels)
+    # A cascade's second stage: a channel per foreground label of the first stage's map.
+    inputs = len(channels) + (len(named) - 1 if extra.get("previous_stage") else 0)
     folder = root / f"nnUNetTrainer__nnUNetPlans__{configuration}"
     folder.mkdir(parents=True)
     (folder / "plans.json").write_text(json.dumps(plans))
@@ -167,7 +169,7 @@ def write_training(
     kwargs["nonlin"] = torch.nn.LeakyReLU
     for fold in folds:
         torch.manual_seed(int(fold) if fold.isdigit() else 99)
-        net = PlainConvUNet(len(channels), num_classes=outputs, deep_supervision=True, **kwargs)
+        net = PlainConvUNet(inputs, num_classes=outputs, deep_supervision=True, **kwargs)
         for m in net.modules():  # weights that make the classes differ, as a trained net's
             if isinstance(m, torch.nn.modules.instancenorm._InstanceNorm):
                 torch.nn.init.normal_(m.weight, 1.0, 0.5)
@@ -205,18 +207,24 @@ def _predictor(folder: Path, folds: tuple, mirror: bool = False) -> Any:
 
 
 def nnunet_preprocessed(
-    folder: Path, image: np.ndarray, spacing: list[float], folds: tuple, mirror: bool = False
+    folder: Path,
+    image: np.ndarray,
+    spacing: list[float],
+    folds: tuple,
+    mirror: bool = False,
+    previous: np.ndarray | None = None,
 ) -> tuple[Any, torch.Tensor]:
     """nnU-Net's predictor of the training's ``folds`` and ``image`` (C, Z, Y, X) at
     ``spacing`` as its preprocessing gives it to the network (transposed, cropped to the
-    nonzero box, normalized, resampled), the crop put back in the image's extent with
+    nonzero box, normalized, resampled; a cascade's with the one-hot channels of the first
+    stage's label map ``previous``, Z, Y, X), the crop put back in the image's extent with
     zeros around it (``_uncropped``): float32."""
     from nnunetv2.inference.data_iterators import PreprocessAdapterFromNpy
 
     predictor = _predictor(folder, folds, mirror)
     adapter = PreprocessAdapterFromNpy(
         [image.astype(np.float32)],
-        [None],
+        [None if previous is None else previous[None].astype(np.int16)],
         [{"spacing": spacing}],
         [None],
         predictor.plans_manager,
@@ -246,18 +254,24 @@ def _uncropped(data: torch.Tensor, properties: dict) -> torch.Tensor:
 
 
 def nnunet_logits(
-    folder: Path, image: np.ndarray, spacing: list[float], folds: tuple, mirror: bool = False
+    folder: Path,
+    image: np.ndarray,
+    spacing: list[float],
+    folds: tuple,
+    mirror: bool = False,
+    previous: np.ndarray | None = None,
 ) -> np.ndarray:
     """The oracle: ``image`` (C, Z, Y, X) at ``spacing`` preprocessed by nnU-Net's own
     preprocessing (its normalization, its transposition), through nnU-Net's own network
     with each fold's weights, whole (2D networks plane by plane), the folds' logits
     averaged and transposed back: (classes, Z, Y, X) float32. ``mirror``: each through
-    nnU-Net's test-time augmentation (3D networks).
+    nnU-Net's test-time augmentation (3D networks); ``previous``: a cascade's first
+    stage's label map.
 
     (nnU-Net's sliding window sums its tiles in float16, its output a few 1e-3 off at
     tile centres and more at their edges: the oracle is its model on the whole image,
     as raysegment runs it in one tile.)"""
-    predictor, data = nnunet_preprocessed(folder, image, spacing, folds, mirror)
+    predictor, data = nnunet_preprocessed(folder, image, spacing, folds, mirror, previous)
     network, total = predictor.network.eval(), 0
     for params in predictor.list_of_parameters:
         network.load_state_dict(params)
@@ -275,11 +289,20 @@ def nnunet_logits(
 
 
 def nnunet_labels(
-    folder: Path, image: np.ndarray, spacing: list[float], folds: tuple
+    folder: Path,
+    image: np.ndarray,
+    spacing: list[float],
+    folds: tuple,
+    previous: np.ndarray | None = None,
 ) -> np.ndarray:
-    """nnU-Net's own prediction of ``image`` (C, Z, Y, X): its labels."""
+    """nnU-Net's own prediction of ``image`` (C, Z, Y, X): its labels (a cascade's, of the
+    first stage's label map ``previous``)."""
     return _predictor(folder, folds).predict_single_npy_array(
-        image.astype(np.float32), {"spacing": spacing}, None, None, False
+        image.astype(np.float32),
+        {"spacing": spacing},
+        None if previous is None else previous[None].astype(np.int16),
+        None,
+        False,
     )
 
 
@@ -832,7 +855,6 @@ def test_earlier_plans_build_the_same_network(tmp_path) -> None:
             r"some channels within each image's nonzero region and others not",
         ),
         ({"normalization_schemes": ["MyNormalization"]}, "normalization MyNormalization"),
-        ({"previous_stage": "3d_lowres"}, "cascade's second stage"),
         (
             {"resampling_fn_data_kwargs": {"order": 5, "order_z": 0}},
             r"resamples its data with spline order \[5, 0\]",
@@ -935,3 +957,121 @@ def test_a_missing_network_package_is_named(tmp_path, monkeypatch) -> None:
     monkeypatch.setitem(sys.modules, "dynamic_network_architectures", None)
     with pytest.raises(ModelLoadError, match=r"pip install 'raysegment\[nnunet\]'"):
         read_models([str(folder / "fold_0")])
+
+
+def _first_stage(shape: tuple[int, int, int], seed: int = 1) -> np.ndarray:
+    """A first stage's label map of ``shape``: blobs of labels 1 and 2 (uint8)."""
+    from scipy import ndimage
+
+    field = ndimage.gaussian_filter(np.random.default_rng(seed).random(shape), 3)
+    return np.digitize(field, np.quantile(field, [0.6, 0.85])).astype(np.uint8)
+
+
+def _cascade(tmp_path: Path, **kwargs: Any) -> Path:
+    """A cascade's second stage (``3d_cascade_fullres`` after ``3d_lowres``)."""
+    return write_training(
+        tmp_path / "results",
+        configuration="3d_cascade_fullres",
+        previous_stage="3d_lowres",
+        **kwargs,
+    )
+
+
+@pytest.mark.usefixtures("ray_session")
+def test_a_cascades_second_stage_takes_the_first_stages_labels_as_nnunet_does(tmp_path) -> None:
+    """A CT of 1.25 x 0.64 x 0.64 mm and its first stage's label map (labels 1 and 2 in
+    the CT's voxels): ``previous=`` their folder; the map is resampled as nnU-Net
+    resamples segmentations (each label's indicator linearly in-plane, the nearest plane
+    along z, each voxel the highest's label) and given as a channel per label after the
+    CT's, so the logits are nnU-Net's model's on the input nnU-Net preprocesses."""
+    folder = _cascade(tmp_path)
+    (model,) = read_models([str(folder)])
+    meta = model.meta
+    assert meta["in_channels"] == 3 and meta["previous_labels"] == [1, 2]
+    assert meta["previous_stage"] == "3d_lowres" and meta["resampling"]["segmentation"] == [1, 0]
+    entries = meta["normalize"]["channels"]
+    assert entries[0]["clip"] and entries[1:] == [{}, {}]
+    ct = (random_image((24, 60, 50)) * 2.5 - 1000).astype(np.int16)
+    affine = np.diag([0.64, 0.64, 1.25, 1.0])
+    write_nifti(tmp_path / "ct.nii.gz", ct, affine)
+    first = _first_stage(ct.shape)
+    (tmp_path / "lowres").mkdir()
+    write_nifti(tmp_path / "lowres" / "ct.nii.gz", first, affine)
+    summary, got = _run(
+        tmp_path,
+        tmp_path / "ct.nii.gz",
+        folder,
+        resample=True,
+        previous=str(tmp_path / "lowres"),
+        tile={"size": [12, 48, 40]},
+        finalize={"mode": "raw"},
+    )
+    assert "resampled 1 of 1" in summary.levels
+    want = nnunet_logits(folder, ct[None], [1.25, 0.64, 0.64], (0,), previous=first)
+    assert got.shape == want.shape == (3, 12, 48, 40)
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+    attrs = zarr.open_group(str(tmp_path / "out" / "ct.ome.zarr"), mode="r").attrs
+    assert attrs["raysegment"]["input"]["previous"] == {
+        "file": str(tmp_path / "lowres" / "ct.nii.gz"),
+        "labels": [1, 2],
+    }
+
+
+@pytest.mark.usefixtures("ray_session")
+def test_a_cascades_first_stage_labels_count_within_the_nonzero_box_only(tmp_path) -> None:
+    """An MR padded with zero planes, a first stage's map with labels in them too
+    (``previous=`` a path of ``{name}``): nnU-Net crops both to the nonzero box, so the
+    labels beyond it are none to the model; the logits are nnU-Net's within the box, 0
+    outside it, and the labels of tiles laid as nnU-Net lays them are its prediction's."""
+    folder = _cascade(tmp_path, channels=("T2",), labels=("background", "lesion"), zscore="box")
+    assert read_models([str(folder)])[0].meta["previous_labels"] == [1]
+    mri = _brain(1, (32, 64, 48), padding=8)
+    affine = np.diag([0.8, 0.8, 2.5, 1.0])
+    write_nifti(tmp_path / "brain.nii.gz", mri[0], affine)
+    first = (_first_stage(mri.shape[1:], seed=2) > 0).astype(np.uint8)
+    assert first[:8].any() and first[24:].any()
+    write_nifti(tmp_path / "brain_lowres.nii.gz", first, affine)
+    previous = str(tmp_path / "{name}_lowres.nii.gz")
+    _, got = _run(
+        tmp_path,
+        tmp_path / "brain.nii.gz",
+        folder,
+        previous=previous,
+        tile={"size": [32, 64, 48]},
+        finalize={"mode": "raw"},
+    )
+    want = nnunet_logits(folder, mri, [2.5, 0.8, 0.8], (0,), previous=first)
+    np.testing.assert_allclose(got[:, 8:24], want[:, 8:24], rtol=1e-4, atol=1e-4)
+    assert not got[:, :8].any() and not got[:, 24:].any()
+    _, labels = _run(
+        tmp_path,
+        tmp_path / "brain.nii.gz",
+        folder,
+        previous=previous,
+        overwrite=True,
+        tile={"overlap": 0.5, "size": [16, 32, 32]},
+        finalize={"mode": "labels"},
+    )
+    want = nnunet_labels(folder, mri, [2.5, 0.8, 0.8], (0,), previous=first)
+    # nnU-Net sums its tiles in float16, which tips voxels where the weights are least:
+    # the box's first and last planes, its tiles one deep along z (0.998 here).
+    assert len(np.unique(want)) > 1 and (labels[0] == want).mean() > 0.995
+
+
+@pytest.mark.usefixtures("ray_session")
+def test_a_cascades_first_stage_labels_missing_or_given_in_vain_are_one_error(tmp_path) -> None:
+    from raysegment.errors import ConfigError
+
+    cascade = _cascade(tmp_path / "cascade")
+    plain = write_training(tmp_path / "plain")
+    _ct((8, 32, 32), tmp_path / "ct.nii.gz")
+    (tmp_path / "lowres").mkdir()
+    with pytest.raises(ConfigError, match="after 3d_lowres|run 3d_lowres first"):
+        _run(tmp_path, tmp_path / "ct.nii.gz", cascade)
+    with pytest.raises(InputImageError, match="label map of ct should be one file named ct"):
+        _run(tmp_path, tmp_path / "ct.nii.gz", cascade, previous=str(tmp_path / "lowres"))
+    write_nifti(tmp_path / "lowres" / "ct.nii.gz", np.zeros((8, 32, 16), np.uint8), np.eye(4))
+    with pytest.raises(InputImageError, match=r"\(8, 32, 32\)"):
+        _run(tmp_path, tmp_path / "ct.nii.gz", cascade, previous=str(tmp_path / "lowres"))
+    with pytest.raises(ConfigError, match="not an earlier stage's labels.*drop previous="):
+        _run(tmp_path, tmp_path / "ct.nii.gz", plain, previous=str(tmp_path / "lowres"))
