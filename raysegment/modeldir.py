@@ -29,4 +29,9 @@ resampling: how its images were resampled ({"data": [order, order_z], "probabili
 normalization takes, the tiles over the box only) or "mask" (and normalized within the
 nonzero region itself: ``data.nonzero``), and tile_spread: true (tiles spread evenly over
 each axis, as nnU-Net's sliding window lays them), and channel_files: its channels' names,
-a case's files ``case_0000``, ``case_0001``, ... its channels (``data.channels``)."""
+a case's files ``case_0000``, ``case_0001``, ... its channels (``data.channels``). A
+cascade's second stage's (any model's that takes an earlier stage's labels) gives
+previous_labels: the label values of the earlier stage's map each of its last input
+channels is the indicator of, after the image's (``previous=`` gives the maps:
+``data.previous``), previous_stage (the earlier stage's name, for its errors) and
+resampling's "segmentation" orders (how the map is resampled)."""

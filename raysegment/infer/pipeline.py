@@ -39,7 +39,7 @@ from raysegment.data.sources import (
     reader_module,
 )
 from raysegment.data.tiling import block_grid, seam_repeats
-from raysegment.errors import ConfigError, InputImageError, OutputError
+from raysegment.errors import ConfigError, InputImageError, ModelContractError, OutputError
 from raysegment.infer.attempts import devices, forget, start_ledger
 from raysegment.infer.mask import AUTO, Mask, auto_mask, open_mask
 from raysegment.infer.model import ModelFile, ModelSpec, ensemble_sha256, probe_models, read_models
@@ -478,9 +478,18 @@ def _with_previous(
     Raises:
         ConfigError: ``previous`` for a model that takes none, or none for one that does;
             with ``channels``.
+        ModelContractError: ``previous_labels`` other than labels from 1 on.
         InputImageError: no label map of the image, or several.
     """
     values = model.meta.get("previous_labels")
+    if values is not None and (
+        not isinstance(values, list)
+        or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in values)
+    ):
+        raise ModelContractError(
+            f"{model.path}: previous_labels {values!r}; give the earlier stage's labels its "
+            f'last input channels are each the indicator of (e.g. "previous_labels": [1, 2])'
+        )
     if not values:
         raise ConfigError(
             f"previous={cfg.previous}: {model.path} takes the image alone, not an earlier "
