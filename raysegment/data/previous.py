@@ -63,11 +63,17 @@ class PreviousLabelsSource(WrappedSource):
         self.resampling = resampling_of(image)
         grid = (self.resampling.inner if self.resampling else image).info.shape[2:]
         found = labels.info.shape
-        if found[2:] != grid or found[1] != 1:
+        if found[1] != 1:
             raise InputImageError(
-                f"{labels.where}: the earlier stage's labels are {found[1]} channel(s) of "
-                f"{found[2:]} (z, y, x) voxels; the image {image.where} is {grid}: give the "
-                f"earlier stage's label map of this image, in its voxels"
+                f"{labels.where}: {found[1]} channels (probabilities?) for the earlier "
+                f"stage's label map of {image.where}; give its labels, one channel (run the "
+                f"stage with finalize.mode=labels, or finalize.nifti_labels=true)"
+            )
+        if found[2:] != grid:
+            raise InputImageError(
+                f"{labels.where}: the earlier stage's label map is {found[2:]} (z, y, x) "
+                f"voxels; the image {image.where} is {grid}: give the earlier stage's map "
+                f"of this image, in its own voxels"
             )
         super().__init__([image, labels])
 
@@ -114,7 +120,8 @@ class PreviousLabelsSource(WrappedSource):
             box if found is None else (int(found[0].min()), int(found[0].max()) + 1)
             for box, found in zip(region, taps, strict=True)
         )
-        read = self.labels.read(t, (0,), boxes)[0].astype(np.int64)
+        read = self.labels.read(t, (0,), boxes)[0]
+        read = (np.rint(read) if read.dtype.kind == "f" else read).astype(np.int64)
         if self.box is not None:
             read[~inside_box(boxes, self.box)] = 0
         if all(found is None for found in taps):

@@ -1071,7 +1071,13 @@ def test_a_cascades_first_stage_labels_missing_or_given_in_vain_are_one_error(tm
     with pytest.raises(InputImageError, match="label map of ct should be one file named ct"):
         _run(tmp_path, tmp_path / "ct.nii.gz", cascade, previous=str(tmp_path / "lowres"))
     write_nifti(tmp_path / "lowres" / "ct.nii.gz", np.zeros((8, 32, 16), np.uint8), np.eye(4))
-    with pytest.raises(InputImageError, match=r"\(8, 32, 32\)"):
+    with pytest.raises(InputImageError, match=r"is \(8, 32, 16\) .* is \(8, 32, 32\)"):
+        _run(tmp_path, tmp_path / "ct.nii.gz", cascade, previous=str(tmp_path / "lowres"))
+    import nibabel  # a first stage's probabilities: a channel a class
+
+    probabilities = nibabel.Nifti1Image(np.zeros((32, 32, 8, 1, 3), np.float32), np.eye(4))
+    nibabel.save(probabilities, str(tmp_path / "lowres" / "ct.nii.gz"))
+    with pytest.raises(InputImageError, match="3 channels .*finalize.nifti_labels=true"):
         _run(tmp_path, tmp_path / "ct.nii.gz", cascade, previous=str(tmp_path / "lowres"))
     with pytest.raises(ConfigError, match="not an earlier stage's labels.*drop previous="):
         _run(tmp_path, tmp_path / "ct.nii.gz", plain, previous=str(tmp_path / "lowres"))
