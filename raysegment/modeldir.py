@@ -27,7 +27,9 @@ resampling: how its images were resampled ({"data": [order, order_z], "probabili
 [...], "force_separate_z", "anisotropy"}: ``data.resampled.nnunet_kinds``), and nonzero:
 "box" (each image cropped to the box of its nonzero voxels, whose statistics a measured
 normalization takes, the tiles over the box only) or "mask" (and normalized within the
-nonzero region itself: ``data.nonzero``), and tile_spread: true (tiles spread evenly over
+nonzero region itself: ``data.nonzero``; nonzero_kept: the channels that keep their
+voxels outside the region, of fixed normalizations beside the Z-scores within it), and
+tile_spread: true (tiles spread evenly over
 each axis, as nnU-Net's sliding window lays them), and channel_files: its channels' names,
 a case's files ``case_0000``, ``case_0001``, ... its channels (``data.channels``). A
 cascade's second stage's (any model's that takes an earlier stage's labels) gives

@@ -43,7 +43,9 @@ class Nonzero:
     normalization's (holes filled), else the box is; per channel the count, mean and
     sum of squared deviations of the nonzero voxels' values (``counted``); ``holes``:
     where the region's holes are, as a box and a mask in it (None: none, or not looked
-    for: ``filled``)."""
+    for: ``filled``); ``kept``: channels whose voxels outside the region keep their
+    values, within the box (``within``: a normalization that ignores the region, beside
+    Z-scores within it, as nnU-Net's CT normalization beside them)."""
 
     shape: tuple[int, int, int]
     channels: tuple[int, ...]
@@ -55,6 +57,7 @@ class Nonzero:
     planes: tuple[tuple[np.ndarray, np.ndarray, np.ndarray], ...]
     """Per axis (z; and y, x where found for ``ranges``), per plane across it: the count
     of nonzero voxels, and per channel their least and greatest value (C, planes)."""
+    kept: tuple[int, ...] = ()
 
     @property
     def voxels(self) -> int:
@@ -107,13 +110,16 @@ class Nonzero:
             start, stop = self.box[along]
             rest = np.zeros_like(counted, bool)  # planes of the box with voxels of neither
             rest[start:stop] = counted[start:stop] + holes[start:stop] < area
-            zeros = (holes > 0) if self.within else rest
-            low[:, zeros] = np.minimum(low[:, zeros], 0)
-            high[:, zeros] = np.maximum(high[:, zeros], 0)
-            if self.within:  # outside the region: its mean
+            # Planes with voxels of 0: of a hole, or outside the region where it is not
+            # the normalization's (or a channel keeps its voxels there).
+            kept = np.array([c in self.kept for c in self.channels])[:, None]
+            zeros = ((holes > 0) | rest) if not self.within else (holes > 0) | (kept & rest)
+            low = np.where(zeros, np.minimum(low, 0), low)
+            high = np.where(zeros, np.maximum(high, 0), high)
+            if self.within:  # outside the region: its mean (but a channel keeping its own)
                 mean = self.moments()[0][:, None]
-                low = np.where(rest, np.minimum(low, mean), low)
-                high = np.where(rest, np.maximum(high, mean), high)
+                low = np.where(rest & ~kept, np.minimum(low, mean), low)
+                high = np.where(rest & ~kept, np.maximum(high, mean), high)
         for i, c in enumerate(self.channels):
             if clip and c in clip:
                 low[i], high[i] = np.clip(low[i], *clip[c]), np.clip(high[i], *clip[c])
@@ -301,8 +307,12 @@ class NonzeroSource(WrappedSource):
 
     def _read(self, t: int, channels: tuple[int, ...], region: Region) -> np.ndarray:
         data = self.inner.read(t, channels, region).astype(np.float32)
-        outside = ~self.nonzero.inside(data, region)
+        nonzero = self.nonzero
+        outside = ~nonzero.inside(data, region)
         if outside.any():
-            fill = np.array([self.fill.get(c, 0.0) for c in channels], np.float32)
-            data[:, outside] = fill[:, None]
+            beyond = outside  # the box's outside, for the channels keeping their voxels
+            if nonzero.within and any(c in nonzero.kept for c in channels):
+                beyond = ~inside_box(region, nonzero.box or ((0, 0),) * 3)
+            for i, c in enumerate(channels):
+                data[i, beyond if c in nonzero.kept else outside] = self.fill.get(c, 0.0)
         return data

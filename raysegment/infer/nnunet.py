@@ -42,8 +42,11 @@ Read from the fold's ``checkpoint_final.pth`` and the directory's ``plans.json``
   then one per foreground label of the first stage's label map (``previous_labels``),
   which ``previous=`` gives (``data.previous``).
 
-Not run: channels normalized some within the nonzero region, others not, other
-architectures.
+Channels normalized within the nonzero region beside channels of fixed normalizations (a
+CT's), which keep their voxels outside it (``nonzero_kept``), run as nnU-Net's.
+
+Not run: channels normalized within the nonzero region beside channels measured over the
+box (``RescaleTo01Normalization``), other architectures.
 """
 
 from __future__ import annotations
@@ -447,13 +450,20 @@ def _normalization(
     # itself where the plans say (a normalization of other schemes ignores the mask).
     masked = [bool(m) for m in config.get("use_mask_for_norm", [])] or [False] * channels
     within = [m and s == "ZScoreNormalization" for m, s in zip(masked, schemes, strict=False)]
-    if any(within) and not all(within):
+    # Beside Z-scores within the region, channels of fixed normalizations (a CT's) keep
+    # their voxels outside it, as nnU-Net leaves them; a measured one (the extremes of the
+    # box) is not run.
+    kept = [c for c, w in enumerate(within) if not w]
+    if any(within) and any(schemes[c] not in _FIXED for c in kept):
         raise ModelLoadError(
             f"{where}: normalizes some channels within each image's nonzero region and others "
-            f"not (use_mask_for_norm {masked} of {schemes}); raysegment normalizes every "
-            f"channel within the one region or box: segment the images with nnU-Net"
+            f"by their values over its box (use_mask_for_norm {masked} of {schemes}); "
+            f"raysegment measures every channel within the one region or box: segment the "
+            f"images with nnU-Net"
         )
-    crop = {"nonzero": "mask" if all(within) else "box"}
+    crop: dict[str, Any] = {"nonzero": "mask" if any(within) else "box"}
+    if any(within) and kept:
+        crop["nonzero_kept"] = kept
     if len(schemes) != channels:
         raise ModelLoadError(
             f"{where}: {len(schemes)} normalization_schemes for {channels} channel(s); give "
@@ -470,6 +480,10 @@ def _normalization(
     if scheme == "RGBTo01Normalization":
         return {"normalize": {"mean": [0.0] * channels, "std": [255.0] * channels}, **crop}
     return {"normalize": first, **crop}
+
+
+_FIXED = ("CTNormalization", "NoNormalization", "RGBTo01Normalization")
+"""nnU-Net's normalizations of fixed values, which a channel's nonzero region leaves alone."""
 
 
 def _scheme(scheme: str, plans: dict[str, Any], channel: int, where: str) -> dict[str, Any]:

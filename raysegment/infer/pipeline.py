@@ -596,7 +596,10 @@ def _nonzero_regions(
         channels = tuple(cfg.channels) if cfg.channels else tuple(range(count))
         if any(c >= count for c in channels):
             return None  # refused by the plan, naming the channels
-        return nonzero_region(source, channels, crop == "mask", measured, cfg.resample)
+        found = nonzero_region(source, channels, crop == "mask", measured, cfg.resample)
+        # The model's channels that keep their voxels outside the region, as the image's.
+        kept = tuple(channels[k] for k in meta.get("nonzero_kept", ()) if k < len(channels))
+        return dataclasses.replace(found, kept=kept) if kept else found
 
     with concurrent.futures.ThreadPoolExecutor(min(_REGION_THREADS, len(sources))) as pool:
         found = list(pool.map(region, sources))

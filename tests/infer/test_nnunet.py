@@ -589,6 +589,44 @@ def test_an_mri_of_other_voxels_is_normalized_within_its_region_before_it_is_res
 
 
 @pytest.mark.usefixtures("ray_session")
+def test_a_ct_beside_an_mri_normalized_within_its_region_keeps_its_voxels_outside_it(
+    tmp_path,
+) -> None:
+    """A CT channel beside an MR channel Z-scored within the nonzero region
+    (``use_mask_for_norm`` [False, True], as nnU-Net plans them for scans it crops much):
+    the MR's voxels outside the region are 0 once normalized, the CT's keep their values
+    (CT-normalized), within the box, before both are resampled; so the logits are
+    nnU-Net's network's on its resampled crop."""
+    folder = write_training(
+        tmp_path / "results",
+        channels=("CT", "T1"),
+        labels=("background", "tumour"),
+        normalization_schemes=["CTNormalization", "ZScoreNormalization"],
+        use_mask_for_norm=[False, True],
+    )
+    (model,) = read_models([str(folder)])
+    assert model.meta["nonzero"] == "mask" and model.meta["nonzero_kept"] == [0]
+    scan = _brain(2, (24, 50, 40)).astype(np.float32)
+    # Tissue of 100 .. 1100 HU: the CT's slices range from its 0s outside the region.
+    scan[0] = np.where(scan[0] > 0, scan[0] - 100, 0)
+    images = tmp_path / "imagesTs"
+    images.mkdir()
+    for c in range(2):
+        write_nifti(images / f"head_{c:04d}.nii.gz", scan[c], np.diag([0.64, 0.64, 2.5, 1.0]))
+    _, got = _run(
+        tmp_path,
+        images,
+        folder,
+        resample=True,
+        tile={"size": [24, 40, 32]},
+        finalize={"mode": "raw"},
+    )
+    want = nnunet_logits(folder, scan, [2.5, 0.64, 0.64], (0,))
+    assert got.shape == want.shape == (2, 24, 40, 32)
+    np.testing.assert_allclose(got[:, 4:20], want[:, 4:20], rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.usefixtures("ray_session")
 def test_an_mri_padded_with_zeros_is_segmented_within_its_nonzero_box(tmp_path) -> None:
     """A Z-score over the whole image (no ``use_mask_for_norm``) takes the mean and
     deviation of the nonzero box, as nnU-Net crops to it first; the model sees 0 beyond
@@ -849,10 +887,10 @@ def test_earlier_plans_build_the_same_network(tmp_path) -> None:
         ),
         (
             {
-                "normalization_schemes": ["ZScoreNormalization"] * 2,
+                "normalization_schemes": ["ZScoreNormalization", "RescaleTo01Normalization"],
                 "use_mask_for_norm": [True, False],
             },
-            r"some channels within each image's nonzero region and others not",
+            r"some channels within each image's nonzero region and others by their values",
         ),
         ({"normalization_schemes": ["MyNormalization"]}, "normalization MyNormalization"),
         (
