@@ -522,7 +522,7 @@ def _with_previous(
 def _previous_file(previous: str, name: str) -> str:
     """The earlier stage's label map of the image ``name``: ``previous`` with ``{name}``
     in it, else the one file of the folder ``previous`` named ``name`` (whatever its
-    image suffixes)."""
+    image suffixes; of a run's output folder, its NIfTI copy, not its OME-Zarr)."""
     if "{name}" in previous:
         path = previous.replace("{name}", name)
         if not storage.exists(path):
@@ -539,7 +539,7 @@ def _previous_file(previous: str, name: str) -> str:
     found = [
         storage.join(previous, f)
         for f in storage.listdir(previous)
-        if image_stem(f) == name and not f.endswith((".zarr", ".zarr/"))
+        if image_stem(f) == name and not f.rstrip("/").endswith(".zarr")
     ]
     if len(found) != 1:
         what = "none" if not found else ", ".join(storage.basename(f) for f in sorted(found))

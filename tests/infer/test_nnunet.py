@@ -1033,8 +1033,9 @@ def test_a_cascades_second_stage_takes_the_first_stages_labels_as_nnunet_does(tm
     affine = np.diag([0.64, 0.64, 1.25, 1.0])
     write_nifti(tmp_path / "ct.nii.gz", ct, affine)
     first = _first_stage(ct.shape)
-    (tmp_path / "lowres").mkdir()
+    (tmp_path / "lowres").mkdir()  # as a run's output folder: its NIfTI copy of labels
     write_nifti(tmp_path / "lowres" / "ct.nii.gz", first, affine)
+    (tmp_path / "lowres" / "ct.ome.zarr").mkdir()
     summary, got = _run(
         tmp_path,
         tmp_path / "ct.nii.gz",
