@@ -378,6 +378,33 @@ def _agrees_in_one_tile(
     return summary, ct, want
 
 
+def _case_agrees(
+    tmp_path: Path,
+    folder: Path,
+    volumes: list[np.ndarray],
+    spacing: tuple[float, float, float],
+    tile: list[int],
+    inside: slice = slice(None),
+) -> Any:
+    """A case of a file per channel (``volumes``, each Z, Y, X) at ``spacing`` (z, y, x)
+    run resampled to the training's voxels in one ``tile``, raw: its logits (over the
+    planes ``inside``: its nonzero box) are nnU-Net's model's on the case nnU-Net
+    preprocesses. The run's summary."""
+    images = tmp_path / "imagesTs"
+    images.mkdir()
+    z, y, x = spacing
+    for c, volume in enumerate(volumes):
+        write_nifti(images / f"case_01_{c:04d}.nii.gz", volume, np.diag([x, y, z, 1.0]))
+    summary, got = _run(
+        tmp_path, images, folder, resample=True, tile={"size": tile}, finalize={"mode": "raw"}
+    )
+    case = np.stack([v.astype(np.float32) for v in volumes])
+    want = nnunet_logits(folder, case, list(spacing), (0,))
+    assert got.shape == want.shape and got.shape[1:] == tuple(tile)
+    np.testing.assert_allclose(got[:, inside], want[:, inside], rtol=1e-4, atol=1e-4)
+    return summary
+
+
 @pytest.mark.usefixtures("ray_session")
 def test_a_ct_training_runs_its_folds_as_nnunet_does(tmp_path) -> None:
     """Two folds, CT normalization, 3D: the logits of the folds' ensemble, in one tile,
@@ -442,23 +469,8 @@ def test_a_pet_ct_of_channels_normalized_differently_runs_as_nnunet_preprocesses
     assert entries[0]["clip"] and entries[1] == {"moments": True, "eps": 1e-8, "joint": False}
     ct = (random_image((24, 60, 50)) * 2.5 - 1000).astype(np.int16)  # -1000 .. 1500 HU
     pet = random_image((24, 60, 50), seed=3).astype(np.float32) / 40  # SUVs of 0 .. 25
-    images = tmp_path / "imagesTs"
-    images.mkdir()
-    for c, volume in enumerate((ct, pet)):
-        write_nifti(images / f"psma_01_{c:04d}.nii.gz", volume, np.diag([0.64, 0.64, 1.25, 1]))
-    summary, got = _run(
-        tmp_path,
-        images,
-        folder,
-        resample=True,
-        tile={"size": [12, 48, 40]},
-        finalize={"mode": "raw"},
-    )
+    summary = _case_agrees(tmp_path, folder, [ct, pet], (1.25, 0.64, 0.64), [12, 48, 40])
     assert "resampled 1 of 1" in summary.levels
-    both = np.stack([ct.astype(np.float32), pet])
-    want = nnunet_logits(folder, both, [1.25, 0.64, 0.64], (0,))
-    assert got.shape == want.shape == (2, 12, 48, 40)
-    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
 
 
 @pytest.mark.usefixtures("ray_session")
@@ -609,21 +621,7 @@ def test_a_ct_beside_an_mri_normalized_within_its_region_keeps_its_voxels_outsid
     scan = _brain(2, (24, 50, 40)).astype(np.float32)
     # Tissue of 100 .. 1100 HU: the CT's slices range from its 0s outside the region.
     scan[0] = np.where(scan[0] > 0, scan[0] - 100, 0)
-    images = tmp_path / "imagesTs"
-    images.mkdir()
-    for c in range(2):
-        write_nifti(images / f"head_{c:04d}.nii.gz", scan[c], np.diag([0.64, 0.64, 2.5, 1.0]))
-    _, got = _run(
-        tmp_path,
-        images,
-        folder,
-        resample=True,
-        tile={"size": [24, 40, 32]},
-        finalize={"mode": "raw"},
-    )
-    want = nnunet_logits(folder, scan, [2.5, 0.64, 0.64], (0,))
-    assert got.shape == want.shape == (2, 24, 40, 32)
-    np.testing.assert_allclose(got[:, 4:20], want[:, 4:20], rtol=1e-4, atol=1e-4)
+    _case_agrees(tmp_path, folder, list(scan), (2.5, 0.64, 0.64), [24, 40, 32], slice(4, 20))
 
 
 @pytest.mark.usefixtures("ray_session")
