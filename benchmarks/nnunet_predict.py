@@ -118,8 +118,8 @@ def main() -> None:
         petct = {
             "channels": ("CT", "PET"),
             "labels": ("background", "lesion"),
-            "normalization_schemes": ["CTNormalization", "ZScoreNormalization"],
-            "use_mask_for_norm": [False, False],
+            "zscore": "box",
+            "ct_first": True,
         }
         cascade = {"configuration": configuration, "previous_stage": "3d_lowres"}
         write_training(

@@ -111,6 +111,7 @@ def write_training(
     mirrored: tuple[int, ...] | None | str = "all",
     regions: list[int] | None = None,
     zscore: str | None = None,
+    ct_first: bool = False,
     **extra: Any,
 ) -> Path:
     """An nnU-Net training's output directory as nnU-Net v2 writes it: plans, dataset, and
@@ -121,12 +122,16 @@ def write_training(
     region-based training's, ``regions`` its ``regions_class_order``: an output a
     region). ``zscore``: every channel Z-score normalized, over each image's nonzero
     ``"box"`` or within its nonzero ``"region"`` (``use_mask_for_norm``), as nnU-Net plans
-    MR; else the configuration's normalization (CT's, unless ``extra`` gives one)."""
+    MR, but with ``ct_first`` the first CT-normalized (a PET/CT's, a CT beside an MR);
+    else the configuration's normalization (CT's, unless ``extra`` gives one)."""
     from dynamic_network_architectures.architectures.unet import PlainConvUNet
 
     if zscore is not None:
         extra["normalization_schemes"] = ["ZScoreNormalization"] * len(channels)
         extra["use_mask_for_norm"] = [zscore == "region"] * len(channels)
+        if ct_first:
+            extra["normalization_schemes"][0] = "CTNormalization"
+            extra["use_mask_for_norm"][0] = False
 
     dims = 2 if configuration == "2d" else 3
     patch = patch or ((32, 32) if dims == 2 else (16, 32, 32))
@@ -461,8 +466,8 @@ def test_a_pet_ct_of_channels_normalized_differently_runs_as_nnunet_preprocesses
         tmp_path / "results",
         channels=("CT", "PET"),
         labels=("background", "lesion"),
-        normalization_schemes=["CTNormalization", "ZScoreNormalization"],
-        use_mask_for_norm=[False, False],
+        zscore="box",
+        ct_first=True,
     )
     (model,) = read_models([str(folder)])
     entries = model.meta["normalize"]["channels"]
@@ -613,8 +618,8 @@ def test_a_ct_beside_an_mri_normalized_within_its_region_keeps_its_voxels_outsid
         tmp_path / "results",
         channels=("CT", "T1"),
         labels=("background", "tumour"),
-        normalization_schemes=["CTNormalization", "ZScoreNormalization"],
-        use_mask_for_norm=[False, True],
+        zscore="region",
+        ct_first=True,
     )
     (model,) = read_models([str(folder)])
     assert model.meta["nonzero"] == "mask" and model.meta["nonzero_kept"] == [0]
