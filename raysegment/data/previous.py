@@ -9,7 +9,9 @@ The map is the first stage's prediction in the image's own voxels (nnU-Net's out
 resampled as nnU-Net resamples segmentations: each label's indicator interpolated
 (``resampled.nnunet_kinds`` of the scheme's ``segmentation`` orders: linear in-plane, the
 nearest plane along an axis of long voxels), each voxel taking the label of the highest
-(ties: the nearest voxel's label where it is one of them, else the lowest).
+(ties: the nearest voxel's label where it is one of them, else the lowest), as
+batchgenerators 0.25.5's ``resize_segmentation`` (earlier versions set each label where
+its indicator reaches 0.5, the highest last: they differ where labels meet).
 
 Outside the image's nonzero box every label channel is 0, as nnU-Net crops both to it.
 nnU-Net marks the voxels of the box outside the nonzero region apart from the background
