@@ -487,8 +487,9 @@ def _with_previous(
         or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in values)
     ):
         raise ModelContractError(
-            f"{model.path}: previous_labels {values!r}; give the earlier stage's labels its "
-            f'last input channels are each the indicator of (e.g. "previous_labels": [1, 2])'
+            f"{model.path}: previous_labels {values!r}; give the labels (from 1 on) of the "
+            f"earlier stage's map whose indicators are its last input channels, one each "
+            f'(e.g. "previous_labels": [1, 2])'
         )
     if not values:
         raise ConfigError(
