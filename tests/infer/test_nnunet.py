@@ -1123,3 +1123,24 @@ def test_a_cascades_first_stage_labels_missing_or_given_in_vain_are_one_error(tm
         _run(tmp_path, tmp_path / "ct.nii.gz", cascade, previous=str(tmp_path / "lowres"))
     with pytest.raises(ConfigError, match="not an earlier stage's labels.*drop previous="):
         _run(tmp_path, tmp_path / "ct.nii.gz", plain, previous=str(tmp_path / "lowres"))
+
+
+@pytest.mark.parametrize("given", [[0, 1], ["1"], 2, [True]])
+def test_a_models_previous_labels_other_than_labels_from_1_on_are_one_error(
+    tmp_path, given
+) -> None:
+    """A model directory's ``previous_labels`` (any model may take an earlier stage's
+    labels) are labels from 1 on, else one error naming the key and an example."""
+    from raysegment.config import InferConfig
+    from raysegment.data.sources import MemorySource
+    from raysegment.errors import ModelContractError
+    from raysegment.infer.model import ModelFile
+    from raysegment.infer.pipeline import _with_previous
+
+    model = ModelFile("m/model.pt", "torchscript", b"", {"previous_labels": given}, "0")
+    cfg = InferConfig(input="in", model=["m/model.pt"], output="out", previous=str(tmp_path))
+    image = MemorySource(np.zeros((1, 1, 2, 4, 4), np.float32), "scan", "scan")
+    with pytest.raises(
+        ModelContractError, match=r"previous_labels .*\"previous_labels\": \[1, 2\]"
+    ):
+        _with_previous(cfg, image, None, model)
