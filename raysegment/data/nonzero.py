@@ -110,16 +110,16 @@ class Nonzero:
             start, stop = self.box[along]
             rest = np.zeros_like(counted, bool)  # planes of the box with voxels of neither
             rest[start:stop] = counted[start:stop] + holes[start:stop] < area
-            # Planes with voxels of 0: of a hole, or outside the region where it is not
-            # the normalization's (or a channel keeps its voxels there).
-            kept = np.array([c in self.kept for c in self.channels])[:, None]
-            zeros = ((holes > 0) | rest) if not self.within else (holes > 0) | (kept & rest)
+            # Per channel, whether its voxels of 0 outside the region stay (the box is the
+            # normalization's, or the channel keeps them); else they are the region's mean.
+            own = np.array([not self.within or c in self.kept for c in self.channels])[:, None]
+            zeros = (holes > 0) | (rest & own)  # planes with voxels of 0
             low = np.where(zeros, np.minimum(low, 0), low)
             high = np.where(zeros, np.maximum(high, 0), high)
-            if self.within:  # outside the region: its mean (but a channel keeping its own)
+            if self.within:
                 mean = self.moments()[0][:, None]
-                low = np.where(rest & ~kept, np.minimum(low, mean), low)
-                high = np.where(rest & ~kept, np.maximum(high, mean), high)
+                low = np.where(rest & ~own, np.minimum(low, mean), low)
+                high = np.where(rest & ~own, np.maximum(high, mean), high)
         for i, c in enumerate(self.channels):
             if clip and c in clip:
                 low[i], high[i] = np.clip(low[i], *clip[c]), np.clip(high[i], *clip[c])

@@ -115,13 +115,12 @@ class PreviousLabelsSource(WrappedSource):
     def _winner(self, t: int, region: Region) -> np.ndarray:
         """The label of each voxel of ``region`` (in ``image``'s voxels): the map's, or,
         resampled, the label whose interpolated indicator is highest."""
-        taps: list[Any] = [None] * 3
-        if self.resampling is not None:
+        if self.resampling is None:
+            taps: list[Any] = [None] * 3
+            boxes = region
+        else:
             taps = self._taps(region)
-        boxes = tuple(
-            box if found is None else (int(found[0].min()), int(found[0].max()) + 1)
-            for box, found in zip(region, taps, strict=True)
-        )
+            boxes = self.resampling.source_region(region, taps)
         read = self.labels.read(t, (0,), boxes)[0]
         read = (np.rint(read) if read.dtype.kind == "f" else read).astype(np.int64)
         if self.box is not None:
@@ -139,16 +138,7 @@ class PreviousLabelsSource(WrappedSource):
         tied = (scores == top).sum(axis=0) > 1
         winner = np.asarray(values)[scores.argmax(axis=0)]
         if tied.any():  # the nearest voxel's label, where it is one of the tied
-            near = [
-                None if f is None else axis_taps("nearest", n, m, a, b)
-                for f, (a, b), n, m in zip(
-                    taps,
-                    region,
-                    self.labels.info.shape[2:],
-                    self.inner.info.shape[2:],
-                    strict=True,
-                )
-            ]
+            near = self._taps(region, "nearest")
             nearest = filtered(read.astype(np.float32)[None], near, starts)[0]
             nearest = np.rint(nearest).astype(np.int64)
             nearest[~np.isin(nearest, self.values)] = 0  # background, as scored
@@ -158,16 +148,16 @@ class PreviousLabelsSource(WrappedSource):
             winner = np.where(tied & at_top, nearest, winner)
         return winner
 
-    def _taps(self, region: Region) -> list[Any]:
+    def _taps(self, region: Region, kind: str | None = None) -> list[Any]:
         """Per axis of ``region``, the taps of the labels' interpolation (None: an axis
-        not resampled): as the image's resampling's scheme resamples segmentations, else
-        linear."""
+        not resampled): ``kind`` (of ``resampled.KINDS``), else as the image's
+        resampling's scheme resamples segmentations, else linear."""
         resampling = self.resampling
         assert resampling is not None
         before, after = resampling.inner.info, resampling.info
         pairs = list(zip("zyx", before.shape[2:], after.shape[2:], strict=True))
-        kinds = {a: "linear" for a, _, _ in pairs}
-        if "segmentation" in (resampling.scheme or {}):
+        kinds = {a: kind or "linear" for a, _, _ in pairs}
+        if kind is None and "segmentation" in (resampling.scheme or {}):
             kinds.update(resampling.kinds_forward("segmentation"))
         return [
             None if n == m else axis_taps(kinds[a], n, m, lo, hi)

@@ -236,20 +236,24 @@ def _values(label: Any) -> list[int]:
     return [int(v) for v in label] if isinstance(label, (list, tuple)) else [int(label)]
 
 
+def _labelled(dataset: dict[str, Any]) -> dict[str, list[int]]:
+    """A ``dataset.json``'s labels, each its values by name, but the ignore label (what
+    training left out: the network has no output for it)."""
+    return {k: _values(v) for k, v in dataset.get("labels", {}).items() if k != "ignore"}
+
+
 def _foreground_labels(dataset: dict[str, Any]) -> list[int]:
     """The dataset's label values but the background (0) and the ignore label, ascending:
     the labels of a first stage's map a cascade's second stage takes a channel each of
     (nnU-Net's ``LabelManager.foreground_labels``)."""
-    labels = dataset.get("labels", {})
-    values = {v for k, label in labels.items() if k != "ignore" for v in _values(label)}
-    return sorted(values - {0})
+    return sorted({v for values in _labelled(dataset).values() for v in values} - {0})
 
 
 def dataset_regions(dataset: dict[str, Any]) -> dict[str, list[int]] | None:
     """A region-based nnU-Net dataset's regions, each its label values by name (its
     ``labels`` where one holds several; background and the ignore label none), as
     nnU-Net's ``LabelManager`` reads them; None for a dataset of classes."""
-    labels = {k: _values(v) for k, v in dataset.get("labels", {}).items() if k != "ignore"}
+    labels = _labelled(dataset)
     if not any(len(v) > 1 for v in labels.values()):
         return None
     return {k: v for k, v in labels.items() if set(v) != {0}}
@@ -258,7 +262,7 @@ def dataset_regions(dataset: dict[str, Any]) -> dict[str, list[int]] | None:
 def dataset_classes(dataset: dict[str, Any]) -> list[str] | None:
     """A dataset of classes' names, by value (background first), where they are numbered
     0, 1, 2, ... as nnU-Net trains them (the ignore label none); else None."""
-    labels = {k: _values(v) for k, v in dataset.get("labels", {}).items() if k != "ignore"}
+    labels = _labelled(dataset)
     if any(len(v) != 1 for v in labels.values()):
         return None
     names = {v[0]: k for k, v in labels.items()}

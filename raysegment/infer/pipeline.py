@@ -517,7 +517,7 @@ def _with_previous(
             f"{source.name} is one"
         )
     box = nonzero.box if nonzero is not None and not nonzero.whole else None
-    return PreviousLabelsSource(source, opened[0], [int(v) for v in values], box)
+    return PreviousLabelsSource(source, opened[0], values, box)
 
 
 def _previous_file(previous: str, name: str) -> str:

@@ -67,6 +67,11 @@ def test_integer_images_stay_integer_rounded() -> None:
     np.testing.assert_array_equal(got, np.clip(np.rint(want), 0, 65535))
 
 
+def _spaced(spacing: tuple[float, ...]):
+    """``Physical`` of an image in memory at the (z, y, x) ``spacing``."""
+    return lambda source: (dict(zip("zyx", spacing, strict=True)), {}, {})
+
+
 _NNUNET = {"data": [3, 0], "probabilities": [1, 0], "force_separate_z": None, "anisotropy": 3.0}
 """nnU-Net's default resampling (its plans' kwargs), as an nnU-Net training records it."""
 
@@ -103,14 +108,11 @@ def test_an_nnunet_training_reads_images_as_nnunet_resamples_them(
     volume = (gaussian_filter(rng.normal(0, 2000, shape), 1.0) + 100).astype(np.float32)
     clip = (-150.0, 400.0)
 
-    def physical(source):
-        return dict(zip("zyx", spacing, strict=True)), {}, {}
-
     source = resampled_to(
         MemorySource(volume[None, None], "mem", "mem"),
         dict(zip("zyx", new, strict=True)),
         "",
-        physical,
+        _spaced(spacing),
         pyramid=False,
         scheme=_NNUNET,
         clip={0: clip},
@@ -480,14 +482,11 @@ def test_an_earlier_stages_labels_are_resampled_as_nnunet_resamples_segmentation
     labels = zoom(coarse, [n / c for n, c in zip(shape, coarse.shape, strict=True)], order=0)
     image = rng.random(shape, dtype=np.float32) + 1
 
-    def physical(source):
-        return dict(zip("zyx", spacing, strict=True)), {}, {}
-
     resampled = resampled_to(
         MemorySource(image[None, None], "mem", "mem"),
         dict(zip("zyx", new, strict=True)),
         "",
-        physical,
+        _spaced(spacing),
         pyramid=False,
         scheme={**_NNUNET, "segmentation": [1, 0]},
     )
