@@ -560,6 +560,9 @@ class ModelConfig:
     """Encoder name as segmentation-models-pytorch spells it."""
     weights: str = "random"
     """random, or a local state-dict file (whole model or encoder); nothing is downloaded."""
+    features: int = 32
+    """nnU-Net's networks (PlainConvUNet, ResidualEncoderUNet): the first stage's features,
+    doubled every stage up to 320 (3D) or 512 (2D), as nnU-Net's planners have them."""
 
 
 @dataclass
@@ -636,7 +639,8 @@ class TrainConfig:
     batch_size: Optional[int] = None
     """Patches per step per worker; default: from free memory."""
     patch_size: List[int] = field(default_factory=lambda: [256])
-    """Training patch, one value or (y, x); most encoders need multiples of 32."""
+    """Training patch, one value or (y, x) (most encoders need multiples of 32), or (z, y,
+    x): a 3D network (``model.arch`` PlainConvUNet or ResidualEncoderUNet)."""
     patches_per_epoch: int = 256
     """Random training patches drawn anew every epoch (from ``seed`` and the epoch),
     shared out among the workers."""
@@ -731,12 +735,17 @@ class TrainConfig:
                     f"resampling reads from the pyramid level it needs; drop input_level"
                 )
         _check_sizes("patch_size", self.patch_size)
-        if len(self.patch_size) > 2:
-            raise ConfigError(f"patch_size={self.patch_size}: give one value or (y, x)")
+        if self.model.features < 1:
+            raise ConfigError(f"model.features={self.model.features} must be >= 1 (e.g. 32)")
         if self.finetune and not self.pretrained:
             raise ConfigError("finetune=true needs pretrained=<a previous output directory>")
         _check_pattern("images.pattern", self.images.pattern)
         _check_pattern("labels.pattern", self.labels.pattern)
+
+    def patch(self) -> tuple[int, ...]:
+        """The training patch: (y, x), or (z, y, x) (3D); one value is a square."""
+        sizes = self.patch_size * 2 if len(self.patch_size) == 1 else self.patch_size
+        return tuple(int(s) for s in sizes)
 
     def _check_regions(self) -> None:
         regions, labels = self.regions, self.region_labels

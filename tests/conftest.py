@@ -47,6 +47,7 @@ LONGEST_FILES = (
     "train/test_faults.py",
     "test_resume_kill.py",
     "infer/test_io_tasks.py",
+    "train/test_volumes.py",
     "test_storage.py",
     "infer/test_parts.py",
 )

@@ -98,7 +98,8 @@ def test_train_yaml_loads_and_checks() -> None:
     for bad, match in (
         ("finetune=true", "needs pretrained"),
         ("device=tpu", "device='tpu'"),
-        ("patch_size=[1,2,3]", "one value or"),
+        ("patch_size=[8,16,16,16]", "give 1 to 3 positive sizes"),
+        ("model.features=0", "model.features=0 must be >= 1"),
         ("lr=0", "lr=0"),
         ("lr_schedule.name=step", "lr_schedule.name"),
         ("lr_schedule.warmup_epochs=100", r"warmup_epochs=100 must be >= 0 and below max_epochs"),
@@ -110,3 +111,6 @@ def test_train_yaml_loads_and_checks() -> None:
     ):
         with pytest.raises(ConfigError, match=match):
             load_config(TrainConfig, (), need + [bad])
+    # One value: a square; three: a 3D network's (z, y, x).
+    for given, patch in (("64", (64, 64)), ("[32,64]", (32, 64)), ("[16,64,64]", (16, 64, 64))):
+        assert load_config(TrainConfig, (), [*need, f"patch_size={given}"]).patch() == patch

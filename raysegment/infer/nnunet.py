@@ -65,6 +65,7 @@ from raysegment.errors import ModelLoadError
 
 __all__ = [
     "CHECKPOINT",
+    "build_network",
     "dataset_classes",
     "dataset_regions",
     "is_nnunet_fold",
@@ -72,6 +73,7 @@ __all__ = [
     "nnunet_folds",
     "read_nnunet",
     "trainings_within",
+    "unet_architecture",
     "unfinished_training",
 ]
 
@@ -173,7 +175,7 @@ def read_nnunet(fold: str) -> tuple[bytes, dict[str, Any], str]:
     elif dims == 2:  # on z planes: the in-plane axes' order
         order = [a - 1 for a in order[1:]]
     back = [order.index(a) for a in range(dims)]
-    network = _network(config, channels + len(previous), len(classes), where)
+    network = build_network(config["architecture"], channels + len(previous), len(classes), where)
     weights = {
         k.removeprefix("module.").removeprefix("_orig_mod."): v
         for k, v in checkpoint["network_weights"].items()
@@ -386,20 +388,42 @@ def _earlier_architecture(config: dict[str, Any], folder: Path) -> dict[str, Any
             f"{folder}: network {kind!r}; raysegment builds {sorted(_ARCHITECTURES)} (nnU-Net's "
             f"own): trace the network to TorchScript and give that file"
         )
-    dims = len(config["patch_size"])
     stages = len(config["n_conv_per_stage_encoder"])
-    blocks = "n_conv_per_stage" if kind == "PlainConvUNet" else "n_blocks_per_stage"
     width, most = config["UNet_base_num_features"], config["unet_max_num_features"]
+    return unet_architecture(
+        kind,
+        [min(width * 2**i, most) for i in range(stages)],
+        config["conv_kernel_sizes"],
+        config["pool_op_kernel_sizes"],
+        config["n_conv_per_stage_encoder"],
+        config["n_conv_per_stage_decoder"],
+    )
+
+
+def unet_architecture(
+    kind: str,
+    features: list[int],
+    kernels: list[list[int]],
+    strides: list[list[int]],
+    blocks: list[int],
+    decoder: list[int],
+) -> dict[str, Any]:
+    """A plans' ``architecture`` of nnU-Net's network ``kind`` (PlainConvUNet or
+    ResidualEncoderUNet), a stage each entry of ``features``, ``kernels`` and ``strides``
+    (per axis; 2D or 3D as many), ``blocks`` (convolutions or residual blocks) per encoder
+    stage and ``decoder`` convolutions per decoder stage; instance norms and leaky ReLUs,
+    as nnU-Net's planners make it. ``build_network`` builds it."""
+    dims = len(kernels[0])
     return {
         "network_class_name": _ARCHITECTURES[kind],
         "arch_kwargs": {
-            "n_stages": stages,
-            "features_per_stage": [min(width * 2**i, most) for i in range(stages)],
+            "n_stages": len(features),
+            "features_per_stage": features,
             "conv_op": f"torch.nn.Conv{dims}d",
-            "kernel_sizes": config["conv_kernel_sizes"],
-            "strides": config["pool_op_kernel_sizes"],
-            blocks: config["n_conv_per_stage_encoder"],
-            "n_conv_per_stage_decoder": config["n_conv_per_stage_decoder"],
+            "kernel_sizes": kernels,
+            "strides": strides,
+            "n_conv_per_stage" if kind == "PlainConvUNet" else "n_blocks_per_stage": blocks,
+            "n_conv_per_stage_decoder": decoder,
             "conv_bias": True,
             "norm_op": f"torch.nn.InstanceNorm{dims}d",
             "norm_op_kwargs": {"eps": 1e-05, "affine": True},
@@ -412,9 +436,9 @@ def _earlier_architecture(config: dict[str, Any], folder: Path) -> dict[str, Any
     }
 
 
-def _network(config: dict[str, Any], channels: int, classes: int, where: str) -> Any:
-    """The configuration's network (untrained), as nnU-Net builds it for inference."""
-    architecture = config["architecture"]
+def build_network(architecture: dict[str, Any], channels: int, classes: int, where: str) -> Any:
+    """The network a plans' ``architecture`` describes (untrained), as nnU-Net builds it for
+    inference."""
     name = str(architecture["network_class_name"])
     if not name.startswith("dynamic_network_architectures."):
         raise ModelLoadError(

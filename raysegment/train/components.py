@@ -8,6 +8,7 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -19,6 +20,7 @@ from raysegment.train.data import IGNORE
 __all__ = [
     "ARCHITECTURES",
     "LOSSES",
+    "NNUNET_ARCHITECTURES",
     "METRICS",
     "OPTIMIZERS",
     "build_model",
@@ -26,6 +28,8 @@ __all__ = [
     "check_encoder",
     "make_loss",
     "metric_values",
+    "model_name",
+    "unet_topology",
 ]
 
 ARCHITECTURES = (
@@ -42,6 +46,17 @@ ARCHITECTURES = (
     "Segformer",
     "DPT",
 )
+"""segmentation-models-pytorch's architectures (2D)."""
+
+NNUNET_ARCHITECTURES = ("PlainConvUNet", "ResidualEncoderUNet")
+"""nnU-Net's networks (dynamic_network_architectures), 2D or 3D as ``patch_size`` is: its
+planners' U-Net and its residual-encoder U-Net (ResEnc M's blocks), the stages' strides
+from the patch and its voxels' spacing (``unet_topology``)."""
+
+_MOST_FEATURES = {2: 512, 3: 320}
+"""nnU-Net's widest stage, 2D and 3D."""
+_RESIDUAL_BLOCKS = (1, 3, 4, 6, 6, 6, 6, 6, 6, 6)
+"""Residual blocks per encoder stage of nnU-Net's ResEnc M planner."""
 
 LossFactory = Callable[[str, "int | None"], nn.Module]
 LOSSES: Registry[tuple[LossFactory, tuple[str, ...]]] = Registry("loss")
@@ -209,6 +224,77 @@ def metric_values(stats: torch.Tensor) -> dict[str, float]:
     }
 
 
+def unet_topology(
+    patch: tuple[int, ...], spacing: tuple[float, ...] | None = None
+) -> tuple[list[list[int]], list[list[int]]]:
+    """Each stage's strides and convolution kernels along each axis of an nnU-Net network
+    trained on ``patch`` of voxels of ``spacing`` (any unit; None: isotropic), as nnU-Net's
+    planner gives them (``get_pool_and_conv_props``, maps of 4 at least): stage after
+    stage, every axis at least 8 long whose spacing is within 2x of the finest is halved
+    (a lone one only from 12 on), its spacing doubling; a kernel is 1 along an axis until
+    its spacing is within 2x of the finest, then 3.
+
+    Raises:
+        ConfigError: the patch is not a multiple of what its network halves it by along
+            each axis (nnU-Net pads its planned patch to one: named), or too small to halve.
+    """
+    dims = len(patch)
+    size = [float(s) for s in patch]
+    space = [float(s) for s in spacing] if spacing else [1.0] * dims
+    strides, kernels, pools, kernel = [[1] * dims], [], [0] * dims, [1] * dims
+    while True:
+        axes = [d for d in range(dims) if size[d] >= 8]
+        finest = min((space[d] for d in axes), default=0.0)
+        axes = [d for d in axes if space[d] / finest < 2]
+        if not axes or (len(axes) == 1 and size[axes[0]] < 12):
+            break
+        kernel = [3 if k == 3 or space[d] / min(space) < 2 else 1 for d, k in enumerate(kernel)]
+        for d in axes:
+            pools[d] += 1
+            space[d] *= 2
+            size[d] = float(np.ceil(size[d] / 2))
+        strides.append([2 if d in axes else 1 for d in range(dims)])
+        kernels.append(list(kernel))
+    kernels.append([3] * dims)
+    multiple = [2**n for n in pools]
+    if len(strides) < 2 or any(p % m for p, m in zip(patch, multiple, strict=True)):
+        padded = [-(-p // m) * m for p, m in zip(patch, multiple, strict=True)]
+        why = (
+            f"too small to halve; give at least 8 along an axis, e.g. {[max(p, 16) for p in patch]}"
+            if len(strides) < 2
+            else f"nnU-Net's network halves it {pools} times along its axes; give a multiple "
+            f"of {multiple}, e.g. patch_size={padded}"
+        )
+        raise ConfigError(f"patch_size={list(patch)}: {why}")
+    return strides, kernels
+
+
+def _nnunet_model(
+    arch: str,
+    patch: tuple[int, ...],
+    in_channels: int,
+    classes: int,
+    features: int,
+    spacing: tuple[float, ...] | None,
+) -> nn.Module:
+    from raysegment.infer.nnunet import build_network, unet_architecture
+
+    strides, kernels = unet_topology(patch, spacing)
+    stages, dims = len(strides), len(patch)
+    widths = [min(features * 2**i, _MOST_FEATURES[dims]) for i in range(stages)]
+    blocks = [2] * stages if arch == "PlainConvUNet" else list(_RESIDUAL_BLOCKS[:stages])
+    decoder = [2 if arch == "PlainConvUNet" else 1] * (stages - 1)
+    architecture = unet_architecture(arch, widths, kernels, strides, blocks, decoder)
+    return build_network(architecture, in_channels, classes, f"model.arch={arch}")  # type: ignore[no-any-return]
+
+
+def model_name(arch: str, encoder: str, features: int) -> str:
+    """How the errors name a model: its architecture with its encoder, or its width."""
+    if arch in NNUNET_ARCHITECTURES:
+        return f"{arch} of {features} features"
+    return f"{arch} with {encoder}"
+
+
 def check_encoder(name: str) -> None:
     """``name`` is an encoder of segmentation-models-pytorch, or ``tu-`` and a timm model
     (imports segmentation-models-pytorch or timm: seconds); ConfigError otherwise."""
@@ -234,11 +320,21 @@ def check_encoder(name: str) -> None:
 def check_combination(cfg: TrainConfig) -> None:
     """Names exist and fit together; raises ConfigError with the reason otherwise. The
     encoder's name is ``check_encoder``'s, which imports the model library."""
-    if cfg.model.arch not in ARCHITECTURES:
-        close = difflib.get_close_matches(cfg.model.arch, ARCHITECTURES, n=1)
+    arch, known = cfg.model.arch, (*ARCHITECTURES, *NNUNET_ARCHITECTURES)
+    if arch not in known:
+        close = difflib.get_close_matches(arch, known, n=1)
         hint = f" (did you mean {close[0]!r}?)" if close else ""
+        raise ConfigError(f"unknown model.arch {arch!r}{hint}; choose from {list(known)}")
+    if len(cfg.patch_size) == 3 and arch not in NNUNET_ARCHITECTURES:
         raise ConfigError(
-            f"unknown model.arch {cfg.model.arch!r}{hint}; choose from {list(ARCHITECTURES)}"
+            f"patch_size={cfg.patch_size} trains a 3D network and model.arch={arch} is 2D "
+            f"(segmentation-models-pytorch); choose model.arch=PlainConvUNet or "
+            f"ResidualEncoderUNet (nnU-Net's), or a 2D patch_size"
+        )
+    if arch in NNUNET_ARCHITECTURES and max(cfg.patch()) < 12:
+        raise ConfigError(
+            f"patch_size={cfg.patch_size}: too small for {arch}, which halves axes of 8 or "
+            f"more (a lone one of 12 or more); nnU-Net's 3D patches are e.g. [64,128,128]"
         )
     OPTIMIZERS.get(cfg.optimizer)
     METRICS.get(cfg.metric)
@@ -267,39 +363,52 @@ def check_combination(cfg: TrainConfig) -> None:
 
 
 def build_model(
-    arch: str, encoder: str, in_channels: int, classes: int, weights: str = "random"
+    arch: str,
+    encoder: str,
+    in_channels: int,
+    classes: int,
+    weights: str = "random",
+    patch: tuple[int, ...] = (),
+    features: int = 32,
+    spacing: tuple[float, ...] | None = None,
 ) -> nn.Module:
-    """A segmentation-models-pytorch model, randomly initialised or from a local file.
+    """A segmentation-models-pytorch model (``arch`` with ``encoder``), or nnU-Net's network
+    ``arch`` for patches of ``patch`` (2D or 3D) of voxels of ``spacing`` and ``features``
+    in its first stage; randomly initialised or from a local file.
 
     Raises:
-        ConfigError: the architecture does not take this encoder, or the weights file does
-            not fit the model.
+        ConfigError: the architecture does not take this encoder or patch, or the weights
+            file does not fit the model.
     """
-    try:
-        model = _smp().create_model(
-            arch,
-            encoder_name=encoder,
-            encoder_weights=None,
-            in_channels=in_channels,
-            classes=classes,
-        )
-    except Exception as e:
-        raise ConfigError(
-            f"model.arch={arch} cannot be built with model.encoder={encoder} "
-            f"({type(e).__name__}: {str(e).splitlines()[0][:200]}); choose another encoder"
-        ) from e
+    if arch in NNUNET_ARCHITECTURES:
+        model = _nnunet_model(arch, patch, in_channels, classes, features, spacing)
+    else:
+        try:
+            model = _smp().create_model(
+                arch,
+                encoder_name=encoder,
+                encoder_weights=None,
+                in_channels=in_channels,
+                classes=classes,
+            )
+        except Exception as e:
+            raise ConfigError(
+                f"model.arch={arch} cannot be built with model.encoder={encoder} "
+                f"({type(e).__name__}: {str(e).splitlines()[0][:200]}); choose another encoder"
+            ) from e
     if weights != "random":
         state = torch.load(weights, map_location="cpu", weights_only=True)
         if isinstance(state, dict) and "model" in state and isinstance(state["model"], dict):
             state = state["model"]
-        target = model
+        target: nn.Module = model
         if not set(state) <= set(model.state_dict()):
-            target = model.encoder  # an encoder-only state dict
+            target = model.encoder  # type: ignore[assignment]  # an encoder-only state dict
         own = set(target.state_dict())
         unexpected, missing = set(state) - own, own - set(state)
         if unexpected or missing == own:
             raise ConfigError(
-                f"model.weights={weights}: the state dict does not fit {arch} with {encoder} "
+                f"model.weights={weights}: the state dict does not fit "
+                f"{model_name(arch, encoder, features)} "
                 f"({len(unexpected)} unexpected, {len(missing)} missing keys)"
             )
         target.load_state_dict(state, strict=False)

@@ -79,7 +79,8 @@ class TrainingSet:
     classes: int
     """Output channels of the model: 1 (binary), the label channels (multilabel) or the
     number of classes (multiclass)."""
-    patch: tuple[int, int]
+    patch: tuple[int, ...]
+    """(y, x), or (z, y, x): a 3D network's."""
     mean: tuple[float, ...]
     std: tuple[float, ...]
     ignore: int | None = None
@@ -101,6 +102,14 @@ class TrainingSet:
     (``TrainConfig.regions``); None: the labels' channels."""
     region_labels: tuple[int, ...] | None = None
     """The label each region paints (``TrainConfig.region_order``)."""
+    spacing: tuple[float, ...] | None = None
+    """The voxels' size along the patch's axes, in micrometres: the training images' median
+    (what nnU-Net's planner shapes its networks by); None where an image does not say."""
+
+    @property
+    def sizes(self) -> tuple[int, int, int]:
+        """The patch's (z, y, x): one plane thick in 2D."""
+        return (1, *self.patch)[-3:]  # type: ignore[return-value]
 
     def train_specs(self, count: int, seed: int, epoch: int = 0) -> list[dict[str, int]]:
         """``count`` random patches of an epoch, images drawn in proportion to their
@@ -126,19 +135,21 @@ class TrainingSet:
         centred on their polygons instead (a slide's glass alone tells little), all of
         them where the annotations alone label (``sparse``)."""
         grid, centred = [], []
+        pz, ph, pw = self.sizes
         for i in self.val:
-            pair, (ph, pw) = self.pairs[i], self.patch
+            pair = self.pairs[i]
             (h, w), planes = pair.size, pair.planes
             label = pair.label
             if isinstance(label, GeoJsonLabels):
                 for top, left, bottom, right in label.labelled:
-                    y, x = _centred_at((top + bottom) / 2, (left + right) / 2, (h, w), self.patch)
+                    y, x = _centred_at((top + bottom) / 2, (left + right) / 2, (h, w), (ph, pw))
                     centred += [{"pair": i, "z": z, "y": y, "x": x} for z in range(planes)]
                 if label.sparse:
                     continue
+            zs = sorted({*range(0, planes - pz + 1, pz), planes - pz})
             ys = sorted({*range(0, h - ph + 1, ph), h - ph})
             xs = sorted({*range(0, w - pw + 1, pw), w - pw})
-            for z, y, x in itertools.product(range(planes), ys, xs):
+            for z, y, x in itertools.product(zs, ys, xs):
                 grid.append({"pair": i, "z": z, "y": y, "x": x})
         if not centred or not grid:
             return _thinned(grid or centred, count)
@@ -198,7 +209,7 @@ def _at_level(label: ImageSource, image: ImageSource, full: ImageSource) -> Imag
 
 
 def _check_pair(
-    image: ImageSource, label: ImageSource, patch: tuple[int, int], mode: str, regions: bool
+    image: ImageSource, label: ImageSource, patch: tuple[int, ...], mode: str, regions: bool
 ) -> None:
     ti, _, zi, yi, xi = image.info.shape
     tl, cl, zl, yl, xl = label.info.shape
@@ -211,10 +222,15 @@ def _check_pair(
         )
     if ti > 1:
         raise InputImageError(f"{image.path}: has {ti} time points; train on single time points")
-    if yi < patch[0] or xi < patch[1]:
+    if yi < patch[-2] or xi < patch[-1]:
         raise InputImageError(
             f"{image.path}: image of {yi} x {xi} is smaller than patch_size={list(patch)}; "
             f"choose patch_size <= the smallest image (a multiple of 32 for most encoders)"
+        )
+    if len(patch) == 3 and zi < patch[0]:
+        raise InputImageError(
+            f"{image.path}: image of {zi} plane(s) is thinner than patch_size={list(patch)}; "
+            f"choose the patch's z <= the thinnest image's planes"
         )
     if regions and cl != 1:
         raise InputImageError(
@@ -435,8 +451,7 @@ def prepare(cfg: TrainConfig) -> TrainingSet:
             f"{cfg.images.dir}: found {len(found)} image/label pair(s); training needs at least "
             f"2 (one to train on, one to validate with)"
         )
-    sizes = cfg.patch_size * 2 if len(cfg.patch_size) == 1 else cfg.patch_size
-    patch = (int(sizes[0]), int(sizes[1]))
+    patch = cfg.patch()
     pairs: list[Pair] = []
     sparse = cfg.unannotated == Unannotated.ignore
     if sparse and not any(is_geojson(label) for _, label in found):
@@ -527,7 +542,20 @@ def prepare(cfg: TrainConfig) -> TrainingSet:
         _channel_names(dataset, pairs, channels),
         tuple(tuple(r) for r in cfg.regions) if cfg.regions else None,
         tuple(cfg.region_order()) if cfg.regions else None,
+        _spacing([pairs[i] for i in train], len(patch)),
     )
+
+
+def _spacing(pairs: list[Pair], dims: int) -> tuple[float, ...] | None:
+    """The median voxel size (micrometres) of ``pairs``' images along their last ``dims``
+    axes; None where one of them does not give it in a length unit."""
+    sizes = [
+        [pixel_micrometres(p.image.info.scale, p.image.info.units, a) for a in "zyx"[-dims:]]
+        for p in pairs
+    ]
+    if not sizes or min(map(min, sizes)) <= 0:
+        return None
+    return tuple(float(v) for v in np.median(np.asarray(sizes), axis=0))
 
 
 def _channel_names(
@@ -612,6 +640,8 @@ def _augment(
     if x.shape[-1] == x.shape[-2]:
         k = int(rng.integers(4))
         x, y = np.rot90(x, k, axes=(-2, -1)), np.rot90(y, k, axes=(-2, -1))
+    if x.ndim == 4 and rng.random() < 0.5:  # a 3D patch (C, z, y, x): along z too
+        x, y = x[..., ::-1, :, :], y[..., ::-1, :, :]
     x = x * rng.uniform(0.9, 1.1) + rng.normal(0.0, 0.05)
     return x, y
 
@@ -645,33 +675,34 @@ def read_patches(
     """Read the patches a batch of specs names: x (N, C, h, w) float32 normalized, y as the
     loss wants it: (N, 1, h, w) float32 binary, (N, C, h, w) float32 multilabel (of
     ``regions``, a channel a region), (N, h, w) int64 multiclass, ``IGNORE`` where not
-    labelled. Specs with a ``seed`` are random crops;
+    labelled; a 3D patch's with its z before h. Specs with a ``seed`` are random crops;
     others name their corner."""
     xs, ys = [], []
-    mean = np.asarray(data.mean, np.float32)[:, None, None]
-    std = np.asarray(data.std, np.float32)[:, None, None]
-    ph, pw = data.patch
+    (pz, ph, pw), planar = data.sizes, len(data.patch) == 2
+    mean = np.asarray(data.mean, np.float32).reshape(-1, *[1] * len(data.patch))
+    std = np.asarray(data.std, np.float32).reshape(-1, *[1] * len(data.patch))
     for k in range(len(batch["pair"])):
         pair = data.pairs[int(batch["pair"][k])]
         (h, w), planes = pair.size, pair.planes
         if "seed" in batch:
             rng = np.random.default_rng(int(batch["seed"][k]))
             z, y0, x0 = (
-                int(rng.integers(planes)),
+                int(rng.integers(planes - pz + 1)),
                 int(rng.integers(0, h - ph + 1)),
                 int(rng.integers(0, w - pw + 1)),
             )
             label = pair.label
             if isinstance(label, GeoJsonLabels) and len(label.labelled):
                 if label.sparse or rng.random() < ANNOTATED:
-                    y0, x0 = _at_annotation(label, rng, (h, w), data.patch)
+                    y0, x0 = _at_annotation(label, rng, (h, w), (ph, pw))
         else:
             rng = None
             z, y0, x0 = (int(batch[a][k]) for a in ("z", "y", "x"))
-        region = ((z, z + 1), (y0, y0 + ph), (x0, x0 + pw))
-        x = pair.image.read(0, data.channels, region)[:, 0].astype(np.float32)
+        region = ((z, z + pz), (y0, y0 + ph), (x0, x0 + pw))
+        x = pair.image.read(0, data.channels, region)[:, 0 if planar else slice(None)]
         label_channels = tuple(range(pair.label.info.shape[1]))
-        y = pair.label.read(0, label_channels, region)[:, 0]
+        y = pair.label.read(0, label_channels, region)[:, 0 if planar else slice(None)]
+        x = x.astype(np.float32)
         x = (x - mean) / std
         if augment and rng is not None:
             x, y = _augment(x, y, rng)

@@ -8,12 +8,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from omegaconf import OmegaConf
 
 from raysegment.config import TrainConfig
 from raysegment.modeldir import MODEL_META
-from raysegment.train.components import build_model
+from raysegment.train.components import NNUNET_ARCHITECTURES, build_model, unet_topology
 from raysegment.train.data import TrainingSet
 from raysegment.train.loop import history_csv, save_file
 
@@ -77,11 +78,33 @@ def _pixel_size(data: TrainingSet) -> dict[str, Any]:
     return {"pixel_size": size, "pixel_unit": info.units.get("x", "")}
 
 
-def model_metadata(data: TrainingSet) -> dict[str, Any]:
-    """What ``raysegment infer`` reads of a model trained on ``data`` (``MODEL_META``)."""
+def _network(arch: str, features: int, data: TrainingSet) -> dict[str, Any]:
+    """An nnU-Net network's width, strides and kernels, and the spacing they were planned
+    for (``model.json``: ``pretrained=`` must match the network); nothing for a
+    segmentation-models-pytorch model."""
+    if arch not in NNUNET_ARCHITECTURES:
+        return {}
+    strides, kernels = unet_topology(data.patch, data.spacing)
+    spacing = list(data.spacing) if data.spacing else None
+    return {"features": features, "strides": strides, "kernels": kernels, "spacing": spacing}
+
+
+def _tiles(arch: str, data: TrainingSet) -> dict[str, Any]:
+    """The tiles infer gives an nnU-Net network: the training patch by default, any
+    multiple of its strides along each axis (as an nnU-Net training's)."""
+    if arch not in NNUNET_ARCHITECTURES:
+        return {}
+    steps = np.prod(unet_topology(data.patch, data.spacing)[0], axis=0)
+    return {"patch_size": list(data.patch), "tile_steps": [[int(s), int(s)] for s in steps]}
+
+
+def model_metadata(data: TrainingSet, arch: str = "Unet") -> dict[str, Any]:
+    """What ``raysegment infer`` reads of a model ``arch`` trained on ``data``
+    (``MODEL_META``)."""
     return {
         "in_channels": len(data.channels),
-        "spatial_dims": 2,
+        "spatial_dims": len(data.patch),
+        **_tiles(arch, data),
         "classes": _class_names(data),
         **({"class_codes": list(data.class_codes)} if data.class_codes else {}),
         **_pixel_size(data),
@@ -127,7 +150,15 @@ def export_model(
     config.yaml, curves PNG and the metadata infer reads."""
     out.mkdir(parents=True, exist_ok=True)
     in_channels = len(data.channels)
-    model = build_model(cfg.model.arch, cfg.model.encoder, in_channels, data.classes)
+    model = build_model(
+        cfg.model.arch,
+        cfg.model.encoder,
+        in_channels,
+        data.classes,
+        patch=data.patch,
+        features=cfg.model.features,
+        spacing=data.spacing,
+    )
     model.load_state_dict(state["best"])
     model.eval()
     example = torch.randn(1, in_channels, *data.patch)
@@ -146,6 +177,7 @@ def export_model(
             {
                 "arch": cfg.model.arch,
                 "encoder": cfg.model.encoder,
+                **_network(cfg.model.arch, cfg.model.features, data),
                 "in_channels": in_channels,
                 "classes": data.classes,
                 "mode": data.mode,
@@ -163,7 +195,7 @@ def export_model(
             indent=2,
         )
     )
-    (out / MODEL_META).write_text(json.dumps(model_metadata(data), indent=2))
+    (out / MODEL_META).write_text(json.dumps(model_metadata(data, cfg.model.arch), indent=2))
     history = list(state["history"])
     (out / "metrics.csv").write_text(history_csv(history))
     (out / "config.yaml").write_text(OmegaConf.to_yaml(config | {"raysegment_version": version}))

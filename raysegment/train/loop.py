@@ -214,7 +214,14 @@ def train_loop(config: dict[str, Any]) -> None:
     )
     reading.shutdown(wait=False)
     model = build_model(
-        config["arch"], config["encoder"], config["in_channels"], classes, config["weights"]
+        config["arch"],
+        config["encoder"],
+        config["in_channels"],
+        classes,
+        config["weights"],
+        tuple(config["patch"]),
+        config["features"],
+        config["spacing"],
     )
     start_epoch, history, best_state, resumed = 0, [], None, []
     stopper = EarlyStopping(config["patience"], config["min_delta"])
@@ -241,7 +248,8 @@ def train_loop(config: dict[str, Any]) -> None:
     layout = place(
         model, (config["in_channels"], *config["patch"]), device, config["layout"], precision
     )
-    memory = torch.channels_last if layout == "channels_last" else torch.contiguous_format
+    last = torch.channels_last if len(config["patch"]) == 2 else torch.channels_last_3d
+    memory = last if layout == "channels_last" else torch.contiguous_format
     model = ray.train.torch.prepare_model(model)
     optimizer = OPTIMIZERS.get(config["optimizer"])(model.parameters(), config["lr"])
     if optimizer_state is not None:

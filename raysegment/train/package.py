@@ -59,7 +59,8 @@ def package(config: PackageConfig | dict[str, Any] | None = None, **overrides: A
     ``config.output``; return its path.
 
     Raises:
-        ConfigError: no authors, an output that is no ``.zip``, no test input to read.
+        ConfigError: no authors, an output that is no ``.zip``, no test input to read, a
+            3D model.
         ModelLoadError: the model directory is not one ``raysegment train`` wrote.
         OutputError: the output exists (``overwrite=true`` replaces it).
     """
@@ -84,6 +85,11 @@ def package(config: PackageConfig | dict[str, Any] | None = None, **overrides: A
     if out.exists() and not cfg.overwrite:
         raise OutputError(f"{out} exists; choose another output= or set overwrite=true")
     info = json.loads(files["model.json"].read_text())
+    if len(info["patch_size"]) == 3:
+        raise ConfigError(
+            f"{directory}: a 3D model (patches of {info['patch_size']}); raysegment package "
+            f"writes 2D models' packages; run it with raysegment infer model={directory}"
+        )
     model = read_model_file(str(directory))  # model.pth, with raysegment.json as its meta
     meta, weights = model.meta, model.data
     module = load_model(model)

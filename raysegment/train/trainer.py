@@ -27,10 +27,13 @@ from raysegment.runtime import (
     stop_ray,
 )
 from raysegment.train.components import (
+    NNUNET_ARCHITECTURES,
     build_model,
     check_combination,
     check_encoder,
     make_loss,
+    model_name,
+    unet_topology,
 )
 from raysegment.train.data import TrainingSet, prepare
 from raysegment.train.export import TrainSummary, export_model
@@ -48,9 +51,7 @@ def _auto_batch_size(cfg: TrainConfig, data: TrainingSet, use_gpu: bool) -> int:
     """Patches per step: measured on one GPU, else a CPU-friendly size within free RAM."""
     patch = (len(data.channels), *data.patch)
     if use_gpu and torch.cuda.is_available():
-        model = build_model(
-            cfg.model.arch, cfg.model.encoder, len(data.channels), data.classes
-        ).cuda()
+        model = _model(cfg, data, weights=False).cuda()
         torch.cuda.reset_peak_memory_stats()
         base = torch.cuda.memory_allocated()
         model(torch.zeros((2, *patch), device="cuda")).sum().backward()
@@ -64,12 +65,26 @@ def _auto_batch_size(cfg: TrainConfig, data: TrainingSet, use_gpu: bool) -> int:
     return int(np.clip(psutil.virtual_memory().available // 4 // per, 2, 16))
 
 
+def _model(cfg: TrainConfig, data: TrainingSet, weights: bool = True) -> torch.nn.Module:
+    """The model ``cfg`` names for ``data``'s channels, classes and patch; from
+    ``model.weights`` where ``weights``, else randomly initialised."""
+    return build_model(
+        cfg.model.arch,
+        cfg.model.encoder,
+        len(data.channels),
+        data.classes,
+        cfg.model.weights if weights else "random",
+        data.patch,
+        cfg.model.features,
+        data.spacing,
+    )
+
+
 def _probe(cfg: TrainConfig, data: TrainingSet) -> None:
     """Build the model and run one patch through it before any worker starts."""
     make_loss(cfg.loss, data.mode, data.ignore is not None)  # MCCLoss cannot leave pixels out
-    model = build_model(
-        cfg.model.arch, cfg.model.encoder, len(data.channels), data.classes, cfg.model.weights
-    )
+    _check_pretrained_network(cfg, data)
+    model = _model(cfg, data)
     model.eval()
     shape = (2, len(data.channels), *data.patch)
     try:
@@ -97,6 +112,10 @@ _FREE_KEYS = ("overwrite", "max_failures", "num_workers", "device", "layout", "t
 
 def _fingerprint(cfg: TrainConfig) -> str:
     config = {k: v for k, v in config_to_dict(cfg).items() if k not in _FREE_KEYS}
+    if cfg.model.arch not in NNUNET_ARCHITECTURES:
+        # Unused by segmentation-models-pytorch's models: runs begun before the key existed
+        # resume.
+        config["model"] = {k: v for k, v in config["model"].items() if k != "features"}
     return hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()
 
 
@@ -147,13 +166,40 @@ def _check_pretrained(cfg: TrainConfig) -> None:
             f"pretrained={cfg.pretrained}: not a raysegment train output (no checkpoint.pt / "
             f"model.json); give the output= directory of an earlier run"
         )
-    old = json.loads(meta.read_text())
-    for key, want in (("arch", cfg.model.arch), ("encoder", cfg.model.encoder)):
-        if old[key] != want:
+    if not cfg.finetune:  # its epochs go on: from the last it trained
+        history = Path(cfg.pretrained) / "metrics.csv"
+        done = len(history.read_text().splitlines()) - 1 if history.is_file() else 0
+        if cfg.max_epochs <= done:
             raise ConfigError(
-                f"pretrained={cfg.pretrained} is a {old['arch']} with {old['encoder']}; set "
-                f"model.arch={old['arch']} model.encoder={old['encoder']}"
+                f"pretrained={cfg.pretrained} trained {done} epoch(s) and max_epochs="
+                f"{cfg.max_epochs} adds none; give max_epochs above {done} to train it "
+                f"further, or finetune=true to count its epochs anew"
             )
+    old = json.loads(meta.read_text())
+    nnunet = old["arch"] in NNUNET_ARCHITECTURES
+    width = "features" if nnunet else "encoder"
+    was = {"arch": old["arch"], width: old.get(width)}
+    if was != {"arch": cfg.model.arch, width: getattr(cfg.model, width)}:
+        name = model_name(old["arch"], old["encoder"], old.get("features", 0))
+        settings = " ".join(f"model.{k}={v}" for k, v in was.items())
+        raise ConfigError(f"pretrained={cfg.pretrained} is a {name}; set {settings}")
+
+
+def _check_pretrained_network(cfg: TrainConfig, data: TrainingSet) -> None:
+    """An nnU-Net network continued by ``pretrained=`` has the strides and kernels it had:
+    its patch and its voxels' spacing shape them (weights of other strides would load)."""
+    if not cfg.pretrained or cfg.model.arch not in NNUNET_ARCHITECTURES:
+        return
+    old = json.loads((Path(cfg.pretrained) / "model.json").read_text())
+    strides, kernels = unet_topology(data.patch, data.spacing)
+    if [strides, kernels] != [old["strides"], old["kernels"]]:
+        raise ConfigError(
+            f"pretrained={cfg.pretrained} was trained on patches of {old['patch_size']} of "
+            f"voxels of {old['spacing']} µm (strides {old['strides']}, kernels "
+            f"{old['kernels']}); these patches of {list(data.patch)} and voxels of "
+            f"{list(data.spacing) if data.spacing else None} µm give another network; give "
+            f"patch_size={old['patch_size']} and images like those"
+        )
 
 
 def _use_gpu(cfg: TrainConfig) -> bool:
@@ -209,7 +255,8 @@ def train(
         # The encoder's name is checked against segmentation-models-pytorch's, whose import
         # (4.4 s here) and Ray Train's (1.2 s) come first in this thread: done before
         # ray.init, they had delayed Ray's start by 7.6 s.
-        check_encoder(cfg.model.encoder)
+        if cfg.model.arch not in NNUNET_ARCHITECTURES:
+            check_encoder(cfg.model.encoder)
         import ray.train.torch  # noqa: F401
 
         import_ray_data()
@@ -251,6 +298,8 @@ def train(
             "classes": data.classes,
             "arch": cfg.model.arch,
             "encoder": cfg.model.encoder,
+            "features": cfg.model.features,
+            "spacing": data.spacing,
             "in_channels": len(data.channels),
             "weights": cfg.model.weights,
             "optimizer": cfg.optimizer,

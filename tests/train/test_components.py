@@ -17,12 +17,14 @@ from raysegment.train.components import (  # noqa: E402
     ARCHITECTURES,
     LOSSES,
     METRICS,
+    NNUNET_ARCHITECTURES,
     OPTIMIZERS,
     build_model,
     check_combination,
     check_encoder,
     make_loss,
     metric_values,
+    unet_topology,
 )
 from raysegment.train.data import IGNORE  # noqa: E402
 from raysegment.train.loop import EarlyStopping, _stats, forward, place, train_step  # noqa: E402
@@ -178,6 +180,82 @@ def test_metrics_count_the_labelled_pixels_only(mode: str, classes: int) -> None
         tp, fp, fn, tn = smp.metrics.get_stats(torch.sigmoid(logits), target, mode, threshold=0.5)
         want = torch.stack([tp.sum(0), fp.sum(0), fn.sum(0), tn.sum(0)]).double()
         assert torch.equal(_stats(logits, target.float(), mode, classes), want)
+
+
+@pytest.mark.parametrize("arch", NNUNET_ARCHITECTURES)
+@pytest.mark.parametrize("patch", [(64, 64), (16, 32, 48)])
+def test_nnunets_networks_build_for_2d_and_3d_patches_and_train(arch: str, patch: tuple) -> None:
+    check_combination(_cfg(f"model.arch={arch}", f"patch_size=[{','.join(map(str, patch))}]"))
+    model = build_model(arch, "resnet18", 2, 3, patch=patch, features=4).eval()
+    convolutions = [
+        m for m in model.encoder.modules() if isinstance(m, torch.nn.modules.conv._ConvNd)
+    ]
+    assert {m.weight.ndim - 2 for m in convolutions} == {len(patch)}
+    # nnU-Net's widths: the first stage's features, doubled a stage
+    stages = len(unet_topology(patch)[0])
+    assert model.encoder.output_channels == [4 * 2**i for i in range(stages)]
+    x = torch.randn(1, 2, *patch)
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        y = model(x)
+        traced = torch.jit.trace(model, x)
+        assert torch.allclose(traced(x), y, atol=1e-4)
+    assert y.shape == (1, 3, *patch)
+    optimizer = OPTIMIZERS.get("Adam")(model.train().parameters(), 1e-3)
+    loss_fn = LOSSES.get("DiceLoss")[0]("multiclass")
+    labels = torch.randint(0, 3, (2, *patch))
+    assert math.isfinite(
+        train_step(model, optimizer, loss_fn, torch.randn(2, 2, *patch), labels, "float32", None)
+    )
+
+
+def test_nnunets_networks_stride_and_convolve_as_nnunets_planner_does() -> None:
+    """Each stage's strides and kernels: nnU-Net's planner's for the patch and spacing
+    (isotropic; a CT's 5 mm slices of 0.8 mm voxels; an EM volume's 40 nm sections of 8 nm
+    pixels), and a patch its network cannot halve evenly is refused naming nnU-Net's."""
+    topology = pytest.importorskip(
+        "nnunetv2.experiment_planning.experiment_planners.network_topology"
+    )
+    cases = [
+        ((16, 32, 32), None),
+        ((20, 48, 48), None),
+        ((28, 256, 256), None),
+        ((40, 224, 192), None),
+        ((512, 512), None),
+        ((16, 32, 48), None),
+        ((16, 160, 160), (5.0, 0.8, 0.8)),
+        ((24, 192, 160), (2.5, 0.7, 0.7)),
+        ((32, 256, 256), (40.0, 8.0, 8.0)),
+        ((64, 96, 96), (1.0, 1.2, 1.2)),
+        ((256, 224), (0.5, 0.3)),
+    ]
+    for patch, spacing in cases:
+        _, strides, kernels, planned, _ = topology.get_pool_and_conv_props(
+            list(spacing or [1.0] * len(patch)), patch, 4, 999999
+        )
+        assert tuple(planned) == patch
+        want = [list(s) for s in strides], [list(k) for k in kernels]
+        assert unet_topology(patch, spacing) == want, (patch, spacing)
+    # nnU-Net would pad this patch to a multiple of what it halves it by: named.
+    _, _, _, planned, _ = topology.get_pool_and_conv_props([1.0] * 3, (36, 64, 64), 4, 999999)
+    with pytest.raises(ConfigError, match=r"of \[8, 16, 16\], e.g. patch_size=\[40, 64, 64\]$"):
+        unet_topology((36, 64, 64))
+    assert list(planned) == [40, 64, 64]
+
+
+@pytest.mark.parametrize(
+    "patch,arch,match",
+    [
+        ("[16,64,64]", "Unet", r"trains a 3D network and model.arch=Unet is 2D"),
+        ("[4,6,10]", "PlainConvUNet", r"too small for PlainConvUNet"),
+        ("[8,16,16,16]", "PlainConvUNet", r"give 1 to 3 positive sizes"),
+    ],
+)
+def test_3d_patches_need_nnunets_networks_of_a_few_stages(
+    patch: str, arch: str, match: str
+) -> None:
+    with pytest.raises(ConfigError, match=match):
+        check_combination(_cfg(f"patch_size={patch}", f"model.arch={arch}"))
 
 
 @pytest.mark.parametrize(

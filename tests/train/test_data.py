@@ -84,6 +84,49 @@ def test_prepare_splits_measures_and_reads_patches(tmp_path: Path) -> None:
     assert all(s["pair"] in data.val for s in val) and len(val) == 2 * 2 * 2
 
 
+def test_3d_patches_are_the_volumes_blocks_flipped_alike_along_every_axis(
+    tmp_path: Path,
+) -> None:
+    """A (z, y, x) patch is its volume's block, normalized, with its labels; augmented,
+    image and labels flip alike, along z too; validation tiles the volumes along z."""
+    rng = np.random.default_rng(4)
+    volumes = {
+        f"v{i}.tif": rng.integers(0, 999, (10 + i, 40, 36), dtype=np.uint16) for i in range(3)
+    }
+    # labels that tell every voxel's place: its image's value above 500
+    _write(tmp_path, volumes, {k: (v > 500).astype(np.uint8) for k, v in volumes.items()})
+    data = prepare(_cfg(tmp_path, "patch_size=[8,16,16]", "train_fraction=0.67"))
+    assert data.patch == (8, 16, 16) and data.sizes == (8, 16, 16) and data.val == (1,)
+    val = data.val_specs(100)  # the 11-plane volume: z at 0 and 3 (its last 8 planes)
+    assert sorted({s["z"] for s in val}) == [0, 3] and len(val) == 2 * 3 * 3
+    stack = [tifffile.imread(tmp_path / "img" / f"v{i}.tif") for i in range(3)]
+    batch = {k: np.array([s[k] for s in val]) for k in val[0]}
+    out = read_patches(batch, data, augment=False)
+    assert out["x"].shape == (18, 1, 8, 16, 16) and out["y"].shape == (18, 1, 8, 16, 16)
+    for k, spec in enumerate(val):
+        z, y, x = spec["z"], spec["y"], spec["x"]
+        block = stack[spec["pair"]][z : z + 8, y : y + 16, x : x + 16]
+        np.testing.assert_allclose(out["x"][k, 0], (block - data.mean[0]) / data.std[0], atol=1e-5)
+        np.testing.assert_array_equal(out["y"][k, 0], block > 500)
+    specs = data.train_specs(64, seed=0)
+    batch = {k: np.array([s[k] for s in specs]) for k in specs[0]}
+    out = read_patches(batch, data, augment=True)
+    # Flipped and turned alike: the labels are where the (rescaled) image is brightest.
+    x, y = out["x"][:, 0], out["y"][:, 0]
+    for k in range(len(specs)):
+        assert x[k][y[k] == 1].min() > x[k][y[k] == 0].max()
+    # Along z too: each voxel's label its place (z, y, x), the image's ordered as it.
+    from raysegment.train.data import _augment
+
+    place = np.arange(8 * 16 * 16).reshape(1, 8, 16, 16)
+    flipped = set()
+    for seed in range(32):
+        x, y = _augment(place.astype(np.float32), place, np.random.default_rng(seed))
+        assert (np.diff(x.ravel()[np.argsort(y.ravel())]) > 0).all()  # the same moves
+        flipped.add(bool(y[0, 0, 0, 0] // 256 > y[0, -1, 0, 0] // 256))
+    assert flipped == {True, False}
+
+
 def _check_patches(data: object, picks: list[tuple[np.ndarray, int, int, int]]) -> None:
     """The 32^2 patch of pair k at ``picks[k]`` (its plane, z, y, x) is that plane's
     pixels normalized, its label the pixels above 500."""
