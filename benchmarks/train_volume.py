@@ -17,6 +17,7 @@ truth. Writes ``train_volume.json`` into --out.
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 from pathlib import Path
@@ -31,6 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from run import bench_args, infer_cli, machine, train_cli, write_result  # noqa: E402
 
+from raysegment.runtime import TORCH_WORKER_ENV  # noqa: E402
 from raysegment.train.components import OPTIMIZERS, build_model, make_loss  # noqa: E402
 from raysegment.train.loop import place, train_step  # noqa: E402
 
@@ -74,6 +76,10 @@ def steps_alone(patch: tuple[int, ...], features: int, device: torch.device) -> 
 
 
 def main() -> None:
+    if any(os.environ.get(k) != v for k, v in TORCH_WORKER_ENV.items()):
+        # The steps alone run here with the allocator settings raysegment's training
+        # workers get (glibc reads them at process start), as run.py's model-only loop.
+        os.execve(sys.executable, [sys.executable, *sys.argv], os.environ | TORCH_WORKER_ENV)
     args = bench_args(__doc__ or "", size=64, features=16, depth=16)
     size, depth, features = int(args.size), int(args.depth), int(args.features)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")

@@ -644,6 +644,10 @@ class TrainConfig:
     patches_per_epoch: int = 256
     """Random training patches drawn anew every epoch (from ``seed`` and the epoch),
     shared out among the workers."""
+    oversample_foreground: float = 0.33
+    """Share of the random patches centred on a labelled voxel (of a label drawn at random
+    among an image's), as nnU-Net oversamples foreground: small structures of large
+    volumes are met; 0: every patch anywhere."""
     val_patches: int = 64
     """Most validation patches (a fixed grid over the validation images)."""
     augment: bool = True
@@ -712,6 +716,11 @@ class TrainConfig:
             raise ConfigError(f"lr_schedule.factor={schedule.factor} must be in (0, 1)")
         if schedule.patience < 1:
             raise ConfigError(f"lr_schedule.patience={schedule.patience} must be >= 1")
+        if not 0 <= self.oversample_foreground <= 1:
+            raise ConfigError(
+                f"oversample_foreground={self.oversample_foreground} must be in [0, 1] (a share "
+                f"of the patches; nnU-Net's 0.33)"
+            )
         if self.min_delta < 0:
             raise ConfigError(f"min_delta={self.min_delta} must be >= 0")
         if self.ignore_index is not None and not 1 <= self.ignore_index <= 65535:

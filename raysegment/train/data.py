@@ -105,6 +105,11 @@ class TrainingSet:
     spacing: tuple[float, ...] | None = None
     """The voxels' size along the patch's axes, in micrometres: the training images' median
     (what nnU-Net's planner shapes its networks by); None where an image does not say."""
+    foreground: tuple[Foreground | None, ...] = ()
+    """Each pair's labels' foreground voxels (``_scan_labels``): where oversampled patches
+    centre."""
+    oversample: float = 0.0
+    """The share of random patches centred on a foreground voxel (``oversample_foreground``)."""
 
     @property
     def sizes(self) -> tuple[int, int, int]:
@@ -244,42 +249,69 @@ def _check_pair(
         )
 
 
-def _label_values(label: ImageSource) -> set[int]:
-    """Distinct values of a label image, read region by region (GeoJSON labels: their
-    polygons')."""
+Foreground = dict[tuple[int, int], np.ndarray]
+"""A label image's foreground voxels, a sample of them (``_SAMPLED`` at most) for each
+(channel, label value) past 0 it holds: (k, 3) of their (z, y, x)."""
+
+_SAMPLED = 4096
+"""Foreground voxels kept of each label of an image (``Foreground``)."""
+
+
+def _scan_labels(label: ImageSource, ignore: int | None) -> tuple[set[int], Foreground | None]:
+    """Distinct values of a label image, read region by region (GeoJSON labels and DICOM
+    SEGs: their polygons' and segments'), and a seeded sample of the voxels of each label
+    past 0 but ``ignore`` (None for GeoJSON labels, whose polygons centre patches)."""
     drawn = label.labels if isinstance(label, AtLevel) else label
-    if isinstance(drawn, (GeoJsonLabels, DicomSegLabels)):
-        return drawn.values()
+    if isinstance(drawn, GeoJsonLabels):
+        return drawn.values(), None
     _, c, z, y, x = label.info.shape
     if label.info.dtype.kind == "f":
         raise InputImageError(
             f"{label.path}: label pixels are {label.info.dtype}; labels must be integers"
         )
     values: set[int] = set()
+    rng, found = np.random.default_rng(0), dict[tuple[int, int], list[np.ndarray]]()
     for zz, y0, x0 in itertools.product(range(z), range(0, y, _SCAN), range(0, x, _SCAN)):
         region = ((zz, zz + 1), (y0, min(y0 + _SCAN, y)), (x0, min(x0 + _SCAN, x)))
-        values |= {int(v) for v in np.unique(label.read(0, tuple(range(c)), region))}
+        data = label.read(0, tuple(range(c)), region)[:, 0]
+        here = {int(v) for v in np.unique(data)}
+        values |= here
         if len(values) > 4096:
             break
-    return values
+        for channel, value in itertools.product(range(c), here - {0, ignore}):
+            at = np.argwhere(data[channel] == value)
+            if len(at):
+                keep = at[rng.choice(len(at), min(len(at), 256), replace=False)]
+                place = np.column_stack([np.full(len(keep), zz), keep + (y0, x0)])
+                found.setdefault((channel, value), []).append(place)
+    samples: Foreground = {}
+    for key, parts in sorted(found.items()):
+        at = np.concatenate(parts)
+        keep = rng.choice(len(at), min(len(at), _SAMPLED), replace=False)
+        samples[key] = at[np.sort(keep)].astype(np.int32)
+    if isinstance(drawn, DicomSegLabels):
+        values = drawn.values()
+    return values, samples
 
 
 def _classes(
     cfg: TrainConfig,
     pairs: list[Pair],
+    held: list[set[int]],
     ignore: int | None,
     class_names: list[str] | None,
     described: bool = False,
 ) -> int:
-    """The model's output channels from the labels' values (``ignore`` left out) and the
-    classes' names (``cfg.class_names``, or the DICOM SEG labels'); ``described``: an
-    nnU-Net dataset's ``dataset.json`` describes regions (named in the errors)."""
+    """The model's output channels from the labels' values (``held``: each pair's;
+    ``ignore`` left out) and the classes' names (``cfg.class_names``, or the DICOM SEG
+    labels'); ``described``: an nnU-Net dataset's ``dataset.json`` describes regions (named
+    in the errors)."""
     mode = cfg.mode.value
     unlabelled = {ignore} if ignore is not None else set()
     if cfg.regions is not None:
-        held = {0, *itertools.chain(*cfg.regions)} | unlabelled
-        for p in pairs:
-            bad = sorted(_label_values(p.label) - held)
+        allowed = {0, *itertools.chain(*cfg.regions)} | unlabelled
+        for p, values in zip(pairs, held, strict=True):
+            bad = sorted(values - allowed)
             if bad:
                 raise InputImageError(
                     f"{p.label.path}: has values {bad[:5]}, in no region of regions="
@@ -291,8 +323,8 @@ def _classes(
         counts = {p.label.info.shape[1] for p in pairs}
         if len(counts) != 1:
             raise InputImageError(f"labels have differing channel counts {sorted(counts)}")
-        for p in pairs:
-            bad = sorted(_label_values(p.label) - {0, 1} - unlabelled)
+        for p, values in zip(pairs, held, strict=True):
+            bad = sorted(values - {0, 1} - unlabelled)
             if bad:
                 raise InputImageError(
                     f"{p.label.path}: has values {bad[:5]}; mode=multilabel needs 0/1 per channel"
@@ -300,8 +332,8 @@ def _classes(
                 )
         return counts.pop()
     seen: dict[int, str] = {}
-    for p in pairs:
-        values = (_label_values(p.label) - unlabelled) or {0}
+    for p, found in zip(pairs, held, strict=True):
+        values = (found - unlabelled) or {0}
         if min(values) < 0:
             raise InputImageError(f"{p.label.path}: has negative label values")
         if mode == "binary" and len(values - {0}) > 1:
@@ -509,7 +541,10 @@ def prepare(cfg: TrainConfig) -> TrainingSet:
     ignore = cfg.ignore_index
     if any(isinstance(p.label, GeoJsonLabels) and p.label.ignores for p in pairs):
         ignore = drawn
-    classes = _classes(cfg, pairs, ignore, class_names, _described_regions(dataset) is not None)
+    scans = [_scan_labels(p.label, ignore) for p in pairs]
+    held = [values for values, _ in scans]
+    described = _described_regions(dataset) is not None
+    classes = _classes(cfg, pairs, held, ignore, class_names, described)
     if class_names is not None and len(class_names) != classes:
         raise ConfigError(
             f"class_names={class_names} names {len(class_names)} class(es) but the "
@@ -543,6 +578,8 @@ def prepare(cfg: TrainConfig) -> TrainingSet:
         tuple(tuple(r) for r in cfg.regions) if cfg.regions else None,
         tuple(cfg.region_order()) if cfg.regions else None,
         _spacing([pairs[i] for i in train], len(patch)),
+        tuple(found for _, found in scans),
+        cfg.oversample_foreground,
     )
 
 
@@ -682,7 +719,8 @@ def read_patches(
     mean = np.asarray(data.mean, np.float32).reshape(-1, *[1] * len(data.patch))
     std = np.asarray(data.std, np.float32).reshape(-1, *[1] * len(data.patch))
     for k in range(len(batch["pair"])):
-        pair = data.pairs[int(batch["pair"][k])]
+        index = int(batch["pair"][k])
+        pair = data.pairs[index]
         (h, w), planes = pair.size, pair.planes
         if "seed" in batch:
             rng = np.random.default_rng(int(batch["seed"][k]))
@@ -692,9 +730,18 @@ def read_patches(
                 int(rng.integers(0, w - pw + 1)),
             )
             label = pair.label
+            found = data.foreground[index] if data.oversample else None
             if isinstance(label, GeoJsonLabels) and len(label.labelled):
                 if label.sparse or rng.random() < ANNOTATED:
                     y0, x0 = _at_annotation(label, rng, (h, w), (ph, pw))
+            elif found and rng.random() < data.oversample:
+                # a random label's random voxel, as nnU-Net oversamples its foreground
+                where = found[sorted(found)[int(rng.integers(len(found)))]]
+                at = where[int(rng.integers(len(where)))]
+                z, y0, x0 = (
+                    int(np.clip(c - p // 2, 0, n - p))
+                    for c, p, n in zip(at, (pz, ph, pw), (planes, h, w), strict=True)
+                )
         else:
             rng = None
             z, y0, x0 = (int(batch[a][k]) for a in ("z", "y", "x"))

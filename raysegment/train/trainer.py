@@ -110,11 +110,19 @@ _FREE_KEYS = ("overwrite", "max_failures", "num_workers", "device", "layout", "t
 ``threads``: float rounding only, as a device's kernels do)."""
 
 
+_LATER_KEYS = {"oversample_foreground": 0.33}
+"""Keys added since the first fingerprints, left out of them at these defaults: a run
+begun before a key existed resumes (from then on with the key's default)."""
+
+
 def _fingerprint(cfg: TrainConfig) -> str:
-    config = {k: v for k, v in config_to_dict(cfg).items() if k not in _FREE_KEYS}
+    config = {
+        k: v
+        for k, v in config_to_dict(cfg).items()
+        if k not in _FREE_KEYS and (k not in _LATER_KEYS or v != _LATER_KEYS[k])
+    }
     if cfg.model.arch not in NNUNET_ARCHITECTURES:
-        # Unused by segmentation-models-pytorch's models: runs begun before the key existed
-        # resume.
+        # Unused by segmentation-models-pytorch's models: left out likewise.
         config["model"] = {k: v for k, v in config["model"].items() if k != "features"}
     return hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()
 

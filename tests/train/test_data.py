@@ -127,6 +127,48 @@ def test_3d_patches_are_the_volumes_blocks_flipped_alike_along_every_axis(
     assert flipped == {True, False}
 
 
+def test_foreground_is_oversampled_as_nnunet_does(tmp_path: Path) -> None:
+    """Sparse labels (a small ball of class 1 and a box of class 2 in each 24 x 64^2
+    volume): a sample of each label's voxels is kept, every one of them that label's; a
+    third of the random patches centre on one of them (a label drawn at random), so hold
+    it; with oversample_foreground=0 few patches hold any."""
+    rng = np.random.default_rng(5)
+    zz, yy, xx = np.mgrid[:24, :64, :64]
+    volumes, labels = {}, {}
+    for i in range(3):
+        c = rng.integers(4, 20), rng.integers(8, 56), rng.integers(8, 56)
+        label = ((zz - c[0]) ** 2 + (yy - c[1]) ** 2 + (xx - c[2]) ** 2 <= 4).astype(np.uint8)
+        label[2:5, 50:60, 2:8] = 2
+        labels[f"v{i}.tif"] = label
+        volumes[f"v{i}.tif"] = rng.integers(0, 999, label.shape, dtype=np.uint16)
+    _write(tmp_path, volumes, labels)
+    shares = {}
+    for share in (0.33, 0.0):
+        data = prepare(
+            _cfg(tmp_path, "mode=multiclass", "patch_size=[8,16,16]", "train_fraction=0.67")
+            if share
+            else _cfg(
+                tmp_path,
+                "mode=multiclass",
+                "patch_size=[8,16,16]",
+                "train_fraction=0.67",
+                "oversample_foreground=0",
+            )
+        )
+        assert data.oversample == share
+        for k, found in enumerate(data.foreground):
+            label = labels[f"v{k}.tif"]
+            assert found is not None and sorted(found) == [(0, 1), (0, 2)]
+            assert len(found[(0, 2)]) == 10 * 6 * 3  # all of them: fewer than kept at most
+            for (_, value), at in found.items():
+                assert (label[tuple(at.T)] == value).all()
+        specs = data.train_specs(600, seed=0)
+        batch = {k: np.array([s[k] for s in specs]) for k in specs[0]}
+        y = read_patches(batch, data, augment=False)["y"]
+        shares[share] = float((y > 0).any(axis=(1, 2, 3)).mean())
+    assert shares[0.33] > 0.33 and shares[0.0] < 0.2, shares
+
+
 def _check_patches(data: object, picks: list[tuple[np.ndarray, int, int, int]]) -> None:
     """The 32^2 patch of pair k at ``picks[k]`` (its plane, z, y, x) is that plane's
     pixels normalized, its label the pixels above 500."""

@@ -158,11 +158,11 @@ def test_a_3d_model_is_not_packaged_for_the_bioimage_model_zoo(trained3d, tmp_pa
     assert not any(tmp_path.iterdir())
 
 
-def test_unfinished_runs_begun_before_nnunets_networks_existed_still_resume() -> None:
+def test_unfinished_runs_begun_before_the_newer_keys_still_resume() -> None:
     """A run's settings' fingerprint (what a rerun must match to resume): a
     segmentation-models-pytorch model's leaves out ``model.features``, which it does not
-    use, so it is the one raysegment wrote before that key (at ccc21f6); an nnU-Net
-    network's counts it."""
+    use, and ``oversample_foreground`` at its default, so it is the one raysegment wrote
+    before those keys (at ccc21f6); an nnU-Net network's counts its features."""
     from raysegment.config import TrainConfig, load_config
     from raysegment.train.trainer import _fingerprint
 
@@ -170,6 +170,10 @@ def test_unfinished_runs_begun_before_nnunets_networks_existed_still_resume() ->
     cfg = load_config(TrainConfig, (), need)
     assert _fingerprint(cfg) == "e2fc52baa52d7bb2d2b95494d1714884d1c8e24f6ff6626829fe970b87bb2254"
     assert _fingerprint(load_config(TrainConfig, (), [*need, "model.features=8"])) == (
+        _fingerprint(cfg)
+    )
+    # Foreground oversampling (since then): at its default too; another share is another run.
+    assert _fingerprint(load_config(TrainConfig, (), [*need, "oversample_foreground=0"])) != (
         _fingerprint(cfg)
     )
     nnunet = [*need, "model.arch=PlainConvUNet"]
