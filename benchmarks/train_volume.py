@@ -6,10 +6,11 @@ model it gives on a volume it never saw.
 Eight synthetic volumes (``--depth`` x 2 planes of ``--size`` x 2 pixels each, bright
 balls in noise, 2 x 0.5^2 µm voxels: nnU-Net's planner halves y and x first) train
 ``raysegment train model.arch=PlainConvUNet`` on one worker (the GPU where there is one)
-with (``--depth``, ``--size``, ``--size``) patches, 8 a step, 64 an epoch, until early
-stopping (``patience=2``) or 20 epochs, in a fresh process (Ray's start included). Against
-it, the steps alone: the same network, loss and optimizer (``train_step``) on one batch of
-patches held in memory, as many steps as an epoch, timed after a warm-up step: the
+with (``--depth``, ``--size``, ``--size``) patches, 8 a step, 64 an epoch and 16
+validating, until early stopping (``patience=2``) or 20 epochs, in a fresh process (Ray's
+start included). Against it, an epoch's model work alone: the same network, loss and
+optimizer (``train_step``) on one batch of patches held in memory, as many steps as an
+epoch and as many forward passes as its validation, timed after a warm-up step: the
 ceiling of patches a second. Then ``raysegment infer`` of a larger volume (4 x the depth,
 6 x the size a side) with the trained model: its time and the mask's IoU against the
 truth. Writes ``train_volume.json`` into --out.
@@ -34,10 +35,10 @@ from run import bench_args, infer_cli, machine, train_cli, write_result  # noqa:
 
 from raysegment.runtime import TORCH_WORKER_ENV  # noqa: E402
 from raysegment.train.components import OPTIMIZERS, build_model, make_loss  # noqa: E402
-from raysegment.train.loop import place, train_step  # noqa: E402
+from raysegment.train.loop import forward, place, train_step  # noqa: E402
 
 VOXEL = {"axes": "ZYX", "PhysicalSizeZ": 2.0, "PhysicalSizeY": 0.5, "PhysicalSizeX": 0.5}
-PATCHES, BATCH = 64, 8
+PATCHES, BATCH, VALIDATION = 64, 8, 16
 
 
 def spheres(
@@ -55,7 +56,8 @@ def spheres(
 
 
 def steps_alone(patch: tuple[int, ...], features: int, device: torch.device) -> float:
-    """Patches a second of the training step alone, on one batch held in memory."""
+    """Patches a second of an epoch's model work alone, on one batch held in memory: its
+    training steps, and its validation patches' forward passes."""
     spacing = (2.0, 0.5, 0.5)
     model = build_model("PlainConvUNet", "", 1, 1, patch=patch, features=features, spacing=spacing)
     layout = place(model, (1, *patch), device, "auto", "float32")
@@ -70,6 +72,10 @@ def steps_alone(patch: tuple[int, ...], features: int, device: torch.device) -> 
     start = time.perf_counter()
     for _ in range(PATCHES // BATCH):
         train_step(model, optimizer, loss_fn, x, y, "float32", None)
+    model.eval()
+    with torch.no_grad():
+        for _ in range(VALIDATION // BATCH):
+            loss_fn(forward(model, x, "float32"), y)
     if device.type == "cuda":
         torch.cuda.synchronize()
     return PATCHES / (time.perf_counter() - start)
@@ -102,7 +108,7 @@ def main() -> None:
         f"model.features={features}",
         f"patch_size=[{depth},{size},{size}]",
         f"patches_per_epoch={PATCHES}",
-        "val_patches=16",
+        f"val_patches={VALIDATION}",
         f"batch_size={BATCH}",
         "lr=0.01",
         "max_epochs=20",
