@@ -257,12 +257,15 @@ _SAMPLED = 4096
 """Foreground voxels kept of each label of an image (``Foreground``)."""
 
 
-def _scan_labels(label: ImageSource, ignore: int | None) -> tuple[set[int], Foreground | None]:
+def _scan_labels(
+    label: ImageSource, ignore: int | None, locate: bool
+) -> tuple[set[int], Foreground | None]:
     """Distinct values of a label image, read region by region (GeoJSON labels and DICOM
-    SEGs: their polygons' and segments'), and a seeded sample of the voxels of each label
-    past 0 but ``ignore`` (None for GeoJSON labels, whose polygons centre patches)."""
+    SEGs: their polygons' and segments'), and with ``locate`` a seeded sample of the
+    voxels of each label past 0 but ``ignore`` (None for GeoJSON labels, whose polygons
+    centre patches, and without ``locate``)."""
     drawn = label.labels if isinstance(label, AtLevel) else label
-    if isinstance(drawn, GeoJsonLabels):
+    if isinstance(drawn, GeoJsonLabels) or (isinstance(drawn, DicomSegLabels) and not locate):
         return drawn.values(), None
     _, c, z, y, x = label.info.shape
     if label.info.dtype.kind == "f":
@@ -278,7 +281,8 @@ def _scan_labels(label: ImageSource, ignore: int | None) -> tuple[set[int], Fore
         values |= here
         if len(values) > 4096:
             break
-        for channel, value in itertools.product(range(c), here - {0, ignore}):
+        labelled = here - {0, ignore} if locate else set()
+        for channel, value in itertools.product(range(c), labelled):
             at = np.argwhere(data[channel] == value)
             if len(at):
                 keep = at[rng.choice(len(at), min(len(at), 256), replace=False)]
@@ -291,7 +295,7 @@ def _scan_labels(label: ImageSource, ignore: int | None) -> tuple[set[int], Fore
         samples[key] = at[np.sort(keep)].astype(np.int32)
     if isinstance(drawn, DicomSegLabels):
         values = drawn.values()
-    return values, samples
+    return values, samples if locate else None
 
 
 def _classes(
@@ -541,7 +545,7 @@ def prepare(cfg: TrainConfig) -> TrainingSet:
     ignore = cfg.ignore_index
     if any(isinstance(p.label, GeoJsonLabels) and p.label.ignores for p in pairs):
         ignore = drawn
-    scans = [_scan_labels(p.label, ignore) for p in pairs]
+    scans = [_scan_labels(p.label, ignore, cfg.oversample_foreground > 0) for p in pairs]
     held = [values for values, _ in scans]
     described = _described_regions(dataset) is not None
     classes = _classes(cfg, pairs, held, ignore, class_names, described)

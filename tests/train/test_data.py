@@ -156,7 +156,9 @@ def test_foreground_is_oversampled_as_nnunet_does(tmp_path: Path) -> None:
             )
         )
         assert data.oversample == share
-        for k, found in enumerate(data.foreground):
+        if not share:  # nothing located
+            assert data.foreground == (None,) * 3
+        for k, found in enumerate(data.foreground if share else ()):
             label = labels[f"v{k}.tif"]
             assert found is not None and sorted(found) == [(0, 1), (0, 2)]
             assert len(found[(0, 2)]) == 10 * 6 * 3  # all of them: fewer than kept at most
