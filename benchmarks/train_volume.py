@@ -33,6 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from run import bench_args, infer_cli, machine, train_cli, write_result  # noqa: E402
 
+from raysegment.compute import memory_format  # noqa: E402
 from raysegment.runtime import TORCH_WORKER_ENV  # noqa: E402
 from raysegment.train.components import OPTIMIZERS, build_model, make_loss  # noqa: E402
 from raysegment.train.loop import forward, place, train_step  # noqa: E402
@@ -61,7 +62,7 @@ def steps_alone(patch: tuple[int, ...], features: int, device: torch.device) -> 
     spacing = (2.0, 0.5, 0.5)
     model = build_model("PlainConvUNet", "", 1, 1, patch=patch, features=features, spacing=spacing)
     layout = place(model, (1, *patch), device, "auto", "float32")
-    memory = torch.channels_last_3d if layout == "channels_last" else torch.contiguous_format
+    memory = memory_format(layout, len(patch))
     optimizer = OPTIMIZERS.get("Adam")(model.train().parameters(), 0.01)
     loss_fn = make_loss("DiceLoss", "binary")
     x = torch.randn(BATCH, 1, *patch, device=device).contiguous(memory_format=memory)

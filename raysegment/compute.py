@@ -17,6 +17,7 @@ __all__ = [
     "autocast",
     "choose_layout",
     "forward",
+    "memory_format",
     "prefers_channels_last",
     "probe_tile",
     "slow_precision",
@@ -75,6 +76,14 @@ def autocast(device: torch.device, precision: str) -> contextlib.AbstractContext
     return torch.autocast(device.type, dtype=getattr(torch, precision))
 
 
+def memory_format(layout: str, dims: int) -> torch.memory_format:
+    """The memory format of ``layout`` (``choose_layout``'s name) for a model of ``dims``
+    spatial dimensions: channels-last (2D) or its 3D form, else contiguous."""
+    if layout != "channels_last":
+        return torch.contiguous_format
+    return torch.channels_last if dims == 2 else torch.channels_last_3d
+
+
 def choose_layout(
     module: torch.nn.Module,
     tile_shape: tuple[int, ...],
@@ -96,7 +105,7 @@ def choose_layout(
     dims = len(tile_shape) - 1
     if layout == "channels_first" or dims not in (2, 3):
         return "channels_first"
-    last = torch.channels_last if dims == 2 else torch.channels_last_3d
+    last = memory_format("channels_last", dims)
     if layout == "channels_last":
         module.to(memory_format=last)
         return "channels_last"

@@ -15,7 +15,7 @@ from torch import nn
 from raysegment.config import TrainConfig
 from raysegment.errors import ConfigError
 from raysegment.registry import Registry
-from raysegment.train.data import IGNORE
+from raysegment.train.data import IGNORE, TrainingSet
 
 __all__ = [
     "ARCHITECTURES",
@@ -28,6 +28,7 @@ __all__ = [
     "check_encoder",
     "make_loss",
     "metric_values",
+    "model_for",
     "model_name",
     "unet_topology",
 ]
@@ -238,6 +239,24 @@ def unet_topology(
         ConfigError: the patch is not a multiple of what its network halves it by along
             each axis (nnU-Net pads its planned patch to one: named), or too small to halve.
     """
+    strides, kernels, pools = _planned(patch, spacing)
+    multiple = [2**n for n in pools]
+    if len(strides) < 2 or any(p % m for p, m in zip(patch, multiple, strict=True)):
+        padded = [-(-p // m) * m for p, m in zip(patch, multiple, strict=True)]
+        why = (
+            f"too small to halve; give at least 8 along an axis, e.g. {[max(p, 16) for p in patch]}"
+            if len(strides) < 2
+            else f"nnU-Net's network halves it {pools} times along its axes; give a multiple "
+            f"of {multiple}, e.g. patch_size={padded}"
+        )
+        raise ConfigError(f"patch_size={list(patch)}: {why}")
+    return strides, kernels
+
+
+def _planned(
+    patch: tuple[int, ...], spacing: tuple[float, ...] | None
+) -> tuple[list[list[int]], list[list[int]], list[int]]:
+    """``unet_topology``'s strides and kernels, and the halvings along each axis."""
     dims = len(patch)
     size = [float(s) for s in patch]
     space = [float(s) for s in spacing] if spacing else [1.0] * dims
@@ -256,17 +275,7 @@ def unet_topology(
         strides.append([2 if d in axes else 1 for d in range(dims)])
         kernels.append(list(kernel))
     kernels.append([3] * dims)
-    multiple = [2**n for n in pools]
-    if len(strides) < 2 or any(p % m for p, m in zip(patch, multiple, strict=True)):
-        padded = [-(-p // m) * m for p, m in zip(patch, multiple, strict=True)]
-        why = (
-            f"too small to halve; give at least 8 along an axis, e.g. {[max(p, 16) for p in patch]}"
-            if len(strides) < 2
-            else f"nnU-Net's network halves it {pools} times along its axes; give a multiple "
-            f"of {multiple}, e.g. patch_size={padded}"
-        )
-        raise ConfigError(f"patch_size={list(patch)}: {why}")
-    return strides, kernels
+    return strides, kernels, pools
 
 
 def _nnunet_model(
@@ -286,6 +295,21 @@ def _nnunet_model(
     decoder = [2 if arch == "PlainConvUNet" else 1] * (stages - 1)
     architecture = unet_architecture(arch, widths, kernels, strides, blocks, decoder)
     return build_network(architecture, in_channels, classes, f"model.arch={arch}")  # type: ignore[no-any-return]
+
+
+def model_for(cfg: TrainConfig, data: TrainingSet, weights: bool = True) -> nn.Module:
+    """The model ``cfg`` names for ``data``'s channels, classes, patch and spacing; from
+    ``model.weights`` where ``weights``, else randomly initialised."""
+    return build_model(
+        cfg.model.arch,
+        cfg.model.encoder,
+        len(data.channels),
+        data.classes,
+        cfg.model.weights if weights else "random",
+        data.patch,
+        cfg.model.features,
+        data.spacing,
+    )
 
 
 def model_name(arch: str, encoder: str, features: int) -> str:
@@ -331,7 +355,8 @@ def check_combination(cfg: TrainConfig) -> None:
             f"(segmentation-models-pytorch); choose model.arch=PlainConvUNet or "
             f"ResidualEncoderUNet (nnU-Net's), or a 2D patch_size"
         )
-    if arch in NNUNET_ARCHITECTURES and max(cfg.patch()) < 12:
+    # Too small at any spacing: isotropic voxels halve the most axes.
+    if arch in NNUNET_ARCHITECTURES and len(_planned(cfg.patch(), None)[0]) < 2:
         raise ConfigError(
             f"patch_size={cfg.patch_size}: too small for {arch}, which halves axes of 8 or "
             f"more (a lone one of 12 or more); nnU-Net's 3D patches are e.g. [64,128,128]"

@@ -14,7 +14,7 @@ from omegaconf import OmegaConf
 
 from raysegment.config import TrainConfig
 from raysegment.modeldir import MODEL_META
-from raysegment.train.components import NNUNET_ARCHITECTURES, build_model, unet_topology
+from raysegment.train.components import NNUNET_ARCHITECTURES, model_for, unet_topology
 from raysegment.train.data import TrainingSet
 from raysegment.train.loop import history_csv, save_file
 
@@ -150,15 +150,7 @@ def export_model(
     config.yaml, curves PNG and the metadata infer reads."""
     out.mkdir(parents=True, exist_ok=True)
     in_channels = len(data.channels)
-    model = build_model(
-        cfg.model.arch,
-        cfg.model.encoder,
-        in_channels,
-        data.classes,
-        patch=data.patch,
-        features=cfg.model.features,
-        spacing=data.spacing,
-    )
+    model = model_for(cfg, data, weights=False)
     model.load_state_dict(state["best"])
     model.eval()
     example = torch.randn(1, in_channels, *data.patch)

@@ -19,7 +19,7 @@ from typing import Any
 
 import torch
 
-from raysegment.compute import argmax, autocast, choose_layout
+from raysegment.compute import argmax, autocast, choose_layout, memory_format
 from raysegment.runtime import node_cpus, quiet_ray_data
 from raysegment.train.components import OPTIMIZERS, build_model, make_loss, metric_values
 from raysegment.train.data import IGNORE, read_patches
@@ -248,8 +248,7 @@ def train_loop(config: dict[str, Any]) -> None:
     layout = place(
         model, (config["in_channels"], *config["patch"]), device, config["layout"], precision
     )
-    last = torch.channels_last if len(config["patch"]) == 2 else torch.channels_last_3d
-    memory = last if layout == "channels_last" else torch.contiguous_format
+    memory = memory_format(layout, len(config["patch"]))
     model = ray.train.torch.prepare_model(model)
     optimizer = OPTIMIZERS.get(config["optimizer"])(model.parameters(), config["lr"])
     if optimizer_state is not None:

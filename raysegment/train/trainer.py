@@ -28,10 +28,10 @@ from raysegment.runtime import (
 )
 from raysegment.train.components import (
     NNUNET_ARCHITECTURES,
-    build_model,
     check_combination,
     check_encoder,
     make_loss,
+    model_for,
     model_name,
     unet_topology,
 )
@@ -51,7 +51,7 @@ def _auto_batch_size(cfg: TrainConfig, data: TrainingSet, use_gpu: bool) -> int:
     """Patches per step: measured on one GPU, else a CPU-friendly size within free RAM."""
     patch = (len(data.channels), *data.patch)
     if use_gpu and torch.cuda.is_available():
-        model = _model(cfg, data, weights=False).cuda()
+        model = model_for(cfg, data, weights=False).cuda()
         torch.cuda.reset_peak_memory_stats()
         base = torch.cuda.memory_allocated()
         model(torch.zeros((2, *patch), device="cuda")).sum().backward()
@@ -65,26 +65,11 @@ def _auto_batch_size(cfg: TrainConfig, data: TrainingSet, use_gpu: bool) -> int:
     return int(np.clip(psutil.virtual_memory().available // 4 // per, 2, 16))
 
 
-def _model(cfg: TrainConfig, data: TrainingSet, weights: bool = True) -> torch.nn.Module:
-    """The model ``cfg`` names for ``data``'s channels, classes and patch; from
-    ``model.weights`` where ``weights``, else randomly initialised."""
-    return build_model(
-        cfg.model.arch,
-        cfg.model.encoder,
-        len(data.channels),
-        data.classes,
-        cfg.model.weights if weights else "random",
-        data.patch,
-        cfg.model.features,
-        data.spacing,
-    )
-
-
 def _probe(cfg: TrainConfig, data: TrainingSet) -> None:
     """Build the model and run one patch through it before any worker starts."""
     make_loss(cfg.loss, data.mode, data.ignore is not None)  # MCCLoss cannot leave pixels out
     _check_pretrained_network(cfg, data)
-    model = _model(cfg, data)
+    model = model_for(cfg, data)
     model.eval()
     shape = (2, len(data.channels), *data.patch)
     try:

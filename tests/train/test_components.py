@@ -228,6 +228,7 @@ def test_nnunets_networks_stride_and_convolve_as_nnunets_planner_does() -> None:
         ((32, 256, 256), (40.0, 8.0, 8.0)),
         ((64, 96, 96), (1.0, 1.2, 1.2)),
         ((256, 224), (0.5, 0.3)),
+        ((8, 8), None),
     ]
     for patch, spacing in cases:
         _, strides, kernels, planned, _ = topology.get_pool_and_conv_props(
@@ -241,6 +242,8 @@ def test_nnunets_networks_stride_and_convolve_as_nnunets_planner_does() -> None:
     with pytest.raises(ConfigError, match=r"of \[8, 16, 16\], e.g. patch_size=\[40, 64, 64\]$"):
         unet_topology((36, 64, 64))
     assert list(planned) == [40, 64, 64]
+    # The smallest patch it halves passes the check made before the data are read.
+    check_combination(_cfg("model.arch=PlainConvUNet", "patch_size=[8,8]"))
 
 
 @pytest.mark.parametrize(
