@@ -35,7 +35,13 @@ from run import bench_args, infer_cli, machine, train_cli, write_result  # noqa:
 
 from raysegment.compute import memory_format  # noqa: E402
 from raysegment.runtime import TORCH_WORKER_ENV  # noqa: E402
-from raysegment.train.components import OPTIMIZERS, build_model, make_loss  # noqa: E402
+from raysegment.train.components import (  # noqa: E402
+    OPTIMIZERS,
+    DeepSupervision,
+    build_model,
+    make_loss,
+    supervise,
+)
 from raysegment.train.loop import forward, place, train_step  # noqa: E402
 
 VOXEL = {"axes": "ZYX", "PhysicalSizeZ": 2.0, "PhysicalSizeY": 0.5, "PhysicalSizeX": 0.5}
@@ -58,15 +64,17 @@ def spheres(
 
 def steps_alone(patch: tuple[int, ...], features: int, device: torch.device) -> float:
     """Patches a second of an epoch's model work alone, on one batch held in memory: its
-    training steps, and its validation patches' forward passes."""
+    training steps (deep supervision, as the training's default), and its validation
+    patches' forward passes."""
     spacing = (2.0, 0.5, 0.5)
     model = build_model("PlainConvUNet", "", 1, 1, patch=patch, features=features, spacing=spacing)
     layout = place(model, (1, *patch), device, "auto", "float32")
     memory = memory_format(layout, len(patch))
     optimizer = OPTIMIZERS.get("Adam")(model.train().parameters(), 0.01)
-    loss_fn = make_loss("DiceLoss", "binary")
+    loss_fn = DeepSupervision(make_loss("DiceLoss", "binary"))  # as the training's default
     x = torch.randn(BATCH, 1, *patch, device=device).contiguous(memory_format=memory)
     y = (x > 1).float()
+    supervise(model, True)
     train_step(model, optimizer, loss_fn, x, y, "float32", None)
     if device.type == "cuda":
         torch.cuda.synchronize()
@@ -74,6 +82,7 @@ def steps_alone(patch: tuple[int, ...], features: int, device: torch.device) -> 
     for _ in range(PATCHES // BATCH):
         train_step(model, optimizer, loss_fn, x, y, "float32", None)
     model.eval()
+    supervise(model, False)
     with torch.no_grad():
         for _ in range(VALIDATION // BATCH):
             loss_fn(forward(model, x, "float32"), y)

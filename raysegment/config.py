@@ -12,7 +12,7 @@ import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, List, Optional, TypeVar, cast
+from typing import Any, List, Optional, TypeVar, Union, cast
 
 from omegaconf import MISSING, DictConfig, OmegaConf
 from omegaconf.errors import (
@@ -563,6 +563,10 @@ class ModelConfig:
     features: int = 32
     """nnU-Net's networks (PlainConvUNet, ResidualEncoderUNet): the first stage's features,
     doubled every stage up to 320 (3D) or 512 (2D), as nnU-Net's planners have them."""
+    deep_supervision: bool = True
+    """nnU-Net's networks: the loss of every decoder stage's logits against the labels
+    downsampled to them, as nnU-Net trains (weights 1, 1/2, 1/4, ..., the coarsest 0);
+    validation and the written model use the full resolution's alone."""
 
 
 @dataclass
@@ -650,8 +654,10 @@ class TrainConfig:
     volumes are met; 0: every patch anywhere."""
     val_patches: int = 64
     """Most validation patches (a fixed grid over the validation images)."""
-    augment: bool = True
-    """Random flips, 90-degree rotations and intensity changes on training patches."""
+    augment: Union[bool, str] = True
+    """Training patches' augmentations: true, flips, 90-degree turns and a brightness
+    jitter; nnunet, nnU-Net's default ones (rotation, scaling, noise, blur, brightness,
+    contrast, low resolution, gamma, mirroring); false, none."""
     max_epochs: int = 100
     patience: int = 10
     """Stop after this many epochs without a validation-loss improvement of min_delta."""
@@ -716,6 +722,11 @@ class TrainConfig:
             raise ConfigError(f"lr_schedule.factor={schedule.factor} must be in (0, 1)")
         if schedule.patience < 1:
             raise ConfigError(f"lr_schedule.patience={schedule.patience} must be >= 1")
+        if isinstance(self.augment, str) and self.augment != "nnunet":
+            raise ConfigError(
+                f"augment={self.augment!r}: choose true (flips, turns, brightness), nnunet "
+                f"(nnU-Net's augmentations) or false"
+            )
         if not 0 <= self.oversample_foreground <= 1:
             raise ConfigError(
                 f"oversample_foreground={self.oversample_foreground} must be in [0, 1] (a share "
@@ -884,7 +895,7 @@ def _string_keys(schema: type, prefix: str = "") -> set[str]:
         t = str(f.type)
         if dataclasses.is_dataclass(f.default_factory) if callable(f.default_factory) else False:
             keys |= _string_keys(f.default_factory, f"{prefix}{f.name}.")  # type: ignore[arg-type]
-        elif "str" in t and "List" not in t:
+        elif "str" in t and "List" not in t and "bool" not in t:  # augment: true or a name
             keys.add(prefix + f.name)
     return keys
 

@@ -19,6 +19,7 @@ from raysegment.train.data import IGNORE, TrainingSet
 
 __all__ = [
     "ARCHITECTURES",
+    "DeepSupervision",
     "LOSSES",
     "NNUNET_ARCHITECTURES",
     "METRICS",
@@ -30,6 +31,7 @@ __all__ = [
     "metric_values",
     "model_for",
     "model_name",
+    "supervise",
     "unet_topology",
 ]
 
@@ -178,6 +180,61 @@ def make_loss(name: str, mode: str, ignores: bool = False) -> nn.Module:
     if not ignores:
         return factory(mode, None)
     return _Labelled(factory(mode, IGNORE), IGNORE)
+
+
+class DeepSupervision(nn.Module):
+    """nnU-Net's deep supervision loss: the loss of each decoder stage's logits (full
+    resolution first) against the target downsampled to them (nearest), weighted 1, 1/2,
+    1/4, ..., the coarsest 0, the weights summing to 1. Logits of one tensor (validation,
+    a network without it): the loss alone."""
+
+    def __init__(self, loss: nn.Module) -> None:
+        super().__init__()
+        self.loss = loss
+
+    def forward(
+        self, logits: torch.Tensor | list[torch.Tensor], target: torch.Tensor
+    ) -> torch.Tensor:
+        if isinstance(logits, torch.Tensor):
+            return self.loss(logits, target)  # type: ignore[no-any-return]
+        weights = [0.5**i for i in range(len(logits))]
+        if len(weights) > 1:
+            weights[-1] = 0.0  # kept in the graph: every parameter gets its (zero) gradient
+        total = sum(weights)
+        loss = sum(
+            w / total * self.loss(out, _downsampled(target, out.shape[2:]))
+            for w, out in zip(weights, logits, strict=True)
+        )
+        return loss  # type: ignore[return-value]
+
+
+def _downsampled(target: torch.Tensor, size: torch.Size) -> torch.Tensor:
+    """``target`` (N, C, *spatial) float or (N, *spatial) class indices at ``size``,
+    nearest (``IGNORE`` kept), as nnU-Net downsamples its deep supervision targets."""
+    if target.dtype.is_floating_point:
+        spatial = target.shape[2:]
+        if spatial == size:
+            return target
+        return nn.functional.interpolate(target, size=tuple(size), mode="nearest-exact")
+    if target.shape[1:] == size:
+        return target
+    scaled = nn.functional.interpolate(
+        target[:, None].float(), size=tuple(size), mode="nearest-exact"
+    )
+    return scaled[:, 0].to(target.dtype)
+
+
+def supervise(model: nn.Module, on: bool) -> bool:
+    """Turn the deep supervision of nnU-Net's network ``model`` on (its decoder returns
+    every stage's logits, full resolution first) or off (the full resolution's alone);
+    returns whether the model has it. Its weights are the same either way: every stage's
+    output convolution exists in both."""
+    decoders = [
+        m for m in model.modules() if hasattr(m, "deep_supervision") and hasattr(m, "seg_layers")
+    ]
+    for decoder in decoders:
+        setattr(decoder, "deep_supervision", on)  # noqa: B010  (a plain attribute, not a module)
+    return bool(decoders)
 
 
 OptimizerFactory = Callable[[Iterable[nn.Parameter], float], torch.optim.Optimizer]

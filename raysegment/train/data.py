@@ -38,6 +38,7 @@ from raysegment.data.sources import (
 from raysegment.data.tiling import under_centres
 from raysegment.errors import ConfigError, InputImageError
 from raysegment.infer.nnunet import dataset_classes, dataset_regions
+from raysegment.train import augment as augment_
 
 __all__ = ["IGNORE", "AtLevel", "Pair", "TrainingSet", "prepare", "read_patches"]
 
@@ -671,22 +672,6 @@ def _described_classes(dataset: dict[str, Any], classes: int) -> list[str] | Non
     return names if names is not None and len(names) == classes else None
 
 
-def _augment(
-    x: np.ndarray, y: np.ndarray, rng: np.random.Generator
-) -> tuple[np.ndarray, np.ndarray]:
-    if rng.random() < 0.5:
-        x, y = x[..., ::-1], y[..., ::-1]
-    if rng.random() < 0.5:
-        x, y = x[..., ::-1, :], y[..., ::-1, :]
-    if x.shape[-1] == x.shape[-2]:
-        k = int(rng.integers(4))
-        x, y = np.rot90(x, k, axes=(-2, -1)), np.rot90(y, k, axes=(-2, -1))
-    if x.ndim == 4 and rng.random() < 0.5:  # a 3D patch (C, z, y, x): along z too
-        x, y = x[..., ::-1, :, :], y[..., ::-1, :, :]
-    x = x * rng.uniform(0.9, 1.1) + rng.normal(0.0, 0.05)
-    return x, y
-
-
 ANNOTATED = 1 / 3
 """Share of a GeoJSON-labelled image's random patches centred on one of its polygons (as
 nnU-Net oversamples foreground): a slide's few annotations are met, not only its glass.
@@ -710,8 +695,37 @@ def _centred_at(
     return y0, x0
 
 
+def _read(
+    pair: Pair,
+    data: TrainingSet,
+    corner: tuple[int, int, int],
+    augment: bool | str,
+    rng: np.random.Generator | None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """The patch at ``corner`` of a pair: x (C, *patch) normalized, its labels (C', *patch);
+    augmented (``augment``) where ``rng`` draws a random crop's."""
+    planar = len(data.patch) == 2
+    mean = np.asarray(data.mean, np.float32).reshape(-1, *[1] * len(data.patch))
+    std = np.asarray(data.std, np.float32).reshape(-1, *[1] * len(data.patch))
+    label_channels = tuple(range(pair.label.info.shape[1]))
+
+    def read(region: augment_.Region) -> tuple[np.ndarray, np.ndarray]:
+        x = pair.image.read(0, data.channels, region)[:, 0 if planar else slice(None)]
+        y = pair.label.read(0, label_channels, region)[:, 0 if planar else slice(None)]
+        return (x.astype(np.float32) - mean) / std, y
+
+    if augment == augment_.NNUNET and rng is not None:
+        fill = 0 if data.ignore is None else data.ignore
+        image = (pair.planes, *pair.size)
+        return augment_.nnunet(read, corner, data.sizes, image, planar, fill, rng)  # type: ignore[arg-type]
+    x, y = read(tuple((c, c + s) for c, s in zip(corner, data.sizes, strict=True)))  # type: ignore[arg-type]
+    if augment and rng is not None:
+        x, y = augment_.light(x, y, rng)
+    return x, y
+
+
 def read_patches(
-    batch: dict[str, np.ndarray], data: TrainingSet, augment: bool
+    batch: dict[str, np.ndarray], data: TrainingSet, augment: bool | str
 ) -> dict[str, np.ndarray]:
     """Read the patches a batch of specs names: x (N, C, h, w) float32 normalized, y as the
     loss wants it: (N, 1, h, w) float32 binary, (N, C, h, w) float32 multilabel (of
@@ -719,9 +733,7 @@ def read_patches(
     labelled; a 3D patch's with its z before h. Specs with a ``seed`` are random crops;
     others name their corner."""
     xs, ys = [], []
-    (pz, ph, pw), planar = data.sizes, len(data.patch) == 2
-    mean = np.asarray(data.mean, np.float32).reshape(-1, *[1] * len(data.patch))
-    std = np.asarray(data.std, np.float32).reshape(-1, *[1] * len(data.patch))
+    pz, ph, pw = data.sizes
     for k in range(len(batch["pair"])):
         index = int(batch["pair"][k])
         pair = data.pairs[index]
@@ -749,14 +761,7 @@ def read_patches(
         else:
             rng = None
             z, y0, x0 = (int(batch[a][k]) for a in ("z", "y", "x"))
-        region = ((z, z + pz), (y0, y0 + ph), (x0, x0 + pw))
-        x = pair.image.read(0, data.channels, region)[:, 0 if planar else slice(None)]
-        label_channels = tuple(range(pair.label.info.shape[1]))
-        y = pair.label.read(0, label_channels, region)[:, 0 if planar else slice(None)]
-        x = x.astype(np.float32)
-        x = (x - mean) / std
-        if augment and rng is not None:
-            x, y = _augment(x, y, rng)
+        x, y = _read(pair, data, (z, y0, x0), augment, rng)
         xs.append(np.ascontiguousarray(x, dtype=np.float32))
         ys.append(np.ascontiguousarray(y))
     y = np.stack(ys)

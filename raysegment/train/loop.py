@@ -21,7 +21,14 @@ import torch
 
 from raysegment.compute import argmax, autocast, choose_layout, memory_format
 from raysegment.runtime import node_cpus, quiet_ray_data
-from raysegment.train.components import OPTIMIZERS, build_model, make_loss, metric_values
+from raysegment.train.components import (
+    OPTIMIZERS,
+    DeepSupervision,
+    build_model,
+    make_loss,
+    metric_values,
+    supervise,
+)
 from raysegment.train.data import IGNORE, read_patches
 from raysegment.train.schedule import EarlyStopping, learning_rate
 
@@ -111,12 +118,16 @@ def worker_threads(asked: int | None, node_cpus: int, local_workers: int) -> int
     return asked or max(1, node_cpus // max(local_workers, 1))
 
 
-def forward(model: torch.nn.Module, x: torch.Tensor, precision: str) -> torch.Tensor:
+def forward(model: torch.nn.Module, x: torch.Tensor, precision: str) -> Any:
     """The model's logits, its convolutions and matmuls in ``precision`` (autocast),
     returned as float32 for the loss and the metrics (in the model's layout: every loss
-    and metric gives the same value on channels-last logits)."""
+    and metric gives the same value on channels-last logits); a list of them, every
+    stage's, from a network under deep supervision (``supervise``)."""
     with autocast(x.device, precision):
-        return model(x).float()
+        out = model(x)
+    if isinstance(out, (list, tuple)):
+        return [o.float() for o in out]
+    return out.float()
 
 
 def place(
@@ -249,7 +260,13 @@ def train_loop(config: dict[str, Any]) -> None:
         model, (config["in_channels"], *config["patch"]), device, config["layout"], precision
     )
     memory = memory_format(layout, len(config["patch"]))
-    model = ray.train.torch.prepare_model(model)
+    # nnU-Net's networks: each decoder stage's logits in the loss while training (deep
+    # supervision); without it, its coarser stages' output convolutions are unused, which
+    # DistributedDataParallel must be told of.
+    staged = supervise(model, False)
+    deep = staged and bool(config["deep_supervision"])
+    unused = {"find_unused_parameters": True} if staged and not deep else None
+    model = ray.train.torch.prepare_model(model, parallel_strategy_kwargs=unused)
     optimizer = OPTIMIZERS.get(config["optimizer"])(model.parameters(), config["lr"])
     if optimizer_state is not None:
         optimizer.load_state_dict(optimizer_state)
@@ -257,6 +274,8 @@ def train_loop(config: dict[str, Any]) -> None:
     if scaler is not None and state is not None and state.get("scaler") and resume is not None:
         scaler.load_state_dict(state["scaler"])
     loss_fn = make_loss(config["loss"], mode, data.ignore is not None)
+    if deep:
+        loss_fn = DeepSupervision(loss_fn)
     val_batches = val_read.result()
 
     for epoch in range(start_epoch, config["max_epochs"]):
@@ -272,6 +291,7 @@ def train_loop(config: dict[str, Any]) -> None:
         for group in optimizer.param_groups:  # a resumed optimizer's saved rate included
             group["lr"] = rate
         model.train()
+        supervise(model, deep)
         sums = torch.zeros(4, dtype=torch.float64)  # train loss, train n, val loss, val n
         specs = data.worker_specs(config["patches_per_epoch"], config["seed"], epoch, rank, world)
         train_batches = patch_batches(specs, config)
@@ -280,6 +300,7 @@ def train_loop(config: dict[str, Any]) -> None:
             sums[0] += train_step(model, optimizer, loss_fn, x, y, precision, scaler) * len(x)
             sums[1] += len(x)
         model.eval()
+        supervise(model, False)  # the full resolution's logits: the loss early stopping reads
         stats = torch.zeros(4, classes, dtype=torch.float64)
         with torch.no_grad():
             for batch in val_batches.iter_torch_batches(batch_size=batch_size, device=device):

@@ -36,6 +36,7 @@ from raysegment.infer.model import (
     tiles_taken,
 )
 from raysegment.modeldir import MODEL_META
+from raysegment.train.components import NNUNET_ARCHITECTURES
 
 __all__ = ["FORMAT_VERSION", "package"]
 
@@ -52,6 +53,11 @@ _CITE = {
     "text": "segmentation_models_pytorch",
     "url": "https://github.com/qubvel-org/segmentation_models.pytorch",
 }
+_CITE_NNUNET = {
+    "text": "Isensee et al., nnU-Net: a self-configuring method for deep learning-based "
+    "biomedical image segmentation, Nature Methods 18, 203-211 (2021)",
+    "doi": "10.1038/s41592-020-01008-z",
+}
 
 
 def package(config: PackageConfig | dict[str, Any] | None = None, **overrides: Any) -> Path:
@@ -59,8 +65,7 @@ def package(config: PackageConfig | dict[str, Any] | None = None, **overrides: A
     ``config.output``; return its path.
 
     Raises:
-        ConfigError: no authors, an output that is no ``.zip``, no test input to read, a
-            3D model.
+        ConfigError: no authors, an output that is no ``.zip``, no test input to read.
         ModelLoadError: the model directory is not one ``raysegment train`` wrote.
         OutputError: the output exists (``overwrite=true`` replaces it).
     """
@@ -85,20 +90,18 @@ def package(config: PackageConfig | dict[str, Any] | None = None, **overrides: A
     if out.exists() and not cfg.overwrite:
         raise OutputError(f"{out} exists; choose another output= or set overwrite=true")
     info = json.loads(files["model.json"].read_text())
-    if len(info["patch_size"]) == 3:
-        raise ConfigError(
-            f"{directory}: a 3D model (patches of {info['patch_size']}); raysegment package "
-            f"writes 2D models' packages; run it with raysegment infer model={directory}"
-        )
     model = read_model_file(str(directory))  # model.pth, with raysegment.json as its meta
     meta, weights = model.meta, model.data
     module = load_model(model)
     patch = [int(p) for p in info["patch_size"]]
-    spec = probe_model(model, module, describe_model(model, module), (patch[0], patch[-1]))
-    sizes = _sizes(tiles_taken(model, module, spec), patch)
+    if meta.get("tile_steps"):  # nnU-Net's networks: multiples of their strides
+        sizes: list[Any] = [{"min": int(m), "step": int(s)} for m, s in meta["tile_steps"]]
+    else:
+        spec = probe_model(model, module, describe_model(model, module), (patch[0], patch[-1]))
+        sizes = _sizes(tiles_taken(model, module, spec), patch)
     raw = _test_input(cfg, info, sizes)
-    mean = np.asarray(meta["normalize"]["mean"], np.float32).reshape(-1, 1, 1)
-    std = np.asarray(meta["normalize"]["std"], np.float32).reshape(-1, 1, 1)
+    mean = np.asarray(meta["normalize"]["mean"], np.float32).reshape(-1, *[1] * len(patch))
+    std = np.asarray(meta["normalize"]["std"], np.float32).reshape(-1, *[1] * len(patch))
     softmax = meta.get("activation") == "softmax"
     with torch.inference_mode():
         x = torch.from_numpy((raw - mean) / (std + np.float32(_EPS)))
@@ -152,7 +155,7 @@ def _fitted(length: int, size: Any) -> int:
 def _test_input(cfg: PackageConfig, info: dict[str, Any], sizes: list[Any]) -> np.ndarray:
     """The centre of ``cfg.test_input`` (default: the model's first validation image) at
     the level trained at, a training patch's size or the largest the model takes within
-    the image: (1, C, y, x) float32, as read."""
+    the image: (1, C, y, x) float32, as read; a 3D model's (1, C, z, y, x)."""
     from raysegment.data.sources import open_sources
 
     split = info.get("split", {})
@@ -169,25 +172,27 @@ def _test_input(cfg: PackageConfig, info: dict[str, Any], sizes: list[Any]) -> n
             f"{cfg.model}: its validation image {path} cannot be read ({e}); give "
             f"test_input=an image like those it was trained on"
         ) from e
-    _, _, z, y, x = source.info.shape
+    shape = source.info.shape[5 - len(sizes) :]  # (y, x), or (z, y, x)
     patch = info["patch_size"]
-    lengths = zip((patch[0], patch[-1]), (y, x), sizes, strict=True)
+    lengths = zip((patch[0], patch[-1]) if len(sizes) == 2 else patch, shape, sizes, strict=True)
     want = [_fitted(min(p, n), size) for p, n, size in lengths]
     if not all(want):
         raise ConfigError(
-            f"{path}: {y} x {x} pixels, smaller than the model's smallest tile; give "
-            f"test_input=a larger image"
+            f"{path}: {' x '.join(map(str, shape))} pixels, smaller than the model's smallest "
+            f"tile; give test_input=a larger image"
         )
-    y0, x0 = (y - want[0]) // 2, (x - want[1]) // 2
-    region = ((z // 2, z // 2 + 1), (y0, y0 + want[0]), (x0, x0 + want[1]))
-    data = source.read(0, tuple(info["channels"]), region)  # (C, 1, y, x)
-    return data[:, 0][None].astype(np.float32)
+    starts = [(n - w) // 2 for n, w in zip(shape, want, strict=True)]
+    spans = [(a, a + w) for a, w in zip(starts, want, strict=True)]
+    z = source.info.shape[2]
+    region = tuple(spans) if len(sizes) == 3 else ((z // 2, z // 2 + 1), *spans)
+    data = source.read(0, tuple(info["channels"]), region)  # type: ignore[arg-type]  # (C, z, y, x)
+    return (data if len(sizes) == 3 else data[:, 0])[None].astype(np.float32)
 
 
 def _space(sizes: list[Any], meta: dict[str, Any], output: bool) -> list[dict[str, Any]]:
     pixel, unit = meta.get("pixel_size") or {}, meta.get("pixel_unit")
     axes = []
-    for axis, size in zip("yx", sizes, strict=True):
+    for axis, size in zip("zyx"[3 - len(sizes) :], sizes, strict=True):
         entry: dict[str, Any] = {"type": "space", "id": axis}
         entry["size"] = {"tensor_id": "raw", "axis_id": axis} if output else size
         if unit in _UNITS and axis in pixel:
@@ -223,10 +228,16 @@ def _description(
         "name": _name(cfg, directory, info),
         "description": cfg.description or _summary(meta, info),
         "authors": [{"name": author} for author in cfg.authors],
-        "cite": [_CITE],
+        "cite": [_CITE_NNUNET if info["arch"] in NNUNET_ARCHITECTURES else _CITE],
         "license": cfg.license,
         "documentation": "README.md",
-        "tags": ["segmentation", "2d", "pytorch", "raysegment", str(info["arch"]).lower()],
+        "tags": [
+            "segmentation",
+            f"{len(sizes)}d",
+            "pytorch",
+            "raysegment",
+            str(info["arch"]).lower(),
+        ],
         "timestamp": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "inputs": [
             {
@@ -290,6 +301,15 @@ def _name(cfg: PackageConfig, directory: Path, info: dict[str, Any]) -> str:
     return (name if len(name) >= 5 else f"{name} ({info['arch']})")[:128]
 
 
+def _architecture(info: dict[str, Any]) -> str:
+    if info["arch"] in NNUNET_ARCHITECTURES:
+        return (
+            f"{info['arch']} (nnU-Net's, dynamic_network_architectures), {info.get('features')} "
+            f"features in its first stage, strides {info.get('strides')}"
+        )
+    return f"{info['arch']}, encoder {info['encoder']} (segmentation_models_pytorch)"
+
+
 def _kept(meta: dict[str, Any]) -> dict[str, Any]:
     """What raysegment's metadata says beyond the description (the classes' codes)."""
     return {"class_codes": meta["class_codes"]} if meta.get("class_codes") else {}
@@ -299,9 +319,18 @@ def _summary(meta: dict[str, Any], info: dict[str, Any]) -> str:
     split = info.get("split", {})
     count = len(split.get("train", [])) + len(split.get("validation", []))
     return (
-        f"{info['arch']} ({info['encoder']}) segmenting {', '.join(meta['classes'])}, "
-        f"trained with raysegment on {count} image(s)"
+        f"{_network(info)} segmenting {', '.join(meta['classes'])}, trained with raysegment "
+        f"on {count} image(s)"
     )
+
+
+def _network(info: dict[str, Any]) -> str:
+    """The architecture in a few words: with its encoder (segmentation-models-pytorch's),
+    or as nnU-Net's network of its width and dimensions."""
+    if info["arch"] in NNUNET_ARCHITECTURES:
+        dims = len(info["patch_size"])
+        return f"{info['arch']} ({dims}D, {info.get('features')} features; nnU-Net's network)"
+    return f"{info['arch']} ({info['encoder']})"
 
 
 def _readme(cfg: PackageConfig, directory: Path, meta: dict[str, Any], info: dict[str, Any]) -> str:
@@ -315,7 +344,7 @@ def _readme(cfg: PackageConfig, directory: Path, meta: dict[str, Any], info: dic
         "",
         "## Training",
         "",
-        f"- Architecture: {info['arch']}, encoder {info['encoder']} (segmentation_models_pytorch)",
+        f"- Architecture: {_architecture(info)}",
         f"- Classes: {', '.join(meta['classes'])} ({info['mode']}; "
         f"{meta.get('activation', 'sigmoid')} output)",
         f"- Input: {meta['in_channels']} channel(s), normalized by mean "

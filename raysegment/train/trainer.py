@@ -95,20 +95,24 @@ _FREE_KEYS = ("overwrite", "max_failures", "num_workers", "device", "layout", "t
 ``threads``: float rounding only, as a device's kernels do)."""
 
 
-_LATER_KEYS = {"oversample_foreground": 0.33}
-"""Keys added since the first fingerprints, left out of them at these defaults: a run
-begun before a key existed resumes (from then on with the key's default)."""
+_LATER_KEYS = {"oversample_foreground": 0.33, "model.deep_supervision": True}
+"""Keys added since the first fingerprints (dotted: nested), left out of them at these
+defaults: a run begun before a key existed resumes (from then on with the key's default)."""
+_NNUNET_KEYS = ("features", "deep_supervision")
+"""``model`` keys of nnU-Net's networks alone: left out of an SMP model's fingerprint."""
 
 
 def _fingerprint(cfg: TrainConfig) -> str:
-    config = {
-        k: v
-        for k, v in config_to_dict(cfg).items()
-        if k not in _FREE_KEYS and (k not in _LATER_KEYS or v != _LATER_KEYS[k])
-    }
+    config = {k: v for k, v in config_to_dict(cfg).items() if k not in _FREE_KEYS}
+    for key, default in _LATER_KEYS.items():
+        *parents, leaf = key.split(".")
+        holder = config
+        for parent in parents:
+            holder = holder[parent]
+        if holder.get(leaf, default) == default:
+            holder.pop(leaf, None)
     if cfg.model.arch not in NNUNET_ARCHITECTURES:
-        # Unused by segmentation-models-pytorch's models: left out likewise.
-        config["model"] = {k: v for k, v in config["model"].items() if k != "features"}
+        config["model"] = {k: v for k, v in config["model"].items() if k not in _NNUNET_KEYS}
     return hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()
 
 
@@ -292,6 +296,7 @@ def train(
             "arch": cfg.model.arch,
             "encoder": cfg.model.encoder,
             "features": cfg.model.features,
+            "deep_supervision": cfg.model.deep_supervision,
             "spacing": data.spacing,
             "in_channels": len(data.channels),
             "weights": cfg.model.weights,

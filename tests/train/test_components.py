@@ -19,11 +19,13 @@ from raysegment.train.components import (  # noqa: E402
     METRICS,
     NNUNET_ARCHITECTURES,
     OPTIMIZERS,
+    DeepSupervision,
     build_model,
     check_combination,
     check_encoder,
     make_loss,
     metric_values,
+    supervise,
     unet_topology,
 )
 from raysegment.train.data import IGNORE  # noqa: E402
@@ -207,6 +209,44 @@ def test_nnunets_networks_build_for_2d_and_3d_patches_and_train(arch: str, patch
     assert math.isfinite(
         train_step(model, optimizer, loss_fn, torch.randn(2, 2, *patch), labels, "float32", None)
     )
+
+
+@pytest.mark.parametrize("mode,classes", [("multiclass", 3), ("binary", 1)])
+def test_deep_supervision_weighs_every_stage_against_its_downsampled_labels(
+    mode: str, classes: int
+) -> None:
+    """nnU-Net's deep supervision: each decoder stage's logits against the labels at its
+    size (nearest: every f-th voxel from f // 2, IGNORE kept), weighted 1, 1/2, .. the
+    coarsest 0, summing to 1; every parameter gets a gradient; off, the full resolution's
+    logits alone, from the same weights."""
+    patch, spacing = (16, 32, 48), (2.0, 0.5, 0.5)
+    model = build_model("PlainConvUNet", "", 1, classes, patch=patch, features=4, spacing=spacing)
+    x = torch.randn(2, 1, *patch)
+    assert supervise(model, True)
+    stages = model(x)
+    # Strides [1,1,1], [1,2,2], [1,2,2], [2,2,2]: the decoder's outputs at 1, (1,2,2), (1,4,4).
+    factors = [(1, 1, 1), (1, 2, 2), (1, 4, 4)]
+    assert [tuple(s.shape[2:]) for s in stages] == [
+        tuple(p // f for p, f in zip(patch, fs, strict=True)) for fs in factors
+    ]
+    if mode == "multiclass":
+        target = torch.randint(0, classes, (2, *patch))
+    else:
+        target = torch.randint(0, 2, (2, 1, *patch)).float()
+    target[0, ..., :4, :] = IGNORE
+    plain = make_loss("DiceLoss", mode, ignores=True)
+    want = 0.0
+    for w, out, fs in zip([1, 0.5, 0], stages, factors, strict=True):
+        at = tuple(slice(f // 2, None, f) for f in fs)
+        want += w / 1.5 * plain(out, target[(..., *at)])
+    loss = DeepSupervision(plain)(stages, target)
+    assert torch.allclose(loss, want)
+    loss.backward()
+    assert all(p.grad is not None for p in model.parameters())
+    assert supervise(model, False)
+    with torch.no_grad():
+        assert torch.allclose(model(x), stages[0].detach(), atol=1e-5)
+    assert not supervise(build_model("Unet", "resnet18", 1, 1), True)  # SMP's: none
 
 
 def test_nnunets_networks_stride_and_convolve_as_nnunets_planner_does() -> None:

@@ -116,12 +116,12 @@ def test_3d_patches_are_the_volumes_blocks_flipped_alike_along_every_axis(
     for k in range(len(specs)):
         assert x[k][y[k] == 1].min() > x[k][y[k] == 0].max()
     # Along z too: each voxel's label its place (z, y, x), the image's ordered as it.
-    from raysegment.train.data import _augment
+    from raysegment.train.augment import light
 
     place = np.arange(8 * 16 * 16).reshape(1, 8, 16, 16)
     flipped = set()
     for seed in range(32):
-        x, y = _augment(place.astype(np.float32), place, np.random.default_rng(seed))
+        x, y = light(place.astype(np.float32), place, np.random.default_rng(seed))
         assert (np.diff(x.ravel()[np.argsort(y.ravel())]) > 0).all()  # the same moves
         flipped.add(bool(y[0, 0, 0, 0] // 256 > y[0, -1, 0, 0] // 256))
     assert flipped == {True, False}

@@ -3,7 +3,9 @@ infer runs on a larger volume in 3D tiles."""
 
 from __future__ import annotations
 
+import io
 import json
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -73,7 +75,7 @@ def _cfg(data: Path, out: Path, **extra: object) -> dict:
 @pytest.fixture(scope="module")
 def trained3d(volumes: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, object]:
     out = tmp_path_factory.mktemp("model3d") / "unet"
-    return out, train(_cfg(volumes, out))
+    return out, train(_cfg(volumes, out, augment="nnunet"))  # nnU-Net's augmentations
 
 
 def test_a_3d_network_trains_on_volumes_and_infer_segments_a_larger_one(
@@ -108,6 +110,27 @@ def test_a_3d_network_trains_on_volumes_and_infer_segments_a_larger_one(
     pred, truth = pred[0] > 0, np.load(volumes / "big_truth.npy") > 0
     iou = float((pred & truth).sum() / (pred | truth).sum())
     assert iou > 0.9, iou
+
+
+def test_data_parallel_workers_train_nnunets_network_without_deep_supervision(
+    volumes, tmp_path
+) -> None:
+    """Without deep supervision the decoder's coarser output convolutions take no part:
+    DistributedDataParallel, told so, steps; else its second step raised."""
+    summary = train(
+        _cfg(
+            volumes,
+            tmp_path / "out",
+            model={"arch": "PlainConvUNet", "features": 4, "deep_supervision": False},
+            num_workers=2,
+            threads=None,
+            patches_per_epoch=8,
+            val_patches=4,
+            batch_size=2,
+            max_epochs=2,
+        )
+    )
+    assert summary.epochs == 2
 
 
 def test_a_3d_patch_refuses_2d_networks_and_thin_volumes(volumes, tmp_path) -> None:
@@ -149,20 +172,54 @@ def test_pretrained_3d_weights_need_the_same_network(trained3d, volumes, tmp_pat
         train(_cfg(volumes, tmp_path / "c", pretrained=str(out)))
 
 
-def test_a_3d_model_is_not_packaged_for_the_bioimage_model_zoo(trained3d, tmp_path) -> None:
+def test_a_3d_model_packaged_for_the_bioimage_model_zoo(trained3d, volumes, tmp_path) -> None:
+    """``raysegment package`` of a 3D model: a package bioimageio.core tests as the zoo does
+    (its test output reproduced, the sizes it declares run: multiples of the network's
+    strides along z, y and x), which infer runs as the model directory, to the same mask."""
+    import yaml
+    from bioimageio.core import test_model
+
+    from raysegment.infer import infer
     from raysegment.train.package import package
 
     out, _ = trained3d
-    with pytest.raises(ConfigError, match=r"a 3D model .* raysegment infer model="):
-        package(model=str(out), output=str(tmp_path / "m.zip"), authors=["A. Tester"])
-    assert not any(tmp_path.iterdir())
+    archive = package(model=str(out), output=str(tmp_path / "m.zip"), authors=["A. Tester"])
+    summary = test_model(str(archive))
+    failed = [(d.name, d.errors) for d in summary.details if d.status != "passed"]
+    assert summary.status == "passed", failed
+    with zipfile.ZipFile(archive) as z:
+        rdf = yaml.safe_load(z.read("rdf.yaml"))
+        assert np.load(io.BytesIO(z.read("test_input.npy"))).shape == (1, 1, 16, 32, 32)
+        assert "PlainConvUNet (nnU-Net's" in z.read("README.md").decode()
+    axes = rdf["inputs"][0]["axes"]
+    assert [a.get("id") for a in axes] == [None, None, "z", "y", "x"]
+    assert [a["size"] for a in axes[2:]] == [
+        {"min": 2, "step": 2},
+        {"min": 8, "step": 8},
+        {"min": 8, "step": 8},
+    ]
+    assert "3d" in rdf["tags"] and rdf["cite"][0]["doi"] == "10.1038/s41592-020-01008-z"
+    masks = []
+    for model, where in ((out, "dir"), (archive, "zip")):
+        infer(
+            input=str(volumes / "big.ome.tif"),
+            model=str(model),
+            output=str(tmp_path / where),
+            progress=False,
+            chunks=[32],
+            tile={"size": [16, 32, 32]},  # the package does not say the training's patch
+            finalize={"mode": "mask"},
+        )
+        masks.append(zarr.open_array(str(tmp_path / where / "big.ome.zarr" / "0"), mode="r")[:])
+    assert (masks[0] != masks[1]).mean() < 1e-4  # bioimage.io adds 1e-6 to the deviation
 
 
 def test_unfinished_runs_begun_before_the_newer_keys_still_resume() -> None:
     """A run's settings' fingerprint (what a rerun must match to resume): a
     segmentation-models-pytorch model's leaves out ``model.features``, which it does not
     use, and ``oversample_foreground`` at its default, so it is the one raysegment wrote
-    before those keys (at ccc21f6); an nnU-Net network's counts its features."""
+    before those keys (at ccc21f6); an nnU-Net network's counts its features, and leaves
+    out ``model.deep_supervision`` at its default (as written at b41b426)."""
     from raysegment.config import TrainConfig, load_config
     from raysegment.train.trainer import _fingerprint
 
@@ -180,3 +237,13 @@ def test_unfinished_runs_begun_before_the_newer_keys_still_resume() -> None:
     assert _fingerprint(load_config(TrainConfig, (), [*nnunet, "model.features=8"])) != (
         _fingerprint(load_config(TrainConfig, (), nnunet))
     )
+    # Deep supervision (since b41b426): at its default, an nnU-Net network's is the one
+    # written then; off, another run; an SMP model's leaves it out.
+    assert _fingerprint(load_config(TrainConfig, (), nnunet)) == (
+        "014066cf6ab79092856e72777b665743fff5f7e053848da7c22610d6a0b6aae7"
+    )
+    off = "model.deep_supervision=false"
+    assert _fingerprint(load_config(TrainConfig, (), [*nnunet, off])) != (
+        _fingerprint(load_config(TrainConfig, (), nnunet))
+    )
+    assert _fingerprint(load_config(TrainConfig, (), [*need, off])) == _fingerprint(cfg)
