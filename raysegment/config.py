@@ -609,12 +609,13 @@ class TrainConfig:
     label under its centre. The model records the pixel size trained at, and infer reads
     each image at the level nearest it."""
     resample_size: Optional[List[float]] = None
-    """The pixel size trained at, one value or (y, x), in the first image's units: each
-    image is read resampled to it (linearly, antialiased where it shrinks, from its
-    coarsest stored pyramid level at most that size), its labels at it too (each pixel
-    the label under its centre), so that images scanned at several pixel sizes train
-    alike. The model records it: infer's ``resample=true`` reads at it. Default: each
-    image as stored (at ``input_level``)."""
+    """The pixel size trained at, one value or (y, x), or a voxel's (z, y, x), in the first
+    image's units: each image is read resampled to it (linearly, antialiased where it
+    shrinks, from its coarsest stored pyramid level at most that size), its labels at it
+    too (each pixel the label under its centre), so that images scanned at several pixel
+    sizes train alike (volumes of several slice spacings too). The model records it:
+    infer's ``resample=true`` reads at it. Default: each image as stored (at
+    ``input_level``)."""
     train_fraction: float = 0.7
     """Fraction of the image pairs used for training; the rest validates (seeded split)."""
     folds: int = 1
@@ -745,9 +746,10 @@ class TrainConfig:
         if self.input_level < 0:
             raise ConfigError(f"input_level={self.input_level}: give 0 (full resolution) or more")
         if self.resample_size is not None:
-            if not 1 <= len(self.resample_size) <= 2 or min(self.resample_size) <= 0:
+            if not 1 <= len(self.resample_size) <= 3 or min(self.resample_size) <= 0:
                 raise ConfigError(
-                    f"resample_size={self.resample_size}: give one pixel size or (y, x), > 0"
+                    f"resample_size={self.resample_size}: give one pixel size, (y, x) or "
+                    f"(z, y, x), > 0"
                 )
             if self.input_level:
                 raise ConfigError(

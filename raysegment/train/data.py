@@ -93,8 +93,8 @@ class TrainingSet:
     """Each class's coded meaning, where DICOM SEG labels give one (``segment_codes``):
     ``finalize.dicom_seg`` writes it with the class's segment."""
     pixel: tuple[dict[str, float], str] | None = None
-    """The (y, x) pixel size every image was read at (``resample_size``) and its unit;
-    None where each image is read as stored."""
+    """The pixel size (y and x; z too where given) every image was read at
+    (``resample_size``) and its unit; None where each image is read as stored."""
     channel_files: tuple[str, ...] | None = None
     """Where each image is a case's channel files, every one a channel: the channels'
     names (``MODEL_META``'s ``channel_files``)."""
@@ -180,7 +180,7 @@ class AtLevel(ImageSource):
 
     def __init__(self, labels: ImageSource, shape: tuple[int, ...]) -> None:
         self.labels = labels
-        self.shape = (*labels.info.shape[:3], *shape[3:])
+        self.shape = (*labels.info.shape[:2], *shape[2:])
         super().__init__(labels.path, name=labels.name)
 
     def _inspect(self) -> ImageInfo:
@@ -193,23 +193,20 @@ class AtLevel(ImageSource):
         self, t: int, channels: tuple[int, ...], region: tuple[tuple[int, int], ...]
     ) -> np.ndarray:
         (z0, z1), (y0, y1), (x0, x1) = region
-        (_, _, _, height, width), level = self.labels.info.shape, self.shape
+        (_, _, depth, height, width), level = self.labels.info.shape, self.shape
+        planes = under_centres(z0, z1, level[2], depth)
         rows = under_centres(y0, y1, level[3], height)
         columns = under_centres(x0, x1, level[4], width)
-        under = (
-            (z0, z1),
-            (int(rows[0]), int(rows[-1]) + 1),
-            (int(columns[0]), int(columns[-1]) + 1),
-        )
-        full = self.labels.read(t, channels, under)
-        return full[:, :, rows - rows[0]][:, :, :, columns - columns[0]]
+        under = tuple((int(a[0]), int(a[-1]) + 1) for a in (planes, rows, columns))
+        full = self.labels.read(t, channels, under)  # type: ignore[arg-type]
+        return full[:, planes - planes[0]][:, :, rows - rows[0]][:, :, :, columns - columns[0]]
 
 
 def _at_level(label: ImageSource, image: ImageSource, full: ImageSource) -> ImageSource:
     """``label`` as ``image`` reads: itself, or, drawn at the size of the image's ``full``
     resolution where it is read at a reduced level, ``AtLevel``."""
-    size = label.info.shape[3:]
-    if size == image.info.shape[3:] or size != full.info.shape[3:]:
+    size = label.info.shape[2:]
+    if size == image.info.shape[2:] or size != full.info.shape[2:]:
         return label
     return AtLevel(label, image.info.shape)
 
@@ -392,12 +389,12 @@ def _stats(
     return tuple(map(float, data.mean(axis=1))), tuple(float(s) if s > 0 else 1.0 for s in std)
 
 
-def _read_at(full: ImageSource, size: tuple[float, float], unit: str) -> ImageSource:
-    """The image ``full`` (at full resolution) read at the pixel (y, x) ``size`` in
-    ``unit`` ("": its own units)."""
+def _read_at(full: ImageSource, size: dict[str, float], unit: str) -> ImageSource:
+    """The image ``full`` (at full resolution) read at the pixel ``size`` (y and x, or z,
+    y and x) in ``unit`` ("": its own units)."""
     return resampled_to(
         full,
-        dict(zip("yx", size, strict=True)),
+        size,
         unit,
         recorded,
         pyramid=True,
@@ -510,7 +507,10 @@ def prepare(cfg: TrainConfig) -> TrainingSet:
         codes = segment_codes(segmentations)
         class_codes = tuple(codes.get(name.casefold()) for name in class_names)
     resample = cfg.resample_size
-    target = None if resample is None else (float(resample[0]), float(resample[-1]))
+    target = None
+    if resample is not None:
+        sizes = list(resample) * 2 if len(resample) == 1 else list(resample)  # y and x alike
+        target = {a: float(v) for a, v in zip("zyx"[-len(sizes) :], sizes, strict=True)}
     unit = ""
     for image_files, label_path in found:
         if target is None:
@@ -564,7 +564,7 @@ def prepare(cfg: TrainConfig) -> TrainingSet:
         class_names = _described_classes(dataset, classes)
     names = tuple(class_names) if class_names else None
     coded = class_codes if class_codes and any(class_codes) else None
-    pixel = None if target is None else (dict(zip("yx", target, strict=True)), unit)
+    pixel = None if target is None else (target, unit)
     return TrainingSet(
         tuple(pairs),
         train,

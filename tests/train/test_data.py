@@ -773,6 +773,61 @@ def test_resample_size_trains_images_of_several_pixel_sizes_at_one(
         _cfg(tmp_path, "resample_size=[0]")
 
 
+def test_resample_size_of_a_voxel_trains_volumes_of_several_slice_spacings_at_one(
+    tmp_path: Path,
+) -> None:
+    """``resample_size=[z, y, x]``: volumes of 2 and 4 µm slices read at 1 µm (linearly
+    along z, as torch resizes), their labels each voxel the label under its centre; the
+    network is planned for the voxel read and the model records it (infer's
+    ``resample=true`` reads at it)."""
+    import torch
+
+    from raysegment.train.export import model_metadata
+
+    rng = np.random.default_rng(6)
+    (tmp_path / "img").mkdir()
+    (tmp_path / "lbl").mkdir()
+    images, labels = {}, {}
+    for name, depth, dz in (("a", 10, 2.0), ("b", 6, 4.0)):
+        images[name] = rng.integers(0, 4000, (depth, 24, 32), dtype=np.uint16)
+        labels[name] = rng.integers(0, 3, (depth, 24, 32), dtype=np.uint8)
+        meta = {"axes": "ZYX", "PhysicalSizeZ": dz, "PhysicalSizeY": 0.5, "PhysicalSizeX": 0.5}
+        tifffile.imwrite(tmp_path / "img" / f"{name}.ome.tif", images[name], metadata=meta)
+        tifffile.imwrite(tmp_path / "lbl" / f"{name}.tif", labels[name], metadata={"axes": "ZYX"})
+    cfg = _cfg(
+        tmp_path,
+        "patch_size=[8,16,16]",
+        "resample_size=[1.0,0.5,0.5]",
+        "train_fraction=0.5",
+        "model.arch=PlainConvUNet",
+        "mode=multiclass",
+    )
+    data = prepare(cfg)
+    assert [p.image.info.shape[2:] for p in data.pairs] == [(20, 24, 32), (24, 24, 32)]
+    for pair, name in zip(data.pairs, "ab", strict=True):
+        planes = pair.planes
+        full = torch.from_numpy(images[name].astype(np.float32))[None, None]
+        expected = torch.nn.functional.interpolate(
+            full, size=(planes, 24, 32), mode="trilinear", align_corners=False
+        )[0, 0].numpy()
+        region = ((3, 15), (4, 20), (8, 24))
+        np.testing.assert_allclose(
+            pair.image.read(0, (0,), region)[0], expected[3:15, 4:20, 8:24], atol=1.0
+        )
+        under = ((np.arange(planes) + 0.5) * len(images[name]) / planes).astype(int)
+        np.testing.assert_array_equal(
+            pair.label.read(0, (0,), region)[0], labels[name][under][3:15, 4:20, 8:24]
+        )
+    assert data.spacing == (1.0, 0.5, 0.5)
+    meta = model_metadata(data, "PlainConvUNet")
+    assert (meta["pixel_size"], meta["pixel_unit"]) == (
+        {"z": 1.0, "y": 0.5, "x": 0.5},
+        "micrometer",
+    )
+    with pytest.raises(ConfigError, match=r"resample_size=\[1.0, 1.0, 1.0, 1.0\]: give one"):
+        _cfg(tmp_path, "resample_size=[1,1,1,1]")
+
+
 def test_resample_size_draws_geojson_annotations_at_the_pixel_size_trained_at(
     tmp_path: Path,
 ) -> None:
