@@ -119,6 +119,27 @@ def _soft_ce(mode: str, ignore: int | None = None) -> nn.Module:
     return _smp().losses.SoftCrossEntropyLoss(smooth_factor=0.0, ignore_index=ignore)
 
 
+@_loss("DiceCELoss")
+def _dice_ce(mode: str, ignore: int | None = None) -> nn.Module:
+    """Dice plus cross-entropy (binary, multilabel: per-pixel sigmoid), summed at equal
+    weights, as nnU-Net's ``DC_and_CE_loss`` trains (its Dice differs in detail: batch
+    Dice over the foreground classes)."""
+    if mode == "multiclass":
+        return _Summed(_dice(mode, ignore), _soft_ce(mode, ignore))
+    return _Summed(_dice(mode, ignore), _soft_bce(mode, ignore))
+
+
+class _Summed(nn.Module):
+    """The sum of two losses of the same logits and targets."""
+
+    def __init__(self, first: nn.Module, second: nn.Module) -> None:
+        super().__init__()
+        self.first, self.second = first, second
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return self.first(logits, target) + self.second(logits, target)  # type: ignore[no-any-return]
+
+
 class _OnProbabilities(nn.Module):
     """Feeds sigmoid probabilities to a loss that expects them (the model gives logits)."""
 
@@ -259,6 +280,14 @@ for _name in (
     "SGD",
 ):
     OPTIMIZERS.register(_name)(_optimizer(getattr(torch.optim, _name)))
+
+
+@OPTIMIZERS.register("nnUNetSGD")
+def _nnunet_sgd(params: Iterable[nn.Parameter], lr: float) -> torch.optim.Optimizer:
+    """nnU-Net's optimizer: SGD with Nesterov momentum 0.99 and weight decay 3e-5 (with
+    its rate of 0.01 and the poly schedule, conf/nnunet.yaml)."""
+    return torch.optim.SGD(params, lr=lr, momentum=0.99, nesterov=True, weight_decay=3e-5)
+
 
 METRICS: Registry[str] = Registry("metric")
 """name -> the segmentation_models_pytorch.metrics function computing it."""

@@ -117,6 +117,17 @@ def test_losses_compute_or_refuse_the_mode(loss: str, mode: str) -> None:
         assert perfect < value  # the loss rewards a right prediction
 
 
+@pytest.mark.parametrize("mode", list(MODE_TARGETS))
+def test_dice_ce_is_dice_plus_cross_entropy(mode: str) -> None:
+    """nnU-Net's loss: Dice and cross-entropy (sigmoid's for binary and multilabel) summed."""
+    torch.manual_seed(0)
+    logits, target = MODE_TARGETS[mode]()
+    entropy = "SoftCrossEntropyLoss" if mode == "multiclass" else "SoftBCEWithLogitsLoss"
+    want = LOSSES.get("DiceLoss")[0](mode, None)(logits, target)
+    want = want + LOSSES.get(entropy)[0](mode, None)(logits, target)
+    assert torch.allclose(LOSSES.get("DiceCELoss")[0](mode, None)(logits, target), want)
+
+
 SUPPORTED = [(loss, mode) for loss in LOSSES.names() for mode in LOSSES.get(loss)[1]]
 
 
@@ -247,6 +258,27 @@ def test_deep_supervision_weighs_every_stage_against_its_downsampled_labels(
     with torch.no_grad():
         assert torch.allclose(model(x), stages[0].detach(), atol=1e-5)
     assert not supervise(build_model("Unet", "resnet18", 1, 1), True)  # SMP's: none
+
+
+def test_nnunets_recipe_loads_on_the_defaults_and_its_names_resolve() -> None:
+    """conf/nnunet.yaml over conf/train.yaml: nnU-Net's network, loss, optimizer (SGD,
+    Nesterov momentum 0.99, weight decay 3e-5), schedule and augmentations."""
+    from pathlib import Path
+
+    conf = Path(__file__).resolve().parents[2] / "conf"
+    cfg = load_config(
+        TrainConfig,
+        [conf / "train.yaml", conf / "nnunet.yaml"],
+        [*REQUIRED, "patch_size=[32,64,64]"],
+    )
+    check_combination(cfg)
+    assert (cfg.model.arch, cfg.loss, cfg.augment) == ("PlainConvUNet", "DiceCELoss", "nnunet")
+    assert cfg.model.deep_supervision and cfg.lr_schedule.name.value == "poly"
+    assert (cfg.batch_size, cfg.patches_per_epoch, cfg.max_epochs) == (2, 500, 1000)
+    optimizer = OPTIMIZERS.get(cfg.optimizer)([torch.nn.Parameter(torch.zeros(2))], cfg.lr)
+    group = optimizer.param_groups[0]
+    assert isinstance(optimizer, torch.optim.SGD) and group["nesterov"]
+    assert (group["lr"], group["momentum"], group["weight_decay"]) == (0.01, 0.99, 3e-5)
 
 
 def test_nnunets_networks_stride_and_convolve_as_nnunets_planner_does() -> None:
