@@ -2,6 +2,7 @@
 model it gives on a volume it never saw.
 
     python benchmarks/train_volume.py [--size 64] [--features 16] [--depth 16]
+        [--augment true|nnunet]
 
 Eight synthetic volumes (``--depth`` x 2 planes of ``--size`` x 2 pixels each, bright
 balls in noise, 2 x 0.5^2 µm voxels: nnU-Net's planner halves y and x first) train
@@ -13,7 +14,9 @@ optimizer (``train_step``) on one batch of patches held in memory, as many steps
 epoch and as many forward passes as its validation, timed after a warm-up step: the
 ceiling of patches a second. Then ``raysegment infer`` of a larger volume (4 x the depth,
 6 x the size a side) with the trained model: its time and the mask's IoU against the
-truth. Writes ``train_volume.json`` into --out.
+truth. Also the time the steps waited for their patches (``metrics.csv``'s
+``wait_seconds``), with ``--augment`` (the training's ``augment``). Writes
+``train_volume.json`` into --out.
 """
 
 from __future__ import annotations
@@ -96,7 +99,9 @@ def main() -> None:
         # The steps alone run here with the allocator settings raysegment's training
         # workers get (glibc reads them at process start), as run.py's model-only loop.
         os.execve(sys.executable, [sys.executable, *sys.argv], os.environ | TORCH_WORKER_ENV)
-    args = bench_args(__doc__ or "", size=64, features=16, depth=16)
+    args = bench_args(
+        __doc__ or "", size=64, choices={"augment": ("true", "nnunet")}, features=16, depth=16
+    )
     size, depth, features = int(args.size), int(args.depth), int(args.features)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     work = args.work / "train_volume"
@@ -124,10 +129,12 @@ def main() -> None:
         "max_epochs=20",
         "patience=2",
         "min_delta=0.002",
+        f"augment={args.augment}",
         "device=gpu" if device.type == "cuda" else "device=cpu",
     )
     epochs = len(history)
     seconds = sum(float(h["seconds"]) for h in history)
+    waited = sum(float(h["wait_seconds"]) for h in history)
     piped = epochs * PATCHES / seconds
     alone = steps_alone(patch, features, device)
     run = infer_cli(
@@ -146,6 +153,9 @@ def main() -> None:
         "epochs": epochs,
         "train_wall_seconds": wall,
         "epoch_seconds": seconds,
+        "augment": args.augment,
+        "wait_seconds": waited,
+        "wait_share": waited / seconds,
         "patches_per_second_per_worker": piped,
         "steps_alone_patches_per_second": alone,
         "pipeline_efficiency": piped / alone,

@@ -669,6 +669,10 @@ class TrainConfig:
     """With pretrained: keep only the weights; new optimizer (lr), epochs count from 0."""
     num_workers: int = 1
     """Ray Train workers (data-parallel)."""
+    read_tasks: Optional[int] = None
+    """Ray Data tasks reading (and augmenting) a worker's patches at once; default: 2 for
+    a CPU worker, a GPU worker's share of its node's CPUs less one (at least 2).
+    ``metrics.csv``'s ``wait_seconds`` says how long the steps waited for them."""
     threads: Optional[int] = None
     """Torch threads per CPU worker; default: its node's cores shared among the workers
     there (Ray alone gives a worker one thread: a 2-core machine trained on one)."""
@@ -704,7 +708,7 @@ class TrainConfig:
         for key in ("max_epochs", "patience", "num_workers", "patches_per_epoch", "val_patches"):
             if getattr(self, key) < 1:
                 raise ConfigError(f"{key}={getattr(self, key)} must be >= 1")
-        for key in ("batch_size", "threads"):
+        for key in ("batch_size", "threads", "read_tasks"):
             if getattr(self, key) is not None and getattr(self, key) < 1:
                 raise ConfigError(f"{key}={getattr(self, key)} must be >= 1")
         if self.lr <= 0:

@@ -38,6 +38,7 @@ __all__ = [
     "EarlyStopping",
     "forward",
     "place",
+    "read_tasks",
     "train_loop",
     "train_step",
     "worker_threads",
@@ -54,14 +55,15 @@ METRIC_COLUMNS = (
     "recall",
     "lr",
     "seconds",
+    "wait_seconds",
 )
 
 READ_TASKS = 2
-"""Tasks reading a worker's patches at once. Unbounded, Ray Data started as many as the
-free CPUs allowed each epoch, and Ray stopped the idle processes between epochs and started
-new ones the next (two a training row epoch, 0.6 CPU-s each, on 2 cores); a batch of
-8 128^2 patches took 0.9 ms to read, a task's overhead dwarfs it, so two keep a step's
-next batch coming (benchmarks/HISTORY.md, session 30)."""
+"""Tasks reading a CPU worker's patches at once (``read_tasks``' default there). Unbounded,
+Ray Data started as many as the free CPUs allowed each epoch, and Ray stopped the idle
+processes between epochs and started new ones the next (two a training row epoch, 0.6
+CPU-s each, on 2 cores); a batch of 8 128^2 patches took 0.9 ms to read, a task's overhead
+dwarfs it, so two keep a step's next batch coming (benchmarks/HISTORY.md, session 30)."""
 
 
 def _stats(logits: torch.Tensor, target: torch.Tensor, mode: str, classes: int) -> torch.Tensor:
@@ -116,6 +118,18 @@ def worker_threads(asked: int | None, node_cpus: int, local_workers: int) -> int
     epoch on one thread, 3.5-3.7 s on two with the reads capped, ``READ_TASKS``;
     benchmarks/HISTORY.md, session 30)."""
     return asked or max(1, node_cpus // max(local_workers, 1))
+
+
+def read_tasks(asked: int | None, gpu: bool, node_cpus: int, local_workers: int) -> int:
+    """Tasks reading a worker's patches at once: ``asked``; a CPU worker's ``READ_TASKS``
+    (its steps use the cores); a GPU worker's share of its node's CPUs less one (its own
+    process), at least ``READ_TASKS``: nnU-Net's 3D augmentations take a core ~30 ms a
+    32 x 128^2 patch (``python benchmarks/train_augment.py``), a GPU's step far less."""
+    if asked:
+        return asked
+    if not gpu:
+        return READ_TASKS
+    return max(READ_TASKS, node_cpus // max(local_workers, 1) - 1)
 
 
 def forward(model: torch.nn.Module, x: torch.Tensor, precision: str) -> Any:
@@ -188,7 +202,7 @@ def patch_batches(specs: list[dict[str, int]], config: dict[str, Any]) -> Any:
         read_patches,
         batch_size=config["batch_size"],
         num_cpus=0.25,  # the workers leave room for them (the trainer's ``worker_cpus``)
-        compute=ray.data.TaskPoolStrategy(size=READ_TASKS),
+        compute=ray.data.TaskPoolStrategy(size=config["read_tasks"]),
         fn_kwargs={"data": config["data"], "augment": config["augment"]},
     )
 
@@ -205,9 +219,11 @@ def train_loop(config: dict[str, Any]) -> None:
     ctx = ray.train.get_context()
     rank = ctx.get_world_rank()
     device = ray.train.torch.get_device()
+    node, local = node_cpus(ray.get_runtime_context().get_node_id()), ctx.get_local_world_size()
     if device.type == "cpu":  # Ray set as many threads as CPUs reserved: one
-        node = node_cpus(ray.get_runtime_context().get_node_id())
-        torch.set_num_threads(worker_threads(config["threads"], node, ctx.get_local_world_size()))
+        torch.set_num_threads(worker_threads(config["threads"], node, local))
+    tasks = read_tasks(config["read_tasks"], device.type == "cuda", node, local)
+    config = {**config, "read_tasks": tasks}
     mode, classes, precision = config["mode"], config["classes"], config["precision"]
     quiet_ray_data()
     # Batches in their specs' order (else as Ray Data's read tasks finish): the same
@@ -295,7 +311,14 @@ def train_loop(config: dict[str, Any]) -> None:
         sums = torch.zeros(4, dtype=torch.float64)  # train loss, train n, val loss, val n
         specs = data.worker_specs(config["patches_per_epoch"], config["seed"], epoch, rank, world)
         train_batches = patch_batches(specs, config)
-        for batch in train_batches.iter_torch_batches(batch_size=batch_size, device=device):
+        batches = iter(train_batches.iter_torch_batches(batch_size=batch_size, device=device))
+        waited = 0.0  # the steps' wait for patches: what the readers fall behind by
+        while True:
+            asked = time.perf_counter()
+            batch = next(batches, None)
+            waited += time.perf_counter() - asked
+            if batch is None:
+                break
             x, y = batch["x"].contiguous(memory_format=memory), batch["y"]
             sums[0] += train_step(model, optimizer, loss_fn, x, y, precision, scaler) * len(x)
             sums[1] += len(x)
@@ -319,6 +342,7 @@ def train_loop(config: dict[str, Any]) -> None:
             **metric_values(stats),
             "lr": optimizer.param_groups[0]["lr"],
             "seconds": time.perf_counter() - started,
+            "wait_seconds": waited,
         }
         history.append(row)
         if improved or best_state is None:

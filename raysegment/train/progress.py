@@ -11,13 +11,17 @@ __all__ = ["EpochLines", "epoch_line"]
 
 def epoch_line(metrics: dict[str, Any], max_epochs: int) -> str:
     """``raysegment train: epoch 3/50: train loss 0.4123, val loss 0.3881, iou 0.712, lr
-    0.001, best epoch 2, 3.2 s`` from the metrics a training epoch reports."""
+    0.001, best epoch 2, 3.2 s`` from the metrics a training epoch reports; with the wait
+    for patches where it is over a tenth of the epoch."""
     line = (
         f"raysegment train: epoch {metrics['epoch']}/{max_epochs}: "
         f"train loss {metrics['train_loss']:.4f}, val loss {metrics['val_loss']:.4f}, "
         f"iou {metrics['iou']:.3f}, lr {metrics['lr']:.3g}, best epoch {metrics['best_epoch']}, "
         f"{metrics['seconds']:.1f} s"
     )
+    wait = float(metrics.get("wait_seconds", 0.0))
+    if wait > 0.1 * metrics["seconds"]:  # the readers behind the steps
+        line += f" ({wait:.1f} s of it waiting for patches)"
     if metrics["stopped"] and metrics["epoch"] < max_epochs:
         line += "; stopping early"
     return line

@@ -90,9 +90,18 @@ def _probe(cfg: TrainConfig, data: TrainingSet) -> None:
 
 _STATE = ".raysegment/train.json"
 """In the output: the settings' fingerprint and whether the run finished."""
-_FREE_KEYS = ("overwrite", "max_failures", "num_workers", "device", "layout", "threads")
+_FREE_KEYS = (
+    "overwrite",
+    "max_failures",
+    "num_workers",
+    "device",
+    "layout",
+    "threads",
+    "read_tasks",
+)
 """Keys a resumed run may change: they do not change what is trained (``layout`` and
-``threads``: float rounding only, as a device's kernels do)."""
+``threads``: float rounding only, as a device's kernels do; ``read_tasks``: the patches
+reach the model in their order whoever reads them)."""
 
 
 _LATER_KEYS = {"oversample_foreground": 0.33, "model.deep_supervision": True}
@@ -306,6 +315,7 @@ def train(
             "precision": cfg.precision.value,
             "layout": cfg.layout.value,
             "threads": cfg.threads,
+            "read_tasks": cfg.read_tasks,
             "patch": list(data.patch),
             "loss": cfg.loss,
             "batch_size": batch_size,

@@ -23,4 +23,9 @@ def test_epoch_line_is_short_and_says_when_training_stops_early() -> None:
         "lr 0.001, best epoch 2, 3.2 s"
     )
     assert epoch_line(METRICS | {"stopped": True}, 50).endswith("; stopping early")
+    # A wait for patches over a tenth of the epoch: the readers fall behind the steps.
+    assert epoch_line(METRICS | {"wait_seconds": 0.3}, 50).endswith(", 3.2 s")
+    assert epoch_line(METRICS | {"wait_seconds": 1.25}, 50).endswith(
+        ", 3.2 s (1.2 s of it waiting for patches)"
+    )
     assert "early" not in epoch_line(METRICS | {"epoch": 50, "stopped": True}, 50)

@@ -36,6 +36,10 @@ def _cfg(data: Path, out: Path, **extra: object) -> dict:
     } | extra
 
 
+WALL = ("seconds", "wait_seconds")
+"""The metrics of wall time: all that differs between runs of one command."""
+
+
 def _rows(out: Path) -> list[dict[str, str]]:
     with open(out / "metrics.csv") as f:
         return list(csv.DictReader(f))
@@ -57,6 +61,24 @@ def test_cpu_workers_compute_on_their_share_of_their_nodes_cores(
     from raysegment.train.loop import worker_threads
 
     assert worker_threads(asked, node_cpus, local_workers) == want
+
+
+@pytest.mark.parametrize(
+    "asked,gpu,node_cpus,local_workers,want",
+    [
+        (None, False, 16, 1, 2),  # a CPU worker's cores compute its steps
+        (None, True, 16, 1, 15),  # a GPU worker's node's CPUs, less its own process
+        (None, True, 16, 4, 3),
+        (None, True, 4, 2, 2),  # at least 2
+        (6, True, 16, 1, 6),  # read_tasks= as asked
+    ],
+)
+def test_gpu_workers_read_their_patches_on_their_share_of_the_nodes_cpus(
+    asked, gpu, node_cpus, local_workers, want
+) -> None:
+    from raysegment.train.loop import read_tasks
+
+    assert read_tasks(asked, gpu, node_cpus, local_workers) == want
 
 
 @pytest.fixture(scope="module")
@@ -86,6 +108,8 @@ def test_trains_to_high_iou_and_writes_the_model_directory(trained) -> None:
     assert {"train_loss", "val_loss", "iou", "fscore", "accuracy", "recall", "precision"} <= set(
         rows[0]
     )
+    # The steps' wait for their patches, a part of the epoch.
+    assert all(0 <= float(r["wait_seconds"]) < float(r["seconds"]) for r in rows)
     split = json.loads((out / "model.json").read_text())["split"]
     assert (split["folds"], split["fold"], len(split["validation"])) == (3, 1, 2)
     names = sorted(Path(p).name for p in split["train"] + split["validation"])
@@ -206,7 +230,7 @@ def test_the_same_command_trains_alike(trained, blob_data, tmp_path) -> None:
     out, _ = trained
     train(_cfg(blob_data, tmp_path / "again", folds=3, fold=1, max_epochs=2))
     rows, again = (
-        [{k: v for k, v in r.items() if k != "seconds"} for r in _rows(d)]
+        [{k: v for k, v in r.items() if k not in WALL} for r in _rows(d)]
         for d in (out, tmp_path / "again")
     )
     assert len(again) == 2 and again == rows[:2]
@@ -264,7 +288,7 @@ def test_early_stopping_epoch_is_exact_and_identical_on_every_worker(blob_data, 
     for per_worker in reports:
         assert len(per_worker) == 2
         # every rank saw the same all-reduced numbers (only its own wall time differs)
-        same = [{k: v for k, v in m.items() if k != "seconds"} for m in per_worker]
+        same = [{k: v for k, v in m.items() if k not in WALL} for m in per_worker]
         assert all(m == same[0] for m in same)
     assert [r[0]["stopped"] for r in reports] == [False, False, True]
 
