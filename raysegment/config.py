@@ -616,6 +616,10 @@ class TrainConfig:
     sizes train alike (volumes of several slice spacings too). The model records it:
     infer's ``resample=true`` reads at it. Default: each image as stored (at
     ``input_level``)."""
+    resample_to: Optional[str] = None
+    """median: train at the training images' own voxel size, as nnU-Net plans it (each
+    axis's median; an anisotropic axis's 10th percentile): every image read resampled to
+    it, as ``resample_size`` reads (which it replaces), and recorded likewise."""
     train_fraction: float = 0.7
     """Fraction of the image pairs used for training; the rest validates (seeded split)."""
     folds: int = 1
@@ -749,6 +753,17 @@ class TrainConfig:
         self._check_regions()
         if self.input_level < 0:
             raise ConfigError(f"input_level={self.input_level}: give 0 (full resolution) or more")
+        if self.resample_to is not None:
+            if self.resample_to != "median":
+                raise ConfigError(
+                    f"resample_to={self.resample_to!r}: choose median (the training images' "
+                    f"median voxel size, as nnU-Net plans it), or give resample_size="
+                )
+            if self.resample_size is not None or self.input_level:
+                raise ConfigError(
+                    "resample_to=median chooses the pixel size resample_size= gives, from the "
+                    "full resolution: give one of them, without input_level"
+                )
         if self.resample_size is not None:
             if not 1 <= len(self.resample_size) <= 3 or min(self.resample_size) <= 0:
                 raise ConfigError(
@@ -913,8 +928,8 @@ def _parse_overrides(schema: type, overrides: Sequence[str]) -> DictConfig:
         key, sep, value = item.partition("=")
         if not sep or not key:
             raise ConfigError(f"override {item!r} is not key=value (e.g. tile.size=256)")
-        if key in verbatim:
-            OmegaConf.update(layer, key, value, merge=True)
+        if key in verbatim:  # but null, as YAML's: a file's key set back to none
+            OmegaConf.update(layer, key, None if value == "null" else value, merge=True)
             continue
         try:
             layer = cast(DictConfig, OmegaConf.merge(layer, OmegaConf.from_dotlist([item])))

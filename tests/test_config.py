@@ -86,6 +86,21 @@ def test_missing_and_bad_files(tmp_path: Path) -> None:
         load_config(InferConfig, [bad], REQUIRED)
 
 
+def test_a_text_key_set_back_to_null_on_the_command_line(tmp_path: Path) -> None:
+    """Text keys are taken verbatim (a regex stays a regex), but ``null`` is none, as in
+    YAML: a config file's value can be cleared (conf/nnunet.yaml's resample_to)."""
+    from raysegment.config import TrainConfig
+
+    need = ["images.dir=i", "labels.dir=l", "output=o"]
+    nnunet = [ROOT / "conf" / "train.yaml", ROOT / "conf" / "nnunet.yaml"]
+    cfg = load_config(TrainConfig, nnunet, [*need, "resample_to=null", "resample_size=[1,1,1]"])
+    assert cfg.resample_to is None and cfg.resample_size == [1.0, 1.0, 1.0]
+    cfg = load_config(TrainConfig, (), [*need, "labels.pattern=[ab]_mask", "images.pattern=null"])
+    assert cfg.labels.pattern == "[ab]_mask" and cfg.images.pattern is None
+    with pytest.raises(ConfigError, match="output"):  # a text key that cannot be none
+        load_config(TrainConfig, (), ["images.dir=i", "labels.dir=l", "output=null"])
+
+
 def test_train_yaml_loads_and_checks() -> None:
     from raysegment.config import TrainConfig, TrainMode
 

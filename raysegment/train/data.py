@@ -39,6 +39,7 @@ from raysegment.data.tiling import under_centres
 from raysegment.errors import ConfigError, InputImageError
 from raysegment.infer.nnunet import dataset_classes, dataset_regions
 from raysegment.train import augment as augment_
+from raysegment.train.spacing import target_spacing
 
 __all__ = ["IGNORE", "AtLevel", "Pair", "TrainingSet", "prepare", "read_patches"]
 
@@ -403,6 +404,32 @@ def _read_at(full: ImageSource, size: dict[str, float], unit: str) -> ImageSourc
     )
 
 
+def _median_voxel(images: list[ImageSource], dims: int) -> dict[str, float]:
+    """nnU-Net's target voxel size of ``images`` (``target_spacing``) along their last
+    ``dims`` axes, in the first image's unit.
+
+    Raises:
+        InputImageError: an image records no size along one of those axes.
+    """
+    axes = "zyx"[-dims:]
+    spacings = []
+    for image in images:
+        info = image.info
+        sizes = [pixel_micrometres(info.scale, info.units, a) for a in axes]
+        if min(sizes) <= 0:
+            missing = axes[int(np.argmin(sizes))]
+            raise InputImageError(
+                f"{image.where}: no pixel size recorded along {missing}; resample_to=median "
+                f"needs every image's (an OME-TIFF's PhysicalSize{missing.upper()}, a NIfTI "
+                f"header's): record it, or give resample_size="
+            )
+        spacings.append(sizes)
+    shapes = [image.info.shape[5 - dims :] for image in images]
+    per = MICROMETRES[_length_unit(images[0])]
+    target = target_spacing(spacings, shapes)
+    return {a: v / per for a, v in zip(axes, target, strict=True)}
+
+
 def _length_unit(source: ImageSource) -> str:
     """``source``'s unit along x where it is a length this package converts, else ""."""
     unit = source.info.units.get("x", "")
@@ -507,17 +534,20 @@ def prepare(cfg: TrainConfig) -> TrainingSet:
         codes = segment_codes(segmentations)
         class_codes = tuple(codes.get(name.casefold()) for name in class_names)
     resample = cfg.resample_size
-    target = None
+    target, opened = None, None
     if resample is not None:
         sizes = list(resample) * 2 if len(resample) == 1 else list(resample)  # y and x alike
         target = {a: float(v) for a, v in zip("zyx"[-len(sizes) :], sizes, strict=True)}
+    elif cfg.resample_to is not None:
+        opened = [_open_image(files) for files, _ in found]
+        target = _median_voxel(opened, len(patch))
     unit = ""
-    for image_files, label_path in found:
+    for k, (image_files, label_path) in enumerate(found):
         if target is None:
             image = _open_image(image_files, cfg.input_level)
             full = image.at_level(0) if image.level else image
         else:  # the first image's unit is the size's; the others' are converted to it
-            full = _open_image(image_files)
+            full = opened[k] if opened else _open_image(image_files)
             unit = unit if pairs else _length_unit(full)
             image = _read_at(full, target, unit)
         header = headers[label_path]

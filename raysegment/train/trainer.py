@@ -104,7 +104,11 @@ _FREE_KEYS = (
 reach the model in their order whoever reads them)."""
 
 
-_LATER_KEYS = {"oversample_foreground": 0.33, "model.deep_supervision": True}
+_LATER_KEYS = {
+    "oversample_foreground": 0.33,
+    "model.deep_supervision": True,
+    "resample_to": None,
+}
 """Keys added since the first fingerprints (dotted: nested), left out of them at these
 defaults: a run begun before a key existed resumes (from then on with the key's default)."""
 _NNUNET_KEYS = ("features", "deep_supervision")

@@ -274,6 +274,7 @@ def test_nnunets_recipe_loads_on_the_defaults_and_its_names_resolve() -> None:
     check_combination(cfg)
     assert (cfg.model.arch, cfg.loss, cfg.augment) == ("PlainConvUNet", "DiceCELoss", "nnunet")
     assert cfg.model.deep_supervision and cfg.lr_schedule.name.value == "poly"
+    assert cfg.resample_to == "median"
     assert (cfg.batch_size, cfg.patches_per_epoch, cfg.max_epochs) == (2, 500, 1000)
     optimizer = OPTIMIZERS.get(cfg.optimizer)([torch.nn.Parameter(torch.zeros(2))], cfg.lr)
     group = optimizer.param_groups[0]
