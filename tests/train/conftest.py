@@ -41,6 +41,26 @@ def blob_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
+def zoo_package(model: Path, archive: Path) -> tuple[dict[str, Any], dict[str, bytes]]:
+    """``raysegment package`` of ``model`` into ``archive``, which bioimageio.core's
+    ``test_model`` passes as the zoo tests a package (its format, its test output
+    reproduced, every size it declares run): its rdf.yaml and its files."""
+    import zipfile
+
+    import yaml
+    from bioimageio.core import test_model
+
+    from raysegment.train.package import package
+
+    package(model=str(model), output=str(archive), authors=["A. Tester"])
+    summary = test_model(str(archive))
+    failed = [(d.name, d.errors) for d in summary.details if d.status != "passed"]
+    assert summary.status == "passed", failed
+    with zipfile.ZipFile(archive) as z:
+        files = {name: z.read(name) for name in z.namelist()}
+    return yaml.safe_load(files["rdf.yaml"]), files
+
+
 def segment_big(blob_data: Path, model: Path, out: Path, **keys: object) -> tuple[Any, float]:
     """``infer`` of ``blob_data``'s larger image with the trained ``model`` (masks into
     ``out``, ``keys`` beside): its summary, and the mask's IoU against the truth."""

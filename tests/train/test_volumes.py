@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import io
 import json
-import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -176,21 +175,14 @@ def test_a_3d_model_packaged_for_the_bioimage_model_zoo(trained3d, volumes, tmp_
     """``raysegment package`` of a 3D model: a package bioimageio.core tests as the zoo does
     (its test output reproduced, the sizes it declares run: multiples of the network's
     strides along z, y and x), which infer runs as the model directory, to the same mask."""
-    import yaml
-    from bioimageio.core import test_model
-
     from raysegment.infer import infer
-    from raysegment.train.package import package
+    from tests.train.conftest import zoo_package
 
     out, _ = trained3d
-    archive = package(model=str(out), output=str(tmp_path / "m.zip"), authors=["A. Tester"])
-    summary = test_model(str(archive))
-    failed = [(d.name, d.errors) for d in summary.details if d.status != "passed"]
-    assert summary.status == "passed", failed
-    with zipfile.ZipFile(archive) as z:
-        rdf = yaml.safe_load(z.read("rdf.yaml"))
-        assert np.load(io.BytesIO(z.read("test_input.npy"))).shape == (1, 1, 16, 32, 32)
-        assert "PlainConvUNet (nnU-Net's" in z.read("README.md").decode()
+    archive = tmp_path / "m.zip"
+    rdf, files = zoo_package(out, archive)
+    assert np.load(io.BytesIO(files["test_input.npy"])).shape == (1, 1, 16, 32, 32)
+    assert "PlainConvUNet (nnU-Net's" in files["README.md"].decode()
     axes = rdf["inputs"][0]["axes"]
     assert [a.get("id") for a in axes] == [None, None, "z", "y", "x"]
     assert [a["size"] for a in axes[2:]] == [
