@@ -14,8 +14,9 @@ optimizer (``train_step``) on one batch of patches held in memory, as many steps
 epoch and as many forward passes as its validation, timed after a warm-up step: the
 ceiling of patches a second. Then ``raysegment infer`` of a larger volume (4 x the depth,
 6 x the size a side) with the trained model: its time and the mask's IoU against the
-truth. Also the time the steps waited for their patches (``metrics.csv``'s
-``wait_seconds``), with ``--augment`` (the training's ``augment``). Writes
+truth. Also the time the steps waited for their patches and the steps' own time
+(``metrics.csv``'s ``wait_seconds``, ``step_seconds``: the steps' patches a second in the
+run against those alone), with ``--augment`` (the training's ``augment``). Writes
 ``train_volume.json`` into --out.
 """
 
@@ -65,10 +66,10 @@ def spheres(
     return image.astype(np.uint16), mask.astype(np.uint8)
 
 
-def steps_alone(patch: tuple[int, ...], features: int, device: torch.device) -> float:
+def steps_alone(patch: tuple[int, ...], features: int, device: torch.device) -> tuple[float, float]:
     """Patches a second of an epoch's model work alone, on one batch held in memory: its
-    training steps (deep supervision, as the training's default), and its validation
-    patches' forward passes."""
+    training steps (deep supervision, as the training's default) and its validation
+    patches' forward passes; and of its training steps alone."""
     spacing = (2.0, 0.5, 0.5)
     model = build_model("PlainConvUNet", "", 1, 1, patch=patch, features=features, spacing=spacing)
     layout = place(model, (1, *patch), device, "auto", "float32")
@@ -84,6 +85,9 @@ def steps_alone(patch: tuple[int, ...], features: int, device: torch.device) -> 
     start = time.perf_counter()
     for _ in range(PATCHES // BATCH):
         train_step(model, optimizer, loss_fn, x, y, "float32", None)
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    stepped = time.perf_counter() - start
     model.eval()
     supervise(model, False)
     with torch.no_grad():
@@ -91,7 +95,7 @@ def steps_alone(patch: tuple[int, ...], features: int, device: torch.device) -> 
             loss_fn(forward(model, x, "float32"), y)
     if device.type == "cuda":
         torch.cuda.synchronize()
-    return PATCHES / (time.perf_counter() - start)
+    return PATCHES / (time.perf_counter() - start), PATCHES / stepped
 
 
 def main() -> None:
@@ -135,8 +139,9 @@ def main() -> None:
     epochs = len(history)
     seconds = sum(float(h["seconds"]) for h in history)
     waited = sum(float(h["wait_seconds"]) for h in history)
+    stepped = sum(float(h["step_seconds"]) for h in history)
     piped = epochs * PATCHES / seconds
-    alone = steps_alone(patch, features, device)
+    alone, steps = steps_alone(patch, features, device)
     run = infer_cli(
         work / "big.ome.tif",
         work / "model",
@@ -156,6 +161,9 @@ def main() -> None:
         "augment": args.augment,
         "wait_seconds": waited,
         "wait_share": waited / seconds,
+        "step_seconds": stepped,
+        "steps_in_run_patches_per_second": epochs * PATCHES / stepped,
+        "steps_alone_steps_patches_per_second": steps,
         "patches_per_second_per_worker": piped,
         "steps_alone_patches_per_second": alone,
         "pipeline_efficiency": piped / alone,

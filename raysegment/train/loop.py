@@ -56,6 +56,7 @@ METRIC_COLUMNS = (
     "lr",
     "seconds",
     "wait_seconds",
+    "step_seconds",
 )
 
 READ_TASKS = 2
@@ -312,16 +313,19 @@ def train_loop(config: dict[str, Any]) -> None:
         specs = data.worker_specs(config["patches_per_epoch"], config["seed"], epoch, rank, world)
         train_batches = patch_batches(specs, config)
         batches = iter(train_batches.iter_torch_batches(batch_size=batch_size, device=device))
-        waited = 0.0  # the steps' wait for patches: what the readers fall behind by
+        # The steps' wait for patches (what the readers fall behind by), and the steps.
+        waited = stepped = 0.0
         while True:
             asked = time.perf_counter()
             batch = next(batches, None)
-            waited += time.perf_counter() - asked
+            got = time.perf_counter()
+            waited += got - asked
             if batch is None:
                 break
             x, y = batch["x"].contiguous(memory_format=memory), batch["y"]
             sums[0] += train_step(model, optimizer, loss_fn, x, y, precision, scaler) * len(x)
             sums[1] += len(x)
+            stepped += time.perf_counter() - got  # train_step's float(loss) waits for them
         model.eval()
         supervise(model, False)  # the full resolution's logits: the loss early stopping reads
         stats = torch.zeros(4, classes, dtype=torch.float64)
@@ -343,6 +347,7 @@ def train_loop(config: dict[str, Any]) -> None:
             "lr": optimizer.param_groups[0]["lr"],
             "seconds": time.perf_counter() - started,
             "wait_seconds": waited,
+            "step_seconds": stepped,
         }
         history.append(row)
         if improved or best_state is None:

@@ -35,7 +35,7 @@ def _cfg(data: Path, out: Path, **extra: object) -> dict:
     } | extra
 
 
-WALL = ("seconds", "wait_seconds")
+WALL = ("seconds", "wait_seconds", "step_seconds")
 """The metrics of wall time: all that differs between runs of one command."""
 
 
@@ -107,8 +107,10 @@ def test_trains_to_high_iou_and_writes_the_model_directory(trained) -> None:
     assert {"train_loss", "val_loss", "iou", "fscore", "accuracy", "recall", "precision"} <= set(
         rows[0]
     )
-    # The steps' wait for their patches, a part of the epoch.
-    assert all(0 <= float(r["wait_seconds"]) < float(r["seconds"]) for r in rows)
+    # The steps' wait for their patches and the steps: parts of the epoch.
+    for r in rows:
+        wait, steps, epoch = (float(r[k]) for k in ("wait_seconds", "step_seconds", "seconds"))
+        assert 0 <= wait and 0 < steps and wait + steps < epoch
     split = json.loads((out / "model.json").read_text())["split"]
     assert (split["folds"], split["fold"], len(split["validation"])) == (3, 1, 2)
     names = sorted(Path(p).name for p in split["train"] + split["validation"])
