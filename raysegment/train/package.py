@@ -301,15 +301,6 @@ def _name(cfg: PackageConfig, directory: Path, info: dict[str, Any]) -> str:
     return (name if len(name) >= 5 else f"{name} ({info['arch']})")[:128]
 
 
-def _architecture(info: dict[str, Any]) -> str:
-    if info["arch"] in NNUNET_ARCHITECTURES:
-        return (
-            f"{info['arch']} (nnU-Net's, dynamic_network_architectures), {info.get('features')} "
-            f"features in its first stage, strides {info.get('strides')}"
-        )
-    return f"{info['arch']}, encoder {info['encoder']} (segmentation_models_pytorch)"
-
-
 def _kept(meta: dict[str, Any]) -> dict[str, Any]:
     """What raysegment's metadata says beyond the description (the classes' codes)."""
     return {"class_codes": meta["class_codes"]} if meta.get("class_codes") else {}
@@ -324,13 +315,14 @@ def _summary(meta: dict[str, Any], info: dict[str, Any]) -> str:
     )
 
 
-def _network(info: dict[str, Any]) -> str:
+def _network(info: dict[str, Any], strides: bool = False) -> str:
     """The architecture in a few words: with its encoder (segmentation-models-pytorch's),
-    or as nnU-Net's network of its width and dimensions."""
-    if info["arch"] in NNUNET_ARCHITECTURES:
-        dims = len(info["patch_size"])
-        return f"{info['arch']} ({dims}D, {info.get('features')} features; nnU-Net's network)"
-    return f"{info['arch']} ({info['encoder']})"
+    or as nnU-Net's network of its width and dimensions (``strides``: its stages' too)."""
+    if info["arch"] not in NNUNET_ARCHITECTURES:
+        return f"{info['arch']} ({info['encoder']})"
+    stages = f", strides {info.get('strides')}" if strides else ""
+    dims = len(info["patch_size"])
+    return f"{info['arch']} ({dims}D, {info.get('features')} features{stages}; nnU-Net's network)"
 
 
 def _readme(cfg: PackageConfig, directory: Path, meta: dict[str, Any], info: dict[str, Any]) -> str:
@@ -344,7 +336,7 @@ def _readme(cfg: PackageConfig, directory: Path, meta: dict[str, Any], info: dic
         "",
         "## Training",
         "",
-        f"- Architecture: {_architecture(info)}",
+        f"- Architecture: {_network(info, strides=True)}",
         f"- Classes: {', '.join(meta['classes'])} ({info['mode']}; "
         f"{meta.get('activation', 'sigmoid')} output)",
         f"- Input: {meta['in_channels']} channel(s), normalized by mean "

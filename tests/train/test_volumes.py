@@ -182,7 +182,10 @@ def test_a_3d_model_packaged_for_the_bioimage_model_zoo(trained3d, volumes, tmp_
     archive = tmp_path / "m.zip"
     rdf, files = zoo_package(out, archive)
     assert np.load(io.BytesIO(files["test_input.npy"])).shape == (1, 1, 16, 32, 32)
-    assert "PlainConvUNet (nnU-Net's" in files["README.md"].decode()
+    assert "PlainConvUNet (3D, 4 features, strides [[1, 1, 1], [1, 2, 2]," in (
+        files["README.md"].decode()
+    )
+    assert rdf["description"].startswith("PlainConvUNet (3D, 4 features; nnU-Net's network)")
     axes = rdf["inputs"][0]["axes"]
     assert [a.get("id") for a in axes] == [None, None, "z", "y", "x"]
     assert [a["size"] for a in axes[2:]] == [
