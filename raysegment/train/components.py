@@ -232,17 +232,12 @@ class DeepSupervision(nn.Module):
 def _downsampled(target: torch.Tensor, size: torch.Size) -> torch.Tensor:
     """``target`` (N, C, *spatial) float or (N, *spatial) class indices at ``size``,
     nearest (``IGNORE`` kept), as nnU-Net downsamples its deep supervision targets."""
-    if target.dtype.is_floating_point:
-        spatial = target.shape[2:]
-        if spatial == size:
-            return target
-        return nn.functional.interpolate(target, size=tuple(size), mode="nearest-exact")
-    if target.shape[1:] == size:
+    indices = not target.dtype.is_floating_point
+    channelled = target[:, None] if indices else target
+    if channelled.shape[2:] == size:
         return target
-    scaled = nn.functional.interpolate(
-        target[:, None].float(), size=tuple(size), mode="nearest-exact"
-    )
-    return scaled[:, 0].to(target.dtype)
+    scaled = nn.functional.interpolate(channelled.float(), size=tuple(size), mode="nearest-exact")
+    return scaled[:, 0].to(target.dtype) if indices else scaled
 
 
 def supervise(model: nn.Module, on: bool) -> bool:

@@ -414,8 +414,7 @@ def _median_voxel(images: list[ImageSource], dims: int) -> dict[str, float]:
     axes = "zyx"[-dims:]
     spacings = []
     for image in images:
-        info = image.info
-        sizes = [pixel_micrometres(info.scale, info.units, a) for a in axes]
+        sizes = _voxel(image, dims)
         if min(sizes) <= 0:
             missing = axes[int(np.argmin(sizes))]
             raise InputImageError(
@@ -428,6 +427,12 @@ def _median_voxel(images: list[ImageSource], dims: int) -> dict[str, float]:
     per = MICROMETRES[_length_unit(images[0])]
     target = target_spacing(spacings, shapes)
     return {a: v / per for a, v in zip(axes, target, strict=True)}
+
+
+def _voxel(image: ImageSource, dims: int) -> list[float]:
+    """``image``'s voxel size in micrometres along its last ``dims`` axes (0 where unknown)."""
+    info = image.info
+    return [pixel_micrometres(info.scale, info.units, a) for a in "zyx"[-dims:]]
 
 
 def _length_unit(source: ImageSource) -> str:
@@ -621,10 +626,7 @@ def prepare(cfg: TrainConfig) -> TrainingSet:
 def _spacing(pairs: list[Pair], dims: int) -> tuple[float, ...] | None:
     """The median voxel size (micrometres) of ``pairs``' images along their last ``dims``
     axes; None where one of them does not give it in a length unit."""
-    sizes = [
-        [pixel_micrometres(p.image.info.scale, p.image.info.units, a) for a in "zyx"[-dims:]]
-        for p in pairs
-    ]
+    sizes = [_voxel(p.image, dims) for p in pairs]
     if not sizes or min(map(min, sizes)) <= 0:
         return None
     return tuple(float(v) for v in np.median(np.asarray(sizes), axis=0))
@@ -731,12 +733,13 @@ def _read(
     corner: tuple[int, int, int],
     augment: bool | str,
     rng: np.random.Generator | None,
+    normal: tuple[np.ndarray, np.ndarray],
 ) -> tuple[np.ndarray, np.ndarray]:
-    """The patch at ``corner`` of a pair: x (C, *patch) normalized, its labels (C', *patch);
-    augmented (``augment``) where ``rng`` draws a random crop's."""
+    """The patch at ``corner`` of a pair: x (C, *patch) normalized by ``normal`` (the
+    channels' mean and deviation, shaped to it), its labels (C', *patch); augmented
+    (``augment``) where ``rng`` draws a random crop's."""
     planar = len(data.patch) == 2
-    mean = np.asarray(data.mean, np.float32).reshape(-1, *[1] * len(data.patch))
-    std = np.asarray(data.std, np.float32).reshape(-1, *[1] * len(data.patch))
+    mean, std = normal
     label_channels = tuple(range(pair.label.info.shape[1]))
 
     def read(region: augment_.Region) -> tuple[np.ndarray, np.ndarray]:
@@ -764,6 +767,11 @@ def read_patches(
     others name their corner."""
     xs, ys = [], []
     pz, ph, pw = data.sizes
+    shape = (-1, *[1] * len(data.patch))
+    normal = (
+        np.asarray(data.mean, np.float32).reshape(shape),
+        np.asarray(data.std, np.float32).reshape(shape),
+    )
     for k in range(len(batch["pair"])):
         index = int(batch["pair"][k])
         pair = data.pairs[index]
@@ -791,7 +799,7 @@ def read_patches(
         else:
             rng = None
             z, y0, x0 = (int(batch[a][k]) for a in ("z", "y", "x"))
-        x, y = _read(pair, data, (z, y0, x0), augment, rng)
+        x, y = _read(pair, data, (z, y0, x0), augment, rng, normal)
         xs.append(np.ascontiguousarray(x, dtype=np.float32))
         ys.append(np.ascontiguousarray(y))
     y = np.stack(ys)
