@@ -14,7 +14,10 @@ A package is a directory, a ``.zip``, or the description itself (``rdf.yaml``,
   channel names (``classes``), and its activation: ``sigmoid`` or ``softmax`` where its
   postprocessing applies one, else ``none`` (the network's output is the package's);
 - in format 0.5, the pixel the model was trained at (``pixel_size``, where its space axes
-  have a unit), which infer's default ``input_level`` nears.
+  have a unit), which infer's default ``input_level`` nears;
+- what ``raysegment package`` adds under ``config: raysegment:`` beyond the description
+  (``RAYSEGMENT_KEYS``): the training's patch (``patch_size``: infer's default tile, as
+  the model directory's) and the classes' codes (``class_codes``: DICOM SEG output).
 
 A state dict's architecture is the package's Python file and callable (or a module's, from
 an installed library), called with the description's keyword arguments, as
@@ -49,6 +52,9 @@ DESCRIPTIONS = ("rdf.yaml", "bioimageio.yaml")
 _STATISTICS = ("scale_range", "zero_mean_unit_variance")
 _WEIGHTS = {"torchscript": "torchscript", "onnx": "onnx", "pytorch_state_dict": "state_dict"}
 """The weights raysegment runs, in the order it picks them, and their ``ModelFile.kind``."""
+RAYSEGMENT_KEYS = ("patch_size", "class_codes")
+"""The keys of a package's ``config: raysegment:`` read as the model's metadata (those
+``raysegment package`` writes there)."""
 
 
 def is_package(path: str) -> bool:
@@ -299,6 +305,32 @@ class _Reader:
         if names:
             meta["classes"] = names
         meta.update(self._pixel())
+        meta.update(self._kept(len(axes) - 2))
+        return meta
+
+    def _kept(self, dims: int) -> dict[str, Any]:
+        """What the package's ``config: raysegment:`` says of its model (``RAYSEGMENT_KEYS``)
+        of ``dims`` spatial axes.
+
+        Raises:
+            ModelLoadError: a patch that is not one size a spatial axis.
+        """
+        config = self.rdf.get("config")
+        kept = config.get("raysegment") if isinstance(config, dict) else None
+        if not isinstance(kept, dict):
+            return {}
+        meta = {k: kept[k] for k in RAYSEGMENT_KEYS if kept.get(k) is not None}
+        patch = meta.get("patch_size")
+        if patch is not None and not (
+            isinstance(patch, list)
+            and len(patch) == dims
+            and all(isinstance(v, int) and v > 0 for v in patch)
+        ):
+            raise ModelLoadError(
+                f"{self.path}: config.raysegment.patch_size is {patch!r}; it is the "
+                f"training's patch, {dims} positive sizes (one a spatial axis): mend it or "
+                f"leave it out"
+            )
         return meta
 
     def _refuse(self, step: str, why: str) -> ModelLoadError:

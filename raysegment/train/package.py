@@ -35,6 +35,7 @@ from raysegment.infer.model import (
     read_model_file,
     tiles_taken,
 )
+from raysegment.infer.zoo import RAYSEGMENT_KEYS
 from raysegment.modeldir import MODEL_META
 from raysegment.train.components import NNUNET_ARCHITECTURES
 
@@ -302,8 +303,10 @@ def _name(cfg: PackageConfig, directory: Path, info: dict[str, Any]) -> str:
 
 
 def _kept(meta: dict[str, Any]) -> dict[str, Any]:
-    """What raysegment's metadata says beyond the description (the classes' codes)."""
-    return {"class_codes": meta["class_codes"]} if meta.get("class_codes") else {}
+    """What raysegment's metadata says beyond the description, which infer reads back
+    (``zoo.RAYSEGMENT_KEYS``): the training's patch (an nnU-Net network's default tile: its
+    instance norms make its output depend on the tile) and the classes' codes."""
+    return {k: meta[k] for k in RAYSEGMENT_KEYS if meta.get(k)}
 
 
 def _summary(meta: dict[str, Any], info: dict[str, Any]) -> str:

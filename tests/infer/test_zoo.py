@@ -39,12 +39,13 @@ def write_package(
     weights: dict[str, Any] | None = None,
     dims: int = 2,
     onnx: bool = False,
+    config: dict[str, Any] | None = None,
 ) -> Path:
     """A model package in ``root`` (its rdf.yaml): two convs as TorchScript, taking
     ``channels`` and giving ``outputs``, in format ``version``; ``pre`` / ``post``: its
     processing as that format writes it (0.5's ``id``, 0.4's ``name``); ``size``: each
     space axis' [min, step], or one fixed size; ``dims``: 2D (yx) or 3D (zyx); ``onnx``:
-    its weights as ONNX alone."""
+    its weights as ONNX alone; ``config``: its ``config`` field."""
     root.mkdir(parents=True, exist_ok=True)
     module = conv_model(dims, channels, outputs, seed=3)
     save_torchscript(module, root / "weights.pt", dims, channels)
@@ -154,6 +155,8 @@ def write_package(
             ],
             "weights": weights or {"torchscript": entry},
         }
+    if config is not None:
+        rdf["config"] = config
     for key in ("preprocessing", "postprocessing"):
         for tensor in (*rdf["inputs"], *rdf["outputs"]):
             if not tensor.get(key):
@@ -415,6 +418,32 @@ def test_what_a_package_says_of_its_model(tmp_path: Path) -> None:
     assert (spec.static_tile, spec.halo, spec.activation) == ((128, 128), (2, 2), "none")
     assert tile_size(InferConfig(), spec) == (128, 128)
     assert model.sha256 == _sha(rdf.parent / "weights.pt")  # as the package lists it
+
+
+@pytest.mark.parametrize("version", ["0.5", "0.4"])
+def test_what_raysegment_package_keeps_in_its_config_is_read_back(
+    tmp_path: Path, version: str
+) -> None:
+    """``config: raysegment:`` (what ``raysegment package`` writes beyond the description):
+    the training's patch is infer's default tile, as the model directory's (fitted to the
+    sizes the package declares); the classes' codes; a bad patch is one error."""
+    codes = [None, {"category": ["T-D0050", "SCT", "Tissue"]}]
+    kept = {"version": "1", "patch_size": [96, 80], "class_codes": codes}
+    rdf = write_package(tmp_path / "a", version, config={"raysegment": kept, "other": {"x": 1}})
+    model = read_model_file(str(zipped(rdf)))
+    spec = describe_model(model, load_model(model))
+    assert spec.patch == (96, 80) and model.meta["class_codes"] == codes
+    # The codes go with the output's channel names, which format 0.4 does not give.
+    assert spec.class_codes == (tuple(codes) if version == "0.5" else None)
+    assert tile_size(InferConfig(), spec) == (96, 80)  # 64 + 16n, as the package says
+    assert tile_size(InferConfig(tile=TileConfig(size=[128, 128])), spec) == (128, 128)
+    bare = read_model_file(str(write_package(tmp_path / "b", version)))
+    assert tile_size(InferConfig(), describe_model(bare, load_model(bare))) == (512, 512)
+    for patch in ([96], [96, 0], "96"):
+        kept["patch_size"] = patch
+        bad = write_package(tmp_path / f"c{patch}", version, config={"raysegment": kept})
+        with pytest.raises(ModelLoadError, match=r"config.raysegment.patch_size is .*2 positive"):
+            read_model_file(str(bad))
 
 
 def test_tiles_must_overlap_by_twice_the_halo(tmp_path: Path, ome_tiff) -> None:

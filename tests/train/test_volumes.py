@@ -174,7 +174,9 @@ def test_pretrained_3d_weights_need_the_same_network(trained3d, volumes, tmp_pat
 def test_a_3d_model_packaged_for_the_bioimage_model_zoo(trained3d, volumes, tmp_path) -> None:
     """``raysegment package`` of a 3D model: a package bioimageio.core tests as the zoo does
     (its test output reproduced, the sizes it declares run: multiples of the network's
-    strides along z, y and x), which infer runs as the model directory, to the same mask."""
+    strides along z, y and x), which infer runs as the model directory, to the same mask:
+    in tiles of the training's patch by default, as the package records it (the network's
+    instance norms make its output depend on the tile)."""
     from raysegment.infer import infer
     from tests.train.conftest import zoo_package
 
@@ -194,6 +196,7 @@ def test_a_3d_model_packaged_for_the_bioimage_model_zoo(trained3d, volumes, tmp_
         {"min": 8, "step": 8},
     ]
     assert "3d" in rdf["tags"] and rdf["cite"][0]["doi"] == "10.1038/s41592-020-01008-z"
+    assert rdf["config"]["raysegment"]["patch_size"] == [16, 32, 32]  # infer's default tile
     masks = []
     for model, where in ((out, "dir"), (archive, "zip")):
         infer(
@@ -202,7 +205,6 @@ def test_a_3d_model_packaged_for_the_bioimage_model_zoo(trained3d, volumes, tmp_
             output=str(tmp_path / where),
             progress=False,
             chunks=[32],
-            tile={"size": [16, 32, 32]},  # the package does not say the training's patch
             finalize={"mode": "mask"},
         )
         masks.append(zarr.open_array(str(tmp_path / where / "big.ome.zarr" / "0"), mode="r")[:])
