@@ -231,6 +231,25 @@ def train_loop(config: dict[str, Any]) -> None:
     # command trains alike.
     ray.data.DataContext.get_current().execution_options.preserve_order = True
     data, batch_size, world = config["data"], config["batch_size"], ctx.get_world_size()
+    resume = ray.train.get_checkpoint()
+    resume_dir = Path(config["pretrained"]) if config.get("pretrained") else None
+    if resume is not None:
+        with resume.as_directory() as d:
+            state = torch.load(Path(d) / "last.pt", map_location="cpu", weights_only=True)
+    elif resume_dir is not None:
+        state = torch.load(resume_dir / "checkpoint.pt", map_location="cpu", weights_only=True)
+    else:
+        state = None
+    if resume is not None and state is not None and _finished(state, config):
+        # A run killed after its last epoch (or its early stop), before its model was
+        # written: nothing is left to train (another epoch would change what an
+        # uninterrupted run gives). Its checkpoint again, with this run's resume, for the
+        # export; the epoch line is not printed twice (``again``).
+        threads = torch.get_num_threads() if device.type == "cpu" else None
+        resumed = [*state.get("resumed", []), int(state["epoch"])]
+        again = {**state, "resumed": resumed, "threads": threads}
+        _report({**state["history"][-1], "again": True}, again if rank == 0 else None)
+        return
     # Each worker reads its part of the validation grid once (the same patches every
     # epoch, kept in Ray's object store; the sums are all-reduced), while the model is
     # built: Ray Data starts its read processes as segmentation-models-pytorch is imported.
@@ -254,15 +273,6 @@ def train_loop(config: dict[str, Any]) -> None:
     start_epoch, history, best_state, resumed = 0, [], None, []
     stopper = EarlyStopping(config["patience"], config["min_delta"])
     optimizer_state = None
-    resume = ray.train.get_checkpoint()
-    resume_dir = Path(config["pretrained"]) if config.get("pretrained") else None
-    if resume is not None:
-        with resume.as_directory() as d:
-            state = torch.load(Path(d) / "last.pt", map_location="cpu", weights_only=True)
-    elif resume_dir is not None:
-        state = torch.load(resume_dir / "checkpoint.pt", map_location="cpu", weights_only=True)
-    else:
-        state = None
     if state is not None:
         model.load_state_dict(state["model"])
         if resume is not None or not config["finetune"]:
@@ -363,34 +373,46 @@ def train_loop(config: dict[str, Any]) -> None:
         }
         checkpoint = None
         if rank == 0:
-            # Uploaded to Ray Train's storage by a thread of Ray's while the next epoch
-            # runs, then removed (ASYNC): an epoch waited ~0.7 s for each copy of a
-            # resnet18 Unet's 230 MB (weights, Adam's moments, the best weights).
-            local = tempfile.mkdtemp(prefix="raysegment-checkpoint-")
-            save_file(
-                torch.save,
-                {
-                    "model": _unwrap(model).state_dict(),
-                    "optimizer": optimizer.state_dict(),
-                    "epoch": epoch + 1,
-                    "stopper": stopper.state_dict(),
-                    "history": history,
-                    "best": best_state,
-                    "resumed": resumed,
-                    "layout": layout,
-                    "threads": torch.get_num_threads() if device.type == "cpu" else None,
-                    "scaler": scaler.state_dict() if scaler is not None else None,
-                },
-                Path(local) / "last.pt",
-            )
-            checkpoint = ray.train.Checkpoint.from_directory(local)
-        ray.train.report(
-            metrics,
-            checkpoint=checkpoint,
-            checkpoint_upload_mode=ray.train.CheckpointUploadMode.ASYNC,
-        )
+            checkpoint = {
+                "model": _unwrap(model).state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "epoch": epoch + 1,
+                "stopper": stopper.state_dict(),
+                "history": history,
+                "best": best_state,
+                "resumed": resumed,
+                "layout": layout,
+                "threads": torch.get_num_threads() if device.type == "cpu" else None,
+                "scaler": scaler.state_dict() if scaler is not None else None,
+            }
+        _report(metrics, checkpoint)
         if stop:
             break
+
+
+def _finished(state: dict[str, Any], config: dict[str, Any]) -> bool:
+    """Whether the run of checkpoint ``state`` had trained its last epoch: its
+    ``max_epochs``, or an early stop (the same ``patience``: the settings of a resumed
+    run are its own)."""
+    stopped = int(state["stopper"]["bad_epochs"]) >= config["patience"]
+    return int(state["epoch"]) >= config["max_epochs"] or stopped
+
+
+def _report(metrics: dict[str, Any], state: dict[str, Any] | None) -> None:
+    """``ray.train.report`` of an epoch's ``metrics`` by every worker, rank 0's with its
+    checkpoint ``state`` (the others': None). Uploaded to Ray Train's storage by a thread
+    of Ray's while the next epoch runs, then removed (ASYNC): an epoch waited ~0.7 s for
+    each copy of a resnet18 Unet's 230 MB (weights, Adam's moments, the best weights)."""
+    import ray.train
+
+    checkpoint = None
+    if state is not None:
+        local = tempfile.mkdtemp(prefix="raysegment-checkpoint-")
+        save_file(torch.save, state, Path(local) / "last.pt")
+        checkpoint = ray.train.Checkpoint.from_directory(local)
+    ray.train.report(
+        metrics, checkpoint=checkpoint, checkpoint_upload_mode=ray.train.CheckpointUploadMode.ASYNC
+    )
 
 
 def save_file(save: Callable[[Any, Any], None], obj: Any, path: Path) -> None:

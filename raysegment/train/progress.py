@@ -37,5 +37,5 @@ class EpochLines(UserCallback):  # type: ignore[misc]
     def after_report(
         self, run_context: Any, metrics: list[dict[str, Any]], checkpoint: Any
     ) -> None:
-        if metrics:
+        if metrics and not metrics[0].get("again"):  # a finished run's resume: printed
             print(epoch_line(metrics[0], self.max_epochs), flush=True)

@@ -23,6 +23,8 @@ pytest.importorskip("segmentation_models_pytorch", reason="needs the train extra
 # In the training worker: the first worker to validate epoch RAYSEGMENT_TEST_KILL_EPOCH
 # (0-based) dies there, once Ray Train has registered the checkpoint of the epoch before
 # (its controller collects reports by polling: a report still in flight would be lost).
+# With RAYSEGMENT_TEST_HOLD_EPOCH, every worker waits at that epoch (0-based) to be
+# killed: the run cannot finish before the test kills it, however late it looks.
 PATCH = """
 import json, os, time
 update = m.EarlyStopping.update
@@ -47,6 +49,9 @@ def dying(self, loss, epoch):
                 break
             time.sleep(0.2)
         os._exit(1)
+    held = os.environ.get("RAYSEGMENT_TEST_HOLD_EPOCH")
+    if held is not None and epoch >= int(held):  # until the test kills the run
+        time.sleep(600)
     return update(self, loss, epoch)
 
 m.EarlyStopping.update = dying
@@ -89,12 +94,13 @@ def test_worker_death_and_kill_dash_9_resume_from_the_last_checkpoint(
         "RAYSEGMENT_TEST_DIR": str(tmp_path),
         "RAYSEGMENT_TEST_KILL_EPOCH": "1",
     }
+    held = env | {"RAYSEGMENT_TEST_HOLD_EPOCH": "4"}  # the last epoch
     log = tmp_path / "killed.log"  # what the run said, should it end on its own
     with open(log, "w") as out:
         run = subprocess.Popen(
             _command(blob_data),
             cwd=tmp_path,
-            env=env,
+            env=held,
             stdout=out,
             stderr=subprocess.STDOUT,
             start_new_session=True,

@@ -250,25 +250,23 @@ def test_early_stopping_epoch_is_exact_and_identical_on_every_worker(blob_data, 
     recorder = type("Recorder", (_Recorder, ray.train.UserCallback), {})(tmp_path / "log")
     # min_delta larger than any loss: only the first epoch improves, so with patience 2
     # training must stop after epoch 3, whatever the losses are.
-    summary = train(
-        _cfg(
-            blob_data,
-            tmp_path / "out",
-            patience=2,
-            min_delta=10.0,
-            num_workers=2,
-            # Small steps: bfloat16 without the CPU's kernels ran a 64^2 epoch in ~10 s.
-            patch_size=[32],
-            batch_size=4,
-            patches_per_epoch=8,
-            val_patches=8,
-            max_epochs=20,
-            lr_schedule={"name": "plateau", "patience": 1, "factor": 0.5},
-            precision="bfloat16",  # data-parallel workers under autocast
-            threads=None,
-        ),
-        callbacks=[recorder],
+    cfg = _cfg(
+        blob_data,
+        tmp_path / "out",
+        patience=2,
+        min_delta=10.0,
+        num_workers=2,
+        # Small steps: bfloat16 without the CPU's kernels ran a 64^2 epoch in ~10 s.
+        patch_size=[32],
+        batch_size=4,
+        patches_per_epoch=8,
+        val_patches=8,
+        max_epochs=20,
+        lr_schedule={"name": "plateau", "patience": 1, "factor": 0.5},
+        precision="bfloat16",  # data-parallel workers under autocast
+        threads=None,
     )
+    summary = train(cfg, callbacks=[recorder])
     assert summary.epochs == 3 and summary.stopped_early and summary.best_epoch == 1
     assert summary.layout == "channels_last"  # DistributedDataParallel over channels-last
     assert summary.threads == 1  # by default the node's 2 CPUs shared by its 2 workers
@@ -285,6 +283,16 @@ def test_early_stopping_epoch_is_exact_and_identical_on_every_worker(blob_data, 
         same = [{k: v for k, v in m.items() if k not in WALL} for m in per_worker]
         assert all(m == same[0] for m in same)
     assert [r[0]["stopped"] for r in reports] == [False, False, True]
+    # Killed after its early stop, before the model was written: the same command trains
+    # no further epoch (one more would change the model an uninterrupted run gives) and
+    # writes the same model, saying it resumed after epoch 3.
+    written = (tmp_path / "out" / "weights.pt").read_bytes()
+    marker = tmp_path / "out" / ".raysegment" / "train.json"
+    marker.write_text(json.dumps({**json.loads(marker.read_text()), "status": "training"}))
+    again = train(cfg)
+    assert (again.epochs, again.resumed, again.best_epoch) == (3, [3], 1)
+    assert len(_rows(tmp_path / "out")) == 3
+    assert (tmp_path / "out" / "weights.pt").read_bytes() == written
 
 
 def test_float16_without_gpus_is_refused_once_ray_says_so(blob_data, tmp_path) -> None:
