@@ -620,6 +620,14 @@ class TrainConfig:
     """median: train at the training images' own voxel size, as nnU-Net plans it (each
     axis's median; an anisotropic axis's 10th percentile): every image read resampled to
     it, as ``resample_size`` reads (which it replaces), and recorded likewise."""
+    resampling: str = "linear"
+    """How ``resample_size`` / ``resample_to`` resample: ``linear`` (antialiased where it
+    shrinks, from a pyramid's level nearest; labels: the one under each pixel's centre) or
+    ``nnunet``, as nnU-Net preprocesses (from the full resolution): the images a cubic
+    spline, the labels each voxel the label of the highest linearly interpolated indicator,
+    both the nearest plane along an axis of voxels over 3 times as long as the others'.
+    The model records it: infer's ``resample=true`` reads images so, and resamples its
+    output back as nnU-Net exports (linear; that axis nearest)."""
     train_fraction: float = 0.7
     """Fraction of the image pairs used for training; the rest validates (seeded split)."""
     folds: int = 1
@@ -753,6 +761,11 @@ class TrainConfig:
         self._check_regions()
         if self.input_level < 0:
             raise ConfigError(f"input_level={self.input_level}: give 0 (full resolution) or more")
+        if self.resampling not in ("linear", "nnunet"):
+            raise ConfigError(
+                f"resampling={self.resampling!r}: choose linear (antialiased) or nnunet "
+                f"(nnU-Net's: cubic, the nearest plane along a long voxel's axis)"
+            )
         if self.resample_to is not None:
             if self.resample_to != "median":
                 raise ConfigError(

@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from raysegment.data.resampled import ResampledSource, axis_taps, filtered
+from raysegment.data.resampled import ResampledSource, axis_taps, resampled_labels
 from raysegment.data.sources import ImageInfo, ImageSource, Region, WrappedSource
 from raysegment.data.tiling import inside_box
 from raysegment.errors import InputImageError
@@ -128,25 +128,10 @@ class PreviousLabelsSource(WrappedSource):
         if all(found is None for found in taps):
             return read
         starts = [a for a, _ in boxes]
+        read[~np.isin(read, self.values)] = 0  # the other labels are background
         # Background and each foreground label, in order: the lowest wins a tie.
-        values = (0, *self.values)
-        indicators = [~np.isin(read, self.values)] + [read == v for v in self.values]
-        scores = np.stack(
-            [filtered(i.astype(np.float64)[None], taps, starts)[0] for i in indicators]
-        )
-        top = scores.max(axis=0)
-        tied = (scores == top).sum(axis=0) > 1
-        winner = np.asarray(values)[scores.argmax(axis=0)]
-        if tied.any():  # the nearest voxel's label, where it is one of the tied
-            near = self._taps(region, "nearest")
-            nearest = filtered(read.astype(np.float32)[None], near, starts)[0]
-            nearest = np.rint(nearest).astype(np.int64)
-            nearest[~np.isin(nearest, self.values)] = 0  # background, as scored
-            at_top = np.zeros_like(tied)
-            for k, v in enumerate(values):
-                at_top |= (nearest == v) & (scores[k] == top)
-            winner = np.where(tied & at_top, nearest, winner)
-        return winner
+        near = self._taps(region, "nearest")
+        return resampled_labels(read, (0, *self.values), taps, near, starts)
 
     def _taps(self, region: Region, kind: str | None = None) -> list[Any]:
         """Per axis of ``region``, the taps of the labels' interpolation (None: an axis

@@ -18,7 +18,9 @@ voxels over three times as long as the others', the image clipped to the normali
 range first, as nnU-Net preprocesses), each axis by its ``KINDS``: ``cubic`` is the
 cubic B-spline interpolation of scipy's ``zoom`` and scikit-image's ``resize`` (no
 antialiasing), as a filter of the cardinal spline's taps (``SPLINE_REACH`` pixels each
-side: within 1e-6 of theirs), so it too is local to each region.
+side: within 1e-6 of theirs), so it too is local to each region. A label image read at
+such an image's voxels (``ResampledLabels``: a training's labels) is resampled as nnU-Net
+resamples segmentations (``resampled_labels``).
 """
 
 from __future__ import annotations
@@ -42,7 +44,9 @@ from raysegment.errors import InputImageError
 
 __all__ = [
     "KINDS",
+    "NNUNET_RESAMPLING",
     "ORDERS",
+    "ResampledLabels",
     "ResampledSource",
     "as_type",
     "axis_taps",
@@ -51,6 +55,7 @@ __all__ = [
     "nnunet_kinds",
     "recorded",
     "resample_sizes",
+    "resampled_labels",
     "resampled_to",
 ]
 
@@ -445,6 +450,18 @@ def resampled_to(
 ORDERS = {0: "nearest", 1: "linear", 3: "cubic"}
 """The interpolation orders of nnU-Net's resampling raysegment runs, as ``KINDS``."""
 
+NNUNET_RESAMPLING: dict[str, Any] = {
+    "data": [3, 0],
+    "probabilities": [1, 0],
+    "segmentation": [1, 0],
+    "force_separate_z": None,
+    "anisotropy": 3.0,
+}
+"""nnU-Net's default resampling (its plans' ``resampling_fn_*_kwargs``), as a model's
+``resampling`` records it: the images a cubic spline, the output back and the labels
+linear (each label's indicator), the nearest plane along an axis of voxels over 3 times
+as long as the others'."""
+
 
 def nnunet_kinds(
     scheme: Mapping[str, Any],
@@ -513,3 +530,95 @@ def resample_sizes(
         return None
     unit = str(meta.get("pixel_unit") or "")
     return {str(a): float(v) for a, v in size.items() if a in "zyx"}, unit
+
+
+def resampled_labels(
+    read: np.ndarray,
+    values: Sequence[int],
+    taps: Sequence[Taps | None],
+    nearest: Sequence[Taps | None],
+    starts: Sequence[int],
+) -> np.ndarray:
+    """The label map ``read`` (integers, each one of ``values``: the region under the
+    taps, from the pixel ``starts``) resampled as nnU-Net resamples segmentations
+    (batchgenerators 0.25.5's ``resize_segmentation``): each value's indicator filtered
+    by ``taps``, each voxel the value whose is highest; where several tie, the value of
+    the nearest voxel (``nearest``: ``nearest_taps``, within ``taps``' reach) where it is
+    one of them, else the first of them in ``values``."""
+    near = np.rint(filtered(read.astype(np.float64)[None], nearest, starts)[0])
+    near = near.astype(read.dtype)
+    best: np.ndarray | None = None
+    winner = np.empty(near.shape, read.dtype)
+    near_score = np.zeros(near.shape)
+    for value in values:
+        score = filtered((read == value).astype(np.float64)[None], taps, starts)[0]
+        if best is None:
+            best = score
+            winner[...] = value
+        else:
+            winner[score > best] = value
+            np.maximum(best, score, out=best)
+        mine = near == value
+        near_score[mine] = score[mine]
+    # The nearest voxel's value where its score is the highest (won or tied for).
+    return np.where(near_score == best, near, winner)
+
+
+class ResampledLabels(WrappedSource):
+    """A label image ``inner``, of the voxels ``image`` (a ``ResampledSource`` of a
+    ``scheme``) is resampled from, read at ``image``'s voxels as the scheme resamples
+    segmentations: its ``segmentation`` orders (``nnunet_kinds``: linear in-plane, the
+    nearest plane along an axis of long voxels), each channel's labels by
+    ``resampled_labels``; in ``inner``'s dtype. A training's labels, as nnU-Net resamples
+    them beside their image."""
+
+    kind = "resampled-labels"
+
+    def __init__(self, inner: ImageSource, image: ResampledSource) -> None:
+        self.image = image
+        scheme = image.scheme or {}
+        self.kinds = image.kinds_forward("segmentation") if "segmentation" in scheme else {}
+        super().__init__([inner])
+
+    @property
+    def where(self) -> str:
+        return f"{self.inner.where} at the voxels of {self.image.where}"
+
+    def _inspect(self) -> ImageInfo:
+        mine, info = self.image.info, self.inner.info
+        return replace(
+            info,
+            shape=(*info.shape[:2], *mine.shape[2:]),  # type: ignore[arg-type]
+            scale=mine.scale,
+            units=mine.units,
+            origin=mine.origin,
+        )
+
+    def at_level(self, level: int) -> ImageSource:
+        if level:
+            raise self._no_level(1)
+        return self
+
+    def level_scale(self) -> tuple[float, float]:
+        return self.image.level_scale()
+
+    def _taps(self, region: Region, kind: str | None = None) -> list[Taps | None]:
+        """Per axis of ``region``, the taps of ``kind`` (default: the scheme's, else
+        linear); None where the axis is not resampled."""
+        sizes = zip("zyx", region, self.inner.info.shape[2:], self.info.shape[2:], strict=True)
+        return [
+            None if n == m else axis_taps(kind or self.kinds.get(a, "linear"), n, m, lo, hi)
+            for a, (lo, hi), n, m in sizes
+        ]
+
+    def _read(self, t: int, channels: tuple[int, ...], region: Region) -> np.ndarray:
+        taps, nearest = self._taps(region), self._taps(region, "nearest")
+        boxes = tuple(
+            box if found is None else (int(found[0].min()), int(found[0].max()) + 1)
+            for box, found in zip(region, taps, strict=True)
+        )
+        read = self.inner.read(t, channels, boxes)
+        read = (np.rint(read) if read.dtype.kind == "f" else read).astype(np.int64)
+        starts = [a for a, _ in boxes]
+        out = [resampled_labels(c, np.unique(c).tolist(), taps, nearest, starts) for c in read]
+        return np.stack(out).astype(self.info.dtype)

@@ -52,7 +52,7 @@ DESCRIPTIONS = ("rdf.yaml", "bioimageio.yaml")
 _STATISTICS = ("scale_range", "zero_mean_unit_variance")
 _WEIGHTS = {"torchscript": "torchscript", "onnx": "onnx", "pytorch_state_dict": "state_dict"}
 """The weights raysegment runs, in the order it picks them, and their ``ModelFile.kind``."""
-RAYSEGMENT_KEYS = ("patch_size", "class_codes")
+RAYSEGMENT_KEYS = ("patch_size", "class_codes", "resampling")
 """The keys of a package's ``config: raysegment:`` read as the model's metadata (those
 ``raysegment package`` writes there)."""
 

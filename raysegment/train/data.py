@@ -26,7 +26,13 @@ from raysegment.data.dicom_labels import (
     segmentation_header,
 )
 from raysegment.data.pairs import pair_images
-from raysegment.data.resampled import recorded, resampled_to
+from raysegment.data.resampled import (
+    NNUNET_RESAMPLING,
+    ResampledLabels,
+    ResampledSource,
+    recorded,
+    resampled_to,
+)
 from raysegment.data.sources import (
     MICROMETRES,
     ImageInfo,
@@ -112,6 +118,9 @@ class TrainingSet:
     centre."""
     oversample: float = 0.0
     """The share of random patches centred on a foreground voxel (``oversample_foreground``)."""
+    resampling: dict[str, Any] | None = None
+    """nnU-Net's resampling scheme the images were read at ``pixel`` by (``resampling``,
+    ``resampled.NNUNET_RESAMPLING``); None: antialiased linear, or not resampled."""
 
     @property
     def sizes(self) -> tuple[int, int, int]:
@@ -205,10 +214,13 @@ class AtLevel(ImageSource):
 
 def _at_level(label: ImageSource, image: ImageSource, full: ImageSource) -> ImageSource:
     """``label`` as ``image`` reads: itself, or, drawn at the size of the image's ``full``
-    resolution where it is read at a reduced level, ``AtLevel``."""
+    resolution where it is read at a reduced level, ``AtLevel``; where it is resampled by
+    nnU-Net's scheme, as nnU-Net resamples labels (``ResampledLabels``)."""
     size = label.info.shape[2:]
     if size == image.info.shape[2:] or size != full.info.shape[2:]:
         return label
+    if isinstance(image, ResampledSource) and image.scheme:
+        return ResampledLabels(label, image)
     return AtLevel(label, image.info.shape)
 
 
@@ -390,17 +402,21 @@ def _stats(
     return tuple(map(float, data.mean(axis=1))), tuple(float(s) if s > 0 else 1.0 for s in std)
 
 
-def _read_at(full: ImageSource, size: dict[str, float], unit: str) -> ImageSource:
+def _read_at(
+    full: ImageSource, size: dict[str, float], unit: str, scheme: dict[str, Any] | None
+) -> ImageSource:
     """The image ``full`` (at full resolution) read at the pixel ``size`` (y and x, or z,
-    y and x) in ``unit`` ("": its own units)."""
+    y and x) in ``unit`` ("": its own units): antialiased linear from a pyramid's level,
+    or resampled by nnU-Net's ``scheme`` from the full resolution, as nnU-Net reads."""
     return resampled_to(
         full,
         size,
         unit,
         recorded,
-        pyramid=True,
+        pyramid=scheme is None,
         fix="record it in the image (an OME-TIFF's PhysicalSizeX/Y, an OME-Zarr's scale), or "
         "train without resample_size",
+        scheme=scheme,
     )
 
 
@@ -540,6 +556,7 @@ def prepare(cfg: TrainConfig) -> TrainingSet:
         class_codes = tuple(codes.get(name.casefold()) for name in class_names)
     resample = cfg.resample_size
     target, opened = None, None
+    scheme = dict(NNUNET_RESAMPLING) if cfg.resampling == "nnunet" else None
     if resample is not None:
         sizes = list(resample) * 2 if len(resample) == 1 else list(resample)  # y and x alike
         target = {a: float(v) for a, v in zip("zyx"[-len(sizes) :], sizes, strict=True)}
@@ -554,7 +571,7 @@ def prepare(cfg: TrainConfig) -> TrainingSet:
         else:  # the first image's unit is the size's; the others' are converted to it
             full = opened[k] if opened else _open_image(image_files)
             unit = unit if pairs else _length_unit(full)
-            image = _read_at(full, target, unit)
+            image = _read_at(full, target, unit, scheme)
         header = headers[label_path]
         if header is not None:  # drawn on the image's full resolution
             label: ImageSource = DicomSegLabels(
@@ -620,6 +637,7 @@ def prepare(cfg: TrainConfig) -> TrainingSet:
         _spacing([pairs[i] for i in train], len(patch)),
         tuple(found for _, found in scans),
         cfg.oversample_foreground,
+        scheme if target is not None else None,
     )
 
 

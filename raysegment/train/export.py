@@ -67,10 +67,12 @@ def _class_names(data: TrainingSet) -> list[str]:
 
 def _pixel_size(data: TrainingSet) -> dict[str, Any]:
     """The pixel size trained at (``resample_size``, else the first image's at
-    ``input_level``), where known."""
+    ``input_level``), where known; how the images were resampled to it where nnU-Net's
+    scheme resampled them (``resampling``, which infer's ``resample=true`` follows)."""
     if data.pixel is not None:
         size, unit = data.pixel
-        return {"pixel_size": dict(size), "pixel_unit": unit}
+        scheme = {"resampling": dict(data.resampling)} if data.resampling else {}
+        return {"pixel_size": dict(size), "pixel_unit": unit, **scheme}
     info = data.pairs[0].image.info
     size = {axis: info.scale[axis] for axis in ("y", "x") if axis in info.scale}
     if not size:

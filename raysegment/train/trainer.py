@@ -108,6 +108,7 @@ _LATER_KEYS = {
     "oversample_foreground": 0.33,
     "model.deep_supervision": True,
     "resample_to": None,
+    "resampling": "linear",
 }
 """Keys added since the first fingerprints (dotted: nested), left out of them at these
 defaults: a run begun before a key existed resumes (from then on with the key's default)."""

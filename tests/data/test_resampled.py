@@ -508,3 +508,51 @@ def test_an_earlier_stages_labels_are_resampled_as_nnunet_resamples_segmentation
     cut = tuple(slice(a, b) for a, b in region)
     np.testing.assert_array_equal(part[0], got[2][cut])
     np.testing.assert_array_equal(part[2], got[0][cut])
+
+
+@pytest.mark.parametrize(
+    ("spacing", "new"),
+    [
+        ((2.5, 1.0, 1.0), (2.5, 0.5, 0.5)),  # in-plane twice: ties at every edge
+        ((4.0, 1.0, 1.0), (2.0, 1.6, 0.625)),  # anisotropic: z the nearest plane apart
+        ((1.0, 1.0, 1.0), (0.8, 1.5, 0.7)),  # isotropic: linear along every axis
+    ],
+)
+def test_training_labels_are_resampled_as_nnunet_resamples_segmentations(spacing, new) -> None:
+    """A label image (labels 0, 1, 2 and 7, meeting three at a time, two channels) read
+    at the voxels of its image resampled by nnU-Net's scheme: nnU-Net's
+    ``resample_data_or_seg_to_shape(..., is_seg=True)`` of each channel, in any block, in
+    the labels' dtype."""
+    from scipy.ndimage import zoom
+
+    from raysegment.data.resampled import NNUNET_RESAMPLING, ResampledLabels
+
+    resampling = pytest.importorskip("nnunetv2.preprocessing.resampling.default_resampling")
+    rng = np.random.default_rng(5)
+    shape = (6, 21, 18)
+    coarse = np.array([0, 1, 2, 7])[rng.integers(0, 4, (2, 3, 7, 6))]
+    labels = zoom(
+        coarse, [1, *(n / c for n, c in zip(shape, coarse.shape[1:], strict=True))], order=0
+    )
+    image = rng.random(shape, dtype=np.float32) + 1
+
+    resampled = resampled_to(
+        MemorySource(image[None, None], "mem", "mem"),
+        dict(zip("zyx", new, strict=True)),
+        "",
+        _spaced(spacing),
+        pyramid=False,
+        scheme=NNUNET_RESAMPLING,
+    )
+    assert isinstance(resampled, ResampledSource)
+    source = ResampledLabels(MemorySource(labels[None].astype(np.uint16), "lbl", "lbl"), resampled)
+    target = resampled.info.shape[2:]
+    assert source.info.shape == (1, 2, *target) and source.info.dtype == np.uint16
+    want = resampling.resample_data_or_seg_to_shape(
+        labels.astype(np.int16), target, spacing, new, True, 1, 0, None
+    )
+    got = source.read(0, (0, 1), tuple((0, n) for n in target))
+    np.testing.assert_array_equal(got, want)
+    region = ((1, target[0]), (3, target[1] - 2), (5, 9))
+    part = source.read(0, (1,), region)[0]
+    np.testing.assert_array_equal(part, want[1][tuple(slice(a, b) for a, b in region)])

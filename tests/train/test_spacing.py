@@ -96,3 +96,65 @@ def test_resample_to_is_median_alone(tmp_path: Path) -> None:
         tifffile.imwrite(tmp_path / "lbl" / f"v{i}.tif", image.astype(np.uint8))
     with pytest.raises(InputImageError, match=r"v0.tif: no pixel size recorded along z"):
         prepare(_cfg(tmp_path, "patch_size=[4,16,16]", "resample_to=median"))
+
+
+def test_resampling_nnunet_reads_images_and_labels_as_nnunet_preprocesses_them(
+    tmp_path: Path,
+) -> None:
+    """``resampling=nnunet``: volumes of 4 µm slices of 0.8 µm pixels read at 3 x 0.6 x 0.7
+    µm, each image as nnU-Net's ``resample_data_or_seg_to_shape`` resamples it (a cubic
+    spline in-plane, the nearest slice along z: nnU-Net clips each slice to its range,
+    raysegment keeps the spline's overshoot), its labels exactly as nnU-Net resamples
+    segmentations; the model records the scheme, which infer's ``resample=true``
+    follows. ``resampling=linear`` (the default) reads otherwise."""
+    from scipy.ndimage import gaussian_filter, zoom
+
+    from raysegment.data.resampled import NNUNET_RESAMPLING
+    from raysegment.train.export import model_metadata
+
+    resampling = pytest.importorskip("nnunetv2.preprocessing.resampling.default_resampling")
+    rng = np.random.default_rng(3)
+    (tmp_path / "img").mkdir()
+    (tmp_path / "lbl").mkdir()
+    images, labels = [], []
+    for i in range(2):
+        image = gaussian_filter(rng.normal(0, 3000, (8, 40, 36)), 1.5) + 3000
+        coarse = rng.integers(0, 3, (4, 8, 6))
+        label = zoom(coarse, [8 / 4, 40 / 8, 36 / 6], order=0).astype(np.uint8)
+        meta = {"axes": "ZYX", "PhysicalSizeZ": 4.0, "PhysicalSizeY": 0.8, "PhysicalSizeX": 0.8}
+        tifffile.imwrite(tmp_path / "img" / f"v{i}.ome.tif", image.astype(np.uint16), metadata=meta)
+        tifffile.imwrite(tmp_path / "lbl" / f"v{i}.tif", label)
+        images.append(image.astype(np.uint16).astype(np.float64))
+        labels.append(label)
+    settings = ["patch_size=[4,16,16]", "resample_size=[3.0,0.6,0.7]", "mode=multiclass"]
+    data = prepare(_cfg(tmp_path, *settings, "resampling=nnunet"))
+    spacing, new = (4.0, 0.8, 0.8), (3.0, 0.6, 0.7)
+    target = tuple(int(n) for n in resampling.compute_new_shape((8, 40, 36), spacing, new))
+    whole = tuple((0, n) for n in target)
+    for pair, image, label in zip(data.pairs, images, labels, strict=True):
+        assert pair.image.info.shape[2:] == target == pair.label.info.shape[2:]
+        want = resampling.resample_data_or_seg_to_shape(
+            image[None], target, spacing, new, False, 3, 0, None
+        )[0]
+        got = pair.image.read(0, (0,), whole)[0]
+        low = want.min(axis=(1, 2), keepdims=True)
+        high = want.max(axis=(1, 2), keepdims=True)
+        np.testing.assert_allclose(np.clip(got, low, high), want, atol=0.05)
+        spread = want.max() - want.min()
+        assert np.abs(got - want).max() < 0.05 * spread  # the overshoot nnU-Net clips
+        want = resampling.resample_data_or_seg_to_shape(
+            label[None].astype(np.int16), target, spacing, new, True, 1, 0, None
+        )[0]
+        np.testing.assert_array_equal(pair.label.read(0, (0,), whole)[0], want)
+    first = data.pairs[0].image.read(0, (0,), whole)[0]
+    assert data.resampling == NNUNET_RESAMPLING
+    assert model_metadata(data, "PlainConvUNet")["resampling"] == NNUNET_RESAMPLING
+    linear = prepare(_cfg(tmp_path, *settings))
+    assert linear.resampling is None and "resampling" not in model_metadata(linear)
+    got = linear.pairs[0].image.read(0, (0,), whole)[0]
+    assert np.abs(got - first).max() > 0.05 * spread  # linear along z too: not nnU-Net's
+
+
+def test_resampling_is_linear_or_nnunet(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"resampling='cubic': choose linear .* or nnunet"):
+        _cfg(tmp_path, "resampling=cubic")
