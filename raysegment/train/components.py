@@ -121,12 +121,73 @@ def _soft_ce(mode: str, ignore: int | None = None) -> nn.Module:
 
 @_loss("DiceCELoss")
 def _dice_ce(mode: str, ignore: int | None = None) -> nn.Module:
-    """Dice plus cross-entropy (binary, multilabel: per-pixel sigmoid), summed at equal
-    weights, as nnU-Net's ``DC_and_CE_loss`` trains (its Dice differs in detail: batch
-    Dice over the foreground classes)."""
+    """nnU-Net's loss, as its trainer builds it: its soft Dice (``_BatchDice``) plus
+    cross-entropy (binary, multilabel: per-pixel sigmoid, as its region-based trainings),
+    at equal weights, each over the labelled pixels (``DC_and_CE_loss``,
+    ``DC_and_BCE_loss``); 1 above nnU-Net's (its Dice term is -Dice)."""
     if mode == "multiclass":
-        return _Summed(_dice(mode, ignore), _soft_ce(mode, ignore))
-    return _Summed(_dice(mode, ignore), _soft_bce(mode, ignore))
+        entropy: nn.Module = nn.CrossEntropyLoss(ignore_index=IGNORE if ignore is None else ignore)
+    else:
+        entropy = _MaskedBCE(ignore)
+    return _Summed(_BatchDice(mode, ignore), entropy)
+
+
+class _BatchDice(nn.Module):
+    """nnU-Net's soft Dice loss (``MemoryEfficientSoftDiceLoss`` as its 2D and 3D
+    full-resolution trainings configure it): the probabilities (softmax without the
+    background; sigmoid: every channel) and the one-hot target, each class's overlap summed
+    over the batch and the voxels ("batch Dice"), smoothed by 1e-5, the Dice averaged over
+    the classes: 1 - that. Pixels of target ``ignore`` count in no sum. Each data-parallel
+    worker sums its own batch (nnU-Net gathers the workers' sums)."""
+
+    def __init__(self, mode: str, ignore: int | None = None) -> None:
+        super().__init__()
+        self.mode, self.ignore = mode, ignore
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        logits = logits.float()
+        labelled = None if self.ignore is None else target != self.ignore
+        if self.mode == "multiclass":
+            probs = logits.softmax(1)[:, 1:]
+            labels = target if labelled is None else torch.where(labelled, target, 0)
+            truth = nn.functional.one_hot(labels.long(), logits.shape[1]).movedim(-1, 1)[:, 1:]
+            weight = None if labelled is None else labelled.unsqueeze(1)
+        else:
+            probs = logits.sigmoid()
+            truth = target if labelled is None else torch.where(labelled, target, 0)
+            weight = labelled
+        truth = truth.to(probs.dtype)
+        if weight is not None:
+            truth = truth * weight
+            predicted = probs * weight
+        else:
+            predicted = probs
+        axes = [0, *range(2, probs.ndim)]
+        overlap = (probs * truth).sum(axes)
+        total = (truth.sum(axes) + predicted.sum(axes) + 1e-5).clamp_min(1e-8)
+        return 1 - ((2 * overlap + 1e-5) / total).mean()
+
+
+class _MaskedBCE(nn.Module):
+    """Binary cross-entropy of logits as nnU-Net's ``DC_and_BCE_loss`` takes it: the mean
+    over every pixel and channel; with pixels not labelled (target ``ignore``), the sum
+    over the labelled ones and the channels over the labelled pixels' count (the channels
+    of a region-based training's pixel are labelled alike)."""
+
+    def __init__(self, ignore: int | None = None) -> None:
+        super().__init__()
+        self.ignore = ignore
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        if self.ignore is None:
+            return nn.functional.binary_cross_entropy_with_logits(logits.float(), target.float())
+        labelled = target != self.ignore
+        truth = torch.where(labelled, target, 0).float()
+        each = nn.functional.binary_cross_entropy_with_logits(
+            logits.float(), truth, reduction="none"
+        )
+        pixels = labelled.sum() / labelled.shape[1]
+        return (each * labelled).sum() / pixels.clamp_min(1e-8)
 
 
 class _Summed(nn.Module):

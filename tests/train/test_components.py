@@ -117,15 +117,48 @@ def test_losses_compute_or_refuse_the_mode(loss: str, mode: str) -> None:
         assert perfect < value  # the loss rewards a right prediction
 
 
+@pytest.mark.parametrize("ignore", [False, True])
 @pytest.mark.parametrize("mode", list(MODE_TARGETS))
-def test_dice_ce_is_dice_plus_cross_entropy(mode: str) -> None:
-    """nnU-Net's loss: Dice and cross-entropy (sigmoid's for binary and multilabel) summed."""
-    torch.manual_seed(0)
-    logits, target = MODE_TARGETS[mode]()
-    entropy = "SoftCrossEntropyLoss" if mode == "multiclass" else "SoftBCEWithLogitsLoss"
-    want = LOSSES.get("DiceLoss")[0](mode, None)(logits, target)
-    want = want + LOSSES.get(entropy)[0](mode, None)(logits, target)
-    assert torch.allclose(LOSSES.get("DiceCELoss")[0](mode, None)(logits, target), want)
+@pytest.mark.parametrize("dims", [2, 3])
+def test_dice_ce_is_nnunets_loss(mode: str, ignore: bool, dims: int) -> None:
+    """``DiceCELoss`` is nnU-Net's loss as its trainer builds it, value (plus 1: its Dice
+    term is -Dice) and gradient: ``DC_and_CE_loss`` (softmax; batch Dice without the
+    background) and, for sigmoid outputs, ``DC_and_BCE_loss`` (a region-based training's;
+    every channel), with pixels not labelled (``ignore_label``; a last target channel
+    marking them) or without."""
+    losses = pytest.importorskip("nnunetv2.training.loss.compound_losses")
+    dice = pytest.importorskip("nnunetv2.training.loss.dice")
+    torch.manual_seed(1)
+    classes = 3 if mode != "binary" else 1
+    shape = (4, classes, *[12] * dims)
+    logits = torch.randn(shape) * 3
+    if mode == "multiclass":
+        target = torch.randint(0, classes, (shape[0], *shape[2:]))
+    else:
+        target = (torch.rand(shape) > 0.6).float()
+    unlabelled = torch.rand(shape[0], *shape[2:]) < 0.3
+    kwargs = {"batch_dice": True, "smooth": 1e-5, "ddp": False}
+    memory = dice.MemoryEfficientSoftDiceLoss
+    if mode == "multiclass":
+        theirs = losses.DC_and_CE_loss(
+            {**kwargs, "do_bg": False}, {}, 1, 1, IGNORE if ignore else None, memory
+        )
+        if ignore:
+            target[unlabelled] = IGNORE
+        their_target = target[:, None]
+    else:
+        theirs = losses.DC_and_BCE_loss({}, {**kwargs, "do_bg": True}, 1, 1, ignore, memory)
+        their_target = target
+        if ignore:
+            target = torch.where(unlabelled[:, None], IGNORE, target)
+            their_target = torch.cat([their_target, unlabelled[:, None].float()], 1)
+    ours = LOSSES.get("DiceCELoss")[0](mode, IGNORE if ignore else None)
+    mine, their = logits.clone().requires_grad_(True), logits.clone().requires_grad_(True)
+    value, want = ours(mine, target), theirs(their, their_target)
+    value.backward()
+    want.backward()
+    assert float(value) == pytest.approx(float(want) + 1, rel=1e-5)
+    torch.testing.assert_close(mine.grad, their.grad, rtol=1e-4, atol=1e-7)
 
 
 SUPPORTED = [(loss, mode) for loss in LOSSES.names() for mode in LOSSES.get(loss)[1]]
