@@ -569,6 +569,10 @@ class ModelConfig:
     validation and the written model use the full resolution's alone."""
 
 
+PLANS = {"3d_fullres": 3, "2d": 2}
+"""nnU-Net's configurations ``plan`` plans, and their patches' dimensions."""
+
+
 @dataclass
 class TrainConfig:
     images: CollectionConfig = field(default_factory=CollectionConfig)
@@ -655,9 +659,18 @@ class TrainConfig:
     """Primary metric: iou | fscore | accuracy | recall | precision (all are logged)."""
     batch_size: Optional[int] = None
     """Patches per step per worker; default: from free memory."""
-    patch_size: List[int] = field(default_factory=lambda: [256])
+    patch_size: Optional[List[int]] = field(default_factory=lambda: [256])
     """Training patch, one value or (y, x) (most encoders need multiples of 32), or (z, y,
-    x): a 3D network (``model.arch`` PlainConvUNet or ResidualEncoderUNet)."""
+    x): a 3D network (``model.arch`` PlainConvUNet or ResidualEncoderUNet); null with
+    ``plan``, which plans it."""
+    plan: Optional[str] = None
+    """nnU-Net's planner (nnU-Net's networks): ``3d_fullres`` (3D patches) or ``2d``
+    (patches of planes) plans the patch (``patch_size=null``) and, where ``batch_size`` is
+    not given, the batch, as nnU-Net plans that configuration for a GPU of
+    ``plan_gpu_gb``: from the training images' median shape and voxel size (as read: at
+    ``resample_to=median``, nnU-Net's, where given)."""
+    plan_gpu_gb: float = 8.0
+    """The GPU memory ``plan`` plans for, in GB (nnU-Net's ``-gpu_memory_target``)."""
     patches_per_epoch: int = 256
     """Random training patches drawn anew every epoch (from ``seed`` and the epoch),
     shared out among the workers."""
@@ -788,7 +801,7 @@ class TrainConfig:
                     f"resample_size={self.resample_size} with input_level={self.input_level}: "
                     f"resampling reads from the pyramid level it needs; drop input_level"
                 )
-        _check_sizes("patch_size", self.patch_size)
+        self._check_plan()
         if self.model.features < 1:
             raise ConfigError(f"model.features={self.model.features} must be >= 1 (e.g. 32)")
         if self.finetune and not self.pretrained:
@@ -796,8 +809,39 @@ class TrainConfig:
         _check_pattern("images.pattern", self.images.pattern)
         _check_pattern("labels.pattern", self.labels.pattern)
 
+    def _check_plan(self) -> None:
+        if self.plan is None:
+            if self.patch_size is None:
+                raise ConfigError(
+                    "patch_size=null: give a patch (e.g. [256], or [64,128,128] for 3D) or "
+                    "plan=3d_fullres (nnU-Net's planner picks it)"
+                )
+            _check_sizes("patch_size", self.patch_size)
+            return
+        if self.plan not in PLANS:
+            raise ConfigError(
+                f"plan={self.plan!r}: choose {' or '.join(PLANS)} (nnU-Net's configurations)"
+            )
+        if self.patch_size is not None:
+            raise ConfigError(
+                f"plan={self.plan} plans the patch, and patch_size={self.patch_size} gives "
+                f"one: give patch_size=null (conf/nnunet.yaml does), or plan=null"
+            )
+        if self.plan_gpu_gb <= 0:
+            raise ConfigError(f"plan_gpu_gb={self.plan_gpu_gb}: the GPU's memory, in GB (e.g. 8)")
+
+    def dims(self) -> int:
+        """The patch's dimensions: 2 or 3 (``plan``'s, else ``patch_size``'s)."""
+        return PLANS[self.plan] if self.plan else len(self.patch())
+
     def patch(self) -> tuple[int, ...]:
-        """The training patch: (y, x), or (z, y, x) (3D); one value is a square."""
+        """The training patch: (y, x), or (z, y, x) (3D); one value is a square.
+
+        Raises:
+            ConfigError: none given (``plan`` plans it: ``TrainingSet.patch``).
+        """
+        if self.patch_size is None:
+            raise ConfigError(f"plan={self.plan}: the patch is planned from the images")
         sizes = self.patch_size * 2 if len(self.patch_size) == 1 else self.patch_size
         return tuple(int(s) for s in sizes)
 

@@ -491,14 +491,21 @@ def check_combination(cfg: TrainConfig) -> None:
         close = difflib.get_close_matches(arch, known, n=1)
         hint = f" (did you mean {close[0]!r}?)" if close else ""
         raise ConfigError(f"unknown model.arch {arch!r}{hint}; choose from {list(known)}")
-    if len(cfg.patch_size) == 3 and arch not in NNUNET_ARCHITECTURES:
+    if cfg.plan is not None and arch not in NNUNET_ARCHITECTURES:
+        raise ConfigError(
+            f"plan={cfg.plan} plans nnU-Net's networks and model.arch={arch} is "
+            f"segmentation-models-pytorch's; choose model.arch=PlainConvUNet or "
+            f"ResidualEncoderUNet, or give patch_size= instead"
+        )
+    if cfg.plan is None and len(cfg.patch()) == 3 and arch not in NNUNET_ARCHITECTURES:
         raise ConfigError(
             f"patch_size={cfg.patch_size} trains a 3D network and model.arch={arch} is 2D "
             f"(segmentation-models-pytorch); choose model.arch=PlainConvUNet or "
             f"ResidualEncoderUNet (nnU-Net's), or a 2D patch_size"
         )
     # Too small at any spacing: isotropic voxels halve the most axes.
-    if arch in NNUNET_ARCHITECTURES and len(_planned(cfg.patch(), None)[0]) < 2:
+    small = cfg.plan is None and len(_planned(cfg.patch(), None)[0]) < 2
+    if arch in NNUNET_ARCHITECTURES and small:
         raise ConfigError(
             f"patch_size={cfg.patch_size}: too small for {arch}, which halves axes of 8 or "
             f"more (a lone one of 12 or more); nnU-Net's 3D patches are e.g. [64,128,128]"

@@ -45,7 +45,7 @@ from raysegment.data.tiling import under_centres
 from raysegment.errors import ConfigError, InputImageError
 from raysegment.infer.nnunet import dataset_classes, dataset_regions
 from raysegment.train import augment as augment_
-from raysegment.train.spacing import target_spacing
+from raysegment.train.spacing import planned_patch, target_spacing
 
 __all__ = ["IGNORE", "AtLevel", "Pair", "TrainingSet", "prepare", "read_patches"]
 
@@ -121,6 +121,9 @@ class TrainingSet:
     resampling: dict[str, Any] | None = None
     """nnU-Net's resampling scheme the images were read at ``pixel`` by (``resampling``,
     ``resampled.NNUNET_RESAMPLING``); None: antialiased linear, or not resampled."""
+    batch: int | None = None
+    """The batch (of every worker's patches together) nnU-Net's planner gave with the
+    patch (``plan``); None: not planned."""
 
     @property
     def sizes(self) -> tuple[int, int, int]:
@@ -533,7 +536,7 @@ def prepare(cfg: TrainConfig) -> TrainingSet:
             f"{cfg.images.dir}: found {len(found)} image/label pair(s); training needs at least "
             f"2 (one to train on, one to validate with)"
         )
-    patch = cfg.patch()
+    patch = None if cfg.plan else cfg.patch()  # planned from the images read
     pairs: list[Pair] = []
     sparse = cfg.unannotated == Unannotated.ignore
     if sparse and not any(is_geojson(label) for _, label in found):
@@ -562,7 +565,7 @@ def prepare(cfg: TrainConfig) -> TrainingSet:
         target = {a: float(v) for a, v in zip("zyx"[-len(sizes) :], sizes, strict=True)}
     elif cfg.resample_to is not None:
         opened = [_open_image(files) for files, _ in found]
-        target = _median_voxel(opened, len(patch))
+        target = _median_voxel(opened, cfg.dims())
     unit = ""
     for k, (image_files, label_path) in enumerate(found):
         if target is None:
@@ -582,9 +585,7 @@ def prepare(cfg: TrainConfig) -> TrainingSet:
         else:
             label = open_source(label_path)
         label = _at_level(label, image, full)
-        pair = Pair(image, label)
-        _check_pair(pair.image, pair.label, patch, mode, cfg.regions is not None)
-        pairs.append(pair)
+        pairs.append(Pair(image, label))
     if target is None:
         _warn_mixed(pairs)
     counts = {p.image.info.shape[1] for p in pairs}
@@ -607,6 +608,11 @@ def prepare(cfg: TrainConfig) -> TrainingSet:
             f"class_names={class_names} names {len(class_names)} class(es) but the "
             f"labels ({cfg.mode.value}) give the model {classes} output channel(s)"
         )
+    batch = None
+    if patch is None:
+        patch, batch = _plan(cfg, pairs, len(channels), classes, target)
+    for pair in pairs:
+        _check_pair(pair.image, pair.label, patch, mode, cfg.regions is not None)
     train, val = _split(cfg, len(pairs))
     # The folds of a cross-validation share one normalization, from every pair (as
     # nnU-Net's dataset fingerprint): their models then take the same input, an ensemble.
@@ -638,7 +644,48 @@ def prepare(cfg: TrainConfig) -> TrainingSet:
         tuple(found for _, found in scans),
         cfg.oversample_foreground,
         scheme if target is not None else None,
+        batch,
     )
+
+
+def _plan(
+    cfg: TrainConfig,
+    pairs: list[Pair],
+    channels: int,
+    classes: int,
+    target: dict[str, float] | None,
+) -> tuple[tuple[int, ...], int]:
+    """The patch and batch nnU-Net's planner gives ``cfg.plan`` of ``pairs``' images (as
+    read: at ``target``, the voxel they were resampled to, where given; else at their
+    median voxel, else at cubes) for a network taking ``channels`` and giving ``classes``
+    (``spacing.planned_patch``)."""
+    dims = cfg.dims()
+    axes = "zyx"[-dims:]
+    spacing = tuple(target[a] for a in axes) if target else _spacing(pairs, dims)
+    spacing = spacing or (1.0,) * dims
+    shapes = np.asarray([p.image.info.shape[2:] for p in pairs], np.float64)
+    median = np.median(shapes, axis=0)
+    voxels = float(np.prod(median)) * len(pairs)  # nnU-Net's: the volumes' even for 2D
+    shape = [int(v) for v in median[-dims:]]
+
+    def network(patch: tuple[int, ...]) -> Any:
+        from raysegment.train.components import _nnunet_model
+
+        arch, features = cfg.model.arch, cfg.model.features
+        return _nnunet_model(arch, patch, channels, classes, features, spacing)
+
+    patch, batch = planned_patch(cfg.model.arch, spacing, shape, voxels, network, cfg.plan_gpu_gb)
+    log.warning(
+        "raysegment: plan=%s: patch_size=%s, batch of %d (nnU-Net's planner for a %g GB GPU; "
+        "the images' median shape %s at voxels of %s)",
+        cfg.plan,
+        list(patch),
+        batch,
+        cfg.plan_gpu_gb,
+        shape,
+        [round(v, 4) for v in spacing],
+    )
+    return patch, batch
 
 
 def _spacing(pairs: list[Pair], dims: int) -> tuple[float, ...] | None:

@@ -1,13 +1,15 @@
-"""The voxel size a training resamples its images to where asked for the data's own
-(``resample_to=median``): nnU-Net's planner's target spacing."""
+"""nnU-Net's planner: the voxel size a training resamples its images to where asked for
+the data's own (``resample_to=median``: its target spacing), and the patch and batch size
+it plans for a GPU's memory (``plan``: ``planned_patch``)."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
-__all__ = ["ANISOTROPY", "target_spacing"]
+__all__ = ["ANISOTROPY", "planned_patch", "target_spacing"]
 
 ANISOTROPY = 3.0
 """nnU-Net's ``anisotropy_threshold``: an axis whose median voxel is over this many times
@@ -38,3 +40,84 @@ def target_spacing(
             along = max(finest, along) + 1e-5
         target[worst] = along
     return tuple(float(v) for v in target)
+
+
+_REFERENCE = {
+    "PlainConvUNet": (85_000_000, 560_000_000),
+    "ResidualEncoderUNet": (135_000_000, 680_000_000),
+}
+"""The feature maps' size (2D, 3D) of nnU-Net's reference network of each architecture,
+which fit its reference GPU of ``_REFERENCE_GB`` at ``_REFERENCE_BATCH`` (nnU-Net's
+default planner's; its ResEnc M planner's for the residual network)."""
+_REFERENCE_GB = 8.0
+_REFERENCE_BATCH = {2: 12, 3: 2}
+_REFERENCE_EDGE = {2: 2048, 3: 256}
+"""The patch nnU-Net plans down from: as many voxels as 2048^2 or 256^3, shaped by the
+voxels' size (clipped to the images' median shape)."""
+_SMALLEST_BATCH = 2
+_COVERED = 0.05
+"""The most of the training voxels one batch holds (nnU-Net caps its batch size so)."""
+
+
+def planned_patch(
+    arch: str,
+    spacing: Sequence[float],
+    median_shape: Sequence[int],
+    voxels: float,
+    network: Any,
+    gpu_gb: float = _REFERENCE_GB,
+) -> tuple[tuple[int, ...], int]:
+    """The patch and batch size nnU-Net's planner gives a network ``arch`` trained on
+    images of ``median_shape`` voxels of ``spacing`` (each (z, y, x), or (y, x)), of
+    ``voxels`` in all, on a GPU of ``gpu_gb`` (``get_plans_for_configuration``; its default
+    planner's for PlainConvUNet, ResEnc M's for ResidualEncoderUNet): a patch of the
+    voxels' aspect as large as 256^3 (2048^2), at most the median shape, each axis a
+    multiple of what the network halves it by (``components.unet_topology``), shrunk
+    along the axis largest against the median shape until the network's feature maps
+    (``network(patch)``: one built for it, ``compute_conv_feature_map_size``) fit the GPU
+    as nnU-Net's reference network fits 8 GB; the batch what the memory left holds, at
+    least 2, at most 5% of the voxels. A 3D plan runs with the coarsest axis first, as
+    nnU-Net transposes its images (ties: the axes' order)."""
+    from raysegment.train.components import _planned
+
+    dims = len(spacing)
+    order = list(range(dims))
+    if dims == 3:
+        coarsest = int(np.argmax(spacing))
+        order = [coarsest, *(a for a in range(3) if a != coarsest)]
+    space = [float(spacing[a]) for a in order]
+    median = [int(median_shape[a]) for a in order]
+
+    def padded(patch: Sequence[float]) -> tuple[list[int], list[int]]:
+        pools = _planned(tuple(int(v) for v in patch), tuple(space))[2]
+        multiple = [2**n for n in pools]
+        return [-(-int(v) // m) * m for v, m in zip(patch, multiple, strict=True)], multiple
+
+    estimates: dict[tuple[int, ...], float] = {}
+
+    def estimate(patch: list[int]) -> float:
+        key = tuple(patch)
+        if key not in estimates:
+            back = [patch[order.index(a)] for a in range(dims)]
+            estimates[key] = float(network(tuple(back)).compute_conv_feature_map_size(back))
+        return estimates[key]
+
+    inverse = 1 / np.asarray(space)
+    scale = (_REFERENCE_EDGE[dims] ** dims / np.prod(inverse)) ** (1 / dims)
+    start = [min(round(v), m) for v, m in zip(inverse * scale, median, strict=True)]
+    patch, multiple = padded(start)
+    reference = _REFERENCE[arch][dims - 2] * gpu_gb / _REFERENCE_GB
+    batch = _REFERENCE_BATCH[dims]
+    # nnU-Net's default planner fits its reference batch's share; ResEnc's, one patch.
+    share = batch / 2 if arch == "PlainConvUNet" else 1.0
+    while estimate(patch) / share > reference:
+        axis = int(np.argsort([p / m for p, m in zip(patch, median, strict=True)])[-1])
+        trial = list(patch)
+        trial[axis] -= multiple[axis]
+        _, multiple = padded(trial)
+        patch[axis] -= multiple[axis]
+        patch, multiple = padded(patch)
+    size = round(reference / estimate(patch) * batch)
+    covered = round(voxels * _COVERED / np.prod(patch, dtype=np.float64))
+    planned = tuple(patch[order.index(a)] for a in range(dims))
+    return planned, max(min(size, covered), _SMALLEST_BATCH)

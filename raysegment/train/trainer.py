@@ -47,6 +47,16 @@ _RESUMES = "it resumes from its last checkpoint"
 """What the same command does after a storage error met mid-run."""
 
 
+def _worker_batch(cfg: TrainConfig, data: TrainingSet, use_gpu: bool) -> int:
+    """Patches per step per worker: ``batch_size``, else nnU-Net's planned batch (``plan``:
+    the whole step's, shared out among the workers, rounded up), else ``_auto_batch_size``."""
+    if cfg.batch_size:
+        return cfg.batch_size
+    if data.batch:
+        return -(-data.batch // cfg.num_workers)
+    return _auto_batch_size(cfg, data, use_gpu)
+
+
 def _auto_batch_size(cfg: TrainConfig, data: TrainingSet, use_gpu: bool) -> int:
     """Patches per step: measured on one GPU, else a CPU-friendly size within free RAM."""
     patch = (len(data.channels), *data.patch)
@@ -109,6 +119,8 @@ _LATER_KEYS = {
     "model.deep_supervision": True,
     "resample_to": None,
     "resampling": "linear",
+    "plan": None,
+    "plan_gpu_gb": 8.0,
 }
 """Keys added since the first fingerprints (dotted: nested), left out of them at these
 defaults: a run begun before a key existed resumes (from then on with the key's default)."""
@@ -294,7 +306,7 @@ def train(
                 "AVX-512 or ARM's bf16): slower than float32",
                 cfg.precision.value,
             )
-        batch_size = cfg.batch_size or _auto_batch_size(cfg, data, use_gpu)
+        batch_size = _worker_batch(cfg, data, use_gpu)
         # On CPU the workers must leave room for the tasks reading their patches, or
         # neither can start: give each worker a share of the CPUs and reads a quarter CPU.
         # At most one, though a worker computes on more (``threads``, set in the loop):

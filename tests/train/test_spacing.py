@@ -1,4 +1,5 @@
-"""resample_to=median: the voxel size nnU-Net's planner trains at, and images read at it."""
+"""nnU-Net's planner: the voxel size it trains at (resample_to=median) and images read at
+it, and the patch and batch it plans (plan=3d_fullres / 2d)."""
 
 from __future__ import annotations
 
@@ -158,3 +159,106 @@ def test_resampling_nnunet_reads_images_and_labels_as_nnunet_preprocesses_them(
 def test_resampling_is_linear_or_nnunet(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=r"resampling='cubic': choose linear .* or nnunet"):
         _cfg(tmp_path, "resampling=cubic")
+
+
+def _nnunets_plan(arch: str, spacing: list, median: list, voxels: float, classes: int) -> tuple:
+    """nnU-Net's planner's (its default one, ResEnc M's for the residual network) patch
+    and batch size of a configuration of ``spacing`` and ``median`` shape, one channel."""
+    default = pytest.importorskip(
+        "nnunetv2.experiment_planning.experiment_planners.default_experiment_planner"
+    )
+    from dynamic_network_architectures.architectures import unet
+    from nnunetv2.experiment_planning.experiment_planners.residual_unets import (
+        residual_encoder_unet_planners as resenc,
+    )
+
+    plain = arch == "PlainConvUNet"
+    cls = default.ExperimentPlanner if plain else resenc.nnUNetPlannerResEncM
+    planner = cls.__new__(cls)  # its settings, without a dataset on disk
+    vars(planner).update(
+        UNet_base_num_features=32,
+        UNet_class=unet.PlainConvUNet if plain else unet.ResidualEncoderUNet,
+        UNet_reference_val_3d=560000000 if plain else 680000000,
+        UNet_reference_val_2d=85000000 if plain else 135000000,
+        UNet_reference_val_corresp_GB=8,
+        UNet_vram_target_GB=8,
+        UNet_reference_val_corresp_bs_2d=12,
+        UNet_reference_val_corresp_bs_3d=2,
+        UNet_featuremap_min_edge_length=4,
+        UNet_blocks_per_stage_encoder=(2,) * 14 if plain else (1, 3, 4, 6, 6, 6, 6, 6, 6, 6),
+        UNet_blocks_per_stage_decoder=(2,) * 13 if plain else (1,) * 9,
+        UNet_min_batch_size=2,
+        UNet_max_features_2d=512,
+        UNet_max_features_3d=320,
+        max_dataset_covered=0.05,
+        dataset_json={"channel_names": {"0": "CT"}, "labels": {str(i): i for i in range(classes)}},
+        preprocessor_name="DefaultPreprocessor",
+        determine_resampling=lambda: (len, {}, len, {}),
+        determine_segmentation_softmax_export_fn=lambda: (len, {}),
+        determine_normalization_scheme_and_whether_mask_is_used_for_norm=lambda: (["Z"], [0]),
+    )
+    plan = planner.get_plans_for_configuration(spacing, median, "id", voxels, {})
+    return tuple(int(v) for v in plan["patch_size"]), int(plan["batch_size"])
+
+
+@pytest.mark.parametrize(
+    ("arch", "spacing", "median", "cases"),
+    [
+        ("PlainConvUNet", [2.5, 0.8, 0.8], [120, 512, 512], 40),  # CT: shrunk to fit
+        ("PlainConvUNet", [5.0, 0.7, 0.7], [30, 512, 512], 40),  # thick slices
+        ("PlainConvUNet", [0.7, 0.7, 3.0], [400, 300, 40], 10),  # the coarse axis last
+        ("PlainConvUNet", [1.0, 1.0, 1.0], [60, 70, 64], 300),  # small: batch from memory
+        ("PlainConvUNet", [0.8, 0.8], [512, 512], 40),  # 2D
+        ("ResidualEncoderUNet", [1.0, 1.0, 1.0], [138, 169, 138], 40),
+    ],
+)
+def test_the_planned_patch_and_batch_are_nnunets(arch, spacing, median, cases) -> None:
+    """``planned_patch`` gives nnU-Net's planner's patch and batch size for an 8 GB GPU
+    (its images' axes the coarsest first, as nnU-Net transposes them)."""
+    from raysegment.train.components import _nnunet_model
+    from raysegment.train.spacing import planned_patch
+
+    voxels = float(np.prod(median)) * cases
+
+    def network(patch):
+        return _nnunet_model(arch, patch, 1, 3, 32, tuple(spacing))
+
+    patch, batch = planned_patch(arch, spacing, median, voxels, network)
+    order = [int(np.argmax(spacing)), *(a for a in range(3) if a != np.argmax(spacing))]
+    order = order if len(spacing) == 3 else [0, 1]
+    their = _nnunets_plan(arch, [spacing[a] for a in order], [median[a] for a in order], voxels, 3)
+    assert (tuple(patch[a] for a in order), batch) == their
+
+
+def test_plan_3d_fullres_trains_at_the_patch_and_batch_nnunet_plans(tmp_path: Path) -> None:
+    """``plan=3d_fullres patch_size=null``: the patch and batch nnU-Net's planner gives
+    the training images' median shape at the voxel they are read at; a plan beside a
+    patch, a plan of an SMP model, a plan nnU-Net has not, no patch at all: one error."""
+    from dataclasses import replace
+
+    from raysegment.train.components import check_combination
+    from raysegment.train.trainer import _worker_batch
+
+    _volumes(tmp_path, [2.0, 2.0, 3.0], depth=20)
+    settings = ["plan=3d_fullres", "patch_size=null", "model.arch=PlainConvUNet"]
+    data = prepare(_cfg(tmp_path, *settings, "resample_to=median"))
+    assert [p.image.info.shape[2:] for p in data.pairs] == [(20, 48, 48)] * 2 + [(30, 48, 48)]
+    spacing = list(data.pixel[0].values())
+    assert spacing == pytest.approx([2.0, 0.5, 0.5])
+    their = _nnunets_plan("PlainConvUNet", spacing, [20, 48, 48], 20 * 48 * 48 * 3.0, 2)
+    assert (data.patch, data.batch) == their == ((20, 48, 48), 2)
+    # The planned batch is the step's: each of 2 workers takes half, 3 of 5 rounded up.
+    two = _cfg(tmp_path, *settings, "num_workers=2")
+    assert _worker_batch(two, data, False) == 1
+    assert _worker_batch(two, replace(data, batch=5), False) == 3
+    assert _worker_batch(_cfg(tmp_path, *settings, "batch_size=4"), data, False) == 4
+    flat = ["plan=2d", "patch_size=null", "model.arch=PlainConvUNet"]
+    assert prepare(_cfg(tmp_path, *flat)).patch == (48, 48)
+    with pytest.raises(ConfigError, match=r"plan=3d_fullres plans the patch, and patch_size"):
+        _cfg(tmp_path, "plan=3d_fullres")
+    with pytest.raises(ConfigError, match=r"plan='3d': choose 3d_fullres or 2d"):
+        _cfg(tmp_path, "plan=3d", "patch_size=null")
+    with pytest.raises(ConfigError, match=r"patch_size=null: give a patch .* or plan=3d_fullres"):
+        _cfg(tmp_path, "patch_size=null")
+    with pytest.raises(ConfigError, match=r"plan=3d_fullres plans nnU-Net's networks"):
+        check_combination(_cfg(tmp_path, "plan=3d_fullres", "patch_size=null"))
