@@ -10,7 +10,7 @@ import dataclasses
 import itertools
 import json
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -37,6 +37,8 @@ from raysegment.data.sources import (
     MICROMETRES,
     ImageInfo,
     ImageSource,
+    Region,
+    WrappedSource,
     image_stem,
     open_source,
     pixel_micrometres,
@@ -611,13 +613,19 @@ def prepare(cfg: TrainConfig) -> TrainingSet:
     batch = None
     if patch is None:
         patch, batch = _plan(cfg, pairs, len(channels), classes, target)
-    for pair in pairs:
-        _check_pair(pair.image, pair.label, patch, mode, cfg.regions is not None)
     train, val = _split(cfg, len(pairs))
     # The folds of a cross-validation share one normalization, from every pair (as
     # nnU-Net's dataset fingerprint): their models then take the same input, an ensemble.
     measured = tuple(range(len(pairs))) if cfg.folds > 1 else train
     mean, std = _stats(pairs, measured, channels)
+    if batch is not None:  # nnU-Net's planned patch may be larger than some images
+        for k, pair in enumerate(pairs):
+            pairs[k], shift = _padded(pair, patch, channels, mean)
+            spots = scans[k][1]
+            if spots and any(shift):
+                scans[k] = (scans[k][0], {key: at + shift for key, at in spots.items()})
+    for pair in pairs:
+        _check_pair(pair.image, pair.label, patch, mode, cfg.regions is not None)
     if class_names is None and mode == "multiclass":
         class_names = _described_classes(dataset, classes)
     names = tuple(class_names) if class_names else None
@@ -646,6 +654,73 @@ def prepare(cfg: TrainConfig) -> TrainingSet:
         scheme if target is not None else None,
         batch,
     )
+
+
+class Padded(WrappedSource):
+    """``inner`` within a (z, y, x) ``shape`` at least its own, at ``offset``, the voxels
+    around it ``fill`` (a value for each of its channels; 0 where not given)."""
+
+    kind = "padded"
+
+    def __init__(
+        self,
+        inner: ImageSource,
+        shape: tuple[int, int, int],
+        offset: tuple[int, int, int],
+        fill: dict[int, float] | None = None,
+    ) -> None:
+        self.shape, self.offset, self.fill = shape, offset, dict(fill or {})
+        super().__init__([inner])
+
+    @property
+    def where(self) -> str:
+        return f"{self.inner.where} padded to {list(self.shape)}"
+
+    def _inspect(self) -> ImageInfo:
+        info = self.inner.info
+        return replace(info, shape=(*info.shape[:2], *self.shape))  # type: ignore[arg-type]
+
+    def at_level(self, level: int) -> ImageSource:
+        if level:
+            raise self._no_level(1)
+        return self
+
+    def _read(self, t: int, channels: tuple[int, ...], region: Region) -> np.ndarray:
+        dtype = self.info.dtype
+        out = np.empty((len(channels), *(b - a for a, b in region)), dtype)
+        for k, c in enumerate(channels):
+            value = self.fill.get(c, 0)
+            out[k] = np.rint(value) if dtype.kind in "ui" else value
+        sizes = self.inner.info.shape[2:]
+        inside = [
+            (max(a - o, 0), min(b - o, n))
+            for (a, b), o, n in zip(region, self.offset, sizes, strict=True)
+        ]
+        if all(lo < hi for lo, hi in inside):
+            at = tuple(
+                slice(lo + o - a, hi + o - a)
+                for (lo, hi), o, (a, _) in zip(inside, self.offset, region, strict=True)
+            )
+            out[(slice(None), *at)] = self.inner.read(t, channels, tuple(inside))
+        return out
+
+
+def _padded(
+    pair: Pair, patch: tuple[int, ...], channels: tuple[int, ...], mean: tuple[float, ...]
+) -> tuple[Pair, np.ndarray]:
+    """``pair`` padded to ``patch`` along each axis it is shorter along, as nnU-Net pads its
+    images (centred; the image at its normalization's mean, 0 once normalized, the labels
+    background), and the shift of its voxels (z, y, x); itself where none is."""
+    sizes = pair.image.info.shape[2:]
+    wanted = (1, *patch)[-3:]
+    shape = tuple(max(n, p) for n, p in zip(sizes, wanted, strict=True))
+    shift = np.asarray([(m - n) // 2 for m, n in zip(shape, sizes, strict=True)])
+    if shape == sizes:
+        return pair, shift
+    at = tuple(int(v) for v in shift)
+    fill = dict(zip(channels, mean, strict=True))
+    image = Padded(pair.image, shape, at, fill)  # type: ignore[arg-type]
+    return Pair(image, Padded(pair.label, shape, at)), shift  # type: ignore[arg-type]
 
 
 def _plan(

@@ -262,3 +262,55 @@ def test_plan_3d_fullres_trains_at_the_patch_and_batch_nnunet_plans(tmp_path: Pa
         _cfg(tmp_path, "patch_size=null")
     with pytest.raises(ConfigError, match=r"plan=3d_fullres plans nnU-Net's networks"):
         check_combination(_cfg(tmp_path, "plan=3d_fullres", "patch_size=null"))
+
+
+def test_images_smaller_than_the_planned_patch_are_padded_as_nnunet_pads_them(
+    tmp_path: Path,
+) -> None:
+    """Small volumes (a hippocampus dataset's: ~36 x 50 x 35 voxels) plan a patch larger
+    than each of them along some axis (nnU-Net rounds it up to what its network halves it
+    by); each is padded to it around its centre, as nnU-Net pads: the image at its
+    normalization's mean (0 normalized), the labels background, the sampled foreground
+    voxels moved with them; patches read at the patch's size."""
+    from raysegment.train.data import read_patches
+
+    rng = np.random.default_rng(4)
+    (tmp_path / "img").mkdir()
+    (tmp_path / "lbl").mkdir()
+    shapes = [(36, 50, 35), (30, 44, 40), (40, 52, 33)]
+    images, labels = [], []
+    for i, shape in enumerate(shapes):
+        image = rng.integers(100, 900, shape, dtype=np.uint16)
+        label = (image > 700).astype(np.uint8) + (image > 850)
+        meta = {"axes": "ZYX", "PhysicalSizeZ": 1.0, "PhysicalSizeY": 1.0, "PhysicalSizeX": 1.0}
+        tifffile.imwrite(tmp_path / "img" / f"h{i}.ome.tif", image, metadata=meta)
+        tifffile.imwrite(tmp_path / "lbl" / f"h{i}.tif", label)
+        images.append(image)
+        labels.append(label)
+    settings = ["plan=3d_fullres", "patch_size=null", "model.arch=PlainConvUNet"]
+    data = prepare(_cfg(tmp_path, *settings, "mode=multiclass", "train_fraction=0.67"))
+    median = [int(v) for v in np.median(shapes, axis=0)]
+    their = _nnunets_plan("PlainConvUNet", [1.0] * 3, median, np.prod(median) * 3.0, 3)
+    assert (data.patch, data.batch) == their
+    assert data.patch == (40, 56, 40)  # over every image along some axis
+    for pair, image, label in zip(data.pairs, images, labels, strict=True):
+        shape = tuple(max(n, p) for n, p in zip(image.shape, data.patch, strict=True))
+        assert pair.image.info.shape[2:] == shape == pair.label.info.shape[2:]
+        at = [(m - n) // 2 for m, n in zip(shape, image.shape, strict=True)]
+        inside = tuple(slice(a, a + n) for a, n in zip(at, image.shape, strict=True))
+        whole = tuple((0, n) for n in shape)
+        read, drawn = pair.image.read(0, (0,), whole)[0], pair.label.read(0, (0,), whole)[0]
+        np.testing.assert_array_equal(read[inside], image)
+        np.testing.assert_array_equal(drawn[inside], label)
+        outside = np.ones(shape, bool)
+        outside[inside] = False
+        assert (np.abs(read[outside] - data.mean[0]) <= 0.5).all() and not drawn[outside].any()
+    for k, spots in enumerate(data.foreground):
+        for (_, value), at in spots.items():
+            drawn = data.pairs[k].label.read(
+                0, (0,), tuple((0, n) for n in data.pairs[k].image.info.shape[2:])
+            )[0]
+            assert (drawn[tuple(at.T)] == value).all()
+    specs = data.train_specs(4, seed=0)
+    batch = read_patches({k: np.array([s[k] for s in specs]) for k in specs[0]}, data, "nnunet")
+    assert batch["x"].shape == (4, 1, *data.patch) and batch["y"].shape == (4, *data.patch)
