@@ -117,6 +117,18 @@ def read_package(path: str) -> tuple[str, bytes, dict[str, Any], str]:
     return kind, weights, meta, digest.hexdigest()
 
 
+def _a_scheme(scheme: Any) -> bool:
+    """Whether ``scheme`` is a resampling scheme infer runs (``resampled.nnunet_kinds``)."""
+    from raysegment.data.resampled import ORDERS
+
+    if not isinstance(scheme, dict):
+        return False
+    orders = [scheme.get(k) for k in ("data", "probabilities", "segmentation") if k in scheme]
+    return {"data", "probabilities"} <= set(scheme) and all(
+        isinstance(o, list) and len(o) == 2 and all(v in ORDERS for v in o) for o in orders
+    )
+
+
 class _Files:
     """A package's files: a directory's or a zip's, by their names in its description."""
 
@@ -330,6 +342,13 @@ class _Reader:
                 f"{self.path}: config.raysegment.patch_size is {patch!r}; it is the "
                 f"training's patch, {dims} positive sizes (one a spatial axis): mend it or "
                 f"leave it out"
+            )
+        scheme = meta.get("resampling")
+        if scheme is not None and not _a_scheme(scheme):
+            raise ModelLoadError(
+                f"{self.path}: config.raysegment.resampling is {scheme!r}; it is nnU-Net's "
+                f"resampling (data and probabilities, each [order, order along a long "
+                f"voxel's axis] of 0, 1 or 3): mend it or leave it out"
             )
         return meta
 

@@ -426,7 +426,8 @@ def test_what_raysegment_package_keeps_in_its_config_is_read_back(
 ) -> None:
     """``config: raysegment:`` (what ``raysegment package`` writes beyond the description):
     the training's patch is infer's default tile, as the model directory's (fitted to the
-    sizes the package declares); the classes' codes; a bad patch is one error."""
+    sizes the package declares); the classes' codes; nnU-Net's resampling scheme; a bad
+    patch or scheme is one error."""
     codes = [None, {"category": ["T-D0050", "SCT", "Tissue"]}]
     kept = {"version": "1", "patch_size": [96, 80], "class_codes": codes}
     rdf = write_package(tmp_path / "a", version, config={"raysegment": kept, "other": {"x": 1}})
@@ -440,9 +441,21 @@ def test_what_raysegment_package_keeps_in_its_config_is_read_back(
     bare = read_model_file(str(write_package(tmp_path / "b", version)))
     assert tile_size(InferConfig(), describe_model(bare, load_model(bare))) == (512, 512)
     for patch in ([96], [96, 0], "96"):
-        kept["patch_size"] = patch
-        bad = write_package(tmp_path / f"c{patch}", version, config={"raysegment": kept})
+        bad = write_package(
+            tmp_path / f"c{patch}", version, config={"raysegment": {**kept, "patch_size": patch}}
+        )
         with pytest.raises(ModelLoadError, match=r"config.raysegment.patch_size is .*2 positive"):
+            read_model_file(str(bad))
+    # A training resampled as nnU-Net resamples: infer's resample=true follows it.
+    scheme = {"data": [3, 0], "probabilities": [1, 0], "anisotropy": 3.0}
+    nnunet = write_package(tmp_path / "d", version, config={"raysegment": {"resampling": scheme}})
+    assert read_model_file(str(nnunet)).meta["resampling"] == scheme
+    wrongs = ({"data": [3, 0]}, {"data": [2, 0], "probabilities": [1, 0]}, "cubic")
+    for k, wrong in enumerate(wrongs):
+        bad = write_package(
+            tmp_path / f"e{k}", version, config={"raysegment": {"resampling": wrong}}
+        )
+        with pytest.raises(ModelLoadError, match=r"config.raysegment.resampling is .*mend it"):
             read_model_file(str(bad))
 
 
