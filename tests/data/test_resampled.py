@@ -11,6 +11,7 @@ import pytest
 import tifffile
 import torch
 import zarr
+from scipy.ndimage import zoom
 
 from raysegment.config import InferConfig, load_config
 from raysegment.data.resampled import ResampledSource, resampled_to
@@ -455,14 +456,40 @@ def test_a_volume_is_resampled_along_z_too(tmp_path, make_model) -> None:
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-4)
 
 
-@pytest.mark.parametrize(
-    ("spacing", "new"),
-    [
-        ((2.5, 1.0, 1.0), (2.5, 0.5, 0.5)),  # in-plane twice: ties at every edge
-        ((4.0, 1.0, 1.0), (2.0, 0.625, 0.625)),  # anisotropic: z the nearest plane apart
-        ((1.0, 1.0, 1.0), (0.8, 1.5, 0.7)),  # isotropic: linear along every axis
-    ],
-)
+LABEL_CASES = [
+    ((2.5, 1.0, 1.0), (2.5, 0.5, 0.5)),  # in-plane twice: ties at every edge
+    ((4.0, 1.0, 1.0), (2.0, 0.625, 0.625)),  # anisotropic: z the nearest plane apart
+    ((4.0, 1.0, 1.0), (2.0, 1.6, 0.625)),  # and shrunk along y
+    ((1.0, 1.0, 1.0), (0.8, 1.5, 0.7)),  # isotropic: linear along every axis
+]
+"""Voxel sizes (z, y, x) label maps are resampled from and to, as nnU-Net resamples them."""
+
+
+def _blocky(rng: np.random.Generator, values: list[int], shape: tuple, coarse: tuple) -> np.ndarray:
+    """A label map of ``shape`` (its leading axes beyond z, y, x kept) of blocks of
+    ``values`` drawn on a ``coarse`` grid: labels meet three at a time."""
+    drawn = np.asarray(values)[rng.integers(0, len(values), coarse)]
+    lead = len(coarse) - 3
+    return zoom(
+        drawn, [1] * lead + [n / c for n, c in zip(shape, coarse[lead:], strict=True)], order=0
+    )
+
+
+def _resampled_by(scheme: dict, image: np.ndarray, spacing: tuple, new: tuple) -> ResampledSource:
+    """``image`` (z, y, x) of voxels ``spacing`` read at ``new`` as ``scheme`` resamples."""
+    source = resampled_to(
+        MemorySource(image[None, None], "mem", "mem"),
+        dict(zip("zyx", new, strict=True)),
+        "",
+        _spaced(spacing),
+        pyramid=False,
+        scheme=scheme,
+    )
+    assert isinstance(source, ResampledSource)
+    return source
+
+
+@pytest.mark.parametrize(("spacing", "new"), LABEL_CASES)
 def test_an_earlier_stages_labels_are_resampled_as_nnunet_resamples_segmentations(
     spacing, new
 ) -> None:
@@ -471,25 +498,14 @@ def test_an_earlier_stages_labels_are_resampled_as_nnunet_resamples_segmentation
     ``resample_data_or_seg_to_shape(..., is_seg=True)`` of it (each label's indicator
     interpolated, each voxel the highest's; ties to the nearest voxel's label where it is
     one of them), in any block."""
-    from scipy.ndimage import zoom
-
     from raysegment.data.previous import PreviousLabelsSource
 
     resampling = pytest.importorskip("nnunetv2.preprocessing.resampling.default_resampling")
     rng = np.random.default_rng(4)
     shape = (6, 21, 18)
-    coarse = rng.integers(0, 4, (3, 7, 6))
-    labels = zoom(coarse, [n / c for n, c in zip(shape, coarse.shape, strict=True)], order=0)
+    labels = _blocky(rng, [0, 1, 2, 3], shape, (3, 7, 6))
     image = rng.random(shape, dtype=np.float32) + 1
-
-    resampled = resampled_to(
-        MemorySource(image[None, None], "mem", "mem"),
-        dict(zip("zyx", new, strict=True)),
-        "",
-        _spaced(spacing),
-        pyramid=False,
-        scheme={**_NNUNET, "segmentation": [1, 0]},
-    )
+    resampled = _resampled_by({**_NNUNET, "segmentation": [1, 0]}, image, spacing, new)
     source = PreviousLabelsSource(
         resampled, MemorySource(labels[None, None].astype(np.uint8), "map", "map"), [1, 2, 3]
     )
@@ -510,41 +526,20 @@ def test_an_earlier_stages_labels_are_resampled_as_nnunet_resamples_segmentation
     np.testing.assert_array_equal(part[2], got[0][cut])
 
 
-@pytest.mark.parametrize(
-    ("spacing", "new"),
-    [
-        ((2.5, 1.0, 1.0), (2.5, 0.5, 0.5)),  # in-plane twice: ties at every edge
-        ((4.0, 1.0, 1.0), (2.0, 1.6, 0.625)),  # anisotropic: z the nearest plane apart
-        ((1.0, 1.0, 1.0), (0.8, 1.5, 0.7)),  # isotropic: linear along every axis
-    ],
-)
+@pytest.mark.parametrize(("spacing", "new"), LABEL_CASES)
 def test_training_labels_are_resampled_as_nnunet_resamples_segmentations(spacing, new) -> None:
     """A label image (labels 0, 1, 2 and 7, meeting three at a time, two channels) read
     at the voxels of its image resampled by nnU-Net's scheme: nnU-Net's
     ``resample_data_or_seg_to_shape(..., is_seg=True)`` of each channel, in any block, in
     the labels' dtype."""
-    from scipy.ndimage import zoom
-
     from raysegment.data.resampled import NNUNET_RESAMPLING, ResampledLabels
 
     resampling = pytest.importorskip("nnunetv2.preprocessing.resampling.default_resampling")
     rng = np.random.default_rng(5)
     shape = (6, 21, 18)
-    coarse = np.array([0, 1, 2, 7])[rng.integers(0, 4, (2, 3, 7, 6))]
-    labels = zoom(
-        coarse, [1, *(n / c for n, c in zip(shape, coarse.shape[1:], strict=True))], order=0
-    )
+    labels = _blocky(rng, [0, 1, 2, 7], shape, (2, 3, 7, 6))
     image = rng.random(shape, dtype=np.float32) + 1
-
-    resampled = resampled_to(
-        MemorySource(image[None, None], "mem", "mem"),
-        dict(zip("zyx", new, strict=True)),
-        "",
-        _spaced(spacing),
-        pyramid=False,
-        scheme=NNUNET_RESAMPLING,
-    )
-    assert isinstance(resampled, ResampledSource)
+    resampled = _resampled_by(NNUNET_RESAMPLING, image, spacing, new)
     source = ResampledLabels(MemorySource(labels[None].astype(np.uint16), "lbl", "lbl"), resampled)
     target = resampled.info.shape[2:]
     assert source.info.shape == (1, 2, *target) and source.info.dtype == np.uint16
