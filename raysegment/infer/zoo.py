@@ -17,7 +17,9 @@ A package is a directory, a ``.zip``, or the description itself (``rdf.yaml``,
   have a unit), which infer's default ``input_level`` nears;
 - what ``raysegment package`` adds under ``config: raysegment:`` beyond the description
   (``RAYSEGMENT_KEYS``): the training's patch (``patch_size``: infer's default tile, as
-  the model directory's) and the classes' codes (``class_codes``: DICOM SEG output).
+  the model directory's), the classes' codes (``class_codes``: DICOM SEG output) and
+  nnU-Net's resampling where the training resampled so (``resampling``: ``resample=true``
+  follows it).
 
 A state dict's architecture is the package's Python file and callable (or a module's, from
 an installed library), called with the description's keyword arguments, as
@@ -325,7 +327,8 @@ class _Reader:
         of ``dims`` spatial axes.
 
         Raises:
-            ModelLoadError: a patch that is not one size a spatial axis.
+            ModelLoadError: a patch that is not one size a spatial axis; a resampling
+                scheme infer does not run.
         """
         config = self.rdf.get("config")
         kept = config.get("raysegment") if isinstance(config, dict) else None
