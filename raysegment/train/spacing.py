@@ -42,21 +42,25 @@ def target_spacing(
     return tuple(float(v) for v in target)
 
 
-_REFERENCE = {
-    "PlainConvUNet": (85_000_000, 560_000_000),
-    "ResidualEncoderUNet": (135_000_000, 680_000_000),
+_PRESETS = {
+    "PlainConvUNet": ((8.0, 85_000_000, 560_000_000, 0.05),),
+    "ResidualEncoderUNet": (
+        (8.0, 135_000_000, 680_000_000, 0.05),
+        (24.0, 380_000_000, 2_100_000_000, 1.0),
+        (40.0, 560_000_000, 3_600_000_000, 1.0),
+    ),
 }
-"""The feature maps' size (2D, 3D) of nnU-Net's reference network of each architecture,
-which fit its reference GPU of ``_REFERENCE_GB`` at ``_REFERENCE_BATCH`` (nnU-Net's
-default planner's; its ResEnc M planner's for the residual network)."""
+"""nnU-Net's planners of each architecture (its default one; ResEnc M, L and XL): the GPU
+memory (GB) each is made for, the feature maps' size (2D, 3D) of its reference network,
+which fit that memory at ``_REFERENCE_BATCH``, and the most of the training voxels one
+batch may hold."""
 _REFERENCE_GB = 8.0
+"""nnU-Net's default GPU memory target."""
 _REFERENCE_BATCH = {2: 12, 3: 2}
 _REFERENCE_EDGE = {2: 2048, 3: 256}
 """The patch nnU-Net plans down from: as many voxels as 2048^2 or 256^3, shaped by the
 voxels' size (clipped to the images' median shape)."""
 _SMALLEST_BATCH = 2
-_COVERED = 0.05
-"""The most of the training voxels one batch holds (nnU-Net caps its batch size so)."""
 
 
 def planned_patch(
@@ -70,14 +74,16 @@ def planned_patch(
     """The patch and batch size nnU-Net's planner gives a network ``arch`` trained on
     images of ``median_shape`` voxels of ``spacing`` (each (z, y, x), or (y, x)), of
     ``voxels`` in all, on a GPU of ``gpu_gb`` (``get_plans_for_configuration``; its default
-    planner's for PlainConvUNet, ResEnc M's for ResidualEncoderUNet): a patch of the
+    planner's for PlainConvUNet; for ResidualEncoderUNet the ResEnc preset of the largest
+    memory up to ``gpu_gb``: M's of 8 GB under 24, L's, XL's from 40): a patch of the
     voxels' aspect as large as 256^3 (2048^2), at most the median shape, each axis a
     multiple of what the network halves it by (``components.unet_topology``), shrunk
     along the axis largest against the median shape until the network's feature maps
     (``network(patch)``: one built for it, ``compute_conv_feature_map_size``) fit the GPU
-    as nnU-Net's reference network fits 8 GB; the batch what the memory left holds, at
-    least 2, at most 5% of the voxels. A 3D plan runs with the coarsest axis first, as
-    nnU-Net transposes its images (ties: the axes' order)."""
+    as the planner's reference network fits its memory; the batch what the memory left
+    holds, at least 2, at most 5% of the voxels (the default planner's and M's). A 3D
+    plan runs with the coarsest axis first, as nnU-Net transposes its images (ties: the
+    axes' order)."""
     from raysegment.train.components import _planned
 
     dims = len(spacing)
@@ -106,7 +112,9 @@ def planned_patch(
     scale = (_REFERENCE_EDGE[dims] ** dims / np.prod(inverse)) ** (1 / dims)
     start = [min(round(v), m) for v, m in zip(inverse * scale, median, strict=True)]
     patch, multiple = padded(start)
-    reference = _REFERENCE[arch][dims - 2] * gpu_gb / _REFERENCE_GB
+    presets = _PRESETS[arch]
+    made_for, *references, covering = ([p for p in presets if p[0] <= gpu_gb] or presets)[-1]
+    reference = references[dims - 2] * gpu_gb / made_for
     batch = _REFERENCE_BATCH[dims]
     # nnU-Net's default planner fits its reference batch's share; ResEnc's, one patch.
     share = batch / 2 if arch == "PlainConvUNet" else 1.0
@@ -118,6 +126,6 @@ def planned_patch(
         patch[axis] -= multiple[axis]
         patch, multiple = padded(patch)
     size = round(reference / estimate(patch) * batch)
-    covered = round(voxels * _COVERED / np.prod(patch, dtype=np.float64))
+    covered = round(voxels * covering / np.prod(patch, dtype=np.float64))
     planned = tuple(patch[order.index(a)] for a in range(dims))
     return planned, max(min(size, covered), _SMALLEST_BATCH)

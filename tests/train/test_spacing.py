@@ -161,9 +161,12 @@ def test_resampling_is_linear_or_nnunet(tmp_path: Path) -> None:
         _cfg(tmp_path, "resampling=cubic")
 
 
-def _nnunets_plan(arch: str, spacing: list, median: list, voxels: float, classes: int) -> tuple:
-    """nnU-Net's planner's (its default one, ResEnc M's for the residual network) patch
-    and batch size of a configuration of ``spacing`` and ``median`` shape, one channel."""
+def _nnunets_plan(
+    arch: str, spacing: list, median: list, voxels: float, classes: int, gpu_gb: float = 8.0
+) -> tuple:
+    """nnU-Net's planner's (its default one; ResEnc M's for the residual network, L's at
+    24 GB) patch and batch size of a configuration of ``spacing`` and ``median`` shape,
+    one channel."""
     default = pytest.importorskip(
         "nnunetv2.experiment_planning.experiment_planners.default_experiment_planner"
     )
@@ -172,16 +175,19 @@ def _nnunets_plan(arch: str, spacing: list, median: list, voxels: float, classes
         residual_encoder_unet_planners as resenc,
     )
 
-    plain = arch == "PlainConvUNet"
+    plain, large = arch == "PlainConvUNet", gpu_gb == 24
     cls = default.ExperimentPlanner if plain else resenc.nnUNetPlannerResEncM
+    cls = resenc.nnUNetPlannerResEncL if large else cls
     planner = cls.__new__(cls)  # its settings, without a dataset on disk
+    references = {"plain": (85, 560), "M": (135, 680), "L": (380, 2100)}
+    second, third = references["plain" if plain else "L" if large else "M"]
     vars(planner).update(
         UNet_base_num_features=32,
         UNet_class=unet.PlainConvUNet if plain else unet.ResidualEncoderUNet,
-        UNet_reference_val_3d=560000000 if plain else 680000000,
-        UNet_reference_val_2d=85000000 if plain else 135000000,
-        UNet_reference_val_corresp_GB=8,
-        UNet_vram_target_GB=8,
+        UNet_reference_val_3d=third * 1_000_000,
+        UNet_reference_val_2d=second * 1_000_000,
+        UNet_reference_val_corresp_GB=24 if large else 8,
+        UNet_vram_target_GB=gpu_gb,
         UNet_reference_val_corresp_bs_2d=12,
         UNet_reference_val_corresp_bs_3d=2,
         UNet_featuremap_min_edge_length=4,
@@ -190,7 +196,7 @@ def _nnunets_plan(arch: str, spacing: list, median: list, voxels: float, classes
         UNet_min_batch_size=2,
         UNet_max_features_2d=512,
         UNet_max_features_3d=320,
-        max_dataset_covered=0.05,
+        max_dataset_covered=1 if large else 0.05,
         dataset_json={"channel_names": {"0": "CT"}, "labels": {str(i): i for i in range(classes)}},
         preprocessor_name="DefaultPreprocessor",
         determine_resampling=lambda: (len, {}, len, {}),
@@ -202,19 +208,21 @@ def _nnunets_plan(arch: str, spacing: list, median: list, voxels: float, classes
 
 
 @pytest.mark.parametrize(
-    ("arch", "spacing", "median", "cases"),
+    ("arch", "spacing", "median", "cases", "gpu_gb"),
     [
-        ("PlainConvUNet", [2.5, 0.8, 0.8], [120, 512, 512], 40),  # CT: shrunk to fit
-        ("PlainConvUNet", [5.0, 0.7, 0.7], [30, 512, 512], 40),  # thick slices
-        ("PlainConvUNet", [0.7, 0.7, 3.0], [400, 300, 40], 10),  # the coarse axis last
-        ("PlainConvUNet", [1.0, 1.0, 1.0], [60, 70, 64], 300),  # small: batch from memory
-        ("PlainConvUNet", [0.8, 0.8], [512, 512], 40),  # 2D
-        ("ResidualEncoderUNet", [1.0, 1.0, 1.0], [138, 169, 138], 40),
+        ("PlainConvUNet", [2.5, 0.8, 0.8], [120, 512, 512], 40, 8),  # CT: shrunk to fit
+        ("PlainConvUNet", [5.0, 0.7, 0.7], [30, 512, 512], 40, 8),  # thick slices
+        ("PlainConvUNet", [0.7, 0.7, 3.0], [400, 300, 40], 10, 8),  # the coarse axis last
+        ("PlainConvUNet", [1.0, 1.0, 1.0], [60, 70, 64], 300, 8),  # small: batch from memory
+        ("PlainConvUNet", [0.8, 0.8], [512, 512], 40, 8),  # 2D
+        ("PlainConvUNet", [1.0, 1.0, 1.0], [138, 169, 138], 40, 11),  # another memory
+        ("ResidualEncoderUNet", [1.0, 1.0, 1.0], [138, 169, 138], 40, 8),  # ResEnc M
+        ("ResidualEncoderUNet", [1.0, 1.0, 1.0], [64, 64, 64], 300, 24),  # L: no 5% cap
     ],
 )
-def test_the_planned_patch_and_batch_are_nnunets(arch, spacing, median, cases) -> None:
-    """``planned_patch`` gives nnU-Net's planner's patch and batch size for an 8 GB GPU
-    (its images' axes the coarsest first, as nnU-Net transposes them)."""
+def test_the_planned_patch_and_batch_are_nnunets(arch, spacing, median, cases, gpu_gb) -> None:
+    """``planned_patch`` gives nnU-Net's planner's patch and batch size for a GPU of that
+    memory (its images' axes the coarsest first, as nnU-Net transposes them)."""
     from raysegment.train.components import _nnunet_model
     from raysegment.train.spacing import planned_patch
 
@@ -223,10 +231,12 @@ def test_the_planned_patch_and_batch_are_nnunets(arch, spacing, median, cases) -
     def network(patch):
         return _nnunet_model(arch, patch, 1, 3, 32, tuple(spacing))
 
-    patch, batch = planned_patch(arch, spacing, median, voxels, network)
+    patch, batch = planned_patch(arch, spacing, median, voxels, network, gpu_gb)
     order = [int(np.argmax(spacing)), *(a for a in range(3) if a != np.argmax(spacing))]
     order = order if len(spacing) == 3 else [0, 1]
-    their = _nnunets_plan(arch, [spacing[a] for a in order], [median[a] for a in order], voxels, 3)
+    their = _nnunets_plan(
+        arch, [spacing[a] for a in order], [median[a] for a in order], voxels, 3, gpu_gb
+    )
     assert (tuple(patch[a] for a in order), batch) == their
 
 
