@@ -670,7 +670,8 @@ class TrainConfig:
     ``plan_gpu_gb``: from the training images' median shape and voxel size (as read: at
     ``resample_to=median``, nnU-Net's, where given)."""
     plan_gpu_gb: float = 8.0
-    """The GPU memory ``plan`` plans for, in GB (nnU-Net's ``-gpu_memory_target``)."""
+    """The GPU memory ``plan`` plans for, in GB (nnU-Net's ``-gpu_memory_target``);
+    ResidualEncoderUNet: nnU-Net's ResEnc preset of it (M 8, L 24, XL 40)."""
     patches_per_epoch: int = 256
     """Random training patches drawn anew every epoch (from ``seed`` and the epoch),
     shared out among the workers."""
