@@ -710,13 +710,15 @@ def _padded(
 ) -> tuple[Pair, np.ndarray]:
     """``pair`` padded to ``patch`` along each axis it is shorter along, as nnU-Net pads its
     images (centred; the image at its normalization's mean, 0 once normalized, the labels
-    background), and the shift of its voxels (z, y, x); itself where none is."""
+    background), and the shift of its voxels (z, y, x); itself where none is, or where
+    GeoJSON annotations label it (their polygons place its patches: ``_check_pair`` names
+    the image smaller than the patch)."""
     sizes = pair.image.info.shape[2:]
     wanted = (1, *patch)[-3:]
     shape = tuple(max(n, p) for n, p in zip(sizes, wanted, strict=True))
     shift = np.asarray([(m - n) // 2 for m, n in zip(shape, sizes, strict=True)])
-    if shape == sizes:
-        return pair, shift
+    if shape == sizes or isinstance(pair.label, GeoJsonLabels):
+        return pair, np.zeros(3, np.int64)
     at = tuple(int(v) for v in shift)
     fill = dict(zip(channels, mean, strict=True))
     image = Padded(pair.image, shape, at, fill)  # type: ignore[arg-type]

@@ -863,3 +863,19 @@ def test_resample_size_draws_geojson_annotations_at_the_pixel_size_trained_at(
         assert set(np.unique(want)) == {0, 1, 2}, name
         got = pair.label.read(0, (0,), ((0, 1), (0, 60), (0, 80)))[0, 0]
         np.testing.assert_array_equal(got, want)
+
+
+def test_a_planned_patch_larger_than_an_annotated_slide_is_named(tmp_path: Path) -> None:
+    """nnU-Net's planned patch pads images smaller than it, but not those GeoJSON
+    annotations label (their polygons place the patches): such an image is named."""
+    import json
+
+    rng = np.random.default_rng(4)
+    shapes = [(96, 128), (96, 128), (64, 128)]
+    images = {f"s{i}.tif": rng.integers(0, 999, s, dtype=np.uint16) for i, s in enumerate(shapes)}
+    _write(tmp_path, images, {})
+    for i in range(3):
+        (tmp_path / "lbl" / f"s{i}.geojson").write_text(json.dumps(_annotations(i)))
+    planned = ["plan=2d", "patch_size=null", "model.arch=PlainConvUNet"]
+    with pytest.raises(InputImageError, match=r"s2.tif: image of 64 x 128 is smaller than"):
+        prepare(_cfg(tmp_path, *planned, "mode=multiclass", "class_names=[bg,Tumor,Stroma]"))
