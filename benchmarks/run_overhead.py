@@ -21,7 +21,6 @@ from pathlib import Path
 from typing import Any
 
 import psutil
-import ray
 import tifffile
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -30,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from run import bench_args, machine, write_result  # noqa: E402
 
 from raysegment.infer import infer  # noqa: E402
-from raysegment.runtime import LOCAL_RAY_CONFIG, local_ray_environment  # noqa: E402
+from raysegment.runtime import start_ray, stop_ray  # noqa: E402
 from tests.conftest import conv_model, random_image, save_torchscript  # noqa: E402
 
 
@@ -78,14 +77,7 @@ def main() -> None:
         work / "a.ome.tif", random_image((300, 260)), ome=True, metadata={"axes": "YX"}
     )
     save_torchscript(conv_model(), work / "m.pth", 2, 1)
-    with local_ray_environment():
-        ray.init(
-            address="local",
-            num_cpus=2,
-            include_dashboard=False,
-            logging_level="ERROR",
-            _system_config=dict(LOCAL_RAY_CONFIG),
-        )
+    started = start_ray()  # as a command starts its private Ray (every CPU)
     settings = {"input": str(work / "a.ome.tif"), "model": str(work / "m.pth"), "progress": False}
     infer(**settings, output=str(work / "warm"))
     counters = Counters()
@@ -105,7 +97,7 @@ def main() -> None:
             }
         )
     counters.stop.set()
-    ray.shutdown()
+    stop_ray(started)
     write_result(Path(args.out), "run_overhead.json", {"machine": machine(), "runs": runs})
 
 
