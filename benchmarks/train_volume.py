@@ -2,7 +2,7 @@
 model it gives on a volume it never saw.
 
     python benchmarks/train_volume.py [--size 64] [--features 16] [--depth 16]
-        [--augment true|nnunet]
+        [--augment true|nnunet] [--loss DiceLoss|DiceCELoss]
 
 Eight synthetic volumes (``--depth`` x 2 planes of ``--size`` x 2 pixels each, bright
 balls in noise, 2 x 0.5^2 µm voxels: nnU-Net's planner halves y and x first) train
@@ -16,8 +16,8 @@ ceiling of patches a second. Then ``raysegment infer`` of a larger volume (4 x t
 6 x the size a side) with the trained model: its time and the mask's IoU against the
 truth. Also the time the steps waited for their patches and the steps' own time
 (``metrics.csv``'s ``wait_seconds``, ``step_seconds``: the steps' patches a second in the
-run against those alone), with ``--augment`` (the training's ``augment``). Writes
-``train_volume.json`` into --out.
+run against those alone), with ``--augment`` (the training's ``augment``) and ``--loss``
+(its ``loss``: the default's, or nnU-Net's). Writes ``train_volume.json`` into --out.
 """
 
 from __future__ import annotations
@@ -66,7 +66,9 @@ def spheres(
     return image.astype(np.uint16), mask.astype(np.uint8)
 
 
-def steps_alone(patch: tuple[int, ...], features: int, device: torch.device) -> tuple[float, float]:
+def steps_alone(
+    patch: tuple[int, ...], features: int, device: torch.device, loss: str
+) -> tuple[float, float]:
     """Patches a second of an epoch's model work alone, on one batch held in memory: its
     training steps (deep supervision, as the training's default) and its validation
     patches' forward passes; and of its training steps alone."""
@@ -75,7 +77,7 @@ def steps_alone(patch: tuple[int, ...], features: int, device: torch.device) -> 
     layout = place(model, (1, *patch), device, "auto", "float32")
     memory = memory_format(layout, len(patch))
     optimizer = OPTIMIZERS.get("Adam")(model.train().parameters(), 0.01)
-    loss_fn = DeepSupervision(make_loss("DiceLoss", "binary"))  # as the training's default
+    loss_fn = DeepSupervision(make_loss(loss, "binary"))  # deep supervision: the default
     x = torch.randn(BATCH, 1, *patch, device=device).contiguous(memory_format=memory)
     y = (x > 1).float()
     supervise(model, True)
@@ -104,7 +106,11 @@ def main() -> None:
         # workers get (glibc reads them at process start), as run.py's model-only loop.
         os.execve(sys.executable, [sys.executable, *sys.argv], os.environ | TORCH_WORKER_ENV)
     args = bench_args(
-        __doc__ or "", size=64, choices={"augment": ("true", "nnunet")}, features=16, depth=16
+        __doc__ or "",
+        size=64,
+        choices={"augment": ("true", "nnunet"), "loss": ("DiceLoss", "DiceCELoss")},
+        features=16,
+        depth=16,
     )
     size, depth, features = int(args.size), int(args.depth), int(args.features)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -134,6 +140,7 @@ def main() -> None:
         "patience=2",
         "min_delta=0.002",
         f"augment={args.augment}",
+        f"loss={args.loss}",
         "device=gpu" if device.type == "cuda" else "device=cpu",
     )
     epochs = len(history)
@@ -141,7 +148,7 @@ def main() -> None:
     waited = sum(float(h["wait_seconds"]) for h in history)
     stepped = sum(float(h["step_seconds"]) for h in history)
     piped = epochs * PATCHES / seconds
-    alone, steps = steps_alone(patch, features, device)
+    alone, steps = steps_alone(patch, features, device, args.loss)
     run = infer_cli(
         work / "big.ome.tif",
         work / "model",
@@ -159,6 +166,7 @@ def main() -> None:
         "train_wall_seconds": wall,
         "epoch_seconds": seconds,
         "augment": args.augment,
+        "loss": args.loss,
         "wait_seconds": waited,
         "wait_share": waited / seconds,
         "step_seconds": stepped,
