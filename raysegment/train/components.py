@@ -4,7 +4,7 @@ combination fail at once (before any worker starts) with the reason."""
 from __future__ import annotations
 
 import difflib
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -382,9 +382,8 @@ def unet_topology(
             each axis (nnU-Net pads its planned patch to one: named), or too small to halve.
     """
     strides, kernels, pools = _planned(patch, spacing)
-    multiple = [2**n for n in pools]
-    if len(strides) < 2 or any(p % m for p, m in zip(patch, multiple, strict=True)):
-        padded = [-(-p // m) * m for p, m in zip(patch, multiple, strict=True)]
+    padded, multiple = padded_patch(patch, spacing)
+    if len(strides) < 2 or list(patch) != padded:
         why = (
             f"too small to halve; give at least 8 along an axis, e.g. {[max(p, 16) for p in patch]}"
             if len(strides) < 2
@@ -393,6 +392,17 @@ def unet_topology(
         )
         raise ConfigError(f"patch_size={list(patch)}: {why}")
     return strides, kernels
+
+
+def padded_patch(
+    patch: Sequence[int], spacing: Sequence[float] | None = None
+) -> tuple[list[int], list[int]]:
+    """``patch`` rounded up along each axis to a multiple of what the nnU-Net network it
+    plans (``unet_topology``) halves that axis by, as nnU-Net pads its planned patches, and
+    those multiples."""
+    pools = _planned(tuple(int(v) for v in patch), tuple(spacing) if spacing else None)[2]
+    multiple = [2**n for n in pools]
+    return [-(-int(v) // m) * m for v, m in zip(patch, multiple, strict=True)], multiple
 
 
 def _planned(

@@ -746,10 +746,10 @@ def _plan(
     shape = [int(v) for v in median[-dims:]]
 
     def network(patch: tuple[int, ...]) -> Any:
-        from raysegment.train.components import _nnunet_model
+        from raysegment.train.components import build_model
 
         arch, features = cfg.model.arch, cfg.model.features
-        return _nnunet_model(arch, patch, channels, classes, features, spacing)
+        return build_model(arch, "", channels, classes, "random", patch, features, spacing)
 
     patch, batch = planned_patch(cfg.model.arch, spacing, shape, voxels, network, cfg.plan_gpu_gb)
     log.warning(

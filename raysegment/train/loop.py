@@ -394,8 +394,9 @@ def _finished(state: dict[str, Any], config: dict[str, Any]) -> bool:
     """Whether the run of checkpoint ``state`` had trained its last epoch: its
     ``max_epochs``, or an early stop (the same ``patience``: the settings of a resumed
     run are its own)."""
-    stopped = int(state["stopper"]["bad_epochs"]) >= config["patience"]
-    return int(state["epoch"]) >= config["max_epochs"] or stopped
+    stopper = EarlyStopping(config["patience"], config["min_delta"])
+    stopper.load_state_dict(state["stopper"])
+    return int(state["epoch"]) >= config["max_epochs"] or stopper.stopped
 
 
 def _report(metrics: dict[str, Any], state: dict[str, Any] | None) -> None:

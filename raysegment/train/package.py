@@ -305,7 +305,8 @@ def _name(cfg: PackageConfig, directory: Path, info: dict[str, Any]) -> str:
 def _kept(meta: dict[str, Any]) -> dict[str, Any]:
     """What raysegment's metadata says beyond the description, which infer reads back
     (``zoo.RAYSEGMENT_KEYS``): the training's patch (an nnU-Net network's default tile: its
-    instance norms make its output depend on the tile) and the classes' codes."""
+    instance norms make its output depend on the tile), the classes' codes and nnU-Net's
+    resampling where the training resampled so."""
     return {k: meta[k] for k in RAYSEGMENT_KEYS if meta.get(k)}
 
 

@@ -37,7 +37,12 @@ class EarlyStopping:
             self.best, self.best_epoch, self.bad_epochs = loss, epoch, 0
         else:
             self.bad_epochs += 1
-        return improved, self.bad_epochs >= self.patience
+        return improved, self.stopped
+
+    @property
+    def stopped(self) -> bool:
+        """Whether ``patience`` epochs in a row have not improved."""
+        return self.bad_epochs >= self.patience
 
     def state_dict(self) -> dict[str, float | int]:
         return {"best": self.best, "best_epoch": self.best_epoch, "bad_epochs": self.bad_epochs}

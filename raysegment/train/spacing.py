@@ -84,7 +84,7 @@ def planned_patch(
     holds, at least 2, at most 5% of the voxels (the default planner's and M's). A 3D
     plan runs with the coarsest axis first, as nnU-Net transposes its images (ties: the
     axes' order)."""
-    from raysegment.train.components import _planned
+    from raysegment.train.components import padded_patch
 
     dims = len(spacing)
     order = list(range(dims))
@@ -94,10 +94,8 @@ def planned_patch(
     space = [float(spacing[a]) for a in order]
     median = [int(median_shape[a]) for a in order]
 
-    def padded(patch: Sequence[float]) -> tuple[list[int], list[int]]:
-        pools = _planned(tuple(int(v) for v in patch), tuple(space))[2]
-        multiple = [2**n for n in pools]
-        return [-(-int(v) // m) * m for v, m in zip(patch, multiple, strict=True)], multiple
+    def padded(patch: Sequence[int]) -> tuple[list[int], list[int]]:
+        return padded_patch(patch, space)
 
     estimates: dict[tuple[int, ...], float] = {}
 

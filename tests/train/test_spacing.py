@@ -223,13 +223,13 @@ def _nnunets_plan(
 def test_the_planned_patch_and_batch_are_nnunets(arch, spacing, median, cases, gpu_gb) -> None:
     """``planned_patch`` gives nnU-Net's planner's patch and batch size for a GPU of that
     memory (its images' axes the coarsest first, as nnU-Net transposes them)."""
-    from raysegment.train.components import _nnunet_model
+    from raysegment.train.components import build_model
     from raysegment.train.spacing import planned_patch
 
     voxels = float(np.prod(median)) * cases
 
     def network(patch):
-        return _nnunet_model(arch, patch, 1, 3, 32, tuple(spacing))
+        return build_model(arch, "", 1, 3, "random", patch, 32, tuple(spacing))
 
     patch, batch = planned_patch(arch, spacing, median, voxels, network, gpu_gb)
     order = [int(np.argmax(spacing)), *(a for a in range(3) if a != np.argmax(spacing))]
