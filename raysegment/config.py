@@ -632,6 +632,16 @@ class TrainConfig:
     both the nearest plane along an axis of voxels over 3 times as long as the others'.
     The model records it: infer's ``resample=true`` reads images so, and resamples its
     output back as nnU-Net exports (linear; that axis nearest)."""
+    normalization: str = "dataset"
+    """How the images are normalized: ``dataset``, each channel less its mean over its
+    deviation, both measured on the training images (fixed values the model keeps), or
+    ``nnunet``, as nnU-Net's fingerprint and preprocessing normalize (``train.normalization``):
+    every image cropped to the box of its nonzero voxels; each channel by its name in
+    ``dataset.json``'s ``channel_names``: CT clipped to the training foreground's 0.5 and
+    99.5 percentiles, less its mean over its deviation; others each image's own Z-score,
+    within the nonzero region where the box leaves the median image under 3/4 of its
+    voxels (skull-stripped MR). The model records it: infer measures and crops each image
+    it segments alike."""
     train_fraction: float = 0.7
     """Fraction of the image pairs used for training; the rest validates (seeded split)."""
     folds: int = 1
@@ -779,6 +789,17 @@ class TrainConfig:
             raise ConfigError(
                 f"resampling={self.resampling!r}: choose linear (antialiased) or nnunet "
                 f"(nnU-Net's: cubic, the nearest plane along a long voxel's axis)"
+            )
+        if self.normalization not in ("dataset", "nnunet"):
+            raise ConfigError(
+                f"normalization={self.normalization!r}: choose dataset (each channel's mean "
+                f"and deviation over the training images) or nnunet (nnU-Net's, each image's own)"
+            )
+        if self.normalization == "nnunet" and self.input_level:
+            raise ConfigError(
+                f"normalization=nnunet with input_level={self.input_level}: nnU-Net crops "
+                f"and normalizes each image at its own voxels; drop input_level (resample_size= "
+                f"reads the images at another voxel size)"
             )
         if self.resample_to is not None:
             if self.resample_to != "median":

@@ -29,7 +29,8 @@ resampling: how its images were resampled ({"data": [order, order_z], "probabili
 normalization takes, the tiles over the box only) or "mask" (and normalized within the
 nonzero region itself: ``data.nonzero``; nonzero_kept: the channels that keep their
 voxels outside the region, of fixed normalizations beside the Z-scores within it), and
-tile_spread: true (tiles spread evenly over
+(a ``raysegment train`` of ``normalization=nnunet`` records its normalize and nonzero so:
+``train.normalization``), tile_spread: true (tiles spread evenly over
 each axis, as nnU-Net's sliding window lays them), and channel_files: its channels' names,
 a case's files ``case_0000``, ``case_0001``, ... its channels (``data.channels``). A
 cascade's second stage's (any model's that takes an earlier stage's labels) gives

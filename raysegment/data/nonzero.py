@@ -159,6 +159,29 @@ class Nonzero:
                 inside[ours] |= holes[theirs]
         return inside
 
+    def cropped(self) -> Nonzero:
+        """The region of the image cropped to the box (places from the box's corner), as
+        nnU-Net resamples the crop: its planes' ranges those of the box's planes."""
+        if self.box is None:
+            return self
+        start = [a for a, _ in self.box]
+        planes = tuple(
+            (n[a:b], low[:, a:b], high[:, a:b])
+            for (n, low, high), (a, b) in zip(self.planes, self.box, strict=False)
+        )
+        holes = None
+        if self.holes is not None:
+            where, inside = self.holes
+            moved = tuple((a - s, b - s) for (a, b), s in zip(where, start, strict=True))
+            holes = (moved, inside)
+        return replace(
+            self,
+            shape=tuple(b - a for a, b in self.box),  # type: ignore[arg-type]
+            box=tuple((0, b - a) for a, b in self.box),
+            holes=holes,
+            planes=planes,
+        )
+
     @property
     def whole(self) -> bool:
         """Whether the box is the whole image."""

@@ -71,6 +71,7 @@ __all__ = [
     "is_nnunet_fold",
     "is_nnunet_training",
     "nnunet_folds",
+    "normalization_meta",
     "read_nnunet",
     "trainings_within",
     "unet_architecture",
@@ -220,7 +221,7 @@ def read_nnunet(fold: str) -> tuple[bytes, dict[str, Any], str]:
         "tile_spread": True,
         # Its cases' files: case_0000, case_0001, ... the channels named so.
         "channel_files": [str(names[k]) for k in sorted(names, key=int)],
-        **_normalization(plans, config, channels, where, len(previous)),
+        **normalization_meta(plans, config, channels, where, len(previous)),
         **_spacing(plans, config, spaced),
         **_resampling(config, where, bool(previous)),
     }
@@ -466,13 +467,15 @@ def build_network(architecture: dict[str, Any], channels: int, classes: int, whe
     return cls(input_channels=channels, num_classes=classes, deep_supervision=False, **kwargs)  # type: ignore[operator]
 
 
-def _normalization(
+def normalization_meta(
     plans: dict[str, Any], config: dict[str, Any], channels: int, where: str, labels: int = 0
 ) -> dict[str, Any]:
     """The configuration's normalization as ``MODEL_META``'s ``normalize``: one for every
     channel, or each channel's own (``channels``: a CT's and a PET's, as nnU-Net plans a
     channel named CT and the others; ``labels``: a cascade's channels of the first
-    stage's labels after the image's, each left as it is)."""
+    stage's labels after the image's, each left as it is), with its crop (``nonzero``,
+    ``nonzero_kept``). A ``raysegment train`` of ``normalization=nnunet`` records its own
+    so (``train.normalization``)."""
     schemes = list(config.get("normalization_schemes") or ["ZScoreNormalization"] * channels)
     # nnU-Net crops every image to its nonzero box; a Z-score within the nonzero region
     # itself where the plans say (a normalization of other schemes ignores the mask).

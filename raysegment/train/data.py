@@ -25,6 +25,7 @@ from raysegment.data.dicom_labels import (
     segment_targets,
     segmentation_header,
 )
+from raysegment.data.nonzero import Nonzero
 from raysegment.data.pairs import pair_images
 from raysegment.data.resampled import (
     NNUNET_RESAMPLING,
@@ -47,6 +48,7 @@ from raysegment.data.tiling import under_centres
 from raysegment.errors import ConfigError, InputImageError
 from raysegment.infer.nnunet import dataset_classes, dataset_regions
 from raysegment.train import augment as augment_
+from raysegment.train.normalization import PerImage, nnunet_normalization
 from raysegment.train.spacing import planned_patch, target_spacing
 
 __all__ = ["IGNORE", "AtLevel", "Pair", "TrainingSet", "prepare", "read_patches"]
@@ -126,6 +128,13 @@ class TrainingSet:
     batch: int | None = None
     """The batch (of every worker's patches together) nnU-Net's planner gave with the
     patch (``plan``); None: not planned."""
+    per_image: PerImage | None = None
+    """Each image's own normalization (``normalization=nnunet``; ``mean`` and ``std`` are
+    then the images' medians); None: ``mean`` and ``std`` normalize every image."""
+
+    def normal(self, k: int) -> tuple[tuple[float, ...], tuple[float, ...]]:
+        """Pair ``k``'s (offset, scale) per channel: normalized = (x - offset) / scale."""
+        return self.per_image.normals[k] if self.per_image else (self.mean, self.std)
 
     @property
     def sizes(self) -> tuple[int, int, int]:
@@ -408,11 +417,18 @@ def _stats(
 
 
 def _read_at(
-    full: ImageSource, size: dict[str, float], unit: str, scheme: dict[str, Any] | None
+    full: ImageSource,
+    size: dict[str, float],
+    unit: str,
+    scheme: dict[str, Any] | None,
+    clip: dict[int, tuple[float, float]] | None = None,
+    nonzero: Nonzero | None = None,
 ) -> ImageSource:
     """The image ``full`` (at full resolution) read at the pixel ``size`` (y and x, or z,
     y and x) in ``unit`` ("": its own units): antialiased linear from a pyramid's level,
-    or resampled by nnU-Net's ``scheme`` from the full resolution, as nnU-Net reads."""
+    or resampled by nnU-Net's ``scheme`` from the full resolution, as nnU-Net reads (its
+    channels first clipped to ``clip``, its slices to the ranges of its ``nonzero``
+    region: ``resampled_to``)."""
     return resampled_to(
         full,
         size,
@@ -422,6 +438,8 @@ def _read_at(
         fix="record it in the image (an OME-TIFF's PhysicalSizeX/Y, an OME-Zarr's scale), or "
         "train without resample_size",
         scheme=scheme,
+        clip=clip,
+        nonzero=nonzero,
     )
 
 
@@ -569,14 +587,30 @@ def prepare(cfg: TrainConfig) -> TrainingSet:
         opened = [_open_image(files) for files, _ in found]
         target = _median_voxel(opened, cfg.dims())
     unit = ""
-    for k, (image_files, label_path) in enumerate(found):
+    read: list[tuple[ImageSource, ImageSource]] = []  # as read before resampling; in full
+    for k, (image_files, _) in enumerate(found):
         if target is None:
             image = _open_image(image_files, cfg.input_level)
-            full = image.at_level(0) if image.level else image
+            read.append((image, image.at_level(0) if image.level else image))
         else:  # the first image's unit is the size's; the others' are converted to it
             full = opened[k] if opened else _open_image(image_files)
-            unit = unit if pairs else _length_unit(full)
-            image = _read_at(full, target, unit, scheme)
+            unit = unit if read else _length_unit(full)
+            read.append((full, full))
+    counts = {image.info.shape[1] for image, _ in read}
+    if cfg.channels is None and len(counts) != 1:
+        raise InputImageError(
+            f"images have differing channel counts {sorted(counts)}; set channels="
+        )
+    channels = tuple(cfg.channels) if cfg.channels is not None else tuple(range(counts.pop()))
+    if max(channels) >= min(image.info.shape[1] for image, _ in read):
+        raise ConfigError(f"channels={list(channels)}: an image has fewer channels")
+
+    def label_of(
+        k: int, image: ImageSource, full: ImageSource, box: Region | None = None
+    ) -> ImageSource:
+        """Pair ``k``'s labels as ``image`` (of its ``full`` resolution; cropped to ``box``
+        of it where given) reads."""
+        label_path = found[k][1]
         header = headers[label_path]
         if header is not None:  # drawn on the image's full resolution
             label: ImageSource = DicomSegLabels(
@@ -586,18 +620,39 @@ def prepare(cfg: TrainConfig) -> TrainingSet:
             label = GeoJsonLabels(label_path, image, mode, cfg.class_names, drawn, sparse)
         else:
             label = open_source(label_path)
-        label = _at_level(label, image, full)
-        pairs.append(Pair(image, label))
+        if box is not None:
+            label, full = Cropped(label, box), Cropped(full, box)
+        return _at_level(label, image, full)
+
+    per_image = None
+    if cfg.normalization == "nnunet":  # measured before resampling, as nnU-Net measures
+        if any(is_geojson(label) for _, label in found):
+            raise ConfigError(
+                f"normalization=nnunet: the labels in {cfg.labels.dir} are GeoJSON "
+                f"annotations, which nnU-Net's crop to each image's nonzero box would move; "
+                f"train with normalization=dataset"
+            )
+        per_image = nnunet_normalization(
+            dataset,
+            [image for image, _ in read],
+            [label_of(k, *at) for k, at in enumerate(read)],
+            channels,
+            planes=target is not None and scheme is not None,
+        )
+    files = _channel_names(dataset, [image for image, _ in read], channels)
+    for k, (image, full) in enumerate(read):
+        box, clip, region = None, None, None
+        if per_image is not None:  # cropped to the nonzero box, then resampled: nnU-Net's
+            region = per_image.regions[k]
+            image, clip = per_image.source(k, image), per_image.raw_clip(k)
+            if not region.whole:
+                box, region = region.box, region.cropped()
+                image = Cropped(image, box)  # type: ignore[arg-type]
+        if target is not None:
+            image = _read_at(image, target, unit, scheme, clip, region)
+        pairs.append(Pair(image, label_of(k, image, full, box)))
     if target is None:
         _warn_mixed(pairs)
-    counts = {p.image.info.shape[1] for p in pairs}
-    if cfg.channels is None and len(counts) != 1:
-        raise InputImageError(
-            f"images have differing channel counts {sorted(counts)}; set channels="
-        )
-    channels = tuple(cfg.channels) if cfg.channels is not None else tuple(range(counts.pop()))
-    if max(channels) >= min(p.image.info.shape[1] for p in pairs):
-        raise ConfigError(f"channels={list(channels)}: an image has fewer channels")
     ignore = cfg.ignore_index
     if any(isinstance(p.label, GeoJsonLabels) and p.label.ignores for p in pairs):
         ignore = drawn
@@ -617,10 +672,16 @@ def prepare(cfg: TrainConfig) -> TrainingSet:
     # The folds of a cross-validation share one normalization, from every pair (as
     # nnU-Net's dataset fingerprint): their models then take the same input, an ensemble.
     measured = tuple(range(len(pairs))) if cfg.folds > 1 else train
-    mean, std = _stats(pairs, measured, channels)
+    if per_image is None:
+        mean, std = _stats(pairs, measured, channels)
+    else:  # each image's own: here the images' median
+        mean, std = (
+            tuple(map(float, np.median(v, axis=0))) for v in zip(*per_image.normals, strict=True)
+        )
     if batch is not None:  # nnU-Net's planned patch may be larger than some images
         for k, pair in enumerate(pairs):
-            pairs[k], shift = _padded(pair, patch, channels, mean)
+            offset = per_image.normals[k][0] if per_image else mean
+            pairs[k], shift = _padded(pair, patch, channels, offset)
             spots = scans[k][1]
             if spots and any(shift):
                 scans[k] = (scans[k][0], {key: at + shift for key, at in spots.items()})
@@ -645,7 +706,7 @@ def prepare(cfg: TrainConfig) -> TrainingSet:
         names,
         coded,
         pixel,
-        _channel_names(dataset, pairs, channels),
+        files,
         tuple(tuple(r) for r in cfg.regions) if cfg.regions else None,
         tuple(cfg.region_order()) if cfg.regions else None,
         _spacing([pairs[i] for i in train], len(patch)),
@@ -653,6 +714,7 @@ def prepare(cfg: TrainConfig) -> TrainingSet:
         cfg.oversample_foreground,
         scheme if target is not None else None,
         batch,
+        per_image,
     )
 
 
@@ -703,6 +765,21 @@ class Padded(WrappedSource):
             )
             out[(slice(None), *at)] = self.inner.read(t, channels, tuple(inside))
         return out
+
+
+class Cropped(Padded):
+    """``inner``'s ``box`` (a region of its (z, y, x) voxels)."""
+
+    kind = "cropped"
+
+    def __init__(self, inner: ImageSource, box: Region) -> None:
+        shape = tuple(b - a for a, b in box)
+        super().__init__(inner, shape, tuple(-a for a, _ in box))  # type: ignore[arg-type]
+
+    @property
+    def where(self) -> str:
+        box = [[-o, n - o] for o, n in zip(self.offset, self.shape, strict=True)]
+        return f"{self.inner.where} cropped to its nonzero box {box}"
 
 
 def _padded(
@@ -775,14 +852,14 @@ def _spacing(pairs: list[Pair], dims: int) -> tuple[float, ...] | None:
 
 
 def _channel_names(
-    dataset: dict[str, Any], pairs: list[Pair], channels: tuple[int, ...]
+    dataset: dict[str, Any], images: list[ImageSource], channels: tuple[int, ...]
 ) -> tuple[str, ...] | None:
     """Where every image is a case's channel files, and the model takes each of them,
     the channels' names: the ``channel_names`` of nnU-Net's ``dataset``, else
     ``channel_<i>``; else None."""
-    if not all(isinstance(p.image, ChannelFilesSource) for p in pairs):
+    if not all(isinstance(image, ChannelFilesSource) for image in images):
         return None
-    if channels != tuple(range(pairs[0].image.info.shape[1])):
+    if channels != tuple(range(images[0].info.shape[1])):
         return None
     names = {str(c): f"channel_{c}" for c in channels}
     given = dataset.get("channel_names") or {}
@@ -875,19 +952,20 @@ def _read(
     corner: tuple[int, int, int],
     augment: bool | str,
     rng: np.random.Generator | None,
-    normal: tuple[np.ndarray, np.ndarray],
+    normal: Normal,
 ) -> tuple[np.ndarray, np.ndarray]:
     """The patch at ``corner`` of a pair: x (C, *patch) normalized by ``normal`` (the
-    channels' mean and deviation, shaped to it), its labels (C', *patch); augmented
-    (``augment``) where ``rng`` draws a random crop's."""
+    channels' offset and scale, and the bounds they are clipped to after, shaped to it),
+    its labels (C', *patch); augmented (``augment``) where ``rng`` draws a random crop's."""
     planar = len(data.patch) == 2
-    mean, std = normal
+    mean, std, bounds = normal
     label_channels = tuple(range(pair.label.info.shape[1]))
 
     def read(region: augment_.Region) -> tuple[np.ndarray, np.ndarray]:
         x = pair.image.read(0, data.channels, region)[:, 0 if planar else slice(None)]
         y = pair.label.read(0, label_channels, region)[:, 0 if planar else slice(None)]
-        return (x.astype(np.float32) - mean) / std, y
+        x = (x.astype(np.float32) - mean) / std
+        return (x if bounds is None else np.clip(x, *bounds)), y
 
     if augment == augment_.NNUNET and rng is not None:
         fill = 0 if data.ignore is None else data.ignore
@@ -897,6 +975,11 @@ def _read(
     if augment and rng is not None:
         x, y = augment_.light(x, y, rng)
     return x, y
+
+
+Normal = tuple[np.ndarray, np.ndarray, "tuple[np.ndarray, np.ndarray] | None"]
+"""A pair's normalization, shaped to its patches: offset, scale, and the bounds clipped to
+after (None: none are)."""
 
 
 def read_patches(
@@ -910,10 +993,13 @@ def read_patches(
     xs, ys = [], []
     pz, ph, pw = data.sizes
     shape = (-1, *[1] * len(data.patch))
-    normal = (
-        np.asarray(data.mean, np.float32).reshape(shape),
-        np.asarray(data.std, np.float32).reshape(shape),
+    clip = data.per_image.clip if data.per_image else None
+    bounds = (
+        None
+        if clip is None
+        else tuple(np.asarray(b, np.float32).reshape(shape) for b in zip(*clip, strict=True))
     )
+    normals: dict[int, Normal] = {}  # per pair
     for k in range(len(batch["pair"])):
         index = int(batch["pair"][k])
         pair = data.pairs[index]
@@ -941,7 +1027,14 @@ def read_patches(
         else:
             rng = None
             z, y0, x0 = (int(batch[a][k]) for a in ("z", "y", "x"))
-        x, y = _read(pair, data, (z, y0, x0), augment, rng, normal)
+        if index not in normals:
+            offset, scale = data.normal(index)
+            normals[index] = (
+                np.asarray(offset, np.float32).reshape(shape),
+                np.asarray(scale, np.float32).reshape(shape),
+                bounds,  # type: ignore[assignment]
+            )
+        x, y = _read(pair, data, (z, y0, x0), augment, rng, normals[index])
         xs.append(np.ascontiguousarray(x, dtype=np.float32))
         ys.append(np.ascontiguousarray(y))
     y = np.stack(ys)

@@ -110,7 +110,12 @@ def model_metadata(data: TrainingSet, arch: str = "Unet") -> dict[str, Any]:
         "classes": _class_names(data),
         **({"class_codes": list(data.class_codes)} if data.class_codes else {}),
         **_pixel_size(data),
-        "normalize": {"mean": list(data.mean), "std": list(data.std)},
+        # Each image's own normalization (nnU-Net's), or the training images' values.
+        **(
+            data.per_image.meta
+            if data.per_image
+            else {"normalize": {"mean": list(data.mean), "std": list(data.std)}}
+        ),
         "activation": "softmax" if data.mode == "multiclass" else "sigmoid",
         # A case's channel files (nnU-Net's imagesTr): infer reads imagesTs' cases so.
         **({"channel_files": list(data.channel_files)} if data.channel_files else {}),

@@ -93,6 +93,12 @@ def package(config: PackageConfig | dict[str, Any] | None = None, **overrides: A
     info = json.loads(files["model.json"].read_text())
     model = read_model_file(str(directory))  # model.pth, with raysegment.json as its meta
     meta, weights = model.meta, model.data
+    if "nonzero" in meta:
+        raise ModelLoadError(
+            f"{directory}: trained with normalization=nnunet (each image cropped to its "
+            f"nonzero box and normalized by its own values), which a BioImage Model Zoo "
+            f"package cannot describe; package a model trained with normalization=dataset"
+        )
     module = load_model(model)
     patch = [int(p) for p in info["patch_size"]]
     if meta.get("tile_steps"):  # nnU-Net's networks: multiples of their strides

@@ -121,6 +121,7 @@ _LATER_KEYS = {
     "resampling": "linear",
     "plan": None,
     "plan_gpu_gb": 8.0,
+    "normalization": "dataset",
 }
 """Keys added since the first fingerprints (dotted: nested), left out of them at these
 defaults: a run begun before a key existed resumes (from then on with the key's default)."""

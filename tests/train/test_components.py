@@ -295,8 +295,9 @@ def test_deep_supervision_weighs_every_stage_against_its_downsampled_labels(
 
 def test_nnunets_recipe_loads_on_the_defaults_and_its_names_resolve() -> None:
     """conf/nnunet.yaml over conf/train.yaml: nnU-Net's planner (patch and batch), voxel
-    size and resampling, network, loss, optimizer (SGD, Nesterov momentum 0.99, weight
-    decay 3e-5), schedule and augmentations; a patch of one's own in its place."""
+    size, resampling and normalization, network, loss, optimizer (SGD, Nesterov momentum
+    0.99, weight decay 3e-5), schedule and augmentations; a patch of one's own in its
+    place."""
     from pathlib import Path
 
     conf = Path(__file__).resolve().parents[2] / "conf"
@@ -306,7 +307,7 @@ def test_nnunets_recipe_loads_on_the_defaults_and_its_names_resolve() -> None:
     assert (cfg.model.arch, cfg.loss, cfg.augment) == ("PlainConvUNet", "DiceCELoss", "nnunet")
     assert cfg.model.deep_supervision and cfg.lr_schedule.name.value == "poly"
     assert (cfg.plan, cfg.patch_size, cfg.batch_size, cfg.dims()) == ("3d_fullres", None, None, 3)
-    assert (cfg.resample_to, cfg.resampling) == ("median", "nnunet")
+    assert (cfg.resample_to, cfg.resampling, cfg.normalization) == ("median", "nnunet", "nnunet")
     assert (cfg.patches_per_epoch, cfg.max_epochs) == (500, 1000)
     own = load_config(TrainConfig, files, [*REQUIRED, "plan=null", "patch_size=[32,64,64]"])
     check_combination(own)

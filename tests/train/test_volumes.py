@@ -266,3 +266,46 @@ def test_nnunets_planned_patch_trains_end_to_end(volumes, tmp_path) -> None:
     assert summary.epochs == 1
     assert json.loads((out / "raysegment.json").read_text())["patch_size"] == [24, 48, 48]
     assert json.loads((out / "model.json").read_text())["patch_size"] == [24, 48, 48]
+
+
+def test_nnunets_normalization_trains_and_infer_normalizes_each_image_alike(
+    volumes, tmp_path
+) -> None:
+    """``normalization=nnunet``: each volume a Z-score of its own values (no voxel is 0:
+    the box is the whole volume); the model directory says so, and infer measures each
+    image it segments: the large volume at 3 times its brightness segments as it does (a
+    model of the training images' fixed values would not); a package refuses it."""
+    from raysegment.errors import ModelLoadError
+    from raysegment.infer import infer
+    from raysegment.train.package import package
+
+    out = tmp_path / "model"
+    train(
+        _cfg(volumes, out, normalization="nnunet", patches_per_epoch=8, val_patches=2, max_epochs=1)
+    )
+    meta = json.loads((out / "raysegment.json").read_text())
+    assert meta["normalize"] == {"moments": True, "eps": 1e-8, "joint": False}
+    assert meta["nonzero"] == "box"
+    image = tifffile.imread(volumes / "big.ome.tif")
+    voxel = {"axes": "ZYX", "PhysicalSizeZ": 2.0, "PhysicalSizeY": 0.5, "PhysicalSizeX": 0.5}
+    (tmp_path / "in").mkdir()
+    for name, scale in (("big", 1), ("bright", 3)):
+        tifffile.imwrite(
+            tmp_path / "in" / f"{name}.ome.tif", image * scale, ome=True, metadata=voxel
+        )
+    infer(
+        input=str(tmp_path / "in"),
+        model=str(out),
+        output=str(tmp_path / "out"),
+        progress=False,
+        chunks=[32],
+        finalize={"mode": "probabilities"},
+    )
+    got = {
+        name: zarr.open_array(str(tmp_path / "out" / f"{name}.ome.zarr" / "0"), mode="r")[:]
+        for name in ("big", "bright")
+    }
+    assert got["big"].std() > 0.01  # not one value everywhere
+    np.testing.assert_allclose(got["bright"], got["big"], atol=2e-3)
+    with pytest.raises(ModelLoadError, match="normalization=nnunet"):
+        package(model=str(out), output=str(tmp_path / "m.zip"), authors=["A. Name"])
