@@ -685,6 +685,10 @@ class TrainConfig:
     patches_per_epoch: int = 256
     """Random training patches drawn anew every epoch (from ``seed`` and the epoch),
     shared out among the workers."""
+    steps_per_epoch: Optional[int] = None
+    """Steps every worker takes an epoch, as nnU-Net counts its epochs (250): an epoch is
+    then that many batches of patches (whatever batch was given or planned), in place of
+    ``patches_per_epoch``; None: ``patches_per_epoch``."""
     oversample_foreground: float = 0.33
     """Share of the random patches centred on a labelled voxel (of a label drawn at random
     among an image's), as nnU-Net oversamples foreground: small structures of large
@@ -744,7 +748,7 @@ class TrainConfig:
         for key in ("max_epochs", "patience", "num_workers", "patches_per_epoch", "val_patches"):
             if getattr(self, key) < 1:
                 raise ConfigError(f"{key}={getattr(self, key)} must be >= 1")
-        for key in ("batch_size", "threads", "read_tasks"):
+        for key in ("batch_size", "threads", "read_tasks", "steps_per_epoch"):
             if getattr(self, key) is not None and getattr(self, key) < 1:
                 raise ConfigError(f"{key}={getattr(self, key)} must be >= 1")
         if self.lr <= 0:

@@ -54,6 +54,7 @@ METRIC_COLUMNS = (
     "precision",
     "recall",
     "lr",
+    "patches",
     "seconds",
     "wait_seconds",
     "step_seconds",
@@ -355,6 +356,7 @@ def train_loop(config: dict[str, Any]) -> None:
             "val_loss": val_loss,
             **metric_values(stats),
             "lr": optimizer.param_groups[0]["lr"],
+            "patches": int(sums[1]),  # trained on, every worker's
             "seconds": time.perf_counter() - started,
             "wait_seconds": waited,
             "step_seconds": stepped,

@@ -57,6 +57,14 @@ def _worker_batch(cfg: TrainConfig, data: TrainingSet, use_gpu: bool) -> int:
     return _auto_batch_size(cfg, data, use_gpu)
 
 
+def _epoch_patches(cfg: TrainConfig, batch_size: int) -> int:
+    """Training patches an epoch: ``steps_per_epoch`` batches of ``batch_size`` on each
+    worker (nnU-Net's epochs), else ``patches_per_epoch``."""
+    if cfg.steps_per_epoch:
+        return cfg.steps_per_epoch * batch_size * cfg.num_workers
+    return cfg.patches_per_epoch
+
+
 def _auto_batch_size(cfg: TrainConfig, data: TrainingSet, use_gpu: bool) -> int:
     """Patches per step: measured on one GPU, else a CPU-friendly size within free RAM."""
     patch = (len(data.channels), *data.patch)
@@ -122,6 +130,7 @@ _LATER_KEYS = {
     "plan": None,
     "plan_gpu_gb": 8.0,
     "normalization": "dataset",
+    "steps_per_epoch": None,
 }
 """Keys added since the first fingerprints (dotted: nested), left out of them at these
 defaults: a run begun before a key existed resumes (from then on with the key's default)."""
@@ -339,7 +348,7 @@ def train(
             "batch_size": batch_size,
             "data": data,
             "augment": cfg.augment,
-            "patches_per_epoch": cfg.patches_per_epoch,
+            "patches_per_epoch": _epoch_patches(cfg, batch_size),
             "val_patches": cfg.val_patches,
             "max_epochs": cfg.max_epochs,
             "patience": cfg.patience,

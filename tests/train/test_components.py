@@ -308,7 +308,7 @@ def test_nnunets_recipe_loads_on_the_defaults_and_its_names_resolve() -> None:
     assert cfg.model.deep_supervision and cfg.lr_schedule.name.value == "poly"
     assert (cfg.plan, cfg.patch_size, cfg.batch_size, cfg.dims()) == ("3d_fullres", None, None, 3)
     assert (cfg.resample_to, cfg.resampling, cfg.normalization) == ("median", "nnunet", "nnunet")
-    assert (cfg.patches_per_epoch, cfg.max_epochs) == (500, 1000)
+    assert (cfg.steps_per_epoch, cfg.max_epochs) == (250, 1000)
     own = load_config(TrainConfig, files, [*REQUIRED, "plan=null", "patch_size=[32,64,64]"])
     check_combination(own)
     assert own.patch() == (32, 64, 64)

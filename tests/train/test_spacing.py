@@ -247,7 +247,7 @@ def test_plan_3d_fullres_trains_at_the_patch_and_batch_nnunet_plans(tmp_path: Pa
     from dataclasses import replace
 
     from raysegment.train.components import check_combination
-    from raysegment.train.trainer import _worker_batch
+    from raysegment.train.trainer import _epoch_patches, _worker_batch
 
     _volumes(tmp_path, [2.0, 2.0, 3.0], depth=20)
     settings = ["plan=3d_fullres", "patch_size=null", "model.arch=PlainConvUNet"]
@@ -262,6 +262,12 @@ def test_plan_3d_fullres_trains_at_the_patch_and_batch_nnunet_plans(tmp_path: Pa
     assert _worker_batch(two, data, False) == 1
     assert _worker_batch(two, replace(data, batch=5), False) == 3
     assert _worker_batch(_cfg(tmp_path, *settings, "batch_size=4"), data, False) == 4
+    # An epoch of nnU-Net's steps: 250 of each worker's batch, whatever the batch.
+    steps = _cfg(tmp_path, *settings, "num_workers=2", "steps_per_epoch=250")
+    assert _epoch_patches(steps, _worker_batch(steps, replace(data, batch=5), False)) == 1500
+    assert _epoch_patches(two, 3) == two.patches_per_epoch == 256
+    with pytest.raises(ConfigError, match=r"steps_per_epoch=0 must be >= 1"):
+        _cfg(tmp_path, *settings, "steps_per_epoch=0")
     flat = ["plan=2d", "patch_size=null", "model.arch=PlainConvUNet"]
     assert prepare(_cfg(tmp_path, *flat)).patch == (48, 48)
     with pytest.raises(ConfigError, match=r"plan=3d_fullres plans the patch, and patch_size"):

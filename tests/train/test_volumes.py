@@ -249,7 +249,8 @@ def test_unfinished_runs_begun_before_the_newer_keys_still_resume() -> None:
 def test_nnunets_planned_patch_trains_end_to_end(volumes, tmp_path) -> None:
     """``plan=3d_fullres patch_size=null``: the volumes' median shape (24 x 48^2 of 2 x
     0.5^2 µm voxels) is the patch nnU-Net plans; the thinner volumes are padded to it; the
-    model directory records it (infer's default tile)."""
+    model directory records it (infer's default tile). An epoch of ``steps_per_epoch``
+    steps of the planned batch, as nnU-Net counts its epochs."""
     out = tmp_path / "planned"
     summary = train(
         _cfg(
@@ -258,12 +259,13 @@ def test_nnunets_planned_patch_trains_end_to_end(volumes, tmp_path) -> None:
             plan="3d_fullres",
             patch_size=None,
             batch_size=None,
-            patches_per_epoch=4,
+            steps_per_epoch=2,
             val_patches=2,
             max_epochs=1,
         )
     )
     assert summary.epochs == 1
+    assert summary.history[0]["patches"] == 2 * 2  # 2 steps of the planned batch of 2
     assert json.loads((out / "raysegment.json").read_text())["patch_size"] == [24, 48, 48]
     assert json.loads((out / "model.json").read_text())["patch_size"] == [24, 48, 48]
 
