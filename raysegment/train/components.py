@@ -10,6 +10,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from torch import distributed as dist
 from torch import nn
 
 from raysegment.config import TrainConfig
@@ -137,8 +138,8 @@ class _BatchDice(nn.Module):
     full-resolution trainings configure it): the probabilities (softmax without the
     background; sigmoid: every channel) and the one-hot target, each class's overlap summed
     over the batch and the voxels ("batch Dice"), smoothed by 1e-5, the Dice averaged over
-    the classes: 1 - that. Pixels of target ``ignore`` count in no sum. Each data-parallel
-    worker sums its own batch (nnU-Net gathers the workers' sums)."""
+    the classes: 1 - that. Pixels of target ``ignore`` count in no sum. Data-parallel
+    workers' steps sum every worker's batch, as nnU-Net's (``_workers_sum``)."""
 
     def __init__(self, mode: str, ignore: int | None = None) -> None:
         super().__init__()
@@ -163,9 +164,39 @@ class _BatchDice(nn.Module):
         else:
             predicted = probs
         axes = [0, *range(2, probs.ndim)]
-        overlap = (probs * truth).sum(axes)
-        total = (truth.sum(axes) + predicted.sum(axes) + 1e-5).clamp_min(1e-8)
+        overlap, truths, predictions = (
+            _workers_sum(v.sum(axes)) for v in (probs * truth, truth, predicted)
+        )
+        total = (truths + predictions + 1e-5).clamp_min(1e-8)
         return 1 - ((2 * overlap + 1e-5) / total).mean()
+
+
+class _Gathered(torch.autograd.Function):
+    """Every data-parallel worker's ``tensor``, stacked (workers first); each worker's
+    gradient the sum of every worker's for its own (nnU-Net's ``AllGatherGrad``: with
+    the data-parallel mean of the weights' gradients, the whole batch's loss's)."""
+
+    @staticmethod
+    def forward(ctx: Any, tensor: torch.Tensor) -> torch.Tensor:
+        parts = [torch.zeros_like(tensor) for _ in range(dist.get_world_size())]
+        dist.all_gather(parts, tensor.contiguous())
+        return torch.stack(parts)
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> torch.Tensor:
+        grad = grad.contiguous()
+        dist.all_reduce(grad)
+        return grad[dist.get_rank()]
+
+
+def _workers_sum(sums: torch.Tensor) -> torch.Tensor:
+    """``sums`` over every data-parallel worker's batch, as nnU-Net's batch Dice sums
+    them, while a step computes gradients (every worker takes as many steps); a
+    worker's own otherwise (its validation batches, as many as its share of the grid)."""
+    if torch.is_grad_enabled() and dist.is_available() and dist.is_initialized():
+        if dist.get_world_size() > 1:
+            return _Gathered.apply(sums).sum(0)
+    return sums
 
 
 class _MaskedBCE(nn.Module):

@@ -512,3 +512,63 @@ def test_float16_training_is_refused_where_it_cannot_run() -> None:
     with pytest.raises(ConfigError, match="LBFGS evaluates the loss again"):
         check_combination(_cfg("precision=float16", "optimizer=LBFGS"))
     check_combination(_cfg("precision=bfloat16", "optimizer=LBFGS"))
+
+
+def _ddp_worker(rank: int, port: int, mode: str) -> None:
+    """One of 2 gloo processes, its half of a batch of 4: our ``DiceCELoss`` and nnU-Net's
+    (``ddp=True``), value and gradient; the Dice term gathered is the whole batch's."""
+    import torch.distributed as dist
+    from nnunetv2.training.loss import compound_losses, dice
+
+    from raysegment.train.components import _BatchDice
+
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
+    try:
+        torch.manual_seed(2)
+        classes = 3 if mode == "multiclass" else 2
+        logits = torch.randn(4, classes, 10, 12) * 3
+        settings = {"batch_dice": True, "smooth": 1e-5, "ddp": True}
+        if mode == "multiclass":
+            target = torch.randint(0, classes, (4, 10, 12))
+            their_target = target[:, None]
+            theirs = compound_losses.DC_and_CE_loss(
+                {**settings, "do_bg": False}, {}, 1, 1, None, dice.MemoryEfficientSoftDiceLoss
+            )
+        else:
+            target = their_target = (torch.rand(logits.shape) > 0.6).float()
+            theirs = compound_losses.DC_and_BCE_loss(
+                {}, {**settings, "do_bg": True}, 1, 1, False, dice.MemoryEfficientSoftDiceLoss
+            )
+        ours = LOSSES.get("DiceCELoss")[0](mode, None)
+        half = slice(2 * rank, 2 * rank + 2)
+        mine = logits[half].clone().requires_grad_(True)
+        their = logits[half].clone().requires_grad_(True)
+        value, want = ours(mine, target[half]), theirs(their, their_target[half])
+        value.backward()
+        want.backward()
+        assert float(value) == pytest.approx(float(want) + 1, rel=1e-5)
+        torch.testing.assert_close(mine.grad, their.grad, rtol=1e-4, atol=1e-7)
+        term = _BatchDice(mode)
+        gathered = term(logits[half].clone().requires_grad_(True), target[half])
+        with torch.no_grad():  # not gathered (validation's batches differ among workers)
+            whole, own = term(logits, target), term(logits[half], target[half])
+        assert float(gathered) == pytest.approx(float(whole), rel=1e-6)
+        assert float(own) != pytest.approx(float(whole), rel=1e-3)
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.parametrize("mode", ["multiclass", "multilabel"])
+def test_dice_ce_gathers_the_workers_batch_dice_as_nnunet_does(mode: str) -> None:
+    """Data-parallel workers (2 gloo processes): the batch Dice of every worker's patches
+    together, the gradient of each worker's own summed back (nnU-Net's ``AllGatherGrad``),
+    equal to nnU-Net's ``ddp=True`` loss; validation (no gradient) sums its own."""
+    pytest.importorskip("nnunetv2.training.loss.compound_losses")
+    import socket
+
+    import torch.multiprocessing as mp
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    mp.spawn(_ddp_worker, args=(port, mode), nprocs=2)

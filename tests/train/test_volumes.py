@@ -115,12 +115,15 @@ def test_data_parallel_workers_train_nnunets_network_without_deep_supervision(
     volumes, tmp_path
 ) -> None:
     """Without deep supervision the decoder's coarser output convolutions take no part:
-    DistributedDataParallel, told so, steps; else its second step raised."""
+    DistributedDataParallel, told so, steps; else its second step raised. nnU-Net's loss
+    gathers the workers' batch Dice in their steps, not in their validations (of unequal
+    batches: a collective there would wait forever)."""
     summary = train(
         _cfg(
             volumes,
             tmp_path / "out",
             model={"arch": "PlainConvUNet", "features": 4, "deep_supervision": False},
+            loss="DiceCELoss",
             num_workers=2,
             threads=None,
             patches_per_epoch=8,
