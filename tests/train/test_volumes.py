@@ -249,11 +249,19 @@ def test_unfinished_runs_begun_before_the_newer_keys_still_resume() -> None:
     assert _fingerprint(load_config(TrainConfig, (), [*need, off])) == _fingerprint(cfg)
 
 
-def test_nnunets_planned_patch_trains_end_to_end(volumes, tmp_path) -> None:
+def test_nnunets_planned_patch_and_normalization_train_end_to_end(volumes, tmp_path) -> None:
     """``plan=3d_fullres patch_size=null``: the volumes' median shape (24 x 48^2 of 2 x
     0.5^2 µm voxels) is the patch nnU-Net plans; the thinner volumes are padded to it; the
     model directory records it (infer's default tile). An epoch of ``steps_per_epoch``
-    steps of the planned batch, as nnU-Net counts its epochs."""
+    steps of the planned batch, as nnU-Net counts its epochs. ``normalization=nnunet``:
+    each volume a Z-score of its own values (no voxel is 0: the box is the whole volume);
+    the model directory says so, and infer measures each image it segments: the large
+    volume at 3 times its brightness segments as it does (a model of the training images'
+    fixed values would not); a package refuses it."""
+    from raysegment.errors import ModelLoadError
+    from raysegment.infer import infer
+    from raysegment.train.package import package
+
     out = tmp_path / "planned"
     summary = train(
         _cfg(
@@ -265,30 +273,14 @@ def test_nnunets_planned_patch_trains_end_to_end(volumes, tmp_path) -> None:
             steps_per_epoch=2,
             val_patches=2,
             max_epochs=1,
+            normalization="nnunet",
         )
     )
     assert summary.epochs == 1
     assert summary.history[0]["patches"] == 2 * 2  # 2 steps of the planned batch of 2
-    assert json.loads((out / "raysegment.json").read_text())["patch_size"] == [24, 48, 48]
     assert json.loads((out / "model.json").read_text())["patch_size"] == [24, 48, 48]
-
-
-def test_nnunets_normalization_trains_and_infer_normalizes_each_image_alike(
-    volumes, tmp_path
-) -> None:
-    """``normalization=nnunet``: each volume a Z-score of its own values (no voxel is 0:
-    the box is the whole volume); the model directory says so, and infer measures each
-    image it segments: the large volume at 3 times its brightness segments as it does (a
-    model of the training images' fixed values would not); a package refuses it."""
-    from raysegment.errors import ModelLoadError
-    from raysegment.infer import infer
-    from raysegment.train.package import package
-
-    out = tmp_path / "model"
-    train(
-        _cfg(volumes, out, normalization="nnunet", patches_per_epoch=8, val_patches=2, max_epochs=1)
-    )
     meta = json.loads((out / "raysegment.json").read_text())
+    assert meta["patch_size"] == [24, 48, 48]
     assert meta["normalize"] == {"moments": True, "eps": 1e-8, "joint": False}
     assert meta["nonzero"] == "box"
     image = tifffile.imread(volumes / "big.ome.tif")
