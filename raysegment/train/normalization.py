@@ -23,9 +23,11 @@ its normalized images (a CT channel's clip applied before, as infer does).
 from __future__ import annotations
 
 import dataclasses
+import logging
 import math
 import warnings
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -65,6 +67,10 @@ MASKED_BELOW = 0.75
 taken within the nonzero region (nnU-Net's)."""
 _DRAWS = 2**22
 """Foreground indices drawn at once (the draws equal one call's)."""
+_THREADS = 4
+"""Images whose nonzero region is found at once (as infer finds them)."""
+
+log = logging.getLogger("raysegment")
 
 Normal = tuple[tuple[float, ...], tuple[float, ...]]
 """Per channel an image's (offset, scale): normalized = (x - offset) / scale."""
@@ -134,9 +140,13 @@ def nnunet_normalization(
             which nnU-Net measures over the box.
     """
     schemes = channel_schemes(dataset, channels)
+    log.info("raysegment: normalization=nnunet: the nonzero regions of %d images", len(images))
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        regions = [nonzero_region(im, channels, True, True, planes) for im in images]
+        with ThreadPoolExecutor(min(_THREADS, len(images))) as pool:
+            regions = list(
+                pool.map(lambda im: nonzero_region(im, channels, True, True, planes), images)
+            )
     for image, region in zip(images, regions, strict=True):
         if region.box is None:
             raise InputImageError(
