@@ -699,6 +699,9 @@ class TrainConfig:
     """Training patches' augmentations: true, flips, 90-degree turns and a brightness
     jitter; nnunet, nnU-Net's default ones (rotation, scaling, noise, blur, brightness,
     contrast, low resolution, gamma, mirroring); false, none."""
+    keep: str = "best"
+    """The weights the model directory takes: ``best``, the epoch of the lowest validation
+    loss; ``last``, the last epoch's (nnU-Net predicts with its final checkpoint's)."""
     max_epochs: int = 100
     patience: int = 10
     """Stop after this many epochs without a validation-loss improvement of min_delta."""
@@ -793,6 +796,11 @@ class TrainConfig:
             raise ConfigError(
                 f"resampling={self.resampling!r}: choose linear (antialiased) or nnunet "
                 f"(nnU-Net's: cubic, the nearest plane along a long voxel's axis)"
+            )
+        if self.keep not in ("best", "last"):
+            raise ConfigError(
+                f"keep={self.keep!r}: choose best (the epoch of the lowest validation loss) or "
+                f"last (the last epoch's weights)"
             )
         if self.normalization not in ("dataset", "nnunet"):
             raise ConfigError(

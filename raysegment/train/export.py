@@ -153,12 +153,16 @@ def export_model(
     config: dict[str, Any],
     version: str,
 ) -> TrainSummary:
-    """Best weights as TorchScript + state dict, the resumable checkpoint, metrics.csv,
-    config.yaml, curves PNG and the metadata infer reads."""
+    """The kept weights (``keep``: the best epoch's or the last's) as TorchScript + state
+    dict, the resumable checkpoint, metrics.csv, config.yaml, curves PNG and the metadata
+    infer reads."""
     out.mkdir(parents=True, exist_ok=True)
     in_channels = len(data.channels)
     model = model_for(cfg, data, weights=False)
-    model.load_state_dict(state["best"])
+    kept = state["best"]
+    if cfg.keep == "last":  # channels-first whatever the layout trained in
+        kept = {k: v.contiguous() for k, v in state["model"].items()}
+    model.load_state_dict(kept)
     model.eval()
     example = torch.randn(1, in_channels, *data.patch)
     with torch.no_grad(), warnings.catch_warnings():
@@ -169,7 +173,7 @@ def export_model(
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)  # TorchScript stays the WIPP format
         save_file(torch.jit.save, traced, out / "model.pth")
-    save_file(torch.save, state["best"], out / "weights.pt")
+    save_file(torch.save, kept, out / "weights.pt")
     save_file(torch.save, state, out / "checkpoint.pt")
     (out / "model.json").write_text(
         json.dumps(

@@ -116,8 +116,10 @@ _FREE_KEYS = (
     "layout",
     "threads",
     "read_tasks",
+    "keep",
 )
-"""Keys a resumed run may change: they do not change what is trained (``layout`` and
+"""Keys a resumed run may change: they do not change what is trained (``keep``: which
+epoch's weights the model directory takes; ``layout`` and
 ``threads``: float rounding only, as a device's kernels do; ``read_tasks``: the patches
 reach the model in their order whoever reads them)."""
 

@@ -308,7 +308,7 @@ def test_nnunets_recipe_loads_on_the_defaults_and_its_names_resolve() -> None:
     assert cfg.model.deep_supervision and cfg.lr_schedule.name.value == "poly"
     assert (cfg.plan, cfg.patch_size, cfg.batch_size, cfg.dims()) == ("3d_fullres", None, None, 3)
     assert (cfg.resample_to, cfg.resampling, cfg.normalization) == ("median", "nnunet", "nnunet")
-    assert (cfg.steps_per_epoch, cfg.max_epochs) == (250, 1000)
+    assert (cfg.steps_per_epoch, cfg.max_epochs, cfg.keep) == (250, 1000, "last")
     own = load_config(TrainConfig, files, [*REQUIRED, "plan=null", "patch_size=[32,64,64]"])
     check_combination(own)
     assert own.patch() == (32, 64, 64)
@@ -572,3 +572,64 @@ def test_dice_ce_gathers_the_workers_batch_dice_as_nnunet_does(mode: str) -> Non
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     mp.spawn(_ddp_worker, args=(port, mode), nprocs=2)
+
+
+@pytest.mark.parametrize("keep", ["best", "last"])
+def test_the_model_directory_keeps_the_best_or_the_last_epochs_weights(tmp_path, keep) -> None:
+    """``keep=best``: the weights of the epoch of the lowest validation loss; ``keep=last``:
+    the last epoch's (nnU-Net predicts with its final checkpoint's), trained channels-last
+    or not: TorchScript and state dict alike."""
+    import numpy as np
+    import tifffile
+
+    from raysegment.train.components import model_for
+    from raysegment.train.data import prepare
+    from raysegment.train.export import export_model
+    from raysegment.train.loop import METRIC_COLUMNS
+
+    rng = np.random.default_rng(0)
+    for folder in ("img", "lbl"):
+        (tmp_path / folder).mkdir()
+    for i in range(3):
+        tifffile.imwrite(tmp_path / "img" / f"a{i}.tif", rng.integers(0, 999, (48, 64), np.uint16))
+        tifffile.imwrite(tmp_path / "lbl" / f"a{i}.tif", rng.integers(0, 2, (48, 64), np.uint8))
+    cfg = load_config(
+        TrainConfig,
+        (),
+        [
+            f"images.dir={tmp_path / 'img'}",
+            f"labels.dir={tmp_path / 'lbl'}",
+            f"output={tmp_path / 'out'}",
+            "patch_size=32",
+            "model.arch=PlainConvUNet",
+            "model.features=4",
+            f"keep={keep}",
+        ],
+    )
+    data = prepare(cfg)
+    states = []
+    for seed in (0, 1):
+        torch.manual_seed(seed)
+        states.append(model_for(cfg, data, weights=False).state_dict())
+    last = {
+        k: v.to(memory_format=torch.channels_last) if v.ndim == 4 else v
+        for k, v in states[1].items()
+    }
+    stopper = EarlyStopping(10, 0.0)
+    history = []
+    for epoch, loss in enumerate((0.5, 0.7)):  # the first epoch is the best
+        stopper.update(loss, epoch)
+        history.append({k: 0.0 for k in METRIC_COLUMNS} | {"epoch": epoch + 1, "val_loss": loss})
+    state = {"best": states[0], "model": last, "history": history, "stopper": stopper.state_dict()}
+    summary = export_model(tmp_path / "out", cfg, data, state, {}, "test")
+    assert summary.best_epoch == 1
+    want = states[0] if keep == "best" else states[1]
+    weights = torch.load(tmp_path / "out" / "weights.pt")
+    assert weights.keys() == want.keys()
+    assert all(torch.equal(weights[k], want[k]) and weights[k].is_contiguous() for k in want)
+    traced = torch.jit.load(str(tmp_path / "out" / "model.pth"))
+    model = model_for(cfg, data, weights=False)
+    model.load_state_dict(want)
+    x = torch.randn(1, 1, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(traced(x), model.eval()(x))
