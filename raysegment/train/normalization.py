@@ -186,6 +186,12 @@ def nnunet_normalization(
         len(channels),
         "normalization=nnunet",
     )
+    log.warning(
+        "raysegment: normalization=nnunet: %s; each image cropped to its nonzero box (the "
+        "median box %.0f%% of its image)",
+        "; ".join(_described(channels, schemes, within, stats)),
+        100 * float(np.median(shares)),
+    )
     kept = tuple(channels[k] for k in meta.get("nonzero_kept", ()))
     regions = [dataclasses.replace(r, within=any(within), kept=kept) for r in regions]
     norm = meta.get("normalize")
@@ -196,6 +202,29 @@ def nnunet_normalization(
         for image, region in zip(images, regions, strict=True)
     ]
     return PerImage(meta, tuple(regions), tuple(normals), clip_of(norm, len(channels)))
+
+
+def _described(
+    channels: Sequence[int],
+    schemes: Sequence[str],
+    within: Sequence[bool],
+    stats: dict[str, dict[str, float]],
+) -> list[str]:
+    """Each channel's normalization, in words (the training's log)."""
+    out = []
+    for k, (c, scheme, inside) in enumerate(zip(channels, schemes, within, strict=True)):
+        if scheme == "CTNormalization":
+            s = stats[str(k)]
+            low, high, mean, std = (s["percentile_00_5"], s["percentile_99_5"], s["mean"], s["std"])
+            out.append(
+                f"channel {c} CT, clipped to [{low:g}, {high:g}], less {mean:g} over {std:g}"
+            )
+        elif scheme == "ZScoreNormalization":
+            where = " within its nonzero region" if inside else ""
+            out.append(f"channel {c} each image's Z-score{where}")
+        else:
+            out.append(f"channel {c} {scheme}")
+    return out
 
 
 def foreground_properties(

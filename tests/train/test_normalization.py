@@ -5,6 +5,7 @@ the model directory's keys that make infer do the same."""
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -144,16 +145,21 @@ def _cfg(root: Path, *overrides: str) -> TrainConfig:
     ],
 )
 def test_training_images_are_cropped_and_normalized_as_nnunet_preprocesses(
-    tmp_path: Path, monkeypatch, names, border, schemes, masked
+    tmp_path: Path, monkeypatch, caplog, names, border, schemes, masked
 ) -> None:
     """Each pair as nnU-Net's preprocessing leaves it (before resampling, at the voxels it
     already has): cropped to its nonzero box (the shape nnU-Net's planner plans for), each
     channel normalized by its scheme (``DefaultPreprocessor._normalize`` with the
     fingerprint's statistics), the labels cropped alike (-1 outside the region: nnU-Net's
-    training reads it as background); the model directory records what infer needs."""
+    training reads it as background); the log says how; the model directory records what
+    infer needs."""
     monkeypatch.setattr(normalization, "FOREGROUND_SAMPLES", 3_000)
     cases = _dataset(tmp_path, names, border)
-    data = prepare(_cfg(tmp_path))
+    with caplog.at_level(logging.WARNING, logger="raysegment"):
+        data = prepare(_cfg(tmp_path))
+    said = "channel 1 each image's Z-score" + (" within its nonzero region" if any(masked) else ";")
+    assert said in caplog.text
+    assert ("channel 0 CT, clipped to [" in caplog.text) == (schemes[0] == "CTNormalization")
     properties = _nnunets_properties(cases, 3_000)
     plans = SimpleNamespace(normalization_schemes=schemes, use_mask_for_norm=masked)
     for k, (image, labels) in enumerate(cases):
