@@ -693,6 +693,11 @@ class TrainConfig:
     """Share of the random patches centred on a labelled voxel (of a label drawn at random
     among an image's), as nnU-Net oversamples foreground: small structures of large
     volumes are met; 0: every patch anywhere."""
+    oversample_by: str = "patch"
+    """How ``oversample_foreground`` picks the patches centred on foreground: ``patch``,
+    each with that probability; ``batch``, the last of each batch's patches, as nnU-Net's
+    data loader (those from round(batch x (1 - oversample_foreground)) on: a batch of 2 at
+    0.33 its second, half the patches)."""
     val_patches: int = 64
     """Most validation patches (a fixed grid over the validation images)."""
     augment: Union[bool, str] = True
@@ -796,6 +801,11 @@ class TrainConfig:
             raise ConfigError(
                 f"resampling={self.resampling!r}: choose linear (antialiased) or nnunet "
                 f"(nnU-Net's: cubic, the nearest plane along a long voxel's axis)"
+            )
+        if self.oversample_by not in ("patch", "batch"):
+            raise ConfigError(
+                f"oversample_by={self.oversample_by!r}: choose patch (each patch with the "
+                f"probability oversample_foreground) or batch (the last of each batch, nnU-Net's)"
             )
         if self.keep not in ("best", "last"):
             raise ConfigError(

@@ -122,6 +122,9 @@ class TrainingSet:
     centre."""
     oversample: float = 0.0
     """The share of random patches centred on a foreground voxel (``oversample_foreground``)."""
+    oversample_batch: bool = False
+    """Whether the last of each batch's patches are those (``oversample_by=batch``); else
+    each patch with that probability."""
     resampling: dict[str, Any] | None = None
     """nnU-Net's resampling scheme the images were read at ``pixel`` by (``resampling``,
     ``resampled.NNUNET_RESAMPLING``); None: antialiased linear, or not resampled."""
@@ -151,13 +154,20 @@ class TrainingSet:
         return [{"pair": int(i), "seed": int(rng.integers(2**31))} for i in picks]
 
     def worker_specs(
-        self, count: int, seed: int, epoch: int, rank: int, world: int
+        self, count: int, seed: int, epoch: int, rank: int, world: int, batch: int = 1
     ) -> list[dict[str, int]]:
         """Worker ``rank`` of ``world``'s part of an epoch's ``count`` random patches: as
         many for every worker (data-parallel workers step together; at least one each),
-        no patch on two workers."""
+        no patch on two workers; with ``oversample_batch``, each of its batches of
+        ``batch`` (in order) has its last patches marked to centre on foreground (``fg``),
+        as nnU-Net's data loader picks them."""
         share = max(count // world, 1)
-        return self.train_specs(share * world, seed, epoch)[rank * share : (rank + 1) * share]
+        specs = self.train_specs(share * world, seed, epoch)[rank * share : (rank + 1) * share]
+        if self.oversample_batch:
+            first = round(batch * (1 - self.oversample))
+            for k, spec in enumerate(specs):
+                spec["fg"] = int(k % batch >= first)
+        return specs
 
     def val_specs(self, count: int) -> list[dict[str, int]]:
         """A fixed grid of patches over the validation images, evenly thinned to ``count``;
@@ -712,6 +722,7 @@ def prepare(cfg: TrainConfig) -> TrainingSet:
         _spacing([pairs[i] for i in train], len(patch)),
         tuple(found for _, found in scans),
         cfg.oversample_foreground,
+        cfg.oversample_by == "batch",
         scheme if target is not None else None,
         batch,
         per_image,
@@ -1016,7 +1027,9 @@ def read_patches(
             if isinstance(label, GeoJsonLabels) and len(label.labelled):
                 if label.sparse or rng.random() < ANNOTATED:
                     y0, x0 = _at_annotation(label, rng, (h, w), (ph, pw))
-            elif found and rng.random() < data.oversample:
+            elif found and (
+                bool(batch["fg"][k]) if "fg" in batch else rng.random() < data.oversample
+            ):
                 # a random label's random voxel, as nnU-Net oversamples its foreground
                 where = found[sorted(found)[int(rng.integers(len(found)))]]
                 at = where[int(rng.integers(len(where)))]

@@ -321,7 +321,9 @@ def train_loop(config: dict[str, Any]) -> None:
         model.train()
         supervise(model, deep)
         sums = torch.zeros(4, dtype=torch.float64)  # train loss, train n, val loss, val n
-        specs = data.worker_specs(config["patches_per_epoch"], config["seed"], epoch, rank, world)
+        specs = data.worker_specs(
+            config["patches_per_epoch"], config["seed"], epoch, rank, world, batch_size
+        )
         train_batches = patch_batches(specs, config)
         batches = iter(train_batches.iter_torch_batches(batch_size=batch_size, device=device))
         # The steps' wait for patches (what the readers fall behind by), and the steps.

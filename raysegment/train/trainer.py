@@ -133,6 +133,7 @@ _LATER_KEYS = {
     "plan_gpu_gb": 8.0,
     "normalization": "dataset",
     "steps_per_epoch": None,
+    "oversample_by": "patch",
 }
 """Keys added since the first fingerprints (dotted: nested), left out of them at these
 defaults: a run begun before a key existed resumes (from then on with the key's default)."""

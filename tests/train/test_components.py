@@ -309,6 +309,7 @@ def test_nnunets_recipe_loads_on_the_defaults_and_its_names_resolve() -> None:
     assert (cfg.plan, cfg.patch_size, cfg.batch_size, cfg.dims()) == ("3d_fullres", None, None, 3)
     assert (cfg.resample_to, cfg.resampling, cfg.normalization) == ("median", "nnunet", "nnunet")
     assert (cfg.steps_per_epoch, cfg.max_epochs, cfg.keep) == (250, 1000, "last")
+    assert (cfg.oversample_foreground, cfg.oversample_by) == (0.33, "batch")
     own = load_config(TrainConfig, files, [*REQUIRED, "plan=null", "patch_size=[32,64,64]"])
     check_combination(own)
     assert own.patch() == (32, 64, 64)

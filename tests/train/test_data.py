@@ -171,6 +171,38 @@ def test_foreground_is_oversampled_as_nnunet_does(tmp_path: Path) -> None:
     assert shares[0.33] > 0.33 and shares[0.0] < 0.2, shares
 
 
+@pytest.mark.parametrize("share", [0.33, 0.5])
+def test_foreground_is_oversampled_by_batch_as_nnunets_data_loader(tmp_path: Path, share) -> None:
+    """``oversample_by=batch``: the last patches of each batch (in the order the worker
+    reads them) centre on foreground, as nnU-Net's data loader marks them
+    (``_oversample_last_XX_percent``, for batches of 1 to 5); the others anywhere."""
+    from types import SimpleNamespace
+
+    loader = pytest.importorskip("nnunetv2.training.dataloading.data_loader").nnUNetDataLoader
+    rng = np.random.default_rng(6)
+    zz, yy, xx = np.mgrid[:24, :64, :64]
+    volumes, labels = {}, {}
+    for i in range(3):
+        c = rng.integers(4, 20), rng.integers(8, 56), rng.integers(8, 56)
+        label = ((zz - c[0]) ** 2 + (yy - c[1]) ** 2 + (xx - c[2]) ** 2 <= 4).astype(np.uint8)
+        labels[f"v{i}.tif"] = label
+        volumes[f"v{i}.tif"] = rng.integers(0, 999, label.shape, dtype=np.uint16)
+    _write(tmp_path, volumes, labels)
+    settings = ["patch_size=[8,16,16]", "train_fraction=0.67", f"oversample_foreground={share}"]
+    data = prepare(_cfg(tmp_path, *settings, "oversample_by=batch"))
+    for size in range(1, 6):
+        theirs = SimpleNamespace(batch_size=size, oversample_foreground_percent=share)
+        want = [int(loader._oversample_last_XX_percent(theirs, k)) for k in range(size)]
+        specs = data.worker_specs(10 * size, 0, 0, 0, 1, size)
+        assert [s["fg"] for s in specs] == want * 10, size
+    specs = data.worker_specs(400, 0, 0, 0, 1, 2)
+    batch = {k: np.array([s[k] for s in specs]) for k in specs[0]}
+    held = (read_patches(batch, data, augment=False)["y"] > 0).any(axis=(1, 2, 3, 4))
+    assert held[1::2].all() and held[::2].mean() < 0.3  # the second of each batch of 2
+    with pytest.raises(ConfigError, match="oversample_by='nnunet'"):
+        _cfg(tmp_path, "oversample_by=nnunet")
+
+
 def _check_patches(data: object, picks: list[tuple[np.ndarray, int, int, int]]) -> None:
     """The 32^2 patch of pair k at ``picks[k]`` (its plane, z, y, x) is that plane's
     pixels normalized, its label the pixels above 500."""

@@ -124,6 +124,7 @@ def test_data_parallel_workers_train_nnunets_network_without_deep_supervision(
             tmp_path / "out",
             model={"arch": "PlainConvUNet", "features": 4, "deep_supervision": False},
             loss="DiceCELoss",
+            oversample_by="batch",  # each worker's batches' last patches on foreground
             num_workers=2,
             threads=None,
             patches_per_epoch=8,
