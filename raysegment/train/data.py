@@ -158,15 +158,16 @@ class TrainingSet:
     ) -> list[dict[str, int]]:
         """Worker ``rank`` of ``world``'s part of an epoch's ``count`` random patches: as
         many for every worker (data-parallel workers step together; at least one each),
-        no patch on two workers; with ``oversample_batch``, each of its batches of
-        ``batch`` (in order) has its last patches marked to centre on foreground (``fg``),
-        as nnU-Net's data loader picks them."""
+        no patch on two workers; with ``oversample_batch``, the step's batch (``batch`` of
+        each worker's, in order, the workers' in their ranks' order) has its last patches
+        marked to centre on foreground (``fg``), as nnU-Net's data loader picks them (and
+        shares them out among its GPUs)."""
         share = max(count // world, 1)
         specs = self.train_specs(share * world, seed, epoch)[rank * share : (rank + 1) * share]
         if self.oversample_batch:
-            first = round(batch * (1 - self.oversample))
+            first = round(batch * world * (1 - self.oversample))
             for k, spec in enumerate(specs):
-                spec["fg"] = int(k % batch >= first)
+                spec["fg"] = int(rank * batch + k % batch >= first)
         return specs
 
     def val_specs(self, count: int) -> list[dict[str, int]]:

@@ -174,8 +174,9 @@ def test_foreground_is_oversampled_as_nnunet_does(tmp_path: Path) -> None:
 @pytest.mark.parametrize("share", [0.33, 0.5])
 def test_foreground_is_oversampled_by_batch_as_nnunets_data_loader(tmp_path: Path, share) -> None:
     """``oversample_by=batch``: the last patches of each batch (in the order the worker
-    reads them) centre on foreground, as nnU-Net's data loader marks them
-    (``_oversample_last_XX_percent``, for batches of 1 to 5); the others anywhere."""
+    reads them; the workers' batches together) centre on foreground, as nnU-Net's data
+    loader marks them (``_oversample_last_XX_percent``, for batches of 1 to 5); the others
+    anywhere."""
     from types import SimpleNamespace
 
     loader = pytest.importorskip("nnunetv2.training.dataloading.data_loader").nnUNetDataLoader
@@ -195,6 +196,10 @@ def test_foreground_is_oversampled_by_batch_as_nnunets_data_loader(tmp_path: Pat
         want = [int(loader._oversample_last_XX_percent(theirs, k)) for k in range(size)]
         specs = data.worker_specs(10 * size, 0, 0, 0, 1, size)
         assert [s["fg"] for s in specs] == want * 10, size
+    # Data-parallel workers: their batches together, as nnU-Net shares a batch of 2 out
+    # among 2 GPUs (the second's patch on foreground).
+    steps = [data.worker_specs(20, 0, 0, rank, 2, 1) for rank in (0, 1)]
+    assert [{s["fg"] for s in part} for part in steps] == [{0}, {1}]
     specs = data.worker_specs(400, 0, 0, 0, 1, 2)
     batch = {k: np.array([s[k] for s in specs]) for k in specs[0]}
     held = (read_patches(batch, data, augment=False)["y"] > 0).any(axis=(1, 2, 3, 4))
