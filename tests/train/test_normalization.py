@@ -196,12 +196,18 @@ def test_training_images_are_cropped_and_normalized_as_nnunet_preprocesses(
 
 def test_an_nnunet_normalization_refuses_what_it_cannot_measure(tmp_path: Path) -> None:
     """A CT channel whose labels mark no foreground (its statistics are the foreground's),
-    an image that is 0 everywhere, an unknown normalization: one error each."""
+    an image that is 0 everywhere, a rescaling over the box beside Z-scores within the
+    region, an unknown normalization, input_level: one error each."""
     cases = _dataset(tmp_path, {"0": "CT", "1": "T2"}, True)
     for k in range(len(cases)):
         tifffile.imwrite(tmp_path / "labelsTr" / f"case{k}.tif", np.zeros_like(cases[k][1]))
     with pytest.raises(InputImageError, match="mark no voxel past 0: a CT channel"):
         prepare(_cfg(tmp_path))
+    (tmp_path / "dataset.json").write_text(
+        json.dumps({"labels": {"background": 0, "a": 1}, "channel_names": {"0": "rescale_to_0_1"}})
+    )
+    with pytest.raises(ConfigError, match="rescale_to_0_1 are rescaled over the box"):
+        prepare(_cfg(tmp_path))  # beside a Z-score within the heads' region (under 3/4)
     tifffile.imwrite(tmp_path / "imagesTr" / "case1_0000.tif", np.zeros(_SHAPES[1], np.int16))
     tifffile.imwrite(tmp_path / "imagesTr" / "case1_0001.tif", np.zeros(_SHAPES[1], np.int16))
     with pytest.raises(InputImageError, match="case1_0000.tif.*0 at every voxel"):
