@@ -49,7 +49,7 @@ from raysegment.infer.plan import (
     activation_of,
     chunk_block,
     image_shapes,
-    model_normalization,
+    normalization_offset,
     physical,
     plan_image,
     provenance,
@@ -585,7 +585,8 @@ def _nonzero_regions(
     training's), each one's region over the channels it takes (read whole, 4 images at
     once), and each image read with the voxels outside the region (``nonzero: mask``: a
     normalization within it) or its box at the normalization's mean (``NonzeroSource``):
-    0 to the model, as nnU-Net leaves them and pads its crop of the box."""
+    0 to the model, as nnU-Net leaves them and pads its crop of the box; of the run's
+    normalization (``normalize.mode`` overrides the model's: ``normalization_offset``)."""
     crop = meta.get("nonzero")
     if not crop:
         return sources, [None] * len(sources)
@@ -607,8 +608,7 @@ def _nonzero_regions(
     out = []
     for source, nz in zip(sources, found, strict=True):
         if nz is not None and (nz.within or not nz.whole):
-            fill = model_normalization(norm, source, nz.channels, nz)[0] if norm else ()
-            source = NonzeroSource(source, nz, fill or [0.0] * len(nz.channels))
+            source = NonzeroSource(source, nz, normalization_offset(cfg, norm, source, nz))
         out.append(source)
     return out, found
 

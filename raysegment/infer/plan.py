@@ -39,6 +39,7 @@ __all__ = [
     "fitted_tile",
     "image_shapes",
     "model_normalization",
+    "normalization_offset",
     "physical",
     "plan_image",
     "tile_size",
@@ -364,6 +365,30 @@ def _normalization(
     lo, hi = _percentiles(source, channels, cfg.normalize.low, cfg.normalize.high)
     scale = np.where(hi > lo, hi - lo, 1.0)
     return tuple(map(float, lo)), tuple(map(float, scale))
+
+
+def normalization_offset(
+    cfg: InferConfig,
+    norm: dict[str, Any] | None,
+    source: ImageSource,
+    nonzero: Nonzero,
+) -> tuple[float, ...]:
+    """Per channel of ``nonzero``'s, the value the run's normalization takes to 0 (what
+    the voxels outside a model's nonzero region read as, ``NonzeroSource``'s fill): the
+    model's own ``norm`` (``normalize.mode=auto``), the mean given (``fixed``), the low
+    percentile of the image as stored (``percentile``), or 0 (``none``, and a mean of a
+    length the plan refuses)."""
+    channels = nonzero.channels
+    n = len(channels)
+    mode = cfg.normalize.mode
+    if mode == NormalizeMode.auto and norm:
+        return model_normalization(norm, source, channels, nonzero)[0]
+    if mode == NormalizeMode.fixed and len(cfg.normalize.mean) in (1, n):
+        return tuple(float(v) for v in np.broadcast_to(cfg.normalize.mean, (n,)))
+    if mode == NormalizeMode.percentile:
+        low, _ = _percentiles(source, channels, cfg.normalize.low, cfg.normalize.high)
+        return tuple(map(float, low))
+    return (0.0,) * n
 
 
 def clip_of(norm: dict[str, Any] | None, n: int) -> tuple[tuple[float, float], ...] | None:

@@ -12,6 +12,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import tifffile
+import zarr
 
 from raysegment.config import TrainConfig, load_config
 from raysegment.data.nonzero import nonzero_region
@@ -282,3 +283,69 @@ def test_resampled_images_are_normalized_first_and_cropped_as_resampled(
             seg, shape, [2.0, 1.0, 1.0], [1.5, 0.75, 0.75], True, 1, 0, None
         )
         np.testing.assert_array_equal(labels, np.maximum(seg[0], 0))
+
+
+@pytest.mark.usefixtures("ray_session")
+@pytest.mark.parametrize(
+    ("normalize", "outside"),
+    [
+        ({}, 0.0),  # the model's own: each image's Z-score within its region
+        ({"mode": "fixed", "mean": [100.0], "std": [2.0]}, 0.0),
+        ({"mode": "none"}, 0.0),
+    ],
+)
+def test_a_model_that_crops_to_its_nonzero_region_reads_0_outside_it_whatever_normalizes(
+    tmp_path: Path, normalize, outside
+) -> None:
+    """A model directory of ``normalization=nnunet``'s keys (``nonzero: mask``): the voxels
+    of its box outside each image's region reach the model as 0, with the model's
+    normalization or one ``normalize.mode`` gives in its place (the fill is the run's
+    normalization's offset, not the model's); inside, the normalization given."""
+    import torch
+
+    from raysegment.infer import infer
+
+    model = tmp_path / "model"
+    model.mkdir()
+    conv = torch.nn.Conv3d(1, 1, 1)
+    with torch.no_grad():
+        conv.weight.fill_(1.0)
+        conv.bias.zero_()
+    torch.jit.save(torch.jit.trace(conv, torch.zeros(1, 1, 8, 16, 16)), str(model / "model.pth"))
+    meta = {
+        "in_channels": 1,
+        "spatial_dims": 3,
+        "normalize": {"moments": True, "eps": 1e-8, "joint": False},
+        "nonzero": "mask",
+        "activation": "none",
+    }
+    (model / "raysegment.json").write_text(json.dumps(meta))
+    data, _ = _case(0, (20, 30, 26), 1.0)
+    image = data[1].astype(np.int16)
+    tifffile.imwrite(tmp_path / "head.tif", image)
+    infer(
+        input=str(tmp_path / "head.tif"),
+        model=str(model),
+        output=str(tmp_path / "out"),
+        progress=False,
+        tile={"size": [8, 16, 16]},
+        finalize={"mode": "raw"},
+        normalize=normalize,
+    )
+    got = zarr.open_array(str(tmp_path / "out" / "head.ome.zarr" / "0"), mode="r")[0]
+    _, seg, box = cropping.crop_to_nonzero(
+        image[None].astype(np.float32), np.zeros_like(image)[None]
+    )
+    inside = np.zeros(image.shape, bool)
+    inside[tuple(slice(a, b) for a, b in box)] = seg[0] >= 0
+    region = image.astype(np.float64)[inside]
+    if not normalize:
+        want = (region - region.mean()) / region.std()
+    elif normalize["mode"] == "fixed":
+        want = (region - 100.0) / 2.0
+    else:
+        want = region
+    np.testing.assert_allclose(got[inside], want, rtol=1e-4, atol=1e-3)
+    in_box = np.zeros(image.shape, bool)
+    in_box[tuple(slice(a, b) for a, b in box)] = True
+    np.testing.assert_allclose(got[in_box & ~inside], outside, atol=1e-5)
