@@ -573,6 +573,27 @@ PLANS = {"3d_fullres": 3, "2d": 2}
 """nnU-Net's configurations ``plan`` plans, and their patches' dimensions."""
 
 
+_TRAIN_CHOICES = {
+    "resampling": {
+        "linear": "antialiased",
+        "nnunet": "nnU-Net's: cubic, the nearest plane along a long voxel's axis",
+    },
+    "oversample_by": {
+        "patch": "each patch with the probability oversample_foreground",
+        "batch": "the last of each batch, nnU-Net's",
+    },
+    "keep": {
+        "best": "the epoch of the lowest validation loss",
+        "last": "the last epoch's weights",
+    },
+    "normalization": {
+        "dataset": "each channel's mean and deviation over the training images",
+        "nnunet": "nnU-Net's, each image's own",
+    },
+}
+"""``TrainConfig`` keys of a few values, each value's meaning (their errors name them)."""
+
+
 @dataclass
 class TrainConfig:
     images: CollectionConfig = field(default_factory=CollectionConfig)
@@ -797,26 +818,11 @@ class TrainConfig:
         self._check_regions()
         if self.input_level < 0:
             raise ConfigError(f"input_level={self.input_level}: give 0 (full resolution) or more")
-        if self.resampling not in ("linear", "nnunet"):
-            raise ConfigError(
-                f"resampling={self.resampling!r}: choose linear (antialiased) or nnunet "
-                f"(nnU-Net's: cubic, the nearest plane along a long voxel's axis)"
-            )
-        if self.oversample_by not in ("patch", "batch"):
-            raise ConfigError(
-                f"oversample_by={self.oversample_by!r}: choose patch (each patch with the "
-                f"probability oversample_foreground) or batch (the last of each batch, nnU-Net's)"
-            )
-        if self.keep not in ("best", "last"):
-            raise ConfigError(
-                f"keep={self.keep!r}: choose best (the epoch of the lowest validation loss) or "
-                f"last (the last epoch's weights)"
-            )
-        if self.normalization not in ("dataset", "nnunet"):
-            raise ConfigError(
-                f"normalization={self.normalization!r}: choose dataset (each channel's mean "
-                f"and deviation over the training images) or nnunet (nnU-Net's, each image's own)"
-            )
+        for key, choices in _TRAIN_CHOICES.items():
+            value = getattr(self, key)
+            if value not in choices:
+                said = " or ".join(f"{v} ({why})" for v, why in choices.items())
+                raise ConfigError(f"{key}={value!r}: choose {said}")
         if self.normalization == "nnunet" and self.input_level:
             raise ConfigError(
                 f"normalization=nnunet with input_level={self.input_level}: nnU-Net crops "

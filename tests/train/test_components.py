@@ -594,19 +594,15 @@ def test_the_model_directory_keeps_the_best_or_the_last_epochs_weights(tmp_path,
     for i in range(3):
         tifffile.imwrite(tmp_path / "img" / f"a{i}.tif", rng.integers(0, 999, (48, 64), np.uint16))
         tifffile.imwrite(tmp_path / "lbl" / f"a{i}.tif", rng.integers(0, 2, (48, 64), np.uint8))
-    cfg = load_config(
-        TrainConfig,
-        (),
-        [
-            f"images.dir={tmp_path / 'img'}",
-            f"labels.dir={tmp_path / 'lbl'}",
-            f"output={tmp_path / 'out'}",
-            "patch_size=32",
-            "model.arch=PlainConvUNet",
-            "model.features=4",
-            f"keep={keep}",
-        ],
-    )
+    cfg_args = [
+        f"images.dir={tmp_path / 'img'}",
+        f"labels.dir={tmp_path / 'lbl'}",
+        f"output={tmp_path / 'out'}",
+        "patch_size=32",
+        "model.arch=PlainConvUNet",
+        "model.features=4",
+    ]
+    cfg = load_config(TrainConfig, (), [*cfg_args, f"keep={keep}"])
     data = prepare(cfg)
     states = []
     for seed in (0, 1):
@@ -634,3 +630,5 @@ def test_the_model_directory_keeps_the_best_or_the_last_epochs_weights(tmp_path,
     x = torch.randn(1, 1, 32, 32)
     with torch.no_grad():
         torch.testing.assert_close(traced(x), model.eval()(x))
+    with pytest.raises(ConfigError, match=r"keep='first': choose best \(the epoch of"):
+        load_config(TrainConfig, (), [*cfg_args, "keep=first"])
