@@ -48,6 +48,7 @@ from raysegment.infer.plan import (
     WorkItem,
     activation_of,
     chunk_block,
+    clipped_before,
     image_shapes,
     normalization_offset,
     physical,
@@ -645,28 +646,9 @@ def _resampled(
         lambda s: physical(cfg, s, "tzyx"),
         pyramid,
         scheme=scheme,
-        clip=_clipped_first(cfg, models[0].meta) if scheme else None,
+        clip=clipped_before(models[0].meta.get("normalize"), cfg.channels) if scheme else None,
         nonzero=nonzero,
     )
-
-
-def _clipped_first(
-    cfg: InferConfig, meta: Mapping[str, Any]
-) -> dict[int, tuple[float, float]] | None:
-    """Per image channel, the range in its values its model's normalization clips it to,
-    where the normalization clips a channel at fixed bounds (an nnU-Net CT training's, a
-    CT channel's beside a PET's: clipped before resampling, as nnU-Net preprocesses)."""
-    norm = meta.get("normalize") or {}
-    each = norm["channels"] if "channels" in norm else [norm]
-    found = {}
-    for i, entry in enumerate(each):
-        if not entry.get("clip") or len(entry.get("mean") or ()) != 1 or len(entry["std"]) != 1:
-            continue
-        (mean,), (std,) = entry["mean"], entry["std"]
-        low, high = entry["clip"]
-        channel = cfg.channels[i] if cfg.channels else i
-        found[channel] = (float(low) * std + mean, float(high) * std + mean)
-    return found or None
 
 
 def _levels_picked(cfg: InferConfig, plans: list[ImagePlan], models: tuple[ModelFile, ...]) -> str:

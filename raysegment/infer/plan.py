@@ -340,16 +340,23 @@ def _spatial_shape(source: ImageSource, dims: int) -> tuple[int, ...]:
 def _normalization(
     cfg: InferConfig,
     source: ImageSource,
-    spec: ModelSpec,
+    norm: dict[str, Any] | None,
     channels: tuple[int, ...],
     nonzero: Nonzero | None,
 ) -> tuple[tuple[float, ...], tuple[float, ...]] | None:
+    """The run's normalization of ``source``'s ``channels`` as per-channel (offset,
+    scale): the model's own ``norm`` (``normalize.mode=auto``), the mean and deviation
+    given (``fixed``), the image's percentiles (``percentile``); None: none is.
+
+    Raises:
+        ConfigError: a mean or deviation given of neither one value nor one a channel.
+    """
     mode = cfg.normalize.mode
     n = len(channels)
     if mode == NormalizeMode.auto:
-        if not spec.normalize:
+        if not norm:
             return None
-        return model_normalization(spec.normalize, source, channels, nonzero)
+        return model_normalization(norm, source, channels, nonzero)
     if mode == NormalizeMode.none:
         return None
     if mode == NormalizeMode.fixed:
@@ -373,22 +380,33 @@ def normalization_offset(
     source: ImageSource,
     nonzero: Nonzero,
 ) -> tuple[float, ...]:
-    """Per channel of ``nonzero``'s, the value the run's normalization takes to 0 (what
-    the voxels outside a model's nonzero region read as, ``NonzeroSource``'s fill): the
-    model's own ``norm`` (``normalize.mode=auto``), the mean given (``fixed``), the low
-    percentile of the image as stored (``percentile``), or 0 (``none``, and a mean of a
-    length the plan refuses)."""
-    channels = nonzero.channels
-    n = len(channels)
-    mode = cfg.normalize.mode
-    if mode == NormalizeMode.auto and norm:
-        return model_normalization(norm, source, channels, nonzero)[0]
-    if mode == NormalizeMode.fixed and len(cfg.normalize.mean) in (1, n):
-        return tuple(float(v) for v in np.broadcast_to(cfg.normalize.mean, (n,)))
-    if mode == NormalizeMode.percentile:
-        low, _ = _percentiles(source, channels, cfg.normalize.low, cfg.normalize.high)
-        return tuple(map(float, low))
-    return (0.0,) * n
+    """Per channel of ``nonzero``'s, the value the run's normalization (``_normalization``:
+    the model's ``norm``, or what ``normalize.mode`` gives in its place) takes to 0: what
+    the voxels outside a model's nonzero region read as (``NonzeroSource``'s fill); 0
+    where none normalizes."""
+    found = _normalization(cfg, source, norm, nonzero.channels, nonzero)
+    return found[0] if found else (0.0,) * len(nonzero.channels)
+
+
+def clipped_before(
+    norm: dict[str, Any] | None, channels: Sequence[int] | None = None
+) -> dict[int, tuple[float, float]] | None:
+    """Per image channel (``channels``: those the model takes, in its order; None: the
+    first ones), the range
+    in its own values that a model's normalization (``MODEL_META``'s ``normalize``) clips
+    it to, where it clips a channel at fixed bounds (an nnU-Net CT's, a CT channel's
+    beside a PET's): clipped before resampling, as nnU-Net preprocesses. None: none is."""
+    norm = norm or {}
+    each = norm["channels"] if "channels" in norm else [norm]
+    found = {}
+    for i, entry in enumerate(each):
+        if not entry.get("clip") or len(entry.get("mean") or ()) != 1 or len(entry["std"]) != 1:
+            continue
+        (mean,), (std,) = entry["mean"], entry["std"]
+        low, high = entry["clip"]
+        channel = channels[i] if channels else i
+        found[channel] = (float(low) * std + mean, float(high) * std + mean)
+    return found or None
 
 
 def clip_of(norm: dict[str, Any] | None, n: int) -> tuple[tuple[float, float], ...] | None:
@@ -546,7 +564,7 @@ def plan_image(
                 f"block={list(block)} must be a multiple of chunks={list(chunks)} on every "
                 f"axis (one writer per chunk); e.g. block={[c * 4 for c in chunks]}"
             )
-    norm = _normalization(cfg, source, spec, channels, nonzero)
+    norm = _normalization(cfg, source, spec.normalize, channels, nonzero)
     given = spec.normalize if cfg.normalize.mode == NormalizeMode.auto else None
     clip = clip_of(given, len(channels))
 

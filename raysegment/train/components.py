@@ -164,9 +164,8 @@ class _BatchDice(nn.Module):
         else:
             predicted = probs
         axes = [0, *range(2, probs.ndim)]
-        overlap, truths, predictions = (
-            _workers_sum(v.sum(axes)) for v in (probs * truth, truth, predicted)
-        )
+        sums = torch.stack([(probs * truth).sum(axes), truth.sum(axes), predicted.sum(axes)])
+        overlap, truths, predictions = _workers_sum(sums)  # one collective for the three
         total = (truths + predictions + 1e-5).clamp_min(1e-8)
         return 1 - ((2 * overlap + 1e-5) / total).mean()
 

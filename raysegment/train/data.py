@@ -655,7 +655,7 @@ def prepare(cfg: TrainConfig) -> TrainingSet:
         box, clip, region = None, None, None
         if per_image is not None:  # cropped to the nonzero box, then resampled: nnU-Net's
             region = per_image.regions[k]
-            image, clip = per_image.source(k, image), per_image.raw_clip(k)
+            image, clip = per_image.source(k, image), per_image.raw_clip()
             if not region.whole:
                 box, region = region.box, region.cropped()
                 image = Cropped(image, box)  # type: ignore[arg-type]

@@ -37,7 +37,7 @@ from raysegment.data.nonzero import SLAB_BYTES, Nonzero, NonzeroSource, nonzero_
 from raysegment.data.sources import ImageSource
 from raysegment.errors import ConfigError, InputImageError
 from raysegment.infer.nnunet import normalization_meta
-from raysegment.infer.plan import clip_of, model_normalization
+from raysegment.infer.plan import clip_of, clipped_before, model_normalization
 
 __all__ = [
     "FOREGROUND_SAMPLES",
@@ -97,19 +97,11 @@ class PerImage:
             return image
         return NonzeroSource(image, nonzero, self.normals[k][0])
 
-    def raw_clip(self, k: int) -> dict[int, tuple[float, float]] | None:
-        """Per image channel the range in image ``k``'s own values its normalization
-        clips to (a CT channel's), which resampling clips to before, as nnU-Net resamples
-        the clipped values."""
-        if self.clip is None:
-            return None
-        offset, scale = self.normals[k]
-        channels = self.regions[k].channels
-        return {
-            c: (low * s + o, high * s + o)
-            for c, (low, high), o, s in zip(channels, self.clip, offset, scale, strict=True)
-            if math.isfinite(low) or math.isfinite(high)
-        } or None
+    def raw_clip(self) -> dict[int, tuple[float, float]] | None:
+        """Per image channel the range in the images' own values the normalization
+        clips to (a CT channel's, of fixed values), which resampling clips to before, as
+        nnU-Net resamples the clipped values (``plan.clipped_before``)."""
+        return clipped_before(self.meta.get("normalize"), self.regions[0].channels)
 
 
 def channel_schemes(dataset: dict[str, Any], channels: Sequence[int]) -> list[str]:
