@@ -163,8 +163,8 @@ class FinalizeConfig:
     nifti_labels: bool = False
     """With ``mode=probabilities``: the NIfTI copy holds labels, the argmax of the
     probabilities (one channel: above the threshold) once they are back in the input's
-    voxels, as nnU-Net exports its predictions of a resampled run (the OME-Zarr keeps the
-    probabilities)."""
+    voxels (the OME-Zarr keeps the probabilities); with ``mode=raw``, of the logits once
+    back, through the activation, as nnU-Net exports its predictions of a resampled run."""
     dicom_seg: bool = False
     """DICOM series and slide inputs, masks and labels: also write ``<name>.seg.dcm``
     beside the OME-Zarr, a DICOM Segmentation of the input (a segment per class) that
@@ -182,10 +182,12 @@ class FinalizeConfig:
     def __post_init__(self) -> None:
         if self.threshold is not None and not 0.0 <= self.threshold <= 1.0:
             raise ConfigError(f"finalize.threshold={self.threshold} must be in [0, 1]")
-        if self.nifti_labels and (not self.nifti or self.mode != FinalizeMode.probabilities):
+        scores = (FinalizeMode.probabilities, FinalizeMode.raw)
+        if self.nifti_labels and (not self.nifti or self.mode not in scores):
             raise ConfigError(
                 "finalize.nifti_labels=true: the NIfTI copy's labels come from the "
-                "probabilities; set finalize.nifti=true finalize.mode=probabilities"
+                "probabilities or the logits; set finalize.nifti=true "
+                "finalize.mode=probabilities (or raw: logits back, then labels, as nnU-Net)"
             )
         if self.dicom_seg_levels and not self.dicom_seg:
             raise ConfigError(

@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from raysegment.data.resampled import ResampledSource, axis_taps, resampled_labels
+from raysegment.data.resampled import ResampledSource, resampled_labels
 from raysegment.data.sources import ImageInfo, ImageSource, Region, WrappedSource
 from raysegment.data.tiling import inside_box
 from raysegment.errors import InputImageError
@@ -114,7 +114,15 @@ class PreviousLabelsSource(WrappedSource):
 
     def _winner(self, t: int, region: Region) -> np.ndarray:
         """The label of each voxel of ``region`` (in ``image``'s voxels): the map's, or,
-        resampled, the label whose interpolated indicator is highest."""
+        resampled, the label whose interpolated indicator is highest; background beyond
+        the crop a resampling takes alone (``ResampledSource.spans``)."""
+        core = region if self.resampling is None else self.resampling.core(region)
+        if core != region:
+            out = np.zeros(tuple(b - a for a, b in region), np.int64)
+            if core is not None:
+                at = tuple(slice(a - r, b - r) for (a, b), (r, _) in zip(core, region, strict=True))
+                out[at] = self._winner(t, core)
+            return out
         if self.resampling is None:
             taps: list[Any] = [None] * 3
             boxes = region
@@ -139,12 +147,10 @@ class PreviousLabelsSource(WrappedSource):
         resampling's scheme resamples segmentations, else linear."""
         resampling = self.resampling
         assert resampling is not None
-        before, after = resampling.inner.info, resampling.info
-        pairs = list(zip("zyx", before.shape[2:], after.shape[2:], strict=True))
-        kinds = {a: kind or "linear" for a, _, _ in pairs}
+        kinds = dict.fromkeys("zyx", kind or "linear")
         if kind is None and "segmentation" in (resampling.scheme or {}):
             kinds.update(resampling.kinds_forward("segmentation"))
         return [
-            None if n == m else axis_taps(kinds[a], n, m, lo, hi)
-            for (a, n, m), (lo, hi) in zip(pairs, region, strict=True)
+            resampling.taps(k, kinds[a], lo, hi)
+            for k, (a, (lo, hi)) in enumerate(zip("zyx", region, strict=True))
         ]

@@ -18,15 +18,20 @@ voxels over three times as long as the others', the image clipped to the normali
 range first, as nnU-Net preprocesses), each axis by its ``KINDS``: ``cubic`` is the
 cubic B-spline interpolation of scipy's ``zoom`` and scikit-image's ``resize`` (no
 antialiasing), as a filter of the cardinal spline's taps (``SPLINE_REACH`` pixels each
-side: within 1e-6 of theirs), so it too is local to each region. A label image read at
+side: within 1e-6 of theirs), so it too is local to each region. Where the training
+cropped each image to its nonzero box before it resampled it, as nnU-Net does, the box
+alone is resampled (``Span``: its own pixel count over its extent, its edge voxels
+repeated past its faces), and pixels of the same size and phase around it read as the
+fill, so the box's pixels are those of nnU-Net's resampled crop. A label image read at
 such an image's voxels (``ResampledLabels``: a training's labels) is resampled as nnU-Net
 resamples segmentations (``resampled_labels``).
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import Any, cast
 
 import numpy as np
@@ -48,6 +53,7 @@ __all__ = [
     "ORDERS",
     "ResampledLabels",
     "ResampledSource",
+    "Span",
     "as_type",
     "axis_taps",
     "filter_taps",
@@ -150,6 +156,30 @@ def axis_taps(kind: str, n_in: int, n_out: int, start: int, stop: int) -> Taps:
     return filter_taps(n_in, n_out, start, stop, antialias=kind == "antialiased")
 
 
+@dataclass(frozen=True)
+class Span:
+    """An axis resampled over a crop of the image alone, as nnU-Net resamples the crop of
+    an image to its nonzero box: the crop's voxels ``start:stop`` become the pixels
+    ``before:before + count`` (their taps the crop's, its edge voxels repeated past its
+    ends); the other pixels, of the same size and phase, lie over the rest of the image
+    (the last of them at most one pixel past each edge) and read as the fill."""
+
+    start: int
+    stop: int
+    before: int
+    count: int
+
+    @property
+    def core(self) -> tuple[int, int]:
+        """The pixels over the crop."""
+        return self.before, self.before + self.count
+
+    @property
+    def ratio(self) -> float:
+        """The image's voxels per pixel."""
+        return (self.stop - self.start) / self.count
+
+
 class ResampledSource(WrappedSource):
     """``inner`` read at the (z, y, x) ``shape``: each resampled axis over the same extent
     at another pixel count, so its pixel size is the extent over the count. ``info`` is
@@ -162,7 +192,9 @@ class ResampledSource(WrappedSource):
     which ``kinds_back`` takes; ``ranges``: per channel the bounds of each plane across an
     axis (``Nonzero.ranges``: the axis resampled apart, filtered after the others) or of
     the image (axis None), which the output is clipped to, as nnU-Net's resizing clips
-    each slice it resizes (or the image) to its range."""
+    each slice it resizes (or the image) to its range; ``spans``: per axis of zyx, where
+    only a crop of the image is resampled (``Span``; None: the whole axis), and ``fill``
+    the value per channel of the pixels outside the crop (0 where none is given)."""
 
     kind = "resampled"
 
@@ -177,12 +209,16 @@ class ResampledSource(WrappedSource):
         clip: Mapping[int, tuple[float, float]] | None = None,
         scheme: Mapping[str, Any] | None = None,
         ranges: tuple[int | None, dict[int, tuple[np.ndarray, np.ndarray]]] | None = None,
+        spans: tuple[Span | None, ...] | None = None,
+        fill: Mapping[int, float] | None = None,
     ) -> None:
         self._target = (shape, dict(scale), dict(units), dict(origin))
         self.kinds = dict(kinds or {})
         self.clip = dict(clip) if clip else None
         self.scheme = dict(scheme) if scheme else None
         self.ranges = ranges
+        self.spans = spans if spans and any(spans) else None
+        self.fill = dict(fill or {})
         super().__init__([inner])
 
     @property
@@ -225,14 +261,83 @@ class ResampledSource(WrappedSource):
         pairs = zip("zyx", self.info.shape[2:], other.info.shape[2:], strict=True)
         mine = {a: self.info.scale[a] for a, n, _ in pairs if n > 1 and self.info.scale.get(a)}
         theirs = dict(zip("zyx", other.info.shape[2:], strict=True))
-        sizes = dict(zip("zyx", self.info.shape[2:], strict=True))
-        return mine, {a: s * sizes[a] / theirs[a] for a, s in mine.items()}
+        inner = dict(zip("zyx", self.inner.info.shape[2:], strict=True))
+        return mine, {
+            a: s / self.ratio("zyx".index(a)) * inner[a] / theirs[a] for a, s in mine.items()
+        }
+
+    def ratio(self, axis: int) -> float:
+        """``inner``'s voxels per pixel along ``axis`` (0, 1, 2: z, y, x)."""
+        span = self.spans[axis] if self.spans else None
+        if span is not None:
+            return span.ratio
+        return self.inner.info.shape[2 + axis] / self.info.shape[2 + axis]
 
     @property
     def resampled(self) -> str:
         """The axes read at another pixel count than the input's, of zyx."""
         pairs = zip("zyx", self.info.shape[2:], self.inner.info.shape[2:], strict=True)
-        return "".join(a for a, n, m in pairs if n != m)
+        spans = self.spans or (None,) * 3
+        return "".join(a for (a, n, m), s in zip(pairs, spans, strict=True) if n != m or s)
+
+    def core(self, region: Region) -> Region | None:
+        """The pixels of ``region`` over the crop the ``spans`` resample (``region`` where
+        the whole image is resampled); None: none is."""
+        if self.spans is None:
+            return region
+        out = tuple(
+            box if s is None else (max(box[0], s.before), min(box[1], s.before + s.count))
+            for box, s in zip(region, self.spans, strict=True)
+        )
+        return out if all(b > a for a, b in out) else None
+
+    def box(self, nonzero: Nonzero) -> Region:
+        """The pixels over ``nonzero``'s box (of ``inner``): the ``spans``' crops, else the
+        pixels whose centres lie in it (``Nonzero.box_at``)."""
+        found = nonzero.box_at(self.info.shape[2:])
+        spans = self.spans or (None,) * 3
+        return tuple(b if s is None else s.core for b, s in zip(found, spans, strict=True))
+
+    def taps(self, axis: int, kind: str, start: int, stop: int) -> Taps | None:
+        """``axis_taps`` of ``kind`` for the pixels ``start:stop`` along ``axis`` (0, 1, 2:
+        z, y, x; over the crop where a ``Span`` crops it), in ``inner``'s voxels; None
+        where the axis is not resampled."""
+        span = self.spans[axis] if self.spans else None
+        if span is None:
+            n, m = self.inner.info.shape[2 + axis], self.info.shape[2 + axis]
+            return None if n == m else axis_taps(kind, n, m, start, stop)
+        size, first = span.stop - span.start, span.before
+        index, weight = axis_taps(kind, size, span.count, start - first, stop - first)
+        return index + span.start, weight
+
+    def taps_back(self, axis: str, start: int, stop: int) -> Taps | None:
+        """For the voxels ``start:stop`` of the ``original`` (``inner``'s where a ``Span``
+        crops) along ``axis`` (of zyx), the pixels of an output read from this and their
+        weights, as the output goes back to the image's voxels (``kinds_back``, else
+        antialiased linear); a span's crop from its own pixels alone (its edge pixels
+        repeated), each voxel outside it the pixel outside the crop nearest it. None: the
+        axis is in the original's voxels."""
+        k = "zyx".index(axis)
+        kind = self.kinds_back().get(axis, "antialiased")
+        span = self.spans[k] if self.spans else None
+        if span is None:
+            n, m = self.info.shape[2 + k], self.original.info.shape[2 + k]
+            return None if n == m else axis_taps(kind, n, m, start, stop)
+        voxels = np.arange(start, stop)
+        inside = (voxels >= span.start) & (voxels < span.stop)
+        size = span.stop - span.start
+        index = np.where(voxels < span.start, span.before - 1, span.before + span.count)
+        index, weight = index[:, None], np.ones((stop - start, 1))
+        if inside.any():
+            first, last = int(voxels[inside][0]), int(voxels[inside][-1]) + 1
+            found, weights = axis_taps(
+                kind, span.count, size, first - span.start, last - span.start
+            )
+            width = found.shape[1]
+            index = np.repeat(index, width, axis=1)
+            weight = np.pad(weight, ((0, 0), (0, width - 1)))
+            index[inside], weight[inside] = found + span.before, weights
+        return index, weight
 
     def _inspect(self) -> ImageInfo:
         shape, scale, units, origin = self._target
@@ -254,21 +359,19 @@ class ResampledSource(WrappedSource):
 
     def level_scale(self) -> tuple[float, float]:
         sy, sx = self.inner.level_scale()
-        (_, _, _, y, x), (_, _, _, ny, nx) = self.inner.info.shape, self.info.shape
-        return sy * y / ny, sx * x / nx
+        return sy * self.ratio(1), sx * self.ratio(2)
 
     def _taps(self, region: Region) -> list[tuple[np.ndarray, np.ndarray] | None]:
-        """Per axis of ``region``, ``filter_taps`` of its pixels, or None where the axis
-        is not resampled."""
-        sizes = zip("zyx", region, self.inner.info.shape[2:], self.info.shape[2:], strict=True)
+        """Per axis of ``region`` (over the crop, where ``spans`` crop), ``filter_taps`` of
+        its pixels, or None where the axis is not resampled."""
         return [
-            None if n == m else axis_taps(self.kinds.get(axis, "antialiased"), n, m, a, b)
-            for axis, (a, b), n, m in sizes
+            self.taps(k, self.kinds.get(axis, "antialiased"), a, b)
+            for k, (axis, (a, b)) in enumerate(zip("zyx", region, strict=True))
         ]
 
     def source_region(self, region: Region, taps: list[Any] | None = None) -> Region:
-        """The region of ``inner`` under ``region``'s pixels and their filters (``taps``:
-        ``_taps`` of it, where the caller has them)."""
+        """The region of ``inner`` under ``region``'s pixels (over the crop, where ``spans``
+        crop) and their filters (``taps``: ``_taps`` of it, where the caller has them)."""
         return tuple(
             box if found is None else (int(found[0].min()), int(found[0].max()) + 1)
             for box, found in zip(region, taps or self._taps(region), strict=True)
@@ -278,9 +381,28 @@ class ResampledSource(WrappedSource):
         test = self.inner.unstored()
         if test is None:
             return None
-        return lambda t, channels, region: test(t, channels, self.source_region(region))
+
+        def unstored(t: int, channels: tuple[int, ...], region: Region) -> bool:
+            core = self.core(region)  # none: the fill, which is no stored pixel's
+            return core is not None and test(t, channels, self.source_region(core))
+
+        return unstored
 
     def _read(self, t: int, channels: tuple[int, ...], region: Region) -> np.ndarray:
+        core = self.core(region)
+        if core == region:
+            return self._resampled(t, channels, region)
+        # Beyond the crop: the fill (0 to the model, as nnU-Net pads its crop).
+        fill = np.array([self.fill.get(c, 0.0) for c in channels], np.float32)
+        out = np.empty((len(channels), *(b - a for a, b in region)), np.float32)
+        out[...] = fill.reshape(-1, 1, 1, 1)
+        if core is not None:
+            at = tuple(slice(a - r, b - r) for (a, b), (r, _) in zip(core, region, strict=True))
+            out[(slice(None), *at)] = self._resampled(t, channels, core)
+        return as_type(out, self.info.dtype)
+
+    def _resampled(self, t: int, channels: tuple[int, ...], region: Region) -> np.ndarray:
+        """The pixels of ``region`` (over the crop, where ``spans`` crop), resampled."""
         taps = self._taps(region)
         boxes = self.source_region(region, taps)
         data = self.inner.read(t, channels, boxes).astype(np.float32)
@@ -376,6 +498,8 @@ def resampled_to(
     scheme: Mapping[str, Any] | None = None,
     clip: Mapping[int, tuple[float, float]] | None = None,
     nonzero: Nonzero | None = None,
+    crop: Region | None = None,
+    fill: Mapping[int, float] | None = None,
 ) -> ImageSource:
     """``source`` (full resolution) read at the pixel ``size`` (per axis of zyx it names,
     in ``unit``; "": in the source's units): with ``pyramid``, from its coarsest level
@@ -386,11 +510,17 @@ def resampled_to(
     resampled its images (an nnU-Net training's ``resampling``: ``nnunet_kinds``; else
     antialiased linear), ``clip``: per channel the range to clip its pixels to before; ``nonzero``:
     the source's nonzero region (with a ``scheme``: the ranges nnU-Net's resizing clips
-    its slices to, ``Nonzero.ranges``).
+    its slices to, ``Nonzero.ranges``); ``crop``: the box (of ``source``'s voxels) that
+    alone is resampled, as nnU-Net resamples its crop of an image to the nonzero box
+    (``Span``; the pixels around it of ``fill`` per channel, the pixel value the model
+    takes as 0).
 
     A resampled axis keeps the image's extent: n pixels of size s become round(n s / size)
     of n s / count each. Its origin (the first pixel's centre, as OME-Zarr viewers place
     pixels) moves by half the difference of the pixels, so the output overlays the input.
+    With a ``crop``, the crop's n voxels along it become round(n s / size) pixels over its
+    extent, and pixels of the same size and phase cover the rest of the image, the first
+    and the last at most a pixel past its edges.
 
     Raises:
         InputImageError: the source has no pixel size or no length unit along an axis
@@ -422,15 +552,25 @@ def resampled_to(
     pixel, units, origin = physical(level)
     shape: list[int] = []
     scale, moved = dict(pixel), dict(origin)
-    for a, n in zip("zyx", level.info.shape[2:], strict=True):
+    if crop is not None and (nonzero is None or nonzero.shape != level.info.shape[2:]):
+        crop = None  # a level's voxels: the crop is the full resolution's
+    spans: list[Span | None] = []
+    for k, (a, n) in enumerate(zip("zyx", level.info.shape[2:], strict=True)):
+        spans.append(None)
         if a not in wanted or abs(pixel[a] / wanted[a] - 1.0) <= SAME:
             shape.append(n)
             continue
-        count = max(1, round(n * pixel[a] / wanted[a]))
-        shape.append(count)
-        scale[a] = n * pixel[a] / count
-        moved[a] = origin.get(a, 0.0) + (scale[a] - pixel[a]) / 2
-    if tuple(shape) == level.info.shape[2:]:
+        start, stop = crop[k] if crop is not None else (0, n)
+        count = max(1, round((stop - start) * pixel[a] / wanted[a]))
+        scale[a] = (stop - start) * pixel[a] / count
+        ratio = scale[a] / pixel[a]  # voxels per pixel
+        # Whole pixels before and after the crop, to cover the image's edges.
+        before, after = (math.ceil(v / ratio - 1e-9) for v in (start, n - stop))
+        if (start, stop) != (0, n):
+            spans[k] = Span(start, stop, before, count)
+        shape.append(before + count + after)
+        moved[a] = origin.get(a, 0.0) + (start - 0.5 + (0.5 - before) * ratio) * pixel[a]
+    if tuple(shape) == level.info.shape[2:] and not any(spans):
         return level
     kinds: dict[str, str] = {}
     ranges = None
@@ -444,7 +584,16 @@ def resampled_to(
             axis = None if apart is None else "zyx".index(apart)
             ranges = (axis, nonzero.ranges(axis, clip))
     target = (tuple(shape), scale, units, moved)
-    return ResampledSource(level, *target, kinds, clip, scheme, ranges)  # type: ignore[arg-type]
+    return ResampledSource(
+        level,
+        *target,  # type: ignore[arg-type]
+        kinds,
+        clip,
+        scheme,
+        ranges,
+        tuple(spans),
+        fill,
+    )
 
 
 ORDERS = {0: "nearest", 1: "linear", 3: "cubic"}
@@ -605,10 +754,9 @@ class ResampledLabels(WrappedSource):
     def _taps(self, region: Region, kind: str | None = None) -> list[Taps | None]:
         """Per axis of ``region``, the taps of ``kind`` (default: the scheme's, else
         linear); None where the axis is not resampled."""
-        sizes = zip("zyx", region, self.inner.info.shape[2:], self.info.shape[2:], strict=True)
         return [
-            None if n == m else axis_taps(kind or self.kinds.get(a, "linear"), n, m, lo, hi)
-            for a, (lo, hi), n, m in sizes
+            self.image.taps(k, kind or self.kinds.get(a, "linear"), lo, hi)
+            for k, (a, (lo, hi)) in enumerate(zip("zyx", region, strict=True))
         ]
 
     def _read(self, t: int, channels: tuple[int, ...], region: Region) -> np.ndarray:

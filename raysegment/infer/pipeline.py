@@ -50,6 +50,7 @@ from raysegment.infer.plan import (
     chunk_block,
     clipped_before,
     image_shapes,
+    nonzero_box,
     normalization_offset,
     physical,
     plan_image,
@@ -640,6 +641,8 @@ def _resampled(
     # With voxel_size (the full resolution's pixel), the pyramid's levels are not told.
     pyramid = cfg.voxel_size is None
     scheme = models[0].meta.get("resampling")  # an nnU-Net training's
+    # A crop to the nonzero box is resampled alone, as nnU-Net crops, then resamples.
+    cropped = isinstance(source, NonzeroSource) and nonzero is not None and not nonzero.whole
     return resampled_to(
         source,
         *sizes,
@@ -648,6 +651,8 @@ def _resampled(
         scheme=scheme,
         clip=clipped_before(models[0].meta.get("normalize"), cfg.channels) if scheme else None,
         nonzero=nonzero,
+        crop=nonzero.box if cropped and nonzero is not None else None,
+        fill=source.fill if isinstance(source, NonzeroSource) else None,
     )
 
 
@@ -734,7 +739,7 @@ def _mask_of(
     elif cfg.mask:
         mask = open_mask(cfg.mask, source)
     if nonzero is not None:
-        box = nonzero.box_at(source.info.shape[2:])
+        box = nonzero_box(source, nonzero)
         image = source.info.shape[2:]
         mask = dataclasses.replace(mask, box=box) if mask else Mask(None, image, box)  # type: ignore[arg-type]
     return mask, found
@@ -924,7 +929,10 @@ def _complete(
             original = plan.source.original
             classes = cfg.finalize.mode.value in ("mask", "labels")
             # Labels of the probabilities once back in the input's voxels.
-            labels = labels_of(plan.threshold, plan.regions) if cfg.finalize.nifti_labels else None
+            labels = None
+            if cfg.finalize.nifti_labels:  # of raw logits: through the activation, once back
+                activation = plan.activation if cfg.finalize.mode.value == "raw" else None
+                labels = labels_of(plan.threshold, plan.regions, activation)
             resampled = resampling_of(plan.source)
             write_nifti(
                 storage.join(out, "0"),
@@ -933,7 +941,7 @@ def _complete(
                 copy,
                 original.info.shape[2:],
                 classes,
-                resampled.kinds_back() if resampled is not None else None,
+                resampled.taps_back if resampled is not None else None,
                 labels,
             )
         if cfg.finalize.dicom_seg:

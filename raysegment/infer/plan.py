@@ -17,7 +17,7 @@ from raysegment.config import InferConfig, NormalizeMode, config_to_dict
 from raysegment.data.channels import ChannelFilesSource
 from raysegment.data.nonzero import Nonzero
 from raysegment.data.previous import PreviousLabelsSource, resampling_of
-from raysegment.data.sources import ImageSource, TiffSequenceSource
+from raysegment.data.sources import ImageSource, Region, TiffSequenceSource
 from raysegment.data.tiling import Block, Tiling, block_at, block_grid, overlap_pixels
 from raysegment.errors import ConfigError, InputImageError
 from raysegment.infer.mask import Mask
@@ -548,7 +548,7 @@ def plan_image(
     tile = tile or tile_size(cfg, spec)
     halo = _halo(cfg, spec, tile, shape)
     # An nnU-Net training's tiles over each scan's nonzero box only, spread as its own.
-    window = nonzero.box_at(source.info.shape[2:])[3 - dims :] if nonzero else None
+    window = nonzero_box(source, nonzero)[3 - dims :] if nonzero else None
     tiling = Tiling.plan(
         shape, tile, cfg.tile.overlap, cfg.tile.blend.value, halo, window, spec.tile_spread
     )
@@ -669,6 +669,15 @@ def plan_image(
         clip=clip,
         regions=spec.region_labels or (),
     )
+
+
+def nonzero_box(source: ImageSource, nonzero: Nonzero) -> Region:
+    """The pixels of ``source`` over ``nonzero``'s box (found in the image it reads):
+    a resampling's (``ResampledSource.box``: its crop's), else ``Nonzero.box_at``."""
+    resampling = resampling_of(source)
+    if resampling is not None:
+        return resampling.box(nonzero)
+    return nonzero.box_at(source.info.shape[2:])
 
 
 def _halo(
@@ -799,7 +808,13 @@ def _resampled_of(source: ImageSource) -> dict[str, Any]:
         return {}
     scale = {a: resampling.info.scale[a] for a in resampling.resampled}
     shape = list(resampling.inner.info.shape)
-    return {"resampled": {"from_shape_tczyx": shape, "scale": scale}}
+    found: dict[str, Any] = {"from_shape_tczyx": shape, "scale": scale}
+    if resampling.spans:  # the crop resampled alone, and where its pixels are
+        spans = zip("zyx", resampling.spans, strict=True)
+        found["crops"] = {
+            a: {"voxels": [s.start, s.stop], "pixels": list(s.core)} for a, s in spans if s
+        }
+    return {"resampled": found}
 
 
 def _previous_of(source: ImageSource) -> dict[str, Any]:

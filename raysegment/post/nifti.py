@@ -11,14 +11,15 @@ and logits interpolated, classes (labels, masks) each voxel the class whose indi
 interpolates highest (nnU-Net's resampling of segmentations), so boundaries run between
 the output's voxels rather than in steps of them; an nnU-Net training's output by its
 plans' orders for probabilities (``ResampledSource.kinds_back``), and with
-``finalize.nifti_labels`` the labels of the probabilities once back, as nnU-Net exports.
+``finalize.nifti_labels`` the labels of the probabilities once back (of the logits once
+back, through the activation, with ``finalize.mode=raw``: as nnU-Net exports).
 """
 
 from __future__ import annotations
 
 import gzip
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -38,15 +39,23 @@ def nifti_name(source_path: str) -> str:
 
 
 def labels_of(
-    threshold: float, regions: tuple[int, ...] = ()
+    threshold: float, regions: tuple[int, ...] = (), activation: str | None = None
 ) -> Callable[[np.ndarray], np.ndarray]:
     """Labels of probabilities (C, ...) as ``finalize.mode=labels`` gives them, (1, ...):
     the channels' argmax (the first of a tie), or one channel above ``threshold``; a
     region model's (``regions``, a label per channel), each channel's label where it is
-    above ``threshold``, later channels over earlier."""
+    above ``threshold``, later channels over earlier. ``activation``: of logits, through
+    it first (``finalize.activate``)."""
     from raysegment.infer.plan import labels_dtype
 
     def labels(probabilities: np.ndarray) -> np.ndarray:
+        if activation is not None:
+            import torch
+
+            from raysegment.infer.finalize import activate
+
+            scores = torch.from_numpy(np.asarray(probabilities, np.float32))
+            probabilities = activate(scores, activation).numpy()
         dtype = labels_dtype(probabilities.shape[0], regions)
         if regions:
             painted = np.zeros((1, *probabilities.shape[1:]), dtype)
@@ -67,7 +76,7 @@ def write_nifti(
     location: str,
     grid: tuple[int, ...],
     classes: bool = False,
-    kinds: Mapping[str, str] | None = None,
+    back: Callable[[str, int, int], Taps | None] | None = None,
     labels: Callable[[np.ndarray], np.ndarray] | None = None,
 ) -> None:
     """The zarr array ``output`` (of ``axes``, a subset of ``tczyx`` holding c, y and x) as
@@ -77,8 +86,9 @@ def write_nifti(
     own value type, unscaled. Where the array is of another size, interpolated to the
     grid: linearly, or, for ``classes`` (its values are classes, in each channel), each
     voxel the class whose indicator interpolates highest (ties to the higher class);
-    ``kinds``: how each axis is interpolated (``resampled.KINDS``; antialiased linear by
-    default; an nnU-Net training's as it resamples its output back); ``labels``: the
+    ``back``: the array's voxels and weights for the grid's ``start:stop`` along an axis
+    (``ResampledSource.taps_back``: an nnU-Net training's as it resamples its output back;
+    antialiased linear over the same extent by default); ``labels``: the
     file holds one channel, ``labels`` of each slab's channels (C, z, y, x) once in the
     grid (of probabilities: their argmax, as nnU-Net exports its predictions)."""
     import nibabel
@@ -108,13 +118,16 @@ def write_nifti(
     def taps(axis: str, start: int, stop: int) -> Taps | None:
         """The array's voxels and weights for the grid's ``start:stop`` along ``axis``;
         None where the array is in the grid along it."""
+        if back is not None:
+            return back(axis, start, stop)
         if held[axis] == sizes[axis]:
             return None
-        kind = (kinds or {}).get(axis, "antialiased")
-        return axis_taps(kind, held[axis], sizes[axis], start, stop)
+        return axis_taps("antialiased", held[axis], sizes[axis], start, stop)
 
     planes = {a: taps(a, 0, sizes[a]) for a in spatial if a != "z"}
-    resampled = sizes != held
+    resampled = any(v is not None for v in planes.values()) or (
+        "z" in spatial and taps("z", 0, 1) is not None
+    )
     itemsize = 4 if resampled else np.dtype(array.dtype).itemsize  # interpolated in float32
     plane = sizes["y"] * sizes["x"] * itemsize * (sizes["c"] if labels else 1)
     depth = sizes.get("z", 1)

@@ -364,6 +364,11 @@ def test_a_resampled_output_goes_back_to_the_inputs_voxels(tmp_path, monkeypatch
     got = np.asarray(nibabel.load(str(labelled)).dataobj).transpose(2, 1, 0)
     assert got.dtype == np.uint8
     np.testing.assert_array_equal(got, want.argmax(0))
+    # Of logits once back (``finalize.mode=raw``): through the activation first.
+    logits = rng.normal(0, 2, (1, 3, 8, 5)).astype(np.float32)
+    got = post_nifti.labels_of(0.7, (), "sigmoid")(logits)
+    np.testing.assert_array_equal(got, torch.sigmoid(torch.from_numpy(logits)).numpy() > 0.7)
+    assert (got != (logits > 0.7)).any()
 
 
 @pytest.mark.usefixtures("ray_session")

@@ -551,3 +551,90 @@ def test_training_labels_are_resampled_as_nnunet_resamples_segmentations(spacing
     region = ((1, target[0]), (3, target[1] - 2), (5, 9))
     part = source.read(0, (1,), region)[0]
     np.testing.assert_array_equal(part, want[1][tuple(slice(a, b) for a, b in region)])
+
+
+@pytest.mark.parametrize(("spacing", "new"), [((3.0, 0.7, 0.7), (2.4, 0.9, 0.5)), *LABEL_CASES[2:]])
+def test_a_crop_is_resampled_alone_as_nnunet_resamples_its_crop_to_the_nonzero_box(
+    spacing, new
+) -> None:
+    """With a ``crop`` (an image's nonzero box, as nnU-Net crops before it resamples), the
+    crop's voxels alone are read at nnU-Net's count of pixels over them
+    (``resample_data_or_seg_to_shape`` of the crop, its edge voxels repeated), in any
+    block; pixels of the same size cover the rest of the image (at most one past either
+    edge) and are the fill; an earlier stage's label map read at them is nnU-Net's
+    resampling of the map's crop, background around it; and an output goes back to the
+    crop's voxels from the crop's pixels alone, as nnU-Net's export, each voxel around the
+    crop from a pixel around it (background there)."""
+    import math
+
+    from scipy.ndimage import gaussian_filter
+
+    from raysegment.data.nonzero import nonzero_region
+    from raysegment.data.previous import PreviousLabelsSource
+    from raysegment.data.resampled import filtered
+
+    resampling = pytest.importorskip("nnunetv2.preprocessing.resampling.default_resampling")
+    rng = np.random.default_rng(5)
+    shape, crop = (6, 30, 28), ((0, 6), (3, 26), (4, 25))
+    cut = tuple(slice(a, b) for a, b in crop)
+    volume = np.zeros(shape, np.float32)
+    volume[cut] = gaussian_filter(rng.normal(0, 300, shape), 1.0)[cut] + 500
+    image = MemorySource(volume[None, None], "mem", "mem")
+    nonzero = nonzero_region(image, (0,), False)
+    assert nonzero.box == crop
+    source = resampled_to(
+        image,
+        dict(zip("zyx", new, strict=True)),
+        "",
+        _spaced(spacing),
+        pyramid=False,
+        scheme={**_NNUNET, "segmentation": [1, 0]},
+        nonzero=nonzero,
+        crop=nonzero.box,
+        fill={0: -7.5},
+    )
+    assert isinstance(source, ResampledSource) and source.spans is not None
+    sizes = [b - a for a, b in crop]
+    target = tuple(int(n) for n in resampling.compute_new_shape(sizes, spacing, new))
+    core = source.box(nonzero)
+    for (a, b), (lo, hi), n, m, count in zip(
+        crop, core, shape, source.info.shape[2:], target, strict=True
+    ):
+        ratio = (b - a) / count  # voxels per pixel
+        assert hi - lo == count and lo == math.ceil(a / ratio - 1e-9)
+        assert m - hi == math.ceil((n - b) / ratio - 1e-9)
+    inside = tuple(slice(a, b) for a, b in core)
+    want = resampling.resample_data_or_seg_to_shape(
+        volume[cut][None], target, spacing, new, False, 3, 0, None
+    )[0]
+    whole = source.read(0, (0,), tuple((0, n) for n in source.info.shape[2:]))[0]
+    np.testing.assert_allclose(whole[inside], want, atol=2e-3)
+    around = np.ones(whole.shape, bool)
+    around[inside] = False
+    assert around.any() and (whole[around] == -7.5).all()
+    region = ((1, whole.shape[0]), (2, whole.shape[1] - 1), (0, 9))  # across the crop's edges
+    part = source.read(0, (0,), region)[0]
+    np.testing.assert_array_equal(part, whole[tuple(slice(a, b) for a, b in region)])
+
+    # Labels outside the crop too: the crop's alone are resampled, as nnU-Net crops them.
+    labels = _blocky(rng, [0, 1, 2], shape, (3, 5, 7)).astype(np.uint8)
+    previous = PreviousLabelsSource(source, MemorySource(labels[None, None], "map", "map"), [1, 2])
+    seg = resampling.resample_data_or_seg_to_shape(
+        labels[cut][None].astype(np.int16), target, spacing, new, True, 1, 0, None
+    )[0]
+    got = previous.read(0, (1, 2), tuple((0, n) for n in whole.shape))
+    for k, value in enumerate((1, 2)):
+        np.testing.assert_array_equal(got[k][inside], seg == value, err_msg=f"label {value}")
+    assert not got[:, around].any()
+
+    output = rng.random((2, *whole.shape)).astype(np.float32)
+    output[:, around] = 0  # the background outside the crop
+    back = [source.taps_back(a, 0, n) for a, n in zip("zyx", shape, strict=True)]
+    got = filtered(output, back, [0, 0, 0])
+    exported = resampling.resample_data_or_seg_to_shape(
+        output[(slice(None), *inside)], sizes, new, spacing, False, 1, 0, None
+    )
+    np.testing.assert_allclose(got[(slice(None), *cut)], exported, atol=1e-5)
+    outside = np.ones(shape, bool)
+    outside[cut] = False
+    assert not got[:, outside].any()

@@ -14,6 +14,7 @@ import pytest
 import torch
 import zarr
 
+from raysegment.data.sources import open_sources
 from raysegment.errors import InputImageError, ModelLoadError
 from raysegment.infer.model import read_models
 from tests.conftest import random_image
@@ -218,12 +219,29 @@ def nnunet_preprocessed(
     folds: tuple,
     mirror: bool = False,
     previous: np.ndarray | None = None,
+    crop: bool = False,
 ) -> tuple[Any, torch.Tensor]:
     """nnU-Net's predictor of the training's ``folds`` and ``image`` (C, Z, Y, X) at
     ``spacing`` as its preprocessing gives it to the network (transposed, cropped to the
     nonzero box, normalized, resampled; a cascade's with the one-hot channels of the first
     stage's label map ``previous``, Z, Y, X), the crop put back in the image's extent with
-    zeros around it (``_uncropped``): float32."""
+    zeros around it (``_uncropped``), or (``crop``) the crop itself: float32."""
+    predictor, item = _preprocessed_item(folder, image, spacing, folds, mirror, previous)
+    if crop:
+        return predictor, item["data"].float()
+    return predictor, _uncropped(item["data"].float(), item["data_properties"])
+
+
+def _preprocessed_item(
+    folder: Path,
+    image: np.ndarray,
+    spacing: list[float],
+    folds: tuple,
+    mirror: bool = False,
+    previous: np.ndarray | None = None,
+) -> tuple[Any, dict[str, Any]]:
+    """nnU-Net's predictor and its preprocessing's item of ``image`` (``data``, and the
+    ``data_properties`` its export takes): ``nnunet_preprocessed``."""
     from nnunetv2.inference.data_iterators import PreprocessAdapterFromNpy
 
     predictor = _predictor(folder, folds, mirror)
@@ -237,8 +255,7 @@ def nnunet_preprocessed(
         predictor.configuration_manager,
         num_threads_in_multithreaded=1,
     )
-    item = next(adapter)
-    return predictor, _uncropped(item["data"].float(), item["data_properties"])
+    return predictor, next(adapter)
 
 
 def _uncropped(data: torch.Tensor, properties: dict) -> torch.Tensor:
@@ -265,18 +282,19 @@ def nnunet_logits(
     folds: tuple,
     mirror: bool = False,
     previous: np.ndarray | None = None,
+    crop: bool = False,
 ) -> np.ndarray:
     """The oracle: ``image`` (C, Z, Y, X) at ``spacing`` preprocessed by nnU-Net's own
     preprocessing (its normalization, its transposition), through nnU-Net's own network
     with each fold's weights, whole (2D networks plane by plane), the folds' logits
     averaged and transposed back: (classes, Z, Y, X) float32. ``mirror``: each through
     nnU-Net's test-time augmentation (3D networks); ``previous``: a cascade's first
-    stage's label map.
+    stage's label map; ``crop``: of the resampled crop to the nonzero box alone.
 
     (nnU-Net's sliding window sums its tiles in float16, its output a few 1e-3 off at
     tile centres and more at their edges: the oracle is its model on the whole image,
     as raysegment runs it in one tile.)"""
-    predictor, data = nnunet_preprocessed(folder, image, spacing, folds, mirror, previous)
+    predictor, data = nnunet_preprocessed(folder, image, spacing, folds, mirror, previous, crop)
     network, total = predictor.network.eval(), 0
     for params in predictor.list_of_parameters:
         network.load_state_dict(params)
@@ -291,6 +309,28 @@ def nnunet_logits(
     logits = total / len(predictor.list_of_parameters)
     back = predictor.plans_manager.transpose_backward
     return logits.permute(0, *(1 + a for a in back)).numpy()
+
+
+def nnunet_exported(folder: Path, image: np.ndarray, spacing: list[float]) -> np.ndarray:
+    """nnU-Net's export of fold 0's logits of its resampled crop of ``image`` (C, Z, Y,
+    X), its network run on the whole crop (``nnunet_logits``): the logits back in the
+    crop's voxels, their labels, background around the crop (Z, Y, X)."""
+    from nnunetv2.inference.export_prediction import (
+        convert_predicted_logits_to_segmentation_with_correct_shape as exported,
+    )
+
+    predictor, item = _preprocessed_item(folder, image, spacing, (0,))
+    network = predictor.network.eval()
+    network.load_state_dict(predictor.list_of_parameters[0])
+    with torch.no_grad():
+        logits = network(item["data"].float()[None])[0]
+    return exported(
+        logits,
+        predictor.plans_manager,
+        predictor.configuration_manager,
+        predictor.label_manager,
+        item["data_properties"],
+    )
 
 
 def nnunet_labels(
@@ -493,7 +533,7 @@ def test_a_resampled_cts_labels_go_back_to_its_voxels_as_nnunet_exports_them(tmp
         folder,
         resample=True,
         tile={"overlap": 0.5},
-        finalize={"mode": "probabilities", "nifti": True, "nifti_labels": True},
+        finalize={"mode": "raw", "nifti": True, "nifti_labels": True},
     )
     import nibabel
 
@@ -603,6 +643,58 @@ def test_an_mri_of_other_voxels_is_normalized_within_its_region_before_it_is_res
     want = nnunet_logits(folder, mri, [2.5, 0.64, 0.64], (0,))
     assert got.shape == want.shape == (2, 24, 40, 32)
     np.testing.assert_allclose(got[:, 4:20], want[:, 4:20], rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.usefixtures("ray_session")
+def test_an_mri_cropped_along_the_axes_it_resamples_is_resampled_as_nnunets_crop(
+    tmp_path,
+) -> None:
+    """nnU-Net crops an image to its nonzero box, then resamples the crop alone: its
+    voxels to round(voxels x 0.64 / 0.8) pixels over its extent, its edge voxels repeated
+    past its ends. So are they here, pixels of the same size around them at 0 to the
+    model: the logits over the box are nnU-Net's network's on its resampled crop, 0
+    around it; the box's pixels lie over the box; the NIfTI copy's labels are nnU-Net's
+    export of those logits (back in the crop's voxels, their labels, background around
+    the crop)."""
+    import nibabel
+
+    folder = write_training(
+        tmp_path / "results", channels=("FLAIR",), labels=("background", "tumour"), zscore="box"
+    )
+    mri = np.pad(_brain(1, (24, 50, 40)), ((0, 0), (0, 0), (5, 3), (6, 2)))
+    write_nifti(tmp_path / "brain.nii.gz", mri[0], np.diag([0.64, 0.64, 2.5, 1.0]))
+    _, got = _run(
+        tmp_path,
+        tmp_path / "brain.nii.gz",
+        folder,
+        resample=True,
+        tile={"size": [16, 40, 32]},
+        finalize={"mode": "raw", "nifti": True, "nifti_labels": True},
+    )
+    want = nnunet_logits(folder, mri, [2.5, 0.64, 0.64], (0,), crop=True)
+    # The box: planes 4-19, rows 5-54, columns 6-45 (50 x 40 voxels: 40 x 32 pixels); 4
+    # and 3 pixels of 1.25 voxels cover the 5 and 3 rows around it, 5 and 2 the columns.
+    assert want.shape == (2, 16, 40, 32) and got.shape == (2, 24, 47, 39)
+    box = (slice(None), slice(4, 20), slice(4, 44), slice(5, 37))
+    np.testing.assert_allclose(got[box], want, rtol=1e-4, atol=1e-4)
+    assert np.abs(got).sum() == pytest.approx(np.abs(got[box]).sum())
+    out = zarr.open_group(str(tmp_path / "out" / "brain.ome.zarr"), mode="r").attrs
+    (scale, shift) = out["ome"]["multiscales"][0]["datasets"][0]["coordinateTransformations"]
+    (image,) = open_sources(str(tmp_path / "brain.nii.gz"))
+    for k, (a, first) in enumerate({"y": (4, 5), "x": (5, 6)}.items()):
+        assert scale["scale"][2 + k] == pytest.approx(0.8)
+        # The box's first pixel's centre: half a pixel past the box's first voxel's edge.
+        edge = image.info.origin[a] + (first[1] - 0.5) * 0.64
+        assert shift["translation"][2 + k] + first[0] * 0.8 == pytest.approx(edge + 0.4)
+    crops = out["raysegment"]["input"]["resampled"]["crops"]
+    assert crops == {
+        "y": {"voxels": [5, 55], "pixels": [4, 44]},
+        "x": {"voxels": [6, 46], "pixels": [5, 37]},
+    }
+    labels = np.asarray(nibabel.load(str(tmp_path / "out" / "brain.nii.gz")).dataobj).T
+    want = nnunet_exported(folder, mri, [2.5, 0.64, 0.64])
+    assert labels.shape == want.shape == mri.shape[1:] and len(np.unique(want)) > 1
+    np.testing.assert_array_equal(labels, want)
 
 
 @pytest.mark.usefixtures("ray_session")
