@@ -1,7 +1,7 @@
 """An nnU-Net training's prediction of a CT: raysegment against nnU-Net's own predictor.
 
     python benchmarks/nnunet_predict.py OUT [--shape 96 256 256] [--runs 2] [--spacing Z Y X]
-        [--sigma S] [--brain] [--regions] [--petct] [--cascade]
+        [--sigma S] [--brain] [--regions] [--petct] [--cascade] [--probabilities]
 
 Writes an nnU-Net v2 training (``tests/infer/test_nnunet.py``'s ``write_training``: a
 3D ``PlainConvUNet`` of five stages, 16 to 256 features, random weights, one fold, patch
@@ -27,8 +27,9 @@ patch overlapping by half, gaussian blending, no mirroring):
   (one process for preprocessing and one for export);
 - ``raysegment infer`` of it (``finalize.mode=labels finalize.nifti=true``: the OME-Zarr
   and a ``.nii.gz`` of labels in the CT's grid; Ray's start included; resampled,
-  ``finalize.mode=probabilities finalize.nifti_labels=true``: the labels of the
-  probabilities back in the CT's voxels).
+  ``finalize.mode=raw finalize.nifti_labels=true``: the labels of the logits back in the
+  CT's voxels, as nnU-Net exports them; ``--probabilities``: of the probabilities back,
+  ``finalize.mode=probabilities``).
 
 Prints each run's wall time and peak memory (PSS of the process tree, ``run.py``'s
 ``PeakMemory``) and the fraction of voxels whose labels agree; with ``--spacing``, also
@@ -100,6 +101,7 @@ def main() -> None:
     parser.add_argument("--regions", action="store_true")
     parser.add_argument("--petct", action="store_true")
     parser.add_argument("--cascade", action="store_true")
+    parser.add_argument("--probabilities", action="store_true")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     args.brain = args.brain or args.regions
@@ -186,10 +188,14 @@ def main() -> None:
             "progress=false",
             "quicklook=false",
             *([f"previous={previous}"] if previous else []),
-            # Resampled: the labels of the probabilities back in the CT's voxels, as
-            # nnU-Net exports them.
+            # Resampled: the labels of the logits back in the CT's voxels, as nnU-Net
+            # exports them (or of the probabilities back).
             *(
-                ["resample=true", "finalize.mode=probabilities", "finalize.nifti_labels=true"]
+                [
+                    "resample=true",
+                    f"finalize.mode={'probabilities' if args.probabilities else 'raw'}",
+                    "finalize.nifti_labels=true",
+                ]
                 if args.spacing != [2.5, 0.8, 0.8]
                 else ["finalize.mode=labels"]
             ),

@@ -298,6 +298,18 @@ class ResampledSource(WrappedSource):
         spans = self.spans or (None,) * 3
         return tuple(b if s is None else s.core for b, s in zip(found, spans, strict=True))
 
+    def grid(self) -> tuple[tuple[float, float, int] | None, ...] | None:
+        """Per axis a ``Span`` crops, where the pixels lie over ``inner``'s voxels (the
+        field of view): the voxel-edge offset of the first pixel, the voxels per pixel,
+        and the voxels (``infer.mask.Mask.grid``); None: every axis spans it evenly."""
+        if self.spans is None:
+            return None
+        sizes = self.inner.info.shape[2:]
+        return tuple(
+            None if s is None else (s.start - s.before * s.ratio, s.ratio, n)
+            for s, n in zip(self.spans, sizes, strict=True)
+        )
+
     def taps(self, axis: int, kind: str, start: int, stop: int) -> Taps | None:
         """``axis_taps`` of ``kind`` for the pixels ``start:stop`` along ``axis`` (0, 1, 2:
         z, y, x; over the crop where a ``Span`` crops it), in ``inner``'s voxels; None

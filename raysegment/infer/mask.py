@@ -49,16 +49,26 @@ class Mask:
     source: ImageSource | None
     image: tuple[int, int, int]
     box: Region | None = None
+    grid: tuple[tuple[float, float, int] | None, ...] | None = None
+    """Per axis where the input's pixels do not span its field of view evenly (a crop
+    resampled alone: ``ResampledSource.grid``), the field of view's voxels (offset, step,
+    count): pixel i's centre at offset + (i + 1/2) step of them."""
 
     def _indices(self, region: Region) -> list[np.ndarray]:
         """Per axis, the mask pixel nearest the centre of each input pixel of ``region``:
-        floor((i + 1/2) * m / n), in integers."""
+        floor((i + 1/2) * m / n), in integers (of the ``grid``'s centres where it has one)."""
         assert self.source is not None
         sizes = self.source.info.shape[2:]
-        return [
-            under_centres(a, b, n, m)
-            for (a, b), n, m in zip(region, self.image, sizes, strict=True)
-        ]
+        grid = self.grid or (None,) * 3
+        out = []
+        for (a, b), n, m, axis in zip(region, self.image, sizes, grid, strict=True):
+            if axis is None:
+                out.append(under_centres(a, b, n, m))
+                continue
+            offset, step, count = axis
+            centres = offset + (np.arange(a, b) + 0.5) * step
+            out.append(np.clip(np.floor(centres * m / count), 0, m - 1).astype(np.int64))
+        return out
 
     def read(self, t: int, region: Region) -> np.ndarray:
         """Inside (bool) for the mask pixels the input's (z, y, x) ``region`` at time ``t``
@@ -117,6 +127,7 @@ def open_mask(template: str, image: ImageSource) -> Mask:
     source = sources[0]
     t, c, z, y, x = source.info.shape
     it, _, iz, iy, ix = image.info.shape
+    *_, oy, ox = image.original.info.shape  # its field of view, as stored
     problem = ""
     if c > 1:
         problem = f"has {c} channels; give a one-channel image (e.g. a labels image)"
@@ -124,10 +135,10 @@ def open_mask(template: str, image: ImageSource) -> Mask:
         problem = f"has {t} time points, the image {it}; give 1 (for all) or {it}"
     elif z > 1 and iz == 1:
         problem = f"is a stack of {z} planes and the image is 2D; give a 2D mask"
-    elif abs(y * ix - x * iy) > ix + iy:
+    elif abs(y * ox - x * oy) > ox + oy:
         problem = (
-            f"(y {y}, x {x}) is not the field of view of the image (y {iy}, x {ix}): y and x "
-            f"scale by {iy / y:.4g} and {ix / x:.4g}; give a mask of the whole image"
+            f"(y {y}, x {x}) is not the field of view of the image (y {oy}, x {ox}): y and x "
+            f"scale by {oy / y:.4g} and {ox / x:.4g}; give a mask of the whole image"
         )
     if problem:
         raise InputImageError(f"mask={source.where} for {image.where}: {problem}")

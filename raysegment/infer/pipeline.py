@@ -738,6 +738,9 @@ def _mask_of(
         mask, found = auto_mask(source, channels)
     elif cfg.mask:
         mask = open_mask(cfg.mask, source)
+    resampling = resampling_of(source)
+    if mask is not None and resampling is not None and resampling.spans:
+        mask = dataclasses.replace(mask, grid=resampling.grid())  # a crop's pixels
     if nonzero is not None:
         box = nonzero_box(source, nonzero)
         image = source.info.shape[2:]

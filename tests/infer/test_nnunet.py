@@ -696,6 +696,24 @@ def test_an_mri_cropped_along_the_axes_it_resamples_is_resampled_as_nnunets_crop
     assert labels.shape == want.shape == mri.shape[1:] and len(np.unique(want)) > 1
     np.testing.assert_array_equal(labels, want)
 
+    # A mask of the MR's voxels lies over the pixels by their centres: column 36's at
+    # 45.375 voxels (-0.25 + 36.5 x 1.25) is outside a mask of the first 45 columns.
+    inside = np.zeros(mri.shape[1:], np.uint8)
+    inside[..., :45] = 1
+    write_nifti(tmp_path / "mask.nii.gz", inside, np.diag([0.64, 0.64, 2.5, 1.0]))
+    _, masked = _run(
+        tmp_path,
+        tmp_path / "brain.nii.gz",
+        folder,
+        resample=True,
+        overwrite=True,
+        mask=str(tmp_path / "mask.nii.gz"),
+        tile={"size": [16, 40, 32]},
+        finalize={"mode": "raw"},
+    )
+    np.testing.assert_array_equal(masked[..., :36], got[..., :36])
+    assert got[box][..., -1].any() and not masked[..., 36:].any()
+
 
 @pytest.mark.usefixtures("ray_session")
 def test_a_ct_beside_an_mri_normalized_within_its_region_keeps_its_voxels_outside_it(
