@@ -1,9 +1,11 @@
 """nnU-Net v2 trained models as ``model=``: a training's output directory
 (``Dataset001_Liver/nnUNetTrainer__nnUNetPlans__3d_fullres``, its folds an ensemble, as
-nnU-Net predicts with every fold it finds) or one fold of it (``.../fold_0``).
+nnU-Net predicts with every fold it finds), one fold of it (``.../fold_0``), or one of a
+fold's checkpoints (``.../fold_0/checkpoint_best.pth``, as nnU-Net's ``-chk``: an
+unfinished training's).
 
-Read from the fold's ``checkpoint_final.pth`` and the directory's ``plans.json`` and
-``dataset.json``, as nnU-Net's own predictor reads them:
+Read from the fold's ``checkpoint_final.pth`` (or the checkpoint given) and the
+directory's ``plans.json`` and ``dataset.json``, as nnU-Net's own predictor reads them:
 
 - the network: the configuration's architecture (``dynamic_network_architectures``'
   ``PlainConvUNet`` or ``ResidualEncoderUNet``, from the plans of nnU-Net 2.4 on or the
@@ -68,6 +70,7 @@ __all__ = [
     "build_network",
     "dataset_classes",
     "dataset_regions",
+    "fold_checkpoint",
     "is_nnunet_fold",
     "is_nnunet_training",
     "nnunet_folds",
@@ -98,10 +101,22 @@ def is_nnunet_training(path: str) -> bool:
 
 
 def is_nnunet_fold(path: str) -> bool:
-    """Whether ``path`` is one fold of an nnU-Net training (its checkpoint, the plans in
-    the directory above)."""
+    """Whether ``path`` is one fold of an nnU-Net training (its final checkpoint, the plans
+    in the directory above), or a checkpoint of one (``fold_checkpoint``)."""
+    return fold_checkpoint(path) is not None
+
+
+def fold_checkpoint(path: str) -> Path | None:
+    """The checkpoint a fold at ``path`` predicts with: a fold directory's
+    ``checkpoint_final.pth``, or ``path`` itself, a ``.pth`` file in a fold directory (its
+    ``checkpoint_best.pth``, say, as nnU-Net's ``-chk`` picks); None: neither."""
     p = Path(path)
-    return p.name.startswith("fold_") and (p / CHECKPOINT).is_file() and _has_plans(p.parent)
+    if p.suffix == ".pth" and p.is_file():
+        fold, checkpoint = p.parent, p
+    else:
+        fold, checkpoint = p, p / CHECKPOINT
+    found = fold.name.startswith("fold_") and checkpoint.is_file() and _has_plans(fold.parent)
+    return checkpoint if found else None
 
 
 def _has_plans(p: Path) -> bool:
@@ -115,11 +130,16 @@ def unfinished_training(path: str) -> str | None:
     if not _has_plans(p) or is_nnunet_training(path):
         return None
     best = sorted(str(f.relative_to(p)) for f in p.glob("fold_*/checkpoint_best.pth"))
+    if best:
+        return (
+            f"{p}: an nnU-Net training with no fold_*/{CHECKPOINT}, the checkpoint nnU-Net "
+            f"predicts with ({', '.join(best)} only: its training has not finished); give "
+            f"model= a finished training's directory, or its best checkpoints as nnU-Net's "
+            f"-chk checkpoint_best.pth takes them: model=[{','.join(str(p / b) for b in best)}]"
+        )
     return (
         f"{p}: an nnU-Net training with no fold_*/{CHECKPOINT}, the checkpoint nnU-Net "
-        f"predicts with"
-        + (f" ({', '.join(best)} only: its training has not finished)" if best else "")
-        + "; give a finished training's directory"
+        f"predicts with; give a finished training's directory"
     )
 
 
@@ -144,8 +164,9 @@ def nnunet_folds(path: str) -> list[str]:
 
 
 def read_nnunet(fold: str) -> tuple[bytes, dict[str, Any], str]:
-    """The fold's network as a TorchScript program, its metadata as ``MODEL_META`` says,
-    and what identifies it (the SHA-256 of its checkpoint, plans and dataset files).
+    """The fold's network (of its ``fold_checkpoint``) as a TorchScript program, its
+    metadata as ``MODEL_META`` says, and what identifies it (the SHA-256 of its
+    checkpoint, plans and dataset files).
 
     Raises:
         ModelLoadError: the package that builds the network is missing, or the training
@@ -153,9 +174,11 @@ def read_nnunet(fold: str) -> tuple[bytes, dict[str, Any], str]:
     """
     import torch
 
-    folder = Path(fold).parent
+    file = fold_checkpoint(fold)
+    assert file is not None, fold
+    folder = file.parent.parent
     plans, dataset = (_json(folder / name) for name in ("plans.json", "dataset.json"))
-    checkpoint = _checkpoint(Path(fold) / CHECKPOINT)
+    checkpoint = _checkpoint(file)
     name = str(checkpoint.get("init_args", {}).get("configuration") or _configuration(folder))
     config = _resolved(plans, name, folder)
     where = f"{fold} ({name})"
@@ -229,8 +252,8 @@ def read_nnunet(fold: str) -> tuple[bytes, dict[str, Any], str]:
         meta["previous_labels"] = previous
         meta["previous_stage"] = str(config["previous_stage"])
     digest = hashlib.sha256()
-    for file in (Path(fold) / CHECKPOINT, folder / "plans.json", folder / "dataset.json"):
-        digest.update(hashlib.sha256(file.read_bytes()).digest())
+    for part in (file, folder / "plans.json", folder / "dataset.json"):
+        digest.update(hashlib.sha256(part.read_bytes()).digest())
     return buffer.getvalue(), meta, digest.hexdigest()
 
 

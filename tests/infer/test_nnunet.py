@@ -697,14 +697,15 @@ def test_an_mri_cropped_along_the_axes_it_resamples_is_resampled_as_nnunets_crop
     np.testing.assert_array_equal(labels, want)
 
     # A mask of the MR's voxels lies over the pixels by their centres: column 36's at
-    # 45.375 voxels (-0.25 + 36.5 x 1.25) is outside a mask of the first 45 columns.
+    # 45.375 voxels (-0.25 + 36.5 x 1.25) is outside a mask of the first 45 columns. (The
+    # fold's checkpoint file as model=: the same network.)
     inside = np.zeros(mri.shape[1:], np.uint8)
     inside[..., :45] = 1
     write_nifti(tmp_path / "mask.nii.gz", inside, np.diag([0.64, 0.64, 2.5, 1.0]))
     _, masked = _run(
         tmp_path,
         tmp_path / "brain.nii.gz",
-        folder,
+        folder / "fold_0" / "checkpoint_final.pth",
         resample=True,
         overwrite=True,
         mask=str(tmp_path / "mask.nii.gz"),
@@ -1029,14 +1030,23 @@ def test_trainings_raysegment_cannot_run_as_nnunet_does_are_one_error(
 
 
 def test_an_unfinished_training_is_one_error_naming_its_checkpoints(tmp_path) -> None:
+    """A training without final checkpoints is one error naming its best ones and how to
+    run them (``model=`` the checkpoint files, as nnU-Net's ``-chk``), which then read as
+    their folds: the same network and settings, as the same weights did as final ones."""
     folder = write_training(tmp_path / "results", folds=("0", "1"))
+    final = read_models([str(folder)])
     for fold in ("0", "1"):
         checkpoint = folder / f"fold_{fold}" / "checkpoint_final.pth"
         checkpoint.rename(checkpoint.with_name("checkpoint_best.pth"))
+    best = [str(folder / f"fold_{fold}" / "checkpoint_best.pth") for fold in ("0", "1")]
     with pytest.raises(
         ModelLoadError, match=r"fold_0/checkpoint_best.pth, fold_1/checkpoint_best.pth only"
-    ):
+    ) as raised:
         read_models([str(folder)])
+    assert f"model=[{','.join(best)}]" in str(raised.value)
+    models = read_models(best)
+    assert [m.path for m in models] == best
+    assert [(m.sha256, m.meta) for m in models] == [(m.sha256, m.meta) for m in final]
 
 
 def test_a_datasets_folder_of_trainings_is_one_error_naming_them(tmp_path) -> None:
