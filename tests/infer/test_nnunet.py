@@ -618,48 +618,21 @@ def test_an_mri_normalized_within_its_nonzero_region_runs_as_nnunet_does(tmp_pat
 
 
 @pytest.mark.usefixtures("ray_session")
-def test_an_mri_of_other_voxels_is_normalized_within_its_region_before_it_is_resampled(
-    tmp_path,
-) -> None:
-    """nnU-Net normalizes before it resamples: the voxels outside the region go into the
-    spline at 0 once normalized (``NonzeroSource``, then ``ResampledSource``), so the
-    logits are nnU-Net's network's on its resampled crop."""
-    folder = write_training(
-        tmp_path / "results",
-        channels=("FLAIR",),
-        labels=("background", "tumour"),
-        zscore="region",
-    )
-    mri = _brain(1, (24, 50, 40))
-    write_nifti(tmp_path / "brain.nii.gz", mri[0], np.diag([0.64, 0.64, 2.5, 1.0]))
-    _, got = _run(
-        tmp_path,
-        tmp_path / "brain.nii.gz",
-        folder,
-        resample=True,
-        tile={"size": [24, 40, 32]},
-        finalize={"mode": "raw"},
-    )
-    want = nnunet_logits(folder, mri, [2.5, 0.64, 0.64], (0,))
-    assert got.shape == want.shape == (2, 24, 40, 32)
-    np.testing.assert_allclose(got[:, 4:20], want[:, 4:20], rtol=1e-4, atol=1e-4)
-
-
-@pytest.mark.usefixtures("ray_session")
 def test_an_mri_cropped_along_the_axes_it_resamples_is_resampled_as_nnunets_crop(
     tmp_path,
 ) -> None:
-    """nnU-Net crops an image to its nonzero box, then resamples the crop alone: its
-    voxels to round(voxels x 0.64 / 0.8) pixels over its extent, its edge voxels repeated
-    past its ends. So are they here, pixels of the same size around them at 0 to the
-    model: the logits over the box are nnU-Net's network's on its resampled crop, 0
-    around it; the box's pixels lie over the box; the NIfTI copy's labels are nnU-Net's
-    export of those logits (back in the crop's voxels, their labels, background around
-    the crop)."""
+    """nnU-Net crops an image to its nonzero box, normalizes it (here within the nonzero
+    region: the voxels outside it 0, which go into the spline so), then resamples the
+    crop alone: its voxels to round(voxels x 0.64 / 0.8) pixels over its extent, its edge
+    voxels repeated past its ends. So are they here, pixels of the same size around them
+    at 0 to the model: the logits over the box are nnU-Net's network's on its resampled
+    crop, 0 around it; the box's pixels lie over the box; the NIfTI copy's labels are
+    nnU-Net's export of those logits (back in the crop's voxels, their labels, background
+    around the crop)."""
     import nibabel
 
     folder = write_training(
-        tmp_path / "results", channels=("FLAIR",), labels=("background", "tumour"), zscore="box"
+        tmp_path / "results", channels=("FLAIR",), labels=("background", "tumour"), zscore="region"
     )
     mri = np.pad(_brain(1, (24, 50, 40)), ((0, 0), (0, 0), (5, 3), (6, 2)))
     write_nifti(tmp_path / "brain.nii.gz", mri[0], np.diag([0.64, 0.64, 2.5, 1.0]))
