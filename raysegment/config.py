@@ -165,6 +165,12 @@ class FinalizeConfig:
     probabilities (one channel: above the threshold) once they are back in the input's
     voxels (the OME-Zarr keeps the probabilities); with ``mode=raw``, of the logits once
     back, through the activation, as nnU-Net exports its predictions of a resampled run."""
+    postprocessing: Optional[str] = None
+    """nnU-Net's ``postprocessing.pkl`` (or ``postprocessing.json``) of the training, as
+    ``nnUNetv2_find_best_configuration`` writes it: the NIfTI copy's label map
+    postprocessed as ``nnUNetv2_apply_postprocessing`` does (each step's labels keep their
+    largest connected component); with ``nifti`` and labels (``nifti_labels``, or
+    ``mode=labels``). The OME-Zarr keeps the network's labels."""
     dicom_seg: bool = False
     """DICOM series and slide inputs, masks and labels: also write ``<name>.seg.dcm``
     beside the OME-Zarr, a DICOM Segmentation of the input (a segment per class) that
@@ -188,6 +194,14 @@ class FinalizeConfig:
                 "finalize.nifti_labels=true: the NIfTI copy's labels come from the "
                 "probabilities or the logits; set finalize.nifti=true "
                 "finalize.mode=probabilities (or raw: logits back, then labels, as nnU-Net)"
+            )
+        if self.postprocessing and not (
+            self.nifti and (self.nifti_labels or self.mode == FinalizeMode.labels)
+        ):
+            raise ConfigError(
+                f"finalize.postprocessing={self.postprocessing}: nnU-Net's postprocessing is "
+                f"of the NIfTI copy's labels; set finalize.nifti=true and "
+                f"finalize.nifti_labels=true (or finalize.mode=labels)"
             )
         if self.dicom_seg_levels and not self.dicom_seg:
             raise ConfigError(

@@ -54,6 +54,7 @@ def test_overrides_win_and_scalars_become_lists(tmp_path: Path) -> None:
         ("tile.overlap=-0.1", "tile.overlap"),
         ("finalize.threshold=2", "finalize.threshold"),
         ("finalize.nifti_labels=true", "nifti_labels=true: .* finalize.nifti=true finalize.mode="),
+        ("finalize.postprocessing=pp.pkl", "postprocessing=pp.pkl: .*finalize.nifti=true and"),
         ("batch_size=0", "batch_size=0 must be >= 1"),
         ("streams=0", "streams=0 must be >= 1"),
         ("io_tasks=0", "io_tasks=0 must be >= 1"),

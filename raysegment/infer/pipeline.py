@@ -71,6 +71,7 @@ from raysegment.infer.writer import (
     mark_done,
 )
 from raysegment.modeldir import MODEL_META
+from raysegment.post.components import read_postprocessing
 from raysegment.runtime import (
     RayStart,
     import_ray_data,
@@ -771,6 +772,8 @@ def infer(config: InferConfig | Mapping[str, Any] | None = None, **overrides: An
     output = storage.resolve(cfg.output)
     _check_output_location(output, storage.resolve(cfg.input), paths)
     models = read_models(cfg.model)
+    if cfg.finalize.postprocessing:  # its errors before Ray starts
+        read_postprocessing(cfg.finalize.postprocessing)
 
     # Ray starts while the images are opened, the model probed and the outputs created.
     indices_applied = _restrict_gpus(cfg.device)
@@ -937,6 +940,7 @@ def _complete(
                 activation = plan.activation if cfg.finalize.mode.value == "raw" else None
                 labels = labels_of(plan.threshold, plan.regions, activation)
             resampled = resampling_of(plan.source)
+            given = cfg.finalize.postprocessing
             write_nifti(
                 storage.join(out, "0"),
                 layout.axes,
@@ -946,6 +950,7 @@ def _complete(
                 classes,
                 resampled.taps_back if resampled is not None else None,
                 labels,
+                read_postprocessing(given) if given else (),
             )
         if cfg.finalize.dicom_seg:
             step("DICOM SEG")

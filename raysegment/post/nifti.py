@@ -19,13 +19,15 @@ from __future__ import annotations
 
 import gzip
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import numpy as np
 
 from raysegment import storage
 from raysegment.data.resampled import Taps, as_type, axis_taps, filtered
+from raysegment.errors import ConfigError
+from raysegment.post.components import largest_components
 
 __all__ = ["labels_of", "nifti_name", "write_nifti"]
 
@@ -78,6 +80,7 @@ def write_nifti(
     classes: bool = False,
     back: Callable[[str, int, int], Taps | None] | None = None,
     labels: Callable[[np.ndarray], np.ndarray] | None = None,
+    postprocessing: Sequence[tuple[int, ...]] = (),
 ) -> None:
     """The zarr array ``output`` (of ``axes``, a subset of ``tczyx`` holding c, y and x) as
     a NIfTI file at ``location`` with the header and affine of the NIfTI file
@@ -90,7 +93,14 @@ def write_nifti(
     (``ResampledSource.taps_back``: an nnU-Net training's as it resamples its output back;
     antialiased linear over the same extent by default); ``labels``: the
     file holds one channel, ``labels`` of each slab's channels (C, z, y, x) once in the
-    grid (of probabilities: their argmax, as nnU-Net exports its predictions)."""
+    grid (of probabilities: their argmax, as nnU-Net exports its predictions);
+    ``postprocessing``: of a label map, each step's labels keep their largest connected
+    component (``components.largest_components``: nnU-Net's postprocessing), a pass over
+    the slabs each before the file is written.
+
+    Raises:
+        ConfigError: ``postprocessing`` of an array of several channels or time points.
+    """
     import nibabel
     import zarr
 
@@ -132,6 +142,34 @@ def write_nifti(
     plane = sizes["y"] * sizes["x"] * itemsize * (sizes["c"] if labels else 1)
     depth = sizes.get("z", 1)
     step = max(1, _SLAB // plane)
+
+    def slab_at(ci: int, ti: int, z0: int) -> np.ndarray:
+        """The file's planes ``z0`` on of channel ``ci`` at time ``ti``."""
+        found = [taps("z", z0, min(z0 + step, depth)) if a == "z" else planes[a] for a in spatial]
+        index: dict[str, int | slice] = {"t": ti, "c": slice(None) if labels else ci}
+        if "z" in spatial:
+            zs = found[0][0] if found[0] is not None else np.arange(z0, z0 + step)
+            index["z"] = slice(int(zs.min()), min(int(zs.max()) + 1, held["z"]))
+        slab = np.asarray(array[tuple(index.get(a, slice(None)) for a in axes)])
+        if resampled:  # back to the input's voxels
+            starts = [index["z"].start if a == "z" else 0 for a in spatial]  # type: ignore[union-attr]
+            slab = _interpolated(slab, found, starts, classes)
+        return slab if labels is None else labels(slab)[0]
+
+    cleaned = None
+    if postprocessing:
+        if c > 1 or t > 1:
+            raise ConfigError(
+                f"finalize.postprocessing: {output} holds {c} channel(s) and {t} time "
+                f"point(s); nnU-Net's postprocessing is of one label map"
+            )
+
+        def every() -> Iterator[np.ndarray]:
+            for z0 in range(0, depth, step):
+                found = slab_at(0, 0, z0)
+                yield found.reshape((-1, *found.shape[-2:]))  # (Z, Y, X)
+
+        cleaned = largest_components(every, postprocessing)
     # Locally under another name until whole (an object store shows an upload only then):
     # a run killed here leaves no file that looks complete.
     local = not storage.is_url(location)
@@ -144,21 +182,8 @@ def write_nifti(
         # NIfTI's order: x, y, z, then t, then c (slowest): channels outermost.
         for ci in range(c):
             for ti in range(t):
-                for z0 in range(0, depth, step):
-                    found = [
-                        taps("z", z0, min(z0 + step, depth)) if a == "z" else planes[a]
-                        for a in spatial
-                    ]
-                    index: dict[str, int | slice] = {"t": ti, "c": slice(None) if labels else ci}
-                    if "z" in spatial:
-                        zs = found[0][0] if found[0] is not None else np.arange(z0, z0 + step)
-                        index["z"] = slice(int(zs.min()), min(int(zs.max()) + 1, held["z"]))
-                    slab = np.asarray(array[tuple(index.get(a, slice(None)) for a in axes)])
-                    if resampled:  # back to the input's voxels
-                        starts = [index["z"].start if a == "z" else 0 for a in spatial]  # type: ignore[union-attr]
-                        slab = _interpolated(slab, found, starts, classes)
-                    if labels is not None:
-                        slab = labels(slab)[0]
+                for k, z0 in enumerate(range(0, depth, step)):
+                    slab = slab_at(ci, ti, z0) if cleaned is None else cleaned(k)
                     out.write(np.ascontiguousarray(slab, dtype=dtype).tobytes())
         if out is not raw:
             out.close()

@@ -545,6 +545,37 @@ def test_a_resampled_cts_labels_go_back_to_its_voxels_as_nnunet_exports_them(tmp
 
 
 @pytest.mark.usefixtures("ray_session")
+def test_the_nifti_copy_is_postprocessed_as_nnunet_postprocesses_its_predictions(
+    tmp_path,
+) -> None:
+    """``finalize.postprocessing=`` the training's ``postprocessing.pkl`` (each step's
+    labels keep their largest component): the NIfTI copy is nnU-Net's
+    ``apply_postprocessing`` of the labels, the OME-Zarr keeps the network's."""
+    import pickle
+
+    import nibabel
+
+    module = pytest.importorskip("nnunetv2.postprocessing.remove_connected_components")
+    fn = module.remove_all_but_largest_component_from_segmentation
+    folder = write_training(tmp_path / "results")
+    kwargs = [{"labels_or_regions": 1}, {"labels_or_regions": [1, 2]}]
+    pp = folder / "crossval_results_folds_0" / "postprocessing.pkl"
+    pp.parent.mkdir()
+    pp.write_bytes(pickle.dumps(([fn, fn], kwargs)))
+    _ct((24, 48, 40), tmp_path / "ct.nii.gz")
+    _, labels = _run(
+        tmp_path,
+        tmp_path / "ct.nii.gz",
+        folder,
+        finalize={"mode": "labels", "nifti": True, "postprocessing": str(pp)},
+    )
+    copy = np.asarray(nibabel.load(str(tmp_path / "out" / "ct.nii.gz")).dataobj).T
+    want = module.apply_postprocessing(labels[0], [fn, fn], kwargs)
+    np.testing.assert_array_equal(copy, want)
+    assert (copy != labels[0]).any()  # the foreground's small components (12 voxels)
+
+
+@pytest.mark.usefixtures("ray_session")
 def test_a_2d_mri_training_of_two_channels_runs_plane_by_plane(tmp_path) -> None:
     """Two MR channels, each normalized by its own mean and deviation over the whole
     volume, a 2D network plane by plane (nnU-Net's ``2d`` configuration)."""
