@@ -515,6 +515,13 @@ def normalization_meta(
             f"raysegment measures every channel within the one region or box: segment the "
             f"images with nnU-Net"
         )
+    if labels and any(within):
+        raise ModelLoadError(
+            f"{where}: a cascade's second stage normalizing within each image's nonzero "
+            f"region (use_mask_for_norm {masked}), where nnU-Net's Z-score region takes in "
+            f"the first stage's foreground too (its mask: the map >= 0 once cropped), which "
+            f"raysegment does not: segment the images with nnU-Net"
+        )
     crop: dict[str, Any] = {"nonzero": "mask" if any(within) else "box"}
     if any(within) and kept:
         crop["nonzero_kept"] = kept

@@ -1224,6 +1224,16 @@ def test_a_cascades_first_stage_labels_count_within_the_nonzero_box_only(tmp_pat
     assert len(np.unique(want)) > 1 and (labels[0] == want).mean() > 0.995
 
 
+def test_a_cascade_normalized_within_the_nonzero_region_is_one_error(tmp_path) -> None:
+    """nnU-Net's Z-score within the nonzero region of a cascade's second stage takes the
+    first stage's foreground outside the region in too (its mask is the cropped map >= 0,
+    the region's outside -1 only where the map is 0): not run, one error (it ran before,
+    its logits up to 4.4 off nnU-Net's over 94% of the box)."""
+    folder = _cascade(tmp_path, channels=("T2",), labels=("background", "lesion"), zscore="region")
+    with pytest.raises(ModelLoadError, match=r"a cascade's second stage normalizing within"):
+        read_models([str(folder)])
+
+
 @pytest.mark.usefixtures("ray_session")
 def test_a_cascades_first_stage_labels_missing_or_given_in_vain_are_one_error(tmp_path) -> None:
     from raysegment.errors import ConfigError
