@@ -116,13 +116,10 @@ class PreviousLabelsSource(WrappedSource):
         """The label of each voxel of ``region`` (in ``image``'s voxels): the map's, or,
         resampled, the label whose interpolated indicator is highest; background beyond
         the crop a resampling takes alone (``ResampledSource.spans``)."""
-        core = region if self.resampling is None else self.resampling.core(region)
-        if core != region:
-            out = np.zeros(tuple(b - a for a, b in region), np.int64)
-            if core is not None:
-                at = tuple(slice(a - r, b - r) for (a, b), (r, _) in zip(core, region, strict=True))
-                out[at] = self._winner(t, core)
-            return out
+        resampling = self.resampling
+        if resampling is not None and resampling.core(region) != region:
+            background = np.zeros((1, 1, 1), np.int64)
+            return resampling.around(region, lambda r: self._winner(t, r), background)
         if self.resampling is None:
             taps: list[Any] = [None] * 3
             boxes = region

@@ -400,18 +400,32 @@ class ResampledSource(WrappedSource):
 
         return unstored
 
-    def _read(self, t: int, channels: tuple[int, ...], region: Region) -> np.ndarray:
+    def around(
+        self, region: Region, part: Callable[[Region], np.ndarray], fill: np.ndarray
+    ) -> np.ndarray:
+        """``part`` of ``region``, where it lies over the crop the ``spans`` resample;
+        else ``fill`` (its last three axes of one pixel, broadcast over ``region``) with
+        ``part`` of the pixels over the crop (``core``) in their place."""
         core = self.core(region)
         if core == region:
+            return part(region)
+        out = np.empty((*fill.shape[:-3], *(b - a for a, b in region)), fill.dtype)
+        out[...] = fill
+        if core is not None:
+            lead: list[slice] = [slice(None)] * (out.ndim - 3)
+            at = [slice(a - r, b - r) for (a, b), (r, _) in zip(core, region, strict=True)]
+            out[tuple(lead + at)] = part(core)
+        return out
+
+    def _read(self, t: int, channels: tuple[int, ...], region: Region) -> np.ndarray:
+        if self.spans is None:
             return self._resampled(t, channels, region)
         # Beyond the crop: the fill (0 to the model, as nnU-Net pads its crop).
         fill = np.array([self.fill.get(c, 0.0) for c in channels], np.float32)
-        out = np.empty((len(channels), *(b - a for a, b in region)), np.float32)
-        out[...] = fill.reshape(-1, 1, 1, 1)
-        if core is not None:
-            at = tuple(slice(a - r, b - r) for (a, b), (r, _) in zip(core, region, strict=True))
-            out[(slice(None), *at)] = self._resampled(t, channels, core)
-        return as_type(out, self.info.dtype)
+        read = self.around(
+            region, lambda r: self._resampled(t, channels, r), fill.reshape(-1, 1, 1, 1)
+        )
+        return as_type(read, self.info.dtype)
 
     def _resampled(self, t: int, channels: tuple[int, ...], region: Region) -> np.ndarray:
         """The pixels of ``region`` (over the crop, where ``spans`` crop), resampled."""

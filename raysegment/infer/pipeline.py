@@ -643,7 +643,8 @@ def _resampled(
     pyramid = cfg.voxel_size is None
     scheme = models[0].meta.get("resampling")  # an nnU-Net training's
     # A crop to the nonzero box is resampled alone, as nnU-Net crops, then resamples.
-    cropped = isinstance(source, NonzeroSource) and nonzero is not None and not nonzero.whole
+    filled = isinstance(source, NonzeroSource)
+    crop = nonzero.box if filled and nonzero is not None and not nonzero.whole else None
     return resampled_to(
         source,
         *sizes,
@@ -652,7 +653,7 @@ def _resampled(
         scheme=scheme,
         clip=clipped_before(models[0].meta.get("normalize"), cfg.channels) if scheme else None,
         nonzero=nonzero,
-        crop=nonzero.box if cropped and nonzero is not None else None,
+        crop=crop,
         fill=source.fill if isinstance(source, NonzeroSource) else None,
     )
 
